@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"syscall"
 )
@@ -127,6 +128,12 @@ func guessClass(err error) Class {
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return ClassReset
 	}
+	// crypto/tls and utls report alerts sent and received as *net.OpError
+	// with these Ops around an unexported alert type.
+	var oe *net.OpError
+	if errors.As(err, &oe) && (oe.Op == "remote error" || oe.Op == "local error") {
+		return ClassTLS
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return ClassTimeout
@@ -144,6 +151,11 @@ func guessClass(err error) Class {
 // messages, keeping the underlying cause, so that a transport error can be
 // logged or shown without revealing where the relay (or client) is.
 func stripAddr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// Its message carries the URL: address and secret path.
+		return fmt.Errorf("%s: %w", ue.Op, stripAddr(ue.Err))
+	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Err != nil {
 		return fmt.Errorf("%s: %w", oe.Op, oe.Err)

@@ -79,6 +79,9 @@ type Endpoint struct {
 
 	// RootCAs overrides the system roots when CertSHA256 is empty (tests).
 	RootCAs *x509.CertPool
+	// LocalAddr, if set, is the local IP address to dial from (multi-homed
+	// hosts, and tests that play several clients on loopback).
+	LocalAddr string
 }
 
 // ListenConfig configures a transport listener. The zero value of every
