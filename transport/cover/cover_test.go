@@ -1,0 +1,266 @@
+package cover
+
+import (
+	"bytes"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func serve(h http.Handler, req *http.Request) *http.Response {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Result()
+}
+
+func TestDefault(t *testing.T) {
+	h := Default()
+	lm := LastModified.Format(http.TimeFormat)
+	tests := []struct {
+		method, path string
+		status       int
+		ctype        string
+		contains     string
+	}{
+		{"GET", "/", 200, "text/html; charset=utf-8", "Bookbinding Studio"},
+		{"GET", "/about", 200, "text/html; charset=utf-8", "About the studio"},
+		{"GET", "/style.css", 200, "text/css; charset=utf-8", "font-family"},
+		{"GET", "/robots.txt", 200, "text/plain; charset=utf-8", "User-agent: *"},
+		{"GET", "/favicon.ico", 200, "image/x-icon", "\x00\x00\x01\x00"},
+		{"HEAD", "/", 200, "text/html; charset=utf-8", ""},
+		{"GET", "/nope", 404, "text/html; charset=utf-8", "Page not found"},
+		{"POST", "/api/session", 404, "text/html; charset=utf-8", "Page not found"},
+		{"POST", "/", 405, "text/plain; charset=utf-8", "Method Not Allowed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.method+tc.path, func(t *testing.T) {
+			resp := serve(h, httptest.NewRequest(tc.method, tc.path, nil))
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if got := resp.Header.Get("Content-Type"); got != tc.ctype {
+				t.Errorf("Content-Type %q, want %q", got, tc.ctype)
+			}
+			if !strings.Contains(string(body), tc.contains) {
+				t.Errorf("body does not contain %q", tc.contains)
+			}
+			if tc.method == "HEAD" && len(body) != 0 {
+				t.Errorf("HEAD returned a body of %d bytes", len(body))
+			}
+			if tc.status == 200 {
+				if got := resp.Header.Get("Last-Modified"); got != lm {
+					t.Errorf("Last-Modified %q, want %q", got, lm)
+				}
+				if et := resp.Header.Get("ETag"); len(et) != 18 || et[0] != '"' {
+					t.Errorf("ETag %q, want a quoted 16-hex-digit tag", et)
+				}
+			}
+		})
+	}
+}
+
+// The built-in site must answer the same way every time and on every
+// instance: a relay restart must not change what probers see.
+func TestDefaultDeterministic(t *testing.T) {
+	a, b := Default(), Default()
+	for p := range routes {
+		ra := serve(a, httptest.NewRequest("GET", p, nil))
+		rb := serve(b, httptest.NewRequest("GET", p, nil))
+		ba, _ := io.ReadAll(ra.Body)
+		bb, _ := io.ReadAll(rb.Body)
+		if !bytes.Equal(ba, bb) {
+			t.Errorf("%s: bodies differ", p)
+		}
+		for _, k := range []string{"Content-Type", "Content-Length", "Last-Modified", "ETag", "Accept-Ranges", "Cache-Control"} {
+			if ra.Header.Get(k) != rb.Header.Get(k) {
+				t.Errorf("%s: header %s differs: %q vs %q", p, k, ra.Header.Get(k), rb.Header.Get(k))
+			}
+		}
+	}
+}
+
+func TestDefaultConditional(t *testing.T) {
+	h := Default()
+	first := serve(h, httptest.NewRequest("GET", "/", nil))
+	etag := first.Header.Get("ETag")
+
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("If-None-Match", etag)
+	if resp := serve(h, req); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("If-None-Match: status %d, want 304", resp.StatusCode)
+	}
+	req = httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("If-Modified-Since", LastModified.Add(time.Hour).Format(http.TimeFormat))
+	if resp := serve(h, req); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("If-Modified-Since: status %d, want 304", resp.StatusCode)
+	}
+	req = httptest.NewRequest("GET", "/robots.txt", nil)
+	req.Header.Set("Range", "bytes=0-9")
+	resp := serve(h, req)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusPartialContent || string(body) != "User-agent" {
+		t.Errorf("Range: status %d body %q, want 206 %q", resp.StatusCode, body, "User-agent")
+	}
+}
+
+// Cover handlers must not write to the process log.
+func TestNoLogging(t *testing.T) {
+	var buf bytes.Buffer
+	log.SetOutput(&buf)
+	defer log.SetOutput(os.Stderr)
+
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	upURL := up.URL
+	up.Close() // the proxy's upstream is now down: it answers 502
+	p, err := Proxy(upURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []http.Handler{Default(), p} {
+		for _, path := range []string{"/", "/missing", "/../../etc/passwd"} {
+			req := httptest.NewRequest("GET", path, nil)
+			req.RemoteAddr = "198.51.100.7:4242"
+			serve(h, req)
+		}
+	}
+	if buf.Len() != 0 {
+		t.Errorf("cover handlers logged: %q", buf.String())
+	}
+}
+
+func TestDir(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "index.html"), []byte("<p>hello</p>"), 0o644)
+	os.Mkdir(filepath.Join(dir, "empty"), 0o755)
+	os.WriteFile(filepath.Join(dir, "empty", "a.txt"), []byte("a"), 0o644)
+	h, err := Dir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/", 200, "<p>hello</p>"},
+		{"/empty/a.txt", 200, "a"},
+		{"/empty/", 404, ""}, // no listing
+		{"/missing", 404, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			resp := serve(h, httptest.NewRequest("GET", tc.path, nil))
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if tc.body != "" && string(body) != tc.body {
+				t.Errorf("body %q, want %q", body, tc.body)
+			}
+			if strings.Contains(string(body), "a.txt") && tc.status != 200 {
+				t.Errorf("directory listed: %q", body)
+			}
+		})
+	}
+
+	if _, err := Dir(filepath.Join(dir, "nope")); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("missing dir: err %v, want an error naming the path", err)
+	}
+	if _, err := Dir(filepath.Join(dir, "index.html")); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("file as dir: err %v, want 'not a directory'", err)
+	}
+}
+
+func TestProxy(t *testing.T) {
+	type seen struct {
+		host, path, query string
+		hdr               http.Header
+	}
+	got := make(chan seen, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.Host, r.URL.Path, r.URL.RawQuery, r.Header.Clone()}
+		w.Header().Set("X-Upstream", "yes")
+		w.WriteHeader(http.StatusTeapot)
+		io.WriteString(w, "from upstream")
+	}))
+	up.Listener.Close()
+	up.Listener = ln
+	up.Start()
+	defer up.Close()
+
+	h, err := Proxy(up.URL + "/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("GET", "http://relay.example/page?x=1", nil)
+	req.RemoteAddr = "198.51.100.7:4242"
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	req.Header.Set("Forwarded", "for=203.0.113.9")
+	req.Header.Set("X-Real-IP", "203.0.113.9")
+	req.Header.Set("User-Agent", "probe/1")
+	resp := serve(h, req)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusTeapot || string(body) != "from upstream" || resp.Header.Get("X-Upstream") != "yes" {
+		t.Fatalf("proxied response %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	s := <-got
+	if s.host != ln.Addr().String() {
+		t.Errorf("upstream saw Host %q, want %q", s.host, ln.Addr().String())
+	}
+	if s.path != "/base/page" || s.query != "x=1" {
+		t.Errorf("upstream saw %s?%s, want /base/page?x=1", s.path, s.query)
+	}
+	for _, k := range []string{"X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v := s.hdr.Get(k); v != "" {
+			t.Errorf("upstream saw %s: %q", k, v)
+		}
+	}
+	for k, vv := range s.hdr {
+		for _, v := range vv {
+			if strings.Contains(v, "198.51.100.7") || strings.Contains(v, "203.0.113.9") {
+				t.Errorf("client address leaked upstream in %s: %q", k, v)
+			}
+		}
+	}
+	if s.hdr.Get("User-Agent") != "probe/1" {
+		t.Errorf("User-Agent not forwarded: %q", s.hdr.Get("User-Agent"))
+	}
+}
+
+func TestProxyUpstreamDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	h, err := Proxy("http://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp := serve(h, httptest.NewRequest("GET", "/", nil)); resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("status %d, want 502", resp.StatusCode)
+	}
+}
+
+func TestProxyBadURL(t *testing.T) {
+	for _, u := range []string{"", "example.org", "ftp://example.org", "http://", "https://u:p@example.org", "http://example.org/?q=1", "http://[::1"} {
+		t.Run(u, func(t *testing.T) {
+			if _, err := Proxy(u); err == nil {
+				t.Errorf("Proxy(%q) succeeded", u)
+			}
+		})
+	}
+}

@@ -1,0 +1,89 @@
+// Package h3 is the "h3" transport: relay sessions carried as HTTP/3 requests
+// over QUIC v1, behind an HTTP/3 cover site.
+//
+// # Wire
+//
+// The listener is a stock quic-go http3.Server (TLS 1.3, ALPN "h3") on a UDP
+// port. A relay session is one HTTP/3 request on its own request stream:
+//
+//	client                                   relay
+//	QUIC v1 handshake, ALPN h3  ------------>
+//	HEADERS  :method POST, :path <secret>,
+//	         cookie sid=<token>  ----------->  verify token (bound to this QUIC
+//	                                           connection's TLS exporter)
+//	                            <-----------  HEADERS :status 200
+//	DATA ... (session bytes)   <----------->  DATA ... (session bytes)
+//	FIN (CloseWrite)            ------------>  Read returns io.EOF
+//
+// After the 200 both sides keep using the request stream: each Write becomes
+// HTTP/3 DATA frames, exactly like a streaming upload and a streaming
+// response, so an on-path observer sees one long HTTP/3 request. The request
+// carries no content-length (a streaming body), so the request is well formed
+// for any HTTP/3 hop.
+//
+// The token (see transport.MakeToken) is bound to the QUIC connection through
+// the TLS exporter ExportKeyingMaterial(transport.ExporterLabel, nil,
+// transport.ExporterLen) of that connection, so a captured token is useless on
+// any other connection, and the verifier's replay cache refuses it on this one.
+//
+// # Probe resistance
+//
+// Every request that is not a valid session — wrong method or path, missing,
+// malformed, expired, unbound (unless allowed) or replayed token — reaches the
+// cover handler untouched (body unread), on the same http3.Server, with the
+// same QUIC and TLS settings a stock quic-go HTTP/3 server uses. Datagrams
+// that are not QUIC are handled by quic-go exactly as by any quic-go server
+// (dropped, or answered with version negotiation).
+//
+// # Sessions and QUIC connections
+//
+// The client opens one QUIC connection per session and closes it with the
+// session. The listener accepts any number of sessions per QUIC connection,
+// bounded by the stream limit and by the listener's session cap.
+package h3
+
+import (
+	"time"
+
+	"github.com/postern/postern/transport"
+)
+
+// Name is the registry and descriptor name of this transport.
+const Name = "h3"
+
+// QUIC and session limits. The server-side values equal quic-go's defaults on
+// purpose: they are visible to anyone who completes a handshake (transport
+// parameters, retransmission timing), and a relay must look like a stock
+// quic-go HTTP/3 server. They are spelled out so a quic-go upgrade that moves
+// a default does not silently change the relay.
+const (
+	// HandshakeIdleTimeout bounds a QUIC handshake without progress.
+	HandshakeIdleTimeout = 5 * time.Second
+	// MaxIdleTimeout closes a QUIC connection after this long without
+	// packets from the peer.
+	MaxIdleTimeout = 30 * time.Second
+	// KeepAlivePeriod is how often the client pings an idle session so that
+	// NAT bindings and the idle timeout do not end it.
+	KeepAlivePeriod = 10 * time.Second
+	// MaxIncomingStreams is the number of concurrent request streams a
+	// client may open on one QUIC connection.
+	MaxIncomingStreams = 100
+	// DefaultMaxSessions caps concurrent relay sessions per listener. A valid
+	// session beyond the cap is answered by the cover site.
+	DefaultMaxSessions = 4096
+)
+
+// Transport is the h3 transport. The zero value is ready to use.
+type Transport struct {
+	// MaxSessions caps concurrent sessions per listener (accepted and
+	// waiting for Accept). Zero means DefaultMaxSessions.
+	MaxSessions int
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// New returns an h3 transport with default settings.
+func New() *Transport { return &Transport{} }
+
+// Name returns "h3".
+func (*Transport) Name() string { return Name }
