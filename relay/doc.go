@@ -1,0 +1,66 @@
+// Package relay is Postern's relay: the session protocol spoken over any
+// transport stream, the server that keeps mailboxes in a store, and the
+// client side of the protocol.
+//
+// # Session protocol
+//
+// A session is a reliable byte stream from a transport (transport.Conn).
+// Everything on it is a frame:
+//
+//	type    1 byte
+//	length  4 bytes, big endian, at most MaxFrameSize
+//	payload length bytes
+//
+// The client speaks first with ClientHello; the server answers ServerHello
+// with the version it picked and a fresh 32-byte challenge. After that the
+// client sends requests, each with a 4-byte request id of its choosing, and
+// the server answers each with exactly one Result frame carrying that id (a
+// Fetch is answered by its Deliver frames and then its Result). Deliver
+// frames for a subscription arrive at any time.
+//
+// Mailbox owners sign every request that reads or changes a mailbox:
+//
+//	sig = Ed25519(owner, SigContext || challenge || type || payload without sig)
+//
+// so a signature is only good for this one session and this one request.
+// The relay stores the owner's public key and nothing else about the owner.
+//
+// ProtocolVersion history:
+//
+//	1  first version
+//
+// Frames, client to relay (u8, u16, u32: big-endian integers):
+//
+//	0x01 ClientHello  magic "PSTN" | min u8 | max u8
+//	0x10 Create       req u32 | mailbox 32 | owner 32 | caplen u8 | capverifier | sig 64
+//	0x11 Send         req u32 | caplen u8 | cap | envelope (a whole bucket)
+//	0x12 Subscribe    req u32 | mailbox 32 | sig 64
+//	0x13 Fetch        req u32 | mailbox 32 | max u16 | sig 64
+//	0x14 Ack          req u32 | mailbox 32 | n u16 | n × ref 32 | sig 64
+//	0x15 Rotate       req u32 | old 32 | new 32 | newowner 32 | caplen u8 | capverifier | sig 64 (old owner) | sig 64 (new owner)
+//	0x16 Delete       req u32 | mailbox 32 | sig 64
+//	0x17 Ping         req u32 | data (at most 64 bytes)
+//	0x18 Forward      req u32 | opaque (reserved for two-hop routing; answered CodeUnsupported)
+//
+// Frames, relay to client:
+//
+//	0x02 ServerHello  version u8 | challenge 32 | maxenvelope u32
+//	0x20 Result       req u32 | code u16 | msglen u16 | msg | body
+//	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32
+//	0x21 Deliver      req u32 | mailbox 32 | ref 32 | envelope
+//	                  (req is the Subscribe's or the Fetch's request id)
+//	0x22 Pong         req u32 | data
+//
+// A Send carries the recipient's send capability when the mailbox has one:
+// the mailbox stores SHA-256(cap) as its verifier and the relay compares.
+// The relay reads only the envelope's outer header (envelope.PeekMailbox).
+//
+// Errors are a Code and a short message for humans; unknown frame types and
+// malformed frames are answered with a Result (CodeBadFrame, CodeUnknownFrame)
+// when a request id can be read, and otherwise end the session.
+//
+// # No metadata
+//
+// Neither the server nor this package ever logs, stores or puts into an
+// error a remote address, a mailbox id, a key, a ref or an envelope.
+package relay

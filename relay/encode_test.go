@@ -1,0 +1,23 @@
+package relay
+
+import (
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/hex"
+	"strings"
+)
+
+// containsEncoded reports whether s contains b in any common text encoding.
+func containsEncoded(s string, b []byte) bool {
+	for _, enc := range []string{
+		hex.EncodeToString(b), strings.ToUpper(hex.EncodeToString(b)),
+		base64.StdEncoding.EncodeToString(b), base64.RawStdEncoding.EncodeToString(b),
+		base64.URLEncoding.EncodeToString(b), base64.RawURLEncoding.EncodeToString(b),
+		base32.StdEncoding.EncodeToString(b), strings.ToLower(base32.StdEncoding.EncodeToString(b)),
+	} {
+		if strings.Contains(s, enc[:len(enc)*3/4]) {
+			return true
+		}
+	}
+	return false
+}

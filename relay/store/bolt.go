@@ -1,0 +1,324 @@
+package store
+
+import (
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// File names inside the store directory.
+const (
+	DataFile = "store.db"
+	KeyFile  = "store.key"
+)
+
+// dataFormat is the layout version kept in the meta bucket.
+const dataFormat = 1
+
+// Bucket layout of store.db (every mailbox appears only as its hash h):
+//
+//	meta                 "format" -> 1B layout version; "keycheck" -> 32B
+//	mailboxes            h -> mailbox record (records.go)
+//	envelopes / h        8B seq -> envelope record (records.go)
+//	refs / h             32B ref -> 8B seq (dedupe and ack)
+//	expiry / 4B day      h || 8B seq -> empty (one bucket per expiry day)
+var (
+	bucketMeta      = []byte("meta")
+	bucketMailboxes = []byte("mailboxes")
+	bucketEnvelopes = []byte("envelopes")
+	bucketRefs      = []byte("refs")
+	bucketExpiry    = []byte("expiry")
+	metaFormat      = []byte("format")
+	metaKeyCheck    = []byte("keycheck")
+)
+
+// Bolt is the durable Store: one bbolt file, with every write going through
+// a group-committing goroutine. Open it with OpenBolt.
+type Bolt struct {
+	opts  Options
+	keys  *keys
+	db    *bolt.DB
+	path  string
+	notes *notifier
+
+	ops       chan *op
+	quit      chan struct{}
+	stopped   chan struct{}
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	// Owned by the committer; read by Stats.
+	mailboxes atomic.Int64
+	envelopes atomic.Int64
+	bytes     atomic.Int64
+	commits   atomic.Uint64
+}
+
+var _ Store = (*Bolt)(nil)
+
+// OpenBolt opens (or creates) the store in dir: dir/store.db for data and,
+// unless opts.IDKey or opts.KeyFile say otherwise, dir/store.key for the
+// store key. dir is created with mode 0700 and both files with 0600. A
+// missing key file is created only when the data file has never been used
+// with a key; a key that does not match the data file is refused.
+func OpenBolt(dir string, opts Options) (*Bolt, error) {
+	opts = opts.withDefaults()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: create directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, DataFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("store: open %s: the file is locked by another process; stop the other relay using it", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	s, err := openBolt(db, path, dir, opts)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openBolt(db *bolt.DB, path, dir string, opts Options) (*Bolt, error) {
+	var check []byte
+	var format []byte
+	err := db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bucketMeta); m != nil {
+			check = append([]byte(nil), m.Get(metaKeyCheck)...)
+			format = append([]byte(nil), m.Get(metaFormat)...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: read %s: %w", path, err)
+	}
+	if len(format) > 0 && (len(format) != 1 || format[0] != dataFormat) {
+		return nil, fmt.Errorf("store: %s has data format %v but this relay understands %d; use a matching relay version", path, format, dataFormat)
+	}
+	key, keyName, err := loadKey(opts, dir, len(check) > 0)
+	if err != nil {
+		return nil, err
+	}
+	k, err := newKeys(key)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s: %w", keyName, err)
+	}
+	if len(check) > 0 && !hmac.Equal(check, k.check[:]) {
+		return nil, fmt.Errorf("store: key %s does not match data file %s; use the key file created with it", keyName, path)
+	}
+	s := &Bolt{
+		opts: opts, keys: k, db: db, path: path, notes: newNotifier(),
+		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{}),
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bucketMeta)
+		if err := m.Put(metaFormat, []byte{dataFormat}); err != nil {
+			return err
+		}
+		if err := m.Put(metaKeyCheck, k.check[:]); err != nil {
+			return err
+		}
+		var boxes, envs, bytes int64
+		err := tx.Bucket(bucketMailboxes).ForEach(func(_, v []byte) error {
+			r, err := decodeMailbox(v)
+			if err != nil {
+				return err
+			}
+			boxes++
+			envs += int64(r.count)
+			bytes += int64(r.bytes)
+			return nil
+		})
+		s.mailboxes.Store(boxes)
+		s.envelopes.Store(envs)
+		s.bytes.Store(bytes)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
+	}
+	go s.run()
+	return s, nil
+}
+
+// loadKey returns the store key and a name for it in error messages.
+func loadKey(opts Options, dir string, dataHasKey bool) ([]byte, string, error) {
+	if opts.IDKey != nil {
+		if len(opts.IDKey) != KeySize {
+			return nil, "", fmt.Errorf("store: Options.IDKey must be %d bytes, got %d", KeySize, len(opts.IDKey))
+		}
+		return append([]byte(nil), opts.IDKey...), "Options.IDKey", nil
+	}
+	path := opts.KeyFile
+	if path == "" {
+		path = filepath.Join(dir, KeyFile)
+	}
+	key, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, "", fmt.Errorf("store: key file %s: %w", path, err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			return nil, "", fmt.Errorf("store: key file %s is accessible by other users (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
+		}
+		if len(key) != KeySize {
+			return nil, "", fmt.Errorf("store: key file %s holds %d bytes, want %d; it is not a store key", path, len(key), KeySize)
+		}
+		return key, "file " + path, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, "", fmt.Errorf("store: read key file %s: %w", path, err)
+	case dataHasKey:
+		return nil, "", fmt.Errorf("store: key file %s is missing but the data file was created with a key; restore the key file or point Options.KeyFile at it", path)
+	}
+	key = randomKey()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, "", fmt.Errorf("store: create key file %s: %w", path, err)
+	}
+	_, err = f.Write(key)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		os.Remove(path)
+		return nil, "", fmt.Errorf("store: write key file %s: %w", path, err)
+	}
+	return key, "file " + path, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Close stops the committer (writes already handed to it complete), wakes
+// and closes every Notify channel and closes the data file.
+func (s *Bolt) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.quit)
+		<-s.stopped
+		s.notes.close()
+		if cerr := s.db.Close(); cerr != nil {
+			err = fmt.Errorf("store: close %s: %w", s.path, cerr)
+		}
+	})
+	return err
+}
+
+func (s *Bolt) Stats() Stats {
+	return Stats{
+		Mailboxes: int(s.mailboxes.Load()),
+		Envelopes: int(s.envelopes.Load()),
+		Bytes:     s.bytes.Load(),
+		Commits:   s.commits.Load(),
+	}
+}
+
+func (s *Bolt) Notify(id [IDSize]byte) (<-chan struct{}, func()) {
+	return s.notes.subscribe(s.keys.hid(id))
+}
+
+// view runs a read transaction unless the store is closed.
+func (s *Bolt) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	err := s.db.View(fn)
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	if err != nil && !isLogical(err) {
+		return fmt.Errorf("store: read %s: %w", s.path, err)
+	}
+	return err
+}
+
+func (s *Bolt) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) {
+	hid := s.keys.hid(id)
+	var mb Mailbox
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		r, err := getMailbox(tx, hid)
+		if err != nil {
+			return err
+		}
+		mb = Mailbox{Owner: r.owner, SendCap: r.sendCap, Pending: int(r.count), PendingBytes: int64(r.bytes)}
+		return nil
+	})
+	return mb, err
+}
+
+func (s *Bolt) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error) {
+	if max <= 0 {
+		max = DefaultFetchMax
+	}
+	hid := s.keys.hid(id)
+	var items []Item
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		if _, err := getMailbox(tx, hid); err != nil {
+			return err
+		}
+		eb := tx.Bucket(bucketEnvelopes).Bucket(hid[:])
+		if eb == nil {
+			return nil
+		}
+		c := eb.Cursor()
+		for k, v := c.First(); k != nil && len(items) < max; k, v = c.Next() {
+			r, err := decodeEnvelope(v)
+			if err != nil {
+				return err
+			}
+			env, err := s.keys.open(id, r.ref, r.sealed)
+			if err != nil {
+				return err
+			}
+			items = append(items, Item{Ref: r.ref, Envelope: env})
+		}
+		return nil
+	})
+	return items, err
+}
+
+func getMailbox(tx *bolt.Tx, hid [32]byte) (mailboxRecord, error) {
+	v := tx.Bucket(bucketMailboxes).Get(hid[:])
+	if v == nil {
+		return mailboxRecord{}, ErrNoMailbox
+	}
+	return decodeMailbox(v)
+}

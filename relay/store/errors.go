@@ -1,0 +1,50 @@
+package store
+
+import "errors"
+
+// Code classifies a store error so the session protocol can map it to a
+// wire error code.
+type Code uint8
+
+// Error codes.
+const (
+	CodeNoMailbox Code = iota + 1
+	CodeMailboxExists
+	CodeMailboxFull
+	CodeStoreFull
+	CodeInvalid
+	CodeClosed
+)
+
+// Error is a store error with a code and a message fit to show a user. It
+// never contains an id, a key or a ref. The package's sentinels are *Error
+// values; test for them with errors.Is and read the code with errors.As.
+type Error struct {
+	Code Code
+	msg  string
+}
+
+func (e *Error) Error() string { return "store: " + e.msg }
+
+// Sentinel errors.
+var (
+	ErrNoMailbox = &Error{CodeNoMailbox,
+		"no such mailbox: check the contact card, or create the mailbox first"}
+	ErrMailboxExists = &Error{CodeMailboxExists,
+		"mailbox already exists: pick a new random id"}
+	ErrMailboxFull = &Error{CodeMailboxFull,
+		"mailbox full: the recipient has reached the limit of undelivered envelopes; retry after they fetch"}
+	ErrStoreFull = &Error{CodeStoreFull,
+		"relay storage full: retry later or use another relay"}
+	ErrInvalid = &Error{CodeInvalid,
+		"invalid request: owner key must be 32 bytes, send capability at most 1024 bytes, envelope 1 to 65536 bytes"}
+	ErrClosed = &Error{CodeClosed,
+		"store closed: the relay is shutting down; retry later"}
+)
+
+// isLogical reports whether err is one of this package's request errors, as
+// opposed to a storage failure.
+func isLogical(err error) bool {
+	var e *Error
+	return errors.As(err, &e)
+}

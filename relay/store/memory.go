@@ -1,0 +1,296 @@
+package store
+
+import (
+	"context"
+	"crypto/ed25519"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Memory is a Store held in process memory, for tests and `--dev`. Nothing
+// survives Close. Put is "durable" as soon as it returns.
+type Memory struct {
+	opts  Options
+	keys  *keys
+	notes *notifier
+
+	mu     sync.Mutex
+	closed bool
+	boxes  map[[32]byte]*memBox // by mailbox id hash
+	envs   int
+	bytes  int64
+}
+
+type memBox struct {
+	owner   ed25519.PublicKey
+	sendCap []byte
+	nextSeq uint64
+	bytes   int64
+	items   []*memEnv // ascending seq
+	refs    map[Ref]*memEnv
+}
+
+type memEnv struct {
+	seq uint64
+	day uint32
+	ref Ref
+	env []byte
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty in-memory store. It panics if opts.IDKey is
+// set but not KeySize bytes long.
+func NewMemory(opts Options) *Memory {
+	opts = opts.withDefaults()
+	key := opts.IDKey
+	if key == nil {
+		key = randomKey()
+	}
+	k, err := newKeys(key)
+	if err != nil {
+		// A wrong-sized key is a programming error in the caller.
+		panic("store.NewMemory: " + err.Error())
+	}
+	return &Memory{opts: opts, keys: k, notes: newNotifier(), boxes: make(map[[32]byte]*memBox)}
+}
+
+// lock takes the lock and checks ctx and closed; on error the lock is not held.
+func (m *Memory) lock(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+func (m *Memory) CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) error {
+	if err := checkMailboxArgs(owner, sendCap); err != nil {
+		return err
+	}
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	hid := m.keys.hid(id)
+	if m.boxes[hid] != nil {
+		return ErrMailboxExists
+	}
+	m.boxes[hid] = newMemBox(owner, sendCap)
+	return nil
+}
+
+func newMemBox(owner ed25519.PublicKey, sendCap []byte) *memBox {
+	return &memBox{
+		owner:   slices.Clone(owner),
+		sendCap: slices.Clone(sendCap),
+		nextSeq: 1,
+		refs:    make(map[Ref]*memEnv),
+	}
+}
+
+func (m *Memory) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) {
+	if err := m.lock(ctx); err != nil {
+		return Mailbox{}, err
+	}
+	defer m.mu.Unlock()
+	b := m.boxes[m.keys.hid(id)]
+	if b == nil {
+		return Mailbox{}, ErrNoMailbox
+	}
+	return Mailbox{
+		Owner:        slices.Clone(b.owner),
+		SendCap:      slices.Clone(b.sendCap),
+		Pending:      len(b.items),
+		PendingBytes: b.bytes,
+	}, nil
+}
+
+func (m *Memory) DeleteMailbox(ctx context.Context, id [IDSize]byte) error {
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	hid := m.keys.hid(id)
+	b := m.boxes[hid]
+	if b == nil {
+		return ErrNoMailbox
+	}
+	m.envs -= len(b.items)
+	m.bytes -= b.bytes
+	delete(m.boxes, hid)
+	return nil
+}
+
+func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) (int, error) {
+	if err := checkMailboxArgs(owner, sendCap); err != nil {
+		return 0, err
+	}
+	if err := m.lock(ctx); err != nil {
+		return 0, err
+	}
+	oldH, newH := m.keys.hid(oldID), m.keys.hid(newID)
+	old := m.boxes[oldH]
+	if old == nil {
+		m.mu.Unlock()
+		return 0, ErrNoMailbox
+	}
+	if m.boxes[newH] != nil {
+		m.mu.Unlock()
+		return 0, ErrMailboxExists
+	}
+	nb := newMemBox(owner, sendCap)
+	for _, e := range old.items {
+		e.seq = nb.nextSeq
+		nb.nextSeq++
+		nb.items = append(nb.items, e)
+		nb.refs[e.ref] = e
+		nb.bytes += int64(len(e.env))
+	}
+	delete(m.boxes, oldH)
+	m.boxes[newH] = nb
+	moved := len(nb.items)
+	m.mu.Unlock()
+	if moved > 0 {
+		m.notes.wake(newH)
+	}
+	return moved, nil
+}
+
+func (m *Memory) Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, error) {
+	if err := checkEnvelope(env); err != nil {
+		return Ref{}, err
+	}
+	ref := m.keys.refOf(env)
+	day := expiryDay(m.opts.Now(), m.opts.TTL)
+	hid := m.keys.hid(id)
+	if err := m.lock(ctx); err != nil {
+		return Ref{}, err
+	}
+	b := m.boxes[hid]
+	if b == nil {
+		m.mu.Unlock()
+		return Ref{}, ErrNoMailbox
+	}
+	if b.refs[ref] != nil {
+		m.mu.Unlock()
+		return ref, nil
+	}
+	if err := m.opts.quota(len(b.items), b.bytes, m.bytes, len(env)); err != nil {
+		m.mu.Unlock()
+		return Ref{}, err
+	}
+	e := &memEnv{seq: b.nextSeq, day: day, ref: ref, env: slices.Clone(env)}
+	b.nextSeq++
+	b.items = append(b.items, e)
+	b.refs[ref] = e
+	b.bytes += int64(len(env))
+	m.envs++
+	m.bytes += int64(len(env))
+	m.mu.Unlock()
+	m.notes.wake(hid)
+	return ref, nil
+}
+
+func (m *Memory) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error) {
+	if max <= 0 {
+		max = DefaultFetchMax
+	}
+	if err := m.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	b := m.boxes[m.keys.hid(id)]
+	if b == nil {
+		return nil, ErrNoMailbox
+	}
+	n := min(max, len(b.items))
+	out := make([]Item, n)
+	for i, e := range b.items[:n] {
+		out[i] = Item{Ref: e.ref, Envelope: slices.Clone(e.env)}
+	}
+	return out, nil
+}
+
+func (m *Memory) Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, error) {
+	if err := m.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer m.mu.Unlock()
+	b := m.boxes[m.keys.hid(id)]
+	if b == nil {
+		return 0, ErrNoMailbox
+	}
+	gone := make(map[*memEnv]bool)
+	for _, r := range refs {
+		if e := b.refs[r]; e != nil {
+			gone[e] = true
+			delete(b.refs, r)
+		}
+	}
+	if len(gone) > 0 {
+		m.removeFrom(b, func(e *memEnv) bool { return gone[e] })
+	}
+	return len(gone), nil
+}
+
+// removeFrom deletes the envelopes of b for which drop is true, keeping
+// counters right. m.mu must be held.
+func (m *Memory) removeFrom(b *memBox, drop func(*memEnv) bool) int {
+	n := 0
+	b.items = slices.DeleteFunc(b.items, func(e *memEnv) bool {
+		if !drop(e) {
+			return false
+		}
+		delete(b.refs, e.ref)
+		b.bytes -= int64(len(e.env))
+		m.envs--
+		m.bytes -= int64(len(e.env))
+		n++
+		return true
+	})
+	return n
+}
+
+// Sweep deletes expired envelopes. Memory scans every envelope; Bolt uses a
+// per-day index.
+func (m *Memory) Sweep(ctx context.Context, now time.Time) (int, error) {
+	if err := m.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer m.mu.Unlock()
+	d := today(now)
+	n := 0
+	for _, b := range m.boxes {
+		n += m.removeFrom(b, func(e *memEnv) bool { return e.day <= d })
+	}
+	return n, nil
+}
+
+func (m *Memory) Notify(id [IDSize]byte) (<-chan struct{}, func()) {
+	return m.notes.subscribe(m.keys.hid(id))
+}
+
+func (m *Memory) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return Stats{Mailboxes: len(m.boxes), Envelopes: m.envs, Bytes: m.bytes}
+}
+
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.boxes = nil
+	m.mu.Unlock()
+	m.notes.close()
+	return nil
+}

@@ -1,0 +1,282 @@
+// Package store keeps a relay's mailboxes and the sealed envelopes waiting in
+// them.
+//
+// There is one interface, [Store], and two implementations: [Memory] for
+// tests and `--dev`, and [Bolt], a durable store on a single bbolt file, the
+// default for `relay serve`. Both pass the same conformance suite
+// (relay/store/storetest).
+//
+// # What is stored
+//
+// An envelope is opaque bytes to the store (the relay has already parsed its
+// outer header). A mailbox is an Ed25519 owner key plus an optional send
+// capability verifier; authorising requests with them is the relay's job.
+//
+// # No metadata
+//
+// The store is built so that a seized data directory reveals as little as
+// possible:
+//
+//   - Mailbox ids are never stored. Every id is replaced by
+//     HMAC-SHA256(k_id, id), where k_id is derived from a 32-byte store key.
+//   - Envelopes are encrypted at rest (AES-256-GCM) under a key derived from
+//     the store key and the mailbox id, so the ciphertext on disk reveals
+//     neither the content nor the recipient id that a sealed envelope's outer
+//     header carries. Without the id, even the store key does not open them.
+//   - Envelope refs (used for ack and dedupe) are HMAC-SHA256(k_ref, envelope).
+//   - There are no arrival timestamps. Envelopes are ordered by a per-mailbox
+//     sequence number, and expiry is recorded only as a day number (Unix days):
+//     an envelope put at time t with TTL d expires on the first day boundary
+//     at or after t+d, so it lives at least d and at most d plus one day.
+//
+// [Bolt] keeps the store key in its own file (store.key, mode 0600) apart
+// from the data file (store.db, mode 0600). Keep the key on another volume
+// (Options.KeyFile) or only in memory (Options.IDKey) and a seized data file
+// does not reveal which mailbox ids exist, nor, without the ids, any
+// envelope.
+//
+// # Durability
+//
+// [Store.Put] returns only when the envelope is durable: for [Bolt], after
+// the bbolt transaction holding it has been committed and fsynced. Puts and
+// every other write go through one committer goroutine that batches all
+// requests waiting for it into one transaction (group commit): while one
+// batch is being fsynced, the next one accumulates.
+//
+// # Quotas
+//
+// Per mailbox (envelope count and bytes) and per store (bytes, counting
+// envelope bytes only). A Put that would exceed a quota fails with
+// [ErrMailboxFull] or [ErrStoreFull] and nothing already stored is dropped.
+package store
+
+import (
+	"context"
+	"crypto/ed25519"
+	"time"
+)
+
+// Sizes and limits.
+const (
+	IDSize          = 32       // mailbox id, bytes
+	RefSize         = 32       // envelope ref, bytes
+	MaxEnvelopeSize = 64 << 10 // the largest envelope bucket, bytes
+	MaxSendCapSize  = 1024     // largest send capability verifier, bytes
+	DefaultFetchMax = 64       // Fetch(max <= 0) returns at most this many
+	DefaultTTL      = 7 * 24 * time.Hour
+	secondsPerDay   = 24 * 60 * 60
+	defaultMaxBatch = 512
+	defaultBoxCount = 4096     // envelopes per mailbox
+	defaultBoxBytes = 64 << 20 // bytes per mailbox
+	defaultAllBytes = 1 << 30  // bytes per store
+)
+
+// Ref names one stored envelope: a keyed hash of its bytes. Equal envelopes
+// have equal refs, which is how duplicates are recognised. A Ref is an
+// envelope identifier: never log it.
+type Ref [RefSize]byte
+
+// Item is one envelope returned by Fetch.
+type Item struct {
+	Ref      Ref
+	Envelope []byte
+}
+
+// Mailbox is what the store knows about a mailbox.
+type Mailbox struct {
+	Owner        ed25519.PublicKey // verifies fetch, ack, rotate and delete
+	SendCap      []byte            // send capability verifier; empty if none
+	Pending      int               // envelopes waiting
+	PendingBytes int64             // their total size
+}
+
+// Stats are store-wide totals for metrics. They carry no identifiers.
+type Stats struct {
+	Mailboxes int
+	Envelopes int
+	Bytes     int64  // envelope bytes stored
+	Commits   uint64 // durable write transactions so far (0 for Memory)
+}
+
+// Store is a relay's mailbox store. All methods are safe for concurrent use.
+// Errors returned are, or wrap, the sentinels in errors.go where one applies;
+// none of them contains an id, a key or a ref.
+type Store interface {
+	// CreateMailbox creates mailbox id owned by owner (an Ed25519 public
+	// key) with an optional send capability verifier. It fails with
+	// ErrMailboxExists if id is taken.
+	CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) error
+
+	// Mailbox returns the owner key, send capability verifier and pending
+	// counts of mailbox id, or ErrNoMailbox.
+	Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error)
+
+	// DeleteMailbox deletes mailbox id and every envelope in it, or fails
+	// with ErrNoMailbox.
+	DeleteMailbox(ctx context.Context, id [IDSize]byte) error
+
+	// RotateMailbox atomically creates mailbox newID with the given owner
+	// and send capability, moves every pending envelope of oldID into it
+	// (keeping their order, refs and expiry days) and deletes oldID. It
+	// returns the number of envelopes moved. It fails with ErrNoMailbox if
+	// oldID does not exist and ErrMailboxExists if newID does.
+	RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) (moved int, err error)
+
+	// Put stores env in mailbox id and returns its Ref once it is durable.
+	// An exact duplicate of an envelope still pending in the mailbox is
+	// stored once: Put returns the same Ref and no error, even when the
+	// mailbox is full. Put fails with ErrNoMailbox, ErrMailboxFull,
+	// ErrStoreFull or ErrInvalid (empty or larger than MaxEnvelopeSize).
+	// If ctx ends while Put waits for the commit, Put returns ctx.Err()
+	// and the envelope may or may not have been stored; retrying is safe.
+	Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, error)
+
+	// Fetch returns up to max pending envelopes of mailbox id in the order
+	// they were accepted (max <= 0 means DefaultFetchMax). Fetching does not
+	// remove them; Ack does.
+	Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error)
+
+	// Ack deletes the given envelopes from mailbox id and returns how many
+	// were deleted; refs that are not pending are ignored. The deletion is
+	// durable when Ack returns.
+	Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, error)
+
+	// Notify subscribes to arrivals in mailbox id. The channel receives a
+	// value (coalesced: at most one buffered) after each durable Put or
+	// Rotate into the mailbox, and is closed when the store closes. Call
+	// the returned function to unsubscribe. Subscriptions live in memory
+	// only.
+	Notify(id [IDSize]byte) (<-chan struct{}, func())
+
+	// Sweep deletes every envelope whose expiry day has begun at now, and
+	// returns how many it deleted.
+	Sweep(ctx context.Context, now time.Time) (expired int, err error)
+
+	// Stats returns store-wide totals.
+	Stats() Stats
+
+	// Close releases the store. Calls after Close fail with ErrClosed.
+	Close() error
+}
+
+// Options tune a store. The zero value means sensible defaults.
+type Options struct {
+	// IDKey is the 32-byte store key from which the mailbox id hash, the
+	// ref hash and the at-rest envelope keys are derived. If nil, Memory
+	// makes a random one and Bolt loads (or creates) KeyFile.
+	IDKey []byte
+
+	// KeyFile is where Bolt keeps the store key when IDKey is nil.
+	// Default: <dir>/store.key. Put it on another volume than the data
+	// file so a seized data file alone reveals no mailbox ids.
+	KeyFile string
+
+	// TTL is how long an envelope waits before Sweep may delete it
+	// (rounded up to a day boundary). Default DefaultTTL (7 days).
+	TTL time.Duration
+
+	// MaxMailboxEnvelopes and MaxMailboxBytes limit one mailbox;
+	// MaxStoreBytes limits the envelope bytes of the whole store.
+	// 0 means the default (4096 envelopes, 64 MiB, 1 GiB); negative means
+	// no limit.
+	MaxMailboxEnvelopes int
+	MaxMailboxBytes     int64
+	MaxStoreBytes       int64
+
+	// Now is the clock used to compute expiry days at Put. Default time.Now.
+	Now func() time.Time
+
+	// MaxBatch bounds how many writes one Bolt transaction holds.
+	// Default 512.
+	MaxBatch int
+
+	// CommitDelay is how long the Bolt committer waits for more writes
+	// after the first one of a batch, unless the batch is full. The default
+	// 0 adds no latency: a batch is every write that arrived while the
+	// previous one was being committed.
+	CommitDelay time.Duration
+
+	// OnCommit, if set, is called by the Bolt committer after each
+	// successful commit with the number of writes in it and how long the
+	// transaction took (for metrics). It must not block.
+	OnCommit func(writes int, took time.Duration)
+}
+
+func (o Options) withDefaults() Options {
+	if o.TTL <= 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.MaxMailboxEnvelopes == 0 {
+		o.MaxMailboxEnvelopes = defaultBoxCount
+	}
+	if o.MaxMailboxBytes == 0 {
+		o.MaxMailboxBytes = defaultBoxBytes
+	}
+	if o.MaxStoreBytes == 0 {
+		o.MaxStoreBytes = defaultAllBytes
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = defaultMaxBatch
+	}
+	return o
+}
+
+// quota reports whether adding one envelope of n bytes to a mailbox holding
+// boxCount envelopes and boxBytes bytes, in a store holding allBytes, is
+// allowed, and which error to return if not.
+func (o Options) quota(boxCount int, boxBytes, allBytes int64, n int) error {
+	if o.MaxMailboxEnvelopes > 0 && boxCount+1 > o.MaxMailboxEnvelopes {
+		return ErrMailboxFull
+	}
+	if o.MaxMailboxBytes > 0 && boxBytes+int64(n) > o.MaxMailboxBytes {
+		return ErrMailboxFull
+	}
+	if o.MaxStoreBytes > 0 && allBytes+int64(n) > o.MaxStoreBytes {
+		return ErrStoreFull
+	}
+	return nil
+}
+
+// expiryDay is the Unix day on which an envelope accepted at now expires:
+// the first day boundary at or after now+ttl.
+func expiryDay(now time.Time, ttl time.Duration) uint32 {
+	s := now.Add(ttl).Unix()
+	d := s / secondsPerDay
+	if s%secondsPerDay != 0 {
+		d++
+	}
+	if d < 0 {
+		return 0
+	}
+	return uint32(d)
+}
+
+// today is the Unix day that contains now. Envelopes with expiry day <= today
+// have expired.
+func today(now time.Time) uint32 {
+	s := now.Unix()
+	if s < 0 {
+		return 0
+	}
+	return uint32(s / secondsPerDay)
+}
+
+func checkMailboxArgs(owner ed25519.PublicKey, sendCap []byte) error {
+	if len(owner) != ed25519.PublicKeySize {
+		return ErrInvalid
+	}
+	if len(sendCap) > MaxSendCapSize {
+		return ErrInvalid
+	}
+	return nil
+}
+
+func checkEnvelope(env []byte) error {
+	if len(env) == 0 || len(env) > MaxEnvelopeSize {
+		return ErrInvalid
+	}
+	return nil
+}
