@@ -27,15 +27,20 @@ type Observer interface {
 	SessionOpened(transportName string)
 	SessionClosed(transportName string)
 	// Envelope reports an envelope event: "accepted", "delivered" (acked by
-	// its recipient), "duplicate" or "rejected" (with reason).
+	// its recipient) or "rejected" (with a reason: malformed, bad_envelope,
+	// no_mailbox, mailbox_full, relay_full, capability, internal).
 	Envelope(event, reason string)
+	// SendDuration reports how long an accepted Send took from the relay
+	// reading it to the envelope being durable.
+	SendDuration(d time.Duration)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) SessionOpened(string)    {}
-func (nopObserver) SessionClosed(string)    {}
-func (nopObserver) Envelope(string, string) {}
+func (nopObserver) SessionOpened(string)       {}
+func (nopObserver) SessionClosed(string)       {}
+func (nopObserver) Envelope(string, string)    {}
+func (nopObserver) SendDuration(time.Duration) {}
 
 // ServerConfig configures a Server. Store is required; every other zero
 // field means the default given.
@@ -368,6 +373,7 @@ func (ss *session) create(p []byte) error {
 }
 
 func (ss *session) send(p []byte) (store.Ref, error) {
+	start := time.Now()
 	c := cursor{b: p}
 	capb := c.take(int(c.u8()))
 	env := c.rest()
@@ -399,6 +405,7 @@ func (ss *session) send(p []byte) (store.Ref, error) {
 		return store.Ref{}, err
 	}
 	obs.Envelope("accepted", "")
+	obs.SendDuration(time.Since(start))
 	return ref, nil
 }
 
