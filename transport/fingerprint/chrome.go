@@ -148,7 +148,7 @@ func ChromeSpec() (utls.ClientHelloSpec, error) {
 			&utls.UtlsGREASEExtension{},
 			&utls.SNIExtension{},
 			&utls.ExtendedMasterSecretExtension{},
-			&utls.RenegotiationInfoExtension{Renegotiation: utls.RenegotiateOnceAsClient},
+			&utls.RenegotiationInfoExtension{Renegotiation: utls.RenegotiateNever}, // same bytes on the wire; keeps key export available
 			&utls.SupportedCurvesExtension{Curves: []utls.CurveID{
 				utls.GREASE_PLACEHOLDER,
 				utls.X25519MLKEM768,
@@ -225,7 +225,22 @@ func NewUConn(conn net.Conn, config *utls.Config, preset string) (*utls.UConn, e
 		}
 		return uc, nil
 	case PresetChrome133:
-		return utls.UClient(conn, config, utls.HelloChrome_133), nil
+		spec, err := utls.UTLSIdToSpec(utls.HelloChrome_133)
+		if err != nil {
+			return nil, err
+		}
+		for _, ext := range spec.Extensions {
+			if ri, ok := ext.(*utls.RenegotiationInfoExtension); ok {
+				// Same bytes on the wire; keeps TLS key export (channel
+				// binding of session tokens) available.
+				ri.Renegotiation = utls.RenegotiateNever
+			}
+		}
+		uc := utls.UClient(conn, config, utls.HelloCustom)
+		if err := uc.ApplyPreset(&spec); err != nil {
+			return nil, fmt.Errorf("apply %s ClientHello preset: %w", PresetChrome133, err)
+		}
+		return uc, nil
 	}
 	return nil, fmt.Errorf("unknown ClientHello preset %q: use %q, %q or \"\"", preset, PresetChrome, PresetChrome133)
 }

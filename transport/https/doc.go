@@ -1,0 +1,49 @@
+// Package https is Postern's "https" transport: relay sessions carried as
+// HTTP/2 requests over TLS over TCP, indistinguishable from a visit to an
+// ordinary website.
+//
+// # Server
+//
+// The listener is a stock [net/http.Server] serving HTTP/2 and HTTP/1.1 over
+// crypto/tls with the operator's certificate and the TLS defaults of any Go
+// HTTPS server. Every request goes to one handler:
+//
+//   - POST to the secret session path with a valid session token in the
+//     cookie [transport.TokenCookie] becomes a relay session: the server
+//     answers 200 at once, and the request body and the response body form a
+//     full-duplex stream.
+//   - Everything else (other paths and methods, a missing, forged, expired,
+//     replayed or wrongly bound token) is handed untouched to the cover site,
+//     so the answer is byte for byte what the cover site gives anybody.
+//
+// Tokens are bound to the TLS session through the exporter
+// [transport.ExporterLabel] unless the listener allows unbound tokens (relays
+// behind a CDN); see transport.MakeToken.
+//
+// # Client
+//
+// The client dials TCP, performs a uTLS handshake that imitates Chrome
+// (ALPN h2, http/1.1), requires h2, and sends one POST to the session path
+// with browser-like headers, the token cookie and a streaming body.
+//
+// # Stream framing
+//
+// Client to server, the request body carries the session bytes as they are;
+// the client's CloseWrite ends the request body (HTTP/2 END_STREAM).
+//
+// Server to client, the response body is a sequence of records, because an
+// HTTP server cannot end a response while it keeps reading the request:
+//
+//	length  4 bytes  big-endian, 1..MaxRecord: that many session bytes follow
+//	length  4 bytes  zero: end of stream (the server's CloseWrite)
+//
+// The end of the response body without the zero record also reads as end of
+// stream, like a TCP FIN.
+//
+// # Limits
+//
+// Read-header and idle timeouts, a header size cap, a cap on concurrent TLS
+// handshakes and a cap on concurrent sessions protect the listener; see
+// [Transport]. The server's error log is discarded: it would print client
+// addresses.
+package https

@@ -1,0 +1,500 @@
+package https
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/cover"
+)
+
+// Name is the registry and descriptor name of this transport.
+const Name = "https"
+
+// Defaults for the zero fields of Transport.
+const (
+	// DefaultReadHeaderTimeout bounds the TLS handshake and the reading of
+	// request headers (slowloris).
+	DefaultReadHeaderTimeout = 10 * time.Second
+	// DefaultIdleTimeout closes keep-alive connections with no request in
+	// flight. Connections carrying a session are never idle.
+	DefaultIdleTimeout = 90 * time.Second
+	// DefaultMaxHeaderBytes caps request headers.
+	DefaultMaxHeaderBytes = 64 << 10
+	// DefaultMaxHandshakes caps concurrent TLS handshakes per listener.
+	DefaultMaxHandshakes = 256
+	// DefaultMaxSessions caps concurrent relay sessions per listener.
+	DefaultMaxSessions = 4096
+)
+
+// Transport is the https transport. The zero value uses the defaults above
+// and is ready to use.
+type Transport struct {
+	// ReadHeaderTimeout bounds the TLS handshake and request headers.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle keep-alive connections.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps request header size.
+	MaxHeaderBytes int
+	// MaxHandshakes caps concurrent TLS handshakes; a ClientHello beyond it
+	// waits for a free slot until ReadHeaderTimeout.
+	MaxHandshakes int
+	// MaxSessions caps concurrent sessions; a valid session request beyond
+	// it is served the cover site.
+	MaxSessions int
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// Name returns "https".
+func (t *Transport) Name() string { return Name }
+
+func (t *Transport) readHeaderTimeout() time.Duration {
+	return orDefault(t.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+}
+
+func orDefault[T time.Duration | int](v, d T) T {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+// NewHTTPServer returns the http.Server settings every https listener uses,
+// serving h. It exists so that tests and tools can build a plain HTTPS
+// server configured exactly like a relay listener.
+func (t *Transport) NewHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: t.readHeaderTimeout(),
+		IdleTimeout:       orDefault(t.IdleTimeout, DefaultIdleTimeout),
+		MaxHeaderBytes:    orDefault(t.MaxHeaderBytes, DefaultMaxHeaderBytes),
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+}
+
+// listener is a transport.Listener over an http.Server.
+type listener struct {
+	srv      *http.Server
+	ln       net.Listener
+	cover    http.Handler
+	path     string
+	verifier *transport.TokenVerifier
+	observe  func(transport.Outcome)
+
+	handshakes chan struct{} // semaphore: TLS handshakes in progress
+	sessions   chan struct{} // semaphore: live sessions
+	accept     chan *serverConn
+
+	mu        sync.Mutex // orders active.Add before active.Wait
+	closed    chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	active    sync.WaitGroup // session handlers
+	serveDone chan struct{}
+}
+
+// Listen starts an HTTPS listener on cfg.Addr. It serves the cover site to
+// everybody and yields authenticated relay sessions through Accept.
+func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (transport.Listener, error) {
+	lerr := func(err error) error {
+		return &transport.Error{Class: transport.ClassUnknown, Op: "listen", Transport: Name, Err: err}
+	}
+	if cfg.Addr == "" {
+		return nil, lerr(errors.New("no listen address configured (host:port)"))
+	}
+	if len(cfg.Certificate.Certificate) == 0 {
+		return nil, lerr(errors.New("no TLS certificate configured"))
+	}
+	if !strings.HasPrefix(cfg.Path, "/") {
+		return nil, lerr(fmt.Errorf("session path %q must start with /", cfg.Path))
+	}
+	verifier, err := transport.NewTokenVerifier(cfg.Key, cfg.Path, cfg.AllowUnbound, cfg.Now)
+	if err != nil {
+		return nil, lerr(err)
+	}
+	var lc net.ListenConfig
+	raw, err := lc.Listen(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, lerr(err) // a local address; safe to show the operator
+	}
+	l := &listener{
+		ln:         raw,
+		cover:      cfg.Cover,
+		path:       cfg.Path,
+		verifier:   verifier,
+		observe:    cfg.Observe,
+		handshakes: make(chan struct{}, orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
+		sessions:   make(chan struct{}, orDefault(t.MaxSessions, DefaultMaxSessions)),
+		accept:     make(chan *serverConn),
+		closed:     make(chan struct{}),
+		serveDone:  make(chan struct{}),
+	}
+	if l.cover == nil {
+		l.cover = cover.Default()
+	}
+	if l.observe == nil {
+		l.observe = func(transport.Outcome) {}
+	}
+	l.srv = t.NewHTTPServer(l)
+	handshakeWait := t.readHeaderTimeout()
+	// The TLS configuration is what a stock Go HTTPS server with this
+	// certificate uses; ServeTLS adds ALPN h2 and http/1.1. The hook only
+	// counts handshakes and never changes what goes on the wire.
+	l.srv.TLSConfig = &tls.Config{
+		Certificates: []tls.Certificate{cfg.Certificate},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if c, ok := hello.Conn.(*countedConn); ok {
+				if err := c.acquire(hello.Context(), handshakeWait, l.closed); err != nil {
+					return nil, err
+				}
+			}
+			return nil, nil
+		},
+	}
+	go func() {
+		defer close(l.serveDone)
+		l.srv.ServeTLS(&countingListener{Listener: raw, sem: l.handshakes}, "", "")
+	}()
+	return l, nil
+}
+
+func (l *listener) Addr() net.Addr { return l.ln.Addr() }
+
+func (l *listener) Accept(ctx context.Context) (transport.Conn, error) {
+	select {
+	case c := <-l.accept:
+		return c, nil
+	case <-l.closed:
+		return nil, &transport.Error{Class: transport.ClassUnknown, Op: "accept", Transport: Name, Err: net.ErrClosed}
+	case <-ctx.Done():
+		return nil, transport.Classify("accept", Name, ctx.Err())
+	}
+}
+
+// Close stops the server, closes every connection and session, and waits
+// for session handlers to finish.
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		close(l.closed)
+		l.mu.Unlock()
+		l.closeErr = l.srv.Close()
+		l.active.Wait()
+		<-l.serveDone
+	})
+	return l.closeErr
+}
+
+// ServeHTTP decides between a relay session and the cover site.
+func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.URL.Path != l.path {
+		l.observe(transport.OutcomeCover)
+		l.cover.ServeHTTP(w, r)
+		return
+	}
+	outcome := transport.OutcomeAuthFailed
+	if ck, err := r.Cookie(transport.TokenCookie); err == nil {
+		var binding []byte
+		if r.TLS != nil {
+			binding, _ = r.TLS.ExportKeyingMaterial(transport.ExporterLabel, nil, transport.ExporterLen)
+		}
+		outcome = l.verifier.Verify(ck.Value, binding)
+	}
+	if outcome != transport.OutcomeOK {
+		l.observe(outcome)
+		l.cover.ServeHTTP(w, r)
+		return
+	}
+	select {
+	case l.sessions <- struct{}{}:
+	default:
+		// Full: indistinguishable from a rejected token for the client,
+		// which will retry later or elsewhere.
+		l.observe(transport.OutcomeCover)
+		l.cover.ServeHTTP(w, r)
+		return
+	}
+	defer func() { <-l.sessions }()
+	l.mu.Lock()
+	select {
+	case <-l.closed:
+		// Closing: Close may already be waiting for active handlers.
+		l.mu.Unlock()
+		l.observe(transport.OutcomeCover)
+		l.cover.ServeHTTP(w, r)
+		return
+	default:
+	}
+	l.active.Add(1)
+	l.mu.Unlock()
+	defer l.active.Done()
+	l.observe(transport.OutcomeOK)
+	l.session(w, r)
+}
+
+// session runs one relay session until either side closes it.
+func (l *listener) session(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	rc.EnableFullDuplex() // HTTP/1.1; HTTP/2 is always full duplex
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	c := &serverConn{
+		w: w, rc: rc, body: r.Body,
+		local: l.ln.Addr(), remote: hiddenAddr{},
+		closing: make(chan struct{}), finished: make(chan struct{}),
+	}
+	defer close(c.finished)
+	ctx := r.Context()
+	select {
+	case l.accept <- c:
+	case <-l.closed:
+	case <-ctx.Done():
+	}
+	select {
+	case <-c.closing:
+	case <-l.closed:
+	case <-ctx.Done():
+	}
+	c.teardown()
+}
+
+// hiddenAddr stands in for the client's address, which the relay must not
+// learn through the transport.
+type hiddenAddr struct{}
+
+func (hiddenAddr) Network() string { return "https" }
+func (hiddenAddr) String() string  { return "client" }
+
+// serverConn is the relay end of a session: the request body is the read
+// side, the framed response body the write side.
+type serverConn struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	body   io.ReadCloser
+	local  net.Addr
+	remote net.Addr
+
+	rmu     sync.Mutex
+	rclosed bool
+
+	wmu      sync.Mutex
+	wshut    bool // CloseWrite done
+	wclosed  bool // handler finished or finishing: w must not be touched
+	hdr      [recordHeaderLen]byte
+	isClosed atomic.Bool
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	finished  chan struct{}
+}
+
+var errWriteAfterCloseWrite = errors.New("https: write after CloseWrite")
+
+func (c *serverConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.rclosed {
+		return 0, net.ErrClosed
+	}
+	n, err := c.body.Read(p)
+	if err != nil && err != io.EOF {
+		if c.isClosed.Load() {
+			return n, net.ErrClosed
+		}
+		select {
+		case <-c.finished:
+			return n, net.ErrClosed
+		default:
+		}
+		return n, &net.OpError{Op: "read", Net: "https", Err: err}
+	}
+	return n, err
+}
+
+func (c *serverConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed {
+		return 0, net.ErrClosed
+	}
+	if c.wshut {
+		return 0, errWriteAfterCloseWrite
+	}
+	written := 0
+	for len(p) > 0 {
+		chunk := p
+		if len(chunk) > MaxRecord {
+			chunk = chunk[:MaxRecord]
+		}
+		binary.BigEndian.PutUint32(c.hdr[:], uint32(len(chunk)))
+		if err := c.writeFlush(c.hdr[:], chunk); err != nil {
+			return written, err
+		}
+		written += len(chunk)
+		p = p[len(chunk):]
+	}
+	return written, nil
+}
+
+func (c *serverConn) writeFlush(hdr, data []byte) error {
+	_, err := c.w.Write(hdr)
+	if err == nil && len(data) > 0 {
+		_, err = c.w.Write(data)
+	}
+	if err == nil {
+		err = c.rc.Flush()
+	}
+	if err != nil {
+		if c.isClosed.Load() {
+			return net.ErrClosed
+		}
+		return &net.OpError{Op: "write", Net: "https", Err: err}
+	}
+	return nil
+}
+
+// CloseWrite sends the end-of-stream record; reads keep working.
+func (c *serverConn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed {
+		return net.ErrClosed
+	}
+	if c.wshut {
+		return nil
+	}
+	c.wshut = true
+	binary.BigEndian.PutUint32(c.hdr[:], 0)
+	return c.writeFlush(c.hdr[:], nil)
+}
+
+// Close ends the session and waits until its handler has let go of the
+// request and response.
+func (c *serverConn) Close() error {
+	c.closeOnce.Do(func() {
+		c.isClosed.Store(true)
+		close(c.closing)
+	})
+	<-c.finished
+	return nil
+}
+
+// teardown runs on the handler goroutine before it returns: it unblocks
+// and waits out pending reads and writes, after which w and the body are
+// never touched again.
+func (c *serverConn) teardown() {
+	c.isClosed.Store(true)
+	past := time.Unix(1, 0)
+	if !c.wmu.TryLock() {
+		// A write is blocked (peer not reading); abort it.
+		c.rc.SetWriteDeadline(past)
+		c.wmu.Lock()
+	}
+	c.wclosed = true
+	c.wmu.Unlock()
+
+	c.rc.SetReadDeadline(past)
+	c.rmu.Lock()
+	c.rclosed = true
+	c.rmu.Unlock()
+}
+
+func (c *serverConn) LocalAddr() net.Addr  { return c.local }
+func (c *serverConn) RemoteAddr() net.Addr { return c.remote }
+
+func (c *serverConn) SetDeadline(time.Time) error      { return errNoDeadline }
+func (c *serverConn) SetReadDeadline(time.Time) error  { return errNoDeadline }
+func (c *serverConn) SetWriteDeadline(time.Time) error { return errNoDeadline }
+
+var errNoDeadline = fmt.Errorf("https session: %w", transport.ErrDeadlineUnsupported)
+
+// countingListener hands out countedConns so that TLS handshakes can be
+// counted against the handshake semaphore.
+type countingListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c, sem: l.sem}, nil
+}
+
+// countedConn holds a handshake slot from the moment its ClientHello has
+// been read until the server writes its handshake flight (by then the
+// key exchange and the signature, the expensive part, are done) or the
+// connection is closed.
+type countedConn struct {
+	net.Conn
+	sem  chan struct{}
+	held atomic.Bool
+}
+
+var errBusy = errors.New("too many concurrent TLS handshakes")
+
+func (c *countedConn) acquire(ctx context.Context, wait time.Duration, closed <-chan struct{}) error {
+	if c.held.Load() {
+		return nil
+	}
+	select {
+	case c.sem <- struct{}{}:
+		c.held.Store(true)
+		return nil
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case c.sem <- struct{}{}:
+		c.held.Store(true)
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	case <-closed:
+	}
+	return errBusy
+}
+
+func (c *countedConn) release() {
+	if c.held.CompareAndSwap(true, false) {
+		<-c.sem
+	}
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.release()
+	return c.Conn.Write(p)
+}
+
+func (c *countedConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

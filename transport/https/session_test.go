@@ -1,0 +1,365 @@
+package https
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/transport"
+)
+
+// echoRoundTrip writes data while reading the echo, both at once, and
+// checks that what came back is what went out.
+func echoRoundTrip(t testing.TB, c transport.Conn, data []byte) {
+	t.Helper()
+	werr := make(chan error, 1)
+	go func() {
+		// Odd-sized writes exercise record boundaries on the way back.
+		p := data
+		for len(p) > 0 {
+			n := min(len(p), 40000)
+			if _, err := c.Write(p[:n]); err != nil {
+				werr <- err
+				return
+			}
+			p = p[n:]
+		}
+		werr <- c.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	want := sha256.Sum256(data)
+	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("echo: got %d bytes, want %d (or contents differ)", n, len(data))
+	}
+}
+
+func TestEchoRoundTrip(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+	serveEcho(r.ln)
+	for _, size := range []int{1, 1000, 100 << 10, 32 << 20} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			data := make([]byte, size)
+			rand.Read(data)
+			c := dial(t, r.ep)
+			defer c.Close()
+			echoRoundTrip(t, c, data)
+		})
+	}
+	if got := r.obs.get(transport.OutcomeOK); got != 4 {
+		t.Errorf("Observe(ok) called %d times, want 4", got)
+	}
+}
+
+func TestConcurrentSessions(t *testing.T) {
+	// 50 handshakes at once on 2 shared cores under -race can take longer
+	// than the default header timeout; this test is about sessions.
+	r := startRelay(t, &Transport{ReadHeaderTimeout: time.Minute}, nil)
+	serveEcho(r.ln)
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := (&Transport{}).Dial(context.Background(), r.ep)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			data := bytes.Repeat([]byte{byte(i)}, 64<<10+i)
+			go func() { c.Write(data); c.CloseWrite() }()
+			got, err := io.ReadAll(c)
+			if err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(got, data) {
+				errs <- fmt.Errorf("session %d: echo mismatch (%d bytes)", i, len(got))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// acceptOne dials and returns both ends of one session.
+func acceptOne(t *testing.T, r *relay) (client, server transport.Conn) {
+	t.Helper()
+	ch := make(chan transport.Conn, 1)
+	go func() {
+		c, err := r.ln.Accept(context.Background())
+		if err != nil {
+			ch <- nil
+			return
+		}
+		ch <- c
+	}()
+	client = dial(t, r.ep)
+	server = within(t, "accept", ch)
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestHalfClose(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+
+	t.Run("client first", func(t *testing.T) {
+		c, s := acceptOne(t, r)
+		c.Write([]byte("question"))
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(s)
+		if err != nil || string(got) != "question" {
+			t.Fatalf("server read %q, %v", got, err)
+		}
+		// The server can still answer after the client's end of stream.
+		if _, err := s.Write([]byte("answer")); err != nil {
+			t.Fatal(err)
+		}
+		s.CloseWrite()
+		got, err = io.ReadAll(c)
+		if err != nil || string(got) != "answer" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		if _, err := c.Write([]byte("x")); err == nil {
+			t.Error("client Write after CloseWrite succeeded")
+		}
+	})
+
+	t.Run("server first", func(t *testing.T) {
+		c, s := acceptOne(t, r)
+		s.Write([]byte("banner"))
+		if err := s.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "banner" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+		// The client can still send after the server's end of stream.
+		if _, err := c.Write([]byte("late reply")); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		got, err = io.ReadAll(s)
+		if err != nil || string(got) != "late reply" {
+			t.Fatalf("server read %q, %v", got, err)
+		}
+		if _, err := s.Write([]byte("x")); err == nil {
+			t.Error("server Write after CloseWrite succeeded")
+		}
+	})
+}
+
+func TestCloseUnblocks(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+
+	t.Run("client read", func(t *testing.T) {
+		c, _ := acceptOne(t, r)
+		done := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 10)); done <- err }()
+		c.Close()
+		if err := within(t, "client Read after Close", done); err == nil {
+			t.Error("Read returned no error after Close")
+		}
+	})
+	t.Run("server read", func(t *testing.T) {
+		c, s := acceptOne(t, r)
+		done := make(chan error, 1)
+		go func() { _, err := s.Read(make([]byte, 10)); done <- err }()
+		s.Close()
+		if err := within(t, "server Read after Close", done); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("server Read after Close: %v, want net.ErrClosed", err)
+		}
+		// The peer sees the session end.
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("client read after server Close: %v", err)
+		}
+	})
+	t.Run("server write to a peer that does not read", func(t *testing.T) {
+		_, s := acceptOne(t, r)
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 1<<20)
+			for range 64 { // far beyond HTTP/2 flow-control windows
+				if _, err := s.Write(buf); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		// Wait until the writer is stuck (flow control) by closing
+		// concurrently: either way Write must return.
+		s.Close()
+		if err := within(t, "server Write after Close", done); err == nil {
+			t.Error("64 MiB written to a peer that reads nothing")
+		}
+	})
+	t.Run("client write to a relay that does not read", func(t *testing.T) {
+		c, _ := acceptOne(t, r)
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 1<<20)
+			for range 64 {
+				if _, err := c.Write(buf); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		c.Close()
+		if err := within(t, "client Write after Close", done); err == nil {
+			t.Error("64 MiB written to a relay that reads nothing")
+		}
+	})
+}
+
+func TestListenerCloseEndsSessions(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+	c, s := acceptOne(t, r)
+	readDone := make(chan error, 1)
+	go func() { _, err := io.ReadAll(c); readDone <- err }()
+	srvDone := make(chan error, 1)
+	go func() { _, err := s.Read(make([]byte, 1)); srvDone <- err }()
+	if err := r.ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	within(t, "client read after listener Close", readDone)
+	if err := within(t, "server read after listener Close", srvDone); err == nil {
+		t.Error("server Read succeeded after listener Close")
+	}
+	if _, err := r.ln.Accept(context.Background()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+	}
+	if _, err := (&Transport{}).Dial(context.Background(), r.ep); transport.ClassOf(err) != transport.ClassRefused {
+		t.Errorf("dial closed listener: %v, want class refused", err)
+	}
+}
+
+func TestDeadlinesUnsupported(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+	c, s := acceptOne(t, r)
+	for i, conn := range []transport.Conn{c, s} {
+		for _, set := range []func(time.Time) error{conn.SetDeadline, conn.SetReadDeadline, conn.SetWriteDeadline} {
+			if err := set(time.Now()); !errors.Is(err, transport.ErrDeadlineUnsupported) {
+				t.Errorf("conn %d: deadline error %v, want ErrDeadlineUnsupported", i, err)
+			}
+		}
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+	serveEcho(r.ln)
+
+	closedAddr := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+
+	// An ordinary HTTPS server that only speaks HTTP/1.1.
+	h1ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert(t)}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1 := &http.Server{Handler: http.NotFoundHandler()}
+	go h1.Serve(h1ln)
+	defer h1.Close()
+
+	wrongKey := bytes.Repeat([]byte{7}, 32)
+	otherPin := sha256.Sum256([]byte("not this key"))
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	roots := x509.NewCertPool()
+	roots.AddCert(cert(t).Leaf)
+
+	tests := []struct {
+		name  string
+		ctx   context.Context
+		mod   func(*transport.Endpoint)
+		class transport.Class
+	}{
+		{"wrong key", nil, func(ep *transport.Endpoint) { ep.Key = wrongKey }, transport.ClassAuth},
+		{"wrong path", nil, func(ep *transport.Endpoint) { ep.Path = "/other" }, transport.ClassAuth},
+		{"wrong pin", nil, func(ep *transport.Endpoint) { ep.CertSHA256 = otherPin[:] }, transport.ClassTLS},
+		{"untrusted cert", nil, func(ep *transport.Endpoint) { ep.CertSHA256 = nil; ep.RootCAs = x509.NewCertPool() }, transport.ClassTLS},
+		{"wrong name", nil, func(ep *transport.Endpoint) { ep.CertSHA256 = nil; ep.RootCAs = roots; ep.SNI = "other.test" }, transport.ClassTLS},
+		{"refused", nil, func(ep *transport.Endpoint) { ep.Addr = closedAddr }, transport.ClassRefused},
+		{"canceled", canceled, nil, transport.ClassCanceled},
+		{"http/1.1 only", nil, func(ep *transport.Endpoint) { ep.Addr = h1ln.Addr().String() }, transport.ClassProtocol},
+		{"unknown preset", nil, func(ep *transport.Endpoint) { ep.Fingerprint = "netscape" }, transport.ClassUnknown},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := r.ep
+			if tc.mod != nil {
+				tc.mod(&ep)
+			}
+			ctx := tc.ctx
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			c, err := (&Transport{}).Dial(ctx, ep)
+			if err == nil {
+				c.Close()
+				t.Fatal("dial succeeded")
+			}
+			var te *transport.Error
+			if !errors.As(err, &te) {
+				t.Fatalf("error %v (%T) is not a *transport.Error", err, err)
+			}
+			if te.Class != tc.class {
+				t.Errorf("class %v, want %v (%v)", te.Class, tc.class, err)
+			}
+			if strings.Contains(err.Error(), "127.0.0.1") {
+				t.Errorf("error reveals the address: %v", err)
+			}
+		})
+	}
+
+	t.Run("root CAs instead of pin", func(t *testing.T) {
+		ep := r.ep
+		ep.CertSHA256 = nil
+		ep.RootCAs = roots
+		c, err := (&Transport{}).Dial(context.Background(), ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoRoundTrip(t, c, []byte("verified by roots"))
+	})
+}
