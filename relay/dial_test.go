@@ -1,0 +1,78 @@
+package relay
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// fakeTransport dials by handing a loopback TCP pair's far end to the
+// relay server, or fails with a fixed error.
+type fakeTransport struct {
+	name string
+	fail error
+	r    *testRelay
+	t    *testing.T
+}
+
+func (f *fakeTransport) Name() string { return f.name }
+
+func (f *fakeTransport) Dial(ctx context.Context, ep transport.Endpoint) (transport.Conn, error) {
+	if f.fail != nil {
+		return nil, transport.Classify("dial", f.name, f.fail)
+	}
+	cc, sc := tcpPair(f.t)
+	go f.r.srv.ServeConn(f.r.ctx, sc, f.name)
+	return cc, nil
+}
+
+func (f *fakeTransport) Listen(context.Context, transport.ListenConfig) (transport.Listener, error) {
+	return nil, errors.New("not used")
+}
+
+func TestDialFallsBack(t *testing.T) {
+	r := newTestRelay(t, store.Options{})
+	var reg transport.Registry
+	reg.Register(&fakeTransport{name: "blocked", fail: syscall.ECONNREFUSED})
+	reg.Register(&fakeTransport{name: "works", r: r, t: t})
+	_, priv, _ := ed25519.GenerateKey(nil)
+	key := make([]byte, 32)
+	ep := func(name string) descriptor.Endpoint {
+		return descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: key}
+	}
+	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{ep("blocked"), ep("works")},
+		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = descriptor.Parse(line, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := Dial(ctx, &reg, d, DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// Only the blocked transport: the error is classified and names no address.
+	_, err = Dial(ctx, &reg, d, DialOptions{Transport: "blocked"})
+	if !errors.Is(err, transport.ErrRefused) || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err = Dial(ctx, &reg, d, DialOptions{Transport: "nope"}); !errors.Is(err, ErrNoEndpoint) {
+		t.Fatalf("err = %v", err)
+	}
+}
