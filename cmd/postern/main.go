@@ -44,6 +44,11 @@ func commands() []command {
 	return []command{
 		idNewCmd(),
 		idShowCmd(),
+		mailboxCreateCmd(),
+		sendCmd(),
+		recvCmd(),
+		relayServeCmd(),
+		relayConfigCmd(),
 		versionCmd(),
 	}
 }

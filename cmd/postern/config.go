@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// relayConfig is the relay's config file, JSON. Every field is optional;
+// the comment gives the default. `postern relay config` prints this
+// documentation and the defaults.
+type relayConfig struct {
+	// DataDir holds keys, the certificate, the store and the descriptor.
+	// Default: $POSTERN_HOME/relay. The --data flag overrides it.
+	DataDir string `json:"data_dir"`
+	// HTTPSListen is the TCP address of the https transport; "off"
+	// disables it. Default 127.0.0.1:8443.
+	HTTPSListen string `json:"https_listen"`
+	// H3Listen is the UDP address of the h3 transport; "off" disables it.
+	// Default 127.0.0.1:8443.
+	H3Listen string `json:"h3_listen"`
+	// PublicHTTPS and PublicH3 are the host:port clients dial, written into
+	// the descriptor. Default: the bound listen address.
+	PublicHTTPS string `json:"public_https"`
+	PublicH3    string `json:"public_h3"`
+	// SNI is the server name clients send. Default: the host of the public
+	// address when it is a name, else "localhost".
+	SNI string `json:"sni"`
+	// TLSCert and TLSKey are PEM files of a real certificate. Default: a
+	// self-signed certificate kept in the data directory and pinned in the
+	// descriptor.
+	TLSCert string `json:"tls_cert"`
+	TLSKey  string `json:"tls_key"`
+	// CoverDir serves this directory as the cover site; CoverProxy reverse
+	// proxies to this origin URL instead. Default: the built-in cover site.
+	CoverDir   string `json:"cover_dir"`
+	CoverProxy string `json:"cover_proxy"`
+	// Store is "bolt" (durable, default) or "memory" (lost on restart).
+	Store string `json:"store"`
+	// TTL is how long an undelivered envelope is kept, as a Go duration.
+	// Default "168h" (7 days).
+	TTL string `json:"ttl"`
+	// MaxMailboxEnvelopes, MaxMailboxBytes and MaxStoreBytes are quotas.
+	// Defaults: 4096 envelopes, 67108864 bytes per mailbox, 1073741824
+	// bytes per relay.
+	MaxMailboxEnvelopes int   `json:"max_mailbox_envelopes"`
+	MaxMailboxBytes     int64 `json:"max_mailbox_bytes"`
+	MaxStoreBytes       int64 `json:"max_store_bytes"`
+	// DescriptorValidity is how long a descriptor written at start-up is
+	// valid. Default "720h" (30 days).
+	DescriptorValidity string `json:"descriptor_validity"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `json:"log_level"`
+
+	// Parsed values.
+	ttl      time.Duration
+	validity time.Duration
+}
+
+func defaultRelayConfig() relayConfig {
+	return relayConfig{
+		HTTPSListen:        "127.0.0.1:8443",
+		H3Listen:           "127.0.0.1:8443",
+		Store:              "bolt",
+		TTL:                "168h",
+		DescriptorValidity: "720h",
+		LogLevel:           "info",
+	}
+}
+
+// loadRelayConfig reads path over the defaults; path "" means defaults
+// only. Errors name the file, the field and the value.
+func loadRelayConfig(path string) (relayConfig, error) {
+	cfg := defaultRelayConfig()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, explainJSON(data, err))
+		}
+		if dec.More() {
+			return cfg, fmt.Errorf("config %s: trailing data after the JSON object", path)
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return cfg, fmt.Errorf("config %s: trailing data after the JSON object", path)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		if path == "" {
+			path = "(defaults)"
+		}
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func explainJSON(data []byte, err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line := 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
+		return fmt.Errorf("line %d: %v", line, se)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("field %q: value of type %s where %s is expected", te.Field, te.Value, te.Type)
+	}
+	if msg := err.Error(); strings.HasPrefix(msg, "json: unknown field ") {
+		return fmt.Errorf("unknown field %s (see `postern relay config` for the fields)", strings.TrimPrefix(msg, "json: unknown field "))
+	}
+	return err
+}
+
+func (c *relayConfig) validate() error {
+	checkAddr := func(field, v string, allowOff bool) error {
+		if allowOff && v == "off" {
+			return nil
+		}
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("field %q: %q is not host:port", field, v)
+		}
+		return nil
+	}
+	if err := checkAddr("https_listen", c.HTTPSListen, true); err != nil {
+		return err
+	}
+	if err := checkAddr("h3_listen", c.H3Listen, true); err != nil {
+		return err
+	}
+	if c.HTTPSListen == "off" && c.H3Listen == "off" {
+		return fmt.Errorf("fields \"https_listen\" and \"h3_listen\" are both \"off\": enable at least one transport")
+	}
+	if c.PublicHTTPS != "" {
+		if err := checkAddr("public_https", c.PublicHTTPS, false); err != nil {
+			return err
+		}
+	}
+	if c.PublicH3 != "" {
+		if err := checkAddr("public_h3", c.PublicH3, false); err != nil {
+			return err
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("fields \"tls_cert\" and \"tls_key\" go together: set both or neither")
+	}
+	if c.CoverDir != "" && c.CoverProxy != "" {
+		return fmt.Errorf("fields \"cover_dir\" and \"cover_proxy\" exclude each other: set one")
+	}
+	if c.Store != "bolt" && c.Store != "memory" {
+		return fmt.Errorf("field \"store\": %q is not \"bolt\" or \"memory\"", c.Store)
+	}
+	var err error
+	if c.ttl, err = time.ParseDuration(c.TTL); err != nil || c.ttl < time.Hour {
+		return fmt.Errorf("field \"ttl\": %q is not a duration of at least 1h (for example \"168h\")", c.TTL)
+	}
+	if c.validity, err = time.ParseDuration(c.DescriptorValidity); err != nil || c.validity < time.Hour {
+		return fmt.Errorf("field \"descriptor_validity\": %q is not a duration of at least 1h (for example \"720h\")", c.DescriptorValidity)
+	}
+	for _, q := range []struct {
+		name string
+		v    int64
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}} {
+		if q.v < 0 {
+			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("field \"log_level\": %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}

@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/cover"
+	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/h3"
+	"github.com/postern/postern/transport/https"
+)
+
+// newRegistry returns the transports this binary speaks.
+func newRegistry() *transport.Registry {
+	var r transport.Registry
+	r.Register(&https.Transport{})
+	r.Register(h3.New())
+	return &r
+}
+
+func relayServeCmd() command {
+	return command{
+		name: "relay serve",
+		summary: "Run a relay. With no config file it keeps its data in --data, makes its keys\n" +
+			"and a self-signed certificate on first start, listens on 127.0.0.1:8443 with\n" +
+			"both transports (https over TCP, h3 over UDP), and writes its descriptor to\n" +
+			"DATA/descriptor. Stops cleanly on SIGINT or SIGTERM.",
+		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+			data := fs.String("data", "", "data `directory` (default: config data_dir, else $POSTERN_HOME/relay)")
+			cfgPath := fs.String("config", "", "JSON config `file` (see `postern relay config`)")
+			httpsAddr := fs.String("https", "", "override https_listen: TCP `address` or \"off\"")
+			h3Addr := fs.String("h3", "", "override h3_listen: UDP `address` or \"off\"")
+			dev := fs.Bool("dev", false, "keep envelopes in memory only (lost on exit)")
+			logLevel := fs.String("log-level", "", "override log_level: debug, info, warn or error")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return usageErr("unexpected argument %q", args[0])
+				}
+				cfg, err := loadRelayConfig(*cfgPath)
+				if err != nil {
+					return err
+				}
+				if *data != "" {
+					cfg.DataDir = *data
+				}
+				if cfg.DataDir == "" {
+					cfg.DataDir = filepath.Join(homeDir(e), "relay")
+				}
+				if *httpsAddr != "" {
+					cfg.HTTPSListen = *httpsAddr
+				}
+				if *h3Addr != "" {
+					cfg.H3Listen = *h3Addr
+				}
+				if *dev {
+					cfg.Store = "memory"
+				}
+				if *logLevel != "" {
+					cfg.LogLevel = *logLevel
+				}
+				if err := cfg.validate(); err != nil {
+					return fmt.Errorf("flags: %w", err)
+				}
+				return serveRelay(ctx, cfg, e)
+			}
+		},
+	}
+}
+
+func relayConfigCmd() command {
+	return command{
+		name:    "relay config",
+		summary: "Print an example relay config file with every field at its default.",
+		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+			return func(ctx context.Context, args []string) error {
+				cfg := defaultRelayConfig()
+				out, _ := json.MarshalIndent(cfg, "", "  ")
+				fmt.Fprintln(e.stdout, string(out))
+				return nil
+			}
+		},
+	}
+}
+
+func newLogger(e *env, level string) *slog.Logger {
+	var l slog.Level
+	l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// relaySecrets are the relay's long-lived secrets, kept in DATA/relay.secret
+// (mode 0600) so descriptors stay valid across restarts.
+type relaySecrets struct {
+	SigningKey []byte `json:"signing_key"` // Ed25519 seed
+	SessionKey []byte `json:"session_key"` // transport session authentication key
+	Path       string `json:"path"`        // secret session path
+}
+
+func loadOrCreateSecrets(dir string) (*relaySecrets, error) {
+	path := filepath.Join(dir, "relay.secret")
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		s := &relaySecrets{SigningKey: make([]byte, ed25519.SeedSize), SessionKey: make([]byte, transport.KeySize)}
+		rand.Read(s.SigningKey)
+		rand.Read(s.SessionKey)
+		p := make([]byte, 12)
+		rand.Read(p)
+		s.Path = "/" + base64.RawURLEncoding.EncodeToString(p)
+		out, _ := json.MarshalIndent(s, "", "  ")
+		if err := writeFileAtomic(path, append(out, '\n'), 0o600); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("relay secrets %s: %w", path, err)
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("relay secrets %s: mode %04o is too open; run `chmod 600 %s`", path, st.Mode().Perm(), path)
+	}
+	var s relaySecrets
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("relay secrets %s: %w", path, err)
+	}
+	if len(s.SigningKey) != ed25519.SeedSize || len(s.SessionKey) != transport.KeySize || !strings.HasPrefix(s.Path, "/") {
+		return nil, fmt.Errorf("relay secrets %s: corrupt (wrong key sizes or path); move it away to make new keys", path)
+	}
+	return &s, nil
+}
+
+// writeFileAtomic writes data to path via a temporary file, fsync and
+// rename, so a crash leaves the old file or the new one.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// loadOrCreateCert returns the configured certificate, or the relay's
+// self-signed one (made on first start) and its pin.
+func loadOrCreateCert(cfg relayConfig, sni string) (tls.Certificate, []byte, error) {
+	if cfg.TLSCert != "" {
+		c, err := https.LoadCertificate(cfg.TLSCert, cfg.TLSKey)
+		return c, nil, err
+	}
+	certFile := filepath.Join(cfg.DataDir, "cert.pem")
+	keyFile := filepath.Join(cfg.DataDir, "key.pem")
+	if _, err := os.Stat(certFile); errors.Is(err, fs.ErrNotExist) {
+		c, err := https.SelfSigned(sni)
+		if err != nil {
+			return tls.Certificate{}, nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+		if err != nil {
+			return tls.Certificate{}, nil, err
+		}
+		if err := writeFileAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return tls.Certificate{}, nil, err
+		}
+		if err := writeFileAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644); err != nil {
+			return tls.Certificate{}, nil, err
+		}
+	}
+	c, err := https.LoadCertificate(certFile, keyFile)
+	if err != nil {
+		return c, nil, err
+	}
+	pin, err := https.CertPin(c)
+	return c, pin, err
+}
+
+func coverHandler(cfg relayConfig) (http.Handler, error) {
+	switch {
+	case cfg.CoverDir != "":
+		return cover.Dir(cfg.CoverDir)
+	case cfg.CoverProxy != "":
+		return cover.Proxy(cfg.CoverProxy)
+	}
+	return cover.Default(), nil
+}
+
+func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
+	log := newLogger(e, cfg.LogLevel)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	}
+	secrets, err := loadOrCreateSecrets(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	signer := ed25519.NewKeyFromSeed(secrets.SigningKey)
+	relayID, err := loadOrCreateRelayIdentity(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	sni := cfg.SNI
+	if sni == "" {
+		sni = "localhost"
+		for _, a := range []string{cfg.PublicHTTPS, cfg.PublicH3} {
+			if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) == nil && h != "" {
+				sni = h
+				break
+			}
+		}
+	}
+	cert, pin, err := loadOrCreateCert(cfg, sni)
+	if err != nil {
+		return err
+	}
+	coverH, err := coverHandler(cfg)
+	if err != nil {
+		return err
+	}
+
+	var st store.Store
+	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
+		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes}
+	if cfg.Store == "memory" {
+		st = store.NewMemory(opts)
+	} else {
+		b, err := store.OpenBolt(filepath.Join(cfg.DataDir, "store"), opts)
+		if err != nil {
+			return err
+		}
+		st = b
+	}
+	defer st.Close()
+
+	srv, err := relay.NewServer(relay.ServerConfig{Store: st, Logger: log})
+	if err != nil {
+		return err
+	}
+	reg := newRegistry()
+	type bound struct {
+		name, public string
+		ln           transport.Listener
+	}
+	var listeners []bound
+	defer func() {
+		for _, b := range listeners {
+			b.ln.Close()
+		}
+	}()
+	for _, want := range []struct{ name, listen, public string }{
+		{https.Name, cfg.HTTPSListen, cfg.PublicHTTPS},
+		{h3.Name, cfg.H3Listen, cfg.PublicH3},
+	} {
+		if want.listen == "off" {
+			continue
+		}
+		t, err := reg.Get(want.name)
+		if err != nil {
+			return err
+		}
+		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: cert,
+			Path: secrets.Path, Key: secrets.SessionKey, Cover: coverH})
+		if err != nil {
+			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
+		}
+		pub := want.public
+		if pub == "" {
+			pub = ln.Addr().String()
+		}
+		listeners = append(listeners, bound{want.name, pub, ln})
+	}
+
+	d := &descriptor.Descriptor{
+		EnvelopeSuite: uint8(envelope.SuiteXWing),
+		EnvelopeKey:   relayID.Public().XWing,
+		Issued:        time.Now().Truncate(time.Second),
+		Expires:       time.Now().Add(cfg.validity).Truncate(time.Second),
+	}
+	for _, b := range listeners {
+		d.Endpoints = append(d.Endpoints, descriptor.Endpoint{Transport: b.name, Addr: b.public, SNI: sni,
+			Path: secrets.Path, Key: secrets.SessionKey, CertSHA256: pin})
+	}
+	line, err := d.Sign(signer)
+	if err != nil {
+		return fmt.Errorf("sign descriptor: %w", err)
+	}
+	descPath := filepath.Join(cfg.DataDir, "descriptor")
+	if err := writeFileAtomic(descPath, []byte(line+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write descriptor: %w", err)
+	}
+	fmt.Fprintln(e.stdout, line)
+	names := make([]string, 0, len(listeners))
+	for _, b := range listeners {
+		names = append(names, b.name)
+	}
+	log.Info("relay started", "relay_id", d.RelayID(), "transports", strings.Join(names, ","),
+		"store", cfg.Store, "descriptor", descPath)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, len(listeners))
+	for _, b := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx, b.ln, b.name); err != nil {
+				errc <- fmt.Errorf("%s listener: %w", b.name, err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sweep(ctx, st, log)
+	}()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	log.Info("relay stopping")
+	for _, b := range listeners {
+		b.ln.Close()
+	}
+	wg.Wait()
+	if err := st.Close(); err != nil && runErr == nil {
+		runErr = err
+	}
+	log.Info("relay stopped")
+	return runErr
+}
+
+// sweep deletes expired envelopes at start and then hourly.
+func sweep(ctx context.Context, st store.Store, log *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := st.Sweep(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			log.Warn("sweep failed", "err", err)
+		} else if n > 0 {
+			log.Info("expired envelopes deleted", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// loadOrCreateRelayIdentity returns the relay's envelope identity, whose
+// X-Wing key is published in the descriptor for two-hop forwarding.
+func loadOrCreateRelayIdentity(dir string) (*envelope.Identity, error) {
+	path := filepath.Join(dir, "relay.id")
+	id, err := envelope.LoadIdentity(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		id, err = envelope.NewIdentity()
+		if err != nil {
+			return nil, err
+		}
+		return id, id.WriteFile(path)
+	}
+	return id, err
+}
