@@ -32,6 +32,15 @@ func settledGoroutines() int {
 	return prev
 }
 
+// heapInUse returns the live heap after a full collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
 // waitGoroutines polls until the count is at most want, for at most 30 s.
 func waitGoroutines(t *testing.T, want int) {
 	t.Helper()
@@ -61,6 +70,7 @@ func TestSlowClientsReleaseResources(t *testing.T) {
 	echoRoundTrip(t, c, []byte("warm up"))
 	c.Close()
 	base := settledGoroutines()
+	baseHeap := heapInUse()
 
 	const silent, slowTLS, slowHeaders = 200, 50, 100
 	var conns []net.Conn
@@ -102,12 +112,20 @@ func TestSlowClientsReleaseResources(t *testing.T) {
 	c = dial(t, r.ep)
 	echoRoundTrip(t, c, []byte("during the attack"))
 	c.Close()
+	duringHeap := heapInUse()
 
 	for _, c := range conns {
 		c.Close()
 	}
 	conns = nil
 	waitGoroutines(t, base)
+	// Memory held for the attackers is released too. The slack covers
+	// allocator noise, not the attack (which held duringHeap-baseHeap).
+	afterHeap := heapInUse()
+	t.Logf("heap in use: %d KiB before, %d KiB during, %d KiB after", baseHeap>>10, duringHeap>>10, afterHeap>>10)
+	if afterHeap > baseHeap+4<<20 {
+		t.Fatalf("heap in use %d KiB after the clients left, %d KiB before", afterHeap>>10, baseHeap>>10)
+	}
 
 	c = dial(t, r.ep)
 	echoRoundTrip(t, c, bytes.Repeat([]byte("after the attack"), 1000))
