@@ -446,5 +446,3 @@ func (r *replayFile) save() {
 		r.dirty = false
 	}
 }
-
-

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/postern/postern/metrics"
 )
 
 // relayConfig is the relay's config file, JSON. Every field is optional;
@@ -57,6 +59,11 @@ type relayConfig struct {
 	DescriptorValidity string `json:"descriptor_validity"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `json:"log_level"`
+	// MetricsListen is the TCP address of the Prometheus metrics listener
+	// (/metrics and /healthz); "off" disables it. It must not share a port
+	// with a transport listener or public address. Default
+	// 127.0.0.1:9464. The --metrics flag overrides it.
+	MetricsListen string `json:"metrics_listen"`
 
 	// Parsed values.
 	ttl      time.Duration
@@ -71,6 +78,7 @@ func defaultRelayConfig() relayConfig {
 		TTL:                "168h",
 		DescriptorValidity: "720h",
 		LogLevel:           "info",
+		MetricsListen:      metrics.DefaultAddr,
 	}
 }
 
@@ -171,6 +179,19 @@ func (c *relayConfig) validate() error {
 	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
+		}
+	}
+	if err := checkAddr("metrics_listen", c.MetricsListen, true); err != nil {
+		return err
+	}
+	if c.MetricsListen != "off" {
+		for _, o := range []struct{ field, addr string }{
+			{"https_listen", c.HTTPSListen}, {"h3_listen", c.H3Listen},
+			{"public_https", c.PublicHTTPS}, {"public_h3", c.PublicH3},
+		} {
+			if metrics.Overlaps(c.MetricsListen, o.addr) {
+				return fmt.Errorf("field \"metrics_listen\": %q shares its port with field %q (%q): metrics must have their own port, never a transport's", c.MetricsListen, o.field, o.addr)
+			}
 		}
 	}
 	switch c.LogLevel {

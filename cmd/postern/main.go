@@ -47,6 +47,7 @@ func commands() []command {
 		mailboxCreateCmd(),
 		sendCmd(),
 		recvCmd(),
+		probeCmd(),
 		relayServeCmd(),
 		relayConfigCmd(),
 		versionCmd(),

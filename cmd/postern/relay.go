@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/metrics"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/transport"
@@ -32,8 +33,14 @@ import (
 	"github.com/postern/postern/transport/https"
 )
 
+// The relay reports its events to its metrics.
+var _ relay.Observer = (*metrics.Relay)(nil)
+
 // newRegistry returns the transports this binary speaks.
 func newRegistry() *transport.Registry {
+	// quic-go prints a warning through the standard logger when it cannot
+	// enlarge the UDP receive buffer; Postern logs with slog or not at all.
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	var r transport.Registry
 	r.Register(&https.Transport{})
 	r.Register(h3.New())
@@ -46,7 +53,9 @@ func relayServeCmd() command {
 		summary: "Run a relay. With no config file it keeps its data in --data, makes its keys\n" +
 			"and a self-signed certificate on first start, listens on 127.0.0.1:8443 with\n" +
 			"both transports (https over TCP, h3 over UDP), and writes its descriptor to\n" +
-			"DATA/descriptor. Stops cleanly on SIGINT or SIGTERM.",
+			"DATA/descriptor. Prometheus metrics are served on 127.0.0.1:9464/metrics\n" +
+			"(the bound address is written to DATA/metrics.addr). Stops cleanly on\n" +
+			"SIGINT or SIGTERM.",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			data := fs.String("data", "", "data `directory` (default: config data_dir, else $POSTERN_HOME/relay)")
 			cfgPath := fs.String("config", "", "JSON config `file` (see `postern relay config`)")
@@ -54,6 +63,7 @@ func relayServeCmd() command {
 			h3Addr := fs.String("h3", "", "override h3_listen: UDP `address` or \"off\"")
 			dev := fs.Bool("dev", false, "keep envelopes in memory only (lost on exit)")
 			logLevel := fs.String("log-level", "", "override log_level: debug, info, warn or error")
+			metricsAddr := fs.String("metrics", "", "override metrics_listen: TCP `address` of /metrics and /healthz, or \"off\"")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return usageErr("unexpected argument %q", args[0])
@@ -79,6 +89,9 @@ func relayServeCmd() command {
 				}
 				if *logLevel != "" {
 					cfg.LogLevel = *logLevel
+				}
+				if *metricsAddr != "" {
+					cfg.MetricsListen = *metricsAddr
 				}
 				if err := cfg.validate(); err != nil {
 					return fmt.Errorf("flags: %w", err)
@@ -252,9 +265,10 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		return err
 	}
 
+	met := metrics.NewRelay(version)
 	var st store.Store
 	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
-		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes}
+		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit}
 	if cfg.Store == "memory" {
 		st = store.NewMemory(opts)
 	} else {
@@ -265,8 +279,13 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		st = b
 	}
 	defer st.Close()
+	met.WatchStore(func() metrics.StoreStats {
+		s := st.Stats()
+		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes}
+	})
+	met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
 
-	srv, err := relay.NewServer(relay.ServerConfig{Store: st, Logger: log})
+	srv, err := relay.NewServer(relay.ServerConfig{Store: st, Logger: log, Observer: met})
 	if err != nil {
 		return err
 	}
@@ -281,9 +300,10 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 			b.ln.Close()
 		}
 	}()
-	for _, want := range []struct{ name, listen, public string }{
-		{https.Name, cfg.HTTPSListen, cfg.PublicHTTPS},
-		{h3.Name, cfg.H3Listen, cfg.PublicH3},
+	var reserved []metrics.Reserved
+	for _, want := range []struct{ name, listen, public, field string }{
+		{https.Name, cfg.HTTPSListen, cfg.PublicHTTPS, "https_listen"},
+		{h3.Name, cfg.H3Listen, cfg.PublicH3, "h3_listen"},
 	} {
 		if want.listen == "off" {
 			continue
@@ -292,16 +312,40 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		if err != nil {
 			return err
 		}
+		name := want.name
 		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: cert,
-			Path: secrets.Path, Key: secrets.SessionKey, Cover: coverH})
+			Path: secrets.Path, Key: secrets.SessionKey, Cover: coverH,
+			Observe: func(o transport.Outcome) { met.Handshake(name, string(o)) }})
 		if err != nil {
 			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
+		}
+		reserved = append(reserved, metrics.Reserved{Field: want.field, Addr: ln.Addr().String()})
+		if want.public != "" {
+			reserved = append(reserved, metrics.Reserved{Field: "public_" + want.name, Addr: want.public})
 		}
 		pub := want.public
 		if pub == "" {
 			pub = ln.Addr().String()
 		}
 		listeners = append(listeners, bound{want.name, pub, ln})
+	}
+
+	// The metrics listener starts before the descriptor is printed, so that
+	// whoever waits for the descriptor finds DATA/metrics.addr in place.
+	metricsAddrPath := filepath.Join(cfg.DataDir, "metrics.addr")
+	var metricsSrv *metrics.Server
+	if cfg.MetricsListen == "off" {
+		os.Remove(metricsAddrPath)
+	} else {
+		metricsSrv, err = metrics.Listen(cfg.MetricsListen, met.Gatherer(), reserved...)
+		if err != nil {
+			return fmt.Errorf("field \"metrics_listen\": %w", err)
+		}
+		defer metricsSrv.Close()
+		if err := writeFileAtomic(metricsAddrPath, []byte(metricsSrv.Addr().String()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("write metrics address: %w", err)
+		}
+		log.Info("metrics listening", "addr", metricsSrv.Addr().String(), "path", "/metrics")
 	}
 
 	d := &descriptor.Descriptor{
@@ -344,7 +388,7 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		sweep(ctx, st, log)
+		sweep(ctx, st, log, met)
 	}()
 	var runErr error
 	select {
@@ -356,6 +400,9 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		b.ln.Close()
 	}
 	wg.Wait()
+	if metricsSrv != nil {
+		metricsSrv.Close()
+	}
 	if err := st.Close(); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -363,14 +410,24 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 	return runErr
 }
 
+// storeQuota is the store byte quota in effect for max_store_bytes: the
+// store's default of 1 GiB for 0.
+func storeQuota(configured int64) int64 {
+	if configured == 0 {
+		return 1 << 30
+	}
+	return configured
+}
+
 // sweep deletes expired envelopes at start and then hourly.
-func sweep(ctx context.Context, st store.Store, log *slog.Logger) {
+func sweep(ctx context.Context, st store.Store, log *slog.Logger, met *metrics.Relay) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
 		if n, err := st.Sweep(ctx, time.Now()); err != nil && ctx.Err() == nil {
 			log.Warn("sweep failed", "err", err)
 		} else if n > 0 {
+			met.Expired(n)
 			log.Info("expired envelopes deleted", "count", n)
 		}
 		select {

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bufio"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// deadDescriptor signs, with a fresh key, a descriptor whose https and h3
+// endpoints point at a loopback port nothing listens on. It returns the
+// line, the relay id and the address.
+func deadDescriptor(t *testing.T) (line, id, addr string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = l.Addr().String()
+	l.Close()
+	key := make([]byte, descriptor.KeySize)
+	rand.Read(key)
+	pin := make([]byte, descriptor.PinSize)
+	rand.Read(pin)
+	d := &descriptor.Descriptor{Issued: time.Now().Truncate(time.Second), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
+	for _, tr := range []string{"https", "h3"} {
+		d.Endpoints = append(d.Endpoints, descriptor.Endpoint{Transport: tr, Addr: addr, SNI: "localhost",
+			Path: "/dead", Key: key, CertSHA256: pin})
+	}
+	_, priv, _ := ed25519.GenerateKey(nil)
+	line, err = d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line, d.RelayID(), addr
+}
+
+// probeRows parses the probe table into relay id + transport -> result.
+func probeRows(t *testing.T, out string) map[string]string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) == 0 || !strings.HasPrefix(lines[0], "RELAY") {
+		t.Fatalf("no table header in:\n%s", out)
+	}
+	rows := map[string]string{}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) != 4 {
+			t.Fatalf("bad table row %q", l)
+		}
+		if _, err := time.ParseDuration(f[3]); err != nil {
+			t.Fatalf("bad time in row %q", l)
+		}
+		rows[f[0]+" "+f[1]] = f[2]
+	}
+	return rows
+}
+
+func relayAddrs(t *testing.T, line string) []string {
+	d, err := descriptor.Parse(line, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ep := range d.Endpoints {
+		out = append(out, ep.Addr)
+	}
+	return out
+}
+
+func TestProbeOneShot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--metrics", "off")
+	d, err := descriptor.Parse(rp.line, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := d.RelayID()
+	deadLine, dead, deadAddr := deadDescriptor(t)
+	deadFile := filepath.Join(dir, "dead.descriptor")
+	os.WriteFile(deadFile, []byte("# a relay that is down\n"+deadLine+"\n"), 0o644)
+	envv := []string{"POSTERN_HOME=" + dir}
+	secret := append(relayAddrs(t, rp.line), deadAddr)
+
+	t.Run("live", func(t *testing.T) {
+		out, stderr, code := runBin(t, bin, envv, "probe", filepath.Join(rp.dir, "descriptor"))
+		if code != 0 {
+			t.Fatalf("exit %d\n%s%s", code, out, stderr)
+		}
+		rows := probeRows(t, out)
+		if len(rows) != 2 || rows[live+" https"] != "ok" || rows[live+" h3"] != "ok" {
+			t.Fatalf("rows %v\n%s", rows, out)
+		}
+		checkNoAddr(t, out+stderr, secret)
+	})
+	t.Run("dead", func(t *testing.T) {
+		out, stderr, code := runBin(t, bin, envv, "probe", "--timeout", "3s", deadFile)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1\n%s%s", code, out, stderr)
+		}
+		rows := probeRows(t, out)
+		for _, tr := range []string{"https", "h3"} {
+			if r := rows[dead+" "+tr]; r != "refused" && r != "timeout" {
+				t.Errorf("%s: %q, want refused or timeout\n%s", tr, r, out)
+			}
+		}
+		if !strings.Contains(stderr, "2 of 2 relay/transport pairs failed") {
+			t.Errorf("stderr: %s", stderr)
+		}
+		checkNoAddr(t, out+stderr, secret)
+	})
+	t.Run("both", func(t *testing.T) {
+		// The live relay's descriptor as a line, the dead one as a file.
+		out, stderr, code := runBin(t, bin, envv, "probe", "--timeout", "3s", rp.line, deadFile)
+		if code != 1 {
+			t.Fatalf("exit %d, want 1\n%s%s", code, out, stderr)
+		}
+		rows := probeRows(t, out)
+		if len(rows) != 4 || rows[live+" https"] != "ok" || rows[live+" h3"] != "ok" || rows[dead+" https"] == "ok" {
+			t.Fatalf("rows %v", rows)
+		}
+		checkNoAddr(t, out+stderr, secret)
+	})
+	t.Run("usage", func(t *testing.T) {
+		if _, _, code := runBin(t, bin, envv, "probe"); code != 2 {
+			t.Fatalf("no descriptor: exit %d, want 2", code)
+		}
+		_, stderr, code := runBin(t, bin, envv, "probe", filepath.Join(dir, "missing"))
+		if code != 1 || !strings.Contains(stderr, "missing") {
+			t.Fatalf("missing file: exit %d %s", code, stderr)
+		}
+	})
+}
+
+// checkNoAddr fails if any relay address appears in the output.
+func checkNoAddr(t *testing.T, out string, addrs []string) {
+	t.Helper()
+	for _, a := range addrs {
+		_, port, _ := net.SplitHostPort(a)
+		if strings.Contains(out, a) || strings.Contains(out, ":"+port) {
+			t.Errorf("output reveals relay address %s:\n%s", a, out)
+		}
+	}
+}
+
+func TestProbeExporter(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--metrics", "off")
+	d, err := descriptor.Parse(rp.line, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := d.RelayID()
+	deadLine, dead, deadAddr := deadDescriptor(t)
+
+	cmd := exec.Command(bin, "probe", "--listen", "127.0.0.1:0", "--interval", "1s", "--timeout", "3s", rp.line, deadLine)
+	cmd.Env = append(os.Environ(), "POSTERN_HOME="+dir)
+	var mu sync.Mutex
+	var stderr strings.Builder
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return stderr.Write(p)
+	})
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	first := make(chan string, 1)
+	go func() {
+		br := bufio.NewReader(outPipe)
+		l, _ := br.ReadString('\n')
+		first <- l
+		io.Copy(io.Discard, br)
+	}()
+	var addr string
+	select {
+	case l := <-first:
+		const prefix = "serving probe metrics on http://"
+		if !strings.HasPrefix(l, prefix) {
+			t.Fatalf("probe printed %q", l)
+		}
+		addr = strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(l, prefix)), "/metrics")
+	case <-time.After(60 * time.Second):
+		t.Fatal("probe exporter did not start")
+	}
+
+	want := map[string]float64{
+		fmt.Sprintf(`postern_probe_success{relay=%q,transport="https"}`, live):                        1,
+		fmt.Sprintf(`postern_probe_success{relay=%q,transport="h3"}`, live):                           1,
+		fmt.Sprintf(`postern_probe_success{relay=%q,transport="https"}`, dead):                        0,
+		fmt.Sprintf(`postern_probe_success{relay=%q,transport="h3"}`, dead):                           0,
+		fmt.Sprintf(`postern_probe_failures_total{class="refused",relay=%q,transport="https"}`, live): 0,
+	}
+	got, body := waitMetrics(t, addr, want)
+	for _, tr := range []string{"https", "h3"} {
+		fails := 0.0
+		for _, class := range []string{"refused", "timeout"} {
+			fails += got[fmt.Sprintf(`postern_probe_failures_total{class=%q,relay=%q,transport=%q}`, class, dead, tr)]
+		}
+		if fails < 1 {
+			t.Errorf("dead relay over %s: no refused or timeout failures counted:\n%s", tr, body)
+		}
+		if v, ok := got[fmt.Sprintf(`postern_probe_duration_seconds{relay=%q,transport=%q}`, live, tr)]; !ok || v <= 0 {
+			t.Errorf("live relay over %s: duration %v %v", tr, v, ok)
+		}
+	}
+	for series := range got {
+		if strings.HasPrefix(series, "postern_envelopes") || strings.HasPrefix(series, "postern_handshakes") {
+			t.Errorf("the prober exposes relay metric %s", series)
+		}
+	}
+	secret := append(relayAddrs(t, rp.line), deadAddr)
+	checkNoAddr(t, string(body), secret)
+	promtoolCheck(t, body)
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		killed = true
+		if err != nil {
+			t.Fatalf("probe exporter exit: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("probe exporter did not stop on SIGTERM")
+	}
+	mu.Lock()
+	logs := stderr.String()
+	mu.Unlock()
+	if !strings.Contains(logs, "probe failed") || !strings.Contains(logs, dead) {
+		t.Errorf("no failure logged for the dead relay:\n%s", logs)
+	}
+	checkNoAddr(t, logs, secret)
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
