@@ -459,3 +459,17 @@ func TestJoinerRejectsInconsistentFragments(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxMessageFits(t *testing.T) {
+	bob := newID(t)
+	card := bob.Card(randMailbox(t), nil, nil)
+	for _, s := range suites {
+		if (MaxPayload(s, Bucket64K)-fragmentHeader)*MaxFragments < MaxMessageSize {
+			t.Fatalf("%s: %d fragments cannot hold MaxMessageSize", s, MaxFragments)
+		}
+		envs, err := SealMessage(card, nil, make([]byte, MaxMessageSize), &Options{Suite: s})
+		if err != nil || len(envs) > MaxFragments {
+			t.Fatalf("%s: %d envelopes, %v", s, len(envs), err)
+		}
+	}
+}

@@ -50,6 +50,14 @@ func (c *ReplayCache) Check(id [IDSize]byte) error {
 	return nil
 }
 
+// Contains reports whether id is remembered, without recording it.
+func (c *ReplayCache) Contains(id [IDSize]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.seen[id]
+	return ok
+}
+
 // Len reports how many ids are remembered.
 func (c *ReplayCache) Len() int {
 	c.mu.Lock()

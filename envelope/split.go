@@ -19,10 +19,14 @@ import (
 // and put back together by a Joiner.
 const (
 	fragmentHeader = 16 + 2 + 2
-	// MaxFragments bounds how many envelopes one message may span.
-	MaxFragments = 1024
-	// MaxMessageSize is the largest message SealMessage splits.
-	MaxMessageSize = 32 << 20
+	// MaxFragments bounds how many envelopes one message may span. It is
+	// below the relay's push window (relay.MaxUnacked), so a recipient that
+	// holds a message's fragments unacked until it is complete can always
+	// receive all of them.
+	MaxFragments = 128
+	// MaxMessageSize is the largest message SealMessage splits: 7.75 MiB,
+	// which MaxFragments fragments of the 64 KiB bucket hold in either suite.
+	MaxMessageSize = 8<<20 - 256<<10
 )
 
 // SealMessage seals msg as one envelope if it fits the largest bucket (or

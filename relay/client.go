@@ -17,10 +17,17 @@ import (
 
 // Delivery is one envelope handed to the client by Fetch or a subscription.
 type Delivery struct {
-	Mailbox  [32]byte
-	Ref      store.Ref
+	Mailbox [32]byte
+	Ref     store.Ref
+	// Seq is the envelope's position in its mailbox; pass the last one
+	// seen to FetchAfter to page onward.
+	Seq      uint64
 	Envelope []byte
 }
+
+// maxQueued bounds pushed envelopes waiting in a Client: a relay that
+// respects MaxUnacked for every subscription never gets near it.
+const maxQueued = 16 * MaxUnacked
 
 // ErrClientClosed is returned by calls on a closed Client or after its
 // session ended.
@@ -207,15 +214,25 @@ func (c *Client) readLoop() {
 			if err != nil {
 				return
 			}
-			dv := Delivery{Mailbox: d.mailbox, Ref: store.Ref(d.ref), Envelope: d.envelope}
+			dv := Delivery{Mailbox: d.mailbox, Ref: store.Ref(d.ref), Seq: d.seq, Envelope: d.envelope}
 			c.mu.Lock()
 			cl := c.pending[d.req]
 			if cl != nil && cl.fetch {
+				if len(cl.fetched) >= MaxFetch {
+					c.mu.Unlock()
+					err = fmt.Errorf("%w: relay answered a Fetch with more than %d envelopes", errMalformed, MaxFetch)
+					return
+				}
 				cl.fetched = append(cl.fetched, dv)
 			}
 			c.mu.Unlock()
 			if cl == nil || !cl.fetch {
 				c.qmu.Lock()
+				if len(c.queue) >= maxQueued {
+					c.qmu.Unlock()
+					err = fmt.Errorf("%w: relay pushed more than %d unacked envelopes", errMalformed, maxQueued)
+					return
+				}
 				c.queue = append(c.queue, dv)
 				c.qmu.Unlock()
 				select {
@@ -330,15 +347,22 @@ func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32
 	return err
 }
 
-// Fetch returns up to max waiting envelopes (max <= 0: as many as the relay
-// allows in one go). They stay on the relay until acked.
+// Fetch returns up to max waiting envelopes, oldest first (max <= 0: as
+// many as the relay allows in one go). They stay on the relay until acked.
 func (c *Client) Fetch(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, max int) ([]Delivery, error) {
+	return c.FetchAfter(ctx, owner, id, 0, max)
+}
+
+// FetchAfter is Fetch for envelopes after sequence number after (the Seq of
+// the last Delivery seen), to page past envelopes the caller holds.
+func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, max int) ([]Delivery, error) {
 	if max <= 0 || max > MaxFetch {
 		max = MaxFetch
 	}
 	r, ds, err := c.roundTrip(ctx, frameFetch, func(p []byte) []byte {
 		p = append(p, id[:]...)
 		p = binary.BigEndian.AppendUint16(p, uint16(max))
+		p = binary.BigEndian.AppendUint64(p, after)
 		return c.signed(owner, frameFetch, p)
 	})
 	if err != nil {

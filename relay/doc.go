@@ -35,7 +35,7 @@
 //	0x10 Create       req u32 | mailbox 32 | owner 32 | caplen u8 | capverifier | sig 64
 //	0x11 Send         req u32 | caplen u8 | cap | envelope (a whole bucket)
 //	0x12 Subscribe    req u32 | mailbox 32 | sig 64
-//	0x13 Fetch        req u32 | mailbox 32 | max u16 | sig 64
+//	0x13 Fetch        req u32 | mailbox 32 | max u16 | after u64 | sig 64
 //	0x14 Ack          req u32 | mailbox 32 | n u16 | n × ref 32 | sig 64
 //	0x15 Rotate       req u32 | old 32 | new 32 | newowner 32 | caplen u8 | capverifier | sig 64 (old owner) | sig 64 (new owner)
 //	0x16 Delete       req u32 | mailbox 32 | sig 64
@@ -47,9 +47,16 @@
 //	0x02 ServerHello  version u8 | challenge 32 | maxenvelope u32
 //	0x20 Result       req u32 | code u16 | msglen u16 | msg | body
 //	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32
-//	0x21 Deliver      req u32 | mailbox 32 | ref 32 | envelope
-//	                  (req is the Subscribe's or the Fetch's request id)
+//	0x21 Deliver      req u32 | mailbox 32 | ref 32 | seq u64 | envelope
+//	                  (req is the Subscribe's or the Fetch's request id; seq is
+//	                  the envelope's position in the mailbox, a Fetch cursor)
 //	0x22 Pong         req u32 | data
+//
+// A Fetch returns waiting envelopes with seq > after, oldest first, so a
+// client pages past envelopes it holds (fragments of an unfinished message)
+// without the relay re-sending them. A subscription pushes every waiting
+// envelope once and then each new one, keeping at most MaxUnacked pushed and
+// not yet acked on the session; acks make room.
 //
 // A Send carries the recipient's send capability when the mailbox has one:
 // the mailbox stores SHA-256(cap) as its verifier and the relay compares.

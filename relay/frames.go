@@ -24,6 +24,9 @@ const (
 	MaxAckRefs = 1024
 	// MaxFetch bounds how many envelopes one Fetch returns.
 	MaxFetch = 256
+	// MaxUnacked bounds the envelopes a subscription pushes that the
+	// session has not acked yet.
+	MaxUnacked = 256
 	// MaxCapLen bounds a send capability and its verifier.
 	MaxCapLen = 64
 	// MaxPingData bounds a Ping's payload.
@@ -283,6 +286,7 @@ type delivery struct {
 	req      uint32
 	mailbox  [32]byte
 	ref      [RefSize]byte
+	seq      uint64
 	envelope []byte
 }
 
@@ -290,6 +294,9 @@ func decodeDeliver(p []byte) (delivery, error) {
 	c := cursor{b: p}
 	d := delivery{req: c.u32(), mailbox: c.id()}
 	copy(d.ref[:], c.take(RefSize))
+	if b := c.take(8); b != nil {
+		d.seq = binary.BigEndian.Uint64(b)
+	}
 	d.envelope = c.rest()
 	if c.bad || len(d.envelope) == 0 {
 		return d, errMalformed

@@ -8,9 +8,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,6 +47,7 @@ func tcpPair(t testing.TB) (transport.Conn, transport.Conn) {
 }
 
 type testRelay struct {
+	wg    sync.WaitGroup
 	srv   *Server
 	st    store.Store
 	ctx   context.Context
@@ -64,7 +67,7 @@ func newTestRelay(t testing.TB, opts store.Options) *testRelay {
 	r := &testRelay{srv: srv, st: st, ctx: ctx, stop: cancel}
 	t.Cleanup(func() {
 		cancel()
-		srv.wg.Wait()
+		r.wg.Wait()
 		st.Close()
 	})
 	return r
@@ -74,9 +77,9 @@ func newTestRelay(t testing.TB, opts store.Options) *testRelay {
 func (r *testRelay) connect(t testing.TB) *Client {
 	t.Helper()
 	cc, sc := tcpPair(t)
-	r.srv.wg.Add(1)
+	r.wg.Add(1)
 	go func() {
-		defer r.srv.wg.Done()
+		defer r.wg.Done()
 		r.srv.ServeConn(r.ctx, sc, "test")
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -472,6 +475,89 @@ func TestNoIdentifiersInErrors(t *testing.T) {
 			if bytes.Contains([]byte(msg), secret) || containsEncoded(msg, secret) {
 				t.Fatalf("error %q carries an identifier", msg)
 			}
+		}
+	}
+}
+
+// TestPushWindowAndPaging: a subscription pushes at most MaxUnacked
+// envelopes before the session acks, then continues from where it stopped;
+// FetchAfter pages through a mailbox by sequence number.
+func TestPushWindowAndPaging(t *testing.T) {
+	r := newTestRelay(t, store.Options{})
+	ctx := context.Background()
+	bob := r.connect(t)
+	alice := r.connect(t)
+	mb := newMailbox(t, bob, nil)
+	const n = MaxUnacked + 44
+	for i := 0; i < n; i++ {
+		if _, err := alice.Send(ctx, mb.seal(t, fmt.Sprint(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Paging with FetchAfter sees every envelope once, in order.
+	var after uint64
+	seen := 0
+	for {
+		ds, err := bob.FetchAfter(ctx, mb.owner, mb.id, after, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) == 0 {
+			break
+		}
+		for _, d := range ds {
+			o, err := envelope.Open(mb.ident, d.Envelope)
+			if err != nil || string(o.Payload) != fmt.Sprint(seen) || d.Seq <= after {
+				t.Fatalf("page entry %d: %q seq %d after %d, %v", seen, o.Payload, d.Seq, after, err)
+			}
+			after = d.Seq
+			seen++
+		}
+	}
+	if seen != n {
+		t.Fatalf("paged through %d, want %d", seen, n)
+	}
+
+	if err := bob.Subscribe(ctx, mb.owner, mb.id); err != nil {
+		t.Fatal(err)
+	}
+	var window []Delivery
+	for len(window) < MaxUnacked {
+		select {
+		case d := <-bob.Deliveries():
+			window = append(window, d)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d pushed", len(window))
+		}
+	}
+	// The window is full: nothing more comes until the session acks. Ping
+	// round trips make sure anything in flight would have arrived.
+	for i := 0; i < 3; i++ {
+		if err := bob.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case d := <-bob.Deliveries():
+		t.Fatalf("pushed beyond the window (seq %d)", d.Seq)
+	default:
+	}
+	refs := make([]store.Ref, len(window))
+	for i, d := range window {
+		refs[i] = d.Ref
+	}
+	if _, err := bob.Ack(ctx, mb.owner, mb.id, refs...); err != nil {
+		t.Fatal(err)
+	}
+	for i := MaxUnacked; i < n; i++ {
+		select {
+		case d := <-bob.Deliveries():
+			o, err := envelope.Open(mb.ident, d.Envelope)
+			if err != nil || string(o.Payload) != fmt.Sprint(i) {
+				t.Fatalf("after the window: %q, want %d (%v)", o.Payload, i, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("envelope %d not pushed after acks", i)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -61,6 +62,15 @@ type ServerConfig struct {
 	MaxInFlight int
 	// MaxSubscriptions bounds subscriptions per session. Default 16.
 	MaxSubscriptions int
+	// MaxSessions bounds sessions across all listeners; a session beyond
+	// it is closed at once. Default 8192.
+	MaxSessions int
+	// MaxSendsInFlight bounds Sends being stored across all sessions (each
+	// holds up to three copies of a 64 KiB envelope). Default 512.
+	MaxSendsInFlight int
+	// MaxReads bounds concurrent store reads for Fetch and push across all
+	// sessions. Default 4 × GOMAXPROCS.
+	MaxReads int
 }
 
 // Server serves the session protocol on transport listeners.
@@ -69,9 +79,11 @@ type Server struct {
 	log *slog.Logger
 	obs Observer
 
+	sendSem chan struct{} // global in-flight Sends
+	readSem chan struct{} // global store reads for Fetch and push
+
 	mu       sync.Mutex
 	sessions map[*session]struct{}
-	wg       sync.WaitGroup
 }
 
 // NewServer returns a server for cfg.
@@ -97,14 +109,25 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxSubscriptions <= 0 {
 		cfg.MaxSubscriptions = 16
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{})}, nil
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 8192
+	}
+	if cfg.MaxSendsInFlight <= 0 {
+		cfg.MaxSendsInFlight = 512
+	}
+	if cfg.MaxReads <= 0 {
+		cfg.MaxReads = 4 * runtime.GOMAXPROCS(0)
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
+		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads)}, nil
 }
 
 // Serve accepts sessions from ln until ctx ends or ln fails, serving each in
 // its own goroutine. It returns nil when ctx ends. Sessions still open are
 // closed when ctx ends; Serve waits for them.
 func (s *Server) Serve(ctx context.Context, ln transport.Listener, transportName string) error {
-	defer s.wg.Wait()
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		conn, err := ln.Accept(ctx)
 		if err != nil {
@@ -113,9 +136,9 @@ func (s *Server) Serve(ctx context.Context, ln transport.Listener, transportName
 			}
 			return err
 		}
-		s.wg.Add(1)
+		wg.Add(1)
 		go func() {
-			defer s.wg.Done()
+			defer wg.Done()
 			s.ServeConn(ctx, conn, transportName)
 		}()
 	}
@@ -128,6 +151,13 @@ func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportNa
 		br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 64<<10),
 		subs: make(map[[32]byte]*subscription), sem: make(chan struct{}, s.cfg.MaxInFlight)}
 	s.mu.Lock()
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		s.mu.Unlock()
+		conn.Close()
+		cancel()
+		s.log.Debug("session refused", "transport", transportName, "reason", "relay full")
+		return
+	}
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
 	s.obs.SessionOpened(transportName)
@@ -314,10 +344,16 @@ func (ss *session) handle(t frameType, p []byte) error {
 		case <-ss.ctx.Done():
 			return ss.ctx.Err()
 		}
+		select {
+		case ss.srv.sendSem <- struct{}{}:
+		case <-ss.ctx.Done():
+			<-ss.sem
+			return ss.ctx.Err()
+		}
 		ss.wg.Add(1)
 		go func() {
 			defer ss.wg.Done()
-			defer func() { <-ss.sem }()
+			defer func() { <-ss.sem; <-ss.srv.sendSem }()
 			ref, err := ss.send(p[4:])
 			var body []byte
 			if err == nil {
@@ -449,25 +485,41 @@ func (ss *session) owned(t frameType, p []byte, middle int) ([32]byte, []byte, e
 }
 
 func (ss *session) fetch(req uint32, p []byte) (int, error) {
-	id, mid, err := ss.owned(frameFetch, p, 2)
+	id, mid, err := ss.owned(frameFetch, p, 2+8)
 	if err != nil {
 		return 0, err
 	}
 	max := int(binary.BigEndian.Uint16(mid))
+	after := binary.BigEndian.Uint64(mid[2:])
 	if max <= 0 || max > MaxFetch {
 		max = MaxFetch
 	}
-	items, err := ss.srv.cfg.Store.Fetch(ss.ctx, id, max)
+	items, err := ss.read(ss.ctx, id, after, max)
 	if err != nil {
 		return 0, err
 	}
 	rq := binary.BigEndian.AppendUint32(nil, req)
 	for _, it := range items {
-		if err := ss.write(frameDeliver, rq, id[:], it.Ref[:], it.Envelope); err != nil {
+		if err := ss.deliver(rq, id, it); err != nil {
 			return 0, err
 		}
 	}
 	return len(items), nil
+}
+
+// read is a store read under the server-wide read budget.
+func (ss *session) read(ctx context.Context, id [32]byte, after uint64, max int) ([]store.Item, error) {
+	select {
+	case ss.srv.readSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-ss.srv.readSem }()
+	return ss.srv.cfg.Store.FetchAfter(ctx, id, after, max)
+}
+
+func (ss *session) deliver(rq []byte, id [32]byte, it store.Item) error {
+	return ss.write(frameDeliver, rq, id[:], it.Ref[:], binary.BigEndian.AppendUint64(nil, it.Seq), it.Envelope)
 }
 
 func (ss *session) ack(p []byte) (int, error) {
@@ -534,13 +586,15 @@ func (ss *session) delete(p []byte) error {
 	return ss.srv.cfg.Store.DeleteMailbox(ss.ctx, id)
 }
 
-// subscription pushes a mailbox's envelopes to the session as they arrive.
-// Envelopes pushed and not yet acked are not pushed again on this session.
+// subscription pushes a mailbox's envelopes to the session: every waiting
+// one once, then each new one, reading onward from a cursor (the last
+// sequence number pushed) so nothing is read twice. At most MaxUnacked
+// pushed envelopes may wait for this session's acks.
 type subscription struct {
 	cancel context.CancelFunc
 	kick   chan struct{}
 	mu     sync.Mutex
-	sent   map[store.Ref]struct{}
+	sent   map[store.Ref]struct{} // pushed, not yet acked on this session
 }
 
 func (sub *subscription) acked(refs []store.Ref) {
@@ -577,6 +631,14 @@ func (ss *session) subscribe(req uint32, p []byte) error {
 		defer ss.wg.Done()
 		defer unsub()
 		ss.push(ctx, req, id, sub, notify)
+		// However the push ended, the subscription is gone: a new
+		// Subscribe must start a new one.
+		ss.smu.Lock()
+		if ss.subs[id] == sub {
+			delete(ss.subs, id)
+		}
+		ss.smu.Unlock()
+		cancel()
 	}()
 	return nil
 }
@@ -592,25 +654,31 @@ func (ss *session) unsubscribe(id [32]byte) {
 
 func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subscription, notify <-chan struct{}) {
 	rq := binary.BigEndian.AppendUint32(nil, req)
+	var last uint64
 	for {
-		items, err := ss.srv.cfg.Store.Fetch(ctx, id, MaxFetch)
-		if err != nil {
-			return
-		}
-		for _, it := range items {
-			sub.mu.Lock()
-			_, dup := sub.sent[it.Ref]
-			if !dup {
-				sub.sent[it.Ref] = struct{}{}
-			}
-			sub.mu.Unlock()
-			if dup {
-				continue
-			}
-			if err := ss.write(frameDeliver, rq, id[:], it.Ref[:], it.Envelope); err != nil {
-				ss.cancel()
+		sub.mu.Lock()
+		room := MaxUnacked - len(sub.sent)
+		sub.mu.Unlock()
+		more := false
+		if room > 0 {
+			items, err := ss.read(ctx, id, last, min(room, MaxFetch))
+			if err != nil {
 				return
 			}
+			for _, it := range items {
+				sub.mu.Lock()
+				sub.sent[it.Ref] = struct{}{}
+				sub.mu.Unlock()
+				last = it.Seq
+				if err := ss.deliver(rq, id, it); err != nil {
+					ss.cancel()
+					return
+				}
+			}
+			more = len(items) == min(room, MaxFetch)
+		}
+		if more {
+			continue
 		}
 		select {
 		case <-ctx.Done():

@@ -56,6 +56,9 @@ func loadMailbox(idPath string) (*mailboxState, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("mailbox state %s has mode %04o (it holds the mailbox owner key); run `chmod 600 %s`", p, st.Mode().Perm(), p)
+	}
 	var m mailboxState
 	if err := json.Unmarshal(data, &m); err != nil || len(m.ID) != 32 || len(m.Owner) != ed25519.SeedSize {
 		return nil, fmt.Errorf("mailbox state %s is corrupt", p)
@@ -258,7 +261,7 @@ func recvCmd() command {
 				if err != nil {
 					return err
 				}
-				r := &receiver{e: e, id: id, mb: mb, replay: loadReplay(path), join: &envelope.Joiner{}, held: map[string][]store.Ref{}}
+				r := newReceiver(e, id, mb, path)
 				defer r.replay.save()
 				if !*follow {
 					return r.drain(ctx)
@@ -275,10 +278,29 @@ type receiver struct {
 	mb     *mailboxState
 	replay *replayFile
 	join   *envelope.Joiner
-	held   map[string][]store.Ref // fragment refs acked only when their message is whole
+	held   map[string]*heldMessage // fragments of unfinished messages
+	order  []string                // keys of held, oldest first
 }
 
-// handle opens one delivery, prints it when a message is complete, and
+// heldMessage is what recv keeps of a message whose fragments are still
+// arriving. Its envelopes stay on the relay (unacked) until the message is
+// complete and printed, so a crash or exit loses nothing.
+type heldMessage struct {
+	refs []store.Ref
+	ids  map[[envelope.IDSize]byte]bool
+}
+
+// maxHeld bounds unfinished messages; beyond it the oldest is given up
+// (its fragments acked and dropped), so a flood of fragments that never
+// complete cannot stall the mailbox.
+const maxHeld = 64
+
+func newReceiver(e *env, id *envelope.Identity, mb *mailboxState, idPath string) *receiver {
+	return &receiver{e: e, id: id, mb: mb, replay: loadReplay(idPath),
+		join: &envelope.Joiner{MaxPending: maxHeld + 1}, held: map[string]*heldMessage{}}
+}
+
+// handle opens one delivery, prints the message when it is complete, and
 // returns the refs that may now be acked.
 func (r *receiver) handle(d relay.Delivery) []store.Ref {
 	o, err := envelope.Open(r.id, d.Envelope)
@@ -287,61 +309,109 @@ func (r *receiver) handle(d relay.Delivery) []store.Ref {
 		fmt.Fprintf(r.e.stderr, "dropping an envelope that does not open: %v\n", err)
 		return []store.Ref{d.Ref}
 	}
-	if r.replay.seen(o.ID) {
+	if r.replay.contains(o.ID) {
+		// Printed before; the ack was lost. Ack it again.
 		return []store.Ref{d.Ref}
 	}
+	if !o.Fragment {
+		r.print(o.Sender, o.Payload)
+		r.replay.add(o.ID)
+		return []store.Ref{d.Ref}
+	}
+	if len(o.Payload) < 16 {
+		return []store.Ref{d.Ref}
+	}
+	key := string(o.Sender) + "|" + string(o.Payload[:16])
+	h := r.held[key]
+	if h != nil && h.ids[o.ID] {
+		return nil // the same fragment delivered again
+	}
+	var acks []store.Ref
+	if h == nil {
+		if len(r.order) >= maxHeld {
+			old := r.order[0]
+			r.order = r.order[1:]
+			acks = append(acks, r.held[old].refs...)
+			delete(r.held, old)
+			fmt.Fprintln(r.e.stderr, "dropping an unfinished message: too many messages waiting for fragments")
+		}
+		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}}
+		r.held[key] = h
+		r.order = append(r.order, key)
+	}
+	h.refs = append(h.refs, d.Ref)
+	h.ids[o.ID] = true
 	msg, done, err := r.join.Add(o)
 	if err != nil {
 		fmt.Fprintf(r.e.stderr, "dropping a bad fragment: %v\n", err)
-		return []store.Ref{d.Ref}
-	}
-	key := string(o.Sender)
-	if o.Fragment {
-		key += "|" + string(o.Payload[:16])
+		return append(acks, r.drop(key)...)
 	}
 	if !done {
-		r.held[key] = append(r.held[key], d.Ref)
+		return acks
+	}
+	r.print(o.Sender, msg)
+	for id := range h.ids {
+		r.replay.add(id)
+	}
+	return append(acks, r.drop(key)...)
+}
+
+// drop forgets a held message and returns its refs.
+func (r *receiver) drop(key string) []store.Ref {
+	h := r.held[key]
+	delete(r.held, key)
+	for i, k := range r.order {
+		if k == key {
+			r.order = append(r.order[:i], r.order[i+1:]...)
+			break
+		}
+	}
+	if h == nil {
 		return nil
 	}
-	sender := "anonymous"
-	if o.Sender != nil {
-		sender = base64.RawURLEncoding.EncodeToString(o.Sender)
+	return h.refs
+}
+
+func (r *receiver) print(sender, msg []byte) {
+	from := "anonymous"
+	if sender != nil {
+		from = base64.RawURLEncoding.EncodeToString(sender)
 	}
-	fmt.Fprintf(r.e.stdout, "== from %s (%d bytes)\n", sender, len(msg))
+	fmt.Fprintf(r.e.stdout, "== from %s (%d bytes)\n", from, len(msg))
 	r.e.stdout.Write(msg)
 	fmt.Fprintln(r.e.stdout)
 	if f, ok := r.e.stdout.(interface{ Sync() error }); ok {
 		f.Sync()
 	}
-	refs := append(r.held[key], d.Ref)
-	delete(r.held, key)
-	return refs
 }
 
+// drain pages once through the mailbox, printing and acking complete
+// messages; fragments of unfinished messages stay on the relay.
 func (r *receiver) drain(ctx context.Context) error {
 	c, err := dialRelay(ctx, r.mb.Relay, r.e)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	var after uint64
 	for {
-		ds, err := c.Fetch(ctx, r.mb.owner(), r.mb.id(), 0)
+		ds, err := c.FetchAfter(ctx, r.mb.owner(), r.mb.id(), after, 0)
 		if err != nil {
 			return err
+		}
+		if len(ds) == 0 {
+			return nil
 		}
 		var acks []store.Ref
 		for _, d := range ds {
 			acks = append(acks, r.handle(d)...)
+			after = d.Seq
 		}
 		r.replay.save()
 		if len(acks) > 0 {
 			if _, err := c.Ack(ctx, r.mb.owner(), r.mb.id(), acks...); err != nil {
 				return err
 			}
-		}
-		if len(acks) == 0 {
-			// Empty, or only fragments of messages not yet complete.
-			return nil
 		}
 	}
 }
@@ -369,6 +439,11 @@ func (r *receiver) follow(ctx context.Context) error {
 }
 
 func (r *receiver) subscribe(ctx context.Context, c *relay.Client) error {
+	// A new session pushes every waiting envelope again, including
+	// fragments already held: forget them (they are still on the relay).
+	r.held = map[string]*heldMessage{}
+	r.order = nil
+	r.join = &envelope.Joiner{MaxPending: maxHeld + 1}
 	if err := c.Subscribe(ctx, r.mb.owner(), r.mb.id()); err != nil {
 		return err
 	}
@@ -422,16 +497,18 @@ func loadReplay(idPath string) *replayFile {
 	return r
 }
 
-func (r *replayFile) seen(id [envelope.IDSize]byte) bool {
+func (r *replayFile) contains(id [envelope.IDSize]byte) bool { return r.cache.Contains(id) }
+
+// add records an envelope id once its message has been printed.
+func (r *replayFile) add(id [envelope.IDSize]byte) {
 	if r.cache.Check(id) != nil {
-		return true
+		return
 	}
 	r.ids = append(r.ids, id)
 	if len(r.ids) > replayCap {
 		r.ids = r.ids[len(r.ids)-replayCap:]
 	}
 	r.dirty = true
-	return false
 }
 
 func (r *replayFile) save() {

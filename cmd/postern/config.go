@@ -45,6 +45,11 @@ type relayConfig struct {
 	CoverProxy string `json:"cover_proxy"`
 	// Store is "bolt" (durable, default) or "memory" (lost on restart).
 	Store string `json:"store"`
+	// StoreKeyFile is where the store key lives (mode 0600, created on
+	// first start). Default: DATA/store/store.key. Put it on another volume
+	// (a tmpfs filled at boot, a separate disk) so a seized data volume
+	// alone reveals no mailbox ids and opens no envelopes.
+	StoreKeyFile string `json:"store_key_file"`
 	// TTL is how long an undelivered envelope is kept, as a Go duration.
 	// Default "168h" (7 days).
 	TTL string `json:"ttl"`

@@ -186,7 +186,16 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// Make the rename itself durable.
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
 }
 
 // loadOrCreateCert returns the configured certificate, or the relay's
@@ -233,6 +242,9 @@ func coverHandler(cfg relayConfig) (http.Handler, error) {
 }
 
 func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
+	// Cancelled on return too, so a failing listener stops everything else.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	log := newLogger(e, cfg.LogLevel)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
@@ -268,7 +280,7 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 	met := metrics.NewRelay(version)
 	var st store.Store
 	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
-		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit}
+		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit, KeyFile: cfg.StoreKeyFile}
 	if cfg.Store == "memory" {
 		st = store.NewMemory(opts)
 	} else {
@@ -363,7 +375,9 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		return fmt.Errorf("sign descriptor: %w", err)
 	}
 	descPath := filepath.Join(cfg.DataDir, "descriptor")
-	if err := writeFileAtomic(descPath, []byte(line+"\n"), 0o644); err != nil {
+	// The descriptor carries the session key: it is for the people the
+	// operator hands it to, not for other users of this machine.
+	if err := writeFileAtomic(descPath, []byte(line+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write descriptor: %w", err)
 	}
 	fmt.Fprintln(e.stdout, line)
@@ -395,6 +409,7 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
+	cancel()
 	log.Info("relay stopping")
 	for _, b := range listeners {
 		b.ln.Close()

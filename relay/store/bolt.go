@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"crypto/hmac"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -285,6 +286,10 @@ func (s *Bolt) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) {
 }
 
 func (s *Bolt) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error) {
+	return s.FetchAfter(ctx, id, 0, max)
+}
+
+func (s *Bolt) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error) {
 	if max <= 0 {
 		max = DefaultFetchMax
 	}
@@ -298,8 +303,11 @@ func (s *Bolt) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, err
 		if eb == nil {
 			return nil
 		}
+		if after == ^uint64(0) {
+			return nil
+		}
 		c := eb.Cursor()
-		for k, v := c.First(); k != nil && len(items) < max; k, v = c.Next() {
+		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(items) < max; k, v = c.Next() {
 			r, err := decodeEnvelope(v)
 			if err != nil {
 				return err
@@ -308,7 +316,7 @@ func (s *Bolt) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, err
 			if err != nil {
 				return err
 			}
-			items = append(items, Item{Ref: r.ref, Envelope: env})
+			items = append(items, Item{Ref: r.ref, Seq: binary.BigEndian.Uint64(k), Envelope: env})
 		}
 		return nil
 	})

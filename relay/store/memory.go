@@ -198,6 +198,10 @@ func (m *Memory) Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, err
 }
 
 func (m *Memory) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error) {
+	return m.FetchAfter(ctx, id, 0, max)
+}
+
+func (m *Memory) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error) {
 	if max <= 0 {
 		max = DefaultFetchMax
 	}
@@ -209,10 +213,23 @@ func (m *Memory) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, e
 	if b == nil {
 		return nil, ErrNoMailbox
 	}
-	n := min(max, len(b.items))
+	if after == ^uint64(0) {
+		return nil, nil
+	}
+	start, _ := slices.BinarySearchFunc(b.items, after+1, func(e *memEnv, seq uint64) int {
+		switch {
+		case e.seq < seq:
+			return -1
+		case e.seq > seq:
+			return 1
+		}
+		return 0
+	})
+	items := b.items[start:]
+	n := min(max, len(items))
 	out := make([]Item, n)
-	for i, e := range b.items[:n] {
-		out[i] = Item{Ref: e.ref, Envelope: slices.Clone(e.env)}
+	for i, e := range items[:n] {
+		out[i] = Item{Ref: e.ref, Seq: e.seq, Envelope: slices.Clone(e.env)}
 	}
 	return out, nil
 }

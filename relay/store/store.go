@@ -78,7 +78,11 @@ type Ref [RefSize]byte
 
 // Item is one envelope returned by Fetch.
 type Item struct {
-	Ref      Ref
+	Ref Ref
+	// Seq is the envelope's position in its mailbox: it increases with
+	// every accepted envelope (starting at 1) and is never reused, so it is
+	// a cursor for FetchAfter. It is not a time.
+	Seq      uint64
 	Envelope []byte
 }
 
@@ -135,6 +139,12 @@ type Store interface {
 	// they were accepted (max <= 0 means DefaultFetchMax). Fetching does not
 	// remove them; Ack does.
 	Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error)
+
+	// FetchAfter is Fetch starting after the envelope at sequence number
+	// after: it returns up to max pending envelopes with Seq > after, in
+	// order. FetchAfter(ctx, id, 0, max) is Fetch(ctx, id, max). Readers
+	// use it to page past envelopes they hold without re-reading them.
+	FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error)
 
 	// Ack deletes the given envelopes from mailbox id and returns how many
 	// were deleted; refs that are not pending are ignored. The deletion is

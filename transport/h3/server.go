@@ -211,9 +211,11 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		l.active.Add(-1)
 		return
 	}
-	c := &serverConn{str: str, release: func() { l.active.Add(-1) }}
+	// The client's address never leaves the transport: the relay gets a
+	// placeholder, so nothing above can log or store it.
+	c := &serverConn{str: str, release: func() { l.active.Add(-1) }, raddr: hiddenAddr{}}
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
-		c.laddr, c.raddr = qc.LocalAddr(), qc.RemoteAddr()
+		c.laddr = qc.LocalAddr()
 	}
 	l.observe(transport.OutcomeOK)
 	select {
@@ -246,3 +248,9 @@ func (l *listener) binding(r *http.Request) []byte {
 	}
 	return ekm
 }
+
+// hiddenAddr stands in for the client's address.
+type hiddenAddr struct{}
+
+func (hiddenAddr) Network() string { return "h3" }
+func (hiddenAddr) String() string  { return "client" }

@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"UnknownMailbox", testUnknownMailbox},
 		{"Rotate", testRotate},
 		{"PutFetchAck", testPutFetchAck},
+		{"FetchAfter", testFetchAfter},
 		{"Duplicate", testDuplicate},
 		{"InvalidEnvelope", testInvalidEnvelope},
 		{"QuotaMailboxCount", testQuotaCount},
@@ -771,5 +772,75 @@ func testClosed(t *testing.T, f Factory) {
 	defer cancel()
 	if _, ok := <-ch; ok {
 		t.Fatal("Notify after Close returned an open channel")
+	}
+}
+
+// testFetchAfter: sequence numbers increase in acceptance order and page
+// through a mailbox, skipping acked envelopes, without re-reading earlier
+// ones.
+func testFetchAfter(t *testing.T, f Factory) {
+	s := open(t, f, store.Options{})
+	ctx := context.Background()
+	id := ID(1)
+	mustCreate(t, s, id, 1)
+	var envs [][]byte
+	for i := 0; i < 7; i++ {
+		e := Envelope(id, 4096, 100+i)
+		envs = append(envs, e)
+		mustPut(t, s, id, e)
+	}
+	all, err := s.FetchAfter(ctx, id, 0, 0)
+	if err != nil || len(all) != 7 {
+		t.Fatalf("FetchAfter(0) = %d items, %v", len(all), err)
+	}
+	for i := range all {
+		if !bytes.Equal(all[i].Envelope, envs[i]) {
+			t.Fatalf("item %d out of order", i)
+		}
+		if all[i].Seq == 0 || (i > 0 && all[i].Seq <= all[i-1].Seq) {
+			t.Fatalf("sequence numbers not increasing: %d after %d", all[i].Seq, all[max(i-1, 0)].Seq)
+		}
+	}
+	// Page through three at a time.
+	var got [][]byte
+	var after uint64
+	for {
+		page, err := s.FetchAfter(ctx, id, after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, it := range page {
+			got = append(got, it.Envelope)
+			after = it.Seq
+		}
+	}
+	if len(got) != 7 {
+		t.Fatalf("paging saw %d envelopes, want 7", len(got))
+	}
+	// Acked envelopes are skipped; a cursor in the middle still works.
+	if _, err := s.Ack(ctx, id, all[3].Ref, all[4].Ref); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := s.FetchAfter(ctx, id, all[2].Seq, 0)
+	if err != nil || len(rest) != 2 || !bytes.Equal(rest[0].Envelope, envs[5]) || rest[0].Seq != all[5].Seq {
+		t.Fatalf("FetchAfter past acked = %d items, %v", len(rest), err)
+	}
+	if none, err := s.FetchAfter(ctx, id, all[6].Seq, 0); err != nil || len(none) != 0 {
+		t.Fatalf("FetchAfter(last) = %d items, %v", len(none), err)
+	}
+	if none, err := s.FetchAfter(ctx, id, ^uint64(0), 0); err != nil || len(none) != 0 {
+		t.Fatalf("FetchAfter(max) = %d items, %v", len(none), err)
+	}
+	// A new envelope gets a larger sequence number than any before it.
+	mustPut(t, s, id, Envelope(id, 4096, 200))
+	fresh, err := s.FetchAfter(ctx, id, all[6].Seq, 0)
+	if err != nil || len(fresh) != 1 || fresh[0].Seq <= all[6].Seq {
+		t.Fatalf("new envelope after the cursor: %d items, %v", len(fresh), err)
+	}
+	if _, err := s.FetchAfter(ctx, ID(99), 0, 0); !errors.Is(err, store.ErrNoMailbox) {
+		t.Fatalf("unknown mailbox: %v", err)
 	}
 }
