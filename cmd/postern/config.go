@@ -56,9 +56,11 @@ type relayConfig struct {
 	// MaxMailboxEnvelopes, MaxMailboxBytes and MaxStoreBytes are quotas.
 	// Defaults: 4096 envelopes, 67108864 bytes per mailbox, 1073741824
 	// bytes per relay.
-	MaxMailboxEnvelopes int   `json:"max_mailbox_envelopes"`
-	MaxMailboxBytes     int64 `json:"max_mailbox_bytes"`
-	MaxStoreBytes       int64 `json:"max_store_bytes"`
+	MaxMailboxEnvelopes int `json:"max_mailbox_envelopes"`
+	// MaxMailboxes bounds the mailboxes on this relay. Default 1000000.
+	MaxMailboxes    int   `json:"max_mailboxes"`
+	MaxMailboxBytes int64 `json:"max_mailbox_bytes"`
+	MaxStoreBytes   int64 `json:"max_store_bytes"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -181,7 +183,7 @@ func (c *relayConfig) validate() error {
 	for _, q := range []struct {
 		name string
 		v    int64
-	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}} {
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}

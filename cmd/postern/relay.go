@@ -280,7 +280,7 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 	met := metrics.NewRelay(version)
 	var st store.Store
 	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
-		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit, KeyFile: cfg.StoreKeyFile}
+		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit, KeyFile: cfg.StoreKeyFile, MaxMailboxes: cfg.MaxMailboxes}
 	if cfg.Store == "memory" {
 		st = store.NewMemory(opts)
 	} else {

@@ -32,12 +32,14 @@ const dataFormat = 1
 //	envelopes / h        8B seq -> envelope record (records.go)
 //	refs / h             32B ref -> 8B seq (dedupe and ack)
 //	expiry / 4B day      h || 8B seq -> empty (one bucket per expiry day)
+//	retired              h -> 4B day the retired id becomes free again
 var (
 	bucketMeta      = []byte("meta")
 	bucketMailboxes = []byte("mailboxes")
 	bucketEnvelopes = []byte("envelopes")
 	bucketRefs      = []byte("refs")
 	bucketExpiry    = []byte("expiry")
+	bucketRetired   = []byte("retired")
 	metaFormat      = []byte("format")
 	metaKeyCheck    = []byte("keycheck")
 )
@@ -124,7 +126,7 @@ func openBolt(db *bolt.DB, path, dir string, opts Options) (*Bolt, error) {
 		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry} {
+		for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

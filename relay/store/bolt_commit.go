@@ -159,8 +159,11 @@ func (s *Bolt) CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed25519
 	rec := mailboxRecord{owner: slices.Clone(owner), nextSeq: 1, sendCap: slices.Clone(sendCap)}
 	return s.do(ctx, func(w *writer) error {
 		mb := w.tx.Bucket(bucketMailboxes)
-		if mb.Get(hid[:]) != nil {
+		if mb.Get(hid[:]) != nil || w.tx.Bucket(bucketRetired).Get(hid[:]) != nil {
 			return ErrMailboxExists
+		}
+		if err := s.opts.mailboxQuota(int(s.mailboxes.Load() + w.dMailboxes)); err != nil {
+			return err
 		}
 		if err := mb.Put(hid[:], rec.encode()); err != nil {
 			return err
@@ -183,11 +186,24 @@ func (s *Bolt) DeleteMailbox(ctx context.Context, id [IDSize]byte) error {
 		if err := w.tx.Bucket(bucketMailboxes).Delete(hid[:]); err != nil {
 			return err
 		}
+		if err := w.retire(s.opts, hid); err != nil {
+			return err
+		}
 		w.dMailboxes--
 		w.dEnvelopes -= int64(rec.count)
 		w.dBytes -= int64(rec.bytes)
 		return nil
 	})
+}
+
+// retire records that hid may not be created again before its
+// retirement day.
+func (w *writer) retire(o Options, hid [32]byte) error {
+	day, ok := o.retiredUntil(o.Now())
+	if !ok {
+		return nil
+	}
+	return w.tx.Bucket(bucketRetired).Put(hid[:], binary.BigEndian.AppendUint32(nil, day))
 }
 
 // dropEnvelopes deletes every envelope of mailbox hid with its ref and
@@ -253,8 +269,11 @@ func (s *Bolt) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, own
 			return err
 		}
 		mb := w.tx.Bucket(bucketMailboxes)
-		if mb.Get(newH[:]) != nil {
+		if mb.Get(newH[:]) != nil || w.tx.Bucket(bucketRetired).Get(newH[:]) != nil {
 			return ErrMailboxExists
+		}
+		if err := w.retire(s.opts, oldH); err != nil {
+			return err
 		}
 		rec := mailboxRecord{owner: slices.Clone(owner), nextSeq: 1, sendCap: slices.Clone(sendCap),
 			count: old.count, bytes: old.bytes}
@@ -504,6 +523,26 @@ func (s *Bolt) Sweep(ctx context.Context, now time.Time) (int, error) {
 		}
 		for hid, box := range boxes {
 			if err := w.tx.Bucket(bucketMailboxes).Put(hid[:], box.encode()); err != nil {
+				return err
+			}
+		}
+		// Free retired ids whose retirement is over.
+		ret := w.tx.Bucket(bucketRetired)
+		var free [][]byte
+		err := ret.ForEach(func(k, v []byte) error {
+			if len(v) != 4 {
+				return errRecord
+			}
+			if binary.BigEndian.Uint32(v) <= last {
+				free = append(free, slices.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range free {
+			if err := ret.Delete(k); err != nil {
 				return err
 			}
 		}

@@ -18,8 +18,10 @@ type Memory struct {
 	mu     sync.Mutex
 	closed bool
 	boxes  map[[32]byte]*memBox // by mailbox id hash
-	envs   int
-	bytes  int64
+	// retired: hashes of deleted or rotated-away ids -> day they are free
+	retired map[[32]byte]uint32
+	envs    int
+	bytes   int64
 }
 
 type memBox struct {
@@ -53,7 +55,7 @@ func NewMemory(opts Options) *Memory {
 		// A wrong-sized key is a programming error in the caller.
 		panic("store.NewMemory: " + err.Error())
 	}
-	return &Memory{opts: opts, keys: k, notes: newNotifier(), boxes: make(map[[32]byte]*memBox)}
+	return &Memory{opts: opts, keys: k, notes: newNotifier(), boxes: make(map[[32]byte]*memBox), retired: make(map[[32]byte]uint32)}
 }
 
 // lock takes the lock and checks ctx and closed; on error the lock is not held.
@@ -78,8 +80,11 @@ func (m *Memory) CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed255
 	}
 	defer m.mu.Unlock()
 	hid := m.keys.hid(id)
-	if m.boxes[hid] != nil {
+	if _, gone := m.retired[hid]; m.boxes[hid] != nil || gone {
 		return ErrMailboxExists
+	}
+	if err := m.opts.mailboxQuota(len(m.boxes)); err != nil {
+		return err
 	}
 	m.boxes[hid] = newMemBox(owner, sendCap)
 	return nil
@@ -124,6 +129,7 @@ func (m *Memory) DeleteMailbox(ctx context.Context, id [IDSize]byte) error {
 	m.envs -= len(b.items)
 	m.bytes -= b.bytes
 	delete(m.boxes, hid)
+	m.retire(hid)
 	return nil
 }
 
@@ -140,7 +146,7 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 		m.mu.Unlock()
 		return 0, ErrNoMailbox
 	}
-	if m.boxes[newH] != nil {
+	if _, gone := m.retired[newH]; m.boxes[newH] != nil || gone {
 		m.mu.Unlock()
 		return 0, ErrMailboxExists
 	}
@@ -153,6 +159,7 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 		nb.bytes += int64(len(e.env))
 	}
 	delete(m.boxes, oldH)
+	m.retire(oldH)
 	m.boxes[newH] = nb
 	moved := len(nb.items)
 	m.mu.Unlock()
@@ -286,7 +293,19 @@ func (m *Memory) Sweep(ctx context.Context, now time.Time) (int, error) {
 	for _, b := range m.boxes {
 		n += m.removeFrom(b, func(e *memEnv) bool { return e.day <= d })
 	}
+	for h, until := range m.retired {
+		if until <= d {
+			delete(m.retired, h)
+		}
+	}
 	return n, nil
+}
+
+// retire marks hid unusable until the retirement day; m.mu is held.
+func (m *Memory) retire(hid [32]byte) {
+	if day, ok := m.opts.retiredUntil(m.opts.Now()); ok {
+		m.retired[hid] = day
+	}
 }
 
 func (m *Memory) Notify(id [IDSize]byte) (<-chan struct{}, func()) {

@@ -69,6 +69,8 @@ const (
 	defaultBoxCount = 4096     // envelopes per mailbox
 	defaultBoxBytes = 64 << 20 // bytes per mailbox
 	defaultAllBytes = 1 << 30  // bytes per store
+	defaultRetire   = 90 * 24 * time.Hour
+	defaultMaxBoxes = 1_000_000
 )
 
 // Ref names one stored envelope: a keyed hash of its bytes. Equal envelopes
@@ -116,7 +118,8 @@ type Store interface {
 	Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error)
 
 	// DeleteMailbox deletes mailbox id and every envelope in it, or fails
-	// with ErrNoMailbox.
+	// with ErrNoMailbox. The id is retired (see Options.Retire): creating
+	// it again fails with ErrMailboxExists until Sweep frees it.
 	DeleteMailbox(ctx context.Context, id [IDSize]byte) error
 
 	// RotateMailbox atomically creates mailbox newID with the given owner
@@ -159,7 +162,8 @@ type Store interface {
 	Notify(id [IDSize]byte) (<-chan struct{}, func())
 
 	// Sweep deletes every envelope whose expiry day has begun at now, and
-	// returns how many it deleted.
+	// returns how many it deleted. It also frees retired mailbox ids whose
+	// retirement has ended.
 	Sweep(ctx context.Context, now time.Time) (expired int, err error)
 
 	// Stats returns store-wide totals.
@@ -192,6 +196,17 @@ type Options struct {
 	MaxMailboxEnvelopes int
 	MaxMailboxBytes     int64
 	MaxStoreBytes       int64
+
+	// Retire is how long a deleted or rotated-away mailbox id stays
+	// unusable, so that nobody else can create it while contacts may still
+	// send to it (they get "no such mailbox" instead of a silent
+	// take-over). Kept as a day number with the id's hash. Default 90 days;
+	// negative means ids are free at once.
+	Retire time.Duration
+
+	// MaxMailboxes bounds the mailboxes of the store; Create beyond it
+	// fails with ErrStoreFull. Default 1,000,000; negative means no limit.
+	MaxMailboxes int
 
 	// Now is the clock used to compute expiry days at Put. Default time.Now.
 	Now func() time.Time
@@ -227,6 +242,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Retire == 0 {
+		o.Retire = defaultRetire
+	}
+	if o.MaxMailboxes == 0 {
+		o.MaxMailboxes = defaultMaxBoxes
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = defaultMaxBatch
@@ -287,6 +308,22 @@ func checkMailboxArgs(owner ed25519.PublicKey, sendCap []byte) error {
 func checkEnvelope(env []byte) error {
 	if len(env) == 0 || len(env) > MaxEnvelopeSize {
 		return ErrInvalid
+	}
+	return nil
+}
+
+// retiredUntil is the Unix day after which an id retired at now is free.
+func (o Options) retiredUntil(now time.Time) (uint32, bool) {
+	if o.Retire < 0 {
+		return 0, false
+	}
+	return expiryDay(now, o.Retire), true
+}
+
+// mailboxQuota reports whether one more mailbox fits next to count.
+func (o Options) mailboxQuota(count int) error {
+	if o.MaxMailboxes > 0 && count+1 > o.MaxMailboxes {
+		return ErrStoreFull
 	}
 	return nil
 }

@@ -40,6 +40,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"Rotate", testRotate},
 		{"PutFetchAck", testPutFetchAck},
 		{"FetchAfter", testFetchAfter},
+		{"RetiredIDs", testRetiredIDs},
+		{"QuotaMailboxes", testQuotaMailboxes},
 		{"Duplicate", testDuplicate},
 		{"InvalidEnvelope", testInvalidEnvelope},
 		{"QuotaMailboxCount", testQuotaCount},
@@ -159,7 +161,8 @@ func noIDs(t *testing.T, err error, ids ...[store.IDSize]byte) {
 
 func testMailboxes(t *testing.T, f Factory) {
 	ctx := context.Background()
-	s := open(t, f, store.Options{})
+	// Retired ids are testRetiredIDs' subject; here a deleted id is free.
+	s := open(t, f, store.Options{Retire: -1})
 	a, b := ID(1), ID(2)
 	if err := s.CreateMailbox(ctx, a, Owner(1), []byte("send-cap")); err != nil {
 		t.Fatal(err)
@@ -843,4 +846,68 @@ func testFetchAfter(t *testing.T, f Factory) {
 	if _, err := s.FetchAfter(ctx, ID(99), 0, 0); !errors.Is(err, store.ErrNoMailbox) {
 		t.Fatalf("unknown mailbox: %v", err)
 	}
+}
+
+// testRetiredIDs: a deleted or rotated-away id cannot be created again
+// (by anyone) until its retirement ends, so contacts holding an old card
+// get "no such mailbox" instead of a stranger's mailbox.
+func testRetiredIDs(t *testing.T, f Factory) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	s := open(t, f, store.Options{Now: func() time.Time { return now }, Retire: 30 * 24 * time.Hour})
+	ctx := context.Background()
+	a, b, c := ID(1), ID(2), ID(3)
+	mustCreate(t, s, a, 1)
+	mustCreate(t, s, b, 2)
+	if err := s.DeleteMailbox(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateMailbox(ctx, a, Owner(9), nil); !errors.Is(err, store.ErrMailboxExists) {
+		t.Fatalf("re-creating a deleted id: %v", err)
+	}
+	if _, err := s.RotateMailbox(ctx, b, c, Owner(3), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateMailbox(ctx, b, Owner(9), nil); !errors.Is(err, store.ErrMailboxExists) {
+		t.Fatalf("re-creating a rotated-away id: %v", err)
+	}
+	if _, err := s.RotateMailbox(ctx, c, a, Owner(3), nil); !errors.Is(err, store.ErrMailboxExists) {
+		t.Fatalf("rotating onto a retired id: %v", err)
+	}
+	if _, err := s.Mailbox(ctx, a); !errors.Is(err, store.ErrNoMailbox) {
+		t.Fatalf("a retired id looks like a mailbox: %v", err)
+	}
+	// Still retired the day before it ends; free after.
+	if _, err := s.Sweep(ctx, now.Add(29*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateMailbox(ctx, a, Owner(9), nil); !errors.Is(err, store.ErrMailboxExists) {
+		t.Fatalf("retirement ended early: %v", err)
+	}
+	if _, err := s.Sweep(ctx, now.Add(31*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateMailbox(ctx, a, Owner(9), nil); err != nil {
+		t.Fatalf("after retirement: %v", err)
+	}
+	wantStats(t, s, 2, 0, 0)
+}
+
+func testQuotaMailboxes(t *testing.T, f Factory) {
+	s := open(t, f, store.Options{MaxMailboxes: 2, Retire: -1})
+	ctx := context.Background()
+	mustCreate(t, s, ID(1), 1)
+	mustCreate(t, s, ID(2), 2)
+	err := s.CreateMailbox(ctx, ID(3), Owner(3), nil)
+	if !errors.Is(err, store.ErrStoreFull) {
+		t.Fatalf("third mailbox: %v", err)
+	}
+	if err := s.DeleteMailbox(ctx, ID(1)); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, ID(3), 3)
+	// With Retire < 0 a deleted id is free at once.
+	if err := s.DeleteMailbox(ctx, ID(3)); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, ID(3), 3)
 }
