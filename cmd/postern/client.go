@@ -417,59 +417,26 @@ func (r *receiver) drain(ctx context.Context) error {
 }
 
 func (r *receiver) follow(ctx context.Context) error {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		c, err := dialRelay(ctx, r.mb.Relay, r.e)
-		if err == nil {
-			err = r.subscribe(ctx, c)
-			c.Close()
-			backoff = time.Second
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		fmt.Fprintf(r.e.stderr, "connection lost (%v); retrying in %s\n", err, backoff)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Minute)
-	}
-	return nil
-}
-
-func (r *receiver) subscribe(ctx context.Context, c *relay.Client) error {
-	// A new session pushes every waiting envelope again, including
-	// fragments already held: forget them (they are still on the relay).
-	r.held = map[string]*heldMessage{}
-	r.order = nil
-	r.join = &envelope.Joiner{MaxPending: maxHeld + 1}
-	if err := c.Subscribe(ctx, r.mb.owner(), r.mb.id()); err != nil {
-		return err
-	}
-	ping := time.NewTicker(time.Minute)
-	defer ping.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ping.C:
-			if err := c.Ping(ctx); err != nil {
-				return err
-			}
-		case d, ok := <-c.Deliveries():
-			if !ok {
-				return c.Err()
-			}
+	return relay.Follow(ctx, relay.FollowConfig{
+		Dial:    func(ctx context.Context) (*relay.Client, error) { return dialRelay(ctx, r.mb.Relay, r.e) },
+		Owner:   r.mb.owner(),
+		Mailbox: r.mb.id(),
+		Connected: func() {
+			// The new session pushes every waiting envelope again,
+			// including fragments held so far (still on the relay).
+			r.held = map[string]*heldMessage{}
+			r.order = nil
+			r.join = &envelope.Joiner{MaxPending: maxHeld + 1}
+		},
+		Handle: func(d relay.Delivery) []store.Ref {
 			acks := r.handle(d)
 			r.replay.save()
-			if len(acks) > 0 {
-				if _, err := c.Ack(ctx, r.mb.owner(), r.mb.id(), acks...); err != nil {
-					return err
-				}
-			}
-		}
-	}
+			return acks
+		},
+		Lost: func(err error, wait time.Duration) {
+			fmt.Fprintf(r.e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
+		},
+	})
 }
 
 // replayFile is the recipient's replay cache, kept in ID_FILE.replay so that

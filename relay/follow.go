@@ -1,0 +1,108 @@
+package relay
+
+import (
+	"context"
+	"crypto/ed25519"
+	"time"
+
+	"github.com/postern/postern/relay/store"
+)
+
+// FollowConfig configures Follow. Dial, Owner, Mailbox and Handle are
+// required.
+type FollowConfig struct {
+	// Dial opens a new session (for example a closure over Dial).
+	Dial func(ctx context.Context) (*Client, error)
+	// Owner and Mailbox name the mailbox to follow.
+	Owner   ed25519.PrivateKey
+	Mailbox [32]byte
+	// Connected, if set, is called after each successful subscribe: every
+	// waiting envelope is pushed again on a new session, so a caller that
+	// holds envelopes unacked (fragments) resets that state here.
+	Connected func()
+	// Handle takes one delivery and returns the refs to ack now (possibly
+	// none, possibly refs of earlier deliveries).
+	Handle func(Delivery) []store.Ref
+	// Lost, if set, is told why a session ended and how long Follow waits
+	// before reconnecting. It never receives an address.
+	Lost func(err error, wait time.Duration)
+	// Ping is how often an idle session is pinged. Default 1 minute.
+	Ping time.Duration
+	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
+	// after each failed attempt. Defaults 1 s and 1 minute.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Follow keeps a subscription to a mailbox alive until ctx ends: it dials,
+// subscribes, hands every pushed envelope to Handle and acks what Handle
+// returns, pings an idle session, and after any failure reconnects with
+// exponential backoff. It returns nil when ctx ends.
+func Follow(ctx context.Context, cfg FollowConfig) error {
+	if cfg.Ping <= 0 {
+		cfg.Ping = time.Minute
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(time.Minute, cfg.MinBackoff)
+	}
+	backoff := cfg.MinBackoff
+	for ctx.Err() == nil {
+		c, err := cfg.Dial(ctx)
+		if err == nil {
+			var subscribed bool
+			subscribed, err = follow(ctx, c, &cfg)
+			c.Close()
+			if subscribed {
+				backoff = cfg.MinBackoff
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if cfg.Lost != nil {
+			cfg.Lost(err, backoff)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		backoff = min(2*backoff, cfg.MaxBackoff)
+	}
+	return nil
+}
+
+// follow runs one session; subscribed reports whether it got as far as a
+// subscription (which resets the backoff).
+func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool, err error) {
+	if err := c.Subscribe(ctx, cfg.Owner, cfg.Mailbox); err != nil {
+		return false, err
+	}
+	if cfg.Connected != nil {
+		cfg.Connected()
+	}
+	ping := time.NewTicker(cfg.Ping)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case <-ping.C:
+			if err := c.Ping(ctx); err != nil {
+				return true, err
+			}
+		case d, ok := <-c.Deliveries():
+			if !ok {
+				return true, c.Err()
+			}
+			if acks := cfg.Handle(d); len(acks) > 0 {
+				if _, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...); err != nil {
+					return true, err
+				}
+			}
+		}
+	}
+}
