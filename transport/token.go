@@ -48,7 +48,8 @@ const (
 	// TokenSkew is how far a token's minute may be from the verifier's clock.
 	TokenSkew = 2 * time.Minute
 	// ReplayCacheSize bounds the nonces a verifier remembers. When full of
-	// live nonces, new tokens are refused rather than old nonces forgotten.
+	// live nonces, new unbound tokens are refused rather than old nonces
+	// forgotten; bound tokens are still accepted (see Verify).
 	ReplayCacheSize = 1 << 16
 
 	flagBound = 1
@@ -155,6 +156,14 @@ func (v *TokenVerifier) Verify(tok string, binding []byte) Outcome {
 		return OutcomeReplay
 	}
 	if len(v.seen) >= ReplayCacheSize {
+		// Full of live nonces: somebody with the key is flooding. A bound
+		// token is useless on any other TLS connection, so it is accepted
+		// without being remembered (a reuse on its own connection gains its
+		// owner nothing); an unbound token (CDN) must be refused, since it
+		// could not be recognised if replayed.
+		if flags == flagBound {
+			return OutcomeOK
+		}
 		return OutcomeReplay
 	}
 	// A token stays acceptable for at most TokenSkew+1m after its minute

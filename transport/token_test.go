@@ -376,6 +376,15 @@ func TestReplayCacheFull(t *testing.T) {
 	if got := v.Verify(first, nil); got != OutcomeReplay {
 		t.Fatalf("first token was forgotten while the cache was full: %q", got)
 	}
+	// A token bound to its TLS connection is still accepted (not recorded):
+	// a flood of unbound tokens must not lock out direct clients.
+	bound := mustToken(t, testKey, testPath, testBinding, start)
+	if got := v.Verify(bound, testBinding); got != OutcomeOK {
+		t.Fatalf("bound token with a full cache: %q, want ok", got)
+	}
+	if got := v.Verify(bound, append([]byte{1}, testBinding[1:]...)); got != OutcomeAuthFailed {
+		t.Fatalf("bound token on another connection with a full cache: %q", got)
+	}
 	c.set(start.Add(TokenSkew + 2*time.Minute))
 	if got := v.Verify(mustToken(t, testKey, testPath, nil, c.now()), nil); got != OutcomeOK {
 		t.Fatalf("fresh token after expiry: %q", got)
