@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -291,4 +292,60 @@ func BenchmarkRawFsync(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "fsync/s")
+}
+
+// BenchmarkIdleSessionMemory: heap held per idle relay session (client and
+// relay side together, both in this process), after the hello and a ping.
+// Reported as bytes/session; b.N is ignored beyond running once per op.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	const sessions = 100
+	for _, tr := range benchTransports() {
+		b.Run(tr.Name(), func(b *testing.B) {
+			st := store.NewMemory(store.Options{})
+			defer st.Close()
+			srv, err := NewServer(ServerConfig{Store: st})
+			if err != nil {
+				b.Fatal(err)
+			}
+			bl := listenBench(b, tr)
+			ctx, cancel := context.WithCancel(context.Background())
+			served := make(chan struct{})
+			go func() { srv.Serve(ctx, bl.ln, tr.Name()); close(served) }()
+			defer func() { cancel(); bl.ln.Close(); <-served }()
+			heap := func() uint64 {
+				runtime.GC()
+				runtime.GC()
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				return m.HeapInuse
+			}
+			var per float64
+			for b.Loop() {
+				before := heap()
+				cs := make([]*Client, 0, sessions)
+				for range sessions {
+					dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+					conn, err := tr.Dial(dctx, bl.ep)
+					if err != nil {
+						b.Fatal(err)
+					}
+					c, err := NewClient(dctx, conn)
+					dcancel()
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := c.Ping(ctx); err != nil {
+						b.Fatal(err)
+					}
+					cs = append(cs, c)
+				}
+				after := heap()
+				per = float64(after-before) / sessions
+				for _, c := range cs {
+					c.Close()
+				}
+			}
+			b.ReportMetric(per, "bytes/session")
+		})
+	}
 }

@@ -65,7 +65,7 @@ type call struct {
 // NewClient runs the protocol handshake on conn and returns a client that
 // owns conn. ctx bounds the handshake only.
 func NewClient(ctx context.Context, conn transport.Conn) (*Client, error) {
-	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 64<<10),
+	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, sessionBufSize), bw: bufio.NewWriterSize(conn, sessionBufSize),
 		pending: make(map[uint32]*call), done: make(chan struct{}), deliveries: make(chan Delivery),
 		qwake: make(chan struct{}, 1)}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })

@@ -35,6 +35,11 @@ const (
 	ChallengeSize = 32
 	// RefSize is the size of an envelope ref.
 	RefSize = 32
+	// sessionBufSize is the read and write buffer of a session on each
+	// side. Frames larger than it pass through unbuffered; small buffers keep
+	// an idle session cheap, and 16 KiB lets the two smaller buckets go out
+	// in one write with their frame header.
+	sessionBufSize = 16 << 10
 	// SigContext domain-separates owner signatures.
 	SigContext = "postern relay request v1"
 )

@@ -148,7 +148,7 @@ func (s *Server) Serve(ctx context.Context, ln transport.Listener, transportName
 func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportName string) {
 	ctx, cancel := context.WithCancel(ctx)
 	ss := &session{srv: s, conn: conn, ctx: ctx, cancel: cancel,
-		br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 64<<10),
+		br: bufio.NewReaderSize(conn, sessionBufSize), bw: bufio.NewWriterSize(conn, sessionBufSize),
 		subs: make(map[[32]byte]*subscription), sem: make(chan struct{}, s.cfg.MaxInFlight)}
 	s.mu.Lock()
 	if len(s.sessions) >= s.cfg.MaxSessions {
