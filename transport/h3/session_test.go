@@ -79,69 +79,6 @@ func TestConcurrentSessions(t *testing.T) {
 	wg.Wait()
 }
 
-func TestHalfClose(t *testing.T) {
-	t.Run("client first", func(t *testing.T) {
-		r := startRelay(t, nil, nil)
-		c := dialT(t, r.ep)
-		s, err := r.ln.Accept(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if _, err := c.Write([]byte("request")); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(s) // relay sees the request, then EOF
-		if err != nil || string(got) != "request" {
-			t.Fatalf("relay read %q, %v; want %q, nil", got, err, "request")
-		}
-		// The other direction still works after the client's half-close.
-		if _, err := s.Write([]byte("response")); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		got, err = io.ReadAll(c)
-		if err != nil || string(got) != "response" {
-			t.Fatalf("client read %q, %v; want %q, nil", got, err, "response")
-		}
-	})
-	t.Run("relay first", func(t *testing.T) {
-		r := startRelay(t, nil, nil)
-		c := dialT(t, r.ep)
-		s, err := r.ln.Accept(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		if _, err := s.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(c)
-		if err != nil || string(got) != "hello" {
-			t.Fatalf("client read %q, %v", got, err)
-		}
-		if _, err := c.Write([]byte("still here")); err != nil {
-			t.Fatal(err)
-		}
-		c.CloseWrite()
-		got, err = io.ReadAll(s)
-		if err != nil || string(got) != "still here" {
-			t.Fatalf("relay read %q, %v", got, err)
-		}
-		if _, err := s.Write([]byte("x")); err == nil {
-			t.Error("relay Write after CloseWrite succeeded")
-		}
-	})
-}
-
 func TestCloseUnblocks(t *testing.T) {
 	for _, side := range []string{"client", "relay"} {
 		t.Run(side, func(t *testing.T) {

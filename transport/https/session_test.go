@@ -127,58 +127,6 @@ func acceptOne(t *testing.T, r *relay) (client, server transport.Conn) {
 	return client, server
 }
 
-func TestHalfClose(t *testing.T) {
-	r := startRelay(t, &Transport{}, nil)
-
-	t.Run("client first", func(t *testing.T) {
-		c, s := acceptOne(t, r)
-		c.Write([]byte("question"))
-		if err := c.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(s)
-		if err != nil || string(got) != "question" {
-			t.Fatalf("server read %q, %v", got, err)
-		}
-		// The server can still answer after the client's end of stream.
-		if _, err := s.Write([]byte("answer")); err != nil {
-			t.Fatal(err)
-		}
-		s.CloseWrite()
-		got, err = io.ReadAll(c)
-		if err != nil || string(got) != "answer" {
-			t.Fatalf("client read %q, %v", got, err)
-		}
-		if _, err := c.Write([]byte("x")); err == nil {
-			t.Error("client Write after CloseWrite succeeded")
-		}
-	})
-
-	t.Run("server first", func(t *testing.T) {
-		c, s := acceptOne(t, r)
-		s.Write([]byte("banner"))
-		if err := s.CloseWrite(); err != nil {
-			t.Fatal(err)
-		}
-		got, err := io.ReadAll(c)
-		if err != nil || string(got) != "banner" {
-			t.Fatalf("client read %q, %v", got, err)
-		}
-		// The client can still send after the server's end of stream.
-		if _, err := c.Write([]byte("late reply")); err != nil {
-			t.Fatal(err)
-		}
-		c.CloseWrite()
-		got, err = io.ReadAll(s)
-		if err != nil || string(got) != "late reply" {
-			t.Fatalf("server read %q, %v", got, err)
-		}
-		if _, err := s.Write([]byte("x")); err == nil {
-			t.Error("server Write after CloseWrite succeeded")
-		}
-	})
-}
-
 func TestCloseUnblocks(t *testing.T) {
 	r := startRelay(t, &Transport{}, nil)
 

@@ -1,0 +1,15 @@
+package https
+
+import (
+	"testing"
+
+	"github.com/postern/postern/transport/transporttest"
+)
+
+func TestConformance(t *testing.T) {
+	transporttest.Run(t, func(t *testing.T) transporttest.Setup {
+		tr := &Transport{}
+		r := startRelay(t, tr, nil)
+		return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep}
+	})
+}

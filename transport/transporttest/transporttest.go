@@ -1,0 +1,244 @@
+// Package transporttest is the contract every transport.Transport must
+// meet, as a test suite. A transport's tests run it with a function that
+// starts a listener on loopback and returns an endpoint that dials it:
+//
+//	transporttest.Run(t, func(t *testing.T) transporttest.Setup {
+//		... start a listener ...
+//		return transporttest.Setup{Transport: tr, Listener: ln, Endpoint: ep}
+//	})
+//
+// It checks what the relay relies on and the package documentation of
+// transport promises: bytes arrive intact in both directions at once,
+// half-close works both ways, Close unblocks pending Read and Write on
+// either side, a closed listener stops accepting, and the relay side never
+// learns the client's address.
+package transporttest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/transport"
+)
+
+// Setup is a listening transport and an endpoint that reaches it.
+type Setup struct {
+	Transport transport.Transport
+	Listener  transport.Listener
+	Endpoint  transport.Endpoint
+}
+
+// Start returns a fresh Setup; the listener is closed by the caller's
+// t.Cleanup or by the suite.
+type Start func(t *testing.T) Setup
+
+// Run runs the contract tests.
+func Run(t *testing.T, start Start) {
+	t.Run("Echo", func(t *testing.T) { testEcho(t, start(t)) })
+	t.Run("HalfCloseClientFirst", func(t *testing.T) { testHalfClose(t, start(t), true) })
+	t.Run("HalfCloseRelayFirst", func(t *testing.T) { testHalfClose(t, start(t), false) })
+	t.Run("CloseUnblocksRead", func(t *testing.T) { testCloseUnblocksRead(t, start(t)) })
+	t.Run("CloseUnblocksWrite", func(t *testing.T) { testCloseUnblocksWrite(t, start(t)) })
+	t.Run("ListenerClose", func(t *testing.T) { testListenerClose(t, start(t)) })
+	t.Run("ClientAddressHidden", func(t *testing.T) { testAddressHidden(t, start(t)) })
+}
+
+const wait = 30 * time.Second
+
+// pair dials the endpoint and accepts the session on the listener.
+func pair(t *testing.T, s Setup) (client, relay transport.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	accepted := make(chan transport.Conn, 1)
+	acceptErr := make(chan error, 1)
+	go func() {
+		c, err := s.Listener.Accept(ctx)
+		if err != nil {
+			acceptErr <- err
+			return
+		}
+		accepted <- c
+	}()
+	c, err := s.Transport.Dial(ctx, s.Endpoint)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	select {
+	case r := <-accepted:
+		t.Cleanup(func() { c.Close(); r.Close() })
+		return c, r
+	case err := <-acceptErr:
+		c.Close()
+		t.Fatalf("Accept: %v", err)
+	}
+	return nil, nil
+}
+
+func within[T any](t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(wait):
+		t.Fatalf("%s: still blocked after %s", what, wait)
+	}
+	var zero T
+	return zero
+}
+
+// testEcho sends data both ways at once: the relay side echoes what it
+// reads, the client writes while it reads the echo.
+func testEcho(t *testing.T, s Setup) {
+	for _, size := range []int{1, 1200, 100 << 10, 4 << 20} {
+		c, r := pair(t, s)
+		go func() {
+			io.Copy(r, r)
+			r.CloseWrite()
+		}()
+		data := make([]byte, size)
+		rand.Read(data)
+		werr := make(chan error, 1)
+		go func() {
+			// Uneven pieces, so framing is not aligned with writes.
+			for rest := data; len(rest) > 0; {
+				n := min(len(rest), 1+len(rest)%7919)
+				if _, err := c.Write(rest[:n]); err != nil {
+					werr <- err
+					return
+				}
+				rest = rest[n:]
+			}
+			werr <- c.CloseWrite()
+		}()
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatalf("%d bytes: read echo: %v", size, err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("%d bytes: write: %v", size, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: echo differs (%d bytes back)", size, len(got))
+		}
+	}
+}
+
+func testHalfClose(t *testing.T, s Setup, clientFirst bool) {
+	c, r := pair(t, s)
+	first, second := transport.Conn(c), transport.Conn(r)
+	if !clientFirst {
+		first, second = r, c
+	}
+	if _, err := first.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(second)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("read %q, %v; want the data, then EOF", got, err)
+	}
+	if _, err := first.Write([]byte("x")); err == nil {
+		t.Error("Write after CloseWrite succeeded")
+	}
+	// The other direction still works after the half-close.
+	if _, err := second.Write([]byte("response")); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err = io.ReadAll(first)
+	if err != nil || string(got) != "response" {
+		t.Fatalf("read %q, %v after half-close", got, err)
+	}
+}
+
+func testCloseUnblocksRead(t *testing.T, s Setup) {
+	for _, side := range []string{"client", "relay"} {
+		c, r := pair(t, s)
+		local, peer := transport.Conn(c), transport.Conn(r)
+		if side == "relay" {
+			local, peer = r, c
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := local.Read(make([]byte, 10))
+			done <- err
+		}()
+		local.Close()
+		if err := within(t, side+" Read after Close", done); err == nil {
+			t.Errorf("%s: Read returned no error after Close", side)
+		}
+		// The peer learns that the session ended (EOF or an error), and
+		// does not hang.
+		peerDone := make(chan struct{})
+		go func() {
+			io.Copy(io.Discard, peer)
+			close(peerDone)
+		}()
+		within(t, side+": peer Read after remote Close", peerDone)
+	}
+}
+
+func testCloseUnblocksWrite(t *testing.T, s Setup) {
+	for _, side := range []string{"client", "relay"} {
+		c, r := pair(t, s)
+		local := transport.Conn(c)
+		if side == "relay" {
+			local = r
+		}
+		// Nobody reads: writes fill flow-control windows and block.
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 1<<20)
+			for range 64 {
+				if _, err := local.Write(buf); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		local.Close()
+		if err := within(t, side+" Write after Close", done); err == nil {
+			t.Errorf("%s: 64 MiB written to a peer that reads nothing", side)
+		}
+	}
+}
+
+func testListenerClose(t *testing.T, s Setup) {
+	if err := s.Listener.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if _, err := s.Listener.Accept(ctx); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v, want an error wrapping net.ErrClosed", err)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), time.Second)
+	defer dcancel()
+	if c, err := s.Transport.Dial(dctx, s.Endpoint); err == nil {
+		c.Close()
+		t.Error("Dial to a closed listener succeeded")
+	} else if transport.ClassOf(err) == transport.ClassUnknown {
+		t.Errorf("Dial to a closed listener: unclassified error %v", err)
+	}
+}
+
+func testAddressHidden(t *testing.T, s Setup) {
+	_, r := pair(t, s)
+	host, _, _ := net.SplitHostPort(s.Endpoint.Addr)
+	if a := r.RemoteAddr(); a == nil || strings.Contains(a.String(), host) || strings.Contains(a.String(), "127.0.0.1") {
+		t.Fatalf("relay side RemoteAddr = %v: the client's address reached the relay", a)
+	}
+}
