@@ -60,7 +60,7 @@ var (
 	// Transports are the transport names that may appear as a label.
 	Transports = []string{"https", "h3"}
 	// Results are the handshake outcomes (transport.Outcome values).
-	Results = []string{"ok", "auth_failed", "replay", "cover"}
+	Results = []string{"ok", "auth_failed", "replay", "cover", "busy"}
 	// Reasons are the reasons an envelope is rejected.
 	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
 	// Classes are the probe failure classes (transport.Class names).
@@ -145,7 +145,7 @@ func NewRelay(version string) *Relay {
 		reg: newRegistry(version),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_handshakes_total",
-			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site).",
+			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap).",
 		}, []string{"transport", "result"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_sessions_total",

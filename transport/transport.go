@@ -118,6 +118,7 @@ const (
 	OutcomeAuthFailed Outcome = "auth_failed" // session path with a bad or expired token
 	OutcomeReplay     Outcome = "replay"      // a token seen before
 	OutcomeCover      Outcome = "cover"       // ordinary request, served the cover site
+	OutcomeBusy       Outcome = "busy"        // valid session refused: listener at its session cap (served the cover site)
 )
 
 // Listener yields authenticated relay sessions.

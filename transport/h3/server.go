@@ -191,7 +191,7 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		// Full: the client sees the cover site, as for any other refusal.
 		// The token is spent; the client's next attempt makes a new one.
 		l.active.Add(-1)
-		l.observe(transport.OutcomeCover)
+		l.observe(transport.OutcomeBusy)
 		l.cover.ServeHTTP(w, r)
 		return
 	}

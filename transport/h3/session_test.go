@@ -204,6 +204,9 @@ func TestMaxSessions(t *testing.T) {
 	if got := r.obs.get(transport.OutcomeOK); got != 2 {
 		t.Errorf("Observe(ok) = %d, want 2", got)
 	}
+	if got := r.obs.get(transport.OutcomeBusy); got != 1 {
+		t.Errorf("Observe(busy) = %d, want 1", got)
+	}
 	a.Close()
 	<-ended
 	c, err := New().Dial(ctx, r.ep)

@@ -138,6 +138,9 @@ func TestMaxSessions(t *testing.T) {
 	if _, err := (&Transport{}).Dial(context.Background(), r.ep); transport.ClassOf(err) != transport.ClassAuth {
 		t.Fatalf("second session while full: %v, want class auth", err)
 	}
+	if got := r.obs.get(transport.OutcomeBusy); got != 1 {
+		t.Errorf("Observe(busy) = %d, want 1", got)
+	}
 	first.Close()
 	s.Close()
 	// The slot is free again once the first session's handler is gone.

@@ -222,7 +222,7 @@ func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		// Full: indistinguishable from a rejected token for the client,
 		// which will retry later or elsewhere.
-		l.observe(transport.OutcomeCover)
+		l.observe(transport.OutcomeBusy)
 		l.cover.ServeHTTP(w, r)
 		return
 	}
