@@ -31,6 +31,14 @@ type relayConfig struct {
 	// the descriptor. Default: the bound listen address.
 	PublicHTTPS string `json:"public_https"`
 	PublicH3    string `json:"public_h3"`
+	// HTTPSCDN says a CDN or other TLS-terminating front sits between
+	// clients and the https listener (public_https is then the front's
+	// address and sni its name): the listener accepts session tokens that
+	// are not bound to the TLS session (the replay cache still applies),
+	// and the descriptor's https endpoint is marked unbound, without a
+	// certificate pin (clients verify the front's certificate). Default
+	// false.
+	HTTPSCDN bool `json:"https_cdn"`
 	// SNI is the server name clients send. Default: the host of the public
 	// address when it is a name, else "localhost".
 	SNI string `json:"sni"`

@@ -327,7 +327,8 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		name := want.name
 		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: cert,
 			Path: secrets.Path, Key: secrets.SessionKey, Cover: coverH,
-			Observe: func(o transport.Outcome) { met.Handshake(name, string(o)) }})
+			AllowUnbound: name == https.Name && cfg.HTTPSCDN,
+			Observe:      func(o transport.Outcome) { met.Handshake(name, string(o)) }})
 		if err != nil {
 			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
 		}
@@ -367,8 +368,13 @@ func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
 		Expires:       time.Now().Add(cfg.validity).Truncate(time.Second),
 	}
 	for _, b := range listeners {
-		d.Endpoints = append(d.Endpoints, descriptor.Endpoint{Transport: b.name, Addr: b.public, SNI: sni,
-			Path: secrets.Path, Key: secrets.SessionKey, CertSHA256: pin})
+		ep := descriptor.Endpoint{Transport: b.name, Addr: b.public, SNI: sni,
+			Path: secrets.Path, Key: secrets.SessionKey, CertSHA256: pin}
+		if b.name == https.Name && cfg.HTTPSCDN {
+			// Clients talk TLS to the front, not to us: no pin, no binding.
+			ep.CertSHA256, ep.Unbound = nil, true
+		}
+		d.Endpoints = append(d.Endpoints, ep)
 	}
 	line, err := d.Sign(signer)
 	if err != nil {
