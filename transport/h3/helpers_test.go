@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 func TestMain(m *testing.M) {
@@ -99,26 +100,7 @@ var testCover = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "<!doctype html><title>Field notes</title><p>Nothing new today.</p>\n")
 })
 
-// outcomes counts what a listener reported through Observe.
-type outcomes struct {
-	mu sync.Mutex
-	m  map[transport.Outcome]int
-}
-
-func (o *outcomes) observe(x transport.Outcome) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.m == nil {
-		o.m = make(map[transport.Outcome]int)
-	}
-	o.m[x]++
-}
-
-func (o *outcomes) get(x transport.Outcome) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.m[x]
-}
+type outcomes = transporttest.Outcomes
 
 type relay struct {
 	ln  transport.Listener
@@ -138,7 +120,7 @@ func startRelay(t testing.TB, tr *Transport, edit func(*transport.ListenConfig))
 		Path:        testPath,
 		Key:         testKey,
 		Cover:       testCover,
-		Observe:     obs.observe,
+		Observe:     obs.Observe,
 	}
 	if edit != nil {
 		edit(&cfg)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/cover"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // Probe resistance: a relay listener and a stock quic-go http3.Server with the
@@ -283,12 +284,12 @@ func testProbeHTTP(t *testing.T, relayCover, stockCover http.Handler) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := r.obs.get(tt.want)
+			before := r.obs.Get(tt.want)
 			var got [2]answer
 			for i, tg := range targets {
 				got[i] = tt.probe(t, tg.addr, tg.relay)
 			}
-			if d := r.obs.get(tt.want) - before; d != 1 {
+			if d := r.obs.Get(tt.want) - before; d != 1 {
 				t.Errorf("relay reported %q %d times for the probe, want 1", tt.want, d)
 			}
 			if got[0].status == http.StatusOK && got[1].status != http.StatusOK && strings.HasPrefix(tt.name, "POST path") {
@@ -395,7 +396,7 @@ func TestProbeUDP(t *testing.T) {
 	}
 	// The relay still works after the garbage.
 	serveEcho(t, r.ln)
-	echoRoundTrip(t, dialT(t, r.ep), []byte("after the probes"))
+	transporttest.EchoRoundTrip(t, dialT(t, r.ep), []byte("after the probes"))
 }
 
 // udpProbe sends one datagram from a fresh socket and describes the reply
@@ -439,7 +440,7 @@ func TestTokenBinding(t *testing.T) {
 	if got.status != want.status || !bytes.Equal(got.body, want.body) {
 		t.Errorf("token bound to another connection: got %v, want the cover's %v", got, want)
 	}
-	if n := r.obs.get(transport.OutcomeAuthFailed); n != 1 {
+	if n := r.obs.Get(transport.OutcomeAuthFailed); n != 1 {
 		t.Errorf("auth_failed reported %d times, want 1", n)
 	}
 	// Control: the same kind of token, bound to the right connection, works.

@@ -3,7 +3,6 @@ package h3
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -15,39 +14,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
-
-// echoRoundTrip writes data while reading the echo back (both directions at
-// once), half-closes, and checks that exactly data came back before EOF.
-func echoRoundTrip(t *testing.T, c transport.Conn, data []byte) {
-	t.Helper()
-	werr := make(chan error, 1)
-	go func() {
-		// Write in uneven pieces to exercise framing.
-		rest := data
-		for i := 0; len(rest) > 0; i++ {
-			n := min(len(rest), 1+(i*7919)%65536)
-			if _, err := c.Write(rest[:n]); err != nil {
-				werr <- err
-				return
-			}
-			rest = rest[n:]
-		}
-		werr <- c.CloseWrite()
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	want := sha256.Sum256(data)
-	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
-		t.Fatalf("echo: got %d bytes (sha256 %x), want %d bytes (sha256 %x)", n, h.Sum(nil)[:8], len(data), want[:8])
-	}
-}
 
 func TestEchoRoundTrip(t *testing.T) {
 	r := startRelay(t, nil, nil)
@@ -55,10 +23,10 @@ func TestEchoRoundTrip(t *testing.T) {
 	for _, size := range []int{0, 1, 1200, 100 << 10, 16 << 20} {
 		t.Run(strconv.Itoa(size), func(t *testing.T) {
 			c := dialT(t, r.ep)
-			echoRoundTrip(t, c, pattern(size, byte(size)))
+			transporttest.EchoRoundTrip(t, c, pattern(size, byte(size)))
 		})
 	}
-	if got := r.obs.get(transport.OutcomeOK); got != 5 {
+	if got := r.obs.Get(transport.OutcomeOK); got != 5 {
 		t.Errorf("Observe(ok) called %d times, want 5", got)
 	}
 }
@@ -72,7 +40,7 @@ func TestConcurrentSessions(t *testing.T) {
 		wg.Go(func() {
 			t.Run(fmt.Sprint(i), func(t *testing.T) {
 				c := dialT(t, r.ep)
-				echoRoundTrip(t, c, pattern(64<<10+i, byte(i)))
+				transporttest.EchoRoundTrip(t, c, pattern(64<<10+i, byte(i)))
 			})
 		})
 	}
@@ -201,10 +169,10 @@ func TestMaxSessions(t *testing.T) {
 	if _, err := New().Dial(ctx, r.ep); transport.ClassOf(err) != transport.ClassAuth {
 		t.Fatalf("third session: %v, want ClassAuth (cover site)", err)
 	}
-	if got := r.obs.get(transport.OutcomeOK); got != 2 {
+	if got := r.obs.Get(transport.OutcomeOK); got != 2 {
 		t.Errorf("Observe(ok) = %d, want 2", got)
 	}
-	if got := r.obs.get(transport.OutcomeBusy); got != 1 {
+	if got := r.obs.Get(transport.OutcomeBusy); got != 1 {
 		t.Errorf("Observe(busy) = %d, want 1", got)
 	}
 	a.Close()
@@ -307,7 +275,7 @@ func TestDialErrors(t *testing.T) {
 	t.Run("ca verified", func(t *testing.T) {
 		ep := r.ep
 		ep.CertSHA256, ep.RootCAs = nil, tc.pool
-		echoRoundTrip(t, dialT(t, ep), []byte("via roots"))
+		transporttest.EchoRoundTrip(t, dialT(t, ep), []byte("via roots"))
 	})
 }
 
@@ -326,9 +294,9 @@ func TestUnboundAllowed(t *testing.T) {
 	serveEcho(t, r.ln)
 	ep := r.ep
 	ep.Unbound = true
-	echoRoundTrip(t, dialT(t, ep), []byte("through a front"))
+	transporttest.EchoRoundTrip(t, dialT(t, ep), []byte("through a front"))
 	// Bound tokens keep working on such a listener.
-	echoRoundTrip(t, dialT(t, r.ep), []byte("direct"))
+	transporttest.EchoRoundTrip(t, dialT(t, r.ep), []byte("direct"))
 }
 
 func TestListenConfigErrors(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // settledGoroutines waits (bounded) until the goroutine count stops moving
@@ -67,7 +68,7 @@ func TestSlowClientsReleaseResources(t *testing.T) {
 	r := startRelay(t, &Transport{ReadHeaderTimeout: time.Minute}, nil)
 	serveEcho(r.ln)
 	c := dial(t, r.ep)
-	echoRoundTrip(t, c, []byte("warm up"))
+	transporttest.EchoRoundTrip(t, c, []byte("warm up"))
 	c.Close()
 	base := settledGoroutines()
 	baseHeap := heapInUse()
@@ -110,7 +111,7 @@ func TestSlowClientsReleaseResources(t *testing.T) {
 	}
 	// While they hang, ordinary sessions still work.
 	c = dial(t, r.ep)
-	echoRoundTrip(t, c, []byte("during the attack"))
+	transporttest.EchoRoundTrip(t, c, []byte("during the attack"))
 	c.Close()
 	duringHeap := heapInUse()
 
@@ -128,7 +129,7 @@ func TestSlowClientsReleaseResources(t *testing.T) {
 	}
 
 	c = dial(t, r.ep)
-	echoRoundTrip(t, c, bytes.Repeat([]byte("after the attack"), 1000))
+	transporttest.EchoRoundTrip(t, c, bytes.Repeat([]byte("after the attack"), 1000))
 	c.Close()
 }
 
@@ -138,7 +139,7 @@ func TestMaxSessions(t *testing.T) {
 	if _, err := (&Transport{}).Dial(context.Background(), r.ep); transport.ClassOf(err) != transport.ClassAuth {
 		t.Fatalf("second session while full: %v, want class auth", err)
 	}
-	if got := r.obs.get(transport.OutcomeBusy); got != 1 {
+	if got := r.obs.Get(transport.OutcomeBusy); got != 1 {
 		t.Errorf("Observe(busy) = %d, want 1", got)
 	}
 	first.Close()
@@ -147,7 +148,7 @@ func TestMaxSessions(t *testing.T) {
 	serveEcho(r.ln)
 	c := dial(t, r.ep)
 	defer c.Close()
-	echoRoundTrip(t, c, []byte("again"))
+	transporttest.EchoRoundTrip(t, c, []byte("again"))
 }
 
 func TestHandshakeSlots(t *testing.T) {
@@ -218,7 +219,7 @@ func TestTokenBinding(t *testing.T) {
 	if got := post(b, unbound); got != http.StatusNotFound {
 		t.Errorf("unbound token on a bound-only listener: status %d, want the cover's 404", got)
 	}
-	if n := r.obs.get(transport.OutcomeAuthFailed); n != 2 {
+	if n := r.obs.Get(transport.OutcomeAuthFailed); n != 2 {
 		t.Errorf("auth_failed reported %d times, want 2", n)
 	}
 	if got := post(b, boundToken(t, r.ep.Key, b, time.Now())); got != http.StatusOK {

@@ -410,23 +410,23 @@ func TestProbeResistance(t *testing.T) {
 	})
 	t.Run("outcomes", func(t *testing.T) {
 		// Runs after all parallel probes above have finished.
-		if n := r.obs.get(transport.OutcomeReplay); n != 1 {
+		if n := r.obs.Get(transport.OutcomeReplay); n != 1 {
 			t.Errorf("replay reported %d times, want 1 (same-connection replay)", n)
 		}
-		if n := ru.obs.get(transport.OutcomeReplay); n != 1 {
+		if n := ru.obs.Get(transport.OutcomeReplay); n != 1 {
 			t.Errorf("unbound listener: replay reported %d times, want 1", n)
 		}
 		// No token, garbage, short, expired, replayed bound (h1 and h2),
 		// no token (h2).
-		if n := r.obs.get(transport.OutcomeAuthFailed); n != 7 {
+		if n := r.obs.Get(transport.OutcomeAuthFailed); n != 7 {
 			t.Errorf("auth_failed reported %d times, want 7", n)
 		}
 		// Captured session, and the first request of the same-connection
 		// replay.
-		if n := r.obs.get(transport.OutcomeOK); n != 2 {
+		if n := r.obs.Get(transport.OutcomeOK); n != 2 {
 			t.Errorf("ok reported %d times, want 2", n)
 		}
-		if r.obs.get(transport.OutcomeCover) == 0 {
+		if r.obs.Get(transport.OutcomeCover) == 0 {
 			t.Error("cover never reported")
 		}
 	})

@@ -18,39 +18,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
-
-// echoRoundTrip writes data while reading the echo, both at once, and
-// checks that what came back is what went out.
-func echoRoundTrip(t testing.TB, c transport.Conn, data []byte) {
-	t.Helper()
-	werr := make(chan error, 1)
-	go func() {
-		// Odd-sized writes exercise record boundaries on the way back.
-		p := data
-		for len(p) > 0 {
-			n := min(len(p), 40000)
-			if _, err := c.Write(p[:n]); err != nil {
-				werr <- err
-				return
-			}
-			p = p[n:]
-		}
-		werr <- c.CloseWrite()
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, c)
-	if err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	want := sha256.Sum256(data)
-	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
-		t.Fatalf("echo: got %d bytes, want %d (or contents differ)", n, len(data))
-	}
-}
 
 func TestEchoRoundTrip(t *testing.T) {
 	r := startRelay(t, &Transport{}, nil)
@@ -61,10 +30,10 @@ func TestEchoRoundTrip(t *testing.T) {
 			rand.Read(data)
 			c := dial(t, r.ep)
 			defer c.Close()
-			echoRoundTrip(t, c, data)
+			transporttest.EchoRoundTrip(t, c, data)
 		})
 	}
-	if got := r.obs.get(transport.OutcomeOK); got != 4 {
+	if got := r.obs.Get(transport.OutcomeOK); got != 4 {
 		t.Errorf("Observe(ok) called %d times, want 4", got)
 	}
 }
@@ -308,6 +277,6 @@ func TestDialErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		echoRoundTrip(t, c, []byte("verified by roots"))
+		transporttest.EchoRoundTrip(t, c, []byte("verified by roots"))
 	})
 }

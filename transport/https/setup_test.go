@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 var (
@@ -39,26 +40,7 @@ func pin(t testing.TB) []byte {
 	return p
 }
 
-// outcomes records what the listener reported through Observe.
-type outcomes struct {
-	mu sync.Mutex
-	m  map[transport.Outcome]int
-}
-
-func (o *outcomes) observe(x transport.Outcome) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.m == nil {
-		o.m = make(map[transport.Outcome]int)
-	}
-	o.m[x]++
-}
-
-func (o *outcomes) get(x transport.Outcome) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.m[x]
-}
+type outcomes = transporttest.Outcomes
 
 type relay struct {
 	ln  transport.Listener
@@ -81,7 +63,7 @@ func startRelay(t testing.TB, tr *Transport, mod func(*transport.ListenConfig)) 
 		Certificate: cert(t),
 		Path:        testPath,
 		Key:         key,
-		Observe:     obs.observe,
+		Observe:     obs.Observe,
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -18,10 +18,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +96,62 @@ func within[T any](t *testing.T, what string, ch <-chan T) T {
 	return zero
 }
 
+// Outcomes counts what a listener reported through ListenConfig.Observe.
+// The zero value is ready; it is safe for concurrent use.
+type Outcomes struct {
+	mu sync.Mutex
+	m  map[transport.Outcome]int
+}
+
+// Observe records one outcome; pass it as ListenConfig.Observe.
+func (o *Outcomes) Observe(x transport.Outcome) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = make(map[transport.Outcome]int)
+	}
+	o.m[x]++
+}
+
+// Get returns how often x was observed.
+func (o *Outcomes) Get(x transport.Outcome) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.m[x]
+}
+
+// EchoRoundTrip writes data to c in uneven pieces (so framing is not
+// aligned with writes) while reading the echo, half-closes, and checks that
+// exactly data came back. The peer must echo and then half-close.
+func EchoRoundTrip(t testing.TB, c transport.Conn, data []byte) {
+	t.Helper()
+	werr := make(chan error, 1)
+	go func() {
+		rest := data
+		for i := 0; len(rest) > 0; i++ {
+			n := min(len(rest), 1+(i*7919)%65536)
+			if _, err := c.Write(rest[:n]); err != nil {
+				werr <- err
+				return
+			}
+			rest = rest[n:]
+		}
+		werr <- c.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil {
+		t.Fatalf("read echo: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	want := sha256.Sum256(data)
+	if n != int64(len(data)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("echo: got %d bytes (sha256 %x), want %d bytes (sha256 %x)", n, h.Sum(nil)[:8], len(data), want[:8])
+	}
+}
+
 // testEcho sends data both ways at once: the relay side echoes what it
 // reads, the client writes while it reads the echo.
 func testEcho(t *testing.T, s Setup) {
@@ -105,29 +163,7 @@ func testEcho(t *testing.T, s Setup) {
 		}()
 		data := make([]byte, size)
 		rand.Read(data)
-		werr := make(chan error, 1)
-		go func() {
-			// Uneven pieces, so framing is not aligned with writes.
-			for rest := data; len(rest) > 0; {
-				n := min(len(rest), 1+len(rest)%7919)
-				if _, err := c.Write(rest[:n]); err != nil {
-					werr <- err
-					return
-				}
-				rest = rest[n:]
-			}
-			werr <- c.CloseWrite()
-		}()
-		got, err := io.ReadAll(c)
-		if err != nil {
-			t.Fatalf("%d bytes: read echo: %v", size, err)
-		}
-		if err := <-werr; err != nil {
-			t.Fatalf("%d bytes: write: %v", size, err)
-		}
-		if !bytes.Equal(got, data) {
-			t.Fatalf("%d bytes: echo differs (%d bytes back)", size, len(got))
-		}
+		EchoRoundTrip(t, c, data)
 	}
 }
 
