@@ -74,6 +74,15 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
 
+// reportLoad stops the timer and reports b.N operations over elapsed as a
+// rate, with the p50 and p99 of the latencies in milliseconds.
+func reportLoad(b *testing.B, elapsed time.Duration, lat []time.Duration, unit string) {
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), unit)
+	b.ReportMetric(float64(percentile(lat, 0.50).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
+}
+
 func BenchmarkRelayLoad(b *testing.B) {
 	for _, tr := range benchTransports() {
 		for _, kind := range []string{"memory", "bolt"} {
@@ -201,11 +210,7 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string) {
 	case <-time.After(5 * time.Minute):
 		b.Fatal("deliveries stalled")
 	}
-	el := time.Since(start)
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/el.Seconds(), "env/s")
-	b.ReportMetric(float64(percentile(lat, 0.50).Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
+	reportLoad(b, time.Since(start), lat, "env/s")
 }
 
 // BenchmarkRawEcho: loadSenders sessions each doing 4 KiB request/response
@@ -264,11 +269,7 @@ func BenchmarkRawEcho(b *testing.B) {
 				}()
 			}
 			wg.Wait()
-			el := time.Since(start)
-			b.StopTimer()
-			b.ReportMetric(float64(b.N)/el.Seconds(), "msg/s")
-			b.ReportMetric(float64(percentile(lat, 0.50).Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
+			reportLoad(b, time.Since(start), lat, "msg/s")
 		})
 	}
 }
