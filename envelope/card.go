@@ -5,9 +5,10 @@ import (
 	"crypto/ecdh"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"strings"
+
+	"golang.org/x/crypto/cryptobyte"
 )
 
 // Contact card: what a user hands others to be reachable. One line:
@@ -147,26 +148,27 @@ func (c *Card) Encode() (string, error) {
 	if err := c.validate(); err != nil {
 		return "", err
 	}
-	var b bytes.Buffer
-	b.WriteByte(cardVersion)
-	b.Write(c.Mailbox[:])
-	b.WriteByte(byte(len(c.Suites)))
+	b := cryptobyte.NewBuilder(nil)
+	b.AddUint8(cardVersion)
+	b.AddBytes(c.Mailbox[:])
+	b.AddUint8(uint8(len(c.Suites)))
 	for _, s := range c.Suites {
-		b.WriteByte(byte(s))
-		b.Write(binary.BigEndian.AppendUint16(nil, uint16(len(c.key(s)))))
-		b.Write(c.key(s))
+		b.AddUint8(uint8(s))
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(c.key(s)) })
 	}
-	b.Write(c.Auth)
-	b.WriteByte(byte(len(c.Relays)))
+	b.AddBytes(c.Auth)
+	b.AddUint8(uint8(len(c.Relays)))
 	for _, r := range c.Relays {
-		b.Write(binary.BigEndian.AppendUint16(nil, uint16(len(r))))
-		b.WriteString(r)
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(r)) })
 	}
-	b.WriteByte(byte(len(c.SendCap)))
-	b.Write(c.SendCap)
-	sum := cardChecksum(b.Bytes())
-	b.Write(sum[:])
-	return CardPrefix + base64.RawURLEncoding.EncodeToString(b.Bytes()), nil
+	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(c.SendCap) })
+	body, err := b.Bytes()
+	if err != nil {
+		// Unreachable: validate bounds every count and length.
+		return "", fmt.Errorf("%w: %v", ErrCard, err)
+	}
+	sum := cardChecksum(body)
+	return CardPrefix + base64.RawURLEncoding.EncodeToString(append(body, sum[:]...)), nil
 }
 
 func cardChecksum(body []byte) [4]byte {
@@ -178,122 +180,152 @@ func cardChecksum(body []byte) [4]byte {
 	return out
 }
 
+// Advice for a card whose checksum matches but whose contents do not: it
+// was made that way, so copying it again does not help.
+const (
+	adviceNewCard = "ask its owner for a new card"
+	adviceUpgrade = "upgrade postern, or ask the card's owner for a card this version reads"
+)
+
 // ParseCard parses a contact card line. Surrounding whitespace is ignored;
 // everything else must be exact. Errors wrap ErrCard (ErrChecksum for a
 // checksum mismatch, ErrVersion for an unknown version).
 func ParseCard(s string) (*Card, error) {
+	body, err := cardBody(s)
+	if err != nil {
+		return nil, err
+	}
+	c, err := decodeCard(body)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%w; %s", err, adviceNewCard)
+	}
+	return c, nil
+}
+
+// cardBody checks the prefix, the encoding and the checksum of a card line
+// and returns its body.
+func cardBody(s string) (cryptobyte.String, error) {
 	s = strings.TrimSpace(s)
 	if len(s) > MaxCardLen {
-		return nil, fmt.Errorf("%w: %d characters, longer than any card", ErrCard, len(s))
+		return nil, fmt.Errorf("%w: %d characters, longer than any card; copy just the line starting with %q", ErrCard, len(s), CardPrefix)
 	}
 	if !strings.HasPrefix(s, CardPrefix) {
 		if strings.HasPrefix(s, "postern-card") {
 			return nil, fmt.Errorf("%w: %w: prefix %q, this build reads %q; upgrade postern", ErrCard, ErrVersion, strings.SplitN(s, ":", 2)[0]+":", CardPrefix)
 		}
-		return nil, fmt.Errorf("%w: does not start with %q", ErrCard, CardPrefix)
+		return nil, fmt.Errorf("%w: does not start with %q; copy the whole line", ErrCard, CardPrefix)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(s[len(CardPrefix):])
 	if err != nil {
 		return nil, fmt.Errorf("%w: invalid characters (copy the whole line again): %v", ErrCard, err)
 	}
 	if len(raw) < 5 {
-		return nil, fmt.Errorf("%w: too short (truncated?)", ErrCard)
+		return nil, fmt.Errorf("%w: too short (truncated? copy the whole line again)", ErrCard)
 	}
 	body, sum := raw[:len(raw)-4], raw[len(raw)-4:]
 	want := cardChecksum(body)
 	if !bytes.Equal(sum, want[:]) {
 		return nil, ErrChecksum
 	}
-	r := reader{b: body}
-	if v := r.byte(); v != cardVersion {
-		if r.err != nil {
-			return nil, fmt.Errorf("%w: truncated", ErrCard)
-		}
-		return nil, fmt.Errorf("%w: %w: card version %d, this build reads %d", ErrCard, ErrVersion, v, cardVersion)
+	return body, nil
+}
+
+// decodeCard decodes a card body whose checksum matched. Fields that are
+// byte slices share the body's memory (each capped at its own length), so
+// the body must not be reused. Only the structure and the suites are
+// checked here; validate checks the rest.
+func decodeCard(body cryptobyte.String) (*Card, error) {
+	var v uint8
+	if !body.ReadUint8(&v) {
+		return nil, cardTruncated("the version")
+	}
+	if v != cardVersion {
+		return nil, fmt.Errorf("%w: %w: card version %d, this build reads %d; %s", ErrCard, ErrVersion, v, cardVersion, adviceUpgrade)
 	}
 	c := &Card{}
-	copy(c.Mailbox[:], r.bytes(MailboxIDSize))
-	ns := int(r.byte())
-	if r.err == nil && (ns < 1 || ns > 2) {
-		return nil, fmt.Errorf("%w: %d suites, want 1 or 2", ErrCard, ns)
+	if !body.CopyBytes(c.Mailbox[:]) {
+		return nil, cardTruncated("the mailbox id")
 	}
-	for i := 0; i < ns && r.err == nil; i++ {
-		st := Suite(r.byte())
-		kl := int(r.uint16())
-		key := r.bytes(kl)
-		if r.err != nil {
-			break
+	if err := decodeSuites(&body, c); err != nil {
+		return nil, err
+	}
+	if !body.ReadBytes(&c.Auth, 32) {
+		return nil, cardTruncated("the auth key")
+	}
+	if err := decodeRelays(&body, c); err != nil {
+		return nil, err
+	}
+	var sendCap cryptobyte.String
+	if !body.ReadUint8LengthPrefixed(&sendCap) {
+		return nil, cardTruncated("the send capability")
+	}
+	if len(sendCap) != 0 {
+		c.SendCap = sendCap
+	}
+	if !body.Empty() {
+		return nil, fmt.Errorf("%w: %d unexpected bytes at the end; %s", ErrCard, len(body), adviceNewCard)
+	}
+	return c, nil
+}
+
+// decodeSuites reads the suite count and each suite with its KEM key.
+func decodeSuites(body *cryptobyte.String, c *Card) error {
+	var n uint8
+	if !body.ReadUint8(&n) {
+		return cardTruncated("the suite list")
+	}
+	if n < 1 || n > 2 {
+		return fmt.Errorf("%w: %d suites, want 1 or 2; %s", ErrCard, n, adviceNewCard)
+	}
+	for i := 0; i < int(n); i++ {
+		var st uint8
+		var key cryptobyte.String
+		if !body.ReadUint8(&st) || !body.ReadUint16LengthPrefixed(&key) {
+			return cardTruncated(fmt.Sprintf("suite %d", i+1))
 		}
-		if !st.valid() {
-			return nil, fmt.Errorf("%w: %w: %d", ErrCard, ErrSuite, st)
+		s := Suite(st)
+		if !s.valid() {
+			return fmt.Errorf("%w: %w: suite %d, this build knows %s and %s; %s", ErrCard, ErrSuite, st, SuiteXWing, SuiteX25519, adviceUpgrade)
 		}
-		if c.Accepts(st) {
-			return nil, fmt.Errorf("%w: suite %s listed twice", ErrCard, st)
+		if c.Accepts(s) {
+			return fmt.Errorf("%w: suite %s listed twice; %s", ErrCard, s, adviceNewCard)
 		}
-		c.Suites = append(c.Suites, st)
-		if st == SuiteXWing {
+		c.Suites = append(c.Suites, s)
+		if s == SuiteXWing {
 			c.XWing = key
 		} else {
 			c.X25519 = key
 		}
 	}
-	c.Auth = r.bytes(32)
-	nr := int(r.byte())
-	if r.err == nil && nr > MaxRelays {
-		return nil, fmt.Errorf("%w: %d relays, at most %d", ErrCard, nr, MaxRelays)
-	}
-	for i := 0; i < nr && r.err == nil; i++ {
-		l := int(r.uint16())
-		c.Relays = append(c.Relays, string(r.bytes(l)))
-	}
-	cl := int(r.byte())
-	c.SendCap = r.bytes(cl)
-	if r.err != nil {
-		return nil, fmt.Errorf("%w: truncated", ErrCard)
-	}
-	if len(r.b) != 0 {
-		return nil, fmt.Errorf("%w: %d unexpected bytes at the end", ErrCard, len(r.b))
-	}
-	if len(c.SendCap) == 0 {
-		c.SendCap = nil
-	}
-	if err := c.validate(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return nil
 }
 
-// reader is a small strict cursor; after the first short read every call
-// returns zero values and err stays set.
-type reader struct {
-	b   []byte
-	err error
+// decodeRelays reads the relay count and each relay descriptor.
+func decodeRelays(body *cryptobyte.String, c *Card) error {
+	var n uint8
+	if !body.ReadUint8(&n) {
+		return cardTruncated("the relay list")
+	}
+	if n > MaxRelays {
+		return fmt.Errorf("%w: %d relays, at most %d; %s", ErrCard, n, MaxRelays, adviceNewCard)
+	}
+	for i := 0; i < int(n); i++ {
+		var r cryptobyte.String
+		if !body.ReadUint16LengthPrefixed(&r) {
+			return cardTruncated(fmt.Sprintf("relay %d", i+1))
+		}
+		c.Relays = append(c.Relays, string(r))
+	}
+	return nil
 }
 
-func (r *reader) bytes(n int) []byte {
-	if r.err != nil || n < 0 || len(r.b) < n {
-		r.err = ErrMalformed
-		return nil
-	}
-	out := append([]byte(nil), r.b[:n]...)
-	r.b = r.b[n:]
-	return out
-}
-
-func (r *reader) byte() byte {
-	b := r.bytes(1)
-	if b == nil {
-		return 0
-	}
-	return b[0]
-}
-
-func (r *reader) uint16() uint16 {
-	b := r.bytes(2)
-	if b == nil {
-		return 0
-	}
-	return binary.BigEndian.Uint16(b)
+// cardTruncated reports a body that ends inside where. The checksum
+// matched, so the card was made short, not cut while copying.
+func cardTruncated(where string) error {
+	return fmt.Errorf("%w: truncated in %s; %s", ErrCard, where, adviceNewCard)
 }
 
 // probeKey is a fixed scalar used only to detect low-order X25519 points,

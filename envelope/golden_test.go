@@ -53,6 +53,9 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("golden card: %v", err)
 	}
+	if card.String() != m.Card {
+		t.Fatal("re-encoding the golden card gives another line: the card encoding changed")
+	}
 	if !bytes.Equal(card.XWing, recipient.Public().XWing) || !bytes.Equal(card.Auth, recipient.AuthKey()) {
 		t.Fatal("golden card does not carry the golden recipient's keys")
 	}

@@ -76,6 +76,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/cryptobyte"
+
 	"github.com/postern/postern/transport"
 )
 
@@ -279,64 +281,123 @@ func signedMessage(body []byte) []byte {
 
 // decodeBody reads a body from the front of b and returns what follows it.
 func decodeBody(b []byte) (*Descriptor, []byte, error) {
-	r := &reader{b: b}
-	r.field = "version"
-	if v := r.u8(); r.err == nil && v != Version {
-		return nil, nil, fail(ErrVersion, " %d: this postern reads version %d; upgrade postern", v, Version)
-	}
-	d := &Descriptor{}
-	r.field = "relay key"
-	d.RelayKey = ed25519.PublicKey(r.fixed(ed25519.PublicKeySize, "relay key"))
-	r.field = "validity"
-	issued, expires := r.u64(), r.u64()
-	r.field = "envelope key"
-	d.EnvelopeSuite = r.u8()
-	d.EnvelopeKey = r.bytes(int(r.u16()))
-	r.field = "endpoint list"
-	n := int(r.u8())
-	if r.err != nil {
-		return nil, nil, r.err
-	}
-	if err := checkValidity(issued, expires); err != nil {
+	s := cryptobyte.String(b)
+	d, err := decodeHead(&s)
+	if err != nil {
 		return nil, nil, err
 	}
-	d.Issued, d.Expires = time.Unix(int64(issued), 0).UTC(), time.Unix(int64(expires), 0).UTC()
-	if n == 0 {
-		return nil, nil, fail(ErrNoEndpoints, ": the descriptor lists no way to reach the relay; ask the relay operator")
-	}
-	if n > MaxEndpoints {
-		return nil, nil, fail(ErrTooManyEndpoints, ": %d endpoints, the limit is %d", n, MaxEndpoints)
-	}
-	d.Endpoints = make([]Endpoint, n)
 	for i := range d.Endpoints {
-		e := &d.Endpoints[i]
-		r.field = fmt.Sprintf("endpoint %d", i+1)
-		e.Transport = string(r.bytes(int(r.u8())))
-		e.Addr = string(r.bytes(int(r.u8())))
-		e.SNI = string(r.bytes(int(r.u8())))
-		e.Path = string(r.bytes(int(r.u8())))
-		e.Key = r.fixed(KeySize, fmt.Sprintf("session key of endpoint %d", i+1))
-		e.CertSHA256 = r.bytes(int(r.u8()))
-		e.Fingerprint = string(r.bytes(int(r.u8())))
-		flags := r.u8()
-		if r.err != nil {
-			return nil, nil, r.err
+		if err := decodeEndpoint(&s, &d.Endpoints[i], i+1); err != nil {
+			return nil, nil, err
 		}
-		if flags&^flagUnbound != 0 {
-			return nil, nil, fail(ErrFlags, ": endpoint %d has unknown flags %#02x; upgrade postern", i+1, flags)
-		}
-		e.Unbound = flags&flagUnbound != 0
-		if len(e.CertSHA256) == 0 {
-			e.CertSHA256 = nil
-		}
-	}
-	if len(d.EnvelopeKey) == 0 {
-		d.EnvelopeKey = nil
 	}
 	if err := d.validate(); err != nil {
 		return nil, nil, err
 	}
-	return d, r.b, nil
+	return d, s, nil
+}
+
+// decodeHead reads the fields before the endpoints and returns a descriptor
+// with room for as many endpoints as the body announces. The validity period
+// is checked only once the whole head is read, so a line cut short is
+// reported as such.
+func decodeHead(s *cryptobyte.String) (*Descriptor, error) {
+	var v uint8
+	if !s.ReadUint8(&v) {
+		return nil, truncated("the version")
+	}
+	if v != Version {
+		return nil, fail(ErrVersion, " %d: this postern reads version %d; upgrade postern", v, Version)
+	}
+	d := &Descriptor{}
+	key, err := readFixed(s, ed25519.PublicKeySize, "the relay key", "relay key")
+	if err != nil {
+		return nil, err
+	}
+	d.RelayKey = ed25519.PublicKey(key)
+	var issued, expires uint64
+	if !s.ReadUint64(&issued) || !s.ReadUint64(&expires) {
+		return nil, truncated("the validity period")
+	}
+	var envelopeKey cryptobyte.String
+	if !s.ReadUint8(&d.EnvelopeSuite) || !s.ReadUint16LengthPrefixed(&envelopeKey) {
+		return nil, truncated("the envelope key")
+	}
+	d.EnvelopeKey = clone(envelopeKey)
+	var n uint8
+	if !s.ReadUint8(&n) {
+		return nil, truncated("the endpoint list")
+	}
+	if err := checkValidity(issued, expires); err != nil {
+		return nil, err
+	}
+	d.Issued, d.Expires = time.Unix(int64(issued), 0).UTC(), time.Unix(int64(expires), 0).UTC()
+	if n == 0 {
+		return nil, fail(ErrNoEndpoints, ": the descriptor lists no way to reach the relay; ask the relay operator")
+	}
+	if n > MaxEndpoints {
+		return nil, fail(ErrTooManyEndpoints, ": %d endpoints, the limit is %d", n, MaxEndpoints)
+	}
+	d.Endpoints = make([]Endpoint, n)
+	return d, nil
+}
+
+// decodeEndpoint reads endpoint number n (1-based) into e. Only the flags
+// are checked here; validate checks the fields.
+func decodeEndpoint(s *cryptobyte.String, e *Endpoint, n int) error {
+	where := fmt.Sprintf("endpoint %d", n)
+	var transportName, addr, sni, path cryptobyte.String
+	if !s.ReadUint8LengthPrefixed(&transportName) || !s.ReadUint8LengthPrefixed(&addr) ||
+		!s.ReadUint8LengthPrefixed(&sni) || !s.ReadUint8LengthPrefixed(&path) {
+		return truncated(where)
+	}
+	key, err := readFixed(s, KeySize, where, "session key of "+where)
+	if err != nil {
+		return err
+	}
+	var pin, fingerprint cryptobyte.String
+	var flags uint8
+	if !s.ReadUint8LengthPrefixed(&pin) || !s.ReadUint8LengthPrefixed(&fingerprint) || !s.ReadUint8(&flags) {
+		return truncated(where)
+	}
+	if flags&^flagUnbound != 0 {
+		return fail(ErrFlags, ": endpoint %d has unknown flags %#02x; upgrade postern", n, flags)
+	}
+	*e = Endpoint{
+		Transport:   string(transportName),
+		Addr:        string(addr),
+		SNI:         string(sni),
+		Path:        string(path),
+		Key:         key,
+		CertSHA256:  clone(pin),
+		Fingerprint: string(fingerprint),
+		Unbound:     flags&flagUnbound != 0,
+	}
+	return nil
+}
+
+// readFixed reads a one-byte length that must be size, then a copy of that
+// many bytes. where names the part of the body for a truncation error, what
+// names the field for a size error.
+func readFixed(s *cryptobyte.String, size int, where, what string) ([]byte, error) {
+	var n uint8
+	if !s.ReadUint8(&n) {
+		return nil, truncated(where)
+	}
+	if int(n) != size {
+		return nil, fail(ErrKeySize, ": the %s is %d bytes, want %d", what, n, size)
+	}
+	var v []byte
+	if !s.ReadBytes(&v, size) {
+		return nil, truncated(where)
+	}
+	return clone(v), nil
+}
+
+// truncated reports a body that ends inside where ("the relay key",
+// "endpoint 2").
+func truncated(where string) error {
+	return fail(ErrTruncated, " in %s: the line is incomplete; copy the whole line again", where)
 }
 
 // appendBody appends the body encoding of a valid d to b.
@@ -362,61 +423,6 @@ func (d *Descriptor) appendBody(b []byte) []byte {
 		b = append(b, flags)
 	}
 	return b
-}
-
-// reader reads length-prefixed fields; the first short read sets err and
-// every later read returns zero values.
-type reader struct {
-	b     []byte
-	field string
-	err   error
-}
-
-func (r *reader) take(n int) []byte {
-	if r.err != nil {
-		return nil
-	}
-	if n > len(r.b) {
-		r.err = fail(ErrTruncated, " in the %s: the line is incomplete; copy the whole line again", r.field)
-		return nil
-	}
-	v := r.b[:n:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) u8() uint8 {
-	if v := r.take(1); v != nil {
-		return v[0]
-	}
-	return 0
-}
-
-func (r *reader) u16() uint16 {
-	if v := r.take(2); v != nil {
-		return binary.BigEndian.Uint16(v)
-	}
-	return 0
-}
-
-func (r *reader) u64() uint64 {
-	if v := r.take(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
-}
-
-// bytes returns a copy of the next n bytes.
-func (r *reader) bytes(n int) []byte { return clone(r.take(n)) }
-
-// fixed reads a one-byte length that must be size, then that many bytes.
-func (r *reader) fixed(size int, what string) []byte {
-	n := int(r.u8())
-	if r.err == nil && n != size {
-		r.err = fail(ErrKeySize, ": the %s is %d bytes, want %d", what, n, size)
-		return nil
-	}
-	return r.bytes(n)
 }
 
 func checkValidity(issued, expires uint64) error {

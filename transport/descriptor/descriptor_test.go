@@ -631,3 +631,35 @@ func BenchmarkSign(b *testing.B) {
 		}
 	}
 }
+
+// TestTruncationSaysWhere cuts the golden body inside each part: the error
+// names the part and says what to do.
+func TestTruncationSaysWhere(t *testing.T) {
+	d := goldenDescriptor()
+	d.RelayKey = seedKey("relay").Public().(ed25519.PublicKey)
+	body := d.appendBody(nil)
+	one := goldenDescriptor()
+	one.RelayKey = d.RelayKey
+	one.Endpoints = one.Endpoints[:1]
+	endpoint2 := len(one.appendBody(nil))
+	for _, tc := range []struct {
+		cut   int
+		where string
+	}{
+		{0, "in the version"},
+		{1, "in the relay key"},
+		{20, "in the relay key"},
+		{40, "in the validity period"},
+		{50, "in the envelope key"},
+		{100, "in the envelope key"},
+		{1269, "in the endpoint list"},
+		{1271, "in endpoint 1"},
+		{endpoint2 + 40, "in endpoint 2"},
+		{len(body) - 1, "in endpoint 3"},
+	} {
+		_, err := Parse(encodeRaw(body[:tc.cut]), testNow)
+		if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), tc.where) || !strings.Contains(err.Error(), "copy the whole line again") {
+			t.Errorf("body cut at %d: %v, want it to say %q", tc.cut, err, tc.where)
+		}
+	}
+}
