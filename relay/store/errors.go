@@ -1,7 +1,5 @@
 package store
 
-import "errors"
-
 // Code classifies a store error so the session protocol can map it to a
 // wire error code.
 type Code uint8
@@ -41,10 +39,3 @@ var (
 	ErrClosed = &Error{CodeClosed,
 		"store closed: the relay is shutting down; retry later"}
 )
-
-// isLogical reports whether err is one of this package's request errors, as
-// opposed to a storage failure.
-func isLogical(err error) bool {
-	var e *Error
-	return errors.As(err, &e)
-}

@@ -10,10 +10,15 @@ import (
 	"fmt"
 )
 
-// KeySize is the size of the store key (Options.IDKey, store.key).
+// KeySize is the size of the store key (Options.IDKey, a key file).
 const KeySize = 32
 
-// Labels separating the keys derived from the store key.
+// SealOverhead is what Keys.Seal adds to an envelope: a 12-byte random nonce
+// and a 16-byte GCM tag.
+const SealOverhead = 12 + 16
+
+// Labels separating the keys derived from the store key. Changing one makes
+// every existing data file unreadable.
 const (
 	labelMailbox = "postern/store/v1 mailbox-id"
 	labelRef     = "postern/store/v1 envelope-ref"
@@ -22,28 +27,41 @@ const (
 	sealAAD      = "postern/store/v1 envelope"
 )
 
-// sealOverhead is what at-rest encryption adds to an envelope: a 12-byte
-// random nonce and a 16-byte GCM tag.
-const sealOverhead = 12 + 16
-
-// keys are the secrets derived from one store key.
-type keys struct {
+// Keys are the secrets derived from one store key, for Store
+// implementations. Every implementation replaces mailbox ids with
+// MailboxHash and names envelopes with Ref; one that keeps envelopes outside
+// process memory encrypts them with Seal and Open. Deriving them here means
+// that one store key gives the same hashes and ciphertexts in every
+// implementation and release.
+//
+// Keys are key material: never log them, nor anything they return. Make
+// them with NewKeys; the zero value panics when used. Safe for concurrent
+// use.
+type Keys struct {
 	mailboxKey [32]byte // HMAC key for mailbox id hashes
 	refKey     [32]byte // HMAC key for envelope refs
 	sealKey    [32]byte // HMAC key deriving per-mailbox envelope keys
-	check      [32]byte // stored in the data file to detect a wrong key
+	check      [32]byte // kept beside the data to detect a wrong key
+	ok         bool
 }
 
-func newKeys(idKey []byte) (*keys, error) {
-	if len(idKey) != KeySize {
-		return nil, fmt.Errorf("store key must be %d bytes, got %d", KeySize, len(idKey))
+// NewKeys derives the keys of storeKey, which must be KeySize bytes.
+func NewKeys(storeKey []byte) (*Keys, error) {
+	if len(storeKey) != KeySize {
+		return nil, fmt.Errorf("store key must be %d bytes, got %d", KeySize, len(storeKey))
 	}
-	k := new(keys)
-	k.mailboxKey = mac(idKey, []byte(labelMailbox))
-	k.refKey = mac(idKey, []byte(labelRef))
-	k.sealKey = mac(idKey, []byte(labelSeal))
-	k.check = mac(idKey, []byte(labelCheck))
+	k := &Keys{ok: true}
+	k.mailboxKey = mac(storeKey, []byte(labelMailbox))
+	k.refKey = mac(storeKey, []byte(labelRef))
+	k.sealKey = mac(storeKey, []byte(labelSeal))
+	k.check = mac(storeKey, []byte(labelCheck))
 	return k, nil
+}
+
+func (k *Keys) must() {
+	if !k.ok {
+		panic("store: Keys used without NewKeys")
+	}
 }
 
 func randomKey() []byte {
@@ -59,15 +77,31 @@ func mac(key, msg []byte) (out [32]byte) {
 	return out
 }
 
-// hid is the only form in which a mailbox id is kept.
-func (k *keys) hid(id [IDSize]byte) [32]byte { return mac(k.mailboxKey[:], id[:]) }
+// MailboxHash is HMAC-SHA256(k_id, id), the only form in which a store may
+// keep a mailbox id.
+func (k *Keys) MailboxHash(id [IDSize]byte) [32]byte {
+	k.must()
+	return mac(k.mailboxKey[:], id[:])
+}
 
-// refOf is the ref of an envelope.
-func (k *keys) refOf(env []byte) Ref { return Ref(mac(k.refKey[:], env)) }
+// Ref is the ref of an envelope: HMAC-SHA256(k_ref, env).
+func (k *Keys) Ref(env []byte) Ref {
+	k.must()
+	return Ref(mac(k.refKey[:], env))
+}
+
+// Check is a value derived from the store key alone. A durable store keeps
+// it beside its data so that it can refuse to open with a wrong key; it
+// reveals nothing about the key or the other derived keys.
+func (k *Keys) Check() [32]byte {
+	k.must()
+	return k.check
+}
 
 // aead returns the at-rest cipher of mailbox id. It needs the id itself, not
-// its hash: the data file alone cannot open envelopes.
-func (k *keys) aead(id [IDSize]byte) cipher.AEAD {
+// its hash: the data alone cannot open envelopes.
+func (k *Keys) aead(id [IDSize]byte) cipher.AEAD {
+	k.must()
 	key := mac(k.sealKey[:], id[:])
 	block, err := aes.NewCipher(key[:])
 	if err != nil {
@@ -82,11 +116,17 @@ func (k *keys) aead(id [IDSize]byte) cipher.AEAD {
 
 var errCorrupt = errors.New("store: data file corrupt: an envelope failed authentication; restore from backup or delete the mailbox")
 
-func (k *keys) seal(id [IDSize]byte, ref Ref, env []byte) []byte {
+// Seal encrypts envelope env of mailbox id for storage: AES-256-GCM under a
+// key derived from the store key and the id (not its hash), with a random
+// nonce and ref as associated data. The result is SealOverhead bytes longer
+// than env.
+func (k *Keys) Seal(id [IDSize]byte, ref Ref, env []byte) []byte {
 	return k.aead(id).Seal(nil, nil, env, sealAD(ref))
 }
 
-func (k *keys) open(id [IDSize]byte, ref Ref, sealed []byte) ([]byte, error) {
+// Open decrypts what Seal returned for the same id and ref. It fails, with
+// an error that names no id, if anything differs or sealed was altered.
+func (k *Keys) Open(id [IDSize]byte, ref Ref, sealed []byte) ([]byte, error) {
 	env, err := k.aead(id).Open(nil, nil, sealed, sealAD(ref))
 	if err != nil {
 		return nil, errCorrupt

@@ -12,8 +12,8 @@ import (
 // survives Close. Put is "durable" as soon as it returns.
 type Memory struct {
 	opts  Options
-	keys  *keys
-	notes *notifier
+	keys  *Keys
+	notes Notifier
 
 	mu     sync.Mutex
 	closed bool
@@ -45,17 +45,17 @@ var _ Store = (*Memory)(nil)
 // NewMemory returns an empty in-memory store. It panics if opts.IDKey is
 // set but not KeySize bytes long.
 func NewMemory(opts Options) *Memory {
-	opts = opts.withDefaults()
+	opts = opts.WithDefaults()
 	key := opts.IDKey
 	if key == nil {
 		key = randomKey()
 	}
-	k, err := newKeys(key)
+	k, err := NewKeys(key)
 	if err != nil {
 		// A wrong-sized key is a programming error in the caller.
 		panic("store.NewMemory: " + err.Error())
 	}
-	return &Memory{opts: opts, keys: k, notes: newNotifier(), boxes: make(map[[32]byte]*memBox), retired: make(map[[32]byte]uint32)}
+	return &Memory{opts: opts, keys: k, boxes: make(map[[32]byte]*memBox), retired: make(map[[32]byte]uint32)}
 }
 
 // lock takes the lock and checks ctx and closed; on error the lock is not held.
@@ -72,18 +72,18 @@ func (m *Memory) lock(ctx context.Context) error {
 }
 
 func (m *Memory) CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) error {
-	if err := checkMailboxArgs(owner, sendCap); err != nil {
+	if err := ValidateMailbox(owner, sendCap); err != nil {
 		return err
 	}
 	if err := m.lock(ctx); err != nil {
 		return err
 	}
 	defer m.mu.Unlock()
-	hid := m.keys.hid(id)
+	hid := m.keys.MailboxHash(id)
 	if _, gone := m.retired[hid]; m.boxes[hid] != nil || gone {
 		return ErrMailboxExists
 	}
-	if err := m.opts.mailboxQuota(len(m.boxes)); err != nil {
+	if err := m.opts.MailboxQuota(len(m.boxes)); err != nil {
 		return err
 	}
 	m.boxes[hid] = newMemBox(owner, sendCap)
@@ -104,7 +104,7 @@ func (m *Memory) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) 
 		return Mailbox{}, err
 	}
 	defer m.mu.Unlock()
-	b := m.boxes[m.keys.hid(id)]
+	b := m.boxes[m.keys.MailboxHash(id)]
 	if b == nil {
 		return Mailbox{}, ErrNoMailbox
 	}
@@ -121,7 +121,7 @@ func (m *Memory) DeleteMailbox(ctx context.Context, id [IDSize]byte) error {
 		return err
 	}
 	defer m.mu.Unlock()
-	hid := m.keys.hid(id)
+	hid := m.keys.MailboxHash(id)
 	b := m.boxes[hid]
 	if b == nil {
 		return ErrNoMailbox
@@ -134,13 +134,13 @@ func (m *Memory) DeleteMailbox(ctx context.Context, id [IDSize]byte) error {
 }
 
 func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) (int, error) {
-	if err := checkMailboxArgs(owner, sendCap); err != nil {
+	if err := ValidateMailbox(owner, sendCap); err != nil {
 		return 0, err
 	}
 	if err := m.lock(ctx); err != nil {
 		return 0, err
 	}
-	oldH, newH := m.keys.hid(oldID), m.keys.hid(newID)
+	oldH, newH := m.keys.MailboxHash(oldID), m.keys.MailboxHash(newID)
 	old := m.boxes[oldH]
 	if old == nil {
 		m.mu.Unlock()
@@ -164,18 +164,18 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 	moved := len(nb.items)
 	m.mu.Unlock()
 	if moved > 0 {
-		m.notes.wake(newH)
+		m.notes.Wake(newH)
 	}
 	return moved, nil
 }
 
 func (m *Memory) Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, error) {
-	if err := checkEnvelope(env); err != nil {
+	if err := ValidateEnvelope(env); err != nil {
 		return Ref{}, err
 	}
-	ref := m.keys.refOf(env)
-	day := expiryDay(m.opts.Now(), m.opts.TTL)
-	hid := m.keys.hid(id)
+	ref := m.keys.Ref(env)
+	day := ExpiryDay(m.opts.Now(), m.opts.TTL)
+	hid := m.keys.MailboxHash(id)
 	if err := m.lock(ctx); err != nil {
 		return Ref{}, err
 	}
@@ -188,7 +188,7 @@ func (m *Memory) Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, err
 		m.mu.Unlock()
 		return ref, nil
 	}
-	if err := m.opts.quota(len(b.items), b.bytes, m.bytes, len(env)); err != nil {
+	if err := m.opts.EnvelopeQuota(len(b.items), b.bytes, m.bytes, len(env)); err != nil {
 		m.mu.Unlock()
 		return Ref{}, err
 	}
@@ -200,7 +200,7 @@ func (m *Memory) Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, err
 	m.envs++
 	m.bytes += int64(len(env))
 	m.mu.Unlock()
-	m.notes.wake(hid)
+	m.notes.Wake(hid)
 	return ref, nil
 }
 
@@ -216,7 +216,7 @@ func (m *Memory) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, 
 		return nil, err
 	}
 	defer m.mu.Unlock()
-	b := m.boxes[m.keys.hid(id)]
+	b := m.boxes[m.keys.MailboxHash(id)]
 	if b == nil {
 		return nil, ErrNoMailbox
 	}
@@ -246,7 +246,7 @@ func (m *Memory) Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, er
 		return 0, err
 	}
 	defer m.mu.Unlock()
-	b := m.boxes[m.keys.hid(id)]
+	b := m.boxes[m.keys.MailboxHash(id)]
 	if b == nil {
 		return 0, ErrNoMailbox
 	}
@@ -281,14 +281,14 @@ func (m *Memory) removeFrom(b *memBox, drop func(*memEnv) bool) int {
 	return n
 }
 
-// Sweep deletes expired envelopes. Memory scans every envelope; Bolt uses a
-// per-day index.
+// Sweep deletes expired envelopes. Memory scans every envelope; boltstore
+// keeps a per-day index.
 func (m *Memory) Sweep(ctx context.Context, now time.Time) (int, error) {
 	if err := m.lock(ctx); err != nil {
 		return 0, err
 	}
 	defer m.mu.Unlock()
-	d := today(now)
+	d := Today(now)
 	n := 0
 	for _, b := range m.boxes {
 		n += m.removeFrom(b, func(e *memEnv) bool { return e.day <= d })
@@ -303,13 +303,13 @@ func (m *Memory) Sweep(ctx context.Context, now time.Time) (int, error) {
 
 // retire marks hid unusable until the retirement day; m.mu is held.
 func (m *Memory) retire(hid [32]byte) {
-	if day, ok := m.opts.retiredUntil(m.opts.Now()); ok {
+	if day, ok := m.opts.RetiredUntil(m.opts.Now()); ok {
 		m.retired[hid] = day
 	}
 }
 
 func (m *Memory) Notify(id [IDSize]byte) (<-chan struct{}, func()) {
-	return m.notes.subscribe(m.keys.hid(id))
+	return m.notes.Subscribe(m.keys.MailboxHash(id))
 }
 
 func (m *Memory) Stats() Stats {
@@ -327,6 +327,6 @@ func (m *Memory) Close() error {
 	m.closed = true
 	m.boxes = nil
 	m.mu.Unlock()
-	m.notes.close()
+	m.notes.Close()
 	return nil
 }

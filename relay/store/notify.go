@@ -2,25 +2,28 @@ package store
 
 import "sync"
 
-// notifier wakes subscribers of a mailbox (keyed by its hash). It lives in
-// memory only.
-type notifier struct {
+// Notifier implements Store.Notify for Store implementations: it wakes the
+// subscribers of a mailbox, keyed by its hash (Keys.MailboxHash), and lives
+// in process memory only. The zero value is ready to use. Safe for
+// concurrent use.
+type Notifier struct {
 	mu     sync.Mutex
 	closed bool
 	subs   map[[32]byte]map[chan struct{}]struct{}
 }
 
-func newNotifier() *notifier {
-	return &notifier{subs: make(map[[32]byte]map[chan struct{}]struct{})}
-}
-
-func (n *notifier) subscribe(hid [32]byte) (<-chan struct{}, func()) {
+// Subscribe is Store.Notify for the mailbox with hash hid. After Close it
+// returns a closed channel.
+func (n *Notifier) Subscribe(hid [32]byte) (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
 		close(ch)
 		return ch, func() {}
+	}
+	if n.subs == nil {
+		n.subs = make(map[[32]byte]map[chan struct{}]struct{})
 	}
 	set := n.subs[hid]
 	if set == nil {
@@ -43,7 +46,9 @@ func (n *notifier) subscribe(hid [32]byte) (<-chan struct{}, func()) {
 	}
 }
 
-func (n *notifier) wake(hid [32]byte) {
+// Wake signals every subscriber of the mailbox with hash hid, without
+// blocking: a subscriber that has a signal pending keeps just the one.
+func (n *Notifier) Wake(hid [32]byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for ch := range n.subs[hid] {
@@ -54,8 +59,9 @@ func (n *notifier) wake(hid [32]byte) {
 	}
 }
 
-// close closes every subscriber channel.
-func (n *notifier) close() {
+// Close closes every subscriber channel; later subscriptions get a closed
+// channel. Calling it again does nothing.
+func (n *Notifier) Close() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {

@@ -1,10 +1,9 @@
-// Package store keeps a relay's mailboxes and the sealed envelopes waiting in
-// them.
-//
-// There is one interface, [Store], and two implementations: [Memory] for
-// tests and `--dev`, and [Bolt], a durable store on a single bbolt file, the
-// default for `relay serve`. Both pass the same conformance suite
-// (relay/store/storetest).
+// Package store defines a relay's mailbox store: the [Store] interface,
+// which keeps mailboxes and the sealed envelopes waiting in them, and the
+// promises every implementation keeps. [Memory] is the implementation for
+// tests and `--dev`; relay/store/boltstore is the durable one, on a single
+// bbolt file, that `relay serve` uses by default. Both pass the conformance
+// suite in relay/store/storetest.
 //
 // # What is stored
 //
@@ -12,42 +11,53 @@
 // outer header). A mailbox is an Ed25519 owner key plus an optional send
 // capability verifier; authorising requests with them is the relay's job.
 //
+// # Acknowledged only when durable
+//
+// [Store.Put] returns a [Ref] only once the envelope is durable, and every
+// other write (CreateMailbox, RotateMailbox, DeleteMailbox, Ack, Sweep) has
+// taken effect durably when it returns without error, so a crash after that
+// loses none of it. For [Memory], durable means "in this process". A Put
+// whose ctx ends while it waits may or may not have stored the envelope;
+// putting it again is safe, since duplicates are stored once.
+//
 // # No metadata
 //
-// The store is built so that a seized data directory reveals as little as
-// possible:
+// A store is built so that its seized data reveals as little as possible:
 //
 //   - Mailbox ids are never stored. Every id is replaced by
-//     HMAC-SHA256(k_id, id), where k_id is derived from a 32-byte store key.
-//   - Envelopes are encrypted at rest (AES-256-GCM) under a key derived from
-//     the store key and the mailbox id, so the ciphertext on disk reveals
-//     neither the content nor the recipient id that a sealed envelope's outer
-//     header carries. Without the id, even the store key does not open them.
-//   - Envelope refs (used for ack and dedupe) are HMAC-SHA256(k_ref, envelope).
-//   - There are no arrival timestamps. Envelopes are ordered by a per-mailbox
-//     sequence number, and expiry is recorded only as a day number (Unix days):
-//     an envelope put at time t with TTL d expires on the first day boundary
-//     at or after t+d, so it lives at least d and at most d plus one day.
-//
-// [Bolt] keeps the store key in its own file (store.key, mode 0600) apart
-// from the data file (store.db, mode 0600). Keep the key on another volume
-// (Options.KeyFile) or only in memory (Options.IDKey) and a seized data file
-// does not reveal which mailbox ids exist, nor, without the ids, any
-// envelope.
-//
-// # Durability
-//
-// [Store.Put] returns only when the envelope is durable: for [Bolt], after
-// the bbolt transaction holding it has been committed and fsynced. Puts and
-// every other write go through one committer goroutine that batches all
-// requests waiting for it into one transaction (group commit): while one
-// batch is being fsynced, the next one accumulates.
+//     HMAC-SHA256(k_id, id) ([Keys.MailboxHash]), where k_id is derived
+//     from a 32-byte store key (Options.IDKey).
+//   - Envelopes are encrypted at rest ([Keys.Seal], AES-256-GCM) under a
+//     key derived from the store key and the mailbox id, so the stored
+//     ciphertext reveals neither the content nor the recipient id that a
+//     sealed envelope's outer header carries. Without the id, even the
+//     store key does not open them. ([Memory] keeps nothing at rest and
+//     holds envelopes in the clear.)
+//   - Envelope refs (used for ack and dedupe) are HMAC-SHA256(k_ref,
+//     envelope) ([Keys.Ref]).
+//   - There are no arrival timestamps. Envelopes are ordered by a
+//     per-mailbox sequence number, and expiry is kept only as a day number
+//     (Unix days, [ExpiryDay]): an envelope put at time t with TTL d expires
+//     on the first day boundary at or after t+d, so it lives at least d and
+//     at most d plus one day. A retired mailbox id keeps only the day it
+//     becomes free.
+//   - No error contains a mailbox id, a key, a ref or an envelope.
 //
 // # Quotas
 //
-// Per mailbox (envelope count and bytes) and per store (bytes, counting
-// envelope bytes only). A Put that would exceed a quota fails with
-// [ErrMailboxFull] or [ErrStoreFull] and nothing already stored is dropped.
+// Per mailbox (envelope count and bytes) and per store (envelope bytes and
+// mailbox count); see [Options]. A Put that would exceed a quota fails with
+// [ErrMailboxFull] or [ErrStoreFull] and nothing already stored is dropped;
+// CreateMailbox beyond the mailbox count fails with [ErrStoreFull].
+//
+// # Writing an implementation
+//
+// [Keys], [Notifier], [Options.WithDefaults], [Options.EnvelopeQuota],
+// [Options.MailboxQuota], [Options.RetiredUntil], [ExpiryDay], [Today],
+// [ValidateMailbox] and [ValidateEnvelope] are the rules shared by every
+// implementation: one built on them derives the same hashes, refs and
+// ciphertexts from a store key, computes days the same way and returns the
+// same errors as the others.
 package store
 
 import (
@@ -101,7 +111,7 @@ type Stats struct {
 	Mailboxes int
 	Envelopes int
 	Bytes     int64  // envelope bytes stored
-	Commits   uint64 // durable write transactions so far (0 for Memory)
+	Commits   uint64 // durable write transactions so far (always 0 for Memory)
 }
 
 // Store is a relay's mailbox store. All methods are safe for concurrent use.
@@ -176,13 +186,15 @@ type Store interface {
 // Options tune a store. The zero value means sensible defaults.
 type Options struct {
 	// IDKey is the 32-byte store key from which the mailbox id hash, the
-	// ref hash and the at-rest envelope keys are derived. If nil, Memory
-	// makes a random one and Bolt loads (or creates) KeyFile.
+	// ref hash and the at-rest envelope keys are derived (see Keys). If
+	// nil, Memory makes a random one and a durable store loads (or
+	// creates) KeyFile.
 	IDKey []byte
 
-	// KeyFile is where Bolt keeps the store key when IDKey is nil.
-	// Default: <dir>/store.key. Put it on another volume than the data
-	// file so a seized data file alone reveals no mailbox ids.
+	// KeyFile is where a durable store keeps the store key when IDKey is
+	// nil. Default for boltstore: <dir>/store.key. Put it on another volume
+	// than the data file so a seized data file alone reveals no mailbox
+	// ids. Memory ignores it.
 	KeyFile string
 
 	// TTL is how long an envelope waits before Sweep may delete it
@@ -211,23 +223,27 @@ type Options struct {
 	// Now is the clock used to compute expiry days at Put. Default time.Now.
 	Now func() time.Time
 
-	// MaxBatch bounds how many writes one Bolt transaction holds.
-	// Default 512.
+	// MaxBatch bounds how many writes one durable transaction holds
+	// (boltstore's group commit). Default 512. Memory ignores it.
 	MaxBatch int
 
-	// CommitDelay is how long the Bolt committer waits for more writes
-	// after the first one of a batch, unless the batch is full. The default
-	// 0 adds no latency: a batch is every write that arrived while the
-	// previous one was being committed.
+	// CommitDelay is how long a durable store's committer waits for more
+	// writes after the first one of a batch, unless the batch is full. The
+	// default 0 adds no latency: a batch is every write that arrived while
+	// the previous one was being committed. Memory ignores it.
 	CommitDelay time.Duration
 
-	// OnCommit, if set, is called by the Bolt committer after each
+	// OnCommit, if set, is called by a durable store's committer after each
 	// successful commit with the number of writes in it and how long the
-	// transaction took (for metrics). It must not block.
+	// transaction took (for metrics). It must not block. Memory never
+	// calls it.
 	OnCommit func(writes int, took time.Duration)
 }
 
-func (o Options) withDefaults() Options {
+// WithDefaults returns o with every field that asks for a default set to
+// it. Store implementations call it once on the options they are given;
+// the other Options methods expect its result.
+func (o Options) WithDefaults() Options {
 	if o.TTL <= 0 {
 		o.TTL = DefaultTTL
 	}
@@ -255,10 +271,10 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// quota reports whether adding one envelope of n bytes to a mailbox holding
-// boxCount envelopes and boxBytes bytes, in a store holding allBytes, is
-// allowed, and which error to return if not.
-func (o Options) quota(boxCount int, boxBytes, allBytes int64, n int) error {
+// EnvelopeQuota reports whether one more envelope of n bytes fits in a
+// mailbox holding boxCount envelopes of boxBytes bytes, in a store holding
+// allBytes envelope bytes: it returns nil, ErrMailboxFull or ErrStoreFull.
+func (o Options) EnvelopeQuota(boxCount int, boxBytes, allBytes int64, n int) error {
 	if o.MaxMailboxEnvelopes > 0 && boxCount+1 > o.MaxMailboxEnvelopes {
 		return ErrMailboxFull
 	}
@@ -271,9 +287,10 @@ func (o Options) quota(boxCount int, boxBytes, allBytes int64, n int) error {
 	return nil
 }
 
-// expiryDay is the Unix day on which an envelope accepted at now expires:
-// the first day boundary at or after now+ttl.
-func expiryDay(now time.Time, ttl time.Duration) uint32 {
+// ExpiryDay is the Unix day (days since 1970-01-01 UTC) on which an
+// envelope accepted at now with time to live ttl expires: the first day
+// boundary at or after now+ttl. A store keeps this day, never now.
+func ExpiryDay(now time.Time, ttl time.Duration) uint32 {
 	s := now.Add(ttl).Unix()
 	d := s / secondsPerDay
 	if s%secondsPerDay != 0 {
@@ -285,9 +302,9 @@ func expiryDay(now time.Time, ttl time.Duration) uint32 {
 	return uint32(d)
 }
 
-// today is the Unix day that contains now. Envelopes with expiry day <= today
-// have expired.
-func today(now time.Time) uint32 {
+// Today is the Unix day that contains now. At now, envelopes and retired
+// ids whose day is at most Today(now) have expired.
+func Today(now time.Time) uint32 {
 	s := now.Unix()
 	if s < 0 {
 		return 0
@@ -295,7 +312,10 @@ func today(now time.Time) uint32 {
 	return uint32(s / secondsPerDay)
 }
 
-func checkMailboxArgs(owner ed25519.PublicKey, sendCap []byte) error {
+// ValidateMailbox checks the arguments of CreateMailbox and RotateMailbox:
+// an Ed25519 public key and a send capability of at most MaxSendCapSize
+// bytes. It returns nil or ErrInvalid.
+func ValidateMailbox(owner ed25519.PublicKey, sendCap []byte) error {
 	if len(owner) != ed25519.PublicKeySize {
 		return ErrInvalid
 	}
@@ -305,23 +325,28 @@ func checkMailboxArgs(owner ed25519.PublicKey, sendCap []byte) error {
 	return nil
 }
 
-func checkEnvelope(env []byte) error {
+// ValidateEnvelope checks the envelope of a Put: 1 to MaxEnvelopeSize
+// bytes. It returns nil or ErrInvalid.
+func ValidateEnvelope(env []byte) error {
 	if len(env) == 0 || len(env) > MaxEnvelopeSize {
 		return ErrInvalid
 	}
 	return nil
 }
 
-// retiredUntil is the Unix day after which an id retired at now is free.
-func (o Options) retiredUntil(now time.Time) (uint32, bool) {
+// RetiredUntil is the Unix day on which a mailbox id retired at now
+// becomes free again (see Today). ok is false if ids are not retired at
+// all (Retire < 0).
+func (o Options) RetiredUntil(now time.Time) (day uint32, ok bool) {
 	if o.Retire < 0 {
 		return 0, false
 	}
-	return expiryDay(now, o.Retire), true
+	return ExpiryDay(now, o.Retire), true
 }
 
-// mailboxQuota reports whether one more mailbox fits next to count.
-func (o Options) mailboxQuota(count int) error {
+// MailboxQuota reports whether one more mailbox fits in a store holding
+// count mailboxes: it returns nil or ErrStoreFull.
+func (o Options) MailboxQuota(count int) error {
 	if o.MaxMailboxes > 0 && count+1 > o.MaxMailboxes {
 		return ErrStoreFull
 	}

@@ -1,8 +1,9 @@
-package store
+package boltstore
 
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/postern/postern/relay/store"
 )
 
 // File names inside the store directory.
@@ -25,14 +28,7 @@ const (
 // dataFormat is the layout version kept in the meta bucket.
 const dataFormat = 1
 
-// Bucket layout of store.db (every mailbox appears only as its hash h):
-//
-//	meta                 "format" -> 1B layout version; "keycheck" -> 32B
-//	mailboxes            h -> mailbox record (records.go)
-//	envelopes / h        8B seq -> envelope record (records.go)
-//	refs / h             32B ref -> 8B seq (dedupe and ack)
-//	expiry / 4B day      h || 8B seq -> empty (one bucket per expiry day)
-//	retired              h -> 4B day the retired id becomes free again
+// Bucket and meta key names (see the package comment).
 var (
 	bucketMeta      = []byte("meta")
 	bucketMailboxes = []byte("mailboxes")
@@ -44,14 +40,13 @@ var (
 	metaKeyCheck    = []byte("keycheck")
 )
 
-// Bolt is the durable Store: one bbolt file, with every write going through
-// a group-committing goroutine. Open it with OpenBolt.
-type Bolt struct {
-	opts  Options
-	keys  *keys
+// Store is the durable store.Store on one bbolt file. Open it with Open.
+type Store struct {
+	opts  store.Options
+	keys  *store.Keys
 	db    *bolt.DB
 	path  string
-	notes *notifier
+	notes store.Notifier
 
 	ops       chan *op
 	quit      chan struct{}
@@ -66,15 +61,16 @@ type Bolt struct {
 	commits   atomic.Uint64
 }
 
-var _ Store = (*Bolt)(nil)
+var _ store.Store = (*Store)(nil)
 
-// OpenBolt opens (or creates) the store in dir: dir/store.db for data and,
+// Open opens (or creates) the store in dir: dir/store.db for data and,
 // unless opts.IDKey or opts.KeyFile say otherwise, dir/store.key for the
 // store key. dir is created with mode 0700 and both files with 0600. A
 // missing key file is created only when the data file has never been used
-// with a key; a key that does not match the data file is refused.
-func OpenBolt(dir string, opts Options) (*Bolt, error) {
-	opts = opts.withDefaults()
+// with a key; a key that does not match the data file is refused. Zero
+// fields of opts take the defaults documented on store.Options.
+func Open(dir string, opts store.Options) (*Store, error) {
+	opts = opts.WithDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create directory %s: %w", dir, err)
 	}
@@ -86,7 +82,7 @@ func OpenBolt(dir string, opts Options) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	s, err := openBolt(db, path, dir, opts)
+	s, err := open(db, path, dir, opts)
 	if err != nil {
 		db.Close()
 		return nil, err
@@ -94,16 +90,10 @@ func OpenBolt(dir string, opts Options) (*Bolt, error) {
 	return s, nil
 }
 
-func openBolt(db *bolt.DB, path, dir string, opts Options) (*Bolt, error) {
-	var check []byte
-	var format []byte
-	err := db.View(func(tx *bolt.Tx) error {
-		if m := tx.Bucket(bucketMeta); m != nil {
-			check = append([]byte(nil), m.Get(metaKeyCheck)...)
-			format = append([]byte(nil), m.Get(metaFormat)...)
-		}
-		return nil
-	})
+// open checks the data file's format and key, creates what is missing and
+// starts the committer.
+func open(db *bolt.DB, path, dir string, opts store.Options) (*Store, error) {
+	check, format, err := readMeta(db)
 	if err != nil {
 		return nil, fmt.Errorf("store: read %s: %w", path, err)
 	}
@@ -114,58 +104,76 @@ func openBolt(db *bolt.DB, path, dir string, opts Options) (*Bolt, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := newKeys(key)
+	k, err := store.NewKeys(key)
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", keyName, err)
 	}
-	if len(check) > 0 && !hmac.Equal(check, k.check[:]) {
+	want := k.Check()
+	if len(check) > 0 && !hmac.Equal(check, want[:]) {
 		return nil, fmt.Errorf("store: key %s does not match data file %s; use the key file created with it", keyName, path)
 	}
-	s := &Bolt{
-		opts: opts, keys: k, db: db, path: path, notes: newNotifier(),
+	s := &Store{
+		opts: opts, keys: k, db: db, path: path,
 		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{}),
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bucketMeta)
-		if err := m.Put(metaFormat, []byte{dataFormat}); err != nil {
-			return err
-		}
-		if err := m.Put(metaKeyCheck, k.check[:]); err != nil {
-			return err
-		}
-		var boxes, envs, bytes int64
-		err := tx.Bucket(bucketMailboxes).ForEach(func(_, v []byte) error {
-			r, err := decodeMailbox(v)
-			if err != nil {
-				return err
-			}
-			boxes++
-			envs += int64(r.count)
-			bytes += int64(r.bytes)
-			return nil
-		})
-		s.mailboxes.Store(boxes)
-		s.envelopes.Store(envs)
-		s.bytes.Store(bytes)
-		return err
-	})
-	if err != nil {
+	if err := db.Update(s.initialise); err != nil {
 		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
 	}
 	go s.run()
 	return s, nil
 }
 
+// readMeta returns the key check and data format kept in the meta bucket,
+// both empty for a new file.
+func readMeta(db *bolt.DB) (check, format []byte, err error) {
+	err = db.View(func(tx *bolt.Tx) error {
+		if m := tx.Bucket(bucketMeta); m != nil {
+			check = append([]byte(nil), m.Get(metaKeyCheck)...)
+			format = append([]byte(nil), m.Get(metaFormat)...)
+		}
+		return nil
+	})
+	return check, format, err
+}
+
+// initialise creates the buckets and meta entries that are missing and
+// loads the store totals from the mailbox records.
+func (s *Store) initialise(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	m := tx.Bucket(bucketMeta)
+	if err := m.Put(metaFormat, []byte{dataFormat}); err != nil {
+		return err
+	}
+	check := s.keys.Check()
+	if err := m.Put(metaKeyCheck, check[:]); err != nil {
+		return err
+	}
+	var boxes, envs, bytes int64
+	err := tx.Bucket(bucketMailboxes).ForEach(func(_, v []byte) error {
+		r, err := decodeMailbox(v)
+		if err != nil {
+			return err
+		}
+		boxes++
+		envs += int64(r.count)
+		bytes += int64(r.bytes)
+		return nil
+	})
+	s.mailboxes.Store(boxes)
+	s.envelopes.Store(envs)
+	s.bytes.Store(bytes)
+	return err
+}
+
 // loadKey returns the store key and a name for it in error messages.
-func loadKey(opts Options, dir string, dataHasKey bool) ([]byte, string, error) {
+func loadKey(opts store.Options, dir string, dataHasKey bool) ([]byte, string, error) {
 	if opts.IDKey != nil {
-		if len(opts.IDKey) != KeySize {
-			return nil, "", fmt.Errorf("store: Options.IDKey must be %d bytes, got %d", KeySize, len(opts.IDKey))
+		if len(opts.IDKey) != store.KeySize {
+			return nil, "", fmt.Errorf("store: Options.IDKey must be %d bytes, got %d", store.KeySize, len(opts.IDKey))
 		}
 		return append([]byte(nil), opts.IDKey...), "Options.IDKey", nil
 	}
@@ -176,15 +184,8 @@ func loadKey(opts Options, dir string, dataHasKey bool) ([]byte, string, error) 
 	key, err := os.ReadFile(path)
 	switch {
 	case err == nil:
-		fi, err := os.Stat(path)
-		if err != nil {
-			return nil, "", fmt.Errorf("store: key file %s: %w", path, err)
-		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			return nil, "", fmt.Errorf("store: key file %s is accessible by other users (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
-		}
-		if len(key) != KeySize {
-			return nil, "", fmt.Errorf("store: key file %s holds %d bytes, want %d; it is not a store key", path, len(key), KeySize)
+		if err := checkKeyFile(path, key); err != nil {
+			return nil, "", err
 		}
 		return key, "file " + path, nil
 	case !errors.Is(err, fs.ErrNotExist):
@@ -192,10 +193,37 @@ func loadKey(opts Options, dir string, dataHasKey bool) ([]byte, string, error) 
 	case dataHasKey:
 		return nil, "", fmt.Errorf("store: key file %s is missing but the data file was created with a key; restore the key file or point Options.KeyFile at it", path)
 	}
-	key = randomKey()
+	key, err = createKeyFile(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return key, "file " + path, nil
+}
+
+// checkKeyFile checks the mode and size of the key file at path, read as
+// key.
+func checkKeyFile(path string, key []byte) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("store: key file %s: %w", path, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("store: key file %s is accessible by other users (mode %04o); run chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	if len(key) != store.KeySize {
+		return fmt.Errorf("store: key file %s holds %d bytes, want %d; it is not a store key", path, len(key), store.KeySize)
+	}
+	return nil
+}
+
+// createKeyFile writes a new random store key to path (which must not
+// exist) with mode 0600, durably.
+func createKeyFile(path string) ([]byte, error) {
+	key := make([]byte, store.KeySize)
+	rand.Read(key)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, "", fmt.Errorf("store: create key file %s: %w", path, err)
+		return nil, fmt.Errorf("store: create key file %s: %w", path, err)
 	}
 	_, err = f.Write(key)
 	if err == nil {
@@ -209,9 +237,9 @@ func loadKey(opts Options, dir string, dataHasKey bool) ([]byte, string, error) 
 	}
 	if err != nil {
 		os.Remove(path)
-		return nil, "", fmt.Errorf("store: write key file %s: %w", path, err)
+		return nil, fmt.Errorf("store: write key file %s: %w", path, err)
 	}
-	return key, "file " + path, nil
+	return key, nil
 }
 
 func syncDir(dir string) error {
@@ -228,13 +256,13 @@ func syncDir(dir string) error {
 
 // Close stops the committer (writes already handed to it complete), wakes
 // and closes every Notify channel and closes the data file.
-func (s *Bolt) Close() error {
+func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.quit)
 		<-s.stopped
-		s.notes.close()
+		s.notes.Close()
 		if cerr := s.db.Close(); cerr != nil {
 			err = fmt.Errorf("store: close %s: %w", s.path, cerr)
 		}
@@ -242,8 +270,8 @@ func (s *Bolt) Close() error {
 	return err
 }
 
-func (s *Bolt) Stats() Stats {
-	return Stats{
+func (s *Store) Stats() store.Stats {
+	return store.Stats{
 		Mailboxes: int(s.mailboxes.Load()),
 		Envelopes: int(s.envelopes.Load()),
 		Bytes:     s.bytes.Load(),
@@ -251,21 +279,28 @@ func (s *Bolt) Stats() Stats {
 	}
 }
 
-func (s *Bolt) Notify(id [IDSize]byte) (<-chan struct{}, func()) {
-	return s.notes.subscribe(s.keys.hid(id))
+func (s *Store) Notify(id [store.IDSize]byte) (<-chan struct{}, func()) {
+	return s.notes.Subscribe(s.keys.MailboxHash(id))
+}
+
+// isLogical reports whether err is one of package store's request errors,
+// as opposed to a storage failure.
+func isLogical(err error) bool {
+	var e *store.Error
+	return errors.As(err, &e)
 }
 
 // view runs a read transaction unless the store is closed.
-func (s *Bolt) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s.closed.Load() {
-		return ErrClosed
+		return store.ErrClosed
 	}
 	err := s.db.View(fn)
 	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-		return ErrClosed
+		return store.ErrClosed
 	}
 	if err != nil && !isLogical(err) {
 		return fmt.Errorf("store: read %s: %w", s.path, err)
@@ -273,30 +308,30 @@ func (s *Bolt) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 	return err
 }
 
-func (s *Bolt) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) {
-	hid := s.keys.hid(id)
-	var mb Mailbox
+func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailbox, error) {
+	hid := s.keys.MailboxHash(id)
+	var mb store.Mailbox
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		r, err := getMailbox(tx, hid)
 		if err != nil {
 			return err
 		}
-		mb = Mailbox{Owner: r.owner, SendCap: r.sendCap, Pending: int(r.count), PendingBytes: int64(r.bytes)}
+		mb = store.Mailbox{Owner: r.owner, SendCap: r.sendCap, Pending: int(r.count), PendingBytes: int64(r.bytes)}
 		return nil
 	})
 	return mb, err
 }
 
-func (s *Bolt) Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error) {
+func (s *Store) Fetch(ctx context.Context, id [store.IDSize]byte, max int) ([]store.Item, error) {
 	return s.FetchAfter(ctx, id, 0, max)
 }
 
-func (s *Bolt) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error) {
+func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uint64, max int) ([]store.Item, error) {
 	if max <= 0 {
-		max = DefaultFetchMax
+		max = store.DefaultFetchMax
 	}
-	hid := s.keys.hid(id)
-	var items []Item
+	hid := s.keys.MailboxHash(id)
+	var items []store.Item
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		if _, err := getMailbox(tx, hid); err != nil {
 			return err
@@ -314,11 +349,11 @@ func (s *Bolt) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, ma
 			if err != nil {
 				return err
 			}
-			env, err := s.keys.open(id, r.ref, r.sealed)
+			env, err := s.keys.Open(id, r.ref, r.sealed)
 			if err != nil {
 				return err
 			}
-			items = append(items, Item{Ref: r.ref, Seq: binary.BigEndian.Uint64(k), Envelope: env})
+			items = append(items, store.Item{Ref: r.ref, Seq: binary.BigEndian.Uint64(k), Envelope: env})
 		}
 		return nil
 	})
@@ -328,7 +363,7 @@ func (s *Bolt) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, ma
 func getMailbox(tx *bolt.Tx, hid [32]byte) (mailboxRecord, error) {
 	v := tx.Bucket(bucketMailboxes).Get(hid[:])
 	if v == nil {
-		return mailboxRecord{}, ErrNoMailbox
+		return mailboxRecord{}, store.ErrNoMailbox
 	}
 	return decodeMailbox(v)
 }

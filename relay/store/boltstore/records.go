@@ -1,34 +1,22 @@
-package store
+package boltstore
 
 import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
+
+	"github.com/postern/postern/relay/store"
 )
 
-// On-disk records of the Bolt store. Every integer is big-endian.
-//
-// Mailbox record, bucket "mailboxes", key = HMAC(k_id, mailbox id):
-//
-//	1B  version (1)
-//	32B owner Ed25519 public key
-//	8B  next sequence number
-//	4B  pending envelope count
-//	8B  pending envelope bytes (plaintext)
-//	2B  send capability length n (<= MaxSendCapSize)
-//	nB  send capability verifier
-//
-// Envelope record, bucket "envelopes"/<mailbox hash>, key = 8B sequence:
-//
-//	1B  version (1)
-//	4B  expiry day (Unix days)
-//	32B ref
-//	..  sealed envelope: 12B nonce || AES-256-GCM(envelope) || 16B tag
+// Mailbox and envelope records and the keys of store.db, laid out as the
+// package comment says.
+
+// recordVersion is the first byte of every mailbox and envelope record.
 const recordVersion = 1
 
 const (
 	mailboxFixed  = 1 + ed25519.PublicKeySize + 8 + 4 + 8 + 2
-	envelopeFixed = 1 + 4 + RefSize
+	envelopeFixed = 1 + 4 + store.RefSize
 )
 
 var errRecord = errors.New("store: data file corrupt: bad record; restore from backup")
@@ -66,7 +54,7 @@ func decodeMailbox(b []byte) (mailboxRecord, error) {
 	r.bytes = binary.BigEndian.Uint64(p[12:])
 	n := int(binary.BigEndian.Uint16(p[20:]))
 	p = p[22:]
-	if n > MaxSendCapSize || len(p) != n {
+	if n > store.MaxSendCapSize || len(p) != n {
 		return mailboxRecord{}, errRecord
 	}
 	if n > 0 {
@@ -77,7 +65,7 @@ func decodeMailbox(b []byte) (mailboxRecord, error) {
 
 type envelopeRecord struct {
 	day    uint32
-	ref    Ref
+	ref    store.Ref
 	sealed []byte
 }
 
@@ -90,12 +78,12 @@ func (r *envelopeRecord) encode() []byte {
 }
 
 // plainLen is the size of the envelope inside.
-func (r *envelopeRecord) plainLen() int { return len(r.sealed) - sealOverhead }
+func (r *envelopeRecord) plainLen() int { return len(r.sealed) - store.SealOverhead }
 
 // decodeEnvelope parses an envelope record. sealed aliases b.
 func decodeEnvelope(b []byte) (envelopeRecord, error) {
 	var r envelopeRecord
-	if len(b) < envelopeFixed+sealOverhead+1 || len(b) > envelopeFixed+sealOverhead+MaxEnvelopeSize || b[0] != recordVersion {
+	if len(b) < envelopeFixed+store.SealOverhead+1 || len(b) > envelopeFixed+store.SealOverhead+store.MaxEnvelopeSize || b[0] != recordVersion {
 		return r, errRecord
 	}
 	r.day = binary.BigEndian.Uint32(b[1:])

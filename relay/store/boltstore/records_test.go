@@ -1,14 +1,16 @@
-package store
+package boltstore
 
 import (
 	"bytes"
 	"crypto/ed25519"
 	"testing"
+
+	"github.com/postern/postern/relay/store"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
 	owner := ed25519.NewKeyFromSeed(make([]byte, 32)).Public().(ed25519.PublicKey)
-	for _, cap := range [][]byte{nil, []byte("cap"), bytes.Repeat([]byte{9}, MaxSendCapSize)} {
+	for _, cap := range [][]byte{nil, []byte("cap"), bytes.Repeat([]byte{9}, store.MaxSendCapSize)} {
 		in := mailboxRecord{owner: owner, nextSeq: 1<<40 + 3, count: 7, bytes: 1 << 33, sendCap: cap}
 		out, err := decodeMailbox(in.encode())
 		if err != nil {
@@ -19,7 +21,7 @@ func TestRecordRoundTrip(t *testing.T) {
 			t.Fatalf("mailbox record round trip: got %+v, want %+v", out, in)
 		}
 	}
-	in := envelopeRecord{day: 20000, ref: Ref{1, 2, 3}, sealed: bytes.Repeat([]byte{5}, 4096+sealOverhead)}
+	in := envelopeRecord{day: 20000, ref: store.Ref{1, 2, 3}, sealed: bytes.Repeat([]byte{5}, 4096+store.SealOverhead)}
 	out, err := decodeEnvelope(in.encode())
 	if err != nil {
 		t.Fatal(err)
@@ -37,8 +39,8 @@ func TestRecordRoundTrip(t *testing.T) {
 		}
 	}
 	genv := in.encode()
-	for i, b := range [][]byte{nil, genv[:envelopeFixed+sealOverhead], append([]byte{0}, genv[1:]...),
-		make([]byte, envelopeFixed+sealOverhead+MaxEnvelopeSize+1)} {
+	for i, b := range [][]byte{nil, genv[:envelopeFixed+store.SealOverhead], append([]byte{0}, genv[1:]...),
+		make([]byte, envelopeFixed+store.SealOverhead+store.MaxEnvelopeSize+1)} {
 		if _, err := decodeEnvelope(b); err == nil {
 			t.Errorf("bad envelope record %d accepted", i)
 		}
@@ -51,12 +53,12 @@ func FuzzDecode(f *testing.F) {
 	owner := make([]byte, ed25519.PublicKeySize)
 	f.Add((&mailboxRecord{owner: owner, nextSeq: 1}).encode())
 	f.Add((&mailboxRecord{owner: owner, nextSeq: 9, count: 2, bytes: 8192, sendCap: []byte("x")}).encode())
-	f.Add((&envelopeRecord{day: 1, sealed: make([]byte, 4096+sealOverhead)}).encode())
+	f.Add((&envelopeRecord{day: 1, sealed: make([]byte, 4096+store.SealOverhead)}).encode())
 	f.Add([]byte{1})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if r, err := decodeMailbox(b); err == nil {
-			if len(r.owner) != ed25519.PublicKeySize || len(r.sendCap) > MaxSendCapSize {
+			if len(r.owner) != ed25519.PublicKeySize || len(r.sendCap) > store.MaxSendCapSize {
 				t.Fatal("decoded mailbox record out of bounds")
 			}
 			if !bytes.Equal(r.encode(), b) {
@@ -64,7 +66,7 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 		if r, err := decodeEnvelope(b); err == nil {
-			if r.plainLen() < 1 || r.plainLen() > MaxEnvelopeSize {
+			if r.plainLen() < 1 || r.plainLen() > store.MaxEnvelopeSize {
 				t.Fatal("decoded envelope record out of bounds")
 			}
 			if !bytes.Equal(r.encode(), b) {

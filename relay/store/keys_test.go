@@ -1,0 +1,143 @@
+package store_test
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+
+	"github.com/postern/postern/relay/store"
+)
+
+// Golden values for store key 00 01 .. 1f, computed outside Go with
+// Python's hmac module. A change here makes every existing data file
+// unreadable.
+const (
+	goldenID    = "a0a1a2a3a4a5a6a7a8a9aaabacadaeafa0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+	goldenHash  = "69f48ed1dd86f37b73762234078da4921c2c4e4e772c2cefe590f81e7567083d"
+	goldenRef   = "1f34849f2bebe3232f90ae8bb52db9ee6bc7bf391c1eb41367354d772bcc30e3" // of "hello envelope"
+	goldenCheck = "a21e6b30ba1db1084538cf960ae0467a83d40f8649d6e7c07cf35a71ee8df91a"
+)
+
+func goldenKeys(t *testing.T) (*store.Keys, []byte, [store.IDSize]byte) {
+	t.Helper()
+	key := make([]byte, store.KeySize)
+	for i := range key {
+		key[i] = byte(i)
+	}
+	k, err := store.NewKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id [store.IDSize]byte
+	hex.Decode(id[:], []byte(goldenID))
+	return k, key, id
+}
+
+func TestKeysGolden(t *testing.T) {
+	k, _, id := goldenKeys(t)
+	h, r, c := k.MailboxHash(id), k.Ref([]byte("hello envelope")), k.Check()
+	for _, tc := range []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"MailboxHash", h[:], goldenHash},
+		{"Ref", r[:], goldenRef},
+		{"Check", c[:], goldenCheck},
+	} {
+		if got := hex.EncodeToString(tc.got); got != tc.want {
+			t.Errorf("%s = %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestSealFormat opens a sealed envelope with the standard library alone:
+// AES-256-GCM under HMAC(HMAC(key, seal label), id), nonce first, with the
+// label and the ref as associated data.
+func TestSealFormat(t *testing.T) {
+	k, key, id := goldenKeys(t)
+	env := []byte("an envelope")
+	ref := k.Ref(env)
+	sealed := k.Seal(id, ref, env)
+	if len(sealed) != len(env)+store.SealOverhead {
+		t.Fatalf("sealed %d bytes into %d, want overhead %d", len(env), len(sealed), store.SealOverhead)
+	}
+	mac := func(k, m []byte) []byte { h := hmac.New(sha256.New, k); h.Write(m); return h.Sum(nil) }
+	block, err := aes.NewCipher(mac(mac(key, []byte("postern/store/v1 envelope-seal")), id[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ad := append([]byte("postern/store/v1 envelope"), ref[:]...)
+	plain, err := gcm.Open(nil, sealed[:12], sealed[12:], ad)
+	if err != nil || !bytes.Equal(plain, env) {
+		t.Fatalf("standard AES-GCM open = %q, %v", plain, err)
+	}
+	if again := k.Seal(id, ref, env); bytes.Equal(again, sealed) {
+		t.Fatal("two seals of one envelope are equal: nonce not random")
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	k, _, id := goldenKeys(t)
+	other, err := store.NewKeys(bytes.Repeat([]byte{1}, store.KeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []byte("an envelope")
+	ref := k.Ref(env)
+	sealed := k.Seal(id, ref, env)
+	if got, err := k.Open(id, ref, sealed); err != nil || !bytes.Equal(got, env) {
+		t.Fatalf("Open = %q, %v; want the envelope", got, err)
+	}
+	otherID := id
+	otherID[0] ^= 1
+	flipped := bytes.Clone(sealed)
+	flipped[len(flipped)-1] ^= 1
+	for _, tc := range []struct {
+		name   string
+		keys   *store.Keys
+		id     [store.IDSize]byte
+		ref    store.Ref
+		sealed []byte
+	}{
+		{"other id", k, otherID, ref, sealed},
+		{"other ref", k, id, store.Ref{1}, sealed},
+		{"other store key", other, id, ref, sealed},
+		{"altered", k, id, ref, flipped},
+		{"truncated", k, id, ref, sealed[:store.SealOverhead-1]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.keys.Open(tc.id, tc.ref, tc.sealed)
+			if err == nil {
+				t.Fatal("Open succeeded")
+			}
+			if msg := err.Error(); strings.Contains(msg, hex.EncodeToString(tc.id[:4])) || !strings.Contains(msg, "corrupt") {
+				t.Fatalf("error %q: want a corruption error that names no id", msg)
+			}
+		})
+	}
+}
+
+func TestNewKeysSize(t *testing.T) {
+	for _, n := range []int{0, 16, 31, 33, 64} {
+		if _, err := store.NewKeys(make([]byte, n)); err == nil {
+			t.Errorf("NewKeys accepted a %d-byte key", n)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a zero Keys hashed an id instead of panicking")
+		}
+	}()
+	var zero store.Keys
+	zero.MailboxHash([store.IDSize]byte{})
+}
