@@ -1,6 +1,23 @@
-// Package relay is Postern's relay: the session protocol spoken over any
-// transport stream, the server that keeps mailboxes in a store, and the
-// client side of the protocol.
+// Package relay is Postern's relay session protocol: the frames spoken
+// over any transport stream, their encoding, the error codes and the owner
+// signatures. It is the wire contract between two sides that live in their
+// own packages:
+//
+//   - relay/client: a session to a relay, Dial (through transport/route),
+//     Follow, and Inbox (messages from deliveries, acked only once taken).
+//     It links no server code and no database.
+//   - relay/server: sessions on transport listeners, push, quotas and the
+//     Observer for metrics, over a relay/store.Store; forwarding is behind
+//     its Forwarder interface.
+//   - relay/store: the store interface and the memory store;
+//     relay/store/boltstore the durable one, the only package that imports
+//     bbolt.
+//   - relay/link: links between relays and forwarding.
+//   - relay/relaytest: an in-process relay for tests.
+//
+// Every frame type has a Go type here with an Append method and a Parse
+// function (on cryptobyte, strict: trailing bytes are an error), and a
+// fixed byte vector in testdata/frames.golden.
 //
 // # Session protocol
 //
@@ -20,7 +37,7 @@
 //
 // Mailbox owners sign every request that reads or changes a mailbox:
 //
-//	sig = Ed25519(owner, SigContext || challenge || type || payload without sig)
+//	sig = Ed25519(owner, SigContext || challenge || type || payload up to the first sig)
 //
 // so a signature is only good for this one session and this one request.
 // The relay stores the owner's public key and nothing else about the owner.
@@ -40,7 +57,7 @@
 //	0x15 Rotate       req u32 | old 32 | new 32 | newowner 32 | caplen u8 | capverifier | sig 64 (old owner) | sig 64 (new owner)
 //	0x16 Delete       req u32 | mailbox 32 | sig 64
 //	0x17 Ping         req u32 | data (at most 64 bytes)
-//	0x18 Forward      req u32 | opaque (reserved for two-hop routing; answered CodeUnsupported)
+//	0x18 Forward      req u32 | opaque (two-hop routing; a server without a Forwarder answers CodeUnsupported)
 //
 // Frames, relay to client:
 //
@@ -68,6 +85,7 @@
 //
 // # No metadata
 //
-// Neither the server nor this package ever logs, stores or puts into an
-// error a remote address, a mailbox id, a key, a ref or an envelope.
+// Neither side ever logs, stores or puts into an error a remote address,
+// a mailbox id, a key, a ref or an envelope. A Deliver frame whose request
+// id answers no Fetch or Subscribe of the session is dropped by the client.
 package relay

@@ -1,12 +1,12 @@
 package relay
 
 import (
-	"bufio"
-	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/postern/postern/envelope"
 )
@@ -16,7 +16,8 @@ const ProtocolVersion = 1
 
 // Limits.
 const (
-	frameHeaderSize = 5
+	// FrameHeaderSize is the type byte and the 4-byte length.
+	FrameHeaderSize = 5
 	// MaxFrameSize bounds a frame's payload: the largest envelope plus
 	// the largest fixed fields of a Send or Deliver.
 	MaxFrameSize = envelope.Bucket64K + 512
@@ -31,138 +32,72 @@ const (
 	MaxCapLen = 64
 	// MaxPingData bounds a Ping's payload.
 	MaxPingData = 64
+	// MaxResultMsg bounds the human message of a Result.
+	MaxResultMsg = 512
 	// ChallengeSize is the size of the per-session challenge.
 	ChallengeSize = 32
+	// MailboxSize is the size of a mailbox id.
+	MailboxSize = 32
 	// RefSize is the size of an envelope ref.
 	RefSize = 32
-	// sessionBufSize is the read and write buffer of a session on each
-	// side. Frames larger than it pass through unbuffered; small buffers keep
-	// an idle session cheap, and 16 KiB lets the two smaller buckets go out
-	// in one write with their frame header.
-	sessionBufSize = 16 << 10
-	// SigContext domain-separates owner signatures.
-	SigContext = "postern relay request v1"
+	// SigSize is the size of an owner signature (Ed25519).
+	SigSize = 64
+	// SessionBufSize is the read and write buffer of a session on each
+	// side. Frames larger than it pass through unbuffered; small buffers
+	// keep an idle session cheap, and 16 KiB lets the two smaller buckets
+	// go out in one write with their frame header.
+	SessionBufSize = 16 << 10
 )
 
-var helloMagic = [4]byte{'P', 'S', 'T', 'N'}
+// HelloMagic opens every ClientHello.
+var HelloMagic = [4]byte{'P', 'S', 'T', 'N'}
 
-// Frame types.
-type frameType byte
+// FrameType is a frame's first byte.
+type FrameType byte
 
+// Frame types; the byte layout of each payload is in the package
+// documentation and on its Go type.
 const (
-	frameClientHello frameType = 0x01
-	frameServerHello frameType = 0x02
-	frameCreate      frameType = 0x10
-	frameSend        frameType = 0x11
-	frameSubscribe   frameType = 0x12
-	frameFetch       frameType = 0x13
-	frameAck         frameType = 0x14
-	frameRotate      frameType = 0x15
-	frameDelete      frameType = 0x16
-	framePing        frameType = 0x17
-	frameForward     frameType = 0x18
-	frameResult      frameType = 0x20
-	frameDeliver     frameType = 0x21
-	framePong        frameType = 0x22
+	FrameClientHello FrameType = 0x01
+	FrameServerHello FrameType = 0x02
+	FrameCreate      FrameType = 0x10
+	FrameSend        FrameType = 0x11
+	FrameSubscribe   FrameType = 0x12
+	FrameFetch       FrameType = 0x13
+	FrameAck         FrameType = 0x14
+	FrameRotate      FrameType = 0x15
+	FrameDelete      FrameType = 0x16
+	FramePing        FrameType = 0x17
+	FrameForward     FrameType = 0x18
+	FrameResult      FrameType = 0x20
+	FrameDeliver     FrameType = 0x21
+	FramePong        FrameType = 0x22
 )
 
-// Code is a protocol error code, carried in Result frames.
-type Code uint16
-
-const (
-	CodeOK            Code = 0
-	CodeBadFrame      Code = 1  // malformed frame
-	CodeUnknownFrame  Code = 2  // frame type not known
-	CodeUnauthorized  Code = 3  // bad owner signature
-	CodeNoMailbox     Code = 4  // no such mailbox
-	CodeMailboxExists Code = 5  // mailbox id taken
-	CodeMailboxFull   Code = 6  // mailbox quota reached
-	CodeRelayFull     Code = 7  // relay storage quota reached
-	CodeBadEnvelope   Code = 8  // not an envelope (size or header)
-	CodeCapability    Code = 9  // send capability missing or wrong
-	CodeUnsupported   Code = 10 // known but not supported here (Forward)
-	CodeInternal      Code = 11 // relay-side failure; retry later
-	CodeVersion       Code = 12 // no common protocol version
-	CodeBusy          Code = 13 // too many requests; slow down
-)
-
-var codeText = map[Code]string{
-	CodeOK:            "ok",
-	CodeBadFrame:      "malformed frame",
-	CodeUnknownFrame:  "unknown frame type",
-	CodeUnauthorized:  "signature does not verify for the mailbox owner",
-	CodeNoMailbox:     "no such mailbox: check the contact card, or create the mailbox first",
-	CodeMailboxExists: "mailbox already exists: pick a new random id",
-	CodeMailboxFull:   "mailbox full: the recipient has too many undelivered envelopes; retry later",
-	CodeRelayFull:     "relay storage full: retry later or use another relay",
-	CodeBadEnvelope:   "not a valid envelope (size or header)",
-	CodeCapability:    "this mailbox needs a valid send capability: ask the recipient for a fresh contact card",
-	CodeUnsupported:   "not supported by this relay",
-	CodeInternal:      "relay error; retry later",
-	CodeVersion:       "no common protocol version: upgrade postern",
-	CodeBusy:          "relay busy; retry later",
-}
-
-// String returns the code's short human message.
-func (c Code) String() string {
-	if s, ok := codeText[c]; ok {
-		return s
-	}
-	return fmt.Sprintf("error code %d", uint16(c))
-}
-
-// Error is a protocol error returned by the relay. Match it with errors.Is
-// against the Err* sentinels, or read Code with errors.As.
-type Error struct {
-	Code Code
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	if e.Msg == "" || e.Msg == e.Code.String() {
-		return "relay: " + e.Code.String()
-	}
-	return "relay: " + e.Code.String() + ": " + e.Msg
-}
-
-// Is matches any *Error with the same code.
-func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Code == e.Code
-}
-
-// Sentinels for errors.Is.
+// Errors that end a session: framing is lost or the peer is not speaking
+// the protocol.
 var (
-	ErrBadFrame      = &Error{Code: CodeBadFrame}
-	ErrUnknownFrame  = &Error{Code: CodeUnknownFrame}
-	ErrUnauthorized  = &Error{Code: CodeUnauthorized}
-	ErrNoMailbox     = &Error{Code: CodeNoMailbox}
-	ErrMailboxExists = &Error{Code: CodeMailboxExists}
-	ErrMailboxFull   = &Error{Code: CodeMailboxFull}
-	ErrRelayFull     = &Error{Code: CodeRelayFull}
-	ErrBadEnvelope   = &Error{Code: CodeBadEnvelope}
-	ErrCapability    = &Error{Code: CodeCapability}
-	ErrUnsupported   = &Error{Code: CodeUnsupported}
-	ErrInternal      = &Error{Code: CodeInternal}
-	ErrVersion       = &Error{Code: CodeVersion}
-	ErrBusy          = &Error{Code: CodeBusy}
+	ErrFrameTooLarge = errors.New("relay: frame larger than MaxFrameSize")
+	ErrMalformed     = errors.New("relay: malformed frame")
 )
 
-// errFrameTooLarge and errShortFrame end a session: framing is lost.
-var (
-	errFrameTooLarge = errors.New("relay: frame larger than MaxFrameSize")
-	errMalformed     = errors.New("relay: malformed frame")
-)
+// Message is a decoded frame payload.
+type Message interface {
+	// Type is the frame type that carries the message.
+	Type() FrameType
+	// AppendPayload appends the wire payload (without the frame header).
+	AppendPayload(b []byte) []byte
+}
 
-// readFrame reads one frame. The returned payload is freshly allocated.
-func readFrame(r *bufio.Reader) (frameType, []byte, error) {
-	var hdr [frameHeaderSize]byte
+// ReadFrame reads one frame. The returned payload is freshly allocated.
+func ReadFrame(r io.Reader) (FrameType, []byte, error) {
+	var hdr [FrameHeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if n > MaxFrameSize {
-		return 0, nil, errFrameTooLarge
+		return 0, nil, ErrFrameTooLarge
 	}
 	p := make([]byte, n)
 	if _, err := io.ReadFull(r, p); err != nil {
@@ -171,140 +106,240 @@ func readFrame(r *bufio.Reader) (frameType, []byte, error) {
 		}
 		return 0, nil, err
 	}
-	return frameType(hdr[0]), p, nil
+	return FrameType(hdr[0]), p, nil
 }
 
-// appendFrame appends a frame header and payload to b.
-func appendFrame(b []byte, t frameType, payload ...[]byte) []byte {
-	n := 0
-	for _, p := range payload {
-		n += len(p)
-	}
-	b = append(b, byte(t))
-	b = binary.BigEndian.AppendUint32(b, uint32(n))
-	for _, p := range payload {
-		b = append(b, p...)
-	}
+// AppendFrame appends m as a whole frame, header and payload, to b.
+func AppendFrame(b []byte, m Message) []byte {
+	start := len(b)
+	b = append(b, byte(m.Type()), 0, 0, 0, 0)
+	b = m.AppendPayload(b)
+	binary.BigEndian.PutUint32(b[start+1:], uint32(len(b)-start-FrameHeaderSize))
 	return b
 }
 
-// cursor is a strict reader over a frame payload. After the first short
-// read it returns zero values and ok() is false.
-type cursor struct {
-	b   []byte
-	bad bool
-}
-
-func (c *cursor) take(n int) []byte {
-	if c.bad || n < 0 || len(c.b) < n {
-		c.bad = true
-		return nil
+// RequestID reads the request id that opens every request and answer
+// payload after the hellos.
+func RequestID(p []byte) (uint32, bool) {
+	if len(p) < 4 {
+		return 0, false
 	}
-	out := c.b[:n:n]
-	c.b = c.b[n:]
-	return out
+	return binary.BigEndian.Uint32(p), true
 }
 
-func (c *cursor) u8() byte {
-	if b := c.take(1); b != nil {
-		return b[0]
+// parse runs read over p and fails unless it consumed p exactly.
+func parse(p []byte, read func(s *cryptobyte.String) bool) error {
+	s := cryptobyte.String(p)
+	if !read(&s) || !s.Empty() {
+		return ErrMalformed
 	}
-	return 0
+	return nil
 }
 
-func (c *cursor) u16() uint16 {
-	if b := c.take(2); b != nil {
-		return binary.BigEndian.Uint16(b)
+// readArray reads exactly len(dst) bytes into dst.
+func readArray(s *cryptobyte.String, dst []byte) bool { return s.CopyBytes(dst) }
+
+// readRest takes everything left in s.
+func readRest(s *cryptobyte.String, out *[]byte) bool {
+	*out = append([]byte(nil), (*s)...)
+	*s = nil
+	return true
+}
+
+// readCap reads a u8-length-prefixed capability or verifier.
+func readCap(s *cryptobyte.String, out *[]byte) bool {
+	var v cryptobyte.String
+	if !s.ReadUint8LengthPrefixed(&v) || len(v) > MaxCapLen {
+		return false
 	}
-	return 0
+	*out = append([]byte(nil), v...)
+	return true
 }
 
-func (c *cursor) u32() uint32 {
-	if b := c.take(4); b != nil {
-		return binary.BigEndian.Uint32(b)
+func appendCap(b, c []byte) []byte {
+	b = append(b, byte(len(c)))
+	return append(b, c...)
+}
+
+// ClientHello opens a session: magic "PSTN" | min u8 | max u8.
+type ClientHello struct{ Min, Max uint8 }
+
+func (ClientHello) Type() FrameType { return FrameClientHello }
+func (m ClientHello) AppendPayload(b []byte) []byte {
+	return append(append(b, HelloMagic[:]...), m.Min, m.Max)
+}
+
+// ParseClientHello decodes a ClientHello payload.
+func ParseClientHello(p []byte) (m ClientHello, err error) {
+	var magic [4]byte
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readArray(s, magic[:]) && s.ReadUint8(&m.Min) && s.ReadUint8(&m.Max) && magic == HelloMagic
+	})
+	return m, err
+}
+
+// ServerHello answers a ClientHello: version u8 | challenge 32 | maxenvelope u32.
+type ServerHello struct {
+	Version     uint8
+	Challenge   [ChallengeSize]byte
+	MaxEnvelope uint32
+}
+
+func (ServerHello) Type() FrameType { return FrameServerHello }
+func (m ServerHello) AppendPayload(b []byte) []byte {
+	b = append(append(b, m.Version), m.Challenge[:]...)
+	return binary.BigEndian.AppendUint32(b, m.MaxEnvelope)
+}
+
+// ParseServerHello decodes a ServerHello payload.
+func ParseServerHello(p []byte) (m ServerHello, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint8(&m.Version) && readArray(s, m.Challenge[:]) && s.ReadUint32(&m.MaxEnvelope)
+	})
+	return m, err
+}
+
+// Result answers a request: req u32 | code u16 | msglen u16 | msg | body.
+// The body of an answer to Send is the ref (32 bytes); to Fetch, Ack and
+// Rotate a count u32; otherwise empty.
+type Result struct {
+	Req  uint32
+	Code Code
+	Msg  string // at most MaxResultMsg bytes; longer is cut on encoding
+	Body []byte
+}
+
+func (Result) Type() FrameType { return FrameResult }
+func (m Result) AppendPayload(b []byte) []byte {
+	msg := m.Msg
+	if len(msg) > MaxResultMsg {
+		msg = msg[:MaxResultMsg]
 	}
-	return 0
+	b = binary.BigEndian.AppendUint32(b, m.Req)
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	return append(append(b, msg...), m.Body...)
 }
 
-func (c *cursor) id() (out [32]byte) {
-	copy(out[:], c.take(32))
-	return out
+// ParseResult decodes a Result payload.
+func ParseResult(p []byte) (m Result, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		var code uint16
+		var msg cryptobyte.String
+		ok := s.ReadUint32(&m.Req) && s.ReadUint16(&code) && s.ReadUint16LengthPrefixed(&msg) && readRest(s, &m.Body)
+		m.Code, m.Msg = Code(code), string(msg)
+		return ok
+	})
+	return m, err
 }
 
-func (c *cursor) rest() []byte { return c.take(len(c.b)) }
-
-// done reports whether the payload was consumed exactly.
-func (c *cursor) done() bool { return !c.bad && len(c.b) == 0 }
-
-// signedBytes is what an owner signs for a request: the context, the
-// session challenge, the frame type and the payload up to the signature.
-func signedBytes(challenge []byte, t frameType, payload []byte) []byte {
-	m := make([]byte, 0, len(SigContext)+len(challenge)+1+len(payload))
-	m = append(m, SigContext...)
-	m = append(m, challenge...)
-	m = append(m, byte(t))
-	return append(m, payload...)
-}
-
-func sign(owner ed25519.PrivateKey, challenge []byte, t frameType, payload []byte) []byte {
-	return ed25519.Sign(owner, signedBytes(challenge, t, payload))
-}
-
-func verify(owner ed25519.PublicKey, challenge []byte, t frameType, payload, sig []byte) bool {
-	return len(owner) == ed25519.PublicKeySize && len(sig) == ed25519.SignatureSize &&
-		ed25519.Verify(owner, signedBytes(challenge, t, payload), sig)
-}
-
-// result is a decoded Result frame.
-type result struct {
-	req  uint32
-	code Code
-	msg  string
-	body []byte
-}
-
-func decodeResult(p []byte) (result, error) {
-	c := cursor{b: p}
-	r := result{req: c.u32(), code: Code(c.u16())}
-	ml := int(c.u16())
-	r.msg = string(c.take(ml))
-	r.body = c.rest()
-	if c.bad {
-		return r, errMalformed
+// Count reads the u32 count body of a Result answering Fetch, Ack or Rotate.
+func (m Result) Count() (int, error) {
+	if len(m.Body) != 4 {
+		return 0, fmt.Errorf("%w: result body of %d bytes where a count was expected", ErrMalformed, len(m.Body))
 	}
-	return r, nil
+	return int(binary.BigEndian.Uint32(m.Body)), nil
 }
 
-func encodeResult(req uint32, code Code, msg string, body []byte) []byte {
-	if len(msg) > 512 {
-		msg = msg[:512]
-	}
-	p := binary.BigEndian.AppendUint32(nil, req)
-	p = binary.BigEndian.AppendUint16(p, uint16(code))
-	p = binary.BigEndian.AppendUint16(p, uint16(len(msg)))
-	p = append(p, msg...)
-	return append(p, body...)
+// CountBody is the body of a Result carrying a count.
+func CountBody(n int) []byte { return binary.BigEndian.AppendUint32(nil, uint32(n)) }
+
+// Send hands an envelope to the relay: req u32 | caplen u8 | cap | envelope.
+type Send struct {
+	Req      uint32
+	Cap      []byte
+	Envelope []byte
 }
 
-// delivery is a decoded Deliver frame.
-type delivery struct {
-	req      uint32
-	mailbox  [32]byte
-	ref      [RefSize]byte
-	seq      uint64
-	envelope []byte
+func (Send) Type() FrameType { return FrameSend }
+func (m Send) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.Req)
+	return append(appendCap(b, m.Cap), m.Envelope...)
 }
 
-func decodeDeliver(p []byte) (delivery, error) {
-	c := cursor{b: p}
-	d := delivery{req: c.u32(), mailbox: c.id()}
-	copy(d.ref[:], c.take(RefSize))
-	if b := c.take(8); b != nil {
-		d.seq = binary.BigEndian.Uint64(b)
-	}
-	d.envelope = c.rest()
-	if c.bad || len(d.envelope) == 0 {
-		return d, errMalformed
-	}
-	return d, nil
+// ParseSend decodes a Send payload.
+func ParseSend(p []byte) (m Send, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint32(&m.Req) && readCap(s, &m.Cap) && readRest(s, &m.Envelope)
+	})
+	return m, err
+}
+
+// Deliver carries one envelope to its owner: req u32 | mailbox 32 | ref 32
+// | seq u64 | envelope. req is the Subscribe's or the Fetch's request id;
+// seq is the envelope's position in the mailbox, a Fetch cursor.
+type Deliver struct {
+	Req      uint32
+	Mailbox  [MailboxSize]byte
+	Ref      [RefSize]byte
+	Seq      uint64
+	Envelope []byte
+}
+
+func (Deliver) Type() FrameType { return FrameDeliver }
+func (m Deliver) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.Req)
+	b = append(append(b, m.Mailbox[:]...), m.Ref[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.Seq)
+	return append(b, m.Envelope...)
+}
+
+// ParseDeliver decodes a Deliver payload; the envelope may not be empty.
+func ParseDeliver(p []byte) (m Deliver, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint32(&m.Req) && readArray(s, m.Mailbox[:]) && readArray(s, m.Ref[:]) &&
+			s.ReadUint64(&m.Seq) && !s.Empty() && readRest(s, &m.Envelope)
+	})
+	return m, err
+}
+
+// Ping asks for a Pong: req u32 | data (at most MaxPingData bytes).
+type Ping struct {
+	Req  uint32
+	Data []byte
+}
+
+func (Ping) Type() FrameType { return FramePing }
+func (m Ping) AppendPayload(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(b, m.Req), m.Data...)
+}
+
+// ParsePing decodes a Ping payload.
+func ParsePing(p []byte) (m Ping, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint32(&m.Req) && len(*s) <= MaxPingData && readRest(s, &m.Data)
+	})
+	return m, err
+}
+
+// Pong answers a Ping with its data: req u32 | data.
+type Pong Ping
+
+func (Pong) Type() FrameType                 { return FramePong }
+func (m Pong) AppendPayload(b []byte) []byte { return Ping(m).AppendPayload(b) }
+
+// ParsePong decodes a Pong payload.
+func ParsePong(p []byte) (Pong, error) {
+	m, err := ParsePing(p)
+	return Pong(m), err
+}
+
+// Forward is reserved for two-hop routing: req u32 | opaque. A relay
+// without forwarding answers it CodeUnsupported.
+type Forward struct {
+	Req     uint32
+	Payload []byte
+}
+
+func (Forward) Type() FrameType { return FrameForward }
+func (m Forward) AppendPayload(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(b, m.Req), m.Payload...)
+}
+
+// ParseForward decodes a Forward payload.
+func ParseForward(p []byte) (m Forward, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint32(&m.Req) && readRest(s, &m.Payload)
+	})
+	return m, err
 }

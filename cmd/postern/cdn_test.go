@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/descriptor"
 	"github.com/postern/postern/transport/https"
 )
@@ -48,7 +48,7 @@ func TestCDNMode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unbound session: %v", err)
 	}
-	c, err := relay.NewClient(ctx, conn)
+	c, err := client.New(ctx, conn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,26 +13,31 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/postern/postern/envelope"
-	"github.com/postern/postern/relay"
-	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/descriptor"
 )
 
-// dialRelay connects to the relay described by line, trying its endpoints
-// in order. POSTERN_TRANSPORT restricts the transport and POSTERN_BIND sets
-// the local address (both mainly for tests and troubleshooting).
-func dialRelay(ctx context.Context, line string, e *env) (*relay.Client, error) {
-	d, err := descriptor.Parse(line, time.Now())
-	if err != nil {
-		return nil, err
+// dialRelay connects to one of the relays described by lines through the
+// one dial path (package route), racing their endpoints. POSTERN_TRANSPORT
+// restricts the transport and POSTERN_BIND sets the local address (both
+// mainly for tests and troubleshooting).
+func dialRelay(ctx context.Context, e *env, lines ...string) (*client.Client, error) {
+	ds := make([]*descriptor.Descriptor, 0, len(lines))
+	for _, line := range lines {
+		d, err := descriptor.Parse(line, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		ds = append(ds, d)
 	}
-	return relay.Dial(ctx, newRegistry(), d, relay.DialOptions{
+	return client.Dial(ctx, newRegistry(), client.DialOptions{
 		Transport: e.getenv("POSTERN_TRANSPORT"),
 		LocalAddr: e.getenv("POSTERN_BIND"),
-	})
+	}, ds...)
 }
 
 // mailboxState is what `mailbox create` keeps next to the identity, in
@@ -124,7 +129,7 @@ func mailboxCreateCmd() command {
 					return err
 				}
 				st.Card = card
-				c, err := dialRelay(ctx, line, e)
+				c, err := dialRelay(ctx, e, line)
 				if err != nil {
 					return err
 				}
@@ -215,15 +220,9 @@ func sendCmd() command {
 				if err != nil {
 					return err
 				}
-				var c *relay.Client
-				var lastErr error
-				for _, r := range card.Relays {
-					if c, lastErr = dialRelay(ctx, r, e); lastErr == nil {
-						break
-					}
-				}
-				if c == nil {
-					return lastErr
+				c, err := dialRelay(ctx, e, card.Relays...)
+				if err != nil {
+					return err
 				}
 				defer c.Close()
 				for _, env := range envs {
@@ -261,232 +260,53 @@ func recvCmd() command {
 				if err != nil {
 					return err
 				}
-				r := newReceiver(e, id, mb, path)
-				defer r.replay.save()
-				if !*follow {
-					return r.drain(ctx)
+				r, err := newReceiver(e, id, path)
+				if err != nil {
+					return err
 				}
-				return r.follow(ctx)
+				if *follow {
+					return r.Follow(ctx, func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, mb.Relay) },
+						mb.owner(), mb.id(), func(err error, wait time.Duration) {
+							fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
+						})
+				}
+				c, err := dialRelay(ctx, e, mb.Relay)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				return r.Drain(ctx, c, mb.owner(), mb.id())
 			}
 		},
 	}
 }
 
-type receiver struct {
-	e      *env
-	id     *envelope.Identity
-	mb     *mailboxState
-	replay *replayFile
-	join   *envelope.Joiner
-	held   map[string]*heldMessage // fragments of unfinished messages
-	order  []string                // keys of held, oldest first
-}
-
-// heldMessage is what recv keeps of a message whose fragments are still
-// arriving. Its envelopes stay on the relay (unacked) until the message is
-// complete and printed, so a crash or exit loses nothing.
-type heldMessage struct {
-	refs []store.Ref
-	ids  map[[envelope.IDSize]byte]bool
-}
-
-// maxHeld bounds unfinished messages; beyond it the oldest is given up
-// (its fragments acked and dropped), so a flood of fragments that never
-// complete cannot stall the mailbox.
-const maxHeld = 64
-
-func newReceiver(e *env, id *envelope.Identity, mb *mailboxState, idPath string) *receiver {
-	return &receiver{e: e, id: id, mb: mb, replay: loadReplay(idPath),
-		join: &envelope.Joiner{MaxPending: maxHeld + 1}, held: map[string]*heldMessage{}}
-}
-
-// handle opens one delivery, prints the message when it is complete, and
-// returns the refs that may now be acked.
-func (r *receiver) handle(d relay.Delivery) []store.Ref {
-	o, err := envelope.Open(r.id, d.Envelope)
-	if err != nil {
-		// Not for us or damaged: nothing to keep it for.
-		fmt.Fprintf(r.e.stderr, "dropping an envelope that does not open: %v\n", err)
-		return []store.Ref{d.Ref}
-	}
-	if r.replay.contains(o.ID) {
-		// Printed before; the ack was lost. Ack it again.
-		return []store.Ref{d.Ref}
-	}
-	if !o.Fragment {
-		r.print(o.Sender, o.Payload)
-		r.replay.add(o.ID)
-		return []store.Ref{d.Ref}
-	}
-	if len(o.Payload) < 16 {
-		return []store.Ref{d.Ref}
-	}
-	key := string(o.Sender) + "|" + string(o.Payload[:16])
-	h := r.held[key]
-	if h != nil && h.ids[o.ID] {
-		return nil // the same fragment delivered again
-	}
-	var acks []store.Ref
-	if h == nil {
-		if len(r.order) >= maxHeld {
-			old := r.order[0]
-			r.order = r.order[1:]
-			acks = append(acks, r.held[old].refs...)
-			delete(r.held, old)
-			fmt.Fprintln(r.e.stderr, "dropping an unfinished message: too many messages waiting for fragments")
-		}
-		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}}
-		r.held[key] = h
-		r.order = append(r.order, key)
-	}
-	h.refs = append(h.refs, d.Ref)
-	h.ids[o.ID] = true
-	msg, done, err := r.join.Add(o)
-	if err != nil {
-		fmt.Fprintf(r.e.stderr, "dropping a bad fragment: %v\n", err)
-		return append(acks, r.drop(key)...)
-	}
-	if !done {
-		return acks
-	}
-	r.print(o.Sender, msg)
-	for id := range h.ids {
-		r.replay.add(id)
-	}
-	return append(acks, r.drop(key)...)
-}
-
-// drop forgets a held message and returns its refs.
-func (r *receiver) drop(key string) []store.Ref {
-	h := r.held[key]
-	delete(r.held, key)
-	for i, k := range r.order {
-		if k == key {
-			r.order = append(r.order[:i], r.order[i+1:]...)
-			break
-		}
-	}
-	if h == nil {
-		return nil
-	}
-	return h.refs
-}
-
-func (r *receiver) print(sender, msg []byte) {
-	from := "anonymous"
-	if sender != nil {
-		from = base64.RawURLEncoding.EncodeToString(sender)
-	}
-	fmt.Fprintf(r.e.stdout, "== from %s (%d bytes)\n", from, len(msg))
-	r.e.stdout.Write(msg)
-	fmt.Fprintln(r.e.stdout)
-	if f, ok := r.e.stdout.(interface{ Sync() error }); ok {
-		f.Sync()
-	}
-}
-
-// drain pages once through the mailbox, printing and acking complete
-// messages; fragments of unfinished messages stay on the relay.
-func (r *receiver) drain(ctx context.Context) error {
-	c, err := dialRelay(ctx, r.mb.Relay, r.e)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	var after uint64
-	for {
-		ds, err := c.FetchAfter(ctx, r.mb.owner(), r.mb.id(), after, 0)
-		if err != nil {
-			return err
-		}
-		if len(ds) == 0 {
-			return nil
-		}
-		var acks []store.Ref
-		for _, d := range ds {
-			acks = append(acks, r.handle(d)...)
-			after = d.Seq
-		}
-		r.replay.save()
-		if len(acks) > 0 {
-			if _, err := c.Ack(ctx, r.mb.owner(), r.mb.id(), acks...); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-func (r *receiver) follow(ctx context.Context) error {
-	return relay.Follow(ctx, relay.FollowConfig{
-		Dial:    func(ctx context.Context) (*relay.Client, error) { return dialRelay(ctx, r.mb.Relay, r.e) },
-		Owner:   r.mb.owner(),
-		Mailbox: r.mb.id(),
-		Connected: func() {
-			// The new session pushes every waiting envelope again,
-			// including fragments held so far (still on the relay).
-			r.held = map[string]*heldMessage{}
-			r.order = nil
-			r.join = &envelope.Joiner{MaxPending: maxHeld + 1}
-		},
-		Handle: func(d relay.Delivery) []store.Ref {
-			acks := r.handle(d)
-			r.replay.save()
-			return acks
-		},
-		Lost: func(err error, wait time.Duration) {
-			fmt.Fprintf(r.e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
-		},
+// newReceiver is the inbox behind recv: it prints each complete message
+// (`== from SENDER (N bytes)`, the bytes, a newline) and counts it taken
+// only once stdout has it, keeping the replay cache in ID_FILE.replay.
+func newReceiver(e *env, id *envelope.Identity, idPath string) (*client.Inbox, error) {
+	return client.NewInbox(client.InboxConfig{
+		Identity: id,
+		Replay:   client.ReplayFile(idPath + ".replay"),
+		Warn:     func(w string) { fmt.Fprintln(e.stderr, w) },
+		Take:     func(m client.Message) error { return printMessage(e.stdout, m) },
 	})
 }
 
-// replayFile is the recipient's replay cache, kept in ID_FILE.replay so that
-// an envelope redelivered after a crash (printed, not yet acked) is not
-// printed twice. It holds the last replayCap envelope ids.
-type replayFile struct {
-	path  string
-	ids   [][envelope.IDSize]byte
-	cache *envelope.ReplayCache
-	dirty bool
-}
-
-const replayCap = 1 << 14
-
-func loadReplay(idPath string) *replayFile {
-	r := &replayFile{path: idPath + ".replay", cache: envelope.NewReplayCache(replayCap)}
-	data, _ := os.ReadFile(r.path)
-	for len(data) >= envelope.IDSize {
-		var id [envelope.IDSize]byte
-		copy(id[:], data)
-		data = data[envelope.IDSize:]
-		r.cache.Check(id)
-		r.ids = append(r.ids, id)
+// printMessage writes one message to w and syncs it if w is a file. An
+// error means the message was not shown, and it is not acked.
+func printMessage(w io.Writer, m client.Message) error {
+	from := "anonymous"
+	if m.Sender != nil {
+		from = base64.RawURLEncoding.EncodeToString(m.Sender)
 	}
-	return r
-}
-
-func (r *replayFile) contains(id [envelope.IDSize]byte) bool { return r.cache.Contains(id) }
-
-// add records an envelope id once its message has been printed.
-func (r *replayFile) add(id [envelope.IDSize]byte) {
-	if r.cache.Check(id) != nil {
-		return
+	if _, err := fmt.Fprintf(w, "== from %s (%d bytes)\n%s\n", from, len(m.Payload), m.Payload); err != nil {
+		return fmt.Errorf("write message: %w", err)
 	}
-	r.ids = append(r.ids, id)
-	if len(r.ids) > replayCap {
-		r.ids = r.ids[len(r.ids)-replayCap:]
+	if f, ok := w.(interface{ Sync() error }); ok {
+		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+			return fmt.Errorf("write message: %w", err)
+		}
 	}
-	r.dirty = true
-}
-
-func (r *replayFile) save() {
-	if !r.dirty {
-		return
-	}
-	buf := make([]byte, 0, len(r.ids)*envelope.IDSize)
-	for _, id := range r.ids {
-		buf = append(buf, id[:]...)
-	}
-	if err := writeFileAtomic(r.path, buf, 0o600); err == nil {
-		r.dirty = false
-	}
+	return nil
 }

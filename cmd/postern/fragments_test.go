@@ -39,7 +39,7 @@ func TestRecvHoldsFragments(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := dialRelay(ctx, rp.line, &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }})
+	c, err := dialRelay(ctx, &env{stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }}, rp.line)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -258,7 +258,7 @@ func TestMetricsCountWorkload(t *testing.T) {
 	const acked = 2        // per transport
 	sessions := map[string]int{}
 	for i, tr := range []string{"https", "h3"} {
-		c, err := dialRelay(ctx, rp.line, transportEnv(tr))
+		c, err := dialRelay(ctx, transportEnv(tr), rp.line)
 		if err != nil {
 			t.Fatal(err)
 		}

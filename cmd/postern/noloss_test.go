@@ -37,7 +37,7 @@ func TestNoLossOnKill(t *testing.T) {
 	_, owner, _ := ed25519.GenerateKey(nil)
 	var id [32]byte
 	rand.Read(id[:])
-	c, err := dialRelay(ctx, rp.line, e)
+	c, err := dialRelay(ctx, e, rp.line)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestNoLossOnKill(t *testing.T) {
 	var wg sync.WaitGroup
 	started := make(chan struct{}, senders*perSender)
 	for s := 0; s < senders; s++ {
-		sc, err := dialRelay(ctx, rp.line, e)
+		sc, err := dialRelay(ctx, e, rp.line)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,7 +99,7 @@ func TestNoLossOnKill(t *testing.T) {
 	t.Logf("killed the relay after %d acknowledged sends", n)
 
 	rp2 := startRelay(t, bin, dataDir)
-	c2, err := dialRelay(ctx, rp2.line, e)
+	c2, err := dialRelay(ctx, e, rp2.line)
 	if err != nil {
 		t.Fatal(err)
 	}

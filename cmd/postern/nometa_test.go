@@ -178,7 +178,7 @@ func TestNoMetadata(t *testing.T) {
 		e := &env{stdout: io.Discard, stderr: &clientErrs, getenv: func(k string) string {
 			return map[string]string{"POSTERN_BIND": a.ip, "POSTERN_TRANSPORT": tr}[k]
 		}}
-		c, err := dialRelay(ctx, rp.line, e)
+		c, err := dialRelay(ctx, e, rp.line)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,8 +12,10 @@ import (
 
 	"github.com/postern/postern/metrics"
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // probeParallel bounds how many relay/transport pairs are probed at once.
@@ -73,7 +75,7 @@ func probeCmd() command {
 // in the descriptor's order.
 type probeTarget struct {
 	relay, transport string
-	endpoints        []transport.Endpoint
+	cands            []route.Candidate
 }
 
 // probeTargets parses the descriptors and groups their endpoints by relay
@@ -96,15 +98,15 @@ func probeTargets(args []string) ([]probeTarget, error) {
 			continue
 		}
 		seen[id] = true
-		for _, ep := range d.Endpoints {
-			k := [2]string{id, ep.Transport}
+		for _, c := range route.FromDescriptor(d, route.Filter{}) {
+			k := [2]string{id, c.Endpoint.Transport}
 			i, ok := index[k]
 			if !ok {
 				i = len(out)
 				index[k] = i
-				out = append(out, probeTarget{relay: id, transport: ep.Transport})
+				out = append(out, probeTarget{relay: id, transport: c.Endpoint.Transport})
 			}
-			out[i].endpoints = append(out[i].endpoints, ep.TransportEndpoint())
+			out[i].cands = append(out[i].cands, c)
 		}
 	}
 	return out, nil
@@ -141,24 +143,20 @@ func (p *prober) round(ctx context.Context, targets []probeTarget) []probeResult
 	return results
 }
 
-// probe tries the target's endpoints in order until one completes the
-// transport handshake, the relay hello and a ping. The pair fails with the
-// class of the last endpoint's failure.
+// probe tries the target's endpoints in order, through the one dial path,
+// until one completes the transport handshake, the relay hello and a
+// ping. The pair fails with the class of the last endpoint's failure.
 func (p *prober) probe(ctx context.Context, t probeTarget) probeResult {
 	res := probeResult{relay: t.relay, transport: t.transport}
-	for _, ep := range t.endpoints {
-		start := time.Now()
-		err := p.probeEndpoint(ctx, ep)
-		res.took = time.Since(start)
-		if err == nil {
-			res.ok = true
-			return res
-		}
+	start := time.Now()
+	c, _, err := route.Dial(ctx, p.reg, t.cands, route.Options{PerAttempt: p.timeout, Stagger: -1}, pingHandshake)
+	res.took = time.Since(start)
+	if err != nil {
 		res.class = probeClass(err)
-		if ctx.Err() != nil {
-			break
-		}
+		return res
 	}
+	c.Close()
+	res.ok = true
 	return res
 }
 
@@ -166,22 +164,17 @@ func (p *prober) probe(ctx context.Context, t probeTarget) probeResult {
 // not a transport failure: the peer is not speaking the relay protocol.
 var errRelayProtocol = errors.New("relay protocol")
 
-func (p *prober) probeEndpoint(ctx context.Context, ep transport.Endpoint) error {
-	ctx, cancel := context.WithTimeout(ctx, p.timeout)
-	defer cancel()
-	conn, err := p.reg.Dial(ctx, ep)
+// pingHandshake is a probe's handshake: the relay hello and one ping.
+func pingHandshake(ctx context.Context, conn transport.Conn) (*client.Client, error) {
+	c, err := client.New(ctx, conn)
 	if err != nil {
-		return err
+		return nil, afterHandshake(ctx, err)
 	}
-	c, err := relay.NewClient(ctx, conn)
-	if err != nil {
-		return afterHandshake(ctx, err)
-	}
-	defer c.Close()
 	if err := c.Ping(ctx); err != nil {
-		return afterHandshake(ctx, err)
+		c.Close()
+		return nil, afterHandshake(ctx, err)
 	}
-	return nil
+	return c, nil
 }
 
 // afterHandshake classifies a failure of the relay hello or ping: the
@@ -191,14 +184,18 @@ func afterHandshake(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	var re *relay.Error
-	if !errors.As(err, &re) && transport.ClassOf(err) != transport.ClassUnknown {
+	var pe *relay.Error
+	if !errors.As(err, &pe) && transport.ClassOf(err) != transport.ClassUnknown {
 		return err
 	}
 	return fmt.Errorf("%w: %w", errRelayProtocol, err)
 }
 
 func probeClass(err error) transport.Class {
+	var re *route.Error
+	if errors.As(err, &re) && len(re.Attempts) > 0 {
+		err = re.Attempts[len(re.Attempts)-1].Err
+	}
 	if errors.Is(err, errRelayProtocol) {
 		return transport.ClassProtocol
 	}

@@ -190,7 +190,7 @@ func TestPrometheusScrapesRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newTestMailbox(t, ident, rp.line, false)
-	c, err := dialRelay(ctx, rp.line, transportEnv("https"))
+	c, err := dialRelay(ctx, transportEnv("https"), rp.line)
 	if err != nil {
 		t.Fatal(err)
 	}

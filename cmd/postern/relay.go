@@ -14,27 +14,24 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/metrics"
-	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/cover"
-	"github.com/postern/postern/transport/descriptor"
 	"github.com/postern/postern/transport/h3"
 	"github.com/postern/postern/transport/https"
 )
 
 // The relay reports its events to its metrics.
-var _ relay.Observer = (*metrics.Relay)(nil)
+var _ server.Observer = (*metrics.Relay)(nil)
 
 // newRegistry returns the transports this binary speaks.
 func newRegistry() *transport.Registry {
@@ -239,196 +236,6 @@ func coverHandler(cfg relayConfig) (http.Handler, error) {
 		return cover.Proxy(cfg.CoverProxy)
 	}
 	return cover.Default(), nil
-}
-
-func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
-	// Cancelled on return too, so a failing listener stops everything else.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	log := newLogger(e, cfg.LogLevel)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
-	}
-	secrets, err := loadOrCreateSecrets(cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	signer := ed25519.NewKeyFromSeed(secrets.SigningKey)
-	relayID, err := loadOrCreateRelayIdentity(cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	sni := cfg.SNI
-	if sni == "" {
-		sni = "localhost"
-		for _, a := range []string{cfg.PublicHTTPS, cfg.PublicH3} {
-			if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) == nil && h != "" {
-				sni = h
-				break
-			}
-		}
-	}
-	cert, pin, err := loadOrCreateCert(cfg, sni)
-	if err != nil {
-		return err
-	}
-	coverH, err := coverHandler(cfg)
-	if err != nil {
-		return err
-	}
-
-	met := metrics.NewRelay(version)
-	var st store.Store
-	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
-		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: met.Commit, KeyFile: cfg.StoreKeyFile, MaxMailboxes: cfg.MaxMailboxes}
-	if cfg.Store == "memory" {
-		st = store.NewMemory(opts)
-	} else {
-		b, err := store.OpenBolt(filepath.Join(cfg.DataDir, "store"), opts)
-		if err != nil {
-			return err
-		}
-		st = b
-	}
-	defer st.Close()
-	met.WatchStore(func() metrics.StoreStats {
-		s := st.Stats()
-		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes}
-	})
-	met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
-
-	srv, err := relay.NewServer(relay.ServerConfig{Store: st, Logger: log, Observer: met})
-	if err != nil {
-		return err
-	}
-	reg := newRegistry()
-	type bound struct {
-		name, public string
-		ln           transport.Listener
-	}
-	var listeners []bound
-	defer func() {
-		for _, b := range listeners {
-			b.ln.Close()
-		}
-	}()
-	var reserved []metrics.Reserved
-	for _, want := range []struct{ name, listen, public, field string }{
-		{https.Name, cfg.HTTPSListen, cfg.PublicHTTPS, "https_listen"},
-		{h3.Name, cfg.H3Listen, cfg.PublicH3, "h3_listen"},
-	} {
-		if want.listen == "off" {
-			continue
-		}
-		t, err := reg.Get(want.name)
-		if err != nil {
-			return err
-		}
-		name := want.name
-		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: cert,
-			Path: secrets.Path, Key: secrets.SessionKey, Cover: coverH,
-			AllowUnbound: name == https.Name && cfg.HTTPSCDN,
-			Observe:      func(o transport.Outcome) { met.Handshake(name, string(o)) }})
-		if err != nil {
-			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
-		}
-		reserved = append(reserved, metrics.Reserved{Field: want.field, Addr: ln.Addr().String()})
-		if want.public != "" {
-			reserved = append(reserved, metrics.Reserved{Field: "public_" + want.name, Addr: want.public})
-		}
-		pub := want.public
-		if pub == "" {
-			pub = ln.Addr().String()
-		}
-		listeners = append(listeners, bound{want.name, pub, ln})
-	}
-
-	// The metrics listener starts before the descriptor is printed, so that
-	// whoever waits for the descriptor finds DATA/metrics.addr in place.
-	metricsAddrPath := filepath.Join(cfg.DataDir, "metrics.addr")
-	var metricsSrv *metrics.Server
-	if cfg.MetricsListen == "off" {
-		os.Remove(metricsAddrPath)
-	} else {
-		metricsSrv, err = metrics.Listen(cfg.MetricsListen, met.Gatherer(), reserved...)
-		if err != nil {
-			return fmt.Errorf("field \"metrics_listen\": %w", err)
-		}
-		defer metricsSrv.Close()
-		if err := writeFileAtomic(metricsAddrPath, []byte(metricsSrv.Addr().String()+"\n"), 0o644); err != nil {
-			return fmt.Errorf("write metrics address: %w", err)
-		}
-		log.Info("metrics listening", "addr", metricsSrv.Addr().String(), "path", "/metrics")
-	}
-
-	d := &descriptor.Descriptor{
-		EnvelopeSuite: uint8(envelope.SuiteXWing),
-		EnvelopeKey:   relayID.Public().XWing,
-		Issued:        time.Now().Truncate(time.Second),
-		Expires:       time.Now().Add(cfg.validity).Truncate(time.Second),
-	}
-	for _, b := range listeners {
-		ep := descriptor.Endpoint{Transport: b.name, Addr: b.public, SNI: sni,
-			Path: secrets.Path, Key: secrets.SessionKey, CertSHA256: pin}
-		if b.name == https.Name && cfg.HTTPSCDN {
-			// Clients talk TLS to the front, not to us: no pin, no binding.
-			ep.CertSHA256, ep.Unbound = nil, true
-		}
-		d.Endpoints = append(d.Endpoints, ep)
-	}
-	line, err := d.Sign(signer)
-	if err != nil {
-		return fmt.Errorf("sign descriptor: %w", err)
-	}
-	descPath := filepath.Join(cfg.DataDir, "descriptor")
-	// The descriptor carries the session key: it is for the people the
-	// operator hands it to, not for other users of this machine.
-	if err := writeFileAtomic(descPath, []byte(line+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write descriptor: %w", err)
-	}
-	fmt.Fprintln(e.stdout, line)
-	names := make([]string, 0, len(listeners))
-	for _, b := range listeners {
-		names = append(names, b.name)
-	}
-	log.Info("relay started", "relay_id", d.RelayID(), "transports", strings.Join(names, ","),
-		"store", cfg.Store, "descriptor", descPath)
-
-	var wg sync.WaitGroup
-	errc := make(chan error, len(listeners))
-	for _, b := range listeners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ctx, b.ln, b.name); err != nil {
-				errc <- fmt.Errorf("%s listener: %w", b.name, err)
-			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sweep(ctx, st, log, met)
-	}()
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	cancel()
-	log.Info("relay stopping")
-	for _, b := range listeners {
-		b.ln.Close()
-	}
-	wg.Wait()
-	if metricsSrv != nil {
-		metricsSrv.Close()
-	}
-	if err := st.Close(); err != nil && runErr == nil {
-		runErr = err
-	}
-	log.Info("relay stopped")
-	return runErr
 }
 
 // storeQuota is the store byte quota in effect for max_store_bytes: the

@@ -41,7 +41,10 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // waits until it has printed its descriptor.
 func startRelay(t *testing.T, bin, dir string, extra ...string) *relayProc {
 	t.Helper()
-	args := append([]string{"relay", "serve", "--data", dir, "--https", "127.0.0.1:0", "--h3", "127.0.0.1:0", "--log-level", "debug"}, extra...)
+	// Metrics on a free port too (a later --metrics in extra wins), so the
+	// tests pass beside a relay that holds the default 127.0.0.1:9464.
+	args := append([]string{"relay", "serve", "--data", dir, "--https", "127.0.0.1:0", "--h3", "127.0.0.1:0",
+		"--metrics", "127.0.0.1:0", "--log-level", "debug"}, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "POSTERN_HOME="+filepath.Join(dir, "home"))
 	p := &relayProc{t: t, cmd: cmd, dir: dir, exited: make(chan struct{})}

@@ -1,24 +1,33 @@
-package relay
+// Package client is the client side of Postern's relay session protocol
+// (documented in package relay): a session to one relay, Dial through a
+// relay descriptor, Follow for a subscription that survives reconnects,
+// and Inbox, which turns deliveries into messages and acks only what the
+// application has taken.
+//
+// It links no server code and no database: a messenger app imports this
+// package, package relay (the wire protocol) and package envelope.
+package client
 
 import (
 	"bufio"
 	"context"
-	"crypto/ed25519"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 
-	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport"
 )
 
+// Ref names one envelope waiting on a relay; ack it to delete it.
+type Ref [relay.RefSize]byte
+
 // Delivery is one envelope handed to the client by Fetch or a subscription.
 type Delivery struct {
-	Mailbox [32]byte
-	Ref     store.Ref
+	Mailbox [relay.MailboxSize]byte
+	Ref     Ref
 	// Seq is the envelope's position in its mailbox; pass the last one
 	// seen to FetchAfter to page onward.
 	Seq      uint64
@@ -27,11 +36,11 @@ type Delivery struct {
 
 // maxQueued bounds pushed envelopes waiting in a Client: a relay that
 // respects MaxUnacked for every subscription never gets near it.
-const maxQueued = 16 * MaxUnacked
+const maxQueued = 16 * relay.MaxUnacked
 
-// ErrClientClosed is returned by calls on a closed Client or after its
-// session ended.
-var ErrClientClosed = errors.New("relay: session closed")
+// ErrClosed is returned by calls on a closed Client or after its session
+// ended.
+var ErrClosed = errors.New("relay: session closed")
 
 // Client is the client side of one relay session. Its methods are safe for
 // concurrent use; requests are pipelined on the one stream.
@@ -42,12 +51,13 @@ type Client struct {
 	wmu sync.Mutex
 	bw  *bufio.Writer
 
-	challenge [ChallengeSize]byte
+	challenge [relay.ChallengeSize]byte
 	nextReq   atomic.Uint32
 
 	mu      sync.Mutex
 	pending map[uint32]*call
-	err     error // why the session ended
+	subs    map[uint32]bool // request ids of subscriptions: their Deliver frames are pushes
+	err     error           // why the session ended
 	done    chan struct{}
 
 	deliveries chan Delivery
@@ -57,51 +67,57 @@ type Client struct {
 }
 
 type call struct {
-	res     chan result
+	res     chan relay.Result
 	fetch   bool       // Deliver frames with this request id answer it
 	fetched []Delivery // Deliver frames answering a Fetch
 }
 
-// NewClient runs the protocol handshake on conn and returns a client that
-// owns conn. ctx bounds the handshake only.
-func NewClient(ctx context.Context, conn transport.Conn) (*Client, error) {
-	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, sessionBufSize), bw: bufio.NewWriterSize(conn, sessionBufSize),
-		pending: make(map[uint32]*call), done: make(chan struct{}), deliveries: make(chan Delivery),
+// New runs the protocol handshake on conn and returns a client that owns
+// conn. ctx bounds the handshake only.
+func New(ctx context.Context, conn transport.Conn) (*Client, error) {
+	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, relay.SessionBufSize),
+		bw: bufio.NewWriterSize(conn, relay.SessionBufSize), pending: make(map[uint32]*call),
+		subs: make(map[uint32]bool), done: make(chan struct{}), deliveries: make(chan Delivery),
 		qwake: make(chan struct{}, 1)}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	hello := append(helloMagic[:], ProtocolVersion, ProtocolVersion)
-	if err := c.write(frameClientHello, hello); err != nil {
+	if err := c.handshake(); err != nil {
 		conn.Close()
-		return nil, c.ctxErr(ctx, err)
-	}
-	t, p, err := readFrame(c.br)
-	if err != nil {
-		conn.Close()
-		return nil, c.ctxErr(ctx, err)
-	}
-	if t == frameResult {
-		conn.Close()
-		if r, err := decodeResult(p); err == nil && r.code != CodeOK {
-			return nil, &Error{Code: r.code, Msg: r.msg}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-		return nil, errMalformed
-	}
-	cur := cursor{b: p}
-	v := cur.u8()
-	copy(c.challenge[:], cur.take(ChallengeSize))
-	cur.u32()
-	if t != frameServerHello || !cur.done() {
-		conn.Close()
-		return nil, errMalformed
-	}
-	if v != ProtocolVersion {
-		conn.Close()
-		return nil, ErrVersion
+		return nil, err
 	}
 	go c.readLoop()
 	go c.forward()
 	return c, nil
+}
+
+func (c *Client) handshake() error {
+	if err := c.write(relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}); err != nil {
+		return err
+	}
+	t, p, err := relay.ReadFrame(c.br)
+	if err != nil {
+		return err
+	}
+	switch t {
+	case relay.FrameResult:
+		if r, err := relay.ParseResult(p); err == nil && r.Code != relay.CodeOK {
+			return &relay.Error{Code: r.Code, Msg: r.Msg}
+		}
+	case relay.FrameServerHello:
+		h, err := relay.ParseServerHello(p)
+		if err != nil {
+			return err
+		}
+		if h.Version != relay.ProtocolVersion {
+			return relay.ErrVersion
+		}
+		c.challenge = h.Challenge
+		return nil
+	}
+	return relay.ErrMalformed
 }
 
 // forward moves pushed envelopes from the queue to the deliveries channel,
@@ -136,13 +152,6 @@ func (c *Client) forward() {
 	}
 }
 
-func (c *Client) ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
-}
-
 // Close ends the session.
 func (c *Client) Close() error {
 	err := c.conn.Close()
@@ -167,78 +176,33 @@ func (c *Client) Deliveries() <-chan Delivery { return c.deliveries }
 
 func (c *Client) readLoop() {
 	var err error
-	defer func() {
-		if err == nil || errors.Is(err, io.EOF) {
-			err = ErrClientClosed
-		}
-		c.mu.Lock()
-		c.err = err
-		pend := c.pending
-		c.pending = nil
-		c.mu.Unlock()
-		for _, cl := range pend {
-			close(cl.res)
-		}
-		close(c.done)
-	}()
+	defer func() { c.end(err) }()
 	for {
-		var t frameType
+		var t relay.FrameType
 		var p []byte
-		t, p, err = readFrame(c.br)
-		if err != nil {
+		if t, p, err = relay.ReadFrame(c.br); err != nil {
 			return
 		}
 		switch t {
-		case frameResult, framePong:
-			var r result
-			if t == frameResult {
-				r, err = decodeResult(p)
-			} else if len(p) >= 4 {
-				r = result{req: binary.BigEndian.Uint32(p), body: p[4:]}
-			} else {
-				err = errMalformed
-			}
-			if err != nil {
+		case relay.FrameResult:
+			var r relay.Result
+			if r, err = relay.ParseResult(p); err != nil {
 				return
 			}
-			c.mu.Lock()
-			cl := c.pending[r.req]
-			delete(c.pending, r.req)
-			c.mu.Unlock()
-			if cl != nil {
-				cl.res <- r
-			}
-		case frameDeliver:
-			var d delivery
-			d, err = decodeDeliver(p)
-			if err != nil {
+			c.answer(r)
+		case relay.FramePong:
+			var r relay.Pong
+			if r, err = relay.ParsePong(p); err != nil {
 				return
 			}
-			dv := Delivery{Mailbox: d.mailbox, Ref: store.Ref(d.ref), Seq: d.seq, Envelope: d.envelope}
-			c.mu.Lock()
-			cl := c.pending[d.req]
-			if cl != nil && cl.fetch {
-				if len(cl.fetched) >= MaxFetch {
-					c.mu.Unlock()
-					err = fmt.Errorf("%w: relay answered a Fetch with more than %d envelopes", errMalformed, MaxFetch)
-					return
-				}
-				cl.fetched = append(cl.fetched, dv)
+			c.answer(relay.Result{Req: r.Req, Body: r.Data})
+		case relay.FrameDeliver:
+			var d relay.Deliver
+			if d, err = relay.ParseDeliver(p); err != nil {
+				return
 			}
-			c.mu.Unlock()
-			if cl == nil || !cl.fetch {
-				c.qmu.Lock()
-				if len(c.queue) >= maxQueued {
-					c.qmu.Unlock()
-					err = fmt.Errorf("%w: relay pushed more than %d unacked envelopes", errMalformed, maxQueued)
-					return
-				}
-				c.queue = append(c.queue, dv)
-				c.qmu.Unlock()
-				select {
-				case c.qwake <- struct{}{}:
-				default:
-				}
+			if err = c.delivered(d); err != nil {
+				return
 			}
 		default:
 			err = fmt.Errorf("relay: unexpected frame type %#x from relay", byte(t))
@@ -247,190 +211,71 @@ func (c *Client) readLoop() {
 	}
 }
 
-func (c *Client) write(t frameType, payload ...[]byte) error {
+// end records why the session ended and wakes every waiting request.
+func (c *Client) end(err error) {
+	if err == nil || errors.Is(err, io.EOF) {
+		err = ErrClosed
+	}
+	c.mu.Lock()
+	c.err = err
+	pend := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	for _, cl := range pend {
+		close(cl.res)
+	}
+	close(c.done)
+}
+
+func (c *Client) answer(r relay.Result) {
+	c.mu.Lock()
+	cl := c.pending[r.Req]
+	delete(c.pending, r.Req)
+	c.mu.Unlock()
+	if cl != nil {
+		cl.res <- r
+	}
+}
+
+// delivered files a Deliver frame: with the Fetch it answers, or on the
+// push queue if it belongs to a subscription. Deliver frames for any other
+// request id (a cancelled Fetch, a relay pushing what was never asked for)
+// are dropped: the envelopes stay on the relay.
+func (c *Client) delivered(d relay.Deliver) error {
+	dv := Delivery{Mailbox: d.Mailbox, Ref: Ref(d.Ref), Seq: d.Seq, Envelope: d.Envelope}
+	c.mu.Lock()
+	cl, sub := c.pending[d.Req], c.subs[d.Req]
+	if cl != nil && cl.fetch {
+		defer c.mu.Unlock()
+		if len(cl.fetched) >= relay.MaxFetch {
+			return fmt.Errorf("%w: relay answered a Fetch with more than %d envelopes", relay.ErrMalformed, relay.MaxFetch)
+		}
+		cl.fetched = append(cl.fetched, dv)
+		return nil
+	}
+	c.mu.Unlock()
+	if !sub {
+		return nil
+	}
+	c.qmu.Lock()
+	if len(c.queue) >= maxQueued {
+		c.qmu.Unlock()
+		return fmt.Errorf("%w: relay pushed more than %d unacked envelopes", relay.ErrMalformed, maxQueued)
+	}
+	c.queue = append(c.queue, dv)
+	c.qmu.Unlock()
+	select {
+	case c.qwake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *Client) write(m relay.Message) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	b := appendFrame(nil, t, payload...)
-	if _, err := c.bw.Write(b); err != nil {
+	if _, err := c.bw.Write(relay.AppendFrame(nil, m)); err != nil {
 		return err
 	}
 	return c.bw.Flush()
-}
-
-// roundTrip sends a request (payload after the request id) and waits for
-// its Result.
-func (c *Client) roundTrip(ctx context.Context, t frameType, build func(req []byte) []byte) (result, []Delivery, error) {
-	req := c.nextReq.Add(1)
-	cl := &call{res: make(chan result, 1), fetch: t == frameFetch}
-	c.mu.Lock()
-	if c.pending == nil {
-		err := c.err
-		c.mu.Unlock()
-		return result{}, nil, fmt.Errorf("%w: %v", ErrClientClosed, err)
-	}
-	c.pending[req] = cl
-	c.mu.Unlock()
-	payload := build(binary.BigEndian.AppendUint32(nil, req))
-	if err := c.write(t, payload); err != nil {
-		c.conn.Close()
-		return result{}, nil, err
-	}
-	select {
-	case r, ok := <-cl.res:
-		if !ok {
-			return result{}, nil, fmt.Errorf("%w: %v", ErrClientClosed, c.Err())
-		}
-		if t != framePing && r.code != CodeOK {
-			return r, nil, &Error{Code: r.code, Msg: r.msg}
-		}
-		c.mu.Lock()
-		f := cl.fetched
-		c.mu.Unlock()
-		return r, f, nil
-	case <-ctx.Done():
-		c.mu.Lock()
-		if c.pending != nil {
-			delete(c.pending, req)
-		}
-		c.mu.Unlock()
-		return result{}, nil, ctx.Err()
-	}
-}
-
-func (c *Client) signed(owner ed25519.PrivateKey, t frameType, p []byte) []byte {
-	return append(p, sign(owner, c.challenge[:], t, p)...)
-}
-
-// CreateMailbox creates mailbox id owned by owner. capVerifier is
-// SHA-256 of the send capability, or nil for a mailbox anyone may send to.
-func (c *Client) CreateMailbox(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, capVerifier []byte) error {
-	if len(capVerifier) > MaxCapLen {
-		return fmt.Errorf("relay: capability verifier longer than %d bytes", MaxCapLen)
-	}
-	_, _, err := c.roundTrip(ctx, frameCreate, func(p []byte) []byte {
-		p = append(p, id[:]...)
-		p = append(p, owner.Public().(ed25519.PublicKey)...)
-		p = append(p, byte(len(capVerifier)))
-		p = append(p, capVerifier...)
-		return c.signed(owner, frameCreate, p)
-	})
-	return err
-}
-
-// Send hands an envelope to the relay and returns once the relay has made
-// it durable. sendCap is the recipient's send capability from their card
-// (nil if none).
-func (c *Client) Send(ctx context.Context, env, sendCap []byte) (store.Ref, error) {
-	if len(sendCap) > MaxCapLen {
-		return store.Ref{}, fmt.Errorf("relay: send capability longer than %d bytes", MaxCapLen)
-	}
-	r, _, err := c.roundTrip(ctx, frameSend, func(p []byte) []byte {
-		p = append(p, byte(len(sendCap)))
-		p = append(p, sendCap...)
-		return append(p, env...)
-	})
-	if err != nil {
-		return store.Ref{}, err
-	}
-	if len(r.body) != RefSize {
-		return store.Ref{}, errMalformed
-	}
-	return store.Ref(r.body), nil
-}
-
-// Subscribe asks the relay to push mailbox id's envelopes to Deliveries as
-// they arrive, starting with those already waiting.
-func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
-	_, _, err := c.roundTrip(ctx, frameSubscribe, func(p []byte) []byte {
-		return c.signed(owner, frameSubscribe, append(p, id[:]...))
-	})
-	return err
-}
-
-// Fetch returns up to max waiting envelopes, oldest first (max <= 0: as
-// many as the relay allows in one go). They stay on the relay until acked.
-func (c *Client) Fetch(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, max int) ([]Delivery, error) {
-	return c.FetchAfter(ctx, owner, id, 0, max)
-}
-
-// FetchAfter is Fetch for envelopes after sequence number after (the Seq of
-// the last Delivery seen), to page past envelopes the caller holds.
-func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, max int) ([]Delivery, error) {
-	if max <= 0 || max > MaxFetch {
-		max = MaxFetch
-	}
-	r, ds, err := c.roundTrip(ctx, frameFetch, func(p []byte) []byte {
-		p = append(p, id[:]...)
-		p = binary.BigEndian.AppendUint16(p, uint16(max))
-		p = binary.BigEndian.AppendUint64(p, after)
-		return c.signed(owner, frameFetch, p)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if len(r.body) != 4 || int(binary.BigEndian.Uint32(r.body)) != len(ds) {
-		return nil, errMalformed
-	}
-	return ds, nil
-}
-
-// Ack deletes delivered envelopes from the relay and returns how many it
-// deleted.
-func (c *Client) Ack(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, refs ...store.Ref) (int, error) {
-	total := 0
-	for len(refs) > 0 {
-		batch := refs[:min(len(refs), MaxAckRefs)]
-		refs = refs[len(batch):]
-		r, _, err := c.roundTrip(ctx, frameAck, func(p []byte) []byte {
-			p = append(p, id[:]...)
-			p = binary.BigEndian.AppendUint16(p, uint16(len(batch)))
-			for _, ref := range batch {
-				p = append(p, ref[:]...)
-			}
-			return c.signed(owner, frameAck, p)
-		})
-		if err != nil {
-			return total, err
-		}
-		if len(r.body) == 4 {
-			total += int(binary.BigEndian.Uint32(r.body))
-		}
-	}
-	return total, nil
-}
-
-// Rotate moves mailbox oldID (owned by oldOwner) to newID owned by
-// newOwner, with its waiting envelopes, and returns how many moved.
-func (c *Client) Rotate(ctx context.Context, oldOwner ed25519.PrivateKey, oldID [32]byte, newOwner ed25519.PrivateKey, newID [32]byte, capVerifier []byte) (int, error) {
-	r, _, err := c.roundTrip(ctx, frameRotate, func(p []byte) []byte {
-		p = append(p, oldID[:]...)
-		p = append(p, newID[:]...)
-		p = append(p, newOwner.Public().(ed25519.PublicKey)...)
-		p = append(p, byte(len(capVerifier)))
-		p = append(p, capVerifier...)
-		s1 := sign(oldOwner, c.challenge[:], frameRotate, p)
-		s2 := sign(newOwner, c.challenge[:], frameRotate, p)
-		return append(append(p, s1...), s2...)
-	})
-	if err != nil {
-		return 0, err
-	}
-	if len(r.body) != 4 {
-		return 0, errMalformed
-	}
-	return int(binary.BigEndian.Uint32(r.body)), nil
-}
-
-// Delete deletes mailbox id and everything waiting in it.
-func (c *Client) Delete(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
-	_, _, err := c.roundTrip(ctx, frameDelete, func(p []byte) []byte {
-		return c.signed(owner, frameDelete, append(p, id[:]...))
-	})
-	return err
-}
-
-// Ping checks the session is alive.
-func (c *Client) Ping(ctx context.Context) error {
-	_, _, err := c.roundTrip(ctx, framePing, func(p []byte) []byte { return append(p, "ping"...) })
-	return err
 }

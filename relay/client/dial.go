@@ -1,18 +1,17 @@
-package relay
+package client
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
-// DialOptions tune Dial. The zero value tries every endpoint in the
-// descriptor's order with a 15 s budget each.
+// DialOptions tune Dial. The zero value races every endpoint of the
+// descriptor in its order, with route's default stagger and a 15 s budget
+// per attempt.
 type DialOptions struct {
 	// Transport, if set, restricts dialing to endpoints of that transport.
 	Transport string
@@ -23,44 +22,16 @@ type DialOptions struct {
 	PerEndpoint time.Duration
 }
 
-// ErrNoEndpoint is returned by Dial when no endpoint matches the options.
-var ErrNoEndpoint = errors.New("relay: descriptor has no usable endpoint")
-
-// Dial opens a session to the relay d describes, trying its endpoints in
-// order through reg. The error lists each transport and its failure class,
-// never an address.
-func Dial(ctx context.Context, reg *transport.Registry, d *descriptor.Descriptor, opts DialOptions) (*Client, error) {
-	if opts.PerEndpoint <= 0 {
-		opts.PerEndpoint = 15 * time.Second
+// Dial opens a session to a relay through the one dial path (package
+// route): the endpoints of every descriptor in ds are candidates, raced in
+// order, and the first to finish the protocol hello wins. The error names
+// each relay and transport with its failure class, never an address; it
+// matches route.ErrNoCandidate when no endpoint fits the options.
+func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...*descriptor.Descriptor) (*Client, error) {
+	var cands []route.Candidate
+	for _, d := range ds {
+		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
 	}
-	var fails []string
-	var last error
-	for _, ep := range d.Endpoints {
-		tep := ep.TransportEndpoint()
-		if opts.Transport != "" && opts.Transport != tep.Transport {
-			continue
-		}
-		tep.LocalAddr = opts.LocalAddr
-		dctx, cancel := context.WithTimeout(ctx, opts.PerEndpoint)
-		conn, err := reg.Dial(dctx, tep)
-		if err == nil {
-			var c *Client
-			c, err = NewClient(dctx, conn)
-			if err == nil {
-				cancel()
-				return c, nil
-			}
-			err = transport.Classify("hello", tep.Transport, err)
-		}
-		cancel()
-		last = err
-		fails = append(fails, fmt.Sprintf("%s: %v", tep.Transport, err))
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	if len(fails) == 0 {
-		return nil, fmt.Errorf("%w (relay %s)", ErrNoEndpoint, d.RelayID())
-	}
-	return nil, fmt.Errorf("relay %s unreachable (%s): %w", d.RelayID(), strings.Join(fails, "; "), last)
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, New)
+	return c, err
 }

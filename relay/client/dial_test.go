@@ -1,4 +1,4 @@
-package relay
+package client_test
 
 import (
 	"context"
@@ -9,9 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // fakeTransport dials by handing a loopback TCP pair's far end to the
@@ -19,7 +23,7 @@ import (
 type fakeTransport struct {
 	name string
 	fail error
-	r    *testRelay
+	r    *relaytest.Relay
 	t    *testing.T
 }
 
@@ -29,8 +33,8 @@ func (f *fakeTransport) Dial(ctx context.Context, ep transport.Endpoint) (transp
 	if f.fail != nil {
 		return nil, transport.Classify("dial", f.name, f.fail)
 	}
-	cc, sc := tcpPair(f.t)
-	go f.r.srv.ServeConn(f.r.ctx, sc, f.name)
+	cc, sc := relaytest.Pipe(f.t)
+	f.r.Serve(sc, f.name)
 	return cc, nil
 }
 
@@ -39,7 +43,7 @@ func (f *fakeTransport) Listen(context.Context, transport.ListenConfig) (transpo
 }
 
 func TestDialFallsBack(t *testing.T) {
-	r := newTestRelay(t, store.Options{})
+	r := relaytest.New(t, store.Options{}, server.Config{})
 	var reg transport.Registry
 	reg.Register(&fakeTransport{name: "blocked", fail: syscall.ECONNREFUSED})
 	reg.Register(&fakeTransport{name: "works", r: r, t: t})
@@ -59,7 +63,7 @@ func TestDialFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	c, err := Dial(ctx, &reg, d, DialOptions{})
+	c, err := client.Dial(ctx, &reg, client.DialOptions{}, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,11 +72,11 @@ func TestDialFallsBack(t *testing.T) {
 	}
 	c.Close()
 	// Only the blocked transport: the error is classified and names no address.
-	_, err = Dial(ctx, &reg, d, DialOptions{Transport: "blocked"})
+	_, err = client.Dial(ctx, &reg, client.DialOptions{Transport: "blocked"}, d)
 	if !errors.Is(err, transport.ErrRefused) || strings.Contains(err.Error(), "127.0.0.1") {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err = Dial(ctx, &reg, d, DialOptions{Transport: "nope"}); !errors.Is(err, ErrNoEndpoint) {
+	if _, err = client.Dial(ctx, &reg, client.DialOptions{Transport: "nope"}, d); !errors.Is(err, route.ErrNoCandidate) {
 		t.Fatalf("err = %v", err)
 	}
 }

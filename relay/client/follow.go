@@ -1,12 +1,20 @@
-package relay
+package client
 
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"time"
-
-	"github.com/postern/postern/relay/store"
 )
+
+// errStop marks Handle's error: Follow returns it instead of reconnecting.
+var errStop = errors.New("client: follow stopped")
+
+type stopError struct{ err error }
+
+func (e *stopError) Error() string        { return e.err.Error() }
+func (e *stopError) Is(target error) bool { return target == errStop }
+func (e *stopError) Unwrap() error        { return e.err }
 
 // FollowConfig configures Follow. Dial, Owner, Mailbox and Handle are
 // required.
@@ -21,8 +29,9 @@ type FollowConfig struct {
 	// holds envelopes unacked (fragments) resets that state here.
 	Connected func()
 	// Handle takes one delivery and returns the refs to ack now (possibly
-	// none, possibly refs of earlier deliveries).
-	Handle func(Delivery) []store.Ref
+	// none, possibly refs of earlier deliveries). Follow acks them, and
+	// then, if Handle also returned an error, stops with that error.
+	Handle func(Delivery) ([]Ref, error)
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
@@ -36,7 +45,7 @@ type FollowConfig struct {
 // Follow keeps a subscription to a mailbox alive until ctx ends: it dials,
 // subscribes, hands every pushed envelope to Handle and acks what Handle
 // returns, pings an idle session, and after any failure reconnects with
-// exponential backoff. It returns nil when ctx ends.
+// exponential backoff. It returns nil when ctx ends, or Handle's error.
 func Follow(ctx context.Context, cfg FollowConfig) error {
 	if cfg.Ping <= 0 {
 		cfg.Ping = time.Minute
@@ -54,6 +63,9 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 			var subscribed bool
 			subscribed, err = follow(ctx, c, &cfg)
 			c.Close()
+			if errors.Is(err, errStop) {
+				return errors.Unwrap(err)
+			}
 			if subscribed {
 				backoff = cfg.MinBackoff
 			}
@@ -98,10 +110,14 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if !ok {
 				return true, c.Err()
 			}
-			if acks := cfg.Handle(d); len(acks) > 0 {
+			acks, herr := cfg.Handle(d)
+			if len(acks) > 0 {
 				if _, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...); err != nil {
 					return true, err
 				}
+			}
+			if herr != nil {
+				return true, &stopError{herr}
 			}
 		}
 	}

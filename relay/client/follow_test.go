@@ -1,4 +1,4 @@
-package relay
+package client_test
 
 import (
 	"context"
@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
 )
 
@@ -14,40 +17,40 @@ import (
 // what the handler returns, and after the session dies reconnects with
 // backoff and carries on.
 func TestFollowReconnects(t *testing.T) {
-	r := newTestRelay(t, store.Options{})
+	r := relaytest.New(t, store.Options{}, server.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	owner := r.connect(t)
-	mb := newMailbox(t, owner, nil)
-	sender := r.connect(t)
-	if _, err := sender.Send(ctx, mb.seal(t, "waiting"), nil); err != nil {
+	owner := r.Connect(t)
+	mb := relaytest.NewMailbox(t, owner, nil)
+	sender := r.Connect(t)
+	if _, err := sender.Send(ctx, mb.Seal(t, "waiting"), nil); err != nil {
 		t.Fatal(err)
 	}
 
-	sessions := make(chan *Client, 4)
+	sessions := make(chan *client.Client, 4)
 	got := make(chan string, 16)
 	var mu sync.Mutex
 	var lost []error
 	connected := 0
 	done := make(chan error, 1)
 	go func() {
-		done <- Follow(ctx, FollowConfig{
-			Dial: func(ctx context.Context) (*Client, error) {
-				c := r.connect(t)
+		done <- client.Follow(ctx, client.FollowConfig{
+			Dial: func(ctx context.Context) (*client.Client, error) {
+				c := r.Connect(t)
 				sessions <- c
 				return c, nil
 			},
-			Owner:     mb.owner,
-			Mailbox:   mb.id,
+			Owner:     mb.Owner,
+			Mailbox:   mb.ID,
 			Connected: func() { mu.Lock(); connected++; mu.Unlock() },
-			Handle: func(d Delivery) []store.Ref {
-				o, err := envelope.Open(mb.ident, d.Envelope)
+			Handle: func(d client.Delivery) ([]client.Ref, error) {
+				o, err := envelope.Open(mb.Ident, d.Envelope)
 				if err != nil {
 					t.Error(err)
-					return nil
+					return nil, nil
 				}
 				got <- string(o.Payload)
-				return []store.Ref{d.Ref}
+				return []client.Ref{d.Ref}, nil
 			},
 			Lost:       func(err error, wait time.Duration) { mu.Lock(); lost = append(lost, err); mu.Unlock() },
 			MinBackoff: 10 * time.Millisecond,
@@ -66,14 +69,14 @@ func TestFollowReconnects(t *testing.T) {
 	}
 	expect("waiting")
 	first := <-sessions
-	if _, err := sender.Send(ctx, mb.seal(t, "live"), nil); err != nil {
+	if _, err := sender.Send(ctx, mb.Seal(t, "live"), nil); err != nil {
 		t.Fatal(err)
 	}
 	expect("live")
 	// Wait for Follow's ack to land (bounded), so the redelivery below
 	// would be a bug rather than at-least-once delivery doing its job.
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		m, err := r.st.Mailbox(ctx, mb.id)
+		m, err := r.Store.Mailbox(ctx, mb.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,9 +89,9 @@ func TestFollowReconnects(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// The session dies; Follow reconnects and keeps delivering.
-	first.conn.Close()
+	first.Close()
 	<-sessions
-	if _, err := sender.Send(ctx, mb.seal(t, "after reconnect"), nil); err != nil {
+	if _, err := sender.Send(ctx, mb.Seal(t, "after reconnect"), nil); err != nil {
 		t.Fatal(err)
 	}
 	expect("after reconnect")

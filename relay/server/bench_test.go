@@ -1,4 +1,4 @@
-package relay
+package server_test
 
 import (
 	"context"
@@ -16,7 +16,10 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay/store/boltstore"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/h3"
 	"github.com/postern/postern/transport/https"
@@ -97,14 +100,14 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string) {
 	if kind == "memory" {
 		st = store.NewMemory(opts)
 	} else {
-		bs, err := store.OpenBolt(filepath.Join(b.TempDir(), "store"), opts)
+		bs, err := boltstore.Open(filepath.Join(b.TempDir(), "store"), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
 		st = bs
 	}
 	defer st.Close()
-	srv, err := NewServer(ServerConfig{Store: st})
+	srv, err := server.New(server.Config{Store: st})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,14 +117,14 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string) {
 	go func() { srv.Serve(ctx, bl.ln, tr.Name()); close(served) }()
 	defer func() { cancel(); bl.ln.Close(); <-served }()
 
-	dial := func() *Client {
+	dial := func() *client.Client {
 		dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
 		defer dcancel()
 		conn, err := tr.Dial(dctx, bl.ep)
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := NewClient(dctx, conn)
+		c, err := client.New(dctx, conn)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -151,7 +154,7 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string) {
 	if err := recv.Subscribe(ctx, owner, id); err != nil {
 		b.Fatal(err)
 	}
-	senders := make([]*Client, loadSenders)
+	senders := make([]*client.Client, loadSenders)
 	for i := range senders {
 		senders[i] = dial()
 		defer senders[i].Close()
@@ -162,7 +165,7 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string) {
 	got := make(chan struct{})
 	go func() {
 		defer close(got)
-		var pending []store.Ref
+		var pending []client.Ref
 		for n := 0; n < b.N; n++ {
 			d, ok := <-recv.Deliveries()
 			if !ok {
@@ -304,7 +307,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		b.Run(tr.Name(), func(b *testing.B) {
 			st := store.NewMemory(store.Options{})
 			defer st.Close()
-			srv, err := NewServer(ServerConfig{Store: st})
+			srv, err := server.New(server.Config{Store: st})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -323,14 +326,14 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 			var per float64
 			for b.Loop() {
 				before := heap()
-				cs := make([]*Client, 0, sessions)
+				cs := make([]*client.Client, 0, sessions)
 				for range sessions {
 					dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
 					conn, err := tr.Dial(dctx, bl.ep)
 					if err != nil {
 						b.Fatal(err)
 					}
-					c, err := NewClient(dctx, conn)
+					c, err := client.New(dctx, conn)
 					dcancel()
 					if err != nil {
 						b.Fatal(err)

@@ -1,10 +1,13 @@
-package relay
+package server_test
 
 import (
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"strings"
+
+	"github.com/postern/postern/relay"
 )
 
 // containsEncoded reports whether s contains b in any common text encoding.
@@ -20,4 +23,14 @@ func containsEncoded(s string, b []byte) bool {
 		}
 	}
 	return false
+}
+
+// rawFrame builds a frame from raw payload pieces, to send what a client
+// never would.
+func rawFrame(t relay.FrameType, payload ...[]byte) []byte {
+	var p []byte
+	for _, b := range payload {
+		p = append(p, b...)
+	}
+	return append(binary.BigEndian.AppendUint32([]byte{byte(t)}, uint32(len(p))), p...)
 }

@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/metrics"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay/store/boltstore"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/h3"
+	"github.com/postern/postern/transport/https"
+)
+
+// relayRun is one `relay serve`: what each start-up step makes, kept for
+// the steps after it.
+type relayRun struct {
+	cfg relayConfig
+	e   *env
+	log *slog.Logger
+	met *metrics.Relay
+
+	secrets *relaySecrets
+	relayID *envelope.Identity
+	sni     string
+	cert    tls.Certificate
+	pin     []byte
+	cover   http.Handler
+
+	st        store.Store
+	srv       *server.Server
+	listeners []boundListener
+	metrics   *metrics.Server
+}
+
+// boundListener is a transport listener and the address published for it.
+type boundListener struct {
+	name, public string
+	ln           transport.Listener
+}
+
+// serveRelay runs a relay until ctx ends or a listener fails.
+func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
+	// Cancelled on return too, so a failing listener stops everything else.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &relayRun{cfg: cfg, e: e, log: newLogger(e, cfg.LogLevel), met: metrics.NewRelay(version)}
+	defer r.close()
+	for _, step := range []func(context.Context) error{
+		r.loadKeys, r.openStore, r.listen, r.startMetrics, r.publishDescriptor,
+	} {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	return r.run(ctx, cancel)
+}
+
+// loadKeys loads or makes the relay's secrets, envelope identity,
+// certificate and cover site.
+func (r *relayRun) loadKeys(context.Context) error {
+	var err error
+	if err = os.MkdirAll(r.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s: %w", r.cfg.DataDir, err)
+	}
+	if r.secrets, err = loadOrCreateSecrets(r.cfg.DataDir); err != nil {
+		return err
+	}
+	if r.relayID, err = loadOrCreateRelayIdentity(r.cfg.DataDir); err != nil {
+		return err
+	}
+	r.sni = serverName(r.cfg)
+	if r.cert, r.pin, err = loadOrCreateCert(r.cfg, r.sni); err != nil {
+		return err
+	}
+	r.cover, err = coverHandler(r.cfg)
+	return err
+}
+
+// serverName is the configured SNI, else the first public host name,
+// else "localhost".
+func serverName(cfg relayConfig) string {
+	if cfg.SNI != "" {
+		return cfg.SNI
+	}
+	for _, a := range []string{cfg.PublicHTTPS, cfg.PublicH3} {
+		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) == nil && h != "" {
+			return h
+		}
+	}
+	return "localhost"
+}
+
+// openStore opens the mailbox store and the session server on it.
+func (r *relayRun) openStore(context.Context) error {
+	cfg := r.cfg
+	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
+		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: r.met.Commit,
+		KeyFile: cfg.StoreKeyFile, MaxMailboxes: cfg.MaxMailboxes}
+	if cfg.Store == "memory" {
+		r.st = store.NewMemory(opts)
+	} else {
+		b, err := boltstore.Open(filepath.Join(cfg.DataDir, "store"), opts)
+		if err != nil {
+			return err
+		}
+		r.st = b
+	}
+	r.met.WatchStore(func() metrics.StoreStats {
+		s := r.st.Stats()
+		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes}
+	})
+	r.met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
+	var err error
+	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met})
+	return err
+}
+
+// listen opens each configured transport listener.
+func (r *relayRun) listen(ctx context.Context) error {
+	reg := newRegistry()
+	for _, want := range []struct{ name, listen, public string }{
+		{https.Name, r.cfg.HTTPSListen, r.cfg.PublicHTTPS},
+		{h3.Name, r.cfg.H3Listen, r.cfg.PublicH3},
+	} {
+		if want.listen == "off" {
+			continue
+		}
+		t, err := reg.Get(want.name)
+		if err != nil {
+			return err
+		}
+		name := want.name
+		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: r.cert,
+			Path: r.secrets.Path, Key: r.secrets.SessionKey, Cover: r.cover,
+			AllowUnbound: name == https.Name && r.cfg.HTTPSCDN,
+			Observe:      func(o transport.Outcome) { r.met.Handshake(name, string(o)) }})
+		if err != nil {
+			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
+		}
+		pub := want.public
+		if pub == "" {
+			pub = ln.Addr().String()
+		}
+		r.listeners = append(r.listeners, boundListener{want.name, pub, ln})
+	}
+	return nil
+}
+
+// startMetrics opens the metrics listener, refusing the transport ports.
+// It starts before the descriptor is written, so that whoever waits for
+// the descriptor finds DATA/metrics.addr in place.
+func (r *relayRun) startMetrics(context.Context) error {
+	path := filepath.Join(r.cfg.DataDir, "metrics.addr")
+	if r.cfg.MetricsListen == "off" {
+		os.Remove(path)
+		return nil
+	}
+	var reserved []metrics.Reserved
+	for _, b := range r.listeners {
+		reserved = append(reserved, metrics.Reserved{Field: b.name + "_listen", Addr: b.ln.Addr().String()},
+			metrics.Reserved{Field: "public_" + b.name, Addr: b.public})
+	}
+	var err error
+	r.metrics, err = metrics.Listen(r.cfg.MetricsListen, r.met.Gatherer(), reserved...)
+	if err != nil {
+		return fmt.Errorf("field \"metrics_listen\": %w", err)
+	}
+	if err := writeFileAtomic(path, []byte(r.metrics.Addr().String()+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write metrics address: %w", err)
+	}
+	r.log.Info("metrics listening", "addr", r.metrics.Addr().String(), "path", "/metrics")
+	return nil
+}
+
+// publishDescriptor signs the descriptor for the bound listeners and
+// writes it to DATA/descriptor (0600: it carries the session key) and
+// stdout.
+func (r *relayRun) publishDescriptor(context.Context) error {
+	d := &descriptor.Descriptor{
+		EnvelopeSuite: uint8(envelope.SuiteXWing),
+		EnvelopeKey:   r.relayID.Public().XWing,
+		Issued:        time.Now().Truncate(time.Second),
+		Expires:       time.Now().Add(r.cfg.validity).Truncate(time.Second),
+	}
+	names := make([]string, 0, len(r.listeners))
+	for _, b := range r.listeners {
+		ep := descriptor.Endpoint{Transport: b.name, Addr: b.public, SNI: r.sni,
+			Path: r.secrets.Path, Key: r.secrets.SessionKey, CertSHA256: r.pin}
+		if b.name == https.Name && r.cfg.HTTPSCDN {
+			// Clients talk TLS to the front, not to us: no pin, no binding.
+			ep.CertSHA256, ep.Unbound = nil, true
+		}
+		d.Endpoints = append(d.Endpoints, ep)
+		names = append(names, b.name)
+	}
+	line, err := d.Sign(ed25519.NewKeyFromSeed(r.secrets.SigningKey))
+	if err != nil {
+		return fmt.Errorf("sign descriptor: %w", err)
+	}
+	path := filepath.Join(r.cfg.DataDir, "descriptor")
+	if err := writeFileAtomic(path, []byte(line+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write descriptor: %w", err)
+	}
+	fmt.Fprintln(r.e.stdout, line)
+	r.log.Info("relay started", "relay_id", d.RelayID(), "transports", strings.Join(names, ","),
+		"store", r.cfg.Store, "descriptor", path)
+	return nil
+}
+
+// run serves every listener and sweeps expired envelopes until ctx ends
+// or a listener fails, then shuts down in order.
+func (r *relayRun) run(ctx context.Context, cancel context.CancelFunc) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, len(r.listeners))
+	for _, b := range r.listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.srv.Serve(ctx, b.ln, b.name); err != nil {
+				errc <- fmt.Errorf("%s listener: %w", b.name, err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sweep(ctx, r.st, r.log, r.met)
+	}()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	r.log.Info("relay stopping")
+	for _, b := range r.listeners {
+		b.ln.Close()
+	}
+	wg.Wait()
+	if err := r.closeStore(); err != nil && runErr == nil {
+		runErr = err
+	}
+	r.log.Info("relay stopped")
+	return runErr
+}
+
+func (r *relayRun) closeStore() error {
+	if r.st == nil {
+		return nil
+	}
+	st := r.st
+	r.st = nil
+	return st.Close()
+}
+
+// close releases whatever the steps opened; run has closed it all on a
+// normal stop.
+func (r *relayRun) close() {
+	for _, b := range r.listeners {
+		b.ln.Close()
+	}
+	if r.metrics != nil {
+		r.metrics.Close()
+	}
+	r.closeStore()
+}

@@ -1,0 +1,268 @@
+package client_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+)
+
+func TestSendFetchAck(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	ctx := context.Background()
+	bob := r.Connect(t)
+	alice := r.Connect(t)
+	mb := relaytest.NewMailbox(t, bob, nil)
+
+	var refs []client.Ref
+	for _, m := range []string{"one", "two", "three"} {
+		ref, err := alice.Send(ctx, mb.Seal(t, m), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, ref)
+	}
+	// An exact duplicate is stored once and acked with the same ref.
+	env := mb.Seal(t, "dup")
+	r1, err := alice.Send(ctx, env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := alice.Send(ctx, env, nil)
+	if err != nil || r1 != r2 {
+		t.Fatalf("duplicate: %v, same ref %v", err, r1 == r2)
+	}
+	ds, err := bob.Fetch(ctx, mb.Owner, mb.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 4 {
+		t.Fatalf("fetched %d, want 4", len(ds))
+	}
+	for i, want := range []string{"one", "two", "three", "dup"} {
+		o, err := envelope.Open(mb.Ident, ds[i].Envelope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(o.Payload) != want || ds[i].Mailbox != mb.ID {
+			t.Fatalf("delivery %d = %q", i, o.Payload)
+		}
+		if i < 3 && ds[i].Ref != refs[i] {
+			t.Fatalf("delivery %d has another ref than its send", i)
+		}
+	}
+	n, err := bob.Ack(ctx, mb.Owner, mb.ID, ds[0].Ref, ds[1].Ref)
+	if err != nil || n != 2 {
+		t.Fatalf("ack = %d, %v", n, err)
+	}
+	ds, err = bob.Fetch(ctx, mb.Owner, mb.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("after ack: %d, %v", len(ds), err)
+	}
+	if err := bob.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSubscribePush(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	ctx := context.Background()
+	bob := r.Connect(t)
+	alice := r.Connect(t)
+	mb := relaytest.NewMailbox(t, bob, nil)
+	if _, err := alice.Send(ctx, mb.Seal(t, "waiting"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Subscribe(ctx, mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	got := func() string {
+		select {
+		case d, ok := <-bob.Deliveries():
+			if !ok {
+				t.Fatal("session ended")
+			}
+			o, err := envelope.Open(mb.Ident, d.Envelope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := bob.Ack(ctx, mb.Owner, mb.ID, d.Ref); err != nil {
+				t.Fatal(err)
+			}
+			return string(o.Payload)
+		case <-time.After(20 * time.Second):
+			t.Fatal("no delivery")
+		}
+		return ""
+	}
+	if m := got(); m != "waiting" {
+		t.Fatalf("got %q", m)
+	}
+	// Many more than the relay pushes without acks, to exercise flow control.
+	const n = 300
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := alice.Send(ctx, mb.Seal(t, "live"), nil); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := 0; i < n; i++ {
+		if m := got(); m != "live" {
+			t.Fatalf("got %q", m)
+		}
+	}
+}
+
+func TestRequestErrors(t *testing.T) {
+	r := relaytest.New(t, store.Options{MaxMailboxEnvelopes: 2}, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	secret := []byte("send capability!")
+	capv := sha256.Sum256(secret)
+	mb := relaytest.NewMailbox(t, c, nil)
+	capMb := relaytest.NewMailbox(t, c, capv[:])
+	_, stranger, _ := ed25519.GenerateKey(nil)
+	var nobody [32]byte
+	rand.Read(nobody[:])
+
+	cases := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"create existing", func() error { return c.CreateMailbox(ctx, mb.Owner, mb.ID, nil) }, relay.ErrMailboxExists},
+		{"fetch wrong owner", func() error { _, err := c.Fetch(ctx, stranger, mb.ID, 1); return err }, relay.ErrUnauthorized},
+		{"ack wrong owner", func() error { _, err := c.Ack(ctx, stranger, mb.ID, client.Ref{}); return err }, relay.ErrUnauthorized},
+		{"delete wrong owner", func() error { return c.Delete(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
+		{"subscribe wrong owner", func() error { return c.Subscribe(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
+		{"fetch no mailbox", func() error { _, err := c.Fetch(ctx, stranger, nobody, 1); return err }, relay.ErrNoMailbox},
+		{"send no mailbox", func() error {
+			m := *mb
+			m.Card = mb.Ident.Card(nobody, nil, nil)
+			_, err := c.Send(ctx, m.Seal(t, "x"), nil)
+			return err
+		}, relay.ErrNoMailbox},
+		{"send not an envelope", func() error { _, err := c.Send(ctx, make([]byte, 5000), nil); return err }, relay.ErrBadEnvelope},
+		{"send wrong bucket", func() error { _, err := c.Send(ctx, mb.Seal(t, "x")[:4000], nil); return err }, relay.ErrBadEnvelope},
+		{"send without capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), nil); return err }, relay.ErrCapability},
+		{"send wrong capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), []byte("guess")); return err }, relay.ErrCapability},
+		{"mailbox full", func() error {
+			for i := 0; i < 2; i++ {
+				if _, err := c.Send(ctx, mb.Seal(t, "fill"), nil); err != nil {
+					return err
+				}
+			}
+			_, err := c.Send(ctx, mb.Seal(t, "over"), nil)
+			return err
+		}, relay.ErrMailboxFull},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.do()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// With the right capability the send goes through.
+	if _, err := c.Send(ctx, capMb.Seal(t, "x"), secret); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing accepted was dropped by the full mailbox.
+	ds, err := c.Fetch(ctx, mb.Owner, mb.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("full mailbox holds %d, %v", len(ds), err)
+	}
+	// The session is still sane after all that.
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRotateDeleteAndLimits(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	mb := relaytest.NewMailbox(t, c, nil)
+	if _, err := c.Send(ctx, mb.Seal(t, "moves"), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, newOwner, _ := ed25519.GenerateKey(nil)
+	var newID [32]byte
+	rand.Read(newID[:])
+	if _, err := c.Rotate(ctx, mb.Owner, mb.ID, newOwner, newID, make([]byte, relay.MaxCapLen+1)); err == nil {
+		t.Fatal("oversized verifier accepted")
+	}
+	if n, err := c.Rotate(ctx, mb.Owner, mb.ID, newOwner, newID, nil); err != nil || n != 1 {
+		t.Fatalf("rotate moved %d, %v", n, err)
+	}
+	if err := c.Delete(ctx, newOwner, newID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, mb.Seal(t, "x"), make([]byte, relay.MaxCapLen+1)); err == nil {
+		t.Fatal("oversized capability accepted")
+	}
+	if err := c.CreateMailbox(ctx, newOwner, newID, make([]byte, relay.MaxCapLen+1)); err == nil {
+		t.Fatal("oversized verifier accepted")
+	}
+	// A cancelled request gives the context's error and leaves the session usable.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.Ping(cctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled ping: %v", err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	<-c.Done()
+	if err := c.Ping(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("ping after close: %v", err)
+	}
+}
+
+// TestHandshakeFailures: a relay that answers the hello with an error, a
+// version the client does not speak, or garbage.
+func TestHandshakeFailures(t *testing.T) {
+	for name, tc := range map[string]struct {
+		answer []byte
+		want   error
+	}{
+		"version refused": {relay.AppendFrame(nil, relay.Result{Code: relay.CodeVersion}), relay.ErrVersion},
+		"other version":   {relay.AppendFrame(nil, relay.ServerHello{Version: 9}), relay.ErrVersion},
+		"not a hello":     {relay.AppendFrame(nil, relay.Ping{Req: 1}), relay.ErrMalformed},
+		"short hello":     {[]byte{byte(relay.FrameServerHello), 0, 0, 0, 1, 1}, relay.ErrMalformed},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cc, sc := relaytest.Pipe(t)
+			defer sc.Close()
+			go func() {
+				relay.ReadFrame(sc)
+				sc.Write(tc.answer)
+			}()
+			if _, err := client.New(context.Background(), cc); !errors.Is(err, tc.want) {
+				t.Fatalf("New = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// A relay that never answers: the context ends the handshake.
+	cc, sc := relaytest.Pipe(t)
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := client.New(ctx, cc); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent relay: %v", err)
+	}
+}

@@ -1,0 +1,234 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"time"
+
+	"github.com/postern/postern/envelope"
+)
+
+// Message is one complete message taken from a mailbox.
+type Message struct {
+	// Sender is the sender's X25519 public key, nil for an anonymous
+	// message.
+	Sender  []byte
+	Payload []byte
+}
+
+// InboxConfig configures an Inbox. Identity and Take are required.
+type InboxConfig struct {
+	// Identity opens the envelopes.
+	Identity *envelope.Identity
+	// Take hands one complete message to the application and returns nil
+	// once the application has it (shown, stored). An error leaves the
+	// message's envelopes on the relay, unacked, and stops the inbox with
+	// that error.
+	Take func(Message) error
+	// Replay keeps the ids of taken envelopes across runs; nil keeps them
+	// in memory only.
+	Replay ReplayStore
+	// Warn, if set, is told about envelopes the inbox gives up on. The
+	// text carries no identifier.
+	Warn func(string)
+	// MaxHeld bounds messages waiting for more fragments; beyond it the
+	// oldest is given up (its fragments acked), so fragments that never
+	// complete cannot stall the mailbox. Default 64.
+	MaxHeld int
+	// ReplayCap bounds the remembered envelope ids. Default 16384.
+	ReplayCap int
+}
+
+// Inbox turns deliveries into messages. It opens each envelope, drops
+// replays, holds the fragments of an unfinished message unacked on the
+// relay (so a crash or exit loses nothing), and returns refs to ack only
+// for envelopes whose message the application has taken.
+//
+// An Inbox is not safe for concurrent use.
+type Inbox struct {
+	cfg    InboxConfig
+	replay *replayLog
+	join   *envelope.Joiner
+	held   map[string]*heldMessage // fragments of unfinished messages
+	order  []string                // keys of held, oldest first
+}
+
+// heldMessage is what the inbox keeps of a message whose fragments are
+// still arriving.
+type heldMessage struct {
+	refs []Ref
+	ids  map[[envelope.IDSize]byte]bool
+}
+
+// NewInbox returns an inbox, loading the replay store.
+func NewInbox(cfg InboxConfig) (*Inbox, error) {
+	if cfg.Identity == nil || cfg.Take == nil {
+		return nil, fmt.Errorf("client: InboxConfig needs Identity and Take")
+	}
+	if cfg.MaxHeld <= 0 {
+		cfg.MaxHeld = 64
+	}
+	if cfg.ReplayCap <= 0 {
+		cfg.ReplayCap = 1 << 14
+	}
+	if cfg.Warn == nil {
+		cfg.Warn = func(string) {}
+	}
+	rl, err := loadReplayLog(cfg.Replay, cfg.ReplayCap)
+	if err != nil {
+		return nil, err
+	}
+	in := &Inbox{cfg: cfg, replay: rl}
+	in.Reset()
+	return in, nil
+}
+
+// Reset forgets held fragments. Call it when a new session starts: the
+// relay delivers every waiting envelope again, held fragments included.
+func (in *Inbox) Reset() {
+	in.held = map[string]*heldMessage{}
+	in.order = nil
+	in.join = &envelope.Joiner{MaxPending: in.cfg.MaxHeld + 1}
+}
+
+// Handle takes one delivery and returns the refs that may now be acked,
+// possibly none, possibly refs of earlier deliveries. An error is the
+// application's refusal from Take: nothing more may be acked.
+func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
+	o, err := envelope.Open(in.cfg.Identity, d.Envelope)
+	if err != nil {
+		// Not for us or damaged: nothing to keep it for.
+		in.cfg.Warn(fmt.Sprintf("dropping an envelope that does not open: %v", err))
+		return []Ref{d.Ref}, nil
+	}
+	if in.replay.contains(o.ID) {
+		// Taken before; the ack was lost. Ack it again.
+		return []Ref{d.Ref}, nil
+	}
+	if !o.Fragment {
+		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload}); err != nil {
+			return nil, err
+		}
+		in.replay.add(o.ID)
+		return []Ref{d.Ref}, nil
+	}
+	return in.fragment(d, o)
+}
+
+func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
+	if len(o.Payload) < 16 {
+		return []Ref{d.Ref}, nil
+	}
+	key := string(o.Sender) + "|" + string(o.Payload[:16])
+	h := in.held[key]
+	if h != nil && h.ids[o.ID] {
+		return nil, nil // the same fragment delivered again
+	}
+	var acks []Ref
+	if h == nil {
+		acks = in.makeRoom()
+		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}}
+		in.held[key] = h
+		in.order = append(in.order, key)
+	}
+	h.refs = append(h.refs, d.Ref)
+	h.ids[o.ID] = true
+	msg, done, err := in.join.Add(o)
+	if err != nil {
+		in.cfg.Warn(fmt.Sprintf("dropping a bad fragment: %v", err))
+		return append(acks, in.drop(key)...), nil
+	}
+	if !done {
+		return acks, nil
+	}
+	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg}); err != nil {
+		return acks, err
+	}
+	for id := range h.ids {
+		in.replay.add(id)
+	}
+	return append(acks, in.drop(key)...), nil
+}
+
+// makeRoom gives up the oldest unfinished message when MaxHeld are held.
+func (in *Inbox) makeRoom() []Ref {
+	if len(in.order) < in.cfg.MaxHeld {
+		return nil
+	}
+	in.cfg.Warn("dropping an unfinished message: too many messages waiting for fragments")
+	return in.drop(in.order[0])
+}
+
+// drop forgets a held message and returns its refs.
+func (in *Inbox) drop(key string) []Ref {
+	h := in.held[key]
+	delete(in.held, key)
+	for i, k := range in.order {
+		if k == key {
+			in.order = append(in.order[:i], in.order[i+1:]...)
+			break
+		}
+	}
+	if h == nil {
+		return nil
+	}
+	return h.refs
+}
+
+// ack records taken ids in the replay store, then acks refs. The replay
+// store is written first: an envelope acked but not recorded could only
+// be lost, one recorded but not acked is recognised when it comes again.
+func (in *Inbox) ack(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, refs []Ref) error {
+	saveErr := in.replay.save()
+	if len(refs) > 0 {
+		if _, err := c.Ack(ctx, owner, mailbox, refs...); err != nil {
+			return err
+		}
+	}
+	return saveErr
+}
+
+// Drain pages once through the mailbox on c, handing complete messages to
+// Take and acking them; fragments of unfinished messages stay on the relay.
+func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) error {
+	in.Reset()
+	var after uint64
+	for {
+		ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
+		if err != nil || len(ds) == 0 {
+			return err
+		}
+		var acks []Ref
+		for _, d := range ds {
+			refs, err := in.Handle(d)
+			acks = append(acks, refs...)
+			if err != nil {
+				// Ack what was taken before the refusal, then stop.
+				in.ack(ctx, c, owner, mailbox, acks)
+				return err
+			}
+			after = d.Seq
+		}
+		if err := in.ack(ctx, c, owner, mailbox, acks); err != nil {
+			return err
+		}
+	}
+}
+
+// Follow keeps a subscription to mailbox alive through Follow, handing
+// every complete message to Take. It returns nil when ctx ends, or the
+// error that Take or the replay store gave.
+func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, lost func(error, time.Duration)) error {
+	return Follow(ctx, FollowConfig{
+		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
+		Connected: in.Reset,
+		Handle: func(d Delivery) ([]Ref, error) {
+			refs, err := in.Handle(d)
+			if err != nil {
+				return refs, err
+			}
+			return refs, in.replay.save()
+		},
+	})
+}

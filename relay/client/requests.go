@@ -1,0 +1,198 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+
+	"github.com/postern/postern/relay"
+)
+
+// roundTrip sends the request that build makes for a fresh request id and
+// waits for its Result (and, for a Fetch, the Deliver frames before it).
+func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Message) (relay.Result, []Delivery, error) {
+	req := c.nextReq.Add(1)
+	m := build(req)
+	cl := &call{res: make(chan relay.Result, 1), fetch: m.Type() == relay.FrameFetch}
+	c.mu.Lock()
+	if c.pending == nil {
+		err := c.err
+		c.mu.Unlock()
+		return relay.Result{}, nil, fmt.Errorf("%w: %v", ErrClosed, err)
+	}
+	c.pending[req] = cl
+	if m.Type() == relay.FrameSubscribe {
+		c.subs[req] = true
+	}
+	c.mu.Unlock()
+	if err := c.write(m); err != nil {
+		c.conn.Close()
+		return relay.Result{}, nil, err
+	}
+	select {
+	case r, ok := <-cl.res:
+		if !ok {
+			return relay.Result{}, nil, fmt.Errorf("%w: %v", ErrClosed, c.Err())
+		}
+		if m.Type() != relay.FramePing && r.Code != relay.CodeOK {
+			c.forget(req)
+			return r, nil, &relay.Error{Code: r.Code, Msg: r.Msg}
+		}
+		c.mu.Lock()
+		f := cl.fetched
+		c.mu.Unlock()
+		return r, f, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		if c.pending != nil {
+			delete(c.pending, req)
+		}
+		c.mu.Unlock()
+		c.forget(req)
+		return relay.Result{}, nil, ctx.Err()
+	}
+}
+
+// forget drops a subscription that the relay refused or that was never
+// answered, so later Deliver frames with its id are not taken as pushes.
+func (c *Client) forget(req uint32) {
+	c.mu.Lock()
+	delete(c.subs, req)
+	c.mu.Unlock()
+}
+
+func ownerKey(owner ed25519.PrivateKey) (k [ed25519.PublicKeySize]byte) {
+	copy(k[:], owner.Public().(ed25519.PublicKey))
+	return k
+}
+
+// CreateMailbox creates mailbox id owned by owner. capVerifier is
+// SHA-256 of the send capability, or nil for a mailbox anyone may send to.
+func (c *Client) CreateMailbox(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, capVerifier []byte) error {
+	if len(capVerifier) > relay.MaxCapLen {
+		return fmt.Errorf("relay: capability verifier longer than %d bytes", relay.MaxCapLen)
+	}
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.Create{Req: req, Mailbox: id, Owner: ownerKey(owner), CapVerifier: capVerifier}
+		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		return m
+	})
+	return err
+}
+
+// Send hands an envelope to the relay and returns once the relay has made
+// it durable. sendCap is the recipient's send capability from their card
+// (nil if none).
+func (c *Client) Send(ctx context.Context, env, sendCap []byte) (Ref, error) {
+	if len(sendCap) > relay.MaxCapLen {
+		return Ref{}, fmt.Errorf("relay: send capability longer than %d bytes", relay.MaxCapLen)
+	}
+	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		return relay.Send{Req: req, Cap: sendCap, Envelope: env}
+	})
+	if err != nil {
+		return Ref{}, err
+	}
+	if len(r.Body) != relay.RefSize {
+		return Ref{}, relay.ErrMalformed
+	}
+	return Ref(r.Body), nil
+}
+
+// Subscribe asks the relay to push mailbox id's envelopes to Deliveries as
+// they arrive, starting with those already waiting.
+func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.Subscribe{Req: req, Mailbox: id}
+		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		return m
+	})
+	return err
+}
+
+// Fetch returns up to max waiting envelopes, oldest first (max <= 0: as
+// many as the relay allows in one go). They stay on the relay until acked.
+func (c *Client) Fetch(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, max int) ([]Delivery, error) {
+	return c.FetchAfter(ctx, owner, id, 0, max)
+}
+
+// FetchAfter is Fetch for envelopes after sequence number after (the Seq of
+// the last Delivery seen), to page past envelopes the caller holds.
+func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, max int) ([]Delivery, error) {
+	if max <= 0 || max > relay.MaxFetch {
+		max = relay.MaxFetch
+	}
+	r, ds, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.Fetch{Req: req, Mailbox: id, Max: uint16(max), After: after}
+		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		return m
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n, err := r.Count(); err != nil || n != len(ds) {
+		return nil, relay.ErrMalformed
+	}
+	return ds, nil
+}
+
+// Ack deletes delivered envelopes from the relay and returns how many it
+// deleted.
+func (c *Client) Ack(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, refs ...Ref) (int, error) {
+	total := 0
+	for len(refs) > 0 {
+		batch := refs[:min(len(refs), relay.MaxAckRefs)]
+		refs = refs[len(batch):]
+		r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+			m := relay.Ack{Req: req, Mailbox: id, Refs: make([][relay.RefSize]byte, len(batch))}
+			for i, ref := range batch {
+				m.Refs[i] = ref
+			}
+			m.Sig = relay.Sign(owner, c.challenge[:], m)
+			return m
+		})
+		if err != nil {
+			return total, err
+		}
+		n, err := r.Count()
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// Rotate moves mailbox oldID (owned by oldOwner) to newID owned by
+// newOwner, with its waiting envelopes, and returns how many moved.
+func (c *Client) Rotate(ctx context.Context, oldOwner ed25519.PrivateKey, oldID [32]byte, newOwner ed25519.PrivateKey, newID [32]byte, capVerifier []byte) (int, error) {
+	if len(capVerifier) > relay.MaxCapLen {
+		return 0, fmt.Errorf("relay: capability verifier longer than %d bytes", relay.MaxCapLen)
+	}
+	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.Rotate{Req: req, Old: oldID, New: newID, NewOwner: ownerKey(newOwner), CapVerifier: capVerifier}
+		m.OldSig = relay.Sign(oldOwner, c.challenge[:], m)
+		m.NewSig = relay.Sign(newOwner, c.challenge[:], m)
+		return m
+	})
+	if err != nil {
+		return 0, err
+	}
+	return r.Count()
+}
+
+// Delete deletes mailbox id and everything waiting in it.
+func (c *Client) Delete(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.Delete{Req: req, Mailbox: id}
+		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		return m
+	})
+	return err
+}
+
+// Ping checks the session is alive.
+func (c *Client) Ping(ctx context.Context) error {
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.Ping{Req: req, Data: []byte("ping")} })
+	return err
+}

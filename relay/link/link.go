@@ -1,0 +1,147 @@
+// Package link is the home of links between relays. A relay reaches
+// another relay exactly as a client does: through the one dial path
+// (transport/route, via relay/client.Dial) over the same transports, so a
+// relay inside a censored network reaches out through whatever works.
+//
+// A Link keeps one session to a peer relay up for as long as the relay
+// runs: it dials, pings an idle session, notices when the session dies and
+// redials with exponential backoff and jitter. Forwarded items share that
+// one session. The forwarding itself (a durable outbox on the entry relay,
+// handed over the link and deleted when the next hop acks) plugs into the
+// server as a server.Forwarder.
+package link
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/relay/client"
+)
+
+// Config configures a Link. Dial is required.
+type Config struct {
+	// Dial opens a session to the peer relay, for example a closure over
+	// client.Dial with the peer's descriptor.
+	Dial func(ctx context.Context) (*client.Client, error)
+	// Ping is how often the session is pinged to detect a dead peer.
+	// Default 30 s.
+	Ping time.Duration
+	// MinBackoff and MaxBackoff bound the redial delay, which doubles
+	// after each failure and is jittered to between half and all of it.
+	// Defaults 1 s and 1 minute.
+	MinBackoff, MaxBackoff time.Duration
+	// Observe, if set, is told each time the link goes up or down (for the
+	// links-up metric). It never receives an address.
+	Observe func(up bool)
+}
+
+// Link is one relay-to-relay link.
+type Link struct {
+	cfg Config
+
+	mu   sync.Mutex
+	cur  *client.Client
+	wake chan struct{} // closed and replaced whenever cur changes
+}
+
+// New returns a link that does nothing until Run.
+func New(cfg Config) *Link {
+	if cfg.Ping <= 0 {
+		cfg.Ping = 30 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = max(time.Minute, cfg.MinBackoff)
+	}
+	if cfg.Observe == nil {
+		cfg.Observe = func(bool) {}
+	}
+	return &Link{cfg: cfg, wake: make(chan struct{})}
+}
+
+// Run keeps the link up until ctx ends, then closes the session and
+// returns nil.
+func (l *Link) Run(ctx context.Context) error {
+	backoff := l.cfg.MinBackoff
+	for ctx.Err() == nil {
+		c, err := l.cfg.Dial(ctx)
+		if err == nil {
+			l.set(c)
+			l.cfg.Observe(true)
+			l.hold(ctx, c)
+			l.set(nil)
+			c.Close()
+			l.cfg.Observe(false)
+			backoff = l.cfg.MinBackoff
+			continue
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		backoff = min(2*backoff, l.cfg.MaxBackoff)
+	}
+	return nil
+}
+
+// hold pings c until it dies or ctx ends.
+func (l *Link) hold(ctx context.Context, c *client.Client) {
+	t := time.NewTicker(l.cfg.Ping)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, l.cfg.Ping)
+			err := c.Ping(pctx)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (l *Link) set(c *client.Client) {
+	l.mu.Lock()
+	l.cur = c
+	close(l.wake)
+	l.wake = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// Up reports whether the link has a session now.
+func (l *Link) Up() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cur != nil
+}
+
+// Session returns the link's session, waiting for the link to come up
+// until ctx ends. The session may die at any time; callers retry through
+// Session.
+func (l *Link) Session(ctx context.Context) (*client.Client, error) {
+	for {
+		l.mu.Lock()
+		c, wake := l.cur, l.wake
+		l.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wake:
+		}
+	}
+}

@@ -1,0 +1,206 @@
+package relay
+
+import (
+	"crypto/ed25519"
+	"encoding/binary"
+
+	"golang.org/x/crypto/cryptobyte"
+)
+
+// SigContext domain-separates owner signatures.
+const SigContext = "postern relay request v1"
+
+// OwnerRequest is a request that the mailbox owner signs: everything in
+// its payload before the first signature is signed, together with the
+// session challenge.
+type OwnerRequest interface {
+	Message
+	// AppendSigned appends the payload up to the first signature.
+	AppendSigned(b []byte) []byte
+}
+
+// SignedBytes is what an owner signs for m on a session with this
+// challenge: SigContext || challenge || type || payload up to the signature.
+func SignedBytes(challenge []byte, m OwnerRequest) []byte {
+	b := make([]byte, 0, len(SigContext)+len(challenge)+1+128)
+	b = append(append(b, SigContext...), challenge...)
+	return m.AppendSigned(append(b, byte(m.Type())))
+}
+
+// Sign signs m for the session with this challenge.
+func Sign(owner ed25519.PrivateKey, challenge []byte, m OwnerRequest) (sig [SigSize]byte) {
+	copy(sig[:], ed25519.Sign(owner, SignedBytes(challenge, m)))
+	return sig
+}
+
+// Verify checks an owner's signature over m.
+func Verify(owner ed25519.PublicKey, challenge []byte, m OwnerRequest, sig [SigSize]byte) bool {
+	return len(owner) == ed25519.PublicKeySize && ed25519.Verify(owner, SignedBytes(challenge, m), sig[:])
+}
+
+// appendHead appends the request id and mailbox id that open most owner
+// requests.
+func appendHead(b []byte, req uint32, mailbox [MailboxSize]byte) []byte {
+	return append(binary.BigEndian.AppendUint32(b, req), mailbox[:]...)
+}
+
+func readHead(s *cryptobyte.String, req *uint32, mailbox *[MailboxSize]byte) bool {
+	return s.ReadUint32(req) && readArray(s, mailbox[:])
+}
+
+// Create makes a mailbox: req u32 | mailbox 32 | owner 32 | caplen u8 |
+// capverifier | sig 64. The signature proves the creator holds the owner
+// key; capverifier is SHA-256 of the send capability, or empty.
+type Create struct {
+	Req         uint32
+	Mailbox     [MailboxSize]byte
+	Owner       [ed25519.PublicKeySize]byte
+	CapVerifier []byte
+	Sig         [SigSize]byte
+}
+
+func (Create) Type() FrameType { return FrameCreate }
+func (m Create) AppendSigned(b []byte) []byte {
+	return appendCap(append(appendHead(b, m.Req, m.Mailbox), m.Owner[:]...), m.CapVerifier)
+}
+func (m Create) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseCreate decodes a Create payload.
+func ParseCreate(p []byte) (m Create, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, &m.Req, &m.Mailbox) && readArray(s, m.Owner[:]) && readCap(s, &m.CapVerifier) &&
+			readArray(s, m.Sig[:])
+	})
+	return m, err
+}
+
+// Subscribe asks for pushes of a mailbox's envelopes: req u32 | mailbox 32
+// | sig 64.
+type Subscribe struct {
+	Req     uint32
+	Mailbox [MailboxSize]byte
+	Sig     [SigSize]byte
+}
+
+func (Subscribe) Type() FrameType                 { return FrameSubscribe }
+func (m Subscribe) AppendSigned(b []byte) []byte  { return appendHead(b, m.Req, m.Mailbox) }
+func (m Subscribe) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseSubscribe decodes a Subscribe payload.
+func ParseSubscribe(p []byte) (m Subscribe, err error) {
+	err = parseMailboxSig(p, &m.Req, &m.Mailbox, &m.Sig)
+	return m, err
+}
+
+// Delete removes a mailbox and everything in it: req u32 | mailbox 32 |
+// sig 64.
+type Delete Subscribe
+
+func (Delete) Type() FrameType                 { return FrameDelete }
+func (m Delete) AppendSigned(b []byte) []byte  { return appendHead(b, m.Req, m.Mailbox) }
+func (m Delete) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseDelete decodes a Delete payload.
+func ParseDelete(p []byte) (m Delete, err error) {
+	err = parseMailboxSig(p, &m.Req, &m.Mailbox, &m.Sig)
+	return m, err
+}
+
+func parseMailboxSig(p []byte, req *uint32, mailbox *[MailboxSize]byte, sig *[SigSize]byte) error {
+	return parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, req, mailbox) && readArray(s, sig[:])
+	})
+}
+
+// Fetch reads waiting envelopes with seq > After, oldest first: req u32 |
+// mailbox 32 | max u16 | after u64 | sig 64. Max 0 means MaxFetch.
+type Fetch struct {
+	Req     uint32
+	Mailbox [MailboxSize]byte
+	Max     uint16
+	After   uint64
+	Sig     [SigSize]byte
+}
+
+func (Fetch) Type() FrameType { return FrameFetch }
+func (m Fetch) AppendSigned(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(appendHead(b, m.Req, m.Mailbox), m.Max)
+	return binary.BigEndian.AppendUint64(b, m.After)
+}
+func (m Fetch) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseFetch decodes a Fetch payload.
+func ParseFetch(p []byte) (m Fetch, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, &m.Req, &m.Mailbox) && s.ReadUint16(&m.Max) && s.ReadUint64(&m.After) &&
+			readArray(s, m.Sig[:])
+	})
+	return m, err
+}
+
+// Ack deletes delivered envelopes: req u32 | mailbox 32 | n u16 | n × ref
+// 32 | sig 64, with n at most MaxAckRefs.
+type Ack struct {
+	Req     uint32
+	Mailbox [MailboxSize]byte
+	Refs    [][RefSize]byte
+	Sig     [SigSize]byte
+}
+
+func (Ack) Type() FrameType { return FrameAck }
+func (m Ack) AppendSigned(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(appendHead(b, m.Req, m.Mailbox), uint16(len(m.Refs)))
+	for _, r := range m.Refs {
+		b = append(b, r[:]...)
+	}
+	return b
+}
+func (m Ack) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseAck decodes an Ack payload.
+func ParseAck(p []byte) (m Ack, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		var n uint16
+		if !readHead(s, &m.Req, &m.Mailbox) || !s.ReadUint16(&n) || n > MaxAckRefs {
+			return false
+		}
+		m.Refs = make([][RefSize]byte, n)
+		for i := range m.Refs {
+			if !readArray(s, m.Refs[i][:]) {
+				return false
+			}
+		}
+		return readArray(s, m.Sig[:])
+	})
+	return m, err
+}
+
+// Rotate moves a mailbox's envelopes to a new id and owner: req u32 | old
+// 32 | new 32 | newowner 32 | caplen u8 | capverifier | sig 64 (old owner)
+// | sig 64 (new owner). Both owners sign the same bytes.
+type Rotate struct {
+	Req         uint32
+	Old, New    [MailboxSize]byte
+	NewOwner    [ed25519.PublicKeySize]byte
+	CapVerifier []byte
+	OldSig      [SigSize]byte
+	NewSig      [SigSize]byte
+}
+
+func (Rotate) Type() FrameType { return FrameRotate }
+func (m Rotate) AppendSigned(b []byte) []byte {
+	b = append(appendHead(b, m.Req, m.Old), m.New[:]...)
+	return appendCap(append(b, m.NewOwner[:]...), m.CapVerifier)
+}
+func (m Rotate) AppendPayload(b []byte) []byte {
+	return append(append(m.AppendSigned(b), m.OldSig[:]...), m.NewSig[:]...)
+}
+
+// ParseRotate decodes a Rotate payload.
+func ParseRotate(p []byte) (m Rotate, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, &m.Req, &m.Old) && readArray(s, m.New[:]) && readArray(s, m.NewOwner[:]) &&
+			readCap(s, &m.CapVerifier) && readArray(s, m.OldSig[:]) && readArray(s, m.NewSig[:])
+	})
+	return m, err
+}

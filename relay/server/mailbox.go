@@ -1,0 +1,184 @@
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+)
+
+func (ss *session) create(p []byte) error {
+	m, err := relay.ParseCreate(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	// The creator proves it holds the owner key.
+	if !relay.Verify(m.Owner[:], ss.challenge[:], m, m.Sig) {
+		return relay.ErrUnauthorized
+	}
+	return ss.srv.cfg.Store.CreateMailbox(ss.ctx, m.Mailbox, ed25519.PublicKey(m.Owner[:]), m.CapVerifier)
+}
+
+func (ss *session) send(p []byte) (store.Ref, error) {
+	start := time.Now()
+	obs := ss.srv.obs
+	m, err := relay.ParseSend(p)
+	if err != nil {
+		obs.Envelope("rejected", "malformed")
+		return store.Ref{}, relay.ErrBadFrame
+	}
+	id, err := envelope.PeekMailbox(m.Envelope)
+	if err != nil {
+		obs.Envelope("rejected", "bad_envelope")
+		return store.Ref{}, relay.ErrBadEnvelope
+	}
+	mb, err := ss.srv.cfg.Store.Mailbox(ss.ctx, id)
+	if err != nil {
+		obs.Envelope("rejected", reasonOf(err))
+		return store.Ref{}, err
+	}
+	if len(mb.SendCap) > 0 {
+		sum := sha256.Sum256(m.Cap)
+		if len(m.Cap) == 0 || subtle.ConstantTimeCompare(sum[:], mb.SendCap) != 1 {
+			obs.Envelope("rejected", "capability")
+			return store.Ref{}, relay.ErrCapability
+		}
+	}
+	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
+	if err != nil {
+		obs.Envelope("rejected", reasonOf(err))
+		return store.Ref{}, err
+	}
+	obs.Envelope("accepted", "")
+	obs.SendDuration(time.Since(start))
+	return ref, nil
+}
+
+// reasonOf maps an error to a fixed metric reason.
+func reasonOf(err error) string {
+	switch codeOf(err) {
+	case relay.CodeNoMailbox:
+		return "no_mailbox"
+	case relay.CodeMailboxFull:
+		return "mailbox_full"
+	case relay.CodeRelayFull:
+		return "relay_full"
+	case relay.CodeBadFrame:
+		return "malformed"
+	}
+	return "internal"
+}
+
+// owned checks that m is signed by the owner of mailbox id.
+func (ss *session) owned(id [32]byte, m relay.OwnerRequest, sig [relay.SigSize]byte) error {
+	mb, err := ss.srv.cfg.Store.Mailbox(ss.ctx, id)
+	if err != nil {
+		return err
+	}
+	if !relay.Verify(mb.Owner, ss.challenge[:], m, sig) {
+		return relay.ErrUnauthorized
+	}
+	return nil
+}
+
+func (ss *session) fetch(p []byte) (int, error) {
+	m, err := relay.ParseFetch(p)
+	if err != nil {
+		return 0, relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return 0, err
+	}
+	max := int(m.Max)
+	if max <= 0 || max > relay.MaxFetch {
+		max = relay.MaxFetch
+	}
+	items, err := ss.read(ss.ctx, m.Mailbox, m.After, max)
+	if err != nil {
+		return 0, err
+	}
+	for _, it := range items {
+		if err := ss.deliver(m.Req, m.Mailbox, it); err != nil {
+			return 0, err
+		}
+	}
+	return len(items), nil
+}
+
+// read is a store read under the server-wide read budget.
+func (ss *session) read(ctx context.Context, id [32]byte, after uint64, max int) ([]store.Item, error) {
+	select {
+	case ss.srv.readSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-ss.srv.readSem }()
+	return ss.srv.cfg.Store.FetchAfter(ctx, id, after, max)
+}
+
+func (ss *session) deliver(req uint32, id [32]byte, it store.Item) error {
+	return ss.write(relay.Deliver{Req: req, Mailbox: id, Ref: it.Ref, Seq: it.Seq, Envelope: it.Envelope})
+}
+
+func (ss *session) ack(p []byte) (int, error) {
+	m, err := relay.ParseAck(p)
+	if err != nil {
+		return 0, relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return 0, err
+	}
+	refs := make([]store.Ref, len(m.Refs))
+	for i, r := range m.Refs {
+		refs[i] = r
+	}
+	done, err := ss.srv.cfg.Store.Ack(ss.ctx, m.Mailbox, refs...)
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; i < done; i++ {
+		ss.srv.obs.Envelope("delivered", "")
+	}
+	ss.smu.Lock()
+	if sub := ss.subs[m.Mailbox]; sub != nil {
+		sub.acked(refs)
+	}
+	ss.smu.Unlock()
+	return done, nil
+}
+
+func (ss *session) rotate(p []byte) (int, error) {
+	m, err := relay.ParseRotate(p)
+	if err != nil {
+		return 0, relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Old, m, m.OldSig); err != nil {
+		return 0, err
+	}
+	if !relay.Verify(m.NewOwner[:], ss.challenge[:], m, m.NewSig) {
+		return 0, relay.ErrUnauthorized
+	}
+	n, err := ss.srv.cfg.Store.RotateMailbox(ss.ctx, m.Old, m.New, ed25519.PublicKey(m.NewOwner[:]), m.CapVerifier)
+	if err == nil {
+		// Only a rotation that happened ends the old id's subscription.
+		ss.unsubscribe(m.Old)
+	}
+	return n, err
+}
+
+func (ss *session) delete(p []byte) error {
+	m, err := relay.ParseDelete(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return err
+	}
+	ss.unsubscribe(m.Mailbox)
+	return ss.srv.cfg.Store.DeleteMailbox(ss.ctx, m.Mailbox)
+}

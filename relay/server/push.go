@@ -1,0 +1,126 @@
+package server
+
+import (
+	"context"
+	"sync"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+)
+
+// subscription pushes a mailbox's envelopes to the session: every waiting
+// one once, then each new one, reading onward from a cursor (the last
+// sequence number pushed) so nothing is read twice. At most MaxUnacked
+// pushed envelopes may wait for this session's acks.
+type subscription struct {
+	cancel context.CancelFunc
+	kick   chan struct{}
+	mu     sync.Mutex
+	sent   map[store.Ref]struct{} // pushed, not yet acked on this session
+}
+
+func (sub *subscription) acked(refs []store.Ref) {
+	sub.mu.Lock()
+	for _, r := range refs {
+		delete(sub.sent, r)
+	}
+	sub.mu.Unlock()
+	select {
+	case sub.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (sub *subscription) room() int {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return relay.MaxUnacked - len(sub.sent)
+}
+
+func (ss *session) subscribe(p []byte) error {
+	m, err := relay.ParseSubscribe(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return err
+	}
+	ss.smu.Lock()
+	defer ss.smu.Unlock()
+	if _, ok := ss.subs[m.Mailbox]; ok {
+		return nil
+	}
+	if len(ss.subs) >= ss.srv.cfg.MaxSubscriptions {
+		return relay.ErrBusy
+	}
+	ctx, cancel := context.WithCancel(ss.ctx)
+	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]struct{})}
+	ss.subs[m.Mailbox] = sub
+	notify, unsub := ss.srv.cfg.Store.Notify(m.Mailbox)
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		defer unsub()
+		ss.push(ctx, m.Req, m.Mailbox, sub, notify)
+		// However the push ended, the subscription is gone: a new
+		// Subscribe must start a new one.
+		ss.smu.Lock()
+		if ss.subs[m.Mailbox] == sub {
+			delete(ss.subs, m.Mailbox)
+		}
+		ss.smu.Unlock()
+		cancel()
+	}()
+	return nil
+}
+
+func (ss *session) unsubscribe(id [32]byte) {
+	ss.smu.Lock()
+	if sub := ss.subs[id]; sub != nil {
+		sub.cancel()
+		delete(ss.subs, id)
+	}
+	ss.smu.Unlock()
+}
+
+// push runs a subscription until it is cancelled. A store read error or a
+// failed write ends the whole session, so the client notices and
+// reconnects instead of waiting for pushes that will never come.
+func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subscription, notify <-chan struct{}) {
+	var last uint64
+	for {
+		more := false
+		if room := sub.room(); room > 0 {
+			items, err := ss.read(ctx, id, last, min(room, relay.MaxFetch))
+			if err != nil {
+				if ctx.Err() == nil {
+					ss.cancel()
+				}
+				return
+			}
+			for _, it := range items {
+				sub.mu.Lock()
+				sub.sent[it.Ref] = struct{}{}
+				sub.mu.Unlock()
+				last = it.Seq
+				if err := ss.deliver(req, id, it); err != nil {
+					ss.cancel()
+					return
+				}
+			}
+			more = len(items) == min(room, relay.MaxFetch)
+		}
+		if more {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-notify:
+			if !ok {
+				return
+			}
+		case <-sub.kick:
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+)
+
+var errIdle = errors.New("relay: session idle")
+
+type session struct {
+	srv    *Server
+	conn   transport.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	br     *bufio.Reader
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	wbuf []byte // frame being written, reused under wmu
+
+	challenge [relay.ChallengeSize]byte
+	sem       chan struct{}
+	wg        sync.WaitGroup
+
+	smu  sync.Mutex
+	subs map[[32]byte]*subscription
+}
+
+// idleTimer closes the session when no frame arrives for a while. It works
+// on every transport, deadlines or not.
+type idleTimer struct {
+	t *time.Timer
+	d time.Duration
+}
+
+func (ss *session) run() error {
+	timedOut := make(chan struct{})
+	idle := &idleTimer{d: ss.srv.cfg.HelloTimeout}
+	idle.t = time.AfterFunc(idle.d, func() { close(timedOut); ss.cancel() })
+	defer idle.t.Stop()
+	wrap := func(err error) error {
+		select {
+		case <-timedOut:
+			return errIdle
+		default:
+			return err
+		}
+	}
+	if err := ss.hello(); err != nil {
+		return wrap(err)
+	}
+	idle.d = ss.srv.cfg.IdleTimeout
+	for {
+		if !idle.t.Reset(idle.d) {
+			return errIdle
+		}
+		t, p, err := relay.ReadFrame(ss.br)
+		if err != nil {
+			return wrap(err)
+		}
+		if err := ss.handle(t, p); err != nil {
+			return err
+		}
+	}
+}
+
+func (ss *session) hello() error {
+	t, p, err := relay.ReadFrame(ss.br)
+	if err != nil {
+		return err
+	}
+	h, err := relay.ParseClientHello(p)
+	if t != relay.FrameClientHello || err != nil {
+		return relay.ErrMalformed
+	}
+	if h.Min > relay.ProtocolVersion || h.Max < relay.ProtocolVersion {
+		ss.write(relay.Result{Code: relay.CodeVersion, Msg: relay.CodeVersion.String()})
+		return relay.ErrVersion
+	}
+	rand.Read(ss.challenge[:])
+	return ss.write(relay.ServerHello{Version: relay.ProtocolVersion, Challenge: ss.challenge, MaxEnvelope: envelope.Bucket64K})
+}
+
+// write sends one frame and flushes.
+func (ss *session) write(m relay.Message) error {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	ss.wbuf = relay.AppendFrame(ss.wbuf[:0], m)
+	ss.bw.Write(ss.wbuf)
+	if cap(ss.wbuf) > relay.SessionBufSize {
+		ss.wbuf = nil // do not pin a large frame's buffer on an idle session
+	}
+	return ss.bw.Flush()
+}
+
+func (ss *session) reply(req uint32, err error, body []byte) error {
+	if err == nil {
+		return ss.write(relay.Result{Req: req, Body: body})
+	}
+	code := codeOf(err)
+	return ss.write(relay.Result{Req: req, Code: code, Msg: code.String()})
+}
+
+// codeOf maps store and protocol errors to wire codes. Unknown errors
+// become CodeInternal and their text never leaves the relay.
+func codeOf(err error) relay.Code {
+	var pe *relay.Error
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	if errors.Is(err, relay.ErrMalformed) {
+		return relay.CodeBadFrame
+	}
+	var se *store.Error
+	if errors.As(err, &se) {
+		switch se.Code {
+		case store.CodeNoMailbox:
+			return relay.CodeNoMailbox
+		case store.CodeMailboxExists:
+			return relay.CodeMailboxExists
+		case store.CodeMailboxFull:
+			return relay.CodeMailboxFull
+		case store.CodeStoreFull:
+			return relay.CodeRelayFull
+		case store.CodeInvalid:
+			return relay.CodeBadFrame
+		}
+	}
+	return relay.CodeInternal
+}
+
+// handle processes one request frame. It returns an error only when the
+// session must end.
+func (ss *session) handle(t relay.FrameType, p []byte) error {
+	req, ok := relay.RequestID(p)
+	if !ok {
+		// No request id to answer: framing is lost or the peer is not a client.
+		return relay.ErrMalformed
+	}
+	switch t {
+	case relay.FrameSend:
+		return ss.sendAsync(req, p)
+	case relay.FrameCreate:
+		return ss.reply(req, ss.create(p), nil)
+	case relay.FrameSubscribe:
+		return ss.reply(req, ss.subscribe(p), nil)
+	case relay.FrameFetch:
+		return ss.counted(req)(ss.fetch(p))
+	case relay.FrameAck:
+		return ss.counted(req)(ss.ack(p))
+	case relay.FrameRotate:
+		return ss.counted(req)(ss.rotate(p))
+	case relay.FrameDelete:
+		return ss.reply(req, ss.delete(p), nil)
+	case relay.FramePing:
+		m, err := relay.ParsePing(p)
+		if err != nil {
+			return ss.reply(req, relay.ErrBadFrame, nil)
+		}
+		return ss.write(relay.Pong(m))
+	case relay.FrameForward:
+		return ss.reply(req, ss.forward(p), nil)
+	case relay.FrameClientHello:
+		return ss.reply(req, relay.ErrBadFrame, nil)
+	default:
+		return ss.reply(req, relay.ErrUnknownFrame, nil)
+	}
+}
+
+// counted answers a request whose Result body is a count.
+func (ss *session) counted(req uint32) func(int, error) error {
+	return func(n int, err error) error { return ss.reply(req, err, relay.CountBody(n)) }
+}
+
+// sendAsync stores a Send in its own goroutine: Sends wait for a durable
+// commit, and running them concurrently lets one session keep a group
+// commit busy.
+func (ss *session) sendAsync(req uint32, p []byte) error {
+	select {
+	case ss.sem <- struct{}{}:
+	case <-ss.ctx.Done():
+		return ss.ctx.Err()
+	}
+	select {
+	case ss.srv.sendSem <- struct{}{}:
+	case <-ss.ctx.Done():
+		<-ss.sem
+		return ss.ctx.Err()
+	}
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		defer func() { <-ss.sem; <-ss.srv.sendSem }()
+		ref, err := ss.send(p)
+		var body []byte
+		if err == nil {
+			body = ref[:]
+		}
+		ss.reply(req, err, body)
+	}()
+	return nil
+}
+
+func (ss *session) forward(p []byte) error {
+	m, err := relay.ParseForward(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	if ss.srv.cfg.Forwarder == nil {
+		return relay.ErrUnsupported
+	}
+	return ss.srv.cfg.Forwarder.Forward(ss.ctx, m.Payload)
+}
