@@ -1,0 +1,63 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRecvToFullStdoutKeepsMessage: `postern recv > /dev/full`, or into a
+// pipe nobody reads, fails and acks nothing, so the message is still there
+// for the next recv.
+func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"))
+	defer rp.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	idFile := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", idFile)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", idFile, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	runOK(t, bin, base, []byte("keep me"), "send", "--anonymous", "--to", card)
+
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skip("no /dev/full here")
+	}
+	defer full.Close()
+	for name, cmd := range map[string]*exec.Cmd{
+		"full": exec.Command(bin, "recv", "--id", idFile),
+		// A pipe nobody reads: the write fails (EPIPE, or SIGPIPE kills it).
+		"broken pipe": exec.Command(bin, "recv", "--id", idFile),
+	} {
+		cmd.Env = append(os.Environ(), base...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		cmd.Stdout = full
+		if name == "broken pipe" {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Close()
+			cmd.Stdout = w
+			defer w.Close()
+		}
+		if err := cmd.Run(); err == nil {
+			t.Fatalf("recv with stdout %s exited 0; stderr:\n%s", name, stderr.String())
+		}
+		if name == "full" && !strings.Contains(stderr.String(), "write message") {
+			t.Fatalf("stdout %s: stderr does not say what failed:\n%s", name, stderr.String())
+		}
+	}
+	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", idFile))
+	if len(got) != 1 || string(got[0].body) != "keep me" {
+		t.Fatalf("after the failed runs recv got %+v", got)
+	}
+}
