@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -24,10 +25,11 @@ const (
 	ClassTLS            // TLS alert, bad certificate or pin mismatch
 	ClassAuth           // the relay did not accept our session token
 	ClassProtocol       // the peer spoke, but not the protocol we expected
-	ClassCanceled       // the caller's context was canceled
+	ClassCanceled       // the caller's context was canceled, or the listener closed
+	ClassInvalid        // the endpoint or listen configuration is unusable: fix it, do not retry
 )
 
-var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled"}
+var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid"}
 
 // String returns a short, stable, lower-case name usable as a metric label.
 func (c Class) String() string {
@@ -47,6 +49,7 @@ var (
 	ErrAuth     = errors.New("transport: session rejected")
 	ErrProtocol = errors.New("transport: protocol error")
 	ErrCanceled = errors.New("transport: canceled")
+	ErrInvalid  = errors.New("transport: invalid endpoint or configuration")
 )
 
 func (c Class) sentinel() error {
@@ -65,12 +68,15 @@ func (c Class) sentinel() error {
 		return ErrProtocol
 	case ClassCanceled:
 		return ErrCanceled
+	case ClassInvalid:
+		return ErrInvalid
 	}
 	return nil
 }
 
 // Error is a classified transport failure. Its message never contains the
-// remote address: callers add the relay's name where that is safe.
+// remote address or host name (see Classify): callers add the relay's name
+// where that is safe.
 type Error struct {
 	Class     Class
 	Op        string // "dial", "handshake", "auth", "listen"
@@ -104,7 +110,9 @@ func ClassOf(err error) Class {
 }
 
 // Classify wraps err as an *Error, guessing its class from the standard
-// library error types. An err that already is an *Error is returned as is.
+// library error types, with the addresses and host names that network, URL,
+// DNS and x509 errors print taken out of its message (the cause stays in the
+// chain). An err that already is an *Error is returned as is.
 func Classify(op, transport string, err error) error {
 	if err == nil {
 		return nil
@@ -113,7 +121,7 @@ func Classify(op, transport string, err error) error {
 	if errors.As(err, &te) {
 		return err
 	}
-	return &Error{Class: guessClass(err), Op: op, Transport: transport, Err: stripAddr(err)}
+	return &Error{Class: guessClass(err), Op: op, Transport: transport, Err: redact(err)}
 }
 
 func guessClass(err error) Class {
@@ -139,22 +147,34 @@ func guessClass(err error) Class {
 		return ClassTimeout
 	}
 	var ae tls.AlertError
-	var ce *tls.CertificateVerificationError
 	var re tls.RecordHeaderError
-	if errors.As(err, &ae) || errors.As(err, &ce) || errors.As(err, &re) {
+	if errors.As(err, &ae) || errors.As(err, &re) || certMessage(err) != "" {
 		return ClassTLS
 	}
 	return ClassUnknown
 }
 
-// stripAddr removes addresses that *net.OpError and friends put into
-// messages, keeping the underlying cause, so that a transport error can be
-// logged or shown without revealing where the relay (or client) is.
-func stripAddr(err error) error {
+// redact removes what names the relay (or the client) from err's message
+// while keeping err in the chain for errors.Is and errors.As: the addresses
+// that *net.OpError and *url.Error print (with the secret path), the host
+// names in x509 and DNS errors. It is the one place where transports strip
+// such metadata; Classify applies it to every error it wraps.
+func redact(err error) error {
+	if msg := certMessage(err); msg != "" {
+		return Redact(msg, err)
+	}
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		msg := "resolving the relay's host name failed"
+		if de.IsNotFound {
+			msg = "relay host name not found"
+		}
+		return Redact(msg, err)
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		// Its message carries the URL: address and secret path.
-		return fmt.Errorf("%s: %w", ue.Op, stripAddr(ue.Err))
+		return fmt.Errorf("%s: %w", ue.Op, redact(ue.Err))
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Err != nil {
@@ -162,3 +182,39 @@ func stripAddr(err error) error {
 	}
 	return err
 }
+
+// certMessage returns a fixed description of the certificate verification
+// failure in err's chain, or "" if there is none. x509 messages name the
+// host asked for and the names in the certificate.
+func certMessage(err error) string {
+	var (
+		he x509.HostnameError
+		ue x509.UnknownAuthorityError
+		ie x509.CertificateInvalidError
+		ce *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &he):
+		return "server certificate is not valid for the relay's name"
+	case errors.As(err, &ue):
+		return "server certificate signed by an unknown authority"
+	case errors.As(err, &ie):
+		return "server certificate is invalid (expired or not yet valid?)"
+	case errors.As(err, &ce):
+		return "server certificate verification failed"
+	}
+	return ""
+}
+
+// Redact returns an error whose message is msg and which unwraps to err. Use
+// it where err's own message names a host or an address that must not reach
+// a log.
+func Redact(msg string, err error) error { return &redacted{msg: msg, err: err} }
+
+type redacted struct {
+	msg string
+	err error
+}
+
+func (r *redacted) Error() string { return r.msg }
+func (r *redacted) Unwrap() error { return r.err }

@@ -29,6 +29,7 @@ var sentinels = map[Class]error{
 	ClassAuth:     ErrAuth,
 	ClassProtocol: ErrProtocol,
 	ClassCanceled: ErrCanceled,
+	ClassInvalid:  ErrInvalid,
 }
 
 // checkClassified asserts that Classify(err) is an *Error of class want that
@@ -405,7 +406,7 @@ func TestClassString(t *testing.T) {
 	want := map[Class]string{
 		ClassUnknown: "unknown", ClassTimeout: "timeout", ClassRefused: "refused",
 		ClassReset: "reset", ClassTLS: "tls", ClassAuth: "auth",
-		ClassProtocol: "protocol", ClassCanceled: "canceled",
+		ClassProtocol: "protocol", ClassCanceled: "canceled", ClassInvalid: "invalid",
 		Class(-1): "unknown", Class(99): "unknown",
 	}
 	for c, s := range want {
@@ -438,5 +439,57 @@ func TestClassifyHidesURL(t *testing.T) {
 				t.Fatalf("%q reveals the address or secret path", msg)
 			}
 		})
+	}
+}
+
+// x509 and DNS messages name hosts: the relay's, the names in its
+// certificate. Classification keeps the cause in the chain but not in the
+// message.
+func TestClassifyHidesHostNames(t *testing.T) {
+	leaf, err := x509.ParseCertificate(selfSigned(t, "relay.example").Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostErr := x509.HostnameError{Certificate: leaf, Host: "other.example"}
+	if !strings.Contains(hostErr.Error(), "relay.example") {
+		t.Fatalf("%q does not name the certificate's host; the test proves nothing", hostErr)
+	}
+	cases := []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"hostname", hostErr, ClassTLS},
+		{"hostname in a verification error", &tls.CertificateVerificationError{Err: hostErr}, ClassTLS},
+		{"hostname wrapped", fmt.Errorf("handshake with relay.example: %w", hostErr), ClassTLS},
+		{"unknown authority", x509.UnknownAuthorityError{Cert: leaf}, ClassTLS},
+		{"expired", x509.CertificateInvalidError{Cert: leaf, Reason: x509.Expired, Detail: "relay.example expired"}, ClassTLS},
+		{"verification error", &tls.CertificateVerificationError{Err: errors.New("relay.example: odd")}, ClassTLS},
+		{"DNS not found", &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "relay.example", IsNotFound: true}}, ClassUnknown},
+		{"DNS timeout", &net.DNSError{Err: "i/o timeout", Name: "relay.example", Server: "192.0.2.53:53", IsTimeout: true}, ClassTimeout},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := Classify("dial", "test", c.err)
+			if ClassOf(got) != c.want {
+				t.Errorf("class %v, want %v", ClassOf(got), c.want)
+			}
+			for _, leak := range []string{"relay.example", "other.example", "192.0.2.53"} {
+				if strings.Contains(got.Error(), leak) {
+					t.Errorf("%q names %s", got, leak)
+				}
+			}
+			if !errors.Is(got, c.err) {
+				t.Errorf("the cause left the chain")
+			}
+		})
+	}
+}
+
+func TestRedact(t *testing.T) {
+	cause := errors.New("secret relay.example")
+	r := Redact("fixed", cause)
+	if r.Error() != "fixed" || !errors.Is(r, cause) {
+		t.Fatalf("Redact = %q, chain kept %v", r, errors.Is(r, cause))
 	}
 }

@@ -128,16 +128,17 @@ func TestRegistryDial(t *testing.T) {
 		t.Fatalf("Dial via broken h3: %v", err)
 	}
 
-	// An unknown transport is a protocol-class *Error that still says
-	// what was unknown and what is known, and no address.
+	// An unknown transport is an invalid-class *Error (a misconfigured
+	// endpoint) that still says what was unknown and what is known, and no
+	// address.
 	ep.Transport = "meek"
 	_, err = r.Dial(context.Background(), ep)
 	var te *Error
-	if !errors.As(err, &te) || te.Class != ClassProtocol || te.Op != "dial" || te.Transport != "meek" {
+	if !errors.As(err, &te) || te.Class != ClassInvalid || te.Op != "dial" || te.Transport != "meek" {
 		t.Fatalf("Dial(meek) = %#v", err)
 	}
-	if !errors.Is(err, ErrUnknownTransport) || !errors.Is(err, ErrProtocol) {
-		t.Fatalf("Dial(meek) = %v: not ErrUnknownTransport and ErrProtocol", err)
+	if !errors.Is(err, ErrUnknownTransport) || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Dial(meek) = %v: not ErrUnknownTransport and ErrInvalid", err)
 	}
 	if msg := err.Error(); strings.Contains(msg, ep.Addr) || !strings.Contains(msg, "https") {
 		t.Fatalf("Dial(meek) message %q", msg)

@@ -51,6 +51,10 @@ type Conn interface {
 // whose streams cannot honour deadlines.
 var ErrDeadlineUnsupported = errors.New("transport: deadlines not supported on this stream")
 
+// KeySize is the size of the session authentication key of an Endpoint and
+// a ListenConfig.
+const KeySize = 32
+
 // Endpoint is everything a client needs to reach one relay over one
 // transport. It is normally taken from a relay descriptor.
 type Endpoint struct {
@@ -199,7 +203,7 @@ func (r *Registry) namesLocked() []string {
 func (r *Registry) Dial(ctx context.Context, ep Endpoint) (Conn, error) {
 	t, err := r.Get(ep.Transport)
 	if err != nil {
-		return nil, &Error{Class: ClassProtocol, Op: "dial", Transport: ep.Transport, Err: err}
+		return nil, &Error{Class: ClassInvalid, Op: "dial", Transport: ep.Transport, Err: err}
 	}
 	return t.Dial(ctx, ep)
 }

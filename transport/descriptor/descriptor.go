@@ -44,7 +44,7 @@
 //	  path len       1 B   1..255
 //	  path           n B   secret HTTP path: "/" then visible ASCII but ? and #
 //	  key len        1 B   32
-//	  key           32 B   session authentication key (see transport.MakeToken)
+//	  key           32 B   session authentication key (see transport/httpsession)
 //	  pin len        1 B   0 or 32
 //	  pin            n B   SHA-256 of the server certificate's
 //	                       SubjectPublicKeyInfo (self-signed relays)

@@ -38,7 +38,6 @@ func TestClassify(t *testing.T) {
 		{"remote protocol violation", &quic.TransportError{Remote: true, ErrorCode: quic.ProtocolViolation}, transport.ClassReset},
 		{"local protocol violation", &quic.TransportError{ErrorCode: quic.ProtocolViolation}, transport.ClassProtocol},
 		{"version negotiation", &quic.VersionNegotiationError{}, transport.ClassProtocol},
-		{"pin", errPinMismatch, transport.ClassTLS},
 		{"ICMP refused", &net.OpError{Op: "read", Net: "udp", Addr: addr, Err: syscall.ECONNREFUSED}, transport.ClassRefused},
 		{"DNS timeout", &net.DNSError{Err: "i/o timeout", Name: "relay.example", IsTimeout: true}, transport.ClassTimeout},
 		{"DNS not found", &net.DNSError{Err: "no such host", Name: "relay.example", IsNotFound: true}, transport.ClassUnknown},

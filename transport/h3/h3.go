@@ -1,6 +1,10 @@
 // Package h3 is the "h3" transport: relay sessions carried as HTTP/3 requests
 // over QUIC v1, behind an HTTP/3 cover site.
 //
+// The session request, its token and the choice between a session and the
+// cover site are the shared HTTP session layer's: see transport/httpsession.
+// This package adds QUIC and HTTP/3, and the takeover of the request stream.
+//
 // # Wire
 //
 // The listener is a stock quic-go http3.Server (TLS 1.3, ALPN "h3") on a UDP
@@ -9,7 +13,8 @@
 //	client                                   relay
 //	QUIC v1 handshake, ALPN h3  ------------>
 //	HEADERS  :method POST, :path <secret>,
-//	         cookie sid=<token>  ----------->  verify token (bound to this QUIC
+//	         cookie sid=<token>, browser
+//	         headers             ----------->  verify token (bound to this QUIC
 //	                                           connection's TLS exporter)
 //	                            <-----------  HEADERS :status 200
 //	DATA ... (session bytes)   <----------->  DATA ... (session bytes)
@@ -21,10 +26,11 @@
 // carries no content-length (a streaming body), so the request is well formed
 // for any HTTP/3 hop.
 //
-// The token (see transport.MakeToken) is bound to the QUIC connection through
-// the TLS exporter ExportKeyingMaterial(transport.ExporterLabel, nil,
-// transport.ExporterLen) of that connection, so a captured token is useless on
-// any other connection, and the verifier's replay cache refuses it on this one.
+// The token (see transport/httpsession) is bound to the QUIC connection through
+// the TLS exporter of that connection, so a captured token is useless on any
+// other connection, and the listener's replay cache refuses it on this one.
+// The relay side takes the request stream over (http3.HTTPStreamer) once it
+// has sent the 200.
 //
 // # Probe resistance
 //
@@ -37,15 +43,19 @@
 //
 // # Sessions and QUIC connections
 //
-// The client opens one QUIC connection per session and closes it with the
-// session. The listener accepts any number of sessions per QUIC connection,
-// bounded by the stream limit and by the listener's session cap.
+// The client opens one QUIC connection per session, from a UDP socket of its
+// own, and closes both with the session. While the handshake runs, the socket
+// reports ICMP errors (Linux), so a closed port fails the dial as refused at
+// once, as a TCP reset does for https. The listener accepts any number of
+// sessions per QUIC connection, bounded by the stream limit and by the
+// listener's session cap.
 package h3
 
 import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/httpsession"
 )
 
 // Name is the registry and descriptor name of this transport.
@@ -70,7 +80,7 @@ const (
 	MaxIncomingStreams = 100
 	// DefaultMaxSessions caps concurrent relay sessions per listener. A valid
 	// session beyond the cap is answered by the cover site.
-	DefaultMaxSessions = 4096
+	DefaultMaxSessions = httpsession.DefaultMaxSessions
 )
 
 // Transport is the h3 transport. The zero value is ready to use.

@@ -1,19 +1,13 @@
 package h3
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -59,10 +53,12 @@ type prober struct {
 	tr  *quic.Transport
 	udp *net.UDPConn
 	cc  *http3.ClientConn
-	ekm []byte // the connection's TLS exporter value for session tokens
 }
 
-func newProber(t *testing.T, addr string) *prober {
+func (p *prober) RoundTrip(r *http.Request) (*http.Response, error) { return p.cc.RoundTrip(r) }
+func (p *prober) ConnectionState() tls.ConnectionState              { return p.qc.ConnectionState().TLS }
+
+func newProber(t *testing.T, addr string) transporttest.ProbeConn {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -83,13 +79,7 @@ func newProber(t *testing.T, addr string) *prober {
 	if err != nil {
 		t.Fatalf("probe dial: %v", err)
 	}
-	cs := qc.ConnectionState().TLS
-	ekm, err := cs.ExportKeyingMaterial(transport.ExporterLabel, nil, transport.ExporterLen)
-	if err != nil {
-		t.Fatalf("exporter on a QUIC connection: %v", err)
-	}
-	p := &prober{qc: qc, tr: tr, udp: udp, ekm: ekm,
-		cc: (&http3.Transport{DisableCompression: true}).NewClientConn(qc)}
+	p := &prober{qc: qc, tr: tr, udp: udp, cc: (&http3.Transport{DisableCompression: true}).NewClientConn(qc)}
 	t.Cleanup(p.close)
 	return p
 }
@@ -100,78 +90,9 @@ func (p *prober) close() {
 	p.udp.Close()
 }
 
-type answer struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func (a answer) String() string {
-	return fmt.Sprintf("%d %v %q", a.status, a.header, a.body)
-}
-
-// do sends one request and reads the whole answer. A 200 on the session
-// path is a session: do proves it is live with one echoed byte and returns
-// without a body.
-func (p *prober) do(t *testing.T, method, path, cookie string, body []byte) answer {
-	t.Helper()
-	req := &http.Request{
-		Method: method,
-		URL:    &url.URL{Scheme: "https", Host: testSNI, Path: path},
-		Host:   testSNI,
-		Header: http.Header{"User-Agent": {"probe/1.0"}},
-	}
-	var pw *io.PipeWriter
-	switch {
-	case method == http.MethodPost && path == testPath:
-		var pr *io.PipeReader
-		pr, pw = io.Pipe()
-		req.Body, req.ContentLength = pr, -1
-		defer pw.Close()
-	case body != nil:
-		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
-	}
-	if cookie != "" {
-		req.Header.Set("Cookie", transport.TokenCookie+"="+cookie)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	res, err := p.cc.RoundTrip(req.WithContext(ctx))
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer res.Body.Close()
-	a := answer{status: res.StatusCode, header: res.Header.Clone()}
-	a.header.Del("Date")
-	if res.StatusCode == http.StatusOK && pw != nil {
-		go pw.Write([]byte{0x42})
-		var b [1]byte
-		if _, err := io.ReadFull(res.Body, b[:]); err != nil || b[0] != 0x42 {
-			t.Fatalf("session did not echo: %v", err)
-		}
-		return a
-	}
-	if pw != nil {
-		pw.Write(body)
-		pw.Close()
-	}
-	a.body, err = io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatalf("%s %s: body: %v", method, path, err)
-	}
-	return a
-}
-
-func (p *prober) token(t *testing.T, binding []byte, when time.Time) string {
-	t.Helper()
-	tok, err := transport.MakeToken(testKey, testPath, binding, when)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-func TestProbeHTTP(t *testing.T) {
+// TestProbeTable runs the cover/session/probe table both HTTP transports
+// share, over HTTP/3, against a stock http3.Server with the same cover.
+func TestProbeTable(t *testing.T) {
 	for _, cv := range []struct {
 		name  string
 		relay http.Handler // the listener's Cover (nil: built-in)
@@ -180,144 +101,15 @@ func TestProbeHTTP(t *testing.T) {
 		{"test cover", testCover, testCover},
 		{"default cover", nil, cover.Default()},
 	} {
-		t.Run(cv.name, func(t *testing.T) { testProbeHTTP(t, cv.relay, cv.stock) })
-	}
-}
-
-func testProbeHTTP(t *testing.T, relayCover, stockCover http.Handler) {
-	r := startRelay(t, nil, func(cfg *transport.ListenConfig) { cfg.Cover = relayCover })
-	serveEcho(t, r.ln)
-	targets := []struct {
-		name  string
-		addr  string
-		relay bool
-	}{
-		{"relay", r.ep.Addr, true},
-		{"stock", startStock(t, stockCover), false},
-	}
-	garbage := base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{0xee}, transport.TokenSize))
-	now := time.Now()
-	body := []byte("field=value")
-
-	tests := []struct {
-		name string
-		want transport.Outcome // what the relay must report
-		// probe runs the probe on its own connection(s) to addr and returns
-		// the answer to compare. isRelay lets preparatory steps check that
-		// a real session really worked against the relay.
-		probe func(t *testing.T, addr string, isRelay bool) answer
-	}{
-		{"GET /", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "GET", "/", "", nil)
-		}},
-		{"HEAD /", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "HEAD", "/", "", nil)
-		}},
-		{"GET /style.css", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "GET", "/style.css", "", nil)
-		}},
-		{"GET /missing", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "GET", "/missing", "", nil)
-		}},
-		{"POST / form", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "POST", "/", "", body)
-		}},
-		{"GET path", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "GET", testPath, "", nil)
-		}},
-		{"GET path valid token", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "GET", testPath, p.token(t, p.ekm, now), nil)
-		}},
-		{"PUT path valid token", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "PUT", testPath, p.token(t, p.ekm, now), body)
-		}},
-		{"POST other path valid token", transport.OutcomeCover, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "POST", testPath+"x", p.token(t, p.ekm, now), body)
-		}},
-		{"POST path no token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "POST", testPath, "", body)
-		}},
-		{"POST path garbage token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "POST", testPath, garbage, body)
-		}},
-		{"POST path short token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			return newProber(t, addr).do(t, "POST", testPath, "abc", body)
-		}},
-		{"POST path expired token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "POST", testPath, p.token(t, p.ekm, now.Add(-10*time.Minute)), body)
-		}},
-		{"POST path future token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "POST", testPath, p.token(t, p.ekm, now.Add(10*time.Minute)), body)
-		}},
-		{"POST path unbound token", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			p := newProber(t, addr)
-			return p.do(t, "POST", testPath, p.token(t, nil, now), body)
-		}},
-		{"POST path token bound to another connection", transport.OutcomeAuthFailed, func(t *testing.T, addr string, _ bool) answer {
-			other := newProber(t, addr)
-			p := newProber(t, addr)
-			return p.do(t, "POST", testPath, p.token(t, other.ekm, now), body)
-		}},
-		{"POST path replayed token, same connection", transport.OutcomeReplay, func(t *testing.T, addr string, isRelay bool) answer {
-			p := newProber(t, addr)
-			tok := p.token(t, p.ekm, now)
-			first := p.do(t, "POST", testPath, tok, nil) // a real session
-			if isRelay && first.status != http.StatusOK {
-				t.Fatalf("real session refused: %v", first)
-			}
-			return p.do(t, "POST", testPath, tok, body)
-		}},
-		{"POST path replayed token, new connection", transport.OutcomeAuthFailed, func(t *testing.T, addr string, isRelay bool) answer {
-			p := newProber(t, addr)
-			tok := p.token(t, p.ekm, now)
-			first := p.do(t, "POST", testPath, tok, nil)
-			if isRelay && first.status != http.StatusOK {
-				t.Fatalf("real session refused: %v", first)
-			}
-			return newProber(t, addr).do(t, "POST", testPath, tok, body)
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before := r.obs.Get(tt.want)
-			var got [2]answer
-			for i, tg := range targets {
-				got[i] = tt.probe(t, tg.addr, tg.relay)
-			}
-			if d := r.obs.Get(tt.want) - before; d != 1 {
-				t.Errorf("relay reported %q %d times for the probe, want 1", tt.want, d)
-			}
-			if got[0].status == http.StatusOK && got[1].status != http.StatusOK && strings.HasPrefix(tt.name, "POST path") {
-				t.Fatalf("relay opened a session for a probe")
-			}
-			if got[0].status != got[1].status {
-				t.Errorf("status: relay %d, stock %d", got[0].status, got[1].status)
-			}
-			if !headersEqual(got[0].header, got[1].header) {
-				t.Errorf("headers differ:\nrelay %v\nstock %v", got[0].header, got[1].header)
-			}
-			if !bytes.Equal(got[0].body, got[1].body) {
-				t.Errorf("body differs:\nrelay %q\nstock %q", got[0].body, got[1].body)
-			}
+		t.Run(cv.name, func(t *testing.T) {
+			r := startRelay(t, nil, func(cfg *transport.ListenConfig) { cfg.Cover = cv.relay })
+			serveEcho(t, r.ln)
+			transporttest.RunProbes(t, transporttest.Probes{
+				Relay: r.ep.Addr, Reference: startStock(t, cv.stock), Dial: newProber,
+				Host: testSNI, Path: testPath, Key: testKey, Outcomes: r.obs,
+			})
 		})
 	}
-}
-
-func headersEqual(a, b http.Header) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if !slices.Equal(v, b[k]) {
-			return false
-		}
-	}
-	return true
 }
 
 // Datagrams that are not a QUIC handshake must meet the same fate at the
@@ -424,27 +216,4 @@ func udpProbe(addr string, datagram []byte) (string, error) {
 		return fmt.Sprintf("long header, version %x, %d bytes", b[1:5], n), nil
 	}
 	return fmt.Sprintf("short header, %d bytes", n), nil
-}
-
-// A token is only good on the QUIC connection whose exporter it is bound to.
-func TestTokenBinding(t *testing.T) {
-	r := startRelay(t, nil, nil)
-	serveEcho(t, r.ln)
-	a, b := newProber(t, r.ep.Addr), newProber(t, r.ep.Addr)
-	if bytes.Equal(a.ekm, b.ekm) {
-		t.Fatal("two QUIC connections share an exporter value")
-	}
-	now := time.Now()
-	got := b.do(t, "POST", testPath, b.token(t, a.ekm, now), nil)
-	want := newProber(t, r.ep.Addr).do(t, "GET", "/elsewhere", "", nil) // the cover's 404
-	if got.status != want.status || !bytes.Equal(got.body, want.body) {
-		t.Errorf("token bound to another connection: got %v, want the cover's %v", got, want)
-	}
-	if n := r.obs.Get(transport.OutcomeAuthFailed); n != 1 {
-		t.Errorf("auth_failed reported %d times, want 1", n)
-	}
-	// Control: the same kind of token, bound to the right connection, works.
-	if got := b.do(t, "POST", testPath, b.token(t, b.ekm, now), nil); got.status != http.StatusOK {
-		t.Errorf("token bound to its own connection: %v, want a session", got)
-	}
 }

@@ -129,5 +129,4 @@ func BenchmarkRawTLSHandshake(b *testing.B) {
 	}
 }
 
-var _ transport.Conn = (*clientConn)(nil)
 var _ transport.Conn = (*serverConn)(nil)

@@ -2,29 +2,28 @@
 // HTTP/2 requests over TLS over TCP, indistinguishable from a visit to an
 // ordinary website.
 //
+// The session request, its token and the choice between a session and the
+// cover site are the shared HTTP session layer's: see transport/httpsession.
+// This package adds TCP, TLS and HTTP/2, and the framing of the response.
+//
 // # Server
 //
 // The listener is a stock [net/http.Server] serving HTTP/2 and HTTP/1.1 over
 // crypto/tls with the operator's certificate and the TLS defaults of any Go
-// HTTPS server. Every request goes to one handler:
-//
-//   - POST to the secret session path with a valid session token in the
-//     cookie [transport.TokenCookie] becomes a relay session: the server
-//     answers 200 at once, and the request body and the response body form a
-//     full-duplex stream.
-//   - Everything else (other paths and methods, a missing, forged, expired,
-//     replayed or wrongly bound token) is handed untouched to the cover site,
-//     so the answer is byte for byte what the cover site gives anybody.
-//
-// Tokens are bound to the TLS session through the exporter
-// [transport.ExporterLabel] unless the listener allows unbound tokens (relays
-// behind a CDN); see transport.MakeToken.
+// HTTPS server. Its handler is an httpsession.Gate: a POST to the secret
+// session path with a valid token becomes a relay session (the server
+// answers 200 at once, and the request body and the response body form a
+// full-duplex stream); everything else is handed untouched to the cover
+// site, so the answer is byte for byte what the cover site gives anybody.
+// HTTP/1.1 sessions exist for relays behind a CDN, which also need unbound
+// tokens (ListenConfig.AllowUnbound).
 //
 // # Client
 //
-// The client dials TCP, performs a uTLS handshake that imitates Chrome
-// (ALPN h2, http/1.1), requires h2, and sends one POST to the session path
-// with browser-like headers, the token cookie and a streaming body.
+// The client dials TCP, performs a uTLS handshake whose ClientHello is the
+// browser profile's (transport/browser; Endpoint.Fingerprint may choose
+// another preset), requires ALPN h2, and sends the session request with a
+// token bound to this TLS session.
 //
 // # Stream framing
 //

@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
-	"github.com/postern/postern/transport/fingerprint"
+	"github.com/postern/postern/transport/browser"
+	"github.com/postern/postern/transport/censortest"
 )
 
 // captureHello dials the https transport at a listener that records the
@@ -65,12 +66,12 @@ func captureHello(t *testing.T, preset string) []byte {
 // ALPN h2,http/1.1, with GREASE. Custom config cannot silently break this.
 func TestClientHelloMatchesChromium(t *testing.T) {
 	rec := captureHello(t, "")
-	h, err := fingerprint.ParseClientHello(rec)
+	h, err := censortest.ParseClientHello(rec)
 	if err != nil {
 		t.Fatalf("parse captured hello (%d bytes): %v", len(rec), err)
 	}
-	if got, want := fingerprint.JA4(h), fingerprint.ChromiumJA4(); got != want {
-		t.Fatalf("JA4 %s, want Chromium's %s\nraw: %s", got, want, fingerprint.JA4R(h))
+	if got, want := censortest.JA4(h), browser.Current.JA4; got != want {
+		t.Fatalf("JA4 %s, want Chromium's %s\nraw: %s", got, want, censortest.JA4R(h))
 	}
 	if !slices.Equal(h.ALPN, []string{"h2", "http/1.1"}) {
 		t.Fatalf("ALPN %v", h.ALPN)
@@ -85,14 +86,14 @@ func TestClientHelloMatchesChromium(t *testing.T) {
 		t.Fatalf("SNI %q", h.ServerName)
 	}
 	// The older preset is still available and differs.
-	old, err := fingerprint.ParseClientHello(captureHello(t, "chrome133"))
+	old, err := censortest.ParseClientHello(captureHello(t, "chrome133"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fingerprint.JA4(old) == fingerprint.ChromiumJA4() {
+	if censortest.JA4(old) == browser.Current.JA4 {
 		t.Fatal("chrome133 preset has the current Chromium JA4; the comparison proves nothing")
 	}
-	t.Logf("https client JA4: %s", fingerprint.JA4(h))
+	t.Logf("https client JA4: %s", censortest.JA4(h))
 }
 
 // TestSessionPerPreset: every preset completes a session with a channel-bound

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/internal/token"
 	"github.com/postern/postern/transport/transporttest"
 )
 
@@ -212,7 +213,7 @@ func TestTokenBinding(t *testing.T) {
 	defer a.Close()
 	b := tlsDial(t, r.ep.Addr, "http/1.1")
 	defer b.Close()
-	unbound, _ := transport.MakeToken(r.ep.Key, testPath, nil, time.Now())
+	unbound, _ := token.Make(r.ep.Key, testPath, nil, time.Now())
 	if got := post(b, boundToken(t, r.ep.Key, a, time.Now())); got != http.StatusNotFound {
 		t.Errorf("token bound to another TLS session: status %d, want the cover's 404", got)
 	}
@@ -237,10 +238,10 @@ func TestHTTP1FullDuplex(t *testing.T) {
 		ForceAttemptHTTP2: false,
 	}
 	defer tr.CloseIdleConnections()
-	tok, _ := transport.MakeToken(r.ep.Key, testPath, nil, time.Now())
+	tok, _ := token.Make(r.ep.Key, testPath, nil, time.Now())
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", "https://"+r.ep.Addr+testPath, pr)
-	req.Header.Set("Cookie", transport.TokenCookie+"="+tok)
+	req.Header.Set("Cookie", token.Cookie+"="+tok)
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)

@@ -10,13 +10,12 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/transport"
-	"github.com/postern/postern/transport/cover"
+	"github.com/postern/postern/transport/httpsession"
 )
 
 // Name is the registry and descriptor name of this transport.
@@ -35,7 +34,7 @@ const (
 	// DefaultMaxHandshakes caps concurrent TLS handshakes per listener.
 	DefaultMaxHandshakes = 256
 	// DefaultMaxSessions caps concurrent relay sessions per listener.
-	DefaultMaxSessions = 4096
+	DefaultMaxSessions = httpsession.DefaultMaxSessions
 )
 
 // Transport is the https transport. The zero value uses the defaults above
@@ -51,7 +50,7 @@ type Transport struct {
 	// waits for a free slot until ReadHeaderTimeout.
 	MaxHandshakes int
 	// MaxSessions caps concurrent sessions; a valid session request beyond
-	// it is served the cover site.
+	// it is served the cover site. Zero means DefaultMaxSessions.
 	MaxSessions int
 }
 
@@ -84,70 +83,34 @@ func (t *Transport) NewHTTPServer(h http.Handler) *http.Server {
 	}
 }
 
-// listener is a transport.Listener over an http.Server.
+// listener is a transport.Listener over an http.Server whose handler is
+// the shared httpsession.Gate.
 type listener struct {
-	srv      *http.Server
-	ln       net.Listener
-	cover    http.Handler
-	path     string
-	verifier *transport.TokenVerifier
-	observe  func(transport.Outcome)
-
-	handshakes chan struct{} // semaphore: TLS handshakes in progress
-	sessions   chan struct{} // semaphore: live sessions
-	accept     chan *serverConn
-
-	mu        sync.Mutex // orders active.Add before active.Wait
-	closed    chan struct{}
+	srv       *http.Server
+	ln        net.Listener
+	gate      *httpsession.Gate
 	closeOnce sync.Once
 	closeErr  error
-	active    sync.WaitGroup // session handlers
 	serveDone chan struct{}
 }
 
 // Listen starts an HTTPS listener on cfg.Addr. It serves the cover site to
 // everybody and yields authenticated relay sessions through Accept.
 func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (transport.Listener, error) {
-	lerr := func(err error) error {
-		return &transport.Error{Class: transport.ClassUnknown, Op: "listen", Transport: Name, Err: err}
-	}
-	if cfg.Addr == "" {
-		return nil, lerr(errors.New("no listen address configured (host:port)"))
-	}
-	if len(cfg.Certificate.Certificate) == 0 {
-		return nil, lerr(errors.New("no TLS certificate configured"))
-	}
-	if !strings.HasPrefix(cfg.Path, "/") {
-		return nil, lerr(fmt.Errorf("session path %q must start with /", cfg.Path))
-	}
-	verifier, err := transport.NewTokenVerifier(cfg.Key, cfg.Path, cfg.AllowUnbound, cfg.Now)
+	l := &listener{serveDone: make(chan struct{})}
+	binding := func(r *http.Request) []byte { return httpsession.Binding(r.TLS) }
+	gate, err := httpsession.NewGate(Name, cfg, t.MaxSessions, binding, l.session)
 	if err != nil {
-		return nil, lerr(err)
+		return nil, err
 	}
 	var lc net.ListenConfig
 	raw, err := lc.Listen(ctx, "tcp", cfg.Addr)
 	if err != nil {
-		return nil, lerr(err) // a local address; safe to show the operator
+		return nil, httpsession.ListenError(Name, err)
 	}
-	l := &listener{
-		ln:         raw,
-		cover:      cfg.Cover,
-		path:       cfg.Path,
-		verifier:   verifier,
-		observe:    cfg.Observe,
-		handshakes: make(chan struct{}, orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
-		sessions:   make(chan struct{}, orDefault(t.MaxSessions, DefaultMaxSessions)),
-		accept:     make(chan *serverConn),
-		closed:     make(chan struct{}),
-		serveDone:  make(chan struct{}),
-	}
-	if l.cover == nil {
-		l.cover = cover.Default()
-	}
-	if l.observe == nil {
-		l.observe = func(transport.Outcome) {}
-	}
-	l.srv = t.NewHTTPServer(l)
+	l.ln, l.gate = raw, gate
+	l.srv = t.NewHTTPServer(gate)
+	handshakes := make(chan struct{}, orDefault(t.MaxHandshakes, DefaultMaxHandshakes))
 	handshakeWait := t.readHeaderTimeout()
 	// The TLS configuration is what a stock Go HTTPS server with this
 	// certificate uses; ServeTLS adds ALPN h2 and http/1.1. The hook only
@@ -156,7 +119,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		Certificates: []tls.Certificate{cfg.Certificate},
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			if c, ok := hello.Conn.(*countedConn); ok {
-				if err := c.acquire(hello.Context(), handshakeWait, l.closed); err != nil {
+				if err := c.acquire(hello.Context(), handshakeWait, gate.Closed()); err != nil {
 					return nil, err
 				}
 			}
@@ -165,122 +128,52 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	}
 	go func() {
 		defer close(l.serveDone)
-		l.srv.ServeTLS(&countingListener{Listener: raw, sem: l.handshakes}, "", "")
+		gate.ServeEnded(l.srv.ServeTLS(&countingListener{Listener: raw, sem: handshakes}, "", ""))
 	}()
 	return l, nil
 }
 
 func (l *listener) Addr() net.Addr { return l.ln.Addr() }
 
-func (l *listener) Accept(ctx context.Context) (transport.Conn, error) {
-	select {
-	case c := <-l.accept:
-		return c, nil
-	case <-l.closed:
-		return nil, &transport.Error{Class: transport.ClassUnknown, Op: "accept", Transport: Name, Err: net.ErrClosed}
-	case <-ctx.Done():
-		return nil, transport.Classify("accept", Name, ctx.Err())
-	}
-}
+func (l *listener) Accept(ctx context.Context) (transport.Conn, error) { return l.gate.Accept(ctx) }
 
 // Close stops the server, closes every connection and session, and waits
 // for session handlers to finish.
 func (l *listener) Close() error {
 	l.closeOnce.Do(func() {
-		l.mu.Lock()
-		close(l.closed)
-		l.mu.Unlock()
+		l.gate.Shut()
 		l.closeErr = l.srv.Close()
-		l.active.Wait()
+		l.gate.Wait()
 		<-l.serveDone
 	})
 	return l.closeErr
 }
 
-// ServeHTTP decides between a relay session and the cover site.
-func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost || r.URL.Path != l.path {
-		l.observe(transport.OutcomeCover)
-		l.cover.ServeHTTP(w, r)
-		return
-	}
-	outcome := transport.OutcomeAuthFailed
-	if ck, err := r.Cookie(transport.TokenCookie); err == nil {
-		var binding []byte
-		if r.TLS != nil {
-			binding, _ = r.TLS.ExportKeyingMaterial(transport.ExporterLabel, nil, transport.ExporterLen)
-		}
-		outcome = l.verifier.Verify(ck.Value, binding)
-	}
-	if outcome != transport.OutcomeOK {
-		l.observe(outcome)
-		l.cover.ServeHTTP(w, r)
-		return
-	}
-	select {
-	case l.sessions <- struct{}{}:
-	default:
-		// Full: indistinguishable from a rejected token for the client,
-		// which will retry later or elsewhere.
-		l.observe(transport.OutcomeBusy)
-		l.cover.ServeHTTP(w, r)
-		return
-	}
-	defer func() { <-l.sessions }()
-	l.mu.Lock()
-	select {
-	case <-l.closed:
-		// Closing: Close may already be waiting for active handlers.
-		l.mu.Unlock()
-		l.observe(transport.OutcomeCover)
-		l.cover.ServeHTTP(w, r)
-		return
-	default:
-	}
-	l.active.Add(1)
-	l.mu.Unlock()
-	defer l.active.Done()
-	l.observe(transport.OutcomeOK)
-	l.session(w, r)
-}
-
 // session runs one relay session until either side closes it.
-func (l *listener) session(w http.ResponseWriter, r *http.Request) {
+func (l *listener) session(w http.ResponseWriter, r *http.Request, release func()) {
+	defer release()
 	rc := http.NewResponseController(w)
 	rc.EnableFullDuplex() // HTTP/1.1; HTTP/2 is always full duplex
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
+	httpsession.WriteAccepted(w)
 	if err := rc.Flush(); err != nil {
 		return
 	}
 	c := &serverConn{
 		w: w, rc: rc, body: r.Body,
-		local: l.ln.Addr(), remote: hiddenAddr{},
+		local: l.ln.Addr(), remote: httpsession.HiddenAddr(Name),
 		closing: make(chan struct{}), finished: make(chan struct{}),
 	}
 	defer close(c.finished)
 	ctx := r.Context()
-	select {
-	case l.accept <- c:
-	case <-l.closed:
-	case <-ctx.Done():
-	}
-	select {
-	case <-c.closing:
-	case <-l.closed:
-	case <-ctx.Done():
+	if l.gate.Offer(ctx, c) {
+		select {
+		case <-c.closing:
+		case <-l.gate.Closed():
+		case <-ctx.Done():
+		}
 	}
 	c.teardown()
 }
-
-// hiddenAddr stands in for the client's address, which the relay must not
-// learn through the transport.
-type hiddenAddr struct{}
-
-func (hiddenAddr) Network() string { return "https" }
-func (hiddenAddr) String() string  { return "client" }
 
 // serverConn is the relay end of a session: the request body is the read
 // side, the framed response body the write side.

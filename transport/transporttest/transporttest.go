@@ -12,6 +12,11 @@
 // half-close works both ways, Close unblocks pending Read and Write on
 // either side, a closed listener stops accepting, and the relay side never
 // learns the client's address.
+//
+// RunProbes is the second suite, for HTTP transports: the table of probes
+// (cover pages, session requests with missing, forged, expired, replayed or
+// wrongly bound tokens, random bytes, a valid session) that must get exactly
+// the cover site's answer, or an echoing session, from every listener.
 package transporttest
 
 import (

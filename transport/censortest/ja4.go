@@ -1,4 +1,4 @@
-package fingerprint
+package censortest
 
 import (
 	"crypto/sha256"

@@ -1,9 +1,9 @@
 // Command capture records the TLS ClientHello that a locally installed
-// Chromium sends, so that the fingerprint package can be checked against it.
+// Chromium sends, so that transport/browser's profile can be checked against it.
 //
 // It is a maintenance tool, not part of any build: CI never runs it. Usage:
 //
-//	go run ./transport/fingerprint/testdata/capture -n 3 -out transport/fingerprint/testdata
+//	go run ./transport/censortest/testdata/capture -n 3 -out transport/censortest/testdata
 //
 // For each capture it listens on 127.0.0.1 on a fresh port, starts Chromium
 // headless against https://relay.example:PORT/ with relay.example mapped to

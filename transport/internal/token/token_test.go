@@ -1,4 +1,4 @@
-package transport
+package token
 
 import (
 	"bytes"
@@ -7,10 +7,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/transport"
 )
 
 var (
-	testKey     = bytes.Repeat([]byte{0x42}, KeySize)
+	testKey     = bytes.Repeat([]byte{0x42}, transport.KeySize)
 	testPath    = "/s/7Hq2cV"
 	testBinding = bytes.Repeat([]byte{0xb1}, ExporterLen)
 	testEpoch   = time.Date(2026, 3, 14, 15, 9, 26, 0, time.UTC)
@@ -34,9 +36,9 @@ func (c *clock) set(t time.Time) {
 	c.mu.Unlock()
 }
 
-func newVerifier(t testing.TB, allowUnbound bool, c *clock) *TokenVerifier {
+func newVerifier(t testing.TB, allowUnbound bool, c *clock) *Verifier {
 	t.Helper()
-	v, err := NewTokenVerifier(testKey, testPath, allowUnbound, c.now)
+	v, err := NewVerifier(testKey, testPath, allowUnbound, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +47,7 @@ func newVerifier(t testing.TB, allowUnbound bool, c *clock) *TokenVerifier {
 
 func mustToken(t testing.TB, key []byte, path string, binding []byte, now time.Time) string {
 	t.Helper()
-	tok, err := MakeToken(key, path, binding, now)
+	tok, err := Make(key, path, binding, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,24 +61,24 @@ func TestTokenRoundTrip(t *testing.T) {
 		allowUnbound bool
 		makeBinding  []byte // binding the token is made with
 		verBinding   []byte // binding of the connection it arrives on
-		want         Outcome
+		want         transport.Outcome
 	}{
-		{"bound", false, testBinding, testBinding, OutcomeOK},
-		{"bound, unbound allowed", true, testBinding, testBinding, OutcomeOK},
-		{"bound token, no binding on conn", false, testBinding, nil, OutcomeAuthFailed},
-		{"bound token, no binding on conn, unbound allowed", true, testBinding, nil, OutcomeAuthFailed},
-		{"bound token, short binding", true, testBinding, testBinding[:16], OutcomeAuthFailed},
-		{"unbound token refused", false, nil, nil, OutcomeAuthFailed},
-		{"unbound token refused even with binding", false, nil, testBinding, OutcomeAuthFailed},
-		{"unbound token allowed", true, nil, nil, OutcomeOK},
+		{"bound", false, testBinding, testBinding, transport.OutcomeOK},
+		{"bound, unbound allowed", true, testBinding, testBinding, transport.OutcomeOK},
+		{"bound token, no binding on conn", false, testBinding, nil, transport.OutcomeAuthFailed},
+		{"bound token, no binding on conn, unbound allowed", true, testBinding, nil, transport.OutcomeAuthFailed},
+		{"bound token, short binding", true, testBinding, testBinding[:16], transport.OutcomeAuthFailed},
+		{"unbound token refused", false, nil, nil, transport.OutcomeAuthFailed},
+		{"unbound token refused even with binding", false, nil, testBinding, transport.OutcomeAuthFailed},
+		{"unbound token allowed", true, nil, nil, transport.OutcomeOK},
 		// Behind a CDN the relay may still have its own exporter value; an
 		// unbound token ignores it.
-		{"unbound token allowed, conn has binding", true, nil, testBinding, OutcomeOK},
+		{"unbound token allowed, conn has binding", true, nil, testBinding, transport.OutcomeOK},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := mustToken(t, testKey, testPath, tc.makeBinding, c.now())
-			if len(tok) != base64.RawURLEncoding.EncodedLen(TokenSize) || len(tok) != 76 {
+			if len(tok) != base64.RawURLEncoding.EncodedLen(Size) || len(tok) != 76 {
 				t.Fatalf("token length %d, want 76", len(tok))
 			}
 			v := newVerifier(t, tc.allowUnbound, c)
@@ -98,7 +100,7 @@ func TestTokenFresh(t *testing.T) {
 
 func TestTokenWrongInputs(t *testing.T) {
 	c := &clock{t: testEpoch}
-	otherKey := bytes.Repeat([]byte{0x43}, KeySize)
+	otherKey := bytes.Repeat([]byte{0x43}, transport.KeySize)
 	otherBinding := bytes.Repeat([]byte{0xb2}, ExporterLen)
 	cases := []struct {
 		name    string
@@ -119,41 +121,41 @@ func TestTokenWrongInputs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			v := newVerifier(t, true, c)
 			tok := mustToken(t, tc.key, tc.path, tc.binding, c.now())
-			if got := v.Verify(tok, tc.verBind); got != OutcomeAuthFailed {
-				t.Fatalf("Verify = %q, want %q", got, OutcomeAuthFailed)
+			if got := v.Verify(tok, tc.verBind); got != transport.OutcomeAuthFailed {
+				t.Fatalf("Verify = %q, want %q", got, transport.OutcomeAuthFailed)
 			}
 		})
 	}
 }
 
 func TestMakeTokenRejectsBadSizes(t *testing.T) {
-	if _, err := MakeToken(testKey[:31], testPath, nil, testEpoch); err == nil {
-		t.Error("MakeToken accepted a 31-byte key")
+	if _, err := Make(testKey[:31], testPath, nil, testEpoch); err == nil {
+		t.Error("Make accepted a 31-byte key")
 	}
-	if _, err := MakeToken(append(testKey, 0), testPath, nil, testEpoch); err == nil {
-		t.Error("MakeToken accepted a 33-byte key")
+	if _, err := Make(append(testKey, 0), testPath, nil, testEpoch); err == nil {
+		t.Error("Make accepted a 33-byte key")
 	}
-	if _, err := MakeToken(testKey, testPath, testBinding[:31], testEpoch); err == nil {
-		t.Error("MakeToken accepted a 31-byte binding")
+	if _, err := Make(testKey, testPath, testBinding[:31], testEpoch); err == nil {
+		t.Error("Make accepted a 31-byte binding")
 	}
-	if _, err := MakeToken(testKey, testPath, []byte{}, testEpoch); err == nil {
-		t.Error("MakeToken accepted an empty non-nil binding")
+	if _, err := Make(testKey, testPath, []byte{}, testEpoch); err == nil {
+		t.Error("Make accepted an empty non-nil binding")
 	}
-	if _, err := NewTokenVerifier(testKey[:16], testPath, false, nil); err == nil {
-		t.Error("NewTokenVerifier accepted a 16-byte key")
+	if _, err := NewVerifier(testKey[:16], testPath, false, nil); err == nil {
+		t.Error("NewVerifier accepted a 16-byte key")
 	}
 }
 
 func TestTokenVerifierCopiesKey(t *testing.T) {
 	key := bytes.Clone(testKey)
 	c := &clock{t: testEpoch}
-	v, err := NewTokenVerifier(key, testPath, false, c.now)
+	v, err := NewVerifier(key, testPath, false, c.now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	key[0] ^= 1 // caller reuses its buffer
 	tok := mustToken(t, testKey, testPath, testBinding, c.now())
-	if got := v.Verify(tok, testBinding); got != OutcomeOK {
+	if got := v.Verify(tok, testBinding); got != transport.OutcomeOK {
 		t.Fatalf("Verify = %q after caller changed its key buffer", got)
 	}
 }
@@ -177,7 +179,7 @@ func TestTokenBitFlips(t *testing.T) {
 			for bit := 0; bit < 8; bit++ {
 				mut := bytes.Clone(raw)
 				mut[i] ^= 1 << bit
-				if got := v.Verify(base64.RawURLEncoding.EncodeToString(mut), binding); got != OutcomeAuthFailed {
+				if got := v.Verify(base64.RawURLEncoding.EncodeToString(mut), binding); got != transport.OutcomeAuthFailed {
 					t.Fatalf("bound=%v: flip byte %d bit %d: Verify = %q, want auth_failed", bound, i, bit, got)
 				}
 			}
@@ -189,20 +191,20 @@ func TestTokenBitFlips(t *testing.T) {
 					continue
 				}
 				mut := tok[:i] + string(r) + tok[i+1:]
-				if got := v.Verify(mut, binding); got != OutcomeAuthFailed {
+				if got := v.Verify(mut, binding); got != transport.OutcomeAuthFailed {
 					t.Fatalf("bound=%v: char %d -> %q: Verify = %q, want auth_failed", bound, i, r, got)
 				}
 			}
 		}
 		// Length changes.
 		for _, mut := range []string{"", tok[:75], tok + "A", tok + "=", " " + tok, tok[1:] + "A", strings.Repeat("A", 76)} {
-			if got := v.Verify(mut, binding); got != OutcomeAuthFailed {
+			if got := v.Verify(mut, binding); got != transport.OutcomeAuthFailed {
 				t.Fatalf("bound=%v: %q: Verify = %q, want auth_failed", bound, mut, got)
 			}
 		}
 		// After all that the untouched token is still good: no mutation
 		// was recorded in the replay cache.
-		if got := v.Verify(tok, binding); got != OutcomeOK {
+		if got := v.Verify(tok, binding); got != transport.OutcomeOK {
 			t.Fatalf("bound=%v: original token after mutations: %q", bound, got)
 		}
 	}
@@ -213,17 +215,17 @@ func TestTokenClockWindow(t *testing.T) {
 	cases := []struct {
 		name string
 		at   time.Duration // verifier clock minus made
-		want Outcome
+		want transport.Outcome
 	}{
-		{"same instant", 0, OutcomeOK},
-		{"one minute late", time.Minute, OutcomeOK},
-		{"at the late edge", TokenSkew + time.Minute, OutcomeOK},
-		{"just past the late edge", TokenSkew + time.Minute + time.Second, OutcomeAuthFailed},
-		{"an hour late", time.Hour, OutcomeAuthFailed},
-		{"a year late", 365 * 24 * time.Hour, OutcomeAuthFailed},
-		{"client clock ahead, at the edge", -TokenSkew, OutcomeOK},
-		{"client clock too far ahead", -TokenSkew - time.Second, OutcomeAuthFailed},
-		{"an hour in the future", -time.Hour, OutcomeAuthFailed},
+		{"same instant", 0, transport.OutcomeOK},
+		{"one minute late", time.Minute, transport.OutcomeOK},
+		{"at the late edge", Skew + time.Minute, transport.OutcomeOK},
+		{"just past the late edge", Skew + time.Minute + time.Second, transport.OutcomeAuthFailed},
+		{"an hour late", time.Hour, transport.OutcomeAuthFailed},
+		{"a year late", 365 * 24 * time.Hour, transport.OutcomeAuthFailed},
+		{"client clock ahead, at the edge", -Skew, transport.OutcomeOK},
+		{"client clock too far ahead", -Skew - time.Second, transport.OutcomeAuthFailed},
+		{"an hour in the future", -time.Hour, transport.OutcomeAuthFailed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -236,10 +238,10 @@ func TestTokenClockWindow(t *testing.T) {
 		})
 	}
 	// The token records minutes: seconds within the minute do not extend its life.
-	c := &clock{t: made.Add(TokenSkew + time.Minute + time.Second)}
+	c := &clock{t: made.Add(Skew + time.Minute + time.Second)}
 	v := newVerifier(t, false, c)
 	tok := mustToken(t, testKey, testPath, testBinding, made.Add(59*time.Second))
-	if got := v.Verify(tok, testBinding); got != OutcomeAuthFailed {
+	if got := v.Verify(tok, testBinding); got != transport.OutcomeAuthFailed {
 		t.Fatalf("token made at :59 verified 3m1s after the minute: %q, want auth_failed", got)
 	}
 }
@@ -249,17 +251,17 @@ func TestTokenReplay(t *testing.T) {
 	for _, allowUnbound := range []bool{false, true} {
 		v := newVerifier(t, allowUnbound, c)
 		tok := mustToken(t, testKey, testPath, testBinding, c.now())
-		if got := v.Verify(tok, testBinding); got != OutcomeOK {
+		if got := v.Verify(tok, testBinding); got != transport.OutcomeOK {
 			t.Fatalf("first Verify = %q", got)
 		}
 		for i := 0; i < 3; i++ {
-			if got := v.Verify(tok, testBinding); got != OutcomeReplay {
+			if got := v.Verify(tok, testBinding); got != transport.OutcomeReplay {
 				t.Fatalf("replay %d: Verify = %q, want replay", i, got)
 			}
 		}
 		// A replay with a mangled binding is an auth failure, not a replay:
 		// the MAC is checked first, so a prober learns nothing.
-		if got := v.Verify(tok, bytes.Repeat([]byte{9}, ExporterLen)); got != OutcomeAuthFailed {
+		if got := v.Verify(tok, bytes.Repeat([]byte{9}, ExporterLen)); got != transport.OutcomeAuthFailed {
 			t.Fatalf("replay on another connection: %q, want auth_failed", got)
 		}
 	}
@@ -267,10 +269,10 @@ func TestTokenReplay(t *testing.T) {
 	// is still a replay.
 	v := newVerifier(t, true, c)
 	tok := mustToken(t, testKey, testPath, nil, c.now())
-	if got := v.Verify(tok, testBinding); got != OutcomeOK {
+	if got := v.Verify(tok, testBinding); got != transport.OutcomeOK {
 		t.Fatalf("first Verify = %q", got)
 	}
-	if got := v.Verify(tok, nil); got != OutcomeReplay {
+	if got := v.Verify(tok, nil); got != transport.OutcomeReplay {
 		t.Fatalf("unbound replay: %q, want replay", got)
 	}
 }
@@ -281,7 +283,7 @@ func TestTokenReplayConcurrent(t *testing.T) {
 	v := newVerifier(t, false, c)
 	tok := mustToken(t, testKey, testPath, testBinding, c.now())
 	const n = 16
-	results := make(chan Outcome, n)
+	results := make(chan transport.Outcome, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Add(1)
@@ -295,9 +297,9 @@ func TestTokenReplayConcurrent(t *testing.T) {
 	ok := 0
 	for r := range results {
 		switch r {
-		case OutcomeOK:
+		case transport.OutcomeOK:
 			ok++
-		case OutcomeReplay:
+		case transport.OutcomeReplay:
 		default:
 			t.Fatalf("unexpected outcome %q", r)
 		}
@@ -312,7 +314,7 @@ func TestReplayCacheForgets(t *testing.T) {
 	c := &clock{t: start}
 	v := newVerifier(t, false, c)
 	for i := 0; i < 10; i++ {
-		if got := v.Verify(mustToken(t, testKey, testPath, testBinding, start), testBinding); got != OutcomeOK {
+		if got := v.Verify(mustToken(t, testKey, testPath, testBinding, start), testBinding); got != transport.OutcomeOK {
 			t.Fatal(got)
 		}
 	}
@@ -320,21 +322,21 @@ func TestReplayCacheForgets(t *testing.T) {
 		t.Fatalf("cache holds %d nonces, want 10", n)
 	}
 	// While a token can still be accepted, its nonce is remembered.
-	c.set(start.Add(TokenSkew + time.Minute))
+	c.set(start.Add(Skew + time.Minute))
 	old := mustToken(t, testKey, testPath, testBinding, start)
-	if got := v.Verify(old, testBinding); got != OutcomeOK {
+	if got := v.Verify(old, testBinding); got != transport.OutcomeOK {
 		t.Fatal(got)
 	}
-	if got := v.Verify(old, testBinding); got != OutcomeReplay {
+	if got := v.Verify(old, testBinding); got != transport.OutcomeReplay {
 		t.Fatalf("replay at the edge of the window: %q", got)
 	}
 	// Once every token has expired, the next verification drops them all.
-	later := start.Add(TokenSkew + 2*time.Minute)
+	later := start.Add(Skew + 2*time.Minute)
 	c.set(later)
-	if got := v.Verify(old, testBinding); got != OutcomeAuthFailed {
+	if got := v.Verify(old, testBinding); got != transport.OutcomeAuthFailed {
 		t.Fatalf("expired replay: %q, want auth_failed", got)
 	}
-	if got := v.Verify(mustToken(t, testKey, testPath, testBinding, later), testBinding); got != OutcomeOK {
+	if got := v.Verify(mustToken(t, testKey, testPath, testBinding, later), testBinding); got != transport.OutcomeOK {
 		t.Fatal(got)
 	}
 	if n := cacheLen(v); n != 1 {
@@ -342,7 +344,7 @@ func TestReplayCacheForgets(t *testing.T) {
 	}
 }
 
-func cacheLen(v *TokenVerifier) int {
+func cacheLen(v *Verifier) int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if len(v.seen) != len(v.order) {
@@ -362,31 +364,31 @@ func TestReplayCacheFull(t *testing.T) {
 	c := &clock{t: start}
 	v := newVerifier(t, true, c)
 	first := mustToken(t, testKey, testPath, nil, start)
-	if got := v.Verify(first, nil); got != OutcomeOK {
+	if got := v.Verify(first, nil); got != transport.OutcomeOK {
 		t.Fatal(got)
 	}
 	for i := 1; i < ReplayCacheSize; i++ {
-		if got := v.Verify(mustToken(t, testKey, testPath, nil, start), nil); got != OutcomeOK {
+		if got := v.Verify(mustToken(t, testKey, testPath, nil, start), nil); got != transport.OutcomeOK {
 			t.Fatalf("token %d: %q", i, got)
 		}
 	}
-	if got := v.Verify(mustToken(t, testKey, testPath, nil, start), nil); got != OutcomeReplay {
+	if got := v.Verify(mustToken(t, testKey, testPath, nil, start), nil); got != transport.OutcomeReplay {
 		t.Fatalf("fresh token with a full cache: %q, want refusal (replay)", got)
 	}
-	if got := v.Verify(first, nil); got != OutcomeReplay {
+	if got := v.Verify(first, nil); got != transport.OutcomeReplay {
 		t.Fatalf("first token was forgotten while the cache was full: %q", got)
 	}
 	// A token bound to its TLS connection is still accepted (not recorded):
 	// a flood of unbound tokens must not lock out direct clients.
 	bound := mustToken(t, testKey, testPath, testBinding, start)
-	if got := v.Verify(bound, testBinding); got != OutcomeOK {
+	if got := v.Verify(bound, testBinding); got != transport.OutcomeOK {
 		t.Fatalf("bound token with a full cache: %q, want ok", got)
 	}
-	if got := v.Verify(bound, append([]byte{1}, testBinding[1:]...)); got != OutcomeAuthFailed {
+	if got := v.Verify(bound, append([]byte{1}, testBinding[1:]...)); got != transport.OutcomeAuthFailed {
 		t.Fatalf("bound token on another connection with a full cache: %q", got)
 	}
-	c.set(start.Add(TokenSkew + 2*time.Minute))
-	if got := v.Verify(mustToken(t, testKey, testPath, nil, c.now()), nil); got != OutcomeOK {
+	c.set(start.Add(Skew + 2*time.Minute))
+	if got := v.Verify(mustToken(t, testKey, testPath, nil, c.now()), nil); got != transport.OutcomeOK {
 		t.Fatalf("fresh token after expiry: %q", got)
 	}
 	if n := cacheLen(v); n != 1 {
@@ -396,8 +398,8 @@ func TestReplayCacheFull(t *testing.T) {
 
 func FuzzTokenVerify(f *testing.F) {
 	now := time.Date(2026, 3, 14, 15, 9, 0, 0, time.UTC)
-	good, _ := MakeToken(testKey, testPath, testBinding, now)
-	unbound, _ := MakeToken(testKey, testPath, nil, now)
+	good, _ := Make(testKey, testPath, testBinding, now)
+	unbound, _ := Make(testKey, testPath, nil, now)
 	f.Add(good, testBinding)
 	f.Add(unbound, []byte(nil))
 	f.Add(unbound, testBinding)
@@ -408,20 +410,20 @@ func FuzzTokenVerify(f *testing.F) {
 	f.Add(good[:75]+"=", testBinding)
 	f.Fuzz(func(t *testing.T, tok string, binding []byte) {
 		c := &clock{t: now}
-		v, err := NewTokenVerifier(testKey, testPath, true, c.now)
+		v, err := NewVerifier(testKey, testPath, true, c.now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := v.Verify(tok, binding)
 		switch got {
-		case OutcomeAuthFailed:
+		case transport.OutcomeAuthFailed:
 			if n := cacheLen(v); n != 0 {
 				t.Fatalf("a rejected token was recorded (%d nonces)", n)
 			}
-		case OutcomeOK:
+		case transport.OutcomeOK:
 			// Only a token that really carries our MAC can pass; it is
 			// then single-use.
-			if again := v.Verify(tok, binding); again != OutcomeReplay {
+			if again := v.Verify(tok, binding); again != transport.OutcomeReplay {
 				t.Fatalf("accepted token verified again: %q, want replay", again)
 			}
 		default:
@@ -432,7 +434,7 @@ func FuzzTokenVerify(f *testing.F) {
 
 func BenchmarkMakeToken(b *testing.B) {
 	for b.Loop() {
-		if _, err := MakeToken(testKey, testPath, testBinding, testEpoch); err != nil {
+		if _, err := Make(testKey, testPath, testBinding, testEpoch); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -454,7 +456,7 @@ func BenchmarkVerifyAccept(b *testing.B) {
 			v, i = newVerifier(b, false, c), 0
 			b.StartTimer()
 		}
-		if got := v.Verify(toks[i], testBinding); got != OutcomeOK {
+		if got := v.Verify(toks[i], testBinding); got != transport.OutcomeOK {
 			b.Fatal(got)
 		}
 		i++
@@ -465,9 +467,9 @@ func BenchmarkVerifyAccept(b *testing.B) {
 func BenchmarkVerifyReject(b *testing.B) {
 	c := &clock{t: testEpoch}
 	v := newVerifier(b, false, c)
-	tok := mustToken(b, bytes.Repeat([]byte{1}, KeySize), testPath, testBinding, testEpoch)
+	tok := mustToken(b, bytes.Repeat([]byte{1}, transport.KeySize), testPath, testBinding, testEpoch)
 	for b.Loop() {
-		if got := v.Verify(tok, testBinding); got != OutcomeAuthFailed {
+		if got := v.Verify(tok, testBinding); got != transport.OutcomeAuthFailed {
 			b.Fatal(got)
 		}
 	}

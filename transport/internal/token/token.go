@@ -1,9 +1,9 @@
-package transport
-
-// Session tokens.
+// Package token makes and checks the session tokens of Postern's HTTP
+// transports. It is internal to transport/: only the session layer
+// (transport/httpsession) and tests use it.
 //
 // A relay session starts as an HTTP request to the descriptor's secret path
-// carrying a token in the cookie named TokenCookie. The token proves knowledge
+// carrying a token in the cookie named [Cookie]. The token proves knowledge
 // of the descriptor's 32-byte key without revealing it, is fresh (a time
 // window), single-use (a nonce kept in a replay cache) and, when the client
 // talks TLS directly to the relay, bound to this very TLS session through an
@@ -15,11 +15,12 @@ package transport
 //	flags   1 byte   bit 0: bound to the TLS exporter; other bits zero
 //	minute  8 bytes  big-endian Unix time in minutes when it was made
 //	nonce  16 bytes  random
-//	mac    32 bytes  HMAC-SHA256(key, TokenLabel || flags || minute || nonce ||
+//	mac    32 bytes  HMAC-SHA256(key, Label || flags || minute || nonce ||
 //	                 uint16(len(path)) || path || binding)
 //
-// binding is the 32-byte TLS exporter value for label ExporterLabel and no
+// binding is the 32-byte TLS exporter value for label [ExporterLabel] and no
 // context when bit 0 is set, and empty otherwise.
+package token
 
 import (
 	"crypto/hmac"
@@ -30,23 +31,23 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/postern/postern/transport"
 )
 
 const (
-	// TokenCookie is the cookie that carries the session token.
-	TokenCookie = "sid"
-	// TokenLabel domain-separates the token MAC.
-	TokenLabel = "postern session token v1"
+	// Cookie is the cookie that carries the session token.
+	Cookie = "sid"
+	// Label domain-separates the token MAC.
+	Label = "postern session token v1"
 	// ExporterLabel is the TLS exporter label for channel binding.
 	ExporterLabel = "EXPORTER-postern-session-v1"
 	// ExporterLen is the length of the channel binding value.
 	ExporterLen = 32
-	// KeySize is the size of the session authentication key.
-	KeySize = 32
-	// TokenSize is the decoded size of a token.
-	TokenSize = 1 + 8 + 16 + 32
-	// TokenSkew is how far a token's minute may be from the verifier's clock.
-	TokenSkew = 2 * time.Minute
+	// Size is the decoded size of a token.
+	Size = 1 + 8 + 16 + 32
+	// Skew is how far a token's minute may be from the verifier's clock.
+	Skew = 2 * time.Minute
 	// ReplayCacheSize bounds the nonces a verifier remembers. When full of
 	// live nonces, new unbound tokens are refused rather than old nonces
 	// forgotten; bound tokens are still accepted (see Verify).
@@ -55,16 +56,16 @@ const (
 	flagBound = 1
 )
 
-// MakeToken returns a fresh session token for path. binding is the TLS
+// Make returns a fresh session token for path. binding is the TLS
 // exporter value (ExporterLen bytes) or nil for an unbound token.
-func MakeToken(key []byte, path string, binding []byte, now time.Time) (string, error) {
-	if len(key) != KeySize {
-		return "", errors.New("transport: session key must be 32 bytes")
+func Make(key []byte, path string, binding []byte, now time.Time) (string, error) {
+	if len(key) != transport.KeySize {
+		return "", errors.New("session key must be 32 bytes")
 	}
 	if binding != nil && len(binding) != ExporterLen {
-		return "", errors.New("transport: channel binding must be 32 bytes")
+		return "", errors.New("channel binding must be 32 bytes")
 	}
-	var tok [TokenSize]byte
+	var tok [Size]byte
 	if binding != nil {
 		tok[0] = flagBound
 	}
@@ -76,7 +77,7 @@ func MakeToken(key []byte, path string, binding []byte, now time.Time) (string, 
 
 func tokenMAC(key []byte, path string, head, binding []byte) []byte {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte(TokenLabel))
+	m.Write([]byte(Label))
 	m.Write(head)
 	var l [2]byte
 	binary.BigEndian.PutUint16(l[:], uint16(len(path)))
@@ -86,9 +87,9 @@ func tokenMAC(key []byte, path string, head, binding []byte) []byte {
 	return m.Sum(nil)
 }
 
-// TokenVerifier checks session tokens and remembers their nonces. Create it
-// with NewTokenVerifier; it is safe for concurrent use.
-type TokenVerifier struct {
+// Verifier checks session tokens and remembers their nonces. Create it
+// with NewVerifier; it is safe for concurrent use.
+type Verifier struct {
 	key          []byte
 	path         string
 	allowUnbound bool
@@ -99,53 +100,53 @@ type TokenVerifier struct {
 	order [][16]byte             // insertion order, for expiry
 }
 
-// NewTokenVerifier returns a verifier for tokens made with key for path.
+// NewVerifier returns a verifier for tokens made with key for path.
 // now may be nil for time.Now.
-func NewTokenVerifier(key []byte, path string, allowUnbound bool, now func() time.Time) (*TokenVerifier, error) {
-	if len(key) != KeySize {
-		return nil, errors.New("transport: session key must be 32 bytes")
+func NewVerifier(key []byte, path string, allowUnbound bool, now func() time.Time) (*Verifier, error) {
+	if len(key) != transport.KeySize {
+		return nil, errors.New("session key must be 32 bytes")
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &TokenVerifier{
+	return &Verifier{
 		key: append([]byte(nil), key...), path: path, allowUnbound: allowUnbound, now: now,
 		seen: make(map[[16]byte]time.Time),
 	}, nil
 }
 
 // Verify checks tok against binding (the exporter value of the connection the
-// token arrived on, or nil where none is available) and returns OutcomeOK,
-// OutcomeAuthFailed or OutcomeReplay. Only a valid token is recorded.
-func (v *TokenVerifier) Verify(tok string, binding []byte) Outcome {
-	if len(tok) != base64.RawURLEncoding.EncodedLen(TokenSize) {
-		return OutcomeAuthFailed
+// token arrived on, or nil where none is available) and returns transport.OutcomeOK,
+// transport.OutcomeAuthFailed or transport.OutcomeReplay. Only a valid token is recorded.
+func (v *Verifier) Verify(tok string, binding []byte) transport.Outcome {
+	if len(tok) != base64.RawURLEncoding.EncodedLen(Size) {
+		return transport.OutcomeAuthFailed
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(raw) != TokenSize {
-		return OutcomeAuthFailed
+	if err != nil || len(raw) != Size {
+		return transport.OutcomeAuthFailed
 	}
 	flags := raw[0]
 	switch flags {
 	case 0:
 		if !v.allowUnbound {
-			return OutcomeAuthFailed
+			return transport.OutcomeAuthFailed
 		}
 		binding = nil
 	case flagBound:
 		if len(binding) != ExporterLen {
-			return OutcomeAuthFailed
+			return transport.OutcomeAuthFailed
 		}
 	default:
-		return OutcomeAuthFailed
+		return transport.OutcomeAuthFailed
 	}
 	if !hmac.Equal(raw[25:], tokenMAC(v.key, v.path, raw[:25], binding)) {
-		return OutcomeAuthFailed
+		return transport.OutcomeAuthFailed
 	}
 	now := v.now()
 	made := time.Unix(int64(binary.BigEndian.Uint64(raw[1:9]))*60, 0)
-	if d := now.Sub(made); d > TokenSkew+time.Minute || d < -TokenSkew {
-		return OutcomeAuthFailed
+	if d := now.Sub(made); d > Skew+time.Minute || d < -Skew {
+		return transport.OutcomeAuthFailed
 	}
 	var nonce [16]byte
 	copy(nonce[:], raw[9:25])
@@ -153,7 +154,7 @@ func (v *TokenVerifier) Verify(tok string, binding []byte) Outcome {
 	defer v.mu.Unlock()
 	v.expireLocked(now)
 	if _, ok := v.seen[nonce]; ok {
-		return OutcomeReplay
+		return transport.OutcomeReplay
 	}
 	if len(v.seen) >= ReplayCacheSize {
 		// Full of live nonces: somebody with the key is flooding. A bound
@@ -162,18 +163,18 @@ func (v *TokenVerifier) Verify(tok string, binding []byte) Outcome {
 		// owner nothing); an unbound token (CDN) must be refused, since it
 		// could not be recognised if replayed.
 		if flags == flagBound {
-			return OutcomeOK
+			return transport.OutcomeOK
 		}
-		return OutcomeReplay
+		return transport.OutcomeReplay
 	}
-	// A token stays acceptable for at most TokenSkew+1m after its minute
-	// (and was made at most TokenSkew ahead of our clock): remember it that long.
-	v.seen[nonce] = made.Add(TokenSkew + 2*time.Minute)
+	// A token stays acceptable for at most Skew+1m after its minute
+	// (and was made at most Skew ahead of our clock): remember it that long.
+	v.seen[nonce] = made.Add(Skew + 2*time.Minute)
 	v.order = append(v.order, nonce)
-	return OutcomeOK
+	return transport.OutcomeOK
 }
 
-func (v *TokenVerifier) expireLocked(now time.Time) {
+func (v *Verifier) expireLocked(now time.Time) {
 	i := 0
 	for ; i < len(v.order); i++ {
 		n := v.order[i]

@@ -1,4 +1,4 @@
-package fingerprint
+package browser
 
 import (
 	"bytes"
@@ -19,6 +19,8 @@ import (
 	"time"
 
 	utls "github.com/refraction-networking/utls"
+
+	"github.com/postern/postern/transport/censortest"
 )
 
 const testHost = "relay.example" // the host name the captures were made with
@@ -78,16 +80,16 @@ func loopbackHello(t *testing.T, preset string) []byte {
 	return r.rec
 }
 
-func mustParse(t *testing.T, rec []byte) *ClientHello {
+func mustParse(t *testing.T, rec []byte) *censortest.ClientHello {
 	t.Helper()
-	h, err := ParseClientHello(rec)
+	h, err := censortest.ParseClientHello(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return h
 }
 
-func sortedTypes(h *ClientHello) []uint16 {
+func sortedTypes(h *censortest.ClientHello) []uint16 {
 	v := h.ExtensionTypes(false)
 	slices.Sort(v)
 	return v
@@ -95,17 +97,31 @@ func sortedTypes(h *ClientHello) []uint16 {
 
 func TestChromiumCaptureJA4(t *testing.T) {
 	for name, rec := range chromiumCaptures(t) {
-		if got := JA4(mustParse(t, rec)); got != ChromiumJA4() {
-			t.Errorf("%s: JA4 %s, ChromiumJA4() %s", name, got, ChromiumJA4())
+		if got := censortest.JA4(mustParse(t, rec)); got != Chromium156.JA4 {
+			t.Errorf("%s: JA4 %s, Chromium156.JA4 %s", name, got, Chromium156.JA4)
 		}
 	}
 }
 
+// chromiumCaptures returns the committed Chromium ClientHello records.
+func chromiumCaptures(t testing.TB) map[string][]byte {
+	t.Helper()
+	out, err := censortest.ChromiumCaptures()
+	if err != nil || len(out) == 0 {
+		t.Fatalf("captures: %d, %v", len(out), err)
+	}
+	return out
+}
+
 func TestTrustAnchorsMatchCapture(t *testing.T) {
+	want, err := trustAnchorsData(Chromium156.Hello.TrustAnchors)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, rec := range chromiumCaptures(t) {
-		data, ok := mustParse(t, rec).Extension(ExtTrustAnchors)
-		if !ok || !bytes.Equal(data, trustAnchorsData) {
-			t.Errorf("%s: trust_anchors\n%x\nwant\n%x", name, data, trustAnchorsData)
+		data, ok := mustParse(t, rec).Extension(censortest.ExtTrustAnchors)
+		if !ok || !bytes.Equal(data, want) {
+			t.Errorf("%s: trust_anchors\n%x\nwant\n%x", name, data, want)
 		}
 	}
 }
@@ -117,13 +133,13 @@ func TestChromePresetMatchesChromium(t *testing.T) {
 	for _, preset := range []string{PresetChrome, ""} {
 		for i := range 3 {
 			h := mustParse(t, loopbackHello(t, preset))
-			if got := JA4(h); got != ChromiumJA4() {
-				t.Errorf("preset %q hello %d: JA4 %s, want %s\n%s", preset, i, got, ChromiumJA4(), JA4R(h))
+			if got := censortest.JA4(h); got != Chromium156.JA4 {
+				t.Errorf("preset %q hello %d: JA4 %s, want %s\n%s", preset, i, got, Chromium156.JA4, censortest.JA4R(h))
 			}
 			if !slices.Equal(h.ALPN, []string{"h2", "http/1.1"}) {
 				t.Errorf("ALPN %q", h.ALPN)
 			}
-			if !slices.Contains(h.SupportedGroups, GroupX25519MLKEM768) {
+			if !slices.Contains(h.SupportedGroups, censortest.GroupX25519MLKEM768) {
 				t.Errorf("supported groups %04x lack X25519MLKEM768", h.SupportedGroups)
 			}
 			if !h.GREASE.CipherSuites || !h.GREASE.Extensions || !h.GREASE.SupportedGroups ||
@@ -131,7 +147,7 @@ func TestChromePresetMatchesChromium(t *testing.T) {
 				t.Errorf("GREASE %+v", h.GREASE)
 			}
 			types := h.ExtensionTypes(true)
-			if !IsGREASE(types[0]) || !IsGREASE(types[len(types)-1]) {
+			if !censortest.IsGREASE(types[0]) || !censortest.IsGREASE(types[len(types)-1]) {
 				t.Errorf("GREASE extensions not first and last: %04x", types)
 			}
 			checkKeyShares(t, h)
@@ -145,7 +161,7 @@ func TestChromePresetMatchesChromium(t *testing.T) {
 // compareHellos checks that got has the shape of Chromium's want: equal
 // cipher list, extension set and every extension body, where GREASE values,
 // key shares and the ECH GREASE payload are compared by structure only.
-func compareHellos(t *testing.T, name string, want, got *ClientHello) {
+func compareHellos(t *testing.T, name string, want, got *censortest.ClientHello) {
 	t.Helper()
 	if got.RecordVersion != want.RecordVersion || got.LegacyVersion != want.LegacyVersion ||
 		len(got.SessionID) != len(want.SessionID) || !bytes.Equal(got.CompressionMethods, want.CompressionMethods) {
@@ -179,14 +195,14 @@ func compareHellos(t *testing.T, name string, want, got *ClientHello) {
 		}
 	}
 	for _, e := range want.Extensions {
-		if IsGREASE(e.Type) {
+		if censortest.IsGREASE(e.Type) {
 			continue
 		}
 		data, _ := got.Extension(e.Type)
 		switch e.Type {
-		case ExtSupportedGroups, ExtSignatureAlgorithms, ExtSupportedVersions, ExtKeyShare:
+		case censortest.ExtSupportedGroups, censortest.ExtSignatureAlgorithms, censortest.ExtSupportedVersions, censortest.ExtKeyShare:
 			// compared above, GREASE and keys aside
-		case ExtECH:
+		case censortest.ExtECH:
 			// outer ECH GREASE: type 0, HKDF-SHA256, AES-128-GCM, config id,
 			// 32-byte enc, then a payload whose length Chrome varies.
 			if len(data) < 40 || !bytes.Equal(data[:5], e.Data[:5]) || !bytes.Equal(data[6:8], e.Data[6:8]) {
@@ -205,7 +221,7 @@ func compareHellos(t *testing.T, name string, want, got *ClientHello) {
 }
 
 func greaseMask(v uint16) uint16 {
-	if IsGREASE(v) {
+	if censortest.IsGREASE(v) {
 		return 0x0a0a
 	}
 	return v
@@ -220,11 +236,11 @@ func greaseMasked(v []uint16) []uint16 {
 }
 
 // checkKeyShares verifies that the real key shares are valid public keys.
-func checkKeyShares(t *testing.T, h *ClientHello) {
+func checkKeyShares(t *testing.T, h *censortest.ClientHello) {
 	t.Helper()
 	for _, ks := range h.KeyShares {
 		switch ks.Group {
-		case GroupX25519MLKEM768:
+		case censortest.GroupX25519MLKEM768:
 			if len(ks.Data) != mlkem.EncapsulationKeySize768+32 {
 				t.Fatalf("X25519MLKEM768 share %d bytes", len(ks.Data))
 			}
@@ -234,7 +250,7 @@ func checkKeyShares(t *testing.T, h *ClientHello) {
 			if _, err := ecdh.X25519().NewPublicKey(ks.Data[mlkem.EncapsulationKeySize768:]); err != nil {
 				t.Errorf("X25519 part: %v", err)
 			}
-		case GroupX25519:
+		case censortest.GroupX25519:
 			if _, err := ecdh.X25519().NewPublicKey(ks.Data); err != nil {
 				t.Errorf("X25519 share: %v", err)
 			}
@@ -259,7 +275,7 @@ func TestChromeHelloIsFresh(t *testing.T) {
 			}
 		}
 	}
-	for _, h := range []*ClientHello{a, b} {
+	for _, h := range []*censortest.ClientHello{a, b} {
 		for _, ks := range h.KeyShares {
 			if len(ks.Data) <= 1 {
 				continue
@@ -270,8 +286,8 @@ func TestChromeHelloIsFresh(t *testing.T) {
 			seen[string(ks.Data)] = true
 		}
 	}
-	ea, _ := a.Extension(ExtECH)
-	eb, _ := b.Extension(ExtECH)
+	ea, _ := a.Extension(censortest.ExtECH)
+	eb, _ := b.Extension(censortest.ExtECH)
 	if bytes.Equal(ea[8:40], eb[8:40]) {
 		t.Error("ECH GREASE enc repeated")
 	}
@@ -318,7 +334,7 @@ func TestChrome133Preset(t *testing.T) {
 		if got := sortedTypes(h); !slices.Equal(got, wantTypes) {
 			t.Errorf("hello %d: extensions %04x, want %04x", i, got, wantTypes)
 		}
-		if !slices.Equal(greaseMasked(h.SupportedGroups), wantGroups) || !slices.Contains(h.SupportedGroups, GroupX25519MLKEM768) {
+		if !slices.Equal(greaseMasked(h.SupportedGroups), wantGroups) || !slices.Contains(h.SupportedGroups, censortest.GroupX25519MLKEM768) {
 			t.Errorf("hello %d: groups %04x, want %04x", i, h.SupportedGroups, wantGroups)
 		}
 		if !slices.Equal(h.SignatureAlgorithms, wantSigs) {
@@ -333,9 +349,9 @@ func TestChrome133Preset(t *testing.T) {
 		checkKeyShares(t, h)
 		// Chrome 133 lacks trust_anchors and the ML-DSA schemes, so it is
 		// one extension short of current Chromium but shares its ciphers.
-		ja4 := JA4(h)
-		if ja4 == ChromiumJA4() || ja4[:10] != "t13d1516h2" || ja4[11:23] != ChromiumJA4()[11:23] {
-			t.Errorf("hello %d: chrome133 JA4 %s (Chromium %s)", i, ja4, ChromiumJA4())
+		ja4 := censortest.JA4(h)
+		if ja4 == Chromium156.JA4 || ja4[:10] != "t13d1516h2" || ja4[11:23] != Chromium156.JA4[11:23] {
+			t.Errorf("hello %d: chrome133 JA4 %s (Chromium %s)", i, ja4, Chromium156.JA4)
 		}
 	}
 }
@@ -345,37 +361,37 @@ func TestChrome133Preset(t *testing.T) {
 func utlsExtensionType(e utls.TLSExtension) (uint16, bool) {
 	switch e.(type) {
 	case *utls.SNIExtension:
-		return ExtServerName, true
+		return censortest.ExtServerName, true
 	case *utls.ExtendedMasterSecretExtension:
-		return ExtExtendedMasterSec, true
+		return censortest.ExtExtendedMasterSec, true
 	case *utls.RenegotiationInfoExtension:
-		return ExtRenegotiationInfo, true
+		return censortest.ExtRenegotiationInfo, true
 	case *utls.SupportedCurvesExtension:
-		return ExtSupportedGroups, true
+		return censortest.ExtSupportedGroups, true
 	case *utls.SupportedPointsExtension:
-		return ExtECPointFormats, true
+		return censortest.ExtECPointFormats, true
 	case *utls.SessionTicketExtension:
-		return ExtSessionTicket, true
+		return censortest.ExtSessionTicket, true
 	case *utls.ALPNExtension:
-		return ExtALPN, true
+		return censortest.ExtALPN, true
 	case *utls.StatusRequestExtension:
-		return ExtStatusRequest, true
+		return censortest.ExtStatusRequest, true
 	case *utls.SignatureAlgorithmsExtension:
-		return ExtSignatureAlgorithms, true
+		return censortest.ExtSignatureAlgorithms, true
 	case *utls.SCTExtension:
-		return ExtSCT, true
+		return censortest.ExtSCT, true
 	case *utls.KeyShareExtension:
-		return ExtKeyShare, true
+		return censortest.ExtKeyShare, true
 	case *utls.PSKKeyExchangeModesExtension:
-		return ExtPSKModes, true
+		return censortest.ExtPSKModes, true
 	case *utls.SupportedVersionsExtension:
-		return ExtSupportedVersions, true
+		return censortest.ExtSupportedVersions, true
 	case *utls.UtlsCompressCertExtension:
-		return ExtCompressCert, true
+		return censortest.ExtCompressCert, true
 	case *utls.ApplicationSettingsExtensionNew:
-		return ExtALPS, true
+		return censortest.ExtALPS, true
 	case *utls.GREASEEncryptedClientHelloExtension:
-		return ExtECH, true
+		return censortest.ExtECH, true
 	}
 	return 0, false
 }

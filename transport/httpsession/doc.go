@@ -1,0 +1,63 @@
+// Package httpsession is the HTTP session layer shared by Postern's HTTP
+// transports, transport/https (HTTP/2 over TLS over TCP) and transport/h3
+// (HTTP/3 over QUIC). A relay session is one HTTP request that looks like a
+// browser's fetch(); everything about that request that does not depend on
+// the HTTP version lives here, once: the client's checks of the endpoint and
+// of the relay's certificate, the session token, the request and its
+// headers, the server's choice between a session and the cover site, the
+// session cap, and the classification of failures. The transports keep only
+// their connections (TCP, uTLS and HTTP/2 with the response framing of
+// transport/https; QUIC, HTTP/3 and the takeover of the request stream in
+// transport/h3).
+//
+// # The session request
+//
+//	POST <secret path> HTTP/2 or HTTP/3     (the descriptor's Endpoint.Path)
+//	:authority   the SNI name, with ":port" unless the port is 443
+//	cookie       sid=<token>                 (see below)
+//	user-agent, sec-ch-ua, sec-ch-ua-mobile, sec-ch-ua-platform, accept,
+//	origin, referer, sec-fetch-site/-mode/-dest, accept-encoding,
+//	accept-language, priority, content-type: application/octet-stream
+//	             as browser.Current sends them for a same-origin fetch()
+//	body         the session bytes, streamed, no content-length
+//
+// The relay answers a session with status 200, content-type
+// application/octet-stream and cache-control no-store at once, before any
+// session byte; from then on the request body carries client-to-relay bytes
+// and the response body relay-to-client bytes (framed by transport/https,
+// raw DATA frames in transport/h3).
+//
+// The token is 76 base64url characters: a flags byte, the minute it was
+// made, a random nonce and an HMAC-SHA256 under the descriptor's 32-byte key
+// over all of it, the path and, unless the endpoint is Unbound, the TLS
+// exporter value of the connection (label "EXPORTER-postern-session-v1", no
+// context, 32 bytes). So a token is useless on any other TLS connection,
+// older than a few minutes, or a second time (the listener remembers
+// nonces).
+//
+// # Cover or session
+//
+// [Gate.ServeHTTP] decides for every request that reaches a listener, in
+// this order, and reports the outcome through ListenConfig.Observe:
+//
+//  1. Not a POST to the secret path: the cover site (OutcomeCover).
+//  2. No token cookie, or a token that is malformed, forged, expired, bound
+//     to another connection, or unbound while the listener requires binding:
+//     the cover site (OutcomeAuthFailed). A token seen before: the cover
+//     site (OutcomeReplay).
+//  3. A valid token while the listener already carries its cap of
+//     concurrent sessions (the transport's MaxSessions, default
+//     DefaultMaxSessions): the cover site (OutcomeBusy). The token is spent.
+//  4. Otherwise a session (OutcomeOK). It holds a slot until it ends.
+//
+// The cover site gets the request untouched, body unread, so everything but
+// a valid session is answered exactly as the cover site alone answers it.
+// The relay side of a session never learns the client's address: its
+// RemoteAddr is a [HiddenAddr].
+//
+// # Errors
+//
+// Every error a client sees is a *transport.Error whose class does not
+// depend on the transport (see [Classify]) and whose message carries no
+// address and no host name.
+package httpsession
