@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"testing"
 	"time"
@@ -122,72 +121,6 @@ func TestSubscribePush(t *testing.T) {
 		if m := got(); m != "live" {
 			t.Fatalf("got %q", m)
 		}
-	}
-}
-
-func TestRequestErrors(t *testing.T) {
-	r := relaytest.New(t, store.Options{MaxMailboxEnvelopes: 2}, server.Config{})
-	ctx := context.Background()
-	c := r.Connect(t)
-	secret := []byte("send capability!")
-	capv := sha256.Sum256(secret)
-	mb := relaytest.NewMailbox(t, c, nil)
-	capMb := relaytest.NewMailbox(t, c, capv[:])
-	_, stranger, _ := ed25519.GenerateKey(nil)
-	var nobody [32]byte
-	rand.Read(nobody[:])
-
-	cases := []struct {
-		name string
-		do   func() error
-		want error
-	}{
-		{"create existing", func() error { return c.CreateMailbox(ctx, mb.Owner, mb.ID, nil) }, relay.ErrMailboxExists},
-		{"fetch wrong owner", func() error { _, err := c.Fetch(ctx, stranger, mb.ID, 1); return err }, relay.ErrUnauthorized},
-		{"ack wrong owner", func() error { _, err := c.Ack(ctx, stranger, mb.ID, client.Ref{}); return err }, relay.ErrUnauthorized},
-		{"delete wrong owner", func() error { return c.Delete(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
-		{"subscribe wrong owner", func() error { return c.Subscribe(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
-		{"fetch no mailbox", func() error { _, err := c.Fetch(ctx, stranger, nobody, 1); return err }, relay.ErrNoMailbox},
-		{"send no mailbox", func() error {
-			m := *mb
-			m.Card = mb.Ident.Card(nobody, nil, nil)
-			_, err := c.Send(ctx, m.Seal(t, "x"), nil)
-			return err
-		}, relay.ErrNoMailbox},
-		{"send not an envelope", func() error { _, err := c.Send(ctx, make([]byte, 5000), nil); return err }, relay.ErrBadEnvelope},
-		{"send wrong bucket", func() error { _, err := c.Send(ctx, mb.Seal(t, "x")[:4000], nil); return err }, relay.ErrBadEnvelope},
-		{"send without capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), nil); return err }, relay.ErrCapability},
-		{"send wrong capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), []byte("guess")); return err }, relay.ErrCapability},
-		{"mailbox full", func() error {
-			for i := 0; i < 2; i++ {
-				if _, err := c.Send(ctx, mb.Seal(t, "fill"), nil); err != nil {
-					return err
-				}
-			}
-			_, err := c.Send(ctx, mb.Seal(t, "over"), nil)
-			return err
-		}, relay.ErrMailboxFull},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.do()
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-		})
-	}
-	// With the right capability the send goes through.
-	if _, err := c.Send(ctx, capMb.Seal(t, "x"), secret); err != nil {
-		t.Fatal(err)
-	}
-	// Nothing accepted was dropped by the full mailbox.
-	ds, err := c.Fetch(ctx, mb.Owner, mb.ID, 0)
-	if err != nil || len(ds) != 2 {
-		t.Fatalf("full mailbox holds %d, %v", len(ds), err)
-	}
-	// The session is still sane after all that.
-	if err := c.Ping(ctx); err != nil {
-		t.Fatal(err)
 	}
 }
 

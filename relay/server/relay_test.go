@@ -5,12 +5,15 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 )
 
 func TestRotateAndDelete(t *testing.T) {
@@ -284,5 +288,232 @@ func TestPushWindowAndPaging(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatalf("envelope %d not pushed after acks", i)
 		}
+	}
+}
+
+func TestRequestErrors(t *testing.T) {
+	r := relaytest.New(t, store.Options{MaxMailboxEnvelopes: 2}, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	secret := []byte("send capability!")
+	capv := sha256.Sum256(secret)
+	mb := relaytest.NewMailbox(t, c, nil)
+	capMb := relaytest.NewMailbox(t, c, capv[:])
+	_, stranger, _ := ed25519.GenerateKey(nil)
+	var nobody [32]byte
+	rand.Read(nobody[:])
+
+	cases := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"create existing", func() error { return c.CreateMailbox(ctx, mb.Owner, mb.ID, nil) }, relay.ErrMailboxExists},
+		{"fetch wrong owner", func() error { _, err := c.Fetch(ctx, stranger, mb.ID, 1); return err }, relay.ErrUnauthorized},
+		{"ack wrong owner", func() error { _, err := c.Ack(ctx, stranger, mb.ID, client.Ref{}); return err }, relay.ErrUnauthorized},
+		{"delete wrong owner", func() error { return c.Delete(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
+		{"subscribe wrong owner", func() error { return c.Subscribe(ctx, stranger, mb.ID) }, relay.ErrUnauthorized},
+		{"fetch no mailbox", func() error { _, err := c.Fetch(ctx, stranger, nobody, 1); return err }, relay.ErrNoMailbox},
+		{"send no mailbox", func() error {
+			m := *mb
+			m.Card = mb.Ident.Card(nobody, nil, nil)
+			_, err := c.Send(ctx, m.Seal(t, "x"), nil)
+			return err
+		}, relay.ErrNoMailbox},
+		{"send not an envelope", func() error { _, err := c.Send(ctx, make([]byte, 5000), nil); return err }, relay.ErrBadEnvelope},
+		{"send wrong bucket", func() error { _, err := c.Send(ctx, mb.Seal(t, "x")[:4000], nil); return err }, relay.ErrBadEnvelope},
+		{"send without capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), nil); return err }, relay.ErrCapability},
+		{"send wrong capability", func() error { _, err := c.Send(ctx, capMb.Seal(t, "x"), []byte("guess")); return err }, relay.ErrCapability},
+		{"mailbox full", func() error {
+			for i := 0; i < 2; i++ {
+				if _, err := c.Send(ctx, mb.Seal(t, "fill"), nil); err != nil {
+					return err
+				}
+			}
+			_, err := c.Send(ctx, mb.Seal(t, "over"), nil)
+			return err
+		}, relay.ErrMailboxFull},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.do()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// With the right capability the send goes through.
+	if _, err := c.Send(ctx, capMb.Seal(t, "x"), secret); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing accepted was dropped by the full mailbox.
+	ds, err := c.Fetch(ctx, mb.Owner, mb.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("full mailbox holds %d, %v", len(ds), err)
+	}
+	// The session is still sane after all that.
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forwarder records Forward payloads, or refuses them.
+type forwarder struct {
+	got  [][]byte
+	fail error
+}
+
+func (f *forwarder) Forward(_ context.Context, p []byte) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.got = append(f.got, p)
+	return nil
+}
+
+// TestForwarder: Forward frames reach the Forwarder untouched; without one
+// they are answered CodeUnsupported; a Forwarder's failure becomes a code
+// and its text never leaves the relay.
+func TestForwarder(t *testing.T) {
+	fw := &forwarder{}
+	for _, tc := range []struct {
+		name string
+		fw   server.Forwarder
+		fail error
+		want relay.Code
+	}{
+		{"none", nil, nil, relay.CodeUnsupported},
+		{"accepts", fw, nil, relay.CodeOK},
+		{"full", &forwarder{fail: relay.ErrRelayFull}, nil, relay.CodeRelayFull},
+		{"internal", &forwarder{fail: errors.New("disk on fire at 10.0.0.1")}, nil, relay.CodeInternal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := relaytest.New(t, store.Options{}, server.Config{Forwarder: tc.fw})
+			c, closeFn := rawSession(t, r)
+			defer closeFn()
+			readRaw(t, c)
+			c.Write(relay.AppendFrame(nil, relay.Forward{Req: 5, Payload: []byte("layer")}))
+			ft, p, err := readRaw(t, c)
+			res, perr := relay.ParseResult(p)
+			if err != nil || perr != nil || ft != relay.FrameResult || res.Req != 5 || res.Code != tc.want {
+				t.Fatalf("got %#x %+v, %v %v", ft, res, err, perr)
+			}
+			if strings.Contains(res.Msg, "10.0.0.1") {
+				t.Fatalf("a forwarder's error text left the relay: %q", res.Msg)
+			}
+		})
+	}
+	if len(fw.got) != 1 || string(fw.got[0]) != "layer" {
+		t.Fatalf("forwarder got %q", fw.got)
+	}
+}
+
+// listener hands out server ends of loopback pairs.
+type listener struct {
+	conns chan transport.Conn
+}
+
+func (l *listener) Accept(ctx context.Context) (transport.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+func (l *listener) Addr() net.Addr { return &net.TCPAddr{} }
+func (l *listener) Close() error   { return nil }
+
+type observer struct {
+	mu     sync.Mutex
+	opened int
+	closed int
+	events []string
+}
+
+func (o *observer) SessionOpened(string) { o.mu.Lock(); o.opened++; o.mu.Unlock() }
+func (o *observer) SessionClosed(string) { o.mu.Lock(); o.closed++; o.mu.Unlock() }
+func (o *observer) Envelope(e, r string) {
+	o.mu.Lock()
+	o.events = append(o.events, e+"/"+r)
+	o.mu.Unlock()
+}
+func (o *observer) SendDuration(time.Duration) {}
+
+// TestServeAndObserve: Serve takes sessions from a listener, refuses those
+// beyond MaxSessions, reports to the Observer, and returns when ctx ends.
+func TestServeAndObserve(t *testing.T) {
+	st := store.NewMemory(store.Options{})
+	defer st.Close()
+	obs := &observer{}
+	srv, err := server.New(server.Config{Store: st, Observer: obs, MaxSessions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.New(server.Config{}); err == nil {
+		t.Fatal("a server without a store")
+	}
+	ln := &listener{conns: make(chan transport.Conn)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, "test") }()
+	connect := func() (*client.Client, error) {
+		cc, sc := relaytest.Pipe(t)
+		ln.conns <- sc
+		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer hcancel()
+		return client.New(hctx, cc)
+	}
+	c, err := connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(); err == nil {
+		t.Fatal("a session beyond MaxSessions was served")
+	}
+	mb := relaytest.NewMailbox(t, c, nil)
+	if _, err := c.Send(ctx, mb.Seal(t, "x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, make([]byte, 4096), nil); !errors.Is(err, relay.ErrBadEnvelope) {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve = %v", err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.opened != 1 || obs.closed != 1 || strings.Join(obs.events, ",") != "accepted/,rejected/bad_envelope" {
+		t.Fatalf("observed %d opened, %d closed, %v", obs.opened, obs.closed, obs.events)
+	}
+}
+
+// TestFailedRotateKeepsSubscription: a Rotate the relay refuses leaves the
+// session's subscription to the old id running.
+func TestFailedRotateKeepsSubscription(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	mb := relaytest.NewMailbox(t, c, nil)
+	taken := relaytest.NewMailbox(t, c, nil)
+	if err := c.Subscribe(ctx, mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, newOwner, _ := ed25519.GenerateKey(nil)
+	if _, err := c.Rotate(ctx, mb.Owner, mb.ID, newOwner, taken.ID, nil); !errors.Is(err, relay.ErrMailboxExists) {
+		t.Fatalf("rotate onto a taken id: %v", err)
+	}
+	if _, err := c.Send(ctx, mb.Seal(t, "still subscribed"), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-c.Deliveries():
+		o, err := envelope.Open(mb.Ident, d.Envelope)
+		if err != nil || string(o.Payload) != "still subscribed" {
+			t.Fatalf("pushed %q, %v", o.Payload, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the failed rotate cancelled the subscription")
 	}
 }
