@@ -11,6 +11,9 @@ import (
 // roundTrip sends the request that build makes for a fresh request id and
 // waits for its Result (and, for a Fetch, the Deliver frames before it).
 func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Message) (relay.Result, []Delivery, error) {
+	if err := ctx.Err(); err != nil {
+		return relay.Result{}, nil, err
+	}
 	req := c.nextReq.Add(1)
 	m := build(req)
 	cl := &call{res: make(chan relay.Result, 1), fetch: m.Type() == relay.FrameFetch}
