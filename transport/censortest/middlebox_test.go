@@ -1,0 +1,382 @@
+package censortest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Deadlines in these tests bound waits; none is asserted on. quiet is how
+// long a read waits to show that nothing more arrives.
+const (
+	patience = 10 * time.Second
+	quiet    = 100 * time.Millisecond
+)
+
+// middleboxCase runs one scenario against a middlebox in front of a target.
+type middleboxCase struct {
+	name   string
+	rule   Rule
+	target func(t *testing.T) string // starts the target, returns its address
+	check  func(t *testing.T, m *Middlebox)
+}
+
+func TestMiddlebox(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cases := []middleboxCase{
+		{"Pass/echoes", Pass, echoServer, checkEcho},
+		{"Blackhole/times out and reaches nothing", Blackhole, silentTarget, checkBlackhole},
+		{"ResetOnConnect/resets", ResetOnConnect, echoServer, checkReset},
+		{"ResetOnSNI/resets blocked name", ResetOnSNI("blocked.test"), tlsServer, checkTLSReset("blocked.test")},
+		{"ResetOnSNI/matches case-insensitively", ResetOnSNI("blocked.test"), tlsServer, checkTLSReset("Blocked.Test")},
+		{"ResetOnSNI/passes other name", ResetOnSNI("blocked.test"), tlsServer, checkTLSPass("ok.test")},
+		{"ResetOnSNI/passes non-TLS", ResetOnSNI("blocked.test"), echoServer, checkEcho},
+		{"FreezeAfter/client to server", FreezeAfter(1024), echoServer, checkFreeze(4096, 1024)},
+		{"FreezeAfter/server to client", FreezeAfter(1024), pushServer(4096), checkPushFreeze(1024)},
+		{"FreezeAfter/default limit", FreezeAfter(0), echoServer, checkFreeze(2*DefaultFreezeLimit, DefaultFreezeLimit)},
+		{"SetRule/Pass to FreezeAfter mid-connection", Pass, echoServer, checkSwitchToFreeze},
+		{"SetRule/Pass to Blackhole mid-connection", Pass, echoServer, checkSwitch(Blackhole)},
+		{"All/smallest budget", All(FreezeAfter(2048), Pass, FreezeAfter(1024)), echoServer, checkFreeze(4096, 1024)},
+		{"All/harshest verdict", All(Pass, ResetOnConnect), echoServer, checkReset},
+		{"All/hello rule inside", All(Pass, ResetOnSNI("blocked.test")), tlsServer, checkTLSReset("blocked.test")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMiddlebox(t, tc.target(t))
+			m.SetRule(tc.rule)
+			tc.check(t, m)
+		})
+	}
+	// Every subtest's cleanup has run: the middleboxes and targets are closed.
+	checkGoroutines(t, base)
+}
+
+// checkEcho also half-closes: the FIN must reach the echo, whose own FIN
+// must come back as EOF.
+func checkEcho(t *testing.T, m *Middlebox) {
+	c := dial(t, m)
+	roundTrip(t, c, []byte("hello through the censor"))
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatalf("half-close: %v", err)
+	}
+	c.SetReadDeadline(time.Now().Add(patience))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after half-close: %d bytes, %v; want EOF", n, err)
+	}
+}
+
+func checkBlackhole(t *testing.T, m *Middlebox) {
+	c := dial(t, m)
+	if _, err := c.Write([]byte("anyone there?")); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	expectQuiet(t, c)
+}
+
+// checkReset: on loopback the RST often arrives before net.Dial has
+// confirmed the connection, so either the dial or the first read fails, and
+// both with ECONNRESET (never a plain EOF: the RST is seen first).
+func checkReset(t *testing.T, m *Middlebox) {
+	c, err := net.Dial("tcp", m.Addr())
+	if err == nil {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(patience))
+		_, err = c.Read(make([]byte, 1))
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("dial or read: %v, want ECONNRESET", err)
+	}
+}
+
+func checkTLSReset(name string) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		err := tlsHandshake(t, m, name)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("handshake for %s: %v, want ECONNRESET", name, err)
+		}
+	}
+}
+
+func checkTLSPass(name string) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		if err := tlsHandshake(t, m, name); err != nil {
+			t.Fatalf("handshake for %s: %v", name, err)
+		}
+	}
+}
+
+// checkFreeze writes n bytes through an echo and expects exactly want back.
+// The client's FIN is frozen too: the echo never sees it, so it never
+// closes, and the client gets silence rather than EOF.
+func checkFreeze(n, want int) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		c := dial(t, m)
+		msg := randomBytes(n)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		expectRead(t, c, msg[:want])
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatalf("half-close: %v", err)
+		}
+		expectQuiet(t, c)
+	}
+}
+
+// checkPushFreeze reads what a pushServer sends unasked: only want bytes.
+func checkPushFreeze(want int) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		c := dial(t, m)
+		expectRead(t, c, pushPattern(want))
+		expectQuiet(t, c)
+	}
+}
+
+// checkSwitchToFreeze: 2 KiB echo under Pass, then FreezeAfter(1024) stops
+// the same connection, since 1 KiB has long been passed both ways.
+func checkSwitchToFreeze(t *testing.T, m *Middlebox) {
+	checkSwitch(FreezeAfter(1024))(t, m)
+}
+
+func checkSwitch(r Rule) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		c := dial(t, m)
+		roundTrip(t, c, randomBytes(2048))
+		m.SetRule(r)
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("write after SetRule: %v", err)
+		}
+		expectQuiet(t, c)
+	}
+}
+
+// checkGoroutines waits, boundedly, for the goroutine count to come back
+// to base.
+func checkGoroutines(t *testing.T, base int) {
+	t.Helper()
+	n := runtime.NumGoroutine()
+	for i := 0; i < 200 && n > base; i++ {
+		runtime.Gosched()
+		time.Sleep(5 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	if n > base {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines, %d before the middleboxes:\n%s", n, base, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+func dial(t *testing.T, m *Middlebox) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", m.Addr())
+	if err != nil {
+		t.Fatalf("dial middlebox: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func roundTrip(t *testing.T, c net.Conn, msg []byte) {
+	t.Helper()
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	expectRead(t, c, msg)
+}
+
+func expectRead(t *testing.T, c net.Conn, want []byte) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(patience))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read %d bytes: %v", len(want), err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read bytes differ from those sent")
+	}
+}
+
+// expectQuiet checks that nothing arrives on c and that it stays open.
+func expectQuiet(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(quiet))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read: %d bytes, %v; want a deadline timeout", n, err)
+	}
+}
+
+func tlsHandshake(t *testing.T, m *Middlebox, name string) error {
+	t.Helper()
+	c := tls.Client(dial(t, m), &tls.Config{ServerName: name, RootCAs: testCert(t).pool})
+	ctx, cancel := context.WithTimeout(t.Context(), patience)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	roundTrip(t, c, []byte("hello over TLS"))
+	return nil
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// pushPattern is what a pushServer sends: n bytes that differ along the way.
+func pushPattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i * 7)
+	}
+	return b
+}
+
+// serve runs handle for each connection to a new loopback listener until
+// t's cleanup, which closes the listener and the connections and waits.
+func serve(t *testing.T, handle func(net.Conn)) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { defer c.Close(); handle(c) })
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+func echoServer(t *testing.T) string {
+	return serve(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// pushServer sends n bytes as soon as a client connects, then waits.
+func pushServer(n int) func(*testing.T) string {
+	return func(t *testing.T) string {
+		return serve(t, func(c net.Conn) {
+			if _, err := c.Write(pushPattern(n)); err == nil {
+				io.Copy(io.Discard, c)
+			}
+		})
+	}
+}
+
+func tlsServer(t *testing.T) string {
+	cfg := &tls.Config{Certificates: []tls.Certificate{testCert(t).cert}}
+	return serve(t, func(c net.Conn) {
+		s := tls.Server(c, cfg)
+		c.SetDeadline(time.Now().Add(patience))
+		if s.Handshake() == nil {
+			io.Copy(s, s)
+		}
+	})
+}
+
+// silentTarget is a listener nobody accepts on. At cleanup, after the
+// middlebox's (registered later, so run earlier), it checks that no
+// connection reached it.
+func silentTarget(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() {
+		defer ln.Close()
+		// A connection the middlebox completed sits in the backlog.
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(quiet))
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+			t.Errorf("a connection reached the blackholed target")
+		}
+	})
+	return ln.Addr().String()
+}
+
+type certAndPool struct {
+	cert tls.Certificate
+	pool *x509.CertPool
+}
+
+var (
+	certOnce sync.Once
+	certVal  certAndPool
+	certErr  error
+)
+
+// testCert is a self-signed ECDSA certificate for ok.test and blocked.test,
+// made once per test binary.
+func testCert(t *testing.T) certAndPool {
+	t.Helper()
+	certOnce.Do(func() { certVal, certErr = makeCert() })
+	if certErr != nil {
+		t.Fatalf("test certificate: %v", certErr)
+	}
+	return certVal
+}
+
+func makeCert() (certAndPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return certAndPool{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "censortest"},
+		DNSNames:              []string{"ok.test", "blocked.test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return certAndPool{}, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return certAndPool{}, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return certAndPool{tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool}, nil
+}
