@@ -284,6 +284,17 @@ func (m Deliver) AppendPayload(b []byte) []byte {
 	return append(b, m.Envelope...)
 }
 
+// AppendFrameHead appends the whole frame but the envelope: the frame
+// header (whose length counts the envelope) and the fixed fields. Writing
+// it and then the envelope sends the frame without copying the envelope.
+func (m Deliver) AppendFrameHead(b []byte) []byte {
+	b = append(b, byte(FrameDeliver))
+	b = binary.BigEndian.AppendUint32(b, uint32(4+MailboxSize+RefSize+8+len(m.Envelope)))
+	b = binary.BigEndian.AppendUint32(b, m.Req)
+	b = append(append(b, m.Mailbox[:]...), m.Ref[:]...)
+	return binary.BigEndian.AppendUint64(b, m.Seq)
+}
+
 // ParseDeliver decodes a Deliver payload; the envelope may not be empty.
 func ParseDeliver(p []byte) (m Deliver, err error) {
 	err = parse(p, func(s *cryptobyte.String) bool {

@@ -248,3 +248,19 @@ func FuzzFrames(f *testing.F) {
 		}
 	})
 }
+
+// TestDeliverFrameHead: the head plus the envelope is the whole frame.
+func TestDeliverFrameHead(t *testing.T) {
+	for _, m := range goldenMessages() {
+		d, ok := m.msg.(Deliver)
+		if !ok {
+			continue
+		}
+		got := append(d.AppendFrameHead(nil), d.Envelope...)
+		if want := AppendFrame(nil, d); !bytes.Equal(got, want) {
+			t.Fatalf("head+envelope %x, frame %x", got, want)
+		}
+		return
+	}
+	t.Fatal("no Deliver among the golden messages")
+}

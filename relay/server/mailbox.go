@@ -98,16 +98,25 @@ func (ss *session) fetch(p []byte) (int, error) {
 	if max <= 0 || max > relay.MaxFetch {
 		max = relay.MaxFetch
 	}
-	items, err := ss.read(ss.ctx, m.Mailbox, m.After, max)
-	if err != nil {
-		return 0, err
-	}
-	for _, it := range items {
-		if err := ss.deliver(m.Req, m.Mailbox, it); err != nil {
+	// Batch by batch, so a Fetch never holds more than one batch of
+	// envelopes, and a client that stops reading holds none for long.
+	n, after := 0, m.After
+	for n < max {
+		want := min(max-n, ss.srv.batchItems)
+		b, err := ss.readBatch(ss.ctx, m.Mailbox, after, want)
+		if err != nil {
 			return 0, err
 		}
+		got := len(b.items)
+		if after, err = ss.deliverBatch(b, m.Req, m.Mailbox, nil); err != nil {
+			return 0, err
+		}
+		n += got
+		if got < want {
+			break
+		}
 	}
-	return len(items), nil
+	return n, nil
 }
 
 // read is a store read under the server-wide read budget.
@@ -119,10 +128,6 @@ func (ss *session) read(ctx context.Context, id [32]byte, after uint64, max int)
 	}
 	defer func() { <-ss.srv.readSem }()
 	return ss.srv.cfg.Store.FetchAfter(ctx, id, after, max)
-}
-
-func (ss *session) deliver(req uint32, id [32]byte, it store.Item) error {
-	return ss.write(relay.Deliver{Req: req, Mailbox: id, Ref: it.Ref, Seq: it.Seq, Envelope: it.Envelope})
 }
 
 func (ss *session) ack(p []byte) (int, error) {

@@ -31,6 +31,13 @@ func (sub *subscription) acked(refs []store.Ref) {
 	}
 }
 
+// pushed records an envelope about to be pushed.
+func (sub *subscription) pushed(it store.Item) {
+	sub.mu.Lock()
+	sub.sent[it.Ref] = struct{}{}
+	sub.mu.Unlock()
+}
+
 func (sub *subscription) room() int {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
@@ -91,24 +98,24 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 	for {
 		more := false
 		if room := sub.room(); room > 0 {
-			items, err := ss.read(ctx, id, last, min(room, relay.MaxFetch))
+			want := min(room, ss.srv.batchItems)
+			b, err := ss.readBatch(ctx, id, last, want)
 			if err != nil {
 				if ctx.Err() == nil {
 					ss.cancel()
 				}
 				return
 			}
-			for _, it := range items {
-				sub.mu.Lock()
-				sub.sent[it.Ref] = struct{}{}
-				sub.mu.Unlock()
-				last = it.Seq
-				if err := ss.deliver(req, id, it); err != nil {
-					ss.cancel()
-					return
-				}
+			got := len(b.items)
+			sent, err := ss.deliverBatch(b, req, id, sub.pushed)
+			if err != nil {
+				ss.cancel()
+				return
 			}
-			more = len(items) == min(room, relay.MaxFetch)
+			if got > 0 {
+				last = sent
+			}
+			more = got == want
 		}
 		if more {
 			continue

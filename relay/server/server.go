@@ -86,6 +86,23 @@ type Config struct {
 	// MaxReads bounds concurrent store reads for Fetch and push across all
 	// sessions. Default 4 × GOMAXPROCS.
 	MaxReads int
+	// BatchBytes bounds the envelope bytes one store read for Fetch or push
+	// may hold: a read takes at most BatchBytes / 64 KiB envelopes (the
+	// largest bucket), so the bound holds whatever the envelopes' sizes.
+	// Default 256 KiB.
+	BatchBytes int
+	// SessionDeliveryBytes bounds the envelope bytes read for one session
+	// and not yet written to it, across its Fetch and subscriptions.
+	// Default 512 KiB (two batches).
+	SessionDeliveryBytes int
+	// MaxDeliveryBytes bounds the envelope bytes read for delivery and not
+	// yet written, across all sessions. Default 64 MiB.
+	MaxDeliveryBytes int
+	// WriteTimeout ends a session whose write to its transport stays
+	// blocked this long: a client that stops reading cannot pin what the
+	// relay was writing to it. Under pressure (more than three quarters of
+	// MaxDeliveryBytes held) a write gets a tenth of it. Default 30 s.
+	WriteTimeout time.Duration
 }
 
 // Server serves the session protocol on transport listeners.
@@ -94,8 +111,10 @@ type Server struct {
 	log *slog.Logger
 	obs Observer
 
-	sendSem chan struct{} // global in-flight Sends
-	readSem chan struct{} // global store reads for Fetch and push
+	sendSem    chan struct{} // global in-flight Sends
+	readSem    chan struct{} // global store reads for Fetch and push
+	deliverSem chan struct{} // global delivery budget, one token per batch
+	batchItems int           // envelopes per delivery batch
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -133,8 +152,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxReads <= 0 {
 		cfg.MaxReads = 4 * runtime.GOMAXPROCS(0)
 	}
+	cfg.withBudgetDefaults()
 	return &Server{cfg: cfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
-		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads)}, nil
+		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
+		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
+		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil
 }
 
 // Serve accepts sessions from ln until ctx ends or ln fails, serving each in
@@ -164,7 +186,10 @@ func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportNa
 	ctx, cancel := context.WithCancel(ctx)
 	ss := &session{srv: s, conn: conn, ctx: ctx, cancel: cancel,
 		br: bufio.NewReaderSize(conn, relay.SessionBufSize), bw: bufio.NewWriterSize(conn, relay.SessionBufSize),
-		subs: make(map[[32]byte]*subscription), sem: make(chan struct{}, s.cfg.MaxInFlight)}
+		subs: make(map[[32]byte]*subscription), sem: make(chan struct{}, s.cfg.MaxInFlight),
+		deliverSem: make(chan struct{}, s.cfg.SessionDeliveryBytes/s.cfg.BatchBytes)}
+	ss.wtimer = time.AfterFunc(time.Hour, ss.writeStalled)
+	ss.wtimer.Stop()
 	s.mu.Lock()
 	if len(s.sessions) >= s.cfg.MaxSessions {
 		s.mu.Unlock()
@@ -179,6 +204,9 @@ func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportNa
 	// Closing the conn is the one way to unblock a Read on every transport.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	err := ss.run()
+	if ss.stalled.Load() {
+		err = errWriteStalled
+	}
 	cancel()
 	stop()
 	conn.Close()
@@ -201,6 +229,8 @@ func endReason(err error) string {
 		return "malformed"
 	case errors.Is(err, errIdle):
 		return "idle"
+	case errors.Is(err, errWriteStalled):
+		return "write stalled"
 	case errors.Is(err, relay.ErrVersion):
 		return "version"
 	case errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled):

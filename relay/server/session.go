@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -23,9 +24,13 @@ type session struct {
 	cancel context.CancelFunc
 	br     *bufio.Reader
 
-	wmu  sync.Mutex
-	bw   *bufio.Writer
-	wbuf []byte // frame being written, reused under wmu
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	wbuf    []byte      // frame being written, reused under wmu
+	wtimer  *time.Timer // armed while a write is in progress
+	stalled atomic.Bool // the session ended because a write stayed blocked
+
+	deliverSem chan struct{} // this session's delivery budget, one token per batch
 
 	challenge [relay.ChallengeSize]byte
 	sem       chan struct{}
@@ -90,16 +95,36 @@ func (ss *session) hello() error {
 	return ss.write(relay.ServerHello{Version: relay.ProtocolVersion, Challenge: ss.challenge, MaxEnvelope: envelope.Bucket64K})
 }
 
-// write sends one frame and flushes.
+// write sends one frame and flushes. A write that stays blocked for
+// WriteTimeout ends the session (writeStalled).
 func (ss *session) write(m relay.Message) error {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
-	ss.wbuf = relay.AppendFrame(ss.wbuf[:0], m)
-	ss.bw.Write(ss.wbuf)
+	ss.wtimer.Reset(ss.srv.writeTimeout())
+	defer ss.wtimer.Stop()
+	if d, ok := m.(relay.Deliver); ok {
+		// The envelope goes out without a copy.
+		ss.wbuf = d.AppendFrameHead(ss.wbuf[:0])
+		ss.bw.Write(ss.wbuf)
+		ss.bw.Write(d.Envelope)
+	} else {
+		ss.wbuf = relay.AppendFrame(ss.wbuf[:0], m)
+		ss.bw.Write(ss.wbuf)
+	}
 	if cap(ss.wbuf) > relay.SessionBufSize {
 		ss.wbuf = nil // do not pin a large frame's buffer on an idle session
 	}
 	return ss.bw.Flush()
+}
+
+var errWriteStalled = errors.New("relay: session write stalled")
+
+// writeStalled ends a session whose peer stopped reading: closing the
+// conn unblocks the write and frees what it held.
+func (ss *session) writeStalled() {
+	ss.stalled.Store(true)
+	ss.cancel()
+	ss.conn.Close()
 }
 
 func (ss *session) reply(req uint32, err error, body []byte) error {

@@ -34,6 +34,14 @@ var (
 		"mailbox full: the recipient has reached the limit of undelivered envelopes; retry after they fetch"}
 	ErrStoreFull = &Error{CodeStoreFull,
 		"relay storage full: retry later or use another relay"}
+	// ErrDiskFull is a write that failed because the relay's disk (or the
+	// operator's disk quota) is full (ENOSPC, EDQUOT). It has CodeStoreFull,
+	// like the store quota: to a client both mean "this relay takes nothing
+	// more now; retry later or use another relay". It is a different value
+	// so the relay can tell the operator; Stats.DiskFull says whether
+	// writes are failing for this reason right now.
+	ErrDiskFull = &Error{CodeStoreFull,
+		"relay disk full: retry later or use another relay"}
 	ErrInvalid = &Error{CodeInvalid,
 		"invalid request: owner key must be 32 bytes, send capability at most 1024 bytes, envelope 1 to 65536 bytes"}
 	ErrClosed = &Error{CodeClosed,

@@ -112,6 +112,12 @@ type Stats struct {
 	Envelopes int
 	Bytes     int64  // envelope bytes stored
 	Commits   uint64 // durable write transactions so far (always 0 for Memory)
+
+	// DiskFull is true while a durable store's writes fail for lack of
+	// disk space or quota (ErrDiskFull): set by a commit that failed with
+	// ENOSPC or EDQUOT, cleared by the next commit that succeeds. A relay
+	// reports it as unhealthy and logs it. Always false for Memory.
+	DiskFull bool
 }
 
 // Store is a relay's mailbox store. All methods are safe for concurrent use.

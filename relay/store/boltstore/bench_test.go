@@ -1,8 +1,10 @@
 package boltstore_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/postern/postern/relay/store/boltstore"
@@ -38,4 +40,44 @@ func BenchmarkRawFsync(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "fsyncs/s")
+}
+
+// BenchmarkOpen50k measures Open, with its integrity checks, of a store
+// holding 50,000 envelopes of 1 KiB in 500 mailboxes.
+func BenchmarkOpen50k(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	s, err := boltstore.Open(dir, unlimited)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for m := range 500 {
+		wg.Go(func() {
+			id := storetest.ID(m)
+			if err := s.CreateMailbox(ctx, id, storetest.Owner(m), nil); err != nil {
+				b.Error(err)
+				return
+			}
+			for i := range 100 {
+				if _, err := s.Put(ctx, id, storetest.Envelope(id, 1024, i)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	fi, _ := os.Stat(filepath.Join(dir, boltstore.DataFile))
+	b.ReportMetric(float64(fi.Size())/(1<<20), "MiB")
+	for b.Loop() {
+		s, err := boltstore.Open(dir, unlimited)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
 }

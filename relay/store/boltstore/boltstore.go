@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -59,6 +58,7 @@ type Store struct {
 	envelopes atomic.Int64
 	bytes     atomic.Int64
 	commits   atomic.Uint64
+	diskFull  atomic.Bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -67,20 +67,27 @@ var _ store.Store = (*Store)(nil)
 // unless opts.IDKey or opts.KeyFile say otherwise, dir/store.key for the
 // store key. dir is created with mode 0700 and both files with 0600. A
 // missing key file is created only when the data file has never been used
-// with a key; a key that does not match the data file is refused. Zero
-// fields of opts take the defaults documented on store.Options.
+// with a key; a key that does not match the data file is refused. A data
+// file that is missing or empty while the key file exists, or that fails
+// the integrity checks (see the package comment), is refused with an
+// error naming it and saying what to do; Open never panics on a damaged
+// file. Zero fields of opts take the defaults documented on store.Options.
 func Open(dir string, opts store.Options) (*Store, error) {
 	opts = opts.WithDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create directory %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, DataFile)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("store: open %s: the file is locked by another process; stop the other relay using it", path)
+	if err := preflight(path, keyFilePath(opts, dir)); err != nil {
+		return nil, err
 	}
+	db, err := openBolt(path)
 	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
+		return nil, err
+	}
+	if err := checkDB(db, path); err != nil {
+		db.Close()
+		return nil, err
 	}
 	s, err := open(db, path, dir, opts)
 	if err != nil {
@@ -100,7 +107,7 @@ func open(db *bolt.DB, path, dir string, opts store.Options) (*Store, error) {
 	if len(format) > 0 && (len(format) != 1 || format[0] != dataFormat) {
 		return nil, fmt.Errorf("store: %s has data format %v but this relay understands %d; use a matching relay version", path, format, dataFormat)
 	}
-	key, keyName, err := loadKey(opts, dir, len(check) > 0)
+	key, keyName, err := loadKey(opts, dir, path, len(check) > 0)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +177,7 @@ func (s *Store) initialise(tx *bolt.Tx) error {
 }
 
 // loadKey returns the store key and a name for it in error messages.
-func loadKey(opts store.Options, dir string, dataHasKey bool) ([]byte, string, error) {
+func loadKey(opts store.Options, dir, dataPath string, dataHasKey bool) ([]byte, string, error) {
 	if opts.IDKey != nil {
 		if len(opts.IDKey) != store.KeySize {
 			return nil, "", fmt.Errorf("store: Options.IDKey must be %d bytes, got %d", store.KeySize, len(opts.IDKey))
@@ -191,7 +198,9 @@ func loadKey(opts store.Options, dir string, dataHasKey bool) ([]byte, string, e
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, "", fmt.Errorf("store: read key file %s: %w", path, err)
 	case dataHasKey:
-		return nil, "", fmt.Errorf("store: key file %s is missing but the data file was created with a key; restore the key file or point Options.KeyFile at it", path)
+		return nil, "", fmt.Errorf("store: key file %s is missing but data file %s was created with a key; "+
+			"restore the key file from a backup or point Options.KeyFile at it, "+
+			"or move the data file aside to start a new, empty store on purpose", path, dataPath)
 	}
 	key, err = createKeyFile(path)
 	if err != nil {
@@ -276,6 +285,7 @@ func (s *Store) Stats() store.Stats {
 		Envelopes: int(s.envelopes.Load()),
 		Bytes:     s.bytes.Load(),
 		Commits:   s.commits.Load(),
+		DiskFull:  s.diskFull.Load(),
 	}
 }
 

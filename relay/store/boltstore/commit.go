@@ -2,7 +2,9 @@ package boltstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -123,13 +125,14 @@ func (s *Store) commit(batch []*op) {
 		return nil
 	})
 	if err != nil {
-		err = fmt.Errorf("store: write %s: %w", s.path, err)
+		err = s.writeFailed(err)
 		for _, o := range batch {
 			o.done <- err
 		}
 		return
 	}
 	s.commits.Add(1)
+	s.diskFull.Store(false)
 	s.mailboxes.Add(w.dMailboxes)
 	s.envelopes.Add(w.dEnvelopes)
 	s.bytes.Add(w.dBytes)
@@ -144,4 +147,15 @@ func (s *Store) commit(batch []*op) {
 	for i, o := range batch {
 		o.done <- results[i]
 	}
+}
+
+// writeFailed classifies the error of a failed commit. A full disk or
+// quota (ENOSPC, EDQUOT) becomes store.ErrDiskFull (wrapping the cause
+// for the relay's log) and sets Stats.DiskFull until a commit succeeds.
+func (s *Store) writeFailed(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		s.diskFull.Store(true)
+		return fmt.Errorf("%w (write %s: %w)", store.ErrDiskFull, s.path, err)
+	}
+	return fmt.Errorf("store: write %s: %w", s.path, err)
 }

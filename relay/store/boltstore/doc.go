@@ -14,6 +14,44 @@
 // never been used with a key, and a key that does not match the data file
 // (see the keycheck below) is refused.
 //
+// # Integrity at open
+//
+// Open refuses to start on a data file it cannot trust, with an error that
+// names the file and says what to do (restore it from a backup, or move it
+// aside with its key file to start a new, empty store on purpose); it
+// never panics or faults on a damaged file, and never silently replaces a
+// lost store with an empty one, which would lose every mailbox and free
+// the retired ids for anyone to take. In order:
+//
+//   - A data file that is missing or empty while the key file exists (a
+//     store was created here before), or empty while the key is given as
+//     Options.IDKey, is refused. A key file missing beside a data file
+//     created with a key is refused too.
+//   - The page walk (pages.go) reads the file with ReadAt, before bbolt
+//     maps it: a valid meta page, a file at least as long as the meta page
+//     says (a truncated file would make bbolt fault on the first read past
+//     its end), a freelist page of the right type, and every page of every
+//     bucket inside the file, referenced once and of the right type.
+//   - bbolt opens the file; a panic or memory fault inside it becomes an
+//     error.
+//   - bbolt's consistency check (Tx.Check: freelist, page references, key
+//     order), with keys and values kept out of its messages, and a walk of
+//     the store's buckets: all six present, mailbox records that parse,
+//     sub-buckets where the layout has them. Damage inside one envelope
+//     record or index entry is not looked for at open: the operation that
+//     reads it fails alone with a "corrupt" error (see below).
+//
+// Open reads the whole file once. On a 119 MiB store of 50,000 envelopes
+// (cached in memory) the checks add about 0.25 s to Open, so about 2 s
+// per GiB; from a cold disk, read time dominates.
+//
+// # Disk full
+//
+// A commit that fails with ENOSPC or EDQUOT fails its writes with
+// store.ErrDiskFull (code store.CodeStoreFull, wrapping the cause) and sets
+// Stats.DiskFull until a commit succeeds. bbolt rolls the transaction back,
+// so the file stays consistent and reopens.
+//
 // # Buckets of store.db
 //
 // Every mailbox appears only as its keyed hash h = store.Keys.MailboxHash(id):

@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+)
+
+// maxEnvelope is the largest envelope a store read can return.
+const maxEnvelope = envelope.Bucket64K
+
+// withBudgetDefaults fills the delivery budget's defaults and keeps the
+// budgets whole numbers of batches.
+func (cfg *Config) withBudgetDefaults() {
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = 256 << 10
+	}
+	cfg.BatchBytes = max(cfg.BatchBytes, maxEnvelope)
+	if cfg.SessionDeliveryBytes <= 0 {
+		cfg.SessionDeliveryBytes = 2 * cfg.BatchBytes
+	}
+	cfg.SessionDeliveryBytes = max(cfg.SessionDeliveryBytes, cfg.BatchBytes)
+	if cfg.MaxDeliveryBytes <= 0 {
+		cfg.MaxDeliveryBytes = 64 << 20
+	}
+	cfg.MaxDeliveryBytes = max(cfg.MaxDeliveryBytes, cfg.BatchBytes)
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 30 * time.Second
+	}
+}
+
+// batch is one store read for delivery, holding its share of the
+// session's and the server's delivery budgets until released.
+type batch struct {
+	ss    *session
+	items []store.Item
+}
+
+// readBatch reads up to max envelopes after seq after (never more than
+// one batch) once the session and the server have budget for them. The
+// caller writes the items and then calls release.
+func (ss *session) readBatch(ctx context.Context, id [32]byte, after uint64, max int) (*batch, error) {
+	select {
+	case ss.deliverSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case ss.srv.deliverSem <- struct{}{}:
+	case <-ctx.Done():
+		<-ss.deliverSem
+		return nil, ctx.Err()
+	}
+	b := &batch{ss: ss}
+	items, err := ss.read(ctx, id, after, min(max, ss.srv.batchItems))
+	if err != nil {
+		b.release()
+		return nil, err
+	}
+	b.items = items
+	return b, nil
+}
+
+func (b *batch) release() {
+	b.items = nil
+	<-b.ss.srv.deliverSem
+	<-b.ss.deliverSem
+}
+
+// deliverBatch writes a batch's items as Deliver frames for request req
+// and releases the batch. It returns the last sequence number written.
+func (ss *session) deliverBatch(b *batch, req uint32, id [32]byte, onItem func(store.Item)) (uint64, error) {
+	defer b.release()
+	var last uint64
+	for _, it := range b.items {
+		if onItem != nil {
+			onItem(it)
+		}
+		if err := ss.write(relay.Deliver{Req: req, Mailbox: id, Ref: it.Ref, Seq: it.Seq, Envelope: it.Envelope}); err != nil {
+			return last, err
+		}
+		last = it.Seq
+	}
+	return last, nil
+}
+
+// writeTimeout is how long the next write may block: WriteTimeout, or a
+// tenth of it while most of the delivery budget is held, so that sessions
+// which stopped reading cannot keep it from the others for long.
+func (s *Server) writeTimeout() time.Duration {
+	if held := len(s.deliverSem); held*4 > cap(s.deliverSem)*3 {
+		return s.cfg.WriteTimeout / 10
+	}
+	return s.cfg.WriteTimeout
+}
