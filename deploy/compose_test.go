@@ -35,6 +35,7 @@ type composeService struct {
 	Sysctls         map[string]string `json:"sysctls"`
 	StopSignal      string            `json:"stop_signal"`
 	StopGracePeriod string            `json:"stop_grace_period"`
+	MemLimit        string            `json:"mem_limit"`
 	Networks        []string          `json:"networks"`
 }
 

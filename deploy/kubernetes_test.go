@@ -138,7 +138,11 @@ type container struct {
 	StartupProbe   *probe `json:"startupProbe"`
 	LivenessProbe  *probe `json:"livenessProbe"`
 	ReadinessProbe *probe `json:"readinessProbe"`
-	Resources      struct {
+	Env            []struct {
+		Name  string `json:"name"`
+		Value string `json:"value"`
+	} `json:"env"`
+	Resources struct {
 		Requests map[string]quantity `json:"requests"`
 		Limits   map[string]quantity `json:"limits"`
 	} `json:"resources"`
@@ -390,6 +394,7 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("sysctl %s=%s does not let the relay bind port %d", s.Name, s.Value, transportPort)
 		}
 	}
+	checkMemLimit(t, c)
 	for _, r := range []string{"cpu", "memory"} {
 		if c.Resources.Requests[r] == "" || c.Resources.Limits[r] == "" {
 			t.Errorf("container: %s request and limit are required", r)

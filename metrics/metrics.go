@@ -17,7 +17,7 @@
 // # Relay metrics
 //
 //	postern_build_info{version,goversion}                 gauge, always 1
-//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover
+//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover, busy, limited
 //	postern_sessions_total{transport}                     counter of relay sessions started
 //	postern_sessions_active{transport}                    gauge
 //	postern_envelopes_accepted_total                      counter (durable and acked to the sender)
@@ -60,7 +60,7 @@ var (
 	// Transports are the transport names that may appear as a label.
 	Transports = []string{"https", "h3"}
 	// Results are the handshake outcomes (transport.Outcome values).
-	Results = []string{"ok", "auth_failed", "replay", "cover", "busy"}
+	Results = []string{"ok", "auth_failed", "replay", "cover", "busy", "limited"}
 	// Reasons are the reasons an envelope is rejected.
 	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
 	// Classes are the probe failure classes (transport.Class names).
@@ -145,7 +145,7 @@ func NewRelay(version string) *Relay {
 		reg: newRegistry(version),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_handshakes_total",
-			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap).",
+			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap), limited (valid session refused at a per-source or per-connection cap or above the source's fair share).",
 		}, []string{"transport", "result"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_sessions_total",

@@ -111,6 +111,15 @@ type ListenConfig struct {
 	Observe func(Outcome)
 	// Now overrides the clock (tests).
 	Now func() time.Time
+	// MaxSessionsPerSource caps the concurrent sessions of one source: a
+	// client IPv4 address, or the /64 of a client IPv6 address. Zero means
+	// the transport's default (httpsession.DefaultMaxSessionsPerSource).
+	MaxSessionsPerSource int
+	// MaxSessionsPerConn caps the concurrent sessions carried by one TLS
+	// or QUIC connection (HTTP/2 and HTTP/3 multiplex many requests on
+	// one). Zero means the transport's default
+	// (httpsession.DefaultMaxSessionsPerConn).
+	MaxSessionsPerConn int
 }
 
 // Outcome is what happened to one request that reached a listener; it is
@@ -123,6 +132,7 @@ const (
 	OutcomeReplay     Outcome = "replay"      // a token seen before
 	OutcomeCover      Outcome = "cover"       // ordinary request, served the cover site
 	OutcomeBusy       Outcome = "busy"        // valid session refused: listener at its session cap (served the cover site)
+	OutcomeLimited    Outcome = "limited"     // valid session refused: its source or connection at its cap, or above its fair share (served the cover site)
 )
 
 // Listener yields authenticated relay sessions.

@@ -41,14 +41,35 @@
 // that are not QUIC are handled by quic-go exactly as by any quic-go server
 // (dropped, or answered with version negotiation).
 //
+// # Floods and restarts
+//
+// quic-go creates a connection for every Initial that parses, before it can
+// tell a client from random bytes sent from a spoofed address. The listener
+// counts connections in their handshake: above Transport.RetryHandshakes
+// (default 64) it asks new clients to prove their address with a Retry
+// (RFC 9000, section 8.1.2), at Transport.MaxHandshakes (default 256) it
+// refuses them. Both are stock quic-go server features (VerifySourceAddress,
+// ConnContext) a careful HTTP/3 operator enables; under normal load neither
+// shows on the wire.
+//
+// The stateless-reset key (RFC 9000, section 10.3) and the address-token key
+// are derived from ListenConfig.Key with HMAC-SHA256 under distinct labels,
+// so a relay that restarts with the same configuration resets the QUIC
+// connections of its previous run at their next packet, and clients learn
+// at once that their sessions are gone instead of after the 30 s idle
+// timeout. The reset key is a one-way function of the descriptor key: who
+// holds the descriptor and sees a connection's packets on path can forge a
+// reset for it, which is what such an observer can do to https with a TCP
+// reset anyway.
+//
 // # Sessions and QUIC connections
 //
 // The client opens one QUIC connection per session, from a UDP socket of its
 // own, and closes both with the session. While the handshake runs, the socket
 // reports ICMP errors (Linux), so a closed port fails the dial as refused at
-// once, as a TCP reset does for https. The listener accepts any number of
-// sessions per QUIC connection, bounded by the stream limit and by the
-// listener's session cap.
+// once, as a TCP reset does for https. The listener accepts several sessions
+// per QUIC connection, bounded by the stream limit and by the session layer's
+// per-connection, per-source and listener caps (transport/httpsession).
 package h3
 
 import (
@@ -81,6 +102,15 @@ const (
 	// DefaultMaxSessions caps concurrent relay sessions per listener. A valid
 	// session beyond the cap is answered by the cover site.
 	DefaultMaxSessions = httpsession.DefaultMaxSessions
+	// DefaultMaxHandshakes caps QUIC connections in their handshake per
+	// listener, as https caps TLS handshakes.
+	DefaultMaxHandshakes = 256
+	// DefaultRetryHandshakes is the number of QUIC connections in their
+	// handshake above which a new client must first prove its source
+	// address with a Retry. Legitimate load stays far below it (a handshake
+	// takes one or two round trips); a flood of Initials from spoofed
+	// addresses reaches it within milliseconds.
+	DefaultRetryHandshakes = 64
 )
 
 // Transport is the h3 transport. The zero value is ready to use.
@@ -88,6 +118,18 @@ type Transport struct {
 	// MaxSessions caps concurrent sessions per listener (accepted and
 	// waiting for Accept). Zero means DefaultMaxSessions.
 	MaxSessions int
+	// MaxHandshakes caps QUIC connections in their handshake; beyond it a
+	// new connection is refused (CONNECTION_REFUSED). Zero means
+	// DefaultMaxHandshakes.
+	MaxHandshakes int
+	// RetryHandshakes is the number of connections in their handshake
+	// from which on new ones must first pass a Retry (source address
+	// validation). Zero means DefaultRetryHandshakes.
+	RetryHandshakes int
+
+	// noFloodDefence turns Retry and the handshake cap off: benchmarks
+	// measure what the defence saves.
+	noFloodDefence bool
 }
 
 var _ transport.Transport = (*Transport)(nil)

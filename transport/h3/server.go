@@ -39,8 +39,9 @@ func serverQUICConfig() *quic.Config {
 type listener struct {
 	srv    *http3.Server
 	udp    *net.UDPConn
+	qt     *quic.Transport
 	gate   *httpsession.Gate
-	served chan struct{} // closed when srv.Serve returned
+	served chan struct{} // closed when srv.ServeListener returned
 
 	closeOnce sync.Once
 	closeErr  error
@@ -65,25 +66,59 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	if err != nil {
 		return nil, httpsession.ListenError(Name, err)
 	}
-	l.udp, l.gate = udp, gate
+	tlsConf := &tls.Config{
+		Certificates: []tls.Certificate{cfg.Certificate},
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{http3.NextProtoH3},
+	}
+	l.udp, l.gate, l.qt = udp, gate, t.quicTransport(udp, cfg.Key)
+	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), serverQUICConfig())
+	if err != nil {
+		l.qt.Close()
+		udp.Close()
+		return nil, httpsession.ListenError(Name, err)
+	}
 	l.srv = &http3.Server{
-		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{cfg.Certificate},
-			MinVersion:   tls.VersionTLS13,
-			NextProtos:   []string{http3.NextProtoH3},
-		},
+		TLSConfig:  tlsConf,
 		QUICConfig: serverQUICConfig(),
 		Handler:    gate,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			return context.WithValue(ctx, quicConnKey{}, c)
+			accepted(c) // the handshake is through: its slot is free
+			return httpsession.WithConn(context.WithValue(ctx, quicConnKey{}, c))
 		},
 		Logger: discardLogger,
 	}
 	go func() {
 		defer close(l.served)
-		gate.ServeEnded(l.srv.Serve(udp))
+		defer ln.Close()
+		gate.ServeEnded(l.srv.ServeListener(ln))
 	}()
 	return l, nil
+}
+
+// quicTransport returns the QUIC endpoint of a listener on udp: source
+// address validation and a cap on handshakes under load, and keys derived
+// from the session key (see the package documentation, "Floods and
+// restarts").
+func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) *quic.Transport {
+	reset := quic.StatelessResetKey(deriveKey(key, labelStatelessReset))
+	tokens := quic.TokenGeneratorKey(deriveKey(key, labelTokenGenerator))
+	qt := &quic.Transport{Conn: udp, StatelessResetKey: &reset, TokenGeneratorKey: &tokens}
+	if !t.noFloodDefence {
+		hs := &handshakes{
+			max:        int64(orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
+			retryAbove: int64(orDefault(t.RetryHandshakes, DefaultRetryHandshakes)),
+		}
+		qt.VerifySourceAddress, qt.ConnContext = hs.verify, hs.connContext
+	}
+	return qt
+}
+
+func orDefault(v, d int) int {
+	if v > 0 {
+		return v
+	}
+	return d
 }
 
 func (l *listener) Addr() net.Addr { return l.udp.LocalAddr() }
@@ -97,10 +132,13 @@ func (l *listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.gate.Shut()
 		l.closeErr = l.srv.Close()
+		<-l.served // ServeListener returned and closed the QUIC listener
+		if err := l.qt.Close(); err != nil && l.closeErr == nil {
+			l.closeErr = err
+		}
 		if err := l.udp.Close(); err != nil && l.closeErr == nil {
 			l.closeErr = err
 		}
-		<-l.served
 		l.gate.Wait()
 		if l.closeErr != nil {
 			l.closeErr = transport.Classify("close", Name, l.closeErr)

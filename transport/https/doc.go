@@ -42,7 +42,20 @@
 // # Limits
 //
 // Read-header and idle timeouts, a header size cap, a cap on concurrent TLS
-// handshakes and a cap on concurrent sessions protect the listener; see
-// [Transport]. The server's error log is discarded: it would print client
-// addresses.
+// handshakes and caps on concurrent sessions (per listener, and through
+// transport/httpsession per source and per TCP connection) protect the
+// listener; see [Transport]. The server's error log is discarded: it would
+// print client addresses.
+//
+// The timeouts are chosen to hold a silent client no longer than a common
+// web server (nginx: client_header_timeout 60 s, keepalive 60-75 s) and
+// never longer than that:
+//
+//   - the TLS handshake and HTTP/1.1 request headers must arrive within
+//     ReadHeaderTimeout (10 s) of the connection opening;
+//   - the HTTP/2 preface must arrive within 10 s (net/http's own limit);
+//   - a connection with no request in flight, HTTP/1.1 keep-alive or
+//     HTTP/2, including one whose HEADERS never completed, is closed after
+//     IdleTimeout (60 s; before this limit it was 90 s, which let HTTP/2
+//     slowloris connections sit for 91 s).
 package https

@@ -27,8 +27,13 @@ const (
 	// request headers (slowloris).
 	DefaultReadHeaderTimeout = 10 * time.Second
 	// DefaultIdleTimeout closes keep-alive connections with no request in
-	// flight. Connections carrying a session are never idle.
-	DefaultIdleTimeout = 90 * time.Second
+	// flight, and HTTP/2 connections with no complete request header (a
+	// HEADERS frame never finished is not a request yet). Connections
+	// carrying a session are never idle. 60 s is what nginx gives idle and
+	// header-stalled clients (keepalive and client_header timeouts of
+	// common configurations), so a relay holds them no longer than a
+	// common web server does.
+	DefaultIdleTimeout = 60 * time.Second
 	// DefaultMaxHeaderBytes caps request headers.
 	DefaultMaxHeaderBytes = 64 << 10
 	// DefaultMaxHandshakes caps concurrent TLS handshakes per listener.
@@ -80,6 +85,8 @@ func (t *Transport) NewHTTPServer(h http.Handler) *http.Server {
 		IdleTimeout:       orDefault(t.IdleTimeout, DefaultIdleTimeout),
 		MaxHeaderBytes:    orDefault(t.MaxHeaderBytes, DefaultMaxHeaderBytes),
 		ErrorLog:          log.New(io.Discard, "", 0),
+		// Every TCP connection counts its sessions (HTTP/2 multiplexes).
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return httpsession.WithConn(ctx) },
 	}
 }
 

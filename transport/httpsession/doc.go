@@ -48,12 +48,36 @@
 //  3. A valid token while the listener already carries its cap of
 //     concurrent sessions (the transport's MaxSessions, default
 //     DefaultMaxSessions): the cover site (OutcomeBusy). The token is spent.
-//  4. Otherwise a session (OutcomeOK). It holds a slot until it ends.
+//  4. A valid token while the request's source or its connection is at
+//     its cap, or the source above its fair share (see Limits): the cover
+//     site (OutcomeLimited). The token is spent.
+//  5. Otherwise a session (OutcomeOK). It holds a slot until it ends.
 //
 // The cover site gets the request untouched, body unread, so everything but
 // a valid session is answered exactly as the cover site alone answers it.
 // The relay side of a session never learns the client's address: its
 // RemoteAddr is a [HiddenAddr].
+//
+// # Limits
+//
+// One client must not lock everybody else out of a listener, so a session
+// is admitted only within three caps besides the listener's:
+//
+//   - per source: ListenConfig.MaxSessionsPerSource (default
+//     DefaultMaxSessionsPerSource) sessions per client IPv4 address or
+//     IPv6 /64;
+//   - per connection: ListenConfig.MaxSessionsPerConn (default
+//     DefaultMaxSessionsPerConn) sessions per TLS or QUIC connection, which
+//     HTTP/2 and HTTP/3 would otherwise multiplex without bound (the
+//     transport marks each connection's context with [WithConn]);
+//   - fair share: above PressurePercent of the listener cap, a source may
+//     hold at most the cap divided by the number of sources holding
+//     sessions, and at least MinFairShare.
+//
+// A source is known only as an 8-byte HMAC-SHA256 of its address (or /64)
+// under a key drawn at random when the listener starts. The hashes live in
+// memory while the source holds sessions and are never logged, exported or
+// reported; Observe learns only OutcomeLimited.
 //
 // # Errors
 //

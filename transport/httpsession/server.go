@@ -38,7 +38,7 @@ type Gate struct {
 	observe  func(transport.Outcome)
 	binding  func(*http.Request) []byte
 	start    Start
-	slots    chan struct{} // one per live session: the cap
+	limits   *limiter // the listener, per-source and per-connection caps
 
 	accept chan transport.Conn // unbuffered: a session exists once Accept took it
 
@@ -69,7 +69,7 @@ func NewGate(name string, cfg transport.ListenConfig, maxSessions int, binding f
 	}
 	g := &Gate{
 		name: name, path: cfg.Path, verifier: verifier, cover: cfg.Cover, observe: cfg.Observe,
-		binding: binding, start: start, slots: make(chan struct{}, maxSessions),
+		binding: binding, start: start, limits: newLimiter(maxSessions, cfg),
 		accept: make(chan transport.Conn), closed: make(chan struct{}), ended: make(chan struct{}),
 	}
 	if g.cover == nil {
@@ -112,16 +112,15 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		g.refuse(w, r, outcome)
 		return
 	}
-	select {
-	case g.slots <- struct{}{}:
-	default:
-		// Full: for the client the same as a refused token; it retries
-		// later or elsewhere with a new one.
-		g.refuse(w, r, transport.OutcomeBusy)
+	cc, _ := r.Context().Value(connCountKey{}).(*connCount)
+	release, outcome := g.limits.admit(g.limits.source(r), cc)
+	if outcome != transport.OutcomeOK {
+		// Full, or this source or connection has its share: for the
+		// client the same as a refused token; it retries later or
+		// elsewhere with a new one.
+		g.refuse(w, r, outcome)
 		return
 	}
-	var once sync.Once
-	release := func() { once.Do(func() { <-g.slots }) }
 	if !g.enter() {
 		release()
 		g.refuse(w, r, transport.OutcomeCover)

@@ -150,8 +150,8 @@ func TestGateCap(t *testing.T) {
 		t.Fatalf("session after release: %d", w.Code)
 	}
 	<-s.releases
-	if len(g.slots) != 1 {
-		t.Errorf("%d slots held, want 1", len(g.slots))
+	if n := g.limits.held(); n != 1 {
+		t.Errorf("%d slots held, want 1", n)
 	}
 }
 
@@ -163,8 +163,8 @@ func TestGateShut(t *testing.T) {
 	if w := serve(g, "POST", testPath, mint(t, testBinding, time.Now())); w.Code != http.StatusTeapot || obs.Get(transport.OutcomeOK) != 0 {
 		t.Errorf("session after Shut: %d", w.Code)
 	}
-	if len(g.slots) != 0 {
-		t.Errorf("%d slots held after a refused session", len(g.slots))
+	if n := g.limits.held(); n != 0 {
+		t.Errorf("%d slots held after a refused session", n)
 	}
 	if _, err := g.Accept(context.Background()); !errors.Is(err, net.ErrClosed) || transport.ClassOf(err) != transport.ClassCanceled {
 		t.Errorf("Accept after Shut: %v", err)
@@ -241,8 +241,8 @@ func TestNewGateErrors(t *testing.T) {
 	if w := serve(g, "GET", "/", ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), "<") {
 		t.Errorf("default cover: %d %q", w.Code, w.Body)
 	}
-	if cap(g.slots) != DefaultMaxSessions {
-		t.Errorf("cap %d, want DefaultMaxSessions", cap(g.slots))
+	if g.limits.max != DefaultMaxSessions {
+		t.Errorf("cap %d, want DefaultMaxSessions", g.limits.max)
 	}
 	w := httptest.NewRecorder()
 	g.ServeCover(w, httptest.NewRequest("GET", "/", nil))

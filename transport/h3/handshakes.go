@@ -1,0 +1,83 @@
+package h3
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+)
+
+// handshakeKey is the context key, on a QUIC connection's context, of the
+// function that gives its handshake slot back.
+type handshakeKey struct{}
+
+var errTooManyHandshakes = errors.New("too many QUIC handshakes in flight")
+
+// handshakes counts QUIC connections from their first Initial packet until
+// the HTTP/3 server accepts them (their handshake flight is sent) or they
+// die, and decides when a new one must prove its source address first.
+//
+// Every Initial that parses makes quic-go create a connection (two
+// goroutines and its buffers) before it can know whether the packet is more
+// than random bytes from a spoofed address; such a connection lives until
+// HandshakeIdleTimeout. So:
+//
+//   - above retryAbove connections in flight, quic-go answers an Initial
+//     without a valid token with a Retry (RFC 9000, section 8.1.2), which
+//     costs the server one stateless packet and no state; only a client
+//     that receives packets at its source address comes back with the
+//     token;
+//   - at max connections in flight, even a client with a valid token is
+//     refused (CONNECTION_REFUSED) until slots free up.
+type handshakes struct {
+	inFlight   atomic.Int64
+	retryAbove int64
+	max        int64
+}
+
+// verify is quic.Transport.VerifySourceAddress: true means "send a Retry".
+func (h *handshakes) verify(net.Addr) bool {
+	return h.inFlight.Load() >= h.retryAbove
+}
+
+// connContext is quic.Transport.ConnContext: it takes a slot for a new
+// connection or refuses it. The slot is given back when the HTTP/3 server
+// accepts the connection (see accepted) or when the connection dies.
+func (h *handshakes) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	if h.inFlight.Add(1) > h.max {
+		h.inFlight.Add(-1)
+		return nil, errTooManyHandshakes
+	}
+	var once sync.Once
+	release := func() { once.Do(func() { h.inFlight.Add(-1) }) }
+	context.AfterFunc(ctx, release) // the connection closed or its handshake failed
+	return context.WithValue(ctx, handshakeKey{}, release), nil
+}
+
+// accepted gives the handshake slot of c back.
+func accepted(c *quic.Conn) {
+	if release, ok := c.Context().Value(handshakeKey{}).(func()); ok {
+		release()
+	}
+}
+
+// Labels of the keys derived from ListenConfig.Key.
+const (
+	labelStatelessReset = "postern h3 stateless reset key v1"
+	labelTokenGenerator = "postern h3 address token key v1"
+)
+
+// deriveKey returns HMAC-SHA256(key, label): a 32-byte key for one use
+// that reveals nothing about key and nothing about keys for other labels.
+func deriveKey(key []byte, label string) [32]byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(label))
+	var out [32]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
