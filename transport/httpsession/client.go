@@ -200,7 +200,7 @@ func (t *Target) Open(ctx context.Context, w Wire) (transport.Conn, error) {
 	}
 	if err == nil && res.StatusCode != http.StatusOK {
 		err = &transport.Error{Class: transport.ClassAuth, Op: "auth", Transport: t.name,
-			Err: fmt.Errorf("relay answered %d instead of opening a session (its cover site): session token refused; check the descriptor's key and path and this device's clock", res.StatusCode)}
+			Err: refusal(res.StatusCode, res.Header.Get("Date"), time.Now())}
 	}
 	if err != nil {
 		cancel()
@@ -300,4 +300,27 @@ func (c *clientConn) SetWriteDeadline(time.Time) error { return c.noDeadline() }
 
 func (c *clientConn) noDeadline() error {
 	return fmt.Errorf("%s client session: %w; use Close to unblock", c.name, transport.ErrDeadlineUnsupported)
+}
+
+// refusal explains a session request the relay answered with its cover
+// site. The cover site's Date header tells the relay's clock: when it is
+// further from this device's than a token's validity window, the clock is
+// the likely cause and the message says so, with the difference.
+func refusal(status int, date string, now time.Time) error {
+	const msg = "relay answered %d instead of opening a session (its cover site): session token refused"
+	relayNow, err := http.ParseTime(date)
+	if err != nil {
+		return fmt.Errorf(msg+"; check the descriptor's key and path and this device's clock", status)
+	}
+	skew := relayNow.Sub(now)
+	// Date has whole seconds: allow one more on top of the window.
+	if skew > token.Skew+time.Second || skew < -token.Skew-time.Second {
+		dir := "ahead of"
+		if skew < 0 {
+			dir, skew = "behind", -skew
+		}
+		return fmt.Errorf(msg+": the relay's clock is %s %s this device's, more than the %s a token allows; set this device's clock",
+			status, skew.Round(time.Second), dir, token.Skew)
+	}
+	return fmt.Errorf(msg+"; check the descriptor's key and path (the clocks agree)", status)
 }

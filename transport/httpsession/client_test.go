@@ -372,3 +372,24 @@ func TestOpenErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusalNamesClockSkew: a refused session says whether the clocks
+// are the likely cause, from the cover site's Date header.
+func TestRefusalNamesClockSkew(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, date, want string
+	}{
+		{"relay ahead", now.Add(10 * time.Minute).Format(http.TimeFormat), "the relay's clock is 10m0s ahead of this device's, more than the 2m0s a token allows; set this device's clock"},
+		{"relay behind", now.Add(-5 * time.Minute).Format(http.TimeFormat), "the relay's clock is 5m0s behind this device's"},
+		{"clocks agree", now.Add(30 * time.Second).Format(http.TimeFormat), "check the descriptor's key and path (the clocks agree)"},
+		{"no date", "", "check the descriptor's key and path and this device's clock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := refusal(404, tc.date, now)
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "relay answered 404") {
+				t.Fatalf("got %q, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
