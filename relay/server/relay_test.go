@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -515,5 +516,54 @@ func TestFailedRotateKeepsSubscription(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the failed rotate cancelled the subscription")
+	}
+}
+
+// failingStore fails every read once fail is set.
+type failingStore struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (f *failingStore) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uint64, max int) ([]store.Item, error) {
+	if f.fail.Load() {
+		return nil, errors.New("disk read error")
+	}
+	return f.Store.FetchAfter(ctx, id, after, max)
+}
+
+// TestPushReadErrorEndsSession: when a subscription's store read fails,
+// the session ends, so the client notices and reconnects instead of
+// waiting for pushes that never come.
+func TestPushReadErrorEndsSession(t *testing.T) {
+	st := &failingStore{Store: store.NewMemory(store.Options{})}
+	defer st.Close()
+	srv, err := server.New(server.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, sc := relaytest.Pipe(t)
+	go srv.ServeConn(context.Background(), sc, "test")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mb := relaytest.NewMailbox(t, c, nil)
+	if err := c.Subscribe(ctx, mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	st.fail.Store(true)
+	// The Send wakes the push, whose read fails; its own answer may or
+	// may not beat the session's end.
+	if _, err := c.Send(ctx, mb.Seal(t, "wakes the push"), nil); err != nil && !errors.Is(err, client.ErrClosed) {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatal("the session outlived its failed subscription")
 	}
 }
