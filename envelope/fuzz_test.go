@@ -1,7 +1,9 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"os"
@@ -158,4 +160,279 @@ func mustReadF(f *testing.F, name string) []byte {
 		f.Fatal(err)
 	}
 	return b
+}
+
+// joinerFixture is a real message split by SealMessage and opened again,
+// the seed of FuzzJoinerAdd. Its msgid is replaced by a constant so that
+// seeds and committed crashers replay the same way on every run; the rest
+// of each fragment is byte for byte what SealMessage produced.
+type joinerFixture struct {
+	msg   []byte
+	id    [16]byte
+	frags [][]byte // opened fragment payloads, in index order
+}
+
+// Senders a FuzzJoinerAdd record can pick with its low two bits; 3 means
+// the sender bytes follow in the input.
+var (
+	fuzzSenderReal  = bytes.Repeat([]byte{0xa1}, 32)
+	fuzzSenderOther = bytes.Repeat([]byte{0xb2}, 32)
+)
+
+func newJoinerFixture(f *testing.F) *joinerFixture {
+	alice, bob := newID(f), newID(f)
+	card := bob.Card(randMailbox(f), nil, nil)
+	chunk := MaxPayload(SuiteX25519, Bucket4K) - fragmentHeader
+	fx := &joinerFixture{msg: make([]byte, 2*chunk+100)}
+	for i := range fx.msg {
+		fx.msg[i] = byte(i*7 + i>>8)
+	}
+	copy(fx.id[:], "fuzz-joiner-msg!")
+	envs, err := SealMessage(card, alice, fx.msg, &Options{Suite: SuiteX25519, Bucket: Bucket4K})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if len(envs) != 3 {
+		f.Fatalf("SealMessage made %d envelopes, want 3", len(envs))
+	}
+	for i, env := range envs {
+		o, err := Open(bob, env)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if !o.Fragment || !bytes.Equal(o.Sender, alice.AuthKey()) || len(o.Payload) < fragmentHeader {
+			f.Fatalf("fragment %d: fragment=%v, sender kept=%v", i, o.Fragment, bytes.Equal(o.Sender, alice.AuthKey()))
+		}
+		if i > 0 && !bytes.Equal(o.Payload[:16], fx.frags[0][:16]) {
+			f.Fatal("fragments of one message carry different msgids")
+		}
+		fx.frags = append(fx.frags, o.Payload)
+	}
+	for i, p := range fx.frags {
+		p = append([]byte(nil), p...)
+		copy(p, fx.id[:])
+		fx.frags[i] = p
+	}
+	return fx
+}
+
+// joinerRecord encodes one Add call of a FuzzJoinerAdd input:
+//
+//	flags   1 byte   bit 7: not a fragment; bits 2-6: pad, appended as
+//	                 pad*2 KiB of zeros; bits 0-1: sender (0 anonymous,
+//	                 1 fuzzSenderReal, 2 fuzzSenderOther, 3 inline)
+//	[len    1 byte   inline sender length mod 40, then the sender bytes]
+//	n       2 bytes  big endian payload length (cut to what is left)
+//	payload n bytes
+//
+// An input is one byte (MaxPending = b%8, 0 meaning the default) followed
+// by records.
+func joinerRecord(sender byte, payload []byte) []byte {
+	b := []byte{sender}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(payload)))
+	return append(b, payload...)
+}
+
+type joinerFed struct {
+	key   string
+	idx   int
+	count int
+	data  string
+}
+
+// FuzzJoinerAdd feeds arbitrary fragments to a Joiner. Invariants: no
+// panic; every error is ErrFragment; at most MaxPending messages are held,
+// none above MaxMessageSize; a completed message is, index by index, the
+// data of fragments fed for that sender, msgid and count (never bytes from
+// anywhere else); the real message completes to exactly what was split;
+// and whatever came before, a fresh message still joins.
+func FuzzJoinerAdd(f *testing.F) {
+	fx := newJoinerFixture(f)
+	rec := func(sender byte, payload []byte) []byte { return joinerRecord(sender, payload) }
+	in := func(maxPending byte, recs ...[]byte) []byte {
+		return append([]byte{maxPending}, bytes.Join(recs, nil)...)
+	}
+	f0, f1, f2 := fx.frags[0], fx.frags[1], fx.frags[2]
+	f.Add(in(0, rec(1, f0), rec(1, f1), rec(1, f2)))
+	f.Add(in(0, rec(1, f2), rec(1, f0), rec(1, f0), rec(1, f1)))
+	f.Add(in(1, rec(1, f0), rec(2, f1), rec(1, f1), rec(1, f2), rec(0, f0)))
+	f.Add(in(2, rec(0, f1), rec(1, f0), rec(0, f2), rec(0, f0), rec(1, f2), rec(1, f1)))
+	f.Add(in(0, rec(1, f0), rec(0x81, []byte("whole")), rec(1, f1[:fragmentHeader]), rec(1, f2)))
+	f.Add(in(3, append([]byte{3, 5}, "short\x00\x04xyzw"...)))
+	f.Add(in(0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) == 0 {
+			return
+		}
+		j := &Joiner{MaxPending: int(b[0] % 8)}
+		maxPending := j.MaxPending
+		if maxPending == 0 {
+			maxPending = 64
+		}
+		realKey := string(fuzzSenderReal) + "|" + string(fx.id[:])
+		realClean := true // only unmodified real fragments were fed under realKey
+		var fed []joinerFed
+		used := map[string]bool{}
+		b = b[1:]
+		for calls := 0; len(b) > 0 && calls < 512; calls++ {
+			h := b[0]
+			b = b[1:]
+			var sender []byte
+			switch h & 3 {
+			case 1:
+				sender = fuzzSenderReal
+			case 2:
+				sender = fuzzSenderOther
+			case 3:
+				if len(b) == 0 {
+					return
+				}
+				n := min(int(b[0]%40), len(b)-1)
+				sender, b = append([]byte{}, b[1:1+n]...), b[1+n:]
+			}
+			if len(b) < 2 {
+				return
+			}
+			n := min(int(binary.BigEndian.Uint16(b)), len(b)-2)
+			payload := append([]byte(nil), b[2:2+n]...)
+			b = b[2+n:]
+			if pad := int(h>>2) & 0x1f; pad > 0 {
+				payload = append(payload, make([]byte, pad<<11)...)
+			}
+			o := &Opened{Sender: sender, Payload: payload, Fragment: h&0x80 == 0}
+
+			msg, done, err := j.Add(o)
+			checkJoiner(t, j, maxPending)
+			if !o.Fragment {
+				if err != nil || !done || !bytes.Equal(msg, payload) {
+					t.Fatalf("whole envelope: done=%v err=%v, payload changed=%v", done, err, !bytes.Equal(msg, payload))
+				}
+				continue
+			}
+			if err != nil {
+				if !errors.Is(err, ErrFragment) {
+					t.Fatalf("unmatched error %v", err)
+				}
+				if done || msg != nil {
+					t.Fatal("error with a message")
+				}
+			}
+			if len(payload) < fragmentHeader {
+				if err == nil {
+					t.Fatal("accepted a fragment shorter than its header")
+				}
+				continue
+			}
+			key := string(sender) + "|" + string(payload[:16])
+			idx := int(binary.BigEndian.Uint16(payload[16:]))
+			count := int(binary.BigEndian.Uint16(payload[18:]))
+			used[key] = true
+			if count < 2 || count > MaxFragments || idx >= count {
+				if err == nil {
+					t.Fatalf("accepted fragment %d of %d", idx, count)
+				}
+				continue
+			}
+			fed = append(fed, joinerFed{key, idx, count, string(payload[fragmentHeader:])})
+			if key == realKey && !containsBytes(fx.frags, payload) {
+				realClean = false
+			}
+			if !done {
+				if msg != nil {
+					t.Fatal("message returned with done=false")
+				}
+				continue
+			}
+			if !joinedFrom(fed, key, count, msg) {
+				t.Fatalf("completed %d bytes that are not the fragments fed for their message", len(msg))
+			}
+			if key == realKey && realClean && !bytes.Equal(msg, fx.msg) {
+				t.Fatalf("real message joined to %d different bytes", len(msg))
+			}
+		}
+
+		// Whatever the input left behind, a new message still joins.
+		var id [16]byte
+		for k := 0; ; k++ {
+			binary.BigEndian.PutUint64(id[:], uint64(k))
+			if !used[string(fuzzSenderOther)+"|"+string(id[:])] {
+				break
+			}
+		}
+		want := []byte("fresh message, three parts")
+		parts := [][]byte{want[:6], want[6:20], want[20:]}
+		for n, i := range []int{2, 0, 1} {
+			p := append(id[:], 0, byte(i), 0, 3)
+			p = append(p, parts[i]...)
+			msg, done, err := j.Add(&Opened{Sender: fuzzSenderOther, Payload: p, Fragment: true})
+			checkJoiner(t, j, maxPending)
+			if err != nil || done != (n == 2) {
+				t.Fatalf("fresh message fragment %d: done=%v err=%v", i, done, err)
+			}
+			if done && !bytes.Equal(msg, want) {
+				t.Fatalf("fresh message joined to %q", msg)
+			}
+		}
+	})
+}
+
+// checkJoiner checks the Joiner's bounds: MaxPending messages, each below
+// its count and MaxMessageSize, with size accounting that adds up.
+func checkJoiner(t *testing.T, j *Joiner, maxPending int) {
+	t.Helper()
+	if len(j.pending) > maxPending || len(j.order) != len(j.pending) {
+		t.Fatalf("%d pending, %d in order, MaxPending %d", len(j.pending), len(j.order), maxPending)
+	}
+	for _, k := range j.order {
+		pt := j.pending[k]
+		if pt == nil {
+			t.Fatal("order names a message that is not pending")
+		}
+		size := 0
+		for i, d := range pt.parts {
+			if i < 0 || i >= pt.count {
+				t.Fatalf("part %d of %d held", i, pt.count)
+			}
+			size += len(d)
+		}
+		if len(pt.parts) >= pt.count || size != pt.size || size > MaxMessageSize {
+			t.Fatalf("pending message: %d of %d parts, %d bytes counted as %d", len(pt.parts), pt.count, size, pt.size)
+		}
+	}
+}
+
+func containsBytes(set [][]byte, b []byte) bool {
+	for _, s := range set {
+		if bytes.Equal(s, b) {
+			return true
+		}
+	}
+	return false
+}
+
+// joinedFrom reports whether msg is the concatenation, for i in 0..count-1,
+// of the data of some fragment fed with key, index i and count.
+func joinedFrom(fed []joinerFed, key string, count int, msg []byte) bool {
+	cands := make([]map[string]bool, count)
+	for _, fr := range fed {
+		if fr.key == key && fr.count == count {
+			if cands[fr.idx] == nil {
+				cands[fr.idx] = map[string]bool{}
+			}
+			cands[fr.idx][fr.data] = true
+		}
+	}
+	reach := map[int]bool{0: true}
+	for i := 0; i < count; i++ {
+		next := map[int]bool{}
+		for off := range reach {
+			for d := range cands[i] {
+				if bytes.HasPrefix(msg[off:], []byte(d)) {
+					next[off+len(d)] = true
+				}
+			}
+		}
+		reach = next
+	}
+	return reach[len(msg)]
 }
