@@ -82,7 +82,9 @@ func checkFile(path string, size int64) error {
 }
 
 // openBolt opens the data file with bbolt, turning a panic or memory fault
-// inside bbolt into an error (and releasing the file it opened).
+// inside bbolt into an error. It closes the file bbolt opened, but bbolt
+// may have mapped it, and a mapping keeps its lock until the process
+// exits; the page walk keeps bbolt from reaching the damage it panics on.
 func openBolt(path string) (db *bolt.DB, err error) {
 	var f *os.File
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
