@@ -430,7 +430,7 @@ func TestKubernetesManifests(t *testing.T) {
 		return containerPort{}
 	}
 
-	// Probes: /healthz on the metrics port.
+	// Probes on the metrics port: liveness /livez, the others /healthz.
 	if c.LivenessProbe == nil {
 		t.Errorf("container has no liveness probe")
 	}
@@ -438,8 +438,12 @@ func TestKubernetesManifests(t *testing.T) {
 		if p == nil {
 			continue
 		}
-		if p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || resolve(p.HTTPGet.Port).ContainerPort != metricsPort {
-			t.Errorf("%s probe must GET /healthz on the metrics port %d", name, metricsPort)
+		want := "/healthz"
+		if name == "liveness" {
+			want = "/livez"
+		}
+		if p.HTTPGet == nil || p.HTTPGet.Path != want || resolve(p.HTTPGet.Port).ContainerPort != metricsPort {
+			t.Errorf("%s probe must GET %s on the metrics port %d", name, want, metricsPort)
 		}
 	}
 

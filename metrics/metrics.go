@@ -28,6 +28,8 @@
 //	postern_send_duration_seconds                         histogram, Send read to envelope durable
 //	postern_store_mailboxes, _envelopes, _bytes           gauges read from the store at scrape time
 //	postern_store_quota_bytes                             gauge, configured maximum store bytes
+//	postern_store_disk_full                               gauge, 1 while writes fail for lack of disk space
+//	postern_descriptor_expiry_timestamp_seconds           gauge, when the relay's current descriptor expires
 //	postern_store_commit_duration_seconds                 histogram of store write transactions
 //	postern_store_commit_writes                           histogram of writes per transaction
 //
@@ -125,6 +127,7 @@ type Relay struct {
 	rejected       *prometheus.CounterVec
 	sendDuration   prometheus.Histogram
 	quota          prometheus.Gauge
+	descExpiry     prometheus.Gauge
 	commitDuration prometheus.Histogram
 	commitWrites   prometheus.Histogram
 
@@ -136,6 +139,7 @@ type StoreStats struct {
 	Mailboxes int
 	Envelopes int
 	Bytes     int64
+	DiskFull  bool // writes are failing for lack of disk space
 }
 
 // NewRelay returns relay metrics on a new registry; version is the
@@ -176,6 +180,10 @@ func NewRelay(version string) *Relay {
 			Help:    "Time from the relay reading a Send to the envelope being durable, for accepted envelopes.",
 			Buckets: latencyBuckets,
 		}),
+		descExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "postern_descriptor_expiry_timestamp_seconds",
+			Help: "Unix time when the relay's current signed descriptor expires; the relay re-signs it at half its validity.",
+		}),
 		quota: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "postern_store_quota_bytes",
 			Help: "Configured maximum of envelope bytes in the store (0: no limit).",
@@ -192,7 +200,7 @@ func NewRelay(version string) *Relay {
 		}),
 	}
 	r.reg.MustRegister(r.handshakes, r.sessions, r.sessionsActive, r.accepted, r.delivered, r.expired,
-		r.rejected, r.sendDuration, r.quota, r.commitDuration, r.commitWrites, storeCollector{r})
+		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.commitDuration, r.commitWrites, storeCollector{r})
 	// Every known label combination exists from the start, at zero, so that
 	// rate() and alerts see a series before the first event.
 	for _, t := range Transports {
@@ -258,6 +266,9 @@ func (r *Relay) Commit(writes int, took time.Duration) {
 	r.commitWrites.Observe(float64(writes))
 }
 
+// SetDescriptorExpiry records when the relay's current descriptor expires.
+func (r *Relay) SetDescriptorExpiry(t time.Time) { r.descExpiry.Set(float64(t.Unix())) }
+
 // SetQuotaBytes sets the configured store quota in bytes (0: no limit).
 func (r *Relay) SetQuotaBytes(n int64) { r.quota.Set(float64(n)) }
 
@@ -272,6 +283,8 @@ var (
 		"Undelivered envelopes in the store.", nil, nil)
 	storeBytesDesc = prometheus.NewDesc("postern_store_bytes",
 		"Envelope bytes in the store (counted against postern_store_quota_bytes).", nil, nil)
+	storeDiskFullDesc = prometheus.NewDesc("postern_store_disk_full",
+		"1 while the store's writes fail for lack of disk space (envelopes are refused), else 0.", nil, nil)
 )
 
 // storeCollector reads the store's totals once per scrape.
@@ -281,6 +294,7 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeMailboxesDesc
 	ch <- storeEnvelopesDesc
 	ch <- storeBytesDesc
+	ch <- storeDiskFullDesc
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -291,6 +305,11 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(storeMailboxesDesc, prometheus.GaugeValue, float64(s.Mailboxes))
 	ch <- prometheus.MustNewConstMetric(storeEnvelopesDesc, prometheus.GaugeValue, float64(s.Envelopes))
 	ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(s.Bytes))
+	full := 0.0
+	if s.DiskFull {
+		full = 1
+	}
+	ch <- prometheus.MustNewConstMetric(storeDiskFullDesc, prometheus.GaugeValue, full)
 }
 
 // Probe holds the metrics of the reachability prober.

@@ -405,6 +405,17 @@ func TestServer(t *testing.T) {
 	if code, body := get("GET", "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
+	s.SetHealth(func() error { return errors.New("store disk full") })
+	if code, body := get("GET", "/healthz"); code != 503 || body != "unhealthy: store disk full\n" {
+		t.Fatalf("/healthz while unhealthy: %d %q", code, body)
+	}
+	if code, body := get("GET", "/livez"); code != 200 || body != "ok\n" {
+		t.Fatalf("/livez while unhealthy: %d %q", code, body)
+	}
+	s.SetHealth(func() error { return nil })
+	if code, _ := get("GET", "/healthz"); code != 200 {
+		t.Fatalf("/healthz after recovery: %d", code)
+	}
 	for _, p := range []string{"/", "/metrics/", "/metricsx", "/debug/pprof/", "/healthz/x", "/favicon.ico"} {
 		if code, _ := get("GET", p); code != 404 {
 			t.Errorf("GET %s: %d, want 404", p, code)
@@ -416,5 +427,17 @@ func TestServer(t *testing.T) {
 	s.Close()
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Fatal("listener still serving after Close")
+	}
+}
+
+func TestDescriptorExpiry(t *testing.T) {
+	r := NewRelay("test")
+	r.SetDescriptorExpiry(time.Unix(1_800_000_000, 0))
+	if err := testutil.GatherAndCompare(r.Gatherer(), strings.NewReader(`
+# HELP postern_descriptor_expiry_timestamp_seconds Unix time when the relay's current signed descriptor expires; the relay re-signs it at half its validity.
+# TYPE postern_descriptor_expiry_timestamp_seconds gauge
+postern_descriptor_expiry_timestamp_seconds 1.8e+09
+`), "postern_descriptor_expiry_timestamp_seconds"); err != nil {
+		t.Fatal(err)
 	}
 }

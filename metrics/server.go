@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,13 +47,31 @@ func Overlaps(a, b string) bool {
 	return aip.Equal(bip)
 }
 
-// Handler serves g on /metrics and "ok" on /healthz; every other path is
-// 404.
-func Handler(g prometheus.Gatherer) http.Handler {
+// Health says whether the process can do its job: nil, or why not (a
+// short text with no identifier, shown on /healthz).
+type Health func() error
+
+// Handler serves g on /metrics, "ok" on /livez while the process serves,
+// and on /healthz "ok" or, when health (if not nil) returns an error, 503
+// with the reason; every other path is 404. Point liveness probes at
+// /livez and readiness at /healthz: a relay whose disk is full should
+// stop getting new users, not be restarted.
+func Handler(g prometheus.Gatherer, health *atomic.Pointer[Health]) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if h := health.Load(); h != nil && *h != nil {
+			if err := (*h)(); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				io.WriteString(w, "unhealthy: "+err.Error()+"\n")
+				return
+			}
+		}
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("/", http.NotFound)
@@ -61,10 +80,14 @@ func Handler(g prometheus.Gatherer) http.Handler {
 
 // Server is a running metrics listener.
 type Server struct {
-	ln   net.Listener
-	srv  *http.Server
-	done chan struct{}
+	ln     net.Listener
+	srv    *http.Server
+	done   chan struct{}
+	health atomic.Pointer[Health]
 }
+
+// SetHealth sets what /healthz checks.
+func (s *Server) SetHealth(h Health) { s.health.Store(&h) }
 
 // ErrReserved is wrapped by Listen when the address would share a port
 // with a reserved one.
@@ -100,8 +123,9 @@ func Listen(addr string, g prometheus.Gatherer, reserved ...Reserved) (*Server, 
 			return nil, fmt.Errorf("metrics address %s: the system keeps picking the port of %s: %w", addr, clash, ErrReserved)
 		}
 	}
-	s := &Server{ln: ln, done: make(chan struct{}), srv: &http.Server{
-		Handler:           Handler(g),
+	s := &Server{ln: ln, done: make(chan struct{})}
+	s.srv = &http.Server{
+		Handler:           Handler(g, &s.health),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      time.Minute,
@@ -110,7 +134,7 @@ func Listen(addr string, g prometheus.Gatherer, reserved ...Reserved) (*Server, 
 		// net/http logs peer addresses on some errors; they must not leave
 		// the process.
 		ErrorLog: log.New(io.Discard, "", 0),
-	}}
+	}
 	go func() {
 		defer close(s.done)
 		s.srv.Serve(ln)

@@ -58,12 +58,14 @@
 //	0x16 Delete       req u32 | mailbox 32 | sig 64
 //	0x17 Ping         req u32 | data (at most 64 bytes)
 //	0x18 Forward      req u32 | opaque (two-hop routing; a server without a Forwarder answers CodeUnsupported)
+//	0x19 Descriptor   req u32 (asks for the relay's current signed descriptor)
 //
 // Frames, relay to client:
 //
 //	0x02 ServerHello  version u8 | challenge 32 | maxenvelope u32
 //	0x20 Result       req u32 | code u16 | msglen u16 | msg | body
-//	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32
+//	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32;
+//	                  Descriptor → the descriptor line
 //	0x21 Deliver      req u32 | mailbox 32 | ref 32 | seq u64 | envelope
 //	                  (req is the Subscribe's or the Fetch's request id; seq is
 //	                  the envelope's position in the mailbox, a Fetch cursor)

@@ -69,6 +69,7 @@ const (
 	FrameDelete      FrameType = 0x16
 	FramePing        FrameType = 0x17
 	FrameForward     FrameType = 0x18
+	FrameDescriptor  FrameType = 0x19
 	FrameResult      FrameType = 0x20
 	FrameDeliver     FrameType = 0x21
 	FramePong        FrameType = 0x22
@@ -352,5 +353,22 @@ func ParseForward(p []byte) (m Forward, err error) {
 	err = parse(p, func(s *cryptobyte.String) bool {
 		return s.ReadUint32(&m.Req) && readRest(s, &m.Payload)
 	})
+	return m, err
+}
+
+// DescriptorRequest asks for the relay's current signed descriptor: req
+// u32. The Result's body is the descriptor line. A relay re-signs its
+// descriptor before it expires; clients fetch it in-session to keep their
+// mailbox files and cards current.
+type DescriptorRequest struct{ Req uint32 }
+
+func (DescriptorRequest) Type() FrameType { return FrameDescriptor }
+func (m DescriptorRequest) AppendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint32(b, m.Req)
+}
+
+// ParseDescriptorRequest decodes a DescriptorRequest payload.
+func ParseDescriptorRequest(p []byte) (m DescriptorRequest, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool { return s.ReadUint32(&m.Req) })
 	return m, err
 }

@@ -22,22 +22,60 @@ import (
 )
 
 // dialRelay connects to one of the relays described by lines through the
-// one dial path (package route), racing their endpoints. POSTERN_TRANSPORT
-// restricts the transport and POSTERN_BIND sets the local address (both
-// mainly for tests and troubleshooting).
+// one dial path (package route), racing their endpoints. A descriptor
+// that has expired is still tried, with a warning: a relay keeps its keys
+// when it re-signs. POSTERN_TRANSPORT restricts the transport and
+// POSTERN_BIND sets the local address (both mainly for tests and
+// troubleshooting).
 func dialRelay(ctx context.Context, e *env, lines ...string) (*client.Client, error) {
+	c, _, err := dialFresh(ctx, e, lines...)
+	return c, err
+}
+
+// dialFresh is dialRelay that also asks the relay for its current
+// descriptor. fresh is that descriptor's line when it is valid, names one
+// of the relays in lines and expires later than the copy given, else "".
+func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, fresh string, err error) {
 	ds := make([]*descriptor.Descriptor, 0, len(lines))
 	for _, line := range lines {
-		d, err := descriptor.Parse(line, time.Now())
+		d, stale, err := descriptor.ParseStale(line, time.Now())
 		if err != nil {
-			return nil, err
+			return nil, "", err
+		}
+		if stale {
+			fmt.Fprintf(e.stderr, "warning: the descriptor of relay %s expired on %s; trying it anyway (a relay keeps its keys when it renews)\n",
+				d.RelayID(), d.Expires.UTC().Format("2006-01-02"))
 		}
 		ds = append(ds, d)
 	}
-	return client.Dial(ctx, newRegistry(), client.DialOptions{
+	c, err = client.Dial(ctx, newRegistry(), client.DialOptions{
 		Transport: e.getenv("POSTERN_TRANSPORT"),
 		LocalAddr: e.getenv("POSTERN_BIND"),
 	}, ds...)
+	if err != nil {
+		return nil, "", err
+	}
+	return c, newerDescriptor(ctx, c, ds), nil
+}
+
+// newerDescriptor asks the relay on c for its descriptor and returns it
+// if it is valid, was signed by one of ds's relays and outlives that
+// copy. Any failure just means no newer descriptor.
+func newerDescriptor(ctx context.Context, c *client.Client, ds []*descriptor.Descriptor) string {
+	line, err := c.Descriptor(ctx)
+	if err != nil {
+		return ""
+	}
+	d, err := descriptor.Parse(line, time.Now())
+	if err != nil {
+		return ""
+	}
+	for _, old := range ds {
+		if descriptor.SameRelay(old, d) && d.Expires.After(old.Expires) {
+			return line
+		}
+	}
+	return ""
 }
 
 // mailboxState is what `mailbox create` keeps next to the identity, in
@@ -72,6 +110,34 @@ func loadMailbox(idPath string) (*mailboxState, error) {
 }
 
 func (m *mailboxState) id() (out [32]byte) { copy(out[:], m.ID); return }
+
+// save makes the contact card for the state's relay and writes the state
+// to ID_FILE.mailbox (0600).
+func (m *mailboxState) save(id *envelope.Identity, idPath string) error {
+	card, err := id.Card(m.id(), []string{m.Relay}, m.SendCap).Encode()
+	if err != nil {
+		return err
+	}
+	m.Card = card
+	out, _ := json.MarshalIndent(m, "", "  ")
+	return writeFileAtomic(mailboxPath(idPath), append(out, '\n'), 0o600)
+}
+
+// dial connects to the home relay and, when the relay has renewed its
+// descriptor, keeps the new one in the mailbox file and the card.
+func (m *mailboxState) dial(ctx context.Context, e *env, id *envelope.Identity, idPath string) (*client.Client, error) {
+	c, fresh, err := dialFresh(ctx, e, m.Relay)
+	if err != nil || fresh == "" || fresh == m.Relay {
+		return c, err
+	}
+	m.Relay = fresh
+	if err := m.save(id, idPath); err != nil {
+		fmt.Fprintf(e.stderr, "warning: the relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(idPath), err)
+		return c, nil
+	}
+	fmt.Fprintf(e.stderr, "the relay renewed its descriptor: %s is updated, and your contact card changed (its \"card\" field there); give contacts the new card\n", mailboxPath(idPath))
+	return c, nil
+}
 
 func (m *mailboxState) owner() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(m.Owner) }
 
@@ -124,12 +190,7 @@ func mailboxCreateCmd() command {
 					sum := sha256.Sum256(st.SendCap)
 					capv = sum[:]
 				}
-				card, err := id.Card(st.id(), []string{line}, st.SendCap).Encode()
-				if err != nil {
-					return err
-				}
-				st.Card = card
-				c, err := dialRelay(ctx, e, line)
+				c, fresh, err := dialFresh(ctx, e, line)
 				if err != nil {
 					return err
 				}
@@ -137,11 +198,13 @@ func mailboxCreateCmd() command {
 				if err := c.CreateMailbox(ctx, st.owner(), st.id(), capv); err != nil {
 					return err
 				}
-				out, _ := json.MarshalIndent(st, "", "  ")
-				if err := writeFileAtomic(mailboxPath(path), append(out, '\n'), 0o600); err != nil {
+				if fresh != "" {
+					st.Relay = fresh // the card gets the relay's current descriptor
+				}
+				if err := st.save(id, path); err != nil {
 					return err
 				}
-				fmt.Fprintln(e.stdout, card)
+				fmt.Fprintln(e.stdout, st.Card)
 				return nil
 			}
 		},
@@ -264,13 +327,13 @@ func recvCmd() command {
 				if err != nil {
 					return err
 				}
+				dial := func(ctx context.Context) (*client.Client, error) { return mb.dial(ctx, e, id, path) }
 				if *follow {
-					return r.Follow(ctx, func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, mb.Relay) },
-						mb.owner(), mb.id(), func(err error, wait time.Duration) {
-							fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
-						})
+					return r.Follow(ctx, dial, mb.owner(), mb.id(), func(err error, wait time.Duration) {
+						fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
+					})
 				}
-				c, err := dialRelay(ctx, e, mb.Relay)
+				c, err := dial(ctx)
 				if err != nil {
 					return err
 				}

@@ -73,11 +73,18 @@ func startRelay(t *testing.T, bin, dir string, extra ...string) *relayProc {
 	t.Cleanup(func() { p.kill() })
 	select {
 	case l := <-lines:
-		if !strings.HasPrefix(l, "postern-relay1:") {
+		const ready = "relay ready: descriptor in "
+		if !strings.HasPrefix(l, ready) || strings.Contains(l, "postern-relay1:") {
 			p.kill()
 			t.Fatalf("relay printed %q, stderr:\n%s", l, p.logs())
 		}
-		p.line = l
+		path, _, _ := strings.Cut(strings.TrimPrefix(l, ready), " (")
+		b, err := os.ReadFile(path)
+		if err != nil || path != filepath.Join(dir, "descriptor") {
+			p.kill()
+			t.Fatalf("descriptor path %q: %v", path, err)
+		}
+		p.line = strings.TrimSpace(string(b))
 	case <-time.After(60 * time.Second):
 		p.kill()
 		t.Fatalf("relay did not start; stderr:\n%s", p.logs())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -44,6 +46,7 @@ type relayRun struct {
 	srv       *server.Server
 	listeners []boundListener
 	metrics   *metrics.Server
+	desc      atomic.Pointer[signedDescriptor]
 }
 
 // boundListener is a transport listener and the address published for it.
@@ -119,13 +122,14 @@ func (r *relayRun) openStore(context.Context) error {
 		}
 		r.st = b
 	}
+	st := r.st
 	r.met.WatchStore(func() metrics.StoreStats {
-		s := r.st.Stats()
-		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes}
+		s := st.Stats()
+		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes, DiskFull: s.DiskFull}
 	})
 	r.met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
 	var err error
-	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met})
+	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor})
 	return err
 }
 
@@ -182,19 +186,63 @@ func (r *relayRun) startMetrics(context.Context) error {
 	if err := writeFileAtomic(path, []byte(r.metrics.Addr().String()+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write metrics address: %w", err)
 	}
+	st := r.st
+	r.metrics.SetHealth(func() error {
+		if st.Stats().DiskFull {
+			return errDiskFull
+		}
+		return nil
+	})
 	r.log.Info("metrics listening", "addr", r.metrics.Addr().String(), "path", "/metrics")
 	return nil
 }
 
-// publishDescriptor signs the descriptor for the bound listeners and
-// writes it to DATA/descriptor (0600: it carries the session key) and
-// stdout.
+var errDiskFull = errors.New("store disk full: new envelopes are refused until space is freed")
+
+// watchDisk logs when the store's disk fills up and when it has room
+// again, checking every tick until ctx ends.
+func (r *relayRun) watchDisk(ctx context.Context, tick <-chan time.Time) {
+	full := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+		}
+		now := r.st.Stats().DiskFull
+		switch {
+		case now && !full:
+			r.log.Error(errDiskFull.Error(), "data", r.cfg.DataDir)
+		case !now && full:
+			r.log.Info("store disk has room again; envelopes are accepted")
+		}
+		full = now
+	}
+}
+
+// publishDescriptor signs the first descriptor and says on stdout where
+// it is. The descriptor itself (it carries the session key and the secret
+// path) goes only to DATA/descriptor, mode 0600, never to stdout, which
+// service managers copy into their journals.
 func (r *relayRun) publishDescriptor(context.Context) error {
+	path, err := r.signDescriptor(time.Now())
+	if err != nil {
+		return err
+	}
+	r.log.Info("relay started", "descriptor", path)
+	fmt.Fprintf(r.e.stdout, "relay ready: descriptor in %s (mode 0600; hand it to your users)\n", path)
+	return nil
+}
+
+// signDescriptor signs a descriptor valid from now for the configured
+// validity, for the bound listeners, and makes it the current one: in
+// DATA/descriptor, for Descriptor requests and in the expiry metric.
+func (r *relayRun) signDescriptor(now time.Time) (string, error) {
 	d := &descriptor.Descriptor{
 		EnvelopeSuite: uint8(envelope.SuiteXWing),
 		EnvelopeKey:   r.relayID.Public().XWing,
-		Issued:        time.Now().Truncate(time.Second),
-		Expires:       time.Now().Add(r.cfg.validity).Truncate(time.Second),
+		Issued:        now.Truncate(time.Second),
+		Expires:       now.Add(r.cfg.validity).Truncate(time.Second),
 	}
 	names := make([]string, 0, len(r.listeners))
 	for _, b := range r.listeners {
@@ -209,16 +257,59 @@ func (r *relayRun) publishDescriptor(context.Context) error {
 	}
 	line, err := d.Sign(ed25519.NewKeyFromSeed(r.secrets.SigningKey))
 	if err != nil {
-		return fmt.Errorf("sign descriptor: %w", err)
+		return "", fmt.Errorf("sign descriptor: %w", err)
 	}
 	path := filepath.Join(r.cfg.DataDir, "descriptor")
 	if err := writeFileAtomic(path, []byte(line+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write descriptor: %w", err)
+		return "", fmt.Errorf("write descriptor: %w", err)
 	}
-	fmt.Fprintln(r.e.stdout, line)
-	r.log.Info("relay started", "relay_id", d.RelayID(), "transports", strings.Join(names, ","),
-		"store", r.cfg.Store, "descriptor", path)
-	return nil
+	r.desc.Store(&signedDescriptor{line: line, expires: d.Expires})
+	r.met.SetDescriptorExpiry(d.Expires)
+	r.log.Info("descriptor signed", "relay_id", d.RelayID(), "transports", strings.Join(names, ","),
+		"expires", d.Expires.UTC().Format(time.RFC3339), "store", r.cfg.Store, "descriptor", path)
+	return path, nil
+}
+
+// signedDescriptor is the relay's current descriptor.
+type signedDescriptor struct {
+	line    string
+	expires time.Time
+}
+
+// currentDescriptor is the server's Descriptor callback.
+func (r *relayRun) currentDescriptor() string {
+	if d := r.desc.Load(); d != nil {
+		return d.line
+	}
+	return ""
+}
+
+// renewDescriptors re-signs the descriptor once less than half of its
+// validity is left, checking every tick, until ctx ends. Keys and
+// endpoints stay the same, so clients holding the old one still reach the
+// relay and fetch the new one in-session.
+func (r *relayRun) renewDescriptors(ctx context.Context, tick <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick:
+			if _, err := r.renewIfDue(now); err != nil {
+				r.log.Error("descriptor renewal failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+// renewIfDue re-signs the descriptor if less than half its validity is
+// left at now.
+func (r *relayRun) renewIfDue(now time.Time) (bool, error) {
+	cur := r.desc.Load()
+	if cur != nil && cur.expires.Sub(now) > r.cfg.validity/2 {
+		return false, nil
+	}
+	_, err := r.signDescriptor(now)
+	return err == nil, err
 }
 
 // run serves every listener and sweeps expired envelopes until ctx ends
@@ -235,10 +326,22 @@ func (r *relayRun) run(ctx context.Context, cancel context.CancelFunc) error {
 			}
 		}()
 	}
-	wg.Add(1)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		sweep(ctx, r.st, r.log, r.met)
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		r.watchDisk(ctx, t.C)
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(min(time.Hour, r.cfg.validity/8))
+		defer t.Stop()
+		r.renewDescriptors(ctx, t.C)
 	}()
 	var runErr error
 	select {

@@ -199,3 +199,15 @@ func TestHandshakeFailures(t *testing.T) {
 		t.Fatalf("silent relay: %v", err)
 	}
 }
+
+func TestDescriptorRequest(t *testing.T) {
+	ctx := context.Background()
+	r := relaytest.New(t, store.Options{}, server.Config{Descriptor: func() string { return "postern-relay1:fresh" }})
+	if line, err := r.Connect(t).Descriptor(ctx); err != nil || line != "postern-relay1:fresh" {
+		t.Fatalf("Descriptor = %q, %v", line, err)
+	}
+	bare := relaytest.New(t, store.Options{}, server.Config{})
+	if _, err := bare.Connect(t).Descriptor(ctx); !errors.Is(err, relay.ErrUnsupported) {
+		t.Fatalf("a relay without descriptor: %v", err)
+	}
+}

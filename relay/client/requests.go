@@ -199,3 +199,14 @@ func (c *Client) Ping(ctx context.Context) error {
 	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.Ping{Req: req, Data: []byte("ping")} })
 	return err
 }
+
+// Descriptor returns the relay's current signed descriptor line. The
+// caller verifies it (descriptor.Parse) and checks that it names the relay
+// it meant to reach.
+func (c *Client) Descriptor(ctx context.Context) (string, error) {
+	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.DescriptorRequest{Req: req} })
+	if err != nil {
+		return "", err
+	}
+	return string(r.Body), nil
+}

@@ -62,6 +62,10 @@ type Config struct {
 	// Forwarder takes Forward frames. Default: none, and Forward is
 	// answered relay.CodeUnsupported.
 	Forwarder Forwarder
+	// Descriptor returns the relay's current signed descriptor line, for
+	// Descriptor requests. Default: none, and they are answered
+	// relay.CodeUnsupported.
+	Descriptor func() string
 	// Logger gets session-level events at debug level, never an address,
 	// mailbox id, key, ref or envelope. Default: discard.
 	Logger *slog.Logger

@@ -194,6 +194,9 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 		return ss.write(relay.Pong(m))
 	case relay.FrameForward:
 		return ss.reply(req, ss.forward(p), nil)
+	case relay.FrameDescriptor:
+		line, err := ss.descriptor(p)
+		return ss.reply(req, err, line)
 	case relay.FrameClientHello:
 		return ss.reply(req, relay.ErrBadFrame, nil)
 	default:
@@ -244,4 +247,14 @@ func (ss *session) forward(p []byte) error {
 		return relay.ErrUnsupported
 	}
 	return ss.srv.cfg.Forwarder.Forward(ss.ctx, m.Payload)
+}
+
+func (ss *session) descriptor(p []byte) ([]byte, error) {
+	if _, err := relay.ParseDescriptorRequest(p); err != nil {
+		return nil, relay.ErrBadFrame
+	}
+	if ss.srv.cfg.Descriptor == nil {
+		return nil, relay.ErrUnsupported
+	}
+	return []byte(ss.srv.cfg.Descriptor()), nil
 }

@@ -218,6 +218,24 @@ func Parse(line string, now time.Time) (*Descriptor, error) {
 	return d, nil
 }
 
+// ParseStale is Parse for a descriptor that may have expired: it verifies
+// everything Parse does and returns an expired descriptor too, with stale
+// true. A relay re-signs its descriptor before expiry without changing its
+// keys, so a stale descriptor still reaches it; use ParseStale only to
+// dial, then fetch the relay's current descriptor in-session and check it
+// names the same relay (SameRelay).
+func ParseStale(line string, now time.Time) (d *Descriptor, stale bool, err error) {
+	d, err = parse(line)
+	if err != nil {
+		return nil, false, err
+	}
+	return d, !now.Before(d.Expires), nil
+}
+
+// SameRelay reports whether two descriptors were signed by the same relay
+// key.
+func SameRelay(a, b *Descriptor) bool { return a.RelayKey.Equal(b.RelayKey) }
+
 // parse does everything Parse does except the expiry check.
 func parse(line string) (*Descriptor, error) {
 	line = strings.TrimSpace(line)

@@ -663,3 +663,38 @@ func TestTruncationSaysWhere(t *testing.T) {
 		}
 	}
 }
+
+func TestParseStale(t *testing.T) {
+	_, priv, _ := ed25519.GenerateKey(nil)
+	_, other, _ := ed25519.GenerateKey(nil)
+	now := time.Now()
+	mk := func(k ed25519.PrivateKey, expires time.Time) string {
+		d := &Descriptor{Endpoints: []Endpoint{{Transport: "https", Addr: "127.0.0.1:443", Path: "/p", Key: make([]byte, 32)}},
+			Issued: expires.Add(-48 * time.Hour), Expires: expires}
+		line, err := d.Sign(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return line
+	}
+	old := mk(priv, now.Add(-time.Hour))
+	if _, err := Parse(old, now); !errors.Is(err, ErrExpired) {
+		t.Fatalf("Parse of an expired descriptor: %v", err)
+	}
+	d, stale, err := ParseStale(old, now)
+	if err != nil || !stale {
+		t.Fatalf("ParseStale = stale %v, %v", stale, err)
+	}
+	fresh, stale, err := ParseStale(mk(priv, now.Add(time.Hour)), now)
+	if err != nil || stale || !SameRelay(d, fresh) {
+		t.Fatalf("fresh: stale %v, same %v, %v", stale, SameRelay(d, fresh), err)
+	}
+	stranger, _, _ := ParseStale(mk(other, now.Add(time.Hour)), now)
+	if SameRelay(d, stranger) {
+		t.Fatal("two keys are the same relay")
+	}
+	forged := old[:len(old)-4] + "AAAA"
+	if _, _, err := ParseStale(forged, now); err == nil {
+		t.Fatal("ParseStale accepted a bad signature")
+	}
+}
