@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 	"github.com/postern/postern/transport/route"
@@ -135,11 +137,49 @@ func TestStalledSubscribersMemory(t *testing.T) {
 	if peak > 256<<20 {
 		t.Fatalf("relay RSS %d MB with 64 stalled subscribers, goal under 256 MB", peak>>20)
 	}
-	// A legitimate client still gets its envelopes meanwhile.
+	// A legitimate client still gets its envelopes meanwhile: a fetch on
+	// the crowded mailbox, and send→deliver on a mailbox of its own.
 	start := time.Now()
 	ds, err := c.Fetch(ctx, owner, id, 4)
 	if err != nil || len(ds) != 4 {
 		t.Fatalf("legitimate fetch: %d, %v", len(ds), err)
 	}
 	t.Logf("a legitimate 4-envelope fetch took %s meanwhile", time.Since(start).Round(time.Millisecond))
+	t.Logf("legitimate send→deliver meanwhile: %s", sendDeliver(t, ctx, c))
+}
+
+// sendDeliver subscribes c to a new mailbox and returns the median of ten
+// send→push round trips of a 4 KiB envelope.
+func sendDeliver(t *testing.T, ctx context.Context, c *client.Client) time.Duration {
+	_, owner, _ := ed25519.GenerateKey(nil)
+	var id [32]byte
+	rand.Read(id[:])
+	if err := c.CreateMailbox(ctx, owner, id, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(ctx, owner, id); err != nil {
+		t.Fatal(err)
+	}
+	ident, _ := envelope.NewIdentity()
+	card := ident.Card(id, nil, nil)
+	var lat []time.Duration
+	for i := 0; i < 10; i++ {
+		env, err := envelope.Seal(card, nil, []byte("ping"), &envelope.Options{Suite: envelope.SuiteX25519})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := c.Send(ctx, env, nil); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-c.Deliveries():
+			lat = append(lat, time.Since(start))
+			c.Ack(ctx, owner, id, d.Ref)
+		case <-ctx.Done():
+			t.Fatal("no delivery")
+		}
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2].Round(10 * time.Microsecond)
 }

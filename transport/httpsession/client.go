@@ -307,10 +307,10 @@ func (c *clientConn) noDeadline() error {
 // further from this device's than a token's validity window, the clock is
 // the likely cause and the message says so, with the difference.
 func refusal(status int, date string, now time.Time) error {
-	const msg = "relay answered %d instead of opening a session (its cover site): session token refused"
+	const msg = "relay answered %d instead of opening a session (its cover site): session refused"
 	relayNow, err := http.ParseTime(date)
 	if err != nil {
-		return fmt.Errorf(msg+"; check the descriptor's key and path and this device's clock", status)
+		return fmt.Errorf(msg+": check the descriptor's key and path and this device's clock, or retry later (the relay may be at its session limits)", status)
 	}
 	skew := relayNow.Sub(now)
 	// Date has whole seconds: allow one more on top of the window.
@@ -322,5 +322,5 @@ func refusal(status int, date string, now time.Time) error {
 		return fmt.Errorf(msg+": the relay's clock is %s %s this device's, more than the %s a token allows; set this device's clock",
 			status, skew.Round(time.Second), dir, token.Skew)
 	}
-	return fmt.Errorf(msg+"; check the descriptor's key and path (the clocks agree)", status)
+	return fmt.Errorf(msg+": the clocks agree, so either the descriptor's key or path is wrong, or the relay is at its session limits (retry later)", status)
 }

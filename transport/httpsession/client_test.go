@@ -382,8 +382,8 @@ func TestRefusalNamesClockSkew(t *testing.T) {
 	}{
 		{"relay ahead", now.Add(10 * time.Minute).Format(http.TimeFormat), "the relay's clock is 10m0s ahead of this device's, more than the 2m0s a token allows; set this device's clock"},
 		{"relay behind", now.Add(-5 * time.Minute).Format(http.TimeFormat), "the relay's clock is 5m0s behind this device's"},
-		{"clocks agree", now.Add(30 * time.Second).Format(http.TimeFormat), "check the descriptor's key and path (the clocks agree)"},
-		{"no date", "", "check the descriptor's key and path and this device's clock"},
+		{"clocks agree", now.Add(30 * time.Second).Format(http.TimeFormat), "the clocks agree, so either the descriptor's key or path is wrong, or the relay is at its session limits (retry later)"},
+		{"no date", "", "check the descriptor's key and path and this device's clock, or retry later"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := refusal(404, tc.date, now)
