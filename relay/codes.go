@@ -20,6 +20,8 @@ const (
 	CodeInternal      Code = 11 // relay-side failure; retry later
 	CodeVersion       Code = 12 // no common protocol version
 	CodeBusy          Code = 13 // too many requests; slow down
+	CodeReplay        Code = 14 // this forward layer was received before
+	CodeOutboxFull    Code = 15 // the entry relay's forward queue is full
 )
 
 var codeText = map[Code]string{
@@ -37,6 +39,8 @@ var codeText = map[Code]string{
 	CodeInternal:      "relay error; retry later",
 	CodeVersion:       "no common protocol version: upgrade postern",
 	CodeBusy:          "relay busy; retry later",
+	CodeReplay:        "forward layer already received",
+	CodeOutboxFull:    "this relay's forward queue is full: retry later or use another entry relay",
 }
 
 // String returns the code's short human message.
@@ -82,4 +86,6 @@ var (
 	ErrInternal      = &Error{Code: CodeInternal}
 	ErrVersion       = &Error{Code: CodeVersion}
 	ErrBusy          = &Error{Code: CodeBusy}
+	ErrReplay        = &Error{Code: CodeReplay}
+	ErrOutboxFull    = &Error{Code: CodeOutboxFull}
 )

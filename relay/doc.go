@@ -57,8 +57,11 @@
 //	0x15 Rotate       req u32 | old 32 | new 32 | newowner 32 | caplen u8 | capverifier | sig 64 (old owner) | sig 64 (new owner)
 //	0x16 Delete       req u32 | mailbox 32 | sig 64
 //	0x17 Ping         req u32 | data (at most 64 bytes)
-//	0x18 Forward      req u32 | opaque (two-hop routing; a server without a Forwarder answers CodeUnsupported)
+//	0x18 Forward      req u32 | desclen u16 | home relay descriptor | forward layer (to an entry
+//	                  relay; see package relay/forward; a server without a Forwarder answers CodeUnsupported)
 //	0x19 Descriptor   req u32 (asks for the relay's current signed descriptor)
+//	0x1A Layer        req u32 | forward layer (entry relay to home relay over a relay link;
+//	                  answered OK once stored, CodeReplay if received before)
 //
 // Frames, relay to client:
 //

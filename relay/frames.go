@@ -70,6 +70,7 @@ const (
 	FramePing        FrameType = 0x17
 	FrameForward     FrameType = 0x18
 	FrameDescriptor  FrameType = 0x19
+	FrameLayer       FrameType = 0x1A
 	FrameResult      FrameType = 0x20
 	FrameDeliver     FrameType = 0x21
 	FramePong        FrameType = 0x22
@@ -371,4 +372,50 @@ func (m DescriptorRequest) AppendPayload(b []byte) []byte {
 func ParseDescriptorRequest(p []byte) (m DescriptorRequest, err error) {
 	err = parse(p, func(s *cryptobyte.String) bool { return s.ReadUint32(&m.Req) })
 	return m, err
+}
+
+// Layer hands a forward layer from an entry relay to the home relay it is
+// sealed to: req u32 | layer. The home relay opens it, stores the Send
+// inside and answers OK, or CodeReplay if it had it already (the entry
+// relay then drops it as delivered).
+type Layer struct {
+	Req   uint32
+	Layer []byte
+}
+
+func (Layer) Type() FrameType { return FrameLayer }
+func (m Layer) AppendPayload(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(b, m.Req), m.Layer...)
+}
+
+// ParseLayer decodes a Layer payload; the layer may not be empty.
+func ParseLayer(p []byte) (m Layer, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return s.ReadUint32(&m.Req) && !s.Empty() && readRest(s, &m.Layer)
+	})
+	return m, err
+}
+
+// ForwardPayload is what a client puts in a Forward frame to an entry
+// relay: desclen u16 | the home relay's signed descriptor | layer.
+type ForwardPayload struct {
+	Descriptor string
+	Layer      []byte
+}
+
+// Append encodes the payload.
+func (f ForwardPayload) Append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(len(f.Descriptor)))
+	return append(append(b, f.Descriptor...), f.Layer...)
+}
+
+// ParseForwardPayload decodes a Forward frame's payload.
+func ParseForwardPayload(p []byte) (f ForwardPayload, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		var d cryptobyte.String
+		ok := s.ReadUint16LengthPrefixed(&d) && !d.Empty() && !s.Empty() && readRest(s, &f.Layer)
+		f.Descriptor = string(d)
+		return ok
+	})
+	return f, err
 }

@@ -52,6 +52,7 @@ func goldenMessages() []struct {
 		{"ping", Ping{Req: 8, Data: []byte("ping")}},
 		{"forward", Forward{Req: 9, Payload: fill(0x01, 8)}},
 		{"descriptor", DescriptorRequest{Req: 10}},
+		{"layer", Layer{Req: 11, Layer: fill(0x60, 12)}},
 		{"result", Result{Req: 2, Code: CodeMailboxFull, Msg: "full", Body: fill(0x50, 4)}},
 		{"deliver", Deliver{Req: 3, Mailbox: arr32(0x10), Ref: arr32(0x50), Seq: 42, Envelope: fill(0x01, 40)}},
 		{"pong", Pong{Req: 8, Data: []byte("ping")}},
@@ -72,6 +73,7 @@ var parsers = map[FrameType]func([]byte) (Message, error){
 	FramePing:        func(p []byte) (Message, error) { return ParsePing(p) },
 	FrameForward:     func(p []byte) (Message, error) { return ParseForward(p) },
 	FrameDescriptor:  func(p []byte) (Message, error) { return ParseDescriptorRequest(p) },
+	FrameLayer:       func(p []byte) (Message, error) { return ParseLayer(p) },
 	FrameResult:      func(p []byte) (Message, error) { return ParseResult(p) },
 	FrameDeliver:     func(p []byte) (Message, error) { return ParseDeliver(p) },
 	FramePong:        func(p []byte) (Message, error) { return ParsePong(p) },
@@ -265,4 +267,21 @@ func TestDeliverFrameHead(t *testing.T) {
 		return
 	}
 	t.Fatal("no Deliver among the golden messages")
+}
+
+func TestForwardPayload(t *testing.T) {
+	f := ForwardPayload{Descriptor: "postern-relay1:x", Layer: []byte("layer")}
+	b := f.Append(nil)
+	if hex.EncodeToString(b) != "0010"+hex.EncodeToString([]byte("postern-relay1:x"))+hex.EncodeToString([]byte("layer")) {
+		t.Fatalf("encoding %x", b)
+	}
+	back, err := ParseForwardPayload(b)
+	if err != nil || back.Descriptor != f.Descriptor || string(back.Layer) != "layer" {
+		t.Fatalf("%+v, %v", back, err)
+	}
+	for _, bad := range [][]byte{nil, {0, 0}, {0, 1, 'x'}, {0, 9, 'x'}} {
+		if _, err := ParseForwardPayload(bad); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("%x: %v", bad, err)
+		}
+	}
 }

@@ -210,3 +210,24 @@ func (c *Client) Descriptor(ctx context.Context) (string, error) {
 	}
 	return string(r.Body), nil
 }
+
+// Forward hands this relay, as an entry relay, a forward layer sealed to
+// the home relay that homeDescriptor describes (package relay/forward).
+// It returns once the entry relay has stored the layer durably; the entry
+// relay then forwards it. The entry relay learns the home relay, never the
+// mailbox.
+func (c *Client) Forward(ctx context.Context, homeDescriptor string, layer []byte) error {
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		return relay.Forward{Req: req, Payload: relay.ForwardPayload{Descriptor: homeDescriptor, Layer: layer}.Append(nil)}
+	})
+	return err
+}
+
+// DeliverLayer hands a forward layer to the home relay it is sealed to
+// (relay links do this). It returns nil once the home relay stored the
+// Send inside, and an error matching relay.ErrReplay if the relay had it
+// already: either way the layer is delivered.
+func (c *Client) DeliverLayer(ctx context.Context, layer []byte) error {
+	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.Layer{Req: req, Layer: layer} })
+	return err
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -25,13 +26,41 @@ func (ss *session) create(p []byte) error {
 }
 
 func (ss *session) send(p []byte) (store.Ref, error) {
-	start := time.Now()
-	obs := ss.srv.obs
 	m, err := relay.ParseSend(p)
 	if err != nil {
-		obs.Envelope("rejected", "malformed")
+		ss.srv.obs.Envelope("rejected", "malformed")
 		return store.Ref{}, relay.ErrBadFrame
 	}
+	return ss.accept(time.Now(), m.Cap, m.Envelope)
+}
+
+// layer opens a forward layer handed over by an entry relay and accepts
+// the Send inside like a Send from a client.
+func (ss *session) layer(p []byte) (store.Ref, error) {
+	start := time.Now()
+	m, err := relay.ParseLayer(p)
+	if err != nil {
+		ss.srv.obs.Envelope("rejected", "malformed")
+		return store.Ref{}, relay.ErrBadFrame
+	}
+	if ss.srv.cfg.Layers == nil {
+		return store.Ref{}, relay.ErrUnsupported
+	}
+	sendCap, env, err := ss.srv.cfg.Layers.Open(m.Layer)
+	if errors.Is(err, relay.ErrReplay) {
+		return store.Ref{}, relay.ErrReplay
+	}
+	if err != nil {
+		ss.srv.obs.Envelope("rejected", "bad_envelope")
+		return store.Ref{}, relay.ErrBadEnvelope
+	}
+	return ss.accept(start, sendCap, env)
+}
+
+// accept checks an envelope's mailbox and capability and stores it.
+func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, error) {
+	obs := ss.srv.obs
+	m := relay.Send{Cap: sendCap, Envelope: env}
 	id, err := envelope.PeekMailbox(m.Envelope)
 	if err != nil {
 		obs.Envelope("rejected", "bad_envelope")

@@ -55,6 +55,14 @@ type Forwarder interface {
 	Forward(ctx context.Context, payload []byte) error
 }
 
+// LayerOpener opens forward layers sealed to this relay (package
+// relay/forward) and returns the Send inside. A layer received before
+// gives an error matching relay.ErrReplay; one that is not for this relay
+// any other error.
+type LayerOpener interface {
+	Open(layer []byte) (sendCap, env []byte, err error)
+}
+
 // Config configures a Server. Store is required; every other zero
 // field means the default given.
 type Config struct {
@@ -62,6 +70,9 @@ type Config struct {
 	// Forwarder takes Forward frames. Default: none, and Forward is
 	// answered relay.CodeUnsupported.
 	Forwarder Forwarder
+	// Layers opens forward layers that entry relays hand over (Layer
+	// frames). Default: none, and they are answered CodeUnsupported.
+	Layers LayerOpener
 	// Descriptor returns the relay's current signed descriptor line, for
 	// Descriptor requests. Default: none, and they are answered
 	// relay.CodeUnsupported.

@@ -173,7 +173,7 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 	}
 	switch t {
 	case relay.FrameSend:
-		return ss.sendAsync(req, p)
+		return ss.sendAsync(req, p, ss.send)
 	case relay.FrameCreate:
 		return ss.reply(req, ss.create(p), nil)
 	case relay.FrameSubscribe:
@@ -194,6 +194,8 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 		return ss.write(relay.Pong(m))
 	case relay.FrameForward:
 		return ss.reply(req, ss.forward(p), nil)
+	case relay.FrameLayer:
+		return ss.sendAsync(req, p, ss.layer)
 	case relay.FrameDescriptor:
 		line, err := ss.descriptor(p)
 		return ss.reply(req, err, line)
@@ -212,7 +214,7 @@ func (ss *session) counted(req uint32) func(int, error) error {
 // sendAsync stores a Send in its own goroutine: Sends wait for a durable
 // commit, and running them concurrently lets one session keep a group
 // commit busy.
-func (ss *session) sendAsync(req uint32, p []byte) error {
+func (ss *session) sendAsync(req uint32, p []byte, store func([]byte) (store.Ref, error)) error {
 	select {
 	case ss.sem <- struct{}{}:
 	case <-ss.ctx.Done():
@@ -228,7 +230,7 @@ func (ss *session) sendAsync(req uint32, p []byte) error {
 	go func() {
 		defer ss.wg.Done()
 		defer func() { <-ss.sem; <-ss.srv.sendSem }()
-		ref, err := ss.send(p)
+		ref, err := store(p)
 		var body []byte
 		if err == nil {
 			body = ref[:]

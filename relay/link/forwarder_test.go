@@ -1,0 +1,200 @@
+package link_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/relay/link"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// memQueue is an in-memory link.Queue.
+type memQueue struct {
+	mu    sync.Mutex
+	seq   uint64
+	items map[[32]byte]map[uint64][]byte
+}
+
+func (q *memQueue) Enqueue(_ context.Context, dest [32]byte, item []byte) (uint64, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.items == nil {
+		q.items = map[[32]byte]map[uint64][]byte{}
+	}
+	if q.items[dest] == nil {
+		q.items[dest] = map[uint64][]byte{}
+	}
+	q.seq++
+	q.items[dest][q.seq] = item
+	return q.seq, nil
+}
+
+func (q *memQueue) Pending(_ context.Context, dest [32]byte, after uint64, max int) ([]link.Item, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []link.Item
+	for s, it := range q.items[dest] {
+		if s > after {
+			out = append(out, link.Item{Seq: s, Data: it})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out[:min(len(out), max)], nil
+}
+
+func (q *memQueue) Done(_ context.Context, dest [32]byte, seqs ...uint64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range seqs {
+		delete(q.items[dest], s)
+	}
+	return nil
+}
+
+func (q *memQueue) Dests(context.Context) ([][32]byte, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out [][32]byte
+	for d, m := range q.items {
+		if len(m) > 0 {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func (q *memQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, m := range q.items {
+		n += len(m)
+	}
+	return n
+}
+
+// opener adapts forward.Opener to server.LayerOpener.
+type opener struct{ o *forward.Opener }
+
+func (o opener) Open(layer []byte) ([]byte, []byte, error) {
+	c, e, err := o.o.Open(layer)
+	if errors.Is(err, forward.ErrReplay) {
+		err = relay.ErrReplay
+	}
+	return c, e, err
+}
+
+// homeRelay is a relay with a relay identity, a signed descriptor and a
+// layer opener, as `relay serve` makes one.
+func homeRelay(t *testing.T) (*relaytest.Relay, *descriptor.Descriptor, string) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	id, _ := envelope.NewIdentity()
+	o, err := forward.NewOpener(id, pub, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ = descriptor.Parse(line, time.Now())
+	return relaytest.New(t, store.Options{}, server.Config{Layers: opener{o}}), d, line
+}
+
+// TestTwoHopForward: a client hands layers to an entry relay, which queues
+// them, forwards them over a link and deletes each once the home relay has
+// stored it; the owner receives them on the home relay. A layer replayed to
+// the home relay is refused and stored once.
+func TestTwoHopForward(t *testing.T) {
+	home, homeDesc, homeLine := homeRelay(t)
+	q := &memQueue{}
+	var mu sync.Mutex
+	events := map[string]int{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, d *descriptor.Descriptor) (*client.Client, error) {
+			if !descriptor.SameRelay(d, homeDesc) {
+				t.Error("dialed another relay")
+			}
+			cc, sc := relaytest.Pipe(t)
+			home.Serve(sc, "link")
+			return client.New(ctx, cc)
+		},
+		Observe:    func(e string) { mu.Lock(); events[e]++; mu.Unlock() },
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	go fw.Run(ctx)
+
+	owner := home.Connect(t)
+	mb := relaytest.NewMailbox(t, owner, nil)
+	sender := entry.Connect(t)
+	var layers [][]byte
+	for _, msg := range []string{"one", "two", "three"} {
+		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, layer)
+		if err := sender.Forward(ctx, homeLine, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The entry relay's own store never saw the mailbox.
+	if _, err := entry.Store.Mailbox(ctx, mb.ID); !errors.Is(err, store.ErrNoMailbox) {
+		t.Fatalf("entry relay knows the mailbox: %v", err)
+	}
+	var got []string
+	for len(got) < 3 && ctx.Err() == nil {
+		ds, err := owner.Fetch(ctx, mb.Owner, mb.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, d := range ds {
+			o, _ := envelope.Open(mb.Ident, d.Envelope)
+			got = append(got, string(o.Payload))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(got) != 3 {
+		t.Fatalf("home relay holds %q", got)
+	}
+	for q.len() > 0 && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A replay to the home relay is refused and not stored twice.
+	if err := owner.DeliverLayer(ctx, layers[0]); !errors.Is(err, relay.ErrReplay) {
+		t.Fatalf("replayed layer: %v", err)
+	}
+	if ds, _ := owner.Fetch(ctx, mb.Owner, mb.ID, 0); len(ds) != 3 {
+		t.Fatalf("%d envelopes after a replay", len(ds))
+	}
+	// A layer for another relay than the descriptor names is refused.
+	other, otherDesc, _ := homeRelay(t)
+	_ = other
+	wrong, _ := forward.Seal(otherDesc, 1, nil, mb.Seal(t, "x"))
+	if err := sender.Forward(ctx, homeLine, wrong); !errors.Is(err, relay.ErrBadEnvelope) {
+		t.Fatalf("mismatched layer: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if events["queued"] != 3 || events["delivered"] != 3 {
+		t.Fatalf("events %v", events)
+	}
+}
