@@ -30,6 +30,9 @@
 //	postern_store_quota_bytes                             gauge, configured maximum store bytes
 //	postern_store_disk_full                               gauge, 1 while writes fail for lack of disk space
 //	postern_descriptor_expiry_timestamp_seconds           gauge, when the relay's current descriptor expires
+//	postern_forwards_total{result}                        counter; result: queued, delivered, replay, refused
+//	postern_links_up                                      gauge, relay links with a session now
+//	postern_forward_queue_items, _bytes                   gauges read from the outbox at scrape time
 //	postern_store_commit_duration_seconds                 histogram of store write transactions
 //	postern_store_commit_writes                           histogram of writes per transaction
 //
@@ -128,6 +131,9 @@ type Relay struct {
 	sendDuration   prometheus.Histogram
 	quota          prometheus.Gauge
 	descExpiry     prometheus.Gauge
+	forwards       *prometheus.CounterVec
+	linksUp        prometheus.Gauge
+	outbox         atomic.Pointer[func() (items int, bytes int64)]
 	commitDuration prometheus.Histogram
 	commitWrites   prometheus.Histogram
 
@@ -180,6 +186,14 @@ func NewRelay(version string) *Relay {
 			Help:    "Time from the relay reading a Send to the envelope being durable, for accepted envelopes.",
 			Buckets: latencyBuckets,
 		}),
+		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "postern_forwards_total",
+			Help: "Two-hop forwards on this entry relay, by result: queued (accepted from a client), delivered (the home relay stored it), replay (it had it already), refused (it never will).",
+		}, []string{"result"}),
+		linksUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "postern_links_up",
+			Help: "Links to other relays that have a session now.",
+		}),
 		descExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "postern_descriptor_expiry_timestamp_seconds",
 			Help: "Unix time when the relay's current signed descriptor expires; the relay re-signs it at half its validity.",
@@ -200,7 +214,7 @@ func NewRelay(version string) *Relay {
 		}),
 	}
 	r.reg.MustRegister(r.handshakes, r.sessions, r.sessionsActive, r.accepted, r.delivered, r.expired,
-		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.commitDuration, r.commitWrites, storeCollector{r})
+		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.forwards, r.linksUp, r.commitDuration, r.commitWrites, storeCollector{r})
 	// Every known label combination exists from the start, at zero, so that
 	// rate() and alerts see a series before the first event.
 	for _, t := range Transports {
@@ -212,6 +226,9 @@ func NewRelay(version string) *Relay {
 	}
 	for _, reason := range Reasons {
 		r.rejected.WithLabelValues(reason)
+	}
+	for _, res := range ForwardResults {
+		r.forwards.WithLabelValues(res)
 	}
 	return r
 }
@@ -266,6 +283,29 @@ func (r *Relay) Commit(writes int, took time.Duration) {
 	r.commitWrites.Observe(float64(writes))
 }
 
+// ForwardResults are the result labels of postern_forwards_total.
+var ForwardResults = []string{"queued", "delivered", "replay", "refused"}
+
+// Forward counts a forwarding event from relay/link: a result, or a link
+// going "up" or "down". Anything else is ignored.
+func (r *Relay) Forward(event string) {
+	switch event {
+	case "up":
+		r.linksUp.Inc()
+	case "down":
+		r.linksUp.Dec()
+	default:
+		for _, res := range ForwardResults {
+			if res == event {
+				r.forwards.WithLabelValues(res).Inc()
+			}
+		}
+	}
+}
+
+// WatchOutbox sets how the forward queue's size is read at scrape time.
+func (r *Relay) WatchOutbox(stats func() (items int, bytes int64)) { r.outbox.Store(&stats) }
+
 // SetDescriptorExpiry records when the relay's current descriptor expires.
 func (r *Relay) SetDescriptorExpiry(t time.Time) { r.descExpiry.Set(float64(t.Unix())) }
 
@@ -283,6 +323,10 @@ var (
 		"Undelivered envelopes in the store.", nil, nil)
 	storeBytesDesc = prometheus.NewDesc("postern_store_bytes",
 		"Envelope bytes in the store (counted against postern_store_quota_bytes).", nil, nil)
+	outboxItemsDesc = prometheus.NewDesc("postern_forward_queue_items",
+		"Forward layers waiting in this entry relay's outbox for their home relays.", nil, nil)
+	outboxBytesDesc = prometheus.NewDesc("postern_forward_queue_bytes",
+		"Bytes of forward layers waiting in the outbox.", nil, nil)
 	storeDiskFullDesc = prometheus.NewDesc("postern_store_disk_full",
 		"1 while the store's writes fail for lack of disk space (envelopes are refused), else 0.", nil, nil)
 )
@@ -295,6 +339,8 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeEnvelopesDesc
 	ch <- storeBytesDesc
 	ch <- storeDiskFullDesc
+	ch <- outboxItemsDesc
+	ch <- outboxBytesDesc
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -310,6 +356,13 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 		full = 1
 	}
 	ch <- prometheus.MustNewConstMetric(storeDiskFullDesc, prometheus.GaugeValue, full)
+	var items int
+	var bytes int64
+	if f := c.r.outbox.Load(); f != nil {
+		items, bytes = (*f)()
+	}
+	ch <- prometheus.MustNewConstMetric(outboxItemsDesc, prometheus.GaugeValue, float64(items))
+	ch <- prometheus.MustNewConstMetric(outboxBytesDesc, prometheus.GaugeValue, float64(bytes))
 }
 
 // Probe holds the metrics of the reachability prober.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -191,7 +192,7 @@ func TestLabelsFromFixedSets(t *testing.T) {
 	exercise(r, p)
 	allowed := map[string][]string{
 		"transport": append(Transports, Other),
-		"result":    append(Results, Other),
+		"result":    append(append(slices.Clone(Results), ForwardResults...), Other),
 		"reason":    append(Reasons, Other),
 		"class":     append(Classes, Other),
 	}
@@ -439,5 +440,32 @@ func TestDescriptorExpiry(t *testing.T) {
 postern_descriptor_expiry_timestamp_seconds 1.8e+09
 `), "postern_descriptor_expiry_timestamp_seconds"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestForwardMetrics(t *testing.T) {
+	r := NewRelay("test")
+	for _, e := range []string{"queued", "queued", "delivered", "up", "up", "down", "bogus"} {
+		r.Forward(e)
+	}
+	r.WatchOutbox(func() (int, int64) { return 1, 70000 })
+	if err := testutil.GatherAndCompare(r.Gatherer(), strings.NewReader(`
+# HELP postern_forward_queue_bytes Bytes of forward layers waiting in the outbox.
+# TYPE postern_forward_queue_bytes gauge
+postern_forward_queue_bytes 70000
+# HELP postern_forward_queue_items Forward layers waiting in this entry relay's outbox for their home relays.
+# TYPE postern_forward_queue_items gauge
+postern_forward_queue_items 1
+# HELP postern_links_up Links to other relays that have a session now.
+# TYPE postern_links_up gauge
+postern_links_up 1
+`), "postern_forward_queue_bytes", "postern_forward_queue_items", "postern_links_up"); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(r.forwards.WithLabelValues("queued")); got != 2 {
+		t.Fatalf("queued %v", got)
+	}
+	if got := testutil.CollectAndCount(r.forwards); got != len(ForwardResults) {
+		t.Fatalf("%d forward series, want only the fixed results", got)
 	}
 }

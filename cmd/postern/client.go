@@ -18,6 +18,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -237,67 +238,138 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// listFlag is a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// sendArgs are send's flags.
+type sendArgs struct {
+	idPath, to, file string
+	anonymous        bool
+	via              listFlag
+}
+
 func sendCmd() command {
 	return command{
-		name:    "send",
-		summary: "Send a message (stdin, or --file) to a contact card, sealed so the relay learns\nneither sender nor content. Returns once the relay has stored it durably.",
+		name: "send",
+		summary: "Send a message (stdin, or --file) to a contact card, sealed so the relay learns\n" +
+			"neither sender nor content. Returns once the relay has stored it durably. With\n" +
+			"--via, an entry relay takes it for the recipient's home relay and forwards it.",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-			idPath := identityFlag(fs)
-			to := fs.String("to", "", "recipient contact `card` (postern-card1:...) or a file holding it")
-			file := fs.String("file", "", "read the message from this `file` instead of stdin")
-			anon := fs.Bool("anonymous", false, "do not authenticate as the sender (no identity needed)")
+			var a sendArgs
+			fs.StringVar(&a.idPath, "id", "", "identity `file` (default $POSTERN_HOME/identity or ~/.config/postern/identity)")
+			fs.StringVar(&a.to, "to", "", "recipient contact `card` (postern-card1:...) or a file holding it")
+			fs.StringVar(&a.file, "file", "", "read the message from this `file` instead of stdin")
+			fs.BoolVar(&a.anonymous, "anonymous", false, "do not authenticate as the sender (no identity needed)")
+			fs.Var(&a.via, "via", "entry relay `descriptor` (or a file holding it) to send through, when the home relay\n"+
+				"is out of reach; repeat to give several. The entry relay learns the home relay, never the mailbox")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return usageErr("unexpected argument %q", args[0])
 				}
-				if *to == "" {
+				if a.to == "" {
 					return usageErr("--to is required")
 				}
-				line, err := lineArg(*to, envelope.CardPrefix)
-				if err != nil {
-					return err
-				}
-				card, err := envelope.ParseCard(line)
-				if err != nil {
-					return err
-				}
-				if len(card.Relays) == 0 {
-					return fmt.Errorf("the contact card names no relay")
-				}
-				var from *envelope.Identity
-				if !*anon {
-					if from, err = envelope.LoadIdentity(resolveID(e, *idPath)); err != nil {
-						return err
-					}
-				}
-				var msg []byte
-				if *file != "" {
-					msg, err = os.ReadFile(*file)
-				} else {
-					msg, err = io.ReadAll(io.LimitReader(e.stdin, envelope.MaxMessageSize+1))
-				}
-				if err != nil {
-					return err
-				}
-				envs, err := envelope.SealMessage(card, from, msg, nil)
-				if err != nil {
-					return err
-				}
-				c, err := dialRelay(ctx, e, card.Relays...)
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				for _, env := range envs {
-					if _, err := c.Send(ctx, env, card.SendCap); err != nil {
-						return err
-					}
-				}
-				fmt.Fprintf(e.stderr, "sent %d bytes in %d envelope(s)\n", len(msg), len(envs))
-				return nil
+				return runSend(ctx, e, &a)
 			}
 		},
 	}
+}
+
+// runSend seals the message and hands its envelopes to the home relay, or
+// to an entry relay with --via.
+func runSend(ctx context.Context, e *env, a *sendArgs) error {
+	line, err := lineArg(a.to, envelope.CardPrefix)
+	if err != nil {
+		return err
+	}
+	card, err := envelope.ParseCard(line)
+	if err != nil {
+		return err
+	}
+	if len(card.Relays) == 0 {
+		return fmt.Errorf("the contact card names no relay")
+	}
+	var from *envelope.Identity
+	if !a.anonymous {
+		if from, err = envelope.LoadIdentity(resolveID(e, a.idPath)); err != nil {
+			return err
+		}
+	}
+	var msg []byte
+	if a.file != "" {
+		msg, err = os.ReadFile(a.file)
+	} else {
+		msg, err = io.ReadAll(io.LimitReader(e.stdin, envelope.MaxMessageSize+1))
+	}
+	if err != nil {
+		return err
+	}
+	envs, err := envelope.SealMessage(card, from, msg, nil)
+	if err != nil {
+		return err
+	}
+	if len(a.via) > 0 {
+		err = sendVia(ctx, e, card, envs, a.via)
+	} else {
+		err = sendDirect(ctx, e, card, envs)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "sent %d bytes in %d envelope(s)\n", len(msg), len(envs))
+	return nil
+}
+
+func sendDirect(ctx context.Context, e *env, card *envelope.Card, envs [][]byte) error {
+	c, err := dialRelay(ctx, e, card.Relays...)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, env := range envs {
+		if _, err := c.Send(ctx, env, card.SendCap); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forwardEpoch is the key epoch of relays' forward keys; relays do not
+// rotate them yet.
+const forwardEpoch = 1
+
+// sendVia wraps each envelope in a forward layer for the card's first home
+// relay and hands it to one of the entry relays, which acks once it holds
+// the layer durably.
+func sendVia(ctx context.Context, e *env, card *envelope.Card, envs [][]byte, via []string) error {
+	home, _, err := descriptor.ParseStale(card.Relays[0], time.Now())
+	if err != nil {
+		return err
+	}
+	lines := make([]string, len(via))
+	for i, v := range via {
+		if lines[i], err = lineArg(v, descriptor.Prefix); err != nil {
+			return err
+		}
+	}
+	c, err := dialRelay(ctx, e, lines...)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for _, env := range envs {
+		layer, err := forward.Seal(home, forwardEpoch, card.SendCap, env)
+		if err != nil {
+			return err
+		}
+		if err := c.Forward(ctx, card.Relays[0], layer); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func recvCmd() command {

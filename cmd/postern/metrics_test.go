@@ -373,7 +373,7 @@ func TestMetricsCountWorkload(t *testing.T) {
 			switch strings.TrimSuffix(name, "_bucket") {
 			case "postern_handshakes_total", "postern_sessions_total", "postern_sessions_active",
 				"postern_envelopes_rejected_total", "postern_build_info", "postern_send_duration_seconds",
-				"postern_store_commit_duration_seconds", "postern_store_commit_writes":
+				"postern_store_commit_duration_seconds", "postern_store_commit_writes", "postern_forwards_total":
 			default:
 				t.Errorf("unexpected labelled series %s", series)
 			}
@@ -496,7 +496,7 @@ func TestSweepCountsExpired(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		sweep(ctx, st, slog.New(slog.DiscardHandler), met)
+		sweep(ctx, st, st, slog.New(slog.DiscardHandler), met)
 	}()
 	waitMetrics(t, srv.Addr().String(), map[string]float64{"postern_envelopes_expired_total": n})
 	cancel()

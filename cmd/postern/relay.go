@@ -247,8 +247,8 @@ func storeQuota(configured int64) int64 {
 	return configured
 }
 
-// sweep deletes expired envelopes at start and then hourly.
-func sweep(ctx context.Context, st store.Store, log *slog.Logger, met *metrics.Relay) {
+// sweep deletes expired envelopes and forwards at start and then hourly.
+func sweep(ctx context.Context, st store.Store, ob store.Outbox, log *slog.Logger, met *metrics.Relay) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -257,6 +257,11 @@ func sweep(ctx context.Context, st store.Store, log *slog.Logger, met *metrics.R
 		} else if n > 0 {
 			met.Expired(n)
 			log.Info("expired envelopes deleted", "count", n)
+		}
+		if n, err := ob.Expire(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			log.Warn("outbox expiry failed", "err", err)
+		} else if n > 0 {
+			log.Info("expired forwards deleted", "count", n)
 		}
 		select {
 		case <-ctx.Done():

@@ -18,6 +18,8 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/metrics"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/relay/link"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/relay/store/boltstore"
@@ -47,6 +49,7 @@ type relayRun struct {
 	listeners []boundListener
 	metrics   *metrics.Server
 	desc      atomic.Pointer[signedDescriptor]
+	forwarder *link.Forwarder
 }
 
 // boundListener is a transport listener and the address published for it.
@@ -128,8 +131,13 @@ func (r *relayRun) openStore(context.Context) error {
 		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes, DiskFull: s.DiskFull}
 	})
 	r.met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
-	var err error
-	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor})
+	opener, err := forward.NewOpener(r.relayID, ed25519.NewKeyFromSeed(r.secrets.SigningKey).Public().(ed25519.PublicKey), forwardEpoch, 0)
+	if err != nil {
+		return err
+	}
+	r.forwarder = r.newForwarder()
+	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
+		Layers: layerOpener{opener}, Forwarder: r.forwarder})
 	return err
 }
 
@@ -326,10 +334,16 @@ func (r *relayRun) run(ctx context.Context, cancel context.CancelFunc) error {
 			}
 		}()
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
-		sweep(ctx, r.st, r.log, r.met)
+		if err := r.forwarder.Run(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("forwarding stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		sweep(ctx, r.st, r.st.(store.Outbox), r.log, r.met)
 	}()
 	go func() {
 		defer wg.Done()

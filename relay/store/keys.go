@@ -25,6 +25,8 @@ const (
 	labelSeal    = "postern/store/v1 envelope-seal"
 	labelCheck   = "postern/store/v1 key-check"
 	sealAAD      = "postern/store/v1 envelope"
+	labelOutbox  = "postern/store/v1 outbox-seal"
+	outboxAAD    = "postern/store/v1 outbox"
 )
 
 // Keys are the secrets derived from one store key, for Store
@@ -41,6 +43,7 @@ type Keys struct {
 	mailboxKey [32]byte // HMAC key for mailbox id hashes
 	refKey     [32]byte // HMAC key for envelope refs
 	sealKey    [32]byte // HMAC key deriving per-mailbox envelope keys
+	outboxKey  [32]byte // HMAC key deriving per-destination outbox keys
 	check      [32]byte // kept beside the data to detect a wrong key
 	ok         bool
 }
@@ -54,6 +57,7 @@ func NewKeys(storeKey []byte) (*Keys, error) {
 	k.mailboxKey = mac(storeKey, []byte(labelMailbox))
 	k.refKey = mac(storeKey, []byte(labelRef))
 	k.sealKey = mac(storeKey, []byte(labelSeal))
+	k.outboxKey = mac(storeKey, []byte(labelOutbox))
 	k.check = mac(storeKey, []byte(labelCheck))
 	return k, nil
 }
@@ -102,7 +106,10 @@ func (k *Keys) Check() [32]byte {
 // its hash: the data alone cannot open envelopes.
 func (k *Keys) aead(id [IDSize]byte) cipher.AEAD {
 	k.must()
-	key := mac(k.sealKey[:], id[:])
+	return newAEAD(mac(k.sealKey[:], id[:]))
+}
+
+func newAEAD(key [32]byte) cipher.AEAD {
 	block, err := aes.NewCipher(key[:])
 	if err != nil {
 		panic(err) // 32-byte key: cannot fail
@@ -138,4 +145,34 @@ func sealAD(ref Ref) []byte {
 	ad := make([]byte, 0, len(sealAAD)+RefSize)
 	ad = append(ad, sealAAD...)
 	return append(ad, ref[:]...)
+}
+
+// SealOutbox encrypts outbox item item for destination relay dest for
+// storage: AES-256-GCM under a key derived from the store key and dest
+// with its own label, so that it never equals a mailbox's envelope key
+// (even for a mailbox id equal to dest), a random nonce, and the label and
+// dest as associated data. The result is SealOverhead bytes longer than
+// item. Unlike an envelope, the store key and the data file together open
+// it: the relay must be able to resume forwarding after a restart.
+func (k *Keys) SealOutbox(dest [32]byte, item []byte) []byte {
+	k.must()
+	return newAEAD(mac(k.outboxKey[:], dest[:])).Seal(nil, nil, item, outboxAD(dest))
+}
+
+// OpenOutbox decrypts what SealOutbox returned for the same dest. It fails,
+// with an error that names no destination, if anything differs or sealed
+// was altered.
+func (k *Keys) OpenOutbox(dest [32]byte, sealed []byte) ([]byte, error) {
+	k.must()
+	item, err := newAEAD(mac(k.outboxKey[:], dest[:])).Open(nil, nil, sealed, outboxAD(dest))
+	if err != nil {
+		return nil, errCorruptOutbox
+	}
+	return item, nil
+}
+
+var errCorruptOutbox = errors.New("store: data file corrupt: a forward outbox item failed authentication; restore from backup, or wait for the item to expire")
+
+func outboxAD(dest [32]byte) []byte {
+	return append([]byte(outboxAAD), dest[:]...)
 }

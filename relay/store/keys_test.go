@@ -141,3 +141,56 @@ func TestNewKeysSize(t *testing.T) {
 	var zero store.Keys
 	zero.MailboxHash([store.IDSize]byte{})
 }
+
+// TestSealOutbox pins the outbox's at-rest format: AES-256-GCM under
+// HMAC(HMAC(key, outbox label), dest), nonce first, with the label and dest
+// as associated data; and checks that outbox and envelope keys differ even
+// for a mailbox id equal to the destination.
+func TestSealOutbox(t *testing.T) {
+	k, key, dest := goldenKeys(t)
+	item := []byte("a forward layer")
+	sealed := k.SealOutbox(dest, item)
+	if len(sealed) != len(item)+store.SealOverhead {
+		t.Fatalf("sealed %d bytes into %d, want overhead %d", len(item), len(sealed), store.SealOverhead)
+	}
+	mac := func(k, m []byte) []byte { h := hmac.New(sha256.New, k); h.Write(m); return h.Sum(nil) }
+	block, err := aes.NewCipher(mac(mac(key, []byte("postern/store/v1 outbox-seal")), dest[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := gcm.Open(nil, sealed[:12], sealed[12:], append([]byte("postern/store/v1 outbox"), dest[:]...))
+	if err != nil || !bytes.Equal(plain, item) {
+		t.Fatalf("standard AES-GCM open = %q, %v", plain, err)
+	}
+	if got, err := k.OpenOutbox(dest, sealed); err != nil || !bytes.Equal(got, item) {
+		t.Fatalf("OpenOutbox = %q, %v", got, err)
+	}
+	if bytes.Equal(k.SealOutbox(dest, item), sealed) {
+		t.Fatal("two seals of one item are equal: nonce not random")
+	}
+	// Same bytes as a mailbox id: the envelope key must not open it.
+	if _, err := k.Open(dest, store.Ref{}, sealed); err == nil {
+		t.Fatal("an envelope key opened an outbox item")
+	}
+	env := k.Seal(dest, store.Ref{}, item)
+	if _, err := k.OpenOutbox(dest, env); err == nil {
+		t.Fatal("the outbox key opened an envelope")
+	}
+	other := dest
+	other[0] ^= 1
+	flipped := bytes.Clone(sealed)
+	flipped[20] ^= 1
+	for name, tc := range map[string]struct {
+		dest   [32]byte
+		sealed []byte
+	}{"other dest": {other, sealed}, "altered": {dest, flipped}, "truncated": {dest, sealed[:5]}} {
+		_, err := k.OpenOutbox(tc.dest, tc.sealed)
+		if err == nil || !strings.Contains(err.Error(), "corrupt") || strings.Contains(err.Error(), hex.EncodeToString(tc.dest[:4])) {
+			t.Fatalf("%s: OpenOutbox error %v: want a corruption error naming no destination", name, err)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type Memory struct {
 	retired map[[32]byte]uint32
 	envs    int
 	bytes   int64
+	outbox  memOutbox
 }
 
 type memBox struct {
@@ -40,7 +41,10 @@ type memEnv struct {
 	env []byte
 }
 
-var _ Store = (*Memory)(nil)
+var (
+	_ Store  = (*Memory)(nil)
+	_ Outbox = (*Memory)(nil)
+)
 
 // NewMemory returns an empty in-memory store. It panics if opts.IDKey is
 // set but not KeySize bytes long.
@@ -326,6 +330,7 @@ func (m *Memory) Close() error {
 	}
 	m.closed = true
 	m.boxes = nil
+	m.outbox = memOutbox{}
 	m.mu.Unlock()
 	m.notes.Close()
 	return nil

@@ -5,6 +5,9 @@
 // bbolt file, that `relay serve` uses by default. Both pass the conformance
 // suite in relay/store/storetest.
 //
+// The same stores keep an entry relay's forward outbox: the [Outbox]
+// interface (outbox.go), with its own conformance suite, storetest.RunOutbox.
+//
 // # What is stored
 //
 // An envelope is opaque bytes to the store (the relay has already parsed its
@@ -54,7 +57,8 @@
 //
 // [Keys], [Notifier], [Options.WithDefaults], [Options.EnvelopeQuota],
 // [Options.MailboxQuota], [Options.RetiredUntil], [ExpiryDay], [Today],
-// [ValidateMailbox] and [ValidateEnvelope] are the rules shared by every
+// [ValidateMailbox], [ValidateEnvelope], [ValidateForward] and
+// [Options.OutboxQuota] are the rules shared by every
 // implementation: one built on them derives the same hashes, refs and
 // ciphertexts from a store key, computes days the same way and returns the
 // same errors as the others.
@@ -203,8 +207,9 @@ type Options struct {
 	// ids. Memory ignores it.
 	KeyFile string
 
-	// TTL is how long an envelope waits before Sweep may delete it
-	// (rounded up to a day boundary). Default DefaultTTL (7 days).
+	// TTL is how long an envelope waits before Sweep may delete it, and
+	// an outbox item before Expire may (rounded up to a day boundary).
+	// Default DefaultTTL (7 days).
 	TTL time.Duration
 
 	// MaxMailboxEnvelopes and MaxMailboxBytes limit one mailbox;
@@ -225,6 +230,12 @@ type Options struct {
 	// MaxMailboxes bounds the mailboxes of the store; Create beyond it
 	// fails with ErrStoreFull. Default 1,000,000; negative means no limit.
 	MaxMailboxes int
+
+	// MaxOutboxBytes bounds the item bytes of the forward outbox (see
+	// Outbox); Enqueue beyond it fails with ErrOutboxFull. Outbox items
+	// expire after TTL, like envelopes. Default DefaultOutboxBytes
+	// (256 MiB); negative means no limit.
+	MaxOutboxBytes int64
 
 	// Now is the clock used to compute expiry days at Put. Default time.Now.
 	Now func() time.Time
@@ -270,6 +281,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.MaxMailboxes == 0 {
 		o.MaxMailboxes = defaultMaxBoxes
+	}
+	if o.MaxOutboxBytes == 0 {
+		o.MaxOutboxBytes = DefaultOutboxBytes
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = defaultMaxBatch

@@ -18,3 +18,9 @@ func BenchmarkPutMemory(b *testing.B) {
 	defer s.Close()
 	storetest.BenchPut(b, s)
 }
+
+func TestMemoryOutboxConformance(t *testing.T) {
+	storetest.RunOutbox(t, func(t *testing.T, opts store.Options) store.Outbox {
+		return store.NewMemory(opts)
+	})
+}

@@ -35,6 +35,7 @@ var (
 	bucketRefs      = []byte("refs")
 	bucketExpiry    = []byte("expiry")
 	bucketRetired   = []byte("retired")
+	bucketOutbox    = []byte("outbox")
 	metaFormat      = []byte("format")
 	metaKeyCheck    = []byte("keycheck")
 )
@@ -59,9 +60,14 @@ type Store struct {
 	bytes     atomic.Int64
 	commits   atomic.Uint64
 	diskFull  atomic.Bool
+	outItems  atomic.Int64
+	outBytes  atomic.Int64
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store  = (*Store)(nil)
+	_ store.Outbox = (*Store)(nil)
+)
 
 // Open opens (or creates) the store in dir: dir/store.db for data and,
 // unless opts.IDKey or opts.KeyFile say otherwise, dir/store.key for the
@@ -143,10 +149,11 @@ func readMeta(db *bolt.DB) (check, format []byte, err error) {
 	return check, format, err
 }
 
-// initialise creates the buckets and meta entries that are missing and
-// loads the store totals from the mailbox records.
+// initialise creates the buckets and meta entries that are missing (the
+// outbox bucket is missing in files made before it existed) and loads the
+// store totals from the mailbox and outbox records.
 func (s *Store) initialise(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired} {
+	for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired, bucketOutbox} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
@@ -173,7 +180,10 @@ func (s *Store) initialise(tx *bolt.Tx) error {
 	s.mailboxes.Store(boxes)
 	s.envelopes.Store(envs)
 	s.bytes.Store(bytes)
-	return err
+	items, obytes, oerr := outboxTotals(tx)
+	s.outItems.Store(items)
+	s.outBytes.Store(obytes)
+	return errors.Join(err, oerr)
 }
 
 // loadKey returns the store key and a name for it in error messages.

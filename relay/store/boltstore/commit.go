@@ -35,6 +35,7 @@ type writer struct {
 
 	// Changes to the store totals made by this batch, applied after commit.
 	dMailboxes, dEnvelopes, dBytes int64
+	dOutItems, dOutBytes           int64
 	wake                           [][32]byte
 }
 
@@ -136,6 +137,8 @@ func (s *Store) commit(batch []*op) {
 	s.mailboxes.Add(w.dMailboxes)
 	s.envelopes.Add(w.dEnvelopes)
 	s.bytes.Add(w.dBytes)
+	s.outItems.Add(w.dOutItems)
+	s.outBytes.Add(w.dOutBytes)
 	if s.opts.OnCommit != nil {
 		s.opts.OnCommit(len(batch), time.Since(start))
 	}

@@ -1,5 +1,5 @@
-// Package boltstore is the durable [store.Store]: one bbolt file, with every
-// write going through a group-committing goroutine. It keeps every promise
+// Package boltstore is the durable [store.Store] and [store.Outbox]: one
+// bbolt file, with every write going through a group-committing goroutine. It keeps every promise
 // of package store; this comment says how, on disk.
 //
 // # Files
@@ -36,10 +36,15 @@
 //     error.
 //   - bbolt's consistency check (Tx.Check: freelist, page references, key
 //     order), with keys and values kept out of its messages, and a walk of
-//     the store's buckets: all six present, mailbox records that parse,
-//     sub-buckets where the layout has them. Damage inside one envelope
-//     record or index entry is not looked for at open: the operation that
-//     reads it fails alone with a "corrupt" error (see below).
+//     the store's buckets: all six mailbox buckets present, mailbox
+//     records that parse, sub-buckets where the layout has them, and, if
+//     the file has an outbox bucket (files made before the outbox have
+//     none; Open then creates it empty), only destination sub-buckets
+//     holding outbox records whose header parses (Open sums their sizes).
+//     Damage inside one envelope record or index entry, or inside an
+//     outbox item's ciphertext, is not looked for at open: the operation
+//     that reads it fails alone with a "corrupt" error (see below); a
+//     damaged outbox item fails Pending past it until Expire deletes it.
 //
 // Open reads the whole file once. On a 119 MiB store of 50,000 envelopes
 // (cached in memory) the checks add about 0.25 s to Open, so about 2 s
@@ -62,6 +67,14 @@
 //	refs / h             32B ref -> 8B seq (dedupe and ack)
 //	expiry / 4B day      h || 8B seq -> empty (one bucket per expiry day)
 //	retired              h -> 4B day the retired id becomes free again
+//	outbox / 32B dest    8B seq -> outbox record (one bucket per destination relay)
+//
+// The outbox bucket's bbolt sequence (Bucket.NextSequence) is the last
+// outbox sequence number issued, across all destinations, so numbers are
+// never reused, even after a destination's bucket is deleted (Done and
+// Expire delete it once empty, so Dests lists its keys). Destinations are
+// relay hashes, which identify relays, not users, and are kept as they
+// are: the relay must know where to forward after a restart.
 //
 // # Records
 //
@@ -84,19 +97,33 @@
 //	32B ref
 //	..  sealed envelope (store.Keys.Seal): 12B nonce || AES-256-GCM(envelope) || 16B tag
 //
-// There are no timestamps: an envelope's age shows only as its expiry day.
+// Outbox record:
+//
+//	1B  version (1)
+//	4B  expiry day (Unix days)
+//	..  sealed item (store.Keys.SealOutbox): 12B nonce || AES-256-GCM(item) || 16B tag
+//
+// Outbox items are sealed under a key derived from the store key, a label of
+// their own and the destination, so no outbox key equals an envelope key.
+// Unlike an envelope, the store key and the data file together open them.
+//
+// There are no timestamps: an envelope's or outbox item's age shows only as
+// its expiry day.
 // Sweep deletes whole expiry-day buckets whose day has begun, so it never
-// scans live envelopes.
+// scans live envelopes. Expire (the outbox's) has no day index: it reads
+// the 5-byte header of every outbox item, which MaxOutboxBytes bounds, and
+// decrypts none.
 //
 // # Durability and group commit
 //
-// Every write (Put, Ack, mailbox changes, Sweep) is handed to one committer
-// goroutine. It takes the first write waiting, then every other one already
-// waiting (up to Options.MaxBatch, waiting up to Options.CommitDelay for
-// more), applies them in order in one bbolt read-write transaction, commits
-// (bbolt fsyncs on commit) and only then returns each write's result: Put
-// returns once its envelope is on disk. While one batch is being fsynced,
-// the next one accumulates. A write that fails a check (store.ErrNoMailbox,
-// a quota) fails alone; a storage error rolls the whole batch back and fails
-// every write in it.
+// Every write (Put, Ack, mailbox changes, Sweep, and the outbox's Enqueue,
+// Done and Expire) is handed to one committer goroutine. It takes the first
+// write waiting, then every other one already waiting (up to
+// Options.MaxBatch, waiting up to Options.CommitDelay for more), applies
+// them in order in one bbolt read-write transaction, commits (bbolt fsyncs
+// on commit) and only then returns each write's result: Put returns once its
+// envelope is on disk, Enqueue once its item is. While one batch is being
+// fsynced, the next one accumulates. A write that fails a check
+// (store.ErrNoMailbox, a quota) fails alone; a storage error rolls the whole
+// batch back and fails every write in it.
 package boltstore

@@ -148,8 +148,9 @@ func (redacted) KeyToString([]byte) string   { return "(key)" }
 func (redacted) ValueToString([]byte) string { return "(value)" }
 
 // walkBuckets checks the store's own layout: the six top-level buckets
-// (unless the file is new), mailbox records that parse, and sub-buckets
-// with names of the right size where the layout has them. Damage inside an
+// (unless the file is new), mailbox records that parse, sub-buckets with
+// names of the right size where the layout has them, and the outbox if
+// the file has one (walkOutbox). Damage inside an
 // envelope record or an index entry is left to the operation that reads
 // it, which fails alone (see the package comment).
 func walkBuckets(tx *bolt.Tx) error {
@@ -184,5 +185,8 @@ func walkBuckets(tx *bolt.Tx) error {
 			return nil
 		})
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return walkOutbox(tx, func(outboxRecord) {})
 }

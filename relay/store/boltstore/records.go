@@ -17,6 +17,7 @@ const recordVersion = 1
 const (
 	mailboxFixed  = 1 + ed25519.PublicKeySize + 8 + 4 + 8 + 2
 	envelopeFixed = 1 + 4 + store.RefSize
+	outboxFixed   = 1 + 4
 )
 
 var errRecord = errors.New("store: data file corrupt: bad record; restore from backup")
@@ -101,4 +102,31 @@ func dayKey(day uint32) []byte { return binary.BigEndian.AppendUint32(nil, day) 
 // expiryKey is an entry in an expiry-day bucket: mailbox hash || sequence.
 func expiryKey(hid [32]byte, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append(make([]byte, 0, 40), hid[:]...), seq)
+}
+
+// outboxRecord is one forward outbox item.
+type outboxRecord struct {
+	day    uint32
+	sealed []byte
+}
+
+func (r *outboxRecord) encode() []byte {
+	b := make([]byte, 0, outboxFixed+len(r.sealed))
+	b = append(b, recordVersion)
+	b = binary.BigEndian.AppendUint32(b, r.day)
+	return append(b, r.sealed...)
+}
+
+// plainLen is the size of the item inside.
+func (r *outboxRecord) plainLen() int { return len(r.sealed) - store.SealOverhead }
+
+// decodeOutbox parses an outbox record. sealed aliases b.
+func decodeOutbox(b []byte) (outboxRecord, error) {
+	var r outboxRecord
+	if len(b) < outboxFixed+store.SealOverhead+1 || len(b) > outboxFixed+store.SealOverhead+store.MaxForwardSize || b[0] != recordVersion {
+		return r, errRecord
+	}
+	r.day = binary.BigEndian.Uint32(b[1:])
+	r.sealed = b[outboxFixed:]
+	return r, nil
 }
