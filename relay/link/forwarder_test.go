@@ -98,7 +98,9 @@ func (o opener) Open(layer []byte) ([]byte, []byte, error) {
 
 // homeRelay is a relay with a relay identity, a signed descriptor and a
 // layer opener, as `relay serve` makes one.
-func homeRelay(t *testing.T) (*relaytest.Relay, *descriptor.Descriptor, string) {
+func homeRelay(t *testing.T) (*relaytest.Relay, *descriptor.Descriptor, string) { return homeRelayB(t) }
+
+func homeRelayB(t testing.TB) (*relaytest.Relay, *descriptor.Descriptor, string) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	id, _ := envelope.NewIdentity()
 	o, err := forward.NewOpener(id, pub, 1, 0)

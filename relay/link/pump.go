@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 )
 
 // pumpBatch is how many queued items a pump reads at a time.
-const pumpBatch = 32
+const pumpBatch = 64
 
 // pump hands one home relay's queued layers over its link.
 type pump struct {
@@ -68,41 +69,63 @@ func (p *pump) sleep(ctx context.Context, d time.Duration) bool {
 	return true
 }
 
-// drain delivers queued items until none are left (done) or one fails.
+// drain delivers queued items, a batch at a time with the batch's
+// requests pipelined on the link, until none are left (done) or some fail.
 func (p *pump) drain(ctx context.Context) (done bool, err error) {
 	q := p.f.cfg.Queue
 	items, err := q.Pending(ctx, p.dest, 0, pumpBatch)
 	if err != nil || len(items) == 0 {
 		return err == nil, err
 	}
-	for _, it := range items {
-		fp, err := relay.ParseForwardPayload(it.Data)
-		if err != nil {
+	payloads := make([]relay.ForwardPayload, len(items))
+	var delivered []uint64
+	for i, it := range items {
+		if payloads[i], err = relay.ParseForwardPayload(it.Data); err != nil {
 			// Checked before it was queued: the queue is damaged.
 			p.f.cfg.Observe("refused")
-			q.Done(ctx, p.dest, it.Seq)
-			continue
-		}
-		if err := p.deliver(ctx, fp); err != nil {
-			return false, err
-		}
-		if err := q.Done(ctx, p.dest, it.Seq); err != nil {
-			return false, err
+			delivered = append(delivered, it.Seq)
 		}
 	}
-	return false, nil
+	c, err := p.session(ctx, payloads[len(payloads)-1].Descriptor)
+	if err != nil {
+		return false, err
+	}
+	errs := make([]error, len(items))
+	var wg sync.WaitGroup
+	for i := range items {
+		if payloads[i].Layer == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = p.deliver(ctx, c, payloads[i])
+		}()
+	}
+	wg.Wait()
+	var firstErr error
+	for i, it := range items {
+		if errs[i] == nil && payloads[i].Layer != nil {
+			delivered = append(delivered, it.Seq)
+		} else if firstErr == nil {
+			firstErr = errs[i]
+		}
+	}
+	if err := q.Done(ctx, p.dest, delivered...); err != nil {
+		return false, err
+	}
+	if firstErr != nil {
+		c.Close() // the link redials
+	}
+	return false, firstErr
 }
 
 // deliver hands one layer to the home relay. Errors that retrying cannot
 // fix (the home relay refuses the layer or its envelope) drop it.
-func (p *pump) deliver(ctx context.Context, fp relay.ForwardPayload) error {
-	c, err := p.session(ctx, fp.Descriptor)
-	if err != nil {
-		return err
-	}
+func (p *pump) deliver(ctx context.Context, c *client.Client, fp relay.ForwardPayload) error {
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	err = c.DeliverLayer(dctx, fp.Layer)
+	err := c.DeliverLayer(dctx, fp.Layer)
 	var re *relay.Error
 	switch {
 	case err == nil:
@@ -112,7 +135,6 @@ func (p *pump) deliver(ctx context.Context, fp relay.ForwardPayload) error {
 	case errors.As(err, &re) && permanent(re.Code):
 		p.f.cfg.Observe("refused")
 	default:
-		c.Close() // the link redials
 		return err
 	}
 	return nil
