@@ -46,6 +46,7 @@ func TestLayout(t *testing.T) {
 		{"relay/client", []string{"relay/server", "relay/store", "relay/link", "cmd", "metrics", "go.etcd.io/bbolt", "transport/https", "transport/h3"}},
 		{"relay/server", []string{"relay/client", "relay/store/boltstore", "relay/link", "cmd", "metrics", "go.etcd.io/bbolt", "transport/https", "transport/h3"}},
 		{"relay/link", []string{"relay/server", "relay/store", "cmd", "go.etcd.io/bbolt"}},
+		{"relay/forward", []string{"relay", "transport/https", "transport/h3", "transport/route", "cmd", "metrics"}},
 	} {
 		t.Run(tc.pkg, func(t *testing.T) {
 			for _, d := range deps(t, tc.pkg) {
