@@ -3,6 +3,7 @@ package route
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"time"
 
 	"github.com/postern/postern/transport"
@@ -26,6 +27,9 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 		return zero, Candidate{}, ErrNoCandidate
 	}
 	opts = opts.withDefaults()
+	if opts.Memory != nil {
+		cands = opts.Memory.Order(opts.Network, cands)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make(chan outcome[S], len(cands))
@@ -97,9 +101,11 @@ func drain[S io.Closer](results <-chan outcome[S], running int) {
 	}
 }
 
+// resetTimer restarts the stagger timer, jittered by ±20 % so that
+// clients do not start their attempts in lockstep.
 func resetTimer(t *time.Timer, d time.Duration) {
 	if d >= 0 {
-		t.Reset(d)
+		t.Reset(d*4/5 + rand.N(d*2/5+1))
 	}
 }
 

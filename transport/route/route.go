@@ -70,8 +70,14 @@ type Options struct {
 	PerAttempt time.Duration
 	// Stagger is how long Dial waits for a running attempt before it
 	// starts the next candidate beside it; a failed attempt starts the
-	// next at once. Default DefaultStagger; negative means one at a time.
+	// next at once. Default DefaultStagger, jittered by ±20 %; negative
+	// means one at a time.
 	Stagger time.Duration
+	// Memory, if set, gives the ways in that worked on Network a head
+	// start. Dial does not record successes: the caller calls
+	// Memory.Success once a request over the session was acknowledged.
+	Memory  *Memory
+	Network string
 }
 
 // Handshake runs the caller's protocol on a fresh stream; the candidate

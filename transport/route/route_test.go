@@ -180,3 +180,22 @@ func TestLateWinnerClosed(t *testing.T) {
 		t.Fatal("the losing session was not closed")
 	}
 }
+
+// TestDialRemembered: with a memory, the way in that worked on this
+// network is tried first.
+func TestDialRemembered(t *testing.T) {
+	reg, cands, fakes := setup(t, "ok", "ok")
+	mem, err := route.OpenMemory("", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem.Success("cafe", cands[1])
+	s, won, err := route.Dial(context.Background(), reg, cands, route.Options{Stagger: -1, Memory: mem, Network: "cafe"}, handshake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if won.Endpoint.Transport != cands[1].Endpoint.Transport || fakes[0].dials.Load() != 0 {
+		t.Fatalf("won %s; the first candidate was dialed %d times", won.Endpoint.Transport, fakes[0].dials.Load())
+	}
+}
