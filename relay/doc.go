@@ -62,6 +62,11 @@
 //	0x19 Descriptor   req u32 (asks for the relay's current signed descriptor)
 //	0x1A Layer        req u32 | forward layer (entry relay to home relay over a relay link;
 //	                  answered OK once stored, CodeReplay if received before)
+//	0x1B Tunnel       req u32 | home relay descriptor line (to an entry relay; see Tunnels)
+//
+// Frame, entry relay to home relay, in place of ClientHello:
+//
+//	0x03 TunnelHello  magic "PSTN" (see Tunnels)
 //
 // Frames, relay to client:
 //
@@ -87,6 +92,32 @@
 // Errors are a Code and a short message for humans; unknown frame types and
 // malformed frames are answered with a Result (CodeBadFrame, CodeUnknownFrame)
 // when a request id can be read, and otherwise end the session.
+//
+// # Tunnels
+//
+// A client that cannot reach its home relay but can reach an entry relay
+// receives through a tunnel:
+//
+//  1. client → entry: the usual hello, then Tunnel with the home relay's
+//     descriptor, with no other request in flight and no subscription.
+//  2. The entry relay checks the descriptor and dials the home relay like
+//     a client (one of its transports, through transport/route), sending
+//     TunnelHello instead of ClientHello. The home relay answers a Result
+//     with request id 0: OK when it takes tunnels.
+//  3. The entry relay answers the Tunnel OK (or CodeUnsupported when it
+//     does not tunnel, CodeBadFrame for a bad descriptor, CodeBusy at its
+//     tunnel cap, CodeInternal when the home relay is unreachable or
+//     refused) and from the next byte on copies bytes both ways between
+//     the client and the home relay until either side ends; then the
+//     outer session ends.
+//  4. Inside, the client runs TLS 1.3 (ALPN TunnelALPN) with the home
+//     relay, which presents a self-signed certificate whose key is its
+//     Ed25519 descriptor key; the client accepts exactly that key (no CA,
+//     no name). Then a whole session, hello first, runs inside TLS.
+//
+// The entry relay learns that some client tunnels to that home relay and
+// how many bytes pass, never the mailbox or the requests; the home relay
+// sees the entry relay's address, never the client's.
 //
 // # No metadata
 //

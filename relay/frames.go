@@ -60,6 +60,7 @@ type FrameType byte
 const (
 	FrameClientHello FrameType = 0x01
 	FrameServerHello FrameType = 0x02
+	FrameTunnelHello FrameType = 0x03
 	FrameCreate      FrameType = 0x10
 	FrameSend        FrameType = 0x11
 	FrameSubscribe   FrameType = 0x12
@@ -71,6 +72,7 @@ const (
 	FrameForward     FrameType = 0x18
 	FrameDescriptor  FrameType = 0x19
 	FrameLayer       FrameType = 0x1A
+	FrameTunnel      FrameType = 0x1B
 	FrameResult      FrameType = 0x20
 	FrameDeliver     FrameType = 0x21
 	FramePong        FrameType = 0x22
@@ -396,6 +398,47 @@ func ParseLayer(p []byte) (m Layer, err error) {
 	return m, err
 }
 
+// TunnelHello opens the stream an entry relay dials to a home relay for a
+// tunnel, in place of ClientHello: magic "PSTN". The home relay answers a
+// Result (request id 0): OK, and from the next byte on the stream carries
+// the client's inner TLS 1.3 session; or an error code, and it closes.
+type TunnelHello struct{}
+
+func (TunnelHello) Type() FrameType               { return FrameTunnelHello }
+func (TunnelHello) AppendPayload(b []byte) []byte { return append(b, HelloMagic[:]...) }
+
+// ParseTunnelHello decodes a TunnelHello payload.
+func ParseTunnelHello(p []byte) (m TunnelHello, err error) {
+	var magic [4]byte
+	err = parse(p, func(s *cryptobyte.String) bool { return readArray(s, magic[:]) && magic == HelloMagic })
+	return m, err
+}
+
+// Tunnel asks an entry relay to splice this session to the client's home
+// relay: req u32 | home relay descriptor line. An OK Result means the
+// stream is spliced from the next byte on; the client then runs TLS 1.3
+// pinned to the home relay's key and a whole new session inside.
+type Tunnel struct {
+	Req        uint32
+	Descriptor string
+}
+
+func (Tunnel) Type() FrameType { return FrameTunnel }
+func (m Tunnel) AppendPayload(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(b, m.Req), m.Descriptor...)
+}
+
+// ParseTunnel decodes a Tunnel payload; the descriptor may not be empty.
+func ParseTunnel(p []byte) (m Tunnel, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		var d []byte
+		ok := s.ReadUint32(&m.Req) && !s.Empty() && readRest(s, &d)
+		m.Descriptor = string(d)
+		return ok
+	})
+	return m, err
+}
+
 // ForwardPayload is what a client puts in a Forward frame to an entry
 // relay: desclen u16 | the home relay's signed descriptor | layer.
 type ForwardPayload struct {
@@ -419,3 +462,7 @@ func ParseForwardPayload(p []byte) (f ForwardPayload, err error) {
 	})
 	return f, err
 }
+
+// TunnelALPN is the ALPN protocol of the TLS 1.3 session a client runs
+// with its home relay inside a tunnel.
+const TunnelALPN = "postern-tunnel/1"

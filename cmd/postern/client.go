@@ -382,6 +382,10 @@ func recvCmd() command {
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			idPath := identityFlag(fs)
 			follow := fs.Bool("follow", false, "keep waiting for new messages (reconnects with backoff)")
+			var via listFlag
+			fs.Var(&via, "via", "entry relay `descriptor` (or a file holding it) to receive through, when the home relay\n"+
+				"cannot be reached directly: the entry relay splices an end-to-end encrypted session\n"+
+				"to the home relay and sees neither the mailbox nor the requests (repeatable)")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return usageErr("unexpected argument %q", args[0])
@@ -400,6 +404,9 @@ func recvCmd() command {
 					return err
 				}
 				dial := func(ctx context.Context) (*client.Client, error) { return mb.dial(ctx, e, id, path) }
+				if len(via) > 0 {
+					dial = func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, mb.Relay, via) }
+				}
 				if *follow {
 					return r.Follow(ctx, dial, mb.owner(), mb.id(), func(err error, wait time.Duration) {
 						fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", err, wait)
@@ -414,6 +421,25 @@ func recvCmd() command {
 			}
 		},
 	}
+}
+
+// dialTunnel opens a session to the home relay through one of the entry
+// relays in via (descriptors or files holding them).
+func dialTunnel(ctx context.Context, e *env, home string, via []string) (*client.Client, error) {
+	entries := make([]*descriptor.Descriptor, len(via))
+	for i, v := range via {
+		line, err := lineArg(v, descriptor.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		if entries[i], _, err = descriptor.ParseStale(line, time.Now()); err != nil {
+			return nil, fmt.Errorf("entry relay descriptor %s: %w", v, err)
+		}
+	}
+	return client.DialTunnel(ctx, newRegistry(), client.DialOptions{
+		Transport: e.getenv("POSTERN_TRANSPORT"),
+		LocalAddr: e.getenv("POSTERN_BIND"),
+	}, home, entries...)
 }
 
 // newReceiver is the inbox behind recv: it prints each complete message

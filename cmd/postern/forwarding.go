@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
@@ -64,5 +65,16 @@ func (r *relayRun) newForwarder() *link.Forwarder {
 		},
 		Observe: r.met.Forward,
 		Log:     r.log,
+	})
+}
+
+// newTunneler is the entry side of tunnels: streams to home relays dialed
+// like a client, bounded by link.DefaultMaxTunnels.
+func newTunneler() *link.Tunneler {
+	reg := newRegistry()
+	return link.NewTunneler(link.TunnelerConfig{
+		Open: func(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error) {
+			return client.OpenTunnel(ctx, reg, client.DialOptions{}, home)
+		},
 	})
 }

@@ -24,12 +24,13 @@ func dataDirBytes(t *testing.T, dir string) []byte {
 	return all
 }
 
-// recvUntil runs recv until want messages arrived or a minute passed.
-func recvUntil(t *testing.T, bin string, envv []string, idFile string, want int) []message {
+// recvUntil runs recv (with extra flags) until want messages arrived or a
+// minute passed.
+func recvUntil(t *testing.T, bin string, envv []string, idFile string, want int, extra ...string) []message {
 	var got []message
 	deadline := time.Now().Add(time.Minute)
 	for len(got) < want && time.Now().Before(deadline) {
-		got = append(got, parseRecv(t, runOK(t, bin, envv, nil, "recv", "--id", idFile))...)
+		got = append(got, parseRecv(t, runOK(t, bin, envv, nil, append([]string{"recv", "--id", idFile}, extra...)...))...)
 		if len(got) < want {
 			time.Sleep(200 * time.Millisecond)
 		}
@@ -41,11 +42,12 @@ func recvUntil(t *testing.T, bin string, envv []string, idFile string, want int)
 // relay) and C. A client on 127.0.0.2 sends to a mailbox on B through A
 // over https and over h3; the owner receives every message byte for byte.
 // B's logs, metrics and data directory never see 127.0.0.2; A's never see
-// the mailbox id. Killing A with messages in its outbox and restarting it
-// loses nothing and duplicates nothing.
+// the mailbox id. The owner on 127.0.0.2 also receives through a tunnel
+// via A (`recv --via A`) over https and h3. Killing A with messages in its
+// outbox and restarting it loses nothing and duplicates nothing.
 //
 // Not yet shown here: a kernel-level block of B for the client (the netns
-// and nftables part of issue #10) and receiving through a tunnel.
+// and nftables part of issue #10).
 func TestTwoHopSend(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -82,6 +84,16 @@ func TestTwoHopSend(t *testing.T) {
 	for i := range sent {
 		if !bytes.Equal(got[i].body, sent[i]) {
 			t.Fatalf("message %d differs", i)
+		}
+	}
+
+	// Receiving through a tunnel: A splices, B serves the session.
+	for _, tr := range []string{"https", "h3"} {
+		msg := []byte("received through a tunnel over " + tr + "\x00\xff")
+		runOK(t, bin, base, msg, "send", "--anonymous", "--to", card)
+		got := recvUntil(t, bin, append(client, "POSTERN_TRANSPORT="+tr), bob, 1, "--via", viaA)
+		if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+			t.Fatalf("recv --via over %s: %+v", tr, got)
 		}
 	}
 

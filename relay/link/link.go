@@ -9,6 +9,14 @@
 // one session. The forwarding itself (a durable outbox on the entry relay,
 // handed over the link and deleted when the next hop acks) plugs into the
 // server as a server.Forwarder.
+//
+// A Tunneler is the entry side of tunnels (see "Tunnels" in package relay)
+// and plugs into the server as a server.Tunneler: it verifies the home
+// relay's descriptor, opens a fresh stream to it through the one dial path
+// (client.OpenTunnel in cmd/postern: TunnelHello, then OK), and holds one
+// of at most Max slots until the stream is closed. The server then splices
+// the client to that stream; the client's TLS runs end to end with the
+// home relay, so the entry relay never sees the mailbox or the requests.
 package link
 
 import (

@@ -13,7 +13,10 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -73,6 +76,15 @@ type Config struct {
 	// Layers opens forward layers that entry relays hand over (Layer
 	// frames). Default: none, and they are answered CodeUnsupported.
 	Layers LayerOpener
+	// Tunneler opens tunnels to home relays for Tunnel frames (entry
+	// side; see "Tunnels" in package relay). Default: none, and Tunnel is
+	// answered relay.CodeUnsupported.
+	Tunneler Tunneler
+	// TunnelKey is the relay's Ed25519 descriptor key; with it the relay
+	// accepts tunnels from entry relays (TunnelHello) and proves this key
+	// in the inner TLS. Default: none, and TunnelHello is answered
+	// relay.CodeUnsupported.
+	TunnelKey ed25519.PrivateKey
 	// Descriptor returns the relay's current signed descriptor line, for
 	// Descriptor requests. Default: none, and they are answered
 	// relay.CodeUnsupported.
@@ -130,6 +142,7 @@ type Server struct {
 	readSem    chan struct{} // global store reads for Fetch and push
 	deliverSem chan struct{} // global delivery budget, one token per batch
 	batchItems int           // envelopes per delivery batch
+	tunnelTLS  *tls.Config   // home side of tunnels; nil without TunnelKey
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -168,7 +181,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxReads = 4 * runtime.GOMAXPROCS(0)
 	}
 	cfg.withBudgetDefaults()
-	return &Server{cfg: cfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
+	var tcfg *tls.Config
+	if cfg.TunnelKey != nil {
+		var err error
+		if tcfg, err = tunnelTLS(cfg.TunnelKey); err != nil {
+			return nil, fmt.Errorf("server: tunnel certificate from Config.TunnelKey: %w", err)
+		}
+	}
+	return &Server{cfg: cfg, tunnelTLS: tcfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
 		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
 		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
 		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil
@@ -248,6 +268,12 @@ func endReason(err error) string {
 		return "write stalled"
 	case errors.Is(err, relay.ErrVersion):
 		return "version"
+	case errors.Is(err, errTunnelEnded):
+		return "tunnel ended"
+	case errors.Is(err, errTunnelTLS):
+		return "tunnel tls"
+	case errors.Is(err, relay.ErrUnsupported):
+		return "unsupported"
 	case errors.Is(err, net.ErrClosed), errors.Is(err, context.Canceled):
 		return "shutdown"
 	}

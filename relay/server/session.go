@@ -33,6 +33,7 @@ type session struct {
 	deliverSem chan struct{} // this session's delivery budget, one token per batch
 
 	challenge [relay.ChallengeSize]byte
+	inner     bool // the session runs inside a tunnel's TLS (home side)
 	sem       chan struct{}
 	wg        sync.WaitGroup
 
@@ -72,6 +73,12 @@ func (ss *session) run() error {
 		if err != nil {
 			return wrap(err)
 		}
+		if t == relay.FrameTunnel {
+			if spliced, err := ss.tunnel(p, idle.t); spliced || err != nil {
+				return err
+			}
+			continue
+		}
 		if err := ss.handle(t, p); err != nil {
 			return err
 		}
@@ -82,6 +89,12 @@ func (ss *session) hello() error {
 	t, p, err := relay.ReadFrame(ss.br)
 	if err != nil {
 		return err
+	}
+	if t == relay.FrameTunnelHello && !ss.inner {
+		if err := ss.acceptTunnel(p); err != nil {
+			return err
+		}
+		return ss.hello()
 	}
 	h, err := relay.ParseClientHello(p)
 	if t != relay.FrameClientHello || err != nil {

@@ -1,0 +1,186 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
+)
+
+// ErrTunnelKey is returned by DialTunnel when the relay at the end of the
+// tunnel does not prove the key of the home relay's descriptor: the entry
+// relay or someone behind it is not the home relay.
+var ErrTunnelKey = errors.New("relay: the relay behind the tunnel does not hold the home relay's key; try another entry relay")
+
+// tunnelReq is the request id of the Tunnel frame, the only request of
+// the outer session.
+const tunnelReq = 1
+
+// DialTunnel opens a session to the home relay whose descriptor line is
+// home, through one of the entry relays (raced like Dial): it asks the
+// entry relay to splice the stream to the home relay (see "Tunnels" in
+// package relay), runs TLS 1.3 over it pinned to the home relay's key, and
+// the session protocol inside. The entry relay sees neither the mailbox
+// nor the requests.
+func DialTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, home string, entries ...*descriptor.Descriptor) (*Client, error) {
+	hd, _, err := descriptor.ParseStale(home, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("home relay descriptor: %w", err)
+	}
+	var cands []route.Candidate
+	for _, d := range entries {
+		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+	}
+	hs := func(ctx context.Context, conn transport.Conn) (*Client, error) {
+		return tunnelHandshake(ctx, conn, home, hd.RelayKey)
+	}
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	return c, err
+}
+
+// tunnelHandshake runs the outer hello and Tunnel request on conn, then
+// TLS pinned to key and the inner session. It reads conn frame by frame,
+// unbuffered, so nothing of the inner stream is consumed.
+func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*Client, error) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	tc, err := openSplice(ctx, conn, home, key)
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return New(ctx, tc)
+}
+
+func openSplice(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*tls.Conn, error) {
+	b := relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
+	b = relay.AppendFrame(b, relay.Tunnel{Req: tunnelReq, Descriptor: home})
+	if _, err := conn.Write(b); err != nil {
+		return nil, err
+	}
+	t, p, err := relay.ReadFrame(conn)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHello(t, p); err != nil {
+		return nil, err
+	}
+	if err := readOK(conn, tunnelReq); err != nil {
+		return nil, fmt.Errorf("entry relay: %w", err)
+	}
+	tc := tls.Client(conn, pinnedTLS(key))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	if tc.ConnectionState().NegotiatedProtocol != relay.TunnelALPN {
+		return nil, fmt.Errorf("%w: no tunnel protocol agreed", relay.ErrMalformed)
+	}
+	return tc, nil
+}
+
+// checkHello accepts a ServerHello of our version; a Result carries the
+// relay's refusal.
+func checkHello(t relay.FrameType, p []byte) error {
+	switch t {
+	case relay.FrameResult:
+		if r, err := relay.ParseResult(p); err == nil && r.Code != relay.CodeOK {
+			return &relay.Error{Code: r.Code, Msg: r.Msg}
+		}
+	case relay.FrameServerHello:
+		h, err := relay.ParseServerHello(p)
+		if err != nil {
+			return err
+		}
+		if h.Version != relay.ProtocolVersion {
+			return relay.ErrVersion
+		}
+		return nil
+	}
+	return relay.ErrMalformed
+}
+
+// readOK reads one Result for req from conn, unbuffered, and returns its
+// error code as a *relay.Error.
+func readOK(conn transport.Conn, req uint32) error {
+	t, p, err := relay.ReadFrame(conn)
+	if err != nil {
+		return err
+	}
+	r, err := relay.ParseResult(p)
+	if t != relay.FrameResult || err != nil || r.Req != req {
+		return relay.ErrMalformed
+	}
+	if r.Code != relay.CodeOK {
+		return &relay.Error{Code: r.Code, Msg: r.Msg}
+	}
+	return nil
+}
+
+// pinnedTLS accepts exactly one certificate key: the home relay's
+// descriptor key. There is no CA and no name; TLS itself checks that the
+// peer holds the key (CertificateVerify).
+func pinnedTLS(key ed25519.PublicKey) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		NextProtos:         []string{relay.TunnelALPN},
+		ServerName:         "postern-tunnel",
+		InsecureSkipVerify: true, // replaced by the key pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return ErrTunnelKey
+			}
+			cert, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return ErrTunnelKey
+			}
+			pub, ok := cert.PublicKey.(ed25519.PublicKey)
+			if !ok || !pub.Equal(key) {
+				return ErrTunnelKey
+			}
+			return nil
+		},
+	}
+}
+
+// OpenTunnel is the entry relay's half of a tunnel: it dials the home
+// relay through the one dial path, says TunnelHello and returns the
+// stream once the home relay accepted it; the client's inner TLS goes on
+// it from the next byte. A home relay that does not take tunnels gives
+// an error matching relay.ErrUnsupported.
+func OpenTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, home *descriptor.Descriptor) (transport.Conn, error) {
+	cands := route.FromDescriptor(home, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})
+	hs := func(ctx context.Context, conn transport.Conn) (transport.Conn, error) {
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		defer stop()
+		err := writeTunnelHello(conn)
+		if err == nil {
+			err = readOK(conn, 0)
+		}
+		if err != nil {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		return conn, nil
+	}
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	return c, err
+}
+
+func writeTunnelHello(conn transport.Conn) error {
+	_, err := conn.Write(relay.AppendFrame(nil, relay.TunnelHello{}))
+	return err
+}

@@ -1,0 +1,176 @@
+package link_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/link"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// pipeTransport dials by serving a loopback pair's far end on a relay.
+type pipeTransport struct {
+	name string
+	r    *relaytest.Relay
+	t    *testing.T
+}
+
+func (p *pipeTransport) Name() string { return p.name }
+func (p *pipeTransport) Dial(context.Context, transport.Endpoint) (transport.Conn, error) {
+	cc, sc := relaytest.Pipe(p.t)
+	p.r.Serve(sc, p.name)
+	return cc, nil
+}
+func (p *pipeTransport) Listen(context.Context, transport.ListenConfig) (transport.Listener, error) {
+	return nil, errors.New("not used")
+}
+
+// signedDescriptor is a descriptor with one endpoint on transport name,
+// signed by priv, as a line and parsed.
+func signedDescriptor(t *testing.T, priv ed25519.PrivateKey, name string) (string, *descriptor.Descriptor) {
+	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}},
+		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err = descriptor.Parse(line, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return line, d
+}
+
+// tunnelSetup is a home relay B and an entry relay A that tunnels to it
+// through the one dial path, both in process.
+type tunnelSetup struct {
+	reg      transport.Registry
+	home     *relaytest.Relay
+	homeLine string
+	entry    *descriptor.Descriptor
+}
+
+func newTunnelSetup(t *testing.T, homeKey ed25519.PrivateKey, entryTunnels bool) *tunnelSetup {
+	_, bPriv, _ := ed25519.GenerateKey(nil)
+	_, aPriv, _ := ed25519.GenerateKey(nil)
+	s := &tunnelSetup{}
+	s.home = relaytest.New(t, store.Options{}, server.Config{TunnelKey: homeKey})
+	s.reg.Register(&pipeTransport{name: "to-b", r: s.home, t: t})
+	var cfg server.Config
+	if entryTunnels {
+		cfg.Tunneler = link.NewTunneler(link.TunnelerConfig{Open: func(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error) {
+			return client.OpenTunnel(ctx, &s.reg, client.DialOptions{}, home)
+		}})
+	}
+	s.reg.Register(&pipeTransport{name: "to-a", r: relaytest.New(t, store.Options{}, cfg), t: t})
+	if homeKey == nil {
+		homeKey = bPriv
+	}
+	s.homeLine, _ = signedDescriptor(t, homeKey, "to-b")
+	_, s.entry = signedDescriptor(t, aPriv, "to-a")
+	return s
+}
+
+// TestTunnel: a client tunnels through A to B and subscribes, fetches and
+// acks inside; the session ends cleanly and leaves no goroutine behind.
+func TestTunnel(t *testing.T) {
+	_, bPriv, _ := ed25519.GenerateKey(nil)
+	s := newTunnelSetup(t, bPriv, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	direct := s.home.Connect(t)
+	m := relaytest.NewMailbox(t, direct, nil)
+	before := runtime.NumGoroutine()
+
+	c, err := client.DialTunnel(ctx, &s.reg, client.DialOptions{}, s.homeLine, s.entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(ctx, m.Owner, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := direct.Send(ctx, m.Seal(t, "through the tunnel"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-c.Deliveries():
+		if d.Ref != ref || d.Mailbox != m.ID {
+			t.Fatal("pushed the wrong envelope")
+		}
+	case <-ctx.Done():
+		t.Fatal("no push through the tunnel")
+	}
+	ds, err := c.Fetch(ctx, m.Owner, m.ID, 10)
+	if err != nil || len(ds) != 1 || ds[0].Ref != ref {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	if n, err := c.Ack(ctx, m.Owner, m.ID, ref); err != nil || n != 1 {
+		t.Fatalf("ack: %d, %v", n, err)
+	}
+	if line, err := c.Descriptor(ctx); err == nil || line != "" {
+		t.Fatalf("the inner session should be B's (no Descriptor func set): %q, %v", line, err)
+	}
+	c.Close()
+	waitGoroutines(t, before)
+}
+
+// waitGoroutines waits until the goroutine count is back to n: every
+// session and splice of the tunnel has ended.
+func waitGoroutines(t *testing.T, n int) {
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, want %d:\n%s", runtime.NumGoroutine(), n, buf[:runtime.Stack(buf, true)])
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestTunnelRefusals: a home relay with another key than the descriptor
+// names fails the TLS pin; an entry relay without tunnels and a home
+// relay without a TunnelKey refuse with their codes.
+func TestTunnelRefusals(t *testing.T) {
+	_, other, _ := ed25519.GenerateKey(nil)
+	cases := []struct {
+		name         string
+		homeKey      ed25519.PrivateKey // nil: B does not take tunnels
+		wrongPin     bool
+		entryTunnels bool
+		want         error
+	}{
+		{"wrong home key", other, true, true, client.ErrTunnelKey},
+		{"entry without tunnels", other, false, false, relay.ErrUnsupported},
+		{"home without tunnels", nil, false, true, relay.ErrInternal},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newTunnelSetup(t, tc.homeKey, tc.entryTunnels)
+			if tc.wrongPin {
+				_, pin, _ := ed25519.GenerateKey(nil)
+				s.homeLine, _ = signedDescriptor(t, pin, "to-b")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := client.DialTunnel(ctx, &s.reg, client.DialOptions{}, s.homeLine, s.entry)
+			if !errors.Is(err, tc.want) {
+				if c != nil {
+					c.Close()
+				}
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,179 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"math/big"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
+)
+
+// Tunneler is the entry side of tunnels (see "Tunnels" in package relay):
+// it checks a home relay descriptor line and returns a stream to that
+// relay on which the home relay expects the client's inner TLS. Errors
+// should be relay.Error values (CodeBadFrame, CodeBusy, CodeInternal);
+// anything else is answered CodeInternal.
+type Tunneler interface {
+	Tunnel(ctx context.Context, homeDescriptor string) (io.ReadWriteCloser, error)
+}
+
+// spliceLinger bounds how long a tunnel waits for its second direction
+// to end once the first has.
+const spliceLinger = 10 * time.Second
+
+var (
+	errTunnelEnded = errors.New("relay: tunnel ended")
+	errTunnelTLS   = errors.New("relay: tunnel TLS handshake failed")
+)
+
+// tunnelTLS is the home side's TLS 1.3 configuration for tunnels: a
+// self-signed certificate whose key is the relay's descriptor key.
+func tunnelTLS(key ed25519.PrivateKey) (*tls.Config, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: serial, NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(100, 0, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{relay.TunnelALPN},
+	}, nil
+}
+
+// bufferedConn reads through r (a bufio.Reader over the conn holding
+// bytes already read from it) and writes and closes the conn.
+type bufferedConn struct {
+	transport.Conn
+	r io.Reader
+}
+
+func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// acceptTunnel is the home side: the stream opened with TunnelHello
+// becomes a TLS server whose inner stream carries the session.
+func (ss *session) acceptTunnel(p []byte) error {
+	if _, err := relay.ParseTunnelHello(p); err != nil {
+		return relay.ErrMalformed
+	}
+	if ss.srv.tunnelTLS == nil {
+		ss.write(relay.Result{Code: relay.CodeUnsupported, Msg: relay.CodeUnsupported.String()})
+		return relay.ErrUnsupported
+	}
+	if err := ss.write(relay.Result{}); err != nil {
+		return err
+	}
+	tc := tls.Server(bufferedConn{ss.conn, ss.br}, ss.srv.tunnelTLS)
+	if err := tc.HandshakeContext(ss.ctx); err != nil {
+		return errors.Join(errTunnelTLS, err)
+	}
+	ss.inner = true
+	ss.br = bufio.NewReaderSize(tc, relay.SessionBufSize)
+	ss.wmu.Lock()
+	ss.bw.Reset(tc)
+	ss.wmu.Unlock()
+	return nil
+}
+
+// tunnel is the entry side: it answers a Tunnel frame and, when it is
+// accepted, splices the session to the home relay until either side
+// ends. spliced reports that the session must end with err.
+func (ss *session) tunnel(p []byte, idle *time.Timer) (spliced bool, err error) {
+	m, err := relay.ParseTunnel(p)
+	if err != nil {
+		req, _ := relay.RequestID(p)
+		return false, ss.reply(req, relay.ErrBadFrame, nil)
+	}
+	stream, err := ss.openTunnel(m.Descriptor)
+	if err != nil {
+		return false, ss.reply(m.Req, err, nil)
+	}
+	if !idle.Stop() {
+		stream.Close()
+		return true, errIdle
+	}
+	if err := ss.reply(m.Req, nil, nil); err != nil {
+		stream.Close()
+		return true, err
+	}
+	return true, ss.splice(stream)
+}
+
+// openTunnel asks the Tunneler for a stream, if the session may tunnel:
+// nothing else may be in flight or subscribed.
+func (ss *session) openTunnel(home string) (io.ReadWriteCloser, error) {
+	if ss.srv.cfg.Tunneler == nil || ss.inner {
+		return nil, relay.ErrUnsupported
+	}
+	ss.smu.Lock()
+	busy := len(ss.subs) > 0 || len(ss.sem) > 0
+	ss.smu.Unlock()
+	if busy {
+		return nil, &relay.Error{Code: relay.CodeBadFrame, Msg: "tunnel with requests in flight or subscriptions"}
+	}
+	return ss.srv.cfg.Tunneler.Tunnel(ss.ctx, home)
+}
+
+// splice copies bytes both ways between the session's stream (bytes
+// already buffered first) and stream, half-closing each direction at its
+// end; once one direction ends the other gets spliceLinger, and an error
+// either way ends both.
+func (ss *session) splice(stream io.ReadWriteCloser) error {
+	closeBoth := func() { ss.conn.Close(); stream.Close() }
+	stop := context.AfterFunc(ss.ctx, closeBoth)
+	defer stop()
+	defer stream.Close()
+	done := make(chan error, 2)
+	go func() { // client → home
+		_, err := io.Copy(stream, ss.br)
+		if cw, ok := stream.(interface{ CloseWrite() error }); ok && err == nil {
+			cw.CloseWrite()
+		}
+		done <- err
+	}()
+	go func() { // home → client; holds wmu so nothing else writes
+		ss.wmu.Lock()
+		defer ss.wmu.Unlock()
+		_, err := io.Copy(stallWriter{ss}, stream)
+		if err == nil {
+			ss.conn.CloseWrite()
+		}
+		done <- err
+	}()
+	err := <-done
+	if err != nil {
+		closeBoth()
+	}
+	linger := time.AfterFunc(spliceLinger, closeBoth)
+	defer linger.Stop()
+	if err2 := <-done; err == nil {
+		err = err2
+	}
+	if err == nil {
+		err = errTunnelEnded
+	}
+	return err
+}
+
+// stallWriter writes to the session's conn under the write-stall timer;
+// the caller holds wmu.
+type stallWriter struct{ ss *session }
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	w.ss.wtimer.Reset(w.ss.srv.writeTimeout())
+	defer w.ss.wtimer.Stop()
+	return w.ss.conn.Write(p)
+}
