@@ -69,7 +69,7 @@ var (
 	// Reasons are the reasons an envelope is rejected.
 	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
 	// Classes are the probe failure classes (transport.Class names).
-	Classes = []string{"timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "unknown"}
+	Classes = []string{"timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled", "unknown"}
 )
 
 // relayIDRE is the form of descriptor.RelayIDOf: 26 lower-case base32 characters.

@@ -27,9 +27,10 @@ const (
 	ClassProtocol       // the peer spoke, but not the protocol we expected
 	ClassCanceled       // the caller's context was canceled, or the listener closed
 	ClassInvalid        // the endpoint or listen configuration is unusable: fix it, do not retry
+	ClassStalled        // the flow stopped moving after some bytes: a censor's per-flow budget (freeze)
 )
 
-var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid"}
+var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled"}
 
 // String returns a short, stable, lower-case name usable as a metric label.
 func (c Class) String() string {
@@ -50,6 +51,7 @@ var (
 	ErrProtocol = errors.New("transport: protocol error")
 	ErrCanceled = errors.New("transport: canceled")
 	ErrInvalid  = errors.New("transport: invalid endpoint or configuration")
+	ErrStalled  = errors.New("transport: flow stalled")
 )
 
 func (c Class) sentinel() error {
@@ -70,6 +72,8 @@ func (c Class) sentinel() error {
 		return ErrCanceled
 	case ClassInvalid:
 		return ErrInvalid
+	case ClassStalled:
+		return ErrStalled
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -49,14 +50,20 @@ func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, 
 		}
 		ds = append(ds, d)
 	}
-	c, err = client.Dial(ctx, newRegistry(), client.DialOptions{
-		Transport: e.getenv("POSTERN_TRANSPORT"),
-		LocalAddr: e.getenv("POSTERN_BIND"),
-	}, ds...)
+	c, err = client.Dial(ctx, newRegistry(), dialOptions(e), ds...)
 	if err != nil {
 		return nil, "", err
 	}
 	return c, newerDescriptor(ctx, c, ds), nil
+}
+
+// dialOptions reads the troubleshooting variables: POSTERN_TRANSPORT
+// (one transport only), POSTERN_BIND (the local address) and
+// POSTERN_STALL (the stall window, a Go duration such as "2s").
+func dialOptions(e *env) client.DialOptions {
+	stall, _ := time.ParseDuration(e.getenv("POSTERN_STALL"))
+	return client.DialOptions{Transport: e.getenv("POSTERN_TRANSPORT"), LocalAddr: e.getenv("POSTERN_BIND"),
+		StallWindow: stall}
 }
 
 // newerDescriptor asks the relay on c for its descriptor and returns it
@@ -323,18 +330,36 @@ func runSend(ctx context.Context, e *env, a *sendArgs) error {
 	return nil
 }
 
+// maxResumes bounds how often one send reconnects after a stalled flow.
+const maxResumes = 64
+
+// sendDirect sends the envelopes to the card's relays. When a censor
+// freezes the flow after some kilobytes, it reconnects and resumes with
+// the first envelope not yet acked: the envelopes are independent, and
+// the relay drops an exact duplicate of one whose ack was lost.
 func sendDirect(ctx context.Context, e *env, card *envelope.Card, envs [][]byte) error {
-	c, err := dialRelay(ctx, e, card.Relays...)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	for _, env := range envs {
-		if _, err := c.Send(ctx, env, card.SendCap); err != nil {
+	next, resumes := 0, 0
+	for {
+		c, err := dialRelay(ctx, e, card.Relays...)
+		if err != nil {
 			return err
 		}
+		for next < len(envs) {
+			if _, err = c.Send(ctx, envs[next], card.SendCap); err != nil {
+				break
+			}
+			next++
+		}
+		c.Close()
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, transport.ErrStalled) || resumes == maxResumes {
+			return err
+		}
+		resumes++
+		fmt.Fprintf(e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", next, len(envs))
 	}
-	return nil
 }
 
 // forwardEpoch is the key epoch of relays' forward keys; relays do not
@@ -436,10 +461,7 @@ func dialTunnel(ctx context.Context, e *env, home string, via []string) (*client
 			return nil, fmt.Errorf("entry relay descriptor %s: %w", v, err)
 		}
 	}
-	return client.DialTunnel(ctx, newRegistry(), client.DialOptions{
-		Transport: e.getenv("POSTERN_TRANSPORT"),
-		LocalAddr: e.getenv("POSTERN_BIND"),
-	}, home, entries...)
+	return client.DialTunnel(ctx, newRegistry(), dialOptions(e), home, entries...)
 }
 
 // newReceiver is the inbox behind recv: it prints each complete message

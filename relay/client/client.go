@@ -16,6 +16,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport"
@@ -48,6 +49,10 @@ type Client struct {
 	conn transport.Conn
 	br   *bufio.Reader
 
+	stallWindow time.Duration
+	lastRead    atomic.Int64 // unix nanoseconds of the last byte received
+	stalled     atomic.Bool  // the watchdog ended the session
+
 	wmu sync.Mutex
 	bw  *bufio.Writer
 
@@ -67,6 +72,7 @@ type Client struct {
 }
 
 type call struct {
+	start   time.Time // when it was sent, for the stall watchdog
 	res     chan relay.Result
 	fetch   bool       // Deliver frames with this request id answer it
 	fetched []Delivery // Deliver frames answering a Fetch
@@ -74,11 +80,15 @@ type call struct {
 
 // New runs the protocol handshake on conn and returns a client that owns
 // conn. ctx bounds the handshake only.
-func New(ctx context.Context, conn transport.Conn) (*Client, error) {
-	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, relay.SessionBufSize),
-		bw: bufio.NewWriterSize(conn, relay.SessionBufSize), pending: make(map[uint32]*call),
+func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, error) {
+	c := &Client{conn: conn, bw: bufio.NewWriterSize(conn, relay.SessionBufSize), pending: make(map[uint32]*call),
 		subs: make(map[uint32]bool), done: make(chan struct{}), deliveries: make(chan Delivery),
-		qwake: make(chan struct{}, 1)}
+		qwake: make(chan struct{}, 1), stallWindow: DefaultStallWindow}
+	c.lastRead.Store(time.Now().UnixNano())
+	c.br = bufio.NewReaderSize(progressReader{conn, &c.lastRead}, relay.SessionBufSize)
+	for _, o := range opts {
+		o(c)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if err := c.handshake(); err != nil {
@@ -90,6 +100,7 @@ func New(ctx context.Context, conn transport.Conn) (*Client, error) {
 	}
 	go c.readLoop()
 	go c.forward()
+	go c.watchStall()
 	return c, nil
 }
 
@@ -213,7 +224,9 @@ func (c *Client) readLoop() {
 
 // end records why the session ended and wakes every waiting request.
 func (c *Client) end(err error) {
-	if err == nil || errors.Is(err, io.EOF) {
+	if c.stalled.Load() {
+		err = errStalled
+	} else if err == nil || errors.Is(err, io.EOF) {
 		err = ErrClosed
 	}
 	c.mu.Lock()

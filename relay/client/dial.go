@@ -20,6 +20,14 @@ type DialOptions struct {
 	// PerEndpoint bounds each attempt (transport handshake plus protocol
 	// hello). Default 15s.
 	PerEndpoint time.Duration
+	// StallWindow ends a session that receives nothing while a request
+	// waits this long (a frozen flow). Default DefaultStallWindow.
+	StallWindow time.Duration
+}
+
+// handshake is route's handshake for a session: the protocol hello.
+func (o DialOptions) handshake(ctx context.Context, conn transport.Conn) (*Client, error) {
+	return New(ctx, conn, WithStallWindow(o.StallWindow))
 }
 
 // Dial opens a session to a relay through the one dial path (package
@@ -32,6 +40,6 @@ func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...
 	for _, d := range ds {
 		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
 	}
-	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, New)
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, opts.handshake)
 	return c, err
 }

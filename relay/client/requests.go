@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"time"
 
 	"github.com/postern/postern/relay"
 )
@@ -16,12 +17,12 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 	}
 	req := c.nextReq.Add(1)
 	m := build(req)
-	cl := &call{res: make(chan relay.Result, 1), fetch: m.Type() == relay.FrameFetch}
+	cl := &call{start: time.Now(), res: make(chan relay.Result, 1), fetch: m.Type() == relay.FrameFetch}
 	c.mu.Lock()
 	if c.pending == nil {
 		err := c.err
 		c.mu.Unlock()
-		return relay.Result{}, nil, fmt.Errorf("%w: %v", ErrClosed, err)
+		return relay.Result{}, nil, fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	c.pending[req] = cl
 	if m.Type() == relay.FrameSubscribe {
@@ -35,7 +36,7 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 	select {
 	case r, ok := <-cl.res:
 		if !ok {
-			return relay.Result{}, nil, fmt.Errorf("%w: %v", ErrClosed, c.Err())
+			return relay.Result{}, nil, fmt.Errorf("%w: %w", ErrClosed, c.Err())
 		}
 		if m.Type() != relay.FramePing && r.Code != relay.CodeOK {
 			c.forget(req)

@@ -40,7 +40,7 @@ func DialTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
 	}
 	hs := func(ctx context.Context, conn transport.Conn) (*Client, error) {
-		return tunnelHandshake(ctx, conn, home, hd.RelayKey)
+		return tunnelHandshake(ctx, conn, home, hd.RelayKey, opts.StallWindow)
 	}
 	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
 	return c, err
@@ -49,7 +49,7 @@ func DialTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 // tunnelHandshake runs the outer hello and Tunnel request on conn, then
 // TLS pinned to key and the inner session. It reads conn frame by frame,
 // unbuffered, so nothing of the inner stream is consumed.
-func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*Client, error) {
+func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey, stall time.Duration) (*Client, error) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	tc, err := openSplice(ctx, conn, home, key)
@@ -60,7 +60,7 @@ func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key 
 		}
 		return nil, err
 	}
-	return New(ctx, tc)
+	return New(ctx, tc, WithStallWindow(stall))
 }
 
 func openSplice(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*tls.Conn, error) {

@@ -1,0 +1,80 @@
+package client
+
+import (
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/postern/postern/transport"
+)
+
+// DefaultStallWindow is how long a session may receive nothing at all
+// while a request is waiting for its answer before it counts as stalled.
+const DefaultStallWindow = 10 * time.Second
+
+// Option tunes New.
+type Option func(*Client)
+
+// WithStallWindow sets the stall window (default DefaultStallWindow).
+func WithStallWindow(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.stallWindow = d
+		}
+	}
+}
+
+// progressReader records when bytes last arrived.
+type progressReader struct {
+	r    io.Reader
+	last *atomic.Int64 // unix nanoseconds
+}
+
+func (p progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// errStalled ends a session whose flow froze: a censor's per-flow byte
+// budget (Russia's TSPU freezes flows to foreign hosting after about 15–20
+// KB) keeps the connection open and silently stops it. The caller resumes
+// on another connection or transport; every envelope acked so far is safe.
+var errStalled = &transport.Error{Class: transport.ClassStalled, Op: "session",
+	Err: transport.ErrStalled}
+
+// watchStall ends the session when a request has waited a whole window
+// and nothing at all has arrived for as long. An idle session, with no
+// request waiting, never stalls.
+func (c *Client) watchStall() {
+	t := time.NewTicker(c.stallWindow / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			if c.stalledAt(now) {
+				c.stalled.Store(true)
+				c.conn.Close()
+				return
+			}
+		}
+	}
+}
+
+func (c *Client) stalledAt(now time.Time) bool {
+	if now.Sub(time.Unix(0, c.lastRead.Load())) < c.stallWindow {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cl := range c.pending {
+		if now.Sub(cl.start) >= c.stallWindow {
+			return true
+		}
+	}
+	return false
+}
