@@ -424,6 +424,9 @@ func recvCmd() command {
 				if err != nil {
 					return err
 				}
+				if f, ok := e.stdout.(*os.File); ok && stdoutClosed(f) {
+					return errors.New("standard output is closed: the messages would be deleted from the relay unseen; redirect it to a file, or to /dev/null to discard them on purpose")
+				}
 				r, err := newReceiver(e, id, path)
 				if err != nil {
 					return err

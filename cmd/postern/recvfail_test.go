@@ -8,9 +8,9 @@ import (
 	"testing"
 )
 
-// TestRecvToFullStdoutKeepsMessage: `postern recv > /dev/full`, or into a
-// pipe nobody reads, fails and acks nothing, so the message is still there
-// for the next recv.
+// TestRecvToFullStdoutKeepsMessage: `postern recv > /dev/full`, into a
+// pipe nobody reads, or with stdout closed, fails and acks nothing, so the
+// message is still there for the next recv.
 func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -35,11 +35,15 @@ func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
 		"full": exec.Command(bin, "recv", "--id", idFile),
 		// A pipe nobody reads: the write fails (EPIPE, or SIGPIPE kills it).
 		"broken pipe": exec.Command(bin, "recv", "--id", idFile),
+		// The shell closes descriptor 1 before exec.
+		"closed": exec.Command("sh", "-c", `exec "$0" recv --id "$1" >&-`, bin, idFile),
 	} {
 		cmd.Env = append(os.Environ(), base...)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
-		cmd.Stdout = full
+		if name != "closed" {
+			cmd.Stdout = full
+		}
 		if name == "broken pipe" {
 			r, w, err := os.Pipe()
 			if err != nil {
@@ -52,6 +56,9 @@ func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
 		if err := cmd.Run(); err == nil {
 			t.Fatalf("recv with stdout %s exited 0; stderr:\n%s", name, stderr.String())
 		}
+		if name == "closed" && !strings.Contains(stderr.String(), "standard output is closed") {
+			t.Fatalf("stdout closed: stderr does not say so:\n%s", stderr.String())
+		}
 		if name == "full" && !strings.Contains(stderr.String(), "write message") {
 			t.Fatalf("stdout %s: stderr does not say what failed:\n%s", name, stderr.String())
 		}
@@ -59,5 +66,11 @@ func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
 	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", idFile))
 	if len(got) != 1 || string(got[0].body) != "keep me" {
 		t.Fatalf("after the failed runs recv got %+v", got)
+	}
+	// A deliberate > /dev/null is not a closed stdout.
+	devnull := exec.Command("sh", "-c", `exec "$0" recv --id "$1" >/dev/null`, bin, idFile)
+	devnull.Env = append(os.Environ(), base...)
+	if out, err := devnull.CombinedOutput(); err != nil {
+		t.Fatalf("recv > /dev/null: %v\n%s", err, out)
 	}
 }
