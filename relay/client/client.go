@@ -112,23 +112,29 @@ func (c *Client) handshake() error {
 	if err != nil {
 		return err
 	}
+	c.challenge, err = parseHello(t, p)
+	return err
+}
+
+// parseHello accepts a ServerHello of our version and returns its
+// challenge; a Result carries the relay's refusal.
+func parseHello(t relay.FrameType, p []byte) ([relay.ChallengeSize]byte, error) {
 	switch t {
 	case relay.FrameResult:
 		if r, err := relay.ParseResult(p); err == nil && r.Code != relay.CodeOK {
-			return &relay.Error{Code: r.Code, Msg: r.Msg}
+			return [relay.ChallengeSize]byte{}, &relay.Error{Code: r.Code, Msg: r.Msg}
 		}
 	case relay.FrameServerHello:
 		h, err := relay.ParseServerHello(p)
 		if err != nil {
-			return err
+			return h.Challenge, err
 		}
 		if h.Version != relay.ProtocolVersion {
-			return relay.ErrVersion
+			return h.Challenge, relay.ErrVersion
 		}
-		c.challenge = h.Challenge
-		return nil
+		return h.Challenge, nil
 	}
-	return relay.ErrMalformed
+	return [relay.ChallengeSize]byte{}, relay.ErrMalformed
 }
 
 // forward moves pushed envelopes from the queue to the deliveries channel,

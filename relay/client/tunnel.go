@@ -73,7 +73,7 @@ func openSplice(ctx context.Context, conn transport.Conn, home string, key ed255
 	if err != nil {
 		return nil, err
 	}
-	if err := checkHello(t, p); err != nil {
+	if _, err := parseHello(t, p); err != nil {
 		return nil, err
 	}
 	if err := readOK(conn, tunnelReq); err != nil {
@@ -87,27 +87,6 @@ func openSplice(ctx context.Context, conn transport.Conn, home string, key ed255
 		return nil, fmt.Errorf("%w: no tunnel protocol agreed", relay.ErrMalformed)
 	}
 	return tc, nil
-}
-
-// checkHello accepts a ServerHello of our version; a Result carries the
-// relay's refusal.
-func checkHello(t relay.FrameType, p []byte) error {
-	switch t {
-	case relay.FrameResult:
-		if r, err := relay.ParseResult(p); err == nil && r.Code != relay.CodeOK {
-			return &relay.Error{Code: r.Code, Msg: r.Msg}
-		}
-	case relay.FrameServerHello:
-		h, err := relay.ParseServerHello(p)
-		if err != nil {
-			return err
-		}
-		if h.Version != relay.ProtocolVersion {
-			return relay.ErrVersion
-		}
-		return nil
-	}
-	return relay.ErrMalformed
 }
 
 // readOK reads one Result for req from conn, unbuffered, and returns its
