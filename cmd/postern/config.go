@@ -69,6 +69,10 @@ type relayConfig struct {
 	MaxMailboxes    int   `json:"max_mailboxes"`
 	MaxMailboxBytes int64 `json:"max_mailbox_bytes"`
 	MaxStoreBytes   int64 `json:"max_store_bytes"`
+	// MaxOutboxBytes bounds the forward layers this relay holds as an entry
+	// relay for other relays (two-hop sends); beyond it clients are told
+	// to retry later or use another entry relay. Default 268435456.
+	MaxOutboxBytes int64 `json:"max_outbox_bytes"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -191,7 +195,7 @@ func (c *relayConfig) validate() error {
 	for _, q := range []struct {
 		name string
 		v    int64
-	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}} {
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}

@@ -115,7 +115,7 @@ func (r *relayRun) openStore(context.Context) error {
 	cfg := r.cfg
 	opts := store.Options{TTL: cfg.ttl, MaxMailboxEnvelopes: cfg.MaxMailboxEnvelopes,
 		MaxMailboxBytes: cfg.MaxMailboxBytes, MaxStoreBytes: cfg.MaxStoreBytes, OnCommit: r.met.Commit,
-		KeyFile: cfg.StoreKeyFile, MaxMailboxes: cfg.MaxMailboxes}
+		KeyFile: cfg.StoreKeyFile, MaxMailboxes: cfg.MaxMailboxes, MaxOutboxBytes: cfg.MaxOutboxBytes}
 	if cfg.Store == "memory" {
 		r.st = store.NewMemory(opts)
 	} else {
