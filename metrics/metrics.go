@@ -186,18 +186,6 @@ func NewRelay(version string) *Relay {
 			Help:    "Time from the relay reading a Send to the envelope being durable, for accepted envelopes.",
 			Buckets: latencyBuckets,
 		}),
-		forwards: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "postern_forwards_total",
-			Help: "Two-hop forwards on this entry relay, by result: queued (accepted from a client), delivered (the home relay stored it), replay (it had it already), refused (it never will).",
-		}, []string{"result"}),
-		linksUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "postern_links_up",
-			Help: "Links to other relays that have a session now.",
-		}),
-		descExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "postern_descriptor_expiry_timestamp_seconds",
-			Help: "Unix time when the relay's current signed descriptor expires; the relay re-signs it at half its validity.",
-		}),
 		quota: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "postern_store_quota_bytes",
 			Help: "Configured maximum of envelope bytes in the store (0: no limit).",
@@ -213,6 +201,7 @@ func NewRelay(version string) *Relay {
 			Buckets: batchBuckets,
 		}),
 	}
+	r.newNetworkMetrics()
 	r.reg.MustRegister(r.handshakes, r.sessions, r.sessionsActive, r.accepted, r.delivered, r.expired,
 		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.forwards, r.linksUp, r.commitDuration, r.commitWrites, storeCollector{r})
 	// Every known label combination exists from the start, at zero, so that
@@ -281,6 +270,23 @@ func (r *Relay) Expired(n int) {
 func (r *Relay) Commit(writes int, took time.Duration) {
 	r.commitDuration.Observe(took.Seconds())
 	r.commitWrites.Observe(float64(writes))
+}
+
+// newNetworkMetrics makes the metrics of the relay network: forwards,
+// links and the descriptor's expiry.
+func (r *Relay) newNetworkMetrics() {
+	r.forwards = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "postern_forwards_total",
+		Help: "Two-hop forwards on this entry relay, by result: queued (accepted from a client), delivered (the home relay stored it), replay (it had it already), refused (it never will).",
+	}, []string{"result"})
+	r.linksUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "postern_links_up",
+		Help: "Links to other relays that have a session now.",
+	})
+	r.descExpiry = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "postern_descriptor_expiry_timestamp_seconds",
+		Help: "Unix time when the relay's current signed descriptor expires; the relay re-signs it at half its validity.",
+	})
 }
 
 // ForwardResults are the result labels of postern_forwards_total.
