@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,4 +141,48 @@ func TestTwoHopSend(t *testing.T) {
 func metricsText(t *testing.T, rp *relayProc) []byte {
 	_, raw := scrape(t, metricsAddr(t, rp))
 	return raw
+}
+
+// TestHomeRelayKilledWhileForwarding: the home relay is killed with
+// SIGKILL while an entry relay is forwarding to it; once it is back, every
+// message the entry relay acked arrives exactly once.
+func TestHomeRelayKilledWhileForwarding(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	addrB := freePort(t)
+	b := startRelay(t, bin, filepath.Join(dir, "b"), "--https", addrB, "--h3", addrB)
+	a := startRelay(t, bin, filepath.Join(dir, "a"))
+	defer a.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(b.dir, "descriptor"))))
+	viaA := filepath.Join(a.dir, "descriptor")
+	const n = 12
+	for i := 0; i < n; i++ {
+		if i == n/3 {
+			b.kill()
+		}
+		runOK(t, bin, base, []byte(fmt.Sprintf("message %02d", i)), "send", "--anonymous", "--to", card, "--via", viaA)
+	}
+	b = startRelay(t, bin, b.dir, "--https", addrB, "--h3", addrB)
+	defer b.stop()
+	got := recvUntil(t, bin, base, bob, n)
+	seen := map[string]int{}
+	for _, m := range got {
+		seen[string(m.body)]++
+	}
+	for i := 0; i < n; i++ {
+		if c := seen[fmt.Sprintf("message %02d", i)]; c != 1 {
+			t.Errorf("message %02d delivered %d times", i, c)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if again := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(again) != 0 {
+		t.Fatalf("%d delivered again", len(again))
+	}
 }
