@@ -75,6 +75,17 @@ func (c *serverConn) Close() error {
 	return nil
 }
 
+// abort resets both directions of a session the relay never accepted, so
+// the client reads an error rather than a clean end of stream.
+func (c *serverConn) abort() {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.str.CancelRead(codeCanceled)
+		c.str.CancelWrite(codeCanceled)
+		c.release()
+	})
+}
+
 func (c *serverConn) LocalAddr() net.Addr                { return c.laddr }
 func (c *serverConn) RemoteAddr() net.Addr               { return c.raddr }
 func (c *serverConn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }

@@ -164,7 +164,7 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 	}
 	c := &serverConn{str: str, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name)}
 	if !l.gate.Offer(r.Context(), c) {
-		c.Close()
+		c.abort() // never accepted: a reset, not a clean end of stream
 	}
 }
 
