@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // dialRelay connects to one of the relays described by lines through the
@@ -60,10 +62,30 @@ func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, 
 // dialOptions reads the troubleshooting variables: POSTERN_TRANSPORT
 // (one transport only), POSTERN_BIND (the local address) and
 // POSTERN_STALL (the stall window, a Go duration such as "2s").
+//
+// With --network NAME, what worked on that network is remembered in
+// POSTERN_HOME/routes (recipe hashes, no addresses) and tried first next
+// time.
 func dialOptions(e *env) client.DialOptions {
 	stall, _ := time.ParseDuration(e.getenv("POSTERN_STALL"))
-	return client.DialOptions{Transport: e.getenv("POSTERN_TRANSPORT"), LocalAddr: e.getenv("POSTERN_BIND"),
+	o := client.DialOptions{Transport: e.getenv("POSTERN_TRANSPORT"), LocalAddr: e.getenv("POSTERN_BIND"),
 		StallWindow: stall}
+	if e.network == "" {
+		return o
+	}
+	mem, err := route.OpenMemory(filepath.Join(homeDir(e), "routes"), 0)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "warning: %v\n", err)
+		return o
+	}
+	o.Memory, o.Network = mem, e.network
+	return o
+}
+
+// networkFlag adds --network to a command that dials relays.
+func networkFlag(fs *flag.FlagSet, e *env) {
+	fs.StringVar(&e.network, "network", "", "a `name` for the network you are on (home, office, ...): what reached the\n"+
+		"relay here is remembered for a day and tried first next time")
 }
 
 // newerDescriptor asks the relay on c for its descriptor and returns it
@@ -270,6 +292,7 @@ func sendCmd() command {
 			fs.StringVar(&a.to, "to", "", "recipient contact `card` (postern-card1:...) or a file holding it")
 			fs.StringVar(&a.file, "file", "", "read the message from this `file` instead of stdin")
 			fs.BoolVar(&a.anonymous, "anonymous", false, "do not authenticate as the sender (no identity needed)")
+			networkFlag(fs, e)
 			fs.Var(&a.via, "via", "entry relay `descriptor` (or a file holding it) to send through, when the home relay\n"+
 				"is out of reach; repeat to give several. The entry relay learns the home relay, never the mailbox")
 			return func(ctx context.Context, args []string) error {
@@ -407,6 +430,7 @@ func recvCmd() command {
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			idPath := identityFlag(fs)
 			follow := fs.Bool("follow", false, "keep waiting for new messages (reconnects with backoff)")
+			networkFlag(fs, e)
 			var via listFlag
 			fs.Var(&via, "via", "entry relay `descriptor` (or a file holding it) to receive through, when the home relay\n"+
 				"cannot be reached directly: the entry relay splices an end-to-end encrypted session\n"+

@@ -30,6 +30,7 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	network        string // --network: the name route memory files what worked under
 }
 
 // errUsage marks an error caused by how the command was called; main

@@ -50,8 +50,9 @@ type Client struct {
 	br   *bufio.Reader
 
 	stallWindow time.Duration
-	lastRead    atomic.Int64 // unix nanoseconds of the last byte received
-	stalled     atomic.Bool  // the watchdog ended the session
+	firstAck    atomic.Pointer[func()] // run once, at the first request the relay acknowledges
+	lastRead    atomic.Int64           // unix nanoseconds of the last byte received
+	stalled     atomic.Bool            // the watchdog ended the session
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -297,4 +298,15 @@ func (c *Client) write(m relay.Message) error {
 		return err
 	}
 	return c.bw.Flush()
+}
+
+// onFirstAck runs f once the relay has acknowledged a request on this
+// session: the moment a way in counts as working.
+func (c *Client) onFirstAck(f func()) { c.firstAck.Store(&f) }
+
+// acked runs the first-ack hook, once.
+func (c *Client) acked() {
+	if f := c.firstAck.Swap(nil); f != nil {
+		(*f)()
+	}
 }

@@ -23,6 +23,11 @@ type DialOptions struct {
 	// StallWindow ends a session that receives nothing while a request
 	// waits this long (a frozen flow). Default DefaultStallWindow.
 	StallWindow time.Duration
+	// Memory and Network, if set, give the ways in that worked on this
+	// network a head start. The winner is recorded only once the relay has
+	// acknowledged a request on the session (not for the bare hello).
+	Memory  *route.Memory
+	Network string
 }
 
 // handshake is route's handshake for a session: the protocol hello.
@@ -40,6 +45,10 @@ func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...
 	for _, d := range ds {
 		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
 	}
-	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, opts.handshake)
+	c, won, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint,
+		Memory: opts.Memory, Network: opts.Network}, opts.handshake)
+	if err == nil && opts.Memory != nil {
+		c.onFirstAck(func() { opts.Memory.Success(opts.Network, won) })
+	}
 	return c, err
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,5 +80,49 @@ func TestDialFallsBack(t *testing.T) {
 	}
 	if _, err = client.Dial(ctx, &reg, client.DialOptions{Transport: "nope"}, d); !errors.Is(err, route.ErrNoCandidate) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestDialRemembersAfterAck: with a route memory, the way in that won is
+// remembered only once the relay has acknowledged a request, and the next
+// dial on that network tries it first.
+func TestDialRemembersAfterAck(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	var reg transport.Registry
+	slow := &fakeTransport{name: "first", fail: syscall.ECONNREFUSED}
+	reg.Register(slow)
+	reg.Register(&fakeTransport{name: "second", r: r, t: t})
+	_, priv, _ := ed25519.GenerateKey(nil)
+	ep := func(name string) descriptor.Endpoint {
+		return descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}
+	}
+	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{ep("first"), ep("second")},
+		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, _ := d.Sign(priv)
+	d, _ = descriptor.Parse(line, time.Now())
+	path := filepath.Join(t.TempDir(), "routes")
+	mem, err := route.OpenMemory(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	opts := client.DialOptions{Memory: mem, Network: "cafe"}
+	c, err := client.Dial(ctx, &reg, opts, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("remembered after the bare hello")
+	}
+	if err := c.Ping(ctx); err != nil { // a Ping is acknowledged
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("not remembered after an acknowledged request: %v", err)
+	}
+	first := route.FromDescriptor(d, route.Filter{})
+	if got := mem.Order("cafe", first); got[0].Endpoint.Transport != "second" {
+		t.Fatalf("the winner has no head start: %s first", got[0].Endpoint.Transport)
 	}
 }

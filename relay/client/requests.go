@@ -42,6 +42,7 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 			c.forget(req)
 			return r, nil, &relay.Error{Code: r.Code, Msg: r.Msg}
 		}
+		c.acked()
 		c.mu.Lock()
 		f := cl.fetched
 		c.mu.Unlock()

@@ -61,6 +61,9 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 				return r.s, cands[r.i], nil
 			}
 			fails = append(fails, Attempt{Relay: cands[r.i].Relay, Transport: cands[r.i].Endpoint.Transport, Err: r.err})
+			if opts.Memory != nil && ctx.Err() == nil {
+				opts.Memory.Failure(opts.Network, cands[r.i])
+			}
 			if next < len(cands) && ctx.Err() == nil {
 				start()
 				resetTimer(timer, opts.Stagger)
