@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"fmt"
-	"sync"
 
 	"github.com/postern/postern/envelope"
 )
@@ -23,11 +22,9 @@ type Opener struct {
 	relay    [32]byte
 	epoch    uint32
 
-	mu   sync.Mutex
-	max  int                   // replay capacity
-	seen map[[32]byte]struct{} // SHA-256 of the HPKE encapsulation
-	ring [][32]byte            // insertion order, grows up to max
-	next int                   // oldest entry once ring is full
+	// replay remembers the first 16 bytes of SHA-256 of each opened
+	// layer's HPKE encapsulation (fresh per layer; 128 bits is ample).
+	replay *envelope.ReplayCache
 }
 
 // NewOpener returns an Opener for the relay with Ed25519 key relayKey whose
@@ -49,8 +46,7 @@ func NewOpener(id *envelope.Identity, relayKey ed25519.PublicKey, epoch uint32, 
 		relayKey: key,
 		relay:    RelayHash(key),
 		epoch:    epoch,
-		max:      replayCap,
-		seen:     make(map[[32]byte]struct{}),
+		replay:   envelope.NewReplayCache(replayCap),
 	}, nil
 }
 
@@ -85,21 +81,11 @@ func (o *Opener) Open(layer []byte) (sendCap, env []byte, err error) {
 	return sendCap, env, nil
 }
 
-// remember records k and refuses it if it was recorded before and not yet
-// evicted; once full it evicts the oldest entry.
+// remember records an encapsulation hash and refuses one recorded before
+// and not yet evicted (the oldest goes first once the cache is full).
 func (o *Opener) remember(k [32]byte) error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if _, ok := o.seen[k]; ok {
+	if o.replay.Check([envelope.IDSize]byte(k[:envelope.IDSize])) != nil {
 		return fmt.Errorf("%w: this layer was already opened; drop it", ErrReplay)
 	}
-	if len(o.ring) < o.max {
-		o.ring = append(o.ring, k)
-	} else {
-		delete(o.seen, o.ring[o.next])
-		o.ring[o.next] = k
-		o.next = (o.next + 1) % len(o.ring)
-	}
-	o.seen[k] = struct{}{}
 	return nil
 }
