@@ -18,19 +18,25 @@ import (
 type Class int
 
 const (
-	ClassUnknown  Class = iota
-	ClassTimeout        // no answer in time: blackholed address, dropped UDP
-	ClassRefused        // connection refused: nothing listening, or a censor's RST to SYN
-	ClassReset          // connection reset or closed mid-handshake: on-path injection
-	ClassTLS            // TLS alert, bad certificate or pin mismatch
-	ClassAuth           // the relay did not accept our session token
-	ClassProtocol       // the peer spoke, but not the protocol we expected
-	ClassCanceled       // the caller's context was canceled, or the listener closed
-	ClassInvalid        // the endpoint or listen configuration is unusable: fix it, do not retry
-	ClassStalled        // the flow stopped moving after some bytes: a censor's per-flow budget (freeze)
+	ClassUnknown     Class = iota
+	ClassTimeout           // no answer in time: blackholed address, dropped UDP
+	ClassRefused           // connection refused: nothing listening, or a censor's RST to SYN
+	ClassReset             // connection reset or closed mid-handshake: on-path injection
+	ClassTLS               // TLS alert, bad certificate or pin mismatch
+	ClassAuth              // the relay did not accept our session token
+	ClassProtocol          // the peer spoke, but not the protocol we expected
+	ClassCanceled          // the caller's context was canceled, or the listener closed
+	ClassInvalid           // the endpoint or listen configuration is unusable: fix it, do not retry
+	ClassStalled           // the flow stopped moving after some bytes: a censor's per-flow budget (freeze)
+	ClassNetworkDown       // our own network is down (no route, no address): not the relay's fault
+	ClassUDPSilent         // UDP packets went out and nothing ever came back (UDP dropped on path)
+	ClassBusy              // the relay answered but is at a cap: come back later
+	ClassThrottled         // the flow moves, but below a usable floor (a censor's throttle)
+	ClassRelayDown         // every way into the relay was refused: the relay itself is down
 )
 
-var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled"}
+var classNames = [...]string{"unknown", "timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled",
+	"network_down", "udp_silent", "busy", "throttled", "relay_down"}
 
 // String returns a short, stable, lower-case name usable as a metric label.
 func (c Class) String() string {
@@ -43,15 +49,20 @@ func (c Class) String() string {
 // Sentinels, one per class, for errors.Is. An *Error matches the sentinel
 // of its class.
 var (
-	ErrTimeout  = errors.New("transport: timeout")
-	ErrRefused  = errors.New("transport: connection refused")
-	ErrReset    = errors.New("transport: connection reset")
-	ErrTLS      = errors.New("transport: TLS failure")
-	ErrAuth     = errors.New("transport: session rejected")
-	ErrProtocol = errors.New("transport: protocol error")
-	ErrCanceled = errors.New("transport: canceled")
-	ErrInvalid  = errors.New("transport: invalid endpoint or configuration")
-	ErrStalled  = errors.New("transport: flow stalled")
+	ErrTimeout     = errors.New("transport: timeout")
+	ErrRefused     = errors.New("transport: connection refused")
+	ErrReset       = errors.New("transport: connection reset")
+	ErrTLS         = errors.New("transport: TLS failure")
+	ErrAuth        = errors.New("transport: session rejected")
+	ErrProtocol    = errors.New("transport: protocol error")
+	ErrCanceled    = errors.New("transport: canceled")
+	ErrInvalid     = errors.New("transport: invalid endpoint or configuration")
+	ErrStalled     = errors.New("transport: flow stalled")
+	ErrNetworkDown = errors.New("transport: local network down")
+	ErrUDPSilent   = errors.New("transport: no UDP answer")
+	ErrBusy        = errors.New("transport: relay busy")
+	ErrThrottled   = errors.New("transport: flow throttled")
+	ErrRelayDown   = errors.New("transport: relay down")
 )
 
 func (c Class) sentinel() error {
@@ -74,6 +85,16 @@ func (c Class) sentinel() error {
 		return ErrInvalid
 	case ClassStalled:
 		return ErrStalled
+	case ClassNetworkDown:
+		return ErrNetworkDown
+	case ClassUDPSilent:
+		return ErrUDPSilent
+	case ClassBusy:
+		return ErrBusy
+	case ClassThrottled:
+		return ErrThrottled
+	case ClassRelayDown:
+		return ErrRelayDown
 	}
 	return nil
 }
