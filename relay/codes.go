@@ -28,7 +28,7 @@ var codeText = map[Code]string{
 	CodeOK:            "ok",
 	CodeBadFrame:      "malformed frame",
 	CodeUnknownFrame:  "unknown frame type",
-	CodeUnauthorized:  "signature does not verify for the mailbox owner",
+	CodeUnauthorized:  "signature does not verify: not the mailbox owner, or not an authenticated relay link",
 	CodeNoMailbox:     "no such mailbox: check the contact card, or create the mailbox first",
 	CodeMailboxExists: "mailbox already exists: pick a new random id",
 	CodeMailboxFull:   "mailbox full: the recipient has too many undelivered envelopes; retry later",

@@ -37,14 +37,30 @@
 //
 // Mailbox owners sign every request that reads or changes a mailbox:
 //
-//	sig = Ed25519(owner, SigContext || challenge || type || payload up to the first sig)
+//	sig = Ed25519(owner, SigContext || relay key || challenge || type || payload up to the first sig)
 //
-// so a signature is only good for this one session and this one request.
-// The relay stores the owner's public key and nothing else about the owner.
+// where relay key is the 32-byte Ed25519 key of the relay's signed
+// descriptor, which the client knows from the descriptor it dialed (or,
+// in a tunnel, the key the inner TLS proved), never from anything the
+// relay says in the session. A signature is only good for this one relay,
+// this one session and this one request: an entry relay, or anyone in the
+// middle, that hands a client another relay's challenge gets signatures
+// the other relay refuses. The relay stores the owner's public key and
+// nothing else about the owner.
+//
+// A relay that dials another relay for a link (forwarding) says RelayAuth
+// first: its own signed descriptor and
+//
+//	sig = Ed25519(its descriptor key, RelayAuthContext || peer relay key || challenge)
+//
+// The peer checks the descriptor (signature, validity) and sig, and takes
+// Layer frames only on sessions authenticated that way. It keeps nothing
+// of the descriptor beyond the session and never logs it.
 //
 // ProtocolVersion history:
 //
 //	1  first version
+//	2  owner signatures bound to the relay's key; RelayAuth before Layer
 //
 // Frames, client to relay (u8, u16, u32: big-endian integers):
 //
@@ -60,9 +76,11 @@
 //	0x18 Forward      req u32 | desclen u16 | home relay descriptor | forward layer (to an entry
 //	                  relay; see package relay/forward; a server without a Forwarder answers CodeUnsupported)
 //	0x19 Descriptor   req u32 (asks for the relay's current signed descriptor)
-//	0x1A Layer        req u32 | forward layer (entry relay to home relay over a relay link;
-//	                  answered OK once stored, CodeReplay if received before)
+//	0x1A Layer        req u32 | forward layer (entry relay to home relay over a relay link
+//	                  after RelayAuth; answered OK once stored, CodeReplay if received
+//	                  before, CodeUnauthorized on a session that is no relay link)
 //	0x1B Tunnel       req u32 | home relay descriptor line (to an entry relay; see Tunnels)
+//	0x1C RelayAuth    req u32 | desclen u16 | the sending relay's descriptor | sig 64 (relay links)
 //
 // Frame, entry relay to home relay, in place of ClientHello:
 //

@@ -12,7 +12,7 @@ import (
 )
 
 // ProtocolVersion is the session protocol version this build speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Limits.
 const (
@@ -73,6 +73,7 @@ const (
 	FrameDescriptor  FrameType = 0x19
 	FrameLayer       FrameType = 0x1A
 	FrameTunnel      FrameType = 0x1B
+	FrameRelayAuth   FrameType = 0x1C
 	FrameResult      FrameType = 0x20
 	FrameDeliver     FrameType = 0x21
 	FramePong        FrameType = 0x22
@@ -433,6 +434,36 @@ func ParseTunnel(p []byte) (m Tunnel, err error) {
 	err = parse(p, func(s *cryptobyte.String) bool {
 		var d []byte
 		ok := s.ReadUint32(&m.Req) && !s.Empty() && readRest(s, &d)
+		m.Descriptor = string(d)
+		return ok
+	})
+	return m, err
+}
+
+// RelayAuth authenticates a session as a link from another relay: req u32
+// | desclen u16 | the sending relay's signed descriptor | sig 64, where sig
+// is SignRelayAuth with the descriptor's key over this session's Binding
+// (the receiving relay's key and challenge). The receiving relay answers
+// OK, and from then on takes Layer frames on the session.
+type RelayAuth struct {
+	Req        uint32
+	Descriptor string
+	Sig        [SigSize]byte
+}
+
+func (RelayAuth) Type() FrameType { return FrameRelayAuth }
+func (m RelayAuth) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, m.Req)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Descriptor)))
+	return append(append(b, m.Descriptor...), m.Sig[:]...)
+}
+
+// ParseRelayAuth decodes a RelayAuth payload; the descriptor may not be
+// empty.
+func ParseRelayAuth(p []byte) (m RelayAuth, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		var d cryptobyte.String
+		ok := s.ReadUint32(&m.Req) && s.ReadUint16LengthPrefixed(&d) && !d.Empty() && readArray(s, m.Sig[:])
 		m.Descriptor = string(d)
 		return ok
 	})

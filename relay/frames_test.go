@@ -55,6 +55,7 @@ func goldenMessages() []struct {
 		{"layer", Layer{Req: 11, Layer: fill(0x60, 12)}},
 		{"tunnel_hello", TunnelHello{}},
 		{"tunnel", Tunnel{Req: 12, Descriptor: "postern-relay1:AAAA"}},
+		{"relay_auth", RelayAuth{Req: 13, Descriptor: "postern-relay1:BBBB", Sig: arr64(0x80)}},
 		{"result", Result{Req: 2, Code: CodeMailboxFull, Msg: "full", Body: fill(0x50, 4)}},
 		{"deliver", Deliver{Req: 3, Mailbox: arr32(0x10), Ref: arr32(0x50), Seq: 42, Envelope: fill(0x01, 40)}},
 		{"pong", Pong{Req: 8, Data: []byte("ping")}},
@@ -78,6 +79,7 @@ var parsers = map[FrameType]func([]byte) (Message, error){
 	FrameLayer:       func(p []byte) (Message, error) { return ParseLayer(p) },
 	FrameTunnelHello: func(p []byte) (Message, error) { return ParseTunnelHello(p) },
 	FrameTunnel:      func(p []byte) (Message, error) { return ParseTunnel(p) },
+	FrameRelayAuth:   func(p []byte) (Message, error) { return ParseRelayAuth(p) },
 	FrameResult:      func(p []byte) (Message, error) { return ParseResult(p) },
 	FrameDeliver:     func(p []byte) (Message, error) { return ParseDeliver(p) },
 	FramePong:        func(p []byte) (Message, error) { return ParsePong(p) },
@@ -154,9 +156,13 @@ func normalize(m Message) string {
 // layout of the signed bytes fails here.
 func TestGoldenSignature(t *testing.T) {
 	owner := ed25519.NewKeyFromSeed(fill(0x01, 32))
-	challenge := fill(0x40, ChallengeSize)
+	relayKey := ed25519.NewKeyFromSeed(fill(0x21, 32)).Public().(ed25519.PublicKey)
+	bind, ok := NewBinding(relayKey, arr32(0x40))
+	if !ok {
+		t.Fatal("NewBinding refused a 32-byte key")
+	}
 	m := Fetch{Req: 4, Mailbox: arr32(0x10), Max: 256, After: 7}
-	got := Sign(owner, challenge, m)
+	got := Sign(owner, bind, m)
 
 	if *update {
 		if err := os.WriteFile("testdata/signature.golden", []byte(hex.EncodeToString(got[:])+"\n"), 0o644); err != nil {
@@ -167,18 +173,66 @@ func TestGoldenSignature(t *testing.T) {
 		t.Fatalf("signature %x differs from testdata/signature.golden", got)
 	}
 
-	if !Verify(owner.Public().(ed25519.PublicKey), challenge, m, got) {
+	pub := owner.Public().(ed25519.PublicKey)
+	if !Verify(pub, bind, m, got) {
 		t.Fatal("own signature does not verify")
 	}
 	other := m
 	other.After++
-	if Verify(owner.Public().(ed25519.PublicKey), challenge, other, got) {
+	if Verify(pub, bind, other, got) {
 		t.Fatal("signature verifies for another request")
 	}
-	if Verify(owner.Public().(ed25519.PublicKey), fill(0x41, ChallengeSize), m, got) {
+	otherSession := bind
+	otherSession.Challenge[0] ^= 1
+	if Verify(pub, otherSession, m, got) {
 		t.Fatal("signature verifies on another session")
 	}
+	// A relay that passes another relay's challenge to the client gets a
+	// signature bound to its own key, which the other relay refuses.
+	otherRelay := bind
+	otherRelay.RelayKey[0] ^= 1
+	if Verify(pub, otherRelay, m, got) {
+		t.Fatal("signature verifies for another relay with the same challenge")
+	}
+	if _, ok := NewBinding(relayKey[:31], arr32(0x40)); ok {
+		t.Fatal("NewBinding took a short key")
+	}
 }
+
+// TestRelayAuthSignature: a link's proof verifies only under the signing
+// relay's key, for the one peer and session it was made for, and is not
+// interchangeable with an owner signature over the same binding.
+func TestRelayAuthSignature(t *testing.T) {
+	entry := ed25519.NewKeyFromSeed(fill(0x31, 32))
+	entryPub := entry.Public().(ed25519.PublicKey)
+	home := ed25519.NewKeyFromSeed(fill(0x21, 32)).Public().(ed25519.PublicKey)
+	bind, _ := NewBinding(home, arr32(0x40))
+	sig := SignRelayAuth(entry, bind)
+	if !VerifyRelayAuth(entryPub, bind, sig) {
+		t.Fatal("relay auth does not verify")
+	}
+	for name, b := range map[string]func(Binding) Binding{
+		"other session": func(b Binding) Binding { b.Challenge[5] ^= 1; return b },
+		"other peer":    func(b Binding) Binding { b.RelayKey[5] ^= 1; return b },
+	} {
+		if VerifyRelayAuth(entryPub, b(bind), sig) {
+			t.Errorf("relay auth verifies for %s", name)
+		}
+	}
+	if VerifyRelayAuth(home, bind, sig) || VerifyRelayAuth(entryPub[:31], bind, sig) {
+		t.Error("relay auth verifies under another key")
+	}
+	if Verify(entryPub, bind, Ping{Req: 1}.asOwner(), sig) {
+		t.Error("a relay auth signature is an owner signature")
+	}
+}
+
+// ownerPing makes a Ping sign like an owner request, only to show that
+// the two signature contexts do not overlap.
+type ownerPing struct{ Ping }
+
+func (p Ping) asOwner() OwnerRequest             { return ownerPing{p} }
+func (p ownerPing) AppendSigned(b []byte) []byte { return p.AppendPayload(b) }
 
 func goldenSig(t *testing.T) string {
 	b, err := os.ReadFile("testdata/signature.golden")

@@ -8,11 +8,37 @@ import (
 )
 
 // SigContext domain-separates owner signatures.
-const SigContext = "postern relay request v1"
+const SigContext = "postern relay request v2"
+
+// Binding is what ties a signature to one session with one relay: the
+// relay's Ed25519 descriptor key, which the client takes from the relay's
+// signed descriptor (never from the relay's hello), and the session
+// challenge from ServerHello. A relay, or anyone in the middle, that
+// passes another relay's challenge on to a client still gets signatures
+// that only verify under its own key.
+type Binding struct {
+	RelayKey  [32]byte
+	Challenge [ChallengeSize]byte
+}
+
+// NewBinding returns the binding for a session with the relay whose
+// descriptor key is relayKey.
+func NewBinding(relayKey ed25519.PublicKey, challenge [ChallengeSize]byte) (b Binding, ok bool) {
+	if len(relayKey) != ed25519.PublicKeySize {
+		return b, false
+	}
+	copy(b.RelayKey[:], relayKey)
+	b.Challenge = challenge
+	return b, true
+}
+
+func (b Binding) append(dst []byte) []byte {
+	return append(append(dst, b.RelayKey[:]...), b.Challenge[:]...)
+}
 
 // OwnerRequest is a request that the mailbox owner signs: everything in
 // its payload before the first signature is signed, together with the
-// session challenge.
+// session's Binding.
 type OwnerRequest interface {
 	Message
 	// AppendSigned appends the payload up to the first signature.
@@ -20,22 +46,40 @@ type OwnerRequest interface {
 }
 
 // SignedBytes is what an owner signs for m on a session with this
-// challenge: SigContext || challenge || type || payload up to the signature.
-func SignedBytes(challenge []byte, m OwnerRequest) []byte {
-	b := make([]byte, 0, len(SigContext)+len(challenge)+1+128)
-	b = append(append(b, SigContext...), challenge...)
+// binding: SigContext || relay key || challenge || type || payload up to
+// the signature.
+func SignedBytes(bind Binding, m OwnerRequest) []byte {
+	b := make([]byte, 0, len(SigContext)+32+ChallengeSize+1+128)
+	b = bind.append(append(b, SigContext...))
 	return m.AppendSigned(append(b, byte(m.Type())))
 }
 
-// Sign signs m for the session with this challenge.
-func Sign(owner ed25519.PrivateKey, challenge []byte, m OwnerRequest) (sig [SigSize]byte) {
-	copy(sig[:], ed25519.Sign(owner, SignedBytes(challenge, m)))
+// Sign signs m for the session with this binding.
+func Sign(owner ed25519.PrivateKey, bind Binding, m OwnerRequest) (sig [SigSize]byte) {
+	copy(sig[:], ed25519.Sign(owner, SignedBytes(bind, m)))
 	return sig
 }
 
 // Verify checks an owner's signature over m.
-func Verify(owner ed25519.PublicKey, challenge []byte, m OwnerRequest, sig [SigSize]byte) bool {
-	return len(owner) == ed25519.PublicKeySize && ed25519.Verify(owner, SignedBytes(challenge, m), sig[:])
+func Verify(owner ed25519.PublicKey, bind Binding, m OwnerRequest, sig [SigSize]byte) bool {
+	return len(owner) == ed25519.PublicKeySize && ed25519.Verify(owner, SignedBytes(bind, m), sig[:])
+}
+
+// RelayAuthContext domain-separates the signature a relay makes when it
+// authenticates a link to another relay (RelayAuth).
+const RelayAuthContext = "postern relay link v1"
+
+// SignRelayAuth is a relay's proof, with its own descriptor key, that it
+// opened this session to the relay bind names: Ed25519(key,
+// RelayAuthContext || peer relay key || challenge).
+func SignRelayAuth(key ed25519.PrivateKey, bind Binding) (sig [SigSize]byte) {
+	copy(sig[:], ed25519.Sign(key, bind.append([]byte(RelayAuthContext))))
+	return sig
+}
+
+// VerifyRelayAuth checks a RelayAuth signature by the relay with key pub.
+func VerifyRelayAuth(pub ed25519.PublicKey, bind Binding, sig [SigSize]byte) bool {
+	return len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, bind.append([]byte(RelayAuthContext)), sig[:])
 }
 
 // appendHead appends the request id and mailbox id that open most owner

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/postern/postern/metrics"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/descriptor"
 )
 
 // relayConfig is the relay's config file, JSON. Every field is optional;
@@ -73,6 +75,17 @@ type relayConfig struct {
 	// relay for other relays (two-hop sends); beyond it clients are told
 	// to retry later or use another entry relay. Default 268435456.
 	MaxOutboxBytes int64 `json:"max_outbox_bytes"`
+	// Upstreams are relays, each a descriptor line or a file holding one,
+	// that this relay reaches other relays through: for a relay inside a
+	// censored network. Links to home relays (forwarding) and tunnels then
+	// run inside a tunnel via one of them (raced like a client's dial),
+	// end to end with the home relay; an upstream itself is dialed
+	// directly. Default: none, and other relays are dialed directly.
+	Upstreams []string `json:"upstreams"`
+	// LinkBind is the local IP address that links and tunnels to other
+	// relays are dialed from (a multi-homed host). Default: the system's
+	// choice.
+	LinkBind string `json:"link_bind"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -85,8 +98,9 @@ type relayConfig struct {
 	MetricsListen string `json:"metrics_listen"`
 
 	// Parsed values.
-	ttl      time.Duration
-	validity time.Duration
+	ttl       time.Duration
+	validity  time.Duration
+	upstreams []*descriptor.Descriptor
 }
 
 func defaultRelayConfig() relayConfig {
@@ -98,6 +112,14 @@ func defaultRelayConfig() relayConfig {
 		DescriptorValidity: "720h",
 		LogLevel:           "info",
 		MetricsListen:      metrics.DefaultAddr,
+		// The store's own defaults, written out so `relay config` shows
+		// the quotas a relay runs with.
+		MaxMailboxEnvelopes: 4096,
+		MaxMailboxes:        1000000,
+		MaxMailboxBytes:     64 << 20,
+		MaxStoreBytes:       1 << 30,
+		MaxOutboxBytes:      store.DefaultOutboxBytes,
+		Upstreams:           []string{},
 	}
 }
 
@@ -213,10 +235,33 @@ func (c *relayConfig) validate() error {
 			}
 		}
 	}
+	if err := c.validateLinks(); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("field \"log_level\": %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// validateLinks checks and parses upstreams and link_bind.
+func (c *relayConfig) validateLinks() error {
+	c.upstreams = nil
+	for i, u := range c.Upstreams {
+		line, err := lineArg(u, descriptor.Prefix)
+		if err != nil {
+			return fmt.Errorf("field \"upstreams\" [%d]: %v", i, err)
+		}
+		d, _, err := descriptor.ParseStale(line, time.Now())
+		if err != nil {
+			return fmt.Errorf("field \"upstreams\" [%d]: %v", i, err)
+		}
+		c.upstreams = append(c.upstreams, d)
+	}
+	if c.LinkBind != "" && net.ParseIP(c.LinkBind) == nil {
+		return fmt.Errorf("field \"link_bind\": %q is not an IP address", c.LinkBind)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/postern/postern/relay"
@@ -10,6 +12,7 @@ import (
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/relay/link"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -51,17 +54,68 @@ func (q outboxQueue) Done(ctx context.Context, dest [32]byte, seqs ...uint64) er
 
 func (q outboxQueue) Dests(ctx context.Context) ([][32]byte, error) { return q.ob.Dests(ctx) }
 
+// linkDialer dials other relays for links and tunnels: directly, or, for
+// a relay given upstreams, through a tunnel via one of them.
+type linkDialer struct {
+	reg       *transport.Registry
+	opts      client.DialOptions
+	upstreams []*descriptor.Descriptor
+}
+
+func (r *relayRun) linkDialer() linkDialer {
+	return linkDialer{reg: newRegistry(), opts: client.DialOptions{LocalAddr: r.cfg.LinkBind}, upstreams: r.cfg.upstreams}
+}
+
+// viaUpstream reports whether home is reached through an upstream.
+func (d linkDialer) viaUpstream(home *descriptor.Descriptor) bool {
+	if len(d.upstreams) == 0 || home.Line == "" {
+		return false
+	}
+	for _, u := range d.upstreams {
+		if descriptor.SameRelay(u, home) {
+			return false
+		}
+	}
+	return true
+}
+
+// session opens a session to home, end to end with it either way.
+func (d linkDialer) session(ctx context.Context, home *descriptor.Descriptor) (*client.Client, error) {
+	if d.viaUpstream(home) {
+		return client.DialTunnel(ctx, d.reg, d.opts, home.Line, d.upstreams...)
+	}
+	return client.Dial(ctx, d.reg, d.opts, home)
+}
+
+// tunnel opens a stream to home's tunnel side, for a client's tunnel.
+func (d linkDialer) tunnel(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error) {
+	if d.viaUpstream(home) {
+		return client.OpenTunnelVia(ctx, d.reg, d.opts, home.Line, d.upstreams...)
+	}
+	return client.OpenTunnel(ctx, d.reg, d.opts, home)
+}
+
 // newForwarder is the entry side of two-hop sends: forwards queued in the
-// store's outbox, handed to home relays over links dialed like a client.
+// store's outbox, handed to home relays over links dialed like a client
+// and authenticated as this relay (RelayAuth).
 func (r *relayRun) newForwarder() *link.Forwarder {
 	ob := r.st.(store.Outbox)
 	r.met.WatchOutbox(func() (int, int64) { s := ob.OutboxStats(); return s.Items, s.Bytes })
-	reg := newRegistry()
+	dialer := r.linkDialer()
+	key := ed25519.NewKeyFromSeed(r.secrets.SigningKey)
 	return link.NewForwarder(link.ForwarderConfig{
 		Queue: outboxQueue{ob},
 		Dest:  forward.Dest,
 		Dial: func(ctx context.Context, home *descriptor.Descriptor) (*client.Client, error) {
-			return client.Dial(ctx, reg, client.DialOptions{}, home)
+			c, err := dialer.session(ctx, home)
+			if err != nil {
+				return nil, err
+			}
+			if err := c.AuthenticateRelay(ctx, r.currentDescriptor(), key); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("relay link: the home relay refused this relay's authentication: %w", err)
+			}
+			return c, nil
 		},
 		Observe: r.met.Forward,
 		Log:     r.log,
@@ -70,11 +124,6 @@ func (r *relayRun) newForwarder() *link.Forwarder {
 
 // newTunneler is the entry side of tunnels: streams to home relays dialed
 // like a client, bounded by link.DefaultMaxTunnels.
-func newTunneler() *link.Tunneler {
-	reg := newRegistry()
-	return link.NewTunneler(link.TunnelerConfig{
-		Open: func(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error) {
-			return client.OpenTunnel(ctx, reg, client.DialOptions{}, home)
-		},
-	})
+func (r *relayRun) newTunneler() *link.Tunneler {
+	return link.NewTunneler(link.TunnelerConfig{Open: r.linkDialer().tunnel})
 }

@@ -41,12 +41,12 @@ func rssBytes(t *testing.T, pid int) int64 {
 
 // rawSubscribe opens a session over tr, subscribes to the mailbox and
 // then never reads again, as an abusive holder of a descriptor would.
-func rawSubscribe(ctx context.Context, reg *transport.Registry, c route.Candidate, owner ed25519.PrivateKey, id [32]byte) (transport.Conn, error) {
+func rawSubscribe(ctx context.Context, reg *transport.Registry, c route.Candidate, relayKey ed25519.PublicKey, owner ed25519.PrivateKey, id [32]byte) (transport.Conn, error) {
 	conn, err := reg.Dial(ctx, c.Endpoint)
 	if err != nil {
 		return nil, err
 	}
-	conn.Write(relay.AppendFrame(nil, relay.ClientHello{Min: 1, Max: 1}))
+	conn.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}))
 	_, p, err := relay.ReadFrame(conn)
 	if err != nil {
 		conn.Close()
@@ -58,7 +58,8 @@ func rawSubscribe(ctx context.Context, reg *transport.Registry, c route.Candidat
 		return nil, err
 	}
 	sub := relay.Subscribe{Req: 1, Mailbox: id}
-	sub.Sig = relay.Sign(owner, h.Challenge[:], sub)
+	bind, _ := relay.NewBinding(relayKey, h.Challenge)
+	sub.Sig = relay.Sign(owner, bind, sub)
 	_, err = conn.Write(relay.AppendFrame(nil, sub))
 	return conn, err
 }
@@ -115,7 +116,7 @@ func TestStalledSubscribersMemory(t *testing.T) {
 		// not what keeps the relay small.
 		cand := cands[0]
 		cand.Endpoint.LocalAddr = fmt.Sprintf("127.0.0.%d", 10+i%4)
-		conn, err := rawSubscribe(ctx, reg, cand, owner, id)
+		conn, err := rawSubscribe(ctx, reg, cand, d.RelayKey, owner, id)
 		if err != nil {
 			t.Fatalf("session %d: %v", i, err)
 		}

@@ -102,7 +102,11 @@ func relayServeCmd() command {
 func relayConfigCmd() command {
 	return command{
 		name:    "relay config",
-		summary: "Print an example relay config file with every field at its default.",
+		summary: "Print an example relay config file with every field at its default.\n" +
+			"The README's Configuration section explains each field. A relay forwards\n" +
+			"two-hop sends for any client (its outbox is bounded by max_outbox_bytes, and\n" +
+			"a full outbox refuses new layers without losing queued ones) and splices at\n" +
+			"most 256 tunnels at a time; relays inside a censored network name upstreams.",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			return func(ctx context.Context, args []string) error {
 				cfg := defaultRelayConfig()

@@ -138,7 +138,7 @@ func (r *relayRun) openStore(context.Context) error {
 	r.forwarder = r.newForwarder()
 	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
-		Tunneler: newTunneler(), TunnelKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey)})
+		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true})
 	return err
 }
 

@@ -11,6 +11,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,10 @@ type Delivery struct {
 // respects MaxUnacked for every subscription never gets near it.
 const maxQueued = 16 * relay.MaxUnacked
 
+// ErrNoRelayKey is returned by requests the owner signs when the client
+// does not know the relay's key.
+var ErrNoRelayKey = errors.New("relay: the relay's key is unknown, so nothing can be signed for it: dial the relay with its descriptor (client.Dial) or pass client.WithRelayKey")
+
 // ErrClosed is returned by calls on a closed Client or after its session
 // ended.
 var ErrClosed = errors.New("relay: session closed")
@@ -58,6 +63,7 @@ type Client struct {
 	bw  *bufio.Writer
 
 	challenge [relay.ChallengeSize]byte
+	relayKey  ed25519.PublicKey // from the relay's descriptor; owner signatures are bound to it
 	nextReq   atomic.Uint32
 
 	mu      sync.Mutex
@@ -309,4 +315,21 @@ func (c *Client) acked() {
 	if f := c.firstAck.Swap(nil); f != nil {
 		(*f)()
 	}
+}
+
+// WithRelayKey sets the relay's Ed25519 descriptor key, which owner
+// signatures are bound to. Dial and DialTunnel set it from the descriptor;
+// a caller of New must pass it to sign anything. Take it from the relay's
+// signed descriptor, never from the relay itself.
+func WithRelayKey(key ed25519.PublicKey) Option {
+	return func(c *Client) { c.relayKey = append(ed25519.PublicKey(nil), key...) }
+}
+
+// binding is what owner signatures on this session are bound to.
+func (c *Client) binding() (relay.Binding, error) {
+	b, ok := relay.NewBinding(c.relayKey, c.challenge)
+	if !ok {
+		return b, ErrNoRelayKey
+	}
+	return b, nil
 }

@@ -42,12 +42,20 @@ func (o DialOptions) handshake(ctx context.Context, conn transport.Conn) (*Clien
 // matches route.ErrNoCandidate when no endpoint fits the options.
 func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...*descriptor.Descriptor) (*Client, error) {
 	var cands []route.Candidate
+	keys := make(map[string][]byte, len(ds))
 	for _, d := range ds {
 		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+		keys[d.RelayID()] = d.RelayKey
 	}
 	c, won, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint,
 		Memory: opts.Memory, Network: opts.Network}, opts.handshake)
-	if err == nil && opts.Memory != nil {
+	if err != nil {
+		return c, err
+	}
+	// Owner signatures are bound to the key of the descriptor that won,
+	// before the caller can send anything.
+	WithRelayKey(keys[won.Relay])(c)
+	if opts.Memory != nil {
 		c.onFirstAck(func() { opts.Memory.Success(opts.Network, won) })
 	}
 	return c, err

@@ -77,9 +77,13 @@ func (c *Client) CreateMailbox(ctx context.Context, owner ed25519.PrivateKey, id
 	if len(capVerifier) > relay.MaxCapLen {
 		return fmt.Errorf("relay: capability verifier longer than %d bytes", relay.MaxCapLen)
 	}
-	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+	bind, err := c.binding()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Create{Req: req, Mailbox: id, Owner: ownerKey(owner), CapVerifier: capVerifier}
-		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
 	return err
@@ -107,9 +111,13 @@ func (c *Client) Send(ctx context.Context, env, sendCap []byte) (Ref, error) {
 // Subscribe asks the relay to push mailbox id's envelopes to Deliveries as
 // they arrive, starting with those already waiting.
 func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
-	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+	bind, err := c.binding()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Subscribe{Req: req, Mailbox: id}
-		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
 	return err
@@ -127,9 +135,13 @@ func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [3
 	if max <= 0 || max > relay.MaxFetch {
 		max = relay.MaxFetch
 	}
+	bind, err := c.binding()
+	if err != nil {
+		return nil, err
+	}
 	r, ds, err := c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Fetch{Req: req, Mailbox: id, Max: uint16(max), After: after}
-		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
 	if err != nil {
@@ -144,6 +156,10 @@ func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [3
 // Ack deletes delivered envelopes from the relay and returns how many it
 // deleted.
 func (c *Client) Ack(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, refs ...Ref) (int, error) {
+	bind, err := c.binding()
+	if err != nil {
+		return 0, err
+	}
 	total := 0
 	for len(refs) > 0 {
 		batch := refs[:min(len(refs), relay.MaxAckRefs)]
@@ -153,7 +169,7 @@ func (c *Client) Ack(ctx context.Context, owner ed25519.PrivateKey, id [32]byte,
 			for i, ref := range batch {
 				m.Refs[i] = ref
 			}
-			m.Sig = relay.Sign(owner, c.challenge[:], m)
+			m.Sig = relay.Sign(owner, bind, m)
 			return m
 		})
 		if err != nil {
@@ -174,10 +190,14 @@ func (c *Client) Rotate(ctx context.Context, oldOwner ed25519.PrivateKey, oldID 
 	if len(capVerifier) > relay.MaxCapLen {
 		return 0, fmt.Errorf("relay: capability verifier longer than %d bytes", relay.MaxCapLen)
 	}
+	bind, err := c.binding()
+	if err != nil {
+		return 0, err
+	}
 	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Rotate{Req: req, Old: oldID, New: newID, NewOwner: ownerKey(newOwner), CapVerifier: capVerifier}
-		m.OldSig = relay.Sign(oldOwner, c.challenge[:], m)
-		m.NewSig = relay.Sign(newOwner, c.challenge[:], m)
+		m.OldSig = relay.Sign(oldOwner, bind, m)
+		m.NewSig = relay.Sign(newOwner, bind, m)
 		return m
 	})
 	if err != nil {
@@ -188,9 +208,13 @@ func (c *Client) Rotate(ctx context.Context, oldOwner ed25519.PrivateKey, oldID 
 
 // Delete deletes mailbox id and everything waiting in it.
 func (c *Client) Delete(ctx context.Context, owner ed25519.PrivateKey, id [32]byte) error {
-	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+	bind, err := c.binding()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Delete{Req: req, Mailbox: id}
-		m.Sig = relay.Sign(owner, c.challenge[:], m)
+		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
 	return err
@@ -231,5 +255,20 @@ func (c *Client) Forward(ctx context.Context, homeDescriptor string, layer []byt
 // already: either way the layer is delivered.
 func (c *Client) DeliverLayer(ctx context.Context, layer []byte) error {
 	_, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.Layer{Req: req, Layer: layer} })
+	return err
+}
+
+// AuthenticateRelay proves to the relay at the other end that this session
+// is a link from the relay with the signed descriptor line desc and its
+// descriptor key (see RelayAuth in package relay). The relay takes Layer
+// frames only after it.
+func (c *Client) AuthenticateRelay(ctx context.Context, desc string, key ed25519.PrivateKey) error {
+	bind, err := c.binding()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
+		return relay.RelayAuth{Req: req, Descriptor: desc, Sig: relay.SignRelayAuth(key, bind)}
+	})
 	return err
 }

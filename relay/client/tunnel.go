@@ -60,24 +60,12 @@ func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key 
 		}
 		return nil, err
 	}
-	return New(ctx, tc, WithStallWindow(stall))
+	return New(ctx, tc, WithStallWindow(stall), WithRelayKey(key))
 }
 
 func openSplice(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*tls.Conn, error) {
-	b := relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
-	b = relay.AppendFrame(b, relay.Tunnel{Req: tunnelReq, Descriptor: home})
-	if _, err := conn.Write(b); err != nil {
+	if err := askSplice(conn, home); err != nil {
 		return nil, err
-	}
-	t, p, err := relay.ReadFrame(conn)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := parseHello(t, p); err != nil {
-		return nil, err
-	}
-	if err := readOK(conn, tunnelReq); err != nil {
-		return nil, fmt.Errorf("entry relay: %w", err)
 	}
 	tc := tls.Client(conn, pinnedTLS(key))
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -87,6 +75,27 @@ func openSplice(ctx context.Context, conn transport.Conn, home string, key ed255
 		return nil, fmt.Errorf("%w: no tunnel protocol agreed", relay.ErrMalformed)
 	}
 	return tc, nil
+}
+
+// askSplice asks the entry relay at the other end of conn to splice it
+// to the home relay (hello, then Tunnel) and waits for the OK.
+func askSplice(conn transport.Conn, home string) error {
+	b := relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
+	b = relay.AppendFrame(b, relay.Tunnel{Req: tunnelReq, Descriptor: home})
+	if _, err := conn.Write(b); err != nil {
+		return err
+	}
+	t, p, err := relay.ReadFrame(conn)
+	if err != nil {
+		return err
+	}
+	if _, err := parseHello(t, p); err != nil {
+		return err
+	}
+	if err := readOK(conn, tunnelReq); err != nil {
+		return fmt.Errorf("entry relay: %w", err)
+	}
+	return nil
 }
 
 // readOK reads one Result for req from conn, unbuffered, and returns its
@@ -147,6 +156,34 @@ func OpenTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 			err = readOK(conn, 0)
 		}
 		if err != nil {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		return conn, nil
+	}
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	return c, err
+}
+
+// OpenTunnelVia is OpenTunnel for a relay that reaches out only through
+// upstream relays (a relay inside a censored network): it asks one of
+// the entries, raced like Dial, to splice a stream to the home relay
+// whose descriptor line is home, and returns that stream once the home
+// relay accepted it. What runs on it from the next byte is up to the
+// caller: a client's tunnelled TLS, which this relay splices on in turn,
+// or the relay's own session to the home relay (DialTunnel does that).
+func OpenTunnelVia(ctx context.Context, reg *transport.Registry, opts DialOptions, home string, entries ...*descriptor.Descriptor) (transport.Conn, error) {
+	var cands []route.Candidate
+	for _, d := range entries {
+		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+	}
+	hs := func(ctx context.Context, conn transport.Conn) (transport.Conn, error) {
+		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		defer stop()
+		if err := askSplice(conn, home); err != nil {
 			conn.Close()
 			if ctx.Err() != nil {
 				return nil, ctx.Err()

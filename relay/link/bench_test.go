@@ -35,9 +35,7 @@ func benchTwoHop(b *testing.B, via bool) {
 	q := &memQueue{}
 	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
 		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
-			cc, sc := relaytest.Pipe(b)
-			home.Serve(sc, "link")
-			return client.New(ctx, cc)
+			return linkTo(ctx, b, home)
 		}, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
 	entry := relaytest.New(b, store.Options{MaxMailboxEnvelopes: 1 << 20}, server.Config{Forwarder: fw})
 	ctx, cancel := context.WithCancel(context.Background())

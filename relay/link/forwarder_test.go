@@ -115,7 +115,25 @@ func homeRelayB(t testing.TB) (*relaytest.Relay, *descriptor.Descriptor, string)
 		t.Fatal(err)
 	}
 	d, _ = descriptor.Parse(line, time.Now())
-	return relaytest.New(t, store.Options{}, server.Config{Layers: opener{o}}), d, line
+	return relaytest.New(t, store.Options{}, server.Config{Layers: opener{o}, RelayKey: priv}), d, line
+}
+
+// linkTo opens a relay link to home as an entry relay does: a session
+// bound to home's key, authenticated with the entry relay's descriptor.
+func linkTo(ctx context.Context, t testing.TB, home *relaytest.Relay) (*client.Client, error) {
+	_, entryKey, _ := ed25519.GenerateKey(nil)
+	entryLine, _ := signedDescriptor(t, entryKey, "entry")
+	cc, sc := relaytest.Pipe(t)
+	home.Serve(sc, "link")
+	c, err := client.New(ctx, cc, client.WithRelayKey(home.Server.PublicKey()))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.AuthenticateRelay(ctx, entryLine, entryKey); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // TestTwoHopForward: a client hands layers to an entry relay, which queues
@@ -132,9 +150,7 @@ func TestTwoHopForward(t *testing.T) {
 			if !descriptor.SameRelay(d, homeDesc) {
 				t.Error("dialed another relay")
 			}
-			cc, sc := relaytest.Pipe(t)
-			home.Serve(sc, "link")
-			return client.New(ctx, cc)
+			return linkTo(ctx, t, home)
 		},
 		Observe:    func(e string) { mu.Lock(); events[e]++; mu.Unlock() },
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
@@ -180,16 +196,35 @@ func TestTwoHopForward(t *testing.T) {
 	for q.len() > 0 && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Layers are taken only on a session a relay authenticated.
+	if err := owner.DeliverLayer(ctx, layers[0]); !errors.Is(err, relay.ErrUnauthorized) {
+		t.Fatalf("a layer on a client session: %v", err)
+	}
 	// A replay to the home relay is refused and not stored twice.
-	if err := owner.DeliverLayer(ctx, layers[0]); !errors.Is(err, relay.ErrReplay) {
+	lk, err := linkTo(ctx, t, home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.DeliverLayer(ctx, layers[0]); !errors.Is(err, relay.ErrReplay) {
 		t.Fatalf("replayed layer: %v", err)
 	}
 	if ds, _ := owner.Fetch(ctx, mb.Owner, mb.ID, 0); len(ds) != 3 {
 		t.Fatalf("%d envelopes after a replay", len(ds))
 	}
-	// A layer for another relay than the descriptor names is refused.
+	// Replayed to another relay, the layer does not open (it is bound to
+	// the home relay's keys) and nothing is stored there.
 	other, otherDesc, _ := homeRelay(t)
-	_ = other
+	olk, err := linkTo(ctx, t, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := olk.DeliverLayer(ctx, layers[0]); !errors.Is(err, relay.ErrBadEnvelope) {
+		t.Fatalf("layer replayed to another relay: %v", err)
+	}
+	if st := other.Store.Stats(); st.Envelopes != 0 {
+		t.Fatalf("the other relay stored %d envelopes", st.Envelopes)
+	}
+	// A layer for another relay than the descriptor names is refused.
 	wrong, _ := forward.Seal(otherDesc, 1, nil, mb.Seal(t, "x"))
 	if err := sender.Forward(ctx, homeLine, wrong); !errors.Is(err, relay.ErrBadEnvelope) {
 		t.Fatalf("mismatched layer: %v", err)

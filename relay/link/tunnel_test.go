@@ -38,7 +38,7 @@ func (p *pipeTransport) Listen(context.Context, transport.ListenConfig) (transpo
 
 // signedDescriptor is a descriptor with one endpoint on transport name,
 // signed by priv, as a line and parsed.
-func signedDescriptor(t *testing.T, priv ed25519.PrivateKey, name string) (string, *descriptor.Descriptor) {
+func signedDescriptor(t testing.TB, priv ed25519.PrivateKey, name string) (string, *descriptor.Descriptor) {
 	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}},
 		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
 	line, err := d.Sign(priv)
@@ -64,7 +64,7 @@ func newTunnelSetup(t *testing.T, homeKey ed25519.PrivateKey, entryTunnels bool)
 	_, bPriv, _ := ed25519.GenerateKey(nil)
 	_, aPriv, _ := ed25519.GenerateKey(nil)
 	s := &tunnelSetup{}
-	s.home = relaytest.New(t, store.Options{}, server.Config{TunnelKey: homeKey})
+	s.home = relaytest.New(t, store.Options{}, server.Config{RelayKey: homeKey, AcceptTunnels: homeKey != nil})
 	s.reg.Register(&pipeTransport{name: "to-b", r: s.home, t: t})
 	var cfg server.Config
 	if entryTunnels {
@@ -141,7 +141,7 @@ func waitGoroutines(t *testing.T, n int) {
 
 // TestTunnelRefusals: a home relay with another key than the descriptor
 // names fails the TLS pin; an entry relay without tunnels and a home
-// relay without a TunnelKey refuse with their codes.
+// relay that takes no tunnels refuse with their codes.
 func TestTunnelRefusals(t *testing.T) {
 	_, other, _ := ed25519.GenerateKey(nil)
 	cases := []struct {

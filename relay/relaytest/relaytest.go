@@ -92,7 +92,7 @@ func (r *Relay) Connect(t testing.TB) *client.Client {
 	r.Serve(sc, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, cc)
+	c, err := client.New(ctx, cc, client.WithRelayKey(r.Server.PublicKey()))
 	if err != nil {
 		t.Fatal(err)
 	}

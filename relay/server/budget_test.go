@@ -45,7 +45,7 @@ func stallingSubscriber(t testing.TB, r *relaytest.Relay, mb *relaytest.Mailbox)
 	t.Helper()
 	cc, sc := relaytest.Pipe(t)
 	r.Serve(sc, "test")
-	cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: 1, Max: 1}))
+	cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}))
 	_, p, err := relay.ReadFrame(cc)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +55,8 @@ func stallingSubscriber(t testing.TB, r *relaytest.Relay, mb *relaytest.Mailbox)
 		t.Fatal(err)
 	}
 	sub := relay.Subscribe{Req: 1, Mailbox: mb.ID}
-	sub.Sig = relay.Sign(mb.Owner, h.Challenge[:], sub)
+	bind, _ := relay.NewBinding(r.Server.PublicKey(), h.Challenge)
+	sub.Sig = relay.Sign(mb.Owner, bind, sub)
 	if _, err := cc.Write(relay.AppendFrame(nil, sub)); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/descriptor"
 )
 
 func (ss *session) create(p []byte) error {
@@ -19,7 +20,7 @@ func (ss *session) create(p []byte) error {
 		return relay.ErrBadFrame
 	}
 	// The creator proves it holds the owner key.
-	if !relay.Verify(m.Owner[:], ss.challenge[:], m, m.Sig) {
+	if !relay.Verify(m.Owner[:], ss.bind, m, m.Sig) {
 		return relay.ErrUnauthorized
 	}
 	return ss.srv.cfg.Store.CreateMailbox(ss.ctx, m.Mailbox, ed25519.PublicKey(m.Owner[:]), m.CapVerifier)
@@ -55,6 +56,22 @@ func (ss *session) layer(p []byte) (store.Ref, error) {
 		return store.Ref{}, relay.ErrBadEnvelope
 	}
 	return ss.accept(start, sendCap, env)
+}
+
+// relayAuth authenticates the session as a link from another relay: a
+// valid signed descriptor and its key's signature over this session's
+// binding. Nothing of the descriptor outlives the check.
+func (ss *session) relayAuth(p []byte) error {
+	m, err := relay.ParseRelayAuth(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	d, err := descriptor.Parse(m.Descriptor, time.Now())
+	if err != nil || !relay.VerifyRelayAuth(d.RelayKey, ss.bind, m.Sig) {
+		return relay.ErrUnauthorized
+	}
+	ss.peerRelay.Store(true)
+	return nil
 }
 
 // accept checks an envelope's mailbox and capability and stores it.
@@ -109,7 +126,7 @@ func (ss *session) owned(id [32]byte, m relay.OwnerRequest, sig [relay.SigSize]b
 	if err != nil {
 		return err
 	}
-	if !relay.Verify(mb.Owner, ss.challenge[:], m, sig) {
+	if !relay.Verify(mb.Owner, ss.bind, m, sig) {
 		return relay.ErrUnauthorized
 	}
 	return nil
@@ -194,7 +211,7 @@ func (ss *session) rotate(p []byte) (int, error) {
 	if err := ss.owned(m.Old, m, m.OldSig); err != nil {
 		return 0, err
 	}
-	if !relay.Verify(m.NewOwner[:], ss.challenge[:], m, m.NewSig) {
+	if !relay.Verify(m.NewOwner[:], ss.bind, m, m.NewSig) {
 		return 0, relay.ErrUnauthorized
 	}
 	n, err := ss.srv.cfg.Store.RotateMailbox(ss.ctx, m.Old, m.New, ed25519.PublicKey(m.NewOwner[:]), m.CapVerifier)

@@ -67,7 +67,7 @@ func rawSession(t *testing.T, r *relaytest.Relay) (net.Conn, func()) {
 		defer close(done)
 		r.Server.ServeConn(r.Ctx, sc, "test")
 	}()
-	cc.Write(rawFrame(relay.FrameClientHello, append(relay.HelloMagic[:], 1, 1)))
+	cc.Write(rawFrame(relay.FrameClientHello, append(relay.HelloMagic[:], relay.ProtocolVersion, relay.ProtocolVersion)))
 	return cc, func() { cc.Close(); <-done }
 }
 
@@ -96,7 +96,7 @@ func TestBadFrames(t *testing.T) {
 		{"short create", rawFrame(relay.FrameCreate, req, []byte{1, 2, 3}), relay.CodeBadFrame},
 		{"short fetch", rawFrame(relay.FrameFetch, req, make([]byte, 10)), relay.CodeBadFrame},
 		{"ack count lies", rawFrame(relay.FrameAck, req, make([]byte, 32), []byte{0, 9}, make([]byte, 64)), relay.CodeBadFrame},
-		{"hello again", rawFrame(relay.FrameClientHello, req, []byte{1, 1}), relay.CodeBadFrame},
+		{"hello again", rawFrame(relay.FrameClientHello, req, []byte{relay.ProtocolVersion, relay.ProtocolVersion}), relay.CodeBadFrame},
 		{"big ping", rawFrame(relay.FramePing, req, make([]byte, 100)), relay.CodeBadFrame},
 		{"no request id", rawFrame(relay.FrameSend, []byte{1}), 0},
 		{"oversize frame", []byte{byte(relay.FrameSend), 0xff, 0xff, 0xff, 0xff}, 0},
@@ -132,7 +132,7 @@ func TestBadFrames(t *testing.T) {
 	}
 	// Bad hellos end the session.
 	for _, hello := range [][]byte{
-		rawFrame(relay.FrameClientHello, []byte("XXXX"), []byte{1, 1}),
+		rawFrame(relay.FrameClientHello, []byte("XXXX"), []byte{relay.ProtocolVersion, relay.ProtocolVersion}),
 		rawFrame(relay.FramePing, []byte{0, 0, 0, 1}),
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
 	} {
@@ -149,7 +149,7 @@ func TestBadFrames(t *testing.T) {
 	// Version mismatch is answered with relay.CodeVersion, then closed.
 	cc, sc := relaytest.Pipe(t)
 	go r.Server.ServeConn(r.Ctx, sc, "test")
-	cc.Write(rawFrame(relay.FrameClientHello, relay.HelloMagic[:], []byte{2, 3}))
+	cc.Write(rawFrame(relay.FrameClientHello, relay.HelloMagic[:], []byte{relay.ProtocolVersion + 1, relay.ProtocolVersion + 2}))
 	ft, p, err := readRaw(t, cc)
 	if res, _ := relay.ParseResult(p); err != nil || ft != relay.FrameResult || res.Code != relay.CodeVersion {
 		t.Fatalf("version mismatch: %#x %v", ft, err)
@@ -174,7 +174,7 @@ func TestIdleAndHelloTimeout(t *testing.T) {
 		done := make(chan struct{})
 		go func() { defer close(done); srv.ServeConn(context.Background(), sc, "test") }()
 		if hello {
-			cc.Write(rawFrame(relay.FrameClientHello, relay.HelloMagic[:], []byte{1, 1}))
+			cc.Write(rawFrame(relay.FrameClientHello, relay.HelloMagic[:], []byte{relay.ProtocolVersion, relay.ProtocolVersion}))
 		}
 		select {
 		case <-done:
@@ -463,7 +463,7 @@ func TestServeAndObserve(t *testing.T) {
 		ln.conns <- sc
 		hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer hcancel()
-		return client.New(hctx, cc)
+		return client.New(hctx, cc, client.WithRelayKey(srv.PublicKey()))
 	}
 	c, err := connect()
 	if err != nil {
@@ -546,7 +546,7 @@ func TestPushReadErrorEndsSession(t *testing.T) {
 	go srv.ServeConn(context.Background(), sc, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, cc)
+	c, err := client.New(ctx, cc, client.WithRelayKey(srv.PublicKey()))
 	if err != nil {
 		t.Fatal(err)
 	}

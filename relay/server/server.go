@@ -80,11 +80,15 @@ type Config struct {
 	// side; see "Tunnels" in package relay). Default: none, and Tunnel is
 	// answered relay.CodeUnsupported.
 	Tunneler Tunneler
-	// TunnelKey is the relay's Ed25519 descriptor key; with it the relay
-	// accepts tunnels from entry relays (TunnelHello) and proves this key
-	// in the inner TLS. Default: none, and TunnelHello is answered
+	// RelayKey is the relay's Ed25519 descriptor key. Owner signatures
+	// are bound to its public half (clients take it from the descriptor),
+	// and a tunnel's inner TLS proves it. Default: a fresh key, which only
+	// suits tests: clients then need Server.PublicKey.
+	RelayKey ed25519.PrivateKey
+	// AcceptTunnels lets entry relays open tunnels to this relay
+	// (TunnelHello). Default: false, and TunnelHello is answered
 	// relay.CodeUnsupported.
-	TunnelKey ed25519.PrivateKey
+	AcceptTunnels bool
 	// Descriptor returns the relay's current signed descriptor line, for
 	// Descriptor requests. Default: none, and they are answered
 	// relay.CodeUnsupported.
@@ -142,7 +146,8 @@ type Server struct {
 	readSem    chan struct{} // global store reads for Fetch and push
 	deliverSem chan struct{} // global delivery budget, one token per batch
 	batchItems int           // envelopes per delivery batch
-	tunnelTLS  *tls.Config   // home side of tunnels; nil without TunnelKey
+	tunnelTLS  *tls.Config   // home side of tunnels; nil unless AcceptTunnels
+	pub        ed25519.PublicKey
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -181,18 +186,28 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxReads = 4 * runtime.GOMAXPROCS(0)
 	}
 	cfg.withBudgetDefaults()
+	if cfg.RelayKey == nil {
+		_, cfg.RelayKey, _ = ed25519.GenerateKey(nil)
+	}
+	if len(cfg.RelayKey) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("server: Config.RelayKey is %d bytes, want an Ed25519 private key (%d)", len(cfg.RelayKey), ed25519.PrivateKeySize)
+	}
 	var tcfg *tls.Config
-	if cfg.TunnelKey != nil {
+	if cfg.AcceptTunnels {
 		var err error
-		if tcfg, err = tunnelTLS(cfg.TunnelKey); err != nil {
-			return nil, fmt.Errorf("server: tunnel certificate from Config.TunnelKey: %w", err)
+		if tcfg, err = tunnelTLS(cfg.RelayKey); err != nil {
+			return nil, fmt.Errorf("server: tunnel certificate from Config.RelayKey: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, tunnelTLS: tcfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
+	return &Server{cfg: cfg, pub: cfg.RelayKey.Public().(ed25519.PublicKey), tunnelTLS: tcfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
 		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
 		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
 		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil
 }
+
+// PublicKey is the relay key's public half, which owner signatures on
+// this server's sessions are bound to.
+func (s *Server) PublicKey() ed25519.PublicKey { return s.pub }
 
 // Serve accepts sessions from ln until ctx ends or ln fails, serving each in
 // its own goroutine. It returns nil when ctx ends. Sessions still open are

@@ -32,8 +32,9 @@ type session struct {
 
 	deliverSem chan struct{} // this session's delivery budget, one token per batch
 
-	challenge [relay.ChallengeSize]byte
-	inner     bool // the session runs inside a tunnel's TLS (home side)
+	bind      relay.Binding // this relay's key and the session challenge
+	peerRelay atomic.Bool   // a relay authenticated the session as a link (RelayAuth)
+	inner     bool          // the session runs inside a tunnel's TLS (home side)
 	sem       chan struct{}
 	wg        sync.WaitGroup
 
@@ -104,8 +105,10 @@ func (ss *session) hello() error {
 		ss.write(relay.Result{Code: relay.CodeVersion, Msg: relay.CodeVersion.String()})
 		return relay.ErrVersion
 	}
-	rand.Read(ss.challenge[:])
-	return ss.write(relay.ServerHello{Version: relay.ProtocolVersion, Challenge: ss.challenge, MaxEnvelope: envelope.Bucket64K})
+	var challenge [relay.ChallengeSize]byte
+	rand.Read(challenge[:])
+	ss.bind, _ = relay.NewBinding(ss.srv.pub, challenge)
+	return ss.write(relay.ServerHello{Version: relay.ProtocolVersion, Challenge: challenge, MaxEnvelope: envelope.Bucket64K})
 }
 
 // write sends one frame and flushes. A write that stays blocked for
@@ -208,7 +211,12 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 	case relay.FrameForward:
 		return ss.reply(req, ss.forward(p), nil)
 	case relay.FrameLayer:
+		if !ss.peerRelay.Load() {
+			return ss.reply(req, relay.ErrUnauthorized, nil)
+		}
 		return ss.sendAsync(req, p, ss.layer)
+	case relay.FrameRelayAuth:
+		return ss.reply(req, ss.relayAuth(p), nil)
 	case relay.FrameDescriptor:
 		line, err := ss.descriptor(p)
 		return ss.reply(req, err, line)

@@ -136,9 +136,15 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	stop := context.AfterFunc(ss.ctx, closeBoth)
 	defer stop()
 	defer stream.Close()
+	// A home relay (or its path) that stops reading gets the same write
+	// timeout as a client that stops reading: the session ends rather
+	// than pinning what it holds.
+	homeStalled := time.AfterFunc(time.Hour, func() { ss.stalled.Store(true); closeBoth() })
+	homeStalled.Stop()
+	defer homeStalled.Stop()
 	done := make(chan error, 2)
 	go func() { // client → home
-		_, err := io.Copy(stream, ss.br)
+		_, err := io.Copy(timedWriter{stream, homeStalled, ss.srv.writeTimeout}, ss.br)
 		if cw, ok := stream.(interface{ CloseWrite() error }); ok && err == nil {
 			cw.CloseWrite()
 		}
@@ -166,6 +172,20 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 		err = errTunnelEnded
 	}
 	return err
+}
+
+// timedWriter arms t for each write, so a write that stays blocked longer
+// than d() fires it.
+type timedWriter struct {
+	w io.Writer
+	t *time.Timer
+	d func() time.Duration
+}
+
+func (w timedWriter) Write(p []byte) (int, error) {
+	w.t.Reset(w.d())
+	defer w.t.Stop()
+	return w.w.Write(p)
 }
 
 // stallWriter writes to the session's conn under the write-stall timer;

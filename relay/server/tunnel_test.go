@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/relaytest"
@@ -35,7 +38,7 @@ func (p *pipeTunneler) Tunnel(ctx context.Context, home string) (io.ReadWriteClo
 // (they must reach the home side, not be lost in the entry's buffer) and
 // returns the raw stream after the OK.
 func openSplice(t *testing.T, conn transport.Conn, extra []byte) error {
-	b := relay.AppendFrame(nil, relay.ClientHello{Min: 1, Max: 1})
+	b := relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
 	b = relay.AppendFrame(b, relay.Tunnel{Req: 7, Descriptor: "postern-relay1:x"})
 	if _, err := conn.Write(append(b, extra...)); err != nil {
 		t.Fatal(err)
@@ -125,5 +128,36 @@ func TestTunnelRefused(t *testing.T) {
 				t.Fatalf("after refusal: %v %v", ft, err)
 			}
 		})
+	}
+}
+
+// TestTunnelHomeStopsReading: a home relay (or a link to it) that stops
+// reading while the client keeps writing ends the spliced session after
+// the write timeout, as a client that stops reading does; nothing stays
+// pinned.
+func TestTunnelHomeStopsReading(t *testing.T) {
+	tun := &pipeTunneler{t: t, home: make(chan transport.Conn, 1)}
+	r := relaytest.New(t, store.Options{}, server.Config{Tunneler: tun, WriteTimeout: 200 * time.Millisecond})
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	if err := openSplice(t, cc, nil); err != nil {
+		t.Fatal(err)
+	}
+	home := <-tun.home // never read from
+	defer home.Close()
+	if tc, ok := home.(*net.TCPConn); ok {
+		tc.SetReadBuffer(4096)
+	}
+	go func() { // far more than the socket buffers hold
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 1024; i++ {
+			if _, err := cc.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	cc.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := io.Copy(io.Discard, cc); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the session stayed up with the home side not reading")
 	}
 }

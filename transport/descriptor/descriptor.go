@@ -127,6 +127,10 @@ type Descriptor struct {
 	// Issued and Expires bound the descriptor's validity, to the second.
 	Issued  time.Time
 	Expires time.Time
+	// Line is the signed line Parse or ParseStale read this descriptor
+	// from (surrounding whitespace removed), to hand on to another relay;
+	// empty for a descriptor built in memory. Sign ignores it.
+	Line string
 }
 
 // Endpoint is one way to reach a relay: a transport at an address.
@@ -211,6 +215,7 @@ func Parse(line string, now time.Time) (*Descriptor, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.Line = strings.TrimSpace(line)
 	if !now.Before(d.Expires) {
 		return nil, fail(ErrExpired, " on %s: ask the relay operator for a fresh one (relay %s)",
 			d.Expires.Format("2006-01-02 15:04 UTC"), d.RelayID())
@@ -229,6 +234,7 @@ func ParseStale(line string, now time.Time) (d *Descriptor, stale bool, err erro
 	if err != nil {
 		return nil, false, err
 	}
+	d.Line = strings.TrimSpace(line)
 	return d, !now.Before(d.Expires), nil
 }
 

@@ -156,6 +156,10 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if got.Line != line {
+			t.Fatalf("Line = %q, want the trimmed input", got.Line)
+		}
+		got.Line = ""
 		if !reflect.DeepEqual(got, d) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, d)
 		}
@@ -176,6 +180,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	got.Line = ""
 	if !reflect.DeepEqual(got, small) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, small)
 	}
@@ -254,6 +259,7 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("golden line no longer parses: %v", err)
 	}
+	got.Line = ""
 	if !reflect.DeepEqual(got, d) {
 		t.Fatalf("golden line decodes to\n%+v\nwant\n%+v", got, d)
 	}
