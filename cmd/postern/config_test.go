@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/postern/postern/relay/store"
 )
 
 // TestRelayConfigErrors: every bad config names the file, the field and the
@@ -67,5 +70,59 @@ func TestRelayConfigDefaults(t *testing.T) {
 	os.WriteFile(p, out, 0o600)
 	if _, err := loadRelayConfig(p); err != nil {
 		t.Fatalf("the printed example does not load: %v", err)
+	}
+}
+
+// TestRelayConfigCommand: `relay config` prints JSON whose every field has
+// its real default (what the relay and its store run with when the field
+// is left out) and a one-line description; --check takes a good file and
+// refuses a bad one with the field named.
+func TestRelayConfigCommand(t *testing.T) {
+	var out, errOut strings.Builder
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }}
+	if code := run(context.Background(), []string{"relay", "config"}, e); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(out.String()), &fields); err != nil {
+		t.Fatalf("output is not JSON: %v", err)
+	}
+	real := store.Options{}.WithDefaults()
+	for name, want := range map[string]float64{
+		"max_mailbox_envelopes": float64(real.MaxMailboxEnvelopes), "max_mailboxes": float64(real.MaxMailboxes),
+		"max_mailbox_bytes": float64(real.MaxMailboxBytes), "max_store_bytes": float64(real.MaxStoreBytes),
+		"max_outbox_bytes": float64(real.MaxOutboxBytes),
+	} {
+		if fields[name] != want {
+			t.Errorf("%s printed as %v, the store runs with %v", name, fields[name], want)
+		}
+	}
+	documented := map[string]bool{}
+	for _, d := range configDocs {
+		documented[d.field] = true
+		if !strings.Contains(errOut.String(), d.field) {
+			t.Errorf("%s not described on stderr", d.field)
+		}
+	}
+	for name := range fields {
+		if !documented[name] {
+			t.Errorf("field %s has no description", name)
+		}
+	}
+	if len(documented) != len(fields) {
+		t.Errorf("%d descriptions for %d fields", len(documented), len(fields))
+	}
+
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.json"), filepath.Join(dir, "bad.json")
+	os.WriteFile(good, []byte(out.String()), 0o600)
+	os.WriteFile(bad, []byte(`{"max_outbox_bytes": -1}`), 0o600)
+	out.Reset()
+	if code := run(context.Background(), []string{"relay", "config", "--check", good}, e); code != 0 || !strings.Contains(out.String(), "ok") {
+		t.Fatalf("--check on the printed defaults: exit %d, %q", code, out.String())
+	}
+	errOut.Reset()
+	if code := run(context.Background(), []string{"relay", "config", "--check", bad}, e); code != 1 || !strings.Contains(errOut.String(), `"max_outbox_bytes"`) {
+		t.Fatalf("--check on a bad file: exit %d, %q", code, errOut.String())
 	}
 }

@@ -46,6 +46,10 @@ func commands() []command {
 		idNewCmd(),
 		idShowCmd(),
 		mailboxCreateCmd(),
+		contactAddCmd(),
+		contactListCmd(),
+		contactShowCmd(),
+		cardShowCmd(),
 		sendCmd(),
 		recvCmd(),
 		probeCmd(),
@@ -65,6 +69,9 @@ func main() {
 // run dispatches args to a command and returns the exit status.
 func run(ctx context.Context, args []string, e *env) int {
 	cmds := commands()
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		if len(args) > 1 {
 			// "postern help id new" is "postern id new --help".
@@ -167,9 +174,12 @@ func printOverview(w io.Writer, cmds []command, prefix string) {
 	fmt.Fprintln(w, "Run `postern COMMAND --help` for a command's flags.")
 }
 
+// firstLine is a summary's first sentence, which may span lines, for the
+// command overview.
 func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
+	s = strings.Join(strings.Fields(s), " ")
+	if i := strings.Index(s, ". "); i >= 0 {
+		return s[:i+1]
 	}
 	return s
 }

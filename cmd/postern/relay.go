@@ -101,21 +101,67 @@ func relayServeCmd() command {
 
 func relayConfigCmd() command {
 	return command{
-		name:    "relay config",
-		summary: "Print an example relay config file with every field at its default.\n" +
-			"The README's Configuration section explains each field. A relay forwards\n" +
-			"two-hop sends for any client (its outbox is bounded by max_outbox_bytes, and\n" +
-			"a full outbox refuses new layers without losing queued ones) and splices at\n" +
-			"most 256 tunnels at a time; relays inside a censored network name upstreams.",
+		name: "relay config",
+		summary: "Print a relay config file with every field at its real default (JSON, on\n" +
+			"stdout) and what each field means (on stderr), or check a file with --check.\n" +
+			"A relay forwards two-hop sends for any client (its outbox is bounded by\n" +
+			"max_outbox_bytes, and a full outbox refuses new layers without losing queued\n" +
+			"ones) and splices at most 256 tunnels at a time; a relay inside a censored\n" +
+			"network names upstreams.\n\n" +
+			"examples:\n" +
+			"  postern relay config > relay.json       # the defaults, to edit\n" +
+			"  postern relay config --check relay.json # validate without starting anything",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+			check := fs.String("check", "", "validate this config `file` and exit: 0 if a relay would start with it")
 			return func(ctx context.Context, args []string) error {
-				cfg := defaultRelayConfig()
-				out, _ := json.MarshalIndent(cfg, "", "  ")
+				if len(args) > 0 {
+					return usageErr("unexpected argument %q", args[0])
+				}
+				if *check != "" {
+					if _, err := loadRelayConfig(*check); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "%s: ok\n", *check)
+					return nil
+				}
+				out, _ := json.MarshalIndent(defaultRelayConfig(), "", "  ")
 				fmt.Fprintln(e.stdout, string(out))
+				for _, d := range configDocs {
+					fmt.Fprintf(e.stderr, "%-22s %s\n", d.field, d.doc)
+				}
 				return nil
 			}
 		},
 	}
+}
+
+// configDocs is a one-line description of every config field, in the
+// order of the JSON; a test checks that none is missing.
+var configDocs = []struct{ field, doc string }{
+	{"data_dir", "keys, certificate, store and descriptor (default $POSTERN_HOME/relay; --data overrides)"},
+	{"https_listen", "TCP address of the https transport, or \"off\""},
+	{"h3_listen", "UDP address of the h3 transport, or \"off\""},
+	{"public_https", "host:port clients dial for https, written into the descriptor (default: the bound address)"},
+	{"public_h3", "host:port clients dial for h3 (default: the bound address)"},
+	{"https_cdn", "a TLS-terminating front (CDN) sits before https: unbound tokens, no certificate pin"},
+	{"sni", "server name clients send (default: the public host when it is a name)"},
+	{"tls_cert", "PEM certificate file (with tls_key; default: a self-signed one, pinned in the descriptor)"},
+	{"tls_key", "PEM private key file of tls_cert"},
+	{"cover_dir", "serve this directory as the cover site (public relays: use this or cover_proxy)"},
+	{"cover_proxy", "reverse-proxy the cover site to this origin URL"},
+	{"store", "\"bolt\" (durable) or \"memory\" (lost on restart)"},
+	{"store_key_file", "the store key (0600; default DATA/store/store.key): keep it on another volume"},
+	{"ttl", "how long an undelivered envelope is kept (Go duration, at least 1h)"},
+	{"max_mailbox_envelopes", "envelopes one mailbox may hold"},
+	{"max_mailboxes", "mailboxes this relay holds"},
+	{"max_mailbox_bytes", "bytes one mailbox may hold"},
+	{"max_store_bytes", "bytes the whole store may hold"},
+	{"max_outbox_bytes", "bytes of two-hop forward layers queued for other relays; beyond it new ones are refused"},
+	{"upstreams", "relays (descriptor lines or files) this relay reaches other relays through, inside a censored network"},
+	{"link_bind", "local IP that links and tunnels to other relays are dialed from"},
+	{"descriptor_validity", "how long a descriptor is valid; it is re-signed at half of it (at least 1h)"},
+	{"log_level", "debug, info, warn or error; no level ever logs a client address or mailbox id"},
+	{"metrics_listen", "TCP address of /metrics, /healthz and /livez, never a transport's port; or \"off\""},
 }
 
 func newLogger(e *env, level string) *slog.Logger {

@@ -168,6 +168,9 @@ func (r *relayRun) listen(ctx context.Context) error {
 		if pub == "" {
 			pub = ln.Addr().String()
 		}
+		// The relay's own addresses, the operator's configuration: never a
+		// client's.
+		r.log.Info("transport listening", "transport", want.name, "addr", ln.Addr().String(), "public", pub)
 		r.listeners = append(r.listeners, boundListener{want.name, pub, ln})
 	}
 	return nil
