@@ -50,6 +50,7 @@ type relayRun struct {
 	metrics   *metrics.Server
 	desc      atomic.Pointer[signedDescriptor]
 	forwarder *link.Forwarder
+	unlock    func() // releases the data directory's lock
 }
 
 // boundListener is a transport listener and the address published for it.
@@ -81,6 +82,9 @@ func (r *relayRun) loadKeys(context.Context) error {
 	var err error
 	if err = os.MkdirAll(r.cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory %s: %w", r.cfg.DataDir, err)
+	}
+	if r.unlock, err = lockDataDir(r.cfg.DataDir); err != nil {
+		return err
 	}
 	if r.secrets, err = loadOrCreateSecrets(r.cfg.DataDir); err != nil {
 		return err
@@ -398,4 +402,7 @@ func (r *relayRun) close() {
 		r.metrics.Close()
 	}
 	r.closeStore()
+	if r.unlock != nil {
+		r.unlock()
+	}
 }
