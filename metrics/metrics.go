@@ -42,7 +42,9 @@
 //	postern_probe_success{relay,transport}                gauge 0 or 1, last probe
 //	postern_probe_duration_seconds{relay,transport}       gauge, duration of the last probe
 //	postern_probe_failures_total{relay,transport,class}   counter; class: timeout, refused, reset,
-//	                                                      tls, auth, protocol, canceled, unknown
+//	                                                      tls, auth, protocol, canceled, invalid, stalled,
+//	                                                      network_down, udp_silent, busy, throttled,
+//	                                                      relay_down, unknown
 //
 // Both also carry the standard go_* and process_* collectors.
 package metrics
@@ -68,8 +70,10 @@ var (
 	Results = []string{"ok", "auth_failed", "replay", "cover", "busy", "limited"}
 	// Reasons are the reasons an envelope is rejected.
 	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
-	// Classes are the probe failure classes (transport.Class names).
-	Classes = []string{"timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled", "unknown"}
+	// Classes are the failure classes: every transport.Class name (a test
+	// keeps the two in step).
+	Classes = []string{"timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled",
+		"network_down", "udp_silent", "busy", "throttled", "relay_down", "unknown"}
 )
 
 // relayIDRE is the form of descriptor.RelayIDOf: 26 lower-case base32 characters.

@@ -12,7 +12,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,9 +37,14 @@ type world struct {
 	tr      transport.Transport
 	ep      transport.Endpoint // reaches the relay
 	refused string             // a port with nothing behind it
-	silent  string             // a port that takes packets and never answers
+	silent  string             // a port that takes packets (and TCP connects) and never answers
+	hole    string             // a port where nothing ever comes back, not even a TCP SYN-ACK
 	plain   string             // an HTTPS server of the same kind that is no relay (404)
 }
+
+// notOurs is a local address this host does not have (TEST-NET-1): binding
+// to it fails with EADDRNOTAVAIL before any packet leaves.
+const notOurs = "192.0.2.1"
 
 func tcpWorld(t *testing.T, cert tls.Certificate, ep transport.Endpoint) world {
 	w := world{tr: &https.Transport{}, ep: ep}
@@ -53,6 +60,7 @@ func tcpWorld(t *testing.T, cert tls.Certificate, ep transport.Endpoint) world {
 	}
 	t.Cleanup(func() { silent.Close() })
 	w.silent = silent.Addr().String()
+	w.hole = fullBacklog(t)
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +86,7 @@ func udpWorld(t *testing.T, cert tls.Certificate, ep transport.Endpoint) world {
 	}
 	t.Cleanup(func() { silent.Close() })
 	w.silent = silent.LocalAddr().String()
+	w.hole = w.silent // over UDP, silence is the blackhole
 	plain, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +96,34 @@ func udpWorld(t *testing.T, cert tls.Certificate, ep transport.Endpoint) world {
 	t.Cleanup(func() { srv.Close(); plain.Close() })
 	w.plain = plain.LocalAddr().String()
 	return w
+}
+
+// fullBacklog returns the address of a TCP listener whose accept queue is
+// full and never drained: Linux drops further SYNs, so a connect to it
+// times out as one to a blackholed address does.
+func fullBacklog(t *testing.T) string {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	filler, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
 }
 
 // worlds starts an https and an h3 relay with the same certificate, key
@@ -126,31 +163,40 @@ type dialFailure struct {
 	edit    func(ep *transport.Endpoint, w world)
 	timeout time.Duration // 0: a generous bound that the failure must beat
 	want    transport.Class
+	wantH3  transport.Class // if set, h3's class where the same cause looks different over UDP
 }
 
 func dialFailures(roots *x509.CertPool) []dialFailure {
 	otherPin := sha256.Sum256([]byte("some other key"))
 	otherKey := make([]byte, transport.KeySize)
 	return []dialFailure{
-		{"refused port", func(ep *transport.Endpoint, w world) { ep.Addr = w.refused }, 0, transport.ClassRefused},
-		{"silent server", func(ep *transport.Endpoint, w world) { ep.Addr = w.silent }, 300 * time.Millisecond, transport.ClassTimeout},
-		{"wrong pin", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = otherPin[:] }, 0, transport.ClassTLS},
-		{"untrusted certificate", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = nil; ep.RootCAs = x509.NewCertPool() }, 0, transport.ClassTLS},
+		{"refused port", func(ep *transport.Endpoint, w world) { ep.Addr = w.refused }, 0, transport.ClassRefused, 0},
+		// A TCP connect that completes and a TLS handshake that never does:
+		// the ServerHello is dropped (Iran 2025). Over UDP nothing comes back.
+		{"silent server (ServerHello dropped)", func(ep *transport.Endpoint, w world) { ep.Addr = w.silent }, 300 * time.Millisecond,
+			transport.ClassTLS, transport.ClassUDPSilent},
+		// Nothing comes back at all: a blackholed address.
+		{"blackholed", func(ep *transport.Endpoint, w world) { ep.Addr = w.hole }, 300 * time.Millisecond,
+			transport.ClassTimeout, transport.ClassUDPSilent},
+		{"local address we do not have", func(ep *transport.Endpoint, _ world) { ep.LocalAddr = notOurs }, 0,
+			transport.ClassNetworkDown, 0},
+		{"wrong pin", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = otherPin[:] }, 0, transport.ClassTLS, 0},
+		{"untrusted certificate", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = nil; ep.RootCAs = x509.NewCertPool() }, 0, transport.ClassTLS, 0},
 		{"certificate for another name", func(ep *transport.Endpoint, _ world) {
 			ep.CertSHA256, ep.RootCAs, ep.SNI = nil, roots, "other.test"
-		}, 0, transport.ClassTLS},
-		{"wrong key", func(ep *transport.Endpoint, _ world) { ep.Key = otherKey }, 0, transport.ClassAuth},
-		{"wrong path", func(ep *transport.Endpoint, _ world) { ep.Path = "/elsewhere" }, 0, transport.ClassAuth},
-		{"unbound token, binding required", func(ep *transport.Endpoint, _ world) { ep.Unbound = true }, 0, transport.ClassAuth},
-		{"HTTPS server that is no relay (404)", func(ep *transport.Endpoint, w world) { ep.Addr = w.plain }, 0, transport.ClassAuth},
-		{"canceled context", nil, -1, transport.ClassCanceled},
-		{"bad address", func(ep *transport.Endpoint, _ world) { ep.Addr = "no-port" }, 0, transport.ClassInvalid},
-		{"bad port", func(ep *transport.Endpoint, _ world) { ep.Addr = "127.0.0.1:99999" }, 0, transport.ClassInvalid},
-		{"key of wrong size", func(ep *transport.Endpoint, _ world) { ep.Key = otherKey[:16] }, 0, transport.ClassInvalid},
-		{"pin of wrong size", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = otherPin[:16] }, 0, transport.ClassInvalid},
-		{"relative path", func(ep *transport.Endpoint, _ world) { ep.Path = "api" }, 0, transport.ClassInvalid},
-		{"local address not an IP", func(ep *transport.Endpoint, _ world) { ep.LocalAddr = "eth0" }, 0, transport.ClassInvalid},
-		{"unknown transport", func(ep *transport.Endpoint, _ world) { ep.Transport = "meek" }, 0, transport.ClassInvalid},
+		}, 0, transport.ClassTLS, 0},
+		{"wrong key", func(ep *transport.Endpoint, _ world) { ep.Key = otherKey }, 0, transport.ClassAuth, 0},
+		{"wrong path", func(ep *transport.Endpoint, _ world) { ep.Path = "/elsewhere" }, 0, transport.ClassAuth, 0},
+		{"unbound token, binding required", func(ep *transport.Endpoint, _ world) { ep.Unbound = true }, 0, transport.ClassAuth, 0},
+		{"HTTPS server that is no relay (404)", func(ep *transport.Endpoint, w world) { ep.Addr = w.plain }, 0, transport.ClassAuth, 0},
+		{"canceled context", nil, -1, transport.ClassCanceled, 0},
+		{"bad address", func(ep *transport.Endpoint, _ world) { ep.Addr = "no-port" }, 0, transport.ClassInvalid, 0},
+		{"bad port", func(ep *transport.Endpoint, _ world) { ep.Addr = "127.0.0.1:99999" }, 0, transport.ClassInvalid, 0},
+		{"key of wrong size", func(ep *transport.Endpoint, _ world) { ep.Key = otherKey[:16] }, 0, transport.ClassInvalid, 0},
+		{"pin of wrong size", func(ep *transport.Endpoint, _ world) { ep.CertSHA256 = otherPin[:16] }, 0, transport.ClassInvalid, 0},
+		{"relative path", func(ep *transport.Endpoint, _ world) { ep.Path = "api" }, 0, transport.ClassInvalid, 0},
+		{"local address not an IP", func(ep *transport.Endpoint, _ world) { ep.LocalAddr = "eth0" }, 0, transport.ClassInvalid, 0},
+		{"unknown transport", func(ep *transport.Endpoint, _ world) { ep.Transport = "meek" }, 0, transport.ClassInvalid, 0},
 	}
 }
 
@@ -167,15 +213,19 @@ func TestSameFailureSameClass(t *testing.T) {
 				err := dialFailing(t, &reg, w, f)
 				t.Logf("%s: %v", w.tr.Name(), err)
 				got[w.tr.Name()] = transport.ClassOf(err)
-				if c := transport.ClassOf(err); c != f.want {
-					t.Errorf("%s: class %v (%v), want %v", w.tr.Name(), c, err, f.want)
+				want := f.want
+				if f.wantH3 != 0 && w.tr.Name() == h3.Name {
+					want = f.wantH3
 				}
-				if !errors.Is(err, sentinel(f.want)) {
-					t.Errorf("%s: %v does not match the sentinel of %v", w.tr.Name(), err, f.want)
+				if c := transport.ClassOf(err); c != want {
+					t.Errorf("%s: class %v (%v), want %v", w.tr.Name(), c, err, want)
+				}
+				if !errors.Is(err, sentinel(want)) {
+					t.Errorf("%s: %v does not match the sentinel of %v", w.tr.Name(), err, want)
 				}
 				checkNoMetadata(t, w, err)
 			}
-			if got[https.Name] != got[h3.Name] {
+			if f.wantH3 == 0 && got[https.Name] != got[h3.Name] {
 				t.Errorf("https: %v, h3: %v", got[https.Name], got[h3.Name])
 			}
 		})
@@ -213,7 +263,7 @@ func dialFailing(t *testing.T, reg *transport.Registry, w world, f dialFailure) 
 func checkNoMetadata(t *testing.T, w world, err error) {
 	t.Helper()
 	msg := err.Error()
-	for _, addr := range []string{w.ep.Addr, w.refused, w.silent, w.plain} {
+	for _, addr := range []string{w.ep.Addr, w.refused, w.silent, w.hole, w.plain} {
 		_, port, _ := net.SplitHostPort(addr)
 		for _, leak := range []string{addr, ":" + port} {
 			if strings.Contains(msg, leak) {
@@ -221,7 +271,7 @@ func checkNoMetadata(t *testing.T, w world, err error) {
 			}
 		}
 	}
-	for _, leak := range []string{"127.0.0.1", classSNI, "other.test", classPath} {
+	for _, leak := range []string{"127.0.0.1", notOurs, classSNI, "other.test", classPath} {
 		if strings.Contains(msg, leak) {
 			t.Errorf("%s: %q contains %q", w.tr.Name(), msg, leak)
 		}
@@ -234,6 +284,9 @@ func sentinel(c transport.Class) error {
 		transport.ClassReset: transport.ErrReset, transport.ClassTLS: transport.ErrTLS,
 		transport.ClassAuth: transport.ErrAuth, transport.ClassProtocol: transport.ErrProtocol,
 		transport.ClassCanceled: transport.ErrCanceled, transport.ClassInvalid: transport.ErrInvalid,
+		transport.ClassStalled: transport.ErrStalled, transport.ClassNetworkDown: transport.ErrNetworkDown,
+		transport.ClassUDPSilent: transport.ErrUDPSilent, transport.ClassBusy: transport.ErrBusy,
+		transport.ClassThrottled: transport.ErrThrottled, transport.ClassRelayDown: transport.ErrRelayDown,
 	}[c]
 }
 

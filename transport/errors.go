@@ -19,10 +19,10 @@ type Class int
 
 const (
 	ClassUnknown     Class = iota
-	ClassTimeout           // no answer in time: blackholed address, dropped UDP
+	ClassTimeout           // no answer in time: a blackholed address (the TCP connect never completed)
 	ClassRefused           // connection refused: nothing listening, or a censor's RST to SYN
 	ClassReset             // connection reset or closed mid-handshake: on-path injection
-	ClassTLS               // TLS alert, bad certificate or pin mismatch
+	ClassTLS               // TLS alert, bad certificate, pin mismatch, or no ServerHello after the TCP connect
 	ClassAuth              // the relay did not accept our session token
 	ClassProtocol          // the peer spoke, but not the protocol we expected
 	ClassCanceled          // the caller's context was canceled, or the listener closed
@@ -146,7 +146,12 @@ func Classify(op, transport string, err error) error {
 	if errors.As(err, &te) {
 		return err
 	}
-	return &Error{Class: guessClass(err), Op: op, Transport: transport, Err: redact(err)}
+	c := guessClass(err)
+	carry := redact(err)
+	if c == ClassNetworkDown {
+		carry = fmt.Errorf("%w: this device has no route or no such local address; check its network connection", carry)
+	}
+	return &Error{Class: c, Op: op, Transport: transport, Err: carry}
 }
 
 func guessClass(err error) Class {
@@ -157,6 +162,8 @@ func guessClass(err error) Class {
 		return ClassTimeout
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return ClassRefused
+	case localNetworkDown(err):
+		return ClassNetworkDown
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
 		errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return ClassReset
@@ -177,6 +184,21 @@ func guessClass(err error) Class {
 		return ClassTLS
 	}
 	return ClassUnknown
+}
+
+// localNetworkDown reports whether err is our own network failing rather
+// than the relay or the path to it: no route (ENETUNREACH, EHOSTUNREACH),
+// no interface up (ENETDOWN), or a local address we do not have
+// (EADDRNOTAVAIL on bind). EHOSTUNREACH is also what an ICMP host
+// unreachable from a router becomes; a censor rarely forges one, and
+// counting it as ours only means the recipe is not backed off.
+func localNetworkDown(err error) bool {
+	for _, e := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // redact removes what names the relay (or the client) from err's message

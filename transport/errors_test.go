@@ -493,3 +493,25 @@ func TestRedact(t *testing.T) {
 		t.Fatalf("Redact = %q, chain kept %v", r, errors.Is(r, cause))
 	}
 }
+
+// TestClassifyNetworkDown: the errors of our own network (no route, no
+// interface, a local address we do not have) are ClassNetworkDown, keep
+// the errno in the chain, carry no address and say what to check.
+func TestClassifyNetworkDown(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			raw := &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 4433},
+				Err: &os.SyscallError{Syscall: "connect", Err: errno}}
+			err := Classify("dial", "test", raw)
+			if c := ClassOf(err); c != ClassNetworkDown {
+				t.Fatalf("class %v, want network_down", c)
+			}
+			if !errors.Is(err, ErrNetworkDown) || !errors.Is(err, errno) {
+				t.Fatalf("%v lost its sentinel or errno", err)
+			}
+			if msg := err.Error(); strings.Contains(msg, "127.0.0.9") || !strings.Contains(msg, "check its network connection") {
+				t.Fatalf("message %q", msg)
+			}
+		})
+	}
+}

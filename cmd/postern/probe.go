@@ -28,10 +28,13 @@ func probeCmd() command {
 		summary: "Check which relay/transport pairs are reachable from here. For each relay\n" +
 			"(a descriptor line, or a file holding one) and each of its transports, dial,\n" +
 			"complete the relay hello and a ping, and print one line per pair: relay id,\n" +
-			"transport, \"ok\" or the failure class (timeout, refused, reset, tls, auth,\n" +
-			"protocol, canceled, unknown), and the time it took. Exits 1 if any pair\n" +
-			"failed. With --listen it runs as a Prometheus exporter instead, probing every\n" +
-			"--interval and serving postern_probe_* metrics on ADDR/metrics.",
+			"transport, \"ok\" or the failure class, and the time it took. Classes:\n" +
+			"refused, reset, timeout (TCP blackholed), tls (alert, bad certificate, or\n" +
+			"ServerHello dropped), udp_silent (UDP dropped), auth, protocol, network_down\n" +
+			"(this machine's network), invalid (fix the descriptor), canceled, unknown.\n" +
+			"Exits 1 if any pair failed. With --listen it runs as a Prometheus exporter\n" +
+			"instead, probing every --interval and serving postern_probe_* metrics on\n" +
+			"ADDR/metrics, with the failure class as the class label.",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			timeout := fs.Duration("timeout", 10*time.Second, "give up on a pair after this long")
 			listen := fs.String("listen", "", "run as an exporter serving /metrics and /healthz on this TCP `address`")

@@ -16,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/metrics"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // deadDescriptor signs, with a fresh key, a descriptor whose https and h3
@@ -268,3 +271,122 @@ func TestProbeExporter(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestProbeClasses: a probe of an endpoint a censor or a dead relay has
+// taken away reports the failure class that says which, in the table and
+// as the exporter's class label.
+func TestProbeClasses(t *testing.T) {
+	t.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	key := make([]byte, descriptor.KeySize)
+	pin := make([]byte, descriptor.PinSize)
+	tcpSilent, err := net.Listen("tcp", "127.0.0.1:0") // connects complete; nobody talks
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpSilent.Close()
+	udpSilent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpSilent.Close()
+	cases := []struct {
+		name, transport, addr, want string
+	}{
+		{"refused", "https", closedPort(t, "tcp"), "refused"},
+		{"blackholed", "https", fullBacklog(t), "timeout"},
+		{"ServerHello dropped", "https", tcpSilent.Addr().String(), "tls"},
+		{"UDP dropped", "h3", udpSilent.LocalAddr().String(), "udp_silent"},
+		{"UDP refused", "h3", closedPort(t, "udp"), "refused"},
+	}
+	p := &prober{reg: newRegistry(), timeout: 300 * time.Millisecond}
+	met := metrics.NewProbe("test")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := route.Candidate{Relay: "r", Endpoint: transport.Endpoint{Transport: tc.transport, Addr: tc.addr,
+				SNI: "localhost", Path: "/p", Key: key, CertSHA256: pin}}
+			r := p.probe(t.Context(), probeTarget{relay: "r", transport: tc.transport, cands: []route.Candidate{c}})
+			if r.status() != tc.want {
+				t.Fatalf("probe: %q, want %q", r.status(), tc.want)
+			}
+			met.Failure(relayLabel, tc.transport, r.class.String(), r.took)
+		})
+	}
+	failures := probeFailures(t, met)
+	for _, tc := range cases {
+		if k := tc.transport + " " + tc.want; failures[k] != 1 {
+			t.Errorf("postern_probe_failures_total{transport,class} %s = %v, want 1", k, failures[k])
+		}
+	}
+}
+
+// relayLabel has the form of a relay id, so the exporter keeps it.
+const relayLabel = "abcdefghijklmnopqrstuvwxyz"
+
+func closedPort(t *testing.T, network string) string {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().String()
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// fullBacklog returns the address of a TCP listener whose accept queue is
+// full: Linux drops further SYNs, as a blackhole does.
+func fullBacklog(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	filler, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	return addr
+}
+
+// probeFailures returns postern_probe_failures_total by "transport class".
+func probeFailures(t *testing.T, met *metrics.Probe) map[string]float64 {
+	t.Helper()
+	mfs, err := met.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "postern_probe_failures_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			out[labels["transport"]+" "+labels["class"]] = m.GetCounter().GetValue()
+		}
+	}
+	return out
+}

@@ -33,7 +33,7 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 	}
 	c, err := dial(ctx, tgt)
 	if err != nil {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && transport.ClassOf(err) != transport.ClassUDPSilent {
 			err = ctx.Err()
 		}
 		return nil, classify("dial", err)
@@ -62,13 +62,14 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 	if err != nil {
 		return nil, err
 	}
-	tr := &quic.Transport{Conn: udp}
+	h := newHeard(udp)
+	tr := &quic.Transport{Conn: h}
 	release := func() { tr.Close(); udp.Close() }
 	reportICMP(udp, true)
 	qc, err := tr.Dial(ctx, raddr, tlsConf, clientQUICConfig())
 	if err != nil {
 		release()
-		return nil, err
+		return nil, silent(ctx, h, err)
 	}
 	reportICMP(udp, false)
 	closeQUIC := func() { qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), ""); release() }

@@ -46,6 +46,10 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 	}
 	raw, err := d.DialContext(ctx, "tcp", tgt.Addr)
 	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, &transport.Error{Class: transport.ClassTimeout, Op: "dial", Transport: Name,
+				Err: transport.Redact(errConnectTimeout.Error(), ctx.Err())}
+		}
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -59,6 +63,9 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 			c.Close()
 		}
 		raw.Close()
+		if transport.ClassOf(err) == transport.ClassTLS {
+			return nil, err // the TLS handshake itself ran out of time
+		}
 		return nil, classify("dial", ctx.Err())
 	}
 	if err != nil {
@@ -82,6 +89,10 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, preset str
 			Err: fmt.Errorf("endpoint fingerprint: %w; check the relay descriptor", err)}
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, &transport.Error{Class: transport.ClassTLS, Op: "handshake", Transport: Name,
+				Err: transport.Redact(errNoServerHello.Error(), ctx.Err())}
+		}
 		return nil, handshakeErr(err)
 	}
 	cs := uc.ConnectionState()
@@ -113,6 +124,16 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, preset str
 	}
 	return c, nil
 }
+
+// errConnectTimeout is a TCP connect that never completed: no SYN-ACK came
+// back, as from a blackholed address.
+var errConnectTimeout = errors.New("TCP connect timed out: the relay's address may be blackholed on this network; try another transport or relay")
+
+// errNoServerHello is a TLS handshake that ran out of time after the TCP
+// connect succeeded: the server, or a censor in between, never completed
+// it. Iran drops the ServerHello of names it blocks (2025), so it is a TLS
+// failure, not a blackhole (which stops the TCP connect itself).
+var errNoServerHello = errors.New("TLS handshake timed out after the TCP connect (ServerHello dropped?): a censor may be blocking this relay's name; try another transport or relay")
 
 // handshakeErr classifies a failed TLS handshake: what no rule recognises
 // is a TLS failure.

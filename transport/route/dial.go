@@ -13,23 +13,40 @@ import (
 type outcome[S io.Closer] struct {
 	i   int
 	s   S
+	rtt time.Duration
 	err error
 }
 
-// Dial races cands through reg: it starts them in order, each Stagger after
-// the one before or as soon as the one before fails, runs hs on each
-// stream, and returns the first session whose handshake succeeds with its
-// candidate. Every other attempt is cancelled, and a session that succeeds
-// too late is closed. If every candidate fails, the error is an *Error.
+// timing is one candidate's budget and head start over the next.
+type timing struct {
+	perAttempt, stagger time.Duration
+}
+
+// Dial races cands through reg: it starts them in order (the Memory's
+// order if Options has one), each a stagger after the one before or as
+// soon as the one before fails, runs hs on each stream, and returns the
+// first session whose handshake succeeds with its candidate, whose RTT is
+// set to the time the attempt took. Every other attempt is cancelled, and
+// a session that succeeds too late is closed. If every candidate fails,
+// the error is an *Error; each failure is recorded in the Memory.
 func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Candidate, opts Options, hs Handshake[S]) (S, Candidate, error) {
 	var zero S
 	if len(cands) == 0 {
 		return zero, Candidate{}, ErrNoCandidate
 	}
-	opts = opts.withDefaults()
-	if opts.Memory != nil {
-		cands = opts.Memory.Order(opts.Network, cands)
+	mem := opts.Memory
+	var record func(Candidate, error)
+	if mem != nil {
+		cands = mem.Order(opts.Network, cands)
+		changed := false
+		defer func() {
+			if changed {
+				mem.save() // best effort: the memory only speeds up later dials
+			}
+		}()
+		record = func(c Candidate, err error) { changed = mem.fail(opts.Network, c, transport.ClassOf(err)) || changed }
 	}
+	plan := opts.plan(cands)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make(chan outcome[S], len(cands))
@@ -39,17 +56,17 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 		next++
 		running++
 		go func() {
-			s, err := attempt(ctx, reg, cands[i], opts.PerAttempt, hs)
-			results <- outcome[S]{i, s, err}
+			s, rtt, err := attempt(ctx, reg, cands[i], plan[i].perAttempt, hs)
+			results <- outcome[S]{i, s, rtt, err}
 		}()
 	}
 	start()
 	var fails []Attempt
-	timer := time.NewTimer(opts.Stagger)
+	timer := time.NewTimer(jitter(plan[0].stagger))
 	defer timer.Stop()
 	for running > 0 {
 		stagger := timer.C
-		if opts.Stagger < 0 || next == len(cands) {
+		if next == len(cands) || plan[next-1].stagger < 0 {
 			stagger = nil
 		}
 		select {
@@ -58,41 +75,45 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 			if r.err == nil {
 				cancel()
 				go drain(results, running)
-				return r.s, cands[r.i], nil
+				won := cands[r.i]
+				won.RTT = r.rtt
+				return r.s, won, nil
 			}
 			fails = append(fails, Attempt{Relay: cands[r.i].Relay, Transport: cands[r.i].Endpoint.Transport, Err: r.err})
-			if opts.Memory != nil && ctx.Err() == nil {
-				opts.Memory.Failure(opts.Network, cands[r.i])
+			if record != nil && ctx.Err() == nil {
+				record(cands[r.i], r.err)
 			}
 			if next < len(cands) && ctx.Err() == nil {
 				start()
-				resetTimer(timer, opts.Stagger)
+				resetTimer(timer, plan[next-1].stagger)
 			}
 		case <-stagger:
 			start()
-			resetTimer(timer, opts.Stagger)
+			resetTimer(timer, plan[next-1].stagger)
 		}
 	}
 	return zero, Candidate{}, &Error{Attempts: fails}
 }
 
-// attempt dials one candidate and runs the handshake, within perAttempt.
-func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candidate, perAttempt time.Duration, hs Handshake[S]) (S, error) {
+// attempt dials one candidate and runs the handshake, within perAttempt,
+// and returns how long that took.
+func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candidate, perAttempt time.Duration, hs Handshake[S]) (S, time.Duration, error) {
 	var zero S
+	begin := time.Now()
 	actx, cancel := context.WithTimeout(ctx, perAttempt)
 	defer cancel()
 	conn, err := reg.Dial(actx, c.Endpoint)
 	if err != nil {
-		return zero, err
+		return zero, 0, err
 	}
 	s, err := hs(actx, conn)
 	if err != nil {
 		if actx.Err() != nil && ctx.Err() == nil {
 			err = actx.Err()
 		}
-		return zero, transport.Classify("hello", c.Endpoint.Transport, err)
+		return zero, 0, transport.Classify("hello", c.Endpoint.Transport, err)
 	}
-	return s, nil
+	return s, time.Since(begin), nil
 }
 
 // drain closes sessions of attempts that succeed after a winner.
@@ -104,20 +125,38 @@ func drain[S io.Closer](results <-chan outcome[S], running int) {
 	}
 }
 
-// resetTimer restarts the stagger timer, jittered by ±20 % so that
-// clients do not start their attempts in lockstep.
+// resetTimer restarts the stagger timer, jittered.
 func resetTimer(t *time.Timer, d time.Duration) {
 	if d >= 0 {
-		t.Reset(d*4/5 + rand.N(d*2/5+1))
+		t.Reset(jitter(d))
 	}
 }
 
-func (o Options) withDefaults() Options {
-	if o.PerAttempt <= 0 {
-		o.PerAttempt = DefaultPerAttempt
+// jitter spreads d by ±20 % so that clients do not start their attempts in
+// lockstep.
+func jitter(d time.Duration) time.Duration {
+	if d < 0 {
+		return d
 	}
-	if o.Stagger == 0 {
-		o.Stagger = DefaultStagger
+	return d*4/5 + rand.N(d*2/5+1)
+}
+
+// plan returns each candidate's timing: the Options' values where set,
+// else scaled by its handshake time known to the Memory.
+func (o Options) plan(cands []Candidate) []timing {
+	out := make([]timing, len(cands))
+	for i, c := range cands {
+		var rtt time.Duration
+		if o.Memory != nil && (o.PerAttempt <= 0 || o.Stagger == 0) {
+			rtt = o.Memory.RTT(o.Network, c)
+		}
+		out[i] = timing{o.PerAttempt, o.Stagger}
+		if o.PerAttempt <= 0 {
+			out[i].perAttempt = scaledPerAttempt(rtt)
+		}
+		if o.Stagger == 0 {
+			out[i].stagger = scaledStagger(rtt)
+		}
 	}
-	return o
+	return out
 }

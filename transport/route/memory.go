@@ -1,15 +1,11 @@
 package route
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -20,158 +16,228 @@ import (
 // DefaultMemoryTTL is how long a remembered way in is preferred.
 const DefaultMemoryTTL = 24 * time.Hour
 
-// Memory remembers, per network, which way into each relay last worked,
-// so that the next dial on that network gives it a head start (Psiphon
-// replays the last working dial recipe per server and network in the same
-// spirit). A network is an opaque name the caller chooses (the CLI's
-// --network); a way in is a recipe: a hash of the endpoint's transport,
-// address, SNI, path and fingerprint, so the memory holds no address and
-// an entry stops matching by itself when the descriptor's endpoint
-// changes. A success counts only once the caller has had a request
-// acknowledged over the session (Success), never for a bare handshake.
-// After a failure an entry is kept with probability one half, so one
-// transient error does not make the client forget a good path.
+// Memory remembers, per network, which ways into each relay worked, which
+// failed and how, and how long their handshakes take, so that the next
+// dial on that network orders its candidates and sizes its timeouts by
+// what it saw (Psiphon replays the last working dial recipe per server and
+// network in the same spirit). A network is an opaque name the caller
+// chooses (the CLI's --network); a way in is a recipe: a hash of the
+// endpoint's transport, address, SNI, path and fingerprint, so the memory
+// holds no address and an entry stops matching by itself when the
+// descriptor's endpoint changes.
+//
+// A success counts only once the caller has had a request acknowledged
+// over the session (Success), never for a bare handshake; it clears the
+// recipe's failures. A failure (Failure, called by Dial for every attempt
+// that fails) puts the recipe in backoff for the time its class calls for
+// (see the package documentation); a recipe in backoff is tried last, never
+// dropped. After the first failure of a recipe that worked, the entry is
+// kept as it was with probability one half, so one transient error does
+// not make the client forget a good path.
 type Memory struct {
-	path string
-	ttl  time.Duration
-	now  func() time.Time
-	keep func() bool // whether to keep an entry after one failure
+	path   string
+	ttl    time.Duration
+	now    func() time.Time
+	keep   func() bool                       // whether to keep a good entry after one failure
+	jitter func(time.Duration) time.Duration // a value in [0, d]
 
 	mu      sync.Mutex
-	entries map[memoryKey]time.Time // when the recipe last worked
+	entries map[memoryKey]*memoryState
 }
 
 type memoryKey struct {
 	Network, Relay, Recipe string
 }
 
-// memoryFile is the on-disk form (JSON, mode 0600).
-type memoryFile struct {
-	Version int           `json:"version"`
-	Entries []memoryEntry `json:"entries"`
-}
-
-type memoryEntry struct {
-	Network string    `json:"network"`
-	Relay   string    `json:"relay"`  // descriptor relay id
-	Recipe  string    `json:"recipe"` // endpoint hash
-	Worked  time.Time `json:"worked"`
+// memoryState is what the memory knows of one recipe on one network.
+type memoryState struct {
+	worked time.Time       // last acknowledged success; zero if none since the last failure
+	rtt    time.Duration   // smoothed handshake time of the successes; 0 unknown
+	class  transport.Class // class of the last failure since the last success
+	fails  int             // consecutive failures since the last success
+	until  time.Time       // tried last until then
+	config string          // ClassInvalid only: the whole endpoint's hash when it failed
 }
 
 // Recipe is the memory's name for a candidate's way in: a hash of what
 // makes the endpoint, never the address itself.
 func Recipe(ep transport.Endpoint) string {
+	return hashFields(ep.Transport, ep.Addr, ep.SNI, ep.Path, ep.Fingerprint)
+}
+
+// configHash names everything of ep that can make it invalid, so that an
+// invalid recipe is retried as soon as the configuration changes.
+func configHash(ep transport.Endpoint) string {
+	return hashFields(ep.Transport, ep.Addr, ep.SNI, ep.Path, ep.Fingerprint, ep.LocalAddr,
+		string(ep.Key), string(ep.CertSHA256), fmt.Sprint(ep.Unbound))
+}
+
+func hashFields(fields ...string) string {
 	h := sha256.New()
-	for _, f := range []string{ep.Transport, ep.Addr, ep.SNI, ep.Path, ep.Fingerprint} {
+	for _, f := range fields {
 		fmt.Fprintf(h, "%d:%s;", len(f), f)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }
 
-// OpenMemory loads the memory kept in path (created on the first save;
-// "" keeps it in memory only). ttl 0 means DefaultMemoryTTL.
-func OpenMemory(path string, ttl time.Duration) (*Memory, error) {
+func newMemory(path string, ttl time.Duration) *Memory {
 	if ttl <= 0 {
 		ttl = DefaultMemoryTTL
 	}
-	m := &Memory{path: path, ttl: ttl, now: time.Now, keep: func() bool { return rand.N(2) == 0 },
-		entries: map[memoryKey]time.Time{}}
-	if path == "" {
-		return m, nil
-	}
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return m, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("route memory: %w", err)
-	}
-	var f memoryFile
-	if err := json.Unmarshal(data, &f); err != nil || f.Version != 1 {
-		return nil, fmt.Errorf("route memory %s is damaged; delete it (it only speeds up the next dials)", path)
-	}
-	for _, e := range f.Entries {
-		m.entries[memoryKey{e.Network, e.Relay, e.Recipe}] = e.Worked
-	}
-	return m, nil
+	return &Memory{path: path, ttl: ttl, now: time.Now, keep: func() bool { return rand.N(2) == 0 },
+		jitter: randJitter, entries: map[memoryKey]*memoryState{}}
 }
 
-// Order returns cands with the ways in that worked on network within the
-// TTL first, the most recent first; the rest keep their order.
+// state returns c's entry on network, or nil.
+func (m *Memory) state(network string, c Candidate) *memoryState {
+	return m.entries[memoryKey{network, c.Relay, Recipe(c.Endpoint)}]
+}
+
+// held reports until when c is tried last on network (zero if it is not).
+func (m *Memory) held(network string, c Candidate, now time.Time) time.Time {
+	s := m.state(network, c)
+	if s == nil || !s.until.After(now) {
+		return time.Time{}
+	}
+	if s.class == transport.ClassInvalid && s.config != configHash(c.Endpoint) {
+		return time.Time{} // the configuration changed: worth a try
+	}
+	return s.until
+}
+
+// Order returns cands in the order to try them on network: first those
+// that worked within the TTL, the most recent first; then the others in
+// their given order; last those in backoff, the one whose backoff ends
+// first leading.
 func (m *Memory) Order(network string, cands []Candidate) []Candidate {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	worked := func(c Candidate) time.Time {
-		t, ok := m.entries[memoryKey{network, c.Relay, Recipe(c.Endpoint)}]
-		if !ok || now.Sub(t) > m.ttl {
-			return time.Time{}
-		}
-		return t
+	type ranked struct {
+		c            Candidate
+		worked, held time.Time
 	}
-	out := slices.Clone(cands)
-	slices.SortStableFunc(out, func(a, b Candidate) int { return worked(b).Compare(worked(a)) })
+	rs := make([]ranked, len(cands))
+	for i, c := range cands {
+		rs[i] = ranked{c: c, held: m.held(network, c, now)}
+		if s := m.state(network, c); s != nil && !s.worked.IsZero() && now.Sub(s.worked) <= m.ttl {
+			rs[i].worked = s.worked
+		}
+	}
+	slices.SortStableFunc(rs, func(a, b ranked) int {
+		if ah, bh := !a.held.IsZero(), !b.held.IsZero(); ah != bh || ah {
+			return cmp.Or(boolCmp(ah, bh), a.held.Compare(b.held))
+		}
+		return b.worked.Compare(a.worked)
+	})
+	out := make([]Candidate, len(rs))
+	for i, r := range rs {
+		out[i] = r.c
+	}
 	return out
 }
 
+// boolCmp orders false before true.
+func boolCmp(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// Backoff returns until when c is tried last on network and the class of
+// the failure that put it there; a zero time if c is not in backoff.
+func (m *Memory) Backoff(network string, c Candidate) (time.Time, transport.Class) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	until := m.held(network, c, m.now())
+	if until.IsZero() {
+		return until, transport.ClassUnknown
+	}
+	return until, m.state(network, c).class
+}
+
+// RTT returns the smoothed handshake time of c on network: its recipe's if
+// known, else the longest known of another recipe of the same relay, else 0.
+func (m *Memory) RTT(network string, c Candidate) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.state(network, c); s != nil && s.rtt > 0 {
+		return s.rtt
+	}
+	var rtt time.Duration
+	for k, s := range m.entries {
+		if k.Network == network && k.Relay == c.Relay {
+			rtt = max(rtt, s.rtt)
+		}
+	}
+	return rtt
+}
+
 // Success records that c worked on network: a request over its session
-// was acknowledged.
+// was acknowledged. It clears c's failures and folds c.RTT, if set, into
+// the recipe's smoothed handshake time (RFC 6298's 7/8 weighting).
 func (m *Memory) Success(network string, c Candidate) error {
 	m.mu.Lock()
-	m.entries[memoryKey{network, c.Relay, Recipe(c.Endpoint)}] = m.now()
-	m.mu.Unlock()
-	return m.save()
-}
-
-// Failure records that c failed on network: its entry is dropped with
-// probability one half.
-func (m *Memory) Failure(network string, c Candidate) error {
-	m.mu.Lock()
 	k := memoryKey{network, c.Relay, Recipe(c.Endpoint)}
-	_, had := m.entries[k]
-	drop := had && !m.keep()
-	if drop {
-		delete(m.entries, k)
+	s := m.entries[k]
+	if s == nil {
+		s = &memoryState{}
+		m.entries[k] = s
 	}
-	m.mu.Unlock()
-	if !drop {
-		return nil
-	}
-	return m.save()
-}
-
-// save writes the live entries to the file, atomically.
-func (m *Memory) save() error {
-	if m.path == "" {
-		return nil
-	}
-	m.mu.Lock()
-	f := memoryFile{Version: 1}
-	now := m.now()
-	for k, t := range m.entries {
-		if now.Sub(t) <= m.ttl {
-			f.Entries = append(f.Entries, memoryEntry{k.Network, k.Relay, k.Recipe, t.UTC()})
+	rtt := s.rtt
+	*s = memoryState{worked: m.now(), rtt: rtt}
+	if c.RTT > 0 {
+		s.rtt = c.RTT
+		if rtt > 0 {
+			s.rtt = (7*rtt + c.RTT) / 8
 		}
 	}
 	m.mu.Unlock()
-	slices.SortFunc(f.Entries, func(a, b memoryEntry) int { return a.Worked.Compare(b.Worked) })
-	data, _ := json.MarshalIndent(f, "", "  ")
-	tmp, err := os.CreateTemp(filepath.Dir(m.path), ".route-memory-*")
-	if err != nil {
-		return fmt.Errorf("route memory: %w", err)
+	return m.save()
+}
+
+// Failure records that c failed on network with class and saves the
+// memory. Classes that are not the recipe's fault (network_down,
+// canceled) change nothing.
+func (m *Memory) Failure(network string, c Candidate, class transport.Class) error {
+	if !m.fail(network, c, class) {
+		return nil
 	}
-	defer os.Remove(tmp.Name())
-	if _, err = tmp.Write(data); err == nil {
-		err = tmp.Sync()
+	return m.save()
+}
+
+// fail is Failure without the save; it reports whether anything changed.
+func (m *Memory) fail(network string, c Candidate, class transport.Class) bool {
+	if !counts(class) {
+		return false
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := memoryKey{network, c.Relay, Recipe(c.Endpoint)}
+	s := m.entries[k]
+	if s == nil {
+		s = &memoryState{}
+		m.entries[k] = s
 	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), m.path)
+	s.fails++
+	if !s.worked.IsZero() && s.fails == 1 && m.keep() {
+		return true // the first failure of a good path: it keeps its place
 	}
-	if err != nil {
-		return fmt.Errorf("route memory: %w", err)
+	now := m.now()
+	s.worked, s.class, s.config = time.Time{}, class, ""
+	s.until = now.Add(backoff(class, s.fails, m.jitter))
+	if class == transport.ClassInvalid {
+		s.config = configHash(c.Endpoint)
 	}
-	return nil
+	return true
+}
+
+// live reports whether s is worth keeping at now: it worked within the
+// TTL or is in backoff.
+func (m *Memory) live(s *memoryState, now time.Time) bool {
+	return (!s.worked.IsZero() && now.Sub(s.worked) <= m.ttl) || s.until.After(now)
 }

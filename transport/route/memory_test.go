@@ -81,7 +81,7 @@ func TestMemoryFailureKeepsSometimes(t *testing.T) {
 		m.keep = func() bool { return keep }
 		c := cand("R", "h3", "127.0.0.9:443")
 		m.Success("n", c)
-		m.Failure("n", c)
+		m.Failure("n", c, transport.ClassTimeout)
 		led := m.Order("n", []Candidate{cand("R", "https", "x:1"), c})[0].Endpoint.Transport == "h3"
 		if led != keep {
 			t.Fatalf("keep=%v: entry still leads=%v", keep, led)
@@ -98,8 +98,7 @@ func TestMemoryDamagedFile(t *testing.T) {
 	if _, err := OpenMemory(filepath.Join(t.TempDir(), "missing", "x"), 0); err != nil {
 		t.Fatalf("a missing file is an empty memory: %v", err)
 	}
-	if err := (&Memory{path: filepath.Join(t.TempDir(), "no", "dir"), ttl: time.Hour, now: time.Now,
-		entries: map[memoryKey]time.Time{}}).save(); err == nil {
+	if err := newMemory(filepath.Join(t.TempDir(), "no", "dir"), time.Hour).save(); err == nil {
 		t.Fatal("save into a missing directory succeeded")
 	}
 }

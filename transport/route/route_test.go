@@ -18,7 +18,7 @@ import (
 // returns one end of a pipe.
 type fake struct {
 	name  string
-	mode  string // "refuse", "hang", "ok"
+	mode  string // "refuse", "hang", "invalid", "ok"
 	dials atomic.Int32
 }
 
@@ -38,6 +38,8 @@ func (f *fake) Dial(ctx context.Context, ep transport.Endpoint) (transport.Conn,
 	case "hang":
 		<-ctx.Done()
 		return nil, transport.Classify("dial", f.name, ctx.Err())
+	case "invalid":
+		return nil, &transport.Error{Class: transport.ClassInvalid, Op: "dial", Transport: f.name, Err: errors.New("bad endpoint")}
 	}
 	a, b := net.Pipe()
 	go func() { <-ctx.Done(); b.Close() }()
