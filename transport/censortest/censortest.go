@@ -5,8 +5,13 @@
 // Today it parses TLS ClientHello messages and computes their JA4
 // fingerprint, so that tests can check that a transport's handshake matches
 // the browser it imitates (see transport/browser), and it carries the
-// committed Chromium captures those tests compare against. It is the place
-// for a censor simulator later.
+// committed Chromium captures those tests compare against. It is also a
+// censor simulator that needs no root: [Middlebox] (TCP) and [UDPMiddlebox]
+// relay loopback traffic to a target and apply published censor behaviour
+// to it ([Rule]: SNI resets and drops, freezes, throttling, the GFW's
+// fully-encrypted-traffic and QUIC SNI rules), composable with [All] and
+// switchable mid-connection. [FullyEncryptedExemption] and
+// [QUICClientHello] are the detectors behind them, usable on their own.
 //
 // The wire format parsed here (RFC 8446 section 4.1.2, RFC 5246 section 6.2):
 //

@@ -3,30 +3,45 @@ package censortest
 import (
 	"errors"
 	"io"
-	"math"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Middlebox is a censor on loopback: a TCP proxy that forwards every
 // connection it accepts to a target and interferes with it as its [Rule]
 // says. It needs no privileges, so it cannot drop a SYN or forge packets: a
 // client always completes its TCP handshake with the middlebox first, and
-// sees interference only after that.
+// sees interference only after that. [UDPMiddlebox] is its UDP sibling.
 //
-// Rules and the failure class that transport.Classify gives the error of a
-// client dialing through the middlebox (checked by hand on loopback; the
-// class tests come with fallback routing):
+// Rules for TCP, and the failure class that transport.ClassOf gives the
+// error of a Postern client dialing through the middlebox (checked by
+// classes_test.go with the https transport):
 //
-//	Pass            no failure
-//	Blackhole       ClassTimeout (a read or the context deadline expires)
-//	ResetOnConnect  ClassReset (ECONNRESET from the dial or the first read;
-//	                a real censor's RST to the SYN would give ClassRefused)
-//	ResetOnSNI      ClassReset for the blocked name (the TLS handshake read gets ECONNRESET)
-//	FreezeAfter     ClassTimeout once the limit is passed, nothing before
+//	Pass               no failure
+//	Blackhole          ClassTLS: TCP connected (the middlebox cannot drop the
+//	                   SYN), the TLS handshake never answered, which is what a
+//	                   dropped ServerHello looks like; the kernel-level blackhole
+//	                   of package netns drops the SYN and gives ClassTimeout
+//	ResetOnConnect     ClassReset (ECONNRESET from the dial or the first read;
+//	                   a real censor's RST to the SYN would give ClassRefused)
+//	ResetOnSNI         ClassReset for the blocked name (the TLS handshake read gets ECONNRESET)
+//	DropOnSNI          ClassTLS for the blocked name: TCP connected, the
+//	                   ClientHello never answered
+//	DropServerHello    ClassTLS: the ClientHello reaches the server, its answer
+//	                   never reaches the client
+//	FreezeAfter        a timeout once the limit is passed, nothing before; the
+//	                   session layer reports it as ClassStalled
+//	Throttle           no failure, only slower
+//	GFWFullyEncrypted  no failure for TLS (exempt); a first payload that looks
+//	                   random is dropped: ClassTimeout
+//
+// Verdicts on a connection's first flight (ResetOnSNI, DropOnSNI,
+// DropServerHello, GFWFullyEncrypted) stick to that connection, as a
+// censor's per-flow state does; the other rules act on every chunk and
+// follow [Middlebox.SetRule] at once.
 type Middlebox struct {
 	ln     net.Listener
 	target string
@@ -35,6 +50,7 @@ type Middlebox struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // both sides of every open connection
 	closed bool
+	done   chan struct{} // closed at cleanup: wakes throttled pumps
 	wg     sync.WaitGroup
 }
 
@@ -42,8 +58,9 @@ type Middlebox struct {
 // given n <= 0: the 16 KiB at which Russian TSPU freezes are reported.
 const DefaultFreezeLimit = 16 << 10
 
-// maxFirstFlight bounds what [ResetOnSNI] buffers while it looks for a
-// ClientHello; a longer first flight is forwarded uninspected.
+// maxFirstFlight bounds what a rule that inspects the first client flight
+// ([ResetOnSNI] and the like) buffers while it looks for a ClientHello; a
+// longer first flight is judged as it is.
 const maxFirstFlight = 64 << 10
 
 // chunkSize is the most the middlebox reads from one side at a time.
@@ -58,7 +75,7 @@ func NewMiddlebox(t testing.TB, target string) *Middlebox {
 	if err != nil {
 		t.Fatalf("middlebox: listen on loopback: %v", err)
 	}
-	m := &Middlebox{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
+	m := &Middlebox{ln: ln, target: target, conns: make(map[net.Conn]struct{}), done: make(chan struct{})}
 	m.SetRule(Pass)
 	m.wg.Add(1)
 	go m.serve()
@@ -70,10 +87,11 @@ func NewMiddlebox(t testing.TB, target string) *Middlebox {
 func (m *Middlebox) Addr() string { return m.ln.Addr().String() }
 
 // SetRule makes r the rule for new connections and for those running. A
-// running connection sees the change at its next chunk of data: freezes and
-// blackholing take effect mid-connection, resets only act at connection
-// start (ResetOnConnect) or on the first client flight (ResetOnSNI). A nil r
-// means [Pass].
+// running connection sees the change at its next chunk of data: freezes,
+// throttling and blackholing take effect mid-connection; ResetOnConnect only
+// acts at connection start and the first-flight rules (ResetOnSNI,
+// DropOnSNI, DropServerHello, GFWFullyEncrypted) only on the first client
+// flight. A nil r means [Pass].
 func (m *Middlebox) SetRule(r Rule) {
 	if r == nil {
 		r = Pass
@@ -124,6 +142,7 @@ func (m *Middlebox) close() {
 	m.ln.Close()
 	m.mu.Lock()
 	m.closed = true
+	close(m.done)
 	for c := range m.conns {
 		c.Close()
 	}
@@ -135,12 +154,13 @@ func (m *Middlebox) close() {
 func (m *Middlebox) handle(client net.Conn) {
 	defer m.wg.Done()
 	switch m.current().onConnect() {
-	case actHold:
-		return // stays open, silent, until cleanup closes it
+	case actForward:
 	case actReset:
 		reset(client)
 		m.untrack(client)
 		return
+	default:
+		return // stays open, silent, until cleanup closes it
 	}
 	server, err := net.Dial("tcp", m.target)
 	if err != nil {
@@ -153,94 +173,125 @@ func (m *Middlebox) handle(client net.Conn) {
 		return
 	}
 	defer m.untrack(client, server)
+	fl := new(tcpFlow)
+	first, verdict := m.inspectFirstFlight(client)
+	switch verdict {
+	case actReset:
+		reset(client)
+		server.Close()
+		return
+	case actHold:
+		fl.mute(ClientToServer)
+		fl.mute(ServerToClient)
+	case actMuteServer:
+		fl.mute(ServerToClient)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		m.pump(client, server, ServerToClient, nil)
+		m.pump(client, server, ServerToClient, nil, fl)
 	}()
-	if first, ok := m.inspectFirstFlight(client); ok {
-		m.pump(server, client, ClientToServer, first)
-	} else {
-		reset(client)
-		server.Close()
-	}
+	m.pump(server, client, ClientToServer, first, fl)
 	<-done
 }
 
-// inspectFirstFlight reads the client's first TLS handshake records if the
-// current rule looks at ClientHellos, and asks it for a verdict. It returns
-// the bytes read (to be forwarded) and false if the connection is to be
-// reset.
-func (m *Middlebox) inspectFirstFlight(client net.Conn) ([]byte, bool) {
+// tcpFlow is the state the middlebox keeps on one connection: the verdict
+// on its first flight and its throttle buckets, one per direction, each
+// touched only by that direction's pump.
+type tcpFlow struct {
+	muted   [2]atomic.Bool
+	buckets [2]*tokenBucket
+}
+
+func (f *tcpFlow) mute(dir Direction)         { f.muted[dir].Store(true) }
+func (f *tcpFlow) isMuted(dir Direction) bool { return f.muted[dir].Load() }
+
+// inspectFirstFlight reads the client's first flight if the current rule
+// looks at it, and asks the rule for a verdict. It returns the bytes read,
+// to be forwarded unless the verdict says otherwise.
+func (m *Middlebox) inspectFirstFlight(client net.Conn) ([]byte, action) {
 	r := m.current()
-	if !r.inspectsHello() {
-		return nil, true
+	if !r.inspects() {
+		return nil, actForward
 	}
-	raw, complete := readFirstFlight(client)
-	var h *ClientHello
-	if complete {
-		h, _ = ParseClientHello(raw) // not a ClientHello: h stays nil
-	}
-	return raw, r.onHello(h) != actReset
+	f := readFirstFlight(client)
+	return f.raw, r.onFirstFlight(&f)
 }
 
-// readFirstFlight reads whole handshake records from c until they hold one
-// complete handshake message. It stops early, with complete false, at the
-// first byte that does not continue a handshake record, at an error or past
-// maxFirstFlight; raw is then everything read so far.
-func readFirstFlight(c net.Conn) (raw []byte, complete bool) {
-	var hsLen int // handshake bytes seen
-	for len(raw) < maxFirstFlight {
-		hdr := make([]byte, recordHeaderLen)
-		if n, err := io.ReadFull(c, hdr[:1]); n == 0 || err != nil {
-			return raw, false
-		}
-		raw = append(raw, hdr[0])
-		if hdr[0] != recordTypeHandshake {
-			return raw, false
-		}
-		n, err := io.ReadFull(c, hdr[1:])
-		raw = append(raw, hdr[1:1+n]...)
-		if err != nil {
-			return raw, false
-		}
-		body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-		n, err = io.ReadFull(c, body)
-		raw = append(raw, body[:n]...)
-		if err != nil {
-			return raw, false
-		}
-		hsLen += len(body)
-		if want, ok := handshakeLen(handshakeBytes(raw)); ok && hsLen >= want {
-			return raw, true
-		}
-	}
-	return raw, false
+// firstFlight is what a client sent first: packet is its first read (a
+// censor's "first data packet"), raw everything read, hello the ClientHello
+// those bytes carry or nil if they are not a whole, well-formed one.
+type firstFlight struct {
+	packet []byte
+	raw    []byte
+	hello  *ClientHello
 }
 
-// handshakeBytes returns the first few handshake bytes carried by the
-// records in raw, enough for [handshakeLen].
-func handshakeBytes(raw []byte) []byte {
+// readFirstFlight reads from c once, and then on while the bytes read are
+// TLS handshake records that do not yet hold a whole handshake message. It
+// stops at an error, at the first byte that does not continue a handshake
+// record, or past maxFirstFlight.
+func readFirstFlight(c net.Conn) firstFlight {
+	var f firstFlight
+	buf := make([]byte, chunkSize)
+	for len(f.raw) < maxFirstFlight {
+		n, err := c.Read(buf)
+		f.raw = append(f.raw, buf[:n]...)
+		if f.packet == nil && n > 0 {
+			f.packet = f.raw[:n:n]
+		}
+		complete, more := scanHandshake(f.raw)
+		if complete {
+			f.hello, _ = ParseClientHello(f.raw) // not a ClientHello: hello stays nil
+			return f
+		}
+		if !more || err != nil {
+			return f
+		}
+	}
+	return f
+}
+
+// scanHandshake reports whether the handshake records in raw hold a whole
+// handshake message, and if not, whether more bytes could complete them.
+func scanHandshake(raw []byte) (complete, more bool) {
 	var hs []byte
-	for len(raw) >= recordHeaderLen && len(hs) < handshakeHeaderLen {
-		n := min(int(raw[3])<<8|int(raw[4]), len(raw)-recordHeaderLen)
+	for len(raw) > 0 {
+		if raw[0] != recordTypeHandshake {
+			return false, false
+		}
+		if len(raw) < recordHeaderLen {
+			return false, true
+		}
+		n := int(raw[3])<<8 | int(raw[4])
+		if len(raw) < recordHeaderLen+n {
+			return false, true
+		}
 		hs = append(hs, raw[recordHeaderLen:recordHeaderLen+n]...)
 		raw = raw[recordHeaderLen+n:]
+		if want, ok := handshakeLen(hs); ok && len(hs) >= want {
+			return true, false
+		}
 	}
-	return hs
+	return false, true
 }
 
 // pump copies src to dst in direction dir, first the bytes in pending,
-// letting through what the current rule's budget allows and discarding the
-// rest, as a censor dropping packets would. At EOF it half-closes dst unless
-// the direction is frozen; at any other error it closes both.
-func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte) {
+// letting through what the current rule's budget allows at the rule's rate
+// and discarding the rest, as a censor dropping packets would. At EOF it
+// half-closes dst unless the direction is frozen; at any other error, or
+// at cleanup, it closes both.
+func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *tcpFlow) {
 	var sent int64
 	buf := make([]byte, chunkSize)
 	for {
-		allow := min(int64(len(pending)), m.current().budget(dir, sent))
+		r := m.current()
+		allow := min(int64(len(pending)), r.budget(dir, sent))
+		if fl.isMuted(dir) {
+			allow = 0
+		}
 		if allow > 0 {
-			if _, err := dst.Write(pending[:allow]); err != nil {
+			if err := m.write(dst, pending[:allow], fl, dir, r.rate()); err != nil {
 				src.Close()
 				dst.Close()
 				return
@@ -253,7 +304,7 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte) {
 			continue
 		}
 		if errors.Is(err, io.EOF) {
-			if m.current().budget(dir, sent) > 0 {
+			if m.current().budget(dir, sent) > 0 && !fl.isMuted(dir) {
 				closeWrite(dst)
 			}
 			return
@@ -261,6 +312,46 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte) {
 		src.Close()
 		dst.Close()
 		return
+	}
+}
+
+// write writes p to dst, at most rate bytes per second if rate > 0.
+func (m *Middlebox) write(dst net.Conn, p []byte, fl *tcpFlow, dir Direction, rate int64) error {
+	if rate <= 0 {
+		_, err := dst.Write(p)
+		return err
+	}
+	b := fl.buckets[dir]
+	if b == nil {
+		b = newTokenBucket(rate, time.Now)
+		fl.buckets[dir] = b
+	}
+	b.setRate(rate)
+	for len(p) > 0 {
+		k := min(len(p), int(b.burst))
+		if !m.sleep(b.take(k)) {
+			return net.ErrClosed
+		}
+		if _, err := dst.Write(p[:k]); err != nil {
+			return err
+		}
+		p = p[k:]
+	}
+	return nil
+}
+
+// sleep waits d, or less if the middlebox closes first (then false).
+func (m *Middlebox) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-m.done:
+		return false
 	}
 }
 
@@ -276,143 +367,4 @@ func reset(c net.Conn) {
 		tc.SetLinger(0)
 	}
 	c.Close()
-}
-
-// Direction is one way through the middlebox.
-type Direction int
-
-const (
-	ClientToServer Direction = iota
-	ServerToClient
-)
-
-type action int
-
-const (
-	actForward action = iota
-	actHold           // keep the connection open and silent
-	actReset          // close it with an RST
-)
-
-const unlimited = math.MaxInt64
-
-// A Rule is what the middlebox does to the connections through it. Rules
-// are values made by this package; combine them with [All].
-type Rule interface {
-	// onConnect decides on a new connection before the target is dialed.
-	onConnect() action
-	// inspectsHello says whether onHello wants the client's first flight.
-	inspectsHello() bool
-	// onHello decides on the client's first flight: h is nil when that was
-	// not a whole, well-formed ClientHello.
-	onHello(h *ClientHello) action
-	// budget is how many more bytes may pass in dir once sent have.
-	budget(dir Direction, sent int64) int64
-}
-
-// passRule lets everything through; the other rules embed it.
-type passRule struct{}
-
-func (passRule) onConnect() action             { return actForward }
-func (passRule) inspectsHello() bool           { return false }
-func (passRule) onHello(*ClientHello) action   { return actForward }
-func (passRule) budget(Direction, int64) int64 { return unlimited }
-
-type blackholeRule struct{ passRule }
-
-func (blackholeRule) onConnect() action             { return actHold }
-func (blackholeRule) budget(Direction, int64) int64 { return 0 }
-
-type resetRule struct{ passRule }
-
-func (resetRule) onConnect() action { return actReset }
-
-var (
-	// Pass forwards everything: an uncensored network.
-	Pass Rule = passRule{}
-
-	// Blackhole accepts and then drops every packet both ways, like the
-	// GFW's null routing of an address found by active probing.
-	Blackhole Rule = blackholeRule{}
-
-	// ResetOnConnect closes every new connection with an RST at once, like
-	// the RST injection the GFW and Iran's filter use on blocked IP:ports.
-	ResetOnConnect Rule = resetRule{}
-)
-
-type sniRule struct {
-	passRule
-	name string
-}
-
-// ResetOnSNI resets a connection whose first TLS flight is a ClientHello for
-// name (compared case-insensitively), like the GFW's SNI filtering of TLS;
-// anything else, TLS or not, is forwarded intact.
-func ResetOnSNI(name string) Rule { return sniRule{name: name} }
-
-func (sniRule) inspectsHello() bool { return true }
-
-func (r sniRule) onHello(h *ClientHello) action {
-	if h != nil && h.HasServerName && strings.EqualFold(h.ServerName, r.name) {
-		return actReset
-	}
-	return actForward
-}
-
-type freezeRule struct {
-	passRule
-	limit int64
-}
-
-// FreezeAfter forwards n bytes in each direction, counted separately from
-// the start of the connection (n <= 0 means [DefaultFreezeLimit]), then
-// silently drops the rest while the connection stays open: Russia's TSPU
-// freeze of TLS connections to foreign hosting after 15-20 KB
-// (XTLS/Xray-core#4846, net4people/bbs#490).
-func FreezeAfter(n int) Rule {
-	if n <= 0 {
-		n = DefaultFreezeLimit
-	}
-	return freezeRule{limit: int64(n)}
-}
-
-func (r freezeRule) budget(_ Direction, sent int64) int64 { return max(r.limit-sent, 0) }
-
-type allRules []Rule
-
-// All applies every rule: the harshest verdict wins (reset over hold over
-// forward) and the smallest budget applies.
-func All(rules ...Rule) Rule { return allRules(rules) }
-
-func (a allRules) onConnect() action {
-	v := actForward
-	for _, r := range a {
-		v = max(v, r.onConnect())
-	}
-	return v
-}
-
-func (a allRules) inspectsHello() bool {
-	for _, r := range a {
-		if r.inspectsHello() {
-			return true
-		}
-	}
-	return false
-}
-
-func (a allRules) onHello(h *ClientHello) action {
-	v := actForward
-	for _, r := range a {
-		v = max(v, r.onHello(h))
-	}
-	return v
-}
-
-func (a allRules) budget(dir Direction, sent int64) int64 {
-	b := int64(unlimited)
-	for _, r := range a {
-		b = min(b, r.budget(dir, sent))
-	}
-	return b
 }
