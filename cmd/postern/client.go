@@ -19,8 +19,6 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
-	"github.com/postern/postern/relay/forward"
-	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 	"github.com/postern/postern/transport/route"
 )
@@ -337,88 +335,48 @@ func runSend(ctx context.Context, e *env, a *sendArgs) error {
 	if err != nil {
 		return err
 	}
-	envs, err := envelope.SealMessage(card, from, msg, nil)
-	if err != nil {
+	s := &sender{e: e, card: card, from: from, msg: msg}
+	if err := s.route(a.via); err != nil {
 		return err
 	}
-	if len(a.via) > 0 {
-		err = sendVia(ctx, e, card, envs, a.via)
-	} else {
-		err = sendDirect(ctx, e, card, envs)
-	}
-	if err != nil {
+	if err := s.seal(s.known); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "sent %d bytes in %d envelope(s)\n", len(msg), len(envs))
+	if err := s.run(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "sent %d bytes in %d envelope(s)\n", len(msg), len(s.envs))
 	return nil
 }
 
-// maxResumes bounds how often one send reconnects after a stalled flow.
-const maxResumes = 64
-
-// sendDirect sends the envelopes to the card's relays. When a censor
-// freezes the flow after some kilobytes, it reconnects and resumes with
-// the first envelope not yet acked: the envelopes are independent, and
-// the relay drops an exact duplicate of one whose ack was lost.
-func sendDirect(ctx context.Context, e *env, card *envelope.Card, envs [][]byte) error {
-	next, resumes := 0, 0
-	for {
-		c, err := dialRelay(ctx, e, card.Relays...)
+// route sets where the sender may go: the entry relays of --via only
+// (which join the known-relays list), or the home relay with the known
+// relays as fallback; and what this network is known to do.
+func (s *sender) route(via []string) error {
+	for _, v := range via {
+		line, err := lineArg(v, descriptor.Prefix)
 		if err != nil {
 			return err
 		}
-		for next < len(envs) {
-			if _, err = c.Send(ctx, envs[next], card.SendCap); err != nil {
-				break
-			}
-			next++
-		}
-		c.Close()
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, transport.ErrStalled) || resumes == maxResumes {
-			return err
-		}
-		resumes++
-		fmt.Fprintf(e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", next, len(envs))
+		s.entries = append(s.entries, line)
 	}
+	if s.forced = len(s.entries) > 0; s.forced {
+		learnRelays(s.e, s.entries)
+	} else {
+		s.entries = entryRelays(s.e, s.card.Relays)
+	}
+	home, _, err := descriptor.ParseStale(s.card.Relays[0], time.Now())
+	if err != nil {
+		return fmt.Errorf("the contact card's home relay: %w", err)
+	}
+	s.facts = openFacts(s.e, home.RelayID())
+	s.known = s.facts.get()
+	return nil
 }
 
 // forwardEpoch is the key epoch of relays' forward keys; relays do not
 // rotate them yet.
 const forwardEpoch = 1
-
-// sendVia wraps each envelope in a forward layer for the card's first home
-// relay and hands it to one of the entry relays, which acks once it holds
-// the layer durably.
-func sendVia(ctx context.Context, e *env, card *envelope.Card, envs [][]byte, via []string) error {
-	home, _, err := descriptor.ParseStale(card.Relays[0], time.Now())
-	if err != nil {
-		return err
-	}
-	lines := make([]string, len(via))
-	for i, v := range via {
-		if lines[i], err = lineArg(v, descriptor.Prefix); err != nil {
-			return err
-		}
-	}
-	c, err := dialRelay(ctx, e, lines...)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	for _, env := range envs {
-		layer, err := forward.Seal(home, forwardEpoch, card.SendCap, env)
-		if err != nil {
-			return err
-		}
-		if err := c.Forward(ctx, card.Relays[0], layer); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func recvCmd() command {
 	return command{
@@ -455,9 +413,9 @@ func recvCmd() command {
 				if err != nil {
 					return err
 				}
-				dial := func(ctx context.Context) (*client.Client, error) { return mb.dial(ctx, e, id, path) }
-				if len(via) > 0 {
-					dial = func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, mb.Relay, via) }
+				dial, err := recvDial(e, mb, id, path, via)
+				if err != nil {
+					return err
 				}
 				if *follow {
 					return r.Follow(ctx, dial, mb.owner(), mb.id(), func(err error, wait time.Duration) {
@@ -475,17 +433,55 @@ func recvCmd() command {
 	}
 }
 
-// dialTunnel opens a session to the home relay through one of the entry
-// relays in via (descriptors or files holding them).
-func dialTunnel(ctx context.Context, e *env, home string, via []string) (*client.Client, error) {
-	entries := make([]*descriptor.Descriptor, len(via))
+// recvDial is how recv opens sessions: through a tunnel via the --via
+// relays (which join the known-relays list), or to the home relay with a
+// tunnel via a known relay as fallback when the home relay cannot be
+// reached. On a network where only the tunnel worked, it goes first.
+func recvDial(e *env, mb *mailboxState, id *envelope.Identity, path string, via []string) (func(context.Context) (*client.Client, error), error) {
+	lines := make([]string, len(via))
 	for i, v := range via {
-		line, err := lineArg(v, descriptor.Prefix)
-		if err != nil {
+		var err error
+		if lines[i], err = lineArg(v, descriptor.Prefix); err != nil {
 			return nil, err
 		}
+	}
+	if len(lines) > 0 {
+		learnRelays(e, lines)
+		return func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, mb.Relay, lines) }, nil
+	}
+	entries := entryRelays(e, []string{mb.Relay})
+	home := func(ctx context.Context) (*client.Client, error) { return mb.dial(ctx, e, id, path) }
+	if len(entries) == 0 {
+		return home, nil
+	}
+	tunnel := func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, mb.Relay, entries) }
+	facts := openFacts(e, parsedOrZero(mb.Relay).RelayID())
+	return func(ctx context.Context) (*client.Client, error) {
+		viaEntry := facts.get().ViaEntry
+		first, other := dialFunc(home), dialFunc(tunnel)
+		if viaEntry {
+			first, other = other, first
+		}
+		c, swapped, err := raceDial(ctx, first, other)
+		err = scrubAddrs(err)
+		if via := swapped != viaEntry; err == nil && via != viaEntry {
+			facts.update(e, func(f *netFacts) { f.ViaEntry = via })
+		}
+		if err == nil && swapped != viaEntry {
+			fmt.Fprintln(e.stderr, "the home relay is out of reach; receiving through a tunnel via an entry relay")
+		}
+		return c, err
+	}, nil
+}
+
+// dialTunnel opens a session to the home relay through one of the entry
+// relays (descriptor lines).
+func dialTunnel(ctx context.Context, e *env, home string, lines []string) (*client.Client, error) {
+	entries := make([]*descriptor.Descriptor, len(lines))
+	for i, line := range lines {
+		var err error
 		if entries[i], _, err = descriptor.ParseStale(line, time.Now()); err != nil {
-			return nil, fmt.Errorf("entry relay descriptor %s: %w", v, err)
+			return nil, fmt.Errorf("entry relay descriptor: %w", err)
 		}
 	}
 	return client.DialTunnel(ctx, newRegistry(), dialOptions(e), home, entries...)

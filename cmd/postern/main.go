@@ -42,7 +42,7 @@ func usageErr(format string, a ...any) error {
 }
 
 func commands() []command {
-	return []command{
+	return append([]command{
 		idNewCmd(),
 		idShowCmd(),
 		mailboxCreateCmd(),
@@ -56,7 +56,7 @@ func commands() []command {
 		relayServeCmd(),
 		relayConfigCmd(),
 		versionCmd(),
-	}
+	}, relaysCmds()...)
 }
 
 func main() {

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Network facts are what send and recv learned about a censor on a named
+// network (--network NAME), in POSTERN_HOME/networks (mode 0600): a JSON
+// object whose keys are truncated SHA-256 hashes of the network name and
+// the home relay's id, and whose values say
+//
+//	budget     envelope bytes one connection carried before the censor froze
+//	           it (the smallest seen); later connections are cycled before
+//	           half of it and messages use the smallest envelope bucket
+//	throttled  the flow's throughput fell under throttleFloor: 16 KiB
+//	           envelopes, and a stall window long enough for one at that rate
+//	via_entry  the home relay could not be reached and an entry relay could:
+//	           try the entry relays first next time
+//	day        the day (Unix days) of the last update; facts older than
+//	           factsTTL are forgotten
+//
+// No address, port, relay id or mailbox id is stored.
+
+// factsTTL is how long a fact about a network is kept.
+const factsTTL = 7 * 24 * time.Hour
+
+// throttleFloor is the throughput under which a flow counts as throttled.
+const throttleFloor = 16 << 10 // bytes per second
+
+// netFacts are the facts about one (network, home relay).
+type netFacts struct {
+	Budget    int   `json:"budget,omitempty"`
+	Throttled bool  `json:"throttled,omitempty"`
+	ViaEntry  bool  `json:"via_entry,omitempty"`
+	Day       int64 `json:"day"`
+}
+
+// factsStore reads and writes POSTERN_HOME/networks for one key.
+type factsStore struct {
+	path, key string
+}
+
+// openFacts returns the store for network and the relay id, or nil
+// without --network.
+func openFacts(e *env, relayID string) *factsStore {
+	if e.network == "" {
+		return nil
+	}
+	sum := sha256.Sum256([]byte("postern network facts v1\x00" + e.network + "\x00" + relayID))
+	return &factsStore{path: filepath.Join(homeDir(e), "networks"), key: hex.EncodeToString(sum[:16])}
+}
+
+func (s *factsStore) readAll() map[string]netFacts {
+	all := map[string]netFacts{}
+	if data, err := os.ReadFile(s.path); err == nil {
+		json.Unmarshal(data, &all)
+	}
+	return all
+}
+
+// get returns the facts, or the zero value if none are fresh.
+func (s *factsStore) get() netFacts {
+	if s == nil {
+		return netFacts{}
+	}
+	f := s.readAll()[s.key]
+	if today()-f.Day > int64(factsTTL/(24*time.Hour)) {
+		return netFacts{}
+	}
+	return f
+}
+
+// update applies change to the facts and writes the file.
+func (s *factsStore) update(e *env, change func(*netFacts)) {
+	if s == nil {
+		return
+	}
+	all := s.readAll()
+	f := all[s.key]
+	if today()-f.Day > int64(factsTTL/(24*time.Hour)) {
+		f = netFacts{}
+	}
+	change(&f)
+	f.Day = today()
+	all[s.key] = f
+	for k, v := range all {
+		if today()-v.Day > int64(factsTTL/(24*time.Hour)) {
+			delete(all, k)
+		}
+	}
+	out, _ := json.MarshalIndent(all, "", "  ")
+	err := os.MkdirAll(filepath.Dir(s.path), 0o700)
+	if err == nil {
+		err = writeFileAtomic(s.path, append(out, '\n'), 0o600)
+	}
+	if err != nil {
+		fmt.Fprintf(e.stderr, "warning: could not remember what this network does in %s: %v\n", s.path, err)
+	}
+}
+
+func today() int64 { return time.Now().Unix() / 86400 }

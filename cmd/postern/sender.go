@@ -1,0 +1,342 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// maxResumes bounds how often one send reconnects after a stalled flow.
+const maxResumes = 64
+
+// maxCycles bounds the planned reconnects of one send on a network with a
+// per-connection budget.
+const maxCycles = 4 * envelope.MaxFragments
+
+// throttleWindow is how long a connection must have been sending before
+// its throughput is judged against throttleFloor.
+const throttleWindow = 2 * time.Second
+
+// pipelineDepth and pipelineBytes bound what one connection has in
+// flight (at least one envelope): the client pipelines requests, so a
+// distant relay costs bandwidth, not a round trip per envelope, while a
+// throttled flow still gets each ack within the stall window.
+const (
+	pipelineDepth = 4
+	pipelineBytes = 64 << 10
+)
+
+// maxRedials bounds the dial attempts after a stall, when the queue the
+// frozen connection left behind can still delay a new handshake.
+const maxRedials = 3
+
+// errCycle ends a connection on purpose, before the censor's budget.
+var errCycle = errors.New("connection budget reached")
+
+// sender carries one message's envelopes to the recipient's home relay,
+// directly or through an entry relay, over as many connections as the
+// censor makes necessary. The envelopes are independent: after a stall it
+// resumes with the first one not yet acked, and never resends one acked.
+type sender struct {
+	e       *env
+	card    *envelope.Card
+	from    *envelope.Identity
+	msg     []byte
+	envs    [][]byte
+	bucket  int
+	acked   []bool   // per envelope: the relay has it
+	entries []string // entry relay descriptors
+	forced  bool     // --via: entry relays only
+	facts   *factsStore
+	known   netFacts
+	window  time.Duration // stall window; 0: the default
+}
+
+// connStats is what one connection carried.
+type connStats struct {
+	acked int // envelope bytes acked
+	start time.Time
+	last  time.Time // when the last ack came
+	slow  bool      // throughput under throttleFloor
+}
+
+// seal splits the message: into the smallest bucket it fits when the
+// network is known to freeze flows (each connection carries little), into
+// 16 KiB envelopes when it throttles them (each ack comes within seconds,
+// and a 4 KiB envelope's fixed overhead would cost 15 % more bytes), and
+// else as SealMessage chooses.
+func (s *sender) seal(f netFacts) error {
+	switch {
+	case f.Budget > 0:
+		return s.sealFrom([]int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K})
+	case f.Throttled:
+		return s.sealFrom([]int{envelope.Bucket16K, envelope.Bucket64K})
+	}
+	return s.sealFrom([]int{0})
+}
+
+// sealFrom seals with the first bucket of buckets the message fits in
+// (0: SealMessage's choice).
+func (s *sender) sealFrom(buckets []int) error {
+	var err error
+	for _, b := range buckets {
+		var o *envelope.Options
+		if b != 0 {
+			o = &envelope.Options{Bucket: b}
+		}
+		if s.envs, err = envelope.SealMessage(s.card, s.from, s.msg, o); err == nil {
+			s.bucket = len(s.envs[0])
+			s.acked = make([]bool, len(s.envs))
+			return nil
+		}
+		if !errors.Is(err, envelope.ErrPayloadTooLarge) {
+			return err
+		}
+	}
+	return err
+}
+
+// run sends every envelope, reconnecting after stalls and, on a network
+// with a known budget, before it.
+func (s *sender) run(ctx context.Context) error {
+	resumes, cycles := 0, 0
+	for {
+		c, via, err := s.dial(ctx)
+		for i := 0; err != nil && resumes > 0 && i < maxRedials && ctx.Err() == nil; i++ {
+			c, via, err = s.dial(ctx)
+		}
+		if err != nil {
+			return scrubAddrs(err)
+		}
+		st := &connStats{}
+		err = s.sendOn(ctx, c, via, st)
+		c.Close()
+		s.noteThroughput(st)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errCycle) && cycles < maxCycles:
+			cycles++
+			continue
+		case !errors.Is(err, transport.ErrStalled) || resumes == maxResumes:
+			return scrubAddrs(err)
+		}
+		resumes++
+		if err := s.afterStall(st); err != nil {
+			return err
+		}
+	}
+}
+
+// sendOn sends the envelopes not yet acked on c (as forward layers through
+// an entry relay if via), pipelineDepth at a time, until all are acked,
+// the connection's budget is spent (errCycle) or a send fails.
+func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *connStats) error {
+	st.start = time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	sem := make(chan struct{}, max(1, min(pipelineDepth, pipelineBytes/s.bucket)))
+	issued, cycle := 0, false
+	for i, env := range s.envs {
+		if s.acked[i] {
+			continue
+		}
+		if b := s.known.Budget; b > 0 && issued > 0 && issued+len(env) > b/2 {
+			cycle = true
+			break
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		issued += len(env)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.sendOne(ctx, c, via, env)
+			mu.Lock()
+			defer mu.Unlock()
+			<-sem
+			if err != nil && first == nil {
+				first = err
+				cancel()
+			}
+			if err == nil {
+				s.acked[i] = true
+				st.acked += len(env)
+				st.last = time.Now()
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	if first == nil && cycle {
+		return errCycle
+	}
+	return first
+}
+
+// ackedCount is how many envelopes the relay has acked.
+func (s *sender) ackedCount() int {
+	n := 0
+	for _, a := range s.acked {
+		if a {
+			n++
+		}
+	}
+	return n
+}
+
+// sendOne hands one envelope to the home relay, or wrapped in a forward
+// layer to an entry relay.
+func (s *sender) sendOne(ctx context.Context, c *client.Client, via bool, env []byte) error {
+	if !via {
+		_, err := c.Send(ctx, env, s.card.SendCap)
+		return err
+	}
+	home, _, err := descriptor.ParseStale(s.card.Relays[0], time.Now())
+	if err != nil {
+		return err
+	}
+	layer, err := forward.Seal(home, forwardEpoch, s.card.SendCap, env)
+	if err != nil {
+		return err
+	}
+	return c.Forward(ctx, s.card.Relays[0], layer)
+}
+
+// noteThroughput marks the network throttled when a connection that ran
+// at least throttleWindow moved less than throttleFloor per second, and
+// lengthens the stall window so one envelope fits in it at that rate.
+func (s *sender) noteThroughput(st *connStats) {
+	d := st.last.Sub(st.start)
+	if d < throttleWindow || st.acked == 0 || float64(st.acked)/d.Seconds() >= throttleFloor {
+		return
+	}
+	st.slow = true
+	rate := float64(st.acked) / d.Seconds()
+	s.window = max(s.window, time.Duration(3*float64(s.bucket)/rate*float64(time.Second)))
+	if !s.known.Throttled {
+		fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); using a longer stall window\n", rate/1000)
+	}
+	s.known.Throttled = true
+	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
+}
+
+// afterStall learns from a frozen connection: the bytes it carried are
+// the network's per-connection budget; a connection that carried nothing
+// before any envelope was acked means the envelopes are too large for the
+// censor, and the message is sealed again into a smaller bucket.
+func (s *sender) afterStall(st *connStats) error {
+	done := s.ackedCount()
+	fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
+	if st.acked > 0 && !st.slow {
+		if s.known.Budget == 0 || st.acked < s.known.Budget {
+			s.known.Budget = st.acked
+			s.facts.update(s.e, func(f *netFacts) { f.Budget = st.acked })
+		}
+		return nil
+	}
+	if st.acked == 0 && done == 0 && s.bucket > envelope.Bucket4K {
+		smaller := []int{envelope.Bucket4K, envelope.Bucket16K}
+		if s.bucket == envelope.Bucket16K {
+			smaller = smaller[:1]
+		}
+		if err := s.sealFrom(smaller); err != nil {
+			return nil // no smaller bucket holds the message: resume as it is
+		}
+		fmt.Fprintf(s.e.stderr, "sealed the message again into %d envelopes of %d KiB\n", len(s.envs), s.bucket>>10)
+	}
+	return nil
+}
+
+// dial opens a session to the home relay, or to an entry relay when the
+// home relay cannot be reached (at once when this network is known to
+// need one, after fallbackDelay otherwise).
+func (s *sender) dial(ctx context.Context) (*client.Client, bool, error) {
+	e := s.withWindow()
+	home := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, s.card.Relays...) }
+	entry := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, s.entries...) }
+	if s.forced {
+		c, err := entry(ctx)
+		return c, true, err
+	}
+	if len(s.entries) == 0 {
+		c, err := home(ctx)
+		return c, false, err
+	}
+	first, other := dialFunc(home), dialFunc(entry)
+	if s.known.ViaEntry {
+		first, other = other, first
+	}
+	c, swapped, err := raceDial(ctx, first, other)
+	via := swapped != s.known.ViaEntry
+	if err == nil && via != s.known.ViaEntry {
+		s.known.ViaEntry = via
+		s.facts.update(s.e, func(f *netFacts) { f.ViaEntry = via })
+	}
+	if err == nil && via {
+		fmt.Fprintf(s.e.stderr, "the home relay is out of reach; sending through an entry relay\n")
+	}
+	return c, via, err
+}
+
+// withWindow is e with POSTERN_STALL set to the sender's stall window,
+// when it has lengthened one.
+func (s *sender) withWindow() *env {
+	if s.window == 0 {
+		return s.e
+	}
+	e := *s.e
+	w := s.window
+	if d, err := time.ParseDuration(s.e.getenv("POSTERN_STALL")); err == nil && d > w {
+		w = d
+	}
+	e.getenv = func(k string) string {
+		if k == "POSTERN_STALL" {
+			return w.String()
+		}
+		return s.e.getenv(k)
+	}
+	return &e
+}
+
+// addrRE matches an IPv4 or bracketed IPv6 address with a port, as
+// net.OpError texts carry them ("write udp 127.0.0.2:5->127.0.0.1:7").
+var addrRE = regexp.MustCompile(`(\d{1,3}\.){3}\d{1,3}:\d+|\[[0-9a-fA-F:.%]+\]:\d+`)
+
+// scrubAddrs replaces addresses in err's text, which a user may paste
+// into a bug report, with "[address]", keeping errors.Is working.
+func scrubAddrs(err error) error {
+	if err == nil || !addrRE.MatchString(err.Error()) {
+		return err
+	}
+	return &scrubbed{err: err, text: addrRE.ReplaceAllString(err.Error(), "[address]")}
+}
+
+type scrubbed struct {
+	err  error
+	text string
+}
+
+func (s *scrubbed) Error() string { return s.text }
+func (s *scrubbed) Unwrap() error { return s.err }
