@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -278,14 +280,22 @@ func loadOrCreateCert(cfg relayConfig, sni string) (tls.Certificate, []byte, err
 	return c, pin, err
 }
 
-func coverHandler(cfg relayConfig) (http.Handler, error) {
+// coverHandler is the configured cover site, else a site of this relay's
+// own, generated from a seed derived from its signing key (under its own
+// label, so it reveals nothing of the key): the same after every restart,
+// different on every relay.
+func coverHandler(cfg relayConfig, s *relaySecrets) (http.Handler, error) {
 	switch {
 	case cfg.CoverDir != "":
 		return cover.Dir(cfg.CoverDir)
 	case cfg.CoverProxy != "":
 		return cover.Proxy(cfg.CoverProxy)
 	}
-	return cover.Default(), nil
+	seed, err := hkdf.Key(sha256.New, s.SigningKey, nil, "postern cover site v1", 32)
+	if err != nil {
+		return nil, fmt.Errorf("cover site seed: %w", err)
+	}
+	return cover.Generate(seed, time.Now())
 }
 
 // storeQuota is the store byte quota in effect for max_store_bytes: the

@@ -96,7 +96,7 @@ func (r *relayRun) loadKeys(context.Context) error {
 	if r.cert, r.pin, err = loadOrCreateCert(r.cfg, r.sni); err != nil {
 		return err
 	}
-	r.cover, err = coverHandler(r.cfg)
+	r.cover, err = coverHandler(r.cfg, r.secrets)
 	return err
 }
 

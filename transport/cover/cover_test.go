@@ -124,8 +124,12 @@ func TestNoLogging(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []http.Handler{Default(), p} {
-		for _, path := range []string{"/", "/missing", "/../../etc/passwd"} {
+	site, err := Generate([]byte("a seed of at least sixteen bytes"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []http.Handler{Default(), p, site} {
+		for _, path := range []string{"/", "/missing", "/../../etc/passwd", "/index.html/"} {
 			req := httptest.NewRequest("GET", path, nil)
 			req.RemoteAddr = "198.51.100.7:4242"
 			serve(h, req)
