@@ -75,6 +75,15 @@ type relayConfig struct {
 	// relay for other relays (two-hop sends); beyond it clients are told
 	// to retry later or use another entry relay. Default 268435456.
 	MaxOutboxBytes int64 `json:"max_outbox_bytes"`
+	// MemoryLimit is the memory the relay may use, in bytes. The relay sets
+	// Go's soft limit (GOMEMLIMIT, unless set in the environment) to 3/4 of
+	// it and sizes max_sessions from it. Default 0: the cgroup's limit (a
+	// container, or systemd MemoryMax), else none.
+	MemoryLimit int64 `json:"memory_limit"`
+	// MaxSessions bounds sessions across both transports; one more is
+	// closed at once. Default 0: one per 192 KiB of the soft memory limit
+	// (at least 256), else 8192.
+	MaxSessions int `json:"max_sessions"`
 	// Upstreams are relays, each a descriptor line or a file holding one,
 	// that this relay reaches other relays through: for a relay inside a
 	// censored network. Links to home relays (forwarding) and tunnels then
@@ -217,7 +226,7 @@ func (c *relayConfig) validate() error {
 	for _, q := range []struct {
 		name string
 		v    int64
-	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}} {
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}

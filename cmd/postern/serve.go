@@ -140,7 +140,10 @@ func (r *relayRun) openStore(context.Context) error {
 		return err
 	}
 	r.forwarder = r.newForwarder()
-	r.srv, err = server.New(server.Config{Store: r.st, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
+	soft := applyMemoryLimit(memoryLimit(cfg.MemoryLimit), r.e.getenv)
+	sessions := maxSessions(cfg.MaxSessions, soft)
+	r.log.Info("memory", "soft_limit_bytes", soft, "max_sessions", sessions)
+	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
 		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true})
 	return err

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"errors"
+	"io/fs"
+	"math"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+)
+
+// Memory: a relay sets Go's soft memory limit (GOMEMLIMIT) to three
+// quarters of the memory it may use, so the garbage collector works harder
+// before the kernel's OOM killer steps in, and it sizes its session cap
+// from the same figure. The figure is, in order: the config's memory_limit,
+// the cgroup's limit (a container or a systemd unit with MemoryMax), or
+// none. An explicit GOMEMLIMIT in the environment always wins for the
+// runtime.
+
+// sessionBudget is the memory one session is planned at: an idle session
+// measured 100–190 KiB relay side (README, Benchmarks), plus room for the
+// data that moves on active ones.
+const sessionBudget = 192 << 10
+
+// defaultMaxSessions is the session cap when no memory limit is known.
+const defaultMaxSessions = 8192
+
+// cgroupMemoryFiles hold a cgroup's memory limit: v2, then v1.
+var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
+
+// memoryLimit is the configured limit, else the cgroup's, else 0.
+func memoryLimit(configured int64) int64 {
+	if configured > 0 {
+		return configured
+	}
+	for _, f := range cgroupMemoryFiles {
+		if n, err := readLimit(f); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 0
+}
+
+// readLimit reads a cgroup limit file; "max" and absurdly large values
+// (v1's "no limit" is a page-rounded 2^63) mean no limit, 0.
+func readLimit(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "max" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n >= math.MaxInt64/2 {
+		return 0, err
+	}
+	return n, nil
+}
+
+// applyMemoryLimit sets the runtime's soft limit to 3/4 of limit unless
+// GOMEMLIMIT is set, and returns the soft limit in effect (0: none).
+func applyMemoryLimit(limit int64, getenv func(string) string) int64 {
+	if getenv("GOMEMLIMIT") != "" {
+		if cur := debug.SetMemoryLimit(-1); cur != math.MaxInt64 {
+			return cur
+		}
+		return 0
+	}
+	if limit <= 0 {
+		return 0
+	}
+	soft := limit / 4 * 3
+	debug.SetMemoryLimit(soft)
+	return soft
+}
+
+// maxSessions is the configured cap, else one session per sessionBudget
+// of the soft limit (at least 256), else defaultMaxSessions.
+func maxSessions(configured int, soft int64) int {
+	switch {
+	case configured > 0:
+		return configured
+	case soft > 0:
+		return int(max(256, min(soft/sessionBudget, 1<<20)))
+	}
+	return defaultMaxSessions
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"testing"
+)
+
+func TestReadLimit(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		content string
+		want    int64
+	}{
+		{"max\n", 0},
+		{"2147483648\n", 2 << 30},
+		{"9223372036854771712\n", 0}, // cgroup v1's "no limit"
+	} {
+		p := filepath.Join(dir, "limit")
+		os.WriteFile(p, []byte(tc.content), 0o600)
+		if got, err := readLimit(p); err != nil || got != tc.want {
+			t.Errorf("%q: %d, %v; want %d", tc.content, got, err, tc.want)
+		}
+	}
+	if got, err := readLimit(filepath.Join(dir, "missing")); got != 0 || err != nil {
+		t.Errorf("missing file: %d, %v", got, err)
+	}
+	os.WriteFile(filepath.Join(dir, "bad"), []byte("lots"), 0o600)
+	if _, err := readLimit(filepath.Join(dir, "bad")); err == nil {
+		t.Error("a bad limit file read as a limit")
+	}
+}
+
+// TestMemoryLimitAndSessions: 2 GiB gives a 1.5 GiB soft limit and 8192
+// sessions of 192 KiB; GOMEMLIMIT in the environment wins; a configured
+// session cap wins over the derived one.
+func TestMemoryLimitAndSessions(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	none := func(string) string { return "" }
+	soft := applyMemoryLimit(2<<30, none)
+	if soft != 3<<29 || debug.SetMemoryLimit(-1) != 3<<29 {
+		t.Fatalf("soft limit %d, runtime %d", soft, debug.SetMemoryLimit(-1))
+	}
+	if n := maxSessions(0, soft); n != int(soft/sessionBudget) || n != 8192 {
+		t.Fatalf("derived sessions %d", n)
+	}
+	if n := maxSessions(20000, soft); n != 20000 {
+		t.Fatalf("configured sessions %d", n)
+	}
+	if n := maxSessions(0, 16<<20); n != 256 {
+		t.Fatalf("floor: %d", n)
+	}
+	if n := maxSessions(0, 0); n != defaultMaxSessions {
+		t.Fatalf("no limit: %d", n)
+	}
+	debug.SetMemoryLimit(1 << 30)
+	env := func(k string) string {
+		if k == "GOMEMLIMIT" {
+			return "1GiB"
+		}
+		return ""
+	}
+	if got := applyMemoryLimit(4<<30, env); got != 1<<30 {
+		t.Fatalf("GOMEMLIMIT set: %d", got)
+	}
+	debug.SetMemoryLimit(math.MaxInt64)
+	if got := applyMemoryLimit(0, none); got != 0 {
+		t.Fatalf("no limit anywhere: %d", got)
+	}
+}
