@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,55 +68,138 @@ func (p *pump) sleep(ctx context.Context, d time.Duration) bool {
 	return true
 }
 
-// drain delivers queued items, a batch at a time with the batch's
-// requests pipelined on the link, until none are left (done) or some fail.
+// pumpWindow bounds the layers a pump has in flight on its link: two
+// batches, so the next batch goes out while the last one's answers come
+// back and its deletions commit.
+const pumpWindow = 2 * pumpBatch
+
+// outcome is one delivery's result.
+type outcome struct {
+	seq uint64
+	err error
+}
+
+// drain delivers queued items until none are left (done) or one fails:
+// it reads a batch after the last item it started, starts each item's
+// request as soon as the window has room (they are pipelined on the one
+// session), and deletes delivered items from the queue in groups while
+// more are in flight. After a failure it waits for what is in flight,
+// deletes what was delivered and returns; the next drain starts over at
+// the queue's head, and anything delivered twice is answered CodeReplay.
 func (p *pump) drain(ctx context.Context) (done bool, err error) {
-	q := p.f.cfg.Queue
-	items, err := q.Pending(ctx, p.dest, 0, pumpBatch)
-	if err != nil || len(items) == 0 {
-		return err == nil, err
-	}
-	payloads := make([]relay.ForwardPayload, len(items))
-	var delivered []uint64
-	for i, it := range items {
-		if payloads[i], err = relay.ParseForwardPayload(it.Data); err != nil {
-			// Checked before it was queued: the queue is damaged.
-			p.f.cfg.Observe("refused")
-			delivered = append(delivered, it.Seq)
+	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow)}
+	var after uint64
+	for d.firstErr == nil {
+		items, err := p.f.cfg.Queue.Pending(ctx, p.dest, after, pumpBatch)
+		if err != nil {
+			d.finish(ctx)
+			return false, err
+		}
+		if len(items) == 0 {
+			break
+		}
+		after = items[len(items)-1].Seq
+		if err := d.start(ctx, items); err != nil {
+			d.finish(ctx)
+			return false, err
 		}
 	}
-	c, err := p.session(ctx, payloads[len(payloads)-1].Descriptor)
-	if err != nil {
-		return false, err
-	}
-	errs := make([]error, len(items))
-	var wg sync.WaitGroup
-	for i := range items {
-		if payloads[i].Layer == nil {
+	err = d.finish(ctx)
+	return err == nil, err
+}
+
+// drainer is one drain's deliveries in flight.
+type drainer struct {
+	p         *pump
+	c         *client.Client
+	sem       chan struct{} // window slots
+	out       chan outcome
+	running   int
+	delivered []uint64 // done, not yet deleted from the queue
+	firstErr  error
+}
+
+// start delivers items, collecting finished ones whenever the window is
+// full.
+func (d *drainer) start(ctx context.Context, items []Item) error {
+	for _, it := range items {
+		fp, err := relay.ParseForwardPayload(it.Data)
+		if err != nil { // checked before it was queued: the queue is damaged
+			d.p.f.cfg.Observe("refused")
+			d.delivered = append(d.delivered, it.Seq)
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = p.deliver(ctx, c, payloads[i])
-		}()
+		if d.c == nil {
+			if d.c, err = d.p.session(ctx, fp.Descriptor); err != nil {
+				return err
+			}
+		}
+		for len(d.sem) == cap(d.sem) && d.firstErr == nil {
+			d.collect(ctx, true)
+		}
+		if d.firstErr != nil {
+			return nil
+		}
+		d.sem <- struct{}{}
+		d.running++
+		go func(seq uint64, fp relay.ForwardPayload) {
+			d.out <- outcome{seq, d.p.deliver(ctx, d.c, fp)}
+		}(it.Seq, fp)
+		d.collect(ctx, false)
 	}
-	wg.Wait()
-	var firstErr error
-	for i, it := range items {
-		if errs[i] == nil && payloads[i].Layer != nil {
-			delivered = append(delivered, it.Seq)
-		} else if firstErr == nil {
-			firstErr = errs[i]
+	return nil
+}
+
+// collect takes finished deliveries (waiting for one if wait) and deletes
+// the delivered ones from the queue once no more are ready.
+func (d *drainer) collect(ctx context.Context, wait bool) {
+	for d.running > 0 {
+		var o outcome
+		if wait {
+			o = <-d.out
+			wait = false
+		} else {
+			select {
+			case o = <-d.out:
+			default:
+				d.flush(ctx)
+				return
+			}
+		}
+		<-d.sem
+		d.running--
+		if o.err == nil {
+			d.delivered = append(d.delivered, o.seq)
+		} else if d.firstErr == nil {
+			d.firstErr = o.err
 		}
 	}
-	if err := q.Done(ctx, p.dest, delivered...); err != nil {
-		return false, err
+	d.flush(ctx)
+}
+
+// flush deletes delivered items from the queue.
+func (d *drainer) flush(ctx context.Context) {
+	if len(d.delivered) == 0 {
+		return
 	}
-	if firstErr != nil {
-		c.Close() // the link redials
+	if err := d.p.f.cfg.Queue.Done(ctx, d.p.dest, d.delivered...); err != nil && d.firstErr == nil {
+		d.firstErr = err
 	}
-	return false, firstErr
+	d.delivered = d.delivered[:0]
+}
+
+// finish waits for every delivery in flight, deletes what was delivered
+// and returns the first error; after one, the session is closed so the
+// link redials.
+func (d *drainer) finish(ctx context.Context) error {
+	for d.running > 0 {
+		d.collect(ctx, true)
+	}
+	d.flush(ctx)
+	if d.firstErr != nil && d.c != nil {
+		d.c.Close()
+	}
+	return d.firstErr
 }
 
 // deliver hands one layer to the home relay. Errors that retrying cannot
