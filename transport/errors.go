@@ -131,7 +131,18 @@ func ClassOf(err error) Class {
 	if errors.As(err, &te) {
 		return te.Class
 	}
+	var ce Classed
+	if errors.As(err, &ce) {
+		return ce.TransportClass()
+	}
 	return guessClass(err)
+}
+
+// Classed is an error from above the transport that knows its class, such
+// as a relay's answer that it is busy; ClassOf honours it.
+type Classed interface {
+	error
+	TransportClass() Class
 }
 
 // Classify wraps err as an *Error, guessing its class from the standard

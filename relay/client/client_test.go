@@ -14,6 +14,7 @@ import (
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 )
 
 func TestSendFetchAck(t *testing.T) {
@@ -211,3 +212,27 @@ func TestDescriptorRequest(t *testing.T) {
 		t.Fatalf("a relay without descriptor: %v", err)
 	}
 }
+
+// TestBusyIsClassBusy: a relay's "busy" and "forward queue full" answers
+// are transport.ClassBusy for routing, and still match relay's errors.
+func TestBusyIsClassBusy(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{Forwarder: busyForwarder{}})
+	c := r.Connect(t)
+	err := c.Forward(context.Background(), "postern-relay1:x", []byte("layer"))
+	if !errors.Is(err, relay.ErrOutboxFull) || transport.ClassOf(err) != transport.ClassBusy {
+		t.Fatalf("forward to a full outbox: %v, class %v", err, transport.ClassOf(err))
+	}
+	var re *relay.Error
+	if !errors.As(err, &re) || re.Code != relay.CodeOutboxFull {
+		t.Fatalf("errors.As: %v", err)
+	}
+	_, owner, _ := ed25519.GenerateKey(nil)
+	if _, err := c.Fetch(context.Background(), owner, [32]byte{}, 0); err == nil || transport.ClassOf(err) == transport.ClassBusy {
+		t.Fatalf("a fetch of no mailbox: %v, class %v", err, transport.ClassOf(err))
+	}
+}
+
+// busyForwarder refuses every Forward: its queue is full.
+type busyForwarder struct{}
+
+func (busyForwarder) Forward(context.Context, []byte) error { return relay.ErrOutboxFull }

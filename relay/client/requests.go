@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
 )
 
 // roundTrip sends the request that build makes for a fresh request id and
@@ -40,7 +41,7 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 		}
 		if m.Type() != relay.FramePing && r.Code != relay.CodeOK {
 			c.forget(req)
-			return r, nil, &relay.Error{Code: r.Code, Msg: r.Msg}
+			return r, nil, refusal{&relay.Error{Code: r.Code, Msg: r.Msg}}
 		}
 		c.acked()
 		c.mu.Lock()
@@ -271,4 +272,21 @@ func (c *Client) AuthenticateRelay(ctx context.Context, desc string, key ed25519
 		return relay.RelayAuth{Req: req, Descriptor: desc, Sig: relay.SignRelayAuth(key, bind)}
 	})
 	return err
+}
+
+// refusal is a relay's error Result. It unwraps to the *relay.Error, and
+// transport.ClassOf gives ClassBusy for the codes that mean "come back
+// later" (busy, a full forward queue), so routing backs off instead of
+// treating the relay as blocked.
+type refusal struct{ e *relay.Error }
+
+func (r refusal) Error() string { return r.e.Error() }
+func (r refusal) Unwrap() error { return r.e }
+
+func (r refusal) TransportClass() transport.Class {
+	switch r.e.Code {
+	case relay.CodeBusy, relay.CodeOutboxFull:
+		return transport.ClassBusy
+	}
+	return transport.ClassUnknown
 }
