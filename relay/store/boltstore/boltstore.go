@@ -2,57 +2,50 @@ package boltstore
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/relay/store"
 )
 
-// File names inside the store directory.
+// Names inside the store directory.
 const (
-	DataFile = "store.db"
-	KeyFile  = "store.key"
+	LogDir     = "log"      // the log: segment files
+	LegacyFile = "store.db" // the bbolt file of releases before the log; migrated at Open
+	KeyFile    = "store.key"
 )
 
-// dataFormat is the layout version kept in the meta bucket.
-const dataFormat = 1
-
-// Bucket and meta key names (see the package comment).
-var (
-	bucketMeta      = []byte("meta")
-	bucketMailboxes = []byte("mailboxes")
-	bucketEnvelopes = []byte("envelopes")
-	bucketRefs      = []byte("refs")
-	bucketExpiry    = []byte("expiry")
-	bucketRetired   = []byte("retired")
-	bucketOutbox    = []byte("outbox")
-	metaFormat      = []byte("format")
-	metaKeyCheck    = []byte("keycheck")
-)
-
-// Store is the durable store.Store on one bbolt file. Open it with Open.
+// Store is the durable store.Store and store.Outbox on an append-only log.
+// Open it with Open.
 type Store struct {
 	opts  store.Options
 	keys  *store.Keys
-	db    *bolt.DB
-	path  string
+	dir   string // the log directory
+	lock  *os.File
+	check [32]byte
 	notes store.Notifier
 
-	ops       chan *op
-	quit      chan struct{}
-	stopped   chan struct{}
-	closeOnce sync.Once
-	closed    atomic.Bool
+	mu      sync.RWMutex // guards ix; the committer writes, readers read
+	ix      *index
+	durable atomic.Uint64 // the last batch that is on disk
+	batch   uint64        // committer only: the last batch number used
+	broken  error         // committer only: a failed write could not be undone
+	stuck   uint64        // committer only: a segment compaction could not delete
+
+	ops        chan *op
+	quit       chan struct{}
+	stopped    chan struct{}
+	closeOnce  sync.Once
+	closed     atomic.Bool
+	compacting atomic.Bool
+	bg         sync.WaitGroup
 
 	// Owned by the committer; read by Stats.
 	mailboxes atomic.Int64
@@ -62,6 +55,7 @@ type Store struct {
 	diskFull  atomic.Bool
 	outItems  atomic.Int64
 	outBytes  atomic.Int64
+	written   atomic.Int64 // bytes appended to the log
 }
 
 var (
@@ -69,51 +63,44 @@ var (
 	_ store.Outbox = (*Store)(nil)
 )
 
-// Open opens (or creates) the store in dir: dir/store.db for data and,
-// unless opts.IDKey or opts.KeyFile say otherwise, dir/store.key for the
-// store key. dir is created with mode 0700 and both files with 0600. A
-// missing key file is created only when the data file has never been used
-// with a key; a key that does not match the data file is refused. A data
-// file that is missing or empty while the key file exists, or that fails
-// the integrity checks (see the package comment), is refused with an
-// error naming it and saying what to do; Open never panics on a damaged
-// file. Zero fields of opts take the defaults documented on store.Options.
+// Open opens (or creates) the store in dir: the log in dir/log and,
+// unless opts.IDKey or opts.KeyFile say otherwise, the store key in
+// dir/store.key. dir is created with mode 0700, files with 0600. A store
+// directory of an older release (dir/store.db, bbolt) is checked and
+// migrated to the log first. A missing key file is created only for a new
+// store; a key that does not match the data is refused. A log that is
+// missing while the key file exists, or that fails the checks at Open (see
+// the package comment), is refused with an error naming it and saying what
+// to do. Zero fields of opts take the defaults documented on
+// store.Options.
 func Open(dir string, opts store.Options) (*Store, error) {
 	opts = opts.WithDefaults()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create directory %s: %w", dir, err)
 	}
-	path := filepath.Join(dir, DataFile)
-	if err := preflight(path, keyFilePath(opts, dir)); err != nil {
-		return nil, err
-	}
-	db, err := openBolt(path)
+	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDB(db, path); err != nil {
-		db.Close()
-		return nil, err
-	}
-	s, err := open(db, path, dir, opts)
+	s, err := open(dir, opts)
 	if err != nil {
-		db.Close()
+		lock.Close()
 		return nil, err
 	}
+	s.lock = lock
+	go s.run()
 	return s, nil
 }
 
-// open checks the data file's format and key, creates what is missing and
-// starts the committer.
-func open(db *bolt.DB, path, dir string, opts store.Options) (*Store, error) {
-	check, format, err := readMeta(db)
+// open finds, migrates or creates the log, loads the key and replays the
+// log.
+func open(dir string, opts store.Options) (*Store, error) {
+	logDir := filepath.Join(dir, LogDir)
+	exists, err := prepareLog(dir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("store: read %s: %w", path, err)
+		return nil, err
 	}
-	if len(format) > 0 && (len(format) != 1 || format[0] != dataFormat) {
-		return nil, fmt.Errorf("store: %s has data format %v but this relay understands %d; use a matching relay version", path, format, dataFormat)
-	}
-	key, keyName, err := loadKey(opts, dir, path, len(check) > 0)
+	key, keyName, err := loadKey(opts, dir, logDir, exists)
 	if err != nil {
 		return nil, err
 	}
@@ -121,69 +108,115 @@ func open(db *bolt.DB, path, dir string, opts store.Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", keyName, err)
 	}
-	want := k.Check()
-	if len(check) > 0 && !hmac.Equal(check, want[:]) {
-		return nil, fmt.Errorf("store: key %s does not match data file %s; use the key file created with it", keyName, path)
+	s := &Store{opts: opts, keys: k, dir: logDir, check: k.Check(),
+		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{})}
+	if !exists {
+		if err := createLog(logDir, s.check); err != nil {
+			return nil, err
+		}
 	}
-	s := &Store{
-		opts: opts, keys: k, db: db, path: path,
-		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{}),
+	ix, err := loadIndex(logDir, nil, s.check)
+	if errors.Is(err, errWrongKey) {
+		return nil, fmt.Errorf("store: key %s does not match data %s; use the key file created with it", keyName, logDir)
 	}
-	if err := db.Update(s.initialise); err != nil {
-		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
+	if err != nil {
+		return nil, err
 	}
-	go s.run()
+	s.setIndex(ix)
 	return s, nil
 }
 
-// readMeta returns the key check and data format kept in the meta bucket,
-// both empty for a new file.
-func readMeta(db *bolt.DB) (check, format []byte, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
-		if m := tx.Bucket(bucketMeta); m != nil {
-			check = append([]byte(nil), m.Get(metaKeyCheck)...)
-			format = append([]byte(nil), m.Get(metaFormat)...)
+// prepareLog migrates a store of an older release, removes what an
+// interrupted migration or creation left, and reports whether the log
+// exists. A log that is missing while the key file exists is refused.
+func prepareLog(dir string, opts store.Options) (bool, error) {
+	logDir, legacy := filepath.Join(dir, LogDir), filepath.Join(dir, LegacyFile)
+	interrupted, err := removeTemp(logDir + ".tmp")
+	if err != nil {
+		return false, err
+	}
+	if _, err := os.Stat(logDir); err == nil {
+		// A migration that completed but had not yet removed the old file.
+		if err := os.Remove(legacy); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, fmt.Errorf("store: remove migrated %s: %w", legacy, err)
 		}
-		return nil
-	})
-	return check, format, err
+		return true, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("store: log directory %s: %w", logDir, err)
+	}
+	if fi, err := os.Stat(legacy); err == nil && fi.Size() > 0 {
+		return true, migrate(dir, opts)
+	}
+	if interrupted {
+		return false, nil // the first start was cut short before the log existed
+	}
+	return false, refuseMissing(logDir, legacy, keyFilePath(opts, dir))
 }
 
-// initialise creates the buckets and meta entries that are missing (the
-// outbox bucket is missing in files made before it existed) and loads the
-// store totals from the mailbox and outbox records.
-func (s *Store) initialise(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketMeta, bucketMailboxes, bucketEnvelopes, bucketRefs, bucketExpiry, bucketRetired, bucketOutbox} {
-		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-			return err
-		}
+// refuseMissing returns an error if a store was created in the directory
+// of logDir before, although its log is missing: an empty bbolt file, or a
+// key file.
+func refuseMissing(logDir, legacy, keyPath string) error {
+	if fi, err := os.Stat(legacy); err == nil && fi.Size() == 0 {
+		return preflight(legacy, keyPath) // the checks of the bbolt releases
 	}
-	m := tx.Bucket(bucketMeta)
-	if err := m.Put(metaFormat, []byte{dataFormat}); err != nil {
-		return err
-	}
-	check := s.keys.Check()
-	if err := m.Put(metaKeyCheck, check[:]); err != nil {
-		return err
-	}
-	var boxes, envs, bytes int64
-	err := tx.Bucket(bucketMailboxes).ForEach(func(_, v []byte) error {
-		r, err := decodeMailbox(v)
-		if err != nil {
-			return err
-		}
-		boxes++
-		envs += int64(r.count)
-		bytes += int64(r.bytes)
+	if keyPath == "" {
 		return nil
-	})
+	}
+	if _, err := os.Stat(keyPath); errors.Is(err, fs.ErrNotExist) {
+		return nil // a new store
+	}
+	return fmt.Errorf("store: log directory %s is missing but key file %s exists, so a store was created here before; "+
+		"refusing to start an empty store in its place: restore the log directory from a backup, "+
+		"or move the key file aside to start a new, empty store on purpose", logDir, keyPath)
+}
+
+// removeTemp removes the temporary log directory of an interrupted
+// creation or migration and reports whether there was one.
+func removeTemp(tmp string) (bool, error) {
+	if _, err := os.Stat(tmp); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		return false, fmt.Errorf("store: remove %s left by an interrupted start: %w", tmp, err)
+	}
+	return true, nil
+}
+
+// createLog makes the log directory of a new store with its first
+// segment: built as logDir.tmp and renamed, so it exists whole or not at
+// all.
+func createLog(logDir string, check [32]byte) error {
+	tmp := logDir + ".tmp"
+	err := os.Mkdir(tmp, 0o700)
+	if err == nil {
+		var f *os.File
+		if f, err = createSegment(tmp, segHead{num: 1, check: check, outNext: 1}); err == nil {
+			f.Close()
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, logDir)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(logDir))
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("store: create log directory %s: %w", logDir, err)
+	}
+	return nil
+}
+
+// setIndex installs ix and the totals it holds.
+func (s *Store) setIndex(ix *index) {
+	s.ix = ix
+	boxes, envs, bytes, items, obytes := ix.totals()
 	s.mailboxes.Store(boxes)
 	s.envelopes.Store(envs)
 	s.bytes.Store(bytes)
-	items, obytes, oerr := outboxTotals(tx)
 	s.outItems.Store(items)
 	s.outBytes.Store(obytes)
-	return errors.Join(err, oerr)
 }
 
 // loadKey returns the store key and a name for it in error messages.
@@ -273,18 +306,25 @@ func syncDir(dir string) error {
 	return err
 }
 
-// Close stops the committer (writes already handed to it complete), wakes
-// and closes every Notify channel and closes the data file.
+// Close stops the committer (writes already handed to it complete) and
+// the compactor, wakes and closes every Notify channel and closes the log.
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		close(s.quit)
 		<-s.stopped
+		s.bg.Wait()
+		s.markClosed()
 		s.notes.Close()
-		if cerr := s.db.Close(); cerr != nil {
-			err = fmt.Errorf("store: close %s: %w", s.path, cerr)
+		s.mu.Lock()
+		for _, seg := range s.ix.segs {
+			if cerr := seg.f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("store: close %s: %w", seg.path, cerr)
+			}
 		}
+		s.mu.Unlock()
+		s.lock.Close()
 	})
 	return err
 }
@@ -299,6 +339,10 @@ func (s *Store) Stats() store.Stats {
 	}
 }
 
+// LogBytes returns how many bytes the store has appended to its log since
+// Open: envelopes, index records, batch frames and compaction's copies.
+func (s *Store) LogBytes() int64 { return s.written.Load() }
+
 func (s *Store) Notify(id [store.IDSize]byte) (<-chan struct{}, func()) {
 	return s.notes.Subscribe(s.keys.MailboxHash(id))
 }
@@ -310,33 +354,47 @@ func isLogical(err error) bool {
 	return errors.As(err, &e)
 }
 
-// view runs a read transaction unless the store is closed.
-func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
+// read runs fn under the read lock unless the store is closed.
+func (s *Store) read(ctx context.Context, fn func(ix *index) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	err := s.db.View(fn)
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-		return store.ErrClosed
+	return fn(s.ix)
+}
+
+// readAt reads n bytes at l; the caller holds s.mu.
+func (s *Store) readAt(l loc, n int) ([]byte, error) {
+	seg := s.ix.segs[l.seg]
+	if seg == nil {
+		return nil, fmt.Errorf("store: read %s: %w", s.dir, errNoSegment)
 	}
-	if err != nil && !isLogical(err) {
-		return fmt.Errorf("store: read %s: %w", s.path, err)
+	b := make([]byte, n)
+	if _, err := seg.f.ReadAt(b, l.off); err != nil {
+		return nil, fmt.Errorf("store: read %s: %w", seg.path, err)
 	}
-	return err
+	return b, nil
+}
+
+// damaged is the error for a record that fails authentication.
+func (s *Store) damaged(l loc, err error) error {
+	path := filepath.Join(s.dir, segName(l.seg))
+	return fmt.Errorf("%w (log segment %s, offset %d)", err, path, l.off)
 }
 
 func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailbox, error) {
 	hid := s.keys.MailboxHash(id)
 	var mb store.Mailbox
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		r, err := getMailbox(tx, hid)
-		if err != nil {
-			return err
+	err := s.read(ctx, func(ix *index) error {
+		b := ix.mailbox(hid)
+		if b == nil {
+			return store.ErrNoMailbox
 		}
-		mb = store.Mailbox{Owner: r.owner, SendCap: r.sendCap, Pending: int(r.count), PendingBytes: int64(r.bytes)}
+		mb = store.Mailbox{Owner: slices.Clone(b.owner), SendCap: slices.Clone(b.sendCap), Pending: len(b.envs), PendingBytes: b.bytes}
 		return nil
 	})
 	return mb, err
@@ -352,38 +410,51 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	}
 	hid := s.keys.MailboxHash(id)
 	var items []store.Item
-	err := s.view(ctx, func(tx *bolt.Tx) error {
-		if _, err := getMailbox(tx, hid); err != nil {
-			return err
+	var where []loc
+	err := s.read(ctx, func(ix *index) error {
+		b := ix.mailbox(hid)
+		if b == nil {
+			return store.ErrNoMailbox
 		}
-		eb := tx.Bucket(bucketEnvelopes).Bucket(hid[:])
-		if eb == nil {
-			return nil
-		}
-		if after == ^uint64(0) {
-			return nil
-		}
-		c := eb.Cursor()
-		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(items) < max; k, v = c.Next() {
-			r, err := decodeEnvelope(v)
+		durable := s.durable.Load()
+		i, _ := slices.BinarySearchFunc(b.envs, after+1, bySeq)
+		for ; i < len(b.envs) && len(items) < max && after != ^uint64(0); i++ {
+			e := &b.envs[i]
+			if e.batch > durable {
+				continue
+			}
+			l, n := e.sealed()
+			sealed, err := s.readAt(l, n)
 			if err != nil {
 				return err
 			}
-			env, err := s.keys.Open(id, r.ref, r.sealed)
-			if err != nil {
-				return err
-			}
-			items = append(items, store.Item{Ref: r.ref, Seq: binary.BigEndian.Uint64(k), Envelope: env})
+			items = append(items, store.Item{Ref: e.ref, Seq: e.seq, Envelope: sealed})
+			where = append(where, e.at)
 		}
 		return nil
 	})
-	return items, err
+	if err != nil {
+		return nil, err
+	}
+	for i := range items {
+		env, err := s.keys.Open(id, items[i].Ref, items[i].Envelope)
+		if err != nil {
+			return nil, s.damaged(where[i], err)
+		}
+		items[i].Envelope = env
+	}
+	return items, nil
 }
 
-func getMailbox(tx *bolt.Tx, hid [32]byte) (mailboxRecord, error) {
-	v := tx.Bucket(bucketMailboxes).Get(hid[:])
-	if v == nil {
-		return mailboxRecord{}, store.ErrNoMailbox
+// markClosed appends a close record, so that damage to the last batch
+// before it is told apart from a batch cut short by a crash (see
+// scanSegment). It is not synced: a close record lost is a crash.
+func (s *Store) markClosed() {
+	if s.broken != nil {
+		return
 	}
-	return decodeMailbox(v)
+	seg := s.ix.active()
+	if _, err := seg.f.WriteAt(frame(appendRecord(nil, recClose)), seg.size); err != nil {
+		seg.f.Truncate(seg.size)
+	}
 }

@@ -122,7 +122,8 @@ func TestFiles(t *testing.T) {
 		mode os.FileMode
 	}{
 		{dir, 0o700 | os.ModeDir},
-		{filepath.Join(dir, boltstore.DataFile), 0o600},
+		{filepath.Join(dir, boltstore.LogDir), 0o700 | os.ModeDir},
+		{filepath.Join(dir, boltstore.LogDir, "0000000000000001.seg"), 0o600},
 		{filepath.Join(dir, boltstore.KeyFile), 0o600},
 	} {
 		fi, err := os.Stat(tc.path)
@@ -179,15 +180,24 @@ func TestOpenErrors(t *testing.T) {
 			os.Mkdir(filepath.Join(dir, boltstore.KeyFile), 0o700)
 			return store.Options{}
 		}, []string{"read key file", "$KEY"}},
-		{"data file garbage", func(t *testing.T, dir string) store.Options {
-			os.WriteFile(filepath.Join(dir, boltstore.DataFile), bytes.Repeat([]byte("not a bolt file"), 1000), 0o600)
+		{"log segment garbage", func(t *testing.T, dir string) store.Options {
+			os.WriteFile(filepath.Join(dir, boltstore.LogDir, "0000000000000001.seg"), bytes.Repeat([]byte("not a log"), 1000), 0o600)
 			return store.Options{}
-		}, []string{"$DATA"}},
+		}, []string{"$DATA", "corrupt"}},
+		{"log directory missing", func(t *testing.T, dir string) store.Options {
+			os.RemoveAll(filepath.Join(dir, boltstore.LogDir))
+			return store.Options{}
+		}, []string{"$DATA", "$KEY", "missing"}},
+		{"old data file garbage", func(t *testing.T, dir string) store.Options {
+			os.RemoveAll(filepath.Join(dir, boltstore.LogDir))
+			os.WriteFile(filepath.Join(dir, boltstore.LegacyFile), bytes.Repeat([]byte("not a bolt file"), 1000), 0o600)
+			return store.Options{}
+		}, []string{"$LEGACY", "corrupt"}},
 		{"data file in use", func(t *testing.T, dir string) store.Options {
 			s := open(t, dir, store.Options{})
 			t.Cleanup(func() { s.Close() })
 			return store.Options{}
-		}, []string{"$DATA", "locked"}},
+		}, []string{"$DIR", "locked"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -199,7 +209,8 @@ func TestOpenErrors(t *testing.T) {
 				t.Fatal("Open succeeded")
 			}
 			for _, w := range tc.want {
-				w = strings.NewReplacer("$KEY", filepath.Join(dir, boltstore.KeyFile), "$DATA", filepath.Join(dir, boltstore.DataFile)).Replace(w)
+				w = strings.NewReplacer("$KEY", filepath.Join(dir, boltstore.KeyFile), "$DATA", filepath.Join(dir, boltstore.LogDir),
+					"$LEGACY", filepath.Join(dir, boltstore.LegacyFile), "$DIR", dir).Replace(w)
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
@@ -311,10 +322,7 @@ func TestNoRawIDs(t *testing.T) {
 	s.Sweep(ctx, time.Now())
 	s.Close()
 
-	data, err := os.ReadFile(filepath.Join(dir, boltstore.DataFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := storeData(t, dir)
 	for i, id := range ids {
 		forms := map[string][]byte{
 			"raw":          id[:],

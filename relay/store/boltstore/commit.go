@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/postern/postern/relay/store"
 )
@@ -15,12 +15,15 @@ import (
 // Group commit (see the package comment).
 //
 // Every write is an op handed to the committer goroutine (run) over an
-// unbuffered channel. The committer applies a batch of ops in order inside
-// one bbolt read-write transaction and reports each op's result only after
-// the commit. An op that fails a check (store.ErrNoMailbox, a quota) returns
-// a *store.Error and fails alone, so it must make every check before it
-// writes anything: what it wrote would be committed with the batch. Any
-// other error rolls the whole batch back and fails every op in it.
+// unbuffered channel. The committer applies a batch of ops in order to the
+// index, each appending its records to the batch, writes the batch as one
+// frame at the end of the newest segment, fdatasyncs it, and only then
+// reports each op's result and lets readers see what the batch added. An
+// op checks everything that can fail before it changes anything, so an op
+// that fails (store.ErrNoMailbox, a quota, a damaged envelope) fails
+// alone. A failed write or sync fails every op of the batch: the segment
+// is cut back to where the batch began and the index is replayed from the
+// log.
 
 // op is one write waiting for the committer.
 type op struct {
@@ -28,16 +31,29 @@ type op struct {
 	done  chan error // buffered, 1
 }
 
-// writer is the state of the batch being built.
+// writer is the state of the batch being built. The committer holds s.mu
+// while ops run.
 type writer struct {
-	s  *Store
-	tx *bolt.Tx
+	s     *Store
+	ix    *index
+	seg   *segment
+	buf   []byte // frame header (filled at flush) and records
+	batch uint64
+
+	// Applied once the batch is durable: moves of records that
+	// compaction copied, and segments to delete.
+	relocs []func()
+	drops  []uint64
+	fail   error // tests: fail the write with this error
 
 	// Changes to the store totals made by this batch, applied after commit.
 	dMailboxes, dEnvelopes, dBytes int64
 	dOutItems, dOutBytes           int64
 	wake                           [][32]byte
 }
+
+// at is where the next record appended to the batch will lie.
+func (w *writer) at() loc { return loc{w.seg.num, w.seg.size + int64(len(w.buf))} }
 
 // do hands apply to the committer and waits for its durable result.
 func (s *Store) do(ctx context.Context, apply func(w *writer) error) error {
@@ -77,6 +93,7 @@ func (s *Store) run() {
 		batch = s.collect(batch)
 		s.commit(batch)
 		clear(batch)
+		s.maybeCompact()
 	}
 }
 
@@ -113,25 +130,32 @@ func (s *Store) collect(batch []*op) []*op {
 func (s *Store) commit(batch []*op) {
 	start := time.Now()
 	results := make([]error, len(batch))
-	w := &writer{s: s}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		w.tx = tx
+	w, err := s.begin()
+	if err == nil {
+		s.mu.Lock()
 		for i, o := range batch {
-			err := o.apply(w)
-			if err != nil && !isLogical(err) {
-				return err
-			}
-			results[i] = err
+			results[i] = o.apply(w)
 		}
-		return nil
-	})
+		s.mu.Unlock()
+		err = s.flush(w)
+	}
 	if err != nil {
-		err = s.writeFailed(err)
+		err = s.failed(w, err)
 		for _, o := range batch {
 			o.done <- err
 		}
 		return
 	}
+	s.mu.Lock()
+	if len(w.buf) > frameHeader {
+		w.seg.size += int64(len(w.buf))
+	}
+	for _, fn := range w.relocs {
+		fn()
+	}
+	s.dropSegments(w.drops)
+	s.durable.Store(w.batch)
+	s.mu.Unlock()
 	s.commits.Add(1)
 	s.diskFull.Store(false)
 	s.mailboxes.Add(w.dMailboxes)
@@ -152,13 +176,81 @@ func (s *Store) commit(batch []*op) {
 	}
 }
 
-// writeFailed classifies the error of a failed commit. A full disk or
-// quota (ENOSPC, EDQUOT) becomes store.ErrDiskFull (wrapping the cause
-// for the relay's log) and sets Stats.DiskFull until a commit succeeds.
-func (s *Store) writeFailed(err error) error {
+// begin starts a batch, in a new segment if the newest is full.
+func (s *Store) begin() (*writer, error) {
+	if s.broken != nil {
+		return nil, s.broken
+	}
+	seg := s.ix.active()
+	if seg.size >= segmentBytes {
+		f, err := createSegment(s.dir, segHead{num: seg.num + 1, check: s.check, outNext: s.ix.outNext})
+		if err != nil {
+			return nil, err
+		}
+		seg = &segment{num: seg.num + 1, path: filepath.Join(s.dir, segName(seg.num+1)), f: f, size: segHeader}
+		s.mu.Lock()
+		s.ix.segs[seg.num], s.ix.order = seg, append(s.ix.order, seg.num)
+		s.mu.Unlock()
+	}
+	s.batch++
+	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: make([]byte, frameHeader, 64<<10)}, nil
+}
+
+// flush writes the batch's frame and syncs it. A batch without records
+// writes nothing.
+func (s *Store) flush(w *writer) error {
+	if w.fail != nil {
+		return w.fail
+	}
+	if len(w.buf) == frameHeader {
+		return nil
+	}
+	payload := w.buf[frameHeader:]
+	putFrameHeader(w.buf, payload)
+	if _, err := w.seg.f.WriteAt(w.buf, w.seg.size); err != nil {
+		return err
+	}
+	if err := fdatasync(w.seg.f); err != nil {
+		return err
+	}
+	s.written.Add(int64(len(w.buf)))
+	return nil
+}
+
+// failed handles a batch whose write or sync failed: it cuts the segment
+// back to where the batch began, replays the log into a new index and
+// returns the error for the batch's ops. A full disk or quota (ENOSPC,
+// EDQUOT) becomes store.ErrDiskFull (wrapping the cause for the relay's
+// log) and sets Stats.DiskFull until a commit succeeds.
+func (s *Store) failed(w *writer, err error) error {
+	if w != nil {
+		if rerr := s.restore(w.seg); rerr != nil {
+			s.broken = fmt.Errorf("store: %s could not be restored after a failed write (%v); restart the relay", s.dir, rerr)
+		}
+	}
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		s.diskFull.Store(true)
-		return fmt.Errorf("%w (write %s: %w)", store.ErrDiskFull, s.path, err)
+		return fmt.Errorf("%w (write %s: %w)", store.ErrDiskFull, s.dir, err)
 	}
-	return fmt.Errorf("store: write %s: %w", s.path, err)
+	return fmt.Errorf("store: write %s: %w", s.dir, err)
+}
+
+// restore cuts seg back to its durable size and rebuilds the index from
+// the log.
+func (s *Store) restore(seg *segment) error {
+	if err := seg.f.Truncate(seg.size); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	files := make(map[uint64]*os.File, len(s.ix.segs))
+	for num, sg := range s.ix.segs {
+		files[num] = sg.f
+	}
+	ix, err := loadIndex(s.dir, files, s.check)
+	if err != nil {
+		return err
+	}
+	s.setIndex(ix)
+	return nil
 }

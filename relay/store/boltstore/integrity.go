@@ -188,5 +188,5 @@ func walkBuckets(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	return walkOutbox(tx, func(outboxRecord) {})
+	return walkOutbox(tx)
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -28,31 +27,11 @@ import (
 // pages, several levels deep). It returns the directory.
 func bigFixture(t *testing.T) string {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := Open(dir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for i := range 40 {
-		wg.Go(func() {
-			id := storetest.ID(i)
-			if err := s.CreateMailbox(ctx, id, storetest.Owner(i), nil); err != nil {
-				t.Error(err)
-				return
-			}
-			for j := range 10 {
-				if _, err := s.Put(ctx, id, storetest.Envelope(id, 500+100*j, j)); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	key := make([]byte, store.KeySize)
+	key[0] = 1
+	must(t, os.WriteFile(filepath.Join(dir, KeyFile), key, 0o600))
+	writeLegacy(t, dir, key, 40, 10, func(j int) int { return 500 + 100*j }, 0)
 	return dir
 }
 
@@ -161,7 +140,7 @@ func TestOpenDamagedFile(t *testing.T) {
 		{"missing data file with key file", func(t *testing.T, data, _ string) store.Options {
 			must(t, os.Remove(data))
 			return store.Options{}
-		}, []string{"$DATA", "missing", "$KEY", "restore the data file from a backup", "move the key file aside"}},
+		}, []string{"log", "missing", "$KEY", "restore the log directory from a backup", "move the key file aside"}},
 		{"missing key file with data file", func(t *testing.T, _, key string) store.Options {
 			must(t, os.Remove(key))
 			return store.Options{}
@@ -170,7 +149,7 @@ func TestOpenDamagedFile(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := bigFixture(t)
-			data, key := filepath.Join(dir, DataFile), filepath.Join(dir, KeyFile)
+			data, key := filepath.Join(dir, LegacyFile), filepath.Join(dir, KeyFile)
 			opts := tc.damage(t, data, key)
 			before, _ := os.ReadFile(data)
 			s, err := Open(dir, opts)
@@ -212,7 +191,7 @@ func readKey(t *testing.T, path string) []byte {
 // opens in the same process with every mailbox in it.
 func TestOpenAfterRestore(t *testing.T) {
 	dir := bigFixture(t)
-	data := filepath.Join(dir, DataFile)
+	data := filepath.Join(dir, LegacyFile)
 	backup, err := os.ReadFile(data)
 	must(t, err)
 	m := currentMeta(t, data)
@@ -247,7 +226,7 @@ func TestOpenAfterRestore(t *testing.T) {
 // with a corrupt-file error, and none faults.
 func TestCheckersNeverPanic(t *testing.T) {
 	dir := bigFixture(t)
-	data := filepath.Join(dir, DataFile)
+	data := filepath.Join(dir, LegacyFile)
 	healthy, err := os.ReadFile(data)
 	must(t, err)
 	r := rand.New(rand.NewPCG(3, 4))
@@ -264,6 +243,7 @@ func TestCheckersNeverPanic(t *testing.T) {
 		s, err := Open(dir, store.Options{})
 		if err == nil {
 			s.Close()
+			must(t, os.RemoveAll(filepath.Join(dir, LogDir))) // migrated: start over
 			continue
 		}
 		if !strings.Contains(err.Error(), data) {
@@ -285,8 +265,9 @@ func TestDiskFull(t *testing.T) {
 	id := storetest.ID(1)
 	must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
 	fail := func(errno syscall.Errno) error {
-		return s.do(ctx, func(*writer) error {
-			return &os.PathError{Op: "write", Path: s.path, Err: errno}
+		return s.do(ctx, func(w *writer) error {
+			w.fail = &os.PathError{Op: "write", Path: s.dir, Err: errno}
+			return nil
 		})
 	}
 	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT} {

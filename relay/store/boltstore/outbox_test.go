@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,10 +62,7 @@ func TestOutboxReopen(t *testing.T) {
 	}
 	s.Close()
 
-	raw, err := os.ReadFile(filepath.Join(dir, boltstore.DataFile))
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := storeData(t, dir)
 	if bytes.Contains(raw, items[1].Item[:64]) {
 		t.Fatal("an outbox item is stored in the clear")
 	}

@@ -87,8 +87,8 @@ func TestPageWalk(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t)
-			path := filepath.Join(f.dir, DataFile)
+			f := newLegacyFixture(t)
+			path := filepath.Join(f.dir, LegacyFile)
 			tc.damage(t, f, path)
 			s, err := Open(f.dir, store.Options{IDKey: testKey})
 			if err == nil {
@@ -107,8 +107,8 @@ func TestPageWalk(t *testing.T) {
 // file stays mapped, and so locked, until the process exits: bbolt gives
 // no way to unmap it.)
 func TestOpenBoltPanic(t *testing.T) {
-	f := newFixture(t)
-	path := filepath.Join(f.dir, DataFile)
+	f := newLegacyFixture(t)
+	path := filepath.Join(f.dir, LegacyFile)
 	m := currentMeta(t, path)
 	overwrite(t, path, m.freelist, make([]byte, m.pageSize))
 	db, err := openBolt(path)

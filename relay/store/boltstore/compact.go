@@ -1,0 +1,229 @@
+package boltstore
+
+import (
+	"context"
+	"os"
+	"slices"
+)
+
+// Compaction (see the package comment). The oldest segment is compacted
+// once at most half of it is live, or once the log holds more dead bytes
+// than live ones (and at least a segment's worth): the records the index
+// still points at are copied, through the committer, to the end of the
+// log, and once those copies are durable the segment is deleted. Only the
+// oldest segment is ever compacted, so a tombstone (ack, delete, sweep,
+// done, expire) never outlives a segment it applies to, and is never
+// copied.
+
+// carryChunk bounds the record bytes one compaction op copies, so that
+// puts queued behind it wait for a few megabytes at most.
+const carryChunk = 4 << 20
+
+// maybeCompact starts compacting if it is due and no compaction is
+// running. The committer calls it after each batch.
+func (s *Store) maybeCompact() {
+	if s.compacting.Load() || s.closed.Load() {
+		return
+	}
+	num, path, ok := s.due()
+	if !ok {
+		return
+	}
+	s.compacting.Store(true)
+	s.bg.Go(func() {
+		defer s.compacting.Store(false)
+		for ok && !s.closed.Load() {
+			if err := s.compact(num, path); err != nil {
+				return // a later commit starts it again
+			}
+			s.mu.RLock()
+			num, path, ok = s.due()
+			s.mu.RUnlock()
+		}
+	})
+}
+
+// due returns the oldest segment if compacting it is due. The caller is
+// the committer or holds s.mu.
+func (s *Store) due() (uint64, string, bool) {
+	ix := s.ix
+	if len(ix.order) < 2 {
+		return 0, "", false
+	}
+	var live, dead int64
+	for _, num := range ix.order[:len(ix.order)-1] {
+		seg := ix.segs[num]
+		live += seg.live
+		dead += seg.size - segHeader - seg.live
+	}
+	old := ix.segs[ix.order[0]]
+	if old.num == s.stuck || (2*old.live > old.size && (dead <= live || dead < segmentBytes)) {
+		return 0, "", false
+	}
+	return old.num, old.path, true
+}
+
+// carried is a record of the segment being compacted that may be live.
+type carried struct {
+	r   record
+	at  loc
+	raw []byte
+}
+
+// compact copies the live records of segment num (at path) to the end of
+// the log and deletes it. It stops quietly when the store closes or a
+// write fails; a later commit starts it again.
+func (s *Store) compact(num uint64, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var chunk []carried
+	size := 0
+	flush := func() error {
+		c := chunk
+		chunk, size = nil, 0
+		return s.do(ctx, func(w *writer) error {
+			for i := range c {
+				w.carry(c[i])
+			}
+			return nil
+		})
+	}
+	_, _, _, err = scanSegment(data, false, func(r record, off int64) error {
+		switch r.typ {
+		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox:
+			chunk = append(chunk, carried{r, loc{num, off}, data[off : off+int64(r.size)]})
+			size += r.size
+		}
+		if size >= carryChunk {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err == nil {
+		err = s.do(ctx, func(w *writer) error {
+			w.drops = append(w.drops, num)
+			return nil
+		})
+	}
+	if err == nil && s.segmentExists(num) {
+		err = errNoSegment
+	}
+	return err
+}
+
+func (s *Store) segmentExists(num uint64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.ix.segs[num] != nil
+}
+
+// carry copies record c to the batch if the index still points at it,
+// and moves the index to the copy once the batch is durable.
+func (w *writer) carry(c carried) {
+	ix, key := w.ix, c.r.key
+	at := w.at()
+	switch c.r.typ {
+	case recEnvelope:
+		b := ix.boxes[key]
+		if b == nil || !hasEnvelope(b, c.r.seq, c.at) {
+			return
+		}
+		w.buf = append(w.buf, c.raw...)
+		w.relocs = append(w.relocs, func() { relocateEnvelope(ix, key, c.r.seq, c.at, at) })
+	case recMailbox:
+		b := ix.mailbox(key)
+		if b == nil || b.at != c.at {
+			return
+		}
+		w.buf = appendMailbox(w.buf, key, b.owner, b.nextSeq, b.sendCap)
+		size := uint32(w.at().off - at.off)
+		w.relocs = append(w.relocs, func() {
+			if b := ix.mailbox(key); b != nil && b.at == c.at {
+				ix.dead(b.at, b.size)
+				b.at, b.size = at, size
+				ix.live(at, size)
+			}
+		})
+	case recDelete, recRetired:
+		r, ok := ix.retired[key]
+		if !ok || r.at != c.at {
+			return
+		}
+		w.buf = appendRetired(w.buf, key, r.day)
+		size := uint32(w.at().off - at.off)
+		w.relocs = append(w.relocs, func() {
+			if r, ok := ix.retired[key]; ok && r.at == c.at {
+				ix.retire(key, retirement{r.day, at, size})
+			}
+		})
+	case recOutbox:
+		w.carryOut(c, at)
+	}
+}
+
+func (w *writer) carryOut(c carried, at loc) {
+	ix, dest := w.ix, c.r.key
+	l := ix.out[dest]
+	i, found := slices.BinarySearchFunc(l, c.r.seq, byOutSeq)
+	if !found || l[i].at != c.at {
+		return
+	}
+	w.buf = append(w.buf, c.raw...)
+	w.relocs = append(w.relocs, func() {
+		l := ix.out[dest]
+		if i, found := slices.BinarySearchFunc(l, c.r.seq, byOutSeq); found && l[i].at == c.at {
+			ix.dead(l[i].at, l[i].size)
+			l[i].at = at
+			ix.live(at, l[i].size)
+		}
+	})
+}
+
+func hasEnvelope(b *mailbox, seq uint64, at loc) bool {
+	i, found := slices.BinarySearchFunc(b.envs, seq, bySeq)
+	return found && b.envs[i].at == at
+}
+
+func relocateEnvelope(ix *index, hid [32]byte, seq uint64, from, to loc) {
+	b := ix.boxes[hid]
+	if b == nil {
+		return
+	}
+	if i, found := slices.BinarySearchFunc(b.envs, seq, bySeq); found && b.envs[i].at == from {
+		ix.dead(from, b.envs[i].size)
+		b.envs[i].at = to
+		ix.live(to, b.envs[i].size)
+	}
+}
+
+// dropSegments deletes the segments nums, whose live records have all
+// been copied by durable batches; the caller holds s.mu. A segment the
+// index still points into is kept.
+func (s *Store) dropSegments(nums []uint64) {
+	for _, num := range nums {
+		seg := s.ix.segs[num]
+		if seg == nil || num == s.ix.active().num {
+			continue
+		}
+		if seg.live != 0 {
+			s.stuck = num // never try this segment again in this process
+			continue
+		}
+		if err := os.Remove(seg.path); err != nil {
+			s.stuck = num
+			continue
+		}
+		seg.f.Close()
+		delete(s.ix.segs, num)
+		s.ix.order = slices.DeleteFunc(s.ix.order, func(n uint64) bool { return n == num })
+		// The removal must be durable before a younger segment's
+		// tombstones can be compacted away.
+		syncDir(s.dir)
+	}
+}
