@@ -83,6 +83,9 @@ func (b *contactBook) names() []string {
 // checkContactName accepts 1 to 64 printable characters without spaces
 // that cannot be mistaken for a card or a path.
 func checkContactName(name string) error {
+	if name == "anonymous" || name == "unknown" {
+		return fmt.Errorf("contact name %q: recv uses that word for senders it cannot name; choose another", name)
+	}
 	if name == "" || len(name) > 64 || strings.HasPrefix(name, "postern-") || strings.ContainsAny(name, `/\`) {
 		return fmt.Errorf("contact name %q: use 1 to 64 letters, digits or punctuation, no spaces or slashes, not starting with \"postern-\"", name)
 	}

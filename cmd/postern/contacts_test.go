@@ -96,6 +96,7 @@ func TestContacts(t *testing.T) {
 		{[]string{"contact", "add", "--id", aliceID, "bob", bobCard}, 1, "pass --replace"},
 		{[]string{"contact", "add", "--id", aliceID, "b b", bobCard}, 2, "no spaces"},
 		{[]string{"contact", "add", "--id", aliceID, "postern-x", bobCard}, 2, `not starting with "postern-"`},
+		{[]string{"contact", "add", "--id", aliceID, "anonymous", bobCard}, 2, "choose another"},
 		{[]string{"contact", "show", "--id", aliceID, "carol"}, 1, "`postern contact list` shows yours"},
 		{[]string{"contact", "add", "--id", aliceID, "carol", filepath.Join(dir, "missing.card")}, 1, "neither a postern-card1:"},
 	} {

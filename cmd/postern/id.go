@@ -8,10 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/transport/descriptor"
 )
 
 // defaultIdentityPath is where identity commands look without --id/--out:
@@ -78,6 +80,9 @@ func idShowCmd() command {
 				if path == "" {
 					path = defaultIdentityPath(e)
 				}
+				if err := notAnIdentity(path); err != nil {
+					return err
+				}
 				id, err := envelope.LoadIdentity(path)
 				if err != nil {
 					return err
@@ -124,4 +129,22 @@ func versionCmd() command {
 			}
 		},
 	}
+}
+
+// notAnIdentity refuses a contact card or relay descriptor given where an
+// identity file belongs, before the identity loader would ask for chmod
+// 600 on it.
+func notAnIdentity(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil // LoadIdentity says what is wrong
+	}
+	text := strings.TrimSpace(string(data))
+	switch {
+	case strings.HasPrefix(text, envelope.CardPrefix):
+		return fmt.Errorf("%s is a contact card, not an identity: `postern card show %s` shows what it holds", path, path)
+	case strings.HasPrefix(text, descriptor.Prefix):
+		return fmt.Errorf("%s is a relay descriptor, not an identity: `postern relays add %s` makes it a known relay", path, path)
+	}
+	return nil
 }

@@ -59,6 +59,9 @@ type sender struct {
 	facts   *factsStore
 	known   netFacts
 	window  time.Duration // stall window; 0: the default
+	// progress, if set, is told after each ack how many envelopes the
+	// relay has of how many.
+	progress func(done, total int)
 }
 
 // connStats is what one connection carried.
@@ -182,6 +185,9 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 				s.acked[i] = true
 				st.acked += len(env)
 				st.last = time.Now()
+				if s.progress != nil {
+					s.progress(s.ackedCount(), len(s.envs))
+				}
 			}
 		}()
 	}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+)
+
+// Control messages are ordinary messages, sealed and sent like any other,
+// whose payload a receiving postern recognises and applies instead of
+// printing. Layout (version 1):
+//
+//	offset  size  field
+//	0       16    magic    "postern-control\x00"
+//	16      1     version  = 1 (controlVersion)
+//	17      1     type     1: card update
+//	18      rest  body     per type
+//
+// Card update (type 1), sent by `mailbox rotate` to every contact:
+//
+//	18      32    old      id of the mailbox the new card replaces
+//	50      rest  card     the new contact card line (postern-card1:...)
+//
+// The receiver applies a card update only when the envelope is
+// authenticated (not anonymous), its sender key is the sender key of the
+// contact whose card names the old mailbox, and the new card carries the
+// same public keys as that contact's card: a rotation moves the mailbox,
+// never the identity, so the fingerprint both sides compared stays valid.
+// Anything else is refused with a warning and never changes a contact.
+// A control message of a later version or unknown type is not applied;
+// recv says to upgrade.
+const (
+	controlMagic      = "postern-control\x00"
+	controlVersion    = 1
+	controlCardUpdate = 1
+	controlHeaderSize = len(controlMagic) + 2
+)
+
+// cardUpdate is the body of a card update.
+type cardUpdate struct {
+	old  [32]byte
+	card string
+}
+
+func (u cardUpdate) encode() []byte {
+	b := append([]byte(controlMagic), controlVersion, controlCardUpdate)
+	b = append(b, u.old[:]...)
+	return append(b, u.card...)
+}
+
+// errControl marks a control message this build cannot apply.
+var errControl = errors.New("control message")
+
+// parseControl reports whether payload is a control message and, if it is
+// a card update this build knows, returns it.
+func parseControl(payload []byte) (isControl bool, u cardUpdate, err error) {
+	if !bytes.HasPrefix(payload, []byte(controlMagic)) {
+		return false, u, nil
+	}
+	if len(payload) < controlHeaderSize {
+		return true, u, fmt.Errorf("%w: truncated", errControl)
+	}
+	v, typ, body := payload[len(controlMagic)], payload[len(controlMagic)+1], payload[controlHeaderSize:]
+	switch {
+	case v != controlVersion:
+		return true, u, fmt.Errorf("%w of version %d: upgrade postern to apply it", errControl, v)
+	case typ != controlCardUpdate:
+		return true, u, fmt.Errorf("%w of unknown type %d: upgrade postern to apply it", errControl, typ)
+	case len(body) < 32:
+		return true, u, fmt.Errorf("%w: truncated card update", errControl)
+	}
+	copy(u.old[:], body)
+	u.card = string(body[32:])
+	return true, u, nil
+}
+
+// applyCardUpdate checks a card update from sender against the contacts
+// and, if it holds, gives the contact the new card. It returns what to
+// tell the user.
+func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, error) {
+	if sender == nil {
+		return "", fmt.Errorf("refused an anonymous card update: a card changes only by a message from its own sender key")
+	}
+	card, err := envelope.ParseCard(u.card)
+	if err != nil {
+		return "", fmt.Errorf("refused a card update that does not parse: %w", err)
+	}
+	for _, name := range book.names() {
+		old, err := book.card(name)
+		if err != nil || !bytes.Equal(old.Auth, sender) {
+			continue
+		}
+		if old.Mailbox != u.old {
+			continue
+		}
+		if !sameKeys(old, card) {
+			return "", fmt.Errorf("refused a card update for %s: the new card holds other keys than the contact you verified; ask %s in person", name, name)
+		}
+		if u.card == book.Cards[name] {
+			return "", nil
+		}
+		book.Cards[name] = u.card
+		if err := book.save(); err != nil {
+			return "", fmt.Errorf("%s's card changed, but the contacts could not be saved: %w", name, err)
+		}
+		return fmt.Sprintf("%s's card changed: they moved their mailbox (fingerprint unchanged: %s); your contacts now hold the new card", name, cardFingerprint(card)), nil
+	}
+	if book.nameOf(sender) != "" {
+		return "", fmt.Errorf("ignored a card update from %s for a mailbox that is not the one in your contacts", book.nameOf(sender))
+	}
+	return "", fmt.Errorf("refused a card update from an unknown sender: add them with `postern contact add` first")
+}
+
+func mailboxRotateCmd() command {
+	return command{
+		name: "mailbox rotate",
+		summary: "Move a mailbox to a fresh id and owner key on every relay that holds it, with the\n" +
+			"envelopes waiting there, and tell every contact the new card in a message their\n" +
+			"postern applies on recv. Prints the new card. Rotating bounds what one mailbox id\n" +
+			"links together.\n\nexample:\n  postern mailbox rotate --id demo/bob.id > bob.card",
+		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+			a := mailboxFlags(fs, "which mailbox (`name`; needed when there are several)")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return usageErr("unexpected argument %q", args[0])
+				}
+				ctx, cancel := withTimeout(ctx, *a.timeout)
+				defer cancel()
+				return timedOut(ctx, *a.timeout, rotateMailbox(ctx, e, a))
+			}
+		},
+	}
+}
+
+func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
+	id, ms, err := a.open(e)
+	if err != nil {
+		return err
+	}
+	m, err := ms.find(*a.name)
+	if err != nil {
+		return err
+	}
+	nm := newMailbox(m.Name, nil, len(m.SendCap) > 0)
+	moved := 0
+	errs := ms.onEachRelay(ctx, e, id, m, func(c *client.Client) error {
+		n, err := c.Rotate(ctx, m.owner(), m.id(), nm.owner(), nm.id(), nm.capVerifier())
+		moved += n
+		return err
+	})
+	for i, err := range errs {
+		if err == nil {
+			nm.Relays = append(nm.Relays, m.relays()[i])
+			continue
+		}
+		fmt.Fprintf(e.stderr, "relay %d of %d: %v; it is left out of the new card\n", i+1, len(errs), err)
+	}
+	if len(nm.Relays) == 0 {
+		return fmt.Errorf("no relay could rotate mailbox %q; nothing changed: try again when the relays are reachable", m.Name)
+	}
+	for i, o := range ms.list {
+		if o == m {
+			ms.list[i] = nm
+		}
+	}
+	if err := ms.save(id); err != nil {
+		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): keep the output of this command", m.Name, mailboxPath(ms.idPath), err)
+	}
+	fmt.Fprintln(e.stdout, nm.Card)
+	fmt.Fprintf(e.stderr, "mailbox %q rotated: %d waiting envelope(s) moved\n", m.Name, moved)
+	return tellContacts(ctx, e, id, ms.idPath, cardUpdate{old: m.id(), card: nm.Card})
+}
+
+// tellContacts sends the card update to every contact.
+func tellContacts(ctx context.Context, e *env, id *envelope.Identity, idPath string, u cardUpdate) error {
+	book, err := loadContacts(idPath)
+	if err != nil {
+		return err
+	}
+	told, names := 0, book.names()
+	for _, name := range names {
+		card, err := book.card(name)
+		if err == nil {
+			_, err = deliver(ctx, e, card, id, u.encode(), nil)
+		}
+		if err != nil {
+			fmt.Fprintf(e.stderr, "could not tell %s (%v): give them the new card yourself\n", name, err)
+			continue
+		}
+		told++
+	}
+	fmt.Fprintf(e.stderr, "told %d of %d contact(s) the new card\n", told, len(names))
+	if told < len(names) {
+		return fmt.Errorf("%d contact(s) were not told; `postern mailbox show` prints the new card to give them", len(names)-told)
+	}
+	return nil
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// The mailbox file, ID_FILE.mailbox (mode 0600), is what `mailbox create`
+// keeps next to the identity: enough to fetch, ack, rotate and delete.
+//
+// Version 2 (this build) is one JSON object: the primary mailbox (the
+// first created that still exists) at the top level, the identity's other
+// mailboxes in "others":
+//
+//	version   2
+//	name      the mailbox's local name ("main" for the first), chosen with
+//	          `mailbox create --name`; never sent anywhere
+//	relays    the descriptors of the relays holding it, in the card's order
+//	          (at most envelope.MaxRelays)
+//	relay     relays[0], kept for postern builds that know version 1 only;
+//	          when it differs from relays[0] (such a build renewed it) it wins
+//	id        the 32-byte mailbox id: the same on every relay of the mailbox,
+//	          because a card names one mailbox id for all its relays
+//	owner     the Ed25519 seed of the owner key, the same on every relay
+//	send_cap  the send capability, if the mailbox needs one
+//	card      the contact card for it, as last printed
+//	others    more mailboxes, each an object with the fields above except
+//	          version and others
+//
+// Version 1 (no "version" field) is the same object with "relay" only and
+// no "others": it is read as one mailbox named "main" and written back as
+// version 2 on the next change. A postern that knows version 1 only still
+// reads the primary mailbox of a version 2 file (and drops the others if it
+// rewrites it).
+const mailboxFileVersion = 2
+
+// mailboxState is one mailbox, and at the top of the file the primary one.
+type mailboxState struct {
+	Version int             `json:"version,omitempty"`
+	Name    string          `json:"name,omitempty"`
+	Relays  []string        `json:"relays,omitempty"`
+	Relay   string          `json:"relay"`    // relays[0]; see above
+	ID      []byte          `json:"id"`       // 32-byte mailbox id
+	Owner   []byte          `json:"owner"`    // Ed25519 seed of the owner key
+	SendCap []byte          `json:"send_cap"` // send capability, if any
+	Card    string          `json:"card"`     // the contact card printed at creation
+	Others  []*mailboxState `json:"others,omitempty"`
+}
+
+// primaryName is the name of a version 1 file's mailbox and of the first.
+const primaryName = "main"
+
+func mailboxPath(idPath string) string { return idPath + ".mailbox" }
+
+func (m *mailboxState) id() (out [32]byte) { copy(out[:], m.ID); return }
+
+func (m *mailboxState) owner() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(m.Owner) }
+
+// relays are the descriptors of the relays that hold the mailbox.
+func (m *mailboxState) relays() []string {
+	if len(m.Relays) > 0 {
+		return m.Relays
+	}
+	if m.Relay != "" {
+		return []string{m.Relay}
+	}
+	return nil
+}
+
+// capVerifier is what the relay checks send capabilities against.
+func (m *mailboxState) capVerifier() []byte {
+	if len(m.SendCap) == 0 {
+		return nil
+	}
+	sum := sha256.Sum256(m.SendCap)
+	return sum[:]
+}
+
+// mailboxes are an identity's mailboxes, the primary first.
+type mailboxes struct {
+	idPath string
+	list   []*mailboxState
+}
+
+// loadMailbox returns the primary mailbox (with the others in Others).
+func loadMailbox(idPath string) (*mailboxState, error) {
+	ms, err := loadMailboxes(idPath)
+	if err != nil {
+		return nil, err
+	}
+	top := ms.list[0]
+	top.Others = ms.list[1:]
+	return top, nil
+}
+
+// loadMailboxes reads ID_FILE.mailbox, migrating a version 1 file in
+// memory. Every error names the file.
+func loadMailboxes(idPath string) (*mailboxes, error) {
+	p := mailboxPath(idPath)
+	data, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no mailbox for %s: create one with `postern mailbox create --id %s --relay DESCRIPTOR`", idPath, idPath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("mailbox state %s has mode %04o (it holds the mailbox owner key); run `chmod 600 %s`", p, st.Mode().Perm(), p)
+	}
+	var top mailboxState
+	if err := json.Unmarshal(data, &top); err != nil {
+		return nil, fmt.Errorf("mailbox state %s is corrupt", p)
+	}
+	if top.Version > mailboxFileVersion {
+		return nil, fmt.Errorf("mailbox state %s is version %d, written by a newer postern: upgrade postern", p, top.Version)
+	}
+	ms := &mailboxes{idPath: idPath, list: append([]*mailboxState{&top}, top.Others...)}
+	names := map[string]bool{}
+	for i, m := range ms.list {
+		if m == nil || len(m.ID) != 32 || len(m.Owner) != ed25519.SeedSize || len(m.Relays) > envelope.MaxRelays ||
+			(i > 0 && (m.Others != nil || m.Version != 0)) {
+			return nil, fmt.Errorf("mailbox state %s is corrupt", p)
+		}
+		if m.Name == "" {
+			m.Name = defaultName(i)
+		}
+		if names[m.Name] {
+			return nil, fmt.Errorf("mailbox state %s is corrupt (two mailboxes named %q)", p, m.Name)
+		}
+		names[m.Name] = true
+		if m.Relay != "" && len(m.Relays) > 0 && m.Relays[0] != m.Relay {
+			m.Relays[0] = m.Relay
+		}
+		m.Version, m.Others = 0, nil
+	}
+	top.Version = mailboxFileVersion
+	return ms, nil
+}
+
+func defaultName(i int) string {
+	if i == 0 {
+		return primaryName
+	}
+	return fmt.Sprintf("mailbox%d", i+1)
+}
+
+// save refreshes every mailbox's card and writes the file (0600); with no
+// mailbox left it removes the file.
+func (ms *mailboxes) save(id *envelope.Identity) error {
+	if len(ms.list) == 0 {
+		err := os.Remove(mailboxPath(ms.idPath))
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+		return err
+	}
+	for _, m := range ms.list {
+		if rs := m.relays(); len(rs) > 0 {
+			m.Relays, m.Relay = rs, rs[0]
+			card, err := id.Card(m.id(), rs, m.SendCap).Encode()
+			if err != nil {
+				return err
+			}
+			m.Card = card
+		}
+	}
+	top := *ms.list[0]
+	top.Version, top.Others = mailboxFileVersion, ms.list[1:]
+	out, _ := json.MarshalIndent(&top, "", "  ")
+	return writeFileAtomic(mailboxPath(ms.idPath), append(out, '\n'), 0o600)
+}
+
+// find returns the mailbox called name; "" means the only one.
+func (ms *mailboxes) find(name string) (*mailboxState, error) {
+	if name == "" {
+		if len(ms.list) == 1 {
+			return ms.list[0], nil
+		}
+		return nil, usageErr("%s has %d mailboxes: name one with --name (`postern mailbox list --id %s` shows them)", ms.idPath, len(ms.list), ms.idPath)
+	}
+	for _, m := range ms.list {
+		if m.Name == name {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("no mailbox named %q for %s: `postern mailbox list --id %s` shows them", name, ms.idPath, ms.idPath)
+}
+
+// remove drops m from the list.
+func (ms *mailboxes) remove(m *mailboxState) {
+	for i, o := range ms.list {
+		if o == m {
+			ms.list = append(ms.list[:i], ms.list[i+1:]...)
+			return
+		}
+	}
+}
+
+// newMailbox makes a fresh random mailbox id and owner key (and a send
+// capability with withCap) for the relays.
+func newMailbox(name string, relays []string, withCap bool) *mailboxState {
+	m := &mailboxState{Name: name, Relays: relays, ID: make([]byte, 32), Owner: make([]byte, ed25519.SeedSize)}
+	rand.Read(m.ID)
+	rand.Read(m.Owner)
+	if withCap {
+		m.SendCap = make([]byte, 32)
+		rand.Read(m.SendCap)
+	}
+	return m
+}
+
+// dialAt connects to the mailbox's relay i and, when that relay has
+// renewed its descriptor, keeps the new one in the mailbox file (and so
+// in the card).
+func (ms *mailboxes) dialAt(ctx context.Context, e *env, id *envelope.Identity, m *mailboxState, i int) (*client.Client, error) {
+	rs := m.relays()
+	c, fresh, err := dialFresh(ctx, e, rs[i])
+	if err != nil || fresh == "" || fresh == rs[i] {
+		return c, err
+	}
+	m.Relays = rs
+	m.Relays[i] = fresh
+	if err := ms.save(id); err != nil {
+		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
+		return c, nil
+	}
+	fmt.Fprintf(e.stderr, "a relay renewed its descriptor: %s is updated, and the card of mailbox %q changed; `postern mailbox show --name %s` prints it for your contacts\n",
+		mailboxPath(ms.idPath), m.Name, m.Name)
+	return c, nil
+}
+
+// onEachRelay runs do on a session to each of m's relays in turn and
+// returns the errors by relay index (nil where it worked).
+func (ms *mailboxes) onEachRelay(ctx context.Context, e *env, id *envelope.Identity, m *mailboxState,
+	do func(c *client.Client) error) []error {
+	errs := make([]error, len(m.relays()))
+	for i := range errs {
+		c, err := ms.dialAt(ctx, e, id, m, i)
+		if err == nil {
+			err = do(c)
+			c.Close()
+		}
+		errs[i] = scrubAddrs(err)
+	}
+	return errs
+}
+
+// descriptorLines reads --relay values (descriptors or files holding
+// them), at most envelope.MaxRelays, no relay twice.
+func descriptorLines(vals []string) ([]string, error) {
+	if len(vals) > envelope.MaxRelays {
+		return nil, usageErr("a card holds at most %d relays; %d --relay flags given", envelope.MaxRelays, len(vals))
+	}
+	var lines []string
+	for _, v := range vals {
+		line, err := lineArg(v, descriptor.Prefix)
+		if err != nil {
+			return nil, err
+		}
+		d, _, err := descriptor.ParseStale(line, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("relay descriptor %s: %w", truncate(v, 24), err)
+		}
+		if indexRelay(lines, d) >= 0 {
+			return nil, usageErr("--relay %s names a relay given before", truncate(v, 24))
+		}
+		lines = append(lines, line)
+	}
+	return lines, nil
+}
+
+// sameKeys reports whether two cards belong to the same identity.
+func sameKeys(a, b *envelope.Card) bool {
+	return bytes.Equal(a.Auth, b.Auth) && bytes.Equal(a.X25519, b.X25519) && bytes.Equal(a.XWing, b.XWing)
+}

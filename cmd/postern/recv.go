@@ -1,0 +1,376 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// recvArgs are recv's flags.
+type recvArgs struct {
+	idPath, name string
+	follow       bool
+	via          listFlag
+	timeout      time.Duration
+}
+
+func recvCmd() command {
+	return command{
+		name: "recv",
+		summary: "Receive messages from your mailboxes (every relay of each), print each with its\n" +
+			"sender and delete it from the relay. Without --follow, exits when the mailboxes\n" +
+			"are empty. Output per message: a line `== from SENDER (N bytes)`, then exactly N\n" +
+			"bytes of message, then a newline. SENDER is the contact's name, else the sender key\n" +
+			"(stderr then says \"unknown sender\"), else \"anonymous\". A card update a contact sent\n" +
+			"with `mailbox rotate` is applied to your contacts, not printed.\n\n" +
+			"examples:\n  postern recv --id demo/bob.id\n  postern recv --id demo/bob.id --follow",
+		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+			var a recvArgs
+			fs.StringVar(&a.idPath, "id", "", "identity `file` (default $POSTERN_HOME/identity or ~/.config/postern/identity)")
+			fs.StringVar(&a.name, "name", "", "receive from this mailbox only (`name`, see `postern mailbox list`)")
+			fs.BoolVar(&a.follow, "follow", false, "keep waiting for new messages (reconnects with backoff)")
+			fs.DurationVar(&a.timeout, "timeout", 0, "give up after this long, e.g. 30s; with --follow, stop following then (default: no limit)")
+			networkFlag(fs, e)
+			fs.Var(&a.via, "via", "entry relay `descriptor` (or a file holding it) to receive through, when the home relay\n"+
+				"cannot be reached directly: the entry relay splices an end-to-end encrypted session\n"+
+				"to the home relay and sees neither the mailbox nor the requests (repeatable)")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return usageErr("unexpected argument %q", args[0])
+				}
+				return runRecv(ctx, e, &a)
+			}
+		},
+	}
+}
+
+// recvTarget is one relay of one mailbox.
+type recvTarget struct {
+	m    *mailboxState
+	i    int
+	dial dialFunc
+}
+
+func runRecv(ctx context.Context, e *env, a *recvArgs) error {
+	path := resolveID(e, a.idPath)
+	id, err := envelope.LoadIdentity(path)
+	if err != nil {
+		return err
+	}
+	ms, err := loadMailboxes(path)
+	if err != nil {
+		return err
+	}
+	if f, ok := e.stdout.(*os.File); ok && stdoutClosed(f) {
+		return errors.New("standard output is closed: the messages would be deleted from the relay unseen; redirect it to a file, or to /dev/null to discard them on purpose")
+	}
+	book, err := loadContacts(path)
+	if err != nil {
+		return err
+	}
+	targets, err := recvTargets(e, ms, id, a)
+	if err != nil {
+		return err
+	}
+	p := &printer{e: e, book: book, progress: isTerminal(e.stderr)}
+	defer p.done()
+	ctx, cancel := withTimeout(ctx, a.timeout)
+	defer cancel()
+	if a.follow {
+		return followAll(ctx, e, id, path, targets, p)
+	}
+	err = drainAll(ctx, e, id, path, targets, p)
+	if err != nil && a.timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("gave up after %s (--timeout) with %d message(s) received; run recv again for the rest, or give a longer --timeout", a.timeout, p.count)
+	}
+	return err
+}
+
+// recvTargets are the relays of the chosen mailboxes (all without --name).
+func recvTargets(e *env, ms *mailboxes, id *envelope.Identity, a *recvArgs) ([]recvTarget, error) {
+	list := ms.list
+	if a.name != "" {
+		m, err := ms.find(a.name)
+		if err != nil {
+			return nil, err
+		}
+		list = []*mailboxState{m}
+	}
+	var out []recvTarget
+	for _, m := range list {
+		if len(m.relays()) == 0 {
+			return nil, fmt.Errorf("mailbox %q in %s names no relay: delete it with `postern mailbox delete --forget --name %s`", m.Name, mailboxPath(ms.idPath), m.Name)
+		}
+		for i := range m.relays() {
+			d, err := recvDial(e, ms, m, i, id, a.via)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, recvTarget{m: m, i: i, dial: d})
+		}
+	}
+	return out, nil
+}
+
+// drainAll empties every target once. A mailbox counts as received when
+// one of its relays was emptied; the others are warned about.
+func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, ts []recvTarget, p *printer) error {
+	in, err := newReceiver(e, id, client.ReplayFile(path+".replay"), p)
+	if err != nil {
+		return err
+	}
+	ok := map[*mailboxState]bool{}
+	var failed []error
+	for _, t := range ts {
+		err := drainOne(ctx, t, in)
+		if err == nil {
+			ok[t.m] = true
+			continue
+		}
+		err = recvError(path, t, err)
+		if ctx.Err() != nil || errors.Is(err, errTake) {
+			return err
+		}
+		failed = append(failed, err)
+		if n := len(t.m.relays()); n > 1 {
+			fmt.Fprintf(e.stderr, "relay %d of %d of mailbox %q: %v\n", t.i+1, n, t.m.Name, err)
+		}
+	}
+	for _, t := range ts {
+		if !ok[t.m] {
+			return errors.Join(failed...)
+		}
+	}
+	return nil
+}
+
+func drainOne(ctx context.Context, t recvTarget, in *client.Inbox) error {
+	c, err := t.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return in.Drain(ctx, c, t.m.owner(), t.m.id())
+}
+
+// errTake marks a message recv could not show: nothing more is taken.
+var errTake = errors.New("write message")
+
+// recvError says what to do when a relay lost the mailbox.
+func recvError(path string, t recvTarget, err error) error {
+	if !errors.Is(err, relay.ErrNoMailbox) {
+		return err
+	}
+	return &explained{err: err, text: fmt.Sprintf("relay %d of %d no longer has mailbox %q (the relay lost it, or it was deleted): make it again there with "+
+		"`postern mailbox create --again --name %s --id %s`; your card stays the same", t.i+1, len(t.m.relays()), t.m.Name, t.m.Name, path)}
+}
+
+// followAll keeps a subscription on every target until ctx ends, each
+// with its own inbox; their replay ids share ID_FILE.replay.
+func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, ts []recvTarget, p *printer) error {
+	shared := &sharedReplay{file: client.ReplayFile(path + ".replay"), parts: make([][][envelope.IDSize]byte, len(ts))}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(ts))
+	for k, t := range ts {
+		in, err := newReceiver(e, id, replayPart{shared, k}, p)
+		if err != nil {
+			return err
+		}
+		go func() {
+			errs <- in.Follow(ctx, t.dial, t.m.owner(), t.m.id(), func(err error, wait time.Duration) {
+				fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", recvError(path, t, err), wait)
+			})
+		}()
+	}
+	var first error
+	for range ts {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// recvDial is how recv opens sessions to the mailbox's relay i: through a
+// tunnel via the --via relays (which join the known-relays list), or to
+// that relay with a tunnel via a known relay as fallback when it cannot
+// be reached. On a network where only the tunnel worked, it goes first.
+func recvDial(e *env, ms *mailboxes, m *mailboxState, i int, id *envelope.Identity, via []string) (dialFunc, error) {
+	lines := make([]string, len(via))
+	for k, v := range via {
+		var err error
+		if lines[k], err = lineArg(v, descriptor.Prefix); err != nil {
+			return nil, err
+		}
+	}
+	homeLine := func() string { return m.relays()[i] }
+	if len(lines) > 0 {
+		learnRelays(e, lines)
+		return func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, homeLine(), lines) }, nil
+	}
+	entries := entryRelays(e, m.relays())
+	home := func(ctx context.Context) (*client.Client, error) { return ms.dialAt(ctx, e, id, m, i) }
+	if len(entries) == 0 {
+		return home, nil
+	}
+	tunnel := func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, homeLine(), entries) }
+	facts := openFacts(e, parsedOrZero(homeLine()).RelayID())
+	return func(ctx context.Context) (*client.Client, error) {
+		viaEntry := facts.get().ViaEntry
+		first, other := dialFunc(home), dialFunc(tunnel)
+		if viaEntry {
+			first, other = other, first
+		}
+		c, swapped, err := raceDial(ctx, first, other)
+		err = scrubAddrs(err)
+		if via := swapped != viaEntry; err == nil && via != viaEntry {
+			facts.update(e, func(f *netFacts) { f.ViaEntry = via })
+		}
+		if err == nil && swapped != viaEntry {
+			fmt.Fprintln(e.stderr, "the home relay is out of reach; receiving through a tunnel via an entry relay")
+		}
+		return c, err
+	}, nil
+}
+
+// dialTunnel opens a session to the home relay through one of the entry
+// relays (descriptor lines).
+func dialTunnel(ctx context.Context, e *env, home string, lines []string) (*client.Client, error) {
+	if err := checkDialEnv(e); err != nil {
+		return nil, err
+	}
+	entries := make([]*descriptor.Descriptor, len(lines))
+	for i, line := range lines {
+		var err error
+		if entries[i], _, err = descriptor.ParseStale(line, time.Now()); err != nil {
+			return nil, fmt.Errorf("entry relay descriptor: %w", err)
+		}
+	}
+	c, err := client.DialTunnel(ctx, newRegistry(), dialOptions(e), home, entries...)
+	if err != nil {
+		return nil, explainDial(e, err)
+	}
+	return c, nil
+}
+
+// newReceiver is an inbox behind recv: p shows each complete message and
+// it counts as taken only once stdout has it.
+func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *printer) (*client.Inbox, error) {
+	return client.NewInbox(client.InboxConfig{
+		Identity: id,
+		Replay:   replay,
+		Warn:     func(w string) { fmt.Fprintln(e.stderr, w) },
+		Take:     p.take,
+	})
+}
+
+// printer shows messages (one at a time, for several inboxes), names
+// their senders from the contacts and applies card updates.
+type printer struct {
+	e        *env
+	book     *contactBook
+	progress bool // stderr is a terminal: count messages there
+	mu       sync.Mutex
+	count    int
+}
+
+func (p *printer) take(m client.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if isCtl, u, err := parseControl(m.Payload); isCtl {
+		note := ""
+		if err == nil {
+			note, err = applyCardUpdate(p.book, m.Sender, u)
+		}
+		if err != nil {
+			note = "warning: " + err.Error()
+		}
+		if note != "" {
+			fmt.Fprintln(p.e.stderr, note)
+		}
+		return nil
+	}
+	from := "anonymous"
+	if m.Sender != nil {
+		if from = p.book.nameOf(m.Sender); from == "" {
+			from = base64.RawURLEncoding.EncodeToString(m.Sender)
+			fmt.Fprintf(p.e.stderr, "unknown sender %s: not in your contacts; `postern contact add NAME CARD` names them\n", from)
+		}
+	}
+	if err := printMessage(p.e.stdout, from, m.Payload); err != nil {
+		return err
+	}
+	p.count++
+	if p.progress {
+		fmt.Fprintf(p.e.stderr, "\rreceived %d message(s)", p.count)
+	}
+	return nil
+}
+
+// done ends the progress line.
+func (p *printer) done() {
+	if p.progress && p.count > 0 {
+		fmt.Fprintln(p.e.stderr)
+	}
+}
+
+// printMessage writes one message to w and syncs it if w is a file. An
+// error means the message was not shown, and it is not acked.
+func printMessage(w io.Writer, from string, payload []byte) error {
+	if _, err := fmt.Fprintf(w, "== from %s (%d bytes)\n%s\n", from, len(payload), payload); err != nil {
+		return fmt.Errorf("%w: %w", errTake, err)
+	}
+	if f, ok := w.(interface{ Sync() error }); ok {
+		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+			return fmt.Errorf("%w: %w", errTake, err)
+		}
+	}
+	return nil
+}
+
+// sharedReplay keeps the replay ids of several inboxes in one file: each
+// inbox saves its own list, and the file holds their union.
+type sharedReplay struct {
+	mu    sync.Mutex
+	file  client.ReplayFile
+	parts [][][envelope.IDSize]byte
+}
+
+// replayPart is inbox k's view of a sharedReplay.
+type replayPart struct {
+	s *sharedReplay
+	k int
+}
+
+func (r replayPart) Load() ([][envelope.IDSize]byte, error) { return r.s.file.Load() }
+
+func (r replayPart) Save(ids [][envelope.IDSize]byte) error {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	r.s.parts[r.k] = ids
+	seen := map[[envelope.IDSize]byte]bool{}
+	var all [][envelope.IDSize]byte
+	for _, part := range r.s.parts {
+		for _, id := range part {
+			if !seen[id] {
+				seen[id] = true
+				all = append(all, id)
+			}
+		}
+	}
+	return r.s.file.Save(all)
+}
