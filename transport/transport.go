@@ -86,6 +86,9 @@ type Endpoint struct {
 	// LocalAddr, if set, is the local IP address to dial from (multi-homed
 	// hosts, and tests that play several clients on loopback).
 	LocalAddr string
+	// Sessions, if set, keeps TLS sessions for resumption (see
+	// SessionCache); nil means the transport's own in-memory cache.
+	Sessions SessionCache
 }
 
 // ListenConfig configures a transport listener. The zero value of every
@@ -115,6 +118,11 @@ type ListenConfig struct {
 	// client IPv4 address, or the /64 of a client IPv6 address. Zero means
 	// the transport's default (httpsession.DefaultMaxSessionsPerSource).
 	MaxSessionsPerSource int
+	// AltSvc, if set, is the Alt-Svc header of every cover-site response
+	// (for example `h3=":8443"; ma=2592000` on the TCP listener when h3 is
+	// on, as a site that offers HTTP/3 says). Session responses never
+	// carry it.
+	AltSvc string
 	// MaxSessionsPerConn caps the concurrent sessions carried by one TLS
 	// or QUIC connection (HTTP/2 and HTTP/3 multiplex many requests on
 	// one). Zero means the transport's default

@@ -53,6 +53,13 @@ type relayConfig struct {
 	// proxies to this origin URL instead. Default: the built-in cover site.
 	CoverDir   string `json:"cover_dir"`
 	CoverProxy string `json:"cover_proxy"`
+	// BorrowOrigin (host:port) makes the https listener its origin over
+	// TCP: a connection whose ClientHello carries no valid tag (keyed from
+	// the relay's session key, see transport/borrow) is spliced byte for
+	// byte to the origin, whose TLS, certificate and timeouts it then
+	// meets. Set sni to the origin's name, cover_proxy to the same origin,
+	// and h3_listen to "off" unless the origin speaks HTTP/3. Default: off.
+	BorrowOrigin string `json:"borrow_origin"`
 	// Store is "bolt" (durable, default) or "memory" (lost on restart).
 	Store string `json:"store"`
 	// StoreKeyFile is where the store key lives (mode 0600, created on
@@ -209,6 +216,14 @@ func (c *relayConfig) validate() error {
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("fields \"tls_cert\" and \"tls_key\" go together: set both or neither")
+	}
+	if c.BorrowOrigin != "" {
+		if err := checkAddr("borrow_origin", c.BorrowOrigin, false); err != nil {
+			return err
+		}
+		if c.HTTPSCDN {
+			return fmt.Errorf("fields \"borrow_origin\" and \"https_cdn\" exclude each other: a CDN ends TLS, so the ClientHello tag never reaches the relay")
+		}
 	}
 	if c.CoverDir != "" && c.CoverProxy != "" {
 		return fmt.Errorf("fields \"cover_dir\" and \"cover_proxy\" exclude each other: set one")

@@ -28,6 +28,10 @@ func TestRelayConfigErrors(t *testing.T) {
 		{"bad listen", `{"https_listen": "8443"}`, []string{`"https_listen"`, `"8443"`, "host:port"}},
 		{"both off", `{"https_listen": "off", "h3_listen": "off"}`, []string{`"https_listen"`, `"h3_listen"`}},
 		{"cert without key", `{"tls_cert": "c.pem"}`, []string{`"tls_cert"`, `"tls_key"`}},
+		{"bad borrow origin", `{"borrow_origin": "nginx"}`, []string{`"borrow_origin"`, "host:port"}},
+		{"borrow behind a CDN", `{"borrow_origin": "127.0.0.1:443", "https_cdn": true}`, []string{`"borrow_origin"`, `"https_cdn"`, "exclude"}},
+		{"bad upstream", `{"upstreams": ["postern-relay1:AAAA"]}`, []string{`"upstreams" [0]`}},
+		{"bad link_bind", `{"link_bind": "eth0"}`, []string{`"link_bind"`, "IP address"}},
 		{"two covers", `{"cover_dir": "/srv", "cover_proxy": "http://127.0.0.1:1"}`, []string{`"cover_dir"`, `"cover_proxy"`}},
 		{"negative quota", `{"max_store_bytes": -1}`, []string{`"max_store_bytes"`, "-1"}},
 		{"bad log level", `{"log_level": "loud"}`, []string{`"log_level"`, `"loud"`}},
@@ -124,5 +128,28 @@ func TestRelayConfigCommand(t *testing.T) {
 	errOut.Reset()
 	if code := run(context.Background(), []string{"relay", "config", "--check", bad}, e); code != 1 || !strings.Contains(errOut.String(), `"max_outbox_bytes"`) {
 		t.Fatalf("--check on a bad file: exit %d, %q", code, errOut.String())
+	}
+}
+
+// TestServerName: a relay published under a name uses it; one published
+// under an IP sends no SNI and its certificate names the IP, never
+// "localhost"; only a relay with no public address is "localhost".
+func TestServerName(t *testing.T) {
+	for _, tc := range []struct {
+		cfg   relayConfig
+		sni   string
+		names []string
+	}{
+		{relayConfig{SNI: "cdn.example.net", PublicHTTPS: "198.51.100.7:443"}, "cdn.example.net", []string{"cdn.example.net"}},
+		{relayConfig{PublicHTTPS: "www.example.com:443"}, "www.example.com", []string{"www.example.com"}},
+		{relayConfig{PublicHTTPS: "198.51.100.7:443", PublicH3: "198.51.100.7:443"}, "", []string{"198.51.100.7"}},
+		{relayConfig{PublicH3: "[2001:db8::7]:443"}, "", []string{"2001:db8::7"}},
+		{relayConfig{HTTPSListen: "127.0.0.1:8443"}, "localhost", []string{"localhost"}},
+	} {
+		sni := serverName(tc.cfg)
+		names := certNames(tc.cfg, sni)
+		if sni != tc.sni || strings.Join(names, ",") != strings.Join(tc.names, ",") {
+			t.Errorf("%+v: sni %q names %v; want %q %v", tc.cfg, sni, names, tc.sni, tc.names)
+		}
 	}
 }

@@ -33,8 +33,11 @@ func homeDir(e *env) string {
 	if h := e.getenv("HOME"); h != "" {
 		return filepath.Join(h, ".config", "postern")
 	}
-	return ".postern"
+	return fallbackHome
 }
+
+// fallbackHome is the state directory when the environment names none.
+const fallbackHome = ".postern"
 
 func idNewCmd() command {
 	return command{

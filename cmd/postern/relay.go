@@ -27,6 +27,7 @@ import (
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/borrow"
 	"github.com/postern/postern/transport/cover"
 	"github.com/postern/postern/transport/h3"
 	"github.com/postern/postern/transport/https"
@@ -36,12 +37,21 @@ import (
 var _ server.Observer = (*metrics.Relay)(nil)
 
 // newRegistry returns the transports this binary speaks.
-func newRegistry() *transport.Registry {
+func newRegistry() *transport.Registry { return newRegistryFor(nil) }
+
+// newRegistryFor is the registry a relay with cfg listens with: in
+// borrowed-site mode its https transport splices every connection whose
+// ClientHello carries no valid tag to the origin.
+func newRegistryFor(cfg *relayConfig) *transport.Registry {
 	// quic-go prints a warning through the standard logger when it cannot
 	// enlarge the UDP receive buffer; Postern logs with slog or not at all.
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	var r transport.Registry
-	r.Register(&https.Transport{})
+	ht := &https.Transport{}
+	if cfg != nil && cfg.BorrowOrigin != "" {
+		ht.Borrow = &borrow.Options{Origin: cfg.BorrowOrigin}
+	}
+	r.Register(ht)
 	r.Register(h3.New())
 	return &r
 }
@@ -151,6 +161,7 @@ var configDocs = []struct{ field, doc string }{
 	{"tls_key", "PEM private key file of tls_cert"},
 	{"cover_dir", "serve this directory as the cover site (public relays: use this or cover_proxy)"},
 	{"cover_proxy", "reverse-proxy the cover site to this origin URL"},
+	{"borrow_origin", "be this origin (host:port) over TCP: every https connection without the ClientHello tag is spliced to it"},
 	{"store", "\"bolt\" (durable) or \"memory\" (lost on restart)"},
 	{"store_key_file", "the store key (0600; default DATA/store/store.key): keep it on another volume"},
 	{"ttl", "how long an undelivered envelope is kept (Go duration, at least 1h)"},
@@ -259,7 +270,7 @@ func loadOrCreateCert(cfg relayConfig, sni string) (tls.Certificate, []byte, err
 	certFile := filepath.Join(cfg.DataDir, "cert.pem")
 	keyFile := filepath.Join(cfg.DataDir, "key.pem")
 	if _, err := os.Stat(certFile); errors.Is(err, fs.ErrNotExist) {
-		c, err := https.SelfSigned(sni)
+		c, err := https.SelfSigned(certNames(cfg, sni)...)
 		if err != nil {
 			return tls.Certificate{}, nil, err
 		}

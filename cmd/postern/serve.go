@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,18 +102,45 @@ func (r *relayRun) loadKeys(context.Context) error {
 	return err
 }
 
-// serverName is the configured SNI, else the first public host name,
-// else "localhost".
+// serverName is the configured SNI, else the first public host name;
+// a relay published under an IP gets none (its clients then send no SNI,
+// as a browser does for an IP, and its certificate names the IP), and
+// only a relay with no public address at all, a local one, gets
+// "localhost".
 func serverName(cfg relayConfig) string {
 	if cfg.SNI != "" {
 		return cfg.SNI
 	}
+	published := false
 	for _, a := range []string{cfg.PublicHTTPS, cfg.PublicH3} {
-		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) == nil && h != "" {
+		h, _, err := net.SplitHostPort(a)
+		if err != nil || h == "" {
+			continue
+		}
+		if net.ParseIP(h) == nil {
 			return h
 		}
+		published = true
+	}
+	if published {
+		return ""
 	}
 	return "localhost"
+}
+
+// certNames are the names a self-signed certificate carries: the SNI, or
+// for a relay published under IPs, those IPs.
+func certNames(cfg relayConfig, sni string) []string {
+	if sni != "" {
+		return []string{sni}
+	}
+	var ips []string
+	for _, a := range []string{cfg.PublicHTTPS, cfg.PublicH3} {
+		if h, _, err := net.SplitHostPort(a); err == nil && net.ParseIP(h) != nil && !slices.Contains(ips, h) {
+			ips = append(ips, h)
+		}
+	}
+	return ips
 }
 
 // openStore opens the mailbox store and the session server on it.
@@ -151,7 +180,14 @@ func (r *relayRun) openStore(context.Context) error {
 
 // listen opens each configured transport listener.
 func (r *relayRun) listen(ctx context.Context) error {
-	reg := newRegistry()
+	reg := newRegistryFor(&r.cfg)
+	// The TCP site says where its HTTP/3 is, as a real site with both does.
+	altSvc := ""
+	if pub := cmp.Or(r.cfg.PublicH3, r.cfg.H3Listen); r.cfg.H3Listen != "off" {
+		if _, port, err := net.SplitHostPort(pub); err == nil && port != "0" {
+			altSvc = fmt.Sprintf(`h3=":%s"; ma=2592000`, port)
+		}
+	}
 	for _, want := range []struct{ name, listen, public string }{
 		{https.Name, r.cfg.HTTPSListen, r.cfg.PublicHTTPS},
 		{h3.Name, r.cfg.H3Listen, r.cfg.PublicH3},
@@ -167,6 +203,7 @@ func (r *relayRun) listen(ctx context.Context) error {
 		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: r.cert,
 			Path: r.secrets.Path, Key: r.secrets.SessionKey, Cover: r.cover,
 			AllowUnbound: name == https.Name && r.cfg.HTTPSCDN,
+			AltSvc:       altSvcFor(name, altSvc),
 			Observe:      func(o transport.Outcome) { r.met.Handshake(name, string(o)) }})
 		if err != nil {
 			return fmt.Errorf("listen %s on %s: %w", want.name, want.listen, err)
@@ -181,6 +218,14 @@ func (r *relayRun) listen(ctx context.Context) error {
 		r.listeners = append(r.listeners, boundListener{want.name, pub, ln})
 	}
 	return nil
+}
+
+// altSvcFor is the Alt-Svc header of transport name's cover site.
+func altSvcFor(name, altSvc string) string {
+	if name == https.Name {
+		return altSvc
+	}
+	return ""
 }
 
 // startMetrics opens the metrics listener, refusing the transport ports.

@@ -28,6 +28,14 @@ type DialOptions struct {
 	// acknowledged a request on the session (not for the bare hello).
 	Memory  *route.Memory
 	Network string
+	// Sessions, if set, keeps TLS sessions so later dials resume, as a
+	// browser does. Default: the transport's in-process cache.
+	Sessions transport.SessionCache
+}
+
+// filter is the route filter of these options.
+func (o DialOptions) filter() route.Filter {
+	return route.Filter{Transport: o.Transport, LocalAddr: o.LocalAddr, Sessions: o.Sessions}
 }
 
 // handshake is route's handshake for a session: the protocol hello.
@@ -44,7 +52,7 @@ func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...
 	var cands []route.Candidate
 	keys := make(map[string][]byte, len(ds))
 	for _, d := range ds {
-		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+		cands = append(cands, route.FromDescriptor(d, opts.filter())...)
 		keys[d.RelayID()] = d.RelayKey
 	}
 	c, won, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint,

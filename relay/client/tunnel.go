@@ -37,7 +37,7 @@ func DialTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 	}
 	var cands []route.Candidate
 	for _, d := range entries {
-		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+		cands = append(cands, route.FromDescriptor(d, opts.filter())...)
 	}
 	hs := func(ctx context.Context, conn transport.Conn) (*Client, error) {
 		return tunnelHandshake(ctx, conn, home, hd.RelayKey, opts.StallWindow)
@@ -147,7 +147,7 @@ func pinnedTLS(key ed25519.PublicKey) *tls.Config {
 // it from the next byte. A home relay that does not take tunnels gives
 // an error matching relay.ErrUnsupported.
 func OpenTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, home *descriptor.Descriptor) (transport.Conn, error) {
-	cands := route.FromDescriptor(home, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})
+	cands := route.FromDescriptor(home, opts.filter())
 	hs := func(ctx context.Context, conn transport.Conn) (transport.Conn, error) {
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		defer stop()
@@ -178,7 +178,7 @@ func OpenTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 func OpenTunnelVia(ctx context.Context, reg *transport.Registry, opts DialOptions, home string, entries ...*descriptor.Descriptor) (transport.Conn, error) {
 	var cands []route.Candidate
 	for _, d := range entries {
-		cands = append(cands, route.FromDescriptor(d, route.Filter{Transport: opts.Transport, LocalAddr: opts.LocalAddr})...)
+		cands = append(cands, route.FromDescriptor(d, opts.filter())...)
 	}
 	hs := func(ctx context.Context, conn transport.Conn) (transport.Conn, error) {
 		stop := context.AfterFunc(ctx, func() { conn.Close() })

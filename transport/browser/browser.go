@@ -12,10 +12,12 @@
 // and hello, point Current at it, and run the tests, which compare the
 // profile with the captures.
 //
-// The order of FetchHeaders is the browser's. The HTTP/2 and HTTP/3 client
-// libraries the transports use send header fields in map order, so the
-// order reaches the wire only through a client that honours it; only the
-// relay (or a TLS-terminating front) sees request headers at all.
+// The order of FetchHeaders is the browser's. The https transport's HTTP/2
+// client sends them in that order, with the browser's connection preface,
+// SETTINGS, WINDOW_UPDATE, stream priority and HPACK choices ([HTTP2]);
+// HTTP/3 client libraries send header fields in map order. Only the relay
+// (or a TLS-terminating front) sees request headers at all, but the sizes
+// of the records that carry them are visible to anyone on the path.
 package browser
 
 // Header is one request header field: a lower-case name and its value.
@@ -49,6 +51,59 @@ type Profile struct {
 	// JA4 is the JA4 fingerprint of Hello: the one of the captures the
 	// profile was made from.
 	JA4 string
+	// HTTP2 is how the browser opens an HTTP/2 connection and sends a
+	// fetch() on it.
+	HTTP2 HTTP2
+}
+
+// HTTP2 is a browser's HTTP/2 client behaviour as data: what it sends
+// before and with the first request of a connection.
+type HTTP2 struct {
+	// Settings are the parameters of the client's first SETTINGS frame,
+	// in the browser's order.
+	Settings []Setting
+	// WindowUpdate is the increment of the connection-level WINDOW_UPDATE
+	// sent right after that SETTINGS frame (the connection's receive
+	// window is then 65535 plus it).
+	WindowUpdate uint32
+	// PseudoHeaders is the order of the request pseudo-header fields.
+	PseudoHeaders []string
+	// FetchWeight is the weight (1-256) in the PRIORITY part of a fetch()'s
+	// HEADERS frame; the first stream of a connection depends exclusively
+	// on stream 0.
+	FetchWeight int
+	// Unindexed are the header fields the browser's HPACK encoder sends as
+	// literals without indexing when the static table has no exact match;
+	// every other field is sent with incremental indexing. Values are
+	// Huffman-coded when that is shorter.
+	Unindexed []string
+}
+
+// Setting is one SETTINGS parameter (RFC 9113 section 6.5.2).
+type Setting struct {
+	ID  uint16
+	Val uint32
+}
+
+// SETTINGS parameter identifiers.
+const (
+	SettingHeaderTableSize      uint16 = 0x1
+	SettingEnablePush           uint16 = 0x2
+	SettingMaxConcurrentStreams uint16 = 0x3
+	SettingInitialWindowSize    uint16 = 0x4
+	SettingMaxFrameSize         uint16 = 0x5
+	SettingMaxHeaderListSize    uint16 = 0x6
+)
+
+// Setting returns the value of SETTINGS parameter id, and whether the
+// browser sends it.
+func (h *HTTP2) Setting(id uint16) (uint32, bool) {
+	for _, s := range h.Settings {
+		if s.ID == id {
+			return s.Val, true
+		}
+	}
+	return 0, false
 }
 
 // Current is the profile Postern's HTTP transports imitate.

@@ -70,6 +70,9 @@ var Chromium156 = Profile{
 			"trust_anchors",
 			"encrypted_client_hello",
 			ExtGREASE,
+			// Only when resuming (testdata/chromium-156-h2.json in
+			// transport/https, role "fetch"): last, after the GREASE.
+			"pre_shared_key",
 		},
 		SupportedGroups: []utls.CurveID{GREASE, utls.X25519MLKEM768, utls.X25519, utls.CurveP256, utls.CurveP384},
 		KeyShares:       []utls.CurveID{GREASE, utls.X25519MLKEM768, utls.X25519},
@@ -103,6 +106,21 @@ var Chromium156 = Profile{
 		},
 	},
 	JA4: "t13d1517h2_8daaf6152771_cb7bf5808d99",
+	// From transport/https/testdata/chromium-156-h2.json: a fetch() POST
+	// is MEDIUM priority (weight 220, "priority: u=1, i"); a navigation
+	// is HIGHEST (256, "u=0, i").
+	HTTP2: HTTP2{
+		Settings: []Setting{
+			{SettingHeaderTableSize, 65536},
+			{SettingEnablePush, 0},
+			{SettingInitialWindowSize, 6291456},
+			{SettingMaxHeaderListSize, 262144},
+		},
+		WindowUpdate:  15663105,
+		PseudoHeaders: []string{":method", ":authority", ":scheme", ":path"},
+		FetchWeight:   220,
+		Unindexed:     []string{":method", ":scheme", ":path"},
+	},
 }
 
 // Signature schemes Chromium offers that utls v1.8.2 has no names for

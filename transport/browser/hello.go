@@ -30,8 +30,11 @@ type Hello struct {
 	// CipherSuites in wire order.
 	CipherSuites []uint16
 	// Extensions are IANA extension names in the browser's canonical
-	// order; a connection permutes all but the GREASE ones, as Chrome
-	// does. The names the builder knows are the keys of extensionBuilders.
+	// order; a connection permutes all but the GREASE ones and
+	// pre_shared_key, as Chrome does. pre_shared_key is sent only when the
+	// config's ClientSessionCache holds a session for the server (a
+	// resumption); it must come last. The names the builder knows are the
+	// keys of extensionBuilders.
 	Extensions []string
 	// SupportedGroups of supported_groups, in order.
 	SupportedGroups []utls.CurveID
@@ -61,6 +64,7 @@ var extensionBuilders = map[string]func(h *Hello) (utls.TLSExtension, error){
 	"status_request":                         func(*Hello) (utls.TLSExtension, error) { return &utls.StatusRequestExtension{}, nil },
 	"signed_certificate_timestamp":           func(*Hello) (utls.TLSExtension, error) { return &utls.SCTExtension{}, nil },
 	"encrypted_client_hello":                 func(*Hello) (utls.TLSExtension, error) { return utls.BoringGREASEECH(), nil },
+	"pre_shared_key":                         func(*Hello) (utls.TLSExtension, error) { return &utls.UtlsPreSharedKeyExtension{}, nil },
 	"renegotiation_info":                     renegotiationInfo,
 	"ec_point_formats":                       pointFormats,
 	"psk_key_exchange_modes":                 pskModes,
@@ -246,9 +250,9 @@ func NewUConn(conn net.Conn, config *utls.Config, preset string) (*utls.UConn, e
 	switch preset {
 	case "", PresetChrome:
 		spec, err = Current.Hello.Spec()
-		// The browser's first ClientHello carries no pre_shared_key;
-		// without this, a session cache in config would make utls refuse
-		// the spec.
+		// pre_shared_key only when there is a session to resume, as the
+		// browser does.
+		config.OmitEmptyPsk = true
 		config.PreferSkipResumptionOnNilExtension = true
 	case PresetChrome133:
 		spec, err = chrome133()

@@ -14,14 +14,6 @@ import (
 	"github.com/postern/postern/transport/httpsession"
 )
 
-func clientQUICConfig() *quic.Config {
-	return &quic.Config{
-		HandshakeIdleTimeout: HandshakeIdleTimeout,
-		MaxIdleTimeout:       MaxIdleTimeout,
-		KeepAlivePeriod:      KeepAlivePeriod,
-	}
-}
-
 // Dial opens a QUIC connection to ep.Addr, sends the session request and
 // returns the session once the relay answered 200. ctx bounds the whole
 // setup; the returned session does not depend on ctx. Errors are
@@ -49,10 +41,11 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 		return nil, err
 	}
 	tlsConf := &tls.Config{
-		ServerName: tgt.SNI,
-		NextProtos: []string{http3.NextProtoH3},
-		MinVersion: tls.VersionTLS13,
-		RootCAs:    tgt.RootCAs,
+		ServerName:       tgt.SNI,
+		NextProtos:       []string{http3.NextProtoH3},
+		MinVersion:       tls.VersionTLS13,
+		RootCAs:          tgt.RootCAs,
+		CurvePreferences: clientCurves(),
 	}
 	if check := tgt.PinCheck(); check != nil {
 		tlsConf.InsecureSkipVerify = true // only skips the roots; check verifies the pin
@@ -63,10 +56,10 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 		return nil, err
 	}
 	h := newHeard(udp)
-	tr := &quic.Transport{Conn: h}
+	tr := &quic.Transport{Conn: h, ConnectionIDGenerator: emptyConnIDs{}}
 	release := func() { tr.Close(); udp.Close() }
 	reportICMP(udp, true)
-	qc, err := tr.Dial(ctx, raddr, tlsConf, clientQUICConfig())
+	qc, err := tr.Dial(ctx, raddr, tlsConf, clientQUICConfig(raddr))
 	if err != nil {
 		release()
 		return nil, silent(ctx, h, err)
@@ -74,7 +67,7 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 	reportICMP(udp, false)
 	closeQUIC := func() { qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), ""); release() }
 	cs := qc.ConnectionState().TLS
-	cc := (&http3.Transport{DisableCompression: true, Logger: discardLogger}).NewClientConn(qc)
+	cc := clientHTTP3().NewClientConn(qc)
 	c, err := tgt.Open(ctx, httpsession.Wire{
 		Export:     cs.ExportKeyingMaterial,
 		RoundTrip:  cc.RoundTrip,

@@ -62,6 +62,28 @@
 // reset for it, which is what such an observer can do to https with a TCP
 // reset anyway.
 //
+// # The client's Initial
+//
+// Anyone on the path can decrypt a client's Initial packets (RFC 9001,
+// section 5.2) and read its ClientHello and transport parameters. The
+// client sets everything quic-go lets it set to Chromium's values
+// (chromium.go; compared with captures of Chromium 156 by
+// TestInitialLikeChromium, testdata/README.md): initial_max_data 15728640,
+// initial_max_stream_data_* 6291456, initial_max_streams_bidi 100 and _uni
+// 103, max_idle_timeout 30000, max_datagram_frame_size present, an empty
+// source connection ID, 1250-byte Initial datagrams (1230 over IPv6),
+// supported_groups X25519MLKEM768, X25519, P-256, P-384 with key shares
+// for the first two, and Chromium's HTTP/3 SETTINGS values plus a GREASE
+// setting. What quic-go and crypto/tls fix, and so still tells the client
+// apart: the ClientHello's extensions and signature algorithms (its JA4
+// stays q13d0313h3_55b375c5d22e_f902b76752af against Chromium's
+// q13d0312h3_55b375c5d22e_178839b6cec1), the destination connection ID
+// length (random 8 to 20 bytes; Chromium: 8), the first packet number (0;
+// Chromium: 1), max_udp_payload_size, max_ack_delay and
+// active_connection_id_limit, the missing version_information and
+// google_connection_options, the order of transport parameters (fixed;
+// Chromium shuffles them) and of SETTINGS.
+//
 // # Sessions and QUIC connections
 //
 // The client opens one QUIC connection per session, from a UDP socket of its

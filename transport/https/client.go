@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	utls "github.com/refraction-networking/utls"
-	"golang.org/x/net/http2"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/borrow"
 	"github.com/postern/postern/transport/browser"
 	"github.com/postern/postern/transport/httpsession"
 )
@@ -57,7 +58,7 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 	}
 	// Until the session is up, the caller's context bounds everything.
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
-	c, err := open(ctx, raw, tgt, ep.Fingerprint)
+	c, err := open(ctx, raw, tgt, ep)
 	if !stop() {
 		if c != nil {
 			c.Close()
@@ -77,16 +78,28 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 
 // open runs the uTLS handshake on raw, requires HTTP/2 and opens the
 // session on it.
-func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, preset string) (transport.Conn, error) {
-	cfg := &utls.Config{ServerName: tgt.SNI, RootCAs: tgt.RootCAs}
+func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transport.Endpoint) (transport.Conn, error) {
+	// An IP address as ServerName sends no SNI, as a browser does for an
+	// IP literal; the certificate is then checked against the IP.
+	cfg := &utls.Config{ServerName: tgt.SNI, RootCAs: tgt.RootCAs, ClientSessionCache: newSessionCache(ep)}
 	if check := tgt.PinCheck(); check != nil {
 		cfg.InsecureSkipVerify = true // only skips the roots; check verifies the pin
 		cfg.VerifyPeerCertificate = check
 	}
-	uc, err := browser.NewUConn(raw, cfg, preset)
+	uc, err := browser.NewUConn(raw, cfg, ep.Fingerprint)
 	if err != nil {
 		return nil, &transport.Error{Class: transport.ClassInvalid, Op: "dial", Transport: Name,
 			Err: fmt.Errorf("endpoint fingerprint: %w; check the relay descriptor", err)}
+	}
+	// The borrowed-site tag (transport/borrow) in the session id: harmless
+	// to relays that do not borrow, where the session id is 32
+	// random-looking bytes either way.
+	if err := uc.BuildHandshakeState(); err != nil {
+		return nil, &transport.Error{Class: transport.ClassInvalid, Op: "dial", Transport: Name,
+			Err: fmt.Errorf("build the ClientHello: %w", err)}
+	}
+	if err := borrow.TagHello(uc, ep.Key, time.Now()); err != nil {
+		return nil, &transport.Error{Class: transport.ClassInvalid, Op: "dial", Transport: Name, Err: err}
 	}
 	if err := uc.HandshakeContext(ctx); err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -100,12 +113,7 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, preset str
 		return nil, &transport.Error{Class: transport.ClassProtocol, Op: "handshake", Transport: Name,
 			Err: fmt.Errorf("server chose ALPN %q instead of h2: not a Postern relay, or a front that does not speak HTTP/2", cs.NegotiatedProtocol)}
 	}
-	h2 := &http2.Transport{
-		DisableCompression:        true,
-		MaxHeaderListSize:         262144, // Chrome's SETTINGS
-		MaxDecoderHeaderTableSize: 65536,
-	}
-	cc, err := h2.NewClientConn(uc)
+	cc, err := newH2Client(uc, &browser.Current.HTTP2)
 	if err != nil {
 		return nil, classify("handshake", err)
 	}
@@ -124,6 +132,9 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, preset str
 	}
 	return c, nil
 }
+
+// errNoSession is a cached TLS session that cannot be used.
+var errNoSession = errors.New("no usable TLS session")
 
 // errConnectTimeout is a TCP connect that never completed: no SYN-ACK came
 // back, as from a blackholed address.

@@ -23,7 +23,20 @@
 // The client dials TCP, performs a uTLS handshake whose ClientHello is the
 // browser profile's (transport/browser; Endpoint.Fingerprint may choose
 // another preset), requires ALPN h2, and sends the session request with a
-// token bound to this TLS session.
+// token bound to this TLS session. An endpoint at an IP address without
+// SNI sends no server_name, as a browser does for an IP literal.
+//
+// Its HTTP/2 is its own (h2client.go), so that the connection preface,
+// SETTINGS, WINDOW_UPDATE, the HEADERS frame's priority, the order of
+// pseudo-headers and header fields, the HPACK encoding and the TLS records
+// that carry them are the browser profile's; testdata/chromium-156-h2.json
+// holds the Chromium capture the tests compare them with.
+//
+// The client resumes TLS sessions as the browser does: a ticket is used
+// once, offered with pre_shared_key last in the ClientHello. Sessions live
+// in Endpoint.Sessions (transport.SessionDir keeps them across runs), or
+// else in a process-wide memory cache, keyed by a hash of the endpoint's
+// address, name and pin.
 //
 // # Stream framing
 //
@@ -52,7 +65,8 @@
 // never longer than that:
 //
 //   - the TLS handshake and HTTP/1.1 request headers must arrive within
-//     ReadHeaderTimeout (10 s) of the connection opening;
+//     ReadHeaderTimeout (60 s, nginx's client_header_timeout) of the connection
+//     opening;
 //   - the HTTP/2 preface must arrive within 10 s (net/http's own limit);
 //   - a connection with no request in flight, HTTP/1.1 keep-alive or
 //     HTTP/2, including one whose HEADERS never completed, is closed after

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/borrow"
 	"github.com/postern/postern/transport/httpsession"
 )
 
@@ -22,17 +23,28 @@ import (
 const Name = "https"
 
 // Defaults for the zero fields of Transport.
+//
+// The timeouts blend into one population, nginx with its default
+// configuration, the most common web server in front of the kind of site a
+// relay shows: client_header_timeout 60 s (nginx's timer for the TLS
+// handshake and the request header, running from the accept) and a
+// keep-alive bound of at most 60 s (nginx: keepalive_timeout, 75 s by
+// default, 65 s in the Debian and Ubuntu packages). So a silent, partial or
+// idle client is closed no later than by nginx. In borrowed-site mode
+// (Transport.Borrow) every connection that does not authenticate is the
+// origin's, with the origin's own timeouts; these apply only to the relay's
+// authenticated connections. The HTTP/2 preface timeout (10 s) is fixed by
+// net/http.
 const (
 	// DefaultReadHeaderTimeout bounds the TLS handshake and the reading of
-	// request headers (slowloris).
-	DefaultReadHeaderTimeout = 10 * time.Second
+	// request headers (slowloris), from the accept: nginx's
+	// client_header_timeout default.
+	DefaultReadHeaderTimeout = 60 * time.Second
 	// DefaultIdleTimeout closes keep-alive connections with no request in
 	// flight, and HTTP/2 connections with no complete request header (a
 	// HEADERS frame never finished is not a request yet). Connections
-	// carrying a session are never idle. 60 s is what nginx gives idle and
-	// header-stalled clients (keepalive and client_header timeouts of
-	// common configurations), so a relay holds them no longer than a
-	// common web server does.
+	// carrying a session are never idle. 60 s: no longer than nginx holds
+	// an idle client.
 	DefaultIdleTimeout = 60 * time.Second
 	// DefaultMaxHeaderBytes caps request headers.
 	DefaultMaxHeaderBytes = 64 << 10
@@ -57,6 +69,14 @@ type Transport struct {
 	// MaxSessions caps concurrent sessions; a valid session request beyond
 	// it is served the cover site. Zero means DefaultMaxSessions.
 	MaxSessions int
+	// Borrow, when set, makes the listener a borrowed-site front
+	// (transport/borrow): a connection whose ClientHello carries a valid
+	// tag under the ListenConfig's Key reaches this listener's TLS and
+	// session stack; every other connection, including a replayed tagged
+	// hello, is spliced at the TCP level to Borrow.Origin, which then
+	// answers it with its own TLS, certificate and timeouts. Observe and
+	// Now default to the ListenConfig's.
+	Borrow *borrow.Options
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -110,10 +130,9 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	if err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	raw, err := lc.Listen(ctx, "tcp", cfg.Addr)
+	raw, err := t.listenTCP(ctx, cfg)
 	if err != nil {
-		return nil, httpsession.ListenError(Name, err)
+		return nil, err
 	}
 	l.ln, l.gate = raw, gate
 	l.srv = t.NewHTTPServer(gate)
@@ -138,6 +157,32 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		gate.ServeEnded(l.srv.ServeTLS(&countingListener{Listener: raw, sem: handshakes}, "", ""))
 	}()
 	return l, nil
+}
+
+// listenTCP opens the TCP listener, wrapped in a borrowed-site front when
+// t.Borrow is set.
+func (t *Transport) listenTCP(ctx context.Context, cfg transport.ListenConfig) (net.Listener, error) {
+	var lc net.ListenConfig
+	raw, err := lc.Listen(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, httpsession.ListenError(Name, err)
+	}
+	if t.Borrow == nil {
+		return raw, nil
+	}
+	opts := *t.Borrow
+	if opts.Observe == nil {
+		opts.Observe = cfg.Observe
+	}
+	if opts.Now == nil {
+		opts.Now = cfg.Now
+	}
+	bl, err := borrow.Listen(raw, cfg.Key, opts)
+	if err != nil {
+		raw.Close()
+		return nil, &transport.Error{Class: transport.ClassInvalid, Op: "listen", Transport: Name, Err: err}
+	}
+	return bl, nil
 }
 
 func (l *listener) Addr() net.Addr { return l.ln.Addr() }

@@ -35,6 +35,7 @@ type Gate struct {
 	path     string
 	verifier *token.Verifier
 	cover    http.Handler
+	altSvc   string // Alt-Svc of cover responses, "" for none
 	observe  func(transport.Outcome)
 	binding  func(*http.Request) []byte
 	start    Start
@@ -68,7 +69,7 @@ func NewGate(name string, cfg transport.ListenConfig, maxSessions int, binding f
 		maxSessions = DefaultMaxSessions
 	}
 	g := &Gate{
-		name: name, path: cfg.Path, verifier: verifier, cover: cfg.Cover, observe: cfg.Observe,
+		name: name, path: cfg.Path, verifier: verifier, cover: cfg.Cover, altSvc: cfg.AltSvc, observe: cfg.Observe,
 		binding: binding, start: start, limits: newLimiter(maxSessions, cfg),
 		accept: make(chan transport.Conn), closed: make(chan struct{}), ended: make(chan struct{}),
 	}
@@ -147,12 +148,17 @@ func (g *Gate) check(r *http.Request) transport.Outcome {
 // refuse serves the cover site, untouched, and reports why.
 func (g *Gate) refuse(w http.ResponseWriter, r *http.Request, outcome transport.Outcome) {
 	g.observe(outcome)
-	g.cover.ServeHTTP(w, r)
+	g.ServeCover(w, r)
 }
 
-// ServeCover answers r with the cover site, for a Start that cannot make
-// a session after all.
-func (g *Gate) ServeCover(w http.ResponseWriter, r *http.Request) { g.cover.ServeHTTP(w, r) }
+// ServeCover answers r with the cover site (with ListenConfig.AltSvc), for
+// a Start that cannot make a session after all.
+func (g *Gate) ServeCover(w http.ResponseWriter, r *http.Request) {
+	if g.altSvc != "" {
+		w.Header().Set("Alt-Svc", g.altSvc)
+	}
+	g.cover.ServeHTTP(w, r)
+}
 
 // enter registers a running Start unless the listener is shutting down
 // (Shut may already be waiting for running ones).

@@ -94,6 +94,9 @@ type Filter struct {
 	Transport string
 	// LocalAddr, if set, is the local IP every candidate dials from.
 	LocalAddr string
+	// Sessions, if set, keeps TLS sessions for resumption across dials
+	// (transport.Endpoint.Sessions).
+	Sessions transport.SessionCache
 }
 
 // FromDescriptor lists d's endpoints as candidates in the operator's order
@@ -106,6 +109,7 @@ func FromDescriptor(d *descriptor.Descriptor, f Filter) []Candidate {
 			continue
 		}
 		tep.LocalAddr = f.LocalAddr
+		tep.Sessions = f.Sessions
 		out = append(out, Candidate{Relay: d.RelayID(), Endpoint: tep})
 	}
 	return out

@@ -1,0 +1,176 @@
+package borrow
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// end is how one direction of a splice ended.
+type end int
+
+const (
+	endFIN    end = iota // the source sent FIN; the destination is half-closed
+	endReset             // a side was reset; the other is reset, both closed
+	endBroken            // closed under us, idle or stalled: both closed
+	endQuiet             // the flow went to the relay: nothing was touched
+)
+
+// pump copies src to dst until src ends. With claim, the first thing src
+// yields (bytes, FIN or reset) commits the flow to the origin; if the flow
+// went to the relay instead, pump returns endQuiet without touching dst.
+func (f *flow) pump(dst, src net.Conn, buf []byte, claim bool) end {
+	for {
+		src.SetReadDeadline(f.act.deadline())
+		n, err := src.Read(buf)
+		if claim && (n > 0 || (err != nil && !isTimeout(err))) {
+			if !f.claim(toOrigin) {
+				return endQuiet
+			}
+			claim = false
+		}
+		if n > 0 {
+			f.act.touch()
+			dst.SetWriteDeadline(time.Now().Add(f.act.stall))
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return f.broken(src, dst, werr)
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			closeWrite(dst)
+			f.act.halfClose()
+			return endFIN
+		case isTimeout(err) && !f.act.expired():
+		default:
+			return f.broken(dst, src, err)
+		}
+	}
+}
+
+// broken ends a splice after an operation on failed returned err: a reset
+// of failed is passed on to other as a reset; anything else closes both.
+func (f *flow) broken(other, failed net.Conn, err error) end {
+	if isReset(err) {
+		reset(other)
+		failed.Close()
+		return endReset
+	}
+	other.Close()
+	failed.Close()
+	return endBroken
+}
+
+// activity is the last time a byte moved in either direction of a splice.
+type activity struct {
+	last     atomic.Int64 // Unix nanoseconds
+	half     atomic.Bool  // one direction has ended
+	idle     time.Duration
+	halfIdle time.Duration
+	stall    time.Duration // bound on one blocked write
+}
+
+func (a *activity) init(idle, halfIdle time.Duration) {
+	a.idle, a.halfIdle, a.stall = idle, halfIdle, halfIdle
+	a.touch()
+}
+
+func (a *activity) touch()     { a.last.Store(time.Now().UnixNano()) }
+func (a *activity) halfClose() { a.half.Store(true) }
+
+func (a *activity) deadline() time.Time {
+	limit := a.idle
+	if a.half.Load() {
+		limit = a.halfIdle
+	}
+	return time.Unix(0, a.last.Load()).Add(limit)
+}
+
+func (a *activity) expired() bool { return !time.Now().Before(a.deadline()) }
+
+// readAvailable reads, without waiting, up to limit bytes c has already
+// received. Its error is io.EOF or a reset if c has ended; nil if more may
+// come. Connections that are not TCP yield nothing.
+func readAvailable(c net.Conn, limit int) ([]byte, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, nil
+	}
+	buf := make([]byte, limit)
+	n, ended := 0, error(nil)
+	for n < limit && ended == nil { // each round reads at least a byte or stops
+		var m int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			m, rerr = syscall.Read(int(fd), buf[n:])
+			return true // never wait
+		}); err != nil {
+			break
+		}
+		switch {
+		case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+			return buf[:n], nil
+		case rerr != nil:
+			ended = rerr
+		case m == 0:
+			ended = io.EOF
+		}
+		n += max(m, 0)
+	}
+	return buf[:n], ended
+}
+
+// reset closes c with an RST instead of a FIN where c is TCP.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// closeWrite sends FIN on c, or closes it if it cannot half-close.
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// prefixConn reads the bytes the listener inspected, then the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -1,0 +1,259 @@
+package borrow
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/postern/postern/transport"
+)
+
+// spliceBuf is the size of each direction's copy buffer.
+const spliceBuf = 16 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, spliceBuf); return &b }}
+
+// state is who a connection belongs to. It changes once, from undecided.
+type state int
+
+const (
+	undecided state = iota
+	toOrigin        // spliced; also once the origin has sent or closed anything
+	toRelay         // authenticated, handed to Accept
+)
+
+// flow is one accepted connection: its inspection, its origin connection
+// and, if spliced, both directions of the splice.
+type flow struct {
+	l      *Listener
+	client net.Conn
+	act    activity
+
+	dialCancel context.CancelFunc
+	dialed     chan struct{} // closed once the origin dial has ended
+	back       chan struct{} // closed once origin-to-client has ended
+
+	mu     sync.Mutex
+	state  state
+	origin net.Conn // set before dialed closes; nil if the dial failed
+	killed bool
+}
+
+// inspection is what reading the first record found.
+type inspection struct {
+	prefix    []byte            // every byte read from the client, in order
+	err       error             // the read error that ended it, if any
+	authentic bool              // a valid tag, not seen before
+	outcome   transport.Outcome // for Observe if spliced
+}
+
+// handle decides where c goes and, if it goes to the origin, splices it.
+func (l *Listener) handle(c net.Conn) {
+	defer l.wg.Done()
+	src := l.sources.keyOf(c.RemoteAddr())
+	if !l.sources.acquire(src) {
+		l.opts.Observe(transport.OutcomeLimited)
+		reset(c)
+		return
+	}
+	defer l.sources.release(src)
+	ctx, cancel := context.WithTimeout(l.ctx, l.opts.DialTimeout)
+	f := &flow{l: l, client: c, dialCancel: cancel, dialed: make(chan struct{}), back: make(chan struct{})}
+	f.act.init(l.opts.SpliceIdle, l.opts.HalfCloseIdle)
+	if !l.track(f) {
+		cancel()
+		c.Close()
+		return
+	}
+	defer l.untrack(f)
+	inspect := tryAcquire(l.pending) // else straight to the origin
+	l.wg.Add(1)
+	go f.dialAndPumpBack(ctx)
+	in := inspection{outcome: transport.OutcomeCover}
+	if inspect {
+		in = f.inspect()
+		<-l.pending
+	}
+	if in.authentic && f.claim(toRelay) {
+		f.handOver(in.prefix)
+		return
+	}
+	f.claim(toOrigin)
+	f.splice(in)
+}
+
+// inspect reads the client's first bytes for as long as they can still be
+// an authenticating ClientHello record, and checks the tag of a whole one.
+func (f *flow) inspect() inspection {
+	in := inspection{outcome: transport.OutcomeCover}
+	limit := RecordHeaderLen + MaxRecord
+	buf := make([]byte, limit)
+	n, v, total := 0, needMore, 0
+	f.client.SetReadDeadline(time.Now().Add(f.l.opts.HelloTimeout))
+	for i := 0; v == needMore && n < limit && i < limit; i++ {
+		m, err := f.client.Read(buf[n:])
+		n += m
+		v, total = scan(buf[:n])
+		if err != nil {
+			in.err = err
+			break
+		}
+	}
+	f.client.SetReadDeadline(time.Time{})
+	in.prefix = slices.Clone(buf[:n])
+	if v == wholeRecord && in.err == nil {
+		in.authentic, in.outcome = f.l.authenticate(in.prefix[RecordHeaderLen:total])
+	}
+	return in
+}
+
+// authenticate checks the tag of a ClientHello message and spends it.
+func (l *Listener) authenticate(msg []byte) (bool, transport.Outcome) {
+	ch, err := parseClientHello(msg)
+	if err != nil {
+		return false, transport.OutcomeCover
+	}
+	now := l.opts.Now()
+	w, ok := l.key.verify(ch, now)
+	if !ok {
+		return false, transport.OutcomeCover
+	}
+	if !l.replay.admit(w, windowOf(now), ch.sessionID) {
+		return false, transport.OutcomeReplay
+	}
+	return true, transport.OutcomeOK
+}
+
+// claim moves an undecided flow to s; it reports whether the flow is s.
+func (f *flow) claim(s state) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == undecided {
+		f.state = s
+	}
+	return f.state == s
+}
+
+// handOver gives an authenticated connection to Accept; its origin
+// connection, if any, is closed unused.
+func (f *flow) handOver(prefix []byte) {
+	f.dialCancel()
+	f.mu.Lock()
+	o := f.origin
+	f.mu.Unlock()
+	if o != nil {
+		o.Close()
+	}
+	f.l.untrack(f)
+	f.l.deliver(&prefixConn{Conn: f.client, prefix: prefix})
+}
+
+// kill closes everything of f (listener Close, or no room to splice).
+func (f *flow) kill(resetClient bool) {
+	f.mu.Lock()
+	f.killed = true
+	o := f.origin
+	f.mu.Unlock()
+	f.dialCancel()
+	if resetClient {
+		reset(f.client)
+	} else {
+		f.client.Close()
+	}
+	if o != nil {
+		o.Close()
+	}
+}
+
+// dialAndPumpBack connects to the origin at once and forwards what it
+// sends to the client, unless the flow went to the relay first.
+func (f *flow) dialAndPumpBack(ctx context.Context) {
+	defer f.l.wg.Done()
+	defer close(f.back)
+	o, err := f.l.opts.Dial(ctx, "tcp", f.l.opts.Origin)
+	f.dialCancel()
+	f.mu.Lock()
+	if err == nil && (f.state == toRelay || f.killed) {
+		o.Close()
+		err = net.ErrClosed
+	} else if err == nil {
+		f.origin = o
+	}
+	f.mu.Unlock()
+	close(f.dialed)
+	if err != nil {
+		// An origin that accepted and reset at once: so does this
+		// connection. An origin that is down leaves the client to the
+		// inspection, so that the relay stays reachable.
+		if isReset(err) && f.claim(toOrigin) {
+			reset(f.client)
+		}
+		return
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	f.pump(f.client, o, *bp, true)
+}
+
+// splice sends the inspected bytes to the origin and copies both ways
+// until both directions have ended.
+func (f *flow) splice(in inspection) {
+	l := f.l
+	if !tryAcquire(l.splices) {
+		l.opts.Observe(transport.OutcomeBusy)
+		f.kill(true)
+		return
+	}
+	defer func() { <-l.splices }()
+	l.opts.Observe(in.outcome)
+	<-f.dialed
+	f.mu.Lock()
+	o := f.origin
+	f.mu.Unlock()
+	if o == nil {
+		reset(f.client) // the origin is unreachable: look like a closed port
+		return
+	}
+	if f.forward(o, in) == endFIN {
+		<-f.back
+	}
+	f.client.Close()
+	o.Close()
+	<-f.back
+}
+
+// forward writes the inspected bytes to the origin, then copies the rest
+// of the client's stream.
+func (f *flow) forward(o net.Conn, in inspection) end {
+	if in.err == nil {
+		// Whatever else the client has sent by now goes in the same
+		// write, so the origin sees a burst as the client sent it (an
+		// origin that closes with unread data resets, with none sends
+		// FIN: a split burst could turn one into the other).
+		more, err := readAvailable(f.client, spliceBuf)
+		in.prefix, in.err = append(in.prefix, more...), err
+	}
+	if len(in.prefix) > 0 {
+		f.act.touch()
+		o.SetWriteDeadline(time.Now().Add(f.l.opts.SpliceIdle))
+		if _, err := o.Write(in.prefix); err != nil {
+			return f.broken(f.client, o, err)
+		}
+	}
+	switch err := in.err; {
+	case err == nil || isTimeout(err):
+	case errors.Is(err, io.EOF):
+		closeWrite(o)
+		f.act.halfClose()
+		return endFIN
+	default:
+		return f.broken(o, f.client, err)
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	return f.pump(o, f.client, *bp, false)
+}
