@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/censortest/netns"
 	"github.com/postern/postern/transport/descriptor"
@@ -72,15 +71,7 @@ func TestTwoHopSend(t *testing.T) {
 	a := startRelay(t, bin, filepath.Join(dir, "a"))
 	c := startRelay(t, bin, filepath.Join(dir, "c"))
 	defer c.stop()
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(b.dir, "descriptor"))))
-	parsed, err := envelope.ParseCard(card)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, bob, card, parsed := newOwner(t, bin, dir, b)
 	viaA := filepath.Join(a.dir, "descriptor")
 	client := append(base, "POSTERN_BIND=127.0.0.2")
 

@@ -48,15 +48,7 @@ func TestUpstreamRelay(t *testing.T) {
 	x := startRelay(t, bin, filepath.Join(dir, "x"), "--config", cfg)
 	defer x.stop()
 
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(b.dir, "descriptor"))))
-	parsed, err := envelope.ParseCard(card)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, bob, card, parsed := newOwner(t, bin, dir, b)
 	viaX := filepath.Join(x.dir, "descriptor")
 	msg := []byte("from behind the censor, via an upstream\x00\xff")
 	runOK(t, bin, base, msg, "send", "--anonymous", "--to", card, "--via", viaX)
@@ -99,4 +91,21 @@ func assertBlocked(t *testing.T, src, dst string) {
 	if !errors.Is(err, context.DeadlineExceeded) && !os.IsTimeout(err) {
 		t.Fatalf("dial from %s: %v, want a timeout (blackhole)", src, err)
 	}
+}
+
+// newOwner makes bob's identity under dir/home and a mailbox on relay
+// home; it returns the environment for the CLI, bob's identity file, his
+// card and the parsed card.
+func newOwner(t *testing.T, bin, dir string, home *relayProc) (base []string, bob, card string, parsed *envelope.Card) {
+	t.Helper()
+	state := filepath.Join(dir, "home")
+	base = []string{"POSTERN_HOME=" + state}
+	bob = filepath.Join(state, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card = strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(home.dir, "descriptor"))))
+	parsed, err := envelope.ParseCard(card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base, bob, card, parsed
 }

@@ -1,12 +1,11 @@
 package borrow
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"net"
-	"net/netip"
 	"sync"
+
+	"github.com/postern/postern/transport"
 )
 
 // sourceKey stands for a client's IPv4 address or IPv6 /64: an 8-byte
@@ -33,21 +32,9 @@ func newSources(max int) *sources {
 // keyOf hashes the source of addr; an address that is not IP:port counts
 // as one shared source.
 func (s *sources) keyOf(addr net.Addr) sourceKey {
-	var b []byte
-	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		ip := ap.Addr().Unmap()
-		if ip.Is4() {
-			a := ip.As4()
-			b = append([]byte{4}, a[:]...)
-		} else {
-			a := ip.As16()
-			b = append([]byte{6}, a[:8]...)
-		}
-	}
-	m := hmac.New(sha256.New, s.key[:])
-	m.Write(b)
 	var k sourceKey
-	copy(k[:], m.Sum(nil))
+	h := transport.SourceHash(s.key[:], addr.String())
+	copy(k[:], h[:])
 	return k
 }
 

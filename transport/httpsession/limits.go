@@ -2,11 +2,8 @@ package httpsession
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"net/http"
-	"net/netip"
 	"sync"
 
 	"github.com/postern/postern/transport"
@@ -91,21 +88,9 @@ func orDefault(v, d int) int {
 // /64 of its IPv6 address. An address that does not parse (never from a
 // network listener) counts as one shared source.
 func (l *limiter) source(r *http.Request) sourceKey {
-	var b []byte
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ip := ap.Addr().Unmap()
-		if ip.Is4() {
-			a := ip.As4()
-			b = append([]byte{4}, a[:]...)
-		} else {
-			a := ip.As16()
-			b = append([]byte{6}, a[:8]...)
-		}
-	}
-	m := hmac.New(sha256.New, l.hashKey[:])
-	m.Write(b)
 	var k sourceKey
-	copy(k[:], m.Sum(nil))
+	h := transport.SourceHash(l.hashKey[:], r.RemoteAddr)
+	copy(k[:], h[:])
 	return k
 }
 
