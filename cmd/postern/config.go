@@ -217,13 +217,8 @@ func (c *relayConfig) validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return fmt.Errorf("fields \"tls_cert\" and \"tls_key\" go together: set both or neither")
 	}
-	if c.BorrowOrigin != "" {
-		if err := checkAddr("borrow_origin", c.BorrowOrigin, false); err != nil {
-			return err
-		}
-		if c.HTTPSCDN {
-			return fmt.Errorf("fields \"borrow_origin\" and \"https_cdn\" exclude each other: a CDN ends TLS, so the ClientHello tag never reaches the relay")
-		}
+	if err := c.validateBorrow(checkAddr); err != nil {
+		return err
 	}
 	if c.CoverDir != "" && c.CoverProxy != "" {
 		return fmt.Errorf("fields \"cover_dir\" and \"cover_proxy\" exclude each other: set one")
@@ -286,6 +281,20 @@ func (c *relayConfig) validateLinks() error {
 	}
 	if c.LinkBind != "" && net.ParseIP(c.LinkBind) == nil {
 		return fmt.Errorf("field \"link_bind\": %q is not an IP address", c.LinkBind)
+	}
+	return nil
+}
+
+// validateBorrow checks borrow_origin.
+func (c *relayConfig) validateBorrow(checkAddr func(field, v string, allowOff bool) error) error {
+	if c.BorrowOrigin == "" {
+		return nil
+	}
+	if err := checkAddr("borrow_origin", c.BorrowOrigin, false); err != nil {
+		return err
+	}
+	if c.HTTPSCDN {
+		return fmt.Errorf("fields \"borrow_origin\" and \"https_cdn\" exclude each other: a CDN ends TLS, so the ClientHello tag never reaches the relay")
 	}
 	return nil
 }
