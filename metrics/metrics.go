@@ -3,8 +3,9 @@
 // a separate listener.
 //
 // Two processes expose metrics: a relay ([Relay]) and the reachability prober
-// `postern probe --listen` ([Probe]). Code reports through the small methods
-// of those types; no other package names a metric.
+// `postern probe --listen` ([Probe], and [ProbeScrape] on its /probe). Code
+// reports through the small methods of those types; no other package names a
+// metric.
 //
 // # No user can be told apart
 //
@@ -47,6 +48,16 @@
 //	                                                      relay_down, unknown
 //
 // Both also carry the standard go_* and process_* collectors.
+//
+// # Scrape-driven probe metrics
+//
+// The prober's GET /probe?target=… answers with a registry of its own per
+// request ([ProbeScrape]), without the standard collectors:
+//
+//	postern_probe_success{relay,transport}                gauge 0 or 1, this probe
+//	postern_probe_duration_seconds{relay,transport}       gauge, duration of this probe
+//	postern_probe_failure_class{relay,transport,class}    gauge 1 on a failed pair; class as above
+//	postern_probe_timeout_seconds                         gauge, the time this probe was given
 package metrics
 
 import (

@@ -10,11 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/postern/postern/metrics"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
-	"github.com/postern/postern/transport/descriptor"
 	"github.com/postern/postern/transport/route"
 )
 
@@ -24,54 +22,78 @@ const probeParallel = 16
 func probeCmd() command {
 	return command{
 		name: "probe",
-		args: "DESCRIPTOR...",
-		summary: "Check which relay/transport pairs are reachable from here. For each relay\n" +
-			"(a descriptor line, or a file holding one) and each of its transports, dial,\n" +
-			"complete the relay hello and a ping, and print one line per pair: relay id,\n" +
-			"transport, \"ok\" or the failure class, and the time it took. Classes:\n" +
-			"refused, reset, timeout (TCP blackholed), tls (alert, bad certificate, or\n" +
-			"ServerHello dropped), udp_silent (UDP dropped), auth, protocol, network_down\n" +
-			"(this machine's network), invalid (fix the descriptor), canceled, unknown.\n" +
-			"Exits 1 if any pair failed. With --listen it runs as a Prometheus exporter\n" +
-			"instead, probing every --interval and serving postern_probe_* metrics on\n" +
-			"ADDR/metrics, with the failure class as the class label.",
+		args: "RELAY...",
+		summary: "Check which relay/transport pairs are reachable from here. Each RELAY is a\n" +
+			"relay descriptor (postern-relay1:...) or a contact card (postern-card1:...;\n" +
+			"each home relay it lists), as a line or a file holding one, or the name of a\n" +
+			"contact (`postern contact list`; --id picks the identity whose contacts).\n" +
+			"For each relay and each of its transports, dial, complete the relay hello and\n" +
+			"a ping, and print one line per pair: relay id, transport, \"ok\" or the failure\n" +
+			"class, and the time it took. Classes: refused, reset, timeout (TCP\n" +
+			"blackholed), tls (alert, bad certificate, or ServerHello dropped), udp_silent\n" +
+			"(UDP dropped), auth, protocol, network_down (this machine's network), invalid\n" +
+			"(fix the descriptor), canceled, unknown. Exits 1 if any pair failed.\n\n" +
+			"With --listen it runs as a Prometheus exporter instead. It probes every\n" +
+			"--interval and serves postern_probe_* metrics on ADDR/metrics, with the failure\n" +
+			"class as the class label. Like blackbox_exporter, ADDR/probe?target=T probes T\n" +
+			"when Prometheus scrapes it, within the scrape's timeout, and answers with\n" +
+			"postern_probe_success, _duration_seconds and _failure_class{class}; add\n" +
+			"&transport=https or h3 for one transport. T is a relay id or a contact name\n" +
+			"given on the command line (anything else: 400); nothing else is dialled.\n" +
+			"--interval 0 leaves only /probe. See deploy/prometheus/probe.yml.\n\n" +
+			"examples:\n  postern probe relay.descriptor\n" +
+			"  postern probe --id demo/alice.id bob\n" +
+			"  postern probe --timeout 5s bob.card 'postern-relay1:...'\n" +
+			"  postern probe --listen 127.0.0.1:9465 --interval 0 bob relay.descriptor\n" +
+			"  curl 'http://127.0.0.1:9465/probe?target=bob&transport=h3'",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-			timeout := fs.Duration("timeout", 10*time.Second, "give up on a pair after this long")
-			listen := fs.String("listen", "", "run as an exporter serving /metrics and /healthz on this TCP `address`")
-			interval := fs.Duration("interval", 60*time.Second, "with --listen: time between probe rounds")
+			idPath := identityFlag(fs)
+			timeout := fs.Duration("timeout", 10*time.Second, "give up on a pair after this long (on /probe: at most this long)")
+			listen := fs.String("listen", "", "run as an exporter serving /metrics, /probe and /healthz on this TCP `address`")
+			interval := fs.Duration("interval", 60*time.Second, "with --listen: time between probe rounds; 0: no rounds, only /probe")
+			maxScrapes := fs.Int("max-scrapes", defaultMaxScrapes, "with --listen: /probe requests probing at once; more get 503")
 			return func(ctx context.Context, args []string) error {
 				if len(args) == 0 {
-					return usageErr("give at least one relay descriptor")
+					return usageErr("give at least one relay descriptor, contact card or contact name")
 				}
 				if *timeout <= 0 {
 					return usageErr("--timeout %v is not positive", *timeout)
 				}
-				if *interval <= 0 {
-					return usageErr("--interval %v is not positive", *interval)
+				if *interval < 0 {
+					return usageErr("--interval %v is negative", *interval)
 				}
-				targets, err := probeTargets(args)
+				if *maxScrapes < 1 {
+					return usageErr("--max-scrapes %d: allow at least 1", *maxScrapes)
+				}
+				spec, err := resolveProbeArgs(e.stderr, resolveID(e, *idPath), args)
 				if err != nil {
 					return err
 				}
 				p := &prober{reg: newRegistry(), timeout: *timeout}
 				if *listen != "" {
-					return p.export(ctx, e, targets, *listen, *interval)
+					x := &exporter{p: p, spec: spec, sem: make(chan struct{}, *maxScrapes), log: newLogger(e, "info")}
+					return x.run(ctx, e, *listen, *interval)
 				}
-				results := p.round(ctx, targets)
-				printProbeTable(e.stdout, results)
-				failed := 0
-				for _, r := range results {
-					if !r.ok {
-						failed++
-					}
-				}
-				if failed > 0 {
-					return fmt.Errorf("%d of %d relay/transport pairs failed", failed, len(results))
-				}
-				return nil
+				return probeOnce(ctx, e, p, spec.pairs)
 			}
 		},
 	}
+}
+
+// probeOnce probes every pair once and prints the table.
+func probeOnce(ctx context.Context, e *env, p *prober, pairs []probeTarget) error {
+	results := p.round(ctx, pairs)
+	printProbeTable(e.stdout, results)
+	failed := 0
+	for _, r := range results {
+		if !r.ok {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d relay/transport pairs failed", failed, len(results))
+	}
+	return nil
 }
 
 // probeTarget is one relay/transport pair and the endpoints that serve it,
@@ -79,40 +101,6 @@ func probeCmd() command {
 type probeTarget struct {
 	relay, transport string
 	cands            []route.Candidate
-}
-
-// probeTargets parses the descriptors and groups their endpoints by relay
-// and transport, in argument order. A relay given twice is probed once.
-func probeTargets(args []string) ([]probeTarget, error) {
-	var out []probeTarget
-	index := map[[2]string]int{}
-	seen := map[string]bool{}
-	for _, a := range args {
-		line, err := lineArg(a, descriptor.Prefix)
-		if err != nil {
-			return nil, err
-		}
-		d, err := descriptor.Parse(line, time.Now())
-		if err != nil {
-			return nil, err
-		}
-		id := d.RelayID()
-		if seen[id] {
-			continue
-		}
-		seen[id] = true
-		for _, c := range route.FromDescriptor(d, route.Filter{}) {
-			k := [2]string{id, c.Endpoint.Transport}
-			i, ok := index[k]
-			if !ok {
-				i = len(out)
-				index[k] = i
-				out = append(out, probeTarget{relay: id, transport: c.Endpoint.Transport})
-			}
-			out[i].cands = append(out[i].cands, c)
-		}
-	}
-	return out, nil
 }
 
 type probeResult struct {
@@ -221,48 +209,4 @@ func printProbeTable(w io.Writer, results []probeResult) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.relay, r.transport, r.status(), r.took.Round(time.Millisecond))
 	}
 	tw.Flush()
-}
-
-// export probes every interval and serves the results as metrics until ctx
-// ends. The first round starts at once.
-func (p *prober) export(ctx context.Context, e *env, targets []probeTarget, addr string, interval time.Duration) error {
-	log := newLogger(e, "info")
-	met := metrics.NewProbe(version)
-	for _, t := range targets {
-		met.Target(t.relay, t.transport)
-	}
-	srv, err := metrics.Listen(addr, met.Gatherer())
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	defer srv.Close()
-	fmt.Fprintf(e.stdout, "serving probe metrics on http://%s/metrics\n", srv.Addr())
-	log.Info("probe exporter started", "addr", srv.Addr().String(), "pairs", len(targets), "interval", interval)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		ok := 0
-		for _, r := range p.round(ctx, targets) {
-			if ctx.Err() != nil {
-				// A round cut short by shutdown says nothing about reachability.
-				break
-			}
-			if r.ok {
-				ok++
-				met.Success(r.relay, r.transport, r.took)
-			} else {
-				met.Failure(r.relay, r.transport, r.class.String(), r.took)
-				log.Warn("probe failed", "relay", r.relay, "transport", r.transport, "class", r.class.String())
-			}
-		}
-		if ctx.Err() == nil {
-			log.Info("probe round done", "ok", ok, "failed", len(targets)-ok)
-		}
-		select {
-		case <-ctx.Done():
-			log.Info("probe exporter stopped")
-			return nil
-		case <-tick.C:
-		}
-	}
 }

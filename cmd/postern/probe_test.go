@@ -33,21 +33,29 @@ func deadDescriptor(t *testing.T) (line, id, addr string) {
 	}
 	addr = l.Addr().String()
 	l.Close()
+	line, id = descriptorAt(t, addr, "https", "h3")
+	return line, id, addr
+}
+
+// descriptorAt signs, with a fresh key, a descriptor with one endpoint at
+// addr for each transport. It returns the line and the relay id.
+func descriptorAt(t *testing.T, addr string, transports ...string) (line, id string) {
+	t.Helper()
 	key := make([]byte, descriptor.KeySize)
 	rand.Read(key)
 	pin := make([]byte, descriptor.PinSize)
 	rand.Read(pin)
 	d := &descriptor.Descriptor{Issued: time.Now().Truncate(time.Second), Expires: time.Now().Add(time.Hour).Truncate(time.Second)}
-	for _, tr := range []string{"https", "h3"} {
+	for _, tr := range transports {
 		d.Endpoints = append(d.Endpoints, descriptor.Endpoint{Transport: tr, Addr: addr, SNI: "localhost",
 			Path: "/dead", Key: key, CertSHA256: pin})
 	}
 	_, priv, _ := ed25519.GenerateKey(nil)
-	line, err = d.Sign(priv)
+	line, err := d.Sign(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return line, d.RelayID(), addr
+	return line, d.RelayID()
 }
 
 // probeRows parses the probe table into relay id + transport -> result.
@@ -176,49 +184,8 @@ func TestProbeExporter(t *testing.T) {
 	live := d.RelayID()
 	deadLine, dead, deadAddr := deadDescriptor(t)
 
-	cmd := exec.Command(bin, "probe", "--listen", "127.0.0.1:0", "--interval", "1s", "--timeout", "3s", rp.line, deadLine)
-	cmd.Env = append(os.Environ(), "POSTERN_HOME="+dir)
-	var mu sync.Mutex
-	var stderr strings.Builder
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return stderr.Write(p)
-	})
-	outPipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	first := make(chan string, 1)
-	go func() {
-		br := bufio.NewReader(outPipe)
-		l, _ := br.ReadString('\n')
-		first <- l
-		io.Copy(io.Discard, br)
-	}()
-	var addr string
-	select {
-	case l := <-first:
-		const prefix = "serving probe metrics on http://"
-		if !strings.HasPrefix(l, prefix) {
-			t.Fatalf("probe printed %q", l)
-		}
-		addr = strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(l, prefix)), "/metrics")
-	case <-time.After(60 * time.Second):
-		t.Fatal("probe exporter did not start")
-	}
+	x := startProbeExporter(t, bin, []string{"POSTERN_HOME=" + dir}, "--interval", "1s", "--timeout", "3s", rp.line, deadLine)
+	addr := x.addr
 
 	want := map[string]float64{
 		fmt.Sprintf(`postern_probe_success{relay=%q,transport="https"}`, live):                        1,
@@ -249,23 +216,87 @@ func TestProbeExporter(t *testing.T) {
 	checkNoAddr(t, string(body), secret)
 	promtoolCheck(t, body)
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		killed = true
-		if err != nil {
-			t.Fatalf("probe exporter exit: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("probe exporter did not stop on SIGTERM")
-	}
-	mu.Lock()
-	logs := stderr.String()
-	mu.Unlock()
+	logs := x.stop(t)
 	if !strings.Contains(logs, "probe failed") || !strings.Contains(logs, dead) {
 		t.Errorf("no failure logged for the dead relay:\n%s", logs)
 	}
 	checkNoAddr(t, logs, secret)
+}
+
+// probeExporter is a running `postern probe --listen` process.
+type probeExporter struct {
+	cmd    *exec.Cmd
+	addr   string // host:port of its listener
+	exited chan error
+	mu     sync.Mutex
+	stderr strings.Builder
+}
+
+// startProbeExporter runs `postern probe --listen 127.0.0.1:0 ARGS...`
+// and waits until it serves.
+func startProbeExporter(t *testing.T, bin string, envv []string, args ...string) *probeExporter {
+	t.Helper()
+	x := &probeExporter{exited: make(chan error, 1)}
+	x.cmd = exec.Command(bin, append([]string{"probe", "--listen", "127.0.0.1:0"}, args...)...)
+	x.cmd.Env = append(os.Environ(), envv...)
+	x.cmd.Stderr = writerFunc(func(p []byte) (int, error) {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.stderr.Write(p)
+	})
+	outPipe, err := x.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { x.exited <- x.cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		x.cmd.Process.Kill()
+		<-done
+	})
+	first := make(chan string, 1)
+	go func() {
+		br := bufio.NewReader(outPipe)
+		l, _ := br.ReadString('\n')
+		first <- l
+		io.Copy(io.Discard, br)
+	}()
+	select {
+	case l := <-first:
+		const prefix = "serving probe metrics on http://"
+		if !strings.HasPrefix(l, prefix) {
+			t.Fatalf("probe printed %q\n%s", l, x.logs())
+		}
+		x.addr = strings.TrimSuffix(strings.TrimSpace(strings.TrimPrefix(l, prefix)), "/metrics")
+	case <-time.After(60 * time.Second):
+		t.Fatalf("probe exporter did not start\n%s", x.logs())
+	}
+	return x
+}
+
+func (x *probeExporter) logs() string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.stderr.String()
+}
+
+// stop sends SIGTERM, checks the exporter exits cleanly, and returns its
+// logs.
+func (x *probeExporter) stop(t *testing.T) string {
+	t.Helper()
+	x.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-x.exited:
+		if err != nil {
+			t.Fatalf("probe exporter exit: %v\n%s", err, x.logs())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("probe exporter did not stop on SIGTERM")
+	}
+	return x.logs()
 }
 
 type writerFunc func([]byte) (int, error)
