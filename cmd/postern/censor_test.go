@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,17 @@ type censorPolicy struct {
 	entry bool // A in the known-relays list
 	rules func(w *censorWorld) []netns.Rule
 	rate  int // bits per second for the client, 0: unlimited
+	// best are the paths that get through this censor, each forced on its
+	// own from a fresh POSTERN_HOME: the fastest of them is the best
+	// path's own time, which the second run (with memory) is compared to.
+	best []forcedPath
+}
+
+// forcedPath is one way in, forced: a transport (POSTERN_TRANSPORT) or an
+// entry relay (--via).
+type forcedPath struct {
+	transport string
+	via       bool
 }
 
 func censorPolicies() []censorPolicy {
@@ -54,28 +66,34 @@ func censorPolicies() []censorPolicy {
 		return []netns.Rule{netns.Blackhole("tcp", censoredClient, w.addrB)}
 	}
 	dropUDP := func(w *censorWorld) []netns.Rule { return []netns.Rule{netns.DropUDP(censoredClient, w.addrB)} }
+	https, h3, via := []forcedPath{{transport: "https"}}, []forcedPath{{transport: "h3"}}, []forcedPath{{via: true}}
 	return []censorPolicy{
-		{short: "none", name: "no censor", size: 10 << 10, rules: func(*censorWorld) []netns.Rule { return nil }},
-		{short: "tcp_blackhole", name: "TCP blackholed", size: 10 << 10, rules: blackholeTCP},
+		{short: "none", name: "no censor", size: 10 << 10, rules: func(*censorWorld) []netns.Rule { return nil },
+			best: append(https, h3...)},
+		{short: "tcp_blackhole", name: "TCP blackholed", size: 10 << 10, rules: blackholeTCP, best: h3},
 		{short: "tcp_reset", name: "TCP reset", size: 10 << 10, rules: func(w *censorWorld) []netns.Rule {
 			return []netns.Rule{netns.ResetOnConnect(censoredClient, w.addrB)}
-		}},
-		{short: "udp_drop", name: "UDP dropped", size: 10 << 10, rules: dropUDP},
-		{short: "sni_reset", name: "SNI reset (userspace middlebox)", size: 10 << 10, sni: true, rules: func(*censorWorld) []netns.Rule { return nil }},
+		}, best: h3},
+		{short: "udp_drop", name: "UDP dropped", size: 10 << 10, rules: dropUDP, best: https},
+		{short: "sni_reset", name: "SNI reset (userspace middlebox)", size: 10 << 10, sni: true, rules: func(*censorWorld) []netns.Rule { return nil },
+			best: h3},
 		{short: "home_blocked", name: "home relay blackholed (TCP and UDP), entry relay known", size: 10 << 10, entry: true,
-			rules: func(w *censorWorld) []netns.Rule { return append(blackholeTCP(w), dropUDP(w)...) }},
+			rules: func(w *censorWorld) []netns.Rule { return append(blackholeTCP(w), dropUDP(w)...) }, best: via},
 		{short: "freeze_16k", name: "16 KiB freeze (downstream), UDP dropped, 5 MB", size: 5 << 20, rules: func(w *censorWorld) []netns.Rule {
 			return append(dropUDP(w), netns.FreezeAfter(censoredClient, w.addrB, netns.Downstream, 16<<10))
-		}},
-		{short: "throttle_64k", name: "64 kbit/s, UDP dropped, 200 KB", size: 200 << 10, rate: 64_000, rules: dropUDP},
+		}, best: https},
+		{short: "throttle_64k", name: "64 kbit/s, UDP dropped, 200 KB", size: 200 << 10, rate: 64_000, rules: dropUDP, best: https},
 	}
 }
 
 // TestCensorPolicies runs the real CLI in a network namespace against
 // each censor policy (nftables at kernel level, a tc rate limit, and the
-// userspace middlebox for SNI), twice with the same --network, and
-// checks that each message is delivered byte for byte. It logs the time
-// from send's start to the relay's ack for both runs (no thresholds) and
+// userspace middlebox for SNI), twice with the same --network, then once
+// per path that gets through, forced from a fresh home (the best path's
+// own time), and checks that each message is delivered byte for byte. It
+// logs the time from send's start to the relay's ack for every run (no
+// thresholds; the median of five for small messages) and the second
+// run's time over the best path's, and
 // writes the table as markdown to $POSTERN_CENSOR_TABLE if set. The
 // client's stderr and its memory files hold no client address, no
 // relay address beyond the descriptors and no mailbox id.
@@ -88,23 +106,51 @@ func TestCensorPolicies(t *testing.T) {
 	}
 	w := newCensorWorld(t)
 	var table strings.Builder
-	table.WriteString("| censor | first run | second run (same --network) |\n|---|---|---|\n")
+	table.WriteString("| censor | first run | second run (same --network) | best path alone | second ÷ best |\n|---|---|---|---|---|\n")
 	for i, p := range censorPolicies() {
 		t.Run(p.short, func(t *testing.T) {
-			var cells [2]string
-			home := filepath.Join(w.dir, fmt.Sprintf("client%d", i))
-			for run := range 2 {
-				d, stderr, err := w.send(t, p, home)
-				delivered := err == nil && w.delivered(t, p, d)
-				t.Logf("%s, run %d: %.2f s; send said:\n%s", p.name, run+1, d.msgTime.Seconds(), stderr)
-				cells[run] = fmt.Sprintf("%.2f s, delivered", d.msgTime.Seconds())
-				if !delivered {
-					cells[run] = "not delivered"
-					t.Errorf("%s, run %d: not delivered: %v\n%s", p.name, run+1, err, stderr)
-				}
-				w.checkNoMeta(t, home, stderr, p)
+			// Runs of a small message take tens of milliseconds, where one
+			// sample is mostly scheduling noise: those are repeated and the
+			// median is reported. The long ones run once.
+			reps := 1
+			if p.size <= 64<<10 {
+				reps = 5
 			}
-			fmt.Fprintf(&table, "| %s | %s | %s |\n", p.name, cells[0], cells[1])
+			var first, second []time.Duration
+			failed := false
+			for r := range reps {
+				home := filepath.Join(w.dir, fmt.Sprintf("client%d-%d", i, r))
+				for run := range 2 {
+					d, ok := w.timedSend(t, p, home, nil, run+1)
+					failed = failed || !ok
+					if run == 0 {
+						first = append(first, d)
+					} else {
+						second = append(second, d)
+					}
+				}
+			}
+			var best time.Duration
+			bestCell := "—"
+			for j, f := range p.best {
+				var ds []time.Duration
+				for r := range reps {
+					d, ok := w.timedSend(t, p, filepath.Join(w.dir, fmt.Sprintf("client%d-best%d-%d", i, j, r)), &f, 3)
+					failed = failed || !ok
+					ds = append(ds, d)
+				}
+				if m := median(ds); best == 0 || m < best {
+					best, bestCell = m, seconds(m)+f.String()
+				}
+			}
+			cell := func(ds []time.Duration) string {
+				if failed {
+					return "not delivered"
+				}
+				return seconds(median(ds)) + ", delivered"
+			}
+			fmt.Fprintf(&table, "| %s | %s | %s | %s | %.2f |\n", p.name, cell(first), cell(second), bestCell,
+				median(second).Seconds()/best.Seconds())
 		})
 	}
 	t.Logf("\n%s", table.String())
@@ -112,6 +158,45 @@ func TestCensorPolicies(t *testing.T) {
 		if err := os.WriteFile(path, []byte(table.String()), 0o644); err != nil {
 			t.Errorf("writing the table to %s: %v", path, err)
 		}
+	}
+}
+
+// timedSend is one send of p's message through p's censor, delivery
+// checked and the client's traces searched for metadata. run numbers
+// the log line.
+func (w *censorWorld) timedSend(t *testing.T, p censorPolicy, home string, force *forcedPath, run int) (time.Duration, bool) {
+	d, stderr, err := w.send(t, p, home, force)
+	delivered := err == nil && w.delivered(t, p, d)
+	t.Logf("%s, run %d%s: %s; send said:\n%s", p.name, run, force.String(), seconds(d.msgTime), stderr)
+	if !delivered {
+		t.Errorf("%s, run %d%s: not delivered: %v\n%s", p.name, run, force.String(), err, stderr)
+	}
+	w.checkNoMeta(t, home, stderr, p)
+	return d.msgTime, delivered
+}
+
+// median of ds (not empty); ds is sorted in place.
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// seconds formats d for the table: milliseconds below a second.
+func seconds(d time.Duration) string {
+	if d < time.Second {
+		return fmt.Sprintf("%d ms", d.Milliseconds())
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func (f *forcedPath) String() string {
+	switch {
+	case f == nil:
+		return ""
+	case f.via:
+		return " (--via the entry relay)"
+	default:
+		return " (" + f.transport + " only)"
 	}
 }
 
@@ -151,10 +236,11 @@ type sent struct {
 }
 
 // send puts p's censor in place, runs `postern send --network` from the
-// censored client with home as POSTERN_HOME, and lifts the censor.
-func (w *censorWorld) send(t *testing.T, p censorPolicy, home string) (sent, string, error) {
+// censored client with home as POSTERN_HOME, and lifts the censor. With
+// force, the send takes only that path.
+func (w *censorWorld) send(t *testing.T, p censorPolicy, home string, force *forcedPath) (sent, string, error) {
 	os.MkdirAll(home, 0o700)
-	if p.entry { // what `postern relays add` or an earlier --via leaves
+	if p.entry && force == nil { // what `postern relays add` or an earlier --via leaves
 		os.WriteFile(filepath.Join(home, "relays"), []byte(w.a.line+"\n"), 0o600)
 	}
 	s := sent{msg: make([]byte, p.size)}
@@ -173,8 +259,17 @@ func (w *censorWorld) send(t *testing.T, p censorPolicy, home string) (sent, str
 	defer netns.Apply(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, w.bin, "send", "--anonymous", "--network", "censored", "--to", card)
-	cmd.Env = append(os.Environ(), "POSTERN_HOME="+home, "POSTERN_BIND="+censoredClient)
+	args := []string{"send", "--anonymous", "--network", "censored", "--to", card}
+	env := append(os.Environ(), "POSTERN_HOME="+home, "POSTERN_BIND="+censoredClient)
+	switch {
+	case force == nil:
+	case force.via:
+		args = append(args, "--via", w.a.line)
+	default:
+		env = append(env, "POSTERN_TRANSPORT="+force.transport)
+	}
+	cmd := exec.CommandContext(ctx, w.bin, args...)
+	cmd.Env = env
 	cmd.Stdin = bytes.NewReader(s.msg)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
