@@ -313,6 +313,10 @@ func TestPromtoolConfig(t *testing.T) {
 	if !strings.Contains(out, "1 rule files found") {
 		t.Errorf("prometheus.yml does not load the alert rules:\n%s", out)
 	}
+	// The vantage-point example, with the blackbox-style /probe job.
+	if out, err := run(t, "prometheus", promtool, "check", "config", "probe.yml"); err != nil {
+		t.Fatalf("promtool check config probe.yml: %v\n%s", err, out)
+	}
 }
 
 type ruleFile struct {
