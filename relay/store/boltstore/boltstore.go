@@ -38,6 +38,7 @@ type Store struct {
 	batch   uint64        // committer only: the last batch number used
 	broken  error         // committer only: a failed write could not be undone
 	stuck   uint64        // committer only: a segment compaction could not delete
+	buf     []byte        // committer only: the batch buffer, kept between commits
 
 	ops        chan *op
 	quit       chan struct{}
@@ -420,7 +421,7 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 		i, _ := slices.BinarySearchFunc(b.envs, after+1, bySeq)
 		for ; i < len(b.envs) && len(items) < max && after != ^uint64(0); i++ {
 			e := &b.envs[i]
-			if e.batch > durable {
+			if !b.visible(e, durable) {
 				continue
 			}
 			l, n := e.sealed()

@@ -16,8 +16,29 @@ import (
 // copied.
 
 // carryChunk bounds the record bytes one compaction op copies, so that
-// puts queued behind it wait for a few megabytes at most.
-const carryChunk = 4 << 20
+// puts queued behind it wait for a few megabytes at most. Tests lower it.
+var carryChunk = 4 << 20
+
+// Steps of compaction and segment creation after which a crash leaves a
+// different directory (see crashPoint).
+const (
+	stepSegmentTemp    = "segment temp file written"
+	stepSegmentRenamed = "segment renamed"
+	stepCarried        = "chunk of live records carried and durable"
+	stepRemoved        = "compacted segment removed"
+	stepRemovalSynced  = "removal synced"
+)
+
+// crashPoint, if a test sets it before Open, is called after each step
+// above; the test copies the store directory there, which is what a
+// kill -9 at that point leaves.
+var crashPoint func(step string)
+
+func atStep(step string) {
+	if crashPoint != nil {
+		crashPoint(step)
+	}
+}
 
 // maybeCompact starts compacting if it is due and no compaction is
 // running. The committer calls it after each batch.
@@ -74,6 +95,11 @@ type carried struct {
 // the log and deletes it. It stops quietly when the store closes or a
 // write fails; a later commit starts it again.
 func (s *Store) compact(num uint64, path string) error {
+	// A removal by the last compaction whose directory sync failed must
+	// be durable before this younger segment's tombstones can go.
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -84,12 +110,16 @@ func (s *Store) compact(num uint64, path string) error {
 	flush := func() error {
 		c := chunk
 		chunk, size = nil, 0
-		return s.do(ctx, func(w *writer) error {
+		err := s.do(ctx, func(w *writer) error {
 			for i := range c {
 				w.carry(c[i])
 			}
 			return nil
 		})
+		if err == nil {
+			atStep(stepCarried)
+		}
+		return err
 	}
 	_, _, _, err = scanSegment(data, false, func(r record, off int64) error {
 		switch r.typ {
@@ -219,11 +249,13 @@ func (s *Store) dropSegments(nums []uint64) {
 			s.stuck = num
 			continue
 		}
+		atStep(stepRemoved)
 		seg.f.Close()
 		delete(s.ix.segs, num)
 		s.ix.order = slices.DeleteFunc(s.ix.order, func(n uint64) bool { return n == num })
 		// The removal must be durable before a younger segment's
 		// tombstones can be compacted away.
 		syncDir(s.dir)
+		atStep(stepRemovalSynced)
 	}
 }

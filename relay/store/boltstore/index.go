@@ -3,6 +3,7 @@ package boltstore
 import (
 	"cmp"
 	"crypto/ed25519"
+	"encoding/binary"
 	"maps"
 	"os"
 	"slices"
@@ -22,14 +23,14 @@ type loc struct {
 	off int64
 }
 
-// entry is one pending envelope.
+// entry is one pending envelope: 64 bytes. (Which commit wrote it is
+// kept per mailbox: see mailbox.newFrom.)
 type entry struct {
-	seq   uint64
-	ref   store.Ref
-	day   uint32
-	size  uint32 // record bytes in the log
-	at    loc
-	batch uint64 // the commit that wrote it; readers skip it until that commit is durable
+	seq  uint64
+	ref  store.Ref
+	day  uint32
+	size uint32 // record bytes in the log
+	at   loc
 }
 
 func (e *entry) plainLen() int64 {
@@ -51,9 +52,74 @@ type mailbox struct {
 	nextSeq uint64
 	bytes   int64
 	envs    []entry
-	refs    map[store.Ref]uint64
+	refs    refIndex
 	at      loc // its latest mailbox record
 	size    uint32
+
+	// The envelopes from seq newFrom on were added by commit newBatch;
+	// readers skip them until it is durable. Seqs only grow and one commit
+	// is built at a time, so they are the tail of envs.
+	newFrom, newBatch uint64
+}
+
+// visible reports whether readers may see e, the last commit durable.
+func (b *mailbox) visible(e *entry, durable uint64) bool {
+	return b.newBatch <= durable || e.seq < b.newFrom
+}
+
+// find returns the entry of envelope seq.
+func (b *mailbox) find(seq uint64) *entry {
+	if i, found := slices.BinarySearchFunc(b.envs, seq, bySeq); found {
+		return &b.envs[i]
+	}
+	return nil
+}
+
+// refIndex finds a pending envelope's seq by its ref. Refs are keyed
+// hashes (HMAC-SHA256), so their first 8 bytes are as good as random:
+// short maps those to the seq (16 bytes a slot instead of 40 for the
+// whole ref), and the rare ref whose prefix another pending envelope of
+// the mailbox holds goes to long, keyed by the whole ref.
+type refIndex struct {
+	short map[uint64]uint64
+	long  map[store.Ref]uint64
+}
+
+func refPrefix(ref store.Ref) uint64 { return binary.BigEndian.Uint64(ref[:]) }
+
+// seq returns the seq of the pending envelope ref in b.
+func (r *refIndex) seq(b *mailbox, ref store.Ref) (uint64, bool) {
+	if seq, ok := r.short[refPrefix(ref)]; ok {
+		if e := b.find(seq); e != nil && e.ref == ref {
+			return seq, true
+		}
+	}
+	seq, ok := r.long[ref]
+	return seq, ok
+}
+
+func (r *refIndex) add(ref store.Ref, seq uint64) {
+	p := refPrefix(ref)
+	if _, taken := r.short[p]; !taken {
+		if r.short == nil {
+			r.short = map[uint64]uint64{}
+		}
+		r.short[p] = seq
+		return
+	}
+	if r.long == nil {
+		r.long = map[store.Ref]uint64{}
+	}
+	r.long[ref] = seq
+}
+
+// remove forgets envelope seq, whose ref is ref.
+func (r *refIndex) remove(ref store.Ref, seq uint64) {
+	if p := refPrefix(ref); r.short[p] == seq {
+		delete(r.short, p)
+		return
+	}
+	delete(r.long, ref)
 }
 
 type retirement struct {
@@ -119,7 +185,7 @@ func (ix *index) active() *segment { return ix.segs[ix.order[len(ix.order)-1]] }
 func (ix *index) box(hid [32]byte) *mailbox {
 	b := ix.boxes[hid]
 	if b == nil {
-		b = &mailbox{refs: map[store.Ref]uint64{}, nextSeq: 1}
+		b = &mailbox{nextSeq: 1}
 		ix.boxes[hid] = b
 	}
 	return b
@@ -163,7 +229,7 @@ func (ix *index) addEnvelope(hid [32]byte, e entry) {
 		return
 	}
 	b.envs = slices.Insert(b.envs, i, e)
-	b.refs[e.ref] = e.seq
+	b.refs.add(e.ref, e.seq)
 	b.bytes += e.plainLen()
 	b.nextSeq = max(b.nextSeq, e.seq+1)
 }
@@ -176,7 +242,7 @@ func (ix *index) removeEnvelope(b *mailbox, seq uint64) (entry, bool) {
 	}
 	e := b.envs[i]
 	b.envs = slices.Delete(b.envs, i, i+1)
-	delete(b.refs, e.ref)
+	b.refs.remove(e.ref, e.seq)
 	b.bytes -= e.plainLen()
 	ix.dead(e.at, e.size)
 	return e, true
@@ -232,7 +298,7 @@ func (ix *index) sweep(last uint32) (n int, bytes int64) {
 				continue
 			}
 			ix.dead(e.at, e.size)
-			delete(b.refs, e.ref)
+			b.refs.remove(e.ref, e.seq)
 			b.bytes -= e.plainLen()
 			n++
 			bytes += e.plainLen()
@@ -327,11 +393,17 @@ func (ix *index) apply(r record, at loc) {
 }
 
 // finish drops the placeholders left after a replay: envelopes of a
-// mailbox that has no record (none are written that way).
+// mailbox that has no record (none are written that way). It also trims
+// the slack that appending left in each mailbox's envelope list (up to
+// half of it: 64 bytes an entry).
 func (ix *index) finish() {
 	for hid, b := range ix.boxes {
 		if !b.exists {
 			ix.dropMailbox(hid)
+			continue
+		}
+		if cap(b.envs)-len(b.envs) > len(b.envs)/8 {
+			b.envs = slices.Clone(b.envs)
 		}
 	}
 }

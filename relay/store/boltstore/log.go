@@ -32,11 +32,12 @@ func loadIndex(dir string, files map[uint64]*os.File, check [32]byte) (*index, e
 			"restore it from a backup, or move it and its key file aside to start a new, empty store on purpose", dir)
 	}
 	ix := newIndex()
+	var buf []byte // one read buffer for every segment: the index keeps no slice of it
 	for i, num := range nums {
 		seg, err := openSegment(dir, num, files[num])
 		if err == nil {
 			ix.segs[num], ix.order = seg, append(ix.order, num)
-			err = replaySegment(ix, seg, i == len(nums)-1, check)
+			err = replaySegment(ix, seg, i == len(nums)-1, check, &buf)
 		}
 		if err != nil {
 			closeSegments(ix, files)
@@ -58,13 +59,17 @@ func openSegment(dir string, num uint64, f *os.File) (*segment, error) {
 	return &segment{num: num, path: path, f: f}, nil
 }
 
-// replaySegment applies every record of seg to ix.
-func replaySegment(ix *index, seg *segment, last bool, check [32]byte) error {
+// replaySegment applies every record of seg to ix, reading it into *buf
+// (grown as needed).
+func replaySegment(ix *index, seg *segment, last bool, check [32]byte, buf *[]byte) error {
 	fi, err := seg.f.Stat()
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", seg.path, err)
 	}
-	data := make([]byte, fi.Size())
+	if int64(cap(*buf)) < fi.Size() {
+		*buf = make([]byte, fi.Size())
+	}
+	data := (*buf)[:fi.Size()]
 	if _, err := seg.f.ReadAt(data, 0); err != nil {
 		return fmt.Errorf("store: read %s: %w", seg.path, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 
 	"github.com/postern/postern/relay/store"
 )
@@ -41,6 +42,10 @@ const (
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// fixedBody is the least body length of each record type (0: no such type).
+var fixedBody = [...]int{recMailbox: mailboxBody, recDelete: 37, recEnvelope: envelopeBody, recAck: 32,
+	recSweep: 4, recRetired: 36, recOutbox: outboxBody, recDone: 32, recExpire: 4, recClose: 0}
 
 // record is one parsed log record. Which fields are set depends on typ.
 type record struct {
@@ -81,8 +86,10 @@ func (r *record) parseBody(p []byte) error {
 	if r.typ == recClose {
 		return exact(p, 0, true)
 	}
-	fixed := map[byte]int{recMailbox: mailboxBody, recDelete: 37, recEnvelope: envelopeBody, recAck: 32,
-		recSweep: 4, recRetired: 36, recOutbox: outboxBody, recDone: 32, recExpire: 4}[r.typ]
+	fixed := 0
+	if int(r.typ) < len(fixedBody) {
+		fixed = fixedBody[r.typ]
+	}
 	if fixed == 0 || len(p) < fixed {
 		return errLogRecord
 	}
@@ -156,6 +163,7 @@ func appendRecord(b []byte, typ byte, body ...[]byte) []byte {
 	for _, p := range body {
 		n += len(p)
 	}
+	b = slices.Grow(b, recHeader+n) // one allocation for a new record
 	b = append(b, typ)
 	b = binary.BigEndian.AppendUint32(b, uint32(n))
 	for _, p := range body {
@@ -183,6 +191,15 @@ func envelopeHead(hid [32]byte, seq uint64, day uint32, ref store.Ref) []byte {
 	p := binary.BigEndian.AppendUint64(append(make([]byte, 0, envelopeBody), hid[:]...), seq)
 	p = binary.BigEndian.AppendUint32(p, day)
 	return append(p, ref[:]...)
+}
+
+// envelopeRecordHead is an envelope record up to its sealed bytes, n of
+// which must follow it.
+func envelopeRecordHead(hid [32]byte, day uint32, ref store.Ref, n int) []byte {
+	b := make([]byte, 0, recHeader+envelopeBody)
+	b = append(b, recEnvelope)
+	b = binary.BigEndian.AppendUint32(b, uint32(envelopeBody+n))
+	return append(b, envelopeHead(hid, 0, day, ref)...)
 }
 
 func appendOutbox(b []byte, dest [32]byte, seq uint64, day uint32, sealed []byte) []byte {

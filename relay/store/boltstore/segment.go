@@ -129,9 +129,11 @@ func createSegment(dir string, h segHead) (*os.File, error) {
 		err = f.Sync()
 	}
 	if err == nil {
+		atStep(stepSegmentTemp)
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
+		atStep(stepSegmentRenamed)
 		err = syncDir(dir)
 	}
 	if err != nil {

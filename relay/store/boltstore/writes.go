@@ -147,19 +147,20 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 	// Encrypt and encode here, in the caller's goroutine, not in the
 	// committer; the committer fills in the seq.
 	day := store.ExpiryDay(s.opts.Now(), s.opts.TTL)
-	rec := appendRecord(nil, recEnvelope, envelopeHead(hid, 0, day, ref), s.keys.Seal(id, ref, env))
+	sealed := s.keys.Seal(id, ref, env)
+	head := envelopeRecordHead(hid, day, ref, len(sealed)) // the committer appends both: no copy here
 	err := s.do(ctx, func(w *writer) error {
 		b := w.ix.mailbox(hid)
 		if b == nil {
 			return store.ErrNoMailbox
 		}
-		if _, dup := b.refs[ref]; dup {
+		if _, dup := b.refs.seq(b, ref); dup {
 			return nil // duplicate: stored once
 		}
 		if err := s.opts.EnvelopeQuota(len(b.envs), b.bytes, s.bytes.Load()+w.dBytes, n); err != nil {
 			return err
 		}
-		w.addEnvelope(hid, b, b.nextSeq, rec)
+		w.addEnvelope(hid, b, b.nextSeq, head, sealed)
 		return nil
 	})
 	if err != nil {
@@ -168,17 +169,22 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 	return ref, nil
 }
 
-// addEnvelope appends the envelope record rec to the batch with seq
-// filled in and adds it to mailbox b (hash hid).
-func (w *writer) addEnvelope(hid [32]byte, b *mailbox, seq uint64, rec []byte) {
+// addEnvelope appends the envelope record made of parts to the batch
+// with seq filled in and adds it to mailbox b (hash hid).
+func (w *writer) addEnvelope(hid [32]byte, b *mailbox, seq uint64, parts ...[]byte) {
 	at := w.at()
 	i := len(w.buf)
-	w.buf = append(w.buf, rec...)
+	for _, p := range parts {
+		w.buf = append(w.buf, p...)
+	}
 	binary.BigEndian.PutUint64(w.buf[i+recHeader+32:], seq)
 	r := w.buf[i+recHeader:]
-	e := entry{seq: seq, day: binary.BigEndian.Uint32(r[40:]), size: uint32(len(rec)), at: at, batch: w.batch}
+	e := entry{seq: seq, day: binary.BigEndian.Uint32(r[40:]), size: uint32(len(w.buf) - i), at: at}
 	copy(e.ref[:], r[44:])
 	w.ix.addEnvelope(hid, e)
+	if b = w.ix.boxes[hid]; b.newBatch != w.batch {
+		b.newBatch, b.newFrom = w.batch, seq
+	}
 	w.dEnvelopes++
 	w.dBytes += e.plainLen()
 	w.wake = append(w.wake, hid)
@@ -195,7 +201,7 @@ func (s *Store) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Re
 		}
 		var seqs []uint64
 		for _, ref := range refs {
-			seq, ok := b.refs[ref]
+			seq, ok := b.refs.seq(b, ref)
 			if !ok {
 				continue
 			}
