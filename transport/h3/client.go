@@ -3,9 +3,12 @@ package h3
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -23,7 +26,7 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 	if err != nil {
 		return nil, err
 	}
-	c, err := dial(ctx, tgt)
+	c, err := t.dial(ctx, tgt)
 	if err != nil {
 		if ctx.Err() != nil && transport.ClassOf(err) != transport.ClassUDPSilent {
 			err = ctx.Err()
@@ -35,7 +38,7 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 
 // dial opens the session on a QUIC connection of its own, from a UDP
 // socket of its own.
-func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) {
+func (t *Transport) dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) {
 	raddr, err := resolve(ctx, tgt.Host, tgt.Port)
 	if err != nil {
 		return nil, err
@@ -56,6 +59,7 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 		return nil, err
 	}
 	h := newHeard(udp)
+	h.onSend = t.onSend
 	tr := &quic.Transport{Conn: h, ConnectionIDGenerator: emptyConnIDs{}}
 	release := func() { tr.Close(); udp.Close() }
 	reportICMP(udp, true)
@@ -67,10 +71,11 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 	reportICMP(udp, false)
 	closeQUIC := func() { qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), ""); release() }
 	cs := qc.ConnectionState().TLS
-	cc := clientHTTP3().NewClientConn(qc)
+	clientHTTP3().NewClientConn(qc) // the control stream (SETTINGS) and the relay's streams
+	rs := &requestStream{qc: qc}
 	c, err := tgt.Open(ctx, httpsession.Wire{
 		Export:     cs.ExportKeyingMaterial,
-		RoundTrip:  cc.RoundTrip,
+		RoundTrip:  rs.roundTrip,
 		Classify:   classify,
 		Close:      closeQUIC,
 		LocalAddr:  qc.LocalAddr(),
@@ -80,7 +85,63 @@ func dial(ctx context.Context, tgt *httpsession.Target) (transport.Conn, error) 
 		closeQUIC()
 		return nil, err
 	}
-	return c, nil
+	return &clientConn{Conn: c, str: rs.str, dw: dataWriter{w: rs.str}}, nil
+}
+
+// clientConn is the client end of a session. httpsession's session reads
+// the response body (DATA frames read straight into the caller's buffer,
+// frames.go), closes and reports addresses; writes bypass its request
+// body and go straight to the request stream as DATA frames (dataWriter).
+type clientConn struct {
+	transport.Conn
+	str *quic.Stream
+	dw  dataWriter // on str
+
+	// wmu serialises Write and CloseWrite: quic-go forbids closing a send
+	// stream concurrently with Write.
+	wmu    sync.Mutex
+	wshut  atomic.Bool
+	closed atomic.Bool
+}
+
+func (c *clientConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.writable(); err != nil {
+		return 0, err
+	}
+	n, err := c.dw.Write(p)
+	return n, streamErr(err, c.closed.Load())
+}
+
+// writable returns why the session cannot be written to, or nil.
+func (c *clientConn) writable() error {
+	switch {
+	case c.closed.Load():
+		return streamErr(net.ErrClosed, true)
+	case c.wshut.Load():
+		return &transport.Error{Class: transport.ClassCanceled, Op: "session", Transport: Name,
+			Err: fmt.Errorf("write after CloseWrite: %w", net.ErrClosed)}
+	}
+	return nil
+}
+
+// CloseWrite ends the request body: the relay reads io.EOF.
+func (c *clientConn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed.Load() {
+		return streamErr(net.ErrClosed, true)
+	}
+	c.wshut.Store(true)
+	return streamErr(c.str.Close(), false)
+}
+
+// Close tears the session and its QUIC connection down at once (the
+// stream is reset both ways); data not yet sent is dropped.
+func (c *clientConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
 }
 
 // resolve returns the UDP address of host and port (checked by NewTarget).

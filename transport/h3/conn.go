@@ -16,9 +16,14 @@ import (
 var codeCanceled = quic.StreamErrorCode(http3.ErrCodeRequestCanceled)
 
 // serverConn is the relay side of a session: the taken-over request stream.
-// Reads and writes are HTTP/3 DATA frames on that stream.
+// Reads and writes are HTTP/3 DATA frames on that stream. Reads, closes,
+// resets and deadlines go through http3.Stream; writes go to the QUIC
+// stream under it, a frame per stream write (dataWriter), since
+// http3.Stream.Write writes each frame header with a stream write of its
+// own.
 type serverConn struct {
 	str          *http3.Stream
+	dw           dataWriter // on str's QUIC stream
 	laddr, raddr net.Addr
 	release      func() // frees the listener's session slot
 
@@ -42,7 +47,7 @@ func (c *serverConn) Write(b []byte) (int, error) {
 	if c.closed.Load() {
 		return 0, streamErr(net.ErrClosed, true)
 	}
-	n, err := c.str.Write(b)
+	n, err := c.dw.Write(b)
 	return n, streamErr(err, c.closed.Load())
 }
 

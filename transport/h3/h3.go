@@ -26,6 +26,14 @@
 // carries no content-length (a streaming body), so the request is well formed
 // for any HTTP/3 hop.
 //
+// The client writes the request's HEADERS frame itself, on a request stream
+// it opens, and reads the response's (request.go): quic-go's HTTP/3 client
+// can only stream a request body by copying it from an io.Reader in 8 KiB
+// pieces on a goroutine of its own. Both ends write each DATA frame, header
+// and payload, with one write to the QUIC stream, from a buffer borrowed for
+// that write (frames.go), so a session's Write costs what a write to a bare
+// QUIC stream costs, and an idle session holds no buffer.
+//
 // The token (see transport/httpsession) is bound to the QUIC connection through
 // the TLS exporter of that connection, so a captured token is useless on any
 // other connection, and the listener's replay cache refuses it on this one.
@@ -152,6 +160,10 @@ type Transport struct {
 	// noFloodDefence turns Retry and the handshake cap off: benchmarks
 	// measure what the defence saves.
 	noFloodDefence bool
+	// onSend, if set, sees every sendmsg quic-go makes on the transport's
+	// UDP sockets (b: the datagrams, oob: their control messages, with
+	// the GSO segment size): benchmarks count syscalls with it.
+	onSend func(b, oob []byte)
 }
 
 var _ transport.Transport = (*Transport)(nil)

@@ -53,16 +53,30 @@ func (h *handshakes) connContext(ctx context.Context, _ *quic.ClientInfo) (conte
 		h.inFlight.Add(-1)
 		return nil, errTooManyHandshakes
 	}
-	var once sync.Once
-	release := func() { once.Do(func() { h.inFlight.Add(-1) }) }
-	context.AfterFunc(ctx, release) // the connection closed or its handshake failed
-	return context.WithValue(ctx, handshakeKey{}, release), nil
+	s := &slot{h: h}
+	s.stop = context.AfterFunc(ctx, s.release) // the connection closed or its handshake failed
+	return context.WithValue(ctx, handshakeKey{}, s), nil
 }
 
-// accepted gives the handshake slot of c back.
-func accepted(c *quic.Conn) {
-	if release, ok := c.Context().Value(handshakeKey{}).(func()); ok {
-		release()
+// slot is the handshake slot of one connection.
+type slot struct {
+	h    *handshakes
+	once sync.Once
+	stop func() bool // unregisters release from the connection's context
+}
+
+func (s *slot) release() { s.once.Do(func() { s.h.inFlight.Add(-1) }) }
+
+// accepted gives the handshake slot of c back, and drops the watch on its
+// context that would have given it back, so that an established connection
+// holds nothing of it.
+func accepted(c *quic.Conn) { releaseSlot(c.Context()) }
+
+// releaseSlot is accepted for the connection context ctx.
+func releaseSlot(ctx context.Context) {
+	if s, ok := ctx.Value(handshakeKey{}).(*slot); ok {
+		s.stop()
+		s.release()
 	}
 }
 

@@ -103,7 +103,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) *quic.Transport {
 	reset := quic.StatelessResetKey(deriveKey(key, labelStatelessReset))
 	tokens := quic.TokenGeneratorKey(deriveKey(key, labelTokenGenerator))
-	qt := &quic.Transport{Conn: udp, StatelessResetKey: &reset, TokenGeneratorKey: &tokens}
+	qt := &quic.Transport{Conn: hookSends(udp, t.onSend), StatelessResetKey: &reset, TokenGeneratorKey: &tokens}
 	if !t.noFloodDefence {
 		hs := &handshakes{
 			max:        int64(orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
@@ -162,7 +162,7 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		release()
 		return
 	}
-	c := &serverConn{str: str, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name)}
+	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name)}
 	if !l.gate.Offer(r.Context(), c) {
 		c.abort() // never accepted: a reset, not a clean end of stream
 	}

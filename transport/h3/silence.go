@@ -24,8 +24,9 @@ var errUDPSilent = errors.New("no UDP packet came back during the QUIC handshake
 // socket's own.
 type heard struct {
 	*net.UDPConn
-	batch *ipv4.PacketConn
-	any   atomic.Bool
+	batch  *ipv4.PacketConn
+	any    atomic.Bool
+	onSend func(b, oob []byte) // Transport.onSend, nil but in benchmarks
 }
 
 func newHeard(c *net.UDPConn) *heard { return &heard{UDPConn: c, batch: ipv4.NewPacketConn(c)} }
@@ -36,6 +37,14 @@ func (h *heard) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		h.any.Store(true)
 	}
 	return n, err
+}
+
+// WriteMsgUDP is how quic-go sends on the socket (see sendHook).
+func (h *heard) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
+	if h.onSend != nil {
+		h.onSend(b, oob)
+	}
+	return h.UDPConn.WriteMsgUDP(b, oob, addr)
 }
 
 func (h *heard) ReadFrom(b []byte) (int, net.Addr, error) {
