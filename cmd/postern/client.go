@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/postern/postern/metrics"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
@@ -59,15 +61,28 @@ func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, 
 
 // dialOptions reads the troubleshooting variables: POSTERN_TRANSPORT
 // (one transport only), POSTERN_BIND (the local address) and
-// POSTERN_STALL (the stall window, a Go duration such as "2s").
+// POSTERN_STALL (the stall window, a Go duration such as "2s"); with
+// POSTERN_METRICS_FILE set, while send or recv runs (startMetrics), every
+// attempt and session failure is counted for that file.
 //
 // With --network NAME, what worked on that network is remembered in
 // POSTERN_HOME/routes (recipe hashes, no addresses) and tried first next
-// time.
+// time, and a session that stalls, is throttled or is told "busy" puts its
+// way in last for a while.
 func dialOptions(e *env) client.DialOptions {
 	stall, _ := time.ParseDuration(e.getenv("POSTERN_STALL"))
 	o := client.DialOptions{Transport: e.getenv("POSTERN_TRANSPORT"), LocalAddr: e.getenv("POSTERN_BIND"),
 		StallWindow: stall}
+	if m := runMetrics(e); m != nil {
+		o.Observe = func(a route.Attempt) {
+			class := "ok"
+			if a.Err != nil {
+				class = transport.ClassOf(a.Err).String()
+			}
+			m.DialAttempt(a.Transport, class, a.Took)
+		}
+		o.SessionFailed = func(c transport.Class) { m.SessionFailure(c.String()) }
+	}
 	// Without a state directory (no POSTERN_HOME, XDG_CONFIG_HOME or HOME)
 	// sessions stay in memory rather than land in the working directory.
 	if homeDir(e) != fallbackHome {
@@ -188,3 +203,110 @@ type explained struct {
 
 func (x *explained) Error() string { return x.text }
 func (x *explained) Unwrap() error { return x.err }
+
+// Client metrics. A one-shot command has no endpoint to scrape, so with
+// POSTERN_METRICS_FILE=PATH send and recv write their metrics (dial
+// attempts by transport and failure class, dial times, session failures;
+// see package metrics) to PATH in the text format of node_exporter's
+// textfile collector when they finish, and `recv --follow` also every
+// metricsEvery. The file is replaced whole (a temporary file renamed over
+// it, mode 0644) and covers that one run: a counter starts again at zero
+// with every run. It names no relay, address, mailbox or key.
+
+// dialEnvHelp documents, in the help of send and recv, the environment
+// variables that change how they reach relays.
+const dialEnvHelp = "environment:\n" +
+	"  POSTERN_TRANSPORT=NAME      use this transport only (https, h3), for troubleshooting\n" +
+	"  POSTERN_BIND=IP             dial from this local address\n" +
+	"  POSTERN_STALL=DURATION      a connection silent this long while a request waits is\n" +
+	"                              stalled and replaced (default 10s)\n" +
+	"  POSTERN_METRICS_FILE=PATH   when done (recv --follow: also every minute), write the\n" +
+	"                              client metrics to PATH for node_exporter's textfile\n" +
+	"                              collector: dial attempts by transport and failure class,\n" +
+	"                              dial times, session failures; no address, relay, mailbox\n" +
+	"                              or key"
+
+// metricsEvery is how often `recv --follow` rewrites the metrics file.
+const metricsEvery = time.Minute
+
+// metricsRuns holds the metrics of the runs in progress in this process,
+// by file: dialOptions finds them through POSTERN_METRICS_FILE, which the
+// copies of an env that the sender makes keep.
+var metricsRuns sync.Map // path → *metrics.Client
+
+// runMetrics returns the metrics of the run writing e's
+// POSTERN_METRICS_FILE, or nil.
+func runMetrics(e *env) *metrics.Client {
+	path := e.getenv("POSTERN_METRICS_FILE")
+	if path == "" {
+		return nil
+	}
+	if m, ok := metricsRuns.Load(path); ok {
+		return m.(*metrics.Client)
+	}
+	return nil
+}
+
+// metricsRun is one command's metrics and the file they go to.
+type metricsRun struct {
+	e    *env
+	path string
+	m    *metrics.Client
+
+	mu   sync.Mutex // one write at a time, none after stop
+	done bool
+}
+
+// startMetrics starts counting for POSTERN_METRICS_FILE, if set; the
+// caller ends the run with stop, which writes the file.
+func startMetrics(e *env) *metricsRun {
+	path := e.getenv("POSTERN_METRICS_FILE")
+	if path == "" {
+		return nil
+	}
+	r := &metricsRun{e: e, path: path, m: metrics.NewClient(version)}
+	metricsRuns.Store(path, r.m)
+	return r
+}
+
+// write writes the file unless the run has ended; a failure is a
+// warning, not the command's.
+func (r *metricsRun) write(last bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return
+	}
+	r.done = last
+	if err := r.m.WriteFile(r.path); err != nil {
+		fmt.Fprintf(r.e.stderr, "warning: %v\n", err)
+	}
+}
+
+// every writes the file every d until ctx ends.
+func (r *metricsRun) every(ctx context.Context, d time.Duration) {
+	if r == nil {
+		return
+	}
+	go func() {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				r.write(false)
+			}
+		}
+	}()
+}
+
+// stop writes the file and ends the run.
+func (r *metricsRun) stop() {
+	if r == nil {
+		return
+	}
+	r.write(true)
+	metricsRuns.CompareAndDelete(r.path, r.m)
+}

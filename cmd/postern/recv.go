@@ -35,7 +35,7 @@ func recvCmd() command {
 			"bytes of message, then a newline. SENDER is the contact's name, else the sender key\n" +
 			"(stderr then says \"unknown sender\"), else \"anonymous\". A card update a contact sent\n" +
 			"with `mailbox rotate` is applied to your contacts, not printed.\n\n" +
-			"examples:\n  postern recv --id demo/bob.id\n  postern recv --id demo/bob.id --follow",
+			"examples:\n  postern recv --id demo/bob.id\n  postern recv --id demo/bob.id --follow\n\n" + dialEnvHelp,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			var a recvArgs
 			fs.StringVar(&a.idPath, "id", "", "identity `file` (default $POSTERN_HOME/identity or ~/.config/postern/identity)")
@@ -88,7 +88,10 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	defer p.done()
 	ctx, cancel := withTimeout(ctx, a.timeout)
 	defer cancel()
+	mr := startMetrics(e)
+	defer mr.stop()
 	if a.follow {
+		mr.every(ctx, metricsEvery)
 		return followAll(ctx, e, id, path, targets, p)
 	}
 	err = drainAll(ctx, e, id, path, targets, p)

@@ -30,7 +30,7 @@ func sendCmd() command {
 			"relay learns neither sender nor content. Returns once the relay has stored it durably.\n" +
 			"With --via, an entry relay takes it for the recipient's home relay and forwards it.\n\n" +
 			"examples:\n  echo \"hello bob\" | postern send --id demo/alice.id --to bob\n" +
-			"  postern send --id demo/alice.id --to bob.card --file photo.jpg",
+			"  postern send --id demo/alice.id --to bob.card --file photo.jpg\n\n" + dialEnvHelp,
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			var a sendArgs
 			fs.StringVar(&a.idPath, "id", "", "identity `file` (default $POSTERN_HOME/identity or ~/.config/postern/identity)")
@@ -78,6 +78,8 @@ func runSend(ctx context.Context, e *env, a *sendArgs) error {
 	}
 	ctx, cancel := withTimeout(ctx, a.timeout)
 	defer cancel()
+	mr := startMetrics(e)
+	defer mr.stop()
 	s, err := deliver(ctx, e, card, from, msg, a.via)
 	if err != nil {
 		return sendError(ctx, a.timeout, s, err)

@@ -59,6 +59,11 @@ type sender struct {
 	facts   *factsStore
 	known   netFacts
 	window  time.Duration // stall window; 0: the default
+	// holder is the id of the relay that holds every envelope acked so
+	// far ("" before the first ack). A message's fragments must all reach
+	// one relay for the recipient to put it together there, so later
+	// connections go to it while it is reachable (see holderFirst).
+	holder string
 	// progress, if set, is told after each ack how many envelopes the
 	// relay has of how many.
 	progress func(done, total int)
@@ -120,10 +125,16 @@ func (s *sender) run(ctx context.Context) error {
 		if err != nil {
 			return scrubAddrs(err)
 		}
+		target := s.targetOf(c, via)
+		s.keepTogether(target)
 		st := &connStats{}
 		err = s.sendOn(ctx, c, via, st)
 		c.Close()
+		if st.acked > 0 {
+			s.holder = target
+		}
 		s.noteThroughput(st)
+		s.report(c, st, err)
 		switch {
 		case err == nil:
 			return nil
@@ -248,6 +259,92 @@ func (s *sender) noteThroughput(st *connStats) {
 	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
 }
 
+// targetOf is the id of the relay that keeps what is sent on c: the
+// relay c reached, or through an entry relay (via) the home relay the
+// layers are sealed to. "" if unknown.
+func (s *sender) targetOf(c *client.Client, via bool) string {
+	if !via {
+		return c.Relay()
+	}
+	home, _, err := descriptor.ParseStale(s.card.Relays[0], time.Now())
+	if err != nil {
+		return ""
+	}
+	return home.RelayID()
+}
+
+// keepTogether makes sure every envelope of the message ends up on one
+// relay: when this connection reaches another relay than the one that
+// holds the envelopes acked so far (it was out of reach), the whole
+// message goes to this one. The envelopes are independent and the
+// recipient drops a message it has seen, so the copy on the first relay
+// does no harm.
+func (s *sender) keepTogether(target string) {
+	if s.holder == "" || target == s.holder {
+		return
+	}
+	if done := s.ackedCount(); done > 0 && done < len(s.envs) {
+		fmt.Fprintf(s.e.stderr, "the relay that has %d of %d envelopes is out of reach; sending the whole message to another relay of the card\n",
+			done, len(s.envs))
+	}
+	s.acked = make([]bool, len(s.envs))
+	s.holder = ""
+}
+
+// holderFirst orders the card's relays for a dial: with envelopes acked,
+// the relay holding them alone, then the others; else all of them in one
+// race.
+func (s *sender) holderFirst() [][]string {
+	if s.holder == "" || len(s.card.Relays) < 2 {
+		return [][]string{s.card.Relays}
+	}
+	var held, others []string
+	for _, line := range s.card.Relays {
+		if d, _, err := descriptor.ParseStale(line, time.Now()); err == nil && d.RelayID() == s.holder {
+			held = append(held, line)
+		} else {
+			others = append(others, line)
+		}
+	}
+	if len(held) == 0 || len(others) == 0 {
+		return [][]string{s.card.Relays}
+	}
+	return [][]string{held, others}
+}
+
+// dialHome dials the card's relays in holderFirst's order: the next group
+// only when the one before cannot be reached.
+func (s *sender) dialHome(ctx context.Context, e *env) (*client.Client, error) {
+	var errs []error
+	for _, lines := range s.holderFirst() {
+		c, err := dialRelay(ctx, e, lines...)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, errs[0]
+	}
+	return nil, errors.Join(errs...)
+}
+
+// report tells the route memory and the metrics how a connection failed
+// in ways only the sender can see: its flow was throttled, or the relay
+// answered busy. (A stall the session reports itself; of several
+// failures of one connection only the first counts.)
+func (s *sender) report(c *client.Client, st *connStats, err error) {
+	switch {
+	case st.slow:
+		c.Report(transport.ClassThrottled)
+	case err != nil && transport.ClassOf(err) == transport.ClassBusy:
+		c.Report(transport.ClassBusy)
+	}
+}
+
 // afterStall learns from a frozen connection: the bytes it carried are
 // the network's per-connection budget; a connection that carried nothing
 // before any envelope was acked means the envelopes are too large for the
@@ -280,7 +377,7 @@ func (s *sender) afterStall(st *connStats) error {
 // need one, after fallbackDelay otherwise).
 func (s *sender) dial(ctx context.Context) (*client.Client, bool, error) {
 	e := s.withWindow()
-	home := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, s.card.Relays...) }
+	home := func(ctx context.Context) (*client.Client, error) { return s.dialHome(ctx, e) }
 	entry := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, s.entries...) }
 	if s.forced {
 		c, err := entry(ctx)

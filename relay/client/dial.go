@@ -26,8 +26,19 @@ type DialOptions struct {
 	// Memory and Network, if set, give the ways in that worked on this
 	// network a head start. The winner is recorded only once the relay has
 	// acknowledged a request on the session (not for the bare hello).
+	// A session that fails after the dial (a stalled flow, or what the
+	// caller reports with Client.Report) puts its way in into backoff
+	// for that class (route.Memory.SessionFailure).
 	Memory  *route.Memory
 	Network string
+	// Observe, if set, is told of every dial attempt: each failure and the
+	// winner (route.Options.Observe). Metrics count attempts with it.
+	Observe func(route.Attempt)
+	// SessionFailed, if set, is told the class of a session opened by
+	// Dial that failed after the dial: ClassStalled when the stall
+	// watchdog ended it, or what the caller passed to Client.Report. Once
+	// per session at most.
+	SessionFailed func(transport.Class)
 	// Sessions, if set, keeps TLS sessions so later dials resume, as a
 	// browser does. Default: the transport's in-process cache.
 	Sessions transport.SessionCache
@@ -38,9 +49,11 @@ func (o DialOptions) filter() route.Filter {
 	return route.Filter{Transport: o.Transport, LocalAddr: o.LocalAddr, Sessions: o.Sessions}
 }
 
-// handshake is route's handshake for a session: the protocol hello.
+// handshake is route's handshake for a session: the protocol hello, on
+// a stream that carries the session's route.
 func (o DialOptions) handshake(ctx context.Context, conn transport.Conn) (*Client, error) {
-	return New(ctx, conn, WithStallWindow(o.StallWindow))
+	r := &sessionRoute{memory: o.Memory, network: o.Network, failed: o.SessionFailed}
+	return New(ctx, &routedConn{Conn: conn, route: r}, WithStallWindow(o.StallWindow))
 }
 
 // Dial opens a session to a relay through the one dial path (package
@@ -56,13 +69,14 @@ func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...
 		keys[d.RelayID()] = d.RelayKey
 	}
 	c, won, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint,
-		Memory: opts.Memory, Network: opts.Network}, opts.handshake)
+		Memory: opts.Memory, Network: opts.Network, Observe: opts.Observe}, opts.handshake)
 	if err != nil {
 		return c, err
 	}
 	// Owner signatures are bound to the key of the descriptor that won,
 	// before the caller can send anything.
 	WithRelayKey(keys[won.Relay])(c)
+	c.route().win(won)
 	if opts.Memory != nil {
 		c.onFirstAck(func() { opts.Memory.Success(opts.Network, won) })
 	}

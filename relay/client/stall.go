@@ -57,6 +57,9 @@ func (c *Client) watchStall() {
 			return
 		case now := <-t.C:
 			if c.stalledAt(now) {
+				// Into the route memory before anyone waiting hears of
+				// the stall and dials again.
+				c.Report(transport.ClassStalled)
 				c.stalled.Store(true)
 				c.conn.Close()
 				return

@@ -11,10 +11,10 @@ import (
 
 // outcome is one finished attempt.
 type outcome[S io.Closer] struct {
-	i   int
-	s   S
-	rtt time.Duration
-	err error
+	i    int
+	s    S
+	took time.Duration // from the dial until the handshake ended or the attempt failed
+	err  error
 }
 
 // timing is one candidate's budget and head start over the next.
@@ -44,7 +44,9 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 				mem.save() // best effort: the memory only speeds up later dials
 			}
 		}()
-		record = func(c Candidate, err error) { changed = mem.fail(opts.Network, c, transport.ClassOf(err)) || changed }
+		record = func(c Candidate, err error) {
+			changed = mem.fail(opts.Network, c, transport.ClassOf(err), true) || changed
+		}
 	}
 	plan := opts.plan(cands)
 	ctx, cancel := context.WithCancel(ctx)
@@ -56,8 +58,8 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 		next++
 		running++
 		go func() {
-			s, rtt, err := attempt(ctx, reg, cands[i], plan[i].perAttempt, hs)
-			results <- outcome[S]{i, s, rtt, err}
+			s, took, err := attempt(ctx, reg, cands[i], plan[i].perAttempt, hs)
+			results <- outcome[S]{i, s, took, err}
 		}()
 	}
 	start()
@@ -72,14 +74,18 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 		select {
 		case r := <-results:
 			running--
+			a := Attempt{Relay: cands[r.i].Relay, Transport: cands[r.i].Endpoint.Transport, Err: r.err, Took: r.took}
+			if opts.Observe != nil {
+				opts.Observe(a)
+			}
 			if r.err == nil {
 				cancel()
 				go drain(results, running)
 				won := cands[r.i]
-				won.RTT = r.rtt
+				won.RTT = r.took
 				return r.s, won, nil
 			}
-			fails = append(fails, Attempt{Relay: cands[r.i].Relay, Transport: cands[r.i].Endpoint.Transport, Err: r.err})
+			fails = append(fails, a)
 			if record != nil && ctx.Err() == nil {
 				record(cands[r.i], r.err)
 			}
@@ -96,7 +102,7 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 }
 
 // attempt dials one candidate and runs the handshake, within perAttempt,
-// and returns how long that took.
+// and returns how long that took, until success or failure.
 func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candidate, perAttempt time.Duration, hs Handshake[S]) (S, time.Duration, error) {
 	var zero S
 	begin := time.Now()
@@ -104,14 +110,14 @@ func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candid
 	defer cancel()
 	conn, err := reg.Dial(actx, c.Endpoint)
 	if err != nil {
-		return zero, 0, err
+		return zero, time.Since(begin), err
 	}
 	s, err := hs(actx, conn)
 	if err != nil {
 		if actx.Err() != nil && ctx.Err() == nil {
 			err = actx.Err()
 		}
-		return zero, 0, transport.Classify("hello", c.Endpoint.Transport, err)
+		return zero, time.Since(begin), transport.Classify("hello", c.Endpoint.Transport, err)
 	}
 	return s, time.Since(begin), nil
 }

@@ -33,7 +33,8 @@ const DefaultMemoryTTL = 24 * time.Hour
 // (see the package documentation); a recipe in backoff is tried last, never
 // dropped. After the first failure of a recipe that worked, the entry is
 // kept as it was with probability one half, so one transient error does
-// not make the client forget a good path.
+// not make the client forget a good path. A session that fails after the
+// dial (SessionFailure: stalled, throttled, busy) gets no such grace.
 type Memory struct {
 	path   string
 	ttl    time.Duration
@@ -204,14 +205,28 @@ func (m *Memory) Success(network string, c Candidate) error {
 // memory. Classes that are not the recipe's fault (network_down,
 // canceled) change nothing.
 func (m *Memory) Failure(network string, c Candidate, class transport.Class) error {
-	if !m.fail(network, c, class) {
+	if !m.fail(network, c, class, true) {
+		return nil
+	}
+	return m.save()
+}
+
+// SessionFailure records that a session dialed through c failed after the
+// dial (its flow stalled or was throttled, the relay answered busy) and
+// saves the memory. It is Failure without the forgiveness of a first
+// failure: the success it would forgive was most likely counted on this
+// same session, at its first acknowledged request, so it is no evidence
+// that the path is good.
+func (m *Memory) SessionFailure(network string, c Candidate, class transport.Class) error {
+	if !m.fail(network, c, class, false) {
 		return nil
 	}
 	return m.save()
 }
 
 // fail is Failure without the save; it reports whether anything changed.
-func (m *Memory) fail(network string, c Candidate, class transport.Class) bool {
+// forgive allows the first failure of a path that worked to be forgiven.
+func (m *Memory) fail(network string, c Candidate, class transport.Class, forgive bool) bool {
 	if !counts(class) {
 		return false
 	}
@@ -224,7 +239,7 @@ func (m *Memory) fail(network string, c Candidate, class transport.Class) bool {
 		m.entries[k] = s
 	}
 	s.fails++
-	if !s.worked.IsZero() && s.fails == 1 && m.keep() {
+	if forgive && !s.worked.IsZero() && s.fails == 1 && m.keep() {
 		return true // the first failure of a good path: it keeps its place
 	}
 	now := m.now()

@@ -39,6 +39,12 @@
 // one half (it keeps its head start), so one transient error does not make
 // the client forget a good path.
 //
+// Failures after the dial count too: the caller reports a session that
+// stalled, was throttled or was told "busy" with Memory.SessionFailure
+// (package relay/client does this for its sessions), and the recipe goes
+// into backoff for that class at once: the success a first failure would
+// forgive was counted on that same session.
+//
 // # Timeouts scaled by handshake time
 //
 // Dial measures how long the winning attempt took, from the dial to the end
@@ -136,17 +142,27 @@ type Options struct {
 	// was acknowledged.
 	Memory  *Memory
 	Network string
+	// Observe, if set, is told of every attempt that ends before Dial
+	// returns, in the order they end: each failure, and the winner with a
+	// nil Err. Attempts cancelled because another won are not reported.
+	// It runs on Dial's goroutine (keep it cheap) and is how the client
+	// metrics count attempts by transport and class.
+	Observe func(Attempt)
 }
 
 // Handshake runs the caller's protocol on a fresh stream; the candidate
 // wins only if it succeeds. It owns conn: on failure it must close it.
 type Handshake[S io.Closer] func(ctx context.Context, conn transport.Conn) (S, error)
 
-// Attempt is one candidate's failure.
+// Attempt is how one candidate's attempt ended: a failure (in Error, and
+// for Options.Observe), or the winner (for Options.Observe, Err nil).
 type Attempt struct {
 	Relay     string
 	Transport string
 	Err       error
+	// Took is how long the attempt ran, from its dial until it failed or
+	// its handshake finished.
+	Took time.Duration
 }
 
 // Error is a failed Dial: every attempt, in the order they ended.
