@@ -120,6 +120,7 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transpo
 	c, err := tgt.Open(ctx, httpsession.Wire{
 		Export:     cs.ExportKeyingMaterial,
 		RoundTrip:  cc.RoundTrip,
+		Upload:     cc.Upload,
 		Deframe:    func(r io.Reader) io.Reader { return &recordReader{r: r} },
 		Classify:   classify,
 		Close:      func() { cc.Close(); raw.Close() },

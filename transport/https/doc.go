@@ -52,6 +52,16 @@
 // The end of the response body without the zero record also reads as end of
 // stream, like a TCP FIN.
 //
+// Both ends size their DATA frames to TLS records: a frame's 9-byte header
+// and payload fill at most one record (16384 bytes of plaintext), which
+// crypto/tls and uTLS send with one write to the socket. The relay hands
+// net/http at most 16375 bytes at a time, the first piece of a record
+// carrying its 4-byte header (net/http sends each such write as one
+// frame); the client sends at most 16371 bytes per frame, so that a relay
+// passing on the bytes of one frame with a record header still fits one
+// frame. Frame buffers come from pools and return once written: an idle
+// session holds none, on either side.
+//
 // # Limits
 //
 // Read-header and idle timeouts, a header size cap, a cap on concurrent TLS

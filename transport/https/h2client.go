@@ -3,6 +3,7 @@ package https
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/postern/postern/transport/browser"
+	"github.com/postern/postern/transport/httpsession"
 )
 
 // The client's HTTP/2 (RFC 9113) is its own, so that every byte before and
@@ -29,8 +31,9 @@ import (
 //	          stream 0, the profile's fetch weight; pseudo-headers and
 //	          header fields in the profile's order, HPACK as the browser
 //	          encodes them (hpackEncoder)
-//	then      DATA frames of the request body, at most one TLS record
-//	          each, and an empty DATA frame with END_STREAM at the end
+//	then      DATA frames of the request body, one TLS record each, written
+//	          straight from the session's writes (h2Upload), and an empty
+//	          DATA frame with END_STREAM at the end
 //
 // A connection carries exactly one request, the session: that keeps the
 // client small (no stream table, no dynamic HPACK state on the send side).
@@ -40,9 +43,14 @@ const (
 	// h2MaxFrame is the largest frame payload the client accepts: the
 	// default, since the profile advertises no SETTINGS_MAX_FRAME_SIZE.
 	h2MaxFrame = 16384
-	// h2MaxData is the largest DATA payload the client sends, so that a
-	// frame and its header fit one TLS record (16384 bytes of plaintext).
-	h2MaxData = 16384 - 9
+	// h2MaxData is the largest DATA payload the client sends: a frame and
+	// its 9-byte header fit one TLS record (16384 bytes of plaintext), and
+	// a relay that sends the bytes of one frame on (an echo, an entry
+	// relay) with its 4-byte record header in front still fits them in
+	// one frame and one record of its own (see dataPiece in server.go).
+	h2MaxData = 16384 - 9 - recordHeaderLen
+	// h2FrameHeader is the length of a frame header.
+	h2FrameHeader = 9
 	// h2DefaultWindow is every window's size before SETTINGS or
 	// WINDOW_UPDATE change it.
 	h2DefaultWindow = 65535
@@ -92,7 +100,9 @@ type h2Client struct {
 // the ACK of the relay's SETTINGS) gets between the two records, as in a
 // browser's first request.
 func newH2Client(conn net.Conn, prof *browser.HTTP2) (*h2Client, error) {
-	bw := bufio.NewWriterSize(conn, h2MaxFrame+9)
+	// bw carries control frames only (DATA frames are written straight
+	// to conn); a larger frame bypasses it with one write of its own.
+	bw := bufio.NewWriterSize(conn, 4<<10)
 	cc := &h2Client{
 		conn: conn, prof: prof, bw: bw, fr: http2.NewFramer(bw, conn),
 		sendConn: h2DefaultWindow, sendStream: h2DefaultWindow, peerFrame: h2MaxFrame,
@@ -161,7 +171,7 @@ func (cc *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	go cc.readLoop()
 	ctx := req.Context()
 	stop := context.AfterFunc(ctx, func() { cc.cancelStream(ctx.Err()) })
-	if hasBody {
+	if _, direct := req.Body.(*h2Upload); hasBody && !direct {
 		go cc.sendBody(req.Body)
 	}
 	select {
@@ -211,20 +221,20 @@ func (cc *h2Client) headerBlock(req *http.Request) []byte {
 	return block
 }
 
-// sendBody copies the request body into DATA frames within the send
-// windows and ends the stream when the body ends.
+// sendBody copies a request body other than an h2Upload into DATA frames
+// within the send windows and ends the stream when the body ends.
 func (cc *h2Client) sendBody(body io.ReadCloser) {
 	defer body.Close() // unblocks the writer if sending failed
 	buf := make([]byte, h2MaxData)
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
-			if werr := cc.writeData(buf[:n]); werr != nil {
+			if _, werr := cc.writeData(buf[:n]); werr != nil {
 				return
 			}
 		}
 		if err == io.EOF {
-			cc.writeFrame(func() error { return cc.fr.WriteData(h2Stream, true, nil) })
+			cc.endStream()
 			return
 		}
 		if err != nil {
@@ -234,8 +244,20 @@ func (cc *h2Client) sendBody(body io.ReadCloser) {
 	}
 }
 
-// writeData sends p as DATA frames, waiting for window as needed.
-func (cc *h2Client) writeData(p []byte) error {
+// endStream sends the empty DATA frame with END_STREAM.
+func (cc *h2Client) endStream() error {
+	return cc.writeFrame(func() error { return cc.fr.WriteData(h2Stream, true, nil) })
+}
+
+// framePool holds the buffers in which writeData builds a DATA frame: a
+// connection holds one only while it writes.
+var framePool = sync.Pool{New: func() any { return new([h2FrameHeader + h2MaxData]byte) }}
+
+// writeData sends p as DATA frames, waiting for window as needed, and
+// returns how much of p it sent. Each frame leaves in one write to the
+// TLS connection, so in one TLS record.
+func (cc *h2Client) writeData(p []byte) (int, error) {
+	sent := 0
 	for len(p) > 0 {
 		cc.mu.Lock()
 		for cc.streamErr == nil && cc.err == nil && (cc.sendConn <= 0 || cc.sendStream <= 0) {
@@ -243,22 +265,34 @@ func (cc *h2Client) writeData(p []byte) error {
 		}
 		if err := cmp(cc.streamErr, cc.err); err != nil {
 			cc.mu.Unlock()
-			return err
+			return sent, err
 		}
 		n := int(min(int64(len(p)), cc.sendConn, cc.sendStream, int64(min(h2MaxData, cc.peerFrame))))
 		cc.sendConn -= int64(n)
 		cc.sendStream -= int64(n)
 		cc.mu.Unlock()
-		chunk := p[:n]
-		if err := cc.writeFrame(func() error { return cc.fr.WriteData(h2Stream, false, chunk) }); err != nil {
+		buf := framePool.Get().(*[h2FrameHeader + h2MaxData]byte)
+		// Length (24 bits), type DATA (0), no flags, stream.
+		buf[0], buf[1], buf[2], buf[3], buf[4] = byte(n>>16), byte(n>>8), byte(n), 0, 0
+		binary.BigEndian.PutUint32(buf[5:9], h2Stream)
+		copy(buf[h2FrameHeader:], p[:n])
+		err := cc.writeFrame(func() error {
+			_, err := cc.conn.Write(buf[:h2FrameHeader+n])
 			return err
+		})
+		framePool.Put(buf)
+		if err != nil {
+			return sent, err
 		}
+		sent += n
 		p = p[n:]
 	}
-	return nil
+	return sent, nil
 }
 
-// writeFrame writes one frame (or more, in write) and flushes it.
+// writeFrame writes one frame (or more, in write) and flushes it. The
+// buffer is empty between calls, so a write straight to cc.conn keeps
+// the order of frames.
 func (cc *h2Client) writeFrame(write func() error) error {
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
@@ -307,4 +341,61 @@ func statusOf(f *http2.MetaHeadersFrame) (int, error) {
 		return 0, fmt.Errorf("%w: %q", errH2NoStatus, f.PseudoValue("status"))
 	}
 	return code, nil
+}
+
+// Upload returns the body of a session request whose writes go straight
+// out as DATA frames (httpsession.Wire.Upload): the body, for the request
+// given to RoundTrip, and its writer are one h2Upload.
+func (cc *h2Client) Upload() (io.ReadCloser, httpsession.BodyWriter) {
+	u := &h2Upload{cc: cc}
+	return u, u
+}
+
+// h2Upload is the request body written by the session itself: Write
+// sends DATA frames on the calling goroutine, Close ends the stream,
+// CloseWithError resets it. RoundTrip never reads it.
+type h2Upload struct {
+	cc    *h2Client
+	mu    sync.Mutex // orders writes and the end of the stream
+	ended atomic.Bool
+}
+
+var errUploadRead = errors.New("https: the session request body is written, not read")
+
+func (u *h2Upload) Read([]byte) (int, error) { return 0, errUploadRead }
+
+// Write sends p. Any failure reads as io.ErrClosedPipe, as from a pipe
+// whose reader gave up: the stream failed or was ended.
+func (u *h2Upload) Write(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ended.Load() {
+		return 0, io.ErrClosedPipe
+	}
+	n, err := u.cc.writeData(p)
+	if err != nil {
+		return n, io.ErrClosedPipe
+	}
+	return n, nil
+}
+
+// Close ends the request body (END_STREAM) once, after a Write in
+// progress (which may wait for window; CloseWithError does not wait).
+func (u *h2Upload) Close() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ended.Swap(true) {
+		return nil
+	}
+	return u.cc.endStream()
+}
+
+// CloseWithError resets the stream, if RoundTrip opened it; a Write
+// waiting for window returns.
+func (u *h2Upload) CloseWithError(err error) error {
+	u.ended.Store(true)
+	if u.cc.used.Load() {
+		u.cc.cancelStream(err)
+	}
+	return nil
 }

@@ -195,17 +195,26 @@ func (cc *h2Client) consumed(n int64, stream bool) {
 	})
 }
 
-// h2Body is the response body: DATA payloads buffered until read. The
-// receive window bounds the buffer.
+// h2Body is the response body: DATA payloads buffered until read, in
+// chunks taken from bodyPool and given back once read, so that an idle
+// session holds none. The receive window bounds the buffer.
 type h2Body struct {
 	cc     *h2Client
 	mu     sync.Mutex
 	cond   *sync.Cond
-	buf    [][]byte
+	buf    []*bodyChunk
 	err    error // io.EOF once the stream ended
 	closed bool  // Close was called: data is dropped
 	open   bool  // the response headers arrived
 }
+
+// bodyChunk is a piece of the body's buffer: data[r:w] is unread.
+type bodyChunk struct {
+	data [h2MaxFrame]byte
+	r, w int
+}
+
+var bodyPool = sync.Pool{New: func() any { return new(bodyChunk) }}
 
 func (b *h2Body) started() bool {
 	b.mu.Lock()
@@ -226,10 +235,22 @@ func (b *h2Body) write(p []byte) bool {
 	if b.closed || b.err != nil {
 		return false
 	}
-	if len(p) > 0 {
-		b.buf = append(b.buf, append([]byte(nil), p...))
-		b.cond.Broadcast()
+	if len(p) == 0 {
+		return true
 	}
+	for len(p) > 0 {
+		var last *bodyChunk
+		if n := len(b.buf); n > 0 && b.buf[n-1].w < len(b.buf[n-1].data) {
+			last = b.buf[n-1]
+		} else {
+			last = bodyPool.Get().(*bodyChunk)
+			b.buf = append(b.buf, last)
+		}
+		n := copy(last.data[last.w:], p)
+		last.w += n
+		p = p[n:]
+	}
+	b.cond.Broadcast()
 	return true
 }
 
@@ -258,20 +279,40 @@ func (b *h2Body) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 		return 0, err
 	}
-	n := copy(p, b.buf[0])
-	if b.buf[0] = b.buf[0][n:]; len(b.buf[0]) == 0 {
-		b.buf = b.buf[1:]
+	n := 0
+	for n < len(p) && len(b.buf) > 0 {
+		c := b.buf[0]
+		k := copy(p[n:], c.data[c.r:c.w])
+		c.r += k
+		n += k
+		if c.r == c.w {
+			b.drop()
+		}
 	}
 	b.mu.Unlock()
 	b.cc.consumed(int64(n), true)
 	return n, nil
 }
 
+// drop gives the first chunk back to the pool. Callers hold b.mu.
+func (b *h2Body) drop() {
+	c := b.buf[0]
+	c.r, c.w = 0, 0
+	bodyPool.Put(c)
+	b.buf[0] = nil
+	b.buf = b.buf[1:]
+	if len(b.buf) == 0 {
+		b.buf = nil // the backing array goes too
+	}
+}
+
 // Close drops buffered data and makes Read fail; the connection stays.
 func (b *h2Body) Close() error {
 	b.mu.Lock()
 	b.closed = true
-	b.buf = nil
+	for len(b.buf) > 0 {
+		b.drop()
+	}
 	b.cond.Broadcast()
 	b.mu.Unlock()
 	return nil

@@ -77,7 +77,15 @@ type Transport struct {
 	// answers it with its own TLS, certificate and timeouts. Observe and
 	// Now default to the ListenConfig's.
 	Borrow *borrow.Options
+
+	// wrap, set only by tests and benchmarks, wraps every accepted TCP
+	// connection (to count the writes that reach the socket). A pointer
+	// keeps Transport comparable.
+	wrap *connWrap
 }
+
+// connWrap wraps accepted connections; see Transport.wrap.
+type connWrap struct{ wrap func(net.Conn) net.Conn }
 
 var _ transport.Transport = (*Transport)(nil)
 
@@ -154,7 +162,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	}
 	go func() {
 		defer close(l.serveDone)
-		gate.ServeEnded(l.srv.ServeTLS(&countingListener{Listener: raw, sem: handshakes}, "", ""))
+		gate.ServeEnded(l.srv.ServeTLS(&countingListener{Listener: raw, sem: handshakes, wrap: t.wrap}, "", ""))
 	}()
 	return l, nil
 }
@@ -284,13 +292,9 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		chunk := p
-		if len(chunk) > MaxRecord {
-			chunk = chunk[:MaxRecord]
-		}
-		binary.BigEndian.PutUint32(c.hdr[:], uint32(len(chunk)))
-		if err := c.writeFlush(c.hdr[:], chunk); err != nil {
-			return written, err
+		chunk := p[:min(len(p), MaxRecord)]
+		if err := c.writeRecord(chunk); err != nil {
+			return written, c.writeErr(err)
 		}
 		written += len(chunk)
 		p = p[len(chunk):]
@@ -298,21 +302,48 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-func (c *serverConn) writeFlush(hdr, data []byte) error {
-	_, err := c.w.Write(hdr)
-	if err == nil && len(data) > 0 {
-		_, err = c.w.Write(data)
+// dataPiece is the most the server hands net/http's HTTP/2 writer at a
+// time: it sends each write as one DATA frame (up to the client's
+// SETTINGS_MAX_FRAME_SIZE, 16384 for a browser), and a 9-byte frame header
+// plus dataPiece bytes fill one TLS record (16384 bytes of plaintext),
+// which crypto/tls sends with one write to the socket. A 16384-byte
+// payload would spill 9 bytes into a second record and write.
+const dataPiece = 16384 - 9
+
+// piecePool holds the buffers in which a record's header joins the start
+// of its payload, so that they leave in one DATA frame; a session holds
+// one only while it writes.
+var piecePool = sync.Pool{New: func() any { return new([dataPiece]byte) }}
+
+// writeRecord sends data as one record and flushes it. The record's
+// header and the first bytes of data go out together from a pooled
+// buffer, the rest in pieces straight from data; every piece is one DATA
+// frame in one TLS record. Pieces from 4 KiB up bypass net/http's
+// response buffer; a shorter last piece is copied there and flushed.
+func (c *serverConn) writeRecord(data []byte) error {
+	buf := piecePool.Get().(*[dataPiece]byte)
+	binary.BigEndian.PutUint32(buf[:], uint32(len(data)))
+	n := copy(buf[recordHeaderLen:], data)
+	if _, err := c.w.Write(buf[:recordHeaderLen+n]); err != nil {
+		return err // buf may still be queued in net/http: not reused
 	}
-	if err == nil {
-		err = c.rc.Flush()
-	}
-	if err != nil {
-		if c.isClosed.Load() {
-			return net.ErrClosed
+	piecePool.Put(buf)
+	for data = data[n:]; len(data) > 0; {
+		k := min(len(data), dataPiece)
+		if _, err := c.w.Write(data[:k]); err != nil {
+			return err
 		}
-		return &net.OpError{Op: "write", Net: "https", Err: err}
+		data = data[k:]
 	}
-	return nil
+	return c.rc.Flush()
+}
+
+// writeErr reports a failed write: net.ErrClosed after Close.
+func (c *serverConn) writeErr(err error) error {
+	if c.isClosed.Load() {
+		return net.ErrClosed
+	}
+	return &net.OpError{Op: "write", Net: "https", Err: err}
 }
 
 // CloseWrite sends the end-of-stream record; reads keep working.
@@ -327,7 +358,14 @@ func (c *serverConn) CloseWrite() error {
 	}
 	c.wshut = true
 	binary.BigEndian.PutUint32(c.hdr[:], 0)
-	return c.writeFlush(c.hdr[:], nil)
+	_, err := c.w.Write(c.hdr[:])
+	if err == nil {
+		err = c.rc.Flush()
+	}
+	if err != nil {
+		return c.writeErr(err)
+	}
+	return nil
 }
 
 // Close ends the session and waits until its handler has let go of the
@@ -374,13 +412,17 @@ var errNoDeadline = fmt.Errorf("https session: %w", transport.ErrDeadlineUnsuppo
 // counted against the handshake semaphore.
 type countingListener struct {
 	net.Listener
-	sem chan struct{}
+	sem  chan struct{}
+	wrap *connWrap // nil outside tests
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if l.wrap != nil {
+		c = l.wrap.wrap(c)
 	}
 	return &countedConn{Conn: c, sem: l.sem}, nil
 }

@@ -170,6 +170,11 @@ type Wire struct {
 	// Deframe, if set, turns the response body into the relay's session
 	// bytes (transport/https frames them).
 	Deframe func(io.Reader) io.Reader
+	// Upload, if set, returns the request body as a pair: body goes into
+	// the request given to RoundTrip, and the session's writes go to w,
+	// which the transport sends directly (no pipe and no copying
+	// goroutine). Unset, the body is an io.Pipe.
+	Upload func() (body io.ReadCloser, w BodyWriter)
 	// Classify classifies the transport's errors (usually Classify with the
 	// transport's Stack).
 	Classify func(op string, err error) error
@@ -177,6 +182,16 @@ type Wire struct {
 	Close func()
 	// LocalAddr and RemoteAddr are the connection's addresses.
 	LocalAddr, RemoteAddr net.Addr
+}
+
+// BodyWriter is the writing end of a session's request body: Close ends
+// the body (the relay reads io.EOF), CloseWithError aborts it. After
+// either, Write fails with io.ErrClosedPipe, as does a Write the
+// transport could not complete because the stream failed under it.
+// *io.PipeWriter is one.
+type BodyWriter interface {
+	io.WriteCloser
+	CloseWithError(err error) error
 }
 
 // Open sends the session request on w and returns the session once the
@@ -189,12 +204,18 @@ func (t *Target) Open(ctx context.Context, w Wire) (transport.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	pr, pw := io.Pipe()
+	var body io.ReadCloser
+	var pw BodyWriter
+	if w.Upload != nil {
+		body, pw = w.Upload()
+	} else {
+		body, pw = io.Pipe()
+	}
 	// The request lives on its own context so that it outlives ctx, which
 	// still bounds the wait for the response.
 	reqCtx, cancel := context.WithCancel(context.Background())
 	abort := context.AfterFunc(ctx, cancel)
-	res, err := w.RoundTrip(t.request(reqCtx, tok, pr))
+	res, err := w.RoundTrip(t.request(reqCtx, tok, body))
 	if !abort() {
 		err = ctx.Err()
 	}
@@ -224,7 +245,7 @@ type clientConn struct {
 	w      Wire
 	r      io.Reader     // session bytes from the relay
 	body   io.ReadCloser // the response body under r
-	pw     *io.PipeWriter
+	pw     BodyWriter    // the request body
 	cancel context.CancelFunc
 
 	rmu       sync.Mutex // a Deframe reader is not safe for concurrent use
