@@ -42,7 +42,7 @@ func DialTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 	hs := func(ctx context.Context, conn transport.Conn) (*Client, error) {
 		return tunnelHandshake(ctx, conn, home, hd.RelayKey, opts.StallWindow)
 	}
-	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint, Observe: opts.Observe}, hs)
 	return c, err
 }
 
@@ -164,7 +164,7 @@ func OpenTunnel(ctx context.Context, reg *transport.Registry, opts DialOptions, 
 		}
 		return conn, nil
 	}
-	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint, Observe: opts.Observe}, hs)
 	return c, err
 }
 
@@ -192,7 +192,7 @@ func OpenTunnelVia(ctx context.Context, reg *transport.Registry, opts DialOption
 		}
 		return conn, nil
 	}
-	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint}, hs)
+	c, _, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint, Observe: opts.Observe}, hs)
 	return c, err
 }
 
