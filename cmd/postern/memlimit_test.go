@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"testing"
+
+	"github.com/postern/postern/transport/h3"
+	"github.com/postern/postern/transport/https"
 )
 
 func TestReadLimit(t *testing.T) {
@@ -68,5 +71,26 @@ func TestMemoryLimitAndSessions(t *testing.T) {
 	debug.SetMemoryLimit(math.MaxInt64)
 	if got := applyMemoryLimit(0, none); got != 0 {
 		t.Fatalf("no limit anywhere: %d", got)
+	}
+}
+
+// TestListenersTakeTheSessionCap: the relay's session cap (max_sessions,
+// or sized from memory) is each transport listener's cap too, so a relay
+// configured for 20,000 sessions is not stopped at a listener's default.
+func TestListenersTakeTheSessionCap(t *testing.T) {
+	reg := newRegistryFor(&relayConfig{}, 20_000)
+	ht, err := reg.Get(https.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ht.(*https.Transport).MaxSessions; got != 20_000 {
+		t.Errorf("https listener cap %d, want 20000", got)
+	}
+	qt, err := reg.Get(h3.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := qt.(*h3.Transport).MaxSessions; got != 20_000 {
+		t.Errorf("h3 listener cap %d, want 20000", got)
 	}
 }

@@ -37,22 +37,27 @@ import (
 var _ server.Observer = (*metrics.Relay)(nil)
 
 // newRegistry returns the transports this binary speaks.
-func newRegistry() *transport.Registry { return newRegistryFor(nil) }
+func newRegistry() *transport.Registry { return newRegistryFor(nil, 0) }
 
 // newRegistryFor is the registry a relay with cfg listens with: in
 // borrowed-site mode its https transport splices every connection whose
-// ClientHello carries no valid tag to the origin.
-func newRegistryFor(cfg *relayConfig) *transport.Registry {
+// ClientHello carries no valid tag to the origin. Each
+// listener admits up to sessions relay sessions (the relay's own cap, so
+// max_sessions holds whichever transport the clients use); 0 leaves the
+// transports' defaults.
+func newRegistryFor(cfg *relayConfig, sessions int) *transport.Registry {
 	// quic-go prints a warning through the standard logger when it cannot
 	// enlarge the UDP receive buffer; Postern logs with slog or not at all.
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	var r transport.Registry
-	ht := &https.Transport{}
+	ht := &https.Transport{MaxSessions: sessions}
 	if cfg != nil && cfg.BorrowOrigin != "" {
 		ht.Borrow = &borrow.Options{Origin: cfg.BorrowOrigin}
 	}
 	r.Register(ht)
-	r.Register(h3.New())
+	h3t := h3.New()
+	h3t.MaxSessions = sessions
+	r.Register(h3t)
 	return &r
 }
 

@@ -53,6 +53,7 @@ type relayRun struct {
 	desc      atomic.Pointer[signedDescriptor]
 	forwarder *link.Forwarder
 	unlock    func() // releases the data directory's lock
+	sessions  int    // the session cap (max_sessions, or sized from memory)
 }
 
 // boundListener is a transport listener and the address published for it.
@@ -170,9 +171,9 @@ func (r *relayRun) openStore(context.Context) error {
 	}
 	r.forwarder = r.newForwarder()
 	soft := applyMemoryLimit(memoryLimit(cfg.MemoryLimit), r.e.getenv)
-	sessions := maxSessions(cfg.MaxSessions, soft)
-	r.log.Info("memory", "soft_limit_bytes", soft, "max_sessions", sessions)
-	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
+	r.sessions = maxSessions(cfg.MaxSessions, soft)
+	r.log.Info("memory", "soft_limit_bytes", soft, "max_sessions", r.sessions)
+	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
 		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true})
 	return err
@@ -180,7 +181,7 @@ func (r *relayRun) openStore(context.Context) error {
 
 // listen opens each configured transport listener.
 func (r *relayRun) listen(ctx context.Context) error {
-	reg := newRegistryFor(&r.cfg)
+	reg := newRegistryFor(&r.cfg, r.sessions)
 	// The TCP site says where its HTTP/3 is, as a real site with both does.
 	altSvc := ""
 	if pub := cmp.Or(r.cfg.PublicH3, r.cfg.H3Listen); r.cfg.H3Listen != "off" {
