@@ -43,16 +43,12 @@ type batch struct {
 // one batch) once the session and the server have budget for them. The
 // caller writes the items and then calls release.
 func (ss *session) readBatch(ctx context.Context, id [32]byte, after uint64, max int) (*batch, error) {
-	select {
-	case ss.deliverSem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := ss.acquire(ctx, ss.deliverSem); err != nil {
+		return nil, err
 	}
-	select {
-	case ss.srv.deliverSem <- struct{}{}:
-	case <-ctx.Done():
+	if err := ss.acquire(ctx, ss.srv.deliverSem); err != nil {
 		<-ss.deliverSem
-		return nil, ctx.Err()
+		return nil, err
 	}
 	b := &batch{ss: ss}
 	items, err := ss.read(ctx, id, after, min(max, ss.srv.batchItems))
@@ -64,14 +60,34 @@ func (ss *session) readBatch(ctx context.Context, id [32]byte, after uint64, max
 	return b, nil
 }
 
+// acquire takes a token of sem. Frames queued before stay queued only
+// while it does not wait: before waiting it writes them out.
+func (ss *session) acquire(ctx context.Context, sem chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	default:
+	}
+	if err := ss.flush(); err != nil {
+		return err
+	}
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (b *batch) release() {
 	b.items = nil
 	<-b.ss.srv.deliverSem
 	<-b.ss.deliverSem
 }
 
-// deliverBatch writes a batch's items as Deliver frames for request req
-// and releases the batch. It returns the last sequence number written.
+// deliverBatch queues a batch's items as Deliver frames for request req
+// and releases the batch; the caller flushes before it waits for
+// anything. It returns the last sequence number queued.
 func (ss *session) deliverBatch(b *batch, req uint32, id [32]byte, onItem func(store.Item)) (uint64, error) {
 	defer b.release()
 	var last uint64
@@ -79,7 +95,7 @@ func (ss *session) deliverBatch(b *batch, req uint32, id [32]byte, onItem func(s
 		if onItem != nil {
 			onItem(it)
 		}
-		if err := ss.write(relay.Deliver{Req: req, Mailbox: id, Ref: it.Ref, Seq: it.Seq, Envelope: it.Envelope}); err != nil {
+		if err := ss.queue(relay.Deliver{Req: req, Mailbox: id, Ref: it.Ref, Seq: it.Seq, Envelope: it.Envelope}); err != nil {
 			return last, err
 		}
 		last = it.Seq

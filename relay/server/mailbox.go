@@ -167,10 +167,8 @@ func (ss *session) fetch(p []byte) (int, error) {
 
 // read is a store read under the server-wide read budget.
 func (ss *session) read(ctx context.Context, id [32]byte, after uint64, max int) ([]store.Item, error) {
-	select {
-	case ss.srv.readSem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := ss.acquire(ctx, ss.srv.readSem); err != nil {
+		return nil, err
 	}
 	defer func() { <-ss.srv.readSem }()
 	return ss.srv.cfg.Store.FetchAfter(ctx, id, after, max)

@@ -94,6 +94,9 @@ func (ss *session) unsubscribe(id [32]byte) {
 // failed write ends the whole session, so the client notices and
 // reconnects instead of waiting for pushes that will never come.
 func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subscription, notify <-chan struct{}) {
+	// Frames queued before the push ends leave now, not with the
+	// session's next write.
+	defer ss.flush()
 	var last uint64
 	for {
 		more := false
@@ -119,6 +122,10 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 		}
 		if more {
 			continue
+		}
+		if err := ss.flush(); err != nil {
+			ss.cancel()
+			return
 		}
 		select {
 		case <-ctx.Done():

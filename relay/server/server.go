@@ -11,7 +11,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -123,11 +122,12 @@ type Config struct {
 	// Default 256 KiB.
 	BatchBytes int
 	// SessionDeliveryBytes bounds the envelope bytes read for one session
-	// and not yet written to it, across its Fetch and subscriptions.
-	// Default 512 KiB (two batches).
+	// and not yet queued to it, across its Fetch and subscriptions; its
+	// write buffer holds at most 32 KiB and one frame more. Default
+	// 512 KiB (two batches).
 	SessionDeliveryBytes int
 	// MaxDeliveryBytes bounds the envelope bytes read for delivery and not
-	// yet written, across all sessions. Default 64 MiB.
+	// yet queued to their sessions, across all sessions. Default 64 MiB.
 	MaxDeliveryBytes int
 	// WriteTimeout ends a session whose write to its transport stays
 	// blocked this long: a client that stops reading cannot pin what the
@@ -234,8 +234,7 @@ func (s *Server) Serve(ctx context.Context, ln transport.Listener, transportName
 // ServeConn runs one session on conn until it ends, then closes conn.
 func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportName string) {
 	ctx, cancel := context.WithCancel(ctx)
-	ss := &session{srv: s, conn: conn, ctx: ctx, cancel: cancel,
-		br: bufio.NewReaderSize(conn, relay.SessionBufSize), bw: bufio.NewWriterSize(conn, relay.SessionBufSize),
+	ss := &session{srv: s, conn: conn, ctx: ctx, cancel: cancel, fr: &frameReader{r: conn}, w: conn,
 		subs: make(map[[32]byte]*subscription), sem: make(chan struct{}, s.cfg.MaxInFlight),
 		deliverSem: make(chan struct{}, s.cfg.SessionDeliveryBytes/s.cfg.BatchBytes)}
 	ss.wtimer = time.AfterFunc(time.Hour, ss.writeStalled)
@@ -261,6 +260,7 @@ func (s *Server) ServeConn(ctx context.Context, conn transport.Conn, transportNa
 	stop()
 	conn.Close()
 	ss.wg.Wait()
+	ss.releaseBuffers()
 	s.mu.Lock()
 	delete(s.sessions, ss)
 	s.mu.Unlock()

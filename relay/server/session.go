@@ -1,10 +1,10 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,11 +22,13 @@ type session struct {
 	conn   transport.Conn
 	ctx    context.Context
 	cancel context.CancelFunc
-	br     *bufio.Reader
+	fr     *frameReader // the run goroutine's; see frameio.go
 
+	writers atomic.Int32 // writers waiting for or holding wmu
 	wmu     sync.Mutex
-	bw      *bufio.Writer
-	wbuf    []byte      // frame being written, reused under wmu
+	w       io.Writer   // conn, or a tunnel's TLS inside it
+	wbuf    *[]byte     // frames not yet written; nil while there are none
+	werr    error       // the first failed write's error, returned by every later one
 	wtimer  *time.Timer // armed while a write is in progress
 	stalled atomic.Bool // the session ended because a write stayed blocked
 
@@ -70,7 +72,7 @@ func (ss *session) run() error {
 		if !idle.t.Reset(idle.d) {
 			return errIdle
 		}
-		t, p, err := relay.ReadFrame(ss.br)
+		t, p, err := ss.fr.ReadFrame()
 		if err != nil {
 			return wrap(err)
 		}
@@ -87,7 +89,7 @@ func (ss *session) run() error {
 }
 
 func (ss *session) hello() error {
-	t, p, err := relay.ReadFrame(ss.br)
+	t, p, err := ss.fr.ReadFrame()
 	if err != nil {
 		return err
 	}
@@ -111,26 +113,60 @@ func (ss *session) hello() error {
 	return ss.write(relay.ServerHello{Version: relay.ProtocolVersion, Challenge: challenge, MaxEnvelope: envelope.Bucket64K})
 }
 
-// write sends one frame and flushes. A write that stays blocked for
-// WriteTimeout ends the session (writeStalled).
-func (ss *session) write(m relay.Message) error {
+// write sends one frame: it is written out at once unless another writer
+// is waiting, which then writes both (see frameio.go). A write that stays
+// blocked for WriteTimeout ends the session (writeStalled).
+func (ss *session) write(m relay.Message) error { return ss.put(m, true) }
+
+// queue adds a frame to the write buffer without writing it out (unless
+// the buffer is full); the caller calls flush before it waits for
+// anything.
+func (ss *session) queue(m relay.Message) error { return ss.put(m, false) }
+
+// flush writes out what is buffered unless another writer is waiting.
+func (ss *session) flush() error { return ss.put(nil, true) }
+
+func (ss *session) put(m relay.Message, flush bool) error {
+	ss.writers.Add(1)
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
+	last := ss.writers.Add(-1) == 0
+	if ss.werr != nil {
+		return ss.werr
+	}
+	if m != nil {
+		if ss.wbuf == nil {
+			ss.wbuf = getBuf()
+		}
+		*ss.wbuf = appendMessage(*ss.wbuf, m)
+	}
+	if ss.wbuf == nil || (!flush || !last) && len(*ss.wbuf) < flushBytes {
+		return nil
+	}
+	return ss.writeOut()
+}
+
+// writeOut writes the buffer to the transport; the caller holds wmu.
+func (ss *session) writeOut() error {
 	ss.wtimer.Reset(ss.srv.writeTimeout())
-	defer ss.wtimer.Stop()
+	_, err := ss.w.Write(*ss.wbuf)
+	ss.wtimer.Stop()
+	if err != nil {
+		// The transport may still hold the buffer: it is not reused.
+		ss.wbuf, ss.werr = nil, err
+		return err
+	}
+	putBuf(ss.wbuf)
+	ss.wbuf = nil
+	return nil
+}
+
+// appendMessage appends m as a frame to b.
+func appendMessage(b []byte, m relay.Message) []byte {
 	if d, ok := m.(relay.Deliver); ok {
-		// The envelope goes out without a copy.
-		ss.wbuf = d.AppendFrameHead(ss.wbuf[:0])
-		ss.bw.Write(ss.wbuf)
-		ss.bw.Write(d.Envelope)
-	} else {
-		ss.wbuf = relay.AppendFrame(ss.wbuf[:0], m)
-		ss.bw.Write(ss.wbuf)
+		return append(d.AppendFrameHead(b), d.Envelope...)
 	}
-	if cap(ss.wbuf) > relay.SessionBufSize {
-		ss.wbuf = nil // do not pin a large frame's buffer on an idle session
-	}
-	return ss.bw.Flush()
+	return relay.AppendFrame(b, m)
 }
 
 var errWriteStalled = errors.New("relay: session write stalled")

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -54,8 +53,8 @@ func tunnelTLS(key ed25519.PrivateKey) (*tls.Config, error) {
 	}, nil
 }
 
-// bufferedConn reads through r (a bufio.Reader over the conn holding
-// bytes already read from it) and writes and closes the conn.
+// bufferedConn reads through r (the session's frameReader over the conn,
+// holding bytes already read from it) and writes and closes the conn.
 type bufferedConn struct {
 	transport.Conn
 	r io.Reader
@@ -76,14 +75,14 @@ func (ss *session) acceptTunnel(p []byte) error {
 	if err := ss.write(relay.Result{}); err != nil {
 		return err
 	}
-	tc := tls.Server(bufferedConn{ss.conn, ss.br}, ss.srv.tunnelTLS)
+	tc := tls.Server(bufferedConn{ss.conn, ss.fr}, ss.srv.tunnelTLS)
 	if err := tc.HandshakeContext(ss.ctx); err != nil {
 		return errors.Join(errTunnelTLS, err)
 	}
 	ss.inner = true
-	ss.br = bufio.NewReaderSize(tc, relay.SessionBufSize)
+	ss.fr = &frameReader{r: tc}
 	ss.wmu.Lock()
-	ss.bw.Reset(tc)
+	ss.w = tc
 	ss.wmu.Unlock()
 	return nil
 }
@@ -144,7 +143,7 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	defer homeStalled.Stop()
 	done := make(chan error, 2)
 	go func() { // client → home
-		_, err := io.Copy(timedWriter{stream, homeStalled, ss.srv.writeTimeout}, ss.br)
+		_, err := io.Copy(timedWriter{stream, homeStalled, ss.srv.writeTimeout}, ss.fr)
 		if cw, ok := stream.(interface{ CloseWrite() error }); ok && err == nil {
 			cw.CloseWrite()
 		}

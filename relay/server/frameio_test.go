@@ -1,0 +1,281 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/store"
+)
+
+// chunkReader returns at most the next size of its chunk sizes per Read,
+// cycling through them.
+type chunkReader struct {
+	r     io.Reader
+	sizes []int
+	i     int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	n := c.sizes[c.i%len(c.sizes)]
+	c.i++
+	return c.r.Read(p[:min(len(p), max(n, 1))])
+}
+
+// readAllFrames reads frames until an error and returns them with the
+// error.
+func readAllFrames(read func() (relay.FrameType, []byte, error)) ([][]byte, error) {
+	var out [][]byte
+	for {
+		t, p, err := read()
+		if err != nil {
+			return out, err
+		}
+		out = append(out, append([]byte{byte(t)}, p...))
+	}
+}
+
+// testStream is frames of every size class that matters to the reader:
+// empty, tiny, around the pooled buffer's size and larger than it.
+func testStream() []byte {
+	var s []byte
+	for _, n := range []int{0, 1, 4, 100, 4096 + 100, readBufSize - 5, readBufSize, readBufSize + 1, 3 * readBufSize, relay.MaxFrameSize} {
+		p := bytes.Repeat([]byte{byte(n)}, n)
+		s = append(s, byte(relay.FramePing), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		s = append(s, p...)
+	}
+	return s
+}
+
+func TestFrameReaderMatchesReadFrame(t *testing.T) {
+	stream := testStream()
+	// relay.ReadFrame over one bytes.Reader is the reference.
+	ref := bytes.NewReader(stream)
+	want, werr := readAllFrames(func() (relay.FrameType, []byte, error) { return relay.ReadFrame(ref) })
+	if werr != io.EOF || len(want) != 10 {
+		t.Fatalf("reference read %d frames, %v", len(want), werr)
+	}
+	for _, sizes := range [][]int{{1}, {3}, {5}, {6, 1}, {4096}, {readBufSize}, {1 << 20}, {2, 7, 40000, 5, 1}} {
+		fr := &frameReader{r: &chunkReader{r: bytes.NewReader(stream), sizes: sizes}}
+		got, err := readAllFrames(fr.ReadFrame)
+		if err != io.EOF {
+			t.Fatalf("chunks %v: ended with %v, want EOF", sizes, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("chunks %v: %d frames, want %d", sizes, len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("chunks %v: frame %d differs (%d bytes, want %d)", sizes, i, len(got[i]), len(want[i]))
+			}
+		}
+		if fr.buffered() != 0 {
+			t.Fatalf("chunks %v: %d bytes left buffered", sizes, fr.buffered())
+		}
+	}
+}
+
+func TestFrameReaderErrors(t *testing.T) {
+	stream := testStream()
+	cases := []struct {
+		name string
+		r    io.Reader
+		want error
+	}{
+		{"truncated payload", bytes.NewReader(stream[:5+3]), io.ErrUnexpectedEOF},
+		{"truncated header", bytes.NewReader([]byte{1, 0, 0}), io.ErrUnexpectedEOF},
+		{"too large", bytes.NewReader([]byte{1, 0xff, 0, 0, 0}), relay.ErrFrameTooLarge},
+		{"data and error", iotest.DataErrReader(bytes.NewReader(stream[:5+4096])), io.ErrUnexpectedEOF},
+		{"timeout", iotest.TimeoutReader(bytes.NewReader(stream)), iotest.ErrTimeout},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fr := &frameReader{r: tc.r}
+			_, err := readAllFrames(fr.ReadFrame)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// countingReader counts the reads that return data.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.n++
+	}
+	return n, err
+}
+
+// TestFrameReaderOneReadPerFrame: a frame carrying a 4 KiB envelope that
+// arrives on its own costs one read of the transport, not one for the
+// header and one for the rest (on https each read is a handoff to the
+// HTTP/2 connection's goroutine).
+func TestFrameReaderOneReadPerFrame(t *testing.T) {
+	pr, pw := io.Pipe()
+	cr := &countingReader{r: pr}
+	fr := &frameReader{r: cr}
+	frame := relay.AppendFrame(nil, relay.Send{Req: 1, Envelope: make([]byte, 4096)})
+	const frames = 5
+	go func() {
+		for range frames {
+			pw.Write(frame)
+		}
+		pw.Close()
+	}()
+	for range frames {
+		if _, _, err := fr.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cr.n != frames {
+		t.Fatalf("%d reads for %d frames of %d bytes", cr.n, frames, len(frame))
+	}
+}
+
+func FuzzFrameReader(f *testing.F) {
+	f.Add(testStream()[:5+4096+200], uint16(1), uint16(7))
+	f.Add([]byte{1, 0, 0, 0, 2, 'h', 'i', 2, 0, 0, 0, 0}, uint16(5), uint16(1))
+	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff}, uint16(3), uint16(3))
+	f.Fuzz(func(t *testing.T, stream []byte, a, b uint16) {
+		ref := bytes.NewReader(stream)
+		want, werr := readAllFrames(func() (relay.FrameType, []byte, error) { return relay.ReadFrame(ref) })
+		fr := &frameReader{r: &chunkReader{r: bytes.NewReader(stream), sizes: []int{int(a), int(b)}}}
+		got, err := readAllFrames(fr.ReadFrame)
+		if err != werr || len(got) != len(want) {
+			t.Fatalf("%d frames, %v; relay.ReadFrame: %d, %v", len(got), err, len(want), werr)
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("frame %d differs", i)
+			}
+		}
+	})
+}
+
+// gateWriter counts writes; the first one blocks until open is closed.
+type gateWriter struct {
+	mu      sync.Mutex
+	writes  [][]byte
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	g.writes = append(g.writes, bytes.Clone(p))
+	first := len(g.writes) == 1
+	g.mu.Unlock()
+	if first {
+		close(g.entered)
+		<-g.open
+	}
+	return len(p), nil
+}
+
+// TestWritesCoalesce: answers written while another write is in progress
+// leave together in one transport write once it is done.
+func TestWritesCoalesce(t *testing.T) {
+	srv, err := New(Config{Store: store.NewMemory(store.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gateWriter{entered: make(chan struct{}), open: make(chan struct{})}
+	ss := &session{srv: srv, w: g}
+	ss.wtimer = time.AfterFunc(time.Hour, func() {})
+	ss.wtimer.Stop()
+	first := make(chan error, 1)
+	go func() { first <- ss.write(relay.Pong{Req: 0}) }()
+	<-g.entered
+	const waiting = 10
+	var wg sync.WaitGroup
+	for i := 1; i <= waiting; i++ {
+		wg.Go(func() {
+			if err := ss.write(relay.Pong{Req: uint32(i)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// Every writer has either queued its frame or waits for wmu.
+	for ss.writers.Load() < waiting {
+		runtime.Gosched()
+	}
+	close(g.open)
+	wg.Wait()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if len(g.writes) != 2 {
+		t.Fatalf("%d transport writes for 1 + %d frames, want 2", len(g.writes), waiting)
+	}
+	seen := make(map[uint32]bool)
+	fr := &frameReader{r: bytes.NewReader(g.writes[1])}
+	for range waiting {
+		_, p, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := relay.ParsePong(p)
+		if err != nil || seen[m.Req] {
+			t.Fatalf("frame %+v, %v", m, err)
+		}
+		seen[m.Req] = true
+	}
+	if ss.wbuf != nil {
+		t.Fatal("the session holds a write buffer after writing everything")
+	}
+}
+
+type pipeConn struct{ net.Conn }
+
+func (c pipeConn) CloseWrite() error { return c.Close() }
+
+// TestIdleSessionHoldsNoWriteBuffer: after the hello and a ping, a
+// session waiting for its next frame holds no write buffer.
+func TestIdleSessionHoldsNoWriteBuffer(t *testing.T) {
+	srv, err := New(Config{Store: store.NewMemory(store.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, s := net.Pipe()
+	done := make(chan struct{})
+	go func() { srv.ServeConn(ctx, pipeConn{s}, "pipe"); close(done) }()
+	defer func() { c.Close(); <-done }()
+	for _, m := range []relay.Message{relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}, relay.Ping{Req: 1, Data: []byte("x")}} {
+		if _, err := c.Write(relay.AppendFrame(nil, m)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := relay.ReadFrame(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.sessions) != 1 {
+		t.Fatalf("%d sessions", len(srv.sessions))
+	}
+	for ss := range srv.sessions {
+		ss.wmu.Lock()
+		held := ss.wbuf != nil
+		ss.wmu.Unlock()
+		if held {
+			t.Fatal("an idle session holds a write buffer")
+		}
+	}
+}
