@@ -42,10 +42,12 @@ const (
 	RefSize = 32
 	// SigSize is the size of an owner signature (Ed25519).
 	SigSize = 64
-	// SessionBufSize is the read and write buffer of a session on each
-	// side. Frames larger than it pass through unbuffered; small buffers
-	// keep an idle session cheap, and 16 KiB lets the two smaller buckets
-	// go out in one write with their frame header.
+	// SessionBufSize is the client's read and write buffer, and the
+	// size of the pooled buffers a relay session writes from (the relay
+	// reads through a 4.5 KiB buffer of its own and holds no write buffer
+	// while idle: relay/server's frameio.go). Frames larger than it pass
+	// through unbuffered; 16 KiB lets the two smaller buckets go out in
+	// one write with their frame header.
 	SessionBufSize = 16 << 10
 )
 
