@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -303,68 +302,6 @@ func TestProbePrometheusExample(t *testing.T) {
 	prom.waitQuery(t, fmt.Sprintf(`postern_probe_timeout_seconds{job="postern-probe-relays",target=%q}`, liveID), 0.5)
 	prom.waitQuery(t, fmt.Sprintf(`postern_probe_success{job="postern-probe",relay=%q,transport="https"}`, liveID), 1)
 	prom.waitQuery(t, fmt.Sprintf(`count(postern_probe_success{job="postern-probe-relays",instance=%q})`, x.addr), 4)
-}
-
-// startPrometheusWith is startPrometheus with the config file conf.
-func startPrometheusWith(t *testing.T, conf string) *promProc {
-	t.Helper()
-	bin := prometheusBin
-	if _, err := os.Stat(bin); err != nil {
-		if bin, err = exec.LookPath("prometheus"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatal("prometheus is not installed (apt package prometheus); CI must have it")
-			}
-			t.Skip("prometheus is not installed (apt package prometheus)")
-		}
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	webAddr := l.Addr().String()
-	l.Close()
-	p := &promProc{base: "http://" + webAddr}
-	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+webAddr, "--log.level=warn")
-	cmd.Dir = dir
-	cmd.Stdout = lockedWriter{&p.mu, &p.logs}
-	cmd.Stderr = lockedWriter{&p.mu, &p.logs}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	c := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		select {
-		case <-exited:
-			t.Fatalf("prometheus exited:\n%s", p.log())
-		default:
-		}
-		if resp, err := c.Get(p.base + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready after 90s:\n%s", p.log())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // FuzzScrapeTimeout: whatever the scrape's header says, a probe gets a

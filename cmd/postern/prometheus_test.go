@@ -37,10 +37,25 @@ func (p *promProc) log() string {
 }
 
 // startPrometheus runs a real Prometheus that scrapes target every second
-// as job "postern", with its storage in a temporary directory, and waits
-// until it is ready. It is killed when the test ends. Without Prometheus
-// installed the test is skipped, except in CI.
+// as job "postern" (see startPrometheusWith).
 func startPrometheus(t *testing.T, target string) *promProc {
+	t.Helper()
+	return startPrometheusWith(t, fmt.Sprintf(`global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: postern
+    static_configs:
+      - targets: [%q]
+`, target))
+}
+
+// startPrometheusWith runs a real Prometheus with the config conf, its
+// storage in a temporary directory, and waits until it is ready. It is
+// killed when the test ends. Without Prometheus installed the test is
+// skipped, except in CI.
+func startPrometheusWith(t *testing.T, conf string) *promProc {
 	t.Helper()
 	bin := prometheusBin
 	if _, err := os.Stat(bin); err != nil {
@@ -53,15 +68,6 @@ func startPrometheus(t *testing.T, target string) *promProc {
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	conf := fmt.Sprintf(`global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: postern
-    static_configs:
-      - targets: [%q]
-`, target)
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
