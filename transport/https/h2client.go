@@ -312,9 +312,26 @@ func (cc *h2Client) cancelStream(err error) {
 	cc.cond.Broadcast()
 	cc.mu.Unlock()
 	if first {
-		cc.writeFrame(func() error { return cc.fr.WriteRSTStream(h2Stream, http2.ErrCodeCancel) })
 		cc.body.fail(err)
+		cc.resetStream()
 	}
+}
+
+// resetStream sends RST_STREAM without waiting behind a frame whose write
+// is blocked (a frozen flow fills the socket's buffer and write(2) never
+// returns): then it goes from a goroutine of its own, which the
+// connection's Close frees with that write. Close must never wait for
+// the reset, or a stalled session could not be torn down.
+func (cc *h2Client) resetStream() {
+	rst := func() error { return cc.fr.WriteRSTStream(h2Stream, http2.ErrCodeCancel) }
+	if cc.wmu.TryLock() {
+		defer cc.wmu.Unlock()
+		if rst() == nil {
+			cc.bw.Flush()
+		}
+		return
+	}
+	go cc.writeFrame(rst)
 }
 
 // connErr returns why the connection failed.

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/postern/postern/transport"
@@ -217,5 +218,74 @@ func TestH2BodyChunks(t *testing.T) {
 	}
 	if _, err := b.Read(make([]byte, 1)); err != errBodyClosed {
 		t.Errorf("Read after Close: %v", err)
+	}
+}
+
+// frozenConn is a client connection whose writes block, once frozen,
+// until it is closed: a censor that drops every packet of a flow, so the
+// socket's send buffer fills and write(2) never returns.
+type frozenConn struct {
+	net.Conn
+	frozen    atomic.Bool
+	blocked   chan struct{} // closed when a write first blocks
+	block     sync.Once
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (c *frozenConn) Write(p []byte) (int, error) {
+	if !c.frozen.Load() {
+		return c.Conn.Write(p)
+	}
+	c.block.Do(func() { close(c.blocked) })
+	<-c.closed
+	return 0, net.ErrClosed
+}
+
+func (c *frozenConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// TestCloseUnblocksFrozenWrite: Close of a session whose Write is blocked
+// in the connection (a frozen flow) returns and ends that Write, so the
+// stall watchdog can move to another connection. The reset Close sends
+// must not wait behind the blocked frame.
+func TestCloseUnblocksFrozenWrite(t *testing.T) {
+	r := startRelay(t, &Transport{}, nil)
+	go func() {
+		if c, err := r.ln.Accept(context.Background()); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	tgt, err := httpsession.NewTarget(Name, r.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", r.ep.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := &frozenConn{Conn: raw, blocked: make(chan struct{}), closed: make(chan struct{})}
+	client, err := open(context.Background(), fc, tgt, r.ep)
+	if err != nil {
+		raw.Close()
+		t.Fatal(err)
+	}
+	fc.frozen.Store(true)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := client.Write(make([]byte, 64<<10))
+		wrote <- err
+	}()
+	within(t, "the first frozen write", fc.blocked)
+	closed := make(chan struct{})
+	go func() {
+		client.Close()
+		close(closed)
+	}()
+	within(t, "Close with a write blocked in the connection", closed)
+	if err := within(t, "the blocked Write", wrote); err == nil {
+		t.Error("the Write blocked in a frozen connection returned no error after Close")
 	}
 }
