@@ -38,14 +38,16 @@ func probeCmd() command {
 			"class as the class label. Like blackbox_exporter, ADDR/probe?target=T probes T\n" +
 			"when Prometheus scrapes it, within the scrape's timeout, and answers with\n" +
 			"postern_probe_success, _duration_seconds and _failure_class{class}; add\n" +
-			"&transport=https or h3 for one transport. T is a relay id or a contact name\n" +
-			"given on the command line (anything else: 400); nothing else is dialled.\n" +
+			"&transport=https or h3 for one transport. T is the id of a relay given on the\n" +
+			"command line, directly or through a card or contact (anything else, contact\n" +
+			"names included, gets 400, so a scrape learns nothing of your contacts);\n" +
+			"nothing else is dialled.\n" +
 			"--interval 0 leaves only /probe. See deploy/prometheus/probe.yml.\n\n" +
 			"examples:\n  postern probe relay.descriptor\n" +
 			"  postern probe --id demo/alice.id bob\n" +
 			"  postern probe --timeout 5s bob.card 'postern-relay1:...'\n" +
 			"  postern probe --listen 127.0.0.1:9465 --interval 0 bob relay.descriptor\n" +
-			"  curl 'http://127.0.0.1:9465/probe?target=bob&transport=h3'",
+			"  curl 'http://127.0.0.1:9465/probe?target=RELAY_ID&transport=h3'",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			idPath := identityFlag(fs)
 			timeout := fs.Duration("timeout", 10*time.Second, "give up on a pair after this long (on /probe: at most this long)")

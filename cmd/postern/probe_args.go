@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -15,11 +14,12 @@ import (
 )
 
 // probeSpec is what the arguments of `postern probe` name: the
-// relay/transport pairs to probe, and the targets /probe accepts, each a
-// relay id or a contact name with the relay ids it stands for.
+// relay/transport pairs to probe, and the targets /probe accepts: the
+// relay ids, never contact names (a scrape that could tell a known name
+// from an unknown one would learn whom the operator talks to).
 type probeSpec struct {
 	pairs   []probeTarget
-	targets map[string][]string // relay id or contact name → relay ids
+	targets map[string][]string // relay id → itself
 }
 
 // pairsOf returns the pairs of target, only those over transportName if
@@ -71,9 +71,6 @@ func resolveProbeArgs(warn io.Writer, idPath string, args []string) (*probeSpec,
 			if stale {
 				fmt.Fprintf(warn, "warning: the descriptor of relay %s expired on %s; probing it anyway (a relay keeps its keys when it renews)\n",
 					id, d.Expires.UTC().Format("2006-01-02"))
-			}
-			if arg.contact != "" && !slices.Contains(s.targets[arg.contact], id) {
-				s.targets[arg.contact] = append(s.targets[arg.contact], id)
 			}
 			if _, ok := s.targets[id]; ok {
 				continue // a relay given twice is probed once

@@ -89,10 +89,11 @@ func (x *exporter) scheduledRound(ctx context.Context, met *metrics.Probe) {
 
 // ServeHTTP answers GET /probe?target=T[&transport=NAME]: it probes the
 // pairs of T now, within the scrape's timeout, and returns their metrics
-// on a registry of this request alone. T must be a relay id or contact
-// name the exporter was started with, so a request can never make it dial
-// an address of the requester's choosing. It neither logs nor repeats T:
-// a contact's name says whom the operator talks to.
+// on a registry of this request alone. T must be the id of a relay the
+// exporter was started with, so a request can never make it dial an
+// address of the requester's choosing. Contact names are refused like any
+// unknown target, with the same answer, so a scrape cannot tell which
+// names are contacts. It neither logs nor repeats T.
 func (x *exporter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	tr := q.Get("transport")
@@ -101,7 +102,7 @@ func (x *exporter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, ok := x.spec.targets[q.Get("target")]; !ok {
-		httpText(w, http.StatusBadRequest, "unknown target: use a relay id or contact name this exporter was started with")
+		httpText(w, http.StatusBadRequest, "unknown target: use the id of a relay this exporter was started with (`postern probe` prints them)")
 		return
 	}
 	pairs := x.spec.pairsOf(q.Get("target"), tr)

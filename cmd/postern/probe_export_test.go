@@ -93,18 +93,25 @@ func TestProbeScrape(t *testing.T) {
 		return fmt.Sprintf(`postern_probe_success{relay=%q,transport=%q}`, relay, tr)
 	}
 
-	t.Run("live relay by id and by contact", func(t *testing.T) {
-		for _, target := range []string{liveID, contact} {
-			got, body := scrape(t, "target="+url.QueryEscape(target), "5", 200)
-			if got[success(liveID, "https")] != 1 || got[success(liveID, "h3")] != 1 {
-				t.Errorf("target %s: not both transports ok:\n%s", target, body)
-			}
-			if got["postern_probe_timeout_seconds"] != 4.5 {
-				t.Errorf("timeout %v, want 4.5 (the 5 s scrape timeout less 0.5 s)", got["postern_probe_timeout_seconds"])
-			}
-			if strings.Contains(body, "postern_probe_failure_class{") || strings.Contains(body, stoppedID) {
-				t.Errorf("target %s: answer holds other series:\n%s", target, body)
-			}
+	t.Run("live relay by id", func(t *testing.T) {
+		got, body := scrape(t, "target="+liveID, "5", 200)
+		if got[success(liveID, "https")] != 1 || got[success(liveID, "h3")] != 1 {
+			t.Errorf("not both transports ok:\n%s", body)
+		}
+		if got["postern_probe_timeout_seconds"] != 4.5 {
+			t.Errorf("timeout %v, want 4.5 (the 5 s scrape timeout less 0.5 s)", got["postern_probe_timeout_seconds"])
+		}
+		if strings.Contains(body, "postern_probe_failure_class{") || strings.Contains(body, stoppedID) {
+			t.Errorf("answer holds other series:\n%s", body)
+		}
+	})
+	t.Run("a contact name is an unknown target", func(t *testing.T) {
+		// A known contact and a name that is none get the same answer,
+		// so a scrape cannot learn whom the operator talks to.
+		_, known := scrape(t, "target="+url.QueryEscape(contact), "5", 400)
+		_, unknown := scrape(t, "target=Nobody-Contact", "5", 400)
+		if known != unknown {
+			t.Errorf("a contact's name and an unknown name get different answers:\n%s\n%s", known, unknown)
 		}
 	})
 	t.Run("stopped relay", func(t *testing.T) {
