@@ -279,3 +279,45 @@ func TestIdleSessionHoldsNoWriteBuffer(t *testing.T) {
 		}
 	}
 }
+
+// TestSpliceWritesBufferedFrameFirst: a frame still in the write buffer
+// when a splice starts (a Tunnel's answer that yielded to a waiting
+// writer) reaches the client before the first spliced byte.
+func TestSpliceWritesBufferedFrameFirst(t *testing.T) {
+	srv, err := New(Config{Store: store.NewMemory(store.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client, relaySide := net.Pipe()
+	home, homeSide := net.Pipe()
+	defer client.Close()
+	defer home.Close()
+	ss := &session{srv: srv, conn: pipeConn{relaySide}, w: relaySide, ctx: ctx, fr: &frameReader{r: relaySide}}
+	ss.wtimer = time.AfterFunc(time.Hour, func() {})
+	ss.wtimer.Stop()
+	if err := ss.queue(relay.Pong{Req: 7}); err != nil {
+		t.Fatal(err)
+	}
+	spliced := make(chan error, 1)
+	go func() { spliced <- ss.splice(homeSide) }()
+	go home.Write([]byte("from home"))
+	typ, p, err := relay.ReadFrame(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typ != relay.FramePong {
+		t.Fatalf("first on the wire: frame type %#x, want the buffered Pong", typ)
+	}
+	if pong, err := relay.ParsePong(p); err != nil || pong.Req != 7 {
+		t.Fatalf("first on the wire: %+v (%v), want the buffered Pong 7", pong, err)
+	}
+	got := make([]byte, len("from home"))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "from home" {
+		t.Fatalf("then %q, %v; want the spliced bytes", got, err)
+	}
+	client.Close()
+	home.Close()
+	<-spliced
+}

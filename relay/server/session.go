@@ -146,6 +146,27 @@ func (ss *session) put(m relay.Message, flush bool) error {
 	return ss.writeOut()
 }
 
+// writePending writes out whatever is buffered, whether or not another
+// writer is waiting: for code about to write to the connection around the
+// buffer (a tunnel's TLS handshake or splice), which must not leave a
+// frame behind it.
+func (ss *session) writePending() error {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	return ss.writePendingLocked()
+}
+
+// writePendingLocked is writePending for a caller that holds wmu.
+func (ss *session) writePendingLocked() error {
+	if ss.werr != nil {
+		return ss.werr
+	}
+	if ss.wbuf == nil {
+		return nil
+	}
+	return ss.writeOut()
+}
+
 // writeOut writes the buffer to the transport; the caller holds wmu.
 func (ss *session) writeOut() error {
 	ss.wtimer.Reset(ss.srv.writeTimeout())

@@ -75,6 +75,11 @@ func (ss *session) acceptTunnel(p []byte) error {
 	if err := ss.write(relay.Result{}); err != nil {
 		return err
 	}
+	// The handshake writes to the connection directly: the Result (left
+	// in the buffer if another writer was waiting) must go first.
+	if err := ss.writePending(); err != nil {
+		return err
+	}
 	tc := tls.Server(bufferedConn{ss.conn, ss.fr}, ss.srv.tunnelTLS)
 	if err := tc.HandshakeContext(ss.ctx); err != nil {
 		return errors.Join(errTunnelTLS, err)
@@ -152,7 +157,13 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	go func() { // home → client; holds wmu so nothing else writes
 		ss.wmu.Lock()
 		defer ss.wmu.Unlock()
-		_, err := io.Copy(stallWriter{ss}, stream)
+		// What is buffered (the Tunnel's answer, if another writer was
+		// waiting when it was written) goes out before the first spliced
+		// byte.
+		err := ss.writePendingLocked()
+		if err == nil {
+			_, err = io.Copy(stallWriter{ss}, stream)
+		}
 		if err == nil {
 			ss.conn.CloseWrite()
 		}
