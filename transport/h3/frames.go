@@ -47,8 +47,11 @@ func appendFrameHeader(b []byte, typ uint64, length int) []byte {
 
 // maxFramePayload is the largest DATA frame written: a longer Write is
 // split. One frame, one buffer from framePool and one stream write per
-// 64 KiB at most.
-const maxFramePayload = 64 << 10
+// 16 KiB at most. The buffer is held while its stream write blocks (a
+// client that stops reading), so it is what a stalled session costs on
+// top of the relay's own buffer; 64 KiB frames measured no faster
+// (h3/raw 0.92–0.98 against 0.97–0.99, same run) for 4× that.
+const maxFramePayload = 16 << 10
 
 // framePool holds the buffers frames are assembled in while a Write runs.
 var framePool = sync.Pool{New: func() any {

@@ -45,6 +45,10 @@ func TestWriteDataOneWritePerFrame(t *testing.T) {
 			if len(payload) > maxFramePayload {
 				t.Errorf("%d bytes, write %d: frame of %d bytes", n, i, len(payload))
 			}
+			// What a Write holds while the stream blocks it: one frame.
+			if len(wr) > 16<<10+16 {
+				t.Errorf("%d bytes, write %d: %d bytes in one stream write; a stalled session would hold them", n, i, len(wr))
+			}
 			out = append(out, payload...)
 		}
 		if !bytes.Equal(out, p) {
