@@ -194,3 +194,40 @@ func TestSealOutbox(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvelopeCipher: a mailbox's cipher seals and opens as Keys does, in
+// place too, and refuses what Keys refuses.
+func TestEnvelopeCipher(t *testing.T) {
+	k, _, id := goldenKeys(t)
+	c := k.Envelopes(id)
+	env := bytes.Repeat([]byte("envelope "), 500)
+	ref := k.Ref(env)
+	sealed := c.Seal(ref, env)
+	if got, err := k.Open(id, ref, sealed); err != nil || !bytes.Equal(got, env) {
+		t.Fatalf("Keys.Open of the cipher's Seal: %v", err)
+	}
+	if got, err := c.Open(ref, k.Seal(id, ref, env)); err != nil || !bytes.Equal(got, env) {
+		t.Fatalf("cipher Open of Keys.Seal: %v", err)
+	}
+	buf := bytes.Clone(sealed)
+	got, err := c.OpenInPlace(ref, buf)
+	if err != nil || !bytes.Equal(got, env) {
+		t.Fatalf("OpenInPlace: %v", err)
+	}
+	if &got[0] != &buf[0] {
+		t.Fatal("OpenInPlace allocated: want the envelope in sealed's memory")
+	}
+	otherID := id
+	otherID[0] ^= 1
+	if _, err := k.Envelopes(otherID).OpenInPlace(ref, bytes.Clone(sealed)); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("another mailbox's cipher opened it: %v", err)
+	}
+	flipped := bytes.Clone(sealed)
+	flipped[20] ^= 1
+	if _, err := c.OpenInPlace(ref, flipped); err == nil {
+		t.Fatal("OpenInPlace accepted an altered envelope")
+	}
+	if _, err := c.OpenInPlace(ref, sealed[:store.SealOverhead-1]); err == nil {
+		t.Fatal("OpenInPlace accepted a truncated envelope")
+	}
+}

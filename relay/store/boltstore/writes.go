@@ -91,8 +91,9 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		}
 		w.deleteMailbox(oldH)
 		w.createMailbox(newH, owner, sendCap)
+		c := s.keys.Envelopes(newID)
 		for i, e := range old.envs {
-			sealed := s.keys.Seal(newID, e.ref, envs[i])
+			sealed := c.Seal(e.ref, envs[i])
 			w.addEnvelope(newH, w.ix.boxes[newH], uint64(i+1), appendRecord(nil, recEnvelope, envelopeHead(newH, 0, e.day, e.ref), sealed))
 		}
 		moved = len(envs)
@@ -110,6 +111,7 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 // openAll reads and decrypts every envelope of mailbox b, whose id is id.
 func (w *writer) openAll(id [store.IDSize]byte, b *mailbox) ([][]byte, error) {
 	envs := make([][]byte, len(b.envs))
+	c := w.s.keys.Envelopes(id)
 	for i := range b.envs {
 		e := &b.envs[i]
 		l, n := e.sealed()
@@ -117,7 +119,8 @@ func (w *writer) openAll(id [store.IDSize]byte, b *mailbox) ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if envs[i], err = w.s.keys.Open(id, e.ref, sealed); err != nil {
+		// Not in place: sealed may lie in the batch being built.
+		if envs[i], err = c.Open(e.ref, sealed); err != nil {
 			return nil, w.s.damaged(e.at, err)
 		}
 	}
