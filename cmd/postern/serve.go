@@ -173,6 +173,7 @@ func (r *relayRun) openStore(context.Context) error {
 	soft := applyMemoryLimit(memoryLimit(cfg.MemoryLimit), r.e.getenv)
 	r.sessions = maxSessions(cfg.MaxSessions, soft)
 	r.log.Info("memory", "soft_limit_bytes", soft, "max_sessions", r.sessions)
+	r.log.Info("scheduler", "gomaxprocs", applyProcs(cfg.Store != "memory", r.e.getenv))
 	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
 		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true})

@@ -147,6 +147,12 @@ func startRelay(b *testing.B, tr transport.Transport, kind string, n int) *bench
 			b.Fatal(err)
 		}
 		st, r.log = bs, bs
+		// As `postern relay serve` does with this store (boltstore.Procs),
+		// unless GOMAXPROCS is set: GOMAXPROCS=2 measures without the extra P.
+		if os.Getenv("GOMAXPROCS") == "" {
+			def := runtime.GOMAXPROCS(boltstore.Procs(runtime.GOMAXPROCS(0)))
+			b.Cleanup(func() { runtime.GOMAXPROCS(def) })
+		}
 	}
 	var err error
 	if r.srv, err = server.New(server.Config{Store: st}); err != nil {
@@ -332,6 +338,7 @@ func (m diskMeter) report(b *testing.B, n int) {
 	if w := procIO("syscw"); m.syscw0 >= 0 && w >= 0 {
 		b.ReportMetric(float64(w-m.syscw0)/float64(n), "write-syscalls/env")
 	}
+	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
 	b.ReportMetric(float64(m.r.relayWrites.Load()-m.relayWrites0)/float64(n), "relay-writes/env")
 	b.ReportMetric(float64(m.r.relayReads.Load()-m.relayReads0)/float64(n), "relay-reads/env")
 	if m.r.log == nil {
@@ -453,6 +460,7 @@ func benchSendDeliver(b *testing.B, tr transport.Transport, rate, senders int) {
 	b.ReportMetric(ms(percentile(lat, 0.99)), "p99-ms")
 	b.ReportMetric(ms(percentile(lat, 0.999)), "p99.9-ms")
 	b.ReportMetric(ms(percentile(raw, 0.99)), "raw-fsync-p99-ms")
+	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
 }
 
 // rawFsyncLatencies times n appends of 4 KiB, each followed by fdatasync,
