@@ -92,6 +92,12 @@ func openBench(b *testing.B) *boltstore.Store {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.Close() })
+	// As a relay with this store runs (boltstore.Procs), unless GOMAXPROCS
+	// is set: GOMAXPROCS=2 measures without the extra P.
+	if os.Getenv("GOMAXPROCS") == "" {
+		def := runtime.GOMAXPROCS(boltstore.Procs(runtime.GOMAXPROCS(0)))
+		b.Cleanup(func() { runtime.GOMAXPROCS(def) })
+	}
 	return s
 }
 
