@@ -100,7 +100,12 @@ func (s *Store) compact(num uint64, path string) error {
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return err
 	}
@@ -121,10 +126,15 @@ func (s *Store) compact(num uint64, path string) error {
 		}
 		return err
 	}
-	_, _, _, err = scanSegment(data, false, func(r record, off int64) error {
+	// The segment is read one batch at a time; a carried record keeps a copy
+	// of its bytes (at most carryChunk of them wait for a flush), and none of
+	// the slices into the frame buffer.
+	var buf []byte
+	_, _, _, err = scanSegment(f, fi.Size(), false, &buf, func(r record, off int64, raw []byte) error {
 		switch r.typ {
 		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox:
-			chunk = append(chunk, carried{r, loc{num, off}, data[off : off+int64(r.size)]})
+			r.owner, r.sendCap, r.sealed, r.seqs = nil, nil, nil, nil
+			chunk = append(chunk, carried{r, loc{num, off}, slices.Clone(raw)})
 			size += r.size
 		}
 		if size >= carryChunk {

@@ -93,11 +93,15 @@ func (f *fixture) segment() string { return filepath.Join(f.dir, LogDir, segName
 func envelopeAt(t *testing.T, data []byte) (frameOff, last int) {
 	t.Helper()
 	frameOff = segHeader
+	var buf []byte
+	sr := segReader{bytes.NewReader(data), int64(len(data)), &buf}
 	for frameOff < len(data) {
-		n, ok := goodFrame(data, frameOff)
+		payload, ok, err := sr.frame(int64(frameOff))
+		must(t, err)
 		if !ok {
 			break
 		}
+		n := len(payload)
 		for p := data[frameOff+frameHeader : frameOff+frameHeader+n]; len(p) > 0; {
 			r, rest, err := parseRecord(p)
 			must(t, err)

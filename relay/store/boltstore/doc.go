@@ -43,7 +43,9 @@
 // # Open
 //
 // Open replays every segment into the index, checking every frame's
-// checksum and every record's layout. In the newest segment, a damaged
+// checksum and every record's layout. It reads one batch frame at a time
+// (so does compaction), so its memory is the index and the largest batch,
+// not a segment. In the newest segment, a damaged
 // frame that no good frame follows is the batch a crash interrupted (never
 // acknowledged) and is cut off; anywhere else, damage makes Open refuse
 // with an error naming the segment and saying what to do. Close appends a

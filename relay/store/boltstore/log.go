@@ -32,7 +32,7 @@ func loadIndex(dir string, files map[uint64]*os.File, check [32]byte) (*index, e
 			"restore it from a backup, or move it and its key file aside to start a new, empty store on purpose", dir)
 	}
 	ix := newIndex()
-	var buf []byte // one read buffer for every segment: the index keeps no slice of it
+	var buf []byte // one frame buffer for every segment: the index keeps no slice of it
 	for i, num := range nums {
 		seg, err := openSegment(dir, num, files[num])
 		if err == nil {
@@ -59,25 +59,21 @@ func openSegment(dir string, num uint64, f *os.File) (*segment, error) {
 	return &segment{num: num, path: path, f: f}, nil
 }
 
-// replaySegment applies every record of seg to ix, reading it into *buf
-// (grown as needed).
+// replaySegment applies every record of seg to ix, reading it one batch
+// at a time into *buf (grown as needed).
 func replaySegment(ix *index, seg *segment, last bool, check [32]byte, buf *[]byte) error {
 	fi, err := seg.f.Stat()
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", seg.path, err)
 	}
-	if int64(cap(*buf)) < fi.Size() {
-		*buf = make([]byte, fi.Size())
-	}
-	data := (*buf)[:fi.Size()]
-	if _, err := seg.f.ReadAt(data, 0); err != nil {
-		return fmt.Errorf("store: read %s: %w", seg.path, err)
-	}
-	h, end, torn, err := scanSegment(data, last, func(r record, off int64) error {
+	h, end, torn, err := scanSegment(seg.f, fi.Size(), last, buf, func(r record, off int64, _ []byte) error {
 		ix.apply(r, loc{seg.num, off})
 		return nil
 	})
+	var rerr *readError
 	switch {
+	case errors.As(err, &rerr):
+		return fmt.Errorf("store: read %s: %w", seg.path, rerr.err)
 	case err != nil:
 		return corruptLog(seg.path, err.Error())
 	case h.num != seg.num:

@@ -1,9 +1,11 @@
 package boltstore
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -124,7 +126,11 @@ func FuzzSegment(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, last bool) {
 		ix := newIndex()
 		ix.segs[1] = &segment{num: 1}
-		_, end, _, err := scanSegment(data, last, func(r record, off int64) error {
+		var buf []byte
+		_, end, _, err := scanSegment(bytes.NewReader(data), int64(len(data)), last, &buf, func(r record, off int64, raw []byte) error {
+			if len(raw) != r.size || off+int64(r.size) > int64(len(data)) || !bytes.Equal(raw, data[off:off+int64(r.size)]) {
+				t.Fatalf("record at %d: raw bytes are not the file's", off)
+			}
 			ix.apply(r, loc{1, off})
 			return nil
 		})
@@ -133,4 +139,46 @@ func FuzzSegment(f *testing.F) {
 		}
 		ix.finish()
 	})
+}
+
+// TestReplayReadsBatchAtATime: Open replays a segment one batch frame at a
+// time, so what it allocates is about the index and its largest batch, not
+// the segment file (it read the whole file into one buffer before).
+func TestReplayReadsBatchAtATime(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(dir, store.Options{IDKey: testKey, MaxMailboxEnvelopes: -1, MaxMailboxBytes: -1, MaxStoreBytes: -1})
+	must(t, err)
+	id := storetest.ID(1)
+	must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
+	const n = 2048 // 4 KiB each: one segment of about 8.6 MiB, in batches of a few envelopes
+	for i := range n {
+		if _, err := s.Put(ctx, id, storetest.Envelope(id, 4096, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, s.Close())
+	segs, err := listSegments(filepath.Join(dir, LogDir))
+	must(t, err)
+	fi, err := os.Stat(filepath.Join(dir, LogDir, segName(segs[len(segs)-1])))
+	must(t, err)
+	if len(segs) != 1 || fi.Size() < n*4096 {
+		t.Fatalf("want one segment of at least %d bytes, have %d segments, the last %d bytes", n*4096, len(segs), fi.Size())
+	}
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	s, err = Open(dir, store.Options{IDKey: testKey})
+	must(t, err)
+	runtime.ReadMemStats(&m1)
+	defer s.Close()
+	alloc := int64(m1.TotalAlloc - m0.TotalAlloc)
+	t.Logf("Open of a %d-byte segment allocated %d bytes", fi.Size(), alloc)
+	if alloc > fi.Size()/4 {
+		t.Fatalf("Open of a %d-byte segment allocated %d bytes: it should read one batch at a time", fi.Size(), alloc)
+	}
+	items, err := s.FetchAfter(ctx, id, 0, n)
+	if err != nil || len(items) != n {
+		t.Fatalf("after reopening: %d envelopes, %v", len(items), err)
+	}
 }

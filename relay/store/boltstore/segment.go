@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,69 +51,131 @@ func listSegments(dir string) ([]uint64, error) {
 	return nums, nil
 }
 
-// scanSegment parses the segment data (a whole file) and calls fn with
-// every record of every good batch and the record's offset in the file. It
-// returns the segment's header and the offset just past the last good
-// batch. In the newest segment (last), a damaged batch that no good batch
-// follows is the batch a crash interrupted, which was never acknowledged:
-// scanSegment stops there and reports torn. Anywhere else damage is an
-// error.
-func scanSegment(data []byte, last bool, fn func(r record, off int64) error) (h segHead, end int64, torn bool, err error) {
-	if h, err = parseSegHead(data); err != nil {
+// scanSegment reads the segment in ra, size bytes long, one batch frame at
+// a time into *buf (grown to the largest frame; the index must keep no
+// slice of it), and calls fn with every record of every good batch, the
+// record's offset in the file and its bytes (valid only during the call). It returns the segment's header and the
+// offset just past the last good batch. In the newest segment (last), a
+// damaged batch that no good batch follows is the batch a crash
+// interrupted, which was never acknowledged: scanSegment stops there and
+// reports torn. Anywhere else damage is an error. A failed read is a
+// *readError, not damage.
+//
+// Memory: one frame at a time, so replaying or compacting a 64 MiB segment
+// holds its largest batch (a few MiB at most in practice), not the file.
+func scanSegment(ra io.ReaderAt, size int64, last bool, buf *[]byte, fn func(r record, off int64, raw []byte) error) (h segHead, end int64, torn bool, err error) {
+	sr := segReader{ra, size, buf}
+	head, err := sr.read(0, int(min(size, segHeader)))
+	if err != nil {
 		return h, 0, false, err
 	}
-	off := segHeader
-	for off < len(data) {
-		n, ok := goodFrame(data, off)
-		if !ok {
-			if last && !followedByGood(data, off) {
-				return h, int64(off), true, nil
-			}
-			return h, int64(off), false, fmt.Errorf("the batch at offset %d is damaged (checksum or length)", off)
+	if h, err = parseSegHead(head); err != nil {
+		return h, 0, false, err
+	}
+	off := int64(segHeader)
+	for off < size {
+		payload, ok, err := sr.frame(off)
+		if err != nil {
+			return h, off, false, err
 		}
-		payload := data[off+frameHeader : off+frameHeader+n]
+		if !ok {
+			if last {
+				good, err := sr.followedByGood(off)
+				if err != nil {
+					return h, off, false, err
+				}
+				if !good {
+					return h, off, true, nil
+				}
+			}
+			return h, off, false, fmt.Errorf("the batch at offset %d is damaged (checksum or length)", off)
+		}
 		for p := payload; len(p) > 0; {
-			at := off + frameHeader + len(payload) - len(p)
+			at := off + frameHeader + int64(len(payload)-len(p))
 			r, rest, err := parseRecord(p)
 			if err != nil {
-				return h, int64(off), false, fmt.Errorf("the record at offset %d is damaged: %w", at, err)
+				return h, off, false, fmt.Errorf("the record at offset %d is damaged: %w", at, err)
 			}
-			if err := fn(r, int64(at)); err != nil {
-				return h, int64(off), false, fmt.Errorf("the record at offset %d: %w", at, err)
+			if err := fn(r, at, p[:r.size]); err != nil {
+				return h, off, false, fmt.Errorf("the record at offset %d: %w", at, err)
 			}
 			p = rest
 		}
-		off += frameHeader + n
+		off += frameHeader + int64(len(payload))
 	}
-	return h, int64(off), false, nil
+	return h, off, false, nil
 }
 
-// goodFrame reports whether a whole frame with a matching checksum starts
-// at off, and its payload length.
-func goodFrame(data []byte, off int) (int, bool) {
-	if len(data)-off < frameHeader {
-		return 0, false
+// readError is a segment read that failed, as opposed to damage found in
+// what was read.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// segReader reads parts of one segment file of a known size.
+type segReader struct {
+	ra   io.ReaderAt
+	size int64
+	buf  *[]byte
+}
+
+// read returns the n bytes at off in *buf, valid until the next read.
+func (sr segReader) read(off int64, n int) ([]byte, error) {
+	if cap(*sr.buf) < n {
+		*sr.buf = make([]byte, n, max(n, 2*cap(*sr.buf)))
 	}
-	n, sum, err := parseFrameHeader(data[off:])
-	if err != nil || n > len(data)-off-frameHeader {
-		return 0, false
+	b := (*sr.buf)[:n]
+	if _, err := sr.ra.ReadAt(b, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // the file is shorter than it was: not damage we can judge
+		}
+		return nil, &readError{err}
 	}
-	return n, crc32.Checksum(data[off+frameHeader:off+frameHeader+n], castagnoli) == sum
+	return b, nil
+}
+
+// frame reads the batch frame at off: its payload, and whether the frame is
+// whole (its length fits the file) with a matching checksum.
+func (sr segReader) frame(off int64) ([]byte, bool, error) {
+	n, sum, ok, err := sr.frameHead(off)
+	if !ok || err != nil {
+		return nil, false, err
+	}
+	payload, err := sr.read(off+frameHeader, n)
+	if err != nil {
+		return nil, false, err
+	}
+	return payload, crc32.Checksum(payload, castagnoli) == sum, nil
+}
+
+// frameHead parses the frame header at off, if it is whole and its length
+// fits in the file.
+func (sr segReader) frameHead(off int64) (n int, sum uint32, ok bool, err error) {
+	if sr.size-off < frameHeader {
+		return 0, 0, false, nil
+	}
+	hb, err := sr.read(off, frameHeader)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	n, sum, perr := parseFrameHeader(hb)
+	if perr != nil || int64(n) > sr.size-off-frameHeader {
+		return 0, 0, false, nil
+	}
+	return n, sum, true, nil
 }
 
 // followedByGood reports whether the damaged frame at off has a plausible
 // length and a good frame right after it: then it was written, synced and
 // damaged later, not torn by a crash.
-func followedByGood(data []byte, off int) bool {
-	if len(data)-off < frameHeader {
-		return false
+func (sr segReader) followedByGood(off int64) (bool, error) {
+	n, _, ok, err := sr.frameHead(off)
+	if !ok || err != nil {
+		return false, err
 	}
-	n, _, err := parseFrameHeader(data[off:])
-	if err != nil || n > len(data)-off-frameHeader {
-		return false
-	}
-	_, ok := goodFrame(data, off+frameHeader+n)
-	return ok
+	_, good, err := sr.frame(off + frameHeader + int64(n))
+	return good, err
 }
 
 // createSegment writes a new segment file with header h in dir durably:
