@@ -300,7 +300,9 @@ func (c *Client) delivered(d relay.Deliver) error {
 func (c *Client) write(m relay.Message) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if _, err := c.bw.Write(relay.AppendFrame(nil, m)); err != nil {
+	// Built in the writer's own free space (empty after each Flush), so a
+	// frame up to relay.SessionBufSize costs no allocation of its own.
+	if _, err := c.bw.Write(relay.AppendFrame(c.bw.AvailableBuffer(), m)); err != nil {
 		return err
 	}
 	return c.bw.Flush()

@@ -288,11 +288,19 @@ type diskMeter struct {
 	cpu0, syscw0     int64
 	relayWrites0     int64
 	relayReads0      int64
+	alloc0           uint64
+}
+
+// totalAlloc is the heap bytes this process has allocated so far.
+func totalAlloc() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.TotalAlloc
 }
 
 func (r *benchRelay) meter() diskMeter {
 	m := diskMeter{r: r, io0: storetest.WriteBytes(), writes0: r.writes.Load(), commit0: r.commits.Load(),
-		cpu0: cpuTime(), syscw0: procIO("syscw"), relayWrites0: r.relayWrites.Load(), relayReads0: r.relayReads.Load()}
+		cpu0: cpuTime(), syscw0: procIO("syscw"), relayWrites0: r.relayWrites.Load(), relayReads0: r.relayReads.Load(), alloc0: totalAlloc()}
 	if r.log != nil {
 		m.log0 = r.log.LogBytes()
 	}
@@ -326,7 +334,8 @@ func procIO(field string) int64 {
 	return -1
 }
 
-// report adds cpu-us/env, write-syscalls/env, relay-writes/env and
+// report adds cpu-us/env, alloc-B/env (heap allocated by the whole
+// process), write-syscalls/env, relay-writes/env and
 // relay-reads/env (the relay's writes to and reads from its transports)
 // for n envelopes, and for
 // the log store env/commit, bytes-written/env (/proc/self/io) and
@@ -339,6 +348,7 @@ func (m diskMeter) report(b *testing.B, n int) {
 		b.ReportMetric(float64(w-m.syscw0)/float64(n), "write-syscalls/env")
 	}
 	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
+	b.ReportMetric(float64(totalAlloc()-m.alloc0)/float64(n), "alloc-B/env")
 	b.ReportMetric(float64(m.r.relayWrites.Load()-m.relayWrites0)/float64(n), "relay-writes/env")
 	b.ReportMetric(float64(m.r.relayReads.Load()-m.relayReads0)/float64(n), "relay-reads/env")
 	if m.r.log == nil {
