@@ -161,10 +161,11 @@ func (c EnvelopeCipher) Open(ref Ref, sealed []byte) ([]byte, error) {
 }
 
 // OpenInPlace is Open decrypting into sealed's own memory, which it
-// overwrites, whether it succeeds or fails; the envelope it returns shares
-// that memory.
+// overwrites whether it succeeds or fails; nothing past len(sealed) is
+// touched, even where sealed's capacity reaches further. The envelope it
+// returns shares that memory.
 func (c EnvelopeCipher) OpenInPlace(ref Ref, sealed []byte) ([]byte, error) {
-	return c.open(sealed[:0], ref, sealed)
+	return c.open(sealed[:0:len(sealed)], ref, sealed)
 }
 
 func (c EnvelopeCipher) open(dst []byte, ref Ref, sealed []byte) ([]byte, error) {

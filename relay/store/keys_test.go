@@ -209,25 +209,34 @@ func TestEnvelopeCipher(t *testing.T) {
 	if got, err := c.Open(ref, k.Seal(id, ref, env)); err != nil || !bytes.Equal(got, env) {
 		t.Fatalf("cipher Open of Keys.Seal: %v", err)
 	}
-	buf := bytes.Clone(sealed)
-	got, err := c.OpenInPlace(ref, buf)
+	// sealed in a larger buffer whose tail must survive.
+	tail := []byte("the next item's bytes")
+	buf := append(bytes.Clone(sealed), tail...)
+	got, err := c.OpenInPlace(ref, buf[:len(sealed)])
 	if err != nil || !bytes.Equal(got, env) {
 		t.Fatalf("OpenInPlace: %v", err)
 	}
 	if &got[0] != &buf[0] {
 		t.Fatal("OpenInPlace allocated: want the envelope in sealed's memory")
 	}
+	if !bytes.Equal(buf[len(sealed):], tail) {
+		t.Fatal("OpenInPlace wrote past len(sealed)")
+	}
 	otherID := id
 	otherID[0] ^= 1
-	if _, err := k.Envelopes(otherID).OpenInPlace(ref, bytes.Clone(sealed)); err == nil || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("another mailbox's cipher opened it: %v", err)
-	}
 	flipped := bytes.Clone(sealed)
 	flipped[20] ^= 1
-	if _, err := c.OpenInPlace(ref, flipped); err == nil {
-		t.Fatal("OpenInPlace accepted an altered envelope")
-	}
-	if _, err := c.OpenInPlace(ref, sealed[:store.SealOverhead-1]); err == nil {
-		t.Fatal("OpenInPlace accepted a truncated envelope")
+	for name, in := range map[string]struct {
+		c      store.EnvelopeCipher
+		sealed []byte
+	}{
+		"another mailbox's cipher": {k.Envelopes(otherID), bytes.Clone(sealed)},
+		"altered":                  {c, flipped},
+		"truncated":                {c, bytes.Clone(sealed[:store.SealOverhead-1])},
+	} {
+		got, err := in.c.OpenInPlace(ref, in.sealed)
+		if err == nil || !strings.Contains(err.Error(), "corrupt") || got != nil {
+			t.Fatalf("%s: OpenInPlace = %d bytes, %v; want nothing and a corruption error", name, len(got), err)
+		}
 	}
 }
