@@ -114,7 +114,12 @@ func (fr *frameReader) readFull(p []byte) error {
 	return nil
 }
 
-// ReadFrame reads one frame like relay.ReadFrame.
+// ReadFrame reads one frame like relay.ReadFrame. The payload is a new
+// slice the caller owns and may hand to other goroutines: parsed messages
+// share it (relay's readRest does not copy), and Send and Layer frames are
+// parsed in a goroutine of their own after the read loop has moved on. A
+// pooled payload buffer would have to go back only after that goroutine
+// ends.
 func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
 	if err := fr.readFull(fr.head[:]); err != nil {
 		return 0, nil, err
