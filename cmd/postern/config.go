@@ -83,7 +83,7 @@ type relayConfig struct {
 	// to retry later or use another entry relay. Default 268435456.
 	MaxOutboxBytes int64 `json:"max_outbox_bytes"`
 	// MemoryLimit is the memory the relay may use, in bytes. The relay sets
-	// Go's soft limit (GOMEMLIMIT, unless set in the environment) to 3/4 of
+	// Go's soft limit (GOMEMLIMIT, unless set in the environment) to 9/10 of
 	// it and sizes max_sessions from it. Default 0: the cgroup's limit (a
 	// container, or systemd MemoryMax), else none.
 	MemoryLimit int64 `json:"memory_limit"`

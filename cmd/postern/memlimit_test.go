@@ -43,10 +43,10 @@ func TestMemoryLimitAndSessions(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	none := func(string) string { return "" }
 	soft := applyMemoryLimit(2<<30, none)
-	if soft != 3<<29 || debug.SetMemoryLimit(-1) != 3<<29 {
+	if want := int64(2<<30) / 10 * 9; soft != want || debug.SetMemoryLimit(-1) != want {
 		t.Fatalf("soft limit %d, runtime %d", soft, debug.SetMemoryLimit(-1))
 	}
-	if n := maxSessions(0, soft); n != int(soft/sessionBudget) || n != 8192 {
+	if n := maxSessions(0, soft); n != int(soft/sessionBudget) || n != 9830 {
 		t.Fatalf("derived sessions %d", n)
 	}
 	if n := maxSessions(20000, soft); n != 20000 {

@@ -175,7 +175,7 @@ var configDocs = []struct{ field, doc string }{
 	{"max_mailbox_bytes", "bytes one mailbox may hold"},
 	{"max_store_bytes", "bytes the whole store may hold"},
 	{"max_outbox_bytes", "bytes of two-hop forward layers queued for other relays; beyond it new ones are refused"},
-	{"memory_limit", "bytes the relay may use; 0: the cgroup's limit. GOMEMLIMIT is set to 3/4 of it"},
+	{"memory_limit", "bytes the relay may use; 0: the cgroup's limit. GOMEMLIMIT is set to 9/10 of it"},
 	{"max_sessions", "sessions across both transports; 0: one per 192 KiB of the soft memory limit, else 8192"},
 	{"upstreams", "relays (descriptor lines or files) this relay reaches other relays through, inside a censored network"},
 	{"link_bind", "local IP that links and tunnels to other relays are dialed from"},

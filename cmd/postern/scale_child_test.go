@@ -23,7 +23,7 @@ import (
 // scaleChildEnv, when set in the environment of this test binary, makes it
 // run as `postern` itself (args as the real binary takes them) instead of
 // running tests; SIGUSR1 then writes a heap profile to the file the
-// variable names. TestScale uses it with POSTERN_SCALE_PROFILE, since the
+// variable names, and SIGUSR2 starts and stops a CPU profile beside it. TestScale uses it with POSTERN_SCALE_PROFILE, since the
 // relay serves no /debug/pprof.
 const scaleChildEnv = "POSTERN_SCALE_RELAY_CHILD"
 
@@ -44,10 +44,40 @@ func init() {
 			}
 		}
 	}()
+	// SIGUSR2 starts a CPU profile into path's cpuProfilePath, the next one
+	// stops it.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	go func() {
+		var f *os.File
+		for range usr2 {
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+				os.Rename(f.Name(), cpuProfilePath(path))
+				f = nil
+				continue
+			}
+			var err error
+			if f, err = os.Create(cpuProfilePath(path) + ".tmp"); err == nil {
+				err = pprof.StartCPUProfile(f)
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "scale child: CPU profile: %v\n", err)
+				f = nil
+			}
+		}
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
 	stop()
 	os.Exit(code)
+}
+
+// cpuProfilePath is where the profiling relay child writes its CPU
+// profile, beside its heap profile heapPath.
+func cpuProfilePath(heapPath string) string {
+	return strings.Replace(heapPath, "relay-heap-", "relay-cpu-", 1)
 }
 
 // writeHeapProfile collects garbage (so the profile shows what is live

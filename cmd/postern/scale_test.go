@@ -47,7 +47,8 @@ import (
 //	                         this tree's (to measure a change side by side)
 //	POSTERN_SCALE_PROFILE    a directory: run the relay as this test binary
 //	                         (the same code as `postern`) and write its heap
-//	                         profile there while the sessions are held (run
+//	                         profile, and a CPU profile of the loaded round
+//	                         trips, there while the sessions are held (run
 //	                         without -race then)
 //
 // For the relay's GC cycles in the log, point POSTERN_SCALE_BIN at a
@@ -227,7 +228,14 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	if gc0 > 0 {
 		t.Logf("%s: relay GC cycles so far: %d; last: %s", tr, gc0, lastGC)
 	}
+	if rl.profile != "" {
+		rl.cmd.Process.Signal(syscall.SIGUSR2) // CPU profile of the loaded round trips
+	}
 	loaded := legit.roundTrips(t, ctx, k)
+	if rl.profile != "" {
+		rl.cmd.Process.Signal(syscall.SIGUSR2)
+		t.Logf("relay CPU profile of the loaded round trips: %s (go tool pprof -top %s)", cpuProfilePath(rl.profile), cpuProfilePath(rl.profile))
+	}
 	sEnd := rl.sample(t, tr)
 	if gc1, last := rl.gcTrace(); gc1 > 0 {
 		t.Logf("%s: relay GC cycles during the loaded round trips: %d; last: %s", tr, gc1-gc0, last)
