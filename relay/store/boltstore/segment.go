@@ -54,12 +54,12 @@ func listSegments(dir string) ([]uint64, error) {
 // scanSegment reads the segment in ra, size bytes long, one batch frame at
 // a time into *buf (grown to the largest frame; the index must keep no
 // slice of it), and calls fn with every record of every good batch, the
-// record's offset in the file and its bytes (valid only during the call). It returns the segment's header and the
-// offset just past the last good batch. In the newest segment (last), a
-// damaged batch that no good batch follows is the batch a crash
-// interrupted, which was never acknowledged: scanSegment stops there and
-// reports torn. Anywhere else damage is an error. A failed read is a
-// *readError, not damage.
+// record's offset in the file and its bytes (valid only during the call).
+// It returns the segment's header and the offset just past the last good
+// batch. In the newest segment (last), a damaged batch that no good batch
+// follows is the batch a crash interrupted, which was never acknowledged:
+// scanSegment stops there and reports torn. Anywhere else damage is an
+// error. A failed read is a *readError, not damage.
 //
 // Memory: one frame at a time, so replaying or compacting a 64 MiB segment
 // holds its largest batch (a few MiB at most in practice), not the file.
