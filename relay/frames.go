@@ -243,7 +243,9 @@ func ParseResult(p []byte) (m Result, err error) {
 	err = parse(p, func(s *cryptobyte.String) bool {
 		var code uint16
 		var msg cryptobyte.String
-		ok := s.ReadUint32(&m.Req) && s.ReadUint16(&code) && s.ReadUint16LengthPrefixed(&msg) && readRest(s, &m.Body)
+		// A message longer than MaxResultMsg is refused: no encoder sends one
+		// (AppendPayload cuts it), so it would not re-encode to what was read.
+		ok := s.ReadUint32(&m.Req) && s.ReadUint16(&code) && s.ReadUint16LengthPrefixed(&msg) && len(msg) <= MaxResultMsg && readRest(s, &m.Body)
 		m.Code, m.Msg = Code(code), string(msg)
 		return ok
 	})

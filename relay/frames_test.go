@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
@@ -284,6 +285,18 @@ func TestReadFrameLimits(t *testing.T) {
 	}
 	if _, err := (Result{Body: []byte{1}}).Count(); err == nil {
 		t.Fatal("Count of a 1-byte body")
+	}
+	// A Result message longer than MaxResultMsg, which no encoder writes
+	// (found by FuzzFrames: it re-encoded cut).
+	long := binary.BigEndian.AppendUint16(make([]byte, 6), MaxResultMsg+1)
+	long = append(long, bytes.Repeat([]byte{'x'}, MaxResultMsg+1)...)
+	if _, err := ParseResult(long); err == nil {
+		t.Fatal("ParseResult accepted a message longer than MaxResultMsg")
+	}
+	ok := binary.BigEndian.AppendUint16(make([]byte, 6), MaxResultMsg)
+	ok = append(ok, bytes.Repeat([]byte{'x'}, MaxResultMsg)...)
+	if m, err := ParseResult(ok); err != nil || len(m.Msg) != MaxResultMsg {
+		t.Fatalf("ParseResult of a %d-byte message: %v", MaxResultMsg, err)
 	}
 }
 
