@@ -1,10 +1,10 @@
 package relay
 
 import (
-	"encoding/binary"
 	"bufio"
 	"bytes"
 	"crypto/ed25519"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
