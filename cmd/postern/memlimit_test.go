@@ -36,7 +36,7 @@ func TestReadLimit(t *testing.T) {
 	}
 }
 
-// TestMemoryLimitAndSessions: 2 GiB gives a 1.5 GiB soft limit and 8192
+// TestMemoryLimitAndSessions: 2 GiB gives a 1.8 GiB soft limit (9/10) and 9830
 // sessions of 192 KiB; GOMEMLIMIT in the environment wins; a configured
 // session cap wins over the derived one.
 func TestMemoryLimitAndSessions(t *testing.T) {
