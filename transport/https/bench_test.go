@@ -163,23 +163,27 @@ func BenchmarkThroughput(b *testing.B) {
 			// half-close ends the server's reading and keeps ours going.
 			raw = benchMode(b, echo, c, func() error { return c.NetConn().(writeCounter).CloseWrite() }, side)
 		})
-		b.Run(mode+"/session", func(b *testing.B) {
-			side := &benchSide{}
-			c := sessionBench(b, echo, side)
-			defer c.Close()
-			got := benchMode(b, echo, c, c.CloseWrite, side)
-			if raw.mbps > 0 && got.cpuUs > 0 {
-				b.ReportMetric(got.mbps/raw.mbps, "xraw")
-				b.ReportMetric(raw.cpuUs/got.cpuUs, "xraw-cpu")
-			}
-		})
+		// session: the listener's own HTTP/2 engine (the front);
+		// stockh2: the same session on net/http's HTTP/2 server.
+		for _, name := range []string{"session", "stockh2"} {
+			b.Run(mode+"/"+name, func(b *testing.B) {
+				side := &benchSide{}
+				c := sessionBench(b, echo, side, name == "stockh2")
+				defer c.Close()
+				got := benchMode(b, echo, c, c.CloseWrite, side)
+				if raw.mbps > 0 && got.cpuUs > 0 {
+					b.ReportMetric(got.mbps/raw.mbps, "xraw")
+					b.ReportMetric(raw.cpuUs/got.cpuUs, "xraw-cpu")
+				}
+			})
+		}
 	}
 }
 
 // sessionBench starts a relay serving each session as the mode wants and
 // dials one session, counting writes on both sockets.
-func sessionBench(b *testing.B, echo bool, side *benchSide) transport.Conn {
-	tr := &Transport{wrap: &connWrap{func(c net.Conn) net.Conn { return writeCounter{c, &side.server} }}}
+func sessionBench(b *testing.B, echo bool, side *benchSide, stock bool) transport.Conn {
+	tr := &Transport{stockH2: stock, wrap: &connWrap{func(c net.Conn) net.Conn { return writeCounter{c, &side.server} }}}
 	r := startRelay(b, tr, nil)
 	go func() {
 		for {

@@ -6,10 +6,25 @@ import (
 	"github.com/postern/postern/transport/transporttest"
 )
 
+// TestConformance runs the transport contract on sessions carried by the
+// listener's own HTTP/2 engine (the front's fast path) and, with stockH2,
+// by net/http's HTTP/2 server (the path of connections that begin with
+// anything but a session).
 func TestConformance(t *testing.T) {
-	transporttest.Run(t, func(t *testing.T) transporttest.Setup {
-		tr := &Transport{}
-		r := startRelay(t, tr, nil)
-		return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep}
-	})
+	for _, stock := range []bool{false, true} {
+		name := "engine"
+		if stock {
+			name = "stockh2"
+		}
+		t.Run(name, func(t *testing.T) {
+			transporttest.Run(t, func(t *testing.T) transporttest.Setup {
+				tr := &Transport{stockH2: stock}
+				if !stock {
+					tr = engineTransport()
+				}
+				r := startRelay(t, tr, nil)
+				return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep}
+			})
+		})
+	}
 }

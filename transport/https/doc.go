@@ -18,6 +18,35 @@
 // HTTP/1.1 sessions exist for relays behind a CDN, which also need unbound
 // tokens (ListenConfig.AllowUnbound).
 //
+// # The HTTP/2 front and engine
+//
+// net/http's HTTP/2 server costs a session a goroutine handoff per frame
+// written, a WINDOW_UPDATE pair per 4 KiB read and three goroutines, so a
+// connection whose first request is a session runs it on the listener's
+// own HTTP/2 engine instead (h2session.go): the request body and the
+// response body are read and written by the session's callers directly,
+// each DATA frame one TLS record, a WINDOW_UPDATE pair per half window,
+// and no goroutine but the connection's. Such a connection carries that
+// one session: a further request on it is refused (REFUSED_STREAM), which
+// only the client that proved the token can send.
+//
+// The choice is made by a front (h2front.go) that reads the client's
+// first flight before net/http's HTTP/2 server sees the connection. It
+// writes what the stock server writes first (captured from it when the
+// listener starts) when the stock server would, reads the preface within
+// the stock server's limit, ACKs one valid SETTINGS as the stock server
+// does, and reads frames while they arrive at once. At the first HEADERS
+// it decodes the request and asks the gate (httpsession.Gate.Admit);
+// anything else at any point (another frame, a pause, a request that is
+// not an admitted session) hands the connection to net/http's own HTTP/2
+// server with the bytes read so far replayed and the frames already sent
+// dropped from its output, so that from there on it is served as any
+// other connection. Only the order of the stock server's first few
+// frames, which depends on its goroutines' timing, and the moment its
+// post-preface timers start (at the handover, at most a few milliseconds
+// late) can differ from a server without the front; h2probe_test.go
+// compares the two for a table of first flights.
+//
 // # Client
 //
 // The client dials TCP, performs a uTLS handshake whose ClientHello is the
@@ -54,12 +83,13 @@
 //
 // Both ends size their DATA frames to TLS records: a frame's 9-byte header
 // and payload fill at most one record (16384 bytes of plaintext), which
-// crypto/tls and uTLS send with one write to the socket. The relay hands
-// net/http at most 16375 bytes at a time, the first piece of a record
-// carrying its 4-byte header (net/http sends each such write as one
-// frame); the client sends at most 16371 bytes per frame, so that a relay
-// passing on the bytes of one frame with a record header still fits one
-// frame. Frame buffers come from pools and return once written: an idle
+// crypto/tls and uTLS send with one write to the socket. The relay's
+// frames carry at most 16375 bytes, the first of a record carrying its
+// 4-byte header (the engine builds them; on net/http's server it hands
+// net/http at most that much at a time, which it sends as one frame); the
+// client sends at most 16371 bytes per frame, and the engine's Read
+// returns at most one frame's payload, so that a relay passing on the
+// bytes of one read with a record header still fits one frame. Frame buffers come from pools and return once written: an idle
 // session holds none, on either side.
 //
 // # Limits

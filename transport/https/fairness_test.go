@@ -54,7 +54,10 @@ func TestOneSourceCannotLockOthersOut(t *testing.T) {
 }
 
 // Sessions multiplexed on one HTTP/2 connection stop at the per-connection
-// cap; the refused one gets the cover site, exactly as any refusal.
+// cap; the refused one gets the cover site, exactly as any refusal. The
+// connection opens with a page request, so it is the stock server's (a
+// connection whose first request is a session is the engine's, which
+// carries that session alone: TestEngineRefusesOtherStreams).
 func TestSessionsPerConnection(t *testing.T) {
 	r := startRelay(t, &Transport{}, nil)
 	serveEcho(r.ln)
@@ -63,6 +66,13 @@ func TestSessionsPerConnection(t *testing.T) {
 	cc, err := (&http2.Transport{}).NewClientConn(tc)
 	if err != nil {
 		t.Fatal(err)
+	}
+	page, _ := http.NewRequest("GET", "https://relay.test/", nil)
+	if resp, err := cc.RoundTrip(page); err != nil {
+		t.Fatal(err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
 	status := func() int {
 		pr, pw := io.Pipe()

@@ -69,20 +69,35 @@ func heapBySide() map[string]int64 {
 // server side, told apart from the client by allocation stacks in the
 // memory profile), on the client side (client-B/session), both with the
 // rest (heap-B/session, runtime.MemStats.HeapInuse) and goroutine stacks
-// (stack-B/session, both sides). b.N is ignored beyond running once per
-// op.
+// (stack-B/session, both sides) and goroutines (goroutines/session, both
+// sides, the relay's echo goroutine included). b.N is ignored beyond
+// running once per op.
+// Sub-benchmarks: sessions on the listener's own HTTP/2 engine, and on
+// net/http's server (stockh2).
 func BenchmarkIdleSessionMemory(b *testing.B) {
+	for _, stock := range []bool{false, true} {
+		name := "engine"
+		if stock {
+			name = "stockh2"
+		}
+		b.Run(name, func(b *testing.B) { benchIdleSessionMemory(b, stock) })
+	}
+}
+
+func benchIdleSessionMemory(b *testing.B, stock bool) {
 	const sessions = 100
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
 	runtime.MemProfileRate = 1
-	r := startRelay(b, &Transport{}, func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
+	r := startRelay(b, &Transport{stockH2: stock}, func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	serveEcho(r.ln)
 	msg := make([]byte, 1<<10)
 	var m0, m1 runtime.MemStats
 	var before, after map[string]int64
+	var g0, g1 int
 	for b.Loop() {
 		before = heapBySide()
 		runtime.ReadMemStats(&m0)
+		g0 = runtime.NumGoroutine()
 		cs := make([]transport.Conn, 0, sessions)
 		for range sessions {
 			c := dial(b, r.ep)
@@ -96,6 +111,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		}
 		after = heapBySide()
 		runtime.ReadMemStats(&m1)
+		g1 = runtime.NumGoroutine()
 		for _, c := range cs {
 			c.Close()
 		}
@@ -105,4 +121,5 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	b.ReportMetric(float64(after["client"]-before["client"])/sessions, "client-B/session")
 	b.ReportMetric(per(m1.HeapInuse, m0.HeapInuse), "heap-B/session")
 	b.ReportMetric(per(m1.StackInuse, m0.StackInuse), "stack-B/session")
+	b.ReportMetric(float64(g1-g0)/sessions, "goroutines/session")
 }

@@ -194,7 +194,8 @@ func TestProbeTable(t *testing.T) {
 	transporttest.RunProbes(t, transporttest.Probes{
 		Relay: r.ep.Addr, Reference: startReference(t), Dial: dialH2Probe,
 		Host: "relay.test", Path: testPath, Key: r.ep.Key, Outcomes: r.obs,
-		Deframe: func(rd io.Reader) io.Reader { return &recordReader{r: rd} },
+		Deframe:         func(rd io.Reader) io.Reader { return &recordReader{r: rd} },
+		SessionOwnsConn: true,
 	})
 }
 

@@ -78,6 +78,13 @@ type Transport struct {
 	// Now default to the ListenConfig's.
 	Borrow *borrow.Options
 
+	// stockH2, set only by tests and benchmarks, serves every HTTP/2
+	// connection, sessions too, with net/http's server (no front).
+	stockH2 bool
+	// frontWait, set only by tests, is the front's wait for a client's
+	// first flight (see h2FirstFlightWait).
+	frontWait time.Duration
+
 	// wrap, set only by tests and benchmarks, wraps every accepted TCP
 	// connection (to count the writes that reach the socket). A pointer
 	// keeps Transport comparable.
@@ -124,6 +131,7 @@ type listener struct {
 	srv       *http.Server
 	ln        net.Listener
 	gate      *httpsession.Gate
+	front     *h2Front // nil with Transport.stockH2
 	closeOnce sync.Once
 	closeErr  error
 	serveDone chan struct{}
@@ -159,6 +167,17 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 			}
 			return nil, nil
 		},
+	}
+	// Behind a CDN (unbound tokens) one HTTP/2 connection carries many
+	// users' requests: it stays the stock server's.
+	if !t.stockH2 && !cfg.AllowUnbound {
+		stock, err := newStockH2(t, l.srv.TLSConfig)
+		if err != nil {
+			raw.Close()
+			return nil, &transport.Error{Class: transport.ClassInvalid, Op: "listen", Transport: Name, Err: err}
+		}
+		l.front = &h2Front{l: l, stock: stock, wait: t.frontWait}
+		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
 	go func() {
 		defer close(l.serveDone)

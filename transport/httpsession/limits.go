@@ -41,7 +41,12 @@ type sourceKey [SourceKeySize]byte
 
 // connCount counts the sessions of one TLS or QUIC connection. It lives in
 // the connection's context (see [WithConn]) and is guarded by limiter.mu.
-type connCount struct{ n int }
+type connCount struct {
+	n int // guarded by the limiter's mu
+
+	mu     sync.Mutex
+	preset map[string]transport.Outcome // see Gate.Admit
+}
 
 type connCountKey struct{}
 

@@ -109,11 +109,15 @@ func ListenError(name string, err error) error {
 
 // ServeHTTP decides between a relay session and the cover site.
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	cc, _ := r.Context().Value(connCountKey{}).(*connCount)
+	if outcome, ok := cc.takePreset(r); ok {
+		g.refuse(w, r, outcome) // Admit spent this request's token
+		return
+	}
 	if outcome := g.check(r); outcome != transport.OutcomeOK {
 		g.refuse(w, r, outcome)
 		return
 	}
-	cc, _ := r.Context().Value(connCountKey{}).(*connCount)
 	release, outcome := g.limits.admit(g.limits.source(r), cc)
 	if outcome != transport.OutcomeOK {
 		// Full, or this source or connection has its share: for the
@@ -130,6 +134,76 @@ func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer g.active.Done()
 	g.observe(transport.OutcomeOK)
 	g.start(w, r, release)
+}
+
+// Admit makes the decision of ServeHTTP for a transport that runs
+// sessions with an HTTP engine of its own (transport/https's HTTP/2 fast
+// path). r must carry the context of a connection marked with [WithConn].
+//
+// For a session (OutcomeOK) Admit reports it, takes its slots and returns
+// done, which the caller calls exactly once when the session has ended. For
+// anything else it reports nothing and returns ok false: the caller must
+// then hand the request, untouched, to ServeHTTP through the stock server,
+// which serves the cover site and reports the outcome. A request whose
+// valid token Admit spent before a cap refused it is remembered on its
+// connection, so that ServeHTTP reports OutcomeBusy or OutcomeLimited for
+// it and not OutcomeReplay.
+func (g *Gate) Admit(r *http.Request) (done func(), ok bool) {
+	if g.check(r) != transport.OutcomeOK {
+		return nil, false
+	}
+	cc, _ := r.Context().Value(connCountKey{}).(*connCount)
+	release, outcome := g.limits.admit(g.limits.source(r), cc)
+	if outcome != transport.OutcomeOK {
+		cc.setPreset(r, outcome)
+		return nil, false
+	}
+	if !g.enter() {
+		release()
+		cc.setPreset(r, transport.OutcomeCover)
+		return nil, false
+	}
+	g.observe(transport.OutcomeOK)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			release()
+			g.active.Done()
+		})
+	}, true
+}
+
+// setPreset remembers the outcome of r for ServeHTTP, keyed by its token.
+func (cc *connCount) setPreset(r *http.Request, outcome transport.Outcome) {
+	ck, err := r.Cookie(token.Cookie)
+	if cc == nil || err != nil {
+		return
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.preset == nil {
+		cc.preset = make(map[string]transport.Outcome, 1)
+	}
+	cc.preset[ck.Value] = outcome
+}
+
+// takePreset returns and forgets the outcome Admit decided for r.
+func (cc *connCount) takePreset(r *http.Request) (transport.Outcome, bool) {
+	if cc == nil {
+		return "", false
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if len(cc.preset) == 0 {
+		return "", false
+	}
+	ck, err := r.Cookie(token.Cookie)
+	if err != nil {
+		return "", false
+	}
+	outcome, ok := cc.preset[ck.Value]
+	delete(cc.preset, ck.Value)
+	return outcome, ok
 }
 
 // check returns OutcomeOK for a POST to the secret path with a valid

@@ -45,6 +45,11 @@ type Probes struct {
 	Key  []byte
 	// Outcomes records what the listener reported (ListenConfig.Observe).
 	Outcomes *Outcomes
+	// SessionOwnsConn: a connection whose first request is a session
+	// carries that session alone (transport/https's own HTTP/2 engine
+	// refuses other streams), so the replay probe sends a page request
+	// first, which keeps the connection on the stock server.
+	SessionOwnsConn bool
 	// Deframe, if set, turns a session's response body into the relay's
 	// bytes (the https transport frames them).
 	Deframe func(io.Reader) io.Reader
@@ -128,6 +133,9 @@ func probeCases() []probeCase {
 		}},
 		{"POST session path with replayed token", transport.OutcomeReplay, func(t *testing.T, p *Probes, addr string) answer {
 			c := p.Dial(t, addr)
+			if p.SessionOwnsConn {
+				p.do(t, c, "GET", "/", "", nil)
+			}
 			tok := p.token(t, c, now)
 			first := p.do(t, c, "POST", p.Path, tok, nil) // a real session at the relay
 			if addr == p.Relay && first.status != http.StatusOK {

@@ -1,0 +1,167 @@
+package https
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/internal/token"
+	"github.com/postern/postern/transport/transporttest"
+)
+
+// frontOf returns the relay listener's HTTP/2 front.
+func frontOf(t *testing.T, r *relay) *h2Front {
+	t.Helper()
+	l, ok := r.ln.(*listener)
+	if !ok || l.front == nil {
+		t.Fatal("listener has no HTTP/2 front")
+	}
+	return l.front
+}
+
+// engineTransport waits long for a client's first flight, so that a
+// loaded test machine does not send sessions the stock way.
+func engineTransport() *Transport { return &Transport{frontWait: 2 * time.Second} }
+
+// A session from Postern's client goes to the engine, and the connections
+// of the cover site's visitors go to the stock server.
+func TestFrontRoutesSessionsToEngine(t *testing.T) {
+	r := startRelay(t, engineTransport(), nil)
+	serveEcho(r.ln)
+	f := frontOf(t, r)
+	const sessions = 5
+	for range sessions {
+		c := dial(t, r.ep)
+		transporttest.EchoRoundTrip(t, c, []byte("engine"))
+		c.Close()
+	}
+	if f.engine.Load() != sessions || f.handed.Load() != 0 {
+		t.Fatalf("%d of %d sessions on the engine, %d handed to the stock server", f.engine.Load(), sessions, f.handed.Load())
+	}
+	tc := tlsDial(t, r.ep.Addr, "h2")
+	defer tc.Close()
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.handed.Load()
+	req, _ := http.NewRequest("GET", "https://relay.test/", nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || f.handed.Load() != before+1 {
+		t.Fatalf("page request: status %d, handed %d → %d", resp.StatusCode, before, f.handed.Load())
+	}
+}
+
+// A connection that begins with a session carries that session alone:
+// another request on it is refused (REFUSED_STREAM), never served and
+// never a second session. Only the holder of the connection's TLS keys,
+// who proved the token, can send one.
+func TestEngineRefusesOtherStreams(t *testing.T) {
+	r := startRelay(t, engineTransport(), nil)
+	serveEcho(r.ln)
+	f := frontOf(t, r)
+	tc := tlsDial(t, r.ep.Addr, "h2")
+	defer tc.Close()
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", "https://relay.test"+testPath, pr)
+	req.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || f.engine.Load() != 1 {
+		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
+	}
+	for _, second := range []*http.Request{
+		mustRequest(t, "GET", "https://relay.test/"),
+		mustRequest(t, "POST", "https://relay.test"+testPath),
+	} {
+		second.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
+		res, err := cc.RoundTrip(second)
+		if err == nil {
+			res.Body.Close()
+			t.Fatalf("%s on the session's connection: status %d, want REFUSED_STREAM", second.Method, res.StatusCode)
+		}
+		var se http2.StreamError
+		if !errors.As(err, &se) || se.Code != http2.ErrCodeRefusedStream {
+			t.Fatalf("%s on the session's connection: %v, want REFUSED_STREAM", second.Method, err)
+		}
+	}
+	if n := r.obs.Get(transport.OutcomeOK); n != 1 {
+		t.Errorf("%d sessions reported, want 1", n)
+	}
+	// The session itself still works.
+	pw.Write([]byte{0x42})
+	var b [1]byte
+	if _, err := io.ReadFull(&recordReader{r: resp.Body}, b[:]); err != nil || b[0] != 0x42 {
+		t.Fatalf("session after refused streams: %v", err)
+	}
+}
+
+// A valid session the listener has no room for goes to the stock server,
+// which serves the cover site and reports it busy (not a replay, though
+// the front spent the token).
+func TestEngineBusyGoesToCover(t *testing.T) {
+	tr := engineTransport()
+	tr.MaxSessions = 1
+	r := startRelay(t, tr, nil)
+	f := frontOf(t, r)
+	serveEcho(r.ln)
+	c := dial(t, r.ep)
+	defer c.Close()
+	transporttest.EchoRoundTrip(t, c, []byte("holds the only slot"))
+	tc := tlsDial(t, r.ep.Addr, "h2")
+	defer tc.Close()
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := post(t, cc, boundToken(t, r.ep.Key, tc, time.Now())); got != http.StatusNotFound {
+		t.Fatalf("session beyond the cap: status %d, want the cover's 404", got)
+	}
+	if busy, replay := r.obs.Get(transport.OutcomeBusy), r.obs.Get(transport.OutcomeReplay); busy != 1 || replay != 0 {
+		t.Errorf("reported busy %d, replay %d; want 1 and 0", busy, replay)
+	}
+	if n := f.declined.Load(); n != 1 {
+		t.Errorf("the front saw %d session requests declined by the gate, want 1", n)
+	}
+}
+
+// Behind a CDN (unbound tokens allowed) one HTTP/2 connection carries
+// many users' requests: the listener has no front, every connection is
+// the stock server's.
+func TestNoFrontWithUnboundTokens(t *testing.T) {
+	r := startRelay(t, &Transport{}, func(c *transport.ListenConfig) { c.AllowUnbound = true })
+	if l := r.ln.(*listener); l.front != nil {
+		t.Fatal("a listener that takes unbound tokens has an HTTP/2 front")
+	}
+	serveEcho(r.ln)
+	c := dial(t, r.ep)
+	defer c.Close()
+	transporttest.EchoRoundTrip(t, c, []byte("stock"))
+}
+
+func mustRequest(t *testing.T, method, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}

@@ -1,0 +1,720 @@
+package https
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/httpsession"
+)
+
+// The engine: the relay end of a session on the listener's own HTTP/2
+// (see h2front.go for how a connection gets here). A connection carries
+// this one stream; the engine refuses any other (RST_STREAM
+// REFUSED_STREAM), as only an authenticated client gets here.
+//
+// The connection's goroutine (net/http's, which called the front) reads
+// frames; the session's Read takes DATA payloads from a queue of pooled
+// buffers and returns the window with one WINDOW_UPDATE pair once half of
+// it is owed; Write sends each DATA frame, with the record framing of the
+// package documentation, as one write to the TLS connection, so one TLS
+// record. Control frames (SETTINGS and PING ACKs, WINDOW_UPDATE) go out
+// from the goroutine that owes them. No goroutine waits for flow control
+// while it holds the connection's write lock.
+const (
+	// h2Linger bounds how long a connection whose session ended waits for
+	// the client to close it.
+	h2Linger = 2 * time.Second
+	// h2CloseWriteWait bounds the final frames of a closing session.
+	h2CloseWriteWait = time.Second
+	// h2MaxControl bounds the payload of a frame other than DATA.
+	h2MaxControl = 64 << 10
+	// RFC 9113 error codes the engine sends.
+	h2NoError       = 0x0
+	h2ProtocolError = 0x1
+	h2FlowError     = 0x3
+	h2FrameSize     = 0x6
+	h2RefusedStream = 0x7
+)
+
+var (
+	errH2Reset  = errors.New("https: client reset the session stream")
+	errH2Closed = errors.New("https: client closed the connection")
+	errH2Proto  = errors.New("https: client broke the HTTP/2 protocol")
+	errH2Failed = errors.New("https: the connection failed")
+)
+
+// engineFrames holds the buffers DATA frames are read into and written from.
+var engineFrames = sync.Pool{New: func() any { return new([16384]byte) }}
+
+// chunk is a DATA payload waiting for Read.
+type chunk struct {
+	buf      *[16384]byte
+	off, end int
+}
+
+// h2Session is a relay session on the engine; it is a transport.Conn.
+type h2Session struct {
+	f      *h2Front
+	tc     net.Conn // the TLS connection
+	stream uint32
+	dec    *hpack.Decoder
+	src    io.Reader // the bytes the front read past HEADERS, then tc
+	local  net.Addr
+
+	wr  sync.Mutex // one Write or CloseWrite at a time
+	fmu sync.Mutex // frames written to tc
+
+	mu           sync.Mutex
+	rcond, wcond sync.Cond // readers: data or end; writers: window or end
+	queue        []chunk
+	rEOF         bool  // the client ended its side (END_STREAM)
+	rErr         error // the stream or the connection failed
+	closed       bool  // Close called
+	wshut        bool  // END_STREAM sent (CloseWrite)
+	sendConn     int64
+	sendStream   int64
+	peerInitial  int64
+	peerMaxFrame int
+	recvConn     int64 // receive windows left
+	recvStream   int64
+	owedConn     int64 // consumed bytes not yet returned
+	owedStream   int64
+	winConn      int64
+	winStream    int64
+}
+
+func newH2Session(f *h2Front, tc net.Conn, stream uint32, dec *hpack.Decoder, ff *firstFlight) *h2Session {
+	s := &h2Session{
+		f: f, tc: tc, stream: stream, dec: dec, local: f.l.ln.Addr(),
+		sendConn: ff.sendWin, sendStream: ff.peer.initialWindow, peerInitial: ff.peer.initialWindow,
+		peerMaxFrame: ff.peer.maxFrame,
+		recvConn:     f.stock.connWindow, recvStream: f.stock.streamWindow,
+		winConn: f.stock.connWindow, winStream: f.stock.streamWindow,
+	}
+	s.rcond.L, s.wcond.L = &s.mu, &s.mu
+	return s
+}
+
+// run answers the session request, offers the session to Accept and
+// reads frames until the connection ends; then it calls done.
+func (s *h2Session) run(ctx context.Context, ff *firstFlight, left []byte, done func()) {
+	defer done()
+	defer s.tc.Close()
+	s.src = io.MultiReader(bytes.NewReader(left), s.tc)
+	if err := s.writeResponse(); err != nil {
+		s.fail(err)
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	offered := make(chan struct{})
+	go func() {
+		defer close(offered)
+		if !s.f.l.gate.Offer(ctx, s) {
+			s.Close()
+		}
+	}()
+	s.fail(s.readLoop())
+	cancel()
+	<-offered
+}
+
+// writeResponse sends the answer to the session request: status 200 and
+// the headers of httpsession.WriteAccepted.
+func (s *h2Session) writeResponse() error {
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	enc.WriteField(hpack.HeaderField{Name: "cache-control", Value: "no-store"})
+	enc.WriteField(hpack.HeaderField{Name: "content-type", Value: httpsession.ContentType})
+	enc.WriteField(hpack.HeaderField{Name: "date", Value: time.Now().UTC().Format(http.TimeFormat)})
+	b := appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, s.stream)
+	return s.writeFrames(append(b, block.Bytes()...))
+}
+
+// appendFrameHeader appends a frame header.
+func appendFrameHeader(b []byte, n int, typ, flags byte, stream uint32) []byte {
+	return append(b, byte(n>>16), byte(n>>8), byte(n), typ, flags,
+		byte(stream>>24), byte(stream>>16), byte(stream>>8), byte(stream))
+}
+
+// appendUint32Frame appends a frame with a 4-byte payload.
+func appendUint32Frame(b []byte, typ byte, stream, v uint32) []byte {
+	b = appendFrameHeader(b, 4, typ, 0, stream)
+	return binary.BigEndian.AppendUint32(b, v)
+}
+
+// writeFrames writes b, whole frames, in one write.
+func (s *h2Session) writeFrames(b []byte) error {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	_, err := s.tc.Write(b)
+	return err
+}
+
+// writeData writes a DATA frame unless the session was closed (Close
+// ends the stream under fmu: no DATA may follow); end marks the stream
+// ended.
+func (s *h2Session) writeData(b []byte, end bool) error {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	s.mu.Lock()
+	closed := s.closed
+	if !closed && end {
+		s.wshut = true
+	}
+	s.mu.Unlock()
+	if closed {
+		return net.ErrClosed
+	}
+	_, err := s.tc.Write(b)
+	return err
+}
+
+// fail ends the stream with err, once: readers and writers wake and fail.
+func (s *h2Session) fail(err error) {
+	err = connErr(err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rErr == nil {
+		s.rErr = err
+	}
+	s.rcond.Broadcast()
+	s.wcond.Broadcast()
+}
+
+// readLoop reads and handles frames until the connection fails, the
+// client closes it, or the session is closed and the linger ends.
+func (s *h2Session) readLoop() error {
+	var hdr [h2FrameHeader]byte
+	var block []byte       // header block being assembled
+	var blockStream uint32 // its stream, 0 if none
+	for {
+		if _, err := io.ReadFull(s.src, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return errH2Closed
+			}
+			return err
+		}
+		n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+		typ, flags, stream := hdr[3], hdr[4], binary.BigEndian.Uint32(hdr[5:9])&maxWindow
+		if uint32(n) > s.f.stock.maxFrame {
+			return s.connError(h2FrameSize)
+		}
+		if blockStream != 0 && typ != frameContinuation {
+			return s.connError(h2ProtocolError)
+		}
+		if typ == frameData {
+			if err := s.onData(n, flags, stream); err != nil {
+				return err
+			}
+			continue
+		}
+		if n > h2MaxControl {
+			return s.connError(h2FrameSize)
+		}
+		buf := engineFrames.Get().(*[16384]byte)
+		var p []byte
+		if n <= len(buf) {
+			p = buf[:n]
+		} else {
+			p = make([]byte, n)
+		}
+		if _, err := io.ReadFull(s.src, p); err != nil {
+			engineFrames.Put(buf)
+			return err
+		}
+		var err error
+		switch typ {
+		case frameHeaders, frameContinuation:
+			if typ == frameHeaders {
+				if blockStream != 0 || stream == 0 {
+					err = s.connError(h2ProtocolError)
+					break
+				}
+				frag, ok := headerBlock(p, flags)
+				if !ok {
+					err = s.connError(h2ProtocolError)
+					break
+				}
+				block, blockStream = append(block[:0], frag...), stream
+				if flags&flagEndStream != 0 && stream == s.stream {
+					s.endRead()
+				}
+			} else {
+				if stream != blockStream || len(block)+n > int(s.f.stock.maxHeaderList) {
+					err = s.connError(h2ProtocolError)
+					break
+				}
+				block = append(block, p...)
+			}
+			if flags&flagEndHeaders != 0 {
+				err = s.onHeaderBlock(blockStream, block)
+				block, blockStream = nil, 0
+			}
+		case frameSettings:
+			err = s.onSettings(flags, stream, p)
+		case framePing:
+			if flags&flagAck == 0 && n == 8 {
+				b := appendFrameHeader(make([]byte, 0, 17), 8, framePing, flagAck, 0)
+				err = s.writeFrames(append(b, p...))
+			}
+		case frameWindowUpdate:
+			err = s.onWindowUpdate(stream, p)
+		case frameRSTStream:
+			if stream == s.stream {
+				s.fail(errH2Reset)
+			}
+		case framePushPromise:
+			err = s.connError(h2ProtocolError)
+		default:
+			// PRIORITY, GOAWAY (the session's stream is below any
+			// last-stream id a client could send), unknown types.
+		}
+		engineFrames.Put(buf)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// connError sends GOAWAY with code and ends the connection.
+func (s *h2Session) connError(code uint32) error {
+	b := appendFrameHeader(make([]byte, 0, 17), 8, frameGoAway, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, s.stream)
+	b = binary.BigEndian.AppendUint32(b, code)
+	s.tc.SetWriteDeadline(time.Now().Add(h2CloseWriteWait))
+	s.writeFrames(b)
+	return errH2Proto
+}
+
+// onData reads a DATA payload of n bytes into the queue.
+func (s *h2Session) onData(n int, flags byte, stream uint32) error {
+	s.mu.Lock()
+	if int64(n) > s.recvConn || (stream == s.stream && int64(n) > s.recvStream) {
+		s.mu.Unlock()
+		return s.connError(h2FlowError)
+	}
+	s.recvConn -= int64(n)
+	if stream == s.stream {
+		s.recvStream -= int64(n)
+	}
+	keep := stream == s.stream && !s.closed && !s.rEOF
+	s.mu.Unlock()
+	data := n
+	if flags&flagPadded != 0 && n > 0 {
+		var b [1]byte
+		if _, err := io.ReadFull(s.src, b[:]); err != nil {
+			return err
+		}
+		if int(b[0]) > n-1 {
+			return s.connError(h2ProtocolError)
+		}
+		data = n - 1 - int(b[0])
+	}
+	pad := n - data
+	queued := 0
+	for data > 0 {
+		buf := engineFrames.Get().(*[16384]byte)
+		k := min(data, len(buf))
+		if _, err := io.ReadFull(s.src, buf[:k]); err != nil {
+			engineFrames.Put(buf)
+			return err
+		}
+		data -= k
+		s.mu.Lock()
+		switch {
+		case !keep || s.closed:
+			engineFrames.Put(buf)
+		case len(s.queue) > 0 && len(buf)-s.queue[len(s.queue)-1].end >= k && k < len(buf)/4:
+			// A small payload joins the last buffer, so that tiny frames
+			// cannot hold a 16 KiB buffer each. (A large one keeps its own:
+			// Read returns it whole, and a relay passing it on keeps the
+			// client's frame size.)
+			t := &s.queue[len(s.queue)-1]
+			t.end += copy(t.buf[t.end:], buf[:k])
+			engineFrames.Put(buf)
+			queued += k
+			s.rcond.Broadcast()
+		default:
+			s.queue = append(s.queue, chunk{buf: buf, end: k})
+			queued += k
+			s.rcond.Broadcast()
+		}
+		s.mu.Unlock()
+	}
+	if flags&flagPadded != 0 && pad > 1 {
+		if _, err := io.CopyN(io.Discard, s.src, int64(pad-1)); err != nil {
+			return err
+		}
+	}
+	// What nobody will read (padding, other streams, a closed session)
+	// goes back to the windows at once; the rest when Read takes it.
+	if err := s.consumed(int64(n-queued), stream == s.stream); err != nil {
+		return err
+	}
+	if flags&flagEndStream != 0 && stream == s.stream {
+		s.endRead()
+	}
+	return nil
+}
+
+// endRead marks the client's side as ended.
+func (s *h2Session) endRead() {
+	s.mu.Lock()
+	s.rEOF = true
+	s.rcond.Broadcast()
+	s.mu.Unlock()
+}
+
+// onHeaderBlock decodes a complete header block (keeping the HPACK state
+// in step) and refuses any stream but the session's.
+func (s *h2Session) onHeaderBlock(stream uint32, block []byte) error {
+	if _, err := s.dec.DecodeFull(block); err != nil {
+		return s.connError(0x9) // COMPRESSION_ERROR
+	}
+	if stream == s.stream {
+		return nil // trailers
+	}
+	return s.writeFrames(appendUint32Frame(make([]byte, 0, 13), frameRSTStream, stream, h2RefusedStream))
+}
+
+// onSettings applies the client's SETTINGS and ACKs them.
+func (s *h2Session) onSettings(flags byte, stream uint32, p []byte) error {
+	if stream != 0 {
+		return s.connError(h2ProtocolError)
+	}
+	if flags&flagAck != 0 {
+		return nil
+	}
+	ps := peerSettings{initialWindow: -1}
+	if !ps.apply(p) {
+		return s.connError(h2ProtocolError)
+	}
+	s.mu.Lock()
+	if ps.initialWindow >= 0 {
+		s.sendStream += ps.initialWindow - s.peerInitial
+		s.peerInitial = ps.initialWindow
+	}
+	if ps.maxFrame > 0 {
+		s.peerMaxFrame = ps.maxFrame
+	}
+	s.wcond.Broadcast()
+	s.mu.Unlock()
+	return s.writeFrames(appendFrameHeader(make([]byte, 0, 9), 0, frameSettings, flagAck, 0))
+}
+
+// onWindowUpdate grows a send window.
+func (s *h2Session) onWindowUpdate(stream uint32, p []byte) error {
+	if len(p) != 4 {
+		return s.connError(h2FrameSize)
+	}
+	inc := int64(binary.BigEndian.Uint32(p) & maxWindow)
+	s.mu.Lock()
+	over := false
+	switch stream {
+	case 0:
+		over = s.sendConn+inc > maxWindow
+		if !over {
+			s.sendConn += inc
+		}
+	case s.stream:
+		s.sendStream = min(s.sendStream+inc, maxWindow)
+	}
+	s.wcond.Broadcast()
+	s.mu.Unlock()
+	if over {
+		return s.connError(h2FlowError)
+	}
+	return nil
+}
+
+// consumed returns n bytes to the receive windows (of the stream too if
+// stream), with a WINDOW_UPDATE once half of a window is owed.
+func (s *h2Session) consumed(n int64, stream bool) error {
+	if n <= 0 {
+		return nil
+	}
+	s.mu.Lock()
+	s.owedConn += n
+	if stream {
+		s.owedStream += n
+	}
+	b := s.windowUpdatesLocked()
+	s.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	return s.writeFrames(b)
+}
+
+// windowUpdatesLocked returns the WINDOW_UPDATE frames owed, if any.
+func (s *h2Session) windowUpdatesLocked() []byte {
+	if s.owedConn < s.winConn/2 && s.owedStream < s.winStream/2 {
+		return nil
+	}
+	var b []byte
+	if s.owedConn > 0 {
+		b = appendUint32Frame(make([]byte, 0, 26), frameWindowUpdate, 0, uint32(s.owedConn))
+		s.recvConn += s.owedConn
+		s.owedConn = 0
+	}
+	if s.owedStream > 0 && !s.rEOF {
+		b = appendUint32Frame(b, frameWindowUpdate, s.stream, uint32(s.owedStream))
+		s.recvStream += s.owedStream
+	}
+	s.owedStream = 0
+	return b
+}
+
+// Read returns session bytes from the client.
+func (s *h2Session) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.mu.Lock()
+	for len(s.queue) == 0 && !s.rEOF && s.rErr == nil && !s.closed {
+		s.rcond.Wait()
+	}
+	if s.closed {
+		s.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if len(s.queue) == 0 {
+		err, eof := s.rErr, s.rEOF
+		s.mu.Unlock()
+		if eof {
+			return 0, io.EOF
+		}
+		return 0, &net.OpError{Op: "read", Net: Name, Err: err}
+	}
+	// One frame's payload at most: a relay that passes each read on keeps
+	// the client's frame sizes, which fill TLS records.
+	c := &s.queue[0]
+	n := copy(p, c.buf[c.off:c.end])
+	c.off += n
+	if c.off == c.end {
+		engineFrames.Put(c.buf)
+		s.queue[0] = chunk{}
+		s.queue = s.queue[1:]
+	}
+	if len(s.queue) == 0 {
+		s.queue = nil // an idle session holds no buffer
+	}
+	s.owedConn += int64(n)
+	s.owedStream += int64(n)
+	b := s.windowUpdatesLocked()
+	s.mu.Unlock()
+	if b != nil {
+		if err := s.writeFrames(b); err != nil {
+			return n, s.writeErr(err)
+		}
+	}
+	return n, nil
+}
+
+// Write sends p as records (see the package documentation), each DATA
+// frame in one TLS record.
+func (s *h2Session) Write(p []byte) (int, error) {
+	s.wr.Lock()
+	defer s.wr.Unlock()
+	if err := s.writable(); err != nil {
+		return 0, err
+	}
+	written := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), MaxRecord)]
+		if err := s.writeRecord(chunk, false); err != nil {
+			return written, err
+		}
+		written += len(chunk)
+		p = p[len(chunk):]
+	}
+	return written, nil
+}
+
+// writable reports why the session cannot write, if it cannot.
+func (s *h2Session) writable() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return net.ErrClosed
+	case s.wshut:
+		return errWriteAfterCloseWrite
+	case s.rErr != nil:
+		return &net.OpError{Op: "write", Net: Name, Err: s.rErr}
+	}
+	return nil
+}
+
+// writeRecord sends one record: its 4-byte length and data, in DATA
+// frames that fit the send windows and a TLS record each; end sets
+// END_STREAM on the last.
+func (s *h2Session) writeRecord(data []byte, end bool) error {
+	var rh [recordHeaderLen]byte
+	binary.BigEndian.PutUint32(rh[:], uint32(len(data)))
+	head := rh[:]
+	for len(head) > 0 || len(data) > 0 {
+		n, err := s.reserve(len(head) + len(data))
+		if err != nil {
+			return err
+		}
+		buf := engineFrames.Get().(*[16384]byte)
+		h := copy(buf[h2FrameHeader:h2FrameHeader+n], head)
+		head = head[h:]
+		d := copy(buf[h2FrameHeader+h:h2FrameHeader+n], data)
+		data = data[d:]
+		var flags byte
+		if end && len(head) == 0 && len(data) == 0 {
+			flags = flagEndStream
+		}
+		appendFrameHeader(buf[:0], n, frameData, flags, s.stream)
+		err = s.writeData(buf[:h2FrameHeader+n], flags&flagEndStream != 0)
+		engineFrames.Put(buf) // tls.Conn.Write has copied it, even on error
+		if err != nil {
+			return s.writeErr(err)
+		}
+	}
+	return nil
+}
+
+// reserve waits until the send windows are open and takes up to want
+// bytes of them, at most one frame's worth.
+func (s *h2Session) reserve(want int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		switch {
+		case s.closed:
+			return 0, net.ErrClosed
+		case s.rErr != nil:
+			return 0, &net.OpError{Op: "write", Net: Name, Err: s.rErr}
+		}
+		if s.sendConn > 0 && s.sendStream > 0 {
+			break
+		}
+		s.wcond.Wait()
+	}
+	n := int64(min(want, dataPiece, s.peerMaxFrame))
+	n = min(n, s.sendConn, s.sendStream)
+	s.sendConn -= n
+	s.sendStream -= n
+	return int(n), nil
+}
+
+// writeErr reports a failed write: net.ErrClosed after Close.
+func (s *h2Session) writeErr(err error) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed || errors.Is(err, net.ErrClosed) {
+		return net.ErrClosed
+	}
+	return &net.OpError{Op: "write", Net: Name, Err: connErr(err)}
+}
+
+// connErr keeps what the relay may learn of a connection error: the
+// errors of crypto/tls and of the TCP socket name the client's address,
+// which the relay side of a session never sees.
+func connErr(err error) error {
+	var errno syscall.Errno
+	switch {
+	case err == nil, errors.Is(err, errH2Closed), errors.Is(err, errH2Reset), errors.Is(err, errH2Proto):
+		return err
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		return errH2Closed
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return transport.Redact("https: the connection timed out", os.ErrDeadlineExceeded)
+	case errors.As(err, &errno):
+		return transport.Redact("https: the connection failed: "+errno.Error(), errno)
+	}
+	return errH2Failed
+}
+
+// CloseWrite sends the end-of-stream record with END_STREAM; reads keep
+// working.
+func (s *h2Session) CloseWrite() error {
+	s.wr.Lock()
+	defer s.wr.Unlock()
+	s.mu.Lock()
+	shut, closed := s.wshut, s.closed
+	s.mu.Unlock()
+	if closed {
+		return net.ErrClosed
+	}
+	if shut {
+		return nil
+	}
+	// The zero record is the record header alone; its frame ends the
+	// stream.
+	return s.writeRecord(nil, true)
+}
+
+// Close ends the session: it ends the stream after what was written and
+// the connection (GOAWAY), then the connection waits up to h2Linger for
+// the client to close it. A write blocked on a client that does not read
+// is aborted after h2CloseWriteWait.
+func (s *h2Session) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for _, c := range s.queue {
+		engineFrames.Put(c.buf)
+	}
+	s.queue = nil
+	s.rcond.Broadcast()
+	s.wcond.Broadcast()
+	dead := s.rErr != nil
+	s.mu.Unlock()
+	if dead {
+		s.tc.Close()
+		return nil
+	}
+	// A frame write blocked on a client that does not read ends at this
+	// deadline; then the stream's end goes out after everything written.
+	s.tc.SetWriteDeadline(time.Now().Add(h2CloseWriteWait))
+	s.fmu.Lock()
+	s.mu.Lock()
+	wshut, rEOF := s.wshut, s.rEOF
+	s.mu.Unlock()
+	var b []byte
+	if !wshut {
+		b = appendFrameHeader(b, 0, frameData, flagEndStream, s.stream)
+	}
+	if !rEOF {
+		b = appendUint32Frame(b, frameRSTStream, s.stream, h2NoError)
+	}
+	b = appendFrameHeader(b, 8, frameGoAway, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, s.stream)
+	b = binary.BigEndian.AppendUint32(b, h2NoError)
+	_, err := s.tc.Write(b)
+	s.fmu.Unlock()
+	if err != nil {
+		s.tc.Close()
+		return nil
+	}
+	s.tc.SetReadDeadline(time.Now().Add(h2Linger))
+	return nil
+}
+
+func (s *h2Session) LocalAddr() net.Addr  { return s.local }
+func (s *h2Session) RemoteAddr() net.Addr { return httpsession.HiddenAddr(Name) }
+
+func (s *h2Session) SetDeadline(time.Time) error      { return errNoDeadline }
+func (s *h2Session) SetReadDeadline(time.Time) error  { return errNoDeadline }
+func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
