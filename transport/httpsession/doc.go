@@ -55,6 +55,12 @@
 //
 // The cover site gets the request untouched, body unread, so everything but
 // a valid session is answered exactly as the cover site alone answers it.
+//
+// A transport that runs sessions on an HTTP engine of its own
+// (transport/https) asks [Gate.Admit] first, which decides the same way but
+// serves nothing: a request it does not admit goes to ServeHTTP through the
+// stock server, which then reports the outcome (a token Admit spent before
+// a cap refused it is reported busy or limited there, not as a replay).
 // The relay side of a session never learns the client's address: its
 // RemoteAddr is a [HiddenAddr].
 //
