@@ -67,13 +67,7 @@ func TestSessionsPerConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := http.NewRequest("GET", "https://relay.test/", nil)
-	if resp, err := cc.RoundTrip(page); err != nil {
-		t.Fatal(err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	getPage(t, cc)
 	status := func() int {
 		pr, pw := io.Pipe()
 		t.Cleanup(func() { pw.Close() })

@@ -217,13 +217,7 @@ func TestTokensOnResumedConnection(t *testing.T) {
 	}
 	// A page first: the connection is then the stock server's, which
 	// takes several requests (the engine carries one session alone).
-	page, _ := http.NewRequest("GET", "https://relay.test/", nil)
-	if resp, err := cc2.RoundTrip(page); err != nil {
-		t.Fatal(err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	getPage(t, cc2)
 	tok := boundToken(t, r.cfg.Key, c2, time.Now())
 	for _, tc := range []struct {
 		name, token string
@@ -276,4 +270,19 @@ func postRes(t *testing.T, cc *http2.ClientConn, tok string) *http.Response {
 	}
 	res.Body.Close()
 	return res
+}
+
+// getPage requests the cover site's home page on cc and reads it. As a
+// connection's first request it keeps the connection on net/http's
+// server, which takes several requests (the listener's engine carries a
+// session alone).
+func getPage(t *testing.T, cc *http2.ClientConn) {
+	t.Helper()
+	page, _ := http.NewRequest("GET", "https://relay.test/", nil)
+	resp, err := cc.RoundTrip(page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
 }
