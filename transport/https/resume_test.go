@@ -285,4 +285,7 @@ func getPage(t *testing.T, cc *http2.ClientConn) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /: status %d", resp.StatusCode)
+	}
 }
