@@ -249,9 +249,10 @@ func (cc *h2Client) endStream() error {
 	return cc.writeFrame(func() error { return cc.fr.WriteData(h2Stream, true, nil) })
 }
 
-// framePool holds the buffers in which writeData builds a DATA frame: a
-// connection holds one only while it writes.
-var framePool = sync.Pool{New: func() any { return new([h2FrameHeader + h2MaxData]byte) }}
+// framePool holds the buffers in which both ends build or read a frame
+// (a TLS record's worth, 16384 bytes): a connection holds one only while
+// it writes, and the relay's engine one per queued payload.
+var framePool = sync.Pool{New: func() any { return new([16384]byte) }}
 
 // writeData sends p as DATA frames, waiting for window as needed, and
 // returns how much of p it sent. Each frame leaves in one write to the
@@ -271,7 +272,7 @@ func (cc *h2Client) writeData(p []byte) (int, error) {
 		cc.sendConn -= int64(n)
 		cc.sendStream -= int64(n)
 		cc.mu.Unlock()
-		buf := framePool.Get().(*[h2FrameHeader + h2MaxData]byte)
+		buf := framePool.Get().(*[16384]byte)
 		// Length (24 bits), type DATA (0), no flags, stream.
 		buf[0], buf[1], buf[2], buf[3], buf[4] = byte(n>>16), byte(n>>8), byte(n), 0, 0
 		binary.BigEndian.PutUint32(buf[5:9], h2Stream)

@@ -552,25 +552,12 @@ type h2Request struct {
 // decoder state the engine continues with; ok is false if the
 // connection must go to the stock server.
 func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, dec *hpack.Decoder, ok bool) {
-	// After the preface the stock server's loop starts and sends the
-	// rest of its first frames (the connection WINDOW_UPDATE queued
-	// behind the SETTINGS) in a write of its own, then answers frames.
-	// But when the client's SETTINGS is there at once with the preface,
-	// it is read while the SETTINGS flush still runs, and the ACK goes
-	// out first, in one write with the rest.
-	rest := func() bool {
-		if ff.restSent {
-			return true
-		}
-		ff.restSent = true
-		return ff.write(f.stock.rest)
-	}
 	wait, limit := h2FirstFlightWait, h2FirstFlightLimit
 	if f.wait > 0 {
 		wait, limit = f.wait, f.wait
 	}
 	ff.limit = time.Now().Add(limit)
-	if !ff.atOnce && !rest() {
+	if !ff.atOnce && !f.sendRest(ff) {
 		return req, 0, nil, false
 	}
 	off := 0
@@ -580,84 +567,116 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, dec 
 			w = h2AtOnce
 		}
 		if !ff.fill(off+h2FrameHeader, w) {
-			if ff.restSent || !rest() || !ff.fill(off+h2FrameHeader, wait) {
+			if ff.restSent || !f.sendRest(ff) || !ff.fill(off+h2FrameHeader, wait) {
 				return req, 0, nil, false
 			}
 		}
 		b := ff.buf[off:]
 		n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
 		typ, flags, stream := b[3], b[4], binary.BigEndian.Uint32(b[5:9])&maxWindow
-		settings := typ == frameSettings && stream == 0 && flags&flagAck == 0
-		// The stock server takes a SETTINGS (or its ACK) first, and no
-		// other frame; the front takes the frames below, of the sizes
-		// a browser sends.
-		var max int
-		switch {
-		case settings && !ff.settings:
-			max = 6 * 16
-		case typ == frameSettings && stream == 0 && flags&flagAck != 0 && ff.acks == 0:
-			max = 0
-		case !ff.sawFirst:
-			max = -1
-		case typ == frameWindowUpdate && stream == 0:
-			max = 4
-		case typ == frameHeaders:
-			max = h2MaxFrame
-		default:
-			max = -1
-		}
-		if n > max || off+h2FrameHeader+n > h2FirstFlightMax || !ff.fill(off+h2FrameHeader+n, wait) {
-			rest()
+		if n > ff.firstFrameMax(typ, flags, stream) || off+h2FrameHeader+n > h2FirstFlightMax || !ff.fill(off+h2FrameHeader+n, wait) {
+			f.sendRest(ff)
 			return req, 0, nil, false
 		}
 		p := ff.buf[off+h2FrameHeader : off+h2FrameHeader+n]
 		off += h2FrameHeader + n
 		ff.sawFirst = true
-		if settings {
-			// One only: the stock server may answer two with one ACK.
-			ff.settings = true
-			if !ff.peer.apply(p) {
-				return req, 0, nil, false
-			}
-			ack := appendFrameHeader(nil, 0, frameSettings, flagAck, 0)
-			if !ff.restSent {
-				ff.restSent = true
-				ack = append(ack, f.stock.rest...)
-			}
-			if !ff.write(ack) {
+		if typ == frameSettings && flags&flagAck == 0 {
+			if !f.takeSettings(ff, p) {
 				return req, 0, nil, false
 			}
 			continue
 		}
-		if !rest() {
+		if !f.sendRest(ff) {
 			return req, 0, nil, false
 		}
-		switch {
-		case typ == frameSettings:
+		switch typ {
+		case frameSettings:
 			ff.acks++
-		case typ == frameWindowUpdate:
+		case frameWindowUpdate:
+			if len(p) != 4 {
+				return req, 0, nil, false
+			}
 			inc := int64(binary.BigEndian.Uint32(p) & maxWindow)
-			if n != 4 || inc == 0 || ff.sendWin+inc > maxWindow {
+			if inc == 0 || ff.sendWin+inc > maxWindow {
 				return req, 0, nil, false
 			}
 			ff.sendWin += inc
-		case typ == frameHeaders && stream%2 == 1 && flags&flagEndHeaders != 0 && flags&flagEndStream == 0:
-			block, good := headerBlock(p, flags)
-			if !good {
-				return req, 0, nil, false
-			}
-			dec = hpack.NewDecoder(f.stock.tableSize, nil)
-			dec.SetMaxStringLength(int(f.stock.maxHeaderList))
-			fields, err := dec.DecodeFull(block)
-			if err != nil {
-				return req, 0, nil, false
-			}
-			return h2Request{stream: stream, fields: fields}, off, dec, true
-		default:
-			return req, 0, nil, false
+		case frameHeaders:
+			req, dec, ok = f.decodeRequest(p, flags, stream)
+			return req, off, dec, ok
 		}
 	}
 	return req, 0, nil, false
+}
+
+// sendRest writes the rest of the stock server's first frames, once.
+//
+// After the preface the stock server's loop starts and sends them (the
+// connection WINDOW_UPDATE queued behind the SETTINGS) in a write of its
+// own, then answers frames. But when the client's SETTINGS is there at
+// once with the preface, it is read while the SETTINGS flush still runs,
+// and the ACK goes out first, in one write with the rest (takeSettings).
+func (f *h2Front) sendRest(ff *firstFlight) bool {
+	if ff.restSent {
+		return true
+	}
+	ff.restSent = true
+	return ff.write(f.stock.rest)
+}
+
+// firstFrameMax is the largest payload the front takes for a frame of
+// the first flight, -1 for a frame it does not take. The stock server
+// takes a SETTINGS (or its ACK) first, and no other frame; the front
+// takes one SETTINGS, one ACK, connection WINDOW_UPDATEs and a HEADERS,
+// of the sizes a browser sends.
+func (ff *firstFlight) firstFrameMax(typ, flags byte, stream uint32) int {
+	switch {
+	case typ == frameSettings && stream == 0 && flags&flagAck == 0 && !ff.settings:
+		return 6 * 16
+	case typ == frameSettings && stream == 0 && flags&flagAck != 0 && ff.acks == 0:
+		return 0
+	case !ff.sawFirst:
+		return -1
+	case typ == frameWindowUpdate && stream == 0:
+		return 4
+	case typ == frameHeaders && stream%2 == 1 && flags&flagEndHeaders != 0 && flags&flagEndStream == 0:
+		return h2MaxFrame
+	}
+	return -1
+}
+
+// takeSettings takes the client's SETTINGS and ACKs it as the stock
+// server does (with the rest of its first frames if they are still due);
+// false if the stock server would not simply ACK it.
+func (f *h2Front) takeSettings(ff *firstFlight, p []byte) bool {
+	// One only: the stock server may answer two with one ACK.
+	ff.settings = true
+	if !ff.peer.apply(p) {
+		return false
+	}
+	ack := appendFrameHeader(nil, 0, frameSettings, flagAck, 0)
+	if !ff.restSent {
+		ff.restSent = true
+		ack = append(ack, f.stock.rest...)
+	}
+	return ff.write(ack)
+}
+
+// decodeRequest decodes the first request's header block, with the
+// decoder the engine keeps for the connection.
+func (f *h2Front) decodeRequest(p []byte, flags byte, stream uint32) (h2Request, *hpack.Decoder, bool) {
+	block, ok := headerBlock(p, flags)
+	if !ok {
+		return h2Request{}, nil, false
+	}
+	dec := hpack.NewDecoder(f.stock.tableSize, nil)
+	dec.SetMaxStringLength(int(f.stock.maxHeaderList))
+	fields, err := dec.DecodeFull(block)
+	if err != nil {
+		return h2Request{}, nil, false
+	}
+	return h2Request{stream: stream, fields: fields}, dec, true
 }
 
 // fill reads until ff.buf holds n bytes, waiting at most wait for each

@@ -89,6 +89,8 @@ func FuzzFirstFlight(f *testing.F) {
 	f.Add(clientFlight(f), uint8(7))
 	f.Add([]byte{0, 0, 6, frameSettings, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2}, uint8(1))
 	f.Add([]byte{0, 0, 0, frameData, 0, 0, 0, 0, 1}, uint8(2))
+	// SETTINGS, then a connection WINDOW_UPDATE two bytes short.
+	f.Add([]byte{0, 0, 0, frameSettings, 0, 0, 0, 0, 0, 0, 0, 2, frameWindowUpdate, 0, 0, 0, 0, 0, 0, 1}, uint8(9))
 	f.Fuzz(func(t *testing.T, data []byte, step uint8) {
 		c := &flightConn{data: data, step: int(step%64) + 1}
 		ff := &firstFlight{tc: c, sendWin: h2DefaultWindow, atOnce: step&1 == 0,

@@ -55,9 +55,6 @@ var (
 	errH2Failed = errors.New("https: the connection failed")
 )
 
-// engineFrames holds the buffers DATA frames are read into and written from.
-var engineFrames = sync.Pool{New: func() any { return new([16384]byte) }}
-
 // chunk is a DATA payload waiting for Read.
 type chunk struct {
 	buf      *[16384]byte
@@ -71,7 +68,12 @@ type h2Session struct {
 	stream uint32
 	dec    *hpack.Decoder
 	src    io.Reader // the bytes the front read past HEADERS, then tc
-	local  net.Addr
+
+	// The read loop's: a header block being assembled and its stream (0:
+	// none).
+	block       []byte
+	blockStream uint32
+	local       net.Addr
 
 	wr  sync.Mutex // one Write or CloseWrite at a time
 	fmu sync.Mutex // frames written to tc
@@ -198,8 +200,6 @@ func (s *h2Session) fail(err error) {
 // client closes it, or the session is closed and the linger ends.
 func (s *h2Session) readLoop() error {
 	var hdr [h2FrameHeader]byte
-	var block []byte       // header block being assembled
-	var blockStream uint32 // its stream, 0 if none
 	for {
 		if _, err := io.ReadFull(s.src, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -209,84 +209,85 @@ func (s *h2Session) readLoop() error {
 		}
 		n := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
 		typ, flags, stream := hdr[3], hdr[4], binary.BigEndian.Uint32(hdr[5:9])&maxWindow
-		if uint32(n) > s.f.stock.maxFrame {
+		switch {
+		case uint32(n) > s.f.stock.maxFrame:
 			return s.connError(h2FrameSize)
-		}
-		if blockStream != 0 && typ != frameContinuation {
+		case s.blockStream != 0 && typ != frameContinuation:
 			return s.connError(h2ProtocolError)
-		}
-		if typ == frameData {
+		case typ == frameData:
 			if err := s.onData(n, flags, stream); err != nil {
 				return err
 			}
 			continue
-		}
-		if n > h2MaxControl {
+		case n > h2MaxControl:
 			return s.connError(h2FrameSize)
 		}
-		buf := engineFrames.Get().(*[16384]byte)
-		var p []byte
-		if n <= len(buf) {
-			p = buf[:n]
-		} else {
+		buf := framePool.Get().(*[16384]byte)
+		p := buf[:min(n, len(buf))]
+		if n > len(buf) {
 			p = make([]byte, n)
 		}
-		if _, err := io.ReadFull(s.src, p); err != nil {
-			engineFrames.Put(buf)
-			return err
+		_, err := io.ReadFull(s.src, p)
+		if err == nil {
+			err = s.onControl(typ, flags, stream, p)
 		}
-		var err error
-		switch typ {
-		case frameHeaders, frameContinuation:
-			if typ == frameHeaders {
-				if blockStream != 0 || stream == 0 {
-					err = s.connError(h2ProtocolError)
-					break
-				}
-				frag, ok := headerBlock(p, flags)
-				if !ok {
-					err = s.connError(h2ProtocolError)
-					break
-				}
-				block, blockStream = append(block[:0], frag...), stream
-				if flags&flagEndStream != 0 && stream == s.stream {
-					s.endRead()
-				}
-			} else {
-				if stream != blockStream || len(block)+n > int(s.f.stock.maxHeaderList) {
-					err = s.connError(h2ProtocolError)
-					break
-				}
-				block = append(block, p...)
-			}
-			if flags&flagEndHeaders != 0 {
-				err = s.onHeaderBlock(blockStream, block)
-				block, blockStream = nil, 0
-			}
-		case frameSettings:
-			err = s.onSettings(flags, stream, p)
-		case framePing:
-			if flags&flagAck == 0 && n == 8 {
-				b := appendFrameHeader(make([]byte, 0, 17), 8, framePing, flagAck, 0)
-				err = s.writeFrames(append(b, p...))
-			}
-		case frameWindowUpdate:
-			err = s.onWindowUpdate(stream, p)
-		case frameRSTStream:
-			if stream == s.stream {
-				s.fail(errH2Reset)
-			}
-		case framePushPromise:
-			err = s.connError(h2ProtocolError)
-		default:
-			// PRIORITY, GOAWAY (the session's stream is below any
-			// last-stream id a client could send), unknown types.
-		}
-		engineFrames.Put(buf)
+		framePool.Put(buf)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// onControl handles a frame other than DATA.
+func (s *h2Session) onControl(typ, flags byte, stream uint32, p []byte) error {
+	switch typ {
+	case frameHeaders, frameContinuation:
+		return s.onHeaders(typ, flags, stream, p)
+	case frameSettings:
+		return s.onSettings(flags, stream, p)
+	case framePing:
+		if flags&flagAck == 0 && len(p) == 8 {
+			b := appendFrameHeader(make([]byte, 0, 17), 8, framePing, flagAck, 0)
+			return s.writeFrames(append(b, p...))
+		}
+	case frameWindowUpdate:
+		return s.onWindowUpdate(stream, p)
+	case frameRSTStream:
+		if stream == s.stream {
+			s.fail(errH2Reset)
+		}
+	case framePushPromise:
+		return s.connError(h2ProtocolError)
+	}
+	// PRIORITY, GOAWAY (the session's stream is below any last-stream id
+	// a client could send), unknown types: nothing to do.
+	return nil
+}
+
+// onHeaders assembles a header block from HEADERS and CONTINUATION
+// frames and handles it once complete.
+func (s *h2Session) onHeaders(typ, flags byte, stream uint32, p []byte) error {
+	if typ == frameHeaders {
+		frag, ok := headerBlock(p, flags)
+		if s.blockStream != 0 || stream == 0 || !ok {
+			return s.connError(h2ProtocolError)
+		}
+		s.block, s.blockStream = append(s.block[:0], frag...), stream
+		if flags&flagEndStream != 0 && stream == s.stream {
+			s.endRead()
+		}
+	} else {
+		if stream != s.blockStream || len(s.block)+len(p) > int(s.f.stock.maxHeaderList) {
+			return s.connError(h2ProtocolError)
+		}
+		s.block = append(s.block, p...)
+	}
+	if flags&flagEndHeaders == 0 {
+		return nil
+	}
+	block, stream := s.block, s.blockStream
+	s.block, s.blockStream = nil, 0
+	return s.onHeaderBlock(stream, block)
 }
 
 // connError sends GOAWAY with code and ends the connection.
@@ -326,17 +327,17 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 	pad := n - data
 	queued := 0
 	for data > 0 {
-		buf := engineFrames.Get().(*[16384]byte)
+		buf := framePool.Get().(*[16384]byte)
 		k := min(data, len(buf))
 		if _, err := io.ReadFull(s.src, buf[:k]); err != nil {
-			engineFrames.Put(buf)
+			framePool.Put(buf)
 			return err
 		}
 		data -= k
 		s.mu.Lock()
 		switch {
 		case !keep || s.closed:
-			engineFrames.Put(buf)
+			framePool.Put(buf)
 		case len(s.queue) > 0 && len(buf)-s.queue[len(s.queue)-1].end >= k && k < len(buf)/4:
 			// A small payload joins the last buffer, so that tiny frames
 			// cannot hold a 16 KiB buffer each. (A large one keeps its own:
@@ -344,7 +345,7 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 			// client's frame size.)
 			t := &s.queue[len(s.queue)-1]
 			t.end += copy(t.buf[t.end:], buf[:k])
-			engineFrames.Put(buf)
+			framePool.Put(buf)
 			queued += k
 			s.rcond.Broadcast()
 		default:
@@ -505,7 +506,7 @@ func (s *h2Session) Read(p []byte) (int, error) {
 	n := copy(p, c.buf[c.off:c.end])
 	c.off += n
 	if c.off == c.end {
-		engineFrames.Put(c.buf)
+		framePool.Put(c.buf)
 		s.queue[0] = chunk{}
 		s.queue = s.queue[1:]
 	}
@@ -571,7 +572,7 @@ func (s *h2Session) writeRecord(data []byte, end bool) error {
 		if err != nil {
 			return err
 		}
-		buf := engineFrames.Get().(*[16384]byte)
+		buf := framePool.Get().(*[16384]byte)
 		h := copy(buf[h2FrameHeader:h2FrameHeader+n], head)
 		head = head[h:]
 		d := copy(buf[h2FrameHeader+h:h2FrameHeader+n], data)
@@ -582,7 +583,7 @@ func (s *h2Session) writeRecord(data []byte, end bool) error {
 		}
 		appendFrameHeader(buf[:0], n, frameData, flags, s.stream)
 		err = s.writeData(buf[:h2FrameHeader+n], flags&flagEndStream != 0)
-		engineFrames.Put(buf) // tls.Conn.Write has copied it, even on error
+		framePool.Put(buf) // tls.Conn.Write has copied it, even on error
 		if err != nil {
 			return s.writeErr(err)
 		}
@@ -674,7 +675,7 @@ func (s *h2Session) Close() error {
 	}
 	s.closed = true
 	for _, c := range s.queue {
-		engineFrames.Put(c.buf)
+		framePool.Put(c.buf)
 	}
 	s.queue = nil
 	s.rcond.Broadcast()
