@@ -487,7 +487,7 @@ func (f *h2Front) serveTLS(hs *http.Server, tc *tls.Conn, h http.Handler) {
 	}
 	f.engine.Add(1)
 	s := newH2Session(f, tc, req.stream, dec, ff)
-	s.run(bc.BaseContext(), ff, ff.buf[end:], done)
+	s.run(bc.BaseContext(), ff.buf[end:], done)
 }
 
 // preface writes what the stock server writes first and reads the client

@@ -111,7 +111,7 @@ func newH2Session(f *h2Front, tc net.Conn, stream uint32, dec *hpack.Decoder, ff
 
 // run answers the session request, offers the session to Accept and
 // reads frames until the connection ends; then it calls done.
-func (s *h2Session) run(ctx context.Context, ff *firstFlight, left []byte, done func()) {
+func (s *h2Session) run(ctx context.Context, left []byte, done func()) {
 	defer done()
 	defer s.tc.Close()
 	s.src = io.MultiReader(bytes.NewReader(left), s.tc)
