@@ -20,7 +20,10 @@ func sideOf(stk []uintptr) string {
 		fn := f.Function
 		switch {
 		case strings.Contains(fn, "refraction-networking/utls"),
-			strings.Contains(fn, "transport/https.(*h2"),
+			strings.Contains(fn, "transport/https.(*h2Client)"),
+			strings.Contains(fn, "transport/https.(*h2Body)"),
+			strings.Contains(fn, "transport/https.(*h2Upload)"),
+			strings.Contains(fn, "transport/https.newH2Client"),
 			strings.Contains(fn, "transport/https.open"),
 			strings.Contains(fn, "transport/https.(*recordReader)"),
 			strings.Contains(fn, "httpsession.(*Target)"),
@@ -30,6 +33,11 @@ func sideOf(stk []uintptr) string {
 			strings.HasPrefix(fn, "crypto/tls."),
 			strings.Contains(fn, "transport/https.(*listener)"),
 			strings.Contains(fn, "transport/https.(*serverConn)"),
+			strings.Contains(fn, "transport/https.(*h2Front)"),
+			strings.Contains(fn, "transport/https.(*h2Session)"),
+			strings.Contains(fn, "transport/https.newH2Session"),
+			strings.Contains(fn, "transport/https.(*firstFlight)"),
+			strings.Contains(fn, "transport/https.(*replayConn)"),
 			strings.Contains(fn, "transport/https.(*countingListener)"),
 			strings.Contains(fn, "httpsession.(*Gate)"):
 			return "relay"
