@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -86,11 +87,15 @@ type scaleRelay struct {
 const scaleMemoryLimit = 2 << 30
 
 // startScaleRelay starts a relay with memory_limit 2 GiB and max_sessions
-// n + 256: this tree's binary, POSTERN_SCALE_BIN, or this test binary
-// with POSTERN_SCALE_PROFILE.
-func startScaleRelay(t *testing.T, tr string, n int) *scaleRelay {
+// n + 256 (and the settings in extra): this tree's binary,
+// POSTERN_SCALE_BIN, or this test binary with POSTERN_SCALE_PROFILE.
+func startScaleRelay(t *testing.T, tr string, n int, extra ...map[string]any) *scaleRelay {
 	dir := t.TempDir()
-	cfg, _ := json.Marshal(map[string]any{"max_sessions": n + 256, "memory_limit": scaleMemoryLimit})
+	settings := map[string]any{"max_sessions": n + 256, "memory_limit": scaleMemoryLimit}
+	for _, e := range extra {
+		maps.Copy(settings, e)
+	}
+	cfg, _ := json.Marshal(settings)
 	cfgPath := filepath.Join(dir, "relay.json")
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
 		t.Fatal(err)
