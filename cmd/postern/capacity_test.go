@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +29,9 @@ import (
 //	POSTERN_CAPACITY            envelopes to send (unset: skip)
 //	POSTERN_CAPACITY_SENDERS    sender sessions, one Send in flight each (default 64)
 //	POSTERN_CAPACITY_TRANSPORT  "https", "h3" or "https,h3" (default)
+//	POSTERN_SCALE_PROFILE       a directory: the relay runs as this test
+//	                            binary and writes a CPU profile of the
+//	                            timed phase there (see TestScale)
 //
 // The load generator shares the machine's cores with the relay, so the
 // accept rate is a floor; the relay's CPU per envelope gives its own
@@ -125,6 +129,9 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 		acked <- nil
 	}()
 
+	if r.profile != "" {
+		r.cmd.Process.Signal(syscall.SIGUSR2) // a CPU profile of the timed phase
+	}
 	relay0, self0 := cpuTime(t, r.cmd.Process.Pid), cpuTime(t, os.Getpid())
 	start := time.Now()
 	var next atomic.Int64
@@ -158,6 +165,10 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 	}
 	all := time.Since(start)
 	relayCPU, selfCPU := cpuTime(t, r.cmd.Process.Pid)-relay0, cpuTime(t, os.Getpid())-self0
+	if r.profile != "" {
+		r.cmd.Process.Signal(syscall.SIGUSR2)
+		t.Logf("%s: relay CPU profile: %s", tr, cpuProfilePath(r.profile))
+	}
 	perEnv := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
 	t.Logf("%s: %d envelopes of 4 KiB from %d sender sessions: accepted in %v (%.0f/s), delivered and acked in %v (%.0f/s)",
 		tr, n, senders, accepted.Round(time.Millisecond), float64(n)/accepted.Seconds(), all.Round(time.Millisecond), float64(n)/all.Seconds())
