@@ -95,6 +95,7 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 	refs := make(chan client.Ref, n)
 	go func() {
 		defer close(refs)
+		seen := make(map[client.Ref]bool, n)
 		for delivered.Load() < int64(n) {
 			select {
 			case dl, ok := <-recv.recv.Deliveries():
@@ -102,6 +103,11 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 					recvDone <- fmt.Errorf("receiver's session ended: %v", recv.recv.Err())
 					return
 				}
+				if seen[dl.Ref] {
+					recvDone <- fmt.Errorf("envelope delivered twice after %d distinct", len(seen))
+					return
+				}
+				seen[dl.Ref] = true
 				refs <- dl.Ref
 				delivered.Add(1)
 			case <-ctx.Done():
@@ -177,7 +183,8 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 }
 
 // cpuTime returns the user and system CPU time process pid has used
-// (/proc/PID/stat, in clock ticks of 10 ms).
+// (/proc/PID/stat, in clock ticks: USER_HZ, which Linux fixes at 100 for
+// every architecture Go runs on).
 func cpuTime(t *testing.T, pid int) time.Duration {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -43,8 +43,8 @@
 // dropped from its output, so that from there on it is served as any
 // other connection. Only the order of the stock server's first few
 // frames, which depends on its goroutines' timing, and the moment its
-// post-preface timers start (at the handover, at most a few milliseconds
-// late) can differ from a server without the front; h2probe_test.go
+// post-preface timers start (at the handover, at most 6 ms late) can
+// differ from a server without the front; h2probe_test.go
 // compares the two for a table of first flights.
 //
 // # Client
@@ -88,8 +88,9 @@
 // 4-byte header (the engine builds them; on net/http's server it hands
 // net/http at most that much at a time, which it sends as one frame); the
 // client sends at most 16371 bytes per frame, and the engine's Read
-// returns at most one frame's payload, so that a relay passing on the
-// bytes of one read with a record header still fits one frame. Frame buffers come from pools and return once written: an idle
+// returns a large frame's payload alone (small ones share a buffer), so
+// that a relay passing on the bytes of one read with a record header
+// still fits one frame. Frame buffers come from pools and return once written: an idle
 // session holds none, on either side.
 //
 // # Limits

@@ -76,11 +76,15 @@ const (
 	// and WINDOW_UPDATE in one TLS record, HEADERS in the next).
 	h2FirstFlightWait = 3 * time.Millisecond
 	// h2FirstFlightLimit bounds the whole first flight after the preface,
-	// however the client dribbles it: far below the stock server's 2 s
-	// for a first frame.
-	h2FirstFlightLimit = 50 * time.Millisecond
+	// however the client dribbles it: the stock server's timers (2 s for
+	// a first frame, the idle timeout) start at the handover, so this is
+	// how late a prober can make them.
+	h2FirstFlightLimit = 2 * h2FirstFlightWait
 	// h2FirstFlightMax bounds the bytes the front reads before deciding.
 	h2FirstFlightMax = 64 << 10
+	// h2MaxSettings is the most entries the stock server takes in one
+	// SETTINGS frame.
+	h2MaxSettings = 100
 	// h2MaxFirstFrames bounds the frames before the first HEADERS.
 	h2MaxFirstFrames = 8
 	// maxWindow is the largest flow-control window (RFC 9113 6.9.1).
@@ -633,7 +637,7 @@ func (f *h2Front) sendRest(ff *firstFlight) bool {
 func (ff *firstFlight) firstFrameMax(typ, flags byte, stream uint32) int {
 	switch {
 	case typ == frameSettings && stream == 0 && flags&flagAck == 0 && !ff.settings:
-		return 6 * 16
+		return 6 * h2MaxSettings
 	case typ == frameSettings && stream == 0 && flags&flagAck != 0 && ff.acks == 0:
 		return 0
 	case !ff.sawFirst:
@@ -705,7 +709,7 @@ func (ff *firstFlight) fill(n int, wait time.Duration) bool {
 // anything the stock server would not simply ACK: a malformed or large
 // frame, a repeated setting, a value out of range.
 func (ps *peerSettings) apply(p []byte) bool {
-	if len(p)%6 != 0 || len(p) > 6*16 {
+	if len(p)%6 != 0 || len(p) > 6*h2MaxSettings {
 		return false
 	}
 	for i := 0; i < len(p); i += 6 {

@@ -193,6 +193,13 @@ func ffCases() []ffCase {
 			f.preface().fr.WriteSettingsAck()
 			f.settings().request("GET", "/", "", "")
 		}},
+		{"SETTINGS with 40 unknown entries, then GET /", wait, false, func(f *ffFlight) {
+			var many []http2.Setting
+			for i := range 40 {
+				many = append(many, http2.Setting{ID: http2.SettingID(0x1a1a + i), Val: uint32(i)})
+			}
+			f.preface().settings(many...).request("GET", "/", "", "")
+		}},
 		{"two SETTINGS, then GET /", wait, false, func(f *ffFlight) {
 			f.browser().settings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 10}).request("GET", "/", "", "")
 		}},

@@ -277,7 +277,7 @@ func (s *h2Session) onHeaders(typ, flags byte, stream uint32, p []byte) error {
 			s.endRead()
 		}
 	} else {
-		if stream != s.blockStream || len(s.block)+len(p) > int(s.f.stock.maxHeaderList) {
+		if s.blockStream == 0 || stream != s.blockStream || len(s.block)+len(p) > int(s.f.stock.maxHeaderList) {
 			return s.connError(h2ProtocolError)
 		}
 		s.block = append(s.block, p...)
