@@ -29,6 +29,8 @@ import (
 //	POSTERN_CAPACITY            envelopes to send (unset: skip)
 //	POSTERN_CAPACITY_SENDERS    sender sessions, one Send in flight each (default 64)
 //	POSTERN_CAPACITY_TRANSPORT  "https", "h3" or "https,h3" (default)
+//	POSTERN_SCALE_BIN           a postern binary to run as the relay (to
+//	                            compare builds under the same load)
 //	POSTERN_SCALE_PROFILE       a directory: the relay runs as this test
 //	                            binary and writes a CPU profile of the
 //	                            timed phase there (see TestScale)
