@@ -317,6 +317,10 @@ func ffRead(c net.Conn, first chan<- struct{}) []string {
 //     dropped when such a GOAWAY is sent;
 //   - a SETTINGS ACK due while a write is in flight leaves after a GOAWAY
 //     due too: it is moved before the GOAWAY;
+//   - a SETTINGS read while the ACK of an earlier one is still due shares
+//     that ACK (the server keeps one flag, needToSendSettingsAck): ACKs in
+//     a row count as one. Two SETTINGS at once got one ACK in 98 of 100
+//     runs from stock and 98–99 of 100 from the relay (2026-12-04);
 //   - a handler done before the request's END_STREAM is processed adds
 //     RST_STREAM NO_ERROR, then STREAM_CLOSED for the DATA: after the
 //     server ended a stream, these are dropped;
@@ -340,6 +344,7 @@ func ffCanon(lines []string) []string {
 		case w[0] == "RST_STREAM" && ended[w[1]] && (w[2] == "NO_ERROR" || w[2] == "STREAM_CLOSED"):
 		case l == "SETTINGS stream=0 ACK" && len(out) > 0 && strings.HasPrefix(out[len(out)-1], "GOAWAY"):
 			out = slices.Insert(out, len(out)-1, l)
+		case l == "SETTINGS stream=0 ACK" && len(out) > 0 && out[len(out)-1] == l:
 		default:
 			out = append(out, l)
 		}
