@@ -6,8 +6,12 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"sync"
+	"sync/atomic"
 )
 
 // KeySize is the size of the store key (Options.IDKey, a key file).
@@ -46,6 +50,43 @@ type Keys struct {
 	outboxKey  [32]byte // HMAC key deriving per-destination outbox keys
 	check      [32]byte // kept beside the data to detect a wrong key
 	ok         bool
+
+	// HMAC states keyed and ready, and the at-rest ciphers of recently
+	// used mailboxes: deriving one costs an HMAC, an AES key schedule
+	// and a GHASH table, more than sealing a 4 KiB envelope.
+	mailboxMAC, refMAC macPool
+	ciphers            [cipherSlots]atomic.Pointer[mailboxCipher]
+}
+
+// cipherSlots is the size of Keys' direct-mapped cipher cache, about
+// 1 KB of memory per slot.
+const cipherSlots = 128
+
+// mailboxCipher is a cached at-rest cipher, named by its mailbox's hash
+// (the cache keeps no mailbox id).
+type mailboxCipher struct {
+	hid  [32]byte
+	aead cipher.AEAD
+}
+
+// macPool hands out HMAC-SHA256 states keyed with key, so that a MAC
+// neither allocates nor hashes the key's pads again. A state goes back
+// reset: it keeps no trace of the message.
+type macPool struct {
+	key  [32]byte
+	pool sync.Pool
+}
+
+func (m *macPool) sum(msg []byte) (out [32]byte) {
+	h, _ := m.pool.Get().(hash.Hash)
+	if h == nil {
+		h = hmac.New(sha256.New, m.key[:])
+	}
+	h.Write(msg)
+	h.Sum(out[:0])
+	h.Reset()
+	m.pool.Put(h)
+	return out
 }
 
 // NewKeys derives the keys of storeKey, which must be KeySize bytes.
@@ -59,6 +100,7 @@ func NewKeys(storeKey []byte) (*Keys, error) {
 	k.sealKey = mac(storeKey, []byte(labelSeal))
 	k.outboxKey = mac(storeKey, []byte(labelOutbox))
 	k.check = mac(storeKey, []byte(labelCheck))
+	k.mailboxMAC.key, k.refMAC.key = k.mailboxKey, k.refKey
 	return k, nil
 }
 
@@ -85,13 +127,13 @@ func mac(key, msg []byte) (out [32]byte) {
 // keep a mailbox id.
 func (k *Keys) MailboxHash(id [IDSize]byte) [32]byte {
 	k.must()
-	return mac(k.mailboxKey[:], id[:])
+	return k.mailboxMAC.sum(id[:])
 }
 
 // Ref is the ref of an envelope: HMAC-SHA256(k_ref, env).
 func (k *Keys) Ref(env []byte) Ref {
 	k.must()
-	return Ref(mac(k.refKey[:], env))
+	return Ref(k.refMAC.sum(env))
 }
 
 // Check is a value derived from the store key alone. A durable store keeps
@@ -105,8 +147,14 @@ func (k *Keys) Check() [32]byte {
 // aead returns the at-rest cipher of mailbox id. It needs the id itself, not
 // its hash: the data alone cannot open envelopes.
 func (k *Keys) aead(id [IDSize]byte) cipher.AEAD {
-	k.must()
-	return newAEAD(mac(k.sealKey[:], id[:]))
+	hid := k.MailboxHash(id)
+	slot := &k.ciphers[binary.LittleEndian.Uint32(hid[:])%cipherSlots]
+	if c := slot.Load(); c != nil && c.hid == hid {
+		return c.aead
+	}
+	a := newAEAD(mac(k.sealKey[:], id[:]))
+	slot.Store(&mailboxCipher{hid: hid, aead: a})
+	return a
 }
 
 func newAEAD(key [32]byte) cipher.AEAD {

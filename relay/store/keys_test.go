@@ -5,8 +5,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	mathrand "math/rand/v2"
 	"strings"
 	"testing"
 
@@ -237,6 +240,44 @@ func TestEnvelopeCipher(t *testing.T) {
 		got, err := in.c.OpenInPlace(ref, in.sealed)
 		if err == nil || !strings.Contains(err.Error(), "corrupt") || got != nil {
 			t.Fatalf("%s: OpenInPlace = %d bytes, %v; want nothing and a corruption error", name, len(got), err)
+		}
+	}
+}
+
+// TestKeysCipherCache: more mailboxes (512) than Keys' cipher cache has
+// slots (128), used in an order that keeps evicting; each envelope opens
+// with its own id, from the cache and from keys derived anew, and with no
+// other.
+func TestKeysCipherCache(t *testing.T) {
+	key := make([]byte, store.KeySize)
+	rand.Read(key)
+	k, err := store.NewKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 512
+	ids := make([][store.IDSize]byte, n)
+	sealed := make([][]byte, n)
+	for i := range ids {
+		rand.Read(ids[i][:])
+		env := fmt.Appendf(nil, "envelope %d", i)
+		sealed[i] = k.Seal(ids[i], k.Ref(env), env)
+	}
+	for _, i := range mathrand.Perm(n) {
+		env := fmt.Appendf(nil, "envelope %d", i)
+		ref := k.Ref(env)
+		fresh, err := store.NewKeys(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kk := range []*store.Keys{k, fresh} {
+			got, err := kk.Open(ids[i], ref, sealed[i])
+			if err != nil || !bytes.Equal(got, env) {
+				t.Fatalf("mailbox %d: open = %q, %v", i, got, err)
+			}
+		}
+		if _, err := k.Open(ids[(i+1)%n], ref, sealed[i]); err == nil {
+			t.Fatalf("mailbox %d's envelope opened with mailbox %d's id", i, (i+1)%n)
 		}
 	}
 }
