@@ -79,6 +79,8 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 // open runs the uTLS handshake on raw, requires HTTP/2 and opens the
 // session on it.
 func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transport.Endpoint) (transport.Conn, error) {
+	// The session's writes are gathered beneath TLS (cork.go).
+	raw = &corkConn{Conn: raw}
 	// An IP address as ServerName sends no SNI, as a browser does for an
 	// IP literal; the certificate is then checked against the IP.
 	cfg := &utls.Config{ServerName: tgt.SNI, RootCAs: tgt.RootCAs, ClientSessionCache: newSessionCache(ep)}
@@ -117,6 +119,7 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transpo
 	if err != nil {
 		return nil, classify("handshake", err)
 	}
+	cc.cork, _ = raw.(corkable)
 	c, err := tgt.Open(ctx, httpsession.Wire{
 		Export:     cs.ExportKeyingMaterial,
 		RoundTrip:  cc.RoundTrip,

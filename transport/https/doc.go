@@ -82,8 +82,11 @@
 // stream, like a TCP FIN.
 //
 // Both ends size their DATA frames to TLS records: a frame's 9-byte header
-// and payload fill at most one record (16384 bytes of plaintext), which
-// crypto/tls and uTLS send with one write to the socket. The relay's
+// and payload fill at most one record (16384 bytes of plaintext).
+// crypto/tls and uTLS write each record to the socket on its own; beneath
+// them, both ends gather the records of one session write and send them
+// in one socket write per 64 KiB (cork.go), flushing before any wait for
+// flow-control window. The relay's
 // frames carry at most 16375 bytes, the first of a record carrying its
 // 4-byte header (the engine builds them; on net/http's server it hands
 // net/http at most that much at a time, which it sends as one frame); the

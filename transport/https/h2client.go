@@ -70,6 +70,7 @@ var (
 // h2Client is the client end of one HTTP/2 connection with one request.
 type h2Client struct {
 	conn net.Conn // the TLS connection
+	cork corkable // beneath conn, if it can gather a write's records (cork.go)
 	prof *browser.HTTP2
 	fr   *http2.Framer
 	bw   *bufio.Writer
@@ -257,11 +258,31 @@ var framePool = sync.Pool{New: func() any { return new([16384]byte) }}
 // writeData sends p as DATA frames, waiting for window as needed, and
 // returns how much of p it sent. Each frame leaves in one write to the
 // TLS connection, so in one TLS record.
-func (cc *h2Client) writeData(p []byte) (int, error) {
-	sent := 0
+func (cc *h2Client) writeData(p []byte) (sent int, err error) {
+	// Corked, the frames leave in one socket write (or one per
+	// corkFlushAt bytes); what gathered goes out before any wait for
+	// window, which the peer may need it to open.
+	gathered := false // frames written since the cork last flushed
+	if cc.cork != nil {
+		cc.cork.cork()
+		defer func() {
+			if uerr := cc.cork.uncork(); uerr != nil && err == nil {
+				err = uerr
+			}
+		}()
+	}
 	for len(p) > 0 {
 		cc.mu.Lock()
 		for cc.streamErr == nil && cc.err == nil && (cc.sendConn <= 0 || cc.sendStream <= 0) {
+			if gathered {
+				gathered = false
+				cc.mu.Unlock()
+				if err := cc.cork.flush(); err != nil {
+					return sent, err
+				}
+				cc.mu.Lock()
+				continue
+			}
 			cc.cond.Wait()
 		}
 		if err := cmp(cc.streamErr, cc.err); err != nil {
@@ -285,6 +306,7 @@ func (cc *h2Client) writeData(p []byte) (int, error) {
 		if err != nil {
 			return sent, err
 		}
+		gathered = cc.cork != nil
 		sent += n
 		p = p[n:]
 	}

@@ -3,6 +3,7 @@ package https
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -75,8 +76,9 @@ type h2Session struct {
 	blockStream uint32
 	local       net.Addr
 
-	wr  sync.Mutex // one Write or CloseWrite at a time
-	fmu sync.Mutex // frames written to tc
+	wr   sync.Mutex // one Write or CloseWrite at a time
+	fmu  sync.Mutex // frames written to tc
+	cork corkable   // beneath tc, if it can gather a write's records (cork.go)
 
 	mu           sync.Mutex
 	rcond, wcond sync.Cond // readers: data or end; writers: window or end
@@ -106,6 +108,9 @@ func newH2Session(f *h2Front, tc net.Conn, stream uint32, dec *hpack.Decoder, ff
 		winConn: f.stock.connWindow, winStream: f.stock.streamWindow,
 	}
 	s.rcond.L, s.wcond.L = &s.mu, &s.mu
+	if t, ok := tc.(*tls.Conn); ok {
+		s.cork, _ = t.NetConn().(corkable)
+	}
 	return s
 }
 
@@ -562,8 +567,17 @@ func (s *h2Session) writable() error {
 
 // writeRecord sends one record: its 4-byte length and data, in DATA
 // frames that fit the send windows and a TLS record each; end sets
-// END_STREAM on the last.
-func (s *h2Session) writeRecord(data []byte, end bool) error {
+// END_STREAM on the last. The connection is corked meanwhile, so the
+// frames leave in one socket write (or one per corkFlushAt bytes).
+func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
+	if s.cork != nil {
+		s.cork.cork()
+		defer func() {
+			if uerr := s.cork.uncork(); uerr != nil && err == nil {
+				err = s.writeErr(uerr)
+			}
+		}()
+	}
 	var rh [recordHeaderLen]byte
 	binary.BigEndian.PutUint32(rh[:], uint32(len(data)))
 	head := rh[:]
@@ -592,10 +606,13 @@ func (s *h2Session) writeRecord(data []byte, end bool) error {
 }
 
 // reserve waits until the send windows are open and takes up to want
-// bytes of them, at most one frame's worth.
+// bytes of them, at most one frame's worth. Before it waits, it sends
+// what the cork has gathered: the peer may need those frames to open
+// the window.
 func (s *h2Session) reserve(want int) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	flushed := s.cork == nil
 	for {
 		switch {
 		case s.closed:
@@ -605,6 +622,16 @@ func (s *h2Session) reserve(want int) (int, error) {
 		}
 		if s.sendConn > 0 && s.sendStream > 0 {
 			break
+		}
+		if !flushed {
+			flushed = true
+			s.mu.Unlock()
+			err := s.cork.flush()
+			s.mu.Lock()
+			if err != nil {
+				return 0, s.writeErrLocked(err)
+			}
+			continue
 		}
 		s.wcond.Wait()
 	}
@@ -618,9 +645,12 @@ func (s *h2Session) reserve(want int) (int, error) {
 // writeErr reports a failed write: net.ErrClosed after Close.
 func (s *h2Session) writeErr(err error) error {
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed || errors.Is(err, net.ErrClosed) {
+	defer s.mu.Unlock()
+	return s.writeErrLocked(err)
+}
+
+func (s *h2Session) writeErrLocked(err error) error {
+	if s.closed || errors.Is(err, net.ErrClosed) {
 		return net.ErrClosed
 	}
 	return &net.OpError{Op: "write", Net: Name, Err: connErr(err)}

@@ -16,11 +16,13 @@ import (
 	"github.com/postern/postern/transport/httpsession"
 )
 
-// writeLog records the size of every write that reaches a socket: with
-// TLS above it, one TLS record each.
+// writeLog records the size of every TLS record that reaches a socket,
+// and how many writes carried them.
 type writeLog struct {
-	mu    sync.Mutex
-	sizes []int
+	mu     sync.Mutex
+	sizes  []int // records, header included
+	writes int
+	part   []byte // a record's start, cut by the end of a write
 }
 
 type loggedConn struct {
@@ -29,21 +31,33 @@ type loggedConn struct {
 }
 
 func (c loggedConn) Write(p []byte) (int, error) {
-	c.log.mu.Lock()
-	c.log.sizes = append(c.log.sizes, len(p))
-	c.log.mu.Unlock()
+	l := c.log
+	l.mu.Lock()
+	l.writes++
+	b := append(l.part, p...)
+	for len(b) >= 5 {
+		n := 5 + (int(b[3])<<8 | int(b[4]))
+		if len(b) < n {
+			break
+		}
+		l.sizes = append(l.sizes, n)
+		b = b[n:]
+	}
+	l.part = append([]byte(nil), b...)
+	l.mu.Unlock()
 	return c.Conn.Write(p)
 }
 
 func (c loggedConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
 
-// take returns the sizes logged since the last take.
-func (l *writeLog) take() []int {
+// take returns the record sizes and the number of writes logged since
+// the last take.
+func (l *writeLog) take() ([]int, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.sizes
-	l.sizes = nil
-	return s
+	s, w := l.sizes, l.writes
+	l.sizes, l.writes = nil, 0
+	return s, w
 }
 
 // tls13Overhead is what TLS 1.3 adds to a record's plaintext: a 5-byte
@@ -96,9 +110,9 @@ func send(t *testing.T, w, r transport.Conn, n int) {
 }
 
 // TestDataFramesFillTLSRecords: a large session write leaves each way as
-// DATA frames that, header included, fill one TLS record each: one write
-// to the socket per 16 KiB record, none spilling a few bytes into a
-// second record.
+// DATA frames that, header included, fill one TLS record each, none
+// spilling a few bytes into a second record; and the records leave
+// gathered, four full ones per write to the socket (cork.go).
 func TestDataFramesFillTLSRecords(t *testing.T) {
 	client, relay, clientLog, relayLog := loggedSession(t)
 	const (
@@ -124,7 +138,7 @@ func TestDataFramesFillTLSRecords(t *testing.T) {
 			send(t, tc.w, tc.r, warm)
 			tc.log.take()
 			send(t, tc.w, tc.r, size)
-			sizes := tc.log.take()
+			sizes, writes := tc.log.take()
 			frames := (tc.bytes + tc.piece - 1) / tc.piece
 			full := 0
 			for _, s := range sizes {
@@ -133,7 +147,10 @@ func TestDataFramesFillTLSRecords(t *testing.T) {
 				}
 			}
 			if len(sizes) != frames || full != frames-1 {
-				t.Errorf("%d writes, %d of one full frame; want %d and %d (write sizes %v)", len(sizes), full, frames, frames-1, sizes)
+				t.Errorf("%d records, %d of one full frame; want %d and %d (record sizes %v)", len(sizes), full, frames, frames-1, sizes)
+			}
+			if want := (frames + 3) / 4; writes != want {
+				t.Errorf("%d records in %d writes to the socket, want %d", len(sizes), writes, want)
 			}
 			if tc.piece+h2FrameHeader > 16384 {
 				t.Errorf("a full DATA frame is %d bytes, more than one TLS record", tc.piece+h2FrameHeader)

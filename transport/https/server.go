@@ -454,6 +454,7 @@ type countedConn struct {
 	net.Conn
 	sem  chan struct{}
 	held atomic.Bool
+	k    writeCork // the session engine's write coalescing (cork.go)
 }
 
 var errBusy = errors.New("too many concurrent TLS handshakes")
@@ -489,11 +490,16 @@ func (c *countedConn) release() {
 
 func (c *countedConn) Write(p []byte) (int, error) {
 	c.release()
-	return c.Conn.Write(p)
+	return c.k.write(c.Conn, p)
 }
+
+func (c *countedConn) cork()         { c.k.cork() }
+func (c *countedConn) flush() error  { return c.k.flush(c.Conn) }
+func (c *countedConn) uncork() error { return c.k.uncork(c.Conn) }
 
 func (c *countedConn) Close() error {
 	c.release()
+	c.k.release(c.Conn)
 	return c.Conn.Close()
 }
 

@@ -1,0 +1,138 @@
+package https
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/postern/postern/transport/browser"
+	"github.com/postern/postern/transport/internal/token"
+)
+
+// TestCorkedWriteFlushesBeforeWindowWait: a client that grants a stream
+// window smaller than one session write, and opens it only for data it
+// has received, still gets the whole write. The engine gathers a write's
+// frames beneath TLS (cork.go); had it waited for window with frames
+// still gathered, the client would never see them, never open the
+// window, and both would wait for ever.
+func TestCorkedWriteFlushesBeforeWindowWait(t *testing.T) {
+	r := startRelay(t, engineTransport(), nil)
+	const size = 256 << 10
+	data := bytes.Repeat([]byte("window"), size/6)
+	wrote := make(chan error, 1)
+	go func() {
+		c, err := r.ln.Accept(context.Background())
+		if err != nil {
+			wrote <- err
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		_, err = c.Write(data)
+		wrote <- err
+	}()
+	tc := tlsDial(t, r.ep.Addr, "h2")
+	defer tc.Close()
+	t2, err := http2.ConfigureTransports(&http.Transport{HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 20000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := t2.NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", "https://relay.test"+testPath, pr)
+	req.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if f := frontOf(t, r); resp.StatusCode != http.StatusOK || f.engine.Load() != 1 {
+		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, len(data))
+		n, _ := io.ReadFull(&recordReader{r: resp.Body}, b)
+		got <- b[:n]
+	}()
+	if b := within(t, "the session write through a 20,000-byte stream window", got); !bytes.Equal(b, data) {
+		t.Fatalf("read %d of %d bytes, or different ones", len(b), len(data))
+	}
+	if err := within(t, "Write", wrote); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCorkedUploadFlushesBeforeWindowWait is the same for the client's
+// writes: an HTTP/2 server (x/net's) that grants a 20,000-byte stream
+// window gets the whole of a 256 KiB session write.
+func TestCorkedUploadFlushesBeforeWindowWait(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	received := make(chan int64, 1)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusOK) // the response starts first, as a relay's does
+			w.(http.Flusher).Flush()
+			n, _ := io.Copy(io.Discard, r.Body)
+			received <- n
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert(t)}, NextProtos: []string{"h2"}},
+	}
+	if err := http2.ConfigureServer(srv, &http2.Server{MaxUploadBufferPerStream: 20000}); err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := &corkConn{Conn: raw}
+	tc := tls.Client(ck, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	defer tc.Close()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	cc, err := newH2Client(tc, &browser.Current.HTTP2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.cork = ck
+	defer cc.Close()
+	body, w := cc.Upload()
+	req, _ := http.NewRequest("POST", "https://relay.test/upload", body)
+	res, err := cc.RoundTrip(req) // the request's HEADERS go out first
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	const size = 256 << 10
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.Write(make([]byte, size))
+		if err == nil {
+			err = w.Close()
+		}
+		wrote <- err
+	}()
+	if err := within(t, "the upload through a 20,000-byte stream window", wrote); err != nil {
+		t.Fatal(err)
+	}
+	if n := within(t, "the server's read", received); n != size {
+		t.Fatalf("the server read %d of %d bytes", n, size)
+	}
+}
