@@ -175,6 +175,13 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 	relayCPU, selfCPU := cpuTime(t, r.cmd.Process.Pid)-relay0, cpuTime(t, os.Getpid())-self0
 	if r.profile != "" {
 		r.cmd.Process.Signal(syscall.SIGUSR2)
+		// The relay renames the profile into place once it is whole; wait
+		// for that, or the relay is stopped with the profile unwritten.
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(cpuProfilePath(r.profile)); err == nil {
+				break
+			}
+		}
 		t.Logf("%s: relay CPU profile: %s", tr, cpuProfilePath(r.profile))
 	}
 	perEnv := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }

@@ -428,12 +428,13 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string, senders i
 // same run, the raw p99 of a 4 KiB append + fdatasync on the store's disk.
 func BenchmarkSendDeliver(b *testing.B) {
 	for _, tr := range benchTransports() {
-		b.Run(tr.Name()+"/bolt", func(b *testing.B) { benchSendDeliver(b, tr, 1000, 8) })
+		b.Run(tr.Name()+"/bolt", func(b *testing.B) { benchSendDeliver(b, tr, "bolt", 1000, 8) })
+		b.Run(tr.Name()+"/memory", func(b *testing.B) { benchSendDeliver(b, tr, "memory", 1000, 8) })
 	}
 }
 
-func benchSendDeliver(b *testing.B, tr transport.Transport, rate, senders int) {
-	r := startRelay(b, tr, "bolt", b.N)
+func benchSendDeliver(b *testing.B, tr transport.Transport, kind string, rate, senders int) {
+	r := startRelay(b, tr, kind, b.N)
 	cs := make([]*client.Client, senders)
 	for i := range cs {
 		cs[i] = r.dial()
