@@ -259,11 +259,13 @@ var framePool = sync.Pool{New: func() any { return new([16384]byte) }}
 // returns how much of p it sent. Each frame leaves in one write to the
 // TLS connection, so in one TLS record.
 func (cc *h2Client) writeData(p []byte) (sent int, err error) {
-	// Corked, the frames leave in one socket write (or one per
-	// corkFlushAt bytes); what gathered goes out before any wait for
-	// window, which the peer may need it to open.
+	// Corked, the frames of more than one leave in one socket write (or
+	// one per corkFlushAt bytes); what gathered goes out before any wait
+	// for window, which the peer may need it to open. A single frame
+	// goes straight out.
 	gathered := false // frames written since the cork last flushed
-	if cc.cork != nil {
+	corked := cc.cork != nil && len(p) > h2MaxData
+	if corked {
 		cc.cork.cork()
 		defer func() {
 			if uerr := cc.cork.uncork(); uerr != nil && err == nil {
@@ -306,7 +308,7 @@ func (cc *h2Client) writeData(p []byte) (sent int, err error) {
 		if err != nil {
 			return sent, err
 		}
-		gathered = cc.cork != nil
+		gathered = corked
 		sent += n
 		p = p[n:]
 	}

@@ -567,10 +567,11 @@ func (s *h2Session) writable() error {
 
 // writeRecord sends one record: its 4-byte length and data, in DATA
 // frames that fit the send windows and a TLS record each; end sets
-// END_STREAM on the last. The connection is corked meanwhile, so the
-// frames leave in one socket write (or one per corkFlushAt bytes).
+// END_STREAM on the last. A record of more than one frame is written
+// with the connection corked, so its frames leave in one socket write
+// (or one per corkFlushAt bytes); a single frame goes straight out.
 func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
-	if s.cork != nil {
+	if s.cork != nil && recordHeaderLen+len(data) > dataPiece {
 		s.cork.cork()
 		defer func() {
 			if uerr := s.cork.uncork(); uerr != nil && err == nil {
@@ -612,7 +613,7 @@ func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
 func (s *h2Session) reserve(want int) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	flushed := s.cork == nil
+	flushed := s.cork == nil // (flushing an uncorked connection does nothing)
 	for {
 		switch {
 		case s.closed:
