@@ -9,51 +9,71 @@ import (
 
 // Write coalescing under TLS. crypto/tls and uTLS write each record to the
 // socket with a write of its own, so a 64 KiB session write, five DATA
-// frames of a record each, costs five syscalls. A writer that corks the
-// connection beneath TLS gathers its records and sends them with one
-// write when it uncorks, or whenever corkFlushAt bytes have gathered. A
-// writer never waits (for flow-control window) while corked: it flushes
-// first, so nothing it has written sits behind a wait.
+// frames of a record each, costs five syscalls. Beneath TLS, a writer
+// gathers the records of a run of frames it has window for and sends
+// them in one socket write (one per corkFlushAt bytes).
+//
+// Every socket write of gathered bytes happens inside a TLS write: the
+// writer marks the last frame of a run (last), and that frame's record
+// write flushes and ends the gathering. So the TLS connection sees each
+// of those writes as its own: its Close still skips close_notify while
+// one is blocked on a peer that does not read, and the callers' frame
+// locks (which Close and stream resets check) cover them. A run ends
+// before any wait for flow-control window: nothing, neither the run's
+// frames nor the control frames that other goroutines write meanwhile,
+// is held back while the writer waits. uncork, outside a TLS write, only
+// cleans up after a failed or interrupted run.
 
 // corkFlushAt is how much a cork gathers before it writes: four full
 // records, a 64 KiB session write (a full record is 16384 bytes of
 // plaintext and 22 of TLS 1.3).
 const corkFlushAt = 64 << 10
 
-// corkPool holds the gathering buffers: a connection holds one only while
-// corked, so an idle session holds none.
+// corkPool holds the gathering buffers: a connection holds one only
+// during a run, so an idle session holds none.
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkFlushAt+16384+64); return &b }}
 
 // corkable is a connection beneath TLS that can gather writes.
 type corkable interface {
-	cork()
-	flush() error  // write what has gathered; stay corked
-	uncork() error // write what has gathered; stop gathering
+	cork()         // start gathering
+	last()         // the next write ends the run: it flushes and stops gathering
+	uncork() error // write what has gathered and stop gathering
 }
 
 // writeCork is the gathering state of one connection. Writes from any
 // goroutine (TLS alerts, control frames) join the gathered bytes in
-// order while it is corked.
+// order during a run.
 type writeCork struct {
 	mu  sync.Mutex
-	buf *[]byte     // gathered bytes; nil when not corked
+	buf *[]byte     // gathered bytes; nil when not gathering
+	end bool        // the next write ends the run
 	on  atomic.Bool // buf != nil, for Close
+	err error       // a write of gathered bytes failed: the TLS stream is cut
 }
 
-// write gathers p or, uncorked, writes it (not holding the lock: Close
-// must not wait behind a write blocked on a peer that does not read).
-// The TLS connection above orders its writes, and a cork's gathered
-// bytes all came through it, so the order of bytes holds.
+// write gathers p during a run, else writes it (not holding the lock:
+// Close must not wait behind a write blocked on a peer that does not
+// read). The TLS connection above orders its writes, and gathered bytes
+// all came through it, so the order of bytes holds.
 func (k *writeCork) write(raw net.Conn, p []byte) (int, error) {
 	k.mu.Lock()
+	if k.err != nil {
+		k.mu.Unlock()
+		return 0, k.err
+	}
 	if k.buf == nil {
 		k.mu.Unlock()
 		return raw.Write(p)
 	}
 	defer k.mu.Unlock()
 	*k.buf = append(*k.buf, p...)
-	if len(*k.buf) >= corkFlushAt {
-		if err := k.flushLocked(raw); err != nil {
+	if k.end || len(*k.buf) >= corkFlushAt {
+		end := k.end
+		err := k.flushLocked(raw)
+		if end {
+			k.drop()
+		}
+		if err != nil {
 			return 0, err
 		}
 	}
@@ -66,13 +86,14 @@ func (k *writeCork) cork() {
 		k.buf = corkPool.Get().(*[]byte)
 		k.on.Store(true)
 	}
+	k.end = false
 	k.mu.Unlock()
 }
 
-func (k *writeCork) flush(raw net.Conn) error {
+func (k *writeCork) last() {
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.flushLocked(raw)
+	k.end = k.buf != nil
+	k.mu.Unlock()
 }
 
 func (k *writeCork) uncork(raw net.Conn) error {
@@ -83,31 +104,36 @@ func (k *writeCork) uncork(raw net.Conn) error {
 	return err
 }
 
+// flushLocked writes what has gathered. A failed write may have sent
+// part of a record: every later write fails with its error.
 func (k *writeCork) flushLocked(raw net.Conn) error {
-	if k.buf == nil || len(*k.buf) == 0 {
-		return nil
+	if k.err != nil || k.buf == nil || len(*k.buf) == 0 {
+		return k.err
 	}
 	_, err := raw.Write(*k.buf)
 	*k.buf = (*k.buf)[:0]
+	if err != nil {
+		k.err = err
+	}
 	return err
 }
 
 // closeFlushWait bounds the last write of what a cork gathered when its
-// connection closes (a GOAWAY or TLS alert written while another writer
-// held it corked).
+// connection closes (a GOAWAY or TLS alert written during another
+// writer's run).
 const closeFlushWait = time.Second
 
 // release sends what has gathered, within closeFlushWait, and stops
 // gathering: the connection is closing. If a write is under way (it may
 // be blocked on a peer that does not read), it does not wait: closing
-// the connection ends that write.
+// the connection ends that write, and its writer returns the buffer.
 func (k *writeCork) release(raw net.Conn) {
 	if !k.on.Load() {
 		return
 	}
 	raw.SetWriteDeadline(time.Now().Add(closeFlushWait))
 	if !k.mu.TryLock() {
-		return // a write is under way; it ends with the connection
+		return
 	}
 	defer k.mu.Unlock()
 	k.flushLocked(raw)
@@ -122,6 +148,7 @@ func (k *writeCork) drop() {
 		k.buf = nil
 		k.on.Store(false)
 	}
+	k.end = false
 }
 
 // corkConn is a dialled connection that can gather writes (the client's
@@ -133,7 +160,7 @@ type corkConn struct {
 
 func (c *corkConn) Write(p []byte) (int, error) { return c.k.write(c.Conn, p) }
 func (c *corkConn) cork()                       { c.k.cork() }
-func (c *corkConn) flush() error                { return c.k.flush(c.Conn) }
+func (c *corkConn) last()                       { c.k.last() }
 func (c *corkConn) uncork() error               { return c.k.uncork(c.Conn) }
 
 func (c *corkConn) Close() error {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/browser"
 	"github.com/postern/postern/transport/internal/token"
 )
@@ -134,5 +135,49 @@ func TestCorkedUploadFlushesBeforeWindowWait(t *testing.T) {
 	}
 	if n := within(t, "the server's read", received); n != size {
 		t.Fatalf("the server read %d of %d bytes", n, size)
+	}
+}
+
+// TestControlFramesPassDuringWindowWait: while the relay waits for window
+// to send to a client that reads only after its own upload, the
+// WINDOW_UPDATEs the relay owes for that upload (written by another
+// goroutine) must still go out: nothing may sit gathered beneath TLS
+// while a writer waits. Each direction moves more than the other side's
+// window, so each waits at least once.
+func TestControlFramesPassDuringWindowWait(t *testing.T) {
+	r := startRelay(t, engineTransport(), nil)
+	accepted := make(chan transport.Conn, 1)
+	go func() {
+		if c, err := r.ln.Accept(context.Background()); err == nil {
+			accepted <- c
+		}
+	}()
+	c := dial(t, r.ep)
+	defer c.Close()
+	rc := within(t, "accept", accepted)
+	defer rc.Close()
+	const down, up = 16 << 20, 4 << 20 // the client's stream window is 6 MiB, the relay's 1 MiB
+	relayWrote := make(chan error, 1)
+	go func() { _, err := rc.Write(make([]byte, down)); relayWrote <- err }()
+	relayRead := make(chan error, 1)
+	go func() { _, err := io.ReadFull(rc, make([]byte, up)); relayRead <- err }()
+	uploaded := make(chan error, 1)
+	go func() { _, err := c.Write(make([]byte, up)); uploaded <- err }()
+	if err := within(t, "the client's upload while the relay waits for window", uploaded); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, "the relay's read of the upload", relayRead); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { _, err := io.ReadFull(c, make([]byte, down)); got <- err }()
+	if err := within(t, "the client's read", got); err != nil {
+		t.Fatal(err)
+	}
+	if err := within(t, "the relay's write", relayWrote); err != nil {
+		t.Fatal(err)
+	}
+	if n := frontOf(t, r).engine.Load(); n != 1 {
+		t.Fatalf("%d sessions on the engine, want 1", n)
 	}
 }

@@ -259,16 +259,20 @@ var framePool = sync.Pool{New: func() any { return new([16384]byte) }}
 // returns how much of p it sent. Each frame leaves in one write to the
 // TLS connection, so in one TLS record.
 func (cc *h2Client) writeData(p []byte) (sent int, err error) {
-	// Corked, the frames of more than one leave in one socket write (or
-	// one per corkFlushAt bytes); what gathered goes out before any wait
-	// for window, which the peer may need it to open. A single frame
-	// goes straight out.
-	gathered := false // frames written since the cork last flushed
+	// More than one frame goes out in runs gathered beneath TLS
+	// (cork.go): each run is the frames there is window for, and its
+	// last frame's write sends it, so no run spans a wait for window.
 	corked := cc.cork != nil && len(p) > h2MaxData
+	gathering := false
 	if corked {
-		cc.cork.cork()
 		defer func() {
-			if uerr := cc.cork.uncork(); uerr != nil && err == nil {
+			// After a failed write, what the run gathered goes out now,
+			// or not at all. Under wmu, like every frame write: a reset
+			// that finds wmu taken closes the connection instead.
+			cc.wmu.Lock()
+			uerr := cc.cork.uncork()
+			cc.wmu.Unlock()
+			if uerr != nil && err == nil {
 				err = uerr
 			}
 		}()
@@ -276,10 +280,13 @@ func (cc *h2Client) writeData(p []byte) (sent int, err error) {
 	for len(p) > 0 {
 		cc.mu.Lock()
 		for cc.streamErr == nil && cc.err == nil && (cc.sendConn <= 0 || cc.sendStream <= 0) {
-			if gathered {
-				gathered = false
+			if gathering { // the peer lowered its window mid-run
+				gathering = false
 				cc.mu.Unlock()
-				if err := cc.cork.flush(); err != nil {
+				cc.wmu.Lock()
+				err := cc.cork.uncork()
+				cc.wmu.Unlock()
+				if err != nil {
 					return sent, err
 				}
 				cc.mu.Lock()
@@ -294,12 +301,21 @@ func (cc *h2Client) writeData(p []byte) (sent int, err error) {
 		n := int(min(int64(len(p)), cc.sendConn, cc.sendStream, int64(min(h2MaxData, cc.peerFrame))))
 		cc.sendConn -= int64(n)
 		cc.sendStream -= int64(n)
+		dry := cc.sendConn <= 0 || cc.sendStream <= 0
 		cc.mu.Unlock()
 		buf := framePool.Get().(*[16384]byte)
 		// Length (24 bits), type DATA (0), no flags, stream.
 		buf[0], buf[1], buf[2], buf[3], buf[4] = byte(n>>16), byte(n>>8), byte(n), 0, 0
 		binary.BigEndian.PutUint32(buf[5:9], h2Stream)
 		copy(buf[h2FrameHeader:], p[:n])
+		switch endsRun := dry || n == len(p); {
+		case corked && !gathering && !endsRun:
+			cc.cork.cork()
+			gathering = true
+		case gathering && endsRun:
+			cc.cork.last()
+			gathering = false
+		}
 		err := cc.writeFrame(func() error {
 			_, err := cc.conn.Write(buf[:h2FrameHeader+n])
 			return err
@@ -308,7 +324,6 @@ func (cc *h2Client) writeData(p []byte) (sent int, err error) {
 		if err != nil {
 			return sent, err
 		}
-		gathered = corked
 		sent += n
 		p = p[n:]
 	}

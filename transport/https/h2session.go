@@ -567,14 +567,21 @@ func (s *h2Session) writable() error {
 
 // writeRecord sends one record: its 4-byte length and data, in DATA
 // frames that fit the send windows and a TLS record each; end sets
-// END_STREAM on the last. A record of more than one frame is written
-// with the connection corked, so its frames leave in one socket write
-// (or one per corkFlushAt bytes); a single frame goes straight out.
+// END_STREAM on the last. A record of more than one frame goes out in
+// runs gathered beneath TLS (cork.go): each run is the frames there is
+// window for, and its last frame's write sends it, so no run spans a
+// wait for window.
 func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
-	if s.cork != nil && recordHeaderLen+len(data) > dataPiece {
-		s.cork.cork()
+	corked := s.cork != nil && recordHeaderLen+len(data) > dataPiece
+	gathering := false
+	if corked {
 		defer func() {
-			if uerr := s.cork.uncork(); uerr != nil && err == nil {
+			// After a failed write, what the run gathered (with any
+			// frames Close added) goes out now, or not at all.
+			s.fmu.Lock()
+			uerr := s.cork.uncork()
+			s.fmu.Unlock()
+			if uerr != nil && err == nil {
 				err = s.writeErr(uerr)
 			}
 		}()
@@ -583,7 +590,7 @@ func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
 	binary.BigEndian.PutUint32(rh[:], uint32(len(data)))
 	head := rh[:]
 	for len(head) > 0 || len(data) > 0 {
-		n, err := s.reserve(len(head) + len(data))
+		n, dry, err := s.reserve(len(head)+len(data), &gathering)
 		if err != nil {
 			return err
 		}
@@ -597,6 +604,14 @@ func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
 			flags = flagEndStream
 		}
 		appendFrameHeader(buf[:0], n, frameData, flags, s.stream)
+		switch endsRun := dry || len(head) == 0 && len(data) == 0; {
+		case corked && !gathering && !endsRun:
+			s.cork.cork()
+			gathering = true
+		case gathering && endsRun:
+			s.cork.last()
+			gathering = false
+		}
 		err = s.writeData(buf[:h2FrameHeader+n], flags&flagEndStream != 0)
 		framePool.Put(buf) // tls.Conn.Write has copied it, even on error
 		if err != nil {
@@ -607,40 +622,42 @@ func (s *h2Session) writeRecord(data []byte, end bool) (err error) {
 }
 
 // reserve waits until the send windows are open and takes up to want
-// bytes of them, at most one frame's worth. Before it waits, it sends
-// what the cork has gathered: the peer may need those frames to open
-// the window.
-func (s *h2Session) reserve(want int) (int, error) {
+// bytes of them, at most one frame's worth; dry reports that it took the
+// last of a window. A run still gathering when a wait comes (the peer
+// lowered its window) is sent first: the peer may need it to open the
+// window, and control frames must not sit behind the wait.
+func (s *h2Session) reserve(want int, gathering *bool) (n int, dry bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	flushed := s.cork == nil // (flushing an uncorked connection does nothing)
 	for {
 		switch {
 		case s.closed:
-			return 0, net.ErrClosed
+			return 0, false, net.ErrClosed
 		case s.rErr != nil:
-			return 0, &net.OpError{Op: "write", Net: Name, Err: s.rErr}
+			return 0, false, &net.OpError{Op: "write", Net: Name, Err: s.rErr}
 		}
 		if s.sendConn > 0 && s.sendStream > 0 {
 			break
 		}
-		if !flushed {
-			flushed = true
+		if *gathering {
+			*gathering = false
 			s.mu.Unlock()
-			err := s.cork.flush()
+			s.fmu.Lock()
+			err := s.cork.uncork()
+			s.fmu.Unlock()
 			s.mu.Lock()
 			if err != nil {
-				return 0, s.writeErrLocked(err)
+				return 0, false, s.writeErrLocked(err)
 			}
 			continue
 		}
 		s.wcond.Wait()
 	}
-	n := int64(min(want, dataPiece, s.peerMaxFrame))
-	n = min(n, s.sendConn, s.sendStream)
-	s.sendConn -= n
-	s.sendStream -= n
-	return int(n), nil
+	k := int64(min(want, dataPiece, s.peerMaxFrame))
+	k = min(k, s.sendConn, s.sendStream)
+	s.sendConn -= k
+	s.sendStream -= k
+	return int(k), s.sendConn == 0 || s.sendStream == 0, nil
 }
 
 // writeErr reports a failed write: net.ErrClosed after Close.

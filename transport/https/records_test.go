@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -269,6 +270,14 @@ func (c *frozenConn) Close() error {
 // stall watchdog can move to another connection. The reset Close sends
 // must not wait behind the blocked frame.
 func TestCloseUnblocksFrozenWrite(t *testing.T) {
+	// 64 KiB: the writes gathered beneath TLS (cork.go) go out when 64 KiB
+	// have gathered; 40 KiB: when the last frame is written.
+	for _, size := range []int{64 << 10, 40 << 10} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) { closeUnblocksFrozenWrite(t, size) })
+	}
+}
+
+func closeUnblocksFrozenWrite(t *testing.T, size int) {
 	r := startRelay(t, &Transport{}, nil)
 	go func() {
 		if c, err := r.ln.Accept(context.Background()); err == nil {
@@ -292,7 +301,7 @@ func TestCloseUnblocksFrozenWrite(t *testing.T) {
 	fc.frozen.Store(true)
 	wrote := make(chan error, 1)
 	go func() {
-		_, err := client.Write(make([]byte, 64<<10))
+		_, err := client.Write(make([]byte, size))
 		wrote <- err
 	}()
 	within(t, "the first frozen write", fc.blocked)

@@ -494,7 +494,7 @@ func (c *countedConn) Write(p []byte) (int, error) {
 }
 
 func (c *countedConn) cork()         { c.k.cork() }
-func (c *countedConn) flush() error  { return c.k.flush(c.Conn) }
+func (c *countedConn) last()         { c.k.last() }
 func (c *countedConn) uncork() error { return c.k.uncork(c.Conn) }
 
 func (c *countedConn) Close() error {
