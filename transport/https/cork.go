@@ -169,8 +169,11 @@ func (c *corkConn) Close() error {
 }
 
 // CloseWrite keeps half-close working through the wrapper.
-func (c *corkConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *corkConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c if it can.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil

@@ -8,13 +8,11 @@ import (
 	"net"
 	"net/http"
 	"testing"
-	"time"
 
 	"golang.org/x/net/http2"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/browser"
-	"github.com/postern/postern/transport/internal/token"
 )
 
 // TestCorkedWriteFlushesBeforeWindowWait: a client that grants a stream
@@ -48,18 +46,7 @@ func TestCorkedWriteFlushesBeforeWindowWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req, _ := http.NewRequest("POST", "https://relay.test"+testPath, pr)
-	req.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
-	resp, err := cc.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if f := frontOf(t, r); resp.StatusCode != http.StatusOK || f.engine.Load() != 1 {
-		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
-	}
+	resp, _ := engineSession(t, r, tc, cc)
 	got := make(chan []byte, 1)
 	go func() {
 		b := make([]byte, len(data))

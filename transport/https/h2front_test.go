@@ -1,6 +1,7 @@
 package https
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
@@ -63,25 +64,13 @@ func TestFrontRoutesSessionsToEngine(t *testing.T) {
 func TestEngineRefusesOtherStreams(t *testing.T) {
 	r := startRelay(t, engineTransport(), nil)
 	serveEcho(r.ln)
-	f := frontOf(t, r)
 	tc := tlsDial(t, r.ep.Addr, "h2")
 	defer tc.Close()
 	cc, err := (&http2.Transport{}).NewClientConn(tc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req, _ := http.NewRequest("POST", "https://relay.test"+testPath, pr)
-	req.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
-	resp, err := cc.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || f.engine.Load() != 1 {
-		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
-	}
+	resp, pw := engineSession(t, r, tc, cc)
 	for _, second := range []*http.Request{
 		mustRequest(t, "GET", "https://relay.test/"),
 		mustRequest(t, "POST", "https://relay.test"+testPath),
@@ -158,4 +147,23 @@ func mustRequest(t *testing.T, method, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// engineSession opens a session on cc, a plain HTTP/2 client on tc, and
+// checks that the relay's engine serves it. The session's upload is pw.
+func engineSession(t *testing.T, r *relay, tc *tls.Conn, cc *http2.ClientConn) (*http.Response, *io.PipeWriter) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	req, _ := http.NewRequest("POST", "https://relay.test"+testPath, pr)
+	req.Header.Set("Cookie", token.Cookie+"="+boundToken(t, r.ep.Key, tc, time.Now()))
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if f := frontOf(t, r); resp.StatusCode != http.StatusOK || f.engine.Load() != 1 {
+		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
+	}
+	return resp, pw
 }

@@ -504,9 +504,4 @@ func (c *countedConn) Close() error {
 }
 
 // CloseWrite keeps half-close working through the wrapper.
-func (c *countedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
+func (c *countedConn) CloseWrite() error { return closeWrite(c.Conn) }
