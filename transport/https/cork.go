@@ -3,7 +3,6 @@ package https
 import (
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -13,16 +12,13 @@ import (
 // gathers the records of a run of frames it has window for and sends
 // them in one socket write (one per corkFlushAt bytes).
 //
-// Every socket write of gathered bytes happens inside a TLS write: the
-// writer marks the last frame of a run (last), and that frame's record
-// write flushes and ends the gathering. So the TLS connection sees each
-// of those writes as its own: its Close still skips close_notify while
-// one is blocked on a peer that does not read, and the callers' frame
-// locks (which Close and stream resets check) cover them. A run ends
-// before any wait for flow-control window: nothing, neither the run's
-// frames nor the control frames that other goroutines write meanwhile,
-// is held back while the writer waits. uncork, outside a TLS write, only
-// cleans up after a failed or interrupted run.
+// The writer marks the last frame of a run (last), and that frame's
+// record write flushes and ends the run, inside the TLS write and under
+// the caller's frame lock, which Close and stream resets check. A frame
+// that takes the last of a window ends its run, so nothing, neither the
+// run's frames nor the control frames that other goroutines write
+// meanwhile, is held back while a writer waits for window. uncork, outside
+// a TLS write, sends what is left after a failed or interrupted run.
 
 // corkFlushAt is how much a cork gathers before it writes: four full
 // records, a 64 KiB session write (a full record is 16384 bytes of
@@ -41,114 +37,134 @@ type corkable interface {
 }
 
 // writeCork is the gathering state of one connection. Writes from any
-// goroutine (TLS alerts, control frames) join the gathered bytes in
-// order during a run.
+// goroutine (TLS alerts, control frames) join the waiting bytes in order
+// during a run, and while a write of waiting bytes is under way.
+//
+// No lock is held across a socket write: a flush takes the waiting bytes
+// and writes them with mu released, and writes that come meanwhile wait
+// in a new buffer, which the flush sends next. So a write that cannot
+// finish (a peer that does not read) never blocks Close, a TLS alert, or
+// a control frame; only a writer that finds a full buffer (corkFlushAt)
+// waiting behind it waits for it, which bounds the memory.
 type writeCork struct {
-	mu  sync.Mutex
-	buf *[]byte     // gathered bytes; nil when not gathering
-	end bool        // the next write ends the run
-	on  atomic.Bool // buf != nil, for Close
-	err error       // a write of gathered bytes failed: the TLS stream is cut
+	mu        sync.Mutex
+	cond      sync.Cond // a flush ended
+	gathering bool
+	end       bool    // the next write ends the run
+	buf       *[]byte // waiting bytes (from corkPool); nil when none
+	flushing  bool    // a socket write of waiting bytes is under way
+	err       error   // a write of waiting bytes failed: the TLS stream is cut
 }
 
-// write gathers p during a run, else writes it (not holding the lock:
-// Close must not wait behind a write blocked on a peer that does not
-// read). The TLS connection above orders its writes, and gathered bytes
-// all came through it, so the order of bytes holds.
+// write gathers or queues p, else writes it. The TLS connection above
+// orders its writes, and waiting bytes all came through it, so the order
+// of bytes holds.
 func (k *writeCork) write(raw net.Conn, p []byte) (int, error) {
 	k.mu.Lock()
+	for k.flushing && k.err == nil && k.buf != nil && len(*k.buf) >= corkFlushAt {
+		k.wait()
+	}
 	if k.err != nil {
 		k.mu.Unlock()
 		return 0, k.err
 	}
-	if k.buf == nil {
+	if !k.gathering && !k.flushing {
 		k.mu.Unlock()
-		return raw.Write(p)
+		return raw.Write(p) // nothing waits: the bytes go now
 	}
-	defer k.mu.Unlock()
+	if k.buf == nil {
+		k.buf = corkPool.Get().(*[]byte)
+	}
 	*k.buf = append(*k.buf, p...)
-	if k.end || len(*k.buf) >= corkFlushAt {
-		end := k.end
-		err := k.flushLocked(raw)
-		if end {
-			k.drop()
+	var err error
+	if k.gathering && (k.end || len(*k.buf) >= corkFlushAt) {
+		if k.end {
+			k.gathering, k.end = false, false
 		}
-		if err != nil {
-			return 0, err
-		}
+		err = k.flushLocked(raw)
+	}
+	k.mu.Unlock()
+	if err != nil {
+		return 0, err
 	}
 	return len(p), nil
 }
 
+func (k *writeCork) wait() {
+	if k.cond.L == nil {
+		k.cond.L = &k.mu
+	}
+	k.cond.Wait()
+}
+
 func (k *writeCork) cork() {
 	k.mu.Lock()
-	if k.buf == nil {
-		k.buf = corkPool.Get().(*[]byte)
-		k.on.Store(true)
-	}
-	k.end = false
+	k.gathering, k.end = true, false
 	k.mu.Unlock()
 }
 
 func (k *writeCork) last() {
 	k.mu.Lock()
-	k.end = k.buf != nil
+	k.end = k.gathering
 	k.mu.Unlock()
 }
 
 func (k *writeCork) uncork(raw net.Conn) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	err := k.flushLocked(raw)
-	k.drop()
-	return err
+	k.gathering, k.end = false, false
+	return k.flushLocked(raw)
 }
 
-// flushLocked writes what has gathered. A failed write may have sent
-// part of a record: every later write fails with its error.
+// flushLocked writes the waiting bytes, and those that come while it
+// writes, with k.mu released during each socket write; k.mu is held on
+// entry and on return. If a flush is already under way, that one sends
+// them. A failed write may have sent part of a record: every later
+// write fails with its error.
 func (k *writeCork) flushLocked(raw net.Conn) error {
-	if k.err != nil || k.buf == nil || len(*k.buf) == 0 {
+	if k.flushing {
 		return k.err
 	}
-	_, err := raw.Write(*k.buf)
-	*k.buf = (*k.buf)[:0]
-	if err != nil {
-		k.err = err
+	for k.err == nil && k.buf != nil && len(*k.buf) > 0 {
+		b := k.buf
+		k.buf = nil
+		k.flushing = true
+		k.mu.Unlock()
+		_, err := raw.Write(*b)
+		k.mu.Lock()
+		k.flushing = false
+		*b = (*b)[:0]
+		corkPool.Put(b)
+		if err != nil {
+			k.err = err
+		}
+		k.cond.Broadcast()
 	}
-	return err
-}
-
-// closeFlushWait bounds the last write of what a cork gathered when its
-// connection closes (a GOAWAY or TLS alert written during another
-// writer's run).
-const closeFlushWait = time.Second
-
-// release sends what has gathered, within closeFlushWait, and stops
-// gathering: the connection is closing. If a write is under way (it may
-// be blocked on a peer that does not read), it does not wait: closing
-// the connection ends that write, and its writer returns the buffer.
-func (k *writeCork) release(raw net.Conn) {
-	if !k.on.Load() {
-		return
-	}
-	raw.SetWriteDeadline(time.Now().Add(closeFlushWait))
-	if !k.mu.TryLock() {
-		return
-	}
-	defer k.mu.Unlock()
-	k.flushLocked(raw)
-	k.drop()
-}
-
-// drop returns the buffer to the pool; k.mu is held.
-func (k *writeCork) drop() {
-	if k.buf != nil {
+	if k.buf != nil && (k.err != nil || len(*k.buf) == 0) {
 		*k.buf = (*k.buf)[:0]
 		corkPool.Put(k.buf)
 		k.buf = nil
-		k.on.Store(false)
 	}
-	k.end = false
+	return k.err
+}
+
+// closeFlushWait bounds the last write of what waits when the connection
+// closes (a GOAWAY or TLS alert written during another writer's run).
+const closeFlushWait = time.Second
+
+// release sends what waits, within closeFlushWait, and stops gathering:
+// the connection is closing. If a flush is under way (it may be blocked
+// on a peer that does not read), it does not wait for it: closing the
+// connection ends that write.
+func (k *writeCork) release(raw net.Conn) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.gathering, k.end = false, false
+	if k.flushing || k.buf == nil {
+		return
+	}
+	raw.SetWriteDeadline(time.Now().Add(closeFlushWait))
+	k.flushLocked(raw)
 }
 
 // corkConn is a dialled connection that can gather writes (the client's

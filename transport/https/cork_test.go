@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -166,5 +167,87 @@ func TestControlFramesPassDuringWindowWait(t *testing.T) {
 	}
 	if n := frontOf(t, r).engine.Load(); n != 1 {
 		t.Fatalf("%d sessions on the engine, want 1", n)
+	}
+}
+
+// TestCorkNeverBlocksBehindAFlush: with a write of gathered bytes blocked
+// on a peer that does not read, a small write (a TLS alert, a control
+// frame) and release (Close) still return at once; a writer that finds a full buffer
+// waiting behind the blocked write waits for it (the memory stays
+// bounded); closing the connection ends the blocked write, and every
+// later write fails.
+func TestCorkNeverBlocksBehindAFlush(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			peer <- c
+		}
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	p := within(t, "accept", peer)
+	defer p.Close()
+	// Fill the socket's send buffer and the peer's receive buffer.
+	chunk := make([]byte, 64<<10)
+	for {
+		raw.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := raw.Write(chunk); err != nil {
+			break
+		}
+	}
+	raw.SetWriteDeadline(time.Time{})
+
+	var k writeCork
+	k.cork()
+	k.last()
+	flushed := make(chan error, 1)
+	// A run larger than any send buffer's slack, so that its write blocks.
+	go func() { _, err := k.write(raw, make([]byte, 4<<20)); flushed <- err }()
+	select {
+	case err := <-flushed:
+		t.Fatalf("a 4 MiB write to a peer that does not read returned (%v)", err)
+	case <-time.After(100 * time.Millisecond): // it is blocked in the socket write
+	}
+	small := make(chan error, 1)
+	go func() { _, err := k.write(raw, []byte("alert")); small <- err }()
+	if err := within(t, "a small write while a flush is blocked", small); err != nil {
+		t.Fatal(err)
+	}
+	big := make(chan error, 1)
+	go func() {
+		k.cork()
+		for range 3 {
+			if _, err := k.write(raw, make([]byte, 32<<10)); err != nil {
+				big <- err
+				return
+			}
+		}
+		big <- nil
+	}()
+	select {
+	case err := <-big:
+		t.Fatalf("96 KiB written behind a blocked flush without waiting (%v): the buffer is not bounded", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	released := make(chan struct{})
+	go func() { k.release(raw); close(released) }()
+	within(t, "release while a flush is blocked", released)
+	raw.Close()
+	if err := within(t, "the blocked flush after Close", flushed); err == nil {
+		t.Error("the blocked flush returned no error after the connection closed")
+	}
+	if err := within(t, "the waiting writer after Close", big); err == nil {
+		t.Error("the writer waiting behind the blocked flush returned no error")
+	}
+	if _, err := k.write(raw, []byte("later")); err == nil {
+		t.Error("a write after a failed flush succeeded")
 	}
 }
