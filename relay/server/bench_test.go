@@ -132,7 +132,7 @@ type benchRelay struct {
 	index       map[string]int // envelope tag → index in envs
 }
 
-// startRelay serves a relay on tr with a kind ("memory" or "bolt") store
+// startRelay serves a relay on tr with a kind ("memory", "bolt", or "warm": bolt after warmStore) store
 // and seals n 4 KiB envelopes to its mailbox. It stops at b's cleanup.
 func startRelay(b *testing.B, tr transport.Transport, kind string, n int) *benchRelay {
 	r := &benchRelay{b: b}
@@ -142,11 +142,15 @@ func startRelay(b *testing.B, tr transport.Transport, kind string, n int) *bench
 	if kind == "memory" {
 		st = store.NewMemory(opts)
 	} else {
-		bs, err := boltstore.Open(filepath.Join(b.TempDir(), "store"), opts)
+		dir := filepath.Join(b.TempDir(), "store")
+		bs, err := boltstore.Open(dir, opts)
 		if err != nil {
 			b.Fatal(err)
 		}
 		st, r.log = bs, bs
+		if kind == "warm" {
+			warmStore(b, bs, filepath.Join(dir, boltstore.LogDir))
+		}
 		// As `postern relay serve` does with this store (boltstore.Procs),
 		// unless GOMAXPROCS is set: GOMAXPROCS=2 measures without the extra P.
 		if os.Getenv("GOMAXPROCS") == "" {
@@ -188,6 +192,60 @@ func startRelay(b *testing.B, tr transport.Transport, kind string, n int) *bench
 		b.Fatal(err)
 	}
 	return r
+}
+
+// warmStore brings a new log store to where a relay that has run a while
+// has it: 64 putters put and ack 4 KiB envelopes in a mailbox of their
+// own until two 64 MiB segments have filled and been compacted, so the
+// newest segment is written over a compacted one's file (boltstore's
+// "Recycled segments": no block allocation, no size change, no journal
+// commit per fdatasync) and nothing is left to compact. Kind "bolt" is a
+// new store, whose batches all append to its first segment.
+func warmStore(b *testing.B, bs *boltstore.Store, logDir string) {
+	ctx := context.Background()
+	id := storetest.ID(1 << 20)
+	if err := bs.CreateMailbox(ctx, id, storetest.Owner(1<<20), nil); err != nil {
+		b.Fatal(err)
+	}
+	third := filepath.Join(logDir, fmt.Sprintf("%016x.seg", 3))
+	exists := func(path string) bool { _, err := os.Stat(path); return err == nil }
+	deadline := time.Now().Add(5 * time.Minute)
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	for p := range 64 {
+		wg.Go(func() {
+			env := storetest.Envelope(id, envelope.Bucket4K, p)
+			for i := 0; !done.Load(); i++ {
+				copy(env[len(env)-8:], strconv.AppendInt(nil, int64(i), 16))
+				ref, err := bs.Put(ctx, id, env)
+				if err == nil {
+					_, err = bs.Ack(ctx, id, ref)
+				}
+				if err != nil {
+					b.Error(err)
+					done.Store(true)
+				}
+			}
+		})
+	}
+	for !exists(third) && !b.Failed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	done.Store(true)
+	wg.Wait()
+	// Compaction of the older segments finishes: the log is the newest
+	// segment and the spare.
+	for time.Now().Before(deadline) {
+		ents, err := os.ReadDir(logDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ents) == 2 && exists(filepath.Join(logDir, "spare")) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.Fatal("the store did not reach its warm state: segment 3 over the spare, the rest compacted")
 }
 
 // tag names an envelope by its AEAD tag, unique per seal.
@@ -363,7 +421,7 @@ func (m diskMeter) report(b *testing.B, n int) {
 
 func BenchmarkRelayLoad(b *testing.B) {
 	for _, tr := range benchTransports() {
-		for _, kind := range []string{"memory", "bolt"} {
+		for _, kind := range []string{"memory", "bolt", "warm"} {
 			for _, n := range loadSenders {
 				b.Run(fmt.Sprintf("%s/%s/senders=%d", tr.Name(), kind, n), func(b *testing.B) { benchRelayLoad(b, tr, kind, n) })
 			}
@@ -429,6 +487,7 @@ func benchRelayLoad(b *testing.B, tr transport.Transport, kind string, senders i
 func BenchmarkSendDeliver(b *testing.B) {
 	for _, tr := range benchTransports() {
 		b.Run(tr.Name()+"/bolt", func(b *testing.B) { benchSendDeliver(b, tr, "bolt", 1000, 8) })
+		b.Run(tr.Name()+"/warm", func(b *testing.B) { benchSendDeliver(b, tr, "warm", 1000, 8) })
 		b.Run(tr.Name()+"/memory", func(b *testing.B) { benchSendDeliver(b, tr, "memory", 1000, 8) })
 	}
 }

@@ -38,6 +38,7 @@ type Store struct {
 	batch   uint64        // committer only: the last batch number used
 	broken  error         // committer only: a failed write could not be undone
 	stuck   uint64        // committer only: a segment compaction could not delete
+	spare   bool          // committer only: the log directory holds a spare segment file
 	buf     []byte        // committer only: the batch buffer, kept between commits
 
 	ops        chan *op
@@ -124,6 +125,9 @@ func open(dir string, opts store.Options) (*Store, error) {
 		return nil, err
 	}
 	s.setIndex(ix)
+	if fi, err := os.Stat(filepath.Join(logDir, spareName)); err == nil && fi.Mode().IsRegular() {
+		s.spare = true
+	}
 	return s, nil
 }
 
@@ -461,7 +465,7 @@ func (s *Store) markClosed() {
 		return
 	}
 	seg := s.ix.active()
-	if _, err := seg.f.WriteAt(frame(appendRecord(nil, recClose)), seg.size); err != nil {
+	if _, err := seg.f.WriteAt(frame(seg.seed, appendRecord(nil, recClose)), seg.size); err != nil {
 		seg.f.Truncate(seg.size)
 	}
 }

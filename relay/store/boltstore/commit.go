@@ -184,11 +184,11 @@ func (s *Store) begin() (*writer, error) {
 	}
 	seg := s.ix.active()
 	if seg.size >= segmentBytes {
-		f, err := createSegment(s.dir, segHead{num: seg.num + 1, check: s.check, outNext: s.ix.outNext})
+		next, err := s.nextSegment(seg)
 		if err != nil {
 			return nil, err
 		}
-		seg = &segment{num: seg.num + 1, path: filepath.Join(s.dir, segName(seg.num+1)), f: f, size: segHeader}
+		seg = next
 		s.mu.Lock()
 		s.ix.segs[seg.num], s.ix.order = seg, append(s.ix.order, seg.num)
 		s.mu.Unlock()
@@ -201,6 +201,44 @@ func (s *Store) begin() (*writer, error) {
 		s.buf = make([]byte, 0, 64<<10)
 	}
 	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: s.buf[:frameHeader]}, nil
+}
+
+// nextSegment starts the segment after cur, in the spare file if there is
+// one (see "Recycled segments" in the package comment), else in a new file.
+// A recycled segment's file is longer than what it holds, and only the
+// newest segment may have bytes past its last batch (replay stops at them
+// there, and refuses them anywhere else), so cur is cut to its end first
+// and that is durable before the new segment exists.
+func (s *Store) nextSegment(cur *segment) (*segment, error) {
+	fi, err := cur.f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > cur.size {
+		if err := cur.f.Truncate(cur.size); err != nil {
+			return nil, err
+		}
+		if err := cur.f.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	h := segHead{num: cur.num + 1, check: s.check, outNext: s.ix.outNext}
+	var f *os.File
+	if s.spare {
+		s.spare = false
+		if f, err = reuseSegment(s.dir, h); err != nil {
+			// A new file instead (renamed over the spare if the spare got
+			// its name).
+			os.Remove(filepath.Join(s.dir, spareName))
+			f = nil
+		}
+	}
+	if f == nil {
+		if f, err = createSegment(s.dir, h); err != nil {
+			return nil, err
+		}
+	}
+	return &segment{num: h.num, path: filepath.Join(s.dir, segName(h.num)), f: f, size: segHeader, seed: h.seed()}, nil
 }
 
 // maxKeptBuf bounds the batch buffer the committer keeps between commits
@@ -217,7 +255,7 @@ func (s *Store) flush(w *writer) error {
 		return nil
 	}
 	payload := w.buf[frameHeader:]
-	putFrameHeader(w.buf, payload)
+	putFrameHeader(w.buf, payload, w.seg.seed)
 	if _, err := w.seg.f.WriteAt(w.buf, w.seg.size); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package boltstore
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"slices"
 )
 
@@ -25,7 +26,9 @@ const (
 	stepSegmentTemp    = "segment temp file written"
 	stepSegmentRenamed = "segment renamed"
 	stepCarried        = "chunk of live records carried and durable"
-	stepRemoved        = "compacted segment removed"
+	stepRemoved        = "compacted segment removed or made the spare"
+	stepSpareHeader    = "new segment's header written over the spare"
+	stepSpareRenamed   = "spare renamed to the new segment"
 	stepRemovalSynced  = "removal synced"
 )
 
@@ -242,6 +245,20 @@ func relocateEnvelope(ix *index, hid [32]byte, seq uint64, from, to loc) {
 	}
 }
 
+// discard takes segment seg out of the log: its file becomes the spare
+// if there is none (a rename, which for the log is the same as removing
+// it), else it is removed.
+func (s *Store) discard(seg *segment) error {
+	if recycleSegments && !s.spare {
+		if err := os.Rename(seg.path, filepath.Join(s.dir, spareName)); err != nil {
+			return err
+		}
+		s.spare = true
+		return nil
+	}
+	return os.Remove(seg.path)
+}
+
 // dropSegments deletes the segments nums, whose live records have all
 // been copied by durable batches; the caller holds s.mu. A segment the
 // index still points into is kept.
@@ -255,7 +272,7 @@ func (s *Store) dropSegments(nums []uint64) {
 			s.stuck = num // never try this segment again in this process
 			continue
 		}
-		if err := os.Remove(seg.path); err != nil {
+		if err := s.discard(seg); err != nil {
 			s.stuck = num
 			continue
 		}

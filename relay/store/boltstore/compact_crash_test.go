@@ -57,9 +57,23 @@ const crashBoxes = 6
 
 var crashOpts = store.Options{IDKey: testKey, MaxMailboxEnvelopes: -1, MaxMailboxBytes: -1, MaxStoreBytes: -1}
 
+// TestCompactionCrashSteps runs with compacted segments deleted (new
+// segments are new files) and kept as the spare (new segments are written
+// over it).
 func TestCompactionCrashSteps(t *testing.T) {
-	defer func(n int64, c int, p func(string)) { segmentBytes, carryChunk, crashPoint = n, c, p }(segmentBytes, carryChunk, crashPoint)
-	segmentBytes, carryChunk = 16<<10, 3<<10
+	t.Run("new files", func(t *testing.T) {
+		compactionCrashSteps(t, false, stepSegmentTemp, stepSegmentRenamed)
+	})
+	t.Run("recycled", func(t *testing.T) {
+		compactionCrashSteps(t, true, stepSpareHeader, stepSpareRenamed)
+	})
+}
+
+func compactionCrashSteps(t *testing.T, recycle bool, steps ...string) {
+	defer func(n int64, c int, p func(string), r bool) {
+		segmentBytes, carryChunk, crashPoint, recycleSegments = n, c, p, r
+	}(segmentBytes, carryChunk, crashPoint, recycleSegments)
+	segmentBytes, carryChunk, recycleSegments = 16<<10, 3<<10, recycle
 	dir := t.TempDir()
 	s, err := Open(dir, crashOpts)
 	must(t, err)
@@ -93,7 +107,7 @@ func TestCompactionCrashSteps(t *testing.T) {
 		seen[sn.step] = true
 		t.Run(fmt.Sprintf("%02d %s", i, sn.step), func(t *testing.T) { crashRecover(t, sn) })
 	}
-	for _, step := range []string{stepSegmentTemp, stepSegmentRenamed, stepCarried, stepRemoved, stepRemovalSynced} {
+	for _, step := range append(steps, stepCarried, stepRemoved, stepRemovalSynced) {
 		if !seen[step] {
 			t.Errorf("the compactions never reached step %q: the test does not cover it", step)
 		}
@@ -295,7 +309,7 @@ const compactCrashEnv = "POSTERN_STORE_COMPACT_CRASH_CHILD"
 // segments, so that compaction runs all the time, each worker puts into
 // its own mailbox and acks every other envelope, printing "P box ref"
 // once a put returned, "a box ref" before an ack and "A box ref" once it
-// returned.
+// returned, and "R 0 0" each time a new segment was written over the spare.
 func TestCompactionKillChild(t *testing.T) {
 	dir := os.Getenv(compactCrashEnv)
 	if dir == "" {
@@ -313,6 +327,11 @@ func TestCompactionKillChild(t *testing.T) {
 		fmt.Fprintf(out, "%s %d %x\n", what, b, ref)
 		out.Flush()
 		mu.Unlock()
+	}
+	crashPoint = func(step string) {
+		if step == stepSpareRenamed {
+			say("R", 0, store.Ref{})
+		}
 	}
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -366,10 +385,13 @@ func TestCompactionKill(t *testing.T) {
 	must(t, cmd.Start())
 	const killAfter = 4000       // puts: about 2 MiB through 32 KiB segments
 	state := map[string]string{} // "box ref" -> last of P, a, A
-	puts, killed := 0, false
+	puts, recycled, killed := 0, 0, false
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		what, key, ok := strings.Cut(sc.Text(), " ")
+		if what == "R" {
+			recycled++
+		}
 		if !ok || (what != "P" && what != "a" && what != "A") {
 			continue
 		}
@@ -392,6 +414,10 @@ func TestCompactionKill(t *testing.T) {
 	if nums[0] == 1 {
 		t.Fatalf("segment 1 is still there: the child never compacted, the test proves nothing")
 	}
+	if recycled == 0 {
+		t.Fatalf("no segment was written over the spare: the test proves nothing of recycled segments")
+	}
+	t.Logf("%d segments written over the spare before the kill", recycled)
 	s, err = Open(dir, crashOpts)
 	if err != nil {
 		t.Fatalf("open after SIGKILL during compaction: %v", err)

@@ -88,13 +88,16 @@ func (f *fixture) damage(t *testing.T, fn func(tx *bolt.Tx) error) {
 
 func (f *fixture) segment() string { return filepath.Join(f.dir, LogDir, segName(1)) }
 
+// seg1Seed starts the frame checksums of segment 1.
+var seg1Seed = segHead{num: 1}.seed()
+
 // envelopeAt returns the file offsets of the frame and of the last byte of
 // the sealed envelope of the first envelope record in the segment data.
 func envelopeAt(t *testing.T, data []byte) (frameOff, last int) {
 	t.Helper()
 	frameOff = segHeader
 	var buf []byte
-	sr := segReader{bytes.NewReader(data), int64(len(data)), &buf}
+	sr := segReader{bytes.NewReader(data), int64(len(data)), &buf, seg1Seed}
 	for frameOff < len(data) {
 		payload, ok, err := sr.frame(int64(frameOff))
 		must(t, err)
@@ -161,7 +164,7 @@ func TestTornBatch(t *testing.T) {
 	path := f.segment()
 	data, err := os.ReadFile(path)
 	must(t, err)
-	torn := frame(appendRecord(nil, recSweep, []byte{0, 0, 0, 1}))
+	torn := frame(seg1Seed, appendRecord(nil, recSweep, []byte{0, 0, 0, 1}))
 	must(t, os.WriteFile(path, append(data, torn[:len(torn)-2]...), 0o600))
 	s := f.open(t, store.Options{})
 	if st := s.Stats(); st.Envelopes != 3 || st.Mailboxes != 2 {
@@ -199,7 +202,7 @@ func TestDamagedEnvelope(t *testing.T) {
 			off, last := envelopeAt(t, data)
 			data[last] ^= 1
 			n := int(binary.BigEndian.Uint32(data[off:]))
-			binary.BigEndian.PutUint32(data[off+4:], crc32.Checksum(data[off+frameHeader:off+frameHeader+n], castagnoli))
+			binary.BigEndian.PutUint32(data[off+4:], crc32.Update(seg1Seed, castagnoli, data[off+frameHeader:off+frameHeader+n]))
 			must(t, os.WriteFile(path, data, 0o600))
 			s := f.open(t, store.Options{})
 			wantCorrupt(t, op.name, op.run(s, f), path, f.a, f.b)

@@ -18,7 +18,8 @@
 //
 // # Files
 //
-// dir/log/<16 hex digits>.seg are the segments ([LogDir]); dir/store.key
+// dir/log/<16 hex digits>.seg are the segments ([LogDir]), dir/log/spare
+// a compacted segment's file kept for reuse (see Recycled segments); dir/store.key
 // is the store key ([KeyFile]) unless Options.IDKey or Options.KeyFile
 // say otherwise; dir is locked (flock) while open. A new log is built as
 // log.tmp and renamed. A log that is missing while the key file exists is
@@ -29,10 +30,16 @@
 // Every integer is big-endian. A segment is a header and then batch
 // frames; the committer starts a new segment past 64 MiB.
 //
-//	segment header  8B "PSTRLOG1", 8B segment number, 32B store.Keys.Check,
+//	segment header  8B "PSTRLOG2", 8B segment number, 32B store.Keys.Check,
 //	                8B next outbox seq when the segment began, 4B CRC32C
-//	batch frame     4B length n, 4B CRC32C (Castagnoli) of the n bytes, n bytes of records
+//	batch frame     4B length n, 4B CRC32C (Castagnoli) of the 8B segment
+//	                number followed by the n bytes, n bytes of records
 //	record          1B type, 4B body length, body (types in logrecords.go)
+//
+// Segments written before recycling have the magic "PSTRLOG1" and frame
+// checksums of the n bytes alone. They are read as they are, and the
+// newest of them takes new batches in its own layout until the next
+// segment, which is a PSTRLOG2 one; nothing is migrated.
 //
 // Mailbox ids appear only as keyed hashes (store.Keys.MailboxHash),
 // envelopes only sealed (store.Keys.Seal, under a key derived from the
@@ -82,6 +89,30 @@
 // first. TestCompactionCrashSteps opens a copy of the directory taken
 // after every one of these steps, with acks, deletes and puts between
 // chunks; TestCompactionKill kills a process that compacts all the time.
+//
+// # Recycled segments
+//
+// A compacted segment's file is renamed to the spare (if there is none)
+// instead of being deleted, and the next segment is written over it: its
+// header rewritten and synced, the file renamed to the segment's name and
+// the directory synced. Overwriting blocks a file already has needs no
+// block allocation and no size change, so the fdatasync of each batch
+// commits no filesystem journal; measured on this project's ext4 machines
+// (8 KiB write and fdatasync, 4,000 paced at 2,000/s): p50 0.14–0.16 ms
+// against 0.22–0.24 appending, p99.9 0.58–0.84 against 0.70–1.75.
+//
+// The frames the file still holds from its last use must never replay:
+// every frame's checksum starts with the segment number, so an old frame
+// fails the check under the new number (a chance of 2^-32 each) and replay
+// stops at the first of them as at a batch cut short by a crash. Only the
+// newest segment may have bytes past its last batch: before a new segment
+// starts, the one before is cut to its end and synced. Open cuts the
+// newest one (as a torn batch), so a restarted relay appends to it.
+// TestRecycledSegment opens copies taken at the spare's rename (the old
+// frames right after the header) and after a few batches;
+// TestCompactionCrashSteps runs every step with and without recycling.
+// The log directory holds at most one spare, of up to a segment's size
+// (64 MiB), which the store's byte totals do not count.
 //
 // # The index in memory
 //

@@ -150,8 +150,9 @@ type segment struct {
 	num  uint64
 	path string
 	f    *os.File
-	size int64 // bytes written and durable (the committer's next write goes here)
-	live int64 // bytes of records the index still points at
+	size int64  // bytes written and durable (the committer's next write goes here)
+	seed uint32 // where each frame's checksum starts (segHead.seed)
+	live int64  // bytes of records the index still points at
 }
 
 type index struct {

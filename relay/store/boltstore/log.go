@@ -82,7 +82,7 @@ func replaySegment(ix *index, seg *segment, last bool, check [32]byte, buf *[]by
 		return errWrongKey
 	}
 	ix.outNext = max(ix.outNext, h.outNext)
-	seg.size = end
+	seg.size, seg.seed = end, h.seed()
 	if torn {
 		// The batch a crash interrupted: never acknowledged, cut it off.
 		if err := seg.f.Truncate(end); err != nil {

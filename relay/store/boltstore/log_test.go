@@ -118,8 +118,8 @@ func FuzzRecords(f *testing.F) {
 func FuzzSegment(f *testing.F) {
 	var hid [32]byte
 	good := segHead{num: 1}.encode()
-	good = append(good, frame(appendMailbox(nil, hid, make([]byte, 32), 1, nil))...)
-	good = append(good, frame(appendRecord(nil, recEnvelope, envelopeHead(hid, 1, 4, store.Ref{}), make([]byte, 40)))...)
+	good = append(good, frame(seg1Seed, appendMailbox(nil, hid, make([]byte, 32), 1, nil))...)
+	good = append(good, frame(seg1Seed, appendRecord(nil, recEnvelope, envelopeHead(hid, 1, 4, store.Ref{}), make([]byte, 40)))...)
 	f.Add(good, true)
 	f.Add(good[:len(good)-3], true)
 	f.Add(good[:len(good)-3], false)

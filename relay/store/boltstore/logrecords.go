@@ -17,9 +17,10 @@ import (
 
 // Segment header and batch frame.
 const (
-	segMagic     = "PSTRLOG1"
+	segMagic     = "PSTRLOG2"         // frames checksummed behind the segment's number
+	segMagicV1   = "PSTRLOG1"         // frames checksummed alone (segments written before recycling)
 	segHeader    = 8 + 8 + 32 + 8 + 4 // magic, number, key check, outbox next seq, CRC32C
-	frameHeader  = 4 + 4              // payload length, CRC32C of the payload
+	frameHeader  = 4 + 4              // payload length, CRC32C of segment number and payload
 	maxFrame     = 1 << 30
 	recHeader    = 1 + 4 // type, body length
 	envelopeBody = 32 + 8 + 4 + store.RefSize
@@ -229,10 +230,26 @@ type segHead struct {
 	num     uint64
 	check   [32]byte
 	outNext uint64
+	v1      bool // PSTRLOG1: its frames' checksums do not cover the number
+}
+
+// seed is where the checksum of each of the segment's frames starts: the
+// CRC32C of its number, so that the frames a recycled segment file still
+// holds from its last use fail the check (a chance of 2^-32 each), and
+// 0 in a segment of the first layout.
+func (h segHead) seed() uint32 {
+	if h.v1 {
+		return 0
+	}
+	return crc32.Checksum(binary.BigEndian.AppendUint64(nil, h.num), castagnoli)
 }
 
 func (h segHead) encode() []byte {
-	b := append(make([]byte, 0, segHeader), segMagic...)
+	magic := segMagic
+	if h.v1 {
+		magic = segMagicV1
+	}
+	b := append(make([]byte, 0, segHeader), magic...)
 	b = binary.BigEndian.AppendUint64(b, h.num)
 	b = append(b, h.check[:]...)
 	b = binary.BigEndian.AppendUint64(b, h.outNext)
@@ -240,28 +257,30 @@ func (h segHead) encode() []byte {
 }
 
 func parseSegHead(b []byte) (segHead, error) {
-	if len(b) < segHeader || string(b[:8]) != segMagic {
+	if len(b) < segHeader || (string(b[:8]) != segMagic && string(b[:8]) != segMagicV1) {
 		return segHead{}, errors.New("not a log segment (bad magic)")
 	}
 	if crc32.Checksum(b[:segHeader-4], castagnoli) != binary.BigEndian.Uint32(b[segHeader-4:]) {
 		return segHead{}, errors.New("segment header damaged (checksum)")
 	}
-	h := segHead{num: binary.BigEndian.Uint64(b[8:]), outNext: binary.BigEndian.Uint64(b[48:])}
+	h := segHead{num: binary.BigEndian.Uint64(b[8:]), outNext: binary.BigEndian.Uint64(b[48:]), v1: string(b[:8]) == segMagicV1}
 	copy(h.check[:], b[16:48])
 	return h, nil
 }
 
 // putFrameHeader fills the frame header at the start of b for payload,
-// which follows it.
-func putFrameHeader(b, payload []byte) {
+// which follows it, in a segment whose checksums start at seed
+// (segHead.seed).
+func putFrameHeader(b, payload []byte, seed uint32) {
 	binary.BigEndian.PutUint32(b, uint32(len(payload)))
-	binary.BigEndian.PutUint32(b[4:], crc32.Checksum(payload, castagnoli))
+	binary.BigEndian.PutUint32(b[4:], crc32.Update(seed, castagnoli, payload))
 }
 
-// frame returns payload in a frame.
-func frame(payload []byte) []byte {
+// frame returns payload in a frame for a segment whose checksums start at
+// seed.
+func frame(seed uint32, payload []byte) []byte {
 	b := append(make([]byte, frameHeader, frameHeader+len(payload)), payload...)
-	putFrameHeader(b, b[frameHeader:])
+	putFrameHeader(b, b[frameHeader:], seed)
 	return b
 }
 

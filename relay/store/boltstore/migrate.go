@@ -109,8 +109,9 @@ func legacyKey(db *bolt.DB, dir, path string, opts store.Options) ([32]byte, err
 
 // logWriter appends frames of records to a segment being built.
 type logWriter struct {
-	f   *os.File
-	buf []byte
+	f    *os.File
+	seed uint32
+	buf  []byte
 }
 
 func (lw *logWriter) add(rec []byte) error {
@@ -125,7 +126,7 @@ func (lw *logWriter) flush() error {
 	if len(lw.buf) == 0 {
 		return nil
 	}
-	_, err := lw.f.Write(frame(lw.buf))
+	_, err := lw.f.Write(frame(lw.seed, lw.buf))
 	lw.buf = lw.buf[:0]
 	return err
 }
@@ -137,12 +138,13 @@ func copyLegacy(tx *bolt.Tx, dir string, check [32]byte) error {
 	if ob := tx.Bucket(bucketOutbox); ob != nil {
 		outNext = ob.Sequence() + 1
 	}
-	f, err := createSegment(dir, segHead{num: 1, check: check, outNext: outNext})
+	h := segHead{num: 1, check: check, outNext: outNext}
+	f, err := createSegment(dir, h)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	lw := &logWriter{f: f}
+	lw := &logWriter{f: f, seed: h.seed()}
 	if tx.Bucket(bucketMeta) != nil {
 		if err := copyMailboxes(tx, lw); err != nil {
 			return err

@@ -34,6 +34,9 @@ func listSegments(dir string) ([]uint64, error) {
 	var nums []uint64
 	for _, e := range ents {
 		name := e.Name()
+		if name == spareName {
+			continue
+		}
 		if strings.HasSuffix(name, ".tmp") {
 			if err := os.Remove(filepath.Join(dir, name)); err != nil {
 				return nil, err
@@ -64,7 +67,7 @@ func listSegments(dir string) ([]uint64, error) {
 // Memory: one frame at a time, so replaying or compacting a 64 MiB segment
 // holds its largest batch (a few MiB at most in practice), not the file.
 func scanSegment(ra io.ReaderAt, size int64, last bool, buf *[]byte, fn func(r record, off int64, raw []byte) error) (h segHead, end int64, torn bool, err error) {
-	sr := segReader{ra, size, buf}
+	sr := segReader{ra: ra, size: size, buf: buf}
 	head, err := sr.read(0, int(min(size, segHeader)))
 	if err != nil {
 		return h, 0, false, err
@@ -72,6 +75,7 @@ func scanSegment(ra io.ReaderAt, size int64, last bool, buf *[]byte, fn func(r r
 	if h, err = parseSegHead(head); err != nil {
 		return h, 0, false, err
 	}
+	sr.seed = h.seed()
 	off := int64(segHeader)
 	for off < size {
 		payload, ok, err := sr.frame(off)
@@ -118,6 +122,7 @@ type segReader struct {
 	ra   io.ReaderAt
 	size int64
 	buf  *[]byte
+	seed uint32 // where each frame's checksum starts (segHead.seed)
 }
 
 // read returns the n bytes at off in *buf, valid until the next read.
@@ -146,7 +151,7 @@ func (sr segReader) frame(off int64) ([]byte, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return payload, crc32.Checksum(payload, castagnoli) == sum, nil
+	return payload, crc32.Update(sr.seed, castagnoli, payload) == sum, nil
 }
 
 // frameHead parses the frame header at off, if it is whole and its length
@@ -202,6 +207,50 @@ func createSegment(dir string, h segHead) (*os.File, error) {
 	if err != nil {
 		f.Close()
 		os.Remove(tmp)
+		return nil, err
+	}
+	return f, nil
+}
+
+// Recycled segments (see the package comment). A compacted segment's
+// file is kept as the spare instead of being deleted, and the next
+// segment is written over it: overwriting blocks a file already has
+// needs no block allocation or size change, so its fdatasync commits no
+// filesystem journal (on this project's ext4 machines: p50 0.15 against
+// 0.23 ms per 8 KiB sync, p99.9 0.58–0.84 against 0.70–1.75 ms).
+
+// spareName is the spare segment file in the log directory.
+const spareName = "spare"
+
+// recycleSegments keeps compacted segments as the spare. Benchmarks turn
+// it off to compare.
+var recycleSegments = true
+
+// reuseSegment turns the spare file in dir into the segment with header
+// h: the header written over the old one and synced, then the file
+// renamed and the directory synced. The frames the file still holds
+// from its last use fail their checksums under h's number (segHead.seed),
+// so replay stops at the first of them, as at a batch a crash cut short.
+func reuseSegment(dir string, h segHead) (*os.File, error) {
+	spare, path := filepath.Join(dir, spareName), filepath.Join(dir, segName(h.num))
+	f, err := os.OpenFile(spare, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteAt(h.encode(), 0)
+	if err == nil {
+		err = fdatasync(f)
+	}
+	if err == nil {
+		atStep(stepSpareHeader)
+		err = os.Rename(spare, path)
+	}
+	if err == nil {
+		atStep(stepSpareRenamed)
+		err = syncDir(dir)
+	}
+	if err != nil {
+		f.Close()
 		return nil, err
 	}
 	return f, nil
