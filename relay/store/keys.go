@@ -28,6 +28,7 @@ const (
 	labelRef     = "postern/store/v1 envelope-ref"
 	labelSeal    = "postern/store/v1 envelope-seal"
 	labelCheck   = "postern/store/v1 key-check"
+	labelFrame   = "postern/store/v1 frame-seed"
 	sealAAD      = "postern/store/v1 envelope"
 	labelOutbox  = "postern/store/v1 outbox-seal"
 	outboxAAD    = "postern/store/v1 outbox"
@@ -49,6 +50,7 @@ type Keys struct {
 	sealKey    [32]byte // HMAC key deriving per-mailbox envelope keys
 	outboxKey  [32]byte // HMAC key deriving per-destination outbox keys
 	check      [32]byte // kept beside the data to detect a wrong key
+	frameKey   [32]byte // HMAC key for the log store's frame checksum seeds
 	ok         bool
 
 	// HMAC states keyed and ready, and the at-rest ciphers of recently
@@ -100,6 +102,7 @@ func NewKeys(storeKey []byte) (*Keys, error) {
 	k.sealKey = mac(storeKey, []byte(labelSeal))
 	k.outboxKey = mac(storeKey, []byte(labelOutbox))
 	k.check = mac(storeKey, []byte(labelCheck))
+	k.frameKey = mac(storeKey, []byte(labelFrame))
 	k.mailboxMAC.key, k.refMAC.key = k.mailboxKey, k.refKey
 	return k, nil
 }
@@ -121,6 +124,17 @@ func mac(key, msg []byte) (out [32]byte) {
 	h.Write(msg)
 	h.Sum(out[:0])
 	return out
+}
+
+// FrameSeed is where the checksums of a log segment's frames start: the
+// first 4 bytes of HMAC-SHA256(k_frame, segment number), so that bytes a
+// client chose (an owner key, a capability verifier, kept in the clear)
+// cannot be made into a frame that checks in some future segment
+// (relay/store/boltstore, "Recycled segments").
+func (k *Keys) FrameSeed(segment uint64) uint32 {
+	k.must()
+	m := mac(k.frameKey[:], binary.BigEndian.AppendUint64(nil, segment))
+	return binary.BigEndian.Uint32(m[:4])
 }
 
 // MailboxHash is HMAC-SHA256(k_id, id), the only form in which a store may

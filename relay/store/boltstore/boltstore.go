@@ -117,7 +117,7 @@ func open(dir string, opts store.Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	ix, err := loadIndex(logDir, nil, s.check)
+	ix, err := loadIndex(logDir, nil, k)
 	if errors.Is(err, errWrongKey) {
 		return nil, fmt.Errorf("store: key %s does not match data %s; use the key file created with it", keyName, logDir)
 	}

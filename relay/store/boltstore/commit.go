@@ -208,22 +208,18 @@ func (s *Store) begin() (*writer, error) {
 // A recycled segment's file is longer than what it holds, and only the
 // newest segment may have bytes past its last batch (replay stops at them
 // there, and refuses them anywhere else), so cur is cut to its end first
-// and that is durable before the new segment exists.
+// and that is durable before the new segment exists. Both run every time
+// (once a segment): a sync that failed after the cut is tried again.
 func (s *Store) nextSegment(cur *segment) (*segment, error) {
-	fi, err := cur.f.Stat()
-	if err != nil {
+	if err := cur.f.Truncate(cur.size); err != nil {
 		return nil, err
 	}
-	if fi.Size() > cur.size {
-		if err := cur.f.Truncate(cur.size); err != nil {
-			return nil, err
-		}
-		if err := cur.f.Sync(); err != nil {
-			return nil, err
-		}
+	if err := cur.f.Sync(); err != nil {
+		return nil, err
 	}
 	h := segHead{num: cur.num + 1, check: s.check, outNext: s.ix.outNext}
 	var f *os.File
+	var err error
 	if s.spare {
 		s.spare = false
 		if f, err = reuseSegment(s.dir, h); err != nil {
@@ -238,7 +234,7 @@ func (s *Store) nextSegment(cur *segment) (*segment, error) {
 			return nil, err
 		}
 	}
-	return &segment{num: h.num, path: filepath.Join(s.dir, segName(h.num)), f: f, size: segHeader, seed: h.seed()}, nil
+	return &segment{num: h.num, path: filepath.Join(s.dir, segName(h.num)), f: f, size: segHeader, seed: h.seed(s.keys)}, nil
 }
 
 // maxKeptBuf bounds the batch buffer the committer keeps between commits
@@ -296,7 +292,7 @@ func (s *Store) restore(seg *segment) error {
 	for num, sg := range s.ix.segs {
 		files[num] = sg.f
 	}
-	ix, err := loadIndex(s.dir, files, s.check)
+	ix, err := loadIndex(s.dir, files, s.keys)
 	if err != nil {
 		return err
 	}

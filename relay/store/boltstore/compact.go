@@ -11,7 +11,8 @@ import (
 // once at most half of it is live, or once the log holds more dead bytes
 // than live ones (and at least a segment's worth): the records the index
 // still points at are copied, through the committer, to the end of the
-// log, and once those copies are durable the segment is deleted. Only the
+// log, and once those copies are durable the segment is deleted or kept
+// as the spare (discard). Only the
 // oldest segment is ever compacted, so a tombstone (ack, delete, sweep,
 // done, expire) never outlives a segment it applies to, and is never
 // copied.
@@ -27,6 +28,7 @@ const (
 	stepSegmentRenamed = "segment renamed"
 	stepCarried        = "chunk of live records carried and durable"
 	stepRemoved        = "compacted segment removed or made the spare"
+	stepSpareSynced    = "spare's own rename synced"
 	stepSpareHeader    = "new segment's header written over the spare"
 	stepSpareRenamed   = "spare renamed to the new segment"
 	stepRemovalSynced  = "removal synced"
@@ -133,7 +135,7 @@ func (s *Store) compact(num uint64, path string) error {
 	// of its bytes (at most carryChunk of them wait for a flush), and none of
 	// the slices into the frame buffer.
 	var buf []byte
-	_, _, _, err = scanSegment(f, fi.Size(), false, &buf, func(r record, off int64, raw []byte) error {
+	_, _, _, err = scanSegment(f, fi.Size(), false, s.keys, &buf, func(r record, off int64, raw []byte) error {
 		switch r.typ {
 		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox:
 			r.owner, r.sendCap, r.sealed, r.seqs = nil, nil, nil, nil

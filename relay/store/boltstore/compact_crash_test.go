@@ -65,7 +65,7 @@ func TestCompactionCrashSteps(t *testing.T) {
 		compactionCrashSteps(t, false, stepSegmentTemp, stepSegmentRenamed)
 	})
 	t.Run("recycled", func(t *testing.T) {
-		compactionCrashSteps(t, true, stepSpareHeader, stepSpareRenamed)
+		compactionCrashSteps(t, true, stepSpareSynced, stepSpareHeader, stepSpareRenamed)
 	})
 }
 

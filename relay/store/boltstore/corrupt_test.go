@@ -88,8 +88,12 @@ func (f *fixture) damage(t *testing.T, fn func(tx *bolt.Tx) error) {
 
 func (f *fixture) segment() string { return filepath.Join(f.dir, LogDir, segName(1)) }
 
-// seg1Seed starts the frame checksums of segment 1.
-var seg1Seed = segHead{num: 1}.seed()
+// testKeys are the keys of testKey; seg1Seed starts the frame checksums
+// of segment 1 under them.
+var (
+	testKeys, _ = store.NewKeys(testKey)
+	seg1Seed    = segHead{num: 1}.seed(testKeys)
+)
 
 // envelopeAt returns the file offsets of the frame and of the last byte of
 // the sealed envelope of the first envelope record in the segment data.

@@ -32,8 +32,8 @@
 //
 //	segment header  8B "PSTRLOG2", 8B segment number, 32B store.Keys.Check,
 //	                8B next outbox seq when the segment began, 4B CRC32C
-//	batch frame     4B length n, 4B CRC32C (Castagnoli) of the 8B segment
-//	                number followed by the n bytes, n bytes of records
+//	batch frame     4B length n, 4B CRC32C (Castagnoli) of the n bytes
+//	                continued from the segment's seed, n bytes of records
 //	record          1B type, 4B body length, body (types in logrecords.go)
 //
 // Segments written before recycling have the magic "PSTRLOG1" and frame
@@ -77,13 +77,15 @@
 // The oldest segment is compacted when at most half of it is live, or
 // when the log holds more dead bytes than live ones: its live records are
 // copied through the committer to the end of the log, and once that is
-// durable the segment file is deleted. Compacting only the oldest segment
+// durable the segment file is deleted (or kept as the spare, below: for
+// the log that is the same). Compacting only the oldest segment
 // means a tombstone never outlives the records it kills and is never
 // copied; a crash mid-compaction leaves duplicates that replay merges.
 // Each step is durable before the next: a chunk of copies is a group
 // commit (ack after fdatasync), a new segment is a synced temporary file
 // renamed (Open removes a temporary file left behind), the old segment is
-// removed only once its copies are durable and the index points at them,
+// removed (or renamed to the spare) only once its copies are durable and
+// the index points at them,
 // and the directory is synced after the removal (and again before the
 // next compaction) so that the tombstones of the next segment never go
 // first. TestCompactionCrashSteps opens a copy of the directory taken
@@ -93,24 +95,35 @@
 // # Recycled segments
 //
 // A compacted segment's file is renamed to the spare (if there is none)
-// instead of being deleted, and the next segment is written over it: its
-// header rewritten and synced, the file renamed to the segment's name and
-// the directory synced. Overwriting blocks a file already has needs no
+// instead of being deleted, and the next segment is written over it: the
+// directory synced (so the spare's own rename is durable before its
+// header changes, else a crash could bring the old segment back with the
+// new header), its header rewritten and synced, the file renamed to the
+// segment's name and the directory synced again. Overwriting blocks a file already has needs no
 // block allocation and no size change, so the fdatasync of each batch
 // commits no filesystem journal; measured on this project's ext4 machines
 // (8 KiB write and fdatasync, 4,000 paced at 2,000/s): p50 0.14–0.16 ms
 // against 0.22–0.24 appending, p99.9 0.58–0.84 against 0.70–1.75.
 //
 // The frames the file still holds from its last use must never replay:
-// every frame's checksum starts with the segment number, so an old frame
-// fails the check under the new number (a chance of 2^-32 each) and replay
-// stops at the first of them as at a batch cut short by a crash. Only the
-// newest segment may have bytes past its last batch: before a new segment
-// starts, the one before is cut to its end and synced. Open cuts the
+// every frame's checksum starts from a seed that belongs to the segment
+// number and is secret (store.Keys.FrameSeed, from the store key), so an
+// old frame fails the check under the new number, and so does a frame a
+// client planted in bytes the log keeps in the clear (an owner key, a
+// capability verifier), whose seed it cannot know: a chance of 2^-32
+// each. Replay stops at the first of them as at a batch cut short by a
+// crash. Only the newest segment may have bytes past its last batch:
+// before a new segment starts, the one before is cut to its end and
+// synced (every time, so a sync that failed is tried again). Open cuts the
 // newest one (as a torn batch), so a restarted relay appends to it.
 // TestRecycledSegment opens copies taken at the spare's rename (the old
 // frames right after the header) and after a few batches;
+// TestPlantedFrameNeverReplays lines a close record up with frames
+// planted in a capability verifier under guessable seeds;
+// TestFirstLayoutSegments recycles a PSTRLOG1 file;
 // TestCompactionCrashSteps runs every step with and without recycling.
+// Builds before recycling refuse both the spare file and PSTRLOG2
+// segments: a store opened by this one cannot go back without a backup.
 // The log directory holds at most one spare, of up to a segment's size
 // (64 MiB), which the store's byte totals do not count.
 //

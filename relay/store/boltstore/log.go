@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/postern/postern/relay/store"
 )
 
 // Loading the log at Open (and again after a failed write).
@@ -20,9 +22,9 @@ func corruptLog(path, detail string) error {
 
 // loadIndex replays the segments in the log directory dir into a new
 // index. files holds segment files that are already open; the others are
-// opened. Every segment header must carry check. A torn last batch (see
+// opened. Every segment header must carry k's check. A torn last batch (see
 // scanSegment) is cut off the newest segment.
-func loadIndex(dir string, files map[uint64]*os.File, check [32]byte) (*index, error) {
+func loadIndex(dir string, files map[uint64]*os.File, k *store.Keys) (*index, error) {
 	nums, err := listSegments(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: read log directory %s: %w", dir, err)
@@ -37,7 +39,7 @@ func loadIndex(dir string, files map[uint64]*os.File, check [32]byte) (*index, e
 		seg, err := openSegment(dir, num, files[num])
 		if err == nil {
 			ix.segs[num], ix.order = seg, append(ix.order, num)
-			err = replaySegment(ix, seg, i == len(nums)-1, check, &buf)
+			err = replaySegment(ix, seg, i == len(nums)-1, k, &buf)
 		}
 		if err != nil {
 			closeSegments(ix, files)
@@ -61,12 +63,12 @@ func openSegment(dir string, num uint64, f *os.File) (*segment, error) {
 
 // replaySegment applies every record of seg to ix, reading it one batch
 // at a time into *buf (grown as needed).
-func replaySegment(ix *index, seg *segment, last bool, check [32]byte, buf *[]byte) error {
+func replaySegment(ix *index, seg *segment, last bool, k *store.Keys, buf *[]byte) error {
 	fi, err := seg.f.Stat()
 	if err != nil {
 		return fmt.Errorf("store: %s: %w", seg.path, err)
 	}
-	h, end, torn, err := scanSegment(seg.f, fi.Size(), last, buf, func(r record, off int64, _ []byte) error {
+	h, end, torn, err := scanSegment(seg.f, fi.Size(), last, k, buf, func(r record, off int64, _ []byte) error {
 		ix.apply(r, loc{seg.num, off})
 		return nil
 	})
@@ -78,11 +80,11 @@ func replaySegment(ix *index, seg *segment, last bool, check [32]byte, buf *[]by
 		return corruptLog(seg.path, err.Error())
 	case h.num != seg.num:
 		return corruptLog(seg.path, fmt.Sprintf("its header says it is segment %d", h.num))
-	case h.check != check:
+	case h.check != k.Check():
 		return errWrongKey
 	}
 	ix.outNext = max(ix.outNext, h.outNext)
-	seg.size, seg.seed = end, h.seed()
+	seg.size, seg.seed = end, h.seed(k)
 	if torn {
 		// The batch a crash interrupted: never acknowledged, cut it off.
 		if err := seg.f.Truncate(end); err != nil {

@@ -127,7 +127,7 @@ func FuzzSegment(f *testing.F) {
 		ix := newIndex()
 		ix.segs[1] = &segment{num: 1}
 		var buf []byte
-		_, end, _, err := scanSegment(bytes.NewReader(data), int64(len(data)), last, &buf, func(r record, off int64, raw []byte) error {
+		_, end, _, err := scanSegment(bytes.NewReader(data), int64(len(data)), last, testKeys, &buf, func(r record, off int64, raw []byte) error {
 			if len(raw) != r.size || off+int64(r.size) > int64(len(data)) || !bytes.Equal(raw, data[off:off+int64(r.size)]) {
 				t.Fatalf("record at %d: raw bytes are not the file's", off)
 			}

@@ -17,10 +17,10 @@ import (
 
 // Segment header and batch frame.
 const (
-	segMagic     = "PSTRLOG2"         // frames checksummed behind the segment's number
+	segMagic     = "PSTRLOG2"         // frame checksums continue from a secret seed per segment
 	segMagicV1   = "PSTRLOG1"         // frames checksummed alone (segments written before recycling)
 	segHeader    = 8 + 8 + 32 + 8 + 4 // magic, number, key check, outbox next seq, CRC32C
-	frameHeader  = 4 + 4              // payload length, CRC32C of segment number and payload
+	frameHeader  = 4 + 4              // payload length, CRC32C of the payload from the segment seed
 	maxFrame     = 1 << 30
 	recHeader    = 1 + 4 // type, body length
 	envelopeBody = 32 + 8 + 4 + store.RefSize
@@ -233,15 +233,19 @@ type segHead struct {
 	v1      bool // PSTRLOG1: its frames' checksums do not cover the number
 }
 
-// seed is where the checksum of each of the segment's frames starts: the
-// CRC32C of its number, so that the frames a recycled segment file still
-// holds from its last use fail the check (a chance of 2^-32 each), and
-// 0 in a segment of the first layout.
-func (h segHead) seed() uint32 {
+// seeder gives the secret checksum seed of each segment (store.Keys).
+type seeder interface{ FrameSeed(segment uint64) uint32 }
+
+// seed is where the checksum of each of the segment's frames starts:
+// k.FrameSeed of its number, so that the frames a recycled segment file
+// still holds from its last use fail the check, and so do frames planted
+// in bytes a client chose, whose seed nobody outside the relay knows (a
+// chance of 2^-32 each); 0 in a segment of the first layout.
+func (h segHead) seed(k seeder) uint32 {
 	if h.v1 {
 		return 0
 	}
-	return crc32.Checksum(binary.BigEndian.AppendUint64(nil, h.num), castagnoli)
+	return k.FrameSeed(h.num)
 }
 
 func (h segHead) encode() []byte {

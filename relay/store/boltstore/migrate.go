@@ -53,7 +53,7 @@ func migrate(dir string, opts store.Options) error {
 	if err := checkDB(db, path); err != nil {
 		return err
 	}
-	check, err := legacyKey(db, dir, path, opts)
+	k, err := legacyKey(db, dir, path, opts)
 	if err != nil {
 		return err
 	}
@@ -61,7 +61,7 @@ func migrate(dir string, opts store.Options) error {
 	if err := os.Mkdir(logDir+".tmp", 0o700); err != nil {
 		return fmt.Errorf("store: migrate %s: %w", path, err)
 	}
-	if err := db.View(func(tx *bolt.Tx) error { return copyLegacy(tx, logDir+".tmp", check) }); err != nil {
+	if err := db.View(func(tx *bolt.Tx) error { return copyLegacy(tx, logDir+".tmp", k) }); err != nil {
 		os.RemoveAll(logDir + ".tmp")
 		return fmt.Errorf("store: migrate %s to %s: %w", path, logDir, err)
 	}
@@ -79,8 +79,8 @@ func migrate(dir string, opts store.Options) error {
 }
 
 // legacyKey checks the bbolt file's format and that the store key matches
-// it, and returns the key check.
-func legacyKey(db *bolt.DB, dir, path string, opts store.Options) ([32]byte, error) {
+// it, and returns the keys.
+func legacyKey(db *bolt.DB, dir, path string, opts store.Options) (*store.Keys, error) {
 	var check, format []byte
 	db.View(func(tx *bolt.Tx) error {
 		if m := tx.Bucket(bucketMeta); m != nil {
@@ -90,21 +90,21 @@ func legacyKey(db *bolt.DB, dir, path string, opts store.Options) ([32]byte, err
 		return nil
 	})
 	if len(format) > 0 && (len(format) != 1 || format[0] != legacyFormat) {
-		return [32]byte{}, fmt.Errorf("store: %s has data format %v but this relay understands %d; use a matching relay version", path, format, legacyFormat)
+		return nil, fmt.Errorf("store: %s has data format %v but this relay understands %d; use a matching relay version", path, format, legacyFormat)
 	}
 	key, keyName, err := loadKey(opts, dir, path, len(check) > 0)
 	if err != nil {
-		return [32]byte{}, err
+		return nil, err
 	}
 	k, err := store.NewKeys(key)
 	if err != nil {
-		return [32]byte{}, fmt.Errorf("store: %s: %w", keyName, err)
+		return nil, fmt.Errorf("store: %s: %w", keyName, err)
 	}
 	want := k.Check()
 	if len(check) > 0 && !hmac.Equal(check, want[:]) {
-		return want, fmt.Errorf("store: key %s does not match data file %s; use the key file created with it", keyName, path)
+		return nil, fmt.Errorf("store: key %s does not match data file %s; use the key file created with it", keyName, path)
 	}
-	return want, nil
+	return k, nil
 }
 
 // logWriter appends frames of records to a segment being built.
@@ -133,18 +133,18 @@ func (lw *logWriter) flush() error {
 
 // copyLegacy writes the content of the bbolt file into the first segment
 // of a new log in dir.
-func copyLegacy(tx *bolt.Tx, dir string, check [32]byte) error {
+func copyLegacy(tx *bolt.Tx, dir string, k *store.Keys) error {
 	outNext := uint64(1)
 	if ob := tx.Bucket(bucketOutbox); ob != nil {
 		outNext = ob.Sequence() + 1
 	}
-	h := segHead{num: 1, check: check, outNext: outNext}
+	h := segHead{num: 1, check: k.Check(), outNext: outNext}
 	f, err := createSegment(dir, h)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	lw := &logWriter{f: f, seed: h.seed()}
+	lw := &logWriter{f: f, seed: h.seed(k)}
 	if tx.Bucket(bucketMeta) != nil {
 		if err := copyMailboxes(tx, lw); err != nil {
 			return err

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/postern/postern/relay/store"
@@ -59,7 +60,9 @@ func TestRecycledSegment(t *testing.T) {
 	// Put until the next segment is written over the spare, then a few more.
 	var renamed string
 	var atRename map[store.Ref]bool
+	var steps []string
 	crashPoint = func(step string) {
+		steps = append(steps, step)
 		if step == stepSpareRenamed {
 			renamed, atRename = copyStore(t, dir), maps.Clone(pending)
 		}
@@ -78,6 +81,12 @@ func TestRecycledSegment(t *testing.T) {
 	crashPoint = nil
 	if renamed == "" {
 		t.Fatal("no copy at the rename of the spare")
+	}
+	// The spare's own rename (from its old segment's name) is synced
+	// before its header changes: else a crash could bring the old segment
+	// back under its name with the new header, and Open would refuse it.
+	if want := []string{stepSpareSynced, stepSpareHeader, stepSpareRenamed}; !slices.Equal(steps, want) {
+		t.Fatalf("steps of starting a segment over the spare: %q, want %q", steps, want)
 	}
 	s.mu.RLock()
 	active := *s.ix.active()
@@ -143,7 +152,7 @@ func frameAt(data []byte, off int64) []byte {
 	}
 	p := data[off+frameHeader : off+frameHeader+n]
 	for num := range uint64(64) { // the file's earlier number, whichever it was
-		if crc32.Update(segHead{num: num}.seed(), castagnoli, p) == sum {
+		if crc32.Update(segHead{num: num}.seed(testKeys), castagnoli, p) == sum {
 			return p
 		}
 	}
@@ -221,6 +230,59 @@ func TestFirstLayoutSegments(t *testing.T) {
 	if m := magic(after[len(after)-1]); m != segMagic {
 		t.Errorf("the new newest segment is %q, want %q", m, segMagic)
 	}
+
+	// The oldest, first-layout segment, compacted, becomes the spare, and
+	// a new segment is written over it.
+	s, err = Open(dir, crashOpts)
+	must(t, err)
+	s.compacting.Store(true) // the test compacts
+	for ref := range want {
+		_, err := s.Ack(ctx, id, ref)
+		must(t, err)
+		delete(want, ref)
+	}
+	must(t, s.compact(nums[0], filepath.Join(logDir, segName(nums[0]))))
+	spare := filepath.Join(logDir, spareName)
+	b, err := os.ReadFile(spare)
+	must(t, err)
+	if string(b[:8]) != segMagicV1 {
+		t.Fatalf("the spare is %q, want a first-layout segment", b[:8])
+	}
+	defer func(p func(string)) { crashPoint = p }(crashPoint)
+	var renamed string
+	var atRename map[store.Ref]bool
+	crashPoint = func(step string) {
+		if step == stepSpareRenamed {
+			renamed, atRename = copyStore(t, dir), maps.Clone(want)
+		}
+	}
+	for n := 0; ; n++ {
+		put(s, 1)
+		if _, err := os.Stat(spare); err != nil {
+			break
+		}
+		if n > 100 {
+			t.Fatal("the spare was never used")
+		}
+	}
+	crashPoint = nil
+	put(s, 2)
+	crashed := copyStore(t, dir)
+	must(t, s.Close())
+	if renamed == "" {
+		t.Fatal("no copy at the rename of the spare")
+	}
+	all := want
+	for _, c := range []struct {
+		dir  string
+		want map[store.Ref]bool
+	}{{renamed, atRename}, {crashed, all}, {dir, all}} {
+		want = c.want
+		s, err = Open(c.dir, crashOpts)
+		must(t, err)
+		check(s)
+		must(t, s.Close())
+	}
 }
 
 // toFirstLayout rewrites the segment at path as it was written before
@@ -232,7 +294,7 @@ func toFirstLayout(t *testing.T, path string) {
 	h, err := parseSegHead(data)
 	must(t, err)
 	var buf []byte
-	_, end, _, err := scanSegment(bytes.NewReader(data), int64(len(data)), true, &buf, func(record, int64, []byte) error { return nil })
+	_, end, _, err := scanSegment(bytes.NewReader(data), int64(len(data)), true, testKeys, &buf, func(record, int64, []byte) error { return nil })
 	must(t, err)
 	h.v1 = true
 	copy(data, h.encode())
@@ -242,4 +304,76 @@ func toFirstLayout(t *testing.T, path string) {
 		off += frameHeader + n
 	}
 	must(t, os.WriteFile(path, data[:end], 0o600))
+}
+
+// TestPlantedFrameNeverReplays: a client chooses bytes the log keeps in
+// the clear (here a mailbox's capability verifier), and plants in them
+// frames of a sweep of every day, checksummed with the seeds anyone could
+// guess (none, and the CRC32C of the segment number). The file is
+// recycled as segment 3 and a put is sized so that the close record ends
+// exactly where the planted frames begin. The seed comes from the store
+// key, so they fail their checksums and the victim's envelopes stay.
+func TestPlantedFrameNeverReplays(t *testing.T) {
+	defer func(n int64, c int) { segmentBytes, carryChunk = n, c }(segmentBytes, carryChunk)
+	segmentBytes, carryChunk = 16<<10, 4<<10
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(dir, crashOpts)
+	must(t, err)
+	s.compacting.Store(true) // the test compacts
+	victim, attacker := storetest.ID(1), storetest.ID(2)
+	must(t, s.CreateMailbox(ctx, victim, storetest.Owner(1), nil))
+	for i := range 3 {
+		_, err := s.Put(ctx, victim, storetest.Envelope(victim, 1000, i))
+		must(t, err)
+	}
+	sweep := appendDay(nil, recSweep, 0xFFFFFFFF)
+	guess := crc32.Checksum(binary.BigEndian.AppendUint64(nil, 3), castagnoli)
+	plant := append(frame(0, sweep), frame(guess, sweep)...)
+	must(t, s.CreateMailbox(ctx, attacker, storetest.Owner(2), plant))
+	active := func() segment {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return *s.ix.active()
+	}
+	churn := func(until func() bool) {
+		for i := 0; !until(); i++ {
+			if i > 1000 {
+				t.Fatal("the log never got there")
+			}
+			ref, err := s.Put(ctx, attacker, storetest.Envelope(attacker, 1000, 100+i))
+			must(t, err)
+			_, err = s.Ack(ctx, attacker, ref)
+			must(t, err)
+		}
+	}
+	churn(func() bool { return active().num == 2 })
+	s.mu.RLock()
+	first := s.ix.segs[1].path
+	s.mu.RUnlock()
+	must(t, s.compact(1, first)) // segment 1 becomes the spare
+	churn(func() bool { return active().num == 3 })
+	a := active()
+	data, err := os.ReadFile(a.path)
+	must(t, err)
+	p := int64(bytes.Index(data, plant))
+	if p < a.size {
+		t.Fatalf("the planted frames (at %d) are not past the end of segment 3 (%d): the test proves nothing", p, a.size)
+	}
+	// One frame of one envelope record, then the close frame, end at p.
+	sealed := p - a.size - 2*frameHeader - recHeader - recHeader - envelopeBody
+	_, err = s.Put(ctx, attacker, storetest.Envelope(attacker, int(sealed)-store.SealOverhead, 999))
+	must(t, err)
+	if end := active().size + frameHeader + recHeader; end != p {
+		t.Fatalf("the close record ends at %d, the planted frames begin at %d: the test proves nothing", end, p)
+	}
+	must(t, s.Close())
+	s, err = Open(dir, crashOpts)
+	must(t, err)
+	defer s.Close()
+	items, err := s.Fetch(ctx, victim, 100)
+	must(t, err)
+	if len(items) != 3 {
+		t.Fatalf("the victim holds %d envelopes after a restart, want 3: a planted frame replayed", len(items))
+	}
 }

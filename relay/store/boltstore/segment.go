@@ -54,7 +54,8 @@ func listSegments(dir string) ([]uint64, error) {
 	return nums, nil
 }
 
-// scanSegment reads the segment in ra, size bytes long, one batch frame at
+// scanSegment reads the segment in ra, size bytes long, whose frame
+// checksums are seeded from k, one batch frame at
 // a time into *buf (grown to the largest frame; the index must keep no
 // slice of it), and calls fn with every record of every good batch, the
 // record's offset in the file and its bytes (valid only during the call).
@@ -66,7 +67,7 @@ func listSegments(dir string) ([]uint64, error) {
 //
 // Memory: one frame at a time, so replaying or compacting a 64 MiB segment
 // holds its largest batch (a few MiB at most in practice), not the file.
-func scanSegment(ra io.ReaderAt, size int64, last bool, buf *[]byte, fn func(r record, off int64, raw []byte) error) (h segHead, end int64, torn bool, err error) {
+func scanSegment(ra io.ReaderAt, size int64, last bool, k seeder, buf *[]byte, fn func(r record, off int64, raw []byte) error) (h segHead, end int64, torn bool, err error) {
 	sr := segReader{ra: ra, size: size, buf: buf}
 	head, err := sr.read(0, int(min(size, segHeader)))
 	if err != nil {
@@ -75,7 +76,7 @@ func scanSegment(ra io.ReaderAt, size int64, last bool, buf *[]byte, fn func(r r
 	if h, err = parseSegHead(head); err != nil {
 		return h, 0, false, err
 	}
-	sr.seed = h.seed()
+	sr.seed = h.seed(k)
 	off := int64(segHeader)
 	for off < size {
 		payload, ok, err := sr.frame(off)
@@ -227,12 +228,20 @@ const spareName = "spare"
 var recycleSegments = true
 
 // reuseSegment turns the spare file in dir into the segment with header
-// h: the header written over the old one and synced, then the file
+// h: the directory synced (the spare's own rename), the header written
+// over the old one and synced, then the file
 // renamed and the directory synced. The frames the file still holds
 // from its last use fail their checksums under h's number (segHead.seed),
 // so replay stops at the first of them, as at a batch a crash cut short.
 func reuseSegment(dir string, h segHead) (*os.File, error) {
 	spare, path := filepath.Join(dir, spareName), filepath.Join(dir, segName(h.num))
+	// The spare's rename from its old segment name must be durable before
+	// its header changes: else a crash could bring back that segment with
+	// the new header.
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	atStep(stepSpareSynced)
 	f, err := os.OpenFile(spare, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
