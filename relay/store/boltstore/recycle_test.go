@@ -104,13 +104,7 @@ func TestRecycledSegment(t *testing.T) {
 
 	check := func(name string, s *Store, pending map[store.Ref]bool) {
 		t.Helper()
-		items, err := s.Fetch(ctx, id, 1<<20)
-		must(t, err)
-		got := map[store.Ref]bool{}
-		for _, it := range items {
-			got[it.Ref] = true
-		}
-		if !maps.Equal(got, pending) {
+		if got := heldRefs(t, s, id); !maps.Equal(got, pending) {
 			t.Fatalf("%s: %d envelopes, want the %d not acked", name, len(got), len(pending))
 		}
 	}
@@ -193,13 +187,7 @@ func TestFirstLayoutSegments(t *testing.T) {
 	}
 	check := func(s *Store) {
 		t.Helper()
-		items, err := s.Fetch(ctx, id, 1<<20)
-		must(t, err)
-		got := map[store.Ref]bool{}
-		for _, it := range items {
-			got[it.Ref] = true
-		}
-		if !maps.Equal(got, want) {
+		if got := heldRefs(t, s, id); !maps.Equal(got, want) {
 			t.Fatalf("%d envelopes, want %d", len(got), len(want))
 		}
 	}
@@ -376,4 +364,16 @@ func TestPlantedFrameNeverReplays(t *testing.T) {
 	if len(items) != 3 {
 		t.Fatalf("the victim holds %d envelopes after a restart, want 3: a planted frame replayed", len(items))
 	}
+}
+
+// heldRefs returns the refs of the envelopes mailbox id holds.
+func heldRefs(t *testing.T, s *Store, id [store.IDSize]byte) map[store.Ref]bool {
+	t.Helper()
+	items, err := s.Fetch(context.Background(), id, 1<<20)
+	must(t, err)
+	got := map[store.Ref]bool{}
+	for _, it := range items {
+		got[it.Ref] = true
+	}
+	return got
 }
