@@ -453,44 +453,63 @@ type peerSettings struct {
 }
 
 // serveTLS is the listener's TLSNextProto "h2" entry.
+//
+// Its goroutine (net/http's, which did the TLS handshake) runs the
+// session's read loop, so what is on its stack while an idle session
+// waits for a record decides the stack the session holds: the runtime
+// halves a goroutine's stack at a collection only while less than a
+// quarter of it (less 800 bytes of guard) is in use, and the handshake
+// grows it to 16 KiB. serveTLS therefore keeps no locals of its own
+// across run (the admission's are in admit's frame, gone by then), and
+// the read loop reads through no extra layers: the parked depth is under
+// 4 KiB and the stack settles at 8 KiB instead of 16
+// (TestIdleEngineSessionStack).
 func (f *h2Front) serveTLS(hs *http.Server, tc *tls.Conn, h http.Handler) {
+	if s, ctx, left, done := f.admit(hs, tc, h); s != nil {
+		s.run(ctx, left, done)
+	}
+}
+
+// admit reads the client's first flight and either hands the connection
+// to the stock server (and returns a nil session once it has served it)
+// or returns the admitted session, with what run takes.
+func (f *h2Front) admit(hs *http.Server, tc *tls.Conn, h http.Handler) (*h2Session, context.Context, []byte, func()) {
 	ff := &firstFlight{tc: tc, sendWin: h2DefaultWindow,
 		peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
 	if refusedTLS(tc.ConnectionState()) {
 		// The stock server refuses the connection before it reads or
 		// writes anything else (GOAWAY INADEQUATE_SECURITY).
 		f.handOver(hs, h, ff)
-		return
+		return nil, nil, nil, nil
 	}
 	if !f.preface(ff) {
 		tc.Close() // what the stock server does
-		return
+		return nil, nil, nil, nil
 	}
 	req, end, dec, ok := f.readFirstFlight(ff)
 	tc.SetReadDeadline(time.Time{})
 	if !ok {
 		f.handOver(hs, h, ff)
-		return
+		return nil, nil, nil, nil
 	}
 	bc, _ := h.(interface{ BaseContext() context.Context })
 	if bc == nil {
 		f.handOver(hs, h, ff)
-		return
+		return nil, nil, nil, nil
 	}
 	r, ok := f.request(bc.BaseContext(), tc.ConnectionState(), tc.RemoteAddr().String(), req)
 	if !ok {
 		f.handOver(hs, h, ff)
-		return
+		return nil, nil, nil, nil
 	}
 	done, ok := f.l.gate.Admit(r)
 	if !ok {
 		f.declined.Add(1)
 		f.handOver(hs, h, ff)
-		return
+		return nil, nil, nil, nil
 	}
 	f.engine.Add(1)
-	s := newH2Session(f, tc, req.stream, dec, ff)
-	s.run(bc.BaseContext(), ff.buf[end:], done)
+	return newH2Session(f, tc, req.stream, dec, ff), bc.BaseContext(), ff.buf[end:], done
 }
 
 // preface writes what the stock server writes first and reads the client
@@ -675,7 +694,11 @@ func (f *h2Front) decodeRequest(p []byte, flags byte, stream uint32) (h2Request,
 	}
 	dec := hpack.NewDecoder(f.stock.tableSize, nil)
 	dec.SetMaxStringLength(int(f.stock.maxHeaderList))
-	fields, err := dec.DecodeFull(block)
+	// The decoder keeps a slice of the last block it decoded, and block
+	// is a slice of the first flight's read buffer (4 KiB): decoding a
+	// copy lets that buffer go when the session starts, instead of living
+	// as long as the connection.
+	fields, err := dec.DecodeFull(bytes.Clone(block))
 	if err != nil {
 		return h2Request{}, nil, false
 	}

@@ -1,14 +1,17 @@
 package https
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/internal/token"
@@ -166,4 +169,39 @@ func engineSession(t *testing.T, r *relay, tc *tls.Conn, cc *http2.ClientConn) (
 		t.Fatalf("session: status %d, %d on the engine", resp.StatusCode, f.engine.Load())
 	}
 	return resp, pw
+}
+
+// The decoder a session keeps for its connection holds no reference to
+// the first flight's read buffer (4 KiB), which would otherwise live as
+// long as the connection: hpack's Decoder keeps a slice of the last block
+// it decoded.
+func TestDecodedRequestFreesFirstFlight(t *testing.T) {
+	f := frontOf(t, startRelay(t, engineTransport(), nil))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, hf := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "relay.test"}, {":path", testPath}} {
+		enc.WriteField(hpack.HeaderField{Name: hf[0], Value: hf[1]})
+	}
+	buf := make([]byte, 4096) // as firstFlight.fill allocates
+	n := copy(buf, block.Bytes())
+	freed := make(chan struct{})
+	runtime.AddCleanup(&buf[0], func(ch chan struct{}) { close(ch) }, freed)
+	req, dec, ok := f.decodeRequest(buf[:n], flagEndHeaders, 1)
+	if !ok || len(req.fields) != 4 {
+		t.Fatalf("decodeRequest: ok %v, %d fields", ok, len(req.fields))
+	}
+	buf = nil
+	for i := 0; ; i++ {
+		runtime.GC()
+		select {
+		case <-freed:
+			runtime.KeepAlive(dec)
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if i == 100 {
+			runtime.KeepAlive(dec)
+			t.Fatal("the first flight's buffer is still reachable while the session's decoder lives")
+		}
+	}
 }

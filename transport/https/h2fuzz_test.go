@@ -139,7 +139,7 @@ func FuzzEngineFrames(f *testing.F) {
 		ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
 			peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
 		s := newH2Session(front, c, 1, hpack.NewDecoder(4096, nil), ff)
-		s.src = bytes.NewReader(data)
+		s.left = data // read first, then c (which has nothing)
 		read := make(chan int, 1)
 		go func() {
 			n, _ := io.Copy(io.Discard, s)
@@ -174,7 +174,7 @@ func TestEngineTinyFramesShareBuffers(t *testing.T) {
 	for range frames {
 		fr.WriteData(1, false, []byte{'x'})
 	}
-	s.src = &b
+	s.left = b.Bytes()
 	s.readLoop() // ends at the end of b
 	s.mu.Lock()
 	chunks, queued := len(s.queue), 0

@@ -68,7 +68,7 @@ type h2Session struct {
 	tc     net.Conn // the TLS connection
 	stream uint32
 	dec    *hpack.Decoder
-	src    io.Reader // the bytes the front read past HEADERS, then tc
+	left   []byte // bytes the front read past HEADERS, read before tc
 
 	// The read loop's: a header block being assembled and its stream (0:
 	// none).
@@ -119,7 +119,9 @@ func newH2Session(f *h2Front, tc net.Conn, stream uint32, dec *hpack.Decoder, ff
 func (s *h2Session) run(ctx context.Context, left []byte, done func()) {
 	defer done()
 	defer s.tc.Close()
-	s.src = io.MultiReader(bytes.NewReader(left), s.tc)
+	if len(left) > 0 { // even empty, the slice would hold the first flight's buffer
+		s.left = left
+	}
 	if err := s.writeResponse(); err != nil {
 		s.fail(err)
 		return
@@ -206,7 +208,7 @@ func (s *h2Session) fail(err error) {
 func (s *h2Session) readLoop() error {
 	var hdr [h2FrameHeader]byte
 	for {
-		if _, err := io.ReadFull(s.src, hdr[:]); err != nil {
+		if err := s.readFull(hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				return errH2Closed
 			}
@@ -232,7 +234,7 @@ func (s *h2Session) readLoop() error {
 		if n > len(buf) {
 			p = make([]byte, n)
 		}
-		_, err := io.ReadFull(s.src, p)
+		err := s.readFull(p)
 		if err == nil {
 			err = s.onControl(typ, flags, stream, p)
 		}
@@ -241,6 +243,33 @@ func (s *h2Session) readLoop() error {
 			return err
 		}
 	}
+}
+
+// readFull fills p from the connection, the bytes the front read past
+// HEADERS first; it fails as io.ReadFull does. (Its own loop, not
+// io.ReadFull over an io.MultiReader: those frames sat on the stack of
+// every idle session's goroutine; see h2Front.serveTLS.)
+func (s *h2Session) readFull(p []byte) error {
+	for n := 0; n < len(p); {
+		var k int
+		var err error
+		if len(s.left) > 0 {
+			k = copy(p[n:], s.left)
+			if s.left = s.left[k:]; len(s.left) == 0 {
+				s.left = nil
+			}
+		} else {
+			k, err = s.tc.Read(p[n:])
+		}
+		n += k
+		if err != nil && n < len(p) {
+			if err == io.EOF && n > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // onControl handles a frame other than DATA.
@@ -321,7 +350,7 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 	data := n
 	if flags&flagPadded != 0 && n > 0 {
 		var b [1]byte
-		if _, err := io.ReadFull(s.src, b[:]); err != nil {
+		if err := s.readFull(b[:]); err != nil {
 			return err
 		}
 		if int(b[0]) > n-1 {
@@ -334,7 +363,7 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 	for data > 0 {
 		buf := framePool.Get().(*[16384]byte)
 		k := min(data, len(buf))
-		if _, err := io.ReadFull(s.src, buf[:k]); err != nil {
+		if err := s.readFull(buf[:k]); err != nil {
 			framePool.Put(buf)
 			return err
 		}
@@ -361,7 +390,10 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 		s.mu.Unlock()
 	}
 	if flags&flagPadded != 0 && pad > 1 {
-		if _, err := io.CopyN(io.Discard, s.src, int64(pad-1)); err != nil {
+		buf := framePool.Get().(*[16384]byte)
+		err := s.readFull(buf[:pad-1])
+		framePool.Put(buf)
+		if err != nil {
 			return err
 		}
 	}

@@ -1,12 +1,19 @@
 package https
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
 	"io"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/internal/token"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // sideOf tells which end of a session a heap allocation belongs to, from
@@ -51,21 +58,8 @@ func sideOf(stk []uintptr) string {
 // heapBySide returns the heap in use by side, from the memory profile
 // (exact with runtime.MemProfileRate 1), after garbage collection.
 func heapBySide() map[string]int64 {
-	for range 3 { // the profile lags up to two cycles
-		runtime.GC()
-	}
-	var recs []runtime.MemProfileRecord
-	n, _ := runtime.MemProfile(nil, true)
-	for {
-		recs = make([]runtime.MemProfileRecord, n+100)
-		var ok bool
-		if n, ok = runtime.MemProfile(recs, true); ok {
-			recs = recs[:n]
-			break
-		}
-	}
 	m := map[string]int64{}
-	for _, r := range recs {
+	for _, r := range memProfile() {
 		m[sideOf(r.Stack())] += r.InUseBytes()
 	}
 	return m
@@ -130,4 +124,140 @@ func benchIdleSessionMemory(b *testing.B, stock bool) {
 	b.ReportMetric(per(m1.HeapInuse, m0.HeapInuse), "heap-B/session")
 	b.ReportMetric(per(m1.StackInuse, m0.StackInuse), "stack-B/session")
 	b.ReportMetric(float64(g1-g0)/sessions, "goroutines/session")
+}
+
+// An idle session on the engine holds its connection goroutine's stack at
+// 8 KiB, not the 16 KiB the TLS handshake grew it to: parked in a read,
+// the goroutine uses less than a quarter of 8 KiB (less the runtime's
+// guard), so collections halve it (see h2Front.serveTLS). The clients are
+// bare TLS connections with no goroutines, so every stack this test
+// counts per session is the relay's. Under the race detector frames and
+// guards are larger, so it runs without.
+func TestIdleEngineSessionStack(t *testing.T) {
+	if raceEnabled {
+		t.Skip("stack sizes differ under the race detector; .ci/run runs this test without it")
+	}
+	const sessions = 64
+	stacks := func() uint64 {
+		for range 6 { // each collection halves a stack at most once
+			runtime.GC()
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.StackInuse
+	}
+	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
+	before := stacks()
+	holdRawSessions(t, r, sessions)
+	per := (float64(stacks()) - float64(before)) / sessions
+	t.Logf("goroutine stacks per idle engine session: %.0f B", per)
+	if per > 12<<10 {
+		t.Errorf("an idle engine session holds %.0f B of goroutine stacks, want 8 KiB: something deepened what its connection goroutine has on its stack while it waits for a record", per)
+	}
+}
+
+// The buffer the front read the client's first flight into (4 KiB) is
+// garbage once the session runs, whether or not the flight had bytes past
+// the session's HEADERS: nothing the session keeps points into it.
+func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+	const sessions = 16
+	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
+	holdRawSessions(t, r, sessions)
+	holdRawSessions(t, r, sessions, []byte("bytes of the session in its first flight")...)
+	var live int64
+	for _, rec := range memProfile() {
+		frames := runtime.CallersFrames(rec.Stack())
+		for {
+			f, more := frames.Next()
+			if strings.HasSuffix(f.Function, "transport/https.(*firstFlight).fill") {
+				live += rec.InUseBytes()
+				break
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	if live > 0 {
+		t.Errorf("%d idle engine sessions keep %d B of first-flight read buffers live", 2*sessions, live)
+	}
+}
+
+// memProfile returns the memory profile's records after garbage
+// collection (exact with runtime.MemProfileRate 1).
+func memProfile() []runtime.MemProfileRecord {
+	for range 3 { // the profile lags up to two cycles
+		runtime.GC()
+	}
+	n, _ := runtime.MemProfile(nil, true)
+	for {
+		recs := make([]runtime.MemProfileRecord, n+100)
+		var ok bool
+		if n, ok = runtime.MemProfile(recs, true); ok {
+			return recs[:n]
+		}
+	}
+}
+
+// holdRawSessions opens n more sessions on the engine from bare TLS
+// connections (rawSession, with data if any), accepts them, and holds
+// both ends until the test ends.
+func holdRawSessions(t *testing.T, r *relay, n int, data ...byte) {
+	t.Helper()
+	before := frontOf(t, r).engine.Load()
+	for range n {
+		tc := tlsDial(t, r.ep.Addr, "h2")
+		t.Cleanup(func() { tc.Close() })
+		rawSession(t, r, tc, data)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := r.ln.Accept(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	if got := frontOf(t, r).engine.Load() - before; got != int64(n) {
+		t.Fatalf("%d of %d sessions on the engine", got, n)
+	}
+}
+
+// rawSession opens a session on tc by hand (preface, SETTINGS, the
+// session request and, unless it is empty, a DATA frame of data, in one
+// write) and reads up to the response's HEADERS, with no goroutine on the
+// client side.
+func rawSession(t *testing.T, r *relay, tc *tls.Conn, data []byte) {
+	t.Helper()
+	var block, out bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, hf := range [][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":authority", "relay.test"}, {":path", testPath},
+		{"cookie", token.Cookie + "=" + boundToken(t, r.ep.Key, tc, time.Now())},
+	} {
+		enc.WriteField(hpack.HeaderField{Name: hf[0], Value: hf[1]})
+	}
+	out.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&out, nil)
+	fr.WriteSettings()
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndHeaders: true})
+	if len(data) > 0 {
+		fr.WriteData(1, false, data)
+	}
+	if _, err := tc.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer tc.SetReadDeadline(time.Time{})
+	rd := http2.NewFramer(nil, tc)
+	for {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h, ok := f.(*http2.HeadersFrame); ok && h.StreamID == 1 {
+			return
+		}
+	}
 }

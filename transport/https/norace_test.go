@@ -1,0 +1,5 @@
+//go:build !race
+
+package https
+
+const raceEnabled = false
