@@ -10,16 +10,20 @@ import (
 
 // Session I/O (issue #13, "small idle sessions").
 //
-// Reads: a session reads through its own small buffer (readBufSize),
-// enough for the frame of a 4 KiB envelope, so that such a frame, and the
-// small frames a busy peer sends behind it, cost one transport read (on
-// https every read is a handoff to the HTTP/2 connection's goroutine); a
-// payload at least as large as the buffer is read straight into the
-// frame. An idle session waits for its next frame in a read into that
-// buffer, which is all it holds for reading. (Waiting in a read of the
-// bare 5-byte header instead, with a pooled buffer only for the payload,
-// held nothing while idle but cost https a second read per frame and
-// 10-40% of its throughput in one run.)
+// Reads: a session reads through its own small buffer (readBufSize), so
+// that a run of small frames (acks, pings, a busy peer's requests) costs
+// one transport read; the rest of a payload at least as large as the
+// buffer is read straight into the frame. An idle session waits for its
+// next frame in a read into that buffer, which is all it holds for
+// reading. A 4 KiB envelope's frame costs two reads: its first 512 bytes
+// with the header, then the rest into the frame. (Until issue #13's idle
+// session work the buffer held a whole 4 KiB envelope's frame, 4.5 KiB
+// held by every idle session, for one read less per such frame. With
+// the https engine a read is a lock and a copy: six alternating pairs of
+// runs measured the same throughput, four earlier ones on a slower host
+// less (README, "Relay session I/O"). Waiting in a read of the bare
+// 5-byte header, with a pooled buffer for the payload, cost https 10-40%
+// when every https read was a handoff to net/http's goroutine.)
 //
 // Writes: a frame is appended to the session's write buffer, taken from
 // bufPool, under wmu. The writer that finds no other writer waiting for
@@ -30,9 +34,9 @@ import (
 // store read. A buffer past flushBytes is written out at once.
 
 const (
-	// readBufSize is a session's read buffer: the frame of a 4 KiB
-	// envelope with its header and fixed fields fits.
-	readBufSize = 4096 + 512
+	// readBufSize is a session's read buffer: small frames fit, with
+	// room for several.
+	readBufSize = 512
 	// writeBufSize is the size of a new pooled write buffer.
 	writeBufSize = relay.SessionBufSize
 	// flushBytes is how much a session's write buffer collects before it
