@@ -35,6 +35,9 @@ func init() {
 	if path == "" {
 		return
 	}
+	if r, err := strconv.Atoi(os.Getenv("POSTERN_SCALE_MEMPROFILERATE")); err == nil && r > 0 {
+		runtime.MemProfileRate = r
+	}
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	go func() {

@@ -51,6 +51,9 @@ import (
 //	                         profile, and a CPU profile of the loaded round
 //	                         trips, there while the sessions are held (run
 //	                         without -race then)
+//	POSTERN_SCALE_MEMPROFILERATE  with POSTERN_SCALE_PROFILE: the relay's
+//	                         runtime.MemProfileRate (1 records every
+//	                         allocation; Go's default samples one per 512 KiB)
 //
 // For the relay's GC cycles in the log, point POSTERN_SCALE_BIN at a
 // script that runs `GODEBUG=gctrace=1 exec postern "$@"`.
@@ -104,6 +107,9 @@ func startScaleRelay(t *testing.T, tr string, n int, extra ...map[string]any) *s
 	if pdir := os.Getenv("POSTERN_SCALE_PROFILE"); pdir != "" {
 		exe, err := os.Executable()
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(pdir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		bin, profile = exe, filepath.Join(pdir, fmt.Sprintf("relay-heap-%s-%d.pprof", tr, n))
