@@ -44,6 +44,8 @@ import (
 //	POSTERN_SCALE_WORKERS    load worker processes holding the sessions (default:
 //	                         1, this process, unless RLIMIT_NOFILE is too small)
 //	POSTERN_SCALE_TIMEOUT    bound of one transport's run (default 20m)
+//	POSTERN_SCALE_MEMORY_MIB the relay's memory_limit in MiB (default 2048;
+//	                         GOMEMLIMIT is nine tenths of it)
 //	POSTERN_SCALE_BIN        a postern binary to run as the relay instead of
 //	                         this tree's (to measure a change side by side)
 //	POSTERN_SCALE_PROFILE    a directory: run the relay as this test binary
@@ -87,14 +89,16 @@ type scaleRelay struct {
 	profile string // heap profile path, or ""
 }
 
-const scaleMemoryLimit = 2 << 30
+// scaleMemoryLimit is the relay's memory_limit: POSTERN_SCALE_MEMORY_MIB
+// MiB, default 2 GiB.
+func scaleMemoryLimit() int64 { return int64(envInt("POSTERN_SCALE_MEMORY_MIB", 2048)) << 20 }
 
-// startScaleRelay starts a relay with memory_limit 2 GiB and max_sessions
+// startScaleRelay starts a relay with memory_limit scaleMemoryLimit() and max_sessions
 // n + 256 (and the settings in extra): this tree's binary,
 // POSTERN_SCALE_BIN, or this test binary with POSTERN_SCALE_PROFILE.
 func startScaleRelay(t *testing.T, tr string, n int, extra ...map[string]any) *scaleRelay {
 	dir := t.TempDir()
-	settings := map[string]any{"max_sessions": n + 256, "memory_limit": scaleMemoryLimit}
+	settings := map[string]any{"max_sessions": n + 256, "memory_limit": scaleMemoryLimit()}
 	for _, e := range extra {
 		maps.Copy(settings, e)
 	}
@@ -263,8 +267,8 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 		t.Errorf("%d of %d held sessions ended, %d of a sample failed a ping at the end, %d keep-alive pings failed",
 			dead, opened, sampleFails, pingFails)
 	}
-	if peak := max(sN.mem.hwm, sEnd.mem.hwm); peak >= scaleMemoryLimit {
-		t.Errorf("relay peak RSS %d MiB with %d sessions, over memory_limit %d MiB", peak>>20, opened, scaleMemoryLimit>>20)
+	if peak, limit := max(sN.mem.hwm, sEnd.mem.hwm), scaleMemoryLimit(); peak >= limit {
+		t.Errorf("relay peak RSS %d MiB with %d sessions, over memory_limit %d MiB", peak>>20, opened, limit>>20)
 	}
 }
 
