@@ -162,6 +162,12 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		release()
 		return
 	}
+	// http3 keeps the request as long as the stream (the stream's trailer
+	// parser holds it), so what it points to would live as long as the
+	// session: 2.5 KB of parsed headers alone. Nothing reads it once the
+	// session is admitted (TestIdleSessionFreesRequest).
+	r.Header, r.Trailer, r.URL, r.TLS = nil, nil, nil, nil
+	r.Host, r.RequestURI, r.RemoteAddr = "", "", ""
 	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name)}
 	if !l.gate.Offer(r.Context(), c) {
 		c.abort() // never accepted: a reset, not a clean end of stream
