@@ -22,12 +22,16 @@ import (
 type flightConn struct {
 	data []byte
 	step int
+	eof  bool // at the end of data, io.EOF (else a read timeout)
 	mu   sync.Mutex
 	out  bytes.Buffer
 }
 
 func (c *flightConn) Read(p []byte) (int, error) {
 	if len(c.data) == 0 {
+		if c.eof {
+			return 0, io.EOF
+		}
 		return 0, os.ErrDeadlineExceeded
 	}
 	n := copy(p[:min(len(p), c.step)], c.data)
@@ -135,11 +139,18 @@ func FuzzEngineFrames(f *testing.F) {
 	f.Add(flight[len(flight)/2:])
 	f.Add([]byte{0, 0, 4, frameWindowUpdate, 0, 0, 0, 0, 1, 0, 0, 0, 9})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c := &flightConn{data: nil, step: 1}
+		// The bytes the front read past HEADERS, then the connection,
+		// split where the first byte says, read in pieces of 1 to 7 bytes
+		// and ended by io.EOF.
+		split := 0
+		if len(data) > 0 {
+			split = int(data[0]) * len(data) / 256
+		}
+		c := &flightConn{data: data[split:], step: 1 + split%7, eof: true}
 		ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
 			peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
 		s := newH2Session(front, c, 1, hpack.NewDecoder(4096, nil), ff)
-		s.left = data // read first, then c (which has nothing)
+		s.left = data[:split]
 		read := make(chan int, 1)
 		go func() {
 			n, _ := io.Copy(io.Discard, s)

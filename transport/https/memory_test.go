@@ -158,7 +158,8 @@ func TestIdleEngineSessionStack(t *testing.T) {
 
 // The buffer the front read the client's first flight into (4 KiB) is
 // garbage once the session runs, whether or not the flight had bytes past
-// the session's HEADERS: nothing the session keeps points into it.
+// the session's HEADERS (which the session reads first): nothing the
+// session keeps points into it.
 func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
 	runtime.MemProfileRate = 1
@@ -218,6 +219,20 @@ func holdRawSessions(t *testing.T, r *relay, n int, data ...byte) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
+		if len(data) > 0 { // the session reads the bytes of its first flight
+			got := make([]byte, len(data))
+			read := make(chan error, 1)
+			go func() { _, err := io.ReadFull(c, got); read <- err }()
+			select { // the engine's sessions take no deadlines
+			case err := <-read:
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("session's first bytes: %q, %v; want %q", got, err, data)
+				}
+			case <-time.After(10 * time.Second):
+				c.Close()
+				t.Fatalf("session's first bytes (%q) never came", data)
+			}
+		}
 	}
 	if got := frontOf(t, r).engine.Load() - before; got != int64(n) {
 		t.Fatalf("%d of %d sessions on the engine", got, n)
