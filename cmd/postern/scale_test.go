@@ -559,17 +559,20 @@ func (p *sessionPool) keepAlive(ctx context.Context, every time.Duration, fails 
 
 // check counts held sessions that have ended, and pings up to sample of
 // them spread over the pool, returning the failures.
-func (p *sessionPool) check(ctx context.Context, sample int) (dead, failed int) {
+func (p *sessionPool) check(ctx context.Context, sample int) (dead, failed int, why error) {
 	cs := p.snapshot()
 	for _, c := range cs {
 		select {
 		case <-c.Done():
 			dead++
+			if why == nil {
+				why = c.Err()
+			}
 		default:
 		}
 	}
 	if len(cs) == 0 {
-		return dead, 0
+		return dead, 0, why
 	}
 	step := max(len(cs)/sample, 1)
 	for i := 0; i < len(cs); i += step {
@@ -579,7 +582,7 @@ func (p *sessionPool) check(ctx context.Context, sample int) (dead, failed int) 
 		}
 		cancel()
 	}
-	return dead, failed
+	return dead, failed, why
 }
 
 // closeAll ends every held session, 64 at a time.

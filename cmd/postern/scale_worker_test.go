@@ -26,6 +26,8 @@ import (
 //	worker → "progress N"       N of its sessions open (every tenth)
 //	worker → "done N ERR"       N opened; ERR the first failure, quoted ("" if none)
 //	parent → "check"
+//	worker → "ended ERR"        before "checked", if a session ended: why the first
+//	                            did, quoted
 //	worker → "checked D F P R H" D sessions ended, F of a sample failed a ping,
 //	                            P keep-alive pings failed, VmRSS R and VmHWM H in bytes
 //	parent closes stdin         the worker closes its sessions and exits
@@ -67,7 +69,10 @@ func (h *localHolder) open(ctx context.Context) (int, error) {
 }
 
 func (h *localHolder) check(ctx context.Context) (int, int, int, error) {
-	dead, failed := h.pool.check(ctx, 256)
+	dead, failed, why := h.pool.check(ctx, 256)
+	if why != nil {
+		h.logf("first held session that ended: %v", why)
+	}
 	h.stopKeeper()
 	<-h.keeperDone
 	return dead, failed, int(h.pingFails.Load()), nil
@@ -151,6 +156,10 @@ func (h *workerHolder) next(ctx context.Context, w int, want string) ([]string, 
 				h.logf("worker %d: %s sessions open", w, f[1])
 				continue
 			}
+			if f[0] == "ended" && len(f) == 2 {
+				h.logf("worker %d: first held session that ended: %s", w, f[1])
+				continue
+			}
 			if f[0] == want && len(f) == 2 {
 				return strings.Fields(f[1]), nil
 			}
@@ -231,7 +240,8 @@ func scaleWorkerMain(spec string) int {
 		fmt.Printf(format+"\n", a...)
 	}
 	ctx := context.Background()
-	h := newLocalHolder(ctx, s, func(string, ...any) {})
+	// The holder logs only why the first held session ended, at a check.
+	h := newLocalHolder(ctx, s, func(f string, a ...any) { say("ended %s", strconv.Quote(fmt.Sprintf(f, a...))) })
 	opened, err := h.pool.openRange(ctx, s, func(o int) { say("progress %d", o) })
 	msg := ""
 	if err != nil {
