@@ -10,6 +10,7 @@ import (
 
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // An idle session, after the hello and a ping, holds little of package
@@ -52,32 +53,7 @@ func TestIdleSessionHeap(t *testing.T) {
 // serverHeap is the heap in use by allocations with a function of package
 // server on their stack, after garbage collection.
 func serverHeap() int64 {
-	for range 3 { // the profile lags up to two cycles
-		runtime.GC()
-	}
-	n, _ := runtime.MemProfile(nil, true)
-	var recs []runtime.MemProfileRecord
-	for {
-		recs = make([]runtime.MemProfileRecord, n+100)
-		var ok bool
-		if n, ok = runtime.MemProfile(recs, true); ok {
-			recs = recs[:n]
-			break
-		}
-	}
-	var sum int64
-	for _, r := range recs {
-		frames := runtime.CallersFrames(r.Stack())
-		for {
-			f, more := frames.Next()
-			if strings.Contains(f.Function, "postern/relay/server.") && !strings.Contains(f.Function, "server_test.") {
-				sum += r.InUseBytes()
-				break
-			}
-			if !more {
-				break
-			}
-		}
-	}
-	return sum
+	return transporttest.LiveHeap(func(fn string) bool {
+		return strings.Contains(fn, "postern/relay/server.") && !strings.Contains(fn, "server_test.")
+	})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // Idle sessions on the relay side: the clients run in a child process (this
@@ -104,18 +105,8 @@ func relayMem() memSnapshot {
 
 // heapByPackage sums the live heap by the package that allocated it.
 func heapByPackage() map[string]int64 {
-	var recs []runtime.MemProfileRecord
-	n, _ := runtime.MemProfile(nil, false)
-	for {
-		recs = make([]runtime.MemProfileRecord, n+64)
-		var ok bool
-		if n, ok = runtime.MemProfile(recs, false); ok {
-			recs = recs[:n]
-			break
-		}
-	}
 	out := map[string]int64{"quic-go": 0, "postern": 0, "other": 0}
-	for _, r := range recs {
+	for _, r := range transporttest.MemProfile() {
 		out[allocOwner(r.Stack())] += r.InUseBytes()
 	}
 	return out

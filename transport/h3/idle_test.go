@@ -3,11 +3,11 @@ package h3
 import (
 	"context"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // http3 keeps a request as long as its stream (the stream's trailer
@@ -57,32 +57,5 @@ func TestIdleSessionFreesRequest(t *testing.T) {
 // requestHeap is the heap in use by allocations made while http3 parsed
 // a request, after garbage collection.
 func requestHeap() int64 {
-	for range 3 { // the profile lags up to two cycles
-		runtime.GC()
-	}
-	n, _ := runtime.MemProfile(nil, true)
-	var recs []runtime.MemProfileRecord
-	for {
-		recs = make([]runtime.MemProfileRecord, n+100)
-		var ok bool
-		if n, ok = runtime.MemProfile(recs, true); ok {
-			recs = recs[:n]
-			break
-		}
-	}
-	var live int64
-	for _, rec := range recs {
-		frames := runtime.CallersFrames(rec.Stack())
-		for {
-			f, more := frames.Next()
-			if strings.HasSuffix(f.Function, "http3.requestFromHeaders") {
-				live += rec.InUseBytes()
-				break
-			}
-			if !more {
-				break
-			}
-		}
-	}
-	return live
+	return transporttest.LiveHeap(transporttest.FunctionIs("http3.requestFromHeaders"))
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/internal/token"
+	"github.com/postern/postern/transport/transporttest"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -59,7 +60,7 @@ func sideOf(stk []uintptr) string {
 // (exact with runtime.MemProfileRate 1), after garbage collection.
 func heapBySide() map[string]int64 {
 	m := map[string]int64{}
-	for _, r := range memProfile() {
+	for _, r := range transporttest.MemProfile() {
 		m[sideOf(r.Stack())] += r.InUseBytes()
 	}
 	return m
@@ -167,38 +168,9 @@ func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
 	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	holdRawSessions(t, r, sessions)
 	holdRawSessions(t, r, sessions, []byte("bytes of the session in its first flight")...)
-	var live int64
-	for _, rec := range memProfile() {
-		frames := runtime.CallersFrames(rec.Stack())
-		for {
-			f, more := frames.Next()
-			if strings.HasSuffix(f.Function, "transport/https.(*firstFlight).fill") {
-				live += rec.InUseBytes()
-				break
-			}
-			if !more {
-				break
-			}
-		}
-	}
+	live := transporttest.LiveHeap(transporttest.FunctionIs("transport/https.(*firstFlight).fill"))
 	if live > 0 {
 		t.Errorf("%d idle engine sessions keep %d B of first-flight read buffers live", 2*sessions, live)
-	}
-}
-
-// memProfile returns the memory profile's records after garbage
-// collection (exact with runtime.MemProfileRate 1).
-func memProfile() []runtime.MemProfileRecord {
-	for range 3 { // the profile lags up to two cycles
-		runtime.GC()
-	}
-	n, _ := runtime.MemProfile(nil, true)
-	for {
-		recs := make([]runtime.MemProfileRecord, n+100)
-		var ok bool
-		if n, ok = runtime.MemProfile(recs, true); ok {
-			return recs[:n]
-		}
 	}
 }
 
