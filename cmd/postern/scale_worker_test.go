@@ -157,7 +157,11 @@ func (h *workerHolder) next(ctx context.Context, w int, want string) ([]string, 
 				continue
 			}
 			if f[0] == "ended" && len(f) == 2 {
-				h.logf("worker %d: first held session that ended: %s", w, f[1])
+				msg, err := strconv.Unquote(f[1])
+				if err != nil {
+					msg = f[1]
+				}
+				h.logf("worker %d: %s", w, msg)
 				continue
 			}
 			if f[0] == want && len(f) == 2 {
