@@ -232,7 +232,8 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	start, drops0 := time.Now(), udpRcvbufErrors()
 	opened, firstErr := h.open(ctx)
 	openTime := time.Since(start)
-	t.Logf("%s: UDP datagrams dropped host-wide for full receive buffers while opening: %d", tr, udpRcvbufErrors()-drops0)
+	drops1 := udpRcvbufErrors()
+	t.Logf("%s: UDP datagrams dropped host-wide for full receive buffers while opening: %d", tr, drops1-drops0)
 	if opened < n {
 		t.Errorf("opened %d of %d %s sessions in %s; first failure: %v; relay refusals: %s",
 			opened, n, tr, openTime.Round(time.Second), firstErr, rl.refusals(t, tr))
@@ -262,6 +263,7 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	if err != nil {
 		t.Error(err)
 	}
+	t.Logf("%s: UDP datagrams dropped host-wide for full receive buffers while held: %d", tr, udpRcvbufErrors()-drops1)
 	logScale(t, tr, n, opened, openTime, s0, sN, sEnd, idle, loaded, h.mem())
 	if dead > 0 || sampleFails > 0 || pingFails > 0 {
 		t.Errorf("%d of %d held sessions ended, %d of a sample failed a ping at the end, %d keep-alive pings failed",
