@@ -43,13 +43,22 @@ type benchSide struct {
 
 // syscw returns this process's write system calls so far
 // (/proc/self/io), or -1 where that file does not exist.
-func syscw() int64 {
+func syscw() int64 { return procIO("syscw: ") }
+
+// syscr is the process's read system calls so far (/proc/self/io), -1
+// where there is none; reads of /proc/self/io itself count too (one per
+// call, the same in every run).
+func syscr() int64 { return procIO("syscr: ") }
+
+// procIO returns the counter named by field in /proc/self/io, -1 where
+// there is none.
+func procIO(field string) int64 {
 	b, err := os.ReadFile("/proc/self/io")
 	if err != nil {
 		return -1
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			if err == nil {
 				return n
@@ -81,7 +90,7 @@ func benchMode(b *testing.B, echo bool, c io.ReadWriter, closeWrite func() error
 	b.SetBytes(benchChunk)
 	side.client.Store(0)
 	side.server.Store(0)
-	w0, cpu0 := syscw(), cpuTime()
+	w0, r0, cpu0 := syscw(), syscr(), cpuTime()
 	b.ResetTimer()
 	werr := make(chan error, 1)
 	go func() {
@@ -116,6 +125,9 @@ func benchMode(b *testing.B, echo bool, c io.ReadWriter, closeWrite func() error
 	if w1 := syscw(); w0 >= 0 && w1 >= 0 {
 		b.ReportMetric(float64(w1-w0)/ops, "syscw/op")
 	}
+	if r1 := syscr(); r0 >= 0 && r1 >= 0 {
+		b.ReportMetric(float64(r1-r0)/ops, "syscr/op")
+	}
 	return benchResult{
 		mbps:  float64(b.N) * benchChunk / b.Elapsed().Seconds() / 1e6,
 		cpuUs: float64(cpu.Microseconds()) / ops,
@@ -146,9 +158,10 @@ func serveBench(c io.ReadWriteCloser, closeWrite func() error, echo bool) {
 // in the same run, over raw crypto/tls on loopback (the physical limit),
 // both ways (echo) and one way. Besides MB/s each reports the writes that
 // reach the client's and the server's TCP socket per op (cwrites/op,
-// swrites/op: one per TLS record), the process's write system calls per
-// op (syscw/op, /proc/self/io: both sides, as both run here), and the
-// session's "xraw": its throughput over raw TLS's just before it, and
+// swrites/op: one per TLS record), the process's write and read system
+// calls per op (syscw/op, syscr/op, /proc/self/io: both sides, as both
+// run here), and the session's "xraw": its throughput over raw TLS's
+// just before it, and
 // "xraw-cpu": raw TLS's CPU time per op over the session's (1 is as
 // cheap as raw TLS; under load from other processes the steadier one).
 func BenchmarkThroughput(b *testing.B) {

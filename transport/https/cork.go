@@ -171,8 +171,13 @@ func (k *writeCork) release(raw net.Conn) {
 // side; the relay's accepted connections are countedConns).
 type corkConn struct {
 	net.Conn
-	k writeCork
+	k  writeCork
+	rr recordReads // reads that end where a TLS record ends (tlsreads.go)
 }
+
+// Read is uTLS's (one reader at a time): uTLS keeps crypto/tls's read
+// buffer, which doubled past one record the same way.
+func (c *corkConn) Read(p []byte) (int, error) { return c.rr.read(c.Conn, p) }
 
 func (c *corkConn) Write(p []byte) (int, error) { return c.k.write(c.Conn, p) }
 func (c *corkConn) cork()                       { c.k.cork() }

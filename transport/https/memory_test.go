@@ -83,17 +83,18 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		if stock {
 			name = "stockh2"
 		}
-		b.Run(name, func(b *testing.B) { benchIdleSessionMemory(b, stock) })
+		b.Run(name, func(b *testing.B) { benchIdleSessionMemory(b, stock, 1<<10) })
 	}
+	b.Run("engine/echo=256KiB", func(b *testing.B) { benchIdleSessionMemory(b, false, 256<<10) })
 }
 
-func benchIdleSessionMemory(b *testing.B, stock bool) {
+func benchIdleSessionMemory(b *testing.B, stock bool, echo int) {
 	const sessions = 100
 	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
 	runtime.MemProfileRate = 1
 	r := startRelay(b, &Transport{stockH2: stock}, func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	serveEcho(r.ln)
-	msg := make([]byte, 1<<10)
+	msg := make([]byte, echo)
 	var m0, m1 runtime.MemStats
 	var before, after map[string]int64
 	var g0, g1 int

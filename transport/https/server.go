@@ -454,7 +454,8 @@ type countedConn struct {
 	net.Conn
 	sem  chan struct{}
 	held atomic.Bool
-	k    writeCork // the session engine's write coalescing (cork.go)
+	k    writeCork   // the session engine's write coalescing (cork.go)
+	rr   recordReads // reads that end where a TLS record ends (tlsreads.go)
 }
 
 var errBusy = errors.New("too many concurrent TLS handshakes")
@@ -486,6 +487,20 @@ func (c *countedConn) release() {
 	if c.held.CompareAndSwap(true, false) {
 		<-c.sem
 	}
+}
+
+// Read is crypto/tls's (one reader at a time): recordReads.read, written
+// out so that an idle session's parked read has no frame more than it had
+// without it (see h2Front.serveTLS).
+func (c *countedConn) Read(p []byte) (int, error) {
+	if c.rr.pending() {
+		return c.rr.unstash(p)
+	}
+	n, err := c.Conn.Read(p)
+	if k := c.rr.advance(p[:n]); k < n {
+		return c.rr.keep(p, k, n, err)
+	}
+	return n, err
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
