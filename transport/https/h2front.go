@@ -487,7 +487,7 @@ func (f *h2Front) admit(hs *http.Server, tc *tls.Conn, h http.Handler) (*h2Sessi
 		tc.Close() // what the stock server does
 		return nil, nil, nil, nil
 	}
-	req, end, dec, ok := f.readFirstFlight(ff)
+	req, end, first, ok := f.readFirstFlight(ff)
 	tc.SetReadDeadline(time.Time{})
 	if !ok {
 		f.handOver(hs, h, ff)
@@ -510,7 +510,7 @@ func (f *h2Front) admit(hs *http.Server, tc *tls.Conn, h http.Handler) (*h2Sessi
 		return nil, nil, nil, nil
 	}
 	f.engine.Add(1)
-	return newH2Session(f, tc, req.stream, dec, ff), bc.BaseContext(), ff.buf[end:], done
+	return newH2Session(f, tc, req.stream, first, ff), bc.BaseContext(), ff.buf[end:], done
 }
 
 // preface writes what the stock server writes first and reads the client
@@ -574,7 +574,7 @@ type h2Request struct {
 // request, the offset in ff.buf just past the HEADERS frame, and the
 // decoder state the engine continues with; ok is false if the
 // connection must go to the stock server.
-func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, dec *hpack.Decoder, ok bool) {
+func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, first []byte, ok bool) {
 	wait, limit := h2FirstFlightWait, h2FirstFlightLimit
 	if f.wait > 0 {
 		wait, limit = f.wait, f.wait
@@ -626,8 +626,8 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, dec 
 			}
 			ff.sendWin += inc
 		case frameHeaders:
-			req, dec, ok = f.decodeRequest(p, flags, stream)
-			return req, off, dec, ok
+			req, first, ok = f.decodeRequest(p, flags, stream)
+			return req, off, first, ok
 		}
 	}
 	return req, 0, nil, false
@@ -686,24 +686,29 @@ func (f *h2Front) takeSettings(ff *firstFlight, p []byte) bool {
 	return ff.write(ack)
 }
 
-// decodeRequest decodes the first request's header block, with the
-// decoder the engine keeps for the connection.
-func (f *h2Front) decodeRequest(p []byte, flags byte, stream uint32) (h2Request, *hpack.Decoder, bool) {
+// decodeRequest decodes the first request's header block and returns a
+// copy of the block: the engine keeps that, not a decoder, and rebuilds
+// the connection's decoder from it if another header block ever comes
+// (h2Session.decoder). The copy also lets the first flight's read buffer
+// (4 KiB) go when the session starts: block is a slice of it.
+func (f *h2Front) decodeRequest(p []byte, flags byte, stream uint32) (h2Request, []byte, bool) {
 	block, ok := headerBlock(p, flags)
 	if !ok {
 		return h2Request{}, nil, false
 	}
-	dec := hpack.NewDecoder(f.stock.tableSize, nil)
-	dec.SetMaxStringLength(int(f.stock.maxHeaderList))
-	// The decoder keeps a slice of the last block it decoded, and block
-	// is a slice of the first flight's read buffer (4 KiB): decoding a
-	// copy lets that buffer go when the session starts, instead of living
-	// as long as the connection.
-	fields, err := dec.DecodeFull(bytes.Clone(block))
+	first := bytes.Clone(block)
+	fields, err := f.newDecoder().DecodeFull(first)
 	if err != nil {
 		return h2Request{}, nil, false
 	}
-	return h2Request{stream: stream, fields: fields}, dec, true
+	return h2Request{stream: stream, fields: fields}, first, true
+}
+
+// newDecoder returns an HPACK decoder with the stock server's limits.
+func (f *h2Front) newDecoder() *hpack.Decoder {
+	dec := hpack.NewDecoder(f.stock.tableSize, nil)
+	dec.SetMaxStringLength(int(f.stock.maxHeaderList))
+	return dec
 }
 
 // fill reads until ff.buf holds n bytes, waiting at most wait for each

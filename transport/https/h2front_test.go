@@ -171,10 +171,11 @@ func engineSession(t *testing.T, r *relay, tc *tls.Conn, cc *http2.ClientConn) (
 	return resp, pw
 }
 
-// The decoder a session keeps for its connection holds no reference to
-// the first flight's read buffer (4 KiB), which would otherwise live as
-// long as the connection: hpack's Decoder keeps a slice of the last block
-// it decoded.
+// What a session keeps of its request's header block holds no reference
+// to the first flight's read buffer (4 KiB), which would otherwise live
+// as long as the connection (hpack's Decoder, built from that block if
+// another header block comes, keeps a slice of the last block it
+// decoded).
 func TestDecodedRequestFreesFirstFlight(t *testing.T) {
 	f := frontOf(t, startRelay(t, engineTransport(), nil))
 	var block bytes.Buffer
@@ -186,7 +187,7 @@ func TestDecodedRequestFreesFirstFlight(t *testing.T) {
 	n := copy(buf, block.Bytes())
 	freed := make(chan struct{})
 	runtime.AddCleanup(&buf[0], func(ch chan struct{}) { close(ch) }, freed)
-	req, dec, ok := f.decodeRequest(buf[:n], flagEndHeaders, 1)
+	req, first, ok := f.decodeRequest(buf[:n], flagEndHeaders, 1)
 	if !ok || len(req.fields) != 4 {
 		t.Fatalf("decodeRequest: ok %v, %d fields", ok, len(req.fields))
 	}
@@ -195,13 +196,13 @@ func TestDecodedRequestFreesFirstFlight(t *testing.T) {
 		runtime.GC()
 		select {
 		case <-freed:
-			runtime.KeepAlive(dec)
+			runtime.KeepAlive(first)
 			return
 		case <-time.After(10 * time.Millisecond):
 		}
 		if i == 100 {
-			runtime.KeepAlive(dec)
-			t.Fatal("the first flight's buffer is still reachable while the session's decoder lives")
+			runtime.KeepAlive(first)
+			t.Fatal("the first flight's buffer is still reachable while the session's copy of its header block lives")
 		}
 	}
 }

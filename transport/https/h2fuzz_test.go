@@ -149,7 +149,7 @@ func FuzzEngineFrames(f *testing.F) {
 		c := &flightConn{data: data[split:], step: 1 + split%7, eof: true}
 		ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
 			peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
-		s := newH2Session(front, c, 1, hpack.NewDecoder(4096, nil), ff)
+		s := newH2Session(front, c, 1, nil, ff)
 		s.left = data[:split]
 		read := make(chan int, 1)
 		go func() {
@@ -178,7 +178,7 @@ func TestEngineTinyFramesShareBuffers(t *testing.T) {
 	c := &flightConn{step: 1}
 	ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
 		peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
-	s := newH2Session(front, c, 1, hpack.NewDecoder(4096, nil), ff)
+	s := newH2Session(front, c, 1, nil, ff)
 	var b bytes.Buffer
 	fr := http2.NewFramer(&b, nil)
 	const frames = 20000

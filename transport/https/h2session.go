@@ -67,8 +67,11 @@ type h2Session struct {
 	f      *h2Front
 	tc     net.Conn // the TLS connection
 	stream uint32
-	dec    *hpack.Decoder
-	left   []byte // bytes the front read past HEADERS, read before tc
+	// The connection's HPACK state: the session request's header block
+	// (first) until another block comes, then a decoder (see decoder).
+	first []byte
+	dec   *hpack.Decoder
+	left  []byte // bytes the front read past HEADERS, read before tc
 
 	// The read loop's: a header block being assembled and its stream (0:
 	// none).
@@ -99,9 +102,9 @@ type h2Session struct {
 	winStream    int64
 }
 
-func newH2Session(f *h2Front, tc net.Conn, stream uint32, dec *hpack.Decoder, ff *firstFlight) *h2Session {
+func newH2Session(f *h2Front, tc net.Conn, stream uint32, first []byte, ff *firstFlight) *h2Session {
 	s := &h2Session{
-		f: f, tc: tc, stream: stream, dec: dec, local: f.l.ln.Addr(),
+		f: f, tc: tc, stream: stream, first: first, local: f.l.ln.Addr(),
 		sendConn: ff.sendWin, sendStream: ff.peer.initialWindow, peerInitial: ff.peer.initialWindow,
 		peerMaxFrame: ff.peer.maxFrame,
 		recvConn:     f.stock.connWindow, recvStream: f.stock.streamWindow,
@@ -419,13 +422,29 @@ func (s *h2Session) endRead() {
 // onHeaderBlock decodes a complete header block (keeping the HPACK state
 // in step) and refuses any stream but the session's.
 func (s *h2Session) onHeaderBlock(stream uint32, block []byte) error {
-	if _, err := s.dec.DecodeFull(block); err != nil {
+	if _, err := s.decoder().DecodeFull(block); err != nil {
 		return s.connError(0x9) // COMPRESSION_ERROR
 	}
 	if stream == s.stream {
 		return nil // trailers
 	}
 	return s.writeFrames(appendUint32Frame(make([]byte, 0, 13), frameRSTStream, stream, h2RefusedStream))
+}
+
+// decoder returns the connection's HPACK decoder. A session's client
+// sends no header block after its request, so the engine keeps that
+// request's block (a few hundred bytes) instead of a decoder, whose
+// dynamic table and strings held another 1.3 KB for every idle session.
+// A decoder's state is what the blocks it decoded made it, so the first
+// later block gets a new decoder that decodes the request's block again;
+// that decoder is kept.
+func (s *h2Session) decoder() *hpack.Decoder {
+	if s.dec == nil {
+		s.dec = s.f.newDecoder()
+		s.dec.DecodeFull(s.first) // it decoded once; it decodes again
+		s.first = nil
+	}
+	return s.dec
 }
 
 // onSettings applies the client's SETTINGS and ACKs them.

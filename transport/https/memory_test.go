@@ -175,6 +175,22 @@ func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
 	}
 }
 
+// An idle session on the engine holds no HPACK decoder (its dynamic
+// table and strings were 1.3 KB a session): it keeps its request's header
+// block and builds a decoder only if another header block comes
+// (TestEngineRefusesOtherStreams sends some).
+func TestIdleEngineSessionHoldsNoDecoder(t *testing.T) {
+	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1
+	const sessions = 16
+	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
+	holdRawSessions(t, r, sessions)
+	live := transporttest.LiveHeap(func(fn string) bool { return strings.Contains(fn, "http2/hpack.") && strings.Contains(fn, "Decoder") })
+	if live > 0 {
+		t.Errorf("%d idle engine sessions hold %d B of HPACK decoders", sessions, live)
+	}
+}
+
 // holdRawSessions opens n more sessions on the engine from bare TLS
 // connections (rawSession, with data if any), accepts them, and holds
 // both ends until the test ends.
