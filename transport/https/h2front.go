@@ -571,9 +571,10 @@ type h2Request struct {
 }
 
 // readFirstFlight reads frames up to the first HEADERS. It returns the
-// request, the offset in ff.buf just past the HEADERS frame, and the
-// decoder state the engine continues with; ok is false if the
-// connection must go to the stock server.
+// request, the offset in ff.buf just past the HEADERS frame, and a copy
+// of the request's header block (the HPACK state the engine continues
+// with; see h2Session.decoder); ok is false if the connection must go to
+// the stock server.
 func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, first []byte, ok bool) {
 	wait, limit := h2FirstFlightWait, h2FirstFlightLimit
 	if f.wait > 0 {

@@ -99,7 +99,7 @@ func FuzzFirstFlight(f *testing.F) {
 		c := &flightConn{data: data, step: int(step%64) + 1}
 		ff := &firstFlight{tc: c, sendWin: h2DefaultWindow, atOnce: step&1 == 0,
 			peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
-		req, end, dec, ok := front.readFirstFlight(ff)
+		req, end, first, ok := front.readFirstFlight(ff)
 		if end > len(ff.buf) || len(ff.buf) > len(data) {
 			t.Fatalf("consumed %d of %d read, %d given", end, len(ff.buf), len(data))
 		}
@@ -120,8 +120,8 @@ func FuzzFirstFlight(f *testing.F) {
 		if !ok {
 			return
 		}
-		if dec == nil || req.stream%2 != 1 {
-			t.Fatalf("decoded request on stream %d without a decoder", req.stream)
+		if first == nil || req.stream%2 != 1 {
+			t.Fatalf("decoded request on stream %d without its header block", req.stream)
 		}
 		r, ok := front.request(context.Background(), tls.ConnectionState{}, "127.0.0.1:1", req)
 		if ok && (r.Method == "" || r.URL == nil || r.URL.Path == "" && r.URL.Opaque == "") {

@@ -18,8 +18,12 @@ import (
 // session's buffer held 40 KiB for the rest of the connection, idle or
 // not (BenchmarkIdleSessionMemory/engine/echo=256KiB). When no read
 // crosses the end of a record, the buffer is empty whenever a record
-// begins and is reused as it is: it holds one record and the room
-// crypto/tls asks beyond it (21,760 B) at most.
+// begins and is reused whenever the record fits: it no longer doubles at
+// each record. It still grows as crypto/tls grows it, to the larger of
+// the record (plus 512 bytes) and twice its size, so where it settles
+// depends on the order of record sizes: one full record plus 512 bytes,
+// 21,760 B, in the benchmark; up to 32 KiB when a record of just under
+// half that came first.
 //
 // recordReads keeps what a socket read returned past the end of the
 // record it began in and hands it out first, again a record at a time.
@@ -34,6 +38,13 @@ import (
 // byte; bytes that are no TLS record (a probe's) are cut at whatever
 // length their "header" claims, which crypto/tls refuses at the header
 // anyway.
+//
+// One thing crypto/tls did with the bytes it read ahead is gone: when a
+// close_notify alert already sat behind the application data it
+// returned, Read returned io.EOF with that data. The alert now stays in
+// the stash until the next Read, which returns io.EOF instead: the
+// peer's end shows one Read later. The socket reads, and so what a peer
+// sees, are those crypto/tls made before.
 type recordReads struct {
 	hdr   [recordHeaderSize]byte // the current record's header, as far as seen
 	seen  int                    // header bytes of the current record handed out
