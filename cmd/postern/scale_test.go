@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -43,6 +44,11 @@ import (
 //	                         closes a session silent for 5m)
 //	POSTERN_SCALE_WORKERS    load worker processes holding the sessions (default:
 //	                         1, this process, unless RLIMIT_NOFILE is too small)
+//	POSTERN_SCALE_BULK       KiB each held session sends once it is open, as
+//	                         one Send the relay reads whole and refuses (an
+//	                         envelope of random bytes): the sessions are held
+//	                         after bulk traffic, not after a ping only
+//	                         (default 0, none)
 //	POSTERN_SCALE_TIMEOUT    bound of one transport's run (default 20m)
 //	POSTERN_SCALE_MEMORY_MIB the relay's memory_limit in MiB (default 2048;
 //	                         GOMEMLIMIT is nine tenths of it)
@@ -526,7 +532,28 @@ func openOne(ctx context.Context, reg *transport.Registry, ep transport.Endpoint
 		c.Close()
 		return nil, fmt.Errorf("first ping: %w", err)
 	}
+	if kib := envInt("POSTERN_SCALE_BULK", 0); kib > 0 {
+		if err := sendBulk(dctx, c, kib<<10); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// sendBulk sends n bytes through session c as one Send of random bytes,
+// which the relay reads whole and refuses as no envelope, then checks the
+// session still answers.
+func sendBulk(ctx context.Context, c *client.Client, n int) error {
+	junk := make([]byte, n)
+	rand.Read(junk)
+	if _, err := c.Send(ctx, junk, nil); err == nil {
+		return errors.New("bulk: the relay accepted random bytes as an envelope")
+	}
+	if err := c.Ping(ctx); err != nil {
+		return fmt.Errorf("ping after bulk: %w", err)
+	}
+	return nil
 }
 
 // keepAlive pings the held sessions one after another so that each is
