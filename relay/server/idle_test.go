@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -21,8 +20,7 @@ import (
 // is what allocations made from package server's functions hold, exact at
 // runtime.MemProfileRate 1.
 func TestIdleSessionHeap(t *testing.T) {
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(t)
 	const sessions = 200
 	st := store.NewMemory(store.Options{})
 	defer st.Close()

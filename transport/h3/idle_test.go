@@ -2,7 +2,6 @@ package h3
 
 import (
 	"context"
-	"runtime"
 	"testing"
 	"time"
 
@@ -17,8 +16,7 @@ import (
 // is admitted; this counts what the relay's request parsing still holds,
 // exactly, at runtime.MemProfileRate 1.
 func TestIdleSessionFreesRequest(t *testing.T) {
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(t)
 	const sessions = 16
 	r := startRelay(t, nil, func(cfg *transport.ListenConfig) { cfg.MaxSessionsPerSource = 2 * sessions })
 	accepted := make(chan transport.Conn, sessions+1)

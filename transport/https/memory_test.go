@@ -90,8 +90,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 
 func benchIdleSessionMemory(b *testing.B, stock bool, echo int) {
 	const sessions = 100
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(b)
 	r := startRelay(b, &Transport{stockH2: stock}, func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	serveEcho(r.ln)
 	msg := make([]byte, echo)
@@ -163,8 +162,7 @@ func TestIdleEngineSessionStack(t *testing.T) {
 // the session's HEADERS (which the session reads first): nothing the
 // session keeps points into it.
 func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(t)
 	const sessions = 16
 	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	holdRawSessions(t, r, sessions)
@@ -180,8 +178,7 @@ func TestIdleEngineSessionFreesFirstFlight(t *testing.T) {
 // block and builds a decoder only if another header block comes
 // (TestEngineRefusesOtherStreams sends some).
 func TestIdleEngineSessionHoldsNoDecoder(t *testing.T) {
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(t)
 	const sessions = 16
 	// What HPACK decoders the engine made hold: allocations by hpack's
 	// Decoder on a stack through the front or an engine session (other

@@ -203,8 +203,7 @@ func FuzzRecordReads(f *testing.F) {
 // other orders of record sizes), not the 40 KiB it doubled to when reads
 // ran past the end of a record.
 func TestIdleSessionAfterBulkHoldsOneRecord(t *testing.T) {
-	defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
-	runtime.MemProfileRate = 1
+	transporttest.RecordEveryAllocation(t)
 	const sessions = 8
 	r := startRelay(t, engineTransport(), func(c *transport.ListenConfig) { c.MaxSessionsPerSource = 2 * sessions })
 	serveEcho(r.ln)

@@ -3,7 +3,17 @@ package transporttest
 import (
 	"runtime"
 	"strings"
+	"testing"
 )
+
+// RecordEveryAllocation makes the memory profile record every allocation
+// (runtime.MemProfileRate 1) until tb ends, so that MemProfile and
+// LiveHeap are exact for what is allocated from then on.
+func RecordEveryAllocation(tb testing.TB) {
+	rate := runtime.MemProfileRate
+	runtime.MemProfileRate = 1
+	tb.Cleanup(func() { runtime.MemProfileRate = rate })
+}
 
 // MemProfile returns the memory profile's records after garbage
 // collection: the heap each allocation site still holds, exact when
