@@ -49,6 +49,11 @@ import (
 //	                         envelope of random bytes): the sessions are held
 //	                         after bulk traffic, not after a ping only
 //	                         (default 0, none)
+//	POSTERN_SCALE_SETTLE     how long to wait once the sessions are open
+//	                         before measuring them held (default 0): the
+//	                         runtime returns memory to the system over
+//	                         seconds, and the relay lowers GOGC once opening
+//	                         stops (gctune.go)
 //	POSTERN_SCALE_TIMEOUT    bound of one transport's run (default 20m)
 //	POSTERN_SCALE_MEMORY_MIB the relay's memory_limit in MiB (default 2048;
 //	                         GOMEMLIMIT is nine tenths of it)
@@ -243,6 +248,13 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	if opened < n {
 		t.Errorf("opened %d of %d %s sessions in %s; first failure: %v; relay refusals: %s",
 			opened, n, tr, openTime.Round(time.Second), firstErr, rl.refusals(t, tr))
+	}
+	if settle := envDuration("POSTERN_SCALE_SETTLE", 0); settle > 0 {
+		t.Logf("%s: letting the relay settle for %s before measuring", tr, settle)
+		select {
+		case <-time.After(settle):
+		case <-ctx.Done():
+		}
 	}
 	sN := rl.sample(t, tr)
 	gc0, lastGC := rl.gcTrace()

@@ -392,6 +392,7 @@ func (r *relayRun) run(ctx context.Context, cancel context.CancelFunc) error {
 			}
 		}()
 	}
+	r.log.Info("garbage collection", "gogc", gcMode(startGCTuning(ctx, &wg, r.e.getenv)))
 	wg.Add(4)
 	go func() {
 		defer wg.Done()
