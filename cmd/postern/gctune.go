@@ -4,41 +4,40 @@ import (
 	"context"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Garbage collection pace. GOGC=100, Go's default, lets the heap grow to
-// twice what is live before the next collection. A relay holding many idle
-// sessions has a large live heap (their state) and allocates little, so it
-// holds up to twice its live heap for nothing: collections would be rare
-// and cost little per second even with less room. Under traffic it is the
-// other way round: collections come as often as allocation fills the room,
-// and less room costs CPU in proportion (GOGC=25 for every load took the
-// relay's CPU per envelope from 60–72 µs to 93–122 µs in
+// twice what is live (and scanned: stacks, globals) before the next
+// collection. A relay holding many idle sessions has a large live heap
+// (their state) and allocates little, so it held up to twice its live heap
+// for nothing. A fixed lower GOGC costs CPU under traffic in proportion
+// (GOGC=25 took the relay's CPU per envelope from 60–72 µs to 93–122 µs in
 // TestRelayCapacity, https, 64 senders).
 //
-// So `postern relay serve` sets GOGC from its allocation rate, once a
-// second: the room is what it allocates in gcInterval, between 25 % and
-// 100 % of the live heap. While GOGC is below 100 a collection comes at
-// most every gcInterval, so this never collects more often than GOGC=100
-// would; idle, the heap stays within a quarter over its live size. Under
-// traffic the room is 100 %, as before. When a relay goes quiet holding
-// free heap beyond the new room (what opening thousands of sessions left),
-// it collects and returns that memory to the system at once
-// (debug.FreeOSMemory, at most once a minute): otherwise nothing would,
-// for minutes. 19,000 idle https sessions held 28.9–29.7 KiB of RSS each
-// this way, against 39.4–42.2 KiB at GOGC=100 (cmd/postern TestScale;
-// README, "Holding many idle sessions"). A GOGC in the environment turns
-// this off, and GOMEMLIMIT (memlimit.go) still bounds the heap either way.
+// So `postern relay serve` sets GOGC, once a second, to make the room
+// between collections what it allocated in gcInterval at its highest rate
+// of the last gcWindow, between 25 % and 100 % of the live heap. It rises
+// at once with traffic and falls only after a whole quiet gcWindow, so
+// traffic that comes and goes keeps GOGC where the peaks put it. At a
+// steady rate below the threshold a collection comes about every
+// gcInterval: more often than GOGC=100 would, a mark of the live heap per
+// gcInterval at most. Entering the quiet floor (25), when the heap holds
+// more than its new goal allows (objects and free memory over the
+// runtime's goal by a tenth), it collects and returns the free memory to
+// the system at once (debug.FreeOSMemory; at most once per gcWindow),
+// which the runtime would otherwise do over minutes. A GOGC in the
+// environment turns all this off, and GOMEMLIMIT (memlimit.go) still bounds
+// the heap either way.
 const (
 	gcTuneEvery  = time.Second
 	gcInterval   = 4 * time.Second
+	gcWindow     = 60 // ticks of gcTuneEvery: the rate is the highest over these
 	gcMinPercent = 25
 	gcMaxPercent = 100
-	// gcCollectEvery bounds how often tuneGC starts a collection itself.
-	gcCollectEvery = time.Minute
 )
 
 // gcPercentFor returns the GOGC that makes a heap with live bytes live,
@@ -57,66 +56,80 @@ type heapSample struct {
 	allocs uint64 // allocated so far, cumulative
 	live   uint64 // live at the last collection
 	inUse  uint64 // held by objects now, live or garbage
-	free   uint64 // heap memory the runtime holds free, not yet returned to the system
+	free   uint64 // heap memory held free, not yet returned to the system
+	goal   uint64 // the runtime's heap goal
 }
+
+// gcMetrics are the runtime/metrics a heapSample is read from, in its
+// fields' order.
+var gcMetrics = []string{"/gc/heap/allocs:bytes", "/gc/heap/live:bytes",
+	"/memory/classes/heap/objects:bytes", "/memory/classes/heap/free:bytes", "/gc/heap/goal:bytes"}
 
 // gcSampler reads a heapSample from runtime/metrics.
 type gcSampler struct{ s []metrics.Sample }
 
-func newGCSampler() *gcSampler {
-	return &gcSampler{s: []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}}
+// newGCSampler returns a sampler, or false if this runtime lacks one of
+// gcMetrics (then the relay does not tune).
+func newGCSampler() (*gcSampler, bool) {
+	g := &gcSampler{}
+	for _, name := range gcMetrics {
+		g.s = append(g.s, metrics.Sample{Name: name})
+	}
+	metrics.Read(g.s)
+	for _, s := range g.s {
+		if s.Value.Kind() != metrics.KindUint64 {
+			return nil, false
+		}
+	}
+	return g, true
 }
 
 func (g *gcSampler) read() heapSample {
 	metrics.Read(g.s)
-	var v [4]uint64
-	for i, s := range g.s {
-		if s.Value.Kind() == metrics.KindUint64 {
-			v[i] = s.Value.Uint64()
-		}
-	}
-	return heapSample{allocs: v[0], live: v[1], inUse: v[2], free: v[3]}
+	v := func(i int) uint64 { return g.s[i].Value.Uint64() }
+	return heapSample{allocs: v(0), live: v(1), inUse: v(2), free: v(3), goal: v(4)}
 }
 
-// tuneGC sets GOGC from each tick's allocation rate (gcPercentFor) until
-// ctx ends, and restores what was set before. read samples the heap; set
-// is debug.SetGCPercent; collect is runtime.GC.
-//
-// A lower GOGC takes effect at the next collection, and a relay that just
-// went quiet allocates too little to start one soon; and the runtime
-// returns free heap to the system only slowly. So when the heap's objects
-// and free memory together exceed what the new GOGC allows (by a tenth),
-// tuneGC calls collect (debug.FreeOSMemory: a collection, then the free
-// memory returned), at most every gcCollectEvery and never while GOGC is
-// 100.
+// tuneGC sets GOGC from the highest allocation rate of the last gcWindow
+// ticks (gcPercentFor) until ctx ends, and restores what was set before.
+// read samples the heap; set is debug.SetGCPercent; collect is
+// debug.FreeOSMemory, called on entering the floor when the heap holds
+// more than its goal allows.
 func tuneGC(ctx context.Context, tick <-chan time.Time, read func() heapSample, set func(int) int, collect func()) {
 	last := read()
 	lastAt := time.Now()
-	var collected time.Time
+	var rates [gcWindow]float64 // per tick, a ring
+	n := 0
 	cur := gcMaxPercent
 	before := set(cur)
 	defer set(before)
+	collectedAt := -gcWindow // the tick of the last collect
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick:
 			h := read()
-			dt := now.Sub(lastAt).Seconds()
-			if dt <= 0 || h.allocs < last.allocs {
-				last, lastAt = h, now
+			rate := 0.0
+			if dt := now.Sub(lastAt).Seconds(); dt > 0 && h.allocs >= last.allocs {
+				rate = float64(h.allocs-last.allocs) / dt
+			}
+			last, lastAt = h, now
+			rates[n%gcWindow] = rate
+			n++
+			p := gcPercentFor(float64(h.live), slices.Max(rates[:min(n, gcWindow)]))
+			if p == cur {
 				continue
 			}
-			p := gcPercentFor(float64(h.live), float64(h.allocs-last.allocs)/dt)
-			last, lastAt = h, now
-			if p != cur {
-				set(p)
-				cur = p
-			}
-			goal := float64(h.live) * (1 + float64(cur)/100)
-			if p < gcMaxPercent && float64(h.inUse+h.free) > goal*1.1 && now.Sub(collected) >= gcCollectEvery {
-				collect()
-				collected = now
+			set(p)
+			entered := p == gcMinPercent
+			cur = p
+			if entered && n-collectedAt >= gcWindow {
+				h = read() // the goal for the new GOGC
+				if float64(h.inUse+h.free) > float64(h.goal)*1.1 {
+					collect()
+					collectedAt = n
+				}
 			}
 		}
 	}
@@ -130,10 +143,13 @@ var gcTuning atomic.Bool
 // the environment or another relay in this process tunes it already; it
 // reports whether it did.
 func startGCTuning(ctx context.Context, wg *sync.WaitGroup, getenv func(string) string) bool {
-	if getenv("GOGC") != "" || !gcTuning.CompareAndSwap(false, true) {
+	if getenv("GOGC") != "" {
 		return false
 	}
-	g := newGCSampler()
+	g, ok := newGCSampler()
+	if !ok || !gcTuning.CompareAndSwap(false, true) {
+		return false
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -150,5 +166,5 @@ func gcMode(tuned bool) string {
 	if tuned {
 		return "from the allocation rate, 25-100"
 	}
-	return "as set (GOGC, or another relay in this process)"
+	return "as set (GOGC, or another relay in this process tunes it)"
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -28,10 +30,10 @@ func TestGCPercentFor(t *testing.T) {
 	}
 }
 
-// tuneGC sets GOGC from each tick's allocation rate, only when it changes,
-// collects (and returns memory) when a quiet heap holds more than its
-// GOGC allows, at most once a minute, and puts back the GOGC that was set
-// before when it ends.
+// tuneGC sets GOGC from the highest allocation rate of the last gcWindow
+// ticks: up at once, down only after a whole window. Entering the floor
+// with more heap than the new goal allows, it collects; never otherwise.
+// It puts back the GOGC that was set before when it ends.
 func TestTuneGC(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const mib = 1 << 20
@@ -44,11 +46,16 @@ func TestTuneGC(t *testing.T) {
 			prev = p
 			return old
 		}
+		read := func() heapSample {
+			s := h
+			s.goal = h.live * uint64(100+prev) / 100 // as the runtime's, without stacks
+			return s
+		}
 		collects := 0
 		tick := make(chan time.Time)
 		ctx, cancel := context.WithCancel(context.Background())
-		start := time.Now()
-		go tuneGC(ctx, tick, func() heapSample { return h }, set, func() { collects++ })
+		at := time.Now()
+		go tuneGC(ctx, tick, read, set, func() { collects++ })
 		synctest.Wait()
 		want := func(what string, gogc []int, wantCollects int) {
 			t.Helper()
@@ -57,31 +64,79 @@ func TestTuneGC(t *testing.T) {
 			}
 			sets = nil
 		}
-		// step changes the heap, ticks at start+at and waits until the
-		// tick is handled.
-		step := func(at time.Duration, allocated, free uint64) {
-			h.allocs += allocated
-			h.free = free
-			tick <- start.Add(at)
-			synctest.Wait()
+		// steps ticks k times, a second apart, allocating rate bytes per
+		// second, with free bytes held free; each tick is handled before
+		// the next.
+		steps := func(k int, rate, free uint64) {
+			for range k {
+				h.allocs += rate
+				h.free = free
+				at = at.Add(time.Second)
+				tick <- at
+				synctest.Wait()
+			}
 		}
 		want("start", []int{gcMaxPercent}, 0)
-		step(1*time.Second, 0, 0)
-		want("idle, heap within a quarter over live", []int{gcMinPercent}, 0)
-		step(2*time.Second, 0, 300*mib)
-		want("idle, 300 MiB free from a busy spell", nil, 1)
-		step(3*time.Second, 0, 300*mib)
-		want("idle again within the minute", nil, 1)
-		step(4*time.Second, 50*mib, 300*mib)
+		steps(1, 0, 0)
+		want("idle, the heap within its goal", []int{gcMinPercent}, 0)
+		steps(1, 400*mib, 0)
+		want("traffic: up at once", []int{gcMaxPercent}, 0)
+		steps(gcWindow-1, 0, 300*mib)
+		want("quiet, for less than a window", nil, 0)
+		steps(1, 0, 300*mib)
+		want("quiet for a window, 300 MiB free from the busy spell", []int{gcMinPercent}, 1)
+		steps(1, 50*mib, 300*mib)
 		want("50 MiB/s over 400 MiB live", []int{50}, 1)
-		step(5*time.Second, 400*mib, 600*mib) // over even GOGC=100's room
-		want("busy: 400 MiB/s", []int{gcMaxPercent}, 1)
-		step(70*time.Second, 65*400*mib, 600*mib)
-		want("busy a minute after the collection", nil, 1)
-		step(71*time.Second, 0, 600*mib)
-		want("idle a minute after the collection", []int{gcMinPercent}, 2)
+		steps(gcWindow, 0, 0)
+		want("quiet again, the heap within its goal", []int{gcMinPercent}, 1)
+		for range 3 { // traffic that comes and goes keeps the peaks' GOGC
+			steps(1, 400*mib, 300*mib)
+			steps(gcWindow/2, 0, 300*mib)
+		}
+		want("a burst every half window", []int{gcMaxPercent}, 1)
 		cancel()
 		synctest.Wait()
-		want("end", []int{77}, 2)
+		want("end", []int{77}, 1)
 	})
+}
+
+// The sampler reads what the runtime reports.
+func TestGCSampler(t *testing.T) {
+	g, ok := newGCSampler()
+	if !ok {
+		t.Fatal("this runtime lacks a metric the GC tuning reads")
+	}
+	sink = make([]byte, 1<<20)
+	runtime.GC()
+	h := g.read()
+	if h.allocs < 1<<20 || h.live == 0 || h.inUse == 0 || h.goal == 0 {
+		t.Fatalf("heap sample %+v", h)
+	}
+}
+
+var sink []byte
+
+// GOGC in the environment turns the tuning off, and a process tunes once.
+func TestStartGCTuning(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "GOGC" {
+				return v
+			}
+			return ""
+		}
+	}
+	if startGCTuning(ctx, &wg, env("50")) {
+		t.Fatal("tuning with GOGC set")
+	}
+	if !startGCTuning(ctx, &wg, env("")) {
+		t.Fatal("no tuning without GOGC")
+	}
+	if startGCTuning(ctx, &wg, env("")) {
+		t.Fatal("a second tuner in one process")
+	}
 }
