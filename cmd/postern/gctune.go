@@ -20,16 +20,18 @@ import (
 //
 // So `postern relay serve` sets GOGC, once a second, to make the room
 // between collections what it allocated in gcInterval at its highest rate
-// of the last gcWindow, between 25 % and 100 % of the live heap. It rises
-// at once with traffic and falls only after a whole quiet gcWindow, so
-// traffic that comes and goes keeps GOGC where the peaks put it. At a
-// steady rate below the threshold a collection comes about every
-// gcInterval: more often than GOGC=100 would, a mark of the live heap per
-// gcInterval at most. Entering the quiet floor (25), when the heap holds
-// more than its new goal allows (objects and free memory over the
-// runtime's goal by a tenth), it collects and returns the free memory to
-// the system at once (debug.FreeOSMemory; at most once per gcWindow),
-// which the runtime would otherwise do over minutes. A GOGC in the
+// of the last gcWindow, between 25 and 100 per cent of the live heap (the
+// runtime applies GOGC to stacks and globals too, so the room is somewhat
+// larger). It rises at once with traffic and falls only after a whole
+// quiet gcWindow, so traffic that comes and goes keeps GOGC where the
+// peaks put it. At a steady rate below the threshold a collection comes
+// every gcInterval or less often: more often than GOGC=100 would, a mark
+// of the live heap per gcInterval at most. Entering the floor (25) from a
+// busy spell (GOGC of 50 or more), when the heap holds more than its new
+// goal allows (objects and free memory over the runtime's goal by a
+// tenth), it collects and returns the free memory to the system at once
+// (debug.FreeOSMemory; at most once per gcWindow), which the runtime would
+// otherwise do over minutes. A GOGC in the
 // environment turns all this off, and GOMEMLIMIT (memlimit.go) still bounds
 // the heap either way.
 const (
@@ -122,7 +124,10 @@ func tuneGC(ctx context.Context, tick <-chan time.Time, read func() heapSample, 
 				continue
 			}
 			set(p)
-			entered := p == gcMinPercent
+			// Entering the floor from a busy spell (GOGC at least twice
+			// the floor), not from just above it: a rate at the floor's
+			// edge moves GOGC between 25 and 26.
+			entered := p == gcMinPercent && cur >= 2*gcMinPercent
 			cur = p
 			if entered && n-collectedAt >= gcWindow {
 				h = read() // the goal for the new GOGC
@@ -166,5 +171,5 @@ func gcMode(tuned bool) string {
 	if tuned {
 		return "from the allocation rate, 25-100"
 	}
-	return "as set (GOGC, or another relay in this process tunes it)"
+	return "as set (GOGC is in the environment, another relay in this process tunes it, or the runtime lacks a metric)"
 }

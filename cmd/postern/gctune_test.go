@@ -54,6 +54,7 @@ func TestTuneGC(t *testing.T) {
 		collects := 0
 		tick := make(chan time.Time)
 		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
 		at := time.Now()
 		go tuneGC(ctx, tick, read, set, func() { collects++ })
 		synctest.Wait()
@@ -89,14 +90,29 @@ func TestTuneGC(t *testing.T) {
 		want("50 MiB/s over 400 MiB live", []int{50}, 1)
 		steps(gcWindow, 0, 0)
 		want("quiet again, the heap within its goal", []int{gcMinPercent}, 1)
+		steps(1, 8*mib, 300*mib) // 8 MiB/s: GOGC 8, the floor
+		want("at the floor's edge", nil, 1)
+		steps(1, 30*mib, 300*mib)
+		want("just above the floor", []int{30}, 1)
+		steps(gcWindow, 0, 300*mib)
+		want("back to the floor from just above it", []int{gcMinPercent}, 1)
+		steps(1, 400*mib, 300*mib)
+		steps(gcWindow, 0, 300*mib)
+		want("quiet for a window after a burst", []int{gcMaxPercent, gcMinPercent}, 2)
+		h.live = 4 * mib // the live heap falls: the peak rate now fills it in 4 s
+		steps(1, 1*mib, 300*mib)
+		want("a small live heap", []int{gcMaxPercent}, 2)
+		h.live = 400 * mib
+		steps(1, 0, 300*mib)
+		want("back to the floor within a window of the last collection", []int{gcMinPercent}, 2)
 		for range 3 { // traffic that comes and goes keeps the peaks' GOGC
 			steps(1, 400*mib, 300*mib)
 			steps(gcWindow/2, 0, 300*mib)
 		}
-		want("a burst every half window", []int{gcMaxPercent}, 1)
+		want("a burst every half window", []int{gcMaxPercent}, 2)
 		cancel()
 		synctest.Wait()
-		want("end", []int{77}, 1)
+		want("end", []int{77}, 2)
 	})
 }
 
