@@ -31,9 +31,8 @@ import (
 // goal allows (objects and free memory over the runtime's goal by a
 // tenth), it collects and returns the free memory to the system at once
 // (debug.FreeOSMemory; at most once per gcWindow), which the runtime would
-// otherwise do over minutes. A GOGC in the
-// environment turns all this off, and GOMEMLIMIT (memlimit.go) still bounds
-// the heap either way.
+// otherwise do over minutes. A GOGC in the environment turns all this off,
+// and GOMEMLIMIT (memlimit.go) still bounds the heap either way.
 const (
 	gcTuneEvery  = time.Second
 	gcInterval   = 4 * time.Second

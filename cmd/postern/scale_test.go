@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
@@ -554,13 +555,19 @@ func openOne(ctx context.Context, reg *transport.Registry, ep transport.Endpoint
 }
 
 // sendBulk sends n bytes through session c as one Send of random bytes,
-// which the relay reads whole and refuses as no envelope, then checks the
-// session still answers.
+// which the relay reads whole and refuses as no envelope (a refusal from
+// the relay, not a failure to send, proves the bytes reached it), then
+// checks the session still answers.
 func sendBulk(ctx context.Context, c *client.Client, n int) error {
 	junk := make([]byte, n)
 	rand.Read(junk)
-	if _, err := c.Send(ctx, junk, nil); err == nil {
+	_, err := c.Send(ctx, junk, nil)
+	var refused *relay.Error
+	switch {
+	case err == nil:
 		return errors.New("bulk: the relay accepted random bytes as an envelope")
+	case !errors.As(err, &refused):
+		return fmt.Errorf("bulk: %w", err)
 	}
 	if err := c.Ping(ctx); err != nil {
 		return fmt.Errorf("ping after bulk: %w", err)

@@ -46,8 +46,8 @@ type benchSide struct {
 func syscw() int64 { return procIO("syscw: ") }
 
 // syscr is the process's read system calls so far (/proc/self/io), -1
-// where there is none; reads of /proc/self/io itself count too (one per
-// call, the same in every run).
+// where there is none; the reads of /proc/self/io itself count too (a few
+// per benchmark, the same in every run).
 func syscr() int64 { return procIO("syscr: ") }
 
 // procIO returns the counter named by field in /proc/self/io, -1 where

@@ -140,8 +140,7 @@ func (r *recordReads) drop() {
 	r.stash = nil
 	if r.buf != nil {
 		if cap(*r.buf) <= 64<<10 {
-			*r.buf = (*r.buf)[:0]
-			stashPool.Put(r.buf)
+			stashPool.Put(r.buf) // keep left it empty: *r.buf is stash[:0]
 		}
 		r.buf = nil
 	}
