@@ -3,12 +3,18 @@
 package h3
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -31,7 +37,17 @@ import (
 //	                      keeps quic-go's GSO path: sendHook)
 //	h3-pkts/sendmsg, ...  QUIC packets per sendmsg (GSO batch size)
 //
-// ns/op covers both transports; ignore it.
+// With POSTERN_HY2BENCH naming a built hy2bench (the module in hy2bench/:
+// Hysteria 2's core, github.com/apernet/hysteria/core/v2, server and
+// client in a process of their own), Hysteria 2 runs the same rounds as a
+// third side, in turn with the other two, and the benchmark adds
+//
+//	hy2-MB/s, ratio-hy2, median-ratio-hy2
+//	                      its rate, and h3's against it as above
+//
+// (no sendmsg counts for it: they are counted inside this process).
+//
+// ns/op covers all the transports; ignore it.
 func BenchmarkVsRaw(b *testing.B) {
 	for _, mode := range []struct {
 		name  string
@@ -48,6 +64,9 @@ func BenchmarkVsRaw(b *testing.B) {
 			}
 			sides[0].c = sessionPair(b, mode.serve, &sides[0].sends)
 			sides[1].c = rawPair(b, mode.serve, &sides[1].sends)
+			if cmd := strings.Fields(os.Getenv(envHy2Bench)); len(cmd) > 0 {
+				sides = append(sides, hy2Side(b, cmd, mode.name))
+			}
 			compareRounds(b, sides, mode.round)
 		})
 	}
@@ -57,9 +76,58 @@ type benchSide struct {
 	name   string
 	c      io.ReadWriter
 	sends  sendCount
+	remote func(k int) (time.Duration, error) // a side in another process
 	dur    time.Duration
 	ops    int
 	rounds []time.Duration
+}
+
+// envHy2Bench names the hy2bench binary, and any flags of its own (such as
+// -bandwidth) after it; see BenchmarkVsRaw.
+const envHy2Bench = "POSTERN_HY2BENCH"
+
+// hy2Side starts hy2bench (argv: the binary and its flags) in mode (it
+// warms up before it says ready) and returns a side whose rounds it runs
+// and times.
+func hy2Side(b *testing.B, argv []string, mode string) *benchSide {
+	args := append(argv[1:len(argv):len(argv)], "-mode", mode, "-chunk", strconv.Itoa(benchChunk), "-warmup", strconv.Itoa(benchWarmup))
+	cmd := exec.Command(argv[0], args...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("%s: %v", envHy2Bench, err)
+	}
+	b.Cleanup(func() {
+		in.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("hy2bench: %v", err)
+		}
+	})
+	out := bufio.NewReader(outPipe)
+	if line, err := out.ReadString('\n'); err != nil || line != "ready\n" {
+		b.Fatalf("hy2bench: %q, %v", line, err)
+	}
+	return &benchSide{name: "hy2", remote: func(k int) (time.Duration, error) {
+		if _, err := fmt.Fprintf(in, "round %d\n", k); err != nil {
+			return 0, err
+		}
+		line, err := out.ReadString('\n')
+		var ns int64
+		if err == nil {
+			_, err = fmt.Sscanf(line, "done %d\n", &ns)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("hy2bench: %q, %v", line, err)
+		}
+		return time.Duration(ns), nil
+	}}
 }
 
 const (
@@ -71,7 +139,18 @@ const (
 // that alternate between the sides, and reports the metrics above.
 func compareRounds(b *testing.B, sides []*benchSide, round func(io.ReadWriter, int, []byte) error) {
 	buf := pattern(benchChunk, 7)
+	run := func(s *benchSide, k int) (time.Duration, error) {
+		if s.remote != nil {
+			return s.remote(k)
+		}
+		start := time.Now()
+		err := round(s.c, k, buf)
+		return time.Since(start), err
+	}
 	for _, s := range sides {
+		if s.remote != nil {
+			continue // it warmed up before it said ready
+		}
 		if err := round(s.c, benchWarmup, buf); err != nil {
 			b.Fatalf("%s warm-up: %v", s.name, err)
 		}
@@ -82,11 +161,10 @@ func compareRounds(b *testing.B, sides []*benchSide, round func(io.ReadWriter, i
 	for r := range benchRounds {
 		for i := range sides {
 			s := sides[(i+r)%len(sides)]
-			start := time.Now()
-			if err := round(s.c, k, buf); err != nil {
+			d, err := run(s, k)
+			if err != nil {
 				b.Fatalf("%s: %v", s.name, err)
 			}
-			d := time.Since(start)
 			s.dur += d
 			s.ops += k
 			s.rounds = append(s.rounds, d)
@@ -96,16 +174,25 @@ func compareRounds(b *testing.B, sides []*benchSide, round func(io.ReadWriter, i
 	mbps := func(s *benchSide) float64 { return float64(s.ops) * benchChunk / s.dur.Seconds() / 1e6 }
 	for _, s := range sides {
 		b.ReportMetric(mbps(s), s.name+"-MB/s")
+		if s.remote != nil {
+			continue
+		}
 		b.ReportMetric(float64(s.sends.calls.Load())/float64(s.ops), s.name+"-sendmsg/op")
 		b.ReportMetric(float64(s.sends.packets.Load())/float64(max(1, s.sends.calls.Load())), s.name+"-pkts/sendmsg")
 	}
-	b.ReportMetric(mbps(sides[0])/mbps(sides[1]), "ratio")
-	ratios := make([]float64, benchRounds)
-	for r := range ratios { // rounds r of both sides ran back to back
-		ratios[r] = sides[1].rounds[r].Seconds() / sides[0].rounds[r].Seconds()
+	for i, s := range sides[1:] {
+		suffix := "" // h3 against raw quic-go keeps its old names
+		if i > 0 {
+			suffix = "-" + s.name
+		}
+		b.ReportMetric(mbps(sides[0])/mbps(s), "ratio"+suffix)
+		ratios := make([]float64, benchRounds)
+		for r := range ratios { // rounds r of all sides ran back to back
+			ratios[r] = s.rounds[r].Seconds() / sides[0].rounds[r].Seconds()
+		}
+		slices.Sort(ratios)
+		b.ReportMetric(ratios[len(ratios)/2], "median-ratio"+suffix)
 	}
-	slices.Sort(ratios)
-	b.ReportMetric(ratios[len(ratios)/2], "median-ratio")
 }
 
 // echoRound writes k chunks and reads their echo concurrently.
