@@ -55,6 +55,11 @@ import (
 //	                         runtime returns memory to the system over
 //	                         seconds, and the relay lowers GOGC once opening
 //	                         stops (gctune.go)
+//	POSTERN_SCALE_TRAFFIC    envelopes/s of 4 KiB to send, open loop, once the
+//	                         sessions are measured held, while they stay
+//	                         held (default 0: no traffic phase; see
+//	                         runTraffic)
+//	POSTERN_SCALE_TRAFFIC_FOR how long the traffic phase lasts (default 1m)
 //	POSTERN_SCALE_TIMEOUT    bound of one transport's run (default 20m)
 //	POSTERN_SCALE_MEMORY_MIB the relay's memory_limit in MiB (default 2048;
 //	                         GOMEMLIMIT is nine tenths of it)
@@ -277,6 +282,9 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	}
 	if rl.profile != "" {
 		rl.heapProfile(t, ctx)
+	}
+	if rate := envInt("POSTERN_SCALE_TRAFFIC", 0); rate > 0 {
+		runTraffic(t, ctx, rl, tr, legit, k, rate, envDuration("POSTERN_SCALE_TRAFFIC_FOR", time.Minute))
 	}
 	dead, sampleFails, pingFails, err := h.check(ctx)
 	if err != nil {
