@@ -12,17 +12,18 @@ import (
 
 func TestGCPercentFor(t *testing.T) {
 	const mib = 1 << 20
+	perSec := func(b float64) float64 { return b / gcInterval.Seconds() } // b in gcInterval
 	for _, c := range []struct {
 		live, rate float64
 		want       int
 	}{
-		{0, 0, gcMaxPercent},                  // nothing live yet
-		{400 * mib, 0, gcMinPercent},          // idle sessions: a quarter's room
-		{400 * mib, 1 * mib, gcMinPercent},    // pings
-		{400 * mib, 50 * mib, 50},             // 200 MiB in gcInterval: half the live heap
-		{400 * mib, 200 * mib, gcMaxPercent},  // traffic: Go's default
-		{20 * mib, 5 * mib, gcMaxPercent},     // a small heap under traffic
-		{400 * mib, 1000 * mib, gcMaxPercent}, // never above the default
+		{0, 0, gcMaxPercent},                          // nothing live yet
+		{400 * mib, 0, gcMinPercent},                  // idle sessions: a quarter's room
+		{400 * mib, 1 * mib, gcMinPercent},            // pings
+		{400 * mib, perSec(200 * mib), 50},            // half the live heap in gcInterval
+		{400 * mib, perSec(800 * mib), gcMaxPercent},  // traffic: Go's default
+		{20 * mib, 5 * mib, gcMaxPercent},             // a small heap under traffic
+		{400 * mib, perSec(4000 * mib), gcMaxPercent}, // never above the default
 	} {
 		if got := gcPercentFor(c.live, c.rate); got != c.want {
 			t.Errorf("gcPercentFor(live %.0f MiB, %.0f MiB/s) = %d, want %d", c.live/mib, c.rate/mib, got, c.want)
@@ -77,6 +78,9 @@ func TestTuneGC(t *testing.T) {
 				synctest.Wait()
 			}
 		}
+		// pct returns the rate that alone would set GOGC to pct over the
+		// 400 MiB live.
+		pct := func(p uint64) uint64 { return p * 4 * mib / uint64(gcInterval.Seconds()) }
 		want("start", []int{gcMaxPercent}, 0)
 		steps(1, 0, 0)
 		want("idle, the heap within its goal", []int{gcMinPercent}, 0)
@@ -86,20 +90,20 @@ func TestTuneGC(t *testing.T) {
 		want("quiet, for less than a window", nil, 0)
 		steps(1, 0, 300*mib)
 		want("quiet for a window, 300 MiB free from the busy spell", []int{gcMinPercent}, 1)
-		steps(1, 50*mib, 300*mib)
-		want("50 MiB/s over 400 MiB live", []int{50}, 1)
+		steps(1, pct(50), 300*mib)
+		want("half the live heap in gcInterval", []int{50}, 1)
 		steps(gcWindow, 0, 0)
 		want("quiet again, the heap within its goal", []int{gcMinPercent}, 1)
-		steps(1, 8*mib, 300*mib) // 8 MiB/s: GOGC 8, the floor
+		steps(1, pct(8), 300*mib) // GOGC 8: the floor
 		want("at the floor's edge", nil, 1)
-		steps(1, 30*mib, 300*mib)
+		steps(1, pct(30), 300*mib)
 		want("just above the floor", []int{30}, 1)
 		steps(gcWindow, 0, 300*mib)
 		want("back to the floor from just above it", []int{gcMinPercent}, 1)
 		steps(1, 400*mib, 300*mib)
 		steps(gcWindow, 0, 300*mib)
 		want("quiet for a window after a burst", []int{gcMaxPercent, gcMinPercent}, 2)
-		h.live = 4 * mib // the live heap falls: the peak rate now fills it in 4 s
+		h.live = 4 * mib // the live heap falls: the peak rate now fills it at once
 		steps(1, 1*mib, 300*mib)
 		want("a small live heap", []int{gcMaxPercent}, 2)
 		h.live = 400 * mib
