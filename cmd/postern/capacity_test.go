@@ -90,52 +90,11 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 	}
 
 	// The receiver takes every push and acks them from another goroutine
-	// in batches of up to 128, as relay/server's RelayLoad does, so that
-	// an ack's round trip never delays a delivery.
+	// in batches (takeAll), so that an ack's round trip never delays a
+	// delivery.
 	var delivered atomic.Int64
 	recvDone := make(chan error, 1)
-	refs := make(chan client.Ref, n)
-	go func() {
-		defer close(refs)
-		seen := make(map[client.Ref]bool, n)
-		for delivered.Load() < int64(n) {
-			select {
-			case dl, ok := <-recv.recv.Deliveries():
-				if !ok {
-					recvDone <- fmt.Errorf("receiver's session ended: %v", recv.recv.Err())
-					return
-				}
-				if seen[dl.Ref] {
-					recvDone <- fmt.Errorf("envelope delivered twice after %d distinct", len(seen))
-					return
-				}
-				seen[dl.Ref] = true
-				refs <- dl.Ref
-				delivered.Add(1)
-			case <-ctx.Done():
-				recvDone <- ctx.Err()
-				return
-			}
-		}
-		recvDone <- nil
-	}()
-	acked := make(chan error, 1)
-	go func() {
-		var batch []client.Ref
-		for ref := range refs {
-			batch = append(batch[:0], ref)
-			for len(batch) < 128 && len(refs) > 0 {
-				batch = append(batch, <-refs)
-			}
-			if _, err := recv.recv.Ack(ctx, recv.owner, recv.id, batch...); err != nil {
-				acked <- err
-				for range refs {
-				}
-				return
-			}
-		}
-		acked <- nil
-	}()
+	go func() { recvDone <- takeAll(ctx, recv, n, &delivered) }()
 
 	if r.profile != "" {
 		r.cmd.Process.Signal(syscall.SIGUSR2) // a CPU profile of the timed phase
@@ -167,9 +126,6 @@ func runCapacity(t *testing.T, tr string, n, senders int) {
 	}
 	if err := <-recvDone; err != nil {
 		t.Fatalf("after %d of %d delivered: %v", delivered.Load(), n, err)
-	}
-	if err := <-acked; err != nil {
-		t.Fatalf("ack: %v", err)
 	}
 	all := time.Since(start)
 	relayCPU, selfCPU := cpuTime(t, r.cmd.Process.Pid)-relay0, cpuTime(t, os.Getpid())-self0

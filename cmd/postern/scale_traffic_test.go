@@ -122,9 +122,11 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 }
 
 // takeAll takes n deliveries on l's mailbox and acks them from another
-// goroutine in batches of up to 128, as TestRelayCapacity's receiver does.
+// goroutine in batches of up to 128, as relay/server's RelayLoad does, so
+// that an ack's round trip never delays a delivery. An envelope delivered
+// twice is an error.
 func takeAll(ctx context.Context, l *legitClient, n int, delivered *atomic.Int64) error {
-	refs := make(chan client.Ref, 1024)
+	refs := make(chan client.Ref, n) // the receiver never waits for the acks
 	acked := make(chan error, 1)
 	go func() {
 		var batch []client.Ref
@@ -144,12 +146,17 @@ func takeAll(ctx context.Context, l *legitClient, n int, delivered *atomic.Int64
 	}()
 	err := func() error {
 		defer close(refs)
+		seen := make(map[client.Ref]bool, n)
 		for delivered.Load() < int64(n) {
 			select {
 			case dl, ok := <-l.recv.Deliveries():
 				if !ok {
 					return fmt.Errorf("receiver's session ended: %v", l.recv.Err())
 				}
+				if seen[dl.Ref] {
+					return fmt.Errorf("envelope delivered twice after %d distinct", len(seen))
+				}
+				seen[dl.Ref] = true
 				refs <- dl.Ref
 				delivered.Add(1)
 			case <-ctx.Done():
@@ -158,8 +165,8 @@ func takeAll(ctx context.Context, l *legitClient, n int, delivered *atomic.Int64
 		}
 		return nil
 	}()
-	if aerr := <-acked; err == nil {
-		err = aerr
+	if aerr := <-acked; err == nil && aerr != nil {
+		err = fmt.Errorf("ack: %w", aerr)
 	}
 	return err
 }
