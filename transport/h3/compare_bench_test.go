@@ -105,7 +105,9 @@ func hy2Side(b *testing.B, argv []string, mode string) *benchSide {
 		b.Fatalf("%s: %v", envHy2Bench, err)
 	}
 	b.Cleanup(func() {
-		in.Close()
+		in.Close() // it exits at the end of its input
+		stuck := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+		defer stuck.Stop()
 		if err := cmd.Wait(); err != nil {
 			b.Errorf("hy2bench: %v", err)
 		}
