@@ -23,8 +23,10 @@ import (
 // of the last gcWindow, between 25 and 100 per cent of the live heap (the
 // runtime applies GOGC to stacks and globals too, so the room is somewhat
 // larger). It rises at once with traffic and falls only after a whole
-// quiet gcWindow, so traffic that comes and goes keeps GOGC where the
-// peaks put it. At a steady rate below the threshold a collection comes
+// gcWindow, so traffic that comes and goes keeps GOGC where the peaks put
+// it; but gcQuiet ticks in a row at the floor's rate (a relay whose
+// sessions only ping) end the window at once, so a relay that has gone
+// quiet reaches the floor in 10 s, not a minute. At a steady rate below the threshold a collection comes
 // every gcInterval or less often: more often than GOGC=100 would, a mark
 // of the live heap per gcInterval at most. gcInterval was 4 s; with 19,000
 // idle https sessions (about 330 MB of live heap and stacks) under 500
@@ -43,6 +45,7 @@ const (
 	gcTuneEvery  = time.Second
 	gcInterval   = 16 * time.Second
 	gcWindow     = 60 // ticks of gcTuneEvery: the rate is the highest over these
+	gcQuiet      = 10 // ticks at the floor's rate that end the window early
 	gcMinPercent = 25
 	gcMaxPercent = 100
 )
@@ -124,6 +127,13 @@ func tuneGC(ctx context.Context, tick <-chan time.Time, read func() heapSample, 
 			last, lastAt = h, now
 			rates[n%gcWindow] = rate
 			n++
+			// gcQuiet ticks in a row at the floor's rate end the busy
+			// spell: the rates before them are forgotten.
+			if cur > gcMinPercent && n >= gcQuiet && gcPercentFor(float64(h.live), lastMax(rates[:], n, gcQuiet)) == gcMinPercent {
+				for i := range gcWindow - gcQuiet {
+					rates[(n+i)%gcWindow] = 0
+				}
+			}
 			p := gcPercentFor(float64(h.live), slices.Max(rates[:min(n, gcWindow)]))
 			if p == cur {
 				continue
@@ -143,6 +153,16 @@ func tuneGC(ctx context.Context, tick <-chan time.Time, read func() heapSample, 
 			}
 		}
 	}
+}
+
+// lastMax returns the highest of the last k of the n values written to the
+// ring r so far (k <= n, k <= len(r)).
+func lastMax(r []float64, n, k int) float64 {
+	m := 0.0
+	for i := n - k; i < n; i++ {
+		m = max(m, r[i%len(r)])
+	}
+	return m
 }
 
 // gcTuning is held by the one tuneGC a process runs: GOGC is the

@@ -32,8 +32,10 @@ func TestGCPercentFor(t *testing.T) {
 }
 
 // tuneGC sets GOGC from the highest allocation rate of the last gcWindow
-// ticks: up at once, down only after a whole window. Entering the floor
-// with more heap than the new goal allows, it collects; never otherwise.
+// ticks: up at once, down only after a whole window, or to the floor after
+// gcQuiet ticks at the floor's rate. Entering the floor from 50 or more
+// with more heap than the new goal allows, it collects, at most once a
+// window; never otherwise.
 // It puts back the GOGC that was set before when it ends.
 func TestTuneGC(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -86,37 +88,52 @@ func TestTuneGC(t *testing.T) {
 		want("idle, the heap within its goal", []int{gcMinPercent}, 0)
 		steps(1, 400*mib, 0)
 		want("traffic: up at once", []int{gcMaxPercent}, 0)
-		steps(gcWindow-1, 0, 300*mib)
-		want("quiet, for less than a window", nil, 0)
+		steps(gcQuiet-1, 0, 300*mib)
+		want("quiet, for less than gcQuiet ticks", nil, 0)
 		steps(1, 0, 300*mib)
-		want("quiet for a window, 300 MiB free from the busy spell", []int{gcMinPercent}, 1)
+		want("quiet for gcQuiet ticks, 300 MiB free from the busy spell", []int{gcMinPercent}, 1)
 		steps(1, pct(50), 300*mib)
 		want("half the live heap in gcInterval", []int{50}, 1)
-		steps(gcWindow, 0, 0)
+		steps(gcWindow-1, pct(30), 300*mib)
+		want("less traffic, not quiet, for less than a window", nil, 1)
+		steps(1, pct(30), 300*mib)
+		want("less traffic for a window", []int{30}, 1)
+		steps(gcQuiet, 0, 0)
 		want("quiet again, the heap within its goal", []int{gcMinPercent}, 1)
 		steps(1, pct(8), 300*mib) // GOGC 8: the floor
 		want("at the floor's edge", nil, 1)
 		steps(1, pct(30), 300*mib)
 		want("just above the floor", []int{30}, 1)
-		steps(gcWindow, 0, 300*mib)
+		steps(gcQuiet, 0, 300*mib)
 		want("back to the floor from just above it", []int{gcMinPercent}, 1)
 		steps(1, 400*mib, 300*mib)
-		steps(gcWindow, 0, 300*mib)
-		want("quiet for a window after a burst", []int{gcMaxPercent, gcMinPercent}, 2)
-		h.live = 4 * mib // the live heap falls: the peak rate now fills it at once
-		steps(1, 1*mib, 300*mib)
-		want("a small live heap", []int{gcMaxPercent}, 2)
-		h.live = 400 * mib
-		steps(1, 0, 300*mib)
-		want("back to the floor within a window of the last collection", []int{gcMinPercent}, 2)
+		steps(gcQuiet, 0, 300*mib)
+		want("quiet after a burst", []int{gcMaxPercent, gcMinPercent}, 2)
+		// Bursts with quiet gaps of gcQuiet ticks: down and up each time,
+		// one collection a window at most.
+		for range gcWindow / (gcQuiet + 1) {
+			steps(1, 400*mib, 300*mib)
+			steps(gcQuiet, 0, 300*mib)
+		}
+		want("bursts with quiet gaps, within a window of the last collection",
+			slices.Repeat([]int{gcMaxPercent, gcMinPercent}, gcWindow/(gcQuiet+1)), 2)
+		steps(1, 400*mib, 300*mib)
+		steps(gcQuiet, 0, 300*mib)
+		want("a burst and a quiet gap a window after the last collection", []int{gcMaxPercent, gcMinPercent}, 3)
 		for range 3 { // traffic that comes and goes keeps the peaks' GOGC
 			steps(1, 400*mib, 300*mib)
-			steps(gcWindow/2, 0, 300*mib)
+			steps(gcQuiet-1, 0, 300*mib)
 		}
-		want("a burst every half window", []int{gcMaxPercent}, 2)
+		want("a burst every gcQuiet ticks", []int{gcMaxPercent}, 3)
+		h.live = 4 * mib // the live heap falls: the peak rate now fills it at once
+		steps(1, 1*mib, 300*mib)
+		want("a small live heap", nil, 3)
+		h.live = 400 * mib
+		steps(gcQuiet, 0, 300*mib)
+		want("back to the floor within a window of the last collection", []int{gcMinPercent}, 3)
 		cancel()
 		synctest.Wait()
-		want("end", []int{77}, 2)
+		want("end", []int{77}, 3)
 	})
 }
 
