@@ -35,6 +35,7 @@ var (
 		"postern_store_disk_full":                     false,
 		"postern_store_commit_duration_seconds":       true,
 		"postern_store_commit_writes":                 true,
+		"postern_store_syncs_total":                   false,
 	}
 	probeMetrics = map[string]bool{
 		"postern_probe_success":          false,

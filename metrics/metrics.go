@@ -36,6 +36,7 @@
 //	postern_forward_queue_items, _bytes                   gauges read from the outbox at scrape time
 //	postern_store_commit_duration_seconds                 histogram of store write transactions
 //	postern_store_commit_writes                           histogram of writes per transaction
+//	postern_store_syncs_total                             counter, fdatasyncs of group commits
 //
 // # Probe metrics
 //
@@ -160,7 +161,8 @@ type StoreStats struct {
 	Mailboxes int
 	Envelopes int
 	Bytes     int64
-	DiskFull  bool // writes are failing for lack of disk space
+	DiskFull  bool   // writes are failing for lack of disk space
+	Syncs     uint64 // fdatasyncs of the store's log so far
 }
 
 // NewRelay returns relay metrics on a new registry; version is the
@@ -348,6 +350,8 @@ var (
 		"Forward layers waiting in this entry relay's outbox for their home relays.", nil, nil)
 	outboxBytesDesc = prometheus.NewDesc("postern_forward_queue_bytes",
 		"Bytes of forward layers waiting in the outbox.", nil, nil)
+	storeSyncsDesc = prometheus.NewDesc("postern_store_syncs_total",
+		"fdatasyncs of the store's group commits (acks alone are held and share the next commit's).", nil, nil)
 	storeDiskFullDesc = prometheus.NewDesc("postern_store_disk_full",
 		"1 while the store's writes fail for lack of disk space (envelopes are refused), else 0.", nil, nil)
 )
@@ -360,6 +364,7 @@ func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storeEnvelopesDesc
 	ch <- storeBytesDesc
 	ch <- storeDiskFullDesc
+	ch <- storeSyncsDesc
 	ch <- outboxItemsDesc
 	ch <- outboxBytesDesc
 }
@@ -377,6 +382,7 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 		full = 1
 	}
 	ch <- prometheus.MustNewConstMetric(storeDiskFullDesc, prometheus.GaugeValue, full)
+	ch <- prometheus.MustNewConstMetric(storeSyncsDesc, prometheus.CounterValue, float64(s.Syncs))
 	var items int
 	var bytes int64
 	if f := c.r.outbox.Load(); f != nil {

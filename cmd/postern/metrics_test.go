@@ -363,6 +363,10 @@ func TestMetricsCountWorkload(t *testing.T) {
 	if w := got[`postern_store_commit_writes_sum`]; w < float64(accepted+delivered) {
 		t.Errorf("postern_store_commit_writes_sum = %v, want at least %d (sends and acks)", w, accepted+delivered)
 	}
+	// Each commit with puts is synced; acks alone may share a later sync.
+	if n := got[`postern_store_syncs_total`]; n < 1 || n > got[`postern_store_commit_writes_count`] {
+		t.Errorf("postern_store_syncs_total = %v with %v commits", n, got[`postern_store_commit_writes_count`])
+	}
 	if got[`postern_store_commit_duration_seconds_count`] != got[`postern_store_commit_writes_count`] {
 		t.Errorf("commit duration and writes histograms disagree")
 	}

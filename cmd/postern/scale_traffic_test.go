@@ -110,13 +110,14 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 	gc := m1["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
 	commits := m1["postern_store_commit_writes_count"] - m0["postern_store_commit_writes_count"]
 	writes := m1["postern_store_commit_writes_sum"] - m0["postern_store_commit_writes_sum"]
+	syncs := m1["postern_store_syncs_total"] - m0["postern_store_syncs_total"]
 	t.Logf("%s traffic: %d envelopes of 4 KiB at %d/s from %d sessions, sent in %s, all delivered and acked after %s",
 		tr, n, rate, len(cs), sent.Round(time.Millisecond), wall.Round(time.Millisecond))
 	t.Logf("%s traffic: relay CPU %.1f%% of one core (%.1f µs per envelope), load generator %.1f%%; relay GC cycles %.0f (one per %.1f s)",
 		tr, 100*relayCPU.Seconds()/wall.Seconds(), float64(relayCPU.Microseconds())/float64(n),
 		100*selfCPU.Seconds()/wall.Seconds(), gc, wall.Seconds()/max(gc, 1))
-	t.Logf("%s traffic: the store committed %.0f times (%.2f a envelope, each sent and acked), %.1f writes a commit",
-		tr, commits, commits/float64(n), writes/max(commits, 1))
+	t.Logf("%s traffic: the store committed %.0f times (%.2f a envelope, each sent and acked), %.1f writes a commit, %.2f fdatasyncs a envelope",
+		tr, commits, commits/float64(n), writes/max(commits, 1), syncs/float64(n))
 	if _, last := rl.gcTrace(); last != "" { // GODEBUG=gctrace=1: live heap against the goal
 		t.Logf("%s traffic: the relay's last GC cycle: %s", tr, last)
 	}

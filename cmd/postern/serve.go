@@ -162,7 +162,7 @@ func (r *relayRun) openStore(context.Context) error {
 	st := r.st
 	r.met.WatchStore(func() metrics.StoreStats {
 		s := st.Stats()
-		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes, DiskFull: s.DiskFull}
+		return metrics.StoreStats{Mailboxes: s.Mailboxes, Envelopes: s.Envelopes, Bytes: s.Bytes, DiskFull: s.DiskFull, Syncs: s.Syncs}
 	})
 	r.met.SetQuotaBytes(storeQuota(cfg.MaxStoreBytes))
 	opener, err := forward.NewOpener(r.relayID, ed25519.NewKeyFromSeed(r.secrets.SigningKey).Public().(ed25519.PublicKey), forwardEpoch, 0)

@@ -502,6 +502,10 @@ func benchSendDeliver(b *testing.B, tr transport.Transport, kind string, rate, s
 	raw := rawFsyncLatencies(b, min(b.N, 2000), interval)
 	rawB2B := rawFsyncLatencies(b, min(b.N, 2000), 0)
 	lat := make([]time.Duration, 0, b.N)
+	var syncs0 uint64
+	if r.log != nil {
+		syncs0 = r.log.Stats().Syncs
+	}
 	b.ResetTimer()
 	start := time.Now().Add(interval)
 	got := make(chan struct{})
@@ -534,6 +538,9 @@ func benchSendDeliver(b *testing.B, tr transport.Transport, kind string, rate, s
 	b.ReportMetric(ms(percentile(raw, 0.999)), "raw-fsync-p99.9-ms")
 	b.ReportMetric(ms(percentile(rawB2B, 0.99)), "raw-b2b-fsync-p99-ms")
 	b.ReportMetric(float64(runtime.GOMAXPROCS(0)), "procs")
+	if r.log != nil { // the store's fdatasyncs: one per Put commit, acks mostly sharing them
+		b.ReportMetric(float64(r.log.Stats().Syncs-syncs0)/float64(b.N), "syncs/env")
+	}
 }
 
 // rawFsyncLatencies times n appends of 4 KiB, each followed by fdatasync,

@@ -19,7 +19,10 @@
 // [Store.Put] returns a [Ref] only once the envelope is durable, and every
 // other write (CreateMailbox, RotateMailbox, DeleteMailbox, Ack, Sweep) has
 // taken effect durably when it returns without error, so a crash after that
-// loses none of it. For [Memory], durable means "in this process". A Put
+// loses none of it. The one exception is an Ack's deletion, which a durable
+// store may make durable up to Options.AckSync later: a crash before then,
+// or a failed write, undoes it, which only delivers the envelopes again.
+// For [Memory], durable means "in this process". A Put
 // whose ctx ends while it waits may or may not have stored the envelope;
 // putting it again is safe, since duplicates are stored once.
 //
@@ -116,6 +119,7 @@ type Stats struct {
 	Envelopes int
 	Bytes     int64  // envelope bytes stored
 	Commits   uint64 // durable write transactions so far (always 0 for Memory)
+	Syncs     uint64 // fdatasyncs of the log so far (always 0 for Memory)
 
 	// DiskFull is true while a durable store's writes fail for lack of
 	// disk space or quota (ErrDiskFull): set by a commit that failed with
@@ -170,8 +174,10 @@ type Store interface {
 	FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error)
 
 	// Ack deletes the given envelopes from mailbox id and returns how many
-	// were deleted; refs that are not pending are ignored. The deletion is
-	// durable when Ack returns.
+	// were deleted; refs that are not pending are ignored. Fetch no longer
+	// returns them once Ack returns, but a durable store may make the
+	// deletion durable up to Options.AckSync later; a crash (or a failed
+	// write) before then undoes it and the envelopes are pending again.
 	Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, error)
 
 	// Notify subscribes to arrivals in mailbox id. The channel receives a
@@ -255,7 +261,18 @@ type Options struct {
 	// transaction took (for metrics). It must not block. Memory never
 	// calls it.
 	OnCommit func(writes int, took time.Duration)
+
+	// AckSync is how long a durable store may hold the deletions of Acks
+	// in memory, waiting to write them with the next batch and share its
+	// fdatasync: a deletion that a crash undoes only delivers the
+	// envelopes again, and the recipient drops what it has seen. Default
+	// DefaultAckSync; negative writes and syncs every Ack before it
+	// returns. Memory ignores it.
+	AckSync time.Duration
 }
+
+// DefaultAckSync is Options.AckSync's default.
+const DefaultAckSync = 100 * time.Millisecond
 
 // WithDefaults returns o with every field that asks for a default set to
 // it. Store implementations call it once on the options they are given;
@@ -287,6 +304,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = defaultMaxBatch
+	}
+	if o.AckSync == 0 {
+		o.AckSync = DefaultAckSync
 	}
 	return o
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/postern/postern/relay/store"
 )
@@ -41,6 +42,13 @@ type Store struct {
 	spare   bool          // committer only: the log directory holds a spare segment file
 	buf     []byte        // committer only: the batch buffer, kept between commits
 
+	// Committer only: the records of Ack batches not yet written (see
+	// commit.go), and when the first of them was held.
+	held      []byte
+	heldSince time.Time
+	syncFail  error // tests: fail every sync with this error
+	closeErr  error // a failed write of the held acks at Close
+
 	ops        chan *op
 	quit       chan struct{}
 	stopped    chan struct{}
@@ -54,6 +62,7 @@ type Store struct {
 	envelopes atomic.Int64
 	bytes     atomic.Int64
 	commits   atomic.Uint64
+	syncs     atomic.Uint64
 	diskFull  atomic.Bool
 	outItems  atomic.Int64
 	outBytes  atomic.Int64
@@ -319,6 +328,9 @@ func (s *Store) Close() error {
 		s.closed.Store(true)
 		close(s.quit)
 		<-s.stopped
+		if s.closeErr != nil {
+			err = fmt.Errorf("store: acks not written at close (their envelopes will be delivered again): %w", s.closeErr)
+		}
 		s.bg.Wait()
 		s.markClosed()
 		s.notes.Close()
@@ -340,6 +352,7 @@ func (s *Store) Stats() store.Stats {
 		Envelopes: int(s.envelopes.Load()),
 		Bytes:     s.bytes.Load(),
 		Commits:   s.commits.Load(),
+		Syncs:     s.syncs.Load(),
 		DiskFull:  s.diskFull.Load(),
 	}
 }

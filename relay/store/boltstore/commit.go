@@ -24,11 +24,25 @@ import (
 // alone. A failed write or sync fails every op of the batch: the segment
 // is cut back to where the batch began and the index is replayed from the
 // log.
+//
+// A batch of Acks alone (with Options.AckSync above 0) is applied to the
+// index and reported, but its records are held in memory (s.held), not
+// written: they lead the next batch's frame and share its fdatasync, or
+// the committer writes and syncs them once the first of them has waited
+// AckSync, or at Close. So the log still only ever has one frame not yet
+// synced, at its end (the crash rules of segment.go hold), and at moderate
+// rates, where every envelope is put and then acked, an envelope costs one
+// fdatasync instead of two. A crash of the process or of the machine
+// before then undoes those acks, and so does a failed write or sync of the
+// batch they lead: the envelopes are delivered again (a live subscription
+// pushes them once the client subscribes again), and the recipient drops
+// what it has seen.
 
 // op is one write waiting for the committer.
 type op struct {
 	apply func(w *writer) error
 	done  chan error // buffered, 1
+	lazy  bool       // an Ack: may be reported before it is in the log
 }
 
 // writer is the state of the batch being built. The committer holds s.mu
@@ -57,13 +71,23 @@ func (w *writer) at() loc { return loc{w.seg.num, w.seg.size + int64(len(w.buf))
 
 // do hands apply to the committer and waits for its durable result.
 func (s *Store) do(ctx context.Context, apply func(w *writer) error) error {
+	return s.submit(ctx, &op{apply: apply})
+}
+
+// doLazy is do for a write that may be reported before it is in the log
+// (an Ack; see the comment at the top).
+func (s *Store) doLazy(ctx context.Context, apply func(w *writer) error) error {
+	return s.submit(ctx, &op{apply: apply, lazy: true})
+}
+
+func (s *Store) submit(ctx context.Context, o *op) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	o := &op{apply: apply, done: make(chan error, 1)}
+	o.done = make(chan error, 1)
 	select {
 	case s.ops <- o:
 	case <-s.quit:
@@ -82,14 +106,30 @@ func (s *Store) do(ctx context.Context, apply func(w *writer) error) error {
 func (s *Store) run() {
 	defer close(s.stopped)
 	batch := make([]*op, 0, s.opts.MaxBatch)
+	due := time.NewTimer(time.Hour)
+	due.Stop()
 	for {
 		batch = batch[:0]
+		var dueC <-chan time.Time
+		if len(s.held) > 0 {
+			due.Reset(time.Until(s.heldSince.Add(s.opts.AckSync)))
+			dueC = due.C
+		}
 		select {
 		case o := <-s.ops:
 			batch = append(batch, o)
+		case <-dueC:
+			if s.commit(nil) != nil { // writes and syncs the held acks
+				s.heldSince = time.Now() // kept if no batch began: try again later
+			}
+			continue
 		case <-s.quit:
+			if len(s.held) > 0 {
+				s.closeErr = s.commit(nil)
+			}
 			return
 		}
+		due.Stop()
 		batch = s.collect(batch)
 		s.commit(batch)
 		clear(batch)
@@ -127,9 +167,16 @@ func (s *Store) collect(batch []*op) []*op {
 	return batch
 }
 
-func (s *Store) commit(batch []*op) {
+// commit applies batch, writes and syncs it (led by the held acks), and
+// reports each op's result; a batch of Acks alone is held instead (see the
+// comment at the top). It returns the error of a failed write or sync.
+func (s *Store) commit(batch []*op) error {
 	start := time.Now()
 	results := make([]error, len(batch))
+	lazy := s.opts.AckSync > 0 && len(batch) > 0
+	for _, o := range batch {
+		lazy = lazy && o.lazy
+	}
 	w, err := s.begin()
 	if err == nil {
 		s.mu.Lock()
@@ -137,18 +184,34 @@ func (s *Store) commit(batch []*op) {
 			results[i] = o.apply(w)
 		}
 		s.mu.Unlock()
-		err = s.flush(w)
+		if lazy && len(w.buf)-frameHeader > maxHeld {
+			lazy = false
+		}
+		if !lazy {
+			err = s.flush(w)
+		}
 	}
 	if err != nil {
 		err = s.failed(w, err)
 		for _, o := range batch {
 			o.done <- err
 		}
-		return
+		return err
 	}
 	s.mu.Lock()
-	if len(w.buf) > frameHeader {
-		w.seg.size += int64(len(w.buf))
+	if lazy {
+		if len(s.held) == 0 && len(w.buf) > frameHeader {
+			s.heldSince = time.Now()
+		}
+		s.held = append(s.held[:0], w.buf[frameHeader:]...)
+	} else {
+		s.held = s.held[:0] // they led the batch, which is durable
+		if len(w.buf) > frameHeader {
+			w.seg.size += int64(len(w.buf))
+		}
+	}
+	if len(s.held) == 0 && cap(s.held) > maxHeld {
+		s.held = nil
 	}
 	s.buf = w.buf[:0] // reused by the next batch: nothing points into it now
 	for _, fn := range w.relocs {
@@ -157,14 +220,16 @@ func (s *Store) commit(batch []*op) {
 	s.dropSegments(w.drops)
 	s.durable.Store(w.batch)
 	s.mu.Unlock()
-	s.commits.Add(1)
+	if !lazy {
+		s.commits.Add(1)
+	}
 	s.diskFull.Store(false)
 	s.mailboxes.Add(w.dMailboxes)
 	s.envelopes.Add(w.dEnvelopes)
 	s.bytes.Add(w.dBytes)
 	s.outItems.Add(w.dOutItems)
 	s.outBytes.Add(w.dOutBytes)
-	if s.opts.OnCommit != nil {
+	if s.opts.OnCommit != nil && !lazy {
 		s.opts.OnCommit(len(batch), time.Since(start))
 	}
 	// Wake subscribers before reporting, so a Put that returned has already
@@ -175,7 +240,12 @@ func (s *Store) commit(batch []*op) {
 	for i, o := range batch {
 		o.done <- results[i]
 	}
+	return nil
 }
+
+// maxHeld bounds the ack records held in memory: a batch of acks that
+// would hold more is written and synced at once. (A variable for tests.)
+var maxHeld = 1 << 20
 
 // begin starts a batch, in a new segment if the newest is full.
 func (s *Store) begin() (*writer, error) {
@@ -200,7 +270,8 @@ func (s *Store) begin() (*writer, error) {
 	if s.buf == nil {
 		s.buf = make([]byte, 0, 64<<10)
 	}
-	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: s.buf[:frameHeader]}, nil
+	// The held acks lead the batch (see the comment at the top).
+	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: append(s.buf[:frameHeader], s.held...)}, nil
 }
 
 // nextSegment starts the segment after cur, in the spare file if there is
@@ -255,20 +326,25 @@ func (s *Store) flush(w *writer) error {
 	if _, err := w.seg.f.WriteAt(w.buf, w.seg.size); err != nil {
 		return err
 	}
+	s.written.Add(int64(len(w.buf)))
+	if s.syncFail != nil {
+		return s.syncFail
+	}
 	if err := fdatasync(w.seg.f); err != nil {
 		return err
 	}
-	s.written.Add(int64(len(w.buf)))
+	s.syncs.Add(1)
 	return nil
 }
 
 // failed handles a batch whose write or sync failed: it cuts the segment
-// back to where the batch began, replays the log into a new index and
+// back to where the batch began, drops the held acks, replays the log into a new index and
 // returns the error for the batch's ops. A full disk or quota (ENOSPC,
 // EDQUOT) becomes store.ErrDiskFull (wrapping the cause for the relay's
 // log) and sets Stats.DiskFull until a commit succeeds.
 func (s *Store) failed(w *writer, err error) error {
 	if w != nil {
+		s.held = s.held[:0] // undone: the replayed index has their envelopes
 		if rerr := s.restore(w.seg); rerr != nil {
 			s.broken = fmt.Errorf("store: %s could not be restored after a failed write (%v); restart the relay", s.dir, rerr)
 		}

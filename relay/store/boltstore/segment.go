@@ -61,7 +61,8 @@ func listSegments(dir string) ([]uint64, error) {
 // record's offset in the file and its bytes (valid only during the call).
 // It returns the segment's header and the offset just past the last good
 // batch. In the newest segment (last), a damaged batch that no good batch
-// follows is the batch a crash interrupted, which was never acknowledged:
+// follows is the batch a crash interrupted, which was never acknowledged
+// (but for acks held before it, which are undone, see commit.go):
 // scanSegment stops there and reports torn. Anywhere else damage is an
 // error. A failed read is a *readError, not damage.
 //

@@ -197,7 +197,7 @@ func (s *Store) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Re
 	hid := s.keys.MailboxHash(id)
 	refs = slices.Clone(refs)
 	acked := 0
-	err := s.do(ctx, func(w *writer) error {
+	err := s.doLazy(ctx, func(w *writer) error {
 		b := w.ix.mailbox(hid)
 		if b == nil {
 			return store.ErrNoMailbox
