@@ -20,8 +20,9 @@
 // other write (CreateMailbox, RotateMailbox, DeleteMailbox, Ack, Sweep) has
 // taken effect durably when it returns without error, so a crash after that
 // loses none of it. The one exception is an Ack's deletion, which a durable
-// store may make durable up to Options.AckSync later: a crash before then,
-// or a failed write, undoes it, which only delivers the envelopes again.
+// store may make durable about Options.AckSync later (once its writer is
+// free): a crash before then, or a failed write, undoes it, which only
+// delivers the envelopes again.
 // For [Memory], durable means "in this process". A Put
 // whose ctx ends while it waits may or may not have stored the envelope;
 // putting it again is safe, since duplicates are stored once.
@@ -119,7 +120,7 @@ type Stats struct {
 	Envelopes int
 	Bytes     int64  // envelope bytes stored
 	Commits   uint64 // durable write transactions so far (always 0 for Memory)
-	Syncs     uint64 // fdatasyncs of the log so far (always 0 for Memory)
+	Syncs     uint64 // fdatasyncs of group commits so far (always 0 for Memory)
 
 	// DiskFull is true while a durable store's writes fail for lack of
 	// disk space or quota (ErrDiskFull): set by a commit that failed with
@@ -176,7 +177,7 @@ type Store interface {
 	// Ack deletes the given envelopes from mailbox id and returns how many
 	// were deleted; refs that are not pending are ignored. Fetch no longer
 	// returns them once Ack returns, but a durable store may make the
-	// deletion durable up to Options.AckSync later; a crash (or a failed
+	// deletion durable about Options.AckSync later; a crash (or a failed
 	// write) before then undoes it and the envelopes are pending again.
 	Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, error)
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -132,6 +133,114 @@ func TestAckSyncMaxHeld(t *testing.T) {
 	}
 	if got := s.Stats().Syncs; got != before+1 {
 		t.Fatalf("%d syncs after acks over maxHeld, want %d", got, before+1)
+	}
+}
+
+// Held acks count as writes of the commit that writes them (OnCommit, the
+// postern_store_commit_writes metric), not of a commit of their own.
+func TestAckSyncCounted(t *testing.T) {
+	ctx := context.Background()
+	var writes []int // OnCommit runs on the committer, before the op returns
+	opts := crashOpts
+	opts.AckSync = time.Hour
+	opts.OnCommit = func(n int, _ time.Duration) { writes = append(writes, n) }
+	s, err := Open(t.TempDir(), opts)
+	must(t, err)
+	defer s.Close()
+	id := storetest.ID(1)
+	must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
+	var refs []store.Ref
+	for i := range 2 {
+		ref, err := s.Put(ctx, id, storetest.Envelope(id, 512, i))
+		must(t, err)
+		refs = append(refs, ref)
+	}
+	for _, r := range refs {
+		if _, err := s.Ack(ctx, id, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = s.Put(ctx, id, storetest.Envelope(id, 512, 9))
+	must(t, err)
+	if want := []int{1, 1, 1, 3}; !slices.Equal(writes, want) {
+		t.Fatalf("commits of %v writes, want %v", writes, want)
+	}
+}
+
+// Held acks lead the frame that writes them, before the batch's own
+// records, as the index applied them: with ids reusable at once (Retire
+// < 0), a held ack of seq 1, then a delete, a create and a put of seq 1
+// again, all in one frame, replay to the new envelope.
+func TestAckSyncHeldFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		opts := crashOpts
+		opts.AckSync, opts.Retire = time.Hour, -1
+		s, err := Open(dir, opts)
+		must(t, err)
+		defer s.Close()
+		id := storetest.ID(1)
+		must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
+		old, err := s.Put(ctx, id, storetest.Envelope(id, 512, 1))
+		must(t, err)
+		if n, err := s.Ack(ctx, id, old); n != 1 || err != nil {
+			t.Fatalf("Ack = %d, %v", n, err)
+		}
+		// Hold the committer (in a held batch, which writes nothing) while
+		// the next three queue up, so that they make one batch.
+		release := make(chan struct{})
+		go s.doLazy(ctx, func(*writer) error { <-release; return nil })
+		synctest.Wait()
+		go s.DeleteMailbox(ctx, id)
+		synctest.Wait()
+		go s.CreateMailbox(ctx, id, storetest.Owner(1), nil)
+		synctest.Wait()
+		put := make(chan store.Ref, 1)
+		go func() {
+			ref, err := s.Put(ctx, id, storetest.Envelope(id, 512, 2))
+			if err != nil {
+				t.Error(err)
+			}
+			put <- ref
+		}()
+		synctest.Wait()
+		commits := s.Stats().Commits
+		close(release)
+		ref := <-put
+		if got := s.Stats().Commits - commits; got != 1 {
+			t.Fatalf("the delete, create and put took %d commits, want one", got)
+		}
+		c, err := Open(copyStore(t, dir), opts)
+		must(t, err)
+		defer c.Close()
+		if got := pending(t, c, id); len(got) != 1 || !got[ref] {
+			t.Fatalf("after a crash: %d envelopes (the new one among them: %v), want the new one", len(got), got[ref])
+		}
+	})
+}
+
+// A batch of acks held while writes fail for lack of space leaves
+// DiskFull set: it wrote nothing.
+func TestAckSyncDiskFull(t *testing.T) {
+	ctx := context.Background()
+	s, id, refs := ackSyncSetup(t, t.TempDir(), time.Hour, 2)
+	defer s.Close()
+	must(t, s.doLazy(ctx, func(*writer) error { s.syncFail = syscall.ENOSPC; return nil }))
+	if _, err := s.Put(ctx, id, storetest.Envelope(id, 512, 9)); !errors.Is(err, store.ErrDiskFull) {
+		t.Fatalf("Put on a full disk returned %v", err)
+	}
+	if _, err := s.Ack(ctx, id, refs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Stats().DiskFull {
+		t.Fatal("a held Ack cleared DiskFull")
+	}
+	must(t, s.doLazy(ctx, func(*writer) error { s.syncFail = nil; return nil }))
+	_, err := s.Put(ctx, id, storetest.Envelope(id, 512, 10))
+	must(t, err)
+	if s.Stats().DiskFull {
+		t.Fatal("a Put that was written left DiskFull set")
 	}
 }
 

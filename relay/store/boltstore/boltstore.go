@@ -45,6 +45,7 @@ type Store struct {
 	// Committer only: the records of Ack batches not yet written (see
 	// commit.go), and when the first of them was held.
 	held      []byte
+	heldOps   int // the Acks whose records held holds
 	heldSince time.Time
 	syncFail  error // tests: fail every sync with this error
 	closeErr  error // a failed write of the held acks at Close

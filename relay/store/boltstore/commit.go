@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -177,15 +178,16 @@ func (s *Store) commit(batch []*op) error {
 	for _, o := range batch {
 		lazy = lazy && o.lazy
 	}
-	w, err := s.begin()
+	w, err := s.begin(lazy)
 	if err == nil {
 		s.mu.Lock()
 		for i, o := range batch {
 			results[i] = o.apply(w)
 		}
 		s.mu.Unlock()
-		if lazy && len(w.buf)-frameHeader > maxHeld {
-			lazy = false
+		if lazy && len(s.held)+len(w.buf)-frameHeader > maxHeld {
+			lazy = false // written now, the held acks first
+			w.buf = slices.Concat(w.buf[:frameHeader], s.held, w.buf[frameHeader:])
 		}
 		if !lazy {
 			err = s.flush(w)
@@ -199,13 +201,17 @@ func (s *Store) commit(batch []*op) error {
 		return err
 	}
 	s.mu.Lock()
+	writes := len(batch)
 	if lazy {
 		if len(s.held) == 0 && len(w.buf) > frameHeader {
 			s.heldSince = time.Now()
 		}
-		s.held = append(s.held[:0], w.buf[frameHeader:]...)
+		s.held = append(s.held, w.buf[frameHeader:]...)
+		s.heldOps += len(batch)
 	} else {
 		s.held = s.held[:0] // they led the batch, which is durable
+		writes += s.heldOps
+		s.heldOps = 0
 		if len(w.buf) > frameHeader {
 			w.seg.size += int64(len(w.buf))
 		}
@@ -220,17 +226,17 @@ func (s *Store) commit(batch []*op) error {
 	s.dropSegments(w.drops)
 	s.durable.Store(w.batch)
 	s.mu.Unlock()
-	if !lazy {
+	if !lazy { // a held batch wrote nothing: it says nothing of the disk
 		s.commits.Add(1)
+		s.diskFull.Store(false)
 	}
-	s.diskFull.Store(false)
 	s.mailboxes.Add(w.dMailboxes)
 	s.envelopes.Add(w.dEnvelopes)
 	s.bytes.Add(w.dBytes)
 	s.outItems.Add(w.dOutItems)
 	s.outBytes.Add(w.dOutBytes)
-	if s.opts.OnCommit != nil && !lazy {
-		s.opts.OnCommit(len(batch), time.Since(start))
+	if s.opts.OnCommit != nil && !lazy { // the held acks count in the commit that writes them
+		s.opts.OnCommit(writes, time.Since(start))
 	}
 	// Wake subscribers before reporting, so a Put that returned has already
 	// signalled its mailbox.
@@ -247,8 +253,9 @@ func (s *Store) commit(batch []*op) error {
 // would hold more is written and synced at once. (A variable for tests.)
 var maxHeld = 1 << 20
 
-// begin starts a batch, in a new segment if the newest is full.
-func (s *Store) begin() (*writer, error) {
+// begin starts a batch, in a new segment if the newest is full, led by the
+// held acks unless it is to be held too.
+func (s *Store) begin(held bool) (*writer, error) {
 	if s.broken != nil {
 		return nil, s.broken
 	}
@@ -270,8 +277,11 @@ func (s *Store) begin() (*writer, error) {
 	if s.buf == nil {
 		s.buf = make([]byte, 0, 64<<10)
 	}
-	// The held acks lead the batch (see the comment at the top).
-	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: append(s.buf[:frameHeader], s.held...)}, nil
+	buf := s.buf[:frameHeader]
+	if !held { // the held acks lead the batch (see the comment at the top)
+		buf = append(buf, s.held...)
+	}
+	return &writer{s: s, ix: s.ix, seg: seg, batch: s.batch, buf: buf}, nil
 }
 
 // nextSegment starts the segment after cur, in the spare file if there is
@@ -326,7 +336,6 @@ func (s *Store) flush(w *writer) error {
 	if _, err := w.seg.f.WriteAt(w.buf, w.seg.size); err != nil {
 		return err
 	}
-	s.written.Add(int64(len(w.buf)))
 	if s.syncFail != nil {
 		return s.syncFail
 	}
@@ -334,6 +343,7 @@ func (s *Store) flush(w *writer) error {
 		return err
 	}
 	s.syncs.Add(1)
+	s.written.Add(int64(len(w.buf)))
 	return nil
 }
 
@@ -344,7 +354,7 @@ func (s *Store) flush(w *writer) error {
 // log) and sets Stats.DiskFull until a commit succeeds.
 func (s *Store) failed(w *writer, err error) error {
 	if w != nil {
-		s.held = s.held[:0] // undone: the replayed index has their envelopes
+		s.held, s.heldOps = s.held[:0], 0 // undone: the replayed index has their envelopes
 		if rerr := s.restore(w.seg); rerr != nil {
 			s.broken = fmt.Errorf("store: %s could not be restored after a failed write (%v); restart the relay", s.dir, rerr)
 		}

@@ -73,7 +73,7 @@ func TestNotDurableUnseen(t *testing.T) {
 
 	// What the committer does between applying a batch and its fdatasync
 	// (the committer is idle: no op is in flight).
-	w, err := s.begin()
+	w, err := s.begin(false)
 	must(t, err)
 	hid := s.keys.MailboxHash(id)
 	env := storetest.Envelope(id, 100, 1)
