@@ -34,18 +34,6 @@ func ackSyncSetup(t *testing.T, dir string, ackSync time.Duration, n int) (*Stor
 	return s, id, refs
 }
 
-// pending returns the refs s holds in mailbox id.
-func pending(t *testing.T, s *Store, id [store.IDSize]byte) map[store.Ref]bool {
-	t.Helper()
-	items, err := s.Fetch(context.Background(), id, 1<<20)
-	must(t, err)
-	held := map[store.Ref]bool{}
-	for _, it := range items {
-		held[it.Ref] = true
-	}
-	return held
-}
-
 // An Ack is held, not written: the next write's frame carries it, or the
 // committer writes and syncs it AckSync later, or Close does. Nothing else
 // waits for a sync.
@@ -64,7 +52,7 @@ func TestAckSync(t *testing.T) {
 		if got := syncs(); got != before {
 			t.Fatalf("an Ack synced at once (%d syncs, had %d)", got, before)
 		}
-		if pending(t, s, id)[refs[0]] {
+		if heldRefs(t, s, id)[refs[0]] {
 			t.Fatal("an acked envelope is still fetched")
 		}
 		time.Sleep(wait - time.Millisecond)
@@ -214,7 +202,7 @@ func TestAckSyncHeldFirst(t *testing.T) {
 		c, err := Open(copyStore(t, dir), opts)
 		must(t, err)
 		defer c.Close()
-		if got := pending(t, c, id); len(got) != 1 || !got[ref] {
+		if got := heldRefs(t, c, id); len(got) != 1 || !got[ref] {
 			t.Fatalf("after a crash: %d envelopes (the new one among them: %v), want the new one", len(got), got[ref])
 		}
 	})
@@ -284,7 +272,7 @@ func TestAckSyncCrash(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 		defer c.Close()
-		got := pending(t, c, id)
+		got := heldRefs(t, c, id)
 		for _, r := range want {
 			if !got[r] {
 				t.Fatalf("%s: an envelope is missing (%d held)", what, len(got))
@@ -340,7 +328,7 @@ func TestAckSyncTornFrame(t *testing.T) {
 		t.Fatalf("Open after a torn last frame: %v", err)
 	}
 	defer c.Close()
-	if got := pending(t, c, id); len(got) != 1200 {
+	if got := heldRefs(t, c, id); len(got) != 1200 {
 		t.Fatalf("after a torn last frame: %d envelopes, want the 1,200 put before it", len(got))
 	}
 }
@@ -432,7 +420,7 @@ func TestAckSyncRollover(t *testing.T) {
 	c, err := Open(crashed, crashOpts)
 	must(t, err)
 	defer c.Close()
-	if got := pending(t, c, id); len(got) != len(refs) || got[refs[0]] || !got[ref] {
+	if got := heldRefs(t, c, id); len(got) != len(refs) || got[refs[0]] || !got[ref] {
 		t.Fatalf("after the rollover: %d envelopes (the acked one among them: %v), want %d without it", len(got), got[refs[0]], len(refs))
 	}
 }
@@ -453,7 +441,7 @@ func TestAckSyncCloseFails(t *testing.T) {
 	c, err := Open(dir, crashOpts)
 	must(t, err)
 	defer c.Close()
-	if got := pending(t, c, id); len(got) != 2 {
+	if got := heldRefs(t, c, id); len(got) != 2 {
 		t.Fatalf("reopened: %d envelopes, want both (the held Ack undone)", len(got))
 	}
 }
@@ -488,7 +476,7 @@ func TestAckSyncFails(t *testing.T) {
 						t.Fatalf("Put with a failing sync returned %v", err)
 					}
 				}
-				if got := pending(t, s, id); len(got) != 2 {
+				if got := heldRefs(t, s, id); len(got) != 2 {
 					t.Fatalf("after the failed sync the mailbox holds %d envelopes, want both (the Ack undone)", len(got))
 				}
 				failSyncs(nil)
@@ -501,7 +489,7 @@ func TestAckSyncFails(t *testing.T) {
 				c, err := Open(dir, crashOpts)
 				must(t, err)
 				defer c.Close()
-				if got := pending(t, c, id); len(got) != 2 || !got[refs[0]] || !got[ref] {
+				if got := heldRefs(t, c, id); len(got) != 2 || !got[refs[0]] || !got[ref] {
 					t.Fatalf("reopened: %d envelopes, want the undone ack's and the later Put's", len(got))
 				}
 			})

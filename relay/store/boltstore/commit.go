@@ -348,8 +348,8 @@ func (s *Store) flush(w *writer) error {
 }
 
 // failed handles a batch whose write or sync failed: it cuts the segment
-// back to where the batch began, drops the held acks, replays the log into a new index and
-// returns the error for the batch's ops. A full disk or quota (ENOSPC,
+// back to where the batch began, drops the held acks that led it, replays
+// the log into a new index and returns the error for the batch's ops. A full disk or quota (ENOSPC,
 // EDQUOT) becomes store.ErrDiskFull (wrapping the cause for the relay's
 // log) and sets Stats.DiskFull until a commit succeeds.
 func (s *Store) failed(w *writer, err error) error {
