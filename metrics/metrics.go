@@ -162,7 +162,7 @@ type StoreStats struct {
 	Envelopes int
 	Bytes     int64
 	DiskFull  bool   // writes are failing for lack of disk space
-	Syncs     uint64 // fdatasyncs of the store's log so far
+	Syncs     uint64 // fdatasyncs of the store's group commits so far
 }
 
 // NewRelay returns relay metrics on a new registry; version is the

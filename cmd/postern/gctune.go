@@ -26,8 +26,10 @@ import (
 // gcWindow, so traffic that comes and goes keeps GOGC where the peaks put
 // it; but gcQuiet ticks in a row at the floor's rate (a relay whose
 // sessions only ping) end the window at once, so a relay that has gone
-// quiet reaches the floor in 10 s, not a minute. At a steady rate below the threshold a collection comes
-// every gcInterval or less often: more often than GOGC=100 would, a mark
+// quiet reaches the floor in 10 s, not a minute (19,000 idle https
+// sessions 15 s after they opened: 28.8-29.4 KiB each, against 40.0-42.2
+// when the window ran its minute). At a steady rate below the threshold a
+// collection comes every gcInterval or less often: more often than GOGC=100 would, a mark
 // of the live heap per gcInterval at most. gcInterval was 4 s; with 19,000
 // idle https sessions (about 330 MB of live heap and stacks) under 500
 // envelopes/s that collected 2.5-3 times as often as GOGC=100 for no less
