@@ -21,6 +21,12 @@ func ackSyncSetup(t *testing.T, dir string, ackSync time.Duration, n int) (*Stor
 	t.Helper()
 	opts := crashOpts
 	opts.AckSync = ackSync
+	return ackSyncSetupWith(t, dir, opts, n)
+}
+
+// ackSyncSetupWith is ackSyncSetup with the store's options given whole.
+func ackSyncSetupWith(t *testing.T, dir string, opts store.Options, n int) (*Store, [store.IDSize]byte, []store.Ref) {
+	t.Helper()
 	s, err := Open(dir, opts)
 	must(t, err)
 	id := storetest.ID(1)
@@ -132,23 +138,14 @@ func TestAckSyncCounted(t *testing.T) {
 	opts := crashOpts
 	opts.AckSync = time.Hour
 	opts.OnCommit = func(n int, _ time.Duration) { writes = append(writes, n) }
-	s, err := Open(t.TempDir(), opts)
-	must(t, err)
+	s, id, refs := ackSyncSetupWith(t, t.TempDir(), opts, 2)
 	defer s.Close()
-	id := storetest.ID(1)
-	must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
-	var refs []store.Ref
-	for i := range 2 {
-		ref, err := s.Put(ctx, id, storetest.Envelope(id, 512, i))
-		must(t, err)
-		refs = append(refs, ref)
-	}
 	for _, r := range refs {
 		if _, err := s.Ack(ctx, id, r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = s.Put(ctx, id, storetest.Envelope(id, 512, 9))
+	_, err := s.Put(ctx, id, storetest.Envelope(id, 512, 9))
 	must(t, err)
 	if want := []int{1, 1, 1, 3}; !slices.Equal(writes, want) {
 		t.Fatalf("commits of %v writes, want %v", writes, want)
@@ -165,14 +162,9 @@ func TestAckSyncHeldFirst(t *testing.T) {
 		dir := t.TempDir()
 		opts := crashOpts
 		opts.AckSync, opts.Retire = time.Hour, -1
-		s, err := Open(dir, opts)
-		must(t, err)
+		s, id, refs := ackSyncSetupWith(t, dir, opts, 1)
 		defer s.Close()
-		id := storetest.ID(1)
-		must(t, s.CreateMailbox(ctx, id, storetest.Owner(1), nil))
-		old, err := s.Put(ctx, id, storetest.Envelope(id, 512, 1))
-		must(t, err)
-		if n, err := s.Ack(ctx, id, old); n != 1 || err != nil {
+		if n, err := s.Ack(ctx, id, refs[0]); n != 1 || err != nil {
 			t.Fatalf("Ack = %d, %v", n, err)
 		}
 		// Hold the committer (in a held batch, which writes nothing) while
