@@ -11,6 +11,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
 )
 
 // scaleTrafficSenders is how many sessions the traffic phase sends from.
@@ -61,28 +62,46 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 	relay0, self0 := cpuTime(t, rl.cmd.Process.Pid), cpuTime(t, os.Getpid())
 	start := time.Now()
 	sendLat := make([][]time.Duration, len(cs))
+	due := func(i int) time.Time {
+		return start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
+	}
 	var wg sync.WaitGroup
-	errs := make(chan error, len(cs))
+	errs := make(chan error, len(cs)+1)
+	// One goroutine hands each envelope to its sender at its due time; it
+	// wakes through a relaytest.Pacer, since time.Sleep in a process
+	// otherwise idle wakes up to 1 ms late (the latency, counted from the
+	// due time, would include that). A sender still busy with its last
+	// envelope takes the next late, and the latency counts that too.
+	work := make([]chan int, len(cs))
 	for j, c := range cs {
+		work[j] = make(chan int, n/len(cs)+1)
 		wg.Go(func() {
-			for i := j; i < n; i += len(cs) {
-				due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
-				if wait := time.Until(due); wait > 0 {
-					select {
-					case <-time.After(wait):
-					case <-ctx.Done():
-						errs <- ctx.Err()
-						return
-					}
-				}
+			for i := range work[j] {
 				if _, err := c.Send(ctx, envs[i], nil); err != nil {
 					errs <- fmt.Errorf("traffic send %d of %d: %w", i+1, n, err)
 					return
 				}
-				sendLat[j] = append(sendLat[j], time.Since(due))
+				sendLat[j] = append(sendLat[j], time.Since(due(i)))
 			}
 		})
 	}
+	wg.Go(func() {
+		defer func() {
+			for _, w := range work {
+				close(w)
+			}
+		}()
+		pace := relaytest.NewPacer()
+		defer pace.Close()
+		for i := range n {
+			if err := ctx.Err(); err != nil {
+				errs <- err
+				return
+			}
+			pace.Until(due(i))
+			work[i%len(cs)] <- i
+		}
+	})
 	// The legitimate round trips start halfway, when the relay has run
 	// under the traffic long enough for its GC rule to have followed it.
 	select {

@@ -14,16 +14,24 @@ import "time"
 // more the idler the relay was, so changes that made the relay do less
 // between envelopes looked slower.
 //
-// On Linux a Pacer sleeps in nanosleep on a thread of its own with a
-// timer slack of 1 ns (the default is 50 µs); elsewhere it falls back to
-// time.Sleep. A Pacer belongs to the goroutine that made it, which must
-// call Close when done.
+// On Linux a Pacer waits on a timerfd through the runtime's poller: the
+// kernel's timer, with nanosecond resolution, makes the fd readable, and
+// the readable fd (unlike a timer) ends epoll_wait at once. The goroutine
+// holds no thread or P while it waits. Elsewhere it falls back to
+// time.Sleep. A Pacer is for one goroutine at a time; Close releases it.
 type Pacer struct {
-	release func()
+	t timer
 }
 
-// NewPacer locks the calling goroutine to its thread for precise sleeps.
-func NewPacer() *Pacer { return &Pacer{release: pinThread()} }
+// NewPacer returns a Pacer; it panics if the system refuses a timer,
+// which a test cannot work around.
+func NewPacer() *Pacer {
+	t, err := newTimer()
+	if err != nil {
+		panic("relaytest: pacer timer: " + err.Error())
+	}
+	return &Pacer{t: t}
+}
 
 // Until sleeps until t; it returns at once if t has passed, and never
 // before t.
@@ -33,14 +41,9 @@ func (p *Pacer) Until(t time.Time) {
 		if d <= 0 {
 			return
 		}
-		sleep(d)
+		p.t.sleep(d)
 	}
 }
 
-// Close releases the thread.
-func (p *Pacer) Close() {
-	if p.release != nil {
-		p.release()
-		p.release = nil
-	}
-}
+// Close releases the Pacer's timer; it may be called more than once.
+func (p *Pacer) Close() { p.t.close() }

@@ -3,28 +3,42 @@
 package relaytest
 
 import (
-	"runtime"
-	"syscall"
+	"errors"
+	"io"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// prSetTimerSlack is PR_SET_TIMERSLACK from <linux/prctl.h>; a slack of 0
-// restores the thread's default.
-const prSetTimerSlack = 29
+type timer struct {
+	f *os.File // the timerfd, nonblocking, so reads park in the poller
+}
 
-func pinThread() func() {
-	runtime.LockOSThread()
-	syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerSlack, 1, 0)
-	return func() {
-		syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerSlack, 0, 0)
-		runtime.UnlockOSThread()
+func newTimer() (timer, error) {
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err != nil {
+		return timer{}, err
+	}
+	return timer{f: os.NewFile(uintptr(fd), "timerfd")}, nil
+}
+
+// sleep arms the timer for d from now and reads its expiry count, which
+// the poller delivers once the timer fires.
+func (t timer) sleep(d time.Duration) {
+	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
+	fd := -1
+	if rc, err := t.f.SyscallConn(); err == nil {
+		rc.Control(func(p uintptr) { fd = int(p) })
+	}
+	if fd < 0 || unix.TimerfdSettime(fd, 0, &spec, nil) != nil {
+		time.Sleep(d)
+		return
+	}
+	var n [8]byte
+	if _, err := io.ReadFull(t.f, n[:]); err != nil && !errors.Is(err, os.ErrClosed) {
+		time.Sleep(d)
 	}
 }
 
-// sleep blocks the thread in nanosleep for d, resuming after signals
-// (the runtime's preemption signal among them).
-func sleep(d time.Duration) {
-	ts := syscall.NsecToTimespec(int64(d))
-	for syscall.Nanosleep(&ts, &ts) == syscall.EINTR {
-	}
-}
+func (t timer) close() { t.f.Close() }

@@ -4,6 +4,10 @@ package relaytest
 
 import "time"
 
-func pinThread() func() { return nil }
+type timer struct{}
 
-func sleep(d time.Duration) { time.Sleep(d) }
+func newTimer() (timer, error) { return timer{}, nil }
+
+func (timer) sleep(d time.Duration) { time.Sleep(d) }
+
+func (timer) close() {}

@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// TestPacerNeverEarly: Until never returns before its time, returns at
-// once for a time already past, and a Pacer can be closed twice.
+// TestPacerNeverEarly: Until never returns before its time, whether the
+// time is near or past, nor after Close (time.Sleep then), and a Pacer can
+// be closed twice.
 func TestPacerNeverEarly(t *testing.T) {
 	p := NewPacer()
 	defer p.Close()
@@ -18,8 +19,12 @@ func TestPacerNeverEarly(t *testing.T) {
 			t.Fatalf("sleep %d returned %v early", i, due.Sub(now))
 		}
 	}
-	past := time.Now().Add(-time.Hour)
-	p.Until(past)
+	p.Until(time.Now().Add(-time.Hour))
 	p.Close()
+	due := time.Now().Add(2 * time.Millisecond)
+	p.Until(due)
+	if now := time.Now(); now.Before(due) {
+		t.Fatalf("sleep after Close returned %v early", due.Sub(now))
+	}
 	p.Close()
 }
