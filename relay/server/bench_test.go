@@ -122,6 +122,7 @@ type benchRelay struct {
 	srv         *server.Server
 	bl          *benchListener
 	log         *boltstore.Store // nil for the memory store
+	dir         string           // the log store's directory
 	writes      atomic.Int64     // envelopes in group commits (bolt)
 	commits     atomic.Int64     // group commits (bolt)
 	relayWrites atomic.Int64     // the relay's writes to its sessions' transports
@@ -148,7 +149,7 @@ func startRelay(b *testing.B, tr transport.Transport, kind string, n int) *bench
 		if err != nil {
 			b.Fatal(err)
 		}
-		st, r.log = bs, bs
+		st, r.log, r.dir = bs, bs, dir
 		if kind == "warm" {
 			warmStore(b, bs, filepath.Join(dir, boltstore.LogDir))
 		}
@@ -342,7 +343,7 @@ func (c countingConn) Write(p []byte) (int, error) {
 // envelopes per second do not.
 type diskMeter struct {
 	r                *benchRelay
-	io0, log0        int64
+	io0, log0, dev0  int64
 	writes0, commit0 int64
 	cpu0, syscw0     int64
 	relayWrites0     int64
@@ -362,6 +363,7 @@ func (r *benchRelay) meter() diskMeter {
 		cpu0: cpuTime(), syscw0: procIO("syscw"), relayWrites0: r.relayWrites.Load(), relayReads0: r.relayReads.Load(), alloc0: totalAlloc()}
 	if r.log != nil {
 		m.log0 = r.log.LogBytes()
+		m.dev0 = storetest.DeviceWriteBytes(r.dir)
 	}
 	return m
 }
@@ -414,6 +416,7 @@ func (m diskMeter) report(b *testing.B, n int) {
 		return
 	}
 	storetest.ReportWrites(b, n, "env", m.io0)
+	storetest.ReportDeviceWrites(b, n, "env", m.r.dir, m.dev0)
 	b.ReportMetric(float64(m.r.log.LogBytes()-m.log0)/float64(n), "log-bytes/env")
 	if c := m.r.commits.Load() - m.commit0; c > 0 {
 		b.ReportMetric(float64(m.r.writes.Load()-m.writes0)/float64(c), "env/commit")
@@ -655,7 +658,7 @@ func BenchmarkRawFsync(b *testing.B) {
 	f := rawFile(b)
 	buf := make([]byte, envelope.Bucket4K)
 	b.SetBytes(envelope.Bucket4K)
-	w0 := storetest.WriteBytes()
+	w0, d0 := storetest.WriteBytes(), storetest.DeviceWriteBytes(f.Name())
 	for b.Loop() {
 		if _, err := f.Write(buf); err != nil {
 			b.Fatal(err)
@@ -665,6 +668,7 @@ func BenchmarkRawFsync(b *testing.B) {
 		}
 	}
 	storetest.ReportWrites(b, b.N, "env", w0)
+	storetest.ReportDeviceWrites(b, b.N, "env", f.Name(), d0)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "env/s")
 }
 
@@ -677,7 +681,7 @@ func BenchmarkRawBatchFsync(b *testing.B) {
 			f := rawFile(b)
 			buf := make([]byte, n*sealedRecord)
 			b.SetBytes(envelope.Bucket4K)
-			w0 := storetest.WriteBytes()
+			w0, d0 := storetest.WriteBytes(), storetest.DeviceWriteBytes(f.Name())
 			for i := 0; i < b.N; i += n {
 				k := min(n, b.N-i)
 				if _, err := f.Write(buf[:k*sealedRecord]); err != nil {
@@ -689,6 +693,7 @@ func BenchmarkRawBatchFsync(b *testing.B) {
 			}
 			b.StopTimer()
 			storetest.ReportWrites(b, b.N, "env", w0)
+			storetest.ReportDeviceWrites(b, b.N, "env", f.Name(), d0)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "env/s")
 		})
 	}

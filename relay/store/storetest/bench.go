@@ -125,3 +125,12 @@ func ReportWrites(b *testing.B, n int, unit string, since int64) {
 		b.ReportMetric(float64(now-since)/float64(n), "bytes-written/"+unit)
 	}
 }
+
+// ReportDeviceWrites reports dev-bytes-written/unit: the growth of
+// DeviceWriteBytes(path) since since, divided by n, or nothing if the
+// device's counter cannot be read.
+func ReportDeviceWrites(b *testing.B, n int, unit, path string, since int64) {
+	if now := DeviceWriteBytes(path); since >= 0 && now >= 0 && n > 0 {
+		b.ReportMetric(float64(now-since)/float64(n), "dev-bytes-written/"+unit)
+	}
+}
