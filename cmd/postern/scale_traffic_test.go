@@ -72,6 +72,10 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 	// otherwise idle wakes up to 1 ms late (the latency, counted from the
 	// due time, would include that). A sender still busy with its last
 	// envelope takes the next late, and the latency counts that too.
+	// A sender that fails ends the pacing too (pctx), not only its own
+	// share.
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
 	work := make([]chan int, len(cs))
 	for j, c := range cs {
 		work[j] = make(chan int, n/len(cs)+1)
@@ -79,6 +83,7 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 			for i := range work[j] {
 				if _, err := c.Send(ctx, envs[i], nil); err != nil {
 					errs <- fmt.Errorf("traffic send %d of %d: %w", i+1, n, err)
+					stop()
 					return
 				}
 				sendLat[j] = append(sendLat[j], time.Since(due(i)))
@@ -94,8 +99,10 @@ func runTraffic(t *testing.T, ctx context.Context, rl *scaleRelay, tr string, le
 		pace := relaytest.NewPacer()
 		defer pace.Close()
 		for i := range n {
-			if err := ctx.Err(); err != nil {
-				errs <- err
+			if pctx.Err() != nil {
+				if err := ctx.Err(); err != nil {
+					errs <- err
+				}
 				return
 			}
 			pace.Until(due(i))

@@ -3,42 +3,61 @@
 package relaytest
 
 import (
-	"errors"
 	"io"
 	"os"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
+// timer is a timerfd, nonblocking so that reads park in the poller; a
+// zero timer (the system refused one) sleeps with time.Sleep.
 type timer struct {
-	f *os.File // the timerfd, nonblocking, so reads park in the poller
+	f  *os.File
+	rc syscall.RawConn
 }
 
-func newTimer() (timer, error) {
+// fallbacks counts sleeps that fell back to time.Sleep (for tests).
+var fallbacks atomic.Int64
+
+func newTimer() timer {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
 	if err != nil {
-		return timer{}, err
+		return timer{}
 	}
-	return timer{f: os.NewFile(uintptr(fd), "timerfd")}, nil
+	f := os.NewFile(uintptr(fd), "timerfd")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return timer{}
+	}
+	return timer{f: f, rc: rc}
 }
 
 // sleep arms the timer for d from now and reads its expiry count, which
 // the poller delivers once the timer fires.
 func (t timer) sleep(d time.Duration) {
-	spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
-	fd := -1
-	if rc, err := t.f.SyscallConn(); err == nil {
-		rc.Control(func(p uintptr) { fd = int(p) })
+	armed := false
+	if t.rc != nil {
+		spec := unix.ItimerSpec{Value: unix.NsecToTimespec(int64(d))}
+		t.rc.Control(func(fd uintptr) {
+			armed = unix.TimerfdSettime(int(fd), 0, &spec, nil) == nil
+		})
 	}
-	if fd < 0 || unix.TimerfdSettime(fd, 0, &spec, nil) != nil {
-		time.Sleep(d)
-		return
+	if armed {
+		var n [8]byte
+		if _, err := io.ReadFull(t.f, n[:]); err == nil {
+			return
+		}
 	}
-	var n [8]byte
-	if _, err := io.ReadFull(t.f, n[:]); err != nil && !errors.Is(err, os.ErrClosed) {
-		time.Sleep(d)
-	}
+	fallbacks.Add(1)
+	time.Sleep(d)
 }
 
-func (t timer) close() { t.f.Close() }
+func (t timer) close() {
+	if t.f != nil {
+		t.f.Close()
+	}
+}

@@ -2,12 +2,20 @@
 
 package relaytest
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 type timer struct{}
 
-func newTimer() (timer, error) { return timer{}, nil }
+var fallbacks atomic.Int64
 
-func (timer) sleep(d time.Duration) { time.Sleep(d) }
+func newTimer() timer { return timer{} }
+
+func (timer) sleep(d time.Duration) {
+	fallbacks.Add(1)
+	time.Sleep(d)
+}
 
 func (timer) close() {}

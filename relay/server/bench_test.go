@@ -399,8 +399,10 @@ func procIO(field string) int64 {
 // process), write-syscalls/env, relay-writes/env and
 // relay-reads/env (the relay's writes to and reads from its transports)
 // for n envelopes, and for
-// the log store env/commit, bytes-written/env (/proc/self/io) and
-// log-bytes/env (the store's own count).
+// the log store env/commit, bytes-written/env (/proc/self/io, which
+// overcounts writes over a cached file: storetest.WriteBytes),
+// dev-bytes-written/env (the block device's own count, journal and other
+// writers on the host included) and log-bytes/env (the store's own count).
 func (m diskMeter) report(b *testing.B, n int) {
 	if c := cpuTime(); m.cpu0 >= 0 && c >= 0 {
 		b.ReportMetric(float64(c-m.cpu0)/float64(n), "cpu-us/env")

@@ -56,8 +56,9 @@ func BenchPut(b *testing.B, s store.Store) {
 // envelopes into 8 mailboxes of s (an empty store without quotas) until
 // b.N puts are done, and reports env/s, env/commit (for a store that
 // counts commits) and bytes-written/env: the bytes this process caused to
-// be written to storage (/proc/self/io write_bytes; not reported where
-// that file is missing).
+// be written to storage (/proc/self/io write_bytes, which overcounts
+// writes over a cached file, see WriteBytes; not reported where that file
+// is missing).
 func BenchPutters(b *testing.B, s store.Store, putters int) {
 	ctx := context.Background()
 	const boxes = 8
@@ -100,7 +101,10 @@ func BenchPutters(b *testing.B, s store.Store, putters int) {
 
 // WriteBytes returns the write_bytes counter of /proc/self/io: bytes this
 // process caused to be written to storage (counted when pages are
-// dirtied), or -1 if it cannot be read.
+// dirtied), or -1 if it cannot be read. Where the page cache keeps a file
+// in large folios, dirtying part of a cached folio counts all of it, so
+// writes over a recently written file count more than the device is sent:
+// DeviceWriteBytes is the check.
 func WriteBytes() int64 {
 	data, err := os.ReadFile("/proc/self/io")
 	if err != nil {

@@ -23,7 +23,8 @@ import (
 // file that was recently written or read counts far more than the device
 // is sent (a 13,000-byte pwrite + fdatasync over a file written in one
 // 16 MiB write counted 2.1 MB on Linux 6.18; the device wrote 17–28 KB).
-// The device's counter includes the file system's journal, and whatever
+// The device's counter includes the file system's journal (about: ext4
+// checkpoints some of it later, outside a short window), and whatever
 // else runs on the host.
 func DeviceWriteBytes(path string) int64 {
 	var st syscall.Stat_t

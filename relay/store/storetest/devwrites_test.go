@@ -23,7 +23,11 @@ func TestDeviceWriteBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := f.Write(make([]byte, 1<<20)); err != nil {
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1) // not zeros, which a layer below could skip
+	}
+	if _, err := f.Write(buf); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Sync(); err != nil {
