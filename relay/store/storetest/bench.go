@@ -58,7 +58,9 @@ func BenchPut(b *testing.B, s store.Store) {
 // counts commits) and bytes-written/env: the bytes this process caused to
 // be written to storage (/proc/self/io write_bytes, which overcounts
 // writes over a cached file, see WriteBytes; not reported where that file
-// is missing).
+// is missing) and, for a store that counts commits, dev-bytes-written/env:
+// what the block device under os.TempDir (where benchmarks keep their
+// stores) was sent, see DeviceWriteBytes.
 func BenchPutters(b *testing.B, s store.Store, putters int) {
 	ctx := context.Background()
 	const boxes = 8
@@ -67,7 +69,7 @@ func BenchPutters(b *testing.B, s store.Store, putters int) {
 			b.Fatal(err)
 		}
 	}
-	commits0, written0 := s.Stats().Commits, WriteBytes()
+	commits0, written0, dev0 := s.Stats().Commits, WriteBytes(), DeviceWriteBytes(os.TempDir())
 	var seq atomic.Int64
 	b.SetBytes(4096)
 	b.ResetTimer()
@@ -96,6 +98,7 @@ func BenchPutters(b *testing.B, s store.Store, putters int) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "env/s")
 	if c := s.Stats().Commits - commits0; c > 0 {
 		b.ReportMetric(float64(b.N)/float64(c), "env/commit")
+		ReportDeviceWrites(b, b.N, "env", os.TempDir(), dev0)
 	}
 }
 
