@@ -1,6 +1,9 @@
 package relaytest
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // A Pacer wakes an open-loop load generator at its scheduled send times.
 //
@@ -30,6 +33,9 @@ import "time"
 type Pacer struct {
 	t timer
 }
+
+// fallbacks counts sleeps that fell back to time.Sleep (for tests).
+var fallbacks atomic.Int64
 
 // NewPacer returns a Pacer.
 func NewPacer() *Pacer { return &Pacer{t: newTimer()} }

@@ -5,7 +5,6 @@ package relaytest
 import (
 	"io"
 	"os"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,9 +17,6 @@ type timer struct {
 	f  *os.File
 	rc syscall.RawConn
 }
-
-// fallbacks counts sleeps that fell back to time.Sleep (for tests).
-var fallbacks atomic.Int64
 
 func newTimer() timer {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)

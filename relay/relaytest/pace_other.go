@@ -2,14 +2,9 @@
 
 package relaytest
 
-import (
-	"sync/atomic"
-	"time"
-)
+import "time"
 
 type timer struct{}
-
-var fallbacks atomic.Int64
 
 func newTimer() timer { return timer{} }
 
