@@ -39,8 +39,11 @@ type Store struct {
 	batch   uint64        // committer only: the last batch number used
 	broken  error         // committer only: a failed write could not be undone
 	stuck   uint64        // committer only: a segment compaction could not delete
-	spare   bool          // committer only: the log directory holds a spare segment file
-	buf     []byte        // committer only: the batch buffer, kept between commits
+	// Index rebuilds after a failed write (restore): a compaction that
+	// skipped records as dead starts again if one happened meanwhile.
+	restores atomic.Uint64
+	spare    bool   // committer only: the log directory holds a spare segment file
+	buf      []byte // committer only: the batch buffer, kept between commits
 
 	// Committer only: the records of Ack batches not yet written (see
 	// commit.go), and when the first of them was held.
@@ -68,6 +71,10 @@ type Store struct {
 	outItems  atomic.Int64
 	outBytes  atomic.Int64
 	written   atomic.Int64 // bytes appended to the log
+
+	// Tests: segments compaction read, and records it handed to the
+	// committer to copy.
+	compactScans, compactCarried atomic.Int64
 }
 
 var (

@@ -383,5 +383,6 @@ func (s *Store) restore(seg *segment) error {
 		return err
 	}
 	s.setIndex(ix)
+	s.restores.Add(1)
 	return nil
 }

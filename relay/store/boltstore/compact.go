@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,17 @@ import (
 // oldest segment is ever compacted, so a tombstone (ack, delete, sweep,
 // done, expire) never outlives a segment it applies to, and is never
 // copied.
+//
+// A record the index no longer points at is dead for good: a record is
+// only ever made live at the end of the log, never at an old place. The
+// one exception is a failed write, whose restore replays the log and so
+// undoes the acks that were held and not yet written. So compaction skips
+// the records it finds dead as it reads (it copies and hands the
+// committer only those that look live, which the committer checks again),
+// and a segment the index holds nothing of is dropped without being read;
+// if a restore happened since compaction began, the drop is refused and
+// compaction starts again. (dropSegments checks too: it keeps a segment
+// that still holds a live record.)
 
 // carryChunk bounds the record bytes one compaction op copies, so that
 // puts queued behind it wait for a few megabytes at most. Tests lower it.
@@ -38,6 +50,10 @@ const (
 // above; the test copies the store directory there, which is what a
 // kill -9 at that point leaves.
 var crashPoint func(step string)
+
+// compactScanned, if a test sets it, is called once compaction has read
+// the segment, before it copies what it found live.
+var compactScanned func()
 
 func atStep(step string) {
 	if crashPoint != nil {
@@ -105,6 +121,30 @@ func (s *Store) compact(num uint64, path string) error {
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
+	ctx := context.Background()
+	gen := s.restores.Load()
+	drop := func() error {
+		return s.do(ctx, func(w *writer) error {
+			if s.restores.Load() != gen {
+				return errRestored
+			}
+			w.drops = append(w.drops, num)
+			return nil
+		})
+	}
+	s.mu.RLock()
+	seg := s.ix.segs[num]
+	empty := seg != nil && seg.live == 0
+	s.mu.RUnlock()
+	if empty { // nothing to copy: no need to read it
+		if err := drop(); err != nil {
+			return err
+		}
+		if s.segmentExists(num) {
+			return errNoSegment
+		}
+		return nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -114,7 +154,7 @@ func (s *Store) compact(num uint64, path string) error {
 	if err != nil {
 		return err
 	}
-	ctx := context.Background()
+	s.compactScans.Add(1)
 	var chunk []carried
 	size := 0
 	flush := func() error {
@@ -138,23 +178,31 @@ func (s *Store) compact(num uint64, path string) error {
 	_, _, _, err = scanSegment(f, fi.Size(), false, s.keys, &buf, func(r record, off int64, raw []byte) error {
 		switch r.typ {
 		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox:
+			at := loc{num, off}
+			s.mu.RLock()
+			live := s.ix.points(r, at)
+			s.mu.RUnlock()
+			if !live {
+				return nil // dead for good, unless a restore comes (see the top)
+			}
 			r.owner, r.sendCap, r.sealed, r.seqs = nil, nil, nil, nil
-			chunk = append(chunk, carried{r, loc{num, off}, slices.Clone(raw)})
+			chunk = append(chunk, carried{r, at, slices.Clone(raw)})
 			size += r.size
+			s.compactCarried.Add(1)
 		}
 		if size >= carryChunk {
 			return flush()
 		}
 		return nil
 	})
+	if compactScanned != nil {
+		compactScanned()
+	}
 	if err == nil {
 		err = flush()
 	}
 	if err == nil {
-		err = s.do(ctx, func(w *writer) error {
-			w.drops = append(w.drops, num)
-			return nil
-		})
+		err = drop()
 	}
 	if err == nil && s.segmentExists(num) {
 		err = errNoSegment
@@ -168,24 +216,45 @@ func (s *Store) segmentExists(num uint64) bool {
 	return s.ix.segs[num] != nil
 }
 
+// errRestored ends a compaction during which the index was rebuilt.
+var errRestored = errors.New("store: index restored during compaction")
+
+// points reports whether the index points at record r, read at at: that
+// is, whether compaction must copy it. The caller holds s.mu or is the
+// committer.
+func (ix *index) points(r record, at loc) bool {
+	switch r.typ {
+	case recEnvelope:
+		b := ix.boxes[r.key]
+		return b != nil && hasEnvelope(b, r.seq, at)
+	case recMailbox:
+		b := ix.mailbox(r.key)
+		return b != nil && b.at == at
+	case recDelete, recRetired:
+		rt, ok := ix.retired[r.key]
+		return ok && rt.at == at
+	case recOutbox:
+		l := ix.out[r.key]
+		i, found := slices.BinarySearchFunc(l, r.seq, byOutSeq)
+		return found && l[i].at == at
+	}
+	return false
+}
+
 // carry copies record c to the batch if the index still points at it,
 // and moves the index to the copy once the batch is durable.
 func (w *writer) carry(c carried) {
 	ix, key := w.ix, c.r.key
+	if !ix.points(c.r, c.at) {
+		return
+	}
 	at := w.at()
 	switch c.r.typ {
 	case recEnvelope:
-		b := ix.boxes[key]
-		if b == nil || !hasEnvelope(b, c.r.seq, c.at) {
-			return
-		}
 		w.buf = append(w.buf, c.raw...)
 		w.relocs = append(w.relocs, func() { relocateEnvelope(ix, key, c.r.seq, c.at, at) })
 	case recMailbox:
 		b := ix.mailbox(key)
-		if b == nil || b.at != c.at {
-			return
-		}
 		w.buf = appendMailbox(w.buf, key, b.owner, b.nextSeq, b.sendCap)
 		size := uint32(w.at().off - at.off)
 		w.relocs = append(w.relocs, func() {
@@ -196,10 +265,7 @@ func (w *writer) carry(c carried) {
 			}
 		})
 	case recDelete, recRetired:
-		r, ok := ix.retired[key]
-		if !ok || r.at != c.at {
-			return
-		}
+		r := ix.retired[key]
 		w.buf = appendRetired(w.buf, key, r.day)
 		size := uint32(w.at().off - at.off)
 		w.relocs = append(w.relocs, func() {
@@ -214,11 +280,6 @@ func (w *writer) carry(c carried) {
 
 func (w *writer) carryOut(c carried, at loc) {
 	ix, dest := w.ix, c.r.key
-	l := ix.out[dest]
-	i, found := slices.BinarySearchFunc(l, c.r.seq, byOutSeq)
-	if !found || l[i].at != c.at {
-		return
-	}
 	w.buf = append(w.buf, c.raw...)
 	w.relocs = append(w.relocs, func() {
 		l := ix.out[dest]

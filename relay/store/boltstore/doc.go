@@ -93,7 +93,12 @@
 // when the log holds more dead bytes than live ones: its live records are
 // copied through the committer to the end of the log, and once that is
 // durable the segment file is deleted (or kept as the spare, below: for
-// the log that is the same). Compacting only the oldest segment
+// the log that is the same). Compaction reads the segment and copies
+// only the records the index still points at; a segment the index holds
+// nothing of (every envelope in it acked) is dropped without being read.
+// A failed write's replay can make a skipped record live again (it undoes
+// held acks), so a drop after one is refused and compaction starts over.
+// Compacting only the oldest segment
 // means a tombstone never outlives the records it kills and is never
 // copied; a crash mid-compaction leaves duplicates that replay merges.
 // Each step is durable before the next: a chunk of copies is a group
