@@ -214,7 +214,13 @@ type EnvelopeCipher struct{ aead cipher.AEAD }
 
 // Seal is Keys.Seal for this cipher's mailbox.
 func (c EnvelopeCipher) Seal(ref Ref, env []byte) []byte {
-	return c.aead.Seal(nil, nil, env, sealAD(ref))
+	return c.AppendSeal(nil, ref, env)
+}
+
+// AppendSeal is Seal appending the sealed envelope to dst (which must not
+// overlap env) and returning the extended slice.
+func (c EnvelopeCipher) AppendSeal(dst []byte, ref Ref, env []byte) []byte {
+	return c.aead.Seal(dst, nil, env, sealAD(ref))
 }
 
 // Open is Keys.Open for this cipher's mailbox.

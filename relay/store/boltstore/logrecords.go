@@ -197,7 +197,11 @@ func envelopeHead(hid [32]byte, seq uint64, day uint32, ref store.Ref) []byte {
 // envelopeRecordHead is an envelope record up to its sealed bytes, n of
 // which must follow it.
 func envelopeRecordHead(hid [32]byte, day uint32, ref store.Ref, n int) []byte {
-	b := make([]byte, 0, recHeader+envelopeBody)
+	return appendEnvelopeRecordHead(make([]byte, 0, recHeader+envelopeBody), hid, day, ref, n)
+}
+
+// appendEnvelopeRecordHead appends envelopeRecordHead to b.
+func appendEnvelopeRecordHead(b []byte, hid [32]byte, day uint32, ref store.Ref, n int) []byte {
 	b = append(b, recEnvelope)
 	b = binary.BigEndian.AppendUint32(b, uint32(envelopeBody+n))
 	return append(b, envelopeHead(hid, 0, day, ref)...)

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/relay/store"
@@ -149,10 +150,14 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 	n := len(env)
 	// Encrypt and encode here, in the caller's goroutine, not in the
 	// committer; the committer fills in the seq.
+	// The record is built in a pooled buffer, which the committer gives
+	// back once it has copied the record into its batch.
 	day := store.ExpiryDay(s.opts.Now(), s.opts.TTL)
-	sealed := s.keys.Seal(id, ref, env)
-	head := envelopeRecordHead(hid, day, ref, len(sealed)) // the committer appends both: no copy here
+	rp := getRecord(recHeader + envelopeBody + n + store.SealOverhead)
+	rec := appendEnvelopeRecordHead((*rp)[:0], hid, day, ref, n+store.SealOverhead)
+	rec = s.keys.Envelopes(id).AppendSeal(rec, ref, env)
 	err := s.do(ctx, func(w *writer) error {
+		defer putRecord(rp, rec)
 		b := w.ix.mailbox(hid)
 		if b == nil {
 			return store.ErrNoMailbox
@@ -163,13 +168,33 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 		if err := s.opts.EnvelopeQuota(len(b.envs), b.bytes, s.bytes.Load()+w.dBytes, n); err != nil {
 			return err
 		}
-		w.addEnvelope(hid, b, b.nextSeq, head, sealed)
+		w.addEnvelope(hid, b, b.nextSeq, rec)
 		return nil
 	})
 	if err != nil {
 		return store.Ref{}, err
 	}
 	return ref, nil
+}
+
+// records pools the buffers Put builds envelope records in (*[]byte, so
+// that putting one back does not allocate).
+var records sync.Pool
+
+// getRecord returns a pooled buffer of at least n bytes' capacity.
+func getRecord(n int) *[]byte {
+	if p, ok := records.Get().(*[]byte); ok && cap(*p) >= n {
+		return p
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+// putRecord gives back the buffer p, which the record rec was built in:
+// nothing may use rec afterwards.
+func putRecord(p *[]byte, rec []byte) {
+	*p = rec[:0]
+	records.Put(p)
 }
 
 // addEnvelope appends the envelope record made of parts to the batch
