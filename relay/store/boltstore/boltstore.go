@@ -42,8 +42,11 @@ type Store struct {
 	// Index rebuilds after a failed write (restore): a compaction that
 	// skipped records as dead starts again if one happened meanwhile.
 	restores atomic.Uint64
-	spare    bool   // committer only: the log directory holds a spare segment file
-	buf      []byte // committer only: the batch buffer, kept between commits
+	spare    bool // committer only: the log directory holds a spare segment file
+	// Committer only: the segment the spare was, while its file may still
+	// be open for a reader (see reads.go); 0 if none.
+	spareFrom uint64
+	buf       []byte // committer only: the batch buffer, kept between commits
 
 	// Committer only: the records of Ack batches not yet written (see
 	// commit.go), and when the first of them was held.
@@ -52,6 +55,11 @@ type Store struct {
 	heldSince time.Time
 	syncFail  error // tests: fail every sync with this error
 	closeErr  error // a failed write of the held acks at Close
+
+	// Reads of segment files outside s.mu (reads.go).
+	rmu     sync.Mutex
+	reading map[uint64]int      // segment number → reads in progress
+	orphans map[uint64]*os.File // dropped while read: the last reader closes it
 
 	ops        chan *op
 	quit       chan struct{}
@@ -349,6 +357,12 @@ func (s *Store) Close() error {
 			}
 		}
 		s.mu.Unlock()
+		s.rmu.Lock()
+		for num, f := range s.orphans { // a read still under way fails with ErrClosed
+			f.Close()
+			delete(s.orphans, num)
+		}
+		s.rmu.Unlock()
 		s.lock.Close()
 	})
 	return err
@@ -436,7 +450,7 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	}
 	hid := s.keys.MailboxHash(id)
 	var items []store.Item
-	var where []loc
+	var reads []segRead
 	err := s.read(ctx, func(ix *index) error {
 		b := ix.mailbox(hid)
 		if b == nil {
@@ -450,13 +464,14 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 				continue
 			}
 			l, n := e.sealed()
-			sealed, err := s.readAt(l, n)
-			if err != nil {
-				return err
+			seg := ix.segs[l.seg]
+			if seg == nil {
+				return fmt.Errorf("store: read %s: %w", s.dir, errNoSegment)
 			}
-			items = append(items, store.Item{Ref: e.ref, Seq: e.seq, Envelope: sealed})
-			where = append(where, e.at)
+			items = append(items, store.Item{Ref: e.ref, Seq: e.seq})
+			reads = append(reads, segRead{seg: seg, at: l, n: n, rec: e.at})
 		}
+		s.holdReads(reads)
 		return nil
 	})
 	if err != nil {
@@ -465,13 +480,26 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	if len(items) == 0 {
 		return items, nil
 	}
+	// The reads and the decryption run outside s.mu, so that a slow disk
+	// read (a cold backlog) does not hold up the committer (reads.go).
+	defer s.releaseReads(reads)
+	if fetchReading != nil {
+		fetchReading()
+	}
 	// One key derivation for the call; each envelope is decrypted in the
-	// buffer readAt made for it.
+	// buffer read for it.
 	c := s.keys.Envelopes(id)
-	for i := range items {
-		env, err := c.OpenInPlace(items[i].Ref, items[i].Envelope)
+	for i, r := range reads {
+		sealed := make([]byte, r.n)
+		if _, err := r.seg.f.ReadAt(sealed, r.at.off); err != nil {
+			if s.closed.Load() {
+				return nil, store.ErrClosed
+			}
+			return nil, fmt.Errorf("store: %w", err) // err names the file
+		}
+		env, err := c.OpenInPlace(items[i].Ref, sealed)
 		if err != nil {
-			return nil, s.damaged(where[i], err)
+			return nil, s.damaged(r.rec, err)
 		}
 		items[i].Envelope = env
 	}

@@ -301,7 +301,7 @@ func (s *Store) nextSegment(cur *segment) (*segment, error) {
 	h := segHead{num: cur.num + 1, check: s.check, outNext: s.ix.outNext}
 	var f *os.File
 	var err error
-	if s.spare {
+	if s.spare && !s.spareInUse() { // else a new file: a reader still reads the spare
 		s.spare = false
 		if f, err = reuseSegment(s.dir, h); err != nil {
 			// A new file instead (renamed over the spare if the spare got

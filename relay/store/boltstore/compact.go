@@ -316,7 +316,7 @@ func (s *Store) discard(seg *segment) error {
 		if err := os.Rename(seg.path, filepath.Join(s.dir, spareName)); err != nil {
 			return err
 		}
-		s.spare = true
+		s.spare, s.spareFrom = true, seg.num
 		return nil
 	}
 	return os.Remove(seg.path)
@@ -340,7 +340,7 @@ func (s *Store) dropSegments(nums []uint64) {
 			continue
 		}
 		atStep(stepRemoved)
-		seg.f.Close()
+		s.closeSegment(num, seg.f)
 		delete(s.ix.segs, num)
 		s.ix.order = slices.DeleteFunc(s.ix.order, func(n uint64) bool { return n == num })
 		// The removal must be durable before a younger segment's

@@ -157,6 +157,18 @@
 // per mailbox (the tail of the list from newFrom on), not per entry.
 // BenchmarkOpen50k reports the heap an open store holds per envelope.
 //
+// # Reads
+//
+// Fetch looks its envelopes up in the index under the index lock and
+// reads and decrypts them after letting go of it, so that a slow read (a
+// backlog no longer in the page cache) never holds up the committer,
+// which needs the lock to apply every batch. A segment compacted away
+// meanwhile keeps its file open until its last reader is done, and the
+// spare is not written over while a reader still has it open (reads.go).
+// BenchmarkPutBesideFetch measures Put latency beside a reader fetching a
+// 64 × 64 KiB backlog from a cold cache: on this project's machine p99
+// 7.7–9.8 ms against 15.4–22.7 ms with the reads under the lock.
+//
 // # Migration
 //
 // A directory of the bbolt releases (dir/store.db) is checked as before
