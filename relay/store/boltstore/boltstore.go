@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -40,7 +41,8 @@ type Store struct {
 	broken  error         // committer only: a failed write could not be undone
 	stuck   uint64        // committer only: a segment compaction could not delete
 	// Index rebuilds after a failed write (restore): a compaction that
-	// skipped records as dead starts again if one happened meanwhile.
+	// skipped records as dead gives up if one happened meanwhile, and a
+	// later commit starts it again.
 	restores atomic.Uint64
 	spare    bool // committer only: the log directory holds a spare segment file
 	// Committer only: the segment the spare was, while its file may still
@@ -338,6 +340,8 @@ func syncDir(dir string) error {
 
 // Close stops the committer (writes already handed to it complete) and
 // the compactor, wakes and closes every Notify channel and closes the log.
+// A Fetch still reading when the log closes fails with store.ErrClosed
+// (it reads outside the index lock, so Close does not wait for it).
 func (s *Store) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -495,7 +499,13 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 			if s.closed.Load() {
 				return nil, store.ErrClosed
 			}
-			return nil, fmt.Errorf("store: %w", err) // err names the file
+			if err == io.EOF { // a short read: the log is shorter than its index says
+				err = io.ErrUnexpectedEOF
+			}
+			if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+				return nil, fmt.Errorf("store: %w", err) // it names the file
+			}
+			return nil, fmt.Errorf("store: read %s: %w", r.seg.path, err)
 		}
 		env, err := c.OpenInPlace(items[i].Ref, sealed)
 		if err != nil {

@@ -25,8 +25,8 @@ import (
 // the records it finds dead as it reads (it copies and hands the
 // committer only those that look live, which the committer checks again),
 // and a segment the index holds nothing of is dropped without being read;
-// if a restore happened since compaction began, the drop is refused and
-// compaction starts again. (dropSegments checks too: it keeps a segment
+// if a restore happened since compaction began, the drop is refused
+// (errRestored) and a later commit starts compaction again. (dropSegments checks too: it keeps a segment
 // that still holds a live record.)
 
 // carryChunk bounds the record bytes one compaction op copies, so that
@@ -113,8 +113,9 @@ type carried struct {
 }
 
 // compact copies the live records of segment num (at path) to the end of
-// the log and deletes it. It stops quietly when the store closes or a
-// write fails; a later commit starts it again.
+// the log and deletes it. It stops when the store closes, a write fails or
+// a restore happened meanwhile (errRestored); a later commit starts it
+// again.
 func (s *Store) compact(num uint64, path string) error {
 	// A removal by the last compaction whose directory sync failed must
 	// be durable before this younger segment's tombstones can go.

@@ -158,6 +158,13 @@ func TestCompactionRestoreAfterSkip(t *testing.T) {
 	if !errors.Is(err, errRestored) {
 		t.Errorf("compaction across a restore returned %v, want errRestored", err)
 	}
+	// Refused, not given up on: dropSegments marks a segment it cannot
+	// drop (one still live) as stuck, and due() never offers it again.
+	var stuck uint64
+	must(t, s.do(ctx, func(*writer) error { stuck = s.stuck; return nil })) // on the committer, which owns it
+	if stuck == first.num {
+		t.Error("the segment was left stuck: compaction would never try it again in this process")
+	}
 	if got := heldRefs(t, s, id); len(got) != len(refs) {
 		t.Fatalf("after the failed write %d envelopes are pending, want all %d", len(got), len(refs))
 	}

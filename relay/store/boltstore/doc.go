@@ -97,7 +97,8 @@
 // only the records the index still points at; a segment the index holds
 // nothing of (every envelope in it acked) is dropped without being read.
 // A failed write's replay can make a skipped record live again (it undoes
-// held acks), so a drop after one is refused and compaction starts over.
+// held acks), so a drop after one is refused, and the next commit starts
+// compaction over.
 // Compacting only the oldest segment
 // means a tombstone never outlives the records it kills and is never
 // copied; a crash mid-compaction leaves duplicates that replay merges.

@@ -1,8 +1,10 @@
 package boltstore
 
 import (
+	"bytes"
 	"context"
 	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/postern/postern/relay/store/storetest"
@@ -46,8 +48,8 @@ func TestPutRecordPooled(t *testing.T) {
 	if per >= size/2 {
 		t.Errorf("a Put of a %d-byte envelope allocated %.0f bytes: the record buffer is not reused", size, per)
 	}
-	// Every envelope reads back whole: no record was overwritten in a
-	// reused buffer before the committer copied it.
+	// Every envelope reads back whole (TestPutRecordPooledConcurrent is
+	// the one that can see a buffer given back too early).
 	items, err := s.Fetch(ctx, id, warm+n)
 	must(t, err)
 	if len(items) != warm+n {
@@ -56,6 +58,52 @@ func TestPutRecordPooled(t *testing.T) {
 	for i, it := range items {
 		if string(it.Envelope) != string(envs[i]) {
 			t.Fatalf("envelope %d came back different", i)
+		}
+	}
+}
+
+// Puts from many goroutines at once, more than one batch holds, so that
+// while the committer applies one batch the Puts it has just answered
+// take buffers for their next envelopes: a record buffer given back to
+// the pool before the committer has copied it would be taken by one of
+// them and written over. The race detector reports that (a mutant that
+// gives the buffer back before the copy fails here under -race, as CI
+// runs it); without it the overwrite is rarely seen.
+func TestPutRecordPooledConcurrent(t *testing.T) {
+	ctx := context.Background()
+	opts := crashOpts
+	opts.MaxBatch = 4
+	s, err := Open(t.TempDir(), opts)
+	must(t, err)
+	defer s.Close()
+	const putters, each, size = 32, 40, 1024
+	for p := range putters {
+		must(t, s.CreateMailbox(ctx, storetest.ID(p), storetest.Owner(p), nil))
+	}
+	var wg sync.WaitGroup
+	for p := range putters {
+		wg.Go(func() {
+			id := storetest.ID(p)
+			for i := range each {
+				if _, err := s.Put(ctx, id, storetest.Envelope(id, size, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for p := range putters {
+		id := storetest.ID(p)
+		items, err := s.Fetch(ctx, id, each)
+		must(t, err)
+		if len(items) != each {
+			t.Fatalf("mailbox %d holds %d envelopes, want %d", p, len(items), each)
+		}
+		for i, it := range items {
+			if !bytes.Equal(it.Envelope, storetest.Envelope(id, size, i)) {
+				t.Fatalf("mailbox %d, envelope %d came back different", p, i)
+			}
 		}
 	}
 }

@@ -183,8 +183,12 @@ var records sync.Pool
 
 // getRecord returns a pooled buffer of at least n bytes' capacity.
 func getRecord(n int) *[]byte {
-	if p, ok := records.Get().(*[]byte); ok && cap(*p) >= n {
+	p, ok := records.Get().(*[]byte)
+	if ok && cap(*p) >= n {
 		return p
+	}
+	if ok { // too small for this one: kept for smaller envelopes
+		records.Put(p)
 	}
 	b := make([]byte, 0, n)
 	return &b
