@@ -19,7 +19,11 @@ package boltstore
 // pairs. h3 gained less, not at every concurrency, and its open-loop p99
 // did not improve. The extra P lets the other cores' worth of goroutines
 // run while one thread waits for the disk; when nothing syncs, the kernel
-// shares the cores among one more thread than there are.
+// shares the cores among one more thread than there are. Measured again
+// on 2026-12-05 with the log store (three alternating rounds, both
+// transports, 64 and 256 senders): 3 Ps against 2 took https from
+// 24,875–32,199 to 29,603–39,285 accepts/s and h3 from 10,954–19,365 to
+// 17,073–21,309; 4 Ps gained nothing over 3.
 const ExtraProcs = 1
 
 // Procs returns the GOMAXPROCS a process with a Store should run with,
