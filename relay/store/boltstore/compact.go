@@ -122,30 +122,28 @@ func (s *Store) compact(num uint64, path string) error {
 	if err := syncDir(s.dir); err != nil {
 		return err
 	}
-	ctx := context.Background()
-	gen := s.restores.Load()
-	drop := func() error {
-		return s.do(ctx, func(w *writer) error {
-			if s.restores.Load() != gen {
-				return errRestored
-			}
-			w.drops = append(w.drops, num)
-			return nil
-		})
-	}
-	s.mu.RLock()
-	seg := s.ix.segs[num]
-	empty := seg != nil && seg.live == 0
-	s.mu.RUnlock()
-	if empty { // nothing to copy: no need to read it
-		if err := drop(); err != nil {
+	gen := s.restores.Load() // before any record is judged dead
+	if !s.holdsNothing(num) {
+		if err := s.carryLive(num, path); err != nil {
 			return err
 		}
-		if s.segmentExists(num) {
-			return errNoSegment
-		}
-		return nil
 	}
+	return s.dropCompacted(num, gen)
+}
+
+// holdsNothing reports whether the index points at nothing in segment num,
+// which can then be dropped without being read.
+func (s *Store) holdsNothing(num uint64) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	seg := s.ix.segs[num]
+	return seg != nil && seg.live == 0
+}
+
+// carryLive copies the records of segment num (at path) that the index
+// still points at to the end of the log, a chunk at a time through the
+// committer, which checks each again.
+func (s *Store) carryLive(num uint64, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -161,7 +159,7 @@ func (s *Store) compact(num uint64, path string) error {
 	flush := func() error {
 		c := chunk
 		chunk, size = nil, 0
-		err := s.do(ctx, func(w *writer) error {
+		err := s.do(context.Background(), func(w *writer) error {
 			for i := range c {
 				w.carry(c[i])
 			}
@@ -199,12 +197,22 @@ func (s *Store) compact(num uint64, path string) error {
 	if compactScanned != nil {
 		compactScanned()
 	}
-	if err == nil {
-		err = flush()
+	if err != nil {
+		return err
 	}
-	if err == nil {
-		err = drop()
-	}
+	return flush()
+}
+
+// dropCompacted drops segment num, whose live records are copied and
+// durable, unless the index was restored since gen (errRestored).
+func (s *Store) dropCompacted(num, gen uint64) error {
+	err := s.do(context.Background(), func(w *writer) error {
+		if s.restores.Load() != gen {
+			return errRestored
+		}
+		w.drops = append(w.drops, num)
+		return nil
+	})
 	if err == nil && s.segmentExists(num) {
 		err = errNoSegment
 	}

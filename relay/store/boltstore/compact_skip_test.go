@@ -12,11 +12,14 @@ import (
 	"github.com/postern/postern/relay/store/storetest"
 )
 
-// skipSetup opens a store with 16 KiB segments that compacts only when
-// the test says, and fills its first segments with 1 KiB envelopes to one
-// mailbox. Acks are held for an hour.
+// skipSetup opens a store with 16 KiB segments (until the test ends) that
+// compacts only when the test says, and fills its first segments with
+// 1 KiB envelopes to one mailbox. Acks are held for an hour.
 func skipSetup(t *testing.T, dir string) (*Store, [store.IDSize]byte, []store.Ref) {
 	t.Helper()
+	old := segmentBytes
+	t.Cleanup(func() { segmentBytes = old })
+	segmentBytes = 16 << 10
 	opts := crashOpts
 	opts.AckSync = time.Hour
 	s, err := Open(dir, opts)
@@ -63,8 +66,6 @@ func inSegment(t *testing.T, s *Store, id [store.IDSize]byte, refs []store.Ref, 
 // Compaction hands the committer only the records the index still points
 // at, and drops a segment that holds nothing live without reading it.
 func TestCompactionSkipsDeadRecords(t *testing.T) {
-	defer func(n int64) { segmentBytes = n }(segmentBytes)
-	segmentBytes = 16 << 10
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, id, refs := skipSetup(t, dir)
@@ -124,8 +125,7 @@ func TestCompactionSkipsDeadRecords(t *testing.T) {
 // write undoes the held acks that led it. Compaction must then not drop
 // the segment.
 func TestCompactionRestoreAfterSkip(t *testing.T) {
-	defer func(n int64, f func()) { segmentBytes, compactScanned = n, f }(segmentBytes, compactScanned)
-	segmentBytes = 16 << 10
+	defer func(f func()) { compactScanned = f }(compactScanned)
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, id, refs := skipSetup(t, dir)

@@ -33,6 +33,36 @@ func parkFetch(t *testing.T) (parked <-chan struct{}, resume func()) {
 	return p, resume
 }
 
+// fetched is what a FetchAfter started by fetchAsync returned.
+type fetched struct {
+	items []store.Item
+	err   error
+}
+
+// fetchAsync fetches up to max envelopes of id in a goroutine of its own.
+func fetchAsync(s *Store, id [store.IDSize]byte, max int) <-chan fetched {
+	c := make(chan fetched, 1)
+	go func() {
+		items, err := s.Fetch(context.Background(), id, max)
+		c <- fetched{items, err}
+	}()
+	return c
+}
+
+// checkFetched fails unless r holds the envelopes envs made for refs, in order.
+func checkFetched(t *testing.T, r fetched, refs []store.Ref, id [store.IDSize]byte, size int) {
+	t.Helper()
+	must(t, r.err)
+	if len(r.items) != len(refs) {
+		t.Fatalf("the parked fetch returned %d envelopes, want the %d there when it looked", len(r.items), len(refs))
+	}
+	for i, it := range r.items {
+		if it.Ref != refs[i] || !bytes.Equal(it.Envelope, storetest.Envelope(id, size, i)) {
+			t.Fatalf("envelope %d differs", i)
+		}
+	}
+}
+
 // A FetchAfter reads outside the index lock: while one waits to read (as
 // on a cold disk), Puts still commit. With the read under the lock the
 // Put waits for the fetch, which waits for the Put: the test hangs, or
@@ -42,15 +72,7 @@ func TestFetchReadsOutsideTheLock(t *testing.T) {
 	s, id, refs := ackSyncSetup(t, t.TempDir(), -1, 8)
 	defer s.Close()
 	parked, resume := parkFetch(t)
-	type result struct {
-		items []store.Item
-		err   error
-	}
-	fetched := make(chan result, 1)
-	go func() {
-		items, err := s.Fetch(ctx, id, 0)
-		fetched <- result{items, err}
-	}()
+	done := fetchAsync(s, id, 0)
 	<-parked
 	put := make(chan error, 1)
 	go func() {
@@ -65,16 +87,7 @@ func TestFetchReadsOutsideTheLock(t *testing.T) {
 		t.Fatal("a Put waited for a FetchAfter's disk reads: they hold the index lock")
 	}
 	resume()
-	r := <-fetched
-	must(t, r.err)
-	if len(r.items) != len(refs) {
-		t.Fatalf("the parked fetch returned %d envelopes, want the %d there when it looked", len(r.items), len(refs))
-	}
-	for i, it := range r.items {
-		if it.Ref != refs[i] || !bytes.Equal(it.Envelope, storetest.Envelope(id, 512, i)) {
-			t.Fatalf("envelope %d differs", i)
-		}
-	}
+	checkFetched(t, <-done, refs, id, 512)
 }
 
 // A segment compacted away while a fetch reads it stays open for that
@@ -82,8 +95,6 @@ func TestFetchReadsOutsideTheLock(t *testing.T) {
 // is done: the fetch returns the envelopes it looked up, not whatever a
 // new segment wrote there.
 func TestFetchReadAcrossCompaction(t *testing.T) {
-	defer func(n int64) { segmentBytes = n }(segmentBytes)
-	segmentBytes = 16 << 10
 	ctx := context.Background()
 	dir := t.TempDir()
 	s, id, refs := skipSetup(t, dir)
@@ -91,15 +102,7 @@ func TestFetchReadAcrossCompaction(t *testing.T) {
 	first := s.segs()[0]
 	one := inSegment(t, s, id, refs, first.num)
 	parked, resume := parkFetch(t)
-	type result struct {
-		items []store.Item
-		err   error
-	}
-	fetched := make(chan result, 1)
-	go func() {
-		items, err := s.Fetch(ctx, id, len(one))
-		fetched <- result{items, err}
-	}()
+	done := fetchAsync(s, id, len(one))
 	<-parked
 	// Every envelope of the first segment is copied to the end of the log
 	// and the segment's file becomes the spare.
@@ -120,16 +123,7 @@ func TestFetchReadAcrossCompaction(t *testing.T) {
 		t.Errorf("the spare was written over while a fetch still read it: %v", err)
 	}
 	resume()
-	r := <-fetched
-	must(t, r.err)
-	if len(r.items) != len(one) {
-		t.Fatalf("the parked fetch returned %d envelopes, want %d", len(r.items), len(one))
-	}
-	for i, it := range r.items {
-		if it.Ref != refs[i] || !bytes.Equal(it.Envelope, storetest.Envelope(id, 1024, i)) {
-			t.Fatalf("envelope %d differs", i)
-		}
-	}
+	checkFetched(t, <-done, refs[:len(one)], id, 1024)
 	s.rmu.Lock()
 	orphans, reading := len(s.orphans), len(s.reading)
 	s.rmu.Unlock()
