@@ -61,6 +61,31 @@ func putBuf(b *[]byte) {
 	bufPool.Put(b)
 }
 
+// payloads pools Send frames' payloads (*[]byte, so that putting one back
+// does not allocate). It has no New: a payload the pool cannot serve is
+// made to its size.
+var payloads sync.Pool
+
+// getPayload returns a slice of n bytes, pooled if the pool has one big
+// enough.
+func getPayload(n int) []byte {
+	b, ok := payloads.Get().(*[]byte)
+	if ok && cap(*b) >= n {
+		return (*b)[:n]
+	}
+	if ok { // too small for this one: kept for smaller payloads
+		payloads.Put(b)
+	}
+	return make([]byte, n)
+}
+
+// putPayload gives a payload back to the pool: nothing may use p
+// afterwards.
+func putPayload(p []byte) {
+	b := p[:0]
+	payloads.Put(&b)
+}
+
 // frameReader reads frames from r through a small buffer. It is an
 // io.Reader too (buffered bytes first), which a tunnel's TLS and splice
 // read through. One goroutine reads at a time.
@@ -124,6 +149,11 @@ func (fr *frameReader) readFull(p []byte) error {
 // parsed in a goroutine of their own after the read loop has moved on. A
 // pooled payload buffer would have to go back only after that goroutine
 // ends.
+//
+// A Send frame's payload is that: it comes from a pool, and the Send's
+// goroutine gives it back with putPayload once the store has the
+// envelope (store.Store.Put keeps no reference to it). Every other
+// payload is a new slice.
 func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
 	if err := fr.readFull(fr.head[:]); err != nil {
 		return 0, nil, err
@@ -132,7 +162,12 @@ func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
 	if n > relay.MaxFrameSize {
 		return 0, nil, relay.ErrFrameTooLarge
 	}
-	p := make([]byte, n)
+	var p []byte
+	if relay.FrameType(fr.head[0]) == relay.FrameSend {
+		p = getPayload(int(n))
+	} else {
+		p = make([]byte, n)
+	}
 	if err := fr.readFull(p); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

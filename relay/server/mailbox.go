@@ -35,6 +35,13 @@ func (ss *session) send(p []byte) (store.Ref, error) {
 	return ss.accept(time.Now(), m.Cap, m.Envelope)
 }
 
+// sendPooled is send for a payload from bufPool (frameReader.ReadFrame),
+// which it gives back once the store has the envelope or refused it.
+func (ss *session) sendPooled(p []byte) (store.Ref, error) {
+	defer putPayload(p)
+	return ss.send(p)
+}
+
 // layer opens a forward layer handed over by an entry relay and accepts
 // the Send inside like a Send from a client.
 func (ss *session) layer(p []byte) (store.Ref, error) {

@@ -246,7 +246,7 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 	}
 	switch t {
 	case relay.FrameSend:
-		return ss.sendAsync(req, p, ss.send)
+		return ss.sendAsync(req, p, ss.sendPooled)
 	case relay.FrameCreate:
 		return ss.reply(req, ss.create(p), nil)
 	case relay.FrameSubscribe:

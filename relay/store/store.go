@@ -161,6 +161,8 @@ type Store interface {
 	// ErrStoreFull or ErrInvalid (empty or larger than MaxEnvelopeSize).
 	// If ctx ends while Put waits for the commit, Put returns ctx.Err()
 	// and the envelope may or may not have been stored; retrying is safe.
+	// Put keeps no reference to env once it returns, however it returns:
+	// the caller may reuse the buffer (the relay pools Send frames).
 	Put(ctx context.Context, id [IDSize]byte, env []byte) (Ref, error)
 
 	// Fetch returns up to max pending envelopes of mailbox id in the order

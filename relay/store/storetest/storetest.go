@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"UnknownMailbox", testUnknownMailbox},
 		{"Rotate", testRotate},
 		{"PutFetchAck", testPutFetchAck},
+		{"PutKeepsNoEnvelope", testPutKeepsNoEnvelope},
 		{"FetchAfter", testFetchAfter},
 		{"RetiredIDs", testRetiredIDs},
 		{"QuotaMailboxes", testQuotaMailboxes},
@@ -306,6 +307,33 @@ func testRotate(t *testing.T, f Factory) {
 	}
 	wantItems(t, s, ID(5))
 	wantErr(t, "short owner key", func() error { _, err := s.RotateMailbox(ctx, ID(5), ID(6), nil, nil); return err }(), store.ErrInvalid)
+}
+
+// Put keeps no reference to the caller's buffer: one buffer reused for
+// every Put (as the relay reuses Send frames) leaves each envelope whole.
+func testPutKeepsNoEnvelope(t *testing.T, f Factory) {
+	ctx := context.Background()
+	s := open(t, f, store.Options{})
+	id := ID(1)
+	mustCreate(t, s, id, 1)
+	buf := make([]byte, 4096)
+	var want [][]byte
+	for i := range 8 {
+		e := Envelope(id, len(buf), i)
+		copy(buf, e)
+		mustPut(t, s, id, buf)
+		want = append(want, e)
+	}
+	clear(buf)
+	items, err := s.Fetch(ctx, id, 0)
+	if err != nil || len(items) != len(want) {
+		t.Fatalf("Fetch = %d items, %v; want %d", len(items), err, len(want))
+	}
+	for i, it := range items {
+		if !bytes.Equal(it.Envelope, want[i]) {
+			t.Fatalf("envelope %d changed when the buffer it was put from was reused", i)
+		}
+	}
 }
 
 func testPutFetchAck(t *testing.T, f Factory) {
