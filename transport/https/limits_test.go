@@ -145,11 +145,29 @@ func TestMaxSessions(t *testing.T) {
 	}
 	first.Close()
 	s.Close()
-	// The slot is free again once the first session's handler is gone.
+	// The slot is free again once the first session's handler is gone,
+	// which Close does not wait for: until then a dial is refused as busy.
 	serveEcho(r.ln)
-	c := dial(t, r.ep)
+	c := dialWhenFree(t, r.ep)
 	defer c.Close()
 	transporttest.EchoRoundTrip(t, c, []byte("again"))
+}
+
+// dialWhenFree dials ep until a session opens, while the relay refuses it
+// as busy (class auth), for at most 30 s.
+func dialWhenFree(t *testing.T, ep transport.Endpoint) transport.Conn {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := (&Transport{}).Dial(context.Background(), ep)
+		if err == nil {
+			return c
+		}
+		if transport.ClassOf(err) != transport.ClassAuth || time.Now().After(deadline) {
+			t.Fatalf("dial: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func TestHandshakeSlots(t *testing.T) {
