@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 )
 
@@ -61,29 +62,41 @@ func putBuf(b *[]byte) {
 	bufPool.Put(b)
 }
 
-// payloads pools Send frames' payloads (*[]byte, so that putting one back
-// does not allocate). It has no New: a payload the pool cannot serve is
-// made to its size.
-var payloads sync.Pool
+// payloadClasses are the capacities of pooled Send payloads, one pool
+// each: an envelope bucket and room for the rest of the Send (request id,
+// capability), up to a largest frame. A Send holds a buffer of its own
+// class, so a small one does not hold a 64 KiB buffer.
+var payloadClasses = [...]int{envelope.Bucket4K + 1024, envelope.Bucket16K + 1024, relay.MaxFrameSize}
 
-// getPayload returns a slice of n bytes, pooled if the pool has one big
-// enough.
+// payloads pools Send frames' payloads by class. The pools have no New: a
+// payload the pool cannot serve is made to its class's size.
+var payloads [len(payloadClasses)]sync.Pool
+
+// getPayload returns a slice of n bytes (at most relay.MaxFrameSize),
+// pooled if its class's pool has one.
 func getPayload(n int) []byte {
-	b, ok := payloads.Get().(*[]byte)
-	if ok && cap(*b) >= n {
-		return (*b)[:n]
-	}
-	if ok { // too small for this one: kept for smaller payloads
-		payloads.Put(b)
+	for i, c := range payloadClasses {
+		if n <= c {
+			if b, ok := payloads[i].Get().(*[]byte); ok {
+				return (*b)[:n]
+			}
+			return make([]byte, n, c)
+		}
 	}
 	return make([]byte, n)
 }
 
-// putPayload gives a payload back to the pool: nothing may use p
-// afterwards.
+// putPayload gives a payload from getPayload back to its class's pool:
+// nothing may use p afterwards. (The *[]byte it puts is a new 24-byte
+// allocation: a payload travels as a slice.)
 func putPayload(p []byte) {
-	b := p[:0]
-	payloads.Put(&b)
+	for i, c := range payloadClasses {
+		if cap(p) == c {
+			b := p[:0]
+			payloads[i].Put(&b)
+			return
+		}
+	}
 }
 
 // frameReader reads frames from r through a small buffer. It is an

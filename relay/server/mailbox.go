@@ -35,7 +35,7 @@ func (ss *session) send(p []byte) (store.Ref, error) {
 	return ss.accept(time.Now(), m.Cap, m.Envelope)
 }
 
-// sendPooled is send for a payload from bufPool (frameReader.ReadFrame),
+// sendPooled is send for a pooled payload (frameReader.ReadFrame),
 // which it gives back once the store has the envelope or refused it.
 func (ss *session) sendPooled(p []byte) (store.Ref, error) {
 	defer putPayload(p)

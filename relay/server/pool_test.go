@@ -1,9 +1,12 @@
 package server_test
 
 import (
+	"bytes"
+	"context"
 	"runtime"
 	"testing"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
@@ -64,5 +67,69 @@ func TestSendPayloadPooled(t *testing.T) {
 	t.Logf("%.0f bytes allocated per Send of a %d-byte envelope (relay and test client)", per, len(env))
 	if per >= float64(len(env))/2 {
 		t.Errorf("a Send of a %d-byte envelope allocated %.0f bytes: its payload is not pooled", len(env), per)
+	}
+}
+
+// Sends of every envelope size, pipelined on one session so that the
+// relay reads the next frames while earlier Sends are being stored: a
+// payload given back to its pool before the store is done with it would
+// be read into again (the race detector reports it; the stored envelopes
+// come back different). Every envelope must come back as it was sent.
+func TestSendPayloadsPipelined(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	c := r.Connect(t)
+	mb := relaytest.NewMailbox(t, c, nil)
+	var envs [][]byte
+	for i := range 60 {
+		bucket := []int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K}[i%3]
+		msg := bytes.Repeat([]byte{byte(i)}, envelope.MaxPayload(envelope.SuiteX25519, bucket)-100)
+		env, err := envelope.Seal(mb.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: bucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, env)
+	}
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	defer cc.Close()
+	if _, err := cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := relay.ReadFrame(cc); err != nil {
+		t.Fatal(err)
+	}
+	var frames []byte
+	for i, env := range envs {
+		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := cc.Write(frames); wrote <- err }()
+	for range envs {
+		typ, p, err := relay.ReadFrame(cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, err := relay.ParseResult(p); typ != relay.FrameResult || err != nil || res.Code != relay.CodeOK {
+			t.Fatalf("a Send answered with frame %d, %+v, %v", typ, res, err)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Fetch(context.Background(), mb.Owner, mb.ID, len(envs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, env := range envs {
+		want[string(env)] = true
+	}
+	if len(got) != len(envs) {
+		t.Fatalf("the mailbox holds %d envelopes, want %d", len(got), len(envs))
+	}
+	for _, d := range got {
+		if !want[string(d.Envelope)] {
+			t.Fatalf("an envelope of %d bytes came back different from every one sent", len(d.Envelope))
+		}
 	}
 }
