@@ -11,6 +11,7 @@ import (
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 )
 
 // A Send frame's payload comes from a pool and goes back once the store
@@ -27,15 +28,8 @@ func TestSendPayloadPooled(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
 	env := mb.Seal(t, "pooled")
-	cc, sc := relaytest.Pipe(t)
-	r.Serve(sc, "test")
+	cc := helloSession(t, r)
 	defer cc.Close()
-	if _, err := cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := relay.ReadFrame(cc); err != nil {
-		t.Fatal(err)
-	}
 	const warm, n = 32, 256
 	frames := make([][]byte, warm+n)
 	for i := range frames {
@@ -89,15 +83,8 @@ func TestSendPayloadsPipelined(t *testing.T) {
 		}
 		envs = append(envs, env)
 	}
-	cc, sc := relaytest.Pipe(t)
-	r.Serve(sc, "test")
+	cc := helloSession(t, r)
 	defer cc.Close()
-	if _, err := cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := relay.ReadFrame(cc); err != nil {
-		t.Fatal(err)
-	}
 	var frames []byte
 	for i, env := range envs {
 		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
@@ -132,4 +119,18 @@ func TestSendPayloadsPipelined(t *testing.T) {
 			t.Fatalf("an envelope of %d bytes came back different from every one sent", len(d.Envelope))
 		}
 	}
+}
+
+// helloSession opens a raw session to r and exchanges hellos.
+func helloSession(t *testing.T, r *relaytest.Relay) transport.Conn {
+	t.Helper()
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	if _, err := cc.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := relay.ReadFrame(cc); err != nil {
+		t.Fatal(err)
+	}
+	return cc
 }
