@@ -56,7 +56,13 @@ type Relay struct {
 // the caller, and a zero HelloTimeout becomes 5 s.
 func New(t testing.TB, opts store.Options, cfg server.Config) *Relay {
 	t.Helper()
-	st := store.NewMemory(opts)
+	return NewWithStore(t, store.NewMemory(opts), cfg)
+}
+
+// NewWithStore is New with the store st, which the relay closes when the
+// test ends.
+func NewWithStore(t testing.TB, st store.Store, cfg server.Config) *Relay {
+	t.Helper()
 	cfg.Store = st
 	if cfg.HelloTimeout == 0 {
 		cfg.HelloTimeout = 5 * time.Second

@@ -41,7 +41,8 @@ type batch struct {
 
 // readBatch reads up to max envelopes after seq after (never more than
 // one batch) once the session and the server have budget for them. The
-// caller writes the items and then calls release.
+// caller queues the items (which copies them) and then calls release,
+// which gives their envelopes back to a store that pools them.
 func (ss *session) readBatch(ctx context.Context, id [32]byte, after uint64, max int) (*batch, error) {
 	if err := ss.acquire(ctx, ss.deliverSem); err != nil {
 		return nil, err
@@ -80,6 +81,9 @@ func (ss *session) acquire(ctx context.Context, sem chan struct{}) error {
 }
 
 func (b *batch) release() {
+	if r, ok := b.ss.srv.cfg.Store.(store.Recycler); ok {
+		r.Recycle(b.items) // queued: each envelope was copied into the write buffer
+	}
 	b.items = nil
 	<-b.ss.srv.deliverSem
 	<-b.ss.deliverSem

@@ -5,8 +5,8 @@ import (
 	"io"
 	"sync"
 
-	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/bufpool"
 )
 
 // Session I/O (issue #13, "small idle sessions").
@@ -60,43 +60,6 @@ func putBuf(b *[]byte) {
 	}
 	*b = (*b)[:0]
 	bufPool.Put(b)
-}
-
-// payloadClasses are the capacities of pooled Send payloads, one pool
-// each: an envelope bucket and room for the rest of the Send (request id,
-// capability), up to a largest frame. A Send holds a buffer of its own
-// class, so a small one does not hold a 64 KiB buffer.
-var payloadClasses = [...]int{envelope.Bucket4K + 1024, envelope.Bucket16K + 1024, relay.MaxFrameSize}
-
-// payloads pools Send frames' payloads by class. The pools have no New: a
-// payload the pool cannot serve is made to its class's size.
-var payloads [len(payloadClasses)]sync.Pool
-
-// getPayload returns a slice of n bytes (at most relay.MaxFrameSize),
-// pooled if its class's pool has one.
-func getPayload(n int) []byte {
-	for i, c := range payloadClasses {
-		if n <= c {
-			if b, ok := payloads[i].Get().(*[]byte); ok {
-				return (*b)[:n]
-			}
-			return make([]byte, n, c)
-		}
-	}
-	return make([]byte, n)
-}
-
-// putPayload gives a payload from getPayload back to its class's pool:
-// nothing may use p afterwards. (The *[]byte it puts is a new 24-byte
-// allocation: a payload travels as a slice.)
-func putPayload(p []byte) {
-	for i, c := range payloadClasses {
-		if cap(p) == c {
-			b := p[:0]
-			payloads[i].Put(&b)
-			return
-		}
-	}
 }
 
 // frameReader reads frames from r through a small buffer. It is an
@@ -164,7 +127,7 @@ func (fr *frameReader) readFull(p []byte) error {
 // ends.
 //
 // A Send frame's payload is that: it comes from a pool, and the Send's
-// goroutine gives it back with putPayload once the store has the
+// goroutine gives it back (bufpool.Put) once the store has the
 // envelope (store.Store.Put keeps no reference to it). Every other
 // payload is a new slice.
 func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
@@ -177,7 +140,7 @@ func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
 	}
 	var p []byte
 	if relay.FrameType(fr.head[0]) == relay.FrameSend {
-		p = getPayload(int(n))
+		p = bufpool.Get(int(n))
 	} else {
 		p = make([]byte, n)
 	}

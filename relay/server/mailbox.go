@@ -10,6 +10,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/bufpool"
 	"github.com/postern/postern/relay/store"
 	"github.com/postern/postern/transport/descriptor"
 )
@@ -38,7 +39,7 @@ func (ss *session) send(p []byte) (store.Ref, error) {
 // sendPooled is send for a pooled payload (frameReader.ReadFrame),
 // which it gives back once the store has the envelope or refused it.
 func (ss *session) sendPooled(p []byte) (store.Ref, error) {
-	defer putPayload(p)
+	defer bufpool.Put(p)
 	return ss.send(p)
 }
 

@@ -3,14 +3,19 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay/store/boltstore"
 	"github.com/postern/postern/transport"
 )
 
@@ -133,4 +138,118 @@ func helloSession(t *testing.T, r *relaytest.Relay) transport.Conn {
 		t.Fatal(err)
 	}
 	return cc
+}
+
+// With the log store, whose reads are pooled (store.Recycler): envelopes
+// of every size are pushed to a subscriber and fetched by a third session
+// while a fourth pipelines the Sends that put them, so the relay reads
+// Send payloads and the store builds records in the same buffers that
+// deliveries have just given back. The store here overwrites every
+// envelope given back before it pools it, so a delivery that uses its
+// envelope after giving it back (copying it after, or writing it out
+// from the store's buffer) delivers the overwritten bytes; the race
+// detector would see a buffer reused too early as well. Every envelope
+// pushed or fetched must be one that was sent.
+func TestDeliveriesPooled(t *testing.T) {
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "store"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recycled atomic.Int64
+	r := relaytest.NewWithStore(t, poisonRecycled{st, &recycled}, server.Config{})
+	c := r.Connect(t)
+	mb := relaytest.NewMailbox(t, c, nil)
+	const n = 60
+	want := map[string]bool{}
+	var envs [][]byte
+	for i := range n {
+		bucket := []int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K}[i%3]
+		msg := bytes.Repeat([]byte{byte(i)}, envelope.MaxPayload(envelope.SuiteX25519, bucket)-100)
+		env, err := envelope.Seal(mb.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: bucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, env)
+		want[string(env)] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a deadlock guard
+	defer cancel()
+	recv := r.Connect(t)
+	if err := recv.Subscribe(ctx, mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	fetcher := r.Connect(t)
+	fetched := make(chan error, 1)
+	go func() {
+		for range 20 {
+			got, err := fetcher.Fetch(ctx, mb.Owner, mb.ID, n)
+			if err != nil {
+				fetched <- err
+				return
+			}
+			for _, d := range got {
+				if !want[string(d.Envelope)] {
+					fetched <- fmt.Errorf("a fetched envelope of %d bytes differs from every one sent", len(d.Envelope))
+					return
+				}
+			}
+		}
+		fetched <- nil
+	}()
+	cc := helloSession(t, r)
+	defer cc.Close()
+	var frames []byte
+	for i, env := range envs {
+		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := cc.Write(frames); wrote <- err }()
+	go func() { // the answers, which the relay writes as it stores
+		for range envs {
+			if _, _, err := relay.ReadFrame(cc); err != nil {
+				return
+			}
+		}
+	}()
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case d := <-recv.Deliveries():
+			if !want[string(d.Envelope)] {
+				t.Fatalf("a pushed envelope of %d bytes differs from every one sent", len(d.Envelope))
+			}
+			seen[string(d.Envelope)] = true
+			if _, err := recv.Ack(ctx, mb.Owner, mb.ID, d.Ref); err != nil {
+				t.Fatal(err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%d of %d envelopes pushed before the deadline", len(seen), n)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if got := recycled.Load(); got < n {
+		t.Errorf("%d envelopes given back to the store, want at least the %d pushed", got, n)
+	}
+}
+
+// poisonRecycled is a log store that overwrites the envelopes given back
+// to it before it pools them, and counts them.
+type poisonRecycled struct {
+	*boltstore.Store
+	n *atomic.Int64
+}
+
+func (p poisonRecycled) Recycle(items []store.Item) {
+	p.n.Add(int64(len(items)))
+	for _, it := range items {
+		for i := range it.Envelope {
+			it.Envelope[i] = 0xA5
+		}
+	}
+	p.Store.Recycle(items)
 }

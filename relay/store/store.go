@@ -167,7 +167,9 @@ type Store interface {
 
 	// Fetch returns up to max pending envelopes of mailbox id in the order
 	// they were accepted (max <= 0 means DefaultFetchMax). Fetching does not
-	// remove them; Ack does.
+	// remove them; Ack does. The items are the caller's; a store that
+	// pools the memory it reads envelopes into lets the caller give it
+	// back ([Recycler]).
 	Fetch(ctx context.Context, id [IDSize]byte, max int) ([]Item, error)
 
 	// FetchAfter is Fetch starting after the envelope at sequence number
@@ -200,6 +202,16 @@ type Store interface {
 
 	// Close releases the store. Calls after Close fail with ErrClosed.
 	Close() error
+}
+
+// Recycler is a Store whose Fetch and FetchAfter read envelopes into
+// memory it pools. Recycle gives the Envelopes of items back: the caller
+// uses none of their bytes afterwards and gives each back once. Items
+// never given back cost only the reuse. A caller that copies each
+// envelope out (the relay queues it into its write buffer) gives them
+// back as soon as it has.
+type Recycler interface {
+	Recycle(items []Item)
 }
 
 // Options tune a store. The zero value means sensible defaults.

@@ -144,32 +144,13 @@ func indexHeap(b *testing.B, dir string) int64 {
 // AES-256-GCM open of 16 × 4 KiB into a new buffer each.
 func BenchmarkFetch(b *testing.B) {
 	const page, size = 16, 4096
-	b.Run("store", func(b *testing.B) {
-		s, err := boltstore.Open(b.TempDir(), unlimited)
-		if err != nil {
-			b.Fatal(err)
+	for _, recycle := range []bool{false, true} {
+		name := "store"
+		if recycle {
+			name = "store-recycled" // each page given back (Recycle), as the relay does
 		}
-		defer s.Close()
-		ctx := context.Background()
-		id := storetest.ID(1)
-		if err := s.CreateMailbox(ctx, id, storetest.Owner(1), nil); err != nil {
-			b.Fatal(err)
-		}
-		for i := range page {
-			if _, err := s.Put(ctx, id, storetest.Envelope(id, size, i)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		b.SetBytes(page * size)
-		b.ReportAllocs()
-		for b.Loop() {
-			items, err := s.FetchAfter(ctx, id, 0, page)
-			if err != nil || len(items) != page {
-				b.Fatalf("FetchAfter: %d items, %v", len(items), err)
-			}
-		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*page), "ns/env")
-	})
+		b.Run(name, func(b *testing.B) { benchFetch(b, page, size, recycle) })
+	}
 	b.Run("raw", func(b *testing.B) {
 		f, err := os.OpenFile(filepath.Join(b.TempDir(), "raw"), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
@@ -200,4 +181,34 @@ func BenchmarkFetch(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*page), "ns/env")
 	})
+}
+
+func benchFetch(b *testing.B, page, size int, recycle bool) {
+	s, err := boltstore.Open(b.TempDir(), unlimited)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	id := storetest.ID(1)
+	if err := s.CreateMailbox(ctx, id, storetest.Owner(1), nil); err != nil {
+		b.Fatal(err)
+	}
+	for i := range page {
+		if _, err := s.Put(ctx, id, storetest.Envelope(id, size, i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(int64(page * size))
+	b.ReportAllocs()
+	for b.Loop() {
+		items, err := s.FetchAfter(ctx, id, 0, page)
+		if err != nil || len(items) != page {
+			b.Fatalf("FetchAfter: %d items, %v", len(items), err)
+		}
+		if recycle {
+			s.Recycle(items)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*page), "ns/env")
 }

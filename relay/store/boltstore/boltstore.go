@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/postern/postern/relay/bufpool"
 	"github.com/postern/postern/relay/store"
 )
 
@@ -494,7 +495,7 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	// buffer read for it.
 	c := s.keys.Envelopes(id)
 	for i, r := range reads {
-		sealed := make([]byte, r.n)
+		sealed := bufpool.Get(r.n) // given back by Recycle, or not at all
 		if _, err := r.seg.f.ReadAt(sealed, r.at.off); err != nil {
 			if s.closed.Load() {
 				return nil, store.ErrClosed
@@ -511,9 +512,20 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 		if err != nil {
 			return nil, s.damaged(r.rec, err)
 		}
-		items[i].Envelope = env
+		// env is sealed's start; with the buffer's capacity, so that
+		// Recycle knows its pool.
+		items[i].Envelope = sealed[:len(env)]
 	}
 	return items, nil
+}
+
+// Recycle gives back the buffers FetchAfter read items' envelopes into
+// (store.Recycler).
+func (s *Store) Recycle(items []store.Item) {
+	for i := range items {
+		bufpool.Put(items[i].Envelope)
+		items[i].Envelope = nil
+	}
 }
 
 // markClosed appends a close record, so that damage to the last batch

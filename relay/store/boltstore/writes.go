@@ -5,9 +5,9 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"slices"
-	"sync"
 	"time"
 
+	"github.com/postern/postern/relay/bufpool"
 	"github.com/postern/postern/relay/store"
 )
 
@@ -153,11 +153,10 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 	// The record is built in a pooled buffer, which the committer gives
 	// back once it has copied the record into its batch.
 	day := store.ExpiryDay(s.opts.Now(), s.opts.TTL)
-	rp := getRecord(recHeader + envelopeBody + n + store.SealOverhead)
-	rec := appendEnvelopeRecordHead((*rp)[:0], hid, day, ref, n+store.SealOverhead)
+	rec := appendEnvelopeRecordHead(bufpool.Get(recHeader + envelopeBody + n + store.SealOverhead)[:0], hid, day, ref, n+store.SealOverhead)
 	rec = s.keys.Envelopes(id).AppendSeal(rec, ref, env)
 	err := s.do(ctx, func(w *writer) error {
-		defer putRecord(rp, rec)
+		defer bufpool.Put(rec)
 		b := w.ix.mailbox(hid)
 		if b == nil {
 			return store.ErrNoMailbox
@@ -175,30 +174,6 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 		return store.Ref{}, err
 	}
 	return ref, nil
-}
-
-// records pools the buffers Put builds envelope records in (*[]byte, so
-// that putting one back does not allocate).
-var records sync.Pool
-
-// getRecord returns a pooled buffer of at least n bytes' capacity.
-func getRecord(n int) *[]byte {
-	p, ok := records.Get().(*[]byte)
-	if ok && cap(*p) >= n {
-		return p
-	}
-	if ok { // too small for this one: kept for smaller envelopes
-		records.Put(p)
-	}
-	b := make([]byte, 0, n)
-	return &b
-}
-
-// putRecord gives back the buffer p, which the record rec was built in:
-// nothing may use rec afterwards.
-func putRecord(p *[]byte, rec []byte) {
-	*p = rec[:0]
-	records.Put(p)
 }
 
 // addEnvelope appends the envelope record made of parts to the batch
