@@ -44,6 +44,16 @@ func TestPutReuses(t *testing.T) {
 	if !reused {
 		t.Fatal("a 4 KiB class buffer given back was never reused")
 	}
+	for range 100 { // a larger class's buffer never serves a smaller class
+		Put(Get(envelope.Bucket64K))
+		Put(Get(envelope.Bucket16K))
+		if r := Get(100); cap(r) != envelope.Bucket4K+Slack {
+			t.Fatalf("a 4 KiB Get got capacity %d", cap(r))
+		}
+		if r := Get(envelope.Bucket16K); cap(r) != envelope.Bucket16K+Slack {
+			t.Fatalf("a 16 KiB Get got capacity %d", cap(r))
+		}
+	}
 	for range 100 {
 		Put(make([]byte, 10, 5000))
 		if r := Get(300); cap(r) != envelope.Bucket4K+Slack {

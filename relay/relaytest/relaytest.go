@@ -59,8 +59,7 @@ func New(t testing.TB, opts store.Options, cfg server.Config) *Relay {
 	return NewWithStore(t, store.NewMemory(opts), cfg)
 }
 
-// NewWithStore is New with the store st, which the relay closes when the
-// test ends.
+// NewWithStore is New with the store st, closed when the test ends.
 func NewWithStore(t testing.TB, st store.Store, cfg server.Config) *Relay {
 	t.Helper()
 	cfg.Store = st

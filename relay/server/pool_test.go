@@ -12,6 +12,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
@@ -180,18 +181,20 @@ func TestDeliveriesPooled(t *testing.T) {
 	}
 	fetcher := r.Connect(t)
 	fetched := make(chan error, 1)
-	go func() {
-		for range 20 {
-			got, err := fetcher.Fetch(ctx, mb.Owner, mb.ID, n)
+	go func() { // until it has fetched every envelope: none is acked before
+		got := map[string]bool{}
+		for len(got) < n {
+			page, err := fetcher.Fetch(ctx, mb.Owner, mb.ID, n)
 			if err != nil {
 				fetched <- err
 				return
 			}
-			for _, d := range got {
+			for _, d := range page {
 				if !want[string(d.Envelope)] {
 					fetched <- fmt.Errorf("a fetched envelope of %d bytes differs from every one sent", len(d.Envelope))
 					return
 				}
+				got[string(d.Envelope)] = true
 			}
 		}
 		fetched <- nil
@@ -212,6 +215,7 @@ func TestDeliveriesPooled(t *testing.T) {
 		}
 	}()
 	seen := map[string]bool{}
+	var refs []client.Ref
 	for len(seen) < n {
 		select {
 		case d := <-recv.Deliveries():
@@ -219,9 +223,7 @@ func TestDeliveriesPooled(t *testing.T) {
 				t.Fatalf("a pushed envelope of %d bytes differs from every one sent", len(d.Envelope))
 			}
 			seen[string(d.Envelope)] = true
-			if _, err := recv.Ack(ctx, mb.Owner, mb.ID, d.Ref); err != nil {
-				t.Fatal(err)
-			}
+			refs = append(refs, d.Ref) // acked once the fetcher is done
 		case <-ctx.Done():
 			t.Fatalf("%d of %d envelopes pushed before the deadline", len(seen), n)
 		}
@@ -230,6 +232,9 @@ func TestDeliveriesPooled(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recv.Ack(ctx, mb.Owner, mb.ID, refs...); err != nil {
 		t.Fatal(err)
 	}
 	if got := recycled.Load(); got < n {

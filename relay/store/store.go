@@ -209,7 +209,10 @@ type Store interface {
 // uses none of their bytes afterwards and gives each back once. Items
 // never given back cost only the reuse. A caller that copies each
 // envelope out (the relay queues it into its write buffer) gives them
-// back as soon as it has.
+// back as soon as it has. A Store that wraps another passes Recycle on
+// only if it hands out the items of the other's FetchAfter unchanged and
+// keeps none of them; otherwise it does not implement Recycler (a wrapper
+// that embeds a Recycler must then hide Recycle).
 type Recycler interface {
 	Recycle(items []Item)
 }

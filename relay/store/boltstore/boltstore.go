@@ -89,8 +89,9 @@ type Store struct {
 }
 
 var (
-	_ store.Store  = (*Store)(nil)
-	_ store.Outbox = (*Store)(nil)
+	_ store.Store    = (*Store)(nil)
+	_ store.Outbox   = (*Store)(nil)
+	_ store.Recycler = (*Store)(nil)
 )
 
 // Open opens (or creates) the store in dir: the log in dir/log and,
@@ -495,8 +496,10 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	// buffer read for it.
 	c := s.keys.Envelopes(id)
 	for i, r := range reads {
-		sealed := bufpool.Get(r.n) // given back by Recycle, or not at all
+		sealed := bufpool.Get(r.n) // the caller gives it back (Recycle), or this loop on failure
 		if _, err := r.seg.f.ReadAt(sealed, r.at.off); err != nil {
+			bufpool.Put(sealed)
+			s.Recycle(items[:i])
 			if s.closed.Load() {
 				return nil, store.ErrClosed
 			}
@@ -510,6 +513,8 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 		}
 		env, err := c.OpenInPlace(items[i].Ref, sealed)
 		if err != nil {
+			bufpool.Put(sealed)
+			s.Recycle(items[:i])
 			return nil, s.damaged(r.rec, err)
 		}
 		// env is sealed's start; with the buffer's capacity, so that

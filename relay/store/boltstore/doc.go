@@ -170,6 +170,14 @@
 // 64 × 64 KiB backlog from a cold cache: on this project's machine p99
 // 7.7–9.8 ms against 15.4–22.7 ms with the reads under the lock.
 //
+// Each envelope is read, and decrypted in place, in a buffer of the pool
+// in package relay/bufpool (which Put builds its records in too, and the
+// relay reads Send frames into). The caller gives it back with Recycle
+// ([store.Recycler]) once it has copied the envelope out, as the relay
+// does once it has queued a delivery: BenchmarkFetch (16-envelope pages
+// of 4 KiB from the page cache) 1.6–2.0 µs per envelope given back
+// against 2.8–3.2 µs each read into a new buffer.
+//
 // # Migration
 //
 // A directory of the bbolt releases (dir/store.db) is checked as before
