@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"time"
+
+	"github.com/postern/postern/relay"
 )
 
 // errStop marks Handle's error: Follow returns it instead of reconnecting.
@@ -28,10 +30,18 @@ type FollowConfig struct {
 	// waiting envelope is pushed again on a new session, so a caller that
 	// holds envelopes unacked (fragments) resets that state here.
 	Connected func()
-	// Handle takes one delivery and returns the refs to ack now (possibly
-	// none, possibly refs of earlier deliveries). Follow acks them, and
-	// then, if Handle also returned an error, stops with that error.
+	// Handle takes one delivery and returns the refs to ack (possibly
+	// none, possibly refs of earlier deliveries). Follow acks them once it
+	// has handed over the deliveries that arrived meanwhile, with one Ack
+	// for all (so a backlog costs a round trip per batch, not per
+	// envelope), and then, if Handle returned an error, stops with that
+	// error without handing over more.
 	Handle func(Delivery) ([]Ref, error)
+	// Flush, if set, is called before each Ack of what Handle returned,
+	// so that a batch's state is saved once (an Inbox saves its replay
+	// ids there). Follow acks even if it fails, and then stops with its
+	// error, as it does with Handle's.
+	Flush func() error
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
@@ -110,7 +120,27 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if !ok {
 				return true, c.Err()
 			}
-			acks, herr := cfg.Handle(d)
+			// The deliveries already waiting are handled before the ack,
+			// which then covers them all: acking each on its own cost a
+			// round trip per envelope, and a backlog drained at one
+			// envelope per round trip.
+			var acks []Ref
+			var herr error
+			for {
+				refs, err := cfg.Handle(d)
+				acks, herr = append(acks, refs...), err
+				if herr != nil || len(acks) >= relay.MaxAckRefs {
+					break
+				}
+				if d, ok = c.waiting(); !ok {
+					break
+				}
+			}
+			if cfg.Flush != nil { // for the deliveries handled before a refusal too
+				if err := cfg.Flush(); herr == nil {
+					herr = err
+				}
+			}
 			if len(acks) > 0 {
 				if _, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...); err != nil {
 					return true, err
@@ -120,5 +150,29 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 				return true, &stopError{herr}
 			}
 		}
+	}
+}
+
+// waiting returns the next delivery if one has arrived and not been
+// taken: handed over by forward at once, or still queued (forward is
+// about to hand it over). It reports false when none has, or when the
+// session has ended (the next receive in follow sees that).
+func (c *Client) waiting() (Delivery, bool) {
+	select {
+	case d, ok := <-c.deliveries:
+		return d, ok
+	default:
+	}
+	c.qmu.Lock()
+	queued := len(c.queue) > 0
+	c.qmu.Unlock()
+	if !queued {
+		return Delivery{}, false
+	}
+	select {
+	case d, ok := <-c.deliveries:
+		return d, ok
+	case <-c.done:
+		return Delivery{}, false
 	}
 }

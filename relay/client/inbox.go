@@ -223,12 +223,7 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 	return Follow(ctx, FollowConfig{
 		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
 		Connected: in.Reset,
-		Handle: func(d Delivery) ([]Ref, error) {
-			refs, err := in.Handle(d)
-			if err != nil {
-				return refs, err
-			}
-			return refs, in.replay.save()
-		},
+		Handle:    in.Handle,
+		Flush:     in.replay.save,
 	})
 }

@@ -1,0 +1,246 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+)
+
+// ackCounter is a memory store that counts Ack calls: one per Ack frame.
+type ackCounter struct {
+	store.Store
+	acks atomic.Int64
+}
+
+func (s *ackCounter) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
+	s.acks.Add(1)
+	return s.Store.Ack(ctx, id, refs...)
+}
+
+// lateWriter is a session whose writes reach the relay rtt late, in
+// order, as over a slow path: a request's round trip takes at least rtt.
+type lateWriter struct {
+	transport.Conn
+	rtt    time.Duration
+	chunks chan lateChunk
+	once   sync.Once
+}
+
+type lateChunk struct {
+	due time.Time
+	b   []byte
+}
+
+func newLateWriter(c transport.Conn, rtt time.Duration) *lateWriter {
+	w := &lateWriter{Conn: c, rtt: rtt, chunks: make(chan lateChunk, 1024)}
+	go func() {
+		for ch := range w.chunks {
+			time.Sleep(time.Until(ch.due))
+			if _, err := w.Conn.Write(ch.b); err != nil {
+				w.Conn.Close()
+				for range w.chunks {
+				}
+				return
+			}
+		}
+	}()
+	return w
+}
+
+func (w *lateWriter) Write(p []byte) (int, error) {
+	w.chunks <- lateChunk{time.Now().Add(w.rtt), append([]byte(nil), p...)}
+	return len(p), nil
+}
+
+func (w *lateWriter) Close() error {
+	w.once.Do(func() { close(w.chunks) })
+	return w.Conn.Close()
+}
+
+// TestFollowAcksBacklogInBatches: a backlog pushed at once is acked in a
+// few Acks, not one round trip per envelope. Each Ack is a request the
+// client waits for; acking envelope by envelope, a receiver drained a
+// backlog at one envelope per round trip (300 envelopes over a 20 ms
+// round trip: over 6 s).
+func TestFollowAcksBacklogInBatches(t *testing.T) {
+	st := &ackCounter{Store: store.NewMemory(store.Options{})}
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	owner := r.Connect(t)
+	mb := relaytest.NewMailbox(t, owner, nil)
+	sender := r.Connect(t)
+	const n, rtt = 300, 20 * time.Millisecond
+	for i := range n {
+		if _, err := sender.Send(ctx, mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks0 := st.acks.Load()
+	var handled atomic.Int64
+	start := time.Now()
+	done := make(chan error, 1)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- client.Follow(fctx, client.FollowConfig{
+			Dial: func(ctx context.Context) (*client.Client, error) {
+				cc, sc := relaytest.Pipe(t)
+				r.Serve(sc, "test")
+				return client.New(ctx, newLateWriter(cc, rtt), client.WithRelayKey(r.Server.PublicKey()))
+			},
+			Owner:   mb.Owner,
+			Mailbox: mb.ID,
+			Handle: func(d client.Delivery) ([]client.Ref, error) {
+				handled.Add(1)
+				return []client.Ref{d.Ref}, nil
+			},
+		})
+	}()
+	for {
+		m, err := r.Store.Mailbox(ctx, mb.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Pending == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d of %d envelopes still pending", m.Pending, n)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	took := time.Since(start)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	acks := st.acks.Load() - acks0
+	t.Logf("%d envelopes drained over a %v round trip in %v with %d Acks", n, rtt, took.Round(time.Millisecond), acks)
+	if h := handled.Load(); h != n {
+		t.Errorf("handled %d deliveries, want %d", h, n)
+	}
+	if acks > n/4 {
+		t.Errorf("%d envelopes were acked in %d Acks: a round trip each, nearly", n, acks)
+	}
+}
+
+// events is an ordered record of saves and acks, from either side.
+type events struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (e *events) add(s string) { e.mu.Lock(); e.log = append(e.log, s); e.mu.Unlock() }
+
+// orderedAcks is a memory store that records each Ack in events.
+type orderedAcks struct {
+	store.Store
+	ev *events
+}
+
+func (s orderedAcks) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
+	s.ev.add("ack")
+	return s.Store.Ack(ctx, id, refs...)
+}
+
+// savedReplay is a ReplayStore in memory that records each Save.
+type savedReplay struct {
+	ev   *events
+	mu   sync.Mutex
+	last int
+}
+
+func (r *savedReplay) Load() ([][envelope.IDSize]byte, error) { return nil, nil }
+
+func (r *savedReplay) Save(ids [][envelope.IDSize]byte) error {
+	r.mu.Lock()
+	r.last = len(ids)
+	r.mu.Unlock()
+	r.ev.add("save")
+	return nil
+}
+
+// TestInboxFollowSavesOncePerBatch: an Inbox following a backlog saves
+// its replay ids once per batch of deliveries, not once per message
+// (each save writes the whole file and syncs it), and always before the
+// Ack that covers them. When Take refuses a message, what was taken
+// before it in the batch is saved and acked, and nothing after it is
+// taken.
+func TestInboxFollowSavesOncePerBatch(t *testing.T) {
+	ev := &events{}
+	r := relaytest.NewWithStore(t, orderedAcks{store.NewMemory(store.Options{}), ev}, server.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	owner := r.Connect(t)
+	mb := relaytest.NewMailbox(t, owner, nil)
+	sender := r.Connect(t)
+	const n, refuseAt = 40, 30
+	for i := range n {
+		if _, err := sender.Send(ctx, mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refusal := errors.New("the terminal went away")
+	taken, calls := 0, 0
+	replay := &savedReplay{ev: ev}
+	in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Replay: replay, Take: func(client.Message) error {
+		calls++
+		if taken == refuseAt-1 {
+			return refusal
+		}
+		taken++
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(ctx context.Context) (*client.Client, error) {
+		cc, sc := relaytest.Pipe(t)
+		r.Serve(sc, "test")
+		return client.New(ctx, newLateWriter(cc, 10*time.Millisecond), client.WithRelayKey(r.Server.PublicKey()))
+	}
+	if err := in.Follow(ctx, dial, mb.Owner, mb.ID, nil); !errors.Is(err, refusal) {
+		t.Fatalf("Follow = %v, want the refusal", err)
+	}
+	m, err := r.Store.Mailbox(ctx, mb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if taken != refuseAt-1 || calls != refuseAt || m.Pending != n-refuseAt+1 {
+		t.Fatalf("%d taken of %d offered, %d still on the relay; want %d of %d, %d", taken, calls, m.Pending, refuseAt-1, refuseAt, n-refuseAt+1)
+	}
+	if replay.last != refuseAt-1 {
+		t.Errorf("the replay ids saved last hold %d ids, want the %d taken", replay.last, refuseAt-1)
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	saves, unsaved := 0, true // an Ack needs a save since the last one
+	for _, e := range ev.log {
+		switch e {
+		case "save":
+			saves++
+			unsaved = false
+		case "ack":
+			if unsaved {
+				t.Fatalf("an Ack without a save before it: %v", ev.log)
+			}
+			unsaved = true
+		}
+	}
+	t.Logf("%d messages taken with %d saves: %v", taken, saves, ev.log)
+	if saves > taken/4 {
+		t.Errorf("%d saves for %d messages taken", saves, taken)
+	}
+}
