@@ -39,8 +39,8 @@ type FollowConfig struct {
 	Handle func(Delivery) ([]Ref, error)
 	// Flush, if set, is called before each Ack of what Handle returned,
 	// so that a batch's state is saved once (an Inbox saves its replay
-	// ids there). Follow acks even if it fails, and then stops with its
-	// error, as it does with Handle's.
+	// ids there). If it fails, Follow acks nothing of the batch and stops
+	// with its error.
 	Flush func() error
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
@@ -124,12 +124,15 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			// which then covers them all: acking each on its own cost a
 			// round trip per envelope, and a backlog drained at one
 			// envelope per round trip.
+			// A batch also ends when ctx does, and after cfg.Ping (so a
+			// slow Handle still acks, and so talks to the relay, that often).
 			var acks []Ref
 			var herr error
+			began := time.Now()
 			for {
 				refs, err := cfg.Handle(d)
 				acks, herr = append(acks, refs...), err
-				if herr != nil || len(acks) >= relay.MaxAckRefs {
+				if herr != nil || len(acks) >= relay.MaxAckRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
 					break
 				}
 				if d, ok = c.waiting(); !ok {
@@ -137,12 +140,15 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 				}
 			}
 			if cfg.Flush != nil { // for the deliveries handled before a refusal too
-				if err := cfg.Flush(); herr == nil {
-					herr = err
+				if err := cfg.Flush(); err != nil {
+					return true, &stopError{errors.Join(herr, err)} // nothing acked unsaved
 				}
 			}
 			if len(acks) > 0 {
 				if _, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...); err != nil {
+					if herr != nil {
+						return true, &stopError{herr} // the refusal stands
+					}
 					return true, err
 				}
 			}

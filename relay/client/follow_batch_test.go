@@ -244,3 +244,135 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 		t.Errorf("%d saves for %d messages taken", saves, taken)
 	}
 }
+
+// failingReplay is a ReplayStore whose saves fail.
+type failingReplay struct{ err error }
+
+func (failingReplay) Load() ([][envelope.IDSize]byte, error) { return nil, nil }
+func (r failingReplay) Save([][envelope.IDSize]byte) error   { return r.err }
+
+// backlog starts a relay with n envelopes waiting in a new mailbox. acks
+// counts the Ack frames the relay has answered.
+func backlog(t *testing.T, n int) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
+	t.Helper()
+	st := &ackCounter{Store: store.NewMemory(store.Options{})}
+	r = relaytest.NewWithStore(t, st, server.Config{})
+	mb = relaytest.NewMailbox(t, r.Connect(t), nil)
+	sender := r.Connect(t)
+	for i := range n {
+		if _, err := sender.Send(context.Background(), mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r, mb, &st.acks
+}
+
+func pending(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox) int {
+	t.Helper()
+	m, err := r.Store.Mailbox(context.Background(), mb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Pending
+}
+
+// A refusal stops Follow even when the Ack of what was taken before it
+// fails (here the session ends during the refused Take): Follow must not
+// reconnect and offer the refused message again.
+func TestFollowRefusalStandsWhenAckFails(t *testing.T) {
+	r, mb, _ := backlog(t, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	var session atomic.Pointer[client.Client]
+	refusal := errors.New("the terminal went away")
+	calls := 0
+	in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Take: func(client.Message) error {
+		calls++
+		if calls == 5 {
+			session.Load().Close()
+			return refusal
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(ctx context.Context) (*client.Client, error) {
+		c := r.Connect(t)
+		session.Store(c)
+		return c, nil
+	}
+	if err := in.Follow(ctx, dial, mb.Owner, mb.ID, func(error, time.Duration) {}); !errors.Is(err, refusal) {
+		t.Fatalf("Follow = %v, want the refusal", err)
+	}
+	if calls != 5 {
+		t.Fatalf("Take was called %d times, want 5: the refused message was offered again", calls)
+	}
+}
+
+// A failed replay save acks nothing, in Follow and in Drain: an envelope
+// acked but not recorded could be brought back as new.
+func TestReplaySaveFailureAcksNothing(t *testing.T) {
+	const n = 10
+	diskFull := errors.New("no space left on device")
+	for _, how := range []string{"follow", "drain"} {
+		t.Run(how, func(t *testing.T) {
+			r, mb, acks := backlog(t, n)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+			defer cancel()
+			in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Replay: failingReplay{diskFull}, Take: func(client.Message) error { return nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if how == "follow" {
+				dial := func(context.Context) (*client.Client, error) { return r.Connect(t), nil }
+				err = in.Follow(ctx, dial, mb.Owner, mb.ID, nil)
+			} else {
+				err = in.Drain(ctx, r.Connect(t), mb.Owner, mb.ID)
+			}
+			if !errors.Is(err, diskFull) {
+				t.Fatalf("%s = %v, want the save's error", how, err)
+			}
+			if got := pending(t, r, mb); got != n || acks.Load() != 0 {
+				t.Fatalf("%d of %d envelopes left on the relay after %d Acks: acked without a saved replay id", got, n, acks.Load())
+			}
+		})
+	}
+}
+
+// A batch ends after FollowConfig.Ping even with more deliveries waiting,
+// so a slow Handle still acks (and so is heard from) that often.
+func TestFollowBatchEndsAfterPing(t *testing.T) {
+	const n = 12
+	r, mb, acks := backlog(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Follow(fctx, client.FollowConfig{
+			Dial:    func(context.Context) (*client.Client, error) { return r.Connect(t), nil },
+			Owner:   mb.Owner,
+			Mailbox: mb.ID,
+			Ping:    time.Millisecond,
+			Handle: func(d client.Delivery) ([]client.Ref, error) {
+				time.Sleep(2 * time.Millisecond) // longer than Ping: every batch ends after one
+				return []client.Ref{d.Ref}, nil
+			},
+		})
+	}()
+	for pending(t, r, mb) > 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the backlog was never acked")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := acks.Load(); got < n {
+		t.Fatalf("%d envelopes acked in %d Acks: a batch outlived Ping", n, got)
+	}
+}

@@ -177,16 +177,19 @@ func (in *Inbox) drop(key string) []Ref {
 }
 
 // ack records taken ids in the replay store, then acks refs. The replay
-// store is written first: an envelope acked but not recorded could only
-// be lost, one recorded but not acked is recognised when it comes again.
+// store is written first, and if that fails nothing is acked: a relay
+// could bring back an envelope acked but not recorded as new, and one
+// recorded but not acked is recognised when it comes again.
 func (in *Inbox) ack(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, refs []Ref) error {
-	saveErr := in.replay.save()
+	if err := in.replay.save(); err != nil {
+		return err // nothing is acked whose replay id was not saved
+	}
 	if len(refs) > 0 {
 		if _, err := c.Ack(ctx, owner, mailbox, refs...); err != nil {
 			return err
 		}
 	}
-	return saveErr
+	return nil
 }
 
 // Drain pages once through the mailbox on c, handing complete messages to
