@@ -123,9 +123,9 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			// The deliveries already waiting are handled before the ack,
 			// which then covers them all: acking each on its own cost a
 			// round trip per envelope, and a backlog drained at one
-			// envelope per round trip.
-			// A batch also ends when ctx does, and after cfg.Ping (so a
-			// slow Handle still acks, and so talks to the relay, that often).
+			// envelope per round trip. A batch also ends when ctx does,
+			// and after cfg.Ping (so a slow Handle still acks, and so
+			// talks to the relay, that often).
 			var acks []Ref
 			var herr error
 			began := time.Now()

@@ -79,24 +79,8 @@ func TestSendPayloadsPipelined(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	c := r.Connect(t)
 	mb := relaytest.NewMailbox(t, c, nil)
-	var envs [][]byte
-	for i := range 60 {
-		bucket := []int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K}[i%3]
-		msg := bytes.Repeat([]byte{byte(i)}, envelope.MaxPayload(envelope.SuiteX25519, bucket)-100)
-		env, err := envelope.Seal(mb.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: bucket})
-		if err != nil {
-			t.Fatal(err)
-		}
-		envs = append(envs, env)
-	}
-	cc := helloSession(t, r)
-	defer cc.Close()
-	var frames []byte
-	for i, env := range envs {
-		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
-	}
-	wrote := make(chan error, 1)
-	go func() { _, err := cc.Write(frames); wrote <- err }()
+	envs, want := everySize(t, mb, 60)
+	cc, wrote := pipelineSends(t, r, envs)
 	for range envs {
 		typ, p, err := relay.ReadFrame(cc)
 		if err != nil {
@@ -112,10 +96,6 @@ func TestSendPayloadsPipelined(t *testing.T) {
 	got, err := c.Fetch(context.Background(), mb.Owner, mb.ID, len(envs))
 	if err != nil {
 		t.Fatal(err)
-	}
-	want := map[string]bool{}
-	for _, env := range envs {
-		want[string(env)] = true
 	}
 	if len(got) != len(envs) {
 		t.Fatalf("the mailbox holds %d envelopes, want %d", len(got), len(envs))
@@ -141,6 +121,41 @@ func helloSession(t *testing.T, r *relaytest.Relay) transport.Conn {
 	return cc
 }
 
+// everySize seals n envelopes to mb, of every bucket in turn, each
+// different, and returns them and the set of them.
+func everySize(t *testing.T, mb *relaytest.Mailbox, n int) ([][]byte, map[string]bool) {
+	t.Helper()
+	var envs [][]byte
+	set := map[string]bool{}
+	for i := range n {
+		bucket := []int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K}[i%3]
+		msg := bytes.Repeat([]byte{byte(i)}, envelope.MaxPayload(envelope.SuiteX25519, bucket)-100)
+		env, err := envelope.Seal(mb.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: bucket})
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, env)
+		set[string(env)] = true
+	}
+	return envs, set
+}
+
+// pipelineSends writes a Send of each of envs on a new raw session without
+// waiting for answers, and returns the session (closed when the test
+// ends), whose answers the caller reads, and the write's result.
+func pipelineSends(t *testing.T, r *relaytest.Relay, envs [][]byte) (transport.Conn, <-chan error) {
+	t.Helper()
+	cc := helloSession(t, r)
+	t.Cleanup(func() { cc.Close() })
+	var frames []byte
+	for i, env := range envs {
+		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := cc.Write(frames); wrote <- err }()
+	return cc, wrote
+}
+
 // With the log store, whose reads are pooled (store.Recycler): envelopes
 // of every size are pushed to a subscriber and fetched by a third session
 // while a fourth pipelines the Sends that put them, so the relay reads
@@ -161,18 +176,7 @@ func TestDeliveriesPooled(t *testing.T) {
 	c := r.Connect(t)
 	mb := relaytest.NewMailbox(t, c, nil)
 	const n = 60
-	want := map[string]bool{}
-	var envs [][]byte
-	for i := range n {
-		bucket := []int{envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K}[i%3]
-		msg := bytes.Repeat([]byte{byte(i)}, envelope.MaxPayload(envelope.SuiteX25519, bucket)-100)
-		env, err := envelope.Seal(mb.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: bucket})
-		if err != nil {
-			t.Fatal(err)
-		}
-		envs = append(envs, env)
-		want[string(env)] = true
-	}
+	envs, want := everySize(t, mb, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a deadlock guard
 	defer cancel()
 	recv := r.Connect(t)
@@ -199,14 +203,7 @@ func TestDeliveriesPooled(t *testing.T) {
 		}
 		fetched <- nil
 	}()
-	cc := helloSession(t, r)
-	defer cc.Close()
-	var frames []byte
-	for i, env := range envs {
-		frames = relay.AppendFrame(frames, relay.Send{Req: uint32(i + 1), Envelope: env})
-	}
-	wrote := make(chan error, 1)
-	go func() { _, err := cc.Write(frames); wrote <- err }()
+	cc, wrote := pipelineSends(t, r, envs)
 	go func() { // the answers, which the relay writes as it stores
 		for range envs {
 			if _, _, err := relay.ReadFrame(cc); err != nil {

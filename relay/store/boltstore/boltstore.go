@@ -496,10 +496,12 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 	// buffer read for it.
 	c := s.keys.Envelopes(id)
 	for i, r := range reads {
-		sealed := bufpool.Get(r.n) // the caller gives it back (Recycle), or this loop on failure
+		// The caller gives the buffer back (Recycle); on a failure, this
+		// loop gives back what it has read.
+		sealed := bufpool.Get(r.n)
+		items[i].Envelope = sealed
 		if _, err := r.seg.f.ReadAt(sealed, r.at.off); err != nil {
-			bufpool.Put(sealed)
-			s.Recycle(items[:i])
+			s.Recycle(items[:i+1])
 			if s.closed.Load() {
 				return nil, store.ErrClosed
 			}
@@ -513,8 +515,7 @@ func (s *Store) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uin
 		}
 		env, err := c.OpenInPlace(items[i].Ref, sealed)
 		if err != nil {
-			bufpool.Put(sealed)
-			s.Recycle(items[:i])
+			s.Recycle(items[:i+1])
 			return nil, s.damaged(r.rec, err)
 		}
 		// env is sealed's start; with the buffer's capacity, so that
