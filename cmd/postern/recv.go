@@ -278,6 +278,7 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 		Replay:   replay,
 		Warn:     func(w string) { fmt.Fprintln(e.stderr, w) },
 		Take:     p.take,
+		Sync:     p.sync,
 	})
 }
 
@@ -331,13 +332,22 @@ func (p *printer) done() {
 	}
 }
 
-// printMessage writes one message to w and syncs it if w is a file. An
-// error means the message was not shown, and it is not acked.
+// printMessage writes one message to w. An error means the message was
+// not shown, and it is not acked.
 func printMessage(w io.Writer, from string, payload []byte) error {
 	if _, err := fmt.Fprintf(w, "== from %s (%d bytes)\n%s\n", from, len(payload), payload); err != nil {
 		return fmt.Errorf("%w: %w", errTake, err)
 	}
-	if f, ok := w.(interface{ Sync() error }); ok {
+	return nil
+}
+
+// sync makes the messages printed so far durable if stdout is a file
+// (client.InboxConfig.Sync: once per batch, before they are acked). A
+// terminal or pipe cannot be synced, and need not be.
+func (p *printer) sync() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f, ok := p.e.stdout.(interface{ Sync() error }); ok {
 		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
 			return fmt.Errorf("%w: %w", errTake, err)
 		}

@@ -1,11 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
 )
 
 // TestRecvToFullStdoutKeepsMessage: `postern recv > /dev/full`, into a
@@ -72,5 +83,63 @@ func TestRecvToFullStdoutKeepsMessage(t *testing.T) {
 	devnull.Env = append(os.Environ(), base...)
 	if out, err := devnull.CombinedOutput(); err != nil {
 		t.Fatalf("recv > /dev/null: %v\n%s", err, out)
+	}
+}
+
+// syncCounter is a stdout that can be synced, counting syncs.
+type syncCounter struct {
+	bytes.Buffer
+	syncs int
+	err   error
+}
+
+func (s *syncCounter) Sync() error { s.syncs++; return s.err }
+
+// recv prints each message without syncing stdout, and syncs it once
+// when the inbox asks (before it acks a page or a batch), not once per
+// message; a failed sync is a message not shown.
+func TestPrinterSyncsPerBatch(t *testing.T) {
+	out := &syncCounter{}
+	p := &printer{e: &env{stdout: out, stderr: io.Discard}}
+	for i := range 3 {
+		if err := p.take(client.Message{Payload: []byte(fmt.Sprint("message ", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out.syncs != 0 || !strings.Contains(out.String(), "message 2") {
+		t.Fatalf("after three messages: %d syncs, printed %q", out.syncs, out.String())
+	}
+	if err := p.sync(); err != nil || out.syncs != 1 {
+		t.Fatalf("sync = %v after %d syncs", err, out.syncs)
+	}
+	out.err = syscall.EINVAL // a terminal or a pipe
+	if err := p.sync(); err != nil {
+		t.Fatalf("sync of an unsyncable stdout = %v", err)
+	}
+	out.err = syscall.EIO
+	if err := p.sync(); !errors.Is(err, errTake) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a failed sync = %v, want errTake wrapping EIO", err)
+	}
+
+	// recv's inbox syncs through the printer: once for a page of three.
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+	sender := r.Connect(t)
+	for i := range 3 {
+		if _, err := sender.Send(context.Background(), mb.Seal(t, fmt.Sprint("queued ", i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out = &syncCounter{}
+	p = &printer{e: &env{stdout: out, stderr: io.Discard}}
+	in, err := newReceiver(p.e, mb.Ident, nil, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Drain(context.Background(), r.Connect(t), mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if out.syncs != 1 || strings.Count(out.String(), "== from") != 3 {
+		t.Fatalf("draining three messages: %d syncs, printed %q", out.syncs, out.String())
 	}
 }

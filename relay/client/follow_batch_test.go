@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -202,7 +203,7 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 		}
 		taken++
 		return nil
-	}})
+	}, Sync: func() error { ev.add("sync"); return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,17 +227,23 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 	}
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
-	saves, unsaved := 0, true // an Ack needs a save since the last one
+	// Each Ack needs a sync and then a save since the last one.
+	saves, synced, saved := 0, false, false
 	for _, e := range ev.log {
 		switch e {
+		case "sync":
+			synced = true
 		case "save":
+			if !synced {
+				t.Fatalf("ids saved before what was taken was synced: %v", ev.log)
+			}
 			saves++
-			unsaved = false
+			saved = true
 		case "ack":
-			if unsaved {
+			if !saved {
 				t.Fatalf("an Ack without a save before it: %v", ev.log)
 			}
-			unsaved = true
+			synced, saved = false, false
 		}
 	}
 	t.Logf("%d messages taken with %d saves: %v", taken, saves, ev.log)
@@ -310,21 +317,26 @@ func TestFollowRefusalStandsWhenAckFails(t *testing.T) {
 	}
 }
 
-// A failed replay save acks nothing, in Follow and in Drain: an envelope
-// acked but not recorded could be brought back as new.
+// A failed replay save, or a failed Sync of what was taken, acks
+// nothing, in Follow and in Drain: an envelope acked but not recorded
+// could be brought back as new, one acked but not durable could be lost.
 func TestReplaySaveFailureAcksNothing(t *testing.T) {
 	const n = 10
 	diskFull := errors.New("no space left on device")
-	for _, how := range []string{"follow", "drain"} {
+	for _, how := range []string{"follow", "drain", "follow-sync", "drain-sync"} {
 		t.Run(how, func(t *testing.T) {
 			r, mb, acks := backlog(t, n)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 			defer cancel()
-			in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Replay: failingReplay{diskFull}, Take: func(client.Message) error { return nil }})
+			cfg := client.InboxConfig{Identity: mb.Ident, Replay: failingReplay{diskFull}, Take: func(client.Message) error { return nil }}
+			if strings.HasSuffix(how, "-sync") {
+				cfg.Replay, cfg.Sync = nil, func() error { return diskFull }
+			}
+			in, err := client.NewInbox(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if how == "follow" {
+			if strings.HasPrefix(how, "follow") {
 				dial := func(context.Context) (*client.Client, error) { return r.Connect(t), nil }
 				err = in.Follow(ctx, dial, mb.Owner, mb.ID, nil)
 			} else {

@@ -22,10 +22,17 @@ type InboxConfig struct {
 	// Identity opens the envelopes.
 	Identity *envelope.Identity
 	// Take hands one complete message to the application and returns nil
-	// once the application has it (shown, stored). An error leaves the
-	// message's envelopes on the relay, unacked, and stops the inbox with
-	// that error.
+	// once the application has it (shown, stored; durably once Sync has
+	// returned, if Sync is set). An error leaves the message's envelopes
+	// on the relay, unacked, and stops the inbox with that error.
 	Take func(Message) error
+	// Sync, if set, makes what Take was given durable (an application
+	// that writes messages to a file syncs it here). The inbox calls it
+	// before it records messages as taken and acks them: once per page in
+	// Drain and once per batch in Follow, instead of once per message in
+	// Take. If it fails, nothing is recorded or acked, and the inbox
+	// stops with its error.
+	Sync func() error
 	// Replay keeps the ids of taken envelopes across runs; nil keeps them
 	// in memory only.
 	Replay ReplayStore
@@ -176,13 +183,24 @@ func (in *Inbox) drop(key string) []Ref {
 	return h.refs
 }
 
-// ack records taken ids in the replay store, then acks refs. The replay
-// store is written first, and if that fails nothing is acked: a relay
-// could bring back an envelope acked but not recorded as new, and one
-// recorded but not acked is recognised when it comes again.
+// flush makes what Take was given durable (Sync), then records the taken
+// ids in the replay store.
+func (in *Inbox) flush() error {
+	if in.cfg.Sync != nil {
+		if err := in.cfg.Sync(); err != nil {
+			return err
+		}
+	}
+	return in.replay.save()
+}
+
+// ack flushes, then acks refs. The replay store is written first, and if
+// that fails nothing is acked: a relay could bring back an envelope acked
+// but not recorded as new, and one recorded but not acked is recognised
+// when it comes again.
 func (in *Inbox) ack(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, refs []Ref) error {
-	if err := in.replay.save(); err != nil {
-		return err // nothing is acked whose replay id was not saved
+	if err := in.flush(); err != nil {
+		return err // nothing is acked that is not durable and recorded
 	}
 	if len(refs) > 0 {
 		if _, err := c.Ack(ctx, owner, mailbox, refs...); err != nil {
@@ -227,6 +245,6 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
 		Connected: in.Reset,
 		Handle:    in.Handle,
-		Flush:     in.replay.save,
+		Flush:     in.flush,
 	})
 }
