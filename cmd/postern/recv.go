@@ -290,11 +290,19 @@ type printer struct {
 	progress bool // stderr is a terminal: count messages there
 	mu       sync.Mutex
 	count    int
+	// syncErr is a sync of stdout that failed. It stays: the kernel
+	// reports a failed write-back to one sync only, so with several
+	// inboxes sharing stdout the next one's sync would pass over data
+	// that was lost.
+	syncErr error
 }
 
 func (p *printer) take(m client.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.syncErr != nil {
+		return p.syncErr
+	}
 	if isCtl, u, err := parseControl(m.Payload); isCtl {
 		note := ""
 		if err == nil {
@@ -347,9 +355,13 @@ func printMessage(w io.Writer, from string, payload []byte) error {
 func (p *printer) sync() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.syncErr != nil {
+		return p.syncErr
+	}
 	if f, ok := p.e.stdout.(interface{ Sync() error }); ok {
 		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
-			return fmt.Errorf("%w: %w", errTake, err)
+			p.syncErr = fmt.Errorf("%w: %w", errTake, err)
+			return p.syncErr
 		}
 	}
 	return nil

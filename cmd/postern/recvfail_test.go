@@ -97,7 +97,8 @@ func (s *syncCounter) Sync() error { s.syncs++; return s.err }
 
 // recv prints each message without syncing stdout, and syncs it once
 // when the inbox asks (before it acks a page or a batch), not once per
-// message; a failed sync is a message not shown.
+// message; a failed sync is a message not shown, and every later sync
+// and message fails with it.
 func TestPrinterSyncsPerBatch(t *testing.T) {
 	out := &syncCounter{}
 	p := &printer{e: &env{stdout: out, stderr: io.Discard}}
@@ -119,6 +120,15 @@ func TestPrinterSyncsPerBatch(t *testing.T) {
 	out.err = syscall.EIO
 	if err := p.sync(); !errors.Is(err, errTake) || !errors.Is(err, syscall.EIO) {
 		t.Fatalf("a failed sync = %v, want errTake wrapping EIO", err)
+	}
+	// The failure stays: the kernel reports a lost write-back to one sync
+	// only, and another inbox sharing stdout must not ack over it.
+	out.err = nil
+	if err := p.sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a sync after a failed one = %v, want the failure again", err)
+	}
+	if err := p.take(client.Message{Payload: []byte("after")}); !errors.Is(err, syscall.EIO) || strings.Contains(out.String(), "after") {
+		t.Fatalf("a message after a failed sync: %v, printed %q", err, out.String())
 	}
 
 	// recv's inbox syncs through the printer: once for a page of three.

@@ -38,9 +38,9 @@ type FollowConfig struct {
 	// error without handing over more.
 	Handle func(Delivery) ([]Ref, error)
 	// Flush, if set, is called before each Ack of what Handle returned,
-	// so that a batch's state is saved once (an Inbox saves its replay
-	// ids there). If it fails, Follow acks nothing of the batch and stops
-	// with its error.
+	// so that a batch's state is saved once (an Inbox syncs what it gave
+	// the application and saves its replay ids there). If it fails,
+	// Follow acks nothing of the batch and stops with its error.
 	Flush func() error
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.

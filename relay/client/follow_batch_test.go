@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,12 +251,6 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 	}
 }
 
-// failingReplay is a ReplayStore whose saves fail.
-type failingReplay struct{ err error }
-
-func (failingReplay) Load() ([][envelope.IDSize]byte, error) { return nil, nil }
-func (r failingReplay) Save([][envelope.IDSize]byte) error   { return r.err }
-
 // backlog starts a relay with n envelopes waiting in a new mailbox. acks
 // counts the Ack frames the relay has answered.
 func backlog(t *testing.T, n int) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
@@ -318,39 +311,83 @@ func TestFollowRefusalStandsWhenAckFails(t *testing.T) {
 }
 
 // A failed replay save, or a failed Sync of what was taken, acks
-// nothing, in Follow and in Drain: an envelope acked but not recorded
-// could be brought back as new, one acked but not durable could be lost.
+// nothing, in Follow and in Drain, after a refusal from Take too: an
+// envelope acked but not recorded could be brought back as new, one acked
+// but not durable could be lost. The inbox then stays failed: run again,
+// with the save or Sync working, it still takes and acks nothing.
 func TestReplaySaveFailureAcksNothing(t *testing.T) {
 	const n = 10
 	diskFull := errors.New("no space left on device")
-	for _, how := range []string{"follow", "drain", "follow-sync", "drain-sync"} {
-		t.Run(how, func(t *testing.T) {
+	refusal := errors.New("the terminal went away")
+	for _, tc := range []struct {
+		name           string
+		follow, onSync bool
+		refuseAt       int // the Take call that refuses; 0: none
+	}{
+		{"follow", true, false, 0},
+		{"drain", false, false, 0},
+		{"follow-sync", true, true, 0},
+		{"drain-sync", false, true, 0},
+		{"follow-refusal-sync", true, true, 5},
+		{"drain-refusal-sync", false, true, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			r, mb, acks := backlog(t, n)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 			defer cancel()
-			cfg := client.InboxConfig{Identity: mb.Ident, Replay: failingReplay{diskFull}, Take: func(client.Message) error { return nil }}
-			if strings.HasSuffix(how, "-sync") {
-				cfg.Replay, cfg.Sync = nil, func() error { return diskFull }
+			failing := true
+			fail := func() error {
+				if failing {
+					return diskFull
+				}
+				return nil
+			}
+			calls := 0
+			cfg := client.InboxConfig{Identity: mb.Ident, Take: func(client.Message) error {
+				calls++
+				if calls == tc.refuseAt {
+					return refusal
+				}
+				return nil
+			}}
+			if tc.onSync {
+				cfg.Sync = fail
+			} else {
+				cfg.Replay = funcReplay(fail)
 			}
 			in, err := client.NewInbox(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.HasPrefix(how, "follow") {
-				dial := func(context.Context) (*client.Client, error) { return r.Connect(t), nil }
-				err = in.Follow(ctx, dial, mb.Owner, mb.ID, nil)
-			} else {
-				err = in.Drain(ctx, r.Connect(t), mb.Owner, mb.ID)
+			run := func() error {
+				if tc.follow {
+					dial := func(context.Context) (*client.Client, error) { return r.Connect(t), nil }
+					return in.Follow(ctx, dial, mb.Owner, mb.ID, nil)
+				}
+				return in.Drain(ctx, r.Connect(t), mb.Owner, mb.ID)
 			}
-			if !errors.Is(err, diskFull) {
-				t.Fatalf("%s = %v, want the save's error", how, err)
+			if err := run(); !errors.Is(err, diskFull) {
+				t.Fatalf("%s = %v, want the save's error", tc.name, err)
 			}
 			if got := pending(t, r, mb); got != n || acks.Load() != 0 {
 				t.Fatalf("%d of %d envelopes left on the relay after %d Acks: acked without a saved replay id", got, n, acks.Load())
 			}
+			failing, calls = false, 0
+			if err := run(); !errors.Is(err, diskFull) || calls != 0 {
+				t.Fatalf("run again: %v after %d Takes, want the first failure and none", err, calls)
+			}
+			if got := pending(t, r, mb); got != n || acks.Load() != 0 {
+				t.Fatalf("run again: %d of %d envelopes left after %d Acks", got, n, acks.Load())
+			}
 		})
 	}
 }
+
+// funcReplay is a ReplayStore in memory whose saves return what fn does.
+type funcReplay func() error
+
+func (funcReplay) Load() ([][envelope.IDSize]byte, error) { return nil, nil }
+func (f funcReplay) Save([][envelope.IDSize]byte) error   { return f() }
 
 // A batch ends after FollowConfig.Ping even with more deliveries waiting,
 // so a slow Handle still acks (and so is heard from) that often.

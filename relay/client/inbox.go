@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,8 +31,11 @@ type InboxConfig struct {
 	// that writes messages to a file syncs it here). The inbox calls it
 	// before it records messages as taken and acks them: once per page in
 	// Drain and once per batch in Follow, instead of once per message in
-	// Take. If it fails, nothing is recorded or acked, and the inbox
-	// stops with its error.
+	// Take. If it fails (or the replay store's save does), nothing is
+	// recorded or acked, and the inbox stops with its error and refuses
+	// every later delivery with it: what Take was given may not be
+	// durable, so the inbox cannot tell taken messages from lost ones.
+	// Start a new Inbox (and check the output) to go on.
 	Sync func() error
 	// Replay keeps the ids of taken envelopes across runs; nil keeps them
 	// in memory only.
@@ -59,6 +63,7 @@ type Inbox struct {
 	join   *envelope.Joiner
 	held   map[string]*heldMessage // fragments of unfinished messages
 	order  []string                // keys of held, oldest first
+	failed error                   // a flush failed: see InboxConfig.Sync
 }
 
 // heldMessage is what the inbox keeps of a message whose fragments are
@@ -103,6 +108,9 @@ func (in *Inbox) Reset() {
 // possibly none, possibly refs of earlier deliveries. An error is the
 // application's refusal from Take: nothing more may be acked.
 func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
+	if in.failed != nil {
+		return nil, in.failed
+	}
 	o, err := envelope.Open(in.cfg.Identity, d.Envelope)
 	if err != nil {
 		// Not for us or damaged: nothing to keep it for.
@@ -184,20 +192,29 @@ func (in *Inbox) drop(key string) []Ref {
 }
 
 // flush makes what Take was given durable (Sync), then records the taken
-// ids in the replay store.
+// ids in the replay store. Once either fails, the inbox has failed.
 func (in *Inbox) flush() error {
+	if in.failed != nil {
+		return in.failed
+	}
 	if in.cfg.Sync != nil {
 		if err := in.cfg.Sync(); err != nil {
+			in.failed = err
 			return err
 		}
 	}
-	return in.replay.save()
+	if err := in.replay.save(); err != nil {
+		in.failed = err
+		return err
+	}
+	return nil
 }
 
-// ack flushes, then acks refs. The replay store is written first, and if
-// that fails nothing is acked: a relay could bring back an envelope acked
-// but not recorded as new, and one recorded but not acked is recognised
-// when it comes again.
+// ack flushes, then acks refs. What was taken is synced and recorded in
+// the replay store first, and if that fails nothing is acked: a message
+// acked but not durable could be lost, an envelope acked but not recorded
+// could be brought back by a relay as new, and one recorded but not acked
+// is recognised when it comes again.
 func (in *Inbox) ack(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, refs []Ref) error {
 	if err := in.flush(); err != nil {
 		return err // nothing is acked that is not durable and recorded
@@ -226,8 +243,7 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 			acks = append(acks, refs...)
 			if err != nil {
 				// Ack what was taken before the refusal, then stop.
-				in.ack(ctx, c, owner, mailbox, acks)
-				return err
+				return errors.Join(err, in.ack(ctx, c, owner, mailbox, acks))
 			}
 			after = d.Seq
 		}
@@ -239,7 +255,7 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 
 // Follow keeps a subscription to mailbox alive through Follow, handing
 // every complete message to Take. It returns nil when ctx ends, or the
-// error that Take or the replay store gave.
+// error that Take, Sync or the replay store gave.
 func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, lost func(error, time.Duration)) error {
 	return Follow(ctx, FollowConfig{
 		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
