@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -16,19 +17,41 @@ import (
 	"time"
 )
 
+// freePort returns a loopback address whose port is free for TCP and UDP,
+// for a relay the test starts (or restarts) on it. The port is drawn below
+// the kernel's ephemeral range where it can: a port the kernel picked for
+// a listener could be given, once closed, as the source port of any
+// connection made before the relay binds it (the relays the test already
+// runs, the commands it starts), which then fails with EADDRINUSE.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo := 32768 // Linux's default start of net.ipv4.ip_local_port_range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				lo = v
+			}
+		}
 	}
-	defer l.Close()
-	u, err := net.ListenPacket("udp", l.Addr().String())
-	if err != nil {
-		t.Skipf("port %s free for TCP but not UDP", l.Addr())
+	for range 200 {
+		port := 0 // the kernel's choice, if there is no room below the range
+		if lo > 11024 {
+			port = 10000 + mathrand.IntN(lo-11024)
+		}
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // taken
+		}
+		u, err := net.ListenPacket("udp", l.Addr().String())
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return l.Addr().String()
 	}
-	u.Close()
-	return l.Addr().String()
+	t.Fatal("no loopback port free for both TCP and UDP in 200 tries")
+	return ""
 }
 
 // TestRecvFollowReconnects: `recv --follow` prints messages as they arrive,
