@@ -17,14 +17,19 @@ import (
 	"github.com/postern/postern/transport"
 )
 
-// ackCounter is a memory store that counts Ack calls: one per Ack frame.
+// ackCounter is a memory store that counts Ack calls (one per Ack frame)
+// and records each in ev, if set.
 type ackCounter struct {
 	store.Store
 	acks atomic.Int64
+	ev   *events
 }
 
 func (s *ackCounter) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
 	s.acks.Add(1)
+	if s.ev != nil {
+		s.ev.add("ack")
+	}
 	return s.Store.Ack(ctx, id, refs...)
 }
 
@@ -74,65 +79,56 @@ func (w *lateWriter) Close() error {
 // backlog at one envelope per round trip (300 envelopes over a 20 ms
 // round trip: over 6 s).
 func TestFollowAcksBacklogInBatches(t *testing.T) {
-	st := &ackCounter{Store: store.NewMemory(store.Options{})}
-	r := relaytest.NewWithStore(t, st, server.Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
-	defer cancel()
-	owner := r.Connect(t)
-	mb := relaytest.NewMailbox(t, owner, nil)
-	sender := r.Connect(t)
 	const n, rtt = 300, 20 * time.Millisecond
-	for i := range n {
-		if _, err := sender.Send(ctx, mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	acks0 := st.acks.Load()
+	r, mb, acks := backlog(t, n, nil)
 	var handled atomic.Int64
 	start := time.Now()
-	done := make(chan error, 1)
+	followUntilAcked(t, r, mb, client.FollowConfig{
+		Dial: lateDial(t, r, rtt),
+		Handle: func(d client.Delivery) ([]client.Ref, error) {
+			handled.Add(1)
+			return []client.Ref{d.Ref}, nil
+		},
+	})
+	took := time.Since(start)
+	t.Logf("%d envelopes drained over a %v round trip in %v with %d Acks", n, rtt, took.Round(time.Millisecond), acks.Load())
+	if h := handled.Load(); h != n {
+		t.Errorf("handled %d deliveries, want %d", h, n)
+	}
+	if got := acks.Load(); got > n/4 {
+		t.Errorf("%d envelopes were acked in %d Acks: a round trip each, nearly", n, got)
+	}
+}
+
+// followUntilAcked runs Follow with cfg on mailbox mb of r until nothing
+// is pending there, then stops it.
+func followUntilAcked(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox, cfg client.FollowConfig) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
 	fctx, stop := context.WithCancel(ctx)
-	go func() {
-		done <- client.Follow(fctx, client.FollowConfig{
-			Dial: func(ctx context.Context) (*client.Client, error) {
-				cc, sc := relaytest.Pipe(t)
-				r.Serve(sc, "test")
-				return client.New(ctx, newLateWriter(cc, rtt), client.WithRelayKey(r.Server.PublicKey()))
-			},
-			Owner:   mb.Owner,
-			Mailbox: mb.ID,
-			Handle: func(d client.Delivery) ([]client.Ref, error) {
-				handled.Add(1)
-				return []client.Ref{d.Ref}, nil
-			},
-		})
-	}()
-	for {
-		m, err := r.Store.Mailbox(ctx, mb.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if m.Pending == 0 {
-			break
-		}
+	cfg.Owner, cfg.Mailbox = mb.Owner, mb.ID
+	done := make(chan error, 1)
+	go func() { done <- client.Follow(fctx, cfg) }()
+	for n := pending(t, r, mb); n > 0; n = pending(t, r, mb) {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("%d of %d envelopes still pending", m.Pending, n)
+			t.Fatalf("%d envelopes still pending", n)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	took := time.Since(start)
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	acks := st.acks.Load() - acks0
-	t.Logf("%d envelopes drained over a %v round trip in %v with %d Acks", n, rtt, took.Round(time.Millisecond), acks)
-	if h := handled.Load(); h != n {
-		t.Errorf("handled %d deliveries, want %d", h, n)
-	}
-	if acks > n/4 {
-		t.Errorf("%d envelopes were acked in %d Acks: a round trip each, nearly", n, acks)
+}
+
+// lateDial opens sessions to r whose writes reach it rtt late.
+func lateDial(t *testing.T, r *relaytest.Relay, rtt time.Duration) func(context.Context) (*client.Client, error) {
+	return func(ctx context.Context) (*client.Client, error) {
+		cc, sc := relaytest.Pipe(t)
+		r.Serve(sc, "test")
+		return client.New(ctx, newLateWriter(cc, rtt), client.WithRelayKey(r.Server.PublicKey()))
 	}
 }
 
@@ -143,17 +139,6 @@ type events struct {
 }
 
 func (e *events) add(s string) { e.mu.Lock(); e.log = append(e.log, s); e.mu.Unlock() }
-
-// orderedAcks is a memory store that records each Ack in events.
-type orderedAcks struct {
-	store.Store
-	ev *events
-}
-
-func (s orderedAcks) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
-	s.ev.add("ack")
-	return s.Store.Ack(ctx, id, refs...)
-}
 
 // savedReplay is a ReplayStore in memory that records each Save.
 type savedReplay struct {
@@ -180,18 +165,10 @@ func (r *savedReplay) Save(ids [][envelope.IDSize]byte) error {
 // taken.
 func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 	ev := &events{}
-	r := relaytest.NewWithStore(t, orderedAcks{store.NewMemory(store.Options{}), ev}, server.Config{})
+	const n, refuseAt = 40, 30
+	r, mb, _ := backlog(t, n, ev)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
 	defer cancel()
-	owner := r.Connect(t)
-	mb := relaytest.NewMailbox(t, owner, nil)
-	sender := r.Connect(t)
-	const n, refuseAt = 40, 30
-	for i := range n {
-		if _, err := sender.Send(ctx, mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
 	refusal := errors.New("the terminal went away")
 	taken, calls := 0, 0
 	replay := &savedReplay{ev: ev}
@@ -206,20 +183,11 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := func(ctx context.Context) (*client.Client, error) {
-		cc, sc := relaytest.Pipe(t)
-		r.Serve(sc, "test")
-		return client.New(ctx, newLateWriter(cc, 10*time.Millisecond), client.WithRelayKey(r.Server.PublicKey()))
-	}
-	if err := in.Follow(ctx, dial, mb.Owner, mb.ID, nil); !errors.Is(err, refusal) {
+	if err := in.Follow(ctx, lateDial(t, r, 10*time.Millisecond), mb.Owner, mb.ID, nil); !errors.Is(err, refusal) {
 		t.Fatalf("Follow = %v, want the refusal", err)
 	}
-	m, err := r.Store.Mailbox(ctx, mb.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if taken != refuseAt-1 || calls != refuseAt || m.Pending != n-refuseAt+1 {
-		t.Fatalf("%d taken of %d offered, %d still on the relay; want %d of %d, %d", taken, calls, m.Pending, refuseAt-1, refuseAt, n-refuseAt+1)
+	if left := pending(t, r, mb); taken != refuseAt-1 || calls != refuseAt || left != n-refuseAt+1 {
+		t.Fatalf("%d taken of %d offered, %d still on the relay; want %d of %d, %d", taken, calls, left, refuseAt-1, refuseAt, n-refuseAt+1)
 	}
 	if replay.last != refuseAt-1 {
 		t.Errorf("the replay ids saved last hold %d ids, want the %d taken", replay.last, refuseAt-1)
@@ -252,10 +220,10 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 }
 
 // backlog starts a relay with n envelopes waiting in a new mailbox. acks
-// counts the Ack frames the relay has answered.
-func backlog(t *testing.T, n int) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
+// counts the Ack frames the relay has answered; ev, if set, records them.
+func backlog(t *testing.T, n int, ev *events) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
 	t.Helper()
-	st := &ackCounter{Store: store.NewMemory(store.Options{})}
+	st := &ackCounter{Store: store.NewMemory(store.Options{}), ev: ev}
 	r = relaytest.NewWithStore(t, st, server.Config{})
 	mb = relaytest.NewMailbox(t, r.Connect(t), nil)
 	sender := r.Connect(t)
@@ -280,7 +248,7 @@ func pending(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox) int {
 // fails (here the session ends during the refused Take): Follow must not
 // reconnect and offer the refused message again.
 func TestFollowRefusalStandsWhenAckFails(t *testing.T) {
-	r, mb, _ := backlog(t, 10)
+	r, mb, _ := backlog(t, 10, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
 	var session atomic.Pointer[client.Client]
@@ -332,7 +300,7 @@ func TestReplaySaveFailureAcksNothing(t *testing.T) {
 		{"drain-refusal-sync", false, true, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, mb, acks := backlog(t, n)
+			r, mb, acks := backlog(t, n, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 			defer cancel()
 			failing := true
@@ -393,34 +361,15 @@ func (f funcReplay) Save([][envelope.IDSize]byte) error   { return f() }
 // so a slow Handle still acks (and so is heard from) that often.
 func TestFollowBatchEndsAfterPing(t *testing.T) {
 	const n = 12
-	r, mb, acks := backlog(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	fctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- client.Follow(fctx, client.FollowConfig{
-			Dial:    func(context.Context) (*client.Client, error) { return r.Connect(t), nil },
-			Owner:   mb.Owner,
-			Mailbox: mb.ID,
-			Ping:    time.Millisecond,
-			Handle: func(d client.Delivery) ([]client.Ref, error) {
-				time.Sleep(2 * time.Millisecond) // longer than Ping: every batch ends after one
-				return []client.Ref{d.Ref}, nil
-			},
-		})
-	}()
-	for pending(t, r, mb) > 0 {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the backlog was never acked")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	r, mb, acks := backlog(t, n, nil)
+	followUntilAcked(t, r, mb, client.FollowConfig{
+		Dial: func(context.Context) (*client.Client, error) { return r.Connect(t), nil },
+		Ping: time.Millisecond,
+		Handle: func(d client.Delivery) ([]client.Ref, error) {
+			time.Sleep(2 * time.Millisecond) // longer than Ping: every batch ends after one
+			return []client.Ref{d.Ref}, nil
+		},
+	})
 	if got := acks.Load(); got < n {
 		t.Fatalf("%d envelopes acked in %d Acks: a batch outlived Ping", n, got)
 	}
