@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
@@ -124,7 +125,7 @@ func followUntilAcked(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox, c
 }
 
 // lateDial opens sessions to r whose writes reach it rtt late.
-func lateDial(t *testing.T, r *relaytest.Relay, rtt time.Duration) func(context.Context) (*client.Client, error) {
+func lateDial(t testing.TB, r *relaytest.Relay, rtt time.Duration) func(context.Context) (*client.Client, error) {
 	return func(ctx context.Context) (*client.Client, error) {
 		cc, sc := relaytest.Pipe(t)
 		r.Serve(sc, "test")
@@ -221,7 +222,7 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 
 // backlog starts a relay with n envelopes waiting in a new mailbox. acks
 // counts the Ack frames the relay has answered; ev, if set, records them.
-func backlog(t *testing.T, n int, ev *events) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
+func backlog(t testing.TB, n int, ev *events) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
 	t.Helper()
 	st := &ackCounter{Store: store.NewMemory(store.Options{}), ev: ev}
 	r = relaytest.NewWithStore(t, st, server.Config{})
@@ -235,7 +236,7 @@ func backlog(t *testing.T, n int, ev *events) (r *relaytest.Relay, mb *relaytest
 	return r, mb, &st.acks
 }
 
-func pending(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox) int {
+func pending(t testing.TB, r *relaytest.Relay, mb *relaytest.Mailbox) int {
 	t.Helper()
 	m, err := r.Store.Mailbox(context.Background(), mb.ID)
 	if err != nil {
@@ -372,5 +373,99 @@ func TestFollowBatchEndsAfterPing(t *testing.T) {
 	})
 	if got := acks.Load(); got < n {
 		t.Fatalf("%d envelopes acked in %d Acks: a batch outlived Ping", n, got)
+	}
+}
+
+// fetchCounter is a client's session that counts the Fetch frames the
+// client writes and closes second when it writes the second.
+type fetchCounter struct {
+	transport.Conn
+	fetches atomic.Int64
+	second  chan struct{}
+}
+
+func (f *fetchCounter) Write(p []byte) (int, error) {
+	if len(p) > 0 && relay.FrameType(p[0]) == relay.FrameFetch && f.fetches.Add(1) == 2 {
+		close(f.second)
+	}
+	return f.Conn.Write(p)
+}
+
+// heldAck is a memory store whose first Ack waits for release; released
+// reports whether it came (not the guard).
+type heldAck struct {
+	store.Store
+	once     sync.Once
+	release  chan struct{}
+	released atomic.Bool
+}
+
+func (s *heldAck) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
+	s.once.Do(func() {
+		select {
+		case <-s.release:
+			s.released.Store(true)
+		case <-time.After(10 * time.Second): // a deadlock guard
+		}
+	})
+	return s.Store.Ack(ctx, id, refs...)
+}
+
+// TestDrainPipelines: Drain fetches the next page before it opens this
+// one, and opens the next page while this page's Ack is out. It did
+// neither: fetch, open, ack and wait, so a backlog of p pages cost 2p+1
+// round trips and the opening on top. Each wait below lasts until its
+// guard (and the test fails) if Drain waits for that round trip.
+func TestDrainPipelines(t *testing.T) {
+	const n = relay.MaxFetch + 44
+	st := &heldAck{Store: store.NewMemory(store.Options{}), release: make(chan struct{})}
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+	sender := r.Connect(t)
+	for i := range n {
+		if _, err := sender.Send(context.Background(), mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	conn := &fetchCounter{Conn: cc, second: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	c, err := client.New(ctx, conn, client.WithRelayKey(r.Server.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	taken := 0
+	var prefetched bool
+	in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Take: func(client.Message) error {
+		taken++
+		switch taken {
+		case 1: // the first page is being opened: the second is asked for
+			select {
+			case <-conn.second:
+				prefetched = true
+			case <-time.After(10 * time.Second):
+			}
+		case relay.MaxFetch + 1: // the second page is opened with the first's Ack held
+			close(st.release)
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Drain(ctx, c, mb.Owner, mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !prefetched {
+		t.Error("the first page was opened before the second was fetched")
+	}
+	if !st.released.Load() {
+		t.Error("the second page was not opened while the first page's Ack was out")
+	}
+	if left := pending(t, r, mb); taken != n || left != 0 {
+		t.Fatalf("took %d of %d messages, %d left on the relay", taken, n, left)
 	}
 }

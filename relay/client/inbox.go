@@ -219,37 +219,80 @@ func (in *Inbox) ack(ctx context.Context, c *Client, owner ed25519.PrivateKey, m
 	if err := in.flush(); err != nil {
 		return err // nothing is acked that is not durable and recorded
 	}
-	if len(refs) > 0 {
-		if _, err := c.Ack(ctx, owner, mailbox, refs...); err != nil {
-			return err
-		}
+	return sendAck(ctx, c, owner, mailbox, refs)
+}
+
+// sendAck acks refs, if any, on c.
+func sendAck(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, refs []Ref) error {
+	if len(refs) == 0 {
+		return nil
 	}
-	return nil
+	_, err := c.Ack(ctx, owner, mailbox, refs...)
+	return err
 }
 
 // Drain pages once through the mailbox on c, handing complete messages to
 // Take and acking them; fragments of unfinished messages stay on the relay.
-func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) error {
+//
+// Drain keeps the round trips out of the way of its work: it fetches the
+// next page (past this one by sequence number) before it opens this one,
+// and acks a page without waiting for the answer, which it checks before
+// it acks the next. A backlog of p pages costs about p+1 round trips or
+// the time to open it, whichever is longer, where fetching, opening and
+// acking in turn cost 2p+1 round trips and the opening on top. Drain
+// returns once every request it sent has been answered.
+func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) (err error) {
 	in.Reset()
-	var after uint64
-	for {
-		ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
-		if err != nil || len(ds) == 0 {
-			return err
+	type page struct {
+		ds  []Delivery
+		err error
+	}
+	fetch := func(after uint64) chan page {
+		ch := make(chan page, 1)
+		go func() {
+			ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
+			ch <- page{ds, err}
+		}()
+		return ch
+	}
+	next := fetch(0)
+	var acked chan error // the last page's Ack, while it is out
+	defer func() {
+		if next != nil {
+			<-next // fetched, not opened: it stays on the relay
 		}
+		if acked != nil {
+			err = errors.Join(err, <-acked)
+		}
+	}()
+	for {
+		p := <-next
+		next = nil
+		if p.err != nil || len(p.ds) == 0 {
+			return p.err
+		}
+		next = fetch(p.ds[len(p.ds)-1].Seq)
 		var acks []Ref
-		for _, d := range ds {
+		for _, d := range p.ds {
 			refs, err := in.Handle(d)
 			acks = append(acks, refs...)
 			if err != nil {
 				// Ack what was taken before the refusal, then stop.
 				return errors.Join(err, in.ack(ctx, c, owner, mailbox, acks))
 			}
-			after = d.Seq
 		}
-		if err := in.ack(ctx, c, owner, mailbox, acks); err != nil {
-			return err
+		if err := in.flush(); err != nil {
+			return err // nothing is acked that is not durable and recorded
 		}
+		if acked != nil {
+			err := <-acked
+			acked = nil
+			if err != nil {
+				return err // this page is recorded as taken: acked when it comes again
+			}
+		}
+		acked = make(chan error, 1)
+		go func(refs []Ref) { acked <- sendAck(ctx, c, owner, mailbox, refs) }(acks)
 	}
 }
 
