@@ -31,11 +31,13 @@ type FollowConfig struct {
 	// holds envelopes unacked (fragments) resets that state here.
 	Connected func()
 	// Handle takes one delivery and returns the refs to ack (possibly
-	// none, possibly refs of earlier deliveries). Follow acks them once it
-	// has handed over the deliveries that arrived meanwhile, with one Ack
-	// for all (so a backlog costs a round trip per batch, not per
-	// envelope), and then, if Handle returned an error, stops with that
-	// error without handing over more.
+	// none, possibly refs of earlier deliveries). Follow acks them in
+	// batches: once it has handed over the deliveries that arrived
+	// meanwhile, or a quarter of relay.MaxUnacked refs, with one Ack for
+	// all, and hands over the next deliveries while that Ack is out (so a
+	// backlog is not held up by a round trip per batch, let alone per
+	// envelope). If Handle returns an error, Follow acks the batch so far
+	// and stops with that error without handing over more.
 	Handle func(Delivery) ([]Ref, error)
 	// Flush, if set, is called before each Ack of what Handle returned,
 	// so that a batch's state is saved once (an Inbox syncs what it gave
@@ -97,6 +99,19 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 	return nil
 }
 
+// batchRefs ends a batch of Follow's: a quarter of the envelopes a
+// subscription pushes ahead of the receiver's Acks, so that while the
+// receiver handles the next ones, the Ack of these lets the relay push
+// more. Smaller batches keep the relay's window fuller, larger ones cost
+// fewer Flushes and Acks (BenchmarkFollowOverRTT: a backlog of 1,000 over
+// a 20 ms path took 8.8 round trips in batches of 128, 8.2 of 64, 7.6 of
+// 32; 6 is the floor).
+const batchRefs = relay.MaxUnacked / 4
+
+// acksOut bounds the Acks Follow has sent and not yet had answered: one
+// per batch the relay's window holds.
+const acksOut = relay.MaxUnacked / batchRefs
+
 // follow runs one session; subscribed reports whether it got as far as a
 // subscription (which resets the backoff).
 func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool, err error) {
@@ -108,10 +123,26 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
+	// Acks go out without waiting for their answers, which come back on
+	// acked: a receiver that waited for each Ack idled for a round trip
+	// per batch, and the relay, its window full, idled too.
+	acked := make(chan error, acksOut)
+	out := 0
+	ack := func(refs []Ref) {
+		go func() {
+			_, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, refs...)
+			acked <- err
+		}()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return true, nil
+		case err := <-acked:
+			out--
+			if err != nil {
+				return true, err
+			}
 		case <-ping.C:
 			if err := c.Ping(ctx); err != nil {
 				return true, err
@@ -123,16 +154,16 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			// The deliveries already waiting are handled before the ack,
 			// which then covers them all: acking each on its own cost a
 			// round trip per envelope, and a backlog drained at one
-			// envelope per round trip. A batch also ends when ctx does,
-			// and after cfg.Ping (so a slow Handle still acks, and so
-			// talks to the relay, that often).
+			// envelope per round trip. A batch ends at batchRefs, and when
+			// ctx does, and after cfg.Ping (so a slow Handle still acks,
+			// and so talks to the relay, that often).
 			var acks []Ref
 			var herr error
 			began := time.Now()
 			for {
 				refs, err := cfg.Handle(d)
 				acks, herr = append(acks, refs...), err
-				if herr != nil || len(acks) >= relay.MaxAckRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
+				if herr != nil || len(acks) >= batchRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
 					break
 				}
 				if d, ok = c.waiting(); !ok {
@@ -144,17 +175,25 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 					return true, &stopError{errors.Join(herr, err)} // nothing acked unsaved
 				}
 			}
-			if len(acks) > 0 {
-				if _, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...); err != nil {
-					if herr != nil {
-						return true, &stopError{herr} // the refusal stands
-					}
-					return true, err
-				}
-			}
 			if herr != nil {
+				// Ack what was handled before the refusal, then stop: the
+				// refusal stands even if that Ack fails.
+				if len(acks) > 0 {
+					c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...)
+				}
 				return true, &stopError{herr}
 			}
+			if len(acks) == 0 {
+				continue
+			}
+			if out == acksOut {
+				if err := <-acked; err != nil {
+					return true, err
+				}
+				out--
+			}
+			out++
+			ack(acks)
 		}
 	}
 }

@@ -103,7 +103,7 @@ func TestFollowAcksBacklogInBatches(t *testing.T) {
 
 // followUntilAcked runs Follow with cfg on mailbox mb of r until nothing
 // is pending there, then stops it.
-func followUntilAcked(t *testing.T, r *relaytest.Relay, mb *relaytest.Mailbox, cfg client.FollowConfig) {
+func followUntilAcked(t testing.TB, r *relaytest.Relay, mb *relaytest.Mailbox, cfg client.FollowConfig) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
 	defer cancel()
@@ -225,15 +225,22 @@ func TestInboxFollowSavesOncePerBatch(t *testing.T) {
 func backlog(t testing.TB, n int, ev *events) (r *relaytest.Relay, mb *relaytest.Mailbox, acks *atomic.Int64) {
 	t.Helper()
 	st := &ackCounter{Store: store.NewMemory(store.Options{}), ev: ev}
-	r = relaytest.NewWithStore(t, st, server.Config{})
-	mb = relaytest.NewMailbox(t, r.Connect(t), nil)
+	r, mb = backlogIn(t, st, n)
+	return r, mb, &st.acks
+}
+
+// backlogIn starts a relay on st with n envelopes waiting in a new mailbox.
+func backlogIn(t testing.TB, st store.Store, n int) (*relaytest.Relay, *relaytest.Mailbox) {
+	t.Helper()
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
 	sender := r.Connect(t)
 	for i := range n {
 		if _, err := sender.Send(context.Background(), mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return r, mb, &st.acks
+	return r, mb
 }
 
 func pending(t testing.TB, r *relaytest.Relay, mb *relaytest.Mailbox) int {
@@ -391,17 +398,23 @@ func (f *fetchCounter) Write(p []byte) (int, error) {
 	return f.Conn.Write(p)
 }
 
-// heldAck is a memory store whose first Ack waits for release; released
-// reports whether it came (not the guard).
+// heldAck is a memory store whose first Ack, once it has entered (closed
+// entered), waits for release; released reports whether it came (not the
+// guard).
 type heldAck struct {
 	store.Store
-	once     sync.Once
-	release  chan struct{}
-	released atomic.Bool
+	once             sync.Once
+	entered, release chan struct{}
+	released         atomic.Bool
+}
+
+func newHeldAck() *heldAck {
+	return &heldAck{Store: store.NewMemory(store.Options{}), entered: make(chan struct{}), release: make(chan struct{})}
 }
 
 func (s *heldAck) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.Ref) (int, error) {
 	s.once.Do(func() {
+		close(s.entered)
 		select {
 		case <-s.release:
 			s.released.Store(true)
@@ -418,15 +431,8 @@ func (s *heldAck) Ack(ctx context.Context, id [store.IDSize]byte, refs ...store.
 // guard (and the test fails) if Drain waits for that round trip.
 func TestDrainPipelines(t *testing.T) {
 	const n = relay.MaxFetch + 44
-	st := &heldAck{Store: store.NewMemory(store.Options{}), release: make(chan struct{})}
-	r := relaytest.NewWithStore(t, st, server.Config{})
-	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
-	sender := r.Connect(t)
-	for i := range n {
-		if _, err := sender.Send(context.Background(), mb.Seal(t, fmt.Sprint(i)), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := newHeldAck()
+	r, mb := backlogIn(t, st, n)
 	cc, sc := relaytest.Pipe(t)
 	r.Serve(sc, "test")
 	conn := &fetchCounter{Conn: cc, second: make(chan struct{})}
@@ -467,5 +473,35 @@ func TestDrainPipelines(t *testing.T) {
 	}
 	if left := pending(t, r, mb); taken != n || left != 0 {
 		t.Fatalf("took %d of %d messages, %d left on the relay", taken, n, left)
+	}
+}
+
+// TestFollowAcksWithoutWaiting: Follow hands over the next deliveries
+// while a batch's Ack is out. It waited for each Ack's answer, idle for a
+// round trip per batch while the relay, its window full, was idle too.
+// Here the relay holds the first Ack until the next delivery is handled
+// (or the guard passes, and the test fails).
+func TestFollowAcksWithoutWaiting(t *testing.T) {
+	const n = relay.MaxUnacked + 44
+	st := newHeldAck()
+	r, mb := backlogIn(t, st, n)
+	var flushed atomic.Bool
+	var releaseOnce sync.Once
+	followUntilAcked(t, r, mb, client.FollowConfig{
+		Dial: func(context.Context) (*client.Client, error) { return r.Connect(t), nil },
+		Handle: func(d client.Delivery) ([]client.Ref, error) {
+			if flushed.Load() { // a later batch: the first one's Ack is out
+				select {
+				case <-st.entered:
+					releaseOnce.Do(func() { close(st.release) })
+				case <-time.After(10 * time.Second): // a deadlock guard
+				}
+			}
+			return []client.Ref{d.Ref}, nil
+		},
+		Flush: func() error { flushed.Store(true); return nil },
+	})
+	if !st.released.Load() {
+		t.Error("no delivery was handled while the first batch's Ack was out")
 	}
 }
