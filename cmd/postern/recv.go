@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -368,7 +369,8 @@ func (p *printer) sync() error {
 }
 
 // sharedReplay keeps the replay ids of several inboxes in one file: each
-// inbox saves its own list, and the file holds their union.
+// inbox appends the ids it adds and saves its own list, and a save
+// rewrites the file with the union of the lists.
 type sharedReplay struct {
 	mu    sync.Mutex
 	file  client.ReplayFile
@@ -386,7 +388,7 @@ func (r replayPart) Load() ([][envelope.IDSize]byte, error) { return r.s.file.Lo
 func (r replayPart) Save(ids [][envelope.IDSize]byte) error {
 	r.s.mu.Lock()
 	defer r.s.mu.Unlock()
-	r.s.parts[r.k] = ids
+	r.s.parts[r.k] = slices.Clone(ids) // Append adds to it: not the inbox's slice
 	seen := map[[envelope.IDSize]byte]bool{}
 	var all [][envelope.IDSize]byte
 	for _, part := range r.s.parts {
@@ -398,4 +400,13 @@ func (r replayPart) Save(ids [][envelope.IDSize]byte) error {
 		}
 	}
 	return r.s.file.Save(all)
+}
+
+// Append adds ids to the file and to inbox k's list, so that another
+// inbox's save keeps them.
+func (r replayPart) Append(ids [][envelope.IDSize]byte) error {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	r.s.parts[r.k] = append(r.s.parts[r.k], ids...)
+	return r.s.file.Append(ids)
 }

@@ -20,13 +20,24 @@ type ReplayStore interface {
 	Save(ids [][envelope.IDSize]byte) error
 }
 
+// ReplayAppender is a ReplayStore that can also add ids to those stored
+// without rewriting them: an inbox then records each page or batch in
+// what it adds, not what it holds, and replaces the stored ids (Save) only
+// once they are twice what it keeps.
+type ReplayAppender interface {
+	ReplayStore
+	// Append adds ids after those stored, durably.
+	Append(ids [][envelope.IDSize]byte) error
+}
+
 // replayLog is the in-memory side of a ReplayStore.
 type replayLog struct {
-	store ReplayStore
-	limit int
-	ids   [][envelope.IDSize]byte
-	cache *envelope.ReplayCache
-	dirty bool
+	store  ReplayStore
+	limit  int
+	ids    [][envelope.IDSize]byte
+	cache  *envelope.ReplayCache
+	fresh  int // ids added since the last save: the last fresh of ids
+	stored int // ids the store holds (appended ones included)
 }
 
 func loadReplayLog(st ReplayStore, limit int) (*replayLog, error) {
@@ -41,7 +52,7 @@ func loadReplayLog(st ReplayStore, limit int) (*replayLog, error) {
 	for _, id := range ids {
 		r.add(id)
 	}
-	r.dirty = false
+	r.fresh, r.stored = 0, len(ids)
 	return r, nil
 }
 
@@ -52,28 +63,42 @@ func (r *replayLog) add(id [envelope.IDSize]byte) {
 		return
 	}
 	r.ids = append(r.ids, id)
+	r.fresh++
 	if len(r.ids) > r.limit {
 		r.ids = r.ids[len(r.ids)-r.limit:]
 	}
-	r.dirty = true
 }
 
+// save records the ids added since the last save: appended, if the store
+// can and it then holds at most twice the ids kept, or else by replacing
+// what the store holds with the ids kept.
 func (r *replayLog) save() error {
-	if !r.dirty || r.store == nil {
+	if r.fresh == 0 || r.store == nil {
 		return nil
 	}
-	if err := r.store.Save(r.ids); err != nil {
-		return err
+	if a, ok := r.store.(ReplayAppender); ok && r.fresh <= len(r.ids) && r.stored+r.fresh <= 2*r.limit {
+		if err := a.Append(r.ids[len(r.ids)-r.fresh:]); err != nil {
+			return err
+		}
+		r.stored += r.fresh
+	} else {
+		if err := r.store.Save(r.ids); err != nil {
+			return err
+		}
+		r.stored = len(r.ids)
 	}
-	r.dirty = false
+	r.fresh = 0
 	return nil
 }
 
 // ReplayFile is a ReplayStore in one file (mode 0600): the ids back to
-// back, replaced atomically on every save.
+// back. Append adds to its end; Save replaces it atomically.
 type ReplayFile string
 
-// Load reads the file; a missing file holds no ids.
+// Load reads the file; a missing file holds no ids. A partial id at the
+// end is the rest of an Append that a crash cut short: its messages were
+// not acked, so they come again, and it is ignored (and overwritten by
+// the next Append).
 func (f ReplayFile) Load() ([][envelope.IDSize]byte, error) {
 	data, err := os.ReadFile(string(f))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -82,11 +107,7 @@ func (f ReplayFile) Load() ([][envelope.IDSize]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read replay file: %w", err)
 	}
-	ids, err := ParseReplay(data)
-	if err != nil {
-		return nil, fmt.Errorf("replay file %s: %w; move it aside to start a new one (messages still on the relay may then be shown twice)", f, err)
-	}
-	return ids, nil
+	return ParseReplay(data[:len(data)-len(data)%envelope.IDSize])
 }
 
 // ParseReplay decodes a replay file's contents.
@@ -101,19 +122,49 @@ func ParseReplay(data []byte) ([][envelope.IDSize]byte, error) {
 	return ids, nil
 }
 
-// Save writes the ids to a temporary file beside f, syncs it and renames
-// it over f.
-func (f ReplayFile) Save(ids [][envelope.IDSize]byte) error {
-	buf := make([]byte, 0, len(ids)*envelope.IDSize)
+func appendIDs(buf []byte, ids [][envelope.IDSize]byte) []byte {
 	for _, id := range ids {
 		buf = append(buf, id[:]...)
 	}
+	return buf
+}
+
+// Append writes the ids after the whole ids in the file (over a partial
+// one a crash left), creating it if need be, and syncs it.
+func (f ReplayFile) Append(ids [][envelope.IDSize]byte) error {
+	file, err := os.OpenFile(string(f), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("append to replay file: %w", err)
+	}
+	fi, err := file.Stat()
+	if err == nil {
+		end := fi.Size() - fi.Size()%envelope.IDSize
+		_, err = file.WriteAt(appendIDs(nil, ids), end)
+	}
+	if err == nil {
+		err = file.Sync()
+	}
+	if cerr := file.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && fi.Size() == 0 {
+		err = syncDir(filepath.Dir(string(f))) // a new file's name, durably
+	}
+	if err != nil {
+		return fmt.Errorf("append to replay file: %w", err)
+	}
+	return nil
+}
+
+// Save writes the ids to a temporary file beside f, syncs it, renames it
+// over f and syncs the directory.
+func (f ReplayFile) Save(ids [][envelope.IDSize]byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(string(f)), ".replay-*")
 	if err != nil {
 		return fmt.Errorf("save replay file: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(buf)
+	_, err = tmp.Write(appendIDs(make([]byte, 0, len(ids)*envelope.IDSize), ids))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -123,8 +174,24 @@ func (f ReplayFile) Save(ids [][envelope.IDSize]byte) error {
 	if err == nil {
 		err = os.Rename(tmp.Name(), string(f))
 	}
+	if err == nil {
+		err = syncDir(filepath.Dir(string(f)))
+	}
 	if err != nil {
 		return fmt.Errorf("save replay file: %w", err)
 	}
 	return nil
+}
+
+// syncDir makes the names in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
