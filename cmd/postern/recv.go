@@ -383,7 +383,18 @@ type replayPart struct {
 	k int
 }
 
-func (r replayPart) Load() ([][envelope.IDSize]byte, error) { return r.s.file.Load() }
+// Load reads the file, and takes what it holds as inbox k's list until the
+// inbox saves its own: another inbox's rewrite keeps these ids, which
+// inbox k may not have acked yet.
+func (r replayPart) Load() ([][envelope.IDSize]byte, error) {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	ids, err := r.s.file.Load()
+	if err == nil {
+		r.s.parts[r.k] = slices.Clone(ids)
+	}
+	return ids, err
+}
 
 func (r replayPart) Save(ids [][envelope.IDSize]byte) error {
 	r.s.mu.Lock()

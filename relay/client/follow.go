@@ -134,6 +134,16 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			acked <- err
 		}()
 	}
+	// stop ends Follow with err once the Acks still out are answered, so
+	// that what was handled before a refusal or a failed Flush is acked.
+	// (When ctx ends, the Acks out end with it: their envelopes come again
+	// and are known as replays.)
+	stop := func(err error) (bool, error) {
+		for ; out > 0; out-- {
+			<-acked
+		}
+		return true, &stopError{err}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -172,7 +182,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			}
 			if cfg.Flush != nil { // for the deliveries handled before a refusal too
 				if err := cfg.Flush(); err != nil {
-					return true, &stopError{errors.Join(herr, err)} // nothing acked unsaved
+					return stop(errors.Join(herr, err)) // nothing of this batch acked unsaved
 				}
 			}
 			if herr != nil {
@@ -181,7 +191,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 				if len(acks) > 0 {
 					c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...)
 				}
-				return true, &stopError{herr}
+				return stop(herr)
 			}
 			if len(acks) == 0 {
 				continue

@@ -505,3 +505,36 @@ func TestFollowAcksWithoutWaiting(t *testing.T) {
 		t.Error("no delivery was handled while the first batch's Ack was out")
 	}
 }
+
+// TestFollowAcksAllBeforeRefusal: when the application refuses a message,
+// Follow stops with everything handled before it acked, the batches whose
+// Acks were still out included. With Acks sent without waiting, a Follow
+// that returned at once left them unanswered, and the session's close
+// dropped them: taken messages stayed on the relay, to be shown again.
+// The refusal here opens a batch (after the second Flush), so no Ack of
+// its own goes out after the others.
+func TestFollowAcksAllBeforeRefusal(t *testing.T) {
+	const n = 200
+	r, mb, _ := backlog(t, n, nil)
+	refusal := errors.New("the terminal went away")
+	handled, flushes := 0, 0
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	err := client.Follow(ctx, client.FollowConfig{
+		Dial: lateDial(t, r, 20*time.Millisecond), Owner: mb.Owner, Mailbox: mb.ID,
+		Handle: func(d client.Delivery) ([]client.Ref, error) {
+			if flushes == 2 {
+				return nil, refusal
+			}
+			handled++
+			return []client.Ref{d.Ref}, nil
+		},
+		Flush: func() error { flushes++; return nil },
+	})
+	if !errors.Is(err, refusal) {
+		t.Fatalf("Follow = %v, want the refusal", err)
+	}
+	if got, want := pending(t, r, mb), n-handled; got != want {
+		t.Fatalf("%d envelopes left on the relay after the refusal, want %d: what was handled before it was not all acked", got, want)
+	}
+}

@@ -240,7 +240,8 @@ func sendAck(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [
 // it acks the next. A backlog of p pages costs about p+1 round trips or
 // the time to open it, whichever is longer, where fetching, opening and
 // acking in turn cost 2p+1 round trips and the opening on top. Drain
-// returns once every request it sent has been answered.
+// returns once every request it sent has been answered, or has failed
+// (as they do when ctx ends). It holds at most two pages.
 func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) (err error) {
 	in.Reset()
 	type page struct {
@@ -262,7 +263,9 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 			<-next // fetched, not opened: it stays on the relay
 		}
 		if acked != nil {
-			err = errors.Join(err, <-acked)
+			if aerr := <-acked; err == nil || ctx.Err() == nil { // else err says ctx ended
+				err = errors.Join(err, aerr)
+			}
 		}
 	}()
 	for {
@@ -292,7 +295,7 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 			}
 		}
 		acked = make(chan error, 1)
-		go func(refs []Ref) { acked <- sendAck(ctx, c, owner, mailbox, refs) }(acks)
+		go func(refs []Ref, done chan<- error) { done <- sendAck(ctx, c, owner, mailbox, refs) }(acks, acked)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/postern/postern/envelope"
 )
@@ -16,7 +17,7 @@ import (
 type ReplayStore interface {
 	// Load returns the stored ids, oldest first; none on first use.
 	Load() ([][envelope.IDSize]byte, error)
-	// Save replaces the stored ids, durably.
+	// Save replaces the stored ids, durably. It must not keep ids.
 	Save(ids [][envelope.IDSize]byte) error
 }
 
@@ -26,7 +27,7 @@ type ReplayStore interface {
 // once they are twice what it keeps.
 type ReplayAppender interface {
 	ReplayStore
-	// Append adds ids after those stored, durably.
+	// Append adds ids after those stored, durably. It must not keep ids.
 	Append(ids [][envelope.IDSize]byte) error
 }
 
@@ -77,12 +78,12 @@ func (r *replayLog) save() error {
 		return nil
 	}
 	if a, ok := r.store.(ReplayAppender); ok && r.fresh <= len(r.ids) && r.stored+r.fresh <= 2*r.limit {
-		if err := a.Append(r.ids[len(r.ids)-r.fresh:]); err != nil {
+		if err := a.Append(slices.Clip(r.ids[len(r.ids)-r.fresh:])); err != nil {
 			return err
 		}
 		r.stored += r.fresh
 	} else {
-		if err := r.store.Save(r.ids); err != nil {
+		if err := r.store.Save(slices.Clip(r.ids)); err != nil {
 			return err
 		}
 		r.stored = len(r.ids)
@@ -132,6 +133,8 @@ func appendIDs(buf []byte, ids [][envelope.IDSize]byte) []byte {
 // Append writes the ids after the whole ids in the file (over a partial
 // one a crash left), creating it if need be, and syncs it.
 func (f ReplayFile) Append(ids [][envelope.IDSize]byte) error {
+	_, err := os.Lstat(string(f))
+	created := errors.Is(err, fs.ErrNotExist)
 	file, err := os.OpenFile(string(f), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("append to replay file: %w", err)
@@ -147,7 +150,7 @@ func (f ReplayFile) Append(ids [][envelope.IDSize]byte) error {
 	if cerr := file.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && fi.Size() == 0 {
+	if err == nil && (created || fi.Size() == 0) {
 		err = syncDir(filepath.Dir(string(f))) // a new file's name, durably
 	}
 	if err != nil {
