@@ -1,6 +1,7 @@
 package censortest
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -35,6 +36,7 @@ import (
 //	FreezeAfter        a timeout once the limit is passed, nothing before; the
 //	                   session layer reports it as ClassStalled
 //	Throttle           no failure, only slower
+//	Latency            no failure, only later
 //	GFWFullyEncrypted  no failure for TLS (exempt); a first payload that looks
 //	                   random is dropped: ClassTimeout
 //
@@ -278,11 +280,18 @@ func scanHandshake(raw []byte) (complete, more bool) {
 
 // pump copies src to dst in direction dir, first the bytes in pending,
 // letting through what the current rule's budget allows at the rule's rate
-// and discarding the rest, as a censor dropping packets would. At EOF it
-// half-closes dst unless the direction is frozen; at any other error, or
-// at cleanup, it closes both.
+// and discarding the rest, as a censor dropping packets would; once a rule
+// delays bytes, they pass through a delay line. At EOF it half-closes dst
+// unless the direction is frozen; at any other error, or at cleanup, it
+// closes both.
 func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *tcpFlow) {
 	var sent int64
+	var line *delayLine
+	defer func() {
+		if line != nil {
+			line.finish()
+		}
+	}()
 	buf := make([]byte, chunkSize)
 	for {
 		r := m.current()
@@ -291,7 +300,16 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 			allow = 0
 		}
 		if allow > 0 {
-			if err := m.write(dst, pending[:allow], fl, dir, r.rate()); err != nil {
+			var err error
+			if d := r.delay(); d > 0 || line != nil {
+				if line == nil {
+					line = m.newDelayLine(dst, src, fl, dir)
+				}
+				err = line.send(pending[:allow], d, r.rate())
+			} else {
+				err = m.write(dst, pending[:allow], fl, dir, r.rate())
+			}
+			if err != nil {
 				src.Close()
 				dst.Close()
 				return
@@ -304,6 +322,9 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 			continue
 		}
 		if errors.Is(err, io.EOF) {
+			if line != nil && !line.finish() {
+				return
+			}
 			if m.current().budget(dir, sent) > 0 && !fl.isMuted(dir) {
 				closeWrite(dst)
 			}
@@ -313,6 +334,58 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 		dst.Close()
 		return
 	}
+}
+
+// delayLine writes the chunks a pump gives it to dst, each once its delay
+// has passed, in order, while the pump reads on.
+type delayLine struct {
+	ch     chan delayedChunk
+	done   chan struct{}
+	failed atomic.Bool
+	once   sync.Once
+}
+
+type delayedChunk struct {
+	due  time.Time
+	p    []byte
+	rate int64
+}
+
+func (m *Middlebox) newDelayLine(dst, src net.Conn, fl *tcpFlow, dir Direction) *delayLine {
+	l := &delayLine{ch: make(chan delayedChunk, 64), done: make(chan struct{})}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(l.done)
+		for c := range l.ch {
+			if l.failed.Load() {
+				continue
+			}
+			if !m.sleep(time.Until(c.due)) || m.write(dst, c.p, fl, dir, c.rate) != nil {
+				l.failed.Store(true)
+				src.Close()
+				dst.Close()
+			}
+		}
+	}()
+	return l
+}
+
+// send queues a copy of p to be written d from now.
+func (l *delayLine) send(p []byte, d time.Duration, rate int64) error {
+	if l.failed.Load() {
+		return net.ErrClosed
+	}
+	l.ch <- delayedChunk{due: time.Now().Add(d), p: bytes.Clone(p), rate: rate}
+	return nil
+}
+
+// finish waits until everything queued is written, and reports whether
+// it all was.
+func (l *delayLine) finish() bool {
+	l.once.Do(func() { close(l.ch) })
+	<-l.done
+	return !l.failed.Load()
 }
 
 // write writes p to dst, at most rate bytes per second if rate > 0.

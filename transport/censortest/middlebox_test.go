@@ -54,6 +54,8 @@ func TestMiddlebox(t *testing.T) {
 		{"All/smallest budget", All(FreezeAfter(2048), Pass, FreezeAfter(1024)), echoServer, checkFreeze(4096, 1024)},
 		{"All/harshest verdict", All(Pass, ResetOnConnect), echoServer, checkReset},
 		{"All/hello rule inside", All(Pass, ResetOnSNI("blocked.test")), tlsServer, checkTLSReset("blocked.test")},
+		{"Latency/delays a round trip, keeps the bytes", Latency(100 * time.Millisecond), echoServer, checkLatency(100 * time.Millisecond)},
+		{"All/longest latency", All(Latency(10*time.Millisecond), Latency(100*time.Millisecond)), echoServer, checkLatency(100 * time.Millisecond)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +79,31 @@ func checkEcho(t *testing.T, m *Middlebox) {
 	c.SetReadDeadline(time.Now().Add(patience))
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("read after half-close: %d bytes, %v; want EOF", n, err)
+	}
+}
+
+// checkLatency checks that a round trip costs at least rtt (a lower
+// bound: a slow host only adds to it), that a megabyte written while
+// earlier bytes are still in the delay line comes back whole and in order,
+// and that a half-close still comes back as EOF after it.
+func checkLatency(rtt time.Duration) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		c := dial(t, m)
+		start := time.Now()
+		roundTrip(t, c, []byte("ping"))
+		if took := time.Since(start); took < rtt {
+			t.Fatalf("a round trip took %v through a latency of %v", took, rtt)
+		}
+		msg := randomBytes(1 << 20)
+		go func() {
+			for p := msg; len(p) > 0; p = p[min(len(p), 4096):] {
+				if _, err := c.Write(p[:min(len(p), 4096)]); err != nil {
+					return
+				}
+			}
+		}()
+		expectRead(t, c, msg)
+		checkEcho(t, m)
 	}
 }
 

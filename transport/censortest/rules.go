@@ -46,6 +46,9 @@ type Rule interface {
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
+	// delay is how long a TCP connection's bytes take through the
+	// middlebox in each direction, on top of the rest.
+	delay() time.Duration
 	// inspectsQUIC says whether onDatagram wants the flow's ClientHello
 	// taken from its first QUIC Initial packets.
 	inspectsQUIC() bool
@@ -62,6 +65,7 @@ func (passRule) inspects() bool                    { return false }
 func (passRule) onFirstFlight(*firstFlight) action { return actForward }
 func (passRule) budget(Direction, int64) int64     { return unlimited }
 func (passRule) rate() int64                       { return 0 }
+func (passRule) delay() time.Duration              { return 0 }
 func (passRule) inspectsQUIC() bool                { return false }
 func (passRule) onDatagram(*datagram) action       { return actForward }
 
@@ -184,6 +188,20 @@ func Throttle(bytesPerSecond int) Rule {
 
 func (r throttleRule) rate() int64 { return r.bytesPerSecond }
 
+type latencyRule struct {
+	passRule
+	rtt time.Duration
+}
+
+// Latency delays every byte of a TCP connection by rtt/2 in each
+// direction, so that a request and its answer cost rtt more: a distant
+// relay, or a censor's detour. The bytes keep flowing meanwhile (a path
+// with rtt of latency, not a link that carries one chunk per rtt). It
+// does not act on UDP.
+func Latency(rtt time.Duration) Rule { return latencyRule{rtt: max(rtt, 0)} }
+
+func (r latencyRule) delay() time.Duration { return r.rtt / 2 }
+
 // GFWBlockProbability is the share of non-exempt connections the GFW
 // blocked in Wu et al.'s measurements (about 26%).
 const GFWBlockProbability = 0.26
@@ -286,6 +304,14 @@ func (a allRules) budget(dir Direction, sent int64) int64 {
 		b = min(b, r.budget(dir, sent))
 	}
 	return b
+}
+
+func (a allRules) delay() time.Duration {
+	var d time.Duration
+	for _, r := range a {
+		d = max(d, r.delay())
+	}
+	return d
 }
 
 func (a allRules) rate() int64 {
