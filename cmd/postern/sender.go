@@ -26,14 +26,83 @@ const maxCycles = 4 * envelope.MaxFragments
 // its throughput is judged against throttleFloor.
 const throttleWindow = 2 * time.Second
 
-// pipelineDepth and pipelineBytes bound what one connection has in
-// flight (at least one envelope): the client pipelines requests, so a
-// distant relay costs bandwidth, not a round trip per envelope, while a
-// throttled flow still gets each ack within the stall window.
+// What one connection has in flight (at least one envelope) starts at
+// pipelineDepth envelopes and pipelineBytes, and grows by what the relay
+// acks (doubling each round trip) up to maxPipelineDepth and
+// maxPipelineBytes, but to no more than pipelineQueue's worth at the rate
+// the relay has acked on this connection. The client pipelines requests,
+// so a distant relay costs bandwidth, not a round trip per envelope (a
+// 2 MiB message of 64 KiB envelopes took 38 round trips when the
+// pipeline stayed at 64 KiB); a throttled flow keeps little queued (a
+// stall resends little and each ack comes within the stall window), and
+// a connection that freezes early has had little put into it.
 const (
-	pipelineDepth = 4
-	pipelineBytes = 64 << 10
+	pipelineDepth    = 4
+	pipelineBytes    = 64 << 10
+	maxPipelineDepth = 32 // of the relay's 64 Sends per session
+	maxPipelineBytes = 1 << 20
+	pipelineQueue    = 2 * time.Second
 )
+
+// pipeline meters what one connection has in flight.
+type pipeline struct {
+	mu       sync.Mutex
+	start    time.Time
+	n, bytes int // in flight
+	acked    int // bytes acked on this connection
+	kick     chan struct{}
+}
+
+func newPipeline(start time.Time) *pipeline {
+	return &pipeline{start: start, kick: make(chan struct{}, 1)}
+}
+
+// limits returns how many envelopes and bytes may be in flight now; p.mu
+// is held.
+func (p *pipeline) limits(now time.Time) (n, bytes int) {
+	bytes = pipelineBytes + p.acked
+	if e := now.Sub(p.start); p.acked > 0 && e > 0 {
+		bytes = min(bytes, int(float64(p.acked)/e.Seconds()*pipelineQueue.Seconds()))
+	}
+	bytes = max(pipelineBytes, min(bytes, maxPipelineBytes))
+	return min(maxPipelineDepth, pipelineDepth*bytes/pipelineBytes), bytes
+}
+
+// acquire waits until an envelope of size bytes may go out (at once when
+// nothing is in flight) and counts it in flight; false if ctx ended.
+func (p *pipeline) acquire(ctx context.Context, size int) bool {
+	for {
+		p.mu.Lock()
+		n, bytes := p.limits(time.Now())
+		if p.n == 0 || (p.n < n && p.bytes+size <= bytes) {
+			p.n++
+			p.bytes += size
+			p.mu.Unlock()
+			return true
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.kick:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// release counts an envelope of size bytes out of flight, acked or not.
+func (p *pipeline) release(size int, acked bool) {
+	p.mu.Lock()
+	p.n--
+	p.bytes -= size
+	if acked {
+		p.acked += size
+	}
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
 
 // maxRedials bounds the dial attempts after a stall, when the queue the
 // frozen connection left behind can still delay a new handshake.
@@ -152,8 +221,9 @@ func (s *sender) run(ctx context.Context) error {
 }
 
 // sendOn sends the envelopes not yet acked on c (as forward layers through
-// an entry relay if via), pipelineDepth at a time, until all are acked,
-// the connection's budget is spent (errCycle) or a send fails.
+// an entry relay if via), as many at a time as its pipeline lets, until
+// all are acked, the connection's budget is spent (errCycle) or a send
+// fails.
 func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *connStats) error {
 	st.start = time.Now()
 	ctx, cancel := context.WithCancel(ctx)
@@ -163,7 +233,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 		first error
 		wg    sync.WaitGroup
 	)
-	sem := make(chan struct{}, max(1, min(pipelineDepth, pipelineBytes/s.bucket)))
+	pl := newPipeline(st.start)
 	issued, cycle := 0, false
 	for i, env := range s.envs {
 		if s.acked[i] {
@@ -173,11 +243,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 			cycle = true
 			break
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
+		if !pl.acquire(ctx, len(env)) {
 			break
 		}
 		issued += len(env)
@@ -185,9 +251,9 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 		go func() {
 			defer wg.Done()
 			err := s.sendOne(ctx, c, via, env)
+			pl.release(len(env), err == nil)
 			mu.Lock()
 			defer mu.Unlock()
-			<-sem
 			if err != nil && first == nil {
 				first = err
 				cancel()

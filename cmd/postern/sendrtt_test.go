@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/transport/censortest"
+)
+
+// TestSendOverRTT is a load generator, not a check: it times `postern
+// send` of one large message (POSTERN_SEND_RTT_MIB MiB, default 2: 34
+// envelopes of 64 KiB) to a relay (memory store, https) behind a
+// middlebox that adds POSTERN_SEND_RTT of round trip (default 100ms),
+// and, alternately in the same run, with none (the floor beside it). It
+// logs each run and asserts only that every message arrived. Run with
+//
+//	POSTERN_SEND_RTT=100ms go test -run '^TestSendOverRTT$' -v ./cmd/postern
+func TestSendOverRTT(t *testing.T) {
+	spec := os.Getenv("POSTERN_SEND_RTT")
+	if spec == "" {
+		t.Skip("a load generator: set POSTERN_SEND_RTT (for example 100ms)")
+	}
+	rtt, err := time.ParseDuration(spec)
+	if err != nil || rtt <= 0 {
+		t.Fatalf("POSTERN_SEND_RTT=%q: want a positive duration", spec)
+	}
+	mib := 2
+	if v := os.Getenv("POSTERN_SEND_RTT_MIB"); v != "" {
+		if mib, err = strconv.Atoi(v); err != nil || mib < 1 || mib > 7 {
+			t.Fatalf("POSTERN_SEND_RTT_MIB=%q: want 1 to 7", v)
+		}
+	}
+	const runs = 3
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	relayHTTPS := freePort(t)
+	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
+	defer rp.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	msg := make([]byte, mib<<20)
+	for i := range runs {
+		for _, d := range []time.Duration{0, rtt} {
+			rand.Read(msg)
+			mb.SetRule(censortest.Latency(d))
+			start := time.Now()
+			runOK(t, bin, base, msg, "send", "--anonymous", "--to", card)
+			took := time.Since(start)
+			mb.SetRule(censortest.Pass)
+			if got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+				t.Fatalf("run %d, rtt %v: received %d messages", i+1, d, len(got))
+			}
+			if d == 0 {
+				t.Logf("run %d: %d MiB sent in %v with no added latency", i+1, mib, took.Round(time.Millisecond))
+			} else {
+				t.Logf("run %d: %d MiB sent in %v over a %v round trip: %.1f round trips", i+1, mib, took.Round(time.Millisecond), d, float64(took)/float64(d))
+			}
+		}
+	}
+}
