@@ -14,7 +14,7 @@ import (
 )
 
 // TestSendOverRTT is a load generator, not a check: it times `postern
-// send` of one large message (POSTERN_SEND_RTT_MIB MiB, default 2: 34
+// send` of one large message (POSTERN_SEND_RTT_MIB MiB, default 2: 33
 // envelopes of 64 KiB) to a relay (memory store, https) behind a
 // middlebox that adds POSTERN_SEND_RTT of round trip (default 100ms),
 // and, alternately in the same run, with none (the floor beside it). It
