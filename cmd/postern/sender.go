@@ -28,9 +28,10 @@ const throttleWindow = 2 * time.Second
 
 // What one connection has in flight (at least one envelope) starts at
 // pipelineDepth envelopes and pipelineBytes, and grows by what the relay
-// acks (doubling each round trip) up to maxPipelineDepth and
-// maxPipelineBytes, but to no more than pipelineQueue's worth at the rate
-// the relay has acked on this connection. The client pipelines requests,
+// acks (each acked envelope adds one envelope and its bytes, so it
+// doubles each round trip) up to maxPipelineDepth and maxPipelineBytes,
+// but to no more bytes than pipelineQueue's worth at the rate the relay
+// has acked on this connection. The client pipelines requests,
 // so a distant relay costs bandwidth, not a round trip per envelope (a
 // 2 MiB message of 64 KiB envelopes took 38 round trips when the
 // pipeline stayed at 64 KiB); a throttled flow keeps little queued (a
@@ -49,7 +50,9 @@ type pipeline struct {
 	mu       sync.Mutex
 	start    time.Time
 	n, bytes int // in flight
-	acked    int // bytes acked on this connection
+	ackedN   int // envelopes acked on this connection
+	acked    int // and their bytes
+	peak     int // the most envelopes in flight at once
 	kick     chan struct{}
 }
 
@@ -65,18 +68,19 @@ func (p *pipeline) limits(now time.Time) (n, bytes int) {
 		bytes = min(bytes, int(float64(p.acked)/e.Seconds()*pipelineQueue.Seconds()))
 	}
 	bytes = max(pipelineBytes, min(bytes, maxPipelineBytes))
-	return min(maxPipelineDepth, pipelineDepth*bytes/pipelineBytes), bytes
+	return min(maxPipelineDepth, pipelineDepth+p.ackedN), bytes
 }
 
 // acquire waits until an envelope of size bytes may go out (at once when
 // nothing is in flight) and counts it in flight; false if ctx ended.
 func (p *pipeline) acquire(ctx context.Context, size int) bool {
-	for {
+	for ctx.Err() == nil {
 		p.mu.Lock()
 		n, bytes := p.limits(time.Now())
 		if p.n == 0 || (p.n < n && p.bytes+size <= bytes) {
 			p.n++
 			p.bytes += size
+			p.peak = max(p.peak, p.n)
 			p.mu.Unlock()
 			return true
 		}
@@ -84,9 +88,9 @@ func (p *pipeline) acquire(ctx context.Context, size int) bool {
 		select {
 		case <-p.kick:
 		case <-ctx.Done():
-			return false
 		}
 	}
+	return false
 }
 
 // release counts an envelope of size bytes out of flight, acked or not.
@@ -95,6 +99,7 @@ func (p *pipeline) release(size int, acked bool) {
 	p.n--
 	p.bytes -= size
 	if acked {
+		p.ackedN++
 		p.acked += size
 	}
 	p.mu.Unlock()
@@ -144,6 +149,7 @@ type connStats struct {
 	start time.Time
 	last  time.Time // when the last ack came
 	slow  bool      // throughput under throttleFloor
+	peak  int       // the most envelopes in flight at once
 }
 
 // seal splits the message: into the smallest bucket it fits when the
@@ -269,6 +275,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 		}()
 	}
 	wg.Wait()
+	st.peak = pl.peak
 	if first == nil && ctx.Err() != nil {
 		first = ctx.Err()
 	}

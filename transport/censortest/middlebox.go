@@ -303,9 +303,9 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 			var err error
 			if d := r.delay(); d > 0 || line != nil {
 				if line == nil {
-					line = m.newDelayLine(dst, src, fl, dir)
+					line = m.newDelayLine(dst, src)
 				}
-				err = line.send(pending[:allow], d, r.rate())
+				err = m.throttle(pending[:allow], fl, dir, r.rate(), func(p []byte) error { return line.send(p, d) })
 			} else {
 				err = m.write(dst, pending[:allow], fl, dir, r.rate())
 			}
@@ -346,12 +346,11 @@ type delayLine struct {
 }
 
 type delayedChunk struct {
-	due  time.Time
-	p    []byte
-	rate int64
+	due time.Time
+	p   []byte
 }
 
-func (m *Middlebox) newDelayLine(dst, src net.Conn, fl *tcpFlow, dir Direction) *delayLine {
+func (m *Middlebox) newDelayLine(dst, src net.Conn) *delayLine {
 	l := &delayLine{ch: make(chan delayedChunk, 64), done: make(chan struct{})}
 	m.wg.Add(1)
 	go func() {
@@ -361,7 +360,7 @@ func (m *Middlebox) newDelayLine(dst, src net.Conn, fl *tcpFlow, dir Direction) 
 			if l.failed.Load() {
 				continue
 			}
-			if !m.sleep(time.Until(c.due)) || m.write(dst, c.p, fl, dir, c.rate) != nil {
+			if !m.sleep(time.Until(c.due)) || writeAll(dst, c.p) != nil {
 				l.failed.Store(true)
 				src.Close()
 				dst.Close()
@@ -371,13 +370,20 @@ func (m *Middlebox) newDelayLine(dst, src net.Conn, fl *tcpFlow, dir Direction) 
 	return l
 }
 
-// send queues a copy of p to be written d from now.
-func (l *delayLine) send(p []byte, d time.Duration, rate int64) error {
+// send queues a copy of p to be written d from now. A throttle's rate is
+// kept by the pump before it queues, so that what the line holds is what
+// the rate let through, and the pump still reads no faster than the rate.
+func (l *delayLine) send(p []byte, d time.Duration) error {
 	if l.failed.Load() {
 		return net.ErrClosed
 	}
-	l.ch <- delayedChunk{due: time.Now().Add(d), p: bytes.Clone(p), rate: rate}
+	l.ch <- delayedChunk{due: time.Now().Add(d), p: bytes.Clone(p)}
 	return nil
+}
+
+func writeAll(dst net.Conn, p []byte) error {
+	_, err := dst.Write(p)
+	return err
 }
 
 // finish waits until everything queued is written, and reports whether
@@ -390,9 +396,14 @@ func (l *delayLine) finish() bool {
 
 // write writes p to dst, at most rate bytes per second if rate > 0.
 func (m *Middlebox) write(dst net.Conn, p []byte, fl *tcpFlow, dir Direction, rate int64) error {
+	return m.throttle(p, fl, dir, rate, func(p []byte) error { return writeAll(dst, p) })
+}
+
+// throttle passes p to out, at most rate bytes per second if rate > 0, in
+// pieces no larger than the direction's bucket.
+func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, rate int64, out func([]byte) error) error {
 	if rate <= 0 {
-		_, err := dst.Write(p)
-		return err
+		return out(p)
 	}
 	b := fl.buckets[dir]
 	if b == nil {
@@ -405,7 +416,7 @@ func (m *Middlebox) write(dst net.Conn, p []byte, fl *tcpFlow, dir Direction, ra
 		if !m.sleep(b.take(k)) {
 			return net.ErrClosed
 		}
-		if _, err := dst.Write(p[:k]); err != nil {
+		if err := out(p[:k]); err != nil {
 			return err
 		}
 		p = p[k:]

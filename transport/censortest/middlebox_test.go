@@ -56,6 +56,7 @@ func TestMiddlebox(t *testing.T) {
 		{"All/hello rule inside", All(Pass, ResetOnSNI("blocked.test")), tlsServer, checkTLSReset("blocked.test")},
 		{"Latency/delays a round trip, keeps the bytes", Latency(100 * time.Millisecond), echoServer, checkLatency(100 * time.Millisecond)},
 		{"All/longest latency", All(Latency(10*time.Millisecond), Latency(100*time.Millisecond)), echoServer, checkLatency(100 * time.Millisecond)},
+		{"All/latency and throttle", All(Latency(20*time.Millisecond), Throttle(4<<20)), echoServer, checkLatency(20 * time.Millisecond)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,7 +86,8 @@ func checkEcho(t *testing.T, m *Middlebox) {
 // checkLatency checks that a round trip costs at least rtt (a lower
 // bound: a slow host only adds to it), that a megabyte written while
 // earlier bytes are still in the delay line comes back whole and in order,
-// and that a half-close still comes back as EOF after it.
+// and that a half-close right behind 256 KiB, still in the delay line
+// when the FIN reaches the middlebox, comes back after all of them.
 func checkLatency(rtt time.Duration) func(*testing.T, *Middlebox) {
 	return func(t *testing.T, m *Middlebox) {
 		c := dial(t, m)
@@ -103,7 +105,19 @@ func checkLatency(rtt time.Duration) func(*testing.T, *Middlebox) {
 			}
 		}()
 		expectRead(t, c, msg)
-		checkEcho(t, m)
+
+		c = dial(t, m)
+		tail := randomBytes(256 << 10)
+		go func() {
+			if _, err := c.Write(tail); err == nil {
+				c.(*net.TCPConn).CloseWrite()
+			}
+		}()
+		expectRead(t, c, tail)
+		c.SetReadDeadline(time.Now().Add(patience))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+			t.Fatalf("read after the half-close: %d bytes, %v; want EOF", n, err)
+		}
 	}
 }
 

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+)
+
+// overlapStore is a memory store whose every Put but the first and the
+// last waits until the next Put has begun (or the guard passes): a sender
+// that never has two Sends in flight gets past each only by the guard,
+// which overlaps counts.
+type overlapStore struct {
+	store.Store
+	last     int
+	mu       sync.Mutex
+	puts     int
+	next     map[int]chan struct{} // closed when Put k+1 begins
+	overlaps atomic.Int64
+}
+
+func (s *overlapStore) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	s.mu.Lock()
+	s.puts++
+	k := s.puts
+	if ch, ok := s.next[k-1]; ok {
+		close(ch)
+	}
+	ch := make(chan struct{})
+	s.next[k] = ch
+	s.mu.Unlock()
+	if k > 1 && k < s.last {
+		select {
+		case <-ch:
+			s.overlaps.Add(1)
+		case <-time.After(10 * time.Second): // a deadlock guard
+		}
+	}
+	return s.Store.Put(ctx, id, env)
+}
+
+// TestSendPipelineGrows: the acks a connection gets widen its pipeline,
+// so a message of 64 KiB envelopes (one in flight at the start) soon has
+// several in flight. With the pipeline fixed at 64 KiB, every Send after
+// the first waited for the one before it, a round trip per envelope.
+func TestSendPipelineGrows(t *testing.T) {
+	const n = 8
+	st := &overlapStore{Store: store.NewMemory(store.Options{}), last: n, next: map[int]chan struct{}{}}
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+	s := &sender{card: mb.Card}
+	for range n {
+		env, err := envelope.Seal(mb.Card, nil, []byte(strings.Repeat("x", 60<<10)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.envs = append(s.envs, env)
+	}
+	if s.bucket = len(s.envs[0]); s.bucket != envelope.Bucket64K {
+		t.Fatalf("test setup: %d-byte envelopes, want %d", s.bucket, envelope.Bucket64K)
+	}
+	s.acked = make([]bool, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	st2 := &connStats{}
+	if err := s.sendOn(ctx, r.Connect(t), false, st2); err != nil {
+		t.Fatal(err)
+	}
+	if s.ackedCount() != n {
+		t.Fatalf("%d of %d envelopes acked", s.ackedCount(), n)
+	}
+	if got := st.overlaps.Load(); got != n-2 || st2.peak < 2 {
+		t.Fatalf("%d of %d Sends overlapped the next, at most %d in flight: the pipeline did not grow", got, n-2, st2.peak)
+	}
+	t.Logf("%d Sends overlapped the next; at most %d in flight", st.overlaps.Load(), st2.peak)
+}
