@@ -15,10 +15,11 @@ import (
 
 // TestSendOverRTT is a load generator, not a check: it times `postern
 // send` of one large message (POSTERN_SEND_RTT_MIB MiB, default 2: 33
-// envelopes of 64 KiB) to a relay (memory store, https) behind a
-// middlebox that adds POSTERN_SEND_RTT of round trip (default 100ms),
-// and, alternately in the same run, with none (the floor beside it). It
-// logs each run and asserts only that every message arrived. Run with
+// envelopes of 64 KiB) to a relay (memory store) over
+// POSTERN_SEND_RTT_TRANSPORT (https, the default, or h3) behind a
+// middlebox that adds POSTERN_SEND_RTT of round trip, and, alternately in
+// the same run, with none (the floor beside it). It logs each run and
+// asserts only that every message arrived. Run with
 //
 //	POSTERN_SEND_RTT=100ms go test -run '^TestSendOverRTT$' -v ./cmd/postern
 func TestSendOverRTT(t *testing.T) {
@@ -36,15 +37,35 @@ func TestSendOverRTT(t *testing.T) {
 			t.Fatalf("POSTERN_SEND_RTT_MIB=%q: want 1 to 7", v)
 		}
 	}
+	tr := os.Getenv("POSTERN_SEND_RTT_TRANSPORT")
+	if tr == "" {
+		tr = "https"
+	}
 	const runs = 3
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	relayHTTPS := freePort(t)
-	mb := censortest.NewMiddlebox(t, relayHTTPS)
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
+	relayAddr := freePort(t)
+	var rp *relayProc
+	var mb interface{ SetRule(censortest.Rule) }
+	switch tr {
+	case "https":
+		tcp := censortest.NewMiddlebox(t, relayAddr)
+		rp = startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayAddr, "--h3", "off", "--config", writeConfig(t, dir, tcp.Addr()))
+		mb = tcp
+	case "h3":
+		udp := censortest.NewUDPMiddlebox(t, relayAddr)
+		cfg := filepath.Join(dir, "relay.json")
+		if err := os.WriteFile(cfg, []byte(`{"public_h3": "`+udp.Addr()+`", "store": "memory"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rp = startRelay(t, bin, filepath.Join(dir, "relay"), "--https", freePort(t), "--h3", relayAddr, "--config", cfg)
+		mb = udp
+	default:
+		t.Fatalf("POSTERN_SEND_RTT_TRANSPORT=%q: want https or h3", tr)
+	}
 	defer rp.stop()
 	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
+	base := []string{"POSTERN_HOME=" + home, "POSTERN_TRANSPORT=" + tr}
 	bob := filepath.Join(home, "bob.id")
 	runOK(t, bin, base, nil, "id", "new", "--out", bob)
 	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
@@ -61,9 +82,9 @@ func TestSendOverRTT(t *testing.T) {
 				t.Fatalf("run %d, rtt %v: received %d messages", i+1, d, len(got))
 			}
 			if d == 0 {
-				t.Logf("run %d: %d MiB sent in %v with no added latency", i+1, mib, took.Round(time.Millisecond))
+				t.Logf("run %d, %s: %d MiB sent in %v with no added latency", i+1, tr, mib, took.Round(time.Millisecond))
 			} else {
-				t.Logf("run %d: %d MiB sent in %v over a %v round trip: %.1f round trips", i+1, mib, took.Round(time.Millisecond), d, float64(took)/float64(d))
+				t.Logf("run %d, %s: %d MiB sent in %v over a %v round trip: %.1f round trips", i+1, tr, mib, took.Round(time.Millisecond), d, float64(took)/float64(d))
 			}
 		}
 	}

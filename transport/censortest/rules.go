@@ -46,8 +46,9 @@ type Rule interface {
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
-	// delay is how long a TCP connection's bytes take through the
-	// middlebox in each direction, on top of the rest.
+	// delay is how long a TCP connection's bytes, or a UDP flow's
+	// datagrams, take through the middlebox in each direction, on top of
+	// the rest.
 	delay() time.Duration
 	// inspectsQUIC says whether onDatagram wants the flow's ClientHello
 	// taken from its first QUIC Initial packets.
@@ -193,11 +194,11 @@ type latencyRule struct {
 	rtt time.Duration
 }
 
-// Latency delays every byte of a TCP connection by rtt/2 in each
-// direction, so that a request and its answer cost rtt more: a distant
-// relay, or a censor's detour. The bytes keep flowing meanwhile (a path
-// with rtt of latency, not a link that carries one chunk per rtt). It
-// does not act on UDP.
+// Latency delays every byte of a TCP connection, and every datagram of a
+// UDP flow, by rtt/2 in each direction, so that a request and its answer
+// cost rtt more: a distant relay, or a censor's detour. The bytes keep
+// flowing meanwhile (a path with rtt of latency, not a link that carries
+// one chunk per rtt).
 func Latency(rtt time.Duration) Rule { return latencyRule{rtt: max(rtt, 0)} }
 
 func (r latencyRule) delay() time.Duration { return r.rtt / 2 }

@@ -1,6 +1,7 @@
 package censortest
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/netip"
@@ -123,6 +124,8 @@ type udpFlow struct {
 	inspected    int         // client datagrams fed to hello
 	helloDone    atomic.Bool // hello parsed, or given up
 	buckets      [2]*tokenBucket
+	lines        [2]*udpLine   // once a rule has delayed datagrams
+	done         chan struct{} // closed when the flow is removed
 }
 
 func (f *udpFlow) touch(t time.Time) { f.lastSeen.Store(t.UnixNano()) }
@@ -155,7 +158,7 @@ func (m *UDPMiddlebox) serve() {
 		}
 		f.touch(m.now())
 		if m.admit(f, ClientToServer, buf[:n]) {
-			f.up.Write(buf[:n])
+			m.forward(f, ClientToServer, buf[:n], func(p []byte) { f.up.Write(p) })
 		}
 	}
 }
@@ -175,7 +178,7 @@ func (m *UDPMiddlebox) flow(client netip.AddrPort) *udpFlow {
 	if err != nil {
 		return nil
 	}
-	f := &udpFlow{client: client, up: up}
+	f := &udpFlow{client: client, up: up, done: make(chan struct{})}
 	f.touch(m.now())
 	m.flows[client] = f
 	m.wg.Add(1)
@@ -201,7 +204,7 @@ func (m *UDPMiddlebox) pumpBack(f *udpFlow) {
 		}
 		f.touch(m.now())
 		if m.admit(f, ServerToClient, buf[:n]) {
-			m.pc.WriteToUDPAddrPort(buf[:n], f.client)
+			m.forward(f, ServerToClient, buf[:n], func(p []byte) { m.pc.WriteToUDPAddrPort(p, f.client) })
 		}
 	}
 }
@@ -213,6 +216,59 @@ func (m *UDPMiddlebox) remove(f *udpFlow) {
 		delete(m.flows, f.client)
 	}
 	f.up.Close()
+	close(f.done)
+}
+
+// udpLineCap bounds the datagrams a flow's delay line holds in one
+// direction; past it a datagram is dropped, as a full router queue drops.
+const udpLineCap = 4096
+
+// forward sends p on in dir with out: at once, or once a rule delays
+// datagrams, through the flow's delay line in that direction (each
+// direction's line is touched only by that direction's goroutine).
+func (m *UDPMiddlebox) forward(f *udpFlow, dir Direction, p []byte, out func([]byte)) {
+	d := m.current().delay()
+	if d <= 0 && f.lines[dir] == nil {
+		out(p)
+		return
+	}
+	if f.lines[dir] == nil {
+		f.lines[dir] = m.newUDPLine(f, out)
+	}
+	select {
+	case f.lines[dir].ch <- delayedChunk{due: time.Now().Add(d), p: bytes.Clone(p)}:
+	default:
+	}
+}
+
+// udpLine sends a flow's datagrams in one direction, each once its delay
+// has passed, until the flow is removed.
+type udpLine struct{ ch chan delayedChunk }
+
+func (m *UDPMiddlebox) newUDPLine(f *udpFlow, out func([]byte)) *udpLine {
+	l := &udpLine{ch: make(chan delayedChunk, udpLineCap)}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		t := time.NewTimer(0)
+		defer t.Stop()
+		for {
+			var c delayedChunk
+			select {
+			case c = <-l.ch:
+			case <-f.done:
+				return
+			}
+			t.Reset(time.Until(c.due))
+			select {
+			case <-t.C:
+				out(c.p)
+			case <-f.done:
+				return
+			}
+		}
+	}()
+	return l
 }
 
 // admit reports whether the current rule lets p through on f in dir.

@@ -31,6 +31,7 @@ func TestUDPMiddlebox(t *testing.T) {
 			func(t *testing.T, m *UDPMiddlebox) { udpRoundTrip(t, dialUDP(t, m), randomLooking(2000)) }},
 		{"SetRule/Pass to DropUDP mid-flow", Pass, checkUDPSwitch},
 		{"Throttle/polices", Throttle(MinThrottleBurst), checkUDPThrottle},
+		{"Latency/delays a round trip, keeps the datagrams", Latency(100 * time.Millisecond), checkUDPLatency(100 * time.Millisecond)},
 		{"GFWQUIC/blocks when srcport >= dstport", GFWQUIC("EXAMPLE.com"), checkQUICVerdict(true, true)},
 		{"GFWQUIC/passes when srcport < dstport", GFWQUIC("example.com"), checkQUICVerdict(false, false)},
 		{"GFWQUIC/passes other name", GFWQUIC("other.test"), checkQUICVerdict(true, false)},
@@ -50,6 +51,31 @@ func TestUDPMiddlebox(t *testing.T) {
 	t.Run("flow cap", testUDPFlowCap)
 	t.Run("idle flows expire", testUDPIdle)
 	checkGoroutines(t, base)
+}
+
+// checkUDPLatency checks that a round trip costs at least rtt (a lower
+// bound: a slow host only adds to it), and that datagrams sent while
+// earlier ones are still delayed all come back, in order.
+func checkUDPLatency(rtt time.Duration) func(*testing.T, *UDPMiddlebox) {
+	return func(t *testing.T, m *UDPMiddlebox) {
+		c := dialUDP(t, m)
+		start := time.Now()
+		udpRoundTrip(t, c, []byte("ping"))
+		if took := time.Since(start); took < rtt {
+			t.Fatalf("a round trip took %v through a latency of %v", took, rtt)
+		}
+		var sent [][]byte
+		for range 32 {
+			p := randomBytes(1200)
+			sent = append(sent, p)
+			if _, err := c.Write(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range sent {
+			expectRead(t, c, p)
+		}
+	}
 }
 
 func checkUDPDropped(t *testing.T, m *UDPMiddlebox) {
