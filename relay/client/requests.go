@@ -31,6 +31,13 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 	}
 	c.mu.Unlock()
 	if err := c.write(m); err != nil {
+		if c.stalled.Load() {
+			// The stall watcher closed the connection under this write:
+			// the session stalled, which is what the caller must hear
+			// (a sender resumes after a stall, and gives up on other
+			// failures), whether its request was written or waiting.
+			err = errStalled
+		}
 		c.conn.Close()
 		return relay.Result{}, nil, err
 	}

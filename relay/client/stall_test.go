@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,5 +73,60 @@ func TestStalledFlowDetected(t *testing.T) {
 	}
 	if !errors.Is(sendErr, transport.ErrStalled) || transport.ClassOf(sendErr) != transport.ClassStalled {
 		t.Fatalf("send over a frozen flow: %v (class %v)", sendErr, transport.ClassOf(sendErr))
+	}
+}
+
+// freezable is a session whose writes, once frozen, block until it is
+// closed: a flow frozen upstream with the client's socket buffer full.
+type freezable struct {
+	transport.Conn
+	frozen atomic.Bool
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (f *freezable) Write(p []byte) (int, error) {
+	if f.frozen.Load() {
+		<-f.closed
+		return 0, net.ErrClosed
+	}
+	return f.Conn.Write(p)
+}
+
+func (f *freezable) Close() error {
+	f.once.Do(func() { close(f.closed) })
+	return f.Conn.Close()
+}
+
+// TestStalledWriteReportsStall: requests caught in a write (or waiting
+// to write) when the stall watcher closes a frozen session report the
+// stall, as those waiting for an answer do. They reported the closed
+// connection, which a sender with several envelopes in flight took for a
+// failure and gave up on, instead of resuming on a new connection.
+func TestStalledWriteReportsStall(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	m := relaytest.NewMailbox(t, r.Connect(t), nil)
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	conn := &freezable{Conn: cc, closed: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	c, err := client.New(ctx, conn, client.WithStallWindow(200*time.Millisecond), client.WithRelayKey(r.Server.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn.frozen.Store(true)
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := c.Send(ctx, m.Seal(t, "x"), nil)
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; !errors.Is(err, transport.ErrStalled) {
+			t.Fatalf("a send on the frozen session: %v, want the stall", err)
+		}
 	}
 }
