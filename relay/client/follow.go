@@ -123,33 +123,21 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
-	// Acks go out without waiting for their answers, which come back on
-	// acked: a receiver that waited for each Ack idled for a round trip
-	// per batch, and the relay, its window full, idled too.
-	acked := make(chan error, acksOut)
-	out := 0
-	ack := func(refs []Ref) {
-		go func() {
-			_, err := c.Ack(ctx, cfg.Owner, cfg.Mailbox, refs...)
-			acked <- err
-		}()
-	}
+	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut)}
 	// stop ends Follow with err once the Acks still out are answered, so
 	// that what was handled before a refusal or a failed Flush is acked.
 	// (When ctx ends, the Acks out end with it: their envelopes come again
 	// and are known as replays.)
 	stop := func(err error) (bool, error) {
-		for ; out > 0; out-- {
-			<-acked
-		}
+		a.wait()
 		return true, &stopError{err}
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case err := <-acked:
-			out--
+		case err := <-a.results:
+			a.out--
 			if err != nil {
 				return true, err
 			}
@@ -161,25 +149,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if !ok {
 				return true, c.Err()
 			}
-			// The deliveries already waiting are handled before the ack,
-			// which then covers them all: acking each on its own cost a
-			// round trip per envelope, and a backlog drained at one
-			// envelope per round trip. A batch ends at batchRefs, and when
-			// ctx does, and after cfg.Ping (so a slow Handle still acks,
-			// and so talks to the relay, that often).
-			var acks []Ref
-			var herr error
-			began := time.Now()
-			for {
-				refs, err := cfg.Handle(d)
-				acks, herr = append(acks, refs...), err
-				if herr != nil || len(acks) >= batchRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
-					break
-				}
-				if d, ok = c.waiting(); !ok {
-					break
-				}
-			}
+			acks, herr := handleBatch(ctx, c, cfg, d)
 			if cfg.Flush != nil { // for the deliveries handled before a refusal too
 				if err := cfg.Flush(); err != nil {
 					return stop(errors.Join(herr, err)) // nothing of this batch acked unsaved
@@ -193,18 +163,70 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 				}
 				return stop(herr)
 			}
-			if len(acks) == 0 {
-				continue
-			}
-			if out == acksOut {
-				if err := <-acked; err != nil {
+			if len(acks) > 0 {
+				if err := a.send(acks); err != nil {
 					return true, err
 				}
-				out--
 			}
-			out++
-			ack(acks)
 		}
+	}
+}
+
+// handleBatch hands d, and the deliveries already waiting after it, to
+// cfg.Handle, and returns the refs to ack and Handle's error. Acking each
+// delivery on its own cost a round trip per envelope, and a backlog
+// drained at one envelope per round trip. A batch ends at batchRefs, at a
+// refusal, when ctx does, and after cfg.Ping (so a slow Handle still acks,
+// and so talks to the relay, that often).
+func handleBatch(ctx context.Context, c *Client, cfg *FollowConfig, d Delivery) ([]Ref, error) {
+	var acks []Ref
+	began := time.Now()
+	for {
+		refs, err := cfg.Handle(d)
+		acks = append(acks, refs...)
+		if err != nil || len(acks) >= batchRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
+			return acks, err
+		}
+		var ok bool
+		if d, ok = c.waiting(); !ok {
+			return acks, nil
+		}
+	}
+}
+
+// acker sends a Follow session's Acks without waiting for their answers,
+// which come back on results, at most acksOut of them out: a receiver
+// that waited for each Ack idled for a round trip per batch, and the
+// relay, its window full, idled too. Only follow's goroutine uses it.
+type acker struct {
+	ctx     context.Context
+	c       *Client
+	cfg     *FollowConfig
+	results chan error
+	out     int // Acks sent whose answers were not taken from results
+}
+
+// send acks refs once fewer than acksOut Acks are out; its error is that
+// of an earlier Ack it waited for.
+func (a *acker) send(refs []Ref) error {
+	if a.out == acksOut {
+		a.out--
+		if err := <-a.results; err != nil {
+			return err
+		}
+	}
+	a.out++
+	go func() {
+		_, err := a.c.Ack(a.ctx, a.cfg.Owner, a.cfg.Mailbox, refs...)
+		a.results <- err
+	}()
+	return nil
+}
+
+// wait waits for the answers of the Acks still out.
+func (a *acker) wait() {
+	for ; a.out > 0; a.out-- {
+		<-a.results
 	}
 }
 
