@@ -23,12 +23,15 @@ import (
 //	Throttle   no failure, only slower (datagrams over the rate are dropped)
 //	GFWQUIC    ClassUDPSilent for the blocked name when the client's source
 //	           port is at least the middlebox's port; no failure otherwise
+//	Latency    no failure, only later (each datagram rtt/2 each way; past
+//	           4,096 waiting in a direction, dropped)
 //
 // A flow is one client address. At most [MaxUDPFlows] are open at once
 // (datagrams from further clients are dropped) and one with no datagram
 // either way for [UDPFlowIdle] is closed. The rule applies to every
 // datagram and follows [UDPMiddlebox.SetRule] at once, except that a flow
-// GFWQUIC blocked stays blocked for [QUICBlockDuration].
+// GFWQUIC blocked stays blocked for [QUICBlockDuration], and datagrams
+// already delayed leave when their delay ends.
 type UDPMiddlebox struct {
 	pc       *net.UDPConn
 	target   *net.UDPAddr
@@ -250,7 +253,8 @@ func (m *UDPMiddlebox) newUDPLine(f *udpFlow, out func([]byte)) *udpLine {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		t := time.NewTimer(0)
+		t := time.NewTimer(time.Hour) // set for each datagram below
+		t.Stop()
 		defer t.Stop()
 		for {
 			var c delayedChunk
