@@ -83,19 +83,14 @@ func checkEcho(t *testing.T, m *Middlebox) {
 	}
 }
 
-// checkLatency checks that a round trip costs at least rtt (a lower
-// bound: a slow host only adds to it), that a megabyte written while
+// checkLatency checks that a round trip costs at least rtt, that a megabyte written while
 // earlier bytes are still in the delay line comes back whole and in order,
 // and that a half-close right behind 256 KiB, still in the delay line
 // when the FIN reaches the middlebox, comes back after all of them.
 func checkLatency(rtt time.Duration) func(*testing.T, *Middlebox) {
 	return func(t *testing.T, m *Middlebox) {
 		c := dial(t, m)
-		start := time.Now()
-		roundTrip(t, c, []byte("ping"))
-		if took := time.Since(start); took < rtt {
-			t.Fatalf("a round trip took %v through a latency of %v", took, rtt)
-		}
+		tookAtLeast(t, rtt, func() { roundTrip(t, c, []byte("ping")) })
 		msg := randomBytes(1 << 20)
 		go func() {
 			for p := msg; len(p) > 0; p = p[min(len(p), 4096):] {
@@ -118,6 +113,17 @@ func checkLatency(rtt time.Duration) func(*testing.T, *Middlebox) {
 		if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 			t.Fatalf("read after the half-close: %d bytes, %v; want EOF", n, err)
 		}
+	}
+}
+
+// tookAtLeast fails t if the round trip rt took less than rtt, the
+// latency it went through (a lower bound: a slow host only adds to it).
+func tookAtLeast(t *testing.T, rtt time.Duration, rt func()) {
+	t.Helper()
+	start := time.Now()
+	rt()
+	if took := time.Since(start); took < rtt {
+		t.Fatalf("a round trip took %v through a latency of %v", took, rtt)
 	}
 }
 
