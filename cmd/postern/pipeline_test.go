@@ -8,7 +8,7 @@ import (
 
 // TestPipelineLimits: a connection's pipeline starts at 64 KiB and four
 // envelopes, grows by what the relay acks (each acked envelope adds one
-// envelope and its bytes, so it doubles each round trip) to 1 MiB and 32
+// envelope and its bytes, so it doubles each round trip) to 4 MiB and 60
 // envelopes, and never past two seconds' worth at the rate the relay
 // acked: a throttled flow stays at the start's bytes.
 func TestPipelineLimits(t *testing.T) {
@@ -23,7 +23,7 @@ func TestPipelineLimits(t *testing.T) {
 		{"one 64 KiB envelope acked in 100 ms", 1, 64 << 10, 100 * time.Millisecond, pipelineDepth + 1, 128 << 10},
 		{"seven acked in 300 ms", 7, 448 << 10, 300 * time.Millisecond, pipelineDepth + 7, 512 << 10},
 		{"4 KiB envelopes: four acked", 4, 16 << 10, 100 * time.Millisecond, 2 * pipelineDepth, 80 << 10},
-		{"past the caps", 64, 4 << 20, time.Second, maxPipelineDepth, maxPipelineBytes},
+		{"past the caps", 128, 8 << 20, time.Second, maxPipelineDepth, maxPipelineBytes},
 		{"throttled to 16 KB/s", 1, 64 << 10, 4 * time.Second, pipelineDepth + 1, pipelineBytes},
 		{"throttled to 160 KB/s", 25, 1600 << 10, 10 * time.Second, pipelineDepth + 25, 320 << 10},
 	} {

@@ -40,8 +40,8 @@ const throttleWindow = 2 * time.Second
 const (
 	pipelineDepth    = 4
 	pipelineBytes    = 64 << 10
-	maxPipelineDepth = 32 // of the relay's 64 Sends per session
-	maxPipelineBytes = 1 << 20
+	maxPipelineDepth = 60 // of the relay's 64 Sends per session
+	maxPipelineBytes = 4 << 20
 	pipelineQueue    = 2 * time.Second
 )
 

@@ -429,6 +429,36 @@ type h2Front struct {
 	// connections handed over, and of those, session requests the gate
 	// declined after the front decoded them.
 	engine, handed, declined atomic.Int64
+	// windowBudget is the receive window the engine's sessions may still
+	// take past the stock server's (h2session.go, growWindowLocked).
+	windowBudget atomic.Int64
+	// now replaces time.Now in clock (tests).
+	now func() time.Time
+}
+
+// engineEpoch is what the engine's clock counts from.
+var engineEpoch = time.Now()
+
+// clock is the time since engineEpoch (a monotonic reading, unless a test
+// set f.now).
+func (f *h2Front) clock() time.Duration {
+	if f.now != nil {
+		return f.now().Sub(engineEpoch)
+	}
+	return time.Since(engineEpoch)
+}
+
+// takeWindow takes n bytes of window from the budget, if it holds them.
+func (f *h2Front) takeWindow(n int64) bool {
+	for {
+		left := f.windowBudget.Load()
+		if left < n {
+			return false
+		}
+		if f.windowBudget.CompareAndSwap(left, left-n) {
+			return true
+		}
+	}
 }
 
 // firstFlight is the front's state while it reads the first flight.

@@ -100,6 +100,12 @@ type h2Session struct {
 	owedStream   int64
 	winConn      int64
 	winStream    int64
+	// The receive windows' growth (growWindowLocked): when the last
+	// WINDOW_UPDATE went out (or the session began), the window taken from
+	// the front's budget, and whether the windows may no longer grow.
+	lastUpdate time.Duration // since engineEpoch
+	grown      int64
+	noGrow     bool
 }
 
 func newH2Session(f *h2Front, tc net.Conn, stream uint32, first []byte, ff *firstFlight) *h2Session {
@@ -111,6 +117,7 @@ func newH2Session(f *h2Front, tc net.Conn, stream uint32, first []byte, ff *firs
 		winConn: f.stock.connWindow, winStream: f.stock.streamWindow,
 	}
 	s.rcond.L, s.wcond.L = &s.mu, &s.mu
+	s.lastUpdate = f.clock()
 	if t, ok := tc.(*tls.Conn); ok {
 		s.cork, _ = t.NetConn().(corkable)
 	}
@@ -138,6 +145,7 @@ func (s *h2Session) run(ctx context.Context, left []byte, done func()) {
 		}
 	}()
 	s.fail(s.readLoop())
+	s.endGrowth()
 	cancel()
 	<-offered
 }
@@ -521,6 +529,7 @@ func (s *h2Session) windowUpdatesLocked() []byte {
 	if s.owedConn < s.winConn/2 && s.owedStream < s.winStream/2 {
 		return nil
 	}
+	s.growWindowLocked()
 	var b []byte
 	if s.owedConn > 0 {
 		b = appendUint32Frame(make([]byte, 0, 26), frameWindowUpdate, 0, uint32(s.owedConn))
@@ -818,3 +827,58 @@ func (s *h2Session) RemoteAddr() net.Addr { return httpsession.HiddenAddr(Name) 
 func (s *h2Session) SetDeadline(time.Time) error      { return errNoDeadline }
 func (s *h2Session) SetReadDeadline(time.Time) error  { return errNoDeadline }
 func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
+
+// Receive windows that grow. The stock server's windows (1 MiB for the
+// stream and the connection, net/http's defaults) are what a session
+// starts with, as a prober would see them on the cover site's
+// connections. They allow a client about 1 MiB per round trip: a 7 MiB
+// message over a 100 ms path took 22 round trips to send, against 8 to
+// receive with a browser's windows. A session that consumed half its
+// window within engineGrowWithin of the last WINDOW_UPDATE (an upload of
+// at least 512 KiB/s) gets windows of engineWindow instead, with that
+// WINDOW_UPDATE (a larger increment in the frame it would send anyway,
+// inside TLS, on an authenticated session only). What the windows grant
+// past the stock size is budget the front holds for the whole listener
+// (engineWindowBudget): a session takes it when it grows and gives it
+// back when it ends, and one that finds too little left keeps the stock
+// windows. So what clients may send ahead of the relay's reads stays
+// within the stock window per session plus the budget, however many
+// sessions upload at once.
+const (
+	engineWindow       = 4 << 20
+	engineWindowBudget = 48 << 20
+	engineGrowWithin   = time.Second
+)
+
+// growWindowLocked grows the windows, if the session is uploading fast
+// and the budget allows, just before a WINDOW_UPDATE goes out; s.mu is
+// held.
+func (s *h2Session) growWindowLocked() {
+	now := s.f.clock()
+	fast := now-s.lastUpdate < engineGrowWithin
+	s.lastUpdate = now
+	if s.grown > 0 || s.noGrow || !fast || s.rEOF || s.rErr != nil || s.owedStream < s.winStream/2 {
+		return
+	}
+	extra := int64(engineWindow) - s.winStream
+	if extra <= 0 || !s.f.takeWindow(extra) {
+		return
+	}
+	s.grown = extra
+	// The stream and the connection (which carries this one stream) grow
+	// alike; the increments going out now carry the extra credit.
+	s.winStream += extra
+	s.owedStream += extra
+	s.winConn += extra
+	s.owedConn += extra
+}
+
+// endGrowth gives the session's extra window back to the budget once
+// its connection has ended (no DATA can come) and stops further growth.
+func (s *h2Session) endGrowth() {
+	s.mu.Lock()
+	grown := s.grown
+	s.grown, s.noGrow = 0, true
+	s.mu.Unlock()
+	s.f.windowBudget.Add(grown)
+}

@@ -84,12 +84,19 @@ type Transport struct {
 	// frontWait, set only by tests, is the front's wait for a client's
 	// first flight (see h2FirstFlightWait).
 	frontWait time.Duration
+	// frontClock, set only by tests, is the engine's clock instead of
+	// time.Now (the receive windows' growth reads it). A pointer keeps
+	// Transport comparable.
+	frontClock *clock
 
 	// wrap, set only by tests and benchmarks, wraps every accepted TCP
 	// connection (to count the writes that reach the socket). A pointer
 	// keeps Transport comparable.
 	wrap *connWrap
 }
+
+// clock is a test's clock; see Transport.frontClock.
+type clock struct{ now func() time.Time }
 
 // connWrap wraps accepted connections; see Transport.wrap.
 type connWrap struct{ wrap func(net.Conn) net.Conn }
@@ -177,6 +184,10 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 			return nil, &transport.Error{Class: transport.ClassInvalid, Op: "listen", Transport: Name, Err: err}
 		}
 		l.front = &h2Front{l: l, stock: stock, wait: t.frontWait}
+		if t.frontClock != nil {
+			l.front.now = t.frontClock.now
+		}
+		l.front.windowBudget.Store(engineWindowBudget)
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
 	go func() {
