@@ -47,6 +47,36 @@ type Conn interface {
 	CloseWrite() error
 }
 
+// Early data: the first bytes of a session, which a client may ask a
+// transport to send with the session request instead of after the
+// relay's answer (Postern's hello, so that the relay's answer to it comes
+// with the session's acceptance: a round trip less per session). A
+// transport that can do so takes them from the dial's context
+// ([EarlyData]) and reports them on the Conn it returns ([EarlySender]);
+// one that cannot ignores them, and the caller writes them itself. Only
+// a relay that passed the transport's authentication (the certificate
+// pin) receives them; if it then refuses the session, they went to its
+// cover site's handler, as a form's body would.
+type earlyKey struct{}
+
+// WithEarlyData returns a context asking the transport that dials with it
+// to send p with the session request.
+func WithEarlyData(ctx context.Context, p []byte) context.Context {
+	return context.WithValue(ctx, earlyKey{}, p)
+}
+
+// EarlyData returns the early data ctx asks for, or nil.
+func EarlyData(ctx context.Context) []byte {
+	p, _ := ctx.Value(earlyKey{}).([]byte)
+	return p
+}
+
+// EarlySender is a Conn on which the transport sent early data: SentEarly
+// returns those bytes (nil if none were sent).
+type EarlySender interface {
+	SentEarly() []byte
+}
+
 // ErrDeadlineUnsupported is wrapped by SetDeadline and friends on transports
 // whose streams cannot honour deadlines.
 var ErrDeadlineUnsupported = errors.New("transport: deadlines not supported on this stream")

@@ -10,6 +10,7 @@ package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -111,9 +112,17 @@ func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, err
 	return c, nil
 }
 
+// helloFrame is the ClientHello frame. Dial asks the transport to send it
+// with the session request (transport.WithEarlyData): the relay's
+// ServerHello then comes right behind its acceptance of the session, a
+// round trip sooner than if the hello waited for that acceptance.
+var helloFrame = relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
+
 func (c *Client) handshake() error {
-	if err := c.write(relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}); err != nil {
-		return err
+	if e, ok := c.conn.(transport.EarlySender); !ok || !bytes.Equal(e.SentEarly(), helloFrame) {
+		if err := c.write(relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}); err != nil {
+			return err
+		}
 	}
 	t, p, err := relay.ReadFrame(c.br)
 	if err != nil {

@@ -69,7 +69,7 @@ func Dial(ctx context.Context, reg *transport.Registry, opts DialOptions, ds ...
 		keys[d.RelayID()] = d.RelayKey
 	}
 	c, won, err := route.Dial(ctx, reg, cands, route.Options{PerAttempt: opts.PerEndpoint,
-		Memory: opts.Memory, Network: opts.Network, Observe: opts.Observe}, opts.handshake)
+		Memory: opts.Memory, Network: opts.Network, Observe: opts.Observe, EarlyData: helloFrame}, opts.handshake)
 	if err != nil {
 		return c, err
 	}

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
@@ -125,5 +127,71 @@ func TestDialRemembersAfterAck(t *testing.T) {
 	first := route.FromDescriptor(d, route.Filter{})
 	if got := mem.Order("cafe", first); got[0].Endpoint.Transport != "second" {
 		t.Fatalf("the winner has no head start: %s first", got[0].Endpoint.Transport)
+	}
+}
+
+// earlyTransport is a fakeTransport that sends the dial's early data on
+// the stream before it returns it, and says so, as https and h3 do.
+type earlyTransport struct {
+	fakeTransport
+	got [][]byte // the early data of each dial
+}
+
+type earlyConn struct {
+	transport.Conn
+	early []byte
+}
+
+func (c earlyConn) SentEarly() []byte { return c.early }
+
+func (f *earlyTransport) Dial(ctx context.Context, ep transport.Endpoint) (transport.Conn, error) {
+	cc, sc := relaytest.Pipe(f.t)
+	early := transport.EarlyData(ctx)
+	f.got = append(f.got, early)
+	if len(early) > 0 {
+		if _, err := cc.Write(early); err != nil {
+			return nil, err
+		}
+	}
+	f.r.Serve(sc, f.name)
+	return earlyConn{Conn: cc, early: early}, nil
+}
+
+// TestDialSendsHelloEarly: Dial asks the transport to send the protocol
+// hello with the session request, and the client does not send it again
+// (the relay refuses a second hello) when the transport did.
+func TestDialSendsHelloEarly(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	var reg transport.Registry
+	et := &earlyTransport{fakeTransport: fakeTransport{name: "early", r: r, t: t}}
+	reg.Register(et)
+	_, priv, _ := ed25519.GenerateKey(nil)
+	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{{Transport: "early", Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}},
+		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err = descriptor.Parse(line, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := client.Dial(ctx, &reg, client.DialOptions{}, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("ping after an early hello: %v", err)
+	}
+	if len(et.got) != 1 {
+		t.Fatalf("%d dials, want 1", len(et.got))
+	}
+	typ, p, err := relay.ReadFrame(bytes.NewReader(et.got[0]))
+	if err != nil || typ != relay.FrameClientHello {
+		t.Fatalf("early data: frame %v, %v; want a ClientHello", typ, err)
+	}
+	if _, err := relay.ParseClientHello(p); err != nil {
+		t.Fatalf("early hello: %v", err)
 	}
 }

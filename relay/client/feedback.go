@@ -16,6 +16,14 @@ type routedConn struct {
 	route *sessionRoute
 }
 
+// SentEarly passes on the transport's transport.EarlySender.
+func (c *routedConn) SentEarly() []byte {
+	if e, ok := c.Conn.(transport.EarlySender); ok {
+		return e.SentEarly()
+	}
+	return nil
+}
+
 // sessionRoute is how a session was dialed and where its failures go.
 type sessionRoute struct {
 	memory  *route.Memory

@@ -80,6 +80,7 @@ func (t *Transport) dial(ctx context.Context, tgt *httpsession.Target) (transpor
 		Close:      closeQUIC,
 		LocalAddr:  qc.LocalAddr(),
 		RemoteAddr: qc.RemoteAddr(),
+		Early:      true,
 	})
 	if err != nil {
 		closeQUIC()
@@ -112,6 +113,15 @@ func (c *clientConn) Write(p []byte) (int, error) {
 	}
 	n, err := c.dw.Write(p)
 	return n, streamErr(err, c.closed.Load())
+}
+
+// SentEarly implements transport.EarlySender (httpsession's session knows).
+func (c *clientConn) SentEarly() []byte {
+	e, _ := c.Conn.(transport.EarlySender)
+	if e == nil {
+		return nil
+	}
+	return e.SentEarly()
 }
 
 // writable returns why the session cannot be written to, or nil.

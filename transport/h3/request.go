@@ -16,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/browser"
 )
 
@@ -195,7 +196,12 @@ func (s *requestStream) roundTrip(req *http.Request) (*http.Response, error) {
 	})
 	fr := &frameReader{r: str}
 	var res *http.Response
-	if _, err = str.Write(hdr); err == nil {
+	_, err = str.Write(hdr)
+	if early := transport.EarlyData(req.Context()); err == nil && len(early) > 0 {
+		// The session's first bytes, before the answer (httpsession.Wire.Early).
+		_, err = (&dataWriter{w: str}).Write(early)
+	}
+	if err == nil {
 		res, err = fr.readResponse(chromeMaxFieldSectionSize)
 	}
 	if err != nil {

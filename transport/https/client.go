@@ -129,6 +129,7 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transpo
 		Close:      func() { cc.Close(); raw.Close() },
 		LocalAddr:  raw.LocalAddr(),
 		RemoteAddr: raw.RemoteAddr(),
+		Early:      true,
 	})
 	if err != nil {
 		cc.Close()

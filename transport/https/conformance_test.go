@@ -23,7 +23,7 @@ func TestConformance(t *testing.T) {
 					tr = engineTransport()
 				}
 				r := startRelay(t, tr, nil)
-				return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep}
+				return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep, Early: true}
 			})
 		})
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/browser"
 	"github.com/postern/postern/transport/httpsession"
 )
@@ -172,8 +173,16 @@ func (cc *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	go cc.readLoop()
 	ctx := req.Context()
 	stop := context.AfterFunc(ctx, func() { cc.cancelStream(ctx.Err()) })
-	if _, direct := req.Body.(*h2Upload); hasBody && !direct {
+	u, direct := req.Body.(*h2Upload)
+	if hasBody && !direct {
 		go cc.sendBody(req.Body)
+	}
+	if early := transport.EarlyData(ctx); len(early) > 0 && direct {
+		// The session's first bytes, before the answer (httpsession.Wire.Early).
+		if _, err := u.Write(early); err != nil {
+			stop()
+			return nil, cmp(cc.connErr(), err)
+		}
 	}
 	select {
 	case res := <-cc.res:

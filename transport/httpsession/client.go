@@ -182,6 +182,10 @@ type Wire struct {
 	Close func()
 	// LocalAddr and RemoteAddr are the connection's addresses.
 	LocalAddr, RemoteAddr net.Addr
+	// Early is set when RoundTrip sends the request's early data
+	// (transport.EarlyData of its context) as the first bytes of its body,
+	// right after the headers and before it waits for the response.
+	Early bool
 }
 
 // BodyWriter is the writing end of a session's request body: Close ends
@@ -214,6 +218,12 @@ func (t *Target) Open(ctx context.Context, w Wire) (transport.Conn, error) {
 	// The request lives on its own context so that it outlives ctx, which
 	// still bounds the wait for the response.
 	reqCtx, cancel := context.WithCancel(context.Background())
+	var early []byte
+	if w.Early {
+		if early = transport.EarlyData(ctx); len(early) > 0 {
+			reqCtx = transport.WithEarlyData(reqCtx, early)
+		}
+	}
 	abort := context.AfterFunc(ctx, cancel)
 	res, err := w.RoundTrip(t.request(reqCtx, tok, body))
 	if !abort() {
@@ -235,7 +245,7 @@ func (t *Target) Open(ctx context.Context, w Wire) (transport.Conn, error) {
 	if w.Deframe != nil {
 		r = w.Deframe(res.Body)
 	}
-	return &clientConn{name: t.name, w: w, r: r, body: res.Body, pw: pw, cancel: cancel}, nil
+	return &clientConn{name: t.name, w: w, r: r, body: res.Body, pw: pw, cancel: cancel, early: early}, nil
 }
 
 // clientConn is the client end of a session: writes feed the request body,
@@ -247,6 +257,7 @@ type clientConn struct {
 	body   io.ReadCloser // the response body under r
 	pw     BodyWriter    // the request body
 	cancel context.CancelFunc
+	early  []byte // sent with the request (transport.EarlySender)
 
 	rmu       sync.Mutex // a Deframe reader is not safe for concurrent use
 	wshut     atomic.Bool
@@ -311,6 +322,9 @@ func (c *clientConn) Close() error {
 	})
 	return nil
 }
+
+// SentEarly implements transport.EarlySender.
+func (c *clientConn) SentEarly() []byte { return c.early }
 
 func (c *clientConn) LocalAddr() net.Addr  { return c.w.LocalAddr }
 func (c *clientConn) RemoteAddr() net.Addr { return c.w.RemoteAddr }

@@ -58,7 +58,7 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 		next++
 		running++
 		go func() {
-			s, took, err := attempt(ctx, reg, cands[i], plan[i].perAttempt, hs)
+			s, took, err := attempt(ctx, reg, cands[i], plan[i].perAttempt, opts.EarlyData, hs)
 			results <- outcome[S]{i, s, took, err}
 		}()
 	}
@@ -101,14 +101,19 @@ func Dial[S io.Closer](ctx context.Context, reg *transport.Registry, cands []Can
 	return zero, Candidate{}, &Error{Attempts: fails}
 }
 
-// attempt dials one candidate and runs the handshake, within perAttempt,
-// and returns how long that took, until success or failure.
-func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candidate, perAttempt time.Duration, hs Handshake[S]) (S, time.Duration, error) {
+// attempt dials one candidate (asking for early data) and runs the
+// handshake, within perAttempt, and returns how long that took, until
+// success or failure.
+func attempt[S io.Closer](ctx context.Context, reg *transport.Registry, c Candidate, perAttempt time.Duration, early []byte, hs Handshake[S]) (S, time.Duration, error) {
 	var zero S
 	begin := time.Now()
 	actx, cancel := context.WithTimeout(ctx, perAttempt)
 	defer cancel()
-	conn, err := reg.Dial(actx, c.Endpoint)
+	dctx := actx
+	if len(early) > 0 {
+		dctx = transport.WithEarlyData(actx, early)
+	}
+	conn, err := reg.Dial(dctx, c.Endpoint)
 	if err != nil {
 		return zero, time.Since(begin), err
 	}

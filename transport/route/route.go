@@ -148,6 +148,12 @@ type Options struct {
 	// It runs on Dial's goroutine (keep it cheap) and is how the client
 	// metrics count attempts by transport and class.
 	Observe func(Attempt)
+	// EarlyData, if set, is given to every attempt's transport dial
+	// (transport.WithEarlyData), not to the handshake: the session's
+	// first bytes, which a transport that can sends with the session
+	// request. The handshake learns from the Conn (transport.EarlySender)
+	// whether it still has to write them.
+	EarlyData []byte
 }
 
 // Handshake runs the caller's protocol on a fresh stream; the candidate

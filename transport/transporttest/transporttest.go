@@ -40,6 +40,9 @@ type Setup struct {
 	Transport transport.Transport
 	Listener  transport.Listener
 	Endpoint  transport.Endpoint
+	// Early is set when the transport sends early data
+	// (transport.WithEarlyData) with its session request.
+	Early bool
 }
 
 // Start returns a fresh Setup; the listener is closed by the caller's
@@ -55,6 +58,7 @@ func Run(t *testing.T, start Start) {
 	t.Run("CloseUnblocksWrite", func(t *testing.T) { testCloseUnblocksWrite(t, start(t)) })
 	t.Run("ListenerClose", func(t *testing.T) { testListenerClose(t, start(t)) })
 	t.Run("ClientAddressHidden", func(t *testing.T) { testAddressHidden(t, start(t)) })
+	t.Run("EarlyData", func(t *testing.T) { testEarlyData(t, start(t)) })
 }
 
 const wait = 30 * time.Second
@@ -62,7 +66,13 @@ const wait = 30 * time.Second
 // pair dials the endpoint and accepts the session on the listener.
 func pair(t *testing.T, s Setup) (client, relay transport.Conn) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	return pairCtx(t, s, context.Background())
+}
+
+// pairCtx is pair with the dial's context derived from parent.
+func pairCtx(t *testing.T, s Setup, parent context.Context) (client, relay transport.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(parent, wait)
 	defer cancel()
 	accepted := make(chan transport.Conn, 1)
 	acceptErr := make(chan error, 1)
@@ -281,5 +291,43 @@ func testAddressHidden(t *testing.T, s Setup) {
 	host, _, _ := net.SplitHostPort(s.Endpoint.Addr)
 	if a := r.RemoteAddr(); a == nil || strings.Contains(a.String(), host) || strings.Contains(a.String(), "127.0.0.1") {
 		t.Fatalf("relay side RemoteAddr = %v: the client's address reached the relay", a)
+	}
+}
+
+// testEarlyData: bytes asked for as early data reach the relay side first,
+// once, ahead of what the client writes after the dial. A transport that
+// sends them says so on the Conn (transport.EarlySender); one that does
+// not leaves them to the caller, who writes them itself.
+func testEarlyData(t *testing.T, s Setup) {
+	early := []byte("the session's first bytes")
+	c, r := pairCtx(t, s, transport.WithEarlyData(context.Background(), early))
+	var sent []byte
+	if e, ok := c.(transport.EarlySender); ok {
+		sent = e.SentEarly()
+	}
+	switch {
+	case sent == nil && s.Early:
+		t.Fatal("the transport did not send the early data")
+	case sent == nil:
+		if _, err := c.Write(early); err != nil {
+			t.Fatal(err)
+		}
+	case !bytes.Equal(sent, early):
+		t.Fatalf("SentEarly = %q, want %q", sent, early)
+	}
+	rest := []byte(", then the rest")
+	if _, err := c.Write(rest); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		got <- b
+	}()
+	if b, want := within(t, "relay read", got), append(early, rest...); !bytes.Equal(b, want) {
+		t.Fatalf("relay read %q, want %q", b, want)
 	}
 }
