@@ -60,7 +60,9 @@ func testFront(tb testing.TB) *h2Front {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &h2Front{l: &listener{ln: closedListener{}}, stock: stock}
+	f := &h2Front{l: &listener{ln: closedListener{}}, stock: stock}
+	f.windowBudget.Store(engineWindowBudget) // so that windows may grow
+	return f
 }
 
 // clientFlight is a browser-like first flight after the preface: SETTINGS,

@@ -100,11 +100,13 @@ type h2Session struct {
 	owedStream   int64
 	winConn      int64
 	winStream    int64
-	// The receive windows' growth (growWindowLocked): when the last
-	// WINDOW_UPDATE went out (or the session began), the window taken from
-	// the front's budget, and whether the windows may no longer grow.
+	// The receive windows' growth (resizeWindowLocked): when the last
+	// WINDOW_UPDATE went out (or the session began), the DATA queued
+	// since, the window taken from the front's budget, and whether the
+	// windows may no longer grow. (int32s: each is at most a window.)
 	lastUpdate time.Duration // since engineEpoch
-	grown      int64
+	arrived    int32
+	grown      int32
 	noGrow     bool
 }
 
@@ -144,8 +146,8 @@ func (s *h2Session) run(ctx context.Context, left []byte, done func()) {
 			s.Close()
 		}
 	}()
+	defer s.endGrowth() // the budget comes back even if the loop panics
 	s.fail(s.readLoop())
-	s.endGrowth()
 	cancel()
 	<-offered
 }
@@ -392,10 +394,12 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 			t.end += copy(t.buf[t.end:], buf[:k])
 			framePool.Put(buf)
 			queued += k
+			s.arrived += int32(k)
 			s.rcond.Broadcast()
 		default:
 			s.queue = append(s.queue, chunk{buf: buf, end: k})
 			queued += k
+			s.arrived += int32(k)
 			s.rcond.Broadcast()
 		}
 		s.mu.Unlock()
@@ -529,14 +533,14 @@ func (s *h2Session) windowUpdatesLocked() []byte {
 	if s.owedConn < s.winConn/2 && s.owedStream < s.winStream/2 {
 		return nil
 	}
-	s.growWindowLocked()
+	s.resizeWindowLocked()
 	var b []byte
 	if s.owedConn > 0 {
 		b = appendUint32Frame(make([]byte, 0, 26), frameWindowUpdate, 0, uint32(s.owedConn))
 		s.recvConn += s.owedConn
 		s.owedConn = 0
 	}
-	if s.owedStream > 0 && !s.rEOF {
+	if s.owedStream > 0 && !s.rEOF && !s.closed { // no frame on a stream reset by Close
 		b = appendUint32Frame(b, frameWindowUpdate, s.stream, uint32(s.owedStream))
 		s.recvStream += s.owedStream
 	}
@@ -833,44 +837,63 @@ func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
 // starts with, as a prober would see them on the cover site's
 // connections. They allow a client about 1 MiB per round trip: a 7 MiB
 // message over a 100 ms path took 22 round trips to send, against 8 to
-// receive with a browser's windows. A session that consumed half its
-// window within engineGrowWithin of the last WINDOW_UPDATE (an upload of
-// at least 512 KiB/s) gets windows of engineWindow instead, with that
-// WINDOW_UPDATE (a larger increment in the frame it would send anyway,
-// inside TLS, on an authenticated session only). What the windows grant
-// past the stock size is budget the front holds for the whole listener
-// (engineWindowBudget): a session takes it when it grows and gives it
-// back when it ends, and one that finds too little left keeps the stock
-// windows. So what clients may send ahead of the relay's reads stays
-// within the stock window per session plus the budget, however many
-// sessions upload at once.
+// receive with a browser's windows. So when a WINDOW_UPDATE falls due, a
+// session whose client sent at least half a window of DATA since the last
+// one, at engineGrowRate or faster, and whose DATA the relay read as fast
+// (the update falls due when half the window was read), gets windows of
+// engineWindow: the update carries the extra credit, in the frame it
+// would send anyway, inside TLS, on an admitted session only. One whose
+// DATA then comes slower shrinks back: its next updates withhold the
+// extra. What the windows grant past the stock size is budget the front
+// holds for the whole listener (engineWindowBudget): a session takes it
+// when it grows and gives it back when it shrinks or ends, and while too
+// little is left a session keeps the stock windows. So the bytes clients
+// may send ahead of the relay's reads stay within the stock window per
+// session plus the budget, however many sessions upload at once. (In
+// memory that is up to four times as much: a DATA payload of 4 KiB or
+// more is held in a 16 KiB buffer of its own until read, see onData.)
 const (
 	engineWindow       = 4 << 20
 	engineWindowBudget = 48 << 20
-	engineGrowWithin   = time.Second
+	engineGrowRate     = 512 << 10 // bytes per second
 )
 
-// growWindowLocked grows the windows, if the session is uploading fast
-// and the budget allows, just before a WINDOW_UPDATE goes out; s.mu is
-// held.
-func (s *h2Session) growWindowLocked() {
+// resizeWindowLocked grows or shrinks the windows, as the rate of the
+// DATA since the last WINDOW_UPDATE says, just before an update goes out;
+// s.mu is held.
+func (s *h2Session) resizeWindowLocked() {
 	now := s.f.clock()
-	fast := now-s.lastUpdate < engineGrowWithin
-	s.lastUpdate = now
-	if s.grown > 0 || s.noGrow || !fast || s.rEOF || s.rErr != nil || s.owedStream < s.winStream/2 {
+	arrived := int64(s.arrived)
+	fast := arrived*int64(time.Second) >= engineGrowRate*int64(now-s.lastUpdate)
+	s.lastUpdate, s.arrived = now, 0
+	if s.noGrow || s.closed || s.rEOF || s.rErr != nil {
 		return
 	}
-	extra := int64(engineWindow) - s.winStream
-	if extra <= 0 || !s.f.takeWindow(extra) {
+	stock := s.f.stock.streamWindow
+	var delta int64
+	switch {
+	case fast && arrived >= s.winStream/2 && s.winStream < engineWindow:
+		if delta = int64(engineWindow) - s.winStream; delta <= 0 || !s.f.takeWindow(delta) {
+			return
+		}
+	case !fast && s.grown > 0:
+		// Withhold what can be withheld of the extra now; the rest at
+		// later updates.
+		delta = -min(int64(s.grown), s.owedStream, s.owedConn, s.winStream-stock)
+		if delta == 0 {
+			return
+		}
+		s.f.windowBudget.Add(-delta)
+	default:
 		return
 	}
-	s.grown = extra
-	// The stream and the connection (which carries this one stream) grow
-	// alike; the increments going out now carry the extra credit.
-	s.winStream += extra
-	s.owedStream += extra
-	s.winConn += extra
-	s.owedConn += extra
+	// The stream and the connection (which carries this one stream) change
+	// alike; the increments going out now carry the difference.
+	s.grown += int32(delta)
+	s.winStream += delta
+	s.owedStream += delta
+	s.winConn += delta
+	s.owedConn += delta
 }
 
 // endGrowth gives the session's extra window back to the budget once
@@ -880,5 +903,5 @@ func (s *h2Session) endGrowth() {
 	grown := s.grown
 	s.grown, s.noGrow = 0, true
 	s.mu.Unlock()
-	s.f.windowBudget.Add(grown)
+	s.f.windowBudget.Add(int64(grown))
 }

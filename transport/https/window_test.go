@@ -1,23 +1,25 @@
 package https
 
 import (
+	"bytes"
+	"encoding/binary"
 	"io"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/postern/postern/transport"
 )
 
-// windowClock is a test's engine clock: it stands still, so that every
-// half window is consumed "at once", unless step is set, when each reading
-// moves it on by step, so that none is.
-type windowClock struct {
-	ns   atomic.Int64
-	step time.Duration
-}
+// windowClock is a test's engine clock: it stands still unless the test
+// moves it on (advance), so that the DATA before an update came at once,
+// or over as long as the test says.
+type windowClock struct{ ns atomic.Int64 }
 
-func (c *windowClock) now() time.Time { return engineEpoch.Add(time.Duration(c.ns.Add(int64(c.step)))) }
+func (c *windowClock) now() time.Time         { return engineEpoch.Add(time.Duration(c.ns.Load())) }
+func (c *windowClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // windowRelay starts a relay on the engine whose clock is c.
 func windowRelay(t *testing.T, c *windowClock) (*relay, *h2Front) {
@@ -25,6 +27,16 @@ func windowRelay(t *testing.T, c *windowClock) (*relay, *h2Front) {
 	tr.frontClock = &clock{now: c.now}
 	r := startRelay(t, tr, nil)
 	return r, frontOf(t, r)
+}
+
+// writeForever writes to c until a write fails.
+func writeForever(c transport.Conn) {
+	buf := make([]byte, 16<<10)
+	for {
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
 }
 
 // upload opens a session whose client writes without end (until the
@@ -37,18 +49,30 @@ func upload(t *testing.T, r *relay, read int) (transport.Conn, *h2Session) {
 	if !ok {
 		t.Fatalf("the session is a %T, not the engine's", server)
 	}
-	go func() {
-		buf := make([]byte, 16<<10)
-		for {
-			if _, err := client.Write(buf); err != nil {
-				return
-			}
-		}
-	}()
+	go writeForever(client)
 	if _, err := io.ReadFull(server, make([]byte, read)); err != nil {
 		t.Fatal(err)
 	}
 	return client, s
+}
+
+// waitQueued waits until n bytes are queued unread on s.
+func waitQueued(t *testing.T, s *h2Session, n int64) {
+	t.Helper()
+	for guard := time.Now(); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		var queued int64
+		for _, c := range s.queue {
+			queued += int64(c.end - c.off)
+		}
+		s.mu.Unlock()
+		if queued >= n {
+			return
+		}
+		if time.Since(guard) > time.Minute { // a deadlock guard, not a measurement
+			t.Fatalf("%d bytes queued, waiting for %d", queued, n)
+		}
+	}
 }
 
 // waitSpent waits until the client has used all the credit the relay's
@@ -83,7 +107,8 @@ func waitBudget(t *testing.T, f *h2Front, want int64) {
 	}
 }
 
-// A session that consumes half its window at once gets engineWindow,
+// A session whose client sends half a window at once, which the relay
+// reads at once, gets engineWindow,
 // taken from the budget and given back when it ends; the client can then
 // have that much in flight, not the stock server's 1 MiB.
 func TestEngineWindowGrowsForFastUpload(t *testing.T) {
@@ -110,13 +135,21 @@ func TestEngineWindowGrowsForFastUpload(t *testing.T) {
 	waitBudget(t, f, engineWindowBudget)
 }
 
-// A session that takes longer than engineGrowWithin to consume half its
-// window keeps the stock windows, and the budget is not touched.
+// A session whose client sent its DATA slower than engineGrowRate keeps
+// the stock windows, and the budget is not touched.
 func TestEngineWindowStaysForSlowUpload(t *testing.T) {
-	r, f := windowRelay(t, &windowClock{step: 2 * engineGrowWithin})
+	c := &windowClock{}
+	r, f := windowRelay(t, c)
 	stock := f.stock.streamWindow
+	client, server := acceptOne(t, r)
+	s := server.(*h2Session)
+	go writeForever(client)
+	waitQueued(t, s, stock) // the window's worth came
+	c.advance(4 * time.Second) // ... over 4 s: 256 KiB/s
 	const read = 768 << 10
-	_, s := upload(t, r, read)
+	if _, err := io.ReadFull(server, make([]byte, read)); err != nil {
+		t.Fatal(err)
+	}
 	win, queued := waitSpent(t, s)
 	if win != stock {
 		t.Fatalf("stream window %d, want the stock %d", win, stock)
@@ -127,6 +160,77 @@ func TestEngineWindowStaysForSlowUpload(t *testing.T) {
 	if got := f.windowBudget.Load(); got != engineWindowBudget {
 		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
 	}
+}
+
+// A backlog that came slowly and that the relay then reads at once does
+// not grow the windows: the rate is the client's, not the relay's reads.
+// (The update that falls due while the backlog is read finds it slow; the
+// next, due once the relay has read the rest and a little that came at
+// once, finds too little come since to judge.)
+func TestEngineWindowIgnoresBacklog(t *testing.T) {
+	c := &windowClock{}
+	r, f := windowRelay(t, c)
+	stock := f.stock.streamWindow
+	client, server := acceptOne(t, r)
+	s := server.(*h2Session)
+	if _, err := client.Write(make([]byte, stock)); err != nil { // all the credit, and no more
+		t.Fatal(err)
+	}
+	waitQueued(t, s, stock)
+	c.advance(10 * time.Second)
+	if _, err := io.ReadFull(server, make([]byte, stock)); err != nil { // one update falls due
+		t.Fatal(err)
+	}
+	const more = 64 << 10
+	if _, err := client.Write(make([]byte, more)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, make([]byte, more)); err != nil { // and the next
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	win, owed := s.winStream, s.owedStream
+	s.mu.Unlock()
+	if owed >= stock/2-more {
+		t.Fatalf("%d bytes owed: the second update did not fall due", owed)
+	}
+	if win != stock {
+		t.Fatalf("stream window %d after reading a slow backlog, want the stock %d", win, stock)
+	}
+	if got := f.windowBudget.Load(); got != engineWindowBudget {
+		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
+	}
+}
+
+// A grown session whose DATA then comes slowly gives its extra window
+// back, by withholding it from the updates it owes.
+func TestEngineWindowShrinksWhenSlow(t *testing.T) {
+	c := &windowClock{}
+	r, f := windowRelay(t, c)
+	stock := f.stock.streamWindow
+	extra := int64(engineWindow) - stock
+	const read = 768 << 10
+	client, s := upload(t, r, read)
+	if win, _ := waitSpent(t, s); win != engineWindow {
+		t.Fatalf("stream window %d, want %d", win, engineWindow)
+	}
+	c.advance(10 * time.Second)
+	// The next update falls due when half the grown window was read.
+	if _, err := io.ReadFull(s, make([]byte, engineWindow/2)); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	win := s.winStream
+	s.mu.Unlock()
+	// It owed half the window and withholds all of that.
+	if want := int64(engineWindow / 2); win != want {
+		t.Fatalf("stream window %d after a slow half window, want %d", win, want)
+	}
+	if got, want := f.windowBudget.Load(), engineWindowBudget-extra+engineWindow/2; got != want {
+		t.Errorf("budget %d, want %d (half the window back)", got, want)
+	}
+	client.Close()
+	waitBudget(t, f, engineWindowBudget)
 }
 
 // With budget for one grown session, a second keeps the stock windows
@@ -153,5 +257,78 @@ func TestEngineWindowBudget(t *testing.T) {
 	}
 	if got := f.windowBudget.Load(); got != 0 {
 		t.Errorf("budget %d, want 0", got)
+	}
+}
+
+// engineOn returns a session on the engine, with the engine's clock
+// standing still, whose client sent frames; readLoop reads them from the
+// session's in-memory connection, whose out holds what the engine wrote.
+func engineOn(t *testing.T, frames []byte) (*h2Session, *flightConn) {
+	f := testFront(t)
+	c := &windowClock{}
+	f.now = c.now
+	tc := &flightConn{step: 1 << 20}
+	ff := &firstFlight{tc: tc, sendWin: h2DefaultWindow,
+		peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
+	s := newH2Session(f, tc, 1, nil, ff)
+	s.left = frames
+	return s, tc
+}
+
+// windowUpdates returns the stream and increment of each WINDOW_UPDATE in
+// out.
+func windowUpdates(out []byte) (res [][2]uint32) {
+	for _, fr := range splitFrames(out) {
+		if fr[3] == frameWindowUpdate {
+			res = append(res, [2]uint32{binary.BigEndian.Uint32(fr[5:9]), binary.BigEndian.Uint32(fr[9:13])})
+		}
+	}
+	return res
+}
+
+// Padding is returned to the windows at once, but it is not DATA the
+// client sent for the relay: half a window of it, at once, grows nothing.
+func TestEnginePaddingDoesNotGrow(t *testing.T) {
+	var b bytes.Buffer
+	fr := http2.NewFramer(&b, nil)
+	for range 4096 { // 1 MiB of padding, no data
+		fr.WriteDataPadded(1, false, nil, make([]byte, 255))
+	}
+	s, tc := engineOn(t, b.Bytes())
+	s.readLoop()
+	ups := windowUpdates(tc.out.Bytes())
+	if len(ups) == 0 {
+		t.Fatal("the padding was not returned to the windows")
+	}
+	for _, u := range ups {
+		if u[1] > uint32(s.f.stock.streamWindow) {
+			t.Fatalf("WINDOW_UPDATE %v: the windows grew on padding", u)
+		}
+	}
+	if got := s.f.windowBudget.Load(); got != engineWindowBudget {
+		t.Errorf("budget %d, want %d", got, engineWindowBudget)
+	}
+}
+
+// After Close (its RST_STREAM sent), DATA still in flight goes back to the
+// connection's window only: no frame on the reset stream, and no growth.
+func TestEngineNoStreamUpdateAfterClose(t *testing.T) {
+	var b bytes.Buffer
+	fr := http2.NewFramer(&b, nil)
+	for range 48 { // 768 KiB: more than half a window
+		fr.WriteData(1, false, make([]byte, 16384))
+	}
+	s, tc := engineOn(t, b.Bytes())
+	s.Close()
+	n := tc.out.Len()
+	s.readLoop()
+	ups := windowUpdates(tc.out.Bytes()[n:])
+	if len(ups) == 0 {
+		t.Fatal("the connection's window was not returned")
+	}
+	for _, u := range ups {
+		if u[0] != 0 {
+			t.Fatalf("WINDOW_UPDATE %v on the stream Close reset", u)
+		}
 	}
 }
