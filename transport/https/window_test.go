@@ -18,7 +18,7 @@ import (
 // or over as long as the test says.
 type windowClock struct{ ns atomic.Int64 }
 
-func (c *windowClock) now() time.Time         { return engineEpoch.Add(time.Duration(c.ns.Load())) }
+func (c *windowClock) now() time.Time          { return engineEpoch.Add(time.Duration(c.ns.Load())) }
 func (c *windowClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // windowRelay starts a relay on the engine whose clock is c.
@@ -144,7 +144,7 @@ func TestEngineWindowStaysForSlowUpload(t *testing.T) {
 	client, server := acceptOne(t, r)
 	s := server.(*h2Session)
 	go writeForever(client)
-	waitQueued(t, s, stock) // the window's worth came
+	waitQueued(t, s, stock)    // the window's worth came
 	c.advance(4 * time.Second) // ... over 4 s: 256 KiB/s
 	const read = 768 << 10
 	if _, err := io.ReadFull(server, make([]byte, read)); err != nil {
