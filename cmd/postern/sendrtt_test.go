@@ -14,8 +14,8 @@ import (
 )
 
 // TestSendOverRTT is a load generator, not a check: it times `postern
-// send`, and then `postern recv`, of one large message (POSTERN_SEND_RTT_MIB MiB, default 2: 33
-// envelopes of 64 KiB) to a relay (memory store) over
+// send`, and then `postern recv`, of one message (POSTERN_SEND_RTT_MIB MiB,
+// default 2: 33 envelopes of 64 KiB; or POSTERN_SEND_RTT_KIB KiB) to a relay (memory store) over
 // POSTERN_SEND_RTT_TRANSPORT (https, the default, or h3) behind a
 // middlebox that adds POSTERN_SEND_RTT of round trip, and, alternately in
 // the same run, with none (the floor beside it). It logs each run and
@@ -31,11 +31,20 @@ func TestSendOverRTT(t *testing.T) {
 	if err != nil || rtt <= 0 {
 		t.Fatalf("POSTERN_SEND_RTT=%q: want a positive duration", spec)
 	}
-	mib := 2
+	size, unit := 2<<20, "2 MiB"
 	if v := os.Getenv("POSTERN_SEND_RTT_MIB"); v != "" {
-		if mib, err = strconv.Atoi(v); err != nil || mib < 1 || mib > 7 {
+		mib, err := strconv.Atoi(v)
+		if err != nil || mib < 1 || mib > 7 {
 			t.Fatalf("POSTERN_SEND_RTT_MIB=%q: want 1 to 7", v)
 		}
+		size, unit = mib<<20, v+" MiB"
+	}
+	if v := os.Getenv("POSTERN_SEND_RTT_KIB"); v != "" {
+		kib, err := strconv.Atoi(v)
+		if err != nil || kib < 1 || kib > 7<<10 {
+			t.Fatalf("POSTERN_SEND_RTT_KIB=%q: want 1 to 7168", v)
+		}
+		size, unit = kib<<10, v+" KiB"
 	}
 	tr := os.Getenv("POSTERN_SEND_RTT_TRANSPORT")
 	if tr == "" {
@@ -69,7 +78,7 @@ func TestSendOverRTT(t *testing.T) {
 	bob := filepath.Join(home, "bob.id")
 	runOK(t, bin, base, nil, "id", "new", "--out", bob)
 	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
-	msg := make([]byte, mib<<20)
+	msg := make([]byte, size)
 	for i := range runs {
 		for _, d := range []time.Duration{0, rtt} {
 			rand.Read(msg)
@@ -84,9 +93,9 @@ func TestSendOverRTT(t *testing.T) {
 				t.Fatalf("run %d, rtt %v: received %d messages", i+1, d, len(got))
 			}
 			if d == 0 {
-				t.Logf("run %d, %s: %d MiB sent in %v, received in %v, with no added latency", i+1, tr, mib, took.Round(time.Millisecond), recvTook.Round(time.Millisecond))
+				t.Logf("run %d, %s: %s sent in %v, received in %v, with no added latency", i+1, tr, unit, took.Round(time.Millisecond), recvTook.Round(time.Millisecond))
 			} else {
-				t.Logf("run %d, %s: %d MiB sent in %v (%.1f round trips), received in %v (%.1f), over a %v round trip", i+1, tr, mib,
+				t.Logf("run %d, %s: %s sent in %v (%.1f round trips), received in %v (%.1f), over a %v round trip", i+1, tr, unit,
 					took.Round(time.Millisecond), float64(took)/float64(d), recvTook.Round(time.Millisecond), float64(recvTook)/float64(d), d)
 			}
 		}
