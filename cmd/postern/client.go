@@ -29,19 +29,17 @@ import (
 // POSTERN_BIND sets the local address (both mainly for tests and
 // troubleshooting).
 func dialRelay(ctx context.Context, e *env, lines ...string) (*client.Client, error) {
-	c, _, err := dialFresh(ctx, e, lines...)
+	c, _, err := dialParsed(ctx, e, lines...)
 	return c, err
 }
 
-// dialFresh is dialRelay that also asks the relay for its current
-// descriptor. fresh is that descriptor's line when it is valid, names one
-// of the relays in lines and expires later than the copy given, else "".
-func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, fresh string, err error) {
+// dialParsed is dialRelay that also returns the parsed descriptors.
+func dialParsed(ctx context.Context, e *env, lines ...string) (*client.Client, []*descriptor.Descriptor, error) {
 	ds := make([]*descriptor.Descriptor, 0, len(lines))
 	for _, line := range lines {
 		d, stale, err := descriptor.ParseStale(line, time.Now())
 		if err != nil {
-			return nil, "", err
+			return nil, nil, err
 		}
 		if stale {
 			fmt.Fprintf(e.stderr, "warning: the descriptor of relay %s expired on %s; trying it anyway (a relay keeps its keys when it renews)\n",
@@ -50,11 +48,23 @@ func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, 
 		ds = append(ds, d)
 	}
 	if err := checkDialEnv(e); err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
-	c, err = client.Dial(ctx, newRegistry(), dialOptions(e), ds...)
+	c, err := client.Dial(ctx, newRegistry(), dialOptions(e), ds...)
 	if err != nil {
-		return nil, "", explainDial(e, err)
+		return nil, nil, explainDial(e, err)
+	}
+	return c, ds, nil
+}
+
+// dialFresh is dialRelay that also asks the relay for its current
+// descriptor, and waits for the answer. fresh is that descriptor's line
+// when it is valid, names one of the relays in lines and expires later
+// than the copy given, else "".
+func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, fresh string, err error) {
+	c, ds, err := dialParsed(ctx, e, lines...)
+	if err != nil {
+		return nil, "", err
 	}
 	return c, newerDescriptor(ctx, c, ds), nil
 }
