@@ -53,11 +53,17 @@ type Conn interface {
 // with the session's acceptance: a round trip less per session). A
 // transport that can do so takes them from the dial's context
 // ([EarlyData]) and reports them on the Conn it returns ([EarlySender]);
-// one that cannot ignores them, and the caller writes them itself. Only
-// a relay that passed the transport's authentication (the certificate
-// pin) receives them; if it then refuses the session, they went to its
-// cover site's handler, as a form's body would.
+// one that cannot ignores them, and the caller writes them itself. They
+// go only to the server the transport authenticated (the relay's pinned
+// certificate; for an endpoint without a pin, such as https_cdn's, the
+// CDN with a certificate valid for the name, and whatever it forwards
+// to); if the relay then refuses the session, they went to its cover
+// site's handler, as a form's body would.
 type earlyKey struct{}
+
+// MaxEarlyData is the most early data a context may ask for; more is
+// ignored (EarlyData returns nil).
+const MaxEarlyData = 4 << 10
 
 // WithEarlyData returns a context asking the transport that dials with it
 // to send p with the session request.
@@ -65,9 +71,13 @@ func WithEarlyData(ctx context.Context, p []byte) context.Context {
 	return context.WithValue(ctx, earlyKey{}, p)
 }
 
-// EarlyData returns the early data ctx asks for, or nil.
+// EarlyData returns the early data ctx asks for, or nil (also when it is
+// longer than MaxEarlyData).
 func EarlyData(ctx context.Context) []byte {
 	p, _ := ctx.Value(earlyKey{}).([]byte)
+	if len(p) > MaxEarlyData {
+		return nil
+	}
 	return p
 }
 

@@ -40,6 +40,9 @@ func TestSendOverRTT(t *testing.T) {
 		size, unit = mib<<20, v+" MiB"
 	}
 	if v := os.Getenv("POSTERN_SEND_RTT_KIB"); v != "" {
+		if os.Getenv("POSTERN_SEND_RTT_MIB") != "" {
+			t.Fatal("POSTERN_SEND_RTT_MIB and POSTERN_SEND_RTT_KIB: set one")
+		}
 		kib, err := strconv.Atoi(v)
 		if err != nil || kib < 1 || kib > 7<<10 {
 			t.Fatalf("POSTERN_SEND_RTT_KIB=%q: want 1 to 7168", v)

@@ -134,15 +134,25 @@ func TestDialRemembersAfterAck(t *testing.T) {
 // the stream before it returns it, and says so, as https and h3 do.
 type earlyTransport struct {
 	fakeTransport
-	got [][]byte // the early data of each dial
+	got   [][]byte // the early data of each dial
+	first chan []byte
 }
 
 type earlyConn struct {
 	transport.Conn
 	early []byte
+	first chan []byte // the client's first write after the dial
 }
 
 func (c earlyConn) SentEarly() []byte { return c.early }
+
+func (c earlyConn) Write(p []byte) (int, error) {
+	select {
+	case c.first <- bytes.Clone(p):
+	default:
+	}
+	return c.Conn.Write(p)
+}
 
 func (f *earlyTransport) Dial(ctx context.Context, ep transport.Endpoint) (transport.Conn, error) {
 	cc, sc := relaytest.Pipe(f.t)
@@ -154,16 +164,16 @@ func (f *earlyTransport) Dial(ctx context.Context, ep transport.Endpoint) (trans
 		}
 	}
 	f.r.Serve(sc, f.name)
-	return earlyConn{Conn: cc, early: early}, nil
+	return earlyConn{Conn: cc, early: early, first: f.first}, nil
 }
 
 // TestDialSendsHelloEarly: Dial asks the transport to send the protocol
 // hello with the session request, and the client does not send it again
-// (the relay refuses a second hello) when the transport did.
+// when the transport did: its first write is the next request.
 func TestDialSendsHelloEarly(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	var reg transport.Registry
-	et := &earlyTransport{fakeTransport: fakeTransport{name: "early", r: r, t: t}}
+	et := &earlyTransport{fakeTransport: fakeTransport{name: "early", r: r, t: t}, first: make(chan []byte, 1)}
 	reg.Register(et)
 	_, priv, _ := ed25519.GenerateKey(nil)
 	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{{Transport: "early", Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}},
@@ -193,5 +203,13 @@ func TestDialSendsHelloEarly(t *testing.T) {
 	}
 	if _, err := relay.ParseClientHello(p); err != nil {
 		t.Fatalf("early hello: %v", err)
+	}
+	select {
+	case w := <-et.first:
+		if typ, _, err := relay.ReadFrame(bytes.NewReader(w)); err != nil || typ != relay.FramePing {
+			t.Fatalf("the client's first write after the dial: frame %v, %v; want the Ping, not a second hello", typ, err)
+		}
+	default:
+		t.Fatal("the client wrote nothing")
 	}
 }

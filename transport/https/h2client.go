@@ -170,19 +170,23 @@ func (cc *h2Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	go cc.readLoop()
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, func() { cc.cancelStream(ctx.Err()) })
 	u, direct := req.Body.(*h2Upload)
-	if hasBody && !direct {
-		go cc.sendBody(req.Body)
-	}
 	if early := transport.EarlyData(ctx); len(early) > 0 && direct {
-		// The session's first bytes, before the answer (httpsession.Wire.Early).
+		// The session's first bytes, before the answer
+		// (httpsession.Wire.Early), written before the reading starts:
+		// nothing the relay sends (its SETTINGS, or a refusal and the
+		// stream's reset) can come between, and the windows are still
+		// the protocol's initial 65,535 bytes, more than early data may
+		// be (transport.MaxEarlyData), so the write does not wait.
 		if _, err := u.Write(early); err != nil {
-			stop()
 			return nil, cmp(cc.connErr(), err)
 		}
+	}
+	go cc.readLoop()
+	stop := context.AfterFunc(ctx, func() { cc.cancelStream(ctx.Err()) })
+	if hasBody && !direct {
+		go cc.sendBody(req.Body)
 	}
 	select {
 	case res := <-cc.res:

@@ -423,12 +423,16 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 	return nil
 }
 
-// endRead marks the client's side as ended.
+// endRead marks the client's side as ended: no more DATA can come, so
+// the extra window goes back to the budget.
 func (s *h2Session) endRead() {
 	s.mu.Lock()
 	s.rEOF = true
 	s.rcond.Broadcast()
+	grown := s.grown
+	s.grown = 0
 	s.mu.Unlock()
+	s.f.windowBudget.Add(int64(grown))
 }
 
 // onHeaderBlock decodes a complete header block (keeping the HPACK state
@@ -846,8 +850,10 @@ func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
 // DATA then comes slower shrinks back: its next updates withhold the
 // extra. What the windows grant past the stock size is budget the front
 // holds for the whole listener (engineWindowBudget): a session takes it
-// when it grows and gives it back when it shrinks or ends, and while too
-// little is left a session keeps the stock windows. So the bytes clients
+// when it grows and gives it back when it shrinks, when its client ends
+// the stream, or when it ends; while too little is left a session keeps
+// the stock windows. (A grown session that goes idle keeps the extra: the
+// client holds that credit, and only its DATA can use it up.) So the bytes clients
 // may send ahead of the relay's reads stay within the stock window per
 // session plus the budget, however many sessions upload at once. (In
 // memory that is up to four times as much: a DATA payload of 4 KiB or
@@ -864,7 +870,8 @@ const (
 func (s *h2Session) resizeWindowLocked() {
 	now := s.f.clock()
 	arrived := int64(s.arrived)
-	fast := arrived*int64(time.Second) >= engineGrowRate*int64(now-s.lastUpdate)
+	elapsed := min(now-s.lastUpdate, time.Hour) // a longer gap is as slow, and would overflow
+	fast := arrived*int64(time.Second) >= engineGrowRate*int64(elapsed)
 	s.lastUpdate, s.arrived = now, 0
 	if s.noGrow || s.closed || s.rEOF || s.rErr != nil {
 		return

@@ -2,6 +2,7 @@ package https
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"sync/atomic"
@@ -136,37 +137,42 @@ func TestEngineWindowGrowsForFastUpload(t *testing.T) {
 }
 
 // A session whose client sent its DATA slower than engineGrowRate keeps
-// the stock windows, and the budget is not touched.
+// the stock windows, and the budget is not touched: over seconds, and over
+// hours (where the rate's arithmetic would overflow uncapped).
 func TestEngineWindowStaysForSlowUpload(t *testing.T) {
-	c := &windowClock{}
-	r, f := windowRelay(t, c)
-	stock := f.stock.streamWindow
-	client, server := acceptOne(t, r)
-	s := server.(*h2Session)
-	go writeForever(client)
-	waitQueued(t, s, stock)    // the window's worth came
-	c.advance(4 * time.Second) // ... over 4 s: 256 KiB/s
-	const read = 768 << 10
-	if _, err := io.ReadFull(server, make([]byte, read)); err != nil {
-		t.Fatal(err)
-	}
-	win, queued := waitSpent(t, s)
-	if win != stock {
-		t.Fatalf("stream window %d, want the stock %d", win, stock)
-	}
-	if want := stock + stock/2 - read; queued != want {
-		t.Errorf("%d bytes queued unread, want %d", queued, want)
-	}
-	if got := f.windowBudget.Load(); got != engineWindowBudget {
-		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
+	for _, gap := range []time.Duration{4 * time.Second, 5 * time.Hour, 9 * time.Hour} {
+		t.Run(gap.String(), func(t *testing.T) {
+			c := &windowClock{}
+			r, f := windowRelay(t, c)
+			stock := f.stock.streamWindow
+			client, server := acceptOne(t, r)
+			s := server.(*h2Session)
+			go writeForever(client)
+			waitQueued(t, s, stock) // the window's worth came
+			c.advance(gap)          // ... over gap: at 4 s, 256 KiB/s
+			const read = 768 << 10
+			if _, err := io.ReadFull(server, make([]byte, read)); err != nil {
+				t.Fatal(err)
+			}
+			win, queued := waitSpent(t, s)
+			if win != stock {
+				t.Fatalf("stream window %d, want the stock %d", win, stock)
+			}
+			if want := stock + stock/2 - read; queued != want {
+				t.Errorf("%d bytes queued unread, want %d", queued, want)
+			}
+			if got := f.windowBudget.Load(); got != engineWindowBudget {
+				t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
+			}
+		})
 	}
 }
 
 // A backlog that came slowly and that the relay then reads at once does
 // not grow the windows: the rate is the client's, not the relay's reads.
 // (The update that falls due while the backlog is read finds it slow; the
-// next, due once the relay has read the rest and a little that came at
-// once, finds too little come since to judge.)
+// next, due as the relay reads the backlog's last bytes and the little
+// that came at once after it, finds too little come since to judge.)
 func TestEngineWindowIgnoresBacklog(t *testing.T) {
 	c := &windowClock{}
 	r, f := windowRelay(t, c)
@@ -330,5 +336,102 @@ func TestEngineNoStreamUpdateAfterClose(t *testing.T) {
 		if u[0] != 0 {
 			t.Fatalf("WINDOW_UPDATE %v on the stream Close reset", u)
 		}
+	}
+}
+
+// A session closed with DATA read and more queued does not grow when the
+// DATA still coming is dropped and returned to the connection's window,
+// although what was queued before came fast enough.
+func TestEngineClosedDoesNotGrow(t *testing.T) {
+	frames := func(n int) []byte {
+		var b bytes.Buffer
+		fr := http2.NewFramer(&b, nil)
+		for range n {
+			fr.WriteData(1, false, make([]byte, 16384))
+		}
+		return b.Bytes()
+	}
+	s, tc := engineOn(t, frames(48)) // 768 KiB queued, at once
+	s.readLoop()
+	if _, err := io.ReadFull(s, make([]byte, 256<<10)); err != nil { // owed, not yet returned
+		t.Fatal(err)
+	}
+	s.Close()
+	n := tc.out.Len()
+	s.left = frames(16) // 256 KiB more, dropped: the connection's update falls due
+	s.readLoop()
+	ups := windowUpdates(tc.out.Bytes()[n:])
+	if len(ups) == 0 {
+		t.Fatal("no WINDOW_UPDATE after the dropped DATA")
+	}
+	for _, u := range ups {
+		if u[1] > uint32(s.f.stock.connWindow) {
+			t.Fatalf("WINDOW_UPDATE %v: a closed session grew", u)
+		}
+	}
+	if got := s.f.windowBudget.Load(); got != engineWindowBudget {
+		t.Errorf("budget %d, want %d", got, engineWindowBudget)
+	}
+}
+
+// A grown session whose client ends its stream gives the extra back at
+// once, while the session lives on: no more DATA can use it.
+func TestEngineWindowBackAtEndOfStream(t *testing.T) {
+	r, f := windowRelay(t, &windowClock{})
+	stock := f.stock.streamWindow
+	client, server := acceptOne(t, r)
+	if _, err := client.Write(make([]byte, stock)); err != nil { // the stock credit
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, make([]byte, 768<<10)); err != nil { // grows
+		t.Fatal(err)
+	}
+	if _, err := client.Write(make([]byte, 1<<20)); err != nil { // within the grown credit
+		t.Fatal(err)
+	}
+	if got, want := f.windowBudget.Load(), engineWindowBudget-(engineWindow-stock); got != want {
+		t.Fatalf("budget %d while grown, want %d", got, want)
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	waitBudget(t, f, engineWindowBudget)
+	// The session is still there: the relay's side can still write.
+	if _, err := server.Write([]byte("x")); err != nil {
+		t.Fatalf("the session ended: %v", err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(client, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A session refused (the relay at its session cap answers with its cover
+// site) fails at Dial with ClassAuth also when early data went with the
+// request: the relay's answer, and the stream's reset behind it, come
+// after the early write, never between the headers and it.
+func TestEarlyDataRefusedIsAuth(t *testing.T) {
+	for _, stock := range []bool{false, true} {
+		t.Run(map[bool]string{false: "engine", true: "stockh2"}[stock], func(t *testing.T) {
+			tr := &Transport{stockH2: stock, MaxSessions: 1}
+			if !stock {
+				tr = engineTransport()
+				tr.MaxSessions = 1
+			}
+			r := startRelay(t, tr, nil)
+			acceptOne(t, r) // the one session the cap allows
+			for i := range 50 {
+				ctx, cancel := context.WithTimeout(transport.WithEarlyData(context.Background(), []byte("early")), 20*time.Second)
+				c, err := (&Transport{}).Dial(ctx, r.ep)
+				cancel()
+				if c != nil {
+					c.Close()
+					t.Fatalf("dial %d: a session past the cap", i)
+				}
+				if transport.ClassOf(err) != transport.ClassAuth {
+					t.Fatalf("dial %d: %v (class %v), want ClassAuth", i, err, transport.ClassOf(err))
+				}
+			}
+		})
 	}
 }
