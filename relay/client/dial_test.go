@@ -45,26 +45,32 @@ func (f *fakeTransport) Listen(context.Context, transport.ListenConfig) (transpo
 	return nil, errors.New("not used")
 }
 
+// testDescriptor is a signed descriptor of a new relay key with one
+// endpoint per transport name, in that order (the fake transports ignore
+// the address).
+func testDescriptor(t *testing.T, transports ...string) *descriptor.Descriptor {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(nil)
+	d := &descriptor.Descriptor{Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	for _, name := range transports {
+		d.Endpoints = append(d.Endpoints, descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)})
+	}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err = descriptor.Parse(line, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func TestDialFallsBack(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	var reg transport.Registry
 	reg.Register(&fakeTransport{name: "blocked", fail: syscall.ECONNREFUSED})
 	reg.Register(&fakeTransport{name: "works", r: r, t: t})
-	_, priv, _ := ed25519.GenerateKey(nil)
-	key := make([]byte, 32)
-	ep := func(name string) descriptor.Endpoint {
-		return descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: key}
-	}
-	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{ep("blocked"), ep("works")},
-		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err = descriptor.Parse(line, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDescriptor(t, "blocked", "works")
 	ctx := context.Background()
 	c, err := client.Dial(ctx, &reg, client.DialOptions{}, d)
 	if err != nil {
@@ -93,14 +99,7 @@ func TestDialRemembersAfterAck(t *testing.T) {
 	slow := &fakeTransport{name: "first", fail: syscall.ECONNREFUSED}
 	reg.Register(slow)
 	reg.Register(&fakeTransport{name: "second", r: r, t: t})
-	_, priv, _ := ed25519.GenerateKey(nil)
-	ep := func(name string) descriptor.Endpoint {
-		return descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}
-	}
-	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{ep("first"), ep("second")},
-		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, _ := d.Sign(priv)
-	d, _ = descriptor.Parse(line, time.Now())
+	d := testDescriptor(t, "first", "second")
 	path := filepath.Join(t.TempDir(), "routes")
 	mem, err := route.OpenMemory(path, 0)
 	if err != nil {
@@ -175,16 +174,7 @@ func TestDialSendsHelloEarly(t *testing.T) {
 	var reg transport.Registry
 	et := &earlyTransport{fakeTransport: fakeTransport{name: "early", r: r, t: t}, first: make(chan []byte, 1)}
 	reg.Register(et)
-	_, priv, _ := ed25519.GenerateKey(nil)
-	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{{Transport: "early", Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}},
-		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d, err = descriptor.Parse(line, time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	d := testDescriptor(t, "early")
 	ctx := context.Background()
 	c, err := client.Dial(ctx, &reg, client.DialOptions{}, d)
 	if err != nil {

@@ -2,7 +2,6 @@ package client_test
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"net"
 	"slices"
@@ -95,20 +94,7 @@ func feedbackWorld(t *testing.T) (*relaytest.Relay, *transport.Registry, *descri
 	var reg transport.Registry
 	reg.Register(&tcpTransport{name: "frozen", addr: mb.Addr()})
 	reg.Register(&fakeTransport{name: "open", r: r, t: t})
-	_, priv, _ := ed25519.GenerateKey(nil)
-	ep := func(name string) descriptor.Endpoint {
-		return descriptor.Endpoint{Transport: name, Addr: "127.0.0.1:9", Path: "/p", Key: make([]byte, 32)}
-	}
-	d := &descriptor.Descriptor{Endpoints: []descriptor.Endpoint{ep("frozen"), ep("open")},
-		Issued: time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d, err = descriptor.Parse(line, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	return r, &reg, d
+	return r, &reg, testDescriptor(t, "frozen", "open")
 }
 
 // TestStalledSessionBacksOff: a session whose flow freezes after the dial

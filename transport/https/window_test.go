@@ -98,6 +98,14 @@ func waitSpent(t *testing.T, s *h2Session) (win, queued int64) {
 	}
 }
 
+// budgetUntouched fails t unless f's window budget is whole.
+func budgetUntouched(t *testing.T, f *h2Front) {
+	t.Helper()
+	if got := f.windowBudget.Load(); got != engineWindowBudget {
+		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
+	}
+}
+
 // waitBudget waits until the front's window budget is want.
 func waitBudget(t *testing.T, f *h2Front, want int64) {
 	t.Helper()
@@ -203,9 +211,7 @@ func TestEngineWindowIgnoresBacklog(t *testing.T) {
 	if win != stock {
 		t.Fatalf("stream window %d after reading a slow backlog, want the stock %d", win, stock)
 	}
-	if got := f.windowBudget.Load(); got != engineWindowBudget {
-		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
-	}
+	budgetUntouched(t, f)
 }
 
 // A grown session whose DATA then comes slowly gives its extra window
@@ -302,29 +308,39 @@ func TestEnginePaddingDoesNotGrow(t *testing.T) {
 	}
 	s, tc := engineOn(t, b.Bytes())
 	s.readLoop()
-	ups := windowUpdates(tc.out.Bytes())
+	noGrowth(t, s, tc.out.Bytes())
+}
+
+// noGrowth fails t unless out holds WINDOW_UPDATEs, none past the stock
+// window, and s's front has its whole budget.
+func noGrowth(t *testing.T, s *h2Session, out []byte) {
+	t.Helper()
+	ups := windowUpdates(out)
 	if len(ups) == 0 {
-		t.Fatal("the padding was not returned to the windows")
+		t.Fatal("no WINDOW_UPDATE: the DATA was not returned to the windows")
 	}
 	for _, u := range ups {
-		if u[1] > uint32(s.f.stock.streamWindow) {
-			t.Fatalf("WINDOW_UPDATE %v: the windows grew on padding", u)
+		if u[1] > uint32(max(s.f.stock.streamWindow, s.f.stock.connWindow)) {
+			t.Fatalf("WINDOW_UPDATE %v: the windows grew", u)
 		}
 	}
-	if got := s.f.windowBudget.Load(); got != engineWindowBudget {
-		t.Errorf("budget %d, want %d", got, engineWindowBudget)
+	budgetUntouched(t, s.f)
+}
+
+// dataFrames is n DATA frames of 16 KiB on the session's stream.
+func dataFrames(n int) []byte {
+	var b bytes.Buffer
+	fr := http2.NewFramer(&b, nil)
+	for range n {
+		fr.WriteData(1, false, make([]byte, 16384))
 	}
+	return b.Bytes()
 }
 
 // After Close (its RST_STREAM sent), DATA still in flight goes back to the
 // connection's window only: no frame on the reset stream, and no growth.
 func TestEngineNoStreamUpdateAfterClose(t *testing.T) {
-	var b bytes.Buffer
-	fr := http2.NewFramer(&b, nil)
-	for range 48 { // 768 KiB: more than half a window
-		fr.WriteData(1, false, make([]byte, 16384))
-	}
-	s, tc := engineOn(t, b.Bytes())
+	s, tc := engineOn(t, dataFrames(48)) // 768 KiB: more than half a window
 	s.Close()
 	n := tc.out.Len()
 	s.readLoop()
@@ -343,35 +359,16 @@ func TestEngineNoStreamUpdateAfterClose(t *testing.T) {
 // DATA still coming is dropped and returned to the connection's window,
 // although what was queued before came fast enough.
 func TestEngineClosedDoesNotGrow(t *testing.T) {
-	frames := func(n int) []byte {
-		var b bytes.Buffer
-		fr := http2.NewFramer(&b, nil)
-		for range n {
-			fr.WriteData(1, false, make([]byte, 16384))
-		}
-		return b.Bytes()
-	}
-	s, tc := engineOn(t, frames(48)) // 768 KiB queued, at once
+	s, tc := engineOn(t, dataFrames(48)) // 768 KiB queued, at once
 	s.readLoop()
 	if _, err := io.ReadFull(s, make([]byte, 256<<10)); err != nil { // owed, not yet returned
 		t.Fatal(err)
 	}
 	s.Close()
 	n := tc.out.Len()
-	s.left = frames(16) // 256 KiB more, dropped: the connection's update falls due
+	s.left = dataFrames(16) // 256 KiB more, dropped: the connection's update falls due
 	s.readLoop()
-	ups := windowUpdates(tc.out.Bytes()[n:])
-	if len(ups) == 0 {
-		t.Fatal("no WINDOW_UPDATE after the dropped DATA")
-	}
-	for _, u := range ups {
-		if u[1] > uint32(s.f.stock.connWindow) {
-			t.Fatalf("WINDOW_UPDATE %v: a closed session grew", u)
-		}
-	}
-	if got := s.f.windowBudget.Load(); got != engineWindowBudget {
-		t.Errorf("budget %d, want %d", got, engineWindowBudget)
-	}
+	noGrowth(t, s, tc.out.Bytes()[n:])
 }
 
 // A grown session whose client ends its stream gives the extra back at
