@@ -430,7 +430,7 @@ type h2Front struct {
 	// declined after the front decoded them.
 	engine, handed, declined atomic.Int64
 	// windowBudget is the receive window the engine's sessions may still
-	// take past the stock server's (h2session.go, growWindowLocked).
+	// take past the stock server's (h2session.go, resizeWindowLocked).
 	windowBudget atomic.Int64
 	// now replaces time.Now in clock (tests).
 	now func() time.Time

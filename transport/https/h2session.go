@@ -852,12 +852,13 @@ func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
 // holds for the whole listener (engineWindowBudget): a session takes it
 // when it grows and gives it back when it shrinks, when its client ends
 // the stream, or when it ends; while too little is left a session keeps
-// the stock windows. (A grown session that goes idle keeps the extra: the
-// client holds that credit, and only its DATA can use it up.) So the bytes clients
-// may send ahead of the relay's reads stay within the stock window per
-// session plus the budget, however many sessions upload at once. (In
-// memory that is up to four times as much: a DATA payload of 4 KiB or
-// more is held in a 16 KiB buffer of its own until read, see onData.)
+// the stock windows. (A grown session that goes idle keeps the extra:
+// the client holds that credit, and only its DATA can use it up.) So the
+// bytes clients may send ahead of the relay's reads stay within the stock
+// window per session plus the budget, however many sessions upload at
+// once. (In memory that is up to four times as much: a DATA payload of
+// 4 KiB or more is held in a 16 KiB buffer of its own until read, see
+// onData.)
 const (
 	engineWindow       = 4 << 20
 	engineWindowBudget = 48 << 20
@@ -876,17 +877,16 @@ func (s *h2Session) resizeWindowLocked() {
 	if s.noGrow || s.closed || s.rEOF || s.rErr != nil {
 		return
 	}
-	stock := s.f.stock.streamWindow
 	var delta int64
 	switch {
 	case fast && arrived >= s.winStream/2 && s.winStream < engineWindow:
-		if delta = int64(engineWindow) - s.winStream; delta <= 0 || !s.f.takeWindow(delta) {
+		if delta = engineWindow - s.winStream; !s.f.takeWindow(delta) {
 			return
 		}
 	case !fast && s.grown > 0:
-		// Withhold what can be withheld of the extra now; the rest at
-		// later updates.
-		delta = -min(int64(s.grown), s.owedStream, s.owedConn, s.winStream-stock)
+		// Withhold what can be withheld of the extra (the window past the
+		// stock one) now; the rest at later updates.
+		delta = -min(int64(s.grown), s.owedStream, s.owedConn)
 		if delta == 0 {
 			return
 		}
