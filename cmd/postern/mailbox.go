@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -93,11 +92,6 @@ func (m *mailboxState) capVerifier() []byte {
 type mailboxes struct {
 	idPath string
 	list   []*mailboxState
-	// mu guards the relay lines and the file while sessions renew them
-	// (renew); renewing counts the renewals still waiting for a relay's
-	// answer (settle).
-	mu       sync.Mutex
-	renewing sync.WaitGroup
 }
 
 // loadMailbox returns the primary mailbox (with the others in Others).
@@ -227,61 +221,25 @@ func newMailbox(name string, relays []string, withCap bool) *mailboxState {
 	return m
 }
 
-// dialAt connects to the mailbox's relay i and asks it for its current
-// descriptor; when the relay has renewed it, the new one is kept in the
-// mailbox file (and so in the card). The question goes out beside the
-// session's first request, not before it (a round trip less): its answer
-// comes before that request's, and settle waits for what it changes.
+// dialAt connects to the mailbox's relay i and, when that relay has
+// renewed its descriptor, keeps the new one in the mailbox file (and so
+// in the card).
 func (ms *mailboxes) dialAt(ctx context.Context, e *env, id *envelope.Identity, m *mailboxState, i int) (*client.Client, error) {
-	line := ms.relayLine(m, i)
-	c, ds, err := dialParsed(ctx, e, line)
-	if err != nil {
-		return nil, err
-	}
-	wait, err := c.DescriptorLater(ctx)
-	if err != nil {
-		return c, nil // the session's own requests will say what failed
-	}
-	ms.renewing.Go(func() {
-		if fresh := freshLine(wait(ctx)); fresh != "" {
-			ms.renew(e, id, m, i, line, fresh, ds)
-		}
-	})
-	return c, nil
-}
-
-// relayLine returns the descriptor line of m's relay i.
-func (ms *mailboxes) relayLine(m *mailboxState, i int) string {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	return m.relays()[i]
-}
-
-// renew keeps fresh, the current descriptor of m's relay i, in place of
-// old when it is newer, and saves the file.
-func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int, old, fresh string, ds []*descriptor.Descriptor) {
-	if newer(fresh, ds) == "" {
-		return
-	}
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
 	rs := m.relays()
-	if rs[i] != old {
-		return
+	c, fresh, err := dialFresh(ctx, e, rs[i])
+	if err != nil || fresh == "" || fresh == rs[i] {
+		return c, err
 	}
 	m.Relays = rs
 	m.Relays[i] = fresh
 	if err := ms.save(id); err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
-		return
+		return c, nil
 	}
 	fmt.Fprintf(e.stderr, "a relay renewed its descriptor: %s is updated, and the card of mailbox %q changed; `postern mailbox show --name %s` prints it for your contacts\n",
 		mailboxPath(ms.idPath), m.Name, m.Name)
+	return c, nil
 }
-
-// settle waits for the renewals dialAt started: their sessions answered,
-// or ended.
-func (ms *mailboxes) settle() { ms.renewing.Wait() }
 
 // onEachRelay runs do on a session to each of m's relays in turn and
 // returns the errors by relay index (nil where it worked).
@@ -296,7 +254,6 @@ func (ms *mailboxes) onEachRelay(ctx context.Context, e *env, id *envelope.Ident
 		}
 		errs[i] = scrubAddrs(err)
 	}
-	ms.settle()
 	return errs
 }
 

@@ -74,7 +74,6 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
-	defer ms.settle() // renewed descriptors are saved before recv ends
 	if f, ok := e.stdout.(*os.File); ok && stdoutClosed(f) {
 		return errors.New("standard output is closed: the messages would be deleted from the relay unseen; redirect it to a file, or to /dev/null to discard them on purpose")
 	}
@@ -222,7 +221,7 @@ func recvDial(e *env, ms *mailboxes, m *mailboxState, i int, id *envelope.Identi
 			return nil, err
 		}
 	}
-	homeLine := func() string { return ms.relayLine(m, i) }
+	homeLine := func() string { return m.relays()[i] }
 	if len(lines) > 0 {
 		learnRelays(e, lines)
 		return func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, homeLine(), lines) }, nil
