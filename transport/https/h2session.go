@@ -424,15 +424,22 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 }
 
 // endRead marks the client's side as ended: no more DATA can come, so
-// the extra window goes back to the budget.
+// the extra window goes back to the budget, less what the DATA queued
+// unread past the stock window still holds (that comes back with
+// endGrowth).
 func (s *h2Session) endRead() {
 	s.mu.Lock()
 	s.rEOF = true
 	s.rcond.Broadcast()
-	grown := s.grown
-	s.grown = 0
+	var queued int64
+	for _, c := range s.queue {
+		queued += int64(c.end - c.off)
+	}
+	keep := min(int64(s.grown), max(0, queued-s.f.stock.streamWindow))
+	back := int64(s.grown) - keep
+	s.grown = int32(keep)
 	s.mu.Unlock()
-	s.f.windowBudget.Add(int64(grown))
+	s.f.windowBudget.Add(back)
 }
 
 // onHeaderBlock decodes a complete header block (keeping the HPACK state

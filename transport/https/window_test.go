@@ -374,7 +374,8 @@ func TestEngineClosedDoesNotGrow(t *testing.T) {
 }
 
 // A grown session whose client ends its stream gives the extra back at
-// once, while the session lives on: no more DATA can use it.
+// once, less what its unread DATA past the stock window still holds, while
+// the session lives on; that comes back when the session ends.
 func TestEngineWindowBackAtEndOfStream(t *testing.T) {
 	r, f := windowRelay(t, &windowClock{})
 	stock := f.stock.streamWindow
@@ -395,21 +396,40 @@ func TestEngineWindowBackAtEndOfStream(t *testing.T) {
 	if _, err := client.Write(make([]byte, 1<<20)); err != nil { // within the grown credit
 		t.Fatal(err)
 	}
-	if got, want := f.windowBudget.Load(), engineWindowBudget-(engineWindow-stock); got != want {
-		t.Fatalf("budget %d while grown, want %d", got, want)
-	}
 	if err := client.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	waitBudget(t, f, engineWindowBudget)
+	var queued int64
+	for guard := time.Now(); ; time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		eof := s.rEOF
+		queued = 0
+		for _, c := range s.queue {
+			queued += int64(c.end - c.off)
+		}
+		s.mu.Unlock()
+		if eof {
+			break
+		}
+		if time.Since(guard) > time.Minute { // a deadlock guard
+			t.Fatal("the end of the stream did not come")
+		}
+	}
+	if queued <= stock {
+		t.Fatalf("%d bytes queued at the end of the stream: the test needs more than the stock window", queued)
+	}
+	if got, want := f.windowBudget.Load(), engineWindowBudget-(queued-stock); got != want {
+		t.Fatalf("budget %d at the end of the stream with %d bytes unread, want %d", got, queued, want)
+	}
 	// The session is still there: the relay's side can still write.
 	if _, err := server.Write([]byte("x")); err != nil {
 		t.Fatalf("the session ended: %v", err)
 	}
-	b := make([]byte, 1)
-	if _, err := io.ReadFull(client, b); err != nil {
+	if _, err := io.ReadFull(client, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
+	server.Close()
+	waitBudget(t, f, engineWindowBudget)
 }
 
 // A session refused (the relay at its session cap answers with its cover
