@@ -116,11 +116,14 @@ func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, err
 // with the session request (transport.WithEarlyData): the relay's
 // ServerHello then comes right behind its acceptance of the session, a
 // round trip sooner than if the hello waited for that acceptance.
-var helloFrame = relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})
+var (
+	clientHello = relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}
+	helloFrame  = relay.AppendFrame(nil, clientHello)
+)
 
 func (c *Client) handshake() error {
 	if e, ok := c.conn.(transport.EarlySender); !ok || !bytes.Equal(e.SentEarly(), helloFrame) {
-		if err := c.write(relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}); err != nil {
+		if err := c.write(clientHello); err != nil {
 			return err
 		}
 	}
