@@ -34,10 +34,11 @@ const throttleWindow = 2 * time.Second
 // has acked on this connection. So a distant relay costs bandwidth, not
 // a round trip per envelope (a 7 MiB message of 64 KiB envelopes took 122
 // round trips over a 100 ms path when the pipeline stayed at 64 KiB, 22
-// with a 1 MiB cap, 13 now, with a relay whose windows grow too: see
-// transport/https's growWindowLocked); a throttled flow keeps little queued (a stall resends little and
-// each ack comes within the stall window); and a connection that freezes
-// early has had little put into it.
+// with a 1 MiB cap, 11 now, with a relay whose windows grow too: see
+// transport/https's resizeWindowLocked); a throttled flow keeps little
+// queued (a stall resends little and each ack comes within the stall
+// window); and a connection that freezes early has had little put into
+// it.
 const (
 	pipelineDepth    = 4
 	pipelineBytes    = 64 << 10

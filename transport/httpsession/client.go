@@ -202,7 +202,9 @@ type BodyWriter interface {
 // relay answered 200. ctx bounds the wait for the answer; the session does
 // not depend on it. On error, the caller still owns w and must close it.
 // Errors are *transport.Error values: ClassAuth when the relay answered
-// anything but 200 (its cover site, so the token was refused).
+// anything but 200 (its cover site, so the token was refused). The early
+// data ctx asks for (transport.EarlyData) goes with the request when w
+// sends it (Wire.Early), and the session reports it (SentEarly).
 func (t *Target) Open(ctx context.Context, w Wire) (transport.Conn, error) {
 	tok, err := t.token(w.Export)
 	if err != nil {
