@@ -160,6 +160,11 @@ type Transport struct {
 	// from which on new ones must first pass a Retry (source address
 	// validation). Zero means DefaultRetryHandshakes.
 	RetryHandshakes int
+	// WindowBudget is the receive window, in bytes past the initial one,
+	// that the QUIC connections of a listener may hold together (see
+	// windows.go). Zero means DefaultWindowBudget; a negative value keeps
+	// every connection at its initial window.
+	WindowBudget int64
 
 	// noFloodDefence turns Retry and the handshake cap off: benchmarks
 	// measure what the defence saves.

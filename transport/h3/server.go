@@ -23,25 +23,30 @@ type quicConnKey struct{}
 // slog.Default: its messages may carry client addresses.
 var discardLogger = slog.New(slog.DiscardHandler)
 
-// serverQUICConfig is the QUIC configuration of the listener. It matches what
-// a stock http3.Server uses (quic-go defaults, 0-RTT allowed).
-func serverQUICConfig() *quic.Config {
+// serverQUICConfig is the QUIC configuration of the listener. What a client
+// can see of it matches a stock http3.Server (quic-go defaults, 0-RTT
+// allowed); the growth of receive windows past the initial ones, which
+// only a client whose data the relay reads promptly can see, comes from
+// windows (windows.go).
+func serverQUICConfig(windows *windowBudget) *quic.Config {
 	return &quic.Config{
-		HandshakeIdleTimeout: HandshakeIdleTimeout,
-		MaxIdleTimeout:       MaxIdleTimeout,
-		MaxIncomingStreams:   MaxIncomingStreams,
-		Allow0RTT:            true,
+		HandshakeIdleTimeout:          HandshakeIdleTimeout,
+		MaxIdleTimeout:                MaxIdleTimeout,
+		MaxIncomingStreams:            MaxIncomingStreams,
+		Allow0RTT:                     true,
+		AllowConnectionWindowIncrease: windows.allow,
 	}
 }
 
 // listener is a transport.Listener over an http3.Server whose handler is
 // the shared httpsession.Gate.
 type listener struct {
-	srv    *http3.Server
-	udp    *net.UDPConn
-	qt     *quic.Transport
-	gate   *httpsession.Gate
-	served chan struct{} // closed when srv.ServeListener returned
+	srv     *http3.Server
+	udp     *net.UDPConn
+	qt      *quic.Transport
+	gate    *httpsession.Gate
+	windows *windowBudget
+	served  chan struct{} // closed when srv.ServeListener returned
 
 	closeOnce sync.Once
 	closeErr  error
@@ -72,7 +77,9 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		NextProtos:   []string{http3.NextProtoH3},
 	}
 	l.udp, l.gate, l.qt = udp, gate, t.quicTransport(udp, cfg.Key)
-	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), serverQUICConfig())
+	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
+	quicConf := serverQUICConfig(l.windows)
+	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
 	if err != nil {
 		l.qt.Close()
 		udp.Close()
@@ -80,7 +87,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	}
 	l.srv = &http3.Server{
 		TLSConfig:  tlsConf,
-		QUICConfig: serverQUICConfig(),
+		QUICConfig: quicConf,
 		Handler:    gate,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			accepted(c) // the handshake is through: its slot is free
@@ -117,6 +124,14 @@ func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) *quic.Transport 
 func orDefault(v, d int) int {
 	if v > 0 {
 		return v
+	}
+	return d
+}
+
+// orDefault64 is orDefault for a budget, where a negative value means none.
+func orDefault64(v, d int64) int64 {
+	if v != 0 {
+		return max(v, 0)
 	}
 	return d
 }

@@ -1,0 +1,189 @@
+package h3
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// pathRTT is the round trip of the middlebox the window tests upload
+// through: quic-go grows a window only when the application reads it
+// faster than a few round trips, which on bare loopback it rarely does.
+const pathRTT = 20 * time.Millisecond
+
+// stall is the outcome of uploadThenStall.
+type stall struct {
+	read, written int64 // by the relay's sessions, by the clients
+	held          int64 // the most of the window budget held
+	heap          int64 // the process's HeapInuse while stalled, after a GC
+	windows       *windowBudget
+}
+
+// uploadThenStall uploads on n sessions, each on a QUIC connection of its
+// own, through a middlebox with pathRTT, to a relay whose sessions read
+// promptly until enough(read) and then stop reading, as a relay whose
+// writes the client blocks does; one session at a time. It returns once
+// every client's writes stayed blocked for a second, with its connection
+// closed.
+func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64, w *windowBudget) bool) stall {
+	r := startRelay(tb, tr, func(cfg *transport.ListenConfig) { cfg.MaxSessionsPerSource = 2 * n })
+	mb := censortest.NewUDPMiddlebox(tb, r.ln.Addr().String())
+	mb.SetRule(censortest.Latency(pathRTT))
+	ep := r.ep
+	ep.Addr = mb.Addr()
+	windows := r.ln.(*listener).windows
+	out := stall{windows: windows}
+
+	stopped := make(chan int64, n)
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		for range n {
+			s, err := r.ln.Accept(tb.Context())
+			if err != nil {
+				tb.Error(err)
+				return
+			}
+			go func() {
+				defer s.Close()
+				buf := make([]byte, 64<<10)
+				var total int64
+				for !enough(total, windows) { // bounded by the client's writes
+					n, err := s.Read(buf)
+					total += int64(n)
+					if err != nil {
+						tb.Errorf("relay read after %d bytes: %v", total, err)
+						break
+					}
+				}
+				stopped <- total
+				<-release // stop reading, keep the session open
+			}()
+		}
+	}()
+
+	// One session at a time grows its windows and stalls, as one source
+	// would pin them: the next starts once the last one's relay side
+	// stopped reading.
+	const chunk, most = 16 << 10, 256 << 20
+	var wrote atomic.Int64
+	var conns []transport.Conn
+	for range n {
+		c := dialT(tb, ep)
+		conns = append(conns, c)
+		go func() {
+			p := pattern(chunk, 7)
+			for range most / chunk {
+				n, err := c.Write(p)
+				wrote.Add(int64(n))
+				if err != nil {
+					return // closed at the end
+				}
+			}
+		}()
+		out.read += <-stopped
+	}
+	// The clients' writes block once they have used the windows up: wait
+	// until a second passes without a byte more (bounded: every second
+	// either ends the wait or takes another chunk of the uploads).
+	out.written = wrote.Load()
+	for range n * most / chunk {
+		if h, _ := windows.inUse(); h > out.held {
+			out.held = h
+		}
+		time.Sleep(time.Second)
+		now := wrote.Load()
+		if now == out.written {
+			break
+		}
+		out.written = now
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	out.heap = int64(ms.HeapInuse)
+	for _, c := range conns {
+		c.Close()
+	}
+	return out
+}
+
+// TestWindowBudgetBoundsUnreadBytes: what a client can send ahead of a
+// relay that stopped reading stays within the connection's initial
+// window plus the listener's window budget, and the budget comes back
+// when the connection ends. On the tree before the budget (quic-go's
+// auto-tuning unbounded) the client got 4–6 MiB ahead here.
+func TestWindowBudgetBoundsUnreadBytes(t *testing.T) {
+	const (
+		budget  = 1 << 20
+		initial = 768 << 10 // quic-go's initial connection window
+		slack   = 64 << 10  // what http3 reads ahead of the session
+	)
+	tr := &Transport{WindowBudget: budget}
+	// The session reads until the budget lent its connection some window
+	// (and at least 4 MiB came) before it stops.
+	st := uploadThenStall(t, tr, 1, func(read int64, w *windowBudget) bool {
+		used, _ := w.inUse()
+		return used > 0 && read >= 4<<20
+	})
+	read, written, held, w := st.read, st.written, st.held, st.windows
+	t.Logf("relay read %d B, client wrote %d B: %d B unread; budget held %d B", read, written, written-read, held)
+	if held <= 0 || held > budget {
+		t.Errorf("budget held %d B, want some and at most %d", held, budget)
+	}
+	if unread := written - read; unread > initial+budget+slack {
+		t.Errorf("client got %d B ahead of the relay's reads, want at most the initial window plus the budget (%d B)", unread, initial+budget)
+	}
+	// The client closed its connection: the relay's end of it closes and
+	// gives the budget back (deadlock guard only).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		used, conns := w.inUse()
+		if used == 0 && conns == 0 && w.available() == budget {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("budget not back after the connection closed: %d B held by %d connections", used, conns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkStalledUploads: sessions (POSTERN_STALL_SESSIONS, default 16),
+// each on a QUIC connection of its own, upload through a middlebox with
+// pathRTT, one after the other; each relay session reads 16 MiB promptly
+// (quic-go's auto-tuning grows its windows meanwhile) and then stops. It
+// reports what the clients got ahead of the relay's reads in all, and the
+// process's live heap then (relay and clients; the clients hold little
+// once their data is acknowledged), with quic-go's auto-tuning unbounded
+// ("stock", as before the budget) and with the listener's budget
+// (DefaultWindowBudget).
+func BenchmarkStalledUploads(b *testing.B) {
+	n := 16
+	if v, err := strconv.Atoi(os.Getenv("POSTERN_STALL_SESSIONS")); err == nil && v > 0 {
+		n = v
+	}
+	for _, bc := range []struct {
+		name   string
+		budget int64
+	}{{"stock", 1 << 50}, {"budget", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var st stall
+			for b.Loop() {
+				runtime.GC()
+				st = uploadThenStall(b, &Transport{WindowBudget: bc.budget}, n, func(read int64, _ *windowBudget) bool {
+					return read >= 16<<20
+				})
+			}
+			b.ReportMetric(float64(st.written-st.read)/(1<<20), "unread-MiB")
+			b.ReportMetric(float64(st.held)/(1<<20), "budget-MiB")
+			b.ReportMetric(float64(st.heap)/(1<<20), "heap-MiB")
+		})
+	}
+}
