@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -173,30 +174,47 @@ func FuzzEngineFrames(f *testing.F) {
 	})
 }
 
-// Tiny DATA frames share buffers: a client cannot make the engine hold a
-// 16 KiB buffer per byte it sends while the relay does not read.
-func TestEngineTinyFramesShareBuffers(t *testing.T) {
-	front := testFront(t)
-	c := &flightConn{step: 1}
-	ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
-		peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
-	s := newH2Session(front, c, 1, nil, ff)
-	var b bytes.Buffer
-	fr := http2.NewFramer(&b, nil)
-	const frames = 20000
-	for range frames {
-		fr.WriteData(1, false, []byte{'x'})
+// DATA frames share buffers: a client cannot make the engine hold more
+// than twice what it sent, plus one buffer, while the relay does not read
+// (tiny frames held a 16 KiB buffer each before small payloads joined the
+// last buffer, and 4 KiB ones four times their size until any payload that
+// fits did); full-size frames keep a buffer each.
+func TestEngineFramesShareBuffers(t *testing.T) {
+	for _, tc := range []struct{ size, frames, want int }{
+		{1, 20000, 2},   // 20,000 bytes fill one buffer and part of another
+		{4096, 128, 32}, // four to a buffer
+		{5000, 100, 34}, // three to a buffer
+		{8193, 64, 64},  // one to a buffer: twice their size
+		{16384, 32, 32}, // full-size: one each
+		{16383, 32, 32}, // one byte short: still one each
+	} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
+			front := testFront(t)
+			c := &flightConn{step: 1}
+			ff := &firstFlight{tc: c, sendWin: h2DefaultWindow,
+				peer: peerSettings{initialWindow: h2DefaultWindow, maxFrame: h2MaxFrame}}
+			s := newH2Session(front, c, 1, nil, ff)
+			var b bytes.Buffer
+			fr := http2.NewFramer(&b, nil)
+			p := bytes.Repeat([]byte{'x'}, tc.size)
+			for range tc.frames {
+				fr.WriteData(1, false, p)
+			}
+			s.left = b.Bytes()
+			s.readLoop() // ends at the end of b
+			s.mu.Lock()
+			chunks, queued := len(s.queue), 0
+			for _, c := range s.queue {
+				queued += c.end - c.off
+			}
+			s.mu.Unlock()
+			if queued != tc.size*tc.frames || chunks != tc.want {
+				t.Errorf("%d bytes in %d buffers, want %d in %d", queued, chunks, tc.size*tc.frames, tc.want)
+			}
+			if chunks*16384 > 2*queued+16384 {
+				t.Errorf("%d buffers hold %d bytes: more than twice as much plus one buffer", chunks, queued)
+			}
+			s.Close()
+		})
 	}
-	s.left = b.Bytes()
-	s.readLoop() // ends at the end of b
-	s.mu.Lock()
-	chunks, queued := len(s.queue), 0
-	for _, c := range s.queue {
-		queued += c.end - c.off
-	}
-	s.mu.Unlock()
-	if queued != frames || chunks > frames/16384+2 {
-		t.Fatalf("%d bytes in %d buffers, want %d in at most %d", queued, chunks, frames, frames/16384+2)
-	}
-	s.Close()
 }

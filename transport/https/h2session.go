@@ -385,11 +385,16 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 		switch {
 		case !keep || s.closed:
 			framePool.Put(buf)
-		case len(s.queue) > 0 && len(buf)-s.queue[len(s.queue)-1].end >= k && k < len(buf)/4:
-			// A small payload joins the last buffer, so that tiny frames
-			// cannot hold a 16 KiB buffer each. (A large one keeps its own:
-			// Read returns it whole, and a relay passing it on keeps the
-			// client's frame size.)
+		case len(s.queue) > 0 && len(buf)-s.queue[len(s.queue)-1].end >= k:
+			// A payload that fits whole in the last buffer joins it, so
+			// that what waits unread holds at most twice its size in
+			// buffers, plus one: every buffer but the last is more than
+			// half full. (Tiny frames held 16 KiB each before small ones
+			// joined; 4 KiB ones, four times their size, until any that
+			// fits did.) A payload is never split: one that fills a
+			// buffer, as a client's full-size frames do, keeps its own,
+			// so that Read returns it whole and a relay passing it on
+			// keeps the client's frame size.
 			t := &s.queue[len(s.queue)-1]
 			t.end += copy(t.buf[t.end:], buf[:k])
 			framePool.Put(buf)
@@ -580,8 +585,9 @@ func (s *h2Session) Read(p []byte) (int, error) {
 		}
 		return 0, &net.OpError{Op: "read", Net: Name, Err: err}
 	}
-	// One frame's payload at most: a relay that passes each read on keeps
-	// the client's frame sizes, which fill TLS records.
+	// One buffer at most (one full-size frame's payload, or smaller ones
+	// that arrived while the reader was behind): a relay that passes each
+	// read on keeps the client's full-size frames, which fill TLS records.
 	c := &s.queue[0]
 	n := copy(p, c.buf[c.off:c.end])
 	c.off += n
@@ -863,9 +869,8 @@ func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
 // the client holds that credit, and only its DATA can use it up.) So the
 // bytes clients may send ahead of the relay's reads stay within the stock
 // window per session plus the budget, however many sessions upload at
-// once. (In memory that is up to four times as much: a DATA payload of
-// 4 KiB or more is held in a 16 KiB buffer of its own until read, see
-// onData.)
+// once. (In memory that is at most twice as much, plus one 16 KiB buffer
+// per session: see onData.)
 const (
 	engineWindow       = 4 << 20
 	engineWindowBudget = 48 << 20
