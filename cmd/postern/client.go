@@ -57,18 +57,6 @@ func dialParsed(ctx context.Context, e *env, lines ...string) (*client.Client, [
 	return c, ds, nil
 }
 
-// dialFresh is dialRelay that also asks the relay for its current
-// descriptor, and waits for the answer. fresh is that descriptor's line
-// when it is valid, names one of the relays in lines and expires later
-// than the copy given, else "".
-func dialFresh(ctx context.Context, e *env, lines ...string) (c *client.Client, fresh string, err error) {
-	c, ds, err := dialParsed(ctx, e, lines...)
-	if err != nil {
-		return nil, "", err
-	}
-	return c, newerDescriptor(ctx, c, ds), nil
-}
-
 // dialOptions reads the troubleshooting variables: POSTERN_TRANSPORT
 // (one transport only), POSTERN_BIND (the local address) and
 // POSTERN_STALL (the stall window, a Go duration such as "2s"); with
@@ -129,14 +117,9 @@ func networkFlag(fs *flag.FlagSet, e *env) {
 		"relay here is remembered for a day and tried first next time")
 }
 
-// newerDescriptor asks the relay on c for its descriptor and returns it
-// if it is valid, was signed by one of ds's relays and outlives that
-// copy. Any failure just means no newer descriptor.
-func newerDescriptor(ctx context.Context, c *client.Client, ds []*descriptor.Descriptor) string {
-	line, err := c.Descriptor(ctx)
-	if err != nil {
-		return ""
-	}
+// newer returns line if it is a valid descriptor of one of the relays in
+// ds that expires later than the copy given, else "".
+func newer(line string, ds []*descriptor.Descriptor) string {
 	d, err := descriptor.Parse(line, time.Now())
 	if err != nil {
 		return ""

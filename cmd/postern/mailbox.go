@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -92,6 +94,15 @@ func (m *mailboxState) capVerifier() []byte {
 type mailboxes struct {
 	idPath string
 	list   []*mailboxState
+
+	// mu guards the mailboxes' relay lines and cards, and the file, while
+	// a relay's answer to a descriptor request may land (renew): code that
+	// may run beside one reads relay lines through line. renewing counts
+	// those answers still awaited; once settled (settle) no more are
+	// asked for.
+	mu       sync.Mutex
+	renewing sync.WaitGroup
+	settled  bool
 }
 
 // loadMailbox returns the primary mailbox (with the others in Others).
@@ -221,24 +232,87 @@ func newMailbox(name string, relays []string, withCap bool) *mailboxState {
 	return m
 }
 
-// dialAt connects to the mailbox's relay i and, when that relay has
-// renewed its descriptor, keeps the new one in the mailbox file (and so
-// in the card).
+// dialAt connects to the mailbox's relay i and asks it for its current
+// descriptor; when the relay has renewed it, the new one is kept in the
+// mailbox file (and so in the card). The question goes out beside the
+// session's first request instead of before it, a round trip less: the
+// relay answers it before it reads that request, and a goroutine saves
+// what the answer changes (renew) while the caller goes on. settle waits
+// for those.
 func (ms *mailboxes) dialAt(ctx context.Context, e *env, id *envelope.Identity, m *mailboxState, i int) (*client.Client, error) {
-	rs := m.relays()
-	c, fresh, err := dialFresh(ctx, e, rs[i])
-	if err != nil || fresh == "" || fresh == rs[i] {
-		return c, err
+	line := ms.line(m, i)
+	c, ds, err := dialParsed(ctx, e, line)
+	if err != nil {
+		return nil, err
 	}
+	ms.mu.Lock()
+	if ms.settled {
+		ms.mu.Unlock()
+		return c, nil
+	}
+	ms.renewing.Add(1)
+	ms.mu.Unlock()
+	wait, err := c.DescriptorLater(ctx)
+	if err != nil {
+		ms.renewing.Done()
+		return c, nil // the session's own requests will say what failed
+	}
+	// The answer is awaited past ctx: a caller racing dials cancels ctx as
+	// soon as this session won. It ends when the session does, at the
+	// latest (the command closes its sessions before it settles).
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), renewWait)
+	go func() {
+		defer ms.renewing.Done()
+		defer cancel()
+		if fresh, err := wait(wctx); err == nil {
+			ms.renew(e, id, m, i, line, fresh, ds)
+		}
+	}()
+	return c, nil
+}
+
+// renewWait bounds the wait for a relay's descriptor when its session
+// stays open without an answer.
+const renewWait = time.Minute
+
+// line returns the descriptor line of m's relay i.
+func (ms *mailboxes) line(m *mailboxState, i int) string {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return m.relays()[i]
+}
+
+// renew keeps fresh, what m's relay i answered for its current
+// descriptor, in place of old when it is a valid descriptor of one of the
+// relays in ds that expires later than old, and saves the file.
+func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int, old, fresh string, ds []*descriptor.Descriptor) {
+	if newer(fresh, ds) == "" {
+		return
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	rs := slices.Clone(m.relays())
+	if rs[i] != old {
+		return // renewed already, by another session
+	}
+	rs[i] = fresh
 	m.Relays = rs
-	m.Relays[i] = fresh
 	if err := ms.save(id); err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
-		return c, nil
+		return
 	}
 	fmt.Fprintf(e.stderr, "a relay renewed its descriptor: %s is updated, and the card of mailbox %q changed; `postern mailbox show --name %s` prints it for your contacts\n",
 		mailboxPath(ms.idPath), m.Name, m.Name)
-	return c, nil
+}
+
+// settle waits for the renewals dialAt started (their sessions answered
+// or ended) and stops further ones: sessions dialled later, such as the
+// loser of a race that opens anyway, ask no relay for its descriptor.
+func (ms *mailboxes) settle() {
+	ms.mu.Lock()
+	ms.settled = true
+	ms.mu.Unlock()
+	ms.renewing.Wait()
 }
 
 // onEachRelay runs do on a session to each of m's relays in turn and
@@ -254,6 +328,7 @@ func (ms *mailboxes) onEachRelay(ctx context.Context, e *env, id *envelope.Ident
 		}
 		errs[i] = scrubAddrs(err)
 	}
+	ms.settle()
 	return errs
 }
 

@@ -60,7 +60,7 @@ func recvCmd() command {
 // recvTarget is one relay of one mailbox.
 type recvTarget struct {
 	m    *mailboxState
-	i    int
+	i, n int // relay i of the mailbox's n
 	dial dialFunc
 }
 
@@ -74,6 +74,9 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
+	// Renewed descriptors are saved before recv ends; every session is
+	// closed by then (deferred calls run last first).
+	defer ms.settle()
 	if f, ok := e.stdout.(*os.File); ok && stdoutClosed(f) {
 		return errors.New("standard output is closed: the messages would be deleted from the relay unseen; redirect it to a file, or to /dev/null to discard them on purpose")
 	}
@@ -122,7 +125,7 @@ func recvTargets(e *env, ms *mailboxes, id *envelope.Identity, a *recvArgs) ([]r
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, recvTarget{m: m, i: i, dial: d})
+			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d})
 		}
 	}
 	return out, nil
@@ -148,8 +151,8 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 			return err
 		}
 		failed = append(failed, err)
-		if n := len(t.m.relays()); n > 1 {
-			fmt.Fprintf(e.stderr, "relay %d of %d of mailbox %q: %v\n", t.i+1, n, t.m.Name, err)
+		if t.n > 1 {
+			fmt.Fprintf(e.stderr, "relay %d of %d of mailbox %q: %v\n", t.i+1, t.n, t.m.Name, err)
 		}
 	}
 	for _, t := range ts {
@@ -178,7 +181,7 @@ func recvError(path string, t recvTarget, err error) error {
 		return err
 	}
 	return &explained{err: err, text: fmt.Sprintf("relay %d of %d no longer has mailbox %q (the relay lost it, or it was deleted): make it again there with "+
-		"`postern mailbox create --again --name %s --id %s`; your card stays the same", t.i+1, len(t.m.relays()), t.m.Name, t.m.Name, path)}
+		"`postern mailbox create --again --name %s --id %s`; your card stays the same", t.i+1, t.n, t.m.Name, t.m.Name, path)}
 }
 
 // followAll keeps a subscription on every target until ctx ends, each
@@ -221,7 +224,9 @@ func recvDial(e *env, ms *mailboxes, m *mailboxState, i int, id *envelope.Identi
 			return nil, err
 		}
 	}
-	homeLine := func() string { return m.relays()[i] }
+	// A session's renewal (mailboxes.renew) may replace the line while
+	// another session runs: it is read under the mailboxes' lock.
+	homeLine := func() string { return ms.line(m, i) }
 	if len(lines) > 0 {
 		learnRelays(e, lines)
 		return func(ctx context.Context) (*client.Client, error) { return dialTunnel(ctx, e, homeLine(), lines) }, nil

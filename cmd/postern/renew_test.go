@@ -147,4 +147,20 @@ func TestExpiredDescriptorStillReachesRelay(t *testing.T) {
 	if nc, err := envelope.ParseCard(st.Card); err != nil || nc.Relays[0] != rp.line {
 		t.Fatalf("the card in the mailbox file: %v", err)
 	}
+
+	// Again with a known relay to fall back to: recv then races the home
+	// relay against a tunnel through it, and the race's end must not cut
+	// the renewal short (the descriptor's answer is awaited past it).
+	other := startRelay(t, bin, filepath.Join(dir, "other"))
+	defer other.stop()
+	runOK(t, bin, base, nil, "relays", "add", other.line)
+	st.Relay, st.Relays = old, nil
+	b, _ = json.Marshal(st)
+	os.WriteFile(mbPath, b, 0o600)
+	runOK(t, bin, base, nil, "recv", "--id", idFile)
+	b, _ = os.ReadFile(mbPath)
+	json.Unmarshal(b, &st)
+	if st.Relay != rp.line || len(st.Relays) != 1 || st.Relays[0] != rp.line {
+		t.Fatal("with a known relay, the mailbox file still holds the expired descriptor")
+	}
 }

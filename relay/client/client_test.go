@@ -213,6 +213,59 @@ func TestDescriptorRequest(t *testing.T) {
 	}
 }
 
+// TestDescriptorLater: the Descriptor request goes out without waiting for
+// its answer, so that the next request shares its round trip. This relay
+// reads both requests before it answers either: a client that waited for
+// the first answer would never send the second. Closing the session ends
+// a wait that has no answer.
+func TestDescriptorLater(t *testing.T) {
+	cc, sc := relaytest.Pipe(t)
+	defer sc.Close()
+	go func() {
+		relay.ReadFrame(sc)
+		sc.Write(relay.AppendFrame(nil, relay.ServerHello{Version: relay.ProtocolVersion}))
+		_, p, _ := relay.ReadFrame(sc)
+		dr, err := relay.ParseDescriptorRequest(p)
+		if err != nil {
+			t.Errorf("first request: %v", err)
+		}
+		_, p, _ = relay.ReadFrame(sc)
+		ping, err := relay.ParsePing(p)
+		if err != nil {
+			t.Errorf("second request: %v", err)
+		}
+		sc.Write(relay.AppendFrame(nil, relay.Result{Req: dr.Req, Code: relay.CodeOK, Body: []byte("postern-relay1:later")}))
+		sc.Write(relay.AppendFrame(nil, relay.Pong(ping)))
+		relay.ReadFrame(sc) // the second Descriptor request, never answered
+	}()
+	// Deadlock guard only: a client that waited would hang here.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.New(ctx, cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wait, err := c.DescriptorLater(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Fatalf("Ping after DescriptorLater: %v", err)
+	}
+	if line, err := wait(ctx); err != nil || line != "postern-relay1:later" {
+		t.Fatalf("wait = %q, %v", line, err)
+	}
+	unanswered, err := c.DescriptorLater(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := unanswered(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("wait on a closed session: %v", err)
+	}
+}
+
 // TestBusyIsClassBusy: a relay's "busy" and "forward queue full" answers
 // are transport.ClassBusy for routing, and still match relay's errors.
 func TestBusyIsClassBusy(t *testing.T) {

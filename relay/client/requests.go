@@ -13,8 +13,26 @@ import (
 // roundTrip sends the request that build makes for a fresh request id and
 // waits for its Result (and, for a Fetch, the Deliver frames before it).
 func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Message) (relay.Result, []Delivery, error) {
-	if err := ctx.Err(); err != nil {
+	p, err := c.begin(ctx, build)
+	if err != nil {
 		return relay.Result{}, nil, err
+	}
+	return p.wait(ctx)
+}
+
+// pendingCall is a request that was written and whose Result is awaited.
+type pendingCall struct {
+	c   *Client
+	req uint32
+	typ relay.FrameType
+	cl  *call
+}
+
+// begin writes the request that build makes for a fresh request id and
+// returns it, to be waited for.
+func (c *Client) begin(ctx context.Context, build func(req uint32) relay.Message) (*pendingCall, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	req := c.nextReq.Add(1)
 	m := build(req)
@@ -23,7 +41,7 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 	if c.pending == nil {
 		err := c.err
 		c.mu.Unlock()
-		return relay.Result{}, nil, fmt.Errorf("%w: %w", ErrClosed, err)
+		return nil, fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	c.pending[req] = cl
 	if m.Type() == relay.FrameSubscribe {
@@ -39,14 +57,21 @@ func (c *Client) roundTrip(ctx context.Context, build func(req uint32) relay.Mes
 			err = errStalled
 		}
 		c.conn.Close()
-		return relay.Result{}, nil, err
+		return nil, err
 	}
+	return &pendingCall{c: c, req: req, typ: m.Type(), cl: cl}, nil
+}
+
+// wait waits for the request's Result (and, for a Fetch, the Deliver
+// frames before it).
+func (p *pendingCall) wait(ctx context.Context) (relay.Result, []Delivery, error) {
+	c, req, cl := p.c, p.req, p.cl
 	select {
 	case r, ok := <-cl.res:
 		if !ok {
 			return relay.Result{}, nil, fmt.Errorf("%w: %w", ErrClosed, c.Err())
 		}
-		if m.Type() != relay.FramePing && r.Code != relay.CodeOK {
+		if p.typ != relay.FramePing && r.Code != relay.CodeOK {
 			c.forget(req)
 			return r, nil, refusal{&relay.Error{Code: r.Code, Msg: r.Msg}}
 		}
@@ -238,11 +263,30 @@ func (c *Client) Ping(ctx context.Context) error {
 // caller verifies it (descriptor.Parse) and checks that it names the relay
 // it meant to reach.
 func (c *Client) Descriptor(ctx context.Context) (string, error) {
-	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message { return relay.DescriptorRequest{Req: req} })
+	wait, err := c.DescriptorLater(ctx)
 	if err != nil {
 		return "", err
 	}
-	return string(r.Body), nil
+	return wait(ctx)
+}
+
+// DescriptorLater sends the Descriptor request now and returns a function
+// that waits for the answer, so that the request shares its round trip
+// with whatever the caller sends next. The relay answers it before it
+// reads the next request, so once a later request was answered, wait
+// returns at once.
+func (c *Client) DescriptorLater(ctx context.Context) (wait func(context.Context) (string, error), err error) {
+	p, err := c.begin(ctx, func(req uint32) relay.Message { return relay.DescriptorRequest{Req: req} })
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) (string, error) {
+		r, _, err := p.wait(ctx)
+		if err != nil {
+			return "", err
+		}
+		return string(r.Body), nil
+	}, nil
 }
 
 // Forward hands this relay, as an entry relay, a forward layer sealed to
