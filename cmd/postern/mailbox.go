@@ -297,6 +297,9 @@ func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int
 	}
 	rs[i] = fresh
 	m.Relays = rs
+	if !slices.Contains(ms.list, m) {
+		return // a mailbox being made: its first save carries the renewal
+	}
 	if err := ms.save(id); err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
 		return

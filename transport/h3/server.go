@@ -25,9 +25,9 @@ var discardLogger = slog.New(slog.DiscardHandler)
 
 // serverQUICConfig is the QUIC configuration of the listener. What a client
 // can see of it matches a stock http3.Server (quic-go defaults, 0-RTT
-// allowed); the growth of receive windows past the initial ones, which
-// only a client whose data the relay reads promptly can see, comes from
-// windows (windows.go).
+// allowed), except that the growth of a connection's receive window past
+// the initial one comes from windows (windows.go): while a pool is
+// spent, the connections drawing on it keep the windows they have.
 func serverQUICConfig(windows *windowBudget) *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:          HandshakeIdleTimeout,
@@ -170,6 +170,9 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		release()
 		l.gate.ServeCover(w, r)
 		return
+	}
+	if qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
+		l.windows.markSession(qc) // its windows grow from the sessions' pool now
 	}
 	httpsession.WriteAccepted(w)
 	str, err := streamer.HTTPStream() // sends the 200 now

@@ -8,8 +8,9 @@ import (
 )
 
 // DefaultWindowBudget is how much receive window, past the initial one,
-// the QUIC connections of one listener may hold together (see
-// windowBudget).
+// the QUIC connections of one listener that carried a session may hold
+// together; connections that never did draw on a pool of the same size of
+// their own (see windowBudget).
 const DefaultWindowBudget = 48 << 20
 
 // windowBudget bounds the receive windows of a listener's QUIC
@@ -24,22 +25,41 @@ const DefaultWindowBudget = 48 << 20
 // sessions, each on a QUIC connection of its own with its stream window
 // grown to 6 MiB, could pin 384 MiB.
 //
-// So every increase past the initial window is taken from this budget
+// So every increase past the initial window is taken from a budget
 // (quic.Config.AllowConnectionWindowIncrease), and a connection gives
 // what it took back when it ends; while too little is left, a connection
-// keeps the window it has. The bytes sent ahead of the relay's reads then
-// stay within the initial window per connection plus the budget. The
-// budget is not shared out by source: one source can hold all of it, and
-// the others then upload within their initial windows, as a stock server
-// whose auto-tuning is off would have them do.
+// keeps the window it has.
+//
+// There are two pools, and a connection draws on the sessions' pool once
+// it has carried an admitted session (markSession), on the cover's before
+// that. Any client can grow a connection's window without a session:
+// quic-go counts the unread body of a request the cover site answered
+// (its stream then cancelled) as read, and so as fast reading. Drawing
+// on one pool, such clients took window a reviewer's probe measured at
+// 2.25 MiB per connection from the sessions, and let a prober watch the
+// sessions' uploads in how its own window grew. A connection's growth
+// from the cover's pool stays counted there after a session comes on it:
+// so the bytes sent ahead of the relay's reads stay within the initial
+// window per connection plus both pools. Neither pool is shared out by
+// source: one source can hold all of one, and the others then upload
+// within the windows they have, as a stock server whose auto-tuning is
+// off would have them do.
 type windowBudget struct {
-	mu   sync.Mutex
-	left int64
-	held map[*quic.Conn]int64 // what each connection took, while it lives
+	mu      sync.Mutex
+	session int64 // left in the sessions' pool
+	cover   int64 // left in the cover's pool
+	held    map[*quic.Conn]*connWindow
+}
+
+// connWindow is what one connection took, while it lives.
+type connWindow struct {
+	session, cover int64
+	carried        bool // it carried an admitted session
 }
 
 func newWindowBudget(n int64) *windowBudget {
-	return &windowBudget{left: max(n, 0), held: make(map[*quic.Conn]int64)}
+	n = max(n, 0)
+	return &windowBudget{session: n, cover: n, held: make(map[*quic.Conn]*connWindow)}
 }
 
 // allow is the listener's quic.Config.AllowConnectionWindowIncrease. It
@@ -48,42 +68,74 @@ func newWindowBudget(n int64) *windowBudget {
 func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if delta > uint64(b.left) {
+	cw := b.held[c]
+	pool := &b.cover
+	if cw != nil && cw.carried {
+		pool = &b.session
+	}
+	if delta > uint64(*pool) {
 		return false
 	}
-	if _, ok := b.held[c]; !ok {
-		// The first increase: give everything back when c ends. Should c
-		// have ended already, release runs at once, on its own goroutine,
-		// and waits for mu.
-		context.AfterFunc(c.Context(), func() { b.release(c) })
+	if cw == nil {
+		cw = b.watchLocked(c)
 	}
-	b.left -= int64(delta)
-	b.held[c] += int64(delta)
+	*pool -= int64(delta)
+	if cw.carried {
+		cw.session += int64(delta)
+	} else {
+		cw.cover += int64(delta)
+	}
 	return true
+}
+
+// markSession records that c carries an admitted session: its growth
+// from now on draws on the sessions' pool.
+func (b *windowBudget) markSession(c *quic.Conn) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cw := b.held[c]
+	if cw == nil {
+		cw = b.watchLocked(c)
+	}
+	cw.carried = true
+}
+
+// watchLocked starts the account of c, given back when c ends. Should c
+// have ended already, release runs at once, on its own goroutine, and
+// waits for mu.
+func (b *windowBudget) watchLocked(c *quic.Conn) *connWindow {
+	cw := &connWindow{}
+	b.held[c] = cw
+	context.AfterFunc(c.Context(), func() { b.release(c) })
+	return cw
 }
 
 // release gives back what c took.
 func (b *windowBudget) release(c *quic.Conn) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.left += b.held[c]
-	delete(b.held, c)
-}
-
-// inUse returns how much of the budget connections hold, and how many
-// connections hold some.
-func (b *windowBudget) inUse() (bytes int64, conns int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, n := range b.held {
-		bytes += n
+	if cw := b.held[c]; cw != nil {
+		b.session += cw.session
+		b.cover += cw.cover
+		delete(b.held, c)
 	}
-	return bytes, len(b.held)
 }
 
-// available returns what is left of the budget.
-func (b *windowBudget) available() int64 {
+// inUse returns how much of each pool connections hold, and how many
+// connections have an account.
+func (b *windowBudget) inUse() (session, cover int64, conns int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.left
+	for _, cw := range b.held {
+		session += cw.session
+		cover += cw.cover
+	}
+	return session, cover, len(b.held)
+}
+
+// available returns what is left in each pool.
+func (b *windowBudget) available() (session, cover int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.session, b.cover
 }

@@ -1,12 +1,21 @@
 package h3
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
@@ -17,10 +26,14 @@ import (
 // faster than a few round trips, which on bare loopback it rarely does.
 const pathRTT = 20 * time.Millisecond
 
+// Each client of uploadThenStall writes chunks of chunk bytes, most bytes
+// at the most.
+const chunk, most = 16 << 10, 256 << 20
+
 // stall is the outcome of uploadThenStall.
 type stall struct {
 	read, written int64 // by the relay's sessions, by the clients
-	held          int64 // the most of the window budget held
+	held          int64 // the most of the sessions' window pool held
 	heap          int64 // the process's HeapInuse while stalled, after a GC
 	windows       *windowBudget
 }
@@ -54,7 +67,11 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 				defer s.Close()
 				buf := make([]byte, 64<<10)
 				var total int64
-				for !enough(total, windows) { // bounded by the client's writes
+				for !enough(total, windows) {
+					if total >= most/2 { // the client writes most at the most
+						tb.Errorf("relay read %d bytes and still not enough (a window that never grew?)", total)
+						break
+					}
 					n, err := s.Read(buf)
 					total += int64(n)
 					if err != nil {
@@ -71,7 +88,6 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 	// One session at a time grows its windows and stalls, as one source
 	// would pin them: the next starts once the last one's relay side
 	// stopped reading.
-	const chunk, most = 16 << 10, 256 << 20
 	var wrote atomic.Int64
 	var conns []transport.Conn
 	for range n {
@@ -94,7 +110,7 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 	// either ends the wait or takes another chunk of the uploads).
 	out.written = wrote.Load()
 	for range n * most / chunk {
-		if h, _ := windows.inUse(); h > out.held {
+		if h, _, _ := windows.inUse(); h > out.held {
 			out.held = h
 		}
 		time.Sleep(time.Second)
@@ -129,7 +145,7 @@ func TestWindowBudgetBoundsUnreadBytes(t *testing.T) {
 	// The session reads until the budget lent its connection some window
 	// (and at least 4 MiB came) before it stops.
 	st := uploadThenStall(t, tr, 1, func(read int64, w *windowBudget) bool {
-		used, _ := w.inUse()
+		used, _, _ := w.inUse()
 		return used > 0 && read >= 4<<20
 	})
 	read, written, held, w := st.read, st.written, st.held, st.windows
@@ -144,8 +160,8 @@ func TestWindowBudgetBoundsUnreadBytes(t *testing.T) {
 	// gives the budget back (deadlock guard only).
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		used, conns := w.inUse()
-		if used == 0 && conns == 0 && w.available() == budget {
+		used, _, conns := w.inUse()
+		if left, _ := w.available(); used == 0 && conns == 0 && left == budget {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -185,5 +201,57 @@ func BenchmarkStalledUploads(b *testing.B) {
 			b.ReportMetric(float64(st.held)/(1<<20), "budget-MiB")
 			b.ReportMetric(float64(st.heap)/(1<<20), "heap-MiB")
 		})
+	}
+}
+
+// TestCoverRequestsTakeNoSessionWindow: a client with no session that
+// sends request bodies to the cover site grows its connection's window
+// (quic-go counts a cancelled stream's unread body as read), but from the
+// cover's pool: the sessions' pool stays whole. Drawing on one pool, such
+// connections took 2.25 MiB each from the sessions (a reviewer's probe).
+func TestCoverRequestsTakeNoSessionWindow(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	mb := censortest.NewUDPMiddlebox(t, r.ln.Addr().String())
+	mb.SetRule(censortest.Latency(pathRTT))
+	w := r.ln.(*listener).windows
+	raddr, err := net.ResolveUDPAddr("udp", mb.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	cc := (&http3.Transport{}).NewClientConn(qc)
+	body := bytes.Repeat([]byte{'x'}, 4<<20)
+	var session, cover int64
+	for range 32 { // bounded: until the window grew, 128 MiB at most
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", "https://"+testSNI+"/", bytes.NewReader(body))
+		res, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("cover request: %v", err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if session, cover, _ = w.inUse(); session+cover > 0 {
+			break
+		}
+	}
+	left, _ := w.available()
+	t.Logf("cover's pool lent %d B, sessions' pool %d B", cover, session)
+	if session != 0 || left != DefaultWindowBudget {
+		t.Fatalf("cover requests took %d B of the sessions' pool (%d B left)", session, left)
+	}
+	if cover == 0 {
+		t.Fatal("the connection's window never grew: the test cannot tell the pools apart")
 	}
 }

@@ -91,9 +91,10 @@
 // 4-byte header (the engine builds them; on net/http's server it hands
 // net/http at most that much at a time, which it sends as one frame); the
 // client sends at most 16371 bytes per frame, and the engine's Read
-// returns a large frame's payload alone (small ones share a buffer), so
-// that a relay passing on the bytes of one read with a record header
-// still fits one frame. Frame buffers come from pools and return once written: an idle
+// returns a full-size frame's payload alone, so that a relay passing on
+// the bytes of one read with a record header still fits one frame
+// (smaller payloads that came while the reader was behind share a buffer
+// and come back together, up to 16384 bytes, which may take two). Frame buffers come from pools and return once written: an idle
 // session holds none, on either side.
 //
 // # Limits

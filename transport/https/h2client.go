@@ -48,7 +48,9 @@ const (
 	// its 9-byte header fit one TLS record (16384 bytes of plaintext), and
 	// a relay that sends the bytes of one frame on (an echo, an entry
 	// relay) with its 4-byte record header in front still fits them in
-	// one frame and one record of its own (see dataPiece in server.go).
+	// one frame and one record of its own (see dataPiece in server.go;
+	// smaller frames that the engine's Read returns together may take
+	// two).
 	h2MaxData = 16384 - 9 - recordHeaderLen
 	// h2FrameHeader is the length of a frame header.
 	h2FrameHeader = 9

@@ -387,9 +387,10 @@ func (s *h2Session) onData(n int, flags byte, stream uint32) error {
 			framePool.Put(buf)
 		case len(s.queue) > 0 && len(buf)-s.queue[len(s.queue)-1].end >= k:
 			// A payload that fits whole in the last buffer joins it, so
-			// that what waits unread holds at most twice its size in
-			// buffers, plus one: every buffer but the last is more than
-			// half full. (Tiny frames held 16 KiB each before small ones
+			// that any two neighbouring buffers hold more than a buffer's
+			// size between them, and what waits unread holds at most
+			// twice its size in buffers, plus two (the first may be partly
+			// read). (Tiny frames held 16 KiB each before small ones
 			// joined; 4 KiB ones, four times their size, until any that
 			// fits did.) A payload is never split: one that fills a
 			// buffer, as a client's full-size frames do, keeps its own,
@@ -869,8 +870,8 @@ func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }
 // the client holds that credit, and only its DATA can use it up.) So the
 // bytes clients may send ahead of the relay's reads stay within the stock
 // window per session plus the budget, however many sessions upload at
-// once. (In memory that is at most twice as much, plus one 16 KiB buffer
-// per session: see onData.)
+// once. (In memory that is at most twice as much, plus two 16 KiB
+// buffers per session: see onData.)
 const (
 	engineWindow       = 4 << 20
 	engineWindowBudget = 48 << 20
