@@ -160,6 +160,10 @@ type Transport struct {
 	// from which on new ones must first pass a Retry (source address
 	// validation). Zero means DefaultRetryHandshakes.
 	RetryHandshakes int
+	// MaxConnsPerSource caps the established QUIC connections of one
+	// source (see conns.go). Zero means twice the listener's per-source
+	// session cap (ListenConfig.MaxSessionsPerSource, or its default).
+	MaxConnsPerSource int
 	// WindowBudget is the receive window, in bytes past the initial one,
 	// that the QUIC connections of a listener may hold together (see
 	// windows.go). Zero means DefaultWindowBudget; a negative value keeps

@@ -46,6 +46,7 @@ type listener struct {
 	qt      *quic.Transport
 	gate    *httpsession.Gate
 	windows *windowBudget
+	conns   *connLimiter
 	served  chan struct{} // closed when srv.ServeListener returned
 
 	closeOnce sync.Once
@@ -78,6 +79,9 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	}
 	l.udp, l.gate, l.qt = udp, gate, t.quicTransport(udp, cfg.Key)
 	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
+	perSource := orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
+	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource), cfg.Observe)
+	l.qt.ConnContext = l.conns.connContext(l.qt.ConnContext)
 	quicConf := serverQUICConfig(l.windows)
 	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
 	if err != nil {
@@ -91,6 +95,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		Handler:    gate,
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			accepted(c) // the handshake is through: its slot is free
+			l.conns.watch(c)
 			return httpsession.WithConn(context.WithValue(ctx, quicConnKey{}, c))
 		},
 		Logger: discardLogger,

@@ -1,0 +1,136 @@
+package h3
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/postern/postern/transport"
+)
+
+// connLimiter caps the established QUIC connections of each source.
+//
+// Sessions are capped per source, but connections were not, and a QUIC
+// connection holds memory without a session: besides its own state
+// (about 80 KB idle), whatever its client sends on a stream the server
+// never reads waits in memory up to the stream's flow-control window.
+// http3 accepts a client's QPACK encoder and decoder streams and never
+// reads them (quic-go's QPACK uses no dynamic table), so any client that
+// completes a handshake can make the relay hold up to the connection's
+// initial window (768 KiB; measured at 1.7 MB of heap for 513 KiB sent on
+// one such stream) for as long as it keeps the connection alive. The
+// windows are what every client sees in the transport parameters, and
+// reading those streams would grant credit a stock server never grants,
+// so the number of connections is what is bounded: per source here, and
+// in all by the per-source caps times the sources.
+//
+// A connection counts from the end of its handshake (its client then
+// provably receives at its address, so a spoofed source cannot use up
+// another's share) until it closes. A new connection from a source that
+// holds the cap is refused at its first packet (CONNECTION_REFUSED, as
+// at the cap on handshakes in flight); one that got past that check
+// while others of its source were finishing their handshakes is closed
+// at the end of its own (H3_EXCESSIVE_LOAD). Both count as refusals
+// (OutcomeLimited; the first once per Initial packet refused, and a
+// ClientHello with a post-quantum key share takes two). The cap is twice the per-source session cap: a
+// source at its session cap still gets the cover site's answer to a
+// further session request, on a connection of its own, as before.
+type connLimiter struct {
+	key      [32]byte
+	max      int
+	observe  func(transport.Outcome)
+	mu       sync.Mutex
+	bySource map[[16]byte]int // sources holding at least one connection
+}
+
+var errSourceConns = errors.New("too many QUIC connections from one source")
+
+func newConnLimiter(max int, observe func(transport.Outcome)) *connLimiter {
+	l := &connLimiter{max: max, observe: observe, bySource: make(map[[16]byte]int)}
+	rand.Read(l.key[:])
+	return l
+}
+
+func (l *connLimiter) source(addr net.Addr) (k [16]byte) {
+	h := transport.SourceHash(l.key[:], addr.String())
+	copy(k[:], h[:])
+	return k
+}
+
+// connContext wraps next, the quic.Transport.ConnContext of the listener
+// (nil: none): a connection from a source that holds the cap is refused
+// before next sees it.
+func (l *connLimiter) connContext(next func(context.Context, *quic.ClientInfo) (context.Context, error)) func(context.Context, *quic.ClientInfo) (context.Context, error) {
+	return func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		k := l.source(info.RemoteAddr)
+		l.mu.Lock()
+		full := l.bySource[k] >= l.max
+		l.mu.Unlock()
+		if full {
+			l.refused()
+			return nil, errSourceConns
+		}
+		if next == nil {
+			return ctx, nil
+		}
+		return next(ctx, info)
+	}
+}
+
+// watch counts c once its handshake completes, or closes it when its
+// source holds the cap by then. It returns at once; a goroutine waits for
+// the handshake (handshakes in flight are capped, see handshakes).
+func (l *connLimiter) watch(c *quic.Conn) {
+	go func() {
+		select {
+		case <-c.HandshakeComplete():
+		case <-c.Context().Done():
+			return
+		}
+		if !l.admit(c) {
+			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "")
+			l.refused()
+		}
+	}()
+}
+
+func (l *connLimiter) refused() {
+	if l.observe != nil {
+		l.observe(transport.OutcomeLimited)
+	}
+}
+
+// admit counts c against its source until c closes; false if the source
+// holds the cap already.
+func (l *connLimiter) admit(c *quic.Conn) bool {
+	k := l.source(c.RemoteAddr())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.bySource[k] >= l.max {
+		return false
+	}
+	l.bySource[k]++
+	context.AfterFunc(c.Context(), func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.bySource[k]--; l.bySource[k] <= 0 {
+			delete(l.bySource, k)
+		}
+	})
+	return true
+}
+
+// held returns how many connections are counted, and for how many sources.
+func (l *connLimiter) held() (conns, sources int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.bySource {
+		conns += n
+	}
+	return conns, len(l.bySource)
+}

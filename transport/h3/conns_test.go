@@ -1,0 +1,179 @@
+package h3
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/postern/postern/transport"
+)
+
+// coverConn opens a QUIC connection from local to addr with no session,
+// as a browser would, and fetches the cover page over it.
+func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { qt.Close() })
+	raddr, _ := net.ResolveUDPAddr("udp", addr)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+testSNI+"/", nil)
+	res, err := (&http3.Transport{}).NewClientConn(qc).RoundTrip(req)
+	if err != nil {
+		return qc, err
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("cover page: %s", res.Status)
+	}
+	return qc, nil
+}
+
+// waitHeld waits until the listener counts conns connections (a deadlock
+// guard only: counting follows each handshake on the relay's side).
+func waitHeld(t *testing.T, l *connLimiter, conns int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if n, _ := l.held(); n == conns {
+			return
+		}
+		if time.Now().After(deadline) {
+			n, _ := l.held()
+			t.Fatalf("%d connections counted, want %d", n, conns)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestConnsPerSource: one source holds at most its cap of QUIC
+// connections, even with no session on them; the next is refused at its
+// first packet, another source still connects, and a closed connection
+// makes room again. Before the cap, one source could hold any number of
+// connections, each able to pin 768 KiB of unread data in http3's unread
+// QPACK streams.
+func TestConnsPerSource(t *testing.T) {
+	const max = 3
+	r := startRelay(t, &Transport{MaxConnsPerSource: max}, nil)
+	addr := r.ln.Addr().String()
+	l := r.ln.(*listener).conns
+	lo := net.IPv4(127, 0, 0, 1)
+	var held []*quic.Conn
+	for range max {
+		qc, err := coverConn(t, lo, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, qc)
+	}
+	waitHeld(t, l, max)
+	_, err := coverConn(t, lo, addr)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
+		t.Fatalf("connection past the cap: %v, want CONNECTION_REFUSED", err)
+	}
+	// Counted once per Initial refused: a ClientHello with a
+	// post-quantum key share takes two.
+	if got := r.obs.Get(transport.OutcomeLimited); got < 1 {
+		t.Errorf("Observe(limited) = %d, want the refusal counted", got)
+	}
+	if _, err := coverConn(t, net.IPv4(127, 0, 0, 3), addr); err != nil {
+		t.Fatalf("another source: %v", err)
+	}
+	waitHeld(t, l, max+1)
+	held[0].CloseWithError(0, "")
+	waitHeld(t, l, max)
+	if _, err := coverConn(t, lo, addr); err != nil {
+		t.Fatalf("after one closed: %v", err)
+	}
+}
+
+// BenchmarkQPACKStuffing: one source opens POSTERN_STUFF_CONNS (default
+// 256) QUIC connections, with no session, and on each sends 512 KiB on a
+// QPACK encoder stream, which http3 accepts and never reads: the relay
+// keeps it all. It reports the connections the relay holds and the
+// process's live heap then (the clients' share is small once their data
+// is acknowledged), with the per-source cap on connections ("cap", the
+// default: twice the 64 sessions a source may hold) and without it.
+func BenchmarkQPACKStuffing(b *testing.B) {
+	n := 256
+	if v, err := strconv.Atoi(os.Getenv("POSTERN_STUFF_CONNS")); err == nil && v > 0 {
+		n = v
+	}
+	for _, bc := range []struct {
+		name string
+		max  int
+	}{{"nocap", 1 << 30}, {"cap", 0}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var conns int
+			var heap uint64
+			for b.Loop() {
+				runtime.GC()
+				var before runtime.MemStats
+				runtime.ReadMemStats(&before)
+				r := startRelay(b, &Transport{MaxConnsPerSource: bc.max}, nil)
+				raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
+				var open []*quic.Conn
+				for range n {
+					udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+					if err != nil {
+						b.Fatal(err)
+					}
+					qt := &quic.Transport{Conn: udp}
+					ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
+					qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+					cancel()
+					if err != nil {
+						qt.Close()
+						continue // refused at the cap
+					}
+					open = append(open, qc)
+					defer qt.Close()
+					defer qc.CloseWithError(0, "")
+					s, err := qc.OpenUniStream()
+					if err != nil {
+						continue
+					}
+					s.Write([]byte{0x02}) // QPACK encoder stream
+					s.SetWriteDeadline(time.Now().Add(2 * time.Second))
+					s.Write(make([]byte, 512<<10)) // blocks at the window if it must
+				}
+				time.Sleep(time.Second) // the last data lands
+				// Closed by the cap after the handshake: not held.
+				conns = 0
+				for _, qc := range open {
+					if qc.Context().Err() == nil {
+						conns++
+					}
+				}
+				runtime.GC()
+				var after runtime.MemStats
+				runtime.ReadMemStats(&after)
+				heap = after.HeapInuse - before.HeapInuse
+			}
+			b.ReportMetric(float64(conns), "conns")
+			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+		})
+	}
+}
