@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/transporttest"
 )
 
 // coverConn opens a QUIC connection from local to addr with no session,
@@ -176,4 +177,44 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 		})
 	}
+}
+
+// TestIdleConnectionsClose: a connection with no request open closes
+// after the idle timeout however its client keeps it alive with PINGs (it
+// could stay for ever before, holding whatever it sent on the QPACK
+// streams); one that carries a session stays open for as long as the
+// session does.
+func TestIdleConnectionsClose(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
+	serveEcho(t, r.ln)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+	raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
+		&quic.Config{KeepAlivePeriod: idle / 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	session := dialT(t, r.ep)
+	select {
+	case <-qc.Context().Done(): // the relay closed it
+	case <-ctx.Done():
+		t.Fatal("a connection with no request and PINGs every 50 ms was still open after 20 s")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
+		t.Fatalf("closed with %v, want the relay's H3_NO_ERROR", err)
+	}
+	// The session was dialled at the same time: two more idle timeouts
+	// later, it is still there.
+	time.Sleep(2 * idle)
+	transporttest.EchoRoundTrip(t, session, []byte("still here"))
 }

@@ -123,6 +123,11 @@ const (
 	// MaxIdleTimeout closes a QUIC connection after this long without
 	// packets from the peer.
 	MaxIdleTimeout = 30 * time.Second
+	// DefaultIdleTimeout closes a connection that has had no request open
+	// for this long, whatever QUIC-level traffic (a client's PINGs) keeps
+	// it alive: as the https listener's keep-alive connections, like
+	// nginx. A session's request stays open as long as the session.
+	DefaultIdleTimeout = 60 * time.Second
 	// KeepAlivePeriod is how often the client pings an idle session so that
 	// NAT bindings and the idle timeout do not end it: 15 s, as Chromium's
 	// QUIC does while a stream is open (QUICHE's kPingTimeoutSecs), and half
@@ -160,6 +165,9 @@ type Transport struct {
 	// from which on new ones must first pass a Retry (source address
 	// validation). Zero means DefaultRetryHandshakes.
 	RetryHandshakes int
+	// IdleTimeout closes connections with no request open (see
+	// DefaultIdleTimeout, the value when zero).
+	IdleTimeout time.Duration
 	// MaxConnsPerSource caps the established QUIC connections of one
 	// source (see conns.go). Zero means twice the listener's per-source
 	// session cap (ListenConfig.MaxSessionsPerSource, or its default).

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -93,6 +94,10 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		TLSConfig:  tlsConf,
 		QUICConfig: quicConf,
 		Handler:    gate,
+		// Without it, a client's PINGs keep a connection with no request
+		// open for ever, and with it whatever it sent on the streams
+		// http3 never reads (conns.go).
+		IdleTimeout: cmpOr(t.IdleTimeout, DefaultIdleTimeout),
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			accepted(c) // the handshake is through: its slot is free
 			l.conns.watch(c)
@@ -127,6 +132,14 @@ func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) *quic.Transport 
 }
 
 func orDefault(v, d int) int {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+// cmpOr returns v if it is positive, else d.
+func cmpOr(v, d time.Duration) time.Duration {
 	if v > 0 {
 		return v
 	}
