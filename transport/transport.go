@@ -181,6 +181,9 @@ const (
 	OutcomeCover      Outcome = "cover"       // ordinary request, served the cover site
 	OutcomeBusy       Outcome = "busy"        // valid session refused: listener at its session cap (served the cover site)
 	OutcomeLimited    Outcome = "limited"     // valid session refused: its source or connection at its cap, or above its fair share (served the cover site)
+	// OutcomeConnLimited is a QUIC connection refused because its source
+	// holds its cap of connections (counted per Initial packet refused).
+	OutcomeConnLimited Outcome = "conn_limited"
 )
 
 // Listener yields authenticated relay sessions.

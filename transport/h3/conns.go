@@ -35,11 +35,14 @@ import (
 // holds the cap is refused at its first packet (CONNECTION_REFUSED, as
 // at the cap on handshakes in flight); one that got past that check
 // while others of its source were finishing their handshakes is closed
-// at the end of its own (H3_EXCESSIVE_LOAD). Both count as refusals
-// (OutcomeLimited; the first once per Initial packet refused, and a
-// ClientHello with a post-quantum key share takes two). The cap is twice the per-source session cap: a
-// source at its session cap still gets the cover site's answer to a
-// further session request, on a connection of its own, as before.
+// at the end of its own (H3_NO_ERROR, as http3 closes a connection it is
+// done with). Both count as OutcomeConnLimited (the first once per
+// Initial packet refused, and a ClientHello with a post-quantum key share
+// takes two), apart from the sessions refused at their caps. The cap is
+// twice the per-source session cap: a source at its session cap still
+// gets the cover site's answer to a further session request, on a
+// connection of its own, as before. What a client can see of it: a
+// stock server would accept its 129th connection.
 type connLimiter struct {
 	key      [32]byte
 	max      int
@@ -72,7 +75,9 @@ func (l *connLimiter) connContext(next func(context.Context, *quic.ClientInfo) (
 		full := l.bySource[k] >= l.max
 		l.mu.Unlock()
 		if full {
-			l.refused()
+			if l.observe != nil {
+				l.observe(transport.OutcomeConnLimited)
+			}
 			return nil, errSourceConns
 		}
 		if next == nil {
@@ -82,27 +87,27 @@ func (l *connLimiter) connContext(next func(context.Context, *quic.ClientInfo) (
 	}
 }
 
-// watch counts c once its handshake completes, or closes it when its
-// source holds the cap by then. It returns at once; a goroutine waits for
-// the handshake (handshakes in flight are capped, see handshakes).
+// watch waits, on a goroutine of its own, for c's handshake to complete,
+// then gives its handshake slot back (handshakes.go) and counts it, or
+// closes it when its source holds the cap by then. It returns at once.
+// Such goroutines are as many as the handshakes in flight, which are
+// capped (DefaultMaxHandshakes).
 func (l *connLimiter) watch(c *quic.Conn) {
 	go func() {
 		select {
 		case <-c.HandshakeComplete():
 		case <-c.Context().Done():
-			return
+			return // the slot went back as the connection died
 		}
+		handshakeDone(c)
 		if !l.admit(c) {
-			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "")
-			l.refused()
+			// What http3 closes a connection with when it has done.
+			c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+			if l.observe != nil {
+				l.observe(transport.OutcomeConnLimited)
+			}
 		}
 	}()
-}
-
-func (l *connLimiter) refused() {
-	if l.observe != nil {
-		l.observe(transport.OutcomeLimited)
-	}
 }
 
 // admit counts c against its source until c closes; false if the source

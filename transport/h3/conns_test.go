@@ -29,7 +29,7 @@ func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
 		t.Fatal(err)
 	}
 	qt := &quic.Transport{Conn: udp}
-	t.Cleanup(func() { qt.Close() })
+	t.Cleanup(func() { qt.Close(); udp.Close() }) // Close leaves a socket it did not open
 	raddr, _ := net.ResolveUDPAddr("udp", addr)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
@@ -96,7 +96,7 @@ func TestConnsPerSource(t *testing.T) {
 	}
 	// Counted once per Initial refused: a ClientHello with a
 	// post-quantum key share takes two.
-	if got := r.obs.Get(transport.OutcomeLimited); got < 1 {
+	if got := r.obs.Get(transport.OutcomeConnLimited); got < 1 {
 		t.Errorf("Observe(limited) = %d, want the refusal counted", got)
 	}
 	if _, err := coverConn(t, net.IPv4(127, 0, 0, 3), addr); err != nil {
@@ -141,6 +141,7 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
+					defer udp.Close() // quic.Transport.Close leaves it
 					qt := &quic.Transport{Conn: udp}
 					ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
 					qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
@@ -192,6 +193,7 @@ func TestIdleConnectionsClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer udp.Close()
 	qt := &quic.Transport{Conn: udp}
 	defer qt.Close()
 	raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())

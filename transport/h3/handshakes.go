@@ -19,8 +19,8 @@ type handshakeKey struct{}
 var errTooManyHandshakes = errors.New("too many QUIC handshakes in flight")
 
 // handshakes counts QUIC connections from their first Initial packet until
-// the HTTP/3 server accepts them (their handshake flight is sent) or they
-// die, and decides when a new one must prove its source address first.
+// their handshake completes or they die, and decides when a new one must
+// prove its source address first.
 //
 // Every Initial that parses makes quic-go create a connection (two
 // goroutines and its buffers) before it can know whether the packet is more
@@ -46,8 +46,13 @@ func (h *handshakes) verify(net.Addr) bool {
 }
 
 // connContext is quic.Transport.ConnContext: it takes a slot for a new
-// connection or refuses it. The slot is given back when the HTTP/3 server
-// accepts the connection (see accepted) or when the connection dies.
+// connection or refuses it. The slot is given back when the connection's
+// handshake completes (see handshakeDone) or when the connection dies.
+// (Until 2026-12-05 it was given back when the HTTP/3 server accepted the
+// connection, which on an early listener is as soon as the ClientHello is
+// read: a client that sent ClientHellos and never completed a handshake
+// was counted by no limit, a reviewer found, so Retry and the cap on
+// handshakes never applied to real ClientHellos.)
 func (h *handshakes) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
 	if h.inFlight.Add(1) > h.max {
 		h.inFlight.Add(-1)
@@ -67,12 +72,12 @@ type slot struct {
 
 func (s *slot) release() { s.once.Do(func() { s.h.inFlight.Add(-1) }) }
 
-// accepted gives the handshake slot of c back, and drops the watch on its
-// context that would have given it back, so that an established connection
-// holds nothing of it.
-func accepted(c *quic.Conn) { releaseSlot(c.Context()) }
+// handshakeDone gives the handshake slot of c, whose handshake completed,
+// back, and drops the watch on its context that would have given it back,
+// so that an established connection holds nothing of it.
+func handshakeDone(c *quic.Conn) { releaseSlot(c.Context()) }
 
-// releaseSlot is accepted for the connection context ctx.
+// releaseSlot is handshakeDone for the connection context ctx.
 func releaseSlot(ctx context.Context) {
 	if s, ok := ctx.Value(handshakeKey{}).(*slot); ok {
 		s.stop()

@@ -2,12 +2,19 @@ package h3
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
+	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
-// A handshake slot is given back once: when the HTTP/3 server accepts the
-// connection (which also drops the watch on the connection's context, so
+// A handshake slot is given back once: when the connection's handshake
+// completes (which also drops the watch on the connection's context, so
 // an established connection holds nothing of it), or when the connection
 // dies first.
 func TestHandshakeSlots(t *testing.T) {
@@ -42,4 +49,88 @@ func TestHandshakeSlots(t *testing.T) {
 			t.Fatalf("in flight after both ended: %d, want 0", got)
 		}
 	})
+}
+
+// deafConn is a client socket that hears nothing until hear is closed
+// (the server's packets wait in the socket's buffer): a client that sent
+// its ClientHello and has not answered yet, or never will.
+// Only net.PacketConn's methods: with *net.UDPConn's, quic-go would read
+// with ReadMsgUDP and hear all.
+type deafConn struct {
+	net.PacketConn
+	hear chan struct{}
+	once sync.Once
+}
+
+func (d *deafConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	<-d.hear
+	return d.PacketConn.ReadFrom(p)
+}
+
+// listen lets the client hear (its reader, and so quic.Transport.Close,
+// would wait for ever otherwise).
+func (d *deafConn) listen() { d.once.Do(func() { close(d.hear) }) }
+
+func (d *deafConn) Close() error {
+	d.listen()
+	return d.PacketConn.Close()
+}
+
+// TestHandshakeSlotHeldUntilComplete: a connection holds its handshake
+// slot until its handshake completes, not only until the HTTP/3 server
+// takes it (which on an early listener is as soon as the ClientHello is
+// read), and counts against its source from then on. Before, a client
+// that sent ClientHellos and never completed a handshake was counted by
+// no limit: Retry and the cap on handshakes never applied to it.
+func TestHandshakeSlotHeldUntilComplete(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	l := r.ln.(*listener)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	deaf := &deafConn{PacketConn: udp, hear: make(chan struct{})}
+	qt := &quic.Transport{Conn: deaf}
+	defer qt.Close()
+	defer deaf.listen() // runs first
+	raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // deadlock guard
+	defer cancel()
+	dialled := make(chan error, 1)
+	go func() {
+		qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+		if err == nil {
+			defer qc.CloseWithError(0, "")
+		}
+		dialled <- err
+		<-ctx.Done()
+	}()
+	waitFor(t, "the HTTP/3 server takes the connection", func() bool { return l.early.Load() == 1 })
+	if got := l.hs.inFlight.Load(); got != 1 {
+		t.Fatalf("%d handshakes in flight once the server took the connection, want 1 until it completes", got)
+	}
+	if n, _ := l.conns.held(); n != 0 {
+		t.Fatalf("%d connections counted before any handshake completed", n)
+	}
+	deaf.listen()
+	if err := <-dialled; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the handshake's slot back and the connection counted", func() bool {
+		n, _ := l.conns.held()
+		return l.hs.inFlight.Load() == 0 && n == 1
+	})
+}
+
+// waitFor polls cond until it holds (a deadlock guard of 20 s only).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 20 s for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

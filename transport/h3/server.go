@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -48,6 +49,8 @@ type listener struct {
 	gate    *httpsession.Gate
 	windows *windowBudget
 	conns   *connLimiter
+	hs      *handshakes   // nil without the flood defence
+	early   atomic.Int64  // connections the HTTP/3 server took (tests)
 	served  chan struct{} // closed when srv.ServeListener returned
 
 	closeOnce sync.Once
@@ -78,7 +81,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		MinVersion:   tls.VersionTLS13,
 		NextProtos:   []string{http3.NextProtoH3},
 	}
-	l.udp, l.gate, l.qt = udp, gate, t.quicTransport(udp, cfg.Key)
+	l.udp, l.gate = udp, gate
+	l.qt, l.hs = t.quicTransport(udp, cfg.Key)
 	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
 	perSource := orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
 	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource), cfg.Observe)
@@ -99,8 +103,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		// http3 never reads (conns.go).
 		IdleTimeout: cmpOr(t.IdleTimeout, DefaultIdleTimeout),
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
-			accepted(c) // the handshake is through: its slot is free
-			l.conns.watch(c)
+			l.early.Add(1)
+			l.conns.watch(c) // gives its handshake slot back, and counts it
 			return httpsession.WithConn(context.WithValue(ctx, quicConnKey{}, c))
 		},
 		Logger: discardLogger,
@@ -117,18 +121,19 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 // address validation and a cap on handshakes under load, and keys derived
 // from the session key (see the package documentation, "Floods and
 // restarts").
-func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) *quic.Transport {
+func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) (*quic.Transport, *handshakes) {
 	reset := quic.StatelessResetKey(deriveKey(key, labelStatelessReset))
 	tokens := quic.TokenGeneratorKey(deriveKey(key, labelTokenGenerator))
 	qt := &quic.Transport{Conn: hookSends(udp, t.onSend), StatelessResetKey: &reset, TokenGeneratorKey: &tokens}
-	if !t.noFloodDefence {
-		hs := &handshakes{
-			max:        int64(orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
-			retryAbove: int64(orDefault(t.RetryHandshakes, DefaultRetryHandshakes)),
-		}
-		qt.VerifySourceAddress, qt.ConnContext = hs.verify, hs.connContext
+	if t.noFloodDefence {
+		return qt, nil
 	}
-	return qt
+	hs := &handshakes{
+		max:        int64(orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
+		retryAbove: int64(orDefault(t.RetryHandshakes, DefaultRetryHandshakes)),
+	}
+	qt.VerifySourceAddress, qt.ConnContext = hs.verify, hs.connContext
+	return qt, hs
 }
 
 func orDefault(v, d int) int {

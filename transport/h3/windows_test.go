@@ -61,7 +61,8 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 			s, err := r.ln.Accept(tb.Context())
 			if err != nil {
 				tb.Error(err)
-				return
+				stopped <- 0
+				continue
 			}
 			go func() {
 				defer s.Close()
@@ -222,6 +223,7 @@ func TestCoverRequestsTakeNoSessionWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer udp.Close() // quic.Transport.Close leaves it
 	qt := &quic.Transport{Conn: udp}
 	defer qt.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
@@ -235,13 +237,16 @@ func TestCoverRequestsTakeNoSessionWindow(t *testing.T) {
 	body := bytes.Repeat([]byte{'x'}, 4<<20)
 	var session, cover int64
 	for range 32 { // bounded: until the window grew, 128 MiB at most
-		req, _ := http.NewRequestWithContext(t.Context(), "POST", "https://"+testSNI+"/", bytes.NewReader(body))
+		rctx, rcancel := context.WithTimeout(t.Context(), 20*time.Second) // deadlock guard
+		req, _ := http.NewRequestWithContext(rctx, "POST", "https://"+testSNI+"/", bytes.NewReader(body))
 		res, err := cc.RoundTrip(req)
 		if err != nil {
+			rcancel()
 			t.Fatalf("cover request: %v", err)
 		}
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
+		rcancel()
 		if session, cover, _ = w.inUse(); session+cover > 0 {
 			break
 		}
