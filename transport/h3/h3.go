@@ -181,6 +181,10 @@ type Transport struct {
 	// noFloodDefence turns Retry and the handshake cap off: benchmarks
 	// measure what the defence saves.
 	noFloodDefence bool
+	// slotAtTake gives a handshake's slot back when the HTTP/3 server
+	// takes the connection, as before 2026-12-05: benchmarks measure what
+	// holding it to the handshake's end saves.
+	slotAtTake bool
 	// onSend, if set, sees every sendmsg quic-go makes on the transport's
 	// UDP sockets (b: the datagrams, oob: their control messages, with
 	// the GSO segment size): benchmarks count syscalls with it.

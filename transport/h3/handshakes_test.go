@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"os"
+	"runtime"
+	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -132,5 +135,73 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waited 20 s for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// BenchmarkBlindClientHellos: POSTERN_BLIND_N (default 1,000) clients on
+// 127.0.0.1 each send a real ClientHello and never hear an answer, a few
+// milliseconds apart; once they are gone, it reports the connections the
+// HTTP/3 server took for them and the goroutines and live heap the relay
+// then holds above its idle state (their handshakes time out later).
+// "take" gives a handshake's slot back when the server takes the
+// connection, as before 2026-12-05; "complete" holds it until the
+// handshake completes.
+func BenchmarkBlindClientHellos(b *testing.B) {
+	n := 1000
+	if v, err := strconv.Atoi(os.Getenv("POSTERN_BLIND_N")); err == nil && v > 0 {
+		n = v
+	}
+	for _, bc := range []struct {
+		name string
+		take bool
+	}{{"take", true}, {"complete", false}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var taken, goroutines int
+			var heap int64
+			for b.Loop() {
+				r := startRelay(b, &Transport{slotAtTake: bc.take}, nil)
+				l := r.ln.(*listener)
+				raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
+				runtime.GC()
+				var before runtime.MemStats
+				runtime.ReadMemStats(&before)
+				g0 := runtime.NumGoroutine()
+				var wg sync.WaitGroup
+				var qts []*quic.Transport
+				var deafs []*deafConn
+				for i := range n {
+					udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+					if err != nil {
+						b.Fatal(err)
+					}
+					deaf := &deafConn{PacketConn: udp, hear: make(chan struct{})}
+					qt := &quic.Transport{Conn: deaf}
+					qts, deafs = append(qts, qt), append(deafs, deaf)
+					wg.Go(func() {
+						ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+						defer cancel()
+						qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+					})
+					if i%16 == 15 {
+						time.Sleep(10 * time.Millisecond)
+					}
+				}
+				wg.Wait()
+				for k, qt := range qts {
+					deafs[k].Close() // first: its reader holds qt.Close up
+					qt.Close()
+				}
+				time.Sleep(200 * time.Millisecond)
+				runtime.GC()
+				var after runtime.MemStats
+				runtime.ReadMemStats(&after)
+				taken = int(l.early.Load())
+				goroutines = runtime.NumGoroutine() - g0
+				heap = int64(after.HeapInuse) - int64(before.HeapInuse)
+			}
+			b.ReportMetric(float64(taken), "taken")
+			b.ReportMetric(float64(goroutines), "goroutines")
+			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+		})
 	}
 }

@@ -104,6 +104,9 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		IdleTimeout: cmpOr(t.IdleTimeout, DefaultIdleTimeout),
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			l.early.Add(1)
+			if t.slotAtTake {
+				handshakeDone(c)
+			}
 			l.conns.watch(c) // gives its handshake slot back, and counts it
 			return httpsession.WithConn(context.WithValue(ctx, quicConnKey{}, c))
 		},
