@@ -18,7 +18,7 @@
 // # Relay metrics
 //
 //	postern_build_info{version,goversion}                 gauge, always 1
-//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover, busy, limited
+//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover, busy, limited, conn_limited
 //	postern_sessions_total{transport}                     counter of relay sessions started
 //	postern_sessions_active{transport}                    gauge
 //	postern_envelopes_accepted_total                      counter (durable and acked to the sender)

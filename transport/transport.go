@@ -148,8 +148,9 @@ type ListenConfig struct {
 	// AllowUnbound accepts tokens that are not bound to the TLS session (for
 	// relays behind a CDN). Replay protection still applies.
 	AllowUnbound bool
-	// Observe, if set, is called once per session attempt with the outcome.
-	// It must be cheap and must not block. It never receives anything that
+	// Observe, if set, is called once per session attempt with the outcome,
+	// and by h3 once per connection refused (OutcomeConnLimited, per
+	// Initial packet). It must be cheap and must not block. It never receives anything that
 	// identifies a client.
 	Observe func(Outcome)
 	// Now overrides the clock (tests).

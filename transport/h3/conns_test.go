@@ -212,8 +212,9 @@ func TestIdleConnectionsClose(t *testing.T) {
 		t.Fatal("a connection with no request and PINGs every 50 ms was still open after 20 s")
 	}
 	var ae *quic.ApplicationError
-	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
-		t.Fatalf("closed with %v, want the relay's H3_NO_ERROR", err)
+	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) ||
+		ae.ErrorMessage != "idle timeout" {
+		t.Fatalf("closed with %v, want http3's idle close (H3_NO_ERROR)", err)
 	}
 	// The session was dialled at the same time: two more idle timeouts
 	// later, it is still there.

@@ -150,6 +150,11 @@ const (
 	// takes one or two round trips); a flood of Initials from spoofed
 	// addresses reaches it within milliseconds.
 	DefaultRetryHandshakes = 64
+	// DefaultMaxHandshakesPerSource caps the handshakes in flight of one
+	// source whose address a Retry proved (see handshakes): a client
+	// dials one connection per session, and a handshake takes a round
+	// trip or two.
+	DefaultMaxHandshakesPerSource = 16
 )
 
 // Transport is the h3 transport. The zero value is ready to use.

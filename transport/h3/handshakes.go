@@ -3,6 +3,7 @@ package h3
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/postern/postern/transport"
 )
 
 // handshakeKey is the context key, on a QUIC connection's context, of the
@@ -33,11 +36,28 @@ var errTooManyHandshakes = errors.New("too many QUIC handshakes in flight")
 //     that receives packets at its source address comes back with the
 //     token;
 //   - at max connections in flight, even a client with a valid token is
-//     refused (CONNECTION_REFUSED) until slots free up.
+//     refused (CONNECTION_REFUSED) until slots free up;
+//   - one source whose address a Retry (or a token) proved holds at most
+//     perSource slots: such a client could otherwise start handshakes and
+//     let them time out until it held all max, and every new client were
+//     refused. (An unproved address may be spoofed, so it is not counted
+//     per source; such connections get slots only below retryAbove.)
 type handshakes struct {
 	inFlight   atomic.Int64
 	retryAbove int64
 	max        int64
+	perSource  int // 0: no per-source cap
+
+	key      [32]byte // for transport.SourceHash, drawn at start
+	mu       sync.Mutex
+	verified map[[16]byte]int // slots per proved source, while it holds some
+}
+
+// newHandshakes returns the handshake limits of one listener.
+func newHandshakes(max, retryAbove, perSource int) *handshakes {
+	h := &handshakes{max: int64(max), retryAbove: int64(retryAbove), perSource: perSource, verified: make(map[[16]byte]int)}
+	rand.Read(h.key[:])
+	return h
 }
 
 // verify is quic.Transport.VerifySourceAddress: true means "send a Retry".
@@ -53,12 +73,26 @@ func (h *handshakes) verify(net.Addr) bool {
 // read: a client that sent ClientHellos and never completed a handshake
 // was counted by no limit, a reviewer found, so Retry and the cap on
 // handshakes never applied to real ClientHellos.)
-func (h *handshakes) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+func (h *handshakes) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	s := &slot{h: h}
+	if info != nil && info.AddrVerified && h.perSource > 0 {
+		hash := transport.SourceHash(h.key[:], info.RemoteAddr.String())
+		var k [16]byte
+		copy(k[:], hash[:])
+		h.mu.Lock()
+		if h.verified[k] >= h.perSource {
+			h.mu.Unlock()
+			return nil, errTooManyHandshakes
+		}
+		h.verified[k]++
+		h.mu.Unlock()
+		s.src = &k
+	}
 	if h.inFlight.Add(1) > h.max {
 		h.inFlight.Add(-1)
+		s.releaseSource()
 		return nil, errTooManyHandshakes
 	}
-	s := &slot{h: h}
 	s.stop = context.AfterFunc(ctx, s.release) // the connection closed or its handshake failed
 	return context.WithValue(ctx, handshakeKey{}, s), nil
 }
@@ -66,11 +100,30 @@ func (h *handshakes) connContext(ctx context.Context, _ *quic.ClientInfo) (conte
 // slot is the handshake slot of one connection.
 type slot struct {
 	h    *handshakes
+	src  *[16]byte // its proved source, if counted per source
 	once sync.Once
 	stop func() bool // unregisters release from the connection's context
 }
 
-func (s *slot) release() { s.once.Do(func() { s.h.inFlight.Add(-1) }) }
+func (s *slot) release() {
+	s.once.Do(func() {
+		s.h.inFlight.Add(-1)
+		s.releaseSource()
+	})
+}
+
+// releaseSource gives the slot's per-source count back, if it has one.
+func (s *slot) releaseSource() {
+	if s.src == nil {
+		return
+	}
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.verified[*s.src]--; h.verified[*s.src] <= 0 {
+		delete(h.verified, *s.src)
+	}
+}
 
 // handshakeDone gives the handshake slot of c, whose handshake completed,
 // back, and drops the watch on its context that would have given it back,

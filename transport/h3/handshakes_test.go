@@ -205,3 +205,48 @@ func BenchmarkBlindClientHellos(b *testing.B) {
 		})
 	}
 }
+
+// TestHandshakesPerProvedSource: a source whose address a Retry proved
+// holds at most its share of handshake slots, however many it starts
+// and lets time out; other sources, and connections whose address is not
+// proved (which may be spoofed, and get slots only below the Retry
+// threshold), are not counted against it; a slot given back frees its
+// share. Before, one such client could hold all 256 slots, and every new
+// client was refused.
+func TestHandshakesPerProvedSource(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHandshakes(10, 1, 2)
+		a := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1000}
+		a2 := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2000} // the same source
+		b := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: 1000}
+		start := func(addr net.Addr, proved bool) (context.CancelFunc, error) {
+			ctx, end := context.WithCancel(context.Background())
+			_, err := h.connContext(ctx, &quic.ClientInfo{RemoteAddr: addr, AddrVerified: proved})
+			return end, err
+		}
+		endFirst, err := start(a, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := start(a2, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := start(a, true); err != errTooManyHandshakes {
+			t.Fatalf("a third proved handshake from one source: %v, want %v", err, errTooManyHandshakes)
+		}
+		if _, err := start(a, false); err != nil {
+			t.Fatalf("an unproved one: %v", err)
+		}
+		if _, err := start(b, true); err != nil {
+			t.Fatalf("another source: %v", err)
+		}
+		if got := h.inFlight.Load(); got != 4 {
+			t.Fatalf("%d in flight, want 4 (the refused one holds none)", got)
+		}
+		endFirst() // its handshake failed
+		synctest.Wait()
+		if _, err := start(a, true); err != nil {
+			t.Fatalf("after one of its slots came back: %v", err)
+		}
+	})
+}

@@ -131,10 +131,8 @@ func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) (*quic.Transport
 	if t.noFloodDefence {
 		return qt, nil
 	}
-	hs := &handshakes{
-		max:        int64(orDefault(t.MaxHandshakes, DefaultMaxHandshakes)),
-		retryAbove: int64(orDefault(t.RetryHandshakes, DefaultRetryHandshakes)),
-	}
+	hs := newHandshakes(orDefault(t.MaxHandshakes, DefaultMaxHandshakes), orDefault(t.RetryHandshakes, DefaultRetryHandshakes),
+		DefaultMaxHandshakesPerSource)
 	qt.VerifySourceAddress, qt.ConnContext = hs.verify, hs.connContext
 	return qt, hs
 }
