@@ -2,14 +2,12 @@ package h3
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -30,10 +28,9 @@ func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
 	}
 	qt := &quic.Transport{Conn: udp}
 	t.Cleanup(func() { qt.Close(); udp.Close() }) // Close leaves a socket it did not open
-	raddr, _ := net.ResolveUDPAddr("udp", addr)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+	qc, err := plainDial(ctx, qt, addr, &quic.Config{})
 	if err != nil {
 		return nil, err
 	}
@@ -51,21 +48,14 @@ func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
 	return qc, nil
 }
 
-// waitHeld waits until the listener counts conns connections (a deadlock
-// guard only: counting follows each handshake on the relay's side).
+// waitHeld waits until the listener counts conns connections (counting
+// follows each handshake on the relay's side).
 func waitHeld(t *testing.T, l *connLimiter, conns int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if n, _ := l.held(); n == conns {
-			return
-		}
-		if time.Now().After(deadline) {
-			n, _ := l.held()
-			t.Fatalf("%d connections counted, want %d", n, conns)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, fmt.Sprintf("%d connections counted", conns), func() bool {
+		n, _ := l.held()
+		return n == conns
+	})
 }
 
 // TestConnsPerSource: one source holds at most its cap of QUIC
@@ -118,10 +108,7 @@ func TestConnsPerSource(t *testing.T) {
 // is acknowledged), with the per-source cap on connections ("cap", the
 // default: twice the 64 sessions a source may hold) and without it.
 func BenchmarkQPACKStuffing(b *testing.B) {
-	n := 256
-	if v, err := strconv.Atoi(os.Getenv("POSTERN_STUFF_CONNS")); err == nil && v > 0 {
-		n = v
-	}
+	n := envCount("POSTERN_STUFF_CONNS", 256)
 	for _, bc := range []struct {
 		name string
 		max  int
@@ -134,7 +121,6 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 				var before runtime.MemStats
 				runtime.ReadMemStats(&before)
 				r := startRelay(b, &Transport{MaxConnsPerSource: bc.max}, nil)
-				raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
 				var open []*quic.Conn
 				for range n {
 					udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -144,7 +130,7 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 					defer udp.Close() // quic.Transport.Close leaves it
 					qt := &quic.Transport{Conn: udp}
 					ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
-					qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+					qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
 					cancel()
 					if err != nil {
 						qt.Close()
@@ -196,11 +182,9 @@ func TestIdleConnectionsClose(t *testing.T) {
 	defer udp.Close()
 	qt := &quic.Transport{Conn: udp}
 	defer qt.Close()
-	raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
-		&quic.Config{KeepAlivePeriod: idle / 6})
+	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,18 +2,14 @@ package h3
 
 import (
 	"context"
-	"crypto/tls"
 	"net"
-	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
 )
 
 // A handshake slot is given back once: when the connection's handshake
@@ -96,13 +92,12 @@ func TestHandshakeSlotHeldUntilComplete(t *testing.T) {
 	deaf := &deafConn{PacketConn: udp, hear: make(chan struct{})}
 	qt := &quic.Transport{Conn: deaf}
 	defer qt.Close()
-	defer deaf.listen() // runs first
-	raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
+	defer deaf.listen()                                             // runs first
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second) // deadlock guard
 	defer cancel()
 	dialled := make(chan error, 1)
 	go func() {
-		qc, err := qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+		qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
 		if err == nil {
 			defer qc.CloseWithError(0, "")
 		}
@@ -147,10 +142,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // connection, as before 2026-12-05; "complete" holds it until the
 // handshake completes.
 func BenchmarkBlindClientHellos(b *testing.B) {
-	n := 1000
-	if v, err := strconv.Atoi(os.Getenv("POSTERN_BLIND_N")); err == nil && v > 0 {
-		n = v
-	}
+	n := envCount("POSTERN_BLIND_N", 1000)
 	for _, bc := range []struct {
 		name string
 		take bool
@@ -161,7 +153,6 @@ func BenchmarkBlindClientHellos(b *testing.B) {
 			for b.Loop() {
 				r := startRelay(b, &Transport{slotAtTake: bc.take}, nil)
 				l := r.ln.(*listener)
-				raddr, _ := net.ResolveUDPAddr("udp", r.ln.Addr().String())
 				runtime.GC()
 				var before runtime.MemStats
 				runtime.ReadMemStats(&before)
@@ -180,7 +171,7 @@ func BenchmarkBlindClientHellos(b *testing.B) {
 					wg.Go(func() {
 						ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 						defer cancel()
-						qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, &quic.Config{})
+						plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
 					})
 					if i%16 == 15 {
 						time.Sleep(10 * time.Millisecond)

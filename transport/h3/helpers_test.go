@@ -16,9 +16,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/transporttest"
@@ -197,4 +201,29 @@ func pattern(n int, seed byte) []byte {
 		b[i] = byte(x)
 	}
 	return b
+}
+
+// envCount is the positive integer in the environment variable name, or
+// def.
+func envCount(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// rawTLS is the TLS configuration of a plain HTTP/3 client of the test
+// relay (no session: a browser, a prober).
+func rawTLS() *tls.Config {
+	return &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}
+}
+
+// plainDial dials addr over qt as a plain HTTP/3 client (rawTLS) with
+// conf.
+func plainDial(ctx context.Context, qt *quic.Transport, addr string, conf *quic.Config) (*quic.Conn, error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return qt.Dial(ctx, raddr, rawTLS(), conf)
 }
