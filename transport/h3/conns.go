@@ -59,8 +59,12 @@ func newConnLimiter(max int, observe func(transport.Outcome)) *connLimiter {
 	return l
 }
 
-func (l *connLimiter) source(addr net.Addr) (k [16]byte) {
-	h := transport.SourceHash(l.key[:], addr.String())
+func (l *connLimiter) source(addr net.Addr) [16]byte { return sourceKey(l.key[:], addr) }
+
+// sourceKey is what the h3 listener's per-source limits count addr as: a
+// prefix of transport.SourceHash under key, kept in memory only.
+func sourceKey(key []byte, addr net.Addr) (k [16]byte) {
+	h := transport.SourceHash(key, addr.String())
 	copy(k[:], h[:])
 	return k
 }

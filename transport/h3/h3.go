@@ -171,7 +171,7 @@ type Transport struct {
 	// validation). Zero means DefaultRetryHandshakes.
 	RetryHandshakes int
 	// IdleTimeout closes connections with no request open (see
-	// DefaultIdleTimeout, the value when zero).
+	// DefaultIdleTimeout, the value when zero; negative: never).
 	IdleTimeout time.Duration
 	// MaxConnsPerSource caps the established QUIC connections of one
 	// source (see conns.go). Zero means twice the listener's per-source

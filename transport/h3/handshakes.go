@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
-
-	"github.com/postern/postern/transport"
 )
 
 // handshakeKey is the context key, on a QUIC connection's context, of the
@@ -48,7 +46,7 @@ type handshakes struct {
 	max        int64
 	perSource  int // 0: no per-source cap
 
-	key      [32]byte // for transport.SourceHash, drawn at start
+	key      [32]byte // for sourceKey, drawn at start
 	mu       sync.Mutex
 	verified map[[16]byte]int // slots per proved source, while it holds some
 }
@@ -76,9 +74,7 @@ func (h *handshakes) verify(net.Addr) bool {
 func (h *handshakes) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
 	s := &slot{h: h}
 	if info != nil && info.AddrVerified && h.perSource > 0 {
-		hash := transport.SourceHash(h.key[:], info.RemoteAddr.String())
-		var k [16]byte
-		copy(k[:], hash[:])
+		k := sourceKey(h.key[:], info.RemoteAddr)
 		h.mu.Lock()
 		if h.verified[k] >= h.perSource {
 			h.mu.Unlock()

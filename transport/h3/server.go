@@ -1,6 +1,7 @@
 package h3
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -8,7 +9,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -101,7 +101,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		// Without it, a client's PINGs keep a connection with no request
 		// open for ever, and with it whatever it sent on the streams
 		// http3 never reads (conns.go).
-		IdleTimeout: cmpOr(t.IdleTimeout, DefaultIdleTimeout),
+		IdleTimeout: cmp.Or(t.IdleTimeout, DefaultIdleTimeout),
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			l.early.Add(1)
 			if t.slotAtTake {
@@ -138,14 +138,6 @@ func (t *Transport) quicTransport(udp *net.UDPConn, key []byte) (*quic.Transport
 }
 
 func orDefault(v, d int) int {
-	if v > 0 {
-		return v
-	}
-	return d
-}
-
-// cmpOr returns v if it is positive, else d.
-func cmpOr(v, d time.Duration) time.Duration {
 	if v > 0 {
 		return v
 	}
