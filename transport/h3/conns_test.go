@@ -53,8 +53,7 @@ func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
 func waitHeld(t *testing.T, l *connLimiter, conns int) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%d connections counted", conns), func() bool {
-		n, _ := l.held()
-		return n == conns
+		return l.held() == conns
 	})
 }
 

@@ -108,7 +108,7 @@ func TestHandshakeSlotHeldUntilComplete(t *testing.T) {
 	if got := l.hs.inFlight.Load(); got != 1 {
 		t.Fatalf("%d handshakes in flight once the server took the connection, want 1 until it completes", got)
 	}
-	if n, _ := l.conns.held(); n != 0 {
+	if n := l.conns.held(); n != 0 {
 		t.Fatalf("%d connections counted before any handshake completed", n)
 	}
 	deaf.listen()
@@ -116,8 +116,7 @@ func TestHandshakeSlotHeldUntilComplete(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the handshake's slot back and the connection counted", func() bool {
-		n, _ := l.conns.held()
-		return l.hs.inFlight.Load() == 0 && n == 1
+		return l.hs.inFlight.Load() == 0 && l.conns.held() == 1
 	})
 }
 

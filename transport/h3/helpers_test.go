@@ -212,18 +212,12 @@ func envCount(name string, def int) int {
 	return def
 }
 
-// rawTLS is the TLS configuration of a plain HTTP/3 client of the test
-// relay (no session: a browser, a prober).
-func rawTLS() *tls.Config {
-	return &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}
-}
-
-// plainDial dials addr over qt as a plain HTTP/3 client (rawTLS) with
-// conf.
+// plainDial dials addr over qt as a plain HTTP/3 client of the test relay
+// (no session: a browser, a prober) with conf.
 func plainDial(ctx context.Context, qt *quic.Transport, addr string, conf *quic.Config) (*quic.Conn, error) {
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return qt.Dial(ctx, raddr, rawTLS(), conf)
+	return qt.Dial(ctx, raddr, &tls.Config{ServerName: testSNI, InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}}, conf)
 }

@@ -133,9 +133,9 @@ func (b *windowBudget) inUse() (session, cover int64, conns int) {
 	return session, cover, len(b.held)
 }
 
-// available returns what is left in each pool.
-func (b *windowBudget) available() (session, cover int64) {
+// sessionLeft returns what is left in the sessions' pool.
+func (b *windowBudget) sessionLeft() int64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.session, b.cover
+	return b.session
 }
