@@ -18,7 +18,7 @@
 // # Relay metrics
 //
 //	postern_build_info{version,goversion}                 gauge, always 1
-//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover, busy, limited, conn_limited
+//	postern_handshakes_total{transport,result}            counter; result: ok, auth_failed, replay, cover, busy, limited, conn_limited, conn_busy
 //	postern_sessions_total{transport}                     counter of relay sessions started
 //	postern_sessions_active{transport}                    gauge
 //	postern_envelopes_accepted_total                      counter (durable and acked to the sender)
@@ -79,7 +79,7 @@ var (
 	// Transports are the transport names that may appear as a label.
 	Transports = []string{"https", "h3"}
 	// Results are the handshake outcomes (transport.Outcome values).
-	Results = []string{"ok", "auth_failed", "replay", "cover", "busy", "limited", "conn_limited"}
+	Results = []string{"ok", "auth_failed", "replay", "cover", "busy", "limited", "conn_limited", "conn_busy"}
 	// Reasons are the reasons an envelope is rejected.
 	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
 	// Classes are the failure classes: every transport.Class name (a test
@@ -172,7 +172,7 @@ func NewRelay(version string) *Relay {
 		reg: newRegistry(version),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_handshakes_total",
-			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap), limited (valid session refused at a per-source or per-connection cap or above the source's fair share), conn_limited (h3: a QUIC connection refused, per Initial packet, its source holding its cap of connections).",
+			Help: "Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap), limited (valid session refused at a per-source or per-connection cap or above the source's fair share), conn_limited (h3: a QUIC connection refused, per Initial packet, its source holding its cap of connections or its fair share of the listener's), conn_busy (h3: a QUIC connection refused, per Initial packet, the listener holding its cap of connections with none idle, or an idle connection closed to make room for a new one).",
 		}, []string{"transport", "result"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postern_sessions_total",

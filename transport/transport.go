@@ -149,8 +149,9 @@ type ListenConfig struct {
 	// relays behind a CDN). Replay protection still applies.
 	AllowUnbound bool
 	// Observe, if set, is called once per session attempt with the outcome,
-	// and by h3 once per connection refused (OutcomeConnLimited, per
-	// Initial packet). It must be cheap and must not block. It never receives anything that
+	// and by h3 once per connection refused (OutcomeConnLimited and
+	// OutcomeConnBusy, per Initial packet) or closed to make room. It must
+	// be cheap and must not block. It never receives anything that
 	// identifies a client.
 	Observe func(Outcome)
 	// Now overrides the clock (tests).
@@ -183,8 +184,13 @@ const (
 	OutcomeBusy       Outcome = "busy"        // valid session refused: listener at its session cap (served the cover site)
 	OutcomeLimited    Outcome = "limited"     // valid session refused: its source or connection at its cap, or above its fair share (served the cover site)
 	// OutcomeConnLimited is a QUIC connection refused because its source
-	// holds its cap of connections (counted per Initial packet refused).
+	// holds its cap of connections, or its fair share of the listener's
+	// (counted per Initial packet refused).
 	OutcomeConnLimited Outcome = "conn_limited"
+	// OutcomeConnBusy is a QUIC connection refused because the listener
+	// holds its cap of connections and none is idle to make room, or an
+	// idle connection closed to make room for a new one.
+	OutcomeConnBusy Outcome = "conn_busy"
 )
 
 // Listener yields authenticated relay sessions.

@@ -177,6 +177,11 @@ type Transport struct {
 	// source (see conns.go). Zero means twice the listener's per-source
 	// session cap (ListenConfig.MaxSessionsPerSource, or its default).
 	MaxConnsPerSource int
+	// MaxConns caps the established QUIC connections of the listener (see
+	// conns.go): at the cap a new connection takes the place of an idle
+	// one, or is refused. Zero means the session cap (MaxSessions, or its
+	// default) and a quarter more, at least 64 more.
+	MaxConns int
 	// WindowBudget is the receive window, in bytes past the initial one,
 	// that the QUIC connections of a listener may hold together (see
 	// windows.go). Zero means DefaultWindowBudget; a negative value keeps

@@ -21,6 +21,10 @@ import (
 // request's QUIC connection (through http3.Server.ConnContext).
 type quicConnKey struct{}
 
+// connEntryKey is the request context key of the connection's account in
+// the listener's connection limits (conns.go).
+type connEntryKey struct{}
+
 // discardLogger keeps quic-go's http3 package from logging through
 // slog.Default: its messages may carry client addresses.
 var discardLogger = slog.New(slog.DiscardHandler)
@@ -85,7 +89,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	l.qt, l.hs = t.quicTransport(udp, cfg.Key)
 	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
 	perSource := orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
-	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource), cfg.Observe)
+	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource),
+		orDefault(t.MaxConns, defaultMaxConns(orDefault(t.MaxSessions, DefaultMaxSessions))), cfg.Observe)
 	l.qt.ConnContext = l.conns.connContext(l.qt.ConnContext)
 	quicConf := serverQUICConfig(l.windows)
 	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
@@ -97,7 +102,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	l.srv = &http3.Server{
 		TLSConfig:  tlsConf,
 		QUICConfig: quicConf,
-		Handler:    gate,
+		Handler:    http.HandlerFunc(l.serveHTTP),
 		// Without it, a client's PINGs keep a connection with no request
 		// open for ever, and with it whatever it sent on the streams
 		// http3 never reads (conns.go).
@@ -107,7 +112,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 			if t.slotAtTake {
 				handshakeDone(c)
 			}
-			l.conns.watch(c) // gives its handshake slot back, and counts it
+			e := l.conns.watch(c) // gives its handshake slot back, and counts it
+			ctx = context.WithValue(ctx, connEntryKey{}, e)
 			return httpsession.WithConn(context.WithValue(ctx, quicConnKey{}, c))
 		},
 		Logger: discardLogger,
@@ -178,6 +184,17 @@ func (l *listener) Close() error {
 	return l.closeErr
 }
 
+// serveHTTP is the server's handler: the gate's, with each request
+// counted open on its connection's account while it is handled, so that
+// the connection limits never take a connection serving one as idle.
+func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
+		l.conns.begin(e)
+		defer l.conns.end(e)
+	}
+	l.gate.ServeHTTP(w, r)
+}
+
 // session takes the request stream of a valid session request over: from
 // the 200 on, its DATA frames carry the session both ways.
 func (l *listener) session(w http.ResponseWriter, r *http.Request, release func()) {
@@ -189,6 +206,9 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 	}
 	if qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn); ok {
 		l.windows.markSession(qc) // its windows grow from the sessions' pool now
+	}
+	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
+		l.conns.carry(e) // never taken as idle to make room
 	}
 	httpsession.WriteAccepted(w)
 	str, err := streamer.HTTPStream() // sends the 200 now
