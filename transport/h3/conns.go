@@ -1,11 +1,14 @@
 package h3
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
 	"net"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -14,8 +17,9 @@ import (
 	"github.com/postern/postern/transport/httpsession"
 )
 
-// connLimiter caps the established QUIC connections of each source and of
-// the listener.
+// connLimiter keeps the account of the listener's established QUIC
+// connections: it caps them per source and for the listener, and closes
+// those left idle.
 //
 // A QUIC connection holds memory without a session: besides its own state
 // (about 80 KB idle), whatever its client sends on a stream the server
@@ -25,15 +29,24 @@ import (
 // completes a handshake can make the relay hold up to the connection's
 // initial window (768 KiB; BenchmarkQPACKStuffing measured about 0.9 MiB
 // of heap per connection for 512 KiB sent on one such stream) for as long
-// as it keeps the connection alive. The windows are what every client
-// sees in the transport parameters, and reading those streams would grant
-// credit a stock server never grants, so the number of connections is
-// what is bounded.
+// as it keeps the connection alive, and, after it ends, for as long as
+// anything still points to the connection: quic-go frees none of it at
+// close. The windows are what every client sees in the transport
+// parameters, and reading those streams would grant credit a stock server
+// never grants, so the number of connections, and how long they live,
+// is what is bounded.
 //
 // A connection counts from the end of its handshake (its client then
 // provably receives at its address, so a spoofed source cannot use up
-// another's share) until it closes. Three limits apply, as to sessions
-// (transport/httpsession):
+// another's share) until it closes. It is
+//
+//   - in a session while it carries at least one admitted session;
+//   - busy while it carries none and the listener's handler serves a
+//     request on it;
+//   - idle otherwise (a request whose headers never finish counts as
+//     none: http3 hands the handler only complete requests).
+//
+// The limits, as for sessions (transport/httpsession):
 //
 //   - per source: perSource connections (twice the per-source session
 //     cap by default: a source at its session cap still gets the cover
@@ -42,38 +55,45 @@ import (
 //   - fair share: above PressurePercent of the listener's cap, a source
 //     may hold at most the cap divided by the sources holding
 //     connections (at least minConnShare);
-//   - the listener's cap, max. At the cap a new connection takes the
-//     place of an idle one: the one idle longest of the source holding
-//     the most connections, if that source holds more than the new
-//     connection's, else the one idle longest of the new connection's
-//     own source; as nginx reuses its idle keep-alive connections when
-//     it runs out of connections. Idle means
-//     no session ever came on the connection and no request is open on
-//     it (a request whose headers never finish counts as none: http3
-//     hands the relay only complete requests). The idle one is closed
-//     as http3 closes a connection it is done with (H3_NO_ERROR). With
-//     no idle connection to take, the new one is refused.
+//   - the listener's cap, max, above the session cap: at the cap a new
+//     connection takes the place of one that is not in a session,
+//     idle before busy, longest so first, of the source holding the most
+//     connections if that holds more than the new connection's source,
+//     else of the new connection's own source; as nginx reuses its idle
+//     keep-alive connections when it runs out of connections. With
+//     nothing to take, the new connection is refused. Connections in a
+//     session are never taken, and they are at most the session cap, so
+//     they alone never fill the listener's cap.
+//
+// A connection idle for idleTimeout is closed (H3_NO_ERROR, "idle
+// timeout", as http3's own idle timer closes it; that timer is off,
+// since its closure kept a closed connection, and all it held, until it
+// fired, up to a minute later). Unlike http3's, this one also runs while
+// a request's headers never finish, as nginx's client_header_timeout.
 //
 // A new connection that a limit refuses is refused at its first packet
 // (CONNECTION_REFUSED, as at the cap on handshakes in flight); one that
 // got past that check while others were finishing their handshakes is
 // closed at the end of its own (H3_NO_ERROR). Refusals at the per-source
-// cap and the fair share count as OutcomeConnLimited, and refusals and
-// closes at the listener's cap as OutcomeConnBusy (the first once per
-// Initial packet refused, and a ClientHello with a post-quantum key share
-// takes two), apart from the sessions refused at their caps. What a
-// client can see of it: a stock server would accept its 129th
-// connection, and would close its idle connections only after the idle
-// timeout.
+// cap and the fair share count as OutcomeConnLimited; refusals at the
+// listener's cap, and connections closed to make room, as OutcomeConnBusy
+// (a refusal once per Initial packet refused, and a ClientHello with a
+// post-quantum key share takes two), apart from the sessions refused at
+// their caps. A connection taken to make room is closed as at its idle
+// timeout if idle, else with H3_NO_ERROR. What a client can see of it: a
+// stock server would accept its 129th connection, would close its idle
+// connections only at the idle timeout, and would keep one with
+// unfinished headers open.
 type connLimiter struct {
-	key       [32]byte
-	perSource int
-	max       int // the listener's cap
-	observe   func(transport.Outcome)
+	key         [32]byte
+	perSource   int
+	max         int // the listener's cap
+	idleTimeout time.Duration
+	observe     func(transport.Outcome)
 
 	mu       sync.Mutex
 	total    int                       // connections counted
-	idle     int                       // of which idle (see connEntry)
+	spare    int                       // of which not in a session
 	bySource map[[16]byte]*sourceConns // sources holding at least one connection
 }
 
@@ -84,27 +104,55 @@ const minConnShare = 2 * httpsession.MinFairShare
 
 // sourceConns is what one source holds.
 type sourceConns struct {
-	n          int        // connections counted
-	head, tail *connEntry // the idle ones, longest idle first
+	n          int      // connections counted
+	idle, busy connList // those not in a session, longest so first
 }
 
-// connEntry is one connection's account. A connection is idle while it
-// is counted, never carried a session and has no request open; idle
-// connections are linked in their source's list.
+// connList is a list of connection accounts, linked through them.
+type connList struct{ head, tail *connEntry }
+
+func (q *connList) push(e *connEntry) {
+	e.prev, e.next = q.tail, nil
+	if q.tail != nil {
+		q.tail.next = e
+	} else {
+		q.head = e
+	}
+	q.tail = e
+}
+
+func (q *connList) remove(e *connEntry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		q.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		q.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
+}
+
+// connEntry is one connection's account.
 type connEntry struct {
 	c          *quic.Conn
 	src        [16]byte
 	counted    bool
-	carried    bool // it carried an admitted session
-	open       int  // requests being handled
-	inList     bool
+	sessions   int       // admitted sessions it carries
+	open       int       // requests the handler serves on it
+	list       *connList // the list it is in, if any
 	prev, next *connEntry
+	timer      *time.Timer // its idle timeout, while idle
 }
 
 var errSourceConns = errors.New("QUIC connection limit")
 
-func newConnLimiter(perSource, max int, observe func(transport.Outcome)) *connLimiter {
-	l := &connLimiter{perSource: perSource, max: max, observe: observe, bySource: make(map[[16]byte]*sourceConns)}
+// newConnLimiter returns the account of a listener's connections;
+// idleTimeout <= 0 means none.
+func newConnLimiter(perSource, max int, idleTimeout time.Duration, observe func(transport.Outcome)) *connLimiter {
+	l := &connLimiter{perSource: perSource, max: max, idleTimeout: idleTimeout, observe: observe, bySource: make(map[[16]byte]*sourceConns)}
 	rand.Read(l.key[:])
 	return l
 }
@@ -147,8 +195,8 @@ func (l *connLimiter) connContext(next func(context.Context, *quic.ClientInfo) (
 }
 
 // decideLocked says whether a new connection from k may be counted: ""
-// if so, with the idle connection that must make room for it, if any;
-// else the outcome of its refusal.
+// if so, with the connection that must make room for it, if any; else
+// the outcome of its refusal.
 func (l *connLimiter) decideLocked(k [16]byte) (transport.Outcome, *connEntry) {
 	n := 0
 	if s := l.bySource[k]; s != nil {
@@ -180,18 +228,18 @@ func (l *connLimiter) fairShareLocked(held int) int {
 	return max(l.max/sources, minConnShare)
 }
 
-// victimLocked returns the idle connection that a new one from k, whose
-// source holds n, may take the place of: the one idle longest of the
-// source holding the most connections among those with one idle, if that
-// holds more than n; else the one idle longest of k's own, if any; else
-// nil. It scans the sources only when some connection is idle.
+// victimLocked returns the connection that a new one from k, whose source
+// holds n, may take the place of: the first of the source holding the
+// most connections among those with one not in a session, if that holds
+// more than n; else the first of k's own; else nil (see first). It scans
+// the sources only when some connection is not in a session.
 func (l *connLimiter) victimLocked(k [16]byte, n int) *connEntry {
-	if l.idle == 0 {
+	if l.spare == 0 {
 		return nil
 	}
 	var best *sourceConns
 	for src, s := range l.bySource {
-		if src != k && s.head != nil && s.n > n && (best == nil || s.n > best.n) {
+		if src != k && s.n > n && s.first() != nil && (best == nil || s.n > best.n) {
 			best = s
 		}
 	}
@@ -201,7 +249,16 @@ func (l *connLimiter) victimLocked(k [16]byte, n int) *connEntry {
 	if best == nil {
 		return nil
 	}
-	return best.head
+	return best.first()
+}
+
+// first is the source's connection to take first: the longest idle, else
+// the longest busy, else nil.
+func (s *sourceConns) first() *connEntry {
+	if s.idle.head != nil {
+		return s.idle.head
+	}
+	return s.busy.head
 }
 
 // watch waits, on a goroutine of its own, for c's handshake to complete,
@@ -221,8 +278,7 @@ func (l *connLimiter) watch(c *quic.Conn) *connEntry {
 		handshakeDone(c)
 		out, victim := l.admit(e)
 		if victim != nil {
-			// As http3 closes a connection idle for its IdleTimeout.
-			victim.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "idle timeout")
+			victim.close()
 		}
 		if out != "" {
 			// What http3 closes a connection with when it has done.
@@ -240,10 +296,27 @@ func (l *connLimiter) watch(c *quic.Conn) *connEntry {
 	return e
 }
 
-// admit counts e until its connection closes, taking the place of an
-// idle connection (returned, no longer counted, for the caller to close)
-// at the listener's cap; or it returns the outcome of its refusal.
-func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *connEntry) {
+// taken is a connection taken out of the count to make room, and whether
+// it was idle then.
+type taken struct {
+	e    *connEntry
+	idle bool
+}
+
+// close closes a connection taken to make room: as at its idle timeout
+// if it was idle, else as http3 closes a connection it has done with.
+func (t taken) close() {
+	msg := ""
+	if t.idle {
+		msg = "idle timeout"
+	}
+	t.e.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), msg)
+}
+
+// admit counts e until its connection closes, taking the place of
+// another (returned, no longer counted, for the caller to close) at the
+// listener's cap; or it returns the outcome of its refusal.
+func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *taken) {
 	e.src = l.source(e.c.RemoteAddr())
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -251,7 +324,9 @@ func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *connEntry) {
 	if out != "" {
 		return out, nil
 	}
+	var t *taken
 	if victim != nil {
+		t = &taken{e: victim, idle: victim.list == &l.bySource[victim.src].idle}
 		l.dropLocked(victim)
 	}
 	l.addLocked(e)
@@ -260,7 +335,7 @@ func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *connEntry) {
 		defer l.mu.Unlock()
 		l.dropLocked(e)
 	})
-	return "", victim
+	return "", t
 }
 
 // addLocked starts counting e.
@@ -290,62 +365,105 @@ func (l *connLimiter) dropLocked(e *connEntry) {
 	}
 }
 
-// updateLocked puts e in its source's idle list or takes it out, as its
-// state says.
+// updateLocked puts e in the list its state calls for, and runs its idle
+// timer while it is idle.
 func (l *connLimiter) updateLocked(e *connEntry) {
-	idle := e.counted && !e.carried && e.open == 0
-	if idle == e.inList {
+	var want *connList
+	if e.counted && e.sessions == 0 {
+		s := l.bySource[e.src]
+		want = &s.idle
+		if e.open > 0 {
+			want = &s.busy
+		}
+	}
+	if want == e.list {
 		return
 	}
-	s := l.bySource[e.src]
-	if idle {
-		e.prev, e.next = s.tail, nil
-		if s.tail != nil {
-			s.tail.next = e
-		} else {
-			s.head = e
+	if e.list != nil {
+		e.list.remove(e)
+		l.spare--
+		if e.timer != nil {
+			e.timer.Stop()
 		}
-		s.tail = e
-		l.idle++
-	} else {
-		if e.prev != nil {
-			e.prev.next = e.next
-		} else {
-			s.head = e.next
-		}
-		if e.next != nil {
-			e.next.prev = e.prev
-		} else {
-			s.tail = e.prev
-		}
-		e.prev, e.next = nil, nil
-		l.idle--
 	}
-	e.inList = idle
+	e.list = want
+	if want == nil {
+		return
+	}
+	want.push(e)
+	l.spare++
+	if want != &l.bySource[e.src].idle || l.idleTimeout <= 0 {
+		return
+	}
+	if e.timer == nil {
+		e.timer = time.AfterFunc(l.idleTimeout, func() { l.expire(e) })
+	} else {
+		e.timer.Reset(l.idleTimeout)
+	}
 }
 
-// begin and end bracket a request the listener handles on e's
-// connection; carry records that an admitted session came on it, which
-// keeps it from ever being taken as idle.
-func (l *connLimiter) begin(e *connEntry) {
+// expire closes e's connection if it is still idle: its idle timer fired.
+func (l *connLimiter) expire(e *connEntry) {
+	l.mu.Lock()
+	idle := e.counted && e.list == &l.bySource[e.src].idle
+	l.mu.Unlock()
+	if idle {
+		e.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "idle timeout")
+	}
+}
+
+// begin and end bracket a request the listener's handler serves on e's
+// connection; carry and uncarry bracket an admitted session on it.
+func (l *connLimiter) begin(e *connEntry)   { l.change(e, &e.open, 1) }
+func (l *connLimiter) end(e *connEntry)     { l.change(e, &e.open, -1) }
+func (l *connLimiter) carry(e *connEntry)   { l.change(e, &e.sessions, 1) }
+func (l *connLimiter) uncarry(e *connEntry) { l.change(e, &e.sessions, -1) }
+
+func (l *connLimiter) change(e *connEntry, n *int, d int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e.open++
+	*n += d
 	l.updateLocked(e)
 }
 
-func (l *connLimiter) end(e *connEntry) {
+// reap takes up to n connections that are not in a session out of the
+// count and returns them, for the caller to close: idle ones before busy
+// ones, and of each kind those of the sources holding the most
+// connections first, longest so first.
+func (l *connLimiter) reap(n int) []taken {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e.open--
-	l.updateLocked(e)
+	if l.spare == 0 || n <= 0 {
+		return nil
+	}
+	var srcs []*sourceConns
+	for _, s := range l.bySource {
+		if s.first() != nil {
+			srcs = append(srcs, s)
+		}
+	}
+	slices.SortFunc(srcs, func(a, b *sourceConns) int { return cmp.Compare(b.n, a.n) })
+	var out []taken
+	for _, idle := range []bool{true, false} {
+		for _, s := range srcs {
+			q := &s.busy
+			if idle {
+				q = &s.idle
+			}
+			for q.head != nil && len(out) < n {
+				out = append(out, taken{e: q.head, idle: idle})
+				l.dropLocked(q.head) // takes it off q
+			}
+		}
+	}
+	return out
 }
 
-func (l *connLimiter) carry(e *connEntry) {
+// spareConns returns how many counted connections are not in a session.
+func (l *connLimiter) spareConns() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e.carried = true
-	l.updateLocked(e)
+	return l.spare
 }
 
 // held returns how many connections are counted.

@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -111,19 +113,27 @@ func TestConnsPerSource(t *testing.T) {
 // is acknowledged): with the default caps ("cap": 128 connections per
 // source, twice the 64 sessions a source may hold, and 5,120 for the
 // listener), with none ("nocap"), and with the listener's cap at half the
-// connections tried ("listener").
+// connections tried ("listener"), and with the default caps under a soft
+// memory limit of 256 MiB for the whole process ("pressure": from 128 MiB
+// of live heap the listener closes idle connections, pressure.go).
 func BenchmarkQPACKStuffing(b *testing.B) {
 	n := envCount("POSTERN_STUFF_CONNS", 256)
 	sources := envCount("POSTERN_STUFF_SOURCES", 1)
 	for _, bc := range []struct {
 		name           string
 		perSource, max int
-	}{{"nocap", 1 << 30, 1 << 30}, {"cap", 0, 0}, {"listener", 0, n / 2}} {
+		limit          int64 // soft memory limit of the process, if set
+	}{{"nocap", 1 << 30, 1 << 30, 0}, {"cap", 0, 0, 0}, {"listener", 0, n / 2, 0}, {"pressure", 0, 0, 256 << 20}} {
 		b.Run(bc.name, func(b *testing.B) {
+			if bc.limit > 0 {
+				defer debug.SetMemoryLimit(debug.SetMemoryLimit(bc.limit))
+			}
 			var conns int
 			var heap uint64
 			for b.Loop() {
-				runtime.GC()
+				for range 3 {
+					runtime.GC()
+				}
 				var before runtime.MemStats
 				runtime.ReadMemStats(&before)
 				r := startRelay(b, &Transport{MaxConnsPerSource: bc.perSource, MaxConns: bc.max}, nil)
@@ -161,7 +171,9 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 						conns++
 					}
 				}
-				runtime.GC()
+				for range 3 { // sync.Pool keeps what was put back for two collections
+					runtime.GC()
+				}
 				var after runtime.MemStats
 				runtime.ReadMemStats(&after)
 				heap = after.HeapInuse - before.HeapInuse
@@ -271,12 +283,12 @@ func closedIdle(qc *quic.Conn) bool {
 }
 
 // TestConnsListenerCap: at the listener's cap on QUIC connections a new
-// connection takes the place of the connection idle longest of the source
-// holding the most, if that holds more than the new one's; else of one
-// of its own source's. Never of one that carries a session or has a
-// request open: with none to take, it is refused at its first packet.
-// Before the cap, any number of sources could each hold their per-source
-// cap of connections.
+// connection takes the place of one not in a session, idle before busy,
+// of the source holding the most if that holds more than the new one's,
+// else of its own source; with none to take, it is refused at its first
+// packet. A connection that carries a session is never taken. Before
+// the cap, any number of sources could each hold their per-source cap of
+// connections.
 func TestConnsListenerCap(t *testing.T) {
 	const max = 6
 	entered, release := make(chan struct{}), make(chan struct{})
@@ -295,17 +307,9 @@ func TestConnsListenerCap(t *testing.T) {
 		}
 		return qc
 	}
-	refused := func(d byte, what string) {
-		t.Helper()
-		_, err := coverConn(t, ip(d), addr)
-		var te *quic.TransportError
-		if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
-			t.Fatalf("%s: %v, want CONNECTION_REFUSED", what, err)
-		}
-	}
 	// Closes count once; a refusal once per Initial packet (a
-	// ClientHello with a post-quantum key share takes two).
-	// The relay counts a close after it, so wait for the count.
+	// ClientHello with a post-quantum key share takes two). The relay
+	// counts a close after it, so wait for the count.
 	busy := func(least, most int) int {
 		t.Helper()
 		waitFor(t, fmt.Sprintf("conn_busy counted %d times", least), func() bool { return r.obs.Get(transport.OutcomeConnBusy) >= least })
@@ -317,42 +321,48 @@ func TestConnsListenerCap(t *testing.T) {
 	}
 
 	// Three sessions from 127.0.0.1 (the client's own source), the source
-	// holding the most; two idle connections from .3, one from .4.
+	// holding the most; .3 holds a connection serving a request and, newer,
+	// an idle one; .4 an idle one.
 	sessions := []transport.Conn{dialT(t, r.ep), dialT(t, r.ep), dialT(t, r.ep)}
-	a1 := cover(3)
-	a2 := cover(3)
+	h3 := holdConn(t, ip(3), addr, entered)
+	a := cover(3)
 	b := cover(4)
 	waitHeld(t, l, max)
 
-	// .5 takes the place of .3's older idle connection.
-	h5 := holdConn(t, ip(5), addr, entered)
-	waitFor(t, "an idle connection closed", func() bool { return closedIdle(a1) })
-	if closedIdle(a2) || closedIdle(b) {
-		t.Fatal("more than .3's older idle connection closed")
+	// .5 takes the place of .3's idle connection (.3 holds the most
+	// connections not all in sessions), although .3's busy one is older.
+	cover(5)
+	waitFor(t, ".3's idle connection closed", func() bool { return closedIdle(a) })
+	if h3.Context().Err() != nil || b.Context().Err() != nil {
+		t.Fatal("another connection closed")
 	}
 	waitHeld(t, l, max)
-	busy(1, 1)
+	n := busy(1, 1)
 
-	// .5 holds one connection, as .3 and .4 do, and its own serves a
-	// request: nothing it may take.
-	refused(5, "nothing idle of a source holding more, nor of its own")
-	n := busy(2, 3)
-	if closedIdle(a2) || closedIdle(b) || closedIdle(h5) {
-		t.Fatal("a connection closed for a refused one")
+	// .1 holds 3 connections, all in sessions; the others hold one each:
+	// nothing it may take.
+	_, err := coverConn(t, ip(1), addr)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || te.ErrorCode != quic.ConnectionRefused {
+		t.Fatalf("nothing to take: %v, want CONNECTION_REFUSED", err)
 	}
+	n = busy(n+1, n+2)
 	for i, s := range sessions {
 		echoOnce(t, s, fmt.Sprintf("session %d", i+1))
 	}
 
-	// Once its request is answered, .5's connection is idle: the next
-	// from .5 takes its place.
-	answer()
-	cover(5)
-	waitFor(t, ".5's own idle connection closed", func() bool { return closedIdle(h5) })
-	if closedIdle(a2) || closedIdle(b) {
-		t.Fatal("another source's connection closed")
+	// .3 holds one, no more than anyone else: it takes its own busy one,
+	// closed as http3 closes a connection it has done with.
+	cover(3)
+	waitFor(t, ".3's busy connection closed", func() bool { return h3.Context().Err() != nil })
+	var ae *quic.ApplicationError
+	if err := context.Cause(h3.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) || ae.ErrorMessage != "" {
+		t.Fatalf("busy connection closed with %v, want H3_NO_ERROR", err)
 	}
-	busy(n+1, n+1)
+	if b.Context().Err() != nil {
+		t.Fatal(".4's connection closed")
+	}
+	busy(n+1, n+2)
 	waitHeld(t, l, max)
 	for i, s := range sessions {
 		echoOnce(t, s, fmt.Sprintf("session %d at the end", i+1))
@@ -412,32 +422,98 @@ func TestConnsFairShare(t *testing.T) {
 }
 
 // TestConnLimiterAccounts drives the connection accounts through random
-// admissions, requests, sessions and closes, as the listener does, and
-// checks after every step that the counts agree with the entries and
-// that each source's idle list holds exactly its idle connections, in
-// the order they became idle.
+// admissions, requests, sessions and closes, as the listener does (also
+// on connections not counted yet or any more), and checks after every
+// step that the counts agree with the entries, that each source's lists
+// hold exactly its idle and busy connections in the order they became
+// so, that no cap is exceeded, and that a connection taken to make room
+// is the one the rule names.
 func TestConnLimiterAccounts(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	l := newConnLimiter(6, 12, nil)
-	var live []*connEntry
-	since := map[*connEntry]int{} // step at which each idle entry became idle
+	l := newConnLimiter(10, 16, 0, nil) // fair share 8 from 12 connections
+	var live, gone []*connEntry
+	since := map[*connEntry]int{} // step at which each entry took its state
+	state := func(e *connEntry) string {
+		switch {
+		case !e.counted:
+			return "gone"
+		case e.sessions > 0:
+			return "session"
+		case e.open > 0:
+			return "busy"
+		}
+		return "idle"
+	}
+	prev := map[*connEntry]string{}
+	track := func(e *connEntry, step int) {
+		if st := state(e); st != prev[e] {
+			prev[e], since[e] = st, step
+		}
+	}
+	// expected is the rule's choice for a newcomer from src at the cap.
+	expected := func(src [16]byte) *connEntry {
+		n := 0
+		held := map[[16]byte]int{}
+		for _, e := range live {
+			held[e.src]++
+		}
+		n = held[src]
+		pick := func(from [16]byte) *connEntry {
+			var best *connEntry
+			for _, want := range []string{"idle", "busy"} {
+				for _, e := range live {
+					if e.src == from && state(e) == want && (best == nil || since[e] < since[best]) {
+						best = e
+					}
+				}
+				if best != nil {
+					return best
+				}
+			}
+			return nil
+		}
+		most := -1
+		for k, h := range held {
+			if k != src && h > n && h > most && pick(k) != nil {
+				most = h
+			}
+		}
+		if most >= 0 {
+			// Any source holding the most will do; the caller checks the
+			// victim's source holds most and is its first.
+			return nil
+		}
+		return pick(src)
+	}
 	check := func(step int) {
 		t.Helper()
-		total, idle := 0, 0
+		total, spare := 0, 0
 		perSource := map[[16]byte]int{}
 		for _, e := range live {
 			perSource[e.src]++
 			total++
-			isIdle := !e.carried && e.open == 0
-			if isIdle != e.inList {
-				t.Fatalf("step %d: entry idle=%v, in list=%v", step, isIdle, e.inList)
+			s := l.bySource[e.src]
+			var want *connList
+			switch state(e) {
+			case "idle":
+				want = &s.idle
+			case "busy":
+				want = &s.busy
 			}
-			if isIdle {
-				idle++
+			if e.list != want {
+				t.Fatalf("step %d: a %s connection in the wrong list", step, state(e))
+			}
+			if want != nil {
+				spare++
 			}
 		}
-		if total != l.total || idle != l.idle || len(perSource) != len(l.bySource) {
-			t.Fatalf("step %d: total %d/%d, idle %d/%d, sources %d/%d", step, l.total, total, l.idle, idle, len(l.bySource), len(perSource))
+		for _, e := range gone {
+			if e.list != nil || e.counted {
+				t.Fatalf("step %d: a closed connection still counted or listed", step)
+			}
+		}
+		if total != l.total || spare != l.spare || len(perSource) != len(l.bySource) {
+			t.Fatalf("step %d: total %d/%d, spare %d/%d, sources %d/%d", step, l.total, total, l.spare, spare, len(l.bySource), len(perSource))
 		}
 		if l.total > l.max {
 			t.Fatalf("step %d: %d connections counted, cap %d", step, l.total, l.max)
@@ -449,71 +525,286 @@ func TestConnLimiterAccounts(t *testing.T) {
 			if s.n != perSource[k] {
 				t.Fatalf("step %d: source holds %d, counted %d", step, perSource[k], s.n)
 			}
-			last := -1
-			for e, prev := s.head, (*connEntry)(nil); e != nil; prev, e = e, e.next {
-				if e.prev != prev || e.src != k || !e.inList || since[e] < last {
-					t.Fatalf("step %d: idle list broken", step)
-				}
-				last = since[e]
-				if e.next == nil && s.tail != e {
-					t.Fatalf("step %d: tail is not the last entry", step)
+			for _, q := range []*connList{&s.idle, &s.busy} {
+				last := -1
+				for e, prev := q.head, (*connEntry)(nil); e != nil; prev, e = e, e.next {
+					if e.prev != prev || e.src != k || e.list != q || since[e] < last {
+						t.Fatalf("step %d: list broken", step)
+					}
+					last = since[e]
+					if e.next == nil && q.tail != e {
+						t.Fatalf("step %d: tail is not the last entry", step)
+					}
 				}
 			}
 		}
 	}
-	markIdle := func(e *connEntry, step int) {
-		if e.counted && !e.carried && e.open == 0 {
-			if _, ok := since[e]; !ok {
-				since[e] = step
-			}
-		} else {
-			delete(since, e)
+	var refusedAtCap, taken, fair int
+	pickAny := func() *connEntry {
+		if len(gone) > 0 && rng.IntN(8) == 0 {
+			return gone[rng.IntN(len(gone))]
 		}
+		return live[rng.IntN(len(live))]
 	}
-	for step := range 5000 {
-		var src [16]byte
-		src[0] = byte(rng.IntN(4))
-		switch op := rng.IntN(6); {
-		case op == 0 || len(live) == 0: // a handshake completes
+	for step := range 20000 {
+		var src [16]byte // half the newcomers from one source
+		if rng.IntN(2) == 1 {
+			src[0] = byte(1 + rng.IntN(4))
+		}
+		switch op := rng.IntN(8); {
+		case op <= 1 || len(live) == 0: // a handshake completes
 			l.mu.Lock()
+			atCap := l.total >= l.max
+			want := expected(src)
 			out, victim := l.decideLocked(src)
-			if out == "" {
-				if victim != nil {
-					l.dropLocked(victim)
-					live = slices.DeleteFunc(live, func(x *connEntry) bool { return x == victim })
-					delete(since, victim)
+			switch {
+			case out == transport.OutcomeConnBusy:
+				refusedAtCap++
+			case out == transport.OutcomeConnLimited && l.bySource[src] != nil && l.bySource[src].n < l.perSource:
+				fair++
+			}
+			if victim != nil {
+				if !atCap {
+					t.Fatalf("step %d: a connection taken below the cap", step)
 				}
+				vs := l.bySource[victim.src]
+				if victim != vs.first() {
+					t.Fatalf("step %d: took a connection that is not its source's first", step)
+				}
+				if want != nil && victim != want {
+					t.Fatalf("step %d: took another connection than the newcomer's own first", step)
+				}
+				if victim.src != src {
+					for k, s := range l.bySource {
+						if k != src && s.first() != nil && s.n > vs.n {
+							t.Fatalf("step %d: took from a source holding %d, another holds %d", step, vs.n, s.n)
+						}
+					}
+				}
+				taken++
+				l.dropLocked(victim)
+				live = slices.DeleteFunc(live, func(x *connEntry) bool { return x == victim })
+				gone = append(gone, victim)
+				track(victim, step)
+			} else if out == "" && atCap {
+				t.Fatalf("step %d: admitted at the cap without taking a connection", step)
+			}
+			if out == "" {
 				e := &connEntry{src: src}
+				if rng.IntN(6) == 0 { // a request came in 0-RTT, before the count
+					e.open++
+				}
 				l.addLocked(e)
 				live = append(live, e)
-				markIdle(e, step)
+				track(e, step)
 			}
 			l.mu.Unlock()
-		case op == 1: // a connection closes
+		case op == 2: // a connection closes
 			i := rng.IntN(len(live))
 			e := live[i]
 			l.mu.Lock()
 			l.dropLocked(e)
 			l.mu.Unlock()
 			live = slices.Delete(live, i, i+1)
-			delete(since, e)
-		case op == 2 || op == 3: // a request starts
-			e := live[rng.IntN(len(live))]
+			gone = append(gone, e)
+			track(e, step)
+		case op == 3: // a request starts
+			e := pickAny()
 			l.begin(e)
-			markIdle(e, step)
+			track(e, step)
 		case op == 4: // a request ends
-			if e := live[rng.IntN(len(live))]; e.open > 0 {
+			if e := pickAny(); e.open > 0 {
 				l.end(e)
-				markIdle(e, step)
+				track(e, step)
 			}
-		case op == 5 && rng.IntN(4) == 0: // a session comes on it
-			e := live[rng.IntN(len(live))]
+		case op == 5: // a session comes on it
+			e := pickAny()
 			l.carry(e)
-			markIdle(e, step)
+			track(e, step)
+		case op == 6: // a session ends
+			if e := pickAny(); e.sessions > 0 {
+				l.uncarry(e)
+				track(e, step)
+			}
+		case op == 7 && rng.IntN(4) == 0: // memory pressure
+			for _, tk := range l.reap(1 + rng.IntN(3)) {
+				if tk.e.sessions > 0 {
+					t.Fatalf("step %d: reaped a connection in a session", step)
+				}
+				live = slices.DeleteFunc(live, func(x *connEntry) bool { return x == tk.e })
+				gone = append(gone, tk.e)
+				track(tk.e, step)
+			}
 		}
 		check(step)
 	}
-	if l.total == 0 {
-		t.Fatal("the random walk admitted nothing")
+	t.Logf("taken to make room %d, refused at the cap %d, refused over the fair share %d", taken, refusedAtCap, fair)
+	if taken == 0 || refusedAtCap == 0 || fair == 0 {
+		t.Fatal("the random walk missed a path")
 	}
+}
+
+// TestStalledHeadersClose: a connection whose only request never
+// finishes its headers closes at the idle timeout, as nginx's
+// client_header_timeout would end it. http3's own idle timer stops at a
+// request stream's first byte, so it stayed open for as long as its
+// client sent PINGs, with a goroutine of the relay's parked on each such
+// stream (up to 100 per connection).
+func TestStalledHeadersClose(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	str, err := qc.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A HEADERS frame (type 1) announcing 200 bytes, of which 3 come.
+	if _, err := str.Write([]byte{0x01, 0x40, 0xc8, 0x00, 0x00, 0xd1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-qc.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("a connection with unfinished headers and PINGs every 50 ms was still open after 20 s")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) ||
+		ae.ErrorMessage != "idle timeout" {
+		t.Fatalf("closed with %v, want the idle close (H3_NO_ERROR)", err)
+	}
+}
+
+// TestIdleAfterRequestsAndSessions: a connection becomes idle again when
+// its last request is answered, or its last session ends, and then closes
+// at the idle timeout.
+func TestIdleAfterRequestsAndSessions(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
+	l := r.ln.(*listener).conns
+	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("a connection whose request was answered was still open after 20 s")
+	}
+	if !closedIdle(qc) {
+		t.Fatalf("closed with %v, want the idle close", context.Cause(qc.Context()))
+	}
+
+	// The relay ends a session; the client keeps its connection.
+	go func() {
+		c, err := r.ln.Accept(t.Context())
+		if err == nil {
+			c.Close()
+		}
+	}()
+	dialT(t, r.ep)
+	waitFor(t, "the session's connection closed at the idle timeout", func() bool { return l.held() == 0 })
+}
+
+// TestClosedConnFreed: once a connection closes, nothing of the relay's
+// keeps it, and with it whatever its client sent that was never read
+// (BenchmarkQPACKStuffing). http3's idle timer kept every closed
+// connection until it fired, up to a minute later, and quic-go frees
+// nothing of a closed connection itself.
+func TestClosedConnFreed(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	l := r.ln.(*listener).conns
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, l, 1)
+	l.mu.Lock()
+	var relaySide weak.Pointer[quic.Conn]
+	for _, s := range l.bySource {
+		relaySide = weak.Make(s.idle.head.c)
+	}
+	l.mu.Unlock()
+	qc.CloseWithError(0, "")
+	waitHeld(t, l, 0)
+	waitFor(t, "the relay's side of a closed connection collected", func() bool {
+		runtime.GC()
+		return relaySide.Value() == nil
+	})
+}
+
+// BenchmarkStuffedThenClosed: 8 sources (127.0.0.10 onward) open
+// POSTERN_STUFF_CONNS (default 256) QUIC connections in turn, sends 512 KiB on a QPACK
+// encoder stream of each (which http3 never reads) and closes them all.
+// It reports the process's live heap a second later, when nothing is
+// left of them that anything needs.
+func BenchmarkStuffedThenClosed(b *testing.B) {
+	n := envCount("POSTERN_STUFF_CONNS", 256)
+	var heap uint64
+	for b.Loop() {
+		for range 3 {
+			runtime.GC()
+		}
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		r := startRelay(b, nil, nil)
+		var open []*quic.Conn
+		for i := range n {
+			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(10+i%8))})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer udp.Close()
+			qt := &quic.Transport{Conn: udp}
+			defer qt.Close()
+			ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
+			qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
+			cancel()
+			if err != nil {
+				b.Fatal(err)
+			}
+			open = append(open, qc)
+			s, err := qc.OpenUniStream()
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.Write([]byte{0x02}) // QPACK encoder stream
+			s.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			s.Write(make([]byte, 512<<10))
+		}
+		time.Sleep(time.Second) // the last data lands
+		for _, qc := range open {
+			qc.CloseWithError(0, "")
+		}
+		open = nil
+		time.Sleep(time.Second) // the relay sees the closes
+		for range 3 {
+			runtime.GC()
+		}
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		heap = after.HeapInuse - before.HeapInuse
+	}
+	b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 }

@@ -195,6 +195,9 @@ type Transport struct {
 	// takes the connection, as before 2026-12-05: benchmarks measure what
 	// holding it to the handshake's end saves.
 	slotAtTake bool
+	// pressure, set only by tests, replaces the memory pressure check and
+	// its period (pressure.go). A pointer keeps Transport comparable.
+	pressure *pressureHook
 	// onSend, if set, sees every sendmsg quic-go makes on the transport's
 	// UDP sockets (b: the datagrams, oob: their control messages, with
 	// the GSO segment size): benchmarks count syscalls with it.
@@ -202,6 +205,12 @@ type Transport struct {
 }
 
 var _ transport.Transport = (*Transport)(nil)
+
+// pressureHook is a test's memory pressure; see Transport.pressure.
+type pressureHook struct {
+	under func() bool
+	every time.Duration
+}
 
 // New returns an h3 transport with default settings.
 func New() *Transport { return &Transport{} }

@@ -90,7 +90,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
 	perSource := orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
 	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource),
-		orDefault(t.MaxConns, defaultMaxConns(orDefault(t.MaxSessions, DefaultMaxSessions))), cfg.Observe)
+		orDefault(t.MaxConns, defaultMaxConns(orDefault(t.MaxSessions, DefaultMaxSessions))),
+		cmp.Or(t.IdleTimeout, DefaultIdleTimeout), cfg.Observe)
 	l.qt.ConnContext = l.conns.connContext(l.qt.ConnContext)
 	quicConf := serverQUICConfig(l.windows)
 	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
@@ -103,10 +104,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		TLSConfig:  tlsConf,
 		QUICConfig: quicConf,
 		Handler:    http.HandlerFunc(l.serveHTTP),
-		// Without it, a client's PINGs keep a connection with no request
-		// open for ever, and with it whatever it sent on the streams
-		// http3 never reads (conns.go).
-		IdleTimeout: cmp.Or(t.IdleTimeout, DefaultIdleTimeout),
+		// No IdleTimeout: the connections' account closes idle ones
+		// (conns.go), as http3 would, without keeping a closed one.
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			l.early.Add(1)
 			if t.slotAtTake {
@@ -118,6 +117,11 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		},
 		Logger: discardLogger,
 	}
+	pressure, every := memoryPressure, pressureCheck
+	if t.pressure != nil {
+		pressure, every = t.pressure.under, t.pressure.every
+	}
+	go l.relieve(pressure, every, cfg.Observe, l.served)
 	go func() {
 		defer close(l.served)
 		defer ln.Close()
@@ -208,7 +212,10 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		l.windows.markSession(qc) // its windows grow from the sessions' pool now
 	}
 	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
-		l.conns.carry(e) // never taken as idle to make room
+		// In a session until it ends: never idle, never taken to make room.
+		l.conns.carry(e)
+		free := release
+		release = sync.OnceFunc(func() { free(); l.conns.uncarry(e) })
 	}
 	httpsession.WriteAccepted(w)
 	str, err := streamer.HTTPStream() // sends the 200 now

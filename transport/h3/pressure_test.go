@@ -1,0 +1,108 @@
+package h3
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/postern/postern/transport"
+)
+
+// TestIdleConnsClosedUnderPressure: under memory pressure the listener
+// closes idle connections, a quarter of them (at least one) per check,
+// those of the source holding the most first and each source's idle
+// longest first, and those serving a request only after the idle ones;
+// never one that carries a session.
+func TestIdleConnsClosedUnderPressure(t *testing.T) {
+	rounds := make(chan struct{})
+	entered, release := make(chan struct{}), make(chan struct{})
+	// Each round of pressure is one check that finds it.
+	hook := &pressureHook{every: time.Millisecond, under: func() bool {
+		select {
+		case <-rounds:
+			return true
+		default:
+			return false
+		}
+	}}
+	r := startRelay(t, &Transport{pressure: hook}, func(cfg *transport.ListenConfig) { cfg.Cover = holdCover(entered, release) })
+	serveEcho(t, r.ln)
+	t.Cleanup(func() { close(release) }) // before the relay closes
+	addr := r.ln.Addr().String()
+	l := r.ln.(*listener).conns
+	ip := func(d byte) net.IP { return net.IPv4(127, 0, 0, d) }
+	cover := func(d byte) *quic.Conn {
+		t.Helper()
+		qc, err := coverConn(t, ip(d), addr)
+		if err != nil {
+			t.Fatalf("cover connection from 127.0.0.%d: %v", d, err)
+		}
+		return qc
+	}
+	session := dialT(t, r.ep)
+	held := holdConn(t, ip(5), addr, entered)
+	a := []*quic.Conn{cover(3), cover(3), cover(3)}
+	b := cover(4)
+	waitHeld(t, l, 6)
+	if n := l.spareConns(); n != 5 {
+		t.Fatalf("%d connections not in a session, want 5", n)
+	}
+
+	// One round with 5 such: one closed, .3's oldest.
+	rounds <- struct{}{}
+	waitFor(t, ".3's oldest connection closed", func() bool { return closedIdle(a[0]) })
+	waitHeld(t, l, 5)
+	if closedIdle(a[1]) || closedIdle(a[2]) || closedIdle(b) || held.Context().Err() != nil {
+		t.Fatal("more than one connection closed in a round with 5 to take")
+	}
+	for range 3 {
+		rounds <- struct{}{}
+	}
+	waitFor(t, "every idle connection closed", func() bool { return closedIdle(a[1]) && closedIdle(a[2]) && closedIdle(b) })
+	waitHeld(t, l, 2)
+	if held.Context().Err() != nil {
+		t.Fatal("a connection serving a request was closed while idle ones were left")
+	}
+	// Then the one serving a request, closed as http3 closes a
+	// connection it has done with; never the session's.
+	rounds <- struct{}{}
+	waitFor(t, "the busy connection closed", func() bool { return held.Context().Err() != nil })
+	var ae *quic.ApplicationError
+	if err := context.Cause(held.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) || ae.ErrorMessage != "" {
+		t.Fatalf("busy connection closed with %v, want H3_NO_ERROR", err)
+	}
+	rounds <- struct{}{} // nothing left to take
+	waitHeld(t, l, 1)
+	echoOnce(t, session, "the session after the rounds")
+	waitFor(t, "5 closes counted", func() bool { return r.obs.Get(transport.OutcomeConnBusy) == 5 })
+}
+
+// TestMemoryPressure: pressure is the live heap above half the soft
+// memory limit, and never without one.
+func TestMemoryPressure(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	debug.SetMemoryLimit(math.MaxInt64)
+	if memoryPressure() {
+		t.Fatal("pressure without a memory limit")
+	}
+	runtime.GC()
+	debug.SetMemoryLimit(1 << 40)
+	if memoryPressure() {
+		t.Fatal("pressure under a 1 TiB limit")
+	}
+	ballast := make([]byte, 8<<20)
+	debug.SetMemoryLimit(8 << 20)
+	runtime.GC()
+	if !memoryPressure() {
+		t.Fatal("no pressure with 8 MiB live under an 8 MiB limit")
+	}
+	runtime.KeepAlive(ballast)
+}
