@@ -145,6 +145,7 @@ type connEntry struct {
 	list       *connList // the list it is in, if any
 	prev, next *connEntry
 	timer      *time.Timer // its idle timeout, while idle
+	admitted   time.Time   // when it was counted
 }
 
 var errSourceConns = errors.New("QUIC connection limit")
@@ -348,6 +349,7 @@ func (l *connLimiter) addLocked(e *connEntry) {
 	s.n++
 	l.total++
 	e.counted = true
+	e.admitted = time.Now()
 	l.updateLocked(e)
 }
 
@@ -426,11 +428,11 @@ func (l *connLimiter) change(e *connEntry, n *int, d int) {
 	l.updateLocked(e)
 }
 
-// reap takes up to n connections that are not in a session out of the
-// count and returns them, for the caller to close: idle ones before busy
-// ones, and of each kind those of the sources holding the most
-// connections first, longest so first.
-func (l *connLimiter) reap(n int) []taken {
+// reap takes up to n connections that are not in a session, and were
+// counted before notBefore, out of the count and returns them, for the
+// caller to close: idle ones before busy ones, and of each kind those of
+// the sources holding the most connections first, longest so first.
+func (l *connLimiter) reap(n int, notBefore time.Time) []taken {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.spare == 0 || n <= 0 {
@@ -450,9 +452,13 @@ func (l *connLimiter) reap(n int) []taken {
 			if idle {
 				q = &s.idle
 			}
-			for q.head != nil && len(out) < n {
-				out = append(out, taken{e: q.head, idle: idle})
-				l.dropLocked(q.head) // takes it off q
+			for e := q.head; e != nil && len(out) < n; {
+				next := e.next
+				if e.admitted.Before(notBefore) {
+					out = append(out, taken{e: e, idle: idle})
+					l.dropLocked(e) // takes it off q
+				}
+				e = next
 			}
 		}
 	}

@@ -627,7 +627,7 @@ func TestConnLimiterAccounts(t *testing.T) {
 				track(e, step)
 			}
 		case op == 7 && rng.IntN(4) == 0: // memory pressure
-			for _, tk := range l.reap(1 + rng.IntN(3)) {
+			for _, tk := range l.reap(1+rng.IntN(3), time.Now().Add(time.Second)) {
 				if tk.e.sessions > 0 {
 					t.Fatalf("step %d: reaped a connection in a session", step)
 				}

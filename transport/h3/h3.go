@@ -208,8 +208,8 @@ var _ transport.Transport = (*Transport)(nil)
 
 // pressureHook is a test's memory pressure; see Transport.pressure.
 type pressureHook struct {
-	under func() bool
-	every time.Duration
+	under        func() bool
+	every, grace time.Duration
 }
 
 // New returns an h3 transport with default settings.

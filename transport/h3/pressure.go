@@ -25,9 +25,19 @@ import (
 // closed connection's buffers are garbage at once. Connections that carry
 // a session are never closed for this. With no soft limit set, nothing
 // is closed.
+//
+// A connection counted less than pressureGrace ago is left alone: a
+// Postern client sends its session request a round trip after its
+// handshake, and a relay full of sessions is under pressure by this
+// measure (20,000 idle h3 sessions in 2 GiB take about 60 % of the soft
+// limit), so without it a new session's connection could be closed
+// before its request arrived. What clients can make the relay hold in
+// such connections is what they can send within the grace, and at most
+// the listener's cap of connections.
 const (
 	pressureCheck   = 500 * time.Millisecond
 	pressurePercent = 50
+	pressureGrace   = 2 * time.Second
 )
 
 // memoryPressure reports whether the live heap (as of the last garbage
@@ -46,8 +56,9 @@ func memoryPressure() bool {
 }
 
 // relieve runs until done is closed: on every tick under pressure it
-// closes a quarter of l's idle connections, at least one.
-func (l *listener) relieve(pressure func() bool, every time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
+// closes a quarter of l's connections not in a session (at least one),
+// of those counted at least grace ago.
+func (l *listener) relieve(pressure func() bool, every, grace time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -59,7 +70,7 @@ func (l *listener) relieve(pressure func() bool, every time.Duration, observe fu
 		if !pressure() {
 			continue
 		}
-		for _, t := range l.conns.reap(max(l.conns.spareConns()/4, 1)) {
+		for _, t := range l.conns.reap(max(l.conns.spareConns()/4, 1), time.Now().Add(-grace)) {
 			t.close()
 			if observe != nil {
 				observe(transport.OutcomeConnBusy)

@@ -106,3 +106,32 @@ func TestMemoryPressure(t *testing.T) {
 	}
 	runtime.KeepAlive(ballast)
 }
+
+// TestPressureSparesNewConns: a connection counted less than the grace
+// ago is not closed under pressure: a new session's request arrives a
+// round trip after the handshake.
+func TestPressureSparesNewConns(t *testing.T) {
+	rounds := make(chan struct{})
+	hook := &pressureHook{every: time.Millisecond, grace: time.Hour, under: func() bool {
+		select {
+		case <-rounds:
+			return true
+		default:
+			return false
+		}
+	}}
+	r := startRelay(t, &Transport{pressure: hook}, nil)
+	l := r.ln.(*listener).conns
+	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, l, 1)
+	// The second round is taken only once the first has closed what it
+	// would.
+	rounds <- struct{}{}
+	rounds <- struct{}{}
+	if qc.Context().Err() != nil || l.held() != 1 {
+		t.Fatal("a connection within its grace was closed under pressure")
+	}
+}

@@ -117,11 +117,11 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		},
 		Logger: discardLogger,
 	}
-	pressure, every := memoryPressure, pressureCheck
+	pressure, every, grace := memoryPressure, pressureCheck, pressureGrace
 	if t.pressure != nil {
-		pressure, every = t.pressure.under, t.pressure.every
+		pressure, every, grace = t.pressure.under, t.pressure.every, t.pressure.grace
 	}
-	go l.relieve(pressure, every, cfg.Observe, l.served)
+	go l.relieve(pressure, every, grace, cfg.Observe, l.served)
 	go func() {
 		defer close(l.served)
 		defer ln.Close()
