@@ -56,7 +56,7 @@ func TestExposition(t *testing.T) {
 	mailboxes.Store(3)
 
 	want := `
-# HELP postern_handshakes_total Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap), limited (valid session refused at a per-source or per-connection cap or above the source's fair share), conn_limited (h3: a QUIC connection refused, per Initial packet, its source holding its cap of connections or its fair share of the listener's), conn_busy (h3: a QUIC connection refused, per Initial packet, the listener holding its cap of connections with none idle, or an idle connection closed to make room for a new one).
+# HELP postern_handshakes_total Requests that reached a transport listener, by transport and result: ok (authenticated relay session), auth_failed (session path, bad or expired token), replay (token seen before), cover (served the cover site), busy (valid session refused at the listener's session cap), limited (valid session refused at a per-source or per-connection cap or above the source's fair share), conn_limited (h3: a QUIC connection refused, per Initial packet, its source holding its cap of connections or its fair share of the listener's), conn_busy (h3: a QUIC connection refused, per Initial packet, the listener holding its cap of connections with none to take, or a connection without a session closed to make room for a new one or under memory pressure).
 # TYPE postern_handshakes_total counter
 postern_handshakes_total{result="auth_failed",transport="h3"} 0
 postern_handshakes_total{result="auth_failed",transport="https"} 0

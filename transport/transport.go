@@ -188,8 +188,9 @@ const (
 	// (counted per Initial packet refused).
 	OutcomeConnLimited Outcome = "conn_limited"
 	// OutcomeConnBusy is a QUIC connection refused because the listener
-	// holds its cap of connections and none is idle to make room, or an
-	// idle connection closed to make room for a new one.
+	// holds its cap of connections and none may be taken to make room, or
+	// a connection without a session closed to make room for a new one or
+	// under memory pressure.
 	OutcomeConnBusy Outcome = "conn_busy"
 )
 

@@ -68,8 +68,15 @@ import (
 // A connection idle for idleTimeout is closed (H3_NO_ERROR, "idle
 // timeout", as http3's own idle timer closes it; that timer is off,
 // since its closure kept a closed connection, and all it held, until it
-// fired, up to a minute later). Unlike http3's, this one also runs while
-// a request's headers never finish, as nginx's client_header_timeout.
+// fired, up to a minute later). Its first idle spell counts from when
+// the HTTP/3 server took the connection, as http3's did, but the timer
+// only runs once the handshake is done: with an idle timeout shorter
+// than a handshake (never with the defaults) it fires then. Unlike
+// http3's, this timer also runs while a request's headers never finish,
+// as nginx's client_header_timeout, and it does not stop for a request
+// stream that never reaches the handler (malformed, too large, reset
+// early), which http3's did while the stream lived; a cover response
+// still being sent after the handler returned counts as idle.
 //
 // A new connection that a limit refuses is refused at its first packet
 // (CONNECTION_REFUSED, as at the cap on handshakes in flight); one that
@@ -137,7 +144,7 @@ func (q *connList) remove(e *connEntry) {
 
 // connEntry is one connection's account.
 type connEntry struct {
-	c          *quic.Conn
+	c          *quic.Conn // nil once it is no longer counted
 	src        [16]byte
 	counted    bool
 	sessions   int       // admitted sessions it carries
@@ -145,7 +152,11 @@ type connEntry struct {
 	list       *connList // the list it is in, if any
 	prev, next *connEntry
 	timer      *time.Timer // its idle timeout, while idle
+	taken      time.Time   // when the HTTP/3 server took it
 	admitted   time.Time   // when it was counted
+	since      time.Time   // when it went into its list
+	deadline   time.Time   // when its idle timeout ends, while idle
+	listed     bool        // it has been in a list
 }
 
 var errSourceConns = errors.New("QUIC connection limit")
@@ -269,7 +280,7 @@ func (s *sourceConns) first() *connEntry {
 // goroutines are as many as the handshakes in flight, which are capped
 // (DefaultMaxHandshakes).
 func (l *connLimiter) watch(c *quic.Conn) *connEntry {
-	e := &connEntry{c: c}
+	e := &connEntry{c: c, taken: time.Now()}
 	go func() {
 		select {
 		case <-c.HandshakeComplete():
@@ -301,6 +312,7 @@ func (l *connLimiter) watch(c *quic.Conn) *connEntry {
 // it was idle then.
 type taken struct {
 	e    *connEntry
+	c    *quic.Conn
 	idle bool
 }
 
@@ -311,7 +323,7 @@ func (t taken) close() {
 	if t.idle {
 		msg = "idle timeout"
 	}
-	t.e.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), msg)
+	t.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), msg)
 }
 
 // admit counts e until its connection closes, taking the place of
@@ -327,11 +339,11 @@ func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *taken) {
 	}
 	var t *taken
 	if victim != nil {
-		t = &taken{e: victim, idle: victim.list == &l.bySource[victim.src].idle}
+		t = &taken{e: victim, c: victim.c, idle: victim.list == &l.bySource[victim.src].idle}
 		l.dropLocked(victim)
 	}
 	l.addLocked(e)
-	context.AfterFunc(e.c.Context(), func() {
+	context.AfterFunc(e.c.Context(), func() { // the connection ended
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		l.dropLocked(e)
@@ -360,6 +372,10 @@ func (l *connLimiter) dropLocked(e *connEntry) {
 	}
 	e.counted = false
 	l.updateLocked(e)
+	// A stopped timer can stay in the runtime's heap for a while, its
+	// closure pointing to e: e must not keep the connection
+	// (TestClosedConnFreed).
+	e.c = nil
 	s := l.bySource[e.src]
 	l.total--
 	if s.n--; s.n <= 0 {
@@ -394,23 +410,41 @@ func (l *connLimiter) updateLocked(e *connEntry) {
 	}
 	want.push(e)
 	l.spare++
+	now := time.Now()
+	e.since = now
+	first := !e.listed
+	e.listed = true
 	if want != &l.bySource[e.src].idle || l.idleTimeout <= 0 {
 		return
 	}
+	// Idle from the start, it has been so since the HTTP/3 server took
+	// it, as http3's own idle timer counted.
+	from := now
+	if first {
+		from = e.taken
+	}
+	e.deadline = from.Add(l.idleTimeout)
+	d := max(e.deadline.Sub(now), 0)
 	if e.timer == nil {
-		e.timer = time.AfterFunc(l.idleTimeout, func() { l.expire(e) })
+		e.timer = time.AfterFunc(d, func() { l.expire(e) })
 	} else {
-		e.timer.Reset(l.idleTimeout)
+		e.timer.Reset(d)
 	}
 }
 
-// expire closes e's connection if it is still idle: its idle timer fired.
+// expire closes e's connection if it is still idle and its idle timeout
+// has ended: its idle timer fired. (A timer that fired while e left and
+// went back into idle finds its new deadline still ahead; the timer
+// reset for it fires again then.)
 func (l *connLimiter) expire(e *connEntry) {
 	l.mu.Lock()
-	idle := e.counted && e.list == &l.bySource[e.src].idle
+	var c *quic.Conn
+	if e.counted && e.list == &l.bySource[e.src].idle && !time.Now().Before(e.deadline) {
+		c = e.c
+	}
 	l.mu.Unlock()
-	if idle {
-		e.c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "idle timeout")
+	if c != nil {
+		c.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "idle timeout")
 	}
 }
 
@@ -428,11 +462,13 @@ func (l *connLimiter) change(e *connEntry, n *int, d int) {
 	l.updateLocked(e)
 }
 
-// reap takes up to n connections that are not in a session, and were
-// counted before notBefore, out of the count and returns them, for the
-// caller to close: idle ones before busy ones, and of each kind those of
-// the sources holding the most connections first, longest so first.
-func (l *connLimiter) reap(n int, notBefore time.Time) []taken {
+// reap takes up to n connections that are not in a session out of the
+// count and returns them, for the caller to close: idle ones counted
+// before notBefore, then busy ones busy since before busyBefore (a cover
+// page takes milliseconds to serve; a client that reads its response
+// slowly, or never, keeps a request open); of each kind those of the
+// sources holding the most connections first, longest so first.
+func (l *connLimiter) reap(n int, notBefore, busyBefore time.Time) []taken {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.spare == 0 || n <= 0 {
@@ -454,8 +490,8 @@ func (l *connLimiter) reap(n int, notBefore time.Time) []taken {
 			}
 			for e := q.head; e != nil && len(out) < n; {
 				next := e.next
-				if e.admitted.Before(notBefore) {
-					out = append(out, taken{e: e, idle: idle})
+				if e.admitted.Before(notBefore) && (idle || e.since.Before(busyBefore)) {
+					out = append(out, taken{e: e, c: e.c, idle: idle})
 					l.dropLocked(e) // takes it off q
 				}
 				e = next

@@ -450,28 +450,34 @@ func TestConnLimiterAccounts(t *testing.T) {
 			prev[e], since[e] = st, step
 		}
 	}
-	// expected is the rule's choice for a newcomer from src at the cap.
-	expected := func(src [16]byte) *connEntry {
-		n := 0
+	// pick is the model's first connection to take of a source: its
+	// longest idle, else its longest busy.
+	pick := func(from [16]byte) *connEntry {
+		var best *connEntry
+		for _, want := range []string{"idle", "busy"} {
+			for _, e := range live {
+				if e.src == from && state(e) == want && (best == nil || since[e] < since[best]) {
+					best = e
+				}
+			}
+			if best != nil {
+				return best
+			}
+		}
+		return nil
+	}
+	heldBy := func() map[[16]byte]int {
 		held := map[[16]byte]int{}
 		for _, e := range live {
 			held[e.src]++
 		}
-		n = held[src]
-		pick := func(from [16]byte) *connEntry {
-			var best *connEntry
-			for _, want := range []string{"idle", "busy"} {
-				for _, e := range live {
-					if e.src == from && state(e) == want && (best == nil || since[e] < since[best]) {
-						best = e
-					}
-				}
-				if best != nil {
-					return best
-				}
-			}
-			return nil
-		}
+		return held
+	}
+	// expected is the rule's choice for a newcomer from src at the cap,
+	// when it is of src's own; nil when it is of a larger source.
+	expected := func(src [16]byte) *connEntry {
+		held := heldBy()
+		n := held[src]
 		most := -1
 		for k, h := range held {
 			if k != src && h > n && h > most && pick(k) != nil {
@@ -560,6 +566,16 @@ func TestConnLimiterAccounts(t *testing.T) {
 			switch {
 			case out == transport.OutcomeConnBusy:
 				refusedAtCap++
+				// Refused at the cap: nothing the rule allows to take.
+				held := heldBy()
+				if pick(src) != nil {
+					t.Fatalf("step %d: refused at the cap with a connection of its own to take", step)
+				}
+				for k, h := range held {
+					if k != src && h > held[src] && pick(k) != nil {
+						t.Fatalf("step %d: refused at the cap while a larger source had one to take", step)
+					}
+				}
 			case out == transport.OutcomeConnLimited && l.bySource[src] != nil && l.bySource[src].n < l.perSource:
 				fair++
 			}
@@ -567,17 +583,20 @@ func TestConnLimiterAccounts(t *testing.T) {
 				if !atCap {
 					t.Fatalf("step %d: a connection taken below the cap", step)
 				}
-				vs := l.bySource[victim.src]
-				if victim != vs.first() {
+				held := heldBy()
+				if victim != pick(victim.src) {
 					t.Fatalf("step %d: took a connection that is not its source's first", step)
 				}
 				if want != nil && victim != want {
 					t.Fatalf("step %d: took another connection than the newcomer's own first", step)
 				}
 				if victim.src != src {
-					for k, s := range l.bySource {
-						if k != src && s.first() != nil && s.n > vs.n {
-							t.Fatalf("step %d: took from a source holding %d, another holds %d", step, vs.n, s.n)
+					if held[victim.src] <= held[src] {
+						t.Fatalf("step %d: took from a source holding %d, the newcomer's holds %d", step, held[victim.src], held[src])
+					}
+					for k, h := range held {
+						if k != src && pick(k) != nil && h > held[victim.src] {
+							t.Fatalf("step %d: took from a source holding %d, another holds %d", step, held[victim.src], h)
 						}
 					}
 				}
@@ -627,7 +646,7 @@ func TestConnLimiterAccounts(t *testing.T) {
 				track(e, step)
 			}
 		case op == 7 && rng.IntN(4) == 0: // memory pressure
-			for _, tk := range l.reap(1+rng.IntN(3), time.Now().Add(time.Second)) {
+			for _, tk := range l.reap(1+rng.IntN(3), time.Now().Add(time.Second), time.Now().Add(time.Second)) {
 				if tk.e.sessions > 0 {
 					t.Fatalf("step %d: reaped a connection in a session", step)
 				}
@@ -807,4 +826,40 @@ func BenchmarkStuffedThenClosed(b *testing.B) {
 		heap = after.HeapInuse - before.HeapInuse
 	}
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+}
+
+// TestIdleTimerStaleFire: an idle timer that fires while its connection
+// serves a request and goes back to idle (all under the account's lock,
+// which the timer's callback then waits for) does not close it: the
+// connection gets a whole idle timeout from its new idle spell. It was
+// closed at once, a reviewer found.
+func TestIdleTimerStaleFire(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
+	l := r.ln.(*listener).conns
+	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, l, 1)
+	l.mu.Lock()
+	var e *connEntry
+	for _, s := range l.bySource {
+		e = s.idle.head
+	}
+	time.Sleep(idle + 100*time.Millisecond) // the timer fires; its callback waits for l.mu
+	e.open++
+	l.updateLocked(e) // a request begins
+	e.open--
+	l.updateLocked(e) // and ends: idle again
+	again := time.Now()
+	l.mu.Unlock()
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("never closed")
+	}
+	if d := time.Since(again); d < idle*9/10 {
+		t.Fatalf("closed %v after it went back to idle, before its idle timeout (%v)", d, idle)
+	}
 }

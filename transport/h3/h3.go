@@ -178,8 +178,8 @@ type Transport struct {
 	// session cap (ListenConfig.MaxSessionsPerSource, or its default).
 	MaxConnsPerSource int
 	// MaxConns caps the established QUIC connections of the listener (see
-	// conns.go): at the cap a new connection takes the place of an idle
-	// one, or is refused. Zero means the session cap (MaxSessions, or its
+	// conns.go): at the cap a new connection takes the place of one that
+	// carries no session, or is refused. Zero means the session cap (MaxSessions, or its
 	// default) and a quarter more, at least 64 more.
 	MaxConns int
 	// WindowBudget is the receive window, in bytes past the initial one,
@@ -208,8 +208,8 @@ var _ transport.Transport = (*Transport)(nil)
 
 // pressureHook is a test's memory pressure; see Transport.pressure.
 type pressureHook struct {
-	under        func() bool
-	every, grace time.Duration
+	under              func(spare int) bool
+	every, grace, busy time.Duration
 }
 
 // New returns an h3 transport with default settings.

@@ -9,56 +9,83 @@ import (
 	"github.com/postern/postern/transport"
 )
 
-// Under memory pressure a listener closes idle QUIC connections.
+// Under memory pressure a listener closes connections that carry no
+// session.
 //
 // The caps on connections (conns.go) bound their number, not their bytes:
 // a connection that never carried a session can hold up to its initial
 // receive window (768 KiB) in streams http3 never reads, so the clients of
 // a few thousand connections, from a few dozen sources, could take a relay
-// past its memory limit. So while the live heap is above half of the
-// process's soft memory limit (GOMEMLIMIT, which a relay sets from its
-// memory limit), the listener closes a quarter of its idle connections
-// (at least one) every pressureCheck: the sources holding the most
-// connections first, each's idle longest first, as nginx closes idle
-// keep-alive connections when it runs short. Idle is as for the cap: no
-// session ever came on the connection and no request is open on it. A
-// closed connection's buffers are garbage at once. Connections that carry
-// a session are never closed for this. With no soft limit set, nothing
-// is closed.
+// past its memory limit. So a listener is under pressure when
 //
-// A connection counted less than pressureGrace ago is left alone: a
-// Postern client sends its session request a round trip after its
-// handshake, and a relay full of sessions is under pressure by this
-// measure (20,000 idle h3 sessions in 2 GiB take about 60 % of the soft
-// limit), so without it a new session's connection could be closed
-// before its request arrived. What clients can make the relay hold in
-// such connections is what they can send within the grace, and at most
-// the listener's cap of connections.
+//   - a garbage collection has ended since it last acted (the live heap
+//     is measured at collections: without it the listener would act
+//     again on the heap it has just freed);
+//   - the live heap is above pressurePercent of the process's soft memory
+//     limit (GOMEMLIMIT, which a relay sets from its memory limit);
+//   - and its connections not in a session could, at their initial
+//     window each, fill half of what is left below the limit. A relay
+//     full of sessions is above the first mark (20,000 idle h3 sessions
+//     in 2 GiB take about 60 % of the soft limit) but holds few such
+//     connections: it does not act, so a prober's cover connection is
+//     not closed sooner there than on an idle relay.
+//
+// Then it closes a quarter of those connections (at least one): idle
+// ones first, then those busy for pressureBusy or longer (a client that
+// reads a cover page slowly, or never, keeps its request open), never
+// one counted less than pressureGrace ago (a Postern client sends its
+// session request a round trip after its handshake), and of each kind
+// those of the sources holding the most connections first. A closed
+// connection's buffers are garbage at once (conns.go). Connections in a
+// session are never closed for this. With no soft limit set, nothing is
+// closed.
 const (
 	pressureCheck   = 500 * time.Millisecond
 	pressurePercent = 50
 	pressureGrace   = 2 * time.Second
+	pressureBusy    = 10 * time.Second
+	// initialConnWindow is what a connection's client can make the relay hold
+	// unread: quic-go's initial connection receive window.
+	initialConnWindow = 768 << 10
 )
 
-// memoryPressure reports whether the live heap (as of the last garbage
-// collection) is above pressurePercent of the soft memory limit.
-func memoryPressure() bool {
+// memoryGauge reads the runtime's memory figures for one listener.
+type memoryGauge struct {
+	samples [2]metrics.Sample
+	acted   uint64 // the collection count when it last reported pressure
+}
+
+func newMemoryGauge() *memoryGauge {
+	g := &memoryGauge{}
+	g.samples[0].Name = "/gc/heap/live:bytes"
+	g.samples[1].Name = "/gc/cycles/total:gc-cycles"
+	return g
+}
+
+// under reports whether a listener holding spare connections not in a
+// session is under pressure (see above), and if so takes note that it
+// acts on this collection's figures.
+func (g *memoryGauge) under(spare int) bool {
 	limit := debug.SetMemoryLimit(-1)
-	if limit == math.MaxInt64 || limit <= 0 {
+	if limit == math.MaxInt64 || limit <= 0 || spare <= 0 {
 		return false
 	}
-	s := [1]metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s[:])
-	if s[0].Value.Kind() != metrics.KindUint64 {
+	metrics.Read(g.samples[:])
+	if g.samples[0].Value.Kind() != metrics.KindUint64 || g.samples[1].Value.Kind() != metrics.KindUint64 {
 		return false
 	}
-	return s[0].Value.Uint64() > uint64(limit)/100*pressurePercent
+	live, cycles := int64(g.samples[0].Value.Uint64()), g.samples[1].Value.Uint64()
+	if cycles == g.acted || live <= limit/100*pressurePercent || int64(spare)*initialConnWindow <= (limit-live)/2 {
+		return false
+	}
+	g.acted = cycles
+	return true
 }
 
 // relieve runs until done is closed: on every tick under pressure it
 // closes a quarter of l's connections not in a session (at least one),
-// of those counted at least grace ago.
-func (l *listener) relieve(pressure func() bool, every, grace time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
+// of those counted at least grace ago, busy ones only if busy for busy.
+func (l *listener) relieve(pressure func(spare int) bool, every, grace, busy time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -67,10 +94,12 @@ func (l *listener) relieve(pressure func() bool, every, grace time.Duration, obs
 			return
 		case <-t.C:
 		}
-		if !pressure() {
+		spare := l.conns.spareConns()
+		if !pressure(spare) {
 			continue
 		}
-		for _, t := range l.conns.reap(max(l.conns.spareConns()/4, 1), time.Now().Add(-grace)) {
+		now := time.Now()
+		for _, t := range l.conns.reap(max(spare/4, 1), now.Add(-grace), now.Add(-busy)) {
 			t.close()
 			if observe != nil {
 				observe(transport.OutcomeConnBusy)

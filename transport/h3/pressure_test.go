@@ -25,7 +25,7 @@ func TestIdleConnsClosedUnderPressure(t *testing.T) {
 	rounds := make(chan struct{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	// Each round of pressure is one check that finds it.
-	hook := &pressureHook{every: time.Millisecond, under: func() bool {
+	hook := &pressureHook{every: time.Millisecond, under: func(int) bool {
 		select {
 		case <-rounds:
 			return true
@@ -86,33 +86,48 @@ func TestIdleConnsClosedUnderPressure(t *testing.T) {
 }
 
 // TestMemoryPressure: pressure is the live heap above half the soft
-// memory limit, and never without one.
+// memory limit while the connections not in a session could fill half of
+// what is left below it, at most once per garbage collection, and never
+// without a limit.
 func TestMemoryPressure(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	g := newMemoryGauge()
 	debug.SetMemoryLimit(math.MaxInt64)
-	if memoryPressure() {
+	runtime.GC()
+	if g.under(1 << 20) {
 		t.Fatal("pressure without a memory limit")
 	}
-	runtime.GC()
 	debug.SetMemoryLimit(1 << 40)
-	if memoryPressure() {
+	if g.under(1 << 20) {
 		t.Fatal("pressure under a 1 TiB limit")
 	}
-	ballast := make([]byte, 8<<20)
-	debug.SetMemoryLimit(8 << 20)
+	ballast := make([]byte, 64<<20)
+	debug.SetMemoryLimit(96 << 20)
 	runtime.GC()
-	if !memoryPressure() {
-		t.Fatal("no pressure with 8 MiB live under an 8 MiB limit")
+	// About 30 MiB left: 40 connections could fill half of it, 16 not.
+	if g.under(16) {
+		t.Fatal("pressure with connections that could fill a quarter of the headroom")
+	}
+	if !g.under(40) {
+		t.Fatal("no pressure with 64 MiB live under a 96 MiB limit and 40 connections")
+	}
+	if g.under(40) {
+		t.Fatal("pressure twice on one collection's figures")
+	}
+	runtime.GC()
+	if !g.under(40) {
+		t.Fatal("no pressure after the next collection")
 	}
 	runtime.KeepAlive(ballast)
 }
 
 // TestPressureSparesNewConns: a connection counted less than the grace
-// ago is not closed under pressure: a new session's request arrives a
-// round trip after the handshake.
+// ago is not closed under pressure (a new session's request arrives a
+// round trip after the handshake), nor one busy for less than the busy
+// grace (a cover page being served).
 func TestPressureSparesNewConns(t *testing.T) {
 	rounds := make(chan struct{})
-	hook := &pressureHook{every: time.Millisecond, grace: time.Hour, under: func() bool {
+	hook := &pressureHook{every: time.Millisecond, grace: time.Hour, under: func(int) bool {
 		select {
 		case <-rounds:
 			return true
@@ -133,5 +148,27 @@ func TestPressureSparesNewConns(t *testing.T) {
 	rounds <- struct{}{}
 	if qc.Context().Err() != nil || l.held() != 1 {
 		t.Fatal("a connection within its grace was closed under pressure")
+	}
+
+	// A connection busy for less than the busy grace is not closed
+	// either; an idle one beside it is.
+	entered, release := make(chan struct{}), make(chan struct{})
+	hook2 := &pressureHook{every: time.Millisecond, busy: time.Hour, under: hook.under}
+	r2 := startRelay(t, &Transport{pressure: hook2}, func(cfg *transport.ListenConfig) { cfg.Cover = holdCover(entered, release) })
+	t.Cleanup(func() { close(release) }) // before the relay closes
+	l2 := r2.ln.(*listener).conns
+	held := holdConn(t, net.IPv4(127, 0, 0, 4), r2.ln.Addr().String(), entered)
+	idle, err := coverConn(t, net.IPv4(127, 0, 0, 5), r2.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHeld(t, l2, 2)
+	rounds <- struct{}{}
+	rounds <- struct{}{}
+	waitFor(t, "the idle connection closed", func() bool { return closedIdle(idle) })
+	rounds <- struct{}{}
+	rounds <- struct{}{}
+	if held.Context().Err() != nil || l2.held() != 1 {
+		t.Fatal("a connection busy for less than the busy grace was closed under pressure")
 	}
 }

@@ -117,11 +117,11 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		},
 		Logger: discardLogger,
 	}
-	pressure, every, grace := memoryPressure, pressureCheck, pressureGrace
+	pressure, every, grace, busy := newMemoryGauge().under, pressureCheck, pressureGrace, pressureBusy
 	if t.pressure != nil {
-		pressure, every, grace = t.pressure.under, t.pressure.every, t.pressure.grace
+		pressure, every, grace, busy = t.pressure.under, t.pressure.every, t.pressure.grace, t.pressure.busy
 	}
-	go l.relieve(pressure, every, grace, cfg.Observe, l.served)
+	go l.relieve(pressure, every, grace, busy, cfg.Observe, l.served)
 	go func() {
 		defer close(l.served)
 		defer ln.Close()
