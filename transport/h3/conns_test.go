@@ -23,9 +23,10 @@ import (
 	"github.com/postern/postern/transport/transporttest"
 )
 
-// coverConn opens a QUIC connection from local to addr with no session,
-// as a browser would, and fetches the cover page over it.
-func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
+// quicFrom opens a QUIC connection to addr as a plain HTTP/3 client
+// would, from a UDP socket of its own on local; the test's cleanup closes
+// both.
+func quicFrom(t *testing.T, local net.IP, addr string, conf *quic.Config) (*quic.Conn, error) {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
 	if err != nil {
@@ -35,11 +36,24 @@ func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
 	t.Cleanup(func() { qt.Close(); udp.Close() }) // Close leaves a socket it did not open
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	qc, err := plainDial(ctx, qt, addr, &quic.Config{})
+	qc, err := plainDial(ctx, qt, addr, conf)
 	if err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	return qc, nil
+}
+
+// coverConn opens a QUIC connection from local to addr with no session,
+// as a browser would, and fetches the cover page over it.
+func coverConn(t *testing.T, local net.IP, addr string) (*quic.Conn, error) {
+	t.Helper()
+	qc, err := quicFrom(t, local, addr, &quic.Config{})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+testSNI+"/", nil)
 	res, err := (&http3.Transport{}).NewClientConn(qc).RoundTrip(req)
 	if err != nil {
@@ -193,24 +207,14 @@ func TestIdleConnectionsClose(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
 	serveEcho(t, r.ln)
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer udp.Close()
-	qt := &quic.Transport{Conn: udp}
-	defer qt.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.CloseWithError(0, "")
 	session := dialT(t, r.ep)
 	select {
 	case <-qc.Context().Done(): // the relay closed it
-	case <-ctx.Done():
+	case <-time.After(20 * time.Second):
 		t.Fatal("a connection with no request and PINGs every 50 ms was still open after 20 s")
 	}
 	var ae *quic.ApplicationError
@@ -240,19 +244,12 @@ func holdCover(entered chan<- struct{}, release <-chan struct{}) http.Handler {
 // request for /hold open on it until the relay's handler answers.
 func holdConn(t *testing.T, local net.IP, addr string, entered <-chan struct{}) *quic.Conn {
 	t.Helper()
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
+	qc, err := quicFrom(t, local, addr, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	qt := &quic.Transport{Conn: udp}
-	t.Cleanup(func() { qt.Close(); udp.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	t.Cleanup(cancel)
-	qc, err := plainDial(ctx, qt, addr, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
 	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+testSNI+"/hold", nil)
 	go func() {
 		if res, err := (&http3.Transport{}).NewClientConn(qc).RoundTrip(req); err == nil {
@@ -672,20 +669,10 @@ func TestConnLimiterAccounts(t *testing.T) {
 func TestStalledHeadersClose(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer udp.Close()
-	qt := &quic.Transport{Conn: udp}
-	defer qt.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.CloseWithError(0, "")
 	str, err := qc.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -696,7 +683,7 @@ func TestStalledHeadersClose(t *testing.T) {
 	}
 	select {
 	case <-qc.Context().Done():
-	case <-ctx.Done():
+	case <-time.After(20 * time.Second):
 		t.Fatal("a connection with unfinished headers and PINGs every 50 ms was still open after 20 s")
 	}
 	var ae *quic.ApplicationError
@@ -745,16 +732,7 @@ func TestIdleAfterRequestsAndSessions(t *testing.T) {
 func TestClosedConnFreed(t *testing.T) {
 	r := startRelay(t, nil, nil)
 	l := r.ln.(*listener).conns
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	qt := &quic.Transport{Conn: udp}
-	defer qt.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
