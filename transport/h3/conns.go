@@ -156,7 +156,7 @@ type connEntry struct {
 	admitted   time.Time   // when it was counted
 	since      time.Time   // when it went into its list
 	deadline   time.Time   // when its idle timeout ends, while idle
-	listed     bool        // it has been in a list
+	listed     bool        // it has been in a list, served a request or carried a session
 }
 
 var errSourceConns = errors.New("QUIC connection limit")
@@ -373,8 +373,9 @@ func (l *connLimiter) dropLocked(e *connEntry) {
 	e.counted = false
 	l.updateLocked(e)
 	// A stopped timer can stay in the runtime's heap for a while, its
-	// closure pointing to e: e must not keep the connection
-	// (TestClosedConnFreed).
+	// closure pointing to e: e must not keep the connection. (A reviewer
+	// saw one kept up to 10 s with thousands of other timers live;
+	// TestClosedConnFreed, with few, does not see it.)
 	e.c = nil
 	s := l.bySource[e.src]
 	l.total--
@@ -459,15 +460,20 @@ func (l *connLimiter) change(e *connEntry, n *int, d int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	*n += d
+	// Idle spells after a request or a session count from their start,
+	// even one that came before the connection was counted (0-RTT).
+	e.listed = true
 	l.updateLocked(e)
 }
 
 // reap takes up to n connections that are not in a session out of the
 // count and returns them, for the caller to close: idle ones counted
-// before notBefore, then busy ones busy since before busyBefore (a cover
-// page takes milliseconds to serve; a client that reads its response
-// slowly, or never, keeps a request open); of each kind those of the
-// sources holding the most connections first, longest so first.
+// before notBefore, then busy ones counted before busyBefore (a cover
+// page takes milliseconds to serve; a client that reads its responses
+// slowly, or never, keeps requests open, one after the other, and so
+// how long the present one has been open says little); of each kind
+// those of the sources holding the most connections first, longest so
+// first.
 func (l *connLimiter) reap(n int, notBefore, busyBefore time.Time) []taken {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -490,7 +496,7 @@ func (l *connLimiter) reap(n int, notBefore, busyBefore time.Time) []taken {
 			}
 			for e := q.head; e != nil && len(out) < n; {
 				next := e.next
-				if e.admitted.Before(notBefore) && (idle || e.since.Before(busyBefore)) {
+				if e.admitted.Before(notBefore) && (idle || e.admitted.Before(busyBefore)) {
 					out = append(out, taken{e: e, c: e.c, idle: idle})
 					l.dropLocked(e) // takes it off q
 				}

@@ -204,7 +204,9 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 // streams); one that carries a session stays open for as long as the
 // session does.
 func TestIdleConnectionsClose(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	// Long enough for the session's request to reach the relay before
+	// its connection's first idle spell ends, under -race on a busy host.
+	const idle = time.Second
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
 	serveEcho(t, r.ln)
 	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{KeepAlivePeriod: idle / 6})
@@ -215,7 +217,7 @@ func TestIdleConnectionsClose(t *testing.T) {
 	select {
 	case <-qc.Context().Done(): // the relay closed it
 	case <-time.After(20 * time.Second):
-		t.Fatal("a connection with no request and PINGs every 50 ms was still open after 20 s")
+		t.Fatal("a connection with no request and PINGs every idle/6 was still open after 20 s")
 	}
 	var ae *quic.ApplicationError
 	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) ||
@@ -226,6 +228,16 @@ func TestIdleConnectionsClose(t *testing.T) {
 	// later, it is still there.
 	time.Sleep(2 * idle)
 	transporttest.EchoRoundTrip(t, session, []byte("still here"))
+}
+
+// mustCover is coverConn for a connection that must succeed.
+func mustCover(t *testing.T, local net.IP, addr string) *quic.Conn {
+	t.Helper()
+	qc, err := coverConn(t, local, addr)
+	if err != nil {
+		t.Fatalf("cover connection from %v: %v", local, err)
+	}
+	return qc
 }
 
 // holdCover is a cover site whose page /hold answers only once release
@@ -296,14 +308,7 @@ func TestConnsListenerCap(t *testing.T) {
 	addr := r.ln.Addr().String()
 	l := r.ln.(*listener).conns
 	ip := func(d byte) net.IP { return net.IPv4(127, 0, 0, d) }
-	cover := func(d byte) *quic.Conn {
-		t.Helper()
-		qc, err := coverConn(t, ip(d), addr)
-		if err != nil {
-			t.Fatalf("cover connection from 127.0.0.%d: %v", d, err)
-		}
-		return qc
-	}
+	cover := func(d byte) *quic.Conn { t.Helper(); return mustCover(t, ip(d), addr) }
 	// Closes count once; a refusal once per Initial packet (a
 	// ClientHello with a post-quantum key share takes two). The relay
 	// counts a close after it, so wait for the count.
@@ -825,6 +830,10 @@ func TestIdleTimerStaleFire(t *testing.T) {
 	for _, s := range l.bySource {
 		e = s.idle.head
 	}
+	if e == nil {
+		l.mu.Unlock()
+		t.Fatal("the connection was not idle")
+	}
 	time.Sleep(idle + 100*time.Millisecond) // the timer fires; its callback waits for l.mu
 	e.open++
 	l.updateLocked(e) // a request begins
@@ -839,5 +848,39 @@ func TestIdleTimerStaleFire(t *testing.T) {
 	}
 	if d := time.Since(again); d < idle*9/10 {
 		t.Fatalf("closed %v after it went back to idle, before its idle timeout (%v)", d, idle)
+	}
+}
+
+// TestIdleDeadline: a connection idle from the start has been so since
+// the HTTP/3 server took it, as http3's own timer counted; one that
+// carried a session, even one admitted before the connection was counted
+// (0-RTT), is idle from when that session ended. A reviewer found the
+// latter timed from the take: closed at once after an hour's session.
+func TestIdleDeadline(t *testing.T) {
+	const idle = time.Hour
+	l := newConnLimiter(10, 16, idle, nil)
+	took := time.Now().Add(-30 * time.Minute)
+	fresh := &connEntry{taken: took}
+	early := &connEntry{taken: took}
+	early.src[0] = 1
+	l.carry(early) // before it is counted
+	l.mu.Lock()
+	l.addLocked(fresh)
+	l.addLocked(early)
+	l.mu.Unlock()
+	l.uncarry(early)
+	defer func() {
+		l.mu.Lock()
+		l.dropLocked(fresh)
+		l.dropLocked(early)
+		l.mu.Unlock()
+	}()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !fresh.deadline.Equal(took.Add(idle)) {
+		t.Errorf("idle from the start: deadline %v after the take, want %v", fresh.deadline.Sub(took), idle)
+	}
+	if left := time.Until(early.deadline); left < idle-time.Minute {
+		t.Errorf("idle after its session: %v left of the idle timeout, want about %v", left, idle)
 	}
 }

@@ -28,11 +28,13 @@ import (
 //     full of sessions is above the first mark (20,000 idle h3 sessions
 //     in 2 GiB take about 60 % of the soft limit) but holds few such
 //     connections: it does not act, so a prober's cover connection is
-//     not closed sooner there than on an idle relay.
+//     not closed sooner there than on an idle relay, unless the prober
+//     holds enough connections to pass this mark itself (about 500 at a
+//     1.8 GiB soft limit with 60 % of it live: four sources at their cap).
 //
 // Then it closes a quarter of those connections (at least one): idle
-// ones first, then those busy for pressureBusy or longer (a client that
-// reads a cover page slowly, or never, keeps its request open), never
+// ones first, then busy ones counted pressureBusy ago or more (a client
+// that reads cover pages slowly, or never, keeps requests open), never
 // one counted less than pressureGrace ago (a Postern client sends its
 // session request a round trip after its handshake), and of each kind
 // those of the sources holding the most connections first. A closed
@@ -84,7 +86,8 @@ func (g *memoryGauge) under(spare int) bool {
 
 // relieve runs until done is closed: on every tick under pressure it
 // closes a quarter of l's connections not in a session (at least one),
-// of those counted at least grace ago, busy ones only if busy for busy.
+// of those counted at least grace ago, busy ones only if counted at
+// least busy ago.
 func (l *listener) relieve(pressure func(spare int) bool, every, grace, busy time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
 	t := time.NewTicker(every)
 	defer t.Stop()
