@@ -292,6 +292,8 @@ func runScale(t *testing.T, tr string, n, nofile int) {
 	}
 	t.Logf("%s: UDP datagrams dropped host-wide for full receive buffers while held: %d", tr, udpRcvbufErrors()-drops1)
 	logScale(t, tr, n, opened, openTime, s0, sN, sEnd, idle, loaded, h.mem())
+	// conn_busy here would be the h3 listener shedding connections (pressure.go).
+	t.Logf("%s: handshake outcomes other than ok: %s", tr, cmp.Or(rl.refusals(t, tr), "none"))
 	if dead > 0 || sampleFails > 0 || pingFails > 0 {
 		t.Errorf("%d of %d held sessions ended, %d of a sample failed a ping at the end, %d keep-alive pings failed",
 			dead, opened, sampleFails, pingFails)
