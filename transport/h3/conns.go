@@ -152,9 +152,8 @@ type connEntry struct {
 	list       *connList // the list it is in, if any
 	prev, next *connEntry
 	timer      *time.Timer // its idle timeout, while idle
-	taken      time.Time   // when the HTTP/3 server took it
+	accepted   time.Time   // when the HTTP/3 server took it
 	admitted   time.Time   // when it was counted
-	since      time.Time   // when it went into its list
 	deadline   time.Time   // when its idle timeout ends, while idle
 	listed     bool        // it has been in a list, served a request or carried a session
 }
@@ -280,7 +279,7 @@ func (s *sourceConns) first() *connEntry {
 // goroutines are as many as the handshakes in flight, which are capped
 // (DefaultMaxHandshakes).
 func (l *connLimiter) watch(c *quic.Conn) *connEntry {
-	e := &connEntry{c: c, taken: time.Now()}
+	e := &connEntry{c: c, accepted: time.Now()}
 	go func() {
 		select {
 		case <-c.HandshakeComplete():
@@ -412,7 +411,6 @@ func (l *connLimiter) updateLocked(e *connEntry) {
 	want.push(e)
 	l.spare++
 	now := time.Now()
-	e.since = now
 	first := !e.listed
 	e.listed = true
 	if want != &l.bySource[e.src].idle || l.idleTimeout <= 0 {
@@ -422,7 +420,7 @@ func (l *connLimiter) updateLocked(e *connEntry) {
 	// it, as http3's own idle timer counted.
 	from := now
 	if first {
-		from = e.taken
+		from = e.accepted
 	}
 	e.deadline = from.Add(l.idleTimeout)
 	d := max(e.deadline.Sub(now), 0)

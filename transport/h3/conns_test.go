@@ -860,8 +860,8 @@ func TestIdleDeadline(t *testing.T) {
 	const idle = time.Hour
 	l := newConnLimiter(10, 16, idle, nil)
 	took := time.Now().Add(-30 * time.Minute)
-	fresh := &connEntry{taken: took}
-	early := &connEntry{taken: took}
+	fresh := &connEntry{accepted: took}
+	early := &connEntry{accepted: took}
 	early.src[0] = 1
 	l.carry(early) // before it is counted
 	l.mu.Lock()
