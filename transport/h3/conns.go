@@ -275,7 +275,8 @@ func (s *sourceConns) first() *connEntry {
 // watch waits, on a goroutine of its own, for c's handshake to complete,
 // then gives its handshake slot back (handshakes.go) and counts it, or
 // closes it when a limit refuses it by then. It returns at once, with the
-// account that the listener's handler updates (begin, end, carry). Such
+// account that the listener's handler updates (begin, end, carry,
+// uncarry). Such
 // goroutines are as many as the handshakes in flight, which are capped
 // (DefaultMaxHandshakes).
 func (l *connLimiter) watch(c *quic.Conn) *connEntry {
@@ -310,7 +311,7 @@ func (l *connLimiter) watch(c *quic.Conn) *connEntry {
 // taken is a connection taken out of the count to make room, and whether
 // it was idle then.
 type taken struct {
-	e    *connEntry
+	e    *connEntry // its account, no longer counted (the tests' model reads it)
 	c    *quic.Conn
 	idle bool
 }
