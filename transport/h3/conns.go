@@ -333,8 +333,26 @@ func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *taken) {
 	e.src = l.source(e.c.RemoteAddr())
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	out, t := l.admitLocked(e)
+	if out == "" {
+		context.AfterFunc(e.c.Context(), func() { // the connection ended
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.dropLocked(e)
+		})
+	}
+	return out, t
+}
+
+// admitLocked is admit once e.src is known. A connection that carries a
+// session already (its request, in 0-RTT or racing this count, reached
+// the gate first) is counted whatever the limits say: the session caps
+// admitted it, and refusing its connection would end a session the
+// relay has accepted. It still takes another's place at the cap if
+// there is one to take.
+func (l *connLimiter) admitLocked(e *connEntry) (transport.Outcome, *taken) {
 	out, victim := l.decideLocked(e.src)
-	if out != "" {
+	if out != "" && e.sessions == 0 {
 		return out, nil
 	}
 	var t *taken
@@ -343,11 +361,6 @@ func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *taken) {
 		l.dropLocked(victim)
 	}
 	l.addLocked(e)
-	context.AfterFunc(e.c.Context(), func() { // the connection ended
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.dropLocked(e)
-	})
 	return "", t
 }
 

@@ -170,8 +170,10 @@ type Transport struct {
 	// from which on new ones must first pass a Retry (source address
 	// validation). Zero means DefaultRetryHandshakes.
 	RetryHandshakes int
-	// IdleTimeout closes connections with no request open (see
-	// DefaultIdleTimeout, the value when zero; negative: never).
+	// IdleTimeout closes connections that carry no session and have no
+	// request in the handler, a request whose headers never finish
+	// included (see DefaultIdleTimeout, the value when zero; negative:
+	// never).
 	IdleTimeout time.Duration
 	// MaxConnsPerSource caps the established QUIC connections of one
 	// source (see conns.go). Zero means twice the listener's per-source
@@ -179,7 +181,8 @@ type Transport struct {
 	MaxConnsPerSource int
 	// MaxConns caps the established QUIC connections of the listener (see
 	// conns.go): at the cap a new connection takes the place of one that
-	// carries no session, or is refused. Zero means the session cap (MaxSessions, or its
+	// carries no session, or is refused. Keep it above MaxSessions, or
+	// connections in sessions alone can fill it. Zero means the session cap (MaxSessions, or its
 	// default) and a quarter more, at least 64 more.
 	MaxConns int
 	// WindowBudget is the receive window, in bytes past the initial one,
@@ -207,6 +210,7 @@ type Transport struct {
 var _ transport.Transport = (*Transport)(nil)
 
 // pressureHook is a test's memory pressure; see Transport.pressure.
+// It is also how the listener passes its defaults to relieve.
 type pressureHook struct {
 	under              func(spare int) bool
 	every, grace, busy time.Duration

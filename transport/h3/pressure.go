@@ -84,28 +84,28 @@ func (g *memoryGauge) under(spare int) bool {
 	return true
 }
 
-// relieve runs until done is closed: on every tick under pressure it
-// closes a quarter of l's connections not in a session (at least one),
-// of those counted at least grace ago, busy ones only if counted at
-// least busy ago.
-func (l *listener) relieve(pressure func(spare int) bool, every, grace, busy time.Duration, observe func(transport.Outcome), done <-chan struct{}) {
-	t := time.NewTicker(every)
-	defer t.Stop()
+// relieve runs until done is closed: every p.every, when p.under says
+// so, it closes a quarter of l's connections not in a session (at least
+// one), of those counted at least p.grace ago, busy ones only if counted
+// at least p.busy ago.
+func (l *connLimiter) relieve(p *pressureHook, done <-chan struct{}) {
+	tick := time.NewTicker(p.every)
+	defer tick.Stop()
 	for {
 		select {
 		case <-done:
 			return
-		case <-t.C:
+		case <-tick.C:
 		}
-		spare := l.conns.spareConns()
-		if !pressure(spare) {
+		spare := l.spareConns()
+		if !p.under(spare) {
 			continue
 		}
 		now := time.Now()
-		for _, t := range l.conns.reap(max(spare/4, 1), now.Add(-grace), now.Add(-busy)) {
+		for _, t := range l.reap(max(spare/4, 1), now.Add(-p.grace), now.Add(-p.busy)) {
 			t.close()
-			if observe != nil {
-				observe(transport.OutcomeConnBusy)
+			if l.observe != nil {
+				l.observe(transport.OutcomeConnBusy)
 			}
 		}
 	}

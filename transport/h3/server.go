@@ -117,11 +117,11 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		},
 		Logger: discardLogger,
 	}
-	pressure, every, grace, busy := newMemoryGauge().under, pressureCheck, pressureGrace, pressureBusy
-	if t.pressure != nil {
-		pressure, every, grace, busy = t.pressure.under, t.pressure.every, t.pressure.grace, t.pressure.busy
+	pressure := t.pressure
+	if pressure == nil {
+		pressure = &pressureHook{under: newMemoryGauge().under, every: pressureCheck, grace: pressureGrace, busy: pressureBusy}
 	}
-	go l.relieve(pressure, every, grace, busy, cfg.Observe, l.served)
+	go l.conns.relieve(pressure, l.served)
 	go func() {
 		defer close(l.served)
 		defer ln.Close()
