@@ -91,10 +91,7 @@ func TestConnsPerSource(t *testing.T) {
 	lo := net.IPv4(127, 0, 0, 1)
 	var held []*quic.Conn
 	for range max {
-		qc, err := coverConn(t, lo, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		qc := mustCover(t, lo, addr)
 		held = append(held, qc)
 	}
 	waitHeld(t, l, max)
@@ -710,10 +707,7 @@ func TestIdleAfterRequestsAndSessions(t *testing.T) {
 	const idle = time.Second
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
 	l := r.ln.(*listener).conns
-	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qc := mustCover(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
 	select {
 	case <-qc.Context().Done():
 	case <-time.After(20 * time.Second):
@@ -825,10 +819,7 @@ func TestIdleTimerStaleFire(t *testing.T) {
 	const idle = time.Second
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
 	l := r.ln.(*listener).conns
-	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qc := mustCover(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
 	waitHeld(t, l, 1)
 	l.mu.Lock()
 	var e *connEntry

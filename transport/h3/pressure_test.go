@@ -16,6 +16,20 @@ import (
 	"github.com/postern/postern/transport"
 )
 
+// onRounds is a pressure check that finds pressure once per value sent
+// on rounds: the second of two sends returns only once the first round's
+// closes are done.
+func onRounds(rounds <-chan struct{}) func(int) bool {
+	return func(int) bool {
+		select {
+		case <-rounds:
+			return true
+		default:
+			return false
+		}
+	}
+}
+
 // TestIdleConnsClosedUnderPressure: under memory pressure the listener
 // closes idle connections, a quarter of them (at least one) per check,
 // those of the source holding the most first and each source's idle
@@ -24,15 +38,7 @@ import (
 func TestIdleConnsClosedUnderPressure(t *testing.T) {
 	rounds := make(chan struct{})
 	entered, release := make(chan struct{}), make(chan struct{})
-	// Each round of pressure is one check that finds it.
-	hook := &pressureHook{every: time.Millisecond, under: func(int) bool {
-		select {
-		case <-rounds:
-			return true
-		default:
-			return false
-		}
-	}}
+	hook := &pressureHook{every: time.Millisecond, under: onRounds(rounds)}
 	r := startRelay(t, &Transport{pressure: hook}, func(cfg *transport.ListenConfig) { cfg.Cover = holdCover(entered, release) })
 	serveEcho(t, r.ln)
 	t.Cleanup(func() { close(release) }) // before the relay closes
@@ -122,20 +128,10 @@ func TestMemoryPressure(t *testing.T) {
 // grace (a cover page being served).
 func TestPressureSparesNewConns(t *testing.T) {
 	rounds := make(chan struct{})
-	hook := &pressureHook{every: time.Millisecond, grace: time.Hour, under: func(int) bool {
-		select {
-		case <-rounds:
-			return true
-		default:
-			return false
-		}
-	}}
+	hook := &pressureHook{every: time.Millisecond, grace: time.Hour, under: onRounds(rounds)}
 	r := startRelay(t, &Transport{pressure: hook}, nil)
 	l := r.ln.(*listener).conns
-	qc, err := coverConn(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	qc := mustCover(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
 	waitHeld(t, l, 1)
 	// The second round is taken only once the first has closed what it
 	// would.
@@ -150,22 +146,12 @@ func TestPressureSparesNewConns(t *testing.T) {
 	// first relay still takes any sent to it.)
 	rounds2 := make(chan struct{})
 	entered, release := make(chan struct{}), make(chan struct{})
-	hook2 := &pressureHook{every: time.Millisecond, busy: time.Hour, under: func(int) bool {
-		select {
-		case <-rounds2:
-			return true
-		default:
-			return false
-		}
-	}}
+	hook2 := &pressureHook{every: time.Millisecond, busy: time.Hour, under: onRounds(rounds2)}
 	r2 := startRelay(t, &Transport{pressure: hook2}, func(cfg *transport.ListenConfig) { cfg.Cover = holdCover(entered, release) })
 	t.Cleanup(func() { close(release) }) // before the relay closes
 	l2 := r2.ln.(*listener).conns
 	held := holdConn(t, net.IPv4(127, 0, 0, 4), r2.ln.Addr().String(), entered)
-	idle, err := coverConn(t, net.IPv4(127, 0, 0, 5), r2.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	idle := mustCover(t, net.IPv4(127, 0, 0, 5), r2.ln.Addr().String())
 	waitHeld(t, l2, 2)
 	rounds2 <- struct{}{}
 	rounds2 <- struct{}{}
