@@ -143,37 +143,13 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 			var conns int
 			var heap uint64
 			for b.Loop() {
-				for range 3 {
-					runtime.GC()
-				}
-				var before runtime.MemStats
-				runtime.ReadMemStats(&before)
+				before := liveHeap()
 				r := startRelay(b, &Transport{MaxConnsPerSource: bc.perSource, MaxConns: bc.max}, nil)
 				var open []*quic.Conn
 				for i := range n {
-					udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(10+i%sources))})
-					if err != nil {
-						b.Fatal(err)
-					}
-					defer udp.Close() // quic.Transport.Close leaves it
-					qt := &quic.Transport{Conn: udp}
-					ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
-					qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
-					cancel()
-					if err != nil {
-						qt.Close()
-						continue // refused at the cap
-					}
-					open = append(open, qc)
-					defer qt.Close()
-					defer qc.CloseWithError(0, "")
-					s, err := qc.OpenUniStream()
-					if err != nil {
-						continue
-					}
-					s.Write([]byte{0x02}) // QPACK encoder stream
-					s.SetWriteDeadline(time.Now().Add(2 * time.Second))
-					s.Write(make([]byte, 512<<10)) // blocks at the window if it must
+					if qc, err := stuffedConn(b, net.IPv4(127, 0, 0, byte(10+i%sources)), r.ln.Addr().String()); err == nil {
+						open = append(open, qc)
+					} // else refused at a cap
 				}
 				time.Sleep(time.Second) // the last data lands
 				// Closed by the cap after the handshake: not held.
@@ -183,17 +159,50 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 						conns++
 					}
 				}
-				for range 3 { // sync.Pool keeps what was put back for two collections
-					runtime.GC()
-				}
-				var after runtime.MemStats
-				runtime.ReadMemStats(&after)
-				heap = after.HeapInuse - before.HeapInuse
+				heap = liveHeap() - before
 			}
 			b.ReportMetric(float64(conns), "conns")
 			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 		})
 	}
+}
+
+// stuffedConn opens a QUIC connection from local to addr, with no
+// session, and sends 512 KiB on a QPACK encoder stream of it, which http3
+// accepts and never reads; the benchmark's cleanup closes it.
+func stuffedConn(b *testing.B, local net.IP, addr string) (*quic.Conn, error) {
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
+	if err != nil {
+		b.Fatal(err)
+	}
+	qt := &quic.Transport{Conn: udp}
+	b.Cleanup(func() { qt.Close(); udp.Close() }) // Close leaves a socket it did not open
+	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
+	defer cancel()
+	qc, err := plainDial(ctx, qt, addr, &quic.Config{})
+	if err != nil {
+		return nil, err
+	}
+	b.Cleanup(func() { qc.CloseWithError(0, "") })
+	s, err := qc.OpenUniStream()
+	if err != nil {
+		return qc, nil // closed already
+	}
+	s.Write([]byte{0x02}) // QPACK encoder stream
+	s.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	s.Write(make([]byte, 512<<10)) // blocks at the window if it must
+	return qc, nil
+}
+
+// liveHeap returns the heap in use after three collections (sync.Pool
+// keeps what was put back for two).
+func liveHeap() uint64 {
+	for range 3 {
+		runtime.GC()
+	}
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
 }
 
 // TestIdleConnectionsClose: a connection with no request open closes
@@ -764,35 +773,15 @@ func BenchmarkStuffedThenClosed(b *testing.B) {
 	n := envCount("POSTERN_STUFF_CONNS", 256)
 	var heap uint64
 	for b.Loop() {
-		for range 3 {
-			runtime.GC()
-		}
-		var before runtime.MemStats
-		runtime.ReadMemStats(&before)
+		before := liveHeap()
 		r := startRelay(b, nil, nil)
 		var open []*quic.Conn
 		for i := range n {
-			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(10+i%8))})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer udp.Close()
-			qt := &quic.Transport{Conn: udp}
-			defer qt.Close()
-			ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
-			qc, err := plainDial(ctx, qt, r.ln.Addr().String(), &quic.Config{})
-			cancel()
+			qc, err := stuffedConn(b, net.IPv4(127, 0, 0, byte(10+i%8)), r.ln.Addr().String())
 			if err != nil {
 				b.Fatal(err)
 			}
 			open = append(open, qc)
-			s, err := qc.OpenUniStream()
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.Write([]byte{0x02}) // QPACK encoder stream
-			s.SetWriteDeadline(time.Now().Add(2 * time.Second))
-			s.Write(make([]byte, 512<<10))
 		}
 		time.Sleep(time.Second) // the last data lands
 		for _, qc := range open {
@@ -800,12 +789,7 @@ func BenchmarkStuffedThenClosed(b *testing.B) {
 		}
 		open = nil
 		time.Sleep(time.Second) // the relay sees the closes
-		for range 3 {
-			runtime.GC()
-		}
-		var after runtime.MemStats
-		runtime.ReadMemStats(&after)
-		heap = after.HeapInuse - before.HeapInuse
+		heap = liveHeap() - before
 	}
 	b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 }
