@@ -27,7 +27,7 @@ import (
 // quicFrom opens a QUIC connection to addr as a plain HTTP/3 client
 // would, from a UDP socket of its own on local; the test's cleanup closes
 // both.
-func quicFrom(t *testing.T, local net.IP, addr string, conf *quic.Config) (*quic.Conn, error) {
+func quicFrom(t testing.TB, local net.IP, addr string, conf *quic.Config) (*quic.Conn, error) {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
 	if err != nil {
@@ -171,19 +171,10 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 // session, and sends 512 KiB on a QPACK encoder stream of it, which http3
 // accepts and never reads; the benchmark's cleanup closes it.
 func stuffedConn(b *testing.B, local net.IP, addr string) (*quic.Conn, error) {
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: local})
-	if err != nil {
-		b.Fatal(err)
-	}
-	qt := &quic.Transport{Conn: udp}
-	b.Cleanup(func() { qt.Close(); udp.Close() }) // Close leaves a socket it did not open
-	ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
-	defer cancel()
-	qc, err := plainDial(ctx, qt, addr, &quic.Config{})
+	qc, err := quicFrom(b, local, addr, &quic.Config{})
 	if err != nil {
 		return nil, err
 	}
-	b.Cleanup(func() { qc.CloseWithError(0, "") })
 	s, err := qc.OpenUniStream()
 	if err != nil {
 		return qc, nil // closed already
