@@ -212,16 +212,7 @@ func TestIdleConnectionsClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	session := dialT(t, r.ep)
-	select {
-	case <-qc.Context().Done(): // the relay closed it
-	case <-time.After(20 * time.Second):
-		t.Fatal("a connection with no request and PINGs every idle/6 was still open after 20 s")
-	}
-	var ae *quic.ApplicationError
-	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) ||
-		ae.ErrorMessage != "idle timeout" {
-		t.Fatalf("closed with %v, want http3's idle close (H3_NO_ERROR)", err)
-	}
+	waitIdleClose(t, qc, "a connection with no request and PINGs every idle/6")
 	// The session was dialled at the same time: two more idle timeouts
 	// later, it is still there.
 	time.Sleep(2 * idle)
@@ -273,6 +264,20 @@ func holdConn(t *testing.T, local net.IP, addr string, entered <-chan struct{}) 
 		t.Fatal("the held request never reached the handler")
 	}
 	return qc
+}
+
+// waitIdleClose waits until the relay closes qc, what, and fails unless
+// it closed it as at the idle timeout.
+func waitIdleClose(t *testing.T, qc *quic.Conn, what string) {
+	t.Helper()
+	select {
+	case <-qc.Context().Done():
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s was still open after 20 s", what)
+	}
+	if !closedIdle(qc) {
+		t.Fatalf("%s: closed with %v, want the idle close (H3_NO_ERROR, \"idle timeout\")", what, context.Cause(qc.Context()))
+	}
 }
 
 // closedIdle reports whether the relay closed qc as http3 closes a
@@ -686,16 +691,7 @@ func TestStalledHeadersClose(t *testing.T) {
 	if _, err := str.Write([]byte{0x01, 0x40, 0xc8, 0x00, 0x00, 0xd1}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-qc.Context().Done():
-	case <-time.After(20 * time.Second):
-		t.Fatal("a connection with unfinished headers and PINGs every 50 ms was still open after 20 s")
-	}
-	var ae *quic.ApplicationError
-	if err := context.Cause(qc.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != quic.ApplicationErrorCode(http3.ErrCodeNoError) ||
-		ae.ErrorMessage != "idle timeout" {
-		t.Fatalf("closed with %v, want the idle close (H3_NO_ERROR)", err)
-	}
+	waitIdleClose(t, qc, "a connection with unfinished headers and PINGs every 50 ms")
 }
 
 // TestIdleAfterRequestsAndSessions: a connection becomes idle again when
@@ -708,14 +704,7 @@ func TestIdleAfterRequestsAndSessions(t *testing.T) {
 	r := startRelay(t, &Transport{IdleTimeout: idle}, nil)
 	l := r.ln.(*listener).conns
 	qc := mustCover(t, net.IPv4(127, 0, 0, 3), r.ln.Addr().String())
-	select {
-	case <-qc.Context().Done():
-	case <-time.After(20 * time.Second):
-		t.Fatal("a connection whose request was answered was still open after 20 s")
-	}
-	if !closedIdle(qc) {
-		t.Fatalf("closed with %v, want the idle close", context.Cause(qc.Context()))
-	}
+	waitIdleClose(t, qc, "a connection whose request was answered")
 
 	// The relay ends a session; the client keeps its connection.
 	go func() {
