@@ -182,8 +182,9 @@ type Transport struct {
 	// MaxConns caps the established QUIC connections of the listener (see
 	// conns.go): at the cap a new connection takes the place of one that
 	// carries no session, or is refused. Keep it above MaxSessions, or
-	// connections in sessions alone can fill it. Zero means the session cap (MaxSessions, or its
-	// default) and a quarter more, at least 64 more.
+	// connections in sessions alone can fill it. Zero means the session
+	// cap (MaxSessions, or its default) and a quarter more, at least 64
+	// more.
 	MaxConns int
 	// WindowBudget is the receive window, in bytes past the initial one,
 	// that the QUIC connections of a listener may hold together (see
@@ -199,7 +200,7 @@ type Transport struct {
 	// holding it to the handshake's end saves.
 	slotAtTake bool
 	// pressure, set only by tests, replaces the memory pressure check and
-	// its period (pressure.go). A pointer keeps Transport comparable.
+	// its timings (pressure.go). A pointer keeps Transport comparable.
 	pressure *pressureHook
 	// onSend, if set, sees every sendmsg quic-go makes on the transport's
 	// UDP sockets (b: the datagrams, oob: their control messages, with
