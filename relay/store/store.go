@@ -269,9 +269,13 @@ type Options struct {
 	MaxBatch int
 
 	// CommitDelay is how long a durable store's committer waits for more
-	// writes after the first one of a batch, unless the batch is full. The
-	// default 0 adds no latency: a batch is every write that arrived while
-	// the previous one was being committed. Memory ignores it.
+	// writes after the first one of a batch, unless the batch is full.
+	// With the default 0 it waits only after a batch of several writes,
+	// and then no longer than half an fdatasync (boltstore lingers: see
+	// its package comment); after a lone write it does not wait, so a
+	// quiet store adds no latency. Negative never waits: a batch is every
+	// write that arrived while the previous one was being committed.
+	// Memory ignores it.
 	CommitDelay time.Duration
 
 	// OnCommit, if set, is called by a durable store's committer after each

@@ -57,6 +57,12 @@ type Store struct {
 	heldOps   int // the Acks whose records held holds
 	heldSince time.Time
 	syncFail  error // tests: fail every sync with this error
+
+	// Owned by the committer, for lingering (commit.go): the writes of
+	// the last batch that was not held, and the running average time of
+	// an fdatasync.
+	lastBatch int
+	syncAvg   time.Duration
 	closeErr  error // a failed write of the held acks at Close
 
 	// Reads of segment files outside s.mu (reads.go).

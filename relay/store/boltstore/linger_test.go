@@ -1,0 +1,130 @@
+package boltstore
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/relay/store/storetest"
+)
+
+// lingerSetup opens a store with a mailbox, in a synctest bubble (where
+// an fdatasync takes no time, so the store would never linger by itself),
+// and returns a function that sets what the committer lingers by: the
+// size of the last batch and the average fdatasync.
+func lingerSetup(t *testing.T, opts store.Options) (*Store, [store.IDSize]byte, func(last int, sync time.Duration)) {
+	t.Helper()
+	s, err := Open(t.TempDir(), opts)
+	must(t, err)
+	t.Cleanup(func() { s.Close() })
+	id := storetest.ID(1)
+	must(t, s.CreateMailbox(context.Background(), id, storetest.Owner(1), nil))
+	set := func(last int, sync time.Duration) {
+		t.Helper()
+		// On the committer, whose own fields they are; commit sets
+		// lastBatch before it applies the batch.
+		must(t, s.do(context.Background(), func(*writer) error {
+			s.lastBatch, s.syncAvg = last, sync
+			return nil
+		}))
+	}
+	return s, id, set
+}
+
+// putTook puts one envelope and returns how long the Put took.
+func putTook(t *testing.T, s *Store, id [store.IDSize]byte, i int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	_, err := s.Put(context.Background(), id, storetest.Envelope(id, 512, i))
+	must(t, err)
+	return time.Since(start)
+}
+
+// After a batch of several writes, the committer waits for the next
+// write, and a write that comes while it waits shares the first one's
+// commit.
+func TestLingerGathers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, id, set := lingerSetup(t, crashOpts)
+		set(2, time.Hour)
+		syncs := s.Stats().Syncs
+		var wg sync.WaitGroup
+		wg.Go(func() { putTook(t, s, id, 1) })
+		synctest.Wait() // the Put is with the committer
+		if got := s.Stats().Syncs; got != syncs {
+			t.Fatalf("the first Put was committed at once (%d syncs, had %d)", got, syncs)
+		}
+		wg.Go(func() { putTook(t, s, id, 2) })
+		wg.Wait()
+		if got := s.Stats().Syncs - syncs; got != 1 {
+			t.Fatalf("two Puts took %d syncs, want 1", got)
+		}
+	})
+}
+
+// The committer waits until no write has come for a quarter of an
+// fdatasync (at most lingerGap), never after a lone write, and never
+// with a negative CommitDelay.
+func TestLingerGap(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		last  int
+		sync  time.Duration
+		delay time.Duration
+		want  time.Duration
+	}{
+		{"after a lone write", 1, time.Hour, 0, 0},
+		{"quarter of a sync", 2, 200 * time.Microsecond, 0, 50 * time.Microsecond},
+		{"capped", 8, time.Hour, 0, lingerGap},
+		{"no sync measured", 8, 0, 0, 0},
+		{"negative CommitDelay", 8, time.Hour, -1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				opts := crashOpts
+				opts.CommitDelay = tc.delay
+				s, id, set := lingerSetup(t, opts)
+				set(tc.last, tc.sync)
+				if took := putTook(t, s, id, 1); took != tc.want {
+					t.Fatalf("a lone Put took %v, want %v", took, tc.want)
+				}
+			})
+		})
+	}
+}
+
+// While writes keep coming, the committer stops waiting half an fdatasync
+// (at most lingerMost) after it took the first.
+func TestLingerMost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		sync time.Duration
+		want time.Duration
+	}{
+		{"capped", time.Hour, lingerMost},
+		{"half a sync", 160 * time.Microsecond, 80 * time.Microsecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s, id, set := lingerSetup(t, crashOpts)
+				set(2, tc.sync)
+				every := min(tc.sync/4, lingerGap) / 2 // well inside the gap
+				var wg sync.WaitGroup
+				var took time.Duration
+				wg.Go(func() { took = putTook(t, s, id, 0) })
+				synctest.Wait()
+				for i := 1; i <= 40; i++ { // far past the most
+					time.Sleep(every)
+					wg.Go(func() { putTook(t, s, id, i) })
+				}
+				wg.Wait()
+				if took != tc.want {
+					t.Fatalf("the first Put took %v with writes every %v, want %v", took, every, tc.want)
+				}
+			})
+		})
+	}
+}
