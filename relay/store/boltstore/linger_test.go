@@ -128,3 +128,19 @@ func TestLingerMost(t *testing.T) {
 		})
 	}
 }
+
+// The average starts at the first fdatasync and moves an eighth of the way
+// to each later one.
+func TestNoteSync(t *testing.T) {
+	var s Store
+	for _, c := range []struct{ took, want time.Duration }{
+		{800 * time.Microsecond, 800 * time.Microsecond},
+		{0, 700 * time.Microsecond},
+		{1500 * time.Microsecond, 800 * time.Microsecond},
+	} {
+		s.noteSync(c.took)
+		if s.syncAvg != c.want {
+			t.Fatalf("after a %v sync the average is %v, want %v", c.took, s.syncAvg, c.want)
+		}
+	}
+}
