@@ -65,7 +65,7 @@ func TestLingerGathers(t *testing.T) {
 	})
 }
 
-// The committer waits until no write has come for a quarter of an
+// The committer waits until no write has come for an eighth of an
 // fdatasync (at most lingerGap), never after a lone write, and never
 // with a negative CommitDelay.
 func TestLingerGap(t *testing.T) {
@@ -77,7 +77,7 @@ func TestLingerGap(t *testing.T) {
 		want  time.Duration
 	}{
 		{"after a lone write", 1, time.Hour, 0, 0},
-		{"quarter of a sync", 2, 200 * time.Microsecond, 0, 50 * time.Microsecond},
+		{"an eighth of a sync", 2, 200 * time.Microsecond, 0, 25 * time.Microsecond},
 		{"capped", 8, time.Hour, 0, lingerGap},
 		{"no sync measured", 8, 0, 0, 0},
 		{"negative CommitDelay", 8, time.Hour, -1, 0},
@@ -96,8 +96,8 @@ func TestLingerGap(t *testing.T) {
 	}
 }
 
-// While writes keep coming, the committer stops waiting half an fdatasync
-// (at most lingerMost) after it took the first.
+// While writes keep coming, the committer stops waiting a quarter of an
+// fdatasync (at most lingerMost) after it took the first.
 func TestLingerMost(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -105,13 +105,13 @@ func TestLingerMost(t *testing.T) {
 		want time.Duration
 	}{
 		{"capped", time.Hour, lingerMost},
-		{"half a sync", 160 * time.Microsecond, 80 * time.Microsecond},
+		{"a quarter of a sync", 160 * time.Microsecond, 40 * time.Microsecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				s, id, set := lingerSetup(t, crashOpts)
 				set(2, tc.sync)
-				every := min(tc.sync/4, lingerGap) / 2 // well inside the gap
+				every := min(tc.sync/8, lingerGap) / 2 // well inside the gap
 				var wg sync.WaitGroup
 				var took time.Duration
 				wg.Go(func() { took = putTook(t, s, id, 0) })
