@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -84,28 +85,7 @@ func TestRecvFollowReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	msgs := make(chan string, 16)
-	go func() {
-		defer close(msgs)
-		br := bufio.NewReader(out)
-		for {
-			hdr, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			f := strings.Fields(hdr)
-			if len(f) != 5 || f[0] != "==" {
-				msgs <- "bad header " + hdr
-				return
-			}
-			n, _ := strconv.Atoi(strings.TrimPrefix(f[3], "("))
-			body := make([]byte, n+1)
-			if _, err := io.ReadFull(br, body); err != nil {
-				return
-			}
-			msgs <- string(body[:n])
-		}
-	}()
+	msgs := followMessages(out)
 	expect := func(want string) {
 		t.Helper()
 		select {
@@ -140,4 +120,171 @@ func TestRecvFollowReconnects(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("recv --follow ignored SIGTERM")
 	}
+}
+
+// followMessages parses what `recv --follow` prints on out ("== from … (N
+// bytes) …" headers, each followed by its message and a newline) into its
+// messages, closing the channel at the end of out; a line that is not a
+// header where one must be comes through as "bad header …" and ends it.
+func followMessages(out io.Reader) <-chan string {
+	msgs := make(chan string, 64)
+	go func() {
+		defer close(msgs)
+		br := bufio.NewReader(out)
+		for {
+			hdr, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			f := strings.Fields(hdr)
+			if len(f) != 5 || f[0] != "==" {
+				msgs <- "bad header " + hdr
+				return
+			}
+			n, _ := strconv.Atoi(strings.TrimPrefix(f[3], "("))
+			body := make([]byte, n+1)
+			if _, err := io.ReadFull(br, body); err != nil {
+				return
+			}
+			msgs <- string(body[:n])
+		}
+	}()
+	return msgs
+}
+
+// TestRecvFollowSeveralMailboxesAndRelays: `recv --follow` on an identity
+// with two mailboxes, one of them on two relays, prints every message
+// once, whichever mailbox and relay it came through, with each message
+// whole after its header while several sessions deliver at once; a relay
+// that stops and comes back is followed again, and the other relay's
+// deliveries go on meanwhile.
+func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	addrA, addrB := freePort(t), freePort(t)
+	relayA := startRelay(t, bin, filepath.Join(dir, "relayA"), "--https", addrA, "--h3", addrA)
+	relayB := startRelay(t, bin, filepath.Join(dir, "relayB"), "--https", addrB, "--h3", addrB)
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	both := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob,
+		"--relay", relayA.line, "--relay", relayB.line)))
+	onB := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob,
+		"--name", "second", "--relay", relayB.line)))
+
+	cmd := exec.Command(bin, "recv", "--follow", "--id", bob)
+	cmd.Env = append(os.Environ(), envv...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	msgs := followMessages(out)
+	seen := map[string]int{}
+	// expect waits for want (a set of messages), counting every message
+	// that comes meanwhile: each must come once.
+	expect := func(want ...string) {
+		t.Helper()
+		left := map[string]bool{}
+		for _, w := range want {
+			left[w] = true
+		}
+		for len(left) > 0 {
+			select {
+			case m, ok := <-msgs:
+				if !ok || strings.HasPrefix(m, "bad header ") {
+					t.Fatalf("recv --follow output ended or broke (%q) waiting for %d message(s); stderr:\n%s", m, len(left), stderr.String())
+				}
+				if seen[m]++; seen[m] > 1 {
+					t.Fatalf("%q printed %d times; stderr:\n%s", m, seen[m], stderr.String())
+				}
+				delete(left, m)
+			case <-time.After(60 * time.Second):
+				t.Fatalf("still waiting for %d message(s) (%v); stderr:\n%s", len(left), left, stderr.String())
+			}
+		}
+	}
+	// Senders to both mailboxes at once: three sessions (the first
+	// mailbox's two relays, the second's) deliver side by side.
+	var want []string
+	errs := make(chan error, 12)
+	for i := range 6 {
+		for k, card := range []string{both, onB} {
+			m := fmt.Sprintf("message %d to mailbox %d %s", i, k, strings.Repeat("x", 3000*k+100*i))
+			want = append(want, m)
+			go func() {
+				cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
+				cmd.Env = append(os.Environ(), envv...)
+				cmd.Stdin = strings.NewReader(m)
+				o, err := cmd.CombinedOutput()
+				if err != nil {
+					err = fmt.Errorf("send: %v: %s", err, o)
+				}
+				errs <- err
+			}()
+		}
+	}
+	for range 12 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(want...)
+
+	// Relay A stops: the first mailbox's messages go through B, and the
+	// second mailbox's go on.
+	if code := relayA.stop(); code != 0 {
+		t.Fatalf("relay A exit %d", code)
+	}
+	runOK(t, bin, envv, []byte("while A is down, first"), "send", "--anonymous", "--to", both)
+	runOK(t, bin, envv, []byte("while A is down, second"), "send", "--anonymous", "--to", onB)
+	expect("while A is down, first", "while A is down, second")
+	// A comes back and B stops: the first mailbox's messages now go
+	// through A, whose session the follower opens again.
+	relayA = startRelay(t, bin, filepath.Join(dir, "relayA"), "--https", addrA, "--h3", addrA)
+	if code := relayB.stop(); code != 0 {
+		t.Fatalf("relay B exit %d", code)
+	}
+	runOK(t, bin, envv, []byte("through A again"), "send", "--anonymous", "--to", both)
+	expect("through A again")
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("recv --follow exited with %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("recv --follow ignored SIGTERM")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a command's output is copied into while
+// the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
