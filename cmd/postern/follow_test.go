@@ -205,11 +205,15 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 					t.Fatalf("recv --follow output ended or broke (%q) waiting for %d message(s); stderr:\n%s", m, len(left), stderr.String())
 				}
 				if seen[m]++; seen[m] > 1 {
-					t.Fatalf("%q printed %d times; stderr:\n%s", m, seen[m], stderr.String())
+					t.Fatalf("%q printed %d times; stderr:\n%s", m[:min(len(m), 28)], seen[m], stderr.String())
 				}
 				delete(left, m)
 			case <-time.After(60 * time.Second):
-				t.Fatalf("still waiting for %d message(s) (%v); stderr:\n%s", len(left), left, stderr.String())
+				var short []string
+				for m := range left {
+					short = append(short, m[:min(len(m), 28)])
+				}
+				t.Fatalf("still waiting for %d message(s) (%q); stderr:\n%s", len(left), short, stderr.String())
 			}
 		}
 	}
