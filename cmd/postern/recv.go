@@ -65,6 +65,15 @@ type recvTarget struct {
 }
 
 func runRecv(ctx context.Context, e *env, a *recvArgs) error {
+	// On a terminal the count of messages stays on the last line, and
+	// everything recv writes to stderr goes above it.
+	var line *progressLine
+	if isTerminal(e.stderr) {
+		line = &progressLine{w: e.stderr}
+		ec := *e
+		ec.stderr = line
+		e = &ec
+	}
 	path := resolveID(e, a.idPath)
 	id, err := envelope.LoadIdentity(path)
 	if err != nil {
@@ -88,7 +97,7 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
-	p := &printer{e: e, book: book, progress: isTerminal(e.stderr)}
+	p := &printer{e: e, book: book, line: line}
 	defer p.done()
 	ctx, cancel := withTimeout(ctx, a.timeout)
 	defer cancel()
@@ -291,11 +300,11 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 // printer shows messages (one at a time, for several inboxes), names
 // their senders from the contacts and applies card updates.
 type printer struct {
-	e        *env
-	book     *contactBook
-	progress bool // stderr is a terminal: count messages there
-	mu       sync.Mutex
-	count    int
+	e     *env
+	book  *contactBook
+	line  *progressLine // stderr is a terminal: count messages there
+	mu    sync.Mutex
+	count int
 	// syncErr is a sync of stdout that failed. It stays: the kernel
 	// reports a failed write-back to one sync only, so with several
 	// inboxes sharing stdout the next one's sync would pass over data
@@ -333,16 +342,16 @@ func (p *printer) take(m client.Message) error {
 		return err
 	}
 	p.count++
-	if p.progress {
-		fmt.Fprintf(p.e.stderr, "\rreceived %d message(s)", p.count)
+	if p.line != nil {
+		p.line.show(fmt.Sprintf("received %d message(s)", p.count))
 	}
 	return nil
 }
 
 // done ends the progress line.
 func (p *printer) done() {
-	if p.progress && p.count > 0 {
-		fmt.Fprintln(p.e.stderr)
+	if p.line != nil {
+		p.line.end()
 	}
 }
 

@@ -180,8 +180,14 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 		return s, err
 	}
 	if len(s.envs) > 1 && isTerminal(e.stderr) {
-		s.progress = func(done, total int) { fmt.Fprintf(e.stderr, "\rsent %d/%d envelopes", done, total) }
-		defer fmt.Fprintln(e.stderr)
+		// The count stays on the last line; what the sender writes to
+		// stderr meanwhile goes above it.
+		line := &progressLine{w: e.stderr}
+		ec := *e
+		ec.stderr = line
+		s.e = &ec
+		s.progress = func(done, total int) { line.show(fmt.Sprintf("sent %d/%d envelopes", done, total)) }
+		defer line.end()
 	}
 	return s, s.run(ctx)
 }

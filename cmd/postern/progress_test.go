@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestProgressLine: lines written while a count shows go above it, the
+// count drawn again below them; an unfinished line is not broken by the
+// count.
+func TestProgressLine(t *testing.T) {
+	var out bytes.Buffer
+	p := &progressLine{w: &out}
+	fmt.Fprintln(p, "before any count")
+	p.show("received 1 message(s)")
+	fmt.Fprintln(p, "a notice")
+	p.show("received 2 message(s)")
+	fmt.Fprint(p, "half a line, ")
+	p.show("received 3 message(s)") // waits for the line's end
+	fmt.Fprintln(p, "its end")
+	p.end()
+	p.end() // once is enough
+	want := "before any count\n" +
+		"\rreceived 1 message(s)" +
+		"\r\x1b[Ka notice\nreceived 1 message(s)" +
+		"\rreceived 2 message(s)" +
+		"\r\x1b[Khalf a line, " +
+		"its end\nreceived 3 message(s)" +
+		"\n"
+	if got := out.String(); got != want {
+		t.Fatalf("terminal got\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestRecvProgressKeepsNoticesApart runs recv in-process with a terminal
+// for stderr on two messages from a sender not in the contacts: each
+// "unknown sender" notice goes on a line of its own above the count.
+func TestRecvProgressKeepsNoticesApart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"))
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home}
+	bob, alice := filepath.Join(home, "bob.id"), filepath.Join(home, "alice.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
+	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", rp.line)))
+	for _, m := range []string{"one", "two"} {
+		runOK(t, bin, envv, []byte(m), "send", "--id", alice, "--to", card)
+	}
+	old := isTerminal
+	isTerminal = func(any) bool { return true }
+	defer func() { isTerminal = old }()
+	getenv := func(k string) string { return map[string]string{"POSTERN_HOME": home}[k] }
+	var stdout, stderr bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: getenv}
+	if code := run(context.Background(), []string{"recv", "--id", bob}, e); code != 0 {
+		t.Fatalf("recv: exit %d: %s", code, stderr.String())
+	}
+	notice := "unknown sender "
+	got := stderr.String()
+	i := strings.Index(got, notice)
+	j := strings.LastIndex(got, notice)
+	if i < 0 || i == j {
+		t.Fatalf("want two unknown-sender notices, stderr %q", got)
+	}
+	line := got[i:strings.IndexByte(got[i:], '\n')+i+1]
+	want := line + "\rreceived 1 message(s)" + "\r\x1b[K" + line + "received 1 message(s)" + "\rreceived 2 message(s)\n"
+	if got != want {
+		t.Fatalf("stderr\n%q\nwant\n%q", got, want)
+	}
+	if got := parseRecv(t, stdout.Bytes()); len(got) != 2 {
+		t.Fatalf("%d messages, want 2", len(got))
+	}
+}
