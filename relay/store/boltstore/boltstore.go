@@ -59,9 +59,10 @@ type Store struct {
 	syncFail  error // tests: fail every sync with this error
 
 	// Owned by the committer, for lingering (commit.go): the writes of
-	// the last batch that was not held, and the running average time of
-	// an fdatasync.
+	// the last batch that wrote a frame and when it was durable, and the
+	// running average time of an fdatasync.
 	lastBatch int
+	lastEnd   time.Time
 	syncAvg   time.Duration
 	closeErr  error // a failed write of the held acks at Close
 

@@ -154,7 +154,7 @@ func (s *Store) collect(batch []*op) []*op {
 		return batch
 	}
 	if s.opts.CommitDelay == 0 {
-		if gap, most := s.lingerTimes(); gap > 0 {
+		if gap, most := s.lingerTimes(batch, time.Now()); gap > 0 {
 			return s.gather(batch, gap, most)
 		}
 		return batch
@@ -178,8 +178,16 @@ func (s *Store) collect(batch []*op) []*op {
 // that comes while it waits is durable a whole commit sooner than had it
 // waited for the next one; those already in the batch wait at most a
 // quarter of an fdatasync more. lingerGap and lingerMost cap both, so a
-// slow disk adds no more than lingerMost. After a lone write (a quiet
-// store) it does not wait at all.
+// slow disk adds no more than lingerMost. It does not wait after a lone
+// write, nor when the batch's first write came more than an fdatasync
+// after the last commit ended (writes are not coming back to back: a
+// quiet store), nor for a batch of Acks alone, which is held, not
+// written.
+//
+// Go wakes a timer this short late when the process has nothing else to
+// do (its poller waits in whole milliseconds), so a wait can outlast
+// these bounds, by up to a millisecond, when the writes it waits for do
+// not come; it only waits while writes come back to back.
 //
 // It costs such writers some of their rate: while the committer waits,
 // the disk is idle, where two cohorts kept it busy in turn. Waits of a
@@ -192,10 +200,13 @@ var (
 )
 
 // lingerTimes returns how long the committer may wait for the next write
-// and in all, or 0 not to wait.
-func (s *Store) lingerTimes() (gap, most time.Duration) {
-	if s.lastBatch < 2 || s.syncAvg <= 0 {
+// and in all after batch, collected at now, or 0 not to wait.
+func (s *Store) lingerTimes(batch []*op, now time.Time) (gap, most time.Duration) {
+	if s.lastBatch < 2 || s.syncAvg <= 0 || now.Sub(s.lastEnd) > s.syncAvg {
 		return 0, 0
+	}
+	if s.opts.AckSync > 0 && !slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy }) {
+		return 0, 0 // Acks alone: held, not written
 	}
 	return min(s.syncAvg/8, lingerGap), min(s.syncAvg/4, lingerMost)
 }
@@ -234,9 +245,6 @@ func (s *Store) commit(batch []*op) error {
 	for _, o := range batch {
 		lazy = lazy && o.lazy
 	}
-	if len(batch) > 0 && !lazy {
-		s.lastBatch = len(batch)
-	}
 	w, err := s.begin(lazy)
 	if err == nil {
 		s.mu.Lock()
@@ -273,6 +281,9 @@ func (s *Store) commit(batch []*op) error {
 		s.heldOps = 0
 		if len(w.buf) > frameHeader {
 			w.seg.size += int64(len(w.buf))
+			if len(batch) > 0 { // what lingering goes by
+				s.lastBatch, s.lastEnd = len(batch), time.Now()
+			}
 		}
 	}
 	if len(s.held) == 0 && cap(s.held) > maxHeld {
