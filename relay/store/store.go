@@ -270,10 +270,11 @@ type Options struct {
 
 	// CommitDelay is how long a durable store's committer waits for more
 	// writes after the first one of a batch, unless the batch is full.
-	// With the default 0 it waits only after a batch of several writes,
-	// and then no longer than a quarter of an fdatasync (boltstore
-	// lingers: see its package comment); after a lone write it does not
-	// wait, so a quiet store adds no latency. Negative never waits: a batch is every
+	// With the default 0 it waits only while writes come back to back,
+	// after a batch of several, and then no longer than a quarter of an
+	// fdatasync (boltstore lingers: see its package comment); after a
+	// lone write, or a pause, it does not wait, so a quiet store adds no
+	// latency. Negative never waits: a batch is every
 	// write that arrived while the previous one was being committed.
 	// Memory ignores it.
 	CommitDelay time.Duration

@@ -64,16 +64,18 @@
 // # Durability and group commit
 //
 // Every write goes to one committer goroutine. It takes the writes waiting
-// (up to Options.MaxBatch; after a batch of several writes it lingers for
-// more, until none has come for an eighth of an fdatasync and at most a
-// quarter of one, capped at 50 and 100 µs, or it waits
-// Options.CommitDelay if one is set), applies them in order to the index
-// while appending their records to one frame, writes the frame at the end
-// of the newest segment and fdatasyncs it; only then does Put return and
-// do readers see the new envelopes. An op that fails a check fails alone;
-// a failed write or sync fails the batch, cuts the segment back and
-// replays the log. ENOSPC and EDQUOT become store.ErrDiskFull and set
-// Stats.DiskFull until a commit succeeds.
+// (up to Options.MaxBatch; while writes come back to back, after a batch
+// of several it lingers for more, until none has come for an eighth of an
+// fdatasync and at most a quarter of one, never more than 50 and 100 µs
+// by its timers; a negative Options.CommitDelay turns that off, and a
+// positive one waits that long instead: see "Lingering" in commit.go),
+// applies them in order to the index while appending their records to one
+// frame, writes the frame at the end of the newest segment and fdatasyncs
+// it; only then does Put return and do readers see the new envelopes. An
+// op that fails a check fails alone; a failed write or sync fails the
+// batch, cuts the segment back and replays the log. ENOSPC and EDQUOT
+// become store.ErrDiskFull and set Stats.DiskFull until a commit
+// succeeds.
 //
 // A batch of Acks alone is applied to the index and Ack returns, but its
 // records are held in memory: they lead the next batch's frame and share
