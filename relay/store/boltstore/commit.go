@@ -191,9 +191,10 @@ func (s *Store) collect(batch []*op) []*op {
 //
 // It costs such writers some of their rate: while the committer waits,
 // the disk is idle, where two cohorts kept it busy in turn. Waits of a
-// quarter and a half of an fdatasync (capped at 100 and 250 µs) took a
-// tenth to a third off the rate of 8 closed-loop https senders; these
-// took little or none (README, "Lingering").
+// quarter and a half of an fdatasync (capped at 100 and 250 µs) took
+// 12–34 % off the rate of 8 closed-loop https senders; these cost less,
+// though 8 senders were still slower in most pairs measured (README,
+// "Lingering").
 var (
 	lingerGap  = 50 * time.Microsecond
 	lingerMost = 100 * time.Microsecond
