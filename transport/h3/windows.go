@@ -2,6 +2,7 @@ package h3
 
 import (
 	"context"
+	"net"
 	"sync"
 
 	"github.com/quic-go/quic-go"
@@ -40,50 +41,99 @@ const DefaultWindowBudget = 48 << 20
 // sessions' uploads in how its own window grew. A connection's growth
 // from the cover's pool stays counted there after a session comes on it:
 // so the bytes sent ahead of the relay's reads stay within the initial
-// window per connection plus both pools. Neither pool is shared out by
-// source: one source can hold all of one, and the others then upload
-// within the windows they have, as a stock server whose auto-tuning is
-// off would have them do.
+// window per connection plus both pools.
+//
+// A source (as the listener's per-source limits count it) may take from a
+// pool while at least half of the pool would be left; past that, only
+// while what its connections hold of the pool stays within a quarter of
+// it. So one source holds at most half of a pool, and the others still
+// grow their windows from the rest; before, one source could hold all of
+// it, and the others then uploaded within the windows they had.
 type windowBudget struct {
 	mu      sync.Mutex
+	size    int64 // of each pool
 	session int64 // left in the sessions' pool
 	cover   int64 // left in the cover's pool
 	held    map[*quic.Conn]*connWindow
+	// source is what a connection's remote address counts as for the
+	// share; nil (tests) counts every connection as a source of its own.
+	source  func(net.Addr) [16]byte
+	sources map[[16]byte]*srcWindow
 }
 
 // connWindow is what one connection took, while it lives.
 type connWindow struct {
 	session, cover int64
-	carried        bool // it carried an admitted session
+	carried        bool       // it carried an admitted session
+	src            *srcWindow // nil: a source of its own
+}
+
+// srcWindow is what the connections of one source hold of each pool.
+type srcWindow struct {
+	key            [16]byte
+	session, cover int64
+	conns          int // connections with an account
 }
 
 func newWindowBudget(n int64) *windowBudget {
 	n = max(n, 0)
-	return &windowBudget{session: n, cover: n, held: make(map[*quic.Conn]*connWindow)}
+	return &windowBudget{size: n, session: n, cover: n,
+		held: make(map[*quic.Conn]*connWindow), sources: make(map[[16]byte]*srcWindow)}
 }
 
 // allow is the listener's quic.Config.AllowConnectionWindowIncrease. It
 // runs on the connection's own goroutine and calls nothing on c but
-// Context, which only returns a field.
+// Context and RemoteAddr, which only return fields.
 func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cw := b.held[c]
+	carried := cw != nil && cw.carried
 	pool := &b.cover
-	if cw != nil && cw.carried {
+	if carried {
 		pool = &b.session
 	}
 	if delta > uint64(*pool) {
 		return false
 	}
+	d := int64(delta)
+	if *pool-d < b.size/2 {
+		// Past half of the pool: within the source's share only.
+		var src *srcWindow
+		if cw != nil {
+			src = cw.src
+		} else if b.source != nil {
+			src = b.sources[b.source(c.RemoteAddr())]
+		}
+		mine := int64(0)
+		switch {
+		case src != nil && carried:
+			mine = src.session
+		case src != nil:
+			mine = src.cover
+		case cw != nil && carried:
+			mine = cw.session
+		case cw != nil:
+			mine = cw.cover
+		}
+		if mine+d > b.size/4 {
+			return false
+		}
+	}
 	if cw == nil {
 		cw = b.watchLocked(c)
 	}
-	*pool -= int64(delta)
+	*pool -= d
 	if cw.carried {
-		cw.session += int64(delta)
+		cw.session += d
+		if cw.src != nil {
+			cw.src.session += d
+		}
 	} else {
-		cw.cover += int64(delta)
+		cw.cover += d
+		if cw.src != nil {
+			cw.src.cover += d
+		}
 	}
 	return true
 }
@@ -105,6 +155,16 @@ func (b *windowBudget) markSession(c *quic.Conn) {
 // waits for mu.
 func (b *windowBudget) watchLocked(c *quic.Conn) *connWindow {
 	cw := &connWindow{}
+	if b.source != nil {
+		k := b.source(c.RemoteAddr())
+		src := b.sources[k]
+		if src == nil {
+			src = &srcWindow{key: k}
+			b.sources[k] = src
+		}
+		src.conns++
+		cw.src = src
+	}
 	b.held[c] = cw
 	context.AfterFunc(c.Context(), func() { b.release(c) })
 	return cw
@@ -117,6 +177,13 @@ func (b *windowBudget) release(c *quic.Conn) {
 	if cw := b.held[c]; cw != nil {
 		b.session += cw.session
 		b.cover += cw.cover
+		if src := cw.src; src != nil {
+			src.session -= cw.session
+			src.cover -= cw.cover
+			if src.conns--; src.conns == 0 {
+				delete(b.sources, src.key)
+			}
+		}
 		delete(b.held, c)
 	}
 }

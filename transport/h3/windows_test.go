@@ -135,7 +135,9 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 // auto-tuning unbounded) the client got 4–6 MiB ahead here.
 func TestWindowBudgetBoundsUnreadBytes(t *testing.T) {
 	const (
-		budget  = 1 << 20
+		// One source (this test's) may take from a pool while half of it
+		// is left: quic-go's first increase, 768 KiB, must fit.
+		budget  = 4 << 20
 		initial = 768 << 10 // quic-go's initial connection window
 		slack   = 64 << 10  // what http3 reads ahead of the session
 	)
@@ -243,4 +245,64 @@ func TestCoverRequestsTakeNoSessionWindow(t *testing.T) {
 	if cover == 0 {
 		t.Fatal("the connection's window never grew: the test cannot tell the pools apart")
 	}
+}
+
+// TestWindowShareBySource: past half of a pool, a source takes only
+// within a quarter of it, counted over all its connections; other
+// sources still take; what a source's connections held comes back when
+// they end. The connections here are client ends dialled to two relays,
+// and the source is the remote address, so each relay stands for one
+// source.
+func TestWindowShareBySource(t *testing.T) {
+	const n = 4 << 20
+	a, b := startRelay(t, nil, nil), startRelay(t, nil, nil)
+	dial := func(addr string) *quic.Conn {
+		t.Helper()
+		qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return qc
+	}
+	a1, a2, b1 := dial(a.ep.Addr), dial(a.ep.Addr), dial(b.ep.Addr)
+	w := newWindowBudget(n)
+	w.source = func(addr net.Addr) (k [16]byte) { copy(k[:], addr.String()); return k }
+	for i, c := range []struct {
+		conn  *quic.Conn
+		delta uint64
+		want  bool
+		why   string
+	}{
+		{a1, 3 << 19, true, "half of the pool is left after it"},
+		{a2, 3 << 18, false, "past half, and a's connections would hold 2.25 MiB of a 1 MiB share"},
+		{b1, 3 << 18, true, "past half, and b holds 0.75 MiB of its 1 MiB share"},
+		{b1, 1 << 19, false, "b would hold 1.25 MiB"},
+		{b1, 1 << 18, true, "b holds its share, 1 MiB"},
+	} {
+		if got := w.allow(c.conn, c.delta); got != c.want {
+			t.Fatalf("step %d: allow(%d) = %v, want %v: %s", i, c.delta, got, c.want, c.why)
+		}
+	}
+	// The sessions' pool is shared out apart from the cover's.
+	w.markSession(b1)
+	if !w.allow(b1, 3<<19) || w.allow(b1, 3<<18) {
+		t.Fatal("the sessions' pool did not share as the cover's does")
+	}
+	if _, cover, _ := w.inUse(); cover != 3<<19+1<<20 {
+		t.Fatalf("the cover's pool holds %d, want %d", cover, 3<<19+1<<20)
+	}
+	// a1 ends: what it held comes back, and a takes again.
+	a1.CloseWithError(0, "")
+	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20 })
+	if !w.allow(a2, 3<<18) {
+		t.Fatal("a could not take once its first connection gave its window back")
+	}
+	a2.CloseWithError(0, "")
+	b1.CloseWithError(0, "")
+	waitFor(t, "every window back", func() bool {
+		s, c, conns := w.inUse()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return s == 0 && c == 0 && conns == 0 && len(w.sources) == 0 && w.session == n && w.cover == n
+	})
 }
