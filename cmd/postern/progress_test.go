@@ -71,7 +71,7 @@ func TestRecvProgressKeepsNoticesApart(t *testing.T) {
 	if i < 0 || i == j {
 		t.Fatalf("want two unknown-sender notices, stderr %q", got)
 	}
-	line := got[i:strings.IndexByte(got[i:], '\n')+i+1]
+	line := got[i : strings.IndexByte(got[i:], '\n')+i+1]
 	want := line + "\rreceived 1 message(s)" + "\r\x1b[K" + line + "received 1 message(s)" + "\rreceived 2 message(s)\n"
 	if got != want {
 		t.Fatalf("stderr\n%q\nwant\n%q", got, want)
