@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	mathrand "math/rand/v2"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/envelope"
 )
 
 // freePort returns a loopback address whose port is free for TCP and UDP,
@@ -79,7 +82,7 @@ func TestRecvFollowReconnects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
+	var stderr lockedBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -120,6 +123,9 @@ func TestRecvFollowReconnects(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("recv --follow ignored SIGTERM")
 	}
+	for m := range msgs { // a copy printed late, after the last wait
+		t.Errorf("after the last message, %q; stderr:\n%s", m[:min(len(m), 28)], stderr.String())
+	}
 }
 
 // followMessages parses what `recv --follow` prints on out ("== from … (N
@@ -155,9 +161,11 @@ func followMessages(out io.Reader) <-chan string {
 // TestRecvFollowSeveralMailboxesAndRelays: `recv --follow` on an identity
 // with two mailboxes, one of them on two relays, prints every message
 // once, whichever mailbox and relay it came through, with each message
-// whole after its header while several sessions deliver at once; a relay
-// that stops and comes back is followed again, and the other relay's
-// deliveries go on meanwhile.
+// whole after its header while sessions deliver at once; a message whose
+// envelopes are on both relays of the first mailbox (as a sender that
+// sends the whole message again to another relay leaves them) is printed
+// once; a relay that stops and comes back is followed again, and the
+// other relay's deliveries go on meanwhile.
 func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -165,6 +173,9 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	addrA, addrB := freePort(t), freePort(t)
+	for addrB == addrA {
+		addrB = freePort(t)
+	}
 	relayA := startRelay(t, bin, filepath.Join(dir, "relayA"), "--https", addrA, "--h3", addrA)
 	relayB := startRelay(t, bin, filepath.Join(dir, "relayB"), "--https", addrB, "--h3", addrB)
 	home := filepath.Join(dir, "home")
@@ -208,7 +219,7 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 					t.Fatalf("%q printed %d times; stderr:\n%s", m[:min(len(m), 28)], seen[m], stderr.String())
 				}
 				delete(left, m)
-			case <-time.After(60 * time.Second):
+			case <-time.After(90 * time.Second): // past Follow's longest backoff, a minute
 				var short []string
 				for m := range left {
 					short = append(short, m[:min(len(m), 28)])
@@ -217,8 +228,8 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 			}
 		}
 	}
-	// Senders to both mailboxes at once: three sessions (the first
-	// mailbox's two relays, the second's) deliver side by side.
+	// Senders to both mailboxes at once: the sessions of both relays
+	// deliver side by side.
 	var want []string
 	errs := make(chan error, 12)
 	for i := range 6 {
@@ -226,7 +237,7 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 			m := fmt.Sprintf("message %d to mailbox %d %s", i, k, strings.Repeat("x", 3000*k+100*i))
 			want = append(want, m)
 			go func() {
-				cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
+				cmd := exec.Command(bin, "send", "--anonymous", "--timeout", "60s", "--to", card)
 				cmd.Env = append(os.Environ(), envv...)
 				cmd.Stdin = strings.NewReader(m)
 				o, err := cmd.CombinedOutput()
@@ -244,6 +255,39 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	}
 	expect(want...)
 
+	// The same envelopes on both relays of the first mailbox: a message
+	// in one envelope and one in two, each sealed once and sent to A and
+	// to B.
+	card, err := envelope.ParseCard(both)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender := &env{stderr: io.Discard, getenv: func(k string) string {
+		return map[string]string{"POSTERN_HOME": filepath.Join(dir, "sender")}[k]
+	}}
+	for _, m := range []string{"on both relays", "on both relays, in two envelopes " + strings.Repeat("y", 70<<10)} {
+		envs, err := envelope.SealMessage(card, nil, []byte(m), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range []string{relayA.line, relayB.line} {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			c, err := dialRelay(ctx, sender, line)
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			for _, e := range envs {
+				if _, err := c.Send(ctx, e, card.SendCap); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.Close()
+			cancel()
+		}
+		expect(m)
+	}
+
 	// Relay A stops: the first mailbox's messages go through B, and the
 	// second mailbox's go on.
 	if code := relayA.stop(); code != 0 {
@@ -252,8 +296,8 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	runOK(t, bin, envv, []byte("while A is down, first"), "send", "--anonymous", "--to", both)
 	runOK(t, bin, envv, []byte("while A is down, second"), "send", "--anonymous", "--to", onB)
 	expect("while A is down, first", "while A is down, second")
-	// A comes back and B stops: the first mailbox's messages now go
-	// through A, whose session the follower opens again.
+	// A comes back and B stops: the follower opens A's session again,
+	// and survives losing B's.
 	relayA = startRelay(t, bin, filepath.Join(dir, "relayA"), "--https", addrA, "--h3", addrA)
 	if code := relayB.stop(); code != 0 {
 		t.Fatalf("relay B exit %d", code)

@@ -305,6 +305,10 @@ type printer struct {
 	line  *progressLine // stderr is a terminal: count messages there
 	mu    sync.Mutex
 	count int
+	// taken holds the envelope ids of the messages shown in this run:
+	// inboxes of one mailbox on several relays, followed at once, each
+	// hand over a message its sender put on two relays.
+	taken *envelope.ReplayCache
 	// syncErr is a sync of stdout that failed. It stays: the kernel
 	// reports a failed write-back to one sync only, so with several
 	// inboxes sharing stdout the next one's sync would pass over data
@@ -318,6 +322,16 @@ func (p *printer) take(m client.Message) error {
 	if p.syncErr != nil {
 		return p.syncErr
 	}
+	if p.taken == nil {
+		p.taken = envelope.NewReplayCache(client.DefaultReplayCap)
+	}
+	for _, id := range m.IDs {
+		if p.taken.Contains(id) {
+			// Shown already, from another relay: taken. The inbox acks
+			// this copy once it has synced stdout, which holds it.
+			return nil
+		}
+	}
 	if isCtl, u, err := parseControl(m.Payload); isCtl {
 		note := ""
 		if err == nil {
@@ -329,6 +343,7 @@ func (p *printer) take(m client.Message) error {
 		if note != "" {
 			fmt.Fprintln(p.e.stderr, note)
 		}
+		p.remember(m.IDs)
 		return nil
 	}
 	from := "anonymous"
@@ -342,10 +357,18 @@ func (p *printer) take(m client.Message) error {
 		return err
 	}
 	p.count++
+	p.remember(m.IDs)
 	if p.line != nil {
 		p.line.show(fmt.Sprintf("received %d message(s)", p.count))
 	}
 	return nil
+}
+
+// remember records ids as those of a message taken; p.mu is held.
+func (p *printer) remember(ids [][envelope.IDSize]byte) {
+	for _, id := range ids {
+		p.taken.Check(id)
+	}
 }
 
 // done ends the progress line.

@@ -16,7 +16,16 @@ type Message struct {
 	// message.
 	Sender  []byte
 	Payload []byte
+	// IDs are the ids of the envelopes the message came in. An
+	// application that takes messages from several inboxes at once (a
+	// mailbox on several relays, followed together) sees a message a
+	// sender put on two relays once from each, and tells them apart by
+	// these; the inboxes' replay stores only meet when they are saved.
+	IDs [][envelope.IDSize]byte
 }
+
+// DefaultReplayCap is InboxConfig.ReplayCap's default.
+const DefaultReplayCap = 1 << 14
 
 // InboxConfig configures an Inbox. Identity and Take are required.
 type InboxConfig struct {
@@ -47,7 +56,8 @@ type InboxConfig struct {
 	// oldest is given up (its fragments acked), so fragments that never
 	// complete cannot stall the mailbox. Default 64.
 	MaxHeld int
-	// ReplayCap bounds the remembered envelope ids. Default 16384.
+	// ReplayCap bounds the remembered envelope ids. Default
+	// DefaultReplayCap.
 	ReplayCap int
 }
 
@@ -82,7 +92,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 		cfg.MaxHeld = 64
 	}
 	if cfg.ReplayCap <= 0 {
-		cfg.ReplayCap = 1 << 14
+		cfg.ReplayCap = DefaultReplayCap
 	}
 	if cfg.Warn == nil {
 		cfg.Warn = func(string) {}
@@ -122,7 +132,7 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 		return []Ref{d.Ref}, nil
 	}
 	if !o.Fragment {
-		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload}); err != nil {
+		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload, IDs: [][envelope.IDSize]byte{o.ID}}); err != nil {
 			return nil, err
 		}
 		in.replay.add(o.ID)
@@ -157,7 +167,11 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	if !done {
 		return acks, nil
 	}
-	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg}); err != nil {
+	ids := make([][envelope.IDSize]byte, 0, len(h.ids))
+	for id := range h.ids {
+		ids = append(ids, id)
+	}
+	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg, IDs: ids}); err != nil {
 		return acks, err
 	}
 	for id := range h.ids {
