@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,29 +13,63 @@ import (
 
 // TestProgressLine: lines written while a count shows go above it, the
 // count drawn again below them; an unfinished line is not broken by the
-// count.
+// count; end leaves the last count on a line of its own even after an
+// unfinished line or a failed write, and shows nothing after it.
 func TestProgressLine(t *testing.T) {
-	var out bytes.Buffer
+	var out bytes.Buffer // the terminal, stdout and stderr alike
 	p := &progressLine{w: &out}
+	stdout := aboveWriter{p, &out}
+	clear1 := "\r" + strings.Repeat(" ", len("received 1 message(s)")) + "\r"
+	clear2 := "\r" + strings.Repeat(" ", len("received 2 message(s)")) + "\r"
 	fmt.Fprintln(p, "before any count")
 	p.show("received 1 message(s)")
 	fmt.Fprintln(p, "a notice")
+	fmt.Fprint(stdout, "a message\n")
 	p.show("received 2 message(s)")
 	fmt.Fprint(p, "half a line, ")
 	p.show("received 3 message(s)") // waits for the line's end
 	fmt.Fprintln(p, "its end")
 	p.end()
-	p.end() // once is enough
+	p.end()                         // once is enough
+	p.show("received 4 message(s)") // after the end: nothing
 	want := "before any count\n" +
 		"\rreceived 1 message(s)" +
-		"\r\x1b[Ka notice\nreceived 1 message(s)" +
+		clear1 + "a notice\nreceived 1 message(s)" +
+		clear1 + "a message\nreceived 1 message(s)" +
 		"\rreceived 2 message(s)" +
-		"\r\x1b[Khalf a line, " +
+		clear2 + "half a line, " +
 		"its end\nreceived 3 message(s)" +
 		"\n"
 	if got := out.String(); got != want {
 		t.Fatalf("terminal got\n%q\nwant\n%q", got, want)
 	}
+
+	// A write that fails part-way: end still leaves the count below it.
+	out.Reset()
+	p = &progressLine{w: &out}
+	p.show("sent 1/2 envelopes")
+	bad := aboveWriter{p, failAfter{&out, 3}}
+	if _, err := fmt.Fprint(bad, "abcdef\n"); err == nil {
+		t.Fatal("the failing writer did not fail")
+	}
+	p.show("sent 2/2 envelopes")
+	p.end()
+	clear := "\r" + strings.Repeat(" ", len("sent 1/2 envelopes")) + "\r"
+	want = "\rsent 1/2 envelopes" + clear + "abc" + "\nsent 2/2 envelopes" + "\n"
+	if got := out.String(); got != want {
+		t.Fatalf("after a failed write, terminal got\n%q\nwant\n%q", got, want)
+	}
+}
+
+// failAfter writes n bytes of a write to w and fails.
+type failAfter struct {
+	w io.Writer
+	n int
+}
+
+func (f failAfter) Write(b []byte) (int, error) {
+	n, _ := f.w.Write(b[:min(len(b), f.n)])
+	return n, errors.New("write failed")
 }
 
 // TestRecvProgressKeepsNoticesApart runs recv in-process with a terminal
@@ -72,7 +108,13 @@ func TestRecvProgressKeepsNoticesApart(t *testing.T) {
 		t.Fatalf("want two unknown-sender notices, stderr %q", got)
 	}
 	line := got[i : strings.IndexByte(got[i:], '\n')+i+1]
-	want := line + "\rreceived 1 message(s)" + "\r\x1b[K" + line + "received 1 message(s)" + "\rreceived 2 message(s)\n"
+	clear := "\r" + strings.Repeat(" ", len("received 1 message(s)")) + "\r"
+	// Each notice, and the second message (stdout on the same terminal),
+	// goes above the count.
+	want := line + "\rreceived 1 message(s)" +
+		clear + line + "received 1 message(s)" +
+		clear + "received 1 message(s)" +
+		"\rreceived 2 message(s)\n"
 	if got != want {
 		t.Fatalf("stderr\n%q\nwant\n%q", got, want)
 	}

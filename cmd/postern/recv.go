@@ -353,7 +353,11 @@ func (p *printer) take(m client.Message) error {
 			fmt.Fprintf(p.e.stderr, "unknown sender %s: not in your contacts; `postern contact add NAME CARD` names them\n", from)
 		}
 	}
-	if err := printMessage(p.e.stdout, from, m.Payload); err != nil {
+	out := p.e.stdout
+	if p.line != nil && isTerminal(out) { // the message goes above the count
+		out = aboveWriter{p.line, out}
+	}
+	if err := printMessage(out, from, m.Payload); err != nil {
 		return err
 	}
 	p.count++
