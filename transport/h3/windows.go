@@ -45,10 +45,12 @@ const DefaultWindowBudget = 48 << 20
 //
 // A source (as the listener's per-source limits count it) may take from a
 // pool while at least half of the pool would be left; past that, only
-// while what its connections hold of the pool stays within a quarter of
-// it. So one source holds at most half of a pool, and the others still
-// grow their windows from the rest; before, one source could hold all of
-// it, and the others then uploaded within the windows they had.
+// while its connections hold nothing of the pool yet, or what they hold
+// stays within a quarter of it. So one source holds at most half of a
+// pool and one increase more, and every other source can still grow a
+// window from the rest; before, one source could hold all of it, and the
+// others then uploaded within the windows they had. (The https engine's
+// pool is shared out the same way.)
 type windowBudget struct {
 	mu      sync.Mutex
 	size    int64 // of each pool
@@ -116,7 +118,7 @@ func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 		case cw != nil:
 			mine = cw.cover
 		}
-		if mine+d > b.size/4 {
+		if mine > 0 && mine+d > b.size/4 {
 			return false
 		}
 	}

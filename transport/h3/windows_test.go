@@ -248,8 +248,8 @@ func TestCoverRequestsTakeNoSessionWindow(t *testing.T) {
 }
 
 // TestWindowShareBySource: past half of a pool, a source takes only
-// within a quarter of it, counted over all its connections; other
-// sources still take; what a source's connections held comes back when
+// while it holds nothing or within a quarter of it, counted over all its
+// connections; other sources still take; what a source's connections held comes back when
 // they end. The connections here are client ends dialled to two relays,
 // and the source is the remote address, so each relay stands for one
 // source.
@@ -264,7 +264,8 @@ func TestWindowShareBySource(t *testing.T) {
 		}
 		return qc
 	}
-	a1, a2, b1 := dial(a.ep.Addr), dial(a.ep.Addr), dial(b.ep.Addr)
+	c := startRelay(t, nil, nil)
+	a1, a2, b1, c1 := dial(a.ep.Addr), dial(a.ep.Addr), dial(b.ep.Addr), dial(c.ep.Addr)
 	w := newWindowBudget(n)
 	w.source = func(addr net.Addr) (k [16]byte) { copy(k[:], addr.String()); return k }
 	for i, c := range []struct {
@@ -278,6 +279,8 @@ func TestWindowShareBySource(t *testing.T) {
 		{b1, 3 << 18, true, "past half, and b holds 0.75 MiB of its 1 MiB share"},
 		{b1, 1 << 19, false, "b would hold 1.25 MiB"},
 		{b1, 1 << 18, true, "b holds its share, 1 MiB"},
+		{c1, 5 << 18, true, "c holds nothing yet: it may take more than a quarter"},
+		{c1, 1, false, "c holds more than its share"},
 	} {
 		if got := w.allow(c.conn, c.delta); got != c.want {
 			t.Fatalf("step %d: allow(%d) = %v, want %v: %s", i, c.delta, got, c.want, c.why)
@@ -288,17 +291,18 @@ func TestWindowShareBySource(t *testing.T) {
 	if !w.allow(b1, 3<<19) || w.allow(b1, 3<<18) {
 		t.Fatal("the sessions' pool did not share as the cover's does")
 	}
-	if _, cover, _ := w.inUse(); cover != 3<<19+1<<20 {
-		t.Fatalf("the cover's pool holds %d, want %d", cover, 3<<19+1<<20)
+	if _, cover, _ := w.inUse(); cover != 3<<19+1<<20+5<<18 {
+		t.Fatalf("the cover's pool holds %d, want %d", cover, 3<<19+1<<20+5<<18)
 	}
 	// a1 ends: what it held comes back, and a takes again.
 	a1.CloseWithError(0, "")
-	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20 })
+	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20+5<<18 })
 	if !w.allow(a2, 3<<18) {
 		t.Fatal("a could not take once its first connection gave its window back")
 	}
 	a2.CloseWithError(0, "")
 	b1.CloseWithError(0, "")
+	c1.CloseWithError(0, "")
 	waitFor(t, "every window back", func() bool {
 		s, c, conns := w.inUse()
 		w.mu.Lock()

@@ -429,9 +429,13 @@ type h2Front struct {
 	// connections handed over, and of those, session requests the gate
 	// declined after the front decoded them.
 	engine, handed, declined atomic.Int64
-	// windowBudget is the receive window the engine's sessions may still
-	// take past the stock server's (h2session.go, resizeWindowLocked).
-	windowBudget atomic.Int64
+	// windows is the receive window the engine's sessions may still take
+	// past the stock server's (h2session.go, resizeWindowLocked), shared
+	// out by source (windowPool).
+	windows windowPool
+	// key hashes a client's address into its source for windows, as the
+	// listener's per-source limits do; random per front, in memory only.
+	key [32]byte
 	// now replaces time.Now in clock (tests).
 	now func() time.Time
 }
@@ -448,17 +452,63 @@ func (f *h2Front) clock() time.Duration {
 	return time.Since(engineEpoch)
 }
 
-// takeWindow takes n bytes of window from the budget, if it holds them.
-func (f *h2Front) takeWindow(n int64) bool {
-	for {
-		left := f.windowBudget.Load()
-		if left < n {
-			return false
-		}
-		if f.windowBudget.CompareAndSwap(left, left-n) {
-			return true
-		}
+// windowPool is the window the engine's sessions may take past the stock
+// server's. A source (its address as transport.SourceHash counts it) takes
+// while at least half of the pool would be left; past that, only while it
+// holds nothing of it yet or stays within a quarter of it. So one source
+// holds at most half of the pool and one window more, and every other
+// source can still grow a session; before, one source could hold all of
+// it, and the others then uploaded within the stock windows.
+type windowPool struct {
+	mu   sync.Mutex
+	size int64
+	left int64
+	held map[[32]byte]int64 // by source, what its sessions took
+}
+
+// reset makes the pool n bytes, none of it taken.
+func (p *windowPool) reset(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.size, p.left, p.held = n, n, make(map[[32]byte]int64)
+}
+
+// take takes n bytes for a session of src, if the pool and src's share
+// hold them.
+func (p *windowPool) take(src [32]byte, n int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n > p.left {
+		return false
 	}
+	if mine := p.held[src]; p.left-n < p.size/2 && mine > 0 && mine+n > p.size/4 {
+		return false
+	}
+	p.left -= n
+	p.held[src] += n
+	return true
+}
+
+// give gives back n bytes a session of src took.
+func (p *windowPool) give(src [32]byte, n int64) {
+	if n == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.left += n
+	if v := p.held[src] - n; v > 0 {
+		p.held[src] = v
+	} else {
+		delete(p.held, src)
+	}
+}
+
+// available returns what is left of the pool.
+func (p *windowPool) available() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.left
 }
 
 // firstFlight is the front's state while it reads the first flight.

@@ -62,7 +62,7 @@ func testFront(tb testing.TB) *h2Front {
 		tb.Fatal(err)
 	}
 	f := &h2Front{l: &listener{ln: closedListener{}}, stock: stock}
-	f.windowBudget.Store(engineWindowBudget) // so that windows may grow
+	f.windows.reset(engineWindowBudget) // so that windows may grow
 	return f
 }
 

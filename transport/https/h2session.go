@@ -108,6 +108,7 @@ type h2Session struct {
 	arrived    int32
 	grown      int32
 	noGrow     bool
+	src        [32]byte // the client's source, for the front's window pool
 }
 
 func newH2Session(f *h2Front, tc net.Conn, stream uint32, first []byte, ff *firstFlight) *h2Session {
@@ -120,6 +121,9 @@ func newH2Session(f *h2Front, tc net.Conn, stream uint32, first []byte, ff *firs
 	}
 	s.rcond.L, s.wcond.L = &s.mu, &s.mu
 	s.lastUpdate = f.clock()
+	if a := tc.RemoteAddr(); a != nil {
+		s.src = transport.SourceHash(f.key[:], a.String())
+	}
 	if t, ok := tc.(*tls.Conn); ok {
 		s.cork, _ = t.NetConn().(corkable)
 	}
@@ -445,7 +449,7 @@ func (s *h2Session) endRead() {
 	back := int64(s.grown) - keep
 	s.grown = int32(keep)
 	s.mu.Unlock()
-	s.f.windowBudget.Add(back)
+	s.f.windows.give(s.src, back)
 }
 
 // onHeaderBlock decodes a complete header block (keeping the HPACK state
@@ -893,7 +897,7 @@ func (s *h2Session) resizeWindowLocked() {
 	var delta int64
 	switch {
 	case fast && arrived >= s.winStream/2 && s.winStream < engineWindow:
-		if delta = engineWindow - s.winStream; !s.f.takeWindow(delta) {
+		if delta = engineWindow - s.winStream; !s.f.windows.take(s.src, delta) {
 			return
 		}
 	case !fast && s.grown > 0:
@@ -903,7 +907,7 @@ func (s *h2Session) resizeWindowLocked() {
 		if delta == 0 {
 			return
 		}
-		s.f.windowBudget.Add(-delta)
+		s.f.windows.give(s.src, -delta)
 	default:
 		return
 	}
@@ -923,5 +927,5 @@ func (s *h2Session) endGrowth() {
 	grown := s.grown
 	s.grown, s.noGrow = 0, true
 	s.mu.Unlock()
-	s.f.windowBudget.Add(int64(grown))
+	s.f.windows.give(s.src, int64(grown))
 }

@@ -2,6 +2,7 @@ package https
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -187,7 +188,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		if t.frontClock != nil {
 			l.front.now = t.frontClock.now
 		}
-		l.front.windowBudget.Store(engineWindowBudget)
+		l.front.windows.reset(engineWindowBudget)
+		rand.Read(l.front.key[:])
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
 	go func() {

@@ -64,7 +64,7 @@ func budgetHeld(t *testing.T, f *h2Front, s *h2Session) {
 	s.mu.Lock()
 	extra := s.winStream - f.stock.streamWindow
 	s.mu.Unlock()
-	if got, want := f.windowBudget.Load(), engineWindowBudget-extra; got != want {
+	if got, want := f.windows.available(), engineWindowBudget-extra; got != want {
 		t.Errorf("budget %d while the session's window is %d past the stock one, want %d", got, extra, want)
 	}
 }
@@ -116,7 +116,7 @@ func waitSpent(t *testing.T, s *h2Session) (win, queued int64) {
 // budgetUntouched fails t unless f's window budget is whole.
 func budgetUntouched(t *testing.T, f *h2Front) {
 	t.Helper()
-	if got := f.windowBudget.Load(); got != engineWindowBudget {
+	if got := f.windows.available(); got != engineWindowBudget {
 		t.Errorf("budget %d, want %d untouched", got, engineWindowBudget)
 	}
 }
@@ -124,10 +124,55 @@ func budgetUntouched(t *testing.T, f *h2Front) {
 // waitBudget waits until the front's window budget is want.
 func waitBudget(t *testing.T, f *h2Front, want int64) {
 	t.Helper()
-	for guard := time.Now(); f.windowBudget.Load() != want; time.Sleep(time.Millisecond) {
+	for guard := time.Now(); f.windows.available() != want; time.Sleep(time.Millisecond) {
 		if time.Since(guard) > time.Minute {
-			t.Fatalf("window budget %d, want %d", f.windowBudget.Load(), want)
+			t.Fatalf("window budget %d, want %d", f.windows.available(), want)
 		}
+	}
+	if want == f.windows.size { // all given back: by the sources that took it
+		f.windows.mu.Lock()
+		defer f.windows.mu.Unlock()
+		if len(f.windows.held) != 0 {
+			t.Fatalf("the whole budget is back, but %d source(s) still hold some", len(f.windows.held))
+		}
+	}
+}
+
+// TestWindowPoolShares: past half of the pool, a source takes only while
+// it holds nothing or within a quarter; what it gives back lets it take
+// again.
+func TestWindowPoolShares(t *testing.T) {
+	var p windowPool
+	const mib = 1 << 20
+	p.reset(16 * mib)
+	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
+	for i, step := range []struct {
+		src  [32]byte
+		n    int64
+		want bool
+		why  string
+	}{
+		{a, 7 * mib, true, "9 MiB left: more than half"},
+		{a, 2 * mib, false, "7 MiB would be left, and a would hold 9 MiB of a 4 MiB share"},
+		{b, 3 * mib, true, "b holds nothing yet"},
+		{b, 1 * mib, true, "b holds its share, 4 MiB"},
+		{b, 1, false, "b would hold more than its share"},
+		{c, 5 * mib, true, "c holds nothing yet: it may take more than a quarter"},
+		{c, 1 * mib, false, "past its share, and the pool holds no more anyway"},
+	} {
+		if got := p.take(step.src, step.n); got != step.want {
+			t.Fatalf("step %d: take(%d) = %v, want %v: %s", i, step.n, got, step.want, step.why)
+		}
+	}
+	p.give(a, 7*mib)
+	if !p.take(a, 2*mib) {
+		t.Fatal("a could not take after giving back")
+	}
+	p.give(a, 2*mib)
+	p.give(b, 4*mib)
+	p.give(c, 5*mib)
+	if p.available() != 16*mib || len(p.held) != 0 {
+		t.Fatalf("after every give: %d left, %d sources holding", p.available(), len(p.held))
 	}
 }
 
@@ -253,7 +298,7 @@ func TestEngineWindowBudget(t *testing.T) {
 	r, f := windowRelay(t, &windowClock{})
 	stock := f.stock.streamWindow
 	one := int64(engineWindow) - stock
-	f.windowBudget.Store(one)
+	f.windows.reset(one)
 	const read = 768 << 10
 	first, s1 := upload(t, r, read)
 	if win, _ := waitSpent(t, s1); win != engineWindow {
@@ -269,7 +314,7 @@ func TestEngineWindowBudget(t *testing.T) {
 	if win, _ := waitSpent(t, s3); win != engineWindow {
 		t.Fatalf("third session's window %d once the first ended, want %d", win, engineWindow)
 	}
-	if got := f.windowBudget.Load(); got != 0 {
+	if got := f.windows.available(); got != 0 {
 		t.Errorf("budget %d, want 0", got)
 	}
 }
@@ -418,7 +463,7 @@ func TestEngineWindowBackAtEndOfStream(t *testing.T) {
 	if queued <= stock {
 		t.Fatalf("%d bytes queued at the end of the stream: the test needs more than the stock window", queued)
 	}
-	if got, want := f.windowBudget.Load(), engineWindowBudget-(queued-stock); got != want {
+	if got, want := f.windows.available(), engineWindowBudget-(queued-stock); got != want {
 		t.Fatalf("budget %d at the end of the stream with %d bytes unread, want %d", got, queued, want)
 	}
 	// The session is still there: the relay's side can still write.
