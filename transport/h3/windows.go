@@ -47,8 +47,9 @@ const DefaultWindowBudget = 48 << 20
 // pool while at least half of the pool would be left; past that, only
 // while its connections hold nothing of the pool yet, or what they hold
 // stays within a quarter of it. So one source holds at most half of a
-// pool (or, if it first took past half, one increase and a quarter), and
-// every other source can still grow a window from the rest; before, one source could hold all of it, and the
+// pool (or, had it nothing when the pool was past half, its first increase
+// or a quarter, whichever is more), and every other source can still grow
+// a window from the rest; before, one source could hold all of it, and the
 // others then uploaded within the windows they had. (The https engine's
 // pool is shared out the same way.)
 type windowBudget struct {

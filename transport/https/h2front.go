@@ -456,8 +456,9 @@ func (f *h2Front) clock() time.Duration {
 // server's. A source (its address as transport.SourceHash counts it) takes
 // while at least half of the pool would be left; past that, only while it
 // holds nothing of it yet or stays within a quarter of it. So one source
-// holds at most half of the pool (or, if it first took past half, one
-// window and a quarter), and every other source can still grow a session; before, one source could hold all of
+// holds at most half of the pool (or, had it nothing when the pool was
+// past half, one window or a quarter, whichever is more), and every other
+// source can still grow a session; before, one source could hold all of
 // it, and the others then uploaded within the stock windows.
 type windowPool struct {
 	mu   sync.Mutex
