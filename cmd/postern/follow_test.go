@@ -76,19 +76,8 @@ func TestRecvFollowReconnects(t *testing.T) {
 	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
 	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", rp.line)))
 
-	cmd := exec.Command(bin, "recv", "--follow", "--id", bob)
-	cmd.Env = append(os.Environ(), envv...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	msgs := followMessages(out)
+	f := startFollow(t, bin, envv, bob)
+	msgs, stderr := f.msgs, &f.stderr
 	expect := func(want string) {
 		t.Helper()
 		select {
@@ -112,20 +101,7 @@ func TestRecvFollowReconnects(t *testing.T) {
 	rp = startRelay(t, bin, relayDir, "--https", addr, "--h3", addr)
 	runOK(t, bin, envv, []byte("after restart"), "send", "--anonymous", "--to", card)
 	expect("after restart")
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("recv --follow exited with %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("recv --follow ignored SIGTERM")
-	}
-	for m := range msgs { // a copy printed late, after the last wait
-		t.Errorf("after the last message, %q; stderr:\n%s", m[:min(len(m), 28)], stderr.String())
-	}
+	f.stop()
 }
 
 // followMessages parses what `recv --follow` prints on out ("== from … (N
@@ -187,19 +163,8 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	onB := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob,
 		"--name", "second", "--relay", relayB.line)))
 
-	cmd := exec.Command(bin, "recv", "--follow", "--id", bob)
-	cmd.Env = append(os.Environ(), envv...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	msgs := followMessages(out)
+	f := startFollow(t, bin, envv, bob)
+	msgs, stderr := f.msgs, &f.stderr
 	seen := map[string]int{}
 	// expect waits for want (a set of messages), counting every message
 	// that comes meanwhile: each must come once.
@@ -305,17 +270,7 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	runOK(t, bin, envv, []byte("through A again"), "send", "--anonymous", "--to", both)
 	expect("through A again")
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("recv --follow exited with %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("recv --follow ignored SIGTERM")
-	}
+	f.stop()
 }
 
 // lockedBuffer is a bytes.Buffer a command's output is copied into while
@@ -335,4 +290,53 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// follower is a `postern recv --follow` process: its messages as they
+// are printed (followMessages) and its stderr.
+type follower struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	msgs   <-chan string
+	stderr lockedBuffer
+}
+
+// startFollow starts `postern recv --follow --id id`.
+func startFollow(t *testing.T, bin string, envv []string, id string) *follower {
+	t.Helper()
+	f := &follower{t: t, cmd: exec.Command(bin, "recv", "--follow", "--id", id)}
+	f.cmd.Env = append(os.Environ(), envv...)
+	out, err := f.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cmd.Stderr = &f.stderr
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cmd.Process.Kill() })
+	f.msgs = followMessages(out)
+	return f
+}
+
+// stop ends the follower with SIGTERM, which it must exit cleanly on,
+// and fails the test on anything it printed after the last message the
+// test waited for (a copy printed late).
+func (f *follower) stop() {
+	t := f.t
+	t.Helper()
+	f.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- f.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("recv --follow exited with %v; stderr:\n%s", err, f.stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("recv --follow ignored SIGTERM")
+	}
+	for m := range f.msgs {
+		t.Errorf("after the last message, %q; stderr:\n%s", m[:min(len(m), 28)], f.stderr.String())
+	}
 }
