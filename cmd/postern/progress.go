@@ -19,6 +19,7 @@ type progressLine struct {
 	shown bool   // text is on the line, which has no newline yet
 	mid   bool   // the last write left its line unfinished
 	ended bool
+	width int // the widest count drawn on the line since it was blank
 }
 
 // Write writes b to the line's own writer, above the count.
@@ -29,9 +30,8 @@ func (p *progressLine) above(w io.Writer, b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.shown { // blank the line (no escape codes: any terminal)
-		blank := strings.Repeat(" ", len(p.text))
-		io.WriteString(p.w, "\r"+blank+"\r")
-		p.shown = false
+		io.WriteString(p.w, "\r"+strings.Repeat(" ", p.width)+"\r")
+		p.shown, p.width = false, 0
 	}
 	n, err := w.Write(b)
 	if n > 0 { // what went out, failed or not
@@ -39,7 +39,7 @@ func (p *progressLine) above(w io.Writer, b []byte) (int, error) {
 	}
 	if !p.mid && !p.ended && p.text != "" {
 		io.WriteString(p.w, p.text)
-		p.shown = true
+		p.shown, p.width = true, len(p.text)
 	}
 	return n, err
 }
@@ -55,8 +55,9 @@ func (p *progressLine) show(text string) {
 	if p.mid {
 		return // drawn once that line is complete
 	}
-	io.WriteString(p.w, "\r"+text)
-	p.shown = true
+	// A shorter count is padded over the longer one it replaces.
+	io.WriteString(p.w, "\r"+text+strings.Repeat(" ", max(0, p.width-len(text))))
+	p.shown, p.width = true, max(p.width, len(text))
 }
 
 // end leaves the last count on a line of its own, below whatever was

@@ -59,6 +59,20 @@ func TestProgressLine(t *testing.T) {
 	if got := out.String(); got != want {
 		t.Fatalf("after a failed write, terminal got\n%q\nwant\n%q", got, want)
 	}
+
+	// A count that gets shorter (send's, when it seals the message
+	// again) leaves nothing of the longer one.
+	out.Reset()
+	p = &progressLine{w: &out}
+	p.show("sent 10/20 envelopes")
+	p.show("sent 1/20 envelopes")
+	fmt.Fprintln(p, "a notice")
+	p.end()
+	want = "\rsent 10/20 envelopes" + "\rsent 1/20 envelopes " +
+		"\r" + strings.Repeat(" ", len("sent 10/20 envelopes")) + "\r" + "a notice\nsent 1/20 envelopes" + "\n"
+	if got := out.String(); got != want {
+		t.Fatalf("a shorter count: terminal got\n%q\nwant\n%q", got, want)
+	}
 }
 
 // failAfter writes n bytes of a write to w and fails.
