@@ -97,7 +97,8 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
-	p := &printer{e: e, book: book, line: line}
+	// taken remembers as many ids as the inboxes do together.
+	p := &printer{e: e, book: book, line: line, taken: envelope.NewReplayCache(max(1, len(targets)) * client.DefaultReplayCap)}
 	defer p.done()
 	ctx, cancel := withTimeout(ctx, a.timeout)
 	defer cancel()
@@ -305,9 +306,11 @@ type printer struct {
 	line  *progressLine // stderr is a terminal: count messages there
 	mu    sync.Mutex
 	count int
-	// taken holds the envelope ids of the messages shown in this run:
-	// inboxes of one mailbox on several relays, followed at once, each
-	// hand over a message its sender put on two relays.
+	// taken holds the envelope ids of the messages shown in this run
+	// (the newest, as many as the inboxes remember together): inboxes of
+	// one mailbox on several relays, followed at once, each hand over a
+	// message its sender put on two relays. Only the same envelopes are
+	// told apart: a message sealed again is another message.
 	taken *envelope.ReplayCache
 	// syncErr is a sync of stdout that failed. It stays: the kernel
 	// reports a failed write-back to one sync only, so with several

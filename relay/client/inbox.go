@@ -20,7 +20,8 @@ type Message struct {
 	// application that takes messages from several inboxes at once (a
 	// mailbox on several relays, followed together) sees a message a
 	// sender put on two relays once from each, and tells them apart by
-	// these; the inboxes' replay stores only meet when they are saved.
+	// these: each inbox checks only its own replay cache, filled from
+	// the store when it was made.
 	IDs [][envelope.IDSize]byte
 }
 
