@@ -48,10 +48,13 @@ const DefaultWindowBudget = 48 << 20
 // while its connections hold nothing of the pool yet, or what they hold
 // stays within a quarter of it. So one source holds at most half of a
 // pool (or, had it nothing when the pool was past half, its first increase
-// or a quarter, whichever is more), and every other source can still grow
-// a window from the rest; before, one source could hold all of it, and the
-// others then uploaded within the windows they had. (The https engine's
-// pool is shared out the same way.)
+// or a quarter, whichever is more): one source alone cannot keep the
+// others from growing a window, where before it could hold all of the
+// pool and the others then uploaded within the windows they had. Three
+// sources together can still spend a pool (a half and two quarters), and
+// every client behind one address (a carrier's NAT, an entry relay's
+// links) shares one source's part. (The https engine's pool is shared
+// out the same way.)
 type windowBudget struct {
 	mu      sync.Mutex
 	size    int64 // of each pool

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -135,9 +136,7 @@ func uploadThenStall(tb testing.TB, tr *Transport, n int, enough func(read int64
 // auto-tuning unbounded) the client got 4–6 MiB ahead here.
 func TestWindowBudgetBoundsUnreadBytes(t *testing.T) {
 	const (
-		// One source (this test's) may take from a pool while half of it
-		// is left: quic-go's first increase, 768 KiB, must fit.
-		budget  = 4 << 20
+		budget  = 1 << 20
 		initial = 768 << 10 // quic-go's initial connection window
 		slack   = 64 << 10  // what http3 reads ahead of the session
 	)
@@ -274,6 +273,7 @@ func TestWindowShareBySource(t *testing.T) {
 		want  bool
 		why   string
 	}{
+		{a2, 1 << 10, true, "the pool is whole"},
 		{a1, 3 << 19, true, "half of the pool is left after it"},
 		{a2, 3 << 18, false, "past half, and a's connections would hold 2.25 MiB of a 1 MiB share"},
 		{b1, 3 << 18, true, "past half, and b holds 0.75 MiB of its 1 MiB share"},
@@ -286,17 +286,29 @@ func TestWindowShareBySource(t *testing.T) {
 			t.Fatalf("step %d: allow(%d) = %v, want %v: %s", i, c.delta, got, c.want, c.why)
 		}
 	}
-	// The sessions' pool is shared out apart from the cover's.
+	// The sessions' pool is shared out apart from the cover's: exactly
+	// half left is not past half; c, which holds more than its share of
+	// the cover's pool, holds nothing of the sessions'.
 	w.markSession(b1)
-	if !w.allow(b1, 3<<19) || w.allow(b1, 3<<18) {
+	w.markSession(c1)
+	if !w.allow(b1, 1<<10) || !w.allow(b1, 2<<20-1<<10) || w.allow(b1, 1) || !w.allow(c1, 3<<19) {
 		t.Fatal("the sessions' pool did not share as the cover's does")
 	}
-	if _, cover, _ := w.inUse(); cover != 3<<19+1<<20+5<<18 {
-		t.Fatalf("the cover's pool holds %d, want %d", cover, 3<<19+1<<20+5<<18)
+	if _, cover, _ := w.inUse(); cover != 1<<10+3<<19+1<<20+5<<18 {
+		t.Fatalf("the cover's pool holds %d, want %d", cover, 1<<10+3<<19+1<<20+5<<18)
 	}
-	// a1 ends: what it held comes back, and a takes again.
+	// a1 ends: what it held comes back, to the pool and to a's count, and
+	// a takes again on a2 (which keeps a counted).
+	a2held := func() int64 {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.sources[w.source(a2.RemoteAddr())].cover
+	}
 	a1.CloseWithError(0, "")
-	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20+5<<18 })
+	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20+5<<18+1<<10 })
+	if got := a2held(); got != 1<<10 {
+		t.Fatalf("a holds %d of the cover's pool after a1 ended, want a2's 1 KiB", got)
+	}
 	if !w.allow(a2, 3<<18) {
 		t.Fatal("a could not take once its first connection gave its window back")
 	}
@@ -309,4 +321,20 @@ func TestWindowShareBySource(t *testing.T) {
 		defer w.mu.Unlock()
 		return s == 0 && c == 0 && conns == 0 && len(w.sources) == 0 && w.session == n && w.cover == n
 	})
+}
+
+// TestWindowSourcesWired: the listener's window pools count a connection
+// under the source its per-source limits count it as.
+func TestWindowSourcesWired(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	l := r.ln.(*listener)
+	if l.windows.source == nil {
+		t.Fatal("the window pools count every connection as a source of its own")
+	}
+	for _, a := range []string{"127.0.0.2:1000", "127.0.0.3:2000", "[::1]:3000"} {
+		addr := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(a))
+		if got, want := l.windows.source(addr), l.conns.source(addr); got != want {
+			t.Fatalf("%s: window source %x, limits' source %x", a, got, want)
+		}
+	}
 }

@@ -457,8 +457,9 @@ func (f *h2Front) clock() time.Duration {
 // while at least half of the pool would be left; past that, only while it
 // holds nothing of it yet or stays within a quarter of it. So one source
 // holds at most half of the pool (or, had it nothing when the pool was
-// past half, one window or a quarter, whichever is more), and every other
-// source can still grow a session; before, one source could hold all of
+// past half, one window's extra or a quarter, whichever is more): one
+// source alone cannot keep the others from growing a session, though
+// three together can spend the pool; before, one source could hold all of
 // it, and the others then uploaded within the stock windows.
 type windowPool struct {
 	mu   sync.Mutex

@@ -144,7 +144,7 @@ func waitBudget(t *testing.T, f *h2Front, want int64) {
 func TestWindowPoolShares(t *testing.T) {
 	var p windowPool
 	const mib = 1 << 20
-	p.reset(16 * mib)
+	p.reset(20 * mib)
 	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
 	for i, step := range []struct {
 		src  [32]byte
@@ -152,26 +152,27 @@ func TestWindowPoolShares(t *testing.T) {
 		want bool
 		why  string
 	}{
-		{a, 7 * mib, true, "9 MiB left: more than half"},
-		{a, 2 * mib, false, "7 MiB would be left, and a would hold 9 MiB of a 4 MiB share"},
+		{a, 9 * mib, true, "11 MiB left: more than half"},
+		{a, 1 * mib, true, "exactly half left: not past half"},
+		{a, 2 * mib, false, "past half, and a would hold 12 MiB of a 5 MiB share"},
 		{b, 3 * mib, true, "b holds nothing yet"},
-		{b, 1 * mib, true, "b holds its share, 4 MiB"},
-		{b, 1, false, "b would hold more than its share"},
-		{c, 5 * mib, true, "c holds nothing yet: it may take more than a quarter"},
-		{c, 1 * mib, false, "past its share, and the pool holds no more anyway"},
+		{b, 1 * mib, true, "b holds 4 MiB, within its share"},
+		{b, 2 * mib, false, "b would hold more than its share"},
+		{c, 6 * mib, true, "c holds nothing yet: it may take more than a quarter"},
+		{c, 1, false, "the pool holds no more"},
 	} {
 		if got := p.take(step.src, step.n); got != step.want {
 			t.Fatalf("step %d: take(%d) = %v, want %v: %s", i, step.n, got, step.want, step.why)
 		}
 	}
-	p.give(a, 7*mib)
+	p.give(a, 10*mib)
 	if !p.take(a, 2*mib) {
 		t.Fatal("a could not take after giving back")
 	}
 	p.give(a, 2*mib)
 	p.give(b, 4*mib)
-	p.give(c, 5*mib)
-	if p.available() != 16*mib || len(p.held) != 0 {
+	p.give(c, 6*mib)
+	if p.available() != 20*mib || len(p.held) != 0 {
 		t.Fatalf("after every give: %d left, %d sources holding", p.available(), len(p.held))
 	}
 }
@@ -307,6 +308,9 @@ func TestEngineWindowBudget(t *testing.T) {
 	_, s2 := upload(t, r, read)
 	if win, _ := waitSpent(t, s2); win != stock {
 		t.Fatalf("second session's window %d with the budget spent, want the stock %d", win, stock)
+	}
+	if s1.src == ([32]byte{}) || s1.src != s2.src {
+		t.Fatalf("two sessions of one client counted as sources %x and %x", s1.src, s2.src)
 	}
 	first.Close()
 	waitBudget(t, f, one)
