@@ -175,6 +175,20 @@ func defaultMaxConns(sessions int) int { return sessions + max(sessions/4, 64) }
 
 func (l *connLimiter) source(addr net.Addr) [16]byte { return sourceKey(l.key[:], addr) }
 
+// sourceCtxKey carries, in a connection's context, the source connContext
+// counted its handshake as.
+type sourceCtxKey struct{}
+
+// sourceOf is what c counts as: the source of its handshake, which a
+// client that migrates to another address keeps (quic-go follows
+// migration), or its address's for a connection connContext did not see.
+func (l *connLimiter) sourceOf(c *quic.Conn) [16]byte {
+	if k, ok := c.Context().Value(sourceCtxKey{}).([16]byte); ok {
+		return k
+	}
+	return l.source(c.RemoteAddr())
+}
+
 // sourceKey is what the h3 listener's per-source limits count addr as: a
 // prefix of transport.SourceHash under key, kept in memory only.
 func sourceKey(key []byte, addr net.Addr) (k [16]byte) {
@@ -198,6 +212,7 @@ func (l *connLimiter) connContext(next func(context.Context, *quic.ClientInfo) (
 			}
 			return nil, errSourceConns
 		}
+		ctx = context.WithValue(ctx, sourceCtxKey{}, k)
 		if next == nil {
 			return ctx, nil
 		}
@@ -330,7 +345,7 @@ func (t taken) close() {
 // another (returned, no longer counted, for the caller to close) at the
 // listener's cap; or it returns the outcome of its refusal.
 func (l *connLimiter) admit(e *connEntry) (transport.Outcome, *taken) {
-	e.src = l.source(e.c.RemoteAddr())
+	e.src = l.sourceOf(e.c)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out, t := l.admitLocked(e)

@@ -93,7 +93,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		orDefault(t.MaxConns, defaultMaxConns(orDefault(t.MaxSessions, DefaultMaxSessions))),
 		cmp.Or(t.IdleTimeout, DefaultIdleTimeout), cfg.Observe)
 	l.qt.ConnContext = l.conns.connContext(l.qt.ConnContext)
-	l.windows.source = l.conns.source // shares by source, as the limits count them
+	l.windows.source = l.conns.sourceOf // shares by source, as the limits count them
 	quicConf := serverQUICConfig(l.windows)
 	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
 	if err != nil {

@@ -2,7 +2,6 @@ package h3
 
 import (
 	"context"
-	"net"
 	"sync"
 
 	"github.com/quic-go/quic-go"
@@ -61,9 +60,10 @@ type windowBudget struct {
 	session int64 // left in the sessions' pool
 	cover   int64 // left in the cover's pool
 	held    map[*quic.Conn]*connWindow
-	// source is what a connection's remote address counts as for the
-	// share; nil (tests) counts every connection as a source of its own.
-	source  func(net.Addr) [16]byte
+	// source is what a connection counts as for the share
+	// (connLimiter.sourceOf); nil counts every connection as a source of
+	// its own.
+	source  func(*quic.Conn) [16]byte
 	sources map[[16]byte]*srcWindow
 }
 
@@ -89,7 +89,7 @@ func newWindowBudget(n int64) *windowBudget {
 
 // allow is the listener's quic.Config.AllowConnectionWindowIncrease. It
 // runs on the connection's own goroutine and calls nothing on c but
-// Context and RemoteAddr, which only return fields.
+// Context, which only returns a field.
 func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -109,7 +109,7 @@ func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 		if cw != nil {
 			src = cw.src
 		} else if b.source != nil {
-			src = b.sources[b.source(c.RemoteAddr())]
+			src = b.sources[b.source(c)]
 		}
 		mine := int64(0)
 		switch {
@@ -162,7 +162,7 @@ func (b *windowBudget) markSession(c *quic.Conn) {
 func (b *windowBudget) watchLocked(c *quic.Conn) *connWindow {
 	cw := &connWindow{}
 	if b.source != nil {
-		k := b.source(c.RemoteAddr())
+		k := b.source(c)
 		src := b.sources[k]
 		if src == nil {
 			src = &srcWindow{key: k}

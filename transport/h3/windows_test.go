@@ -266,7 +266,7 @@ func TestWindowShareBySource(t *testing.T) {
 	c := startRelay(t, nil, nil)
 	a1, a2, b1, c1 := dial(a.ep.Addr), dial(a.ep.Addr), dial(b.ep.Addr), dial(c.ep.Addr)
 	w := newWindowBudget(n)
-	w.source = func(addr net.Addr) (k [16]byte) { copy(k[:], addr.String()); return k }
+	w.source = func(c *quic.Conn) (k [16]byte) { copy(k[:], c.RemoteAddr().String()); return k }
 	for i, c := range []struct {
 		conn  *quic.Conn
 		delta uint64
@@ -302,7 +302,7 @@ func TestWindowShareBySource(t *testing.T) {
 	a2held := func() int64 {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return w.sources[w.source(a2.RemoteAddr())].cover
+		return w.sources[w.source(a2)].cover
 	}
 	a1.CloseWithError(0, "")
 	waitFor(t, "a1's window back", func() bool { _, cover, _ := w.inUse(); return cover == 1<<20+5<<18+1<<10 })
@@ -324,17 +324,26 @@ func TestWindowShareBySource(t *testing.T) {
 }
 
 // TestWindowSourcesWired: the listener's window pools count a connection
-// under the source its per-source limits count it as.
+// under the source its per-source limits counted its handshake as.
 func TestWindowSourcesWired(t *testing.T) {
 	r := startRelay(t, nil, nil)
 	l := r.ln.(*listener)
 	if l.windows.source == nil {
 		t.Fatal("the window pools count every connection as a source of its own")
 	}
-	for _, a := range []string{"127.0.0.2:1000", "127.0.0.3:2000", "[::1]:3000"} {
-		addr := net.UDPAddrFromAddrPort(netip.MustParseAddrPort(a))
-		if got, want := l.windows.source(addr), l.conns.source(addr); got != want {
-			t.Fatalf("%s: window source %x, limits' source %x", a, got, want)
+	c := dialT(t, r.ep) // a session: its connection draws on the sessions' pool
+	defer c.Close()
+	want := l.conns.source(net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:1")))
+	waitFor(t, "the session's connection in the window account", func() bool {
+		l.windows.mu.Lock()
+		defer l.windows.mu.Unlock()
+		return len(l.windows.sources) == 1
+	})
+	l.windows.mu.Lock()
+	defer l.windows.mu.Unlock()
+	for k := range l.windows.sources {
+		if k != want {
+			t.Fatalf("window source %x, the limits' source of 127.0.0.1 %x", k, want)
 		}
 	}
 }
