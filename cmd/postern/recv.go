@@ -295,6 +295,7 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 		Warn:     func(w string) { fmt.Fprintln(e.stderr, w) },
 		Take:     p.take,
 		Sync:     p.sync,
+		Taken:    p.seen,
 	})
 }
 
@@ -369,6 +370,14 @@ func (p *printer) take(m client.Message) error {
 		p.line.show(fmt.Sprintf("received %d message(s)", p.count))
 	}
 	return nil
+}
+
+// seen reports whether id is an envelope of a message shown in this run
+// (through any inbox).
+func (p *printer) seen(id [envelope.IDSize]byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.taken != nil && p.taken.Contains(id)
 }
 
 // remember records ids as those of a message taken; p.mu is held.

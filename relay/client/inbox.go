@@ -50,6 +50,13 @@ type InboxConfig struct {
 	// Replay keeps the ids of taken envelopes across runs; nil keeps them
 	// in memory only.
 	Replay ReplayStore
+	// Taken, if set, reports whether the application took the message of
+	// envelope id from another inbox (a mailbox on several relays,
+	// followed at once: a sender may have put it, or part of it, on two).
+	// Such an envelope is acked as a replay is, after the inbox's next
+	// Sync, which must make what the other inbox handed over durable too
+	// (the same output); it is never held as a fragment.
+	Taken func(id [envelope.IDSize]byte) bool
 	// Warn, if set, is told about envelopes the inbox gives up on. The
 	// text carries no identifier.
 	Warn func(string)
@@ -128,8 +135,8 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 		in.cfg.Warn(fmt.Sprintf("dropping an envelope that does not open: %v", err))
 		return []Ref{d.Ref}, nil
 	}
-	if in.replay.contains(o.ID) {
-		// Taken before; the ack was lost. Ack it again.
+	if in.replay.contains(o.ID) || (in.cfg.Taken != nil && in.cfg.Taken(o.ID)) {
+		// Taken before (the ack was lost), or from another inbox. Ack it.
 		return []Ref{d.Ref}, nil
 	}
 	if !o.Fragment {
