@@ -89,7 +89,8 @@ func newWindowBudget(n int64) *windowBudget {
 
 // allow is the listener's quic.Config.AllowConnectionWindowIncrease. It
 // runs on the connection's own goroutine and calls nothing on c but
-// Context, which only returns a field.
+// Context (and, through source, RemoteAddr, for a connection whose context
+// carries no source), which only return fields.
 func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
