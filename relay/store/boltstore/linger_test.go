@@ -219,3 +219,48 @@ func TestSyncAverageFed(t *testing.T) {
 		t.Fatalf("average fdatasync %v after two commits, want above 0", avg)
 	}
 }
+
+// Waits that gain nothing stop: once the running average of what they
+// gained is under a quarter of a write, the committer waits only once in
+// lingerProbe times it could; one that gains writes again brings them
+// back. (The decision alone, on a Store with no committer.)
+func TestLingerStopsWhenItDoesNotPay(t *testing.T) {
+	s := &Store{gain: lingerStart, lastBatch: 2, syncAvg: time.Millisecond}
+	now := time.Now()
+	s.lastEnd = now
+	batch := []*op{{}}
+	wait := func() bool { gap, _ := s.lingerTimes(batch, now); return gap > 0 }
+	n := 0
+	for wait() {
+		if n++; n > 40 {
+			t.Fatal("still waiting after 40 waits that gained nothing")
+		}
+		s.noteLinger(0)
+	}
+	if n < 2 {
+		t.Fatalf("stopped after %d wait(s): the first ones should go ahead", n)
+	}
+	// The chance that ended the loop was the first skipped; the next
+	// lingerProbe-2 are skipped too, and the one after is the probe.
+	for i := 2; i < lingerProbe; i++ {
+		if wait() {
+			t.Fatalf("waited on chance %d after waits stopped paying, want once in %d", i, lingerProbe)
+		}
+	}
+	if !wait() {
+		t.Fatalf("no probe on chance %d", lingerProbe)
+	}
+	// The probe gains three writes: waiting pays again.
+	s.noteLinger(3)
+	if !wait() || !wait() {
+		t.Fatal("no waits after one that gained three writes")
+	}
+	// Waits that gain a write each keep going.
+	s = &Store{gain: lingerStart, lastBatch: 2, syncAvg: time.Millisecond, lastEnd: now}
+	for i := range 100 {
+		if !wait() {
+			t.Fatalf("wait %d skipped though each gained a write", i)
+		}
+		s.noteLinger(1)
+	}
+}
