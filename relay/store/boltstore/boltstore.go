@@ -64,11 +64,7 @@ type Store struct {
 	lastBatch int
 	lastEnd   time.Time
 	syncAvg   time.Duration
-	// What the last waits gained: a running average, in 256ths of a
-	// write; and the waits skipped since it fell below lingerPays.
-	gain     int
-	skipped  int
-	closeErr error // a failed write of the held acks at Close
+	closeErr  error // a failed write of the held acks at Close
 
 	// Reads of segment files outside s.mu (reads.go).
 	rmu     sync.Mutex
@@ -150,7 +146,7 @@ func open(dir string, opts store.Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %s: %w", keyName, err)
 	}
-	s := &Store{opts: opts, keys: k, dir: logDir, check: k.Check(), gain: lingerStart,
+	s := &Store{opts: opts, keys: k, dir: logDir, check: k.Check(),
 		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{})}
 	if !exists {
 		if err := createLog(logDir, s.check); err != nil {

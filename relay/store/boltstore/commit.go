@@ -155,9 +155,7 @@ func (s *Store) collect(batch []*op) []*op {
 	}
 	if s.opts.CommitDelay == 0 {
 		if gap, most := s.lingerTimes(batch, time.Now()); gap > 0 {
-			n := len(batch)
-			batch = s.gather(batch, gap, most)
-			s.noteLinger(len(batch) - n)
+			return s.gather(batch, gap, most)
 		}
 		return batch
 	}
@@ -196,28 +194,14 @@ func (s *Store) collect(batch []*op) []*op {
 // quarter and a half of an fdatasync (capped at 100 and 250 µs) took
 // 12–34 % off the rate of 8 closed-loop https senders; these cost less,
 // though 8 senders were still slower in most pairs measured (README,
-// "Lingering"), where a wait gained 0.14–0.16 writes over https and
-// 0.53–0.68 over h3. So the committer keeps a running average of what its
-// waits gained, and while that is under a quarter of a write it waits
-// only once in lingerProbe times it could, to see whether waiting pays
-// again.
+// "Lingering").
 var (
 	lingerGap  = 50 * time.Microsecond
 	lingerMost = 100 * time.Microsecond
 )
 
-// Lingering's running average of the writes a wait gained, in 256ths of a
-// write: it starts at one, waits pay while it is at least a quarter, and
-// while they do not, one wait in lingerProbe goes ahead.
-const (
-	lingerStart = 256
-	lingerPays  = 64
-	lingerProbe = 16
-)
-
 // lingerTimes returns how long the committer may wait for the next write
-// and in all after batch, collected at now, or 0 not to wait. It counts
-// the waits it skips because they have not paid.
+// and in all after batch, collected at now, or 0 not to wait.
 func (s *Store) lingerTimes(batch []*op, now time.Time) (gap, most time.Duration) {
 	if s.lastBatch < 2 || s.syncAvg <= 0 || now.Sub(s.lastEnd) > s.syncAvg {
 		return 0, 0
@@ -225,17 +209,7 @@ func (s *Store) lingerTimes(batch []*op, now time.Time) (gap, most time.Duration
 	if s.opts.AckSync > 0 && !slices.ContainsFunc(batch, func(o *op) bool { return !o.lazy }) {
 		return 0, 0 // Acks alone: held, not written
 	}
-	if s.gain < lingerPays && s.skipped < lingerProbe-1 {
-		s.skipped++
-		return 0, 0
-	}
-	s.skipped = 0
 	return min(s.syncAvg/8, lingerGap), min(s.syncAvg/4, lingerMost)
-}
-
-// noteLinger adds what a wait gained, in writes, to the running average.
-func (s *Store) noteLinger(gained int) {
-	s.gain += (gained*256 - s.gain) / 8
 }
 
 // gather adds the ops that arrive until none has for gap, and at most
