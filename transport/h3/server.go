@@ -87,13 +87,13 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	}
 	l.udp, l.gate = udp, gate
 	l.qt, l.hs = t.quicTransport(udp, cfg.Key)
-	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget))
 	perSource := orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
 	l.conns = newConnLimiter(orDefault(t.MaxConnsPerSource, 2*perSource),
 		orDefault(t.MaxConns, defaultMaxConns(orDefault(t.MaxSessions, DefaultMaxSessions))),
 		cmp.Or(t.IdleTimeout, DefaultIdleTimeout), cfg.Observe)
 	l.qt.ConnContext = l.conns.connContext(l.qt.ConnContext)
-	l.windows.source = l.conns.sourceOf // shares by source, as the limits count them
+	// The window pools share out by source, as the limits count them.
+	l.windows = newWindowBudget(orDefault64(t.WindowBudget, DefaultWindowBudget), l.conns.sourceOf)
 	quicConf := serverQUICConfig(l.windows)
 	ln, err := l.qt.ListenEarly(http3.ConfigureTLSConfig(tlsConf), quicConf)
 	if err != nil {

@@ -61,8 +61,7 @@ type windowBudget struct {
 	cover   int64 // left in the cover's pool
 	held    map[*quic.Conn]*connWindow
 	// source is what a connection counts as for the share
-	// (connLimiter.sourceOf); nil counts every connection as a source of
-	// its own.
+	// (connLimiter.sourceOf).
 	source  func(*quic.Conn) [16]byte
 	sources map[[16]byte]*srcWindow
 }
@@ -70,8 +69,8 @@ type windowBudget struct {
 // connWindow is what one connection took, while it lives.
 type connWindow struct {
 	session, cover int64
-	carried        bool       // it carried an admitted session
-	src            *srcWindow // nil: a source of its own
+	carried        bool // it carried an admitted session
+	src            *srcWindow
 }
 
 // srcWindow is what the connections of one source hold of each pool.
@@ -81,9 +80,11 @@ type srcWindow struct {
 	conns          int // connections with an account
 }
 
-func newWindowBudget(n int64) *windowBudget {
+// newWindowBudget returns pools of n bytes each, shared out by what
+// source says a connection counts as.
+func newWindowBudget(n int64, source func(*quic.Conn) [16]byte) *windowBudget {
 	n = max(n, 0)
-	return &windowBudget{size: n, session: n, cover: n,
+	return &windowBudget{size: n, session: n, cover: n, source: source,
 		held: make(map[*quic.Conn]*connWindow), sources: make(map[[16]byte]*srcWindow)}
 }
 
@@ -106,10 +107,10 @@ func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	d := int64(delta)
 	if *pool-d < b.size/2 {
 		// Past half of the pool: within the source's share only.
-		var src *srcWindow
+		var src *srcWindow // nil: the source holds nothing
 		if cw != nil {
 			src = cw.src
-		} else if b.source != nil {
+		} else {
 			src = b.sources[b.source(c)]
 		}
 		mine := int64(0)
@@ -118,10 +119,6 @@ func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 			mine = src.session
 		case src != nil:
 			mine = src.cover
-		case cw != nil && carried:
-			mine = cw.session
-		case cw != nil:
-			mine = cw.cover
 		}
 		if mine > 0 && mine+d > b.size/4 {
 			return false
@@ -133,14 +130,10 @@ func (b *windowBudget) allow(c *quic.Conn, delta uint64) bool {
 	*pool -= d
 	if cw.carried {
 		cw.session += d
-		if cw.src != nil {
-			cw.src.session += d
-		}
+		cw.src.session += d
 	} else {
 		cw.cover += d
-		if cw.src != nil {
-			cw.src.cover += d
-		}
+		cw.src.cover += d
 	}
 	return true
 }
@@ -161,17 +154,14 @@ func (b *windowBudget) markSession(c *quic.Conn) {
 // have ended already, release runs at once, on its own goroutine, and
 // waits for mu.
 func (b *windowBudget) watchLocked(c *quic.Conn) *connWindow {
-	cw := &connWindow{}
-	if b.source != nil {
-		k := b.source(c)
-		src := b.sources[k]
-		if src == nil {
-			src = &srcWindow{key: k}
-			b.sources[k] = src
-		}
-		src.conns++
-		cw.src = src
+	k := b.source(c)
+	src := b.sources[k]
+	if src == nil {
+		src = &srcWindow{key: k}
+		b.sources[k] = src
 	}
+	src.conns++
+	cw := &connWindow{src: src}
 	b.held[c] = cw
 	context.AfterFunc(c.Context(), func() { b.release(c) })
 	return cw
@@ -184,12 +174,11 @@ func (b *windowBudget) release(c *quic.Conn) {
 	if cw := b.held[c]; cw != nil {
 		b.session += cw.session
 		b.cover += cw.cover
-		if src := cw.src; src != nil {
-			src.session -= cw.session
-			src.cover -= cw.cover
-			if src.conns--; src.conns == 0 {
-				delete(b.sources, src.key)
-			}
+		src := cw.src
+		src.session -= cw.session
+		src.cover -= cw.cover
+		if src.conns--; src.conns == 0 {
+			delete(b.sources, src.key)
 		}
 		delete(b.held, c)
 	}

@@ -265,8 +265,7 @@ func TestWindowShareBySource(t *testing.T) {
 	}
 	c := startRelay(t, nil, nil)
 	a1, a2, b1, c1 := dial(a.ep.Addr), dial(a.ep.Addr), dial(b.ep.Addr), dial(c.ep.Addr)
-	w := newWindowBudget(n)
-	w.source = func(c *quic.Conn) (k [16]byte) { copy(k[:], c.RemoteAddr().String()); return k }
+	w := newWindowBudget(n, func(c *quic.Conn) (k [16]byte) { copy(k[:], c.RemoteAddr().String()); return k })
 	for i, c := range []struct {
 		conn  *quic.Conn
 		delta uint64
@@ -328,9 +327,6 @@ func TestWindowShareBySource(t *testing.T) {
 func TestWindowSourcesWired(t *testing.T) {
 	r := startRelay(t, nil, nil)
 	l := r.ln.(*listener)
-	if l.windows.source == nil {
-		t.Fatal("the window pools count every connection as a source of its own")
-	}
 	c := dialT(t, r.ep) // a session: its connection draws on the sessions' pool
 	defer c.Close()
 	want := l.conns.source(net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:1")))
