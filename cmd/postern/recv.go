@@ -97,8 +97,7 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
-	// taken remembers as many ids as the inboxes do together.
-	p := &printer{e: e, book: book, line: line, taken: envelope.NewReplayCache(max(1, len(targets)) * client.DefaultReplayCap)}
+	p := newPrinter(e, book, line, len(targets))
 	defer p.done()
 	ctx, cancel := withTimeout(ctx, a.timeout)
 	defer cancel()
@@ -320,14 +319,17 @@ type printer struct {
 	syncErr error
 }
 
+// newPrinter returns the printer of inboxes inboxes, whose taken
+// remembers as many ids as they do together.
+func newPrinter(e *env, book *contactBook, line *progressLine, inboxes int) *printer {
+	return &printer{e: e, book: book, line: line, taken: envelope.NewReplayCache(max(1, inboxes) * client.DefaultReplayCap)}
+}
+
 func (p *printer) take(m client.Message) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.syncErr != nil {
 		return p.syncErr
-	}
-	if p.taken == nil {
-		p.taken = envelope.NewReplayCache(client.DefaultReplayCap)
 	}
 	for _, id := range m.IDs {
 		if p.taken.Contains(id) {
@@ -373,12 +375,9 @@ func (p *printer) take(m client.Message) error {
 }
 
 // seen reports whether id is an envelope of a message shown in this run
-// (through any inbox).
-func (p *printer) seen(id [envelope.IDSize]byte) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.taken != nil && p.taken.Contains(id)
-}
+// (through any inbox). It does not wait for p.mu, which a message being
+// written to a slow stdout holds: taken has a lock of its own.
+func (p *printer) seen(id [envelope.IDSize]byte) bool { return p.taken.Contains(id) }
 
 // remember records ids as those of a message taken; p.mu is held.
 func (p *printer) remember(ids [][envelope.IDSize]byte) {

@@ -101,7 +101,7 @@ func (s *syncCounter) Sync() error { s.syncs++; return s.err }
 // and message fails with it.
 func TestPrinterSyncsPerBatch(t *testing.T) {
 	out := &syncCounter{}
-	p := &printer{e: &env{stdout: out, stderr: io.Discard}}
+	p := newPrinter(&env{stdout: out, stderr: io.Discard}, nil, nil, 1)
 	for i := range 3 {
 		if err := p.take(client.Message{Payload: []byte(fmt.Sprint("message ", i))}); err != nil {
 			t.Fatal(err)
@@ -141,7 +141,7 @@ func TestPrinterSyncsPerBatch(t *testing.T) {
 		}
 	}
 	out = &syncCounter{}
-	p = &printer{e: &env{stdout: out, stderr: io.Discard}}
+	p = newPrinter(&env{stdout: out, stderr: io.Discard}, nil, nil, 1)
 	in, err := newReceiver(p.e, mb.Ident, nil, p)
 	if err != nil {
 		t.Fatal(err)
