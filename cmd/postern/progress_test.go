@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestProgressLine: lines written while a count shows go above it, the
@@ -135,4 +137,91 @@ func TestRecvProgressKeepsNoticesApart(t *testing.T) {
 	if got := parseRecv(t, stdout.Bytes()); len(got) != 2 {
 		t.Fatalf("%d messages, want 2", len(got))
 	}
+}
+
+// TestSendProgressKeepsNoticesApart runs send in-process with a terminal
+// for stderr, through a censor that freezes the flow after 150 KiB: the
+// count of envelopes is showing when the sender says the connection
+// stalled, and that notice must go on a line of its own above the count,
+// which ends on a line of its own before the closing summary.
+func TestSendProgressKeepsNoticesApart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	proxy := newFreezeProxy(t, port, 150<<10)
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", port, "--h3", "off",
+		"--config", writeConfig(t, dir, proxy.addr()))
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", rp.line)))
+
+	old := isTerminal
+	isTerminal = func(any) bool { return true }
+	defer func() { isTerminal = old }()
+	vars := map[string]string{"POSTERN_HOME": home, "POSTERN_STALL": "500ms"}
+	var stdout, stderr bytes.Buffer
+	msg := make([]byte, 200<<10)
+	rand.Read(msg)
+	e := &env{stdin: bytes.NewReader(msg), stdout: &stdout, stderr: &stderr, getenv: func(k string) string { return vars[k] }}
+	proxy.armed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	if code := run(ctx, []string{"send", "--anonymous", "--network", "cafe", "--to", card}, e); code != 0 {
+		t.Fatalf("send: exit %d: %q", code, stderr.String())
+	}
+	got := stderr.String()
+	notice := strings.Index(got, "the connection stalled after ")
+	count := strings.Index(got, "\rsent ")
+	if notice < 0 || count < 0 || count > notice {
+		t.Fatalf("want a count showing before the stall notice (test setup), stderr %q", got)
+	}
+	screen := terminalLines(got)
+	want := []string{
+		"type the message, end with Ctrl-D", // stdin is a "terminal" too
+		"the connection stalled after ",     // then its count and the rest of the notice
+		fmt.Sprintf("sent %d/%d envelopes", 4, 4),
+		fmt.Sprintf("sent %d bytes in %d envelope(s)", len(msg), 4),
+	}
+	if len(screen) != len(want) {
+		t.Fatalf("the terminal shows %q, want %d lines like %q; stderr %q", screen, len(want), want, got)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(screen[i], w) || (i == 1 && !strings.HasSuffix(screen[i], "; reconnecting")) {
+			t.Fatalf("terminal line %d is %q, want %q…; the terminal shows %q", i, screen[i], w, screen)
+		}
+	}
+}
+
+// terminalLines is what a terminal shows after it is written out: a
+// carriage return goes back to the line's start, where what follows
+// overwrites it; trailing spaces are dropped, as is an empty last line.
+func terminalLines(out string) []string {
+	var lines []string
+	var cur []byte
+	col := 0
+	for _, c := range []byte(out) {
+		switch c {
+		case '\r':
+			col = 0
+		case '\n':
+			lines = append(lines, strings.TrimRight(string(cur), " "))
+			cur, col = cur[:0], 0
+		default:
+			if col < len(cur) {
+				cur[col] = c
+			} else {
+				cur = append(cur, c)
+			}
+			col++
+		}
+	}
+	if s := strings.TrimRight(string(cur), " "); s != "" {
+		lines = append(lines, s)
+	}
+	return lines
 }
