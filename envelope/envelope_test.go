@@ -460,6 +460,35 @@ func TestJoinerRejectsInconsistentFragments(t *testing.T) {
 	}
 }
 
+// TestJoinerForget: a message forgotten part way keeps none of its
+// fragments (the rest alone does not complete it); other messages, and
+// other senders' with the same message id, are kept.
+func TestJoinerForget(t *testing.T) {
+	var j Joiner
+	frag := func(sender string, msg byte, idx, count int) *Opened {
+		p := make([]byte, fragmentHeader+1)
+		p[0], p[fragmentHeader] = msg, byte(idx)
+		binary.BigEndian.PutUint16(p[16:], uint16(idx))
+		binary.BigEndian.PutUint16(p[18:], uint16(count))
+		return &Opened{Sender: []byte(sender), Fragment: true, Payload: p}
+	}
+	for _, o := range []*Opened{frag("a", 1, 0, 2), frag("a", 2, 0, 2), frag("b", 1, 0, 2)} {
+		if _, done, err := j.Add(o); done || err != nil {
+			t.Fatal(done, err)
+		}
+	}
+	j.Forget(&Opened{Sender: []byte("a"), Fragment: true, Payload: frag("a", 1, 0, 2).Payload[:16]})
+	j.Forget(&Opened{Sender: []byte("c"), Fragment: true, Payload: frag("c", 1, 0, 2).Payload[:16]}) // nothing held
+	if _, done, err := j.Add(frag("a", 1, 1, 2)); done || err != nil {
+		t.Fatalf("a forgotten message completed (%v, %v)", done, err)
+	}
+	for _, o := range []*Opened{frag("a", 2, 1, 2), frag("b", 1, 1, 2)} {
+		if msg, done, err := j.Add(o); !done || err != nil || !bytes.Equal(msg, []byte{0, 1}) {
+			t.Fatalf("a message kept did not complete: %q, %v, %v", msg, done, err)
+		}
+	}
+}
+
 func TestMaxMessageFits(t *testing.T) {
 	bob := newID(t)
 	card := bob.Card(randMailbox(t), nil, nil)

@@ -115,7 +115,7 @@ func (j *Joiner) Add(o *Opened) (msg []byte, done bool, err error) {
 	if count < 2 || count > MaxFragments || idx >= count {
 		return nil, false, fmt.Errorf("%w: fragment %d of %d", ErrFragment, idx, count)
 	}
-	key := string(o.Sender) + "|" + string(p[:16])
+	key := fragmentKey(o)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.pending == nil {
@@ -159,6 +159,22 @@ func (j *Joiner) Add(o *Opened) (msg []byte, done bool, err error) {
 	j.dropLocked(key)
 	return b.Bytes(), true, nil
 }
+
+// Forget drops what is kept of the incomplete message that fragment o
+// belongs to (its sender and message id; the payload needs only the
+// message id), if anything is: its message was had another way.
+func (j *Joiner) Forget(o *Opened) {
+	if !o.Fragment || len(o.Payload) < 16 {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.dropLocked(fragmentKey(o))
+}
+
+// fragmentKey names the message of fragment o among those kept: its
+// sender (anonymous ones together) and message id.
+func fragmentKey(o *Opened) string { return string(o.Sender) + "|" + string(o.Payload[:16]) }
 
 func (j *Joiner) dropLocked(key string) {
 	delete(j.pending, key)

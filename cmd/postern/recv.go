@@ -295,6 +295,7 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 		Take:     p.take,
 		Sync:     p.sync,
 		Taken:    p.seen,
+		Wake:     p.wake(),
 	})
 }
 
@@ -312,6 +313,9 @@ type printer struct {
 	// message its sender put on two relays. Only the same envelopes are
 	// told apart: a message sealed again is another message.
 	taken *envelope.ReplayCache
+	// wakes tell each inbox that a message of several envelopes was
+	// taken, whose fragments it may hold (client.InboxConfig.Wake).
+	wakes []chan struct{}
 	// syncErr is a sync of stdout that failed. It stays: the kernel
 	// reports a failed write-back to one sync only, so with several
 	// inboxes sharing stdout the next one's sync would pass over data
@@ -379,11 +383,30 @@ func (p *printer) take(m client.Message) error {
 // written to a slow stdout holds: taken has a lock of its own.
 func (p *printer) seen(id [envelope.IDSize]byte) bool { return p.taken.Contains(id) }
 
-// remember records ids as those of a message taken; p.mu is held.
+// remember records ids as those of a message taken; p.mu is held. A
+// message of several envelopes wakes every inbox: another may hold some
+// of them as fragments, to give up.
 func (p *printer) remember(ids [][envelope.IDSize]byte) {
 	for _, id := range ids {
 		p.taken.Check(id)
 	}
+	if len(ids) > 1 {
+		for _, w := range p.wakes {
+			select {
+			case w <- struct{}{}:
+			default: // woken already
+			}
+		}
+	}
+}
+
+// wake returns a new inbox's wake channel.
+func (p *printer) wake() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := make(chan struct{}, 1)
+	p.wakes = append(p.wakes, w)
+	return w
 }
 
 // done ends the progress line.

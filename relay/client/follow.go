@@ -44,6 +44,12 @@ type FollowConfig struct {
 	// the application and saves its replay ids there). If it fails,
 	// Follow acks nothing of the batch and stops with its error.
 	Flush func() error
+	// Release, if set, returns refs to ack that no delivery brought (an
+	// Inbox's held fragments of a message another inbox took). Follow
+	// calls it when Wake is signalled and at each ping, and acks what it
+	// returns as it does a batch's, after Flush.
+	Release func() []Ref
+	Wake    <-chan struct{}
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
@@ -132,6 +138,24 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 		a.wait()
 		return true, &stopError{err}
 	}
+	// release acks what cfg.Release gives up, once Flush has saved it; a
+	// failed Flush stops Follow, as it does for a batch.
+	release := func() error {
+		if cfg.Release == nil {
+			return nil
+		}
+		refs := cfg.Release()
+		if len(refs) == 0 {
+			return nil
+		}
+		if cfg.Flush != nil {
+			if err := cfg.Flush(); err != nil {
+				_, err = stop(err)
+				return err
+			}
+		}
+		return a.send(refs)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,6 +167,13 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			}
 		case <-ping.C:
 			if err := c.Ping(ctx); err != nil {
+				return true, err
+			}
+			if err := release(); err != nil {
+				return true, err
+			}
+		case <-cfg.Wake:
+			if err := release(); err != nil {
 				return true, err
 			}
 		case d, ok := <-c.Deliveries():

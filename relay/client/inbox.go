@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -57,6 +58,11 @@ type InboxConfig struct {
 	// Sync, which must make what the other inbox handed over durable too
 	// (the same output); it is never held as a fragment.
 	Taken func(id [envelope.IDSize]byte) bool
+	// Wake, if set, is signalled when Taken may have come to report a
+	// message held here as fragments: Follow then gives up such held
+	// fragments and acks them as it does a replay (it also looks at each
+	// ping). Signal without blocking (a channel with room for one).
+	Wake <-chan struct{}
 	// Warn, if set, is told about envelopes the inbox gives up on. The
 	// text carries no identifier.
 	Warn func(string)
@@ -89,6 +95,9 @@ type Inbox struct {
 type heldMessage struct {
 	refs []Ref
 	ids  map[[envelope.IDSize]byte]bool
+	// first names the message to the joiner (its sender and the first
+	// 16 bytes of a fragment's payload, its message id).
+	first *envelope.Opened
 }
 
 // NewInbox returns an inbox, loading the replay store.
@@ -161,7 +170,8 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	var acks []Ref
 	if h == nil {
 		acks = in.makeRoom()
-		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}}
+		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{},
+			first: &envelope.Opened{Sender: o.Sender, Fragment: true, Payload: append([]byte(nil), o.Payload[:16]...)}}
 		in.held[key] = h
 		in.order = append(in.order, key)
 	}
@@ -210,7 +220,29 @@ func (in *Inbox) drop(key string) []Ref {
 	if h == nil {
 		return nil
 	}
+	in.join.Forget(h.first)
 	return h.refs
+}
+
+// release gives up the held fragments of every message that another
+// inbox's application took (InboxConfig.Taken) and returns their refs,
+// to ack after the next flush as a replay's are: without it they stay
+// held, and unacked on the relay, until the next session, as a message
+// that can never complete here.
+func (in *Inbox) release() []Ref {
+	if in.cfg.Taken == nil || in.failed != nil {
+		return nil
+	}
+	var refs []Ref
+	for _, key := range slices.Clone(in.order) {
+		for id := range in.held[key].ids {
+			if in.cfg.Taken(id) {
+				refs = append(refs, in.drop(key)...)
+				break
+			}
+		}
+	}
+	return refs
 }
 
 // flush makes what Take was given durable (Sync), then records the taken
@@ -330,5 +362,7 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 		Connected: in.Reset,
 		Handle:    in.Handle,
 		Flush:     in.flush,
+		Release:   in.release,
+		Wake:      in.cfg.Wake,
 	})
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,5 +313,102 @@ func TestInboxGivesUpOldestUnfinished(t *testing.T) {
 	refs, err := in.Handle(client.Delivery{Ref: client.Ref{1}, Envelope: []byte("junk")})
 	if err != nil || len(refs) != 1 || len(warned) != 2 {
 		t.Fatalf("junk: %d refs, %v, warnings %q", len(refs), err, warned)
+	}
+}
+
+// TestInboxFollowReleasesFragmentsTakenElsewhere: an inbox that holds a
+// fragment of a message when another inbox takes that message (Taken,
+// then Wake) gives the fragment up and acks it, after a Sync, without a
+// delivery or a new session to prompt it; a fragment of another message
+// stays held.
+func TestInboxFollowReleasesFragmentsTakenElsewhere(t *testing.T) {
+	s := newInboxSetup(t)
+	envs, err := envelope.SealMessage(s.mb.Card, nil, bytes.Repeat([]byte("z"), 100_000), nil)
+	if err != nil || len(envs) != 2 {
+		t.Fatalf("sealed %d envelopes (%v), want 2", len(envs), err)
+	}
+	marker, err := envelope.SealMessage(s.mb.Card, nil, []byte("marker"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := envelope.SealMessage(s.mb.Card, nil, bytes.Repeat([]byte("o"), 100_000), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first fragments of two messages, then a message that shows
+	// they were handled.
+	for _, e := range [][]byte{envs[0], other[0], marker[0]} {
+		if _, err := s.sender.Send(context.Background(), e, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	elsewhere := map[[envelope.IDSize]byte]bool{}
+	var syncs atomic.Int32
+	took := make(chan client.Message, 4)
+	wake := make(chan struct{}, 1)
+	in, err := client.NewInbox(client.InboxConfig{Identity: s.mb.Ident, Wake: wake,
+		Take: func(m client.Message) error { took <- m; return nil },
+		Sync: func() error { syncs.Add(1); return nil },
+		Taken: func(id [envelope.IDSize]byte) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return elsewhere[id]
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard: Follow pings each minute
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- in.Follow(ctx, func(context.Context) (*client.Client, error) { return s.r.Connect(t), nil }, s.mb.Owner, s.mb.ID, nil)
+	}()
+	select {
+	case m := <-took:
+		if string(m.Payload) != "marker" {
+			t.Fatalf("took %d bytes before the marker", len(m.Payload))
+		}
+	case <-ctx.Done():
+		t.Fatal("the marker never came")
+	}
+	for s.waiting(t) != 2 { // the marker's ack
+		if ctx.Err() != nil {
+			t.Fatalf("%d envelopes on the relay, want the two fragments", s.waiting(t))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := syncs.Load()
+	// Another inbox takes the whole message.
+	mu.Lock()
+	for _, e := range envs {
+		o, err := envelope.Open(s.mb.Ident, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		elsewhere[o.ID] = true
+	}
+	mu.Unlock()
+	wake <- struct{}{}
+	for s.waiting(t) != 1 {
+		if ctx.Err() != nil {
+			t.Fatal("the held fragment of a message taken elsewhere was never acked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if syncs.Load() == before {
+		t.Fatal("the fragment was acked without a Sync first")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := s.waiting(t); n != 1 {
+		t.Fatalf("%d envelopes on the relay, want the other message's fragment, still held", n)
+	}
+	select {
+	case m := <-took:
+		t.Fatalf("took a message of %d bytes as well", len(m.Payload))
+	default:
 	}
 }
