@@ -267,16 +267,35 @@ func TestRecvFollowSeveralMailboxesAndRelays(t *testing.T) {
 	expect(partial)
 	sendTo(relayA.line, envs[0])
 	maddr := metricsAddr(t, relayA)
-	for guard := time.Now(); ; time.Sleep(50 * time.Millisecond) {
-		m, _ := scrape(t, maddr)
-		if m["postern_store_envelopes"] == 0 {
-			break
-		}
-		if time.Since(guard) > 30*time.Second {
-			t.Fatalf("relay A still stores %v envelope(s): the part of a message shown from B was not acked; stderr:\n%s",
-				m["postern_store_envelopes"], stderr.String())
+	emptyA := func(what string) {
+		t.Helper()
+		for guard := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+			m, _ := scrape(t, maddr)
+			if m["postern_store_envelopes"] == 0 {
+				return
+			}
+			if time.Since(guard) > 30*time.Second { // follow pings, and looks again, each minute
+				t.Fatalf("relay A still stores %v envelope(s): %s; stderr:\n%s", m["postern_store_envelopes"], what, stderr.String())
+			}
 		}
 	}
+	emptyA("the part of a message shown from B was not acked")
+	// The other way round: a part on A comes first and is held there,
+	// until the whole message comes from B. A's part is then given up
+	// and acked at once, not held while the session lasts.
+	first := "a part on A first, then whole on B " + strings.Repeat("w", 70<<10)
+	if envs, err = envelope.SealMessage(card, nil, []byte(first), nil); err != nil || len(envs) < 2 {
+		t.Fatalf("sealed %d envelopes (%v), want 2 or more", len(envs), err)
+	}
+	marker, err := envelope.SealMessage(card, nil, []byte("after the part on A"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendTo(relayA.line, envs[0], marker[0])
+	expect("after the part on A") // so A's part was handled before it
+	sendTo(relayB.line, envs...)
+	expect(first)
+	emptyA("the part held before its message was shown from B was not given up")
 
 	// Relay A stops: the first mailbox's messages go through B, and the
 	// second mailbox's go on.
