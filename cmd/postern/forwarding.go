@@ -20,12 +20,15 @@ import (
 // this relay for the session server.
 type layerOpener struct{ o *forward.Opener }
 
-func (l layerOpener) Open(layer []byte) ([]byte, []byte, error) {
-	sendCap, env, err := l.o.Open(layer)
-	if errors.Is(err, forward.ErrReplay) {
+func (l layerOpener) Open(layer []byte) ([]byte, []byte, func(bool), error) {
+	sendCap, env, done, err := l.o.Open(layer)
+	switch {
+	case errors.Is(err, forward.ErrReplay):
 		err = relay.ErrReplay
+	case errors.Is(err, forward.ErrInFlight):
+		err = relay.ErrBusy
 	}
-	return sendCap, env, err
+	return sendCap, env, done, err
 }
 
 // outboxQueue adapts the store's outbox to the link forwarder's queue.

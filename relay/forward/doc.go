@@ -69,8 +69,13 @@
 //
 // An entry relay, or anyone who recorded a layer, can hand it to the home
 // relay again. An Opener remembers SHA-256 of the HPKE encapsulation of the
-// last replayCap layers it opened and refuses a repeat with ErrReplay; the
-// encapsulation is fresh for every Seal. The cache is in memory and bounded:
+// last replayCap layers whose envelope was stored and refuses a repeat with
+// ErrReplay; the encapsulation is fresh for every Seal. A layer is
+// remembered only once its envelope is stored: an entry relay takes
+// ErrReplay as delivered, so a layer remembered when it opened, whose
+// store then failed (a full mailbox, a write error, the link lost), was
+// dropped by the retry that would have stored it. A copy that comes while
+// the first is being stored is ErrInFlight, for the entry relay to retry. The cache is in memory and bounded:
 // after a restart, or once a layer has been evicted, a replayed layer opens
 // again, and it is the store's exact-duplicate dedupe of envelopes that keeps
 // it from being stored twice. Rotating the epoch makes all older layers

@@ -16,8 +16,11 @@ var (
 	// ErrWrongEpoch: the layer was sealed for another epoch of this relay;
 	// the sender must fetch the relay's current descriptor and seal again.
 	ErrWrongEpoch = errors.New("forward: layer sealed for another epoch")
-	// ErrReplay: this layer was opened before; drop it.
+	// ErrReplay: this layer's envelope was stored before; drop it.
 	ErrReplay = errors.New("forward: replayed layer")
+	// ErrInFlight: a copy of this layer is being stored meanwhile; send
+	// it again later (the store may yet fail or refuse it).
+	ErrInFlight = errors.New("forward: layer being stored")
 	// ErrDecrypt: the layer names this relay and epoch but does not open:
 	// it was modified, or sealed to a different envelope key.
 	ErrDecrypt = errors.New("forward: cannot open layer (modified, or sealed to another key)")

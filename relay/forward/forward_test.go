@@ -109,7 +109,7 @@ func TestRoundTrip(t *testing.T) {
 					if dest, err := Dest(layer); err != nil || dest != RelayHash(r.pub) {
 						t.Fatalf("Dest = %x, %v", dest, err)
 					}
-					gotCap, gotEnv, err := o.Open(layer)
+					gotCap, gotEnv, err := openStored(o, layer)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -137,15 +137,52 @@ func TestReplay(t *testing.T) {
 	r := newRelay(t, envelope.SuiteX25519, nil)
 	o := r.opener(t, 1, 0)
 	layer := mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))
-	if _, _, err := o.Open(layer); err != nil {
+	if _, _, err := openStored(o, layer); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := o.Open(layer); !errors.Is(err, ErrReplay) {
+	if _, _, err := openStored(o, layer); !errors.Is(err, ErrReplay) {
 		t.Fatalf("replay: %v", err)
 	}
 	// A second seal of the same Send is a new layer, not a replay.
-	if _, _, err := o.Open(mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))); err != nil {
+	if _, _, err := openStored(o, mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// openStored opens layer as a relay that then stores its envelope does.
+func openStored(o *Opener, layer []byte) (sendCap, env []byte, err error) {
+	sendCap, env, done, err := o.Open(layer)
+	if err == nil {
+		done(true)
+	}
+	return sendCap, env, err
+}
+
+// TestReplayOnlyOnceStored: a layer whose envelope the relay did not
+// store (a full mailbox, a failed write) opens again when its entry relay
+// sends it again, which takes ErrReplay as delivered; a copy that comes
+// while the first is being stored is ErrInFlight; done counts once.
+func TestReplayOnlyOnceStored(t *testing.T) {
+	r := newRelay(t, envelope.SuiteX25519, nil)
+	o := r.opener(t, 1, 0)
+	layer := mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))
+	_, _, done, err := o.Open(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := o.Open(layer); !errors.Is(err, ErrInFlight) {
+		t.Fatalf("a copy while the first is being stored: %v", err)
+	}
+	done(false)
+	done(true) // too late: done counts once
+	_, _, done, err = o.Open(layer)
+	if err != nil {
+		t.Fatalf("a layer not stored, sent again: %v", err)
+	}
+	done(true)
+	done(false) // too late
+	if _, _, _, err := o.Open(layer); !errors.Is(err, ErrReplay) {
+		t.Fatalf("a layer stored, sent again: %v", err)
 	}
 }
 
@@ -155,24 +192,24 @@ func TestReplayEviction(t *testing.T) {
 	env := newEnvelope(t, envelope.Bucket4K)
 	l1, l2, l3 := mustSeal(t, r, 1, nil, env), mustSeal(t, r, 1, nil, env), mustSeal(t, r, 1, nil, env)
 	for _, l := range [][]byte{l1, l2, l3} {
-		if _, _, err := o.Open(l); err != nil {
+		if _, _, err := openStored(o, l); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, l := range [][]byte{l2, l3} {
-		if _, _, err := o.Open(l); !errors.Is(err, ErrReplay) {
+		if _, _, err := openStored(o, l); !errors.Is(err, ErrReplay) {
 			t.Fatalf("recent layer replayed: %v", err)
 		}
 	}
 	// l1 was evicted: the cache is bounded, the store's dedupe covers this.
-	if _, _, err := o.Open(l1); err != nil {
+	if _, _, err := openStored(o, l1); err != nil {
 		t.Fatalf("evicted layer: %v", err)
 	}
 	// The cache now holds l3 and l1 only: l1 is refused, l2 (evicted) opens.
-	if _, _, err := o.Open(l1); !errors.Is(err, ErrReplay) {
+	if _, _, err := openStored(o, l1); !errors.Is(err, ErrReplay) {
 		t.Fatalf("l1 just remembered: %v", err)
 	}
-	if _, _, err := o.Open(l2); err != nil {
+	if _, _, err := openStored(o, l2); err != nil {
 		t.Fatalf("l2 should have been evicted by a cache of 2: %v", err)
 	}
 }
@@ -187,13 +224,13 @@ func TestConcurrentOpen(t *testing.T) {
 	var wg sync.WaitGroup
 	for g := range 16 {
 		wg.Go(func() {
-			_, _, err := o.Open(layers[g%2])
+			_, _, err := openStored(o, layers[g%2])
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case err == nil:
 				opened[g%2]++
-			case !errors.Is(err, ErrReplay):
+			case !errors.Is(err, ErrReplay) && !errors.Is(err, ErrInFlight):
 				t.Errorf("open: %v", err)
 			}
 		})
@@ -211,7 +248,7 @@ func TestWrongRelay(t *testing.T) {
 	c := newRelay(t, envelope.SuiteXWing, b.id)
 	oc := c.opener(t, 5, 0)
 	layer := mustSeal(t, b, 5, nil, newEnvelope(t, envelope.Bucket4K))
-	if _, _, err := oc.Open(layer); !errors.Is(err, ErrWrongRelay) {
+	if _, _, err := openStored(oc, layer); !errors.Is(err, ErrWrongRelay) {
 		t.Fatalf("C opened B's layer: %v", err)
 	}
 	rewritten := bytes.Clone(layer)
@@ -220,10 +257,10 @@ func TestWrongRelay(t *testing.T) {
 	if d, _ := Dest(rewritten); d != hc {
 		t.Fatal("rewrite did not change Dest")
 	}
-	if _, _, err := oc.Open(rewritten); !errors.Is(err, ErrDecrypt) {
+	if _, _, err := openStored(oc, rewritten); !errors.Is(err, ErrDecrypt) {
 		t.Fatalf("rewritten layer at C: %v", err)
 	}
-	if _, _, err := b.opener(t, 5, 0).Open(layer); err != nil {
+	if _, _, err := openStored(b.opener(t, 5, 0), layer); err != nil {
 		t.Fatalf("B: %v", err)
 	}
 }
@@ -232,15 +269,15 @@ func TestWrongEpoch(t *testing.T) {
 	r := newRelay(t, envelope.SuiteX25519, nil)
 	o := r.opener(t, 8, 0)
 	layer := mustSeal(t, r, 7, nil, newEnvelope(t, envelope.Bucket4K))
-	if _, _, err := o.Open(layer); !errors.Is(err, ErrWrongEpoch) {
+	if _, _, err := openStored(o, layer); !errors.Is(err, ErrWrongEpoch) {
 		t.Fatalf("old epoch: %v", err)
 	}
 	rewritten := bytes.Clone(layer)
 	binary.BigEndian.PutUint32(rewritten[5:9], 8)
-	if _, _, err := o.Open(rewritten); !errors.Is(err, ErrDecrypt) {
+	if _, _, err := openStored(o, rewritten); !errors.Is(err, ErrDecrypt) {
 		t.Fatalf("epoch rewritten: %v", err)
 	}
-	if _, _, err := r.opener(t, 7, 0).Open(layer); err != nil {
+	if _, _, err := openStored(r.opener(t, 7, 0), layer); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -255,7 +292,7 @@ func TestWrongKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := o.Open(mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))); !errors.Is(err, ErrDecrypt) {
+	if _, _, err := openStored(o, mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))); !errors.Is(err, ErrDecrypt) {
 		t.Fatalf("wrong envelope key: %v", err)
 	}
 }
@@ -269,12 +306,12 @@ func TestEveryByteFlip(t *testing.T) {
 			for i := range layer {
 				flipped := bytes.Clone(layer)
 				flipped[i] ^= 0x01
-				if _, _, err := o.Open(flipped); err == nil {
+				if _, _, err := openStored(o, flipped); err == nil {
 					t.Fatalf("flip at byte %d opened", i)
 				}
 			}
 			// Failed opens are not remembered.
-			if _, _, err := o.Open(layer); err != nil {
+			if _, _, err := openStored(o, layer); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -289,11 +326,11 @@ func TestLengths(t *testing.T) {
 		if _, err := Dest(layer[:n]); !errors.Is(err, ErrMalformed) {
 			t.Fatalf("Dest of %d-byte prefix: %v", n, err)
 		}
-		if _, _, err := o.Open(layer[:n]); !errors.Is(err, ErrMalformed) {
+		if _, _, err := openStored(o, layer[:n]); !errors.Is(err, ErrMalformed) {
 			t.Fatalf("Open of %d-byte prefix: %v", n, err)
 		}
 	}
-	if _, _, err := o.Open(append(bytes.Clone(layer), 0)); !errors.Is(err, ErrMalformed) {
+	if _, _, err := openStored(o, append(bytes.Clone(layer), 0)); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("trailing byte: %v", err)
 	}
 }
@@ -335,12 +372,12 @@ func TestBadPlaintext(t *testing.T) {
 	}
 	for name, p := range cases {
 		t.Run(name, func(t *testing.T) {
-			if _, _, err := o.Open(sealRaw(t, r, 1, p)); !errors.Is(err, ErrMalformed) {
+			if _, _, err := openStored(o, sealRaw(t, r, 1, p)); !errors.Is(err, ErrMalformed) {
 				t.Fatalf("got %v, want ErrMalformed", err)
 			}
 		})
 	}
-	if _, _, err := o.Open(sealRaw(t, r, 1, plain(0, 0, env))); err != nil {
+	if _, _, err := openStored(o, sealRaw(t, r, 1, plain(0, 0, env))); err != nil {
 		t.Fatalf("well-formed raw layer: %v", err)
 	}
 }
@@ -409,16 +446,16 @@ func TestErrorsHideMailbox(t *testing.T) {
 	var errs []error
 	add := func(_, _ []byte, err error) { errs = append(errs, err) }
 	ob := b.opener(t, 1, 0)
-	add(c.opener(t, 1, 0).Open(layer))
-	add(b.opener(t, 2, 0).Open(layer))
-	add(ob.Open(layer))
-	add(ob.Open(layer))
+	add(openStored(c.opener(t, 1, 0), layer))
+	add(openStored(b.opener(t, 2, 0), layer))
+	add(openStored(ob, layer))
+	add(openStored(ob, layer))
 	for i := 0; i < len(layer); i += 7 {
 		f := bytes.Clone(layer)
 		f[i] ^= 0x80
-		add(ob.Open(f))
+		add(openStored(ob, f))
 	}
-	add(ob.Open(layer[:len(layer)-1]))
+	add(openStored(ob, layer[:len(layer)-1]))
 	_, err = Seal(b.desc, 1, make([]byte, 65), env)
 	errs = append(errs, err)
 	noKey := *b.desc

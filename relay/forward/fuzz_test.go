@@ -39,7 +39,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sendCap, env, err := o.Open(layer)
+		sendCap, env, done, err := o.Open(layer)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrWrongRelay) &&
 				!errors.Is(err, ErrWrongEpoch) && !errors.Is(err, ErrDecrypt) {
@@ -50,8 +50,15 @@ func FuzzOpen(f *testing.F) {
 		if _, err := envelope.PeekMailbox(env); err != nil || len(sendCap) > MaxCapLen {
 			t.Fatal("Open returned a bad Send")
 		}
-		if _, _, err := o.Open(layer); !errors.Is(err, ErrReplay) {
-			t.Fatalf("second open: %v", err)
+		if _, _, _, err := o.Open(layer); !errors.Is(err, ErrInFlight) {
+			t.Fatalf("open while the first is being stored: %v", err)
+		}
+		done(false)
+		if _, _, err := openStored(o, layer); err != nil {
+			t.Fatalf("open after the first was not stored: %v", err)
+		}
+		if _, _, err := openStored(o, layer); !errors.Is(err, ErrReplay) {
+			t.Fatalf("open after one was stored: %v", err)
 		}
 	})
 }

@@ -113,7 +113,7 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sendCap, env, err := o.Open(g.layer)
+	sendCap, env, err := openStored(o, g.layer)
 	if err != nil {
 		t.Fatalf("golden layer no longer opens: %v", err)
 	}

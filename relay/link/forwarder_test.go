@@ -88,12 +88,15 @@ func (q *memQueue) len() int {
 // opener adapts forward.Opener to server.LayerOpener.
 type opener struct{ o *forward.Opener }
 
-func (o opener) Open(layer []byte) ([]byte, []byte, error) {
-	c, e, err := o.o.Open(layer)
-	if errors.Is(err, forward.ErrReplay) {
+func (o opener) Open(layer []byte) ([]byte, []byte, func(bool), error) {
+	c, e, done, err := o.o.Open(layer)
+	switch {
+	case errors.Is(err, forward.ErrReplay):
 		err = relay.ErrReplay
+	case errors.Is(err, forward.ErrInFlight):
+		err = relay.ErrBusy
 	}
-	return c, e, err
+	return c, e, done, err
 }
 
 // homeRelay is a relay with a relay identity, a signed descriptor and a
@@ -101,6 +104,11 @@ func (o opener) Open(layer []byte) ([]byte, []byte, error) {
 func homeRelay(t *testing.T) (*relaytest.Relay, *descriptor.Descriptor, string) { return homeRelayB(t) }
 
 func homeRelayB(t testing.TB) (*relaytest.Relay, *descriptor.Descriptor, string) {
+	return homeRelayOn(t, store.NewMemory(store.Options{}))
+}
+
+// homeRelayOn is homeRelay with the store st.
+func homeRelayOn(t testing.TB, st store.Store) (*relaytest.Relay, *descriptor.Descriptor, string) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	id, _ := envelope.NewIdentity()
 	o, err := forward.NewOpener(id, pub, 1, 0)
@@ -115,7 +123,7 @@ func homeRelayB(t testing.TB) (*relaytest.Relay, *descriptor.Descriptor, string)
 		t.Fatal(err)
 	}
 	d, _ = descriptor.Parse(line, time.Now())
-	return relaytest.New(t, store.Options{}, server.Config{Layers: opener{o}, RelayKey: priv}), d, line
+	return relaytest.NewWithStore(t, st, server.Config{Layers: opener{o}, RelayKey: priv}), d, line
 }
 
 // linkTo opens a relay link to home as an entry relay does: a session

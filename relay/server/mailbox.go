@@ -55,15 +55,19 @@ func (ss *session) layer(p []byte) (store.Ref, error) {
 	if ss.srv.cfg.Layers == nil {
 		return store.Ref{}, relay.ErrUnsupported
 	}
-	sendCap, env, err := ss.srv.cfg.Layers.Open(m.Layer)
-	if errors.Is(err, relay.ErrReplay) {
+	sendCap, env, done, err := ss.srv.cfg.Layers.Open(m.Layer)
+	switch {
+	case errors.Is(err, relay.ErrReplay):
 		return store.Ref{}, relay.ErrReplay
-	}
-	if err != nil {
+	case errors.Is(err, relay.ErrBusy): // a copy is being stored
+		return store.Ref{}, relay.ErrBusy
+	case err != nil:
 		ss.srv.obs.Envelope("rejected", "bad_envelope")
 		return store.Ref{}, relay.ErrBadEnvelope
 	}
-	return ss.accept(start, sendCap, env)
+	ref, err := ss.accept(start, sendCap, env)
+	done(err == nil)
+	return ref, err
 }
 
 // relayAuth authenticates the session as a link from another relay: a

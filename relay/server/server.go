@@ -58,11 +58,13 @@ type Forwarder interface {
 }
 
 // LayerOpener opens forward layers sealed to this relay (package
-// relay/forward) and returns the Send inside. A layer received before
-// gives an error matching relay.ErrReplay; one that is not for this relay
-// any other error.
+// relay/forward) and returns the Send inside, and done, which the session
+// calls once with whether it stored the envelope: only a stored layer may
+// be refused as a replay later. A layer stored before gives an error
+// matching relay.ErrReplay; a copy of one being stored meanwhile,
+// relay.ErrBusy; one that is not for this relay any other error.
 type LayerOpener interface {
-	Open(layer []byte) (sendCap, env []byte, err error)
+	Open(layer []byte) (sendCap, env []byte, done func(stored bool), err error)
 }
 
 // Config configures a Server. Store is required; every other zero
