@@ -1,0 +1,64 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// TestLayerOpenerCodes: the relay's layer opener answers a copy of a layer
+// being stored CodeBusy (the entry relay sends it again later), and a
+// layer stored before CodeReplay (the entry relay drops it as delivered);
+// a layer whose envelope was not stored opens again.
+func TestLayerOpenerCodes(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	id, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := forward.NewOpener(id, pub, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err = descriptor.Parse(line, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	bob, _ := envelope.NewIdentity()
+	env, err := envelope.Seal(bob.Card([32]byte{1}, nil, nil), nil, []byte("hi"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := forward.Seal(d, 1, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := layerOpener{o}
+	_, got, done, err := l.Open(layer)
+	if err != nil || string(got) != string(env) {
+		t.Fatalf("open: %v", err)
+	}
+	if _, _, _, err := l.Open(layer); !errors.Is(err, relay.ErrBusy) {
+		t.Fatalf("a copy while the first is stored: %v, want CodeBusy", err)
+	}
+	done(false)
+	if _, _, done, err = l.Open(layer); err != nil {
+		t.Fatalf("a layer not stored, again: %v", err)
+	}
+	done(true)
+	if _, _, _, err := l.Open(layer); !errors.Is(err, relay.ErrReplay) {
+		t.Fatalf("a layer stored, again: %v, want CodeReplay", err)
+	}
+}
