@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -49,20 +50,43 @@ type ForwarderConfig struct {
 	// MinBackoff and MaxBackoff bound the retry delay after a failed
 	// delivery. Defaults 1 s and 1 minute.
 	MinBackoff, MaxBackoff time.Duration
+	// MaxPumps bounds the home relays handed over to at once, each with a
+	// pump and a link (a few goroutines and a session). Destinations past
+	// it wait their turn, in order; a pump whose delivery failed gives its
+	// turn to one waiting and comes back after its backoff. Default 64.
+	MaxPumps int
+	// Idle is how long a pump keeps its link once nothing is queued for
+	// its home relay; then both end. Default 1 minute.
+	Idle time.Duration
 }
 
 // Forwarder is the entry side of two-hop sends: it takes Forward frames
 // (it implements server.Forwarder), keeps each in the durable Queue before
-// the client is acked, and runs one pump per home relay that hands the
-// layers over a Link and deletes each once the home relay has it.
+// the client is acked, and runs a pump per home relay with queued layers
+// that hands them over a Link and deletes each once the home relay has it.
+//
+// Descriptors are self-signed, so anyone can queue layers for relays of
+// their own making. What that costs the relay is bounded: at most MaxPumps
+// pumps run (the others wait in turn), a pump and its link end once
+// nothing is queued for their home relay, and one that fails makes way
+// for one waiting and rests for its backoff.
 type Forwarder struct {
 	cfg ForwarderConfig
 	ctx context.Context
 
-	mu    sync.Mutex
-	pumps map[[32]byte]*pump
-	wg    sync.WaitGroup
+	mu       sync.Mutex
+	stopping bool                       // Run is waiting for the pumps: start no more
+	pumps    map[[32]byte]*pump         // running, at most cfg.MaxPumps
+	turns    [][32]byte                 // destinations waiting for a pump, oldest first
+	waiting  map[[32]byte]bool          // the destinations in turns
+	resting  map[[32]byte]*rest         // destinations between a failure and their retry
+	backoffs map[[32]byte]time.Duration // the next retry delay of a destination that failed
+	wg       sync.WaitGroup
 }
+
+// rest is a destination's wait after a failed delivery; kicks meanwhile
+// do not cut it short.
+type rest struct{ t *time.Timer }
 
 // NewForwarder returns a forwarder; nothing runs until Run.
 func NewForwarder(cfg ForwarderConfig) *Forwarder {
@@ -78,7 +102,14 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(time.Minute, cfg.MinBackoff)
 	}
-	return &Forwarder{cfg: cfg, pumps: map[[32]byte]*pump{}}
+	if cfg.MaxPumps <= 0 {
+		cfg.MaxPumps = 64
+	}
+	if cfg.Idle <= 0 {
+		cfg.Idle = time.Minute
+	}
+	return &Forwarder{cfg: cfg, pumps: map[[32]byte]*pump{}, waiting: map[[32]byte]bool{},
+		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{}}
 }
 
 // Run starts a pump for every destination with queued items and serves
@@ -95,6 +126,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		f.kick(d)
 	}
 	<-ctx.Done()
+	f.mu.Lock()
+	f.stopping = true
+	for _, r := range f.resting {
+		r.t.Stop()
+	}
+	f.mu.Unlock()
 	f.wg.Wait()
 	return nil
 }
@@ -125,16 +162,51 @@ func (f *Forwarder) Forward(ctx context.Context, payload []byte) error {
 	return nil
 }
 
-// kick wakes the pump for dest, starting it if needed.
+// kick wakes the pump for dest, or gives dest a turn: at once if fewer
+// than MaxPumps run, else after those waiting before it. A destination
+// resting after a failure gets its turn when the rest ends.
 func (f *Forwarder) kick(dest [32]byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.ctx == nil || f.ctx.Err() != nil {
+	if f.ctx == nil || f.ctx.Err() != nil || f.stopping {
 		return // not running: Run starts the pumps for what is queued
 	}
-	p := f.pumps[dest]
-	if p == nil {
-		p = &pump{f: f, dest: dest, wake: make(chan struct{}, 1)}
+	if p := f.pumps[dest]; p != nil {
+		p.idling = false
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if f.resting[dest] != nil || f.waiting[dest] {
+		return
+	}
+	f.waiting[dest] = true
+	f.turns = append(f.turns, dest)
+	f.startLocked()
+	if len(f.turns) > 0 { // at the cap: an idle pump makes way
+		for _, p := range f.pumps {
+			if p.idling {
+				p.idling = false
+				select {
+				case p.yield <- struct{}{}:
+				default:
+				}
+				break
+			}
+		}
+	}
+}
+
+// startLocked starts pumps for the destinations waiting their turn while
+// fewer than MaxPumps run; f.mu is held.
+func (f *Forwarder) startLocked() {
+	for len(f.pumps) < f.cfg.MaxPumps && len(f.turns) > 0 && !f.stopping && f.ctx.Err() == nil {
+		dest := f.turns[0]
+		f.turns = f.turns[1:]
+		delete(f.waiting, dest)
+		p := &pump{f: f, dest: dest, wake: make(chan struct{}, 1), yield: make(chan struct{}, 1)}
 		f.pumps[dest] = p
 		f.wg.Add(1)
 		go func() {
@@ -142,8 +214,78 @@ func (f *Forwarder) kick(dest [32]byte) {
 			p.run(f.ctx)
 		}()
 	}
+	if len(f.turns) == 0 {
+		f.turns = nil // let a long queue's array go
+	}
+}
+
+// idle is told by a pump with nothing queued. It ends the pump (true),
+// and gives its turn to the next waiting, when another destination waits
+// for a turn, or when it is told to (the idle period is over, or another
+// destination waited); not if the pump was kicked meanwhile: there is
+// work. Else the pump idles, and a destination that comes to wait for a
+// turn makes it yield (pump.yield).
+func (f *Forwarder) idle(p *pump, end bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	select {
-	case p.wake <- struct{}{}:
+	case <-p.wake:
+		p.wake <- struct{}{} // for the pump's next wait: there is work
+		return false
 	default:
 	}
+	if !end && len(f.turns) == 0 && !f.stopping {
+		p.idling = true
+		return false
+	}
+	p.idling = false
+	delete(f.pumps, p.dest)
+	f.startLocked()
+	return true
+}
+
+// failed is told by a pump whose delivery failed: when another
+// destination waits for a turn, the pump ends (true) and its destination
+// rests for d before it waits for a turn again; else the pump rests
+// itself.
+func (f *Forwarder) failed(p *pump, d time.Duration) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.turns) == 0 && !f.stopping {
+		return false
+	}
+	delete(f.pumps, p.dest)
+	if !f.stopping {
+		f.restLocked(p.dest, d)
+	}
+	f.startLocked()
+	return true
+}
+
+// restLocked keeps dest from a turn for d, then gives it one; f.mu is
+// held.
+func (f *Forwarder) restLocked(dest [32]byte, d time.Duration) {
+	f.resting[dest] = &rest{t: time.AfterFunc(d, func() {
+		f.mu.Lock()
+		delete(f.resting, dest)
+		f.mu.Unlock()
+		f.kick(dest)
+	})}
+}
+
+// backoff returns dest's retry delay after a failure (jittered to between
+// half and all of it) and doubles it for the next; success resets it.
+func (f *Forwarder) backoff(dest [32]byte, failed bool) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !failed {
+		delete(f.backoffs, dest)
+		return 0
+	}
+	b := f.backoffs[dest]
+	if b == 0 {
+		b = f.cfg.MinBackoff
+	}
+	f.backoffs[dest] = min(2*b, f.cfg.MaxBackoff)
+	return b/2 + rand.N(b/2+1)
 }

@@ -22,9 +22,10 @@ import (
 
 // memQueue is an in-memory link.Queue.
 type memQueue struct {
-	mu    sync.Mutex
-	seq   uint64
-	items map[[32]byte]map[uint64][]byte
+	mu       sync.Mutex
+	seq      uint64
+	items    map[[32]byte]map[uint64][]byte
+	pendings int // calls of Pending
 }
 
 func (q *memQueue) Enqueue(_ context.Context, dest [32]byte, item []byte) (uint64, error) {
@@ -44,6 +45,7 @@ func (q *memQueue) Enqueue(_ context.Context, dest [32]byte, item []byte) (uint6
 func (q *memQueue) Pending(_ context.Context, dest [32]byte, after uint64, max int) ([]link.Item, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.pendings++
 	var out []link.Item
 	for s, it := range q.items[dest] {
 		if s > after {

@@ -49,9 +49,10 @@ type Config struct {
 type Link struct {
 	cfg Config
 
-	mu   sync.Mutex
-	cur  *client.Client
-	wake chan struct{} // closed and replaced whenever cur changes
+	mu      sync.Mutex
+	cur     *client.Client
+	dialErr error         // the last dial's, while there is no session
+	wake    chan struct{} // closed and replaced whenever cur or dialErr changes
 }
 
 // New returns a link that does nothing until Run.
@@ -78,14 +79,27 @@ func (l *Link) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		c, err := l.cfg.Dial(ctx)
 		if err == nil {
+			began := time.Now()
 			l.set(c)
 			l.cfg.Observe(true)
 			l.hold(ctx, c)
 			l.set(nil)
 			c.Close()
 			l.cfg.Observe(false)
-			backoff = l.cfg.MinBackoff
-			continue
+			if time.Since(began) >= l.cfg.MaxBackoff {
+				backoff = l.cfg.MinBackoff
+				continue // a session that lasted: redial at once
+			}
+			// One that died soon after it came up (a peer, or a
+			// middlebox, that cuts links after the handshake) counts as
+			// a failed dial: redialled at once, it would be redialled
+			// as fast as it is cut.
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if err != nil {
+			l.failed(err)
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		t := time.NewTimer(wait)
@@ -122,7 +136,16 @@ func (l *Link) hold(ctx context.Context, c *client.Client) {
 
 func (l *Link) set(c *client.Client) {
 	l.mu.Lock()
-	l.cur = c
+	l.cur, l.dialErr = c, nil
+	close(l.wake)
+	l.wake = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// failed records a failed dial and wakes Session's callers.
+func (l *Link) failed(err error) {
+	l.mu.Lock()
+	l.dialErr = err
 	close(l.wake)
 	l.wake = make(chan struct{})
 	l.mu.Unlock()
@@ -136,15 +159,20 @@ func (l *Link) Up() bool {
 }
 
 // Session returns the link's session, waiting for the link to come up
-// until ctx ends. The session may die at any time; callers retry through
-// Session.
+// until ctx ends. While the link's last dial failed, it returns that
+// dial's error at once: the caller need not wait out the link's backoff
+// to learn that the peer is out of reach. The session may die at any
+// time; callers retry through Session.
 func (l *Link) Session(ctx context.Context) (*client.Client, error) {
 	for {
 		l.mu.Lock()
-		c, wake := l.cur, l.wake
+		c, err, wake := l.cur, l.dialErr, l.wake
 		l.mu.Unlock()
 		if c != nil {
 			return c, nil
+		}
+		if err != nil {
+			return nil, err
 		}
 		select {
 		case <-ctx.Done():

@@ -59,10 +59,17 @@ func TestLinkReconnects(t *testing.T) {
 	if l.Up() {
 		t.Fatal("link up with no session")
 	}
+	// While its last dial failed, Session says so at once.
+	if _, err := l.Session(ctx); err == nil || err.Error() != "peer unreachable" {
+		t.Fatalf("Session while the peer is down: %v", err)
+	}
 	down.Store(false)
-	c2, err := l.Session(ctx)
-	if err != nil {
-		t.Fatal(err)
+	var c2 *client.Client
+	for c2 == nil { // until the link's next dial
+		if c2, err = l.Session(ctx); ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if c2 == c {
 		t.Fatal("the dead session was handed out again")
@@ -84,5 +91,52 @@ func TestLinkReconnects(t *testing.T) {
 	defer scancel()
 	if _, err := l.Session(sctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Session on a stopped link: %v", err)
+	}
+}
+
+// TestLinkBacksOffShortSessions: a session that dies as soon as it is up
+// (a peer, or a middlebox, that cuts links after the handshake) counts as
+// a failed dial: the link waits its backoff before it dials again,
+// instead of redialling as fast as it is cut. (A slow host only makes
+// fewer dials.)
+func TestLinkBacksOffShortSessions(t *testing.T) {
+	peer := relaytest.New(t, store.Options{}, server.Config{})
+	var dials atomic.Int32
+	l := link.New(link.Config{
+		Dial: func(ctx context.Context) (*client.Client, error) {
+			dials.Add(1)
+			cc, sc := relaytest.Pipe(t)
+			peer.Serve(sc, "link")
+			c, err := client.New(ctx, cc)
+			if err == nil {
+				c.Close() // cut at once
+			}
+			return c, err
+		},
+		MinBackoff: time.Second, MaxBackoff: time.Minute,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	l.Run(ctx)
+	// The first redial comes half a backoff (0.5 s) after the first cut
+	// at the soonest.
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials in 300 ms, with a minimum backoff of 1 s", n)
+	}
+}
+
+// TestLinkSessionFailsWithDial: Session returns the error of the link's
+// last dial, which failed, instead of waiting out the link's backoff.
+func TestLinkSessionFailsWithDial(t *testing.T) {
+	refused := errors.New("peer unreachable")
+	l := link.New(link.Config{
+		Dial:       func(context.Context) (*client.Client, error) { return nil, refused },
+		MinBackoff: time.Hour, MaxBackoff: time.Hour,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go l.Run(ctx)
+	if _, err := l.Session(ctx); !errors.Is(err, refused) {
+		t.Fatalf("Session = %v, want the dial's error", err)
 	}
 }

@@ -3,7 +3,6 @@ package link
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +16,12 @@ const pumpBatch = 64
 
 // pump hands one home relay's queued layers over its link.
 type pump struct {
-	f    *Forwarder
-	dest [32]byte
-	wake chan struct{}
+	f     *Forwarder
+	dest  [32]byte
+	wake  chan struct{} // work was queued
+	yield chan struct{} // an idle pump gives its turn up (Forwarder.idle)
+	// idling is set while the pump waits with nothing queued; under f.mu.
+	idling bool
 
 	home atomic.Pointer[descriptor.Descriptor] // newest descriptor seen in the queue
 	link *Link
@@ -29,43 +31,61 @@ type pump struct {
 
 func (p *pump) run(ctx context.Context) {
 	defer p.close()
-	backoff := p.f.cfg.MinBackoff
 	for {
-		done, err := p.drain(ctx)
+		err := p.drain(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		wait := time.Duration(0)
-		switch {
-		case err != nil:
+		if err != nil {
+			wait := p.f.backoff(p.dest, true)
 			p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "err", err)
-			wait = backoff/2 + rand.N(backoff/2+1)
-			backoff = min(2*backoff, p.f.cfg.MaxBackoff)
-		case done:
-			backoff = p.f.cfg.MinBackoff
-			wait = -1 // until kicked
+			if p.f.failed(p, wait) {
+				return // another destination's turn; this one rests
+			}
+			// Nothing waits for a turn: rest here. A kick does not cut
+			// the rest short, or every new forward would retry at once.
+			if _, ok := p.wait(ctx, wait, false); !ok {
+				return
+			}
+			continue
 		}
-		if !p.sleep(ctx, wait) {
+		p.f.backoff(p.dest, false)
+		if p.f.idle(p, false) {
+			return // nothing queued, and another destination waits
+		}
+		kicked, ok := p.wait(ctx, p.f.cfg.Idle, true)
+		if !ok {
 			return
+		}
+		if !kicked && p.f.idle(p, true) {
+			return // nothing queued for a while, or another destination waits
 		}
 	}
 }
 
-// sleep waits d (negative: until kicked) or until ctx ends.
-func (p *pump) sleep(ctx context.Context, d time.Duration) bool {
-	var tc <-chan time.Time
-	if d >= 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		tc = t.C
+// wait waits d, or if kicks until kicked or told to yield, and reports
+// whether it was kicked; ok is false when ctx ends first.
+func (p *pump) wait(ctx context.Context, d time.Duration, kicks bool) (kicked, ok bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var wake <-chan struct{}
+	if kicks {
+		wake = p.wake
+	}
+	var yield <-chan struct{}
+	if kicks {
+		yield = p.yield
 	}
 	select {
 	case <-ctx.Done():
-		return false
-	case <-p.wake:
-	case <-tc:
+		return false, false
+	case <-wake:
+		return true, true
+	case <-yield:
+		return false, true
+	case <-t.C:
+		return false, true
 	}
-	return true
 }
 
 // pumpWindow bounds the layers a pump has in flight on its link: two
@@ -79,21 +99,21 @@ type outcome struct {
 	err error
 }
 
-// drain delivers queued items until none are left (done) or one fails:
+// drain delivers queued items until none are left (nil) or one fails:
 // it reads a batch after the last item it started, starts each item's
 // request as soon as the window has room (they are pipelined on the one
 // session), and deletes delivered items from the queue in groups while
 // more are in flight. After a failure it waits for what is in flight,
 // deletes what was delivered and returns; the next drain starts over at
 // the queue's head, and anything delivered twice is answered CodeReplay.
-func (p *pump) drain(ctx context.Context) (done bool, err error) {
+func (p *pump) drain(ctx context.Context) error {
 	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow)}
 	var after uint64
 	for d.firstErr == nil {
 		items, err := p.f.cfg.Queue.Pending(ctx, p.dest, after, pumpBatch)
 		if err != nil {
 			d.finish(ctx)
-			return false, err
+			return err
 		}
 		if len(items) == 0 {
 			break
@@ -101,11 +121,10 @@ func (p *pump) drain(ctx context.Context) (done bool, err error) {
 		after = items[len(items)-1].Seq
 		if err := d.start(ctx, items); err != nil {
 			d.finish(ctx)
-			return false, err
+			return err
 		}
 	}
-	err = d.finish(ctx)
-	return err == nil, err
+	return d.finish(ctx)
 }
 
 // drainer is one drain's deliveries in flight.

@@ -1,0 +1,233 @@
+package link_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/relay/link"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// homes is a set of home relays an entry relay forwards to, and the
+// dialer it reaches them through: it counts dials and links up at once,
+// and refuses the dead ones.
+type homes struct {
+	t     *testing.T
+	relay map[[32]byte]*relaytest.Relay
+	dead  map[[32]byte]bool
+	dials atomic.Int32
+
+	mu          sync.Mutex
+	up, mostUp  int
+	upDownCount int
+}
+
+func (h *homes) dial(ctx context.Context, d *descriptor.Descriptor) (*client.Client, error) {
+	h.dials.Add(1)
+	k := forward.RelayHash(d.RelayKey)
+	if h.dead[k] {
+		return nil, errors.New("home relay unreachable")
+	}
+	return linkTo(ctx, h.t, h.relay[k])
+}
+
+func (h *homes) observe(e string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch e {
+	case "up":
+		h.up++
+		h.mostUp = max(h.mostUp, h.up)
+		h.upDownCount++
+	case "down":
+		h.up--
+		h.upDownCount++
+	}
+}
+
+func (h *homes) links() (up, most int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.up, h.mostUp
+}
+
+// forwardTo starts an entry relay with forwarder fw's config and returns
+// a function that queues a layer for each home relay given.
+func newHomes(t *testing.T, n int) (*homes, []string, []*descriptor.Descriptor) {
+	h := &homes{t: t, relay: map[[32]byte]*relaytest.Relay{}, dead: map[[32]byte]bool{}}
+	var lines []string
+	var descs []*descriptor.Descriptor
+	for range n {
+		r, d, line := homeRelay(t)
+		h.relay[forward.RelayHash(d.RelayKey)] = r
+		lines = append(lines, line)
+		descs = append(descs, d)
+	}
+	return h, lines, descs
+}
+
+// waitFor polls cond until it holds or ctx ends (a deadlock guard).
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		if ctx.Err() != nil {
+			t.Fatalf("never: %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestForwarderPumpsEndWhenIdle: once nothing is queued for a home relay,
+// its pump and link end (the link goes down, and nothing dials it again);
+// a later forward starts them again.
+func TestForwarderPumpsEndWhenIdle(t *testing.T) {
+	h, lines, descs := newHomes(t, 3)
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Idle: 20 * time.Millisecond})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	sender := entry.Connect(t)
+	forwardAll := func() {
+		for i, d := range descs {
+			mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(d.RelayKey)].Connect(t), nil)
+			layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sender.Forward(ctx, lines[i], layer); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	forwardAll()
+	waitFor(ctx, t, "the queue emptied", func() bool { return q.len() == 0 })
+	waitFor(ctx, t, "the idle links went down", func() bool { up, _ := h.links(); return up == 0 })
+	dials := h.dials.Load()
+	if dials < 3 {
+		t.Fatalf("%d dials for 3 home relays", dials)
+	}
+	// Nothing queued: nothing dials, however long (here 30 idle periods).
+	time.Sleep(600 * time.Millisecond)
+	if d := h.dials.Load(); d != dials {
+		t.Fatalf("%d dials with nothing queued", d-dials)
+	}
+	forwardAll()
+	waitFor(ctx, t, "the second round was delivered", func() bool { return q.len() == 0 })
+	for k, r := range h.relay {
+		if n := r.Store.Stats().Envelopes; n != 2 {
+			t.Fatalf("home relay %x holds %d envelopes, want 2", k[:4], n)
+		}
+	}
+}
+
+// TestForwarderMaxPumps: no more than MaxPumps links run at once, and
+// home relays that cannot be reached do not keep the others from their
+// turn: each failure gives the turn to one waiting.
+func TestForwarderMaxPumps(t *testing.T) {
+	h, lines, descs := newHomes(t, 6)
+	for _, d := range descs[:3] { // the first three forwarded to are dead
+		h.dead[forward.RelayHash(d.RelayKey)] = true
+	}
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Idle: time.Hour, MaxPumps: 2})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	sender := entry.Connect(t)
+	for i, d := range descs {
+		mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(d.RelayKey)].Connect(t), nil)
+		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, lines[i], layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range descs[3:] {
+		r := h.relay[forward.RelayHash(d.RelayKey)]
+		waitFor(ctx, t, "every live home relay had its layer", func() bool { return r.Store.Stats().Envelopes == 1 })
+	}
+	if _, most := h.links(); most > 2 {
+		t.Fatalf("%d links up at once, MaxPumps 2", most)
+	}
+	if q.len() != 3 {
+		t.Fatalf("%d layers queued, want the dead relays' 3", q.len())
+	}
+}
+
+// TestForwarderIdleYields: with MaxPumps pumps idle, each holding its
+// link after its queue emptied, a forward to another home relay is not
+// kept waiting for their idle period: an idle pump makes way.
+func TestForwarderIdleYields(t *testing.T) {
+	h, lines, descs := newHomes(t, 2)
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Idle: time.Hour, MaxPumps: 1})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	sender := entry.Connect(t)
+	for i, d := range descs {
+		r := h.relay[forward.RelayHash(d.RelayKey)]
+		mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, lines[i], layer); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(ctx, t, "the home relay had its layer", func() bool { return r.Store.Stats().Envelopes == 1 })
+	}
+}
+
+// TestForwarderRestsAfterFailure: after a failed delivery, with no other
+// home relay waiting, the pump rests for its backoff; forwards queued
+// meanwhile do not cut the rest short (each would cost a try, and a dial
+// if the link did not back off too).
+func TestForwarderRestsAfterFailure(t *testing.T) {
+	h, lines, descs := newHomes(t, 1)
+	h.dead[forward.RelayHash(descs[0].RelayKey)] = true
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+		MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	sender := entry.Connect(t)
+	mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(descs[0].RelayKey)].Connect(t), nil)
+	for range 10 {
+		layer, err := forward.Seal(descs[0], 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, lines[0], layer); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(ctx, t, "a dial", func() bool { return h.dials.Load() > 0 })
+	}
+	time.Sleep(50 * time.Millisecond) // time for tries that should not come
+	q.mu.Lock()
+	tries := q.pendings
+	q.mu.Unlock()
+	if n := h.dials.Load(); n != 1 || tries != 1 {
+		t.Fatalf("%d dials and %d tries to a home relay out of reach, within its first backoff", n, tries)
+	}
+}
