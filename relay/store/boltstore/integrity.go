@@ -148,7 +148,7 @@ func (redacted) KeyToString([]byte) string   { return "(key)" }
 func (redacted) ValueToString([]byte) string { return "(value)" }
 
 // walkBuckets checks the store's own layout: the six top-level buckets
-// (unless the file is new), mailbox records that parse, sub-buckets with
+// (unless the file is new), mailbox and retired id records that parse, sub-buckets with
 // names of the right size where the layout has them, and the outbox if
 // the file has one (walkOutbox). Damage inside an
 // envelope record or an index entry is left to the operation that reads
@@ -171,6 +171,14 @@ func walkBuckets(tx *bolt.Tx) error {
 		}
 		return nil
 	})
+	if err == nil {
+		err = tx.Bucket(bucketRetired).ForEach(func(k, v []byte) error {
+			if len(k) != 32 || len(v) != 4 { // a sub-bucket has a nil value
+				return errors.New("a retired id record is damaged")
+			}
+			return nil
+		})
+	}
 	for _, sub := range []struct {
 		name []byte
 		key  int

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -61,7 +62,7 @@ func migrate(dir string, opts store.Options) error {
 	if err := os.Mkdir(logDir+".tmp", 0o700); err != nil {
 		return fmt.Errorf("store: migrate %s: %w", path, err)
 	}
-	if err := db.View(func(tx *bolt.Tx) error { return copyLegacy(tx, logDir+".tmp", k) }); err != nil {
+	if err := copyBolt(db, path, logDir+".tmp", k); err != nil {
 		os.RemoveAll(logDir + ".tmp")
 		return fmt.Errorf("store: migrate %s to %s: %w", path, logDir, err)
 	}
@@ -131,6 +132,19 @@ func (lw *logWriter) flush() error {
 	return err
 }
 
+// copyBolt runs copyLegacy on db (the file at path) into dir, turning a
+// panic or memory fault on damage the checks missed into an error, as
+// checkDB does.
+func copyBolt(db *bolt.DB, path, dir string, k *store.Keys) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = corrupt(path, fmt.Sprintf("reading it failed: %v", r))
+		}
+	}()
+	return db.View(func(tx *bolt.Tx) error { return copyLegacy(tx, dir, k) })
+}
+
 // copyLegacy writes the content of the bbolt file into the first segment
 // of a new log in dir.
 func copyLegacy(tx *bolt.Tx, dir string, k *store.Keys) error {
@@ -167,8 +181,8 @@ func copyMailboxes(tx *bolt.Tx, lw *logWriter) error {
 	envs := tx.Bucket(bucketEnvelopes)
 	err := tx.Bucket(bucketMailboxes).ForEach(func(k, v []byte) error {
 		box, err := decodeMailbox(v)
-		if err != nil {
-			return err
+		if err != nil || len(k) != 32 {
+			return errRecord
 		}
 		hid := [32]byte(k)
 		if err := lw.add(appendMailbox(nil, hid, box.owner, box.nextSeq, box.sendCap)); err != nil {
@@ -190,7 +204,7 @@ func copyMailboxes(tx *bolt.Tx, lw *logWriter) error {
 		return err
 	}
 	return tx.Bucket(bucketRetired).ForEach(func(k, v []byte) error {
-		if len(v) != 4 {
+		if len(k) != 32 || len(v) != 4 {
 			return errRecord
 		}
 		return lw.add(appendRetired(nil, [32]byte(k), binary.BigEndian.Uint32(v)))

@@ -84,6 +84,20 @@ func TestPageWalk(t *testing.T) {
 		{"value among envelope buckets", func(t *testing.T, f *fixture, _ string) {
 			f.damage(t, func(tx *bolt.Tx) error { return tx.Bucket(bucketEnvelopes).Put(make([]byte, 32), []byte{1}) })
 		}, "not a bucket"},
+		// These three made the migration panic (a short key converted to
+		// an id) before the walk checked retired ids.
+		{"short retired id", func(t *testing.T, f *fixture, _ string) {
+			f.damage(t, func(tx *bolt.Tx) error { return tx.Bucket(bucketRetired).Put([]byte("short"), []byte{0, 0, 0, 1}) })
+		}, "retired id record is damaged"},
+		{"retired id of a wrong length", func(t *testing.T, f *fixture, _ string) {
+			f.damage(t, func(tx *bolt.Tx) error { return tx.Bucket(bucketRetired).Put(make([]byte, 32), []byte{1}) })
+		}, "retired id record is damaged"},
+		{"bucket among retired ids", func(t *testing.T, f *fixture, _ string) {
+			f.damage(t, func(tx *bolt.Tx) error {
+				_, err := tx.Bucket(bucketRetired).CreateBucket(make([]byte, 32))
+				return err
+			})
+		}, "retired id record is damaged"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
