@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -157,6 +158,48 @@ func TestDamagedBatch(t *testing.T) {
 	must(t, os.WriteFile(path, data, 0o600))
 	_, err = Open(f.dir, store.Options{IDKey: testKey})
 	wantCorrupt(t, "Open", err, path, f.a, f.b)
+}
+
+// TestDamagedBatchLength: damage to the length of a synced batch in the
+// newest segment, which leaves no way to the frame after it, is not taken
+// for a batch a crash tore: good frames follow it (here the second of
+// the fixture's batches of envelopes and the rest), so Open refuses the
+// log, and cuts nothing, whether the store was closed cleanly or not
+// (its close record stripped).
+func TestDamagedBatchLength(t *testing.T) {
+	for _, closed := range []bool{true, false} {
+		for _, tc := range []struct {
+			name   string
+			length func(n uint32) uint32
+		}{
+			{"past the file", func(n uint32) uint32 { return n | 1<<24 }},
+			{"inside the frame", func(n uint32) uint32 { return n - 7 }},
+			{"zero", func(uint32) uint32 { return 0 }},
+		} {
+			t.Run(fmt.Sprintf("closed=%v/%s", closed, tc.name), func(t *testing.T) {
+				f := newFixture(t)
+				path := f.segment()
+				data, err := os.ReadFile(path)
+				must(t, err)
+				if !closed {
+					closeFrame := frame(seg1Seed, appendRecord(nil, recClose))
+					if !bytes.HasSuffix(data, closeFrame) {
+						t.Fatal("no close record at the end of the fixture's segment")
+					}
+					data = data[:len(data)-len(closeFrame)]
+				}
+				off, _ := envelopeAt(t, data)
+				n := binary.BigEndian.Uint32(data[off:])
+				binary.BigEndian.PutUint32(data[off:], tc.length(n))
+				must(t, os.WriteFile(path, data, 0o600))
+				_, err = Open(f.dir, store.Options{IDKey: testKey})
+				wantCorrupt(t, "Open", err, path, f.a, f.b)
+				if got, _ := os.ReadFile(path); !bytes.Equal(got, data) {
+					t.Fatalf("Open changed the damaged segment: %d bytes, were %d", len(got), len(data))
+				}
+			})
+		}
+	}
 }
 
 // TestTornBatch: a batch cut short by a crash (a partial frame at the end

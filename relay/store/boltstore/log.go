@@ -76,12 +76,12 @@ func replaySegment(ix *index, seg *segment, last bool, k *store.Keys, buf *[]byt
 	switch {
 	case errors.As(err, &rerr):
 		return fmt.Errorf("store: read %s: %w", seg.path, rerr.err)
+	case errors.Is(err, errWrongKey):
+		return err
 	case err != nil:
 		return corruptLog(seg.path, err.Error())
 	case h.num != seg.num:
 		return corruptLog(seg.path, fmt.Sprintf("its header says it is segment %d", h.num))
-	case h.check != k.Check():
-		return errWrongKey
 	}
 	ix.outNext = max(ix.outNext, h.outNext)
 	seg.size, seg.seed = end, h.seed(k)

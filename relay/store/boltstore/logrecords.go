@@ -238,7 +238,10 @@ type segHead struct {
 }
 
 // seeder gives the secret checksum seed of each segment (store.Keys).
-type seeder interface{ FrameSeed(segment uint64) uint32 }
+type seeder interface {
+	FrameSeed(segment uint64) uint32
+	Check() [32]byte // what the segment header's key check must be
+}
 
 // seed is where the checksum of each of the segment's frames starts:
 // k.FrameSeed of its number, so that the frames a recycled segment file

@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -77,6 +78,10 @@ func scanSegment(ra io.ReaderAt, size int64, last bool, k seeder, buf *[]byte, f
 	if h, err = parseSegHead(head); err != nil {
 		return h, 0, false, err
 	}
+	if h.check != k.Check() {
+		// Under another key every frame's checksum fails: say which.
+		return h, 0, false, errWrongKey
+	}
 	sr.seed = h.seed(k)
 	off := int64(segHeader)
 	for off < size {
@@ -86,7 +91,7 @@ func scanSegment(ra io.ReaderAt, size int64, last bool, k seeder, buf *[]byte, f
 		}
 		if !ok {
 			if last {
-				good, err := sr.followedByGood(off)
+				good, err := sr.goodFrameAfter(off)
 				if err != nil {
 					return h, off, false, err
 				}
@@ -173,15 +178,76 @@ func (sr segReader) frameHead(off int64) (n int, sum uint32, ok bool, err error)
 	return n, sum, true, nil
 }
 
-// followedByGood reports whether the damaged frame at off has a plausible
-// length and a good frame right after it: then it was written, synced and
-// damaged later, not torn by a crash.
-func (sr segReader) followedByGood(off int64) (bool, error) {
-	n, _, ok, err := sr.frameHead(off)
-	if !ok || err != nil {
-		return false, err
+// goodFrameAfter reports whether a frame with a good checksum starts
+// anywhere after the damaged frame at off. A crash can tear only the
+// last batch written (the committer writes the next only once that one
+// is synced, and a failed write is cut back before the next goes at the
+// same place), so a good frame after a damaged one under this segment's
+// seed means the damaged one was written, synced and damaged later:
+// corruption, not a torn tail, even when the damage is in the length that
+// would lead to it. What may follow a torn batch is bytes of another seed
+// (a recycled file's earlier life) or nothing.
+//
+// It tries every offset, reading the rest of the file a chunk at a time:
+// a frame header whose length fits, then record headers that fill the
+// frame exactly (random bytes fail within a record or two), and only
+// then the checksum. A torn tail in a recycled 64 MiB segment costs a
+// read of the rest of the file, once, when the store opens after a
+// crash.
+func (sr segReader) goodFrameAfter(off int64) (bool, error) {
+	const chunk = 1 << 20
+	const need = frameHeader + recHeader // bytes a candidate's first checks read
+	b := make([]byte, chunk+need)
+	for base := off + 1; base+need <= sr.size; base += chunk {
+		n := int(min(int64(len(b)), sr.size-base))
+		if _, err := sr.ra.ReadAt(b[:n], base); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return false, &readError{err}
+		}
+		for i := 0; i+need <= n && i < chunk; i++ {
+			fl := binary.BigEndian.Uint32(b[i:])
+			at := base + int64(i)
+			if fl < recHeader || int64(fl) > sr.size-at-frameHeader || !plausibleRecord(b[i+frameHeader:], fl) {
+				continue
+			}
+			good, err := sr.checkCandidate(at, int64(fl))
+			if good || err != nil {
+				return good, err
+			}
+		}
 	}
-	_, good, err := sr.frame(off + frameHeader + int64(n))
+	return false, nil
+}
+
+// plausibleRecord reports whether h (at least recHeader bytes) starts a
+// record that fits in room bytes.
+func plausibleRecord(h []byte, room uint32) bool {
+	typ, n := h[0], binary.BigEndian.Uint32(h[1:])
+	if int(typ) >= len(fixedBody) || (fixedBody[typ] == 0 && typ != recClose) {
+		return false
+	}
+	return n >= uint32(fixedBody[typ]) && uint64(n)+recHeader <= uint64(room)
+}
+
+// checkCandidate reports whether the frame of payload length n at off is
+// whole and good: record headers that fill it exactly, then its checksum.
+func (sr segReader) checkCandidate(off, n int64) (bool, error) {
+	var h [recHeader]byte
+	for p, end := off+frameHeader, off+frameHeader+n; p != end; {
+		if end-p < recHeader {
+			return false, nil
+		}
+		if _, err := sr.ra.ReadAt(h[:], p); err != nil {
+			return false, &readError{err}
+		}
+		if !plausibleRecord(h[:], uint32(end-p)) {
+			return false, nil
+		}
+		p += recHeader + int64(binary.BigEndian.Uint32(h[1:]))
+	}
+	_, good, err := sr.frame(off)
 	return good, err
 }
 
