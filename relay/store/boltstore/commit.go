@@ -449,10 +449,14 @@ func (s *Store) failed(w *writer, err error) error {
 	return fmt.Errorf("store: write %s: %w", s.dir, err)
 }
 
-// restore cuts seg back to its durable size and rebuilds the index from
-// the log.
+// restore cuts seg back to its durable size, durably (or the failed
+// batch, written whole, could come back after a crash, its callers told
+// it failed), and rebuilds the index from the log.
 func (s *Store) restore(seg *segment) error {
 	if err := seg.f.Truncate(seg.size); err != nil {
+		return err
+	}
+	if err := fdatasync(seg.f); err != nil {
 		return err
 	}
 	s.mu.Lock()
