@@ -1,8 +1,9 @@
 // Package store defines a relay's mailbox store: the [Store] interface,
 // which keeps mailboxes and the sealed envelopes waiting in them, and the
 // promises every implementation keeps. [Memory] is the implementation for
-// tests and `--dev`; relay/store/boltstore is the durable one, on a single
-// bbolt file, that `relay serve` uses by default. Both pass the conformance
+// tests and `--dev`; relay/store/boltstore is the durable one, an
+// append-only envelope log, that `relay serve` uses by default (it reads
+// bbolt files of earlier releases only to migrate them). Both pass the conformance
 // suite in relay/store/storetest.
 //
 // The same stores keep an entry relay's forward outbox: the [Outbox]
