@@ -38,7 +38,11 @@ func (p *pump) run(ctx context.Context) {
 		}
 		if err != nil {
 			wait := p.f.backoff(p.dest, true)
-			p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "err", err)
+			if errors.Is(err, errMailboxFull) {
+				p.f.cfg.Log.Info("forwards wait for room in their mailboxes on a home relay; retrying")
+			} else {
+				p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "err", err)
+			}
 			if p.f.failed(p, wait) {
 				return // another destination's turn; this one rests
 			}
@@ -136,7 +140,16 @@ type drainer struct {
 	running   int
 	delivered []uint64 // done, not yet deleted from the queue
 	firstErr  error
+	waiting   int // refused for now by their mailboxes (full), left queued
 }
+
+// errMailboxFull is a drain's result when it delivered all it could but
+// some layers' mailboxes on the home relay were full: those stay queued,
+// for a later try. It is one mailbox's refusal, not the link's, so it
+// neither stops the drain nor closes the session: a full mailbox at the
+// head of the queue would otherwise hold every other forward to that
+// home relay back until the recipient made room.
+var errMailboxFull = errors.New("some forwards wait for room in their mailboxes on the home relay")
 
 // start delivers items, collecting finished ones whenever the window is
 // full.
@@ -187,9 +200,13 @@ func (d *drainer) collect(ctx context.Context, wait bool) {
 		}
 		<-d.sem
 		d.running--
-		if o.err == nil {
+		var re *relay.Error
+		switch {
+		case o.err == nil:
 			d.delivered = append(d.delivered, o.seq)
-		} else if d.firstErr == nil {
+		case errors.As(o.err, &re) && re.Code == relay.CodeMailboxFull:
+			d.waiting++
+		case d.firstErr == nil:
 			d.firstErr = o.err
 		}
 	}
@@ -208,8 +225,9 @@ func (d *drainer) flush(ctx context.Context) {
 }
 
 // finish waits for every delivery in flight, deletes what was delivered
-// and returns the first error; after one, the session is closed so the
-// link redials.
+// and returns the first error, or errMailboxFull if some layers wait for
+// room; after an error of the link's, the session is closed so the link
+// redials.
 func (d *drainer) finish(ctx context.Context) error {
 	for d.running > 0 {
 		d.collect(ctx, true)
@@ -217,6 +235,9 @@ func (d *drainer) finish(ctx context.Context) error {
 	d.flush(ctx)
 	if d.firstErr != nil && d.c != nil {
 		d.c.Close()
+	}
+	if d.firstErr == nil && d.waiting > 0 {
+		return errMailboxFull
 	}
 	return d.firstErr
 }

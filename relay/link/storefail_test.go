@@ -123,3 +123,71 @@ func TestTwoHopStoreFailureRetried(t *testing.T) {
 		})
 	}
 }
+
+// fullMailboxStore refuses every Put to one mailbox as full.
+type fullMailboxStore struct {
+	*store.Memory
+	full [32]byte
+}
+
+func (s *fullMailboxStore) Put(ctx context.Context, id [32]byte, env []byte) (store.Ref, error) {
+	if id == s.full {
+		return store.Ref{}, store.ErrMailboxFull
+	}
+	return s.Memory.Put(ctx, id, env)
+}
+
+// TestTwoHopFullMailboxDoesNotHoldTheQueue: a forward whose mailbox on the
+// home relay is full stays queued, and the forwards behind it to other
+// mailboxes there go on in the same drain: one recipient who makes no room
+// does not hold everyone else's forwards to that home relay back (for a
+// backoff each window's worth; here an hour).
+func TestTwoHopFullMailboxDoesNotHoldTheQueue(t *testing.T) {
+	st := &fullMailboxStore{Memory: store.NewMemory(store.Options{MaxMailboxEnvelopes: -1, MaxMailboxBytes: -1})}
+	home, homeDesc, homeLine := homeRelayOn(t, st)
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
+			return linkTo(ctx, t, home)
+		},
+		MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	owner := home.Connect(t)
+	full := relaytest.NewMailbox(t, owner, nil)
+	other := relaytest.NewMailbox(t, owner, nil)
+	st.full = full.ID
+	sender := entry.Connect(t)
+	const n = 300 // past the pump's window (128) and batch (64)
+	for i := range n + 1 {
+		mb := other
+		if i == 0 {
+			mb = full // at the head of the queue
+		}
+		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, homeLine, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go fw.Run(ctx) // after queueing: one drain finds them all
+	for {
+		m, err := st.Mailbox(ctx, other.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Pending == n {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d of %d forwards behind a full mailbox stored", m.Pending, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if q.len() != 1 {
+		t.Fatalf("%d forwards queued, want the full mailbox's one", q.len())
+	}
+}
