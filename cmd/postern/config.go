@@ -80,7 +80,9 @@ type relayConfig struct {
 	MaxStoreBytes   int64 `json:"max_store_bytes"`
 	// MaxOutboxBytes bounds the forward layers this relay holds as an entry
 	// relay for other relays (two-hop sends); beyond it clients are told
-	// to retry later or use another entry relay. Default 268435456.
+	// to retry later or use another entry relay. Default 268435456. One
+	// client address (or IPv6 /64) may fill a sixteenth of it, at least
+	// 16 MiB.
 	MaxOutboxBytes int64 `json:"max_outbox_bytes"`
 	// MemoryLimit is the memory the relay may use, in bytes. The relay sets
 	// Go's soft limit (GOMEMLIMIT, unless set in the environment) to 9/10 of

@@ -120,9 +120,21 @@ func (r *relayRun) newForwarder() *link.Forwarder {
 			}
 			return c, nil
 		},
-		Observe: r.met.Forward,
-		Log:     r.log,
+		Observe:     r.met.Forward,
+		Log:         r.log,
+		SourceBytes: sourceShare(r.cfg.MaxOutboxBytes),
+		ItemTTL:     r.cfg.ttl,
 	})
+}
+
+// sourceShare is how much of an outbox of outbox bytes (0: the default)
+// one client's address may fill with forwards: a sixteenth, but at least
+// 16 MiB (two of the largest messages), and no more than the outbox.
+func sourceShare(outbox int64) int64 {
+	if outbox <= 0 {
+		outbox = store.DefaultOutboxBytes
+	}
+	return min(outbox, max(outbox/16, 16<<20))
 }
 
 // newTunneler is the entry side of tunnels: streams to home relays dialed

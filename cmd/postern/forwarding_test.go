@@ -62,3 +62,18 @@ func TestLayerOpenerCodes(t *testing.T) {
 		t.Fatalf("a layer stored, again: %v, want CodeReplay", err)
 	}
 }
+
+// TestSourceShare: a client address may fill a sixteenth of the outbox,
+// at least 16 MiB (two of the largest messages) and at most all of it.
+func TestSourceShare(t *testing.T) {
+	for _, tc := range []struct{ outbox, want int64 }{
+		{0, 16 << 20}, // the default, 256 MiB
+		{1 << 30, 64 << 20},
+		{64 << 20, 16 << 20},
+		{8 << 20, 8 << 20},
+	} {
+		if got := sourceShare(tc.outbox); got != tc.want {
+			t.Errorf("sourceShare(%d) = %d, want %d", tc.outbox, got, tc.want)
+		}
+	}
+}

@@ -58,6 +58,14 @@ type ForwarderConfig struct {
 	// Idle is how long a pump keeps its link once nothing is queued for
 	// its home relay; then both end. Default 1 minute.
 	Idle time.Duration
+	// SourceBytes is how many bytes of forwards one source (a client's
+	// address, or IPv6 /64, as the server counts it) may have queued at
+	// once; past it Forward is refused relay.ErrOutboxFull, as when the
+	// outbox is full. 0: no limit but the outbox's. ItemTTL is how long
+	// the queue keeps an item it never delivered (the store's TTL);
+	// default 7 days.
+	SourceBytes int64
+	ItemTTL     time.Duration
 }
 
 // Forwarder is the entry side of two-hop sends: it takes Forward frames
@@ -82,6 +90,8 @@ type Forwarder struct {
 	resting  map[[32]byte]*rest         // destinations between a failure and their retry
 	backoffs map[[32]byte]time.Duration // the next retry delay of a destination that failed
 	wg       sync.WaitGroup
+
+	shares *sourceShares
 }
 
 // rest is a destination's wait after a failed delivery; kicks meanwhile
@@ -108,8 +118,12 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	if cfg.Idle <= 0 {
 		cfg.Idle = time.Minute
 	}
+	if cfg.ItemTTL <= 0 {
+		cfg.ItemTTL = 7 * 24 * time.Hour
+	}
 	return &Forwarder{cfg: cfg, pumps: map[[32]byte]*pump{}, waiting: map[[32]byte]bool{},
-		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{}}
+		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{},
+		shares: newSourceShares(cfg.SourceBytes, cfg.ItemTTL+24*time.Hour)}
 }
 
 // Run starts a pump for every destination with queued items and serves
@@ -140,8 +154,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // descriptor names.
 var errNotForThisRelay = errors.New("link: the forward layer is not sealed to the relay its descriptor names")
 
-// Forward checks a Forward payload, queues it durably and wakes its pump.
-func (f *Forwarder) Forward(ctx context.Context, payload []byte) error {
+// Forward checks a Forward payload, queues it durably within source's
+// share and wakes its pump.
+func (f *Forwarder) Forward(ctx context.Context, source [32]byte, payload []byte) error {
 	fp, err := relay.ParseForwardPayload(payload)
 	if err != nil {
 		return relay.ErrBadFrame
@@ -154,9 +169,16 @@ func (f *Forwarder) Forward(ctx context.Context, payload []byte) error {
 	if err != nil || dest != sha256.Sum256(home.RelayKey) {
 		return relay.ErrBadEnvelope
 	}
-	if _, err := f.cfg.Queue.Enqueue(ctx, dest, payload); err != nil {
+	src, n, now := [16]byte(source[:16]), int64(len(payload)), time.Now()
+	if !f.shares.reserve(src, n, now) {
+		return relay.ErrOutboxFull
+	}
+	seq, err := f.cfg.Queue.Enqueue(ctx, dest, payload)
+	if err != nil {
+		f.shares.cancel(src, n)
 		return err
 	}
+	f.shares.queued(src, n, itemKey{dest, seq}, now)
 	f.cfg.Observe("queued")
 	f.kick(dest)
 	return nil

@@ -221,6 +221,7 @@ func (d *drainer) flush(ctx context.Context) {
 	if err := d.p.f.cfg.Queue.Done(ctx, d.p.dest, d.delivered...); err != nil && d.firstErr == nil {
 		d.firstErr = err
 	}
+	d.p.f.shares.done(d.p.dest, d.delivered)
 	d.delivered = d.delivered[:0]
 }
 

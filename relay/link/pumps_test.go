@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/relay/link"
@@ -34,7 +35,10 @@ type homes struct {
 func (h *homes) dial(ctx context.Context, d *descriptor.Descriptor) (*client.Client, error) {
 	h.dials.Add(1)
 	k := forward.RelayHash(d.RelayKey)
-	if h.dead[k] {
+	h.mu.Lock()
+	dead := h.dead[k]
+	h.mu.Unlock()
+	if dead {
 		return nil, errors.New("home relay unreachable")
 	}
 	return linkTo(ctx, h.t, h.relay[k])
@@ -229,5 +233,51 @@ func TestForwarderRestsAfterFailure(t *testing.T) {
 	q.mu.Unlock()
 	if n := h.dials.Load(); n != 1 || tries != 1 {
 		t.Fatalf("%d dials and %d tries to a home relay out of reach, within its first backoff", n, tries)
+	}
+}
+
+// TestForwarderSourceShare: one source fills no more than SourceBytes of
+// the outbox (past it Forward is refused as when the outbox is full),
+// another source is not held back by it, and what a home relay took is
+// given back to its source.
+func TestForwarderSourceShare(t *testing.T) {
+	h, lines, descs := newHomes(t, 1)
+	k := forward.RelayHash(descs[0].RelayKey)
+	h.dead[k] = true
+	mb := relaytest.NewMailbox(t, h.relay[k].Connect(t), nil)
+	payload := func() []byte {
+		layer, err := forward.Seal(descs[0], 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return relay.ForwardPayload{Descriptor: lines[0], Layer: layer}.Append(nil)
+	}
+	size := int64(len(payload()))
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial,
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, SourceBytes: 2 * size})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	a, b := [32]byte{1}, [32]byte{2}
+	for i := range 2 {
+		if err := fw.Forward(ctx, a, payload()); err != nil {
+			t.Fatalf("a's forward %d: %v", i, err)
+		}
+	}
+	if err := fw.Forward(ctx, a, payload()); !errors.Is(err, relay.ErrOutboxFull) {
+		t.Fatalf("a past its share: %v, want ErrOutboxFull", err)
+	}
+	if err := fw.Forward(ctx, b, payload()); err != nil {
+		t.Fatalf("b, while a holds its share: %v", err)
+	}
+	h.mu.Lock()
+	h.dead[k] = false // the home relay comes back
+	h.mu.Unlock()
+	waitFor(ctx, t, "the queue emptied", func() bool { return q.len() == 0 })
+	for i := range 2 {
+		if err := fw.Forward(ctx, a, payload()); err != nil {
+			t.Fatalf("a's forward %d once the others were delivered: %v", i, err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -358,18 +359,78 @@ func TestRequestErrors(t *testing.T) {
 	}
 }
 
-// forwarder records Forward payloads, or refuses them.
+// forwarder records Forward payloads and their sources, or refuses them.
 type forwarder struct {
-	got  [][]byte
-	fail error
+	mu      sync.Mutex
+	got     [][]byte
+	sources [][32]byte
+	fail    error
 }
 
-func (f *forwarder) Forward(_ context.Context, p []byte) error {
+func (f *forwarder) Forward(_ context.Context, src [32]byte, p []byte) error {
 	if f.fail != nil {
 		return f.fail
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.got = append(f.got, p)
+	f.sources = append(f.sources, src)
 	return nil
+}
+
+// remoteAs is a session conn that says it comes from addr.
+type remoteAs struct {
+	transport.Conn
+	addr net.Addr
+}
+
+func (r remoteAs) RemoteAddr() net.Addr { return r.addr }
+
+// TestForwarderSource: Forward is told the client's source, the same for
+// two sessions from one address (port aside) or one IPv6 /64, another for
+// another address, and keyed per server: no bare address, nor a hash
+// anyone outside the process could compute from one.
+func TestForwarderSource(t *testing.T) {
+	fw := &forwarder{}
+	r := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	other := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	from := func(r *relaytest.Relay, addr string) [32]byte {
+		t.Helper()
+		cc, sc := relaytest.Pipe(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.Server.ServeConn(r.Ctx, remoteAs{sc, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))}, "test")
+		}()
+		defer func() { cc.Close(); <-done }()
+		cc.Write(rawFrame(relay.FrameClientHello, append(relay.HelloMagic[:], relay.ProtocolVersion, relay.ProtocolVersion)))
+		readRaw(t, cc)
+		cc.Write(relay.AppendFrame(nil, relay.Forward{Req: 1, Payload: []byte("layer")}))
+		if _, p, err := readRaw(t, cc); err != nil {
+			t.Fatal(err)
+		} else if res, err := relay.ParseResult(p); err != nil || res.Code != relay.CodeOK {
+			t.Fatalf("Forward: %+v, %v", res, err)
+		}
+		fw.mu.Lock()
+		defer fw.mu.Unlock()
+		return fw.sources[len(fw.sources)-1]
+	}
+	a := from(r, "127.0.0.1:1000")
+	if from(r, "127.0.0.1:2000") != a {
+		t.Fatal("two ports of one address are two sources")
+	}
+	if from(r, "127.0.0.2:1000") == a {
+		t.Fatal("two addresses are one source")
+	}
+	if from(r, "[::1]:1") != from(r, "[::2]:1") {
+		t.Fatal("two addresses of one IPv6 /64 are two sources")
+	}
+	if from(other, "127.0.0.1:1000") == a {
+		t.Fatal("two servers count one address as the same source: the hash is not keyed per server")
+	}
+	if a == transport.SourceHash(nil, "127.0.0.1:1000") || a == [32]byte{} {
+		t.Fatal("the source is not keyed")
+	}
 }
 
 // TestForwarder: Forward frames reach the Forwarder untouched; without one

@@ -13,6 +13,7 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -54,7 +55,11 @@ func (nopObserver) SendDuration(time.Duration) {}
 // for another relay) and returns once it is durable on this relay or
 // refused. The server never looks inside.
 type Forwarder interface {
-	Forward(ctx context.Context, payload []byte) error
+	// Forward queues payload from the client counted as source: what
+	// per-source limits count it as (transport.SourceHash of its address
+	// under a key of the server's, drawn at New and never written), to be
+	// kept in memory only and never logged or exported.
+	Forward(ctx context.Context, source [32]byte, payload []byte) error
 }
 
 // LayerOpener opens forward layers sealed to this relay (package
@@ -150,6 +155,7 @@ type Server struct {
 	batchItems int           // envelopes per delivery batch
 	tunnelTLS  *tls.Config   // home side of tunnels; nil unless AcceptTunnels
 	pub        ed25519.PublicKey
+	sourceKey  []byte // keys the source hashes Forwarder.Forward is given
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -201,7 +207,9 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: tunnel certificate from Config.RelayKey: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, pub: cfg.RelayKey.Public().(ed25519.PublicKey), tunnelTLS: tcfg, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
+	sourceKey := make([]byte, 32)
+	rand.Read(sourceKey)
+	return &Server{cfg: cfg, pub: cfg.RelayKey.Public().(ed25519.PublicKey), tunnelTLS: tcfg, sourceKey: sourceKey, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
 		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
 		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
 		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil

@@ -326,7 +326,11 @@ func (ss *session) forward(p []byte) error {
 	if ss.srv.cfg.Forwarder == nil {
 		return relay.ErrUnsupported
 	}
-	return ss.srv.cfg.Forwarder.Forward(ss.ctx, m.Payload)
+	var remote string
+	if a := ss.conn.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	return ss.srv.cfg.Forwarder.Forward(ss.ctx, transport.SourceHash(ss.srv.sourceKey, remote), m.Payload)
 }
 
 func (ss *session) descriptor(p []byte) ([]byte, error) {

@@ -1,0 +1,118 @@
+package link
+
+import (
+	"container/list"
+	"sync"
+	"time"
+)
+
+// sourceShares keeps, in memory only, how many bytes of the outbox each
+// source (as the server counts it, truncated here) has queued in this
+// run, so that one source cannot fill the outbox for everyone: every
+// other client's two-hop sends would be refused until its items were
+// delivered or expired, a week by default.
+//
+// An item counts from its Enqueue until the pump deletes it from the
+// queue (delivered, replayed or refused) or it has expired from the
+// store (its TTL and a day, as the store's expiry is day-coarse). Items
+// queued before a restart count for no one. The source prefixes are
+// never logged or exported, and each is forgotten when its count is
+// back to zero.
+type sourceShares struct {
+	max int64         // bytes a source may have queued; 0: no limit
+	ttl time.Duration // how long an item can stay queued
+
+	mu    sync.Mutex
+	bytes map[[16]byte]int64
+	items map[itemKey]*list.Element // of *shareItem, by queue item
+	order *list.List                // the same, oldest first
+}
+
+type itemKey struct {
+	dest [32]byte
+	seq  uint64
+}
+
+type shareItem struct {
+	key   itemKey
+	src   [16]byte
+	n     int64
+	until time.Time
+}
+
+func newSourceShares(max int64, ttl time.Duration) *sourceShares {
+	return &sourceShares{max: max, ttl: ttl, bytes: map[[16]byte]int64{},
+		items: map[itemKey]*list.Element{}, order: list.New()}
+}
+
+// reserve counts n more bytes for src, or reports false if that would
+// take src past its share. The caller gives them back with cancel, or
+// ties them to the queued item with queued.
+func (s *sourceShares) reserve(src [16]byte, n int64, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.expire(now)
+	if s.max > 0 && s.bytes[src]+n > s.max {
+		return false
+	}
+	s.bytes[src] += n
+	return true
+}
+
+// cancel gives back a reservation whose item was not queued.
+func (s *sourceShares) cancel(src [16]byte, n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sub(src, n)
+}
+
+// queued ties a reservation to the item it queued.
+func (s *sourceShares) queued(src [16]byte, n int64, key itemKey, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.items[key]; old != nil { // cannot happen: seqs are not reused
+		s.drop(old)
+	}
+	s.items[key] = s.order.PushBack(&shareItem{key: key, src: src, n: n, until: now.Add(s.ttl)})
+}
+
+// done gives back the bytes of items deleted from the queue.
+func (s *sourceShares) done(dest [32]byte, seqs []uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, seq := range seqs {
+		if e := s.items[itemKey{dest, seq}]; e != nil {
+			s.drop(e)
+		}
+	}
+}
+
+// expire gives back the bytes of items the store has expired by now;
+// s.mu is held.
+func (s *sourceShares) expire(now time.Time) {
+	for e := s.order.Front(); e != nil && !now.Before(e.Value.(*shareItem).until); e = s.order.Front() {
+		s.drop(e)
+	}
+}
+
+// drop forgets one counted item; s.mu is held.
+func (s *sourceShares) drop(e *list.Element) {
+	it := s.order.Remove(e).(*shareItem)
+	delete(s.items, it.key)
+	s.sub(it.src, it.n)
+}
+
+// sub takes n bytes off src's count, forgetting src at zero; s.mu is
+// held.
+func (s *sourceShares) sub(src [16]byte, n int64) {
+	if s.bytes[src] -= n; s.bytes[src] <= 0 {
+		delete(s.bytes, src)
+	}
+}
+
+// sources is how many sources have bytes counted (for tests).
+func (s *sourceShares) sources() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.bytes)
+}

@@ -1,0 +1,52 @@
+package link
+
+import (
+	"testing"
+	"time"
+)
+
+// TestSourceShares: a source's bytes count from reserve to done (or to
+// cancel, or to its item's expiry), each source alone, and a source at
+// zero is forgotten.
+func TestSourceShares(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	s := newSourceShares(100, time.Hour)
+	a, b := [16]byte{1}, [16]byte{2}
+	dest := [32]byte{9}
+	if !s.reserve(a, 60, now) || s.reserve(a, 41, now) {
+		t.Fatal("a's share: 60 then 41 more of 100")
+	}
+	if !s.reserve(b, 100, now) {
+		t.Fatal("b was counted with a")
+	}
+	s.cancel(b, 100)
+	s.queued(a, 60, itemKey{dest, 1}, now)
+	if !s.reserve(a, 40, now) {
+		t.Fatal("a's last 40")
+	}
+	s.queued(a, 40, itemKey{dest, 2}, now.Add(time.Minute))
+	if s.reserve(a, 1, now) {
+		t.Fatal("a past its share")
+	}
+	s.done(dest, []uint64{1, 7}) // 7: not counted (queued before a restart)
+	if !s.reserve(a, 60, now) || s.reserve(a, 1, now) {
+		t.Fatal("a's delivered item was not given back, or given back twice")
+	}
+	s.cancel(a, 60)
+	// Item 2 expires an hour after it was queued: given back then.
+	if s.reserve(a, 61, now.Add(time.Hour)) {
+		t.Fatal("an item given back before its expiry")
+	}
+	if !s.reserve(a, 61, now.Add(time.Hour+time.Minute)) {
+		t.Fatal("an expired item was not given back")
+	}
+	s.cancel(a, 61)
+	if n := s.sources(); n != 0 {
+		t.Fatalf("%d sources remembered with nothing counted", n)
+	}
+	// No limit: everything fits, and is still counted.
+	s = newSourceShares(0, time.Hour)
+	if !s.reserve(a, 1<<40, now) || s.sources() != 1 {
+		t.Fatal("no limit")
+	}
+}
