@@ -3,12 +3,14 @@
 // (transport/route, via relay/client.Dial) over the same transports, so a
 // relay inside a censored network reaches out through whatever works.
 //
-// A Link keeps one session to a peer relay up for as long as the relay
-// runs: it dials, pings an idle session, notices when the session dies and
-// redials with exponential backoff and jitter. Forwarded items share that
-// one session. The forwarding itself (a durable outbox on the entry relay,
+// A Link keeps one session to a peer relay up until its context ends: it
+// dials, pings an idle session, notices when the session dies and redials
+// with exponential backoff and jitter (a session that died soon after it
+// came up counts as a failed dial). Forwarded items share that one
+// session. The forwarding itself (a durable outbox on the entry relay,
 // handed over the link and deleted when the next hop acks) plugs into the
-// server as a server.Forwarder.
+// server as a server.Forwarder; it runs a link only while something is
+// queued for its peer, and a bounded number at once (Forwarder).
 //
 // A Tunneler is the entry side of tunnels (see "Tunnels" in package relay)
 // and plugs into the server as a server.Tunneler: it verifies the home
