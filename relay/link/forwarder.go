@@ -194,7 +194,9 @@ func (f *Forwarder) kick(dest [32]byte) {
 		return // not running: Run starts the pumps for what is queued
 	}
 	if p := f.pumps[dest]; p != nil {
-		p.idling = false
+		if p.idle { // it has work now (a resting one still rests)
+			p.yields, p.idle = false, false
+		}
 		select {
 		case p.wake <- struct{}{}:
 		default:
@@ -207,10 +209,10 @@ func (f *Forwarder) kick(dest [32]byte) {
 	f.waiting[dest] = true
 	f.turns = append(f.turns, dest)
 	f.startLocked()
-	if len(f.turns) > 0 { // at the cap: an idle pump makes way
+	if len(f.turns) > 0 { // at the cap: a pump idle or resting makes way
 		for _, p := range f.pumps {
-			if p.idling {
-				p.idling = false
+			if p.yields {
+				p.yields, p.idle = false, false
 				select {
 				case p.yield <- struct{}{}:
 				default:
@@ -219,6 +221,13 @@ func (f *Forwarder) kick(dest [32]byte) {
 			}
 		}
 	}
+}
+
+// working is told by a pump that goes to work: it no longer yields.
+func (f *Forwarder) working(p *pump) {
+	f.mu.Lock()
+	p.yields, p.idle = false, false
+	f.mu.Unlock()
 }
 
 // startLocked starts pumps for the destinations waiting their turn while
@@ -257,10 +266,9 @@ func (f *Forwarder) idle(p *pump, end bool) bool {
 	default:
 	}
 	if !end && len(f.turns) == 0 && !f.stopping {
-		p.idling = true
+		p.yields, p.idle = true, true
 		return false
 	}
-	p.idling = false
 	delete(f.pumps, p.dest)
 	f.startLocked()
 	return true
@@ -269,11 +277,12 @@ func (f *Forwarder) idle(p *pump, end bool) bool {
 // failed is told by a pump whose delivery failed: when another
 // destination waits for a turn, the pump ends (true) and its destination
 // rests for d before it waits for a turn again; else the pump rests
-// itself.
+// itself, until the rest is over or a destination comes to wait.
 func (f *Forwarder) failed(p *pump, d time.Duration) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.turns) == 0 && !f.stopping {
+		p.yields = true // resting: a destination that comes to wait takes the turn
 		return false
 	}
 	delete(f.pumps, p.dest)

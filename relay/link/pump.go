@@ -20,8 +20,10 @@ type pump struct {
 	dest  [32]byte
 	wake  chan struct{} // work was queued
 	yield chan struct{} // an idle pump gives its turn up (Forwarder.idle)
-	// idling is set while the pump waits with nothing queued; under f.mu.
-	idling bool
+	// yields is set while the pump waits, idle or resting after a
+	// failure, and would give its turn up to a destination waiting for
+	// one (Forwarder.kick); idle says which. Both under f.mu.
+	yields, idle bool
 
 	home atomic.Pointer[descriptor.Descriptor] // newest descriptor seen in the queue
 	link *Link
@@ -32,6 +34,7 @@ type pump struct {
 func (p *pump) run(ctx context.Context) {
 	defer p.close()
 	for {
+		p.f.working(p)
 		err := p.drain(ctx)
 		if ctx.Err() != nil {
 			return
@@ -46,9 +49,15 @@ func (p *pump) run(ctx context.Context) {
 			if p.f.failed(p, wait) {
 				return // another destination's turn; this one rests
 			}
-			// Nothing waits for a turn: rest here. A kick does not cut
-			// the rest short, or every new forward would retry at once.
-			if _, ok := p.wait(ctx, wait, false); !ok {
+			// Nothing waits for a turn: rest here, until one does. A kick
+			// does not cut the rest short, or every new forward would
+			// retry at once.
+			until := time.Now().Add(wait)
+			_, yielded, ok := p.wait(ctx, wait, false)
+			if !ok {
+				return
+			}
+			if yielded && p.f.failed(p, max(0, time.Until(until))) {
 				return
 			}
 			continue
@@ -57,7 +66,7 @@ func (p *pump) run(ctx context.Context) {
 		if p.f.idle(p, false) {
 			return // nothing queued, and another destination waits
 		}
-		kicked, ok := p.wait(ctx, p.f.cfg.Idle, true)
+		kicked, _, ok := p.wait(ctx, p.f.cfg.Idle, true)
 		if !ok {
 			return
 		}
@@ -67,28 +76,24 @@ func (p *pump) run(ctx context.Context) {
 	}
 }
 
-// wait waits d, or if kicks until kicked or told to yield, and reports
-// whether it was kicked; ok is false when ctx ends first.
-func (p *pump) wait(ctx context.Context, d time.Duration, kicks bool) (kicked, ok bool) {
+// wait waits d, or until told to yield (Forwarder.kick), or if kicks
+// until kicked, and reports which; ok is false when ctx ends first.
+func (p *pump) wait(ctx context.Context, d time.Duration, kicks bool) (kicked, yielded, ok bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	var wake <-chan struct{}
 	if kicks {
 		wake = p.wake
 	}
-	var yield <-chan struct{}
-	if kicks {
-		yield = p.yield
-	}
 	select {
 	case <-ctx.Done():
-		return false, false
+		return false, false, false
 	case <-wake:
-		return true, true
-	case <-yield:
-		return false, true
+		return true, false, true
+	case <-p.yield:
+		return false, true, true
 	case <-t.C:
-		return false, true
+		return false, false, true
 	}
 }
 

@@ -281,3 +281,37 @@ func TestForwarderSourceShare(t *testing.T) {
 		}
 	}
 }
+
+// TestForwarderRestingYields: a pump resting after a failure, its turn
+// kept while nothing waited, gives the turn up when a forward to another
+// home relay comes, instead of keeping it for the rest of its backoff
+// (here an hour).
+func TestForwarderRestingYields(t *testing.T) {
+	h, lines, descs := newHomes(t, 2)
+	h.dead[forward.RelayHash(descs[0].RelayKey)] = true
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial,
+		MinBackoff: time.Hour, MaxBackoff: time.Hour, MaxPumps: 1})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	sender := entry.Connect(t)
+	for i, d := range descs {
+		r := h.relay[forward.RelayHash(d.RelayKey)]
+		mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, lines[i], layer); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			waitFor(ctx, t, "the dead home relay was tried", func() bool { return h.dials.Load() > 0 })
+			time.Sleep(50 * time.Millisecond) // into its rest (sooner, it sees the other waiting)
+		}
+	}
+	r := h.relay[forward.RelayHash(descs[1].RelayKey)]
+	waitFor(ctx, t, "the live home relay had its layer", func() bool { return r.Store.Stats().Envelopes == 1 })
+}
