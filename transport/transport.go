@@ -81,6 +81,13 @@ func EarlyData(ctx context.Context) []byte {
 	return p
 }
 
+// Sourced is implemented by a relay-side Conn that knows what its
+// listener's per-source limits count the client as: a prefix of
+// SourceHash under the listener's key, never the address (which a
+// relay-side Conn hides). The relay keys limits of its own with it (an
+// entry relay's share of its forward outbox), in memory only.
+type Sourced interface{ Source() [16]byte }
+
 // EarlySender is a Conn on which the transport sent early data: SentEarly
 // returns those bytes (nil if none were sent).
 type EarlySender interface {
@@ -129,6 +136,12 @@ type Endpoint struct {
 	// Sessions, if set, keeps TLS sessions for resumption (see
 	// SessionCache); nil means the transport's own in-memory cache.
 	Sessions SessionCache
+	// PublicOnly refuses to connect to an address that is not public
+	// (PublicIP), checked on the address dialed, after name resolution,
+	// with a ClassInvalid error. A relay sets it for the dials a client's
+	// descriptor asks of it (tunnels, forwarding links), so that no one
+	// can make it connect into its own network.
+	PublicOnly bool
 }
 
 // ListenConfig configures a transport listener. The zero value of every

@@ -2,17 +2,20 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/postern/postern/metrics"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -104,6 +107,15 @@ type relayConfig struct {
 	// relays are dialed from (a multi-homed host). Default: the system's
 	// choice.
 	LinkBind string `json:"link_bind"`
+	// LinkPrivatePeers lets the links and tunnels this relay opens at a
+	// client's request (forwarding to a home relay, a client's tunnel) go
+	// to loopback, private and link-local addresses. The descriptors that
+	// name them are the client's, so by default they may not: no client
+	// can make the relay connect into its own network. Default false, but
+	// a relay whose own addresses are all loopback or private (a test, a
+	// lab network) allows them anyway. Upstreams are dialed wherever they
+	// are.
+	LinkPrivatePeers bool `json:"link_private_peers"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -119,6 +131,28 @@ type relayConfig struct {
 	ttl       time.Duration
 	validity  time.Duration
 	upstreams []*descriptor.Descriptor
+}
+
+// linkPrivate reports whether links and tunnels for clients may go to
+// addresses that are not public: link_private_peers, or a relay whose own
+// advertised addresses are all IP addresses that are not public.
+func (c *relayConfig) linkPrivate() bool {
+	if c.LinkPrivatePeers {
+		return true
+	}
+	own := 0
+	for _, a := range []string{cmp.Or(c.PublicHTTPS, c.HTTPSListen), cmp.Or(c.PublicH3, c.H3Listen)} {
+		if a == "" || a == "off" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a)
+		ip, perr := netip.ParseAddr(host)
+		if err != nil || perr != nil || transport.PublicIP(ip) {
+			return false // a name, or a public address
+		}
+		own++
+	}
+	return own > 0
 }
 
 func defaultRelayConfig() relayConfig {

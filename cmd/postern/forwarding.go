@@ -63,23 +63,35 @@ type linkDialer struct {
 	reg       *transport.Registry
 	opts      client.DialOptions
 	upstreams []*descriptor.Descriptor
+	private   bool // home relays may be at addresses that are not public
 }
 
 func (r *relayRun) linkDialer() linkDialer {
-	return linkDialer{reg: newRegistry(), opts: client.DialOptions{LocalAddr: r.cfg.LinkBind}, upstreams: r.cfg.upstreams}
+	return linkDialer{reg: newRegistry(), opts: client.DialOptions{LocalAddr: r.cfg.LinkBind}, upstreams: r.cfg.upstreams,
+		private: r.cfg.linkPrivate()}
+}
+
+// direct is the options of a direct dial to home: only to a public address
+// unless private peers are allowed or home is an upstream (the operator's).
+func (d linkDialer) direct(home *descriptor.Descriptor) client.DialOptions {
+	o := d.opts
+	o.PublicOnly = !d.private && !d.isUpstream(home)
+	return o
+}
+
+// isUpstream reports whether home is one of the upstreams.
+func (d linkDialer) isUpstream(home *descriptor.Descriptor) bool {
+	for _, u := range d.upstreams {
+		if descriptor.SameRelay(u, home) {
+			return true
+		}
+	}
+	return false
 }
 
 // viaUpstream reports whether home is reached through an upstream.
 func (d linkDialer) viaUpstream(home *descriptor.Descriptor) bool {
-	if len(d.upstreams) == 0 || home.Line == "" {
-		return false
-	}
-	for _, u := range d.upstreams {
-		if descriptor.SameRelay(u, home) {
-			return false
-		}
-	}
-	return true
+	return len(d.upstreams) > 0 && home.Line != "" && !d.isUpstream(home)
 }
 
 // session opens a session to home, end to end with it either way.
@@ -87,7 +99,7 @@ func (d linkDialer) session(ctx context.Context, home *descriptor.Descriptor) (*
 	if d.viaUpstream(home) {
 		return client.DialTunnel(ctx, d.reg, d.opts, home.Line, d.upstreams...)
 	}
-	return client.Dial(ctx, d.reg, d.opts, home)
+	return client.Dial(ctx, d.reg, d.direct(home), home)
 }
 
 // tunnel opens a stream to home's tunnel side, for a client's tunnel.
@@ -95,7 +107,7 @@ func (d linkDialer) tunnel(ctx context.Context, home *descriptor.Descriptor) (io
 	if d.viaUpstream(home) {
 		return client.OpenTunnelVia(ctx, d.reg, d.opts, home.Line, d.upstreams...)
 	}
-	return client.OpenTunnel(ctx, d.reg, d.opts, home)
+	return client.OpenTunnel(ctx, d.reg, d.direct(home), home)
 }
 
 // newForwarder is the entry side of two-hop sends: forwards queued in the

@@ -288,4 +288,4 @@ func TestBusyIsClassBusy(t *testing.T) {
 // busyForwarder refuses every Forward: its queue is full.
 type busyForwarder struct{}
 
-func (busyForwarder) Forward(context.Context, [32]byte, []byte) error { return relay.ErrOutboxFull }
+func (busyForwarder) Forward(context.Context, [16]byte, []byte) error { return relay.ErrOutboxFull }

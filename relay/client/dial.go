@@ -42,11 +42,14 @@ type DialOptions struct {
 	// Sessions, if set, keeps TLS sessions so later dials resume, as a
 	// browser does. Default: the transport's in-process cache.
 	Sessions transport.SessionCache
+	// PublicOnly refuses to connect to an address that is not public
+	// (transport.Endpoint.PublicOnly): a relay's dials for a client.
+	PublicOnly bool
 }
 
 // filter is the route filter of these options.
 func (o DialOptions) filter() route.Filter {
-	return route.Filter{Transport: o.Transport, LocalAddr: o.LocalAddr, Sessions: o.Sessions}
+	return route.Filter{Transport: o.Transport, LocalAddr: o.LocalAddr, Sessions: o.Sessions, PublicOnly: o.PublicOnly}
 }
 
 // handshake is route's handshake for a session: the protocol hello, on

@@ -154,9 +154,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // descriptor names.
 var errNotForThisRelay = errors.New("link: the forward layer is not sealed to the relay its descriptor names")
 
-// Forward checks a Forward payload, queues it durably within source's
-// share and wakes its pump.
-func (f *Forwarder) Forward(ctx context.Context, source [32]byte, payload []byte) error {
+// Forward checks a Forward payload, queues it durably within the share of
+// its source src and wakes its pump.
+func (f *Forwarder) Forward(ctx context.Context, src [16]byte, payload []byte) error {
 	fp, err := relay.ParseForwardPayload(payload)
 	if err != nil {
 		return relay.ErrBadFrame
@@ -169,7 +169,7 @@ func (f *Forwarder) Forward(ctx context.Context, source [32]byte, payload []byte
 	if err != nil || dest != sha256.Sum256(home.RelayKey) {
 		return relay.ErrBadEnvelope
 	}
-	src, n, now := [16]byte(source[:16]), int64(len(payload)), time.Now()
+	n, now := int64(len(payload)), time.Now()
 	if !f.shares.reserve(src, n, now) {
 		return relay.ErrOutboxFull
 	}

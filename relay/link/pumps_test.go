@@ -259,7 +259,7 @@ func TestForwarderSourceShare(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
 	go fw.Run(ctx)
-	a, b := [32]byte{1}, [32]byte{2}
+	a, b := [16]byte{1}, [16]byte{2}
 	for i := range 2 {
 		if err := fw.Forward(ctx, a, payload()); err != nil {
 			t.Fatalf("a's forward %d: %v", i, err)

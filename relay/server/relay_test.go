@@ -363,11 +363,11 @@ func TestRequestErrors(t *testing.T) {
 type forwarder struct {
 	mu      sync.Mutex
 	got     [][]byte
-	sources [][32]byte
+	sources [][16]byte
 	fail    error
 }
 
-func (f *forwarder) Forward(_ context.Context, src [32]byte, p []byte) error {
+func (f *forwarder) Forward(_ context.Context, src [16]byte, p []byte) error {
 	if f.fail != nil {
 		return f.fail
 	}
@@ -377,6 +377,14 @@ func (f *forwarder) Forward(_ context.Context, src [32]byte, p []byte) error {
 	f.sources = append(f.sources, src)
 	return nil
 }
+
+// sourced is a session conn that says what its listener counts it as.
+type sourced struct {
+	transport.Conn
+	src [16]byte
+}
+
+func (s sourced) Source() [16]byte { return s.src }
 
 // remoteAs is a session conn that says it comes from addr.
 type remoteAs struct {
@@ -394,7 +402,7 @@ func TestForwarderSource(t *testing.T) {
 	fw := &forwarder{}
 	r := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
 	other := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	from := func(r *relaytest.Relay, addr string) [32]byte {
+	from := func(r *relaytest.Relay, addr string) [16]byte {
 		t.Helper()
 		cc, sc := relaytest.Pipe(t)
 		done := make(chan struct{})
@@ -428,7 +436,27 @@ func TestForwarderSource(t *testing.T) {
 	if from(other, "127.0.0.1:1000") == a {
 		t.Fatal("two servers count one address as the same source: the hash is not keyed per server")
 	}
-	if a == transport.SourceHash(nil, "127.0.0.1:1000") || a == [32]byte{} {
+	// A transport's conn that says what its listener counts the client as
+	// (its address hidden) is counted as that.
+	cc, sc := relaytest.Pipe(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Server.ServeConn(r.Ctx, sourced{sc, [16]byte{7}}, "test")
+	}()
+	cc.Write(rawFrame(relay.FrameClientHello, append(relay.HelloMagic[:], relay.ProtocolVersion, relay.ProtocolVersion)))
+	readRaw(t, cc)
+	cc.Write(relay.AppendFrame(nil, relay.Forward{Req: 1, Payload: []byte("layer")}))
+	readRaw(t, cc)
+	cc.Close()
+	<-done
+	fw.mu.Lock()
+	got := fw.sources[len(fw.sources)-1]
+	fw.mu.Unlock()
+	if got != [16]byte{7} {
+		t.Fatalf("a transport.Sourced conn counted as %x, want what it says", got)
+	}
+	if bare := transport.SourceHash(nil, "127.0.0.1:1000"); a == [16]byte(bare[:16]) || a == [16]byte{} {
 		t.Fatal("the source is not keyed")
 	}
 }

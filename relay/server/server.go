@@ -56,10 +56,10 @@ func (nopObserver) SendDuration(time.Duration) {}
 // refused. The server never looks inside.
 type Forwarder interface {
 	// Forward queues payload from the client counted as source: what
-	// per-source limits count it as (transport.SourceHash of its address
-	// under a key of the server's, drawn at New and never written), to be
-	// kept in memory only and never logged or exported.
-	Forward(ctx context.Context, source [32]byte, payload []byte) error
+	// per-source limits count it as (transport.Sourced from the session's
+	// transport, else a keyed hash of its address under a key of the
+	// server's), to be kept in memory only, never logged or exported.
+	Forward(ctx context.Context, source [16]byte, payload []byte) error
 }
 
 // LayerOpener opens forward layers sealed to this relay (package

@@ -326,11 +326,22 @@ func (ss *session) forward(p []byte) error {
 	if ss.srv.cfg.Forwarder == nil {
 		return relay.ErrUnsupported
 	}
+	return ss.srv.cfg.Forwarder.Forward(ss.ctx, ss.source(), m.Payload)
+}
+
+// source is what the client counts as for the server's own per-source
+// limits: what the transport's listener counts it as (a relay-side Conn
+// hides the address), else a keyed hash of the address the Conn gives.
+func (ss *session) source() [16]byte {
+	if s, ok := ss.conn.(transport.Sourced); ok {
+		return s.Source()
+	}
 	var remote string
 	if a := ss.conn.RemoteAddr(); a != nil {
 		remote = a.String()
 	}
-	return ss.srv.cfg.Forwarder.Forward(ss.ctx, transport.SourceHash(ss.srv.sourceKey, remote), m.Payload)
+	h := transport.SourceHash(ss.srv.sourceKey, remote)
+	return [16]byte(h[:16])
 }
 
 func (ss *session) descriptor(p []byte) ([]byte, error) {

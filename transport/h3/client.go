@@ -43,6 +43,11 @@ func (t *Transport) dial(ctx context.Context, tgt *httpsession.Target) (transpor
 	if err != nil {
 		return nil, err
 	}
+	if tgt.PublicOnly {
+		if err := transport.CheckPublic(Name, raddr.AddrPort().Addr()); err != nil {
+			return nil, err
+		}
+	}
 	tlsConf := &tls.Config{
 		ServerName:       tgt.SNI,
 		NextProtos:       []string{http3.NextProtoH3},

@@ -25,7 +25,8 @@ type serverConn struct {
 	str          *http3.Stream
 	dw           dataWriter // on str's QUIC stream
 	laddr, raddr net.Addr
-	release      func() // frees the listener's session slot
+	src          [16]byte // what the relay counts the client as (transport.Sourced)
+	release      func()   // frees the listener's session slot
 
 	// wmu serialises Write, CloseWrite and the graceful part of Close:
 	// quic-go forbids closing a send stream concurrently with Write.
@@ -93,6 +94,7 @@ func (c *serverConn) abort() {
 
 func (c *serverConn) LocalAddr() net.Addr                { return c.laddr }
 func (c *serverConn) RemoteAddr() net.Addr               { return c.raddr }
+func (c *serverConn) Source() [16]byte                   { return c.src }
 func (c *serverConn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
 func (c *serverConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
 func (c *serverConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }

@@ -228,9 +228,10 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 	// parser holds it), so what it points to would live as long as the
 	// session: 2.5 KB of parsed headers alone. Nothing reads it once the
 	// session is admitted (TestIdleSessionFreesRequest).
+	src := l.gate.Source(r)
 	r.Header, r.Trailer, r.URL, r.TLS = nil, nil, nil, nil
 	r.Host, r.RequestURI, r.RemoteAddr = "", "", ""
-	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name)}
+	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name), src: src}
 	if !l.gate.Offer(r.Context(), c) {
 		c.abort() // never accepted: a reset, not a clean end of stream
 	}

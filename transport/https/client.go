@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"syscall"
 	"time"
 
 	utls "github.com/refraction-networking/utls"
@@ -45,7 +47,19 @@ func (t *Transport) Dial(ctx context.Context, ep transport.Endpoint) (transport.
 	if tgt.LocalIP != nil {
 		d.LocalAddr = &net.TCPAddr{IP: tgt.LocalIP}
 	}
+	if tgt.PublicOnly { // checked on each address the dial tries, once resolved
+		d.Control = func(_, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return transport.CheckPublic(Name, netip.Addr{})
+			}
+			return transport.CheckPublic(Name, ap.Addr())
+		}
+	}
 	raw, err := d.DialContext(ctx, "tcp", tgt.Addr)
+	if te, ok := errors.AsType[*transport.Error](err); ok {
+		return nil, te // PublicOnly's refusal, without the *net.OpError's addresses
+	}
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, &transport.Error{Class: transport.ClassTimeout, Op: "dial", Transport: Name,

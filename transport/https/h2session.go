@@ -850,6 +850,10 @@ func (s *h2Session) Close() error {
 func (s *h2Session) LocalAddr() net.Addr  { return s.local }
 func (s *h2Session) RemoteAddr() net.Addr { return httpsession.HiddenAddr(Name) }
 
+// Source is what the relay counts the client as (transport.Sourced): the
+// source the front's window pool counts the session under.
+func (s *h2Session) Source() [16]byte { return [16]byte(s.src[:16]) }
+
 func (s *h2Session) SetDeadline(time.Time) error      { return errNoDeadline }
 func (s *h2Session) SetReadDeadline(time.Time) error  { return errNoDeadline }
 func (s *h2Session) SetWriteDeadline(time.Time) error { return errNoDeadline }

@@ -251,7 +251,7 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		return
 	}
 	c := &serverConn{
-		w: w, rc: rc, body: r.Body,
+		w: w, rc: rc, body: r.Body, src: l.gate.Source(r),
 		local: l.ln.Addr(), remote: httpsession.HiddenAddr(Name),
 		closing: make(chan struct{}), finished: make(chan struct{}),
 	}
@@ -275,6 +275,7 @@ type serverConn struct {
 	body   io.ReadCloser
 	local  net.Addr
 	remote net.Addr
+	src    [16]byte // what the relay counts the client as (transport.Sourced)
 
 	rmu     sync.Mutex
 	rclosed bool
@@ -433,6 +434,9 @@ func (c *serverConn) teardown() {
 
 func (c *serverConn) LocalAddr() net.Addr  { return c.local }
 func (c *serverConn) RemoteAddr() net.Addr { return c.remote }
+
+// Source is what the relay counts the client as (transport.Sourced).
+func (c *serverConn) Source() [16]byte { return c.src }
 
 func (c *serverConn) SetDeadline(time.Time) error      { return errNoDeadline }
 func (c *serverConn) SetReadDeadline(time.Time) error  { return errNoDeadline }

@@ -37,6 +37,8 @@ type Target struct {
 	Authority string
 	// LocalIP is the address to connect from, nil for any.
 	LocalIP net.IP
+	// PublicOnly: connect only to a public address (Endpoint.PublicOnly).
+	PublicOnly bool
 	// RootCAs verifies the certificate when no key is pinned (nil: the
 	// system roots).
 	RootCAs *x509.CertPool
@@ -69,7 +71,7 @@ func NewTarget(name string, ep transport.Endpoint) (*Target, error) {
 		return bad("endpoint certificate pin (CertSHA256) must be a 32-byte SHA-256")
 	}
 	t := &Target{
-		Addr: ep.Addr, Host: host, Port: port, SNI: ep.SNI, RootCAs: ep.RootCAs,
+		Addr: ep.Addr, Host: host, Port: port, SNI: ep.SNI, RootCAs: ep.RootCAs, PublicOnly: ep.PublicOnly,
 		name: name, path: ep.Path, unbound: ep.Unbound,
 		key: append([]byte(nil), ep.Key...), pin: append([]byte(nil), ep.CertSHA256...),
 	}

@@ -107,6 +107,13 @@ func ListenError(name string, err error) error {
 	return &transport.Error{Class: transport.ClassOf(err), Op: "listen", Transport: name, Err: err}
 }
 
+// Source is what the relay counts r's client as (transport.Sourced): a
+// prefix of transport.SourceHash of its address under the gate's key.
+func (g *Gate) Source(r *http.Request) [16]byte {
+	h := transport.SourceHash(g.limits.hashKey[:], r.RemoteAddr)
+	return [16]byte(h[:16])
+}
+
 // ServeHTTP decides between a relay session and the cover site.
 func (g *Gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cc, _ := r.Context().Value(connCountKey{}).(*connCount)

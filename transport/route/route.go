@@ -103,6 +103,8 @@ type Filter struct {
 	// Sessions, if set, keeps TLS sessions for resumption across dials
 	// (transport.Endpoint.Sessions).
 	Sessions transport.SessionCache
+	// PublicOnly sets transport.Endpoint.PublicOnly on every candidate.
+	PublicOnly bool
 }
 
 // FromDescriptor lists d's endpoints as candidates in the operator's order
@@ -116,6 +118,7 @@ func FromDescriptor(d *descriptor.Descriptor, f Filter) []Candidate {
 		}
 		tep.LocalAddr = f.LocalAddr
 		tep.Sessions = f.Sessions
+		tep.PublicOnly = f.PublicOnly
 		out = append(out, Candidate{Relay: d.RelayID(), Endpoint: tep})
 	}
 	return out

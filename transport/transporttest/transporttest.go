@@ -59,6 +59,58 @@ func Run(t *testing.T, start Start) {
 	t.Run("ListenerClose", func(t *testing.T) { testListenerClose(t, start(t)) })
 	t.Run("ClientAddressHidden", func(t *testing.T) { testAddressHidden(t, start(t)) })
 	t.Run("EarlyData", func(t *testing.T) { testEarlyData(t, start(t)) })
+	t.Run("Source", func(t *testing.T) { testSource(t, start(t)) })
+	t.Run("PublicOnly", func(t *testing.T) { testPublicOnly(t, start(t)) })
+}
+
+// testSource: the relay side says what its listener counts the client as
+// (transport.Sourced), the same for two sessions from one address and
+// another for another loopback address, and never the address itself.
+func testSource(t *testing.T, s Setup) {
+	from := func(local string) [16]byte {
+		t.Helper()
+		s := s
+		s.Endpoint.LocalAddr = local
+		_, r := pair(t, s)
+		sc, ok := r.(transport.Sourced)
+		if !ok {
+			t.Fatalf("the relay side (%T) does not say what it counts the client as", r)
+		}
+		return sc.Source()
+	}
+	a := from("127.0.0.1")
+	if a == [16]byte{} {
+		t.Fatal("zero source")
+	}
+	if from("127.0.0.1") != a {
+		t.Fatal("two sessions from one address count as two sources")
+	}
+	if from("127.0.0.2") == a {
+		t.Fatal("two addresses count as one source")
+	}
+	if bytes.Contains(a[:], []byte{127, 0, 0, 1}) {
+		t.Fatal("the source holds the address")
+	}
+}
+
+// testPublicOnly: a dial with Endpoint.PublicOnly to a loopback address is
+// refused before anything is sent, as a ClassInvalid error that does not
+// name the address; the same dial without it goes through.
+func testPublicOnly(t *testing.T, s Setup) {
+	ep := s.Endpoint
+	ep.PublicOnly = true
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	c, err := s.Transport.Dial(ctx, ep)
+	if err == nil {
+		c.Close()
+		t.Fatal("PublicOnly dialed a loopback address")
+	}
+	host, port, _ := net.SplitHostPort(ep.Addr)
+	if transport.ClassOf(err) != transport.ClassInvalid || strings.Contains(err.Error(), host) || strings.Contains(err.Error(), port) {
+		t.Fatalf("PublicOnly's refusal: %v (class %v), want ClassInvalid naming no address", err, transport.ClassOf(err))
+	}
+	testEcho(t, s)
 }
 
 const wait = 30 * time.Second
