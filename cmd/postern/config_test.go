@@ -131,6 +131,28 @@ func TestRelayConfigCommand(t *testing.T) {
 	}
 }
 
+// TestLinkPrivate: a relay may link and tunnel to addresses that are not
+// public when link_private_peers says so, or when its own addresses are
+// all IP addresses that are not public; not when any is a name or public.
+func TestLinkPrivate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  relayConfig
+		want bool
+	}{
+		{relayConfig{HTTPSListen: "127.0.0.1:8443", H3Listen: "127.0.0.1:8443"}, true},
+		{relayConfig{HTTPSListen: "10.0.0.5:443", H3Listen: "off"}, true},
+		{relayConfig{HTTPSListen: "0.0.0.0:443", H3Listen: "0.0.0.0:443", PublicHTTPS: "8.8.8.8:443", PublicH3: "8.8.8.8:443"}, false},
+		{relayConfig{HTTPSListen: "127.0.0.1:8443", H3Listen: "127.0.0.1:8443", PublicHTTPS: "relay.example:443"}, false},
+		{relayConfig{HTTPSListen: "[::1]:8443", H3Listen: "off", PublicHTTPS: "8.8.8.8:443"}, false},
+		{relayConfig{HTTPSListen: "8.8.8.8:443", H3Listen: "off", LinkPrivatePeers: true}, true},
+		{relayConfig{HTTPSListen: "off", H3Listen: "off"}, false},
+	} {
+		if got := tc.cfg.linkPrivate(); got != tc.want {
+			t.Errorf("%+v: linkPrivate %v, want %v", tc.cfg, got, tc.want)
+		}
+	}
+}
+
 // TestServerName: a relay published under a name uses it; one published
 // under an IP sends no SNI and its certificate names the IP, never
 // "localhost"; only a relay with no public address is "localhost".

@@ -77,3 +77,33 @@ func TestSourceShare(t *testing.T) {
 		}
 	}
 }
+
+// TestLinkDialerPublicOnly: a relay's direct dials for clients (links to
+// home relays, tunnels) go only to public addresses unless private peers
+// are allowed, but an upstream, which the operator named, is dialed
+// wherever it is.
+func TestLinkDialerPublicOnly(t *testing.T) {
+	mk := func() *descriptor.Descriptor {
+		_, priv, _ := ed25519.GenerateKey(nil)
+		d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: make([]byte, 1216),
+			Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+			Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+		line, err := d.Sign(priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, err = descriptor.Parse(line, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	home, up := mk(), mk()
+	d := linkDialer{upstreams: []*descriptor.Descriptor{up}}
+	if !d.direct(home).PublicOnly || d.direct(up).PublicOnly {
+		t.Fatal("public only: to a client's home relay, not to an upstream")
+	}
+	d.private = true
+	if d.direct(home).PublicOnly {
+		t.Fatal("private peers allowed, yet public only")
+	}
+}
