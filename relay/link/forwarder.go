@@ -84,7 +84,8 @@ type Forwarder struct {
 
 	mu       sync.Mutex
 	stopping bool                       // Run is waiting for the pumps: start no more
-	pumps    map[[32]byte]*pump         // running, at most cfg.MaxPumps
+	pumps    map[[32]byte]*pump         // running; with closing, at most cfg.MaxPumps
+	closing  int                        // pumps that gave their turn up, closing their links
 	turns    [][32]byte                 // destinations waiting for a pump, oldest first
 	waiting  map[[32]byte]bool          // the destinations in turns
 	resting  map[[32]byte]*rest         // destinations between a failure and their retry
@@ -233,7 +234,7 @@ func (f *Forwarder) working(p *pump) {
 // startLocked starts pumps for the destinations waiting their turn while
 // fewer than MaxPumps run; f.mu is held.
 func (f *Forwarder) startLocked() {
-	for len(f.pumps) < f.cfg.MaxPumps && len(f.turns) > 0 && !f.stopping && f.ctx.Err() == nil {
+	for len(f.pumps)+f.closing < f.cfg.MaxPumps && len(f.turns) > 0 && !f.stopping && f.ctx.Err() == nil {
 		dest := f.turns[0]
 		f.turns = f.turns[1:]
 		delete(f.waiting, dest)
@@ -269,8 +270,45 @@ func (f *Forwarder) idle(p *pump, end bool) bool {
 		p.yields, p.idle = true, true
 		return false
 	}
+	f.endLocked(p)
+	return true
+}
+
+// endLocked takes p out of the running pumps: its turn is free once its
+// link is closed (closed). f.mu is held.
+func (f *Forwarder) endLocked(p *pump) {
 	delete(f.pumps, p.dest)
+	f.closing++
+}
+
+// closed is told by a pump that gave its turn up once its link is closed:
+// the turn goes to the next destination waiting.
+func (f *Forwarder) closed() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closing--
 	f.startLocked()
+}
+
+// othersWait reports whether a destination waits for a turn.
+func (f *Forwarder) othersWait() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.turns) > 0
+}
+
+// turnOver is told by a pump that had its turn while others wait: it ends
+// (true) and its destination waits for a turn again, behind the others;
+// false if none waits any more.
+func (f *Forwarder) turnOver(p *pump) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.turns) == 0 || f.stopping {
+		return false
+	}
+	f.endLocked(p)
+	f.waiting[p.dest] = true
+	f.turns = append(f.turns, p.dest)
 	return true
 }
 
@@ -285,11 +323,10 @@ func (f *Forwarder) failed(p *pump, d time.Duration) bool {
 		p.yields = true // resting: a destination that comes to wait takes the turn
 		return false
 	}
-	delete(f.pumps, p.dest)
+	f.endLocked(p)
 	if !f.stopping {
 		f.restLocked(p.dest, d)
 	}
-	f.startLocked()
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -32,22 +33,37 @@ type pump struct {
 }
 
 func (p *pump) run(ctx context.Context) {
-	defer p.close()
+	ended := p.loop(ctx)
+	p.close()
+	if ended {
+		p.f.closed() // only now: a turn given up holds no link
+	}
+}
+
+// loop drains, rests and idles until the pump gives its turn up (true)
+// or ctx ends (false).
+func (p *pump) loop(ctx context.Context) bool {
 	for {
 		p.f.working(p)
 		err := p.drain(ctx)
 		if ctx.Err() != nil {
-			return
+			return false
+		}
+		if errors.Is(err, errTurnOver) {
+			if p.f.turnOver(p) {
+				return true
+			}
+			continue // nothing waits any more
 		}
 		if err != nil {
 			wait := p.f.backoff(p.dest, true)
-			if errors.Is(err, errMailboxFull) {
-				p.f.cfg.Log.Info("forwards wait for room in their mailboxes on a home relay; retrying")
+			if errors.Is(err, errDeferred) {
+				p.f.cfg.Log.Info("forwards refused for now by a home relay (a full mailbox, a copy being stored); retrying")
 			} else {
-				p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "err", err)
+				p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "reason", failure(err))
 			}
 			if p.f.failed(p, wait) {
-				return // another destination's turn; this one rests
+				return true // another destination's turn; this one rests
 			}
 			// Nothing waits for a turn: rest here, until one does. A kick
 			// does not cut the rest short, or every new forward would
@@ -55,25 +71,39 @@ func (p *pump) run(ctx context.Context) {
 			until := time.Now().Add(wait)
 			_, yielded, ok := p.wait(ctx, wait, false)
 			if !ok {
-				return
+				return false
 			}
 			if yielded && p.f.failed(p, max(0, time.Until(until))) {
-				return
+				return true
 			}
 			continue
 		}
 		p.f.backoff(p.dest, false)
 		if p.f.idle(p, false) {
-			return // nothing queued, and another destination waits
+			return true // nothing queued, and another destination waits
 		}
 		kicked, _, ok := p.wait(ctx, p.f.cfg.Idle, true)
 		if !ok {
-			return
+			return false
 		}
 		if !kicked && p.f.idle(p, true) {
-			return // nothing queued for a while, or another destination waits
+			return true // nothing queued for a while, or another destination waits
 		}
 	}
+}
+
+// failure names what made a delivery fail, for the log: a relay's code or
+// a transport's class, never the error's text (a route error names the
+// relay).
+func failure(err error) string {
+	var re *relay.Error
+	if errors.As(err, &re) {
+		return re.Code.String()
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "timeout"
+	}
+	return transport.ClassOf(err).String()
 }
 
 // wait waits d, or until told to yield (Forwarder.kick), or if kicks
@@ -118,7 +148,14 @@ type outcome struct {
 func (p *pump) drain(ctx context.Context) error {
 	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow)}
 	var after uint64
+	began := time.Now()
 	for d.firstErr == nil {
+		if time.Since(began) >= turnSlice && p.f.othersWait() {
+			if err := d.finish(ctx); err != nil {
+				return err
+			}
+			return errTurnOver
+		}
 		items, err := p.f.cfg.Queue.Pending(ctx, p.dest, after, pumpBatch)
 		if err != nil {
 			d.finish(ctx)
@@ -148,13 +185,23 @@ type drainer struct {
 	waiting   int // refused for now by their mailboxes (full), left queued
 }
 
-// errMailboxFull is a drain's result when it delivered all it could but
-// some layers' mailboxes on the home relay were full: those stay queued,
-// for a later try. It is one mailbox's refusal, not the link's, so it
-// neither stops the drain nor closes the session: a full mailbox at the
-// head of the queue would otherwise hold every other forward to that
+// errDeferred is a drain's result when it delivered all it could but the
+// home relay refused some layers for now: their mailboxes full, or a copy
+// of the layer being stored (a client that forwarded it twice). Those
+// stay queued, for a later try. It is one item's refusal, not the link's,
+// so it neither stops the drain nor closes the session: a full mailbox at
+// the head of the queue would otherwise hold every other forward to that
 // home relay back until the recipient made room.
-var errMailboxFull = errors.New("some forwards wait for room in their mailboxes on the home relay")
+var errDeferred = errors.New("some forwards were refused for now by the home relay")
+
+// errTurnOver ends a drain that has had its turn while another
+// destination waits for one (turnSlice).
+var errTurnOver = errors.New("the pump's turn is over")
+
+// turnSlice is how long a drain goes on while another destination waits
+// for a turn: with MaxPumps home relays that always have something
+// queued, the others would otherwise never get one.
+const turnSlice = 2 * time.Second
 
 // start delivers items, collecting finished ones whenever the window is
 // full.
@@ -209,7 +256,7 @@ func (d *drainer) collect(ctx context.Context, wait bool) {
 		switch {
 		case o.err == nil:
 			d.delivered = append(d.delivered, o.seq)
-		case errors.As(o.err, &re) && re.Code == relay.CodeMailboxFull:
+		case errors.As(o.err, &re) && (re.Code == relay.CodeMailboxFull || re.Code == relay.CodeBusy):
 			d.waiting++
 		case d.firstErr == nil:
 			d.firstErr = o.err
@@ -243,7 +290,7 @@ func (d *drainer) finish(ctx context.Context) error {
 		d.c.Close()
 	}
 	if d.firstErr == nil && d.waiting > 0 {
-		return errMailboxFull
+		return errDeferred
 	}
 	return d.firstErr
 }

@@ -26,6 +26,11 @@ type sourceShares struct {
 	bytes map[[16]byte]int64
 	items map[itemKey]*list.Element // of *shareItem, by queue item
 	order *list.List                // the same, oldest first
+	// An item can be delivered, and done, between its Enqueue and
+	// queued: while reservations are out (inflight), done remembers the
+	// items it does not know (early) for queued to find.
+	inflight int
+	early    map[itemKey]bool
 }
 
 type itemKey struct {
@@ -56,6 +61,7 @@ func (s *sourceShares) reserve(src [16]byte, n int64, now time.Time) bool {
 		return false
 	}
 	s.bytes[src] += n
+	s.inflight++
 	return true
 }
 
@@ -64,16 +70,32 @@ func (s *sourceShares) cancel(src [16]byte, n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sub(src, n)
+	s.settled()
 }
 
-// queued ties a reservation to the item it queued.
+// queued ties a reservation to the item it queued, unless the item was
+// done already.
 func (s *sourceShares) queued(src [16]byte, n int64, key itemKey, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.settled()
+	if s.early[key] {
+		delete(s.early, key)
+		s.sub(src, n)
+		return
+	}
 	if old := s.items[key]; old != nil { // cannot happen: seqs are not reused
 		s.drop(old)
 	}
 	s.items[key] = s.order.PushBack(&shareItem{key: key, src: src, n: n, until: now.Add(s.ttl)})
+}
+
+// settled counts a reservation out; with none left, no item done early
+// can still be queued. s.mu is held.
+func (s *sourceShares) settled() {
+	if s.inflight--; s.inflight == 0 {
+		s.early = nil
+	}
 }
 
 // done gives back the bytes of items deleted from the queue.
@@ -81,8 +103,15 @@ func (s *sourceShares) done(dest [32]byte, seqs []uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, seq := range seqs {
-		if e := s.items[itemKey{dest, seq}]; e != nil {
+		k := itemKey{dest, seq}
+		switch e := s.items[k]; {
+		case e != nil:
 			s.drop(e)
+		case s.inflight > 0: // perhaps queued in a moment
+			if s.early == nil {
+				s.early = map[itemKey]bool{}
+			}
+			s.early[k] = true
 		}
 	}
 }

@@ -44,6 +44,20 @@ func TestSourceShares(t *testing.T) {
 	if n := s.sources(); n != 0 {
 		t.Fatalf("%d sources remembered with nothing counted", n)
 	}
+	// An item delivered (done) before its Forward got round to queued
+	// is not counted for a week.
+	if !s.reserve(a, 30, now) {
+		t.Fatal("a, with nothing counted")
+	}
+	s.done(dest, []uint64{9})
+	s.queued(a, 30, itemKey{dest, 9}, now)
+	if n := s.sources(); n != 0 || s.early != nil {
+		t.Fatalf("an item done before it was queued stays counted (%d sources, %d early)", n, len(s.early))
+	}
+	s.done(dest, []uint64{10}) // no reservation out: nothing to remember
+	if s.early != nil {
+		t.Fatal("done remembered an unknown item with no reservation out")
+	}
 	// No limit: everything fits, and is still counted.
 	s = newSourceShares(0, time.Hour)
 	if !s.reserve(a, 1<<40, now) || s.sources() != 1 {
