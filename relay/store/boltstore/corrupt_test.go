@@ -3,6 +3,7 @@ package boltstore
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -266,5 +267,66 @@ func TestDamagedEnvelope(t *testing.T) {
 				t.Errorf("FetchAfter past the damage = %d items, %v", len(got), err)
 			}
 		})
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r *bytes.Reader
+	n int64
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n += int64(n)
+	return n, err
+}
+
+// TestGoodFrameAfterBudget: bytes a client chose (a capability verifier
+// holds 13 of them easily) can look like a frame and a record that fills
+// it to the end of the file; each costs a checksum of the rest of the
+// file. The search for a good frame after a damaged one reads at most its
+// budget in checksums, then gives up (the frame counts as torn), instead
+// of candidates times the file.
+func TestGoodFrameAfterBudget(t *testing.T) {
+	const size = 8 << 20
+	data := make([]byte, size)
+	for i := range 40 { // 40 crafted candidates, each reaching the end
+		at := 1024 + i*111
+		fl := uint32(size - at - frameHeader)
+		binary.BigEndian.PutUint32(data[at:], fl)
+		data[at+frameHeader] = recMailbox
+		binary.BigEndian.PutUint32(data[at+frameHeader+1:], fl-recHeader)
+	}
+	cr := &countingReader{r: bytes.NewReader(data)}
+	var buf []byte
+	sr := segReader{ra: cr, size: size, buf: &buf, seed: 12345}
+	good, err := sr.goodFrameAfter(0)
+	if good || err != nil {
+		t.Fatalf("good %v, err %v", good, err)
+	}
+	if most := int64(size + 64<<20 + 1<<20); cr.n > most {
+		t.Fatalf("read %d MiB for a %d MiB file: over the budget (%d MiB)", cr.n>>20, size>>20, most>>20)
+	}
+}
+
+// TestTornFirstLayoutSegment: in a segment of the first layout, whose
+// checksums have no secret seed, a client can plant a whole good frame in
+// its capability verifier; a crash that tears the batch holding it still
+// leaves a torn tail, cut off, not a refusal (only the frame right after a
+// damaged one counts there).
+func TestTornFirstLayoutSegment(t *testing.T) {
+	h := segHead{num: 1, check: testKeys.Check(), v1: true}
+	sweep := appendRecord(nil, recSweep, []byte{0, 0, 0, 1})
+	data := append(h.encode(), frame(0, sweep)...) // a good batch
+	planted := frame(0, sweep)
+	capv := append(planted, make([]byte, 32-len(planted))...)
+	rec := appendMailbox(nil, [32]byte{7}, make(ed25519.PublicKey, 32), 1, capv)
+	torn := frame(0, append(bytes.Repeat(sweep, 100), rec...))
+	data = append(data, torn[:len(torn)-2]...) // the crash cut the batch's last bytes
+	var buf []byte
+	_, end, isTorn, err := scanSegment(bytes.NewReader(data), int64(len(data)), true, testKeys, &buf, func(record, int64, []byte) error { return nil })
+	if err != nil || !isTorn {
+		t.Fatalf("a batch torn by a crash: end %d, torn %v, err %v; want it cut as a torn tail", end, isTorn, err)
 	}
 }

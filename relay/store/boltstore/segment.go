@@ -91,7 +91,15 @@ func scanSegment(ra io.ReaderAt, size int64, last bool, k seeder, buf *[]byte, f
 		}
 		if !ok {
 			if last {
-				good, err := sr.goodFrameAfter(off)
+				find := sr.goodFrameAfter
+				if h.v1 {
+					// Checksummed from seed 0: a client can plant a good
+					// frame in bytes the log keeps in the clear. These
+					// segments were never recycled; only the frame right
+					// after counts.
+					find = sr.followedByGood
+				}
+				good, err := find(off)
 				if err != nil {
 					return h, off, false, err
 				}
@@ -193,10 +201,15 @@ func (sr segReader) frameHead(off int64) (n int, sum uint32, ok bool, err error)
 // frame exactly (random bytes fail within a record or two), and only
 // then the checksum. A torn tail in a recycled 64 MiB segment costs a
 // read of the rest of the file, once, when the store opens after a
-// crash.
+// crash. Bytes a client chose (a capability verifier) can pass the
+// first checks and cost a checksum of up to the rest of the file each, so
+// the checksums read at most twice the file (at least 64 MiB); past that
+// the search gives up and the frame counts as torn, as it did before
+// this search.
 func (sr segReader) goodFrameAfter(off int64) (bool, error) {
 	const chunk = 1 << 20
 	const need = frameHeader + recHeader // bytes a candidate's first checks read
+	budget := max(2*sr.size, 64<<20)
 	b := make([]byte, chunk+need)
 	for base := off + 1; base+need <= sr.size; base += chunk {
 		n := int(min(int64(len(b)), sr.size-base))
@@ -212,6 +225,9 @@ func (sr segReader) goodFrameAfter(off int64) (bool, error) {
 			if fl < recHeader || int64(fl) > sr.size-at-frameHeader || !plausibleRecord(b[i+frameHeader:], fl) {
 				continue
 			}
+			if budget -= int64(fl); budget < 0 {
+				return false, nil
+			}
 			good, err := sr.checkCandidate(at, int64(fl))
 			if good || err != nil {
 				return good, err
@@ -219,6 +235,18 @@ func (sr segReader) goodFrameAfter(off int64) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// followedByGood reports whether the damaged frame at off has a plausible
+// length and a good frame right after it (the rule for PSTRLOG1
+// segments).
+func (sr segReader) followedByGood(off int64) (bool, error) {
+	n, _, ok, err := sr.frameHead(off)
+	if !ok || err != nil {
+		return false, err
+	}
+	_, good, err := sr.frame(off + frameHeader + int64(n))
+	return good, err
 }
 
 // plausibleRecord reports whether h (at least recHeader bytes) starts a
