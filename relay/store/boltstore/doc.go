@@ -62,7 +62,9 @@
 // frame under the segment's seed past a damaged one proves damage, even
 // to the length that would lead to it (scanSegment tries every offset,
 // record headers before checksums: 50-60 ms per 64 MiB, after a crash
-// only). Close appends a
+// only; checksums of candidates read at most twice the file, then the
+// frame counts as torn; a first-layout segment, whose frames a client can
+// forge, counts only the frame right after). Close appends a
 // small close record, so damage to the last batch of a cleanly closed log
 // is not mistaken for a crash. A failed write's batch is cut back
 // durably before the next is written. The key check in each segment's
