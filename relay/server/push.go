@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/store"
@@ -11,12 +12,14 @@ import (
 // subscription pushes a mailbox's envelopes to the session: every waiting
 // one once, then each new one, reading onward from a cursor (the last
 // sequence number pushed) so nothing is read twice. At most MaxUnacked
-// pushed envelopes may wait for this session's acks.
+// pushed envelopes may wait for this session's acks. Envelopes acked on
+// another session (a second device), or expired, leave the window when
+// it is full (gone).
 type subscription struct {
 	cancel context.CancelFunc
 	kick   chan struct{}
 	mu     sync.Mutex
-	sent   map[store.Ref]struct{} // pushed, not yet acked on this session
+	sent   map[store.Ref]uint64 // pushed, not yet acked on this session: their seqs
 }
 
 func (sub *subscription) acked(refs []store.Ref) {
@@ -34,9 +37,26 @@ func (sub *subscription) acked(refs []store.Ref) {
 // pushed records an envelope about to be pushed.
 func (sub *subscription) pushed(it store.Item) {
 	sub.mu.Lock()
-	sub.sent[it.Ref] = struct{}{}
+	sub.sent[it.Ref] = it.Seq
 	sub.mu.Unlock()
 }
+
+// gone drops from the window what the store no longer holds: every pushed
+// envelope older than the oldest it holds (all of them if it holds none,
+// oldest 0). Acks elsewhere, and expiry, take the oldest first.
+func (sub *subscription) gone(oldest uint64) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	for r, seq := range sub.sent {
+		if oldest == 0 || seq < oldest {
+			delete(sub.sent, r)
+		}
+	}
+}
+
+// pruneEvery is how often a subscription whose window is full looks at
+// the store for envelopes acked elsewhere, when nothing else wakes it.
+const pruneEvery = 10 * time.Second
 
 func (sub *subscription) room() int {
 	sub.mu.Lock()
@@ -61,7 +81,7 @@ func (ss *session) subscribe(p []byte) error {
 		return relay.ErrBusy
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)
-	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]struct{})}
+	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]uint64)}
 	ss.subs[m.Mailbox] = sub
 	notify, unsub := ss.srv.cfg.Store.Notify(m.Mailbox)
 	ss.wg.Add(1)
@@ -98,9 +118,29 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 	// session's next write.
 	defer ss.flush()
 	var last uint64
+	var prune *time.Timer
+	var pruned time.Time
+	defer func() {
+		if prune != nil {
+			prune.Stop()
+		}
+	}()
 	for {
 		more := false
-		if room := sub.room(); room > 0 {
+		room := sub.room()
+		// Full: what was acked elsewhere leaves the window, looked at no
+		// more than once a second (each look reads an envelope, and a
+		// subscriber that stops reading is woken by every new one).
+		soon := false // woken while full, too soon to look again
+		if room == 0 {
+			if time.Since(pruned) < time.Second {
+				soon = true
+			} else if ss.pruneSent(ctx, id, sub) {
+				pruned = time.Now()
+				room = sub.room()
+			}
+		}
+		if room > 0 {
 			want := min(room, ss.srv.batchItems)
 			b, err := ss.readBatch(ctx, id, last, want)
 			if err != nil {
@@ -127,6 +167,19 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 			ss.cancel()
 			return
 		}
+		var recheck <-chan time.Time
+		if room == 0 { // full: look again later for acks elsewhere
+			wait := pruneEvery
+			if soon {
+				wait = time.Until(pruned.Add(time.Second))
+			}
+			if prune == nil {
+				prune = time.NewTimer(wait)
+			} else {
+				prune.Reset(wait)
+			}
+			recheck = prune.C
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -135,6 +188,23 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 				return
 			}
 		case <-sub.kick:
+		case <-recheck:
 		}
 	}
+}
+
+// pruneSent drops from sub's full window the envelopes the store no
+// longer holds, acked on another session or expired, and reports whether
+// it read the store: the oldest it holds (one envelope) says which.
+func (ss *session) pruneSent(ctx context.Context, id [32]byte, sub *subscription) bool {
+	items, err := ss.srv.cfg.Store.Fetch(ctx, id, 1)
+	if err != nil {
+		return false // the push's own read reports a failing store
+	}
+	var oldest uint64
+	if len(items) > 0 {
+		oldest = items[0].Seq
+	}
+	sub.gone(oldest)
+	return true
 }
