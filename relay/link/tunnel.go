@@ -19,7 +19,8 @@ type TunnelerConfig struct {
 	// TunnelHello, for example a closure over client.OpenTunnel.
 	Open func(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error)
 	// Max bounds concurrent tunnels; one more is refused relay.CodeBusy.
-	// Default DefaultMaxTunnels.
+	// Default DefaultMaxTunnels. One source may hold a sixteenth of them
+	// (at least 4), dials included: more is refused CodeBusy too.
 	Max int
 }
 
@@ -28,8 +29,12 @@ type TunnelerConfig struct {
 // the stream against the cap until it is closed. It never sees what the
 // client says inside.
 type Tunneler struct {
-	cfg TunnelerConfig
-	sem chan struct{}
+	cfg       TunnelerConfig
+	sem       chan struct{}
+	perSource int
+
+	mu     sync.Mutex
+	counts map[[16]byte]int // tunnels (and dials) per source, in memory only
 }
 
 // NewTunneler returns a tunneler for cfg.
@@ -37,29 +42,54 @@ func NewTunneler(cfg TunnelerConfig) *Tunneler {
 	if cfg.Max <= 0 {
 		cfg.Max = DefaultMaxTunnels
 	}
-	return &Tunneler{cfg: cfg, sem: make(chan struct{}, cfg.Max)}
+	return &Tunneler{cfg: cfg, sem: make(chan struct{}, cfg.Max), perSource: max(4, cfg.Max/16),
+		counts: map[[16]byte]int{}}
+}
+
+// take counts a tunnel for src, unless src holds its share.
+func (t *Tunneler) take(src [16]byte) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.counts[src] >= t.perSource {
+		return false
+	}
+	t.counts[src]++
+	return true
+}
+
+func (t *Tunneler) give(src [16]byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.counts[src]--; t.counts[src] <= 0 {
+		delete(t.counts, src)
+	}
 }
 
 // Tunnel opens a stream to the home relay whose descriptor line is home.
 // Errors: relay.ErrBadFrame for a descriptor that does not parse or
 // verify, relay.ErrBusy at the cap, relay.ErrInternal when the home relay
 // cannot be reached or refuses tunnels.
-func (t *Tunneler) Tunnel(ctx context.Context, home string) (io.ReadWriteCloser, error) {
+func (t *Tunneler) Tunnel(ctx context.Context, src [16]byte, home string) (io.ReadWriteCloser, error) {
 	d, _, err := descriptor.ParseStale(home, time.Now())
 	if err != nil {
 		return nil, relay.ErrBadFrame
 	}
+	if !t.take(src) {
+		return nil, relay.ErrBusy
+	}
 	select {
 	case t.sem <- struct{}{}:
 	default:
+		t.give(src)
 		return nil, relay.ErrBusy
 	}
+	release := func() { <-t.sem; t.give(src) }
 	s, err := t.cfg.Open(ctx, d)
 	if err != nil {
-		<-t.sem
+		release()
 		return nil, relay.ErrInternal
 	}
-	return &tunnelStream{ReadWriteCloser: s, release: func() { <-t.sem }}, nil
+	return &tunnelStream{ReadWriteCloser: s, release: release}, nil
 }
 
 // tunnelStream gives its cap slot back on the first Close.

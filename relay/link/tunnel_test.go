@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"io"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -172,5 +173,40 @@ func TestTunnelRefusals(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestTunnelerPerSource: one source holds at most a sixteenth of the
+// tunnels (at least 4), dials included, so a few addresses cannot take
+// every slot; another source still gets one, and a closed tunnel gives
+// its slot back.
+func TestTunnelerPerSource(t *testing.T) {
+	priv := ed25519.NewKeyFromSeed(make([]byte, 32))
+	line, _ := signedDescriptor(t, priv, "home")
+	tn := link.NewTunneler(link.TunnelerConfig{Max: 16, Open: func(context.Context, *descriptor.Descriptor) (io.ReadWriteCloser, error) {
+		a, _ := net.Pipe()
+		return a, nil
+	}})
+	ctx := context.Background()
+	a, b := [16]byte{1}, [16]byte{2}
+	var held []io.ReadWriteCloser
+	for i := range 4 {
+		s, err := tn.Tunnel(ctx, a, line)
+		if err != nil {
+			t.Fatalf("a's tunnel %d: %v", i, err)
+		}
+		held = append(held, s)
+	}
+	if _, err := tn.Tunnel(ctx, a, line); !errors.Is(err, relay.ErrBusy) {
+		t.Fatalf("a's fifth tunnel: %v, want CodeBusy", err)
+	}
+	s, err := tn.Tunnel(ctx, b, line)
+	if err != nil {
+		t.Fatalf("b, while a holds its share: %v", err)
+	}
+	s.Close()
+	held[0].Close()
+	if _, err := tn.Tunnel(ctx, a, line); err != nil {
+		t.Fatalf("a, once one of its tunnels closed: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/relay"
@@ -21,7 +22,9 @@ import (
 // should be relay.Error values (CodeBadFrame, CodeBusy, CodeInternal);
 // anything else is answered CodeInternal.
 type Tunneler interface {
-	Tunnel(ctx context.Context, homeDescriptor string) (io.ReadWriteCloser, error)
+	// Tunnel opens the stream for the client counted as source (as for
+	// Forwarder.Forward: in memory only, never logged).
+	Tunnel(ctx context.Context, source [16]byte, homeDescriptor string) (io.ReadWriteCloser, error)
 }
 
 // spliceLinger bounds how long a tunnel waits for its second direction
@@ -128,18 +131,33 @@ func (ss *session) openTunnel(home string) (io.ReadWriteCloser, error) {
 	if busy {
 		return nil, &relay.Error{Code: relay.CodeBadFrame, Msg: "tunnel with requests in flight or subscriptions"}
 	}
-	return ss.srv.cfg.Tunneler.Tunnel(ss.ctx, home)
+	return ss.srv.cfg.Tunneler.Tunnel(ss.ctx, ss.source(), home)
 }
 
 // splice copies bytes both ways between the session's stream (bytes
 // already buffered first) and stream, half-closing each direction at its
 // end; once one direction ends the other gets spliceLinger, and an error
-// either way ends both.
+// either way ends both. A tunnel that carries nothing either way for the
+// session idle timeout ends too (the session inside pings more often),
+// or two silent ends would hold it, and a slot of the Tunneler, forever.
 func (ss *session) splice(stream io.ReadWriteCloser) error {
 	closeBoth := func() { ss.conn.Close(); stream.Close() }
 	stop := context.AfterFunc(ss.ctx, closeBoth)
 	defer stop()
 	defer stream.Close()
+	var moved atomic.Int64 // when bytes last went either way (UnixNano)
+	moved.Store(time.Now().UnixNano())
+	idleFor := ss.srv.cfg.IdleTimeout
+	var idle *time.Timer
+	idle = time.AfterFunc(idleFor, func() {
+		if left := idleFor - time.Since(time.Unix(0, moved.Load())); left > 0 {
+			idle.Reset(left) // only this callback resets it
+			return
+		}
+		closeBoth()
+	})
+	defer idle.Stop()
+	seen := func(r io.Reader) io.Reader { return activeReader{r, &moved} }
 	// A home relay (or its path) that stops reading gets the same write
 	// timeout as a client that stops reading: the session ends rather
 	// than pinning what it holds.
@@ -148,7 +166,7 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	defer homeStalled.Stop()
 	done := make(chan error, 2)
 	go func() { // client → home
-		_, err := io.Copy(timedWriter{stream, homeStalled, ss.srv.writeTimeout}, ss.fr)
+		_, err := io.Copy(timedWriter{stream, homeStalled, ss.srv.writeTimeout}, seen(ss.fr))
 		if cw, ok := stream.(interface{ CloseWrite() error }); ok && err == nil {
 			cw.CloseWrite()
 		}
@@ -162,7 +180,7 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 		// byte.
 		err := ss.writePendingLocked()
 		if err == nil {
-			_, err = io.Copy(stallWriter{ss}, stream)
+			_, err = io.Copy(stallWriter{ss}, seen(stream))
 		}
 		if err == nil {
 			ss.conn.CloseWrite()
@@ -182,6 +200,20 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 		err = errTunnelEnded
 	}
 	return err
+}
+
+// activeReader notes when its reads return bytes.
+type activeReader struct {
+	r     io.Reader
+	moved *atomic.Int64
+}
+
+func (a activeReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.moved.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // timedWriter arms t for each write, so a write that stays blocked longer

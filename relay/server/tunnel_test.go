@@ -25,7 +25,7 @@ type pipeTunneler struct {
 	err  error
 }
 
-func (p *pipeTunneler) Tunnel(ctx context.Context, home string) (io.ReadWriteCloser, error) {
+func (p *pipeTunneler) Tunnel(ctx context.Context, _ [16]byte, home string) (io.ReadWriteCloser, error) {
 	if p.err != nil {
 		return nil, p.err
 	}
@@ -159,5 +159,29 @@ func TestTunnelHomeStopsReading(t *testing.T) {
 	cc.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, err := io.Copy(io.Discard, cc); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatal("the session stayed up with the home side not reading")
+	}
+}
+
+// TestTunnelIdleEnds: a spliced tunnel over which neither side sends
+// anything for the idle timeout ends (the session inside pings more often
+// than that), instead of holding a session and a tunnel slot forever.
+func TestTunnelIdleEnds(t *testing.T) {
+	tun := &pipeTunneler{t: t, home: make(chan transport.Conn, 1)}
+	r := relaytest.New(t, store.Options{}, server.Config{Tunneler: tun, IdleTimeout: 100 * time.Millisecond})
+	cc, sc := relaytest.Pipe(t)
+	defer cc.Close()
+	r.Serve(sc, "test")
+	if err := openSplice(t, cc, nil); err != nil {
+		t.Fatal(err)
+	}
+	home := <-tun.home // a home that, like the client, says nothing
+	defer home.Close()
+	cc.SetReadDeadline(time.Now().Add(30 * time.Second)) // a deadlock guard
+	if _, err := cc.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("a silent tunnel was never ended")
+	}
+	home.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := home.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the home side of a silent tunnel was never closed")
 	}
 }
