@@ -170,6 +170,11 @@ func checkDialEnv(e *env) error {
 	if b := e.getenv("POSTERN_BIND"); b != "" && net.ParseIP(b) == nil {
 		return errors.New("POSTERN_BIND is not an IP address: set it to an address of this device, or unset it to let the system choose")
 	}
+	if s := e.getenv("POSTERN_STALL"); s != "" {
+		if d, err := time.ParseDuration(s); err != nil || d < client.MinStallWindow {
+			return fmt.Errorf("POSTERN_STALL=%s is not a duration of at least %s (for example \"30s\"): set one, or unset it for the default", truncate(s, 16), client.MinStallWindow)
+		}
+	}
 	return nil
 }
 

@@ -309,15 +309,37 @@ func (c *Client) delivered(d relay.Deliver) error {
 	return nil
 }
 
-func (c *Client) write(m relay.Message) error {
+func (c *Client) write(m relay.Message) error { return c.writeCtx(context.Background(), m) }
+
+// notWritten is writeCtx's error when ctx ended before the write began:
+// the session is as it was.
+type notWritten struct{ err error }
+
+func (e *notWritten) Error() string { return e.err.Error() }
+func (e *notWritten) Unwrap() error { return e.err }
+
+// writeCtx writes m unless ctx has ended by the time the session's writer
+// is free, and closes the session if ctx ends while the write is blocked
+// (a frozen flow whose send buffer is full): the caller's deadline holds,
+// not the stall window's, and a frame cut short would spoil the stream
+// anyway.
+func (c *Client) writeCtx(ctx context.Context, m relay.Message) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return &notWritten{err}
+	}
+	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
 	// Built in the writer's own free space (empty after each Flush), so a
 	// frame up to relay.SessionBufSize costs no allocation of its own.
-	if _, err := c.bw.Write(relay.AppendFrame(c.bw.AvailableBuffer(), m)); err != nil {
-		return err
+	_, err := c.bw.Write(relay.AppendFrame(c.bw.AvailableBuffer(), m))
+	if err == nil {
+		err = c.bw.Flush()
 	}
-	return c.bw.Flush()
+	if !stop() {
+		return ctx.Err() // the session is closed
+	}
+	return err
 }
 
 // onFirstAck runs f once the relay has acknowledged a request on this

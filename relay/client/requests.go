@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"time"
 
@@ -48,7 +49,19 @@ func (c *Client) begin(ctx context.Context, build func(req uint32) relay.Message
 		c.subs[req] = true
 	}
 	c.mu.Unlock()
-	if err := c.write(m); err != nil {
+	if err := c.writeCtx(ctx, m); err != nil {
+		if _, ok := errors.AsType[*notWritten](err); ok {
+			c.mu.Lock() // nothing went out: the session goes on without it
+			if c.pending != nil {
+				delete(c.pending, req)
+				delete(c.subs, req)
+			}
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // closed under a blocked write
+		}
 		if c.stalled.Load() {
 			// The stall watcher closed the connection under this write:
 			// the session stalled, which is what the caller must hear

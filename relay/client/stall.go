@@ -19,10 +19,14 @@ type Option func(*Client)
 func WithStallWindow(d time.Duration) Option {
 	return func(c *Client) {
 		if d > 0 {
-			c.stallWindow = d
+			c.stallWindow = max(d, MinStallWindow)
 		}
 	}
 }
+
+// MinStallWindow is the shortest stall window WithStallWindow sets: a
+// shorter one would end sessions over a round trip.
+const MinStallWindow = 100 * time.Millisecond
 
 // progressReader records when bytes last arrived.
 type progressReader struct {

@@ -130,3 +130,82 @@ func TestStalledWriteReportsStall(t *testing.T) {
 		}
 	}
 }
+
+// blockedConn is a stream whose writes block, once armed, until Close: a
+// frozen flow with its send buffer full.
+type blockedConn struct {
+	transport.Conn
+	armed  atomic.Bool
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (c *blockedConn) Write(b []byte) (int, error) {
+	if c.armed.Load() {
+		<-c.closed
+		return 0, net.ErrClosed
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *blockedConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// TestSendHoldsItsDeadlineWhileWriteBlocked: a Send whose context ends
+// while its write is blocked returns with the context's error then, not
+// when the stall window (here an hour) closes the session; a request whose
+// context ended before its write began leaves the session as it was.
+func TestSendHoldsItsDeadlineWhileWriteBlocked(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	bc := &blockedConn{Conn: cc, closed: make(chan struct{})}
+	c, err := client.New(context.Background(), bc, client.WithStallWindow(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	gone, cancelGone := context.WithCancel(context.Background())
+	cancelGone()
+	if _, err := c.Send(gone, make([]byte, 4096), nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send with a context already ended: %v", err)
+	}
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatalf("the session after a request that never went out: %v", err)
+	}
+	bc.armed.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Send(ctx, make([]byte, 4096), nil)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // into the blocked write (sooner, it is not written at all)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send = %v, want the context's error", err)
+		}
+	case <-time.After(30 * time.Second): // a deadlock guard: the stall window is an hour
+		t.Fatal("Send outlived its context by a blocked write")
+	}
+}
+
+// TestTinyStallWindow: a stall window too short to mean anything is
+// raised to MinStallWindow, not a ticker's panic.
+func TestTinyStallWindow(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	cc, sc := relaytest.Pipe(t)
+	r.Serve(sc, "test")
+	c, err := client.New(context.Background(), cc, client.WithStallWindow(3*time.Nanosecond), client.WithRelayKey(r.Server.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
