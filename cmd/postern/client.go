@@ -93,13 +93,39 @@ func dialOptions(e *env) client.DialOptions {
 	if e.network == "" {
 		return o
 	}
-	mem, err := route.OpenMemory(filepath.Join(homeDir(e), "routes"), 0)
+	mem, err := openRoutes(filepath.Join(homeDir(e), "routes"))
 	if err != nil {
 		fmt.Fprintf(e.stderr, "warning: %v\n", err)
 		return o
 	}
 	o.Memory, o.Network = mem, e.network
 	return o
+}
+
+// routeMemories are the route memories this process opened, by file: one
+// per file, as each saves the whole file from what it holds, so two
+// dials at once (a home relay raced against a tunnel, the relays of
+// `recv --follow`) would each write over what the other learnt.
+var routeMemories struct {
+	sync.Mutex
+	byPath map[string]*route.Memory
+}
+
+func openRoutes(path string) (*route.Memory, error) {
+	routeMemories.Lock()
+	defer routeMemories.Unlock()
+	if m := routeMemories.byPath[path]; m != nil {
+		return m, nil
+	}
+	m, err := route.OpenMemory(path, 0)
+	if err != nil {
+		return nil, err
+	}
+	if routeMemories.byPath == nil {
+		routeMemories.byPath = map[string]*route.Memory{}
+	}
+	routeMemories.byPath[path] = m
+	return m, nil
 }
 
 // sessionDir is where TLS sessions are kept between runs, so a run

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/ed25519"
 	"errors"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -105,5 +106,21 @@ func TestLinkDialerPublicOnly(t *testing.T) {
 	d.private = true
 	if d.direct(home).PublicOnly {
 		t.Fatal("private peers allowed, yet public only")
+	}
+}
+
+// TestOpenRoutesOnce: dials of one process share one route memory per
+// file, so that two dials at once do not each save the whole file over
+// what the other learnt.
+func TestOpenRoutesOnce(t *testing.T) {
+	dir := t.TempDir()
+	a, err := openRoutes(filepath.Join(dir, "routes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := openRoutes(filepath.Join(dir, "routes"))
+	c, _ := openRoutes(filepath.Join(dir, "other"))
+	if a != b || a == c {
+		t.Fatal("one memory per file, and one only")
 	}
 }
