@@ -19,7 +19,7 @@ type subscription struct {
 	cancel context.CancelFunc
 	kick   chan struct{}
 	mu     sync.Mutex
-	sent   map[store.Ref]uint64 // pushed, not yet acked on this session: their seqs
+	sent   map[store.Ref]struct{} // pushed, not yet acked on this session
 }
 
 func (sub *subscription) acked(refs []store.Ref) {
@@ -37,20 +37,27 @@ func (sub *subscription) acked(refs []store.Ref) {
 // pushed records an envelope about to be pushed.
 func (sub *subscription) pushed(it store.Item) {
 	sub.mu.Lock()
-	sub.sent[it.Ref] = it.Seq
+	sub.sent[it.Ref] = struct{}{}
 	sub.mu.Unlock()
 }
 
-// gone drops from the window what the store no longer holds: every pushed
-// envelope older than the oldest it holds (all of them if it holds none,
-// oldest 0). Acks elsewhere, and expiry, take the oldest first.
-func (sub *subscription) gone(oldest uint64) {
+// refs returns the refs in the window.
+func (sub *subscription) refs() []store.Ref {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
-	for r, seq := range sub.sent {
-		if oldest == 0 || seq < oldest {
-			delete(sub.sent, r)
-		}
+	out := make([]store.Ref, 0, len(sub.sent))
+	for r := range sub.sent {
+		out = append(out, r)
+	}
+	return out
+}
+
+// gone drops refs from the window.
+func (sub *subscription) gone(refs []store.Ref) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	for _, r := range refs {
+		delete(sub.sent, r)
 	}
 }
 
@@ -81,7 +88,7 @@ func (ss *session) subscribe(p []byte) error {
 		return relay.ErrBusy
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)
-	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]uint64)}
+	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]struct{})}
 	ss.subs[m.Mailbox] = sub
 	notify, unsub := ss.srv.cfg.Store.Notify(m.Mailbox)
 	ss.wg.Add(1)
@@ -129,8 +136,9 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 		more := false
 		room := sub.room()
 		// Full: what was acked elsewhere leaves the window, looked at no
-		// more than once a second (each look reads an envelope, and a
-		// subscriber that stops reading is woken by every new one).
+		// more than once a second (each look is up to MaxUnacked index
+		// lookups, and a subscriber that stops reading is woken by every
+		// new envelope).
 		soon := false // woken while full, too soon to look again
 		if room == 0 {
 			if time.Since(pruned) < time.Second {
@@ -194,17 +202,20 @@ func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subsc
 }
 
 // pruneSent drops from sub's full window the envelopes the store no
-// longer holds, acked on another session or expired, and reports whether
-// it read the store: the oldest it holds (one envelope) says which.
+// longer holds, acked on another session (in any order) or expired, and
+// reports whether it could ask the store (its index only: Holds).
 func (ss *session) pruneSent(ctx context.Context, id [32]byte, sub *subscription) bool {
-	items, err := ss.srv.cfg.Store.Fetch(ctx, id, 1)
+	refs := sub.refs()
+	held, err := ss.srv.cfg.Store.Holds(ctx, id, refs)
 	if err != nil {
 		return false // the push's own read reports a failing store
 	}
-	var oldest uint64
-	if len(items) > 0 {
-		oldest = items[0].Seq
+	var gone []store.Ref
+	for i, r := range refs {
+		if !held[i] {
+			gone = append(gone, r)
+		}
 	}
-	sub.gone(oldest)
+	sub.gone(gone)
 	return true
 }

@@ -245,6 +245,22 @@ func (m *Memory) FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, 
 	return out, nil
 }
 
+func (m *Memory) Holds(ctx context.Context, id [IDSize]byte, refs []Ref) ([]bool, error) {
+	if err := m.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	b := m.boxes[m.keys.MailboxHash(id)]
+	if b == nil {
+		return nil, ErrNoMailbox
+	}
+	held := make([]bool, len(refs))
+	for i, r := range refs {
+		held[i] = b.refs[r] != nil
+	}
+	return held, nil
+}
+
 func (m *Memory) Ack(ctx context.Context, id [IDSize]byte, refs ...Ref) (int, error) {
 	if err := m.lock(ctx); err != nil {
 		return 0, err

@@ -179,6 +179,11 @@ type Store interface {
 	// use it to page past envelopes they hold without re-reading them.
 	FetchAfter(ctx context.Context, id [IDSize]byte, after uint64, max int) ([]Item, error)
 
+	// Holds reports, for each of refs, whether mailbox id still holds
+	// that envelope (pending, not acked, expired or moved), from the index
+	// alone: no envelope is read. It fails with ErrNoMailbox.
+	Holds(ctx context.Context, id [IDSize]byte, refs []Ref) ([]bool, error)
+
 	// Ack deletes the given envelopes from mailbox id and returns how many
 	// were deleted; refs that are not pending are ignored. Fetch no longer
 	// returns them once Ack returns, but a durable store may make the

@@ -453,6 +453,25 @@ func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailb
 	return mb, err
 }
 
+func (s *Store) Holds(ctx context.Context, id [store.IDSize]byte, refs []store.Ref) ([]bool, error) {
+	hid := s.keys.MailboxHash(id)
+	held := make([]bool, len(refs))
+	err := s.read(ctx, func(ix *index) error {
+		b := ix.mailbox(hid)
+		if b == nil {
+			return store.ErrNoMailbox
+		}
+		for i, r := range refs {
+			_, held[i] = b.refs.seq(b, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return held, nil
+}
+
 func (s *Store) Fetch(ctx context.Context, id [store.IDSize]byte, max int) ([]store.Item, error) {
 	return s.FetchAfter(ctx, id, 0, max)
 }

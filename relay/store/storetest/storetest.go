@@ -39,6 +39,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"UnknownMailbox", testUnknownMailbox},
 		{"Rotate", testRotate},
 		{"PutFetchAck", testPutFetchAck},
+		{"Holds", testHolds},
 		{"PutKeepsNoEnvelope", testPutKeepsNoEnvelope},
 		{"FetchAfter", testFetchAfter},
 		{"RetiredIDs", testRetiredIDs},
@@ -240,6 +241,35 @@ func testUnknownMailbox(t *testing.T, f Factory) {
 	var se *store.Error
 	if !errors.As(err, &se) || se.Code != store.CodeNoMailbox {
 		t.Fatalf("errors.As(%v) did not give CodeNoMailbox", err)
+	}
+}
+
+// testHolds: Holds says which refs a mailbox still holds: not those acked
+// or never put, nor another mailbox's; a mailbox that does not exist is
+// ErrNoMailbox.
+func testHolds(t *testing.T, f Factory) {
+	ctx := context.Background()
+	s := open(t, f, store.Options{})
+	a, b := ID(1), ID(2)
+	mustCreate(t, s, a, 1)
+	mustCreate(t, s, b, 2)
+	var refs []store.Ref
+	for i := range 4 {
+		refs = append(refs, mustPut(t, s, a, Envelope(a, 1024, i)))
+	}
+	other := mustPut(t, s, b, Envelope(b, 1024, 9))
+	if _, err := s.Ack(ctx, a, refs[0], refs[2]); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.Holds(ctx, a, append(slices.Clone(refs), other, store.Ref{7}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{false, true, false, true, false, false}; !slices.Equal(held, want) {
+		t.Fatalf("Holds = %v, want %v", held, want)
+	}
+	if _, err := s.Holds(ctx, ID(3), refs); !errors.Is(err, store.ErrNoMailbox) {
+		t.Fatalf("Holds on no mailbox: %v", err)
 	}
 }
 
