@@ -183,6 +183,12 @@ type ListenConfig struct {
 	// one). Zero means the transport's default
 	// (httpsession.DefaultMaxSessionsPerConn).
 	MaxSessionsPerConn int
+	// SourceKey, if 32 bytes, keys the hashes that per-source limits count
+	// clients by (SourceHash), and what relay-side Conns say (Sourced): a
+	// relay gives all its listeners one, so that a client counts as one
+	// source whichever transport it comes by. Never written anywhere.
+	// Empty: one drawn at Listen.
+	SourceKey []byte
 }
 
 // Outcome is what happened to one request that reached a listener; it is

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -190,6 +191,10 @@ func (r *relayRun) listen(ctx context.Context) error {
 			altSvc = fmt.Sprintf(`h3=":%s"; ma=2592000`, port)
 		}
 	}
+	// One key for both listeners' source hashes: a client counts as one
+	// source (the relay's outbox and tunnel shares) on either transport.
+	sourceKey := make([]byte, 32)
+	rand.Read(sourceKey)
 	for _, want := range []struct{ name, listen, public string }{
 		{https.Name, r.cfg.HTTPSListen, r.cfg.PublicHTTPS},
 		{h3.Name, r.cfg.H3Listen, r.cfg.PublicH3},
@@ -203,7 +208,7 @@ func (r *relayRun) listen(ctx context.Context) error {
 		}
 		name := want.name
 		ln, err := t.Listen(ctx, transport.ListenConfig{Addr: want.listen, Certificate: r.cert,
-			Path: r.secrets.Path, Key: r.secrets.SessionKey, Cover: r.cover,
+			Path: r.secrets.Path, Key: r.secrets.SessionKey, Cover: r.cover, SourceKey: sourceKey,
 			AllowUnbound: name == https.Name && r.cfg.HTTPSCDN,
 			AltSvc:       altSvcFor(name, altSvc),
 			Observe:      func(o transport.Outcome) { r.met.Handshake(name, string(o)) }})

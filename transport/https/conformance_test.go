@@ -1,8 +1,10 @@
 package https
 
 import (
+	"bytes"
 	"testing"
 
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/transporttest"
 )
 
@@ -22,8 +24,9 @@ func TestConformance(t *testing.T) {
 				if !stock {
 					tr = engineTransport()
 				}
-				r := startRelay(t, tr, nil)
-				return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep, Early: true}
+				key := bytes.Repeat([]byte{9}, 32)
+				r := startRelay(t, tr, func(c *transport.ListenConfig) { c.SourceKey = key })
+				return transporttest.Setup{Transport: tr, Listener: r.ln, Endpoint: r.ep, Early: true, SourceKey: key}
 			})
 		})
 	}

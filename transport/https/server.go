@@ -2,7 +2,6 @@ package https
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -189,7 +188,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 			l.front.now = t.frontClock.now
 		}
 		l.front.windows.reset(engineWindowBudget)
-		rand.Read(l.front.key[:])
+		l.front.key = gate.SourceKey() // so that a session's Source is the gate's
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
 	go func() {

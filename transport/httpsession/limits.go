@@ -78,7 +78,11 @@ func newLimiter(max int, cfg transport.ListenConfig) *limiter {
 		perConn:   orDefault(cfg.MaxSessionsPerConn, DefaultMaxSessionsPerConn),
 		bySource:  make(map[sourceKey]int),
 	}
-	rand.Read(l.hashKey[:])
+	if len(cfg.SourceKey) == len(l.hashKey) {
+		copy(l.hashKey[:], cfg.SourceKey)
+	} else {
+		rand.Read(l.hashKey[:])
+	}
 	return l
 }
 

@@ -107,6 +107,10 @@ func ListenError(name string, err error) error {
 	return &transport.Error{Class: transport.ClassOf(err), Op: "listen", Transport: name, Err: err}
 }
 
+// SourceKey is the key of the gate's source hashes, for a transport's
+// own per-source accounts of the same clients.
+func (g *Gate) SourceKey() [32]byte { return g.limits.hashKey }
+
 // Source is what the relay counts r's client as (transport.Sourced): a
 // prefix of transport.SourceHash of its address under the gate's key.
 func (g *Gate) Source(r *http.Request) [16]byte {

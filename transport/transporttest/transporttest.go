@@ -43,6 +43,9 @@ type Setup struct {
 	// Early is set when the transport sends early data
 	// (transport.WithEarlyData) with its session request.
 	Early bool
+	// SourceKey is the listener's ListenConfig.SourceKey, if it was given
+	// one: the source a relay-side Conn says must be the one it keys.
+	SourceKey []byte
 }
 
 // Start returns a fresh Setup; the listener is closed by the caller's
@@ -90,6 +93,13 @@ func testSource(t *testing.T, s Setup) {
 	}
 	if bytes.Contains(a[:], []byte{127, 0, 0, 1}) {
 		t.Fatal("the source holds the address")
+	}
+	if s.SourceKey != nil {
+		// Every transport, and every path within one, counts a client
+		// as the same source under the same key.
+		if want := transport.SourceHash(s.SourceKey, "127.0.0.1:1"); a != [16]byte(want[:16]) {
+			t.Fatal("the source is not the one ListenConfig.SourceKey keys")
+		}
 	}
 }
 
