@@ -16,9 +16,9 @@ func PublicIP(ip netip.Addr) bool {
 	return ip.IsGlobalUnicast() && !ip.IsPrivate() && !cgnat.Contains(ip)
 }
 
-// errNotPublic is a dial refused by Endpoint.PublicOnly. It names no
-// address.
-var errNotPublic = errors.New("the relay's address is not a public one (loopback, private, link-local and the like): refused for a dial a client asked for (a relay's link_private_peers allows it)")
+// ErrNotPublic is a dial refused by Endpoint.PublicOnly (in a ClassInvalid
+// *Error). It names no address.
+var ErrNotPublic = errors.New("the relay's address is not a public one (loopback, private, link-local and the like): refused for a dial a client asked for (a relay's link_private_peers allows it)")
 
 // CheckPublic returns a ClassInvalid *Error if ip is not public (see
 // PublicIP), for a dial of transport name with Endpoint.PublicOnly set;
@@ -27,5 +27,5 @@ func CheckPublic(name string, ip netip.Addr) error {
 	if PublicIP(ip) {
 		return nil
 	}
-	return &Error{Class: ClassInvalid, Op: "dial", Transport: name, Err: errNotPublic}
+	return &Error{Class: ClassInvalid, Op: "dial", Transport: name, Err: ErrNotPublic}
 }

@@ -116,6 +116,12 @@ type relayConfig struct {
 	// lab network) allows them anyway. Upstreams are dialed wherever they
 	// are.
 	LinkPrivatePeers bool `json:"link_private_peers"`
+	// MaxTunnelsPerSource bounds the tunnels one client address (or IPv6
+	// /64) may hold through this relay, of the 256 it splices at most.
+	// Default 0: 16. An upstream of relays inside a censored network sees
+	// all of one such relay's links and its clients' tunnels as one
+	// address, and should raise it.
+	MaxTunnelsPerSource int `json:"max_tunnels_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -272,7 +278,8 @@ func (c *relayConfig) validate() error {
 	for _, q := range []struct {
 		name string
 		v    int64
-	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)}} {
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
+		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}

@@ -152,5 +152,5 @@ func sourceShare(outbox int64) int64 {
 // newTunneler is the entry side of tunnels: streams to home relays dialed
 // like a client, bounded by link.DefaultMaxTunnels.
 func (r *relayRun) newTunneler() *link.Tunneler {
-	return link.NewTunneler(link.TunnelerConfig{Open: r.linkDialer().tunnel})
+	return link.NewTunneler(link.TunnelerConfig{Open: r.linkDialer().tunnel, PerSource: r.cfg.MaxTunnelsPerSource})
 }

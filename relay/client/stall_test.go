@@ -135,13 +135,18 @@ func TestStalledWriteReportsStall(t *testing.T) {
 // frozen flow with its send buffer full.
 type blockedConn struct {
 	transport.Conn
-	armed  atomic.Bool
-	closed chan struct{}
-	once   sync.Once
+	armed   atomic.Bool
+	blocked chan struct{} // a write is blocked
+	closed  chan struct{}
+	once    sync.Once
 }
 
 func (c *blockedConn) Write(b []byte) (int, error) {
 	if c.armed.Load() {
+		select {
+		case c.blocked <- struct{}{}:
+		default:
+		}
 		<-c.closed
 		return 0, net.ErrClosed
 	}
@@ -161,7 +166,7 @@ func TestSendHoldsItsDeadlineWhileWriteBlocked(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	cc, sc := relaytest.Pipe(t)
 	r.Serve(sc, "test")
-	bc := &blockedConn{Conn: cc, closed: make(chan struct{})}
+	bc := &blockedConn{Conn: cc, blocked: make(chan struct{}, 1), closed: make(chan struct{})}
 	c, err := client.New(context.Background(), bc, client.WithStallWindow(time.Hour))
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +187,11 @@ func TestSendHoldsItsDeadlineWhileWriteBlocked(t *testing.T) {
 		_, err := c.Send(ctx, make([]byte, 4096), nil)
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // into the blocked write (sooner, it is not written at all)
+	select {
+	case <-bc.blocked: // the Send's write is blocked
+	case <-time.After(30 * time.Second):
+		t.Fatal("the Send never wrote")
+	}
 	cancel()
 	select {
 	case err := <-done:

@@ -100,8 +100,11 @@ func failure(err error) string {
 	if errors.As(err, &re) {
 		return re.Code.String()
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
+	case errors.Is(err, transport.ErrNotPublic):
+		return "not a public address (link_private_peers allows it)"
 	}
 	return transport.ClassOf(err).String()
 }

@@ -31,6 +31,7 @@ type sourceShares struct {
 	// items it does not know (early) for queued to find.
 	inflight int
 	early    map[itemKey]bool
+	firstSeq uint64 // the first seq this run queued (0: none yet); older items count for no one
 }
 
 type itemKey struct {
@@ -84,6 +85,9 @@ func (s *sourceShares) queued(src [16]byte, n int64, key itemKey, now time.Time)
 		s.sub(src, n)
 		return
 	}
+	if s.firstSeq == 0 || key.seq < s.firstSeq {
+		s.firstSeq = key.seq
+	}
 	if old := s.items[key]; old != nil { // cannot happen: seqs are not reused
 		s.drop(old)
 	}
@@ -107,7 +111,7 @@ func (s *sourceShares) done(dest [32]byte, seqs []uint64) {
 		switch e := s.items[k]; {
 		case e != nil:
 			s.drop(e)
-		case s.inflight > 0: // perhaps queued in a moment
+		case s.inflight > 0 && (s.firstSeq == 0 || seq >= s.firstSeq): // perhaps queued in a moment
 			if s.early == nil {
 				s.early = map[itemKey]bool{}
 			}

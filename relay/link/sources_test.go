@@ -1,8 +1,15 @@
 package link
 
 import (
+	"context"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/route"
 )
 
 // TestSourceShares: a source's bytes count from reserve to done (or to
@@ -58,9 +65,35 @@ func TestSourceShares(t *testing.T) {
 	if s.early != nil {
 		t.Fatal("done remembered an unknown item with no reservation out")
 	}
+	// Items queued before a restart (seqs below this run's first) are
+	// never remembered, reservations out or not.
+	r := newSourceShares(100, time.Hour)
+	r.reserve(a, 1, now)
+	r.queued(a, 1, itemKey{dest, 100}, now)
+	r.reserve(a, 1, now)
+	r.done(dest, []uint64{1, 2, 3})
+	if len(r.early) != 0 {
+		t.Fatalf("remembered %d items older than this run's first", len(r.early))
+	}
 	// No limit: everything fits, and is still counted.
 	s = newSourceShares(0, time.Hour)
 	if !s.reserve(a, 1<<40, now) || s.sources() != 1 {
 		t.Fatal("no limit")
+	}
+}
+
+// TestFailureNames: what the pump logs of a failure names its kind, and a
+// dial refused for a private address says which setting allows it.
+func TestFailureNames(t *testing.T) {
+	notPublic := &route.Error{Attempts: []route.Attempt{{Relay: "id", Transport: "https",
+		Err: transport.CheckPublic("https", netip.MustParseAddr("10.0.0.1"))}}}
+	for err, want := range map[error]string{
+		notPublic:                "link_private_peers",
+		relay.ErrMailboxFull:     relay.CodeMailboxFull.String(),
+		context.DeadlineExceeded: "timeout",
+	} {
+		if got := failure(err); !strings.Contains(got, want) || strings.Contains(got, "10.0.0.1") {
+			t.Errorf("failure(%v) = %q, want %q", err, got, want)
+		}
 	}
 }

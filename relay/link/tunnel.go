@@ -19,9 +19,13 @@ type TunnelerConfig struct {
 	// TunnelHello, for example a closure over client.OpenTunnel.
 	Open func(ctx context.Context, home *descriptor.Descriptor) (io.ReadWriteCloser, error)
 	// Max bounds concurrent tunnels; one more is refused relay.CodeBusy.
-	// Default DefaultMaxTunnels. One source may hold a sixteenth of them
-	// (at least 4), dials included: more is refused CodeBusy too.
+	// Default DefaultMaxTunnels.
 	Max int
+	// PerSource bounds the tunnels, dials included, of one source; more
+	// is refused CodeBusy too. Default a sixteenth of Max, at least 4.
+	// An upstream of relays inside a censored network sees all of one
+	// such relay's links and its clients' tunnels as one source.
+	PerSource int
 }
 
 // Tunneler is the entry side of tunnels (it implements server.Tunneler):
@@ -42,7 +46,10 @@ func NewTunneler(cfg TunnelerConfig) *Tunneler {
 	if cfg.Max <= 0 {
 		cfg.Max = DefaultMaxTunnels
 	}
-	return &Tunneler{cfg: cfg, sem: make(chan struct{}, cfg.Max), perSource: max(4, cfg.Max/16),
+	if cfg.PerSource <= 0 {
+		cfg.PerSource = max(4, cfg.Max/16)
+	}
+	return &Tunneler{cfg: cfg, sem: make(chan struct{}, cfg.Max), perSource: cfg.PerSource,
 		counts: map[[16]byte]int{}}
 }
 

@@ -209,4 +209,17 @@ func TestTunnelerPerSource(t *testing.T) {
 	if _, err := tn.Tunnel(ctx, a, line); err != nil {
 		t.Fatalf("a, once one of its tunnels closed: %v", err)
 	}
+	// An operator's share (an upstream of relays in a censored network).
+	wide := link.NewTunneler(link.TunnelerConfig{Max: 16, PerSource: 10, Open: func(context.Context, *descriptor.Descriptor) (io.ReadWriteCloser, error) {
+		a, _ := net.Pipe()
+		return a, nil
+	}})
+	for i := range 10 {
+		if _, err := wide.Tunnel(ctx, a, line); err != nil {
+			t.Fatalf("tunnel %d of a share of 10: %v", i, err)
+		}
+	}
+	if _, err := wide.Tunnel(ctx, a, line); !errors.Is(err, relay.ErrBusy) {
+		t.Fatalf("past a share of 10: %v", err)
+	}
 }

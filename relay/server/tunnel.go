@@ -145,19 +145,23 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	stop := context.AfterFunc(ss.ctx, closeBoth)
 	defer stop()
 	defer stream.Close()
-	var moved atomic.Int64 // when bytes last went either way (UnixNano)
-	moved.Store(time.Now().UnixNano())
+	began := time.Now()
+	var moved atomic.Int64 // when bytes last went either way: since began (monotonic)
+	var ended atomic.Bool
 	idleFor := ss.srv.cfg.IdleTimeout
 	var idle *time.Timer
 	idle = time.AfterFunc(idleFor, func() {
-		if left := idleFor - time.Since(time.Unix(0, moved.Load())); left > 0 {
+		if ended.Load() {
+			return
+		}
+		if left := idleFor - (time.Since(began) - time.Duration(moved.Load())); left > 0 {
 			idle.Reset(left) // only this callback resets it
 			return
 		}
 		closeBoth()
 	})
-	defer idle.Stop()
-	seen := func(r io.Reader) io.Reader { return activeReader{r, &moved} }
+	defer func() { ended.Store(true); idle.Stop() }()
+	seen := func(r io.Reader) io.Reader { return activeReader{r, &moved, began} }
 	// A home relay (or its path) that stops reading gets the same write
 	// timeout as a client that stops reading: the session ends rather
 	// than pinning what it holds.
@@ -202,16 +206,18 @@ func (ss *session) splice(stream io.ReadWriteCloser) error {
 	return err
 }
 
-// activeReader notes when its reads return bytes.
+// activeReader notes when its reads return bytes, as the time since
+// began (monotonic: a step of the wall clock does not end a tunnel).
 type activeReader struct {
 	r     io.Reader
 	moved *atomic.Int64
+	began time.Time
 }
 
 func (a activeReader) Read(p []byte) (int, error) {
 	n, err := a.r.Read(p)
 	if n > 0 {
-		a.moved.Store(time.Now().UnixNano())
+		a.moved.Store(int64(time.Since(a.began)))
 	}
 	return n, err
 }
