@@ -18,23 +18,13 @@ import (
 // layer stored before CodeReplay (the entry relay drops it as delivered);
 // a layer whose envelope was not stored opens again.
 func TestLayerOpenerCodes(t *testing.T) {
-	pub, priv, _ := ed25519.GenerateKey(nil)
 	id, err := envelope.NewIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := forward.NewOpener(id, pub, 1, 0)
+	d := relayDescriptor(t, id)
+	o, err := forward.NewOpener(id, d.RelayKey, 1, 0)
 	if err != nil {
-		t.Fatal(err)
-	}
-	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
-		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
-		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d, err = descriptor.Parse(line, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	bob, _ := envelope.NewIdentity()
@@ -79,26 +69,34 @@ func TestSourceShare(t *testing.T) {
 	}
 }
 
+// relayDescriptor is a signed descriptor of a relay whose envelope key is
+// id's, with one endpoint on loopback that nothing listens on.
+func relayDescriptor(t *testing.T, id *envelope.Identity) *descriptor.Descriptor {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(nil)
+	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err = descriptor.Parse(line, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // TestLinkDialerPublicOnly: a relay's direct dials for clients (links to
 // home relays, tunnels) go only to public addresses unless private peers
 // are allowed, but an upstream, which the operator named, is dialed
 // wherever it is.
 func TestLinkDialerPublicOnly(t *testing.T) {
-	mk := func() *descriptor.Descriptor {
-		_, priv, _ := ed25519.GenerateKey(nil)
-		d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: make([]byte, 1216),
-			Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
-			Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-		line, err := d.Sign(priv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d, err = descriptor.Parse(line, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		return d
+	id, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
 	}
-	home, up := mk(), mk()
+	home, up := relayDescriptor(t, id), relayDescriptor(t, id)
 	d := linkDialer{upstreams: []*descriptor.Descriptor{up}}
 	if !d.direct(home).PublicOnly || d.direct(up).PublicOnly {
 		t.Fatal("public only: to a client's home relay, not to an upstream")

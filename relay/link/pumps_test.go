@@ -79,6 +79,22 @@ func newHomes(t *testing.T, n int) (*homes, []string, []*descriptor.Descriptor) 
 	return h, lines, descs
 }
 
+// forwardOne has sender forward a layer for a new mailbox on home relay
+// d (descriptor line line) and returns that relay.
+func (h *homes) forwardOne(ctx context.Context, t *testing.T, sender *client.Client, line string, d *descriptor.Descriptor) *relaytest.Relay {
+	t.Helper()
+	r := h.relay[forward.RelayHash(d.RelayKey)]
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+	layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sender.Forward(ctx, line, layer); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // waitFor polls cond until it holds or ctx ends (a deadlock guard).
 func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -105,14 +121,7 @@ func TestForwarderPumpsEndWhenIdle(t *testing.T) {
 	sender := entry.Connect(t)
 	forwardAll := func() {
 		for i, d := range descs {
-			mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(d.RelayKey)].Connect(t), nil)
-			layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := sender.Forward(ctx, lines[i], layer); err != nil {
-				t.Fatal(err)
-			}
+			h.forwardOne(ctx, t, sender, lines[i], d)
 		}
 	}
 	forwardAll()
@@ -153,14 +162,7 @@ func TestForwarderMaxPumps(t *testing.T) {
 	go fw.Run(ctx)
 	sender := entry.Connect(t)
 	for i, d := range descs {
-		mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(d.RelayKey)].Connect(t), nil)
-		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, lines[i], layer); err != nil {
-			t.Fatal(err)
-		}
+		h.forwardOne(ctx, t, sender, lines[i], d)
 	}
 	for _, d := range descs[3:] {
 		r := h.relay[forward.RelayHash(d.RelayKey)]
@@ -186,15 +188,7 @@ func TestForwarderIdleYields(t *testing.T) {
 	go fw.Run(ctx)
 	sender := entry.Connect(t)
 	for i, d := range descs {
-		r := h.relay[forward.RelayHash(d.RelayKey)]
-		mb := relaytest.NewMailbox(t, r.Connect(t), nil)
-		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, lines[i], layer); err != nil {
-			t.Fatal(err)
-		}
+		r := h.forwardOne(ctx, t, sender, lines[i], d)
 		waitFor(ctx, t, "the home relay had its layer", func() bool { return r.Store.Stats().Envelopes == 1 })
 	}
 }
@@ -214,15 +208,8 @@ func TestForwarderRestsAfterFailure(t *testing.T) {
 	defer cancel()
 	go fw.Run(ctx)
 	sender := entry.Connect(t)
-	mb := relaytest.NewMailbox(t, h.relay[forward.RelayHash(descs[0].RelayKey)].Connect(t), nil)
 	for range 10 {
-		layer, err := forward.Seal(descs[0], 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, lines[0], layer); err != nil {
-			t.Fatal(err)
-		}
+		h.forwardOne(ctx, t, sender, lines[0], descs[0])
 		waitFor(ctx, t, "a dial", func() bool { return h.dials.Load() > 0 })
 	}
 	time.Sleep(50 * time.Millisecond) // time for tries that should not come
@@ -296,15 +283,7 @@ func TestForwarderRestingYields(t *testing.T) {
 	go fw.Run(ctx)
 	sender := entry.Connect(t)
 	for i, d := range descs {
-		r := h.relay[forward.RelayHash(d.RelayKey)]
-		mb := relaytest.NewMailbox(t, r.Connect(t), nil)
-		layer, err := forward.Seal(d, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, lines[i], layer); err != nil {
-			t.Fatal(err)
-		}
+		h.forwardOne(ctx, t, sender, lines[i], d)
 		if i == 0 {
 			waitFor(ctx, t, "the dead home relay was tried", func() bool { return h.dials.Load() > 0 })
 			time.Sleep(50 * time.Millisecond) // into its rest (sooner, it sees the other waiting)
