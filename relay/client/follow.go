@@ -130,77 +130,80 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
 	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut)}
-	// stop ends Follow with err once the Acks still out are answered, so
-	// that what was handled before a refusal or a failed Flush is acked.
-	// (When ctx ends, the Acks out end with it: their envelopes come again
-	// and are known as replays.)
-	stop := func(err error) (bool, error) {
-		a.wait()
-		return true, &stopError{err}
-	}
-	// release acks what cfg.Release gives up, once Flush has saved it; a
-	// failed Flush stops Follow, as it does for a batch.
-	release := func() error {
-		if cfg.Release == nil {
-			return nil
-		}
-		refs := cfg.Release()
-		if len(refs) == 0 {
-			return nil
-		}
-		if cfg.Flush != nil {
-			if err := cfg.Flush(); err != nil {
-				_, err = stop(err)
-				return err
-			}
-		}
-		return a.send(refs)
-	}
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case err := <-a.results:
+		case err = <-a.results:
 			a.out--
-			if err != nil {
-				return true, err
-			}
 		case <-ping.C:
-			if err := c.Ping(ctx); err != nil {
-				return true, err
-			}
-			if err := release(); err != nil {
-				return true, err
+			if err = c.Ping(ctx); err == nil {
+				err = a.release()
 			}
 		case <-cfg.Wake:
-			if err := release(); err != nil {
-				return true, err
-			}
+			err = a.release()
 		case d, ok := <-c.Deliveries():
 			if !ok {
 				return true, c.Err()
 			}
-			acks, herr := handleBatch(ctx, c, cfg, d)
-			if cfg.Flush != nil { // for the deliveries handled before a refusal too
-				if err := cfg.Flush(); err != nil {
-					return stop(errors.Join(herr, err)) // nothing of this batch acked unsaved
-				}
-			}
-			if herr != nil {
-				// Ack what was handled before the refusal, then stop: the
-				// refusal stands even if that Ack fails.
-				if len(acks) > 0 {
-					c.Ack(ctx, cfg.Owner, cfg.Mailbox, acks...)
-				}
-				return stop(herr)
-			}
-			if len(acks) > 0 {
-				if err := a.send(acks); err != nil {
-					return true, err
-				}
-			}
+			err = a.batch(d)
+		}
+		if err != nil {
+			return true, err
 		}
 	}
+}
+
+// batch hands d and the deliveries waiting after it to cfg.Handle
+// (handleBatch), saves them (Flush) and acks what Handle returned.
+func (a *acker) batch(d Delivery) error {
+	c, cfg := a.c, a.cfg
+	acks, herr := handleBatch(a.ctx, c, cfg, d)
+	if cfg.Flush != nil { // for the deliveries handled before a refusal too
+		if err := cfg.Flush(); err != nil {
+			return a.stop(errors.Join(herr, err)) // nothing of this batch acked unsaved
+		}
+	}
+	if herr != nil {
+		// Ack what was handled before the refusal, then stop: the
+		// refusal stands even if that Ack fails.
+		if len(acks) > 0 {
+			c.Ack(a.ctx, cfg.Owner, cfg.Mailbox, acks...)
+		}
+		return a.stop(herr)
+	}
+	if len(acks) > 0 {
+		return a.send(acks)
+	}
+	return nil
+}
+
+// release acks what cfg.Release gives up, once Flush has saved it; a
+// failed Flush stops Follow, as it does for a batch.
+func (a *acker) release() error {
+	if a.cfg.Release == nil {
+		return nil
+	}
+	refs := a.cfg.Release()
+	if len(refs) == 0 {
+		return nil
+	}
+	if a.cfg.Flush != nil {
+		if err := a.cfg.Flush(); err != nil {
+			return a.stop(err)
+		}
+	}
+	return a.send(refs)
+}
+
+// stop is the error that ends Follow with err, once the Acks still out
+// are answered, so that what was handled before a refusal or a failed
+// Flush is acked. (When ctx ends, the Acks out end with it: their
+// envelopes come again and are known as replays.)
+func (a *acker) stop(err error) error {
+	a.wait()
+	return &stopError{err}
 }
 
 // handleBatch hands d, and the deliveries already waiting after it, to
