@@ -526,6 +526,19 @@ type firstFlight struct {
 	limit    time.Time // the first flight's end
 	restSent bool      // the stock server's first frames are all out
 	peer     peerSettings
+	// due is the SETTINGS ACK (and the rest of the stock server's first
+	// frames) owed for a SETTINGS that came at once: written before the
+	// front waits for more, or admits the session, but not if a frame
+	// already there sends the connection to the stock server, which then
+	// answers in its own order (takeSettings).
+	due []byte
+}
+
+// flushDue writes what is owed for the client's SETTINGS, if anything.
+func (ff *firstFlight) flushDue() bool {
+	due := ff.due
+	ff.due = nil
+	return ff.write(due)
 }
 
 // peerSettings are the client's SETTINGS the engine needs.
@@ -672,6 +685,9 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, firs
 		if !ff.restSent {
 			w = h2AtOnce
 		}
+		if len(ff.buf) < off+h2FrameHeader && !ff.flushDue() { // about to wait
+			return req, 0, nil, false
+		}
 		if !ff.fill(off+h2FrameHeader, w) {
 			if ff.restSent || !f.sendRest(ff) || !ff.fill(off+h2FrameHeader, wait) {
 				return req, 0, nil, false
@@ -680,8 +696,16 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, firs
 		b := ff.buf[off:]
 		n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
 		typ, flags, stream := b[3], b[4], binary.BigEndian.Uint32(b[5:9])&maxWindow
-		if n > ff.firstFrameMax(typ, flags, stream) || off+h2FrameHeader+n > h2FirstFlightMax || !ff.fill(off+h2FrameHeader+n, wait) {
-			f.sendRest(ff)
+		bad := n > ff.firstFrameMax(typ, flags, stream) || off+h2FrameHeader+n > h2FirstFlightMax
+		if !bad && len(ff.buf) < off+h2FrameHeader+n && !ff.flushDue() { // about to wait
+			return req, 0, nil, false
+		}
+		if bad || !ff.fill(off+h2FrameHeader+n, wait) {
+			// The stock server takes it from here, its first frames
+			// still due if they are: it then queues the WINDOW_UPDATE
+			// behind its SETTINGS flush and mostly answers the frame
+			// first (a GOAWAY, which drops it), a race the front must
+			// not decide (it wrote the WINDOW_UPDATE every time).
 			return req, 0, nil, false
 		}
 		p := ff.buf[off+h2FrameHeader : off+h2FrameHeader+n]
@@ -693,6 +717,15 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, firs
 			}
 			continue
 		}
+		var inc int64
+		if typ == frameWindowUpdate { // checked before anything owed goes out
+			if len(p) != 4 {
+				return req, 0, nil, false
+			}
+			if inc = int64(binary.BigEndian.Uint32(p) & maxWindow); inc == 0 || ff.sendWin+inc > maxWindow {
+				return req, 0, nil, false
+			}
+		}
 		if !f.sendRest(ff) {
 			return req, 0, nil, false
 		}
@@ -700,16 +733,12 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, firs
 		case frameSettings:
 			ff.acks++
 		case frameWindowUpdate:
-			if len(p) != 4 {
-				return req, 0, nil, false
-			}
-			inc := int64(binary.BigEndian.Uint32(p) & maxWindow)
-			if inc == 0 || ff.sendWin+inc > maxWindow {
-				return req, 0, nil, false
-			}
 			ff.sendWin += inc
 		case frameHeaders:
 			req, first, ok = f.decodeRequest(p, flags, stream)
+			if ok && !ff.flushDue() {
+				return req, 0, nil, false
+			}
 			return req, off, first, ok
 		}
 	}
@@ -725,7 +754,7 @@ func (f *h2Front) readFirstFlight(ff *firstFlight) (req h2Request, end int, firs
 // and the ACK goes out first, in one write with the rest (takeSettings).
 func (f *h2Front) sendRest(ff *firstFlight) bool {
 	if ff.restSent {
-		return true
+		return ff.flushDue()
 	}
 	ff.restSent = true
 	return ff.write(f.stock.rest)
@@ -754,7 +783,10 @@ func (ff *firstFlight) firstFrameMax(typ, flags byte, stream uint32) int {
 
 // takeSettings takes the client's SETTINGS and ACKs it as the stock
 // server does (with the rest of its first frames if they are still due);
-// false if the stock server would not simply ACK it.
+// false if the stock server would not simply ACK it. The ACK is owed
+// (ff.due) until the front waits for more or admits the session: a bad
+// frame right behind it, there at once, would have the stock server
+// answer that first and mostly drop its own queued frames.
 func (f *h2Front) takeSettings(ff *firstFlight, p []byte) bool {
 	// One only: the stock server may answer two with one ACK.
 	ff.settings = true
@@ -766,7 +798,8 @@ func (f *h2Front) takeSettings(ff *firstFlight, p []byte) bool {
 		ff.restSent = true
 		ack = append(ack, f.stock.rest...)
 	}
-	return ff.write(ack)
+	ff.due = ack
+	return true
 }
 
 // decodeRequest decodes the first request's header block and returns a
