@@ -273,10 +273,12 @@ func (d *drainer) flush(ctx context.Context) {
 	if len(d.delivered) == 0 {
 		return
 	}
+	// Delivered, the items weigh on no source's share any more, whether or
+	// not their deletion from the queue goes through.
+	d.p.f.shares.done(d.p.dest, d.delivered)
 	if err := d.p.f.cfg.Queue.Done(ctx, d.p.dest, d.delivered...); err != nil && d.firstErr == nil {
 		d.firstErr = err
 	}
-	d.p.f.shares.done(d.p.dest, d.delivered)
 	d.delivered = d.delivered[:0]
 }
 
