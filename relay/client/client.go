@@ -329,7 +329,10 @@ func (c *Client) writeCtx(ctx context.Context, m relay.Message) error {
 	if err := ctx.Err(); err != nil {
 		return &notWritten{err}
 	}
-	stop := context.AfterFunc(ctx, func() { c.conn.Close() })
+	stop := func() bool { return true }
+	if ctx.Done() != nil { // a context that can end (not the hello's)
+		stop = context.AfterFunc(ctx, func() { c.conn.Close() })
+	}
 	// Built in the writer's own free space (empty after each Flush), so a
 	// frame up to relay.SessionBufSize costs no allocation of its own.
 	_, err := c.bw.Write(relay.AppendFrame(c.bw.AvailableBuffer(), m))
