@@ -95,6 +95,19 @@ func (h *homes) forwardOne(ctx context.Context, t *testing.T, sender *client.Cli
 	return r
 }
 
+// start runs a forwarder of cfg (its queue q, dialing h) in an entry
+// relay, and returns a context bounded by a minute (a deadlock guard,
+// cancelled when the test ends) and a client session to the entry relay.
+func (h *homes) start(t *testing.T, q link.Queue, cfg link.ForwarderConfig) (context.Context, *client.Client) {
+	cfg.Queue, cfg.Dest, cfg.Dial, cfg.Observe = q, forward.Dest, h.dial, h.observe
+	fw := link.NewForwarder(cfg)
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	go fw.Run(ctx)
+	return ctx, entry.Connect(t)
+}
+
 // waitFor polls cond until it holds or ctx ends (a deadlock guard).
 func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -112,13 +125,8 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 func TestForwarderPumpsEndWhenIdle(t *testing.T) {
 	h, lines, descs := newHomes(t, 3)
 	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Idle: 20 * time.Millisecond})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	go fw.Run(ctx)
-	sender := entry.Connect(t)
 	forwardAll := func() {
 		for i, d := range descs {
 			h.forwardOne(ctx, t, sender, lines[i], d)
@@ -154,13 +162,8 @@ func TestForwarderMaxPumps(t *testing.T) {
 		h.dead[forward.RelayHash(d.RelayKey)] = true
 	}
 	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Idle: time.Hour, MaxPumps: 2})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	go fw.Run(ctx)
-	sender := entry.Connect(t)
 	for i, d := range descs {
 		h.forwardOne(ctx, t, sender, lines[i], d)
 	}
@@ -180,13 +183,8 @@ func TestForwarderMaxPumps(t *testing.T) {
 func TestForwarderIdleYields(t *testing.T) {
 	h, lines, descs := newHomes(t, 2)
 	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Idle: time.Hour, MaxPumps: 1})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	go fw.Run(ctx)
-	sender := entry.Connect(t)
 	for i, d := range descs {
 		r := h.forwardOne(ctx, t, sender, lines[i], d)
 		waitFor(ctx, t, "the home relay had its layer", func() bool { return r.Store.Stats().Envelopes == 1 })
@@ -201,13 +199,8 @@ func TestForwarderRestsAfterFailure(t *testing.T) {
 	h, lines, descs := newHomes(t, 1)
 	h.dead[forward.RelayHash(descs[0].RelayKey)] = true
 	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial, Observe: h.observe,
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
 		MinBackoff: time.Hour, MaxBackoff: time.Hour})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	go fw.Run(ctx)
-	sender := entry.Connect(t)
 	for range 10 {
 		h.forwardOne(ctx, t, sender, lines[0], descs[0])
 		waitFor(ctx, t, "a dial", func() bool { return h.dials.Load() > 0 })
@@ -275,13 +268,8 @@ func TestForwarderRestingYields(t *testing.T) {
 	h, lines, descs := newHomes(t, 2)
 	h.dead[forward.RelayHash(descs[0].RelayKey)] = true
 	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest, Dial: h.dial,
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
 		MinBackoff: time.Hour, MaxBackoff: time.Hour, MaxPumps: 1})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
-	defer cancel()
-	go fw.Run(ctx)
-	sender := entry.Connect(t)
 	for i, d := range descs {
 		h.forwardOne(ctx, t, sender, lines[i], d)
 		if i == 0 {
