@@ -57,6 +57,14 @@
 // inspection ends, what the client has sent so far, and whatever else it
 // has already sent, goes to the origin in one write, so a burst is not
 // split (an origin that closes with unread data sends RST, without, FIN).
+// Once the origin has sent anything (bytes, FIN or reset) the connection
+// is the origin's, and an inspection under way ends at once. If that was
+// a FIN (a web server timing out a silent client or a partial hello), the
+// origin has closed its socket: the bytes held back go with the client's
+// next bytes, whose arrival draws the origin's reset as a direct client's
+// would, and are dropped if the client ends first. After the origin's FIN
+// the listener watches its socket and passes a reset on to the client at
+// once (without the watch it would show only at the next write).
 // An authenticated connection closes its origin connection unused (the
 // origin sees a connection that sends nothing). An origin that accepts
 // and resets at once gets the connection reset at once; an origin that is
@@ -73,9 +81,11 @@
 //
 // # Limits
 //
-// Connections under inspection are capped ([Options.MaxPending]); beyond
-// the cap a new connection is spliced without inspection, so an overloaded
-// front still looks like its origin. Spliced connections are capped
+// Connections under inspection are capped, in all and per source
+// ([Options.MaxPending], [Options.MaxPendingPerSource]); beyond either cap
+// a new connection is spliced without inspection, so an overloaded front
+// still looks like its origin. A splice holds a copy buffer only while
+// bytes move. Spliced connections are capped
 // ([Options.MaxSplices]) and so are the connections of one source, an IPv4
 // address or IPv6 /64, known only by a keyed hash as in
 // transport/httpsession ([Options.MaxPerSource]); beyond either cap a new

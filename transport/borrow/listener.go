@@ -26,13 +26,24 @@ const (
 	// being inspected (at most 5+MaxRecord bytes each); beyond it new
 	// connections go to the origin uninspected.
 	DefaultMaxPending = 256
-	// DefaultMaxSplices caps spliced connections (two 16 KiB buffers
-	// each); beyond it new connections are reset.
-	DefaultMaxSplices = 1024
+	// DefaultMaxPendingPerSource caps the connections of one source under
+	// inspection; beyond it that source's new connections go to the origin
+	// uninspected, so that a few sources holding partial ClientHellos cannot
+	// fill MaxPending and push every tagged client to the origin.
+	DefaultMaxPendingPerSource = 16
+	// DefaultMaxSplices caps spliced connections; beyond it new
+	// connections are reset, as an origin out of worker connections
+	// does. An idle splice holds no buffer (a 16 KiB one is taken only
+	// while bytes move), so each costs two goroutines and two sockets.
+	DefaultMaxSplices = 4096
 	// DefaultMaxPerSource caps the inspected and spliced connections of
 	// one source (IPv4 address or IPv6 /64); beyond it new connections
-	// from that source are reset.
-	DefaultMaxPerSource = 64
+	// from that source are reset. It is half of DefaultMaxSplices, above
+	// what a stock origin holds from everyone together (Debian's nginx:
+	// 768 worker connections per core), so that no prober meets the cap
+	// before the origin's own limit, while one source still cannot take
+	// every splice.
+	DefaultMaxPerSource = DefaultMaxSplices / 2
 	// DefaultSpliceIdle closes a spliced connection with no byte in either
 	// direction for this long; any common origin times out first.
 	DefaultSpliceIdle = 10 * time.Minute
@@ -55,9 +66,9 @@ type Options struct {
 	DialTimeout time.Duration
 	// HelloTimeout bounds the hold of an incomplete first record.
 	HelloTimeout time.Duration
-	// MaxPending, MaxSplices and MaxPerSource are the caps of the package
-	// documentation, "Limits".
-	MaxPending, MaxSplices, MaxPerSource int
+	// MaxPending, MaxPendingPerSource, MaxSplices and MaxPerSource are
+	// the caps of the package documentation, "Limits".
+	MaxPending, MaxPendingPerSource, MaxSplices, MaxPerSource int
 	// MaxReplay caps the tags remembered per window (DefaultMaxReplay).
 	MaxReplay int
 	// SpliceIdle and HalfCloseIdle end spliced connections that carry
@@ -71,6 +82,8 @@ type Options struct {
 	Observe func(transport.Outcome)
 	// Now is the clock of tag windows (tests). Nil means time.Now.
 	Now func() time.Time
+
+	inspected func(n int) // tests: told the bytes held after each read of an inspection
 }
 
 // ErrNoOrigin is returned by Listen without Options.Origin.
@@ -94,6 +107,7 @@ func (o *Options) setDefaults() error {
 		}
 	}
 	def(&o.MaxPending, DefaultMaxPending)
+	def(&o.MaxPendingPerSource, DefaultMaxPendingPerSource)
 	def(&o.MaxSplices, DefaultMaxSplices)
 	def(&o.MaxPerSource, DefaultMaxPerSource)
 	def(&o.MaxReplay, DefaultMaxReplay)
@@ -154,7 +168,7 @@ func Listen(inner net.Listener, secret []byte, opts Options) (*Listener, error) 
 	l := &Listener{
 		inner: inner, key: k, opts: opts,
 		replay:  newReplayCache(opts.MaxReplay),
-		sources: newSources(opts.MaxPerSource),
+		sources: newSources(opts.MaxPerSource, opts.MaxPendingPerSource),
 		pending: make(chan struct{}, opts.MaxPending),
 		splices: make(chan struct{}, opts.MaxSplices),
 		authed:  make(chan net.Conn),

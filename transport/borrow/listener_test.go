@@ -425,25 +425,69 @@ func TestLimits(t *testing.T) {
 			t.Error("Observe(busy) not reported")
 		}
 	})
-	t.Run("pending", func(t *testing.T) {
+	// A silent connection holds an inspection slot (its origin does not
+	// speak first either); a tagged hello that finds no slot goes to the
+	// origin uninspected.
+	pending := func(t *testing.T, mod func(*Options), from string, wantInspected bool) {
 		o := startOrigin(t, func(c *net.TCPConn) originConn {
 			accepted <- struct{}{}
+			got := readAll(c)
 			c.Write([]byte("hello"))
-			return readAll(c)
+			return got
 		})
-		l, _ := front(t, o, func(opts *Options) { opts.MaxPending = 1 })
-		first := dialFront(t, l) // silent: holds the only inspection slot
+		l, _ := front(t, o, mod)
+		first := dialFront(t, l) // silent: holds its inspection slot
 		waitAccepted(t)
 		rec := taggedRecord(t, testKey, time.Now())
-		second := dialFront(t, l)
+		second := dialFrom(t, l, from)
 		second.Write(rec)
+		if wantInspected {
+			if got := acceptRecord(t, l, len(rec)); !bytes.Equal(got, rec) {
+				t.Fatal("the relay got another hello")
+			}
+			first.Close()
+			return
+		}
 		second.CloseWrite()
 		readHello(t, second)
 		if oc := o.next(t); !bytes.Equal(oc.got, rec) {
 			t.Fatalf("origin read %d bytes, want the uninspected %d-byte hello", len(oc.got), len(rec))
 		}
 		first.Close()
+	}
+	t.Run("pending", func(t *testing.T) {
+		pending(t, func(opts *Options) { opts.MaxPending = 1 }, "127.0.0.1", false)
 	})
+	t.Run("pending per source", func(t *testing.T) {
+		pending(t, func(opts *Options) { opts.MaxPendingPerSource = 1 }, "127.0.0.1", false)
+	})
+	t.Run("pending per source, another source", func(t *testing.T) {
+		pending(t, func(opts *Options) { opts.MaxPendingPerSource = 1 }, "127.0.0.2", true)
+	})
+}
+
+// dialFrom connects to l from the loopback address ip.
+func dialFrom(t *testing.T, l *Listener, ip string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c, err := d.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(failAfter))
+	return c.(*net.TCPConn)
+}
+
+// acceptRecord accepts a connection from l and reads n bytes of it.
+func acceptRecord(t *testing.T, l *Listener, n int) []byte {
+	t.Helper()
+	ac := acceptOne(t, l)
+	b := make([]byte, n)
+	if _, err := io.ReadFull(ac, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestOriginDownResets(t *testing.T) {
@@ -519,5 +563,39 @@ func TestOptionsErrors(t *testing.T) {
 	}
 	if _, err := Listen(ln, testKey, Options{Origin: "no-port"}); err == nil {
 		t.Fatal("origin without a port accepted")
+	}
+}
+
+// By default one address may hold far more connections than the 64 a
+// front once reset beyond (nginx has no per-address cap unless configured,
+// and Debian's holds 768 per worker): 200 at once all reach the origin.
+func TestDefaultPerSourceAboveOrigins(t *testing.T) {
+	const n = 200
+	if DefaultMaxPerSource < 1024 {
+		t.Fatalf("DefaultMaxPerSource = %d, below a stock nginx's 768 connections per worker", DefaultMaxPerSource)
+	}
+	o := startOrigin(t, func(c *net.TCPConn) originConn {
+		b := make([]byte, 3)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return originConn{err: err}
+		}
+		c.Write([]byte("hello"))
+		return readAll(c)
+	})
+	go func() { // the results, as connections end
+		for range o.conns {
+		}
+	}()
+	l, obs := front(t, o, nil)
+	for i := range n {
+		c := dialFront(t, l)
+		c.Write([]byte("GET"))
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+	}
+	if got := obs.get(transport.OutcomeLimited); got != 0 {
+		t.Fatalf("Observe(limited) = %d", got)
 	}
 }

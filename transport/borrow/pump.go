@@ -23,22 +23,35 @@ const (
 // pump copies src to dst until src ends. With claim, the first thing src
 // yields (bytes, FIN or reset) commits the flow to the origin; if the flow
 // went to the relay instead, pump returns endQuiet without touching dst.
-func (f *flow) pump(dst, src net.Conn, buf []byte, claim bool) end {
+// pre, if any, goes to dst in one write with the first bytes src yields,
+// and is dropped if src ends first. A buffer is held only while bytes
+// move: an idle splice holds none (see readPooled).
+func (f *flow) pump(dst, src net.Conn, pre []byte, claim bool) end {
 	for {
 		src.SetReadDeadline(f.act.deadline())
-		n, err := src.Read(buf)
+		bp, n, err := readPooled(src)
 		if claim && (n > 0 || (err != nil && !isTimeout(err))) {
 			if !f.claim(toOrigin) {
+				putBuf(bp)
 				return endQuiet
 			}
 			claim = false
+			f.originSpoke(n == 0 && errors.Is(err, io.EOF))
 		}
 		if n > 0 {
 			f.act.touch()
+			out := (*bp)[:n]
+			if len(pre) > 0 {
+				out, pre = append(pre, out...), nil
+			}
 			dst.SetWriteDeadline(time.Now().Add(f.act.stall))
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write(out)
+			putBuf(bp)
+			if werr != nil {
 				return f.broken(src, dst, werr)
 			}
+		} else {
+			putBuf(bp)
 		}
 		switch {
 		case err == nil:
@@ -50,6 +63,99 @@ func (f *flow) pump(dst, src net.Conn, buf []byte, claim bool) end {
 		default:
 			return f.broken(dst, src, err)
 		}
+	}
+}
+
+// readPooled reads what src has, into a buffer from bufPool that the
+// caller gives back with putBuf. On a TCP connection it waits for bytes
+// without a buffer and takes one only once they are there, so the
+// thousands of idle splices a busy front can hold keep no 16 KiB buffer
+// each; other connections (tests) hold one across the wait. End of stream
+// is io.EOF, with n == 0.
+func readPooled(src net.Conn) (bp *[]byte, n int, err error) {
+	tc, ok := src.(*net.TCPConn)
+	if !ok {
+		bp = getBuf()
+		n, err = src.Read(*bp)
+		return bp, n, err
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil, 0, err
+	}
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		b := getBuf()
+		for {
+			m, e := syscall.Read(int(fd), *b)
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				putBuf(b)
+				return false // wait until readable
+			case e != nil:
+				putBuf(b)
+				rerr = os.NewSyscallError("read", e)
+			case m == 0:
+				putBuf(b)
+				rerr = io.EOF
+			default:
+				bp, n = b, m
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return nil, 0, err // deadline, or closed under us
+	}
+	return bp, n, rerr
+}
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(bp *[]byte) {
+	if bp != nil {
+		bufPool.Put(bp)
+	}
+}
+
+// watchReset waits, after the origin's FIN, for the origin to reset the
+// connection, and passes the reset on to the client at once. A web
+// server that timed a connection out has closed its socket, not only
+// half-closed it: the next bytes a client sends it are answered with a
+// RST, which a direct client sees one round trip after writing. Without
+// the watch the front would learn of that reset only on its next write to
+// the origin, one client write later. It returns when the origin's
+// connection fails or is closed (the splice has ended).
+func (f *flow) watchReset(o net.Conn) {
+	tc, ok := o.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		// A read would return EOF even after the reset (Linux checks the
+		// FIN before the socket's error), so ask for the error itself.
+		v, e := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if e == nil && v == 0 {
+			// Still only the FIN: wait for the socket's next event (the
+			// netpoller wakes this read on every edge, the reset's too).
+			return false
+		}
+		rerr = e
+		if e == nil {
+			rerr = syscall.Errno(v)
+		}
+		return true
+	})
+	if err == nil && isReset(rerr) {
+		reset(f.client)
+		o.Close()
 	}
 }
 

@@ -37,7 +37,7 @@ func TestReplayCache(t *testing.T) {
 }
 
 func TestSourceKeys(t *testing.T) {
-	s := newSources(1)
+	s := newSources(1, 1)
 	addr := func(a string) net.Addr { return net.TCPAddrFromAddrPort(mustAddrPort(t, a)) }
 	same := []struct{ a, b string }{
 		{"127.0.0.1:1", "127.0.0.1:2"},
@@ -60,6 +60,16 @@ func TestSourceKeys(t *testing.T) {
 	s.release(k)
 	if !s.acquire(k) {
 		t.Fatal("slot not given back")
+	}
+	if !s.acquirePending(k) || s.acquirePending(k) {
+		t.Fatal("pending cap of 1 not applied")
+	}
+	if other := s.keyOf(addr("127.0.0.2:1")); !s.acquirePending(other) {
+		t.Fatal("one source's pending cap applied to another")
+	}
+	s.releasePending(k)
+	if !s.acquirePending(k) {
+		t.Fatal("pending slot not given back")
 	}
 }
 

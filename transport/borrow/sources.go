@@ -14,17 +14,21 @@ import (
 // connections and is never logged or reported.
 type sourceKey [8]byte
 
-// sources counts the connections (inspected or spliced) of each source.
+// sources counts the connections (inspected or spliced) of each source,
+// and of those the ones under inspection.
 type sources struct {
-	key [32]byte
-	max int
+	key        [32]byte
+	max        int
+	maxPending int
 
-	mu sync.Mutex
-	n  map[sourceKey]int
+	mu      sync.Mutex
+	n       map[sourceKey]int
+	pending map[sourceKey]int
 }
 
-func newSources(max int) *sources {
-	s := &sources{max: max, n: make(map[sourceKey]int)}
+func newSources(max, maxPending int) *sources {
+	s := &sources{max: max, maxPending: maxPending,
+		n: make(map[sourceKey]int), pending: make(map[sourceKey]int)}
 	rand.Read(s.key[:])
 	return s
 }
@@ -42,19 +46,40 @@ func (s *sources) keyOf(addr net.Addr) sourceKey {
 func (s *sources) acquire(src sourceKey) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n[src] >= s.max {
-		return false
-	}
-	s.n[src]++
-	return true
+	return take(s.n, src, s.max)
 }
 
 func (s *sources) release(src sourceKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if n := s.n[src] - 1; n > 0 {
-		s.n[src] = n
+	give(s.n, src)
+}
+
+// acquirePending takes one of src's inspection slots, false at the cap.
+func (s *sources) acquirePending(src sourceKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return take(s.pending, src, s.maxPending)
+}
+
+func (s *sources) releasePending(src sourceKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	give(s.pending, src)
+}
+
+func take(m map[sourceKey]int, src sourceKey, max int) bool {
+	if m[src] >= max {
+		return false
+	}
+	m[src]++
+	return true
+}
+
+func give(m map[sourceKey]int, src sourceKey) {
+	if n := m[src] - 1; n > 0 {
+		m[src] = n
 	} else {
-		delete(s.n, src)
+		delete(m, src)
 	}
 }

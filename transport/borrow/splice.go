@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/transport"
@@ -35,7 +37,9 @@ type flow struct {
 
 	dialCancel context.CancelFunc
 	dialed     chan struct{} // closed once the origin dial has ended
-	back       chan struct{} // closed once origin-to-client has ended
+	backEnded  chan struct{} // closed once origin-to-client has ended
+	back       chan struct{} // closed once its goroutine has returned
+	originFIN  atomic.Bool   // the origin's FIN came before anything else it sent
 
 	mu     sync.Mutex
 	state  state
@@ -62,7 +66,8 @@ func (l *Listener) handle(c net.Conn) {
 	}
 	defer l.sources.release(src)
 	ctx, cancel := context.WithTimeout(l.ctx, l.opts.DialTimeout)
-	f := &flow{l: l, client: c, dialCancel: cancel, dialed: make(chan struct{}), back: make(chan struct{})}
+	f := &flow{l: l, client: c, dialCancel: cancel, dialed: make(chan struct{}),
+		backEnded: make(chan struct{}), back: make(chan struct{})}
 	f.act.init(l.opts.SpliceIdle, l.opts.HalfCloseIdle)
 	if !l.track(f) {
 		cancel()
@@ -70,13 +75,20 @@ func (l *Listener) handle(c net.Conn) {
 		return
 	}
 	defer l.untrack(f)
-	inspect := tryAcquire(l.pending) // else straight to the origin
+	// Inspect if both this source and the listener have room; else
+	// straight to the origin.
+	inspect := l.sources.acquirePending(src)
+	if inspect && !tryAcquire(l.pending) {
+		l.sources.releasePending(src)
+		inspect = false
+	}
 	l.wg.Add(1)
 	go f.dialAndPumpBack(ctx)
 	in := inspection{outcome: transport.OutcomeCover}
 	if inspect {
 		in = f.inspect()
 		<-l.pending
+		l.sources.releasePending(src)
 	}
 	if in.authentic && f.claim(toRelay) {
 		f.handOver(in.prefix)
@@ -95,8 +107,15 @@ func (f *flow) inspect() inspection {
 	n, v, total := 0, needMore, 0
 	f.client.SetReadDeadline(time.Now().Add(f.l.opts.HelloTimeout))
 	for i := 0; v == needMore && n < limit && i < limit; i++ {
+		if f.originsAlready() {
+			in.err = os.ErrDeadlineExceeded // as if HelloTimeout had passed
+			break
+		}
 		m, err := f.client.Read(buf[n:])
 		n += m
+		if h := f.l.opts.inspected; h != nil {
+			h(n)
+		}
 		v, total = scan(buf[:n])
 		if err != nil {
 			in.err = err
@@ -136,6 +155,23 @@ func (f *flow) claim(s state) bool {
 		f.state = s
 	}
 	return f.state == s
+}
+
+// originsAlready reports whether the origin has claimed the flow (it sent
+// bytes, FIN or a reset first).
+func (f *flow) originsAlready() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state == toOrigin
+}
+
+// originSpoke is called once the origin has claimed the flow, fin if by a
+// FIN. The flow cannot go to the relay any more, so an inspection under way
+// ends at once (its held bytes then go on towards the origin, see forward),
+// as a direct client's bytes would have reached the origin.
+func (f *flow) originSpoke(fin bool) {
+	f.originFIN.Store(fin)
+	f.client.SetReadDeadline(time.Unix(1, 0))
 }
 
 // handOver gives an authenticated connection to Accept; its origin
@@ -194,9 +230,11 @@ func (f *flow) dialAndPumpBack(ctx context.Context) {
 		}
 		return
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	f.pump(f.client, o, *bp, true)
+	e := f.pump(f.client, o, nil, true)
+	close(f.backEnded)
+	if e == endFIN {
+		f.watchReset(o)
+	}
 }
 
 // splice sends the inspected bytes to the origin and copies both ways
@@ -219,7 +257,7 @@ func (f *flow) splice(in inspection) {
 		return
 	}
 	if f.forward(o, in) == endFIN {
-		<-f.back
+		<-f.backEnded
 	}
 	f.client.Close()
 	o.Close()
@@ -228,8 +266,20 @@ func (f *flow) splice(in inspection) {
 
 // forward writes the inspected bytes to the origin, then copies the rest
 // of the client's stream.
+//
+// If the origin's FIN came first (a web server timing out a silent client
+// or a partial ClientHello the listener held back), the origin has closed:
+// a direct client's bytes would have reached it before, been read, and
+// only what the client sends after the FIN would draw the origin's reset.
+// So the held bytes wait for the client's next bytes and go with them
+// (the reset then comes one round trip after that write, as it would
+// directly; an origin that only half-closed still gets every byte), and
+// are dropped if the client ends first.
 func (f *flow) forward(o net.Conn, in inspection) end {
-	if in.err == nil {
+	var pre []byte
+	if f.originFIN.Load() {
+		pre, in.prefix = in.prefix, nil
+	} else if in.err == nil {
 		// Whatever else the client has sent by now goes in the same
 		// write, so the origin sees a burst as the client sent it (an
 		// origin that closes with unread data resets, with none sends
@@ -243,6 +293,7 @@ func (f *flow) forward(o net.Conn, in inspection) end {
 		if _, err := o.Write(in.prefix); err != nil {
 			return f.broken(f.client, o, err)
 		}
+		in.prefix = nil // not held for the splice's life
 	}
 	switch err := in.err; {
 	case err == nil || isTimeout(err):
@@ -253,7 +304,5 @@ func (f *flow) forward(o net.Conn, in inspection) end {
 	default:
 		return f.broken(o, f.client, err)
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	return f.pump(o, f.client, *bp, false)
+	return f.pump(o, f.client, pre, false)
 }
