@@ -26,6 +26,9 @@ type homes struct {
 	relay map[[32]byte]*relaytest.Relay
 	dead  map[[32]byte]bool
 	dials atomic.Int32
+	// slowDown delays the count of a link going down, as a close that
+	// takes time (a TLS close_notify to a slow peer) would.
+	slowDown time.Duration
 
 	mu          sync.Mutex
 	up, mostUp  int
@@ -45,6 +48,9 @@ func (h *homes) dial(ctx context.Context, d *descriptor.Descriptor) (*client.Cli
 }
 
 func (h *homes) observe(e string) {
+	if e == "down" {
+		time.Sleep(h.slowDown)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch e {
@@ -174,6 +180,30 @@ func TestForwarderMaxPumps(t *testing.T) {
 	waitFor(ctx, t, "the live relays' layers left the queue", func() bool { return q.len() == 3 })
 	if _, most := h.links(); most > 2 {
 		t.Fatalf("%d links up at once, MaxPumps 2", most)
+	}
+}
+
+// TestForwarderTurnWaitsForLinkDown: a pump that gives its turn up frees
+// it only once its link is closed, so a slow close does not let one more
+// link than MaxPumps be up at once.
+func TestForwarderTurnWaitsForLinkDown(t *testing.T) {
+	h, lines, descs := newHomes(t, 3)
+	h.slowDown = 50 * time.Millisecond
+	q := &memQueue{}
+	ctx, sender := h.start(t, q, link.ForwarderConfig{
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Idle: time.Hour, MaxPumps: 1})
+	first := h.forwardOne(ctx, t, sender, lines[0], descs[0])
+	waitFor(ctx, t, "the first home relay had its layer", func() bool { return first.Store.Stats().Envelopes == 1 })
+	// The second forward makes the idle first pump give its turn up; the
+	// third comes while the first link is still closing, and must not
+	// start a pump before the close is done.
+	second := h.forwardOne(ctx, t, sender, lines[1], descs[1])
+	third := h.forwardOne(ctx, t, sender, lines[2], descs[2])
+	for _, r := range []*relaytest.Relay{second, third} {
+		waitFor(ctx, t, "the other home relays had their layers", func() bool { return r.Store.Stats().Envelopes == 1 })
+	}
+	if _, most := h.links(); most > 1 {
+		t.Fatalf("%d links up at once, MaxPumps 1", most)
 	}
 }
 
