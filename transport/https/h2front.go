@@ -813,11 +813,41 @@ func (f *h2Front) decodeRequest(p []byte, flags byte, stream uint32) (h2Request,
 		return h2Request{}, nil, false
 	}
 	first := bytes.Clone(block)
-	fields, err := f.newDecoder().DecodeFull(first)
-	if err != nil {
+	fields, ok := decodeBounded(f.newDecoder(), first, int(f.stock.maxHeaderList))
+	if !ok {
 		return h2Request{}, nil, false
 	}
 	return h2Request{stream: stream, fields: fields}, first, true
+}
+
+// decodeBounded decodes a complete header block into at most max bytes of
+// fields as HTTP/2 counts them (name, value and 32 per field), as the
+// stock server's framer does: past that it stops keeping fields (the
+// decoder still reads the block, keeping its table in step, but hands out
+// no more strings). ok is false for a block that does not decode or whose
+// fields go past max. Counting after the whole list was decoded let one
+// 16 KB HEADERS frame, a 4 KB name put in the table and referenced
+// twelve thousand times a byte each, expand to 50 MB of fields before any
+// check: about 100 MB allocated and half a second of CPU per frame, where
+// the stock server stops at its limit and answers 431 at once.
+func decodeBounded(dec *hpack.Decoder, block []byte, max int) (fields []hpack.HeaderField, ok bool) {
+	size, over := 0, false
+	dec.SetEmitFunc(func(hf hpack.HeaderField) {
+		if size += int(hf.Size()); size > max {
+			over, fields = true, nil
+			dec.SetEmitEnabled(false)
+			return
+		}
+		fields = append(fields, hf)
+	})
+	defer dec.SetEmitFunc(func(hpack.HeaderField) {})
+	if _, err := dec.Write(block); err != nil {
+		return nil, false
+	}
+	if err := dec.Close(); err != nil || over {
+		return nil, false
+	}
+	return fields, true
 }
 
 // newDecoder returns an HPACK decoder with the stock server's limits.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,6 +204,47 @@ func TestDecodedRequestFreesFirstFlight(t *testing.T) {
 		if i == 100 {
 			runtime.KeepAlive(first)
 			t.Fatal("the first flight's buffer is still reachable while the session's copy of its header block lives")
+		}
+	}
+}
+
+// The first request's header block is bounded as the stock server bounds
+// it: by the decoded size of its fields, counted while decoding. A block
+// of references to one large table entry is refused without expanding it
+// (it decoded to 50 MB of fields, about 100 MB allocated, before), and a
+// list just under the limit still decodes.
+func TestFrontHeaderListBounded(t *testing.T) {
+	f := testFront(t)
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	_, _, ok := f.decodeRequest(amplifiedBlock(), flagEndHeaders, 1)
+	runtime.ReadMemStats(&m1)
+	if ok {
+		t.Fatal("a header block decoding to 50 MB was taken")
+	}
+	if got := m1.TotalAlloc - m0.TotalAlloc; got > 4<<20 {
+		t.Fatalf("decoding a 16 KB header block allocated %d KB", got>>10)
+	}
+	limit := int(f.stock.maxHeaderList)
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{limit, true}, {limit + 1, false}} {
+		var b bytes.Buffer
+		enc := hpack.NewEncoder(&b)
+		fields := []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"}, {Name: ":path", Value: "/"}}
+		used := 0
+		for _, hf := range fields {
+			used += int(hf.Size())
+		}
+		fields = append(fields, hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("p", tc.size-used-32-len("x-pad"))})
+		for _, hf := range fields {
+			enc.WriteField(hf)
+		}
+		req, _, ok := f.decodeRequest(b.Bytes(), flagEndHeaders, 1)
+		if ok != tc.ok || (ok && len(req.fields) != len(fields)) {
+			t.Fatalf("a list of %d bytes (limit %d): ok %v with %d fields, want %v", tc.size, limit, ok, len(req.fields), tc.ok)
 		}
 	}
 }

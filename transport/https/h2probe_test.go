@@ -123,6 +123,23 @@ func (f *ffFlight) block(method, path, cookie string, bodyLen int) []byte {
 	return bytes.Clone(f.hb.Bytes())
 }
 
+// amplifiedBlock is a header block of under 16 KB that decodes to about
+// 50 MB of fields: a request whose one literal puts a 4,000-byte name in
+// the dynamic table, then a one-byte reference to it (index 62, the newest
+// entry) repeated to fill the block.
+func amplifiedBlock() []byte {
+	var b bytes.Buffer
+	enc := hpack.NewEncoder(&b)
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "relay.test"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	enc.WriteField(hpack.HeaderField{Name: strings.Repeat("x", 4000)})
+	for b.Len() < 16000 {
+		b.WriteByte(0x80 | 62)
+	}
+	return b.Bytes()
+}
+
 // request writes HEADERS on stream 1 and, for a body, one DATA frame
 // that ends the stream.
 func (f *ffFlight) request(method, path, cookie, body string) *ffFlight {
@@ -183,6 +200,9 @@ func ffCases() []ffCase {
 			b := f.browser().block("GET", "/", "", 0)
 			f.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b[:len(b)/2], EndStream: true})
 			f.fr.WriteContinuation(1, true, b[len(b)/2:])
+		}},
+		{"HEADERS expanding past the header list limit", wait, false, func(f *ffFlight) {
+			f.browser().fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: amplifiedBlock(), EndStream: true, EndHeaders: true})
 		}},
 		{"DATA on stream 1 before HEADERS", wait, false, func(f *ffFlight) { f.browser().fr.WriteData(1, true, []byte("hello")) }},
 		{"WINDOW_UPDATE before SETTINGS, then SETTINGS", wait, false, func(f *ffFlight) {

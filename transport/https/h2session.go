@@ -455,7 +455,16 @@ func (s *h2Session) endRead() {
 // onHeaderBlock decodes a complete header block (keeping the HPACK state
 // in step) and refuses any stream but the session's.
 func (s *h2Session) onHeaderBlock(stream uint32, block []byte) error {
-	if _, err := s.decoder().DecodeFull(block); err != nil {
+	// The fields are not needed, only the table kept in step: nothing is
+	// handed out (a block of references to a large table entry would
+	// otherwise expand to megabytes of strings).
+	dec := s.decoder()
+	dec.SetEmitEnabled(false)
+	_, err := dec.Write(block)
+	if err == nil {
+		err = dec.Close()
+	}
+	if err != nil {
 		return s.connError(0x9) // COMPRESSION_ERROR
 	}
 	if stream == s.stream {
