@@ -34,11 +34,15 @@ const (
 	// DefaultMaxSplices caps spliced connections; beyond it new
 	// connections are reset, as an origin out of worker connections
 	// does. An idle splice holds no buffer (a 16 KiB one is taken only
-	// while bytes move), so each costs two goroutines and two sockets.
+	// while bytes move), so each costs two goroutines and two sockets;
+	// one whose writes are blocked both ways (a client that pipelines
+	// requests and reads slowly) holds two buffers, 128 MiB for all of
+	// them at most, plus up to 16 KiB of held first bytes each.
 	DefaultMaxSplices = 4096
 	// DefaultMaxPerSource caps the inspected and spliced connections of
 	// one source (IPv4 address or IPv6 /64); beyond it new connections
-	// from that source are reset. It is half of DefaultMaxSplices, above
+	// from that source are reset. It is half of MaxSplices (the default
+	// is half of DefaultMaxSplices), above
 	// what a stock origin holds from everyone together (Debian's nginx:
 	// 768 worker connections per core), so that no prober meets the cap
 	// before the origin's own limit, while one source still cannot take
@@ -109,7 +113,7 @@ func (o *Options) setDefaults() error {
 	def(&o.MaxPending, DefaultMaxPending)
 	def(&o.MaxPendingPerSource, DefaultMaxPendingPerSource)
 	def(&o.MaxSplices, DefaultMaxSplices)
-	def(&o.MaxPerSource, DefaultMaxPerSource)
+	def(&o.MaxPerSource, max(1, o.MaxSplices/2)) // DefaultMaxPerSource with the default MaxSplices
 	def(&o.MaxReplay, DefaultMaxReplay)
 	defD(&o.DialTimeout, DefaultDialTimeout)
 	defD(&o.HelloTimeout, DefaultHelloTimeout)

@@ -415,7 +415,7 @@ func TestLimits(t *testing.T) {
 		serve, release := holding()
 		defer release()
 		o := startOrigin(t, serve)
-		l, obs := front(t, o, func(opts *Options) { opts.MaxSplices = 1 })
+		l, obs := front(t, o, func(opts *Options) { opts.MaxSplices, opts.MaxPerSource = 1, 8 })
 		first := dialFront(t, l)
 		first.Write([]byte("GET"))
 		readHello(t, first)
@@ -597,5 +597,19 @@ func TestDefaultPerSourceAboveOrigins(t *testing.T) {
 	}
 	if got := obs.get(transport.OutcomeLimited); got != 0 {
 		t.Fatalf("Observe(limited) = %d", got)
+	}
+}
+
+// Without MaxPerSource, one source may hold half of MaxSplices, whatever
+// MaxSplices is.
+func TestPerSourceFollowsMaxSplices(t *testing.T) {
+	for _, tc := range []struct{ splices, want int }{{4, 2}, {1, 1}, {DefaultMaxSplices, DefaultMaxPerSource}} {
+		opts := Options{Origin: "127.0.0.1:1", MaxSplices: tc.splices}
+		if err := opts.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		if opts.MaxPerSource != tc.want {
+			t.Errorf("MaxSplices %d: MaxPerSource %d, want %d", tc.splices, opts.MaxPerSource, tc.want)
+		}
 	}
 }

@@ -31,12 +31,11 @@ func (f *flow) pump(dst, src net.Conn, pre []byte, claim bool) end {
 		src.SetReadDeadline(f.act.deadline())
 		bp, n, err := readPooled(src)
 		if claim && (n > 0 || (err != nil && !isTimeout(err))) {
-			if !f.claim(toOrigin) {
+			if !f.claimByOrigin(n == 0 && errors.Is(err, io.EOF)) {
 				putBuf(bp)
 				return endQuiet
 			}
 			claim = false
-			f.originSpoke(n == 0 && errors.Is(err, io.EOF))
 		}
 		if n > 0 {
 			f.act.touch()
@@ -137,6 +136,7 @@ func (f *flow) watchReset(o net.Conn) {
 	if err != nil {
 		return
 	}
+	o.SetReadDeadline(time.Time{}) // the back pump's idle deadline: the splice's end ends the watch
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		// A read would return EOF even after the reset (Linux checks the

@@ -165,13 +165,25 @@ func (f *flow) originsAlready() bool {
 	return f.state == toOrigin
 }
 
-// originSpoke is called once the origin has claimed the flow, fin if by a
-// FIN. The flow cannot go to the relay any more, so an inspection under way
-// ends at once (its held bytes then go on towards the origin, see forward),
-// as a direct client's bytes would have reached the origin.
-func (f *flow) originSpoke(fin bool) {
-	f.originFIN.Store(fin)
-	f.client.SetReadDeadline(time.Unix(1, 0))
+// claimByOrigin moves an undecided flow to the origin, whose first sign
+// (bytes, FIN or reset) it was; fin if a FIN. It reports whether the flow
+// is the origin's. The flow cannot go to the relay any more, so an
+// inspection under way ends at once (its held bytes then go on towards
+// the origin, see forward), as a direct client's bytes would have reached
+// the origin. originFIN is set with the state, under f.mu, so that forward,
+// which runs once handle has seen the state, sees it too.
+func (f *flow) claimByOrigin(fin bool) bool {
+	f.mu.Lock()
+	if f.state == undecided {
+		f.state = toOrigin
+		f.originFIN.Store(fin)
+	}
+	ours := f.state == toOrigin
+	f.mu.Unlock()
+	if ours {
+		f.client.SetReadDeadline(time.Unix(1, 0))
+	}
+	return ours
 }
 
 // handOver gives an authenticated connection to Accept; its origin
