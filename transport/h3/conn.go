@@ -2,6 +2,7 @@ package h3
 
 import (
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,11 @@ type serverConn struct {
 	laddr, raddr net.Addr
 	src          [16]byte // what the relay counts the client as (transport.Sourced)
 	release      func()   // frees the listener's session slot
+	// req is the session's request, whose Trailer http3 sets if the
+	// client sends a HEADERS frame on the session stream (up to the
+	// server's header limit): Read drops it at once, else it would live
+	// as long as the session. Only Read's goroutine touches it.
+	req *http.Request
 
 	// wmu serialises Write, CloseWrite and the graceful part of Close:
 	// quic-go forbids closing a send stream concurrently with Write.
@@ -39,6 +45,9 @@ var _ transport.Conn = (*serverConn)(nil)
 
 func (c *serverConn) Read(b []byte) (int, error) {
 	n, err := c.str.Read(b)
+	if c.req != nil && c.req.Trailer != nil {
+		c.req.Trailer = nil // a session's client sends none; none is kept
+	}
 	return n, streamErr(err, c.closed.Load())
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -189,14 +190,26 @@ func (l *listener) Close() error {
 	return l.closeErr
 }
 
+// coverSendTimeout bounds the writing of one response that is not a
+// session (the cover, a refusal). A request counts its connection busy
+// while it is handled, so a response the client never gives flow-control
+// credit for kept a connection out of the idle timeout for good, and with
+// it whatever its other streams held. nginx ends such a response after
+// send_timeout (60 s without progress); a cover site's responses are
+// small, so a whole-response bound this long cuts no real visitor.
+var coverSendTimeout = 5 * time.Minute // a var for tests
+
 // serveHTTP is the server's handler: the gate's, with each request
 // counted open on its connection's account while it is handled, so that
-// the connection limits never take a connection serving one as idle.
+// the connection limits never take a connection serving one as idle, and
+// the writing of its response bounded (coverSendTimeout; a session, which
+// takes the stream over, lifts the bound).
 func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
 		l.conns.begin(e)
 		defer l.conns.end(e)
 	}
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(coverSendTimeout))
 	l.gate.ServeHTTP(w, r)
 }
 
@@ -224,6 +237,7 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		release()
 		return
 	}
+	str.QUICStream().SetWriteDeadline(time.Time{}) // serveHTTP's bound is for the cover's responses
 	// http3 keeps the request as long as the stream (the stream's trailer
 	// parser holds it), so what it points to would live as long as the
 	// session: 2.5 KB of parsed headers alone. Nothing reads it once the
@@ -231,7 +245,7 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 	src := l.gate.Source(r)
 	r.Header, r.Trailer, r.URL, r.TLS = nil, nil, nil, nil
 	r.Host, r.RequestURI, r.RemoteAddr = "", "", ""
-	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name), src: src}
+	c := &serverConn{str: str, dw: dataWriter{w: str.QUICStream()}, release: release, req: r, laddr: l.udp.LocalAddr(), raddr: httpsession.HiddenAddr(Name), src: src}
 	if !l.gate.Offer(r.Context(), c) {
 		c.abort() // never accepted: a reset, not a clean end of stream
 	}
