@@ -50,6 +50,19 @@ type FollowConfig struct {
 	// returns as it does a batch's, after Flush.
 	Release func() []Ref
 	Wake    <-chan struct{}
+	// Held, if set, reports how many delivered envelopes Handle holds
+	// unacked (an Inbox's fragments of unfinished messages). The relay
+	// pushes at most relay.MaxUnacked envelopes ahead of the Acks, so held
+	// envelopes that fill its window stop the subscription: a few large
+	// messages whose fragments interleave on the relay (several senders at
+	// once), or fragments that never complete (anyone with the card can
+	// send them), held the mailbox still until they expired. Once
+	// heldForPaging are held, Follow pages past them (FetchAfter) and
+	// hands what it finds to Handle as it does pushed envelopes, after
+	// the batch that got there and again at each ping while as many are
+	// held (so new envelopes still arrive, within a ping, while the
+	// window stays full).
+	Held func() int
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
@@ -118,6 +131,11 @@ const batchRefs = relay.MaxUnacked / 4
 // per batch the relay's window holds.
 const acksOut = relay.MaxUnacked / batchRefs
 
+// heldForPaging is how many held envelopes make Follow page past them:
+// half the relay's window, so that paging starts while the window still
+// has room for what completes the held messages.
+const heldForPaging = relay.MaxUnacked / 2
+
 // follow runs one session; subscribed reports whether it got as far as a
 // subscription (which resets the backoff).
 func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool, err error) {
@@ -141,6 +159,9 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if err = c.Ping(ctx); err == nil {
 				err = a.release()
 			}
+			if err == nil && a.heldFull() {
+				err = a.page()
+			}
 		case <-cfg.Wake:
 			err = a.release()
 		case d, ok := <-c.Deliveries():
@@ -148,6 +169,9 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 				return true, c.Err()
 			}
 			err = a.batch(d)
+			if err == nil && a.last > a.paged && a.heldFull() {
+				err = a.page()
+			}
 		}
 		if err != nil {
 			return true, err
@@ -159,7 +183,15 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 // (handleBatch), saves them (Flush) and acks what Handle returned.
 func (a *acker) batch(d Delivery) error {
 	c, cfg := a.c, a.cfg
-	acks, herr := handleBatch(a.ctx, c, cfg, d)
+	acks, last, herr := handleBatch(a.ctx, c, cfg, d)
+	a.last = max(a.last, last)
+	return a.settle(acks, herr)
+}
+
+// settle saves what Handle was given (Flush) and acks acks; herr is
+// Handle's refusal, which stops Follow once what came before it is acked.
+func (a *acker) settle(acks []Ref, herr error) error {
+	c, cfg := a.c, a.cfg
 	if cfg.Flush != nil { // for the deliveries handled before a refusal too
 		if err := cfg.Flush(); err != nil {
 			return a.stop(errors.Join(herr, err)) // nothing of this batch acked unsaved
@@ -176,6 +208,42 @@ func (a *acker) batch(d Delivery) error {
 	if len(acks) > 0 {
 		return a.send(acks)
 	}
+	return nil
+}
+
+// heldFull reports whether Handle holds enough envelopes unacked to page
+// past them.
+func (a *acker) heldFull() bool { return a.cfg.Held != nil && a.cfg.Held() >= heldForPaging }
+
+// page fetches, page by page, the envelopes after the last one this
+// session has seen (pushed or fetched) and hands them to Handle, saving
+// and acking each page as a batch, until a page comes back empty or
+// fewer are held than make paging worth it. An envelope the relay pushes
+// later as well is known again by Handle (a replay, or a fragment it
+// holds).
+func (a *acker) page() error {
+	for a.heldFull() && a.ctx.Err() == nil {
+		ds, err := a.c.FetchAfter(a.ctx, a.cfg.Owner, a.cfg.Mailbox, a.last, 0)
+		if err != nil || len(ds) == 0 {
+			a.paged = a.last
+			return err
+		}
+		var acks []Ref
+		var herr error
+		for _, d := range ds {
+			var refs []Ref
+			refs, herr = a.cfg.Handle(d)
+			acks = append(acks, refs...)
+			a.last = max(a.last, d.Seq)
+			if herr != nil {
+				break
+			}
+		}
+		if err := a.settle(acks, herr); err != nil {
+			return err
+		}
+	}
+	a.paged = a.last
 	return nil
 }
 
@@ -212,18 +280,18 @@ func (a *acker) stop(err error) error {
 // drained at one envelope per round trip. A batch ends at batchRefs, at a
 // refusal, when ctx does, and after cfg.Ping (so a slow Handle still acks,
 // and so talks to the relay, that often).
-func handleBatch(ctx context.Context, c *Client, cfg *FollowConfig, d Delivery) ([]Ref, error) {
-	var acks []Ref
+func handleBatch(ctx context.Context, c *Client, cfg *FollowConfig, d Delivery) (acks []Ref, last uint64, err error) {
 	began := time.Now()
 	for {
 		refs, err := cfg.Handle(d)
 		acks = append(acks, refs...)
+		last = max(last, d.Seq)
 		if err != nil || len(acks) >= batchRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {
-			return acks, err
+			return acks, last, err
 		}
 		var ok bool
 		if d, ok = c.waiting(); !ok {
-			return acks, nil
+			return acks, last, nil
 		}
 	}
 }
@@ -238,6 +306,10 @@ type acker struct {
 	cfg     *FollowConfig
 	results chan error
 	out     int // Acks sent whose answers were not taken from results
+	// last is the highest sequence number this session has handed to
+	// Handle (pushed or paged), paged what it was at the end of the last
+	// paging.
+	last, paged uint64
 }
 
 // send acks refs once fewer than acksOut Acks are out; its error is that

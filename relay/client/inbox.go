@@ -198,6 +198,15 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	return append(acks, in.drop(key)...), nil
 }
 
+// heldRefs is how many delivered envelopes the inbox holds unacked.
+func (in *Inbox) heldRefs() int {
+	n := 0
+	for _, h := range in.held {
+		n += len(h.refs)
+	}
+	return n
+}
+
 // makeRoom gives up the oldest unfinished message when MaxHeld are held.
 func (in *Inbox) makeRoom() []Ref {
 	if len(in.order) < in.cfg.MaxHeld {
@@ -364,5 +373,6 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 		Flush:     in.flush,
 		Release:   in.release,
 		Wake:      in.cfg.Wake,
+		Held:      in.heldRefs,
 	})
 }
