@@ -116,3 +116,44 @@ func TestFollowPastFragmentsThatNeverComplete(t *testing.T) {
 		t.Fatalf("took a %d-byte message, want hello", sizes[0])
 	}
 }
+
+// A flood of one-fragment messages from one sender (here anonymous) makes
+// the inbox give up that sender's own oldest, not another sender's
+// half-received message, whose first fragments would be acked (deleted).
+func TestInboxFloodGivesUpItsOwn(t *testing.T) {
+	s := newInboxSetup(t)
+	var taken []client.Message
+	in, err := client.NewInbox(client.InboxConfig{Identity: s.mb.Ident, Take: func(m client.Message) error { taken = append(taken, m); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := envelope.MaxPayload(envelope.SuiteXWing, envelope.Bucket4K) - 20
+	alice := s.sealFragments(t, bytes.Repeat([]byte("a"), 2*chunk+1))
+	seq := uint64(0)
+	handle := func(env []byte) []client.Ref {
+		seq++
+		refs, err := in.Handle(client.Delivery{Ref: client.Ref{byte(seq), byte(seq >> 8)}, Seq: seq, Envelope: env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return refs
+	}
+	handle(alice[0])
+	handle(alice[1])
+	aliceRefs := map[client.Ref]bool{{1, 0}: true, {2, 0}: true}
+	for range 100 {
+		junk, err := envelope.SealMessage(s.mb.Card, nil, bytes.Repeat([]byte("j"), 2*chunk), &envelope.Options{Bucket: envelope.Bucket4K})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range handle(junk[0]) {
+			if aliceRefs[r] {
+				t.Fatal("a fragment of Alice's message was given up (acked) for another sender's flood")
+			}
+		}
+	}
+	handle(alice[2])
+	if len(taken) != 1 || len(taken[0].Payload) != 2*chunk+1 {
+		t.Fatalf("took %d messages, want Alice's", len(taken))
+	}
+}

@@ -207,13 +207,36 @@ func (in *Inbox) heldRefs() int {
 	return n
 }
 
-// makeRoom gives up the oldest unfinished message when MaxHeld are held.
+// makeRoom gives up an unfinished message when MaxHeld are held: the
+// oldest of the sender that holds the most (anonymous messages count as
+// one sender). Giving up the oldest of all let anyone with the card
+// destroy another sender's half-received message with MaxHeld one-fragment
+// envelopes (its fragments are acked, so deleted from the relay); now such
+// a flood gives up its own. (A flood from as many identities as MaxHeld,
+// which cost nothing to make, still can; the room each sender gets is a
+// bound on memory, not an authority.)
 func (in *Inbox) makeRoom() []Ref {
 	if len(in.order) < in.cfg.MaxHeld {
 		return nil
 	}
+	count := map[string]int{}
+	most := ""
+	for _, key := range in.order {
+		sender := string(in.held[key].first.Sender)
+		count[sender]++
+		if count[sender] > count[most] {
+			most = sender
+		}
+	}
+	victim := in.order[0]
+	for _, key := range in.order {
+		if string(in.held[key].first.Sender) == most {
+			victim = key // the sender's oldest: order is oldest first
+			break
+		}
+	}
 	in.cfg.Warn("dropping an unfinished message: too many messages waiting for fragments")
-	return in.drop(in.order[0])
+	return in.drop(victim)
 }
 
 // drop forgets a held message and returns its refs.
