@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -268,6 +269,10 @@ func decodeCard(body cryptobyte.String) (*Card, error) {
 	if !body.Empty() {
 		return nil, fmt.Errorf("%w: %d unexpected bytes at the end; %s", ErrCard, len(body), adviceNewCard)
 	}
+	// cryptobyte hands out slices of the body whose capacity runs on over
+	// the fields after them: capped, an append to one cannot overwrite
+	// the next.
+	c.XWing, c.X25519, c.Auth, c.SendCap = slices.Clip(c.XWing), slices.Clip(c.X25519), slices.Clip(c.Auth), slices.Clip(c.SendCap)
 	return c, nil
 }
 

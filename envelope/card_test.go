@@ -262,3 +262,25 @@ func TestCardEncodeRefuses(t *testing.T) {
 		})
 	}
 }
+
+// A parsed card's byte fields do not share capacity with each other: an
+// append to one leaves the others as they were.
+func TestParsedCardFieldsCapped(t *testing.T) {
+	c, err := ParseCard(newID(t).Card(randMailbox(t), nil, []byte("0123456789abcdef")).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := [][]byte{c.XWing, c.X25519, c.Auth, c.SendCap}
+	before := make([][]byte, len(fields))
+	for i, f := range fields {
+		before[i] = bytes.Clone(f)
+	}
+	for i, f := range fields {
+		_ = append(f, bytes.Repeat([]byte{0xee}, 64)...)
+		for j := range fields {
+			if !bytes.Equal(fields[j], before[j]) {
+				t.Fatalf("appending to field %d changed field %d", i, j)
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"bytes"
+	"crypto/hpke"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -435,4 +436,71 @@ func joinedFrom(fed []joinerFed, key string, count int, msg []byte) bool {
 		reach = next
 	}
 	return reach[len(msg)]
+}
+
+// FuzzOpenInner seals plaintext the fuzzer chooses, so that the AEAD
+// opens and Open's checks of the inner plaintext run on it (FuzzOpen's
+// random bytes never get past the AEAD): flags, payload length, padding,
+// sender fields and tag. Open must never panic; it either fails with
+// ErrMalformed or ErrBadSender, or returns a payload that is exactly the
+// declared bytes, with a sender only for an authenticated envelope whose
+// tag checked.
+func FuzzOpenInner(f *testing.F) {
+	id := newID(f)
+	card := id.Card(randMailbox(f), nil, nil)
+	pk, err := parsedPublicKey(SuiteX25519, card.X25519)
+	if err != nil {
+		f.Fatal(err)
+	}
+	header := make([]byte, HeaderSize)
+	header[0], header[1] = Version, byte(SuiteX25519)
+	copy(header[2:], card.Mailbox[:])
+	enc0, _, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.ChaCha20Poly1305(), SuiteX25519.info())
+	if err != nil {
+		f.Fatal(err)
+	}
+	innerLen := Bucket4K - HeaderSize - len(enc0) - aeadOverhead
+	good := make([]byte, innerFixed+5)
+	binary.BigEndian.PutUint32(good[81:85], 5)
+	copy(good[innerFixed:], "hello")
+	f.Add(good)
+	f.Add(append([]byte{flagFragment}, good[1:]...))
+	f.Add(append([]byte{flagAuth}, good[1:]...)) // an auth flag with no valid tag
+	f.Add(append([]byte{0x80}, good[1:]...))     // an unknown flag
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > innerLen {
+			in = in[:innerLen]
+		}
+		inner := make([]byte, innerLen)
+		copy(inner, in)
+		enc, s, err := hpke.NewSender(pk, hpke.HKDFSHA256(), hpke.ChaCha20Poly1305(), SuiteX25519.info())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, err := s.Seal(header, inner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := append(append(bytes.Clone(header), enc...), ct...)
+		o, err := Open(id, env)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrBadSender) {
+				t.Fatalf("Open: %v, want ErrMalformed or ErrBadSender", err)
+			}
+			return
+		}
+		n := int(binary.BigEndian.Uint32(inner[81:85]))
+		if !bytes.Equal(o.Payload, inner[innerFixed:innerFixed+n]) {
+			t.Fatalf("payload of %d bytes, declared %d", len(o.Payload), n)
+		}
+		if o.Sender != nil && inner[0]&flagAuth == 0 {
+			t.Fatal("a sender for an envelope without the auth flag")
+		}
+		if inner[0]&flagAuth != 0 {
+			t.Fatal("an authenticated envelope with a tag nobody computed opened")
+		}
+		if o.Fragment != (inner[0]&flagFragment != 0) {
+			t.Fatal("fragment flag not as sealed")
+		}
+	})
 }
