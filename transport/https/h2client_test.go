@@ -142,3 +142,29 @@ func FuzzDecodeSession(f *testing.F) {
 		}
 	})
 }
+
+// A relay (or a CDN in front of it) whose SETTINGS are out of range is a
+// connection error for the client: a SETTINGS_MAX_FRAME_SIZE of 0 made
+// every write an endless run of empty DATA frames, and an
+// INITIAL_WINDOW_SIZE past 2^31-1 is not a window.
+func TestH2ClientRefusesBadSettings(t *testing.T) {
+	for _, s := range []http2.Setting{
+		{ID: http2.SettingMaxFrameSize, Val: 0},
+		{ID: http2.SettingMaxFrameSize, Val: 1 << 24},
+		{ID: http2.SettingInitialWindowSize, Val: 1 << 31},
+	} {
+		var b bytes.Buffer
+		http2.NewFramer(&b, nil).WriteSettings(s)
+		script := append(b.Bytes(), serverScript("x")...)
+		done := make(chan error, 1)
+		go func() { _, err := roundTripScript(script); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%v: the request went through", s)
+			}
+		case <-time.After(30 * time.Second): // a deadlock guard
+			t.Fatalf("%v: the client is still writing", s)
+		}
+	}
+}

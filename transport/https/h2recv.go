@@ -66,10 +66,21 @@ func (cc *h2Client) onSettings(f *http2.SettingsFrame) error {
 	}
 	cc.mu.Lock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
+		// A value out of range is a connection error (RFC 9113 6.5.2): a
+		// SETTINGS_MAX_FRAME_SIZE of 0 from a hostile relay or CDN made
+		// every write an endless run of empty DATA frames.
+		if err := s.Valid(); err != nil {
+			return err
+		}
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
-			// RFC 9113 6.9.2: the change applies to open streams.
-			cc.sendStream += int64(s.Val) - cc.initialSend()
+			// RFC 9113 6.9.2: the change applies to open streams, and one
+			// that takes a window past 2^31-1 is a FLOW_CONTROL_ERROR.
+			w := cc.sendStream + int64(s.Val) - cc.initialSend()
+			if w > maxWindow {
+				return http2.ConnectionError(http2.ErrCodeFlowControl)
+			}
+			cc.sendStream = w
 			cc.peerInitial = int64(s.Val)
 		case http2.SettingMaxFrameSize:
 			cc.peerFrame = int(s.Val)
