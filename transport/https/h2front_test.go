@@ -2,6 +2,7 @@ package https
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -247,4 +248,35 @@ func TestFrontHeaderListBounded(t *testing.T) {
 			t.Fatalf("a list of %d bytes (limit %d): ok %v with %d fields, want %v", tc.size, limit, ok, len(req.fields), tc.ok)
 		}
 	}
+}
+
+// BenchmarkFrontAmplifiedHeaders: what one HEADERS frame of references to
+// a large table entry (amplifiedBlock) costs the front, beside what the
+// stock server's framer (x/net/http2 with its header list limit) spends on
+// the same frame, in the same run.
+//
+//	go test ./transport/https -run '^$' -bench FrontAmplifiedHeaders -benchmem
+func BenchmarkFrontAmplifiedHeaders(b *testing.B) {
+	block := amplifiedBlock()
+	b.Run("front", func(b *testing.B) {
+		f := testFront(b)
+		for b.Loop() {
+			if req, _, ok := f.decodeRequest(block, flagEndHeaders, 1); ok {
+				f.request(context.Background(), tls.ConnectionState{}, "", req)
+			}
+		}
+	})
+	b.Run("stock-framer", func(b *testing.B) {
+		var frame bytes.Buffer
+		http2.NewFramer(&frame, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+		limit := uint32(testFront(b).stock.maxHeaderList)
+		for b.Loop() {
+			fr := http2.NewFramer(io.Discard, bytes.NewReader(frame.Bytes()))
+			fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			fr.MaxHeaderListSize = limit
+			if _, err := fr.ReadFrame(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
