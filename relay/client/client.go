@@ -210,6 +210,14 @@ func (c *Client) Err() error {
 // (they stay on the relay until acked).
 func (c *Client) Deliveries() <-chan Delivery { return c.deliveries }
 
+// queued reports how many pushed deliveries wait in the Client, not yet
+// taken from Deliveries.
+func (c *Client) queued() int {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return len(c.queue)
+}
+
 func (c *Client) readLoop() {
 	var err error
 	defer func() { c.end(err) }()

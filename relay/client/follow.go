@@ -183,7 +183,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 // (handleBatch), saves them (Flush) and acks what Handle returned.
 func (a *acker) batch(d Delivery) error {
 	c, cfg := a.c, a.cfg
-	acks, last, herr := handleBatch(a.ctx, c, cfg, d)
+	acks, last, herr := handleBatch(a.ctx, c, cfg, d, a.paged)
 	a.last = max(a.last, last)
 	return a.settle(acks, herr)
 }
@@ -222,10 +222,17 @@ func (a *acker) heldFull() bool { return a.cfg.Held != nil && a.cfg.Held() >= he
 // later as well is known again by Handle (a replay, or a fragment it
 // holds).
 func (a *acker) page() error {
+	defer func() { a.paged = a.last }()
 	for a.heldFull() && a.ctx.Err() == nil {
+		// Pages free the relay's window (their Acks), so it pushes again:
+		// once a batch's worth waits, those go first. They are known (each
+		// was paged: its Seq is at most a.paged, handleBatch skips it), so
+		// the wait is short, and the Client's queue stays far from its cap.
+		if a.c.queued() >= batchRefs {
+			return nil
+		}
 		ds, err := a.c.FetchAfter(a.ctx, a.cfg.Owner, a.cfg.Mailbox, a.last, 0)
 		if err != nil || len(ds) == 0 {
-			a.paged = a.last
 			return err
 		}
 		var acks []Ref
@@ -243,7 +250,6 @@ func (a *acker) page() error {
 			return err
 		}
 	}
-	a.paged = a.last
 	return nil
 }
 
@@ -280,10 +286,18 @@ func (a *acker) stop(err error) error {
 // drained at one envelope per round trip. A batch ends at batchRefs, at a
 // refusal, when ctx does, and after cfg.Ping (so a slow Handle still acks,
 // and so talks to the relay, that often).
-func handleBatch(ctx context.Context, c *Client, cfg *FollowConfig, d Delivery) (acks []Ref, last uint64, err error) {
+//
+// A pushed delivery whose Seq is at most paged was handed to Handle by
+// paging on this session already (paging fetched it while it waited in
+// the Client's queue): it is skipped. Handed over again it was acked
+// twice, or, once the replay cache had forgotten it, taken twice.
+func handleBatch(ctx context.Context, c *Client, cfg *FollowConfig, d Delivery, paged uint64) (acks []Ref, last uint64, err error) {
 	began := time.Now()
 	for {
-		refs, err := cfg.Handle(d)
+		var refs []Ref
+		if d.Seq > paged {
+			refs, err = cfg.Handle(d)
+		}
 		acks = append(acks, refs...)
 		last = max(last, d.Seq)
 		if err != nil || len(acks) >= batchRefs || ctx.Err() != nil || time.Since(began) >= cfg.Ping {

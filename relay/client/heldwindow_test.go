@@ -3,6 +3,8 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,5 +157,63 @@ func TestInboxFloodGivesUpItsOwn(t *testing.T) {
 	handle(alice[2])
 	if len(taken) != 1 || len(taken[0].Payload) != 2*chunk+1 {
 		t.Fatalf("took %d messages, want Alice's", len(taken))
+	}
+}
+
+// Paging fetches envelopes the relay has already pushed and that still
+// wait in the Client's queue; handed over again after the pass they were
+// taken twice once the replay cache (here small) had forgotten them. Each
+// message is taken once, and the session holds.
+func TestFollowPagingTakesEachOnce(t *testing.T) {
+	s := newInboxSetup(t)
+	chunk := envelope.MaxPayload(envelope.SuiteXWing, envelope.Bucket4K) - 20
+	for range 2 {
+		envs := s.sealFragments(t, bytes.Repeat([]byte("j"), 127*chunk))
+		s.put(t, envs[:100]...) // never complete: 200 held
+	}
+	const n = 1500
+	for i := range n {
+		env, err := envelope.Seal(s.mb.Card, nil, []byte(fmt.Sprint(i)), &envelope.Options{Bucket: envelope.Bucket4K})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.put(t, env)
+	}
+	taken := map[string]int{}
+	var mu sync.Mutex
+	in, err := client.NewInbox(client.InboxConfig{Identity: s.mb.Ident, ReplayCap: 200, Take: func(m client.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		taken[string(m.Payload)]++
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	sessions := 0
+	done := make(chan error, 1)
+	go func() {
+		done <- in.Follow(ctx, func(context.Context) (*client.Client, error) { sessions++; return s.r.Connect(t), nil }, s.mb.Owner, s.mb.ID, nil)
+	}()
+	for s.waiting(t) != 200 {
+		if ctx.Err() != nil {
+			t.Fatalf("%d envelopes on the relay, want the 200 held", s.waiting(t))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	twice := 0
+	for _, k := range taken {
+		if k > 1 {
+			twice++
+		}
+	}
+	if len(taken) != n || twice > 0 || sessions != 1 {
+		t.Fatalf("%d of %d messages taken, %d of them more than once, over %d sessions", len(taken), n, twice, sessions)
 	}
 }
