@@ -280,3 +280,47 @@ func BenchmarkFrontAmplifiedHeaders(b *testing.B) {
 		}
 	})
 }
+
+// A session's client whose WINDOW_UPDATEs (or a SETTINGS change of the
+// initial window) take the session stream's send window past 2^31-1
+// commits a FLOW_CONTROL_ERROR: the session ends with a GOAWAY of that
+// code, where the engine used to cap the window and go on.
+func TestEngineStreamWindowOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		write func(fr *http2.Framer)
+	}{
+		{"WINDOW_UPDATE", func(fr *http2.Framer) { fr.WriteWindowUpdate(1, 1<<31-1) }},
+		{"SETTINGS", func(fr *http2.Framer) {
+			fr.WriteWindowUpdate(1, 1<<31-1-65535)
+			fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRelay(t, engineTransport(), nil)
+			serveEcho(r.ln)
+			c := tlsDial(t, r.ep.Addr, "h2")
+			defer c.Close()
+			rawSession(t, r, c, nil)
+			var out bytes.Buffer
+			tc.write(http2.NewFramer(&out, nil))
+			if _, err := c.Write(out.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a deadlock guard
+			rd := http2.NewFramer(nil, c)
+			for {
+				f, err := rd.ReadFrame()
+				if err != nil {
+					t.Fatalf("no GOAWAY before %v", err)
+				}
+				if g, ok := f.(*http2.GoAwayFrame); ok {
+					if g.ErrCode != http2.ErrCodeFlowControl {
+						t.Fatalf("GOAWAY %v, want FLOW_CONTROL_ERROR", g.ErrCode)
+					}
+					return
+				}
+			}
+		})
+	}
+}

@@ -503,6 +503,12 @@ func (s *h2Session) onSettings(flags byte, stream uint32, p []byte) error {
 	}
 	s.mu.Lock()
 	if ps.initialWindow >= 0 {
+		// RFC 9113 6.9.2: a change that takes the stream's window past
+		// 2^31-1 is a FLOW_CONTROL_ERROR.
+		if s.sendStream+ps.initialWindow-s.peerInitial > maxWindow {
+			s.mu.Unlock()
+			return s.connError(h2FlowError)
+		}
 		s.sendStream += ps.initialWindow - s.peerInitial
 		s.peerInitial = ps.initialWindow
 	}
@@ -529,7 +535,13 @@ func (s *h2Session) onWindowUpdate(stream uint32, p []byte) error {
 			s.sendConn += inc
 		}
 	case s.stream:
-		s.sendStream = min(s.sendStream+inc, maxWindow)
+		// Past 2^31-1 the stream's window is a FLOW_CONTROL_ERROR (the
+		// stock server resets the stream); the connection carries this
+		// session alone, so the session ends.
+		over = s.sendStream+inc > maxWindow
+		if !over {
+			s.sendStream += inc
+		}
 	}
 	s.wcond.Broadcast()
 	s.mu.Unlock()
