@@ -20,28 +20,14 @@ import (
 func BenchmarkIdleSplices(b *testing.B) {
 	const n = 500
 	// The origin answers a request, then waits for the client to close.
-	ol, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ol.Close()
-	go func() {
-		for {
-			c, err := ol.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				if _, err := io.ReadFull(c, buf[:4]); err != nil {
-					return
-				}
-				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
-				c.Read(buf) // until the client closes
-			}()
+	ol := benchOrigin(b, func(c net.Conn) {
+		buf := make([]byte, 64)
+		if _, err := io.ReadFull(c, buf[:4]); err != nil {
+			return
 		}
-	}()
+		c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+		c.Read(buf) // until the client closes
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -98,24 +84,10 @@ func BenchmarkIdleSplices(b *testing.B) {
 //
 //	go test ./transport/borrow -run '^$' -bench SpliceThroughput -count 3
 func BenchmarkSpliceThroughput(b *testing.B) {
-	ol, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ol.Close()
-	go func() {
-		for {
-			c, err := ol.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-				c.Write([]byte("ok"))
-			}()
-		}
-	}()
+	ol := benchOrigin(b, func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		c.Write([]byte("ok"))
+	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -150,4 +122,28 @@ func BenchmarkSpliceThroughput(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchOrigin is a loopback TCP server that runs serve on each connection
+// (and closes it after), until the benchmark ends.
+func benchOrigin(b *testing.B, serve func(net.Conn)) net.Listener {
+	b.Helper()
+	ol, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ol.Close() })
+	go func() {
+		for {
+			c, err := ol.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ol
 }

@@ -135,13 +135,7 @@ func front(t *testing.T, o *origin, mod func(*Options)) (*Listener, *observed) {
 
 func dialFront(t *testing.T, l *Listener) *net.TCPConn {
 	t.Helper()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(failAfter))
-	return c.(*net.TCPConn)
+	return dialFrom(t, l, "127.0.0.1")
 }
 
 // taggedRecord is a Chrome ClientHello record tagged under key at now.
