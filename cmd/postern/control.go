@@ -79,6 +79,11 @@ func parseControl(payload []byte) (isControl bool, u cardUpdate, err error) {
 	return true, u, nil
 }
 
+// errCardNotSaved marks a card update that was accepted but could not be
+// written to the contacts: its envelope must stay on the relay (not acked),
+// so that the next recv applies it again.
+var errCardNotSaved = errors.New("card update not saved")
+
 // applyCardUpdate checks a card update from sender against the contacts
 // and, if it holds, gives the contact the new card. It returns what to
 // tell the user.
@@ -104,9 +109,11 @@ func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, er
 		if u.card == book.Cards[name] {
 			return "", nil
 		}
+		prev := book.Cards[name]
 		book.Cards[name] = u.card
 		if err := book.save(); err != nil {
-			return "", fmt.Errorf("%s's card changed, but the contacts could not be saved: %w", name, err)
+			book.Cards[name] = prev // as on disk
+			return "", fmt.Errorf("%w: %s's card changed, but the contacts could not be saved: %w", errCardNotSaved, name, err)
 		}
 		return fmt.Sprintf("%s's card changed: they moved their mailbox (fingerprint unchanged: %s); your contacts now hold the new card", name, cardFingerprint(card)), nil
 	}

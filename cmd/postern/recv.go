@@ -347,6 +347,10 @@ func (p *printer) take(m client.Message) error {
 		if err == nil {
 			note, err = applyCardUpdate(p.book, m.Sender, u)
 		}
+		if errors.Is(err, errCardNotSaved) {
+			// Not acked: the relay keeps the update for the next recv.
+			return fmt.Errorf("%w; it stays on the relay, and the next recv applies it again", err)
+		}
 		if err != nil {
 			note = "warning: " + err.Error()
 		}
