@@ -92,6 +92,10 @@ type relayConfig struct {
 	// it and sizes max_sessions from it. Default 0: the cgroup's limit (a
 	// container, or systemd MemoryMax), else none.
 	MemoryLimit int64 `json:"memory_limit"`
+
+	// (memory_limit below minMemoryLimit is refused: a units mistake, such
+	// as 2048 meant as MiB, made a soft limit of 1.8 KB, a collector that
+	// never stopped and 256 sessions, without a word.)
 	// MaxSessions bounds sessions across both transports; one more is
 	// closed at once. Default 0: one per 192 KiB of the soft memory limit
 	// (at least 256), else 8192.
@@ -284,6 +288,9 @@ func (c *relayConfig) validate() error {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}
 	}
+	if c.MemoryLimit > 0 && c.MemoryLimit < minMemoryLimit {
+		return fmt.Errorf("field \"memory_limit\": %d bytes is below 64 MiB, too little for a relay (it is in bytes: 2 GiB is 2147483648)", c.MemoryLimit)
+	}
 	if err := checkAddr("metrics_listen", c.MetricsListen, true); err != nil {
 		return err
 	}
@@ -327,6 +334,9 @@ func (c *relayConfig) validateLinks() error {
 	}
 	return nil
 }
+
+// minMemoryLimit is the smallest memory_limit a relay accepts.
+const minMemoryLimit = 64 << 20
 
 // validateBorrow checks borrow_origin.
 func (c *relayConfig) validateBorrow(checkAddr func(field, v string, allowOff bool) error) error {

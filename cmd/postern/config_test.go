@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,7 @@ func TestRelayConfigErrors(t *testing.T) {
 		{"bad link_bind", `{"link_bind": "eth0"}`, []string{`"link_bind"`, "IP address"}},
 		{"two covers", `{"cover_dir": "/srv", "cover_proxy": "http://127.0.0.1:1"}`, []string{`"cover_dir"`, `"cover_proxy"`}},
 		{"negative quota", `{"max_store_bytes": -1}`, []string{`"max_store_bytes"`, "-1"}},
+		{"memory limit in MiB", `{"memory_limit": 2048}`, []string{`"memory_limit"`, "64 MiB", "in bytes"}},
 		{"bad log level", `{"log_level": "loud"}`, []string{`"log_level"`, `"loud"`}},
 		{"trailing data", `{} {}`, []string{"trailing"}},
 	} {
@@ -172,6 +175,20 @@ func TestServerName(t *testing.T) {
 		names := certNames(tc.cfg, sni)
 		if sni != tc.sni || strings.Join(names, ",") != strings.Join(tc.names, ",") {
 			t.Errorf("%+v: sni %q names %v; want %q %v", tc.cfg, sni, names, tc.sni, tc.names)
+		}
+	}
+}
+
+// metricsExposed tells a metrics listener others can reach (every
+// interface, a public address) from one only this host or its private
+// network can.
+func TestMetricsExposed(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"0.0.0.0:9464": true, "[::]:9464": true,
+		"8.8.8.8:9464": true, "127.0.0.1:9464": false, "10.1.2.3:9464": false, "[::1]:9464": false,
+	} {
+		if got := metricsExposed(net.TCPAddrFromAddrPort(netip.MustParseAddrPort(addr))); got != want {
+			t.Errorf("%s: exposed %v, want %v", addr, got, want)
 		}
 	}
 }

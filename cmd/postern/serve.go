@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -265,7 +266,24 @@ func (r *relayRun) startMetrics(context.Context) error {
 		return nil
 	})
 	r.log.Info("metrics listening", "addr", r.metrics.Addr().String(), "path", "/metrics")
+	if metricsExposed(r.metrics.Addr()) {
+		// In a container 0.0.0.0 is the container's own network; on a
+		// host it is every interface, the public one too, where a
+		// censor's scanner finds postern_build_info beside the cover site.
+		r.log.Warn("metrics listen on every interface or a public address: unless the port is firewalled (a container's network, a private interface), a scanner finds a relay here; set metrics_listen to 127.0.0.1:9464 or a private address")
+	}
 	return nil
+}
+
+// metricsExposed reports whether a listener on addr can be reached from
+// outside: every interface, or a public address.
+func metricsExposed(addr net.Addr) bool {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	return ip.IsUnspecified() || transport.PublicIP(ip)
 }
 
 var errDiskFull = errors.New("store disk full: new envelopes are refused until space is freed")
