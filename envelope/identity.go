@@ -220,24 +220,48 @@ func (id *Identity) WriteFile(path string) error {
 			return fmt.Errorf("identity %s: %w", path, err)
 		}
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// Written whole to a temporary file, synced, then linked into place:
+	// the link fails if path exists (nothing is overwritten), and a crash
+	// leaves either no identity or a whole one, never a truncated file
+	// that a second `id new` would refuse to replace.
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("identity %s already exists; refusing to overwrite it (move it away first)", path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-identity-*")
 	if err != nil {
+		return fmt.Errorf("identity %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return fmt.Errorf("identity %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("identity %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("identity %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("identity %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("identity %s already exists; refusing to overwrite it (move it away first)", path)
 		}
 		return fmt.Errorf("identity %s: %w", path, err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("identity %s: %w", path, err)
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		err = d.Sync() // the new name survives a crash
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("identity %s: %w", path, err)
+		}
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("identity %s: %w", path, err)
-	}
-	return f.Close()
+	return nil
 }
 
 // LoadIdentity reads an identity file, refusing one that group or others

@@ -91,3 +91,28 @@ func TestLoadIdentityErrors(t *testing.T) {
 		})
 	}
 }
+
+// WriteFile puts a whole identity in place or nothing: it leaves no
+// temporary file behind, refuses to overwrite, and writes mode 0600.
+func TestWriteFileWholeOrNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.id")
+	id := newID(t)
+	if err := id.WriteFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := newID(t).WriteFile(path); err == nil || !strings.Contains(err.Error(), "refusing to overwrite") {
+		t.Fatalf("second WriteFile: %v, want a refusal", err)
+	}
+	got, err := LoadIdentity(path)
+	if err != nil || !bytes.Equal(got.AuthKey(), id.AuthKey()) {
+		t.Fatalf("the identity on disk is not the first one: %v", err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, %v; want 0600", st.Mode(), err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("%d files in the directory, want the identity alone", len(entries))
+	}
+}
