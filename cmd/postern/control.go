@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
@@ -144,6 +145,10 @@ func mailboxRotateCmd() command {
 	}
 }
 
+// saveRotated writes the mailbox file once the relays moved a mailbox
+// (a variable so that a test can make that write fail).
+var saveRotated = (*mailboxes).save
+
 func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	id, ms, err := a.open(e)
 	if err != nil {
@@ -153,10 +158,33 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	if err != nil {
 		return err
 	}
-	nm := newMailbox(m.Name, nil, len(m.SendCap) > 0)
+	// The new keys are written down before any relay moves the mailbox:
+	// until the file names the new owner key, a relay that moved it holds
+	// a mailbox nobody can read. A rotation that was interrupted (a crash,
+	// a failed write, a reply that never came) left them in m.Next, and
+	// rotating again finishes it with the same keys.
+	nm, resuming := m.Next, m.Next != nil
+	if !resuming {
+		nm = newMailbox(m.Name, nil, len(m.SendCap) > 0)
+		m.Next = nm
+		if err := ms.save(id); err != nil {
+			m.Next = nil
+			return fmt.Errorf("mailbox %q not rotated: %s could not be written: %w", m.Name, mailboxPath(ms.idPath), err)
+		}
+	} else {
+		fmt.Fprintf(e.stderr, "finishing the rotation of mailbox %q that was interrupted\n", m.Name)
+	}
+	nm.Name, nm.Relays, nm.Relay = m.Name, nil, ""
 	moved := 0
 	errs := ms.onEachRelay(ctx, e, id, m, func(c *client.Client) error {
 		n, err := c.Rotate(ctx, m.owner(), m.id(), nm.owner(), nm.id(), nm.capVerifier())
+		if err != nil {
+			// It may have moved already (an earlier try whose reply was
+			// lost): the new mailbox answers its owner then.
+			if _, ferr := c.FetchAfter(ctx, nm.owner(), nm.id(), math.MaxUint64, 1); ferr == nil {
+				return nil
+			}
+		}
 		moved += n
 		return err
 	})
@@ -168,15 +196,15 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 		fmt.Fprintf(e.stderr, "relay %d of %d: %v; it is left out of the new card\n", i+1, len(errs), err)
 	}
 	if len(nm.Relays) == 0 {
-		return fmt.Errorf("no relay could rotate mailbox %q; nothing changed: try again when the relays are reachable", m.Name)
+		return fmt.Errorf("no relay confirmed the rotation of mailbox %q: try again when the relays are reachable (the new keys are kept in %s, so a relay that did move it is found again)", m.Name, mailboxPath(ms.idPath))
 	}
 	for i, o := range ms.list {
 		if o == m {
 			ms.list[i] = nm
 		}
 	}
-	if err := ms.save(id); err != nil {
-		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): keep the output of this command", m.Name, mailboxPath(ms.idPath), err)
+	if err := saveRotated(ms, id); err != nil {
+		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): run `postern mailbox rotate` again once it can be, which finishes the rotation with the keys kept there", m.Name, mailboxPath(ms.idPath), err)
 	}
 	fmt.Fprintln(e.stdout, nm.Card)
 	fmt.Fprintf(e.stderr, "mailbox %q rotated: %d waiting envelope(s) moved\n", m.Name, moved)

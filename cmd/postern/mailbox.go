@@ -38,6 +38,11 @@ import (
 //	owner     the Ed25519 seed of the owner key, the same on every relay
 //	send_cap  the send capability, if the mailbox needs one
 //	card      the contact card for it, as last printed
+//	next      a rotation under way (mailbox rotate): the new id, owner key
+//	          and send capability, written before any relay is asked to
+//	          move the mailbox, so that a rotation a crash or a failed
+//	          write interrupts can be finished (rotate again) with the
+//	          keys the relays already moved it to
 //	others    more mailboxes, each an object with the fields above except
 //	          version and others
 //
@@ -53,11 +58,12 @@ type mailboxState struct {
 	Version int             `json:"version,omitempty"`
 	Name    string          `json:"name,omitempty"`
 	Relays  []string        `json:"relays,omitempty"`
-	Relay   string          `json:"relay"`    // relays[0]; see above
-	ID      []byte          `json:"id"`       // 32-byte mailbox id
-	Owner   []byte          `json:"owner"`    // Ed25519 seed of the owner key
-	SendCap []byte          `json:"send_cap"` // send capability, if any
-	Card    string          `json:"card"`     // the contact card printed at creation
+	Relay   string          `json:"relay"`          // relays[0]; see above
+	ID      []byte          `json:"id"`             // 32-byte mailbox id
+	Owner   []byte          `json:"owner"`          // Ed25519 seed of the owner key
+	SendCap []byte          `json:"send_cap"`       // send capability, if any
+	Card    string          `json:"card"`           // the contact card printed at creation
+	Next    *mailboxState   `json:"next,omitempty"` // a rotation under way
 	Others  []*mailboxState `json:"others,omitempty"`
 }
 
@@ -142,6 +148,9 @@ func loadMailboxes(idPath string) (*mailboxes, error) {
 	for i, m := range ms.list {
 		if m == nil || len(m.ID) != 32 || len(m.Owner) != ed25519.SeedSize || len(m.Relays) > envelope.MaxRelays ||
 			(i > 0 && (m.Others != nil || m.Version != 0)) {
+			return nil, fmt.Errorf("mailbox state %s is corrupt", p)
+		}
+		if n := m.Next; n != nil && (len(n.ID) != 32 || len(n.Owner) != ed25519.SeedSize || n.Next != nil || n.Others != nil) {
 			return nil, fmt.Errorf("mailbox state %s is corrupt", p)
 		}
 		if m.Name == "" {

@@ -189,6 +189,10 @@ func recvError(path string, t recvTarget, err error) error {
 	if !errors.Is(err, relay.ErrNoMailbox) {
 		return err
 	}
+	if t.m.Next != nil {
+		return &explained{err: err, text: fmt.Sprintf("relay %d of %d no longer has mailbox %q under its old id: a rotation of it was interrupted; "+
+			"finish it with `postern mailbox rotate --name %s --id %s` (the new keys are in the mailbox file)", t.i+1, t.n, t.m.Name, t.m.Name, path)}
+	}
 	return &explained{err: err, text: fmt.Sprintf("relay %d of %d no longer has mailbox %q (the relay lost it, or it was deleted): make it again there with "+
 		"`postern mailbox create --again --name %s --id %s`; your card stays the same", t.i+1, t.n, t.m.Name, t.m.Name, path)}
 }
