@@ -49,7 +49,27 @@ func loadContacts(idPath string) (*contactBook, error) {
 
 func (b *contactBook) save() error {
 	data, _ := json.MarshalIndent(b, "", "  ")
+	defer lockState(strings.TrimSuffix(b.path, ".contacts"))()
 	return writeFileAtomic(b.path, append(data, '\n'), 0o600)
+}
+
+// saveCard writes contact name's card into the contacts file as it is on
+// disk now, under the lock: a long `recv --follow` applying a card update
+// beside a `contact add` must not write back its older copy of the file.
+func (b *contactBook) saveCard(name, card string) error {
+	idPath := strings.TrimSuffix(b.path, ".contacts")
+	defer lockState(idPath)()
+	disk, err := loadContacts(idPath)
+	if err != nil {
+		return err
+	}
+	disk.Cards[name] = card
+	data, _ := json.MarshalIndent(disk, "", "  ")
+	if err := writeFileAtomic(b.path, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	b.Cards = disk.Cards
+	return nil
 }
 
 // card returns the parsed card of contact name.

@@ -110,10 +110,7 @@ func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, er
 		if u.card == book.Cards[name] {
 			return "", nil
 		}
-		prev := book.Cards[name]
-		book.Cards[name] = u.card
-		if err := book.save(); err != nil {
-			book.Cards[name] = prev // as on disk
+		if err := book.saveCard(name, u.card); err != nil {
 			return "", fmt.Errorf("%w: %s's card changed, but the contacts could not be saved: %w", errCardNotSaved, name, err)
 		}
 		return fmt.Sprintf("%s's card changed: they moved their mailbox (fingerprint unchanged: %s); your contacts now hold the new card", name, cardFingerprint(card)), nil

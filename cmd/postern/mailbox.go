@@ -109,6 +109,7 @@ type mailboxes struct {
 	mu       sync.Mutex
 	renewing sync.WaitGroup
 	settled  bool
+	locked   bool // loaded under lockState, which the caller holds for save
 }
 
 // loadMailbox returns the primary mailbox (with the others in Others).
@@ -199,6 +200,9 @@ func (ms *mailboxes) save(id *envelope.Identity) error {
 	top := *ms.list[0]
 	top.Version, top.Others = mailboxFileVersion, ms.list[1:]
 	out, _ := json.MarshalIndent(&top, "", "  ")
+	if !ms.locked {
+		defer lockState(ms.idPath)()
+	}
 	return writeFileAtomic(mailboxPath(ms.idPath), append(out, '\n'), 0o600)
 }
 
@@ -309,7 +313,29 @@ func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int
 	if !slices.Contains(ms.list, m) {
 		return // a mailbox being made: its first save carries the renewal
 	}
-	if err := ms.save(id); err != nil {
+	// The file may have changed since this process read it (a long
+	// `recv --follow` beside `mailbox create` or `rotate`): the renewal is
+	// applied to what is on disk now, under the lock, not to this
+	// process's copy, which would write over the other's change.
+	err := func() error {
+		defer lockState(ms.idPath)()
+		disk, err := loadMailboxes(ms.idPath)
+		if err != nil {
+			return err
+		}
+		for _, dm := range disk.list {
+			if bytes.Equal(dm.ID, m.ID) {
+				if drs := dm.relays(); i < len(drs) && drs[i] == old {
+					drs = slices.Clone(drs)
+					drs[i] = fresh
+					dm.Relays, dm.Relay = drs, drs[0]
+				}
+			}
+		}
+		disk.locked = true
+		return disk.save(id)
+	}()
+	if err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
 		return
 	}
