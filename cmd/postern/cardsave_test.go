@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,18 +13,8 @@ import (
 // Before, recv warned, acked the update and dropped it.
 func TestCardUpdateNotAckedUnsaved(t *testing.T) {
 	bin := buildBinary(t)
-	dir := t.TempDir()
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"))
-	home := filepath.Join(dir, "home")
-	envv := []string{"POSTERN_HOME=" + home}
-	alice, bob := filepath.Join(home, "alice.id"), filepath.Join(home, "bob.id")
-	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
-	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
-	d := filepath.Join(rp.dir, "descriptor")
-	aliceCard := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", alice, "--relay", d)))
-	bobCard := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", d)))
-	runOK(t, bin, envv, nil, "contact", "add", "--id", alice, "bob", bobCard)
-	runOK(t, bin, envv, nil, "contact", "add", "--id", bob, "alice", aliceCard)
+	u := newPair(t, bin, true)
+	envv, alice, bob := u.envv, u.alice, u.bob
 	runOK(t, bin, envv, nil, "mailbox", "rotate", "--id", bob) // sends alice the update
 
 	cmd := exec.Command("bash", "-c", `ulimit -f 1; exec "$0" recv --id "$1"`, bin, alice)

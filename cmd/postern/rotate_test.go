@@ -18,16 +18,8 @@ import (
 // key lived only in memory: the mailbox and what waited in it were lost.
 func TestRotateInterruptedIsFinished(t *testing.T) {
 	bin := buildBinary(t)
-	dir := t.TempDir()
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"))
-	home := filepath.Join(dir, "home")
-	envv := []string{"POSTERN_HOME=" + home}
-	alice, bob := filepath.Join(home, "alice.id"), filepath.Join(home, "bob.id")
-	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
-	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
-	d := filepath.Join(rp.dir, "descriptor")
-	bobCard := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", d)))
-	runOK(t, bin, envv, nil, "contact", "add", "--id", alice, "bob", bobCard)
+	u := newPair(t, bin)
+	envv, alice, bob, bobCard, home := u.envv, u.alice, u.bob, u.bobCard, u.home
 	runOK(t, bin, envv, []byte("waiting for bob"), "send", "--id", alice, "--to", "bob")
 
 	saveRotated = func(*mailboxes, *envelope.Identity) error { return errors.New("no space left on device (test)") }
@@ -54,4 +46,33 @@ func TestRotateInterruptedIsFinished(t *testing.T) {
 	if got := runOK(t, bin, envv, nil, "recv", "--id", bob); !strings.Contains(string(got), "waiting for bob") {
 		t.Fatalf("after the rotation was finished, recv printed %q", got)
 	}
+}
+
+// pair is alice and bob on one relay: bob has a mailbox there, and alice
+// has bob as a contact (and bob alice, with both).
+type pair struct {
+	rp                           *relayProc
+	home, alice, bob             string
+	envv                         []string
+	aliceCard, bobCard, relayDsc string
+}
+
+func newPair(t *testing.T, bin string, both ...bool) *pair {
+	t.Helper()
+	dir := t.TempDir()
+	u := &pair{rp: startRelay(t, bin, filepath.Join(dir, "relay")), home: filepath.Join(dir, "home")}
+	u.envv = []string{"POSTERN_HOME=" + u.home}
+	u.alice, u.bob = filepath.Join(u.home, "alice.id"), filepath.Join(u.home, "bob.id")
+	runOK(t, bin, u.envv, nil, "id", "new", "--out", u.alice)
+	runOK(t, bin, u.envv, nil, "id", "new", "--out", u.bob)
+	u.relayDsc = filepath.Join(u.rp.dir, "descriptor")
+	if len(both) > 0 && both[0] {
+		u.aliceCard = strings.TrimSpace(string(runOK(t, bin, u.envv, nil, "mailbox", "create", "--id", u.alice, "--relay", u.relayDsc)))
+	}
+	u.bobCard = strings.TrimSpace(string(runOK(t, bin, u.envv, nil, "mailbox", "create", "--id", u.bob, "--relay", u.relayDsc)))
+	runOK(t, bin, u.envv, nil, "contact", "add", "--id", u.alice, "bob", u.bobCard)
+	if u.aliceCard != "" {
+		runOK(t, bin, u.envv, nil, "contact", "add", "--id", u.bob, "alice", u.aliceCard)
+	}
+	return u
 }
