@@ -279,17 +279,8 @@ func (c *relayConfig) validate() error {
 	if c.validity, err = time.ParseDuration(c.DescriptorValidity); err != nil || c.validity < time.Hour {
 		return fmt.Errorf("field \"descriptor_validity\": %q is not a duration of at least 1h (for example \"720h\")", c.DescriptorValidity)
 	}
-	for _, q := range []struct {
-		name string
-		v    int64
-	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
-		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}} {
-		if q.v < 0 {
-			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
-		}
-	}
-	if c.MemoryLimit > 0 && c.MemoryLimit < minMemoryLimit {
-		return fmt.Errorf("field \"memory_limit\": %d bytes is below 64 MiB, too little for a relay (it is in bytes: 2 GiB is 2147483648)", c.MemoryLimit)
+	if err := c.validateQuotas(); err != nil {
+		return err
 	}
 	if err := checkAddr("metrics_listen", c.MetricsListen, true); err != nil {
 		return err
@@ -311,6 +302,24 @@ func (c *relayConfig) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("field \"log_level\": %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// validateQuotas checks the caps and sizes: none negative (0 is the
+// default), memory_limit not below minMemoryLimit.
+func (c *relayConfig) validateQuotas() error {
+	for _, q := range []struct {
+		name string
+		v    int64
+	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
+		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}} {
+		if q.v < 0 {
+			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
+		}
+	}
+	if c.MemoryLimit > 0 && c.MemoryLimit < minMemoryLimit {
+		return fmt.Errorf("field \"memory_limit\": %d bytes is below 64 MiB, too little for a relay (it is in bytes: 2 GiB is 2147483648)", c.MemoryLimit)
 	}
 	return nil
 }
