@@ -22,8 +22,13 @@ import (
 // Nine tenths is also the usual advice for GOMEMLIMIT under a container
 // limit. The figure is, in order: the config's memory_limit,
 // the cgroup's limit (a container or a systemd unit with MemoryMax), or
-// none. An explicit GOMEMLIMIT in the environment always wins for the
-// runtime.
+// the host's memory (MemTotal in /proc/meminfo). An explicit GOMEMLIMIT in
+// the environment always wins for the runtime. The host's memory sets
+// only the soft limit, not the session cap (which stays defaultMaxSessions
+// without a known limit): on a bare host the limit is what turns on the h3
+// listener's relief under memory pressure (transport/h3, pressure.go),
+// which without one never acted, so connections that each pinned
+// megabytes grew until the kernel killed the relay.
 
 // sessionBudget is the memory one session is planned at: an idle session
 // measured 100–190 KiB relay side when this was set; on 2026-12-04 it was
@@ -46,6 +51,29 @@ func memoryLimit(configured int64) int64 {
 	for _, f := range cgroupMemoryFiles {
 		if n, err := readLimit(f); err == nil && n > 0 {
 			return n
+		}
+	}
+	return 0
+}
+
+// meminfoFile holds the host's memory (a variable for tests).
+var meminfoFile = "/proc/meminfo"
+
+// hostMemory is the host's memory in bytes (MemTotal), or 0.
+func hostMemory() int64 {
+	b, err := os.ReadFile(meminfoFile)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 2 && f[1] == "kB" {
+				if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil && kb > 0 && kb < math.MaxInt64/1024 {
+					return kb * 1024
+				}
+			}
+			return 0
 		}
 	}
 	return 0

@@ -94,3 +94,31 @@ func TestListenersTakeTheSessionCap(t *testing.T) {
 		t.Errorf("h3 listener cap %d, want 20000", got)
 	}
 }
+
+// hostMemory reads MemTotal: the soft limit's figure on a host with no
+// configured or cgroup limit.
+func TestHostMemory(t *testing.T) {
+	dir := t.TempDir()
+	old := meminfoFile
+	t.Cleanup(func() { meminfoFile = old })
+	for content, want := range map[string]int64{
+		"MemTotal:        2048000 kB\nMemFree:  100 kB\n": 2048000 * 1024,
+		"MemFree:  100 kB\n":                              0,
+		"MemTotal: lots kB\n":                             0,
+		"MemTotal: 2048000 MB\n":                          0,
+	} {
+		meminfoFile = filepath.Join(dir, "meminfo")
+		os.WriteFile(meminfoFile, []byte(content), 0o600)
+		if got := hostMemory(); got != want {
+			t.Errorf("%q: %d, want %d", content, got, want)
+		}
+	}
+	meminfoFile = filepath.Join(dir, "missing")
+	if got := hostMemory(); got != 0 {
+		t.Errorf("no meminfo: %d", got)
+	}
+	meminfoFile = old
+	if _, err := os.Stat(old); err == nil && hostMemory() <= 0 {
+		t.Errorf("%s is there but gave no memory", old)
+	}
+}

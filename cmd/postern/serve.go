@@ -172,8 +172,13 @@ func (r *relayRun) openStore(context.Context) error {
 		return err
 	}
 	r.forwarder = r.newForwarder()
-	soft := applyMemoryLimit(memoryLimit(cfg.MemoryLimit), r.e.getenv)
-	r.sessions = maxSessions(cfg.MaxSessions, soft)
+	limit := memoryLimit(cfg.MemoryLimit)
+	soft := applyMemoryLimit(cmp.Or(limit, hostMemory()), r.e.getenv)
+	sized := soft // the session cap follows a limit set for the relay, not the host's memory
+	if limit == 0 && r.e.getenv("GOMEMLIMIT") == "" {
+		sized = 0
+	}
+	r.sessions = maxSessions(cfg.MaxSessions, sized)
 	r.log.Info("memory", "soft_limit_bytes", soft, "max_sessions", r.sessions)
 	r.log.Info("scheduler", "gomaxprocs", applyProcs(cfg.Store != "memory", r.e.getenv))
 	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
