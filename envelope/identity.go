@@ -224,9 +224,6 @@ func (id *Identity) WriteFile(path string) error {
 	// the link fails if path exists (nothing is overwritten), and a crash
 	// leaves either no identity or a whole one, never a truncated file
 	// that a second `id new` would refuse to replace.
-	if _, err := os.Lstat(path); err == nil {
-		return fmt.Errorf("identity %s already exists; refusing to overwrite it (move it away first)", path)
-	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-identity-*")
 	if err != nil {
 		return fmt.Errorf("identity %s: %w", path, err)

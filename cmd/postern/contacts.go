@@ -48,24 +48,30 @@ func loadContacts(idPath string) (*contactBook, error) {
 }
 
 func (b *contactBook) save() error {
+	defer lockState(b.idPath())()
+	return b.write()
+}
+
+// write writes the book to its file; the caller holds the state lock.
+func (b *contactBook) write() error {
 	data, _ := json.MarshalIndent(b, "", "  ")
-	defer lockState(strings.TrimSuffix(b.path, ".contacts"))()
 	return writeFileAtomic(b.path, append(data, '\n'), 0o600)
 }
+
+// idPath is the identity file the book belongs to.
+func (b *contactBook) idPath() string { return strings.TrimSuffix(b.path, ".contacts") }
 
 // saveCard writes contact name's card into the contacts file as it is on
 // disk now, under the lock: a long `recv --follow` applying a card update
 // beside a `contact add` must not write back its older copy of the file.
 func (b *contactBook) saveCard(name, card string) error {
-	idPath := strings.TrimSuffix(b.path, ".contacts")
-	defer lockState(idPath)()
-	disk, err := loadContacts(idPath)
+	defer lockState(b.idPath())()
+	disk, err := loadContacts(b.idPath())
 	if err != nil {
 		return err
 	}
 	disk.Cards[name] = card
-	data, _ := json.MarshalIndent(disk, "", "  ")
-	if err := writeFileAtomic(b.path, append(data, '\n'), 0o600); err != nil {
+	if err := disk.write(); err != nil {
 		return err
 	}
 	b.Cards = disk.Cards

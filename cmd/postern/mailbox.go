@@ -109,7 +109,6 @@ type mailboxes struct {
 	mu       sync.Mutex
 	renewing sync.WaitGroup
 	settled  bool
-	locked   bool // loaded under lockState, which the caller holds for save
 }
 
 // loadMailbox returns the primary mailbox (with the others in Others).
@@ -178,8 +177,15 @@ func defaultName(i int) string {
 }
 
 // save refreshes every mailbox's card and writes the file (0600); with no
-// mailbox left it removes the file.
+// mailbox left it removes the file. It holds the identity's state lock
+// while it writes.
 func (ms *mailboxes) save(id *envelope.Identity) error {
+	defer lockState(ms.idPath)()
+	return ms.saveLocked(id)
+}
+
+// saveLocked is save for a caller that holds the state lock.
+func (ms *mailboxes) saveLocked(id *envelope.Identity) error {
 	if len(ms.list) == 0 {
 		err := os.Remove(mailboxPath(ms.idPath))
 		if errors.Is(err, os.ErrNotExist) {
@@ -200,9 +206,6 @@ func (ms *mailboxes) save(id *envelope.Identity) error {
 	top := *ms.list[0]
 	top.Version, top.Others = mailboxFileVersion, ms.list[1:]
 	out, _ := json.MarshalIndent(&top, "", "  ")
-	if !ms.locked {
-		defer lockState(ms.idPath)()
-	}
 	return writeFileAtomic(mailboxPath(ms.idPath), append(out, '\n'), 0o600)
 }
 
@@ -332,8 +335,7 @@ func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int
 				}
 			}
 		}
-		disk.locked = true
-		return disk.save(id)
+		return disk.saveLocked(id)
 	}()
 	if err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)

@@ -37,6 +37,7 @@ func (f *flow) pump(dst, src net.Conn, pre []byte, claim bool) end {
 			}
 			claim = false
 		}
+		var werr error
 		if n > 0 {
 			f.act.touch()
 			out := (*bp)[:n]
@@ -44,13 +45,11 @@ func (f *flow) pump(dst, src net.Conn, pre []byte, claim bool) end {
 				out, pre = append(pre, out...), nil
 			}
 			dst.SetWriteDeadline(time.Now().Add(f.act.stall))
-			_, werr := dst.Write(out)
-			putBuf(bp)
-			if werr != nil {
-				return f.broken(src, dst, werr)
-			}
-		} else {
-			putBuf(bp)
+			_, werr = dst.Write(out)
+		}
+		putBuf(bp)
+		if werr != nil {
+			return f.broken(src, dst, werr)
 		}
 		switch {
 		case err == nil:

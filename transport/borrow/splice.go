@@ -285,8 +285,9 @@ func (f *flow) splice(in inspection) {
 // only what the client sends after the FIN would draw the origin's reset.
 // So the held bytes wait for the client's next bytes and go with them
 // (the reset then comes one round trip after that write, as it would
-// directly; an origin that only half-closed still gets every byte), and
-// are dropped if the client ends first.
+// directly), and are dropped if the client ends first: an origin that
+// only half-closed (no common web server does on a timeout) then misses
+// them.
 func (f *flow) forward(o net.Conn, in inspection) end {
 	var pre []byte
 	if f.originFIN.Load() {

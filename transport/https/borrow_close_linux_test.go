@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ type closeProbe struct {
 
 // probeAfterClose sends data, waits for the server to close, then writes
 // once, watches the socket for a reset and writes again.
-func probeAfterClose(t *testing.T, addr string, data []byte) (closeProbe, error) {
+func probeAfterClose(addr string, data []byte) (closeProbe, error) {
 	start := time.Now()
 	nc, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -55,7 +54,11 @@ func probeAfterClose(t *testing.T, addr string, data []byte) (closeProbe, error)
 		return p, fmt.Errorf("first write after the FIN: %w", err)
 	}
 	for end := time.Now().Add(probeWait); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		if transporttest.TCPState(t, c) == transporttest.TCPClose {
+		st, err := transporttest.TCPStateOf(c)
+		if err != nil {
+			return p, err
+		}
+		if st == transporttest.TCPClose {
 			p.Reset = true
 			break
 		}
@@ -89,25 +92,7 @@ func TestBorrowedSiteOriginCloseLikeNginx(t *testing.T) {
 		{"partial-clienthello", hello[:len(hello)/2]},
 		{"clienthello-untagged", hello},
 	}
-	targets := []string{r.ep.Addr, nginx}
-	res := make([][]closeProbe, len(cases))
-	errs := make([]error, len(cases)*len(targets))
-	var wg sync.WaitGroup
-	for i, c := range cases {
-		res[i] = make([]closeProbe, len(targets))
-		for j, addr := range targets {
-			wg.Go(func() {
-				var err error
-				if res[i][j], err = probeAfterClose(t, addr, c.data); err != nil {
-					errs[i*len(targets)+j] = fmt.Errorf("%s to target %d: %w", c.name, j, err)
-				}
-			})
-		}
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	res := runAll(t, cases, []string{r.ep.Addr, nginx}, probeAfterClose)
 	for i, c := range cases {
 		t.Logf("%-22s | relay %+v | nginx %+v", c.name, res[i][0], res[i][1])
 		if res[i][0] != res[i][1] {

@@ -255,15 +255,22 @@ func TestBorrowedSiteProbesMatchOrigin(t *testing.T) {
 // runProbes sends every probe to every target, all at once.
 func runProbes(t *testing.T, cases []probeCase, targets []string) [][]probeResult {
 	t.Helper()
-	results := make([][]probeResult, len(cases))
+	return runAll(t, cases, targets, probe)
+}
+
+// runAll runs do for every probe against every target, all at once, and
+// returns the results by probe, then target.
+func runAll[R any](t *testing.T, cases []probeCase, targets []string, do func(addr string, data []byte) (R, error)) [][]R {
+	t.Helper()
+	results := make([][]R, len(cases))
 	errs := make([]error, len(cases)*len(targets))
 	var wg sync.WaitGroup
 	for i, c := range cases {
-		results[i] = make([]probeResult, len(targets))
+		results[i] = make([]R, len(targets))
 		for j, addr := range targets {
 			wg.Go(func() {
 				var err error
-				results[i][j], err = probe(addr, c.data)
+				results[i][j], err = do(addr, c.data)
 				if err != nil {
 					errs[i*len(targets)+j] = fmt.Errorf("%s to target %d: %w", c.name, j, err)
 				}

@@ -19,19 +19,25 @@ const (
 // (Linux checks the FIN before the socket's error); the state tells.
 func TCPState(tb testing.TB, c *net.TCPConn) int {
 	tb.Helper()
-	rc, err := c.SyscallConn()
+	st, err := TCPStateOf(c)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	return st
+}
+
+// TCPStateOf is TCPState for a goroutine that is not the test's.
+func TCPStateOf(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
 	}
 	var v int
 	var gerr error
 	if err := rc.Control(func(fd uintptr) {
 		v, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_INFO)
 	}); err != nil {
-		tb.Fatal(err)
+		return 0, err
 	}
-	if gerr != nil {
-		tb.Fatal(gerr)
-	}
-	return v & 0xff
+	return v & 0xff, gerr
 }
