@@ -191,6 +191,10 @@ type Transport struct {
 	// windows.go). Zero means DefaultWindowBudget; a negative value keeps
 	// every connection at its initial window.
 	WindowBudget int64
+	// HeaderBudget is how many bytes of request HEADERS frames too large
+	// to wait for whole (over 16 KiB) http3 may be reading at once for
+	// the listener (see accept.go). Zero means DefaultHeaderBudget.
+	HeaderBudget int
 
 	// noFloodDefence turns Retry and the handshake cap off: benchmarks
 	// measure what the defence saves.

@@ -54,9 +54,12 @@ type listener struct {
 	gate    *httpsession.Gate
 	windows *windowBudget
 	conns   *connLimiter
+	headers *headerBudget
 	hs      *handshakes   // nil without the flood defence
 	early   atomic.Int64  // connections the HTTP/3 server took (tests)
-	served  chan struct{} // closed when srv.ServeListener returned
+	served  chan struct{} // closed when serve returned
+	ctx     context.Context
+	stop    context.CancelFunc // ends ctx: the listener is closing
 
 	closeOnce sync.Once
 	closeErr  error
@@ -65,7 +68,8 @@ type listener struct {
 // Listen starts an HTTP/3 server on cfg.Addr (UDP) that serves the cover site
 // and yields authenticated sessions. ctx only bounds the setup.
 func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (transport.Listener, error) {
-	l := &listener{served: make(chan struct{})}
+	l := &listener{served: make(chan struct{}), headers: newHeaderBudget(orDefault(t.HeaderBudget, DefaultHeaderBudget))}
+	l.ctx, l.stop = context.WithCancel(context.Background())
 	gate, err := httpsession.NewGate(Name, cfg, t.MaxSessions, binding, l.session)
 	if err != nil {
 		return nil, err
@@ -102,6 +106,8 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		udp.Close()
 		return nil, httpsession.ListenError(Name, err)
 	}
+	// Only the connections' handling of http3.Server is used (serve,
+	// accept.go): what the server sends and how it answers.
 	l.srv = &http3.Server{
 		TLSConfig:  tlsConf,
 		QUICConfig: quicConf,
@@ -127,7 +133,7 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 	go func() {
 		defer close(l.served)
 		defer ln.Close()
-		gate.ServeEnded(l.srv.ServeListener(ln))
+		gate.ServeEnded(l.serve(ln))
 	}()
 	return l, nil
 }
@@ -174,8 +180,8 @@ func (l *listener) Accept(ctx context.Context) (transport.Conn, error) { return 
 func (l *listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.gate.Shut()
-		l.closeErr = l.srv.Close()
-		<-l.served // ServeListener returned and closed the QUIC listener
+		l.stop()
+		<-l.served // serve returned, its connections closed, and the QUIC listener too
 		if err := l.qt.Close(); err != nil && l.closeErr == nil {
 			l.closeErr = err
 		}
@@ -205,6 +211,7 @@ var coverSendTimeout = 5 * time.Minute // a var for tests
 // the writing of its response bounded (coverSendTimeout; a session, which
 // takes the stream over, lifts the bound).
 func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	l.headers.reached(r)
 	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
 		l.conns.begin(e)
 		defer l.conns.end(e)

@@ -1,0 +1,318 @@
+package h3
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// The listener serves HTTP/3 with an accept loop of its own rather than
+// http3.Server.ServeListener, for one reason: how a request's headers
+// are read.
+//
+// http3 reads a request stream's HEADERS frame as it arrives into a
+// buffer of its own, up to the 1 MiB it allows (and advertises in
+// SETTINGS_MAX_FIELD_SECTION_SIZE), and credits what it read back to the
+// client's flow-control windows. A client that announced a 1 MiB HEADERS
+// frame on each of a connection's 100 request streams and never finished
+// one made the relay hold 202 MiB for that one connection until its idle
+// timeout (TestUnfinishedHeadersBounded), and a source may hold 128
+// connections. Lowering the limit would change the SETTINGS every client
+// sees.
+//
+// So the listener takes the streams itself, looks at how a request
+// stream opens with Peek (which takes nothing from the stream), and hands
+// it to http3 (RawServerConn.HandleRequestStream) at once unless its
+// HEADERS frame is large: over largeHeaders and within http3's limit.
+// Such a frame goes to http3 only once it fits in a budget of bytes
+// (headerBudget), per source and for the listener, and holds its share
+// until its request reaches the handler or http3 is done with the stream;
+// while it waits, what its client sends waits in the stream, counted
+// against the connection's flow-control window and never credited back,
+// as on any stream a server does not read (see connLimiter). Frames that
+// http3 skips before the HEADERS frame (unknown types) are waited for
+// whole, up to peekLimit in all; past it, the stream waits as for a
+// HEADERS frame of http3's largest size. Everything else goes to http3 as
+// it comes: a stream that opens with another frame, ends or is reset
+// before its HEADERS frame begins, or announces more than http3 takes (it
+// answers 431 at once, reading nothing), as do the connection's
+// unidirectional streams. A connection's 100 unfinished HEADERS frames of
+// largeHeaders each still cost up to about 3 MiB (http3's buffers grow by
+// doubling).
+//
+// What a client can see: a request with headers up to largeHeaders (every
+// browser's) is handled exactly as http3 handles it; one with larger
+// headers waits while the budget is spent, which takes clients sending
+// large headers that never end, from at least eight sources with the
+// defaults.
+const (
+	// largeHeaders is the size from which on a HEADERS frame takes a
+	// share of the header budget.
+	largeHeaders = 16 << 10
+	// peekLimit is the most the frames http3 skips before a request's
+	// HEADERS frame may take for the listener to wait for them whole.
+	peekLimit = 16 << 10
+	// maxHeaderBytes is http3's limit on a request's HEADERS frame (the
+	// server's MaxHeaderBytes is left at its default).
+	maxHeaderBytes = http.DefaultMaxHeaderBytes
+	// DefaultHeaderBudget is how many bytes of HEADERS frames larger than
+	// largeHeaders http3 may be reading at once for the listener. http3's
+	// buffer grows by doubling, and the decoded fields take about as much
+	// again, so the memory is up to about three times this.
+	DefaultHeaderBudget = 16 << 20
+	// headerBudgetPerSource is a source's share of the budget: two
+	// frames of the largest size.
+	headerBudgetPerSource = 2 * maxHeaderBytes
+)
+
+// serve accepts ln's connections until the listener closes, and serves
+// each as http3.Server would. It returns http.ErrServerClosed once the
+// listener is closing, after every connection it served has closed.
+func (l *listener) serve(ln *quic.EarlyListener) error {
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		qc, err := ln.Accept(l.ctx)
+		if l.ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+			return http.ErrServerClosed
+		}
+		if err != nil {
+			return err
+		}
+		conns.Go(func() { l.serveConn(qc) })
+	}
+}
+
+// serveConn serves one QUIC connection until it closes, as
+// http3.Server's handleConn does, apart from how request streams reach
+// http3 (serveStream). It closes the connection (H3_NO_ERROR, as
+// http3.Server.Close does) when the listener closes.
+func (l *listener) serveConn(qc *quic.Conn) {
+	hc, err := l.srv.NewRawServerConn(qc) // calls ConnContext; sends SETTINGS
+	if err != nil {
+		return // as http3: the control stream could not be opened
+	}
+	src := l.conns.sourceOf(qc)
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	streams.Go(func() {
+		for {
+			str, err := qc.AcceptUniStream(context.Background())
+			if err != nil {
+				return
+			}
+			go hc.HandleUnidirectionalStream(str)
+		}
+	})
+	for {
+		str, err := qc.AcceptStream(l.ctx)
+		if err != nil {
+			if qc.Context().Err() == nil { // the listener is closing
+				hc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeNoError), "")
+			}
+			return
+		}
+		streams.Go(func() { l.serveStream(hc, qc, str, src) })
+	}
+}
+
+// serveStream hands a request stream to http3 once its headers have
+// arrived, or once they may be read within the budget (see above).
+func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic.Stream, src [16]byte) {
+	if n := headersPending(str); n > 0 {
+		key := heldKey{qc, str.StreamID()}
+		if !l.headers.take(qc.Context(), key, src, n) {
+			// The connection closed while the stream waited: http3 sees
+			// that at its first read.
+			hc.HandleRequestStream(str)
+			return
+		}
+		defer l.headers.release(key)
+	}
+	hc.HandleRequestStream(str)
+}
+
+// headersPending returns what http3's reading of str's first HEADERS
+// frame will take from the budget: its length if it is large, or http3's
+// limit if the frames http3 skips before it pass peekLimit; else 0. It
+// waits with Peek for the frame's header, and for the frames before it.
+// It returns 0 at once when http3 has nothing to buffer: a stream that
+// opens with another frame, a HEADERS frame larger than http3 takes, a
+// stream that ends or fails first.
+func headersPending(str *quic.Stream) int {
+	var p peeker
+	off := 0
+	for {
+		typ, tn, ok := p.varint(str, off)
+		if !ok {
+			return 0
+		}
+		length, ln, ok := p.varint(str, off+tn)
+		if !ok {
+			return 0
+		}
+		end := uint64(off+tn+ln) + length
+		switch {
+		case typ == 0x1 && (length <= largeHeaders || length > maxHeaderBytes):
+			return 0 // small, or answered 431 without being read
+		case typ == 0x1:
+			return int(length)
+		case !skipped(typ):
+			return 0 // http3 fails the stream or the connection at once
+		case end > peekLimit:
+			return maxHeaderBytes // the HEADERS frame is yet to come
+		}
+		off = int(end) // the next frame header waits for this payload
+	}
+}
+
+// skipped reports whether http3 skips a frame of type typ on a request
+// stream before its HEADERS frame, discarding its payload as it reads
+// it: the frame types it does not support (CANCEL_PUSH, PUSH_PROMISE,
+// MAX_PUSH_ID) and unknown ones (RFC 9114, section 9). It fails on the
+// others (DATA, SETTINGS, GOAWAY, PRIORITY_UPDATE on a request stream,
+// the reserved HTTP/2 types).
+func skipped(typ uint64) bool {
+	switch typ {
+	case 0x0, 0x1, 0x2, 0x4, 0x6, 0x7, 0x8, 0x9, 0xf0700, 0xf0701:
+		return false
+	}
+	return true
+}
+
+// peeker waits for the bytes at the start of a stream with Peek, through
+// a buffer that grows with what has arrived: waiting for n bytes holds at
+// most twice what is there, never n up front.
+type peeker struct{ buf []byte }
+
+// wait waits until n bytes have arrived on str, and reports whether they
+// did (false: the stream ended, failed, or the connection closed first).
+func (p *peeker) wait(str *quic.Stream, n int) bool {
+	for have := len(p.buf); have < n; {
+		want := min(max(2*have, 64), n)
+		if cap(p.buf) < want {
+			p.buf = append(p.buf[:cap(p.buf)], make([]byte, want-cap(p.buf))...)
+		}
+		got, err := str.Peek(p.buf[:want])
+		if err != nil || got < want {
+			return false
+		}
+		have = want
+		p.buf = p.buf[:have]
+	}
+	return true
+}
+
+// varint waits for the QUIC variable-length integer at offset off of str
+// and returns it and its length.
+func (p *peeker) varint(str *quic.Stream, off int) (v uint64, n int, ok bool) {
+	if !p.wait(str, off+1) {
+		return 0, 0, false
+	}
+	n = 1 << (p.buf[off] >> 6)
+	if !p.wait(str, off+n) {
+		return 0, 0, false
+	}
+	v, _, err := quicvarint.Parse(p.buf[off : off+n])
+	return v, n, err == nil
+}
+
+// heldKey names a request stream holding a share of the header budget.
+type heldKey struct {
+	c  *quic.Conn
+	id quic.StreamID
+}
+
+// headerBudget is the listener's budget of bytes of large HEADERS frames
+// that http3 may be reading at once, per source and in all.
+type headerBudget struct {
+	max, perSource int
+
+	held atomic.Int64 // streams holding a share (read without the lock)
+
+	mu       sync.Mutex
+	used     int
+	bySource map[[16]byte]int
+	streams  map[heldKey]heldShare
+	changed  chan struct{} // closed, and replaced, when a share goes back
+}
+
+type heldShare struct {
+	src [16]byte
+	n   int
+}
+
+func newHeaderBudget(total int) *headerBudget {
+	return &headerBudget{
+		max:       total,
+		perSource: min(headerBudgetPerSource, total),
+		bySource:  make(map[[16]byte]int),
+		streams:   make(map[heldKey]heldShare),
+		changed:   make(chan struct{}),
+	}
+}
+
+// take waits until n bytes fit in src's share and in the budget, and
+// counts them for the stream key until release; it returns false if ctx
+// ends first. A frame larger than a share waits for the whole share.
+func (b *headerBudget) take(ctx context.Context, key heldKey, src [16]byte, n int) bool {
+	n = min(n, b.perSource)
+	for {
+		b.mu.Lock()
+		if b.used+n <= b.max && b.bySource[src]+n <= b.perSource {
+			b.used += n
+			b.bySource[src] += n
+			b.streams[key] = heldShare{src, n}
+			b.held.Add(1)
+			b.mu.Unlock()
+			return true
+		}
+		changed := b.changed
+		b.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// release gives back the share held for key, if any.
+func (b *headerBudget) release(key heldKey) {
+	if b.held.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.streams[key]
+	if !ok {
+		return
+	}
+	delete(b.streams, key)
+	b.held.Add(-1)
+	b.used -= s.n
+	if b.bySource[s.src] -= s.n; b.bySource[s.src] <= 0 {
+		delete(b.bySource, s.src)
+	}
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// reached gives back the share held by the request r, which has reached
+// the handler: http3 has read and decoded its headers.
+func (b *headerBudget) reached(r *http.Request) {
+	if b.held.Load() == 0 {
+		return
+	}
+	qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn)
+	body, ok2 := r.Body.(interface{ StreamID() quic.StreamID })
+	if ok && ok2 {
+		b.release(heldKey{qc, body.StreamID()})
+	}
+}
