@@ -47,35 +47,38 @@ func loadContacts(idPath string) (*contactBook, error) {
 	return b, nil
 }
 
-func (b *contactBook) save() error {
-	defer lockState(b.idPath())()
-	return b.write()
-}
-
-// write writes the book to its file; the caller holds the state lock.
-func (b *contactBook) write() error {
-	data, _ := json.MarshalIndent(b, "", "  ")
-	return writeFileAtomic(b.path, append(data, '\n'), 0o600)
-}
-
-// idPath is the identity file the book belongs to.
-func (b *contactBook) idPath() string { return strings.TrimSuffix(b.path, ".contacts") }
-
-// saveCard writes contact name's card into the contacts file as it is on
-// disk now, under the lock: a long `recv --follow` applying a card update
-// beside a `contact add` must not write back its older copy of the file.
-func (b *contactBook) saveCard(name, card string) error {
+// update applies change to the contacts as they are on disk now, under
+// the identity's state lock, writes them, and takes them as b's. A
+// command must not write back the copy it loaded when it began: another
+// postern (a `contact add`, a `recv --follow` applying a card update) may
+// have changed the file meanwhile.
+func (b *contactBook) update(change func(disk *contactBook) error) error {
+	beforeUpdate()
 	defer lockState(b.idPath())()
 	disk, err := loadContacts(b.idPath())
 	if err != nil {
 		return err
 	}
-	disk.Cards[name] = card
-	if err := disk.write(); err != nil {
+	if err := change(disk); err != nil {
+		return err
+	}
+	data, _ := json.MarshalIndent(disk, "", "  ")
+	if err := writeFileAtomic(disk.path, append(data, '\n'), 0o600); err != nil {
 		return err
 	}
 	b.Cards = disk.Cards
 	return nil
+}
+
+// idPath is the identity file the book belongs to.
+func (b *contactBook) idPath() string { return strings.TrimSuffix(b.path, ".contacts") }
+
+// saveCard writes contact name's card into the contacts file.
+func (b *contactBook) saveCard(name, card string) error {
+	return b.update(func(disk *contactBook) error {
+		disk.Cards[name] = card
+		return nil
+	})
 }
 
 // card returns the parsed card of contact name.
@@ -172,11 +175,13 @@ func contactAddCmd() command {
 				if err != nil {
 					return err
 				}
-				if _, ok := book.Cards[args[0]]; ok && !*replace {
-					return fmt.Errorf("you already have a contact named %q: pass --replace to give it this card", args[0])
-				}
-				book.Cards[args[0]] = line
-				if err := book.save(); err != nil {
+				if err := book.update(func(disk *contactBook) error {
+					if _, ok := disk.Cards[args[0]]; ok && !*replace {
+						return fmt.Errorf("you already have a contact named %q: pass --replace to give it this card", args[0])
+					}
+					disk.Cards[args[0]] = line
+					return nil
+				}); err != nil {
 					return err
 				}
 				fmt.Fprintf(e.stdout, "added %s, fingerprint %s\n", args[0], cardFingerprint(card))

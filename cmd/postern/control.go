@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
@@ -144,7 +145,7 @@ func mailboxRotateCmd() command {
 
 // saveRotated writes the mailbox file once the relays moved a mailbox
 // (a variable so that a test can make that write fail).
-var saveRotated = (*mailboxes).save
+var saveRotated = (*mailboxes).update
 
 func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	id, ms, err := a.open(e)
@@ -163,11 +164,20 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	nm, resuming := m.Next, m.Next != nil
 	if !resuming {
 		nm = newMailbox(m.Name, nil, len(m.SendCap) > 0)
-		m.Next = nm
-		if err := ms.save(id); err != nil {
-			m.Next = nil
+		if err := ms.update(id, func(disk *mailboxes) error {
+			dm := disk.byID(m)
+			switch {
+			case dm == nil:
+				return fmt.Errorf("it was deleted meanwhile")
+			case dm.Next != nil:
+				return fmt.Errorf("another rotation of it began meanwhile: run `postern mailbox rotate` again to finish that one")
+			}
+			dm.Next = nm
+			return nil
+		}); err != nil {
 			return fmt.Errorf("mailbox %q not rotated: %s could not be written: %w", m.Name, mailboxPath(ms.idPath), err)
 		}
+		m.Next = nm
 	} else {
 		fmt.Fprintf(e.stderr, "finishing the rotation of mailbox %q that was interrupted\n", m.Name)
 	}
@@ -195,12 +205,20 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	if len(nm.Relays) == 0 {
 		return fmt.Errorf("no relay confirmed the rotation of mailbox %q: try again when the relays are reachable (the new keys are kept in %s, so a relay that did move it is found again)", m.Name, mailboxPath(ms.idPath))
 	}
-	for i, o := range ms.list {
-		if o == m {
-			ms.list[i] = nm
+	replace := func(list []*mailboxState, old *mailboxState) {
+		if i := slices.Index(list, old); i >= 0 {
+			list[i] = nm
 		}
 	}
-	if err := saveRotated(ms, id); err != nil {
+	replace(ms.list, m)
+	if err := saveRotated(ms, id, func(disk *mailboxes) error {
+		dm := disk.byID(m)
+		if dm == nil {
+			return errors.New("the mailbox was deleted from it meanwhile")
+		}
+		replace(disk.list, dm)
+		return nil
+	}); err != nil {
 		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): run `postern mailbox rotate` again once it can be, which finishes the rotation with the keys kept there", m.Name, mailboxPath(ms.idPath), err)
 	}
 	fmt.Fprintln(e.stdout, nm.Card)

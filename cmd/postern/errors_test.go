@@ -208,8 +208,10 @@ func TestMailboxFileVersion1(t *testing.T) {
 	if err != nil || len(ms.list) != 1 || ms.list[0].Name != "main" || ms.list[0].relays()[0] != "postern-relay1:AAAA" {
 		t.Fatalf("version 1: %v", err)
 	}
-	ms.list = append(ms.list, newMailbox("spare", []string{"postern-relay1:BBBB"}, true))
-	if err := ms.save(id); err != nil {
+	if err := ms.update(id, func(disk *mailboxes) error {
+		disk.list = append(disk.list, newMailbox("spare", []string{"postern-relay1:BBBB"}, true))
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := os.ReadFile(mailboxPath(idPath))

@@ -176,15 +176,47 @@ func defaultName(i int) string {
 	return fmt.Sprintf("mailbox%d", i+1)
 }
 
-// save refreshes every mailbox's card and writes the file (0600); with no
-// mailbox left it removes the file. It holds the identity's state lock
-// while it writes.
-func (ms *mailboxes) save(id *envelope.Identity) error {
+// update applies change to the mailbox file as it is on disk now (no
+// file: no mailbox), under the identity's state lock, and writes the
+// result with every mailbox's card refreshed. A command must not write
+// back the copy it loaded when it began: meanwhile another postern may
+// have made or rotated a mailbox, or a `recv --follow` renewed a relay
+// line, and writing the old copy would drop that, a new mailbox's owner
+// key with its card already handed out. change finds the mailboxes it
+// changes by id (byID); what it puts in the list is written as is.
+func (ms *mailboxes) update(id *envelope.Identity, change func(disk *mailboxes) error) error {
+	beforeUpdate()
 	defer lockState(ms.idPath)()
-	return ms.saveLocked(id)
+	disk, err := loadMailboxes(ms.idPath)
+	if err != nil {
+		if _, statErr := os.Stat(mailboxPath(ms.idPath)); !errors.Is(statErr, os.ErrNotExist) {
+			return err
+		}
+		disk = &mailboxes{idPath: ms.idPath}
+	}
+	if err := change(disk); err != nil {
+		return err
+	}
+	return disk.saveLocked(id)
 }
 
-// saveLocked is save for a caller that holds the state lock.
+// beforeUpdate runs before an update of the state files takes the lock:
+// a test runs another postern there.
+var beforeUpdate = func() {}
+
+// byID returns the mailbox of the list whose id is m's, or nil.
+func (ms *mailboxes) byID(m *mailboxState) *mailboxState {
+	for _, o := range ms.list {
+		if bytes.Equal(o.ID, m.ID) {
+			return o
+		}
+	}
+	return nil
+}
+
+// saveLocked refreshes every mailbox's card and writes the file (0600);
+// with no mailbox left it removes the file. The caller holds the state
+// lock (update).
 func (ms *mailboxes) saveLocked(id *envelope.Identity) error {
 	if len(ms.list) == 0 {
 		err := os.Remove(mailboxPath(ms.idPath))
@@ -320,23 +352,16 @@ func (ms *mailboxes) renew(e *env, id *envelope.Identity, m *mailboxState, i int
 	// `recv --follow` beside `mailbox create` or `rotate`): the renewal is
 	// applied to what is on disk now, under the lock, not to this
 	// process's copy, which would write over the other's change.
-	err := func() error {
-		defer lockState(ms.idPath)()
-		disk, err := loadMailboxes(ms.idPath)
-		if err != nil {
-			return err
-		}
-		for _, dm := range disk.list {
-			if bytes.Equal(dm.ID, m.ID) {
-				if drs := dm.relays(); i < len(drs) && drs[i] == old {
-					drs = slices.Clone(drs)
-					drs[i] = fresh
-					dm.Relays, dm.Relay = drs, drs[0]
-				}
+	err := ms.update(id, func(disk *mailboxes) error {
+		if dm := disk.byID(m); dm != nil {
+			if drs := dm.relays(); i < len(drs) && drs[i] == old {
+				drs = slices.Clone(drs)
+				drs[i] = fresh
+				dm.Relays, dm.Relay = drs, drs[0]
 			}
 		}
-		return disk.saveLocked(id)
-	}()
+		return nil
+	})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "warning: a relay renewed its descriptor, but %s could not be updated: %v\n", mailboxPath(ms.idPath), err)
 		return

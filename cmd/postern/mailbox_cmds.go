@@ -109,12 +109,31 @@ func createMailbox(ctx context.Context, e *env, a mailboxArgs, relayArgs []strin
 			return fmt.Errorf("relay %d of %d: %w; the mailbox was made on no relay", i+1, len(lines), err)
 		}
 	}
-	ms.list = append(ms.list, m)
-	if err := ms.save(id); err != nil {
-		return err
+	err = ms.update(id, func(disk *mailboxes) error {
+		if *a.name == "" {
+			m.Name = freeName(disk) // another may have taken the default meanwhile
+		} else if _, err := disk.find(m.Name); err == nil {
+			return fmt.Errorf("%s got a mailbox named %q meanwhile", path, m.Name)
+		}
+		disk.list = append(disk.list, m)
+		return nil
+	})
+	if err != nil {
+		undoCreate(ctx, e, m, errs)
+		return fmt.Errorf("%w; the mailbox was made on no relay", err)
 	}
 	fmt.Fprintln(e.stdout, m.Card)
 	return nil
+}
+
+// freeName returns the first default mailbox name, from the list's
+// length on, that no mailbox of ms has.
+func freeName(ms *mailboxes) string {
+	for i := len(ms.list); ; i++ {
+		if _, err := ms.find(defaultName(i)); err != nil {
+			return defaultName(i)
+		}
+	}
 }
 
 // undoCreate deletes the mailbox from the relays that made it after
@@ -277,7 +296,12 @@ func deleteMailbox(ctx context.Context, e *env, a mailboxArgs, forget bool) erro
 		return fmt.Errorf("%d of %d relays could not delete the mailbox; it is kept here: run the command again, or add --forget to drop it anyway", failed, len(m.relays()))
 	}
 	ms.remove(m)
-	if err := ms.save(id); err != nil {
+	if err := ms.update(id, func(disk *mailboxes) error {
+		if dm := disk.byID(m); dm != nil {
+			disk.remove(dm)
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "mailbox %q deleted; %d mailbox(es) left\n", m.Name, len(ms.list))

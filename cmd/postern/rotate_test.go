@@ -22,7 +22,9 @@ func TestRotateInterruptedIsFinished(t *testing.T) {
 	envv, alice, bob, bobCard, home := u.envv, u.alice, u.bob, u.bobCard, u.home
 	runOK(t, bin, envv, []byte("waiting for bob"), "send", "--id", alice, "--to", "bob")
 
-	saveRotated = func(*mailboxes, *envelope.Identity) error { return errors.New("no space left on device (test)") }
+	saveRotated = func(*mailboxes, *envelope.Identity, func(*mailboxes) error) error {
+		return errors.New("no space left on device (test)")
+	}
 	var out, errOut bytes.Buffer
 	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string {
 		if k == "POSTERN_HOME" {
@@ -31,7 +33,7 @@ func TestRotateInterruptedIsFinished(t *testing.T) {
 		return ""
 	}}
 	code := run(context.Background(), []string{"mailbox", "rotate", "--id", bob}, e)
-	saveRotated = (*mailboxes).save
+	saveRotated = (*mailboxes).update
 	if code == 0 || !strings.Contains(errOut.String(), "rotate` again") {
 		t.Fatalf("rotate with the final write failing: exit %d:\n%s", code, errOut.String())
 	}

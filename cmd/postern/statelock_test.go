@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -52,5 +55,66 @@ func TestFollowRenewKeepsOthersChanges(t *testing.T) {
 	}
 	if list := string(runOK(t, bin, envv, nil, "mailbox", "list", "--id", bob)); !strings.Contains(list, "work") {
 		t.Fatalf("mailbox \"work\" is gone from the mailbox file after the follower's renewal:\n%s", list)
+	}
+}
+
+// Two short commands on one identity at once each keep the other's
+// change: what a command writes is its change applied to the state file
+// as it is on disk then. Before, each wrote back the copy it had loaded
+// when it began, so the later one dropped the other's new mailbox (its
+// owner key, its card already handed out) or contact. The other postern
+// runs here between the first one's loading and its write.
+func TestShortCommandsKeepEachOthersChanges(t *testing.T) {
+	bin := buildBinary(t)
+	u := newPair(t, bin)
+	envv, bob, alice, home, d := u.envv, u.bob, u.alice, u.home, u.relayDsc
+	runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--name", "spare", "--relay", d)
+	inProcess := func(args ...string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string {
+			if k == "POSTERN_HOME" {
+				return home
+			}
+			return ""
+		}}
+		if code := run(context.Background(), args, e); code != 0 {
+			t.Fatalf("%v: exit %d:\n%s", args, code, errOut.String())
+		}
+	}
+	meanwhile := func(args ...string) {
+		beforeUpdate = sync.OnceFunc(func() { runOK(t, bin, envv, nil, args...) })
+	}
+	defer func() { beforeUpdate = func() {} }()
+
+	meanwhile("mailbox", "create", "--id", bob, "--name", "other", "--relay", d)
+	inProcess("mailbox", "create", "--id", bob, "--name", "work", "--relay", d)
+	meanwhile("mailbox", "create", "--id", bob, "--name", "later", "--relay", d)
+	inProcess("mailbox", "delete", "--id", bob, "--name", "spare")
+	list := string(runOK(t, bin, envv, nil, "mailbox", "list", "--id", bob))
+	for _, name := range []string{"main", "other", "work", "later"} {
+		if !strings.Contains(list, name) {
+			t.Errorf("mailbox %q is gone:\n%s", name, list)
+		}
+	}
+	if strings.Contains(list, "spare") {
+		t.Errorf("the deleted mailbox is still listed:\n%s", list)
+	}
+
+	// Neither named: the second takes the next default name.
+	meanwhile("mailbox", "create", "--id", bob, "--relay", d)
+	inProcess("mailbox", "create", "--id", bob, "--relay", d)
+	list = string(runOK(t, bin, envv, nil, "mailbox", "list", "--id", bob))
+	if !strings.Contains(list, "mailbox5") || !strings.Contains(list, "mailbox6") {
+		t.Errorf("two mailboxes made at once with default names:\n%s", list)
+	}
+
+	meanwhile("contact", "add", "--id", alice, "carol", u.bobCard)
+	inProcess("contact", "add", "--id", alice, "dave", u.bobCard)
+	contacts := string(runOK(t, bin, envv, nil, "contact", "list", "--id", alice))
+	for _, name := range []string{"bob", "carol", "dave"} {
+		if !strings.Contains(contacts, name) {
+			t.Errorf("contact %q is gone:\n%s", name, contacts)
+		}
 	}
 }
