@@ -30,34 +30,39 @@ import (
 // stream opens with Peek (which takes nothing from the stream), and hands
 // it to http3 (RawServerConn.HandleRequestStream) at once unless its
 // HEADERS frame is large: over largeHeaders and within http3's limit.
-// Such a frame goes to http3 only once it fits in a budget of bytes
+// Such a frame goes to http3 only if it fits in a budget of bytes
 // (headerBudget), per source and for the listener, and holds its share
 // until its request reaches the handler or http3 is done with the stream;
-// while it waits, what its client sends waits in the stream, counted
-// against the connection's flow-control window and never credited back,
-// as on any stream a server does not read (see connLimiter). Frames that
-// http3 skips before the HEADERS frame (unknown types) are waited for
-// whole, up to peekLimit in all; past it, the stream waits as for a
-// HEADERS frame of http3's largest size. Everything else goes to http3 as
-// it comes: a stream that opens with another frame, ends or is reset
-// before its HEADERS frame begins, or announces more than http3 takes (it
-// answers 431 at once, reading nothing), as do the connection's
-// unidirectional streams. A connection's 100 unfinished HEADERS frames of
-// largeHeaders each still cost up to about 3 MiB (http3's buffers grow by
-// doubling).
+// if it does not fit, the request is refused at once (H3_REQUEST_REJECTED
+// both ways: not processed, a client may retry), as http3 refuses the
+// requests that come during a graceful shutdown. It does not wait: a
+// stream that waited would be a stream nobody reads, and what its client
+// sent meanwhile would fill the connection's flow-control window, which
+// the requests holding shares on the same connection need to finish (a
+// reviewer stalled a connection with 19 requests of 166 KB headers that
+// way, where stock http3 answers all). Frames that http3 skips before
+// the HEADERS frame (unknown types) are waited for whole, up to
+// largeHeaders in all; past it, the stream is charged as a HEADERS frame
+// of http3's largest size. Everything else goes to http3 as it comes: a
+// stream that opens with another frame, ends or is reset before its
+// HEADERS frame begins, or announces more than http3 takes (it answers
+// 431 at once, reading nothing), as do the connection's unidirectional
+// streams. A connection's 100 unfinished HEADERS frames of largeHeaders
+// each still cost about 1 MiB.
 //
 // What a client can see: a request with headers up to largeHeaders (every
-// browser's) is handled exactly as http3 handles it; one with larger
-// headers waits while the budget is spent, which takes clients sending
-// large headers that never end, from at least eight sources with the
-// defaults.
+// browser's: the cover sets no cookies) is handled exactly as http3
+// handles it. Larger headers are refused while their source has more than
+// headerBudgetPerSource of them unfinished, or the listener more than its
+// budget, which takes clients sending large headers that never end from
+// at least eight sources with the defaults.
 const (
-	// largeHeaders is the size from which on a HEADERS frame takes a
-	// share of the header budget.
-	largeHeaders = 16 << 10
-	// peekLimit is the most the frames http3 skips before a request's
-	// HEADERS frame may take for the listener to wait for them whole.
-	peekLimit = 16 << 10
+	// largeHeaders is the size past which a HEADERS frame takes a share
+	// of the header budget, and the most the frames http3 skips before
+	// it may take for the listener to wait for them whole. Browsers'
+	// header blocks to a site that set no cookies take a few hundred
+	// bytes.
+	largeHeaders = 4 << 10
 	// maxHeaderBytes is http3's limit on a request's HEADERS frame (the
 	// server's MaxHeaderBytes is left at its default).
 	maxHeaderBytes = http.DefaultMaxHeaderBytes
@@ -122,15 +127,15 @@ func (l *listener) serveConn(qc *quic.Conn) {
 	}
 }
 
-// serveStream hands a request stream to http3 once its headers have
-// arrived, or once they may be read within the budget (see above).
+// serveStream hands a request stream to http3, or refuses it when its
+// headers are large and do not fit in the budget (see above).
 func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic.Stream, src [16]byte) {
 	if n := headersPending(str); n > 0 {
 		key := heldKey{qc, str.StreamID()}
-		if !l.headers.take(qc.Context(), key, src, n) {
-			// The connection closed while the stream waited: http3 sees
-			// that at its first read.
-			hc.HandleRequestStream(str)
+		if !l.headers.take(key, src, n) {
+			str.ReleaseStreamCredit()
+			str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
 			return
 		}
 		defer l.headers.release(key)
@@ -140,7 +145,7 @@ func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic
 
 // headersPending returns what http3's reading of str's first HEADERS
 // frame will take from the budget: its length if it is large, or http3's
-// limit if the frames http3 skips before it pass peekLimit; else 0. It
+// limit if the frames http3 skips before it pass largeHeaders; else 0. It
 // waits with Peek for the frame's header, and for the frames before it.
 // It returns 0 at once when http3 has nothing to buffer: a stream that
 // opens with another frame, a HEADERS frame larger than http3 takes, a
@@ -165,7 +170,7 @@ func headersPending(str *quic.Stream) int {
 			return int(length)
 		case !skipped(typ):
 			return 0 // http3 fails the stream or the connection at once
-		case end > peekLimit:
+		case end > largeHeaders:
 			return maxHeaderBytes // the HEADERS frame is yet to come
 		}
 		off = int(end) // the next frame header waits for this payload
@@ -223,12 +228,6 @@ func (p *peeker) varint(str *quic.Stream, off int) (v uint64, n int, ok bool) {
 	return v, n, err == nil
 }
 
-// heldKey names a request stream holding a share of the header budget.
-type heldKey struct {
-	c  *quic.Conn
-	id quic.StreamID
-}
-
 // headerBudget is the listener's budget of bytes of large HEADERS frames
 // that http3 may be reading at once, per source and in all.
 type headerBudget struct {
@@ -240,7 +239,12 @@ type headerBudget struct {
 	used     int
 	bySource map[[16]byte]int
 	streams  map[heldKey]heldShare
-	changed  chan struct{} // closed, and replaced, when a share goes back
+}
+
+// heldKey names a request stream holding a share of the header budget.
+type heldKey struct {
+	c  *quic.Conn
+	id quic.StreamID
 }
 
 type heldShare struct {
@@ -254,33 +258,24 @@ func newHeaderBudget(total int) *headerBudget {
 		perSource: min(headerBudgetPerSource, total),
 		bySource:  make(map[[16]byte]int),
 		streams:   make(map[heldKey]heldShare),
-		changed:   make(chan struct{}),
 	}
 }
 
-// take waits until n bytes fit in src's share and in the budget, and
-// counts them for the stream key until release; it returns false if ctx
-// ends first. A frame larger than a share waits for the whole share.
-func (b *headerBudget) take(ctx context.Context, key heldKey, src [16]byte, n int) bool {
+// take counts n bytes for the stream key until release, if they fit in
+// src's share and in the budget; a frame larger than a share takes a
+// whole share.
+func (b *headerBudget) take(key heldKey, src [16]byte, n int) bool {
 	n = min(n, b.perSource)
-	for {
-		b.mu.Lock()
-		if b.used+n <= b.max && b.bySource[src]+n <= b.perSource {
-			b.used += n
-			b.bySource[src] += n
-			b.streams[key] = heldShare{src, n}
-			b.held.Add(1)
-			b.mu.Unlock()
-			return true
-		}
-		changed := b.changed
-		b.mu.Unlock()
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return false
-		}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.max || b.bySource[src]+n > b.perSource {
+		return false
 	}
+	b.used += n
+	b.bySource[src] += n
+	b.streams[key] = heldShare{src, n}
+	b.held.Add(1)
+	return true
 }
 
 // release gives back the share held for key, if any.
@@ -300,8 +295,6 @@ func (b *headerBudget) release(key heldKey) {
 	if b.bySource[s.src] -= s.n; b.bySource[s.src] <= 0 {
 		delete(b.bySource, s.src)
 	}
-	close(b.changed)
-	b.changed = make(chan struct{})
 }
 
 // reached gives back the share held by the request r, which has reached

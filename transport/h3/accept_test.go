@@ -24,8 +24,8 @@ func frameHead(typ, length uint64) []byte {
 }
 
 // getFrame returns the HEADERS frame of a GET of path with the extra
-// header fields kv (name, value, ...). (A value of '~'s takes as many
-// bytes on the wire: Huffman coding would make it longer.)
+// header fields kv (name, value, ...). (QPACK Huffman-codes every value:
+// a '~' takes 13 bits.)
 func getFrame(t testing.TB, path string, kv ...string) []byte {
 	t.Helper()
 	req, err := http.NewRequest("GET", "https://"+testSNI+path, nil)
@@ -49,7 +49,7 @@ func getFrame(t testing.TB, path string, kv ...string) []byte {
 // connection until the idle timeout (quic-go v0.65, on the tree before
 // accept.go); a source may hold 128 connections.
 func TestUnfinishedHeadersBounded(t *testing.T) {
-	skip := append(frameHead(0x21, peekLimit), make([]byte, peekLimit)...)
+	skip := append(frameHead(0x21, largeHeaders), make([]byte, largeHeaders)...)
 	for _, c := range []struct {
 		name    string
 		opening []byte
@@ -69,15 +69,23 @@ func TestUnfinishedHeadersBounded(t *testing.T) {
 			var wg sync.WaitGroup
 			var mu sync.Mutex
 			sent := 0
+			zeros := make([]byte, 16<<10)
 			for range MaxIncomingStreams {
 				str, err := qc.OpenStream()
 				if err != nil {
 					t.Fatal(err)
 				}
 				wg.Go(func() {
-					// As far as flow control lets it within the deadline.
+					// As far as flow control lets it within the deadline,
+					// from a buffer the client shares (the heap measured
+					// is the relay's, in this process).
 					str.SetWriteDeadline(time.Now().Add(3 * time.Second))
-					n, _ := str.Write(append(bytes.Clone(c.opening), make([]byte, c.size-1)...))
+					n, err := str.Write(c.opening)
+					for left := c.size - 1; err == nil && left > 0; left -= len(zeros) {
+						var k int
+						k, err = str.Write(zeros[:min(left, len(zeros))])
+						n += k
+					}
 					mu.Lock()
 					sent += n
 					mu.Unlock()
@@ -107,7 +115,7 @@ func answer(qc *quic.Conn, opening []byte, fin bool) string {
 	}
 	str.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := str.Write(opening); err != nil {
-		return "write: " + describeErr(err)
+		return describeErr(err) // refused while it was still sent
 	}
 	if fin {
 		str.Close()
@@ -143,7 +151,7 @@ func TestRequestOpeningsLikeStock(t *testing.T) {
 	get := getFrame(t, "/")
 	big := getFrame(t, "/", "cookie", strings.Repeat("~", 20<<10))
 	unknown := append(frameHead(0x21, 10), make([]byte, 10)...)
-	longUnknown := append(frameHead(0x21, peekLimit), make([]byte, peekLimit)...)
+	longUnknown := append(frameHead(0x21, largeHeaders), make([]byte, largeHeaders)...)
 	cases := []struct {
 		name    string
 		opening []byte
@@ -181,11 +189,12 @@ func TestRequestOpeningsLikeStock(t *testing.T) {
 	}
 }
 
-// TestLargeHeadersWaitForBudget: a request whose HEADERS frame is too
-// large to wait for whole goes to http3 only within the header budget; it
-// is served once a frame that held the budget is done with, and a request
-// that reaches the handler gives its share back at once.
-func TestLargeHeadersWaitForBudget(t *testing.T) {
+// TestLargeHeadersWithinBudget: a request whose HEADERS frame is large
+// goes to http3 only within the header budget, and is refused
+// (H3_REQUEST_REJECTED) while another source's unfinished frame holds
+// it; it is served once that frame is done with, and a request that
+// reaches the handler gives its share back at once.
+func TestLargeHeadersWithinBudget(t *testing.T) {
 	entered, release := make(chan struct{}, 4), make(chan struct{})
 	defer close(release)
 	r := startRelay(t, &Transport{HeaderBudget: 48 << 10}, func(c *transport.ListenConfig) {
@@ -193,6 +202,7 @@ func TestLargeHeadersWaitForBudget(t *testing.T) {
 	})
 	l := r.ln.(*listener)
 	addr := r.ln.Addr().String()
+	large := getFrame(t, "/", "cookie", strings.Repeat("~", 20<<10)) // 33 KB
 
 	// A request with large headers that reaches the handler, and stays
 	// there, holds nothing of the budget.
@@ -200,7 +210,7 @@ func TestLargeHeadersWaitForBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go answer(qh, getFrame(t, "/hold", "cookie", strings.Repeat("~", 30<<10)), true)
+	go answer(qh, getFrame(t, "/hold", "cookie", strings.Repeat("~", 20<<10)), true)
 	select {
 	case <-entered:
 	case <-time.After(20 * time.Second):
@@ -224,66 +234,87 @@ func TestLargeHeadersWaitForBudget(t *testing.T) {
 	}
 	waitFor(t, "the unfinished frame holds its share", func() bool { return l.headers.held.Load() == 1 })
 
-	// Another source's 20 KiB of headers wait for it.
+	// Another source's 33 KB of headers are refused, not processed.
 	qb, err := quicFrom(t, net.IPv4(127, 0, 0, 4), addr, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 1)
-	go func() { got <- answer(qb, getFrame(t, "/", "cookie", strings.Repeat("~", 20<<10)), true) }()
-	select {
-	case s := <-got:
-		t.Fatalf("answered (%s) while the budget was spent", s)
-	case <-time.After(300 * time.Millisecond):
+	if s := answer(qb, large, true); s != "stream reset 0x10b" {
+		t.Fatalf("large headers while the budget is spent: %s, want H3_REQUEST_REJECTED", s)
 	}
-	// Headers larger than http3 takes are refused at once, spent budget
-	// or not: http3 reads nothing of them.
-	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 5), addr, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := answer(qc, frameHead(0x1, maxHeaderBytes+1), false); s != "431" {
+	// Headers larger than http3 takes are refused as http3 refuses them,
+	// spent budget or not: it reads nothing of them.
+	if s := answer(qb, frameHead(0x1, maxHeaderBytes+1), false); s != "431" {
 		t.Fatalf("headers over http3's limit, budget spent: %s, want 431", s)
 	}
 	qa.CloseWithError(0, "")
-	if s := <-got; s != "200" {
+	waitFor(t, "the closed connection's share given back", func() bool { return l.headers.held.Load() == 0 })
+	if s := answer(qb, large, true); s != "200" {
 		t.Fatalf("once the budget had room: %s, want 200", s)
 	}
-	waitFor(t, "every share given back", func() bool { return l.headers.held.Load() == 0 })
+	if n := l.headers.held.Load(); n != 0 {
+		t.Fatalf("%d shares held after the request was answered", n)
+	}
+}
+
+// TestManyLargeHeadersOneConnection: many large requests at once on one
+// connection are each answered or refused, and the connection stays
+// usable. When requests over the budget waited instead, what their
+// client sent filled the connection's window and the requests holding
+// shares could not finish: nothing on it moved until its idle timeout
+// (a reviewer's find: 19 requests with 166 KB of headers, none answered
+// in 5 s, where stock http3 answers all).
+func TestManyLargeHeadersOneConnection(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	large := getFrame(t, "/", "cookie", strings.Repeat("~", 100<<10))
+	var wg sync.WaitGroup
+	got := make([]string, 19)
+	for i := range got {
+		wg.Go(func() { got[i] = answer(qc, large, true) })
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, s := range got {
+		counts[s]++
+	}
+	t.Logf("%d requests with %d-byte header frames at once: %v", len(got), len(large), counts)
+	if counts["200"]+counts["stream reset 0x10b"] != len(got) || counts["200"] == 0 {
+		t.Errorf("answers: %v", counts)
+	}
+	if s := answer(qc, getFrame(t, "/"), true); s != "200" {
+		t.Errorf("a plain request after them: %s", s)
+	}
 }
 
 // TestHeaderBudget checks the budget's accounting: a source's share, the
-// listener's total, waiting and giving back.
+// listener's total, giving back.
 func TestHeaderBudget(t *testing.T) {
 	b := newHeaderBudget(4<<20 + 512<<10)
 	a, c := [16]byte{1}, [16]byte{2}
 	key := func(i int) heldKey { return heldKey{id: quic.StreamID(i)} }
-	ctx := t.Context()
-	if !b.take(ctx, key(0), a, 1<<20) || !b.take(ctx, key(1), a, 1<<20) {
+	if !b.take(key(0), a, 1<<20) || !b.take(key(1), a, 1<<20) {
 		t.Fatal("a source could not take two frames of the largest size")
 	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if b.take(short, key(2), a, 1) {
+	if b.take(key(2), a, 1) {
 		t.Fatal("a source took more than its share")
 	}
-	if !b.take(ctx, key(3), c, 3<<20) { // clamped to a share
+	if !b.take(key(3), c, 3<<20) { // clamped to a share
 		t.Fatal("a frame larger than a share could not take a whole share")
 	}
 	if b.used != 4<<20 {
 		t.Fatalf("used %d", b.used)
 	}
-	done := make(chan bool)
-	go func() { done <- b.take(ctx, key(4), [16]byte{3}, 1<<20) }()
-	select {
-	case <-done:
+	if b.take(key(4), [16]byte{3}, 1<<20) {
 		t.Fatal("took past the listener's budget")
-	case <-time.After(50 * time.Millisecond):
 	}
 	b.release(key(9)) // holds nothing
 	b.release(key(0))
-	if !<-done {
-		t.Fatal("a waiting frame did not take the room given back")
+	if !b.take(key(4), [16]byte{3}, 1<<20) {
+		t.Fatal("the room given back could not be taken")
 	}
 	for _, k := range []int{1, 3, 4, 3} {
 		b.release(key(k))
