@@ -30,7 +30,14 @@ import (
 //     connections: it does not act, so a prober's cover connection is
 //     not closed sooner there than on an idle relay, unless the prober
 //     holds enough connections to pass this mark itself (about 500 at a
-//     1.8 GiB soft limit with 60 % of it live: four sources at their cap).
+//     1.8 GiB soft limit with 60 % of it live: four sources at their cap);
+//     or the live heap is above pressureHigh of the limit, whatever its
+//     connections not in a session are. A window bounds the bytes a
+//     client sends unread, not what holding them costs: quic-go keeps
+//     each STREAM frame of under 128 bytes as an entry of its own, so
+//     1-byte frames make about 150 bytes of heap per byte of window
+//     (114 MiB for one connection's 768 KiB, on the QPACK streams http3
+//     never reads, or on any stream after a gap the client leaves).
 //
 // Then it closes a quarter of those connections (at least one): idle
 // ones first, then busy ones counted pressureBusy ago or more (a client
@@ -44,6 +51,7 @@ import (
 const (
 	pressureCheck   = 500 * time.Millisecond
 	pressurePercent = 50
+	pressureHigh    = 80 // a relay full of idle sessions is at about 60
 	pressureGrace   = 2 * time.Second
 	pressureBusy    = 10 * time.Second
 	// initialConnWindow is what a connection's client can make the relay hold
@@ -77,7 +85,8 @@ func (g *memoryGauge) under(spare int) bool {
 		return false
 	}
 	live, cycles := int64(g.samples[0].Value.Uint64()), g.samples[1].Value.Uint64()
-	if cycles == g.acted || live <= limit/100*pressurePercent || int64(spare)*initialConnWindow <= (limit-live)/2 {
+	if cycles == g.acted || live <= limit/100*pressurePercent ||
+		live <= limit/100*pressureHigh && int64(spare)*initialConnWindow <= (limit-live)/2 {
 		return false
 	}
 	g.acted = cycles

@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"runtime/debug"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,6 +121,18 @@ func TestMemoryPressure(t *testing.T) {
 		t.Fatal("no pressure after the next collection")
 	}
 	runtime.KeepAlive(ballast)
+
+	// Above pressureHigh of the limit, pressure with one connection not
+	// in a session, though its window is far below the headroom: a
+	// connection can make the relay hold far more than its window
+	// (BenchmarkTinyFrameStuffing).
+	ballast = nil
+	high := make([]byte, 136<<20) // 85 % of 160 MiB
+	runtime.GC()
+	if !g.under(1) {
+		t.Fatal("no pressure with 85 % of the limit live")
+	}
+	runtime.KeepAlive(high)
 }
 
 // TestPressureSparesNewConns: a connection counted less than the grace
@@ -160,5 +173,84 @@ func TestPressureSparesNewConns(t *testing.T) {
 	rounds2 <- struct{}{}
 	if held.Context().Err() != nil || l2.held() != 1 {
 		t.Fatal("a connection busy for less than the busy grace was closed under pressure")
+	}
+}
+
+// BenchmarkTinyFrameStuffing measures the heap a relay under a soft
+// memory limit reaches when one source's connections stuff their QPACK
+// streams (which http3 never reads) with 1-byte STREAM frames: quic-go
+// keeps each such frame as an entry of its own, about 150 bytes of heap
+// per byte of the connection's 768 KiB window (114 MiB per connection
+// measured), where the pressure check assumed a connection holds at most
+// its window. Reports the peak heap in use and the connections still
+// open at the end. POSTERN_STUFF_CONNS sets the connections (16).
+func BenchmarkTinyFrameStuffing(b *testing.B) {
+	n := envCount("POSTERN_STUFF_CONNS", 16)
+	const limit = 256 << 20
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(limit))
+	var peak uint64
+	var open int
+	for b.Loop() {
+		r := startRelay(b, nil, nil)
+		stop := make(chan struct{})
+		peakc := make(chan uint64)
+		go func() {
+			var m runtime.MemStats
+			var top uint64
+			for {
+				select {
+				case <-stop:
+					peakc <- top
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				runtime.ReadMemStats(&m)
+				top = max(top, m.HeapInuse)
+			}
+		}()
+		var wg sync.WaitGroup
+		var conns []*quic.Conn
+		for range n {
+			qc, err := quicFrom(b, net.IPv4(127, 0, 0, 9), r.ln.Addr().String(), &quic.Config{})
+			if err != nil {
+				continue // refused at a cap
+			}
+			conns = append(conns, qc)
+			for typ := range []byte{2, 3} { // QPACK encoder, decoder
+				s, err := qc.OpenUniStream()
+				if err != nil {
+					break
+				}
+				wg.Go(func() { tinyFrames(s, byte(2+typ)) })
+			}
+		}
+		wg.Wait()
+		close(stop)
+		peak = <-peakc
+		open = 0
+		for _, qc := range conns {
+			if qc.Context().Err() == nil {
+				open++
+			}
+		}
+	}
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	b.ReportMetric(float64(open), "conns-open")
+}
+
+// tinyFrames writes a stream type, then 1-byte STREAM frames until flow
+// control or the connection stops it (at most 20 s).
+func tinyFrames(s *quic.SendStream, typ byte) {
+	end := time.Now().Add(20 * time.Second)
+	s.SetWriteDeadline(end)
+	if _, err := s.Write([]byte{typ}); err != nil {
+		return
+	}
+	one := func(int) int { return 1 }
+	for b := []byte{0}; time.Now().Before(end); {
+		s.SetWriteDeadline(time.Now().Add(time.Second)) // blocked by flow control: done
+		if _, err := s.WriteWithLimit(b, one); err != nil && !errors.Is(err, quic.ErrWriteLimitReached) {
+			return
+		}
 	}
 }
