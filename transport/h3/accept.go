@@ -32,7 +32,11 @@ import (
 // HEADERS frame is large: over largeHeaders and within http3's limit.
 // Such a frame goes to http3 only if it fits in a budget of bytes
 // (headerBudget), per source and for the listener, and holds its share
-// until its request reaches the handler or http3 is done with the stream;
+// until http3 is done with the stream: its response sent, or the stream
+// failed. (Not only until the request reaches the handler: its decoded
+// headers live as long as the request, and a client that never reads the
+// response keeps it for up to coverSendTimeout, a reviewer found, with
+// 56 MiB of headers held on one connection and no share held.)
 // if it does not fit, the request is refused at once (H3_REQUEST_REJECTED
 // both ways: not processed, a client may retry), as http3 refuses the
 // requests that come during a graceful shutdown. It does not wait: a
@@ -51,11 +55,13 @@ import (
 // each still cost about 1 MiB.
 //
 // What a client can see: a request with headers up to largeHeaders (every
-// browser's: the cover sets no cookies) is handled exactly as http3
+// browser's to the generated cover site, which sets no cookies; behind
+// cover_proxy an origin's cookies may make more) is handled exactly as http3
 // handles it. Larger headers are refused while their source has more than
-// headerBudgetPerSource of them unfinished, or the listener more than its
-// budget, which takes clients sending large headers that never end from
-// at least eight sources with the defaults.
+// headerBudgetPerSource of them in flight (unfinished, or not yet
+// answered), or the listener more than its budget, which takes clients
+// sending large headers that never end, or never reading the answers,
+// from at least eight sources with the defaults.
 const (
 	// largeHeaders is the size past which a HEADERS frame takes a share
 	// of the header budget, and the most the frames http3 skips before
@@ -67,7 +73,8 @@ const (
 	// server's MaxHeaderBytes is left at its default).
 	maxHeaderBytes = http.DefaultMaxHeaderBytes
 	// DefaultHeaderBudget is how many bytes of HEADERS frames larger than
-	// largeHeaders http3 may be reading at once for the listener. http3's
+	// largeHeaders http3 may be reading, or holding decoded for requests
+	// not yet answered, at once for the listener. http3's
 	// buffer grows by doubling, and the decoded fields take about as much
 	// again, so the memory is up to about three times this.
 	DefaultHeaderBudget = 16 << 20
@@ -294,18 +301,5 @@ func (b *headerBudget) release(key heldKey) {
 	b.used -= s.n
 	if b.bySource[s.src] -= s.n; b.bySource[s.src] <= 0 {
 		delete(b.bySource, s.src)
-	}
-}
-
-// reached gives back the share held by the request r, which has reached
-// the handler: http3 has read and decoded its headers.
-func (b *headerBudget) reached(r *http.Request) {
-	if b.held.Load() == 0 {
-		return
-	}
-	qc, ok := r.Context().Value(quicConnKey{}).(*quic.Conn)
-	body, ok2 := r.Body.(interface{ StreamID() quic.StreamID })
-	if ok && ok2 {
-		b.release(heldKey{qc, body.StreamID()})
 	}
 }

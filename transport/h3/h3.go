@@ -217,7 +217,7 @@ var _ transport.Transport = (*Transport)(nil)
 // pressureHook is a test's memory pressure; see Transport.pressure.
 // It is also how the listener passes its defaults to relieve.
 type pressureHook struct {
-	under              func(spare int) bool
+	under              func(spare int) (act, busyToo bool)
 	every, grace, busy time.Duration
 }
 

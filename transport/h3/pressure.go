@@ -32,7 +32,8 @@ import (
 //     holds enough connections to pass this mark itself (about 500 at a
 //     1.8 GiB soft limit with 60 % of it live: four sources at their cap);
 //     or the live heap is above pressureHigh of the limit, whatever its
-//     connections not in a session are. A window bounds the bytes a
+//     connections not in a session are; then only idle ones are closed.
+//     A window bounds the bytes a
 //     client sends unread, not what holding them costs: quic-go keeps
 //     each STREAM frame of under 128 bytes as an entry of its own, so
 //     1-byte frames make about 150 bytes of heap per byte of window
@@ -40,13 +41,16 @@ import (
 //     never reads, or on any stream after a gap the client leaves).
 //
 // Then it closes a quarter of those connections (at least one): idle
-// ones first, then busy ones counted pressureBusy ago or more (a client
+// ones first, then (by the window rule) busy ones counted pressureBusy
+// ago or more (a client
 // that reads cover pages slowly, or never, keeps requests open), never
 // one counted less than pressureGrace ago (a Postern client sends its
 // session request a round trip after its handshake), and of each kind
 // those of the sources holding the most connections first. A closed
 // connection's buffers are garbage at once (conns.go). Connections in a
-// session are never closed for this. With no soft limit set, nothing is
+// session are never closed for this, so what a client that holds
+// sessions (anyone with the relay's descriptor) stuffs in 1-byte frames
+// is not bounded here: up to 114 MiB per session's connection. With no soft limit set, nothing is
 // closed.
 const (
 	pressureCheck   = 500 * time.Millisecond
@@ -73,24 +77,31 @@ func newMemoryGauge() *memoryGauge {
 }
 
 // under reports whether a listener holding spare connections not in a
-// session is under pressure (see above), and if so takes note that it
-// acts on this collection's figures.
-func (g *memoryGauge) under(spare int) bool {
+// session is under pressure (see above), and whether busy connections may
+// be closed too (not when only pressureHigh holds: the connections that
+// make a heap grow unseen are idle ones, and a relay whose sessions alone
+// took it past the mark would otherwise close cover pages as they are
+// served); if so it takes note that it acts on this collection's
+// figures.
+func (g *memoryGauge) under(spare int) (act, busyToo bool) {
 	limit := debug.SetMemoryLimit(-1)
 	if limit == math.MaxInt64 || limit <= 0 || spare <= 0 {
-		return false
+		return false, false
 	}
 	metrics.Read(g.samples[:])
 	if g.samples[0].Value.Kind() != metrics.KindUint64 || g.samples[1].Value.Kind() != metrics.KindUint64 {
-		return false
+		return false, false
 	}
 	live, cycles := int64(g.samples[0].Value.Uint64()), g.samples[1].Value.Uint64()
-	if cycles == g.acted || live <= limit/100*pressurePercent ||
-		live <= limit/100*pressureHigh && int64(spare)*initialConnWindow <= (limit-live)/2 {
-		return false
+	if cycles == g.acted || live <= limit/100*pressurePercent {
+		return false, false
+	}
+	windows := int64(spare)*initialConnWindow > (limit-live)/2
+	if !windows && live <= limit/100*pressureHigh {
+		return false, false
 	}
 	g.acted = cycles
-	return true
+	return true, windows
 }
 
 // relieve runs until done is closed: every p.every, when p.under says
@@ -107,11 +118,16 @@ func (l *connLimiter) relieve(p *pressureHook, done <-chan struct{}) {
 		case <-tick.C:
 		}
 		spare := l.spareConns()
-		if !p.under(spare) {
+		act, busyToo := p.under(spare)
+		if !act {
 			continue
 		}
 		now := time.Now()
-		for _, t := range l.reap(max(spare/4, 1), now.Add(-p.grace), now.Add(-p.busy)) {
+		var busyBefore time.Time // none: no busy connection counted before it
+		if busyToo {
+			busyBefore = now.Add(-p.busy)
+		}
+		for _, t := range l.reap(max(spare/4, 1), now.Add(-p.grace), busyBefore) {
 			t.close()
 			if l.observe != nil {
 				l.observe(transport.OutcomeConnBusy)

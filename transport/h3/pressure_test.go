@@ -20,13 +20,13 @@ import (
 // onRounds is a pressure check that finds pressure once per value sent
 // on rounds: the second of two sends returns only once the first round's
 // closes are done.
-func onRounds(rounds <-chan struct{}) func(int) bool {
-	return func(int) bool {
+func onRounds(rounds <-chan struct{}) func(int) (bool, bool) {
+	return func(int) (bool, bool) {
 		select {
 		case <-rounds:
-			return true
+			return true, true
 		default:
-			return false
+			return false, false
 		}
 	}
 }
@@ -92,13 +92,14 @@ func TestIdleConnsClosedUnderPressure(t *testing.T) {
 func TestMemoryPressure(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	g := newMemoryGauge()
+	act := func(spare int) bool { a, _ := g.under(spare); return a }
 	debug.SetMemoryLimit(math.MaxInt64)
 	runtime.GC()
-	if g.under(1 << 20) {
+	if act(1 << 20) {
 		t.Fatal("pressure without a memory limit")
 	}
 	debug.SetMemoryLimit(1 << 40)
-	if g.under(1 << 20) {
+	if act(1 << 20) {
 		t.Fatal("pressure under a 1 TiB limit")
 	}
 	// 96 MiB live under a 160 MiB limit: the next collection is 64 MiB
@@ -107,17 +108,17 @@ func TestMemoryPressure(t *testing.T) {
 	ballast := make([]byte, 96<<20)
 	debug.SetMemoryLimit(160 << 20)
 	runtime.GC()
-	if g.under(16) {
+	if act(16) {
 		t.Fatal("pressure with connections that could fill a fifth of the headroom")
 	}
-	if !g.under(100) {
-		t.Fatal("no pressure with 96 MiB live under a 160 MiB limit and 100 connections")
+	if a, busy := g.under(100); !a || !busy {
+		t.Fatalf("with 96 MiB live under a 160 MiB limit and 100 connections: pressure %v, busy ones too %v", a, busy)
 	}
-	if g.under(100) {
+	if act(100) {
 		t.Fatal("pressure twice on one collection's figures")
 	}
 	runtime.GC()
-	if !g.under(100) {
+	if !act(100) {
 		t.Fatal("no pressure after the next collection")
 	}
 	runtime.KeepAlive(ballast)
@@ -125,12 +126,12 @@ func TestMemoryPressure(t *testing.T) {
 	// Above pressureHigh of the limit, pressure with one connection not
 	// in a session, though its window is far below the headroom: a
 	// connection can make the relay hold far more than its window
-	// (BenchmarkTinyFrameStuffing).
+	// (BenchmarkTinyFrameStuffing). Only idle ones are closed for it.
 	ballast = nil
 	high := make([]byte, 136<<20) // 85 % of 160 MiB
 	runtime.GC()
-	if !g.under(1) {
-		t.Fatal("no pressure with 85 % of the limit live")
+	if a, busy := g.under(1); !a || busy {
+		t.Fatalf("with 85 %% of the limit live and one connection: pressure %v, busy ones too %v", a, busy)
 	}
 	runtime.KeepAlive(high)
 }
@@ -173,6 +174,31 @@ func TestPressureSparesNewConns(t *testing.T) {
 	rounds2 <- struct{}{}
 	if held.Context().Err() != nil || l2.held() != 1 {
 		t.Fatal("a connection busy for less than the busy grace was closed under pressure")
+	}
+
+	// Under pressure that spares busy connections (pressureHigh alone),
+	// one busy for longer than the busy grace stays too.
+	rounds3 := make(chan struct{})
+	entered3, release3 := make(chan struct{}), make(chan struct{})
+	idleOnly := func(int) (bool, bool) {
+		select {
+		case <-rounds3:
+			return true, false
+		default:
+			return false, false
+		}
+	}
+	hook3 := &pressureHook{every: time.Millisecond, under: idleOnly}
+	r3 := startRelay(t, &Transport{pressure: hook3}, func(cfg *transport.ListenConfig) { cfg.Cover = holdCover(entered3, release3) })
+	t.Cleanup(func() { close(release3) })
+	l3 := r3.ln.(*listener).conns
+	held3 := holdConn(t, net.IPv4(127, 0, 0, 6), r3.ln.Addr().String(), entered3)
+	waitHeld(t, l3, 1)
+	for range 4 {
+		rounds3 <- struct{}{}
+	}
+	if held3.Context().Err() != nil || l3.held() != 1 {
+		t.Fatal("a busy connection was closed under pressure that spares busy ones")
 	}
 }
 

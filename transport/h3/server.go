@@ -211,7 +211,6 @@ var coverSendTimeout = 5 * time.Minute // a var for tests
 // the writing of its response bounded (coverSendTimeout; a session, which
 // takes the stream over, lifts the bound).
 func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	l.headers.reached(r)
 	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
 		l.conns.begin(e)
 		defer l.conns.end(e)
