@@ -73,14 +73,6 @@ func (b *contactBook) update(change func(disk *contactBook) error) error {
 // idPath is the identity file the book belongs to.
 func (b *contactBook) idPath() string { return strings.TrimSuffix(b.path, ".contacts") }
 
-// saveCard writes contact name's card into the contacts file.
-func (b *contactBook) saveCard(name, card string) error {
-	return b.update(func(disk *contactBook) error {
-		disk.Cards[name] = card
-		return nil
-	})
-}
-
 // card returns the parsed card of contact name.
 func (b *contactBook) card(name string) (*envelope.Card, error) {
 	line, ok := b.Cards[name]

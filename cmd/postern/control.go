@@ -87,8 +87,10 @@ func parseControl(payload []byte) (isControl bool, u cardUpdate, err error) {
 var errCardNotSaved = errors.New("card update not saved")
 
 // applyCardUpdate checks a card update from sender against the contacts
-// and, if it holds, gives the contact the new card. It returns what to
-// tell the user.
+// as they are on disk now (a long `recv --follow` may have loaded them
+// hours ago: a contact added or replaced since must count) and, if it
+// holds, gives the contact the new card. It returns what to tell the
+// user. An update accepted but not written is errCardNotSaved.
 func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, error) {
 	if sender == nil {
 		return "", fmt.Errorf("refused an anonymous card update: a card changes only by a message from its own sender key")
@@ -97,6 +99,34 @@ func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, er
 	if err != nil {
 		return "", fmt.Errorf("refused a card update that does not parse: %w", err)
 	}
+	var note string
+	var refused error
+	err = book.update(func(disk *contactBook) error {
+		note, refused = decideCardUpdate(disk, sender, u, card)
+		return refused
+	})
+	switch {
+	case refused != nil:
+		return "", refused
+	case err != nil:
+		name := contactName(book, sender)
+		return "", fmt.Errorf("%w: %s's card changed, but the contacts could not be saved: %w", errCardNotSaved, name, err)
+	}
+	return note, nil
+}
+
+// contactName names the contact whose sender key is sender, for an error.
+func contactName(book *contactBook, sender []byte) string {
+	if name := book.nameOf(sender); name != "" {
+		return name
+	}
+	return "a contact"
+}
+
+// decideCardUpdate applies a card update to book if it holds: from the
+// sender key of a contact whose card names the update's old mailbox, and
+// with the same keys. It returns what to tell the user, or the refusal.
+func decideCardUpdate(book *contactBook, sender []byte, u cardUpdate, card *envelope.Card) (string, error) {
 	for _, name := range book.names() {
 		old, err := book.card(name)
 		if err != nil || !bytes.Equal(old.Auth, sender) {
@@ -111,9 +141,7 @@ func applyCardUpdate(book *contactBook, sender []byte, u cardUpdate) (string, er
 		if u.card == book.Cards[name] {
 			return "", nil
 		}
-		if err := book.saveCard(name, u.card); err != nil {
-			return "", fmt.Errorf("%w: %s's card changed, but the contacts could not be saved: %w", errCardNotSaved, name, err)
-		}
+		book.Cards[name] = u.card
 		return fmt.Sprintf("%s's card changed: they moved their mailbox (fingerprint unchanged: %s); your contacts now hold the new card", name, cardFingerprint(card)), nil
 	}
 	if book.nameOf(sender) != "" {
@@ -156,32 +184,10 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 	if err != nil {
 		return err
 	}
-	// The new keys are written down before any relay moves the mailbox:
-	// until the file names the new owner key, a relay that moved it holds
-	// a mailbox nobody can read. A rotation that was interrupted (a crash,
-	// a failed write, a reply that never came) left them in m.Next, and
-	// rotating again finishes it with the same keys.
-	nm, resuming := m.Next, m.Next != nil
-	if !resuming {
-		nm = newMailbox(m.Name, nil, len(m.SendCap) > 0)
-		if err := ms.update(id, func(disk *mailboxes) error {
-			dm := disk.byID(m)
-			switch {
-			case dm == nil:
-				return fmt.Errorf("it was deleted meanwhile")
-			case dm.Next != nil:
-				return fmt.Errorf("another rotation of it began meanwhile: run `postern mailbox rotate` again to finish that one")
-			}
-			dm.Next = nm
-			return nil
-		}); err != nil {
-			return fmt.Errorf("mailbox %q not rotated: %s could not be written: %w", m.Name, mailboxPath(ms.idPath), err)
-		}
-		m.Next = nm
-	} else {
-		fmt.Fprintf(e.stderr, "finishing the rotation of mailbox %q that was interrupted\n", m.Name)
+	nm, err := beginRotation(e, id, ms, m)
+	if err != nil {
+		return err
 	}
-	nm.Name, nm.Relays, nm.Relay = m.Name, nil, ""
 	moved := 0
 	errs := ms.onEachRelay(ctx, e, id, m, func(c *client.Client) error {
 		n, err := c.Rotate(ctx, m.owner(), m.id(), nm.owner(), nm.id(), nm.capVerifier())
@@ -195,35 +201,97 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 		moved += n
 		return err
 	})
+	var confirmed []int // the indexes of the relays that moved it
 	for i, err := range errs {
 		if err == nil {
-			nm.Relays = append(nm.Relays, m.relays()[i])
+			confirmed = append(confirmed, i)
 			continue
 		}
 		fmt.Fprintf(e.stderr, "relay %d of %d: %v; it is left out of the new card\n", i+1, len(errs), err)
 	}
-	if len(nm.Relays) == 0 {
+	if len(confirmed) == 0 {
 		return fmt.Errorf("no relay confirmed the rotation of mailbox %q: try again when the relays are reachable (the new keys are kept in %s, so a relay that did move it is found again)", m.Name, mailboxPath(ms.idPath))
 	}
-	replace := func(list []*mailboxState, old *mailboxState) {
-		if i := slices.Index(list, old); i >= 0 {
-			list[i] = nm
-		}
-	}
-	replace(ms.list, m)
-	if err := saveRotated(ms, id, func(disk *mailboxes) error {
-		dm := disk.byID(m)
-		if dm == nil {
-			return errors.New("the mailbox was deleted from it meanwhile")
-		}
-		replace(disk.list, dm)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): run `postern mailbox rotate` again once it can be, which finishes the rotation with the keys kept there", m.Name, mailboxPath(ms.idPath), err)
+	if err := finishRotation(e, id, ms, m, nm, confirmed); err != nil {
+		return err
 	}
 	fmt.Fprintln(e.stdout, nm.Card)
 	fmt.Fprintf(e.stderr, "mailbox %q rotated: %d waiting envelope(s) moved\n", m.Name, moved)
 	return tellContacts(ctx, e, id, ms.idPath, cardUpdate{old: m.id(), card: nm.Card})
+}
+
+// beginRotation returns the new keys of m's rotation, written down
+// before any relay moves the mailbox: until the file names the new owner
+// key, a relay that moved it holds a mailbox nobody can read. A rotation
+// that was interrupted (a crash, a failed write, a reply that never
+// came) left them in m.Next, and rotating again finishes it with the
+// same keys.
+func beginRotation(e *env, id *envelope.Identity, ms *mailboxes, m *mailboxState) (*mailboxState, error) {
+	nm := m.Next
+	if nm != nil {
+		fmt.Fprintf(e.stderr, "finishing the rotation of mailbox %q that was interrupted\n", m.Name)
+	} else {
+		nm = newMailbox(m.Name, nil, len(m.SendCap) > 0)
+		if err := ms.update(id, func(disk *mailboxes) error {
+			dm := disk.byID(m)
+			switch {
+			case dm == nil:
+				return errors.New("it was deleted or rotated meanwhile")
+			case dm.Next != nil:
+				return errors.New("another rotation of it began meanwhile: run `postern mailbox rotate` again to finish that one")
+			}
+			dm.Next = nm
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("mailbox %q not rotated: %s: %w", m.Name, mailboxPath(ms.idPath), err)
+		}
+		m.Next = nm
+	}
+	nm.Name, nm.Relays, nm.Relay = m.Name, nil, ""
+	return nm, nil
+}
+
+// finishRotation writes the rotated mailbox nm in m's place, with the
+// relays of m that confirmed (as the file names them now: another
+// postern may have renewed a line meanwhile). If m was deleted from the
+// file meanwhile (a `mailbox delete` beside this rotation, which may
+// have asked the relays with the old keys only), nm is kept: a relay
+// may hold it under the new keys, which no other copy has.
+func finishRotation(e *env, id *envelope.Identity, ms *mailboxes, m, nm *mailboxState, confirmed []int) error {
+	relaysOf := func(rs []string) []string {
+		out := make([]string, len(confirmed))
+		for j, i := range confirmed {
+			out[j] = rs[i]
+		}
+		return out
+	}
+	nm.Relays = relaysOf(m.relays())
+	if i := slices.Index(ms.list, m); i >= 0 {
+		ms.list[i] = nm
+	}
+	kept := false
+	if err := saveRotated(ms, id, func(disk *mailboxes) error {
+		dm := disk.byID(m)
+		if dm == nil {
+			if _, err := disk.find(nm.Name); err == nil {
+				nm.Name = freeName(disk)
+			}
+			disk.list, kept = append(disk.list, nm), true
+			return nil
+		}
+		if drs := dm.relays(); len(drs) == len(m.relays()) {
+			nm.Relays = relaysOf(drs)
+		}
+		disk.list[slices.Index(disk.list, dm)] = nm
+		return nil
+	}); err != nil {
+		return fmt.Errorf("the relays moved mailbox %q, but %s could not be written (%w): run `postern mailbox rotate` again once it can be, which finishes the rotation with the keys kept there", m.Name, mailboxPath(ms.idPath), err)
+	}
+	if kept {
+		fmt.Fprintf(e.stderr, "mailbox %q was deleted from %s while it was being rotated; it is kept there as %q under its new keys, which a relay may hold: `postern mailbox delete --name %s` deletes it\n",
+			m.Name, mailboxPath(ms.idPath), nm.Name, nm.Name)
+	}
+	return nil
 }
 
 // tellContacts sends the card update to every contact.

@@ -159,7 +159,9 @@ func TestCardUpdateRules(t *testing.T) {
 	oldCard := bob.Card(oldID, []string{"postern-relay1:a"}, nil).String()
 	newCard := bob.Card(newID, []string{"postern-relay1:b"}, nil).String()
 	book, _ := loadContacts(filepath.Join(dir, "alice.id"))
-	book.Cards["bob"] = oldCard
+	if err := book.update(func(disk *contactBook) error { disk.Cards["bob"] = oldCard; return nil }); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		sender []byte
@@ -188,6 +190,33 @@ func TestCardUpdateRules(t *testing.T) {
 	note, err := applyCardUpdate(book, bob.AuthKey(), cardUpdate{oldID, newCard})
 	if err != nil || !strings.HasPrefix(note, "bob's card changed") || book.Cards["bob"] != newCard {
 		t.Fatalf("a good update: %q, %v", note, err)
+	}
+
+	// The contacts on disk decide, not the copy loaded when recv began
+	// (a reviewer's find): bob replaced by another identity meanwhile
+	// makes his old key a stranger, and carol added meanwhile is known.
+	stale, _ := loadContacts(filepath.Join(dir, "alice.id"))
+	bob2, _ := envelope.NewIdentity()
+	carol, _ := envelope.NewIdentity()
+	carolOld, carolNew := carol.Card(oldID, []string{"postern-relay1:c"}, nil).String(), carol.Card(newID, []string{"postern-relay1:d"}, nil).String()
+	other, _ := loadContacts(filepath.Join(dir, "alice.id"))
+	if err := other.update(func(disk *contactBook) error {
+		disk.Cards["bob"] = bob2.Card(newID, []string{"postern-relay1:e"}, nil).String()
+		disk.Cards["carol"] = carolOld
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	newer := bob.Card([32]byte{3}, []string{"postern-relay1:f"}, nil).String()
+	if _, err := applyCardUpdate(stale, bob.AuthKey(), cardUpdate{newID, newer}); err == nil || !strings.Contains(err.Error(), "unknown sender") {
+		t.Errorf("an update from bob's old key after bob was replaced: %v", err)
+	}
+	if note, err := applyCardUpdate(stale, carol.AuthKey(), cardUpdate{oldID, carolNew}); err != nil || !strings.HasPrefix(note, "carol's card changed") {
+		t.Errorf("an update from carol, added after the book was loaded: %q, %v", note, err)
+	}
+	final, _ := loadContacts(filepath.Join(dir, "alice.id"))
+	if final.Cards["bob"] != other.Cards["bob"] || final.Cards["carol"] != carolNew {
+		t.Errorf("contacts on disk: %v", final.Cards)
 	}
 	if _, _, err := parseControl(append([]byte(controlMagic), 2, 1)); err == nil || !strings.Contains(err.Error(), "upgrade postern") {
 		t.Fatalf("a later version: %v", err)

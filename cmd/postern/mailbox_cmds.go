@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -105,8 +106,7 @@ func createMailbox(ctx context.Context, e *env, a mailboxArgs, relayArgs []strin
 	})
 	for i, err := range errs {
 		if err != nil {
-			undoCreate(ctx, e, m, errs)
-			return fmt.Errorf("relay %d of %d: %w; the mailbox was made on no relay", i+1, len(lines), err)
+			return fmt.Errorf("relay %d of %d: %w; %s", i+1, len(lines), err, undoCreate(ctx, e, m, errs))
 		}
 	}
 	err = ms.update(id, func(disk *mailboxes) error {
@@ -118,9 +118,13 @@ func createMailbox(ctx context.Context, e *env, a mailboxArgs, relayArgs []strin
 		disk.list = append(disk.list, m)
 		return nil
 	})
-	if err != nil {
-		undoCreate(ctx, e, m, errs)
-		return fmt.Errorf("%w; the mailbox was made on no relay", err)
+	switch {
+	case errors.Is(err, errNotSynced):
+		// The file names the mailbox: it must stay on the relays.
+		fmt.Fprintln(e.stdout, m.Card)
+		return fmt.Errorf("mailbox %q was made and %s written, but %w", m.Name, mailboxPath(path), err)
+	case err != nil:
+		return fmt.Errorf("%w; %s", err, undoCreate(ctx, e, m, errs))
 	}
 	fmt.Fprintln(e.stdout, m.Card)
 	return nil
@@ -136,18 +140,29 @@ func freeName(ms *mailboxes) string {
 	}
 }
 
-// undoCreate deletes the mailbox from the relays that made it after
-// another refused it, so a half-made mailbox is not left behind.
-func undoCreate(ctx context.Context, e *env, m *mailboxState, errs []error) {
+// undoCreate deletes the mailbox from the relays that made it, after
+// another refused it or the file could not be written, so a half-made
+// mailbox is not left behind. It returns what became of it, for the
+// error.
+func undoCreate(ctx context.Context, e *env, m *mailboxState, errs []error) string {
+	left := 0
 	for i, err := range errs {
 		if err != nil {
 			continue
 		}
-		if c, err := dialRelay(ctx, e, m.relays()[i]); err == nil {
-			c.Delete(ctx, m.owner(), m.id())
+		c, err := dialRelay(ctx, e, m.relays()[i])
+		if err == nil {
+			err = c.Delete(ctx, m.owner(), m.id())
 			c.Close()
 		}
+		if err != nil {
+			left++
+		}
 	}
+	if left > 0 {
+		return fmt.Sprintf("%d relay(s) that made the mailbox could not delete it again: they keep an empty mailbox nobody can use", left)
+	}
+	return "the mailbox was made on no relay"
 }
 
 // createAgain makes an existing mailbox on the relays that lost it.
@@ -282,7 +297,13 @@ func deleteMailbox(ctx context.Context, e *env, a mailboxArgs, forget bool) erro
 	}
 	failed := 0
 	for i, err := range ms.onEachRelay(ctx, e, id, m, func(c *client.Client) error {
-		if err := c.Delete(ctx, m.owner(), m.id()); err != nil && !errors.Is(err, relay.ErrNoMailbox) {
+		err := c.Delete(ctx, m.owner(), m.id())
+		if n := m.Next; errors.Is(err, relay.ErrNoMailbox) && n != nil {
+			// A rotation was interrupted: the relay may hold the
+			// mailbox under its new keys.
+			err = c.Delete(ctx, n.owner(), n.id())
+		}
+		if err != nil && !errors.Is(err, relay.ErrNoMailbox) {
 			return err
 		}
 		return nil
@@ -295,16 +316,24 @@ func deleteMailbox(ctx context.Context, e *env, a mailboxArgs, forget bool) erro
 	if failed > 0 && !forget {
 		return fmt.Errorf("%d of %d relays could not delete the mailbox; it is kept here: run the command again, or add --forget to drop it anyway", failed, len(m.relays()))
 	}
-	ms.remove(m)
+	left := 0
 	if err := ms.update(id, func(disk *mailboxes) error {
-		if dm := disk.byID(m); dm != nil {
-			disk.remove(dm)
+		// As this command found it, or it may live on under keys only
+		// the file has: a rotation began, or finished, meanwhile.
+		dm := disk.byID(m)
+		switch {
+		case dm == nil:
+			return fmt.Errorf("mailbox %q changed in %s meanwhile (rotated or deleted by another postern); it is left as it is there: `postern mailbox list` shows it", m.Name, mailboxPath(ms.idPath))
+		case dm.Next != nil && (m.Next == nil || !bytes.Equal(dm.Next.ID, m.Next.ID)):
+			return fmt.Errorf("a rotation of mailbox %q began meanwhile; it is kept in %s: run the command again once the rotation is done", m.Name, mailboxPath(ms.idPath))
 		}
+		disk.remove(dm)
+		left = len(disk.list)
 		return nil
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "mailbox %q deleted; %d mailbox(es) left\n", m.Name, len(ms.list))
+	fmt.Fprintf(e.stderr, "mailbox %q deleted; %d mailbox(es) left\n", m.Name, left)
 	return nil
 }
 

@@ -260,12 +260,19 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	// Make the rename itself durable.
 	dir, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
+	if err == nil {
+		err = dir.Sync()
+		dir.Close()
 	}
-	defer dir.Close()
-	return dir.Sync()
+	if err != nil {
+		return fmt.Errorf("%w: %w", errNotSynced, err)
+	}
+	return nil
 }
+
+// errNotSynced is writeFileAtomic's error once the file is in place but
+// its directory could not be synced: a crash could still lose the rename.
+var errNotSynced = errors.New("its directory could not be synced")
 
 // loadOrCreateCert returns the configured certificate, or the relay's
 // self-signed one (made on first start) and its pin.
