@@ -119,7 +119,7 @@ func (l *listener) serveConn(qc *quic.Conn) {
 			if err != nil {
 				return
 			}
-			go hc.HandleUnidirectionalStream(str)
+			go serveUni(hc, qc, str)
 		}
 	})
 	for {
@@ -148,6 +148,56 @@ func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic
 		defer l.headers.release(key)
 	}
 	hc.HandleRequestStream(str)
+}
+
+// QPACK streams. http3 takes a client's QPACK encoder and decoder
+// streams and never reads them past their type (quic-go's QPACK uses no
+// dynamic table, and advertises none), so what a client sends on them
+// waits unread, up to the connection's window; in 1-byte STREAM frames
+// that cost the relay 114 MiB of heap per connection
+// (BenchmarkTinyFrameStuffing), and connections that carry a session
+// are never closed to relieve memory. The listener reads them itself
+// once http3 is done with them, and closes a connection whose client
+// sent more than qpackDrainLimit on one (QPACK_ENCODER_STREAM_ERROR or
+// QPACK_DECODER_STREAM_ERROR, as a server that checked the instructions
+// would: with no dynamic table, a client has next to nothing to send
+// there). Below the limit the stream shows nothing: quic-go grants a
+// stream more credit only once a quarter of its 512 KiB window has been
+// read (the connection's window, shared with its other streams, may be
+// renewed a little sooner).
+const (
+	qpackEncoderStream = 0x02
+	qpackDecoderStream = 0x03
+	qpackDrainLimit    = 64 << 10
+	// RFC 9204, section 6 (http3 names only QPACK_DECOMPRESSION_FAILED).
+	qpackEncoderStreamError quic.ApplicationErrorCode = 0x201
+	qpackDecoderStreamError quic.ApplicationErrorCode = 0x202
+)
+
+// serveUni hands a unidirectional stream to http3, and then drains it if
+// it is a QPACK stream (see above).
+func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream) {
+	var p peeker
+	typ, _, ok := p.varint(str, 0)
+	hc.HandleUnidirectionalStream(str)
+	if !ok || (typ != qpackEncoderStream && typ != qpackDecoderStream) {
+		return
+	}
+	var buf [64]byte // small: a client has next to nothing to send here
+	for read := 0; ; {
+		n, err := str.Read(buf[:])
+		if read += n; read > qpackDrainLimit {
+			code := qpackEncoderStreamError
+			if typ == qpackDecoderStream {
+				code = qpackDecoderStreamError
+			}
+			qc.CloseWithError(code, "")
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // headersPending returns what http3's reading of str's first HEADERS
@@ -198,6 +248,10 @@ func skipped(typ uint64) bool {
 	return true
 }
 
+// peekable is a stream that can be peeked at: *quic.Stream and
+// *quic.ReceiveStream.
+type peekable interface{ Peek([]byte) (int, error) }
+
 // peeker waits for the bytes at the start of a stream with Peek, through
 // a buffer that grows with what has arrived: waiting for n bytes holds at
 // most twice what is there, never n up front.
@@ -205,7 +259,7 @@ type peeker struct{ buf []byte }
 
 // wait waits until n bytes have arrived on str, and reports whether they
 // did (false: the stream ended, failed, or the connection closed first).
-func (p *peeker) wait(str *quic.Stream, n int) bool {
+func (p *peeker) wait(str peekable, n int) bool {
 	for have := len(p.buf); have < n; {
 		want := min(max(2*have, 64), n)
 		if cap(p.buf) < want {
@@ -223,7 +277,7 @@ func (p *peeker) wait(str *quic.Stream, n int) bool {
 
 // varint waits for the QUIC variable-length integer at offset off of str
 // and returns it and its length.
-func (p *peeker) varint(str *quic.Stream, off int) (v uint64, n int, ok bool) {
+func (p *peeker) varint(str peekable, off int) (v uint64, n int, ok bool) {
 	if !p.wait(str, off+1) {
 		return 0, 0, false
 	}

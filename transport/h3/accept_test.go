@@ -324,3 +324,56 @@ func TestHeaderBudget(t *testing.T) {
 		t.Fatalf("left: used %d, sources %d, streams %d, held %d", b.used, len(b.bySource), len(b.streams), b.held.Load())
 	}
 }
+
+// TestQPACKStreamsDrained: what a client sends on its QPACK streams is
+// read and dropped, up to qpackDrainLimit; past it the connection closes
+// with the stream's QPACK error. http3 never read them: whatever came,
+// up to the connection's window, stayed (114 MiB of heap per connection
+// in 1-byte frames, BenchmarkTinyFrameStuffing). A client that sends
+// what a client sends there (a Set Dynamic Table Capacity of 0) is
+// served as before.
+func TestQPACKStreamsDrained(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	addr := r.ln.Addr().String()
+	for _, c := range []struct {
+		typ  byte
+		code quic.ApplicationErrorCode
+	}{{qpackEncoderStream, qpackEncoderStreamError}, {qpackDecoderStream, qpackDecoderStreamError}} {
+		qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := qc.OpenUniStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.SetWriteDeadline(time.Now().Add(20 * time.Second)) // a deadlock guard
+		if _, err := s.Write(append([]byte{c.typ}, make([]byte, qpackDrainLimit+1)...)); err != nil {
+			t.Fatalf("stream type %#x: %v", c.typ, err)
+		}
+		select {
+		case <-qc.Context().Done():
+		case <-time.After(20 * time.Second): // a deadlock guard
+			t.Fatalf("stream type %#x: the connection stayed open past the limit", c.typ)
+		}
+		var ae *quic.ApplicationError
+		if err := context.Cause(qc.Context()); !errors.As(err, &ae) || ae.ErrorCode != c.code || !ae.Remote {
+			t.Errorf("stream type %#x: closed with %v, want %#x from the relay", c.typ, err, uint64(c.code))
+		}
+	}
+
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := qc.OpenUniStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write([]byte{qpackEncoderStream, 0x20}); err != nil {
+		t.Fatal(err)
+	}
+	if got := answer(qc, getFrame(t, "/"), true); got != "200" {
+		t.Errorf("after a capacity of 0 on the encoder stream: %s", got)
+	}
+}

@@ -25,16 +25,19 @@ import (
 // (about 80 KB idle), whatever its client sends on a stream the server
 // never reads waits in memory up to the stream's flow-control window.
 // http3 accepts a client's QPACK encoder and decoder streams and never
-// reads them (quic-go's QPACK uses no dynamic table), so any client that
-// completes a handshake can make the relay hold up to the connection's
-// initial window (768 KiB; BenchmarkQPACKStuffing measured about 0.9 MiB
-// of heap per connection for 512 KiB sent on one such stream) for as long
-// as it keeps the connection alive, and, after it ends, for as long as
-// anything still points to the connection: quic-go frees none of it at
-// close. The windows are what every client sees in the transport
-// parameters, and reading those streams would grant credit a stock server
-// never grants, so the number of connections, and how long they live,
-// is what is bounded.
+// reads them (quic-go's QPACK uses no dynamic table), so until 2026-12-06
+// any client that completed a handshake could make the relay hold up to
+// the connection's initial window (768 KiB; BenchmarkQPACKStuffing
+// measured about 0.9 MiB of heap per connection for 512 KiB sent on one
+// such stream, and 1-byte frames make 114 MiB of it) for as long as it
+// kept the connection alive, and, after it ended, for as long as anything
+// still pointed to the connection: quic-go frees none of it at close. The
+// listener now drains those streams up to 64 KiB and closes a connection
+// past that (accept.go); what a client can still make it hold unread is
+// what it sends after a gap it leaves in a stream, which takes a QUIC
+// stack of its own. The windows are what every client sees in the
+// transport parameters, so the number of connections, and how long they
+// live, is what is bounded.
 //
 // A connection counts from the end of its handshake (its client then
 // provably receives at its address, so a spoofed source cannot use up
