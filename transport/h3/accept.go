@@ -157,18 +157,20 @@ func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic
 // that cost the relay 114 MiB of heap per connection
 // (BenchmarkTinyFrameStuffing), and connections that carry a session
 // are never closed to relieve memory. The listener reads them itself
-// once http3 is done with them, and closes a connection whose client
-// sent more than qpackDrainLimit on one (QPACK_ENCODER_STREAM_ERROR or
-// QPACK_DECODER_STREAM_ERROR, as a server that checked the instructions
-// would: with no dynamic table, a client has next to nothing to send
-// there). Below the limit the stream shows nothing: quic-go grants a
-// stream more credit only once a quarter of its 512 KiB window has been
-// read (the connection's window, shared with its other streams, may be
-// renewed a little sooner).
+// once http3 is done with them, checks each instruction as a server
+// with no dynamic table must (RFC 9204, section 4), and closes the
+// connection at the first it cannot take: on the encoder stream
+// anything but Set Dynamic Table Capacity 0 (QPACK_ENCODER_STREAM_ERROR);
+// on the decoder stream a Section Acknowledgment or an Insert Count
+// Increment, as nothing was inserted or referred to
+// (QPACK_DECODER_STREAM_ERROR). Stream Cancellations are taken however
+// many come: Chromium sends one for every request stream reset before
+// its end. What shows: the bytes read count against the connection's
+// window, which is renewed (MAX_DATA) as a quarter of it has been read
+// on any stream, where a stock server never reads these.
 const (
 	qpackEncoderStream = 0x02
 	qpackDecoderStream = 0x03
-	qpackDrainLimit    = 64 << 10
 	// RFC 9204, section 6 (http3 names only QPACK_DECOMPRESSION_FAILED).
 	qpackEncoderStreamError quic.ApplicationErrorCode = 0x201
 	qpackDecoderStreamError quic.ApplicationErrorCode = 0x202
@@ -183,14 +185,14 @@ func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream) {
 	if !ok || (typ != qpackEncoderStream && typ != qpackDecoderStream) {
 		return
 	}
+	code, q := qpackEncoderStreamError, qpackInstructions{decoder: typ == qpackDecoderStream}
+	if q.decoder {
+		code = qpackDecoderStreamError
+	}
 	var buf [64]byte // small: a client has next to nothing to send here
-	for read := 0; ; {
+	for {
 		n, err := str.Read(buf[:])
-		if read += n; read > qpackDrainLimit {
-			code := qpackEncoderStreamError
-			if typ == qpackDecoderStream {
-				code = qpackDecoderStreamError
-			}
+		if !q.take(buf[:n]) {
 			qc.CloseWithError(code, "")
 			return
 		}
@@ -198,6 +200,40 @@ func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream) {
 			return
 		}
 	}
+}
+
+// qpackInstructions checks the instructions on a client's QPACK encoder
+// or decoder stream, as a server with no dynamic table takes them.
+type qpackInstructions struct {
+	decoder bool
+	cont    int // continuation bytes of a prefixed integer read so far, +1; 0: none
+}
+
+// take reads b's instructions and reports whether all of them are valid.
+func (q *qpackInstructions) take(b []byte) bool {
+	for _, c := range b {
+		switch {
+		case !q.decoder:
+			// Set Dynamic Table Capacity (001xxxxx) of 0; any other
+			// capacity, or an insertion, exceeds the table advertised.
+			if c != 0x20 {
+				return false
+			}
+		case q.cont > 0: // a Stream Cancellation's stream id goes on
+			if c&0x80 == 0 {
+				q.cont = 0
+			} else if q.cont++; q.cont > 9 { // past 62 bits
+				return false
+			}
+		case c&0xc0 == 0x40: // Stream Cancellation, 6-bit prefix
+			if c&0x3f == 0x3f {
+				q.cont = 1
+			}
+		default: // Section Acknowledgment, Insert Count Increment
+			return false
+		}
+	}
+	return true
 }
 
 // headersPending returns what http3's reading of str's first HEADERS

@@ -326,54 +326,71 @@ func TestHeaderBudget(t *testing.T) {
 }
 
 // TestQPACKStreamsDrained: what a client sends on its QPACK streams is
-// read and dropped, up to qpackDrainLimit; past it the connection closes
-// with the stream's QPACK error. http3 never read them: whatever came,
-// up to the connection's window, stayed (114 MiB of heap per connection
-// in 1-byte frames, BenchmarkTinyFrameStuffing). A client that sends
-// what a client sends there (a Set Dynamic Table Capacity of 0) is
-// served as before.
+// read, instruction by instruction, and the connection closes with the
+// stream's QPACK error at the first instruction a server with no dynamic
+// table cannot take. http3 never read them: whatever came, up to the
+// connection's window, stayed (114 MiB of heap per connection in 1-byte
+// frames, BenchmarkTinyFrameStuffing). Valid instructions, however many,
+// keep the connection (Chromium sends a Stream Cancellation for every
+// request stream reset before its end).
 func TestQPACKStreamsDrained(t *testing.T) {
 	r := startRelay(t, nil, nil)
 	addr := r.ln.Addr().String()
+	cancellations := make([]byte, 0, 600<<10)
+	for id := uint64(0); len(cancellations) < 600<<10; id += 4 { // 6-bit prefixed ids
+		if id < 63 {
+			cancellations = append(cancellations, 0x40|byte(id))
+			continue
+		}
+		cancellations = append(cancellations, 0x7f)
+		for v := id - 63; ; v >>= 7 {
+			if v < 0x80 {
+				cancellations = append(cancellations, byte(v))
+				break
+			}
+			cancellations = append(cancellations, byte(v)|0x80)
+		}
+	}
 	for _, c := range []struct {
-		typ  byte
-		code quic.ApplicationErrorCode
-	}{{qpackEncoderStream, qpackEncoderStreamError}, {qpackDecoderStream, qpackDecoderStreamError}} {
-		qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := qc.OpenUniStream()
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.SetWriteDeadline(time.Now().Add(20 * time.Second)) // a deadlock guard
-		if _, err := s.Write(append([]byte{c.typ}, make([]byte, qpackDrainLimit+1)...)); err != nil {
-			t.Fatalf("stream type %#x: %v", c.typ, err)
-		}
-		select {
-		case <-qc.Context().Done():
-		case <-time.After(20 * time.Second): // a deadlock guard
-			t.Fatalf("stream type %#x: the connection stayed open past the limit", c.typ)
-		}
-		var ae *quic.ApplicationError
-		if err := context.Cause(qc.Context()); !errors.As(err, &ae) || ae.ErrorCode != c.code || !ae.Remote {
-			t.Errorf("stream type %#x: closed with %v, want %#x from the relay", c.typ, err, uint64(c.code))
-		}
-	}
-
-	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := qc.OpenUniStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Write([]byte{qpackEncoderStream, 0x20}); err != nil {
-		t.Fatal(err)
-	}
-	if got := answer(qc, getFrame(t, "/"), true); got != "200" {
-		t.Errorf("after a capacity of 0 on the encoder stream: %s", got)
+		name      string
+		typ       byte
+		valid     []byte // more than the stream's 512 KiB window: read, or the write blocks
+		invalid   []byte
+		closeCode quic.ApplicationErrorCode
+	}{
+		{"encoder", qpackEncoderStream, bytes.Repeat([]byte{0x20}, 600<<10), []byte{0x21}, qpackEncoderStreamError},
+		{"decoder", qpackDecoderStream, cancellations, []byte{0x81}, qpackDecoderStreamError},
+		{"decoder, insert count increment", qpackDecoderStream, nil, []byte{0x01}, qpackDecoderStreamError},
+		{"decoder, stream id past 62 bits", qpackDecoderStream, nil, append([]byte{0x7f}, bytes.Repeat([]byte{0xff}, 10)...), qpackDecoderStreamError},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), addr, &quic.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := qc.OpenUniStream()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.SetWriteDeadline(time.Now().Add(20 * time.Second)) // a deadlock guard
+			if _, err := s.Write(append([]byte{c.typ}, c.valid...)); err != nil {
+				t.Fatalf("valid instructions: %v", err)
+			}
+			if got := answer(qc, getFrame(t, "/"), true); got != "200" {
+				t.Fatalf("after %d bytes of valid instructions: %s", len(c.valid), got)
+			}
+			if _, err := s.Write(c.invalid); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-qc.Context().Done():
+			case <-time.After(20 * time.Second): // a deadlock guard
+				t.Fatal("the connection stayed open after an invalid instruction")
+			}
+			var ae *quic.ApplicationError
+			if err := context.Cause(qc.Context()); !errors.As(err, &ae) || ae.ErrorCode != c.closeCode || !ae.Remote {
+				t.Errorf("closed with %v, want %#x from the relay", err, uint64(c.closeCode))
+			}
+		})
 	}
 }

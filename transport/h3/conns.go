@@ -32,8 +32,9 @@ import (
 // such stream, and 1-byte frames make 114 MiB of it) for as long as it
 // kept the connection alive, and, after it ended, for as long as anything
 // still pointed to the connection: quic-go frees none of it at close. The
-// listener now drains those streams up to 64 KiB and closes a connection
-// past that (accept.go); what a client can still make it hold unread is
+// listener now reads those streams and closes a connection at the first
+// instruction a server with no dynamic table cannot take (accept.go);
+// what a client can still make it hold unread is
 // what it sends after a gap it leaves in a stream, which takes a QUIC
 // stack of its own. The windows are what every client sees in the
 // transport parameters, so the number of connections, and how long they

@@ -170,8 +170,8 @@ func BenchmarkQPACKStuffing(b *testing.B) {
 // stuffedConn opens a QUIC connection from local to addr, with no
 // session, and sends 512 KiB on a QPACK encoder stream of it, which http3
 // accepts and never reads; the benchmark's cleanup closes it. (Since the
-// listener drains those streams, it closes such a connection once 64 KiB
-// have come: the benchmarks then measure that.)
+// listener reads those streams, it closes such a connection at its first
+// zero byte, an instruction it cannot take: the benchmarks measure that.)
 func stuffedConn(b *testing.B, local net.IP, addr string) (*quic.Conn, error) {
 	qc, err := quicFrom(b, local, addr, &quic.Config{})
 	if err != nil {

@@ -264,8 +264,10 @@ func BenchmarkTinyFrameStuffing(b *testing.B) {
 	b.ReportMetric(float64(open), "conns-open")
 }
 
-// tinyFrames writes a stream type, then 1-byte STREAM frames until flow
-// control or the connection stops it (at most 20 s).
+// tinyFrames writes a QPACK stream's type, then 1-byte STREAM frames of
+// valid instructions (Set Dynamic Table Capacity 0 on the encoder stream,
+// a Stream Cancellation on the decoder stream) until flow control or the
+// connection stops it (at most 20 s).
 func tinyFrames(s *quic.SendStream, typ byte) {
 	end := time.Now().Add(20 * time.Second)
 	s.SetWriteDeadline(end)
@@ -273,7 +275,11 @@ func tinyFrames(s *quic.SendStream, typ byte) {
 		return
 	}
 	one := func(int) int { return 1 }
-	for b := []byte{0}; time.Now().Before(end); {
+	b := []byte{0x20}
+	if typ == qpackDecoderStream {
+		b[0] = 0x40
+	}
+	for time.Now().Before(end) {
 		s.SetWriteDeadline(time.Now().Add(time.Second)) // blocked by flow control: done
 		if _, err := s.WriteWithLimit(b, one); err != nil && !errors.Is(err, quic.ErrWriteLimitReached) {
 			return
