@@ -243,7 +243,7 @@ func (q *qpackInstructions) take(b []byte) bool {
 // It returns 0 at once when http3 has nothing to buffer: a stream that
 // opens with another frame, a HEADERS frame larger than http3 takes, a
 // stream that ends or fails first.
-func headersPending(str *quic.Stream) int {
+func headersPending(str peekable) int {
 	var p peeker
 	off := 0
 	for {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -393,4 +394,51 @@ func TestQPACKStreamsDrained(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzQPACKInstructions: the QPACK stream checker never panics, and takes
+// a stream's bytes alike however they are split into reads.
+func FuzzQPACKInstructions(f *testing.F) {
+	f.Add(true, []byte{0x40, 0x7f, 0x81, 0x01}, uint8(1))
+	f.Add(false, []byte{0x20, 0x20, 0x21}, uint8(2))
+	f.Add(true, append([]byte{0x7f}, bytes.Repeat([]byte{0xff}, 10)...), uint8(3))
+	f.Fuzz(func(t *testing.T, decoder bool, b []byte, cut uint8) {
+		whole := qpackInstructions{decoder: decoder}
+		want := whole.take(b)
+		split := qpackInstructions{decoder: decoder}
+		got := true
+		for rest := b; len(rest) > 0 && got; {
+			n := min(int(cut)%7+1, len(rest))
+			got = split.take(rest[:n])
+			rest = rest[n:]
+		}
+		if got != want || (want && split != whole) {
+			t.Fatalf("whole: %v %+v; in reads of %d: %v %+v", want, whole, int(cut)%7+1, got, split)
+		}
+	})
+}
+
+// FuzzHeadersPending: how the listener reads a request stream's opening
+// never panics, and charges the budget only what http3 could buffer.
+func FuzzHeadersPending(f *testing.F) {
+	f.Add(append(frameHead(0x21, 3), 1, 2, 3, 0x01, 0x40, 0x64))
+	f.Add(frameHead(0x1, maxHeaderBytes))
+	f.Add([]byte{0xc0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n := headersPending(bytesPeek(b))
+		if n < 0 || n > maxHeaderBytes {
+			t.Fatalf("charged %d", n)
+		}
+	})
+}
+
+// bytesPeek is a stream that holds b and then ends.
+type bytesPeek []byte
+
+func (b bytesPeek) Peek(p []byte) (int, error) {
+	n := copy(p, b)
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
