@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
@@ -25,13 +24,7 @@ func TestRotateInterruptedIsFinished(t *testing.T) {
 	saveRotated = func(*mailboxes, *envelope.Identity, func(*mailboxes) error) error {
 		return errors.New("no space left on device (test)")
 	}
-	var out, errOut bytes.Buffer
-	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string {
-		if k == "POSTERN_HOME" {
-			return home
-		}
-		return ""
-	}}
+	e, errOut := homeEnv(home)
 	code := run(context.Background(), []string{"mailbox", "rotate", "--id", bob}, e)
 	saveRotated = (*mailboxes).update
 	if code == 0 || !strings.Contains(errOut.String(), "rotate` again") {

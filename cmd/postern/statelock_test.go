@@ -112,17 +112,23 @@ func TestShortCommandsKeepEachOthersChanges(t *testing.T) {
 // beforeUpdate applies), with POSTERN_HOME home, and returns its stderr.
 func runInProcess(t *testing.T, home string, args ...string) string {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string {
-		if k == "POSTERN_HOME" {
-			return home
-		}
-		return ""
-	}}
+	e, errOut := homeEnv(home)
 	if code := run(context.Background(), args, e); code != 0 {
 		t.Fatalf("%v: exit %d:\n%s", args, code, errOut.String())
 	}
 	return errOut.String()
+}
+
+// homeEnv is the environment of a postern run in this process with
+// POSTERN_HOME home, and its stderr.
+func homeEnv(home string) (*env, *bytes.Buffer) {
+	var errOut bytes.Buffer
+	return &env{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &errOut, getenv: func(k string) string {
+		if k == "POSTERN_HOME" {
+			return home
+		}
+		return ""
+	}}, &errOut
 }
 
 // meanwhileAt runs f before the nth update of a state file in this
@@ -210,13 +216,7 @@ func TestRotationKeepsOthersChanges(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	var errOut bytes.Buffer
-	e := &env{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &errOut, getenv: func(k string) string {
-		if k == "POSTERN_HOME" {
-			return home
-		}
-		return ""
-	}}
+	e, errOut := homeEnv(home)
 	if code := run(context.Background(), []string{"mailbox", "delete", "--id", bob, "--name", "later"}, e); code == 0 || !strings.Contains(errOut.String(), "meanwhile") {
 		t.Errorf("a delete beside a rotation: exit %d:\n%s", code, errOut.String())
 	}
@@ -237,13 +237,7 @@ func TestDeleteAfterInterruptedRotation(t *testing.T) {
 		return errors.New("no space left on device (test)")
 	}
 	defer func() { saveRotated = (*mailboxes).update }()
-	var out, errOut bytes.Buffer
-	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string {
-		if k == "POSTERN_HOME" {
-			return home
-		}
-		return ""
-	}}
+	e, _ := homeEnv(home)
 	if code := run(context.Background(), []string{"mailbox", "rotate", "--id", bob}, e); code == 0 {
 		t.Fatal("the rotation whose last write fails succeeded")
 	}
