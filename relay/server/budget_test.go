@@ -113,3 +113,48 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestStalledReadersLeaveSendSlots: sessions that never read their
+// Results do not keep other clients' Sends waiting. The relay-wide Send
+// slots (MaxSendsInFlight) were held until each Result was written, so 8
+// such sessions (64 Sends each) held all 512 until their writes timed out
+// (a reviewer's find: an honest Send took 2.7 s with a 3 s timeout). The
+// timeout here is an hour: the honest Send finishes only if the slots go
+// back once the envelopes are stored.
+func TestStalledReadersLeaveSendSlots(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{WriteTimeout: time.Hour})
+	honest := r.Connect(t)
+	mb := relaytest.NewMailbox(t, honest, nil)
+	env := mb.Seal(t, "x")
+	var wrote sync.WaitGroup
+	for range 512/64 + 1 { // one more than the slots take
+		c, s := net.Pipe()
+		t.Cleanup(func() { c.Close() })
+		r.Serve(pipeConn{s}, "test")
+		c.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion}))
+		if _, _, err := relay.ReadFrame(c); err != nil { // ServerHello; nothing is read after it
+			t.Fatal(err)
+		}
+		wrote.Go(func() {
+			for j := range 64 {
+				if _, err := c.Write(relay.AppendFrame(nil, relay.Send{Req: uint32(j + 1), Envelope: env})); err != nil {
+					return
+				}
+			}
+		})
+	}
+	// Every stalled session gets its 64 Sends in (the ninth only once
+	// slots come back), and the honest Send its slot.
+	in := make(chan struct{})
+	go func() { wrote.Wait(); close(in) }()
+	select {
+	case <-in:
+	case <-time.After(20 * time.Second): // a deadlock guard
+		t.Fatal("the stalled sessions' Sends never all got a slot: the first ones kept theirs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a deadlock guard
+	defer cancel()
+	if _, err := honest.Send(ctx, mb.Seal(t, "honest"), nil); err != nil {
+		t.Fatalf("an honest Send beside 9 sessions that never read: %v", err)
+	}
+}

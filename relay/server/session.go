@@ -307,8 +307,16 @@ func (ss *session) sendAsync(req uint32, p []byte, store func([]byte) (store.Ref
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
-		defer func() { <-ss.sem; <-ss.srv.sendSem }()
+		defer func() { <-ss.sem }()
 		ref, err := store(p)
+		// The relay-wide slot bounds the stores in flight, not the
+		// replies: a session that stops reading its Results blocks in
+		// reply until its write times out, and held every slot it had
+		// meanwhile (a reviewer: 8 such sessions took all 512 for 30 s,
+		// and every other client's Send waited). Its own slot (ss.sem)
+		// stays until the reply is written, which bounds what it holds.
+		p = nil
+		<-ss.srv.sendSem
 		var body []byte
 		if err == nil {
 			body = ref[:]
