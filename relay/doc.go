@@ -25,7 +25,8 @@
 // Everything on it is a frame:
 //
 //	type    1 byte
-//	length  4 bytes, big endian, at most MaxFrameSize
+//	length  4 bytes, big endian, at most MaxPayload(type): MaxFrameSize,
+//	        MaxForwardFrameSize for Forward and Layer
 //	payload length bytes
 //
 // The client speaks first with ClientHello; the server answers ServerHello

@@ -21,6 +21,13 @@ const (
 	// MaxFrameSize bounds a frame's payload: the largest envelope plus
 	// the largest fixed fields of a Send or Deliver.
 	MaxFrameSize = envelope.Bucket64K + 512
+	// MaxForwardFrameSize bounds the payload of a Forward or Layer frame
+	// (MaxPayload): a forward layer around the largest envelope (66,778
+	// bytes with X-Wing), the home relay's descriptor (at most 8 KiB) and
+	// the fixed fields, as the outbox takes them (store.MaxForwardSize).
+	// Under MaxFrameSize, which bounded them until 2026-12-06, no 64 KiB
+	// envelope could go through an entry relay (a reviewer's find).
+	MaxForwardFrameSize = 80<<10 + 512
 	// MaxAckRefs bounds the refs one Ack carries.
 	MaxAckRefs = 1024
 	// MaxFetch bounds how many envelopes one Fetch returns.
@@ -84,7 +91,7 @@ const (
 // Errors that end a session: framing is lost or the peer is not speaking
 // the protocol.
 var (
-	ErrFrameTooLarge = errors.New("relay: frame larger than MaxFrameSize")
+	ErrFrameTooLarge = errors.New("relay: frame larger than its type allows (MaxPayload)")
 	ErrMalformed     = errors.New("relay: malformed frame")
 )
 
@@ -103,7 +110,7 @@ func ReadFrame(r io.Reader) (FrameType, []byte, error) {
 		return 0, nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > MaxFrameSize {
+	if n > MaxPayload(FrameType(hdr[0])) {
 		return 0, nil, ErrFrameTooLarge
 	}
 	p := make([]byte, n)
@@ -114,6 +121,15 @@ func ReadFrame(r io.Reader) (FrameType, []byte, error) {
 		return 0, nil, err
 	}
 	return FrameType(hdr[0]), p, nil
+}
+
+// MaxPayload returns the most a frame of type t may carry:
+// MaxForwardFrameSize for Forward and Layer, MaxFrameSize for the others.
+func MaxPayload(t FrameType) uint32 {
+	if t == FrameForward || t == FrameLayer {
+		return MaxForwardFrameSize
+	}
+	return MaxFrameSize
 }
 
 // AppendFrame appends m as a whole frame, header and payload, to b.

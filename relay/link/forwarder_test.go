@@ -1,6 +1,7 @@
 package link_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -244,4 +245,53 @@ func TestTwoHopForward(t *testing.T) {
 	if events["queued"] != 3 || events["delivered"] != 3 {
 		t.Fatalf("events %v", events)
 	}
+}
+
+// TestTwoHopForwardLargest: an envelope of the largest bucket, X-Wing
+// (the default suite), goes through an entry relay. Its layer is 66,778
+// bytes, past MaxFrameSize: the entry relay dropped the session at the
+// Forward frame, so every message over one 16 KiB envelope sent with
+// --via failed (a reviewer's find).
+func TestTwoHopForwardLargest(t *testing.T) {
+	home, homeDesc, homeLine := homeRelay(t)
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, d *descriptor.Descriptor) (*client.Client, error) {
+			return linkTo(ctx, t, home)
+		},
+		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	go fw.Run(ctx)
+	owner := home.Connect(t)
+	mb := relaytest.NewMailbox(t, owner, nil)
+	env, err := envelope.Seal(mb.Card, nil, bytes.Repeat([]byte("x"), 60<<10), &envelope.Options{Bucket: envelope.Bucket64K})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := forward.Seal(homeDesc, 1, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(layer)+len(homeLine) <= relay.MaxFrameSize {
+		t.Fatalf("a %d-byte layer with a %d-byte descriptor tests nothing", len(layer), len(homeLine))
+	}
+	if err := entry.Connect(t).Forward(ctx, homeLine, layer); err != nil {
+		t.Fatalf("Forward of a 64 KiB envelope: %v", err)
+	}
+	for ctx.Err() == nil {
+		ds, err := owner.Fetch(ctx, mb.Owner, mb.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) == 1 {
+			if !bytes.Equal(ds[0].Envelope, env) {
+				t.Fatal("the home relay holds another envelope")
+			}
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("the envelope never reached the home relay")
 }

@@ -135,7 +135,7 @@ func (fr *frameReader) ReadFrame() (relay.FrameType, []byte, error) {
 		return 0, nil, err
 	}
 	n := binary.BigEndian.Uint32(fr.head[1:])
-	if n > relay.MaxFrameSize {
+	if n > relay.MaxPayload(relay.FrameType(fr.head[0])) {
 		return 0, nil, relay.ErrFrameTooLarge
 	}
 	var p []byte
