@@ -138,7 +138,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		return err
 	}
 	for _, d := range dests {
-		f.kick(d)
+		f.kick(d, nil)
 	}
 	<-ctx.Done()
 	f.mu.Lock()
@@ -181,20 +181,24 @@ func (f *Forwarder) Forward(ctx context.Context, src [16]byte, payload []byte) e
 	}
 	f.shares.queued(src, n, itemKey{dest, seq}, now)
 	f.cfg.Observe("queued")
-	f.kick(dest)
+	f.kick(dest, home)
 	return nil
 }
 
 // kick wakes the pump for dest, or gives dest a turn: at once if fewer
 // than MaxPumps run, else after those waiting before it. A destination
-// resting after a failure gets its turn when the rest ends.
-func (f *Forwarder) kick(dest [32]byte) {
+// resting after a failure gets its turn when the rest ends. A running
+// pump follows home, the descriptor of what was queued, if it is newer.
+func (f *Forwarder) kick(dest [32]byte, home *descriptor.Descriptor) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.ctx == nil || f.ctx.Err() != nil || f.stopping {
 		return // not running: Run starts the pumps for what is queued
 	}
 	if p := f.pumps[dest]; p != nil {
+		if home != nil {
+			p.follow(home)
+		}
 		if p.idle { // it has work now (a resting one still rests)
 			p.yields, p.idle = false, false
 		}
@@ -337,7 +341,7 @@ func (f *Forwarder) restLocked(dest [32]byte, d time.Duration) {
 		f.mu.Lock()
 		delete(f.resting, dest)
 		f.mu.Unlock()
-		f.kick(dest)
+		f.kick(dest, nil)
 	})}
 }
 

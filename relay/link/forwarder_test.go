@@ -295,3 +295,90 @@ func TestTwoHopForwardLargest(t *testing.T) {
 	}
 	t.Fatal("the envelope never reached the home relay")
 }
+
+// TestStaleDescriptorAtHead: forwards queued with an old descriptor of a
+// home relay that has moved (its old address dead) do not hold the ones
+// behind them that carry the present descriptor: the link dials the
+// newest descriptor in the queue, whether the fresh forward comes while
+// the pump runs or lies past a whole batch of stale ones when it starts.
+// Before, the link dialled the head item's descriptor until that item
+// expired, a week later (a reviewer's find). Every forward is delivered,
+// the stale ones too (they are sealed to the same relay). 70 is more than
+// a pump reads at a time (pumpBatch, 64).
+func TestStaleDescriptorAtHead(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		stale        int
+		freshWhileUp bool
+	}{{"fresh while the pump runs", 1, true}, {"fresh past a batch", 70, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			pub, priv, _ := ed25519.GenerateKey(nil)
+			id, _ := envelope.NewIdentity()
+			o, _ := forward.NewOpener(id, pub, 1, 0)
+			sign := func(addr string, exp time.Time) (string, *descriptor.Descriptor) {
+				d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+					Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: addr, Path: "/p", Key: make([]byte, 32)}},
+					Issued:    time.Now().Add(-time.Hour), Expires: exp}
+				line, err := d.Sign(priv)
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, _, err = descriptor.ParseStale(line, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return line, d
+			}
+			oldLine, _ := sign("192.0.2.1:443", time.Now().Add(time.Hour))
+			newLine, newDesc := sign("198.51.100.1:443", time.Now().Add(48*time.Hour))
+			home := relaytest.NewWithStore(t, store.NewMemory(store.Options{}), server.Config{Layers: opener{o}, RelayKey: priv})
+			q := &memQueue{}
+			fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+				Dial: func(ctx context.Context, d *descriptor.Descriptor) (*client.Client, error) {
+					if d.Endpoints[0].Addr != "198.51.100.1:443" {
+						return nil, errors.New("connection refused") // the relay left this address
+					}
+					return linkTo(ctx, t, home)
+				},
+				MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+			entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+			defer cancel()
+			owner := home.Connect(t)
+			mb := relaytest.NewMailbox(t, owner, nil)
+			sender := entry.Connect(t)
+			forwardWith := func(line string) {
+				t.Helper()
+				layer, err := forward.Seal(newDesc, 1, nil, mb.Seal(t, "x"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sender.Forward(ctx, line, layer); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range c.stale {
+				forwardWith(oldLine)
+			}
+			if c.freshWhileUp {
+				go fw.Run(ctx)
+				forwardWith(newLine)
+			} else {
+				forwardWith(newLine)
+				go fw.Run(ctx)
+			}
+			want := c.stale + 1
+			for ctx.Err() == nil {
+				ds, err := owner.Fetch(ctx, mb.Owner, mb.ID, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(ds) == want {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Fatalf("the home relay never got all %d forwards; the entry relay still queues %d", want, q.len())
+		})
+	}
+}

@@ -26,10 +26,11 @@ type pump struct {
 	// one (Forwarder.kick); idle says which. Both under f.mu.
 	yields, idle bool
 
-	home atomic.Pointer[descriptor.Descriptor] // newest descriptor seen in the queue
-	link *Link
-	stop context.CancelFunc
-	done chan struct{} // closed when the link's Run returned
+	home    atomic.Pointer[descriptor.Descriptor] // newest descriptor seen in the queue
+	scanned uint64                                // the queue looked through up to this seq (lookFurther)
+	link    *Link
+	stop    context.CancelFunc
+	done    chan struct{} // closed when the link's Run returned
 }
 
 func (p *pump) run(ctx context.Context) {
@@ -330,16 +331,52 @@ func permanent(c relay.Code) bool {
 	return false
 }
 
+// follow makes d the descriptor the link dials if it is newer than the
+// one it has (a relay re-signs its descriptor as its addresses change).
+func (p *pump) follow(d *descriptor.Descriptor) {
+	for {
+		h := p.home.Load()
+		if (h != nil && !d.Expires.After(h.Expires)) || p.home.CompareAndSwap(h, d) {
+			return
+		}
+	}
+}
+
+// lookFurther follows the newest descriptor among the items queued past
+// those it looked through before. The link dials the newest descriptor
+// the pump has seen, which was the one of the queue's head: a relay that
+// moved, or a forward queued on purpose with an old descriptor (they are
+// public, and the entry relay cannot open the layer), held every forward
+// behind it until it expired, a week later, though a later item named
+// the relay's present address (a reviewer's find). Each item is looked
+// at once per pump.
+func (p *pump) lookFurther(ctx context.Context) {
+	for {
+		items, err := p.f.cfg.Queue.Pending(ctx, p.dest, p.scanned, pumpBatch)
+		if err != nil || len(items) == 0 {
+			return
+		}
+		for _, it := range items {
+			if fp, err := relay.ParseForwardPayload(it.Data); err == nil {
+				if d, _, err := descriptor.ParseStale(fp.Descriptor, time.Now()); err == nil {
+					p.follow(d)
+				}
+			}
+		}
+		p.scanned = items[len(items)-1].Seq
+	}
+}
+
 // session returns the link's session, starting the link the first time
-// and following the newest descriptor seen.
+// and following the newest descriptor seen; if the link does not come up,
+// it looks through the rest of the queue for a newer descriptor before it
+// fails.
 func (p *pump) session(ctx context.Context, line string) (*client.Client, error) {
 	d, _, err := descriptor.ParseStale(line, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	if h := p.home.Load(); h == nil || d.Expires.After(h.Expires) {
-		p.home.Store(d)
-	}
+	p.follow(d)
 	if p.link == nil {
 		p.link = New(Config{
 			Dial:       func(ctx context.Context) (*client.Client, error) { return p.f.cfg.Dial(ctx, p.home.Load()) },
@@ -361,7 +398,11 @@ func (p *pump) session(ctx context.Context, line string) (*client.Client, error)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return p.link.Session(sctx)
+	c, err := p.link.Session(sctx)
+	if err != nil {
+		p.lookFurther(ctx)
+	}
+	return c, err
 }
 
 func (p *pump) close() {
