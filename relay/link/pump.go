@@ -218,7 +218,11 @@ func (d *drainer) start(ctx context.Context, items []Item) error {
 			continue
 		}
 		if d.c == nil {
+			d.p.followAll(items)
 			if d.c, err = d.p.session(ctx, fp.Descriptor); err != nil {
+				if len(items) == pumpBatch { // more may be queued behind
+					d.p.lookFurther(ctx, items[len(items)-1].Seq)
+				}
 				return err
 			}
 		}
@@ -342,35 +346,46 @@ func (p *pump) follow(d *descriptor.Descriptor) {
 	}
 }
 
+// followAll follows the newest descriptor of items. The link dials the
+// newest descriptor the pump has seen, which was the one of the queue's
+// head: a relay that moved, or a forward queued on purpose with an old
+// descriptor (they are public, and the entry relay cannot open the
+// layer), held every forward behind it until it expired, a week later,
+// though a later item named the relay's present address (a reviewer's
+// find). Only lines unlike the one before are parsed: most items carry
+// the same.
+func (p *pump) followAll(items []Item) {
+	var last string
+	for _, it := range items {
+		fp, err := relay.ParseForwardPayload(it.Data)
+		if err != nil || fp.Descriptor == last {
+			continue
+		}
+		last = fp.Descriptor
+		if d, _, err := descriptor.ParseStale(fp.Descriptor, time.Now()); err == nil {
+			p.follow(d)
+		}
+	}
+}
+
 // lookFurther follows the newest descriptor among the items queued past
-// those it looked through before. The link dials the newest descriptor
-// the pump has seen, which was the one of the queue's head: a relay that
-// moved, or a forward queued on purpose with an old descriptor (they are
-// public, and the entry relay cannot open the layer), held every forward
-// behind it until it expired, a week later, though a later item named
-// the relay's present address (a reviewer's find). Each item is looked
-// at once per pump.
-func (p *pump) lookFurther(ctx context.Context) {
+// seq from and past those it looked through before: the link did not
+// come up with the descriptors of a whole batch. Each item is looked at
+// once per pump.
+func (p *pump) lookFurther(ctx context.Context, from uint64) {
+	p.scanned = max(p.scanned, from)
 	for {
 		items, err := p.f.cfg.Queue.Pending(ctx, p.dest, p.scanned, pumpBatch)
 		if err != nil || len(items) == 0 {
 			return
 		}
-		for _, it := range items {
-			if fp, err := relay.ParseForwardPayload(it.Data); err == nil {
-				if d, _, err := descriptor.ParseStale(fp.Descriptor, time.Now()); err == nil {
-					p.follow(d)
-				}
-			}
-		}
+		p.followAll(items)
 		p.scanned = items[len(items)-1].Seq
 	}
 }
 
 // session returns the link's session, starting the link the first time
-// and following the newest descriptor seen; if the link does not come up,
-// it looks through the rest of the queue for a newer descriptor before it
-// fails.
+// and following the newest descriptor seen.
 func (p *pump) session(ctx context.Context, line string) (*client.Client, error) {
 	d, _, err := descriptor.ParseStale(line, time.Now())
 	if err != nil {
@@ -398,11 +413,7 @@ func (p *pump) session(ctx context.Context, line string) (*client.Client, error)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := p.link.Session(sctx)
-	if err != nil {
-		p.lookFurther(ctx)
-	}
-	return c, err
+	return p.link.Session(sctx)
 }
 
 func (p *pump) close() {
