@@ -90,6 +90,7 @@ type Forwarder struct {
 	waiting  map[[32]byte]bool          // the destinations in turns
 	resting  map[[32]byte]*rest         // destinations between a failure and their retry
 	backoffs map[[32]byte]time.Duration // the next retry delay of a destination that failed
+	reached  map[[32]byte]struct{}      // destinations a link came up to since Run (at most maxReached)
 	wg       sync.WaitGroup
 
 	shares *sourceShares
@@ -123,7 +124,7 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 		cfg.ItemTTL = 7 * 24 * time.Hour
 	}
 	return &Forwarder{cfg: cfg, pumps: map[[32]byte]*pump{}, waiting: map[[32]byte]bool{},
-		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{},
+		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{}, reached: map[[32]byte]struct{}{},
 		shares: newSourceShares(cfg.SourceBytes, cfg.ItemTTL+24*time.Hour)}
 }
 
@@ -346,7 +347,13 @@ func (f *Forwarder) restLocked(dest [32]byte, d time.Duration) {
 }
 
 // backoff returns dest's retry delay after a failure (jittered to between
-// half and all of it) and doubles it for the next; success resets it.
+// half and all of it) and doubles it for the next, up to MaxBackoff, or
+// up to unreachedBackoff times that for a destination no link has come
+// up to since Run; success resets it. Descriptors are self-signed and
+// name addresses of the signer's choosing: one source's share of the
+// outbox, as some 3,600 made-up destinations retried every minute for
+// the items' week, made the relay dial about 90 of them a second (a
+// reviewer's count), at addresses an attacker picked.
 func (f *Forwarder) backoff(dest [32]byte, failed bool) time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -358,6 +365,28 @@ func (f *Forwarder) backoff(dest [32]byte, failed bool) time.Duration {
 	if b == 0 {
 		b = f.cfg.MinBackoff
 	}
-	f.backoffs[dest] = min(2*b, f.cfg.MaxBackoff)
+	most := f.cfg.MaxBackoff
+	if _, ok := f.reached[dest]; !ok {
+		most *= unreachedBackoff
+	}
+	f.backoffs[dest] = min(2*b, most)
 	return b/2 + rand.N(b/2+1)
+}
+
+// unreachedBackoff is how many times MaxBackoff a destination that no
+// link has come up to may rest between tries (10 minutes by default);
+// maxReached bounds the destinations remembered as reached (past it, new
+// ones rest as if never reached).
+const (
+	unreachedBackoff = 10
+	maxReached       = 1 << 16
+)
+
+// reachedDest is told that a link to dest came up.
+func (f *Forwarder) reachedDest(dest [32]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.reached) < maxReached {
+		f.reached[dest] = struct{}{}
+	}
 }

@@ -398,6 +398,7 @@ func (p *pump) session(ctx context.Context, line string) (*client.Client, error)
 			MinBackoff: p.f.cfg.MinBackoff, MaxBackoff: p.f.cfg.MaxBackoff,
 			Observe: func(up bool) {
 				if up {
+					p.f.reachedDest(p.dest)
 					p.f.cfg.Observe("up")
 				} else {
 					p.f.cfg.Observe("down")
