@@ -5,6 +5,3 @@ package main
 // lockDataDir does nothing where flock is missing: there, two relays on
 // one data directory are the operator's to avoid.
 func lockDataDir(string) (func(), error) { return func() {}, nil }
-
-// lockState does nothing where flock is missing.
-func lockState(string) func() { return func() {} }

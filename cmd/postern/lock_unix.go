@@ -28,26 +28,3 @@ func lockDataDir(dir string) (release func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
-
-// lockState takes an exclusive lock on ID_FILE.lock while an identity's
-// state files (mailboxes, contacts) are read, changed and written, so that
-// two postern processes (a `recv --follow` that renews a relay line beside
-// a `mailbox create`) do not write over each other's change. It waits for
-// the lock. A process that cannot lock goes on without it.
-func lockState(idPath string) func() {
-	f, err := os.OpenFile(idPath+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return func() {}
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return func() {}
-	}
-	return func() { f.Close() }
-}

@@ -17,6 +17,7 @@ import (
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // The mailbox file, ID_FILE.mailbox (mode 0600), is what `mailbox create`
@@ -425,3 +426,10 @@ func descriptorLines(vals []string) ([]string, error) {
 func sameKeys(a, b *envelope.Card) bool {
 	return bytes.Equal(a.Auth, b.Auth) && bytes.Equal(a.X25519, b.X25519) && bytes.Equal(a.XWing, b.XWing)
 }
+
+// lockState takes an exclusive lock on ID_FILE.lock while an identity's
+// state files (mailboxes, contacts) are read, changed and written, so that
+// two postern processes (a `recv --follow` that renews a relay line beside
+// a `mailbox create`) do not write over each other's change. It waits for
+// the lock. A process that cannot lock goes on without it.
+func lockState(idPath string) func() { return route.LockFile(idPath + ".lock") }

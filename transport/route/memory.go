@@ -44,6 +44,7 @@ type Memory struct {
 
 	mu      sync.Mutex
 	entries map[memoryKey]*memoryState
+	touched map[memoryKey]bool // changed by this process since its last save
 }
 
 type memoryKey struct {
@@ -86,7 +87,7 @@ func newMemory(path string, ttl time.Duration) *Memory {
 		ttl = DefaultMemoryTTL
 	}
 	return &Memory{path: path, ttl: ttl, now: time.Now, keep: func() bool { return rand.N(2) == 0 },
-		jitter: randJitter, entries: map[memoryKey]*memoryState{}}
+		jitter: randJitter, entries: map[memoryKey]*memoryState{}, touched: map[memoryKey]bool{}}
 }
 
 // state returns c's entry on network, or nil.
@@ -189,6 +190,7 @@ func (m *Memory) Success(network string, c Candidate) error {
 		s = &memoryState{}
 		m.entries[k] = s
 	}
+	m.touched[k] = true
 	rtt := s.rtt
 	*s = memoryState{worked: m.now(), rtt: rtt}
 	if c.RTT > 0 {
@@ -238,6 +240,7 @@ func (m *Memory) fail(network string, c Candidate, class transport.Class, forgiv
 		s = &memoryState{}
 		m.entries[k] = s
 	}
+	m.touched[k] = true
 	s.fails++
 	if forgive && !s.worked.IsZero() && s.fails == 1 && m.keep() {
 		return true // the first failure of a good path: it keeps its place
@@ -252,7 +255,28 @@ func (m *Memory) fail(network string, c Candidate, class transport.Class, forgiv
 }
 
 // live reports whether s is worth keeping at now: it worked within the
-// TTL or is in backoff.
+// TTL, is in backoff, or failed and its backoff ended less than its
+// class's longest backoff ago, so that a further failure doubles it (a
+// CLI run is a process of its own: when the file dropped a recipe as its
+// backoff ended, every run started it over at the first backoff, a
+// reviewer found).
 func (m *Memory) live(s *memoryState, now time.Time) bool {
-	return (!s.worked.IsZero() && now.Sub(s.worked) <= m.ttl) || s.until.After(now)
+	if !s.worked.IsZero() && now.Sub(s.worked) <= m.ttl || s.until.After(now) {
+		return true
+	}
+	return s.fails > 0 && !s.until.IsZero() && now.Sub(s.until) <= backoffs[s.class].Max
+}
+
+// sane bounds what a file says against the clock at now: a backoff ends
+// no later than its class's longest from now, and a success in the future
+// (a clock that was ahead, or a file written by hand) is no success.
+// Trusted as written, a failure recorded while the clock was years ahead
+// kept its recipe last until then, and was written back each time.
+func sane(s *memoryState, now time.Time) {
+	if most := now.Add(backoffs[s.class].Max); s.until.After(most) {
+		s.until = most
+	}
+	if s.worked.After(now) {
+		s.worked = time.Time{}
+	}
 }

@@ -68,6 +68,10 @@ func OpenMemory(path string, ttl time.Duration) (*Memory, error) {
 	if m.entries, err = parseMemory(data); err != nil {
 		return nil, fmt.Errorf("route memory %s is damaged (%v); delete it (it only speeds up the next dials)", path, err)
 	}
+	now := m.now()
+	for _, s := range m.entries {
+		sane(s, now)
+	}
 	return m, nil
 }
 
@@ -131,7 +135,7 @@ func (m *Memory) encode() []byte {
 			w := s.worked.UTC()
 			e.Worked = &w
 		}
-		if s.until.After(now) {
+		if !s.until.IsZero() && (s.until.After(now) || s.fails > 0) {
 			u := s.until.UTC()
 			e.Until = &u
 		}
@@ -142,6 +146,10 @@ func (m *Memory) encode() []byte {
 		return cmp.Or(timeOf(a.Worked).Compare(timeOf(b.Worked)), cmp.Compare(a.Network, b.Network),
 			cmp.Compare(a.Relay, b.Relay), cmp.Compare(a.Recipe, b.Recipe))
 	})
+	// No more than a file may hold: one past it was refused as damaged
+	// at the next start, and never written again. The newest successes
+	// stay.
+	f.Entries = f.Entries[max(0, len(f.Entries)-maxMemoryEntries):]
 	data, _ := json.MarshalIndent(f, "", "  ")
 	return data
 }
@@ -172,11 +180,17 @@ func timeOf(t *time.Time) time.Time {
 	return *t
 }
 
-// save writes the live entries to the file, atomically.
+// save writes the live entries to the file, atomically. Under a lock on
+// the file, it first takes from the file as it is now what other
+// processes recorded of the recipes this one did not touch since its last
+// save: each CLI run (and a long `recv --follow`) wrote back the whole
+// memory it had loaded, and the last writer's copy won.
 func (m *Memory) save() error {
 	if m.path == "" {
 		return nil
 	}
+	defer LockFile(m.path + ".lock")()
+	m.merge()
 	data := m.encode()
 	tmp, err := os.CreateTemp(filepath.Dir(m.path), ".route-memory-*")
 	if err != nil {
@@ -196,4 +210,30 @@ func (m *Memory) save() error {
 		return fmt.Errorf("route memory: %w", err)
 	}
 	return nil
+}
+
+// merge takes the entries of the file as it is now, bounded by sane, for
+// the recipes this process did not touch since its last save (a file that
+// cannot be read or parsed is written over).
+func (m *Memory) merge() {
+	data, err := os.ReadFile(m.path)
+	var disk map[memoryKey]*memoryState
+	if err == nil {
+		disk, _ = parseMemory(data)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for k, s := range disk {
+		if !m.touched[k] {
+			sane(s, now)
+			m.entries[k] = s
+		}
+	}
+	for k := range m.entries {
+		if _, ok := disk[k]; !ok && !m.touched[k] && disk != nil {
+			delete(m.entries, k) // another process let it go
+		}
+	}
+	clear(m.touched)
 }

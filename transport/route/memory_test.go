@@ -1,6 +1,7 @@
 package route
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,5 +101,109 @@ func TestMemoryDamagedFile(t *testing.T) {
 	}
 	if err := newMemory(filepath.Join(t.TempDir(), "no", "dir"), time.Hour).save(); err == nil {
 		t.Fatal("save into a missing directory succeeded")
+	}
+}
+
+// TestMemoryBackoffDoublesAcrossRuns: a recipe that keeps failing doubles
+// its backoff from one process to the next, as within one. The file
+// dropped a recipe once its backoff ended, with its count of failures,
+// so every CLI run started it over at the first backoff (a reviewer's
+// find: 2 min again where one process had 4).
+func TestMemoryBackoffDoublesAcrossRuns(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	m, now := clocked(t, path)
+	b := cand("R", "h3", "127.0.0.9:443")
+	m.Failure("n", b, transport.ClassTimeout) // 2 min
+	*now = now.Add(3 * time.Minute)           // over: tried again, by the next run
+	if err := m.save(); err != nil {          // another recipe's save, say
+		t.Fatal(err)
+	}
+	next, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next.now, next.keep, next.jitter = m.now, m.keep, m.jitter
+	next.Failure("n", b, transport.ClassTimeout)
+	if until, _ := next.Backoff("n", b); until.Sub(*now) != 4*time.Minute {
+		t.Fatalf("the second failure, in the next run: backoff %v, want 4m0s", until.Sub(*now))
+	}
+}
+
+// TestMemoryTimesBoundedByClock: a file's times are bounded by the clock
+// when it is read: a backoff ends no later than its class's longest from
+// now, and a success in the future counts for nothing. Trusted as they
+// were, a failure recorded with the clock years ahead held its recipe
+// last until then, and was written back each time.
+func TestMemoryTimesBoundedByClock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	a, b := cand("R", "https", "127.0.0.9:443"), cand("R", "h3", "127.0.0.9:443")
+	data := fmt.Sprintf(`{"version":2,"entries":[{"network":"n","relay":"R","recipe":%q,"class":"timeout","fails":1,"until":"9999-01-01T00:00:00Z"},{"network":"n","relay":"R","recipe":%q,"worked":"2999-01-01T00:00:00Z"}]}`,
+		Recipe(a.Endpoint), Recipe(b.Endpoint))
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if until, _ := m.Backoff("n", a); until.After(time.Now().Add(time.Hour + time.Minute)) {
+		t.Errorf("held until %v, past the timeout class's longest backoff (1 h)", until)
+	}
+	if m.state("n", b) != nil && !m.state("n", b).worked.IsZero() {
+		t.Errorf("a success in the future counts: %v", m.state("n", b).worked)
+	}
+}
+
+// TestMemoryFileStaysReadable: a memory with more entries than a file may
+// hold writes the newest it may; the file was refused as damaged at the
+// next start, and never written again.
+func TestMemoryFileStaysReadable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	m, _ := clocked(t, path)
+	c := cand("R", "h3", "127.0.0.9:443")
+	for i := range maxMemoryEntries + 1 {
+		m.fail(fmt.Sprint("net", i), c, transport.ClassTimeout, true)
+	}
+	if err := m.save(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenMemory(path, time.Hour); err != nil {
+		t.Fatalf("the file written cannot be read: %v", err)
+	}
+}
+
+// TestMemoryTwoProcesses: two processes on one file each keep what the
+// other recorded. Each wrote back the whole memory it had loaded, so a
+// long `recv --follow` erased what a send beside it learnt (a reviewer's
+// find).
+func TestMemoryTwoProcesses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	a, b := cand("R", "https", "127.0.0.9:443"), cand("R", "h3", "127.0.0.9:443")
+	p1, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.Success("n", a); err != nil {
+		t.Fatal(err)
+	}
+	if err := p1.Failure("n", b, transport.ClassUDPSilent); err != nil {
+		t.Fatal(err)
+	}
+	p3, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p3.state("n", a); s == nil || s.worked.IsZero() {
+		t.Error("the success another process recorded is gone")
+	}
+	if until, _ := p3.Backoff("n", b); until.IsZero() {
+		t.Error("the failure is gone")
+	}
+	if s := p1.state("n", a); s == nil || s.worked.IsZero() {
+		t.Error("the process that saved last did not take the other's success")
 	}
 }
