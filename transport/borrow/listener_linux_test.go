@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -109,5 +110,57 @@ func TestOriginTimeoutThenClientWrites(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestOriginFINWaitsForInspection: the client sees the origin's FIN only
+// once the inspection has stopped reading, so that what the inspection
+// holds was sent before the FIN and what the client sends on seeing it
+// goes on to the origin at once (drawing its reset, as directly). An
+// inspection that woke late read the client's answer to the FIN too and
+// held it until the client's next write: no reset where nginx resets
+// (TestBorrowedSiteOriginCloseLikeNginx, 3 of 40 runs under load). Here
+// the inspection is held up after its first read while the origin closes.
+func TestOriginFINWaitsForInspection(t *testing.T) {
+	partial := []byte{22, 3, 1, 0x02, 0x00, 1, 0, 1, 0xfc, 3, 3} // a record of 512 bytes, begun
+	closeNow := make(chan struct{})
+	o := startOrigin(t, func(c *net.TCPConn) originConn {
+		<-closeNow
+		return originConn{} // the deferred Close: its FIN
+	})
+	hold, held := make(chan struct{}), make(chan struct{}, 1)
+	release := sync.OnceFunc(func() { close(hold) })
+	l, _ := front(t, o, func(opts *Options) {
+		opts.inspected = func(n int) {
+			held <- struct{}{}
+			<-hold
+		}
+	})
+	closeOrigin := sync.OnceFunc(func() { close(closeNow) })
+	t.Cleanup(func() { release(); closeOrigin() }) // before the front and origin close, if the test fails first
+	nc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := nc.(*net.TCPConn)
+	defer c.Close()
+	c.Write(partial)
+	select {
+	case <-held: // the inspection read the partial record and waits
+	case <-time.After(failAfter):
+		t.Fatal("the inspection did not read the first bytes")
+	}
+	closeOrigin()
+	// The origin's FIN reaches the front meanwhile; the client must not
+	// see it while the inspection is held. (A slow host can only hide a
+	// FIN passed too early, never fake one.)
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("while the inspection was held: read %d, %v; want nothing yet", n, err)
+	}
+	release()
+	c.SetReadDeadline(time.Now().Add(failAfter))
+	if got, err := io.ReadAll(c); len(got) != 0 || err != nil {
+		t.Fatalf("once the inspection ended: read %d bytes, %v; want the origin's FIN", len(got), err)
 	}
 }

@@ -38,6 +38,7 @@ type flow struct {
 	dialCancel context.CancelFunc
 	dialed     chan struct{} // closed once the origin dial has ended
 	backEnded  chan struct{} // closed once origin-to-client has ended
+	inspected  chan struct{} // closed once the inspection has stopped reading (or there was none)
 	back       chan struct{} // closed once its goroutine has returned
 	originFIN  atomic.Bool   // the origin's FIN came before anything else it sent
 
@@ -67,7 +68,7 @@ func (l *Listener) handle(c net.Conn) {
 	defer l.sources.release(src)
 	ctx, cancel := context.WithTimeout(l.ctx, l.opts.DialTimeout)
 	f := &flow{l: l, client: c, dialCancel: cancel, dialed: make(chan struct{}),
-		backEnded: make(chan struct{}), back: make(chan struct{})}
+		backEnded: make(chan struct{}), back: make(chan struct{}), inspected: make(chan struct{})}
 	f.act.init(l.opts.SpliceIdle, l.opts.HalfCloseIdle)
 	if !l.track(f) {
 		cancel()
@@ -87,8 +88,11 @@ func (l *Listener) handle(c net.Conn) {
 	in := inspection{outcome: transport.OutcomeCover}
 	if inspect {
 		in = f.inspect()
+		close(f.inspected)
 		<-l.pending
 		l.sources.releasePending(src)
+	} else {
+		close(f.inspected)
 	}
 	if in.authentic && f.claim(toRelay) {
 		f.handOver(in.prefix)
