@@ -100,6 +100,9 @@ func parseMemory(data []byte) (map[memoryKey]*memoryState, error) {
 		if s.until, ok = utcTime(e.Until); !ok {
 			return nil, errors.New("entry with a time out of range")
 		}
+		if s.fails == 0 {
+			s.until = time.Time{} // no failure holds nothing (a file written by hand)
+		}
 		out[memoryKey{e.Network, e.Relay, e.Recipe}] = s
 	}
 	return out, nil
