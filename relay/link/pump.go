@@ -219,7 +219,7 @@ func (d *drainer) start(ctx context.Context, items []Item) error {
 		}
 		if d.c == nil {
 			d.p.followAll(items)
-			if d.c, err = d.p.session(ctx, fp.Descriptor); err != nil {
+			if d.c, err = d.p.session(ctx); err != nil {
 				if len(items) == pumpBatch { // more may be queued behind
 					d.p.lookFurther(ctx, items[len(items)-1].Seq)
 				}
@@ -384,14 +384,16 @@ func (p *pump) lookFurther(ctx context.Context, from uint64) {
 	}
 }
 
-// session returns the link's session, starting the link the first time
-// and following the newest descriptor seen.
-func (p *pump) session(ctx context.Context, line string) (*client.Client, error) {
-	d, _, err := descriptor.ParseStale(line, time.Now())
-	if err != nil {
-		return nil, err
+// errNoDescriptor is a drain's error when no queued item's descriptor
+// parses (the queue is damaged: they were checked when queued).
+var errNoDescriptor = errors.New("link: no queued descriptor parses")
+
+// session returns the link's session, starting the link the first time;
+// the link dials the newest descriptor followed (followAll).
+func (p *pump) session(ctx context.Context) (*client.Client, error) {
+	if p.home.Load() == nil {
+		return nil, errNoDescriptor
 	}
-	p.follow(d)
 	if p.link == nil {
 		p.link = New(Config{
 			Dial:       func(ctx context.Context) (*client.Client, error) { return p.f.cfg.Dial(ctx, p.home.Load()) },

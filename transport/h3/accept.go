@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"sync"
-	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
@@ -330,8 +329,6 @@ func (p *peeker) varint(str peekable, off int) (v uint64, n int, ok bool) {
 type headerBudget struct {
 	max, perSource int
 
-	held atomic.Int64 // streams holding a share (read without the lock)
-
 	mu       sync.Mutex
 	used     int
 	bySource map[[16]byte]int
@@ -371,15 +368,11 @@ func (b *headerBudget) take(key heldKey, src [16]byte, n int) bool {
 	b.used += n
 	b.bySource[src] += n
 	b.streams[key] = heldShare{src, n}
-	b.held.Add(1)
 	return true
 }
 
 // release gives back the share held for key, if any.
 func (b *headerBudget) release(key heldKey) {
-	if b.held.Load() == 0 {
-		return
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s, ok := b.streams[key]
@@ -387,9 +380,15 @@ func (b *headerBudget) release(key heldKey) {
 		return
 	}
 	delete(b.streams, key)
-	b.held.Add(-1)
 	b.used -= s.n
 	if b.bySource[s.src] -= s.n; b.bySource[s.src] <= 0 {
 		delete(b.bySource, s.src)
 	}
+}
+
+// held returns how many streams hold a share.
+func (b *headerBudget) held() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.streams)
 }

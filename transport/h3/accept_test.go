@@ -216,11 +216,11 @@ func TestLargeHeadersWithinBudget(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the held request never reached the handler")
 	}
-	if n := l.headers.held.Load(); n != 1 {
+	if n := l.headers.held(); n != 1 {
 		t.Fatalf("a request with large headers in the handler holds %d shares of the header budget, want 1", n)
 	}
 	answer1()
-	waitFor(t, "the answered request's share given back", func() bool { return l.headers.held.Load() == 0 })
+	waitFor(t, "the answered request's share given back", func() bool { return l.headers.held() == 0 })
 
 	// An unfinished 40 KB frame holds 40 KB of the 48.
 	qa, err := quicFrom(t, net.IPv4(127, 0, 0, 3), addr, &quic.Config{})
@@ -234,7 +234,7 @@ func TestLargeHeadersWithinBudget(t *testing.T) {
 	if _, err := str.Write(append(frameHead(0x1, 40<<10), make([]byte, 1<<10)...)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the unfinished frame holds its share", func() bool { return l.headers.held.Load() == 1 })
+	waitFor(t, "the unfinished frame holds its share", func() bool { return l.headers.held() == 1 })
 
 	// Another source's 33 KB of headers are refused, not processed.
 	qb, err := quicFrom(t, net.IPv4(127, 0, 0, 4), addr, &quic.Config{})
@@ -250,11 +250,11 @@ func TestLargeHeadersWithinBudget(t *testing.T) {
 		t.Fatalf("headers over http3's limit, budget spent: %s, want 431", s)
 	}
 	qa.CloseWithError(0, "")
-	waitFor(t, "the closed connection's share given back", func() bool { return l.headers.held.Load() == 0 })
+	waitFor(t, "the closed connection's share given back", func() bool { return l.headers.held() == 0 })
 	if s := answer(qb, large, true); s != "200" {
 		t.Fatalf("once the budget had room: %s, want 200", s)
 	}
-	if n := l.headers.held.Load(); n != 0 {
+	if n := l.headers.held(); n != 0 {
 		t.Fatalf("%d shares held after the request was answered", n)
 	}
 }
@@ -321,8 +321,8 @@ func TestHeaderBudget(t *testing.T) {
 	for _, k := range []int{1, 3, 4, 3} {
 		b.release(key(k))
 	}
-	if b.used != 0 || len(b.bySource) != 0 || len(b.streams) != 0 || b.held.Load() != 0 {
-		t.Fatalf("left: used %d, sources %d, streams %d, held %d", b.used, len(b.bySource), len(b.streams), b.held.Load())
+	if b.used != 0 || len(b.bySource) != 0 || len(b.streams) != 0 || b.held() != 0 {
+		t.Fatalf("left: used %d, sources %d, streams %d, held %d", b.used, len(b.bySource), len(b.streams), b.held())
 	}
 }
 
