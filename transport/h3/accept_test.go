@@ -254,9 +254,9 @@ func TestLargeHeadersWithinBudget(t *testing.T) {
 	if s := answer(qb, large, true); s != "200" {
 		t.Fatalf("once the budget had room: %s, want 200", s)
 	}
-	if n := l.headers.held(); n != 0 {
-		t.Fatalf("%d shares held after the request was answered", n)
-	}
+	// The share goes back when http3 returns from the stream, which can
+	// be just after the client has read the answer.
+	waitFor(t, "the share of the request answered given back", func() bool { return l.headers.held() == 0 })
 }
 
 // TestManyLargeHeadersOneConnection: many large requests at once on one
