@@ -35,7 +35,8 @@
 //
 //	offset  size  field
 //	0       1     flags     bit 0: authenticated sender; bit 1: fragment; others zero
-//	1       16    id        random envelope id, for replay detection
+//	1       16    id        envelope id, for replay detection: random, or
+//	                        for a whole message the sender's message id
 //	17      32    sender    sender's X25519 authentication public key (zero if anonymous)
 //	49      32    tag       sender tag (zero if anonymous)
 //	81      4     length    payload length, big endian
@@ -78,6 +79,17 @@
 //     Rotating keys and mailboxes bounds the exposure.
 //   - Replays are detected by the recipient through the envelope id (see
 //     [ReplayCache]); envelopes carry no timestamp.
+//
+// # Message ids
+//
+// Every message has a 16-byte id: a whole envelope's id is its message id,
+// and the fragments of a longer message carry it in their payload (masked
+// per bucket, see [SealMessage]). A sender may seal one message more than
+// once, into a smaller bucket when a censor stalls the larger envelopes,
+// not knowing whether the relay stored the first sealing before the
+// connection froze; [Options.MessageID] gives every sealing the same id,
+// [Opened.MessageID] returns it, and a recipient that records the message
+// ids it took takes each message once.
 //
 // # Large payloads
 //

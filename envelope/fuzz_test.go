@@ -502,5 +502,12 @@ func FuzzOpenInner(f *testing.F) {
 		if o.Fragment != (inner[0]&flagFragment != 0) {
 			t.Fatal("fragment flag not as sealed")
 		}
+		want := o.ID
+		if o.Fragment {
+			want = maskMessageID([IDSize]byte(o.Payload[:IDSize]), Bucket4K)
+		}
+		if o.MessageID != want {
+			t.Fatal("message id is neither the envelope id nor the fragments' unmasked id")
+		}
 	})
 }

@@ -28,6 +28,13 @@ type Options struct {
 	Suite Suite
 	// Bucket forces a bucket size (Bucket4K, Bucket16K or Bucket64K).
 	Bucket int
+	// MessageID names the message (see Opened.MessageID); zero picks a
+	// random one. A sender that seals a message again, into another
+	// bucket after a send whose envelopes the relay may have stored, gives
+	// every sealing the same MessageID: a recipient then takes the message
+	// once, whichever sealing reaches it. Never give two messages the same
+	// id: the second is taken for a copy of the first.
+	MessageID [IDSize]byte
 }
 
 // Opened is a successfully opened envelope.
@@ -45,6 +52,12 @@ type Opened struct {
 	// Fragment is set when Payload is one fragment of a longer message
 	// (see SealMessage and Joiner).
 	Fragment bool
+	// MessageID names the message the envelope carries, or carries part
+	// of: a whole envelope's ID, or its fragments' message id (unmasked,
+	// see SealMessage). Every sealing of one message has the same
+	// MessageID (Options.MessageID); record it once the message is taken
+	// and treat an envelope whose MessageID was recorded as a replay.
+	MessageID [IDSize]byte
 }
 
 // Anonymous reports whether the envelope carried no sender.
@@ -148,7 +161,11 @@ func seal(to *Card, from *Identity, payload []byte, extraFlags byte, opts *Optio
 
 	inner := make([]byte, bucket-len(out)-aeadOverhead)
 	inner[0] = extraFlags
-	rand.Read(inner[1 : 1+IDSize])
+	if opts != nil && opts.MessageID != ([IDSize]byte{}) {
+		copy(inner[1:1+IDSize], opts.MessageID[:])
+	} else {
+		rand.Read(inner[1 : 1+IDSize])
+	}
 	if from != nil {
 		inner[0] |= flagAuth
 		spub := from.AuthKey()
@@ -258,6 +275,13 @@ func Open(id *Identity, env []byte) (*Opened, error) {
 		}
 	}
 	o.Payload = inner[innerFixed : innerFixed+int(n) : innerFixed+int(n)]
+	o.MessageID = o.ID
+	if o.Fragment {
+		if len(o.Payload) < fragmentHeader {
+			return nil, fmt.Errorf("%w: fragment shorter than its header", ErrMalformed)
+		}
+		o.MessageID = maskMessageID([IDSize]byte(o.Payload[:IDSize]), len(env))
+	}
 	return o, nil
 }
 

@@ -3,6 +3,7 @@ package envelope
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"sync"
@@ -17,6 +18,16 @@ import (
 //	data    rest
 //
 // and put back together by a Joiner.
+//
+// The message id on the wire is the message's id (Options.MessageID, else
+// random) XOR a mask of the bucket: zero for Bucket64K, the first 16 bytes
+// of SHA-256("postern message id mask v1" || bucket, 4 bytes big endian)
+// for the smaller buckets. One message sealed again into another bucket
+// (a sender does it when a censor stalls its large envelopes) thus carries
+// another id on the wire in each bucket, and a reader that groups fragments
+// by that id alone, as Joiner does and every reader before the mask did,
+// keeps the sealings apart instead of mixing their fragments; Open unmasks
+// it into Opened.MessageID, the same for every sealing.
 const (
 	fragmentHeader = 16 + 2 + 2
 	// MaxFragments bounds how many envelopes one message may span. It is
@@ -60,9 +71,13 @@ func SealMessage(to *Card, from *Identity, msg []byte, opts *Options) ([][]byte,
 	if count > MaxFragments {
 		return nil, &TooLargeError{Size: len(msg), Max: MaxFragments * chunk}
 	}
-	var msgID [16]byte
-	rand.Read(msgID[:])
-	o.Suite, o.Bucket = s, bucket
+	msgID := o.MessageID
+	if msgID == ([IDSize]byte{}) {
+		rand.Read(msgID[:])
+	}
+	msgID = maskMessageID(msgID, bucket)
+	// Each fragment is an envelope of its own, with a random envelope id.
+	o.Suite, o.Bucket, o.MessageID = s, bucket, [IDSize]byte{}
 	out := make([][]byte, 0, count)
 	for i := 0; i < count; i++ {
 		part := msg[i*chunk : min(len(msg), (i+1)*chunk)]
@@ -78,6 +93,27 @@ func SealMessage(to *Card, from *Identity, msg []byte, opts *Options) ([][]byte,
 		out = append(out, env)
 	}
 	return out, nil
+}
+
+// messageIDMasks are the masks of the fragment message ids by bucket
+// (see above); the 64 KiB bucket's is zero.
+var messageIDMasks = func() map[int][IDSize]byte {
+	m := map[int][IDSize]byte{Bucket64K: {}}
+	for _, b := range []int{Bucket4K, Bucket16K} {
+		h := sha256.Sum256(binary.BigEndian.AppendUint32([]byte("postern message id mask v1"), uint32(b)))
+		m[b] = [IDSize]byte(h[:IDSize])
+	}
+	return m
+}()
+
+// maskMessageID masks a message id for fragments of bucket, or unmasks
+// one taken from them (the mask is its own inverse).
+func maskMessageID(id [IDSize]byte, bucket int) [IDSize]byte {
+	mask := messageIDMasks[bucket]
+	for i := range id {
+		id[i] ^= mask[i]
+	}
+	return id
 }
 
 // Joiner reassembles messages from opened envelopes. It keeps at most

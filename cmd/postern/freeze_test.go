@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -64,4 +66,67 @@ func writeConfig(t *testing.T, dir, public string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestResealAfterLostAnswerShownOnce: a censor lets a 20 KB message's
+// 64 KiB envelope reach the relay and drops what the relay answers, its
+// ack included. send takes the stall before any ack for an envelope too
+// large for the censor, seals the message again into 4 KiB envelopes, and
+// gets those through (their answers come before the censor's limit). The
+// relay now holds both sealings: recv shows the message once, and a
+// second recv finds nothing (the first acked every envelope of both).
+func TestResealAfterLostAnswerShownOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	relayHTTPS := freePort(t)
+	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	mb.SetRule(censortest.DropAnswersAfter(48 << 10))
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
+	defer rp.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	maddr := metricsAddr(t, rp)
+	before, _ := scrape(t, maddr)
+
+	msg := make([]byte, 20<<10)
+	rand.Read(msg)
+	cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
+	cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
+	cmd.Stdin = bytes.NewReader(msg)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr.String())
+	}
+	m := regexp.MustCompile(`sealed the message again into (\d+) envelopes of 4 KiB`).FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("the message was not sealed again (test setup):\n%s", stderr.String())
+	}
+	resealed, _ := strconv.Atoi(m[1])
+	after, _ := scrape(t, maddr)
+	const accepted = "postern_envelopes_accepted_total"
+	if got := after[accepted] - before[accepted]; got != float64(resealed+1) {
+		t.Fatalf("the relay accepted %v envelopes, want the first sealing's one and the second's %d (test setup):\n%s", got, resealed, stderr.String())
+	}
+	mb.SetRule(censortest.Pass)
+	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
+	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("received %d messages, want the message once", len(got))
+	}
+	// A replay file would hide envelopes left behind from recv; the
+	// relay's count of what it delivered does not.
+	delivered := "postern_envelopes_delivered_total"
+	d1, _ := scrape(t, maddr)
+	if again := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(again) != 0 {
+		t.Fatalf("a second recv showed %d messages", len(again))
+	}
+	if d2, _ := scrape(t, maddr); d2[delivered] != d1[delivered] {
+		t.Fatalf("a second recv was delivered %v envelopes: the first left them on the relay", d2[delivered]-d1[delivered])
+	}
 }

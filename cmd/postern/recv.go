@@ -311,14 +311,14 @@ type printer struct {
 	line  *progressLine // stderr is a terminal: count messages there
 	mu    sync.Mutex
 	count int
-	// taken holds the envelope ids of the messages shown in this run
-	// (the newest, as many as the inboxes remember together): inboxes of
-	// one mailbox on several relays, followed at once, each hand over a
-	// message its sender put on two relays. Only the same envelopes are
-	// told apart: a message sealed again is another message.
+	// taken holds the envelope ids and the message ids of the messages
+	// shown in this run (the newest, as many as the inboxes remember
+	// together): inboxes of one mailbox on several relays, followed at
+	// once, each hand over a message its sender put on two relays, in
+	// the same envelopes or sealed again (client.Message.ID).
 	taken *envelope.ReplayCache
-	// wakes tell each inbox that a message of several envelopes was
-	// taken, whose fragments it may hold (client.InboxConfig.Wake).
+	// wakes tell each inbox that a message was taken, whose fragments it
+	// may hold (client.InboxConfig.Wake).
 	wakes []chan struct{}
 	// syncErr is a sync of stdout that failed. It stays: the kernel
 	// reports a failed write-back to one sync only, so with several
@@ -326,6 +326,9 @@ type printer struct {
 	// that was lost.
 	syncErr error
 }
+
+// noID is the zero id: a message handed over without a message id.
+var noID [envelope.IDSize]byte
 
 // newPrinter returns the printer of inboxes inboxes, whose taken
 // remembers as many ids as they do together.
@@ -339,12 +342,10 @@ func (p *printer) take(m client.Message) error {
 	if p.syncErr != nil {
 		return p.syncErr
 	}
-	for _, id := range m.IDs {
-		if p.taken.Contains(id) {
-			// Shown already, from another relay: taken. The inbox acks
-			// this copy once it has synced stdout, which holds it.
-			return nil
-		}
+	if (m.ID != noID && p.taken.Contains(m.ID)) || slices.ContainsFunc(m.IDs, p.taken.Contains) {
+		// Shown already, from another relay: taken. The inbox acks this
+		// copy once it has synced stdout, which holds it.
+		return nil
 	}
 	if isCtl, u, err := parseControl(m.Payload); isCtl {
 		note := ""
@@ -361,7 +362,7 @@ func (p *printer) take(m client.Message) error {
 		if note != "" {
 			fmt.Fprintln(p.e.stderr, note)
 		}
-		p.remember(m.IDs)
+		p.remember(m)
 		return nil
 	}
 	from := "anonymous"
@@ -379,7 +380,7 @@ func (p *printer) take(m client.Message) error {
 		return err
 	}
 	p.count++
-	p.remember(m.IDs)
+	p.remember(m)
 	if p.line != nil {
 		p.line.show(fmt.Sprintf("received %d message(s)", p.count))
 	}
@@ -391,19 +392,23 @@ func (p *printer) take(m client.Message) error {
 // written to a slow stdout holds: taken has a lock of its own.
 func (p *printer) seen(id [envelope.IDSize]byte) bool { return p.taken.Contains(id) }
 
-// remember records ids as those of a message taken; p.mu is held. A
-// message of several envelopes wakes every inbox: another may hold some
-// of them as fragments, to give up.
-func (p *printer) remember(ids [][envelope.IDSize]byte) {
-	for _, id := range ids {
+// remember records the ids of m, a message taken; p.mu is held. It wakes
+// every inbox: another may hold fragments of m, of the same sealing or
+// of another, to give up.
+func (p *printer) remember(m client.Message) {
+	for _, id := range m.IDs {
 		p.taken.Check(id)
 	}
-	if len(ids) > 1 {
-		for _, w := range p.wakes {
-			select {
-			case w <- struct{}{}:
-			default: // woken already
-			}
+	if m.ID != noID {
+		p.taken.Check(m.ID)
+	}
+	if len(p.wakes) < 2 {
+		return // one inbox: it gave up its own
+	}
+	for _, w := range p.wakes {
+		select {
+		case w <- struct{}{}:
+		default: // woken already
 		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"regexp"
@@ -123,10 +124,15 @@ var errCycle = errors.New("connection budget reached")
 // censor makes necessary. The envelopes are independent: after a stall it
 // resumes with the first one not yet acked, and never resends one acked.
 type sender struct {
-	e       *env
-	card    *envelope.Card
-	from    *envelope.Identity
-	msg     []byte
+	e    *env
+	card *envelope.Card
+	from *envelope.Identity
+	msg  []byte
+	// message is the message's id, the same in every sealing of it
+	// (envelope.Options.MessageID): after a stall before any ack the
+	// message is sealed again into smaller envelopes, and the relay may
+	// have stored the first sealing; the recipient takes one.
+	message [envelope.IDSize]byte
 	envs    [][]byte
 	bucket  int
 	acked   []bool   // per envelope: the relay has it
@@ -172,12 +178,12 @@ func (s *sender) seal(f netFacts) error {
 // sealFrom seals with the first bucket of buckets the message fits in
 // (0: SealMessage's choice).
 func (s *sender) sealFrom(buckets []int) error {
+	if s.message == ([envelope.IDSize]byte{}) {
+		rand.Read(s.message[:])
+	}
 	var err error
 	for _, b := range buckets {
-		var o *envelope.Options
-		if b != 0 {
-			o = &envelope.Options{Bucket: b}
-		}
+		o := &envelope.Options{Bucket: b, MessageID: s.message}
 		if s.envs, err = envelope.SealMessage(s.card, s.from, s.msg, o); err == nil {
 			s.bucket = len(s.envs[0])
 			s.acked = make([]bool, len(s.envs))

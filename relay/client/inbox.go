@@ -24,6 +24,13 @@ type Message struct {
 	// these: each inbox checks only its own replay cache, filled from
 	// the store when it was made.
 	IDs [][envelope.IDSize]byte
+	// ID is the message's id (envelope.Opened.MessageID): the same in
+	// every sealing of the message, where IDs differ. A sender seals a
+	// message again into smaller envelopes when a censor stalls the
+	// larger ones, and the relay may have stored the first sealing too;
+	// each inbox takes such a message once, and an application reading
+	// several inboxes tells copies apart by ID as well as by IDs.
+	ID [envelope.IDSize]byte
 }
 
 // DefaultReplayCap is InboxConfig.ReplayCap's default.
@@ -52,7 +59,8 @@ type InboxConfig struct {
 	// in memory only.
 	Replay ReplayStore
 	// Taken, if set, reports whether the application took the message of
-	// envelope id from another inbox (a mailbox on several relays,
+	// envelope id, or the message of that message id (Message.ID), from
+	// another inbox (a mailbox on several relays,
 	// followed at once: a sender may have put it, or part of it, on two).
 	// Such an envelope is acked as a replay is, after the inbox's next
 	// Sync, which must make what the other inbox handed over durable too
@@ -96,8 +104,11 @@ type heldMessage struct {
 	refs []Ref
 	ids  map[[envelope.IDSize]byte]bool
 	// first names the message to the joiner (its sender and the first
-	// 16 bytes of a fragment's payload, its message id).
+	// 16 bytes of a fragment's payload, its message id on the wire).
 	first *envelope.Opened
+	// message is the message's id (Opened.MessageID): another sealing of
+	// the same message, held under another key, has the same.
+	message [envelope.IDSize]byte
 }
 
 // NewInbox returns an inbox, loading the replay store.
@@ -144,18 +155,37 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 		in.cfg.Warn(fmt.Sprintf("dropping an envelope that does not open: %v", err))
 		return []Ref{d.Ref}, nil
 	}
-	if in.replay.contains(o.ID) || (in.cfg.Taken != nil && in.cfg.Taken(o.ID)) {
-		// Taken before (the ack was lost), or from another inbox. Ack it.
+	if in.taken(o.ID) || in.taken(o.MessageID) {
+		// Taken before (the ack was lost), from another inbox, or in
+		// another sealing of the same message. Ack it.
 		return []Ref{d.Ref}, nil
 	}
 	if !o.Fragment {
-		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload, IDs: [][envelope.IDSize]byte{o.ID}}); err != nil {
+		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload, IDs: [][envelope.IDSize]byte{o.ID}, ID: o.MessageID}); err != nil {
 			return nil, err
 		}
 		in.replay.add(o.ID)
-		return []Ref{d.Ref}, nil
+		return append([]Ref{d.Ref}, in.dropSealings(o.Sender, o.MessageID)...), nil
 	}
 	return in.fragment(d, o)
+}
+
+// taken reports whether id, an envelope's or a message's, is that of a
+// message taken: recorded here, or taken from another inbox.
+func (in *Inbox) taken(id [envelope.IDSize]byte) bool {
+	return in.replay.contains(id) || (in.cfg.Taken != nil && in.cfg.Taken(id))
+}
+
+// dropSealings gives up the fragments held of message id from sender (the
+// other sealings of a message just taken) and returns their refs, to ack.
+func (in *Inbox) dropSealings(sender []byte, id [envelope.IDSize]byte) []Ref {
+	var refs []Ref
+	for _, key := range slices.Clone(in.order) {
+		if h := in.held[key]; h.message == id && string(h.first.Sender) == string(sender) {
+			refs = append(refs, in.drop(key)...)
+		}
+	}
+	return refs
 }
 
 func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
@@ -170,7 +200,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	var acks []Ref
 	if h == nil {
 		acks = in.makeRoom()
-		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{},
+		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}, message: o.MessageID,
 			first: &envelope.Opened{Sender: o.Sender, Fragment: true, Payload: append([]byte(nil), o.Payload[:16]...)}}
 		in.held[key] = h
 		in.order = append(in.order, key)
@@ -189,13 +219,15 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	for id := range h.ids {
 		ids = append(ids, id)
 	}
-	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg, IDs: ids}); err != nil {
+	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg, IDs: ids, ID: o.MessageID}); err != nil {
 		return acks, err
 	}
 	for id := range h.ids {
 		in.replay.add(id)
 	}
-	return append(acks, in.drop(key)...), nil
+	in.replay.add(o.MessageID)
+	acks = append(acks, in.drop(key)...)
+	return append(acks, in.dropSealings(o.Sender, o.MessageID)...), nil
 }
 
 // heldRefs is how many delivered envelopes the inbox holds unacked.
@@ -267,7 +299,15 @@ func (in *Inbox) release() []Ref {
 	}
 	var refs []Ref
 	for _, key := range slices.Clone(in.order) {
-		for id := range in.held[key].ids {
+		h := in.held[key]
+		if h == nil {
+			continue
+		}
+		if in.cfg.Taken(h.message) {
+			refs = append(refs, in.drop(key)...)
+			continue
+		}
+		for id := range h.ids {
 			if in.cfg.Taken(id) {
 				refs = append(refs, in.drop(key)...)
 				break

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -322,6 +323,14 @@ func TestInboxGivesUpOldestUnfinished(t *testing.T) {
 // delivery or a new session to prompt it; a fragment of another message
 // stays held.
 func TestInboxFollowReleasesFragmentsTakenElsewhere(t *testing.T) {
+	// The other inbox took the same envelopes (Taken reports their ids),
+	// or another sealing of the message (Taken reports its message id).
+	for _, byMessage := range []bool{false, true} {
+		t.Run(fmt.Sprintf("by message id %v", byMessage), func(t *testing.T) { testReleasesTakenElsewhere(t, byMessage) })
+	}
+}
+
+func testReleasesTakenElsewhere(t *testing.T, byMessage bool) {
 	s := newInboxSetup(t)
 	envs, err := envelope.SealMessage(s.mb.Card, nil, bytes.Repeat([]byte("z"), 100_000), nil)
 	if err != nil || len(envs) != 2 {
@@ -386,7 +395,11 @@ func TestInboxFollowReleasesFragmentsTakenElsewhere(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		elsewhere[o.ID] = true
+		if byMessage {
+			elsewhere[o.MessageID] = true // the same in every fragment
+		} else {
+			elsewhere[o.ID] = true
+		}
 	}
 	mu.Unlock()
 	wake <- struct{}{}

@@ -35,6 +35,7 @@ import (
 //	                   never reaches the client
 //	FreezeAfter        a timeout once the limit is passed, nothing before; the
 //	                   session layer reports it as ClassStalled
+//	DropAnswersAfter   the same, once the client has sent its limit
 //	Throttle           no failure, only slower
 //	Latency            no failure, only later
 //	GFWFullyEncrypted  no failure for TLS (exempt); a first payload that looks
@@ -198,11 +199,13 @@ func (m *Middlebox) handle(client net.Conn) {
 }
 
 // tcpFlow is the state the middlebox keeps on one connection: the verdict
-// on its first flight and its throttle buckets, one per direction, each
-// touched only by that direction's pump.
+// on its first flight, its throttle buckets, one per direction, each
+// touched only by that direction's pump, and the bytes passed each way
+// (each counted by its pump, read by the other's rule).
 type tcpFlow struct {
 	muted   [2]atomic.Bool
 	buckets [2]*tokenBucket
+	sent    [2]atomic.Int64 // bytes passed in each direction
 }
 
 func (f *tcpFlow) mute(dir Direction)         { f.muted[dir].Store(true) }
@@ -295,11 +298,12 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 	buf := make([]byte, chunkSize)
 	for {
 		r := m.current()
-		allow := min(int64(len(pending)), r.budget(dir, sent))
+		allow := min(int64(len(pending)), r.budget(dir, sent, fl.sent[1-dir].Load()))
 		if fl.isMuted(dir) {
 			allow = 0
 		}
 		if allow > 0 {
+			fl.sent[dir].Add(allow) // before the write: the answer to these bytes sees them
 			var err error
 			if d := r.delay(); d > 0 || line != nil {
 				if line == nil {
@@ -325,7 +329,7 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 			if line != nil && !line.finish() {
 				return
 			}
-			if m.current().budget(dir, sent) > 0 && !fl.isMuted(dir) {
+			if m.current().budget(dir, sent, fl.sent[1-dir].Load()) > 0 && !fl.isMuted(dir) {
 				closeWrite(dst)
 			}
 			return

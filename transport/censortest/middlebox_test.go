@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -426,4 +427,43 @@ func makeCert() (certAndPool, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(leaf)
 	return certAndPool{tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool}, nil
+}
+
+// TestDropAnswersAfter: answers pass until the client has sent the limit;
+// what the client sends after that still reaches the server, whose answers
+// are dropped; a server speaking unasked is not limited by its own bytes.
+func TestDropAnswersAfter(t *testing.T) {
+	var got atomic.Int64
+	target := serve(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			got.Add(int64(n))
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	})
+	m := NewMiddlebox(t, target)
+	m.SetRule(DropAnswersAfter(1024))
+	c := dial(t, m)
+	roundTrip(t, c, randomBytes(1000))
+	if _, err := c.Write(randomBytes(1000)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(patience)
+	for got.Load() < 2000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server got %d of the 2000 bytes sent", got.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	expectQuiet(t, c)
+
+	m = NewMiddlebox(t, pushServer(4096)(t))
+	m.SetRule(DropAnswersAfter(1024))
+	expectRead(t, dial(t, m), pushPattern(4096))
 }

@@ -41,8 +41,8 @@ type Rule interface {
 	// onFirstFlight decides on the client's first TCP flight.
 	onFirstFlight(f *firstFlight) action
 	// budget is how many more bytes may pass in dir of a TCP connection
-	// once sent have.
-	budget(dir Direction, sent int64) int64
+	// once sent have, and other have passed the other way.
+	budget(dir Direction, sent, other int64) int64
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
@@ -61,20 +61,20 @@ type Rule interface {
 // passRule lets everything through; the other rules embed it.
 type passRule struct{}
 
-func (passRule) onConnect() action                 { return actForward }
-func (passRule) inspects() bool                    { return false }
-func (passRule) onFirstFlight(*firstFlight) action { return actForward }
-func (passRule) budget(Direction, int64) int64     { return unlimited }
-func (passRule) rate() int64                       { return 0 }
-func (passRule) delay() time.Duration              { return 0 }
-func (passRule) inspectsQUIC() bool                { return false }
-func (passRule) onDatagram(*datagram) action       { return actForward }
+func (passRule) onConnect() action                    { return actForward }
+func (passRule) inspects() bool                       { return false }
+func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
+func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
+func (passRule) rate() int64                          { return 0 }
+func (passRule) delay() time.Duration                 { return 0 }
+func (passRule) inspectsQUIC() bool                   { return false }
+func (passRule) onDatagram(*datagram) action          { return actForward }
 
 type blackholeRule struct{ passRule }
 
-func (blackholeRule) onConnect() action             { return actHold }
-func (blackholeRule) budget(Direction, int64) int64 { return 0 }
-func (blackholeRule) onDatagram(*datagram) action   { return actHold }
+func (blackholeRule) onConnect() action                    { return actHold }
+func (blackholeRule) budget(Direction, int64, int64) int64 { return 0 }
+func (blackholeRule) onDatagram(*datagram) action          { return actHold }
 
 type resetRule struct{ passRule }
 
@@ -170,7 +170,29 @@ func FreezeAfter(n int) Rule {
 	return freezeRule{limit: int64(n)}
 }
 
-func (r freezeRule) budget(_ Direction, sent int64) int64 { return max(r.limit-sent, 0) }
+func (r freezeRule) budget(_ Direction, sent, _ int64) int64 { return max(r.limit-sent, 0) }
+
+type dropAnswersRule struct {
+	passRule
+	after int64
+}
+
+// DropAnswersAfter forwards everything a client sends, and drops
+// everything the server sends on a TCP connection once the client has
+// sent n bytes on it (n <= 0 means at once), while the connection stays
+// open: the server got the request, its answer never comes back. It
+// stands for any loss of an answer after its request went through (a
+// censor dropping a flow's downstream once it has judged the upstream, a
+// link that dies at that moment), which a sender must not take for a
+// request that was lost. It does not act on UDP.
+func DropAnswersAfter(n int) Rule { return dropAnswersRule{after: int64(max(n, 0))} }
+
+func (r dropAnswersRule) budget(dir Direction, _, other int64) int64 {
+	if dir == ServerToClient && other >= r.after {
+		return 0
+	}
+	return unlimited
+}
 
 type throttleRule struct {
 	passRule
@@ -299,10 +321,10 @@ func (a allRules) onFirstFlight(f *firstFlight) action {
 	return v
 }
 
-func (a allRules) budget(dir Direction, sent int64) int64 {
+func (a allRules) budget(dir Direction, sent, other int64) int64 {
 	b := int64(unlimited)
 	for _, r := range a {
-		b = min(b, r.budget(dir, sent))
+		b = min(b, r.budget(dir, sent, other))
 	}
 	return b
 }
