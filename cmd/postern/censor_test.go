@@ -301,14 +301,14 @@ func (w *censorWorld) delivered(t *testing.T, p censorPolicy, s sent) bool {
 
 // checkNoMeta: the client's stderr holds neither its address nor a
 // mailbox id; its memory files (routes, networks) hold no address, port,
-// secret path or mailbox id at all.
+// secret path, mailbox id or network name at all.
 func (w *censorWorld) checkNoMeta(t *testing.T, home, stderr string, p censorPolicy) {
 	ids := []needle{bytesNeedle("bob's mailbox id", w.bob.id[:]), bytesNeedle("carol's mailbox id", w.carol.id[:])}
 	client := addrNeedle("the client address", censoredClient)
 	if l := findLeaks("send's stderr", []byte(stderr), append(ids, client)); len(l) > 0 {
 		t.Errorf("%s: %v", p.name, l)
 	}
-	secrets := append(ids, client)
+	secrets := append(ids, client, addrNeedle("the network's name", `"censored"`))
 	for _, rp := range []*relayProc{w.a, w.b, w.s} {
 		d, err := descriptor.Parse(rp.line, time.Now())
 		if err != nil {

@@ -48,8 +48,20 @@ type Memory struct {
 }
 
 type memoryKey struct {
-	Network, Relay, Recipe string
+	Network, Relay, Recipe string // Network is networkID's hash of the name
 }
+
+// keyOf is c's key on network.
+func keyOf(network string, c Candidate) memoryKey {
+	return memoryKey{networkID(network), c.Relay, Recipe(c.Endpoint)}
+}
+
+// networkID is what the memory keeps of a network's name: a hash, so that
+// the file does not say where the device has been (a name such as
+// "office-wifi" or a town's). The name is a low-entropy secret: whoever
+// holds the file can still test a guess, as with the networks and
+// tls-sessions files beside it.
+func networkID(name string) string { return hashFields("network", name) }
 
 // memoryState is what the memory knows of one recipe on one network.
 type memoryState struct {
@@ -92,7 +104,7 @@ func newMemory(path string, ttl time.Duration) *Memory {
 
 // state returns c's entry on network, or nil.
 func (m *Memory) state(network string, c Candidate) *memoryState {
-	return m.entries[memoryKey{network, c.Relay, Recipe(c.Endpoint)}]
+	return m.entries[keyOf(network, c)]
 }
 
 // held reports until when c is tried last on network (zero if it is not).
@@ -172,7 +184,7 @@ func (m *Memory) RTT(network string, c Candidate) time.Duration {
 	}
 	var rtt time.Duration
 	for k, s := range m.entries {
-		if k.Network == network && k.Relay == c.Relay {
+		if k.Network == networkID(network) && k.Relay == c.Relay {
 			rtt = max(rtt, s.rtt)
 		}
 	}
@@ -184,7 +196,7 @@ func (m *Memory) RTT(network string, c Candidate) time.Duration {
 // the recipe's smoothed handshake time (RFC 6298's 7/8 weighting).
 func (m *Memory) Success(network string, c Candidate) error {
 	m.mu.Lock()
-	k := memoryKey{network, c.Relay, Recipe(c.Endpoint)}
+	k := keyOf(network, c)
 	s := m.entries[k]
 	if s == nil {
 		s = &memoryState{}
@@ -234,7 +246,7 @@ func (m *Memory) fail(network string, c Candidate, class transport.Class, forgiv
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := memoryKey{network, c.Relay, Recipe(c.Endpoint)}
+	k := keyOf(network, c)
 	s := m.entries[k]
 	if s == nil {
 		s = &memoryState{}

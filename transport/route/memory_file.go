@@ -2,6 +2,7 @@ package route
 
 import (
 	"cmp"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,25 +10,28 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/postern/postern/transport"
 )
 
 // The memory file is JSON, mode 0600, written atomically (a temporary file
-// renamed over it). It names networks, relay ids and recipe hashes, never
-// an address:
+// renamed over it). It holds hashes of network names, relay ids and recipe
+// hashes, never an address or a network's name:
 //
-//	{"version": 2, "entries": [
-//	  {"network": "home-wifi", "relay": "<relay id>", "recipe": "<24 hex digits>",
+//	{"version": 3, "entries": [
+//	  {"network": "<24 hex digits>", "relay": "<relay id>", "recipe": "<24 hex digits>",
 //	   "worked": "<RFC 3339 time>",      last acknowledged success (absent: none)
 //	   "rtt_us": 41000,                   smoothed handshake time in µs (absent: unknown)
 //	   "class": "timeout", "fails": 2,    last failure class, consecutive failures
 //	   "until": "<RFC 3339 time>",        tried last until then
 //	   "config": "<24 hex digits>"}]}     class invalid: the endpoint that was invalid
 //
-// Version 1 files (network, relay, recipe, worked) are read as they are.
-const memoryVersion = 2
+// Version 1 files (network, relay, recipe, worked) and version 2 files
+// (all of the above) named networks in clear: they are read with each name
+// hashed, and the next save writes version 3.
+const memoryVersion = 3
 
 // memoryFile is the on-disk form.
 type memoryFile struct {
@@ -81,7 +85,7 @@ func parseMemory(data []byte) (map[memoryKey]*memoryState, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, errors.New("not JSON")
 	}
-	if f.Version != 1 && f.Version != memoryVersion {
+	if f.Version < 1 || f.Version > memoryVersion {
 		return nil, fmt.Errorf("version %d", f.Version)
 	}
 	if len(f.Entries) > maxMemoryEntries {
@@ -103,9 +107,21 @@ func parseMemory(data []byte) (map[memoryKey]*memoryState, error) {
 		if s.fails == 0 {
 			s.until = time.Time{} // no failure holds nothing (a file written by hand)
 		}
-		out[memoryKey{e.Network, e.Relay, e.Recipe}] = s
+		network := e.Network
+		if f.Version < 3 {
+			network = networkID(network) // a name in clear
+		} else if !isNetworkID(network) {
+			return nil, errors.New("entry whose network is not a hash")
+		}
+		out[memoryKey{network, e.Relay, e.Recipe}] = s
 	}
 	return out, nil
+}
+
+// isNetworkID reports whether s has the form networkID gives.
+func isNetworkID(s string) bool {
+	_, err := hex.DecodeString(s)
+	return err == nil && len(s) == 24 && s == strings.ToLower(s)
 }
 
 // classNamed returns the class whose String is name; "" is ClassUnknown.

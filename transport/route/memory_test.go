@@ -207,3 +207,63 @@ func TestMemoryTwoProcesses(t *testing.T) {
 		t.Error("the process that saved last did not take the other's success")
 	}
 }
+
+// TestMemoryFileNamesNoNetwork: the file keeps a hash of each network's
+// name, never the name (it would say where the device has been); a file
+// from before (version 2, names in clear) is read with its names hashed,
+// its entries still match, and the next save leaves no name in it, the
+// other networks' included.
+func TestMemoryFileNamesNoNetwork(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	https, h3 := cand("R", "https", "127.0.0.9:443"), cand("R", "h3", "127.0.0.9:443")
+	cands := []Candidate{https, h3}
+	m, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Success("library-wifi-Tabriz", h3); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), "Tabriz") || !strings.Contains(string(data), `"version": 3`) {
+		t.Fatalf("the file names the network, or is not version 3:\n%s", data)
+	}
+	if m2, err := OpenMemory(path, time.Hour); err != nil || m2.Order("library-wifi-Tabriz", cands)[0].Endpoint.Transport != "h3" {
+		t.Fatalf("not read back (%v)", err)
+	}
+
+	old := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	v2 := fmt.Sprintf(`{"version":2,"entries":[{"network":"office-Mashhad","relay":"R","recipe":%q,"worked":%q},{"network":"home-Shiraz","relay":"R","recipe":%q,"worked":%q}]}`,
+		Recipe(h3.Endpoint), old, Recipe(h3.Endpoint), old)
+	if err := os.WriteFile(path, []byte(v2), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m3, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m3.Order("office-Mashhad", cands)[0].Endpoint.Transport != "h3" {
+		t.Fatal("a version 2 entry does not match its network")
+	}
+	if err := m3.Failure("office-Mashhad", https, transport.ClassTimeout); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = os.ReadFile(path)
+	for _, name := range []string{"Mashhad", "Shiraz"} {
+		if strings.Contains(string(data), name) {
+			t.Fatalf("after a save the file still names %s:\n%s", name, data)
+		}
+	}
+	m4, err := OpenMemory(path, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m4.Order("home-Shiraz", cands)[0].Endpoint.Transport != "h3" {
+		t.Fatal("the other network's entry was lost in the migration")
+	}
+	// A version 3 file naming a network in clear is damaged.
+	os.WriteFile(path, []byte(`{"version":3,"entries":[{"network":"home","relay":"R","recipe":"ab"}]}`), 0o600)
+	if _, err := OpenMemory(path, time.Hour); err == nil {
+		t.Fatal("a version 3 file with a name in clear was read")
+	}
+}
