@@ -803,6 +803,57 @@ func BenchmarkIdleSessionMemoryServerOnly(b *testing.B) {
 	b.ReportMetric(per, "bytes/session")
 }
 
+// BenchmarkHalfFrameSessionMemory: heap and stack that package server
+// holds per session whose peer, after the hello and a ping, sent the
+// 5-byte header of a Send frame declaring the largest payload and 10
+// bytes of it, and then nothing (reported as bytes/session), beside the
+// same sessions idle, measured in the same run (idle-bytes/session).
+// Over net.Pipe, as BenchmarkIdleSessionMemoryServerOnly.
+func BenchmarkHalfFrameSessionMemory(b *testing.B) {
+	const sessions = 1000
+	st := store.NewMemory(store.Options{})
+	defer st.Close()
+	srv, err := server.New(server.Config{Store: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := relay.MaxFrameSize
+	half := append([]byte{byte(relay.FrameSend), byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, make([]byte, 10)...)
+	measure := func(extra []byte) float64 {
+		var wg sync.WaitGroup
+		before := heapInUse()
+		ends := make([]net.Conn, 0, sessions)
+		for range sessions {
+			c, s := net.Pipe()
+			wg.Go(func() { srv.ServeConn(ctx, pipeConn{s}, "pipe") })
+			if err := idleHandshake(c); err != nil {
+				b.Fatal(err)
+			}
+			if len(extra) > 0 {
+				if _, err := c.Write(extra); err != nil { // net.Pipe: returns once the relay read it all
+					b.Fatal(err)
+				}
+			}
+			ends = append(ends, c)
+		}
+		per := float64(heapInUse()-before) / sessions
+		for _, c := range ends {
+			c.Close()
+		}
+		wg.Wait()
+		return per
+	}
+	var idle, held float64
+	for b.Loop() {
+		idle = measure(nil)
+		held = measure(half)
+	}
+	b.ReportMetric(held, "bytes/session")
+	b.ReportMetric(idle, "idle-bytes/session")
+}
+
 // idleHandshake says hello on c and pings once, reading the answers.
 func idleHandshake(c net.Conn) error {
 	if _, err := c.Write(relay.AppendFrame(nil, relay.ClientHello{Min: relay.ProtocolVersion, Max: relay.ProtocolVersion})); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/bufpool"
 	"github.com/postern/postern/relay/store"
 )
 
@@ -334,4 +335,120 @@ func TestSpliceWritesBufferedFrameFirst(t *testing.T) {
 	client.Close()
 	home.Close()
 	<-spliced
+}
+
+// TestFramePayloadSteps: payloads of every size around the steps its
+// buffer grows through come back whole, whatever the reads' sizes, and a
+// Send frame's is in the bufpool class its size calls for.
+func TestFramePayloadSteps(t *testing.T) {
+	var sizes []int
+	for _, s := range payloadSteps {
+		sizes = append(sizes, s-1, s, s+1)
+	}
+	sizes = append(sizes, 0, 1, 40000, relay.MaxFrameSize)
+	for _, typ := range []relay.FrameType{relay.FramePing, relay.FrameSend} {
+		for _, n := range sizes {
+			payload := make([]byte, n)
+			for i := range payload {
+				payload[i] = byte(i * 7)
+			}
+			frame := append([]byte{byte(typ), byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, payload...)
+			for _, chunks := range [][]int{{1}, {7, 3000}, {1 << 20}} {
+				fr := &frameReader{r: &chunkReader{r: bytes.NewReader(frame), sizes: chunks}}
+				gt, p, err := fr.ReadFrame()
+				if err != nil || gt != typ || !bytes.Equal(p, payload) {
+					t.Fatalf("type %v, %d bytes in chunks %v: %v, frame %v of %d bytes", typ, n, chunks, err, gt, len(p))
+				}
+				if typ == relay.FrameSend {
+					if want := cap(bufpool.Get(n)); cap(p) != want {
+						t.Fatalf("a Send payload of %d bytes in a buffer of %d, want bufpool's %d", n, cap(p), want)
+					}
+				}
+			}
+		}
+	}
+}
+
+// trickleReader hands out its data, then blocks until more is given,
+// reporting the size of each read that finds nothing to hand out.
+type trickleReader struct {
+	data    chan []byte
+	pending []byte
+	waiting chan int // len(p) of a read that has to wait
+}
+
+func (r *trickleReader) Read(p []byte) (int, error) {
+	if len(r.pending) == 0 {
+		r.waiting <- len(p)
+		d, ok := <-r.data
+		if !ok {
+			return 0, io.EOF
+		}
+		r.pending = d
+	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	return n, nil
+}
+
+// TestFramePayloadHeldGrowsWithArrival: a frame whose header declares the
+// largest payload and whose bytes stop after a few holds a buffer of the
+// first step, not of the payload declared: a 5-byte header pinned 66 KiB
+// per session until the idle timeout, which a peer could repeat on every
+// session it opens.
+func TestFramePayloadHeldGrowsWithArrival(t *testing.T) {
+	for _, typ := range []relay.FrameType{relay.FramePing, relay.FrameSend} {
+		n := int(relay.MaxPayload(typ))
+		payload := bytes.Repeat([]byte{0xa5}, n)
+		frame := append([]byte{byte(typ), byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, payload...)
+		r := &trickleReader{data: make(chan []byte), waiting: make(chan int)}
+		fr := &frameReader{r: r}
+		type result struct {
+			p   []byte
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			_, p, err := fr.ReadFrame()
+			done <- result{p, err}
+		}()
+		<-r.waiting // the first read
+		r.data <- frame[:5+10]
+		held := <-r.waiting // the header and 10 bytes read: waiting for more
+		if held > payloadSteps[0] {
+			t.Fatalf("type %v: after 10 of %d bytes, a read into %d bytes waits (want at most %d)", typ, n, held, payloadSteps[0])
+		}
+		rest := frame[5+10:]
+		go func() {
+			for len(rest) > 0 {
+				k := min(len(rest), 3000)
+				r.data <- rest[:k]
+				if rest = rest[k:]; len(rest) > 0 {
+					<-r.waiting
+				}
+			}
+		}()
+		res := <-done
+		if res.err != nil || !bytes.Equal(res.p, payload) {
+			t.Fatalf("type %v: %v, %d bytes", typ, res.err, len(res.p))
+		}
+	}
+}
+
+// BenchmarkReadFrameLargest: reading a Send frame of the largest envelope
+// from memory, its payload given back to bufpool as a Send's is: what the
+// payload's growing buffer costs in copying, with no transport around it.
+func BenchmarkReadFrameLargest(b *testing.B) {
+	frame := relay.AppendFrame(nil, relay.Send{Req: 1, Envelope: make([]byte, 64<<10)})
+	r := bytes.NewReader(frame)
+	fr := &frameReader{r: r}
+	b.SetBytes(int64(len(frame)))
+	for b.Loop() {
+		r.Reset(frame)
+		_, p, err := fr.ReadFrame()
+		if err != nil {
+			b.Fatal(err)
+		}
+		bufpool.Put(p)
+	}
 }
