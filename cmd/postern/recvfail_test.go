@@ -153,3 +153,36 @@ func TestPrinterSyncsPerBatch(t *testing.T) {
 		t.Fatalf("draining three messages: %d syncs, printed %q", out.syncs, out.String())
 	}
 }
+
+// TestPrinterShowsAMessageOnceAcrossSealings: two inboxes (a mailbox on
+// two relays) may each hand over a message in another sealing: other
+// envelope ids, one message id. recv shows it once; a message handed
+// over with no message id is told apart by its envelope ids only; every
+// message taken wakes every inbox, which may hold another sealing's
+// fragments.
+func TestPrinterShowsAMessageOnceAcrossSealings(t *testing.T) {
+	out := &syncCounter{}
+	p := newPrinter(&env{stdout: out, stderr: io.Discard}, nil, nil, 2)
+	wakes := []<-chan struct{}{p.wake(), p.wake()}
+	id := func(b byte) [16]byte { return [16]byte{b} }
+	for _, m := range []client.Message{
+		{Payload: []byte("sealed twice"), IDs: [][16]byte{id(1)}, ID: id(9)},
+		{Payload: []byte("sealed twice"), IDs: [][16]byte{id(2), id(3)}, ID: id(9)},
+		{Payload: []byte("no message id"), IDs: [][16]byte{id(4)}},
+		{Payload: []byte("no message id either"), IDs: [][16]byte{id(5)}},
+	} {
+		if err := p.take(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(out.String(), "sealed twice"); n != 1 || !strings.Contains(out.String(), "no message id either") {
+		t.Fatalf("shown %d times, or a message without an id dropped: %q", n, out.String())
+	}
+	for i, w := range wakes {
+		select {
+		case <-w:
+		default:
+			t.Fatalf("inbox %d not woken", i)
+		}
+	}
+}

@@ -176,7 +176,10 @@ func (s *sender) seal(f netFacts) error {
 }
 
 // sealFrom seals with the first bucket of buckets the message fits in
-// (0: SealMessage's choice).
+// (0: SealMessage's choice). When none does, the sender keeps the
+// envelopes it had: until 2026-12-06 a failed attempt left it with none,
+// and a send whose message no smaller bucket held, after a stall, ended
+// "sent" having sent nothing (a reviewer's find).
 func (s *sender) sealFrom(buckets []int) error {
 	if s.message == ([envelope.IDSize]byte{}) {
 		rand.Read(s.message[:])
@@ -184,12 +187,12 @@ func (s *sender) sealFrom(buckets []int) error {
 	var err error
 	for _, b := range buckets {
 		o := &envelope.Options{Bucket: b, MessageID: s.message}
-		if s.envs, err = envelope.SealMessage(s.card, s.from, s.msg, o); err == nil {
-			s.bucket = len(s.envs[0])
-			s.acked = make([]bool, len(s.envs))
+		envs, e := envelope.SealMessage(s.card, s.from, s.msg, o)
+		if e == nil {
+			s.envs, s.bucket, s.acked = envs, len(envs[0]), make([]bool, len(envs))
 			return nil
 		}
-		if !errors.Is(err, envelope.ErrPayloadTooLarge) {
+		if err = e; !errors.Is(e, envelope.ErrPayloadTooLarge) {
 			return err
 		}
 	}

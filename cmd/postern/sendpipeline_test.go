@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,4 +82,39 @@ func TestSendPipelineGrows(t *testing.T) {
 		t.Fatalf("%d of %d Sends overlapped the next, at most %d in flight: the pipeline did not grow", got, n-2, st2.peak)
 	}
 	t.Logf("%d Sends overlapped the next; at most %d in flight", st.overlaps.Load(), st2.peak)
+}
+
+// TestResealThatFitsNoSmallerBucket: after a stall before any ack, a
+// message no smaller bucket holds (more fragments than a message may
+// have) is sent on as it was sealed: the sender keeps its envelopes. A
+// failed attempt used to leave it none, and send reported the message
+// sent in 0 envelopes.
+func TestResealThatFitsNoSmallerBucket(t *testing.T) {
+	bob, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	card := bob.Card([32]byte{1}, nil, nil)
+	for _, tc := range []struct {
+		name  string
+		size  int
+		first []int
+	}{
+		{"64 KiB envelopes, too large for 4 and 16", 3 << 20, []int{0}},
+		{"16 KiB envelopes, too large for 4", 1 << 20, []int{envelope.Bucket16K, envelope.Bucket64K}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &sender{e: &env{stderr: io.Discard}, card: card, msg: make([]byte, tc.size)}
+			if err := s.sealFrom(tc.first); err != nil {
+				t.Fatal(err)
+			}
+			envs, bucket := len(s.envs), s.bucket
+			if err := s.afterStall(&connStats{}); err != nil {
+				t.Fatal(err)
+			}
+			if len(s.envs) != envs || s.bucket != bucket || len(s.acked) != envs {
+				t.Fatalf("%d envelopes of %d bytes before the stall; after it %d of %d bytes, %d ack marks", envs, bucket, len(s.envs), s.bucket, len(s.acked))
+			}
+		})
+	}
 }

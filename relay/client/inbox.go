@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,12 +25,15 @@ type Message struct {
 	// these: each inbox checks only its own replay cache, filled from
 	// the store when it was made.
 	IDs [][envelope.IDSize]byte
-	// ID is the message's id (envelope.Opened.MessageID): the same in
-	// every sealing of the message, where IDs differ. A sender seals a
-	// message again into smaller envelopes when a censor stalls the
-	// larger ones, and the relay may have stored the first sealing too;
-	// each inbox takes such a message once, and an application reading
-	// several inboxes tells copies apart by ID as well as by IDs.
+	// ID names the message: a hash of its sender (none if anonymous)
+	// and its message id (envelope.Opened.MessageID), the same in every
+	// sealing of the message, where IDs differ. A sender seals a message
+	// again into smaller envelopes when a censor stalls the larger ones,
+	// and the relay may have stored the first sealing too; each inbox
+	// takes such a message once, and an application reading several
+	// inboxes tells copies apart by ID as well as by IDs. The sender is
+	// in it so that nobody else, knowing a message id, could make the
+	// message look taken.
 	ID [envelope.IDSize]byte
 }
 
@@ -106,8 +110,8 @@ type heldMessage struct {
 	// first names the message to the joiner (its sender and the first
 	// 16 bytes of a fragment's payload, its message id on the wire).
 	first *envelope.Opened
-	// message is the message's id (Opened.MessageID): another sealing of
-	// the same message, held under another key, has the same.
+	// message names the message (Message.ID): another sealing of the
+	// same message, held under another key, has the same.
 	message [envelope.IDSize]byte
 }
 
@@ -155,19 +159,35 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 		in.cfg.Warn(fmt.Sprintf("dropping an envelope that does not open: %v", err))
 		return []Ref{d.Ref}, nil
 	}
-	if in.taken(o.ID) || in.taken(o.MessageID) {
+	message := MessageKey(o)
+	if in.taken(o.ID) || in.taken(message) {
 		// Taken before (the ack was lost), from another inbox, or in
 		// another sealing of the same message. Ack it.
 		return []Ref{d.Ref}, nil
 	}
 	if !o.Fragment {
-		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload, IDs: [][envelope.IDSize]byte{o.ID}, ID: o.MessageID}); err != nil {
+		if err := in.cfg.Take(Message{Sender: o.Sender, Payload: o.Payload, IDs: [][envelope.IDSize]byte{o.ID}, ID: message}); err != nil {
 			return nil, err
 		}
-		in.replay.add(o.ID)
-		return append([]Ref{d.Ref}, in.dropSealings(o.Sender, o.MessageID)...), nil
+		// The message's key covers this envelope when it comes again (a
+		// whole envelope's id is its message id), and another sealing of
+		// the message; o.ID is still looked for above, as replay files
+		// written before message keys hold envelope ids.
+		in.replay.add(message)
+		return append([]Ref{d.Ref}, in.dropSealings(message)...), nil
 	}
-	return in.fragment(d, o)
+	return in.fragment(d, o, message)
+}
+
+// MessageKey names the message o carries, or carries part of, among all
+// senders' (Message.ID).
+func MessageKey(o *envelope.Opened) [envelope.IDSize]byte {
+	h := sha256.New()
+	h.Write([]byte("postern message key v1\x00"))
+	h.Write([]byte{byte(len(o.Sender))})
+	h.Write(o.Sender)
+	h.Write(o.MessageID[:])
+	return [envelope.IDSize]byte(h.Sum(nil))
 }
 
 // taken reports whether id, an envelope's or a message's, is that of a
@@ -176,19 +196,19 @@ func (in *Inbox) taken(id [envelope.IDSize]byte) bool {
 	return in.replay.contains(id) || (in.cfg.Taken != nil && in.cfg.Taken(id))
 }
 
-// dropSealings gives up the fragments held of message id from sender (the
+// dropSealings gives up the fragments held of message (Message.ID: the
 // other sealings of a message just taken) and returns their refs, to ack.
-func (in *Inbox) dropSealings(sender []byte, id [envelope.IDSize]byte) []Ref {
+func (in *Inbox) dropSealings(message [envelope.IDSize]byte) []Ref {
 	var refs []Ref
 	for _, key := range slices.Clone(in.order) {
-		if h := in.held[key]; h.message == id && string(h.first.Sender) == string(sender) {
+		if h := in.held[key]; h != nil && h.message == message {
 			refs = append(refs, in.drop(key)...)
 		}
 	}
 	return refs
 }
 
-func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
+func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSize]byte) ([]Ref, error) {
 	if len(o.Payload) < 16 {
 		return []Ref{d.Ref}, nil
 	}
@@ -200,7 +220,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	var acks []Ref
 	if h == nil {
 		acks = in.makeRoom()
-		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}, message: o.MessageID,
+		h = &heldMessage{ids: map[[envelope.IDSize]byte]bool{}, message: message,
 			first: &envelope.Opened{Sender: o.Sender, Fragment: true, Payload: append([]byte(nil), o.Payload[:16]...)}}
 		in.held[key] = h
 		in.order = append(in.order, key)
@@ -219,15 +239,15 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	for id := range h.ids {
 		ids = append(ids, id)
 	}
-	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg, IDs: ids, ID: o.MessageID}); err != nil {
+	if err := in.cfg.Take(Message{Sender: o.Sender, Payload: msg, IDs: ids, ID: h.message}); err != nil {
 		return acks, err
 	}
 	for id := range h.ids {
 		in.replay.add(id)
 	}
-	in.replay.add(o.MessageID)
+	in.replay.add(h.message)
 	acks = append(acks, in.drop(key)...)
-	return append(acks, in.dropSealings(o.Sender, o.MessageID)...), nil
+	return append(acks, in.dropSealings(h.message)...), nil
 }
 
 // heldRefs is how many delivered envelopes the inbox holds unacked.

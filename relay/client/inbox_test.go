@@ -396,7 +396,7 @@ func testReleasesTakenElsewhere(t *testing.T, byMessage bool) {
 			t.Fatal(err)
 		}
 		if byMessage {
-			elsewhere[o.MessageID] = true // the same in every fragment
+			elsewhere[client.MessageKey(o)] = true // the same in every fragment
 		} else {
 			elsewhere[o.ID] = true
 		}

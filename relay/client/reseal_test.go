@@ -53,6 +53,8 @@ func TestInboxTakesResealedMessageOnce(t *testing.T) {
 		{"part of the first, then the second", 200 << 10, []int{envelope.Bucket64K, envelope.Bucket16K}, []part{{0, 1}, {1, -1}}},
 		{"the second, then part of the first", 200 << 10, []int{envelope.Bucket64K, envelope.Bucket16K}, []part{{1, -1}, {0, 2}}},
 		{"both whole, interleaved", 200 << 10, []int{envelope.Bucket64K, envelope.Bucket16K}, []part{{0, 2}, {1, 5}, {0, -1}, {1, -1}}},
+		// Only across relays does the first sealing come after the second.
+		{"part of the fragments, the whole, the rest", 20 << 10, []int{envelope.Bucket64K, envelope.Bucket4K}, []part{{1, 2}, {0, -1}, {1, -1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newInboxSetup(t)
@@ -115,5 +117,57 @@ func TestInboxResealedAcrossRuns(t *testing.T) {
 				t.Fatalf("%d envelopes left on the relay", n)
 			}
 		})
+	}
+}
+
+// TestInboxMessageIDsPerSender: a message id names a message of one
+// sender: another sender's message with the same id (which it could only
+// have by knowing the first's, from inside its envelope) is another
+// message, neither taken for a copy nor able to make the first look
+// taken, whole or in fragments, anonymous or not.
+func TestInboxMessageIDsPerSender(t *testing.T) {
+	s := newInboxSetup(t)
+	alice, _ := envelope.NewIdentity()
+	mallory, _ := envelope.NewIdentity()
+	var id [envelope.IDSize]byte
+	rand.Read(id[:])
+	msgs := map[string][]byte{}
+	put := func(name string, from *envelope.Identity, size, bucket int) {
+		msg := make([]byte, size)
+		rand.Read(msg)
+		msgs[name] = msg
+		envs, err := envelope.SealMessage(s.mb.Card, from, msg, &envelope.Options{Bucket: bucket, MessageID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, env := range envs {
+			if _, err := s.sender.Send(context.Background(), env, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put("mallory's fragments", mallory, 20<<10, envelope.Bucket4K)
+	put("alice's", alice, 1<<10, envelope.Bucket4K)
+	put("anonymous", nil, 1<<10, envelope.Bucket4K)
+	put("mallory's again", mallory, 20<<10, envelope.Bucket16K) // the fragments' message sealed again: a copy
+	in := s.inbox(t, nil)
+	if err := in.Drain(context.Background(), s.owner, s.mb.Owner, s.mb.ID); err != nil {
+		t.Fatal(err)
+	}
+	taken := map[string]bool{}
+	for _, m := range s.taken {
+		for name, msg := range msgs {
+			if bytes.Equal(m.Payload, msg) {
+				taken[name] = true
+			}
+		}
+	}
+	for _, name := range []string{"mallory's fragments", "alice's", "anonymous"} {
+		if !taken[name] {
+			t.Errorf("%s message not taken", name)
+		}
+	}
+	if len(s.taken) != 3 {
+		t.Errorf("took %d messages, want 3 (mallory's second sealing is a copy)", len(s.taken))
 	}
 }
