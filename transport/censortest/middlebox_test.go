@@ -448,11 +448,15 @@ func TestDropAnswersAfter(t *testing.T) {
 		}
 	})
 	m := NewMiddlebox(t, target)
-	m.SetRule(DropAnswersAfter(1024))
+	m.SetRule(DropAnswersAfter(1001))
 	c := dial(t, m)
 	roundTrip(t, c, randomBytes(1000))
-	if _, err := c.Write(randomBytes(1000)); err != nil {
-		t.Fatal(err)
+	// One byte reaches the limit (a read cannot split it, so no answer
+	// can be judged before the limit), then more.
+	for _, n := range []int{1, 999} {
+		if _, err := c.Write(randomBytes(n)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	deadline := time.Now().Add(patience)
 	for got.Load() < 2000 {
