@@ -32,13 +32,13 @@ func TestNetworkMemory(t *testing.T) {
 	if _, err := os.Stat(routes); err == nil {
 		t.Fatal("routes written without --network")
 	}
-	runOK(t, bin, base, []byte("remembered"), "send", "--anonymous", "--network", "cafe", "--to", card)
-	runOK(t, bin, base, nil, "recv", "--id", bob, "--network", "cafe")
+	runOK(t, bin, base, []byte("remembered"), "send", "--anonymous", "--network", "cafe-wifi", "--to", card)
+	runOK(t, bin, base, nil, "recv", "--id", bob, "--network", "cafe-wifi")
 	data, err := os.ReadFile(routes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), `"recipe"`) || strings.Contains(string(data), "cafe") {
+	if !strings.Contains(string(data), `"recipe"`) || strings.Contains(string(data), "cafe-wifi") {
 		t.Fatalf("routes hold no entry, or the network's name: %s", data)
 	}
 	d, _ := descriptor.Parse(rp.line, time.Now())

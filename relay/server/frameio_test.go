@@ -418,7 +418,14 @@ func TestFramePayloadHeldGrowsWithArrival(t *testing.T) {
 		if held > payloadSteps[0] {
 			t.Fatalf("type %v: after 10 of %d bytes, a read into %d bytes waits (want at most %d)", typ, n, held, payloadSteps[0])
 		}
-		rest := frame[5+10:]
+		// The first step filled and 10 bytes more: the second step's.
+		sent := 5 + payloadSteps[0] + 10
+		r.data <- frame[5+10 : sent]
+		held = <-r.waiting
+		if held > payloadSteps[1]-payloadSteps[0]-10 {
+			t.Fatalf("type %v: after %d of %d bytes, a read into %d bytes waits (want at most %d)", typ, sent-5, n, held, payloadSteps[1]-payloadSteps[0]-10)
+		}
+		rest := frame[sent:]
 		go func() {
 			for len(rest) > 0 {
 				k := min(len(rest), 3000)

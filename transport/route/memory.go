@@ -183,8 +183,9 @@ func (m *Memory) RTT(network string, c Candidate) time.Duration {
 		return s.rtt
 	}
 	var rtt time.Duration
+	id := networkID(network)
 	for k, s := range m.entries {
-		if k.Network == networkID(network) && k.Relay == c.Relay {
+		if k.Network == id && k.Relay == c.Relay {
 			rtt = max(rtt, s.rtt)
 		}
 	}

@@ -30,7 +30,9 @@ import (
 //
 // Version 1 files (network, relay, recipe, worked) and version 2 files
 // (all of the above) named networks in clear: they are read with each name
-// hashed, and the next save writes version 3.
+// hashed, and written again at once as version 3. (A process of a version
+// from before, still running, reads a version 3 file as damaged and writes
+// its own entries over it, names in clear, at its next save.)
 const memoryVersion = 3
 
 // memoryFile is the on-disk form.
@@ -75,6 +77,13 @@ func OpenMemory(path string, ttl time.Duration) (*Memory, error) {
 	now := m.now()
 	for _, s := range m.entries {
 		sane(s, now)
+	}
+	var v struct{ Version int }
+	if json.Unmarshal(data, &v) == nil && v.Version < memoryVersion {
+		// Names in clear: write them hashed now, not at the next change,
+		// which may never come. Best effort: the memory only speeds up
+		// dials, and a directory that cannot be written fails every save.
+		m.save()
 	}
 	return m, nil
 }

@@ -211,8 +211,8 @@ func TestMemoryTwoProcesses(t *testing.T) {
 // TestMemoryFileNamesNoNetwork: the file keeps a hash of each network's
 // name, never the name (it would say where the device has been); a file
 // from before (version 2, names in clear) is read with its names hashed,
-// its entries still match, and the next save leaves no name in it, the
-// other networks' included.
+// its entries still match, and it is written again at once with no name
+// in it.
 func TestMemoryFileNamesNoNetwork(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes")
 	https, h3 := cand("R", "https", "127.0.0.9:443"), cand("R", "h3", "127.0.0.9:443")
@@ -245,13 +245,11 @@ func TestMemoryFileNamesNoNetwork(t *testing.T) {
 	if m3.Order("office-Mashhad", cands)[0].Endpoint.Transport != "h3" {
 		t.Fatal("a version 2 entry does not match its network")
 	}
-	if err := m3.Failure("office-Mashhad", https, transport.ClassTimeout); err != nil {
-		t.Fatal(err)
-	}
-	data, _ = os.ReadFile(path)
+	data, _ = os.ReadFile(path) // rewritten at once, without a change to save
+
 	for _, name := range []string{"Mashhad", "Shiraz"} {
 		if strings.Contains(string(data), name) {
-			t.Fatalf("after a save the file still names %s:\n%s", name, data)
+			t.Fatalf("once read, the file still names %s:\n%s", name, data)
 		}
 	}
 	m4, err := OpenMemory(path, time.Hour)
