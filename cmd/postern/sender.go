@@ -287,6 +287,12 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 	}
 	wg.Wait()
 	st.peak = pl.peak
+	if s.ackedCount() == len(s.envs) {
+		// Every envelope is on the relay, whatever ended meanwhile: a
+		// --timeout or an interrupt right after the last ack was taken
+		// for a failure, and the user told to send the message again.
+		return nil
+	}
 	if first == nil && ctx.Err() != nil {
 		first = ctx.Err()
 	}

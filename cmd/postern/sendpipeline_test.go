@@ -118,3 +118,26 @@ func TestResealThatFitsNoSmallerBucket(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadlineAfterLastAckIsSent: a --timeout (or an interrupt) that ends
+// the send's context right after the relay acked the last envelope does
+// not make a sent message a failure (a reviewer's find: the user was told
+// to send it again, and the recipient got two).
+func TestDeadlineAfterLastAckIsSent(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	mb := relaytest.NewMailbox(t, r.Connect(t), nil)
+	s := &sender{e: &env{stderr: io.Discard}, card: mb.Card, msg: make([]byte, 30<<10)}
+	if err := s.sealFrom([]int{envelope.Bucket4K}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.progress = func(done, total int) {
+		if done == total {
+			cancel() // the context ends just after the last ack
+		}
+	}
+	if err := s.sendOn(ctx, r.Connect(t), false, &connStats{}); err != nil || s.ackedCount() != len(s.envs) {
+		t.Fatalf("%d of %d envelopes acked; sendOn: %v", s.ackedCount(), len(s.envs), err)
+	}
+}
