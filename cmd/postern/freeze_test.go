@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -128,5 +131,82 @@ func TestResealAfterLostAnswerShownOnce(t *testing.T) {
 	}
 	if d2, _ := scrape(t, maddr); d2[delivered] != d1[delivered] {
 		t.Fatalf("a second recv was delivered %v envelopes: the first left them on the relay", d2[delivered]-d1[delivered])
+	}
+}
+
+// TestSendAgainAfterGivingUpShownOnce: a censor drops what the relay
+// answers, so send gives up at its --timeout although the relay stored
+// the message; it tells the user to send it again, and records the
+// message's id in POSTERN_HOME/unsent (no mailbox id, no message). The
+// user sends the same bytes again once the network lets answers through:
+// that send reuses the id and clears the record, and recv shows the
+// message once (twice before: each send sealed under an id of its own,
+// a reviewer's find).
+func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	relayHTTPS := freePort(t)
+	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	// The session's set-up passes (a few KiB up), every envelope's answer
+	// is lost (even a first 4 KiB one takes the client past the limit).
+	mb.SetRule(censortest.DropAnswersAfter(6 << 10))
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
+	defer rp.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home, "POSTERN_STALL=500ms"}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	parsed, err := envelope.ParseCard(card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maddr := metricsAddr(t, rp)
+	before, _ := scrape(t, maddr)
+
+	msg := make([]byte, 20<<10)
+	rand.Read(msg)
+	cmd := exec.Command(bin, "send", "--anonymous", "--timeout", "3s", "--to", card)
+	cmd.Env = append(os.Environ(), base...)
+	cmd.Stdin = bytes.NewReader(msg)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err = cmd.Run(); err == nil || !strings.Contains(stderr.String(), "gave up after 3s") {
+		t.Fatalf("the first send did not give up (test setup): %v\n%s", err, stderr.String())
+	}
+	after, _ := scrape(t, maddr)
+	if after["postern_envelopes_accepted_total"] == before["postern_envelopes_accepted_total"] {
+		t.Fatalf("the relay stored nothing of the first send (test setup):\n%s", stderr.String())
+	}
+	unsent := filepath.Join(home, "unsent")
+	data, err := os.ReadFile(unsent)
+	if err != nil || !strings.Contains(string(data), `"id"`) {
+		t.Fatalf("no record of the message given up on: %v %q", err, data)
+	}
+	if l := findLeaks("unsent", data, []needle{bytesNeedle("the mailbox id", parsed.Mailbox[:])}); len(l) > 0 {
+		t.Fatal(l)
+	}
+
+	mb.SetRule(censortest.Pass)
+	cmd = exec.Command(bin, "send", "--anonymous", "--to", card)
+	cmd.Env = append(os.Environ(), base...)
+	cmd.Stdin = bytes.NewReader(msg)
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("send again: %v\n%s", err, stderr.String())
+	}
+	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
+	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("received %d messages, want the message once", len(got))
+	}
+	if !strings.Contains(stderr.String(), "an earlier send of this message gave up") {
+		t.Fatalf("the send again did not say it used the earlier id:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(unsent); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the record outlived the send that delivered the message: %v", err)
 	}
 }

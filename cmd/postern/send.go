@@ -176,6 +176,11 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 	if err := s.route(via); err != nil {
 		return s, err
 	}
+	unsent := openUnsent(e, card, from, msg)
+	if id, ok := unsent.lookup(); ok {
+		s.message = id
+		fmt.Fprintln(e.stderr, "an earlier send of this message gave up: it goes under the same message id, so the recipient shows it once")
+	}
 	if err := s.seal(s.known); err != nil {
 		return s, err
 	}
@@ -189,14 +194,26 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 		s.progress = func(done, total int) { line.show(fmt.Sprintf("sent %d/%d envelopes", done, total)) }
 		defer line.end()
 	}
-	return s, s.run(ctx)
+	err := s.run(ctx)
+	if unsent != nil {
+		var uerr error
+		if err != nil {
+			uerr = unsent.record(s.message)
+		} else {
+			uerr = unsent.forget()
+		}
+		if uerr != nil {
+			fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", unsent.path, uerr)
+		}
+	}
+	return s, err
 }
 
 // sendError says what a failed send means for the user.
 func sendError(ctx context.Context, timeout time.Duration, s *sender, err error) error {
 	switch {
 	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fmt.Errorf("gave up after %s (--timeout) with %d of %d envelopes stored by the relay: send the message again, or give a longer --timeout",
+		return fmt.Errorf("gave up after %s (--timeout) with %d of %d envelopes acknowledged by the relay (it may hold more: answers can be lost): send the message again (the same bytes to the same contact: the recipient shows it once), or give a longer --timeout",
 			timeout, s.ackedCount(), len(s.envs))
 	case errors.Is(err, relay.ErrNoMailbox):
 		return errors.New("the recipient's relay has no such mailbox: they moved it (rotated) or deleted it. `postern recv` applies a new card they sent you; otherwise ask them for their current card")
