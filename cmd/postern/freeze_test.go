@@ -210,3 +210,46 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 		t.Fatalf("the record outlived the send that delivered the message: %v", err)
 	}
 }
+
+// TestSendThroughResettingCensor: a censor that resets every TCP flow to
+// the relay after 150 KiB (as one injecting RSTs once it has judged a
+// flow) cannot stop a 200 KB message: send reconnects after each reset
+// and resumes with the first envelope not yet acked, as after a stall,
+// and the message arrives whole, once. Until 2026-12-06 the first reset
+// ended the send with part of the message on the relay.
+func TestSendThroughResettingCensor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	relayHTTPS := freePort(t)
+	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
+	defer rp.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+
+	mb.SetRule(censortest.ResetAfter(150 << 10))
+	msg := make([]byte, 200<<10)
+	rand.Read(msg)
+	cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
+	cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
+	cmd.Stdin = bytes.NewReader(msg)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("send through the resetting censor: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "was reset after") {
+		t.Fatalf("the censor never reset the flow (test setup):\n%s", stderr.String())
+	}
+	mb.SetRule(censortest.Pass)
+	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
+	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("received %d messages", len(got))
+	}
+}

@@ -227,11 +227,11 @@ func (s *sender) run(ctx context.Context) error {
 		case errors.Is(err, errCycle) && cycles < maxCycles:
 			cycles++
 			continue
-		case !errors.Is(err, transport.ErrStalled) || resumes == maxResumes:
+		case !resumable(err) || resumes == maxResumes:
 			return scrubAddrs(err)
 		}
 		resumes++
-		if err := s.afterStall(st); err != nil {
+		if err := s.afterStall(st, err); err != nil {
 			return err
 		}
 	}
@@ -435,13 +435,27 @@ func (s *sender) report(c *client.Client, st *connStats, err error) {
 	}
 }
 
-// afterStall learns from a frozen connection: the bytes it carried are
-// the network's per-connection budget; a connection that carried nothing
-// before any envelope was acked means the envelopes are too large for the
-// censor, and the message is sealed again into a smaller bucket.
-func (s *sender) afterStall(st *connStats) error {
+// resumable reports whether a send that failed with err goes on over a
+// new connection: the connection stalled (a censor froze it), or it was
+// reset (a censor that injects resets once it has judged a flow: until
+// 2026-12-06 that ended the send, with part of the message on the relay;
+// a reviewer's find).
+func resumable(err error) bool {
+	return errors.Is(err, transport.ErrStalled) || transport.ClassOf(err) == transport.ClassReset
+}
+
+// afterStall learns from a connection that froze or was reset (err): the
+// bytes it carried are the network's per-connection budget; a connection
+// that carried nothing before any envelope was acked means the envelopes
+// are too large for the censor, and the message is sealed again into a
+// smaller bucket.
+func (s *sender) afterStall(st *connStats, err error) error {
 	done := s.ackedCount()
-	fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
+	what := "stalled"
+	if !errors.Is(err, transport.ErrStalled) {
+		what = "was reset"
+	}
+	fmt.Fprintf(s.e.stderr, "the connection %s after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", what, done, len(s.envs))
 	if st.acked > 0 && !st.slow {
 		if s.known.Budget == 0 || st.acked < s.known.Budget {
 			s.known.Budget = st.acked

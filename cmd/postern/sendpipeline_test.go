@@ -13,6 +13,7 @@ import (
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
 )
 
 // overlapStore is a memory store whose every Put but the first and the
@@ -109,7 +110,7 @@ func TestResealThatFitsNoSmallerBucket(t *testing.T) {
 				t.Fatal(err)
 			}
 			envs, bucket := len(s.envs), s.bucket
-			if err := s.afterStall(&connStats{}); err != nil {
+			if err := s.afterStall(&connStats{}, transport.ErrStalled); err != nil {
 				t.Fatal(err)
 			}
 			if len(s.envs) != envs || s.bucket != bucket || len(s.acked) != envs {

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +72,11 @@ type Client struct {
 	pending map[uint32]*call
 	subs    map[uint32]bool // request ids of subscriptions: their Deliver frames are pushes
 	err     error           // why the session ended
-	done    chan struct{}
+	// writeErr is the error of the failed write after which this side
+	// closed the connection (begin): the reader then fails with "use of
+	// closed network connection", which says nothing of why.
+	writeErr error
+	done     chan struct{}
 
 	deliveries chan Delivery
 	qmu        sync.Mutex
@@ -257,12 +262,16 @@ func (c *Client) readLoop() {
 
 // end records why the session ended and wakes every waiting request.
 func (c *Client) end(err error) {
+	c.mu.Lock()
 	if c.stalled.Load() {
 		err = errStalled
+	} else if errors.Is(err, net.ErrClosed) && c.writeErr != nil {
+		// Closed here after a write failed (a reset, say): that is why
+		// the session ended, and what every request waiting hears.
+		err = c.writeErr
 	} else if err == nil || errors.Is(err, io.EOF) {
 		err = ErrClosed
 	}
-	c.mu.Lock()
 	c.err = err
 	pend := c.pending
 	c.pending = nil

@@ -69,6 +69,11 @@ func (c *Client) begin(ctx context.Context, build func(req uint32) relay.Message
 			// failures), whether its request was written or waiting.
 			err = errStalled
 		}
+		c.mu.Lock()
+		if c.writeErr == nil {
+			c.writeErr = err
+		}
+		c.mu.Unlock()
 		c.conn.Close()
 		return nil, err
 	}

@@ -36,6 +36,7 @@ import (
 //	FreezeAfter        a timeout once the limit is passed, nothing before; the
 //	                   session layer reports it as ClassStalled
 //	DropAnswersAfter   the same, once the client has sent its limit
+//	ResetAfter         ClassReset (ECONNRESET) once the limit is passed
 //	Throttle           no failure, only slower
 //	Latency            no failure, only later
 //	GFWFullyEncrypted  no failure for TLS (exempt); a first payload that looks
@@ -302,6 +303,7 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 		if fl.isMuted(dir) {
 			allow = 0
 		}
+		over := allow < int64(len(pending)) && r.resets() && !fl.isMuted(dir)
 		if allow > 0 {
 			fl.sent[dir].Add(allow) // before the write: the answer to these bytes sees them
 			var err error
@@ -319,6 +321,16 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 				return
 			}
 			sent += allow
+		}
+		if over {
+			// The budget ran out with bytes left: reset both ways.
+			client, server := src, dst
+			if dir == ServerToClient {
+				client, server = dst, src
+			}
+			reset(client)
+			reset(server)
+			return
 		}
 		n, err := src.Read(buf)
 		pending = buf[:n]

@@ -48,6 +48,8 @@ func TestMiddlebox(t *testing.T) {
 		{"ResetOnSNI/passes other name", ResetOnSNI("blocked.test"), tlsServer, checkTLSPass("ok.test")},
 		{"ResetOnSNI/passes non-TLS", ResetOnSNI("blocked.test"), echoServer, checkEcho},
 		{"FreezeAfter/client to server", FreezeAfter(1024), echoServer, checkFreeze(4096, 1024)},
+		{"ResetAfter/resets past the limit", ResetAfter(1024), echoServer, checkResetAfter(4096, 1024)},
+		{"ResetAfter/not before it", ResetAfter(1024), echoServer, checkEchoUnder(1000)},
 		{"FreezeAfter/server to client", FreezeAfter(1024), pushServer(4096), checkPushFreeze(1024)},
 		{"FreezeAfter/default limit", FreezeAfter(0), echoServer, checkFreeze(2*DefaultFreezeLimit, DefaultFreezeLimit)},
 		{"SetRule/Pass to FreezeAfter mid-connection", Pass, echoServer, checkSwitchToFreeze},
@@ -184,6 +186,28 @@ func checkFreeze(n, want int) func(*testing.T, *Middlebox) {
 		}
 		expectQuiet(t, c)
 	}
+}
+
+// checkResetAfter writes n bytes through an echo: at most limit come
+// back, then the connection is reset (ECONNRESET; Linux may drop what was
+// unread when the RST lands).
+func checkResetAfter(n, limit int) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) {
+		c := dial(t, m)
+		if _, err := c.Write(randomBytes(n)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(patience))
+		got, err := io.Copy(io.Discard, c)
+		if got > int64(limit) || !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("read %d bytes then %v; want at most %d, then ECONNRESET", got, err, limit)
+		}
+	}
+}
+
+// checkEchoUnder: a round trip of n bytes, under a limit, passes.
+func checkEchoUnder(n int) func(*testing.T, *Middlebox) {
+	return func(t *testing.T, m *Middlebox) { roundTrip(t, dial(t, m), randomBytes(n)) }
 }
 
 // checkPushFreeze reads what a pushServer sends unasked: only want bytes.

@@ -43,6 +43,9 @@ type Rule interface {
 	// budget is how many more bytes may pass in dir of a TCP connection
 	// once sent have, and other have passed the other way.
 	budget(dir Direction, sent, other int64) int64
+	// resets says whether a TCP connection whose budget runs out is
+	// reset (both sides get an RST) rather than left silent.
+	resets() bool
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
@@ -65,6 +68,7 @@ func (passRule) onConnect() action                    { return actForward }
 func (passRule) inspects() bool                       { return false }
 func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
 func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
+func (passRule) resets() bool                         { return false }
 func (passRule) rate() int64                          { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
@@ -171,6 +175,22 @@ func FreezeAfter(n int) Rule {
 }
 
 func (r freezeRule) budget(_ Direction, sent, _ int64) int64 { return max(r.limit-sent, 0) }
+
+type resetAfterRule struct{ freezeRule }
+
+// ResetAfter forwards n bytes in each direction, counted separately from
+// the start of the connection (n <= 0 means [DefaultFreezeLimit]), then
+// resets the connection both ways: a censor that injects RSTs into a flow
+// once it has seen enough of it to judge it, as the GFW does to flows it
+// classifies as circumvention. It does not act on UDP.
+func ResetAfter(n int) Rule {
+	if n <= 0 {
+		n = DefaultFreezeLimit
+	}
+	return resetAfterRule{freezeRule{limit: int64(n)}}
+}
+
+func (resetAfterRule) resets() bool { return true }
 
 type dropAnswersRule struct {
 	passRule
@@ -319,6 +339,15 @@ func (a allRules) onFirstFlight(f *firstFlight) action {
 		v = max(v, r.onFirstFlight(f))
 	}
 	return v
+}
+
+func (a allRules) resets() bool {
+	for _, r := range a {
+		if r.resets() {
+			return true
+		}
+	}
+	return false
 }
 
 func (a allRules) budget(dir Direction, sent, other int64) int64 {
