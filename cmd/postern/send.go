@@ -197,10 +197,11 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 	err := s.run(ctx)
 	if unsent != nil {
 		var uerr error
-		if err != nil {
-			uerr = unsent.record(s.message)
-		} else {
+		switch {
+		case err == nil:
 			uerr = unsent.forget()
+		case s.issued: // else nothing went out: nothing to send again under this id
+			uerr = unsent.record(s.message)
 		}
 		if uerr != nil {
 			fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", unsent.path, uerr)

@@ -135,6 +135,7 @@ type sender struct {
 	message [envelope.IDSize]byte
 	envs    [][]byte
 	bucket  int
+	issued  bool     // an envelope was handed to a relay: it may have it
 	acked   []bool   // per envelope: the relay has it
 	entries []string // entry relay descriptors
 	forced  bool     // --via: entry relays only
@@ -264,6 +265,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 			break
 		}
 		issued += len(env)
+		s.issued = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
