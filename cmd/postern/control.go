@@ -304,7 +304,7 @@ func tellContacts(ctx context.Context, e *env, id *envelope.Identity, idPath str
 	for _, name := range names {
 		card, err := book.card(name)
 		if err == nil {
-			_, err = deliver(ctx, e, card, id, u.encode(), nil)
+			_, err = deliver(ctx, e, card, id, u.encode(), nil, false)
 		}
 		if err != nil {
 			fmt.Fprintf(e.stderr, "could not tell %s (%v): give them the new card yourself\n", name, err)

@@ -136,12 +136,15 @@ func TestResealAfterLostAnswerShownOnce(t *testing.T) {
 
 // TestSendAgainAfterGivingUpShownOnce: a censor drops what the relay
 // answers, so send gives up at its --timeout although the relay stored
-// the message; it tells the user to send it again, and records the
-// message's id in POSTERN_HOME/unsent (no mailbox id, no message). The
-// user sends the same bytes again once the network lets answers through:
-// that send reuses the id and clears the record, and recv shows the
-// message once (twice before: each send sealed under an id of its own,
-// a reviewer's find).
+// the message, and says to send it again with --again. The send records
+// the message's id in POSTERN_HOME/unsent (masked, under a hash: no
+// mailbox id, no message) before anything goes out. `send --again` with
+// the same bytes, once the network lets answers through, reuses the id
+// and clears the record: recv shows the message once (twice before, each
+// send sealing under an id of its own: a reviewer's find). The same bytes
+// sent later without --again are a new message, shown again (a second
+// reviewer: reusing the id for any send of the same bytes hid a later
+// "ok" for good).
 func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
@@ -169,17 +172,22 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 
 	msg := make([]byte, 20<<10)
 	rand.Read(msg)
-	cmd := exec.Command(bin, "send", "--anonymous", "--timeout", "3s", "--to", card)
-	cmd.Env = append(os.Environ(), base...)
-	cmd.Stdin = bytes.NewReader(msg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err = cmd.Run(); err == nil || !strings.Contains(stderr.String(), "gave up after 3s") {
-		t.Fatalf("the first send did not give up (test setup): %v\n%s", err, stderr.String())
+	send := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"send", "--anonymous", "--to", card}, args...)...)
+		cmd.Env = append(os.Environ(), base...)
+		cmd.Stdin = bytes.NewReader(msg)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		return stderr.String(), err
+	}
+	stderr, err := send("--timeout", "3s")
+	if err == nil || !strings.Contains(stderr, "gave up after 3s") || !strings.Contains(stderr, "send it again with --again") {
+		t.Fatalf("the first send did not give up, or not saying --again (test setup): %v\n%s", err, stderr)
 	}
 	after, _ := scrape(t, maddr)
 	if after["postern_envelopes_accepted_total"] == before["postern_envelopes_accepted_total"] {
-		t.Fatalf("the relay stored nothing of the first send (test setup):\n%s", stderr.String())
+		t.Fatalf("the relay stored nothing of the first send (test setup):\n%s", stderr)
 	}
 	unsent := filepath.Join(home, "unsent")
 	data, err := os.ReadFile(unsent)
@@ -191,23 +199,34 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 	}
 
 	mb.SetRule(censortest.Pass)
-	cmd = exec.Command(bin, "send", "--anonymous", "--to", card)
-	cmd.Env = append(os.Environ(), base...)
-	cmd.Stdin = bytes.NewReader(msg)
-	stderr.Reset()
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("send again: %v\n%s", err, stderr.String())
+	if stderr, err = send("--again"); err != nil {
+		t.Fatalf("send --again: %v\n%s", err, stderr)
 	}
 	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
 	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
 		t.Fatalf("received %d messages, want the message once", len(got))
 	}
-	if !strings.Contains(stderr.String(), "an earlier send of this message gave up") {
-		t.Fatalf("the send again did not say it used the earlier id:\n%s", stderr.String())
+	if !strings.Contains(stderr, "sending again under the message id") {
+		t.Fatalf("send --again did not say it used the earlier id:\n%s", stderr)
 	}
 	if _, err := os.Stat(unsent); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the record outlived the send that delivered the message: %v", err)
+	}
+	// Given up on again, and read from the relay all the same; the same
+	// bytes sent later without --again are a new message.
+	mb.SetRule(censortest.DropAnswersAfter(6 << 10))
+	if stderr, err = send("--timeout", "3s"); err == nil {
+		t.Fatalf("the third send did not give up (test setup):\n%s", stderr)
+	}
+	mb.SetRule(censortest.Pass)
+	if got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(got) != 1 {
+		t.Fatalf("the send that gave up: received %d messages, want the copy the relay stored (test setup)", len(got))
+	}
+	if stderr, err = send(); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	if got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("the same bytes sent later as a new message: received %d messages, want 1", len(got))
 	}
 }
 

@@ -18,7 +18,7 @@ import (
 // sendArgs are send's flags.
 type sendArgs struct {
 	idPath, to, file string
-	anonymous        bool
+	anonymous, again bool
 	via              listFlag
 	timeout          time.Duration
 }
@@ -39,6 +39,8 @@ func sendCmd() command {
 			fs.StringVar(&a.file, "file", "", "read the message from this `file` instead of stdin")
 			fs.BoolVar(&a.anonymous, "anonymous", false, "do not authenticate as the sender (no identity needed)")
 			fs.DurationVar(&a.timeout, "timeout", 0, "give up after this long, e.g. 1m (default: no limit)")
+			fs.BoolVar(&a.again, "again", false, "send again a message an earlier send gave up on (the same bytes to the same\n"+
+				"contact, within 7 days): under its message id, so the recipient shows it once")
 			networkFlag(fs, e)
 			fs.Var(&a.via, "via", "entry relay `descriptor` (or a file holding it) to send through, when the home relay\n"+
 				"is out of reach; repeat to give several. The entry relay learns the home relay, never the mailbox")
@@ -80,7 +82,7 @@ func runSend(ctx context.Context, e *env, a *sendArgs) error {
 	defer cancel()
 	mr := startMetrics(e)
 	defer mr.stop()
-	s, err := deliver(ctx, e, card, from, msg, a.via)
+	s, err := deliver(ctx, e, card, from, msg, a.via, a.again)
 	if err != nil {
 		return sendError(ctx, a.timeout, s, err)
 	}
@@ -169,20 +171,32 @@ func tooLarge(size int64, limit int) error {
 func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
 
 // deliver seals msg to card and sends it: to the home relays, or through
-// the entry relays in via. The sender is returned even on failure, to
-// say how far it got.
-func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Identity, msg []byte, via []string) (*sender, error) {
+// the entry relays in via; again reuses the message id of an earlier send
+// of msg that gave up (see unsent.go). The sender is returned even on
+// failure, to say how far it got.
+func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Identity, msg []byte, via []string, again bool) (*sender, error) {
 	s := &sender{e: e, card: card, from: from, msg: msg}
 	if err := s.route(via); err != nil {
 		return s, err
 	}
 	unsent := openUnsent(e, card, from, msg)
-	if id, ok := unsent.lookup(); ok {
-		s.message = id
-		fmt.Fprintln(e.stderr, "an earlier send of this message gave up: it goes under the same message id, so the recipient shows it once")
+	if again {
+		if id, ok := unsent.lookup(); ok {
+			s.message = id
+			fmt.Fprintln(e.stderr, "sending again under the message id of the send that gave up: the recipient shows the message once")
+		} else {
+			fmt.Fprintln(e.stderr, "warning: --again: no send of this message to this contact gave up in the last 7 days (that this device recorded); it goes as a new message")
+		}
 	}
 	if err := s.seal(s.known); err != nil {
 		return s, err
+	}
+	// Recorded before anything goes out, so that a send that ends in any
+	// way (a crash, a closed terminal) can be sent again under its id.
+	if err := unsent.record(s.message); err != nil {
+		fmt.Fprintf(s.e.stderr, "warning: could not record this send in %s (`send --again` cannot reuse its id): %v\n", unsent.path, err)
+	} else {
+		s.recorded = unsent != nil
 	}
 	if len(s.envs) > 1 && isTerminal(e.stderr) {
 		// The count stays on the last line; what the sender writes to
@@ -195,17 +209,11 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 		defer line.end()
 	}
 	err := s.run(ctx)
-	if unsent != nil {
-		var uerr error
-		switch {
-		case err == nil:
-			uerr = unsent.forget()
-		case s.issued: // else nothing went out: nothing to send again under this id
-			uerr = unsent.record(s.message)
+	if s.recorded && (err == nil || !s.issued) { // sent, or nothing went out
+		if ferr := unsent.forget(); ferr != nil {
+			fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", unsent.path, ferr)
 		}
-		if uerr != nil {
-			fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", unsent.path, uerr)
-		}
+		s.recorded = false
 	}
 	return s, err
 }
@@ -213,11 +221,21 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 // sendError says what a failed send means for the user.
 func sendError(ctx context.Context, timeout time.Duration, s *sender, err error) error {
 	switch {
-	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fmt.Errorf("gave up after %s (--timeout) with %d of %d envelopes acknowledged by the relay (it may hold more: answers can be lost): send the message again (the same bytes to the same contact: the recipient shows it once), or give a longer --timeout",
-			timeout, s.ackedCount(), len(s.envs))
 	case errors.Is(err, relay.ErrNoMailbox):
 		return errors.New("the recipient's relay has no such mailbox: they moved it (rotated) or deleted it. `postern recv` applies a new card they sent you; otherwise ask them for their current card")
+	}
+	again := "send the message again"
+	if s.recorded {
+		again = "send it again with --again (the same bytes to the same contact: the recipient shows it once)"
+	}
+	switch {
+	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) && !s.issued:
+		return fmt.Errorf("gave up after %s (--timeout) before any envelope went out: send the message again, or give a longer --timeout", timeout)
+	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("gave up after %s (--timeout) with %d of %d envelopes acknowledged by the relay (it may hold more: answers can be lost): %s, or give a longer --timeout",
+			timeout, s.ackedCount(), len(s.envs), again)
+	case s.issued && s.recorded:
+		return fmt.Errorf("%w\n(the relay may hold some or all of the message: %s)", err, again)
 	}
 	return err
 }

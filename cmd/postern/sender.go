@@ -135,13 +135,16 @@ type sender struct {
 	message [envelope.IDSize]byte
 	envs    [][]byte
 	bucket  int
-	issued  bool     // an envelope was handed to a relay: it may have it
-	acked   []bool   // per envelope: the relay has it
-	entries []string // entry relay descriptors
-	forced  bool     // --via: entry relays only
-	facts   *factsStore
-	known   netFacts
-	window  time.Duration // stall window; 0: the default
+	issued  bool // an envelope was handed to a relay: it may have it
+	// recorded: the message's id is in POSTERN_HOME/unsent, for
+	// `send --again` (see unsent.go).
+	recorded bool
+	acked    []bool   // per envelope: the relay has it
+	entries  []string // entry relay descriptors
+	forced   bool     // --via: entry relays only
+	facts    *factsStore
+	known    netFacts
+	window   time.Duration // stall window; 0: the default
 	// holder is the id of the relay that holds every envelope acked so
 	// far ("" before the first ack). A message's fragments must all reach
 	// one relay for the recipient to put it together there, so later
@@ -446,18 +449,21 @@ func resumable(err error) bool {
 	return errors.Is(err, transport.ErrStalled) || transport.ClassOf(err) == transport.ClassReset
 }
 
-// afterStall learns from a connection that froze or was reset (err): the
+// afterStall learns from a connection that froze (err is a stall): the
 // bytes it carried are the network's per-connection budget; a connection
 // that carried nothing before any envelope was acked means the envelopes
 // are too large for the censor, and the message is sealed again into a
-// smaller bucket.
+// smaller bucket. A reset teaches nothing: a relay that restarts, or
+// closes with bytes unread, resets too, and one reset would have set a
+// budget that slowed every send on the network for a week (a reviewer's
+// find); the send goes on as it was.
 func (s *sender) afterStall(st *connStats, err error) error {
 	done := s.ackedCount()
-	what := "stalled"
 	if !errors.Is(err, transport.ErrStalled) {
-		what = "was reset"
+		fmt.Fprintf(s.e.stderr, "the connection was reset after %d of %d envelopes; reconnecting\n", done, len(s.envs))
+		return nil
 	}
-	fmt.Fprintf(s.e.stderr, "the connection %s after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", what, done, len(s.envs))
+	fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
 	if st.acked > 0 && !st.slow {
 		if s.known.Budget == 0 || st.acked < s.known.Budget {
 			s.known.Budget = st.acked

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,5 +143,37 @@ func TestDeadlineAfterLastAckIsSent(t *testing.T) {
 	}
 	if err := s.sendOn(ctx, r.Connect(t), false, &connStats{}); err != nil || s.ackedCount() != len(s.envs) {
 		t.Fatalf("%d of %d envelopes acked; sendOn: %v", s.ackedCount(), len(s.envs), err)
+	}
+}
+
+// TestResetTeachesNoBudget: a connection reset after some envelopes were
+// acked sets no per-connection budget and seals nothing again (a relay
+// restarting resets connections too); a stall does both.
+func TestResetTeachesNoBudget(t *testing.T) {
+	bob, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	card := bob.Card([32]byte{1}, nil, nil)
+	for _, tc := range []struct {
+		err    error
+		budget bool
+		acked  int // bytes the connection had acked (none: a stall would seal again)
+	}{
+		{transport.ErrStalled, true, 20 << 10},
+		{&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, false, 20 << 10},
+		{&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, false, 0},
+	} {
+		s := &sender{e: &env{stderr: io.Discard}, card: card, msg: make([]byte, 100<<10)}
+		if err := s.sealFrom([]int{0}); err != nil {
+			t.Fatal(err)
+		}
+		bucket := s.bucket
+		if err := s.afterStall(&connStats{acked: tc.acked}, tc.err); err != nil {
+			t.Fatal(err)
+		}
+		if (s.known.Budget > 0) != tc.budget || (tc.acked == 0 && s.bucket != bucket) {
+			t.Errorf("%v after %d bytes acked: budget %d, bucket %d -> %d", tc.err, tc.acked, s.known.Budget, bucket, s.bucket)
+		}
 	}
 }

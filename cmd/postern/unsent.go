@@ -15,24 +15,28 @@ import (
 )
 
 // Unsent messages. A send that gives up (--timeout, an error, an
-// interrupt) may have left the message, or part of it, on the relay: the
-// relay's answers can be lost while the envelopes arrived. The user is
-// told to send it again, and a new send would seal it under a new message
-// id, which the recipient, getting both, would show twice. So a send that
-// gives up records its message id in POSTERN_HOME/unsent, under a hash of
-// the recipient's mailbox, the sender's key (none if anonymous) and the
-// message, and a later send of the same bytes to the same mailbox from
-// the same sender, within unsentTTL, seals them under that id: the
-// recipient's inbox takes the message once (envelope.Options.MessageID).
-// A send that succeeds removes its record.
+// interrupt, a crash) may have left the message, or part of it, on the
+// relay: the relay's answers can be lost while the envelopes arrived. A
+// new send of it would seal it under a new message id, and the recipient,
+// getting both, would show both. So every send records its message's id
+// in POSTERN_HOME/unsent before its first envelope goes out and removes
+// the record once the relay has the whole message; `send --again` with the
+// same bytes to the same contact, within unsentTTL, seals them under the
+// recorded id, and the recipient's inbox takes the message once
+// (envelope.Options.MessageID). Only --again does: the same bytes sent
+// later as a new message ("ok") must be shown again.
 //
 // The file (mode 0600, written whole under unsent.lock) is a JSON object
 //
-//	"<32 hex digits: the hash>": {"id": "<32 hex digits>", "day": <Unix day>}
+//	"<32 hex digits>": {"id": "<32 hex digits>", "day": <Unix day>}
 //
-// It holds no address, mailbox id or message; whoever holds it can confirm
-// a guess of (recipient, sender, whole message) for a message a send gave
-// up on, for at most unsentTTL.
+// keyed by a hash of the recipient's mailbox, the sender's key (none if
+// anonymous) and the message, and holding the message id masked by
+// another hash of the same: neither an address, a mailbox id, a message
+// nor a message id can be read from it. Whoever holds it and guesses a
+// message and its recipient can confirm the guess, and recover the id
+// (then match it against the recipient's replay file), for a message a
+// send gave up on, for at most unsentTTL.
 
 // unsentTTL is how long a message given up on keeps its id for a send
 // again: a relay keeps an envelope a week.
@@ -45,7 +49,9 @@ type unsentRecord struct {
 
 // unsentStore is the record of one message in POSTERN_HOME/unsent.
 type unsentStore struct {
-	path, key string
+	path string
+	key  string                // the record's key in the file
+	mask [envelope.IDSize]byte // what the message id is stored XORed with
 }
 
 // openUnsent returns the record of msg to card from from (nil: anonymous),
@@ -55,7 +61,6 @@ func openUnsent(e *env, card *envelope.Card, from *envelope.Identity, msg []byte
 		return nil
 	}
 	h := sha256.New()
-	h.Write([]byte("postern unsent v1\x00"))
 	h.Write(card.Mailbox[:])
 	if from != nil {
 		h.Write([]byte{1})
@@ -65,17 +70,19 @@ func openUnsent(e *env, card *envelope.Card, from *envelope.Identity, msg []byte
 	}
 	sum := sha256.Sum256(msg)
 	h.Write(sum[:])
-	return &unsentStore{path: filepath.Join(homeDir(e), "unsent"), key: hex.EncodeToString(h.Sum(nil)[:16])}
+	base := h.Sum(nil)
+	key := sha256.Sum256(append([]byte("postern unsent key v1\x00"), base...))
+	mask := sha256.Sum256(append([]byte("postern unsent mask v1\x00"), base...))
+	return &unsentStore{path: filepath.Join(homeDir(e), "unsent"), key: hex.EncodeToString(key[:16]), mask: [envelope.IDSize]byte(mask[:envelope.IDSize])}
 }
 
-// lookup returns the message id a send that gave up on this message
-// recorded, if one did within unsentTTL.
+// lookup returns the message id recorded for the message, if one was
+// within unsentTTL.
 func (u *unsentStore) lookup() (id [envelope.IDSize]byte, ok bool) {
 	if u == nil {
 		return id, false
 	}
-	all, _ := u.read()
-	r, found := all[u.key]
+	r, found := u.read()[u.key]
 	if !found || expired(r) {
 		return id, false
 	}
@@ -83,13 +90,22 @@ func (u *unsentStore) lookup() (id [envelope.IDSize]byte, ok bool) {
 	if err != nil || len(b) != envelope.IDSize {
 		return id, false
 	}
-	return [envelope.IDSize]byte(b), true
+	return u.masked([envelope.IDSize]byte(b)), true
+}
+
+// masked is id XOR the record's mask (which undoes itself).
+func (u *unsentStore) masked(id [envelope.IDSize]byte) [envelope.IDSize]byte {
+	for i := range id {
+		id[i] ^= u.mask[i]
+	}
+	return id
 }
 
 // record keeps id as the message's, for a send again.
 func (u *unsentStore) record(id [envelope.IDSize]byte) error {
+	m := u.masked(id)
 	return u.update(func(all map[string]unsentRecord) {
-		all[u.key] = unsentRecord{ID: hex.EncodeToString(id[:]), Day: today()}
+		all[u.key] = unsentRecord{ID: hex.EncodeToString(m[:]), Day: today()}
 	})
 }
 
@@ -102,16 +118,13 @@ func expired(r unsentRecord) bool { return today()-r.Day > int64(unsentTTL/(24*t
 
 // read returns the records in the file; a damaged file reads as empty (it
 // only saves a recipient a copy) and is written over.
-func (u *unsentStore) read() (map[string]unsentRecord, bool) {
+func (u *unsentStore) read() map[string]unsentRecord {
 	all := map[string]unsentRecord{}
 	data, err := os.ReadFile(u.path)
-	if err != nil {
-		return all, errors.Is(err, fs.ErrNotExist)
+	if err != nil || json.Unmarshal(data, &all) != nil {
+		return map[string]unsentRecord{}
 	}
-	if json.Unmarshal(data, &all) != nil {
-		return map[string]unsentRecord{}, false
-	}
-	return all, true
+	return all
 }
 
 // update applies change to the records under the file's lock, drops
@@ -124,7 +137,7 @@ func (u *unsentStore) update(change func(map[string]unsentRecord)) error {
 		return err
 	}
 	defer route.LockFile(u.path + ".lock")()
-	all, _ := u.read()
+	all := u.read()
 	change(all)
 	for k, r := range all {
 		if expired(r) {

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/postern/postern/envelope"
 )
 
 // TestUnsentRecords: a record is found only for the same bytes to the
-// same mailbox from the same sender; forgetting one keeps the others;
+// same mailbox from the same sender, and holds the message id masked;
+// forgetting one keeps the others;
 // a record older than unsentTTL, or a damaged file, finds nothing (and a
 // damaged file is written over); the last record gone, the file goes.
 func TestUnsentRecords(t *testing.T) {
@@ -19,9 +22,12 @@ func TestUnsentRecords(t *testing.T) {
 	toBob, toCarol := bob.Card([32]byte{1}, nil, nil), bob.Card([32]byte{2}, nil, nil)
 	msg := []byte("meet at the station")
 	u := openUnsent(e, toBob, alice, msg)
-	id := [envelope.IDSize]byte{7}
+	id := [envelope.IDSize]byte{7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}
 	if err := u.record(id); err != nil {
 		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(u.path); strings.Contains(string(data), hex.EncodeToString(id[:])) {
+		t.Fatalf("the file holds the message id in clear:\n%s", data)
 	}
 	if got, ok := openUnsent(e, toBob, alice, msg).lookup(); !ok || got != id {
 		t.Fatalf("the same message again: %x, %v", got, ok)
@@ -48,7 +54,7 @@ func TestUnsentRecords(t *testing.T) {
 	}
 
 	// Older than unsentTTL: not found, and dropped at the next write.
-	all, _ := anon.read()
+	all := anon.read()
 	r := all[anon.key]
 	r.Day -= 8
 	all[anon.key] = r
@@ -58,7 +64,7 @@ func TestUnsentRecords(t *testing.T) {
 		t.Fatal("a record of 8 days ago was found")
 	}
 	u.record(id)
-	if all, _ := anon.read(); len(all) != 1 {
+	if all := anon.read(); len(all) != 1 {
 		t.Fatalf("%d records after a write, want the fresh one only", len(all))
 	}
 	u.forget()

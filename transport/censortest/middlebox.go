@@ -303,7 +303,7 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 		if fl.isMuted(dir) {
 			allow = 0
 		}
-		over := allow < int64(len(pending)) && r.resets() && !fl.isMuted(dir)
+		over := allow < int64(len(pending)) && !fl.isMuted(dir) && r.resets(dir, sent, fl.sent[1-dir].Load())
 		if allow > 0 {
 			fl.sent[dir].Add(allow) // before the write: the answer to these bytes sees them
 			var err error

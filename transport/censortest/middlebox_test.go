@@ -50,6 +50,8 @@ func TestMiddlebox(t *testing.T) {
 		{"FreezeAfter/client to server", FreezeAfter(1024), echoServer, checkFreeze(4096, 1024)},
 		{"ResetAfter/resets past the limit", ResetAfter(1024), echoServer, checkResetAfter(4096, 1024)},
 		{"ResetAfter/not before it", ResetAfter(1024), echoServer, checkEchoUnder(1000)},
+		{"All/a freeze before a reset freezes", All(FreezeAfter(1024), ResetAfter(1<<20)), echoServer, checkFreeze(4096, 1024)},
+		{"All/a reset before a freeze resets", All(FreezeAfter(1<<20), ResetAfter(1024)), echoServer, checkResetAfter(4096, 1024)},
 		{"FreezeAfter/server to client", FreezeAfter(1024), pushServer(4096), checkPushFreeze(1024)},
 		{"FreezeAfter/default limit", FreezeAfter(0), echoServer, checkFreeze(2*DefaultFreezeLimit, DefaultFreezeLimit)},
 		{"SetRule/Pass to FreezeAfter mid-connection", Pass, echoServer, checkSwitchToFreeze},

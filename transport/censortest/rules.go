@@ -43,9 +43,10 @@ type Rule interface {
 	// budget is how many more bytes may pass in dir of a TCP connection
 	// once sent have, and other have passed the other way.
 	budget(dir Direction, sent, other int64) int64
-	// resets says whether a TCP connection whose budget runs out is
-	// reset (both sides get an RST) rather than left silent.
-	resets() bool
+	// resets says whether a TCP connection whose budget runs out at this
+	// point (the arguments are budget's) is reset, both sides getting an
+	// RST, rather than left silent.
+	resets(dir Direction, sent, other int64) bool
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
@@ -68,7 +69,7 @@ func (passRule) onConnect() action                    { return actForward }
 func (passRule) inspects() bool                       { return false }
 func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
 func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
-func (passRule) resets() bool                         { return false }
+func (passRule) resets(Direction, int64, int64) bool  { return false }
 func (passRule) rate() int64                          { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
@@ -190,7 +191,7 @@ func ResetAfter(n int) Rule {
 	return resetAfterRule{freezeRule{limit: int64(n)}}
 }
 
-func (resetAfterRule) resets() bool { return true }
+func (resetAfterRule) resets(Direction, int64, int64) bool { return true }
 
 type dropAnswersRule struct {
 	passRule
@@ -341,13 +342,16 @@ func (a allRules) onFirstFlight(f *firstFlight) action {
 	return v
 }
 
-func (a allRules) resets() bool {
+// resets is that of the rule whose budget is the smallest (the first of
+// them): All(FreezeAfter(1024), ResetAfter(1<<20)) freezes at 1024.
+func (a allRules) resets(dir Direction, sent, other int64) bool {
+	b, resets := int64(unlimited), false
 	for _, r := range a {
-		if r.resets() {
-			return true
+		if rb := r.budget(dir, sent, other); rb < b {
+			b, resets = rb, r.resets(dir, sent, other)
 		}
 	}
-	return false
+	return resets
 }
 
 func (a allRules) budget(dir Direction, sent, other int64) int64 {
