@@ -198,6 +198,13 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 		t.Fatal(l)
 	}
 
+	// A first --again while the network is still blocked sends nothing:
+	// the record stays (it was deleted, and the next --again sent a new
+	// message: a reviewer's find).
+	mb.SetRule(censortest.Blackhole)
+	if stderr, err = send("--again", "--timeout", "2s"); err == nil || !strings.Contains(stderr, "before any envelope went out: send it again with --again") {
+		t.Fatalf("send --again through a blackhole: %v\n%s", err, stderr)
+	}
 	mb.SetRule(censortest.Pass)
 	if stderr, err = send("--again"); err != nil {
 		t.Fatalf("send --again: %v\n%s", err, stderr)
@@ -231,10 +238,11 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 }
 
 // TestSendThroughResettingCensor: a censor that resets every TCP flow to
-// the relay after 150 KiB (as one injecting RSTs once it has judged a
-// flow) cannot stop a 200 KB message: send reconnects after each reset
-// and resumes with the first envelope not yet acked, as after a stall,
-// and the message arrives whole, once. Until 2026-12-06 the first reset
+// the relay after 150 KiB, or after 40 KiB (as one injecting RSTs once it
+// has judged a flow), cannot stop a message: send reconnects after each
+// reset and resumes with the first envelope not yet acked, as after a
+// stall, sealing the message again into smaller envelopes when none got
+// through, and the message arrives whole, once. Until 2026-12-06 the first reset
 // ended the send with part of the message on the relay.
 func TestSendThroughResettingCensor(t *testing.T) {
 	if testing.Short() {
@@ -252,23 +260,28 @@ func TestSendThroughResettingCensor(t *testing.T) {
 	runOK(t, bin, base, nil, "id", "new", "--out", bob)
 	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
 
-	mb.SetRule(censortest.ResetAfter(150 << 10))
-	msg := make([]byte, 200<<10)
-	rand.Read(msg)
-	cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
-	cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
-	cmd.Stdin = bytes.NewReader(msg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("send through the resetting censor: %v\n%s", err, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "was reset after") {
-		t.Fatalf("the censor never reset the flow (test setup):\n%s", stderr.String())
-	}
-	mb.SetRule(censortest.Pass)
-	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
-	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
-		t.Fatalf("received %d messages", len(got))
+	// At 150 KiB two 64 KiB envelopes pass per connection; at 40 KiB none
+	// does, and the message must be sealed again into 4 KiB envelopes (a
+	// reviewer's find: a reset taught nothing, and the send failed).
+	for _, limit := range []int{150 << 10, 40 << 10} {
+		mb.SetRule(censortest.ResetAfter(limit))
+		msg := make([]byte, 100<<10+limit/2)
+		rand.Read(msg)
+		cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
+		cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
+		cmd.Stdin = bytes.NewReader(msg)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("send through a censor resetting at %d bytes: %v\n%s", limit, err, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "was reset after") {
+			t.Fatalf("the censor never reset the flow (test setup):\n%s", stderr.String())
+		}
+		mb.SetRule(censortest.Pass)
+		got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
+		if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+			t.Fatalf("reset at %d bytes: received %d messages", limit, len(got))
+		}
 	}
 }

@@ -179,25 +179,11 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 	if err := s.route(via); err != nil {
 		return s, err
 	}
-	unsent := openUnsent(e, card, from, msg)
-	if again {
-		if id, ok := unsent.lookup(); ok {
-			s.message = id
-			fmt.Fprintln(e.stderr, "sending again under the message id of the send that gave up: the recipient shows the message once")
-		} else {
-			fmt.Fprintln(e.stderr, "warning: --again: no send of this message to this contact gave up in the last 7 days (that this device recorded); it goes as a new message")
-		}
-	}
+	rec := beginRecord(s, again)
 	if err := s.seal(s.known); err != nil {
 		return s, err
 	}
-	// Recorded before anything goes out, so that a send that ends in any
-	// way (a crash, a closed terminal) can be sent again under its id.
-	if err := unsent.record(s.message); err != nil {
-		fmt.Fprintf(s.e.stderr, "warning: could not record this send in %s (`send --again` cannot reuse its id): %v\n", unsent.path, err)
-	} else {
-		s.recorded = unsent != nil
-	}
+	rec.start(s)
 	if len(s.envs) > 1 && isTerminal(e.stderr) {
 		// The count stays on the last line; what the sender writes to
 		// stderr meanwhile goes above it.
@@ -209,12 +195,7 @@ func deliver(ctx context.Context, e *env, card *envelope.Card, from *envelope.Id
 		defer line.end()
 	}
 	err := s.run(ctx)
-	if s.recorded && (err == nil || !s.issued) { // sent, or nothing went out
-		if ferr := unsent.forget(); ferr != nil {
-			fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", unsent.path, ferr)
-		}
-		s.recorded = false
-	}
+	rec.finish(s, err)
 	return s, err
 }
 
@@ -230,7 +211,7 @@ func sendError(ctx context.Context, timeout time.Duration, s *sender, err error)
 	}
 	switch {
 	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) && !s.issued:
-		return fmt.Errorf("gave up after %s (--timeout) before any envelope went out: send the message again, or give a longer --timeout", timeout)
+		return fmt.Errorf("gave up after %s (--timeout) before any envelope went out: %s, or give a longer --timeout", timeout, again)
 	case timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("gave up after %s (--timeout) with %d of %d envelopes acknowledged by the relay (it may hold more: answers can be lost): %s, or give a longer --timeout",
 			timeout, s.ackedCount(), len(s.envs), again)

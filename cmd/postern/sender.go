@@ -453,18 +453,24 @@ func resumable(err error) bool {
 // bytes it carried are the network's per-connection budget; a connection
 // that carried nothing before any envelope was acked means the envelopes
 // are too large for the censor, and the message is sealed again into a
-// smaller bucket. A reset teaches nothing: a relay that restarts, or
+// smaller bucket. A reset sets no budget: a relay that restarts, or
 // closes with bytes unread, resets too, and one reset would have set a
 // budget that slowed every send on the network for a week (a reviewer's
-// find); the send goes on as it was.
+// find); but a reset before any ack seals the message again as a stall
+// does, this send only (a censor resetting flows at 16 KiB otherwise
+// defeats 64 KiB envelopes for good: the next reviewer's find).
 func (s *sender) afterStall(st *connStats, err error) error {
 	done := s.ackedCount()
-	if !errors.Is(err, transport.ErrStalled) {
+	reset := !errors.Is(err, transport.ErrStalled)
+	if reset {
 		fmt.Fprintf(s.e.stderr, "the connection was reset after %d of %d envelopes; reconnecting\n", done, len(s.envs))
+	} else {
+		fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
+	}
+	if st.acked > 0 && (st.slow || reset) {
 		return nil
 	}
-	fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
-	if st.acked > 0 && !st.slow {
+	if st.acked > 0 {
 		if s.known.Budget == 0 || st.acked < s.known.Budget {
 			s.known.Budget = st.acked
 			s.facts.update(s.e, func(f *netFacts) { f.Budget = st.acked })

@@ -147,22 +147,25 @@ func TestDeadlineAfterLastAckIsSent(t *testing.T) {
 }
 
 // TestResetTeachesNoBudget: a connection reset after some envelopes were
-// acked sets no per-connection budget and seals nothing again (a relay
-// restarting resets connections too); a stall does both.
+// acked sets no per-connection budget (a relay restarting resets
+// connections too), where a stall does; a reset before any ack seals the
+// message again into smaller envelopes, as a stall does, for this send.
 func TestResetTeachesNoBudget(t *testing.T) {
 	bob, err := envelope.NewIdentity()
 	if err != nil {
 		t.Fatal(err)
 	}
 	card := bob.Card([32]byte{1}, nil, nil)
+	reset := &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
 	for _, tc := range []struct {
-		err    error
-		budget bool
-		acked  int // bytes the connection had acked (none: a stall would seal again)
+		err            error
+		acked          int // bytes the connection had acked
+		budget, reseal bool
 	}{
-		{transport.ErrStalled, true, 20 << 10},
-		{&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, false, 20 << 10},
-		{&net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, false, 0},
+		{transport.ErrStalled, 20 << 10, true, false},
+		{reset, 20 << 10, false, false},
+		{transport.ErrStalled, 0, false, true},
+		{reset, 0, false, true},
 	} {
 		s := &sender{e: &env{stderr: io.Discard}, card: card, msg: make([]byte, 100<<10)}
 		if err := s.sealFrom([]int{0}); err != nil {
@@ -172,7 +175,7 @@ func TestResetTeachesNoBudget(t *testing.T) {
 		if err := s.afterStall(&connStats{acked: tc.acked}, tc.err); err != nil {
 			t.Fatal(err)
 		}
-		if (s.known.Budget > 0) != tc.budget || (tc.acked == 0 && s.bucket != bucket) {
+		if (s.known.Budget > 0) != tc.budget || (s.bucket != bucket) != tc.reseal {
 			t.Errorf("%v after %d bytes acked: budget %d, bucket %d -> %d", tc.err, tc.acked, s.known.Budget, bucket, s.bucket)
 		}
 	}

@@ -5,12 +5,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport/route"
 )
 
@@ -18,9 +20,11 @@ import (
 // interrupt, a crash) may have left the message, or part of it, on the
 // relay: the relay's answers can be lost while the envelopes arrived. A
 // new send of it would seal it under a new message id, and the recipient,
-// getting both, would show both. So every send records its message's id
-// in POSTERN_HOME/unsent before its first envelope goes out and removes
-// the record once the relay has the whole message; `send --again` with the
+// getting both, would show both. So a send (with a state directory; card
+// updates aside) records its message's id in POSTERN_HOME/unsent before
+// its first envelope goes out, and puts back what was there before once
+// the relay has the whole message or if nothing went out (sendRecord
+// finish); `send --again` with the
 // same bytes to the same contact, within unsentTTL, seals them under the
 // recorded id, and the recipient's inbox takes the message once
 // (envelope.Options.MessageID). Only --again does: the same bytes sent
@@ -103,6 +107,9 @@ func (u *unsentStore) masked(id [envelope.IDSize]byte) [envelope.IDSize]byte {
 
 // record keeps id as the message's, for a send again.
 func (u *unsentStore) record(id [envelope.IDSize]byte) error {
+	if u == nil {
+		return nil
+	}
 	m := u.masked(id)
 	return u.update(func(all map[string]unsentRecord) {
 		all[u.key] = unsentRecord{ID: hex.EncodeToString(m[:]), Day: today()}
@@ -152,4 +159,82 @@ func (u *unsentStore) update(change func(map[string]unsentRecord)) error {
 	}
 	out, _ := json.MarshalIndent(all, "", "  ")
 	return writeFileAtomic(u.path, append(out, '\n'), 0o600)
+}
+
+// sendRecord is what one send does with its message's record.
+type sendRecord struct {
+	u    *unsentStore
+	prev *unsentRecord // the record there before this send, if any
+	used bool          // this send took prev's id (--again)
+}
+
+// beginRecord looks the message up, before it is sealed: with again, s
+// takes the id of the send that gave up on it. Control messages (card
+// updates, which the user cannot send again) are not recorded.
+func beginRecord(s *sender, again bool) *sendRecord {
+	r := &sendRecord{}
+	if isCtl, _, _ := parseControl(s.msg); isCtl {
+		return r
+	}
+	r.u = openUnsent(s.e, s.card, s.from, s.msg)
+	if r.u == nil {
+		return r
+	}
+	if old, ok := r.u.read()[r.u.key]; ok && !expired(old) {
+		r.prev = &old
+	}
+	if !again {
+		return r
+	}
+	if id, ok := r.u.lookup(); ok {
+		s.message, r.used = id, true
+		fmt.Fprintln(s.e.stderr, "sending again under the message id of the send that gave up: the recipient shows the message once")
+	} else {
+		fmt.Fprintln(s.e.stderr, "warning: --again: no send of this message to this contact gave up in the last 7 days (that this device recorded); it goes as a new message")
+	}
+	return r
+}
+
+// start records s's message id before anything goes out, so that a send
+// that ends in any way (a crash, a closed terminal) can be sent again
+// under its id.
+func (r *sendRecord) start(s *sender) {
+	if r.u == nil {
+		return
+	}
+	if err := r.u.record(s.message); err != nil {
+		fmt.Fprintf(s.e.stderr, "warning: could not record this send in %s (`send --again` cannot reuse its id): %v\n", r.u.path, err)
+		return
+	}
+	s.recorded = true
+}
+
+// finish ends the record after the send. A message sent, or of which
+// nothing went out (or the relay has no such mailbox), leaves what was
+// there before it: the record of an earlier send that gave up, whose
+// envelopes may be on the relay (a reviewer's find: a `send --again` that
+// could not get out deleted it, and the next showed the message twice),
+// and none once that message was sent again. A send that failed after an
+// envelope went out keeps its own.
+func (r *sendRecord) finish(s *sender, err error) {
+	if !s.recorded || (err != nil && s.issued && !errors.Is(err, relay.ErrNoMailbox)) {
+		return
+	}
+	if err != nil && r.used {
+		return // sent again, and nothing went out: the record stays for the next --again
+	}
+	s.recorded = false
+	mine := r.u.masked(s.message)
+	uerr := r.u.update(func(all map[string]unsentRecord) {
+		if cur, ok := all[r.u.key]; !ok || cur.ID != hex.EncodeToString(mine[:]) {
+			return // another send's record now: not this one's to end
+		}
+		delete(all, r.u.key)
+		if r.prev != nil && !r.used {
+			all[r.u.key] = *r.prev
+		}
+	})
+	if uerr != nil {
+		fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", r.u.path, uerr)
+	}
 }

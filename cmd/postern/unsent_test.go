@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -84,5 +85,22 @@ func TestUnsentRecords(t *testing.T) {
 	}
 	if st, _ := os.Stat(u.path); st.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", st.Mode().Perm())
+	}
+
+	// Without a state directory nothing is recorded, and nothing fails
+	// (a send without one panicked in the first version: a reviewer's find).
+	bare := &env{stderr: io.Discard, getenv: func(string) string { return "" }}
+	none := openUnsent(bare, toBob, alice, msg)
+	if none != nil || none.record(id) != nil || none.forget() != nil {
+		t.Fatal("a record without a state directory")
+	}
+	s := &sender{e: bare, card: toBob, from: alice, msg: msg}
+	sr := beginRecord(s, true)
+	sr.start(s)
+	sr.finish(s, nil)
+	// A card update is not recorded: the user cannot send it again.
+	s = &sender{e: e, card: toBob, from: alice, msg: cardUpdate{card: "postern-card1:x"}.encode()}
+	if r := beginRecord(s, false); r.u != nil {
+		t.Fatal("a control message would be recorded")
 	}
 }

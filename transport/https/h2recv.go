@@ -22,6 +22,13 @@ func (cc *h2Client) readLoop() {
 	if errors.As(err, &ce) {
 		cc.writeFrame(func() error { return cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil) })
 	}
+	if err == io.EOF {
+		// The connection ended; the stream, if it had not, did not end
+		// cleanly (the body says io.EOF only after END_STREAM): a session
+		// cut this way was taken for one the relay closed, which a sender
+		// does not resume.
+		err = io.ErrUnexpectedEOF
+	}
 	cc.mu.Lock()
 	cc.err = err
 	cc.cond.Broadcast()
