@@ -24,22 +24,9 @@ import (
 // stall within its window, reconnects and resumes with the first envelope
 // not yet acked, and the message arrives whole, once.
 func TestSendThroughFreezingCensor(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	relayHTTPS := freePort(t)
-	// The middlebox listens first, so the relay can publish its address.
-	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	w := newCensoredWorld(t)
+	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
 	mb.SetRule(censortest.FreezeAfter(150 << 10))
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
-	defer rp.stop()
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
 
 	msg := make([]byte, 200<<10)
 	rand.Read(msg)
@@ -61,6 +48,36 @@ func TestSendThroughFreezingCensor(t *testing.T) {
 	}
 }
 
+// censoredWorld is a relay (https only) whose descriptor names a
+// middlebox in front of it, under Pass, and bob's mailbox on it.
+type censoredWorld struct {
+	bin       string
+	mb        *censortest.Middlebox
+	rp        *relayProc
+	home      string
+	base      []string // POSTERN_HOME
+	bob, card string   // bob's identity file and card
+}
+
+func newCensoredWorld(t *testing.T) *censoredWorld {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	w := &censoredWorld{bin: buildBinary(t)}
+	dir := t.TempDir()
+	relayHTTPS := freePort(t)
+	// The middlebox listens first, so the relay can publish its address.
+	w.mb = censortest.NewMiddlebox(t, relayHTTPS)
+	w.rp = startRelay(t, w.bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, w.mb.Addr()))
+	t.Cleanup(func() { w.rp.stop() })
+	w.home = filepath.Join(dir, "home")
+	w.base = []string{"POSTERN_HOME=" + w.home}
+	w.bob = filepath.Join(w.home, "bob.id")
+	runOK(t, w.bin, w.base, nil, "id", "new", "--out", w.bob)
+	w.card = strings.TrimSpace(string(runOK(t, w.bin, w.base, nil, "mailbox", "create", "--id", w.bob, "--relay", filepath.Join(w.rp.dir, "descriptor"))))
+	return w
+}
+
 // writeConfig writes a relay config that publishes public as the https
 // address (the middlebox in front of the relay).
 func writeConfig(t *testing.T, dir, public string) string {
@@ -79,22 +96,10 @@ func writeConfig(t *testing.T, dir, public string) string {
 // relay now holds both sealings: recv shows the message once, and a
 // second recv finds nothing (the first acked every envelope of both).
 func TestResealAfterLostAnswerShownOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	relayHTTPS := freePort(t)
-	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	w := newCensoredWorld(t)
+	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
 	mb.SetRule(censortest.DropAnswersAfter(48 << 10))
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
-	defer rp.stop()
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
-	maddr := metricsAddr(t, rp)
+	maddr := metricsAddr(t, w.rp)
 	before, _ := scrape(t, maddr)
 
 	msg := make([]byte, 20<<10)
@@ -146,28 +151,17 @@ func TestResealAfterLostAnswerShownOnce(t *testing.T) {
 // reviewer: reusing the id for any send of the same bytes hid a later
 // "ok" for good).
 func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	relayHTTPS := freePort(t)
-	mb := censortest.NewMiddlebox(t, relayHTTPS)
+	w := newCensoredWorld(t)
+	bin, mb, home, bob, card := w.bin, w.mb, w.home, w.bob, w.card
+	base := append(w.base, "POSTERN_STALL=500ms")
 	// The session's set-up passes (a few KiB up), every envelope's answer
 	// is lost (even a first 4 KiB one takes the client past the limit).
 	mb.SetRule(censortest.DropAnswersAfter(6 << 10))
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
-	defer rp.stop()
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home, "POSTERN_STALL=500ms"}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
 	parsed, err := envelope.ParseCard(card)
 	if err != nil {
 		t.Fatal(err)
 	}
-	maddr := metricsAddr(t, rp)
+	maddr := metricsAddr(t, w.rp)
 	before, _ := scrape(t, maddr)
 
 	msg := make([]byte, 20<<10)
@@ -245,20 +239,8 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 // through, and the message arrives whole, once. Until 2026-12-06 the first reset
 // ended the send with part of the message on the relay.
 func TestSendThroughResettingCensor(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	relayHTTPS := freePort(t)
-	mb := censortest.NewMiddlebox(t, relayHTTPS)
-	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", relayHTTPS, "--h3", "off", "--config", writeConfig(t, dir, mb.Addr()))
-	defer rp.stop()
-	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	w := newCensoredWorld(t)
+	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
 
 	// At 150 KiB two 64 KiB envelopes pass per connection; at 40 KiB none
 	// does, and the message must be sealed again into 4 KiB envelopes (a
