@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/postern/postern/envelope"
@@ -26,15 +27,16 @@ import (
 // the relay has the whole message or if nothing went out (sendRecord
 // finish); `send --again` with the
 // same bytes to the same contact, within unsentTTL, seals them under the
-// recorded id, and the recipient's inbox takes the message once
+// newest id recorded, and the recipient's inbox takes the message once
 // (envelope.Options.MessageID). Only --again does: the same bytes sent
 // later as a new message ("ok") must be shown again.
 //
 // The file (mode 0600, written whole under unsent.lock) is a JSON object
 //
-//	"<32 hex digits>": {"id": "<32 hex digits>", "day": <Unix day>}
+//	"<32 hex digits>": [{"id": "<32 hex digits>", "day": <Unix day>}, ...]
 //
-// keyed by a hash of the recipient's mailbox, the sender's key (none if
+// (one entry per send not known to have delivered it, oldest first, at
+// most maxUnsentEntries) keyed by a hash of the recipient's mailbox, the sender's key (none if
 // anonymous) and the message, and holding the message id masked by
 // another hash of the same: neither an address, a mailbox id, a message
 // nor a message id can be read from it. Whoever holds it and guesses a
@@ -46,15 +48,18 @@ import (
 // again: a relay keeps an envelope a week.
 const unsentTTL = 7 * 24 * time.Hour
 
+// maxUnsentEntries bounds the entries one message keeps.
+const maxUnsentEntries = 8
+
 type unsentRecord struct {
-	ID  string `json:"id"`
+	ID  string `json:"id"` // the message id, masked, in hex
 	Day int64  `json:"day"`
 }
 
 // unsentStore is the record of one message in POSTERN_HOME/unsent.
 type unsentStore struct {
 	path string
-	key  string                // the record's key in the file
+	key  string                // the message's key in the file
 	mask [envelope.IDSize]byte // what the message id is stored XORed with
 }
 
@@ -80,24 +85,23 @@ func openUnsent(e *env, card *envelope.Card, from *envelope.Identity, msg []byte
 	return &unsentStore{path: filepath.Join(homeDir(e), "unsent"), key: hex.EncodeToString(key[:16]), mask: [envelope.IDSize]byte(mask[:envelope.IDSize])}
 }
 
-// lookup returns the message id recorded for the message, if one was
-// within unsentTTL.
+// lookup returns the newest message id recorded for the message within
+// unsentTTL.
 func (u *unsentStore) lookup() (id [envelope.IDSize]byte, ok bool) {
 	if u == nil {
 		return id, false
 	}
-	r, found := u.read()[u.key]
-	if !found || expired(r) {
-		return id, false
+	rs := u.read()[u.key]
+	for i := len(rs) - 1; i >= 0; i-- {
+		b, err := hex.DecodeString(rs[i].ID)
+		if err == nil && len(b) == envelope.IDSize && !expired(rs[i]) {
+			return u.masked([envelope.IDSize]byte(b)), true
+		}
 	}
-	b, err := hex.DecodeString(r.ID)
-	if err != nil || len(b) != envelope.IDSize {
-		return id, false
-	}
-	return u.masked([envelope.IDSize]byte(b)), true
+	return id, false
 }
 
-// masked is id XOR the record's mask (which undoes itself).
+// masked is id XOR the store's mask (which undoes itself).
 func (u *unsentStore) masked(id [envelope.IDSize]byte) [envelope.IDSize]byte {
 	for i := range id {
 		id[i] ^= u.mask[i]
@@ -105,50 +109,78 @@ func (u *unsentStore) masked(id [envelope.IDSize]byte) [envelope.IDSize]byte {
 	return id
 }
 
-// record keeps id as the message's, for a send again.
-func (u *unsentStore) record(id [envelope.IDSize]byte) error {
-	if u == nil {
-		return nil
-	}
+// entry is id as the file keeps it.
+func (u *unsentStore) entry(id [envelope.IDSize]byte) string {
 	m := u.masked(id)
-	return u.update(func(all map[string]unsentRecord) {
-		all[u.key] = unsentRecord{ID: hex.EncodeToString(m[:]), Day: today()}
+	return hex.EncodeToString(m[:])
+}
+
+// edit applies change to the message's entries under the file's lock and
+// returns how many remain.
+func (u *unsentStore) edit(change func([]unsentRecord) []unsentRecord) (left int, err error) {
+	if u == nil {
+		return 0, nil
+	}
+	err = u.update(func(all map[string][]unsentRecord) {
+		rs := change(all[u.key])
+		if len(rs) > maxUnsentEntries {
+			rs = rs[len(rs)-maxUnsentEntries:]
+		}
+		if left = len(rs); left == 0 {
+			delete(all, u.key)
+		} else {
+			all[u.key] = rs
+		}
+	})
+	return left, err
+}
+
+// add records id for the message, unless it is there (its day kept).
+func (u *unsentStore) add(id [envelope.IDSize]byte) (int, error) {
+	e := u.entry(id)
+	return u.edit(func(rs []unsentRecord) []unsentRecord {
+		if slices.ContainsFunc(rs, func(r unsentRecord) bool { return r.ID == e }) {
+			return rs
+		}
+		return append(rs, unsentRecord{ID: e, Day: today()})
 	})
 }
 
-// forget drops the message's record: it was sent.
-func (u *unsentStore) forget() error {
-	return u.update(func(all map[string]unsentRecord) { delete(all, u.key) })
+// remove takes id out of the message's entries.
+func (u *unsentStore) remove(id [envelope.IDSize]byte) (int, error) {
+	e := u.entry(id)
+	return u.edit(func(rs []unsentRecord) []unsentRecord {
+		return slices.DeleteFunc(rs, func(r unsentRecord) bool { return r.ID == e })
+	})
 }
 
 func expired(r unsentRecord) bool { return today()-r.Day > int64(unsentTTL/(24*time.Hour)) }
 
-// read returns the records in the file; a damaged file reads as empty (it
+// read returns the entries in the file; a damaged file reads as empty (it
 // only saves a recipient a copy) and is written over.
-func (u *unsentStore) read() map[string]unsentRecord {
-	all := map[string]unsentRecord{}
+func (u *unsentStore) read() map[string][]unsentRecord {
+	all := map[string][]unsentRecord{}
 	data, err := os.ReadFile(u.path)
 	if err != nil || json.Unmarshal(data, &all) != nil {
-		return map[string]unsentRecord{}
+		return map[string][]unsentRecord{}
 	}
 	return all
 }
 
-// update applies change to the records under the file's lock, drops
+// update applies change to the entries under the file's lock, drops
 // expired ones, and writes the file (removing it when empty).
-func (u *unsentStore) update(change func(map[string]unsentRecord)) error {
-	if u == nil {
-		return nil
-	}
+func (u *unsentStore) update(change func(map[string][]unsentRecord)) error {
 	if err := os.MkdirAll(filepath.Dir(u.path), 0o700); err != nil {
 		return err
 	}
 	defer route.LockFile(u.path + ".lock")()
 	all := u.read()
 	change(all)
-	for k, r := range all {
-		if expired(r) {
+	for k, rs := range all {
+		if rs = slices.DeleteFunc(rs, expired); len(rs) == 0 {
 			delete(all, k)
+		} else {
+			all[k] = rs
 		}
 	}
 	if len(all) == 0 {
@@ -161,29 +193,22 @@ func (u *unsentStore) update(change func(map[string]unsentRecord)) error {
 	return writeFileAtomic(u.path, append(out, '\n'), 0o600)
 }
 
-// sendRecord is what one send does with its message's record.
+// sendRecord is what one send does with its message's entries.
 type sendRecord struct {
 	u    *unsentStore
-	prev *unsentRecord // the record there before this send, if any
-	used bool          // this send took prev's id (--again)
+	used bool // --again: the send took the newest entry's id
 }
 
 // beginRecord looks the message up, before it is sealed: with again, s
-// takes the id of the send that gave up on it. Control messages (card
-// updates, which the user cannot send again) are not recorded.
+// takes the id of the newest send of it not known to have delivered it.
+// Control messages (card updates, which the user cannot send again) are
+// not recorded.
 func beginRecord(s *sender, again bool) *sendRecord {
 	r := &sendRecord{}
 	if isCtl, _, _ := parseControl(s.msg); isCtl {
 		return r
 	}
-	r.u = openUnsent(s.e, s.card, s.from, s.msg)
-	if r.u == nil {
-		return r
-	}
-	if old, ok := r.u.read()[r.u.key]; ok && !expired(old) {
-		r.prev = &old
-	}
-	if !again {
+	if r.u = openUnsent(s.e, s.card, s.from, s.msg); r.u == nil || !again {
 		return r
 	}
 	if id, ok := r.u.lookup(); ok {
@@ -195,46 +220,44 @@ func beginRecord(s *sender, again bool) *sendRecord {
 	return r
 }
 
-// start records s's message id before anything goes out, so that a send
+// start adds s's message id before anything goes out, so that a send
 // that ends in any way (a crash, a closed terminal) can be sent again
 // under its id.
 func (r *sendRecord) start(s *sender) {
 	if r.u == nil {
 		return
 	}
-	if err := r.u.record(s.message); err != nil {
+	if _, err := r.u.add(s.message); err != nil {
 		fmt.Fprintf(s.e.stderr, "warning: could not record this send in %s (`send --again` cannot reuse its id): %v\n", r.u.path, err)
 		return
 	}
 	s.recorded = true
 }
 
-// finish ends the record after the send. A message sent, or of which
-// nothing went out (or the relay has no such mailbox), leaves what was
-// there before it: the record of an earlier send that gave up, whose
-// envelopes may be on the relay (a reviewer's find: a `send --again` that
-// could not get out deleted it, and the next showed the message twice),
-// and none once that message was sent again. A send that failed after an
-// envelope went out keeps its own.
+// finish takes the send's id out once the relay has the whole message, or
+// if nothing went out (or the relay has no such mailbox), unless the
+// send was a --again that sent nothing (its id is an earlier send's, whose
+// envelopes may be on the relay); a send that failed after an envelope
+// went out keeps it. Each send takes out only its own id: two sends of one
+// message at once, or one after another, leave the entries of those not
+// known to have delivered it (a reviewer's find: with one record per
+// message, sends that overlapped left a delivered one's id, or dropped a
+// failed one's). s.recorded ends up saying whether any entry remains,
+// which `send --again` would use.
 func (r *sendRecord) finish(s *sender, err error) {
-	if !s.recorded || (err != nil && s.issued && !errors.Is(err, relay.ErrNoMailbox)) {
+	if r.u == nil || !s.recorded {
 		return
 	}
-	if err != nil && r.used {
-		return // sent again, and nothing went out: the record stays for the next --again
+	keep := err != nil && ((s.issued && !errors.Is(err, relay.ErrNoMailbox)) || r.used)
+	var left int
+	var uerr error
+	if keep {
+		left, uerr = r.u.add(s.message) // back, if another send took it out
+	} else {
+		left, uerr = r.u.remove(s.message)
 	}
-	s.recorded = false
-	mine := r.u.masked(s.message)
-	uerr := r.u.update(func(all map[string]unsentRecord) {
-		if cur, ok := all[r.u.key]; !ok || cur.ID != hex.EncodeToString(mine[:]) {
-			return // another send's record now: not this one's to end
-		}
-		delete(all, r.u.key)
-		if r.prev != nil && !r.used {
-			all[r.u.key] = *r.prev
-		}
-	})
 	if uerr != nil {
 		fmt.Fprintf(s.e.stderr, "warning: could not update %s: %v\n", r.u.path, uerr)
 	}
+	s.recorded = left > 0
 }
