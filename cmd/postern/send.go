@@ -217,6 +217,8 @@ func sendError(ctx context.Context, timeout time.Duration, s *sender, err error)
 			timeout, s.ackedCount(), len(s.envs), again)
 	case s.issued && s.recorded:
 		return fmt.Errorf("%w\n(the relay may hold some or all of the message: %s)", err, again)
+	case s.recorded:
+		return fmt.Errorf("%w\n(an earlier send of this message may have left it on the relay: %s)", err, again)
 	}
 	return err
 }

@@ -173,3 +173,25 @@ func TestSendRecordsInEveryOrder(t *testing.T) {
 		t.Fatal("the failed send's entry was lost")
 	}
 }
+
+// TestSendErrorAdvice: a failed send says to use --again whenever an
+// entry of the message remains (its own, or an earlier send's while it
+// sent nothing itself), and not otherwise.
+func TestSendErrorAdvice(t *testing.T) {
+	failed := errors.New("no way in")
+	for _, tc := range []struct {
+		issued, recorded bool
+		again            bool
+	}{
+		{false, false, false},
+		{false, true, true}, // an earlier send's entry remains
+		{true, true, true},
+		{true, false, false}, // no state directory
+	} {
+		s := &sender{issued: tc.issued, recorded: tc.recorded}
+		msg := sendError(t.Context(), 0, s, failed).Error()
+		if strings.Contains(msg, "--again") != tc.again || !strings.Contains(msg, failed.Error()) {
+			t.Errorf("issued %v, recorded %v: %q", tc.issued, tc.recorded, msg)
+		}
+	}
+}
