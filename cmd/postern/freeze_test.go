@@ -25,21 +25,17 @@ import (
 // not yet acked, and the message arrives whole, once.
 func TestSendThroughFreezingCensor(t *testing.T) {
 	w := newCensoredWorld(t)
-	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
+	bin, mb, base, bob := w.bin, w.mb, w.base, w.bob
 	mb.SetRule(censortest.FreezeAfter(150 << 10))
 
 	msg := make([]byte, 200<<10)
 	rand.Read(msg)
-	cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
-	cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
-	cmd.Stdin = bytes.NewReader(msg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("send through the freezing censor: %v\n%s", err, stderr.String())
+	stderr, err := w.send(msg)
+	if err != nil {
+		t.Fatalf("send through the freezing censor: %v\n%s", err, stderr)
 	}
-	if !strings.Contains(stderr.String(), "stalled after") {
-		t.Fatalf("the censor never froze the flow (test setup):\n%s", stderr.String())
+	if !strings.Contains(stderr, "stalled after") {
+		t.Fatalf("the censor never froze the flow (test setup):\n%s", stderr)
 	}
 	mb.SetRule(censortest.Pass)
 	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
@@ -78,6 +74,18 @@ func newCensoredWorld(t *testing.T) *censoredWorld {
 	return w
 }
 
+// send runs `postern send --anonymous` of msg to bob with args, a stall
+// window of 500 ms, and returns its stderr and error.
+func (w *censoredWorld) send(msg []byte, args ...string) (string, error) {
+	cmd := exec.Command(w.bin, append([]string{"send", "--anonymous", "--to", w.card}, args...)...)
+	cmd.Env = append(os.Environ(), append(w.base, "POSTERN_STALL=500ms")...)
+	cmd.Stdin = bytes.NewReader(msg)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	return stderr.String(), err
+}
+
 // writeConfig writes a relay config that publishes public as the https
 // address (the middlebox in front of the relay).
 func writeConfig(t *testing.T, dir, public string) string {
@@ -97,30 +105,26 @@ func writeConfig(t *testing.T, dir, public string) string {
 // second recv finds nothing (the first acked every envelope of both).
 func TestResealAfterLostAnswerShownOnce(t *testing.T) {
 	w := newCensoredWorld(t)
-	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
+	bin, mb, base, bob := w.bin, w.mb, w.base, w.bob
 	mb.SetRule(censortest.DropAnswersAfter(48 << 10))
 	maddr := metricsAddr(t, w.rp)
 	before, _ := scrape(t, maddr)
 
 	msg := make([]byte, 20<<10)
 	rand.Read(msg)
-	cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
-	cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
-	cmd.Stdin = bytes.NewReader(msg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("send: %v\n%s", err, stderr.String())
+	stderr, err := w.send(msg)
+	if err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
 	}
-	m := regexp.MustCompile(`sealed the message again into (\d+) envelopes of 4 KiB`).FindStringSubmatch(stderr.String())
+	m := regexp.MustCompile(`sealed the message again into (\d+) envelopes of 4 KiB`).FindStringSubmatch(stderr)
 	if m == nil {
-		t.Fatalf("the message was not sealed again (test setup):\n%s", stderr.String())
+		t.Fatalf("the message was not sealed again (test setup):\n%s", stderr)
 	}
 	resealed, _ := strconv.Atoi(m[1])
 	after, _ := scrape(t, maddr)
 	const accepted = "postern_envelopes_accepted_total"
 	if got := after[accepted] - before[accepted]; got != float64(resealed+1) {
-		t.Fatalf("the relay accepted %v envelopes, want the first sealing's one and the second's %d (test setup):\n%s", got, resealed, stderr.String())
+		t.Fatalf("the relay accepted %v envelopes, want the first sealing's one and the second's %d (test setup):\n%s", got, resealed, stderr)
 	}
 	mb.SetRule(censortest.Pass)
 	got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))
@@ -166,15 +170,7 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 
 	msg := make([]byte, 20<<10)
 	rand.Read(msg)
-	send := func(args ...string) (string, error) {
-		cmd := exec.Command(bin, append([]string{"send", "--anonymous", "--to", card}, args...)...)
-		cmd.Env = append(os.Environ(), base...)
-		cmd.Stdin = bytes.NewReader(msg)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		return stderr.String(), err
-	}
+	send := func(args ...string) (string, error) { return w.send(msg, args...) }
 	stderr, err := send("--timeout", "3s")
 	if err == nil || !strings.Contains(stderr, "gave up after 3s") || !strings.Contains(stderr, "send it again with --again") {
 		t.Fatalf("the first send did not give up, or not saying --again (test setup): %v\n%s", err, stderr)
@@ -240,7 +236,7 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 // ended the send with part of the message on the relay.
 func TestSendThroughResettingCensor(t *testing.T) {
 	w := newCensoredWorld(t)
-	bin, mb, base, bob, card := w.bin, w.mb, w.base, w.bob, w.card
+	bin, mb, base, bob := w.bin, w.mb, w.base, w.bob
 
 	// At 150 KiB two 64 KiB envelopes pass per connection; at 40 KiB none
 	// does, and the message must be sealed again into 4 KiB envelopes (a
@@ -249,16 +245,12 @@ func TestSendThroughResettingCensor(t *testing.T) {
 		mb.SetRule(censortest.ResetAfter(limit))
 		msg := make([]byte, 100<<10+limit/2)
 		rand.Read(msg)
-		cmd := exec.Command(bin, "send", "--anonymous", "--to", card)
-		cmd.Env = append(os.Environ(), append(base, "POSTERN_STALL=500ms")...)
-		cmd.Stdin = bytes.NewReader(msg)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("send through a censor resetting at %d bytes: %v\n%s", limit, err, stderr.String())
+		stderr, err := w.send(msg)
+		if err != nil {
+			t.Fatalf("send through a censor resetting at %d bytes: %v\n%s", limit, err, stderr)
 		}
-		if !strings.Contains(stderr.String(), "was reset after") {
-			t.Fatalf("the censor never reset the flow (test setup):\n%s", stderr.String())
+		if !strings.Contains(stderr, "was reset after") {
+			t.Fatalf("the censor never reset the flow (test setup):\n%s", stderr)
 		}
 		mb.SetRule(censortest.Pass)
 		got := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob))

@@ -29,6 +29,18 @@ func sealings(t *testing.T, s *inboxSetup, from *envelope.Identity, msg []byte, 
 	return out
 }
 
+// takenOnce fails t unless the inbox took msg, once and nothing else, and
+// left nothing on the relay.
+func (s *inboxSetup) takenOnce(t *testing.T, msg []byte) {
+	t.Helper()
+	if len(s.taken) != 1 || !bytes.Equal(s.taken[0].Payload, msg) {
+		t.Fatalf("took %d messages, want the message once", len(s.taken))
+	}
+	if n := s.waiting(t); n != 0 {
+		t.Fatalf("%d envelopes left on the relay", n)
+	}
+}
+
 // TestInboxTakesResealedMessageOnce: a message whose sender sealed it
 // again into smaller envelopes (after a stall before any ack, the relay
 // may have stored some or all of the first sealing) is taken once,
@@ -78,12 +90,7 @@ func TestInboxTakesResealedMessageOnce(t *testing.T) {
 			if err := in.Drain(context.Background(), s.owner, s.mb.Owner, s.mb.ID); err != nil {
 				t.Fatal(err)
 			}
-			if len(s.taken) != 1 || !bytes.Equal(s.taken[0].Payload, msg) {
-				t.Fatalf("took %d messages, want the message once", len(s.taken))
-			}
-			if n := s.waiting(t); n != 0 {
-				t.Fatalf("%d envelopes left on the relay", n)
-			}
+			s.takenOnce(t, msg)
 		})
 	}
 }
@@ -110,12 +117,7 @@ func TestInboxResealedAcrossRuns(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if len(s.taken) != 1 || !bytes.Equal(s.taken[0].Payload, msg) {
-				t.Fatalf("took %d messages, want the message once", len(s.taken))
-			}
-			if n := s.waiting(t); n != 0 {
-				t.Fatalf("%d envelopes left on the relay", n)
-			}
+			s.takenOnce(t, msg)
 		})
 	}
 }
