@@ -228,22 +228,32 @@ func TestSendAgainAfterGivingUpShownOnce(t *testing.T) {
 }
 
 // TestSendThroughResettingCensor: a censor that resets every TCP flow to
-// the relay after 150 KiB, or after 40 KiB (as one injecting RSTs once it
-// has judged a flow), cannot stop a message: send reconnects after each
-// reset and resumes with the first envelope not yet acked, as after a
-// stall, sealing the message again into smaller envelopes when none got
-// through, and the message arrives whole, once. Until 2026-12-06 the first reset
-// ended the send with part of the message on the relay.
+// the relay after 150, 40, 16 or 8 KiB (as one injecting RSTs once it has
+// judged a flow) cannot stop a message: send reconnects after each reset
+// and resumes with the first envelope not yet acked, as after a stall,
+// sealing the message again into smaller envelopes, or sending fewer at a
+// time, when none got through, and the message arrives whole, once.
+// Until 2026-12-06 the first reset ended the send with part of the
+// message on the relay.
 func TestSendThroughResettingCensor(t *testing.T) {
 	w := newCensoredWorld(t)
 	bin, mb, base, bob := w.bin, w.mb, w.base, w.bob
 
 	// At 150 KiB two 64 KiB envelopes pass per connection; at 40 KiB none
 	// does, and the message must be sealed again into 4 KiB envelopes (a
-	// reviewer's find: a reset taught nothing, and the send failed).
-	for _, limit := range []int{150 << 10, 40 << 10} {
+	// reviewer's find: a reset taught nothing, and the send failed). At 16
+	// and 8 KiB the four 4 KiB envelopes a connection starts with pass the
+	// limit together and the reset takes them all before any ack: fewer
+	// must go at a time (until 2026-12-06 the send gave up after 64
+	// reconnects); and at 8 KiB a connection carries one envelope, so a
+	// 300 KiB message takes more than 64 reconnects that each make
+	// progress.
+	for _, c := range []struct{ limit, size int }{
+		{150 << 10, 175 << 10}, {40 << 10, 120 << 10}, {16 << 10, 108 << 10}, {8 << 10, 300 << 10},
+	} {
+		limit := c.limit
 		mb.SetRule(censortest.ResetAfter(limit))
-		msg := make([]byte, 100<<10+limit/2)
+		msg := make([]byte, c.size)
 		rand.Read(msg)
 		stderr, err := w.send(msg)
 		if err != nil {

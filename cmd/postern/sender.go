@@ -10,14 +10,23 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
-// maxResumes bounds how often one send reconnects after a stalled flow.
+// maxResumes bounds how often one send reconnects after a connection
+// that stalled or was reset having carried no envelope; those that
+// carried some are bounded by the envelopes (maxProgressResumes).
 const maxResumes = 64
+
+// maxProgressResumes bounds the reconnects after connections that each
+// carried at least one envelope: one per envelope of the largest message,
+// four times over for the reseals and relay changes that start a message
+// again.
+const maxProgressResumes = 4 * envelope.MaxFragments
 
 // maxCycles bounds the planned reconnects of one send on a network with a
 // per-connection budget.
@@ -52,6 +61,7 @@ const (
 type pipeline struct {
 	mu       sync.Mutex
 	start    time.Time
+	depth    int // envelopes in flight at the start
 	n, bytes int // in flight
 	ackedN   int // envelopes acked on this connection
 	acked    int // and their bytes
@@ -59,8 +69,8 @@ type pipeline struct {
 	kick     chan struct{}
 }
 
-func newPipeline(start time.Time) *pipeline {
-	return &pipeline{start: start, kick: make(chan struct{}, 1)}
+func newPipeline(start time.Time, depth int) *pipeline {
+	return &pipeline{start: start, depth: depth, kick: make(chan struct{}, 1)}
 }
 
 // limits returns how many envelopes and bytes may be in flight now; p.mu
@@ -71,7 +81,7 @@ func (p *pipeline) limits(now time.Time) (n, bytes int) {
 		bytes = min(bytes, int(float64(p.acked)/e.Seconds()*pipelineQueue.Seconds()))
 	}
 	bytes = max(pipelineBytes, min(bytes, maxPipelineBytes))
-	return min(maxPipelineDepth, pipelineDepth+p.ackedN), bytes
+	return min(maxPipelineDepth, p.depth+p.ackedN), bytes
 }
 
 // acquire waits until an envelope of size bytes may go out (at once when
@@ -135,16 +145,24 @@ type sender struct {
 	message [envelope.IDSize]byte
 	envs    [][]byte
 	bucket  int
-	issued  bool // an envelope was handed to a relay: it may have it
+	// depth is how many envelopes a connection starts with in flight
+	// (0: pipelineDepth), halved for this send after a connection that
+	// carried none of them (see afterStall).
+	depth  int
+	issued bool // an envelope was handed to a relay: it may have it
 	// recorded: the message's id is in POSTERN_HOME/unsent, for
 	// `send --again` (see unsent.go).
 	recorded bool
 	acked    []bool   // per envelope: the relay has it
 	entries  []string // entry relay descriptors
 	forced   bool     // --via: entry relays only
-	facts    *factsStore
-	known    netFacts
-	window   time.Duration // stall window; 0: the default
+	// refused holds the ids of relays that refused this send for now
+	// (busy, full): later connections go to the others (see refusedBy).
+	refused map[string]bool
+	refusal error // the last of their answers
+	facts   *factsStore
+	known   netFacts
+	window  time.Duration // stall window; 0: the default
 	// holder is the id of the relay that holds every envelope acked so
 	// far ("" before the first ack). A message's fragments must all reach
 	// one relay for the recipient to put it together there, so later
@@ -162,6 +180,14 @@ type connStats struct {
 	last  time.Time // when the last ack came
 	slow  bool      // throughput under throttleFloor
 	peak  int       // the most envelopes in flight at once
+}
+
+// startDepth is how many envelopes a connection starts with in flight.
+func (s *sender) startDepth() int {
+	if s.depth == 0 {
+		return pipelineDepth
+	}
+	return s.depth
 }
 
 // seal splits the message: into the smallest bucket it fits when the
@@ -206,11 +232,16 @@ func (s *sender) sealFrom(buckets []int) error {
 // run sends every envelope, reconnecting after stalls and, on a network
 // with a known budget, before it.
 func (s *sender) run(ctx context.Context) error {
-	resumes, cycles := 0, 0
+	resumes, idle, cycles := 0, 0, 0
 	for {
 		c, via, err := s.dial(ctx)
 		for i := 0; err != nil && resumes > 0 && i < maxRedials && ctx.Err() == nil; i++ {
 			c, via, err = s.dial(ctx)
+		}
+		if err != nil && s.refusal != nil {
+			// What the user needs to know first is why the relay that
+			// was reached did not take the message.
+			return scrubAddrs(fmt.Errorf("%w\n(and no other relay could be reached: %w)", s.refusal, err))
 		}
 		if err != nil {
 			return scrubAddrs(err)
@@ -228,13 +259,18 @@ func (s *sender) run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			return nil
+		case s.refusedBy(c, err):
+			continue
 		case errors.Is(err, errCycle) && cycles < maxCycles:
 			cycles++
 			continue
-		case !resumable(err) || resumes == maxResumes:
+		case !resumable(err) || idle == maxResumes || resumes == maxResumes+maxProgressResumes:
 			return scrubAddrs(err)
 		}
 		resumes++
+		if st.acked == 0 {
+			idle++
+		}
 		if err := s.afterStall(st, err); err != nil {
 			return err
 		}
@@ -254,7 +290,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 		first error
 		wg    sync.WaitGroup
 	)
-	pl := newPipeline(st.start)
+	pl := newPipeline(st.start, s.startDepth())
 	issued, cycle := 0, false
 	for i, env := range s.envs {
 		if s.acked[i] {
@@ -389,12 +425,12 @@ func (s *sender) keepTogether(target string) {
 // holderFirst orders the card's relays for a dial: with envelopes acked,
 // the relay holding them alone, then the others; else all of them in one
 // race.
-func (s *sender) holderFirst() [][]string {
-	if s.holder == "" || len(s.card.Relays) < 2 {
-		return [][]string{s.card.Relays}
+func (s *sender) holderFirst(homes []string) [][]string {
+	if s.holder == "" || len(homes) < 2 {
+		return [][]string{homes}
 	}
 	var held, others []string
-	for _, line := range s.card.Relays {
+	for _, line := range homes {
 		if d, _, err := descriptor.ParseStale(line, time.Now()); err == nil && d.RelayID() == s.holder {
 			held = append(held, line)
 		} else {
@@ -402,16 +438,16 @@ func (s *sender) holderFirst() [][]string {
 		}
 	}
 	if len(held) == 0 || len(others) == 0 {
-		return [][]string{s.card.Relays}
+		return [][]string{homes}
 	}
 	return [][]string{held, others}
 }
 
-// dialHome dials the card's relays in holderFirst's order: the next group
-// only when the one before cannot be reached.
-func (s *sender) dialHome(ctx context.Context, e *env) (*client.Client, error) {
+// dialHome dials the card's relays homes in holderFirst's order: the next
+// group only when the one before cannot be reached.
+func (s *sender) dialHome(ctx context.Context, e *env, homes []string) (*client.Client, error) {
 	var errs []error
-	for _, lines := range s.holderFirst() {
+	for _, lines := range s.holderFirst(homes) {
 		c, err := dialRelay(ctx, e, lines...)
 		if err == nil {
 			return c, nil
@@ -477,31 +513,106 @@ func (s *sender) afterStall(st *connStats, err error) error {
 		}
 		return nil
 	}
-	if st.acked == 0 && done == 0 && s.bucket > envelope.Bucket4K {
+	if done == 0 && s.bucket > envelope.Bucket4K {
 		smaller := []int{envelope.Bucket4K, envelope.Bucket16K}
 		if s.bucket == envelope.Bucket16K {
 			smaller = smaller[:1]
 		}
-		if err := s.sealFrom(smaller); err != nil {
-			return nil // no smaller bucket holds the message: resume as it is
+		if err := s.sealFrom(smaller); err == nil {
+			fmt.Fprintf(s.e.stderr, "sealed the message again into %d envelopes of %d KiB\n", len(s.envs), s.bucket>>10)
+			return nil
 		}
-		fmt.Fprintf(s.e.stderr, "sealed the message again into %d envelopes of %d KiB\n", len(s.envs), s.bucket>>10)
+		// No smaller bucket holds the message: fewer at a time, below.
 	}
+	s.narrow(st)
 	return nil
+}
+
+// narrow halves, for the rest of this send, how many envelopes a
+// connection starts with in flight, after one that carried none of those
+// it had in flight (st.peak of them): the smallest envelopes went out
+// together past a censor's per-flow limit, and a reset (which also drops
+// the acks on their way back) took every one. Until 2026-12-06 a censor
+// resetting flows at 16 KiB defeated send: each connection started with
+// four 4 KiB envelopes, and the reset came before any ack.
+func (s *sender) narrow(st *connStats) {
+	d := max(1, min(s.startDepth(), st.peak)/2)
+	if st.peak < 2 || d >= s.startDepth() {
+		return
+	}
+	s.depth = d
+	fmt.Fprintf(s.e.stderr, "sending %d envelope(s) at a time on each new connection\n", d)
+}
+
+// refusedBy reports whether the relay c reached refused the send with
+// err for now, in a way another relay may not (elsewhere), and one is
+// left to try: then later connections go to the others. Until 2026-12-06
+// a busy entry relay, or one whose forward queue was full, ended the send
+// with other entry relays known (a reviewer's find).
+func (s *sender) refusedBy(c *client.Client, err error) bool {
+	if !elsewhere(err) || c.Relay() == "" || s.refused[c.Relay()] {
+		return false
+	}
+	if s.refused == nil {
+		s.refused = map[string]bool{}
+	}
+	s.refused[c.Relay()] = true
+	s.refusal = err
+	left := len(s.usable(s.entries))
+	if !s.forced {
+		left += len(s.usable(s.card.Relays))
+	}
+	if left == 0 {
+		return false
+	}
+	fmt.Fprintf(s.e.stderr, "relay %s refused the message for now (%v); trying another relay\n", c.Relay(), err)
+	return true
+}
+
+// elsewhere reports whether err is a relay's answer that it cannot take
+// an envelope now where another relay may: busy, its forward queue or its
+// storage full, an error of its own, or the recipient's mailbox full on
+// it (another home relay of the card, or an entry relay that queues the
+// envelope until the mailbox has room, may take it).
+func elsewhere(err error) bool {
+	var re *relay.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.Code {
+	case relay.CodeBusy, relay.CodeOutboxFull, relay.CodeRelayFull, relay.CodeInternal, relay.CodeMailboxFull:
+		return true
+	}
+	return false
+}
+
+// usable is lines without the relays that refused this send.
+func (s *sender) usable(lines []string) []string {
+	if len(s.refused) == 0 {
+		return lines
+	}
+	var out []string
+	for _, l := range lines {
+		if d, _, err := descriptor.ParseStale(l, time.Now()); err != nil || !s.refused[d.RelayID()] {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // dial opens a session to the home relay, or to an entry relay when the
 // home relay cannot be reached (at once when this network is known to
-// need one, after fallbackDelay otherwise).
+// need one, after fallbackDelay otherwise) or refused the send.
 func (s *sender) dial(ctx context.Context) (*client.Client, bool, error) {
 	e := s.withWindow()
-	home := func(ctx context.Context) (*client.Client, error) { return s.dialHome(ctx, e) }
-	entry := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, s.entries...) }
-	if s.forced {
+	homes, entries := s.usable(s.card.Relays), s.usable(s.entries)
+	home := func(ctx context.Context) (*client.Client, error) { return s.dialHome(ctx, e, homes) }
+	entry := func(ctx context.Context) (*client.Client, error) { return dialRelay(ctx, e, entries...) }
+	if s.forced || len(homes) == 0 {
 		c, err := entry(ctx)
 		return c, true, err
 	}
-	if len(s.entries) == 0 {
+	if len(entries) == 0 {
 		c, err := home(ctx)
 		return c, false, err
 	}

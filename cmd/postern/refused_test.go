@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// TestSendPastFullEntryRelays: two entry relays whose forward queues hold
+// two 64 KiB envelopes each, and whose home relay is out of their reach
+// (so nothing drains), take a four-envelope message between them: the
+// first one reached refuses the third envelope ("forward queue full"),
+// send goes on through the other, and once the home relay is reachable
+// the recipient gets the message whole, once. Until 2026-12-06 the first
+// refusal ended the send, with half the message queued and another entry
+// relay never tried.
+func TestSendPastFullEntryRelays(t *testing.T) {
+	w := newCensoredWorld(t)
+	w.mb.SetRule(censortest.ResetOnConnect) // the entry relays' pumps cannot deliver
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "entry.json")
+	// A forward of a 64 KiB envelope is about 66.5 KB: two fit, not three.
+	if err := os.WriteFile(cfg, []byte(`{"store": "memory", "max_outbox_bytes": 150000}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var entries []*relayProc
+	var args []string
+	for _, name := range []string{"a", "b"} {
+		p := startRelay(t, w.bin, filepath.Join(dir, name), "--config", cfg)
+		defer p.stop()
+		entries = append(entries, p)
+		args = append(args, "--via", filepath.Join(p.dir, "descriptor"))
+	}
+
+	msg := make([]byte, 240<<10) // four 64 KiB envelopes
+	rand.Read(msg)
+	stderr, err := w.send(msg, args...)
+	if err != nil {
+		t.Fatalf("send through two entry relays with room for half the message each: %v\n%s", err, stderr)
+	}
+	if n := strings.Count(stderr, "refused the message for now"); n != 1 {
+		t.Fatalf("%d refusals told, want 1 (test setup: each entry relay takes two envelopes):\n%s", n, stderr)
+	}
+	for i, p := range entries {
+		m, _ := scrape(t, metricsAddr(t, p))
+		if got := m[`postern_forwards_total{result="queued"}`]; got != 2 {
+			t.Fatalf("entry relay %d queued %v envelopes, want 2:\n%s", i, got, stderr)
+		}
+	}
+
+	w.mb.SetRule(censortest.Pass)
+	got := recvUntil(t, w.bin, w.base, w.bob, 1)
+	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("received %d messages, want the one sent, whole", len(got))
+	}
+}
+
+// TestSendPastFullMailboxThroughEntryRelay: the recipient's mailbox on
+// their home relay holds four envelopes and has two waiting, and a known
+// entry relay (`postern relays add`) can reach the home relay. A
+// four-envelope message goes two to the home relay and, when it answers
+// "mailbox full", two to the entry relay, which queues them until the
+// recipient has made room: the recipient gets every message whole, once.
+// Until 2026-12-06 send failed with half the message on the relay.
+func TestSendPastFullMailboxThroughEntryRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "home.json")
+	if err := os.WriteFile(cfg, []byte(`{"store": "memory", "max_mailbox_envelopes": 4}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	home := startRelay(t, bin, filepath.Join(dir, "home-relay"), "--config", cfg)
+	defer home.stop()
+	entry := startRelay(t, bin, filepath.Join(dir, "entry"))
+	defer entry.stop()
+	base, bob, card, _ := newOwner(t, bin, dir, home)
+	runOK(t, bin, base, nil, "relays", "add", filepath.Join(entry.dir, "descriptor"))
+
+	for _, m := range []string{"first", "second"} {
+		runOK(t, bin, base, []byte(m), "send", "--anonymous", "--to", card)
+	}
+	msg := make([]byte, 240<<10) // four 64 KiB envelopes
+	rand.Read(msg)
+	_, stderr, code := runWith(t, bin, base, msg, "send", "--anonymous", "--to", card)
+	if code != 0 {
+		t.Fatalf("send to a mailbox with room for half the message: exit %d\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr, "mailbox full") {
+		t.Fatalf("the home relay never said its mailbox was full (test setup):\n%s", stderr)
+	}
+	m, _ := scrape(t, metricsAddr(t, entry))
+	if got := m[`postern_forwards_total{result="queued"}`]; got != 2 {
+		t.Fatalf("the entry relay queued %v envelopes, want 2:\n%s", got, stderr)
+	}
+	got := recvUntil(t, bin, base, bob, 3)
+	if len(got) != 3 || string(got[0].body) != "first" || string(got[1].body) != "second" || !bytes.Equal(got[2].body, msg) {
+		t.Fatalf("received %d messages, want the three sent, whole and in order", len(got))
+	}
+	if again := parseRecv(t, runOK(t, bin, base, nil, "recv", "--id", bob)); len(again) != 0 {
+		t.Fatalf("%d messages received again", len(again))
+	}
+
+	// With the entry relay gone, the user is told first why the home
+	// relay did not take the message, not only that no other relay
+	// answered.
+	entry.stop()
+	for i := range 4 {
+		runOK(t, bin, base, []byte{byte(i)}, "send", "--anonymous", "--to", card)
+	}
+	_, stderr, code = runWith(t, bin, base, []byte("one too many"), "send", "--anonymous", "--to", card)
+	if code == 0 || !strings.Contains(stderr, "mailbox full") || !strings.Contains(stderr, "no other relay could be reached") {
+		t.Fatalf("send to a full mailbox with the entry relay down: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestElsewhere: the answers that send takes to another relay are those
+// that say this relay cannot take the envelope now; a refusal that holds
+// on every relay (no such mailbox, a bad capability) and a failure that
+// is no relay's answer are not.
+func TestElsewhere(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{relay.ErrBusy, true},
+		{relay.ErrOutboxFull, true},
+		{&relay.Error{Code: relay.CodeRelayFull}, true},
+		{&relay.Error{Code: relay.CodeMailboxFull}, true},
+		{&relay.Error{Code: relay.CodeInternal}, true},
+		{relay.ErrNoMailbox, false},
+		{&relay.Error{Code: relay.CodeCapability}, false},
+		{&relay.Error{Code: relay.CodeBadEnvelope}, false},
+		{errors.New("connection reset"), false},
+	} {
+		if got := elsewhere(tc.err); got != tc.want {
+			t.Errorf("elsewhere(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
