@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -120,6 +121,71 @@ func TestSendPastFullMailboxThroughEntryRelay(t *testing.T) {
 	_, stderr, code = runWith(t, bin, base, []byte("one too many"), "send", "--anonymous", "--to", card)
 	if code == 0 || !strings.Contains(stderr, "mailbox full") || !strings.Contains(stderr, "no other relay could be reached") {
 		t.Fatalf("send to a full mailbox with the entry relay down: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestRefusalIsNoNetworkFact: a card names two home relays; the first
+// answers "mailbox full", the second is down, and a known entry relay is
+// up. The send goes through the entry relay to the second home relay
+// (the first refused it), without taking the home relays for out of
+// reach on this network: a home relay that answered is no censor's work,
+// and until 2026-12-06 (a reviewer's find) the entry relay winning that
+// dial set via_entry for a week. Once the second home relay is back, the
+// recipient gets the message whole.
+func TestRefusalIsNoNetworkFact(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "h0.json")
+	if err := os.WriteFile(cfg, []byte(`{"store": "memory", "max_mailbox_envelopes": 1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h0 := startRelay(t, bin, filepath.Join(dir, "h0"), "--config", cfg)
+	defer h0.stop()
+	h1addr := freePort(t)
+	h1 := startRelay(t, bin, filepath.Join(dir, "h1"), "--https", h1addr, "--h3", h1addr)
+	entry := startRelay(t, bin, filepath.Join(dir, "entry"))
+	defer entry.stop()
+	home := filepath.Join(dir, "home")
+	base := []string{"POSTERN_HOME=" + home}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, base, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob,
+		"--relay", filepath.Join(h0.dir, "descriptor"), "--relay", filepath.Join(h1.dir, "descriptor"))))
+	runOK(t, bin, base, nil, "relays", "add", filepath.Join(entry.dir, "descriptor"))
+	h1.stop()
+	runOK(t, bin, base, []byte("first"), "send", "--anonymous", "--to", card) // h0's mailbox is full now
+
+	_, stderr, code := runWith(t, bin, base, []byte("second"), "send", "--anonymous", "--network", "cafe", "--to", card)
+	if code != 0 || !strings.Contains(stderr, "refused the message for now") {
+		t.Fatalf("send with the first home relay full and the second down: exit %d\n%s", code, stderr)
+	}
+	if strings.Contains(stderr, "out of reach") {
+		t.Fatalf("a home relay that refused was called out of reach:\n%s", stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(home, "networks")); strings.Contains(string(b), "via_entry") {
+		t.Fatalf("the refusal was recorded as a fact of the network: %s", b)
+	}
+	m, _ := scrape(t, metricsAddr(t, entry))
+	if got := m[`postern_forwards_total{result="queued"}`]; got != 1 {
+		t.Fatalf("the entry relay queued %v envelopes, want 1:\n%s", got, stderr)
+	}
+
+	h1 = startRelay(t, bin, h1.dir, "--https", h1addr, "--h3", h1addr)
+	defer h1.stop()
+	got := recvUntil(t, bin, base, bob, 2)
+	var bodies []string
+	for _, g := range got {
+		bodies = append(bodies, string(g.body))
+	}
+	if slices.Sort(bodies); strings.Join(bodies, ",") != "first,second" {
+		t.Fatalf("received %q, want first and second", bodies)
+	}
+	// The forward went to the home relay that had not refused it.
+	if m, _ := scrape(t, metricsAddr(t, h0)); m["postern_envelopes_accepted_total"] != 1 {
+		t.Fatalf("the first home relay accepted %v envelopes, want 1 (the first message)", m["postern_envelopes_accepted_total"])
 	}
 }
 

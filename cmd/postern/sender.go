@@ -253,6 +253,8 @@ func (s *sender) run(ctx context.Context) error {
 		c.Close()
 		if st.acked > 0 {
 			s.holder = target
+			// A refusal before no longer says why a later send fails.
+			s.refusal = nil
 		}
 		s.noteThroughput(st)
 		s.report(c, st, err)
@@ -361,7 +363,8 @@ func (s *sender) sendOne(ctx context.Context, c *client.Client, via bool, env []
 		_, err := c.Send(ctx, env, s.card.SendCap)
 		return err
 	}
-	home, _, err := descriptor.ParseStale(s.card.Relays[0], time.Now())
+	line := s.viaHome()
+	home, _, err := descriptor.ParseStale(line, time.Now())
 	if err != nil {
 		return err
 	}
@@ -369,7 +372,25 @@ func (s *sender) sendOne(ctx context.Context, c *client.Client, via bool, env []
 	if err != nil {
 		return err
 	}
-	return c.Forward(ctx, s.card.Relays[0], layer)
+	return c.Forward(ctx, line, layer)
+}
+
+// viaHome is the home relay that forward layers go to through an entry
+// relay: the one holding the envelopes acked so far, else the card's
+// first that has not refused this send, else the card's first (a relay
+// that answered "mailbox full" to the sender is for the entry relay to
+// retry). It changes only between connections.
+func (s *sender) viaHome() string {
+	homes := s.usable(s.card.Relays)
+	for _, l := range homes {
+		if d, _, err := descriptor.ParseStale(l, time.Now()); err == nil && s.holder != "" && d.RelayID() == s.holder {
+			return l
+		}
+	}
+	if len(homes) > 0 {
+		return homes[0]
+	}
+	return s.card.Relays[0]
 }
 
 // noteThroughput marks the network throttled when a connection that ran
@@ -397,7 +418,7 @@ func (s *sender) targetOf(c *client.Client, via bool) string {
 	if !via {
 		return c.Relay()
 	}
-	home, _, err := descriptor.ParseStale(s.card.Relays[0], time.Now())
+	home, _, err := descriptor.ParseStale(s.viaHome(), time.Now())
 	if err != nil {
 		return ""
 	}
@@ -622,6 +643,13 @@ func (s *sender) dial(ctx context.Context) (*client.Client, bool, error) {
 	}
 	c, swapped, err := raceDial(ctx, first, other)
 	via := swapped != s.known.ViaEntry
+	if len(homes) < len(s.card.Relays) {
+		// A home relay that refused this send is not out of reach: what
+		// this dial shows is no fact about the network (a reviewer's
+		// find: the entry relay beating a home relay that was merely
+		// offline set via_entry for a week).
+		return c, via, err
+	}
 	if err == nil && via != s.known.ViaEntry {
 		s.known.ViaEntry = via
 		s.facts.update(s.e, func(f *netFacts) { f.ViaEntry = via })
