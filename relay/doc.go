@@ -82,6 +82,8 @@
 //	                  before, CodeUnauthorized on a session that is no relay link)
 //	0x1B Tunnel       req u32 | home relay descriptor line (to an entry relay; see Tunnels)
 //	0x1C RelayAuth    req u32 | desclen u16 | the sending relay's descriptor | sig 64 (relay links)
+//	0x1D FetchPart    req u32 | mailbox 32 | after u64 | offset u32 | max u32 | sig 64 (part of
+//	                  the first waiting envelope with seq > after; see Parts)
 //
 // Frame, entry relay to home relay, in place of ClientHello:
 //
@@ -92,7 +94,8 @@
 //	0x02 ServerHello  version u8 | challenge 32 | maxenvelope u32
 //	0x20 Result       req u32 | code u16 | msglen u16 | msg | body
 //	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32;
-//	                  Descriptor → the descriptor line
+//	                  Descriptor → the descriptor line; FetchPart → ref 32 | seq u64 | total u32 |
+//	                  data (empty when nothing waits)
 //	0x21 Deliver      req u32 | mailbox 32 | ref 32 | seq u64 | envelope
 //	                  (req is the Subscribe's or the Fetch's request id; seq is
 //	                  the envelope's position in the mailbox, a Fetch cursor)
@@ -111,6 +114,23 @@
 // Errors are a Code and a short message for humans; unknown frame types and
 // malformed frames are answered with a Result (CodeBadFrame, CodeUnknownFrame)
 // when a request id can be read, and otherwise end the session.
+//
+// # Parts
+//
+// Some censors let a flow carry a few kilobytes and then freeze or reset
+// it; a Deliver of a 64 KiB envelope never gets through one. A client
+// that sees that asks with FetchPart for at most a few kilobytes of the
+// first waiting envelope past its cursor, and for the next part of the
+// same envelope (after = its seq - 1, offset = what it has) on the same
+// session or, once the censor ends that one, on the next: each part is
+// answered whole or not at all, and nothing is lost by a flow cut between
+// parts. The data is the envelope's bytes, which the client opens when it
+// has them all and acks as any delivery. When the envelope at that
+// position is gone (acked from another session, expired), the answer
+// names another ref (with no data if the asked offset is past its end)
+// and the client starts that one from its start. A
+// relay from before parts answers CodeUnknownFrame. Ask at most MaxPart
+// bytes: a larger max is cut to it.
 //
 // # Tunnels
 //

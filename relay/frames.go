@@ -83,6 +83,7 @@ const (
 	FrameLayer       FrameType = 0x1A
 	FrameTunnel      FrameType = 0x1B
 	FrameRelayAuth   FrameType = 0x1C
+	FrameFetchPart   FrameType = 0x1D
 	FrameResult      FrameType = 0x20
 	FrameDeliver     FrameType = 0x21
 	FramePong        FrameType = 0x22

@@ -182,6 +182,69 @@ func ParseFetch(p []byte) (m Fetch, err error) {
 	return m, err
 }
 
+// FetchPart reads part of the first waiting envelope with seq > After:
+// req u32 | mailbox 32 | after u64 | offset u32 | max u32 | sig 64. The
+// Result's body is a [Part] (empty when nothing waits). It is how a client
+// on a network that cuts flows after a few kilobytes receives envelopes
+// larger than that: part by part, over as many sessions as it takes,
+// asking again for the same envelope (After its seq minus one) from where
+// the last session stopped.
+type FetchPart struct {
+	Req     uint32
+	Mailbox [MailboxSize]byte
+	After   uint64
+	Offset  uint32
+	Max     uint32
+	Sig     [SigSize]byte
+}
+
+// MaxPart bounds the bytes one FetchPart returns.
+const MaxPart = 16 << 10
+
+func (FetchPart) Type() FrameType { return FrameFetchPart }
+func (m FetchPart) AppendSigned(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(appendHead(b, m.Req, m.Mailbox), m.After)
+	b = binary.BigEndian.AppendUint32(b, m.Offset)
+	return binary.BigEndian.AppendUint32(b, m.Max)
+}
+func (m FetchPart) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseFetchPart decodes a FetchPart payload.
+func ParseFetchPart(p []byte) (m FetchPart, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, &m.Req, &m.Mailbox) && s.ReadUint64(&m.After) && s.ReadUint32(&m.Offset) &&
+			s.ReadUint32(&m.Max) && readArray(s, m.Sig[:])
+	})
+	return m, err
+}
+
+// Part is the body of a Result answering FetchPart: ref 32 | seq u64 |
+// total u32 | data, where data are the envelope's bytes from the asked
+// offset on (at most the asked max and MaxPart) and total is the
+// envelope's whole size.
+type Part struct {
+	Ref   [RefSize]byte
+	Seq   uint64
+	Total uint32
+	Data  []byte
+}
+
+// Append appends the encoded part.
+func (m Part) Append(b []byte) []byte {
+	b = append(b, m.Ref[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.Seq)
+	return append(binary.BigEndian.AppendUint32(b, m.Total), m.Data...)
+}
+
+// ParsePart decodes a Part; it checks only the layout (the caller checks
+// the sizes against what it asked for).
+func ParsePart(p []byte) (m Part, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readArray(s, m.Ref[:]) && s.ReadUint64(&m.Seq) && s.ReadUint32(&m.Total) && readRest(s, &m.Data)
+	})
+	return m, err
+}
+
 // Ack deletes delivered envelopes: req u32 | mailbox 32 | n u16 | n × ref
 // 32 | sig 64, with n at most MaxAckRefs.
 type Ack struct {

@@ -94,6 +94,17 @@ type EarlySender interface {
 	SentEarly() []byte
 }
 
+// Arrivals is implemented by a Conn whose framing beneath the session (TLS
+// records, HTTP/2 frames) holds bytes back from the session until a unit
+// of it is whole. It reports when bytes last arrived on the connection
+// and whether such a unit has begun to arrive and not ended. A flow a
+// censor freezes inside one delivers nothing more to the session, and
+// without this a session with no request waiting (a subscription waiting
+// for pushes) could not tell it from an idle one.
+type Arrivals interface {
+	Arrivals() (last time.Time, midway bool)
+}
+
 // ErrDeadlineUnsupported is wrapped by SetDeadline and friends on transports
 // whose streams cannot honour deadlines.
 var ErrDeadlineUnsupported = errors.New("transport: deadlines not supported on this stream")

@@ -345,10 +345,10 @@ type follower struct {
 	stderr lockedBuffer
 }
 
-// startFollow starts `postern recv --follow --id id`.
-func startFollow(t *testing.T, bin string, envv []string, id string) *follower {
+// startFollow starts `postern recv --follow --id id`, with extra flags.
+func startFollow(t *testing.T, bin string, envv []string, id string, extra ...string) *follower {
 	t.Helper()
-	f := &follower{t: t, cmd: exec.Command(bin, "recv", "--follow", "--id", id)}
+	f := &follower{t: t, cmd: exec.Command(bin, append([]string{"recv", "--follow", "--id", id}, extra...)...)}
 	f.cmd.Env = append(os.Environ(), envv...)
 	out, err := f.cmd.StdoutPipe()
 	if err != nil {

@@ -22,6 +22,9 @@ import (
 //	           envelopes, and a stall window long enough for one at that rate
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
+//	recv_budget bytes of envelope parts one connection from the relay carried
+//	           before the censor froze it: recv asks for envelopes in parts
+//	           and opens a new connection before half of it
 //	day        the day (Unix days) of the last update; facts older than
 //	           factsTTL are forgotten
 //
@@ -35,10 +38,12 @@ const throttleFloor = 16 << 10 // bytes per second
 
 // netFacts are the facts about one (network, home relay).
 type netFacts struct {
-	Budget    int   `json:"budget,omitempty"`
-	Throttled bool  `json:"throttled,omitempty"`
-	ViaEntry  bool  `json:"via_entry,omitempty"`
-	Day       int64 `json:"day"`
+	Budget    int  `json:"budget,omitempty"`
+	Throttled bool `json:"throttled,omitempty"`
+	ViaEntry  bool `json:"via_entry,omitempty"`
+	// RecvBudget: see recv_budget above.
+	RecvBudget int   `json:"recv_budget,omitempty"`
+	Day        int64 `json:"day"`
 }
 
 // factsStore reads and writes POSTERN_HOME/networks for one key.

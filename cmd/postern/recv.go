@@ -16,6 +16,7 @@ import (
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
 
@@ -59,9 +60,10 @@ func recvCmd() command {
 
 // recvTarget is one relay of one mailbox.
 type recvTarget struct {
-	m    *mailboxState
-	i, n int // relay i of the mailbox's n
-	dial dialFunc
+	m     *mailboxState
+	i, n  int // relay i of the mailbox's n
+	dial  dialFunc
+	facts *factsStore // what --network NAME taught about that relay (nil without)
 }
 
 func runRecv(ctx context.Context, e *env, a *recvArgs) error {
@@ -134,7 +136,8 @@ func recvTargets(e *env, ms *mailboxes, id *envelope.Identity, a *recvArgs) ([]r
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d})
+			facts := openFacts(e, parsedOrZero(ms.line(m, i)).RelayID())
+			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d, facts: facts})
 		}
 	}
 	return out, nil
@@ -150,7 +153,7 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 	ok := map[*mailboxState]bool{}
 	var failed []error
 	for _, t := range ts {
-		err := drainOne(ctx, t, in)
+		err := drainOne(ctx, e, t, in)
 		if err == nil {
 			ok[t.m] = true
 			continue
@@ -172,13 +175,48 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 	return nil
 }
 
-func drainOne(ctx context.Context, t recvTarget, in *client.Inbox) error {
+// drainOne empties one target: in one session, or part by part over many
+// on a network that cuts flows (see drainParts).
+func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error {
+	if b := t.facts.get().RecvBudget; b > 0 {
+		return drainParts(ctx, e, t, in, b)
+	}
 	c, err := t.dial(ctx)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	return in.Drain(ctx, c, t.m.owner(), t.m.id())
+	err = in.Drain(ctx, c, t.m.owner(), t.m.id())
+	c.Close()
+	if cutByCensor(err) && ctx.Err() == nil {
+		fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
+		return drainParts(ctx, e, t, in, 0)
+	}
+	return err
+}
+
+// cutByCensor reports whether err ended a session the way a censor's
+// per-flow limit does: a stall or a reset.
+func cutByCensor(err error) bool {
+	return errors.Is(err, transport.ErrStalled) || transport.ClassOf(err) == transport.ClassReset
+}
+
+// drainParts empties one target asking for its envelopes part by part
+// (client.Inbox.DrainParts), over as many sessions as the censor makes
+// necessary, each carrying at most half of perSession bytes once that is
+// known (0: learnt from the first session that stalls, and remembered
+// for the network with --network). Until 2026-12-06 a recipient behind a
+// censor freezing flows at 16 KiB never got a message sealed in 64 KiB
+// envelopes: every session stalled inside the first of them.
+func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) error {
+	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) {
+		fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
+		t.facts.update(e, func(f *netFacts) { f.RecvBudget = n })
+	}}
+	err := in.DrainParts(ctx, t.dial, t.m.owner(), t.m.id(), cfg)
+	if errors.Is(err, relay.ErrUnknownFrame) {
+		return fmt.Errorf("this relay cannot send envelopes in parts (it runs a postern from before 2026-12-06), and this network cuts connections before a whole one gets through: %w", err)
+	}
+	return err
 }
 
 // errTake marks a message recv could not show: nothing more is taken.
@@ -209,10 +247,36 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 		if err != nil {
 			return err
 		}
+		// After a session a censor cut (or at once, on a network known
+		// to cut), what waits is taken in parts before the next
+		// subscription: a subscription pushing a 64 KiB envelope through
+		// a censor that freezes flows at 16 KiB stalls each time. Dial
+		// and lost run in turn on the follower's goroutine.
+		parts := t.facts.get().RecvBudget > 0
+		var fatal error // a message that could not be shown: recv stops
+		dial := func(ctx context.Context) (*client.Client, error) {
+			if parts {
+				parts = false
+				if err := drainParts(ctx, e, t, in, t.facts.get().RecvBudget); err != nil {
+					if errors.Is(err, errTake) {
+						fatal = err
+						cancel()
+					}
+					return nil, err
+				}
+			}
+			return t.dial(ctx)
+		}
+		lost := func(err error, wait time.Duration) {
+			parts = parts || cutByCensor(err)
+			fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", recvError(path, t, err), wait)
+		}
 		go func() {
-			errs <- in.Follow(ctx, t.dial, t.m.owner(), t.m.id(), func(err error, wait time.Duration) {
-				fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", recvError(path, t, err), wait)
-			})
+			err := in.Follow(ctx, dial, t.m.owner(), t.m.id(), lost)
+			if fatal != nil {
+				err = fatal
+			}
+			errs <- err
 		}()
 	}
 	var first error

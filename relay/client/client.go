@@ -59,7 +59,13 @@ type Client struct {
 	stallWindow time.Duration
 	firstAck    atomic.Pointer[func()] // run once, at the first request the relay acknowledges
 	lastRead    atomic.Int64           // unix nanoseconds of the last byte received
-	stalled     atomic.Bool            // the watchdog ended the session
+	// received counts the bytes read from conn, framed those of the
+	// frames read whole; reading is set while the read loop waits in
+	// readFrame. Between them they tell a frame that began to arrive
+	// and stopped (see stalledAt).
+	received, framed atomic.Int64
+	reading          atomic.Bool
+	stalled          atomic.Bool // the watchdog ended the session
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -98,7 +104,7 @@ func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, err
 		subs: make(map[uint32]bool), done: make(chan struct{}), deliveries: make(chan Delivery),
 		qwake: make(chan struct{}, 1), stallWindow: DefaultStallWindow}
 	c.lastRead.Store(time.Now().UnixNano())
-	c.br = bufio.NewReaderSize(progressReader{conn, &c.lastRead}, relay.SessionBufSize)
+	c.br = bufio.NewReaderSize(progressReader{conn, &c.lastRead, &c.received}, relay.SessionBufSize)
 	for _, o := range opts {
 		o(c)
 	}
@@ -132,12 +138,23 @@ func (c *Client) handshake() error {
 			return err
 		}
 	}
-	t, p, err := relay.ReadFrame(c.br)
+	t, p, err := c.readFrame()
 	if err != nil {
 		return err
 	}
 	c.challenge, err = parseHello(t, p)
 	return err
+}
+
+// readFrame reads the next frame, counting it (see received).
+func (c *Client) readFrame() (relay.FrameType, []byte, error) {
+	c.reading.Store(true)
+	t, p, err := relay.ReadFrame(c.br)
+	c.reading.Store(false)
+	if err == nil {
+		c.framed.Add(int64(relay.FrameHeaderSize + len(p)))
+	}
+	return t, p, err
 }
 
 // parseHello accepts a ServerHello of our version and returns its
@@ -229,7 +246,7 @@ func (c *Client) readLoop() {
 	for {
 		var t relay.FrameType
 		var p []byte
-		if t, p, err = relay.ReadFrame(c.br); err != nil {
+		if t, p, err = c.readFrame(); err != nil {
 			return
 		}
 		switch t {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"sync"
+	"time"
 
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/route"
@@ -14,6 +15,14 @@ import (
 type routedConn struct {
 	transport.Conn
 	route *sessionRoute
+}
+
+// Arrivals passes on the transport's transport.Arrivals.
+func (c *routedConn) Arrivals() (time.Time, bool) {
+	if a, ok := c.Conn.(transport.Arrivals); ok {
+		return a.Arrivals()
+	}
+	return time.Time{}, false
 }
 
 // SentEarly passes on the transport's transport.EarlySender.

@@ -204,6 +204,46 @@ func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [3
 	return ds, nil
 }
 
+// FetchPart asks for at most max bytes (at most relay.MaxPart) of the
+// first waiting envelope with seq > after, from offset on: see "Parts" in
+// package relay. ok is false when nothing waits. The answer is checked
+// against the request: at most max bytes, none past the envelope's end
+// (total at most relay.MaxFrameSize), and some unless the envelope has
+// been read to its end. A relay from before parts refuses it with
+// relay.CodeUnknownFrame.
+func (c *Client) FetchPart(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, offset, max int) (p relay.Part, ok bool, err error) {
+	max = min(max, relay.MaxPart)
+	if max <= 0 || offset < 0 || offset > relay.MaxFrameSize {
+		return relay.Part{}, false, fmt.Errorf("relay: a part of %d bytes at offset %d cannot be asked for", max, offset)
+	}
+	bind, err := c.binding()
+	if err != nil {
+		return relay.Part{}, false, err
+	}
+	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.FetchPart{Req: req, Mailbox: id, After: after, Offset: uint32(offset), Max: uint32(max)}
+		m.Sig = relay.Sign(owner, bind, m)
+		return m
+	})
+	if err != nil {
+		return relay.Part{}, false, err
+	}
+	if len(r.Body) == 0 {
+		return relay.Part{}, false, nil
+	}
+	if p, err = relay.ParsePart(r.Body); err != nil {
+		return relay.Part{}, false, err
+	}
+	// Another envelope than the one asked for (a ref the caller does not
+	// expect: that one is gone) may end before offset, and then comes
+	// with no data; the caller starts it over at offset 0.
+	total, n := int(p.Total), len(p.Data)
+	if total > relay.MaxFrameSize || n > max || (offset >= total && n != 0) || (offset < total && (n == 0 || offset+n > total)) {
+		return relay.Part{}, false, fmt.Errorf("%w: a part of %d bytes at offset %d of an envelope of %d", relay.ErrMalformed, len(p.Data), offset, total)
+	}
+	return p, true, nil
+}
+
 // Ack deletes delivered envelopes from the relay and returns how many it
 // deleted.
 func (c *Client) Ack(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, refs ...Ref) (int, error) {

@@ -28,16 +28,18 @@ func WithStallWindow(d time.Duration) Option {
 // shorter one would end sessions over a round trip.
 const MinStallWindow = 100 * time.Millisecond
 
-// progressReader records when bytes last arrived.
+// progressReader records when bytes last arrived, and how many did.
 type progressReader struct {
-	r    io.Reader
-	last *atomic.Int64 // unix nanoseconds
+	r     io.Reader
+	last  *atomic.Int64 // unix nanoseconds
+	total *atomic.Int64
 }
 
 func (p progressReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	if n > 0 {
 		p.last.Store(time.Now().UnixNano())
+		p.total.Add(int64(n))
 	}
 	return n, err
 }
@@ -49,9 +51,12 @@ func (p progressReader) Read(b []byte) (int, error) {
 var errStalled = &transport.Error{Class: transport.ClassStalled, Op: "session",
 	Err: transport.ErrStalled}
 
-// watchStall ends the session when a request has waited a whole window
-// and nothing at all has arrived for as long. An idle session, with no
-// request waiting, never stalls.
+// watchStall ends the session when a request has waited a whole window,
+// or a frame began to arrive and did not end, and nothing at all has
+// arrived for as long. An idle session, with no request waiting and no
+// frame begun, never stalls. (Until 2026-12-06 only a waiting request
+// counted: a subscription whose push of a 64 KiB envelope a censor froze
+// at 16 KiB waited for the next minute's ping to stall.)
 func (c *Client) watchStall() {
 	t := time.NewTicker(c.stallWindow / 4)
 	defer t.Stop()
@@ -73,8 +78,18 @@ func (c *Client) watchStall() {
 }
 
 func (c *Client) stalledAt(now time.Time) bool {
+	if a, ok := c.conn.(transport.Arrivals); ok {
+		// Beneath the session: a TLS record or HTTP/2 frame begun and
+		// frozen, its bytes held from the session.
+		if last, mid := a.Arrivals(); mid && now.Sub(last) >= c.stallWindow {
+			return true
+		}
+	}
 	if now.Sub(time.Unix(0, c.lastRead.Load())) < c.stallWindow {
 		return false
+	}
+	if c.reading.Load() && c.received.Load() > c.framed.Load() {
+		return true // a frame began and stopped
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

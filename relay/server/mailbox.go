@@ -177,6 +177,35 @@ func (ss *session) fetch(p []byte) (int, error) {
 	return n, nil
 }
 
+// fetchPart answers a FetchPart: part of the first waiting envelope after
+// m.After, as a relay.Part body (nil when nothing waits). The envelope is
+// read under the same budgets as a Fetch's batch of one.
+func (ss *session) fetchPart(p []byte) ([]byte, error) {
+	m, err := relay.ParseFetchPart(p)
+	if err != nil {
+		return nil, relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return nil, err
+	}
+	b, err := ss.readBatch(ss.ctx, m.Mailbox, m.After, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	if len(b.items) == 0 {
+		return nil, nil
+	}
+	// An offset at or past the end gets no data, not an error: the
+	// envelope the client was reading may be gone, and this one, shorter,
+	// is the next; the client sees its ref and starts it over.
+	it := b.items[0]
+	off := min(int64(m.Offset), int64(len(it.Envelope)))
+	n := min(int64(len(it.Envelope))-off, int64(m.Max), relay.MaxPart)
+	part := relay.Part{Ref: it.Ref, Seq: it.Seq, Total: uint32(len(it.Envelope)), Data: it.Envelope[off : off+n]}
+	return part.Append(nil), nil // a copy: the envelope goes back to the store's pool
+}
+
 // read is a store read under the server-wide read budget.
 func (ss *session) read(ctx context.Context, id [32]byte, after uint64, max int) ([]store.Item, error) {
 	if err := ss.acquire(ctx, ss.srv.readSem); err != nil {

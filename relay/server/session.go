@@ -277,6 +277,9 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 	case relay.FrameDescriptor:
 		line, err := ss.descriptor(p)
 		return ss.reply(req, err, line)
+	case relay.FrameFetchPart:
+		body, err := ss.fetchPart(p)
+		return ss.reply(req, err, body)
 	case relay.FrameClientHello:
 		return ss.reply(req, relay.ErrBadFrame, nil)
 	default:

@@ -134,6 +134,7 @@ func open(ctx context.Context, raw net.Conn, tgt *httpsession.Target, ep transpo
 		return nil, classify("handshake", err)
 	}
 	cc.cork, _ = raw.(corkable)
+	cc.below, _ = raw.(*corkConn)
 	c, err := tgt.Open(ctx, httpsession.Wire{
 		Export:     cs.ExportKeyingMaterial,
 		RoundTrip:  cc.RoundTrip,

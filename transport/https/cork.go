@@ -3,6 +3,7 @@ package https
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -171,13 +172,26 @@ func (k *writeCork) release(raw net.Conn) {
 // side; the relay's accepted connections are countedConns).
 type corkConn struct {
 	net.Conn
-	k  writeCork
-	rr recordReads // reads that end where a TLS record ends (tlsreads.go)
+	k       writeCork
+	rr      recordReads  // reads that end where a TLS record ends (tlsreads.go)
+	arrived atomic.Int64 // unix nanoseconds of the last read that returned bytes
 }
 
 // Read is uTLS's (one reader at a time): uTLS keeps crypto/tls's read
 // buffer, which doubled past one record the same way.
-func (c *corkConn) Read(p []byte) (int, error) { return c.rr.read(c.Conn, p) }
+func (c *corkConn) Read(p []byte) (int, error) {
+	n, err := c.rr.read(c.Conn, p)
+	if n > 0 {
+		c.arrived.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// arrivals is when bytes last came, and whether a TLS record has begun
+// and not ended.
+func (c *corkConn) arrivals() (time.Time, bool) {
+	return time.Unix(0, c.arrived.Load()), c.rr.mid.Load()
+}
 
 func (c *corkConn) Write(p []byte) (int, error) { return c.k.write(c.Conn, p) }
 func (c *corkConn) cork()                       { c.k.cork() }

@@ -74,11 +74,16 @@ var (
 type h2Client struct {
 	conn net.Conn // the TLS connection
 	cork corkable // beneath conn, if it can gather a write's records (cork.go)
-	prof *browser.HTTP2
-	fr   *http2.Framer
-	bw   *bufio.Writer
-	wmu  sync.Mutex  // frame writes (fr's write side and bw)
-	used atomic.Bool // RoundTrip was called
+	// below is beneath conn too when it is a corkConn, which tells
+	// when bytes arrive (Arrivals); partial counts the bytes the framer
+	// has read of a frame it has not returned yet.
+	below   *corkConn
+	partial atomic.Int64
+	prof    *browser.HTTP2
+	fr      *http2.Framer
+	bw      *bufio.Writer
+	wmu     sync.Mutex  // frame writes (fr's write side and bw)
+	used    atomic.Bool // RoundTrip was called
 
 	mu          sync.Mutex
 	cond        *sync.Cond // send windows, stream and connection state
@@ -108,11 +113,12 @@ func newH2Client(conn net.Conn, prof *browser.HTTP2) (*h2Client, error) {
 	// to conn); a larger frame bypasses it with one write of its own.
 	bw := bufio.NewWriterSize(conn, 4<<10)
 	cc := &h2Client{
-		conn: conn, prof: prof, bw: bw, fr: http2.NewFramer(bw, conn),
+		conn: conn, prof: prof, bw: bw,
 		sendConn: h2DefaultWindow, sendStream: h2DefaultWindow, peerFrame: h2MaxFrame,
 		done: make(chan struct{}), res: make(chan *http.Response, 1),
 		winConn: h2DefaultWindow + int64(prof.WindowUpdate), winStream: h2DefaultWindow,
 	}
+	cc.fr = http2.NewFramer(bw, frameReads{conn, &cc.partial})
 	cc.cond = sync.NewCond(&cc.mu)
 	if v, ok := prof.Setting(browser.SettingInitialWindowSize); ok {
 		cc.winStream = int64(v)

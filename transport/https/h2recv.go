@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -15,6 +17,7 @@ func (cc *h2Client) readLoop() {
 	for err == nil {
 		var f http2.Frame
 		if f, err = cc.fr.ReadFrame(); err == nil {
+			cc.partial.Store(0) // the framer reads no further than the frame
 			err = cc.handle(f)
 		}
 	}
@@ -283,6 +286,32 @@ func (b *h2Body) fail(err error) {
 }
 
 // Read returns buffered data, then the error that ended the body.
+// Arrivals is transport.Arrivals for the session over this body: when
+// bytes last arrived on the TCP connection, and whether a TLS record or
+// an HTTP/2 frame has begun and not ended.
+func (b *h2Body) Arrivals() (time.Time, bool) {
+	cc := b.cc
+	if cc.below == nil {
+		return time.Time{}, false
+	}
+	last, mid := cc.below.arrivals()
+	return last, mid || cc.partial.Load() > 0
+}
+
+// frameReads is the framer's reader: it counts what the framer has read
+// of the frame it is reading into partial, which the read loop clears
+// when the frame is whole.
+type frameReads struct {
+	r       io.Reader
+	partial *atomic.Int64
+}
+
+func (f frameReads) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	f.partial.Add(int64(n))
+	return n, err
+}
+
 func (b *h2Body) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	for len(b.buf) == 0 && b.err == nil && !b.closed {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // Reads beneath crypto/tls end where a TLS record ends.
@@ -52,6 +53,9 @@ type recordReads struct {
 	stash []byte                 // bytes read past the end of the record handed out
 	buf   *[]byte                // stash's pooled backing
 	err   error                  // the read error that came with the stashed bytes
+	// mid is set while a record has begun (seen > 0), for another
+	// goroutine than the reader's (see corkConn.arrivals).
+	mid atomic.Bool
 }
 
 const recordHeaderSize = 5
@@ -69,7 +73,9 @@ func (r *recordReads) read(raw io.Reader, p []byte) (int, error) {
 		return r.unstash(p)
 	}
 	n, err := raw.Read(p)
-	if k := r.advance(p[:n]); k < n {
+	k := r.advance(p[:n])
+	r.mid.Store(r.seen > 0)
+	if k < n {
 		return r.keep(p, k, n, err)
 	}
 	return n, err
@@ -90,6 +96,7 @@ func (r *recordReads) unstash(p []byte) (int, error) {
 		return 0, nil
 	}
 	n := r.advance(r.stash[:min(len(p), len(r.stash))])
+	r.mid.Store(r.seen > 0)
 	copy(p, r.stash[:n])
 	r.stash = r.stash[n:]
 	if len(r.stash) == 0 {

@@ -330,6 +330,15 @@ func (c *clientConn) Close() error {
 // SentEarly implements transport.EarlySender.
 func (c *clientConn) SentEarly() []byte { return c.early }
 
+// Arrivals passes on the response body's transport.Arrivals, if it has
+// one (https's own HTTP/2 client does).
+func (c *clientConn) Arrivals() (time.Time, bool) {
+	if a, ok := c.body.(transport.Arrivals); ok {
+		return a.Arrivals()
+	}
+	return time.Time{}, false
+}
+
 func (c *clientConn) LocalAddr() net.Addr  { return c.w.LocalAddr }
 func (c *clientConn) RemoteAddr() net.Addr { return c.w.RemoteAddr }
 

@@ -1,0 +1,185 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
+)
+
+// PartsConfig tunes [Inbox.DrainParts].
+type PartsConfig struct {
+	// Part is the size of the parts asked for (default DefaultPart, at
+	// most relay.MaxPart). After a session that carried none, it is
+	// halved, down to MinPart.
+	Part int
+	// PerSession is how many bytes of parts one session may carry before
+	// DrainParts ends it and opens the next, under the censor's limit.
+	// 0: not known yet; the first session that is cut after carrying
+	// some teaches it (what that one carried).
+	PerSession int
+	// Learned, if set, is told each PerSession a cut session taught.
+	Learned func(perSession int)
+	// Cut, if set, is told of each session a censor cut (err: stalled or
+	// reset) after it carried carried bytes of parts.
+	Cut func(err error, carried int)
+}
+
+// Part sizes for DrainParts.
+const (
+	DefaultPart = 4 << 10
+	MinPart     = 512
+)
+
+// maxIdleSessions bounds the sessions DrainParts opens in a row that end
+// before they carried any part.
+const maxIdleSessions = 16
+
+// DrainParts is Drain for a network that cuts flows after a few kilobytes
+// (a censor's per-flow limit, which a Deliver of a 64 KiB envelope never
+// passes): it pages once through the mailbox asking for each waiting
+// envelope in parts (Client.FetchPart), over as many sessions from dial as
+// it takes, each ended (before the limit, once PerSession is known) or cut
+// (then the next goes on from the last part that came whole). A complete
+// envelope is handled as a delivery: complete messages go to Take and
+// are acked; fragments of unfinished messages stay on the relay. It gives
+// up after maxIdleSessions sessions in a row that carried nothing.
+func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) error {
+	in.Reset()
+	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg}
+	d.part = min(relay.MaxPart, max(MinPart, cfg.Part))
+	if cfg.Part == 0 {
+		d.part = DefaultPart
+	}
+	defer d.end()
+	for {
+		done, err := d.step(ctx)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// partsDrain is one DrainParts.
+type partsDrain struct {
+	in      *Inbox
+	dial    func(context.Context) (*Client, error)
+	owner   ed25519.PrivateKey
+	mailbox [32]byte
+	cfg     PartsConfig
+	part    int
+
+	c       *Client
+	carried int // bytes of parts on c
+	idle    int // sessions in a row that carried nothing
+	after   uint64
+	cur     *partial // the envelope being put together, if any
+}
+
+// partial is an envelope whose first bytes have come.
+type partial struct {
+	ref   Ref
+	seq   uint64
+	total int
+	buf   []byte
+}
+
+// end closes the session, if one is open.
+func (d *partsDrain) end() {
+	if d.c != nil {
+		d.c.Close()
+		d.c = nil
+	}
+}
+
+// step asks for one part (opening a session first if none is open) and
+// reports whether the mailbox has been paged through.
+func (d *partsDrain) step(ctx context.Context) (bool, error) {
+	if d.c != nil && d.cfg.PerSession > 0 && d.carried > 0 && d.carried+d.part > d.cfg.PerSession/2 {
+		d.end() // before the censor's limit: a planned new session
+	}
+	if d.c == nil {
+		c, err := d.dial(ctx)
+		if err != nil {
+			return false, err
+		}
+		d.c, d.carried = c, 0
+	}
+	after, offset := d.after, 0
+	if d.cur != nil {
+		after, offset = d.cur.seq-1, len(d.cur.buf)
+	}
+	p, ok, err := d.c.FetchPart(ctx, d.owner, d.mailbox, after, offset, d.part)
+	if err != nil {
+		return false, d.cut(err)
+	}
+	d.carried += len(p.Data)
+	if !ok {
+		return true, nil
+	}
+	if d.cur != nil && p.Ref != d.cur.ref {
+		d.cur = nil // gone meanwhile: p is the next one
+		return false, nil
+	}
+	if d.cur == nil {
+		d.cur = &partial{ref: p.Ref, seq: p.Seq, total: int(p.Total), buf: make([]byte, 0, p.Total)}
+	}
+	d.cur.buf = append(d.cur.buf, p.Data...)
+	if len(d.cur.buf) < d.cur.total {
+		return false, nil
+	}
+	return false, d.complete(ctx)
+}
+
+// complete hands the envelope put together to the inbox and acks what it
+// may.
+func (d *partsDrain) complete(ctx context.Context) error {
+	e := d.cur
+	d.cur, d.after = nil, e.seq
+	refs, err := d.in.Handle(Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf})
+	if err != nil {
+		return err // Take refused it: nothing more is taken or acked
+	}
+	if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
+		if d.in.failed != nil {
+			return err // not durable or not recorded: nothing was acked
+		}
+		// What was taken is recorded (ack flushes first): when it comes
+		// again, on the next session, it is acked then.
+		return d.cut(err)
+	}
+	return nil
+}
+
+// cut ends a session that failed with err: one a censor cut (stalled or
+// reset) is followed by another, learning from it; any other error ends
+// DrainParts. Only a stall teaches PerSession: a reset costs the part in
+// flight, not a stall window, and a relay that restarts resets too.
+func (d *partsDrain) cut(err error) error {
+	d.end()
+	stalled := errors.Is(err, transport.ErrStalled)
+	if !stalled && transport.ClassOf(err) != transport.ClassReset {
+		return err
+	}
+	if d.cfg.Cut != nil {
+		d.cfg.Cut(err, d.carried)
+	}
+	if d.carried == 0 {
+		d.idle++
+		if d.idle >= maxIdleSessions {
+			return err
+		}
+		d.part = max(MinPart, d.part/2)
+		return nil
+	}
+	d.idle = 0
+	if stalled && (d.cfg.PerSession == 0 || d.carried < d.cfg.PerSession) {
+		d.cfg.PerSession = d.carried
+		if d.cfg.Learned != nil {
+			d.cfg.Learned(d.carried)
+		}
+	}
+	return nil
+}

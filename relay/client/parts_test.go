@@ -1,0 +1,326 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// partsWorld is a relay behind a middlebox, with a mailbox, and a way to
+// open sessions through the middlebox that counts them.
+type partsWorld struct {
+	r        *relaytest.Relay
+	mb       *censortest.Middlebox
+	owner    *client.Client // straight to the relay
+	box      *relaytest.Mailbox
+	sessions atomic.Int64
+}
+
+func newPartsWorld(t *testing.T) *partsWorld {
+	w := &partsWorld{r: relaytest.New(t, store.Options{}, server.Config{})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			w.r.Serve(c.(*net.TCPConn), "test")
+		}
+	}()
+	w.mb = censortest.NewMiddlebox(t, ln.Addr().String())
+	w.owner = w.r.Connect(t)
+	w.box = relaytest.NewMailbox(t, w.owner, nil)
+	return w
+}
+
+func (w *partsWorld) dial(ctx context.Context) (*client.Client, error) {
+	raw, err := net.Dial("tcp", w.mb.Addr())
+	if err != nil {
+		return nil, err
+	}
+	w.sessions.Add(1)
+	return client.New(ctx, raw.(*net.TCPConn), client.WithStallWindow(200*time.Millisecond), client.WithRelayKey(w.r.Server.PublicKey()))
+}
+
+// send seals msg to the mailbox (in 64 KiB envelopes when it is larger
+// than a 16 KiB one holds) and stores it through the direct session.
+func (w *partsWorld) send(t *testing.T, msg []byte) {
+	envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range envs {
+		if _, err := w.owner.Send(context.Background(), env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// inbox returns an inbox of the mailbox whose taken messages go to got.
+func (w *partsWorld) inbox(t *testing.T, got *[][]byte) *client.Inbox {
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
+		*got = append(*got, m.Payload)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// waiting is how many envelopes the mailbox holds.
+func (w *partsWorld) waiting(t *testing.T) int {
+	ds, err := w.owner.Fetch(context.Background(), w.box.Owner, w.box.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ds)
+}
+
+// TestDrainPartsThroughFreezingCensor: behind a censor that freezes every
+// flow after 16 KiB, Drain cannot take a message sealed in 64 KiB
+// envelopes (it stalls at the first of them, every time); DrainParts
+// takes it, and a small one beside it, part by part over several
+// sessions, learns from the first stall how much a session carries, and
+// then ends each session before that: a second DrainParts told the
+// learnt figure never stalls. Nothing is left on the relay.
+func TestDrainPartsThroughFreezingCensor(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	big := make([]byte, 100<<10)
+	rand.Read(big)
+	w.send(t, big)
+	w.send(t, []byte("small"))
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+
+	var got [][]byte
+	in := w.inbox(t, &got)
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Drain(ctx, c, w.box.Owner, w.box.ID); !errors.Is(err, transport.ErrStalled) {
+		t.Fatalf("Drain through the censor: %v, want a stall (test setup)", err)
+	}
+	c.Close()
+
+	var learned []int
+	cfg := client.PartsConfig{Learned: func(n int) { learned = append(learned, n) }}
+	w.sessions.Store(0)
+	if err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+		t.Fatalf("DrainParts: %v", err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[0], big) || string(got[1]) != "small" {
+		t.Fatalf("took %d messages, want the large one whole and the small one", len(got))
+	}
+	if n := w.waiting(t); n != 0 {
+		t.Fatalf("%d envelopes left on the relay", n)
+	}
+	if len(learned) != 1 || learned[0] <= 0 || learned[0] >= 16<<10 {
+		t.Fatalf("learnt %v bytes per session, want one figure under the censor's 16 KiB", learned)
+	}
+	if s := w.sessions.Load(); s < 7 {
+		t.Fatalf("%d sessions carried 100 KiB through a 16 KiB limit", s)
+	}
+	t.Logf("learnt %v, %d sessions", learned, w.sessions.Load())
+	learned0 := learned[0]
+
+	// Told what a session carries, the next drain ends each session in
+	// time: no session is cut, nothing more learnt.
+	w.send(t, big)
+	got, learned = nil, nil
+	cfg.PerSession = learned0
+	cuts := 0
+	cfg.Cut = func(error, int) { cuts++ }
+	if err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+		t.Fatalf("DrainParts with a known budget: %v", err)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], big) || len(learned) != 0 || cuts != 0 {
+		t.Fatalf("with a known budget: took %d messages, learnt %v, %d sessions cut", len(got), learned, cuts)
+	}
+}
+
+// TestDrainPartsThroughResettingCensor: a censor that resets every flow
+// after 16 KiB costs DrainParts the part in flight, not the message, and
+// teaches no budget (a relay restarting resets too).
+func TestDrainPartsThroughResettingCensor(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	big := make([]byte, 150<<10)
+	rand.Read(big)
+	w.send(t, big)
+	w.mb.SetRule(censortest.ResetAfter(16 << 10))
+	var got [][]byte
+	var learned []int
+	cfg := client.PartsConfig{Learned: func(n int) { learned = append(learned, n) }}
+	if err := w.inbox(t, &got).DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+		t.Fatalf("DrainParts: %v", err)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], big) || len(learned) != 0 {
+		t.Fatalf("took %d messages, learnt %v", len(got), learned)
+	}
+	if s := w.sessions.Load(); s < 10 {
+		t.Fatalf("%d sessions carried 150 KiB through a 16 KiB limit (test setup)", s)
+	}
+	t.Logf("%d sessions", w.sessions.Load())
+	if n := w.waiting(t); n != 0 {
+		t.Fatalf("%d envelopes left on the relay", n)
+	}
+}
+
+// TestDrainPartsEnvelopeGone: the envelope being put together is acked
+// from another session between two parts; the next part names the next
+// envelope, which DrainParts starts over, and takes whole.
+func TestDrainPartsEnvelopeGone(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	first := make([]byte, 30<<10) // one 64 KiB envelope
+	rand.Read(first)
+	w.send(t, first)
+	w.send(t, []byte("next"))
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, ok, err := c.FetchPart(ctx, w.box.Owner, w.box.ID, 0, 0, 4096)
+	if err != nil || !ok || p.Ref != ds[0].Ref || len(p.Data) != 4096 || int(p.Total) != len(ds[0].Envelope) {
+		t.Fatalf("first part: ok %v, %d of %d bytes, %v", ok, len(p.Data), p.Total, err)
+	}
+	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	// The next part of it: the relay now answers with the next envelope,
+	// with no data (4096 is past the end of that 4 KiB envelope).
+	p, ok, err = c.FetchPart(ctx, w.box.Owner, w.box.ID, ds[0].Seq-1, 4096, 4096)
+	if err != nil || !ok || p.Ref != ds[1].Ref || len(p.Data) != 0 {
+		t.Fatalf("after the ack: ok %v, ref of the next %v, %d bytes, %v", ok, p.Ref == ds[1].Ref, len(p.Data), err)
+	}
+	p, ok, err = c.FetchPart(ctx, w.box.Owner, w.box.ID, ds[1].Seq, 0, 4096)
+	if err != nil || ok {
+		t.Fatalf("past the last envelope: ok %v, %v", ok, err)
+	}
+	c.Close()
+
+	// Now within DrainParts: a censor cuts the first session in the
+	// middle of the first envelope, and that envelope is acked before the
+	// next session asks for the rest.
+	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[1].Ref); err != nil {
+		t.Fatal(err)
+	}
+	w.send(t, first)
+	w.send(t, []byte("after"))
+	ds, err = w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	dial := func(ctx context.Context) (*client.Client, error) {
+		if w.sessions.Load() == 1 { // the second session: the first was cut
+			if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[0].Ref); err != nil {
+				return nil, err
+			}
+		}
+		return w.dial(ctx)
+	}
+	w.sessions.Store(0)
+	var got [][]byte
+	cuts := 0
+	cfg := client.PartsConfig{Cut: func(error, int) { cuts++ }}
+	if err := w.inbox(t, &got).DrainParts(ctx, dial, w.box.Owner, w.box.ID, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || string(got[0]) != "after" || cuts == 0 {
+		t.Fatalf("took %q (%d sessions cut)", got, cuts)
+	}
+}
+
+// TestFetchPartChecks: a part is refused when it is larger than asked, or
+// runs past the envelope's end; asking for no bytes is refused before
+// anything is sent.
+func TestFetchPartChecks(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx := context.Background()
+	if _, _, err := w.owner.FetchPart(ctx, w.box.Owner, w.box.ID, 0, 0, 0); err == nil {
+		t.Fatal("a part of 0 bytes was asked for")
+	}
+	w.send(t, []byte("x"))
+	p, ok, err := w.owner.FetchPart(ctx, w.box.Owner, w.box.ID, 0, 0, 1<<20)
+	if err != nil || !ok || len(p.Data) != int(p.Total) || p.Total > relay.MaxPart {
+		t.Fatalf("a whole 4 KiB envelope: ok %v, %d of %d bytes, %v", ok, len(p.Data), p.Total, err)
+	}
+}
+
+// TestSubscriptionFrozenMidPushStalls: a subscription whose push of a
+// 64 KiB envelope a censor freezes at 16 KiB stalls within the stall
+// window, though no request waits (until 2026-12-06 it waited for the
+// next ping, a minute later); a subscription with nothing to push stays
+// up past several windows.
+func TestSubscriptionFrozenMidPushStalls(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	idle, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if err := idle.Subscribe(ctx, w.box.Owner, w.box.ID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // five stall windows
+	select {
+	case <-idle.Done():
+		t.Fatalf("an idle subscription ended: %v", idle.Err())
+	default:
+	}
+	idle.Close()
+
+	big := make([]byte, 100<<10)
+	rand.Read(big)
+	w.send(t, big)
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Subscribe(ctx, w.box.Owner, w.box.ID); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+		if !errors.Is(c.Err(), transport.ErrStalled) {
+			t.Fatalf("the frozen subscription ended with %v, want a stall", c.Err())
+		}
+	case <-ctx.Done():
+		t.Fatal("the frozen subscription never stalled")
+	}
+}
