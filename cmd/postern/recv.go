@@ -247,34 +247,11 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 		if err != nil {
 			return err
 		}
-		// After a session a censor cut (or at once, on a network known
-		// to cut), what waits is taken in parts before the next
-		// subscription: a subscription pushing a 64 KiB envelope through
-		// a censor that freezes flows at 16 KiB stalls each time. Dial
-		// and lost run in turn on the follower's goroutine.
-		parts := t.facts.get().RecvBudget > 0
-		var fatal error // a message that could not be shown: recv stops
-		dial := func(ctx context.Context) (*client.Client, error) {
-			if parts {
-				parts = false
-				if err := drainParts(ctx, e, t, in, t.facts.get().RecvBudget); err != nil {
-					if errors.Is(err, errTake) {
-						fatal = err
-						cancel()
-					}
-					return nil, err
-				}
-			}
-			return t.dial(ctx)
-		}
-		lost := func(err error, wait time.Duration) {
-			parts = parts || cutByCensor(err)
-			fmt.Fprintf(e.stderr, "connection lost (%v); retrying in %s\n", recvError(path, t, err), wait)
-		}
+		f := &partsFollow{e: e, path: path, t: t, in: in, p: p, cancel: cancel, due: t.facts.get().RecvBudget > 0}
 		go func() {
-			err := in.Follow(ctx, dial, t.m.owner(), t.m.id(), lost)
-			if fatal != nil {
-				err = fatal
+			err := in.Follow(ctx, f.dial, t.m.owner(), t.m.id(), f.lost)
+			if f.fatal != nil {
+				err = f.fatal
 			}
 			errs <- err
 		}()
@@ -287,6 +264,73 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 		}
 	}
 	return first
+}
+
+// partsFollow is what `recv --follow` does for one target on a network
+// that cuts flows: after a session a censor cut (at once, on a network
+// known to cut), what waits is taken in parts (drainParts) before the
+// next subscription, whose push of a 64 KiB envelope would stall again.
+// While drains show nothing new (fragments of a message still
+// unfinished, pushed first by every subscription and cut every time),
+// each waits longer after the last, doubling from minPartsWait to
+// maxPartsWait, so that they are not fetched again every few seconds (a
+// reviewer's find). Its methods run in turn on the follower's goroutine.
+type partsFollow struct {
+	e      *env
+	path   string // the identity file
+	t      recvTarget
+	in     *client.Inbox
+	p      *printer
+	cancel context.CancelFunc
+	due    bool          // a drain in parts comes before the next subscription
+	wait   time.Duration // after the last drain, before the next
+	last   time.Time     // when the last drain ended
+	fatal  error         // a message that could not be shown: recv stops
+	// drain takes what waits in parts; nil: drainParts (tests set it).
+	drain func(context.Context) error
+}
+
+// Waits between drains in parts that show nothing new.
+const (
+	minPartsWait = 10 * time.Second
+	maxPartsWait = 5 * time.Minute
+)
+
+func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
+	if f.due {
+		t := time.NewTimer(f.wait - time.Since(f.last))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		before := f.p.shown()
+		drain := f.drain
+		if drain == nil {
+			drain = func(ctx context.Context) error { return drainParts(ctx, f.e, f.t, f.in, f.t.facts.get().RecvBudget) }
+		}
+		err := drain(ctx)
+		f.last, f.due = time.Now(), cutByCensor(err)
+		switch {
+		case errors.Is(err, errTake):
+			f.fatal = err
+			f.cancel()
+			return nil, err
+		case err != nil:
+			return nil, err
+		case f.p.shown() > before:
+			f.wait = 0
+		default:
+			f.wait = min(max(2*f.wait, minPartsWait), maxPartsWait)
+		}
+	}
+	return f.t.dial(ctx)
+}
+
+func (f *partsFollow) lost(err error, wait time.Duration) {
+	f.due = f.due || cutByCensor(err)
+	fmt.Fprintf(f.e.stderr, "connection lost (%v); retrying in %s\n", recvError(f.path, f.t, err), wait)
 }
 
 // recvDial is how recv opens sessions to the mailbox's relay i: through a
@@ -369,6 +413,13 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 
 // printer shows messages (one at a time, for several inboxes), names
 // their senders from the contacts and applies card updates.
+// shown is how many messages the printer has shown.
+func (p *printer) shown() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.count
+}
+
 type printer struct {
 	e     *env
 	book  *contactBook

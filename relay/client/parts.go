@@ -1,9 +1,11 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport"
@@ -49,9 +51,11 @@ const maxIdleSessions = 16
 func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) error {
 	in.Reset()
 	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg}
-	d.part = min(relay.MaxPart, max(MinPart, cfg.Part))
-	if cfg.Part == 0 {
-		d.part = DefaultPart
+	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
+	if cfg.PerSession > 0 {
+		// A session ends before half of PerSession: parts no larger
+		// than that, or each session would end frozen.
+		d.part = max(MinPart, min(d.part, cfg.PerSession/2))
 	}
 	defer d.end()
 	for {
@@ -115,6 +119,12 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, d.cut(err)
 	}
+	if ok && (p.Seq <= after || (d.cur != nil && p.Ref == d.cur.ref && (p.Seq != d.cur.seq || int(p.Total) != d.cur.total))) {
+		// Not the first envelope after the cursor, or the same one
+		// changed: a relay that answers so could keep DrainParts asking
+		// for ever.
+		return false, fmt.Errorf("%w: a part out of order", relay.ErrMalformed)
+	}
 	d.carried += len(p.Data)
 	if !ok {
 		return true, nil
@@ -146,8 +156,9 @@ func (d *partsDrain) complete(ctx context.Context) error {
 		if d.in.failed != nil {
 			return err // not durable or not recorded: nothing was acked
 		}
-		// What was taken is recorded (ack flushes first): when it comes
-		// again, on the next session, it is acked then.
+		// What was taken is recorded (ack flushes first): the envelope
+		// stays on the relay until a later recv meets it again and acks
+		// it then (this one has paged past it).
 		return d.cut(err)
 	}
 	return nil

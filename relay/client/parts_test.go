@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"net"
@@ -28,10 +29,13 @@ type partsWorld struct {
 	owner    *client.Client // straight to the relay
 	box      *relaytest.Mailbox
 	sessions atomic.Int64
+	// stall is the sessions' stall window: long enough that a slow
+	// answer on a loaded machine is not taken for a frozen flow.
+	stall time.Duration
 }
 
 func newPartsWorld(t *testing.T) *partsWorld {
-	w := &partsWorld{r: relaytest.New(t, store.Options{}, server.Config{})}
+	w := &partsWorld{r: relaytest.New(t, store.Options{}, server.Config{}), stall: 2 * time.Second}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +62,7 @@ func (w *partsWorld) dial(ctx context.Context) (*client.Client, error) {
 		return nil, err
 	}
 	w.sessions.Add(1)
-	return client.New(ctx, raw.(*net.TCPConn), client.WithStallWindow(200*time.Millisecond), client.WithRelayKey(w.r.Server.PublicKey()))
+	return client.New(ctx, raw.(*net.TCPConn), client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
 }
 
 // send seals msg to the mailbox (in 64 KiB envelopes when it is larger
@@ -285,6 +289,7 @@ func TestFetchPartChecks(t *testing.T) {
 // up past several windows.
 func TestSubscriptionFrozenMidPushStalls(t *testing.T) {
 	w := newPartsWorld(t)
+	w.stall = 200 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
 	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
@@ -323,4 +328,77 @@ func TestSubscriptionFrozenMidPushStalls(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the frozen subscription never stalled")
 	}
+}
+
+// TestDrainPartsRefusesDisorderedParts: a relay whose answers to
+// FetchPart are not the first envelope past the cursor, or change the
+// envelope being put together, ends DrainParts with relay.ErrMalformed
+// rather than keeping it asking for ever (a reviewer's find: the same ref
+// answered with a smaller total and no data looped).
+func TestDrainPartsRefusesDisorderedParts(t *testing.T) {
+	ref := [relay.RefSize]byte{1}
+	for name, answers := range map[string][]relay.Part{
+		"not past the cursor": {{Ref: ref, Seq: 0, Total: 4096, Data: make([]byte, 4096)}},
+		"the same envelope, shorter": {
+			{Ref: ref, Seq: 5, Total: 8192, Data: make([]byte, 4096)},
+			{Ref: ref, Seq: 5, Total: 4096},
+		},
+		"the same envelope, another seq": {
+			{Ref: ref, Seq: 5, Total: 8192, Data: make([]byte, 4096)},
+			{Ref: ref, Seq: 6, Total: 8192, Data: make([]byte, 4096)},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a deadlock guard
+			defer cancel()
+			cc, sc := relaytest.Pipe(t)
+			defer sc.Close()
+			go func() {
+				relay.ReadFrame(sc)
+				sc.Write(relay.AppendFrame(nil, relay.ServerHello{Version: relay.ProtocolVersion}))
+				for i := 0; ; {
+					typ, p, err := relay.ReadFrame(sc)
+					if err != nil {
+						return
+					}
+					req, _ := relay.RequestID(p)
+					if typ != relay.FrameFetchPart { // an Ack of an envelope that did not open
+						sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(1)}))
+						continue
+					}
+					a := answers[min(i, len(answers)-1)]
+					i++
+					sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: a.Append(nil)}))
+				}
+			}()
+			_, key, _ := ed25519.GenerateKey(nil)
+			c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			dialed := false
+			dial := func(context.Context) (*client.Client, error) {
+				if dialed {
+					return nil, errors.New("one session only")
+				}
+				dialed = true
+				return c, nil
+			}
+			in, err := client.NewInbox(client.InboxConfig{Identity: mustIdentity(t), Take: func(client.Message) error { return nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := in.DrainParts(ctx, dial, key, [32]byte{}, client.PartsConfig{}); !errors.Is(err, relay.ErrMalformed) {
+				t.Fatalf("DrainParts = %v, want ErrMalformed", err)
+			}
+		})
+	}
+}
+
+func mustIdentity(t *testing.T) *envelope.Identity {
+	id, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

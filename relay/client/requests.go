@@ -237,8 +237,11 @@ func (c *Client) FetchPart(ctx context.Context, owner ed25519.PrivateKey, id [32
 	// Another envelope than the one asked for (a ref the caller does not
 	// expect: that one is gone) may end before offset, and then comes
 	// with no data; the caller starts it over at offset 0.
+	if p.Total > relay.MaxFrameSize { // as a uint32: on a 32-bit build int(p.Total) may be negative
+		return relay.Part{}, false, fmt.Errorf("%w: an envelope of %d bytes", relay.ErrMalformed, p.Total)
+	}
 	total, n := int(p.Total), len(p.Data)
-	if total > relay.MaxFrameSize || n > max || (offset >= total && n != 0) || (offset < total && (n == 0 || offset+n > total)) {
+	if n > max || (offset >= total && n != 0) || (offset < total && (n == 0 || offset+n > total)) {
 		return relay.Part{}, false, fmt.Errorf("%w: a part of %d bytes at offset %d of an envelope of %d", relay.ErrMalformed, len(p.Data), offset, total)
 	}
 	return p, true, nil

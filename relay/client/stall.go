@@ -85,10 +85,14 @@ func (c *Client) stalledAt(now time.Time) bool {
 			return true
 		}
 	}
+	// A frame begun: the counts before the time of the last read, which
+	// progressReader sets before it counts (a whole frame read meanwhile
+	// would otherwise look begun and stopped).
+	begun := c.reading.Load() && c.received.Load() > c.framed.Load()
 	if now.Sub(time.Unix(0, c.lastRead.Load())) < c.stallWindow {
 		return false
 	}
-	if c.reading.Load() && c.received.Load() > c.framed.Load() {
+	if begun {
 		return true // a frame began and stopped
 	}
 	c.mu.Lock()

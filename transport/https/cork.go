@@ -182,15 +182,19 @@ type corkConn struct {
 func (c *corkConn) Read(p []byte) (int, error) {
 	n, err := c.rr.read(c.Conn, p)
 	if n > 0 {
+		// The time first: arrivals reads mid first, so a record that
+		// has just begun is never seen with the time before it.
 		c.arrived.Store(time.Now().UnixNano())
 	}
+	c.rr.mid.Store(c.rr.seen > 0)
 	return n, err
 }
 
 // arrivals is when bytes last came, and whether a TLS record has begun
 // and not ended.
 func (c *corkConn) arrivals() (time.Time, bool) {
-	return time.Unix(0, c.arrived.Load()), c.rr.mid.Load()
+	mid := c.rr.mid.Load()
+	return time.Unix(0, c.arrived.Load()), mid
 }
 
 func (c *corkConn) Write(p []byte) (int, error) { return c.k.write(c.Conn, p) }

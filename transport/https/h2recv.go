@@ -285,17 +285,19 @@ func (b *h2Body) fail(err error) {
 	b.mu.Unlock()
 }
 
-// Read returns buffered data, then the error that ended the body.
 // Arrivals is transport.Arrivals for the session over this body: when
 // bytes last arrived on the TCP connection, and whether a TLS record or
-// an HTTP/2 frame has begun and not ended.
+// an HTTP/2 frame has begun and not ended. The frame's count is read
+// before the time: its bytes came through corkConn.Read, which set the
+// time first.
 func (b *h2Body) Arrivals() (time.Time, bool) {
 	cc := b.cc
 	if cc.below == nil {
 		return time.Time{}, false
 	}
+	framing := cc.partial.Load() > 0
 	last, mid := cc.below.arrivals()
-	return last, mid || cc.partial.Load() > 0
+	return last, mid || framing
 }
 
 // frameReads is the framer's reader: it counts what the framer has read
@@ -312,6 +314,7 @@ func (f frameReads) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Read returns buffered data, then the error that ended the body.
 func (b *h2Body) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	for len(b.buf) == 0 && b.err == nil && !b.closed {

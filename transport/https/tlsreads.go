@@ -54,7 +54,7 @@ type recordReads struct {
 	buf   *[]byte                // stash's pooled backing
 	err   error                  // the read error that came with the stashed bytes
 	// mid is set while a record has begun (seen > 0), for another
-	// goroutine than the reader's (see corkConn.arrivals).
+	// goroutine than the reader's; corkConn.Read sets it (see arrivals).
 	mid atomic.Bool
 }
 
@@ -74,7 +74,6 @@ func (r *recordReads) read(raw io.Reader, p []byte) (int, error) {
 	}
 	n, err := raw.Read(p)
 	k := r.advance(p[:n])
-	r.mid.Store(r.seen > 0)
 	if k < n {
 		return r.keep(p, k, n, err)
 	}
@@ -96,7 +95,6 @@ func (r *recordReads) unstash(p []byte) (int, error) {
 		return 0, nil
 	}
 	n := r.advance(r.stash[:min(len(p), len(r.stash))])
-	r.mid.Store(r.seen > 0)
 	copy(p, r.stash[:n])
 	r.stash = r.stash[n:]
 	if len(r.stash) == 0 {
