@@ -177,21 +177,32 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 
 // drainOne empties one target: in one session, or part by part over many
 // on a network that cuts flows (see drainParts).
+//
+// A stall goes to parts at once; a reset first gets one more whole
+// session, as a relay that restarted or a passing fault resets too (a
+// reviewer's find: one reset sent the rest of a large backlog through
+// 4 KiB parts, a round trip each).
 func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error {
 	if b := t.facts.get().RecvBudget; b > 0 {
-		return drainParts(ctx, e, t, in, b)
-	}
-	c, err := t.dial(ctx)
-	if err != nil {
+		_, err := drainParts(ctx, e, t, in, b)
 		return err
 	}
-	err = in.Drain(ctx, c, t.m.owner(), t.m.id())
-	c.Close()
-	if cutByCensor(err) && ctx.Err() == nil {
-		fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
-		return drainParts(ctx, e, t, in, 0)
+	for resets := 0; ; resets++ {
+		c, err := t.dial(ctx)
+		if err != nil {
+			return err
+		}
+		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
+		c.Close()
+		if !cutByCensor(err) || ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, transport.ErrStalled) || resets > 0 {
+			fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
+			_, err = drainParts(ctx, e, t, in, 0)
+			return err
+		}
 	}
-	return err
 }
 
 // cutByCensor reports whether err ended a session the way a censor's
@@ -207,16 +218,16 @@ func cutByCensor(err error) bool {
 // for the network with --network). Until 2026-12-06 a recipient behind a
 // censor freezing flows at 16 KiB never got a message sealed in 64 KiB
 // envelopes: every session stalled inside the first of them.
-func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) error {
+func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) (int, error) {
 	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) {
 		fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
 		t.facts.update(e, func(f *netFacts) { f.RecvBudget = n })
 	}}
-	err := in.DrainParts(ctx, t.dial, t.m.owner(), t.m.id(), cfg)
+	n, err := in.DrainParts(ctx, t.dial, t.m.owner(), t.m.id(), cfg)
 	if errors.Is(err, relay.ErrUnknownFrame) {
-		return fmt.Errorf("this relay cannot send envelopes in parts (it runs a postern from before 2026-12-06), and this network cuts connections before a whole one gets through: %w", err)
+		return n, fmt.Errorf("this relay cannot send envelopes in parts (it runs a postern from before 2026-12-06), and this network cuts connections before a whole one gets through: %w", err)
 	}
-	return err
+	return n, err
 }
 
 // errTake marks a message recv could not show: nothing more is taken.
@@ -267,14 +278,18 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 }
 
 // partsFollow is what `recv --follow` does for one target on a network
-// that cuts flows: after a session a censor cut (at once, on a network
-// known to cut), what waits is taken in parts (drainParts) before the
-// next subscription, whose push of a 64 KiB envelope would stall again.
-// While drains show nothing new (fragments of a message still
-// unfinished, pushed first by every subscription and cut every time),
-// each waits longer after the last, doubling from minPartsWait to
-// maxPartsWait, so that they are not fetched again every few seconds (a
-// reviewer's find). Its methods run in turn on the follower's goroutine.
+// that cuts flows: after a session that stalled or was reset (at once, on
+// a network known to cut), what waits is taken in parts (drainParts)
+// before the next subscription, whose push of a 64 KiB envelope would
+// stall again. While drains fetch envelopes and show nothing new
+// (fragments of a message still unfinished, pushed first by every
+// subscription and cut every time), or fail, each waits longer after the
+// last, doubling from minPartsWait to maxPartsWait, so that they are not
+// fetched again every few seconds (a reviewer's find); a drain that
+// found nothing waiting, or showed a message, lets the next run at once.
+// A relay that does not know parts is not asked again, and an error of
+// the inbox's ends recv. Its methods run in turn on the follower's
+// goroutine.
 type partsFollow struct {
 	e      *env
 	path   string // the identity file
@@ -286,8 +301,10 @@ type partsFollow struct {
 	wait   time.Duration // after the last drain, before the next
 	last   time.Time     // when the last drain ended
 	fatal  error         // a message that could not be shown: recv stops
-	// drain takes what waits in parts; nil: drainParts (tests set it).
-	drain func(context.Context) error
+	off    bool          // the relay does not know parts
+	// drain takes what waits in parts and says how many envelopes it
+	// fetched; nil: drainParts (tests set it).
+	drain func(context.Context) (int, error)
 }
 
 // Waits between drains in parts that show nothing new.
@@ -308,28 +325,34 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 		before := f.p.shown()
 		drain := f.drain
 		if drain == nil {
-			drain = func(ctx context.Context) error { return drainParts(ctx, f.e, f.t, f.in, f.t.facts.get().RecvBudget) }
+			drain = func(ctx context.Context) (int, error) {
+				return drainParts(ctx, f.e, f.t, f.in, f.t.facts.get().RecvBudget)
+			}
 		}
-		err := drain(ctx)
-		f.last, f.due = time.Now(), cutByCensor(err)
+		n, err := drain(ctx)
+		f.last, f.due = time.Now(), err != nil
 		switch {
-		case errors.Is(err, errTake):
+		case errors.Is(err, errTake) || errors.Is(err, client.ErrInbox):
 			f.fatal = err
 			f.cancel()
 			return nil, err
-		case err != nil:
+		case errors.Is(err, relay.ErrUnknownFrame):
+			f.off, f.due = true, false
 			return nil, err
-		case f.p.shown() > before:
+		case err == nil && (n == 0 || f.p.shown() > before):
 			f.wait = 0
 		default:
 			f.wait = min(max(2*f.wait, minPartsWait), maxPartsWait)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
 	return f.t.dial(ctx)
 }
 
 func (f *partsFollow) lost(err error, wait time.Duration) {
-	f.due = f.due || cutByCensor(err)
+	f.due = !f.off && (f.due || cutByCensor(err))
 	fmt.Fprintf(f.e.stderr, "connection lost (%v); retrying in %s\n", recvError(f.path, f.t, err), wait)
 }
 
@@ -411,8 +434,6 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 	})
 }
 
-// printer shows messages (one at a time, for several inboxes), names
-// their senders from the contacts and applies card updates.
 // shown is how many messages the printer has shown.
 func (p *printer) shown() int {
 	p.mu.Lock()
@@ -420,6 +441,8 @@ func (p *printer) shown() int {
 	return p.count
 }
 
+// printer shows messages (one at a time, for several inboxes), names
+// their senders from the contacts and applies card updates.
 type printer struct {
 	e     *env
 	book  *contactBook

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
@@ -75,41 +76,63 @@ func TestRecvThroughFreezingCensor(t *testing.T) {
 }
 
 // TestPartsFollowWaits: recv --follow drains in parts after a cut session;
-// a drain that shows nothing new (an unfinished message's fragments, cut
-// in every subscription) makes the next one wait (10 s, doubling), and
-// one that shows a message lets the next run at once. Until 2026-12-06
-// (a reviewer's find) every cut re-fetched the held fragments at once.
+// a drain that fetches envelopes and shows nothing new (an unfinished
+// message's fragments, cut in every subscription), or fails, makes the
+// next one wait (10 s, doubling); one that shows a message, or finds
+// nothing waiting, lets the next run at once; a relay that does not know
+// parts is not asked again. Until 2026-12-06 (a reviewer's find) every
+// cut re-fetched the held fragments at once.
 func TestPartsFollowWaits(t *testing.T) {
 	p := &printer{}
 	drains := 0
-	show := false
+	var fetched, shows int
+	var fail error
 	f := &partsFollow{e: &env{stderr: io.Discard}, p: p, due: true,
 		t: recvTarget{dial: func(context.Context) (*client.Client, error) { return nil, errors.New("no relay here") }},
-		drain: func(context.Context) error {
+		drain: func(context.Context) (int, error) {
 			drains++
-			if show {
-				p.mu.Lock()
-				p.count++
-				p.mu.Unlock()
-			}
-			return nil
+			p.mu.Lock()
+			p.count += shows
+			p.mu.Unlock()
+			return fetched, fail
 		}}
-	f.dial(context.Background())
-	if drains != 1 || f.wait != minPartsWait {
-		t.Fatalf("after a drain that showed nothing: %d drains, wait %s", drains, f.wait)
+	step := func(name string, wantDrains int, wantWait time.Duration) {
+		t.Helper()
+		f.due = true
+		if f.wait > 0 {
+			f.last = time.Now().Add(-f.wait) // as if the wait had passed
+		}
+		f.dial(context.Background())
+		if drains != wantDrains || f.wait != wantWait {
+			t.Fatalf("%s: %d drains, wait %s; want %d, %s", name, drains, f.wait, wantDrains, wantWait)
+		}
 	}
+	fetched = 2
+	step("fetched two envelopes, showed nothing", 1, minPartsWait)
+	step("again", 2, 2*minPartsWait)
 	// The next cut: the drain waits its turn (a cancelled context ends
 	// the wait without draining).
+	f.last = time.Now()
 	f.lost(transport.ErrStalled, time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := f.dial(ctx); !errors.Is(err, context.Canceled) || drains != 1 {
-		t.Fatalf("the second drain did not wait: %v, %d drains", err, drains)
+	if _, err := f.dial(ctx); !errors.Is(err, context.Canceled) || drains != 2 {
+		t.Fatalf("the drain did not wait: %v, %d drains", err, drains)
 	}
-	f.wait, show = 0, true // as if the wait had passed
-	f.dial(context.Background())
-	if drains != 2 || f.wait != 0 {
-		t.Fatalf("after a drain that showed a message: %d drains, wait %s", drains, f.wait)
+	shows = 1
+	step("showed a message", 3, 0)
+	shows, fetched = 0, 0
+	step("nothing waiting", 4, 0)
+	fail = transport.ErrStalled
+	step("failed", 5, minPartsWait)
+	if !f.due {
+		t.Fatal("a failed drain is not due again")
+	}
+	fail = relay.ErrUnknownFrame
+	step("a relay without parts", 6, minPartsWait)
+	f.lost(transport.ErrStalled, time.Second)
+	if f.due {
+		t.Fatal("parts asked for again of a relay that does not know them")
 	}
 }
 
@@ -146,5 +169,48 @@ func TestFollowIdleNeverStalls(t *testing.T) {
 			t.Fatalf("%s: an idle session was lost:\n%s", tr, s)
 		}
 		f.stop()
+	}
+}
+
+// TestRecvSlowFlowIsNoStall: behind a censor that throttles flows to
+// 6 KB/s, recv with a 2 s stall window takes a message in one 64 KiB
+// envelope whole, in one session: bytes keep arriving beneath the
+// session, though a whole HTTP/2 frame (16 KiB) comes only every ~2.7 s.
+// (A reviewer's find: counting only what reached the session, such a
+// flow was taken for frozen.)
+func TestRecvSlowFlowIsNoStall(t *testing.T) {
+	w := newCensoredWorld(t)
+	msg := make([]byte, 40<<10) // one 64 KiB envelope
+	rand.Read(msg)
+	if stderr, err := w.send(msg); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	w.mb.SetRule(censortest.Throttle(6 << 10))
+	out, stderr, code := runWith(t, w.bin, append(append([]string(nil), w.base...), "POSTERN_STALL=2s"), nil, "recv", "--id", w.bob)
+	got := parseRecv(t, []byte(out))
+	if code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("recv through a slow flow: exit %d, %d messages\n%s", code, len(got), stderr)
+	}
+	if strings.Contains(stderr, "was cut") {
+		t.Fatalf("a slow flow was taken for frozen:\n%s", stderr)
+	}
+}
+
+// TestRecvThroughResettingCensor: behind a censor that resets every flow
+// after 16 KiB, recv tries a second whole session (a relay that restarts
+// resets too), then takes the message sealed in 64 KiB envelopes in
+// parts.
+func TestRecvThroughResettingCensor(t *testing.T) {
+	w := newCensoredWorld(t)
+	msg := make([]byte, 100<<10)
+	rand.Read(msg)
+	if stderr, err := w.send(msg); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	w.mb.SetRule(censortest.ResetAfter(16 << 10))
+	out, stderr, code := runWith(t, w.bin, append(append([]string(nil), w.base...), "POSTERN_STALL=2s"), nil, "recv", "--id", w.bob)
+	got := parseRecv(t, []byte(out))
+	if code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) || !strings.Contains(stderr, "receiving in parts") {
+		t.Fatalf("recv through a resetting censor: exit %d, %d messages\n%s", code, len(got), stderr)
 	}
 }

@@ -39,6 +39,11 @@ const (
 // before they carried any part.
 const maxIdleSessions = 16
 
+// ErrInbox marks DrainParts' errors that are the inbox's, not the
+// relay's or the network's: Take refused a message, or what was taken
+// could not be synced or recorded. Nothing more can be taken.
+var ErrInbox = errors.New("relay/client: the inbox cannot take messages")
+
 // DrainParts is Drain for a network that cuts flows after a few kilobytes
 // (a censor's per-flow limit, which a Deliver of a 64 KiB envelope never
 // passes): it pages once through the mailbox asking for each waiting
@@ -47,8 +52,9 @@ const maxIdleSessions = 16
 // (then the next goes on from the last part that came whole). A complete
 // envelope is handled as a delivery: complete messages go to Take and
 // are acked; fragments of unfinished messages stay on the relay. It gives
-// up after maxIdleSessions sessions in a row that carried nothing.
-func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) error {
+// up after maxIdleSessions sessions in a row that carried nothing. It
+// returns how many envelopes it put together (taken, held or dropped).
+func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) (int, error) {
 	in.Reset()
 	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg}
 	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
@@ -61,7 +67,7 @@ func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Cl
 	for {
 		done, err := d.step(ctx)
 		if done || err != nil {
-			return err
+			return d.whole, err
 		}
 	}
 }
@@ -80,6 +86,7 @@ type partsDrain struct {
 	idle    int // sessions in a row that carried nothing
 	after   uint64
 	cur     *partial // the envelope being put together, if any
+	whole   int      // envelopes put together
 }
 
 // partial is an envelope whose first bytes have come.
@@ -119,10 +126,11 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, d.cut(err)
 	}
-	if ok && (p.Seq <= after || (d.cur != nil && p.Ref == d.cur.ref && (p.Seq != d.cur.seq || int(p.Total) != d.cur.total))) {
-		// Not the first envelope after the cursor, or the same one
-		// changed: a relay that answers so could keep DrainParts asking
-		// for ever.
+	if ok && (p.Seq <= after || (d.cur != nil && p.Ref == d.cur.ref && (p.Seq != d.cur.seq || int(p.Total) != d.cur.total)) ||
+		(d.cur != nil && p.Ref != d.cur.ref && p.Seq <= d.cur.seq)) {
+		// Not past the cursor, the same envelope changed, or another
+		// in the place of one said to be gone: a relay that answers so
+		// could keep DrainParts asking for ever.
 		return false, fmt.Errorf("%w: a part out of order", relay.ErrMalformed)
 	}
 	d.carried += len(p.Data)
@@ -148,13 +156,14 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 func (d *partsDrain) complete(ctx context.Context) error {
 	e := d.cur
 	d.cur, d.after = nil, e.seq
+	d.whole++
 	refs, err := d.in.Handle(Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf})
 	if err != nil {
-		return err // Take refused it: nothing more is taken or acked
+		return fmt.Errorf("%w: %w", ErrInbox, err) // Take refused it: nothing more is taken or acked
 	}
 	if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
 		if d.in.failed != nil {
-			return err // not durable or not recorded: nothing was acked
+			return fmt.Errorf("%w: %w", ErrInbox, err) // not durable or not recorded: nothing was acked
 		}
 		// What was taken is recorded (ack flushes first): the envelope
 		// stays on the relay until a later recv meets it again and acks
@@ -188,6 +197,7 @@ func (d *partsDrain) cut(err error) error {
 	d.idle = 0
 	if stalled && (d.cfg.PerSession == 0 || d.carried < d.cfg.PerSession) {
 		d.cfg.PerSession = d.carried
+		d.part = max(MinPart, min(d.part, d.cfg.PerSession/2))
 		if d.cfg.Learned != nil {
 			d.cfg.Learned(d.carried)
 		}

@@ -131,7 +131,7 @@ func TestDrainPartsThroughFreezingCensor(t *testing.T) {
 	var learned []int
 	cfg := client.PartsConfig{Learned: func(n int) { learned = append(learned, n) }}
 	w.sessions.Store(0)
-	if err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
 		t.Fatalf("DrainParts: %v", err)
 	}
 	if len(got) != 2 || !bytes.Equal(got[0], big) || string(got[1]) != "small" {
@@ -156,7 +156,7 @@ func TestDrainPartsThroughFreezingCensor(t *testing.T) {
 	cfg.PerSession = learned0
 	cuts := 0
 	cfg.Cut = func(error, int) { cuts++ }
-	if err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
 		t.Fatalf("DrainParts with a known budget: %v", err)
 	}
 	if len(got) != 1 || !bytes.Equal(got[0], big) || len(learned) != 0 || cuts != 0 {
@@ -178,7 +178,7 @@ func TestDrainPartsThroughResettingCensor(t *testing.T) {
 	var got [][]byte
 	var learned []int
 	cfg := client.PartsConfig{Learned: func(n int) { learned = append(learned, n) }}
-	if err := w.inbox(t, &got).DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+	if _, err := w.inbox(t, &got).DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
 		t.Fatalf("DrainParts: %v", err)
 	}
 	if len(got) != 1 || !bytes.Equal(got[0], big) || len(learned) != 0 {
@@ -258,7 +258,7 @@ func TestDrainPartsEnvelopeGone(t *testing.T) {
 	var got [][]byte
 	cuts := 0
 	cfg := client.PartsConfig{Cut: func(error, int) { cuts++ }}
-	if err := w.inbox(t, &got).DrainParts(ctx, dial, w.box.Owner, w.box.ID, cfg); err != nil {
+	if _, err := w.inbox(t, &got).DrainParts(ctx, dial, w.box.Owner, w.box.ID, cfg); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || string(got[0]) != "after" || cuts == 0 {
@@ -388,7 +388,7 @@ func TestDrainPartsRefusesDisorderedParts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := in.DrainParts(ctx, dial, key, [32]byte{}, client.PartsConfig{}); !errors.Is(err, relay.ErrMalformed) {
+			if _, err := in.DrainParts(ctx, dial, key, [32]byte{}, client.PartsConfig{}); !errors.Is(err, relay.ErrMalformed) {
 				t.Fatalf("DrainParts = %v, want ErrMalformed", err)
 			}
 		})

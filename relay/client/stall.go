@@ -78,19 +78,29 @@ func (c *Client) watchStall() {
 }
 
 func (c *Client) stalledAt(now time.Time) bool {
+	// Beneath the session (https): a TLS record or HTTP/2 frame begun,
+	// whose bytes the session does not see until it is whole.
+	var below time.Time
+	var midway bool
 	if a, ok := c.conn.(transport.Arrivals); ok {
-		// Beneath the session: a TLS record or HTTP/2 frame begun and
-		// frozen, its bytes held from the session.
-		if last, mid := a.Arrivals(); mid && now.Sub(last) >= c.stallWindow {
-			return true
-		}
+		below, midway = a.Arrivals()
 	}
 	// A frame begun: the counts before the time of the last read, which
 	// progressReader sets before it counts (a whole frame read meanwhile
 	// would otherwise look begun and stopped).
 	begun := c.reading.Load() && c.received.Load() > c.framed.Load()
-	if now.Sub(time.Unix(0, c.lastRead.Load())) < c.stallWindow {
+	// Bytes arriving beneath the session count as arriving: a slow flow
+	// is not a frozen one (a reviewer's find: a 64 KiB push at 1 KB/s
+	// delivered a whole HTTP/2 frame only every 16 s).
+	last := time.Unix(0, c.lastRead.Load())
+	if below.After(last) {
+		last = below
+	}
+	if now.Sub(last) < c.stallWindow {
 		return false
+	}
+	if midway {
+		return true
 	}
 	if begun {
 		return true // a frame began and stopped
