@@ -75,21 +75,7 @@ func (l *classLog) get() ([]transport.Class, []string) {
 // envelope does) and "open" (a pipe).
 func feedbackWorld(t *testing.T) (*relaytest.Relay, *transport.Registry, *descriptor.Descriptor) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.Serve(c.(*net.TCPConn), "frozen")
-		}
-	}()
-	mb := censortest.NewMiddlebox(t, ln.Addr().String())
+	mb := censortest.NewMiddlebox(t, r.ServeTCP(t, "frozen"))
 	mb.SetRule(censortest.FreezeAfter(2 << 10))
 	var reg transport.Registry
 	reg.Register(&tcpTransport{name: "frozen", addr: mb.Addr()})

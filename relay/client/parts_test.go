@@ -36,21 +36,7 @@ type partsWorld struct {
 
 func newPartsWorld(t *testing.T) *partsWorld {
 	w := &partsWorld{r: relaytest.New(t, store.Options{}, server.Config{}), stall: 2 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			w.r.Serve(c.(*net.TCPConn), "test")
-		}
-	}()
-	w.mb = censortest.NewMiddlebox(t, ln.Addr().String())
+	w.mb = censortest.NewMiddlebox(t, w.r.ServeTCP(t, "test"))
 	w.owner = w.r.Connect(t)
 	w.box = relaytest.NewMailbox(t, w.owner, nil)
 	return w
@@ -77,6 +63,15 @@ func (w *partsWorld) send(t *testing.T, msg []byte) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// stored stores a random message of size bytes (see send) and returns
+// it.
+func (w *partsWorld) stored(t *testing.T, size int) []byte {
+	msg := make([]byte, size)
+	rand.Read(msg)
+	w.send(t, msg)
+	return msg
 }
 
 // inbox returns an inbox of the mailbox whose taken messages go to got.
@@ -111,9 +106,7 @@ func TestDrainPartsThroughFreezingCensor(t *testing.T) {
 	w := newPartsWorld(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	big := make([]byte, 100<<10)
-	rand.Read(big)
-	w.send(t, big)
+	big := w.stored(t, 100<<10)
 	w.send(t, []byte("small"))
 	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
 
@@ -171,9 +164,7 @@ func TestDrainPartsThroughResettingCensor(t *testing.T) {
 	w := newPartsWorld(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	big := make([]byte, 150<<10)
-	rand.Read(big)
-	w.send(t, big)
+	big := w.stored(t, 150<<10)
 	w.mb.SetRule(censortest.ResetAfter(16 << 10))
 	var got [][]byte
 	var learned []int

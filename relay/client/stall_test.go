@@ -22,21 +22,7 @@ import (
 // stall window instead of hanging; an idle session never stalls.
 func TestStalledFlowDetected(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.Serve(c.(*net.TCPConn), "test")
-		}
-	}()
-	mb := censortest.NewMiddlebox(t, ln.Addr().String())
+	mb := censortest.NewMiddlebox(t, r.ServeTCP(t, "test"))
 	mb.SetRule(censortest.FreezeAfter(32 << 10))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -89,6 +89,28 @@ func (r *Relay) Serve(conn transport.Conn, transportName string) {
 	}()
 }
 
+// ServeTCP serves every connection to a new loopback TCP listener, named
+// transportName, and returns the listener's address; the listener closes
+// when the test ends.
+func (r *Relay) ServeTCP(t testing.TB, transportName string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.Serve(c.(*net.TCPConn), transportName)
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // Connect opens a session and returns its client side, closed when the
 // test ends.
 func (r *Relay) Connect(t testing.TB) *client.Client {
