@@ -184,8 +184,11 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 // 4 KiB parts, a round trip each).
 func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error {
 	if b := t.facts.get().RecvBudget; b > 0 {
-		_, err := drainParts(ctx, e, t, in, b)
-		return err
+		// A relay that does not know parts may still deliver what is
+		// small enough whole.
+		if _, err := drainParts(ctx, e, t, in, b); !errors.Is(err, relay.ErrUnknownFrame) {
+			return err
+		}
 	}
 	for resets := 0; ; resets++ {
 		c, err := t.dial(ctx)

@@ -257,9 +257,9 @@ func TestDrainPartsEnvelopeGone(t *testing.T) {
 	}
 }
 
-// TestFetchPartChecks: a part is refused when it is larger than asked, or
-// runs past the envelope's end; asking for no bytes is refused before
-// anything is sent.
+// TestFetchPartChecks: asking for no bytes is refused before anything is
+// sent; the relay answers only the mailbox's owner; a large max is cut to
+// relay.MaxPart.
 func TestFetchPartChecks(t *testing.T) {
 	w := newPartsWorld(t)
 	ctx := context.Background()
@@ -267,6 +267,10 @@ func TestFetchPartChecks(t *testing.T) {
 		t.Fatal("a part of 0 bytes was asked for")
 	}
 	w.send(t, []byte("x"))
+	_, stranger, _ := ed25519.GenerateKey(nil)
+	if _, _, err := w.owner.FetchPart(ctx, stranger, w.box.ID, 0, 0, 4096); !errors.Is(err, relay.ErrUnauthorized) {
+		t.Fatalf("a part asked for with another key than the owner's: %v", err)
+	}
 	p, ok, err := w.owner.FetchPart(ctx, w.box.Owner, w.box.ID, 0, 0, 1<<20)
 	if err != nil || !ok || len(p.Data) != int(p.Total) || p.Total > relay.MaxPart {
 		t.Fatalf("a whole 4 KiB envelope: ok %v, %d of %d bytes, %v", ok, len(p.Data), p.Total, err)
