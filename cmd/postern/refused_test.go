@@ -148,12 +148,8 @@ func TestRefusalIsNoNetworkFact(t *testing.T) {
 	h1 := startRelay(t, bin, filepath.Join(dir, "h1"), "--https", h1addr, "--h3", h1addr)
 	entry := startRelay(t, bin, filepath.Join(dir, "entry"))
 	defer entry.stop()
+	base, bob, card, _ := newOwner(t, bin, dir, h0, h1)
 	home := filepath.Join(dir, "home")
-	base := []string{"POSTERN_HOME=" + home}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob,
-		"--relay", filepath.Join(h0.dir, "descriptor"), "--relay", filepath.Join(h1.dir, "descriptor"))))
 	runOK(t, bin, base, nil, "relays", "add", filepath.Join(entry.dir, "descriptor"))
 	h1.stop()
 	runOK(t, bin, base, []byte("first"), "send", "--anonymous", "--to", card) // h0's mailbox is full now

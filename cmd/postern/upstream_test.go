@@ -93,16 +93,20 @@ func assertBlocked(t *testing.T, src, dst string) {
 	}
 }
 
-// newOwner makes bob's identity under dir/home and a mailbox on relay
-// home; it returns the environment for the CLI, bob's identity file, his
-// card and the parsed card.
-func newOwner(t *testing.T, bin, dir string, home *relayProc) (base []string, bob, card string, parsed *envelope.Card) {
+// newOwner makes bob's identity under dir/home and one mailbox on the
+// relays homes (a card naming them all); it returns the environment for
+// the CLI, bob's identity file, his card and the parsed card.
+func newOwner(t *testing.T, bin, dir string, homes ...*relayProc) (base []string, bob, card string, parsed *envelope.Card) {
 	t.Helper()
 	state := filepath.Join(dir, "home")
 	base = []string{"POSTERN_HOME=" + state}
 	bob = filepath.Join(state, "bob.id")
 	runOK(t, bin, base, nil, "id", "new", "--out", bob)
-	card = strings.TrimSpace(string(runOK(t, bin, base, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(home.dir, "descriptor"))))
+	args := []string{"mailbox", "create", "--id", bob}
+	for _, h := range homes {
+		args = append(args, "--relay", filepath.Join(h.dir, "descriptor"))
+	}
+	card = strings.TrimSpace(string(runOK(t, bin, base, nil, args...)))
 	parsed, err := envelope.ParseCard(card)
 	if err != nil {
 		t.Fatal(err)
