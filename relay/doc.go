@@ -84,6 +84,8 @@
 //	0x1C RelayAuth    req u32 | desclen u16 | the sending relay's descriptor | sig 64 (relay links)
 //	0x1D FetchPart    req u32 | mailbox 32 | after u64 | offset u32 | max u32 | sig 64 (part of
 //	                  the first waiting envelope with seq > after; see Parts)
+//	0x1E SubscribeAfter req u32 | mailbox 32 | after u64 | sig 64 (a subscription
+//	                  that pushes only envelopes with seq > after; see Parts)
 //
 // Frame, entry relay to home relay, in place of ClientHello:
 //
@@ -131,6 +133,14 @@
 // and the client starts that one from its start. A
 // relay from before parts answers CodeUnknownFrame. Ask at most MaxPart
 // bytes: a larger max is cut to it.
+//
+// A client that has paged through the mailbox so, and holds the fragments
+// of unfinished messages it found there (they stay on the relay until the
+// message is complete), follows the mailbox with SubscribeAfter its last
+// seq: a Subscribe would push those large envelopes first again, into the
+// censor's limit. An offset past an envelope's end costs the client a few
+// bytes to learn which envelope is next (its ref, seq and size), so a
+// client that already holds it pages past it.
 //
 // # Tunnels
 //

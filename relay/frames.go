@@ -67,26 +67,27 @@ type FrameType byte
 // Frame types; the byte layout of each payload is in the package
 // documentation and on its Go type.
 const (
-	FrameClientHello FrameType = 0x01
-	FrameServerHello FrameType = 0x02
-	FrameTunnelHello FrameType = 0x03
-	FrameCreate      FrameType = 0x10
-	FrameSend        FrameType = 0x11
-	FrameSubscribe   FrameType = 0x12
-	FrameFetch       FrameType = 0x13
-	FrameAck         FrameType = 0x14
-	FrameRotate      FrameType = 0x15
-	FrameDelete      FrameType = 0x16
-	FramePing        FrameType = 0x17
-	FrameForward     FrameType = 0x18
-	FrameDescriptor  FrameType = 0x19
-	FrameLayer       FrameType = 0x1A
-	FrameTunnel      FrameType = 0x1B
-	FrameRelayAuth   FrameType = 0x1C
-	FrameFetchPart   FrameType = 0x1D
-	FrameResult      FrameType = 0x20
-	FrameDeliver     FrameType = 0x21
-	FramePong        FrameType = 0x22
+	FrameClientHello    FrameType = 0x01
+	FrameServerHello    FrameType = 0x02
+	FrameTunnelHello    FrameType = 0x03
+	FrameCreate         FrameType = 0x10
+	FrameSend           FrameType = 0x11
+	FrameSubscribe      FrameType = 0x12
+	FrameFetch          FrameType = 0x13
+	FrameAck            FrameType = 0x14
+	FrameRotate         FrameType = 0x15
+	FrameDelete         FrameType = 0x16
+	FramePing           FrameType = 0x17
+	FrameForward        FrameType = 0x18
+	FrameDescriptor     FrameType = 0x19
+	FrameLayer          FrameType = 0x1A
+	FrameTunnel         FrameType = 0x1B
+	FrameRelayAuth      FrameType = 0x1C
+	FrameFetchPart      FrameType = 0x1D
+	FrameSubscribeAfter FrameType = 0x1E
+	FrameResult         FrameType = 0x20
+	FrameDeliver        FrameType = 0x21
+	FramePong           FrameType = 0x22
 )
 
 // Errors that end a session: framing is lost or the peer is not speaking

@@ -136,6 +136,36 @@ func ParseSubscribe(p []byte) (m Subscribe, err error) {
 	return m, err
 }
 
+// SubscribeAfter is Subscribe from a cursor: req u32 | mailbox 32 |
+// after u64 | sig 64. The subscription pushes only envelopes with seq >
+// After, the waiting ones and then each new one. A client that has paged
+// through the mailbox (in parts, behind a censor that freezes flows after
+// a few kilobytes) and holds what it found there (fragments of a message
+// still unfinished) subscribes past it: a plain Subscribe pushed those
+// envelopes first again, and behind such a censor the push of the first
+// large one froze the subscription every time, with new messages queued
+// behind it. A relay from before it answers CodeUnknownFrame.
+type SubscribeAfter struct {
+	Req     uint32
+	Mailbox [MailboxSize]byte
+	After   uint64
+	Sig     [SigSize]byte
+}
+
+func (SubscribeAfter) Type() FrameType { return FrameSubscribeAfter }
+func (m SubscribeAfter) AppendSigned(b []byte) []byte {
+	return binary.BigEndian.AppendUint64(appendHead(b, m.Req, m.Mailbox), m.After)
+}
+func (m SubscribeAfter) AppendPayload(b []byte) []byte { return append(m.AppendSigned(b), m.Sig[:]...) }
+
+// ParseSubscribeAfter decodes a SubscribeAfter payload.
+func ParseSubscribeAfter(p []byte) (m SubscribeAfter, err error) {
+	err = parse(p, func(s *cryptobyte.String) bool {
+		return readHead(s, &m.Req, &m.Mailbox) && s.ReadUint64(&m.After) && readArray(s, m.Sig[:])
+	})
+	return m, err
+}
+
 // Delete removes a mailbox and everything in it: req u32 | mailbox 32 |
 // sig 64.
 type Delete Subscribe

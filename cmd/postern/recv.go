@@ -153,6 +153,7 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 	ok := map[*mailboxState]bool{}
 	var failed []error
 	for _, t := range ts {
+		in.Reset() // what it holds is another relay's
 		err := drainOne(ctx, e, t, in)
 		if err == nil {
 			ok[t.m] = true
@@ -284,12 +285,15 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 // that cuts flows: after a session that stalled or was reset (at once, on
 // a network known to cut), what waits is taken in parts (drainParts)
 // before the next subscription, whose push of a 64 KiB envelope would
-// stall again. While drains fetch envelopes and show nothing new
-// (fragments of a message still unfinished, pushed first by every
-// subscription and cut every time), or fail, each waits longer after the
-// last, doubling from minPartsWait to maxPartsWait, so that they are not
-// fetched again every few seconds (a reviewer's find); a drain that
-// found nothing waiting, or showed a message, lets the next run at once.
+// stall again. The inbox keeps the fragments of unfinished messages the
+// drain found, and the next subscription starts past them
+// (client.FollowConfig.After). A relay from before that pushes them
+// first again, and the censor cuts every such subscription: while drains
+// fetch envelopes and show nothing new (those fragments, again), or
+// fail, each waits longer after the last, doubling from minPartsWait to
+// maxPartsWait, so that they are not fetched again every few seconds (a
+// reviewer's find); a drain that found nothing waiting, or showed a
+// message, lets the next run at once.
 // A relay that does not know parts is not asked again, and an error of
 // the inbox's ends recv. Its methods run in turn on the follower's
 // goroutine.

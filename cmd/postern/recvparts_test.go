@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
@@ -203,5 +204,76 @@ func TestRecvThroughResettingCensor(t *testing.T) {
 	msg := w.stored(t, 100<<10)
 	if stderr := w.recvThrough(t, censortest.ResetAfter(16<<10), msg); !strings.Contains(stderr, "receiving in parts") {
 		t.Fatalf("recv did not take the message in parts (test setup?):\n%s", stderr)
+	}
+}
+
+// unfinished stores, while the middlebox lets everything through, the
+// first 64 KiB envelope of a 100 KB message to bob and only that one: a
+// message that never completes (its sender lost the rest).
+func (w *censoredWorld) unfinished(t *testing.T) {
+	t.Helper()
+	w.mb.SetRule(censortest.Pass)
+	card, err := envelope.ParseCard(w.card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 100<<10)
+	rand.Read(msg)
+	envs, err := envelope.SealMessage(card, nil, msg, nil)
+	if err != nil || len(envs) < 2 {
+		t.Fatalf("sealed %d envelopes (%v), want 2 or more", len(envs), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := dialRelay(ctx, &env{stderr: io.Discard, getenv: func(string) string { return "" }}, w.rp.line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Send(ctx, envs[0], card.SendCap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFollowPastUnfinishedMessage: an unfinished message's 64 KiB
+// fragment waits on the relay, and `recv --follow` is behind a censor
+// that freezes flows at 16 KiB. The first subscription stalls inside the
+// fragment; recv takes what waits in parts, holds the fragment, and
+// subscribes past it: no later session is cut, and a new message comes
+// at once. Until 2026-12-06 every subscription pushed the fragment first,
+// stalled in it, and was followed by a drain that fetched it again in
+// parts, waiting 10 s to 5 min between drains: a new message waited as
+// long.
+func TestFollowPastUnfinishedMessage(t *testing.T) {
+	w := newCensoredWorld(t)
+	w.unfinished(t)
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	f := startFollow(t, w.bin, append(append([]string(nil), w.base...), "POSTERN_STALL=2s"), w.bob, "--network", "train")
+	defer f.stop()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(f.stderr.String(), "a connection carries about"); { // a deadlock guard
+		if time.Now().After(deadline) {
+			t.Fatalf("recv --follow never took the fragment in parts; stderr:\n%s", f.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Three stall windows: a subscription pushing the fragment again
+	// would have been cut by now.
+	time.Sleep(6 * time.Second)
+	msg := "after the unfinished one"
+	sent := time.Now()
+	if stderr, err := w.send([]byte(msg)); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	select {
+	case got := <-f.msgs:
+		if got != msg {
+			t.Fatalf("recv --follow printed %d bytes, want %q", len(got), msg)
+		}
+		t.Logf("printed %v after send began", time.Since(sent).Round(time.Millisecond))
+	case <-time.After(time.Minute): // a deadlock guard
+		t.Fatalf("recv --follow never printed the new message; stderr:\n%s", f.stderr.String())
+	}
+	if n := strings.Count(f.stderr.String(), "connection lost"); n != 1 {
+		t.Fatalf("%d sessions lost, want the first one only; stderr:\n%s", n, f.stderr.String())
 	}
 }

@@ -26,10 +26,24 @@ type FollowConfig struct {
 	// Owner and Mailbox name the mailbox to follow.
 	Owner   ed25519.PrivateKey
 	Mailbox [32]byte
-	// Connected, if set, is called after each successful subscribe: every
-	// waiting envelope is pushed again on a new session, so a caller that
-	// holds envelopes unacked (fragments) resets that state here.
+	// After, if set, gives the cursor each subscription starts from: one
+	// past a cursor (not 0) pushes only the envelopes after it
+	// (Client.SubscribeAfter), for a caller that paged through the
+	// mailbox up to it and holds what it did not ack there (an Inbox
+	// after DrainParts). A relay that does not know SubscribeAfter gets a
+	// plain Subscribe.
+	After func() uint64
+	// Connected, if set, is called after each successful subscribe from
+	// the mailbox's start (not one past a cursor): every waiting envelope
+	// is pushed again on a new session, so a caller that holds envelopes
+	// unacked (fragments) resets that state here.
 	Connected func()
+	// Gone, if set, is called when the relay answers a subscription that
+	// it has no such mailbox: what the caller holds, and its cursor, are
+	// of a mailbox that is no more there, and one made again there (its
+	// owner runs `mailbox create --again` while Follow retries) numbers
+	// its envelopes from the start again, below an old cursor.
+	Gone func()
 	// Handle takes one delivery and returns the refs to ack (possibly
 	// none, possibly refs of earlier deliveries). Follow acks them in
 	// batches: once it has handed over the deliveries that arrived
@@ -139,15 +153,28 @@ const heldForPaging = relay.MaxUnacked / 2
 // follow runs one session; subscribed reports whether it got as far as a
 // subscription (which resets the backoff).
 func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool, err error) {
-	if err := c.Subscribe(ctx, cfg.Owner, cfg.Mailbox); err != nil {
+	var after uint64
+	if cfg.After != nil {
+		after = cfg.After()
+	}
+	err = c.SubscribeAfter(ctx, cfg.Owner, cfg.Mailbox, after)
+	if after > 0 && errors.Is(err, relay.ErrUnknownFrame) {
+		after = 0 // a relay from before SubscribeAfter
+		err = c.Subscribe(ctx, cfg.Owner, cfg.Mailbox)
+	}
+	if err != nil {
+		if errors.Is(err, relay.ErrNoMailbox) && cfg.Gone != nil {
+			cfg.Gone()
+		}
 		return false, err
 	}
-	if cfg.Connected != nil {
+	if after == 0 && cfg.Connected != nil {
 		cfg.Connected()
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
-	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut)}
+	// Paging (when too much is held) goes on from the cursor.
+	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut), last: after, paged: after}
 	for {
 		var err error
 		select {

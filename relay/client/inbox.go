@@ -100,12 +100,18 @@ type Inbox struct {
 	held   map[string]*heldMessage // fragments of unfinished messages
 	order  []string                // keys of held, oldest first
 	failed error                   // a flush failed: see InboxConfig.Sync
+	// cursor is where the last DrainParts paged through the mailbox to:
+	// every envelope up to it that is still on the relay is held here
+	// (fragments of unfinished messages) or was acked. Follow subscribes
+	// past it (SubscribeAfter). Reset clears it.
+	cursor uint64
 }
 
 // heldMessage is what the inbox keeps of a message whose fragments are
 // still arriving.
 type heldMessage struct {
 	refs []Ref
+	seqs []uint64 // the refs' sequence numbers, in the same order
 	ids  map[[envelope.IDSize]byte]bool
 	// first names the message to the joiner (its sender and the first
 	// 16 bytes of a fragment's payload, its message id on the wire).
@@ -138,12 +144,17 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 	return in, nil
 }
 
-// Reset forgets held fragments. Call it when a new session starts: the
-// relay delivers every waiting envelope again, held fragments included.
+// Reset forgets held fragments. Call it before the inbox takes
+// deliveries of another relay (refs and sequence numbers are a relay's
+// own), and when a new session starts from the mailbox's first envelope
+// (a Subscribe, a Drain): the relay delivers every waiting envelope
+// again, held fragments included. DrainParts, and Follow past the
+// cursor DrainParts left, keep what is held.
 func (in *Inbox) Reset() {
 	in.held = map[string]*heldMessage{}
 	in.order = nil
 	in.join = &envelope.Joiner{MaxPending: in.cfg.MaxHeld + 1}
+	in.cursor = 0
 }
 
 // Handle takes one delivery and returns the refs that may now be acked,
@@ -226,6 +237,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 		in.order = append(in.order, key)
 	}
 	h.refs = append(h.refs, d.Ref)
+	h.seqs = append(h.seqs, d.Seq)
 	h.ids[o.ID] = true
 	msg, done, err := in.join.Add(o)
 	if err != nil {
@@ -248,6 +260,40 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 	in.replay.add(h.message)
 	acks = append(acks, in.drop(key)...)
 	return append(acks, in.dropSealings(h.message)...), nil
+}
+
+// holds reports whether the envelope ref is one the inbox holds.
+func (in *Inbox) holds(ref Ref) bool {
+	for _, h := range in.held {
+		if slices.Contains(h.refs, ref) {
+			return true
+		}
+	}
+	return false
+}
+
+// heldPast reports whether the inbox holds an envelope with seq > after.
+func (in *Inbox) heldPast(after uint64) bool {
+	for _, h := range in.held {
+		for _, s := range h.seqs {
+			if s > after {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// sweep forgets, without acking them, the held messages none of whose
+// envelopes are in seen, the refs a whole pass through the mailbox met:
+// all of them are gone from the relay (acked by another device, which
+// took the message, or expired), and nothing more of them will come.
+func (in *Inbox) sweep(seen map[Ref]bool) {
+	for _, key := range slices.Clone(in.order) {
+		if h := in.held[key]; h != nil && !slices.ContainsFunc(h.refs, func(r Ref) bool { return seen[r] }) {
+			in.drop(key)
+		}
+	}
 }
 
 // heldRefs is how many delivered envelopes the inbox holds unacked.
@@ -451,7 +497,9 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, lost func(error, time.Duration)) error {
 	return Follow(ctx, FollowConfig{
 		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
+		After:     func() uint64 { return in.cursor },
 		Connected: in.Reset,
+		Gone:      in.Reset,
 		Handle:    in.Handle,
 		Flush:     in.flush,
 		Release:   in.release,

@@ -54,9 +54,18 @@ var ErrInbox = errors.New("relay/client: the inbox cannot take messages")
 // are acked; fragments of unfinished messages stay on the relay. It gives
 // up after maxIdleSessions sessions in a row that carried nothing. It
 // returns how many envelopes it put together (taken, held or dropped).
+//
+// What the inbox holds (fragments of unfinished messages, from an
+// earlier DrainParts of this mailbox on this relay, or a session of it)
+// it keeps: before it asks for an envelope that may be one of those, it
+// asks which envelope is next (a part past any envelope's end, a few
+// bytes), and pages past one it holds. Until 2026-12-06 each drain
+// forgot them and fetched them again in parts, 64 KiB each, over as many
+// sessions as that took, every time. A pass through the whole mailbox
+// forgets the held messages it met nothing of (gone from the relay) and
+// leaves the cursor Follow subscribes past.
 func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) (int, error) {
-	in.Reset()
-	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg}
+	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}}
 	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
 	if cfg.PerSession > 0 {
 		// A session ends before half of PerSession: parts no larger
@@ -66,11 +75,21 @@ func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Cl
 	defer d.end()
 	for {
 		done, err := d.step(ctx)
-		if done || err != nil {
+		if err != nil {
 			return d.whole, err
+		}
+		if done {
+			in.sweep(d.seen)
+			in.cursor = d.after
+			return d.whole, nil
 		}
 	}
 }
+
+// peekCost is what DrainParts counts against a session's budget for
+// asking which envelope is next: the request and its answer, with no
+// data.
+const peekCost = 192
 
 // partsDrain is one DrainParts.
 type partsDrain struct {
@@ -87,6 +106,7 @@ type partsDrain struct {
 	after   uint64
 	cur     *partial // the envelope being put together, if any
 	whole   int      // envelopes put together
+	seen    map[Ref]bool
 }
 
 // partial is an envelope whose first bytes have come.
@@ -118,11 +138,15 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		}
 		d.c, d.carried = c, 0
 	}
-	after, offset := d.after, 0
+	after, offset, size, peek := d.after, 0, d.part, false
 	if d.cur != nil {
 		after, offset = d.cur.seq-1, len(d.cur.buf)
+	} else if d.in.heldPast(after) {
+		// The next envelope may be one the inbox holds: ask which it is
+		// (past any envelope's end, so with no data) before its bytes.
+		offset, size, peek = relay.MaxFrameSize, 1, true
 	}
-	p, ok, err := d.c.FetchPart(ctx, d.owner, d.mailbox, after, offset, d.part)
+	p, ok, err := d.c.FetchPart(ctx, d.owner, d.mailbox, after, offset, size)
 	if err != nil {
 		return false, d.cut(err)
 	}
@@ -134,6 +158,9 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: a part out of order", relay.ErrMalformed)
 	}
 	d.carried += len(p.Data)
+	if peek {
+		d.carried += peekCost
+	}
 	if !ok {
 		return true, nil
 	}
@@ -142,6 +169,11 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	if d.cur == nil {
+		if d.in.holds(p.Ref) {
+			d.seen[p.Ref] = true
+			d.after = p.Seq // held: page past it
+			return false, nil
+		}
 		d.cur = &partial{ref: p.Ref, seq: p.Seq, total: int(p.Total), buf: make([]byte, 0, p.Total)}
 	}
 	d.cur.buf = append(d.cur.buf, p.Data...)
@@ -157,6 +189,7 @@ func (d *partsDrain) complete(ctx context.Context) error {
 	e := d.cur
 	d.cur, d.after = nil, e.seq
 	d.whole++
+	d.seen[e.ref] = true
 	refs, err := d.in.Handle(Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf})
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInbox, err) // Take refused it: nothing more is taken or acked

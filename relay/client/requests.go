@@ -45,7 +45,7 @@ func (c *Client) begin(ctx context.Context, build func(req uint32) relay.Message
 		return nil, fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	c.pending[req] = cl
-	if m.Type() == relay.FrameSubscribe {
+	if t := m.Type(); t == relay.FrameSubscribe || t == relay.FrameSubscribeAfter {
 		c.subs[req] = true
 	}
 	c.mu.Unlock()
@@ -168,6 +168,26 @@ func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32
 	}
 	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.Subscribe{Req: req, Mailbox: id}
+		m.Sig = relay.Sign(owner, bind, m)
+		return m
+	})
+	return err
+}
+
+// SubscribeAfter is Subscribe for the envelopes with seq > after only
+// (relay.SubscribeAfter): for a caller that has paged through the mailbox
+// up to after and holds what it did not ack there. A relay from before it
+// refuses it with relay.CodeUnknownFrame; after = 0 is a plain Subscribe.
+func (c *Client) SubscribeAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64) error {
+	if after == 0 {
+		return c.Subscribe(ctx, owner, id)
+	}
+	bind, err := c.binding()
+	if err != nil {
+		return err
+	}
+	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
+		m := relay.SubscribeAfter{Req: req, Mailbox: id, After: after}
 		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})

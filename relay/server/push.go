@@ -10,8 +10,9 @@ import (
 )
 
 // subscription pushes a mailbox's envelopes to the session: every waiting
-// one once, then each new one, reading onward from a cursor (the last
-// sequence number pushed) so nothing is read twice. At most MaxUnacked
+// one once (past the SubscribeAfter cursor, if any), then each new one,
+// reading onward from a cursor (the last sequence number pushed) so
+// nothing is read twice. At most MaxUnacked
 // pushed envelopes may wait for this session's acks. Envelopes acked on
 // another session (a second device), or expired, leave the window when
 // it is full (gone).
@@ -79,9 +80,29 @@ func (ss *session) subscribe(p []byte) error {
 	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
 		return err
 	}
+	return ss.subscribeAfter(m.Req, m.Mailbox, 0)
+}
+
+// subscribeFrom answers a SubscribeAfter: a subscription that pushes only
+// the envelopes after m.After.
+func (ss *session) subscribeFrom(p []byte) error {
+	m, err := relay.ParseSubscribeAfter(p)
+	if err != nil {
+		return relay.ErrBadFrame
+	}
+	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
+		return err
+	}
+	return ss.subscribeAfter(m.Req, m.Mailbox, m.After)
+}
+
+// subscribeAfter starts a subscription to mailbox id whose pushes answer
+// request req, from the cursor after. A second subscription to a mailbox
+// on one session is the first one (whatever its cursor).
+func (ss *session) subscribeAfter(req uint32, id [32]byte, after uint64) error {
 	ss.smu.Lock()
 	defer ss.smu.Unlock()
-	if _, ok := ss.subs[m.Mailbox]; ok {
+	if _, ok := ss.subs[id]; ok {
 		return nil
 	}
 	if len(ss.subs) >= ss.srv.cfg.MaxSubscriptions {
@@ -89,18 +110,18 @@ func (ss *session) subscribe(p []byte) error {
 	}
 	ctx, cancel := context.WithCancel(ss.ctx)
 	sub := &subscription{cancel: cancel, kick: make(chan struct{}, 1), sent: make(map[store.Ref]struct{})}
-	ss.subs[m.Mailbox] = sub
-	notify, unsub := ss.srv.cfg.Store.Notify(m.Mailbox)
+	ss.subs[id] = sub
+	notify, unsub := ss.srv.cfg.Store.Notify(id)
 	ss.wg.Add(1)
 	go func() {
 		defer ss.wg.Done()
 		defer unsub()
-		ss.push(ctx, m.Req, m.Mailbox, sub, notify)
+		ss.push(ctx, req, id, after, sub, notify)
 		// However the push ended, the subscription is gone: a new
 		// Subscribe must start a new one.
 		ss.smu.Lock()
-		if ss.subs[m.Mailbox] == sub {
-			delete(ss.subs, m.Mailbox)
+		if ss.subs[id] == sub {
+			delete(ss.subs, id)
 		}
 		ss.smu.Unlock()
 		cancel()
@@ -120,11 +141,11 @@ func (ss *session) unsubscribe(id [32]byte) {
 // push runs a subscription until it is cancelled. A store read error or a
 // failed write ends the whole session, so the client notices and
 // reconnects instead of waiting for pushes that will never come.
-func (ss *session) push(ctx context.Context, req uint32, id [32]byte, sub *subscription, notify <-chan struct{}) {
+func (ss *session) push(ctx context.Context, req uint32, id [32]byte, after uint64, sub *subscription, notify <-chan struct{}) {
 	// Frames queued before the push ends leave now, not with the
 	// session's next write.
 	defer ss.flush()
-	var last uint64
+	last := after
 	var prune *time.Timer
 	var pruned time.Time
 	defer func() {

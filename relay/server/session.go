@@ -251,6 +251,8 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 		return ss.reply(req, ss.create(p), nil)
 	case relay.FrameSubscribe:
 		return ss.reply(req, ss.subscribe(p), nil)
+	case relay.FrameSubscribeAfter:
+		return ss.reply(req, ss.subscribeFrom(p), nil)
 	case relay.FrameFetch:
 		return ss.counted(req)(ss.fetch(p))
 	case relay.FrameAck:

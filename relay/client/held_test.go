@@ -1,0 +1,310 @@
+package client_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// unfinished stores the first of the 64 KiB envelopes of a message of
+// size bytes, and only that one: a message that never completes (its
+// sender lost the rest).
+func (w *partsWorld) unfinished(t *testing.T, size int) {
+	t.Helper()
+	msg := make([]byte, size)
+	rand.Read(msg)
+	envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
+	if err != nil || len(envs) < 2 {
+		t.Fatalf("sealed %d envelopes (%v), want 2 or more", len(envs), err)
+	}
+	if _, err := w.owner.Send(context.Background(), envs[0], nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDrainPartsKeepsHeld: an unfinished message's 64 KiB fragment waits
+// on the relay, behind a censor that freezes flows at 16 KiB. The first
+// DrainParts takes it in parts and holds it; the next one pages past it
+// (asking only which envelope comes next), takes a new message, and puts
+// together nothing of the fragment again, where a fresh inbox fetches it
+// whole again, part by part (the baseline, same run). Once another
+// device has acked the fragment, a pass forgets it. Until 2026-12-06
+// every DrainParts fetched the held fragments again, and `recv --follow`
+// did it after every cut.
+func TestDrainPartsKeepsHeld(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	var cut atomic.Int64
+	cfg := client.PartsConfig{PerSession: 12 << 10, Cut: func(error, int) { cut.Add(1) }}
+	var got [][]byte
+	in := w.inbox(t, &got)
+	drain := func(in *client.Inbox, what string) (int, int64) {
+		t.Helper()
+		w.sessions.Store(0)
+		n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return n, w.sessions.Load()
+	}
+	if n, _ := drain(in, "the first drain"); n != 1 || len(got) != 0 || in.HeldForTest() != 1 {
+		t.Fatalf("the first drain put together %d envelopes, took %d messages, holds %d; want the fragment held", n, len(got), in.HeldForTest())
+	}
+	w.send(t, []byte("new"))
+	n, kept := drain(in, "the second drain")
+	if n != 1 || len(got) != 1 || string(got[0]) != "new" || in.HeldForTest() != 1 {
+		t.Fatalf("the second drain put together %d envelopes (the fragment again?), took %q, holds %d", n, got, in.HeldForTest())
+	}
+	var fresh [][]byte
+	n, again := drain(w.inbox(t, &fresh), "a fresh inbox's drain")
+	if n != 1 || len(fresh) != 0 {
+		t.Fatalf("a fresh inbox put together %d envelopes, took %d messages (test setup)", n, len(fresh))
+	}
+	t.Logf("sessions: %d with the fragment held, %d for a fresh inbox; %d cut in all", kept, again, cut.Load())
+	// Held kept: the first session asks which envelope comes next (a
+	// peek) and takes "new"; the second finds nothing more. Paging past
+	// the fragment after its first part instead of a peek costs a third.
+	if kept >= again || kept > 2 {
+		t.Fatalf("%d sessions with the fragment held, %d without: it was fetched again", kept, again)
+	}
+
+	// Another device takes the message (acks the fragment): the next
+	// pass meets nothing of it, and forgets it.
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := drain(in, "the drain after the ack"); n != 0 || in.HeldForTest() != 0 {
+		t.Fatalf("after another device acked the fragment: put together %d, holds %d", n, in.HeldForTest())
+	}
+}
+
+// TestFollowPastHeld: after DrainParts has paged through a mailbox
+// holding an unfinished message's 64 KiB fragment, Follow behind a censor
+// that freezes flows at 16 KiB subscribes past it (SubscribeAfter): the
+// subscription is not cut, and a new message comes at once. A plain
+// Subscribe pushed the fragment first again, froze inside it, and every
+// later message waited behind it.
+func TestFollowPastHeld(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	took := make(chan []byte, 4)
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
+		took <- m.Payload
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{PerSession: 12 << 10}); err != nil || n != 1 {
+		t.Fatalf("DrainParts: %d envelopes, %v", n, err)
+	}
+	var lost []error
+	done := make(chan error, 1)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- in.Follow(fctx, w.dial, w.box.Owner, w.box.ID, func(err error, _ time.Duration) { lost = append(lost, err) })
+	}()
+	// Two stall windows: a push of the fragment would have been cut by
+	// now. (Sent before the subscription, the message is pushed too.)
+	time.Sleep(2 * w.stall)
+	w.send(t, []byte("new"))
+	select {
+	case m := <-took:
+		if string(m) != "new" {
+			t.Fatalf("took %q", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("the new message never came")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 0 {
+		t.Fatalf("the subscription was lost %d times: %v", len(lost), errors.Join(lost...))
+	}
+	if in.HeldForTest() != 1 {
+		t.Fatalf("holds %d envelopes, want the fragment", in.HeldForTest())
+	}
+}
+
+// oldRelayConn is a client's connection as a relay from before
+// SubscribeAfter sees it: that frame's type is one it does not know (it
+// answers CodeUnknownFrame).
+type oldRelayConn struct {
+	net.Conn // an interface, so that only Write writes
+	tcp      *net.TCPConn
+	head     []byte // the header of the frame being written, so far
+	left     int    // bytes of the frame's payload still to come
+}
+
+func (c *oldRelayConn) CloseWrite() error { return c.tcp.CloseWrite() }
+
+func (c *oldRelayConn) Write(p []byte) (int, error) {
+	b := append([]byte(nil), p...)
+	for i := 0; i < len(b); {
+		if c.left > 0 {
+			n := min(c.left, len(b)-i)
+			c.left -= n
+			i += n
+			continue
+		}
+		if len(c.head) == 0 && b[i] == byte(relay.FrameSubscribeAfter) {
+			b[i] = 0x7f
+		}
+		c.head = append(c.head, b[i])
+		i++
+		if len(c.head) == 5 { // type u8 | length u32
+			c.left, c.head = int(binary.BigEndian.Uint32(c.head[1:])), c.head[:0]
+		}
+	}
+	return c.Conn.Write(b)
+}
+
+// TestFollowPastHeldWithOldRelay: a relay from before SubscribeAfter
+// refuses it, and Follow subscribes from the mailbox's start instead (the
+// held fragment is pushed again, and known): a new message still comes,
+// and no session is lost.
+func TestFollowPastHeldWithOldRelay(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	took := make(chan []byte, 4)
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
+		took <- m.Payload
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{}); err != nil || n != 1 {
+		t.Fatalf("DrainParts: %d envelopes, %v", n, err)
+	}
+	old := func(ctx context.Context) (*client.Client, error) {
+		raw, err := net.Dial("tcp", w.mb.Addr())
+		if err != nil {
+			return nil, err
+		}
+		tcp := raw.(*net.TCPConn)
+		return client.New(ctx, &oldRelayConn{Conn: tcp, tcp: tcp}, client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
+	}
+	var lost []error
+	done := make(chan error, 1)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- in.Follow(fctx, old, w.box.Owner, w.box.ID, func(err error, _ time.Duration) { lost = append(lost, err) })
+	}()
+	w.send(t, []byte("new"))
+	select {
+	case m := <-took:
+		if string(m) != "new" {
+			t.Fatalf("took %q", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("the new message never came")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 0 {
+		t.Fatalf("the subscription was lost %d times: %v", len(lost), errors.Join(lost...))
+	}
+}
+
+// TestFollowAfterMailboxMadeAgain: the relay loses the mailbox (its
+// store, here: Follow's sessions now reach another relay, where the
+// mailbox is not) and answers Follow's subscription that it has none;
+// its owner makes it again there, and the relay numbers its envelopes
+// from the start. Follow forgets the cursor its last DrainParts left,
+// subscribes from the start, and gets the new message, whose sequence
+// number is below that cursor: subscribed past it, Follow would never
+// have been given it.
+func TestFollowAfterMailboxMadeAgain(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	w.send(t, []byte("one"))
+	w.send(t, []byte("two"))
+	took := make(chan []byte, 4)
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
+		took <- m.Payload
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{}); err != nil || n != 3 || len(took) != 2 {
+		t.Fatalf("DrainParts: %d envelopes, %d messages, %v", n, len(took), err)
+	}
+	<-took
+	<-took
+
+	lost := relaytest.New(t, store.Options{}, server.Config{})
+	addr := lost.ServeTCP(t, "test")
+	dial := func(ctx context.Context) (*client.Client, error) {
+		raw, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return client.New(ctx, raw.(*net.TCPConn), client.WithRelayKey(lost.Server.PublicKey()))
+	}
+	gone := make(chan error, 1)
+	done := make(chan error, 1)
+	fctx, stop := context.WithCancel(ctx)
+	go func() {
+		done <- in.Follow(fctx, dial, w.box.Owner, w.box.ID, func(err error, _ time.Duration) {
+			select {
+			case gone <- err:
+			default:
+			}
+		})
+	}()
+	if err := <-gone; !errors.Is(err, relay.ErrNoMailbox) {
+		t.Fatalf("Follow lost its session with %v, want no mailbox", err)
+	}
+	owner := lost.Connect(t)
+	if err := owner.CreateMailbox(ctx, w.box.Owner, w.box.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Send(ctx, w.box.Seal(t, "new"), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-took:
+		if string(m) != "new" {
+			t.Fatalf("took %q", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("the new message never came")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
