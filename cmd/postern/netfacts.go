@@ -25,10 +25,23 @@ import (
 //	recv_budget bytes of envelope parts one connection from the relay carried
 //	           before the censor froze it: recv asks for envelopes in parts
 //	           and opens a new connection before half of it
+//	budget_day, recv_budget_day
+//	           the day (Unix days) each budget was learnt or last seen to hold
 //	day        the day (Unix days) of the last update; facts older than
 //	           factsTTL are forgotten
 //
 // No address, port, relay id or mailbox id is stored.
+//
+// A budget from an earlier day is checked again: the first send (or recv)
+// of a later day goes as on a network not known to cut flows, with 64 KiB
+// envelopes (or whole sessions). A connection that carries more than the
+// budget without being cut shows it is gone, and it is forgotten; one
+// that stalls first shows it still holds, and the send (or recv) goes on
+// under it at once, for one stall window. Until 2026-12-06 a budget only
+// ever shrank: one freeze of a flaky network for a stall window (a train
+// in a tunnel) taught one of a few kilobytes, and every send and recv on
+// that network then went through the smallest envelopes or parts for as
+// long as the facts were kept.
 
 // factsTTL is how long a fact about a network is kept.
 const factsTTL = 7 * 24 * time.Hour
@@ -42,9 +55,16 @@ type netFacts struct {
 	Throttled bool `json:"throttled,omitempty"`
 	ViaEntry  bool `json:"via_entry,omitempty"`
 	// RecvBudget: see recv_budget above.
-	RecvBudget int   `json:"recv_budget,omitempty"`
-	Day        int64 `json:"day"`
+	RecvBudget int `json:"recv_budget,omitempty"`
+	// BudgetDay and RecvBudgetDay: see budget_day above.
+	BudgetDay     int64 `json:"budget_day,omitempty"`
+	RecvBudgetDay int64 `json:"recv_budget_day,omitempty"`
+	Day           int64 `json:"day"`
 }
+
+// stale reports whether a budget learnt or last seen to hold on day is to
+// be checked again (see budget_day).
+func stale(day int64) bool { return day != today() }
 
 // factsStore reads and writes POSTERN_HOME/networks for one key.
 type factsStore struct {

@@ -182,9 +182,15 @@ func drainAll(ctx context.Context, e *env, id *envelope.Identity, path string, t
 // A stall goes to parts at once; a reset first gets one more whole
 // session, as a relay that restarted or a passing fault resets too (a
 // reviewer's find: one reset sent the rest of a large backlog through
-// 4 KiB parts, a round trip each).
+// 4 KiB parts, a round trip each). A remembered budget from an earlier day
+// is checked again (netfacts.go): a whole session first, and the budget
+// forgotten if it carries more, or confirmed if it stalls first.
 func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error {
-	if b := t.facts.get().RecvBudget; b > 0 {
+	f := t.facts.get()
+	b, recheck := f.RecvBudget, 0
+	if b > 0 && stale(f.RecvBudgetDay) {
+		recheck = b
+	} else if b > 0 {
 		// A relay that does not know parts may still deliver what is
 		// small enough whole.
 		if _, err := drainParts(ctx, e, t, in, b); !errors.Is(err, relay.ErrUnknownFrame) {
@@ -196,14 +202,24 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		if err != nil {
 			return err
 		}
+		before := in.Received()
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		c.Close()
+		if recheck > 0 && in.Received()-before > int64(recheck) {
+			fmt.Fprintf(e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", (in.Received()-before)>>10, recheck>>10)
+			t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = 0, 0 })
+			recheck, b = 0, 0
+		}
 		if !cutByCensor(err) || ctx.Err() != nil {
 			return err
 		}
-		if errors.Is(err, transport.ErrStalled) || resets > 0 {
+		stalled := errors.Is(err, transport.ErrStalled)
+		if stalled || resets > 0 {
 			fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
-			_, err = drainParts(ctx, e, t, in, 0)
+			if recheck > 0 && stalled {
+				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
+			}
+			_, err = drainParts(ctx, e, t, in, b)
 			return err
 		}
 	}
@@ -225,7 +241,7 @@ func cutByCensor(err error) bool {
 func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) (int, error) {
 	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) {
 		fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
-		t.facts.update(e, func(f *netFacts) { f.RecvBudget = n })
+		t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, today() })
 	}}
 	n, err := in.DrainParts(ctx, t.dial, t.m.owner(), t.m.id(), cfg)
 	if errors.Is(err, relay.ErrUnknownFrame) {

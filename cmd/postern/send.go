@@ -245,6 +245,11 @@ func (s *sender) route(via []string) error {
 	}
 	s.facts = openFacts(s.e, home.RelayID())
 	s.known = s.facts.get()
+	if s.known.Budget > 0 && stale(s.known.BudgetDay) {
+		// Checked again (netfacts.go): this send goes as on a network
+		// not known to cut flows until a connection shows which it is.
+		s.recheck, s.known.Budget = s.known.Budget, 0
+	}
 	return nil
 }
 

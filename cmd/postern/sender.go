@@ -162,6 +162,9 @@ type sender struct {
 	refusal error // the last of their answers
 	facts   *factsStore
 	known   netFacts
+	// recheck is a budget from an earlier day that this send checks
+	// again (see budgetGone and afterStall); 0: none.
+	recheck int
 	window  time.Duration // stall window; 0: the default
 	// holder is the id of the relay that holds every envelope acked so
 	// far ("" before the first ack). A message's fragments must all reach
@@ -257,6 +260,7 @@ func (s *sender) run(ctx context.Context) error {
 			s.refusal = nil
 		}
 		s.noteThroughput(st)
+		s.budgetGone(st)
 		s.report(c, st, err)
 		switch {
 		case err == nil:
@@ -411,6 +415,17 @@ func (s *sender) noteThroughput(st *connStats) {
 	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
 }
 
+// budgetGone forgets the budget being checked again once a connection
+// has carried more than it: whatever cut flows there before does not now.
+func (s *sender) budgetGone(st *connStats) {
+	if s.recheck == 0 || st.acked <= s.recheck {
+		return
+	}
+	fmt.Fprintf(s.e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", st.acked>>10, s.recheck>>10)
+	s.recheck = 0
+	s.facts.update(s.e, func(f *netFacts) { f.Budget, f.BudgetDay = 0, 0 })
+}
+
 // targetOf is the id of the relay that keeps what is sent on c: the
 // relay c reached, or through an entry relay (via) the home relay the
 // layers are sealed to. "" if unknown.
@@ -524,13 +539,19 @@ func (s *sender) afterStall(st *connStats, err error) error {
 	} else {
 		fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
 	}
+	if s.recheck > 0 && !reset {
+		// The budget checked again still holds: back under it at once
+		// (smaller, below, if this connection carried less).
+		s.known.Budget, s.recheck = s.recheck, 0
+		s.facts.update(s.e, func(f *netFacts) { f.Budget, f.BudgetDay = s.known.Budget, today() })
+	}
 	if st.acked > 0 && (st.slow || reset) {
 		return nil
 	}
 	if st.acked > 0 {
 		if s.known.Budget == 0 || st.acked < s.known.Budget {
 			s.known.Budget = st.acked
-			s.facts.update(s.e, func(f *netFacts) { f.Budget = st.acked })
+			s.facts.update(s.e, func(f *netFacts) { f.Budget, f.BudgetDay = st.acked, today() })
 		}
 		return nil
 	}

@@ -104,7 +104,8 @@ type Inbox struct {
 	// every envelope up to it that is still on the relay is held here
 	// (fragments of unfinished messages) or was acked. Follow subscribes
 	// past it (SubscribeAfter). Reset clears it.
-	cursor uint64
+	cursor   uint64
+	received int64 // envelope bytes handed to Handle
 }
 
 // heldMessage is what the inbox keeps of a message whose fragments are
@@ -164,6 +165,7 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 	if in.failed != nil {
 		return nil, in.failed
 	}
+	in.received += int64(len(d.Envelope))
 	o, err := envelope.Open(in.cfg.Identity, d.Envelope)
 	if err != nil {
 		// Not for us or damaged: nothing to keep it for.
@@ -189,6 +191,12 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 	}
 	return in.fragment(d, o, message)
 }
+
+// Received is how many bytes of envelopes the inbox has been handed
+// (Handle, Drain, DrainParts, Follow), whole ones only: what the sessions
+// carried, less their framing. A receiver checking a network's
+// per-connection budget again compares it with what one Drain brought.
+func (in *Inbox) Received() int64 { return in.received }
 
 // MessageKey names the message o carries, or carries part of, among all
 // senders' (Message.ID).

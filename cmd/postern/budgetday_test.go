@@ -1,0 +1,108 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/postern/postern/transport/censortest"
+)
+
+// facts returns the one entry of POSTERN_HOME/networks.
+func (w *censoredWorld) facts(t *testing.T) netFacts {
+	t.Helper()
+	all := map[string]netFacts{}
+	b, err := os.ReadFile(filepath.Join(w.home, "networks"))
+	if err != nil || json.Unmarshal(b, &all) != nil || len(all) != 1 {
+		t.Fatalf("networks: %d entries, %v: %s", len(all), err, b)
+	}
+	for _, f := range all {
+		return f
+	}
+	return netFacts{}
+}
+
+// ageBudgets moves the day of every budget in POSTERN_HOME/networks to
+// yesterday, as if they had been learnt then.
+func (w *censoredWorld) ageBudgets(t *testing.T) {
+	t.Helper()
+	p := filepath.Join(w.home, "networks")
+	all := map[string]netFacts{}
+	b, err := os.ReadFile(p)
+	if err != nil || json.Unmarshal(b, &all) != nil {
+		t.Fatalf("networks: %v: %s", err, b)
+	}
+	for k, f := range all {
+		f.BudgetDay, f.RecvBudgetDay = today()-1, today()-1
+		all[k] = f
+	}
+	if b, err = json.Marshal(all); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// learnBudgets sends and receives a 100 KB message on network "cafe"
+// behind a censor freezing flows at 16 KiB, so that both budgets are
+// learnt, and returns the facts.
+func (w *censoredWorld) learnBudgets(t *testing.T) netFacts {
+	t.Helper()
+	freeze := censortest.FreezeAfter(16 << 10)
+	w.mb.SetRule(freeze)
+	msg := make([]byte, 100<<10)
+	if stderr, err := w.send(msg, "--network", "cafe"); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	w.recvThrough(t, freeze, msg, "--network", "cafe")
+	f := w.facts(t)
+	if f.Budget == 0 || f.RecvBudget == 0 || f.BudgetDay != today() || f.RecvBudgetDay != today() {
+		t.Fatalf("facts after a send and a recv behind a 16 KiB freeze: %+v", f)
+	}
+	return f
+}
+
+// TestBudgetsCheckedAgain: budgets learnt on an earlier day are checked
+// again. The censor gone, a send and a recv of a 100 KB message carry
+// more than their budgets on one connection, and forget them. The censor
+// still there, each stalls once, goes on under the old budget at once
+// (recv learns nothing new, send seals the message again into 4 KiB
+// envelopes), and the budgets are today's again. Until 2026-12-06 a
+// budget only shrank: one freeze of a flaky network slowed every send and
+// recv there for as long as the facts were kept.
+func TestBudgetsCheckedAgain(t *testing.T) {
+	w := newCensoredWorld(t)
+	w.learnBudgets(t)
+	w.ageBudgets(t)
+	msg := make([]byte, 100<<10)
+	w.mb.SetRule(censortest.Pass)
+	stderr, err := w.send(msg, "--network", "cafe")
+	if err != nil || !strings.Contains(stderr, "no longer limits connections") || strings.Contains(stderr, "sealed the message again") {
+		t.Fatalf("send on a free network with yesterday's budget: %v\n%s", err, stderr)
+	}
+	if stderr := w.recvThrough(t, censortest.Pass, msg, "--network", "cafe"); !strings.Contains(stderr, "no longer limits connections") || strings.Contains(stderr, "in parts") {
+		t.Fatalf("recv on a free network with yesterday's budget:\n%s", stderr)
+	}
+	if f := w.facts(t); f.Budget != 0 || f.RecvBudget != 0 {
+		t.Fatalf("budgets kept on a free network: %+v", f)
+	}
+
+	learnt := w.learnBudgets(t)
+	w.ageBudgets(t)
+	freeze := censortest.FreezeAfter(16 << 10)
+	w.mb.SetRule(freeze)
+	stderr, err = w.send(msg, "--network", "cafe")
+	if err != nil || strings.Contains(stderr, "no longer limits") || !strings.Contains(stderr, "sealed the message again") || strings.Count(stderr, "stalled after") != 1 {
+		t.Fatalf("send behind the censor with yesterday's budget: %v\n%s", err, stderr)
+	}
+	stderr = w.recvThrough(t, freeze, msg, "--network", "cafe")
+	if strings.Contains(stderr, "no longer limits") || !strings.Contains(stderr, "in parts") || strings.Contains(stderr, "carries about") {
+		t.Fatalf("recv behind the censor with yesterday's budget (it should go on under it, learning nothing):\n%s", stderr)
+	}
+	if f := w.facts(t); f.Budget == 0 || f.Budget > learnt.Budget || f.RecvBudget != learnt.RecvBudget || f.BudgetDay != today() || f.RecvBudgetDay != today() {
+		t.Fatalf("facts after checking again behind the censor: %+v (learnt %+v)", f, learnt)
+	}
+}
