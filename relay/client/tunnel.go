@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/relay"
@@ -63,18 +64,95 @@ func tunnelHandshake(ctx context.Context, conn transport.Conn, home string, key 
 	return New(ctx, tc, WithStallWindow(stall), WithRelayKey(key))
 }
 
-func openSplice(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*tls.Conn, error) {
+func openSplice(ctx context.Context, conn transport.Conn, home string, key ed25519.PublicKey) (*tunnelConn, error) {
 	if err := askSplice(conn, home); err != nil {
 		return nil, err
 	}
-	tc := tls.Client(conn, pinnedTLS(key))
+	w := &recordWatch{Conn: conn}
+	tc := tls.Client(w, pinnedTLS(key))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, err
 	}
 	if tc.ConnectionState().NegotiatedProtocol != relay.TunnelALPN {
 		return nil, fmt.Errorf("%w: no tunnel protocol agreed", relay.ErrMalformed)
 	}
-	return tc, nil
+	return &tunnelConn{Conn: tc, w: w}, nil
+}
+
+// tunnelConn is the session's connection inside a tunnel: TLS to the home
+// relay over the spliced stream. It reports arrivals (transport.Arrivals)
+// beneath the session: the inner TLS records' and the transport's own.
+type tunnelConn struct {
+	*tls.Conn
+	w *recordWatch
+}
+
+// Arrivals reports when bytes last came beneath the session and whether
+// an inner TLS record, or a unit of the transport's framing, has begun
+// and not ended. The flags are read before the times, which are stored
+// before them (as stalledAt reads the session's own).
+func (c *tunnelConn) Arrivals() (time.Time, bool) {
+	midway := c.w.midway.Load()
+	var below time.Time
+	if a, ok := c.w.Conn.(transport.Arrivals); ok {
+		var m bool
+		below, m = a.Arrivals()
+		midway = midway || m
+	}
+	last := time.Unix(0, c.w.last.Load())
+	if below.After(last) {
+		last = below
+	}
+	return last, midway
+}
+
+// recordWatch reads the tunnel's inner TLS stream from the connection and
+// notes when bytes last came and whether a TLS record has begun and not
+// ended. The session inside sees a record only once it is whole: without
+// this, a push that a censor froze inside one went unnoticed by a session
+// with no request waiting (a subscription) until its next ping, a minute
+// later. Read is called by one goroutine at a time (crypto/tls's reader).
+type recordWatch struct {
+	transport.Conn
+	last   atomic.Int64 // unix nanoseconds of the last read that brought bytes
+	midway atomic.Bool
+	head   int // bytes of the current record's 5-byte header read
+	length int // the current record's length, from its header
+	body   int // bytes of its body still to come
+}
+
+func (w *recordWatch) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if n > 0 {
+		w.last.Store(time.Now().UnixNano())
+		w.scan(p[:n])
+		w.midway.Store(w.head > 0 || w.body > 0)
+	}
+	return n, err
+}
+
+// scan follows the record boundaries through b: a header of type u8 |
+// version u16 | length u16, then length bytes.
+func (w *recordWatch) scan(b []byte) {
+	for len(b) > 0 {
+		if w.body > 0 {
+			k := min(w.body, len(b))
+			w.body -= k
+			b = b[k:]
+			continue
+		}
+		switch w.head {
+		case 3:
+			w.length = int(b[0]) << 8
+		case 4:
+			w.length |= int(b[0])
+		}
+		w.head++
+		b = b[1:]
+		if w.head == 5 {
+			w.head, w.body = 0, w.length
+		}
+	}
 }
 
 // askSplice asks the entry relay at the other end of conn to splice it

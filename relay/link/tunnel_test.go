@@ -7,9 +7,12 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/link"
@@ -25,13 +28,47 @@ type pipeTransport struct {
 	name string
 	r    *relaytest.Relay
 	t    *testing.T
+	// freeze, if set, makes each dialled connection a freezingConn.
+	freeze *atomic.Int64
 }
 
 func (p *pipeTransport) Name() string { return p.name }
 func (p *pipeTransport) Dial(context.Context, transport.Endpoint) (transport.Conn, error) {
 	cc, sc := relaytest.Pipe(p.t)
 	p.r.Serve(sc, p.name)
+	if p.freeze != nil {
+		return &freezingConn{Conn: cc, left: p.freeze, closed: make(chan struct{})}, nil
+	}
 	return cc, nil
+}
+
+// freezingConn is a censor's frozen flow as its client sees it: once
+// left (shared, counted down by reads) is set to a count of bytes, reads
+// deliver that many more and then nothing (what else came is dropped),
+// until the connection is closed. Below zero: not frozen yet.
+type freezingConn struct {
+	transport.Conn
+	left      *atomic.Int64
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (c *freezingConn) Read(p []byte) (int, error) {
+	if c.left.Load() == 0 {
+		<-c.closed
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	if left := c.left.Load(); left >= 0 { // frozen while this read waited, or before
+		n = int(min(int64(n), left))
+		c.left.Add(-int64(n))
+	}
+	return n, err
+}
+
+func (c *freezingConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 func (p *pipeTransport) Listen(context.Context, transport.ListenConfig) (transport.Listener, error) {
 	return nil, errors.New("not used")
@@ -55,10 +92,11 @@ func signedDescriptor(t testing.TB, priv ed25519.PrivateKey, name string) (strin
 // tunnelSetup is a home relay B and an entry relay A that tunnels to it
 // through the one dial path, both in process.
 type tunnelSetup struct {
-	reg      transport.Registry
-	home     *relaytest.Relay
-	homeLine string
-	entry    *descriptor.Descriptor
+	reg        transport.Registry
+	home       *relaytest.Relay
+	homeLine   string
+	entry      *descriptor.Descriptor
+	entryRelay *relaytest.Relay
 }
 
 func newTunnelSetup(t *testing.T, homeKey ed25519.PrivateKey, entryTunnels bool) *tunnelSetup {
@@ -73,7 +111,8 @@ func newTunnelSetup(t *testing.T, homeKey ed25519.PrivateKey, entryTunnels bool)
 			return client.OpenTunnel(ctx, &s.reg, client.DialOptions{}, home)
 		}})
 	}
-	s.reg.Register(&pipeTransport{name: "to-a", r: relaytest.New(t, store.Options{}, cfg), t: t})
+	s.entryRelay = relaytest.New(t, store.Options{}, cfg)
+	s.reg.Register(&pipeTransport{name: "to-a", r: s.entryRelay, t: t})
 	if homeKey == nil {
 		homeKey = bPriv
 	}
@@ -124,6 +163,59 @@ func TestTunnel(t *testing.T) {
 	}
 	c.Close()
 	waitGoroutines(t, before)
+}
+
+// TestTunnelFrozenPushStalls: a censor freezes the flow to the entry
+// relay in the middle of a 64 KiB envelope pushed to a subscription
+// inside the tunnel, before the first inner TLS record of it is whole. No
+// request waits and nothing of the push reached the session, but the
+// session stalls within its window: the record begun beneath it counts
+// (transport.Arrivals). Until 2026-12-06 such a push was noticed at the
+// next ping, a minute later; an idle subscription inside a tunnel still
+// never stalls.
+func TestTunnelFrozenPushStalls(t *testing.T) {
+	_, bPriv, _ := ed25519.GenerateKey(nil)
+	s := newTunnelSetup(t, bPriv, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a deadlock guard
+	defer cancel()
+	freeze := &atomic.Int64{}
+	freeze.Store(-1)
+	s.reg.Register(&pipeTransport{name: "to-a-frozen", r: s.entryRelay, t: t, freeze: freeze})
+	_, aPriv, _ := ed25519.GenerateKey(nil)
+	_, entry := signedDescriptor(t, aPriv, "to-a-frozen")
+	direct := s.home.Connect(t)
+	m := relaytest.NewMailbox(t, direct, nil)
+	const window = 300 * time.Millisecond
+	c, err := client.DialTunnel(ctx, &s.reg, client.DialOptions{StallWindow: window}, s.homeLine, entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Subscribe(ctx, m.Owner, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * window) // idle: no stall
+	select {
+	case <-c.Done():
+		t.Fatalf("an idle subscription in a tunnel ended: %v", c.Err())
+	default:
+	}
+	freeze.Store(20) // inside the first inner TLS record of the push: nothing of it reaches the session
+	big, err := envelope.SealMessage(m.Card, nil, make([]byte, 40<<10), &envelope.Options{Suite: envelope.SuiteX25519})
+	if err != nil || len(big) != 1 {
+		t.Fatalf("sealed %d envelopes, %v", len(big), err)
+	}
+	if _, err := direct.Send(ctx, big[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+		if !errors.Is(c.Err(), transport.ErrStalled) {
+			t.Fatalf("the frozen subscription ended with %v, want a stall", c.Err())
+		}
+	case <-ctx.Done():
+		t.Fatal("the frozen subscription never stalled")
+	}
 }
 
 // waitGoroutines waits until the goroutine count is back to n: every
