@@ -97,7 +97,9 @@
 //	0x20 Result       req u32 | code u16 | msglen u16 | msg | body
 //	                  body: Send → ref 32; Fetch → count u32; Ack → count u32; Rotate → moved u32;
 //	                  Descriptor → the descriptor line; FetchPart → ref 32 | seq u64 | total u32 |
-//	                  data (empty when nothing waits)
+//	                  data (empty when nothing waits); SubscribeAfter → from u64 (the cursor the
+//	                  subscription starts from: after, or 0 when after is past every envelope
+//	                  the mailbox has had, as when the relay lost it and it was made again)
 //	0x21 Deliver      req u32 | mailbox 32 | ref 32 | seq u64 | envelope
 //	                  (req is the Subscribe's or the Fetch's request id; seq is
 //	                  the envelope's position in the mailbox, a Fetch cursor)

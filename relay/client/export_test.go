@@ -11,4 +11,13 @@ func (in *Inbox) AckForTest(ctx context.Context, c *Client, owner ed25519.Privat
 }
 
 // HeldForTest is how many delivered envelopes the inbox holds unacked.
-func (in *Inbox) HeldForTest() int { return in.heldRefs() }
+func (in *Inbox) HeldForTest() int {
+	n := 0
+	for _, h := range in.held {
+		n += len(h.refs)
+	}
+	return n
+}
+
+// HeldPushedForTest is FollowConfig.Held of the inbox's Follow.
+func (in *Inbox) HeldPushedForTest() int { return in.heldPushed() }

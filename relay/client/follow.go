@@ -157,9 +157,9 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	if cfg.After != nil {
 		after = cfg.After()
 	}
-	err = c.SubscribeAfter(ctx, cfg.Owner, cfg.Mailbox, after)
+	from, err := c.SubscribeAfter(ctx, cfg.Owner, cfg.Mailbox, after)
 	if after > 0 && errors.Is(err, relay.ErrUnknownFrame) {
-		after = 0 // a relay from before SubscribeAfter
+		from = 0 // a relay from before SubscribeAfter
 		err = c.Subscribe(ctx, cfg.Owner, cfg.Mailbox)
 	}
 	if err != nil {
@@ -168,13 +168,13 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 		}
 		return false, err
 	}
-	if after == 0 && cfg.Connected != nil {
+	if from == 0 && cfg.Connected != nil {
 		cfg.Connected()
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
 	// Paging (when too much is held) goes on from the cursor.
-	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut), last: after, paged: after}
+	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut), last: from, paged: from}
 	for {
 		var err error
 		select {

@@ -304,11 +304,19 @@ func (in *Inbox) sweep(seen map[Ref]bool) {
 	}
 }
 
-// heldRefs is how many delivered envelopes the inbox holds unacked.
-func (in *Inbox) heldRefs() int {
+// heldPushed is how many envelopes past the cursor the inbox holds
+// unacked: those a subscription past the cursor pushed, which fill the
+// relay's window for it (FollowConfig.Held). Those at or before it, held
+// from DrainParts, were never pushed: counted, they made Follow page
+// after every batch for good once 128 were held (a reviewer's find).
+func (in *Inbox) heldPushed() int {
 	n := 0
 	for _, h := range in.held {
-		n += len(h.refs)
+		for _, s := range h.seqs {
+			if s > in.cursor {
+				n++
+			}
+		}
 	}
 	return n
 }
@@ -512,6 +520,6 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 		Flush:     in.flush,
 		Release:   in.release,
 		Wake:      in.cfg.Wake,
-		Held:      in.heldRefs,
+		Held:      in.heldPushed,
 	})
 }

@@ -101,8 +101,10 @@ type partsDrain struct {
 	part    int
 
 	c       *Client
-	carried int // bytes of parts on c
-	idle    int // sessions in a row that carried nothing
+	carried int  // bytes of parts on c, and peekCost for each peek
+	data    int  // bytes of parts on c, alone: what a cut teaches
+	paged   bool // c paged past a held envelope
+	idle    int  // sessions in a row that carried nothing
 	after   uint64
 	cur     *partial // the envelope being put together, if any
 	whole   int      // envelopes put together
@@ -136,7 +138,7 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		d.c, d.carried = c, 0
+		d.c, d.carried, d.data, d.paged = c, 0, 0, false
 	}
 	after, offset, size, peek := d.after, 0, d.part, false
 	if d.cur != nil {
@@ -158,6 +160,7 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: a part out of order", relay.ErrMalformed)
 	}
 	d.carried += len(p.Data)
+	d.data += len(p.Data)
 	if peek {
 		d.carried += peekCost
 	}
@@ -171,7 +174,7 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 	if d.cur == nil {
 		if d.in.holds(p.Ref) {
 			d.seen[p.Ref] = true
-			d.after = p.Seq // held: page past it
+			d.after, d.paged = p.Seq, true // held: page past it
 			return false, nil
 		}
 		d.cur = &partial{ref: p.Ref, seq: p.Seq, total: int(p.Total), buf: make([]byte, 0, p.Total)}
@@ -217,9 +220,18 @@ func (d *partsDrain) cut(err error) error {
 		return err
 	}
 	if d.cfg.Cut != nil {
-		d.cfg.Cut(err, d.carried)
+		d.cfg.Cut(err, d.data)
 	}
-	if d.carried == 0 {
+	// Peeks teach nothing: a session cut after peeks alone counted as
+	// having carried their 192 bytes each, and one that stalled on its
+	// first part after a peek taught a budget of 192 bytes (a reviewer's
+	// find), saved for the network. One that paged past held envelopes
+	// made progress, though.
+	if d.data == 0 && d.paged {
+		d.idle = 0
+		return nil
+	}
+	if d.data == 0 {
 		d.idle++
 		if d.idle >= maxIdleSessions {
 			return err
@@ -228,11 +240,11 @@ func (d *partsDrain) cut(err error) error {
 		return nil
 	}
 	d.idle = 0
-	if stalled && (d.cfg.PerSession == 0 || d.carried < d.cfg.PerSession) {
-		d.cfg.PerSession = d.carried
+	if stalled && (d.cfg.PerSession == 0 || d.data < d.cfg.PerSession) {
+		d.cfg.PerSession = d.data
 		d.part = max(MinPart, min(d.part, d.cfg.PerSession/2))
 		if d.cfg.Learned != nil {
-			d.cfg.Learned(d.carried)
+			d.cfg.Learned(d.data)
 		}
 	}
 	return nil

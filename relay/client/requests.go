@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -176,22 +177,36 @@ func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32
 
 // SubscribeAfter is Subscribe for the envelopes with seq > after only
 // (relay.SubscribeAfter): for a caller that has paged through the mailbox
-// up to after and holds what it did not ack there. A relay from before it
-// refuses it with relay.CodeUnknownFrame; after = 0 is a plain Subscribe.
-func (c *Client) SubscribeAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64) error {
+// up to after and holds what it did not ack there. It returns the cursor
+// the relay started the subscription from: after, or 0 when after is past
+// every envelope the mailbox has had (a mailbox the relay lost and its
+// owner made again, numbering from the start: what the caller holds is
+// of the one before). A relay from before it refuses it with
+// relay.CodeUnknownFrame; after = 0 is a plain Subscribe.
+func (c *Client) SubscribeAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64) (uint64, error) {
 	if after == 0 {
-		return c.Subscribe(ctx, owner, id)
+		return 0, c.Subscribe(ctx, owner, id)
 	}
 	bind, err := c.binding()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	_, _, err = c.roundTrip(ctx, func(req uint32) relay.Message {
+	r, _, err := c.roundTrip(ctx, func(req uint32) relay.Message {
 		m := relay.SubscribeAfter{Req: req, Mailbox: id, After: after}
 		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
-	return err
+	if err != nil {
+		return 0, err
+	}
+	if len(r.Body) != 8 {
+		return 0, fmt.Errorf("%w: a subscription's cursor of %d bytes", relay.ErrMalformed, len(r.Body))
+	}
+	from := binary.BigEndian.Uint64(r.Body)
+	if from != after && from != 0 {
+		return 0, fmt.Errorf("%w: a subscription from another cursor than asked", relay.ErrMalformed)
+	}
+	return from, nil
 }
 
 // Fetch returns up to max waiting envelopes, oldest first (max <= 0: as

@@ -134,14 +134,20 @@ func reasonOf(err error) string {
 
 // owned checks that m is signed by the owner of mailbox id.
 func (ss *session) owned(id [32]byte, m relay.OwnerRequest, sig [relay.SigSize]byte) error {
+	_, err := ss.ownedBox(id, m, sig)
+	return err
+}
+
+// ownedBox is owned, returning the mailbox.
+func (ss *session) ownedBox(id [32]byte, m relay.OwnerRequest, sig [relay.SigSize]byte) (store.Mailbox, error) {
 	mb, err := ss.srv.cfg.Store.Mailbox(ss.ctx, id)
 	if err != nil {
-		return err
+		return store.Mailbox{}, err
 	}
 	if !relay.Verify(mb.Owner, ss.bind, m, sig) {
-		return relay.ErrUnauthorized
+		return store.Mailbox{}, relay.ErrUnauthorized
 	}
-	return nil
+	return mb, nil
 }
 
 func (ss *session) fetch(p []byte) (int, error) {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -84,16 +85,29 @@ func (ss *session) subscribe(p []byte) error {
 }
 
 // subscribeFrom answers a SubscribeAfter: a subscription that pushes only
-// the envelopes after m.After.
-func (ss *session) subscribeFrom(p []byte) error {
+// the envelopes after m.After. The Result's body is the cursor it starts
+// from (u64): m.After, or 0 (below).
+func (ss *session) subscribeFrom(p []byte) ([]byte, error) {
 	m, err := relay.ParseSubscribeAfter(p)
 	if err != nil {
-		return relay.ErrBadFrame
+		return nil, relay.ErrBadFrame
 	}
-	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
-		return err
+	mb, err := ss.ownedBox(m.Mailbox, m, m.Sig)
+	if err != nil {
+		return nil, err
 	}
-	return ss.subscribeAfter(m.Req, m.Mailbox, m.After)
+	after := m.After
+	if mb.NextSeq > 0 && after >= mb.NextSeq {
+		// Past every envelope the mailbox has had: the cursor is of a
+		// mailbox that was here before (the relay lost it, and its owner
+		// made it again, numbering from the start). From the start, or
+		// what the new one holds would never be pushed.
+		after = 0
+	}
+	if err := ss.subscribeAfter(m.Req, m.Mailbox, after); err != nil {
+		return nil, err
+	}
+	return binary.BigEndian.AppendUint64(nil, after), nil
 }
 
 // subscribeAfter starts a subscription to mailbox id whose pushes answer

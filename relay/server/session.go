@@ -252,7 +252,8 @@ func (ss *session) handle(t relay.FrameType, p []byte) error {
 	case relay.FrameSubscribe:
 		return ss.reply(req, ss.subscribe(p), nil)
 	case relay.FrameSubscribeAfter:
-		return ss.reply(req, ss.subscribeFrom(p), nil)
+		body, err := ss.subscribeFrom(p)
+		return ss.reply(req, err, body)
 	case relay.FrameFetch:
 		return ss.counted(req)(ss.fetch(p))
 	case relay.FrameAck:

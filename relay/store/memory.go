@@ -117,6 +117,7 @@ func (m *Memory) Mailbox(ctx context.Context, id [IDSize]byte) (Mailbox, error) 
 		SendCap:      slices.Clone(b.sendCap),
 		Pending:      len(b.items),
 		PendingBytes: b.bytes,
+		NextSeq:      b.nextSeq,
 	}, nil
 }
 

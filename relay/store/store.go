@@ -113,6 +113,9 @@ type Mailbox struct {
 	SendCap      []byte            // send capability verifier; empty if none
 	Pending      int               // envelopes waiting
 	PendingBytes int64             // their total size
+	// NextSeq is the sequence number the mailbox's next envelope will
+	// get: above every one it has had, acked or not, across restarts.
+	NextSeq uint64
 }
 
 // Stats are store-wide totals for metrics. They carry no identifiers.

@@ -447,7 +447,7 @@ func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailb
 		if b == nil {
 			return store.ErrNoMailbox
 		}
-		mb = store.Mailbox{Owner: slices.Clone(b.owner), SendCap: slices.Clone(b.sendCap), Pending: len(b.envs), PendingBytes: b.bytes}
+		mb = store.Mailbox{Owner: slices.Clone(b.owner), SendCap: slices.Clone(b.sendCap), Pending: len(b.envs), PendingBytes: b.bytes, NextSeq: b.nextSeq}
 		return nil
 	})
 	return mb, err

@@ -68,6 +68,7 @@ func TestReopen(t *testing.T) {
 		t.Fatal("ack failed")
 	}
 	before := s.Stats()
+	mbA, _ := s.Mailbox(ctx, a)
 	itemsA, _ := s.Fetch(ctx, a, 0)
 	itemsB, _ := s.Fetch(ctx, b, 0)
 	if err := s.Close(); err != nil {
@@ -98,6 +99,11 @@ func TestReopen(t *testing.T) {
 		if err != nil || !mb.Owner.Equal(storetest.Owner(tc.owner)) || mb.Pending != len(tc.items) {
 			t.Fatalf("Mailbox after reopen = %+v, %v", mb, err)
 		}
+	}
+	// Sequence numbers go on from where they were (a SubscribeAfter
+	// cursor past NextSeq is taken for a mailbox made again).
+	if mb, err := s.Mailbox(ctx, a); err != nil || mb.NextSeq == 0 || mb.NextSeq < mbA.NextSeq {
+		t.Fatalf("NextSeq %d after reopen, %d before", mb.NextSeq, mbA.NextSeq)
 	}
 	// Dedupe and ordering continue where they were.
 	if r, err := s.Put(ctx, a, storetest.Envelope(a, 4096, 0)); err != nil || r != refs[0] {

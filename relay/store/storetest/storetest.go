@@ -895,11 +895,21 @@ func testFetchAfter(t *testing.T, f Factory) {
 	if none, err := s.FetchAfter(ctx, id, ^uint64(0), 0); err != nil || len(none) != 0 {
 		t.Fatalf("FetchAfter(max) = %d items, %v", len(none), err)
 	}
-	// A new envelope gets a larger sequence number than any before it.
+	// A new envelope gets a larger sequence number than any before it,
+	// acked or not, and the mailbox says so.
+	if _, err := s.Ack(ctx, id, all[5].Ref, all[6].Ref); err != nil {
+		t.Fatal(err)
+	}
+	if mb, err := s.Mailbox(ctx, id); err != nil || mb.NextSeq <= all[6].Seq {
+		t.Fatalf("NextSeq %d (%v) after envelopes up to %d", mb.NextSeq, err, all[6].Seq)
+	}
 	mustPut(t, s, id, Envelope(id, 4096, 200))
 	fresh, err := s.FetchAfter(ctx, id, all[6].Seq, 0)
 	if err != nil || len(fresh) != 1 || fresh[0].Seq <= all[6].Seq {
 		t.Fatalf("new envelope after the cursor: %d items, %v", len(fresh), err)
+	}
+	if mb, err := s.Mailbox(ctx, id); err != nil || mb.NextSeq <= fresh[0].Seq {
+		t.Fatalf("NextSeq %d (%v) after an envelope at %d", mb.NextSeq, err, fresh[0].Seq)
 	}
 	if _, err := s.FetchAfter(ctx, ID(99), 0, 0); !errors.Is(err, store.ErrNoMailbox) {
 		t.Fatalf("unknown mailbox: %v", err)
