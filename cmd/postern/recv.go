@@ -205,10 +205,10 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		before := in.Received()
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		c.Close()
-		if recheck > 0 && in.Received()-before > int64(recheck) {
+		grew := recheck > 0 && in.Received()-before > int64(recheck)
+		if grew && err == nil {
 			fmt.Fprintf(e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", (in.Received()-before)>>10, recheck>>10)
 			t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = 0, 0 })
-			recheck, b = 0, 0
 		}
 		if !cutByCensor(err) || ctx.Err() != nil {
 			return err
@@ -216,7 +216,10 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		stalled := errors.Is(err, transport.ErrStalled)
 		if stalled || resets > 0 {
 			fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
-			if recheck > 0 && stalled {
+			switch {
+			case grew:
+				b = 0 // cut, but past the old budget: the parts learn the new one
+			case recheck > 0 && stalled:
 				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
 			}
 			_, err = drainParts(ctx, e, t, in, b)

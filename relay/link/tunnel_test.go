@@ -208,14 +208,7 @@ func TestTunnelFrozenPushStalls(t *testing.T) {
 	if _, err := direct.Send(ctx, big[0], nil); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-c.Done():
-		if !errors.Is(c.Err(), transport.ErrStalled) {
-			t.Fatalf("the frozen subscription ended with %v, want a stall", c.Err())
-		}
-	case <-ctx.Done():
-		t.Fatal("the frozen subscription never stalled")
-	}
+	relaytest.WaitStalled(t, ctx, c)
 }
 
 // waitGoroutines waits until the goroutine count is back to n: every

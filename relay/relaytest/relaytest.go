@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -160,4 +161,18 @@ func (m *Mailbox) Seal(t testing.TB, msg string) []byte {
 		t.Fatal(err)
 	}
 	return env
+}
+
+// WaitStalled fails the test unless the session c ends with a stall
+// (transport.ErrStalled) before ctx does.
+func WaitStalled(t testing.TB, ctx context.Context, c *client.Client) {
+	t.Helper()
+	select {
+	case <-c.Done():
+		if !errors.Is(c.Err(), transport.ErrStalled) {
+			t.Fatalf("the session ended with %v, want a stall", c.Err())
+		}
+	case <-ctx.Done():
+		t.Fatal("the session never stalled")
+	}
 }

@@ -98,7 +98,7 @@ func newMemBox(owner ed25519.PublicKey, sendCap []byte) *memBox {
 	return &memBox{
 		owner:   slices.Clone(owner),
 		sendCap: slices.Clone(sendCap),
-		nextSeq: 1,
+		nextSeq: FirstSeq(),
 		refs:    make(map[Ref]*memEnv),
 	}
 }

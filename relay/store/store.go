@@ -72,6 +72,8 @@ package store
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
 	"time"
 )
 
@@ -108,6 +110,23 @@ type Item struct {
 }
 
 // Mailbox is what the store knows about a mailbox.
+// FirstSeq is the sequence number a new mailbox's first envelope gets: a
+// random number below 2^62. A mailbox a relay lost and its owner made
+// again then numbers its envelopes in another range than the one before
+// (the chance that the old range's last number falls inside the new one
+// is the new one's count in 2^62): a cursor the owner's client kept from
+// the one before is either past all of them, and NextSeq, which the relay
+// takes for a cursor of a mailbox before (relay/server's subscribeFrom),
+// or below all of them. When every mailbox started at 1, a SubscribeAfter
+// past such a cursor never pushed the new mailbox's first envelopes (a
+// reviewer's find). Random rather than the clock: the store keeps no
+// time finer than a day.
+func FirstSeq() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return 1 + binary.BigEndian.Uint64(b[:])>>2
+}
+
 type Mailbox struct {
 	Owner        ed25519.PublicKey // verifies fetch, ack, rotate and delete
 	SendCap      []byte            // send capability verifier; empty if none

@@ -122,6 +122,9 @@ func crashSetup(t *testing.T, s *Store, m *crashModel) {
 	for b := range crashBoxes {
 		must(t, s.CreateMailbox(ctx, storetest.ID(b), storetest.Owner(b), nil))
 		m.refs[b] = map[store.Ref]bool{}
+		mb, err := s.Mailbox(ctx, storetest.ID(b))
+		must(t, err)
+		m.maxSeq[b] = mb.NextSeq - 1 // numbering starts at store.FirstSeq
 	}
 	var refs []store.Ref
 	for i := range 60 {

@@ -35,6 +35,7 @@ type fixture struct {
 	refs  []store.Ref
 	envs  [][]byte
 	stats store.Stats
+	first uint64 // the seq of a's first envelope (store.FirstSeq)
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -48,6 +49,9 @@ func newFixture(t *testing.T) *fixture {
 	for i, id := range [][store.IDSize]byte{f.a, f.b} {
 		must(t, s.CreateMailbox(ctx, id, storetest.Owner(i), nil))
 	}
+	mb, err := s.Mailbox(ctx, f.a)
+	must(t, err)
+	f.first = mb.NextSeq
 	for i := range 3 {
 		e := storetest.Envelope(f.a, 1024, i)
 		r, err := s.Put(ctx, f.a, e)
@@ -263,7 +267,7 @@ func TestDamagedEnvelope(t *testing.T) {
 			if _, err := s.Put(ctx, f.b, storetest.Envelope(f.b, 100, 1)); err != nil {
 				t.Errorf("Put to an undamaged mailbox: %v", err)
 			}
-			if got, err := s.FetchAfter(ctx, f.a, 1, 0); err != nil || len(got) != 2 || !bytes.Equal(got[1].Envelope, f.envs[2]) {
+			if got, err := s.FetchAfter(ctx, f.a, f.first, 0); err != nil || len(got) != 2 || !bytes.Equal(got[1].Envelope, f.envs[2]) {
 				t.Errorf("FetchAfter past the damage = %d items, %v", len(got), err)
 			}
 		})

@@ -35,8 +35,9 @@ func (s *Store) CreateMailbox(ctx context.Context, id [store.IDSize]byte, owner 
 
 func (w *writer) createMailbox(hid [32]byte, owner, sendCap []byte) {
 	at := w.at()
-	w.buf = appendMailbox(w.buf, hid, owner, 1, sendCap)
-	w.ix.setMailbox(hid, owner, sendCap, 1, at, uint32(w.at().off-at.off))
+	first := store.FirstSeq()
+	w.buf = appendMailbox(w.buf, hid, owner, first, sendCap)
+	w.ix.setMailbox(hid, owner, sendCap, first, at, uint32(w.at().off-at.off))
 	w.dMailboxes++
 }
 

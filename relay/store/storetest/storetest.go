@@ -42,6 +42,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Holds", testHolds},
 		{"PutKeepsNoEnvelope", testPutKeepsNoEnvelope},
 		{"FetchAfter", testFetchAfter},
+		{"SeqsOfAMailboxMadeAgain", testSeqsMadeAgain},
 		{"RetiredIDs", testRetiredIDs},
 		{"QuotaMailboxes", testQuotaMailboxes},
 		{"Duplicate", testDuplicate},
@@ -913,6 +914,27 @@ func testFetchAfter(t *testing.T, f Factory) {
 	}
 	if _, err := s.FetchAfter(ctx, ID(99), 0, 0); !errors.Is(err, store.ErrNoMailbox) {
 		t.Fatalf("unknown mailbox: %v", err)
+	}
+}
+
+// testSeqsMadeAgain: a mailbox made again in a new store (the relay lost
+// the old one) numbers its envelopes in another range than the old one's
+// (store.FirstSeq), so a client's cursor from the old one (a
+// SubscribeAfter) is not past some of its envelopes and before others.
+func testSeqsMadeAgain(t *testing.T, f Factory) {
+	old := open(t, f, store.Options{})
+	id := ID(1)
+	mustCreate(t, old, id, 1)
+	for i := range 3 {
+		mustPut(t, old, id, Envelope(id, 4096, i))
+	}
+	items := fetchAll(t, old, id)
+	last := items[len(items)-1].Seq
+	again := open(t, f, store.Options{})
+	mustCreate(t, again, id, 1)
+	mustPut(t, again, id, Envelope(id, 4096, 9))
+	if got := fetchAll(t, again, id); len(got) != 1 || got[0].Seq == items[0].Seq || got[0].Seq == last {
+		t.Fatalf("the mailbox made again numbers its first envelope %d, the one before %d to %d", got[0].Seq, items[0].Seq, last)
 	}
 }
 
