@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -210,39 +209,6 @@ func TestFollowPastHeld(t *testing.T) {
 	}
 }
 
-// oldRelayConn is a client's connection as a relay from before
-// SubscribeAfter sees it: that frame's type is one it does not know (it
-// answers CodeUnknownFrame).
-type oldRelayConn struct {
-	net.Conn // an interface, so that only Write writes
-	tcp      *net.TCPConn
-	head     []byte // the header of the frame being written, so far
-	left     int    // bytes of the frame's payload still to come
-}
-
-func (c *oldRelayConn) CloseWrite() error { return c.tcp.CloseWrite() }
-
-func (c *oldRelayConn) Write(p []byte) (int, error) {
-	b := append([]byte(nil), p...)
-	for i := 0; i < len(b); {
-		if c.left > 0 {
-			n := min(c.left, len(b)-i)
-			c.left -= n
-			i += n
-			continue
-		}
-		if len(c.head) == 0 && b[i] == byte(relay.FrameSubscribeAfter) {
-			b[i] = 0x7f
-		}
-		c.head = append(c.head, b[i])
-		i++
-		if len(c.head) == 5 { // type u8 | length u32
-			c.left, c.head = int(binary.BigEndian.Uint32(c.head[1:])), c.head[:0]
-		}
-	}
-	return c.Conn.Write(b)
-}
-
 // TestFollowPastHeldWithOldRelay: a relay from before SubscribeAfter
 // refuses it, and Follow subscribes from the mailbox's start instead (the
 // held fragment is pushed again, and known): a new message still comes,
@@ -258,8 +224,8 @@ func TestFollowPastHeldWithOldRelay(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		tcp := raw.(*net.TCPConn)
-		return client.New(ctx, &oldRelayConn{Conn: tcp, tcp: tcp}, client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
+		old := relaytest.OldRelayConn(raw.(*net.TCPConn), relay.FrameSubscribeAfter)
+		return client.New(ctx, old, client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
 	})
 	w.send(t, []byte("new"))
 	f.expect(t, ctx, "new", true)

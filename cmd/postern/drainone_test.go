@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// drainWorld is a relay in this process behind a middlebox, a mailbox on
+// it, and recv's view of the mailbox there (a recvTarget) whose sessions
+// go through the middlebox, counted.
+type drainWorld struct {
+	r     *relaytest.Relay
+	mb    *censortest.Middlebox
+	owner *client.Client // straight to the relay
+	box   *relaytest.Mailbox
+	dials atomic.Int64
+	// old makes the sessions those of a relay from before FetchPart.
+	old bool
+}
+
+func newDrainWorld(t *testing.T) *drainWorld {
+	w := &drainWorld{r: relaytest.New(t, store.Options{}, server.Config{})}
+	w.mb = censortest.NewMiddlebox(t, w.r.ServeTCP(t, "test"))
+	w.owner = w.r.Connect(t)
+	w.box = relaytest.NewMailbox(t, w.owner, nil)
+	return w
+}
+
+// stored seals a random message of size bytes to the mailbox and stores
+// it through the direct session.
+func (w *drainWorld) stored(t *testing.T, size int) []byte {
+	t.Helper()
+	msg := make([]byte, size)
+	rand.Read(msg)
+	envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range envs {
+		if _, err := w.owner.Send(context.Background(), env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return msg
+}
+
+func (w *drainWorld) target(facts *factsStore) recvTarget {
+	m := &mailboxState{ID: w.box.ID[:], Owner: w.box.Owner.Seed()}
+	return recvTarget{m: m, n: 1, facts: facts, dial: func(ctx context.Context) (*client.Client, error) {
+		raw, err := net.Dial("tcp", w.mb.Addr())
+		if err != nil {
+			return nil, err
+		}
+		w.dials.Add(1)
+		var conn transport.Conn = raw.(*net.TCPConn)
+		if w.old {
+			conn = relaytest.OldRelayConn(raw.(*net.TCPConn), relay.FrameFetchPart)
+		}
+		return client.New(ctx, conn, client.WithStallWindow(2*time.Second), client.WithRelayKey(w.r.Server.PublicKey()))
+	}}
+}
+
+// inbox returns an inbox of the mailbox whose messages go to got.
+func (w *drainWorld) inbox(t *testing.T, got *[][]byte) *client.Inbox {
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
+		*got = append(*got, m.Payload)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// stderrWatch is recv's stderr, calling on with each write.
+type stderrWatch func(string)
+
+func (f stderrWatch) Write(p []byte) (int, error) { f(string(p)); return len(p), nil }
+
+// TestDrainOneResetTwiceThenParts: behind a censor that resets every
+// flow after 16 KiB, recv's first whole session is reset inside the first
+// 64 KiB envelope, and so is the one more it gets (a relay that restarts
+// resets once too); only then does it take the message in parts. (Stop
+// 37's note: the fallback was pinned, not that exactly one more whole
+// session comes first.)
+func TestDrainOneResetTwiceThenParts(t *testing.T) {
+	w := newDrainWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	msg := w.stored(t, 100<<10)
+	w.mb.SetRule(censortest.ResetAfter(16 << 10))
+	whole := int64(-1)
+	e := &env{getenv: func(string) string { return "" }, stderr: stderrWatch(func(s string) {
+		if whole < 0 && strings.Contains(s, "receiving in parts") {
+			whole = w.dials.Load()
+		}
+	})}
+	var got [][]byte
+	if err := drainOne(ctx, e, w.target(nil), w.inbox(t, &got)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], msg) {
+		t.Fatalf("took %d messages", len(got))
+	}
+	if whole != 2 {
+		t.Fatalf("%d whole sessions before the parts, want 2", whole)
+	}
+}
+
+// TestDrainOneBudgetWithoutParts: with a per-session budget remembered
+// for the network, recv asks for parts at once; a relay from before parts
+// refuses them, and a whole session still brings a message small enough
+// to pass the censor.
+func TestDrainOneBudgetWithoutParts(t *testing.T) {
+	w := newDrainWorld(t)
+	w.old = true
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.stored(t, 100)
+	e := &env{getenv: func(string) string { return "" }, stderr: stderrWatch(func(string) {})}
+	facts := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
+	facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = 12<<10, today() })
+	var got [][]byte
+	if err := drainOne(ctx, e, w.target(facts), w.inbox(t, &got)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || len(got[0]) != 100 || w.dials.Load() != 2 {
+		t.Fatalf("took %d messages in %d sessions; want one, after a refused part", len(got), w.dials.Load())
+	}
+}
