@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/postern/postern/transport/route"
 )
 
 // Network facts are what send and recv learned about a censor on a named
@@ -106,6 +108,13 @@ func (s *factsStore) update(e *env, change func(*netFacts)) {
 	if s == nil {
 		return
 	}
+	dirErr := os.MkdirAll(filepath.Dir(s.path), 0o700)
+	if dirErr == nil {
+		// Read, changed and written under the file's lock: a recv
+		// --follow learning a budget beside a send confirming one lost
+		// one of the two (a reviewer's find).
+		defer route.LockFile(s.path + ".lock")()
+	}
 	all := s.readAll()
 	f := all[s.key]
 	if today()-f.Day > int64(factsTTL/(24*time.Hour)) {
@@ -120,7 +129,7 @@ func (s *factsStore) update(e *env, change func(*netFacts)) {
 		}
 	}
 	out, _ := json.MarshalIndent(all, "", "  ")
-	err := os.MkdirAll(filepath.Dir(s.path), 0o700)
+	err := dirErr
 	if err == nil {
 		err = writeFileAtomic(s.path, append(out, '\n'), 0o600)
 	}
