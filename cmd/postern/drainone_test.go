@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
@@ -42,21 +41,13 @@ func newDrainWorld(t *testing.T) *drainWorld {
 	return w
 }
 
-// stored seals a random message of size bytes to the mailbox and stores
-// it through the direct session.
+// stored stores a random message of size bytes through the direct
+// session (see relaytest.Mailbox.Store) and returns it.
 func (w *drainWorld) stored(t *testing.T, size int) []byte {
 	t.Helper()
 	msg := make([]byte, size)
 	rand.Read(msg)
-	envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, env := range envs {
-		if _, err := w.owner.Send(context.Background(), env, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.box.Store(t, w.owner, msg)
 	return msg
 }
 
@@ -74,18 +65,6 @@ func (w *drainWorld) target(facts *factsStore) recvTarget {
 		}
 		return client.New(ctx, conn, client.WithStallWindow(2*time.Second), client.WithRelayKey(w.r.Server.PublicKey()))
 	}}
-}
-
-// inbox returns an inbox of the mailbox whose messages go to got.
-func (w *drainWorld) inbox(t *testing.T, got *[][]byte) *client.Inbox {
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
-		*got = append(*got, m.Payload)
-		return nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
 }
 
 // stderrWatch is recv's stderr, calling on with each write.
@@ -112,7 +91,7 @@ func TestDrainOneResetTwiceThenParts(t *testing.T) {
 		}
 	})}
 	var got [][]byte
-	if err := drainOne(ctx, e, w.target(nil), w.inbox(t, &got)); err != nil {
+	if err := drainOne(ctx, e, w.target(nil), w.box.Inbox(t, &got)); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || !bytes.Equal(got[0], msg) {
@@ -137,7 +116,7 @@ func TestDrainOneBudgetWithoutParts(t *testing.T) {
 	facts := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
 	facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = 12<<10, today() })
 	var got [][]byte
-	if err := drainOne(ctx, e, w.target(facts), w.inbox(t, &got)); err != nil {
+	if err := drainOne(ctx, e, w.target(facts), w.box.Inbox(t, &got)); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || len(got[0]) != 100 || w.dials.Load() != 2 {

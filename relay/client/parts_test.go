@@ -51,19 +51,9 @@ func (w *partsWorld) dial(ctx context.Context) (*client.Client, error) {
 	return client.New(ctx, raw.(*net.TCPConn), client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
 }
 
-// send seals msg to the mailbox (in 64 KiB envelopes when it is larger
-// than a 16 KiB one holds) and stores it through the direct session.
-func (w *partsWorld) send(t *testing.T, msg []byte) {
-	envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, env := range envs {
-		if _, err := w.owner.Send(context.Background(), env, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
+// send stores msg (see relaytest.Mailbox.Store) through the direct
+// session.
+func (w *partsWorld) send(t *testing.T, msg []byte) { w.box.Store(t, w.owner, msg) }
 
 // stored stores a random message of size bytes (see send) and returns
 // it.
@@ -75,16 +65,7 @@ func (w *partsWorld) stored(t *testing.T, size int) []byte {
 }
 
 // inbox returns an inbox of the mailbox whose taken messages go to got.
-func (w *partsWorld) inbox(t *testing.T, got *[][]byte) *client.Inbox {
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
-		*got = append(*got, m.Payload)
-		return nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
-}
+func (w *partsWorld) inbox(t *testing.T, got *[][]byte) *client.Inbox { return w.box.Inbox(t, got) }
 
 // waiting is how many envelopes the mailbox holds.
 func (w *partsWorld) waiting(t *testing.T) int {

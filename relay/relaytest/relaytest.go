@@ -176,3 +176,32 @@ func WaitStalled(t testing.TB, ctx context.Context, c *client.Client) {
 		t.Fatal("the session never stalled")
 	}
 }
+
+// Store seals msg to the mailbox (anonymous, X25519; in 64 KiB envelopes
+// when a 16 KiB one does not hold it) and stores it through c.
+func (m *Mailbox) Store(t testing.TB, c *client.Client, msg []byte) {
+	t.Helper()
+	envs, err := envelope.SealMessage(m.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range envs {
+		if _, err := c.Send(context.Background(), env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Inbox returns an inbox of the mailbox that appends the messages it
+// takes to got.
+func (m *Mailbox) Inbox(t testing.TB, got *[][]byte) *client.Inbox {
+	t.Helper()
+	in, err := client.NewInbox(client.InboxConfig{Identity: m.Ident, Take: func(msg client.Message) error {
+		*got = append(*got, msg.Payload)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
