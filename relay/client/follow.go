@@ -42,7 +42,7 @@ type FollowConfig struct {
 	// it has no such mailbox: what the caller holds, and its cursor, are
 	// of a mailbox that is no more there, and one made again there (its
 	// owner runs `mailbox create --again` while Follow retries) numbers
-	// its envelopes from the start again, below an old cursor.
+	// its envelopes from another start, perhaps below an old cursor.
 	Gone func()
 	// Handle takes one delivery and returns the refs to ack (possibly
 	// none, possibly refs of earlier deliveries). Follow acks them in

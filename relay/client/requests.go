@@ -180,8 +180,8 @@ func (c *Client) Subscribe(ctx context.Context, owner ed25519.PrivateKey, id [32
 // up to after and holds what it did not ack there. It returns the cursor
 // the relay started the subscription from: after, or 0 when after is past
 // every envelope the mailbox has had (a mailbox the relay lost and its
-// owner made again, numbering from the start: what the caller holds is
-// of the one before). A relay from before it refuses it with
+// owner made again, numbering its envelopes from another start: what the
+// caller holds is of the one before). A relay from before it refuses it with
 // relay.CodeUnknownFrame; after = 0 is a plain Subscribe.
 func (c *Client) SubscribeAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64) (uint64, error) {
 	if after == 0 {

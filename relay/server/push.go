@@ -100,8 +100,9 @@ func (ss *session) subscribeFrom(p []byte) ([]byte, error) {
 	if mb.NextSeq > 0 && after >= mb.NextSeq {
 		// Past every envelope the mailbox has had: the cursor is of a
 		// mailbox that was here before (the relay lost it, and its owner
-		// made it again, numbering from the start). From the start, or
-		// what the new one holds would never be pushed.
+		// made it again, numbering its envelopes from another start:
+		// store.FirstSeq). From the start, or what the new one holds,
+		// numbered below the cursor, would never be pushed.
 		after = 0
 	}
 	if err := ss.subscribeAfter(m.Req, m.Mailbox, after); err != nil {
