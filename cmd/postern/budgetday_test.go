@@ -72,7 +72,8 @@ func (w *censoredWorld) learnBudgets(t *testing.T) netFacts {
 // (recv learns nothing new, send seals the message again into 4 KiB
 // envelopes), and the budgets are today's again. Until 2026-12-06 a
 // budget only shrank: one freeze of a flaky network slowed every send and
-// recv there for as long as the facts were kept.
+// recv there for as long as the facts were kept. Another day, a send
+// cut past the old budget learns the larger one.
 func TestBudgetsCheckedAgain(t *testing.T) {
 	w := newCensoredWorld(t)
 	w.learnBudgets(t)
@@ -104,5 +105,17 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 	}
 	if f := w.facts(t); f.Budget == 0 || f.Budget > learnt.Budget || f.RecvBudget != learnt.RecvBudget || f.BudgetDay != today() || f.RecvBudgetDay != today() {
 		t.Fatalf("facts after checking again behind the censor: %+v (learnt %+v)", f, learnt)
+	}
+
+	// Another day, the censor freezes flows later, at 150 KiB: the send's
+	// first connection carries two 64 KiB envelopes before it is cut, and
+	// the budget is what it carried, not the old one.
+	w.ageBudgets(t)
+	w.mb.SetRule(censortest.FreezeAfter(150 << 10))
+	if stderr, err := w.send(make([]byte, 200<<10), "--network", "cafe"); err != nil || !strings.Contains(stderr, "stalled after") {
+		t.Fatalf("send behind a later freeze with yesterday's budget: %v\n%s", err, stderr)
+	}
+	if f := w.facts(t); f.Budget <= learnt.Budget || f.BudgetDay != today() {
+		t.Fatalf("facts after a connection cut past yesterday's budget: %+v (learnt %+v)", f, learnt)
 	}
 }

@@ -260,7 +260,7 @@ func (s *sender) run(ctx context.Context) error {
 			s.refusal = nil
 		}
 		s.noteThroughput(st)
-		s.budgetGone(st)
+		s.budgetGone(st, err)
 		s.report(c, st, err)
 		switch {
 		case err == nil:
@@ -416,9 +416,11 @@ func (s *sender) noteThroughput(st *connStats) {
 }
 
 // budgetGone forgets the budget being checked again once a connection
-// has carried more than it: whatever cut flows there before does not now.
-func (s *sender) budgetGone(st *connStats) {
-	if s.recheck == 0 || st.acked <= s.recheck {
+// has carried more than it and was not cut (err): whatever cut flows there
+// before does not now. One cut after carrying more teaches the new, larger
+// budget instead (afterStall).
+func (s *sender) budgetGone(st *connStats, err error) {
+	if s.recheck == 0 || st.acked <= s.recheck || resumable(err) {
 		return
 	}
 	fmt.Fprintf(s.e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", st.acked>>10, s.recheck>>10)
@@ -541,8 +543,9 @@ func (s *sender) afterStall(st *connStats, err error) error {
 	}
 	if s.recheck > 0 && !reset {
 		// The budget checked again still holds: back under it at once
-		// (smaller, below, if this connection carried less).
-		s.known.Budget, s.recheck = s.recheck, 0
+		// (smaller, below, if this connection carried less; the larger
+		// one it carried if it was cut past the old budget).
+		s.known.Budget, s.recheck = max(s.recheck, st.acked), 0
 		s.facts.update(s.e, func(f *netFacts) { f.Budget, f.BudgetDay = s.known.Budget, today() })
 	}
 	if st.acked > 0 && (st.slow || reset) {
