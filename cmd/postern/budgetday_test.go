@@ -115,7 +115,9 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 	if stderr, err := w.send(make([]byte, 200<<10), "--network", "cafe"); err != nil || !strings.Contains(stderr, "stalled after") {
 		t.Fatalf("send behind a later freeze with yesterday's budget: %v\n%s", err, stderr)
 	}
-	if f := w.facts(t); f.Budget <= learnt.Budget || f.BudgetDay != today() {
+	f := w.facts(t)
+	if f.Budget <= learnt.Budget || f.BudgetDay != today() {
 		t.Fatalf("facts after a connection cut past yesterday's budget: %+v (learnt %+v)", f, learnt)
 	}
+	t.Logf("budgets learnt behind a 16 KiB freeze: send %d, recv %d bytes; send's after the freeze moved to 150 KiB: %d", learnt.Budget, learnt.RecvBudget, f.Budget)
 }
