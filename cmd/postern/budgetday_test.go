@@ -2,11 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -112,7 +116,7 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 	// the budget is what it carried, not the old one.
 	w.ageBudgets(t)
 	w.mb.SetRule(censortest.FreezeAfter(150 << 10))
-	if stderr, err := w.send(make([]byte, 200<<10), "--network", "cafe"); err != nil || !strings.Contains(stderr, "stalled after") {
+	if stderr, err := w.send(make([]byte, 200<<10), "--network", "cafe"); err != nil || !strings.Contains(stderr, "stalled after") || strings.Contains(stderr, "no longer limits") {
 		t.Fatalf("send behind a later freeze with yesterday's budget: %v\n%s", err, stderr)
 	}
 	f := w.facts(t)
@@ -120,4 +124,50 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 		t.Fatalf("facts after a connection cut past yesterday's budget: %+v (learnt %+v)", f, learnt)
 	}
 	t.Logf("budgets learnt behind a 16 KiB freeze: send %d, recv %d bytes; send's after the freeze moved to 150 KiB: %d", learnt.Budget, learnt.RecvBudget, f.Budget)
+}
+
+// TestRecheckOutcomes: what one connection of a send that checks again
+// yesterday's budget of 12 KiB does with it, as the send's loop calls
+// budgetGone and then, for a connection cut, afterStall. A stall confirms
+// it, or teaches a smaller one, or the larger one carried before it; a
+// connection that carried more and was reset or not cut forgets it (a
+// reset teaches no budget, but shows the freeze gone); a throttled
+// connection's stall decides nothing.
+func TestRecheckOutcomes(t *testing.T) {
+	const old = 12 << 10
+	stall := &transport.Error{Class: transport.ClassStalled, Err: transport.ErrStalled}
+	reset := &transport.Error{Class: transport.ClassReset, Err: errors.New("connection reset")}
+	for _, tc := range []struct {
+		name    string
+		st      connStats
+		err     error
+		budget  int // in the file afterwards
+		today   bool
+		pending bool // still to be checked
+	}{
+		{"stalled before any ack", connStats{}, stall, old, true, false},
+		{"stalled after less", connStats{acked: 8 << 10}, stall, 8 << 10, true, false},
+		{"stalled after more", connStats{acked: 128 << 10}, stall, 128 << 10, true, false},
+		{"reset after more", connStats{acked: 128 << 10}, reset, 0, false, false},
+		{"done after more", connStats{acked: 128 << 10}, nil, 0, false, false},
+		{"done after less", connStats{acked: 8 << 10}, nil, old, false, true},
+		{"throttled, stalled after more", connStats{acked: 128 << 10, slow: true}, stall, old, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &env{stderr: io.Discard, getenv: func(string) string { return "" }}
+			fs := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
+			fs.update(e, func(f *netFacts) { f.Budget, f.BudgetDay = old, today()-1 })
+			s := &sender{e: e, facts: fs, recheck: old, bucket: envelope.Bucket4K}
+			s.budgetGone(&tc.st, tc.err)
+			if tc.err != nil && resumable(tc.err) {
+				if err := s.afterStall(&tc.st, tc.err); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := fs.get()
+			if f.Budget != tc.budget || (f.BudgetDay == today()) != tc.today || (s.recheck > 0) != tc.pending {
+				t.Fatalf("budget %d (day %d, today %d), still to check %v; want %d, today %v, %v", f.Budget, f.BudgetDay, today(), s.recheck > 0, tc.budget, tc.today, tc.pending)
+			}
+		})
+	}
 }

@@ -104,8 +104,8 @@ func TestDrainOneResetTwiceThenParts(t *testing.T) {
 
 // TestDrainOneBudgetWithoutParts: with a per-session budget remembered
 // for the network, recv asks for parts at once; a relay from before parts
-// refuses them, and a whole session still brings a message small enough
-// to pass the censor.
+// refuses them, and a whole session still brings a small message (one
+// that would pass such a censor; none is set here).
 func TestDrainOneBudgetWithoutParts(t *testing.T) {
 	w := newDrainWorld(t)
 	w.old = true

@@ -37,9 +37,11 @@ import (
 // A budget from an earlier day is checked again: the first send (or recv)
 // of a later day goes as on a network not known to cut flows, with 64 KiB
 // envelopes (or whole sessions). A connection that carries more than the
-// budget without being cut shows it is gone, and it is forgotten; one
+// budget and does not stall shows it is gone, and it is forgotten; one
 // that stalls first shows it still holds, and the send (or recv) goes on
-// under it at once, for one stall window. Until 2026-12-06 a budget only
+// under it at once, for one stall window; one that stalls after carrying
+// more teaches the larger budget it carried. A reset teaches nothing (a
+// relay restarting resets too), nor does a throttled connection's stall. Until 2026-12-06 a budget only
 // ever shrank: one freeze of a flaky network for a stall window (a train
 // in a tunnel) taught one of a few kilobytes, and every send and recv on
 // that network then went through the smallest envelopes or parts for as

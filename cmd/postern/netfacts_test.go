@@ -15,7 +15,7 @@ import (
 // the last writer erased what the others had written meanwhile.
 func TestFactsUpdatesKept(t *testing.T) {
 	if runtime.GOOS == "windows" {
-		t.Skip("no flock: commands at once are not serialized on Windows (README)")
+		t.Skip("no flock: commands at once are not serialized on Windows")
 	}
 	path := filepath.Join(t.TempDir(), "networks")
 	e := &env{stderr: io.Discard, getenv: func(string) string { return "" }}

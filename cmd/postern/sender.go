@@ -416,11 +416,11 @@ func (s *sender) noteThroughput(st *connStats) {
 }
 
 // budgetGone forgets the budget being checked again once a connection
-// has carried more than it and was not cut (err): whatever cut flows there
-// before does not now. One cut after carrying more teaches the new, larger
-// budget instead (afterStall).
+// has carried more than it and did not stall (err): whatever froze flows
+// there before does not now (a reset teaches no budget). One that stalled
+// after carrying more teaches the new, larger budget instead (afterStall).
 func (s *sender) budgetGone(st *connStats, err error) {
-	if s.recheck == 0 || st.acked <= s.recheck || resumable(err) {
+	if s.recheck == 0 || st.acked <= s.recheck || errors.Is(err, transport.ErrStalled) {
 		return
 	}
 	fmt.Fprintf(s.e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", st.acked>>10, s.recheck>>10)
@@ -541,10 +541,11 @@ func (s *sender) afterStall(st *connStats, err error) error {
 	} else {
 		fmt.Fprintf(s.e.stderr, "the connection stalled after %d of %d envelopes (a censor's per-flow limit?); reconnecting\n", done, len(s.envs))
 	}
-	if s.recheck > 0 && !reset {
+	if s.recheck > 0 && !reset && !st.slow {
 		// The budget checked again still holds: back under it at once
 		// (smaller, below, if this connection carried less; the larger
-		// one it carried if it was cut past the old budget).
+		// one it carried if it stalled past the old budget). A slow
+		// connection's stall says nothing about a budget.
 		s.known.Budget, s.recheck = max(s.recheck, st.acked), 0
 		s.facts.update(s.e, func(f *netFacts) { f.Budget, f.BudgetDay = s.known.Budget, today() })
 	}
