@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -16,7 +15,6 @@ import (
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
-	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -54,16 +52,12 @@ func (w *drainWorld) stored(t *testing.T, size int) []byte {
 func (w *drainWorld) target(facts *factsStore) recvTarget {
 	m := &mailboxState{ID: w.box.ID[:], Owner: w.box.Owner.Seed()}
 	return recvTarget{m: m, n: 1, facts: facts, dial: func(ctx context.Context) (*client.Client, error) {
-		raw, err := net.Dial("tcp", w.mb.Addr())
-		if err != nil {
-			return nil, err
-		}
 		w.dials.Add(1)
-		var conn transport.Conn = raw.(*net.TCPConn)
+		var old []relay.FrameType
 		if w.old {
-			conn = relaytest.OldRelayConn(raw.(*net.TCPConn), relay.FrameFetchPart)
+			old = append(old, relay.FrameFetchPart)
 		}
-		return client.New(ctx, conn, client.WithStallWindow(2*time.Second), client.WithRelayKey(w.r.Server.PublicKey()))
+		return w.r.DialTCP(ctx, w.mb.Addr(), 2*time.Second, old...)
 	}}
 }
 

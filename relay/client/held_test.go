@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -220,12 +219,7 @@ func TestFollowPastHeldWithOldRelay(t *testing.T) {
 	w.unfinished(t, 100<<10)
 	f := w.following(t, ctx, client.PartsConfig{}, 1, 0)
 	f.follow(ctx, w, func(ctx context.Context) (*client.Client, error) {
-		raw, err := net.Dial("tcp", w.mb.Addr())
-		if err != nil {
-			return nil, err
-		}
-		old := relaytest.OldRelayConn(raw.(*net.TCPConn), relay.FrameSubscribeAfter)
-		return client.New(ctx, old, client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
+		return w.r.DialTCP(ctx, w.mb.Addr(), w.stall, relay.FrameSubscribeAfter)
 	})
 	w.send(t, []byte("new"))
 	f.expect(t, ctx, "new", true)
@@ -284,13 +278,7 @@ func followAfterMailboxMadeAgain(t *testing.T, before bool) {
 	if before {
 		madeAgain()
 	}
-	f.follow(ctx, w, func(ctx context.Context) (*client.Client, error) {
-		raw, err := net.Dial("tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		return client.New(ctx, raw.(*net.TCPConn), client.WithRelayKey(lost.Server.PublicKey()))
-	})
+	f.follow(ctx, w, func(ctx context.Context) (*client.Client, error) { return lost.DialTCP(ctx, addr, 0) })
 	if !before {
 		if err := <-f.firstLost; !errors.Is(err, relay.ErrNoMailbox) {
 			t.Fatalf("Follow lost its session with %v, want no mailbox", err)

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,12 +42,8 @@ func newPartsWorld(t *testing.T) *partsWorld {
 }
 
 func (w *partsWorld) dial(ctx context.Context) (*client.Client, error) {
-	raw, err := net.Dial("tcp", w.mb.Addr())
-	if err != nil {
-		return nil, err
-	}
 	w.sessions.Add(1)
-	return client.New(ctx, raw.(*net.TCPConn), client.WithStallWindow(w.stall), client.WithRelayKey(w.r.Server.PublicKey()))
+	return w.r.DialTCP(ctx, w.mb.Addr(), w.stall)
 }
 
 // send stores msg (see relaytest.Mailbox.Store) through the direct

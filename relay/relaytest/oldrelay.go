@@ -1,10 +1,13 @@
 package relaytest
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
+	"time"
 
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 )
 
@@ -50,4 +53,20 @@ func (c *oldRelayConn) Write(p []byte) (int, error) {
 		}
 	}
 	return c.Conn.Write(b)
+}
+
+// DialTCP opens a session to the relay at the TCP address addr (its
+// ServeTCP listener, or a middlebox in front of it) with the stall window
+// stall (0: the default); with old frame types, as a relay from before
+// them would see it (OldRelayConn).
+func (r *Relay) DialTCP(ctx context.Context, addr string, stall time.Duration, old ...relay.FrameType) (*client.Client, error) {
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var conn transport.Conn = raw.(*net.TCPConn)
+	if len(old) > 0 {
+		conn = OldRelayConn(raw.(*net.TCPConn), old...)
+	}
+	return client.New(ctx, conn, client.WithStallWindow(stall), client.WithRelayKey(r.Server.PublicKey()))
 }
