@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/transport"
@@ -124,6 +126,34 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 		t.Fatalf("facts after a connection cut past yesterday's budget: %+v (learnt %+v)", f, learnt)
 	}
 	t.Logf("budgets learnt behind a 16 KiB freeze: send %d, recv %d bytes; send's after the freeze moved to 150 KiB: %d", learnt.Budget, learnt.RecvBudget, f.Budget)
+}
+
+// TestSendUnderLearntBudget: behind a censor that freezes flows at 150
+// KiB, a send learns a budget of two 64 KiB envelopes, and the next send
+// of a 300 KB message there goes in five 64 KiB envelopes, one per
+// connection, without a stall. Until 2026-12-06 any known budget sealed
+// such a message into 109 envelopes of 4 KiB (a third more bytes).
+func TestSendUnderLearntBudget(t *testing.T) {
+	w := newCensoredWorld(t)
+	freeze := censortest.FreezeAfter(150 << 10)
+	w.mb.SetRule(freeze)
+	if stderr, err := w.send(make([]byte, 200<<10), "--network", "cafe"); err != nil || !strings.Contains(stderr, "stalled after") {
+		t.Fatalf("send behind a 150 KiB freeze: %v\n%s", err, stderr)
+	}
+	w.recvThrough(t, censortest.Pass, make([]byte, 200<<10))
+	if f := w.facts(t); f.Budget != 2*envelope.Bucket64K {
+		t.Fatalf("budget learnt behind a 150 KiB freeze: %d, want two 64 KiB envelopes", f.Budget)
+	}
+	msg := make([]byte, 300<<10)
+	rand.Read(msg)
+	start := time.Now()
+	stderr, err := w.send(msg, "--network", "cafe")
+	took := time.Since(start)
+	if err != nil || strings.Contains(stderr, "stalled after") || !strings.Contains(stderr, "in 5 envelope(s)") {
+		t.Fatalf("send under the budget: %v\n%s", err, stderr)
+	}
+	w.recvThrough(t, censortest.Pass, msg)
+	t.Logf("300 KB under a budget of %d bytes: sent in %v", 2*envelope.Bucket64K, took)
 }
 
 // TestRecheckOutcomes: what one connection of a send that checks again

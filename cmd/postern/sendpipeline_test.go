@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
 	"net"
 	"os"
@@ -177,6 +179,65 @@ func TestResetTeachesNoBudget(t *testing.T) {
 		}
 		if (s.known.Budget > 0) != tc.budget || (s.bucket != bucket) != tc.reseal {
 			t.Errorf("%v after %d bytes acked: budget %d, bucket %d -> %d", tc.err, tc.acked, s.known.Budget, bucket, s.bucket)
+		}
+	}
+}
+
+// TestSealUnderBudget: on a network with a known per-connection budget,
+// a message goes whole in the smallest bucket it fits, if that is at most
+// half the budget, and else in fragments of the largest bucket that is
+// (a larger one only if it needs more than MaxFragments of those). Each
+// message is opened again from its envelopes.
+func TestSealUnderBudget(t *testing.T) {
+	bob, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	card := bob.Card([32]byte{1}, nil, nil)
+	const k4, k16, k64 = envelope.Bucket4K, envelope.Bucket16K, envelope.Bucket64K
+	for _, tc := range []struct {
+		budget, size  int
+		bucket, count int
+	}{
+		{12 << 10, 100, k4, 1},
+		{12 << 10, 10 << 10, k4, 4},           // whole in 16 KiB, but that is more than half the budget
+		{12 << 10, 1 << 20, k16, 70},          // 372 fragments of 4 KiB would be too many
+		{40 << 10, 10 << 10, k16, 1},          // whole
+		{40 << 10, 300 << 10, k16, 21},        // 109 of 4 KiB before 2026-12-06
+		{40 << 10, 3 << 20, k64, 49},          // 209 of 16 KiB would be too many
+		{128 << 10, 100, k4, 1},               // the smallest bucket it fits
+		{128 << 10, 10 << 10, k16, 1},         // whole, not padded to 64 KiB
+		{128 << 10, 300 << 10, k64, 5},        // 109 of 4 KiB before 2026-12-06
+		{(128 << 10) - 1, 300 << 10, k16, 21}, // a 64 KiB envelope is more than half of it
+		{3 << 10, 10 << 10, k4, 4},            // a budget under 8 KiB still takes 4 KiB envelopes
+	} {
+		s := &sender{e: &env{stderr: io.Discard}, card: card, msg: make([]byte, tc.size)}
+		rand.Read(s.msg)
+		if err := s.sealUnder(tc.budget); err != nil {
+			t.Fatalf("budget %d, %d bytes: %v", tc.budget, tc.size, err)
+		}
+		if s.bucket != tc.bucket || len(s.envs) != tc.count || len(s.acked) != len(s.envs) {
+			t.Errorf("budget %d, %d bytes: %d envelopes of %d bytes, want %d of %d", tc.budget, tc.size, len(s.envs), s.bucket, tc.count, tc.bucket)
+			continue
+		}
+		j := &envelope.Joiner{}
+		var got []byte
+		for i, e := range s.envs {
+			if len(e) != s.bucket {
+				t.Fatalf("budget %d, %d bytes: envelope %d has %d bytes, want %d", tc.budget, tc.size, i, len(e), s.bucket)
+			}
+			o, err := envelope.Open(bob, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m, done, err := j.Add(o); err != nil {
+				t.Fatal(err)
+			} else if done {
+				got = m
+			}
+		}
+		if !bytes.Equal(got, s.msg) {
+			t.Errorf("budget %d, %d bytes: the envelopes open to %d bytes, not the message", tc.budget, tc.size, len(got))
 		}
 	}
 }
