@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -64,6 +67,15 @@ type recvTarget struct {
 	i, n  int // relay i of the mailbox's n
 	dial  dialFunc
 	facts *factsStore // what --network NAME taught about that relay (nil without)
+	held  client.HeldFile
+}
+
+// heldFile is where recv keeps, between runs, the fragments of unfinished
+// messages it took in parts from the mailbox m on relay relayID:
+// ID_FILE.held/ and a hash of both (client.PartsConfig.Keep).
+func heldFile(idPath, relayID string, m [32]byte) client.HeldFile {
+	sum := sha256.Sum256(append([]byte("postern held fragments v1\x00"+relayID+"\x00"), m[:]...))
+	return client.HeldFile(filepath.Join(idPath+".held", hex.EncodeToString(sum[:16])))
 }
 
 func runRecv(ctx context.Context, e *env, a *recvArgs) error {
@@ -136,8 +148,9 @@ func recvTargets(e *env, ms *mailboxes, id *envelope.Identity, a *recvArgs) ([]r
 			if err != nil {
 				return nil, err
 			}
-			facts := openFacts(e, parsedOrZero(ms.line(m, i)).RelayID())
-			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d, facts: facts})
+			relayID := parsedOrZero(ms.line(m, i)).RelayID()
+			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d, facts: openFacts(e, relayID),
+				held: heldFile(ms.idPath, relayID, m.id())})
 		}
 	}
 	return out, nil
@@ -246,6 +259,9 @@ func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, per
 		fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
 		t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, today() })
 	}}
+	if t.held != "" {
+		cfg.Keep = t.held
+	}
 	n, err := in.DrainParts(ctx, t.dial, t.m.owner(), t.m.id(), cfg)
 	if errors.Is(err, relay.ErrUnknownFrame) {
 		return n, fmt.Errorf("this relay cannot send envelopes in parts (it runs a postern from before 2026-12-06), and this network cuts connections before a whole one gets through: %w", err)

@@ -277,3 +277,57 @@ func TestFollowPastUnfinishedMessage(t *testing.T) {
 		t.Fatalf("%d sessions lost, want the first one only; stderr:\n%s", n, f.stderr.String())
 	}
 }
+
+// TestRecvKeepsFragmentsAcrossRuns: an unfinished message's 64 KiB
+// fragment waits on the relay, and the recipient is behind a censor that
+// freezes flows at 16 KiB. The first `recv` takes the fragment in parts
+// and keeps it (ID_FILE.held); the next one, with the budget known, pages
+// past it in a session or two, where a run without what was kept (its
+// file removed: the baseline, same run) fetches it again part by part.
+// Until 2026-12-06 every run did.
+func TestRecvKeepsFragmentsAcrossRuns(t *testing.T) {
+	w := newCensoredWorld(t)
+	w.unfinished(t)
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	maddr := metricsAddr(t, w.rp)
+	const sessions = `postern_sessions_total{transport="https"}`
+	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s")
+	recv := func(what string) (float64, time.Duration) {
+		t.Helper()
+		before, _ := scrape(t, maddr)
+		start := time.Now()
+		out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
+		took := time.Since(start)
+		if code != 0 || len(parseRecv(t, []byte(out))) != 0 {
+			t.Fatalf("%s: exit %d, printed %q\n%s", what, code, out, stderr)
+		}
+		after, _ := scrape(t, maddr)
+		return after[sessions] - before[sessions], took
+	}
+	recv("the first recv")
+	dir := w.bob + ".held"
+	files, err := os.ReadDir(dir)
+	if err != nil || len(files) != 1 {
+		t.Fatalf("kept after the first recv: %v, %v", files, err)
+	}
+	kept, err := os.ReadFile(filepath.Join(dir, files[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := files[0].Info(); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the kept file's mode is %v", fi.Mode())
+	}
+	if ds, err := client.ParseHeld(kept); err != nil || len(ds) != 1 {
+		t.Fatalf("the kept file holds %d envelopes, %v; want the fragment", len(ds), err)
+	}
+	again, againTook := recv("the second recv")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	fresh, freshTook := recv("a recv without what was kept")
+	t.Logf("relay sessions: %v with the fragment kept, %v without; recv took %v and %v", again, fresh,
+		againTook.Round(time.Millisecond), freshTook.Round(time.Millisecond))
+	if again > 2 || again >= fresh {
+		t.Fatalf("%v sessions with the fragment kept, %v without: it was fetched again", again, fresh)
+	}
+}

@@ -21,8 +21,9 @@ import (
 
 // unfinished stores the first of the 64 KiB envelopes of a message of
 // size bytes, and only that one: a message that never completes (its
-// sender lost the rest).
-func (w *partsWorld) unfinished(t *testing.T, size int) {
+// sender lost the rest, or has not sent it yet). It returns the message
+// and its envelopes.
+func (w *partsWorld) unfinished(t *testing.T, size int) ([]byte, [][]byte) {
 	t.Helper()
 	msg := make([]byte, size)
 	rand.Read(msg)
@@ -33,6 +34,7 @@ func (w *partsWorld) unfinished(t *testing.T, size int) {
 	if _, err := w.owner.Send(context.Background(), envs[0], nil); err != nil {
 		t.Fatal(err)
 	}
+	return msg, envs
 }
 
 // TestDrainPartsKeepsHeld: an unfinished message's 64 KiB fragment waits

@@ -172,6 +172,26 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 		in.cfg.Warn(fmt.Sprintf("dropping an envelope that does not open: %v", err))
 		return []Ref{d.Ref}, nil
 	}
+	return in.handleOpened(d, o)
+}
+
+// restore takes an envelope kept from an earlier run (PartsConfig.Keep)
+// as Handle takes a delivery, but only a fragment that opens: anything
+// else is skipped, and never acked, as the kept copy is all it is (the
+// relay's may be whole). It is not counted as received.
+func (in *Inbox) restore(d Delivery) ([]Ref, error) {
+	if in.failed != nil {
+		return nil, in.failed
+	}
+	o, err := envelope.Open(in.cfg.Identity, d.Envelope)
+	if err != nil || !o.Fragment {
+		return nil, nil
+	}
+	return in.handleOpened(d, o)
+}
+
+// handleOpened is Handle for the envelope of d, opened to o.
+func (in *Inbox) handleOpened(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	message := MessageKey(o)
 	if in.taken(o.ID) || in.taken(message) {
 		// Taken before (the ack was lost), from another inbox, or in

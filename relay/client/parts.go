@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport"
@@ -27,6 +28,11 @@ type PartsConfig struct {
 	// Cut, if set, is told of each session a censor cut (err: stalled or
 	// reset) after it carried carried bytes of parts.
 	Cut func(err error, carried int)
+	// Keep, if set, keeps the fragments of unfinished messages from one
+	// run to the next (HeldStore): DrainParts starts out holding those it
+	// kept, and at its end keeps those it holds, up to MaxKeptBytes. One
+	// store is for one mailbox on one relay.
+	Keep HeldStore
 }
 
 // Part sizes for DrainParts.
@@ -64,8 +70,12 @@ var ErrInbox = errors.New("relay/client: the inbox cannot take messages")
 // sessions as that took, every time. A pass through the whole mailbox
 // forgets the held messages it met nothing of (gone from the relay) and
 // leaves the cursor Follow subscribes past.
+//
+// With cfg.Keep, what it holds outlives the process: a new one (a plain
+// `recv` run again) starts out holding the fragments the last one kept,
+// where until 2026-12-06 it fetched them again, every run.
 func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) (int, error) {
-	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}}
+	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}, kept: map[Ref]Delivery{}}
 	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
 	if cfg.PerSession > 0 {
 		// A session ends before half of PerSession: parts no larger
@@ -73,6 +83,12 @@ func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Cl
 		d.part = max(MinPart, min(d.part, cfg.PerSession/2))
 	}
 	defer d.end()
+	if cfg.Keep != nil {
+		defer d.save()
+		if err := d.restore(); err != nil {
+			return 0, err
+		}
+	}
 	for {
 		done, err := d.step(ctx)
 		if err != nil {
@@ -109,6 +125,62 @@ type partsDrain struct {
 	cur     *partial // the envelope being put together, if any
 	whole   int      // envelopes put together
 	seen    map[Ref]bool
+
+	kept      map[Ref]Delivery // held envelopes to keep (cfg.Keep), whole
+	keptBytes int
+	pending   []Ref // restored envelopes to ack on the first session
+}
+
+// restore starts the inbox out holding the envelopes cfg.Keep kept. An
+// envelope kept that completes a message with what the inbox holds
+// already, or whose message was taken meanwhile, is acked on the first
+// session (once what was taken is durable and recorded).
+func (d *partsDrain) restore() error {
+	ds, err := d.cfg.Keep.Load()
+	if err != nil {
+		d.in.cfg.Warn(err.Error() + "; fetching its fragments again")
+		ds = nil
+	}
+	for _, k := range ds {
+		k.Mailbox = d.mailbox
+		refs, err := d.in.restore(k)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrInbox, err)
+		}
+		d.pending = append(d.pending, refs...)
+		d.keep(k)
+	}
+	if len(d.pending) > 0 {
+		if err := d.in.flush(); err != nil {
+			return fmt.Errorf("%w: %w", ErrInbox, err)
+		}
+	}
+	return nil
+}
+
+// keep notes the envelope of k, if the inbox holds it, to be kept at the
+// end, within MaxKeptBytes.
+func (d *partsDrain) keep(k Delivery) {
+	if _, dup := d.kept[k.Ref]; dup || !d.in.holds(k.Ref) || d.keptBytes+len(k.Envelope) > MaxKeptBytes {
+		return
+	}
+	d.kept[k.Ref] = k
+	d.keptBytes += len(k.Envelope)
+}
+
+// save keeps the envelopes the inbox still holds (cfg.Keep), in sequence
+// order. Failing to is only warned of: they are fetched again.
+func (d *partsDrain) save() {
+	var ds []Delivery
+	for ref, k := range d.kept {
+		if d.in.holds(ref) {
+			ds = append(ds, k)
+		}
+	}
+	slices.SortFunc(ds, func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
+	if err := d.cfg.Keep.Save(ds); err != nil {
+		d.in.cfg.Warn(err.Error())
+	}
 }
 
 // partial is an envelope whose first bytes have come.
@@ -139,6 +211,17 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		d.c, d.carried, d.data, d.paged = c, 0, 0, false
+		if len(d.pending) > 0 {
+			refs := d.pending
+			d.pending = nil
+			if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
+				if d.in.failed != nil {
+					return false, fmt.Errorf("%w: %w", ErrInbox, err)
+				}
+				// Recorded as taken: acked when a later drain meets them.
+				return false, d.cut(err)
+			}
+		}
 	}
 	after, offset, size, peek := d.after, 0, d.part, false
 	if d.cur != nil {
@@ -193,9 +276,13 @@ func (d *partsDrain) complete(ctx context.Context) error {
 	d.cur, d.after = nil, e.seq
 	d.whole++
 	d.seen[e.ref] = true
-	refs, err := d.in.Handle(Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf})
+	got := Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf}
+	refs, err := d.in.Handle(got)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInbox, err) // Take refused it: nothing more is taken or acked
+	}
+	if d.cfg.Keep != nil {
+		d.keep(got)
 	}
 	if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
 		if d.in.failed != nil {
