@@ -143,6 +143,12 @@ func (d *partsDrain) restore() error {
 	}
 	for _, k := range ds {
 		k.Mailbox = d.mailbox
+		if d.in.holds(k.Ref) {
+			// Held already (an earlier drain of this process, as
+			// `recv --follow` makes): no need to open it again.
+			d.keep(k)
+			continue
+		}
 		refs, err := d.in.restore(k)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrInbox, err)
