@@ -328,3 +328,46 @@ func TestPeeksTeachNoBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestPeeksEndSessions: 150 fragments of six unfinished messages are
+// held, and a drain behind a censor that freezes flows at 16 KiB (each
+// way), told that a session carries 12 KiB, asks about each before it
+// pages past it. Its sessions end before their peeks reach the censor's
+// limit: none is cut. Counted without a bound, 150 peeks on one session
+// (about 150 bytes each way up) froze it.
+func TestPeeksEndSessions(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	const messages, stored = 6, 25
+	for range messages {
+		msg := make([]byte, 100<<10)
+		rand.Read(msg)
+		envs, err := envelope.SealMessage(w.box.Card, nil, msg, &envelope.Options{Suite: envelope.SuiteX25519, Bucket: envelope.Bucket4K})
+		if err != nil || len(envs) <= stored {
+			t.Fatalf("sealed %d envelopes (%v), want more than %d", len(envs), err, stored)
+		}
+		for _, env := range envs[:stored] {
+			if _, err := w.owner.Send(ctx, env, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	var got [][]byte
+	in := w.inbox(t, &got)
+	cuts := 0
+	cfg := client.PartsConfig{PerSession: 12 << 10, Cut: func(error, int) { cuts++ }}
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil || n != messages*stored || in.HeldForTest() != messages*stored {
+		t.Fatalf("the first drain: %v, put together %d envelopes, holds %d; want %d", err, n, in.HeldForTest(), messages*stored)
+	}
+	cuts = 0
+	w.sessions.Store(0)
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil || n != 0 || len(got) != 0 {
+		t.Fatalf("the drain paging past them: %v, put together %d envelopes, took %d messages", err, n, len(got))
+	}
+	t.Logf("%d peeks over %d sessions, %d cut", messages*stored, w.sessions.Load(), cuts)
+	if cuts != 0 {
+		t.Fatalf("%d sessions cut while paging past held fragments", cuts)
+	}
+}

@@ -15,8 +15,12 @@ import (
 // PartsConfig tunes [Inbox.DrainParts].
 type PartsConfig struct {
 	// Part is the size of the parts asked for (default DefaultPart, at
-	// most relay.MaxPart). After a session that carried none, it is
-	// halved, down to MinPart.
+	// most relay.MaxPart) while PerSession is not known. Once it is,
+	// parts are half of it, within MinPart and relay.MaxPart (and at
+	// most Part, if set): one part a session on a network that carries
+	// little, four of 16 KiB on one that carries 128 KiB, where until
+	// 2026-12-06 they stayed at 4 KiB, a round trip each. After a
+	// session that carried none, the part is halved, down to MinPart.
 	Part int
 	// PerSession is how many bytes of parts one session may carry before
 	// DrainParts ends it and opens the next, under the censor's limit.
@@ -78,9 +82,7 @@ func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Cl
 	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}, kept: map[Ref]Delivery{}}
 	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
 	if cfg.PerSession > 0 {
-		// A session ends before half of PerSession: parts no larger
-		// than that, or each session would end frozen.
-		d.part = max(MinPart, min(d.part, cfg.PerSession/2))
+		d.part = d.partFor(cfg.PerSession)
 	}
 	defer d.end()
 	if cfg.Keep != nil {
@@ -100,6 +102,19 @@ func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Cl
 			return d.whole, nil
 		}
 	}
+}
+
+// partFor is the part size for sessions that carry perSession bytes: a
+// session ends before half of that, so parts no larger (or each session
+// would end frozen), and as large as that within MinPart, relay.MaxPart
+// and cfg.Part, so each session carries as much as it may in as few
+// round trips.
+func (d *partsDrain) partFor(perSession int) int {
+	p := min(relay.MaxPart, perSession/2)
+	if d.cfg.Part > 0 {
+		p = min(p, d.cfg.Part)
+	}
+	return max(MinPart, p)
 }
 
 // peekCost is what DrainParts counts against a session's budget for
@@ -189,6 +204,15 @@ func (d *partsDrain) save() {
 	}
 }
 
+// full reports whether the next part would take the session past its
+// share of PerSession: half of it in parts, three quarters with the
+// peeks (a peek's bytes count against the censor's limit too, but a part
+// as large as half of PerSession after a single peek should not need a
+// session of its own).
+func (d *partsDrain) full() bool {
+	return d.data+d.part > d.cfg.PerSession/2 || d.carried+d.part > d.cfg.PerSession*3/4
+}
+
 // partial is an envelope whose first bytes have come.
 type partial struct {
 	ref   Ref
@@ -208,7 +232,7 @@ func (d *partsDrain) end() {
 // step asks for one part (opening a session first if none is open) and
 // reports whether the mailbox has been paged through.
 func (d *partsDrain) step(ctx context.Context) (bool, error) {
-	if d.c != nil && d.cfg.PerSession > 0 && d.carried > 0 && d.carried+d.part > d.cfg.PerSession/2 {
+	if d.c != nil && d.cfg.PerSession > 0 && d.carried > 0 && d.full() {
 		d.end() // before the censor's limit: a planned new session
 	}
 	if d.c == nil {
@@ -335,7 +359,7 @@ func (d *partsDrain) cut(err error) error {
 	d.idle = 0
 	if stalled && (d.cfg.PerSession == 0 || d.data < d.cfg.PerSession) {
 		d.cfg.PerSession = d.data
-		d.part = max(MinPart, min(d.part, d.cfg.PerSession/2))
+		d.part = d.partFor(d.data)
 		if d.cfg.Learned != nil {
 			d.cfg.Learned(d.data)
 		}

@@ -358,3 +358,54 @@ func mustIdentity(t *testing.T) *envelope.Identity {
 	}
 	return id
 }
+
+// countingStore counts the store reads of one envelope (max 1): a
+// FetchPart's, which is one round trip each.
+type countingStore struct {
+	store.Store
+	ones atomic.Int64
+}
+
+func (s *countingStore) FetchAfter(ctx context.Context, id [store.IDSize]byte, after uint64, max int) ([]store.Item, error) {
+	if max == 1 {
+		s.ones.Add(1)
+	}
+	return s.Store.FetchAfter(ctx, id, after, max)
+}
+
+// TestDrainPartsSizedByBudget: told that a session carries 128 KiB
+// (behind a censor that freezes flows at 150 KiB), DrainParts asks for
+// 16 KiB parts, the most a FetchPart gives: a 100 KB message in two 64 KiB
+// envelopes takes 9 round trips (8 parts and the answer that nothing is
+// left), where 4 KiB parts (the baseline, same run; until 2026-12-06 every
+// budget's parts) take 33. No session is cut either way.
+func TestDrainPartsSizedByBudget(t *testing.T) {
+	st := &countingStore{Store: store.NewMemory(store.Options{})}
+	w := &partsWorld{r: relaytest.NewWithStore(t, st, server.Config{}), stall: 2 * time.Second}
+	w.mb = censortest.NewMiddlebox(t, w.r.ServeTCP(t, "test"))
+	w.owner = w.r.Connect(t)
+	w.box = relaytest.NewMailbox(t, w.owner, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.mb.SetRule(censortest.FreezeAfter(150 << 10))
+	drain := func(part int) int64 {
+		t.Helper()
+		msg := w.stored(t, 100<<10)
+		var got [][]byte
+		cuts := 0
+		st.ones.Store(0)
+		cfg := client.PartsConfig{PerSession: 128 << 10, Part: part, Cut: func(error, int) { cuts++ }}
+		if _, err := w.inbox(t, &got).DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || !bytes.Equal(got[0], msg) || cuts != 0 {
+			t.Fatalf("parts of %d bytes: took %d messages, %d sessions cut", part, len(got), cuts)
+		}
+		return st.ones.Load()
+	}
+	sized, small := drain(0), drain(client.DefaultPart)
+	t.Logf("round trips for two 64 KiB envelopes: %d sized by the budget, %d in 4 KiB parts", sized, small)
+	if sized != 2*envelope.Bucket64K/relay.MaxPart+1 || small != 2*envelope.Bucket64K/client.DefaultPart+1 {
+		t.Fatalf("%d round trips sized by the budget, %d in 4 KiB parts; want 9 and 33", sized, small)
+	}
+}
