@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -126,6 +127,34 @@ func TestBudgetsCheckedAgain(t *testing.T) {
 		t.Fatalf("facts after a connection cut past yesterday's budget: %+v (learnt %+v)", f, learnt)
 	}
 	t.Logf("budgets learnt behind a 16 KiB freeze: send %d, recv %d bytes; send's after the freeze moved to 150 KiB: %d", learnt.Budget, learnt.RecvBudget, f.Budget)
+}
+
+// TestRecvBudgetGrowsWithOneStall: a receive budget learnt behind a
+// 16 KiB freeze is checked again the next day, when the censor freezes
+// flows at 150 KiB: the whole session carries more than the budget and
+// then stalls, and what it carried is the new budget, with no second
+// stall to learn it in parts.
+func TestRecvBudgetGrowsWithOneStall(t *testing.T) {
+	w := newCensoredWorld(t)
+	learnt := w.learnBudgets(t)
+	w.ageBudgets(t)
+	msg := w.stored(t, 300<<10)
+	w.mb.SetRule(censortest.FreezeAfter(150 << 10))
+	prom := filepath.Join(t.TempDir(), "recv.prom")
+	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
+	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
+	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
+	}
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := w.facts(t)
+	if !strings.Contains(string(data), `postern_client_session_failures_total{class="stalled"} 1`+"\n") || f.RecvBudget <= learnt.RecvBudget || f.RecvBudgetDay != today() {
+		t.Fatalf("recv budget %d (learnt %d), day %d; stalls:\n%s\n%s", f.RecvBudget, learnt.RecvBudget, f.RecvBudgetDay, data, stderr)
+	}
+	t.Logf("recv budget learnt behind a 16 KiB freeze %d bytes, and behind one at 150 KiB the next day %d", learnt.RecvBudget, f.RecvBudget)
 }
 
 // TestSendUnderLearntBudget: behind a censor that freezes flows at 150

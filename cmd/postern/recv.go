@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -71,11 +72,47 @@ type recvTarget struct {
 }
 
 // heldFile is where recv keeps, between runs, the fragments of unfinished
-// messages it took in parts from the mailbox m on relay relayID:
-// ID_FILE.held/ and a hash of both (client.PartsConfig.Keep).
-func heldFile(idPath, relayID string, m [32]byte) client.HeldFile {
-	sum := sha256.Sum256(append([]byte("postern held fragments v1\x00"+relayID+"\x00"), m[:]...))
-	return client.HeldFile(filepath.Join(idPath+".held", hex.EncodeToString(sum[:16])))
+// messages it took in parts from mailbox m on its relay i: ID_FILE.held/
+// and a hash of the mailbox id and the relay's (its descriptor line, if
+// that does not parse) (client.PartsConfig.Keep).
+func heldFile(ms *mailboxes, m *mailboxState, i int) client.HeldFile {
+	relay := parsedOrZero(ms.line(m, i)).RelayID()
+	if relay == "" {
+		relay = "line\x00" + ms.line(m, i)
+	}
+	id := m.id()
+	sum := sha256.Sum256(append([]byte("postern held fragments v1\x00"+relay+"\x00"), id[:]...))
+	return client.HeldFile(filepath.Join(ms.idPath+".held", hex.EncodeToString(sum[:16])))
+}
+
+// pruneHeld removes from ID_FILE.held/ the files of mailboxes and relays
+// no longer in the mailbox file (a mailbox rotated, deleted, or moved to
+// other relays), and temporary files a crash left more than an hour ago:
+// each could hold up to client.MaxKeptBytes of envelopes for good.
+func pruneHeld(ms *mailboxes) {
+	dir := ms.idPath + ".held"
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	keep := map[string]bool{}
+	for _, m := range ms.list {
+		for i := range m.relays() {
+			keep[filepath.Base(string(heldFile(ms, m, i)))] = true
+		}
+	}
+	for _, en := range entries {
+		name := en.Name()
+		if keep[name] {
+			continue
+		}
+		if strings.HasPrefix(name, ".held-") {
+			if fi, err := en.Info(); err != nil || time.Since(fi.ModTime()) < time.Hour {
+				continue // another recv may be writing it
+			}
+		}
+		os.Remove(filepath.Join(dir, name))
+	}
 }
 
 func runRecv(ctx context.Context, e *env, a *recvArgs) error {
@@ -111,6 +148,7 @@ func runRecv(ctx context.Context, e *env, a *recvArgs) error {
 	if err != nil {
 		return err
 	}
+	pruneHeld(ms)
 	p := newPrinter(e, book, line, len(targets))
 	defer p.done()
 	ctx, cancel := withTimeout(ctx, a.timeout)
@@ -148,9 +186,8 @@ func recvTargets(e *env, ms *mailboxes, id *envelope.Identity, a *recvArgs) ([]r
 			if err != nil {
 				return nil, err
 			}
-			relayID := parsedOrZero(ms.line(m, i)).RelayID()
-			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d, facts: openFacts(e, relayID),
-				held: heldFile(ms.idPath, relayID, m.id())})
+			out = append(out, recvTarget{m: m, i: i, n: len(m.relays()), dial: d, facts: openFacts(e, parsedOrZero(ms.line(m, i)).RelayID()),
+				held: heldFile(ms, m, i)})
 		}
 	}
 	return out, nil
@@ -215,12 +252,17 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		if err != nil {
 			return err
 		}
-		before := in.Received()
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		c.Close()
-		grew := recheck > 0 && in.Received()-before > int64(recheck)
+		// What the session read, in TLS records read whole: a page of
+		// envelopes cut short counts for what of it came (until
+		// 2026-12-06 only envelopes handed over counted, and a relay
+		// sending five in one page behind a freeze at 150 KiB was taken
+		// to have carried nothing past a budget of 12 KiB).
+		carried := int(c.Received())
+		grew := recheck > 0 && carried > recheck
 		if grew && err == nil {
-			fmt.Fprintf(e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", (in.Received()-before)>>10, recheck>>10)
+			fmt.Fprintf(e.stderr, "a connection carried %d KB here without being cut; this network no longer limits connections to %d KB\n", carried>>10, recheck>>10)
 			t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = 0, 0 })
 		}
 		if !cutByCensor(err) || ctx.Err() != nil {
@@ -230,10 +272,19 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		if stalled || resets > 0 {
 			fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
 			switch {
+			case grew && stalled && carried >= minTaught:
+				b = carried // cut past the old budget: what it carried is the new one
+				learnRecvBudget(e, t, b)
 			case grew:
-				b = 0 // cut, but past the old budget: the parts learn the new one
+				b = 0 // reset past the old budget: the parts learn the new one
 			case recheck > 0 && stalled:
 				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
+			case stalled && carried >= minTaught:
+				// What the frozen session carried is what a session
+				// carries here, as a parts session that froze would
+				// have taught, a stall window later.
+				b = carried
+				learnRecvBudget(e, t, b)
 			}
 			_, err = drainParts(ctx, e, t, in, b)
 			return err
@@ -255,10 +306,7 @@ func cutByCensor(err error) bool {
 // censor freezing flows at 16 KiB never got a message sealed in 64 KiB
 // envelopes: every session stalled inside the first of them.
 func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) (int, error) {
-	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) {
-		fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
-		t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, today() })
-	}}
+	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) { learnRecvBudget(e, t, n) }}
 	if t.held != "" {
 		cfg.Keep = t.held
 	}
@@ -268,6 +316,25 @@ func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, per
 	}
 	return n, err
 }
+
+// learnRecvBudget says, and remembers for the network, that a session
+// carries about n bytes on t's.
+func learnRecvBudget(e *env, t recvTarget, n int) {
+	fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
+	t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, today() })
+}
+
+// minTaught is the least a whole session that stalled must have carried
+// for recv to take it for what a session carries there; one that stalled
+// on less leaves it to the parts sessions to learn, a stall window later.
+// A session counts only the TLS records it read whole, and a relay sends
+// a large envelope in records of up to 16 KiB: behind a freeze at 16 KiB
+// a session carried 1,994 bytes (the rest of the limit went to the
+// handshake and to the record cut in two), where one of parts carries
+// 12 KiB; behind freezes at 40 and 150 KiB it carried 34,740 and 149,599
+// bytes (2026-12-06, loopback). A passing fault right after the hello
+// teaches nothing either.
+const minTaught = 8 << 10
 
 // errTake marks a message recv could not show: nothing more is taken.
 var errTake = errors.New("write message")

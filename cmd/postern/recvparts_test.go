@@ -320,7 +320,23 @@ func TestRecvKeepsFragmentsAcrossRuns(t *testing.T) {
 	if ds, err := client.ParseHeld(kept); err != nil || len(ds) != 1 {
 		t.Fatalf("the kept file holds %d envelopes, %v; want the fragment", len(ds), err)
 	}
+	// Files of mailboxes or relays no longer in the mailbox file, and
+	// what a crashed write left over an hour ago, are removed.
+	stray, oldTmp, newTmp := filepath.Join(dir, "0123456789abcdef0123456789abcdef"), filepath.Join(dir, ".held-1"), filepath.Join(dir, ".held-2")
+	for _, p := range []string{stray, oldTmp, newTmp} {
+		if err := os.WriteFile(p, kept, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chtimes(oldTmp, time.Now().Add(-2*time.Hour), time.Now().Add(-2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
 	again, againTook := recv("the second recv")
+	for p, want := range map[string]bool{stray: false, oldTmp: false, newTmp: true, filepath.Join(dir, files[0].Name()): true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Fatalf("%s there after the second recv: %v, want %v", filepath.Base(p), err == nil, want)
+		}
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -329,5 +345,37 @@ func TestRecvKeepsFragmentsAcrossRuns(t *testing.T) {
 		againTook.Round(time.Millisecond), freshTook.Round(time.Millisecond))
 	if again > 2 || again >= fresh {
 		t.Fatalf("%v sessions with the fragment kept, %v without: it was fetched again", again, fresh)
+	}
+}
+
+// TestFirstRecvStallsOnce: behind a censor that freezes flows at 64 KiB,
+// the first `recv` of a 300 KB message in five 64 KiB envelopes stalls
+// once: what its whole session carried before it froze is what a session
+// carries there, and its parts sessions end in time. Until 2026-12-06
+// the first parts session stalled too, to learn it: two stall windows
+// (10 s each by default) before the first part.
+func TestFirstRecvStallsOnce(t *testing.T) {
+	w := newCensoredWorld(t)
+	msg := w.stored(t, 300<<10)
+	prom := filepath.Join(t.TempDir(), "recv.prom")
+	w.mb.SetRule(censortest.FreezeAfter(64 << 10))
+	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
+	start := time.Now()
+	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
+	took := time.Since(start)
+	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
+	}
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := w.facts(t)
+	t.Logf("took %v; learnt %d bytes per session", took.Round(time.Millisecond), f.RecvBudget)
+	if !strings.Contains(string(data), `postern_client_session_failures_total{class="stalled"} 1`+"\n") {
+		t.Fatalf("not one stalled session:\n%s\n%s", data, stderr)
+	}
+	if f.RecvBudget < minTaught || f.RecvBudget > 64<<10 {
+		t.Fatalf("learnt %d bytes per session behind a 64 KiB freeze", f.RecvBudget)
 	}
 }

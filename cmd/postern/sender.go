@@ -148,8 +148,11 @@ type sender struct {
 	// depth is how many envelopes a connection starts with in flight
 	// (0: pipelineDepth), halved for this send after a connection that
 	// carried none of them (see afterStall).
-	depth  int
-	issued bool // an envelope was handed to a relay: it may have it
+	depth int
+	// fruitless is how many connections in a row stalled or were reset
+	// with nothing acked (see afterStall).
+	fruitless int
+	issued    bool // an envelope was handed to a relay: it may have it
 	// recorded: the message's id is in POSTERN_HOME/unsent, for
 	// `send --again` (see unsent.go).
 	recorded bool
@@ -298,7 +301,7 @@ func (s *sender) run(ctx context.Context) error {
 		err = s.sendOn(ctx, c, via, st)
 		c.Close()
 		if st.acked > 0 {
-			s.holder = target
+			s.holder, s.fruitless = target, 0
 			// A refusal before no longer says why a later send fails.
 			s.refusal = nil
 		}
@@ -602,7 +605,16 @@ func (s *sender) afterStall(st *connStats, err error) error {
 		}
 		return nil
 	}
-	if done == 0 && s.bucket > envelope.Bucket4K {
+	// Here this connection had nothing acked. Before any envelope was,
+	// that says they are too large for the censor; after some were, two
+	// such connections in a row say so (the censor's limit fell below
+	// them: a budget of 128 KiB seals in 64 KiB envelopes, and a later
+	// freeze at 40 KiB kept every connection from finishing one, until
+	// the send gave up; a reviewer's find). The whole message is sealed
+	// again, as sealings cannot be mixed: what was acked of the first
+	// is taken for a copy once the recipient has the message.
+	s.fruitless++
+	if s.bucket > envelope.Bucket4K && (done == 0 || s.fruitless >= 2) {
 		smaller := []int{envelope.Bucket4K, envelope.Bucket16K}
 		if s.bucket == envelope.Bucket16K {
 			smaller = smaller[:1]

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,6 +215,7 @@ func TestSealUnderBudget(t *testing.T) {
 	} {
 		s := &sender{e: &env{stderr: io.Discard}, card: card, msg: make([]byte, tc.size)}
 		rand.Read(s.msg)
+		rand.Read(s.message[:]) // every sealing of a message carries its id
 		if err := s.sealUnder(tc.budget); err != nil {
 			t.Fatalf("budget %d, %d bytes: %v", tc.budget, tc.size, err)
 		}
@@ -230,6 +233,9 @@ func TestSealUnderBudget(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if o.MessageID != s.message {
+				t.Fatalf("budget %d, %d bytes: envelope %d carries another message id", tc.budget, tc.size, i)
+			}
 			if m, done, err := j.Add(o); err != nil {
 				t.Fatal(err)
 			} else if done {
@@ -239,5 +245,39 @@ func TestSealUnderBudget(t *testing.T) {
 		if !bytes.Equal(got, s.msg) {
 			t.Errorf("budget %d, %d bytes: the envelopes open to %d bytes, not the message", tc.budget, tc.size, len(got))
 		}
+	}
+}
+
+// TestResealWhenEnvelopesStopGettingThrough: a send on a network known to
+// carry 150 KiB seals a 300 KB message into 64 KiB envelopes; the first
+// is acked, and then the censor's limit falls below an envelope. One
+// connection that carries none changes nothing (a passing fault); a
+// second in a row seals the whole message again into smaller envelopes,
+// with its id. Until 2026-12-06 every later connection stalled inside an
+// envelope until the send gave up (a reviewer's find).
+func TestResealWhenEnvelopesStopGettingThrough(t *testing.T) {
+	bob, err := envelope.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{stderr: io.Discard, getenv: func(string) string { return "" }}
+	fs := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
+	s := &sender{e: e, facts: fs, card: bob.Card([32]byte{1}, nil, nil), msg: make([]byte, 300<<10)}
+	rand.Read(s.message[:])
+	s.known.Budget = 150 << 10
+	if err := s.seal(s.known); err != nil || s.bucket != envelope.Bucket64K {
+		t.Fatalf("sealed into %d-byte envelopes (%v), want 64 KiB (test setup)", s.bucket, err)
+	}
+	s.acked[0] = true
+	stall := &transport.Error{Class: transport.ClassStalled, Err: transport.ErrStalled}
+	if err := s.afterStall(&connStats{peak: 1}, stall); err != nil || s.bucket != envelope.Bucket64K || !s.acked[0] {
+		t.Fatalf("after one connection that carried nothing: %d-byte envelopes, %v", s.bucket, err)
+	}
+	if err := s.afterStall(&connStats{peak: 1}, stall); err != nil || s.bucket >= envelope.Bucket64K || slices.Contains(s.acked, true) {
+		t.Fatalf("after two in a row: %d-byte envelopes, %v", s.bucket, err)
+	}
+	o, err := envelope.Open(bob, s.envs[0])
+	if err != nil || o.MessageID != s.message {
+		t.Fatalf("the new sealing does not carry the message's id: %v", err)
 	}
 }

@@ -217,6 +217,11 @@ func (c *Client) Close() error {
 	return err
 }
 
+// Received is how many bytes the session has read from its connection
+// (its frames, the last perhaps begun only): after a stall, what the
+// network let through before it froze the flow.
+func (c *Client) Received() int64 { return c.received.Load() }
+
 // Done is closed when the session has ended; Err then says why.
 func (c *Client) Done() <-chan struct{} { return c.done }
 

@@ -99,13 +99,16 @@ type Inbox struct {
 	join   *envelope.Joiner
 	held   map[string]*heldMessage // fragments of unfinished messages
 	order  []string                // keys of held, oldest first
-	failed error                   // a flush failed: see InboxConfig.Sync
+	// heldRefs counts the refs of held (each is one envelope's: once),
+	// and drops the messages given up or taken from held.
+	heldRefs map[Ref]int
+	drops    int
+	failed   error // a flush failed: see InboxConfig.Sync
 	// cursor is where the last DrainParts paged through the mailbox to:
 	// every envelope up to it that is still on the relay is held here
 	// (fragments of unfinished messages) or was acked. Follow subscribes
 	// past it (SubscribeAfter). Reset clears it.
-	cursor   uint64
-	received int64 // envelope bytes handed to Handle
+	cursor uint64
 }
 
 // heldMessage is what the inbox keeps of a message whose fragments are
@@ -153,6 +156,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 // cursor DrainParts left, keep what is held.
 func (in *Inbox) Reset() {
 	in.held = map[string]*heldMessage{}
+	in.heldRefs = map[Ref]int{}
 	in.order = nil
 	in.join = &envelope.Joiner{MaxPending: in.cfg.MaxHeld + 1}
 	in.cursor = 0
@@ -165,7 +169,6 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 	if in.failed != nil {
 		return nil, in.failed
 	}
-	in.received += int64(len(d.Envelope))
 	o, err := envelope.Open(in.cfg.Identity, d.Envelope)
 	if err != nil {
 		// Not for us or damaged: nothing to keep it for.
@@ -178,7 +181,7 @@ func (in *Inbox) Handle(d Delivery) ([]Ref, error) {
 // restore takes an envelope kept from an earlier run (PartsConfig.Keep)
 // as Handle takes a delivery, but only a fragment that opens: anything
 // else is skipped, and never acked, as the kept copy is all it is (the
-// relay's may be whole). It is not counted as received.
+// relay's may be whole).
 func (in *Inbox) restore(d Delivery) ([]Ref, error) {
 	if in.failed != nil {
 		return nil, in.failed
@@ -211,12 +214,6 @@ func (in *Inbox) handleOpened(d Delivery, o *envelope.Opened) ([]Ref, error) {
 	}
 	return in.fragment(d, o, message)
 }
-
-// Received is how many bytes of envelopes the inbox has been handed
-// (Handle, Drain, DrainParts, Follow), whole ones only: what the sessions
-// carried, less their framing. A receiver checking a network's
-// per-connection budget again compares it with what one Drain brought.
-func (in *Inbox) Received() int64 { return in.received }
 
 // MessageKey names the message o carries, or carries part of, among all
 // senders' (Message.ID).
@@ -266,6 +263,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 	}
 	h.refs = append(h.refs, d.Ref)
 	h.seqs = append(h.seqs, d.Seq)
+	in.heldRefs[d.Ref]++
 	h.ids[o.ID] = true
 	msg, done, err := in.join.Add(o)
 	if err != nil {
@@ -291,14 +289,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 }
 
 // holds reports whether the envelope ref is one the inbox holds.
-func (in *Inbox) holds(ref Ref) bool {
-	for _, h := range in.held {
-		if slices.Contains(h.refs, ref) {
-			return true
-		}
-	}
-	return false
-}
+func (in *Inbox) holds(ref Ref) bool { return in.heldRefs[ref] > 0 }
 
 // heldPast reports whether the inbox holds an envelope with seq > after.
 func (in *Inbox) heldPast(after uint64) bool {
@@ -386,6 +377,12 @@ func (in *Inbox) drop(key string) []Ref {
 	if h == nil {
 		return nil
 	}
+	for _, r := range h.refs {
+		if in.heldRefs[r]--; in.heldRefs[r] <= 0 {
+			delete(in.heldRefs, r)
+		}
+	}
+	in.drops++
 	in.join.Forget(h.first)
 	return h.refs
 }

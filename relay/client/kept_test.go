@@ -3,6 +3,9 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -197,14 +200,123 @@ func FuzzParseHeld(f *testing.F) {
 	none, _ := client.AppendHeld(nil, nil)
 	f.Add(none)
 	f.Add([]byte("postern held v1\n"))
+	// Each input is tried as a file and as the body of one (with the
+	// magic before it and its checksum after), so that the parser past
+	// the checksum is fuzzed too.
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ds, err := client.ParseHeld(b)
-		if err != nil {
-			return
-		}
-		back, err := client.AppendHeld(nil, ds)
-		if err != nil || !bytes.Equal(back, b) {
-			t.Fatalf("held envelopes do not re-encode: %v", err)
+		body := append([]byte("postern held v1\n"), b...)
+		sum := sha256.Sum256(body)
+		for _, data := range [][]byte{b, append(body, sum[:]...)} {
+			ds, err := client.ParseHeld(data)
+			if err != nil {
+				continue
+			}
+			back, err := client.AppendHeld(nil, ds)
+			if err != nil || !bytes.Equal(back, data) {
+				t.Fatalf("held envelopes do not re-encode: %v", err)
+			}
 		}
 	})
+}
+
+// TestKeptWithinKeepMax: a drain takes a message whose first fragment it
+// held for a while, then holds the only fragment of each of two
+// unfinished ones; with room for 100 KiB it keeps the first of those
+// (the taken message's fragment no longer counts), not the second.
+func TestKeptWithinKeepMax(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.stored(t, 100<<10)
+	_, first := w.unfinished(t, 100<<10)
+	w.unfinished(t, 100<<10)
+	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
+	var got [][]byte
+	in := w.inbox(t, &got)
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep, KeepMax: 100 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || in.HeldForTest() != 2 {
+		t.Fatalf("took %d messages, holds %d; want 1 and 2 (test setup)", len(got), in.HeldForTest())
+	}
+	ds, err := keep.Load()
+	if err != nil || len(ds) != 1 || !bytes.Equal(ds[0].Envelope, first[0]) {
+		t.Fatalf("kept %d envelopes (%v), want the first unfinished message's fragment", len(ds), err)
+	}
+}
+
+// TestKeptThatDoesNotOpenIsNotAcked: a kept envelope that does not open
+// (damaged where the checksum could not tell, or not for this identity)
+// is skipped, and the envelope of its ref on the relay stays there: the
+// kept copy is all it is.
+func TestKeptThatDoesNotOpenIsNotAcked(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	bad := ds[0]
+	bad.Envelope = make([]byte, len(ds[0].Envelope))
+	rand.Read(bad.Envelope)
+	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
+	if err := keep.Save([]client.Delivery{bad}); err != nil {
+		t.Fatal(err)
+	}
+	var got [][]byte
+	in := w.inbox(t, &got)
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
+		t.Fatal(err)
+	}
+	if left := w.waiting(t); left != 1 || in.HeldForTest() != 1 {
+		t.Fatalf("%d envelopes left on the relay, %d held; want the fragment, fetched from the relay", left, in.HeldForTest())
+	}
+}
+
+// TestRestoreRecordsTaken: a kept fragment completes a message with one
+// the inbox holds, and the drain then cannot reach the relay: the
+// message was handed over, and is recorded as taken, so the next run
+// acks its envelopes and does not hand it over again.
+func TestRestoreRecordsTaken(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	_, envs := w.unfinished(t, 100<<10)
+	if _, err := w.owner.Send(ctx, envs[1], nil); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	dir := t.TempDir()
+	keep := client.HeldFile(filepath.Join(dir, "box"))
+	if err := keep.Save(ds[:1]); err != nil {
+		t.Fatal(err)
+	}
+	taken := 0
+	inbox := func() *client.Inbox {
+		in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Replay: client.ReplayFile(filepath.Join(dir, "replay")),
+			Take: func(client.Message) error { taken++; return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	in := inbox()
+	if _, err := in.Handle(ds[1]); err != nil {
+		t.Fatal(err)
+	}
+	down := func(context.Context) (*client.Client, error) { return nil, errors.New("no route") }
+	if _, err := in.DrainParts(ctx, down, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err == nil || taken != 1 {
+		t.Fatalf("with the relay out of reach: %v, the message handed over %d times; want an error, once", err, taken)
+	}
+	if _, err := inbox().DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
+		t.Fatal(err)
+	}
+	if left := w.waiting(t); taken != 1 || left != 0 {
+		t.Fatalf("the next run: the message handed over %d times in all, %d envelopes left on the relay", taken, left)
+	}
 }

@@ -34,9 +34,13 @@ type PartsConfig struct {
 	Cut func(err error, carried int)
 	// Keep, if set, keeps the fragments of unfinished messages from one
 	// run to the next (HeldStore): DrainParts starts out holding those it
-	// kept, and at its end keeps those it holds, up to MaxKeptBytes. One
-	// store is for one mailbox on one relay.
+	// kept, and at its end keeps those it holds and took in parts itself
+	// (or restored), up to KeepMax bytes of envelopes. One store is for
+	// one mailbox on one relay.
 	Keep HeldStore
+	// KeepMax bounds what Keep keeps, and what DrainParts holds in memory
+	// to keep; 0 means MaxKeptBytes.
+	KeepMax int
 }
 
 // Part sizes for DrainParts.
@@ -117,6 +121,10 @@ func (d *partsDrain) partFor(perSession int) int {
 	return max(MinPart, p)
 }
 
+// ackCost is what DrainParts counts against a session's budget for an
+// Ack frame of restored envelopes, beside their refs.
+const ackCost = 192
+
 // peekCost is what DrainParts counts against a session's budget for
 // asking which envelope is next: the request and its answer, with no
 // data.
@@ -143,6 +151,7 @@ type partsDrain struct {
 
 	kept      map[Ref]Delivery // held envelopes to keep (cfg.Keep), whole
 	keptBytes int
+	prunedAt  int   // the inbox's drops when kept was last pruned
 	pending   []Ref // restored envelopes to ack on the first session
 }
 
@@ -166,6 +175,12 @@ func (d *partsDrain) restore() error {
 		}
 		refs, err := d.in.restore(k)
 		if err != nil {
+			// Take refused a message: what it took before is
+			// recorded all the same (as Drain acks it), or a later
+			// run would show it again.
+			if len(d.pending) > 0 {
+				err = errors.Join(err, d.in.flush())
+			}
 			return fmt.Errorf("%w: %w", ErrInbox, err)
 		}
 		d.pending = append(d.pending, refs...)
@@ -180,10 +195,28 @@ func (d *partsDrain) restore() error {
 }
 
 // keep notes the envelope of k, if the inbox holds it, to be kept at the
-// end, within MaxKeptBytes.
+// end, within cfg.KeepMax: those the inbox no longer holds (their
+// message taken or given up) are let go first. (Until a reviewer's find
+// they counted against it for the rest of the drain, and a drain that
+// took 16 MiB of messages in parts kept nothing after.)
 func (d *partsDrain) keep(k Delivery) {
-	if _, dup := d.kept[k.Ref]; dup || !d.in.holds(k.Ref) || d.keptBytes+len(k.Envelope) > MaxKeptBytes {
+	if _, dup := d.kept[k.Ref]; dup || !d.in.holds(k.Ref) {
 		return
+	}
+	most := cmp.Or(d.cfg.KeepMax, MaxKeptBytes)
+	if d.keptBytes+len(k.Envelope) > most {
+		if d.prunedAt != d.in.drops { // else nothing was let go since
+			d.prunedAt = d.in.drops
+			for ref, old := range d.kept {
+				if !d.in.holds(ref) {
+					delete(d.kept, ref)
+					d.keptBytes -= len(old.Envelope)
+				}
+			}
+		}
+		if d.keptBytes+len(k.Envelope) > most {
+			return
+		}
 	}
 	d.kept[k.Ref] = k
 	d.keptBytes += len(k.Envelope)
@@ -244,6 +277,7 @@ func (d *partsDrain) step(ctx context.Context) (bool, error) {
 		if len(d.pending) > 0 {
 			refs := d.pending
 			d.pending = nil
+			d.carried += ackCost + relay.RefSize*len(refs)
 			if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
 				if d.in.failed != nil {
 					return false, fmt.Errorf("%w: %w", ErrInbox, err)
