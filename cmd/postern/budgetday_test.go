@@ -157,6 +157,36 @@ func TestRecvBudgetGrowsWithOneStall(t *testing.T) {
 	t.Logf("recv budget learnt behind a 16 KiB freeze %d bytes, and behind one at 150 KiB the next day %d", learnt.RecvBudget, f.RecvBudget)
 }
 
+// TestRecvBudgetShrinksWithOneStall: a receive budget learnt behind a
+// freeze at 150 KiB is checked again the next day, when the censor
+// freezes flows at 64 KiB: the whole session stalls short of the old
+// budget, and what it carried is the new one, so no parts session is
+// planned under the old one and stalls to learn it (a reviewer's find).
+func TestRecvBudgetShrinksWithOneStall(t *testing.T) {
+	w := newCensoredWorld(t)
+	msg := w.stored(t, 300<<10)
+	w.recvThrough(t, censortest.FreezeAfter(150<<10), msg, "--network", "cafe")
+	w.ageBudgets(t)
+	old := w.facts(t).RecvBudget
+	msg = w.stored(t, 300<<10)
+	w.mb.SetRule(censortest.FreezeAfter(64 << 10))
+	prom := filepath.Join(t.TempDir(), "recv.prom")
+	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
+	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
+	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
+	}
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := w.facts(t)
+	if !strings.Contains(string(data), `postern_client_session_failures_total{class="stalled"} 1`+"\n") || f.RecvBudget >= old || f.RecvBudgetDay != today() {
+		t.Fatalf("recv budget %d (yesterday's %d), day %d; stalls:\n%s\n%s", f.RecvBudget, old, f.RecvBudgetDay, data, stderr)
+	}
+	t.Logf("recv budget behind a 150 KiB freeze %d bytes, and behind one at 64 KiB the next day %d", old, f.RecvBudget)
+}
+
 // TestSendUnderLearntBudget: behind a censor that freezes flows at 150
 // KiB, a send learns a budget of two 64 KiB envelopes, and the next send
 // of a 300 KB message there goes in five 64 KiB envelopes, one per

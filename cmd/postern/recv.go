@@ -274,17 +274,29 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 			switch {
 			case grew && stalled && carried >= minTaught:
 				b = carried // cut past the old budget: what it carried is the new one
-				learnRecvBudget(e, t, b)
+				learnRecvBudget(e, t, b, today())
 			case grew:
 				b = 0 // reset past the old budget: the parts learn the new one
+			case recheck > 0 && stalled && carried >= minTaught && carried < recheck:
+				// Cut before the old budget: what it carried is the new
+				// one (planned under the old, the first parts session
+				// would stall to learn it; a reviewer's find).
+				b = carried
+				learnRecvBudget(e, t, b, today())
 			case recheck > 0 && stalled:
 				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
 			case stalled && carried >= minTaught:
 				// What the frozen session carried is what a session
 				// carries here, as a parts session that froze would
-				// have taught, a stall window later.
+				// have taught, a stall window later. With nothing known
+				// of the network before, one stall may be a passing
+				// fault (a handover, a relay slow for a window): the
+				// budget is kept as yesterday's, and the next recv
+				// checks it again with a whole session (a reviewer's
+				// find: kept as today's, one fault sent every recv of
+				// the day through parts).
 				b = carried
-				learnRecvBudget(e, t, b)
+				learnRecvBudget(e, t, b, today()-1)
 			}
 			_, err = drainParts(ctx, e, t, in, b)
 			return err
@@ -306,7 +318,7 @@ func cutByCensor(err error) bool {
 // censor freezing flows at 16 KiB never got a message sealed in 64 KiB
 // envelopes: every session stalled inside the first of them.
 func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, perSession int) (int, error) {
-	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) { learnRecvBudget(e, t, n) }}
+	cfg := client.PartsConfig{PerSession: perSession, Learned: func(n int) { learnRecvBudget(e, t, n, today()) }}
 	if t.held != "" {
 		cfg.Keep = t.held
 	}
@@ -317,11 +329,12 @@ func drainParts(ctx context.Context, e *env, t recvTarget, in *client.Inbox, per
 	return n, err
 }
 
-// learnRecvBudget says, and remembers for the network, that a session
-// carries about n bytes on t's.
-func learnRecvBudget(e *env, t recvTarget, n int) {
+// learnRecvBudget says, and remembers for the network as of day, that a
+// session carries about n bytes on t's (a day before today: to be checked
+// again by the next recv).
+func learnRecvBudget(e *env, t recvTarget, n int, day int64) {
 	fmt.Fprintf(e.stderr, "a connection carries about %d KB here; receiving over as many connections as it takes\n", n>>10)
-	t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, today() })
+	t.facts.update(e, func(f *netFacts) { f.RecvBudget, f.RecvBudgetDay = n, day })
 }
 
 // minTaught is the least a whole session that stalled must have carried

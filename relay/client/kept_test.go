@@ -320,3 +320,61 @@ func TestRestoreRecordsTaken(t *testing.T) {
 		t.Fatalf("the next run: the message handed over %d times in all, %d envelopes left on the relay", taken, left)
 	}
 }
+
+// TestRestoreRecordsTakenBeforeRefusal: two kept fragments each complete
+// a message with one the inbox holds; the application takes the first
+// and refuses the second. The first is recorded as taken all the same,
+// so the next run hands over the second only (a reviewer's find: the
+// first was handed over again).
+func TestRestoreRecordsTakenBeforeRefusal(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	_, a := w.unfinished(t, 100<<10)
+	_, b := w.unfinished(t, 100<<10)
+	for _, env := range [][]byte{a[1], b[1]} {
+		if _, err := w.owner.Send(ctx, env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 4 {
+		t.Fatalf("fetch: %d, %v", len(ds), err)
+	}
+	dir := t.TempDir()
+	keep := client.HeldFile(filepath.Join(dir, "box"))
+	if err := keep.Save(ds[:2]); err != nil {
+		t.Fatal(err)
+	}
+	taken, refuse := 0, true
+	inbox := func() *client.Inbox {
+		in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Replay: client.ReplayFile(filepath.Join(dir, "replay")),
+			Take: func(client.Message) error {
+				if refuse && taken == 1 {
+					return errors.New("disk full")
+				}
+				taken++
+				return nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	in := inbox()
+	for _, d := range ds[2:] {
+		if _, err := in.Handle(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err == nil || taken != 1 {
+		t.Fatalf("the first run: %v, %d messages taken; want the refusal, after one", err, taken)
+	}
+	refuse = false
+	if _, err := inbox().DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if left := w.waiting(t); taken != 2 || left != 0 {
+		t.Fatalf("%d messages handed over in all, %d envelopes left; want 2 and none", taken, left)
+	}
+}
