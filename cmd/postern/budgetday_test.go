@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -138,21 +137,10 @@ func TestRecvBudgetGrowsWithOneStall(t *testing.T) {
 	w := newCensoredWorld(t)
 	learnt := w.learnBudgets(t)
 	w.ageBudgets(t)
-	msg := w.stored(t, 300<<10)
-	w.mb.SetRule(censortest.FreezeAfter(150 << 10))
-	prom := filepath.Join(t.TempDir(), "recv.prom")
-	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
-	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
-	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
-		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
-	}
-	data, err := os.ReadFile(prom)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stalls, stderr := w.recvStalls(t, censortest.FreezeAfter(150<<10), w.stored(t, 300<<10))
 	f := w.facts(t)
-	if !strings.Contains(string(data), `postern_client_session_failures_total{class="stalled"} 1`+"\n") || f.RecvBudget <= learnt.RecvBudget || f.RecvBudgetDay != today() {
-		t.Fatalf("recv budget %d (learnt %d), day %d; stalls:\n%s\n%s", f.RecvBudget, learnt.RecvBudget, f.RecvBudgetDay, data, stderr)
+	if stalls != 1 || f.RecvBudget <= learnt.RecvBudget || f.RecvBudgetDay != today() {
+		t.Fatalf("%d stalls; recv budget %d (learnt %d), day %d\n%s", stalls, f.RecvBudget, learnt.RecvBudget, f.RecvBudgetDay, stderr)
 	}
 	t.Logf("recv budget learnt behind a 16 KiB freeze %d bytes, and behind one at 150 KiB the next day %d", learnt.RecvBudget, f.RecvBudget)
 }
@@ -168,21 +156,10 @@ func TestRecvBudgetShrinksWithOneStall(t *testing.T) {
 	w.recvThrough(t, censortest.FreezeAfter(150<<10), msg, "--network", "cafe")
 	w.ageBudgets(t)
 	old := w.facts(t).RecvBudget
-	msg = w.stored(t, 300<<10)
-	w.mb.SetRule(censortest.FreezeAfter(64 << 10))
-	prom := filepath.Join(t.TempDir(), "recv.prom")
-	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
-	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
-	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
-		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
-	}
-	data, err := os.ReadFile(prom)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stalls, stderr := w.recvStalls(t, censortest.FreezeAfter(64<<10), w.stored(t, 300<<10))
 	f := w.facts(t)
-	if !strings.Contains(string(data), `postern_client_session_failures_total{class="stalled"} 1`+"\n") || f.RecvBudget >= old || f.RecvBudgetDay != today() {
-		t.Fatalf("recv budget %d (yesterday's %d), day %d; stalls:\n%s\n%s", f.RecvBudget, old, f.RecvBudgetDay, data, stderr)
+	if stalls != 1 || f.RecvBudget >= old || f.RecvBudgetDay != today() {
+		t.Fatalf("%d stalls; recv budget %d (yesterday's %d), day %d\n%s", stalls, f.RecvBudget, old, f.RecvBudgetDay, stderr)
 	}
 	t.Logf("recv budget behind a 150 KiB freeze %d bytes, and behind one at 64 KiB the next day %d", old, f.RecvBudget)
 }

@@ -49,6 +49,30 @@ func (w *censoredWorld) recvThrough(t *testing.T, rule censortest.Rule, msg []by
 	return stderr
 }
 
+// recvStalls runs `recv --network cafe` behind rule (2 s stall windows),
+// checks that it prints msg and nothing else, and returns how many of its
+// sessions stalled (its client metrics file says) and its stderr.
+func (w *censoredWorld) recvStalls(t *testing.T, rule censortest.Rule, msg []byte) (int, string) {
+	t.Helper()
+	w.mb.SetRule(rule)
+	prom := filepath.Join(t.TempDir(), "recv.prom")
+	envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
+	out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
+	if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
+		t.Fatalf("recv: exit %d, %d messages\n%s", code, len(got), stderr)
+	}
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`postern_client_session_failures_total\{class="stalled"\} (\d+)`).FindStringSubmatch(string(data))
+	if m == nil {
+		t.Fatalf("no count of stalled sessions:\n%s", data)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n, stderr
+}
+
 // TestRecvThroughFreezingCensor: a message sealed in 64 KiB envelopes
 // (its sender was on a free network) waits on the relay, and the
 // recipient is behind a censor that freezes every flow after 16 KiB. recv
@@ -361,36 +385,20 @@ func TestRecvKeepsFragmentsAcrossRuns(t *testing.T) {
 func TestFirstRecvStallsOnce(t *testing.T) {
 	w := newCensoredWorld(t)
 	w.mb.SetRule(censortest.FreezeAfter(64 << 10))
-	recv := func(what string) (int, time.Duration) {
+	recv := func() (int, time.Duration) {
 		t.Helper()
 		msg := w.stored(t, 300<<10)
-		w.mb.SetRule(censortest.FreezeAfter(64 << 10))
-		prom := filepath.Join(t.TempDir(), "recv.prom")
-		envv := append(append([]string(nil), w.base...), "POSTERN_STALL=2s", "POSTERN_METRICS_FILE="+prom)
 		start := time.Now()
-		out, stderr, code := runWith(t, w.bin, envv, nil, "recv", "--id", w.bob, "--network", "cafe")
-		took := time.Since(start)
-		if got := parseRecv(t, []byte(out)); code != 0 || len(got) != 1 || !bytes.Equal(got[0].body, msg) {
-			t.Fatalf("%s: exit %d, %d messages\n%s", what, code, len(got), stderr)
-		}
-		data, err := os.ReadFile(prom)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := regexp.MustCompile(`postern_client_session_failures_total\{class="stalled"\} (\d+)`).FindStringSubmatch(string(data))
-		if m == nil {
-			t.Fatalf("%s: no count of stalled sessions:\n%s", what, data)
-		}
-		n, _ := strconv.Atoi(m[1])
-		return n, took
+		stalls, _ := w.recvStalls(t, censortest.FreezeAfter(64<<10), msg)
+		return stalls, time.Since(start)
 	}
-	stalls, took := recv("the first recv")
+	stalls, took := recv()
 	f := w.facts(t)
 	t.Logf("the first recv took %v, %d stall(s); learnt %d bytes per session", took.Round(time.Millisecond), stalls, f.RecvBudget)
 	if stalls != 1 || f.RecvBudget < minTaught || f.RecvBudget > 64<<10 || f.RecvBudgetDay != today()-1 {
 		t.Fatalf("the first recv: %d stalls, learnt %d bytes per session as of day %d (today %d); want one stall, kept as yesterday's", stalls, f.RecvBudget, f.RecvBudgetDay, today())
 	}
-	stalls, _ = recv("the second recv")
+	stalls, _ = recv()
 	if f := w.facts(t); stalls != 1 || f.RecvBudget == 0 || f.RecvBudgetDay != today() {
 		t.Fatalf("the second recv: %d stalls, budget %d as of day %d; want one stall and the budget confirmed", stalls, f.RecvBudget, f.RecvBudgetDay)
 	}

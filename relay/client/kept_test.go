@@ -101,14 +101,8 @@ func TestKeptFragmentCompletesMessage(t *testing.T) {
 	if _, err := w.owner.Send(ctx, envs[1], nil); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 2 {
-		t.Fatalf("fetch: %d, %v", len(ds), err)
-	}
-	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
-	if err := keep.Save(ds[:1]); err != nil {
-		t.Fatal(err)
-	}
+	ds := w.fetchAll(t, 2)
+	keep := keptFile(t, t.TempDir(), ds[:1])
 	var got [][]byte
 	in := w.inbox(t, &got)
 	if refs, err := in.Handle(ds[1]); err != nil || len(refs) != 0 || in.HeldForTest() != 1 {
@@ -254,17 +248,11 @@ func TestKeptThatDoesNotOpenIsNotAcked(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
 	w.unfinished(t, 100<<10)
-	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 1 {
-		t.Fatalf("fetch: %d, %v", len(ds), err)
-	}
+	ds := w.fetchAll(t, 1)
 	bad := ds[0]
 	bad.Envelope = make([]byte, len(ds[0].Envelope))
 	rand.Read(bad.Envelope)
-	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
-	if err := keep.Save([]client.Delivery{bad}); err != nil {
-		t.Fatal(err)
-	}
+	keep := keptFile(t, t.TempDir(), []client.Delivery{bad})
 	var got [][]byte
 	in := w.inbox(t, &got)
 	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
@@ -287,23 +275,12 @@ func TestRestoreRecordsTaken(t *testing.T) {
 	if _, err := w.owner.Send(ctx, envs[1], nil); err != nil {
 		t.Fatal(err)
 	}
-	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 2 {
-		t.Fatalf("fetch: %d, %v", len(ds), err)
-	}
+	ds := w.fetchAll(t, 2)
 	dir := t.TempDir()
-	keep := client.HeldFile(filepath.Join(dir, "box"))
-	if err := keep.Save(ds[:1]); err != nil {
-		t.Fatal(err)
-	}
+	keep := keptFile(t, dir, ds[:1])
 	taken := 0
 	inbox := func() *client.Inbox {
-		in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Replay: client.ReplayFile(filepath.Join(dir, "replay")),
-			Take: func(client.Message) error { taken++; return nil }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return in
+		return w.replayInbox(t, dir, func(client.Message) error { taken++; return nil })
 	}
 	in := inbox()
 	if _, err := in.Handle(ds[1]); err != nil {
@@ -337,29 +314,18 @@ func TestRestoreRecordsTakenBeforeRefusal(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 4 {
-		t.Fatalf("fetch: %d, %v", len(ds), err)
-	}
+	ds := w.fetchAll(t, 4)
 	dir := t.TempDir()
-	keep := client.HeldFile(filepath.Join(dir, "box"))
-	if err := keep.Save(ds[:2]); err != nil {
-		t.Fatal(err)
-	}
+	keep := keptFile(t, dir, ds[:2])
 	taken, refuse := 0, true
 	inbox := func() *client.Inbox {
-		in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Replay: client.ReplayFile(filepath.Join(dir, "replay")),
-			Take: func(client.Message) error {
-				if refuse && taken == 1 {
-					return errors.New("disk full")
-				}
-				taken++
-				return nil
-			}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return in
+		return w.replayInbox(t, dir, func(client.Message) error {
+			if refuse && taken == 1 {
+				return errors.New("disk full")
+			}
+			taken++
+			return nil
+		})
 	}
 	in := inbox()
 	for _, d := range ds[2:] {
@@ -377,4 +343,37 @@ func TestRestoreRecordsTakenBeforeRefusal(t *testing.T) {
 	if left := w.waiting(t); taken != 2 || left != 0 {
 		t.Fatalf("%d messages handed over in all, %d envelopes left; want 2 and none", taken, left)
 	}
+}
+
+// fetchAll returns what the mailbox holds, straight from the relay, and
+// fails the test unless that is n envelopes.
+func (w *partsWorld) fetchAll(t *testing.T, n int) []client.Delivery {
+	t.Helper()
+	ds, err := w.owner.Fetch(context.Background(), w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != n {
+		t.Fatalf("fetch: %d envelopes, %v; want %d", len(ds), err, n)
+	}
+	return ds
+}
+
+// keptFile returns a HeldFile in dir that keeps ds.
+func keptFile(t *testing.T, dir string, ds []client.Delivery) client.HeldFile {
+	t.Helper()
+	keep := client.HeldFile(filepath.Join(dir, "box"))
+	if err := keep.Save(ds); err != nil {
+		t.Fatal(err)
+	}
+	return keep
+}
+
+// replayInbox returns an inbox of the mailbox whose replay file is in dir
+// (the same for every inbox made with dir: as runs of recv), handing
+// messages to take.
+func (w *partsWorld) replayInbox(t *testing.T, dir string, take func(client.Message) error) *client.Inbox {
+	t.Helper()
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Replay: client.ReplayFile(filepath.Join(dir, "replay")), Take: take})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
 }
