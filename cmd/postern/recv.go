@@ -553,6 +553,9 @@ func newReceiver(e *env, id *envelope.Identity, replay client.ReplayStore, p *pr
 		Sync:     p.sync,
 		Taken:    p.seen,
 		Wake:     p.wake(),
+		// Copies of held fragments, for ID_FILE.held: whatever session
+		// brought them, a drain in parts keeps them for the next run.
+		KeepHeld: client.MaxKeptBytes,
 	})
 }
 

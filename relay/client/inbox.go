@@ -1,6 +1,8 @@
 package client
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -78,6 +80,12 @@ type InboxConfig struct {
 	// Warn, if set, is told about envelopes the inbox gives up on. The
 	// text carries no identifier.
 	Warn func(string)
+	// KeepHeld, if positive, makes the inbox keep a copy of each held
+	// envelope (fragments of unfinished messages), up to KeepHeld bytes
+	// of them, for PartsConfig.Keep to save between runs: those a whole
+	// session or a subscription brought as well as those a DrainParts
+	// took. DrainParts given a Keep sets it to MaxKeptBytes if it is 0.
+	KeepHeld int
 	// MaxHeld bounds messages waiting for more fragments; beyond it the
 	// oldest is given up (its fragments acked), so fragments that never
 	// complete cannot stall the mailbox. Default 64.
@@ -99,11 +107,14 @@ type Inbox struct {
 	join   *envelope.Joiner
 	held   map[string]*heldMessage // fragments of unfinished messages
 	order  []string                // keys of held, oldest first
-	// heldRefs counts the refs of held (each is one envelope's: once),
-	// and drops the messages given up or taken from held.
+	// heldRefs counts the refs of held (each is one envelope's: once).
 	heldRefs map[Ref]int
-	drops    int
-	failed   error // a flush failed: see InboxConfig.Sync
+	// kept has copies of held envelopes (cfg.KeepHeld), keptBytes of
+	// them, keepMax at most.
+	kept      map[Ref]Delivery
+	keptBytes int
+	keepMax   int
+	failed    error // a flush failed: see InboxConfig.Sync
 	// cursor is where the last DrainParts paged through the mailbox to:
 	// every envelope up to it that is still on the relay is held here
 	// (fragments of unfinished messages) or was acked. Follow subscribes
@@ -143,7 +154,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &Inbox{cfg: cfg, replay: rl}
+	in := &Inbox{cfg: cfg, replay: rl, keepMax: max(cfg.KeepHeld, 0)}
 	in.Reset()
 	return in, nil
 }
@@ -157,6 +168,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 func (in *Inbox) Reset() {
 	in.held = map[string]*heldMessage{}
 	in.heldRefs = map[Ref]int{}
+	in.kept, in.keptBytes = map[Ref]Delivery{}, 0
 	in.order = nil
 	in.join = &envelope.Joiner{MaxPending: in.cfg.MaxHeld + 1}
 	in.cursor = 0
@@ -264,6 +276,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 	h.refs = append(h.refs, d.Ref)
 	h.seqs = append(h.seqs, d.Seq)
 	in.heldRefs[d.Ref]++
+	in.keep(d)
 	h.ids[o.ID] = true
 	msg, done, err := in.join.Add(o)
 	if err != nil {
@@ -290,6 +303,31 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 
 // holds reports whether the envelope ref is one the inbox holds.
 func (in *Inbox) holds(ref Ref) bool { return in.heldRefs[ref] > 0 }
+
+// keep keeps a copy of the held envelope of d (cfg.KeepHeld), if there is
+// room for it. What is kept goes when its message is dropped from held
+// (taken, given up, swept), so the bound counts only what is held. (Until
+// a reviewer's find DrainParts kept them itself and counted what it had
+// noted, and a drain that took 16 MiB of messages in parts kept nothing
+// after.)
+func (in *Inbox) keep(d Delivery) {
+	if _, dup := in.kept[d.Ref]; dup || in.keepMax <= 0 || in.keptBytes+len(d.Envelope) > in.keepMax || !in.holds(d.Ref) {
+		return
+	}
+	d.Envelope = bytes.Clone(d.Envelope)
+	in.kept[d.Ref] = d
+	in.keptBytes += len(d.Envelope)
+}
+
+// keptHeld returns the copies kept of held envelopes, in sequence order.
+func (in *Inbox) keptHeld() []Delivery {
+	ds := make([]Delivery, 0, len(in.kept))
+	for _, d := range in.kept {
+		ds = append(ds, d)
+	}
+	slices.SortFunc(ds, func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
+	return ds
+}
 
 // heldPast reports whether the inbox holds an envelope with seq > after.
 func (in *Inbox) heldPast(after uint64) bool {
@@ -381,8 +419,11 @@ func (in *Inbox) drop(key string) []Ref {
 		if in.heldRefs[r]--; in.heldRefs[r] <= 0 {
 			delete(in.heldRefs, r)
 		}
+		if k, ok := in.kept[r]; ok {
+			delete(in.kept, r)
+			in.keptBytes -= len(k.Envelope)
+		}
 	}
-	in.drops++
 	in.join.Forget(h.first)
 	return h.refs
 }

@@ -213,11 +213,11 @@ func FuzzParseHeld(f *testing.F) {
 	})
 }
 
-// TestKeptWithinKeepMax: a drain takes a message whose first fragment it
+// TestKeptWithinKeepHeld: a drain takes a message whose first fragment it
 // held for a while, then holds the only fragment of each of two
 // unfinished ones; with room for 100 KiB it keeps the first of those
 // (the taken message's fragment no longer counts), not the second.
-func TestKeptWithinKeepMax(t *testing.T) {
+func TestKeptWithinKeepHeld(t *testing.T) {
 	w := newPartsWorld(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
@@ -226,8 +226,12 @@ func TestKeptWithinKeepMax(t *testing.T) {
 	w.unfinished(t, 100<<10)
 	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
 	var got [][]byte
-	in := w.inbox(t, &got)
-	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep, KeepMax: 100 << 10}); err != nil {
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: 100 << 10,
+		Take: func(m client.Message) error { got = append(got, m.Payload); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 1 || in.HeldForTest() != 2 {
@@ -376,4 +380,38 @@ func (w *partsWorld) replayInbox(t *testing.T, dir string, take func(client.Mess
 		t.Fatal(err)
 	}
 	return in
+}
+
+// TestKeptFromWholeSession: a whole session (Drain) brings an unfinished
+// message's fragment, and a DrainParts after it pages past it and keeps
+// it, so the next run starts out holding it: the inbox keeps copies of
+// what it holds whatever brought it. Until a reviewer's find only what a
+// DrainParts took in parts was kept.
+func TestKeptFromWholeSession(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
+	var got [][]byte
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: client.MaxKeptBytes,
+		Take: func(m client.Message) error { got = append(got, m.Payload); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = in.Drain(ctx, c, w.box.Owner, w.box.ID)
+	c.Close()
+	if err != nil || in.HeldForTest() != 1 {
+		t.Fatalf("Drain: %v, holds %d", err, in.HeldForTest())
+	}
+	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil || n != 0 {
+		t.Fatalf("DrainParts after the whole session: %v, put together %d envelopes", err, n)
+	}
+	if ds, err := keep.Load(); err != nil || len(ds) != 1 {
+		t.Fatalf("kept %d envelopes (%v), want the fragment", len(ds), err)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/transport"
@@ -34,13 +33,9 @@ type PartsConfig struct {
 	Cut func(err error, carried int)
 	// Keep, if set, keeps the fragments of unfinished messages from one
 	// run to the next (HeldStore): DrainParts starts out holding those it
-	// kept, and at its end keeps those it holds and took in parts itself
-	// (or restored), up to KeepMax bytes of envelopes. One store is for
-	// one mailbox on one relay.
+	// kept, and at its end keeps those the inbox holds and has copies of
+	// (InboxConfig.KeepHeld). One store is for one mailbox on one relay.
 	Keep HeldStore
-	// KeepMax bounds what Keep keeps, and what DrainParts holds in memory
-	// to keep; 0 means MaxKeptBytes.
-	KeepMax int
 }
 
 // Part sizes for DrainParts.
@@ -83,13 +78,16 @@ var ErrInbox = errors.New("relay/client: the inbox cannot take messages")
 // `recv` run again) starts out holding the fragments the last one kept,
 // where until 2026-12-06 it fetched them again, every run.
 func (in *Inbox) DrainParts(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg PartsConfig) (int, error) {
-	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}, kept: map[Ref]Delivery{}}
+	d := &partsDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, seen: map[Ref]bool{}}
 	d.part = min(relay.MaxPart, max(MinPart, cmp.Or(cfg.Part, DefaultPart)))
 	if cfg.PerSession > 0 {
 		d.part = d.partFor(cfg.PerSession)
 	}
 	defer d.end()
 	if cfg.Keep != nil {
+		if in.keepMax <= 0 {
+			in.keepMax = MaxKeptBytes
+		}
 		defer d.save()
 		if err := d.restore(); err != nil {
 			return 0, err
@@ -149,10 +147,7 @@ type partsDrain struct {
 	whole   int      // envelopes put together
 	seen    map[Ref]bool
 
-	kept      map[Ref]Delivery // held envelopes to keep (cfg.Keep), whole
-	keptBytes int
-	prunedAt  int   // the inbox's drops when kept was last pruned
-	pending   []Ref // restored envelopes to ack on the first session
+	pending []Ref // restored envelopes to ack on the first session
 }
 
 // restore starts the inbox out holding the envelopes cfg.Keep kept. An
@@ -170,7 +165,7 @@ func (d *partsDrain) restore() error {
 		if d.in.holds(k.Ref) {
 			// Held already (an earlier drain of this process, as
 			// `recv --follow` makes): no need to open it again.
-			d.keep(k)
+			d.in.keep(k)
 			continue
 		}
 		refs, err := d.in.restore(k)
@@ -184,7 +179,6 @@ func (d *partsDrain) restore() error {
 			return fmt.Errorf("%w: %w", ErrInbox, err)
 		}
 		d.pending = append(d.pending, refs...)
-		d.keep(k)
 	}
 	if len(d.pending) > 0 {
 		if err := d.in.flush(); err != nil {
@@ -194,45 +188,10 @@ func (d *partsDrain) restore() error {
 	return nil
 }
 
-// keep notes the envelope of k, if the inbox holds it, to be kept at the
-// end, within cfg.KeepMax: those the inbox no longer holds (their
-// message taken or given up) are let go first. (Until a reviewer's find
-// they counted against it for the rest of the drain, and a drain that
-// took 16 MiB of messages in parts kept nothing after.)
-func (d *partsDrain) keep(k Delivery) {
-	if _, dup := d.kept[k.Ref]; dup || !d.in.holds(k.Ref) {
-		return
-	}
-	most := cmp.Or(d.cfg.KeepMax, MaxKeptBytes)
-	if d.keptBytes+len(k.Envelope) > most {
-		if d.prunedAt != d.in.drops { // else nothing was let go since
-			d.prunedAt = d.in.drops
-			for ref, old := range d.kept {
-				if !d.in.holds(ref) {
-					delete(d.kept, ref)
-					d.keptBytes -= len(old.Envelope)
-				}
-			}
-		}
-		if d.keptBytes+len(k.Envelope) > most {
-			return
-		}
-	}
-	d.kept[k.Ref] = k
-	d.keptBytes += len(k.Envelope)
-}
-
-// save keeps the envelopes the inbox still holds (cfg.Keep), in sequence
-// order. Failing to is only warned of: they are fetched again.
+// save keeps the envelopes the inbox holds and has copies of (cfg.Keep).
+// Failing to is only warned of: they are fetched again.
 func (d *partsDrain) save() {
-	var ds []Delivery
-	for ref, k := range d.kept {
-		if d.in.holds(ref) {
-			ds = append(ds, k)
-		}
-	}
-	slices.SortFunc(ds, func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
-	if err := d.cfg.Keep.Save(ds); err != nil {
+	if err := d.cfg.Keep.Save(d.in.keptHeld()); err != nil {
 		d.in.cfg.Warn(err.Error())
 	}
 }
@@ -340,13 +299,9 @@ func (d *partsDrain) complete(ctx context.Context) error {
 	d.cur, d.after = nil, e.seq
 	d.whole++
 	d.seen[e.ref] = true
-	got := Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf}
-	refs, err := d.in.Handle(got)
+	refs, err := d.in.Handle(Delivery{Mailbox: d.mailbox, Ref: e.ref, Seq: e.seq, Envelope: e.buf})
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInbox, err) // Take refused it: nothing more is taken or acked
-	}
-	if d.cfg.Keep != nil {
-		d.keep(got)
 	}
 	if err := d.in.ack(ctx, d.c, d.owner, d.mailbox, refs); err != nil {
 		if d.in.failed != nil {
