@@ -149,7 +149,9 @@ func TestRecvBudgetGrowsWithOneStall(t *testing.T) {
 // freeze at 150 KiB is checked again the next day, when the censor
 // freezes flows at 64 KiB: the whole session stalls short of the old
 // budget, and what it carried is the new one, so no parts session is
-// planned under the old one and stalls to learn it (a reviewer's find).
+// planned under the old one and stalls to learn it (a reviewer's find);
+// one stall may be a passing fault, so it is kept as yesterday's, to be
+// checked again by the next recv.
 func TestRecvBudgetShrinksWithOneStall(t *testing.T) {
 	w := newCensoredWorld(t)
 	msg := w.stored(t, 300<<10)
@@ -158,8 +160,8 @@ func TestRecvBudgetShrinksWithOneStall(t *testing.T) {
 	old := w.facts(t).RecvBudget
 	stalls, stderr := w.recvStalls(t, censortest.FreezeAfter(64<<10), w.stored(t, 300<<10))
 	f := w.facts(t)
-	if stalls != 1 || f.RecvBudget >= old || f.RecvBudgetDay != today() {
-		t.Fatalf("%d stalls; recv budget %d (yesterday's %d), day %d\n%s", stalls, f.RecvBudget, old, f.RecvBudgetDay, stderr)
+	if stalls != 1 || f.RecvBudget >= old || f.RecvBudgetDay != today()-1 {
+		t.Fatalf("%d stalls; recv budget %d (yesterday's %d), day %d: want one stall, a smaller budget, to be checked again\n%s", stalls, f.RecvBudget, old, f.RecvBudgetDay, stderr)
 	}
 	t.Logf("recv budget behind a 150 KiB freeze %d bytes, and behind one at 64 KiB the next day %d", old, f.RecvBudget)
 }

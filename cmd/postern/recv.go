@@ -280,9 +280,12 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 			case recheck > 0 && stalled && carried >= minTaught && carried < recheck:
 				// Cut before the old budget: what it carried is the new
 				// one (planned under the old, the first parts session
-				// would stall to learn it; a reviewer's find).
+				// would stall to learn it; a reviewer's find). Kept as
+				// yesterday's, as below: one stall short of it may be a
+				// passing fault, and a budget too small is never raised
+				// within the day.
 				b = carried
-				learnRecvBudget(e, t, b, today())
+				learnRecvBudget(e, t, b, today()-1)
 			case recheck > 0 && stalled:
 				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
 			case stalled && carried >= minTaught:

@@ -84,7 +84,8 @@ type InboxConfig struct {
 	// envelope (fragments of unfinished messages), up to KeepHeld bytes
 	// of them, for PartsConfig.Keep to save between runs: those a whole
 	// session or a subscription brought as well as those a DrainParts
-	// took. DrainParts given a Keep sets it to MaxKeptBytes if it is 0.
+	// took. DrainParts given a Keep sets it to MaxKeptBytes if it is 0;
+	// more than MaxKeptBytes (what HeldFile loads) counts as that.
 	KeepHeld int
 	// MaxHeld bounds messages waiting for more fragments; beyond it the
 	// oldest is given up (its fragments acked), so fragments that never
@@ -154,7 +155,7 @@ func NewInbox(cfg InboxConfig) (*Inbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &Inbox{cfg: cfg, replay: rl, keepMax: max(cfg.KeepHeld, 0)}
+	in := &Inbox{cfg: cfg, replay: rl, keepMax: min(max(cfg.KeepHeld, 0), MaxKeptBytes)}
 	in.Reset()
 	return in, nil
 }

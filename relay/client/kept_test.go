@@ -415,3 +415,41 @@ func TestKeptFromWholeSession(t *testing.T) {
 		t.Fatalf("kept %d envelopes (%v), want the fragment", len(ds), err)
 	}
 }
+
+// TestResetForgetsKept: Reset (before an inbox takes another relay's
+// deliveries, or a session from the mailbox's start) forgets the copies
+// of what it held with what it held: a drain after it keeps nothing of
+// them (a reviewer's test: without it, one relay's envelopes would be
+// saved in another's file).
+func TestResetForgetsKept(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: client.MaxKeptBytes,
+		Take: func(client.Message) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = in.Drain(ctx, c, w.box.Owner, w.box.ID)
+	c.Close()
+	if err != nil || in.HeldForTest() != 1 {
+		t.Fatalf("Drain: %v, holds %d", err, in.HeldForTest())
+	}
+	// Another device takes the message, and the inbox goes on elsewhere.
+	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, w.fetchAll(t, 1)[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	in.Reset()
+	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
+	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := keep.Load(); err != nil || len(ds) != 0 {
+		t.Fatalf("kept %d envelopes (%v) after Reset, want none", len(ds), err)
+	}
+}
