@@ -85,6 +85,17 @@ func heldFile(ms *mailboxes, m *mailboxState, i int) client.HeldFile {
 	return client.HeldFile(filepath.Join(ms.idPath+".held", hex.EncodeToString(sum[:16])))
 }
 
+// saveHeld keeps in t's file the fragments of unfinished messages the
+// inbox holds (a failure is only warned of: they are fetched again).
+func saveHeld(e *env, t recvTarget, in *client.Inbox) {
+	if t.held == "" {
+		return
+	}
+	if err := in.SaveHeld(t.held); err != nil {
+		fmt.Fprintf(e.stderr, "warning: %v\n", err)
+	}
+}
+
 // pruneHeld removes from ID_FILE.held/ the files of mailboxes and relays
 // no longer in the mailbox file (a mailbox rotated, deleted, or moved to
 // other relays), and temporary files a crash left more than an hour ago:
@@ -254,6 +265,11 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		}
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		c.Close()
+		if err == nil {
+			// A whole pass: what the inbox holds is what waits
+			// unfinished on the relay.
+			saveHeld(e, t, in)
+		}
 		// What the session read, in TLS records read whole: a page of
 		// envelopes cut short counts for what of it came (until
 		// 2026-12-06 only envelopes handed over counted, and a relay
@@ -386,6 +402,7 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 			if f.fatal != nil {
 				err = f.fatal
 			}
+			saveHeld(e, t, in) // for the next recv
 			errs <- err
 		}()
 	}

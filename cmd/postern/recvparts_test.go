@@ -403,3 +403,47 @@ func TestFirstRecvStallsOnce(t *testing.T) {
 		t.Fatalf("the second recv: %d stalls, budget %d as of day %d; want one stall and the budget confirmed", stalls, f.RecvBudget, f.RecvBudgetDay)
 	}
 }
+
+// TestHeldSavedAfterWholeSessions: on a network that lets everything
+// through, a `recv` whose whole session paged through the mailbox, and a
+// `recv --follow` when it is stopped, keep the fragment of an unfinished
+// message they hold in ID_FILE.held, for a later recv in parts to start
+// out holding. Until 2026-12-06 only a drain in parts wrote the file.
+func TestHeldSavedAfterWholeSessions(t *testing.T) {
+	w := newCensoredWorld(t)
+	w.unfinished(t)
+	dir := w.bob + ".held"
+	kept := func(what string) {
+		t.Helper()
+		files, err := os.ReadDir(dir)
+		if err != nil || len(files) != 1 {
+			t.Fatalf("%s: kept %v, %v; want one file", what, files, err)
+		}
+		data, err := os.ReadFile(filepath.Join(dir, files[0].Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ds, err := client.ParseHeld(data); err != nil || len(ds) != 1 {
+			t.Fatalf("%s: the kept file holds %d envelopes, %v; want the fragment", what, len(ds), err)
+		}
+	}
+	if out := runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob); len(parseRecv(t, out)) != 0 {
+		t.Fatalf("recv printed %q", out)
+	}
+	kept("after a recv")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	f := startFollow(t, w.bin, w.base, w.bob)
+	// Pushed after the fragment: once it is printed, the fragment is held.
+	if stderr, err := w.send([]byte("after the fragment")); err != nil {
+		t.Fatalf("send: %v\n%s", err, stderr)
+	}
+	select {
+	case <-f.msgs:
+	case <-time.After(time.Minute): // a deadlock guard
+		t.Fatalf("recv --follow printed nothing; stderr:\n%s", f.stderr.String())
+	}
+	f.stop()
+	kept("after recv --follow")
+}

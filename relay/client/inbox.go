@@ -320,6 +320,13 @@ func (in *Inbox) keep(d Delivery) {
 	in.keptBytes += len(d.Envelope)
 }
 
+// SaveHeld saves in st the copies of the envelopes the inbox holds
+// (InboxConfig.KeepHeld), for one mailbox on one relay, replacing what
+// st kept: call it once a Drain has paged through the whole mailbox, or
+// a Follow has ended, so that the next run starts out holding them
+// (PartsConfig.Keep). DrainParts given a Keep saves at its end itself.
+func (in *Inbox) SaveHeld(st HeldStore) error { return st.Save(in.keptHeld()) }
+
 // keptHeld returns the copies kept of held envelopes, in sequence order.
 func (in *Inbox) keptHeld() []Delivery {
 	ds := make([]Delivery, 0, len(in.kept))
