@@ -226,11 +226,7 @@ func TestKeptWithinKeepHeld(t *testing.T) {
 	w.unfinished(t, 100<<10)
 	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
 	var got [][]byte
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: 100 << 10,
-		Take: func(m client.Message) error { got = append(got, m.Payload); return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	in := w.keepingInbox(t, 100<<10, &got)
 	if _, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil {
 		t.Fatal(err)
 	}
@@ -394,20 +390,8 @@ func TestKeptFromWholeSession(t *testing.T) {
 	w.unfinished(t, 100<<10)
 	keep := client.HeldFile(filepath.Join(t.TempDir(), "box"))
 	var got [][]byte
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: client.MaxKeptBytes,
-		Take: func(m client.Message) error { got = append(got, m.Payload); return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := w.dial(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = in.Drain(ctx, c, w.box.Owner, w.box.ID)
-	c.Close()
-	if err != nil || in.HeldForTest() != 1 {
-		t.Fatalf("Drain: %v, holds %d", err, in.HeldForTest())
-	}
+	in := w.keepingInbox(t, client.MaxKeptBytes, &got)
+	w.drainWhole(t, ctx, in, 1)
 	if n, err := in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, client.PartsConfig{Keep: keep}); err != nil || n != 0 {
 		t.Fatalf("DrainParts after the whole session: %v, put together %d envelopes", err, n)
 	}
@@ -426,20 +410,9 @@ func TestResetForgetsKept(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
 	w.unfinished(t, 100<<10)
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: client.MaxKeptBytes,
-		Take: func(client.Message) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := w.dial(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = in.Drain(ctx, c, w.box.Owner, w.box.ID)
-	c.Close()
-	if err != nil || in.HeldForTest() != 1 {
-		t.Fatalf("Drain: %v, holds %d", err, in.HeldForTest())
-	}
+	var got [][]byte
+	in := w.keepingInbox(t, client.MaxKeptBytes, &got)
+	w.drainWhole(t, ctx, in, 1)
 	// Another device takes the message, and the inbox goes on elsewhere.
 	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, w.fetchAll(t, 1)[0].Ref); err != nil {
 		t.Fatal(err)
@@ -451,5 +424,33 @@ func TestResetForgetsKept(t *testing.T) {
 	}
 	if ds, err := keep.Load(); err != nil || len(ds) != 0 {
 		t.Fatalf("kept %d envelopes (%v) after Reset, want none", len(ds), err)
+	}
+}
+
+// keepingInbox returns an inbox of the mailbox that keeps copies of up to
+// keepHeld bytes of what it holds, and appends the messages it takes to
+// got.
+func (w *partsWorld) keepingInbox(t *testing.T, keepHeld int, got *[][]byte) *client.Inbox {
+	t.Helper()
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, KeepHeld: keepHeld,
+		Take: func(m client.Message) error { *got = append(*got, m.Payload); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// drainWhole drains the mailbox into in in one session (Drain), and fails
+// the test unless in then holds held envelopes.
+func (w *partsWorld) drainWhole(t *testing.T, ctx context.Context, in *client.Inbox, held int) {
+	t.Helper()
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = in.Drain(ctx, c, w.box.Owner, w.box.ID)
+	c.Close()
+	if err != nil || in.HeldForTest() != held {
+		t.Fatalf("Drain: %v, holds %d; want %d", err, in.HeldForTest(), held)
 	}
 }
