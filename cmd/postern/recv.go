@@ -287,40 +287,51 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		stalled := errors.Is(err, transport.ErrStalled)
 		if stalled || resets > 0 {
 			fmt.Fprintf(e.stderr, "the connection was cut while receiving (%v: a censor's per-flow limit?); receiving in parts\n", scrubAddrs(err))
-			switch {
-			case grew && stalled && carried >= minTaught:
-				b = carried // cut past the old budget: what it carried is the new one
-				learnRecvBudget(e, t, b, today())
-			case grew:
-				b = 0 // reset past the old budget: the parts learn the new one
-			case recheck > 0 && stalled && carried >= minTaught && carried < recheck:
-				// Cut before the old budget: what it carried is the new
-				// one (planned under the old, the first parts session
-				// would stall to learn it; a reviewer's find). Kept as
-				// yesterday's, as below: one stall short of it may be a
-				// passing fault, and a budget too small is never raised
-				// within the day.
-				b = carried
-				learnRecvBudget(e, t, b, today()-1)
-			case recheck > 0 && stalled:
-				t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
-			case stalled && carried >= minTaught:
-				// What the frozen session carried is what a session
-				// carries here, as a parts session that froze would
-				// have taught, a stall window later. With nothing known
-				// of the network before, one stall may be a passing
-				// fault (a handover, a relay slow for a window): the
-				// budget is kept as yesterday's, and the next recv
-				// checks it again with a whole session (a reviewer's
-				// find: kept as today's, one fault sent every recv of
-				// the day through parts).
-				b = carried
-				learnRecvBudget(e, t, b, today()-1)
-			}
+			b = budgetAfterCut(e, t, b, recheck, carried, stalled)
 			_, err = drainParts(ctx, e, t, in, b)
 			return err
 		}
 	}
+}
+
+// budgetAfterCut is the per-session budget the parts go by after recv's
+// whole session was cut having read carried bytes (stalled, else reset
+// twice), with b the budget remembered (recheck, if it is from an
+// earlier day and being checked again); it says, and remembers, what the
+// session taught.
+func budgetAfterCut(e *env, t recvTarget, b, recheck, carried int, stalled bool) int {
+	grew := recheck > 0 && carried > recheck
+	switch {
+	case grew && stalled && carried >= minTaught:
+		b = carried // cut past the old budget: what it carried is the new one
+		learnRecvBudget(e, t, b, today())
+	case grew:
+		b = 0 // reset past the old budget: the parts learn the new one
+	case recheck > 0 && stalled && carried >= minTaught && carried < recheck:
+		// Cut before the old budget: what it carried is the new
+		// one (planned under the old, the first parts session
+		// would stall to learn it; a reviewer's find). Kept as
+		// yesterday's, as below: one stall short of it may be a
+		// passing fault, and a budget too small is never raised
+		// within the day.
+		b = carried
+		learnRecvBudget(e, t, b, today()-1)
+	case recheck > 0 && stalled:
+		t.facts.update(e, func(f *netFacts) { f.RecvBudgetDay = today() }) // it holds
+	case stalled && carried >= minTaught:
+		// What the frozen session carried is what a session
+		// carries here, as a parts session that froze would
+		// have taught, a stall window later. With nothing known
+		// of the network before, one stall may be a passing
+		// fault (a handover, a relay slow for a window): the
+		// budget is kept as yesterday's, and the next recv
+		// checks it again with a whole session (a reviewer's
+		// find: kept as today's, one fault sent every recv of
+		// the day through parts).
+		b = carried
+		learnRecvBudget(e, t, b, today()-1)
+	}
+	return b
 }
 
 // cutByCensor reports whether err ended a session the way a censor's
