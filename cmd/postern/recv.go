@@ -413,7 +413,14 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 			if f.fatal != nil {
 				err = f.fatal
 			}
-			saveHeld(e, t, in) // for the next recv
+			if t.held != "" {
+				// Added to, not replaced: the follower may not have
+				// seen the whole mailbox (never connected, or stopped
+				// midway through a push from the start).
+				if err := in.AddHeld(t.held); err != nil {
+					fmt.Fprintf(e.stderr, "warning: %v\n", err)
+				}
+			}
 			errs <- err
 		}()
 	}

@@ -408,7 +408,8 @@ func TestFirstRecvStallsOnce(t *testing.T) {
 // through, a `recv` whose whole session paged through the mailbox, and a
 // `recv --follow` when it is stopped, keep the fragment of an unfinished
 // message they hold in ID_FILE.held, for a later recv in parts to start
-// out holding. Until 2026-12-06 only a drain in parts wrote the file.
+// out holding; a follower adds to the file, as it may not have seen the
+// whole mailbox. Until 2026-12-06 only a drain in parts wrote the file.
 func TestHeldSavedAfterWholeSessions(t *testing.T) {
 	w := newCensoredWorld(t)
 	w.unfinished(t)
@@ -431,6 +432,15 @@ func TestHeldSavedAfterWholeSessions(t *testing.T) {
 		t.Fatalf("recv printed %q", out)
 	}
 	kept("after a recv")
+	// A follower that never reached the relay adds nothing, and takes
+	// nothing away (a reviewer's find: it saved what it held, nothing,
+	// over the file).
+	w.mb.SetRule(censortest.Blackhole)
+	if _, stderr, code := runWith(t, w.bin, w.base, nil, "recv", "--follow", "--timeout", "3s", "--id", w.bob); code != 0 {
+		t.Fatalf("recv --follow --timeout 3s behind a blackhole: exit %d\n%s", code, stderr)
+	}
+	kept("after recv --follow that never reached the relay")
+	w.mb.SetRule(censortest.Pass)
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}

@@ -327,6 +327,33 @@ func (in *Inbox) keep(d Delivery) {
 // (PartsConfig.Keep). DrainParts given a Keep saves at its end itself.
 func (in *Inbox) SaveHeld(st HeldStore) error { return st.Save(in.keptHeld()) }
 
+// AddHeld adds the copies of the envelopes the inbox holds to what st
+// keeps, within MaxKeptBytes (the inbox's first), for a run that may not
+// have seen the whole mailbox: a Follow that ended before its first push,
+// or that subscribed from the start and was stopped midway, holds less
+// than is there, and SaveHeld would have put less in st than it kept (a
+// reviewer's find). What is no longer on the relay goes at the next
+// DrainParts that pages through the whole mailbox.
+func (in *Inbox) AddHeld(st HeldStore) error {
+	ds := in.keptHeld()
+	n := in.keptBytes
+	old, err := st.Load()
+	if err != nil {
+		old = nil // damaged: what the inbox holds replaces it
+	}
+	for _, d := range old {
+		if _, dup := in.kept[d.Ref]; !dup && n+len(d.Envelope) <= MaxKeptBytes {
+			ds = append(ds, d)
+			n += len(d.Envelope)
+		}
+	}
+	if len(ds) == 0 && len(old) == 0 && err == nil {
+		return nil
+	}
+	slices.SortFunc(ds, func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
+	return st.Save(ds)
+}
+
 // keptHeld returns the copies kept of held envelopes, in sequence order.
 func (in *Inbox) keptHeld() []Delivery {
 	ds := make([]Delivery, 0, len(in.kept))

@@ -454,3 +454,34 @@ func (w *partsWorld) drainWhole(t *testing.T, ctx context.Context, in *client.In
 		t.Fatalf("Drain: %v, holds %d; want %d", err, in.HeldForTest(), held)
 	}
 }
+
+// TestAddHeldMerges: AddHeld keeps what the file kept beside what the
+// inbox holds, once each, in sequence order; SaveHeld replaces it.
+func TestAddHeldMerges(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	w.unfinished(t, 100<<10)
+	ds := w.fetchAll(t, 2)
+	other := ds[1]
+	other.Ref[0]++ // an envelope the inbox will not hold
+	other.Seq = 0
+	keep := keptFile(t, t.TempDir(), []client.Delivery{ds[0], other})
+	var got [][]byte
+	in := w.keepingInbox(t, client.MaxKeptBytes, &got)
+	w.drainWhole(t, ctx, in, 2)
+	if err := in.AddHeld(keep); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := keep.Load()
+	if err != nil || len(kept) != 3 || kept[0].Ref != other.Ref || kept[1].Ref != ds[0].Ref || kept[2].Ref != ds[1].Ref {
+		t.Fatalf("after AddHeld: %d envelopes, %v; want the file's other one, then the two held", len(kept), err)
+	}
+	if err := in.SaveHeld(keep); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := keep.Load(); err != nil || len(kept) != 2 {
+		t.Fatalf("after SaveHeld: %d envelopes, %v; want the two held", len(kept), err)
+	}
+}
