@@ -322,9 +322,9 @@ func (in *Inbox) keep(d Delivery) {
 
 // SaveHeld saves in st the copies of the envelopes the inbox holds
 // (InboxConfig.KeepHeld), for one mailbox on one relay, replacing what
-// st kept: call it once a Drain has paged through the whole mailbox, or
-// a Follow has ended, so that the next run starts out holding them
-// (PartsConfig.Keep). DrainParts given a Keep saves at its end itself.
+// st kept: call it once a Drain has paged through the whole mailbox, so
+// that the next run starts out holding them (PartsConfig.Keep); after a
+// Follow, use AddHeld. DrainParts given a Keep saves at its end itself.
 func (in *Inbox) SaveHeld(st HeldStore) error { return st.Save(in.keptHeld()) }
 
 // AddHeld adds the copies of the envelopes the inbox holds to what st
