@@ -10,6 +10,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +197,11 @@ func checkDialEnv(e *env) error {
 	if b := e.getenv("POSTERN_BIND"); b != "" && net.ParseIP(b) == nil {
 		return errors.New("POSTERN_BIND is not an IP address: set it to an address of this device, or unset it to let the system choose")
 	}
+	if s := e.getenv("POSTERN_LANES"); s != "" {
+		if n, err := strconv.Atoi(s); err != nil || n < 1 || n > maxLanesEnv {
+			return fmt.Errorf("POSTERN_LANES=%s is not a number of connections from 1 to %d: set one (1: one at a time), or unset it for the default", truncate(s, 16), maxLanesEnv)
+		}
+	}
 	if s := e.getenv("POSTERN_STALL"); s != "" {
 		if d, err := time.ParseDuration(s); err != nil || d < client.MinStallWindow {
 			return fmt.Errorf("POSTERN_STALL=%s is not a duration of at least %s (for example \"30s\"): set one, or unset it for the default", truncate(s, 16), client.MinStallWindow)
@@ -244,6 +250,8 @@ const dialEnvHelp = "environment:\n" +
 	"  POSTERN_BIND=IP             dial from this local address\n" +
 	"  POSTERN_STALL=DURATION      a connection silent this long while a request waits is\n" +
 	"                              stalled and replaced (default 10s)\n" +
+	"  POSTERN_LANES=N             at most N connections at once when a flow is throttled\n" +
+	"                              (default 4; 1: one at a time)\n" +
 	"  POSTERN_METRICS_FILE=PATH   when done (recv --follow: also every minute), write the\n" +
 	"                              client metrics to PATH for node_exporter's textfile\n" +
 	"                              collector: dial attempts by transport and failure class,\n" +

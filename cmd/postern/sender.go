@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -66,21 +67,24 @@ type pipeline struct {
 	ackedN   int // envelopes acked on this connection
 	acked    int // and their bytes
 	peak     int // the most envelopes in flight at once
-	kick     chan struct{}
+	// floor is the fewest bytes allowed in flight, whatever the rate
+	// acked: pipelineBytes, or less on a throttled network (see lane).
+	floor int
+	kick  chan struct{}
 }
 
 func newPipeline(start time.Time, depth int) *pipeline {
-	return &pipeline{start: start, depth: depth, kick: make(chan struct{}, 1)}
+	return &pipeline{start: start, depth: depth, floor: pipelineBytes, kick: make(chan struct{}, 1)}
 }
 
 // limits returns how many envelopes and bytes may be in flight now; p.mu
 // is held.
 func (p *pipeline) limits(now time.Time) (n, bytes int) {
-	bytes = pipelineBytes + p.acked
+	bytes = p.floor + p.acked
 	if e := now.Sub(p.start); p.acked > 0 && e > 0 {
 		bytes = min(bytes, int(float64(p.acked)/e.Seconds()*pipelineQueue.Seconds()))
 	}
-	bytes = max(pipelineBytes, min(bytes, maxPipelineBytes))
+	bytes = max(p.floor, min(bytes, maxPipelineBytes))
 	return min(maxPipelineDepth, p.depth+p.ackedN), bytes
 }
 
@@ -152,7 +156,10 @@ type sender struct {
 	// fruitless is how many connections in a row stalled or were reset
 	// with nothing acked (see afterStall).
 	fruitless int
-	issued    bool // an envelope was handed to a relay: it may have it
+	// oneLane: this send uses one connection at a time from now on (see
+	// lanes.go): lanes carried no more than one, or one of them stalled.
+	oneLane bool
+	issued  bool // an envelope was handed to a relay: it may have it
 	// recorded: the message's id is in POSTERN_HOME/unsent, for
 	// `send --again` (see unsent.go).
 	recorded bool
@@ -179,13 +186,41 @@ type sender struct {
 	progress func(done, total int)
 }
 
-// connStats is what one connection carried.
+// connStats is what one connection carried, or one round of connections
+// at once (lanes: see lanes.go).
 type connStats struct {
-	acked int // envelope bytes acked
-	start time.Time
-	last  time.Time // when the last ack came
-	slow  bool      // throughput under throttleFloor
-	peak  int       // the most envelopes in flight at once
+	acked int // envelope bytes acked on one connection, the most of the round's
+	total int // and on all of them
+	// lanes is how many connections the round used. first is the first
+	// ack on the first connection, wide the moment the round widened:
+	// what was acked after each measures the rate of one connection
+	// alone (until the round widened: alone, free of the first bytes a
+	// throttle's bucket lets through at once) and of the lanes
+	// together.
+	lanes       int
+	first, wide ackMark
+	alone       float64 // bytes per second; 0: fewer than two acks alone
+	start       time.Time
+	last        time.Time // when the last ack came
+	slow        bool      // throughput under throttleFloor
+	peak        int       // the most envelopes in flight at once
+}
+
+// ackMark is an ack that a rate is measured from: when it came, and the
+// bytes acked by then, its own included.
+type ackMark struct {
+	at    time.Time
+	bytes int
+}
+
+// since is the rate of what was acked after m, the last ack at last with
+// total bytes acked by then; 0 if none was.
+func (m ackMark) since(last time.Time, total int) float64 {
+	d := last.Sub(m.at)
+	if m.at.IsZero() || d <= 0 || total <= m.bytes {
+		return 0
+	}
+	return float64(total-m.bytes) / d.Seconds()
 }
 
 // startDepth is how many envelopes a connection starts with in flight.
@@ -334,62 +369,30 @@ func (s *sender) run(ctx context.Context) error {
 // all are acked, the connection's budget is spent (errCycle) or a send
 // fails.
 func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *connStats) error {
-	st.start = time.Now()
+	st.start, st.lanes = time.Now(), 1
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		mu    sync.Mutex
-		first error
-		wg    sync.WaitGroup
-	)
-	pl := newPipeline(st.start, s.startDepth())
-	issued, cycle := 0, false
-	for i, env := range s.envs {
-		if s.acked[i] {
-			continue
-		}
-		if b := s.known.Budget; b > 0 && issued > 0 && issued+len(env) > b/2 {
-			cycle = true
-			break
-		}
-		if !pl.acquire(ctx, len(env)) {
-			break
-		}
-		issued += len(env)
-		s.issued = true
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := s.sendOne(ctx, c, via, env)
-			pl.release(len(env), err == nil)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil && first == nil {
-				first = err
-				cancel()
-			}
-			if err == nil {
-				s.acked[i] = true
-				st.acked += len(env)
-				st.last = time.Now()
-				if s.progress != nil {
-					s.progress(s.ackedCount(), len(s.envs))
-				}
-			}
-		}()
+	r := &round{s: s, via: via, st: st, cancel: cancel, claimed: make([]bool, len(s.envs))}
+	dialCtx, stopDials := context.WithCancel(ctx)
+	defer stopDials()
+	if s.laneCount() > 1 {
+		r.wg.Add(1)
+		go r.widen(dialCtx, ctx, c)
 	}
-	wg.Wait()
-	st.peak = pl.peak
+	r.lane(ctx, c, s.startDepth())
+	stopDials() // nothing left for another lane to take
+	r.wg.Wait()
 	if s.ackedCount() == len(s.envs) {
 		// Every envelope is on the relay, whatever ended meanwhile: a
 		// --timeout or an interrupt right after the last ack was taken
 		// for a failure, and the user told to send the message again.
 		return nil
 	}
+	first := r.first
 	if first == nil && ctx.Err() != nil {
 		first = ctx.Err()
 	}
-	if first == nil && cycle {
+	if first == nil && r.cycle {
 		return errCycle
 	}
 	return first
@@ -444,21 +447,33 @@ func (s *sender) viaHome() string {
 }
 
 // noteThroughput marks the network throttled when a connection that ran
-// at least throttleWindow moved less than throttleFloor per second, and
-// lengthens the stall window so one envelope fits in it at that rate.
+// at least throttleWindow moved less than throttleFloor per second (on
+// average, of a round's lanes), and lengthens the stall window so one
+// envelope fits in it at that rate. What the first connection carried
+// alone before lanes began is the network's Rate, which the next send
+// compares lanes with from the start.
 func (s *sender) noteThroughput(st *connStats) {
+	s.judgeLanes(st)
 	d := st.last.Sub(st.start)
-	if d < throttleWindow || st.acked == 0 || float64(st.acked)/d.Seconds() >= throttleFloor {
+	if d < throttleWindow || st.total == 0 {
+		return
+	}
+	rate := float64(st.total) / float64(max(1, st.lanes)) / d.Seconds()
+	if rate >= throttleFloor {
 		return
 	}
 	st.slow = true
-	rate := float64(st.acked) / d.Seconds()
 	s.window = max(s.window, time.Duration(3*float64(s.bucket)/rate*float64(time.Second)))
 	if !s.known.Throttled {
 		fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); using a longer stall window\n", rate/1000)
 	}
+	alone := int(st.alone)
+	if st.lanes == 1 {
+		alone = int(cmp.Or(st.first.since(st.last, st.total), rate))
+	}
 	s.known.Throttled = true
-	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
+	s.known.Rate = cmp.Or(alone, s.known.Rate)
+	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = true, cmp.Or(alone, f.Rate) })
 }
 
 // budgetGone forgets the budget being checked again once a connection
@@ -581,6 +596,13 @@ func resumable(err error) bool {
 // defeats 64 KiB envelopes for good: the next reviewer's find).
 func (s *sender) afterStall(st *connStats, err error) error {
 	done := s.ackedCount()
+	if st.lanes > 1 && !s.oneLane {
+		// Lanes slow each other down on a line throttled as a whole, and
+		// a freeze may come sooner than their longer stall window saw:
+		// one connection at a time from here, for this send.
+		s.oneLane = true
+		fmt.Fprintf(s.e.stderr, "one of %d connections at once was cut; one at a time from now on\n", st.lanes)
+	}
 	reset := !errors.Is(err, transport.ErrStalled)
 	if reset {
 		fmt.Fprintf(s.e.stderr, "the connection was reset after %d of %d envelopes; reconnecting\n", done, len(s.envs))

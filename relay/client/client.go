@@ -56,7 +56,7 @@ type Client struct {
 	conn transport.Conn
 	br   *bufio.Reader
 
-	stallWindow time.Duration
+	stallWindow atomic.Int64           // nanoseconds (see SetStallWindow)
 	firstAck    atomic.Pointer[func()] // run once, at the first request the relay acknowledges
 	lastRead    atomic.Int64           // unix nanoseconds of the last byte received
 	// received counts the bytes read from conn, framed those of the
@@ -102,7 +102,8 @@ type call struct {
 func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, error) {
 	c := &Client{conn: conn, bw: bufio.NewWriterSize(conn, relay.SessionBufSize), pending: make(map[uint32]*call),
 		subs: make(map[uint32]bool), done: make(chan struct{}), deliveries: make(chan Delivery),
-		qwake: make(chan struct{}, 1), stallWindow: DefaultStallWindow}
+		qwake: make(chan struct{}, 1)}
+	c.stallWindow.Store(int64(DefaultStallWindow))
 	c.lastRead.Store(time.Now().UnixNano())
 	c.br = bufio.NewReaderSize(progressReader{conn, &c.lastRead, &c.received}, relay.SessionBufSize)
 	for _, o := range opts {

@@ -19,10 +19,20 @@ type Option func(*Client)
 func WithStallWindow(d time.Duration) Option {
 	return func(c *Client) {
 		if d > 0 {
-			c.stallWindow = max(d, MinStallWindow)
+			c.stallWindow.Store(int64(max(d, MinStallWindow)))
 		}
 	}
 }
+
+// SetStallWindow changes the stall window of a running session (at least
+// MinStallWindow): a sender that opens more connections beside this one,
+// on a line throttled as a whole, slows each of them down.
+func (c *Client) SetStallWindow(d time.Duration) {
+	c.stallWindow.Store(int64(max(d, MinStallWindow)))
+}
+
+// StallWindow is the session's stall window.
+func (c *Client) StallWindow() time.Duration { return time.Duration(c.stallWindow.Load()) }
 
 // MinStallWindow is the shortest stall window WithStallWindow sets: a
 // shorter one would end sessions over a round trip.
@@ -58,7 +68,7 @@ var errStalled = &transport.Error{Class: transport.ClassStalled, Op: "session",
 // counted: a subscription whose push of a 64 KiB envelope a censor froze
 // at 16 KiB waited for the next minute's ping to stall.)
 func (c *Client) watchStall() {
-	t := time.NewTicker(c.stallWindow / 4)
+	t := time.NewTicker(c.StallWindow() / 4) // a longer window later is checked as often
 	defer t.Stop()
 	for {
 		select {
@@ -96,7 +106,8 @@ func (c *Client) stalledAt(now time.Time) bool {
 	if below.After(last) {
 		last = below
 	}
-	if now.Sub(last) < c.stallWindow {
+	window := c.StallWindow()
+	if now.Sub(last) < window {
 		return false
 	}
 	if midway {
@@ -108,7 +119,7 @@ func (c *Client) stalledAt(now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, cl := range c.pending {
-		if now.Sub(cl.start) >= c.stallWindow {
+		if now.Sub(cl.start) >= window {
 			return true
 		}
 	}

@@ -55,7 +55,16 @@ type Middlebox struct {
 	conns  map[net.Conn]struct{} // both sides of every open connection
 	closed bool
 	done   chan struct{} // closed at cleanup: wakes throttled pumps
-	wg     sync.WaitGroup
+	// hostBuckets are ThrottleHost's buckets, one per direction, shared
+	// by every connection; made at the first byte a ThrottleHost rule
+	// meters (under mu).
+	hostBuckets [2]*tokenBucket
+	// open and peak count the client connections being forwarded: now,
+	// and the most at once (under mu).
+	open, peak int
+	// now is the throttles' clock (tests freeze it).
+	now func() time.Time
+	wg  sync.WaitGroup
 }
 
 // DefaultFreezeLimit is the per-direction limit of [FreezeAfter] when it is
@@ -75,11 +84,17 @@ const chunkSize = 32 << 10
 // connection are closed, and all its goroutines have returned.
 func NewMiddlebox(t testing.TB, target string) *Middlebox {
 	t.Helper()
+	return newMiddlebox(t, target, time.Now)
+}
+
+// newMiddlebox is NewMiddlebox with now as the throttles' clock.
+func newMiddlebox(t testing.TB, target string, now func() time.Time) *Middlebox {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("middlebox: listen on loopback: %v", err)
 	}
-	m := &Middlebox{ln: ln, target: target, conns: make(map[net.Conn]struct{}), done: make(chan struct{})}
+	m := &Middlebox{ln: ln, target: target, conns: make(map[net.Conn]struct{}), done: make(chan struct{}), now: now}
 	m.SetRule(Pass)
 	m.wg.Add(1)
 	go m.serve()
@@ -104,6 +119,22 @@ func (m *Middlebox) SetRule(r Rule) {
 }
 
 func (m *Middlebox) current() Rule { return *m.rule.Load() }
+
+// Peak is the most client connections the middlebox has handled at once
+// (from accept until both directions are done), and ResetPeak starts
+// counting it again from those open now.
+func (m *Middlebox) Peak() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.peak
+}
+
+// ResetPeak: see Peak.
+func (m *Middlebox) ResetPeak() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.peak = m.open
+}
 
 func (m *Middlebox) serve() {
 	defer m.wg.Done()
@@ -157,6 +188,15 @@ func (m *Middlebox) close() {
 // handle runs one client connection until both directions are done.
 func (m *Middlebox) handle(client net.Conn) {
 	defer m.wg.Done()
+	m.mu.Lock()
+	m.open++
+	m.peak = max(m.peak, m.open)
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.open--
+		m.mu.Unlock()
+	}()
 	switch m.current().onConnect() {
 	case actForward:
 	case actReset:
@@ -311,9 +351,9 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 				if line == nil {
 					line = m.newDelayLine(dst, src)
 				}
-				err = m.throttle(pending[:allow], fl, dir, r.rate(), func(p []byte) error { return line.send(p, d) })
+				err = m.throttle(pending[:allow], fl, dir, r, func(p []byte) error { return line.send(p, d) })
 			} else {
-				err = m.write(dst, pending[:allow], fl, dir, r.rate())
+				err = m.throttle(pending[:allow], fl, dir, r, func(p []byte) error { return writeAll(dst, p) })
 			}
 			if err != nil {
 				src.Close()
@@ -410,26 +450,34 @@ func (l *delayLine) finish() bool {
 	return !l.failed.Load()
 }
 
-// write writes p to dst, at most rate bytes per second if rate > 0.
-func (m *Middlebox) write(dst net.Conn, p []byte, fl *tcpFlow, dir Direction, rate int64) error {
-	return m.throttle(p, fl, dir, rate, func(p []byte) error { return writeAll(dst, p) })
-}
-
-// throttle passes p to out, at most rate bytes per second if rate > 0, in
-// pieces no larger than the direction's bucket.
-func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, rate int64, out func([]byte) error) error {
-	if rate <= 0 {
+// throttle passes p to out, at most r's rate bytes per second on this
+// flow and its host rate on all of them together (the slower of the two
+// waits), in pieces no larger than the smaller bucket.
+func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out func([]byte) error) error {
+	var bs []*tokenBucket
+	if rate := r.rate(); rate > 0 {
+		if fl.buckets[dir] == nil {
+			fl.buckets[dir] = newTokenBucket(rate, m.now)
+		}
+		fl.buckets[dir].setRate(rate)
+		bs = append(bs, fl.buckets[dir])
+	}
+	if rate := r.hostRate(); rate > 0 {
+		bs = append(bs, m.hostBucket(dir, rate))
+	}
+	if len(bs) == 0 {
 		return out(p)
 	}
-	b := fl.buckets[dir]
-	if b == nil {
-		b = newTokenBucket(rate, time.Now)
-		fl.buckets[dir] = b
-	}
-	b.setRate(rate)
 	for len(p) > 0 {
-		k := min(len(p), int(b.burst))
-		if !m.sleep(b.take(k)) {
+		k := len(p)
+		for _, b := range bs {
+			k = min(k, int(b.size()))
+		}
+		var wait time.Duration
+		for _, b := range bs {
+			wait = max(wait, b.take(k))
+		}
+		if !m.sleep(wait) {
 			return net.ErrClosed
 		}
 		if err := out(p[:k]); err != nil {
@@ -438,6 +486,19 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, rate int64, o
 		p = p[k:]
 	}
 	return nil
+}
+
+// hostBucket is ThrottleHost's bucket for dir, at rate.
+func (m *Middlebox) hostBucket(dir Direction, rate int64) *tokenBucket {
+	m.mu.Lock()
+	b := m.hostBuckets[dir]
+	if b == nil {
+		b = newTokenBucket(rate, m.now)
+		m.hostBuckets[dir] = b
+	}
+	m.mu.Unlock()
+	b.setRate(rate)
+	return b
 }
 
 // sleep waits d, or less if the middlebox closes first (then false).

@@ -497,3 +497,42 @@ func TestDropAnswersAfter(t *testing.T) {
 	m.SetRule(DropAnswersAfter(1024))
 	expectRead(t, dial(t, m), pushPattern(4096))
 }
+
+// TestThrottleHostSharesOneBucket: ThrottleHost meters every connection
+// through the middlebox against one bucket per direction, and Throttle
+// each connection against its own. With the clock frozen no token comes
+// back, so what two echo connections carried shows in the buckets
+// exactly; Peak counts the two open at once.
+func TestThrottleHostSharesOneBucket(t *testing.T) {
+	frozen := time.Now()
+	const rate, each = 64 << 10, 5000
+	for _, tc := range []struct {
+		name string
+		rule Rule
+	}{{"ThrottleHost", ThrottleHost(rate)}, {"All", All(Throttle(rate), ThrottleHost(rate))}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMiddlebox(t, echoServer(t), func() time.Time { return frozen })
+			m.SetRule(tc.rule)
+			a, b := dial(t, m), dial(t, m)
+			roundTrip(t, a, randomBytes(each))
+			roundTrip(t, b, randomBytes(each))
+			for _, dir := range []Direction{ClientToServer, ServerToClient} {
+				m.mu.Lock()
+				hb := m.hostBuckets[dir]
+				m.mu.Unlock()
+				if hb == nil {
+					t.Fatalf("%v: no bucket for the host", dir)
+				}
+				hb.mu.Lock()
+				left := hb.tokens
+				hb.mu.Unlock()
+				if left != rate-2*each {
+					t.Fatalf("%v: the host's bucket holds %.0f tokens, want %d: both connections' %d bytes", dir, left, rate-2*each, each)
+				}
+			}
+			if got := m.Peak(); got != 2 {
+				t.Fatalf("Peak %d, want 2", got)
+			}
+		})
+	}
+}

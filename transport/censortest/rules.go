@@ -50,6 +50,9 @@ type Rule interface {
 	// rate is the most bytes per second a flow may carry in each
 	// direction, 0 for no limit.
 	rate() int64
+	// hostRate is the most bytes per second all of a TCP middlebox's
+	// connections together may carry in each direction, 0 for no limit.
+	hostRate() int64
 	// delay is how long a TCP connection's bytes, or a UDP flow's
 	// datagrams, take through the middlebox in each direction, on top of
 	// the rest.
@@ -71,6 +74,7 @@ func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
 func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
 func (passRule) resets(Direction, int64, int64) bool  { return false }
 func (passRule) rate() int64                          { return 0 }
+func (passRule) hostRate() int64                      { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
 func (passRule) onDatagram(*datagram) action          { return actForward }
@@ -232,6 +236,25 @@ func Throttle(bytesPerSecond int) Rule {
 
 func (r throttleRule) rate() int64 { return r.bytesPerSecond }
 
+type hostThrottleRule struct {
+	passRule
+	bytesPerSecond int64
+}
+
+// ThrottleHost limits all the TCP connections through the middlebox
+// together to bytesPerSecond in each direction, with one token bucket per
+// direction holding one second's worth (at least [MinThrottleBurst]): a
+// subscriber's line shaped as a whole, as Iran's throttling of
+// international traffic is, rather than each flow (Throttle), so that
+// more connections in parallel carry no more. The middlebox delays bytes
+// over the rate, as a shaper's queue does. UDP passes. bytesPerSecond <= 0
+// means no limit.
+func ThrottleHost(bytesPerSecond int) Rule {
+	return hostThrottleRule{bytesPerSecond: int64(max(bytesPerSecond, 0))}
+}
+
+func (r hostThrottleRule) hostRate() int64 { return r.bytesPerSecond }
+
 type latencyRule struct {
 	passRule
 	rtt time.Duration
@@ -374,6 +397,16 @@ func (a allRules) rate() int64 {
 	var lowest int64
 	for _, r := range a {
 		if v := r.rate(); v > 0 && (lowest == 0 || v < lowest) {
+			lowest = v
+		}
+	}
+	return lowest
+}
+
+func (a allRules) hostRate() int64 {
+	var lowest int64
+	for _, r := range a {
+		if v := r.hostRate(); v > 0 && (lowest == 0 || v < lowest) {
 			lowest = v
 		}
 	}

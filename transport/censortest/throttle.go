@@ -41,6 +41,13 @@ func (b *tokenBucket) setRate(bytesPerSecond int64) {
 	b.tokens = min(b.tokens, b.burst)
 }
 
+// size is the bucket's capacity.
+func (b *tokenBucket) size() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.burst
+}
+
 // refill adds the tokens earned since last; b.mu is held.
 func (b *tokenBucket) refill() {
 	t := b.now()
