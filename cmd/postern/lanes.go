@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -15,17 +14,19 @@ import (
 // Lanes. A censor that throttles each flow (Russia's TSPU held every
 // connection to Twitter at 130–150 kbit/s in 2021) lets n connections
 // carry n times what one does; one that shapes the subscriber's whole line
-// lets them carry no more. A send whose connection carries less than
-// throttleFloor a second for throttleWindow (at once, on a network known
-// to throttle) opens up to maxLanes connections in all to the same relay,
-// each sending the envelopes none of the others has taken. The envelopes
-// are independent and all go to one relay, so nothing changes for the
-// recipient. The round then compares what the lanes carried together with
-// what the first connection carried alone; when they carried less than
-// half of what that many flows throttled one by one would, the network
-// throttles the line: the send goes on with one connection, and later
-// sends on the network too (netFacts.LineThrottled). Until 2026-12-06 a
-// send used one connection at a time: 200 KB took 36 s at 64 kbit/s.
+// lets them carry no more. A send whose connection, once it has been
+// acked for throttleWindow, carried less than throttleFloor a second
+// opens up to maxLanes connections in all to the same relay, each sending
+// the envelopes none of the others has taken. The envelopes are
+// independent and all go to one relay, so nothing changes for the
+// recipient. A connection that is not acked at all (frozen) opens none:
+// the stall window deals with it. The round then compares what each
+// connection carried a second between its acks (past each one's first,
+// which its handshake delays) with what the first carried alone; under
+// lineShare of it, the network throttles the line: the send goes on
+// with one connection, and later sends on the network that day too
+// (netFacts.LineThrottled; a later day tries again). Until 2026-12-06 a
+// send used one connection at a time whatever the throttle.
 
 // maxLanes is how many connections at once a send uses, at most, on a
 // throttled network (POSTERN_LANES changes it; 1 turns lanes off).
@@ -43,7 +44,7 @@ type round struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // widen and the lanes it adds
 
-	mu      sync.Mutex // the fields below, s.acked, s.issued and st
+	mu      sync.Mutex // the fields below, s.acked, s.issued, st and laneStates
 	claimed []bool     // per envelope: a lane has taken it
 	first   error      // the first send that failed: the round ends
 	cycle   bool       // a lane stopped at the connection budget
@@ -82,10 +83,17 @@ func (r *round) left() int {
 	return n
 }
 
+// laneState is what one lane has had acked (under round.mu).
+type laneState struct {
+	carried int       // bytes
+	last    time.Time // its last ack
+	added   bool      // widen added it
+}
+
 // lane sends the envelopes it claims on c, as many at a time as its
 // pipeline lets, until none is left to claim, c's budget is spent or the
-// round ends, and waits for their answers.
-func (r *round) lane(ctx context.Context, c *client.Client, depth int) {
+// round ends, and waits for their answers. added: widen added it.
+func (r *round) lane(ctx context.Context, c *client.Client, depth int, added bool) {
 	s := r.s
 	pl := newPipeline(time.Now(), depth)
 	defer func() {
@@ -95,12 +103,12 @@ func (r *round) lane(ctx context.Context, c *client.Client, depth int) {
 	}()
 	var sends sync.WaitGroup
 	defer sends.Wait()
-	issued, carried := 0, 0 // carried: bytes acked on c (under r.mu)
+	issued, ls := 0, &laneState{added: added}
 	// The envelopes of one sealing are all of one size: room in the
 	// pipeline comes before an envelope is claimed, which leaves those
 	// it has no room for to the other lanes.
 	size := len(s.envs[0])
-	if s.known.Throttled {
+	if s.known.Throttled && s.laneCount() > 1 {
 		// Two in flight keep a throttled flow busy; more would be
 		// envelopes another lane could be sending.
 		pl.floor = min(pl.floor, 2*size)
@@ -128,15 +136,15 @@ func (r *round) lane(ctx context.Context, c *client.Client, depth int) {
 			defer sends.Done()
 			err := s.sendOne(ctx, c, r.via, env)
 			pl.release(len(env), err == nil)
-			r.sent(i, err, &carried)
+			r.sent(i, err, ls)
 		}()
 	}
 }
 
-// sent records the answer to envelope i's send on a lane that has had
-// carried bytes acked: a failure ends the round.
-func (r *round) sent(i int, err error, carried *int) {
-	s := r.s
+// sent records the answer to envelope i's send on lane ls: a failure
+// ends the round.
+func (r *round) sent(i int, err error, ls *laneState) {
+	s, st := r.s, r.st
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
@@ -148,13 +156,23 @@ func (r *round) sent(i int, err error, carried *int) {
 	}
 	size := len(s.envs[i])
 	s.acked[i] = true
-	*carried += size
-	r.st.acked = max(r.st.acked, *carried)
-	r.st.total += size
-	r.st.last = time.Now()
-	if r.st.first.at.IsZero() {
-		r.st.first = ackMark{r.st.last, r.st.total}
+	now := time.Now()
+	ls.carried += size
+	st.acked = max(st.acked, ls.carried)
+	st.total += size
+	st.last = now
+	if st.first.at.IsZero() {
+		st.first = ackMark{now, st.total}
 	}
+	// Between two acks of one lane while the round is wide: past an added
+	// lane's first (its handshake), and on the first lane, once it too
+	// shares the way with the others.
+	if !ls.last.IsZero() && (ls.added || (!st.wide.IsZero() && !ls.last.Before(st.wide))) {
+		st.steady.bytes += size
+		st.steady.span += now.Sub(ls.last)
+		st.steady.n++
+	}
+	ls.last = now
 	if s.progress != nil {
 		s.progress(s.ackedCount(), len(s.envs))
 	}
@@ -162,7 +180,7 @@ func (r *round) sent(i int, err error, carried *int) {
 
 // laneCount is how many connections at once this send may use.
 func (s *sender) laneCount() int {
-	if s.known.LineThrottled || s.oneLane {
+	if (s.known.LineThrottled && !stale(s.known.LineDay)) || s.oneLane || s.e == nil || s.e.getenv == nil { // no env: no dials (tests)
 		return 1
 	}
 	if n, err := strconv.Atoi(s.e.getenv("POSTERN_LANES")); err == nil && n >= 1 {
@@ -172,32 +190,29 @@ func (s *sender) laneCount() int {
 }
 
 // widen adds lanes to the round beside c, up to laneCount in all and one
-// per envelope left: at once on a network known to throttle flows, else
-// once c has sent for throttleWindow at under throttleFloor a second.
-// Every connection's stall window is made as many times longer, since a
-// line throttled as a whole slows each down. dialCtx ends the dials (when
-// the first lane has nothing left to take); ctx, the round.
+// per envelope left, once c has been acked for throttleWindow at under
+// throttleFloor a second (see waitAlone). Every connection's stall window
+// is made as many times longer, since a line throttled as a whole slows
+// each down. dialCtx ends the dials (when the first lane has nothing left
+// to take); ctx, the round.
 func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 	defer r.wg.Done()
 	s := r.s
-	if !r.slowEnough(dialCtx) {
+	alone, ok := r.waitAlone(dialCtx)
+	if !ok || alone >= throttleFloor {
 		return
 	}
-	r.mu.Lock()
-	// Before the dials: their handshakes slow the first connection
-	// down on a line throttled as a whole. The lanes' own time starts
-	// here too: the handshakes are part of their cost.
-	r.st.alone = r.st.first.since(r.st.last, r.st.total)
-	r.st.wide = ackMark{time.Now(), r.st.total}
-	r.mu.Unlock()
 	extra := min(s.laneCount()-1, r.left())
 	line := s.lineOf(c.Relay(), r.via)
 	if extra < 1 || line == "" {
 		return
 	}
+	r.mu.Lock()
+	r.st.alone, r.st.wide = alone, time.Now()
+	r.mu.Unlock()
 	window := c.StallWindow() * time.Duration(1+extra)
 	c.SetStallWindow(window)
-	fmt.Fprintf(s.e.stderr, "the flow is throttled; sending on %d connections at once\n", 1+extra)
+	fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); sending on %d connections at once\n", alone/1000, 1+extra)
 	e := s.withWindow()
 	for range extra {
 		r.wg.Add(1)
@@ -210,42 +225,42 @@ func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 			defer lc.Close()
 			lc.SetStallWindow(window)
 			if r.join() {
-				r.lane(ctx, lc, s.startDepth())
+				r.lane(ctx, lc, s.startDepth(), true)
 			}
 		}()
 	}
 }
 
-// slowEnough waits until the round should widen, and reports whether it
-// should: at once on a network known to throttle flows whose Rate is
-// known; on one known to throttle, once the first connection's rate
-// alone is measured (two acks; the lanes are judged against it); else
-// once it has sent for throttleWindow at under throttleFloor a second.
-// False if dialCtx ends first.
-func (r *round) slowEnough(dialCtx context.Context) bool {
-	k := r.s.known
-	if k.Throttled && k.Rate > 0 {
-		return true
-	}
+// waitAlone waits until the first connection's rate alone is known (see
+// aloneAt) and returns it; false if dialCtx ends first.
+func (r *round) waitAlone(dialCtx context.Context) (float64, bool) {
 	tick := time.NewTicker(throttleWindow / 8)
 	defer tick.Stop()
 	for {
 		select {
 		case <-dialCtx.Done():
-			return false
-		case <-tick.C:
-		}
-		r.mu.Lock()
-		alone := r.st.first.since(r.st.last, r.st.total)
-		sofar := float64(r.st.total) / time.Since(r.st.start).Seconds()
-		r.mu.Unlock()
-		switch {
-		case k.Throttled && alone > 0:
-			return true
-		case !k.Throttled && time.Since(r.st.start) >= throttleWindow:
-			return sofar < throttleFloor
+			return 0, false
+		case now := <-tick.C:
+			r.mu.Lock()
+			rate, ok := aloneAt(r.st, now)
+			r.mu.Unlock()
+			if ok {
+				return rate, true
+			}
 		}
 	}
+}
+
+// aloneAt is the rate of the first connection alone at now: the bytes
+// acked after its first ack (which a throttle's first burst speeds up)
+// over the time since, once that is throttleWindow and more has been
+// acked (a frozen flow is acked nothing: no lanes for it).
+func aloneAt(st *connStats, now time.Time) (float64, bool) {
+	d := now.Sub(st.first.at)
+	if st.first.at.IsZero() || d < throttleWindow || st.total <= st.first.bytes {
+		return 0, false
+	}
+	return float64(st.total-st.first.bytes) / d.Seconds(), true
 }
 
 // join counts a lane that is about to send, and reports whether the round
@@ -275,34 +290,49 @@ func (s *sender) lineOf(id string, via bool) string {
 	return ""
 }
 
-// Judging lanes: from the moment a round widens to its last ack must be
-// judgeAfter at least, and the lanes together must carry laneGain times
-// what one connection carried alone, or more. As many flows throttled
-// one by one carry as many times more (less for the handshakes, and at
-// the end of a message, when some lanes have nothing left to send); a
-// line throttled as a whole, no more (a little more for what was in
-// flight on the first connection when the round widened).
+// lineShare: lanes that each carried less than this share of what the
+// first connection carried alone throttle one another: the line is
+// throttled as a whole. As many flows throttled one by one each carry
+// what one does (1); a line shaped as a whole gives n lanes 1/n each
+// (more at the end of a message, when some have nothing left to send).
+const lineShare = 0.6
+
+// Lane verdicts.
 const (
-	judgeAfter = throttleWindow
-	laneGain   = 1.25
+	lanesUnjudged = iota // too little measured
+	lanesHelp
+	lineThrottled
 )
 
-// judgeLanes learns from a round that used lanes whether they carried
-// more than one connection does here: what they carried together a
-// second against what one carried alone (before they began, else the
-// network's known Rate). Less than laneGain times that means a
-// throttled line: one connection from now on, on this network.
+// laneVerdict judges a round that used lanes from what each lane carried
+// between two of its acks (st.steady), against the first connection
+// alone: at least two such spans, throttleWindow in all.
+func laneVerdict(st *connStats) int {
+	if st.lanes < 2 || st.alone == 0 || st.steady.n < 2 || st.steady.span < throttleWindow {
+		return lanesUnjudged
+	}
+	if float64(st.steady.bytes)/st.steady.span.Seconds() < st.alone*lineShare {
+		return lineThrottled
+	}
+	return lanesHelp
+}
+
+// judgeLanes learns from a round that used lanes whether each carried
+// about what one connection alone does here (flows throttled one by one:
+// a line throttle remembered from an earlier day is forgotten) or much
+// less (the line is throttled as a whole: one connection from now on,
+// on this network, today).
 func (s *sender) judgeLanes(st *connStats) {
-	alone := cmp.Or(st.alone, float64(s.known.Rate))
-	together := st.wide.since(st.last, st.total)
-	if st.lanes < 2 || alone == 0 || together == 0 || st.last.Sub(st.wide.at) < judgeAfter {
-		return
+	switch laneVerdict(st) {
+	case lanesHelp:
+		if s.known.LineThrottled {
+			s.known.LineThrottled = false
+			s.facts.update(s.e, func(f *netFacts) { f.LineThrottled, f.LineDay = false, 0 })
+		}
+	case lineThrottled:
+		fmt.Fprintf(s.e.stderr, "%d connections at once each carried %.1f KB/s, one alone %.1f KB/s: this network throttles the whole line; one connection from now on\n",
+			st.lanes, float64(st.steady.bytes)/st.steady.span.Seconds()/1000, st.alone/1000)
+		s.oneLane, s.known.LineThrottled, s.known.LineDay = true, true, today()
+		s.facts.update(s.e, func(f *netFacts) { f.LineThrottled, f.LineDay = true, today() })
 	}
-	if together >= alone*laneGain {
-		return
-	}
-	fmt.Fprintf(s.e.stderr, "%d connections at once carried %.1f KB/s, one alone %.1f KB/s: this network throttles the whole line; one connection from now on\n",
-		st.lanes, together/1000, alone/1000)
-	s.oneLane, s.known.LineThrottled = true, true
-	s.facts.update(s.e, func(f *netFacts) { f.LineThrottled = true })
 }

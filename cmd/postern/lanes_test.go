@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"io"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +20,10 @@ import (
 const laneRate = 14 << 10
 
 // sendLanes sends a fresh message of size bytes to bob on network "cafe"
-// behind rule, with the default stall window and env added, checks that
-// recv gets it (with the rule lifted, for speed), and returns send's
-// stderr, how long it took, and the most connections the middlebox saw
-// at once meanwhile.
+// behind rule, with the default stall window and env added; checks that
+// the relay accepted each of its envelopes once and that recv gets it
+// (with the rule lifted, for speed); and returns send's stderr, how long
+// it took, and the most connections the middlebox saw at once meanwhile.
 func (w *censoredWorld) sendLanes(t *testing.T, rule censortest.Rule, size int, env ...string) (string, time.Duration, int) {
 	t.Helper()
 	msg := make([]byte, size)
@@ -30,6 +33,13 @@ func (w *censoredWorld) sendLanes(t *testing.T, rule censortest.Rule, size int, 
 	cmd.Stdin = bytes.NewReader(msg)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	for deadline := time.Now().Add(30 * time.Second); w.mb.Open() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // a deadlock guard
+			t.Fatalf("%d connections of the last command still open", w.mb.Open())
+		}
+	}
+	maddr := metricsAddr(t, w.rp)
+	before, _ := scrape(t, maddr)
 	w.mb.SetRule(rule)
 	w.mb.ResetPeak()
 	start := time.Now()
@@ -40,6 +50,15 @@ func (w *censoredWorld) sendLanes(t *testing.T, rule censortest.Rule, size int, 
 	if strings.Contains(stderr.String(), "stalled") || strings.Contains(stderr.String(), "was cut") {
 		t.Fatalf("a connection stalled under a throttle alone:\n%s", stderr.String())
 	}
+	m := regexp.MustCompile(`sent \d+ bytes in (\d+) envelope`).FindStringSubmatch(stderr.String())
+	after, _ := scrape(t, maddr)
+	const accepted = "postern_envelopes_accepted_total"
+	if m == nil {
+		t.Fatalf("send said nothing of its envelopes:\n%s", stderr.String())
+	}
+	if n, _ := strconv.Atoi(m[1]); after[accepted]-before[accepted] != float64(n) {
+		t.Fatalf("the relay accepted %v envelopes for a message sent in %v:\n%s", after[accepted]-before[accepted], m, stderr.String())
+	}
 	w.mb.SetRule(censortest.Pass)
 	got := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob))
 	if len(got) != 1 || !bytes.Equal(got[0].body, msg) {
@@ -49,31 +68,30 @@ func (w *censoredWorld) sendLanes(t *testing.T, rule censortest.Rule, size int, 
 }
 
 // TestLanesUnderFlowThrottle: behind a censor that throttles each flow
-// under throttleFloor, a send opens more connections to the relay once
-// its first has been slow for throttleWindow, and sends on all of them;
-// the next send on the network (which knows the flow is throttled)
-// measures what one connection carries alone before it widens, finds the
-// lanes carry more, and keeps the rate for the network. With
-// POSTERN_LANES=1 a send keeps to one connection: the baseline, timed in
-// the same run.
+// under throttleFloor, the first send finds the flow throttled; the next
+// (16 KiB envelopes) measures what its connection carries alone once it
+// has been acked for throttleWindow, opens more connections to the relay
+// and sends on all of them, each envelope once, and does not take the
+// throttle for the line's. With POSTERN_LANES=1 a send keeps to one
+// connection: the baseline, timed in the same run.
 func TestLanesUnderFlowThrottle(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	flow := censortest.Throttle(laneRate)
-	for i := range 2 {
-		stderr, took, peak := w.sendLanes(t, flow, 100<<10)
-		if peak < 2 || !strings.Contains(stderr, "connections at once") {
-			t.Fatalf("send %d: at most %d connection(s) at once under a per-flow throttle:\n%s", i+1, peak, stderr)
-		}
-		if strings.Contains(stderr, "throttles the whole line") {
-			t.Fatalf("send %d: a per-flow throttle taken for the line's:\n%s", i+1, stderr)
-		}
-		t.Logf("send %d: %d connections at once, %v", i+1, peak, took)
+	stderr, took, peak := w.sendLanes(t, flow, 100<<10)
+	t.Logf("send 1: %d connection(s) at once, %v", peak, took)
+	if f := w.facts(t); !f.Throttled {
+		t.Fatalf("send 1 did not find the flow throttled (test setup): %+v\n%s", f, stderr)
 	}
-	if f := w.facts(t); !f.Throttled || f.Rate == 0 || f.LineThrottled {
-		t.Fatalf("facts after two sends: %+v", f)
+	stderr, took, peak = w.sendLanes(t, flow, 100<<10)
+	t.Logf("send 2: %d connections at once, %v", peak, took)
+	if peak < 2 || !strings.Contains(stderr, "connections at once") {
+		t.Fatalf("send 2: at most %d connection(s) at once under a per-flow throttle:\n%s", peak, stderr)
 	}
-	stderr, took, peak := w.sendLanes(t, flow, 100<<10, "POSTERN_LANES=1")
+	if strings.Contains(stderr, "throttles the whole line") || w.facts(t).LineThrottled {
+		t.Fatalf("send 2: a per-flow throttle taken for the line's:\n%s", stderr)
+	}
+	stderr, took, peak = w.sendLanes(t, flow, 100<<10, "POSTERN_LANES=1")
 	if peak != 1 {
 		t.Fatalf("POSTERN_LANES=1: %d connections at once:\n%s", peak, stderr)
 	}
@@ -83,9 +101,8 @@ func TestLanesUnderFlowThrottle(t *testing.T) {
 // TestLanesUnderLineThrottle: behind a censor that throttles all the
 // client's flows together, more connections carry no more than one. The
 // first send (100 KB) finds the flow throttled; the second (200 KB: the
-// added connections' handshakes take seconds on the throttled line, and
-// then the lanes need a second to be judged) measures one connection
-// alone before it widens, judges the lanes, and remembers the line
+// lanes need a few acks each to be judged) opens lanes, finds each
+// carries a fraction of what one alone did, and remembers the line
 // throttled: the third keeps to one connection from the start.
 func TestLanesUnderLineThrottle(t *testing.T) {
 	t.Parallel()
@@ -101,12 +118,121 @@ func TestLanesUnderLineThrottle(t *testing.T) {
 	if peak < 2 || !strings.Contains(stderr, "throttles the whole line") {
 		t.Fatalf("send 2: %d connections at once, the line throttle not found:\n%s", peak, stderr)
 	}
-	if f := w.facts(t); !f.LineThrottled {
+	if f := w.facts(t); !f.LineThrottled || f.LineDay != today() {
 		t.Fatalf("facts after the second send: %+v", f)
 	}
 	stderr, took, peak = w.sendLanes(t, line, 40<<10)
 	t.Logf("send 3: %d connections at once, %v", peak, took)
 	if peak != 1 {
 		t.Fatalf("send 3: %d connections at once on a line known throttled:\n%s", peak, stderr)
+	}
+}
+
+// TestAloneAt: the first connection's rate alone is known once it has
+// been acked for throttleWindow past its first ack and more came: a
+// frozen flow (nothing acked, or nothing after the first) opens no
+// lanes. The bytes of the first ack (a throttle's first burst) do not
+// count.
+func TestAloneAt(t *testing.T) {
+	t0 := time.Now()
+	first := ackMark{t0, 16 << 10}
+	for _, tc := range []struct {
+		name  string
+		st    connStats
+		after time.Duration
+		rate  float64
+		ok    bool
+	}{
+		{"nothing acked", connStats{}, time.Minute, 0, false},
+		{"one ack only", connStats{first: first, total: 16 << 10}, time.Minute, 0, false},
+		{"too soon", connStats{first: first, total: 48 << 10}, throttleWindow - time.Millisecond, 0, false},
+		{"two more in 4 s", connStats{first: first, total: 48 << 10}, 4 * time.Second, 8 << 10, true},
+	} {
+		rate, ok := aloneAt(&tc.st, t0.Add(tc.after))
+		if rate != tc.rate || ok != tc.ok {
+			t.Errorf("%s: %v, %v; want %v, %v", tc.name, rate, ok, tc.rate, tc.ok)
+		}
+	}
+}
+
+// TestLaneVerdict: lanes that each carried about what one connection
+// alone did help (flows throttled one by one); each under lineShare of
+// it, they share a throttled line; too little measured, no verdict.
+func TestLaneVerdict(t *testing.T) {
+	wide := func(lanes, bytes int, span time.Duration, n int) connStats {
+		st := connStats{lanes: lanes, alone: 10_000}
+		st.steady.bytes, st.steady.span, st.steady.n = bytes, span, n
+		return st
+	}
+	for _, tc := range []struct {
+		name string
+		st   connStats
+		want int
+	}{
+		{"one connection", wide(1, 100_000, 10*time.Second, 5), lanesUnjudged},
+		{"one span", wide(4, 100_000, 10*time.Second, 1), lanesUnjudged},
+		{"short spans", wide(4, 10_000, throttleWindow-time.Millisecond, 4), lanesUnjudged},
+		{"no rate alone", connStats{lanes: 4}, lanesUnjudged},
+		{"each as fast as one", wide(4, 100_000, 10*time.Second, 6), lanesHelp},
+		{"each a quarter", wide(4, 25_000, 10*time.Second, 6), lineThrottled},
+		{"each just under the share", wide(2, 59_000, 10*time.Second, 6), lineThrottled},
+		{"each just over it", wide(2, 61_000, 10*time.Second, 6), lanesHelp},
+	} {
+		if got := laneVerdict(&tc.st); got != tc.want {
+			t.Errorf("%s: verdict %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestThroughputOfFirstConnection: a round that widened is judged slow by
+// what its first connection carried alone, not by what the lanes carried
+// together (four flows at 14 KB/s carry 56 together: over throttleFloor,
+// though each is throttled), nor by that divided among them (on a line
+// of 30 KB/s, three lanes each got 10: under it, though the line is not
+// throttled).
+func TestThroughputOfFirstConnection(t *testing.T) {
+	t0 := time.Now()
+	for _, tc := range []struct {
+		name  string
+		alone float64
+		slow  bool
+	}{{"throttled flows", 14_000, true}, {"a fast line", 30_000, false}} {
+		s := &sender{e: &env{stderr: io.Discard}, bucket: 16 << 10}
+		st := &connStats{start: t0, last: t0.Add(10 * time.Second), total: 560_000, lanes: 4, alone: tc.alone}
+		if tc.name == "a fast line" {
+			st.total, st.lanes = 300_000, 3
+		}
+		s.noteThroughput(st)
+		if st.slow != tc.slow || s.known.Throttled != tc.slow {
+			t.Errorf("%s: slow %v, throttled %v; want %v", tc.name, st.slow, s.known.Throttled, tc.slow)
+		}
+	}
+}
+
+// TestLaneCount: lanes are on by default, off with POSTERN_LANES=1, and
+// off on a line found throttled today; a line found throttled on an
+// earlier day is tried again.
+func TestLaneCount(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		lanes string
+		known netFacts
+		want  int
+	}{
+		{"default", "", netFacts{Throttled: true}, maxLanes},
+		{"POSTERN_LANES=1", "1", netFacts{Throttled: true}, 1},
+		{"POSTERN_LANES=8", "8", netFacts{Throttled: true}, 8},
+		{"line throttled today", "", netFacts{Throttled: true, LineThrottled: true, LineDay: today()}, 1},
+		{"line throttled yesterday", "", netFacts{Throttled: true, LineThrottled: true, LineDay: today() - 1}, maxLanes},
+	} {
+		s := &sender{e: &env{stderr: io.Discard, getenv: func(k string) string {
+			if k == "POSTERN_LANES" {
+				return tc.lanes
+			}
+			return ""
+		}}, known: tc.known}
+		if got := s.laneCount(); got != tc.want {
+			t.Errorf("%s: %d lanes, want %d", tc.name, got, tc.want)
+		}
 	}
 }

@@ -22,12 +22,11 @@ import (
 //	           half of it and messages use the smallest envelope bucket
 //	throttled  the flow's throughput fell under throttleFloor: 16 KiB
 //	           envelopes, and a stall window long enough for one at that rate
-//	rate       bytes per second one connection alone carried when the flow
-//	           was found throttled: a send then opens more connections at
-//	           once (lanes.go) from the start, and judges them against it
-//	line_throttled
-//	           more connections at once carried no more than one: the line is
-//	           throttled as a whole, not each flow; a send uses one at a time
+//	line_throttled, line_throttled_day
+//	           connections at once (lanes.go) each carried much less than one
+//	           alone: the line is throttled as a whole, not each flow; sends
+//	           use one connection at a time that day, and try lanes again on
+//	           a later one
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
 //	recv_budget bytes of envelope parts one connection from the relay carried
@@ -63,10 +62,10 @@ const throttleFloor = 16 << 10 // bytes per second
 type netFacts struct {
 	Budget    int  `json:"budget,omitempty"`
 	Throttled bool `json:"throttled,omitempty"`
-	// Rate and LineThrottled: see rate and line_throttled above.
-	Rate          int  `json:"rate,omitempty"`
-	LineThrottled bool `json:"line_throttled,omitempty"`
-	ViaEntry      bool `json:"via_entry,omitempty"`
+	// LineThrottled and LineDay: see line_throttled above.
+	LineThrottled bool  `json:"line_throttled,omitempty"`
+	LineDay       int64 `json:"line_throttled_day,omitempty"`
+	ViaEntry      bool  `json:"via_entry,omitempty"`
 	// RecvBudget: see recv_budget above.
 	RecvBudget int `json:"recv_budget,omitempty"`
 	// BudgetDay and RecvBudgetDay: see budget_day above.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -191,19 +190,24 @@ type sender struct {
 type connStats struct {
 	acked int // envelope bytes acked on one connection, the most of the round's
 	total int // and on all of them
-	// lanes is how many connections the round used. first is the first
-	// ack on the first connection, wide the moment the round widened:
-	// what was acked after each measures the rate of one connection
-	// alone (until the round widened: alone, free of the first bytes a
-	// throttle's bucket lets through at once) and of the lanes
-	// together.
-	lanes       int
-	first, wide ackMark
-	alone       float64 // bytes per second; 0: fewer than two acks alone
-	start       time.Time
-	last        time.Time // when the last ack came
-	slow        bool      // throughput under throttleFloor
-	peak        int       // the most envelopes in flight at once
+	// lanes is how many connections the round used; first is the first
+	// ack; wide, when the round widened; alone, what the first
+	// connection carried a second alone until then (aloneAt); steady,
+	// what its lanes carried between two of their acks once wide (see
+	// round.sent).
+	lanes  int
+	first  ackMark
+	wide   time.Time
+	alone  float64
+	steady struct {
+		bytes int
+		span  time.Duration
+		n     int
+	}
+	start time.Time
+	last  time.Time // when the last ack came
+	slow  bool      // throughput under throttleFloor
+	peak  int       // the most envelopes in flight at once
 }
 
 // ackMark is an ack that a rate is measured from: when it came, and the
@@ -211,16 +215,6 @@ type connStats struct {
 type ackMark struct {
 	at    time.Time
 	bytes int
-}
-
-// since is the rate of what was acked after m, the last ack at last with
-// total bytes acked by then; 0 if none was.
-func (m ackMark) since(last time.Time, total int) float64 {
-	d := last.Sub(m.at)
-	if m.at.IsZero() || d <= 0 || total <= m.bytes {
-		return 0
-	}
-	return float64(total-m.bytes) / d.Seconds()
 }
 
 // startDepth is how many envelopes a connection starts with in flight.
@@ -379,7 +373,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 		r.wg.Add(1)
 		go r.widen(dialCtx, ctx, c)
 	}
-	r.lane(ctx, c, s.startDepth())
+	r.lane(ctx, c, s.startDepth(), false)
 	stopDials() // nothing left for another lane to take
 	r.wg.Wait()
 	if s.ackedCount() == len(s.envs) {
@@ -447,18 +441,20 @@ func (s *sender) viaHome() string {
 }
 
 // noteThroughput marks the network throttled when a connection that ran
-// at least throttleWindow moved less than throttleFloor per second (on
-// average, of a round's lanes), and lengthens the stall window so one
-// envelope fits in it at that rate. What the first connection carried
-// alone before lanes began is the network's Rate, which the next send
-// compares lanes with from the start.
+// at least throttleWindow moved less than throttleFloor per second (the
+// first connection alone, of a round that widened: lanes each carry less
+// on a line shaped as a whole), and lengthens the stall window so one
+// envelope fits in it at that rate.
 func (s *sender) noteThroughput(st *connStats) {
 	s.judgeLanes(st)
 	d := st.last.Sub(st.start)
 	if d < throttleWindow || st.total == 0 {
 		return
 	}
-	rate := float64(st.total) / float64(max(1, st.lanes)) / d.Seconds()
+	rate := st.alone
+	if rate == 0 {
+		rate = float64(st.total) / d.Seconds()
+	}
 	if rate >= throttleFloor {
 		return
 	}
@@ -467,13 +463,8 @@ func (s *sender) noteThroughput(st *connStats) {
 	if !s.known.Throttled {
 		fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); using a longer stall window\n", rate/1000)
 	}
-	alone := int(st.alone)
-	if st.lanes == 1 {
-		alone = int(cmp.Or(st.first.since(st.last, st.total), rate))
-	}
 	s.known.Throttled = true
-	s.known.Rate = cmp.Or(alone, s.known.Rate)
-	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = true, cmp.Or(alone, f.Rate) })
+	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
 }
 
 // budgetGone forgets the budget being checked again once a connection

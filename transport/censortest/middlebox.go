@@ -136,6 +136,13 @@ func (m *Middlebox) ResetPeak() {
 	m.peak = m.open
 }
 
+// Open is how many client connections the middlebox is handling now.
+func (m *Middlebox) Open() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.open
+}
+
 func (m *Middlebox) serve() {
 	defer m.wg.Done()
 	for {
