@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/postern/postern/transport/censortest"
@@ -26,8 +27,9 @@ func TestLanesMeasure(t *testing.T) {
 				t.Parallel()
 				w := newCensoredWorld(t)
 				for i := range 3 {
-					_, took, peak := w.sendLanes(t, tc.rule, size, lanes)
-					t.Logf("%s %s send %d: %.2f s, %d connection(s) at once", tc.name, lanes, i+1, took.Seconds(), peak)
+					stderr, took, peak := w.sendLanes(t, tc.rule, size, lanes)
+					t.Logf("%s %s send %d: %.2f s, %d connection(s) at once, line judged throttled: %v", tc.name, lanes, i+1, took.Seconds(), peak,
+						strings.Contains(stderr, "throttles the whole line"))
 				}
 			})
 		}

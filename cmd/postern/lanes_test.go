@@ -85,7 +85,7 @@ func TestLanesUnderFlowThrottle(t *testing.T) {
 	}
 	stderr, took, peak = w.sendLanes(t, flow, 100<<10)
 	t.Logf("send 2: %d connections at once, %v", peak, took)
-	if peak < 2 || !strings.Contains(stderr, "connections at once") {
+	if peak < 2 || !strings.Contains(stderr, "more connections to the relay") {
 		t.Fatalf("send 2: at most %d connection(s) at once under a per-flow throttle:\n%s", peak, stderr)
 	}
 	if strings.Contains(stderr, "throttles the whole line") || w.facts(t).LineThrottled {
@@ -175,8 +175,10 @@ func TestLaneVerdict(t *testing.T) {
 		{"no rate alone", connStats{lanes: 4}, lanesUnjudged},
 		{"each as fast as one", wide(4, 100_000, 10*time.Second, 6), lanesHelp},
 		{"each a quarter", wide(4, 25_000, 10*time.Second, 6), lineThrottled},
-		{"each just under the share", wide(2, 59_000, 10*time.Second, 6), lineThrottled},
-		{"each just over it", wide(2, 61_000, 10*time.Second, 6), lanesHelp},
+		{"2 lanes, each just under the share", wide(2, 74_000, 10*time.Second, 6), lineThrottled},
+		{"2 lanes, each just over it", wide(2, 76_000, 10*time.Second, 6), lanesHelp},
+		{"4 lanes, each just under the share", wide(4, 62_000, 10*time.Second, 6), lineThrottled},
+		{"4 lanes, each just over it", wide(4, 63_000, 10*time.Second, 6), lanesHelp},
 	} {
 		if got := laneVerdict(&tc.st); got != tc.want {
 			t.Errorf("%s: verdict %d, want %d", tc.name, got, tc.want)
