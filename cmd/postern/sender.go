@@ -191,18 +191,18 @@ type connStats struct {
 	acked int // envelope bytes acked on one connection, the most of the round's
 	total int // and on all of them
 	// lanes is how many connections the round used; first is the first
-	// ack; wide, when the round widened; alone, what the first
-	// connection carried a second alone until then (aloneAt); steady,
-	// what its lanes carried between two of their acks once wide (see
-	// round.sent).
+	// ack; alone, what the first connection carried a second alone
+	// before the round widened (aloneAt); shared, the first ack on an
+	// added connection; steady, what the lanes carried between two of
+	// their acks from then (round.sent, round.summarize).
 	lanes  int
 	first  ackMark
-	wide   time.Time
 	alone  float64
+	shared time.Time
 	steady struct {
-		bytes int
-		span  time.Duration
-		n     int
+		together float64 // the sum of the lanes' rates, bytes a second
+		lanes    int     // lanes with a span
+		span     time.Duration
 	}
 	start time.Time
 	last  time.Time // when the last ack came
@@ -376,6 +376,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 	r.lane(ctx, c, s.startDepth(), false)
 	stopDials() // nothing left for another lane to take
 	r.wg.Wait()
+	r.summarize()
 	if s.ackedCount() == len(s.envs) {
 		// Every envelope is on the relay, whatever ended meanwhile: a
 		// --timeout or an interrupt right after the last ack was taken

@@ -459,7 +459,10 @@ func (l *delayLine) finish() bool {
 
 // throttle passes p to out, at most r's rate bytes per second on this
 // flow and its host rate on all of them together (the slower of the two
-// waits), in pieces no larger than the smaller bucket.
+// waits), in pieces of a sixteenth of the smaller bucket (at least
+// MinThrottleBurst), as a shaper lets packets through one by one: until
+// 2026-12-06 whole buckets (a second's worth) went at once, and what a
+// client measured between two acks was off by up to a second.
 func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out func([]byte) error) error {
 	var bs []*tokenBucket
 	if rate := r.rate(); rate > 0 {
@@ -478,7 +481,7 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out f
 	for len(p) > 0 {
 		k := len(p)
 		for _, b := range bs {
-			k = min(k, int(b.size()))
+			k = min(k, max(MinThrottleBurst, int(b.size())/16))
 		}
 		var wait time.Duration
 		for _, b := range bs {
