@@ -24,10 +24,11 @@ import (
 // what the connections carried together (each one's rate between its
 // acks, past each one's first, which its handshake delays) with what the
 // first carried alone; under lineGain times it, the network throttles
-// the line: the send goes on with one connection, and later sends on the
-// network that day too (netFacts.LineThrottled; a later day tries
-// again). Until 2026-12-06 a send used one connection at a time whatever
-// the throttle.
+// the line: the send's later connections (after a cut or a budget
+// cycle) go one at a time, and so do the network's other sends that day
+// (netFacts.LineThrottled; a later day tries again; POSTERN_LANES set
+// tries anyway). Until 2026-12-06 a send used one connection at a time
+// whatever the throttle.
 
 // maxLanes is how many connections at once a send uses, at most, on a
 // throttled network (POSTERN_LANES changes it; 1 turns lanes off).
@@ -209,10 +210,11 @@ func (s *sender) laneCount() int {
 
 // widen adds lanes to the round beside c, up to laneCount in all and one
 // per envelope left, once c has been acked for throttleWindow at under
-// throttleFloor a second (see waitAlone). Every connection's stall window
-// is made as many times longer, since a line throttled as a whole slows
-// each down. dialCtx ends the dials (when the first lane has nothing left
-// to take); ctx, the round.
+// throttleFloor a second (see waitAlone). When the first added one joins,
+// every connection's stall window is made as many times longer as there
+// are connections planned, since a line throttled as a whole slows each
+// down. dialCtx ends the dials (when the first lane has nothing left to
+// take); ctx, the round.
 func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 	defer r.wg.Done()
 	s := r.s
@@ -287,8 +289,8 @@ func aloneAt(st *connStats) (float64, bool) {
 func (r *round) join(lc *client.Client) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.first != nil {
-		return false
+	if r.first != nil || !r.anyLeftLocked() {
+		return false // failed, or nothing left to take: a dial that won a race with stopDials
 	}
 	if r.st.lanes == 1 {
 		r.c.SetStallWindow(r.window)
@@ -298,14 +300,31 @@ func (r *round) join(lc *client.Client) bool {
 	return true
 }
 
+// anyLeftLocked reports whether an envelope is left for a lane to take;
+// r.mu is held.
+func (r *round) anyLeftLocked() bool {
+	for i := range r.s.envs {
+		if !r.s.acked[i] && !r.claimed[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// minLaneSpan is the least a lane's spans between its acks must come to
+// for its rate to count: one span of a few milliseconds (two acks that
+// came together) would swamp the sum (a reviewer's find).
+const minLaneSpan = throttleWindow / 2
+
 // summarize puts what the lanes carried once they shared the way into
-// st.steady: the sum of each lane's rate between its acks, how many
-// lanes had such a span, and the spans in all. After the round.
+// st.steady: the sum of the rates of the lanes whose spans between their
+// acks came to minLaneSpan, how many, and their spans in all. After the
+// round.
 func (r *round) summarize() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ls := range r.lanes {
-		if ls.span > 0 {
+		if ls.span >= minLaneSpan {
 			r.st.steady.together += float64(ls.bytes) / ls.span.Seconds()
 			r.st.steady.lanes++
 			r.st.steady.span += ls.span
@@ -349,7 +368,8 @@ const (
 
 // laneVerdict judges a round that used lanes from the sum of each lane's
 // rate between two of its acks (st.steady), against the first connection
-// alone: at least two lanes with such spans, throttleWindow in all.
+// alone: at least two lanes with minLaneSpan of such spans,
+// throttleWindow in all.
 func laneVerdict(st *connStats) int {
 	if st.alone == 0 || st.steady.lanes < 2 || st.steady.span < throttleWindow {
 		return lanesUnjudged
@@ -360,17 +380,18 @@ func laneVerdict(st *connStats) int {
 	return lanesHelp
 }
 
-// judgeLanes learns from a round that used lanes whether they carried
-// more than one connection alone does here (flows throttled one by one:
-// a line throttle remembered from an earlier day is forgotten) or not
-// (the line is throttled as a whole: one connection for the rest of the
-// send, and of the day, on this network).
+// judgeLanes learns from a round that used lanes, once it is over,
+// whether they carried more than one connection alone does here (flows
+// throttled one by one: a line throttle remembered from an earlier day
+// is forgotten) or not (the line is throttled as a whole: the send's
+// later connections go one at a time, and the network's other sends
+// that day, unless POSTERN_LANES is set).
 func (s *sender) judgeLanes(st *connStats) {
 	v := laneVerdict(st)
 	if v == lanesUnjudged {
 		return
 	}
-	fmt.Fprintf(s.e.stderr, "%d connections at once carried %.1f KB/s together, one alone %.1f KB/s", st.steady.lanes, st.steady.together/1000, st.alone/1000)
+	fmt.Fprintf(s.e.stderr, "%d connections at once carried %.1f KB/s together, one alone %.1f KB/s", st.lanes, st.steady.together/1000, st.alone/1000)
 	if v == lanesHelp {
 		fmt.Fprintf(s.e.stderr, ": this network throttles each flow\n")
 		if s.known.LineThrottled {
@@ -379,7 +400,11 @@ func (s *sender) judgeLanes(st *connStats) {
 		}
 		return
 	}
-	fmt.Fprintf(s.e.stderr, ": this network throttles the whole line; one connection for the rest of today\n")
+	if s.e.getenv("POSTERN_LANES") == "" {
+		fmt.Fprintf(s.e.stderr, ": this network throttles the whole line; one connection at a time for the rest of today\n")
+	} else {
+		fmt.Fprintf(s.e.stderr, ": this network throttles the whole line; one connection at a time for the rest of this send\n")
+	}
 	s.oneLane, s.known.LineThrottled, s.known.LineDay = true, true, today()
 	s.facts.update(s.e, func(f *netFacts) { f.LineThrottled, f.LineDay = true, today() })
 }

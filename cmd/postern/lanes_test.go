@@ -172,7 +172,7 @@ func TestLaneVerdict(t *testing.T) {
 	}{
 		{"one lane with spans", wide(1, 14_000, 10*time.Second), lanesUnjudged},
 		{"short spans", wide(4, 14_000, throttleWindow-time.Millisecond), lanesUnjudged},
-		{"no rate alone", connStats{lanes: 4}, lanesUnjudged},
+		{"no rate alone", func() connStats { st := wide(4, 56_000, 10*time.Second); st.alone = 0; return st }(), lanesUnjudged},
 		{"4 flows throttled one by one", wide(4, 56_000, 10*time.Second), lanesHelp},
 		{"4 flows at 14 on a line of 32", wide(4, 32_000, 10*time.Second), lanesHelp},
 		{"4 lanes on one throttled line", wide(4, 15_000, 10*time.Second), lineThrottled},
@@ -237,5 +237,21 @@ func TestLaneCount(t *testing.T) {
 		if got := s.laneCount(); got != tc.want {
 			t.Errorf("%s: %d lanes, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestSummarize: the lanes' rates between their acks add up, but a lane
+// whose spans come to less than minLaneSpan (two acks that came together)
+// does not count: its rate would swamp the sum.
+func TestSummarize(t *testing.T) {
+	r := &round{st: &connStats{}, lanes: []*laneState{
+		{bytes: 16 << 10, span: time.Second},
+		{bytes: 16 << 10, span: 5 * time.Millisecond},
+		{bytes: 32 << 10, span: 2 * time.Second},
+		{},
+	}}
+	r.summarize()
+	if st := r.st.steady; st.together != 32<<10 || st.lanes != 2 || st.span != 3*time.Second {
+		t.Fatalf("steady %+v, want 32768 B/s from 2 lanes over 3 s", st)
 	}
 }

@@ -23,10 +23,10 @@ import (
 //	throttled  the flow's throughput fell under throttleFloor: 16 KiB
 //	           envelopes, and a stall window long enough for one at that rate
 //	line_throttled, line_throttled_day
-//	           connections at once (lanes.go) each carried much less than one
-//	           alone: the line is throttled as a whole, not each flow; sends
-//	           use one connection at a time that day, and try lanes again on
-//	           a later one
+//	           connections at once (lanes.go) carried together less than 1.5
+//	           times what one alone did: the line is throttled as a whole, not
+//	           each flow; sends use one connection at a time that day (unless
+//	           POSTERN_LANES is set), and try lanes again on a later one
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
 //	recv_budget bytes of envelope parts one connection from the relay carried

@@ -156,7 +156,8 @@ type sender struct {
 	// with nothing acked (see afterStall).
 	fruitless int
 	// oneLane: this send uses one connection at a time from now on (see
-	// lanes.go): lanes carried no more than one, or one of them stalled.
+	// lanes.go): lanes carried less than lineGain times one, or one of
+	// them stalled or was reset.
 	oneLane bool
 	issued  bool // an envelope was handed to a relay: it may have it
 	// recorded: the message's id is in POSTERN_HOME/unsent, for
