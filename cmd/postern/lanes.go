@@ -46,7 +46,7 @@ type round struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // widen and the lanes it adds
 
-	mu      sync.Mutex // the fields below, s.acked, s.issued, st and laneStates
+	mu      sync.Mutex // the fields below, s.acked, s.issued, st and the lanes' states
 	claimed []bool     // per envelope: a lane has taken it
 	lanes   []*laneState
 	// c is the first lane's connection; window, the stall window every
@@ -81,6 +81,11 @@ func (r *round) stopAtBudget() {
 func (r *round) left() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.leftLocked()
+}
+
+// leftLocked is left with r.mu held.
+func (r *round) leftLocked() int {
 	n := 0
 	for i := range r.s.envs {
 		if !r.s.acked[i] && !r.claimed[i] {
@@ -289,7 +294,7 @@ func aloneAt(st *connStats) (float64, bool) {
 func (r *round) join(lc *client.Client) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.first != nil || !r.anyLeftLocked() {
+	if r.first != nil || r.leftLocked() == 0 {
 		return false // failed, or nothing left to take: a dial that won a race with stopDials
 	}
 	if r.st.lanes == 1 {
@@ -298,17 +303,6 @@ func (r *round) join(lc *client.Client) bool {
 	lc.SetStallWindow(r.window)
 	r.st.lanes++
 	return true
-}
-
-// anyLeftLocked reports whether an envelope is left for a lane to take;
-// r.mu is held.
-func (r *round) anyLeftLocked() bool {
-	for i := range r.s.envs {
-		if !r.s.acked[i] && !r.claimed[i] {
-			return true
-		}
-	}
-	return false
 }
 
 // minLaneSpan is the least a lane's spans between its acks must come to

@@ -219,9 +219,12 @@ func (r dropAnswersRule) budget(dir Direction, _, other int64) int64 {
 	return unlimited
 }
 
+// throttleRule is Throttle (each flow) or, with host, ThrottleHost (all
+// of them together).
 type throttleRule struct {
 	passRule
 	bytesPerSecond int64
+	host           bool
 }
 
 // Throttle limits every flow to bytesPerSecond in each direction with a
@@ -234,13 +237,6 @@ func Throttle(bytesPerSecond int) Rule {
 	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0))}
 }
 
-func (r throttleRule) rate() int64 { return r.bytesPerSecond }
-
-type hostThrottleRule struct {
-	passRule
-	bytesPerSecond int64
-}
-
 // ThrottleHost limits all the TCP connections through the middlebox
 // together to bytesPerSecond in each direction, with one token bucket per
 // direction holding one second's worth (at least [MinThrottleBurst]): a
@@ -250,10 +246,22 @@ type hostThrottleRule struct {
 // over the rate, as a shaper's queue does. UDP passes. bytesPerSecond <= 0
 // means no limit.
 func ThrottleHost(bytesPerSecond int) Rule {
-	return hostThrottleRule{bytesPerSecond: int64(max(bytesPerSecond, 0))}
+	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0)), host: true}
 }
 
-func (r hostThrottleRule) hostRate() int64 { return r.bytesPerSecond }
+func (r throttleRule) rate() int64 {
+	if r.host {
+		return 0
+	}
+	return r.bytesPerSecond
+}
+
+func (r throttleRule) hostRate() int64 {
+	if r.host {
+		return r.bytesPerSecond
+	}
+	return 0
+}
 
 type latencyRule struct {
 	passRule
