@@ -19,7 +19,7 @@ type Option func(*Client)
 func WithStallWindow(d time.Duration) Option {
 	return func(c *Client) {
 		if d > 0 {
-			c.stallWindow.Store(int64(max(d, MinStallWindow)))
+			c.SetStallWindow(d)
 		}
 	}
 }

@@ -401,20 +401,14 @@ func (a allRules) delay() time.Duration {
 	return d
 }
 
-func (a allRules) rate() int64 {
-	var lowest int64
-	for _, r := range a {
-		if v := r.rate(); v > 0 && (lowest == 0 || v < lowest) {
-			lowest = v
-		}
-	}
-	return lowest
-}
+func (a allRules) rate() int64     { return a.lowest(Rule.rate) }
+func (a allRules) hostRate() int64 { return a.lowest(Rule.hostRate) }
 
-func (a allRules) hostRate() int64 {
+// lowest is the lowest limit of's rules set (> 0), 0 if none does.
+func (a allRules) lowest(of func(Rule) int64) int64 {
 	var lowest int64
 	for _, r := range a {
-		if v := r.hostRate(); v > 0 && (lowest == 0 || v < lowest) {
+		if v := of(r); v > 0 && (lowest == 0 || v < lowest) {
 			lowest = v
 		}
 	}
