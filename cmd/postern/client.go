@@ -91,7 +91,7 @@ func dialOptions(e *env) client.DialOptions {
 			fmt.Fprintf(e.stderr, "warning: %v\n", err)
 		}
 	}
-	if e.network == "" {
+	if e.network == "" || e.lane {
 		return o
 	}
 	mem, err := openRoutes(filepath.Join(homeDir(e), "routes"))

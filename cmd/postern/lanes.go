@@ -55,6 +55,11 @@ type round struct {
 	window time.Duration
 	first  error // the first send that failed: the round ends
 	cycle  bool  // a lane stopped at the connection budget
+	// dialing is how many of widen's dials have not ended; settled is
+	// closed (once, by settle) when one succeeded or none is left.
+	dialing int
+	settle  sync.Once
+	settled chan struct{}
 }
 
 // claim takes the first envelope not acked or taken by another lane.
@@ -219,7 +224,8 @@ func (s *sender) laneCount() int {
 // every connection's stall window is made as many times longer as there
 // are connections planned, since a line throttled as a whole slows each
 // down. dialCtx ends the dials (when the first lane has nothing left to
-// take); ctx, the round.
+// take); ctx, the round. Dials none of which succeeded within
+// dialPatience are stopped (waitDials).
 func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 	defer r.wg.Done()
 	s := r.s
@@ -233,16 +239,18 @@ func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 		return
 	}
 	r.mu.Lock()
-	r.st.alone = alone
+	r.st.alone, r.dialing = alone, extra
 	r.c, r.window = c, c.StallWindow()*time.Duration(1+extra)
 	r.mu.Unlock()
 	fmt.Fprintf(s.e.stderr, "the connection carries %.1f KB/s; opening up to %d more to the relay\n", alone/1000, extra)
-	e := s.withWindow()
+	e := s.laneEnv(c.Transport())
+	laneCtx, stopLanes := context.WithCancel(dialCtx)
 	for range extra {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			lc, err := dialRelay(dialCtx, e, line)
+			lc, err := dialRelay(laneCtx, e, line)
+			r.dialEnded(err == nil)
 			if err != nil {
 				return
 			}
@@ -252,6 +260,76 @@ func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 			}
 		}()
 	}
+	r.waitDials(dialCtx, stopLanes, dialPatience(c.DialTime()))
+}
+
+// dialPatience is how long lanes' dials may take, none joining, before
+// the round takes the line for one that queues new connections behind
+// the first's bytes: patienceFactor times the first connection's dial,
+// and throttleWindow at least.
+func dialPatience(first time.Duration) time.Duration {
+	return max(throttleWindow, patienceFactor*first)
+}
+
+// patienceFactor: a flow throttled on its own leaves a new connection's
+// handshake alone, which takes about what the first's did (over an idle
+// line); a line shaped as a whole with a deep queue holds it behind the
+// first connection's bytes (tc htb at 64 kbit/s in the netns censor
+// test: 11.5 s for three https lanes, a TLS handshake that timed out
+// after 15 s for one; the first connection's dial took milliseconds).
+const patienceFactor = 4
+
+// dialEnded counts a lane's dial that ended: the lanes' dials are settled
+// once one succeeds or none is left.
+func (r *round) dialEnded(ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dialing--
+	if ok || r.dialing == 0 {
+		r.settle.Do(func() { close(r.settled) })
+	}
+}
+
+// waitDials waits until the lanes' dials settle (see dialEnded), dialCtx
+// ends or patience passes: then, if no added lane has joined, the round
+// is marked queued (see laneVerdict) and the dials are stopped.
+func (r *round) waitDials(dialCtx context.Context, stop context.CancelFunc, patience time.Duration) {
+	t := time.NewTimer(patience)
+	defer t.Stop()
+	select {
+	case <-r.settled:
+	case <-dialCtx.Done():
+	case <-t.C:
+		r.mu.Lock()
+		r.st.queued, r.st.patience = r.st.lanes == 1, patience
+		r.mu.Unlock()
+		stop()
+	}
+}
+
+// laneEnv is the env of the dials of lanes beside a connection that came
+// by transport t: the sender's stall window; t, unless POSTERN_TRANSPORT
+// names one (the way that carries: over a blocked other way each lane's
+// dial would first spend that one's timeout); and no route memory
+// (env.lane). Until 2026-12-06 lanes dialed as a new send does: on a line
+// shaped with a deep queue (tc htb in the netns censor test) every lane
+// dial timed out, and route.Dial counted each against the https way that
+// was carrying the message (the first failure of a way that worked is
+// forgiven half the time, the next is not): backoff for the network's
+// later sends.
+func (s *sender) laneEnv(t string) *env {
+	e := *s.withWindow()
+	e.lane = true
+	if t != "" && e.getenv("POSTERN_TRANSPORT") == "" {
+		get := e.getenv
+		e.getenv = func(k string) string {
+			if k == "POSTERN_TRANSPORT" {
+				return t
+			}
+			return get(k)
+		}
+	}
+	return &e
 }
 
 // waitAlone waits until the first connection's rate alone is known (see
@@ -294,8 +372,8 @@ func aloneAt(st *connStats) (float64, bool) {
 func (r *round) join(lc *client.Client) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.first != nil || r.leftLocked() == 0 {
-		return false // failed, or nothing left to take: a dial that won a race with stopDials
+	if r.first != nil || r.leftLocked() == 0 || r.st.queued {
+		return false // failed, or nothing left to take: a dial that won a race with stopDials or waitDials
 	}
 	if r.st.lanes == 1 {
 		r.c.SetStallWindow(r.window)
@@ -358,13 +436,20 @@ const (
 	lanesUnjudged = iota // too little measured
 	lanesHelp
 	lineThrottled
+	lineQueued // no lane could be dialed beside the first: see laneVerdict
 )
 
-// laneVerdict judges a round that used lanes from the sum of each lane's
-// rate between two of its acks (st.steady), against the first connection
-// alone: at least two lanes with minLaneSpan of such spans,
-// throttleWindow in all.
+// laneVerdict judges a round that widened. When no added lane could be
+// dialed within dialPatience while the first connection carried
+// (st.queued), the line holds a new connection's handshake behind the
+// first's bytes (a shaper's queue) or drops it: lanes cannot help there
+// (lineQueued). Else it judges from the sum of each lane's rate between
+// two of its acks (st.steady), against the first connection alone: at
+// least two lanes with minLaneSpan of such spans, throttleWindow in all.
 func laneVerdict(st *connStats) int {
+	if st.queued && st.lanes == 1 && st.alone > 0 {
+		return lineQueued
+	}
 	if st.alone == 0 || st.steady.lanes < 2 || st.steady.span < throttleWindow {
 		return lanesUnjudged
 	}
@@ -385,7 +470,11 @@ func (s *sender) judgeLanes(st *connStats) {
 	if v == lanesUnjudged {
 		return
 	}
-	fmt.Fprintf(s.e.stderr, "%d connections at once carried %.1f KB/s together, one alone %.1f KB/s", st.lanes, st.steady.together/1000, st.alone/1000)
+	if v == lineQueued {
+		fmt.Fprintf(s.e.stderr, "no connection beside the first could be opened in %s while it carried %.1f KB/s", st.patience.Round(100*time.Millisecond), st.alone/1000)
+	} else {
+		fmt.Fprintf(s.e.stderr, "%d connections at once carried %.1f KB/s together, one alone %.1f KB/s", st.lanes, st.steady.together/1000, st.alone/1000)
+	}
 	if v == lanesHelp {
 		fmt.Fprintf(s.e.stderr, ": this network throttles each flow\n")
 		if s.known.LineThrottled {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/postern/postern/transport/censortest"
@@ -158,11 +160,17 @@ func TestAloneAt(t *testing.T) {
 // TestLaneVerdict: lanes that together carried lineGain times what one
 // connection alone did, or more, help (flows throttled one by one, even
 // on a line not much faster than one flow); less, they share a throttled
-// line; too little measured, no verdict.
+// line; too little measured, no verdict. Lanes none of which could be
+// dialed in time beside the first connection find a line that queues or
+// drops a new connection's handshake.
 func TestLaneVerdict(t *testing.T) {
 	wide := func(lanes int, together float64, span time.Duration) connStats {
 		st := connStats{lanes: lanes, alone: 14_000}
 		st.steady.together, st.steady.lanes, st.steady.span = together, lanes, span
+		return st
+	}
+	queued := func(lanes int) connStats {
+		st := connStats{lanes: lanes, alone: 8_800, queued: true}
 		return st
 	}
 	for _, tc := range []struct {
@@ -179,6 +187,9 @@ func TestLaneVerdict(t *testing.T) {
 		{"2 lanes on a line, the tail alone", wide(2, 17_000, 10*time.Second), lineThrottled},
 		{"just under lineGain", wide(2, 20_999, 10*time.Second), lineThrottled},
 		{"at lineGain", wide(2, 21_000, 10*time.Second), lanesHelp},
+		{"no lane dialed in time", queued(1), lineQueued},
+		{"queued, yet a lane joined", func() connStats { st := wide(2, 28_000, 10*time.Second); st.queued = true; return st }(), lanesHelp},
+		{"queued, not widened", func() connStats { st := queued(1); st.alone = 0; return st }(), lanesUnjudged},
 	} {
 		if got := laneVerdict(&tc.st); got != tc.want {
 			t.Errorf("%s: verdict %d, want %d", tc.name, got, tc.want)
@@ -254,4 +265,91 @@ func TestSummarize(t *testing.T) {
 	if st := r.st.steady; st.together != 32<<10 || st.lanes != 2 || st.span != 3*time.Second {
 		t.Fatalf("steady %+v, want 32768 B/s from 2 lanes over 3 s", st)
 	}
+}
+
+// TestLaneDials: a lane dials over the transport that carries (unless
+// POSTERN_TRANSPORT names one) with the sender's stall window and without
+// route memory, so that its failures leave the way that carries alone;
+// a lane dial counts as timed out only if every attempt ran out of time
+// (or found no UDP answer) while the first connection still had work.
+func TestLaneDials(t *testing.T) {
+	home := t.TempDir()
+	vars := map[string]string{"POSTERN_HOME": home}
+	s := &sender{e: &env{stderr: io.Discard, network: "cafe", getenv: func(k string) string { return vars[k] }}, window: 9 * time.Second}
+	e := s.laneEnv("https")
+	if got := e.getenv("POSTERN_TRANSPORT"); got != "https" {
+		t.Errorf("a lane beside an https connection dials over %q", got)
+	}
+	if got := e.getenv("POSTERN_STALL"); got != "9s" {
+		t.Errorf("a lane's stall window: %q, want the sender's 9s", got)
+	}
+	if e.getenv("POSTERN_HOME") != home || e.network != "cafe" {
+		t.Errorf("a lane's env lost the sender's home or network")
+	}
+	if o := dialOptions(e); o.Memory != nil || o.Transport != "https" {
+		t.Errorf("a lane's dial options: memory %v, transport %q; want none, https", o.Memory, o.Transport)
+	}
+	if o := dialOptions(s.e); o.Memory == nil {
+		t.Errorf("the sender's own dials lost route memory")
+	}
+	if got := s.laneEnv("").getenv("POSTERN_TRANSPORT"); got != "" {
+		t.Errorf("a lane beside a connection of no known transport dials over %q", got)
+	}
+	vars["POSTERN_TRANSPORT"] = "h3"
+	if got := s.laneEnv("https").getenv("POSTERN_TRANSPORT"); got != "h3" {
+		t.Errorf("POSTERN_TRANSPORT=h3: a lane dials over %q", got)
+	}
+
+	if got := dialPatience(10 * time.Millisecond); got != throttleWindow {
+		t.Errorf("patience after a 10 ms dial: %v, want throttleWindow", got)
+	}
+	if got := dialPatience(time.Second); got != patienceFactor*time.Second {
+		t.Errorf("patience after a 1 s dial: %v, want %v", got, patienceFactor*time.Second)
+	}
+}
+
+// TestWaitDials: lanes whose dials do not end within patience, none
+// joining, mark the round queued and are stopped; a dial that succeeds,
+// or all of them failing, settles the wait first; a lane that finishes
+// its dial after the round was marked queued does not join.
+func TestWaitDials(t *testing.T) {
+	start := func(dials int) (*round, context.Context, context.CancelFunc) {
+		envs := [][]byte{{1}, {2}}
+		r := &round{s: &sender{envs: envs, acked: make([]bool, 2)}, st: &connStats{lanes: 1},
+			claimed: make([]bool, 2), settled: make(chan struct{}), dialing: dials}
+		ctx, cancel := context.WithCancel(context.Background())
+		return r, ctx, cancel
+	}
+	synctest.Test(t, func(t *testing.T) {
+		r, ctx, cancel := start(2)
+		defer cancel()
+		go func() { time.Sleep(3 * time.Second); r.dialEnded(false) }() // one fails, the other hangs
+		begin := time.Now()
+		r.waitDials(ctx, cancel, 5*time.Second)
+		if waited := time.Since(begin); !r.st.queued || r.st.patience != 5*time.Second || ctx.Err() == nil || waited != 5*time.Second {
+			t.Errorf("hung dial: queued %v after %v, patience %v, dials stopped %v", r.st.queued, waited, r.st.patience, ctx.Err() != nil)
+		}
+		if r.join(nil) {
+			t.Errorf("a lane joined a round marked queued")
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		r, ctx, cancel := start(3)
+		defer cancel()
+		go func() { time.Sleep(time.Second); r.dialEnded(true) }()
+		r.waitDials(ctx, cancel, 5*time.Second)
+		if r.st.queued || ctx.Err() != nil {
+			t.Errorf("a dial succeeded: queued %v, dials stopped %v", r.st.queued, ctx.Err() != nil)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		r, ctx, cancel := start(2)
+		defer cancel()
+		go func() { r.dialEnded(false); time.Sleep(time.Second); r.dialEnded(false) }()
+		begin := time.Now()
+		r.waitDials(ctx, cancel, 5*time.Second)
+		if r.st.queued || time.Since(begin) != time.Second {
+			t.Errorf("every dial failed: queued %v after %v, want not queued after 1s", r.st.queued, time.Since(begin))
+		}
+	})
 }

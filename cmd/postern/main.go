@@ -31,6 +31,10 @@ type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	network        string // --network: the name route memory files what worked under
+	// lane: dials for a connection beside one that carries (a send's
+	// lanes), whose failures say more about the line than about the way
+	// in: they leave route memory alone (dialOptions).
+	lane bool
 }
 
 // errUsage marks an error caused by how the command was called; main

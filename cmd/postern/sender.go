@@ -205,10 +205,14 @@ type connStats struct {
 		lanes    int     // lanes with a span
 		span     time.Duration
 	}
-	start time.Time
-	last  time.Time // when the last ack came
-	slow  bool      // throughput under throttleFloor
-	peak  int       // the most envelopes in flight at once
+	// queued: no added lane's dial succeeded within patience
+	// (round.waitDials).
+	queued   bool
+	patience time.Duration
+	start    time.Time
+	last     time.Time // when the last ack came
+	slow     bool      // throughput under throttleFloor
+	peak     int       // the most envelopes in flight at once
 }
 
 // ackMark is an ack that a rate is measured from: when it came, and the
@@ -367,7 +371,7 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 	st.start, st.lanes = time.Now(), 1
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &round{s: s, via: via, st: st, cancel: cancel, claimed: make([]bool, len(s.envs))}
+	r := &round{s: s, via: via, st: st, cancel: cancel, claimed: make([]bool, len(s.envs)), settled: make(chan struct{})}
 	dialCtx, stopDials := context.WithCancel(ctx)
 	defer stopDials()
 	if s.laneCount() > 1 {

@@ -66,6 +66,31 @@ func (c *Client) Relay() string {
 	return r.won.Relay
 }
 
+// Transport returns the name of the transport this session came by
+// ("https", "h3"), or "" for a session Dial did not open.
+func (c *Client) Transport() string {
+	r := c.route()
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.won.Endpoint.Transport
+}
+
+// DialTime returns how long the dial of this session took, from its
+// winning attempt's start to the end of the protocol hello (route's
+// Candidate.RTT); 0 for a session Dial did not open.
+func (c *Client) DialTime() time.Duration {
+	r := c.route()
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.won.RTT
+}
+
 // Report records that this session failed after the dial in a way only
 // its user could measure, such as transport.ClassThrottled (a flow under a
 // usable floor) or transport.ClassBusy (a relay's "busy" answer): the way

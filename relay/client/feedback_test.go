@@ -86,7 +86,8 @@ func feedbackWorld(t *testing.T) (*relaytest.Relay, *transport.Registry, *descri
 // TestStalledSessionBacksOff: a session whose flow freezes after the dial
 // puts its way in into backoff as stalled, so the next dial on that
 // network leads with the other way in; the caller's hook hears the class
-// once, and the session names the relay it reached.
+// once, and the session names the relay it reached, its transport and
+// how long its dial took.
 func TestStalledSessionBacksOff(t *testing.T) {
 	r, reg, d := feedbackWorld(t)
 	mem, _ := route.OpenMemory("", 0)
@@ -103,8 +104,8 @@ func TestStalledSessionBacksOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Relay() != d.RelayID() {
-		t.Fatalf("session reached relay %q, want %q", c.Relay(), d.RelayID())
+	if c.Relay() != d.RelayID() || c.Transport() != "frozen" || c.DialTime() <= 0 {
+		t.Fatalf("session reached relay %q over %q in %v, want %q over frozen in some time", c.Relay(), c.Transport(), c.DialTime(), d.RelayID())
 	}
 	if _, err := c.Send(ctx, m.Seal(t, "x"), nil); !errors.Is(err, transport.ErrStalled) {
 		t.Fatalf("send over the frozen flow: %v", err)
