@@ -53,6 +53,7 @@ type censoredWorld struct {
 	home      string
 	base      []string // POSTERN_HOME
 	bob, card string   // bob's identity file and card
+	stalls    bool     // sendLanes: stalls are expected (a freeze)
 }
 
 func newCensoredWorld(t *testing.T) *censoredWorld {

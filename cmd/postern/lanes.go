@@ -358,12 +358,23 @@ func (r *round) waitAlone(dialCtx context.Context) (float64, bool) {
 // that froze is acked nothing more, however long it has been: no lanes
 // for it (until 2026-12-06 a reviewer's find: measured to the present, a
 // flow acked a few times at once and then frozen looked throttled).
+// Before that, a first ack that took throttleWindow from the round's
+// start at under throttleFloor a second gives the rate: burst and all,
+// the flow is slow (a first send on a network goes in 64 KiB envelopes:
+// at 64 kbit/s the second ack comes 8 s after the first, and until
+// 2026-12-06 lanes waited for it).
 func aloneAt(st *connStats) (float64, bool) {
-	d := st.last.Sub(st.first.at)
-	if st.first.at.IsZero() || d < throttleWindow {
+	if st.first.at.IsZero() {
 		return 0, false
 	}
-	return float64(st.total-st.first.bytes) / d.Seconds(), true
+	if d := st.last.Sub(st.first.at); d >= throttleWindow {
+		return float64(st.total-st.first.bytes) / d.Seconds(), true
+	}
+	d := st.first.at.Sub(st.start)
+	if rate := float64(st.first.bytes) / d.Seconds(); !st.start.IsZero() && d >= throttleWindow && rate < throttleFloor {
+		return rate, true
+	}
+	return 0, false
 }
 
 // join counts lc's lane, which is about to send, and reports whether the

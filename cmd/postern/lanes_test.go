@@ -14,6 +14,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -23,6 +24,7 @@ const laneRate = 14 << 10
 
 // sendLanes sends a fresh message of size bytes to bob on network "cafe"
 // behind rule, with the default stall window and env added; checks that
+// no connection stalled or was cut (unless w.stalls is set), that
 // the relay accepted each of its envelopes once and that recv gets it
 // (with the rule lifted, for speed); and returns send's stderr, how long
 // it took, and the most connections the middlebox saw at once meanwhile.
@@ -49,7 +51,7 @@ func (w *censoredWorld) sendLanes(t *testing.T, rule censortest.Rule, size int, 
 		t.Fatalf("send: %v\n%s", err, stderr.String())
 	}
 	took, peak := time.Since(start), w.mb.Peak()
-	if strings.Contains(stderr.String(), "stalled") || strings.Contains(stderr.String(), "was cut") {
+	if !w.stalls && (strings.Contains(stderr.String(), "stalled") || strings.Contains(stderr.String(), "was cut")) {
 		t.Fatalf("a connection stalled under a throttle alone:\n%s", stderr.String())
 	}
 	m := regexp.MustCompile(`sent \d+ bytes in (\d+) envelope`).FindStringSubmatch(stderr.String())
@@ -134,7 +136,8 @@ func TestLanesUnderLineThrottle(t *testing.T) {
 // been acked throttleWindow past its first ack: a flow acked a few times
 // at once and then frozen never is (measured to the present, as first
 // written, it looked throttled: a reviewer's find). The bytes of the
-// first ack (a throttle's first burst) do not count.
+// first ack (a throttle's first burst) do not count, but a first ack that
+// took throttleWindow at under throttleFloor gives the rate on its own.
 func TestAloneAt(t *testing.T) {
 	t0 := time.Now()
 	first := ackMark{t0, 16 << 10}
@@ -149,6 +152,11 @@ func TestAloneAt(t *testing.T) {
 		{"acked at once, then frozen", connStats{first: first, last: t0.Add(100 * time.Millisecond), total: 64 << 10}, 0, false},
 		{"not yet 2 s past the first", connStats{first: first, last: t0.Add(throttleWindow - time.Millisecond), total: 48 << 10}, 0, false},
 		{"two more in 4 s", connStats{first: first, last: t0.Add(4 * time.Second), total: 48 << 10}, 8 << 10, true},
+		{"a slow first ack alone", connStats{start: t0.Add(-8 * time.Second), first: ackMark{t0, 64 << 10}, last: t0, total: 64 << 10}, 8 << 10, true},
+		{"a first ack just at throttleWindow", connStats{start: t0.Add(-throttleWindow), first: ackMark{t0, 16 << 10}, last: t0, total: 16 << 10}, 8 << 10, true},
+		{"a first ack under throttleWindow", connStats{start: t0.Add(-throttleWindow + time.Millisecond), first: ackMark{t0, 16 << 10}, last: t0, total: 16 << 10}, 0, false},
+		{"a slow first ack, not slow enough", connStats{start: t0.Add(-3 * time.Second), first: ackMark{t0, 64 << 10}, last: t0, total: 64 << 10}, 0, false},
+		{"a slow first ack, then two more in 4 s", connStats{start: t0.Add(-8 * time.Second), first: ackMark{t0, 64 << 10}, last: t0.Add(4 * time.Second), total: 96 << 10}, 8 << 10, true},
 	} {
 		rate, ok := aloneAt(&tc.st)
 		if rate != tc.rate || ok != tc.ok {
@@ -352,4 +360,36 @@ func TestWaitDials(t *testing.T) {
 			t.Errorf("every dial failed: queued %v after %v, want not queued after 1s", r.st.queued, time.Since(begin))
 		}
 	})
+}
+
+// TestJoinLengthensWindows: the first added lane to join lengthens the
+// first connection's stall window and its own to the round's; later ones
+// take it too; a round that failed, has nothing left or was found queued
+// takes no lane.
+func TestJoinLengthensWindows(t *testing.T) {
+	envs := [][]byte{{1}, {2}}
+	first := &client.Client{}
+	first.SetStallWindow(10 * time.Second)
+	r := &round{s: &sender{envs: envs, acked: make([]bool, 2)}, st: &connStats{lanes: 1}, claimed: make([]bool, 2),
+		c: first, window: 30 * time.Second}
+	a, b := &client.Client{}, &client.Client{}
+	if !r.join(a) || !r.join(b) {
+		t.Fatal("a lane was refused with envelopes left")
+	}
+	if first.StallWindow() != 30*time.Second || a.StallWindow() != 30*time.Second || b.StallWindow() != 30*time.Second || r.st.lanes != 3 {
+		t.Errorf("windows after two joins: first %v, lanes %v and %v (%d lanes); want 30s each, 3 lanes",
+			first.StallWindow(), a.StallWindow(), b.StallWindow(), r.st.lanes)
+	}
+	for name, mend := range map[string]func(r *round){
+		"failed":       func(r *round) { r.first = io.EOF },
+		"nothing left": func(r *round) { r.claimed[0], r.s.acked[1] = true, true },
+		"found queued": func(r *round) { r.st.queued = true },
+	} {
+		r := &round{s: &sender{envs: envs, acked: make([]bool, 2)}, st: &connStats{lanes: 1}, claimed: make([]bool, 2),
+			c: first, window: time.Minute}
+		mend(r)
+		if c := (&client.Client{}); r.join(c) || r.st.lanes != 1 || c.StallWindow() != 0 || first.StallWindow() != 30*time.Second {
+			t.Errorf("%s: a lane joined (%d lanes, window %v, first's %v)", name, r.st.lanes, c.StallWindow(), first.StallWindow())
+		}
+	}
 }
