@@ -9,6 +9,7 @@ import (
 
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/descriptor"
+	"github.com/postern/postern/transport/route"
 )
 
 // Lanes. A censor that throttles each flow (Russia's TSPU held every
@@ -51,15 +52,27 @@ type round struct {
 	lanes   []*laneState
 	// c is the first lane's connection; window, the stall window every
 	// connection takes once the first added lane joins.
-	c      *client.Client
+	c      firstConn
 	window time.Duration
 	first  error // the first send that failed: the round ends
 	cycle  bool  // a lane stopped at the connection budget
 	// dialing is how many of widen's dials have not ended; settled is
 	// closed (once, by settle) when one succeeded or none is left.
 	dialing int
+	dialOK  bool // one of them succeeded
 	settle  sync.Once
 	settled chan struct{}
+	// dialLane dials a lane (dialRelay; tests replace it).
+	dialLane func(ctx context.Context, e *env, line string) (*client.Client, error)
+}
+
+// firstConn is what a round needs of its first connection.
+type firstConn interface {
+	Relay() string
+	Transport() string
+	DialTime() time.Duration
+	StallWindow() time.Duration
+	SetStallWindow(time.Duration)
 }
 
 // claim takes the first envelope not acked or taken by another lane.
@@ -226,7 +239,7 @@ func (s *sender) laneCount() int {
 // down. dialCtx ends the dials (when the first lane has nothing left to
 // take); ctx, the round. Dials none of which succeeded within
 // dialPatience are stopped (waitDials).
-func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
+func (r *round) widen(dialCtx, ctx context.Context, c firstConn) {
 	defer r.wg.Done()
 	s := r.s
 	alone, ok := r.waitAlone(dialCtx)
@@ -249,7 +262,7 @@ func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			lc, err := dialRelay(laneCtx, e, line)
+			lc, err := r.dialLane(laneCtx, e, line)
 			r.dialEnded(err == nil)
 			if err != nil {
 				return
@@ -266,9 +279,11 @@ func (r *round) widen(dialCtx, ctx context.Context, c *client.Client) {
 // dialPatience is how long lanes' dials may take, none joining, before
 // the round takes the line for one that queues new connections behind
 // the first's bytes: patienceFactor times the first connection's dial,
-// and throttleWindow at least.
+// throttleWindow at least, and less than a dial attempt's own timeout
+// (else the dials would all fail first, and a failed dial is no verdict:
+// a reviewer's find).
 func dialPatience(first time.Duration) time.Duration {
-	return max(throttleWindow, patienceFactor*first)
+	return min(max(throttleWindow, patienceFactor*first), route.DefaultPerAttempt*2/3)
 }
 
 // patienceFactor: a flow throttled on its own leaves a new connection's
@@ -285,6 +300,7 @@ func (r *round) dialEnded(ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dialing--
+	r.dialOK = r.dialOK || ok
 	if ok || r.dialing == 0 {
 		r.settle.Do(func() { close(r.settled) })
 	}
@@ -301,7 +317,8 @@ func (r *round) waitDials(dialCtx context.Context, stop context.CancelFunc, pati
 	case <-dialCtx.Done():
 	case <-t.C:
 		r.mu.Lock()
-		r.st.queued, r.st.patience = r.st.lanes == 1, patience
+		// A dial that succeeded, even as the timer fired, is no queue.
+		r.st.queued, r.st.patience = !r.dialOK, patience
 		r.mu.Unlock()
 		stop()
 	}
@@ -401,12 +418,15 @@ const minLaneSpan = throttleWindow / 2
 
 // summarize puts what the lanes carried once they shared the way into
 // st.steady: the sum of the rates of the lanes whose spans between their
-// acks came to minLaneSpan, how many, and their spans in all. After the
-// round.
+// acks came to minLaneSpan, how many, and their spans in all; and the
+// first lane's rate over its run into st.firstOwn. After the round.
 func (r *round) summarize() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ls := range r.lanes {
+		if d := ls.last.Sub(r.st.start); !ls.added && !ls.last.IsZero() && d > 0 {
+			r.st.firstOwn = float64(ls.carried) / d.Seconds()
+		}
 		if ls.span >= minLaneSpan {
 			r.st.steady.together += float64(ls.bytes) / ls.span.Seconds()
 			r.st.steady.lanes++

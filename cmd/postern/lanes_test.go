@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/censortest"
 )
@@ -205,24 +208,32 @@ func TestLaneVerdict(t *testing.T) {
 	}
 }
 
-// TestThroughputOfFirstConnection: a round that widened is judged slow by
-// what its first connection carried alone, not by what the lanes carried
-// together (four flows at 14 KB/s carry 56 together: over throttleFloor,
-// though each is throttled), nor by that divided among them (on a line
-// of 30 KB/s, three lanes each got 10: under it, though the line is not
-// throttled).
+// TestThroughputOfFirstConnection: a round that lanes joined is judged
+// slow by what its first connection carried alone, or over its whole run
+// if that is more (a slow first ack, then a fast run: no throttle); not by
+// what the lanes carried together (four flows at 14 KB/s carry 56
+// together: over throttleFloor, though each is throttled), nor by that
+// divided among them (on a line of 30 KB/s, three lanes each got 10:
+// under it, though the line is not throttled). A round no lane joined is
+// judged by its connection's whole run.
 func TestThroughputOfFirstConnection(t *testing.T) {
 	t0 := time.Now()
 	for _, tc := range []struct {
-		name  string
-		alone float64
-		slow  bool
-	}{{"throttled flows", 14_000, true}, {"a fast line", 30_000, false}} {
+		name            string
+		lanes           int
+		alone, firstOwn float64
+		total           int // in 10 s
+		slow            bool
+	}{
+		{"throttled flows", 4, 14_000, 14_000, 560_000, true},
+		{"a fast line", 3, 30_000, 10_000, 300_000, false},
+		{"one line shared by lanes", 4, 8_000, 3_000, 90_000, true},
+		{"a slow first ack, then a fast run", 4, 9_300, 50_000, 1_000_000, false},
+		{"no lane joined, a slow run", 1, 7_300, 0, 73_000, true},
+		{"no lane joined, a slow first ack, then a fast run", 1, 9_300, 0, 1_000_000, false},
+	} {
 		s := &sender{e: &env{stderr: io.Discard}, bucket: 16 << 10}
-		st := &connStats{start: t0, last: t0.Add(10 * time.Second), total: 560_000, lanes: 4, alone: tc.alone}
-		if tc.name == "a fast line" {
-			st.total, st.lanes = 300_000, 3
-		}
+		st := &connStats{start: t0, last: t0.Add(10 * time.Second), total: tc.total, lanes: tc.lanes, alone: tc.alone, firstOwn: tc.firstOwn}
 		s.noteThroughput(st)
 		if st.slow != tc.slow || s.known.Throttled != tc.slow {
 			t.Errorf("%s: slow %v, throttled %v; want %v", tc.name, st.slow, s.known.Throttled, tc.slow)
@@ -261,25 +272,30 @@ func TestLaneCount(t *testing.T) {
 
 // TestSummarize: the lanes' rates between their acks add up, but a lane
 // whose spans come to less than minLaneSpan (two acks that came together)
-// does not count: its rate would swamp the sum.
+// does not count: its rate would swamp the sum. The first lane's own rate
+// is over its whole run, from the round's start to its last ack.
 func TestSummarize(t *testing.T) {
-	r := &round{st: &connStats{}, lanes: []*laneState{
-		{bytes: 16 << 10, span: time.Second},
-		{bytes: 16 << 10, span: 5 * time.Millisecond},
-		{bytes: 32 << 10, span: 2 * time.Second},
-		{},
+	t0 := time.Now()
+	r := &round{st: &connStats{start: t0}, lanes: []*laneState{
+		{bytes: 16 << 10, span: time.Second, carried: 80_000, last: t0.Add(4 * time.Second)},
+		{bytes: 16 << 10, span: 5 * time.Millisecond, added: true, carried: 32 << 10, last: t0.Add(3 * time.Second)},
+		{bytes: 32 << 10, span: 2 * time.Second, added: true, carried: 48 << 10, last: t0.Add(5 * time.Second)},
+		{added: true},
 	}}
 	r.summarize()
 	if st := r.st.steady; st.together != 32<<10 || st.lanes != 2 || st.span != 3*time.Second {
 		t.Fatalf("steady %+v, want 32768 B/s from 2 lanes over 3 s", st)
 	}
+	if r.st.firstOwn != 20_000 {
+		t.Fatalf("the first lane's own rate: %v, want 20000 B/s (80 kB in its 4 s)", r.st.firstOwn)
+	}
 }
 
 // TestLaneDials: a lane dials over the transport that carries (unless
 // POSTERN_TRANSPORT names one) with the sender's stall window and without
-// route memory, so that its failures leave the way that carries alone;
-// a lane dial counts as timed out only if every attempt ran out of time
-// (or found no UDP answer) while the first connection still had work.
+// route memory, so that its failures leave the way that carries alone.
+// Their patience is 4 times the first connection's dial, 2 s at least,
+// and less than a dial attempt's own timeout.
 func TestLaneDials(t *testing.T) {
 	home := t.TempDir()
 	vars := map[string]string{"POSTERN_HOME": home}
@@ -346,8 +362,18 @@ func TestWaitDials(t *testing.T) {
 		defer cancel()
 		go func() { time.Sleep(time.Second); r.dialEnded(true) }()
 		r.waitDials(ctx, cancel, 5*time.Second)
-		if r.st.queued || ctx.Err() != nil {
-			t.Errorf("a dial succeeded: queued %v, dials stopped %v", r.st.queued, ctx.Err() != nil)
+		if r.st.queued || ctx.Err() != nil || !r.dialOK {
+			t.Errorf("a dial succeeded: queued %v, dials stopped %v, dialOK %v", r.st.queued, ctx.Err() != nil, r.dialOK)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		// The timer won the select as a dial succeeded: no queue.
+		r, ctx, cancel := start(2)
+		defer cancel()
+		r.dialOK = true
+		r.waitDials(ctx, cancel, time.Second)
+		if r.st.queued {
+			t.Errorf("a dial succeeded as the timer fired: queued")
 		}
 	})
 	synctest.Test(t, func(t *testing.T) {
@@ -391,5 +417,77 @@ func TestJoinLengthensWindows(t *testing.T) {
 		if c := (&client.Client{}); r.join(c) || r.st.lanes != 1 || c.StallWindow() != 0 || first.StallWindow() != 30*time.Second {
 			t.Errorf("%s: a lane joined (%d lanes, window %v, first's %v)", name, r.st.lanes, c.StallWindow(), first.StallWindow())
 		}
+	}
+}
+
+// fakeFirst is a first connection over https whose dial took a second.
+type fakeFirst struct {
+	relay  string
+	window time.Duration
+}
+
+func (f *fakeFirst) Relay() string                  { return f.relay }
+func (f *fakeFirst) Transport() string              { return "https" }
+func (f *fakeFirst) DialTime() time.Duration        { return time.Second }
+func (f *fakeFirst) StallWindow() time.Duration     { return f.window }
+func (f *fakeFirst) SetStallWindow(d time.Duration) { f.window = d }
+
+// TestWidenDials: a round whose first connection carries under
+// throttleFloor dials one lane per envelope left (up to laneCount), to
+// its relay, over its transport, without route memory; dials that hang
+// past 4 times the first connection's dial are stopped and the round
+// marked queued; dials that all fail at once settle it, unjudged.
+func TestWidenDials(t *testing.T) {
+	line, id := descriptorAt(t, "127.0.0.1:9", "https", "h3")
+	home := t.TempDir()
+	for _, hang := range []bool{true, false} {
+		synctest.Test(t, func(t *testing.T) {
+			var mu sync.Mutex
+			var transports []string
+			var lanes, lines, ended int
+			s := &sender{e: &env{stderr: io.Discard, network: "cafe", getenv: func(k string) string {
+				if k == "POSTERN_HOME" {
+					return home
+				}
+				return ""
+			}}, card: &envelope.Card{Relays: []string{line}}, envs: [][]byte{{1}, {2}, {3}, {4}}, acked: []bool{true, false, false, false}}
+			now := time.Now()
+			st := &connStats{lanes: 1, start: now.Add(-8 * time.Second), first: ackMark{now, 64 << 10}, last: now, total: 64 << 10}
+			r := &round{s: s, st: st, claimed: make([]bool, 4), settled: make(chan struct{}),
+				dialLane: func(ctx context.Context, e *env, l string) (*client.Client, error) {
+					mu.Lock()
+					transports = append(transports, e.getenv("POSTERN_TRANSPORT"))
+					lanes += map[bool]int{true: 1}[e.lane]
+					lines += map[bool]int{true: 1}[l == line]
+					mu.Unlock()
+					if hang {
+						<-ctx.Done()
+					}
+					mu.Lock()
+					ended++
+					mu.Unlock()
+					return nil, context.Canceled
+				}}
+			dialCtx, stopDials := context.WithCancel(context.Background())
+			defer stopDials()
+			r.wg.Add(1)
+			go r.widen(dialCtx, dialCtx, &fakeFirst{relay: id, window: 10 * time.Second})
+			time.Sleep(time.Minute) // far past any patience
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(transports, []string{"https", "https", "https"}) || lanes != 3 || lines != 3 || ended != 3 {
+				t.Errorf("hang %v: lanes dialed over %v (%d as lanes, %d to the relay), %d ended; want 3 over https, to it, ended",
+					hang, transports, lanes, lines, ended)
+			}
+			if hang && (!st.queued || st.patience != 4*time.Second) || !hang && st.queued {
+				t.Errorf("hang %v: queued %v, patience %v; want %v, 4s", hang, st.queued, st.patience, hang)
+			}
+			if st.alone != 8<<10 {
+				t.Errorf("alone %v, want 8 KiB/s from the first ack", st.alone)
+			}
+			stopDials()
+			r.wg.Wait()
+		})
 	}
 }

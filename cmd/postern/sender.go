@@ -209,6 +209,9 @@ type connStats struct {
 	// (round.waitDials).
 	queued   bool
 	patience time.Duration
+	// firstOwn is what the first connection carried a second over its
+	// whole run, from the round's start to its last ack (summarize).
+	firstOwn float64
 	start    time.Time
 	last     time.Time // when the last ack came
 	slow     bool      // throughput under throttleFloor
@@ -371,7 +374,8 @@ func (s *sender) sendOn(ctx context.Context, c *client.Client, via bool, st *con
 	st.start, st.lanes = time.Now(), 1
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	r := &round{s: s, via: via, st: st, cancel: cancel, claimed: make([]bool, len(s.envs)), settled: make(chan struct{})}
+	r := &round{s: s, via: via, st: st, cancel: cancel, claimed: make([]bool, len(s.envs)), settled: make(chan struct{}),
+		dialLane: func(ctx context.Context, e *env, line string) (*client.Client, error) { return dialRelay(ctx, e, line) }}
 	dialCtx, stopDials := context.WithCancel(ctx)
 	defer stopDials()
 	if s.laneCount() > 1 {
@@ -448,18 +452,24 @@ func (s *sender) viaHome() string {
 
 // noteThroughput marks the network throttled when a connection that ran
 // at least throttleWindow moved less than throttleFloor per second (the
-// first connection alone, of a round that widened: lanes each carry less
-// on a line shaped as a whole), and lengthens the stall window so one
-// envelope fits in it at that rate.
+// first connection, of a round that lanes joined), and lengthens the
+// stall window so one envelope fits in it at that rate.
 func (s *sender) noteThroughput(st *connStats) {
 	s.judgeLanes(st)
 	d := st.last.Sub(st.start)
 	if d < throttleWindow || st.total == 0 {
 		return
 	}
-	rate := st.alone
-	if rate == 0 {
-		rate = float64(st.total) / d.Seconds()
+	rate := float64(st.total) / d.Seconds()
+	if st.lanes > 1 {
+		// Lanes each carry less on a line shaped as a whole: what the
+		// first connection carried alone before they joined, or over
+		// its whole run, whichever is more. The first alone is no
+		// judge: its estimate from a first ack (aloneAt) may be a slow
+		// start over a long path, which a whole run outgrows (a
+		// reviewer's find: a fresh network with 7 s of latency in its
+		// first ack, 1 MiB sent in 8 s, was marked throttled for a week).
+		rate = max(st.alone, st.firstOwn)
 	}
 	if rate >= throttleFloor {
 		return
