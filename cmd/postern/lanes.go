@@ -116,6 +116,7 @@ func (r *round) leftLocked() int {
 // laneState is what one lane has had acked (under round.mu).
 type laneState struct {
 	carried int       // bytes
+	first   ackMark   // its first ack
 	last    time.Time // its last ack
 	added   bool      // widen added it
 	// bytes and span: acked between two of its acks once the lanes
@@ -212,6 +213,9 @@ func (r *round) sent(i int, err error, ls *laneState) {
 		ls.span += now.Sub(ls.last)
 	}
 	ls.last = now
+	if ls.first.at.IsZero() {
+		ls.first = ackMark{now, size}
+	}
 	if s.progress != nil {
 		s.progress(s.ackedCount(), len(s.envs))
 	}
@@ -318,7 +322,9 @@ func (r *round) waitDials(dialCtx context.Context, stop context.CancelFunc, pati
 	case <-t.C:
 		r.mu.Lock()
 		// A dial that succeeded, even as the timer fired, is no queue.
-		r.st.queued, r.st.patience = !r.dialOK, patience
+		// Nor is a round whose dials have all ended or whose first
+		// connection had nothing left, as the timer fired.
+		r.st.queued, r.st.patience = !r.dialOK && r.dialing > 0 && dialCtx.Err() == nil, patience
 		r.mu.Unlock()
 		stop()
 	}
@@ -419,13 +425,17 @@ const minLaneSpan = throttleWindow / 2
 // summarize puts what the lanes carried once they shared the way into
 // st.steady: the sum of the rates of the lanes whose spans between their
 // acks came to minLaneSpan, how many, and their spans in all; and the
-// first lane's rate over its run into st.firstOwn. After the round.
+// first lane's rate from its first ack to its last, if throttleWindow
+// apart, into st.firstOwn. After the round.
 func (r *round) summarize() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ls := range r.lanes {
-		if d := ls.last.Sub(r.st.start); !ls.added && !ls.last.IsZero() && d > 0 {
-			r.st.firstOwn = float64(ls.carried) / d.Seconds()
+		// Past its first ack, as aloneAt: a throttle's first burst
+		// would lift it over throttleFloor (a reviewer's find: 15 KiB/s
+		// with a second's burst read 16.3 KB/s).
+		if d := ls.last.Sub(ls.first.at); !ls.added && d >= throttleWindow {
+			r.st.firstOwn = float64(ls.carried-ls.first.bytes) / d.Seconds()
 		}
 		if ls.span >= minLaneSpan {
 			r.st.steady.together += float64(ls.bytes) / ls.span.Seconds()

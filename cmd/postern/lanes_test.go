@@ -212,10 +212,8 @@ func TestLaneVerdict(t *testing.T) {
 // slow by what its first connection carried alone, or over its whole run
 // if that is more (a slow first ack, then a fast run: no throttle); not by
 // what the lanes carried together (four flows at 14 KB/s carry 56
-// together: over throttleFloor, though each is throttled), nor by that
-// divided among them (on a line of 30 KB/s, three lanes each got 10:
-// under it, though the line is not throttled). A round no lane joined is
-// judged by its connection's whole run.
+// together: over throttleFloor, though each is throttled). A round no
+// lane joined is judged by its connection's whole run.
 func TestThroughputOfFirstConnection(t *testing.T) {
 	t0 := time.Now()
 	for _, tc := range []struct {
@@ -226,7 +224,8 @@ func TestThroughputOfFirstConnection(t *testing.T) {
 		slow            bool
 	}{
 		{"throttled flows", 4, 14_000, 14_000, 560_000, true},
-		{"a fast line", 3, 30_000, 10_000, 300_000, false},
+		{"a slow first ack, a fast first lane", 3, 9_300, 30_000, 400_000, false},
+		{"just under the floor, first ack's burst left out", 4, 15_360, 15_500, 600_000, true},
 		{"one line shared by lanes", 4, 8_000, 3_000, 90_000, true},
 		{"a slow first ack, then a fast run", 4, 9_300, 50_000, 1_000_000, false},
 		{"no lane joined, a slow run", 1, 7_300, 0, 73_000, true},
@@ -273,11 +272,12 @@ func TestLaneCount(t *testing.T) {
 // TestSummarize: the lanes' rates between their acks add up, but a lane
 // whose spans come to less than minLaneSpan (two acks that came together)
 // does not count: its rate would swamp the sum. The first lane's own rate
-// is over its whole run, from the round's start to its last ack.
+// is over its whole run past its first ack (a throttle's burst), once
+// that is throttleWindow.
 func TestSummarize(t *testing.T) {
 	t0 := time.Now()
 	r := &round{st: &connStats{start: t0}, lanes: []*laneState{
-		{bytes: 16 << 10, span: time.Second, carried: 80_000, last: t0.Add(4 * time.Second)},
+		{bytes: 16 << 10, span: time.Second, carried: 80_000, first: ackMark{t0.Add(time.Second), 20_000}, last: t0.Add(4 * time.Second)},
 		{bytes: 16 << 10, span: 5 * time.Millisecond, added: true, carried: 32 << 10, last: t0.Add(3 * time.Second)},
 		{bytes: 32 << 10, span: 2 * time.Second, added: true, carried: 48 << 10, last: t0.Add(5 * time.Second)},
 		{added: true},
@@ -287,7 +287,13 @@ func TestSummarize(t *testing.T) {
 		t.Fatalf("steady %+v, want 32768 B/s from 2 lanes over 3 s", st)
 	}
 	if r.st.firstOwn != 20_000 {
-		t.Fatalf("the first lane's own rate: %v, want 20000 B/s (80 kB in its 4 s)", r.st.firstOwn)
+		t.Fatalf("the first lane's own rate: %v, want 20000 B/s (60 kB past its first ack in 3 s)", r.st.firstOwn)
+	}
+	r = &round{st: &connStats{start: t0}, lanes: []*laneState{
+		{carried: 80_000, first: ackMark{t0.Add(3 * time.Second), 20_000}, last: t0.Add(3*time.Second + throttleWindow - time.Millisecond)},
+	}}
+	if r.summarize(); r.st.firstOwn != 0 {
+		t.Fatalf("the first lane's own rate from acks under throttleWindow apart: %v, want none", r.st.firstOwn)
 	}
 }
 
@@ -330,6 +336,9 @@ func TestLaneDials(t *testing.T) {
 	if got := dialPatience(time.Second); got != patienceFactor*time.Second {
 		t.Errorf("patience after a 1 s dial: %v, want %v", got, patienceFactor*time.Second)
 	}
+	if got := dialPatience(5 * time.Second); got != 10*time.Second {
+		t.Errorf("patience after a 5 s dial: %v, want 10s (under a dial attempt's 15 s)", got)
+	}
 }
 
 // TestWaitDials: lanes whose dials do not end within patience, none
@@ -364,6 +373,15 @@ func TestWaitDials(t *testing.T) {
 		r.waitDials(ctx, cancel, 5*time.Second)
 		if r.st.queued || ctx.Err() != nil || !r.dialOK {
 			t.Errorf("a dial succeeded: queued %v, dials stopped %v, dialOK %v", r.st.queued, ctx.Err() != nil, r.dialOK)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		// The timer won the select as the last dial failed: no queue.
+		r, ctx, cancel := start(0)
+		defer cancel()
+		r.waitDials(ctx, cancel, time.Second)
+		if r.st.queued {
+			t.Errorf("every dial had ended as the timer fired: queued")
 		}
 	})
 	synctest.Test(t, func(t *testing.T) {
@@ -436,11 +454,12 @@ func (f *fakeFirst) SetStallWindow(d time.Duration) { f.window = d }
 // throttleFloor dials one lane per envelope left (up to laneCount), to
 // its relay, over its transport, without route memory; dials that hang
 // past 4 times the first connection's dial are stopped and the round
-// marked queued; dials that all fail at once settle it, unjudged.
+// marked queued, though another failed at once; dials that all fail at
+// once settle it, unjudged.
 func TestWidenDials(t *testing.T) {
 	line, id := descriptorAt(t, "127.0.0.1:9", "https", "h3")
 	home := t.TempDir()
-	for _, hang := range []bool{true, false} {
+	for _, mode := range []string{"hang", "fail", "one fails, two hang"} {
 		synctest.Test(t, func(t *testing.T) {
 			var mu sync.Mutex
 			var transports []string
@@ -459,8 +478,9 @@ func TestWidenDials(t *testing.T) {
 					transports = append(transports, e.getenv("POSTERN_TRANSPORT"))
 					lanes += map[bool]int{true: 1}[e.lane]
 					lines += map[bool]int{true: 1}[l == line]
+					calls := len(transports)
 					mu.Unlock()
-					if hang {
+					if mode == "hang" || mode == "one fails, two hang" && calls > 1 {
 						<-ctx.Done()
 					}
 					mu.Lock()
@@ -475,19 +495,37 @@ func TestWidenDials(t *testing.T) {
 			time.Sleep(time.Minute) // far past any patience
 			synctest.Wait()
 			mu.Lock()
-			defer mu.Unlock()
 			if !slices.Equal(transports, []string{"https", "https", "https"}) || lanes != 3 || lines != 3 || ended != 3 {
-				t.Errorf("hang %v: lanes dialed over %v (%d as lanes, %d to the relay), %d ended; want 3 over https, to it, ended",
-					hang, transports, lanes, lines, ended)
+				t.Errorf("%s: lanes dialed over %v (%d as lanes, %d to the relay), %d ended; want 3 over https, to it, ended",
+					mode, transports, lanes, lines, ended)
 			}
-			if hang && (!st.queued || st.patience != 4*time.Second) || !hang && st.queued {
-				t.Errorf("hang %v: queued %v, patience %v; want %v, 4s", hang, st.queued, st.patience, hang)
+			if queued := mode != "fail"; st.queued != queued || queued && st.patience != 4*time.Second {
+				t.Errorf("%s: queued %v, patience %v; want %v, 4s", mode, st.queued, st.patience, queued)
 			}
 			if st.alone != 8<<10 {
 				t.Errorf("alone %v, want 8 KiB/s from the first ack", st.alone)
 			}
+			mu.Unlock() // a dial left hanging (a failure) takes mu as it ends
 			stopDials()
 			r.wg.Wait()
 		})
 	}
+}
+
+// TestSentMarksFirstAck: a lane's first ack is kept, with its bytes, for
+// its own rate past it (summarize); later acks leave it.
+func TestSentMarksFirstAck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sender{envs: [][]byte{make([]byte, 100), make([]byte, 200)}, acked: make([]bool, 2)}
+		r := &round{s: s, st: &connStats{}}
+		ls := &laneState{}
+		r.sent(0, nil, ls)
+		first := time.Now()
+		time.Sleep(time.Second)
+		r.sent(1, nil, ls)
+		if ls.first.at != first || ls.first.bytes != 100 || ls.carried != 300 || ls.last != first.Add(time.Second) {
+			t.Errorf("lane after two acks: first %v at +%v, carried %d, last +%v; want 100 B at +0, 300 B, +1s",
+				ls.first.bytes, ls.first.at.Sub(first), ls.carried, ls.last.Sub(first))
+		}
+	})
 }

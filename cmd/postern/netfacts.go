@@ -24,9 +24,11 @@ import (
 //	           envelopes, and a stall window long enough for one at that rate
 //	line_throttled, line_throttled_day
 //	           connections at once (lanes.go) carried together less than 1.5
-//	           times what one alone did: the line is throttled as a whole, not
-//	           each flow; sends use one connection at a time that day (unless
-//	           POSTERN_LANES is set), and try lanes again on a later one
+//	           times what one alone did, or none beside the first could be
+//	           dialed in time (a shaper's queue holds their handshakes): the
+//	           line is throttled as a whole, not each flow; sends use one
+//	           connection at a time that day (unless POSTERN_LANES is set),
+//	           and try lanes again on a later one
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
 //	recv_budget bytes of envelope parts one connection from the relay carried

@@ -210,7 +210,7 @@ type connStats struct {
 	queued   bool
 	patience time.Duration
 	// firstOwn is what the first connection carried a second over its
-	// whole run, from the round's start to its last ack (summarize).
+	// whole run, from its first ack to its last (summarize).
 	firstOwn float64
 	start    time.Time
 	last     time.Time // when the last ack came
@@ -463,12 +463,15 @@ func (s *sender) noteThroughput(st *connStats) {
 	rate := float64(st.total) / d.Seconds()
 	if st.lanes > 1 {
 		// Lanes each carry less on a line shaped as a whole: what the
-		// first connection carried alone before they joined, or over
-		// its whole run, whichever is more. The first alone is no
-		// judge: its estimate from a first ack (aloneAt) may be a slow
-		// start over a long path, which a whole run outgrows (a
-		// reviewer's find: a fresh network with 7 s of latency in its
-		// first ack, 1 MiB sent in 8 s, was marked throttled for a week).
+		// first connection carried alone before they joined, or past
+		// its first ack over its whole run, whichever is more. The
+		// first alone is no judge: its estimate from a first ack
+		// (aloneAt) may be a slow start over a long path, which a whole
+		// run outgrows (a reviewer's find: a fresh network with 7 s of
+		// latency in its first ack, 1 MiB sent in 8 s, was marked
+		// throttled for a week). Not yet told apart: lanes opened on
+		// such a first ack that then share a line of 30 KB/s carry 10
+		// each, and the network is marked throttled.
 		rate = max(st.alone, st.firstOwn)
 	}
 	if rate >= throttleFloor {
