@@ -311,8 +311,9 @@ func (r *round) dialEnded(ok bool) {
 }
 
 // waitDials waits until the lanes' dials settle (see dialEnded), dialCtx
-// ends or patience passes: then, if no added lane has joined, the round
-// is marked queued (see laneVerdict) and the dials are stopped.
+// ends or patience passes: then the dials are stopped, and if none has
+// succeeded while some were still dialing and the first connection had
+// work left, the round is marked queued (see laneVerdict).
 func (r *round) waitDials(dialCtx context.Context, stop context.CancelFunc, patience time.Duration) {
 	t := time.NewTimer(patience)
 	defer t.Stop()

@@ -375,25 +375,23 @@ func TestWaitDials(t *testing.T) {
 			t.Errorf("a dial succeeded: queued %v, dials stopped %v, dialOK %v", r.st.queued, ctx.Err() != nil, r.dialOK)
 		}
 	})
-	synctest.Test(t, func(t *testing.T) {
-		// The timer won the select as the last dial failed: no queue.
-		r, ctx, cancel := start(0)
-		defer cancel()
-		r.waitDials(ctx, cancel, time.Second)
-		if r.st.queued {
-			t.Errorf("every dial had ended as the timer fired: queued")
-		}
-	})
-	synctest.Test(t, func(t *testing.T) {
-		// The timer won the select as a dial succeeded: no queue.
-		r, ctx, cancel := start(2)
-		defer cancel()
-		r.dialOK = true
-		r.waitDials(ctx, cancel, time.Second)
-		if r.st.queued {
-			t.Errorf("a dial succeeded as the timer fired: queued")
-		}
-	})
+	// The timer won the select as the last dial failed, or as a dial
+	// succeeded: no queue.
+	for _, tc := range []struct {
+		name    string
+		dialing int
+		ok      bool
+	}{{"every dial had ended", 0, false}, {"a dial succeeded", 2, true}} {
+		synctest.Test(t, func(t *testing.T) {
+			r, ctx, cancel := start(tc.dialing)
+			defer cancel()
+			r.dialOK = tc.ok
+			r.waitDials(ctx, cancel, time.Second)
+			if r.st.queued {
+				t.Errorf("%s as the timer fired: queued", tc.name)
+			}
+		})
+	}
 	synctest.Test(t, func(t *testing.T) {
 		r, ctx, cancel := start(2)
 		defer cancel()

@@ -40,7 +40,7 @@ func benchTwoHop(b *testing.B, via bool) {
 	entry := relaytest.New(b, store.Options{MaxMailboxEnvelopes: 1 << 20}, server.Config{Forwarder: fw})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, b, fw)
 	owner := home.Connect(b)
 	mb := relaytest.NewMailbox(b, owner, nil)
 	if err := owner.Subscribe(ctx, mb.Owner, mb.ID); err != nil {

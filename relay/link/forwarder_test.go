@@ -168,7 +168,7 @@ func TestTwoHopForward(t *testing.T) {
 	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 
 	owner := home.Connect(t)
 	mb := relaytest.NewMailbox(t, owner, nil)
@@ -263,7 +263,7 @@ func TestTwoHopForwardLargest(t *testing.T) {
 	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 	owner := home.Connect(t)
 	mb := relaytest.NewMailbox(t, owner, nil)
 	env, err := envelope.Seal(mb.Card, nil, bytes.Repeat([]byte("x"), 60<<10), &envelope.Options{Bucket: envelope.Bucket64K})
@@ -361,11 +361,11 @@ func TestStaleDescriptorAtHead(t *testing.T) {
 				forwardWith(oldLine)
 			}
 			if c.freshWhileUp {
-				go fw.Run(ctx)
+				runForwarder(ctx, t, fw)
 				forwardWith(newLine)
 			} else {
 				forwardWith(newLine)
-				go fw.Run(ctx)
+				runForwarder(ctx, t, fw)
 			}
 			want := c.stale + 1
 			for ctx.Err() == nil {

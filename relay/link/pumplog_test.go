@@ -73,7 +73,7 @@ func TestForwarderDuplicateForward(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	go fw.Run(ctx) // one drain finds both
+	runForwarder(ctx, t, fw) // one drain finds both
 	waitFor(ctx, t, "the queue emptied", func() bool { return q.len() == 0 })
 	if strings.Contains(buf.String(), "failed") || dials.Load() != 1 {
 		t.Fatalf("a duplicate forward failed the link (%d dials): %s", dials.Load(), buf.String())
@@ -104,7 +104,7 @@ func TestForwarderLogsNoRelayID(t *testing.T) {
 		MinBackoff: time.Hour, MaxBackoff: time.Hour})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 	if err := fw.Forward(ctx, [16]byte{1}, relay.ForwardPayload{Descriptor: lines[0], Layer: layer}.Append(nil)); err != nil {
 		t.Fatal(err)
 	}

@@ -110,8 +110,27 @@ func (h *homes) start(t *testing.T, q link.Queue, cfg link.ForwarderConfig) (con
 	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 	return ctx, entry.Connect(t)
+}
+
+// runForwarder runs fw until ctx ends or the test does, and waits, as the
+// test ends, for Run and every pump and link of fw to return: a dial
+// still running (through linkTo, with the test's t) after the test had
+// ended raced with the testing package's own cleanup (seen in CI on
+// 2026-12-06: TestTwoHopStoreFailureRetried, a link of an earlier test
+// dialing as it ended).
+func runForwarder(ctx context.Context, t testing.TB, fw *link.Forwarder) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fw.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }
 
 // waitFor polls cond until it holds or ctx ends (a deadlock guard).
@@ -266,7 +285,7 @@ func TestForwarderSourceShare(t *testing.T) {
 		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, SourceBytes: 2 * size})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 	a, b := [16]byte{1}, [16]byte{2}
 	for i := range 2 {
 		if err := fw.Forward(ctx, a, payload()); err != nil {
@@ -346,7 +365,7 @@ func TestForwarderTurnsRoundRobin(t *testing.T) {
 		MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, MaxPumps: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	go fw.Run(ctx)
+	runForwarder(ctx, t, fw)
 	waitFor(ctx, t, "A's pump at work", func() bool { return h.relay[ka].Store.Stats().Envelopes == 1 })
 	mbB := relaytest.NewMailbox(t, h.relay[kb].Connect(t), nil)
 	layerB, err := forward.Seal(descs[1], 1, nil, mbB.Seal(t, "b"))

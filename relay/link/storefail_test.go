@@ -66,7 +66,7 @@ func TestTwoHopStoreFailureRetried(t *testing.T) {
 			entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 			defer cancel()
-			go fw.Run(ctx)
+			runForwarder(ctx, t, fw)
 
 			owner := home.Connect(t)
 			mb := relaytest.NewMailbox(t, owner, nil)
@@ -173,7 +173,7 @@ func TestTwoHopFullMailboxDoesNotHoldTheQueue(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	go fw.Run(ctx) // after queueing: one drain finds them all
+	runForwarder(ctx, t, fw) // after queueing: one drain finds them all
 	for {
 		m, err := st.Mailbox(ctx, other.ID)
 		if err != nil {
