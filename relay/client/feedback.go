@@ -54,42 +54,30 @@ func (c *Client) route() *sessionRoute {
 	return nil
 }
 
-// Relay returns the id of the relay this session reached (the
-// descriptor's RelayID), or "" for a session Dial did not open.
-func (c *Client) Relay() string {
+// won is the candidate this session was dialed through; the zero
+// Candidate for a session Dial did not open.
+func (c *Client) won() route.Candidate {
 	r := c.route()
 	if r == nil {
-		return ""
+		return route.Candidate{}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.won.Relay
+	return r.won
 }
+
+// Relay returns the id of the relay this session reached (the
+// descriptor's RelayID), or "" for a session Dial did not open.
+func (c *Client) Relay() string { return c.won().Relay }
 
 // Transport returns the name of the transport this session came by
 // ("https", "h3"), or "" for a session Dial did not open.
-func (c *Client) Transport() string {
-	r := c.route()
-	if r == nil {
-		return ""
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.won.Endpoint.Transport
-}
+func (c *Client) Transport() string { return c.won().Endpoint.Transport }
 
 // DialTime returns how long the dial of this session took, from its
 // winning attempt's start to the end of the protocol hello (route's
 // Candidate.RTT); 0 for a session Dial did not open.
-func (c *Client) DialTime() time.Duration {
-	r := c.route()
-	if r == nil {
-		return 0
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.won.RTT
-}
+func (c *Client) DialTime() time.Duration { return c.won().RTT }
 
 // Report records that this session failed after the dial in a way only
 // its user could measure, such as transport.ClassThrottled (a flow under a
