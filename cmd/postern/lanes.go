@@ -226,10 +226,18 @@ func (s *sender) laneCount() int {
 	if s.oneLane || s.e == nil || s.e.getenv == nil { // no env: no dials (tests)
 		return 1
 	}
-	if n, err := strconv.Atoi(s.e.getenv("POSTERN_LANES")); err == nil && n >= 1 {
-		return min(n, maxLanesEnv) // asked for: whatever the network
+	return laneLimit(s.e, s.known)
+}
+
+// laneLimit is how many connections at once a send or a recv may use on
+// a network whose facts are f: POSTERN_LANES, if set (whatever the
+// network); one on a line known throttled as a whole today; else
+// maxLanes.
+func laneLimit(e *env, f netFacts) int {
+	if n, err := strconv.Atoi(e.getenv("POSTERN_LANES")); err == nil && n >= 1 {
+		return min(n, maxLanesEnv)
 	}
-	if s.known.LineThrottled && !stale(s.known.LineDay) {
+	if f.LineThrottled && !stale(f.LineDay) {
 		return 1
 	}
 	return maxLanes
@@ -341,8 +349,12 @@ func (r *round) waitDials(dialCtx context.Context, stop context.CancelFunc, pati
 // was carrying the message (the first failure of a way that worked is
 // forgiven half the time, the next is not): backoff for the network's
 // later sends.
-func (s *sender) laneEnv(t string) *env {
-	e := *s.withWindow()
+func (s *sender) laneEnv(t string) *env { return laneEnvOf(s.withWindow(), t) }
+
+// laneEnvOf is base for a lane's dials: t pinned (unless
+// POSTERN_TRANSPORT names a transport) and no route memory.
+func laneEnvOf(base *env, t string) *env {
+	e := *base
 	e.lane = true
 	if t != "" && e.getenv("POSTERN_TRANSPORT") == "" {
 		get := e.getenv

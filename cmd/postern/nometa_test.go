@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -163,6 +164,29 @@ func TestNoMetadata(t *testing.T) {
 			if got := parseRecv(t, runOK(t, bin, envv, nil, "recv", "--id", pair[1].idFile)); len(got) != 1 {
 				t.Fatalf("received %d messages", len(got))
 			}
+		}
+	}
+
+	// recv over lanes (DrainLanes' probes and parts over several
+	// sessions at once), on a network known to throttle each flow.
+	home1 := func(k string) string { return map[string]string{"POSTERN_HOME": home}[k] }
+	openFacts(&env{network: "nometa", stderr: io.Discard, getenv: home1}, parsedOrZero(rp.line).RelayID()).
+		update(&env{stderr: io.Discard, getenv: home1}, func(f *netFacts) { f.Throttled = true })
+	for _, tr := range []string{"https", "h3"} {
+		big := make([]byte, 100<<10)
+		rand.Read(big)
+		envv := []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + a.ip, "POSTERN_TRANSPORT=" + tr}
+		runOK(t, bin, envv, big, "send", "--id", a.idFile, "--to", b.card)
+		cmd := exec.Command(bin, "recv", "--id", b.idFile, "--network", "nometa")
+		cmd.Env = append(os.Environ(), "POSTERN_HOME="+home, "POSTERN_BIND="+b.ip, "POSTERN_TRANSPORT="+tr)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if got := parseRecv(t, out); err != nil || len(got) != 1 || !bytes.Equal(got[0].body, big) {
+			t.Fatalf("recv over lanes (%s): %d messages, %v\n%s", tr, len(got), err, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "connections at once") {
+			t.Fatalf("recv (%s) on a network known throttled used one connection:\n%s", tr, stderr.String())
 		}
 	}
 

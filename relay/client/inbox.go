@@ -116,6 +116,11 @@ type Inbox struct {
 	keptBytes int
 	keepMax   int
 	failed    error // a flush failed: see InboxConfig.Sync
+	// rateBytes and rateTook are the bytes of the last Drain's pages of
+	// at least minRatePage and how long they took to come (see
+	// DrainRate).
+	rateBytes int
+	rateTook  time.Duration
 	// cursor is where the last DrainParts paged through the mailbox to:
 	// every envelope up to it that is still on the relay is held here
 	// (fragments of unfinished messages) or was acked. Follow subscribes
@@ -545,15 +550,18 @@ func sendAck(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [
 // (as they do when ctx ends). It holds at most two pages.
 func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) (err error) {
 	in.Reset()
+	in.rateBytes, in.rateTook = 0, 0
 	type page struct {
-		ds  []Delivery
-		err error
+		ds   []Delivery
+		err  error
+		took time.Duration
 	}
 	fetch := func(after uint64) chan page {
 		ch := make(chan page, 1)
 		go func() {
+			start := time.Now()
 			ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
-			ch <- page{ds, err}
+			ch <- page{ds, err, time.Since(start)}
 		}()
 		return ch
 	}
@@ -576,6 +584,7 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 			return p.err
 		}
 		next = fetch(p.ds[len(p.ds)-1].Seq)
+		in.countRate(p.ds, p.took)
 		var acks []Ref
 		for _, d := range p.ds {
 			refs, err := in.Handle(d)
@@ -599,6 +608,28 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 		go func(refs []Ref, done chan<- error) { done <- sendAck(ctx, c, owner, mailbox, refs) }(acks, acked)
 	}
 }
+
+// minRatePage is the least a page must carry to count in DrainRate: a
+// smaller one's time is mostly the round trip.
+const minRatePage = 16 << 10
+
+// countRate counts a page of ds that took took to come in DrainRate.
+func (in *Inbox) countRate(ds []Delivery, took time.Duration) {
+	n := 0
+	for _, d := range ds {
+		n += len(d.Envelope)
+	}
+	if n >= minRatePage {
+		in.rateBytes += n
+		in.rateTook += took
+	}
+}
+
+// DrainRate is what the last Drain's pages of at least 16 KiB carried,
+// and how long they took from request to answer: the session's
+// throughput, apart from how fast the application took the messages
+// (Drain asks for the next page before it hands this one over).
+func (in *Inbox) DrainRate() (int, time.Duration) { return in.rateBytes, in.rateTook }
 
 // Follow keeps a subscription to mailbox alive through Follow, handing
 // every complete message to Take. It returns nil when ctx ends, or the

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// recvRate is the per-flow throttle of TestRecvLanes: a 64 KiB page
+// behind it, its bucket's first second's worth included, carries about
+// 12 KB/s, under throttleFloor.
+const recvRate = 10 << 10
+
+// recvLanes stores msgs for bob (through a middlebox that lets them
+// pass), then runs `recv --network cafe` behind rule with env added, and
+// checks bob gets every message, whole and in order, and nothing is left
+// on the relay. It returns recv's stderr, how long it took and the most
+// connections the middlebox saw at once meanwhile.
+func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []string, msgs ...[]byte) (string, time.Duration, int) {
+	t.Helper()
+	w.mb.SetRule(censortest.Pass)
+	for _, m := range msgs {
+		runOK(t, w.bin, w.base, m, "send", "--anonymous", "--to", w.card)
+	}
+	for deadline := time.Now().Add(30 * time.Second); w.mb.Open() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // a deadlock guard
+			t.Fatalf("%d connections of the sends still open", w.mb.Open())
+		}
+	}
+	w.mb.SetRule(rule)
+	w.mb.ResetPeak()
+	cmd := exec.Command(w.bin, "recv", "--id", w.bob, "--network", "cafe")
+	cmd.Env = append(os.Environ(), append(w.base, env...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("recv: %v\n%s", err, stderr.String())
+	}
+	took, peak := time.Since(start), w.mb.Peak()
+	got := parseRecv(t, stdout.Bytes())
+	if len(got) != len(msgs) {
+		t.Fatalf("received %d messages, want %d:\n%s", len(got), len(msgs), stderr.String())
+	}
+	for i := range msgs {
+		if !bytes.Equal(got[i].body, msgs[i]) {
+			t.Fatalf("message %d: not the one sent (or out of order)", i)
+		}
+	}
+	w.mb.SetRule(censortest.Pass)
+	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
+		t.Fatalf("%d messages left on the relay", len(left))
+	}
+	return stderr.String(), took, peak
+}
+
+// TestRecvLanes: behind a censor that throttles each flow, the first
+// recv (one connection, as nothing is known of the network) finds its
+// pages came at under throttleFloor and remembers the network
+// throttled; the next takes two messages over more connections at once,
+// and says so. With POSTERN_LANES=1 (the baseline, timed in the same
+// run) it keeps to one. No address or mailbox id reaches recv's stderr,
+// nor the mailbox id the relay's logs and metrics.
+func TestRecvLanes(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	flow := censortest.Throttle(recvRate)
+	msg := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	var stderrs strings.Builder
+	stderr, took, peak := w.recvLanes(t, flow, nil, msg(40<<10))
+	stderrs.WriteString(stderr)
+	t.Logf("recv 1: %d connection(s) at once, %v", peak, took)
+	if f := w.facts(t); !f.Throttled || peak != 1 || !strings.Contains(stderr, "this network throttles it") {
+		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
+	}
+	stderr, took, peak = w.recvLanes(t, flow, nil, msg(60<<10), msg(100), msg(60<<10))
+	stderrs.WriteString(stderr)
+	t.Logf("recv 2: %d connections at once, %v", peak, took)
+	if peak < 2 || !strings.Contains(stderr, "connections at once: this network throttles each flow") {
+		t.Fatalf("recv 2: at most %d connection(s) at once on a network known throttled:\n%s", peak, stderr)
+	}
+	stderr, took, peak = w.recvLanes(t, flow, []string{"POSTERN_LANES=1"}, msg(60<<10), msg(100), msg(60<<10))
+	stderrs.WriteString(stderr)
+	t.Logf("POSTERN_LANES=1: %d connection(s) at once, %v", peak, took)
+	if peak != 1 {
+		t.Fatalf("POSTERN_LANES=1: %d connections at once:\n%s", peak, stderr)
+	}
+	card, err := envelope.ParseCard(w.card)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The relay sees the middlebox's address, as its own listener's is
+	// in its logs: TestNoMetadata covers addresses there with clients on
+	// 127.0.0.2 and 127.0.0.3.
+	mailbox := bytesNeedle("mailbox id", card.Mailbox[:])
+	for _, where := range []struct {
+		name    string
+		hay     []byte
+		needles []needle
+	}{
+		{"recv's stderr", []byte(stderrs.String()), []needle{mailbox, addrNeedle("an address", "127.0.0.")}},
+		{"the relay's logs", []byte(w.rp.logs()), []needle{mailbox}},
+		{"the relay's metrics", metricsText(t, w.rp), []needle{mailbox}},
+	} {
+		if l := findLeaks(where.name, where.hay, where.needles); len(l) > 0 {
+			t.Errorf("%v", l)
+		}
+	}
+}

@@ -1,0 +1,586 @@
+package client
+
+import (
+	"cmp"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/postern/postern/relay"
+)
+
+// LanesConfig tunes [Inbox.DrainLanes].
+type LanesConfig struct {
+	// Lanes is how many sessions DrainLanes uses at once, the first
+	// included (at least 1; 1 is the first session alone).
+	Lanes int
+	// Joined, if set, is told of each session opened beside the first
+	// once it takes part.
+	Joined func()
+}
+
+// errNoLane is DrainLanes' error when no session is left and none says
+// why (not expected: a session that ends says why).
+var errNoLane = errors.New("relay/client: no session is left to receive on")
+
+// laneDepth is how many requests each session of DrainLanes has out at
+// once: two keep a throttled flow busy across the round trip between one
+// answer and the next request.
+const laneDepth = 2
+
+// laneWindow is how many sequence numbers, per session, DrainLanes looks
+// at ahead of the first one not yet handed to the inbox: it holds at
+// most that many envelopes (each at most relay.MaxFrameSize).
+const laneWindow = 2
+
+// DrainLanes is Drain for a network that throttles each flow (a censor's
+// per-flow rate limit, where one session carries a few kilobytes a
+// second however fast the line): it pages once through the mailbox over
+// first and up to cfg.Lanes-1 more sessions from dial, each carrying
+// different parts of the waiting envelopes (Client.FetchPart) at once,
+// and hands every envelope to the inbox whole, in mailbox order, acking
+// what may be acked, as Drain does. It returns how many envelopes it put
+// together (taken, held or dropped).
+//
+// Which envelopes wait it learns without a listing: it asks for the
+// first envelope past each sequence number in turn (a part past any
+// envelope's end, so with no data). A mailbox's envelopes are numbered
+// one after another, so the next numbers are asked for at once, on
+// several sessions, and a gap (envelopes acked meanwhile) costs one such
+// question per number in the window, not its data.
+//
+// The sessions beside the first are opened once the work is more than
+// the first keeps busy: a part of an envelope or a second envelope no
+// request is out for. A session that fails (stalled, reset) leaves its
+// parts to the others; DrainLanes fails when none is left, with that
+// session's error, and at once on an error of the relay's (a
+// relay.Error other than relay.ErrBusy) or a malformed answer.
+// first is not closed; the others are.
+func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg LanesConfig) (int, error) {
+	in.Reset()
+	ctx, cancel := context.WithCancel(ctx)
+	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
+		slots: map[uint64]*laneSlot{}, endSeq: ^uint64(0)}
+	d.cfg.Lanes = max(1, cfg.Lanes)
+	d.cond = sync.NewCond(&d.mu)
+	stop := context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		d.cond.Broadcast()
+		d.mu.Unlock()
+	})
+	d.retry = []laneTask{{probe: true}} // the first envelope past 0
+	d.mu.Lock()
+	d.register(first, false)
+	d.mu.Unlock()
+	d.run(first, true)
+	err := d.deliver()
+	stop()
+	cancel() // the requests still out, and the dials
+	d.wg.Wait()
+	for _, c := range d.opened {
+		c.Close()
+	}
+	return d.whole, err
+}
+
+// laneDrain is one DrainLanes.
+type laneDrain struct {
+	in      *Inbox
+	dial    func(context.Context) (*Client, error)
+	owner   ed25519.PrivateKey
+	mailbox [32]byte
+	cfg     LanesConfig
+	ctx     context.Context
+	wg      sync.WaitGroup
+	whole   int // envelopes handed to the inbox
+
+	mu   sync.Mutex
+	cond *sync.Cond
+	// slots are the sequence numbers from next to probe (each asked
+	// for, or found): an envelope, or known not to wait.
+	slots   map[uint64]*laneSlot
+	started bool   // the first envelope's number is known (next is set)
+	next    uint64 // the first number not yet handed to the inbox
+	probe   uint64 // the next number to ask for
+	endSeq  uint64 // no envelope waits from it on
+	retry   []laneTask
+	out     int // requests out
+	live    []*Client
+	opened  []*Client // sessions DrainLanes opened (closed at its end)
+	workers int       // workers running
+	dialing int       // sessions being opened
+	widened bool
+	done    bool       // every envelope was handed over
+	fatal   error      // ends DrainLanes
+	lastCut error      // the last session's failure
+	acked   chan error // the last Ack, while it is out
+}
+
+// laneSlot is one sequence number: asked for, known to hold no
+// envelope, or holding one (whose parts are asked for from nextOff on).
+type laneSlot struct {
+	state   slotState
+	gone    bool // the envelope went away meanwhile (acked elsewhere)
+	ref     Ref
+	total   int
+	part    int
+	nextOff int
+	got     int
+	buf     []byte
+}
+
+type slotState uint8
+
+const (
+	slotAsked slotState = iota
+	slotAbsent
+	slotEnv
+)
+
+// laneTask is one request: a probe (the first envelope past after, with
+// no data) or a part of the envelope at seq.
+type laneTask struct {
+	probe  bool
+	seq    uint64 // the envelope's (a part), or the one asked for (a probe; 0 for the first)
+	off, n int
+}
+
+// after is what the task's FetchPart asks past.
+func (t laneTask) after() uint64 {
+	if t.seq == 0 {
+		return 0
+	}
+	return t.seq - 1
+}
+
+// register counts c's workers in, under d.mu; run starts them.
+func (d *laneDrain) register(c *Client, lane bool) {
+	d.live = append(d.live, c)
+	if lane {
+		d.opened = append(d.opened, c)
+	}
+	d.workers += laneDepth
+	d.wg.Add(laneDepth)
+}
+
+// run starts c's workers (registered).
+func (d *laneDrain) run(c *Client, first bool) {
+	for range laneDepth {
+		go d.work(c, first)
+	}
+}
+
+// work asks for parts on c until there is nothing left to ask for, or c
+// fails.
+func (d *laneDrain) work(c *Client, first bool) {
+	defer d.wg.Done()
+	for {
+		t, ok := d.take()
+		if !ok {
+			d.mu.Lock()
+			d.workers--
+			d.cond.Broadcast()
+			d.mu.Unlock()
+			return
+		}
+		off, n := t.off, t.n
+		if t.probe {
+			off, n = relay.MaxFrameSize, 1 // past any envelope's end: no data
+		}
+		p, found, err := c.FetchPart(d.ctx, d.owner, d.mailbox, t.after(), off, n)
+		if err != nil {
+			d.failed(c, t, err, first)
+			return
+		}
+		d.put(t, p, found)
+	}
+}
+
+// take waits for a task: a request that failed on another session first,
+// then the next part of the first envelope with one left, then the next
+// number to ask for within the window. It reports false when there is
+// nothing left to ask for.
+func (d *laneDrain) take() (laneTask, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if d.fatal != nil || d.done || d.ctx.Err() != nil {
+			return laneTask{}, false
+		}
+		for len(d.retry) > 0 {
+			t := d.retry[0]
+			d.retry = d.retry[1:]
+			if d.needless(t) {
+				continue
+			}
+			d.out++
+			return t, true
+		}
+		if t, ok := d.nextPart(); ok {
+			d.out++
+			return t, true
+		}
+		if d.started && d.probe < d.endSeq && len(d.slots) < laneWindow*d.cfg.Lanes {
+			t := laneTask{probe: true, seq: d.probe}
+			d.slots[d.probe] = &laneSlot{}
+			d.probe++
+			d.out++
+			return t, true
+		}
+		if d.out == 0 && d.started && d.probe >= d.endSeq && d.partsLeft() == 0 {
+			return laneTask{}, false // all asked for and answered: deliver hands the rest over
+		}
+		d.cond.Wait()
+	}
+}
+
+// needless reports whether a request to send again has been answered
+// meanwhile: a probe of a number found to hold nothing or an envelope,
+// or a part of an envelope gone away.
+func (d *laneDrain) needless(t laneTask) bool {
+	if t.seq == 0 {
+		return false // the first probe
+	}
+	s := d.slots[t.seq]
+	if t.probe {
+		return s == nil || s.state != slotAsked
+	}
+	return s == nil || s.gone
+}
+
+// nextPart is the next part to ask for, of the envelope first in order
+// with one left.
+func (d *laneDrain) nextPart() (laneTask, bool) {
+	best := uint64(0)
+	var bs *laneSlot
+	for seq, s := range d.slots {
+		if s.state == slotEnv && !s.gone && s.nextOff < s.total && (bs == nil || seq < best) {
+			best, bs = seq, s
+		}
+	}
+	if bs == nil {
+		return laneTask{}, false
+	}
+	t := laneTask{seq: best, off: bs.nextOff, n: min(bs.part, bs.total-bs.nextOff)}
+	bs.nextOff += t.n
+	return t, true
+}
+
+// partsLeft is how many bytes of envelopes found no request is out for.
+func (d *laneDrain) partsLeft() int {
+	n := 0
+	for _, s := range d.slots {
+		if s.state == slotEnv && !s.gone {
+			n += s.total - s.nextOff
+		}
+	}
+	return n
+}
+
+// widenBytes is how many bytes of envelopes found and not yet received
+// open the sessions beside the first: two full parts, more than the
+// first's two requests out carry at once.
+const widenBytes = 2 * relay.MaxPart
+
+// evenPart is the part size that asks for total bytes in as few parts
+// of at most relay.MaxPart as it takes, of about the same size.
+func evenPart(total int) int {
+	if total <= 0 {
+		return relay.MaxPart
+	}
+	k := (total + relay.MaxPart - 1) / relay.MaxPart
+	return (total + k - 1) / k
+}
+
+// put records an answer to t, under d.mu.
+func (d *laneDrain) put(t laneTask, p relay.Part, found bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.cond.Broadcast()
+	d.out--
+	if found && p.Seq <= t.after() {
+		d.malformed("an envelope at or before the one asked past")
+		return
+	}
+	if t.probe {
+		d.probed(t, p, found)
+		return
+	}
+	s := d.slots[t.seq]
+	if s == nil || s.state != slotEnv || s.gone {
+		return
+	}
+	if !found || p.Ref != s.ref {
+		if found && p.Seq == t.seq {
+			d.malformed("another envelope in the place of one asked for")
+			return
+		}
+		s.gone = true // acked elsewhere, or expired: the next one answered
+		return
+	}
+	if p.Seq != t.seq || int(p.Total) != s.total {
+		d.malformed("an envelope changed between its parts")
+		return
+	}
+	copy(s.buf[t.off:], p.Data)
+	s.got += len(p.Data)
+	if len(p.Data) < t.n { // less than asked for: the rest again
+		d.retry = append(d.retry, laneTask{seq: t.seq, off: t.off + len(p.Data), n: t.n - len(p.Data)})
+	}
+}
+
+// malformed ends DrainLanes: a relay that answers so could keep it
+// asking for ever.
+func (d *laneDrain) malformed(what string) {
+	if d.fatal == nil {
+		d.fatal = fmt.Errorf("%w: %s", relay.ErrMalformed, what)
+	}
+}
+
+// probed records the answer to a probe, under d.mu: nothing waits at
+// t.seq or after it (not found), or nothing before p.Seq, which holds
+// an envelope.
+func (d *laneDrain) probed(t laneTask, p relay.Part, found bool) {
+	first := t.seq == 0
+	if first {
+		d.started = true
+		if !found {
+			d.endSeq = 0 // an empty mailbox
+			return
+		}
+		d.next, d.probe = p.Seq, p.Seq+1
+		d.found(p)
+		return
+	}
+	if !found {
+		// Nothing waits from t.seq on: an envelope found there
+		// meanwhile is gone (or the relay contradicts itself).
+		d.endSeq = min(d.endSeq, t.seq)
+		for seq, s := range d.slots {
+			if seq >= t.seq {
+				s.gone = s.state == slotEnv
+				s.state = max(s.state, slotAbsent)
+			}
+		}
+		return
+	}
+	for seq, s := range d.slots {
+		if seq >= t.seq && seq < p.Seq && s.state == slotAsked {
+			s.state = slotAbsent
+		}
+	}
+	if p.Seq >= d.endSeq {
+		return // arrived since the mailbox's end was found: the next pass's
+	}
+	s := d.slots[p.Seq]
+	switch {
+	case s == nil && p.Seq >= d.probe:
+		d.probe = p.Seq + 1 // the numbers between hold nothing
+		d.found(p)
+	case s != nil && s.state == slotAsked:
+		d.found(p)
+	}
+}
+
+// found makes a slot of the envelope a probe found, under d.mu.
+func (d *laneDrain) found(p relay.Part) {
+	total := int(p.Total)
+	d.slots[p.Seq] = &laneSlot{state: slotEnv, ref: p.Ref, total: total, part: evenPart(total), buf: make([]byte, total)}
+	if d.widened || d.cfg.Lanes < 2 || d.dial == nil {
+		return
+	}
+	left := 0
+	for _, s := range d.slots {
+		if s.state == slotEnv && !s.gone {
+			left += s.total - s.got
+		}
+	}
+	if left < widenBytes {
+		return
+	}
+	d.widened = true
+	d.dialing = d.cfg.Lanes - 1
+	d.wg.Add(d.dialing)
+	for range d.dialing {
+		go d.dialLane()
+	}
+}
+
+// dialLane opens a session beside the first and runs its workers. One
+// that cannot be opened is no loss: the others carry its share.
+func (d *laneDrain) dialLane() {
+	defer d.wg.Done()
+	c, err := d.dial(d.ctx)
+	d.mu.Lock()
+	d.dialing--
+	join := err == nil && !d.done && d.fatal == nil && d.ctx.Err() == nil
+	if join {
+		d.register(c, true)
+	}
+	d.cond.Broadcast()
+	d.mu.Unlock()
+	switch {
+	case join:
+		if d.cfg.Joined != nil {
+			d.cfg.Joined()
+		}
+		d.run(c, false)
+	case err == nil:
+		c.Close()
+	}
+}
+
+// failed records that t failed on c with err, under d.mu: t goes to
+// another session, and c takes no more (a session DrainLanes opened is
+// closed, and its other requests fail at once and go to the others).
+func (d *laneDrain) failed(c *Client, t laneTask, err error, first bool) {
+	d.mu.Lock()
+	d.out--
+	d.workers--
+	d.retry = append(d.retry, t)
+	if d.fatal == nil && d.ctx.Err() == nil && fatalLaneErr(err) {
+		d.fatal = err
+	}
+	d.lastCut = err
+	d.live = slices.DeleteFunc(d.live, func(x *Client) bool { return x == c })
+	d.cond.Broadcast()
+	d.mu.Unlock()
+	if !first {
+		c.Close()
+	}
+}
+
+// fatalLaneErr reports whether err, from one session's request, ends
+// DrainLanes: the relay's refusal (but "busy", which is that session's)
+// or a malformed answer. A session's failure (stalled, reset) leaves its
+// work to the others.
+func fatalLaneErr(err error) bool {
+	var re *relay.Error
+	return errors.Is(err, relay.ErrMalformed) || (errors.As(err, &re) && !errors.Is(err, relay.ErrBusy))
+}
+
+// ready waits for envelopes to hand to the inbox, in order, and reports
+// done once every envelope was handed over (and the error that ends
+// DrainLanes, if any).
+func (d *laneDrain) ready() ([]Delivery, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if batch := d.advance(); len(batch) > 0 {
+			d.cond.Broadcast() // the window moved
+			return batch, false, nil
+		}
+		switch {
+		case d.done:
+			return nil, true, nil
+		case d.fatal != nil:
+			return nil, false, d.fatal
+		case d.ctx.Err() != nil:
+			return nil, false, d.ctx.Err()
+		case d.workers == 0 && d.dialing == 0:
+			return nil, false, cmp.Or(d.lastCut, errNoLane)
+		}
+		d.cond.Wait()
+	}
+}
+
+// advance takes the envelopes next in order that came whole, past the
+// numbers that hold none (or whose envelope went away), under d.mu.
+func (d *laneDrain) advance() []Delivery {
+	var batch []Delivery
+	for d.started && d.next < d.endSeq {
+		s := d.slots[d.next]
+		if s == nil {
+			if d.next >= d.probe {
+				break // not asked for yet
+			}
+			d.next = d.lowestSlot() // a gap a probe found
+			continue
+		}
+		if s.state == slotAsked || (s.state == slotEnv && !s.gone && s.got < s.total) {
+			break
+		}
+		delete(d.slots, d.next)
+		if s.state == slotEnv && !s.gone {
+			batch = append(batch, Delivery{Mailbox: d.mailbox, Ref: s.ref, Seq: d.next, Envelope: s.buf})
+		}
+		d.next++
+	}
+	if d.started && d.next >= d.endSeq {
+		d.done = true
+	}
+	return batch
+}
+
+// lowestSlot is the lowest number with a slot, or probe if none has.
+func (d *laneDrain) lowestSlot() uint64 {
+	low := d.probe
+	for seq := range d.slots {
+		low = min(low, seq)
+	}
+	return low
+}
+
+// deliver hands the envelopes to the inbox as they come, in order, and
+// acks what it may (after what was taken is durable and recorded), one
+// Ack out at a time, as Drain does.
+func (d *laneDrain) deliver() (err error) {
+	defer func() {
+		if d.acked != nil {
+			err = errors.Join(err, <-d.acked)
+		}
+	}()
+	for {
+		batch, done, err := d.ready()
+		if err != nil || done {
+			return err
+		}
+		var acks []Ref
+		for _, dv := range batch {
+			refs, err := d.in.Handle(dv)
+			acks = append(acks, refs...)
+			d.whole++
+			if err != nil {
+				// Ack what was taken before the refusal, then stop.
+				return errors.Join(err, d.ack(acks))
+			}
+		}
+		if err := d.ack(acks); err != nil {
+			return err
+		}
+	}
+}
+
+// ack makes what was taken durable and recorded, then acks refs on the
+// first session left, once the Ack before has been answered.
+func (d *laneDrain) ack(refs []Ref) error {
+	if err := d.in.flush(); err != nil {
+		return err // nothing is acked that is not durable and recorded
+	}
+	if d.acked != nil {
+		err := <-d.acked
+		d.acked = nil
+		if err != nil {
+			return err // recorded as taken: acked when it comes again
+		}
+	}
+	if len(refs) == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	var c *Client
+	if len(d.live) > 0 {
+		c = d.live[0]
+	}
+	cut := d.lastCut
+	d.mu.Unlock()
+	if c == nil { // recorded as taken: acked when it comes again
+		return cmp.Or(cut, errNoLane)
+	}
+	d.acked = make(chan error, 1)
+	go func(done chan<- error) { done <- sendAck(d.ctx, c, d.owner, d.mailbox, refs) }(d.acked)
+	return nil
+}
