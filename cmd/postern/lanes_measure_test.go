@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"os"
 	"strings"
 	"testing"
@@ -48,6 +49,45 @@ func TestLanesMeasure(t *testing.T) {
 					stderr, took, peak := w.sendLanes(t, tc.rule, tc.size, env...)
 					t.Logf("%s %s send %d: %.2f s, %d connection(s) at once, lanes opened: %v, line judged throttled: %v", tc.name, lanes, i+1,
 						took.Seconds(), peak, strings.Contains(stderr, "opening up to"), strings.Contains(stderr, "throttles the whole line"))
+				}
+			})
+		}
+	}
+}
+
+// TestRecvLanesMeasure times two recvs in a row of a 200 KB message on
+// one network behind a 64 kbit/s throttle of each flow and of the line as
+// a whole: the first on one connection (it learns the network
+// throttled), the second over lanes; and the same two with
+// POSTERN_LANES=1 on a fresh world, for the README. Only with
+// POSTERN_LANES_MEASURE=1 (it takes minutes); it asserts nothing
+// TestRecvLanes does not.
+func TestRecvLanesMeasure(t *testing.T) {
+	if os.Getenv("POSTERN_LANES_MEASURE") == "" {
+		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
+	}
+	const rate = 8000 // 64 kbit/s
+	for _, tc := range []struct {
+		name string
+		rule censortest.Rule
+	}{
+		{"flow", censortest.Throttle(rate)},
+		{"line", censortest.ThrottleHost(rate)},
+	} {
+		for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
+			t.Run(tc.name+"/"+lanes, func(t *testing.T) {
+				t.Parallel()
+				w := newCensoredWorld(t)
+				var env []string
+				if lanes != "default" {
+					env = append(env, lanes)
+				}
+				for i := range 2 {
+					msg := make([]byte, 200<<10)
+					rand.Read(msg)
+					stderr, took, peak := w.recvLanes(t, tc.rule, env, msg)
+					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v", tc.name, lanes, i+1,
+						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"))
 				}
 			})
 		}

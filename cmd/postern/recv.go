@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -308,11 +309,11 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // (relay/client's TestDrainLanesUnderFlowThrottle).
 func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts) error {
 	if n := laneLimit(e, f); f.Throttled && n > 1 && t.laneDial != nil {
-		joined := 0
+		var joined atomic.Int64
 		_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(),
-			client.LanesConfig{Lanes: n, Joined: func() { joined++ }})
-		if joined > 0 {
-			fmt.Fprintf(e.stderr, "received over %d connections at once: this network throttles each flow\n", joined+1)
+			client.LanesConfig{Lanes: n, Joined: func() { joined.Add(1) }})
+		if j := joined.Load(); j > 0 {
+			fmt.Fprintf(e.stderr, "received over %d connections at once: this network throttles each flow\n", j+1)
 		}
 		if !errors.Is(err, relay.ErrUnknownFrame) {
 			return err
@@ -326,11 +327,12 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 
 // noteRecvRate marks the network throttled (netFacts.Throttled, as a
 // send does from its acks) when the pages of the last Drain carried
-// 32 KiB or more at under throttleFloor, from request to answer: the
-// next recv there uses lanes, and sends 16 KiB envelopes.
+// 32 KiB or more at under throttleFloor over throttleWindow or more,
+// from request to answer less a round trip each (client.Inbox.DrainRate):
+// the next recv there uses lanes, and sends 16 KiB envelopes.
 func noteRecvRate(e *env, t recvTarget, f netFacts, in *client.Inbox) {
 	n, took := in.DrainRate()
-	if t.facts == nil || f.Throttled || n < 2*throttleFloor || took <= 0 {
+	if t.facts == nil || f.Throttled || n < 2*throttleFloor || took < throttleWindow {
 		return
 	}
 	rate := float64(n) / took.Seconds()
@@ -338,7 +340,7 @@ func noteRecvRate(e *env, t recvTarget, f netFacts, in *client.Inbox) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s: this network throttles it; later receives here use up to %d connections at once\n",
-		rate/1000, laneLimit(e, netFacts{}))
+		rate/1000, laneLimit(e, f))
 	t.facts.update(e, func(f *netFacts) { f.Throttled = true })
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -116,5 +117,28 @@ func TestRecvLanes(t *testing.T) {
 		if l := findLeaks(where.name, where.hay, where.needles); len(l) > 0 {
 			t.Errorf("%v", l)
 		}
+	}
+}
+
+// TestRecvLatencyNotThrottled: a path with 2.2 s of round trip and no
+// throttle (a distant relay, a satellite hop) is not taken for a
+// throttled one: a page's time counts less a round trip (a reviewer's
+// find: two 10 KiB messages read 14.8 KB/s, and the network was marked
+// throttled for a week).
+func TestRecvLatencyNotThrottled(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	msg := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	stderr, took, _ := w.recvLanes(t, censortest.Latency(2200*time.Millisecond), nil, msg(10<<10), msg(10<<10))
+	t.Logf("recv took %v", took)
+	if strings.Contains(stderr, "this network throttles it") {
+		t.Fatalf("a path with latency and no throttle marked throttled:\n%s", stderr)
+	}
+	if _, err := os.Stat(filepath.Join(w.home, "networks")); err == nil && w.facts(t).Throttled {
+		t.Fatalf("facts: %+v", w.facts(t))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 
@@ -18,7 +19,8 @@ type LanesConfig struct {
 	// included (at least 1; 1 is the first session alone).
 	Lanes int
 	// Joined, if set, is told of each session opened beside the first
-	// once it takes part.
+	// once it takes part; it may be called from several goroutines at
+	// once.
 	Joined func()
 }
 
@@ -63,7 +65,7 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
 	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
-		slots: map[uint64]*laneSlot{}, endSeq: ^uint64(0)}
+		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64}
 	d.cfg.Lanes = max(1, cfg.Lanes)
 	d.cond = sync.NewCond(&d.mu)
 	stop := context.AfterFunc(ctx, func() {
@@ -77,8 +79,14 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	d.mu.Unlock()
 	d.run(first, true)
 	err := d.deliver()
-	stop()
 	cancel() // the requests still out, and the dials
+	stop()
+	// Workers waiting in take for the window see ctx ended (the
+	// AfterFunc may have been stopped before it ran: a reviewer's find,
+	// a hang when Take refused a message with the window full).
+	d.mu.Lock()
+	d.cond.Broadcast()
+	d.mu.Unlock()
 	d.wg.Wait()
 	for _, c := range d.opened {
 		c.Close()
@@ -305,6 +313,12 @@ func (d *laneDrain) put(t laneTask, p relay.Part, found bool) {
 		d.malformed("an envelope at or before the one asked past")
 		return
 	}
+	if found && p.Seq == math.MaxUint64 {
+		// No relay numbers so far (a mailbox starts under 2^62), and
+		// DrainLanes would take it for the end it has not found.
+		d.malformed("an envelope numbered 2^64-1")
+		return
+	}
 	if t.probe {
 		d.probed(t, p, found)
 		return
@@ -469,8 +483,15 @@ func (d *laneDrain) ready() ([]Delivery, bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for {
-		if batch := d.advance(); len(batch) > 0 {
-			d.cond.Broadcast() // the window moved
+		before := d.next
+		batch := d.advance()
+		if d.next != before || d.done {
+			// The window moved, with envelopes or past numbers that
+			// hold none (a reviewer's find: workers waiting for it
+			// were not woken when no envelope came with it).
+			d.cond.Broadcast()
+		}
+		if len(batch) > 0 {
 			return batch, false, nil
 		}
 		switch {
@@ -581,6 +602,30 @@ func (d *laneDrain) ack(refs []Ref) error {
 		return cmp.Or(cut, errNoLane)
 	}
 	d.acked = make(chan error, 1)
-	go func(done chan<- error) { done <- sendAck(d.ctx, c, d.owner, d.mailbox, refs) }(d.acked)
+	go func(done chan<- error) { done <- d.sendAck(c, refs) }(d.acked)
 	return nil
+}
+
+// sendAck acks refs on c, and again on another session left each time
+// one fails (a lane cut while the Ack was out, which would otherwise end
+// DrainLanes with work left that other sessions could do: a reviewer's
+// find); acking a ref twice deletes it once.
+func (d *laneDrain) sendAck(c *Client, refs []Ref) error {
+	tried := map[*Client]bool{}
+	for {
+		err := sendAck(d.ctx, c, d.owner, d.mailbox, refs)
+		if err == nil || fatalLaneErr(err) || d.ctx.Err() != nil {
+			return err
+		}
+		tried[c] = true
+		d.mu.Lock()
+		i := slices.IndexFunc(d.live, func(x *Client) bool { return !tried[x] })
+		if i >= 0 {
+			c = d.live[i]
+		}
+		d.mu.Unlock()
+		if i < 0 {
+			return err
+		}
+	}
 }
