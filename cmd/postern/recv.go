@@ -303,7 +303,7 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // parts of the envelopes) on a network known to throttle each flow (f,
 // from a send's or an earlier recv's measure), else on c alone
 // (client.Inbox.Drain), whose throughput, if it is a throttled flow's,
-// is remembered for the network (with --network). Until 2026-12-07 recv
+// is remembered for the network (with --network). Until 2026-12-06 recv
 // used one connection at a time whatever the network: 300 KB behind a
 // per-flow throttle at 48 KiB/s took 7.1 s where four lanes take 1.1 s
 // (relay/client's TestDrainLanesUnderFlowThrottle).
