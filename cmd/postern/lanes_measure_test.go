@@ -55,10 +55,11 @@ func TestLanesMeasure(t *testing.T) {
 	}
 }
 
-// TestRecvLanesMeasure times two recvs in a row of a 200 KB message on
+// TestRecvLanesMeasure times three recvs in a row of a 200 KB message on
 // one network behind a 64 kbit/s throttle of each flow and of the line as
 // a whole: the first on one connection (it learns the network
-// throttled), the second over lanes; and the same two with
+// throttled), the second over lanes (which judge the line), the third as
+// that judgement says; and the same three with
 // POSTERN_LANES=1 on a fresh world, for the README. Only with
 // POSTERN_LANES_MEASURE=1 (it takes minutes); it asserts nothing
 // TestRecvLanes does not.
@@ -82,12 +83,12 @@ func TestRecvLanesMeasure(t *testing.T) {
 				if lanes != "default" {
 					env = append(env, lanes)
 				}
-				for i := range 2 {
+				for i := range 3 {
 					msg := make([]byte, 200<<10)
 					rand.Read(msg)
 					stderr, took, peak := w.recvLanes(t, tc.rule, env, msg)
-					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v", tc.name, lanes, i+1,
-						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"))
+					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v; %s", tc.name, lanes, i+1,
+						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"), verdictLine(stderr))
 				}
 			})
 		}

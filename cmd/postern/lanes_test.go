@@ -87,7 +87,7 @@ func TestLanesUnderFlowThrottle(t *testing.T) {
 	flow := censortest.Throttle(laneRate)
 	stderr, took, peak := w.sendLanes(t, flow, 100<<10)
 	t.Logf("send 1: %d connection(s) at once, %v", peak, took)
-	if f := w.facts(t); !f.Throttled {
+	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor {
 		t.Fatalf("send 1 did not find the flow throttled (test setup): %+v\n%s", f, stderr)
 	}
 	stderr, took, peak = w.sendLanes(t, flow, 300<<10)

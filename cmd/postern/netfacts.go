@@ -22,6 +22,9 @@ import (
 //	           half of it and messages use the smallest envelope bucket
 //	throttled  the flow's throughput fell under throttleFloor: 16 KiB
 //	           envelopes, and a stall window long enough for one at that rate
+//	throttled_rate
+//	           that throughput, in bytes a second (recv's lanes judge by it
+//	           whether the line is throttled as a whole)
 //	line_throttled, line_throttled_day
 //	           connections at once (lanes.go) carried together less than 1.5
 //	           times what one alone did, or none beside the first could be
@@ -64,6 +67,8 @@ const throttleFloor = 16 << 10 // bytes per second
 type netFacts struct {
 	Budget    int  `json:"budget,omitempty"`
 	Throttled bool `json:"throttled,omitempty"`
+	// Rate: see throttled_rate above.
+	Rate int `json:"throttled_rate,omitempty"`
 	// LineThrottled and LineDay: see line_throttled above.
 	LineThrottled bool  `json:"line_throttled,omitempty"`
 	LineDay       int64 `json:"line_throttled_day,omitempty"`

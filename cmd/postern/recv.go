@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -309,12 +308,9 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // (relay/client's TestDrainLanesUnderFlowThrottle).
 func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts) error {
 	if n := laneLimit(e, f); f.Throttled && n > 1 && t.laneDial != nil {
-		var joined atomic.Int64
-		_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(),
-			client.LanesConfig{Lanes: n, Joined: func() { joined.Add(1) }})
-		if j := joined.Load(); j > 0 {
-			fmt.Fprintf(e.stderr, "received over %d connections at once: this network throttles each flow\n", j+1)
-		}
+		var st client.LanesStats
+		_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), client.LanesConfig{Lanes: n, Stats: &st})
+		judgeRecvLanes(e, t, f, st)
 		if !errors.Is(err, relay.ErrUnknownFrame) {
 			return err
 		}
@@ -324,6 +320,51 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 	noteRecvRate(e, t, f, in)
 	return err
 }
+
+// judgeRecvLanes says how many connections a lanes recv used and judges
+// the line from what they carried together, as a send's lanes do: under
+// lineGain times what one flow carried alone when the network was found
+// throttled (netFacts.Rate) is a line throttled as a whole, remembered
+// for the day (line_throttled: sends and recvs there use one connection
+// that day); more is flows throttled one by one (a line throttle
+// remembered from an earlier day is forgotten). Judged only with
+// minJudged sessions at once and minJudgedBytes carried by them, and a
+// rate known. Until 2026-12-06 recv's lanes judged nothing, and behind a
+// line throttle cost 5 % on every recv of the network until a send
+// judged it.
+func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
+	if st.Sessions < 2 {
+		return
+	}
+	together := 0.0
+	if st.Span > 0 {
+		together = float64(st.Bytes) / st.Span.Seconds()
+	}
+	if st.Sessions < minJudged || st.Bytes < minJudgedBytes || f.Rate <= 0 || together <= 0 {
+		fmt.Fprintf(e.stderr, "received over %d connections at once: this network throttles each flow\n", st.Sessions)
+		return
+	}
+	if together < lineGain*float64(f.Rate) {
+		fmt.Fprintf(e.stderr, "%d connections at once carried %.1f KB/s together, where one alone carried %.1f KB/s: this network throttles the whole line; one connection at a time here today\n",
+			st.Sessions, together/1000, float64(f.Rate)/1000)
+		t.facts.update(e, func(f *netFacts) { f.LineThrottled, f.LineDay = true, today() })
+		return
+	}
+	fmt.Fprintf(e.stderr, "received over %d connections at once (%.1f KB/s together, one alone %.1f KB/s): this network throttles each flow\n",
+		st.Sessions, together/1000, float64(f.Rate)/1000)
+	if f.LineThrottled {
+		t.facts.update(e, func(f *netFacts) { f.LineThrottled, f.LineDay = false, 0 })
+	}
+}
+
+// What judgeRecvLanes needs to judge a line: three sessions at once or
+// more (two flows throttled one by one, a slow handshake and a tail
+// where one lane ends first carry near lineGain times one), 64 KiB or
+// more carried by them.
+const (
+	minJudged      = 3
+	minJudgedBytes = 64 << 10
+)
 
 // noteRecvRate marks the network throttled (netFacts.Throttled, as a
 // send does from its acks) when the pages of the last Drain carried
@@ -341,7 +382,7 @@ func noteRecvRate(e *env, t recvTarget, f netFacts, in *client.Inbox) {
 	}
 	fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s: this network throttles it; later receives here use up to %d connections at once\n",
 		rate/1000, laneLimit(e, f))
-	t.facts.update(e, func(f *netFacts) { f.Throttled = true })
+	t.facts.update(e, func(f *netFacts) { f.Throttled, f.Rate = true, int(rate) })
 }
 
 // budgetAfterCut is the per-session budget the parts go by after recv's

@@ -82,14 +82,17 @@ func TestRecvLanes(t *testing.T) {
 	stderr, took, peak := w.recvLanes(t, flow, nil, msg(40<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("recv 1: %d connection(s) at once, %v", peak, took)
-	if f := w.facts(t); !f.Throttled || peak != 1 || !strings.Contains(stderr, "this network throttles it") {
+	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak != 1 || !strings.Contains(stderr, "this network throttles it") {
 		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
 	}
 	stderr, took, peak = w.recvLanes(t, flow, nil, msg(60<<10), msg(100), msg(60<<10))
 	stderrs.WriteString(stderr)
-	t.Logf("recv 2: %d connections at once, %v", peak, took)
-	if peak < 2 || !strings.Contains(stderr, "connections at once: this network throttles each flow") {
-		t.Fatalf("recv 2: at most %d connection(s) at once on a network known throttled:\n%s", peak, stderr)
+	t.Logf("recv 2: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
+	if peak < 2 || !strings.Contains(stderr, "connections at once (") || !strings.Contains(stderr, "this network throttles each flow") {
+		t.Fatalf("recv 2: at most %d connection(s) at once on a network known throttled, or not judged per-flow:\n%s", peak, stderr)
+	}
+	if f := w.facts(t); f.LineThrottled {
+		t.Fatalf("recv 2 took a per-flow throttle for a line throttle: %+v\n%s", f, stderr)
 	}
 	stderr, took, peak = w.recvLanes(t, flow, []string{"POSTERN_LANES=1"}, msg(60<<10), msg(100), msg(60<<10))
 	stderrs.WriteString(stderr)
@@ -141,4 +144,48 @@ func TestRecvLatencyNotThrottled(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(w.home, "networks")); err == nil && w.facts(t).Throttled {
 		t.Fatalf("facts: %+v", w.facts(t))
 	}
+}
+
+// TestRecvLanesUnderLineThrottle: behind a censor that throttles all the
+// client's flows together, the first recv learns the network throttled
+// and what one flow carries; the second's lanes carry together no more
+// than that, and the line is judged throttled as a whole, for the day:
+// the third keeps to one connection.
+func TestRecvLanesUnderLineThrottle(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	line := censortest.ThrottleHost(recvRate)
+	msg := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	stderr, took, _ := w.recvLanes(t, line, nil, msg(40<<10))
+	t.Logf("recv 1: %v", took)
+	if f := w.facts(t); !f.Throttled || f.Rate <= 0 {
+		t.Fatalf("recv 1 did not find the network throttled (test setup): %+v\n%s", f, stderr)
+	}
+	stderr, took, peak := w.recvLanes(t, line, nil, msg(60<<10), msg(60<<10))
+	t.Logf("recv 2: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
+	if peak < minJudged || !strings.Contains(stderr, "throttles the whole line") {
+		t.Fatalf("recv 2: %d connections at once, the line throttle not found:\n%s", peak, stderr)
+	}
+	if f := w.facts(t); !f.LineThrottled || f.LineDay != today() {
+		t.Fatalf("facts after recv 2: %+v", f)
+	}
+	stderr, took, peak = w.recvLanes(t, line, nil, msg(60<<10))
+	t.Logf("recv 3: %d connections at once, %v", peak, took)
+	if peak != 1 {
+		t.Fatalf("recv 3: %d connections at once on a line known throttled:\n%s", peak, stderr)
+	}
+}
+
+// verdictLine is the line of recv's stderr that judged its lanes.
+func verdictLine(stderr string) string {
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.Contains(l, "together") {
+			return l
+		}
+	}
+	return "(no verdict)"
 }

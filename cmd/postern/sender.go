@@ -482,8 +482,8 @@ func (s *sender) noteThroughput(st *connStats) {
 	if !s.known.Throttled {
 		fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); using a longer stall window\n", rate/1000)
 	}
-	s.known.Throttled = true
-	s.facts.update(s.e, func(f *netFacts) { f.Throttled = true })
+	s.known.Throttled, s.known.Rate = true, int(rate)
+	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = true, int(rate) })
 }
 
 // budgetGone forgets the budget being checked again once a connection

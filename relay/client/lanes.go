@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/postern/postern/relay"
 )
@@ -22,6 +23,19 @@ type LanesConfig struct {
 	// once it takes part; it may be called from several goroutines at
 	// once.
 	Joined func()
+	// Stats, if set, is filled in as DrainLanes returns.
+	Stats *LanesStats
+}
+
+// LanesStats is what DrainLanes' sessions carried together.
+type LanesStats struct {
+	// Sessions is the most that took part at once, the first included.
+	Sessions int
+	// Bytes is what parts brought of envelopes from when the first
+	// session beside the first joined, and Span how long from then to
+	// the last part: their rate together.
+	Bytes int
+	Span  time.Duration
 }
 
 // errNoLane is DrainLanes' error when no session is left and none says
@@ -91,6 +105,12 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	for _, c := range d.opened {
 		c.Close()
 	}
+	if cfg.Stats != nil {
+		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes}
+		if !d.joinedAt.IsZero() {
+			cfg.Stats.Span = d.jLast.Sub(d.joinedAt)
+		}
+	}
 	return d.whole, err
 }
 
@@ -125,6 +145,12 @@ type laneDrain struct {
 	fatal   error      // ends DrainLanes
 	lastCut error      // the last session's failure
 	acked   chan error // the last Ack, while it is out
+	// For LanesStats: the most sessions live at once; when the first
+	// beside the first joined, bytes of parts since and the last's time.
+	most     int
+	joinedAt time.Time
+	jBytes   int
+	jLast    time.Time
 }
 
 // laneSlot is one sequence number: asked for, known to hold no
@@ -167,8 +193,12 @@ func (t laneTask) after() uint64 {
 // register counts c's workers in, under d.mu; run starts them.
 func (d *laneDrain) register(c *Client, lane bool) {
 	d.live = append(d.live, c)
+	d.most = max(d.most, len(d.live))
 	if lane {
 		d.opened = append(d.opened, c)
+		if d.joinedAt.IsZero() {
+			d.joinedAt = time.Now()
+		}
 	}
 	d.workers += laneDepth
 	d.wg.Add(laneDepth)
@@ -341,6 +371,10 @@ func (d *laneDrain) put(t laneTask, p relay.Part, found bool) {
 	}
 	copy(s.buf[t.off:], p.Data)
 	s.got += len(p.Data)
+	if !d.joinedAt.IsZero() {
+		d.jBytes += len(p.Data)
+		d.jLast = time.Now()
+	}
 	if len(p.Data) < t.n { // less than asked for: the rest again
 		d.retry = append(d.retry, laneTask{seq: t.seq, off: t.off + len(p.Data), n: t.n - len(p.Data)})
 	}

@@ -50,6 +50,8 @@ type fakeBox struct {
 	// cutOnAck, if set, is the session (1 for the first dialed) whose
 	// connection the box closes when its first Ack comes.
 	cutOnAck int64
+	// stats is what the last drainLanes of the box returned.
+	stats client.LanesStats
 }
 
 type fakeEnv struct {
@@ -219,7 +221,7 @@ func drainLanesSync(t *testing.T, f *fakeBox, id *envelope.Identity, lanes int, 
 	}
 	defer first.Close()
 	var joined atomic.Int64
-	n, err := in.DrainLanes(ctx, first, dial, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Joined: func() { joined.Add(1) }})
+	n, err := in.DrainLanes(ctx, first, dial, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Joined: func() { joined.Add(1) }, Stats: &f.stats})
 	return got, n, int(joined.Load()), err
 }
 
@@ -257,6 +259,15 @@ func TestDrainLanesInOrderAcrossGaps(t *testing.T) {
 	}
 	if joined != 2 || f.dials.Load() != 3 {
 		t.Fatalf("%d sessions joined, %d dialed; want 2 beside the first", joined, f.dials.Load())
+	}
+	// What the sessions carried from when the first beside the first
+	// joined: at most every envelope's bytes, and more than none.
+	total := 0
+	for _, e := range envs {
+		total += len(e)
+	}
+	if st := f.stats; st.Sessions != 3 || st.Bytes <= 0 || st.Bytes > total || st.Span <= 0 {
+		t.Fatalf("stats %+v, want 3 sessions and up to %d bytes", st, total)
 	}
 	if parts[1001] < 3 {
 		t.Fatalf("a 40 KiB envelope came in %d parts", parts[1001])
