@@ -639,12 +639,18 @@ func (in *Inbox) countRate(ds []Delivery, took time.Duration) {
 // next page before it hands this one over) and from the path's latency
 // (a reviewer's find: 10 KiB messages over a fast path with 2.2 s of
 // latency read 14.8 KB/s). Zero when the Drain did not page through the
-// mailbox to its end.
+// mailbox to its end, or when that time is under 4 round trips (a fresh
+// connection's slow start over a long path takes a few: a reviewer's
+// caveat).
 func (in *Inbox) DrainRate() (int, time.Duration) {
 	if in.rateRTT <= 0 {
 		return 0, 0
 	}
-	return in.rateBytes, max(0, in.rateTook-time.Duration(in.ratePages)*in.rateRTT)
+	took := in.rateTook - time.Duration(in.ratePages)*in.rateRTT
+	if took < 4*in.rateRTT {
+		return 0, 0
+	}
+	return in.rateBytes, took
 }
 
 // Follow keeps a subscription to mailbox alive through Follow, handing

@@ -272,10 +272,15 @@ func TestDrainLanesInOrderAcrossGaps(t *testing.T) {
 	if parts[1001] < 3 {
 		t.Fatalf("a 40 KiB envelope came in %d parts", parts[1001])
 	}
-	// 13 parts with data; a probe for the first envelope, one per
-	// envelope, and at most a window's worth (2 × 3 lanes) in each of the
-	// two gaps and past the end: a gap is jumped, not walked.
-	if max := 13 + 1 + len(envs) + 3*2*3; f.parts > max {
+	// A probe for the first envelope and one per envelope, with its
+	// first 4 KiB; the rest of each in parts of at most 16 KiB; at most a
+	// window's worth of probes (2 × 3 lanes) in each of the two gaps and
+	// past the end: a gap is jumped, not walked.
+	rest := 0
+	for _, e := range envs {
+		rest += (max(0, len(e)-4096) + relay.MaxPart - 1) / relay.MaxPart
+	}
+	if max := 1 + len(envs) + rest + 3*2*3; f.parts > max {
 		t.Fatalf("%d questions, want at most %d", f.parts, max)
 	}
 	t.Logf("%d questions", f.parts)
@@ -425,16 +430,16 @@ func TestDrainLanesRefusesMalformed(t *testing.T) {
 			return relay.Part{Ref: ref, Seq: m.After, Total: 10}, true
 		},
 		"another total": func(n int, m relay.FetchPart) (relay.Part, bool) {
-			if m.Offset == relay.MaxFrameSize {
-				return relay.Part{Ref: ref, Seq: m.After + 1, Total: 40 << 10}, true
+			if m.Offset == 0 { // a probe
+				return relay.Part{Ref: ref, Seq: m.After + 1, Total: 40 << 10, Data: make([]byte, min(int(m.Max), 40<<10))}, true
 			}
 			return relay.Part{Ref: ref, Seq: m.After + 1, Total: 30 << 10, Data: make([]byte, min(int(m.Max), 30<<10-int(m.Offset)))}, true
 		},
 		"another envelope in its place": func(n int, m relay.FetchPart) (relay.Part, bool) {
 			r := ref
 			r[1] = byte(n)
-			if m.Offset == relay.MaxFrameSize {
-				return relay.Part{Ref: r, Seq: m.After + 1, Total: 8 << 10}, true
+			if m.Offset == 0 { // a probe
+				return relay.Part{Ref: r, Seq: m.After + 1, Total: 8 << 10, Data: make([]byte, min(int(m.Max), 8<<10))}, true
 			}
 			return relay.Part{Ref: r, Seq: m.After + 1, Total: 8 << 10, Data: make([]byte, min(int(m.Max), 8<<10-int(m.Offset)))}, true
 		},
@@ -701,19 +706,19 @@ func TestDrainLanesWindowOfGone(t *testing.T) {
 		gate := make(chan struct{})
 		var once sync.Once
 		answer := func(m relay.FetchPart) (relay.Part, bool) {
-			probe := m.Offset == relay.MaxFrameSize
+			probe := m.Offset == 0
 			part3 := func() relay.Part {
 				off := min(int(m.Offset), len(env3))
 				k := min(len(env3)-off, int(m.Max))
 				return relay.Part{Ref: r3, Seq: 3, Total: uint32(len(env3)), Data: bytes.Clone(env3[off : off+k])}
 			}
 			switch {
-			case m.After == 0 && probe:
-				return relay.Part{Ref: r1, Seq: 1, Total: 100}, true
+			case m.After == 0 && probe: // 8000 bytes: the probe brings 4096
+				return relay.Part{Ref: r1, Seq: 1, Total: 8000, Data: make([]byte, m.Max)}, true
 			case m.After == 1 && probe:
-				return relay.Part{Ref: r2, Seq: 2, Total: 100}, true
+				return relay.Part{Ref: r2, Seq: 2, Total: 8000, Data: make([]byte, m.Max)}, true
 			case m.After <= 2 && probe:
-				return relay.Part{Ref: r3, Seq: 3, Total: uint32(len(env3))}, true
+				return part3(), true
 			case m.After == 0: // 1's part: held until 2's is asked for; both gone
 				<-gate
 				return part3(), true
@@ -776,4 +781,58 @@ func TestDrainLanesAckOnAnother(t *testing.T) {
 	if len(f.envs) != 0 {
 		t.Fatalf("%d envelopes left unacked", len(f.envs))
 	}
+}
+
+// TestDrainLanesSmallBacklog: a backlog of short messages (each in an
+// envelope of the smallest bucket) comes one request an envelope, their
+// probes, and opens sessions beside the first once 32 KiB of them are
+// found. Until a reviewer's find each took a probe and a part, and no
+// session ever joined (no envelope's bytes waited long).
+func TestDrainLanesSmallBacklog(t *testing.T) {
+	sizes := make([]int, 24)
+	seqs := make([]uint64, 24)
+	for i := range sizes {
+		sizes[i], seqs[i] = 3000, uint64(100+i)
+	}
+	id, msgs, envs := sealed(t, sizes...)
+	f := newFakeBox()
+	f.add(seqs, envs)
+	got, n, joined, err := drainLanes(t, f, id, 4)
+	if err != nil || n != 24 || len(got) != 24 || !bytes.Equal(got[23], msgs[23]) {
+		t.Fatalf("took %d messages (%d envelopes), %v", len(got), n, err)
+	}
+	if joined == 0 {
+		t.Fatal("no session joined for 96 KiB of short messages")
+	}
+	// The first probe, one an envelope, and at most a window (2 × 4)
+	// past the end.
+	if f.parts > 1+24+2*4 {
+		t.Fatalf("%d questions for 24 envelopes of 4 KiB", f.parts)
+	}
+	t.Logf("%d questions, %d sessions joined", f.parts, joined)
+}
+
+// TestDrainLanesSmallBacklogThrottled: 48 short messages behind a
+// per-flow throttle of 32 KiB/s come over several sessions at once;
+// with one (the baseline, timed in the same run) over one.
+func TestDrainLanesSmallBacklogThrottled(t *testing.T) {
+	w := newPartsWorld(t)
+	w.stall = 10 * time.Second
+	w.mb.SetRule(censortest.Throttle(32 << 10))
+	sizes := make([]int, 48)
+	for i := range sizes {
+		sizes[i] = 3000
+	}
+	took, peak, _, err := w.drainThrough(t, 4, w.dial, randomMsgs(sizes...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peak < 2 {
+		t.Fatalf("at most %d session(s) at once for 48 short messages", peak)
+	}
+	one, _, _, err := w.drainThrough(t, 1, w.dial, randomMsgs(sizes...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("48 messages of 3000 B behind a per-flow throttle at 32 KiB/s: four lanes %v (%d at once), one %v", took, peak, one)
 }
