@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
 	"os"
 	"strings"
 	"testing"
@@ -84,9 +83,7 @@ func TestRecvLanesMeasure(t *testing.T) {
 					env = append(env, lanes)
 				}
 				for i := range 3 {
-					msg := make([]byte, 200<<10)
-					rand.Read(msg)
-					stderr, took, peak := w.recvLanes(t, tc.rule, env, msg)
+					stderr, took, peak := w.recvLanes(t, tc.rule, env, randomMsg(200<<10))
 					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v; %s", tc.name, lanes, i+1,
 						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"), verdictLine(stderr))
 				}

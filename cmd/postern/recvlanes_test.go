@@ -19,6 +19,13 @@ import (
 // 12 KB/s, under throttleFloor.
 const recvRate = 10 << 10
 
+// randomMsg is n random bytes.
+func randomMsg(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
 // recvLanes stores msgs for bob (through a middlebox that lets them
 // pass), then runs `recv --network cafe` behind rule with env added, and
 // checks bob gets every message, whole and in order, and nothing is left
@@ -73,19 +80,14 @@ func TestRecvLanes(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	flow := censortest.Throttle(recvRate)
-	msg := func(n int) []byte {
-		b := make([]byte, n)
-		rand.Read(b)
-		return b
-	}
 	var stderrs strings.Builder
-	stderr, took, peak := w.recvLanes(t, flow, nil, msg(40<<10))
+	stderr, took, peak := w.recvLanes(t, flow, nil, randomMsg(40<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("recv 1: %d connection(s) at once, %v", peak, took)
 	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak != 1 || !strings.Contains(stderr, "this network throttles it") {
 		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
 	}
-	stderr, took, peak = w.recvLanes(t, flow, nil, msg(60<<10), msg(100), msg(60<<10))
+	stderr, took, peak = w.recvLanes(t, flow, nil, randomMsg(60<<10), randomMsg(100), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("recv 2: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
 	if peak < 2 || !strings.Contains(stderr, "connections at once (") || !strings.Contains(stderr, "this network throttles each flow") {
@@ -94,7 +96,7 @@ func TestRecvLanes(t *testing.T) {
 	if f := w.facts(t); f.LineThrottled {
 		t.Fatalf("recv 2 took a per-flow throttle for a line throttle: %+v\n%s", f, stderr)
 	}
-	stderr, took, peak = w.recvLanes(t, flow, []string{"POSTERN_LANES=1"}, msg(60<<10), msg(100), msg(60<<10))
+	stderr, took, peak = w.recvLanes(t, flow, []string{"POSTERN_LANES=1"}, randomMsg(60<<10), randomMsg(100), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("POSTERN_LANES=1: %d connection(s) at once, %v", peak, took)
 	if peak != 1 {
@@ -131,12 +133,7 @@ func TestRecvLanes(t *testing.T) {
 func TestRecvLatencyNotThrottled(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
-	msg := func(n int) []byte {
-		b := make([]byte, n)
-		rand.Read(b)
-		return b
-	}
-	stderr, took, _ := w.recvLanes(t, censortest.Latency(2200*time.Millisecond), nil, msg(10<<10), msg(10<<10))
+	stderr, took, _ := w.recvLanes(t, censortest.Latency(2200*time.Millisecond), nil, randomMsg(10<<10), randomMsg(10<<10))
 	t.Logf("recv took %v", took)
 	if strings.Contains(stderr, "this network throttles it") {
 		t.Fatalf("a path with latency and no throttle marked throttled:\n%s", stderr)
@@ -155,17 +152,12 @@ func TestRecvLanesUnderLineThrottle(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	line := censortest.ThrottleHost(recvRate)
-	msg := func(n int) []byte {
-		b := make([]byte, n)
-		rand.Read(b)
-		return b
-	}
-	stderr, took, _ := w.recvLanes(t, line, nil, msg(40<<10))
+	stderr, took, _ := w.recvLanes(t, line, nil, randomMsg(40<<10))
 	t.Logf("recv 1: %v", took)
 	if f := w.facts(t); !f.Throttled || f.Rate <= 0 {
 		t.Fatalf("recv 1 did not find the network throttled (test setup): %+v\n%s", f, stderr)
 	}
-	stderr, took, peak := w.recvLanes(t, line, nil, msg(60<<10), msg(60<<10))
+	stderr, took, peak := w.recvLanes(t, line, nil, randomMsg(60<<10), randomMsg(60<<10))
 	t.Logf("recv 2: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
 	if peak < minJudged || !strings.Contains(stderr, "throttles the whole line") {
 		t.Fatalf("recv 2: %d connections at once, the line throttle not found:\n%s", peak, stderr)
@@ -173,7 +165,7 @@ func TestRecvLanesUnderLineThrottle(t *testing.T) {
 	if f := w.facts(t); !f.LineThrottled || f.LineDay != today() {
 		t.Fatalf("facts after recv 2: %+v", f)
 	}
-	stderr, took, peak = w.recvLanes(t, line, nil, msg(60<<10))
+	stderr, took, peak = w.recvLanes(t, line, nil, randomMsg(60<<10))
 	t.Logf("recv 3: %d connections at once, %v", peak, took)
 	if peak != 1 {
 		t.Fatalf("recv 3: %d connections at once on a line known throttled:\n%s", peak, stderr)

@@ -649,19 +649,32 @@ func (d *laneDrain) ack(refs []Ref) error {
 	if len(refs) == 0 {
 		return nil
 	}
-	d.mu.Lock()
-	var c *Client
-	if len(d.live) > 0 {
-		c = d.live[0]
-	}
-	cut := d.lastCut
-	d.mu.Unlock()
+	c := d.session(nil)
 	if c == nil { // recorded as taken: acked when it comes again
-		return cmp.Or(cut, errNoLane)
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return cmp.Or(d.lastCut, errNoLane)
 	}
 	d.acked = make(chan error, 1)
 	go func(done chan<- error) { done <- d.sendAck(c, refs) }(d.acked)
 	return nil
+}
+
+// session is the first session live that tried does not hold, waiting
+// for the sessions being opened if none is (the first cut as an
+// envelope completed, before another joined); nil if none is left.
+func (d *laneDrain) session(tried map[*Client]bool) *Client {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if i := slices.IndexFunc(d.live, func(x *Client) bool { return !tried[x] }); i >= 0 {
+			return d.live[i]
+		}
+		if d.dialing == 0 || d.ctx.Err() != nil || d.fatal != nil {
+			return nil
+		}
+		d.cond.Wait()
+	}
 }
 
 // sendAck acks refs on c, and again on another session left each time
@@ -676,13 +689,7 @@ func (d *laneDrain) sendAck(c *Client, refs []Ref) error {
 			return err
 		}
 		tried[c] = true
-		d.mu.Lock()
-		i := slices.IndexFunc(d.live, func(x *Client) bool { return !tried[x] })
-		if i >= 0 {
-			c = d.live[i]
-		}
-		d.mu.Unlock()
-		if i < 0 {
+		if c = d.session(tried); c == nil {
 			return err
 		}
 	}

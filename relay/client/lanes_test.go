@@ -40,9 +40,10 @@ type fakeBox struct {
 	// short, if set, is the most data one answer carries (a relay
 	// whose parts are smaller than asked for).
 	short int
-	// delay, if set, is how long to wait before answering a part (off
-	// the lock).
-	delay func(seq uint64, off int) time.Duration
+	// delay, if set, is how long to wait before answering a part on
+	// session n (1 for the first dialed), off the lock; an answer not yet
+	// sent when the session ends is not.
+	delay func(n int64, seq uint64, off int) time.Duration
 	// open counts envelopes some data of which was served and that are
 	// not acked; most is the most there were at once.
 	open map[uint64]bool
@@ -80,20 +81,15 @@ func (f *fakeBox) dial(t *testing.T) func(context.Context) (*client.Client, erro
 		n := f.dials.Add(1)
 		cc, sc := relaytest.Pipe(t)
 		t.Cleanup(func() { sc.Close() })
-		go f.serve(sc, n == f.cutOnAck)
+		go f.serve(sc, n)
 		return client.New(ctx, cc, client.WithRelayKey(f.key.Public().(ed25519.PublicKey)))
 	}
 }
 
-func (f *fakeBox) serve(sc transport.Conn, cutOnAck bool) {
-	relay.ReadFrame(sc)
-	sc.Write(relay.AppendFrame(nil, relay.ServerHello{Version: relay.ProtocolVersion}))
-	for {
-		typ, p, err := relay.ReadFrame(sc)
-		if err != nil {
-			return
-		}
-		req, _ := relay.RequestID(p)
+func (f *fakeBox) serve(sc transport.Conn, n int64) {
+	ended := make(chan struct{})
+	defer close(ended)
+	serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool {
 		var body []byte
 		switch typ {
 		case relay.FrameFetchPart:
@@ -103,35 +99,62 @@ func (f *fakeBox) serve(sc transport.Conn, cutOnAck bool) {
 				body = part.Append(nil)
 			}
 			if f.delay != nil && ok && len(part.Data) > 0 {
-				if d := f.delay(part.Seq, int(m.Offset)); d > 0 {
+				if d := f.delay(n, part.Seq, int(m.Offset)); d > 0 {
 					go func() { // the session's other requests are not held
-						time.Sleep(d)
-						sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: body}))
+						select {
+						case <-time.After(d):
+							sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: body}))
+						case <-ended:
+						}
 					}()
-					continue
+					return true
 				}
 			}
 		case relay.FrameAck:
-			if cutOnAck {
+			if n == f.cutOnAck {
 				sc.Close()
-				return
+				return false
 			}
-			m, _ := relay.ParseAck(p)
-			f.mu.Lock()
-			for _, r := range m.Refs {
-				f.acked = append(f.acked, r)
-				for _, e := range f.envs {
-					if e.ref == r {
-						delete(f.open, e.seq)
-					}
-				}
-				f.envs = slices.DeleteFunc(f.envs, func(e fakeEnv) bool { return e.ref == r })
-			}
-			f.mu.Unlock()
-			body = relay.CountBody(len(m.Refs))
+			body = f.ack(p)
 		}
 		sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: body}))
+		return true
+	})
+}
+
+// serveFrames answers a client's hello on sc as a relay does, then hands
+// each frame to each until sc fails or each returns false.
+func serveFrames(sc transport.Conn, each func(typ relay.FrameType, p []byte, req uint32) bool) {
+	relay.ReadFrame(sc)
+	sc.Write(relay.AppendFrame(nil, relay.ServerHello{Version: relay.ProtocolVersion}))
+	for {
+		typ, p, err := relay.ReadFrame(sc)
+		if err != nil {
+			return
+		}
+		req, _ := relay.RequestID(p)
+		if !each(typ, p, req) {
+			return
+		}
 	}
+}
+
+// ack deletes the envelopes an Ack frame names and returns the answer's
+// body.
+func (f *fakeBox) ack(p []byte) []byte {
+	m, _ := relay.ParseAck(p)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range m.Refs {
+		f.acked = append(f.acked, r)
+		for _, e := range f.envs {
+			if e.ref == r {
+				delete(f.open, e.seq)
+			}
+		}
+		f.envs = slices.DeleteFunc(f.envs, func(e fakeEnv) bool { return e.ref == r })
+	}
+	return relay.CountBody(len(m.Refs))
 }
 
 // part answers m as a relay does: part of the first envelope past
@@ -299,7 +322,7 @@ func TestDrainLanesWindow(t *testing.T) {
 	f := newFakeBox()
 	f.add(seqs, envs)
 	f.open = map[uint64]bool{}
-	f.delay = func(seq uint64, off int) time.Duration {
+	f.delay = func(_ int64, seq uint64, off int) time.Duration {
 		if seq == 10 && off > 0 {
 			return 500 * time.Millisecond
 		}
@@ -660,34 +683,26 @@ func scriptBox(t *testing.T, key ed25519.PrivateKey, answer func(m relay.FetchPa
 	return func(ctx context.Context) (*client.Client, error) {
 		cc, sc := relaytest.Pipe(t)
 		t.Cleanup(func() { sc.Close() })
-		go func() {
-			var wmu sync.Mutex
-			relay.ReadFrame(sc)
-			sc.Write(relay.AppendFrame(nil, relay.ServerHello{Version: relay.ProtocolVersion}))
-			for {
-				typ, p, err := relay.ReadFrame(sc)
-				if err != nil {
-					return
-				}
-				req, _ := relay.RequestID(p)
-				go func() {
-					var body []byte
-					switch typ {
-					case relay.FrameFetchPart:
-						m, _ := relay.ParseFetchPart(p)
-						if part, ok := answer(m); ok {
-							body = part.Append(nil)
-						}
-					case relay.FrameAck:
-						m, _ := relay.ParseAck(p)
-						body = relay.CountBody(len(m.Refs))
+		var wmu sync.Mutex
+		go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool {
+			go func() {
+				var body []byte
+				switch typ {
+				case relay.FrameFetchPart:
+					m, _ := relay.ParseFetchPart(p)
+					if part, ok := answer(m); ok {
+						body = part.Append(nil)
 					}
-					wmu.Lock()
-					sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: body}))
-					wmu.Unlock()
-				}()
-			}
-		}()
+				case relay.FrameAck:
+					m, _ := relay.ParseAck(p)
+					body = relay.CountBody(len(m.Refs))
+				}
+				wmu.Lock()
+				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: body}))
+				wmu.Unlock()
+			}()
+			return true
+		})
 		return client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
 	}
 }
@@ -835,4 +850,53 @@ func TestDrainLanesSmallBacklogThrottled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("48 messages of 3000 B behind a per-flow throttle at 32 KiB/s: four lanes %v (%d at once), one %v", took, peak, one)
+}
+
+// TestDrainLanesAckWaitsForLanes: the first session is cut by its first
+// Ack while the others are still being opened (they open once it is
+// gone) and work is left (the parts of the second envelope, which the
+// first session never answers): the Ack waits for them and goes on one,
+// and everything is taken and acked.
+func TestDrainLanesAckWaitsForLanes(t *testing.T) {
+	id, msgs, envs := sealed(t, 40<<10, 40<<10)
+	f := newFakeBox()
+	f.add([]uint64{3, 4}, envs)
+	f.cutOnAck = 1
+	f.delay = func(n int64, seq uint64, off int) time.Duration {
+		if n == 1 && seq == 4 && off > 0 {
+			return time.Hour // until the session ends
+		}
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	var got [][]byte
+	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(m client.Message) error {
+		got = append(got, m.Payload)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := f.dial(t)
+	first, err := dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	// The lanes open once the first session is gone.
+	lane := func(ctx context.Context) (*client.Client, error) {
+		select {
+		case <-first.Done():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return dial(ctx)
+	}
+	if _, err := in.DrainLanes(ctx, first, lane, f.key, [32]byte{1}, client.LanesConfig{Lanes: 3}); err != nil {
+		t.Fatalf("DrainLanes: %v", err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[1], msgs[1]) || len(f.envs) != 0 {
+		t.Fatalf("took %d messages, %d envelopes left unacked", len(got), len(f.envs))
+	}
 }
