@@ -53,6 +53,9 @@ type fakeBox struct {
 	cutOnAck int64
 	// stats is what the last drainLanes of the box returned.
 	stats client.LanesStats
+	// laneAfter, if set, holds drainLanes' dials beside the first
+	// session until the channel it returns for that session is closed.
+	laneAfter func(first *client.Client) <-chan struct{}
 }
 
 type fakeEnv struct {
@@ -243,8 +246,19 @@ func drainLanesSync(t *testing.T, f *fakeBox, id *envelope.Identity, lanes int, 
 		t.Fatal(err)
 	}
 	defer first.Close()
+	lane := dial
+	if f.laneAfter != nil {
+		lane = func(ctx context.Context) (*client.Client, error) {
+			select {
+			case <-f.laneAfter(first):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return dial(ctx)
+		}
+	}
 	var joined atomic.Int64
-	n, err := in.DrainLanes(ctx, first, dial, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Joined: func() { joined.Add(1) }, Stats: &f.stats})
+	n, err := in.DrainLanes(ctx, first, lane, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Joined: func() { joined.Add(1) }, Stats: &f.stats})
 	return got, n, int(joined.Load()), err
 }
 
@@ -868,32 +882,9 @@ func TestDrainLanesAckWaitsForLanes(t *testing.T) {
 		}
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
-	defer cancel()
-	var got [][]byte
-	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(m client.Message) error {
-		got = append(got, m.Payload)
-		return nil
-	}})
+	f.laneAfter = func(first *client.Client) <-chan struct{} { return first.Done() }
+	got, _, _, err := drainLanes(t, f, id, 3)
 	if err != nil {
-		t.Fatal(err)
-	}
-	dial := f.dial(t)
-	first, err := dial(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer first.Close()
-	// The lanes open once the first session is gone.
-	lane := func(ctx context.Context) (*client.Client, error) {
-		select {
-		case <-first.Done():
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return dial(ctx)
-	}
-	if _, err := in.DrainLanes(ctx, first, lane, f.key, [32]byte{1}, client.LanesConfig{Lanes: 3}); err != nil {
 		t.Fatalf("DrainLanes: %v", err)
 	}
 	if len(got) != 2 || !bytes.Equal(got[1], msgs[1]) || len(f.envs) != 0 {
