@@ -464,7 +464,7 @@ func TestDrainLanesRefusesMalformed(t *testing.T) {
 	ref := client.Ref{9}
 	for name, answer := range map[string]func(int, relay.FetchPart) (relay.Part, bool){
 		"not past the cursor": func(n int, m relay.FetchPart) (relay.Part, bool) {
-			return relay.Part{Ref: ref, Seq: m.After, Total: 10}, true
+			return relay.Part{Ref: ref, Seq: m.After, Total: 10, Data: make([]byte, min(int(m.Max), 10-min(10, int(m.Offset))))}, true
 		},
 		"another total": func(n int, m relay.FetchPart) (relay.Part, bool) {
 			if m.Offset == 0 { // a probe
