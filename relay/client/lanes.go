@@ -19,10 +19,6 @@ type LanesConfig struct {
 	// Lanes is how many sessions DrainLanes uses at once, the first
 	// included (at least 1; 1 is the first session alone).
 	Lanes int
-	// Joined, if set, is told of each session opened beside the first
-	// once it takes part; it may be called from several goroutines at
-	// once.
-	Joined func()
 	// Stats, if set, is filled in as DrainLanes returns.
 	Stats *LanesStats
 }
@@ -496,9 +492,6 @@ func (d *laneDrain) dialLane() {
 	d.mu.Unlock()
 	switch {
 	case join:
-		if d.cfg.Joined != nil {
-			d.cfg.Joined()
-		}
 		d.run(c, false)
 	case err == nil:
 		c.Close()
