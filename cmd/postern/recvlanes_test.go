@@ -72,8 +72,8 @@ func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []stri
 // TestRecvLanes: behind a censor that throttles each flow, the first
 // recv (one connection, as nothing is known of the network) finds its
 // pages came at under throttleFloor and remembers the network
-// throttled; the next takes two messages over more connections at once,
-// and says so. With POSTERN_LANES=1 (the baseline, timed in the same
+// throttled; the next takes three messages over more connections at
+// once, judges the flows throttled one by one, and says so. With POSTERN_LANES=1 (the baseline, timed in the same
 // run) it keeps to one. No address or mailbox id reaches recv's stderr,
 // nor the mailbox id the relay's logs and metrics.
 func TestRecvLanes(t *testing.T) {
