@@ -56,23 +56,27 @@ func TestLanesMeasure(t *testing.T) {
 
 // TestRecvLanesMeasure times three recvs in a row of a 200 KB message on
 // one network behind a 64 kbit/s throttle of each flow and of the line as
-// a whole: the first on one connection (it learns the network
-// throttled), the second over lanes (which judge the line), the third as
-// that judgement says; and the same three with
-// POSTERN_LANES=1 on a fresh world, for the README. Only with
-// POSTERN_LANES_MEASURE=1 (it takes minutes); it asserts nothing
-// TestRecvLanes does not.
+// a whole: the first on one connection until it finds the flow throttled
+// (then over lanes), the second over lanes (which judge the line), the
+// third as that judgement says; and a first recv of one 40 KB message
+// (a 64 KiB envelope) on a fresh network; each beside POSTERN_LANES=1
+// on a fresh world, for the README. Only with POSTERN_LANES_MEASURE=1
+// (it takes minutes); it asserts nothing TestRecvLanes does not.
 func TestRecvLanesMeasure(t *testing.T) {
 	if os.Getenv("POSTERN_LANES_MEASURE") == "" {
 		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
 	}
 	const rate = 8000 // 64 kbit/s
 	for _, tc := range []struct {
-		name string
-		rule censortest.Rule
+		name  string
+		rule  censortest.Rule
+		size  int
+		recvs int
 	}{
-		{"flow", censortest.Throttle(rate)},
-		{"line", censortest.ThrottleHost(rate)},
+		{"flow", censortest.Throttle(rate), 200 << 10, 3},
+		{"line", censortest.ThrottleHost(rate), 200 << 10, 3},
+		{"flow-40KB", censortest.Throttle(rate), 40 << 10, 1},
+		{"line-40KB", censortest.ThrottleHost(rate), 40 << 10, 1},
 	} {
 		for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 			t.Run(tc.name+"/"+lanes, func(t *testing.T) {
@@ -82,10 +86,11 @@ func TestRecvLanesMeasure(t *testing.T) {
 				if lanes != "default" {
 					env = append(env, lanes)
 				}
-				for i := range 3 {
-					stderr, took, peak := w.recvLanes(t, tc.rule, env, randomMsg(200<<10))
-					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v; %s", tc.name, lanes, i+1,
-						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"), verdictLine(stderr))
+				for i := range tc.recvs {
+					stderr, took, peak := w.recvLanes(t, tc.rule, env, randomMsg(tc.size))
+					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v, switched: %v, stayed: %v; %s", tc.name, lanes, i+1,
+						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"),
+						strings.Contains(stderr, "receiving over up to"), strings.Contains(stderr, "seems to throttle the whole line"), verdictLine(stderr))
 				}
 			})
 		}

@@ -266,7 +266,7 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		if err != nil {
 			return err
 		}
-		lanes, err := drainWhole(ctx, e, t, in, c, f)
+		lanes, err := drainWhole(ctx, e, t, in, c, &f)
 		c.Close()
 		if err == nil {
 			// A whole pass: what the inbox holds is what waits
@@ -312,19 +312,32 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // used one connection at a time whatever the network: 300 KB behind a
 // per-flow throttle at 48 KiB/s took 7.1 s where four lanes take 1.1 s
 // (relay/client's TestDrainLanesUnderFlowThrottle).
-func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts) (lanes bool, err error) {
-	if n := laneLimit(e, f); f.Throttled && n > 1 && t.laneDial != nil {
-		var st client.LanesStats
-		_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), client.LanesConfig{Lanes: n, Stats: &st})
-		judgeRecvLanes(e, t, f, st)
-		if !errors.Is(err, relay.ErrUnknownFrame) {
+//
+// Where lanes may be used and the network is not known throttled, the
+// page coming over c alone is watched, and left for lanes if its flow
+// is found throttled one by one (pageWatch).
+func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
+	n := laneLimit(e, *f)
+	if f.Throttled && n > 1 && t.laneDial != nil {
+		if err := drainLanes(ctx, e, t, in, c, *f); !errors.Is(err, relay.ErrUnknownFrame) {
 			return true, err
 		}
 		// A relay from before parts: on c alone.
 	}
-	err = in.Drain(ctx, c, t.m.owner(), t.m.id())
-	noteRecvRate(e, t, f, in)
-	return false, err
+	if f.Throttled || n < 2 || t.laneDial == nil {
+		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
+		noteRecvRate(e, t, *f, in)
+		return false, err
+	}
+	return drainWatched(ctx, e, t, in, c, f)
+}
+
+// drainLanes is drainWhole's pass over lanes beginning on c, judged.
+func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts) error {
+	var st client.LanesStats
+	_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), client.LanesConfig{Lanes: laneLimit(e, f), Stats: &st})
+	judgeRecvLanes(e, t, f, st)
+	return err
 }
 
 // judgeRecvLanes says how many connections a lanes recv used and judges

@@ -70,22 +70,28 @@ func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []stri
 }
 
 // TestRecvLanes: behind a censor that throttles each flow, the first
-// recv (one connection, as nothing is known of the network) finds its
-// pages came at under throttleFloor and remembers the network
-// throttled; the next takes three messages over more connections at
-// once, judges the flows throttled one by one, and says so. With POSTERN_LANES=1 (the baseline, timed in the same
-// run) it keeps to one. No address or mailbox id reaches recv's stderr,
-// nor the mailbox id the relay's logs and metrics.
+// recv (one connection, as nothing is known of the network) finds the
+// page coming at under throttleFloor, and a second connection's part as
+// fast: it remembers the network throttled and takes the two messages
+// over more connections at once; the next takes three messages over
+// lanes from the start, judges the flows throttled one by one, and says
+// so. With POSTERN_LANES=1 (the baseline, timed in
+// the same run) it keeps to one. No address or mailbox id reaches
+// recv's stderr, nor the mailbox id the relay's logs and metrics.
 func TestRecvLanes(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	flow := censortest.Throttle(recvRate)
 	var stderrs strings.Builder
-	stderr, took, peak := w.recvLanes(t, flow, nil, randomMsg(40<<10))
+	stderr, took, peak := w.recvLanes(t, flow, nil, randomMsg(60<<10), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
-	t.Logf("recv 1: %d connection(s) at once, %v", peak, took)
-	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak != 1 || !strings.Contains(stderr, "this network throttles it") {
+	t.Logf("recv 1: %d connection(s) at once, %v: %s", peak, took, verdictLine(stderr))
+	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak < 2 || !strings.Contains(stderr, "this network throttles each flow; receiving over up to") {
 		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
+	}
+	// Its lanes are judged by the rate the page came at.
+	if !strings.Contains(stderr, "connections at once (") {
+		t.Fatalf("recv 1's lanes not judged:\n%s", stderr)
 	}
 	stderr, took, peak = w.recvLanes(t, flow, nil, randomMsg(60<<10), randomMsg(100), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
@@ -144,18 +150,23 @@ func TestRecvLatencyNotThrottled(t *testing.T) {
 }
 
 // TestRecvLanesUnderLineThrottle: behind a censor that throttles all the
-// client's flows together, the first recv learns the network throttled
-// and what one flow carries; the second's lanes carry together no more
-// than that, and the line is judged throttled as a whole, for the day:
-// the third keeps to one connection.
+// client's flows together, the first recv finds the page coming slowly,
+// and a second connection's part slower still: it stays on one
+// connection, and learns the network throttled and what one flow
+// carries; the second's lanes carry together no more than that, and the
+// line is judged throttled as a whole, for the day: the third keeps to
+// one connection.
 func TestRecvLanesUnderLineThrottle(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	line := censortest.ThrottleHost(recvRate)
-	stderr, took, _ := w.recvLanes(t, line, nil, randomMsg(40<<10))
-	t.Logf("recv 1: %v", took)
+	stderr, took, _ := w.recvLanes(t, line, nil, randomMsg(60<<10), randomMsg(60<<10))
+	t.Logf("recv 1: %v: %s", took, verdictLine(stderr))
 	if f := w.facts(t); !f.Throttled || f.Rate <= 0 {
 		t.Fatalf("recv 1 did not find the network throttled (test setup): %+v\n%s", f, stderr)
+	}
+	if strings.Contains(stderr, "receiving over up to") || !strings.Contains(stderr, "seems to throttle the whole line") {
+		t.Fatalf("recv 1 left its page for lanes behind a line throttle, or did not try a second connection:\n%s", stderr)
 	}
 	stderr, took, peak := w.recvLanes(t, line, nil, randomMsg(60<<10), randomMsg(60<<10))
 	t.Logf("recv 2: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
@@ -172,10 +183,25 @@ func TestRecvLanesUnderLineThrottle(t *testing.T) {
 	}
 }
 
+// TestRecvOneEnvelopeStays: behind a censor that throttles each flow, a
+// first recv whose backlog is one envelope (a 40 KB message in 64 KiB)
+// finds it coming slowly and a second connection as fast, but goes on
+// over the first: the page ends with that envelope, sooner than lanes
+// would take it again.
+func TestRecvOneEnvelopeStays(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	stderr, took, peak := w.recvLanes(t, censortest.Throttle(recvRate), nil, randomMsg(40<<10))
+	t.Logf("recv: %d connection(s) at once, %v", peak, took)
+	if strings.Contains(stderr, "receiving over up to") || strings.Contains(stderr, "the whole line") || !strings.Contains(stderr, "this network throttles it") {
+		t.Fatalf("a one-envelope backlog left for lanes, or the network not found throttled:\n%s", stderr)
+	}
+}
+
 // verdictLine is the line of recv's stderr that judged its lanes.
 func verdictLine(stderr string) string {
 	for _, l := range strings.Split(stderr, "\n") {
-		if strings.Contains(l, "together") {
+		if strings.Contains(l, "together") || strings.Contains(l, "beside it") {
 			return l
 		}
 	}

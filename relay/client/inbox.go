@@ -551,28 +551,25 @@ func sendAck(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [
 // acking in turn cost 2p+1 round trips and the opening on top. Drain
 // returns once every request it sent has been answered, or has failed
 // (as they do when ctx ends). It holds at most two pages.
-func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) (err error) {
+func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) error {
+	return in.DrainWatched(ctx, c, owner, mailbox, nil)
+}
+
+// DrainWatched is Drain, showing watch, if not nil, how each page is
+// coming while it comes (PageProgress); when watch returns true it
+// leaves that page and returns ErrPageLeft. A page comes whole in one answer, up to relay.MaxFetch
+// envelopes: what a backlog's first page shows of the flow that carries
+// it (a throttle) is known only while it comes.
+func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, watch func(PageProgress) bool) (err error) {
 	in.Reset()
 	in.rateBytes, in.rateTook, in.ratePages, in.rateRTT = 0, 0, 0, 0
-	type page struct {
-		ds   []Delivery
-		err  error
-		took time.Duration
-	}
-	fetch := func(after uint64) chan page {
-		ch := make(chan page, 1)
-		go func() {
-			start := time.Now()
-			ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
-			ch <- page{ds, err, time.Since(start)}
-		}()
-		return ch
-	}
-	next := fetch(0)
+	fctx, leave := context.WithCancel(ctx) // a page left is not waited for
+	defer leave()
+	next := startFetch(fctx, c, owner, mailbox, 0)
 	var acked chan error // the last page's Ack, while it is out
 	defer func() {
 		if next != nil {
-			<-next // fetched, not opened: it stays on the relay
+			<-next.ch // fetched, not opened: it stays on the relay
 		}
 		if acked != nil {
 			if aerr := <-acked; err == nil || ctx.Err() == nil { // else err says ctx ended
@@ -581,7 +578,16 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 		}
 	}()
 	for {
-		p := <-next
+		p, left := next.wait(watch)
+		if left {
+			// The last page's Ack is not waited for: its answer may
+			// come behind this page, over the flow found slow. If it
+			// never reached the relay, the messages come again and are
+			// acked then (they are recorded as taken).
+			leave()
+			acked = nil
+			return ErrPageLeft
+		}
 		next = nil
 		if p.err != nil || len(p.ds) == 0 {
 			if p.err == nil {
@@ -589,7 +595,7 @@ func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey,
 			}
 			return p.err
 		}
-		next = fetch(p.ds[len(p.ds)-1].Seq)
+		next = startFetch(fctx, c, owner, mailbox, p.ds[len(p.ds)-1].Seq)
 		in.countRate(p.ds, p.took)
 		var acks []Ref
 		for _, d := range p.ds {

@@ -1,0 +1,99 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"time"
+)
+
+// PageProgress is how the page a Drain waits for is coming, as
+// DrainWatched's watch sees it: sampled about every watchEvery from the
+// session's byte count once its first byte after the request was read
+// (more than smallAnswer bytes).
+// The count grows as the connection's reads return: over TLS, a record
+// (up to 16 KiB) at a time.
+type PageProgress struct {
+	// Bytes is what the session has read since the sample that saw the
+	// page's first byte, Since ago.
+	Bytes int
+	Since time.Duration
+	// Idle is how long since the session last read anything.
+	Idle time.Duration
+}
+
+// watchEvery is how often DrainWatched samples a page coming.
+const watchEvery = 250 * time.Millisecond
+
+// smallAnswer bounds what other answers bring while a page is coming
+// (the last page's Ack's, a Ping's: a few dozen bytes each), which are
+// not its first byte (a test's find: an Ack's answer was taken for it).
+const smallAnswer = 256
+
+// ErrPageLeft is DrainWatched's error when its watch ended it while a
+// page was coming: nothing of that page was handed over or acked (it
+// stays on the relay), and the pages before it were taken and acked
+// (the last page's Ack perhaps not yet answered). The page goes on
+// coming over the session, which is of no more use: close it.
+var ErrPageLeft = errors.New("relay/client: drain left a page coming")
+
+// page is one Fetch of a Drain: what came, or why not, and how long it
+// took from request to answer.
+type page struct {
+	ds   []Delivery
+	err  error
+	took time.Duration
+}
+
+// pageFetch is a Fetch of a Drain under way.
+type pageFetch struct {
+	ch    chan page
+	c     *Client
+	start time.Time
+	base  int64 // the session's byte count at the request
+}
+
+// startFetch asks for the page of mailbox past after, on c.
+func startFetch(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, after uint64) *pageFetch {
+	f := &pageFetch{ch: make(chan page, 1), c: c, start: time.Now(), base: c.Received()}
+	go func() {
+		ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
+		f.ch <- page{ds, err, time.Since(f.start)}
+	}()
+	return f
+}
+
+// wait waits for the page, showing watch, if not nil, how it is coming
+// about every watchEvery once its first byte was read; it reports true,
+// at once, when watch says to leave the page.
+func (f *pageFetch) wait(watch func(PageProgress) bool) (page, bool) {
+	if watch == nil {
+		return <-f.ch, false
+	}
+	tick := time.NewTicker(watchEvery)
+	defer tick.Stop()
+	var first time.Time
+	var firstBytes int64
+	for {
+		select {
+		case p := <-f.ch:
+			return p, false
+		case <-tick.C:
+		}
+		got, now := f.c.Received(), time.Now()
+		if first.IsZero() {
+			if got > f.base+smallAnswer {
+				first, firstBytes = now, got
+			}
+			continue
+		}
+		p := PageProgress{
+			Bytes: int(got - firstBytes),
+			Since: now.Sub(first),
+			Idle:  now.Sub(time.Unix(0, f.c.lastRead.Load())),
+		}
+		if watch(p) {
+			return page{}, true
+		}
+	}
+}

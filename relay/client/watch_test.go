@@ -1,0 +1,194 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/transport/censortest"
+)
+
+// TestDrainWatchedLeavesPage: a Drain whose watch says to leave the
+// second page, which begins after a wait, comes 2 KiB at a time and
+// stops half way, returns ErrPageLeft at once, waiting neither for that
+// page nor for the answer to the first page's Ack (which never comes):
+// the first page's messages were taken and acked, nothing of the second
+// was. The watch is shown
+// the page from its first byte on (never longer ago than that byte was
+// written), and how long the session has read nothing.
+func TestDrainWatchedLeavesPage(t *testing.T) {
+	id, msgs, envs := sealed(t, 100, 200, 40<<10)
+	_, key, _ := ed25519.GenerateKey(nil)
+	var mu sync.Mutex
+	var acked [][relay.RefSize]byte
+	var firstWrite atomic.Int64 // unix nanoseconds
+	cc, sc := relaytest.Pipe(t)
+	t.Cleanup(func() { sc.Close() })
+	deliver := func(req uint32, seq uint64) []byte {
+		return relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Ref: [relay.RefSize]byte{byte(seq)}, Seq: seq, Envelope: envs[seq-1]})
+	}
+	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool {
+		switch typ {
+		case relay.FrameFetch:
+			m, _ := relay.ParseFetch(p)
+			if m.After == 0 { // the first page: envelopes 1 and 2
+				sc.Write(append(deliver(req, 1), deliver(req, 2)...))
+				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(2)}))
+				return true
+			}
+			// The second: envelope 3, after a wait, slowly, and never
+			// all of it.
+			go func() {
+				b := deliver(req, 3)
+				time.Sleep(300 * time.Millisecond)
+				firstWrite.Store(time.Now().UnixNano())
+				for i := 0; i < len(b)/2; i += 2 << 10 {
+					if _, err := sc.Write(b[i : i+2<<10]); err != nil {
+						return
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}()
+		case relay.FrameAck: // never answered: a leaving Drain does not wait for it
+			m, _ := relay.ParseAck(p)
+			mu.Lock()
+			acked = append(acked, m.Refs...)
+			mu.Unlock()
+		}
+		return true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var got [][]byte
+	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(m client.Message) error {
+		got = append(got, m.Payload)
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []client.PageProgress
+	err = in.DrainWatched(ctx, c, key, [32]byte{1}, func(p client.PageProgress) bool {
+		seen = append(seen, p)
+		if w := firstWrite.Load(); w == 0 || p.Since > time.Since(time.Unix(0, w)) {
+			t.Errorf("shown %+v, the page's first byte written %v ago", p, time.Since(time.Unix(0, w)))
+		}
+		return p.Bytes >= 8<<10 && p.Idle >= 250*time.Millisecond // the writer stopped
+	})
+	// At once: the session had not stalled (it stalls after 10 s with
+	// nothing read), nor the deadlock guard ended.
+	if !errors.Is(err, client.ErrPageLeft) || c.Err() != nil || ctx.Err() != nil {
+		t.Fatalf("DrainWatched: %v, want ErrPageLeft before the session ended (%v) or the deadlock guard (%v)", err, c.Err(), ctx.Err())
+	}
+	if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) {
+		t.Fatalf("took %d messages, want the first page's 2", len(got))
+	}
+	last := seen[len(seen)-1]
+	if last.Bytes < 8<<10 || last.Idle >= last.Since {
+		t.Fatalf("the watch saw %+v last", last)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if n > 2 || time.Now().After(deadline) { // a deadlock guard
+			t.Fatalf("%d envelopes acked, want the first page's 2", n)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if acked[0] != [relay.RefSize]byte{1} || acked[1] != [relay.RefSize]byte{2} {
+		t.Fatalf("acked %x, want the first page's", acked)
+	}
+}
+
+// TestDrainWatchedThenLanes: behind a censor that throttles each flow, a
+// Drain whose watch leaves the page once 32 KiB of it came (as recv's
+// does at under 16 KiB/s) leaves every envelope on the relay, and
+// DrainLanes from a new session then takes them all, whole and in
+// order. A watch that never says to leave lets a Drain take them all.
+func TestDrainWatchedThenLanes(t *testing.T) {
+	w := newPartsWorld(t)
+	w.stall = 10 * time.Second
+	w.mb.SetRule(censortest.Throttle(16 << 10))
+	msgs := randomMsgs(60<<10, 100, 60<<10)
+	for _, m := range msgs {
+		w.send(t, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a deadlock guard
+	defer cancel()
+	var got [][]byte
+	in := w.inbox(t, &got)
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last client.PageProgress
+	err = in.DrainWatched(ctx, c, w.box.Owner, w.box.ID, func(p client.PageProgress) bool {
+		last = p
+		return p.Bytes >= 32<<10
+	})
+	c.Close()
+	if !errors.Is(err, client.ErrPageLeft) || len(got) != 0 {
+		t.Fatalf("DrainWatched: %v, %d taken", err, len(got))
+	}
+	t.Logf("left the page at %+v (%.1f KB/s)", last, float64(last.Bytes)/last.Since.Seconds()/1000)
+	if n := w.waiting(t); n != len(msgs) {
+		t.Fatalf("%d envelopes on the relay after the page was left, want %d", n, len(msgs))
+	}
+	first, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if _, err := in.DrainLanes(ctx, first, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 4}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(msgs) {
+		t.Fatalf("DrainLanes took %d messages, want %d", len(got), len(msgs))
+	}
+	for i := range msgs {
+		if !bytes.Equal(got[i], msgs[i]) {
+			t.Fatalf("message %d: not the one sent (or out of order)", i)
+		}
+	}
+	if n := w.waiting(t); n != 0 {
+		t.Fatalf("%d envelopes left on the relay", n)
+	}
+
+	// A watch that lets the page come.
+	w.mb.SetRule(censortest.Throttle(64 << 10))
+	for _, m := range msgs {
+		w.send(t, m)
+	}
+	got = nil
+	c, err = w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	watched := 0
+	if err := in.DrainWatched(ctx, c, w.box.Owner, w.box.ID, func(client.PageProgress) bool { watched++; return false }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(msgs) || w.waiting(t) != 0 {
+		t.Fatalf("a watched Drain took %d of %d messages, left %d", len(got), len(msgs), w.waiting(t))
+	}
+	t.Logf("the watch was shown the page %d times", watched)
+}
