@@ -266,7 +266,7 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 		if err != nil {
 			return err
 		}
-		lanes, err := drainWhole(ctx, e, t, in, c, &f)
+		lanes, err := drainWhole(ctx, e, t, in, c, &f, recheck == 0)
 		c.Close()
 		if err == nil {
 			// A whole pass: what the inbox holds is what waits
@@ -314,9 +314,11 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // (relay/client's TestDrainLanesUnderFlowThrottle).
 //
 // Where lanes may be used and the network is not known throttled, the
-// page coming over c alone is watched, and left for lanes if its flow
-// is found throttled one by one (pageWatch).
-func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
+// page coming over c alone is watched if watch, and left for lanes if
+// its flow is found throttled one by one (drainWatched). Not while a
+// per-connection budget from an earlier day is checked again: a pass on
+// c alone is what checks it (a reviewer's find).
+func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, watch bool) (lanes bool, err error) {
 	n := laneLimit(e, *f)
 	if f.Throttled && n > 1 && t.laneDial != nil {
 		if err := drainLanes(ctx, e, t, in, c, *f); !errors.Is(err, relay.ErrUnknownFrame) {
@@ -324,7 +326,7 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 		}
 		// A relay from before parts: on c alone.
 	}
-	if f.Throttled || n < 2 || t.laneDial == nil {
+	if f.Throttled || n < 2 || t.laneDial == nil || !watch {
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		noteRecvRate(e, t, *f, in)
 		return false, err

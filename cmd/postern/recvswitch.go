@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/postern/postern/relay"
@@ -13,17 +14,18 @@ import (
 // drainWatched is drainWhole's pass on c alone over a network not known
 // to be throttled, where lanes may be used. The page coming over c is
 // watched: once it shows the flow throttled (throttledPage), a second
-// connection fetches one part beside it, of an envelope past the first
-// (startTrial: a backlog of one envelope stays on c). A part that comes
-// at trialShare or more of what c alone carries means flows throttled one
+// connection looks at the backlog and, if it is three times what came or
+// more, fetches one part of it (startTrial). A part that comes at
+// trialShare or more of what c alone carries means flows throttled one
 // by one: the page is left, the network remembered throttled, and the
 // rest taken over lanes beginning on the second connection
 // (switchToLanes). Less means the line is throttled as a whole (its
 // share went to the second connection): the page goes on over c, where
 // nothing of it is lost, and the next recv's lanes judge the line
-// (judgeRecvLanes). Until 2026-12-06 a recv learnt a throttle only from
-// a whole pass, and its first on a network carried the whole backlog
-// over one flow: 200 KB behind 64 kbit/s per flow took 32.5 s.
+// (judgeRecvLanes). A smaller backlog stays on c: most of it came
+// already. Until 2026-12-06 a recv learnt a throttle only from a whole
+// pass, and its first on a network carried the whole backlog over one
+// flow: 200 KB behind 64 kbit/s per flow took 32.5 s.
 func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
 	tctx, stop := context.WithCancel(ctx)
 	var trial *pageTrial
@@ -32,13 +34,13 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 		if trial == nil {
 			var slow bool
 			if alone, slow = throttledPage(p, c.DialTime()); slow {
-				trial = startTrial(tctx, t, c)
+				trial = startTrial(tctx, t, c, alone, p.Read)
 			}
 			return false
 		}
 		select {
 		case <-trial.done:
-			return trial.lane != nil && trial.rate >= trialShare*alone
+			return trial.lane != nil
 		default:
 			return false
 		}
@@ -49,12 +51,10 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 		<-trial.done
 	}
 	if errors.Is(err, client.ErrPageLeft) {
-		return true, switchToLanes(ctx, e, t, in, c, f, alone, trial)
+		return true, switchToLanes(ctx, e, t, in, c, f, alone, trial, err)
 	}
-	if trial != nil && trial.lane != nil {
-		trial.lane.Close()
-		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network seems to throttle the whole line; staying on one connection\n",
-			alone/1000, trial.rate/1000)
+	if trial != nil {
+		trial.ended(e, t, f, alone, err)
 	}
 	noteRecvRate(e, t, *f, in)
 	return false, err
@@ -94,28 +94,33 @@ const freshRead = 500 * time.Millisecond
 // queue).
 const trialShare = 0.75
 
-// pageTrial is a second connection's part, fetched beside a page found
+// pageTrial is what a second connection found beside a page found
 // throttled (drainWatched).
 type pageTrial struct {
 	done chan struct{}
-	// lane is the second connection, and rate what its part came at
-	// (bytes a second, less about a round trip): nil, 0 if it could not
-	// be dialed within dialPatience or fetch a part of trialPart bytes
-	// or more past the first envelope.
+	// judged says a part was timed: rate is what it came at (bytes a
+	// second, less a round trip), perFlow whether that is trialShare of
+	// what the first connection carried alone or more.
+	judged, perFlow bool
+	rate            float64
+	// lane is the second connection, kept if perFlow (and closed by the
+	// trial otherwise): the lanes begin on it.
 	lane *client.Client
-	rate float64
 }
 
 // trialPart is the least part a trial times: half a full one.
 const trialPart = relay.MaxPart / 2
 
-// startTrial dials a second connection as c's lanes would, and times
-// over it a full part (relay.MaxPart) of one of the first few envelopes
-// past the first waiting (the one c is bringing first) that has one; a
-// backlog of one envelope gets no more than a question of one byte, as
-// c finishes it sooner than lanes would begin it again (a 40 KB message
-// behind 10 KiB/s per flow took 8.9 s where one connection takes 5.9).
-func startTrial(ctx context.Context, t recvTarget, c *client.Client) *pageTrial {
+// startTrial dials a second connection as c's lanes would, beside a page
+// that came at alone bytes a second, came bytes of it read: it asks one
+// byte of the first envelope waiting (the one c brings first; the time it
+// takes is the round trip), then one byte of each of the next ones
+// (scanBacklog), and only if they come to three times what came or more
+// (else c ends the page sooner than lanes would begin it again: a
+// reviewer measured four 16 KiB envelopes behind 10 KiB/s a flow at
+// 8.6–10.4 s where one connection takes 5.9) it times a full part of one
+// of them that has one.
+func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float64, came int) *pageTrial {
 	tr := &pageTrial{done: make(chan struct{})}
 	go func() {
 		defer close(tr.done)
@@ -125,36 +130,131 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client) *pageTrial 
 		if err != nil {
 			return
 		}
-		p, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), 0, 0, 1)
-		for range 4 {
-			if err != nil || !ok {
-				break
+		defer func() {
+			if tr.lane == nil {
+				lane.Close()
 			}
-			start := time.Now()
-			p, ok, err = lane.FetchPart(ctx, t.m.owner(), t.m.id(), p.Seq, 0, relay.MaxPart)
-			if err == nil && ok && len(p.Data) >= trialPart {
-				took := max(time.Since(start)-lane.DialTime()/3, time.Millisecond)
-				tr.lane, tr.rate = lane, float64(len(p.Data))/took.Seconds()
-				return
-			}
+		}()
+		start := time.Now()
+		first, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), 0, 0, 1)
+		rtt := time.Since(start)
+		if err != nil || !ok {
+			return
 		}
-		lane.Close()
+		backlog, big, err := scanBacklog(ctx, lane, t, first.Seq, 3*came-int(first.Total))
+		if err != nil || int(first.Total)+backlog < 3*came || big == 0 {
+			return
+		}
+		start = time.Now()
+		p, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), big-1, 0, relay.MaxPart)
+		took := max(time.Since(start)-rtt, time.Millisecond)
+		if err != nil || !ok || len(p.Data) < trialPart {
+			return
+		}
+		tr.judged, tr.rate = true, float64(len(p.Data))/took.Seconds()
+		if tr.perFlow = tr.rate >= trialShare*alone; tr.perFlow {
+			tr.lane = lane
+		}
 	}()
 	return tr
 }
 
+// scanBacklog asks lane, scanWidth at a time, for one byte of each
+// envelope waiting past after, for scanRounds rounds at most, until their
+// sizes come to need or the mailbox ends. It returns that sum and the
+// sequence number of the first of them that has a full part (trialPart
+// or more), or 0.
+func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after uint64, need int) (sum int, big uint64, err error) {
+	type answer struct {
+		p   relay.Part
+		ok  bool
+		err error
+	}
+	seen := map[uint64]bool{}
+	for range scanRounds {
+		if sum >= need {
+			break
+		}
+		answers := make([]answer, scanWidth)
+		var wg sync.WaitGroup
+		for i := range answers {
+			wg.Go(func() {
+				a := &answers[i]
+				a.p, a.ok, a.err = lane.FetchPart(ctx, t.m.owner(), t.m.id(), after+uint64(i), 0, 1)
+			})
+		}
+		wg.Wait()
+		last, end := after, false
+		for _, a := range answers {
+			if a.err != nil {
+				return 0, 0, a.err
+			}
+			if !a.ok {
+				end = true
+				continue
+			}
+			if !seen[a.p.Seq] {
+				seen[a.p.Seq], sum = true, sum+int(a.p.Total)
+				if big == 0 && int(a.p.Total) >= trialPart {
+					big = a.p.Seq
+				}
+			}
+			last = max(last, a.p.Seq)
+		}
+		if end || last == after {
+			break
+		}
+		after = last
+	}
+	return sum, big, nil
+}
+
+// scanWidth and scanRounds bound scanBacklog: 32 envelopes, 8 questions
+// out at once (a round trip each round).
+const (
+	scanWidth  = 8
+	scanRounds = 4
+)
+
+// ended says what the trial found of a page that was not left (it ended
+// first, or the drain failed with err): a line throttled as a whole, or
+// flows throttled one by one, remembered (with --network) for the next
+// recv, which takes lanes from the start.
+func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err error) {
+	if tr.lane != nil {
+		tr.lane.Close()
+	}
+	switch {
+	case !tr.judged:
+	case tr.perFlow:
+		f.Throttled, f.Rate = true, int(alone)
+		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; later receives here use up to %d connections at once\n",
+			alone/1000, tr.rate/1000, laneLimit(e, *f))
+		t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
+	case err == nil:
+		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network seems to throttle the whole line; stayed on one connection\n",
+			alone/1000, tr.rate/1000)
+	}
+}
+
 // switchToLanes goes on with t's pass over lanes beginning on trial's
 // connection, once the page coming over c alone at alone bytes a second
-// was left: it remembers the network throttled (in f, and with --network
-// for later recvs and sends) and closes c, over which the page it left
-// goes on coming. What of the page came is lost: a page comes whole in
-// one answer, and nothing of it is handed over before it ends.
-func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial) error {
+// was left (left, a client.PageLeft): it remembers the network throttled
+// (in f, and with --network for later recvs and sends), closes c, over
+// which the page it left goes on coming, and acks on the new connection
+// what c's last Ack may not have (else those envelopes would come again,
+// as replays). What of the page came is lost: a page comes whole in one
+// answer, and nothing of it is handed over before it ends.
+func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()
 	defer trial.lane.Close()
 	f.Throttled, f.Rate = true, int(alone)
 	fmt.Fprintf(e.stderr, "the connection carries %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; receiving over up to %d connections at once\n",
 		alone/1000, trial.rate/1000, laneLimit(e, *f))
 	t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
+	if pl, ok := errors.AsType[*client.PageLeft](left); ok && len(pl.Unacked) > 0 {
+		// If this fails too, they come again and are acked as replays.
+		trial.lane.Ack(ctx, t.m.owner(), t.m.id(), pl.Unacked...)
+	}
 	return drainLanes(ctx, e, t, in, trial.lane, *f)
 }

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,5 +40,82 @@ func TestThrottledPage(t *testing.T) {
 		if got && (rate <= 0 || rate >= throttleFloor) {
 			t.Errorf("%s: rate %.0f", tc.name, rate)
 		}
+	}
+}
+
+// TestTrialEnded: what a trial found of a page that ended before it was
+// left is said, and a per-flow finding remembered; a line is said only
+// of a drain that did not fail; nothing of a trial that timed nothing.
+func TestTrialEnded(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		tr      pageTrial
+		err     error
+		says    string
+		perFlow bool
+	}{
+		{"per-flow", pageTrial{judged: true, perFlow: true, rate: 9000}, nil, "this network throttles each flow; later receives", true},
+		{"per-flow, the drain failed", pageTrial{judged: true, perFlow: true, rate: 9000}, errors.New("cut"), "this network throttles each flow; later receives", true},
+		{"line", pageTrial{judged: true, rate: 3000}, nil, "seems to throttle the whole line", false},
+		{"line, the drain failed", pageTrial{judged: true, rate: 3000}, errors.New("cut"), "", false},
+		{"not judged", pageTrial{}, nil, "", false},
+	} {
+		home := t.TempDir()
+		var stderr bytes.Buffer
+		e := &env{stderr: &stderr, network: "cafe", getenv: func(k string) string {
+			if k == "POSTERN_HOME" {
+				return home
+			}
+			return ""
+		}}
+		fs := openFacts(e, "relay")
+		var f netFacts
+		tc.tr.ended(e, recvTarget{facts: fs}, &f, 8000, tc.err)
+		if tc.says == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.says) {
+			t.Errorf("%s: said %q, want %q", tc.name, stderr.String(), tc.says)
+		}
+		if kept := fs.get(); f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) {
+			t.Errorf("%s: facts %+v, kept %+v", tc.name, f, kept)
+		}
+	}
+}
+
+// TestScanBacklog: the backlog past an envelope is summed once per
+// envelope across a gap (an envelope acked meanwhile, which two of the
+// questions find the same envelope past), and the first envelope with a
+// full part is named, not a short one before it.
+func TestScanBacklog(t *testing.T) {
+	w := newDrainWorld(t)
+	for _, size := range []int{100, 100, 40 << 10, 100, 40 << 10, 100} {
+		w.stored(t, size)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 6 {
+		t.Fatalf("fetched %d envelopes: %v", len(ds), err)
+	}
+	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[3].Ref); err != nil { // the gap
+		t.Fatal(err)
+	}
+	want, big := 0, uint64(0)
+	for i, d := range ds[1:] {
+		if i+1 == 3 {
+			continue
+		}
+		want += len(d.Envelope)
+		if big == 0 && len(d.Envelope) >= trialPart {
+			big = d.Seq
+		}
+	}
+	tg := w.target(nil)
+	lane, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lane.Close()
+	sum, gotBig, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1<<30)
+	if err != nil || sum != want || gotBig != big || big != ds[2].Seq {
+		t.Fatalf("scanBacklog: %d bytes, the first full part at %d (%v); want %d bytes, %d (the third envelope %d)", sum, gotBig, err, want, big, ds[2].Seq)
 	}
 }

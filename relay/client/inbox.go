@@ -567,6 +567,7 @@ func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.Priv
 	defer leave()
 	next := startFetch(fctx, c, owner, mailbox, 0)
 	var acked chan error // the last page's Ack, while it is out
+	var lastAcks []Ref   // its refs
 	defer func() {
 		if next != nil {
 			<-next.ch // fetched, not opened: it stays on the relay
@@ -581,12 +582,9 @@ func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.Priv
 		p, left := next.wait(watch)
 		if left {
 			// The last page's Ack is not waited for: its answer may
-			// come behind this page, over the flow found slow. If it
-			// never reached the relay, the messages come again and are
-			// acked then (they are recorded as taken).
+			// come behind this page, over the flow found slow.
 			leave()
-			acked = nil
-			return ErrPageLeft
+			return leftPage(&acked, lastAcks)
 		}
 		next = nil
 		if p.err != nil || len(p.ds) == 0 {
@@ -616,7 +614,7 @@ func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.Priv
 				return err // this page is recorded as taken: acked when it comes again
 			}
 		}
-		acked = make(chan error, 1)
+		acked, lastAcks = make(chan error, 1), acks
 		go func(refs []Ref, done chan<- error) { done <- sendAck(ctx, c, owner, mailbox, refs) }(acks, acked)
 	}
 }

@@ -20,22 +20,43 @@ type PageProgress struct {
 	Since time.Duration
 	// Idle is how long since the session last read anything.
 	Idle time.Duration
+	// Read is what the session has read since the page was asked for:
+	// the page's bytes so far (and perhaps a few other answers').
+	Read int
 }
 
 // watchEvery is how often DrainWatched samples a page coming.
 const watchEvery = 250 * time.Millisecond
 
 // smallAnswer bounds what other answers bring while a page is coming
-// (the last page's Ack's, a Ping's: a few dozen bytes each), which are
-// not its first byte (a test's find: an Ack's answer was taken for it).
-const smallAnswer = 256
+// (the last page's Ack's, a Ping's: a few dozen bytes each; a
+// Descriptor's, which a dial asks for, under a kilobyte), which are not
+// its first byte (a test's find: an Ack's answer was taken for it). A
+// page's first read is a TLS record, most often a full one.
+const smallAnswer = 2 << 10
 
 // ErrPageLeft is DrainWatched's error when its watch ended it while a
 // page was coming: nothing of that page was handed over or acked (it
 // stays on the relay), and the pages before it were taken and acked
-// (the last page's Ack perhaps not yet answered). The page goes on
-// coming over the session, which is of no more use: close it.
+// (the last page's Ack perhaps not yet answered: see PageLeft). The page
+// goes on coming over the session, which is of no more use: close it.
 var ErrPageLeft = errors.New("relay/client: drain left a page coming")
+
+// PageLeft is the error DrainWatched returns when it left a page: it is
+// ErrPageLeft (errors.Is). Unacked are the refs of the last page's Ack,
+// whose answer had not come: a relay answers a session's requests in
+// turn, so that Ack may wait behind the page left, on the flow found
+// slow, and never be read once the session is closed. They are durable
+// and recorded as taken: ack them on another session (an Ack of refs
+// already acked is harmless), else the relay delivers them again and
+// they are acked then, as replays (a reviewer's find: a full page of
+// 256 envelopes, a megabyte or more, came again).
+type PageLeft struct {
+	Unacked []Ref
+}
+
+func (e *PageLeft) Error() string        { return ErrPageLeft.Error() }
+func (e *PageLeft) Is(target error) bool { return target == ErrPageLeft }
 
 // page is one Fetch of a Drain: what came, or why not, and how long it
 // took from request to answer.
@@ -91,9 +112,29 @@ func (f *pageFetch) wait(watch func(PageProgress) bool) (page, bool) {
 			Bytes: int(got - firstBytes),
 			Since: now.Sub(first),
 			Idle:  now.Sub(time.Unix(0, f.c.lastRead.Load())),
+			Read:  int(got - f.base),
 		}
 		if watch(p) {
 			return page{}, true
 		}
 	}
+}
+
+// leftPage is DrainWatched's error on leaving a page, with *acked, the
+// last page's Ack if it is out (refs), taken over: refs are Unacked
+// unless it has been answered without error.
+func leftPage(acked *chan error, refs []Ref) error {
+	ch := *acked
+	*acked = nil
+	if ch == nil {
+		return &PageLeft{}
+	}
+	select {
+	case err := <-ch:
+		if err == nil {
+			return &PageLeft{}
+		}
+	default:
+	}
+	return &PageLeft{Unacked: refs}
 }

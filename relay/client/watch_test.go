@@ -21,11 +21,20 @@ import (
 // stops half way, returns ErrPageLeft at once, waiting neither for that
 // page nor for the answer to the first page's Ack (which never comes):
 // the first page's messages were taken and acked, nothing of the second
-// was. The watch is shown
-// the page from its first byte on (never longer ago than that byte was
-// written), and how long the session has read nothing.
+// was. The watch is shown the page from its first byte on (never longer
+// ago than that byte was written), and how long the session has read
+// nothing. The first page's refs are left for the caller to ack again
+// when that Ack's answer has not come, and not when it has.
 func TestDrainWatchedLeavesPage(t *testing.T) {
+	t.Run("ack unanswered", func(t *testing.T) { drainLeavingPage(t, false) })
+	t.Run("ack answered", func(t *testing.T) { drainLeavingPage(t, true) })
+}
+
+// drainLeavingPage is TestDrainWatchedLeavesPage, with the first page's
+// Ack answered (before the second page begins) or never.
+func drainLeavingPage(t *testing.T, answerAck bool) {
 	id, msgs, envs := sealed(t, 100, 200, 40<<10)
+	ackDone := make(chan struct{})
 	_, key, _ := ed25519.GenerateKey(nil)
 	var mu sync.Mutex
 	var acked [][relay.RefSize]byte
@@ -48,6 +57,13 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 			// all of it.
 			go func() {
 				b := deliver(req, 3)
+				if answerAck {
+					select {
+					case <-ackDone:
+					case <-time.After(20 * time.Second): // a deadlock guard
+						return
+					}
+				}
 				time.Sleep(300 * time.Millisecond)
 				firstWrite.Store(time.Now().UnixNano())
 				for i := 0; i < len(b)/2; i += 2 << 10 {
@@ -57,11 +73,15 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 					time.Sleep(20 * time.Millisecond)
 				}
 			}()
-		case relay.FrameAck: // never answered: a leaving Drain does not wait for it
+		case relay.FrameAck: // unanswered, a leaving Drain does not wait for it
 			m, _ := relay.ParseAck(p)
 			mu.Lock()
 			acked = append(acked, m.Refs...)
 			mu.Unlock()
+			if answerAck {
+				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(len(m.Refs))}))
+				close(ackDone)
+			}
 		}
 		return true
 	})
@@ -93,11 +113,21 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 	if !errors.Is(err, client.ErrPageLeft) || c.Err() != nil || ctx.Err() != nil {
 		t.Fatalf("DrainWatched: %v, want ErrPageLeft before the session ended (%v) or the deadlock guard (%v)", err, c.Err(), ctx.Err())
 	}
+	// The first page's Ack, unanswered, is for the caller to send again.
+	pl, ok := errors.AsType[*client.PageLeft](err)
+	switch {
+	case !ok:
+		t.Fatalf("DrainWatched: %#v, not a PageLeft", err)
+	case answerAck && len(pl.Unacked) != 0:
+		t.Fatalf("the first page's Ack was answered, yet %d refs are left unacked", len(pl.Unacked))
+	case !answerAck && (len(pl.Unacked) != 2 || pl.Unacked[0] != (client.Ref{1}) || pl.Unacked[1] != (client.Ref{2})):
+		t.Fatalf("unacked %x, want the first page's refs", pl.Unacked)
+	}
 	if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) {
 		t.Fatalf("took %d messages, want the first page's 2", len(got))
 	}
 	last := seen[len(seen)-1]
-	if last.Bytes < 8<<10 || last.Idle >= last.Since {
+	if last.Bytes < 8<<10 || last.Idle >= last.Since || last.Read <= last.Bytes {
 		t.Fatalf("the watch saw %+v last", last)
 	}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
