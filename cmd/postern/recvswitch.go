@@ -34,7 +34,7 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 		if trial == nil {
 			var slow bool
 			if alone, slow = throttledPage(p, c.DialTime()); slow {
-				trial = startTrial(tctx, t, c, alone, p.Read)
+				trial = startTrial(tctx, t, c, alone, p)
 			}
 			return false
 		}
@@ -112,15 +112,18 @@ type pageTrial struct {
 const trialPart = relay.MaxPart / 2
 
 // startTrial dials a second connection as c's lanes would, beside a page
-// that came at alone bytes a second, came bytes of it read: it asks one
-// byte of the first envelope waiting (the one c brings first; the time it
-// takes is the round trip), then one byte of each of the next ones
-// (scanBacklog), and only if they come to three times what came or more
-// (else c ends the page sooner than lanes would begin it again: a
-// reviewer measured four 16 KiB envelopes behind 10 KiB/s a flow at
-// 8.6–10.4 s where one connection takes 5.9) it times a full part of one
-// of them that has one.
-func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float64, came int) *pageTrial {
+// that came at alone bytes a second, as it came when found slow (page):
+// it asks one byte of the page's first envelope (the one c brings first;
+// the time it takes is the round trip), then one byte of each of the
+// next ones (scanBacklog), and only if they come to three times what of
+// the page was read or more (else c ends the page sooner than lanes
+// would begin it again: a reviewer measured four 16 KiB envelopes behind
+// 10 KiB/s a flow at 8.6–10.4 s where one connection takes 5.9) it times
+// a full part of the first of them that has one. The page begins past
+// page.After: the page before may still wait on the relay, its Ack
+// behind this page (a reviewer's find: scanned from the mailbox's start,
+// it was counted in the backlog).
+func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float64, page client.PageProgress) *pageTrial {
 	tr := &pageTrial{done: make(chan struct{})}
 	go func() {
 		defer close(tr.done)
@@ -136,13 +139,17 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 			}
 		}()
 		start := time.Now()
-		first, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), 0, 0, 1)
+		first, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), page.After, 0, 1)
 		rtt := time.Since(start)
 		if err != nil || !ok {
 			return
 		}
-		backlog, big, err := scanBacklog(ctx, lane, t, first.Seq, 3*came-int(first.Total))
-		if err != nil || int(first.Total)+backlog < 3*came || big == 0 {
+		need := 3*page.Read - int(first.Total)
+		backlog, big, err := scanBacklog(ctx, lane, t, first.Seq, need, first.Total >= trialPart)
+		if first.Total >= trialPart {
+			big = first.Seq
+		}
+		if err != nil || backlog < need || big == 0 {
 			return
 		}
 		start = time.Now()
@@ -161,10 +168,12 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 
 // scanBacklog asks lane, scanWidth at a time, for one byte of each
 // envelope waiting past after, for scanRounds rounds at most, until their
-// sizes come to need or the mailbox ends. It returns that sum and the
-// sequence number of the first of them that has a full part (trialPart
-// or more), or 0.
-func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after uint64, need int) (sum int, big uint64, err error) {
+// sizes come to need, with one of them that has a full part (trialPart or
+// more) unless haveBig, or the mailbox ends. It returns that sum and the
+// sequence number of the first of them that has a full part, or 0. Gaps
+// of scanWidth numbers or more (envelopes acked meanwhile, fragments held
+// past them) leave a round with one envelope: it sees fewer.
+func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after uint64, need int, haveBig bool) (sum int, big uint64, err error) {
 	type answer struct {
 		p   relay.Part
 		ok  bool
@@ -172,7 +181,7 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 	}
 	seen := map[uint64]bool{}
 	for range scanRounds {
-		if sum >= need {
+		if sum >= need && (big != 0 || haveBig) {
 			break
 		}
 		answers := make([]answer, scanWidth)
@@ -180,7 +189,9 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 		for i := range answers {
 			wg.Go(func() {
 				a := &answers[i]
-				a.p, a.ok, a.err = lane.FetchPart(ctx, t.m.owner(), t.m.id(), after+uint64(i), 0, 1)
+				if q := after + uint64(i); q >= after { // else past the last number there is
+					a.p, a.ok, a.err = lane.FetchPart(ctx, t.m.owner(), t.m.id(), q, 0, 1)
+				}
 			})
 		}
 		wg.Wait()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -114,8 +115,43 @@ func TestScanBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lane.Close()
-	sum, gotBig, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1<<30)
+	sum, gotBig, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1<<30, false)
 	if err != nil || sum != want || gotBig != big || big != ds[2].Seq {
 		t.Fatalf("scanBacklog: %d bytes, the first full part at %d (%v); want %d bytes, %d (the third envelope %d)", sum, gotBig, err, want, big, ds[2].Seq)
+	}
+	// Numbers past the last there is are not asked for (they would wrap
+	// to the mailbox's first).
+	if sum, big, err := scanBacklog(ctx, lane, tg, math.MaxUint64-2, 1<<30, false); sum != 0 || big != 0 || err != nil {
+		t.Fatalf("scanBacklog past 2^64-3: %d bytes, %d, %v", sum, big, err)
+	}
+}
+
+// TestScanBacklogFindsFullPart: with enough bytes found in short
+// envelopes, the scan goes on until one with a full part, to time (a
+// reviewer's find: it stopped, and the trial timed nothing), unless the
+// caller has one.
+func TestScanBacklogFindsFullPart(t *testing.T) {
+	w := newDrainWorld(t)
+	for range 11 {
+		w.stored(t, 100)
+	}
+	w.stored(t, 40<<10)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
+	if err != nil || len(ds) != 12 {
+		t.Fatalf("fetched %d envelopes: %v", len(ds), err)
+	}
+	tg := w.target(nil)
+	lane, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lane.Close()
+	if _, big, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1, false); big != ds[11].Seq || err != nil {
+		t.Fatalf("scanBacklog: the first full part at %d (%v), want %d", big, err, ds[11].Seq)
+	}
+	if sum, big, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1, true); big != 0 || sum != scanWidth*len(ds[1].Envelope) || err != nil {
+		t.Fatalf("scanBacklog with a full part known: %d bytes, %d (%v), want one round's", sum, big, err)
 	}
 }

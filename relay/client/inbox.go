@@ -570,7 +570,11 @@ func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.Priv
 	var lastAcks []Ref   // its refs
 	defer func() {
 		if next != nil {
-			<-next.ch // fetched, not opened: it stays on the relay
+			// Fetched, not opened: it stays on the relay, and is not
+			// waited for (it may be coming over a slow flow: a
+			// reviewer's find).
+			leave()
+			<-next.ch
 		}
 		if acked != nil {
 			if aerr := <-acked; err == nil || ctx.Err() == nil { // else err says ctx ended

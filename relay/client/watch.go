@@ -23,6 +23,9 @@ type PageProgress struct {
 	// Read is what the session has read since the page was asked for:
 	// the page's bytes so far (and perhaps a few other answers').
 	Read int
+	// After is the sequence number the page's envelopes are past: the
+	// last of the page before (whose Ack may not yet be done).
+	After uint64
 }
 
 // watchEvery is how often DrainWatched samples a page coming.
@@ -71,12 +74,13 @@ type pageFetch struct {
 	ch    chan page
 	c     *Client
 	start time.Time
-	base  int64 // the session's byte count at the request
+	base  int64  // the session's byte count at the request
+	after uint64 // the page is of the envelopes past it
 }
 
 // startFetch asks for the page of mailbox past after, on c.
 func startFetch(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, after uint64) *pageFetch {
-	f := &pageFetch{ch: make(chan page, 1), c: c, start: time.Now(), base: c.Received()}
+	f := &pageFetch{ch: make(chan page, 1), c: c, start: time.Now(), base: c.Received(), after: after}
 	go func() {
 		ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
 		f.ch <- page{ds, err, time.Since(f.start)}
@@ -113,6 +117,7 @@ func (f *pageFetch) wait(watch func(PageProgress) bool) (page, bool) {
 			Since: now.Sub(first),
 			Idle:  now.Sub(time.Unix(0, f.c.lastRead.Load())),
 			Read:  int(got - f.base),
+			After: f.after,
 		}
 		if watch(p) {
 			return page{}, true

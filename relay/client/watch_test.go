@@ -26,13 +26,17 @@ import (
 // nothing. The first page's refs are left for the caller to ack again
 // when that Ack's answer has not come, and not when it has.
 func TestDrainWatchedLeavesPage(t *testing.T) {
-	t.Run("ack unanswered", func(t *testing.T) { drainLeavingPage(t, false) })
-	t.Run("ack answered", func(t *testing.T) { drainLeavingPage(t, true) })
+	t.Run("ack unanswered", func(t *testing.T) { drainLeavingPage(t, false, false) })
+	t.Run("ack answered", func(t *testing.T) { drainLeavingPage(t, true, false) })
+	// A Drain that ends on an error does not wait for the page it asked
+	// for either (a reviewer's find: it waited for it to come whole).
+	t.Run("take refused", func(t *testing.T) { drainLeavingPage(t, false, true) })
 }
 
 // drainLeavingPage is TestDrainWatchedLeavesPage, with the first page's
-// Ack answered (before the second page begins) or never.
-func drainLeavingPage(t *testing.T, answerAck bool) {
+// Ack answered (before the second page begins) or never; or, if refuse,
+// the first page's first message refused by the inbox's Take.
+func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	id, msgs, envs := sealed(t, 100, 200, 40<<10)
 	ackDone := make(chan struct{})
 	_, key, _ := ed25519.GenerateKey(nil)
@@ -93,7 +97,11 @@ func drainLeavingPage(t *testing.T, answerAck bool) {
 	}
 	defer c.Close()
 	var got [][]byte
+	errRefused := errors.New("refused")
 	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(m client.Message) error {
+		if refuse {
+			return errRefused
+		}
 		got = append(got, m.Payload)
 		return nil
 	}})
@@ -101,6 +109,13 @@ func drainLeavingPage(t *testing.T, answerAck bool) {
 		t.Fatal(err)
 	}
 	var seen []client.PageProgress
+	if refuse {
+		err := in.DrainWatched(ctx, c, key, [32]byte{1}, func(client.PageProgress) bool { return false })
+		if !errors.Is(err, errRefused) || c.Err() != nil || ctx.Err() != nil {
+			t.Fatalf("DrainWatched: %v, want the refusal before the session ended (%v) or the deadlock guard (%v)", err, c.Err(), ctx.Err())
+		}
+		return
+	}
 	err = in.DrainWatched(ctx, c, key, [32]byte{1}, func(p client.PageProgress) bool {
 		seen = append(seen, p)
 		if w := firstWrite.Load(); w == 0 || p.Since > time.Since(time.Unix(0, w)) {
@@ -127,7 +142,7 @@ func drainLeavingPage(t *testing.T, answerAck bool) {
 		t.Fatalf("took %d messages, want the first page's 2", len(got))
 	}
 	last := seen[len(seen)-1]
-	if last.Bytes < 8<<10 || last.Idle >= last.Since || last.Read <= last.Bytes {
+	if last.Bytes < 8<<10 || last.Idle >= last.Since || last.Read <= last.Bytes || last.After != 2 {
 		t.Fatalf("the watch saw %+v last", last)
 	}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
