@@ -550,16 +550,19 @@ func sendAck(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [
 // the time to open it, whichever is longer, where fetching, opening and
 // acking in turn cost 2p+1 round trips and the opening on top. Drain
 // returns once every request it sent has been answered, or has failed
-// (as they do when ctx ends). It holds at most two pages.
+// (as they do when ctx ends), but for a page asked for ahead when it
+// ends on an error, which is given up (it stays on the relay). It holds
+// at most two pages.
 func (in *Inbox) Drain(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte) error {
 	return in.DrainWatched(ctx, c, owner, mailbox, nil)
 }
 
 // DrainWatched is Drain, showing watch, if not nil, how each page is
 // coming while it comes (PageProgress); when watch returns true it
-// leaves that page and returns ErrPageLeft. A page comes whole in one answer, up to relay.MaxFetch
-// envelopes: what a backlog's first page shows of the flow that carries
-// it (a throttle) is known only while it comes.
+// leaves that page and returns a *PageLeft (ErrPageLeft). A page comes
+// whole in one answer, up to relay.MaxFetch envelopes: what a backlog's
+// first page shows of the flow that carries it (a throttle) is known
+// only while it comes.
 func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, watch func(PageProgress) bool) (err error) {
 	in.Reset()
 	in.rateBytes, in.rateTook, in.ratePages, in.rateRTT = 0, 0, 0, 0

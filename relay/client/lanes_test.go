@@ -543,6 +543,14 @@ func (w *partsWorld) drainThrough(t *testing.T, lanes int, dial func(context.Con
 	if err != nil {
 		return took, w.mb.Peak(), got, err
 	}
+	w.allTaken(t, got, msgs)
+	return took, w.mb.Peak(), got, nil
+}
+
+// allTaken fails t unless got is msgs, whole and in order, and nothing
+// is left on the relay.
+func (w *partsWorld) allTaken(t *testing.T, got, msgs [][]byte) {
+	t.Helper()
 	if len(got) != len(msgs) {
 		t.Fatalf("took %d messages, want %d", len(got), len(msgs))
 	}
@@ -554,7 +562,6 @@ func (w *partsWorld) drainThrough(t *testing.T, lanes int, dial func(context.Con
 	if n := w.waiting(t); n != 0 {
 		t.Fatalf("%d envelopes left on the relay", n)
 	}
-	return took, w.mb.Peak(), got, nil
 }
 
 func randomMsgs(sizes ...int) [][]byte {

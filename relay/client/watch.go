@@ -10,9 +10,8 @@ import (
 // PageProgress is how the page a Drain waits for is coming, as
 // DrainWatched's watch sees it: sampled about every watchEvery from the
 // session's byte count once its first byte after the request was read
-// (more than smallAnswer bytes).
-// The count grows as the connection's reads return: over TLS, a record
-// (up to 16 KiB) at a time.
+// (more than smallAnswer bytes). The count grows as the connection's
+// reads return: over TLS, a record (up to 16 KiB) at a time.
 type PageProgress struct {
 	// Bytes is what the session has read since the sample that saw the
 	// page's first byte, Since ago.

@@ -205,17 +205,7 @@ func TestDrainWatchedThenLanes(t *testing.T) {
 	if _, err := in.DrainLanes(ctx, first, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 4}); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(msgs) {
-		t.Fatalf("DrainLanes took %d messages, want %d", len(got), len(msgs))
-	}
-	for i := range msgs {
-		if !bytes.Equal(got[i], msgs[i]) {
-			t.Fatalf("message %d: not the one sent (or out of order)", i)
-		}
-	}
-	if n := w.waiting(t); n != 0 {
-		t.Fatalf("%d envelopes left on the relay", n)
-	}
+	w.allTaken(t, got, msgs)
 
 	// A watch that lets the page come.
 	w.mb.SetRule(censortest.Throttle(64 << 10))
