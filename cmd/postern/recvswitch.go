@@ -239,8 +239,12 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 	case !tr.judged:
 	case tr.perFlow:
 		f.Throttled, f.Rate = true, int(alone)
-		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; later receives here use up to %d connections at once\n",
-			alone/1000, tr.rate/1000, laneLimit(e, *f))
+		later := "" // nothing is remembered without --network
+		if t.facts != nil {
+			later = fmt.Sprintf("; later receives here use up to %d connections at once", laneLimit(e, *f))
+		}
+		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow%s\n",
+			alone/1000, tr.rate/1000, later)
 		t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
 	case err == nil:
 		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network seems to throttle the whole line; stayed on one connection\n",

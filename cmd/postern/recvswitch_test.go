@@ -60,10 +60,15 @@ func TestTrialEnded(t *testing.T) {
 		{"line", pageTrial{judged: true, rate: 3000}, nil, "seems to throttle the whole line", false},
 		{"line, the drain failed", pageTrial{judged: true, rate: 3000}, errors.New("cut"), "", false},
 		{"not judged", pageTrial{}, nil, "", false},
+		{"per-flow, without --network", pageTrial{judged: true, perFlow: true, rate: 9000}, nil, "this network throttles each flow\n", true},
 	} {
 		home := t.TempDir()
 		var stderr bytes.Buffer
-		e := &env{stderr: &stderr, network: "cafe", getenv: func(k string) string {
+		network := "cafe"
+		if strings.HasSuffix(tc.name, "without --network") {
+			network = ""
+		}
+		e := &env{stderr: &stderr, network: network, getenv: func(k string) string {
 			if k == "POSTERN_HOME" {
 				return home
 			}
@@ -75,7 +80,11 @@ func TestTrialEnded(t *testing.T) {
 		if tc.says == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.says) {
 			t.Errorf("%s: said %q, want %q", tc.name, stderr.String(), tc.says)
 		}
-		if kept := fs.get(); f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) {
+		kept := fs.get()
+		if fs == nil {
+			kept = f // nothing kept: the facts of this recv only
+		}
+		if f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) {
 			t.Errorf("%s: facts %+v, kept %+v", tc.name, f, kept)
 		}
 	}
