@@ -107,22 +107,48 @@ type Message interface {
 
 // ReadFrame reads one frame. The returned payload is freshly allocated.
 func ReadFrame(r io.Reader) (FrameType, []byte, error) {
+	return ReadFrameSeen(r, nil)
+}
+
+// ReadFrameSeen is ReadFrame, telling seen, if not nil, how much of the
+// payload has come as it comes: first with got 0 once the header was
+// read, then after each read that brought some of it, with the payload
+// p (len(p) bytes, the first got of them read). A reader that gives up
+// on a frame half read (a session closed under it) keeps what came: p
+// is not written to again once ReadFrameSeen has returned.
+func ReadFrameSeen(r io.Reader, seen func(t FrameType, p []byte, got int)) (FrameType, []byte, error) {
 	var hdr [FrameHeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > MaxPayload(FrameType(hdr[0])) {
+	t, n := FrameType(hdr[0]), binary.BigEndian.Uint32(hdr[1:])
+	if n > MaxPayload(t) {
 		return 0, nil, ErrFrameTooLarge
 	}
 	p := make([]byte, n)
-	if _, err := io.ReadFull(r, p); err != nil {
+	var err error
+	if seen == nil {
+		_, err = io.ReadFull(r, p)
+	} else {
+		seen(t, p, 0)
+		for got := 0; got < len(p) && err == nil; {
+			var m int
+			m, err = r.Read(p[got:])
+			if got += m; m > 0 {
+				seen(t, p, got)
+			}
+			if got == len(p) {
+				err = nil // a reader may say EOF with the last bytes
+			}
+		}
+	}
+	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, nil, err
 	}
-	return FrameType(hdr[0]), p, nil
+	return t, p, nil
 }
 
 // MaxPayload returns the most a frame of type t may carry:

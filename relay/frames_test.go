@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/frames.golden")
@@ -313,6 +314,7 @@ func FuzzFrames(f *testing.F) {
 	f.Add([]byte{0x11, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ft, p, err := ReadFrame(bytes.NewReader(b))
+		checkSeen(t, b, ft, p, err)
 		if err != nil {
 			return
 		}
@@ -326,6 +328,52 @@ func FuzzFrames(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkSeen reads b with ReadFrameSeen, a byte at a time and a few
+// bytes at a time with the last ones' EOF, and fails t unless it reads
+// what ReadFrame read (ft, p, err), telling seen of the payload as it
+// came: once with nothing of it, then after each read, each time the
+// same payload, its first got bytes read and got growing.
+func checkSeen(t *testing.T, b []byte, ft FrameType, p []byte, err error) {
+	t.Helper()
+	for _, r := range []io.Reader{iotest.OneByteReader(bytes.NewReader(b)), iotest.DataErrReader(iotest.HalfReader(bytes.NewReader(b)))} {
+		var buf []byte
+		last := -1
+		st, sp, serr := ReadFrameSeen(r, func(typ FrameType, p []byte, got int) {
+			if last < 0 {
+				buf = p
+			}
+			if typ != FrameType(b[0]) || !sameSlice(p, buf) || got <= last || got > len(p) ||
+				(last < 0 && got != 0) || !bytes.Equal(p[:got], b[FrameHeaderSize:FrameHeaderSize+got]) {
+				t.Fatalf("seen %#x, %d of %d bytes after %d", typ, got, len(p), last)
+			}
+			last = got
+		})
+		if st != ft || !bytes.Equal(sp, p) || (serr == nil) != (err == nil) || (err != nil && serr.Error() != err.Error()) {
+			t.Fatalf("ReadFrameSeen: %#x, %x, %v; ReadFrame: %#x, %x, %v", st, sp, serr, ft, p, err)
+		}
+		if err == nil && (last != len(p) || !sameSlice(sp, buf)) {
+			t.Fatalf("seen up to %d of %d bytes, or of another payload than returned", last, len(p))
+		}
+	}
+}
+
+// sameSlice reports whether a and b are the same bytes in memory.
+func sameSlice(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// TestReadFrameSeen: a frame cut short is seen as far as it came.
+func TestReadFrameSeen(t *testing.T) {
+	frame := AppendFrame(nil, Ping{Req: 7, Data: []byte("abcdefgh")})
+	for cut := 0; cut <= len(frame); cut++ {
+		ft, p, err := ReadFrame(bytes.NewReader(frame[:cut]))
+		checkSeen(t, frame[:cut], ft, p, err)
+		if want := cut == len(frame); (err == nil) != want || (cut > 0 && cut < len(frame) && !errors.Is(err, io.ErrUnexpectedEOF)) {
+			t.Fatalf("cut at %d: %v", cut, err)
+		}
+	}
 }
 
 // TestDeliverFrameHead: the head plus the envelope is the whole frame.

@@ -321,7 +321,7 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, watch bool) (lanes bool, err error) {
 	n := laneLimit(e, *f)
 	if f.Throttled && n > 1 && t.laneDial != nil {
-		if err := drainLanes(ctx, e, t, in, c, *f); !errors.Is(err, relay.ErrUnknownFrame) {
+		if err := drainLanes(ctx, e, t, in, c, *f, nil); !errors.Is(err, relay.ErrUnknownFrame) {
 			return true, err
 		}
 		// A relay from before parts: on c alone.
@@ -334,10 +334,15 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 	return drainWatched(ctx, e, t, in, c, f)
 }
 
-// drainLanes is drainWhole's pass over lanes beginning on c, judged.
-func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts) error {
+// drainLanes is drainWhole's pass over lanes beginning on c, judged,
+// asking only for the rest of what came already of envelopes (have).
+func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts, have []client.Begun) error {
 	var st client.LanesStats
-	_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), client.LanesConfig{Lanes: laneLimit(e, f), Stats: &st})
+	cfg := client.LanesConfig{Lanes: laneLimit(e, f), Stats: &st, Have: have}
+	_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), cfg)
+	if st.Kept > 0 {
+		fmt.Fprintf(e.stderr, "%.1f KB had come before the lanes began, and were not asked for again\n", float64(st.Kept)/1000)
+	}
 	judgeRecvLanes(e, t, f, st)
 	return err
 }

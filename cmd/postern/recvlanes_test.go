@@ -73,7 +73,8 @@ func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []stri
 // recv (one connection, as nothing is known of the network) finds the
 // page coming at under throttleFloor, and a second connection's part as
 // fast: it remembers the network throttled and takes the rest of three
-// messages over more connections at once; the next takes three messages over
+// messages over more connections at once, asking again for none of what
+// came (TestDrainLanesHave has how much); the next takes three messages over
 // lanes from the start, judges the flows throttled one by one, and says
 // so. With POSTERN_LANES=1 (the baseline, timed in
 // the same run) it keeps to one. No address or mailbox id reaches
@@ -89,9 +90,10 @@ func TestRecvLanes(t *testing.T) {
 	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak < 2 || !strings.Contains(stderr, "this network throttles each flow; receiving over up to") {
 		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
 	}
-	// Its lanes are judged by the rate the page came at.
-	if !strings.Contains(stderr, "connections at once (") {
-		t.Fatalf("recv 1's lanes not judged:\n%s", stderr)
+	// Its lanes are judged by the rate the page came at, and do not ask
+	// again for what came of the page and the trial's part.
+	if !strings.Contains(stderr, "connections at once (") || !strings.Contains(stderr, "before the lanes began, and were not asked for again") {
+		t.Fatalf("recv 1's lanes not judged, or asked again for all that came:\n%s", stderr)
 	}
 	stderr, took, peak = w.recvLanes(t, flow, nil, randomMsg(60<<10), randomMsg(100), randomMsg(60<<10))
 	stderrs.WriteString(stderr)

@@ -106,6 +106,8 @@ type pageTrial struct {
 	// lane is the second connection, kept if perFlow (and closed by the
 	// trial otherwise): the lanes begin on it.
 	lane *client.Client
+	// part is the part timed: the lanes do not ask for it again.
+	part client.Begun
 }
 
 // trialPart is the least part a trial times: half a full one.
@@ -146,7 +148,10 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 		}
 		need := 3*page.Read - int(first.Total)
 		backlog, big, err := scanBacklog(ctx, lane, t, first.Seq, need, first.Total >= trialPart)
-		if first.Total >= trialPart {
+		if big == 0 && first.Total >= trialPart {
+			// Another envelope's part is kept beside what c brings of
+			// the first (the lanes take both): the first's alone if
+			// no other has a full part.
 			big = first.Seq
 		}
 		if err != nil || backlog < need || big == 0 {
@@ -159,6 +164,7 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 			return
 		}
 		tr.judged, tr.rate = true, float64(len(p.Data))/took.Seconds()
+		tr.part = client.Begun{Seq: p.Seq, Ref: client.Ref(p.Ref), Total: int(p.Total), Data: p.Data}
 		if tr.perFlow = tr.rate >= trialShare*alone; tr.perFlow {
 			tr.lane = lane
 		}
@@ -258,18 +264,29 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 // (in f, and with --network for later recvs and sends), closes c, over
 // which the page it left goes on coming, and acks on the new connection
 // what c's last Ack may not have (else those envelopes would come again,
-// as replays). What of the page came is lost: a page comes whole in one
-// answer, and nothing of it is handed over before it ends.
+// as replays). The lanes do not ask again for what came of the page (the
+// envelopes that came whole, the first bytes of the one coming: until
+// 2026-12-07 they were asked for again, half of a 64 KiB envelope or
+// more at each switch) nor for the trial's part.
 func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()
 	defer trial.lane.Close()
 	f.Throttled, f.Rate = true, int(alone)
-	fmt.Fprintf(e.stderr, "the connection carries %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; receiving over up to %d connections at once\n",
-		alone/1000, trial.rate/1000, laneLimit(e, *f))
+	have := []client.Begun{trial.part}
+	pl, _ := errors.AsType[*client.PageLeft](left)
+	if pl != nil {
+		have = append(have, pl.Came...)
+	}
+	came := 0
+	for _, b := range have {
+		came += len(b.Data)
+	}
+	fmt.Fprintf(e.stderr, "the connection carries %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; receiving over up to %d connections at once, %.1f KB of it here already\n",
+		alone/1000, trial.rate/1000, laneLimit(e, *f), float64(came)/1000)
 	t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
-	if pl, ok := errors.AsType[*client.PageLeft](left); ok && len(pl.Unacked) > 0 {
+	if pl != nil && len(pl.Unacked) > 0 {
 		// If this fails too, they come again and are acked as replays.
 		trial.lane.Ack(ctx, t.m.owner(), t.m.id(), pl.Unacked...)
 	}
-	return drainLanes(ctx, e, t, in, trial.lane, *f)
+	return drainLanes(ctx, e, t, in, trial.lane, *f, have)
 }

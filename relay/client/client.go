@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,12 @@ type Client struct {
 	received, framed atomic.Int64
 	reading          atomic.Bool
 	stalled          atomic.Bool // the watchdog ended the session
+	// inDeliver is the payload of the Deliver frame the read loop is
+	// reading, inGot bytes of it read (under inMu): what of an envelope
+	// came before a Drain left its page (see begun).
+	inMu      sync.Mutex
+	inDeliver []byte
+	inGot     int
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -150,12 +157,42 @@ func (c *Client) handshake() error {
 // readFrame reads the next frame, counting it (see received).
 func (c *Client) readFrame() (relay.FrameType, []byte, error) {
 	c.reading.Store(true)
-	t, p, err := relay.ReadFrame(c.br)
+	t, p, err := relay.ReadFrameSeen(c.br, c.seen)
 	c.reading.Store(false)
 	if err == nil {
 		c.framed.Add(int64(relay.FrameHeaderSize + len(p)))
 	}
 	return t, p, err
+}
+
+// seen keeps track of the Deliver frame being read (see begun).
+func (c *Client) seen(t relay.FrameType, p []byte, got int) {
+	if t != relay.FrameDeliver {
+		return
+	}
+	c.inMu.Lock()
+	c.inDeliver, c.inGot = p, got
+	c.inMu.Unlock()
+}
+
+// deliverHead is the size of a Deliver frame's payload before its
+// envelope: request id, mailbox, ref and sequence number.
+const deliverHead = 4 + relay.MailboxSize + relay.RefSize + 8
+
+// begun returns what came of the envelope of the Deliver frame being
+// read (or read whole and being filed), if it answers request req: its
+// sequence number, ref and size, and its first bytes (a copy).
+func (c *Client) begun(req uint32) (Begun, bool) {
+	c.inMu.Lock()
+	defer c.inMu.Unlock()
+	p := c.inDeliver
+	if c.inGot < deliverHead || len(p) == deliverHead || binary.BigEndian.Uint32(p) != req {
+		return Begun{}, false
+	}
+	b := Begun{Seq: binary.BigEndian.Uint64(p[deliverHead-8:]), Total: len(p) - deliverHead,
+		Data: bytes.Clone(p[deliverHead:c.inGot])}
+	copy(b.Ref[:], p[4+relay.MailboxSize:])
+	return b, true
 }
 
 // parseHello accepts a ServerHello of our version and returns its
@@ -276,6 +313,7 @@ func (c *Client) readLoop() {
 			if err = c.delivered(d); err != nil {
 				return
 			}
+			c.seen(t, nil, 0) // filed: not kept twice, nor for the session's life
 		default:
 			err = fmt.Errorf("relay: unexpected frame type %#x from relay", byte(t))
 			return

@@ -590,8 +590,9 @@ func (in *Inbox) DrainWatched(ctx context.Context, c *Client, owner ed25519.Priv
 		if left {
 			// The last page's Ack is not waited for: its answer may
 			// come behind this page, over the flow found slow.
+			came := next.came()
 			leave()
-			return leftPage(&acked, lastAcks)
+			return leftPage(&acked, lastAcks, came)
 		}
 		next = nil
 		if p.err != nil || len(p.ds) == 0 {

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/ed25519"
@@ -19,6 +20,11 @@ type LanesConfig struct {
 	// Lanes is how many sessions DrainLanes uses at once, the first
 	// included (at least 1; 1 is the first session alone).
 	Lanes int
+	// Have are envelopes of the mailbox of which the first bytes came
+	// already (a page left: PageLeft.Came; a part fetched): DrainLanes
+	// asks only for the rest of each it finds waiting, with the same
+	// sequence number, ref and size.
+	Have []Begun
 	// Stats, if set, is filled in as DrainLanes returns.
 	Stats *LanesStats
 }
@@ -32,6 +38,19 @@ type LanesStats struct {
 	// the last part: their rate together.
 	Bytes int
 	Span  time.Duration
+	// Kept is what of the envelopes found came already
+	// (LanesConfig.Have) past the first part a probe asks for, and was
+	// not asked for again.
+	Kept int
+}
+
+// Begun is an envelope of which the first len(Data) bytes, of Total,
+// came: the envelope whole if they are all.
+type Begun struct {
+	Seq   uint64
+	Ref   Ref
+	Total int
+	Data  []byte
 }
 
 // errNoLane is DrainLanes' error when no session is left and none says
@@ -77,7 +96,12 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
 	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
-		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64}
+		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64, have: map[uint64]Begun{}}
+	for _, b := range cfg.Have {
+		if len(b.Data) <= b.Total && len(b.Data) > len(d.have[b.Seq].Data) {
+			d.have[b.Seq] = b
+		}
+	}
 	d.cfg.Lanes = max(1, cfg.Lanes)
 	d.cond = sync.NewCond(&d.mu)
 	stop := context.AfterFunc(ctx, func() {
@@ -104,7 +128,7 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		c.Close()
 	}
 	if cfg.Stats != nil {
-		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes}
+		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept}
 		if !d.joinedAt.IsZero() {
 			cfg.Stats.Span = d.jLast.Sub(d.joinedAt)
 		}
@@ -151,6 +175,10 @@ type laneDrain struct {
 	jLast    time.Time
 	// foundBytes is the size of every envelope found.
 	foundBytes int
+	// have is LanesConfig.Have by sequence number (the most of each),
+	// kept what of it was used.
+	have map[uint64]Begun
+	kept int
 }
 
 // laneSlot is one sequence number: asked for, known to hold no
@@ -446,13 +474,17 @@ func (d *laneDrain) found(p relay.Part) {
 	total := int(p.Total)
 	s := &laneSlot{state: slotEnv, ref: p.Ref, total: total, buf: make([]byte, total)}
 	s.got = copy(s.buf, p.Data) // the probe's part, from offset 0
-	s.nextOff, s.part = s.got, evenPart(total-s.got)
-	d.slots[p.Seq] = s
-	d.foundBytes += total
 	if !d.joinedAt.IsZero() {
 		d.jBytes += s.got
 		d.jLast = time.Now()
 	}
+	if h, ok := d.have[p.Seq]; ok && h.Ref == p.Ref && h.Total == total && len(h.Data) > s.got && bytes.Equal(h.Data[:s.got], s.buf[:s.got]) {
+		d.kept += len(h.Data) - s.got
+		s.got = copy(s.buf, h.Data)
+	}
+	s.nextOff, s.part = s.got, evenPart(total-s.got)
+	d.slots[p.Seq] = s
+	d.foundBytes += total
 	if d.widened || d.cfg.Lanes < 2 || d.dial == nil {
 		return
 	}

@@ -56,6 +56,8 @@ type fakeBox struct {
 	// laneAfter, if set, holds drainLanes' dials beside the first
 	// session until the channel it returns for that session is closed.
 	laneAfter func(first *client.Client) <-chan struct{}
+	// have is drainLanes' LanesConfig.Have.
+	have []client.Begun
 }
 
 type fakeEnv struct {
@@ -257,8 +259,63 @@ func drainLanesSync(t *testing.T, f *fakeBox, id *envelope.Identity, lanes int, 
 			return dial(ctx)
 		}
 	}
-	n, err := in.DrainLanes(ctx, first, lane, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Stats: &f.stats})
+	n, err := in.DrainLanes(ctx, first, lane, f.key, [32]byte{1}, client.LanesConfig{Lanes: lanes, Stats: &f.stats, Have: f.have})
 	return got, n, max(0, f.stats.Sessions-1), err
+}
+
+// TestDrainLanesHave: DrainLanes asks only for the rest of an envelope
+// whose first bytes it was given (LanesConfig.Have) and finds waiting,
+// with the same number, ref and size, and whose first bytes are the
+// same as its probe's; nothing more of one given whole. One given with
+// another ref, with other first bytes, with more data than its size, or
+// at a number where nothing waits counts for nothing; every message is
+// taken whole, in order.
+func TestDrainLanesHave(t *testing.T) {
+	id, msgs, envs := sealed(t, 40<<10, 100, 30<<10, 30<<10, 30<<10)
+	f := newFakeBox()
+	f.add([]uint64{1, 2, 3, 4, 5}, envs)
+	begun := func(i, n int) client.Begun {
+		return client.Begun{Seq: uint64(i + 1), Ref: f.envs[i].ref, Total: len(envs[i]), Data: bytes.Clone(envs[i][:n])}
+	}
+	otherRef, otherBytes, tooLong := begun(2, len(envs[2])), begun(3, 20<<10), begun(4, len(envs[4]))
+	otherRef.Ref[0] ^= 1
+	otherBytes.Data[0] ^= 1
+	tooLong.Total--
+	f.have = []client.Begun{begun(0, 20<<10), begun(1, len(envs[1])), otherRef, otherBytes,
+		begun(4, len(envs[4])), tooLong, {Seq: 9, Total: 10, Data: []byte{1}}}
+	var mu sync.Mutex
+	offs := map[uint64][]int{} // offsets of the parts served, by envelope
+	f.served = func(_ *fakeBox, seq uint64, off int) {
+		mu.Lock()
+		offs[seq] = append(offs[seq], off)
+		mu.Unlock()
+	}
+	got, n, _, err := drainLanes(t, f, id, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(envs) || len(got) != len(msgs) {
+		t.Fatalf("put together %d envelopes, took %d messages; want %d", n, len(got), len(msgs))
+	}
+	for i := range msgs {
+		if !bytes.Equal(got[i], msgs[i]) {
+			t.Fatalf("message %d: %d bytes, not the %d sent (or out of order)", i, len(got[i]), len(msgs[i]))
+		}
+	}
+	probe := 4 << 10
+	if want := 20<<10 - probe + len(envs[4]) - probe; f.stats.Kept != want {
+		t.Fatalf("kept %d bytes, want %d", f.stats.Kept, want)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for seq, from := range map[uint64]int{1: 20 << 10, 3: probe, 4: probe} {
+		if o := offs[seq]; len(o) < 2 || o[0] != 0 || slices.Min(o[1:]) != from {
+			t.Fatalf("envelope %d: parts served at %v, want the probe's and from %d on", seq, o, from)
+		}
+	}
+	if o := offs[5]; len(o) != 1 || o[0] != 0 {
+		t.Fatalf("envelope 5, given whole: parts served at %v, want the probe's alone", o)
+	}
 }
 
 // TestDrainLanesInOrderAcrossGaps: envelopes at numbers with gaps (one

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/postern/postern/relay"
@@ -218,6 +219,16 @@ func (c *Client) Fetch(ctx context.Context, owner ed25519.PrivateKey, id [32]byt
 // FetchAfter is Fetch for envelopes after sequence number after (the Seq of
 // the last Delivery seen), to page past envelopes the caller holds.
 func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, max int) ([]Delivery, error) {
+	p, err := c.beginFetch(ctx, owner, id, after, max)
+	if err != nil {
+		return nil, err
+	}
+	return p.fetched(ctx)
+}
+
+// beginFetch writes FetchAfter's request and returns it, to be waited
+// for (fetched).
+func (c *Client) beginFetch(ctx context.Context, owner ed25519.PrivateKey, id [32]byte, after uint64, max int) (*pendingCall, error) {
 	if max <= 0 || max > relay.MaxFetch {
 		max = relay.MaxFetch
 	}
@@ -225,11 +236,16 @@ func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [3
 	if err != nil {
 		return nil, err
 	}
-	r, ds, err := c.roundTrip(ctx, func(req uint32) relay.Message {
+	return c.begin(ctx, func(req uint32) relay.Message {
 		m := relay.Fetch{Req: req, Mailbox: id, Max: uint16(max), After: after}
 		m.Sig = relay.Sign(owner, bind, m)
 		return m
 	})
+}
+
+// fetched waits for a Fetch's answer: the envelopes it brought.
+func (p *pendingCall) fetched(ctx context.Context) ([]Delivery, error) {
+	r, ds, err := p.wait(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -237,6 +253,25 @@ func (c *Client) FetchAfter(ctx context.Context, owner ed25519.PrivateKey, id [3
 		return nil, relay.ErrMalformed
 	}
 	return ds, nil
+}
+
+// came is what came of the answer to a Fetch so far: the envelopes that
+// came whole, and what came of the one coming, if one is; a copy of
+// each, in the order they came.
+func (p *pendingCall) came() []Begun {
+	b, begun := p.c.begun(p.req) // first: it may be filed meanwhile
+	p.c.mu.Lock()
+	ds := slices.Clone(p.cl.fetched)
+	p.c.mu.Unlock()
+	var out []Begun
+	for _, d := range ds {
+		out = append(out, Begun{Seq: d.Seq, Ref: d.Ref, Total: len(d.Envelope), Data: d.Envelope})
+		begun = begun && d.Seq != b.Seq
+	}
+	if begun {
+		out = append(out, b)
+	}
+	return out
 }
 
 // FetchPart asks for at most max bytes (at most relay.MaxPart) of the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -55,6 +56,11 @@ var ErrPageLeft = errors.New("relay/client: drain left a page coming")
 // 256 envelopes, a megabyte or more, came again).
 type PageLeft struct {
 	Unacked []Ref
+	// Came is what of the page left came before it was left: the
+	// envelopes that came whole and the first bytes of the one coming,
+	// in mailbox order. None was handed over or acked: give them to
+	// DrainLanes (LanesConfig.Have), which asks for the rest only.
+	Came []Begun
 }
 
 func (e *PageLeft) Error() string        { return ErrPageLeft.Error() }
@@ -75,16 +81,30 @@ type pageFetch struct {
 	start time.Time
 	base  int64  // the session's byte count at the request
 	after uint64 // the page is of the envelopes past it
+	call  atomic.Pointer[pendingCall]
 }
 
 // startFetch asks for the page of mailbox past after, on c.
 func startFetch(ctx context.Context, c *Client, owner ed25519.PrivateKey, mailbox [32]byte, after uint64) *pageFetch {
 	f := &pageFetch{ch: make(chan page, 1), c: c, start: time.Now(), base: c.Received(), after: after}
 	go func() {
-		ds, err := c.FetchAfter(ctx, owner, mailbox, after, 0)
+		p, err := c.beginFetch(ctx, owner, mailbox, after, 0)
+		var ds []Delivery
+		if err == nil {
+			f.call.Store(p)
+			ds, err = p.fetched(ctx)
+		}
 		f.ch <- page{ds, err, time.Since(f.start)}
 	}()
 	return f
+}
+
+// came is what came of the page so far (pendingCall.came).
+func (f *pageFetch) came() []Begun {
+	if p := f.call.Load(); p != nil {
+		return p.came()
+	}
+	return nil
 }
 
 // wait waits for the page, showing watch, if not nil, how it is coming
@@ -127,18 +147,19 @@ func (f *pageFetch) wait(watch func(PageProgress) bool) (page, bool) {
 // leftPage is DrainWatched's error on leaving a page, with *acked, the
 // last page's Ack if it is out (refs), taken over: refs are Unacked
 // unless it has been answered without error.
-func leftPage(acked *chan error, refs []Ref) error {
+// came is what of the page left came (PageLeft.Came).
+func leftPage(acked *chan error, refs []Ref, came []Begun) error {
 	ch := *acked
 	*acked = nil
 	if ch == nil {
-		return &PageLeft{}
+		return &PageLeft{Came: came}
 	}
 	select {
 	case err := <-ch:
 		if err == nil {
-			return &PageLeft{}
+			return &PageLeft{Came: came}
 		}
 	default:
 	}
-	return &PageLeft{Unacked: refs}
+	return &PageLeft{Unacked: refs, Came: came}
 }

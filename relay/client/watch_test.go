@@ -24,7 +24,9 @@ import (
 // was. The watch is shown the page from its first byte on (never longer
 // ago than that byte was written), and how long the session has read
 // nothing. The first page's refs are left for the caller to ack again
-// when that Ack's answer has not come, and not when it has.
+// when that Ack's answer has not come, and not when it has; what came
+// of the second page (an envelope whole, the first bytes of the next)
+// is left to the caller too (PageLeft.Came).
 func TestDrainWatchedLeavesPage(t *testing.T) {
 	t.Run("ack unanswered", func(t *testing.T) { drainLeavingPage(t, false, false) })
 	t.Run("ack answered", func(t *testing.T) { drainLeavingPage(t, true, false) })
@@ -37,12 +39,13 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 // Ack answered (before the second page begins) or never; or, if refuse,
 // the first page's first message refused by the inbox's Take.
 func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
-	id, msgs, envs := sealed(t, 100, 200, 40<<10)
+	id, msgs, envs := sealed(t, 100, 200, 300, 40<<10)
 	ackDone := make(chan struct{})
 	_, key, _ := ed25519.GenerateKey(nil)
 	var mu sync.Mutex
 	var acked [][relay.RefSize]byte
 	var firstWrite atomic.Int64 // unix nanoseconds
+	var written atomic.Int64    // of the second page
 	cc, sc := relaytest.Pipe(t)
 	t.Cleanup(func() { sc.Close() })
 	deliver := func(req uint32, seq uint64) []byte {
@@ -57,10 +60,11 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(2)}))
 				return true
 			}
-			// The second: envelope 3, after a wait, slowly, and never
-			// all of it.
+			// The second: envelopes 3 and 4, after a wait, slowly, and
+			// never all of 4.
 			go func() {
-				b := deliver(req, 3)
+				b3 := deliver(req, 3)
+				b := append(b3, deliver(req, 4)...)
 				if answerAck {
 					select {
 					case <-ackDone:
@@ -70,10 +74,11 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 				}
 				time.Sleep(300 * time.Millisecond)
 				firstWrite.Store(time.Now().UnixNano())
-				for i := 0; i < len(b)/2; i += 2 << 10 {
+				for i := 0; i < len(b3)+(len(b)-len(b3))/2; i += 2 << 10 {
 					if _, err := sc.Write(b[i : i+2<<10]); err != nil {
 						return
 					}
+					written.Add(2 << 10)
 					time.Sleep(20 * time.Millisecond)
 				}
 			}()
@@ -141,6 +146,14 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) {
 		t.Fatalf("took %d messages, want the first page's 2", len(got))
 	}
+	// Envelope 3 whole; of 4 what was written of it (the writer stopped:
+	// all of it was read), less the frames' heads.
+	head := relay.FrameHeaderSize + 4 + 32 + relay.RefSize + 8
+	want4 := int(written.Load()) - 2*head - len(envs[2])
+	if c := pl.Came; len(c) != 2 || c[0].Seq != 3 || c[0].Ref != (client.Ref{3}) || c[0].Total != len(envs[2]) || !bytes.Equal(c[0].Data, envs[2]) ||
+		c[1].Seq != 4 || c[1].Ref != (client.Ref{4}) || c[1].Total != len(envs[3]) || len(c[1].Data) != want4 || !bytes.Equal(c[1].Data, envs[3][:want4]) {
+		t.Fatalf("came %d envelopes (%+v), want envelope 3 whole and %d bytes of 4", len(c), seqsOf(c), want4)
+	}
 	last := seen[len(seen)-1]
 	if last.Bytes < 8<<10 || last.Idle >= last.Since || last.Read <= last.Bytes || last.After != 2 {
 		t.Fatalf("the watch saw %+v last", last)
@@ -167,7 +180,7 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 // Drain whose watch leaves the page once 32 KiB of it came (as recv's
 // does at under 16 KiB/s) leaves every envelope on the relay, and
 // DrainLanes from a new session then takes them all, whole and in
-// order. A watch that never says to leave lets a Drain take them all.
+// order, asking only for the rest of what came of the page left. A watch that never says to leave lets a Drain take them all.
 func TestDrainWatchedThenLanes(t *testing.T) {
 	w := newPartsWorld(t)
 	w.stall = 10 * time.Second
@@ -194,6 +207,7 @@ func TestDrainWatchedThenLanes(t *testing.T) {
 		t.Fatalf("DrainWatched: %v, %d taken", err, len(got))
 	}
 	t.Logf("left the page at %+v (%.1f KB/s)", last, float64(last.Bytes)/last.Since.Seconds()/1000)
+	pl, _ := errors.AsType[*client.PageLeft](err)
 	if n := w.waiting(t); n != len(msgs) {
 		t.Fatalf("%d envelopes on the relay after the page was left, want %d", n, len(msgs))
 	}
@@ -202,10 +216,21 @@ func TestDrainWatchedThenLanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer first.Close()
-	if _, err := in.DrainLanes(ctx, first, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 4}); err != nil {
+	// What came of the page left is not asked for again: the first
+	// bytes of its first envelope, past a probe's 4 KiB.
+	kept := 0
+	for _, b := range pl.Came {
+		kept += max(0, len(b.Data)-min(b.Total, 4<<10))
+	}
+	var st client.LanesStats
+	if _, err := in.DrainLanes(ctx, first, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 4, Have: pl.Came, Stats: &st}); err != nil {
 		t.Fatal(err)
 	}
 	w.allTaken(t, got, msgs)
+	t.Logf("came of the page: %v (seq, bytes, size); the lanes kept %d bytes", seqsOf(pl.Came), st.Kept)
+	if len(pl.Came) == 0 || len(pl.Came[0].Data) < last.Bytes || st.Kept != kept {
+		t.Fatalf("came %v of the page, %d bytes kept by the lanes, want %d (the page left at %d bytes)", seqsOf(pl.Came), st.Kept, kept, last.Bytes)
+	}
 
 	// A watch that lets the page come.
 	w.mb.SetRule(censortest.Throttle(64 << 10))
@@ -226,4 +251,13 @@ func TestDrainWatchedThenLanes(t *testing.T) {
 		t.Fatalf("a watched Drain took %d of %d messages, left %d", len(got), len(msgs), w.waiting(t))
 	}
 	t.Logf("the watch was shown the page %d times", watched)
+}
+
+// seqsOf is what came of each envelope: sequence number, bytes, size.
+func seqsOf(bs []client.Begun) [][3]int {
+	var out [][3]int
+	for _, b := range bs {
+		out = append(out, [3]int{int(b.Seq), len(b.Data), b.Total})
+	}
+	return out
 }
