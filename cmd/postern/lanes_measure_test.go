@@ -58,8 +58,9 @@ func TestLanesMeasure(t *testing.T) {
 // one network behind a 64 kbit/s throttle of each flow and of the line as
 // a whole: the first on one connection until it finds the flow throttled
 // (then over lanes), the second over lanes (which judge the line), the
-// third as that judgement says; and a first recv of one 40 KB message
-// (a 64 KiB envelope) on a fresh network; each beside POSTERN_LANES=1
+// third as that judgement says; a first recv of one 40 KB message (a
+// 64 KiB envelope) on a fresh network; and a first recv of 48 messages
+// of 2 KB (a 4 KiB envelope each); each beside POSTERN_LANES=1
 // on a fresh world, for the README. Only with POSTERN_LANES_MEASURE=1
 // (it takes minutes); it asserts nothing TestRecvLanes does not.
 func TestRecvLanesMeasure(t *testing.T) {
@@ -72,11 +73,14 @@ func TestRecvLanesMeasure(t *testing.T) {
 		rule  censortest.Rule
 		size  int
 		recvs int
+		count int // messages each recv
 	}{
-		{"flow", censortest.Throttle(rate), 200 << 10, 3},
-		{"line", censortest.ThrottleHost(rate), 200 << 10, 3},
-		{"flow-40KB", censortest.Throttle(rate), 40 << 10, 1},
-		{"line-40KB", censortest.ThrottleHost(rate), 40 << 10, 1},
+		{"flow", censortest.Throttle(rate), 200 << 10, 3, 1},
+		{"line", censortest.ThrottleHost(rate), 200 << 10, 3, 1},
+		{"flow-40KB", censortest.Throttle(rate), 40 << 10, 1, 1},
+		{"line-40KB", censortest.ThrottleHost(rate), 40 << 10, 1, 1},
+		{"flow-48x2KB", censortest.Throttle(rate), 2000, 1, 48},
+		{"line-48x2KB", censortest.ThrottleHost(rate), 2000, 1, 48},
 	} {
 		for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 			t.Run(tc.name+"/"+lanes, func(t *testing.T) {
@@ -87,7 +91,11 @@ func TestRecvLanesMeasure(t *testing.T) {
 					env = append(env, lanes)
 				}
 				for i := range tc.recvs {
-					stderr, took, peak := w.recvLanes(t, tc.rule, env, randomMsg(tc.size))
+					var msgs [][]byte
+					for range tc.count {
+						msgs = append(msgs, randomMsg(tc.size))
+					}
+					stderr, took, peak := w.recvLanes(t, tc.rule, env, msgs...)
 					t.Logf("%s %s recv %d: %.2f s, %d connection(s) at once, learnt throttled: %v, switched: %v, stayed: %v; %s", tc.name, lanes, i+1,
 						took.Seconds(), peak, strings.Contains(stderr, "this network throttles it"),
 						strings.Contains(stderr, "receiving over up to"), strings.Contains(stderr, "seems to throttle the whole line"), verdictLine(stderr))

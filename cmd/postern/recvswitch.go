@@ -18,12 +18,15 @@ import (
 // more, fetches one part of it (startTrial). A part that comes at
 // trialShare or more of what c alone carries means flows throttled one
 // by one: the page is left, the network remembered throttled, and the
-// rest taken over lanes beginning on the second connection
-// (switchToLanes). Less means the line is throttled as a whole (its
-// share went to the second connection): the page goes on over c, where
-// nothing of it is lost, and the next recv's lanes judge the line
-// (judgeRecvLanes). A smaller backlog stays on c: most of it came
-// already. Until 2026-12-06 a recv learnt a throttle only from a whole
+// rest taken over lanes beginning on the second connection, asking for
+// none of what came again (switchToLanes). Less means the line is
+// throttled as a whole (its share went to the second connection): the
+// page goes on over c, and the next recv's lanes judge the line
+// (judgeRecvLanes); the trial's part was fetched for nothing (going on
+// over the second connection alone instead, with what came, measured
+// slower: 29.6 s for 48 short messages behind 64 kbit/s, against 25.6
+// staying, 24.7 on one connection from the start). A smaller backlog
+// stays on c: most of it came already. Until 2026-12-06 a recv learnt a throttle only from a whole
 // pass, and its first on a network carried the whole backlog over one
 // flow: 200 KB behind 64 kbit/s per flow took 32.5 s.
 func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
@@ -106,11 +109,11 @@ type pageTrial struct {
 	// lane is the second connection, kept if perFlow (and closed by the
 	// trial otherwise): the lanes begin on it.
 	lane *client.Client
-	// part is the part timed: the lanes do not ask for it again.
-	part client.Begun
+	// parts are what was timed: the lanes do not ask for it again.
+	parts []client.Begun
 }
 
-// trialPart is the least part a trial times: half a full one.
+// trialPart is the least a trial times: half a full part.
 const trialPart = relay.MaxPart / 2
 
 // startTrial dials a second connection as c's lanes would, beside a page
@@ -121,10 +124,10 @@ const trialPart = relay.MaxPart / 2
 // the page was read or more (else c ends the page sooner than lanes
 // would begin it again: a reviewer measured four 16 KiB envelopes behind
 // 10 KiB/s a flow at 8.6–10.4 s where one connection takes 5.9) it times
-// a full part of the first of them that has one. The page begins past
-// page.After: the page before may still wait on the relay, its Ack
-// behind this page (a reviewer's find: scanned from the mailbox's start,
-// it was counted in the backlog).
+// a full part of one of them, or a full part's worth of short ones
+// (timedParts). The page begins past page.After: the page before may
+// still wait on the relay, its Ack behind this page (a reviewer's find:
+// scanned from the mailbox's start, it was counted in the backlog).
 func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float64, page client.PageProgress) *pageTrial {
 	tr := &pageTrial{done: make(chan struct{})}
 	go func() {
@@ -147,47 +150,122 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 			return
 		}
 		need := 3*page.Read - int(first.Total)
-		backlog, big, err := scanBacklog(ctx, lane, t, first.Seq, need, first.Total >= trialPart)
-		if big == 0 && first.Total >= trialPart {
-			// Another envelope's part is kept beside what c brings of
-			// the first (the lanes take both): the first's alone if
-			// no other has a full part.
-			big = first.Seq
-		}
-		if err != nil || backlog < need || big == 0 {
+		found, err := scanBacklog(ctx, lane, t, first.Seq, max(need, relay.MaxPart))
+		if err != nil || sizeOf(found) < need {
 			return
 		}
-		start = time.Now()
-		p, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), big-1, 0, relay.MaxPart)
-		took := max(time.Since(start)-rtt, time.Millisecond)
-		if err != nil || !ok || len(p.Data) < trialPart {
-			return
-		}
-		tr.judged, tr.rate = true, float64(len(p.Data))/took.Seconds()
-		tr.part = client.Begun{Seq: p.Seq, Ref: client.Ref(p.Ref), Total: int(p.Total), Data: p.Data}
-		if tr.perFlow = tr.rate >= trialShare*alone; tr.perFlow {
-			tr.lane = lane
+		parts, took, err := fetchTimed(ctx, lane, t, timedParts(first, found))
+		if n := came(parts); err == nil && n >= trialPart {
+			tr.judged, tr.rate, tr.parts = true, float64(n)/max(took-rtt, time.Millisecond).Seconds(), parts
+			if tr.perFlow = tr.rate >= trialShare*alone; tr.perFlow {
+				tr.lane = lane
+			}
 		}
 	}()
 	return tr
 }
 
+// scanned is an envelope a scan found: its number, and its size (or
+// what of it a part brought).
+type scanned = client.Begun
+
+// sizeOf is what the envelopes of bs come to.
+func sizeOf(bs []client.Begun) int {
+	n := 0
+	for _, b := range bs {
+		n += b.Total
+	}
+	return n
+}
+
+// came is what came of the envelopes of bs, each counted once (the most
+// that came of it: the trial's part and the page left may bring the
+// same envelope's first bytes, a reviewer's find).
+func came(bs []client.Begun) int {
+	most := map[uint64]int{}
+	for _, b := range bs {
+		most[b.Seq] = max(most[b.Seq], len(b.Data))
+	}
+	n := 0
+	for _, m := range most {
+		n += m
+	}
+	return n
+}
+
+// timedParts is what a trial beside a page whose first envelope is first
+// times, of the envelopes found past it (in order): a full part of the
+// first of them that has one (trialPart or more); else the first short
+// ones, whole, until they come to a full part (relay.MaxPart: an
+// envelope of the smallest bucket is a quarter of one) or all do; else
+// a full part of the page's first envelope, if it has one. The lanes
+// take what was timed; the page's first envelope's first bytes come
+// over c already (a reviewer's find: a backlog of short messages had
+// nothing to time, and stayed on one connection).
+func timedParts(first relay.Part, found []scanned) []scanned {
+	for _, f := range found {
+		if f.Total >= trialPart {
+			return []scanned{f}
+		}
+	}
+	var short []scanned
+	for _, f := range found {
+		if sizeOf(short) >= relay.MaxPart {
+			break
+		}
+		short = append(short, f)
+	}
+	if sizeOf(short) < trialPart && first.Total >= trialPart {
+		return []scanned{{Seq: first.Seq, Ref: client.Ref(first.Ref), Total: int(first.Total)}}
+	}
+	return short
+}
+
+// fetchTimed asks lane for the first full part (relay.MaxPart) of each
+// of es at once, and returns what came (with each envelope's number, ref
+// and size) and how long from the first request to the last answer. An
+// envelope gone meanwhile (another in its place) counts for nothing.
+func fetchTimed(ctx context.Context, lane *client.Client, t recvTarget, es []scanned) ([]client.Begun, time.Duration, error) {
+	parts := make([]relay.Part, len(es))
+	errs := make([]error, len(es))
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, e := range es {
+		wg.Go(func() {
+			var ok bool
+			parts[i], ok, errs[i] = lane.FetchPart(ctx, t.m.owner(), t.m.id(), e.Seq-1, 0, relay.MaxPart)
+			if !ok || parts[i].Seq != e.Seq {
+				parts[i] = relay.Part{}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	var out []client.Begun
+	for _, p := range parts {
+		if len(p.Data) > 0 {
+			out = append(out, client.Begun{Seq: p.Seq, Ref: client.Ref(p.Ref), Total: int(p.Total), Data: p.Data})
+		}
+	}
+	return out, took, errors.Join(errs...)
+}
+
 // scanBacklog asks lane, scanWidth at a time, for one byte of each
 // envelope waiting past after, for scanRounds rounds at most, until their
-// sizes come to need, with one of them that has a full part (trialPart or
-// more) unless haveBig, or the mailbox ends. It returns that sum and the
-// sequence number of the first of them that has a full part, or 0. Gaps
-// of scanWidth numbers or more (envelopes acked meanwhile, fragments held
-// past them) leave a round with one envelope: it sees fewer.
-func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after uint64, need int, haveBig bool) (sum int, big uint64, err error) {
+// sizes come to need or the mailbox ends. It returns those envelopes
+// (number, ref and size), in order. Gaps of scanWidth numbers or more
+// (envelopes acked meanwhile, fragments held past them) leave a round
+// with one envelope: it sees fewer.
+func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after uint64, need int) ([]scanned, error) {
 	type answer struct {
 		p   relay.Part
 		ok  bool
 		err error
 	}
 	seen := map[uint64]bool{}
+	var found []scanned
 	for range scanRounds {
-		if sum >= need && (big != 0 || haveBig) {
+		if sizeOf(found) >= need {
 			break
 		}
 		answers := make([]answer, scanWidth)
@@ -204,17 +282,15 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 		last, end := after, false
 		for _, a := range answers {
 			if a.err != nil {
-				return 0, 0, a.err
+				return nil, a.err
 			}
 			if !a.ok {
 				end = true
 				continue
 			}
 			if !seen[a.p.Seq] {
-				seen[a.p.Seq], sum = true, sum+int(a.p.Total)
-				if big == 0 && int(a.p.Total) >= trialPart {
-					big = a.p.Seq
-				}
+				seen[a.p.Seq] = true
+				found = append(found, scanned{Seq: a.p.Seq, Ref: client.Ref(a.p.Ref), Total: int(a.p.Total)})
 			}
 			last = max(last, a.p.Seq)
 		}
@@ -223,13 +299,17 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 		}
 		after = last
 	}
-	return sum, big, nil
+	return found, nil
 }
 
-// scanWidth and scanRounds bound scanBacklog: 32 envelopes, 8 questions
-// out at once (a round trip each round).
+// scanWidth and scanRounds bound scanBacklog: 64 envelopes, 16
+// questions out at once (a round trip each round; a question and its
+// answer are a few hundred bytes). 32, 8 at once, saw too few of a
+// backlog of short messages: a page found slow has often brought 50 KB,
+// and the backlog past it must come to three times that, 37 envelopes
+// of the smallest bucket.
 const (
-	scanWidth  = 8
+	scanWidth  = 16
 	scanRounds = 4
 )
 
@@ -264,25 +344,21 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 // (in f, and with --network for later recvs and sends), closes c, over
 // which the page it left goes on coming, and acks on the new connection
 // what c's last Ack may not have (else those envelopes would come again,
-// as replays). The lanes do not ask again for what came of the page (the
-// envelopes that came whole, the first bytes of the one coming: until
-// 2026-12-07 they were asked for again, half of a 64 KiB envelope or
-// more at each switch) nor for the trial's part.
+// as replays). What came of the page (the envelopes that came whole, the
+// first bytes of the one coming) and the trial's parts are not asked for
+// again: until 2026-12-07 they were, half of a 64 KiB envelope or more
+// at each switch.
 func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()
 	defer trial.lane.Close()
 	f.Throttled, f.Rate = true, int(alone)
-	have := []client.Begun{trial.part}
+	have := trial.parts
 	pl, _ := errors.AsType[*client.PageLeft](left)
 	if pl != nil {
 		have = append(have, pl.Came...)
 	}
-	came := 0
-	for _, b := range have {
-		came += len(b.Data)
-	}
 	fmt.Fprintf(e.stderr, "the connection carries %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; receiving over up to %d connections at once, %.1f KB of it here already\n",
-		alone/1000, trial.rate/1000, laneLimit(e, *f), float64(came)/1000)
+		alone/1000, trial.rate/1000, laneLimit(e, *f), float64(came(have))/1000)
 	t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
 	if pl != nil && len(pl.Unacked) > 0 {
 		// If this fails too, they come again and are acked as replays.

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 )
 
@@ -90,32 +92,29 @@ func TestTrialEnded(t *testing.T) {
 	}
 }
 
-// TestScanBacklog: the backlog past an envelope is summed once per
-// envelope across a gap (an envelope acked meanwhile, which two of the
-// questions find the same envelope past), and the first envelope with a
-// full part is named, not a short one before it.
+// TestScanBacklog: the scan finds each envelope past the one given
+// once, across a gap, with its number, ref and size, in order; numbers
+// past the last there is are not asked for (they would wrap to the
+// mailbox's first). It stops once what it found comes to what was
+// needed, at a round's end.
 func TestScanBacklog(t *testing.T) {
 	w := newDrainWorld(t)
-	for _, size := range []int{100, 100, 40 << 10, 100, 40 << 10, 100} {
+	for _, size := range append([]int{100, 100, 40 << 10, 100, 40 << 10}, slices.Repeat([]int{100}, 20)...) {
 		w.stored(t, size)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
 	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 6 {
+	if err != nil || len(ds) != 25 {
 		t.Fatalf("fetched %d envelopes: %v", len(ds), err)
 	}
 	if _, err := w.owner.Ack(ctx, w.box.Owner, w.box.ID, ds[3].Ref); err != nil { // the gap
 		t.Fatal(err)
 	}
-	want, big := 0, uint64(0)
+	var want []scanned
 	for i, d := range ds[1:] {
-		if i+1 == 3 {
-			continue
-		}
-		want += len(d.Envelope)
-		if big == 0 && len(d.Envelope) >= trialPart {
-			big = d.Seq
+		if i+1 != 3 {
+			want = append(want, scanned{Seq: d.Seq, Ref: d.Ref, Total: len(d.Envelope)})
 		}
 	}
 	tg := w.target(nil)
@@ -124,43 +123,114 @@ func TestScanBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lane.Close()
-	sum, gotBig, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1<<30, false)
-	if err != nil || sum != want || gotBig != big || big != ds[2].Seq {
-		t.Fatalf("scanBacklog: %d bytes, the first full part at %d (%v); want %d bytes, %d (the third envelope %d)", sum, gotBig, err, want, big, ds[2].Seq)
+	if found, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1<<30); err != nil || !sameScanned(found, want) {
+		t.Fatalf("scanBacklog: %v (%v), want %v", found, err, want)
 	}
-	// Numbers past the last there is are not asked for (they would wrap
-	// to the mailbox's first).
-	if sum, big, err := scanBacklog(ctx, lane, tg, math.MaxUint64-2, 1<<30, false); sum != 0 || big != 0 || err != nil {
-		t.Fatalf("scanBacklog past 2^64-3: %d bytes, %d, %v", sum, big, err)
+	// One round (of 16 numbers, 15 envelopes across the gap) is enough
+	// for a byte; two for more than it found.
+	if found, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1); err != nil || !sameScanned(found, want[:scanWidth-1]) {
+		t.Fatalf("scanBacklog for a byte: %v (%v), want one round's %v", found, err, want[:scanWidth-1])
+	}
+	if found, err := scanBacklog(ctx, lane, tg, ds[0].Seq, sizeOf(want[:scanWidth-1])+1); err != nil || !sameScanned(found, want) {
+		t.Fatalf("scanBacklog for more than a round's: %v (%v), want %v", found, err, want)
+	}
+	if found, err := scanBacklog(ctx, lane, tg, math.MaxUint64-2, 1<<30); len(found) != 0 || err != nil {
+		t.Fatalf("scanBacklog past 2^64-3: %v, %v", found, err)
 	}
 }
 
-// TestScanBacklogFindsFullPart: with enough bytes found in short
-// envelopes, the scan goes on until one with a full part, to time (a
-// reviewer's find: it stopped, and the trial timed nothing), unless the
-// caller has one.
-func TestScanBacklogFindsFullPart(t *testing.T) {
-	w := newDrainWorld(t)
-	for range 11 {
-		w.stored(t, 100)
+// sameScanned reports whether a and b are the same envelopes (number,
+// ref, size), in the same order.
+func sameScanned(a, b []scanned) bool {
+	return slices.EqualFunc(a, b, func(x, y scanned) bool { return x.Seq == y.Seq && x.Ref == y.Ref && x.Total == y.Total })
+}
+
+// TestTimedParts: a trial times a full part of the first envelope past
+// the page's first that has one; else short ones, in order, until they
+// come to a full part (a reviewer's find: a backlog of short messages
+// had nothing to time, and stayed on one connection); else the page's
+// first envelope's part if it has one.
+func TestTimedParts(t *testing.T) {
+	env := func(seq uint64, total int) scanned {
+		return scanned{Seq: seq, Ref: client.Ref{byte(seq)}, Total: total}
 	}
-	w.stored(t, 40<<10)
+	short, full := 4<<10, 16<<10
+	for _, tc := range []struct {
+		name  string
+		first int
+		found []scanned
+		want  []uint64
+	}{
+		{"a full part past short ones", full, []scanned{env(2, short), env(3, full), env(4, full)}, []uint64{3}},
+		{"a half part", full, []scanned{env(2, short), env(3, trialPart)}, []uint64{3}},
+		{"short ones to a full part", full, []scanned{env(2, short), env(3, short), env(4, short), env(5, short), env(6, short)}, []uint64{2, 3, 4, 5}},
+		{"short ones over a full part", full, []scanned{env(2, 100), env(3, short), env(4, short), env(5, short), env(6, short), env(7, short)}, []uint64{2, 3, 4, 5, 6}},
+		{"short ones to half a part", 100, []scanned{env(2, short), env(3, short)}, []uint64{2, 3}},
+		{"too few short ones, the first full", full, []scanned{env(2, short)}, []uint64{1}},
+		{"too few short ones", 100, []scanned{env(2, short)}, []uint64{2}},
+		{"none past the first", full, nil, []uint64{1}},
+		{"nothing", 100, nil, nil},
+	} {
+		first := relay.Part{Seq: 1, Ref: [relay.RefSize]byte{1}, Total: uint32(tc.first)}
+		got := timedParts(first, tc.found)
+		var seqs []uint64
+		for _, g := range got {
+			seqs = append(seqs, g.Seq)
+			if g.Ref != (client.Ref{byte(g.Seq)}) || (g.Seq == 1 && g.Total != tc.first) {
+				t.Fatalf("%s: %+v", tc.name, g)
+			}
+		}
+		if !slices.Equal(seqs, tc.want) {
+			t.Fatalf("%s: timed %v, want %v", tc.name, seqs, tc.want)
+		}
+	}
+}
+
+// TestSwitchToLanesKeeps: a switch to lanes asks neither for what came of
+// the page left nor for the trial's part again: the lanes say they had
+// what came of both, past what their probes asked for, and
+// every message is taken whole, in order (a reviewer's find: a test
+// passed with the page's bytes dropped, the trial's part kept).
+func TestSwitchToLanesKeeps(t *testing.T) {
+	w := newDrainWorld(t)
+	msgs := [][]byte{w.stored(t, 40<<10), w.stored(t, 40<<10)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
 	ds, err := w.owner.Fetch(ctx, w.box.Owner, w.box.ID, 0)
-	if err != nil || len(ds) != 12 {
+	if err != nil || len(ds) != 2 {
 		t.Fatalf("fetched %d envelopes: %v", len(ds), err)
 	}
 	tg := w.target(nil)
+	tg.laneDial = func(string) dialFunc { return tg.dial }
+	c, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	lane, err := tg.dial(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lane.Close()
-	if _, big, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1, false); big != ds[11].Seq || err != nil {
-		t.Fatalf("scanBacklog: the first full part at %d (%v), want %d", big, err, ds[11].Seq)
+	p, ok, err := lane.FetchPart(ctx, w.box.Owner, w.box.ID, ds[0].Seq, 0, relay.MaxPart)
+	if err != nil || !ok || p.Seq != ds[1].Seq {
+		t.Fatalf("the second envelope's first part: %v, %v", ok, err)
 	}
-	if sum, big, err := scanBacklog(ctx, lane, tg, ds[0].Seq, 1, true); big != 0 || sum != scanWidth*len(ds[1].Envelope) || err != nil {
-		t.Fatalf("scanBacklog with a full part known: %d bytes, %d (%v), want one round's", sum, big, err)
+	trial := &pageTrial{judged: true, perFlow: true, rate: 9000, lane: lane,
+		parts: []client.Begun{{Seq: p.Seq, Ref: client.Ref(p.Ref), Total: int(p.Total), Data: p.Data}}}
+	left := &client.PageLeft{Came: []client.Begun{{Seq: ds[0].Seq, Ref: ds[0].Ref, Total: len(ds[0].Envelope), Data: ds[0].Envelope[:20<<10]}}}
+	var stderr bytes.Buffer
+	e := &env{stderr: &stderr, getenv: func(string) string { return "" }}
+	var got [][]byte
+	var f netFacts
+	if err := switchToLanes(ctx, e, tg, w.box.Inbox(t, &got), c, &f, 8000, trial, left); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) {
+		t.Fatalf("took %d messages, want the 2 sent, in order", len(got))
+	}
+	// Of the first, past the first probe's 4 KiB; of the second, past
+	// the byte its probe checks it by.
+	want := float64(20<<10-4<<10+relay.MaxPart-1) / 1000
+	if kept := keptKB(stderr.String()); math.Abs(kept-want) > 0.05 || !f.Throttled {
+		t.Fatalf("kept %.1f KB, want %.1f; facts %+v:\n%s", kept, want, f, stderr.String())
 	}
 }

@@ -83,6 +83,9 @@ const laneWindow = 2
 // asked for at once, on several sessions, within a window of
 // laneWindow numbers per session it may use; a gap (envelopes acked
 // meanwhile) costs at most a window of such questions, and is jumped.
+// Of an envelope whose first bytes it was given (LanesConfig.Have) it
+// asks one byte, to check them by, and the rest; it holds what it was
+// given until it finds the envelope.
 //
 // The sessions beside the first are opened once the envelopes found come
 // to two full parts (32 KiB) with work left. A session that fails
@@ -109,7 +112,7 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		d.cond.Broadcast()
 		d.mu.Unlock()
 	})
-	d.retry = []laneTask{{probe: true}} // the first envelope past 0
+	d.retry = []laneTask{{probe: true, n: probePart}} // the first envelope past 0
 	d.mu.Lock()
 	d.register(first, false)
 	d.mu.Unlock()
@@ -203,7 +206,7 @@ const (
 )
 
 // laneTask is one request: a probe (the first envelope past after, with
-// no data) or a part of the envelope at seq.
+// its first n bytes) or a part of the envelope at seq.
 type laneTask struct {
 	probe  bool
 	seq    uint64 // the envelope's (a part), or the one asked for (a probe; 0 for the first)
@@ -254,7 +257,7 @@ func (d *laneDrain) work(c *Client, first bool) {
 		}
 		off, n := t.off, t.n
 		if t.probe {
-			off, n = 0, probePart // an envelope of the smallest bucket comes whole
+			off = 0 // n is probePart, or 1 (an envelope of which the first bytes came)
 		}
 		p, found, err := c.FetchPart(d.ctx, d.owner, d.mailbox, t.after(), off, n)
 		if err != nil {
@@ -290,7 +293,13 @@ func (d *laneDrain) take() (laneTask, bool) {
 			return t, true
 		}
 		if d.started && d.probe < d.endSeq && len(d.slots) < laneWindow*d.cfg.Lanes {
-			t := laneTask{probe: true, seq: d.probe}
+			t := laneTask{probe: true, seq: d.probe, n: probePart}
+			if len(d.have[d.probe].Data) > 0 {
+				// One byte, to be checked against them: a short
+				// message's envelope that came whole is not asked
+				// for again (a 4 KiB probe would bring it whole).
+				t.n = 1
+			}
 			d.slots[d.probe] = &laneSlot{}
 			d.probe++
 			d.out++
@@ -482,6 +491,7 @@ func (d *laneDrain) found(p relay.Part) {
 		d.kept += len(h.Data) - s.got
 		s.got = copy(s.buf, h.Data)
 	}
+	delete(d.have, p.Seq) // in the slot now, or of no use
 	s.nextOff, s.part = s.got, evenPart(total-s.got)
 	d.slots[p.Seq] = s
 	d.foundBytes += total

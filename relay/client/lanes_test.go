@@ -32,7 +32,7 @@ type fakeBox struct {
 	acked []client.Ref
 	// served, if set, is called (under mu) after each part is answered
 	// with data: it may change envs.
-	served func(f *fakeBox, seq uint64, off int)
+	served func(f *fakeBox, seq uint64, off, n int)
 	// answer, if set, replaces the answer to the nth FetchPart (from 0).
 	answer func(n int, m relay.FetchPart) (relay.Part, bool)
 	parts  int
@@ -189,7 +189,7 @@ func (f *fakeBox) part(m relay.FetchPart) (relay.Part, bool) {
 			f.most = max(f.most, len(f.open))
 		}
 		if k > 0 && f.served != nil {
-			f.served(f, e.seq, off)
+			f.served(f, e.seq, off, k)
 		}
 		return p, true
 	}
@@ -267,27 +267,33 @@ func drainLanesSync(t *testing.T, f *fakeBox, id *envelope.Identity, lanes int, 
 // whose first bytes it was given (LanesConfig.Have) and finds waiting,
 // with the same number, ref and size, and whose first bytes are the
 // same as its probe's; nothing more of one given whole. One given with
-// another ref, with other first bytes, with more data than its size, or
-// at a number where nothing waits counts for nothing; every message is
-// taken whole, in order.
+// another ref, with other first bytes, with another size, with more data
+// than its size (which does not hide a good one), or at a number where
+// nothing waits counts for nothing; every message is taken whole, in
+// order.
 func TestDrainLanesHave(t *testing.T) {
-	id, msgs, envs := sealed(t, 40<<10, 100, 30<<10, 30<<10, 30<<10)
+	id, msgs, envs := sealed(t, 40<<10, 100, 30<<10, 30<<10, 30<<10, 30<<10)
 	f := newFakeBox()
-	f.add([]uint64{1, 2, 3, 4, 5}, envs)
+	f.add([]uint64{1, 2, 3, 4, 5, 6}, envs)
 	begun := func(i, n int) client.Begun {
 		return client.Begun{Seq: uint64(i + 1), Ref: f.envs[i].ref, Total: len(envs[i]), Data: bytes.Clone(envs[i][:n])}
 	}
-	otherRef, otherBytes, tooLong := begun(2, len(envs[2])), begun(3, 20<<10), begun(4, len(envs[4]))
+	otherRef, otherBytes, tooLong, otherSize := begun(2, len(envs[2])), begun(3, 20<<10), begun(4, len(envs[4])), begun(5, 20<<10)
 	otherRef.Ref[0] ^= 1
 	otherBytes.Data[0] ^= 1
-	tooLong.Total--
+	tooLong.Total-- // before one as long: taken, it would hide that one
+	otherSize.Total++
 	f.have = []client.Begun{begun(0, 20<<10), begun(1, len(envs[1])), otherRef, otherBytes,
-		begun(4, len(envs[4])), tooLong, {Seq: 9, Total: 10, Data: []byte{1}}}
+		tooLong, begun(4, len(envs[4])), otherSize, {Seq: 9, Total: 10, Data: []byte{1}}}
 	var mu sync.Mutex
 	offs := map[uint64][]int{} // offsets of the parts served, by envelope
-	f.served = func(_ *fakeBox, seq uint64, off int) {
+	probed := map[uint64]int{} // bytes served from offset 0, by envelope
+	f.served = func(_ *fakeBox, seq uint64, off, n int) {
 		mu.Lock()
 		offs[seq] = append(offs[seq], off)
+		if off == 0 {
+			probed[seq] += n
+		}
 		mu.Unlock()
 	}
 	got, n, _, err := drainLanes(t, f, id, 3)
@@ -302,19 +308,25 @@ func TestDrainLanesHave(t *testing.T) {
 			t.Fatalf("message %d: %d bytes, not the %d sent (or out of order)", i, len(got[i]), len(msgs[i]))
 		}
 	}
-	probe := 4 << 10
-	if want := 20<<10 - probe + len(envs[4]) - probe; f.stats.Kept != want {
+	// The first is found by the first probe (4 KiB: its number is not
+	// known); one byte of each other given is asked for, to check it.
+	if want := 20<<10 - 4<<10 + len(envs[1]) - 1 + len(envs[4]) - 1; f.stats.Kept != want {
 		t.Fatalf("kept %d bytes, want %d", f.stats.Kept, want)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	for seq, from := range map[uint64]int{1: 20 << 10, 3: probe, 4: probe} {
+	for seq, from := range map[uint64]int{1: 20 << 10, 3: 1, 4: 1, 6: 1} {
 		if o := offs[seq]; len(o) < 2 || o[0] != 0 || slices.Min(o[1:]) != from {
 			t.Fatalf("envelope %d: parts served at %v, want the probe's and from %d on", seq, o, from)
 		}
 	}
-	if o := offs[5]; len(o) != 1 || o[0] != 0 {
-		t.Fatalf("envelope 5, given whole: parts served at %v, want the probe's alone", o)
+	for _, seq := range []uint64{2, 5} {
+		if o := offs[seq]; len(o) != 1 || o[0] != 0 {
+			t.Fatalf("envelope %d, given whole: parts served at %v, want the probe's alone", seq, o)
+		}
+	}
+	if probed[2] != 1 || probed[5] != 1 {
+		t.Fatalf("a probe of an envelope given whole brought %d and %d bytes, want 1", probed[2], probed[5])
 	}
 }
 
@@ -329,7 +341,7 @@ func TestDrainLanesInOrderAcrossGaps(t *testing.T) {
 	f.add(seqs, envs)
 	var mu sync.Mutex
 	parts := map[uint64]int{} // envelopes' parts with data served
-	f.served = func(_ *fakeBox, seq uint64, _ int) {
+	f.served = func(_ *fakeBox, seq uint64, _, _ int) {
 		mu.Lock()
 		parts[seq]++
 		mu.Unlock()
@@ -496,7 +508,7 @@ func TestDrainLanesEnvelopeGone(t *testing.T) {
 	id, msgs, envs := sealed(t, 40<<10, 45<<10, 100)
 	f := newFakeBox()
 	f.add([]uint64{50, 51, 52}, envs)
-	f.served = func(f *fakeBox, seq uint64, off int) {
+	f.served = func(f *fakeBox, seq uint64, off, _ int) {
 		if seq == 50 {
 			f.envs = slices.DeleteFunc(f.envs, func(e fakeEnv) bool { return e.seq == 50 })
 		}

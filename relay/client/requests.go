@@ -256,8 +256,8 @@ func (p *pendingCall) fetched(ctx context.Context) ([]Delivery, error) {
 }
 
 // came is what came of the answer to a Fetch so far: the envelopes that
-// came whole, and what came of the one coming, if one is; a copy of
-// each, in the order they came.
+// came whole (their Delivery's bytes), and a copy of what came of the
+// one coming, if one is, in the order they came.
 func (p *pendingCall) came() []Begun {
 	b, begun := p.c.begun(p.req) // first: it may be filed meanwhile
 	p.c.mu.Lock()
