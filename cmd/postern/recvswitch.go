@@ -346,7 +346,7 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 // what c's last Ack may not have (else those envelopes would come again,
 // as replays). What came of the page (the envelopes that came whole, the
 // first bytes of the one coming) and the trial's parts are not asked for
-// again: until 2026-12-07 they were, half of a 64 KiB envelope or more
+// again: until late on 2026-12-06 they were, half of a 64 KiB envelope or more
 // at each switch.
 func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()

@@ -263,6 +263,23 @@ func drainLanesSync(t *testing.T, f *fakeBox, id *envelope.Identity, lanes int, 
 	return got, n, max(0, f.stats.Sessions-1), err
 }
 
+// tookAll fails t unless a drain that put together n envelopes of want,
+// ending with err, took msgs, whole and in order (got).
+func tookAll(t *testing.T, err error, n, want int, got, msgs [][]byte) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != want || len(got) != len(msgs) {
+		t.Fatalf("put together %d envelopes, took %d messages; want %d", n, len(got), len(msgs))
+	}
+	for i := range msgs {
+		if !bytes.Equal(got[i], msgs[i]) {
+			t.Fatalf("message %d: %d bytes, not the %d sent (or out of order)", i, len(got[i]), len(msgs[i]))
+		}
+	}
+}
+
 // TestDrainLanesHave: DrainLanes asks only for the rest of an envelope
 // whose first bytes it was given (LanesConfig.Have) and finds waiting,
 // with the same number, ref and size, and whose first bytes are the
@@ -297,17 +314,7 @@ func TestDrainLanesHave(t *testing.T) {
 		mu.Unlock()
 	}
 	got, n, _, err := drainLanes(t, f, id, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(envs) || len(got) != len(msgs) {
-		t.Fatalf("put together %d envelopes, took %d messages; want %d", n, len(got), len(msgs))
-	}
-	for i := range msgs {
-		if !bytes.Equal(got[i], msgs[i]) {
-			t.Fatalf("message %d: %d bytes, not the %d sent (or out of order)", i, len(got[i]), len(msgs[i]))
-		}
-	}
+	tookAll(t, err, n, len(envs), got, msgs)
 	// The first is found by the first probe (4 KiB: its number is not
 	// known); one byte of each other given is asked for, to check it.
 	if want := 20<<10 - 4<<10 + len(envs[1]) - 1 + len(envs[4]) - 1; f.stats.Kept != want {
@@ -347,17 +354,7 @@ func TestDrainLanesInOrderAcrossGaps(t *testing.T) {
 		mu.Unlock()
 	}
 	got, n, joined, err := drainLanes(t, f, id, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(envs) || len(got) != len(msgs) {
-		t.Fatalf("put together %d envelopes, took %d messages; want %d", n, len(got), len(msgs))
-	}
-	for i := range msgs {
-		if !bytes.Equal(got[i], msgs[i]) {
-			t.Fatalf("message %d: %d bytes, not the %d sent (or out of order)", i, len(got[i]), len(msgs[i]))
-		}
-	}
+	tookAll(t, err, n, len(envs), got, msgs)
 	acked := f.ackedRefs()
 	for i, e := range f.envs {
 		t.Fatalf("envelope %d (seq %d) left unacked; acked %d", i, e.seq, len(acked))
