@@ -84,8 +84,8 @@ const laneWindow = 2
 // laneWindow numbers per session it may use; a gap (envelopes acked
 // meanwhile) costs at most a window of such questions, and is jumped.
 // Of an envelope whose first bytes it was given (LanesConfig.Have) it
-// asks one byte, to check them by, and the rest; it holds what it was
-// given until it finds the envelope.
+// asks its first 128 bytes, to check them by, and the rest; it holds
+// what it was given until it finds the envelope.
 //
 // The sessions beside the first are opened once the envelopes found come
 // to two full parts (32 KiB) with work left. A session that fails
@@ -257,7 +257,7 @@ func (d *laneDrain) work(c *Client, first bool) {
 		}
 		off, n := t.off, t.n
 		if t.probe {
-			off = 0 // n is probePart, or 1 (an envelope of which the first bytes came)
+			off = 0 // n is probePart, or haveCheck or less (an envelope given)
 		}
 		p, found, err := c.FetchPart(d.ctx, d.owner, d.mailbox, t.after(), off, n)
 		if err != nil {
@@ -294,11 +294,11 @@ func (d *laneDrain) take() (laneTask, bool) {
 		}
 		if d.started && d.probe < d.endSeq && len(d.slots) < laneWindow*d.cfg.Lanes {
 			t := laneTask{probe: true, seq: d.probe, n: probePart}
-			if len(d.have[d.probe].Data) > 0 {
-				// One byte, to be checked against them: a short
-				// message's envelope that came whole is not asked
-				// for again (a 4 KiB probe would bring it whole).
-				t.n = 1
+			if h := d.have[d.probe]; len(h.Data) > 0 {
+				// Enough to check them by: a short message's
+				// envelope that came whole is not asked for again
+				// (a 4 KiB probe would bring it whole).
+				t.n = min(len(h.Data), haveCheck)
 			}
 			d.slots[d.probe] = &laneSlot{}
 			d.probe++
@@ -367,6 +367,13 @@ const widenBytes = 2 * relay.MaxPart
 // that meets a gap brings the next envelope's first part again, at most
 // a window's worth per gap.
 const probePart = 4 << 10
+
+// haveCheck is how much of an envelope given (LanesConfig.Have) a probe
+// asks for, to check what was given by: an envelope's first 34 bytes are
+// the same in every envelope of a mailbox (its version, suite and
+// mailbox id: a second reviewer's find, one byte checked nothing); the
+// rest of these are of its encapsulated key, random for each.
+const haveCheck = 128
 
 // evenPart is the part size that asks for total bytes in as few parts
 // of at most relay.MaxPart as it takes, of about the same size.

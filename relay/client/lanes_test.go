@@ -297,8 +297,8 @@ func TestDrainLanesHave(t *testing.T) {
 	}
 	otherRef, otherBytes, tooLong, otherSize := begun(2, len(envs[2])), begun(3, 20<<10), begun(4, len(envs[4])), begun(5, 20<<10)
 	otherRef.Ref[0] ^= 1
-	otherBytes.Data[0] ^= 1
-	tooLong.Total-- // before one as long: taken, it would hide that one
+	otherBytes.Data[40] ^= 1 // the first 34 are the same in every envelope of the mailbox
+	tooLong.Total--          // before one as long: taken, it would hide that one
 	otherSize.Total++
 	f.have = []client.Begun{begun(0, 20<<10), begun(1, len(envs[1])), otherRef, otherBytes,
 		tooLong, begun(4, len(envs[4])), otherSize, {Seq: 9, Total: 10, Data: []byte{1}}}
@@ -316,13 +316,13 @@ func TestDrainLanesHave(t *testing.T) {
 	got, n, _, err := drainLanes(t, f, id, 3)
 	tookAll(t, err, n, len(envs), got, msgs)
 	// The first is found by the first probe (4 KiB: its number is not
-	// known); one byte of each other given is asked for, to check it.
-	if want := 20<<10 - 4<<10 + len(envs[1]) - 1 + len(envs[4]) - 1; f.stats.Kept != want {
+	// known); 128 bytes of each other given are asked for, to check it.
+	if want := 20<<10 - 4<<10 + len(envs[1]) - 128 + len(envs[4]) - 128; f.stats.Kept != want {
 		t.Fatalf("kept %d bytes, want %d", f.stats.Kept, want)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	for seq, from := range map[uint64]int{1: 20 << 10, 3: 1, 4: 1, 6: 1} {
+	for seq, from := range map[uint64]int{1: 20 << 10, 3: 128, 4: 128, 6: 128} {
 		if o := offs[seq]; len(o) < 2 || o[0] != 0 || slices.Min(o[1:]) != from {
 			t.Fatalf("envelope %d: parts served at %v, want the probe's and from %d on", seq, o, from)
 		}
@@ -332,8 +332,8 @@ func TestDrainLanesHave(t *testing.T) {
 			t.Fatalf("envelope %d, given whole: parts served at %v, want the probe's alone", seq, o)
 		}
 	}
-	if probed[2] != 1 || probed[5] != 1 {
-		t.Fatalf("a probe of an envelope given whole brought %d and %d bytes, want 1", probed[2], probed[5])
+	if probed[2] != 128 || probed[5] != 128 {
+		t.Fatalf("a probe of an envelope given whole brought %d and %d bytes, want 128", probed[2], probed[5])
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -40,60 +41,11 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 // the first page's first message refused by the inbox's Take.
 func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	id, msgs, envs := sealed(t, 100, 200, 300, 40<<10)
-	ackDone := make(chan struct{})
 	_, key, _ := ed25519.GenerateKey(nil)
-	var mu sync.Mutex
-	var acked [][relay.RefSize]byte
-	var firstWrite atomic.Int64 // unix nanoseconds
-	var written atomic.Int64    // of the second page
 	cc, sc := relaytest.Pipe(t)
 	t.Cleanup(func() { sc.Close() })
-	deliver := func(req uint32, seq uint64) []byte {
-		return relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Ref: [relay.RefSize]byte{byte(seq)}, Seq: seq, Envelope: envs[seq-1]})
-	}
-	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool {
-		switch typ {
-		case relay.FrameFetch:
-			m, _ := relay.ParseFetch(p)
-			if m.After == 0 { // the first page: envelopes 1 and 2
-				sc.Write(append(deliver(req, 1), deliver(req, 2)...))
-				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(2)}))
-				return true
-			}
-			// The second: envelopes 3 and 4, after a wait, slowly, and
-			// never all of 4.
-			go func() {
-				b3 := deliver(req, 3)
-				b := append(b3, deliver(req, 4)...)
-				if answerAck {
-					select {
-					case <-ackDone:
-					case <-time.After(20 * time.Second): // a deadlock guard
-						return
-					}
-				}
-				time.Sleep(300 * time.Millisecond)
-				firstWrite.Store(time.Now().UnixNano())
-				for i := 0; i < len(b3)+(len(b)-len(b3))/2; i += 2 << 10 {
-					if _, err := sc.Write(b[i : i+2<<10]); err != nil {
-						return
-					}
-					written.Add(2 << 10)
-					time.Sleep(20 * time.Millisecond)
-				}
-			}()
-		case relay.FrameAck: // unanswered, a leaving Drain does not wait for it
-			m, _ := relay.ParseAck(p)
-			mu.Lock()
-			acked = append(acked, m.Refs...)
-			mu.Unlock()
-			if answerAck {
-				sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(len(m.Refs))}))
-				close(ackDone)
-			}
-		}
-		return true
-	})
+	r := &leavingRelay{envs: envs, answerAck: answerAck, ackDone: make(chan struct{})}
+	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool { return r.serve(sc, typ, p, req) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
 	c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
@@ -123,7 +75,7 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	}
 	err = in.DrainWatched(ctx, c, key, [32]byte{1}, func(p client.PageProgress) bool {
 		seen = append(seen, p)
-		if w := firstWrite.Load(); w == 0 || p.Since > time.Since(time.Unix(0, w)) {
+		if w := r.firstWrite.Load(); w == 0 || p.Since > time.Since(time.Unix(0, w)) {
 			t.Errorf("shown %+v, the page's first byte written %v ago", p, time.Since(time.Unix(0, w)))
 		}
 		return p.Bytes >= 8<<10 && p.Idle >= 250*time.Millisecond // the writer stopped
@@ -149,7 +101,7 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	// Envelope 3 whole; of 4 what was written of it (the writer stopped:
 	// all of it was read), less the frames' heads.
 	head := relay.FrameHeaderSize + 4 + 32 + relay.RefSize + 8
-	want4 := int(written.Load()) - 2*head - len(envs[2])
+	want4 := int(r.written.Load()) - 2*head - len(envs[2])
 	if c := pl.Came; len(c) != 2 || c[0].Seq != 3 || c[0].Ref != (client.Ref{3}) || c[0].Total != len(envs[2]) || !bytes.Equal(c[0].Data, envs[2]) ||
 		c[1].Seq != 4 || c[1].Ref != (client.Ref{4}) || c[1].Total != len(envs[3]) || len(c[1].Data) != want4 || !bytes.Equal(c[1].Data, envs[3][:want4]) {
 		t.Fatalf("came %d envelopes (%+v), want envelope 3 whole and %d bytes of 4", len(c), seqsOf(c), want4)
@@ -158,10 +110,57 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	if last.Bytes < 8<<10 || last.Idle >= last.Since || last.Read <= last.Bytes || last.After != 2 {
 		t.Fatalf("the watch saw %+v last", last)
 	}
+	r.ackedFirstPage(t)
+}
+
+// leavingRelay is drainLeavingPage's relay: it answers the first Fetch
+// with envelopes 1 and 2 at once, and the second with 3 and 4 after a
+// wait (for the first page's Ack's answer, if answerAck), slowly, and
+// never all of 4; it answers Acks only if answerAck.
+type leavingRelay struct {
+	envs       [][]byte
+	answerAck  bool
+	ackDone    chan struct{}
+	firstWrite atomic.Int64 // unix nanoseconds
+	written    atomic.Int64 // of the second page
+	mu         sync.Mutex
+	acked      [][relay.RefSize]byte
+}
+
+func (r *leavingRelay) deliver(req uint32, seq uint64) []byte {
+	return relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Ref: [relay.RefSize]byte{byte(seq)}, Seq: seq, Envelope: r.envs[seq-1]})
+}
+
+func (r *leavingRelay) serve(sc transport.Conn, typ relay.FrameType, p []byte, req uint32) bool {
+	switch typ {
+	case relay.FrameFetch:
+		if m, _ := relay.ParseFetch(p); m.After == 0 { // the first page: envelopes 1 and 2
+			sc.Write(append(r.deliver(req, 1), r.deliver(req, 2)...))
+			sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(2)}))
+			return true
+		}
+		go r.slowPage(sc, req)
+	case relay.FrameAck: // unanswered, a leaving Drain does not wait for it
+		m, _ := relay.ParseAck(p)
+		r.mu.Lock()
+		r.acked = append(r.acked, m.Refs...)
+		r.mu.Unlock()
+		if r.answerAck {
+			sc.Write(relay.AppendFrame(nil, relay.Result{Req: req, Body: relay.CountBody(len(m.Refs))}))
+			close(r.ackDone)
+		}
+	}
+	return true
+}
+
+// ackedFirstPage waits until the relay was sent the Ack of the first
+// page's two envelopes, and fails t if anything else was acked.
+func (r *leavingRelay) ackedFirstPage(t *testing.T) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		mu.Lock()
-		n := len(acked)
-		mu.Unlock()
+		r.mu.Lock()
+		n := len(r.acked)
+		r.mu.Unlock()
 		if n == 2 {
 			break
 		}
@@ -169,10 +168,33 @@ func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 			t.Fatalf("%d envelopes acked, want the first page's 2", n)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if acked[0] != [relay.RefSize]byte{1} || acked[1] != [relay.RefSize]byte{2} {
-		t.Fatalf("acked %x, want the first page's", acked)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.acked[0] != [relay.RefSize]byte{1} || r.acked[1] != [relay.RefSize]byte{2} {
+		t.Fatalf("acked %x, want the first page's", r.acked)
+	}
+}
+
+// slowPage writes the second page: envelopes 3 and 4, 2 KiB at a time,
+// up to half of 4.
+func (r *leavingRelay) slowPage(sc transport.Conn, req uint32) {
+	b3 := r.deliver(req, 3)
+	b := append(b3, r.deliver(req, 4)...)
+	if r.answerAck {
+		select {
+		case <-r.ackDone:
+		case <-time.After(20 * time.Second): // a deadlock guard
+			return
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	r.firstWrite.Store(time.Now().UnixNano())
+	for i := 0; i < len(b3)+(len(b)-len(b3))/2; i += 2 << 10 {
+		if _, err := sc.Write(b[i : i+2<<10]); err != nil {
+			return
+		}
+		r.written.Add(2 << 10)
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -218,10 +240,10 @@ func TestDrainWatchedThenLanes(t *testing.T) {
 	defer first.Close()
 	// What came of the page left is not asked for again: of its first
 	// envelope, past the first probe's 4 KiB; of any other, past the
-	// byte a probe checks it by.
+	// 128 bytes a probe checks it by.
 	kept := 0
 	for i, b := range pl.Came {
-		kept += max(0, len(b.Data)-min(b.Total, map[bool]int{true: 4 << 10, false: 1}[i == 0]))
+		kept += max(0, len(b.Data)-min(b.Total, map[bool]int{true: 4 << 10, false: 128}[i == 0]))
 	}
 	var st client.LanesStats
 	if _, err := in.DrainLanes(ctx, first, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 4, Have: pl.Came, Stats: &st}); err != nil {
