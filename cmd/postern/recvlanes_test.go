@@ -218,7 +218,8 @@ func TestRecvSmallBacklogStays(t *testing.T) {
 // a first recv of a backlog of 56 short messages (an envelope of the
 // smallest bucket each, with no full part to time) finds the flows
 // throttled one by one by timing a full part's worth of them, and takes
-// the rest over lanes (a reviewer's find: it stayed on one connection).
+// the rest over lanes (until late on 2026-12-06 it stayed on one
+// connection).
 func TestRecvShortMessagesSwitch(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)

@@ -28,9 +28,10 @@ import (
 // over the second connection alone instead, with what came, measured
 // slower: 29.6 s for 48 short messages behind 64 kbit/s, against 25.6
 // staying, 24.7 on one connection from the start). A smaller backlog
-// stays on c: most of it came already. Until 2026-12-06 a recv learnt a throttle only from a whole
-// pass, and its first on a network carried the whole backlog over one
-// flow: 200 KB behind 64 kbit/s per flow took 32.5 s.
+// stays on c: most of it came already. Until 2026-12-06 a recv learnt a
+// throttle only from a whole pass, and its first on a network carried
+// the whole backlog over one flow: 200 KB behind 64 kbit/s per flow took
+// 32.5 s.
 func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
 	tctx, stop := context.WithCancel(ctx)
 	var trial *pageTrial
@@ -202,8 +203,8 @@ func came(bs []client.Begun) int {
 // envelope of the smallest bucket is a quarter of one) or all do; else
 // a full part of the page's first envelope, if it has one. The lanes
 // take what was timed; the page's first envelope's first bytes come
-// over c already (a reviewer's find: a backlog of short messages had
-// nothing to time, and stayed on one connection).
+// over c already. Until late on 2026-12-06 a backlog of short messages
+// had nothing to time, and stayed on one connection.
 func timedParts(first relay.Part, found []scanned) []scanned {
 	for _, f := range found {
 		if f.Total >= trialPart {
@@ -351,8 +352,8 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 // what c's last Ack may not have (else those envelopes would come again,
 // as replays). What came of the page (the envelopes that came whole, the
 // first bytes of the one coming) and the trial's parts are not asked for
-// again: until late on 2026-12-06 they were, half of a 64 KiB envelope or more
-// at each switch.
+// again: until late on 2026-12-06 they were, half of a 64 KiB envelope
+// or more at each switch.
 func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()
 	defer trial.lane.Close()
