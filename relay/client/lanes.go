@@ -23,7 +23,9 @@ type LanesConfig struct {
 	// Have are envelopes of the mailbox of which the first bytes came
 	// already (a page left: PageLeft.Came; a part fetched): DrainLanes
 	// asks only for the rest of each it finds waiting, with the same
-	// sequence number, ref and size.
+	// sequence number, ref and size, and the same first bytes (it asks
+	// for up to 128 of them, to check them by). One with more data than
+	// its size is not used.
 	Have []Begun
 	// Stats, if set, is filled in as DrainLanes returns.
 	Stats *LanesStats
