@@ -189,6 +189,30 @@ func TestNoMetadata(t *testing.T) {
 			t.Fatalf("recv (%s) on a network known throttled used one connection:\n%s", tr, stderr.String())
 		}
 	}
+	// recv --follow takes its backlog over lanes there too, then
+	// subscribes.
+	big := make([]byte, 100<<10)
+	rand.Read(big)
+	runOK(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + a.ip}, big, "send", "--id", a.idFile, "--to", b.card)
+	fl := startFollow(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + b.ip}, b.idFile, "--network", "nometa")
+	select {
+	case m := <-fl.msgs:
+		if m != string(big) {
+			t.Fatalf("recv --follow over lanes: not the message sent; stderr:\n%s", fl.stderr.String())
+		}
+	case <-time.After(time.Minute): // a deadlock guard
+		t.Fatalf("recv --follow over lanes: no message; stderr:\n%s", fl.stderr.String())
+	}
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(fl.stderr.String(), "connections at once"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // a deadlock guard
+			t.Fatalf("recv --follow on a network known throttled used one connection:\n%s", fl.stderr.String())
+		}
+	}
+	fl.stop()
+	// It shows the sender's key, to its user; not an address.
+	if l := findLeaks("recv --follow's stderr", []byte(fl.stderr.String()), needles[:2]); len(l) > 0 {
+		t.Fatalf("%v", l)
+	}
 
 	// Library traffic where the test learns envelope ids and refs; some of
 	// these stay undelivered so the store holds live data when scanned.
