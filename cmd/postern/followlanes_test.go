@@ -2,13 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -208,5 +213,131 @@ func TestFollowLanesMeasure(t *testing.T) {
 				t.Logf("%s %s: %.2f s, %d connection(s) at once; %s", tc.name, lanes, took.Seconds(), peak, verdictLine(f.stderr.String()))
 			})
 		}
+	}
+}
+
+// followDial is a follower of w's mailbox on a network known to throttle
+// each flow, whose inbox takes messages with take (nil: into got), its
+// lanes dialed through lanes (a middlebox's address; "": w's), counted in
+// laneDials; and the context its cancel ends.
+func (w *drainWorld) followDial(t *testing.T, got *[][]byte, take func(client.Message) error, lanes string, laneDials *atomic.Int64) (*partsFollow, context.Context) {
+	t.Helper()
+	home := t.TempDir()
+	e := &env{stderr: io.Discard, network: "cafe", getenv: func(k string) string {
+		return map[string]string{"POSTERN_HOME": home}[k]
+	}}
+	tgt := w.target(openFacts(e, "relay"))
+	tgt.facts.update(e, func(f *netFacts) { f.Throttled, f.Rate = true, 8000 })
+	if lanes == "" {
+		lanes = w.mb.Addr()
+	}
+	tgt.laneDial = func(string) dialFunc {
+		return func(ctx context.Context) (*client.Client, error) {
+			laneDials.Add(1)
+			return w.r.DialTCP(ctx, lanes, 2*time.Second)
+		}
+	}
+	if take == nil {
+		take = func(m client.Message) error { *got = append(*got, m.Payload); return nil }
+	}
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: take})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	t.Cleanup(cancel)
+	return &partsFollow{e: e, t: tgt, in: in, cancel: cancel}, ctx
+}
+
+// TestFollowDialLanes: a follower's dial on a network known to throttle
+// each flow takes the backlog over lanes and hands the connection they
+// began on to the subscription, alive (one dial of its own); one cut
+// while the others took its parts is not handed over, but a new one; on
+// a relay from before parts it is handed over unused, and parts are not
+// asked for again; a message the inbox cannot take (the terminal gone,
+// or any other refusal, or the replay file) ends recv, as a drain's
+// does, where the first version retried for ever.
+func TestFollowDialLanes(t *testing.T) {
+	t.Run("lanes", func(t *testing.T) {
+		w := newDrainWorld(t)
+		msgs := [][]byte{w.stored(t, 60<<10), w.stored(t, 60<<10)}
+		var got [][]byte
+		var lanes atomic.Int64
+		f, ctx := w.followDial(t, &got, nil, "", &lanes)
+		c, err := f.dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) || lanes.Load() == 0 || w.dials.Load() != 1 {
+			t.Fatalf("took %d messages, %d lanes dialed, %d dials of its own", len(got), lanes.Load(), w.dials.Load())
+		}
+		if err := c.Ping(ctx); err != nil || f.off || f.fatal != nil {
+			t.Fatalf("the connection handed over: %v (off %v, fatal %v)", err, f.off, f.fatal)
+		}
+	})
+	t.Run("first cut", func(t *testing.T) {
+		w := newDrainWorld(t)
+		w.stored(t, 60<<10)
+		w.stored(t, 60<<10)
+		open := censortest.NewMiddlebox(t, w.r.ServeTCP(t, "test"))
+		w.mb.SetRule(censortest.FreezeAfter(20 << 10))
+		var got [][]byte
+		var lanes atomic.Int64
+		f, ctx := w.followDial(t, &got, nil, open.Addr(), &lanes)
+		c, err := f.dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if len(got) != 2 || c.Err() != nil || w.dials.Load() != 2 {
+			t.Fatalf("took %d messages, handed over a connection that ended (%v), %d dials of its own", len(got), c.Err(), w.dials.Load())
+		}
+	})
+	t.Run("relay from before parts", func(t *testing.T) {
+		w := newDrainWorld(t)
+		w.old = true
+		w.stored(t, 100)
+		var got [][]byte
+		var lanes atomic.Int64
+		f, ctx := w.followDial(t, &got, nil, "", &lanes)
+		c, err := f.dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Ping(ctx); err != nil || !f.off || f.lanesDue() || len(got) != 0 || w.dials.Load() != 1 {
+			t.Fatalf("the connection: %v; off %v; took %d; %d dials", err, f.off, len(got), w.dials.Load())
+		}
+	})
+	t.Run("after a drain in parts", func(t *testing.T) {
+		w := newDrainWorld(t)
+		w.stored(t, 60<<10)
+		var got [][]byte
+		var lanes atomic.Int64
+		f, ctx := w.followDial(t, &got, nil, "", &lanes)
+		f.p, f.due = &printer{}, true
+		drained := 0
+		f.drain = func(context.Context) (int, error) { drained++; return 0, nil }
+		c, err := f.dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if drained != 1 || lanes.Load() != 0 || len(got) != 0 || w.dials.Load() != 1 {
+			t.Fatalf("%d drains in parts, then %d lanes dialed, %d messages taken, %d dials", drained, lanes.Load(), len(got), w.dials.Load())
+		}
+	})
+	for _, refusal := range []error{fmt.Errorf("%w: the terminal went away", errTake), errors.New("the card could not be saved")} {
+		t.Run("refused: "+refusal.Error(), func(t *testing.T) {
+			w := newDrainWorld(t)
+			w.stored(t, 100)
+			var lanes atomic.Int64
+			f, ctx := w.followDial(t, nil, func(client.Message) error { return refusal }, "", &lanes)
+			c, err := f.dial(ctx)
+			if c != nil || !errors.Is(err, refusal) || !errors.Is(f.fatal, refusal) || ctx.Err() == nil {
+				t.Fatalf("dial = %v, %v; fatal %v; recv not ended (%v)", c, err, f.fatal, ctx.Err())
+			}
+		})
 	}
 }

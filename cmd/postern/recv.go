@@ -624,6 +624,9 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 		if err != nil {
 			return nil, err
 		}
+		// It paged through the mailbox: lanes would page through it
+		// again, and take again what it holds (a reviewer's find).
+		return f.t.dial(ctx)
 	}
 	if f.lanesDue() {
 		return f.drainLanes(ctx)
@@ -643,13 +646,16 @@ func (f *partsFollow) lanesDue() bool {
 
 // drainLanes takes what waits over lanes beginning on a new connection
 // (drainLanes, as a plain recv on the network does), and returns that
-// connection for the subscription, which pushes what comes next. Until
+// connection for the subscription, which pushes what comes past the
+// last envelope the lanes handed over (DrainLanes leaves the cursor);
+// a new one if that one was cut while the others took its parts. Until
 // 2026-12-07 a follower took its backlog over the subscription's one
 // connection whatever the network: 120 KB behind 10 KiB/s a flow took
 // 12.7 s (TestRecvFollowLanes). A relay that does not know parts is
 // subscribed to on that connection, and not asked again; an error of
-// the inbox's ends recv; any other error is the connection's, and
-// Follow dials again after its backoff.
+// the inbox's (a message refused, the replay file: client.ErrInbox)
+// ends recv; any other error is the connection's, and Follow dials
+// again after its backoff.
 func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	c, err := f.t.dial(ctx)
 	if err != nil {
@@ -657,6 +663,12 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	}
 	err = drainLanes(ctx, f.e, f.t, f.in, c, f.t.facts.get(), nil)
 	switch {
+	case err == nil && c.Err() != nil:
+		// The others took its parts, and it was cut (a reviewer's
+		// find: the subscription failed on it at once, and the cut
+		// sent the next connection through a drain in parts).
+		c.Close()
+		return f.t.dial(ctx)
 	case err == nil:
 		return c, nil
 	case errors.Is(err, relay.ErrUnknownFrame):

@@ -126,6 +126,20 @@ type following struct {
 // (through w.dial, with cfg) and taken want messages there.
 func (w *partsWorld) following(t *testing.T, ctx context.Context, cfg client.PartsConfig, envelopes, want int) *following {
 	t.Helper()
+	f := w.newFollowing(t)
+	if n, err := f.in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil || n != envelopes || len(f.took) != want {
+		t.Fatalf("DrainParts: %d envelopes, %d messages, %v", n, len(f.took), err)
+	}
+	for range want {
+		<-f.took
+	}
+	return f
+}
+
+// newFollowing returns an inbox of the mailbox that hands each message it
+// takes to took, not yet following.
+func (w *partsWorld) newFollowing(t *testing.T) *following {
+	t.Helper()
 	f := &following{took: make(chan []byte, 4), done: make(chan error, 1), firstLost: make(chan error, 1)}
 	var err error
 	f.in, err = client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(m client.Message) error {
@@ -134,12 +148,6 @@ func (w *partsWorld) following(t *testing.T, ctx context.Context, cfg client.Par
 	}})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if n, err := f.in.DrainParts(ctx, w.dial, w.box.Owner, w.box.ID, cfg); err != nil || n != envelopes || len(f.took) != want {
-		t.Fatalf("DrainParts: %d envelopes, %d messages, %v", n, len(f.took), err)
-	}
-	for range want {
-		<-f.took
 	}
 	return f
 }
@@ -202,6 +210,45 @@ func TestFollowPastHeld(t *testing.T) {
 	f.follow(ctx, w, w.dial)
 	// Two stall windows: a push of the fragment would have been cut by
 	// now. (Sent before the subscription, the message is pushed too.)
+	time.Sleep(2 * w.stall)
+	w.send(t, []byte("new"))
+	f.expect(t, ctx, "new", true)
+	if f.in.HeldForTest() != 1 {
+		t.Fatalf("holds %d envelopes, want the fragment", f.in.HeldForTest())
+	}
+}
+
+// TestFollowPastHeldAfterLanes: after DrainLanes has paged through a
+// mailbox holding an unfinished message's 64 KiB fragment and a whole
+// message, Follow subscribes past the last envelope it handed over: behind
+// a censor that from then on freezes flows at 16 KiB, the subscription is
+// not cut, and a new message comes at once (a follower on a network known
+// to throttle each flow drains over lanes before it subscribes). Until
+// 2026-12-07 DrainLanes left no cursor: Follow subscribed from the start,
+// the relay pushed the fragment again, and here froze inside it.
+func TestFollowPastHeldAfterLanes(t *testing.T) {
+	w := newPartsWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	w.unfinished(t, 100<<10)
+	w.send(t, []byte("whole"))
+	f := w.newFollowing(t)
+	c, err := w.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := f.in.DrainLanes(ctx, c, w.dial, w.box.Owner, w.box.ID, client.LanesConfig{Lanes: 2})
+	c.Close()
+	if err != nil || n != 2 || len(f.took) != 1 || f.in.HeldForTest() != 1 {
+		t.Fatalf("DrainLanes: %d envelopes, %d messages, %d held, %v; want 2, the whole message, the fragment held", n, len(f.took), f.in.HeldForTest(), err)
+	}
+	if m := <-f.took; string(m) != "whole" {
+		t.Fatalf("took %q", m)
+	}
+	w.mb.SetRule(censortest.FreezeAfter(16 << 10))
+	f.follow(ctx, w, w.dial)
+	// Two stall windows: a push of the fragment would have been cut by
+	// now.
 	time.Sleep(2 * w.stall)
 	w.send(t, []byte("new"))
 	f.expect(t, ctx, "new", true)

@@ -95,8 +95,10 @@ const laneWindow = 2
 // its session goes again on another; DrainLanes fails when none is
 // left, with that session's error, and at once on an error of the
 // relay's (a relay.Error other than relay.ErrBusy) or a malformed
-// answer.
-// first is not closed; the others are.
+// answer, or on the inbox's (ErrInbox: Take refused a message, or what
+// was taken could not be synced or recorded).
+// first is not closed; the others are. Once it has paged through the
+// mailbox, Follow subscribes past the last envelope it handed over.
 func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg LanesConfig) (int, error) {
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
@@ -132,6 +134,14 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	for _, c := range d.opened {
 		c.Close()
 	}
+	if err == nil {
+		// Every envelope up to the last handed over that is still on
+		// the relay is held (fragments of unfinished messages): Follow
+		// subscribes past it, as after DrainParts (until 2026-12-07 it
+		// subscribed from the start, and the relay pushed what was held
+		// again).
+		in.cursor = d.last
+	}
 	if cfg.Stats != nil {
 		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept}
 		if !d.joinedAt.IsZero() {
@@ -150,7 +160,8 @@ type laneDrain struct {
 	cfg     LanesConfig
 	ctx     context.Context
 	wg      sync.WaitGroup
-	whole   int // envelopes handed to the inbox
+	whole   int    // envelopes handed to the inbox
+	last    uint64 // the number of the last one
 
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -666,9 +677,10 @@ func (d *laneDrain) deliver() (err error) {
 			refs, err := d.in.Handle(dv)
 			acks = append(acks, refs...)
 			d.whole++
+			d.last = dv.Seq
 			if err != nil {
 				// Ack what was taken before the refusal, then stop.
-				return errors.Join(err, d.ack(acks))
+				return errors.Join(fmt.Errorf("%w: %w", ErrInbox, err), d.ack(acks))
 			}
 		}
 		if err := d.ack(acks); err != nil {
@@ -681,7 +693,7 @@ func (d *laneDrain) deliver() (err error) {
 // first session left, once the Ack before has been answered.
 func (d *laneDrain) ack(refs []Ref) error {
 	if err := d.in.flush(); err != nil {
-		return err // nothing is acked that is not durable and recorded
+		return fmt.Errorf("%w: %w", ErrInbox, err) // nothing is acked that is not durable and recorded
 	}
 	if d.acked != nil {
 		err := <-d.acked

@@ -411,10 +411,13 @@ func TestDrainLanesWindow(t *testing.T) {
 	if err != nil || n != 30 || len(got) != 30 || !bytes.Equal(got[29], msgs[29]) {
 		t.Fatalf("took %d messages (%d envelopes), %v", len(got), n, err)
 	}
-	// The window (6) and one found past a gap, and as many handed to
-	// the inbox whose Ack is out.
-	if f.most > 2*(2*3+1) {
-		t.Fatalf("%d envelopes read and not acked at once, want at most 14", f.most)
+	// The window (6) and one found past a gap; as many handed to the
+	// inbox whose Ack waits for the one before to be answered; and as
+	// many in that one. (The bound was 14, without the second: 15 came
+	// in 1 of 8 runs on 2026-12-07, a batch handed over while the Ack
+	// before was out.) The whole mailbox read ahead would be 30.
+	if f.most > 3*(2*3+1) {
+		t.Fatalf("%d envelopes read and not acked at once, want at most 21", f.most)
 	}
 	t.Logf("at most %d envelopes read and not acked at once", f.most)
 }
@@ -472,7 +475,7 @@ func TestDrainLanesAcksOnlyDurable(t *testing.T) {
 	f.add([]uint64{3, 4, 5}, envs)
 	disk := errors.New("disk full")
 	_, _, _, err := drainLanesSync(t, f, id, 3, func() error { return disk })
-	if !errors.Is(err, disk) || len(f.ackedRefs()) != 0 {
+	if !errors.Is(err, disk) || !errors.Is(err, client.ErrInbox) || len(f.ackedRefs()) != 0 {
 		t.Fatalf("DrainLanes = %v with %d acks, want the Sync's error and none", err, len(f.ackedRefs()))
 	}
 }
@@ -754,7 +757,7 @@ func TestDrainLanesTakeRefusedWindowFull(t *testing.T) {
 		}()
 		select {
 		case err := <-done:
-			if !errors.Is(err, refused) {
+			if !errors.Is(err, refused) || !errors.Is(err, client.ErrInbox) {
 				t.Fatalf("lanes %d: DrainLanes = %v, want the refusal", lanes, err)
 			}
 		case <-time.After(30 * time.Second): // a deadlock guard

@@ -48,9 +48,9 @@ const (
 // before they carried any part.
 const maxIdleSessions = 16
 
-// ErrInbox marks DrainParts' errors that are the inbox's, not the
-// relay's or the network's: Take refused a message, or what was taken
-// could not be synced or recorded. Nothing more can be taken.
+// ErrInbox marks DrainParts' and DrainLanes' errors that are the inbox's,
+// not the relay's or the network's: Take refused a message, or what was
+// taken could not be synced or recorded. Nothing more can be taken.
 var ErrInbox = errors.New("relay/client: the inbox cannot take messages")
 
 // DrainParts is Drain for a network that cuts flows after a few kilobytes
