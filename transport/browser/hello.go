@@ -256,6 +256,11 @@ func NewUConn(conn net.Conn, config *utls.Config, preset string) (*utls.UConn, e
 		config.PreferSkipResumptionOnNilExtension = true
 	case PresetChrome133:
 		spec, err = chrome133()
+		// Its spec has no pre_shared_key: a session in the cache is not
+		// offered, as utls does with its own HelloChrome_133 (uTLS
+		// panics otherwise: the second connection to an endpoint did,
+		// until 2026-12-07).
+		config.PreferSkipResumptionOnNilExtension = true
 	default:
 		return nil, fmt.Errorf("unknown ClientHello preset %q: use %q, %q or \"\"", preset, PresetChrome, PresetChrome133)
 	}
