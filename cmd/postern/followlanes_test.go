@@ -14,6 +14,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
 )
 
@@ -281,7 +282,12 @@ func TestFollowDialLanes(t *testing.T) {
 		w.stored(t, 60<<10)
 		w.stored(t, 60<<10)
 		open := censortest.NewMiddlebox(t, w.r.ServeTCP(t, "test"))
-		w.mb.SetRule(censortest.FreezeAfter(20 << 10))
+		// The first probe's answer (4 KiB) gets through, and no part
+		// of 16 KiB after it: the lanes cannot finish the first
+		// envelope before the first connection's parts go to them, a
+		// stall window later. (At 20 KiB, a reviewer saw the lanes
+		// take every part first in 1 of 50 runs: no cut.)
+		w.mb.SetRule(censortest.FreezeAfter(8 << 10))
 		var got [][]byte
 		var lanes atomic.Int64
 		f, ctx := w.followDial(t, &got, nil, open.Addr(), &lanes)
@@ -339,5 +345,27 @@ func TestFollowDialLanes(t *testing.T) {
 				t.Fatalf("dial = %v, %v; fatal %v; recv not ended (%v)", c, err, f.fatal, ctx.Err())
 			}
 		})
+	}
+}
+
+// TestCutByCensor: a stall is a censor's cut; a refusal of the inbox is
+// not, even joined with a stall (a lanes drain's refusal, with the Ack
+// that was cut meanwhile), nor is any other error.
+func TestCutByCensor(t *testing.T) {
+	refused := fmt.Errorf("%w: %w", client.ErrInbox, errors.New("no room"))
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"a stall", fmt.Errorf("fetch: %w", transport.ErrStalled), true},
+		{"a refusal", refused, false},
+		{"a refusal and a stall", errors.Join(refused, transport.ErrStalled), false},
+		{"the terminal gone and a stall", errors.Join(fmt.Errorf("%w: broken pipe", errTake), transport.ErrStalled), false},
+		{"another error", errors.New("no such mailbox"), false},
+	} {
+		if got := cutByCensor(tc.err); got != tc.want {
+			t.Errorf("%s: cut by a censor %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -452,8 +452,14 @@ func budgetAfterCut(e *env, t recvTarget, b, recheck, carried int, stalled bool)
 }
 
 // cutByCensor reports whether err ended a session the way a censor's
-// per-flow limit does: a stall or a reset.
+// per-flow limit does: a stall or a reset, and not a message the inbox
+// could not take, which a lanes drain's error joins with that of an Ack
+// cut meanwhile (a second reviewer's find: recv went on in parts after
+// the refusal, and offered the message again).
 func cutByCensor(err error) bool {
+	if errors.Is(err, client.ErrInbox) || errors.Is(err, errTake) {
+		return false
+	}
 	return errors.Is(err, transport.ErrStalled) || transport.ClassOf(err) == transport.ClassReset
 }
 
@@ -666,7 +672,12 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	case err == nil && c.Err() != nil:
 		// The others took its parts, and it was cut (a reviewer's
 		// find: the subscription failed on it at once, and the cut
-		// sent the next connection through a drain in parts).
+		// sent the next connection through a drain in parts). If the
+		// network cuts flows, the subscription on the new one finds
+		// it, and that cut does. One frozen and not yet found so
+		// (its last question was past the mailbox's end, which the
+		// lanes do not wait for) is still handed over: a second
+		// reviewer's find, as the cut before.
 		c.Close()
 		return f.t.dial(ctx)
 	case err == nil:

@@ -139,7 +139,8 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		// the relay is held (fragments of unfinished messages): Follow
 		// subscribes past it, as after DrainParts (until 2026-12-07 it
 		// subscribed from the start, and the relay pushed what was held
-		// again).
+		// again). Not after an error: the last handed over may be one
+		// refused, not taken.
 		in.cursor = d.last
 	}
 	if cfg.Stats != nil {
