@@ -363,6 +363,17 @@ func startFollow(t *testing.T, bin string, envv []string, id string, extra ...st
 	return f
 }
 
+// waitStderr waits until the follower's stderr says want, and fails the
+// test if it does not within a minute.
+func (f *follower) waitStderr(want string) {
+	f.t.Helper()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(f.stderr.String(), want); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) { // a deadlock guard
+			f.t.Fatalf("recv --follow never said %q:\n%s", want, f.stderr.String())
+		}
+	}
+}
+
 // stop ends the follower with SIGTERM, which it must exit cleanly on,
 // and fails the test on anything it printed after the last message the
 // test waited for (a copy printed late).

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,15 +35,7 @@ func (w *censoredWorld) knownThrottled(t *testing.T, rate int) {
 // meanwhile.
 func (w *censoredWorld) followLanes(t *testing.T, rule censortest.Rule, env []string, msgs ...[]byte) (*follower, time.Duration, int) {
 	t.Helper()
-	w.mb.SetRule(censortest.Pass)
-	for _, m := range msgs {
-		runOK(t, w.bin, w.base, m, "send", "--anonymous", "--to", w.card)
-	}
-	for deadline := time.Now().Add(30 * time.Second); w.mb.Open() > 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) { // a deadlock guard
-			t.Fatalf("%d connections of the sends still open", w.mb.Open())
-		}
-	}
+	w.storeAll(t, msgs)
 	w.mb.SetRule(rule)
 	w.mb.ResetPeak()
 	start := time.Now()
@@ -82,11 +73,7 @@ func TestRecvFollowLanes(t *testing.T) {
 	}
 	// The lanes' verdict comes once the last Ack is answered, after
 	// the last message is shown.
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(f.stderr.String(), "this network throttles each flow"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) { // a deadlock guard
-			t.Fatalf("the lanes were not judged:\n%s", f.stderr.String())
-		}
-	}
+	f.waitStderr("this network throttles each flow")
 	live := randomMsg(3000)
 	runOK(t, w.bin, w.base, live, "send", "--anonymous", "--to", w.card)
 	select {
@@ -250,6 +237,18 @@ func (w *drainWorld) followDial(t *testing.T, got *[][]byte, take func(client.Me
 	return &partsFollow{e: e, t: tgt, in: in, cancel: cancel}, ctx
 }
 
+// dialOK is f.dial, which must succeed; the connection is closed at t's
+// end.
+func (f *partsFollow) dialOK(t *testing.T, ctx context.Context) *client.Client {
+	t.Helper()
+	c, err := f.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestFollowDialLanes: a follower's dial on a network known to throttle
 // each flow takes the backlog over lanes and hands the connection they
 // began on to the subscription, alive (one dial of its own); one cut
@@ -265,11 +264,7 @@ func TestFollowDialLanes(t *testing.T) {
 		var got [][]byte
 		var lanes atomic.Int64
 		f, ctx := w.followDial(t, &got, nil, "", &lanes)
-		c, err := f.dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := f.dialOK(t, ctx)
 		if len(got) != 2 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[1], msgs[1]) || lanes.Load() == 0 || w.dials.Load() != 1 {
 			t.Fatalf("took %d messages, %d lanes dialed, %d dials of its own", len(got), lanes.Load(), w.dials.Load())
 		}
@@ -291,11 +286,7 @@ func TestFollowDialLanes(t *testing.T) {
 		var got [][]byte
 		var lanes atomic.Int64
 		f, ctx := w.followDial(t, &got, nil, open.Addr(), &lanes)
-		c, err := f.dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := f.dialOK(t, ctx)
 		if len(got) != 2 || c.Err() != nil || w.dials.Load() != 2 {
 			t.Fatalf("took %d messages, handed over a connection that ended (%v), %d dials of its own", len(got), c.Err(), w.dials.Load())
 		}
@@ -307,11 +298,7 @@ func TestFollowDialLanes(t *testing.T) {
 		var got [][]byte
 		var lanes atomic.Int64
 		f, ctx := w.followDial(t, &got, nil, "", &lanes)
-		c, err := f.dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := f.dialOK(t, ctx)
 		if err := c.Ping(ctx); err != nil || !f.off || f.lanesDue() || len(got) != 0 || w.dials.Load() != 1 {
 			t.Fatalf("the connection: %v; off %v; took %d; %d dials", err, f.off, len(got), w.dials.Load())
 		}
@@ -325,11 +312,7 @@ func TestFollowDialLanes(t *testing.T) {
 		f.p, f.due = &printer{}, true
 		drained := 0
 		f.drain = func(context.Context) (int, error) { drained++; return 0, nil }
-		c, err := f.dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		f.dialOK(t, ctx)
 		if drained != 1 || lanes.Load() != 0 || len(got) != 0 || w.dials.Load() != 1 {
 			t.Fatalf("%d drains in parts, then %d lanes dialed, %d messages taken, %d dials", drained, lanes.Load(), len(got), w.dials.Load())
 		}

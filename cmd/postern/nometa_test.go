@@ -203,11 +203,7 @@ func TestNoMetadata(t *testing.T) {
 	case <-time.After(time.Minute): // a deadlock guard
 		t.Fatalf("recv --follow over lanes: no message; stderr:\n%s", fl.stderr.String())
 	}
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(fl.stderr.String(), "connections at once"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) { // a deadlock guard
-			t.Fatalf("recv --follow on a network known throttled used one connection:\n%s", fl.stderr.String())
-		}
-	}
+	fl.waitStderr("connections at once")
 	fl.stop()
 	// It shows the sender's key, to its user; not an address.
 	if l := findLeaks("recv --follow's stderr", []byte(fl.stderr.String()), needles[:2]); len(l) > 0 {

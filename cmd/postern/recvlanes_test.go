@@ -28,12 +28,10 @@ func randomMsg(n int) []byte {
 	return b
 }
 
-// recvLanes stores msgs for bob (through a middlebox that lets them
-// pass), then runs `recv --network cafe` behind rule with env added, and
-// checks bob gets every message, whole and in order, and nothing is left
-// on the relay. It returns recv's stderr, how long it took and the most
-// connections the middlebox saw at once meanwhile.
-func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []string, msgs ...[]byte) (string, time.Duration, int) {
+// storeAll sends msgs to bob, one `send --anonymous` each, through the
+// middlebox letting them pass, and waits until their connections are
+// closed.
+func (w *censoredWorld) storeAll(t *testing.T, msgs [][]byte) {
 	t.Helper()
 	w.mb.SetRule(censortest.Pass)
 	for _, m := range msgs {
@@ -44,6 +42,16 @@ func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []stri
 			t.Fatalf("%d connections of the sends still open", w.mb.Open())
 		}
 	}
+}
+
+// recvLanes stores msgs for bob (through a middlebox that lets them
+// pass), then runs `recv --network cafe` behind rule with env added, and
+// checks bob gets every message, whole and in order, and nothing is left
+// on the relay. It returns recv's stderr, how long it took and the most
+// connections the middlebox saw at once meanwhile.
+func (w *censoredWorld) recvLanes(t *testing.T, rule censortest.Rule, env []string, msgs ...[]byte) (string, time.Duration, int) {
+	t.Helper()
+	w.storeAll(t, msgs)
 	w.mb.SetRule(rule)
 	w.mb.ResetPeak()
 	cmd := exec.Command(w.bin, "recv", "--id", w.bob, "--network", "cafe")
