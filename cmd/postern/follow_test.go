@@ -363,6 +363,20 @@ func startFollow(t *testing.T, bin string, envv []string, id string, extra ...st
 	return f
 }
 
+// expectMsg waits for the follower's next message, which must be want
+// (what names it in a failure), for a minute at most.
+func (f *follower) expectMsg(want []byte, what string) {
+	f.t.Helper()
+	select {
+	case m := <-f.msgs:
+		if m != string(want) {
+			f.t.Fatalf("%s: not the message sent; stderr:\n%s", what, f.stderr.String())
+		}
+	case <-time.After(time.Minute): // a deadlock guard
+		f.t.Fatalf("%s: no message; stderr:\n%s", what, f.stderr.String())
+	}
+}
+
 // waitStderr waits until the follower's stderr says want, and fails the
 // test if it does not within a minute.
 func (f *follower) waitStderr(want string) {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
@@ -76,37 +75,13 @@ func TestRecvFollowLanes(t *testing.T) {
 	f.waitStderr("this network throttles each flow")
 	live := randomMsg(3000)
 	runOK(t, w.bin, w.base, live, "send", "--anonymous", "--to", w.card)
-	select {
-	case m := <-f.msgs:
-		if m != string(live) {
-			t.Fatalf("a message sent while following: not the one sent; stderr:\n%s", f.stderr.String())
-		}
-	case <-time.After(time.Minute): // a deadlock guard
-		t.Fatalf("a message sent while following never came; stderr:\n%s", f.stderr.String())
-	}
+	f.expectMsg(live, "a message sent while following")
 	f.stop()
 	w.mb.SetRule(censortest.Pass)
 	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
 		t.Fatalf("%d messages left on the relay", len(left))
 	}
-	card, err := envelope.ParseCard(w.card)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mailbox := bytesNeedle("mailbox id", card.Mailbox[:])
-	for _, where := range []struct {
-		name    string
-		hay     []byte
-		needles []needle
-	}{
-		{"recv --follow's stderr", []byte(f.stderr.String()), []needle{mailbox, addrNeedle("an address", "127.0.0.")}},
-		{"the relay's logs", []byte(w.rp.logs()), []needle{mailbox}},
-		{"the relay's metrics", metricsText(t, w.rp), []needle{mailbox}},
-	} {
-		if l := findLeaks(where.name, where.hay, where.needles); len(l) > 0 {
-			t.Errorf("%v", l)
-		}
-	}
+	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
 }
 
 // TestFollowLanesDue: a follower takes the backlog over lanes only on a

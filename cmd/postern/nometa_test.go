@@ -195,14 +195,7 @@ func TestNoMetadata(t *testing.T) {
 	rand.Read(big)
 	runOK(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + a.ip}, big, "send", "--id", a.idFile, "--to", b.card)
 	fl := startFollow(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + b.ip}, b.idFile, "--network", "nometa")
-	select {
-	case m := <-fl.msgs:
-		if m != string(big) {
-			t.Fatalf("recv --follow over lanes: not the message sent; stderr:\n%s", fl.stderr.String())
-		}
-	case <-time.After(time.Minute): // a deadlock guard
-		t.Fatalf("recv --follow over lanes: no message; stderr:\n%s", fl.stderr.String())
-	}
+	fl.expectMsg(big, "recv --follow over lanes")
 	fl.waitStderr("connections at once")
 	fl.stop()
 	// It shows the sender's key, to its user; not an address.

@@ -570,6 +570,8 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 // maxPartsWait, so that they are not fetched again every few seconds (a
 // reviewer's find); a drain that found nothing waiting, or showed a
 // message, lets the next run at once.
+// On a network known to throttle each flow, what waits is taken over
+// lanes before each subscription instead (lanesDue, drainLanes).
 // A relay that does not know parts is not asked again, and an error of
 // the inbox's ends recv. Its methods run in turn on the follower's
 // goroutine.

@@ -121,20 +121,27 @@ func TestRecvLanes(t *testing.T) {
 	if peak != 1 {
 		t.Fatalf("POSTERN_LANES=1: %d connections at once:\n%s", peak, stderr)
 	}
+	w.checkNoLeaks(t, "recv's stderr", stderrs.String())
+}
+
+// checkNoLeaks fails t if stderr (a client's, named what) holds bob's
+// mailbox id or an address, or the relay's logs or metrics hold the
+// mailbox id. (The relay sees the middlebox's address, as its own
+// listener's is in its logs: TestNoMetadata covers addresses there with
+// clients on 127.0.0.2 and 127.0.0.3.)
+func (w *censoredWorld) checkNoLeaks(t *testing.T, what, stderr string) {
+	t.Helper()
 	card, err := envelope.ParseCard(w.card)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The relay sees the middlebox's address, as its own listener's is
-	// in its logs: TestNoMetadata covers addresses there with clients on
-	// 127.0.0.2 and 127.0.0.3.
 	mailbox := bytesNeedle("mailbox id", card.Mailbox[:])
 	for _, where := range []struct {
 		name    string
 		hay     []byte
 		needles []needle
 	}{
-		{"recv's stderr", []byte(stderrs.String()), []needle{mailbox, addrNeedle("an address", "127.0.0.")}},
+		{what, []byte(stderr), []needle{mailbox, addrNeedle("an address", "127.0.0.")}},
 		{"the relay's logs", []byte(w.rp.logs()), []needle{mailbox}},
 		{"the relay's metrics", metricsText(t, w.rp), []needle{mailbox}},
 	} {
