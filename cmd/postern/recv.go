@@ -457,10 +457,17 @@ func budgetAfterCut(e *env, t recvTarget, b, recheck, carried int, stalled bool)
 // cut meanwhile (a second reviewer's find: recv went on in parts after
 // the refusal, and offered the message again).
 func cutByCensor(err error) bool {
-	if errors.Is(err, client.ErrInbox) || errors.Is(err, errTake) {
+	if inboxFailed(err) {
 		return false
 	}
 	return errors.Is(err, transport.ErrStalled) || transport.ClassOf(err) == transport.ClassReset
+}
+
+// inboxFailed reports whether err is recv's own: a message it could not
+// show (errTake), or the inbox's (client.ErrInbox: a refusal, a replay
+// file that cannot be written). Nothing more can be taken: recv ends.
+func inboxFailed(err error) bool {
+	return errors.Is(err, errTake) || errors.Is(err, client.ErrInbox)
 }
 
 // drainParts empties one target asking for its envelopes part by part
@@ -617,7 +624,7 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 		n, err := drain(ctx)
 		f.last, f.due = time.Now(), err != nil
 		switch {
-		case errors.Is(err, errTake) || errors.Is(err, client.ErrInbox):
+		case inboxFailed(err):
 			f.fatal = err
 			f.cancel()
 			return nil, err
@@ -687,7 +694,7 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	case errors.Is(err, relay.ErrUnknownFrame):
 		f.off = true
 		return c, nil
-	case errors.Is(err, errTake) || errors.Is(err, client.ErrInbox):
+	case inboxFailed(err):
 		f.fatal = err
 		f.cancel()
 	}
