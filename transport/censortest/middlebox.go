@@ -465,7 +465,7 @@ func (l *delayLine) finish() bool {
 // client measured between two acks was off by up to a second.
 func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out func([]byte) error) error {
 	var bs []*tokenBucket
-	if rate := r.rate(); rate > 0 {
+	if rate := r.rate(dir); rate > 0 {
 		if fl.buckets[dir] == nil {
 			fl.buckets[dir] = newTokenBucket(rate, m.now)
 		}

@@ -536,3 +536,39 @@ func TestThrottleHostSharesOneBucket(t *testing.T) {
 		})
 	}
 }
+
+// TestThrottleDownLeavesUpstream: ThrottleDown meters what the server
+// sends, and lets what the client sends pass. With the clock frozen no
+// token comes back: the client's 64 KiB reach the server whole, and of
+// the server's 64 KiB about the first bucket (8 KiB) comes, under twice
+// that (10,500 bytes here: a piece taken into debt).
+func TestThrottleDownLeavesUpstream(t *testing.T) {
+	frozen := time.Now()
+	const rate, n = 8 << 10, 64 << 10
+	got := make(chan int, 1)
+	up := serve(t, func(c net.Conn) {
+		k, _ := io.ReadFull(c, make([]byte, n))
+		got <- k
+	})
+	m := newMiddlebox(t, up, func() time.Time { return frozen })
+	m.SetRule(ThrottleDown(rate))
+	if _, err := dial(t, m).Write(randomBytes(n)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case k := <-got:
+		if k != n {
+			t.Fatalf("the server got %d bytes of the client's %d", k, n)
+		}
+	case <-time.After(patience): // a deadlock guard
+		t.Fatal("the client's bytes were held: ThrottleDown throttled the upstream")
+	}
+	down := newMiddlebox(t, pushServer(n)(t), func() time.Time { return frozen })
+	down.SetRule(ThrottleDown(rate))
+	c := dial(t, down)
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	k, _ := io.ReadFull(c, make([]byte, n))
+	if k == 0 || k >= 2*rate {
+		t.Fatalf("the client got %d bytes of the server's %d with the clock frozen, want about the first bucket's %d", k, n, rate)
+	}
+}

@@ -47,9 +47,9 @@ type Rule interface {
 	// point (the arguments are budget's) is reset, both sides getting an
 	// RST, rather than left silent.
 	resets(dir Direction, sent, other int64) bool
-	// rate is the most bytes per second a flow may carry in each
-	// direction, 0 for no limit.
-	rate() int64
+	// rate is the most bytes per second a flow may carry in dir, 0 for
+	// no limit.
+	rate(dir Direction) int64
 	// hostRate is the most bytes per second all of a TCP middlebox's
 	// connections together may carry in each direction, 0 for no limit.
 	hostRate() int64
@@ -73,7 +73,7 @@ func (passRule) inspects() bool                       { return false }
 func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
 func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
 func (passRule) resets(Direction, int64, int64) bool  { return false }
-func (passRule) rate() int64                          { return 0 }
+func (passRule) rate(Direction) int64                 { return 0 }
 func (passRule) hostRate() int64                      { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
@@ -220,11 +220,11 @@ func (r dropAnswersRule) budget(dir Direction, _, other int64) int64 {
 }
 
 // throttleRule is Throttle (each flow) or, with host, ThrottleHost (all
-// of them together).
+// of them together); with down, ThrottleDown.
 type throttleRule struct {
 	passRule
 	bytesPerSecond int64
-	host           bool
+	host, down     bool
 }
 
 // Throttle limits every flow to bytesPerSecond in each direction with a
@@ -235,6 +235,16 @@ type throttleRule struct {
 // bytesPerSecond <= 0 means no limit.
 func Throttle(bytesPerSecond int) Rule {
 	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0))}
+}
+
+// ThrottleDown is Throttle of what the server sends alone: every flow's
+// downstream is limited to bytesPerSecond, and what a client sends
+// passes. It stands for a recipient behind a per-flow throttle and a
+// sender on a fast line (abroad, or on another network) through one
+// middlebox: what the sender puts on a relay is there at once, and
+// comes to the recipient at the throttle's rate.
+func ThrottleDown(bytesPerSecond int) Rule {
+	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0)), down: true}
 }
 
 // ThrottleHost limits all the TCP connections through the middlebox
@@ -249,8 +259,8 @@ func ThrottleHost(bytesPerSecond int) Rule {
 	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0)), host: true}
 }
 
-func (r throttleRule) rate() int64 {
-	if r.host {
+func (r throttleRule) rate(dir Direction) int64 {
+	if r.host || (r.down && dir == ClientToServer) {
 		return 0
 	}
 	return r.bytesPerSecond
@@ -401,7 +411,9 @@ func (a allRules) delay() time.Duration {
 	return d
 }
 
-func (a allRules) rate() int64     { return a.lowest(Rule.rate) }
+func (a allRules) rate(dir Direction) int64 {
+	return a.lowest(func(r Rule) int64 { return r.rate(dir) })
+}
 func (a allRules) hostRate() int64 { return a.lowest(Rule.hostRate) }
 
 // lowest is the lowest limit of's rules set (> 0), 0 if none does.

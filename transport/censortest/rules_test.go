@@ -93,7 +93,7 @@ func checkSwitchToThrottle(t *testing.T, m *Middlebox) {
 // at rate: the flow's bucket is made with it.
 func checkRate(rate int64) func(*testing.T, *Middlebox) {
 	return func(t *testing.T, m *Middlebox) {
-		if got := m.current().rate(); got != rate {
+		if got := m.current().rate(ServerToClient); got != rate {
 			t.Fatalf("rate %d, want %d", got, rate)
 		}
 		checkEchoOf(randomBytes(4096))(t, m)

@@ -302,7 +302,7 @@ func (m *UDPMiddlebox) admit(f *udpFlow, dir Direction, p []byte) bool {
 	default:
 		return false
 	}
-	rate := r.rate()
+	rate := r.rate(dir)
 	if rate <= 0 {
 		return true
 	}
