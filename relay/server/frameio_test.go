@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"reflect"
 	"runtime"
 	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/bufpool"
 	"github.com/postern/postern/relay/store"
@@ -457,5 +459,61 @@ func BenchmarkReadFrameLargest(b *testing.B) {
 			b.Fatal(err)
 		}
 		bufpool.Put(p)
+	}
+}
+
+// recordWriter keeps each transport write.
+type recordWriter struct{ writes [][]byte }
+
+func (r *recordWriter) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestLargeDeliverWrittenAlone: a push of a run of envelopes (queued, as
+// push does, then flushed) writes each Deliver frame of a 16 KiB
+// envelope or larger in a transport write of its own, and what was
+// queued before it in one before it; smaller ones go together. Over the
+// https engine each write ends a TLS record, so a large envelope comes
+// whole as soon as its own bytes came (writtenAlone).
+func TestLargeDeliverWrittenAlone(t *testing.T) {
+	srv, err := New(Config{Store: store.NewMemory(store.Options{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &recordWriter{}
+	ss := &session{srv: srv, w: w}
+	ss.wtimer = time.AfterFunc(time.Hour, func() {})
+	ss.wtimer.Stop()
+	sizes := []int{100, 4 << 10, envelope.Bucket16K, envelope.Bucket16K, 200, envelope.Bucket64K, 300}
+	for i, n := range sizes {
+		if err := ss.queue(relay.Deliver{Req: 1, Seq: uint64(i + 1), Envelope: make([]byte, n)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ss.flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The writes' frames, by their envelopes' sizes.
+	var got [][]int
+	for _, b := range w.writes {
+		var frames []int
+		fr := &frameReader{r: bytes.NewReader(b)}
+		for {
+			_, p, err := fr.ReadFrame()
+			if err != nil {
+				break
+			}
+			d, err := relay.ParseDeliver(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frames = append(frames, len(d.Envelope))
+		}
+		got = append(got, frames)
+	}
+	want := [][]int{{100, 4 << 10}, {envelope.Bucket16K}, {envelope.Bucket16K}, {200}, {envelope.Bucket64K}, {300}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("writes of frames of envelopes of %v bytes, want %v", got, want)
 	}
 }
