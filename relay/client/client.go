@@ -195,6 +195,34 @@ func (c *Client) begun(req uint32) (Begun, bool) {
 	return b, true
 }
 
+// Pushing is the envelope a subscription is pushing, as
+// FollowConfig.Leave sees it: its sequence number, its size and how much
+// of it came so far.
+type Pushing struct {
+	Seq        uint64
+	Total, Got int
+}
+
+// pushing returns the envelope of the Deliver frame being read, if a
+// subscription pushes it and some of it is still to come, and the
+// subscription's request id.
+func (c *Client) pushing() (Pushing, uint32, bool) {
+	c.inMu.Lock()
+	p, got := c.inDeliver, c.inGot
+	c.inMu.Unlock()
+	if got < deliverHead || got >= len(p) {
+		return Pushing{}, 0, false
+	}
+	req := binary.BigEndian.Uint32(p)
+	c.mu.Lock()
+	sub := c.subs[req]
+	c.mu.Unlock()
+	if !sub {
+		return Pushing{}, 0, false
+	}
+	return Pushing{Seq: binary.BigEndian.Uint64(p[deliverHead-8:]), Total: len(p) - deliverHead, Got: got - deliverHead}, req, true
+}
+
 // parseHello accepts a ServerHello of our version and returns its
 // challenge; a Result carries the relay's refusal.
 func parseHello(t relay.FrameType, p []byte) ([relay.ChallengeSize]byte, error) {

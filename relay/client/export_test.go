@@ -21,3 +21,18 @@ func (in *Inbox) HeldForTest() int {
 
 // HeldPushedForTest is FollowConfig.Held of the inbox's Follow.
 func (in *Inbox) HeldPushedForTest() int { return in.heldPushed() }
+
+// PushingForTest is the envelope a subscription of c is pushing, if some
+// of it is still to come (FollowConfig.Leave).
+func (c *Client) PushingForTest() (Pushing, bool) {
+	p, _, ok := c.pushing()
+	return p, ok
+}
+
+// ReadingDeliverForTest is how much of the Deliver frame being read came
+// (0 when none is being read).
+func (c *Client) ReadingDeliverForTest() int {
+	c.inMu.Lock()
+	defer c.inMu.Unlock()
+	return c.inGot
+}

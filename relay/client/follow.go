@@ -80,6 +80,27 @@ type FollowConfig struct {
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
+	// Leave, if set, is asked about every 250 ms whether to leave the
+	// session, and shown the envelope the subscription is pushing, if some
+	// of it came and some is still to come (else a zero Pushing: over
+	// TLS, what comes of a frame grows a record, up to 16 KiB, at a time,
+	// so a 16 KiB envelope shows up, if at all, almost whole). When it
+	// returns true, Follow leaves the session: it closes it, tells Left
+	// what came, and dials again at once (no backoff, no Lost), so that
+	// Dial can take what waits another way (over lanes, on a network
+	// that throttles each flow: Inbox.DrainLanes with what came as
+	// LanesConfig.Have) before the next subscription. Leave should say
+	// true once per envelope at most: the next subscription pushes one
+	// not taken meanwhile again.
+	Leave func(Pushing) bool
+	// Left, if set, is told what came of the session Leave ended: Came
+	// are the envelopes pushed whole and not yet handed to Handle, and
+	// the first bytes of the one that was coming, in mailbox order; none
+	// of them was acked. Unacked are the refs of Acks whose answers had
+	// not come (the relay answers a session's requests in turn, and
+	// they may wait behind the envelope being pushed): ack them on the
+	// next session, else they come again and are acked as replays.
+	Left func(*PageLeft)
 	// Ping is how often an idle session is pinged. Default 1 minute.
 	Ping time.Duration
 	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles
@@ -113,6 +134,13 @@ func Follow(ctx context.Context, cfg FollowConfig) error {
 			}
 			if subscribed {
 				backoff = cfg.MinBackoff
+			}
+			if l, ok := errors.AsType[*pushLeft](err); ok {
+				l.left.Unacked = l.a.unanswered()
+				if cfg.Left != nil {
+					cfg.Left(l.left)
+				}
+				continue
 			}
 		}
 		if ctx.Err() != nil {
@@ -173,15 +201,26 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
+	var watch <-chan time.Time
+	if cfg.Leave != nil {
+		w := time.NewTicker(watchEvery)
+		defer w.Stop()
+		watch = w.C
+	}
 	// Paging (when too much is held) goes on from the cursor.
-	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan error, acksOut), last: from, paged: from}
+	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan ackAnswer, acksOut), last: from, paged: from}
 	for {
 		var err error
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case err = <-a.results:
+		case r := <-a.results:
 			a.out--
+			err = r.err
+		case <-watch:
+			if p, req, _ := c.pushing(); cfg.Leave(p) {
+				return true, a.leave(req)
+			}
 		case <-ping.C:
 			if err = c.Ping(ctx); err == nil {
 				err = a.release()
@@ -345,7 +384,7 @@ type acker struct {
 	ctx     context.Context
 	c       *Client
 	cfg     *FollowConfig
-	results chan error
+	results chan ackAnswer
 	out     int // Acks sent whose answers were not taken from results
 	// last is the highest sequence number this session has handed to
 	// Handle (pushed or paged), paged what it was at the end of the last
@@ -358,16 +397,22 @@ type acker struct {
 func (a *acker) send(refs []Ref) error {
 	if a.out == acksOut {
 		a.out--
-		if err := <-a.results; err != nil {
-			return err
+		if r := <-a.results; r.err != nil {
+			return r.err
 		}
 	}
 	a.out++
 	go func() {
 		_, err := a.c.Ack(a.ctx, a.cfg.Owner, a.cfg.Mailbox, refs...)
-		a.results <- err
+		a.results <- ackAnswer{refs, err}
 	}()
 	return nil
+}
+
+// ackAnswer is how an Ack of refs ended.
+type ackAnswer struct {
+	refs []Ref
+	err  error
 }
 
 // wait waits for the answers of the Acks still out.
@@ -375,6 +420,49 @@ func (a *acker) wait() {
 	for ; a.out > 0; a.out-- {
 		<-a.results
 	}
+}
+
+// unanswered waits for the Acks still out, once the session is closed,
+// and returns the refs of those that failed (PageLeft.Unacked).
+func (a *acker) unanswered() []Ref {
+	var refs []Ref
+	for ; a.out > 0; a.out-- {
+		if r := <-a.results; r.err != nil {
+			refs = append(refs, r.refs...)
+		}
+	}
+	return refs
+}
+
+// pushLeft is follow's error when Leave ended the session: Follow fills
+// in left.Unacked (from a, once it has closed the session) and tells
+// Left.
+type pushLeft struct {
+	left *PageLeft
+	a    *acker
+}
+
+func (e *pushLeft) Error() string { return "relay/client: follow left a push" }
+
+// leave is follow's error when Leave ended the session, the
+// subscription req pushing an envelope (0: none): what was pushed whole
+// and not handed over (in the Client's queue), then what came of that
+// one.
+func (a *acker) leave(req uint32) error {
+	var came []Begun
+	for {
+		d, ok := a.c.waiting()
+		if !ok {
+			break
+		}
+		if d.Seq > a.paged { // else paging handed it over
+			came = append(came, d.begun())
+		}
+	}
+	if b, ok := a.c.begun(req); req != 0 && ok && (len(came) == 0 || b.Seq > came[len(came)-1].Seq) {
+		came = append(came, b)
+	}
+	return &pushLeft{left: &PageLeft{Came: came}, a: a}
 }
 
 // waiting returns the next delivery if one has arrived and not been

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -124,6 +125,9 @@ type Inbox struct {
 	rateTook  time.Duration
 	ratePages int
 	rateRTT   time.Duration
+	// last is the key in held of the message the last fragment handed
+	// over is of (Awaited).
+	last string
 	// cursor is where the last DrainParts paged through the mailbox to:
 	// every envelope up to it that is still on the relay is held here
 	// (fragments of unfinished messages) or was acked. Follow subscribes
@@ -143,6 +147,9 @@ type heldMessage struct {
 	// message names the message (Message.ID): another sealing of the
 	// same message, held under another key, has the same.
 	message [envelope.IDSize]byte
+	// count is how many fragments the message has (its fragments say),
+	// size the largest of its envelopes held (Awaited).
+	count, size int
 }
 
 // NewInbox returns an inbox, loading the replay store.
@@ -284,6 +291,10 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 	}
 	h.refs = append(h.refs, d.Ref)
 	h.seqs = append(h.seqs, d.Seq)
+	if len(o.Payload) >= 20 { // else the joiner refuses it, below
+		h.count = int(binary.BigEndian.Uint16(o.Payload[18:20]))
+	}
+	h.size = max(h.size, len(d.Envelope))
 	in.heldRefs[d.Ref]++
 	in.keep(d)
 	h.ids[o.ID] = true
@@ -293,6 +304,7 @@ func (in *Inbox) fragment(d Delivery, o *envelope.Opened, message [envelope.IDSi
 		return append(acks, in.drop(key)...), nil
 	}
 	if !done {
+		in.last = key
 		return acks, nil
 	}
 	ids := make([][envelope.IDSize]byte, 0, len(h.ids))
@@ -370,6 +382,22 @@ func (in *Inbox) keptHeld() []Delivery {
 	}
 	slices.SortFunc(ds, func(a, b Delivery) int { return cmp.Compare(a.Seq, b.Seq) })
 	return ds
+}
+
+// Awaited names the message the last fragment handed over is of, by its
+// Message.ID, if it is still held (not complete, not given up), and
+// how many bytes are still to come of it: its fragments not yet held,
+// each as large as the largest of its envelopes held (a sender seals a
+// message's fragments in one bucket). Zero bytes when there is none. A
+// follower on a network that throttles each flow leaves a subscription
+// that pushes a message of many small envelopes one by one
+// (FollowConfig.Leave), as it leaves one that pushes a large envelope.
+func (in *Inbox) Awaited() ([envelope.IDSize]byte, int) {
+	h := in.held[in.last]
+	if h == nil {
+		return [envelope.IDSize]byte{}, 0
+	}
+	return h.message, max(0, h.count-len(h.ids)) * h.size
 }
 
 // heldPast reports whether the inbox holds an envelope with seq > after.
@@ -669,8 +697,17 @@ func (in *Inbox) DrainRate() (int, time.Duration) {
 // every complete message to Take. It returns nil when ctx ends, or the
 // error that Take, Sync or the replay store gave.
 func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, lost func(error, time.Duration)) error {
-	return Follow(ctx, FollowConfig{
-		Dial: dial, Owner: owner, Mailbox: mailbox, Lost: lost,
+	cfg := in.FollowConfig(dial, owner, mailbox)
+	cfg.Lost = lost
+	return Follow(ctx, cfg)
+}
+
+// FollowConfig is the FollowConfig of Inbox.Follow, for a caller that
+// sets more of it (Lost, Leave and Left, Ping, the backoff) and calls
+// Follow itself.
+func (in *Inbox) FollowConfig(dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte) FollowConfig {
+	return FollowConfig{
+		Dial: dial, Owner: owner, Mailbox: mailbox,
 		After:     func() uint64 { return in.cursor },
 		Connected: in.Reset,
 		Gone:      in.Reset,
@@ -679,5 +716,5 @@ func (in *Inbox) Follow(ctx context.Context, dial func(context.Context) (*Client
 		Release:   in.release,
 		Wake:      in.cfg.Wake,
 		Held:      in.heldPushed,
-	})
+	}
 }

@@ -100,11 +100,15 @@ const laneWindow = 2
 // first is not closed; the others are. Once it has paged through the
 // mailbox, Follow subscribes past the last envelope it handed over.
 func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(context.Context) (*Client, error), owner ed25519.PrivateKey, mailbox [32]byte, cfg LanesConfig) (int, error) {
+	// The copies it keeps of what it holds (InboxConfig.KeepHeld) are
+	// given too: a follower's lanes, after each session, fetched the
+	// fragments it held again, whole.
+	have := append(heldBegun(in.keptHeld()), cfg.Have...)
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
 	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
 		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64, have: map[uint64]Begun{}}
-	for _, b := range cfg.Have {
+	for _, b := range have {
 		if len(b.Data) <= b.Total && len(b.Data) > len(d.have[b.Seq].Data) {
 			d.have[b.Seq] = b
 		}
@@ -150,6 +154,20 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		}
 	}
 	return d.whole, err
+}
+
+// begun is the envelope of d, come whole, as a Begun.
+func (d Delivery) begun() Begun {
+	return Begun{Seq: d.Seq, Ref: d.Ref, Total: len(d.Envelope), Data: d.Envelope}
+}
+
+// heldBegun is ds, envelopes whole, as Begun.
+func heldBegun(ds []Delivery) []Begun {
+	bs := make([]Begun, 0, len(ds))
+	for _, d := range ds {
+		bs = append(bs, d.begun())
+	}
+	return bs
 }
 
 // laneDrain is one DrainLanes.

@@ -265,7 +265,7 @@ func (p *pendingCall) came() []Begun {
 	p.c.mu.Unlock()
 	var out []Begun
 	for _, d := range ds {
-		out = append(out, Begun{Seq: d.Seq, Ref: d.Ref, Total: len(d.Envelope), Data: d.Envelope})
+		out = append(out, d.begun())
 		begun = begun && d.Seq != b.Seq
 	}
 	if begun {
