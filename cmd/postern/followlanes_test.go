@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
@@ -301,6 +302,10 @@ func TestFollowLeave(t *testing.T) {
 	f.awaitedID, f.awaited = in.Awaited()
 	handle(2)
 	check("a third fragment, 16 KiB to come", client.Pushing{}, false)
+	f.leftAt, f.leaveWait = time.Now(), time.Hour // the last leave's lanes fetched little
+	check("a large push within leaveWait of the last leave", client.Pushing{Seq: 12, Total: 64 << 10}, false)
+	f.leaveWait = 0
+	check("a large push once leaveWait is over", client.Pushing{Seq: 12, Total: 64 << 10}, true)
 	tgt.facts.update(e, func(f *netFacts) { f.Throttled = false })
 	check("a large push on a network not known throttled", client.Pushing{Seq: 11, Total: 64 << 10}, false)
 }
@@ -359,7 +364,8 @@ func (w *drainWorld) followDial(t *testing.T, got *[][]byte, take func(client.Me
 	if take == nil {
 		take = func(m client.Message) error { *got = append(*got, m.Payload); return nil }
 	}
-	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: take})
+	// Copies of held fragments kept, as recv's inbox keeps them.
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: take, KeepHeld: client.MaxKeptBytes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -501,6 +507,7 @@ func TestFollowLeavesOncePerFragment(t *testing.T) {
 	if err != nil || len(envs) != 5 {
 		t.Fatalf("sealed %d envelopes, %v", len(envs), err)
 	}
+	// Pushed at once, each fragment is held before Leave's next look.
 	store := func(env []byte) {
 		t.Helper()
 		if _, err := w.owner.Send(ctx, env, nil); err != nil {
@@ -509,12 +516,7 @@ func TestFollowLeavesOncePerFragment(t *testing.T) {
 	}
 	store(envs[0])
 	store(envs[1])
-	var lost atomic.Int64
-	cfg := f.in.FollowConfig(f.dial, f.t.m.owner(), f.t.m.id())
-	cfg.Leave, cfg.Left = f.leave, f.left
-	cfg.Lost = func(error, time.Duration) { lost.Add(1) }
-	done := make(chan error, 1)
-	go func() { done <- client.Follow(ctx, cfg) }()
+	stop := followCounting(ctx, f)
 	dials := func(want int64) {
 		t.Helper()
 		for w.dials.Load() < want {
@@ -540,9 +542,99 @@ func TestFollowLeavesOncePerFragment(t *testing.T) {
 	case <-ctx.Done(): // the deadlock guard
 		t.Fatal("the message never came")
 	}
-	f.cancel()
-	<-done
-	if n := w.dials.Load(); n != 2 || lost.Load() != 0 {
-		t.Fatalf("%d dials and %d lost connections, want one leave (for the third fragment) and none lost", n, lost.Load())
+	lost := stop()
+	if n := w.dials.Load(); n != 2 || lost != 0 {
+		t.Fatalf("%d dials and %d lost connections, want one leave (for the third fragment) and none lost", n, lost)
+	}
+	// The leave's lanes found nothing the follower did not have: the
+	// next leave waits.
+	if f.leaveWait != minPartsWait {
+		t.Fatalf("after a leave whose lanes fetched nothing new, the next may come %v after it, want %v", f.leaveWait, minPartsWait)
+	}
+}
+
+// sealedFragments seals a random message of size bytes to w's mailbox
+// in envelopes of bucket and returns them.
+func (w *drainWorld) sealedFragments(t *testing.T, size, bucket int) [][]byte {
+	t.Helper()
+	envs, err := envelope.SealMessage(w.box.Card, nil, randomMsg(size), &envelope.Options{Bucket: bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envs
+}
+
+// followCounting starts f's Follow, counting lost connections; it
+// returns a stop that ends it and says how many.
+func followCounting(ctx context.Context, f *partsFollow) (stop func() int64) {
+	var lost atomic.Int64
+	cfg := f.followConfig()
+	cfg.Lost = func(error, time.Duration) { lost.Add(1) }
+	done := make(chan error, 1)
+	go func() { done <- client.Follow(ctx, cfg) }()
+	return func() int64 {
+		f.cancel()
+		<-done
+		return lost.Load()
+	}
+}
+
+// TestFollowLeavesBoundedByWhatCame: first fragments of messages that
+// claim many more to come (4 KiB each, as anyone with the card can send
+// them), one every 1.5 s, make the follower leave once: that leave's
+// lanes fetch nothing new, and the next may come only 10 s after it.
+// Until a reviewer's find each cost a reconnect and a lanes drain.
+func TestFollowLeavesBoundedByWhatCame(t *testing.T) {
+	w := newDrainWorld(t)
+	var lanes atomic.Int64
+	f, ctx := w.followDial(t, nil, func(client.Message) error { return nil }, "", &lanes)
+	stop := followCounting(ctx, f)
+	for w.dials.Load() < 1 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	for range 3 {
+		envs := w.sealedFragments(t, 100<<10, envelope.Bucket4K)
+		if _, err := w.owner.Send(ctx, envs[0], nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond) // six of Leave's looks
+	}
+	lost := stop()
+	if n := w.dials.Load(); n != 2 || lost != 0 {
+		t.Fatalf("%d dials and %d lost connections for three first fragments, want one leave and none lost", n, lost)
+	}
+}
+
+// TestFollowNoLeaveFromStart: on a relay that knows parts but not
+// SubscribeAfter, the subscription after the lanes begins from the
+// mailbox's start and pushes again the fragments the follower held (of
+// two messages, behind 16 KiB/s of each flow's downstream); it is not
+// left for them. A reviewer's find: a follower left it at the first
+// fragment pushed again, and every next one, for ever.
+func TestFollowNoLeaveFromStart(t *testing.T) {
+	w := newDrainWorld(t)
+	var lanes atomic.Int64
+	f, ctx := w.followDial(t, nil, func(client.Message) error { return nil }, "", &lanes)
+	f.t.dial = func(ctx context.Context) (*client.Client, error) {
+		w.dials.Add(1)
+		return w.r.DialTCP(ctx, w.mb.Addr(), 2*time.Second, relay.FrameSubscribeAfter)
+	}
+	a, b := w.sealedFragments(t, 70<<10, envelope.Bucket16K), w.sealedFragments(t, 40<<10, envelope.Bucket16K)
+	for _, env := range [][]byte{a[0], a[1], b[0]} {
+		if _, err := w.owner.Send(ctx, env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 16 KiB/s: a fragment pushed a second, with Leave's looks
+	// between.
+	w.mb.SetRule(censortest.ThrottleDown(16 << 10))
+	stop := followCounting(ctx, f)
+	for w.dials.Load() < 1 && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(5 * time.Second) // the lanes, then the three pushed again
+	lost := stop()
+	if n := w.dials.Load(); n != 1 || lost != 0 {
+		t.Fatalf("%d dials and %d lost connections, want the first alone", n, lost)
 	}
 }

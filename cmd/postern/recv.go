@@ -321,7 +321,7 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, watch bool) (lanes bool, err error) {
 	n := laneLimit(e, *f)
 	if f.Throttled && n > 1 && t.laneDial != nil {
-		if err := drainLanes(ctx, e, t, in, c, *f, nil); !errors.Is(err, relay.ErrUnknownFrame) {
+		if _, err := drainLanes(ctx, e, t, in, c, *f, nil); !errors.Is(err, relay.ErrUnknownFrame) {
 			return true, err
 		}
 		// A relay from before parts: on c alone.
@@ -335,8 +335,9 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 }
 
 // drainLanes is drainWhole's pass over lanes beginning on c, judged,
-// asking only for the rest of what came already of envelopes (have).
-func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts, have []client.Begun) error {
+// asking only for the rest of what came already of envelopes (have). It
+// returns what the lanes carried.
+func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f netFacts, have []client.Begun) (client.LanesStats, error) {
 	var st client.LanesStats
 	cfg := client.LanesConfig{Lanes: laneLimit(e, f), Stats: &st, Have: have}
 	_, err := in.DrainLanes(ctx, c, t.laneDial(c.Transport()), t.m.owner(), t.m.id(), cfg)
@@ -344,7 +345,7 @@ func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 		fmt.Fprintf(e.stderr, "%.1f KB had come before the lanes began, and were not asked for again\n", float64(st.Kept)/1000)
 	}
 	judgeRecvLanes(e, t, f, st)
-	return err
+	return st, err
 }
 
 // judgeRecvLanes says how many connections a lanes recv used and judges
@@ -539,9 +540,7 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 		}
 		f := &partsFollow{e: e, path: path, t: t, in: in, p: p, cancel: cancel, due: t.facts.get().RecvBudget > 0}
 		go func() {
-			cfg := in.FollowConfig(f.dial, t.m.owner(), t.m.id())
-			cfg.Lost, cfg.Leave, cfg.Left = f.lost, f.leave, f.left
-			err := client.Follow(ctx, cfg)
+			err := client.Follow(ctx, f.followConfig())
 			if f.fatal != nil {
 				err = f.fatal
 			}
@@ -610,6 +609,26 @@ type partsFollow struct {
 	// subscription began (client.Inbox.Awaited).
 	awaitedID [envelope.IDSize]byte
 	awaited   int
+	// watching says the subscription began after lanes, so leave may
+	// leave it (client.FollowConfig.Watch); leaving that it was left,
+	// and the next lanes are judged for it: one that fetched less than
+	// leaveBytes doubles leaveWait, the least time from one leave to
+	// the next (from minPartsWait to maxPartsWait), and one that
+	// fetched more sets it to 0. So fragments that claim many more to
+	// come and are never followed by them (anyone with the card can
+	// send them, 4 KiB each) cost a few lanes drains, not one each (a
+	// reviewer's find).
+	watching, leaving bool
+	leftAt            time.Time
+	leaveWait         time.Duration
+}
+
+// followConfig is the follower's client.FollowConfig.
+func (f *partsFollow) followConfig() client.FollowConfig {
+	cfg := f.in.FollowConfig(f.dial, f.t.m.owner(), f.t.m.id())
+	cfg.Lost, cfg.Leave, cfg.Left = f.lost, f.leave, f.left
+	cfg.Watch = func() bool { return f.watching }
+	return cfg
 }
 
 // Waits between drains in parts that show nothing new.
@@ -619,6 +638,7 @@ const (
 )
 
 func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
+	f.watching = false
 	if f.due {
 		t := time.NewTimer(f.wait - time.Since(f.last))
 		select {
@@ -693,9 +713,17 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 		// If this fails too, they come again and are acked as replays.
 		c.Ack(ctx, f.t.m.owner(), f.t.m.id(), f.unacked...)
 	}
-	err = drainLanes(ctx, f.e, f.t, f.in, c, f.t.facts.get(), f.have)
+	st, err := drainLanes(ctx, f.e, f.t, f.in, c, f.t.facts.get(), f.have)
 	f.have, f.unacked = nil, nil
 	f.awaitedID, f.awaited = f.in.Awaited()
+	if f.leaving {
+		f.leaving = false
+		if st.Fetched >= leaveBytes {
+			f.leaveWait = 0
+		} else {
+			f.leaveWait = min(max(2*f.leaveWait, minPartsWait), maxPartsWait)
+		}
+	}
 	switch {
 	case err == nil && c.Err() != nil:
 		// The others took its parts, and it was cut (a reviewer's
@@ -707,8 +735,11 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 		// lanes do not wait for) is still handed over: a second
 		// reviewer's find, as the cut before.
 		c.Close()
-		return f.t.dial(ctx)
+		c, err = f.t.dial(ctx)
+		f.watching = err == nil
+		return c, err
 	case err == nil:
+		f.watching = true
 		return c, nil
 	case errors.Is(err, relay.ErrUnknownFrame):
 		f.off = true
@@ -735,6 +766,9 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 // whatever the network: 200 KB behind 64 kbit/s a flow took 28.9 s,
 // 10.7 s since (TestFollowLiveMeasure).
 func (f *partsFollow) leave(p client.Pushing) bool {
+	if time.Since(f.leftAt) < f.leaveWait {
+		return false
+	}
 	id, awaited := f.in.Awaited()
 	big := p.Total-p.Got >= leaveBytes && p.Seq != f.leftSeq
 	if !big && (awaited < leaveBytes || (id == f.awaitedID && awaited >= f.awaited)) {
@@ -755,6 +789,7 @@ const leaveBytes = 2 * relay.MaxPart
 // left keeps what came of a push left for the next lanes, and says so.
 func (f *partsFollow) left(pl *client.PageLeft) {
 	f.have, f.unacked = pl.Came, pl.Unacked
+	f.leaving, f.leftAt = true, time.Now()
 	fmt.Fprintf(f.e.stderr, "a large message is coming over one connection on a network that throttles each flow: receiving it over up to %d connections at once\n",
 		laneLimit(f.e, f.t.facts.get()))
 }

@@ -370,5 +370,6 @@ func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, 
 		// If this fails too, they come again and are acked as replays.
 		trial.lane.Ack(ctx, t.m.owner(), t.m.id(), pl.Unacked...)
 	}
-	return drainLanes(ctx, e, t, in, trial.lane, *f, have)
+	_, err := drainLanes(ctx, e, t, in, trial.lane, *f, have)
+	return err
 }

@@ -91,8 +91,17 @@ type FollowConfig struct {
 	// that throttles each flow: Inbox.DrainLanes with what came as
 	// LanesConfig.Have) before the next subscription. Leave should say
 	// true once per envelope at most: the next subscription pushes one
-	// not taken meanwhile again.
+	// not taken meanwhile again. It is not asked on a subscription asked
+	// past a cursor (After) that the relay began from the mailbox's start
+	// (a relay from before SubscribeAfter, a mailbox made again): that
+	// one pushes again what the caller held, which Leave would take for
+	// new (a reviewer's find: a follower left such a subscription, and
+	// the next, for ever).
 	Leave func(Pushing) bool
+	// Watch, if set, is asked as each subscription begins whether Leave
+	// is to be asked on it (where it would never leave, a follower
+	// wakes four times a second for nothing).
+	Watch func() bool
 	// Left, if set, is told what came of the session Leave ended: Came
 	// are the envelopes pushed whole and not yet handed to Handle, and
 	// the first bytes of the one that was coming, in mailbox order; none
@@ -202,7 +211,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
 	var watch <-chan time.Time
-	if cfg.Leave != nil {
+	if cfg.Leave != nil && (after == 0 || from != 0) && (cfg.Watch == nil || cfg.Watch()) {
 		w := time.NewTicker(watchEvery)
 		defer w.Stop()
 		watch = w.C

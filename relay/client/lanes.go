@@ -44,6 +44,9 @@ type LanesStats struct {
 	// (LanesConfig.Have) past the first part a probe asks for, and was
 	// not asked for again.
 	Kept int
+	// Fetched is the size of the envelopes found, less Kept: what the
+	// sessions carried of them.
+	Fetched int
 }
 
 // Begun is an envelope of which the first len(Data) bytes, of Total,
@@ -148,7 +151,7 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		in.cursor = d.last
 	}
 	if cfg.Stats != nil {
-		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept}
+		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept, Fetched: d.foundBytes}
 		if !d.joinedAt.IsZero() {
 			cfg.Stats.Span = d.jLast.Sub(d.joinedAt)
 		}
@@ -208,7 +211,8 @@ type laneDrain struct {
 	joinedAt time.Time
 	jBytes   int
 	jLast    time.Time
-	// foundBytes is the size of every envelope found.
+	// foundBytes is the size of every envelope found, less what was
+	// given of it (LanesConfig.Have) and not asked for.
 	foundBytes int
 	// have is LanesConfig.Have by sequence number (the most of each),
 	// kept what of it was used.
@@ -526,14 +530,19 @@ func (d *laneDrain) found(p relay.Part) {
 		d.jBytes += s.got
 		d.jLast = time.Now()
 	}
+	fetch := total
 	if h, ok := d.have[p.Seq]; ok && h.Ref == p.Ref && h.Total == total && len(h.Data) > s.got && bytes.Equal(h.Data[:s.got], s.buf[:s.got]) {
 		d.kept += len(h.Data) - s.got
+		fetch -= len(h.Data) - s.got
 		s.got = copy(s.buf, h.Data)
 	}
 	delete(d.have, p.Seq) // in the slot now, or of no use
 	s.nextOff, s.part = s.got, evenPart(total-s.got)
 	d.slots[p.Seq] = s
-	d.foundBytes += total
+	// What was given counts for nothing: a follower's lanes, given
+	// the fragments it held, opened every session beside the first for
+	// a probe of each (a reviewer's find).
+	d.foundBytes += fetch
 	if d.widened || d.cfg.Lanes < 2 || d.dial == nil {
 		return
 	}
