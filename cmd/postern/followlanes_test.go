@@ -298,7 +298,9 @@ func TestFollowLeave(t *testing.T) {
 	f.awaitedID, f.awaited = in.Awaited() // as the lanes after that leave do
 	check("no fragment since", client.Pushing{}, false)
 	handle(1)
+	check("a second fragment, 32 KiB to come, and 1 byte of the next come", client.Pushing{Seq: 20, Total: 16 << 10, Got: 1}, false)
 	check("a second fragment, 32 KiB to come", client.Pushing{}, true)
+	check("the large push left before, again", big, false) // a fragment's leave keeps leftSeq
 	f.awaitedID, f.awaited = in.Awaited()
 	handle(2)
 	check("a third fragment, 16 KiB to come", client.Pushing{}, false)
@@ -308,6 +310,14 @@ func TestFollowLeave(t *testing.T) {
 	check("a large push once leaveWait is over", client.Pushing{Seq: 12, Total: 64 << 10}, true)
 	tgt.facts.update(e, func(f *netFacts) { f.Throttled = false })
 	check("a large push on a network not known throttled", client.Pushing{Seq: 11, Total: 64 << 10}, false)
+	// A leave's state is forgotten by a dial that takes another way:
+	// the next lanes are not judged for it.
+	f.leaving, f.have, f.unacked = true, []client.Begun{{Seq: 1}}, []client.Ref{{1}}
+	errDial := errors.New("no dial")
+	f.t.dial = func(context.Context) (*client.Client, error) { return nil, errDial }
+	if _, err := f.dial(t.Context()); !errors.Is(err, errDial) || f.leaving || f.have != nil || f.unacked != nil {
+		t.Fatalf("a dial without lanes: %v; leaving %v, have %d, unacked %d", err, f.leaving, len(f.have), len(f.unacked))
+	}
 }
 
 // TestFollowLiveMeasure times a 200 KB message sent while `recv

@@ -611,13 +611,15 @@ type partsFollow struct {
 	awaited   int
 	// watching says the subscription began after lanes, so leave may
 	// leave it (client.FollowConfig.Watch); leaving that it was left,
-	// and the next lanes are judged for it: one that fetched less than
-	// leaveBytes doubles leaveWait, the least time from one leave to
-	// the next (from minPartsWait to maxPartsWait), and one that
-	// fetched more sets it to 0. So fragments that claim many more to
-	// come and are never followed by them (anyone with the card can
-	// send them, 4 KiB each) cost a few lanes drains, not one each (a
-	// reviewer's find).
+	// and the next lanes are judged for it: lanes that found under
+	// leaveBytes the inbox did not have (client.LanesStats.New) double
+	// leaveWait, the least time from one leave to the next (from
+	// minPartsWait to maxPartsWait), and more set it to 0. So fragments
+	// that claim many more to come and are never followed by them
+	// (anyone with the card can send them, 4 KiB each) cost a few lanes
+	// drains, not one each (a reviewer's find). A dial that takes
+	// another way forgets the leave (have, unacked, leaving): a later
+	// drain is not judged for it.
 	watching, leaving bool
 	leftAt            time.Time
 	leaveWait         time.Duration
@@ -674,13 +676,20 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 		}
 		// It paged through the mailbox: lanes would page through it
 		// again, and take again what it holds (a reviewer's find).
+		f.forgetLeave()
 		return f.t.dial(ctx)
 	}
 	if f.lanesDue() {
 		return f.drainLanes(ctx)
 	}
+	f.forgetLeave()
 	return f.t.dial(ctx)
 }
+
+// forgetLeave drops what a leave left for the next lanes, on a dial that
+// takes another way: the refs not acked come again, and are acked as
+// replays.
+func (f *partsFollow) forgetLeave() { f.have, f.unacked, f.leaving = nil, nil, false }
 
 // lanesDue says whether the backlog goes over lanes before the next
 // subscription: on a network known to throttle each flow, and not to
@@ -718,7 +727,7 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	f.awaitedID, f.awaited = f.in.Awaited()
 	if f.leaving {
 		f.leaving = false
-		if st.Fetched >= leaveBytes {
+		if st.New >= leaveBytes {
 			f.leaveWait = 0
 		} else {
 			f.leaveWait = min(max(2*f.leaveWait, minPartsWait), maxPartsWait)
@@ -771,13 +780,17 @@ func (f *partsFollow) leave(p client.Pushing) bool {
 	}
 	id, awaited := f.in.Awaited()
 	big := p.Total-p.Got >= leaveBytes && p.Seq != f.leftSeq
-	if !big && (awaited < leaveBytes || (id == f.awaitedID && awaited >= f.awaited)) {
+	// What came of the push is the awaited message's, likely: it is
+	// not to come.
+	if !big && (awaited-p.Got < leaveBytes || (id == f.awaitedID && awaited >= f.awaited)) {
 		return false
 	}
 	if !f.lanesDue() { // last: it reads the network's facts
 		return false
 	}
-	f.leftSeq = p.Seq
+	if big {
+		f.leftSeq = p.Seq
+	}
 	return true
 }
 

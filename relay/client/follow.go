@@ -227,7 +227,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			a.out--
 			err = r.err
 		case <-watch:
-			if p, req, _ := c.pushing(); cfg.Leave(p) {
+			if p, req, _ := c.pushing(); ctx.Err() == nil && cfg.Leave(p) {
 				return true, a.leave(req)
 			}
 		case <-ping.C:

@@ -192,7 +192,16 @@ func (r *pushRelay) push(sc transport.Conn, req uint32) {
 // exception: the first probe asks 4 KiB, its number not known. What was
 // given counts for nothing toward the 32 KiB that open the sessions
 // beside the first: the second pass, with 16 KiB to fetch, opens none.
+// LanesStats.New counts the last fragment alone, and so it does when
+// the inbox kept no copies and the held ones were fetched again.
 func TestDrainLanesHeldNotFetchedAgain(t *testing.T) {
+	t.Run("copies kept", func(t *testing.T) { drainHeldTwice(t, client.MaxKeptBytes) })
+	t.Run("no copies", func(t *testing.T) { drainHeldTwice(t, 1) })
+}
+
+// drainHeldTwice is TestDrainLanesHeldNotFetchedAgain with an inbox's
+// KeepHeld of keep.
+func drainHeldTwice(t *testing.T, keep int) {
 	id := mustIdentity(t)
 	msg := make([]byte, 40<<10)
 	rand.Read(msg)
@@ -215,7 +224,7 @@ func TestDrainLanesHeldNotFetchedAgain(t *testing.T) {
 		mu.Unlock()
 	}
 	var got [][]byte
-	in, err := client.NewInbox(client.InboxConfig{Identity: id, KeepHeld: client.MaxKeptBytes, Take: func(m client.Message) error {
+	in, err := client.NewInbox(client.InboxConfig{Identity: id, KeepHeld: keep, Take: func(m client.Message) error {
 		got = append(got, m.Payload)
 		return nil
 	}})
@@ -224,6 +233,7 @@ func TestDrainLanesHeldNotFetchedAgain(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
+	var st client.LanesStats
 	pass := func() {
 		t.Helper()
 		served = map[uint64]int{}
@@ -232,7 +242,7 @@ func TestDrainLanesHeldNotFetchedAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer first.Close()
-		if _, err := in.DrainLanes(ctx, first, f.dial(t), f.key, [32]byte{1}, client.LanesConfig{Lanes: 2}); err != nil {
+		if _, err := in.DrainLanes(ctx, first, f.dial(t), f.key, [32]byte{1}, client.LanesConfig{Lanes: 2, Stats: &st}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -243,11 +253,17 @@ func TestDrainLanesHeldNotFetchedAgain(t *testing.T) {
 	f.add(seqs[last:], envs[last:])
 	before := f.dials.Load()
 	pass()
-	if n := f.dials.Load() - before; n != 1 {
-		t.Fatalf("second pass: %d sessions, want the first alone", n)
-	}
 	if len(got) != 1 || !bytes.Equal(got[0], msg) {
 		t.Fatalf("second pass: took %d messages, want the one sent", len(got))
+	}
+	if st.New != len(envs[last]) {
+		t.Fatalf("second pass: %d bytes new, want the last fragment's %d", st.New, len(envs[last]))
+	}
+	if keep == 1 {
+		return // nothing kept: the held ones came again whole
+	}
+	if n := f.dials.Load() - before; n != 1 {
+		t.Fatalf("second pass: %d sessions, want the first alone", n)
 	}
 	mu.Lock()
 	defer mu.Unlock()

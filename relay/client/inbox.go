@@ -384,11 +384,13 @@ func (in *Inbox) keptHeld() []Delivery {
 	return ds
 }
 
-// Awaited names the message the last fragment handed over is of, by its
-// Message.ID, if it is still held (not complete, not given up), and
-// how many bytes are still to come of it: its fragments not yet held,
-// each as large as the largest of its envelopes held (a sender seals a
-// message's fragments in one bucket). Zero bytes when there is none. A
+// Awaited names the message of the last fragment handed over that did
+// not complete its message, by its Message.ID, if it is still held (not
+// complete, not given up), and how many bytes are still to come of it:
+// its fragments not yet held, each as large as the largest of its
+// envelopes held (a sender seals a message's fragments in one bucket; a
+// fragment sealed again in another counts as one more held, so this is
+// then too few). Zero bytes when there is none. A
 // follower on a network that throttles each flow leaves a subscription
 // that pushes a message of many small envelopes one by one
 // (FollowConfig.Leave), as it leaves one that pushes a large envelope.

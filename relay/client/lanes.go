@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -44,9 +45,12 @@ type LanesStats struct {
 	// (LanesConfig.Have) past the first part a probe asks for, and was
 	// not asked for again.
 	Kept int
-	// Fetched is the size of the envelopes found, less Kept: what the
-	// sessions carried of them.
-	Fetched int
+	// New is the size of the envelopes found that the inbox did not
+	// hold as the drain began, less what was given of them (Have): what
+	// there was to take that had not come before. Bytes asked for to
+	// check what was given, and held envelopes fetched again (past the
+	// inbox's copies, KeepHeld), count for nothing.
+	New int
 }
 
 // Begun is an envelope of which the first len(Data) bytes, of Total,
@@ -107,10 +111,11 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	// given too: a follower's lanes, after each session, fetched the
 	// fragments it held again, whole.
 	have := append(heldBegun(in.keptHeld()), cfg.Have...)
+	held := maps.Clone(in.heldRefs)
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
 	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
-		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64, have: map[uint64]Begun{}}
+		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64, have: map[uint64]Begun{}, held: held}
 	for _, b := range have {
 		if len(b.Data) <= b.Total && len(b.Data) > len(d.have[b.Seq].Data) {
 			d.have[b.Seq] = b
@@ -151,7 +156,7 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		in.cursor = d.last
 	}
 	if cfg.Stats != nil {
-		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept, Fetched: d.foundBytes}
+		*cfg.Stats = LanesStats{Sessions: d.most, Bytes: d.jBytes, Kept: d.kept, New: d.newBytes}
 		if !d.joinedAt.IsZero() {
 			cfg.Stats.Span = d.jLast.Sub(d.joinedAt)
 		}
@@ -212,8 +217,11 @@ type laneDrain struct {
 	jBytes   int
 	jLast    time.Time
 	// foundBytes is the size of every envelope found, less what was
-	// given of it (LanesConfig.Have) and not asked for.
-	foundBytes int
+	// given of it (LanesConfig.Have); newBytes that of those the inbox
+	// did not hold (held, its refs as the drain began), less the same
+	// (LanesStats.New).
+	foundBytes, newBytes int
+	held                 map[Ref]int
 	// have is LanesConfig.Have by sequence number (the most of each),
 	// kept what of it was used.
 	have map[uint64]Begun
@@ -533,7 +541,7 @@ func (d *laneDrain) found(p relay.Part) {
 	fetch := total
 	if h, ok := d.have[p.Seq]; ok && h.Ref == p.Ref && h.Total == total && len(h.Data) > s.got && bytes.Equal(h.Data[:s.got], s.buf[:s.got]) {
 		d.kept += len(h.Data) - s.got
-		fetch -= len(h.Data) - s.got
+		fetch -= len(h.Data) // the probe's bytes too: they check it
 		s.got = copy(s.buf, h.Data)
 	}
 	delete(d.have, p.Seq) // in the slot now, or of no use
@@ -541,8 +549,12 @@ func (d *laneDrain) found(p relay.Part) {
 	d.slots[p.Seq] = s
 	// What was given counts for nothing: a follower's lanes, given
 	// the fragments it held, opened every session beside the first for
-	// a probe of each (a reviewer's find).
+	// a probe of each (a reviewer's find; a second's: the 128 bytes
+	// that check each counted, 32 KiB for 224 held).
 	d.foundBytes += fetch
+	if d.held[p.Ref] == 0 {
+		d.newBytes += fetch
+	}
 	if d.widened || d.cfg.Lanes < 2 || d.dial == nil {
 		return
 	}
