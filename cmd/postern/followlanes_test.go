@@ -592,15 +592,38 @@ func followCounting(ctx context.Context, f *partsFollow) (stop func() int64) {
 // TestFollowLeavesBoundedByWhatCame: first fragments of messages that
 // claim many more to come (4 KiB each, as anyone with the card can send
 // them), one every 1.5 s, make the follower leave once: that leave's
-// lanes fetch nothing new, and the next may come only 10 s after it.
-// Until a reviewer's find each cost a reconnect and a lanes drain.
+// lanes find nothing new, and the next may come only 10 s after it.
+// Until a reviewer's find each cost a reconnect and a lanes drain. So it
+// is with 297 unfinished fragments held: the 128 bytes that check each
+// do not count as new (a second reviewer's find: they made every drain
+// look useful, and each fragment cost a leave again).
 func TestFollowLeavesBoundedByWhatCame(t *testing.T) {
+	t.Run("nothing held", func(t *testing.T) { leavesForFirstFragments(t, 0) })
+	t.Run("297 held", func(t *testing.T) { leavesForFirstFragments(t, 3) })
+}
+
+// leavesForFirstFragments is TestFollowLeavesBoundedByWhatCame with
+// held messages of 340 KB, all but one of their 4 KiB fragments waiting
+// as the follower starts (and a short message after them).
+func leavesForFirstFragments(t *testing.T, held int) {
 	w := newDrainWorld(t)
 	var lanes atomic.Int64
-	f, ctx := w.followDial(t, nil, func(client.Message) error { return nil }, "", &lanes)
+	taken := make(chan struct{}, 1)
+	f, ctx := w.followDial(t, nil, func(client.Message) error { taken <- struct{}{}; return nil }, "", &lanes)
+	for range held {
+		envs := w.sealedFragments(t, 340<<10, envelope.Bucket4K)
+		for _, env := range envs[:len(envs)-1] {
+			if _, err := w.owner.Send(ctx, env, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.stored(t, 100) // taken last by the first lanes: they are past the held ones
 	stop := followCounting(ctx, f)
-	for w.dials.Load() < 1 && ctx.Err() == nil {
-		time.Sleep(time.Millisecond)
+	select {
+	case <-taken:
+	case <-ctx.Done(): // the deadlock guard
+		t.Fatal("the first lanes took nothing")
 	}
 	for range 3 {
 		envs := w.sealedFragments(t, 100<<10, envelope.Bucket4K)
@@ -612,6 +635,11 @@ func TestFollowLeavesBoundedByWhatCame(t *testing.T) {
 	lost := stop()
 	if n := w.dials.Load(); n != 2 || lost != 0 {
 		t.Fatalf("%d dials and %d lost connections for three first fragments, want one leave and none lost", n, lost)
+	}
+	// The first lanes open the connections beside the first for what
+	// was held (a megabyte and more); the leave's, given it all, none.
+	if want := min(held, 1) * (maxLanes - 1); lanes.Load() != int64(want) {
+		t.Fatalf("%d lanes dialed beside the first connections, want %d", lanes.Load(), want)
 	}
 }
 

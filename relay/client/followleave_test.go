@@ -250,7 +250,9 @@ func drainHeldTwice(t *testing.T, keep int) {
 	if len(got) != 0 || in.HeldForTest() != last {
 		t.Fatalf("first pass: took %d messages, holds %d envelopes; want none taken, %d held", len(got), in.HeldForTest(), last)
 	}
+	f.mu.Lock() // the first pass's sessions read envs under it
 	f.add(seqs[last:], envs[last:])
+	f.mu.Unlock()
 	before := f.dials.Load()
 	pass()
 	if len(got) != 1 || !bytes.Equal(got[0], msg) {
