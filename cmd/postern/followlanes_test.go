@@ -230,12 +230,7 @@ func TestFollowLanesMeasure(t *testing.T) {
 		for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 			t.Run(tc.name+"/"+lanes, func(t *testing.T) {
 				t.Parallel()
-				w := newCensoredWorld(t)
-				w.knownThrottled(t, rate)
-				var env []string
-				if lanes != "default" {
-					env = append(env, lanes)
-				}
+				w, env := measureWorld(t, rate, lanes)
 				var msgs [][]byte
 				for range tc.count {
 					msgs = append(msgs, randomMsg(tc.size))
@@ -320,6 +315,18 @@ func TestFollowLeave(t *testing.T) {
 	}
 }
 
+// measureWorld is a fresh world whose network "cafe" is known to
+// throttle each flow at rate, and the follower's environment: lanes
+// ("default", or a POSTERN_LANES=n to set).
+func measureWorld(t *testing.T, rate int, lanes string) (*censoredWorld, []string) {
+	w := newCensoredWorld(t)
+	w.knownThrottled(t, rate)
+	if lanes == "default" {
+		return w, nil
+	}
+	return w, []string{lanes}
+}
+
 // TestFollowLiveMeasure times a 200 KB message sent while `recv
 // --follow` is subscribed on a network known to throttle each flow,
 // behind a 64 kbit/s throttle of each flow's downstream (the sender's
@@ -337,12 +344,7 @@ func TestFollowLiveMeasure(t *testing.T) {
 	for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 		t.Run(lanes, func(t *testing.T) {
 			t.Parallel()
-			w := newCensoredWorld(t)
-			w.knownThrottled(t, rate)
-			var env []string
-			if lanes != "default" {
-				env = append(env, lanes)
-			}
+			w, env := measureWorld(t, rate, lanes)
 			f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10))
 			f.stop()
 			t.Logf("200 KB live, %s: %.2f s; %d lanes drains", lanes, took.Seconds(), strings.Count(f.stderr.String(), "a large message is coming"))

@@ -54,10 +54,7 @@ func followLeavingPush(t *testing.T, answerAck bool) {
 			cancel() // dialed again: the test ends
 			return nil, ctx.Err()
 		}
-		cc, sc := relaytest.Pipe(t)
-		t.Cleanup(func() { sc.Close() })
-		go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool { return r.serve(sc, typ, p, req) })
-		c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
+		c, err := scriptedClient(ctx, t, key, r.serve)
 		first = c
 		return c, err
 	}, key, [32]byte{1})
@@ -115,6 +112,16 @@ func followLeavingPush(t *testing.T, answerAck bool) {
 		!bytes.Equal(c[1].Data, envs[3][:len(c[1].Data)]) {
 		t.Fatalf("came %+v, want envelope 3 whole and the first bytes of 4", seqsOf(c))
 	}
+}
+
+// scriptedClient is a client of a session on loopback whose relay side
+// answers the hello as a relay does, then each frame with each (see
+// serveFrames), signing for key; the relay side is closed at t's end.
+func scriptedClient(ctx context.Context, t *testing.T, key ed25519.PrivateKey, each func(sc transport.Conn, typ relay.FrameType, p []byte, req uint32) bool) (*client.Client, error) {
+	cc, sc := relaytest.Pipe(t)
+	t.Cleanup(func() { sc.Close() })
+	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool { return each(sc, typ, p, req) })
+	return client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
 }
 
 // pushRelay is TestFollowLeavesPush's relay: it answers a Subscribe and
@@ -286,19 +293,15 @@ func drainHeldTwice(t *testing.T, keep int) {
 func TestPushingOnlySubscriptions(t *testing.T) {
 	_, _, envs := sealed(t, 40<<10)
 	_, key, _ := ed25519.GenerateKey(nil)
-	cc, sc := relaytest.Pipe(t)
-	t.Cleanup(func() { sc.Close() })
 	const half = 20 << 10
-	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool {
-		switch typ {
-		case relay.FrameFetch:
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	c, err := scriptedClient(ctx, t, key, func(sc transport.Conn, typ relay.FrameType, p []byte, req uint32) bool {
+		if typ == relay.FrameFetch {
 			sc.Write(relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Seq: 1, Envelope: envs[0]})[:half])
 		}
 		return true
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
-	defer cancel()
-	c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
-	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/censortest"
 )
@@ -42,13 +41,10 @@ func TestDrainWatchedLeavesPage(t *testing.T) {
 func drainLeavingPage(t *testing.T, answerAck, refuse bool) {
 	id, msgs, envs := sealed(t, 100, 200, 300, 40<<10)
 	_, key, _ := ed25519.GenerateKey(nil)
-	cc, sc := relaytest.Pipe(t)
-	t.Cleanup(func() { sc.Close() })
 	r := &leavingRelay{envs: envs, answerAck: answerAck, ackDone: make(chan struct{})}
-	go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool { return r.serve(sc, typ, p, req) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
 	defer cancel()
-	c, err := client.New(ctx, cc, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
+	c, err := scriptedClient(ctx, t, key, r.serve)
 	if err != nil {
 		t.Fatal(err)
 	}
