@@ -773,7 +773,7 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 // fragments never come costs no more. Until 2026-12-07 a large message
 // sent while a follower was subscribed came over that one connection
 // whatever the network: 200 KB behind 64 kbit/s a flow took 28.9 s,
-// 10.7 s since (TestFollowLiveMeasure).
+// 10.5–10.7 s since (TestFollowLiveMeasure).
 func (f *partsFollow) leave(p client.Pushing) bool {
 	if time.Since(f.leftAt) < f.leaveWait {
 		return false

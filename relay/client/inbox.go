@@ -125,8 +125,8 @@ type Inbox struct {
 	rateTook  time.Duration
 	ratePages int
 	rateRTT   time.Duration
-	// last is the key in held of the message the last fragment handed
-	// over is of (Awaited).
+	// last is the key in held of the message of the last fragment
+	// handed over that did not complete its message (Awaited).
 	last string
 	// cursor is where the last DrainParts paged through the mailbox to:
 	// every envelope up to it that is still on the relay is held here
@@ -390,10 +390,10 @@ func (in *Inbox) keptHeld() []Delivery {
 // its fragments not yet held, each as large as the largest of its
 // envelopes held (a sender seals a message's fragments in one bucket; a
 // fragment sealed again in another counts as one more held, so this is
-// then too few). Zero bytes when there is none. A
-// follower on a network that throttles each flow leaves a subscription
-// that pushes a message of many small envelopes one by one
-// (FollowConfig.Leave), as it leaves one that pushes a large envelope.
+// then too few). Zero bytes when there is none. A follower on a network
+// that throttles each flow leaves a subscription that pushes a message
+// of many small envelopes one by one (FollowConfig.Leave), as it leaves
+// one that pushes a large envelope.
 func (in *Inbox) Awaited() ([envelope.IDSize]byte, int) {
 	h := in.held[in.last]
 	if h == nil {
