@@ -16,7 +16,11 @@ type stopError struct{ err error }
 
 func (e *stopError) Error() string        { return e.err.Error() }
 func (e *stopError) Is(target error) bool { return target == errStop }
-func (e *stopError) Unwrap() error        { return e.err }
+
+// Unwrap is Handle's error.
+func (e *stopError) Unwrap() error {
+	return e.err
+}
 
 // FollowConfig configures Follow. Dial, Owner, Mailbox and Handle are
 // required.
