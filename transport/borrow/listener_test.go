@@ -431,17 +431,26 @@ func TestLimits(t *testing.T) {
 	})
 	// A silent connection holds an inspection slot (its origin does not
 	// speak first either); a tagged hello that finds no slot goes to the
-	// origin uninspected.
+	// origin uninspected. Its origin signals on a channel of its own: the
+	// uninspected hello's origin connection signalled on accepted, and
+	// the next subtest's wait took that for its silent connection's, and
+	// dialed the second before the first held its slot (ci126 failed so,
+	// on 2026-12-07: the second was inspected and handed to the relay).
 	pending := func(t *testing.T, mod func(*Options), from string, wantInspected bool) {
+		reached := make(chan struct{}, 2)
 		o := startOrigin(t, func(c *net.TCPConn) originConn {
-			accepted <- struct{}{}
+			reached <- struct{}{}
 			got := readAll(c)
 			c.Write([]byte("hello"))
 			return got
 		})
 		l, _ := front(t, o, mod)
 		first := dialFront(t, l) // silent: holds its inspection slot
-		waitAccepted(t)
+		select {
+		case <-reached:
+		case <-time.After(failAfter):
+			t.Fatal("the origin saw no connection")
+		}
 		rec := taggedRecord(t, testKey, time.Now())
 		second := dialFrom(t, l, from)
 		second.Write(rec)
