@@ -269,7 +269,9 @@ func TestFollowLeave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &partsFollow{e: e, t: tgt, in: in}
+	// A subscription begun after lanes (on one that did not, leave
+	// looks for a throttle: TestFollowTrialLeave).
+	f := &partsFollow{e: e, t: tgt, in: in, watching: true}
 	handle := func(i int) {
 		t.Helper()
 		if _, err := in.Handle(client.Delivery{Ref: client.Ref{byte(i + 1)}, Seq: uint64(i + 1), Envelope: envs[i]}); err != nil {
@@ -348,6 +350,44 @@ func TestFollowLiveMeasure(t *testing.T) {
 			f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10))
 			f.stop()
 			t.Logf("200 KB live, %s: %.2f s; %d lanes drains", lanes, took.Seconds(), strings.Count(f.stderr.String(), "a large message is coming"))
+		})
+	}
+}
+
+// TestFollowTrialMeasure times a 200 KB message sent from a fast line
+// (three 64 KiB envelopes and a short one) while `recv --follow` is
+// subscribed on a network not known to throttle, behind a 64 kbit/s
+// throttle of each flow's downstream: from the send's start to the
+// message shown, beside POSTERN_LANES=1 for the follower (one connection,
+// as every follower on a network not known throttled was until
+// 2026-12-07) on a fresh world in the same run, for the README. Only
+// with POSTERN_LANES_MEASURE=1; it asserts nothing
+// TestFollowFindsFlowThrottle does not.
+func TestFollowTrialMeasure(t *testing.T) {
+	if os.Getenv("POSTERN_LANES_MEASURE") == "" {
+		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
+	}
+	const rate = 8000 // 64 kbit/s
+	for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
+		t.Run(lanes, func(t *testing.T) {
+			t.Parallel()
+			w := newCensoredWorld(t)
+			var env []string
+			if lanes != "default" {
+				env = []string{lanes}
+			}
+			w.mb.SetRule(censortest.ThrottleDown(rate))
+			f := startFollow(t, w.bin, append(w.base, env...), w.bob, "--network", "cafe")
+			hello := randomMsg(100)
+			runOK(t, w.bin, w.base, hello, "send", "--anonymous", "--to", w.card)
+			f.expectMsg(hello, "a short message while following")
+			start := time.Now()
+			msg := randomMsg(200 << 10)
+			runOK(t, w.bin, w.base, msg, "send", "--anonymous", "--to", w.card)
+			f.expectMsg(msg, "a large message while following")
+			took := time.Since(start)
+			f.stop()
+			t.Logf("200 KB live on a network not known throttled, %s: %.2f s; %d trials found each flow throttled", lanes, took.Seconds(), strings.Count(f.stderr.String(), "this network throttles each flow;"))
 		})
 	}
 }
@@ -683,4 +723,47 @@ func TestFollowNoLeaveFromStart(t *testing.T) {
 	}
 	time.Sleep(5 * time.Second) // the lanes, then the three pushed again
 	fc.stop(t, 0, "held fragments pushed again")
+}
+
+// TestFollowFindsFlowThrottle: on a network not known to throttle, a
+// follower to which a large message comes slowly over its subscription
+// (190 KB in three 64 KiB envelopes, from a sender on a fast line,
+// behind a 10 KiB/s throttle of each flow's downstream) tries a second
+// connection beside it, finds each flow throttled, remembers the network
+// so, and leaves for lanes, where until 2026-12-07 the whole message
+// came over the one connection. The message comes whole, a message sent
+// after it comes over the next subscription, nothing is left on the
+// relay, and no address or mailbox id reaches the follower's stderr, nor
+// the relay's logs and metrics.
+func TestFollowFindsFlowThrottle(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	w.mb.SetRule(censortest.ThrottleDown(recvRate))
+	f := startFollow(t, w.bin, w.base, w.bob, "--network", "cafe")
+	hello := randomMsg(100)
+	runOK(t, w.bin, w.base, hello, "send", "--anonymous", "--to", w.card)
+	f.expectMsg(hello, "a short message while following")
+	start := time.Now()
+	msg := randomMsg(190 << 10)
+	runOK(t, w.bin, w.base, msg, "send", "--anonymous", "--to", w.card)
+	f.expectMsg(msg, "a large message while following")
+	t.Logf("190 KB sent while following: shown %v after the send began", time.Since(start))
+	for _, want := range []string{"and a second connection beside it", "this network throttles each flow", "a large message is coming over one connection"} {
+		if !strings.Contains(f.stderr.String(), want) {
+			t.Fatalf("stderr does not say %q:\n%s", want, f.stderr.String())
+		}
+	}
+	home := func(k string) string { return map[string]string{"POSTERN_HOME": w.home}[k] }
+	if facts := openFacts(&env{network: "cafe", getenv: home}, parsedOrZero(w.rp.line).RelayID()).get(); !facts.Throttled || facts.Rate <= 0 {
+		t.Fatalf("the network's facts after the trial: %+v, want throttled at a rate", facts)
+	}
+	after := randomMsg(3000)
+	runOK(t, w.bin, w.base, after, "send", "--anonymous", "--to", w.card)
+	f.expectMsg(after, "a message sent after the lanes")
+	f.stop()
+	w.mb.SetRule(censortest.Pass)
+	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
+		t.Fatalf("%d messages left on the relay", len(left))
+	}
+	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
 }

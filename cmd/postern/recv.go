@@ -541,6 +541,8 @@ func followAll(ctx context.Context, e *env, id *envelope.Identity, path string, 
 		f := &partsFollow{e: e, path: path, t: t, in: in, p: p, cancel: cancel, due: t.facts.get().RecvBudget > 0}
 		go func() {
 			err := client.Follow(ctx, f.followConfig())
+			f.endTrial()
+			f.dropLane()
 			if f.fatal != nil {
 				err = f.fatal
 			}
@@ -623,13 +625,25 @@ type partsFollow struct {
 	watching, leaving bool
 	leftAt            time.Time
 	leaveWait         time.Duration
+	// What a follower on a network not known to throttle each flow
+	// does to find it out (followtrial.go): cur is the session Follow
+	// dialed last, ctx Follow's.
+	cur *client.Client
+	ctx context.Context
+	ft  followTrial
 }
 
 // followConfig is the follower's client.FollowConfig.
 func (f *partsFollow) followConfig() client.FollowConfig {
-	cfg := f.in.FollowConfig(f.dial, f.t.m.owner(), f.t.m.id())
+	dial := func(ctx context.Context) (*client.Client, error) {
+		f.endTrial()
+		c, err := f.dial(ctx)
+		f.ctx, f.cur = ctx, c
+		return c, err
+	}
+	cfg := f.in.FollowConfig(dial, f.t.m.owner(), f.t.m.id())
 	cfg.Lost, cfg.Leave, cfg.Left = f.lost, f.leave, f.left
-	cfg.Watch = func() bool { return f.watching }
+	cfg.Watch = func() bool { return f.watching || f.trialWorth() }
 	return cfg
 }
 
@@ -653,7 +667,7 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 		drain := f.drain
 		if drain == nil {
 			drain = func(ctx context.Context) (int, error) {
-				return drainParts(ctx, f.e, f.t, f.in, f.t.facts.get().RecvBudget)
+				return drainParts(ctx, f.e, f.t, f.in, f.facts().RecvBudget)
 			}
 		}
 		n, err := drain(ctx)
@@ -689,7 +703,10 @@ func (f *partsFollow) dial(ctx context.Context) (*client.Client, error) {
 // forgetLeave drops what a leave left for the next lanes, on a dial that
 // takes another way: the refs not acked come again, and are acked as
 // replays.
-func (f *partsFollow) forgetLeave() { f.have, f.unacked, f.leaving = nil, nil, false }
+func (f *partsFollow) forgetLeave() {
+	f.have, f.unacked, f.leaving = nil, nil, false
+	f.dropLane()
+}
 
 // lanesDue says whether the backlog goes over lanes before the next
 // subscription: on a network known to throttle each flow, and not to
@@ -697,7 +714,7 @@ func (f *partsFollow) forgetLeave() { f.have, f.unacked, f.leaving = nil, nil, f
 // throttled as a whole today, with lanes allowed (POSTERN_LANES), as a
 // plain recv there takes it (drainWhole).
 func (f *partsFollow) lanesDue() bool {
-	facts := f.t.facts.get()
+	facts := f.facts()
 	return !f.off && f.t.laneDial != nil && facts.Throttled && facts.RecvBudget == 0 && laneLimit(f.e, facts) > 1
 }
 
@@ -714,15 +731,18 @@ func (f *partsFollow) lanesDue() bool {
 // ends recv; any other error is the connection's, and Follow dials
 // again after its backoff.
 func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
-	c, err := f.t.dial(ctx)
-	if err != nil {
-		return nil, err
+	c := f.takeLane()
+	if c == nil {
+		var err error
+		if c, err = f.t.dial(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if len(f.unacked) > 0 {
 		// If this fails too, they come again and are acked as replays.
 		c.Ack(ctx, f.t.m.owner(), f.t.m.id(), f.unacked...)
 	}
-	st, err := drainLanes(ctx, f.e, f.t, f.in, c, f.t.facts.get(), f.have)
+	st, err := drainLanes(ctx, f.e, f.t, f.in, c, f.facts(), f.have)
 	f.have, f.unacked = nil, nil
 	f.awaitedID, f.awaited = f.in.Awaited()
 	if f.leaving {
@@ -775,6 +795,9 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 // whatever the network: 200 KB behind 64 kbit/s a flow took 28.9 s,
 // 10.5–10.7 s since (TestFollowLiveMeasure).
 func (f *partsFollow) leave(p client.Pushing) bool {
+	if !f.watching {
+		return f.trialLeave(p)
+	}
 	if time.Since(f.leftAt) < f.leaveWait {
 		return false
 	}
@@ -801,10 +824,11 @@ const leaveBytes = 2 * relay.MaxPart
 
 // left keeps what came of a push left for the next lanes, and says so.
 func (f *partsFollow) left(pl *client.PageLeft) {
-	f.have, f.unacked = pl.Came, pl.Unacked
+	f.have, f.unacked = append(f.ft.parts, pl.Came...), pl.Unacked
+	f.ft.parts = nil
 	f.leaving, f.leftAt = true, time.Now()
 	fmt.Fprintf(f.e.stderr, "a large message is coming over one connection on a network that throttles each flow: receiving it over up to %d connections at once\n",
-		laneLimit(f.e, f.t.facts.get()))
+		laneLimit(f.e, f.facts()))
 }
 
 func (f *partsFollow) lost(err error, wait time.Duration) {

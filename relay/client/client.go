@@ -73,6 +73,10 @@ type Client struct {
 	inMu      sync.Mutex
 	inDeliver []byte
 	inGot     int
+	// pushed is signalled (without blocking) when a read brought part
+	// of a Deliver frame and not the rest: a follower watching its
+	// pushes looks while one comes, and sleeps while none does.
+	pushed chan struct{}
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -109,7 +113,7 @@ type call struct {
 func New(ctx context.Context, conn transport.Conn, opts ...Option) (*Client, error) {
 	c := &Client{conn: conn, bw: bufio.NewWriterSize(conn, relay.SessionBufSize), pending: make(map[uint32]*call),
 		subs: make(map[uint32]bool), done: make(chan struct{}), deliveries: make(chan Delivery),
-		qwake: make(chan struct{}, 1)}
+		qwake: make(chan struct{}, 1), pushed: make(chan struct{}, 1)}
 	c.stallWindow.Store(int64(DefaultStallWindow))
 	c.lastRead.Store(time.Now().UnixNano())
 	c.br = bufio.NewReaderSize(progressReader{conn, &c.lastRead, &c.received}, relay.SessionBufSize)
@@ -173,6 +177,12 @@ func (c *Client) seen(t relay.FrameType, p []byte, got int) {
 	c.inMu.Lock()
 	c.inDeliver, c.inGot = p, got
 	c.inMu.Unlock()
+	if got > 0 && got < len(p) {
+		select {
+		case c.pushed <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // deliverHead is the size of a Deliver frame's payload before its
@@ -197,10 +207,17 @@ func (c *Client) begun(req uint32) (Begun, bool) {
 
 // Pushing is the envelope a subscription is pushing, as
 // FollowConfig.Leave sees it: its sequence number, its size and how much
-// of it came so far.
+// of it came so far, and how it is coming.
 type Pushing struct {
 	Seq        uint64
 	Total, Got int
+	// Bytes is what the session has read since the look that first saw
+	// this envelope coming, Since ago (so not the bytes that look saw:
+	// over TLS the first record of a push may have waited whole in a
+	// buffer); Idle how long since the session last read anything. As
+	// a PageProgress's, the count grows a record at a time.
+	Bytes       int
+	Since, Idle time.Duration
 }
 
 // pushing returns the envelope of the Deliver frame being read, if a

@@ -36,3 +36,7 @@ func (c *Client) ReadingDeliverForTest() int {
 	defer c.inMu.Unlock()
 	return c.inGot
 }
+
+// DeliverHeadForTest is the size of a Deliver frame's payload before its
+// envelope.
+const DeliverHeadForTest = deliverHead

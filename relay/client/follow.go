@@ -84,9 +84,11 @@ type FollowConfig struct {
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
-	// Leave, if set, is asked about every 250 ms whether to leave the
-	// session, and shown the envelope the subscription is pushing, if some
-	// of it came and some is still to come (else a zero Pushing: over
+	// Leave, if set, is asked about every 250 ms while something comes
+	// (part of an envelope pushed, or a delivery since it was last asked;
+	// not while nothing does) whether to leave the session, and shown the
+	// envelope the subscription is pushing, timed, if some of it came and
+	// some is still to come (else a zero Pushing: over
 	// TLS, what comes of a frame grows a record, up to 16 KiB, at a time,
 	// so a 16 KiB envelope shows up, if at all, almost whole). When it
 	// returns true, Follow leaves the session: it closes it, tells Left
@@ -104,7 +106,7 @@ type FollowConfig struct {
 	Leave func(Pushing) bool
 	// Watch, if set, is asked as each subscription begins whether Leave
 	// is to be asked on it (where it would never leave, a follower
-	// wakes four times a second for nothing).
+	// would wake four times a second, while pushes come, for nothing).
 	Watch func() bool
 	// Left, if set, is told what came of the session Leave ended: Came
 	// are the envelopes pushed whole and not yet handed to Handle, and
@@ -214,11 +216,10 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	}
 	ping := time.NewTicker(cfg.Ping)
 	defer ping.Stop()
-	var watch <-chan time.Time
+	var w *pushWatch
 	if cfg.Leave != nil && (after == 0 || from != 0) && (cfg.Watch == nil || cfg.Watch()) {
-		w := time.NewTicker(watchEvery)
-		defer w.Stop()
-		watch = w.C
+		w = newPushWatch(c)
+		defer w.t.Stop()
 	}
 	// Paging (when too much is held) goes on from the cursor.
 	a := &acker{ctx: ctx, c: c, cfg: cfg, results: make(chan ackAnswer, acksOut), last: from, paged: from}
@@ -230,8 +231,11 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 		case r := <-a.results:
 			a.out--
 			err = r.err
-		case <-watch:
-			if p, req, _ := c.pushing(); ctx.Err() == nil && cfg.Leave(p) {
+		case <-w.signal():
+			w.arm()
+		case <-w.tick():
+			p, req, ok := c.pushing()
+			if p = w.look(p, ok); ctx.Err() == nil && cfg.Leave(p) {
 				return true, a.leave(req)
 			}
 		case <-ping.C:
@@ -247,6 +251,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if !ok {
 				return true, c.Err()
 			}
+			w.delivered()
 			err = a.batch(d)
 			if err == nil && a.last > a.paged && a.heldFull() {
 				err = a.page()
@@ -500,4 +505,74 @@ func (c *Client) waiting() (Delivery, bool) {
 	case <-c.done:
 		return Delivery{}, false
 	}
+}
+
+// pushWatch is when follow asks Leave: about every watchEvery while
+// something comes (a Deliver frame that came in part; a delivery arms it
+// for one look), and never while nothing does, so that an idle follower
+// does not wake four times a second. It times the envelope being pushed
+// (Pushing.Bytes, Since, Idle). A nil pushWatch never fires.
+type pushWatch struct {
+	c     *Client
+	t     *time.Ticker
+	armed bool
+	seq   uint64    // the envelope being timed (0: none)
+	first time.Time // the look that first saw it
+	base  int64     // the session's byte count then
+}
+
+func newPushWatch(c *Client) *pushWatch {
+	w := &pushWatch{c: c, t: time.NewTicker(watchEvery)}
+	w.t.Stop()
+	return w
+}
+
+// signal is what arms w: a Deliver frame that came in part. Not listened
+// to while w is armed.
+func (w *pushWatch) signal() <-chan struct{} {
+	if w == nil || w.armed {
+		return nil
+	}
+	return w.c.pushed
+}
+
+// tick is w's looks, while armed.
+func (w *pushWatch) tick() <-chan time.Time {
+	if w == nil || !w.armed {
+		return nil
+	}
+	return w.t.C
+}
+
+func (w *pushWatch) arm() {
+	if !w.armed {
+		w.t.Reset(watchEvery)
+		w.armed = true
+	}
+}
+
+// delivered arms w for the look after a delivery (Leave judges what a
+// fragment handed over leaves to come).
+func (w *pushWatch) delivered() {
+	if w != nil {
+		w.arm()
+	}
+}
+
+// look is p (ok: an envelope being pushed) timed; a look with nothing
+// being pushed disarms w (Leave is asked on it still).
+func (w *pushWatch) look(p Pushing, ok bool) Pushing {
+	if !ok {
+		w.seq = 0
+		w.t.Stop()
+		w.armed = false
+		return p
+	}
+	now, got := time.Now(), w.c.Received()
+	if p.Seq != w.seq {
+		w.seq, w.first, w.base = p.Seq, now, got
+	}
+	p.Bytes, p.Since = int(got-w.base), now.Sub(w.first)
+	p.Idle = now.Sub(time.Unix(0, w.c.lastRead.Load()))
+	return p
 }

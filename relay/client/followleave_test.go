@@ -375,3 +375,123 @@ func TestInboxAwaited(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowLooksWhileComing: Follow asks Leave only while something
+// comes: not while the subscription is idle, about every 250 ms while an
+// envelope is pushed in part, once after a delivery (a small
+// envelope come whole in one read too: Leave judges what a fragment left
+// to come), and no more once nothing comes. Each push is timed from the
+// look that first saw it: Bytes counts what the session read after that
+// look, and begins again at 0 with the next envelope.
+func TestFollowLooksWhileComing(t *testing.T) {
+	id, _, envs := sealed(t, 100, 100, 30<<10, 30<<10, 100)
+	_, key, _ := ed25519.GenerateKey(nil)
+	writes := make(chan []byte)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	subscribed := make(chan uint32, 1)
+	serve := func(sc transport.Conn, typ relay.FrameType, p []byte, req uint32) bool {
+		if typ == relay.FrameSubscribe {
+			sc.Write(relay.AppendFrame(nil, relay.Result{Req: req}))
+			subscribed <- req
+			go func() {
+				for b := range writes {
+					sc.Write(b)
+				}
+			}()
+		}
+		return true // Acks are never answered: nothing else is read
+	}
+	var taken atomic.Int64
+	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(client.Message) error { taken.Add(1); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := in.FollowConfig(func(ctx context.Context) (*client.Client, error) {
+		return scriptedClient(ctx, t, key, serve)
+	}, key, [32]byte{1})
+	var mu sync.Mutex
+	var looks []client.Pushing
+	cfg.Leave = func(p client.Pushing) bool {
+		mu.Lock()
+		looks = append(looks, p)
+		mu.Unlock()
+		return false
+	}
+	go client.Follow(ctx, cfg)
+	var req uint32
+	select {
+	case req = <-subscribed:
+	case <-ctx.Done():
+		t.Fatal("never subscribed")
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(looks)
+	}
+	look := func(i int) client.Pushing {
+		mu.Lock()
+		defer mu.Unlock()
+		return looks[i]
+	}
+	// waitLook waits for a look after the first from that shows ok.
+	waitLook := func(what string, from int, ok func(client.Pushing) bool) int {
+		t.Helper()
+		for ; ctx.Err() == nil; time.Sleep(5 * time.Millisecond) {
+			mu.Lock()
+			for i := from; i < len(looks); i++ {
+				if ok(looks[i]) {
+					mu.Unlock()
+					return i
+				}
+			}
+			mu.Unlock()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("%s: never seen; looks %+v", what, looks[from:])
+		return 0
+	}
+	frame := func(seq uint64) []byte {
+		return relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Ref: [relay.RefSize]byte{byte(seq)}, Seq: seq, Envelope: envs[seq-1]})
+	}
+	time.Sleep(time.Second) // four looks' time
+	if n := count(); n != 0 {
+		t.Fatalf("Leave asked %d times while nothing came", n)
+	}
+	f3, f4 := frame(3), frame(4)
+	writes <- f3[:2<<10]
+	first := waitLook("envelope 3's first look", 0, func(p client.Pushing) bool { return p.Seq == 3 })
+	if p := look(first); p.Bytes != 0 || p.Got != 2<<10-relay.FrameHeaderSize-client.DeliverHeadForTest {
+		t.Fatalf("envelope 3's first look: %+v, want nothing read since, 2 KiB of the frame come", p)
+	}
+	writes <- f3[2<<10 : 6<<10]
+	i := waitLook("4 KiB more of envelope 3", first, func(p client.Pushing) bool { return p.Bytes != 0 })
+	if p := look(i); p.Seq != 3 || p.Bytes != 4<<10 || p.Since <= 0 {
+		t.Fatalf("after 4 KiB more of envelope 3: %+v, want 4 KiB read since its first look", p)
+	}
+	writes <- append(f3[6<<10:], f4[:2<<10]...)
+	i = waitLook("envelope 4's first look", i, func(p client.Pushing) bool { return p.Seq == 4 })
+	if p := look(i); p.Bytes != 0 {
+		t.Fatalf("envelope 4's first look: %+v, want nothing read since", p)
+	}
+	writes <- f4[2<<10:]
+	for ctx.Err() == nil && taken.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // four looks' time
+	n := count()
+	time.Sleep(time.Second)
+	if m := count(); m != n {
+		t.Fatalf("Leave asked %d times in a second once nothing came", m-n)
+	}
+	writes <- frame(5)
+	waitLook("a look after a small envelope came whole", n, func(client.Pushing) bool { return true })
+	for ctx.Err() == nil && taken.Load() < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if taken.Load() != 3 {
+		t.Fatalf("%d messages taken, want 3", taken.Load())
+	}
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/postern/postern/relay/client"
+)
+
+// followTrial is what a follower on a network not known to throttle each
+// flow found, or is finding, of it (partsFollow.trialLeave).
+type followTrial struct {
+	// run is a second connection's look beside a push found slow
+	// (startTrial), stop what ends it; alone is what the push came at,
+	// in bytes a second.
+	run   *pageTrial
+	stop  context.CancelFunc
+	alone float64
+	// found is the rate of a flow found throttled one by one (with
+	// --network it is remembered in the network's facts; without, it
+	// holds for the follower's life), 0 if none was.
+	found int
+	// wait is the least time from a trial that found no such throttle
+	// (at) to the next: from minPartsWait, doubling to maxPartsWait.
+	at   time.Time
+	wait time.Duration
+	// lane is the trial's connection, kept for the lanes after the
+	// leave, and parts what it timed: the lanes do not ask for it again.
+	lane  *client.Client
+	parts []client.Begun
+}
+
+// facts are the network's facts, with a throttle of each flow this
+// follower found and could not remember (without --network).
+func (f *partsFollow) facts() netFacts {
+	nf := f.t.facts.get()
+	if f.ft.found > 0 && !nf.Throttled {
+		nf.Throttled, nf.Rate = true, f.ft.found
+	}
+	return nf
+}
+
+// trialDue says whether a push found slow is to be tried beside
+// (trialLeave): where a trial may be (trialWorth), and the last trial
+// that found no throttle of each flow was wait ago or more.
+func (f *partsFollow) trialDue() bool {
+	return time.Since(f.ft.at) >= f.ft.wait && f.trialWorth()
+}
+
+// trialWorth says whether a follower may try a push found slow: where
+// lanes would be due if the network were known to throttle each flow
+// (lanesDue), and it is not, nor found so. A subscription is watched
+// for it (client.FollowConfig.Watch) even within a trial's wait, which
+// may end while it runs.
+func (f *partsFollow) trialWorth() bool {
+	if f.off || f.t.laneDial == nil || f.ft.found > 0 {
+		return false
+	}
+	facts := f.t.facts.get()
+	return !facts.Throttled && facts.RecvBudget == 0 && laneLimit(f.e, facts) > 1
+}
+
+// trialLeave is leave on a subscription that did not begin after lanes
+// (the network not known to throttle each flow), as drainWatched is a
+// recv's pass there: once the envelope being pushed shows the flow
+// throttled (throttledPage, from Pushing's timing: two TLS records past
+// the first look at under throttleFloor), a second connection looks at
+// what waits past it and, if it is three times what came of it or more,
+// times a full part of it (startTrial). A part that comes at trialShare
+// or more of what the push came at means flows throttled one by one: the
+// network is remembered so (found, and in its facts with --network), and
+// the follower leaves its subscription for lanes, which begin on the
+// trial's connection and ask for none of what came or was timed again.
+// Less, or nothing tried, means the line is throttled as a whole, or
+// there was too little to gain: the push goes on over the subscription,
+// and the next trial waits (trialWait). Until 2026-12-07 a follower on a
+// network not known throttled took everything over one connection,
+// however large: the first follower on a network learnt nothing.
+func (f *partsFollow) trialLeave(p client.Pushing) bool {
+	if f.ft.run == nil {
+		if f.cur == nil || f.ctx == nil {
+			return false
+		}
+		alone, slow := throttledPage(client.PageProgress{Bytes: p.Bytes, Since: p.Since, Idle: p.Idle}, f.cur.DialTime())
+		if !slow || !f.trialDue() { // last: it reads the network's facts
+			return false
+		}
+		ctx, stop := context.WithCancel(f.ctx)
+		f.ft.run, f.ft.stop, f.ft.alone = startTrial(ctx, f.t, f.cur, alone, client.PageProgress{Read: p.Got, After: p.Seq - 1}), stop, alone
+		return false
+	}
+	tr := f.ft.run
+	select {
+	case <-tr.done:
+	default:
+		return false
+	}
+	f.ft.run = nil
+	f.ft.stop()
+	if !tr.perFlow {
+		if tr.judged {
+			fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network seems to throttle the whole line; staying on one connection\n",
+				f.ft.alone/1000, tr.rate/1000)
+		}
+		f.ft.at, f.ft.wait = time.Now(), min(max(2*f.ft.wait, minPartsWait), maxPartsWait)
+		return false
+	}
+	rate := int(f.ft.alone)
+	f.ft.found, f.ft.lane, f.ft.parts = rate, tr.lane, tr.parts
+	later := "" // nothing is remembered without --network
+	if f.t.facts != nil {
+		later = "; later sends and receives here know it"
+	}
+	fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network throttles each flow%s\n",
+		f.ft.alone/1000, tr.rate/1000, later)
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, rate })
+	return true
+}
+
+// endTrial ends a trial under way (its session ended, or Follow did),
+// and closes its connection.
+func (f *partsFollow) endTrial() {
+	tr := f.ft.run
+	if tr == nil {
+		return
+	}
+	f.ft.run = nil
+	f.ft.stop()
+	<-tr.done
+	if tr.lane != nil {
+		tr.lane.Close()
+	}
+}
+
+// takeLane returns the trial's connection kept for the lanes, if any.
+func (f *partsFollow) takeLane() *client.Client {
+	c := f.ft.lane
+	f.ft.lane = nil
+	return c
+}
+
+// dropLane closes the trial's connection kept for lanes that are not to
+// be, and forgets what it timed.
+func (f *partsFollow) dropLane() {
+	if c := f.takeLane(); c != nil {
+		c.Close()
+	}
+	f.ft.parts = nil
+}
