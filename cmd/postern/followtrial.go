@@ -65,16 +65,19 @@ func (f *partsFollow) trialWorth() bool {
 // (the network not known to throttle each flow), as drainWatched is a
 // recv's pass there: once the envelope being pushed shows the flow
 // throttled (throttledPage, from Pushing's timing: two TLS records past
-// the first look at under throttleFloor), a second connection looks at
-// what waits past it and, if it is three times what came of it or more,
-// times a full part of it (startTrial). A part that comes at trialShare
+// the first look at under throttleFloor: only an envelope of the
+// largest bucket brings them), a second connection looks at what waits
+// from it on and, if that comes to three times what came of it or more
+// (it included), times a full part of what waits past it (startTrial);
+// the verdict is read on the look after the trial ends, which it asks
+// for (client.FollowConfig.Look). A part that comes at trialShare
 // or more of what the push came at means flows throttled one by one: the
 // network is remembered so (found, and in its facts with --network), and
 // the follower leaves its subscription for lanes, which begin on the
 // trial's connection and ask for none of what came or was timed again.
 // Less, or nothing tried, means the line is throttled as a whole, or
 // there was too little to gain: the push goes on over the subscription,
-// and the next trial waits (trialWait). Until 2026-12-07 a follower on a
+// and the next trial waits (followTrial.wait). Until 2026-12-07 a follower on a
 // network not known throttled took everything over one connection,
 // however large: the first follower on a network learnt nothing.
 func (f *partsFollow) trialLeave(p client.Pushing) bool {
@@ -87,7 +90,15 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		ctx, stop := context.WithCancel(f.ctx)
-		f.ft.run, f.ft.stop, f.ft.alone = startTrial(ctx, f.t, f.cur, alone, client.PageProgress{Read: p.Got, After: p.Seq - 1}), stop, alone
+		tr := startTrial(ctx, f.t, f.cur, alone, client.PageProgress{Read: p.Got, After: p.Seq - 1})
+		f.ft.run, f.ft.stop, f.ft.alone = tr, stop, alone
+		go func() { // the look that reads the verdict, whatever comes
+			<-tr.done
+			select {
+			case f.look <- struct{}{}:
+			default:
+			}
+		}()
 		return false
 	}
 	tr := f.ft.run
@@ -98,16 +109,29 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	}
 	f.ft.run = nil
 	f.ft.stop()
+	if !f.verdict(tr) {
+		return false
+	}
+	f.ft.lane, f.ft.parts = tr.lane, tr.parts
+	return true
+}
+
+// verdict takes in what trial tr found (done), and says whether it found
+// each flow throttled: that is remembered (found, and in the network's
+// facts with --network). Else the next trial waits longer; a relay that
+// does not know parts is not asked for them again (off).
+func (f *partsFollow) verdict(tr *pageTrial) bool {
 	if !tr.perFlow {
 		if tr.judged {
 			fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network seems to throttle the whole line; staying on one connection\n",
 				f.ft.alone/1000, tr.rate/1000)
 		}
+		f.off = f.off || tr.old
 		f.ft.at, f.ft.wait = time.Now(), min(max(2*f.ft.wait, minPartsWait), maxPartsWait)
 		return false
 	}
 	rate := int(f.ft.alone)
-	f.ft.found, f.ft.lane, f.ft.parts = rate, tr.lane, tr.parts
+	f.ft.found = rate
 	later := "" // nothing is remembered without --network
 	if f.t.facts != nil {
 		later = "; later sends and receives here know it"
@@ -118,8 +142,11 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	return true
 }
 
-// endTrial ends a trial under way (its session ended, or Follow did),
-// and closes its connection.
+// endTrial ends a trial under way as its session ends (or Follow does),
+// and closes its connection; what it found by then is taken in, and one
+// stopped before it found anything makes the next wait, as one that
+// judged nothing does (a reviewer's find: each session cut during a
+// trial began another on the same message).
 func (f *partsFollow) endTrial() {
 	tr := f.ft.run
 	if tr == nil {
@@ -128,6 +155,7 @@ func (f *partsFollow) endTrial() {
 	f.ft.run = nil
 	f.ft.stop()
 	<-tr.done
+	f.verdict(tr)
 	if tr.lane != nil {
 		tr.lane.Close()
 	}

@@ -27,10 +27,21 @@ func (w *drainWorld) trialFollow(t *testing.T, network string, out *bytes.Buffer
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	t.Cleanup(cancel)
-	f := &partsFollow{e: e, t: tgt, in: in, cancel: cancel, ctx: ctx}
+	f := &partsFollow{e: e, t: tgt, in: in, cancel: cancel, ctx: ctx, look: make(chan struct{}, 1)}
 	f.cur = f.dialOK(t, ctx)
 	t.Cleanup(f.endTrial)
 	return f
+}
+
+// conn is a new session of f's target, closed at t's end.
+func (f *partsFollow) conn(t *testing.T) *client.Client {
+	t.Helper()
+	c, err := f.t.dial(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // doneTrial is a trial that ended with what it found.
@@ -90,6 +101,7 @@ func TestFollowTrialLeave(t *testing.T) {
 		t.Fatalf("a slow push on a network not known throttled: no trial")
 	}
 	f.endTrial() // the world's mailbox is empty: it would find nothing to time
+	f.ft.at, f.ft.wait = time.Time{}, 0
 
 	f.ft.run, f.ft.stop, f.ft.alone = doneTrial(pageTrial{judged: true, rate: 5000}), func() {}, 10000
 	if f.leave(slow) || f.ft.wait != minPartsWait || !strings.Contains(out.String(), "seems to throttle the whole line") || f.facts().Throttled || !f.trialWorth() {
@@ -102,7 +114,7 @@ func TestFollowTrialLeave(t *testing.T) {
 	}
 	f.ft.at = time.Time{}
 
-	lane := f.dialOK(t, f.ctx)
+	lane := f.conn(t)
 	part := client.Begun{Seq: 2, Total: 64 << 10, Data: []byte("timed")}
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, rate: 12000, lane: lane, parts: []client.Begun{part}}), func() {}
 	if !f.leave(slow) || f.t.facts.get() != (netFacts{Throttled: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
@@ -118,23 +130,71 @@ func TestFollowTrialLeave(t *testing.T) {
 		t.Fatalf("the lanes did not begin on the trial's connection (%d dials of their own), or the next subscription is not watched", w.dials.Load()-dials)
 	}
 
-	// Not used: closed at the session's end, or by a dial that takes
-	// another way.
+}
+
+// TestFollowTrialEnds: a trial's end asks Follow for a look
+// (client.FollowConfig.Look), which reads its verdict whatever comes
+// then. A trial still running as its session ends is stopped, and the
+// next waits; what one found by then is taken in, and its connection
+// closed, as is one kept for lanes that a dial then does not take. A
+// relay from before parts is not tried again. Without --network, a
+// throttle of each flow found holds for the follower's life.
+func TestFollowTrialEnds(t *testing.T) {
+	w := newDrainWorld(t)
+	var out bytes.Buffer
+	slow := client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 40 << 10, Since: 3 * time.Second}
 	g := w.trialFollow(t, "", &out)
-	unused := g.dialOK(t, g.ctx)
-	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: unused}), func() {}
-	g.endTrial()
-	if unused.Err() == nil {
-		t.Fatal("a trial's connection left open at the session's end")
+	lookAsked := func(what string) {
+		t.Helper()
+		select {
+		case <-g.look:
+		case <-g.ctx.Done(): // a deadlock guard
+			t.Fatalf("%s: the trial's end asked for no look", what)
+		}
 	}
-	kept := g.dialOK(t, g.ctx)
-	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: kept}), func() {}, 9000
-	if !g.leave(slow) || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {
-		t.Fatalf("without --network: facts %+v, want each flow found throttled for the follower's life", g.facts())
+	if g.leave(slow) || g.ft.run == nil {
+		t.Fatal("no trial")
+	}
+	lookAsked("an empty mailbox")
+	if g.leave(client.Pushing{}) || g.ft.run != nil || g.ft.wait != minPartsWait || g.off {
+		t.Fatalf("a trial that found nothing to time: wait %v, off %v", g.ft.wait, g.off)
+	}
+
+	running := &pageTrial{done: make(chan struct{})}
+	g.ft.run, g.ft.stop = running, func() { close(running.done) }
+	g.endTrial()
+	if g.ft.run != nil || g.ft.wait != 2*minPartsWait {
+		t.Fatalf("a trial stopped as its session ended: wait %v, want it doubled", g.ft.wait)
+	}
+	unused := g.conn(t)
+	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: unused}), func() {}, 9000
+	g.endTrial()
+	if unused.Err() == nil || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {
+		t.Fatalf("a trial that found each flow throttled as its session ended: connection open %v, facts %+v", unused.Err() == nil, g.facts())
+	}
+	kept := g.conn(t) // f.dial would take lanes now
+	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: kept}), func() {}
+	if l := g.leave(slow); !l || g.ft.lane != kept {
+		t.Fatalf("each flow found throttled: leave %v, its connection kept %v", l, g.ft.lane == kept)
 	}
 	g.forgetLeave()
 	if kept.Err() == nil || g.ft.lane != nil {
 		t.Fatal("a trial's connection left open by a dial that took another way")
+	}
+
+	w.old = true // a relay from before parts
+	h := w.trialFollow(t, "cafe", &out)
+	h.ft.found = 0
+	if h.leave(slow) || h.ft.run == nil {
+		t.Fatal("no trial beside an old relay")
+	}
+	select {
+	case <-h.look:
+	case <-h.ctx.Done(): // a deadlock guard
+		t.Fatal("the trial's end asked for no look")
+	}
+	if h.leave(client.Pushing{}) || !h.off || h.trialWorth() {
+		t.Fatalf("a relay from before parts: off %v", h.off)
 	}
 }
 

@@ -628,9 +628,12 @@ type partsFollow struct {
 	// What a follower on a network not known to throttle each flow
 	// does to find it out (followtrial.go): cur is the session Follow
 	// dialed last, ctx Follow's.
-	cur *client.Client
-	ctx context.Context
-	ft  followTrial
+	// look wakes Follow for a look when a trial ends
+	// (client.FollowConfig.Look).
+	cur  *client.Client
+	ctx  context.Context
+	ft   followTrial
+	look chan struct{}
 }
 
 // followConfig is the follower's client.FollowConfig.
@@ -644,6 +647,8 @@ func (f *partsFollow) followConfig() client.FollowConfig {
 	cfg := f.in.FollowConfig(dial, f.t.m.owner(), f.t.m.id())
 	cfg.Lost, cfg.Leave, cfg.Left = f.lost, f.leave, f.left
 	cfg.Watch = func() bool { return f.watching || f.trialWorth() }
+	f.look = make(chan struct{}, 1)
+	cfg.Look = f.look
 	return cfg
 }
 

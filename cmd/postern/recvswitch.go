@@ -109,6 +109,8 @@ type pageTrial struct {
 	// what the first connection carried alone or more.
 	judged, perFlow bool
 	rate            float64
+	// old says the relay does not know parts.
+	old bool
 	// lane is the second connection, kept if perFlow (and closed by the
 	// trial otherwise): the lanes begin on it.
 	lane *client.Client
@@ -150,6 +152,7 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 		first, ok, err := lane.FetchPart(ctx, t.m.owner(), t.m.id(), page.After, 0, 1)
 		rtt := time.Since(start)
 		if err != nil || !ok {
+			tr.old = errors.Is(err, relay.ErrUnknownFrame)
 			return
 		}
 		need := 3*page.Read - int(first.Total)

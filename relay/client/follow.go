@@ -104,6 +104,11 @@ type FollowConfig struct {
 	// new (a reviewer's find: a follower left such a subscription, and
 	// the next, for ever).
 	Leave func(Pushing) bool
+	// Look, if set, arms a look when signalled: Leave is asked about
+	// 250 ms later even if nothing comes (a caller whose Leave waits on
+	// work of its own signals it when that work is done: a look it
+	// missed would otherwise wait until something came, hours perhaps).
+	Look <-chan struct{}
 	// Watch, if set, is asked as each subscription begins whether Leave
 	// is to be asked on it (where it would never leave, a follower
 	// would wake four times a second, while pushes come, for nothing).
@@ -218,7 +223,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 	defer ping.Stop()
 	var w *pushWatch
 	if cfg.Leave != nil && (after == 0 || from != 0) && (cfg.Watch == nil || cfg.Watch()) {
-		w = newPushWatch(c)
+		w = newPushWatch(c, cfg.Look)
 		defer w.t.Stop()
 	}
 	// Paging (when too much is held) goes on from the cursor.
@@ -232,6 +237,8 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			a.out--
 			err = r.err
 		case <-w.signal():
+			w.arm()
+		case <-w.asked():
 			w.arm()
 		case <-w.tick():
 			p, req, ok := c.pushing()
@@ -508,21 +515,22 @@ func (c *Client) waiting() (Delivery, bool) {
 }
 
 // pushWatch is when follow asks Leave: about every watchEvery while
-// something comes (a Deliver frame that came in part; a delivery arms it
-// for one look), and never while nothing does, so that an idle follower
+// something comes (a Deliver frame that came in part; a delivery, or
+// FollowConfig.Look, arms it for one look), and never while nothing does, so that an idle follower
 // does not wake four times a second. It times the envelope being pushed
 // (Pushing.Bytes, Since, Idle). A nil pushWatch never fires.
 type pushWatch struct {
 	c     *Client
 	t     *time.Ticker
+	asks  <-chan struct{} // FollowConfig.Look
 	armed bool
 	seq   uint64    // the envelope being timed (0: none)
 	first time.Time // the look that first saw it
 	base  int64     // the session's byte count then
 }
 
-func newPushWatch(c *Client) *pushWatch {
-	w := &pushWatch{c: c, t: time.NewTicker(watchEvery)}
+func newPushWatch(c *Client, look <-chan struct{}) *pushWatch {
+	w := &pushWatch{c: c, t: time.NewTicker(watchEvery), asks: look}
 	w.t.Stop()
 	return w
 }
@@ -534,6 +542,15 @@ func (w *pushWatch) signal() <-chan struct{} {
 		return nil
 	}
 	return w.c.pushed
+}
+
+// asked is FollowConfig.Look, which arms w too. Not listened to while w
+// is armed (a signal then arms it again after).
+func (w *pushWatch) asked() <-chan struct{} {
+	if w == nil || w.armed {
+		return nil
+	}
+	return w.asks
 }
 
 // tick is w's looks, while armed.

@@ -380,7 +380,8 @@ func TestInboxAwaited(t *testing.T) {
 // comes: not while the subscription is idle, about every 250 ms while an
 // envelope is pushed in part, once after a delivery (a small
 // envelope come whole in one read too: Leave judges what a fragment left
-// to come), and no more once nothing comes. Each push is timed from the
+// to come), once when asked for (FollowConfig.Look), and no more once
+// nothing comes. Each push is timed from the
 // look that first saw it: Bytes counts what the session read after that
 // look, and begins again at 0 with the next envelope.
 func TestFollowLooksWhileComing(t *testing.T) {
@@ -410,6 +411,8 @@ func TestFollowLooksWhileComing(t *testing.T) {
 	cfg := in.FollowConfig(func(ctx context.Context) (*client.Client, error) {
 		return scriptedClient(ctx, t, key, serve)
 	}, key, [32]byte{1})
+	ask := make(chan struct{}, 1)
+	cfg.Look = ask
 	var mu sync.Mutex
 	var looks []client.Pushing
 	cfg.Leave = func(p client.Pushing) bool {
@@ -494,4 +497,8 @@ func TestFollowLooksWhileComing(t *testing.T) {
 	if taken.Load() != 3 {
 		t.Fatalf("%d messages taken, want 3", taken.Load())
 	}
+	time.Sleep(time.Second) // the look after it done
+	n = count()
+	ask <- struct{}{}
+	waitLook("a look asked for (Look)", n, func(client.Pushing) bool { return true })
 }
