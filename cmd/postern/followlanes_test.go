@@ -80,21 +80,17 @@ func TestRecvFollowLanes(t *testing.T) {
 	runOK(t, w.bin, w.base, live, "send", "--anonymous", "--to", w.card)
 	f.expectMsg(live, "a message sent while following")
 	f.stop()
-	w.mb.SetRule(censortest.Pass)
-	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
-		t.Fatalf("%d messages left on the relay", len(left))
-	}
-	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
+	w.noneLeft(t, f)
 }
 
 // followLive starts `recv --follow --network cafe` behind rule (env
 // added), waits until a first short message came over its subscription,
-// then sends bob msg with `send --network cafe` (over lanes on the
-// network known throttled, so the relay has it about whole at once, as
-// from a sender on a fast line), and waits until the follower shows it.
-// It returns the follower (running) and how long from the send's start
-// to the message shown.
-func (w *censoredWorld) followLive(t *testing.T, rule censortest.Rule, env []string, msg []byte) (*follower, time.Duration) {
+// then sends bob msg with `send` and sendArgs (`--network cafe`: over
+// lanes on a network known throttled, so the relay has it about whole at
+// once, as from a sender on a fast line), and waits until the follower
+// shows it. It returns the follower (running) and how long from the
+// send's start to the message shown.
+func (w *censoredWorld) followLive(t *testing.T, rule censortest.Rule, env []string, msg []byte, sendArgs ...string) (*follower, time.Duration) {
 	t.Helper()
 	w.mb.SetRule(rule)
 	f := startFollow(t, w.bin, append(w.base, env...), w.bob, "--network", "cafe")
@@ -102,9 +98,21 @@ func (w *censoredWorld) followLive(t *testing.T, rule censortest.Rule, env []str
 	runOK(t, w.bin, w.base, hello, "send", "--anonymous", "--to", w.card)
 	f.expectMsg(hello, "a short message while following")
 	start := time.Now()
-	runOK(t, w.bin, w.base, msg, "send", "--anonymous", "--network", "cafe", "--to", w.card)
+	runOK(t, w.bin, w.base, msg, append(append([]string{"send", "--anonymous"}, sendArgs...), "--to", w.card)...)
 	f.expectMsg(msg, "a large message while following")
 	return f, time.Since(start)
+}
+
+// noneLeft checks, once follower f stopped, that nothing is left on the
+// relay for bob (the censor gone) and that no address or mailbox id
+// reached f's stderr, nor the relay's logs and metrics.
+func (w *censoredWorld) noneLeft(t *testing.T, f *follower) {
+	t.Helper()
+	w.mb.SetRule(censortest.Pass)
+	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
+		t.Fatalf("%d messages left on the relay", len(left))
+	}
+	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
 }
 
 // TestFollowLeavesLivePush: on a network known to throttle each flow, a
@@ -126,7 +134,7 @@ func TestFollowLeavesLivePush(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
 	w.knownThrottled(t, recvRate)
-	f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(150<<10))
+	f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(150<<10), "--network", "cafe")
 	t.Logf("150 KB sent while following: shown %v after the send began", took)
 	// The lanes say what they did not fetch again once their last Ack
 	// is answered, after the message is shown.
@@ -146,11 +154,7 @@ func TestFollowLeavesLivePush(t *testing.T) {
 	if n := strings.Count(f.stderr.String(), "a large message is coming over one connection"); n != 2 {
 		t.Fatalf("the follower left its subscription %d times for two messages, want once each:\n%s", n, f.stderr.String())
 	}
-	w.mb.SetRule(censortest.Pass)
-	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
-		t.Fatalf("%d messages left on the relay", len(left))
-	}
-	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
+	w.noneLeft(t, f)
 }
 
 // TestFollowLanesDue: a follower takes the backlog over lanes only on a
@@ -230,7 +234,8 @@ func TestFollowLanesMeasure(t *testing.T) {
 		for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 			t.Run(tc.name+"/"+lanes, func(t *testing.T) {
 				t.Parallel()
-				w, env := measureWorld(t, rate, lanes)
+				w, env := measureWorld(t, lanes)
+				w.knownThrottled(t, rate)
 				var msgs [][]byte
 				for range tc.count {
 					msgs = append(msgs, randomMsg(tc.size))
@@ -317,12 +322,10 @@ func TestFollowLeave(t *testing.T) {
 	}
 }
 
-// measureWorld is a fresh world whose network "cafe" is known to
-// throttle each flow at rate, and the follower's environment: lanes
+// measureWorld is a fresh world, and the follower's environment: lanes
 // ("default", or a POSTERN_LANES=n to set).
-func measureWorld(t *testing.T, rate int, lanes string) (*censoredWorld, []string) {
+func measureWorld(t *testing.T, lanes string) (*censoredWorld, []string) {
 	w := newCensoredWorld(t)
-	w.knownThrottled(t, rate)
 	if lanes == "default" {
 		return w, nil
 	}
@@ -330,64 +333,42 @@ func measureWorld(t *testing.T, rate int, lanes string) (*censoredWorld, []strin
 }
 
 // TestFollowLiveMeasure times a 200 KB message sent while `recv
-// --follow` is subscribed on a network known to throttle each flow,
-// behind a 64 kbit/s throttle of each flow's downstream (the sender's
-// upstream passes: it is there at once, as from a sender on a fast
-// line): from the send's start to the message shown, beside
-// POSTERN_LANES=1 for the follower (one connection, as every follower
-// was until 2026-12-07) on a fresh world in the same run, for the
-// README. Only with POSTERN_LANES_MEASURE=1; it asserts nothing
-// TestFollowLeavesLivePush does not.
+// --follow` is subscribed, behind a 64 kbit/s throttle of each flow's
+// downstream (the sender's upstream passes: it is there at once, as from
+// a sender on a fast line), from the send's start to the message shown,
+// beside POSTERN_LANES=1 for the follower (one connection) on a fresh
+// world in the same run, for the README:
+//   - known: on a network known to throttle each flow, the sender on it
+//     too (16 KiB envelopes; one connection was every follower until
+//     2026-12-07);
+//   - not known: on a network of which nothing is known, the sender on
+//     none (64 KiB envelopes; one connection was every follower there
+//     until later on 2026-12-07).
+//
+// Only with POSTERN_LANES_MEASURE=1; it asserts nothing
+// TestFollowLeavesLivePush and TestFollowFindsFlowThrottle do not.
 func TestFollowLiveMeasure(t *testing.T) {
 	if os.Getenv("POSTERN_LANES_MEASURE") == "" {
 		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
 	}
 	const rate = 8000 // 64 kbit/s
-	for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
-		t.Run(lanes, func(t *testing.T) {
-			t.Parallel()
-			w, env := measureWorld(t, rate, lanes)
-			f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10))
-			f.stop()
-			t.Logf("200 KB live, %s: %.2f s; %d lanes drains", lanes, took.Seconds(), strings.Count(f.stderr.String(), "a large message is coming"))
-		})
-	}
-}
-
-// TestFollowTrialMeasure times a 200 KB message sent from a fast line
-// (three 64 KiB envelopes and a short one) while `recv --follow` is
-// subscribed on a network not known to throttle, behind a 64 kbit/s
-// throttle of each flow's downstream: from the send's start to the
-// message shown, beside POSTERN_LANES=1 for the follower (one connection,
-// as every follower on a network not known throttled was until
-// 2026-12-07) on a fresh world in the same run, for the README. Only
-// with POSTERN_LANES_MEASURE=1; it asserts nothing
-// TestFollowFindsFlowThrottle does not.
-func TestFollowTrialMeasure(t *testing.T) {
-	if os.Getenv("POSTERN_LANES_MEASURE") == "" {
-		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
-	}
-	const rate = 8000 // 64 kbit/s
-	for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
-		t.Run(lanes, func(t *testing.T) {
-			t.Parallel()
-			w := newCensoredWorld(t)
-			var env []string
-			if lanes != "default" {
-				env = []string{lanes}
+	for _, known := range []string{"known", "not known"} {
+		t.Run(known, func(t *testing.T) {
+			for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
+				t.Run(lanes, func(t *testing.T) {
+					t.Parallel()
+					w, env := measureWorld(t, lanes)
+					var send []string
+					if known == "known" {
+						w.knownThrottled(t, rate)
+						send = []string{"--network", "cafe"}
+					}
+					f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10), send...)
+					f.stop()
+					t.Logf("200 KB live, network %s, %s: %.2f s; %d leaves, %d trials found each flow throttled", known, lanes, took.Seconds(),
+						strings.Count(f.stderr.String(), "a large message is coming"), strings.Count(f.stderr.String(), "this network throttles each flow;"))
+				})
 			}
-			w.mb.SetRule(censortest.ThrottleDown(rate))
-			f := startFollow(t, w.bin, append(w.base, env...), w.bob, "--network", "cafe")
-			hello := randomMsg(100)
-			runOK(t, w.bin, w.base, hello, "send", "--anonymous", "--to", w.card)
-			f.expectMsg(hello, "a short message while following")
-			start := time.Now()
-			msg := randomMsg(200 << 10)
-			runOK(t, w.bin, w.base, msg, "send", "--anonymous", "--to", w.card)
-			f.expectMsg(msg, "a large message while following")
-			took := time.Since(start)
-			f.stop()
-			t.Logf("200 KB live on a network not known throttled, %s: %.2f s; %d trials found each flow throttled", lanes, took.Seconds(), strings.Count(f.stderr.String(), "this network throttles each flow;"))
 		})
 	}
 }
@@ -738,16 +719,8 @@ func TestFollowNoLeaveFromStart(t *testing.T) {
 func TestFollowFindsFlowThrottle(t *testing.T) {
 	t.Parallel()
 	w := newCensoredWorld(t)
-	w.mb.SetRule(censortest.ThrottleDown(recvRate))
-	f := startFollow(t, w.bin, w.base, w.bob, "--network", "cafe")
-	hello := randomMsg(100)
-	runOK(t, w.bin, w.base, hello, "send", "--anonymous", "--to", w.card)
-	f.expectMsg(hello, "a short message while following")
-	start := time.Now()
-	msg := randomMsg(190 << 10)
-	runOK(t, w.bin, w.base, msg, "send", "--anonymous", "--to", w.card)
-	f.expectMsg(msg, "a large message while following")
-	t.Logf("190 KB sent while following: shown %v after the send began", time.Since(start))
+	f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(190<<10))
+	t.Logf("190 KB sent while following: shown %v after the send began", took)
 	for _, want := range []string{"and a second connection beside it", "this network throttles each flow", "a large message is coming over one connection"} {
 		if !strings.Contains(f.stderr.String(), want) {
 			t.Fatalf("stderr does not say %q:\n%s", want, f.stderr.String())
@@ -761,9 +734,5 @@ func TestFollowFindsFlowThrottle(t *testing.T) {
 	runOK(t, w.bin, w.base, after, "send", "--anonymous", "--to", w.card)
 	f.expectMsg(after, "a message sent after the lanes")
 	f.stop()
-	w.mb.SetRule(censortest.Pass)
-	if left := parseRecv(t, runOK(t, w.bin, w.base, nil, "recv", "--id", w.bob)); len(left) != 0 {
-		t.Fatalf("%d messages left on the relay", len(left))
-	}
-	w.checkNoLeaks(t, "recv --follow's stderr", f.stderr.String())
+	w.noneLeft(t, f)
 }

@@ -84,13 +84,14 @@ type FollowConfig struct {
 	// Lost, if set, is told why a session ended and how long Follow waits
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
-	// Leave, if set, is asked about every 250 ms while something comes
-	// (part of an envelope pushed, or a delivery since it was last asked;
-	// not while nothing does) whether to leave the session, and shown the
-	// envelope the subscription is pushing, timed, if some of it came and
-	// some is still to come (else a zero Pushing: over
-	// TLS, what comes of a frame grows a record, up to 16 KiB, at a time,
-	// so a 16 KiB envelope shows up, if at all, almost whole). When it
+	// Leave, if set, is asked whether to leave the session about every
+	// 250 ms while part of an envelope pushed came and the rest has not,
+	// at once after each batch of deliveries, and when Look asks (never
+	// while nothing comes), and shown the envelope the subscription is
+	// pushing, timed, if some of it came and some is still to come (else
+	// a zero Pushing: over TLS, what comes of a frame grows a record, up
+	// to 16 KiB, at a time, so a 16 KiB envelope shows up, if at all,
+	// almost whole). When it
 	// returns true, Follow leaves the session: it closes it, tells Left
 	// what came, and dials again at once (no backoff, no Lost), so that
 	// Dial can take what waits another way (over lanes, on a network
@@ -104,7 +105,7 @@ type FollowConfig struct {
 	// new (a reviewer's find: a follower left such a subscription, and
 	// the next, for ever).
 	Leave func(Pushing) bool
-	// Look, if set, arms a look when signalled: Leave is asked about
+	// Look, if set, asks for a look when signalled: Leave is asked about
 	// 250 ms later even if nothing comes (a caller whose Leave waits on
 	// work of its own signals it when that work is done: a look it
 	// missed would otherwise wait until something came, hours perhaps).
@@ -241,8 +242,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 		case <-w.asked():
 			w.arm()
 		case <-w.tick():
-			p, req, ok := c.pushing()
-			if p = w.look(p, ok); ctx.Err() == nil && cfg.Leave(p) {
+			if req, leave := w.ask(ctx, cfg); leave {
 				return true, a.leave(req)
 			}
 		case <-ping.C:
@@ -258,8 +258,12 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			if !ok {
 				return true, c.Err()
 			}
-			w.delivered()
 			err = a.batch(d)
+			if err == nil && w != nil { // Leave judges what a fragment left to come
+				if req, leave := w.ask(ctx, cfg); leave {
+					return true, a.leave(req)
+				}
+			}
 			if err == nil && a.last > a.paged && a.heldFull() {
 				err = a.page()
 			}
@@ -514,11 +518,12 @@ func (c *Client) waiting() (Delivery, bool) {
 	}
 }
 
-// pushWatch is when follow asks Leave: about every watchEvery while
-// something comes (a Deliver frame that came in part; a delivery, or
-// FollowConfig.Look, arms it for one look), and never while nothing does, so that an idle follower
-// does not wake four times a second. It times the envelope being pushed
-// (Pushing.Bytes, Since, Idle). A nil pushWatch never fires.
+// pushWatch is when follow asks Leave: about every watchEvery while a
+// Deliver frame came in part (FollowConfig.Look arms it for one look),
+// at once after each batch of deliveries, and never while nothing
+// comes, so that an idle follower does not wake four times a second. It
+// times the envelope being pushed (Pushing.Bytes, Since, Idle). A nil
+// pushWatch never fires.
 type pushWatch struct {
 	c     *Client
 	t     *time.Ticker
@@ -568,12 +573,12 @@ func (w *pushWatch) arm() {
 	}
 }
 
-// delivered arms w for the look after a delivery (Leave judges what a
-// fragment handed over leaves to come).
-func (w *pushWatch) delivered() {
-	if w != nil {
-		w.arm()
-	}
+// ask looks (look) and asks cfg.Leave, and says whether to leave, with
+// the request id of the subscription pushing (0: none).
+func (w *pushWatch) ask(ctx context.Context, cfg *FollowConfig) (uint32, bool) {
+	p, req, ok := w.c.pushing()
+	p = w.look(p, ok)
+	return req, ctx.Err() == nil && cfg.Leave(p)
 }
 
 // look is p (ok: an envelope being pushed) timed; a look with nothing

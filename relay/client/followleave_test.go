@@ -378,12 +378,12 @@ func TestInboxAwaited(t *testing.T) {
 
 // TestFollowLooksWhileComing: Follow asks Leave only while something
 // comes: not while the subscription is idle, about every 250 ms while an
-// envelope is pushed in part, once after a delivery (a small
-// envelope come whole in one read too: Leave judges what a fragment left
-// to come), once when asked for (FollowConfig.Look), and no more once
-// nothing comes. Each push is timed from the
-// look that first saw it: Bytes counts what the session read after that
-// look, and begins again at 0 with the next envelope.
+// envelope is pushed in part, at once after a delivery (a small envelope
+// come whole in one read too: Leave judges what a fragment left to
+// come), once when asked for (FollowConfig.Look), and no more once
+// nothing comes. Each push is timed from the look that first saw it:
+// Bytes counts what the session read after that look, and begins again
+// at 0 with the next envelope.
 func TestFollowLooksWhileComing(t *testing.T) {
 	id, _, envs := sealed(t, 100, 100, 30<<10, 30<<10, 100)
 	_, key, _ := ed25519.GenerateKey(nil)
