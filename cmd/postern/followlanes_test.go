@@ -365,8 +365,8 @@ func TestFollowLiveMeasure(t *testing.T) {
 					}
 					f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10), send...)
 					f.stop()
-					t.Logf("200 KB live, network %s, %s: %.2f s; %d leaves, %d trials found each flow throttled", known, lanes, took.Seconds(),
-						strings.Count(f.stderr.String(), "a large message is coming"), strings.Count(f.stderr.String(), "this network throttles each flow;"))
+					t.Logf("200 KB live, network %s, %s: %.2f s; %d leaves, %d trials found each flow throttled; stderr:\n%s", known, lanes, took.Seconds(),
+						strings.Count(f.stderr.String(), "a large message is coming"), strings.Count(f.stderr.String(), "this network throttles each flow;"), f.stderr.String())
 				})
 			}
 		})
@@ -708,7 +708,7 @@ func TestFollowNoLeaveFromStart(t *testing.T) {
 
 // TestFollowFindsFlowThrottle: on a network not known to throttle, a
 // follower to which a large message comes slowly over its subscription
-// (190 KB in three 64 KiB envelopes, from a sender on a fast line,
+// (190 KB in four 64 KiB envelopes, from a sender on a fast line,
 // behind a 10 KiB/s throttle of each flow's downstream) tries a second
 // connection beside it, finds each flow throttled, remembers the network
 // so, and leaves for lanes, where until 2026-12-07 the whole message
@@ -721,9 +721,9 @@ func TestFollowFindsFlowThrottle(t *testing.T) {
 	w := newCensoredWorld(t)
 	f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(190<<10))
 	t.Logf("190 KB sent while following: shown %v after the send began", took)
-	for _, want := range []string{"and a second connection beside it", "this network throttles each flow", "a large message is coming over one connection"} {
-		if !strings.Contains(f.stderr.String(), want) {
-			t.Fatalf("stderr does not say %q:\n%s", want, f.stderr.String())
+	for _, want := range []string{"and a second connection beside it", "this network throttles each flow;", "a large message is coming over one connection"} {
+		if n := strings.Count(f.stderr.String(), want); n != 1 {
+			t.Fatalf("stderr says %q %d times, want once:\n%s", want, n, f.stderr.String())
 		}
 	}
 	home := func(k string) string { return map[string]string{"POSTERN_HOME": w.home}[k] }

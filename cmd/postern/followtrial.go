@@ -19,8 +19,13 @@ type followTrial struct {
 	alone float64
 	// found is the rate of a flow found throttled one by one (with
 	// --network it is remembered in the network's facts; without, it
-	// holds for the follower's life), 0 if none was.
-	found int
+	// holds for the follower's life), 0 if none was; lineDay, without
+	// --network, the day the lanes then found the line throttled as a
+	// whole (judgeRecvLanes, whose facts cannot be written: a reviewer's
+	// find, a follower without --network announced it and went on with
+	// four connections), 0 if they did not.
+	found   int
+	lineDay int64
 	// wait is the least time from a trial that found no such throttle
 	// (at) to the next: from minPartsWait, doubling to maxPartsWait.
 	at   time.Time
@@ -31,14 +36,30 @@ type followTrial struct {
 	parts []client.Begun
 }
 
-// facts are the network's facts, with a throttle of each flow this
-// follower found and could not remember (without --network).
+// facts are the network's facts; without --network, what this follower
+// found and could not remember: a throttle of each flow, and the line
+// its lanes judged.
 func (f *partsFollow) facts() netFacts {
 	nf := f.t.facts.get()
-	if f.ft.found > 0 && !nf.Throttled {
+	if f.t.facts == nil && f.ft.found > 0 {
 		nf.Throttled, nf.Rate = true, f.ft.found
+		nf.LineThrottled, nf.LineDay = f.ft.lineDay != 0, f.ft.lineDay
 	}
 	return nf
+}
+
+// judged keeps, without --network, what lanes that carried st on a
+// network of facts judged of the line, as judgeRecvLanes remembers it
+// with: throttled as a whole that day, else not.
+func (f *partsFollow) judged(facts netFacts, st client.LanesStats) {
+	if f.t.facts != nil || f.ft.found == 0 || st.Sessions < 2 {
+		return
+	}
+	if _, judged, line := lineVerdict(facts, st); judged && line {
+		f.ft.lineDay = today()
+	} else if judged {
+		f.ft.lineDay = 0
+	}
 }
 
 // trialDue says whether a push found slow is to be tried beside
@@ -112,8 +133,15 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	if !f.verdict(tr) {
 		return false
 	}
-	f.ft.lane, f.ft.parts = tr.lane, tr.parts
-	return true
+	// Left as a subscription begun after lanes would be, if it is
+	// (a reviewer's find: it left whatever came, nothing perhaps);
+	// else the trial's connection is not kept idle.
+	f.ft.lane, f.ft.parts, f.watching = tr.lane, tr.parts, true
+	if f.leave(p) {
+		return true
+	}
+	f.dropLane()
+	return false
 }
 
 // verdict takes in what trial tr found (done), and says whether it found

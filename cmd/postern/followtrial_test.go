@@ -69,6 +69,8 @@ func TestFollowTrialLeave(t *testing.T) {
 	var out bytes.Buffer
 	f := w.trialFollow(t, "cafe", &out)
 	slow := client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 40 << 10, Since: 3 * time.Second}
+	// The next envelope, its first record come: 48 KiB still to come.
+	next := client.Pushing{Seq: 2, Total: 64 << 10, Got: 16 << 10}
 	for _, c := range []struct {
 		what string
 		p    client.Pushing
@@ -117,7 +119,7 @@ func TestFollowTrialLeave(t *testing.T) {
 	lane := f.conn(t)
 	part := client.Begun{Seq: 2, Total: 64 << 10, Data: []byte("timed")}
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, rate: 12000, lane: lane, parts: []client.Begun{part}}), func() {}
-	if !f.leave(slow) || f.t.facts.get() != (netFacts{Throttled: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
+	if !f.leave(next) || f.t.facts.get() != (netFacts{Throttled: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
 		t.Fatalf("each flow throttled: no leave, or facts %+v, lanes due %v", f.t.facts.get(), f.lanesDue())
 	}
 	came := client.Begun{Seq: 1, Total: 64 << 10, Data: []byte("came")}
@@ -143,6 +145,8 @@ func TestFollowTrialEnds(t *testing.T) {
 	w := newDrainWorld(t)
 	var out bytes.Buffer
 	slow := client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 40 << 10, Since: 3 * time.Second}
+	// The next envelope, its first record come: 48 KiB still to come.
+	next := client.Pushing{Seq: 2, Total: 64 << 10, Got: 16 << 10}
 	g := w.trialFollow(t, "", &out)
 	lookAsked := func(what string) {
 		t.Helper()
@@ -172,14 +176,31 @@ func TestFollowTrialEnds(t *testing.T) {
 	if unused.Err() == nil || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {
 		t.Fatalf("a trial that found each flow throttled as its session ended: connection open %v, facts %+v", unused.Err() == nil, g.facts())
 	}
-	kept := g.conn(t) // f.dial would take lanes now
+	idle := g.conn(t)
+	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: idle}), func() {}
+	if g.leave(client.Pushing{}) || idle.Err() == nil || g.ft.lane != nil {
+		t.Fatal("each flow found throttled, read with nothing coming: left, or its connection kept open")
+	}
+	g.watching = false // as a new subscription on a network not known throttled
+	kept := g.conn(t)  // f.dial would take lanes now
 	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: kept}), func() {}
-	if l := g.leave(slow); !l || g.ft.lane != kept {
+	if l := g.leave(next); !l || g.ft.lane != kept {
 		t.Fatalf("each flow found throttled: leave %v, its connection kept %v", l, g.ft.lane == kept)
 	}
 	g.forgetLeave()
 	if kept.Err() == nil || g.ft.lane != nil {
 		t.Fatal("a trial's connection left open by a dial that took another way")
+	}
+	// Without --network, what the lanes judge of the line holds too:
+	// 100 KB in 10 s over four connections, where one alone carried
+	// 9 KB/s, is a line throttled as a whole; 400 KB is not.
+	g.judged(g.facts(), client.LanesStats{Sessions: 4, Bytes: 100 << 10, Span: 10 * time.Second})
+	if g.lanesDue() || laneLimit(g.e, g.facts()) != 1 {
+		t.Fatalf("a line found throttled as a whole without --network: lanes still due (%d)", laneLimit(g.e, g.facts()))
+	}
+	g.judged(g.facts(), client.LanesStats{Sessions: 4, Bytes: 400 << 10, Span: 10 * time.Second})
+	if !g.lanesDue() {
+		t.Fatal("each flow found throttled again without --network: lanes not due")
 	}
 
 	w.old = true // a relay from before parts

@@ -363,15 +363,12 @@ func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
 	if st.Sessions < 2 {
 		return
 	}
-	together := 0.0
-	if st.Span > 0 {
-		together = float64(st.Bytes) / st.Span.Seconds()
-	}
-	if st.Sessions < minJudged || st.Bytes < minJudgedBytes || f.Rate <= 0 || together <= 0 {
+	together, judged, line := lineVerdict(f, st)
+	if !judged {
 		fmt.Fprintf(e.stderr, "received over %d connections at once: this network throttles each flow\n", st.Sessions)
 		return
 	}
-	if together < lineGain*float64(f.Rate) {
+	if line {
 		fmt.Fprintf(e.stderr, "%d connections at once carried %.1f KB/s together, where one alone carried %.1f KB/s: this network throttles the whole line; one connection at a time here today\n",
 			st.Sessions, together/1000, float64(f.Rate)/1000)
 		t.facts.update(e, func(f *netFacts) { f.LineThrottled, f.LineDay = true, today() })
@@ -382,6 +379,19 @@ func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
 	if f.LineThrottled {
 		t.facts.update(e, func(f *netFacts) { f.LineThrottled, f.LineDay = false, 0 })
 	}
+}
+
+// lineVerdict is judgeRecvLanes' verdict on lanes that carried st on a
+// network of facts f: what they carried together, in bytes a second,
+// whether that judges the line, and whether it is throttled as a whole.
+func lineVerdict(f netFacts, st client.LanesStats) (together float64, judged, line bool) {
+	if st.Span > 0 {
+		together = float64(st.Bytes) / st.Span.Seconds()
+	}
+	if st.Sessions < minJudged || st.Bytes < minJudgedBytes || f.Rate <= 0 || together <= 0 {
+		return together, false, false
+	}
+	return together, true, together < lineGain*float64(f.Rate)
 }
 
 // What judgeRecvLanes needs to judge a line: three sessions at once or
@@ -747,7 +757,9 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 		// If this fails too, they come again and are acked as replays.
 		c.Ack(ctx, f.t.m.owner(), f.t.m.id(), f.unacked...)
 	}
-	st, err := drainLanes(ctx, f.e, f.t, f.in, c, f.facts(), f.have)
+	facts := f.facts()
+	st, err := drainLanes(ctx, f.e, f.t, f.in, c, facts, f.have)
+	f.judged(facts, st)
 	f.have, f.unacked = nil, nil
 	f.awaitedID, f.awaited = f.in.Awaited()
 	if f.leaving {
