@@ -160,7 +160,8 @@ func TestFollowLeavesLivePush(t *testing.T) {
 // TestFollowLanesDue: a follower takes the backlog over lanes only on a
 // network known to throttle each flow and not to cut flows, whose line
 // is not known throttled today, with more than one lane allowed, lanes
-// to dial and a relay that knows parts; without --network, never.
+// to dial and a relay that knows parts; without --network, never (unless
+// the follower's own trial found each flow throttled: TestFollowTrialEnds).
 func TestFollowLanesDue(t *testing.T) {
 	throttled := netFacts{Throttled: true, Rate: 8000}
 	lineToday, lineYesterday, cut := throttled, throttled, throttled

@@ -724,10 +724,11 @@ func (f *partsFollow) forgetLeave() {
 }
 
 // lanesDue says whether the backlog goes over lanes before the next
-// subscription: on a network known to throttle each flow, and not to
-// cut flows (drains in parts are for that), whose line is not known
-// throttled as a whole today, with lanes allowed (POSTERN_LANES), as a
-// plain recv there takes it (drainWhole).
+// subscription: on a network known to throttle each flow (or found so by
+// the follower's trial: facts), and not to cut flows (drains in parts
+// are for that), whose line is not known throttled as a whole today,
+// with lanes allowed (POSTERN_LANES), as a plain recv there takes it
+// (drainWhole).
 func (f *partsFollow) lanesDue() bool {
 	facts := f.facts()
 	return !f.off && f.t.laneDial != nil && facts.Throttled && facts.RecvBudget == 0 && laneLimit(f.e, facts) > 1
