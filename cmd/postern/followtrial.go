@@ -93,9 +93,13 @@ func (f *partsFollow) trialWorth() bool {
 // the verdict is read on the look after the trial ends, which it asks
 // for (client.FollowConfig.Look). A part that comes at trialShare
 // or more of what the push came at means flows throttled one by one: the
-// network is remembered so (found, and in its facts with --network), and
-// the follower leaves its subscription for lanes, which begin on the
-// trial's connection and ask for none of what came or was timed again.
+// network is remembered so (found, and in its facts with --network), the
+// subscription is watched from then on as one begun after lanes, and the
+// follower leaves it for lanes if those rules say so (leave), beginning
+// on the trial's connection and asking for none of what came or was
+// timed again; else that connection is closed. A slow push on a network
+// found throttled meanwhile (by another target's trial, a send) is
+// judged by those rules at once.
 // Less, or nothing tried, means the line is throttled as a whole, or
 // there was too little to gain: the push goes on over the subscription,
 // and the next trial waits (followTrial.wait). Until 2026-12-07 a follower on a
@@ -107,7 +111,14 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		alone, slow := throttledPage(client.PageProgress{Bytes: p.Bytes, Since: p.Since, Idle: p.Idle}, f.cur.DialTime())
-		if !slow || !f.trialDue() { // last: it reads the network's facts
+		if !slow { // first: the rest read the network's facts
+			return false
+		}
+		if f.lanesDue() { // a third reviewer's find
+			f.watching = true
+			return f.leave(p)
+		}
+		if !f.trialDue() {
 			return false
 		}
 		ctx, stop := context.WithCancel(f.ctx)

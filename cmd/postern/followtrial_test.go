@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 )
 
@@ -94,7 +95,10 @@ func TestFollowTrialLeave(t *testing.T) {
 		undo()
 	}
 	notDue("a network known throttled", func() { f.t.facts.update(f.e, func(nf *netFacts) { nf.Throttled = true }) },
-		func() { f.t.facts.update(f.e, func(nf *netFacts) { nf.Throttled = false }) })
+		func() { // (the subscription is watched then: TestFollowTrialWatchedRules)
+			f.t.facts.update(f.e, func(nf *netFacts) { nf.Throttled = false })
+			f.watching = false
+		})
 	notDue("POSTERN_LANES=1", func() { f.e.getenv = withEnv(f.e.getenv, "POSTERN_LANES", "1") },
 		func() { f.e.getenv = withEnv(f.e.getenv, "POSTERN_LANES", "") })
 	laneDial := f.t.laneDial
@@ -173,6 +177,7 @@ func TestFollowTrialEnds(t *testing.T) {
 	unused := g.conn(t)
 	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: unused}), func() {}, 9000
 	g.endTrial()
+	g.ft.at = time.Time{} // past the wait: what is found stops trials
 	if unused.Err() == nil || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {
 		t.Fatalf("a trial that found each flow throttled as its session ended: connection open %v, facts %+v", unused.Err() == nil, g.facts())
 	}
@@ -216,6 +221,44 @@ func TestFollowTrialEnds(t *testing.T) {
 	}
 	if h.leave(client.Pushing{}) || !h.off || h.trialWorth() {
 		t.Fatalf("a relay from before parts: off %v", h.off)
+	}
+}
+
+// TestFollowTrialWatchedRules: once a follower's trial found each flow
+// throttled, its subscription is judged by the rules of one begun after
+// lanes, against what the inbox awaited as it began (taken at every
+// dial, not only by lanes): a first fragment held from before, of a
+// message that claimed more and never got it, makes no leave (a third
+// reviewer's find: with nothing taken, any message awaited counted as
+// coming). A slow push on a network found throttled meanwhile (by a
+// send, another target) is judged by those rules at once.
+func TestFollowTrialWatchedRules(t *testing.T) {
+	w := newDrainWorld(t)
+	var out bytes.Buffer
+	f := w.trialFollow(t, "cafe", &out)
+	first := w.sealedFragments(t, 200<<10, envelope.Bucket16K)[0]
+	if _, err := f.in.Handle(client.Delivery{Ref: client.Ref{9}, Seq: 9, Envelope: first}); err != nil {
+		t.Fatal(err)
+	}
+	if _, awaited := f.in.Awaited(); awaited < leaveBytes {
+		t.Fatalf("the inbox awaits %d bytes", awaited)
+	}
+	c, err := f.followConfig().Dial(f.ctx) // a new session, no lanes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	lane := f.conn(t)
+	f.ft.run, f.ft.stop, f.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: lane}), func() {}, 9000
+	if f.leave(client.Pushing{}) || lane.Err() == nil || !f.watching {
+		t.Fatalf("each flow found throttled, nothing coming but a message awaited since before: left, or its connection kept open; stderr:\n%s", out.String())
+	}
+
+	g := w.trialFollow(t, "cafe", &out)
+	g.t.facts.update(g.e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, 9000 })
+	early := client.Pushing{Seq: 20, Total: 64 << 10, Got: 16 << 10, Bytes: 40 << 10, Since: 3 * time.Second}
+	if !g.leave(early) || !g.watching || g.ft.run != nil {
+		t.Fatal("a slow push with 48 KiB to come, on a network found throttled meanwhile: no leave, or a trial")
 	}
 }
 

@@ -652,6 +652,11 @@ func (f *partsFollow) followConfig() client.FollowConfig {
 		f.endTrial()
 		c, err := f.dial(ctx)
 		f.ctx, f.cur = ctx, c
+		// What the inbox awaits as the subscription begins, whichever way
+		// the dial went (a third reviewer's find: only lanes took it, and
+		// a subscription that began otherwise and was watched later took
+		// any message awaited for one that was coming).
+		f.awaitedID, f.awaited = f.in.Awaited()
 		return c, err
 	}
 	cfg := f.in.FollowConfig(dial, f.t.m.owner(), f.t.m.id())

@@ -86,8 +86,8 @@ type FollowConfig struct {
 	Lost func(err error, wait time.Duration)
 	// Leave, if set, is asked whether to leave the session about every
 	// 250 ms while part of an envelope pushed came and the rest has not,
-	// at once after each batch of deliveries, and when Look asks (never
-	// while nothing comes), and shown the envelope the subscription is
+	// at once after each batch of deliveries, and when Look asks (else
+	// never while nothing comes), and shown the envelope the subscription is
 	// pushing, timed, if some of it came and some is still to come (else
 	// a zero Pushing: over TLS, what comes of a frame grows a record, up
 	// to 16 KiB, at a time, so a 16 KiB envelope shows up, if at all,
