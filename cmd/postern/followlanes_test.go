@@ -335,8 +335,9 @@ func measureWorld(t *testing.T, lanes string) (*censoredWorld, []string) {
 
 // TestFollowLiveMeasure times a 200 KB message sent while `recv
 // --follow` is subscribed, behind a 64 kbit/s throttle of each flow's
-// downstream (the sender's upstream passes: it is there at once, as from
-// a sender on a fast line), from the send's start to the message shown,
+// downstream ("flow"), or of the line's downstream as a whole ("line"),
+// the sender's upstream passing (it is there at once, as from a sender
+// on a fast line), from the send's start to the message shown,
 // beside POSTERN_LANES=1 for the follower (one connection) on a fresh
 // world in the same run, for the README:
 //   - known: on a network known to throttle each flow, the sender on it
@@ -354,24 +355,36 @@ func TestFollowLiveMeasure(t *testing.T) {
 	}
 	const rate = 8000 // 64 kbit/s
 	for _, known := range []string{"known", "not known"} {
-		t.Run(known, func(t *testing.T) {
-			for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
-				t.Run(lanes, func(t *testing.T) {
-					t.Parallel()
-					w, env := measureWorld(t, lanes)
-					var send []string
-					if known == "known" {
-						w.knownThrottled(t, rate)
-						send = []string{"--network", "cafe"}
-					}
-					f, took := w.followLive(t, censortest.ThrottleDown(rate), env, randomMsg(200<<10), send...)
-					f.stop()
-					t.Logf("200 KB live, network %s, %s: %.2f s; %d leaves, %d trials found each flow throttled; stderr:\n%s", known, lanes, took.Seconds(),
-						strings.Count(f.stderr.String(), "a large message is coming"), strings.Count(f.stderr.String(), "this network throttles each flow;"), f.stderr.String())
-				})
+		for _, censor := range []string{"flow", "line"} {
+			rule := censortest.ThrottleDown(rate)
+			if censor == "line" {
+				rule = censortest.ThrottleHostDown(rate)
 			}
-		})
+			t.Run(known+"/"+censor, func(t *testing.T) {
+				for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
+					t.Run(lanes, func(t *testing.T) {
+						t.Parallel()
+						liveMeasure(t, known == "known", rule, lanes, rate)
+					})
+				}
+			})
+		}
 	}
+}
+
+// liveMeasure is one of TestFollowLiveMeasure's worlds: the follower's
+// network known throttled at rate, or not; behind rule; lanes.
+func liveMeasure(t *testing.T, known bool, rule censortest.Rule, lanes string, rate int) {
+	w, env := measureWorld(t, lanes)
+	var send []string
+	if known {
+		w.knownThrottled(t, rate)
+		send = []string{"--network", "cafe"}
+	}
+	f, took := w.followLive(t, rule, env, randomMsg(200<<10), send...)
+	f.stop()
+	t.Logf("200 KB live: %.2f s; %d leaves, %d trials found each flow throttled; stderr:\n%s", took.Seconds(),
+		strings.Count(f.stderr.String(), "a large message is coming"), strings.Count(f.stderr.String(), "this network throttles each flow;"), f.stderr.String())
 }
 
 // followDial is a follower of w's mailbox on a network known to throttle

@@ -472,7 +472,7 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out f
 		fl.buckets[dir].setRate(rate)
 		bs = append(bs, fl.buckets[dir])
 	}
-	if rate := r.hostRate(); rate > 0 {
+	if rate := r.hostRate(dir); rate > 0 {
 		bs = append(bs, m.hostBucket(dir, rate))
 	}
 	if len(bs) == 0 {

@@ -537,12 +537,27 @@ func TestThrottleHostSharesOneBucket(t *testing.T) {
 	}
 }
 
-// TestThrottleDownLeavesUpstream: ThrottleDown meters what the server
-// sends, and lets what the client sends pass. With the clock frozen no
-// token comes back: the client's 64 KiB reach the server whole, and of
-// the server's 64 KiB about the first bucket (8 KiB) comes, under twice
-// that (10,500 bytes here: a piece taken into debt).
+// TestThrottleDownLeavesUpstream: ThrottleDown and ThrottleHostDown
+// meter what the server sends, and let what the client sends pass. With
+// the clock frozen no token comes back: the client's 64 KiB reach the
+// server whole, and of the server's 64 KiB about the first bucket
+// (8 KiB) comes, under twice that (10,500 bytes here: a piece taken into
+// debt). A second connection then gets as much again under ThrottleDown
+// (each flow's bucket), and nothing under ThrottleHostDown (the host's
+// bucket, which the first emptied).
 func TestThrottleDownLeavesUpstream(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		rule Rule
+		host bool
+	}{{"ThrottleDown", ThrottleDown(8 << 10), false}, {"ThrottleHostDown", ThrottleHostDown(8 << 10), true}} {
+		t.Run(c.name, func(t *testing.T) { throttledDown(t, c.rule, c.host) })
+	}
+}
+
+// throttledDown is TestThrottleDownLeavesUpstream for rule, of the host
+// if host.
+func throttledDown(t *testing.T, rule Rule, host bool) {
 	frozen := time.Now()
 	const rate, n = 8 << 10, 64 << 10
 	got := make(chan int, 1)
@@ -551,7 +566,7 @@ func TestThrottleDownLeavesUpstream(t *testing.T) {
 		got <- k
 	})
 	m := newMiddlebox(t, up, func() time.Time { return frozen })
-	m.SetRule(ThrottleDown(rate))
+	m.SetRule(rule)
 	if _, err := dial(t, m).Write(randomBytes(n)); err != nil {
 		t.Fatal(err)
 	}
@@ -561,14 +576,20 @@ func TestThrottleDownLeavesUpstream(t *testing.T) {
 			t.Fatalf("the server got %d bytes of the client's %d", k, n)
 		}
 	case <-time.After(patience): // a deadlock guard
-		t.Fatal("the client's bytes were held: ThrottleDown throttled the upstream")
+		t.Fatal("the client's bytes were held: the upstream was throttled")
 	}
 	down := newMiddlebox(t, pushServer(n)(t), func() time.Time { return frozen })
-	down.SetRule(ThrottleDown(rate))
-	c := dial(t, down)
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	k, _ := io.ReadFull(c, make([]byte, n))
-	if k == 0 || k >= 2*rate {
+	down.SetRule(rule)
+	read := func() int {
+		c := dial(t, down)
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		k, _ := io.ReadFull(c, make([]byte, n))
+		return k
+	}
+	if k := read(); k == 0 || k >= 2*rate {
 		t.Fatalf("the client got %d bytes of the server's %d with the clock frozen, want about the first bucket's %d", k, n, rate)
+	}
+	if k := read(); host && k != 0 || !host && (k == 0 || k >= 2*rate) {
+		t.Fatalf("a second connection got %d bytes with the clock frozen (the host's bucket: %v)", k, host)
 	}
 }

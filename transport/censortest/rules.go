@@ -51,8 +51,8 @@ type Rule interface {
 	// no limit.
 	rate(dir Direction) int64
 	// hostRate is the most bytes per second all of a TCP middlebox's
-	// connections together may carry in each direction, 0 for no limit.
-	hostRate() int64
+	// connections together may carry in dir, 0 for no limit.
+	hostRate(dir Direction) int64
 	// delay is how long a TCP connection's bytes, or a UDP flow's
 	// datagrams, take through the middlebox in each direction, on top of
 	// the rest.
@@ -74,7 +74,7 @@ func (passRule) onFirstFlight(*firstFlight) action    { return actForward }
 func (passRule) budget(Direction, int64, int64) int64 { return unlimited }
 func (passRule) resets(Direction, int64, int64) bool  { return false }
 func (passRule) rate(Direction) int64                 { return 0 }
-func (passRule) hostRate() int64                      { return 0 }
+func (passRule) hostRate(Direction) int64             { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
 func (passRule) onDatagram(*datagram) action          { return actForward }
@@ -259,6 +259,15 @@ func ThrottleHost(bytesPerSecond int) Rule {
 	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0)), host: true}
 }
 
+// ThrottleHostDown is ThrottleHost of what servers send alone: all the
+// flows' downstream together is limited to bytesPerSecond, and what
+// clients send passes. It stands for a recipient whose line is shaped as
+// a whole and a sender on a fast line through one middlebox, as
+// ThrottleDown does for a throttle of each flow.
+func ThrottleHostDown(bytesPerSecond int) Rule {
+	return throttleRule{bytesPerSecond: int64(max(bytesPerSecond, 0)), host: true, down: true}
+}
+
 func (r throttleRule) rate(dir Direction) int64 {
 	if r.host || (r.down && dir == ClientToServer) {
 		return 0
@@ -266,11 +275,11 @@ func (r throttleRule) rate(dir Direction) int64 {
 	return r.bytesPerSecond
 }
 
-func (r throttleRule) hostRate() int64 {
-	if r.host {
-		return r.bytesPerSecond
+func (r throttleRule) hostRate(dir Direction) int64 {
+	if !r.host || (r.down && dir == ClientToServer) {
+		return 0
 	}
-	return 0
+	return r.bytesPerSecond
 }
 
 type latencyRule struct {
@@ -414,7 +423,9 @@ func (a allRules) delay() time.Duration {
 func (a allRules) rate(dir Direction) int64 {
 	return a.lowest(func(r Rule) int64 { return r.rate(dir) })
 }
-func (a allRules) hostRate() int64 { return a.lowest(Rule.hostRate) }
+func (a allRules) hostRate(dir Direction) int64 {
+	return a.lowest(func(r Rule) int64 { return r.hostRate(dir) })
+}
 
 // lowest is the lowest limit of's rules set (> 0), 0 if none does.
 func (a allRules) lowest(of func(Rule) int64) int64 {
