@@ -110,11 +110,11 @@ func TestFollowTrialLeave(t *testing.T) {
 	f.ft.at, f.ft.wait = time.Time{}, 0
 
 	f.ft.run, f.ft.stop, f.ft.alone = doneTrial(pageTrial{judged: true, rate: 5000}), func() {}, 10000
-	if f.leave(slow) || f.ft.wait != minPartsWait || !strings.Contains(out.String(), "seems to throttle the whole line") || f.facts().Throttled ||
-		!f.facts().LineThrottled || f.trialWorth() || !f.t.facts.get().LineThrottled {
-		t.Fatalf("a line throttled as a whole: wait %v, facts %+v; stderr:\n%s", f.ft.wait, f.facts(), out.String())
+	if f.leave(slow) || f.ft.wait != minPartsWait || !strings.Contains(out.String(), "seems to throttle the whole line") ||
+		f.t.facts.get().LineThrottled || f.trialWorth() {
+		t.Fatalf("a line throttled as a whole: wait %v, facts %+v, trials still worth it %v; stderr:\n%s", f.ft.wait, f.t.facts.get(), f.trialWorth(), out.String())
 	}
-	f.t.facts.update(f.e, func(nf *netFacts) { nf.LineThrottled, nf.LineDay = false, 0 }) // a later day
+	f.ft.lineDay = today() - 1 // a later day
 	notDue("within the wait after a trial", func() {}, func() { f.ft.at = time.Time{} })
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{}), func() {} // nothing judged
 	if f.leave(slow) || f.ft.wait != 2*minPartsWait {
@@ -146,8 +146,8 @@ func TestFollowTrialLeave(t *testing.T) {
 // next waits; what one found by then is taken in, and its connection
 // closed, as is one kept for lanes that a dial then does not take. A
 // relay from before parts is not tried again. Without --network, a
-// throttle of each flow found holds for the follower's life, and a line
-// throttled as a whole for the day.
+// throttle of each flow found holds for the follower's life; a line
+// throttled as a whole stops its trials for the day, with or without.
 func TestFollowTrialEnds(t *testing.T) {
 	w := newDrainWorld(t)
 	var out bytes.Buffer
@@ -213,7 +213,7 @@ func TestFollowTrialEnds(t *testing.T) {
 
 	k := w.trialFollow(t, "", &out) // a line found without --network
 	k.ft.run, k.ft.stop, k.ft.alone = doneTrial(pageTrial{judged: true, rate: 4000}), func() {}, 9000
-	if k.leave(slow) || !k.facts().LineThrottled || k.trialWorth() {
+	if k.leave(slow) || k.trialWorth() {
 		t.Fatalf("a line throttled as a whole, found without --network: facts %+v, trials still worth it %v", k.facts(), k.trialWorth())
 	}
 

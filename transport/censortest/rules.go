@@ -221,6 +221,8 @@ func (r dropAnswersRule) budget(dir Direction, _, other int64) int64 {
 
 // throttleRule is Throttle (each flow) or, with host, ThrottleHost (all
 // of them together); with down, ThrottleDown.
+// throttleRule is Throttle, ThrottleDown, ThrottleHost and
+// ThrottleHostDown.
 type throttleRule struct {
 	passRule
 	bytesPerSecond int64
