@@ -76,7 +76,8 @@ func (f *partsFollow) trialDue() bool {
 
 // trialWorth says whether a follower may try a push found slow: where
 // lanes would be due if the network were known to throttle each flow
-// (lanesDue), and it is not, nor found so. A subscription is watched
+// (lanesDue), and it is not, nor found so, nor its line found throttled
+// as a whole today. A subscription is watched
 // for it (client.FollowConfig.Watch) even within a trial's wait, which
 // may end while it runs.
 func (f *partsFollow) trialWorth() bool {
@@ -91,24 +92,24 @@ func (f *partsFollow) trialWorth() bool {
 // (the network not known to throttle each flow), as drainWatched is a
 // recv's pass there: once the envelope being pushed shows the flow
 // throttled (throttledPage, from Pushing's timing: two TLS records past
-// the first look at under throttleFloor: only an envelope of the
-// largest bucket brings them), a second connection looks at what waits
-// from it on and, if that comes to three times what came of it or more
-// (it included), times a full part of what waits past it (startTrial);
-// the verdict is read on the look after the trial ends, which it asks
-// for (client.FollowConfig.Look). A part that comes at trialShare
-// or more of what the push came at means flows throttled one by one: the
-// network is remembered so (found, and in its facts with --network), the
+// the first look at under throttleFloor: only an envelope of the largest
+// bucket brings them), a second connection looks at what waits from it
+// on and, if that comes to three times what came of it or more (it
+// included), times a full part of what waits past it (startTrial); the
+// verdict is read on the look after the trial ends, which it asks for
+// (client.FollowConfig.Look). A part that comes at trialShare or more of
+// what the push came at means flows throttled one by one: the network is
+// remembered so (found, and in its facts with --network), the
 // subscription is watched from then on as one begun after lanes, and the
 // follower leaves it for lanes if those rules say so (leave), beginning
 // on the trial's connection and asking for none of what came or was
-// timed again; else that connection is closed. A slow push on a network
-// found throttled meanwhile (by another target's trial, a send) is
-// judged by those rules at once.
-// Less, or nothing tried, means the line is throttled as a whole, or
-// there was too little to gain: the push goes on over the subscription,
-// and the next trial waits (followTrial.wait). Until 2026-12-07 a follower on a
-// network not known throttled took everything over one connection,
+// timed again; else that connection is closed. Less means the line is
+// throttled as a whole: the push goes on over the subscription, and the
+// follower tries no more that day (lineDay); nothing judged, too little
+// to gain: the next trial waits (followTrial.wait). A slow push on a
+// network found throttled meanwhile (by another target's trial, a send)
+// is judged by the watched rules at once. Until 2026-12-07 a follower on
+// a network not known throttled took everything over one connection,
 // however large: the first follower on a network learnt nothing.
 func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	if f.ft.run == nil {
@@ -162,8 +163,9 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 
 // verdict takes in what trial tr found (done), and says whether it found
 // each flow throttled: that is remembered (found, and in the network's
-// facts with --network). Else the next trial waits longer; a relay that
-// does not know parts is not asked for them again (off).
+// facts with --network). Else the next trial waits longer, or, for a
+// line found throttled, none runs again that day; a relay that does not
+// know parts is not asked for them again (off).
 func (f *partsFollow) verdict(tr *pageTrial) bool {
 	if !tr.perFlow {
 		if tr.judged {

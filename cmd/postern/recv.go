@@ -637,9 +637,8 @@ type partsFollow struct {
 	leaveWait         time.Duration
 	// What a follower on a network not known to throttle each flow
 	// does to find it out (followtrial.go): cur is the session Follow
-	// dialed last, ctx Follow's.
-	// look wakes Follow for a look when a trial ends
-	// (client.FollowConfig.Look).
+	// dialed last, ctx Follow's; look wakes Follow for a look when a
+	// trial ends (client.FollowConfig.Look).
 	cur  *client.Client
 	ctx  context.Context
 	ft   followTrial
@@ -805,12 +804,13 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 }
 
 // leave says whether the follower leaves its subscription, pushing p,
-// for lanes (client.FollowConfig.Leave), when lanes are due (lanesDue):
-// when leaveBytes or more of p are still to come, once per envelope; or
-// when the subscription brought a fragment of a message of which as much
-// is still to come (client.Inbox.Awaited, which changed since the
-// subscription began: on a network known throttled a sender seals
-// 16 KiB envelopes, and a message of many came one by one, however
+// for lanes (client.FollowConfig.Leave); on a subscription that did not
+// begin after lanes (watching), trialLeave says. Else, when lanes are
+// due (lanesDue): when leaveBytes or more of p are still to come, once
+// per envelope; or when the subscription brought a fragment of a message
+// of which as much is still to come (client.Inbox.Awaited, which changed
+// since the subscription began: on a network known throttled a sender
+// seals 16 KiB envelopes, and a message of many came one by one, however
 // large). So each leave for a message follows a fragment of it pushed:
 // the lanes take what the relay has of it by then, and one whose other
 // fragments never come costs no more. Until 2026-12-07 a large message
