@@ -298,7 +298,7 @@ func TestFollowLeave(t *testing.T) {
 	check("the same push again", big, false)
 	handle(0)
 	check("a first fragment of four", client.Pushing{}, true)
-	f.awaitedID, f.awaited = in.Awaited() // as the lanes after that leave do
+	f.awaitedID, f.awaited = in.Awaited() // as the next dial does
 	check("no fragment since", client.Pushing{}, false)
 	handle(1)
 	check("a second fragment, 32 KiB to come, and 1 byte of the next come", client.Pushing{Seq: 20, Total: 16 << 10, Got: 1}, false)

@@ -766,7 +766,6 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 	st, err := drainLanes(ctx, f.e, f.t, f.in, c, facts, f.have)
 	f.judged(facts, st)
 	f.have, f.unacked = nil, nil
-	f.awaitedID, f.awaited = f.in.Awaited()
 	if f.leaving {
 		f.leaving = false
 		if st.New >= leaveBytes {

@@ -85,25 +85,24 @@ type FollowConfig struct {
 	// before reconnecting. It never receives an address.
 	Lost func(err error, wait time.Duration)
 	// Leave, if set, is asked whether to leave the session about every
-	// 250 ms while part of an envelope pushed came and the rest has not,
-	// at once after each batch of deliveries, and when Look asks (else
-	// never while nothing comes), and shown the envelope the subscription is
-	// pushing, timed, if some of it came and some is still to come (else
-	// a zero Pushing: over TLS, what comes of a frame grows a record, up
-	// to 16 KiB, at a time, so a 16 KiB envelope shows up, if at all,
-	// almost whole). When it
-	// returns true, Follow leaves the session: it closes it, tells Left
-	// what came, and dials again at once (no backoff, no Lost), so that
-	// Dial can take what waits another way (over lanes, on a network
-	// that throttles each flow: Inbox.DrainLanes with what came as
-	// LanesConfig.Have) before the next subscription. Leave should say
-	// true once per envelope at most: the next subscription pushes one
-	// not taken meanwhile again. It is not asked on a subscription asked
-	// past a cursor (After) that the relay began from the mailbox's start
-	// (a relay from before SubscribeAfter, a mailbox made again): that
-	// one pushes again what the caller held, which Leave would take for
-	// new (a reviewer's find: a follower left such a subscription, and
-	// the next, for ever).
+	// 250 ms while part of an envelope pushed came and the rest has not, at
+	// once after each batch of deliveries, and when Look asks (else never
+	// while nothing comes), and shown the envelope the subscription is
+	// pushing, timed, if some of it came and some is still to come (else a
+	// zero Pushing: over TLS, what comes of a frame grows a record, up to
+	// 16 KiB, at a time, so a 16 KiB envelope shows up, if at all, almost
+	// whole). When it returns true, Follow leaves the session: it closes
+	// it, tells Left what came, and dials again at once (no backoff, no
+	// Lost), so that Dial can take what waits another way (over lanes, on
+	// a network that throttles each flow: Inbox.DrainLanes with what came
+	// as LanesConfig.Have) before the next subscription. Leave should say
+	// true once per envelope at most: the next subscription pushes one not
+	// taken meanwhile again. It is not asked on a subscription asked past
+	// a cursor (After) that the relay began from the mailbox's start (a
+	// relay from before SubscribeAfter, a mailbox made again): that one
+	// pushes again what the caller held, which Leave would take for new (a
+	// reviewer's find: a follower left such a subscription, and the next,
+	// for ever).
 	Leave func(Pushing) bool
 	// Look, if set, asks for a look when signalled: Leave is asked about
 	// 250 ms later even if nothing comes (a caller whose Leave waits on
