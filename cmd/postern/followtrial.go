@@ -77,7 +77,8 @@ func (f *partsFollow) trialDue() bool {
 // trialWorth says whether a follower may try a push found slow: where
 // lanes would be due if the network were known to throttle each flow
 // (lanesDue), and it is not, nor found so, nor its line found throttled
-// as a whole today. A subscription is watched
+// as a whole today (by lanes, or by a trial: this follower's, or with
+// --network, any follower's or recv's). A subscription is watched
 // for it (client.FollowConfig.Watch) even within a trial's wait, which
 // may end while it runs.
 func (f *partsFollow) trialWorth() bool {
@@ -85,15 +86,15 @@ func (f *partsFollow) trialWorth() bool {
 		return false
 	}
 	facts := f.facts()
-	return !facts.Throttled && facts.RecvBudget == 0 && laneLimit(f.e, facts) > 1
+	return !facts.Throttled && facts.RecvBudget == 0 && facts.TrialLineDay != today() && laneLimit(f.e, facts) > 1
 }
 
 // trialLeave is leave on a subscription that did not begin after lanes
 // (the network not known to throttle each flow), as drainWatched is a
 // recv's pass there: once the envelope being pushed shows the flow
-// throttled (throttledPage, from Pushing's timing: two TLS records past
+// throttled (throttledPage, from Pushing's timing: a TLS record past
 // the first look at under throttleFloor: only an envelope of the largest
-// bucket brings them), a second connection looks at what waits from it
+// bucket brings one), a second connection looks at what waits from it
 // on and, if that comes to three times what came of it or more (it
 // included), times a full part of what waits past it (startTrial); the
 // verdict is read on the look after the trial ends, which it asks for
@@ -105,7 +106,8 @@ func (f *partsFollow) trialWorth() bool {
 // on the trial's connection and asking for none of what came or was
 // timed again; else that connection is closed. Less means the line is
 // throttled as a whole: the push goes on over the subscription, and the
-// follower tries no more that day (lineDay); nothing judged, too little
+// follower tries no more that day (lineDay), nor, with --network, does a
+// restarted one or a recv (trial_line_day); nothing judged, too little
 // to gain: the next trial waits (followTrial.wait). A slow push on a
 // network found throttled meanwhile (by another target's trial, a send)
 // is judged by the watched rules at once. Until 2026-12-07 a follower on
@@ -164,20 +166,24 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 // verdict takes in what trial tr found (done), and says whether it found
 // each flow throttled: that is remembered (found, and in the network's
 // facts with --network). Else the next trial waits longer, or, for a
-// line found throttled, none runs again that day; a relay that does not
+// line found throttled, none runs again that day (lineDay, and
+// trial_line_day in the facts with --network); a relay that does not
 // know parts is not asked for them again (off).
 func (f *partsFollow) verdict(tr *pageTrial) bool {
 	if !tr.perFlow {
 		if tr.judged {
 			fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network seems to throttle the whole line; staying on one connection\n",
 				f.ft.alone/1000, tr.rate/1000)
-			// The follower tries no more that day: a trial behind a line
-			// costs a part fetched for nothing (2.7 s of 35.8 for 200 KB
-			// at 64 kbit/s). Not written in the facts, which would keep
-			// every send and recv there to one connection that day on
-			// one part's evidence (a reviewer's point; lanes judge the
-			// line on 64 KiB or more), as recv's trial does not either.
+			// No trial runs there again that day, this follower's, a
+			// restarted one's or a recv's (trial_line_day; until
+			// 2026-12-07 a restarted follower tried again): one behind
+			// a line costs a part fetched for nothing (2.7 s of 35.8
+			// for 200 KB at 64 kbit/s). Not line_throttled, which
+			// would keep every send and recv there to one connection
+			// that day on one part's evidence (a reviewer's point;
+			// lanes judge the line on 64 KiB or more).
 			f.ft.lineDay = today()
+			f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() })
 		}
 		f.off = f.off || tr.old
 		f.ft.at, f.ft.wait = time.Now(), min(max(2*f.ft.wait, minPartsWait), maxPartsWait)

@@ -54,7 +54,7 @@ func doneTrial(tr pageTrial) *pageTrial {
 
 // TestFollowTrialLeave: a follower on a network not known to throttle
 // each flow tries a second connection beside a push only once it came
-// slowly (two records past the first look at under 16 KiB/s, over 2 s or
+// slowly (a record past the first look at under 16 KiB/s, over 2 s or
 // more, just read), and only where lanes could be used (not on a
 // network known throttled, nor with POSTERN_LANES=1, nor without lanes
 // to dial, nor within the wait after a trial that found the line
@@ -77,7 +77,7 @@ func TestFollowTrialLeave(t *testing.T) {
 		p    client.Pushing
 	}{
 		{"nothing pushed", client.Pushing{}},
-		{"too little read", client.Pushing{Seq: 1, Total: 64 << 10, Got: 30 << 10, Bytes: 20 << 10, Since: 3 * time.Second}},
+		{"too little read", client.Pushing{Seq: 1, Total: 64 << 10, Got: 24 << 10, Bytes: pageBytes - 1, Since: 3 * time.Second}},
 		{"too short a time", client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 30 << 10, Since: time.Second}},
 		{"fast", client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 60 << 10, Since: 3 * time.Second}},
 		{"not just read", client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 40 << 10, Since: 3 * time.Second, Idle: time.Second}},
@@ -114,6 +114,17 @@ func TestFollowTrialLeave(t *testing.T) {
 		f.t.facts.get().LineThrottled || f.trialWorth() {
 		t.Fatalf("a line throttled as a whole: wait %v, facts %+v, trials still worth it %v; stderr:\n%s", f.ft.wait, f.t.facts.get(), f.trialWorth(), out.String())
 	}
+	// A follower restarted (or a recv) on that network tries no more
+	// that day either; one on a later day does.
+	restarted := &partsFollow{e: f.e, t: f.t}
+	if f.t.facts.get().TrialLineDay != today() || restarted.trialWorth() {
+		t.Fatalf("a line throttled as a whole: facts %+v, a restarted follower's trials still worth it", f.t.facts.get())
+	}
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() - 1 })
+	if !restarted.trialWorth() {
+		t.Fatal("a later day: a restarted follower's trials not worth it")
+	}
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = 0 })
 	f.ft.lineDay = today() - 1 // a later day
 	notDue("within the wait after a trial", func() {}, func() { f.ft.at = time.Time{} })
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{}), func() {} // nothing judged

@@ -32,6 +32,12 @@ import (
 //	           line is throttled as a whole, not each flow; sends use one
 //	           connection at a time that day (unless POSTERN_LANES is set),
 //	           and try lanes again on a later one
+//	trial_line_day
+//	           the day (Unix days) a trial (a second connection's part timed
+//	           beside a page or push found slow, recvswitch.go) found the line
+//	           throttled as a whole: recv and recv --follow try no more there
+//	           that day; nothing else changes (one part is too little to keep
+//	           sends to one connection, as line_throttled does)
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
 //	recv_budget bytes of envelope parts one connection from the relay carried
@@ -72,7 +78,9 @@ type netFacts struct {
 	// LineThrottled and LineDay: see line_throttled above.
 	LineThrottled bool  `json:"line_throttled,omitempty"`
 	LineDay       int64 `json:"line_throttled_day,omitempty"`
-	ViaEntry      bool  `json:"via_entry,omitempty"`
+	// TrialLineDay: see trial_line_day above.
+	TrialLineDay int64 `json:"trial_line_day,omitempty"`
+	ViaEntry     bool  `json:"via_entry,omitempty"`
 	// RecvBudget: see recv_budget above.
 	RecvBudget int `json:"recv_budget,omitempty"`
 	// BudgetDay and RecvBudgetDay: see budget_day above.

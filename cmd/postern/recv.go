@@ -317,7 +317,8 @@ func drainOne(ctx context.Context, e *env, t recvTarget, in *client.Inbox) error
 // page coming over c alone is watched if watch, and left for lanes if
 // its flow is found throttled one by one (drainWatched). Not while a
 // per-connection budget from an earlier day is checked again: a pass on
-// c alone is what checks it (a reviewer's find).
+// c alone is what checks it (a reviewer's find); nor on a day a trial
+// found the line throttled as a whole (trial_line_day).
 func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, watch bool) (lanes bool, err error) {
 	n := laneLimit(e, *f)
 	if f.Throttled && n > 1 && t.laneDial != nil {
@@ -326,12 +327,20 @@ func drainWhole(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 		}
 		// A relay from before parts: on c alone.
 	}
-	if f.Throttled || n < 2 || t.laneDial == nil || !watch {
+	if !pageWatched(e, t, *f, watch) {
 		err = in.Drain(ctx, c, t.m.owner(), t.m.id())
 		noteRecvRate(e, t, *f, in)
 		return false, err
 	}
 	return drainWatched(ctx, e, t, in, c, f)
+}
+
+// pageWatched says whether drainWhole's pass on c alone over a network
+// of facts f is watched (drainWatched), as watch asks: where lanes may be
+// used, and the network is not known throttled, nor found by a trial
+// today to throttle the line as a whole (trial_line_day).
+func pageWatched(e *env, t recvTarget, f netFacts, watch bool) bool {
+	return watch && !f.Throttled && laneLimit(e, f) > 1 && t.laneDial != nil && f.TrialLineDay != today()
 }
 
 // drainLanes is drainWhole's pass over lanes beginning on c, judged,

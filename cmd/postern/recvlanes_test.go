@@ -182,8 +182,8 @@ func TestRecvLanesUnderLineThrottle(t *testing.T) {
 	line := censortest.ThrottleHost(recvRate)
 	stderr, took, _ := w.recvLanes(t, line, nil, randomMsg(60<<10), randomMsg(60<<10), randomMsg(60<<10))
 	t.Logf("recv 1: %v: %s", took, verdictLine(stderr))
-	if f := w.facts(t); !f.Throttled || f.Rate <= 0 {
-		t.Fatalf("recv 1 did not find the network throttled (test setup): %+v\n%s", f, stderr)
+	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.TrialLineDay != today() || f.LineThrottled {
+		t.Fatalf("recv 1 did not find the network throttled (test setup), or its trial's line verdict not kept for the day alone: %+v\n%s", f, stderr)
 	}
 	if strings.Contains(stderr, "receiving over up to") || !strings.Contains(stderr, "seems to throttle the whole line; stayed on one connection") {
 		t.Fatalf("recv 1 left its page for lanes behind a line throttle, or did not try a second connection:\n%s", stderr)

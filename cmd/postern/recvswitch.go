@@ -84,10 +84,13 @@ func throttledPage(p client.PageProgress, dial time.Duration) (float64, bool) {
 	return rate, rate < throttleFloor
 }
 
-// pageBytes is two TLS records past the first: a record carries a little
-// under 16 KiB (16,375 bytes of a session's stream, as measured here),
-// so two came to 32,750 bytes and missed a bound of 2*throttleFloor.
-const pageBytes = 3 * throttleFloor / 2
+// pageBytes is one TLS record past the first (a record carries a little
+// under 16 KiB, 16,375 bytes of a session's stream as measured here),
+// with room for a count that grows in smaller steps (h3's packets): over
+// throttleWindow, under throttleFloor already. Until 2026-12-07 it was
+// two records (24 KiB), and behind 64 kbit/s a flow was found throttled
+// about 2 s later, of 8 or so before lanes began.
+const pageBytes = throttleFloor / 2
 
 // freshRead: two of DrainWatched's samples.
 const freshRead = 500 * time.Millisecond
@@ -323,9 +326,10 @@ const (
 )
 
 // ended says what the trial found of a page that was not left (it ended
-// first, or the drain failed with err): a line throttled as a whole, or
-// flows throttled one by one, remembered (with --network) for the next
-// recv, which takes lanes from the start.
+// first, or the drain failed with err): a line throttled as a whole (no
+// trial runs there again that day: trial_line_day), or flows throttled
+// one by one, remembered (with --network) for the next recv, which takes
+// lanes from the start.
 func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err error) {
 	if tr.lane != nil {
 		tr.lane.Close()
@@ -344,6 +348,8 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 	case err == nil:
 		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network seems to throttle the whole line; stayed on one connection\n",
 			alone/1000, tr.rate/1000)
+		f.TrialLineDay = today()
+		t.facts.update(e, func(nf *netFacts) { nf.TrialLineDay = today() })
 	}
 }
 

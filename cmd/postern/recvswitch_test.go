@@ -26,6 +26,10 @@ func TestThrottledPage(t *testing.T) {
 		want bool
 	}{
 		{"throttled", slow, 50 * time.Millisecond, true},
+		// Behind 64 kbit/s a record past the first comes in about 2 s,
+		// and is enough (until 2026-12-07 two were needed, 2 s more).
+		{"one TLS record past the first", client.PageProgress{Bytes: 16375, Since: 2250 * time.Millisecond, Idle: 200 * time.Millisecond}, 0, true},
+		{"a few h3 packets", client.PageProgress{Bytes: 6 * 1200, Since: 3 * time.Second}, 0, false},
 		{"just enough bytes", client.PageProgress{Bytes: pageBytes, Since: throttleWindow, Idle: 0}, 0, true},
 		{"a byte short", client.PageProgress{Bytes: pageBytes - 1, Since: 3 * time.Second}, 0, false},
 		{"too soon", client.PageProgress{Bytes: pageBytes, Since: throttleWindow - time.Millisecond}, 0, false},
@@ -46,9 +50,40 @@ func TestThrottledPage(t *testing.T) {
 	}
 }
 
+// TestPageWatched: recv watches its page for a trial only where lanes
+// may be used, the network is not known throttled, and no trial found
+// the line throttled as a whole today (a follower's, or an earlier
+// recv's: trial_line_day); not while a budget is checked again (watch).
+func TestPageWatched(t *testing.T) {
+	lanes := recvTarget{laneDial: func(string) dialFunc { return nil }}
+	for _, tc := range []struct {
+		name  string
+		t     recvTarget
+		f     netFacts
+		env   string
+		watch bool
+		want  bool
+	}{
+		{"nothing known", lanes, netFacts{}, "", true, true},
+		{"a budget checked again", lanes, netFacts{}, "", false, false},
+		{"known throttled", lanes, netFacts{Throttled: true}, "", true, false},
+		{"no lanes to dial", recvTarget{}, netFacts{}, "", true, false},
+		{"POSTERN_LANES=1", lanes, netFacts{}, "1", true, false},
+		{"the line throttled today, by lanes", lanes, netFacts{LineThrottled: true, LineDay: today()}, "", true, false},
+		{"the line throttled today, by a trial", lanes, netFacts{TrialLineDay: today()}, "", true, false},
+		{"the line throttled yesterday, by a trial", lanes, netFacts{TrialLineDay: today() - 1}, "", true, true},
+	} {
+		e := &env{getenv: func(k string) string { return map[string]string{"POSTERN_LANES": tc.env}[k] }}
+		if got := pageWatched(e, tc.t, tc.f, tc.watch); got != tc.want {
+			t.Errorf("%s: watched %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 // TestTrialEnded: what a trial found of a page that ended before it was
 // left is said, and a per-flow finding remembered; a line is said only
-// of a drain that did not fail; nothing of a trial that timed nothing.
+// of a drain that did not fail, and stops trials there that day;
+// nothing of a trial that timed nothing.
 func TestTrialEnded(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -88,6 +123,12 @@ func TestTrialEnded(t *testing.T) {
 		}
 		if f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) {
 			t.Errorf("%s: facts %+v, kept %+v", tc.name, f, kept)
+		}
+		// A line said stops trials there that day (trial_line_day),
+		// and keeps nothing else.
+		line := strings.Contains(tc.says, "whole line")
+		if line != (f.TrialLineDay == today()) || line != (kept.TrialLineDay == today()) || f.LineThrottled || kept.LineThrottled {
+			t.Errorf("%s: a trial's line day %d, kept %d (line throttled %v)", tc.name, f.TrialLineDay, kept.TrialLineDay, kept.LineThrottled)
 		}
 	}
 }
