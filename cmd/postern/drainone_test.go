@@ -117,3 +117,33 @@ func TestDrainOneBudgetWithoutParts(t *testing.T) {
 		t.Fatalf("took %d messages in %d sessions; want one, after a refused part", len(got), w.dials.Load())
 	}
 }
+
+// TestDrainOneNoTrialAfterLineTrial: on a network where a trial found
+// the line throttled as a whole today (trial_line_day), a recv's page is
+// not tried beside (no second connection, nothing said of one), however
+// slowly it comes; it would be (two 64 KiB envelopes behind 10 KiB/s a
+// flow: TestRecvLanes's kind) otherwise.
+func TestDrainOneNoTrialAfterLineTrial(t *testing.T) {
+	t.Parallel()
+	w := newDrainWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	a, b := w.stored(t, 60<<10), w.stored(t, 60<<10)
+	w.mb.SetRule(censortest.Throttle(recvRate))
+	var said strings.Builder
+	e := &env{getenv: func(string) string { return "" }, stderr: stderrWatch(func(s string) { said.WriteString(s) })}
+	facts := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
+	facts.update(e, func(f *netFacts) { f.TrialLineDay = today() })
+	tg := w.target(facts)
+	tg.laneDial = func(string) dialFunc { return tg.dial }
+	var got [][]byte
+	if err := drainOne(ctx, e, tg, w.box.Inbox(t, &got)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !bytes.Equal(got[0], a) || !bytes.Equal(got[1], b) {
+		t.Fatalf("took %d messages", len(got))
+	}
+	if w.dials.Load() != 1 || strings.Contains(said.String(), "beside it") {
+		t.Fatalf("%d connections; stderr:\n%s", w.dials.Load(), said.String())
+	}
+}

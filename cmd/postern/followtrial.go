@@ -93,8 +93,9 @@ func (f *partsFollow) trialWorth() bool {
 // (the network not known to throttle each flow), as drainWatched is a
 // recv's pass there: once the envelope being pushed shows the flow
 // throttled (throttledPage, from Pushing's timing: a TLS record past
-// the first look at under throttleFloor: only an envelope of the largest
-// bucket brings one), a second connection looks at what waits from it
+// the first look at under throttleFloor: over TLS only an envelope of
+// the largest bucket brings one; over h3, whose count grows a packet at
+// a time, a 16 KiB envelope pushed over 2 s or more may), a second connection looks at what waits from it
 // on and, if that comes to three times what came of it or more (it
 // included), times a full part of what waits past it (startTrial); the
 // verdict is read on the look after the trial ends, which it asks for

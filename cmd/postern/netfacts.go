@@ -36,8 +36,9 @@ import (
 //	           the day (Unix days) a trial (a second connection's part timed
 //	           beside a page or push found slow, recvswitch.go) found the line
 //	           throttled as a whole: recv and recv --follow try no more there
-//	           that day; nothing else changes (one part is too little to keep
-//	           sends to one connection, as line_throttled does)
+//	           that day (POSTERN_LANES does not change it); nothing else
+//	           changes (one part is too little to keep sends to one
+//	           connection, as line_throttled does)
 //	via_entry  the home relay could not be reached and an entry relay could:
 //	           try the entry relays first next time
 //	recv_budget bytes of envelope parts one connection from the relay carried

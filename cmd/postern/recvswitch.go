@@ -92,6 +92,14 @@ func throttledPage(p client.PageProgress, dial time.Duration) (float64, bool) {
 // about 2 s later, of 8 or so before lanes began.
 const pageBytes = throttleFloor / 2
 
+// pageRecords is what a page found slow over TLS has read at least: its
+// first record and one past it. A trial reckons the backlog it asks for
+// from that at least (startTrial): over h3 the count grows a packet at a
+// time, and a page found slow with less read would ask for less (a
+// reviewer's find: a lone 64 KiB envelope, 19 KB of it come over h3, was
+// tried, and a part of it timed, that the first connection was bringing).
+const pageRecords = 2 * 16375
+
 // freshRead: two of DrainWatched's samples.
 const freshRead = 500 * time.Millisecond
 
@@ -129,7 +137,7 @@ const trialPart = relay.MaxPart / 2
 // it asks one byte of the page's first envelope (the one c brings first;
 // the time it takes is the round trip), then one byte of each of the
 // next ones (scanBacklog), and only if they come to three times what of
-// the page was read or more (else c ends the page sooner than lanes
+// the page was read (pageRecords at least) or more (else c ends the page sooner than lanes
 // would begin it again: a reviewer measured four 16 KiB envelopes behind
 // 10 KiB/s a flow at 8.6–10.4 s where one connection takes 5.9) it times
 // a full part of one of them, or a full part's worth of short ones
@@ -158,7 +166,7 @@ func startTrial(ctx context.Context, t recvTarget, c *client.Client, alone float
 			tr.old = errors.Is(err, relay.ErrUnknownFrame)
 			return
 		}
-		need := 3*page.Read - int(first.Total)
+		need := 3*max(page.Read, pageRecords) - int(first.Total)
 		found, err := scanBacklog(ctx, lane, t, first.Seq, max(need, relay.MaxPart))
 		if err != nil || sizeOf(found) < need {
 			return
@@ -317,9 +325,10 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 // scanWidth and scanRounds bound scanBacklog: 64 envelopes, 16
 // questions out at once (a round trip each round; a question and its
 // answer are a few hundred bytes). 32, 8 at once, saw too few of a
-// backlog of short messages: a page found slow has often brought 50 KB,
-// and the backlog past it must come to three times that, 37 envelopes
-// of the smallest bucket.
+// backlog of short messages: a page found slow had often brought 50 KB
+// (33 KB or more since it is found a record sooner, 2026-12-07), and the
+// backlog past it must come to three times that, 37 envelopes of the
+// smallest bucket (25).
 const (
 	scanWidth  = 16
 	scanRounds = 4

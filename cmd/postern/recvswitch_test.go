@@ -133,6 +133,40 @@ func TestTrialEnded(t *testing.T) {
 	}
 }
 
+// TestTrialLoneEnvelope: a trial beside a page found slow with less
+// read than two TLS records (h3's count grows a packet at a time: 19 KB
+// behind 64 kbit/s) reckons the backlog from two records at least, so a
+// lone 64 KiB envelope is not tried, nor a part of it timed (a
+// reviewer's find); one with another 64 KiB envelope past it is.
+func TestTrialLoneEnvelope(t *testing.T) {
+	w := newDrainWorld(t)
+	w.stored(t, 40<<10)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	tg := w.target(nil)
+	tg.laneDial = func(string) dialFunc { return tg.dial }
+	c, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	try := func() *pageTrial {
+		tr := startTrial(ctx, tg, c, 8000, client.PageProgress{Read: 19 << 10})
+		<-tr.done
+		if tr.lane != nil {
+			tr.lane.Close()
+		}
+		return tr
+	}
+	if tr := try(); tr.judged || len(tr.parts) > 0 {
+		t.Fatalf("a lone envelope tried: %+v", tr)
+	}
+	w.stored(t, 40<<10)
+	if tr := try(); !tr.judged || len(tr.parts) != 1 || tr.parts[0].Seq == 1 {
+		t.Fatalf("two envelopes not tried, or the first one's part timed: %+v", tr)
+	}
+}
+
 // TestScanBacklog: the scan finds each envelope past the one given
 // once, across a gap, with its number, ref and size, in order; numbers
 // past the last there is are not asked for (they would wrap to the
