@@ -110,17 +110,13 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 	// The copies it keeps of what it holds (InboxConfig.KeepHeld) are
 	// given too: a follower's lanes, after each session, fetched the
 	// fragments it held again, whole.
-	have := append(heldBegun(in.keptHeld()), cfg.Have...)
+	kept := heldBegun(in.keptHeld())
 	held := maps.Clone(in.heldRefs)
 	in.Reset()
 	ctx, cancel := context.WithCancel(ctx)
 	d := &laneDrain{in: in, dial: dial, owner: owner, mailbox: mailbox, cfg: cfg, ctx: ctx,
 		slots: map[uint64]*laneSlot{}, endSeq: math.MaxUint64, have: map[uint64]Begun{}, held: held}
-	for _, b := range have {
-		if len(b.Data) <= b.Total && len(b.Data) > len(d.have[b.Seq].Data) {
-			d.have[b.Seq] = b
-		}
-	}
+	d.give(kept, cfg.Have)
 	d.cfg.Lanes = max(1, cfg.Lanes)
 	d.cond = sync.NewCond(&d.mu)
 	stop := context.AfterFunc(ctx, func() {
@@ -162,6 +158,38 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 		}
 	}
 	return d.whole, err
+}
+
+// give takes what DrainLanes is given, the inbox's copies of what it
+// holds (kept) and the caller's (LanesConfig.Have), as d.have: the most
+// of each envelope. What the caller gave counts toward widenBytes whole,
+// at once (given): it left its one connection for lanes (a recv's page,
+// a follower's push) because much waits, and gives what came of it and
+// a trial's parts. Counting only what was left to fetch of what probes
+// found (as since 08daeb3, 2026-12-07), the first session fetched the
+// rest of one envelope, or probed through the short ones given, before
+// the sessions beside it opened: a first recv's switch took 16.2 s for
+// 200 KB behind 64 kbit/s a flow, and 16.0 s for 48 messages of 2 KB,
+// where it took 14.3 and 13.1 before. The inbox's copies count for
+// nothing: a follower's lanes, given the fragments it held, opened
+// every session beside the first for a probe of each (a reviewer's
+// find).
+func (d *laneDrain) give(kept, caller []Begun) {
+	for i, b := range append(kept, caller...) {
+		if len(b.Data) > b.Total {
+			continue
+		}
+		if len(b.Data) > len(d.have[b.Seq].Data) {
+			d.have[b.Seq] = b
+		}
+		if i >= len(kept) && !d.given[b.Seq] {
+			if d.given == nil {
+				d.given = map[uint64]bool{}
+			}
+			d.given[b.Seq] = true
+			d.foundBytes += b.Total
+		}
+	}
 }
 
 // begun is the envelope of d, come whole, as a Begun.
@@ -216,11 +244,13 @@ type laneDrain struct {
 	joinedAt time.Time
 	jBytes   int
 	jLast    time.Time
-	// foundBytes is the size of every envelope found, less what was
-	// given of it (LanesConfig.Have); newBytes that of those the inbox
-	// did not hold (held, its refs as the drain began), less the same
-	// (LanesStats.New).
+	// foundBytes is the size of every envelope the caller gave some of
+	// (given: LanesConfig.Have, see give) and of every other found, less
+	// what of it was given (the inbox's copies of what it holds);
+	// newBytes that of those the inbox did not hold (held, its refs as
+	// the drain began), less what was given of them (LanesStats.New).
 	foundBytes, newBytes int
+	given                map[uint64]bool
 	held                 map[Ref]int
 	// have is LanesConfig.Have by sequence number (the most of each),
 	// kept what of it was used.
@@ -547,11 +577,14 @@ func (d *laneDrain) found(p relay.Part) {
 	delete(d.have, p.Seq) // in the slot now, or of no use
 	s.nextOff, s.part = s.got, evenPart(total-s.got)
 	d.slots[p.Seq] = s
-	// What was given counts for nothing: a follower's lanes, given
-	// the fragments it held, opened every session beside the first for
-	// a probe of each (a reviewer's find; a second's: the 128 bytes
-	// that check each counted, 32 KiB for 224 held).
-	d.foundBytes += fetch
+	// What the inbox's copies gave counts for nothing: a follower's
+	// lanes, given the fragments it held, opened every session beside
+	// the first for a probe of each (a reviewer's find; a second's: the
+	// 128 bytes that check each counted, 32 KiB for 224 held). What the
+	// caller gave was counted whole (give).
+	if !d.given[p.Seq] {
+		d.foundBytes += fetch
+	}
 	if d.held[p.Ref] == 0 {
 		d.newBytes += fetch
 	}
