@@ -26,7 +26,9 @@ type LanesConfig struct {
 	// asks only for the rest of each it finds waiting, with the same
 	// sequence number, ref and size, and the same first bytes (it asks
 	// for up to 128 of them, to check them by). One with more data than
-	// its size is not used.
+	// its size is not used. Each counts at its size, at once, toward the
+	// 32 KiB that open the sessions beside the first (the caller left one
+	// connection because much waits), found or not.
 	Have []Begun
 	// Stats, if set, is filled in as DrainLanes returns.
 	Stats *LanesStats
@@ -96,8 +98,10 @@ const laneWindow = 2
 // asks its first 128 bytes, to check them by, and the rest; it holds
 // what it was given until it finds the envelope.
 //
-// The sessions beside the first are opened once the envelopes found come
-// to two full parts (32 KiB) with work left. A session that fails
+// The sessions beside the first are opened once the envelopes found and
+// those the caller gave (LanesConfig.Have, at their size, from the
+// start; not the inbox's copies of what it holds) come to two full parts
+// (32 KiB), with work left or the mailbox's end not yet found. A session that fails
 // (stalled, reset) leaves its parts to the others, and an Ack cut with
 // its session goes again on another; DrainLanes fails when none is
 // left, with that session's error, and at once on an error of the
@@ -176,8 +180,8 @@ func (in *Inbox) DrainLanes(ctx context.Context, first *Client, dial func(contex
 // find).
 func (d *laneDrain) give(kept, caller []Begun) {
 	for i, b := range append(kept, caller...) {
-		if len(b.Data) > b.Total {
-			continue
+		if b.Total <= 0 || len(b.Data) > b.Total {
+			continue // of no use; one of size 0 would hide the one found
 		}
 		if len(b.Data) > len(d.have[b.Seq].Data) {
 			d.have[b.Seq] = b
@@ -244,9 +248,10 @@ type laneDrain struct {
 	joinedAt time.Time
 	jBytes   int
 	jLast    time.Time
-	// foundBytes is the size of every envelope the caller gave some of
-	// (given: LanesConfig.Have, see give) and of every other found, less
-	// what of it was given (the inbox's copies of what it holds);
+	// foundBytes is the size each envelope the caller gave some of
+	// claims (given: LanesConfig.Have, see give; found or not, matched or
+	// not) and that of every other found, less what of it was given (the
+	// inbox's copies of what it holds);
 	// newBytes that of those the inbox did not hold (held, its refs as
 	// the drain began), less what was given of them (LanesStats.New).
 	foundBytes, newBytes int
