@@ -95,9 +95,10 @@ func (f *partsFollow) trialWorth() bool {
 // throttled (throttledPage, from Pushing's timing: a TLS record past
 // the first look at under throttleFloor: over TLS only an envelope of
 // the largest bucket brings one; over h3, whose count grows a packet at
-// a time, a 16 KiB envelope pushed over 2 s or more may), a second connection looks at what waits from it
-// on and, if that comes to three times what came of it or more (it
-// included), times a full part of what waits past it (startTrial); the
+// a time, a 16 KiB envelope pushed over 2 s or more may), a second
+// connection looks at what waits from it on and, if that comes to three
+// times what came of it (it included; two records at least) or more,
+// times a full part of what waits past it (startTrial); the
 // verdict is read on the look after the trial ends, which it asks for
 // (client.FollowConfig.Look). A part that comes at trialShare or more of
 // what the push came at means flows throttled one by one: the network is
@@ -150,7 +151,7 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	}
 	f.ft.run = nil
 	f.ft.stop()
-	if !f.verdict(tr) {
+	if !f.verdict(tr, true) {
 		return false
 	}
 	// Left as a subscription begun after lanes would be, if it is
@@ -167,10 +168,13 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 // verdict takes in what trial tr found (done), and says whether it found
 // each flow throttled: that is remembered (found, and in the network's
 // facts with --network). Else the next trial waits longer, or, for a
-// line found throttled, none runs again that day (lineDay, and
-// trial_line_day in the facts with --network); a relay that does not
-// know parts is not asked for them again (off).
-func (f *partsFollow) verdict(tr *pageTrial) bool {
+// line found throttled, none of this follower's runs again that day
+// (lineDay), nor, if live (read while its session was, not as it
+// ended: cut perhaps, as recv keeps a line only from a page that did
+// not fail; a reviewer's find), any there (trial_line_day in the facts
+// with --network); a relay that does not know parts is not asked for
+// them again (off).
+func (f *partsFollow) verdict(tr *pageTrial, live bool) bool {
 	if !tr.perFlow {
 		if tr.judged {
 			fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network seems to throttle the whole line; staying on one connection\n",
@@ -184,7 +188,9 @@ func (f *partsFollow) verdict(tr *pageTrial) bool {
 			// that day on one part's evidence (a reviewer's point;
 			// lanes judge the line on 64 KiB or more).
 			f.ft.lineDay = today()
-			f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() })
+			if live {
+				f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() })
+			}
 		}
 		f.off = f.off || tr.old
 		f.ft.at, f.ft.wait = time.Now(), min(max(2*f.ft.wait, minPartsWait), maxPartsWait)
@@ -203,10 +209,11 @@ func (f *partsFollow) verdict(tr *pageTrial) bool {
 }
 
 // endTrial ends a trial under way as its session ends (or Follow does),
-// and closes its connection; what it found by then is taken in, and one
-// stopped before it found anything makes the next wait, as one that
-// judged nothing does (a reviewer's find: each session cut during a
-// trial began another on the same message).
+// and closes its connection; what it found by then is taken in (a line
+// for this follower only), and one stopped before it found anything
+// makes the next wait, as one that judged nothing does (a reviewer's
+// find: each session cut during a trial began another on the same
+// message).
 func (f *partsFollow) endTrial() {
 	tr := f.ft.run
 	if tr == nil {
@@ -215,7 +222,7 @@ func (f *partsFollow) endTrial() {
 	f.ft.run = nil
 	f.ft.stop()
 	<-tr.done
-	f.verdict(tr)
+	f.verdict(tr, false)
 	if tr.lane != nil {
 		tr.lane.Close()
 	}

@@ -114,18 +114,8 @@ func TestFollowTrialLeave(t *testing.T) {
 		f.t.facts.get().LineThrottled || f.trialWorth() {
 		t.Fatalf("a line throttled as a whole: wait %v, facts %+v, trials still worth it %v; stderr:\n%s", f.ft.wait, f.t.facts.get(), f.trialWorth(), out.String())
 	}
-	// A follower restarted (or a recv) on that network tries no more
-	// that day either; one on a later day does.
-	restarted := &partsFollow{e: f.e, t: f.t}
-	if f.t.facts.get().TrialLineDay != today() || restarted.trialWorth() {
-		t.Fatalf("a line throttled as a whole: facts %+v, a restarted follower's trials still worth it", f.t.facts.get())
-	}
-	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() - 1 })
-	if !restarted.trialWorth() {
-		t.Fatal("a later day: a restarted follower's trials not worth it")
-	}
-	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = 0 })
-	f.ft.lineDay = today() - 1 // a later day
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = 0 }) // (TestFollowTrialLineDay)
+	f.ft.lineDay = today() - 1                                        // a later day
 	notDue("within the wait after a trial", func() {}, func() { f.ft.at = time.Time{} })
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{}), func() {} // nothing judged
 	if f.leave(slow) || f.ft.wait != 2*minPartsWait {
@@ -149,6 +139,35 @@ func TestFollowTrialLeave(t *testing.T) {
 		t.Fatalf("the lanes did not begin on the trial's connection (%d dials of their own), or the next subscription is not watched", w.dials.Load()-dials)
 	}
 
+}
+
+// TestFollowTrialLineDay: a line found throttled as a whole by a trial
+// whose verdict is read while its session is live stops trials there for
+// the day: this follower's, and with --network a restarted one's
+// (trial_line_day; a recv's: TestPageWatched), not on a later day. One
+// taken in as its session ends, cut perhaps, stops this follower's only
+// (a reviewer's find; recv keeps a line only from a page that did not
+// fail).
+func TestFollowTrialLineDay(t *testing.T) {
+	w := newDrainWorld(t)
+	var out bytes.Buffer
+	slow := client.Pushing{Seq: 1, Total: 64 << 10, Got: 48 << 10, Bytes: 40 << 10, Since: 3 * time.Second}
+	f := w.trialFollow(t, "cafe", &out)
+	restarted := &partsFollow{e: f.e, t: f.t}
+	line := pageTrial{judged: true, rate: 5000}
+	f.ft.run, f.ft.stop, f.ft.alone = doneTrial(line), func() {}, 10000
+	f.endTrial()
+	if f.trialWorth() || f.t.facts.get().TrialLineDay != 0 || !restarted.trialWorth() {
+		t.Fatalf("a line verdict taken in as its session ended: this follower's trials worth it %v, facts %+v", f.trialWorth(), f.t.facts.get())
+	}
+	f.ft.run, f.ft.stop = doneTrial(line), func() {}
+	if f.leave(slow) || f.t.facts.get().TrialLineDay != today() || restarted.trialWorth() {
+		t.Fatalf("a line verdict read live: facts %+v, a restarted follower's trials still worth it", f.t.facts.get())
+	}
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.TrialLineDay = today() - 1 })
+	if !restarted.trialWorth() {
+		t.Fatal("a later day: a restarted follower's trials not worth it")
+	}
 }
 
 // TestFollowTrialEnds: a trial's end asks Follow for a look

@@ -328,7 +328,7 @@ func scanBacklog(ctx context.Context, lane *client.Client, t recvTarget, after u
 // backlog of short messages: a page found slow had often brought 50 KB
 // (33 KB or more since it is found a record sooner, 2026-12-07), and the
 // backlog past it must come to three times that, 37 envelopes of the
-// smallest bucket (25).
+// smallest bucket (24).
 const (
 	scanWidth  = 16
 	scanRounds = 4
