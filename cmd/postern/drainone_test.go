@@ -164,3 +164,63 @@ func TestDrainOneNoTrialAfterLineTrial(t *testing.T) {
 		})
 	}
 }
+
+// TestRecvStallNotThrottle: a page found slow (behind 10 KiB/s a flow)
+// whose connection goes on fast once its trial began (a stall, as a
+// handover's) is not taken for a throttle, however fast the trial's part
+// came: the page is not left, nothing is remembered, and it is said;
+// whether the pass ends within recoveredAfter (the censor gone) or goes
+// on (a flow at 64 KiB/s, over recoveredRate). (Under a throttle that
+// holds, TestRecvLanes switches.)
+func TestRecvStallNotThrottle(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		after censortest.Rule
+	}{{"the censor gone", censortest.Pass}, {"the flow faster", censortest.Throttle(64 << 10)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			said := recvStall(t, tc.after)
+			t.Logf("stderr: %s", said)
+		})
+	}
+}
+
+// recvStall is TestRecvStallNotThrottle's recv, the censor set to after
+// once the trial dials; it returns recv's stderr.
+func recvStall(t *testing.T, after censortest.Rule) string {
+	w := newDrainWorld(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
+	defer cancel()
+	msgs := [][]byte{w.stored(t, 60<<10), w.stored(t, 60<<10), w.stored(t, 60<<10)}
+	w.mb.SetRule(censortest.Throttle(recvRate))
+	go func() { // the trial dials: the censor goes, or lets more through
+		for w.dials.Load() < 2 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		w.mb.SetRule(after)
+	}()
+	var mu sync.Mutex
+	var said strings.Builder
+	e := &env{getenv: func(string) string { return "" }, stderr: stderrWatch(func(s string) {
+		mu.Lock()
+		said.WriteString(s)
+		mu.Unlock()
+	})}
+	facts := &factsStore{path: filepath.Join(t.TempDir(), "networks"), key: "cafe"}
+	tg := w.target(facts)
+	tg.laneDial = func(string) dialFunc { return tg.dial }
+	var got [][]byte
+	if err := drainOne(ctx, e, tg, w.box.Inbox(t, &got)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[2], msgs[2]) {
+		t.Fatalf("took %d messages", len(got))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if f := facts.get(); f.Throttled || strings.Contains(said.String(), "throttles") || !strings.Contains(said.String(), "not a throttle") {
+		t.Fatalf("facts %+v; stderr:\n%s", f, said.String())
+	}
+	return said.String()
+}

@@ -35,26 +35,42 @@ import (
 func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
 	tctx, stop := context.WithCancel(ctx)
 	var trial *pageTrial
+	var from readMark
 	alone := 0.0
 	watch := func(p client.PageProgress) bool {
 		if trial == nil {
 			var slow bool
 			if alone, slow = throttledPage(p, c.DialTime()); slow {
-				trial = startTrial(tctx, t, c, alone, p)
+				trial, from = startTrial(tctx, t, c, alone, p), markRead(c)
 			}
 			return false
 		}
 		select {
 		case <-trial.done:
-			return trial.lane != nil
 		default:
 			return false
 		}
+		if trial.lane == nil {
+			return false
+		}
+		rate, ok := from.rate(c.Received(), time.Now())
+		if ok && rate >= recoveredRate {
+			trial.dismiss(e, rate)
+		}
+		return ok && trial.lane != nil
 	}
 	err = in.DrainWatched(ctx, c, t.m.owner(), t.m.id(), watch)
+	endN, endAt := c.Received(), time.Now()
 	stop()
 	if trial != nil {
 		<-trial.done
+		// The pass done (the page and those after it) within
+		// recoveredAfter of the trial's start, or at recoveredRate
+		// since: no throttled flow brings the backlog a trial asks for
+		// (three times what came, two records at least) that soon.
+		if rate, ok := from.rate(endN, endAt); err == nil && trial.judged && (!ok || rate >= recoveredRate) {
+			trial.dismiss(e, rate)
+		}
 	}
 	if errors.Is(err, client.ErrPageLeft) {
 		return true, switchToLanes(ctx, e, t, in, c, f, alone, trial, err)
@@ -127,6 +143,50 @@ type pageTrial struct {
 	lane *client.Client
 	// parts are what was timed: the lanes do not ask for it again.
 	parts []client.Begun
+}
+
+// readMark is a connection's byte count as a trial began beside it, and
+// when.
+type readMark struct {
+	n  int64
+	at time.Time
+}
+
+func markRead(c *client.Client) readMark { return readMark{c.Received(), time.Now()} }
+
+// rate is what a connection marked m carried from then to at, when it
+// had read n in all, in bytes a second; ok once recoveredAfter or more
+// passed (too soon, a throttled flow's TLS record may land in a short
+// span and read fast).
+func (m readMark) rate(n int64, at time.Time) (float64, bool) {
+	el := at.Sub(m.at)
+	return float64(n-m.n) / max(el, time.Millisecond).Seconds(), el >= recoveredAfter
+}
+
+// recoveredAfter and recoveredRate: a connection whose page (or push) was
+// found slow and that carries recoveredRate or more over recoveredAfter
+// or more from the trial's start stalled and went on (a handover, a lost
+// packet's timeout on a long path), and is not throttled: a flow
+// throttled under throttleFloor brings one TLS record at most in a
+// second. The trial's verdict is dismissed (pageTrial.dismiss), however
+// fast its part came: found a record past the first, a stall of 2 s
+// looks like a throttle, and the trial's part, over a fresh connection,
+// comes as fast as the line goes, as if each flow were throttled (a
+// reviewer's point, 2026-12-07).
+const (
+	recoveredAfter = time.Second
+	recoveredRate  = 2 * throttleFloor
+)
+
+// dismiss takes back what tr found (its connection closed, its parts
+// forgotten), and says so: the connection beside which it ran went on
+// at rate bytes a second.
+func (tr *pageTrial) dismiss(e *env, rate float64) {
+	if tr.lane != nil {
+		tr.lane.Close()
+	}
+	tr.judged, tr.perFlow, tr.lane, tr.parts = false, false, nil, nil
+	fmt.Fprintf(e.stderr, "the connection stalled and went on at %.1f KB/s: not a throttle\n", rate/1000)
 }
 
 // trialPart is the least a trial times: half a full part.

@@ -106,8 +106,9 @@ func newMiddlebox(t testing.TB, target string, now func() time.Time) *Middlebox 
 func (m *Middlebox) Addr() string { return m.ln.Addr().String() }
 
 // SetRule makes r the rule for new connections and for those running. A
-// running connection sees the change at its next chunk of data: freezes,
-// throttling and blackholing take effect mid-connection; ResetOnConnect only
+// running connection sees the change at its next chunk of data (and a
+// chunk being throttled at its next piece): freezes, throttling and
+// blackholing take effect mid-connection; ResetOnConnect only
 // acts at connection start and the first-flight rules (ResetOnSNI,
 // DropOnSNI, DropServerHello, GFWFullyEncrypted) only on the first client
 // flight. A nil r means [Pass].
@@ -462,8 +463,12 @@ func (l *delayLine) finish() bool {
 // waits), in pieces of a sixteenth of the smaller bucket (at least
 // MinThrottleBurst), as a shaper lets packets through one by one: until
 // 2026-12-06 whole buckets (a second's worth) went at once, and what a
-// client measured between two acks was off by up to a second.
+// client measured between two acks was off by up to a second. A rule set
+// meanwhile shapes the rest, from the next piece on (until 2026-12-07 the
+// chunk went on under the old rule: up to 32 KiB, 3 s at 10 KiB/s, after
+// SetRule(Pass)).
 func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out func([]byte) error) error {
+	set := m.rule.Load()
 	var bs []*tokenBucket
 	if rate := r.rate(dir); rate > 0 {
 		if fl.buckets[dir] == nil {
@@ -479,6 +484,9 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out f
 		return out(p)
 	}
 	for len(p) > 0 {
+		if now := m.rule.Load(); now != set {
+			return m.throttle(p, fl, dir, *now, out)
+		}
 		k := len(p)
 		for _, b := range bs {
 			k = min(k, max(MinThrottleBurst, int(b.size())/16))

@@ -600,3 +600,26 @@ func throttledDown(t *testing.T, rule Rule, host bool) {
 		t.Fatalf("a second connection got %d bytes with the clock frozen (the host's bucket: %v)", k, host)
 	}
 }
+
+// TestSetRuleShapesRunning: a rule set while a chunk of a flow is being
+// throttled shapes the rest of it from the next piece: behind a throttle
+// with the clock frozen the client gets the first bucket and a piece or
+// two, and once Pass is set, the rest (under the old rule, the 32 KiB
+// chunk's rest would have taken 25 s: more than the guard).
+func TestSetRuleShapesRunning(t *testing.T) {
+	frozen := time.Now()
+	const n = 64 << 10
+	m := newMiddlebox(t, pushServer(n)(t), func() time.Time { return frozen })
+	m.SetRule(Throttle(8 << 10))
+	c := dial(t, m)
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	k, _ := io.ReadFull(c, make([]byte, n))
+	if k == 0 || k >= n/2 {
+		t.Fatalf("the client got %d bytes of %d before the rule changed, want about the first bucket's", k, n)
+	}
+	m.SetRule(Pass)
+	c.SetReadDeadline(time.Now().Add(patience)) // a deadlock guard
+	if r, err := io.ReadFull(c, make([]byte, n-k)); err != nil {
+		t.Fatalf("after Pass: %d more of the %d left (%v)", r, n-k, err)
+	}
+}
