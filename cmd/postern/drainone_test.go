@@ -175,30 +175,48 @@ func TestDrainOneNoTrialAfterLineTrial(t *testing.T) {
 func TestRecvStallNotThrottle(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name  string
-		after censortest.Rule
-	}{{"the censor gone", censortest.Pass}, {"the flow faster", censortest.Throttle(64 << 10)}} {
+		name          string
+		before, after int
+	}{
+		{"the censor gone", recvRate, 0},
+		{"the flow faster", recvRate, 64 << 10},
+		// The pass, the slow part counted, under throttleFloor: not
+		// taken for a throttle by its whole rate either.
+		{"a long slow start", 800, 0},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			said := recvStall(t, tc.after)
+			n := 3
+			if tc.before < recvRate {
+				n = 2 // the least a trial asks for: slow, the pass's whole rate would say throttled
+			}
+			said := recvStall(t, n, tc.before, tc.after)
 			t.Logf("stderr: %s", said)
 		})
 	}
 }
 
-// recvStall is TestRecvStallNotThrottle's recv, the censor set to after
-// once the trial dials; it returns recv's stderr.
-func recvStall(t *testing.T, after censortest.Rule) string {
+// recvStall is TestRecvStallNotThrottle's recv of n messages of 60 KB
+// behind a throttle of before bytes a second a flow, then of after (0:
+// none) once the trial dials; it returns recv's stderr.
+func recvStall(t *testing.T, n, before, after int) string {
 	w := newDrainWorld(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a deadlock guard
 	defer cancel()
-	msgs := [][]byte{w.stored(t, 60<<10), w.stored(t, 60<<10), w.stored(t, 60<<10)}
-	w.mb.SetRule(censortest.Throttle(recvRate))
+	var msgs [][]byte
+	for range n {
+		msgs = append(msgs, w.stored(t, 60<<10))
+	}
+	w.mb.SetRule(censortest.Throttle(before))
 	go func() { // the trial dials: the censor goes, or lets more through
 		for w.dials.Load() < 2 && ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
 		}
-		w.mb.SetRule(after)
+		if after == 0 {
+			w.mb.SetRule(censortest.Pass)
+		} else {
+			w.mb.SetRule(censortest.Throttle(after))
+		}
 	}()
 	var mu sync.Mutex
 	var said strings.Builder
@@ -214,7 +232,7 @@ func recvStall(t *testing.T, after censortest.Rule) string {
 	if err := drainOne(ctx, e, tg, w.box.Inbox(t, &got)); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[2], msgs[2]) {
+	if len(got) != n || !bytes.Equal(got[0], msgs[0]) || !bytes.Equal(got[n-1], msgs[n-1]) {
 		t.Fatalf("took %d messages", len(got))
 	}
 	mu.Lock()

@@ -150,12 +150,12 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 		return false
 	}
 	if tr.perFlow {
-		rate, ok := f.ft.from.rate(f.cur.Received(), time.Now())
+		rate, rec, ok := f.ft.from.recovered(f.cur.Received(), time.Now())
 		if !ok {
 			return false // the look at recoveredAfter judges (lookAfter)
 		}
-		if rate >= recoveredRate {
-			tr.dismiss(f.e, rate) // a stall the push went on from
+		if rec {
+			tr.dismiss(f.e, true, "subscription", rate) // a stall the push went on from
 		}
 	}
 	f.ft.run = nil
@@ -254,6 +254,11 @@ func (f *partsFollow) endTrial() {
 	f.ft.run = nil
 	f.ft.stop()
 	<-tr.done
+	if tr.perFlow && f.cur != nil { // as trialLeave judges, and within recoveredAfter: none (a reviewer's find)
+		if rate, rec, ok := f.ft.from.recovered(f.cur.Received(), time.Now()); rec || !ok {
+			tr.dismiss(f.e, rec, "subscription", rate)
+		}
+	}
 	f.verdict(tr, false)
 	if tr.lane != nil {
 		tr.lane.Close()

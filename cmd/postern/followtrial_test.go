@@ -147,7 +147,9 @@ func TestFollowTrialLeave(t *testing.T) {
 // trial began, over recoveredAfter or more (a stall the push went on
 // from): no leave, nothing remembered, its connection closed, the next
 // trial waits, and it is said. Read sooner, the verdict waits for a later
-// look, which lookAfter asks for; under recoveredRate it stands.
+// look, which lookAfter asks for; under recoveredRate it stands. Taken in
+// as the session ends, too soon or after the push went on fast, it is
+// none.
 func TestFollowTrialStall(t *testing.T) {
 	w := newDrainWorld(t)
 	var out bytes.Buffer
@@ -167,11 +169,31 @@ func TestFollowTrialStall(t *testing.T) {
 			f.ft.run != nil, lane.Err() == nil, f.t.facts.get(), f.ft.wait, out.String())
 	}
 
+	// Three and a half records since, about 38 KB/s in 1.5 s, but 27
+	// with one aside (one may land at each end of a throttled flow's
+	// span): it stands.
 	g := w.trialFollow(t, "cafe", &out)
 	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, rate: 9000, lane: g.conn(t)}), func() {}, 8000
-	g.ft.from = readMark{n: g.cur.Received() - 2*throttleFloor, at: ago} // about 21.8 KB/s since
+	g.ft.from = readMark{n: g.cur.Received() - 7*throttleFloor/2, at: ago}
 	if !g.leave(next) || !g.t.facts.get().Throttled {
 		t.Fatalf("a push that went on under recoveredRate: no leave, facts %+v", g.t.facts.get())
+	}
+
+	// Taken in as its session ends, a verdict too soon to judge, or
+	// after the push went on fast, is none either.
+	for what, from := range map[string]func(*partsFollow) readMark{
+		"too soon": func(k *partsFollow) readMark { return markRead(k.cur) },
+		"gone on fast": func(k *partsFollow) readMark {
+			return readMark{n: k.cur.Received() - 8*throttleFloor, at: time.Now().Add(-1500 * time.Millisecond)}
+		},
+	} {
+		k := w.trialFollow(t, "cafe", &out)
+		k.ft.run, k.ft.stop, k.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: k.conn(t)}), func() {}, 8000
+		k.ft.from = from(k)
+		k.endTrial()
+		if k.ft.found != 0 || k.t.facts.get().Throttled {
+			t.Fatalf("%s, as its session ended: found %d, facts %+v", what, k.ft.found, k.t.facts.get())
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
@@ -253,6 +275,7 @@ func TestFollowTrialEnds(t *testing.T) {
 	}
 	unused := g.conn(t)
 	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: unused}), func() {}, 9000
+	g.ft.from = readMark{} // begun long ago, little carried since: no stall it went on from
 	g.endTrial()
 	g.ft.at = time.Time{} // past the wait: what is found stops trials
 	if unused.Err() == nil || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {

@@ -36,7 +36,7 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 	tctx, stop := context.WithCancel(ctx)
 	var trial *pageTrial
 	var from readMark
-	alone := 0.0
+	alone, dismissed := 0.0, false
 	watch := func(p client.PageProgress) bool {
 		if trial == nil {
 			var slow bool
@@ -53,9 +53,9 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 		if trial.lane == nil {
 			return false
 		}
-		rate, ok := from.rate(c.Received(), time.Now())
-		if ok && rate >= recoveredRate {
-			trial.dismiss(e, rate)
+		rate, rec, ok := from.recovered(c.Received(), time.Now())
+		if rec {
+			dismissed = trial.dismiss(e, true, "connection", rate)
 		}
 		return ok && trial.lane != nil
 	}
@@ -64,12 +64,14 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 	stop()
 	if trial != nil {
 		<-trial.done
-		// The pass done (the page and those after it) within
-		// recoveredAfter of the trial's start, or at recoveredRate
-		// since: no throttled flow brings the backlog a trial asks for
-		// (three times what came, two records at least) that soon.
-		if rate, ok := from.rate(endN, endAt); err == nil && trial.judged && (!ok || rate >= recoveredRate) {
-			trial.dismiss(e, rate)
+		// The pass over (done, or failed) within recoveredAfter of the
+		// trial's start, or with nothing read since, or after the
+		// connection went on at recoveredRate: no throttled flow brings
+		// the backlog a trial asks for (three times what came, two
+		// records at least) that soon, and a verdict on less than a
+		// second, or on a connection stalled since, is none.
+		if rate, rec, ok := from.recovered(endN, endAt); trial.judged && (rec || !ok) {
+			dismissed = trial.dismiss(e, rec || err == nil, "connection", rate)
 		}
 	}
 	if errors.Is(err, client.ErrPageLeft) {
@@ -78,7 +80,9 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 	if trial != nil {
 		trial.ended(e, t, f, alone, err)
 	}
-	noteRecvRate(e, t, *f, in)
+	if !dismissed { // the stall would count (a reviewer's find)
+		noteRecvRate(e, t, *f, in)
+	}
 	return false, err
 }
 
@@ -114,7 +118,11 @@ const pageBytes = throttleFloor / 2
 // time, and a page found slow with less read would ask for less (a
 // reviewer's find: a lone 64 KiB envelope, 19 KB of it come over h3, was
 // tried, and a part of it timed, that the first connection was bringing).
-const pageRecords = 2 * 16375
+const pageRecords = 2 * tlsRecord
+
+// tlsRecord is what a TLS record carries of a session's stream, as
+// measured here.
+const tlsRecord = 16375
 
 // freshRead: two of DrainWatched's samples.
 const freshRead = 500 * time.Millisecond
@@ -154,13 +162,19 @@ type readMark struct {
 
 func markRead(c *client.Client) readMark { return readMark{c.Received(), time.Now()} }
 
-// rate is what a connection marked m carried from then to at, when it
-// had read n in all, in bytes a second; ok once recoveredAfter or more
-// passed (too soon, a throttled flow's TLS record may land in a short
-// span and read fast).
-func (m readMark) rate(n int64, at time.Time) (float64, bool) {
-	el := at.Sub(m.at)
-	return float64(n-m.n) / max(el, time.Millisecond).Seconds(), el >= recoveredAfter
+// recovered says whether a connection marked m, which had read n in all
+// at at, went on at recoveredRate or more since, one TLS record aside (a
+// throttled flow's may land at the span's start and another at its end:
+// a reviewer's point), with the rate it went on at (in bytes a second,
+// all counted); ok once recoveredAfter or more passed and it read again
+// (too soon to say: a connection still stalled, a second reviewer's
+// find, would be judged on nothing read; a throttled flow's next record
+// comes within a record's time of the read that found it slow).
+func (m readMark) recovered(n int64, at time.Time) (rate float64, rec, ok bool) {
+	el := max(at.Sub(m.at), time.Millisecond)
+	ok = el >= recoveredAfter && n > m.n
+	rec = ok && float64(n-m.n-tlsRecord)/el.Seconds() >= recoveredRate
+	return float64(n-m.n) / el.Seconds(), rec, ok
 }
 
 // recoveredAfter and recoveredRate: a connection whose page (or push) was
@@ -179,14 +193,18 @@ const (
 )
 
 // dismiss takes back what tr found (its connection closed, its parts
-// forgotten), and says so: the connection beside which it ran went on
-// at rate bytes a second.
-func (tr *pageTrial) dismiss(e *env, rate float64) {
+// forgotten) and reports true; if went, it says that what (the
+// connection or subscription beside which it ran) went on at rate bytes
+// a second.
+func (tr *pageTrial) dismiss(e *env, went bool, what string, rate float64) bool {
 	if tr.lane != nil {
 		tr.lane.Close()
 	}
 	tr.judged, tr.perFlow, tr.lane, tr.parts = false, false, nil, nil
-	fmt.Fprintf(e.stderr, "the connection stalled and went on at %.1f KB/s: not a throttle\n", rate/1000)
+	if went {
+		fmt.Fprintf(e.stderr, "the %s stalled and went on at %.1f KB/s: not a throttle\n", what, rate/1000)
+	}
+	return true
 }
 
 // trialPart is the least a trial times: half a full part.

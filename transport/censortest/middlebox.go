@@ -346,7 +346,8 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 	}()
 	buf := make([]byte, chunkSize)
 	for {
-		r := m.current()
+		rp := m.rule.Load()
+		r := *rp
 		allow := min(int64(len(pending)), r.budget(dir, sent, fl.sent[1-dir].Load()))
 		if fl.isMuted(dir) {
 			allow = 0
@@ -354,21 +355,27 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 		over := allow < int64(len(pending)) && !fl.isMuted(dir) && r.resets(dir, sent, fl.sent[1-dir].Load())
 		if allow > 0 {
 			fl.sent[dir].Add(allow) // before the write: the answer to these bytes sees them
+			var n int64
 			var err error
 			if d := r.delay(); d > 0 || line != nil {
 				if line == nil {
 					line = m.newDelayLine(dst, src)
 				}
-				err = m.throttle(pending[:allow], fl, dir, r, func(p []byte) error { return line.send(p, d) })
+				n, err = m.throttle(pending[:allow], fl, dir, rp, func(p []byte) error { return line.send(p, d) })
 			} else {
-				err = m.throttle(pending[:allow], fl, dir, r, func(p []byte) error { return writeAll(dst, p) })
+				n, err = m.throttle(pending[:allow], fl, dir, rp, func(p []byte) error { return writeAll(dst, p) })
 			}
 			if err != nil {
 				src.Close()
 				dst.Close()
 				return
 			}
-			sent += allow
+			sent += n
+			if n < allow { // a rule set meanwhile: it takes the rest, budget and all
+				fl.sent[dir].Add(n - allow)
+				pending = pending[n:]
+				continue
+			}
 		}
 		if over {
 			// The budget ran out with bytes left: reset both ways.
@@ -463,12 +470,14 @@ func (l *delayLine) finish() bool {
 // waits), in pieces of a sixteenth of the smaller bucket (at least
 // MinThrottleBurst), as a shaper lets packets through one by one: until
 // 2026-12-06 whole buckets (a second's worth) went at once, and what a
-// client measured between two acks was off by up to a second. A rule set
-// meanwhile shapes the rest, from the next piece on (until 2026-12-07 the
-// chunk went on under the old rule: up to 32 KiB, 3 s at 10 KiB/s, after
-// SetRule(Pass)).
-func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out func([]byte) error) error {
-	set := m.rule.Load()
+// client measured between two acks was off by up to a second. It
+// returns how much of p it passed: less if a rule other than *rp (the
+// one the pump read) is set meanwhile, which the pump then applies to
+// the rest, budget, delay and all, from the next piece on (until
+// 2026-12-07 the chunk went on under the old rule: up to 32 KiB, 3 s at
+// 10 KiB/s, after SetRule(Pass)).
+func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, rp *Rule, out func([]byte) error) (int64, error) {
+	r := *rp
 	var bs []*tokenBucket
 	if rate := r.rate(dir); rate > 0 {
 		if fl.buckets[dir] == nil {
@@ -481,11 +490,12 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out f
 		bs = append(bs, m.hostBucket(dir, rate))
 	}
 	if len(bs) == 0 {
-		return out(p)
+		return int64(len(p)), out(p)
 	}
+	var n int64
 	for len(p) > 0 {
-		if now := m.rule.Load(); now != set {
-			return m.throttle(p, fl, dir, *now, out)
+		if m.rule.Load() != rp {
+			return n, nil
 		}
 		k := len(p)
 		for _, b := range bs {
@@ -496,14 +506,14 @@ func (m *Middlebox) throttle(p []byte, fl *tcpFlow, dir Direction, r Rule, out f
 			wait = max(wait, b.take(k))
 		}
 		if !m.sleep(wait) {
-			return net.ErrClosed
+			return n, net.ErrClosed
 		}
 		if err := out(p[:k]); err != nil {
-			return err
+			return n, err
 		}
-		p = p[k:]
+		p, n = p[k:], n+int64(k)
 	}
-	return nil
+	return n, nil
 }
 
 // hostBucket is ThrottleHost's bucket for dir, at rate.

@@ -602,24 +602,38 @@ func throttledDown(t *testing.T, rule Rule, host bool) {
 }
 
 // TestSetRuleShapesRunning: a rule set while a chunk of a flow is being
-// throttled shapes the rest of it from the next piece: behind a throttle
+// throttled takes the rest of it from the next piece: behind a throttle
 // with the clock frozen the client gets the first bucket and a piece or
-// two, and once Pass is set, the rest (under the old rule, the 32 KiB
-// chunk's rest would have taken 25 s: more than the guard).
+// two; once Pass is set, the rest (under the old rule the 32 KiB chunk's
+// rest would have taken 25 s: more than the guard); once Blackhole is,
+// nothing more (its budget holds for the chunk's rest too: a reviewer's
+// find, the first version let the rest through unshaped).
 func TestSetRuleShapesRunning(t *testing.T) {
-	frozen := time.Now()
-	const n = 64 << 10
-	m := newMiddlebox(t, pushServer(n)(t), func() time.Time { return frozen })
-	m.SetRule(Throttle(8 << 10))
-	c := dial(t, m)
-	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	k, _ := io.ReadFull(c, make([]byte, n))
-	if k == 0 || k >= n/2 {
-		t.Fatalf("the client got %d bytes of %d before the rule changed, want about the first bucket's", k, n)
-	}
-	m.SetRule(Pass)
-	c.SetReadDeadline(time.Now().Add(patience)) // a deadlock guard
-	if r, err := io.ReadFull(c, make([]byte, n-k)); err != nil {
-		t.Fatalf("after Pass: %d more of the %d left (%v)", r, n-k, err)
+	for _, c := range []struct {
+		name string
+		then Rule
+		rest bool
+	}{{"Pass", Pass, true}, {"Blackhole", Blackhole, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			frozen := time.Now()
+			const n = 64 << 10
+			m := newMiddlebox(t, pushServer(n)(t), func() time.Time { return frozen })
+			m.SetRule(Throttle(8 << 10))
+			conn := dial(t, m)
+			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			k, _ := io.ReadFull(conn, make([]byte, n))
+			if k == 0 || k >= n/2 {
+				t.Fatalf("the client got %d bytes of %d before the rule changed, want about the first bucket's", k, n)
+			}
+			m.SetRule(c.then)
+			wait := patience // a deadlock guard
+			if !c.rest {
+				wait = 500 * time.Millisecond
+			}
+			conn.SetReadDeadline(time.Now().Add(wait))
+			if r, _ := io.ReadFull(conn, make([]byte, n-k)); c.rest != (r == n-k) || !c.rest && r > MinThrottleBurst {
+				t.Fatalf("after %s: %d more of the %d left", c.name, r, n-k)
+			}
+		})
 	}
 }
