@@ -17,9 +17,6 @@ type followTrial struct {
 	run   *pageTrial
 	stop  context.CancelFunc
 	alone float64
-	// from is the subscription's byte count as the trial began: a per-flow
-	// verdict is dismissed if the push went on fast (readMark.rate).
-	from readMark
 	// found is the rate of a flow found throttled one by one (with
 	// --network it is remembered in the network's facts; without, it
 	// holds for the follower's life), 0 if none was; lineDay the day a
@@ -104,10 +101,7 @@ func (f *partsFollow) trialWorth() bool {
 // times a full part of what waits past it (startTrial); the
 // verdict is read on the look after the trial ends, which it asks for
 // (client.FollowConfig.Look). A part that comes at trialShare or more of
-// what the push came at means flows throttled one by one, unless the
-// subscription carried recoveredRate or more over recoveredAfter or
-// more since the trial began (a stall it went on from: the verdict is
-// dismissed, and the next trial waits): the network is
+// what the push came at means flows throttled one by one: the network is
 // remembered so (found, and in its facts with --network), the
 // subscription is watched from then on as one begun after lanes, and the
 // follower leaves it for lanes if those rules say so (leave), beginning
@@ -139,8 +133,14 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 		}
 		ctx, stop := context.WithCancel(f.ctx)
 		tr := startTrial(ctx, f.t, f.cur, alone, client.PageProgress{Read: p.Got, After: p.Seq - 1})
-		f.ft.run, f.ft.stop, f.ft.alone, f.ft.from = tr, stop, alone, markRead(f.cur)
-		go f.lookAfter(ctx, tr, f.ft.from.at.Add(recoveredAfter))
+		f.ft.run, f.ft.stop, f.ft.alone = tr, stop, alone
+		go func() { // the look that reads the verdict, whatever comes
+			<-tr.done
+			select {
+			case f.look <- struct{}{}:
+			default:
+			}
+		}()
 		return false
 	}
 	tr := f.ft.run
@@ -148,15 +148,6 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	case <-tr.done:
 	default:
 		return false
-	}
-	if tr.perFlow {
-		rate, rec, ok := f.ft.from.recovered(f.cur.Received(), time.Now())
-		if !ok {
-			return false // the look at recoveredAfter judges (lookAfter)
-		}
-		if rec {
-			tr.dismiss(f.e, true, "subscription", rate) // a stall the push went on from
-		}
 	}
 	f.ft.run = nil
 	f.ft.stop()
@@ -172,29 +163,6 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	}
 	f.dropLane()
 	return false
-}
-
-// lookAfter asks Follow for the look that reads trial tr's verdict,
-// whatever comes, once it ended and at (recoveredAfter from its start,
-// when one that found each flow throttled can be judged) passed; not
-// once ctx ends.
-func (f *partsFollow) lookAfter(ctx context.Context, tr *pageTrial, at time.Time) {
-	select {
-	case <-tr.done:
-	case <-ctx.Done():
-		return
-	}
-	t := time.NewTimer(time.Until(at))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return
-	}
-	select {
-	case f.look <- struct{}{}:
-	default:
-	}
 }
 
 // verdict takes in what trial tr found (done), and says whether it found
@@ -254,11 +222,6 @@ func (f *partsFollow) endTrial() {
 	f.ft.run = nil
 	f.ft.stop()
 	<-tr.done
-	if tr.perFlow && f.cur != nil { // as trialLeave judges, and within recoveredAfter: none (a reviewer's find)
-		if rate, rec, ok := f.ft.from.recovered(f.cur.Received(), time.Now()); rec || !ok {
-			tr.dismiss(f.e, rec, "subscription", rate)
-		}
-	}
 	f.verdict(tr, false)
 	if tr.lane != nil {
 		tr.lane.Close()

@@ -126,7 +126,6 @@ func TestFollowTrialLeave(t *testing.T) {
 	lane := f.conn(t)
 	part := client.Begun{Seq: 2, Total: 64 << 10, Data: []byte("timed")}
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, rate: 12000, lane: lane, parts: []client.Begun{part}}), func() {}
-	f.ft.from = readMark{} // begun long ago, nothing carried since: no stall it went on from
 	if !f.leave(next) || f.t.facts.get() != (netFacts{Throttled: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
 		t.Fatalf("each flow throttled: no leave, or facts %+v, lanes due %v", f.t.facts.get(), f.lanesDue())
 	}
@@ -140,71 +139,6 @@ func TestFollowTrialLeave(t *testing.T) {
 		t.Fatalf("the lanes did not begin on the trial's connection (%d dials of their own), or the next subscription is not watched", w.dials.Load()-dials)
 	}
 
-}
-
-// TestFollowTrialStall: a trial that found each flow throttled is
-// dismissed if the subscription carried recoveredRate or more since the
-// trial began, over recoveredAfter or more (a stall the push went on
-// from): no leave, nothing remembered, its connection closed, the next
-// trial waits, and it is said. Read sooner, the verdict waits for a later
-// look, which lookAfter asks for; under recoveredRate it stands. Taken in
-// as the session ends, too soon or after the push went on fast, it is
-// none.
-func TestFollowTrialStall(t *testing.T) {
-	w := newDrainWorld(t)
-	var out bytes.Buffer
-	next := client.Pushing{Seq: 2, Total: 64 << 10, Got: 16 << 10}
-	f := w.trialFollow(t, "cafe", &out)
-	lane := f.conn(t)
-	f.ft.run, f.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, rate: 500e3, lane: lane}), func() {}
-	f.ft.from = markRead(f.cur)
-	if f.leave(next) || f.ft.run == nil {
-		t.Fatal("a verdict read before recoveredAfter: taken")
-	}
-	ago := time.Now().Add(-1500 * time.Millisecond)
-	f.ft.from = readMark{n: f.cur.Received() - 8*throttleFloor, at: ago} // about 87 KB/s since
-	if f.leave(next) || f.ft.run != nil || lane.Err() == nil || f.t.facts.get().Throttled || f.ft.found != 0 ||
-		f.ft.wait != minPartsWait || !strings.Contains(out.String(), "stalled and went on at") || !strings.Contains(out.String(), "KB/s: not a throttle") {
-		t.Fatalf("a stall the push went on from: trial %v, connection open %v, facts %+v, wait %v; stderr:\n%s",
-			f.ft.run != nil, lane.Err() == nil, f.t.facts.get(), f.ft.wait, out.String())
-	}
-
-	// Three and a half records since, about 38 KB/s in 1.5 s, but 27
-	// with one aside (one may land at each end of a throttled flow's
-	// span): it stands.
-	g := w.trialFollow(t, "cafe", &out)
-	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, rate: 9000, lane: g.conn(t)}), func() {}, 8000
-	g.ft.from = readMark{n: g.cur.Received() - 7*throttleFloor/2, at: ago}
-	if !g.leave(next) || !g.t.facts.get().Throttled {
-		t.Fatalf("a push that went on under recoveredRate: no leave, facts %+v", g.t.facts.get())
-	}
-
-	// Taken in as its session ends, a verdict too soon to judge, or
-	// after the push went on fast, is none either.
-	for what, from := range map[string]func(*partsFollow) readMark{
-		"too soon": func(k *partsFollow) readMark { return markRead(k.cur) },
-		"gone on fast": func(k *partsFollow) readMark {
-			return readMark{n: k.cur.Received() - 8*throttleFloor, at: time.Now().Add(-1500 * time.Millisecond)}
-		},
-	} {
-		k := w.trialFollow(t, "cafe", &out)
-		k.ft.run, k.ft.stop, k.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: k.conn(t)}), func() {}, 8000
-		k.ft.from = from(k)
-		k.endTrial()
-		if k.ft.found != 0 || k.t.facts.get().Throttled {
-			t.Fatalf("%s, as its session ended: found %d, facts %+v", what, k.ft.found, k.t.facts.get())
-		}
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
-	defer cancel()
-	h := w.trialFollow(t, "cafe", &out)
-	go h.lookAfter(ctx, doneTrial(pageTrial{perFlow: true}), time.Now().Add(100*time.Millisecond))
-	select {
-	case <-h.look:
-	case <-ctx.Done():
-		t.Fatal("no look asked for a per-flow verdict")
-	}
 }
 
 // TestFollowTrialLineDay: a line found throttled as a whole by a trial
@@ -275,7 +209,6 @@ func TestFollowTrialEnds(t *testing.T) {
 	}
 	unused := g.conn(t)
 	g.ft.run, g.ft.stop, g.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: unused}), func() {}, 9000
-	g.ft.from = readMark{} // begun long ago, little carried since: no stall it went on from
 	g.endTrial()
 	g.ft.at = time.Time{} // past the wait: what is found stops trials
 	if unused.Err() == nil || !g.facts().Throttled || g.facts().Rate != 9000 || !g.lanesDue() || g.trialDue() {
@@ -283,14 +216,12 @@ func TestFollowTrialEnds(t *testing.T) {
 	}
 	idle := g.conn(t)
 	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: idle}), func() {}
-	g.ft.from = readMark{} // begun long ago, nothing carried since: no stall it went on from
 	if g.leave(client.Pushing{}) || idle.Err() == nil || g.ft.lane != nil {
 		t.Fatal("each flow found throttled, read with nothing coming: left, or its connection kept open")
 	}
 	g.watching = false // as a new subscription on a network not known throttled
 	kept := g.conn(t)  // f.dial would take lanes now
 	g.ft.run, g.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, lane: kept}), func() {}
-	g.ft.from = readMark{} // begun long ago, nothing carried since: no stall it went on from
 	if l := g.leave(next); !l || g.ft.lane != kept {
 		t.Fatalf("each flow found throttled: leave %v, its connection kept %v", l, g.ft.lane == kept)
 	}
@@ -358,7 +289,6 @@ func TestFollowTrialWatchedRules(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	lane := f.conn(t)
 	f.ft.run, f.ft.stop, f.ft.alone = doneTrial(pageTrial{judged: true, perFlow: true, lane: lane}), func() {}, 9000
-	f.ft.from = readMark{} // begun long ago, nothing carried since: no stall it went on from
 	if f.leave(client.Pushing{}) || lane.Err() == nil || !f.watching {
 		t.Fatalf("each flow found throttled, nothing coming but a message awaited since before: left, or its connection kept open; stderr:\n%s", out.String())
 	}

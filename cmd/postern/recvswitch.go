@@ -35,44 +35,26 @@ import (
 func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts) (lanes bool, err error) {
 	tctx, stop := context.WithCancel(ctx)
 	var trial *pageTrial
-	var from readMark
-	alone, dismissed := 0.0, false
+	alone := 0.0
 	watch := func(p client.PageProgress) bool {
 		if trial == nil {
 			var slow bool
 			if alone, slow = throttledPage(p, c.DialTime()); slow {
-				trial, from = startTrial(tctx, t, c, alone, p), markRead(c)
+				trial = startTrial(tctx, t, c, alone, p)
 			}
 			return false
 		}
 		select {
 		case <-trial.done:
+			return trial.lane != nil
 		default:
 			return false
 		}
-		if trial.lane == nil {
-			return false
-		}
-		rate, rec, ok := from.recovered(c.Received(), time.Now())
-		if rec {
-			dismissed = trial.dismiss(e, true, "connection", rate)
-		}
-		return ok && trial.lane != nil
 	}
 	err = in.DrainWatched(ctx, c, t.m.owner(), t.m.id(), watch)
-	endN, endAt := c.Received(), time.Now()
 	stop()
 	if trial != nil {
 		<-trial.done
-		// The pass over (done, or failed) within recoveredAfter of the
-		// trial's start, or with nothing read since, or after the
-		// connection went on at recoveredRate: no throttled flow brings
-		// the backlog a trial asks for (three times what came, two
-		// records at least) that soon, and a verdict on less than a
-		// second, or on a connection stalled since, is none.
-		if rate, rec, ok := from.recovered(endN, endAt); trial.judged && (rec || !ok) {
-			dismissed = trial.dismiss(e, rec || err == nil, "connection", rate)
-		}
 	}
 	if errors.Is(err, client.ErrPageLeft) {
 		return true, switchToLanes(ctx, e, t, in, c, f, alone, trial, err)
@@ -80,9 +62,7 @@ func drainWatched(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c
 	if trial != nil {
 		trial.ended(e, t, f, alone, err)
 	}
-	if !dismissed { // the stall would count (a reviewer's find)
-		noteRecvRate(e, t, *f, in)
-	}
+	noteRecvRate(e, t, *f, in)
 	return false, err
 }
 
@@ -118,11 +98,7 @@ const pageBytes = throttleFloor / 2
 // time, and a page found slow with less read would ask for less (a
 // reviewer's find: a lone 64 KiB envelope, 19 KB of it come over h3, was
 // tried, and a part of it timed, that the first connection was bringing).
-const pageRecords = 2 * tlsRecord
-
-// tlsRecord is what a TLS record carries of a session's stream, as
-// measured here.
-const tlsRecord = 16375
+const pageRecords = 2 * 16375
 
 // freshRead: two of DrainWatched's samples.
 const freshRead = 500 * time.Millisecond
@@ -151,60 +127,6 @@ type pageTrial struct {
 	lane *client.Client
 	// parts are what was timed: the lanes do not ask for it again.
 	parts []client.Begun
-}
-
-// readMark is a connection's byte count as a trial began beside it, and
-// when.
-type readMark struct {
-	n  int64
-	at time.Time
-}
-
-func markRead(c *client.Client) readMark { return readMark{c.Received(), time.Now()} }
-
-// recovered says whether a connection marked m, which had read n in all
-// at at, went on at recoveredRate or more since, one TLS record aside (a
-// throttled flow's may land at the span's start and another at its end:
-// a reviewer's point), with the rate it went on at (in bytes a second,
-// all counted); ok once recoveredAfter or more passed and it read again
-// (too soon to say: a connection still stalled, a second reviewer's
-// find, would be judged on nothing read; a throttled flow's next record
-// comes within a record's time of the read that found it slow).
-func (m readMark) recovered(n int64, at time.Time) (rate float64, rec, ok bool) {
-	el := max(at.Sub(m.at), time.Millisecond)
-	ok = el >= recoveredAfter && n > m.n
-	rec = ok && float64(n-m.n-tlsRecord)/el.Seconds() >= recoveredRate
-	return float64(n-m.n) / el.Seconds(), rec, ok
-}
-
-// recoveredAfter and recoveredRate: a connection whose page (or push) was
-// found slow and that carries recoveredRate or more over recoveredAfter
-// or more from the trial's start stalled and went on (a handover, a lost
-// packet's timeout on a long path), and is not throttled: a flow
-// throttled under throttleFloor brings one TLS record at most in a
-// second. The trial's verdict is dismissed (pageTrial.dismiss), however
-// fast its part came: found a record past the first, a stall of 2 s
-// looks like a throttle, and the trial's part, over a fresh connection,
-// comes as fast as the line goes, as if each flow were throttled (a
-// reviewer's point, 2026-12-07).
-const (
-	recoveredAfter = time.Second
-	recoveredRate  = 2 * throttleFloor
-)
-
-// dismiss takes back what tr found (its connection closed, its parts
-// forgotten) and reports true; if went, it says that what (the
-// connection or subscription beside which it ran) went on at rate bytes
-// a second.
-func (tr *pageTrial) dismiss(e *env, went bool, what string, rate float64) bool {
-	if tr.lane != nil {
-		tr.lane.Close()
-	}
-	tr.judged, tr.perFlow, tr.lane, tr.parts = false, false, nil, nil
-	if went {
-		fmt.Fprintf(e.stderr, "the %s stalled and went on at %.1f KB/s: not a throttle\n", what, rate/1000)
-	}
-	return true
 }
 
 // trialPart is the least a trial times: half a full part.
