@@ -75,18 +75,19 @@ func (f *partsFollow) trialDue() bool {
 }
 
 // trialWorth says whether a follower may try a push found slow: where
-// lanes would be due if the network were known to throttle each flow
-// (lanesDue), and it is not, nor found so, nor its line found throttled
-// as a whole today (by lanes, or by a trial: this follower's, or with
-// --network, any follower's or recv's). A subscription is watched
+// recv would watch its page (pageWatched: lanes to dial and allowed, the
+// network not known throttled, nor its line found throttled as a whole
+// today, by lanes or, with --network, by any follower's or recv's trial;
+// no per-connection budget known), and not found throttled, nor its line
+// found so by this follower's trial today. A subscription is watched
 // for it (client.FollowConfig.Watch) even within a trial's wait, which
 // may end while it runs.
 func (f *partsFollow) trialWorth() bool {
-	if f.off || f.t.laneDial == nil || f.ft.found > 0 || f.ft.lineDay == today() {
+	if f.off || f.ft.found > 0 || f.ft.lineDay == today() {
 		return false
 	}
 	facts := f.facts()
-	return !facts.Throttled && facts.RecvBudget == 0 && facts.TrialLineDay != today() && laneLimit(f.e, facts) > 1
+	return pageWatched(f.e, f.t, facts, facts.RecvBudget == 0) // where recv would watch its page
 }
 
 // trialLeave is leave on a subscription that did not begin after lanes

@@ -57,8 +57,8 @@ func doneTrial(tr pageTrial) *pageTrial {
 // slowly (a record past the first look at under 16 KiB/s, over 2 s or
 // more, just read), and only where lanes could be used (not on a
 // network known throttled, nor with POSTERN_LANES=1, nor without lanes
-// to dial, nor within the wait after a trial that found the line
-// throttled as a whole). A trial that found the line throttled keeps it
+// to dial, nor with a per-connection budget known, nor within the wait
+// after a trial that found the line throttled as a whole). A trial that found the line throttled keeps it
 // on its subscription and makes the next wait, doubling; one that found
 // each flow throttled remembers it (in the network's facts, or for the
 // follower's life without --network) and leaves: the lanes begin on the
@@ -103,6 +103,10 @@ func TestFollowTrialLeave(t *testing.T) {
 		func() { f.e.getenv = withEnv(f.e.getenv, "POSTERN_LANES", "") })
 	laneDial := f.t.laneDial
 	notDue("no lanes to dial", func() { f.t.laneDial = nil }, func() { f.t.laneDial = laneDial })
+	notDue("a per-connection budget known", func() {
+		f.t.facts.update(f.e, func(nf *netFacts) { nf.RecvBudget, nf.RecvBudgetDay = 12<<10, today() })
+	},
+		func() { f.t.facts.update(f.e, func(nf *netFacts) { nf.RecvBudget, nf.RecvBudgetDay = 0, 0 }) })
 	if f.leave(slow) || f.ft.run == nil {
 		t.Fatalf("a slow push on a network not known throttled: no trial")
 	}
