@@ -55,9 +55,14 @@ func (f *partsFollow) facts() netFacts {
 
 // judged keeps, without --network, what lanes that carried st on a
 // network of facts judged of the line, as judgeRecvLanes remembers it
-// with: throttled as a whole that day, else not.
+// with: throttled as a whole that day, else not; and forgets the
+// throttle of each flow found if the lanes were fast (flowsFast).
 func (f *partsFollow) judged(facts netFacts, st client.LanesStats) {
 	if f.t.facts != nil || f.ft.found == 0 || st.Sessions < 2 {
+		return
+	}
+	if _, fast := flowsFast(st); fast {
+		f.ft.found = 0
 		return
 	}
 	if _, judged, line := lineVerdict(facts, st); judged && line {

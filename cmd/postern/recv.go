@@ -368,8 +368,26 @@ func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 // rate known. Until 2026-12-06 recv's lanes judged nothing, and behind a
 // line throttle cost 5 % on every recv of the network until a send
 // judged it.
+//
+// Lanes that each carried fastFlow a second or more (flowsFast) show the
+// flows not throttled: the network's throttle, however it was found, is
+// forgotten (a stall taken for one, or a throttle lifted). Until
+// 2026-12-07 nothing forgot it while the network was used: a first
+// connection that stalled two seconds after a TLS record (a handover)
+// marked a fast network throttled, and its sends went in 16 KiB
+// envelopes and its recvs over lanes for as long (a reviewer's find).
 func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
 	if st.Sessions < 2 {
+		return
+	}
+	if each, fast := flowsFast(st); fast && f.Throttled {
+		later := "" // nothing is remembered without --network
+		if t.facts != nil {
+			later = "; forgotten"
+		}
+		fmt.Fprintf(e.stderr, "received over %d connections at once, %.1f KB/s each: this network does not throttle each flow (a stall was taken for a throttle, or it was lifted)%s\n",
+			st.Sessions, each/1000, later)
+		t.facts.update(e, func(f *netFacts) { f.Throttled, f.Rate = false, 0 })
 		return
 	}
 	together, judged, line := lineVerdict(f, st)
@@ -402,6 +420,30 @@ func lineVerdict(f netFacts, st client.LanesStats) (together float64, judged, li
 	}
 	return together, true, together < lineGain*float64(f.Rate)
 }
+
+// flowsFast says whether lanes that carried st show flows not throttled
+// one by one, and what each carried on average, in bytes a second: two
+// sessions at once or more, each carrying fastFlow a second or more and
+// fastFlowBytes or more on average. A throttle of each flow at r, under
+// throttleFloor, whose bucket holds a second's worth (censortest.Throttle
+// as TSPU's), lets a flow carry r(1+t) in t seconds at most: at
+// 2*throttleFloor a second, under a second and 2r bytes. Lanes that each
+// carried more at that rate were not throttled so, their bursts counted
+// (a session cut and dialed again brings a burst of its own, but counts
+// once in Sessions: lanes replace few).
+func flowsFast(st client.LanesStats) (each float64, fast bool) {
+	if st.Sessions < 2 || st.Span <= 0 {
+		return 0, false
+	}
+	each = float64(st.Bytes) / st.Span.Seconds() / float64(st.Sessions)
+	return each, each >= fastFlow && st.Bytes >= st.Sessions*fastFlowBytes
+}
+
+// fastFlow and fastFlowBytes: see flowsFast.
+const (
+	fastFlow      = 2 * throttleFloor
+	fastFlowBytes = 2 * throttleFloor
+)
 
 // What judgeRecvLanes needs to judge a line: three sessions at once or
 // more (two flows throttled one by one, a slow handshake and a tail

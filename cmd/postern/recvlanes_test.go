@@ -112,14 +112,47 @@ func TestRecvLanes(t *testing.T) {
 	if peak < 2 || !strings.Contains(stderr, "connections at once (") || !strings.Contains(stderr, "this network throttles each flow") {
 		t.Fatalf("recv 2: at most %d connection(s) at once on a network known throttled, or not judged per-flow:\n%s", peak, stderr)
 	}
-	if f := w.facts(t); f.LineThrottled {
-		t.Fatalf("recv 2 took a per-flow throttle for a line throttle: %+v\n%s", f, stderr)
+	if f := w.facts(t); f.LineThrottled || !f.Throttled {
+		t.Fatalf("recv 2 took a per-flow throttle for a line throttle, or forgot it: %+v\n%s", f, stderr)
 	}
 	stderr, took, peak = w.recvLanes(t, flow, []string{"POSTERN_LANES=1"}, randomMsg(60<<10), randomMsg(100), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("POSTERN_LANES=1: %d connection(s) at once, %v", peak, took)
 	if peak != 1 {
 		t.Fatalf("POSTERN_LANES=1: %d connections at once:\n%s", peak, stderr)
+	}
+	w.checkNoLeaks(t, "recv's stderr", stderrs.String())
+}
+
+// TestRecvThrottleLifted: on a network known to throttle each flow, as
+// a stall taken for a throttle leaves it (or a throttle since lifted), a
+// recv over a path that does not throttle (50 ms of round trip) takes its
+// backlog over lanes, finds each fast, says so and forgets the throttle;
+// the next keeps to one connection. Lanes behind a throttle of each flow
+// keep it (TestRecvLanes' recv 2). No address or mailbox id reaches
+// recv's stderr, nor the mailbox id the relay's logs and metrics.
+func TestRecvThrottleLifted(t *testing.T) {
+	t.Parallel()
+	w := newCensoredWorld(t)
+	w.knownThrottled(t, 8000)
+	path := censortest.Latency(50 * time.Millisecond)
+	var msgs [][]byte
+	for range 8 {
+		msgs = append(msgs, randomMsg(60<<10))
+	}
+	var stderrs strings.Builder
+	stderr, took, peak := w.recvLanes(t, path, nil, msgs...)
+	stderrs.WriteString(stderr)
+	t.Logf("recv 1: %d connections at once, %v: %s", peak, took, verdictLine(stderr))
+	if f := w.facts(t); f.Throttled || f.Rate != 0 || peak < 2 ||
+		!strings.Contains(stderr, "this network does not throttle each flow (a stall was taken for a throttle, or it was lifted); forgotten\n") {
+		t.Fatalf("recv 1: %d connection(s) at once, facts %+v:\n%s", peak, f, stderr)
+	}
+	stderr, took, peak = w.recvLanes(t, path, nil, randomMsg(60<<10), randomMsg(60<<10))
+	stderrs.WriteString(stderr)
+	t.Logf("recv 2: %d connection(s) at once, %v", peak, took)
+	if peak != 1 || strings.Contains(stderr, "throttle") {
+		t.Fatalf("recv 2: %d connections at once on a network no longer known throttled:\n%s", peak, stderr)
 	}
 	w.checkNoLeaks(t, "recv's stderr", stderrs.String())
 }
@@ -266,7 +299,7 @@ func keptKB(stderr string) float64 {
 // verdictLine is the line of recv's stderr that judged its lanes.
 func verdictLine(stderr string) string {
 	for _, l := range strings.Split(stderr, "\n") {
-		if strings.Contains(l, "together") || strings.Contains(l, "beside it") {
+		if strings.Contains(l, "together") || strings.Contains(l, "beside it") || strings.Contains(l, "does not throttle") {
 			return l
 		}
 	}
