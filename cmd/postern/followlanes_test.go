@@ -433,6 +433,39 @@ func (f *partsFollow) dialOK(t *testing.T, ctx context.Context) *client.Client {
 	return c
 }
 
+// TestFollowLanesForget: a follower's dial on a network known to
+// throttle each flow whose lanes come fast (eight messages of 60 KB over
+// a 50 ms path with no throttle) forgets the throttle, and the
+// subscription it hands over is one on a network not known throttled
+// (not watched as begun after lanes: a reviewer's find, it was never
+// left nor tried); after lanes with too little to judge by (one short
+// message) it is watched as before, the throttle kept.
+func TestFollowLanesForget(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		msgs   int
+		size   int
+		forgot bool
+	}{
+		{"fast lanes", 8, 60 << 10, true},
+		{"a short message", 1, 100, false},
+	} {
+		w := newDrainWorld(t)
+		w.mb.SetRule(censortest.Latency(50 * time.Millisecond))
+		for range tc.msgs {
+			w.stored(t, tc.size)
+		}
+		var got [][]byte
+		var lanes atomic.Int64
+		f, ctx := w.followDial(t, &got, nil, "", &lanes)
+		f.ft.found = 8000 // as if its trial had found it
+		f.dialOK(t, ctx)
+		if len(got) != tc.msgs || f.t.facts.get().Throttled == tc.forgot || (f.ft.found == 0) != tc.forgot || f.watching == tc.forgot || f.trialWorth() != tc.forgot {
+			t.Fatalf("%s: took %d, facts %+v, found %d, watching %v, trial worth %v", tc.name, len(got), f.t.facts.get(), f.ft.found, f.watching, f.trialWorth())
+		}
+	}
+}
+
 // TestFollowDialLanes: a follower's dial on a network known to throttle
 // each flow takes the backlog over lanes and hands the connection they
 // began on to the subscription, alive (one dial of its own); one cut
@@ -668,12 +701,18 @@ func leavesForFirstFragments(t *testing.T, held int) {
 		}
 	}
 	w.stored(t, 100) // taken last by the first lanes: they are past the held ones
+	// The first lanes go behind a throttle of each flow: over loopback
+	// alone, a megabyte held would show the flows fast, and the lanes
+	// forget the throttle (flowsFast). 32 KiB/s a flow is over
+	// throttleFloor, and under fastFlow with its bursts.
+	w.mb.SetRule(censortest.ThrottleDown(32 << 10))
 	fc := followCounting(ctx, f)
 	select {
 	case <-taken:
 	case <-ctx.Done(): // the deadlock guard
 		t.Fatal("the first lanes took nothing")
 	}
+	w.mb.SetRule(censortest.Pass)
 	for range 3 {
 		envs := w.sealedFragments(t, 100<<10, envelope.Bucket4K)
 		if _, err := w.owner.Send(ctx, envs[0], nil); err != nil {

@@ -53,16 +53,18 @@ func (f *partsFollow) facts() netFacts {
 	return nf
 }
 
-// judged keeps, without --network, what lanes that carried st on a
-// network of facts judged of the line, as judgeRecvLanes remembers it
-// with: throttled as a whole that day, else not; and forgets the
-// throttle of each flow found if the lanes were fast (flowsFast).
+// judged forgets the throttle of each flow this follower found (found)
+// if lanes that carried st were fast (flowsFast), as judgeRecvLanes
+// forgets the network's (a reviewer's find: with --network, found was
+// kept, and the follower neither tried again nor took lanes); and keeps,
+// without --network, what they judged of the line, as judgeRecvLanes
+// remembers it with: throttled as a whole that day, else not.
 func (f *partsFollow) judged(facts netFacts, st client.LanesStats) {
-	if f.t.facts != nil || f.ft.found == 0 || st.Sessions < 2 {
-		return
-	}
 	if _, fast := flowsFast(st); fast {
 		f.ft.found = 0
+		return
+	}
+	if f.t.facts != nil || f.ft.found == 0 || st.Sessions < 2 {
 		return
 	}
 	if _, judged, line := lineVerdict(facts, st); judged && line {

@@ -22,8 +22,8 @@ import (
 //	           half of it and messages use the smallest envelope bucket
 //	throttled  the flow's throughput fell under throttleFloor: 16 KiB
 //	           envelopes, and a stall window long enough for one at that rate;
-//	           forgotten when lanes (or a send's one connection) carry twice
-//	           throttleFloor a connection (flowsFast, sender.forgetThrottle)
+//	           forgotten when a recv's lanes carry three times throttleFloor
+//	           a connection (flowsFast)
 //	throttled_rate
 //	           that throughput, in bytes a second (recv's lanes judge by it
 //	           whether the line is throttled as a whole)

@@ -426,11 +426,15 @@ func lineVerdict(f netFacts, st client.LanesStats) (together float64, judged, li
 // sessions at once or more, each carrying fastFlow a second or more and
 // fastFlowBytes or more on average. A throttle of each flow at r, under
 // throttleFloor, whose bucket holds a second's worth (censortest.Throttle
-// as TSPU's), lets a flow carry r(1+t) in t seconds at most: at
-// 2*throttleFloor a second, under a second and 2r bytes. Lanes that each
-// carried more at that rate were not throttled so, their bursts counted
-// (a session cut and dialed again brings a burst of its own, but counts
-// once in Sessions: lanes replace few).
+// as TSPU's), lets a flow carry r(1+t) in t seconds at most: with
+// 3*throttleFloor carried, t is 2 s or more, and the rate 1.5r at most,
+// under 24 KiB/s. The first session's parts in flight as the second
+// joined, 32 KiB at most (two requests of relay.MaxPart), count in Bytes
+// too: 8 KiB/s more a session at most over 2 s with two. So lanes at
+// 48 KiB/s were not throttled so, bursts and all (with a margin: at
+// 2*throttleFloor each, a reviewer's find, 128 kbit/s a flow over a
+// second could pass). Not counted: a session that ended before another
+// joined brought a burst that Sessions, the most at once, leaves out.
 func flowsFast(st client.LanesStats) (each float64, fast bool) {
 	if st.Sessions < 2 || st.Span <= 0 {
 		return 0, false
@@ -441,8 +445,8 @@ func flowsFast(st client.LanesStats) (each float64, fast bool) {
 
 // fastFlow and fastFlowBytes: see flowsFast.
 const (
-	fastFlow      = 2 * throttleFloor
-	fastFlowBytes = 2 * throttleFloor
+	fastFlow      = 3 * throttleFloor
+	fastFlowBytes = 3 * throttleFloor
 )
 
 // What judgeRecvLanes needs to judge a line: three sessions at once or
@@ -837,10 +841,14 @@ func (f *partsFollow) drainLanes(ctx context.Context) (*client.Client, error) {
 		// reviewer's find, as the cut before.
 		c.Close()
 		c, err = f.t.dial(ctx)
-		f.watching = err == nil
+		f.watching = err == nil && f.lanesDue()
 		return c, err
 	case err == nil:
-		f.watching = true
+		// Not if the lanes forgot the throttle (flowsFast), or found
+		// the line throttled: the subscription is then one on a
+		// network not known throttled (a reviewer's find: it was
+		// watched as begun after lanes, and never left nor tried).
+		f.watching = f.lanesDue()
 		return c, nil
 	case errors.Is(err, relay.ErrUnknownFrame):
 		f.off = true

@@ -475,7 +475,6 @@ func (s *sender) noteThroughput(st *connStats) {
 		rate = max(st.alone, st.firstOwn)
 	}
 	if rate >= throttleFloor {
-		s.forgetThrottle(st)
 		return
 	}
 	st.slow = true
@@ -485,29 +484,6 @@ func (s *sender) noteThroughput(st *connStats) {
 	}
 	s.known.Throttled, s.known.Rate = true, int(rate)
 	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = true, int(rate) })
-}
-
-// forgetThrottle forgets the network's throttle of each flow
-// (netFacts.Throttled) once a send's one connection carried fastFlow a
-// second or more past its first ack (which a throttle's burst speeds
-// up), over throttleWindow or more: a stall was taken for a throttle, or
-// it was lifted. Recv's lanes forget it so too (judgeRecvLanes).
-func (s *sender) forgetThrottle(st *connStats) {
-	d := st.last.Sub(st.first.at)
-	if !s.known.Throttled || st.lanes > 1 || st.first.at.IsZero() || d < throttleWindow {
-		return
-	}
-	rate := float64(st.total-st.first.bytes) / d.Seconds()
-	if rate < fastFlow {
-		return
-	}
-	later := "" // nothing is remembered without --network
-	if s.facts != nil {
-		later = "; forgotten"
-	}
-	fmt.Fprintf(s.e.stderr, "the connection carried %.1f KB/s: this network does not throttle each flow (a stall was taken for a throttle, or it was lifted)%s\n", rate/1000, later)
-	s.known.Throttled, s.known.Rate = false, 0
-	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = false, 0 })
 }
 
 // budgetGone forgets the budget being checked again once a connection
