@@ -24,8 +24,14 @@ import (
 // recv there would have found it.
 func (w *censoredWorld) knownThrottled(t *testing.T, rate int) {
 	t.Helper()
+	w.knownThrottledOn(t, "cafe", rate)
+}
+
+// knownThrottledOn is knownThrottled of network.
+func (w *censoredWorld) knownThrottledOn(t *testing.T, network string, rate int) {
+	t.Helper()
 	home := func(k string) string { return map[string]string{"POSTERN_HOME": w.home}[k] }
-	openFacts(&env{network: "cafe", stderr: io.Discard, getenv: home}, parsedOrZero(w.rp.line).RelayID()).
+	openFacts(&env{network: network, stderr: io.Discard, getenv: home}, parsedOrZero(w.rp.line).RelayID()).
 		update(&env{stderr: io.Discard, getenv: home}, func(f *netFacts) { f.Throttled, f.Rate = true, rate })
 }
 
@@ -345,7 +351,10 @@ func measureWorld(t *testing.T, lanes string) (*censoredWorld, []string) {
 //     2026-12-07);
 //   - not known: on a network of which nothing is known, the sender on
 //     none (64 KiB envelopes; one connection was every follower there
-//     until later on 2026-12-07).
+//     until later on 2026-12-07);
+//   - sender known: the follower's network not known, the sender's
+//     known throttled (16 KiB envelopes: no push is found slow; until
+//     the afternoon of 2026-12-07 no trial began there).
 //
 // Only with POSTERN_LANES_MEASURE=1; it asserts nothing
 // TestFollowLeavesLivePush and TestFollowFindsFlowThrottle do not.
@@ -354,7 +363,7 @@ func TestFollowLiveMeasure(t *testing.T) {
 		t.Skip("set POSTERN_LANES_MEASURE=1 to time lanes")
 	}
 	const rate = 8000 // 64 kbit/s
-	for _, known := range []string{"known", "not known"} {
+	for _, known := range []string{"known", "not known", "sender known"} {
 		for _, censor := range []string{"flow", "line"} {
 			rule := censortest.ThrottleDown(rate)
 			if censor == "line" {
@@ -364,7 +373,7 @@ func TestFollowLiveMeasure(t *testing.T) {
 				for _, lanes := range []string{"default", "POSTERN_LANES=1"} {
 					t.Run(lanes, func(t *testing.T) {
 						t.Parallel()
-						liveMeasure(t, known == "known", rule, lanes, rate)
+						liveMeasure(t, known, rule, lanes, rate)
 					})
 				}
 			})
@@ -373,13 +382,19 @@ func TestFollowLiveMeasure(t *testing.T) {
 }
 
 // liveMeasure is one of TestFollowLiveMeasure's worlds: the follower's
-// network known throttled at rate, or not; behind rule; lanes.
-func liveMeasure(t *testing.T, known bool, rule censortest.Rule, lanes string, rate int) {
+// network known throttled at rate ("known", the sender on it too), or
+// not ("not known"), or only the sender's ("sender known"); behind rule;
+// lanes.
+func liveMeasure(t *testing.T, known string, rule censortest.Rule, lanes string, rate int) {
 	w, env := measureWorld(t, lanes)
 	var send []string
-	if known {
+	switch known {
+	case "known":
 		w.knownThrottled(t, rate)
 		send = []string{"--network", "cafe"}
+	case "sender known":
+		w.knownThrottledOn(t, "office", rate)
+		send = []string{"--network", "office"}
 	}
 	f, took := w.followLive(t, rule, env, randomMsg(200<<10), send...)
 	f.stop()
@@ -761,19 +776,45 @@ func TestFollowNoLeaveFromStart(t *testing.T) {
 
 // TestFollowFindsFlowThrottle: on a network not known to throttle, a
 // follower to which a large message comes slowly over its subscription
-// (190 KB in four 64 KiB envelopes, from a sender on a fast line,
-// behind a 10 KiB/s throttle of each flow's downstream) tries a second
-// connection beside it, finds each flow throttled, remembers the network
-// so, and leaves for lanes, where until 2026-12-07 the whole message
-// came over the one connection. The message comes whole, a message sent
-// after it comes over the next subscription, nothing is left on the
-// relay, and no address or mailbox id reaches the follower's stderr, nor
-// the relay's logs and metrics.
+// (190 KB behind a 10 KiB/s throttle of each flow's downstream, from a
+// sender on a fast line) tries a second connection beside it, finds each
+// flow throttled, remembers the network so, and leaves for lanes, where
+// until 2026-12-07 the whole message came over the one connection. So it
+// does whether the message comes in four 64 KiB envelopes (the sender's
+// network not known: a push found slow) or in twelve of 16 KiB (the
+// sender's known throttled: its fragments found slow, slowFragments;
+// until later that day a follower never tried there). The message comes
+// whole, a message sent after it comes over the next subscription,
+// nothing is left on the relay, and no address or mailbox id reaches the
+// follower's stderr, nor the relay's logs and metrics.
 func TestFollowFindsFlowThrottle(t *testing.T) {
 	t.Parallel()
-	w := newCensoredWorld(t)
-	f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(190<<10))
-	t.Logf("190 KB sent while following: shown %v after the send began", took)
+	for _, tc := range []struct {
+		name   string
+		sender string // the sender's network, known throttled ("": none)
+	}{
+		{"64 KiB envelopes", ""},
+		{"16 KiB envelopes", "office"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := newCensoredWorld(t)
+			var send []string
+			if tc.sender != "" {
+				w.knownThrottledOn(t, tc.sender, 8000)
+				send = []string{"--network", tc.sender}
+			}
+			f, took := w.followLive(t, censortest.ThrottleDown(recvRate), nil, randomMsg(190<<10), send...)
+			t.Logf("190 KB sent while following: shown %v after the send began", took)
+			findsFlowThrottle(t, w, f)
+		})
+	}
+}
+
+// findsFlowThrottle is TestFollowFindsFlowThrottle's checks of follower
+// f in w once the message came.
+func findsFlowThrottle(t *testing.T, w *censoredWorld, f *follower) {
+	t.Helper()
 	for _, want := range []string{"and a second connection beside it", "this network throttles each flow;", "a large message is coming over one connection"} {
 		if n := strings.Count(f.stderr.String(), want); n != 1 {
 			t.Fatalf("stderr says %q %d times, want once:\n%s", want, n, f.stderr.String())

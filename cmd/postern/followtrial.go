@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 )
 
@@ -36,6 +37,18 @@ type followTrial struct {
 	// leave, and parts what it timed: the lanes do not ask for it again.
 	lane  *client.Client
 	parts []client.Begun
+	// frags is the run of the message the inbox awaits (slowFragments).
+	frags fragRun
+}
+
+// fragRun is what slowFragments times: the fragments of message id over
+// session c, from the look at that first saw it awaited, when c had read
+// base bytes.
+type fragRun struct {
+	c    *client.Client
+	id   [envelope.IDSize]byte
+	at   time.Time
+	base int64
 }
 
 // facts are the network's facts; without --network, what this follower
@@ -103,7 +116,10 @@ func (f *partsFollow) trialWorth() bool {
 // throttled (throttledPage, from Pushing's timing: a TLS record past
 // the first look at under throttleFloor: over TLS only an envelope of
 // the largest bucket brings one; over h3, whose count grows a packet at
-// a time, a 16 KiB envelope pushed over 2 s or more may), a second
+// a time, a 16 KiB envelope pushed over 2 s or more may), or the
+// fragments of a message awaited do (slowFragments: since 2026-12-07,
+// for messages in smaller envelopes; the look begins past the last
+// envelope handed over, Pushing.Last), a second
 // connection looks at what waits from it on and, if that comes to three
 // times what came of it (it included; two records at least) or more,
 // times a full part of what waits past it (startTrial); the
@@ -129,6 +145,11 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		alone, slow := throttledPage(client.PageProgress{Bytes: p.Bytes, Since: p.Since, Idle: p.Idle}, f.cur.DialTime())
+		page := client.PageProgress{Read: p.Got, After: p.Seq - 1}
+		if !slow {
+			alone, slow = f.slowFragments(p)
+			page = client.PageProgress{Read: p.Got, After: p.Last}
+		}
 		if !slow { // first: the rest read the network's facts
 			return false
 		}
@@ -140,7 +161,7 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		ctx, stop := context.WithCancel(f.ctx)
-		tr := startTrial(ctx, f.t, f.cur, alone, client.PageProgress{Read: p.Got, After: p.Seq - 1})
+		tr := startTrial(ctx, f.t, f.cur, alone, page)
 		f.ft.run, f.ft.stop, f.ft.alone = tr, stop, alone
 		go func() { // the look that reads the verdict, whatever comes
 			<-tr.done
@@ -171,6 +192,39 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 	}
 	f.dropLane()
 	return false
+}
+
+// slowFragments says whether the message the inbox awaits (a fragment
+// of it handed over, more to come: client.Inbox.Awaited) comes over the
+// subscription slowly, and at what rate: what the session read from the
+// look that first saw it awaited on, judged as throttledPage judges a
+// push. A push is timed envelope by envelope, and over TLS one shows up
+// in part only if it is of the largest bucket: until 2026-12-07 a
+// message sealed in 16 KiB envelopes (by a sender on a network known
+// throttled) never began a trial, and came over one connection however
+// large. Only while three times two records or more are still to come
+// (a trial asks for that much backlog, pageRecords). A sender slower
+// than the line looks the same: the trial then finds too little waiting
+// on the relay, and the next one waits (followTrial.wait).
+func (f *partsFollow) slowFragments(p client.Pushing) (float64, bool) {
+	id, awaited := f.in.Awaited()
+	return f.ft.frags.judge(f.cur, id, awaited, f.cur.Received(), f.cur.DialTime(), p.Idle, time.Now())
+}
+
+// judge is slowFragments on session c, which read received bytes in
+// all (its dial took dial, its last read idle ago), at now, with message
+// id awaited (awaited bytes still to come): a run begins at the first
+// look at it, and is judged from then on.
+func (r *fragRun) judge(c *client.Client, id [envelope.IDSize]byte, awaited int, received int64, dial, idle time.Duration, now time.Time) (float64, bool) {
+	if awaited < 3*pageRecords {
+		*r = fragRun{}
+		return 0, false
+	}
+	if r.c != c || r.id != id {
+		*r = fragRun{c: c, id: id, at: now, base: received}
+		return 0, false
+	}
+	return throttledPage(client.PageProgress{Bytes: int(received - r.base), Since: now.Sub(r.at), Idle: idle}, dial)
 }
 
 // verdict takes in what trial tr found (done), and says whether it found

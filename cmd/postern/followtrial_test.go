@@ -314,3 +314,48 @@ func withEnv(getenv func(string) string, k, v string) func(string) string {
 		return getenv(key)
 	}
 }
+
+// TestFragRunJudge: the fragments of a message awaited are judged slow
+// as a push is (throttledPage), over what the session read from the
+// first look that saw it awaited: not at that look, nor with less than
+// three times two records still to come, nor when another message is
+// awaited or another session carries it (each begins a run again), nor
+// fast, nor idle, nor within twice the dial.
+func TestFragRunJudge(t *testing.T) {
+	c1, c2 := &client.Client{}, &client.Client{}
+	msg, other := [envelope.IDSize]byte{1}, [envelope.IDSize]byte{2}
+	t0 := time.Now()
+	const big = 150 << 10
+	type look struct {
+		c        *client.Client
+		id       [envelope.IDSize]byte
+		awaited  int
+		received int64
+		dial     time.Duration
+		idle     time.Duration
+		after    time.Duration
+		slow     bool
+	}
+	for _, tc := range []struct {
+		name  string
+		looks []look
+	}{
+		{"slow", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, true}}},
+		{"fast", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 60_000, 0, 0, 2500 * time.Millisecond, false}}},
+		{"too little to come", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, 3*pageRecords - 1, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
+		{"too little to come, then enough", []look{{c1, msg, 3*pageRecords - 1, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
+		{"another message", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, other, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
+		{"another session", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c2, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
+		{"idle", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, freshRead, 2500 * time.Millisecond, false}}},
+		{"within twice the dial", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 1500 * time.Millisecond, 0, 2500 * time.Millisecond, false}}},
+		{"a run over three looks", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 10_000, 0, 0, time.Second, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, true}}},
+	} {
+		var r fragRun
+		for i, l := range tc.looks {
+			_, slow := r.judge(l.c, l.id, l.awaited, l.received, l.dial, l.idle, t0.Add(l.after))
+			if slow != l.slow {
+				t.Errorf("%s, look %d: slow %v, want %v", tc.name, i, slow, l.slow)
+			}
+		}
+	}
+}

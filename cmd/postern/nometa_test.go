@@ -169,10 +169,15 @@ func TestNoMetadata(t *testing.T) {
 
 	// recv over lanes (DrainLanes' probes and parts over several
 	// sessions at once), on a network known to throttle each flow.
+	// Marked before each: lanes over loopback come fast, and may forget
+	// the throttle (flowsFast).
 	home1 := func(k string) string { return map[string]string{"POSTERN_HOME": home}[k] }
-	openFacts(&env{network: "nometa", stderr: io.Discard, getenv: home1}, parsedOrZero(rp.line).RelayID()).
-		update(&env{stderr: io.Discard, getenv: home1}, func(f *netFacts) { f.Throttled = true })
+	throttled := func() {
+		openFacts(&env{network: "nometa", stderr: io.Discard, getenv: home1}, parsedOrZero(rp.line).RelayID()).
+			update(&env{stderr: io.Discard, getenv: home1}, func(f *netFacts) { f.Throttled = true })
+	}
 	for _, tr := range []string{"https", "h3"} {
+		throttled()
 		big := make([]byte, 100<<10)
 		rand.Read(big)
 		envv := []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + a.ip, "POSTERN_TRANSPORT=" + tr}
@@ -194,6 +199,7 @@ func TestNoMetadata(t *testing.T) {
 	big := make([]byte, 100<<10)
 	rand.Read(big)
 	runOK(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + a.ip}, big, "send", "--id", a.idFile, "--to", b.card)
+	throttled()
 	fl := startFollow(t, bin, []string{"POSTERN_HOME=" + home, "POSTERN_BIND=" + b.ip}, b.idFile, "--network", "nometa")
 	fl.expectMsg(big, "recv --follow over lanes")
 	fl.waitStderr("connections at once")

@@ -215,9 +215,14 @@ type Pushing struct {
 	// this envelope coming, Since ago (so not the bytes that look saw:
 	// over TLS the first record of a push may have waited whole in a
 	// buffer); Idle how long since the session last read anything. As
-	// a PageProgress's, the count grows a record at a time.
+	// a PageProgress's, the count grows a record at a time. Idle is set
+	// on a zero Pushing too (nothing in part).
 	Bytes       int
 	Since, Idle time.Duration
+	// Last is the last envelope the subscription handed over, or the
+	// one it began after (0: the mailbox's start), whatever is being
+	// pushed: a caller that looks at what waits begins past it.
+	Last uint64
 }
 
 // pushing returns the envelope of the Deliver frame being read, if a

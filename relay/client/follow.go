@@ -89,9 +89,9 @@ type FollowConfig struct {
 	// once after each batch of deliveries, and when Look asks (else never
 	// while nothing comes), and shown the envelope the subscription is
 	// pushing, timed, if some of it came and some is still to come (else a
-	// zero Pushing: over TLS, what comes of a frame grows a record, up to
-	// 16 KiB, at a time, so a 16 KiB envelope shows up, if at all, almost
-	// whole). When it returns true, Follow leaves the session: it closes
+	// Pushing with only Idle and Last: over TLS, what comes of a frame
+	// grows a record, up to 16 KiB, at a time, so a 16 KiB envelope shows
+	// up, if at all, almost whole). When it returns true, Follow leaves the session: it closes
 	// it, tells Left what came, and dials again at once (no backoff, no
 	// Lost), so that Dial can take what waits another way (over lanes, on
 	// a network that throttles each flow: Inbox.DrainLanes with what came
@@ -241,7 +241,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 		case <-w.asked():
 			w.arm()
 		case <-w.tick():
-			if req, leave := w.ask(ctx, cfg); leave {
+			if req, leave := w.ask(ctx, cfg, a.last); leave {
 				return true, a.leave(req)
 			}
 		case <-ping.C:
@@ -259,7 +259,7 @@ func follow(ctx context.Context, c *Client, cfg *FollowConfig) (subscribed bool,
 			}
 			err = a.batch(d)
 			if err == nil && w != nil { // Leave judges what a fragment left to come
-				if req, leave := w.ask(ctx, cfg); leave {
+				if req, leave := w.ask(ctx, cfg, a.last); leave {
 					return true, a.leave(req)
 				}
 			}
@@ -574,22 +574,25 @@ func (w *pushWatch) arm() {
 
 // ask looks (look) and asks cfg.Leave, and says whether to leave, with
 // the request id of the subscription pushing (0: none).
-func (w *pushWatch) ask(ctx context.Context, cfg *FollowConfig) (uint32, bool) {
+func (w *pushWatch) ask(ctx context.Context, cfg *FollowConfig, last uint64) (uint32, bool) {
 	p, req, ok := w.c.pushing()
 	p = w.look(p, ok)
+	p.Last = last
 	return req, ctx.Err() == nil && cfg.Leave(p)
 }
 
 // look is p (ok: an envelope being pushed) timed; a look with nothing
-// being pushed disarms w (Leave is asked on it still).
+// being pushed disarms w (Leave is asked on it still, with Idle).
 func (w *pushWatch) look(p Pushing, ok bool) Pushing {
+	now := time.Now()
 	if !ok {
 		w.seq = 0
 		w.t.Stop()
 		w.armed = false
+		p.Idle = now.Sub(time.Unix(0, w.c.lastRead.Load()))
 		return p
 	}
-	now, got := time.Now(), w.c.Received()
+	got := w.c.Received()
 	if p.Seq != w.seq {
 		w.seq, w.first, w.base = p.Seq, now, got
 	}

@@ -62,7 +62,7 @@ func followLeavingPush(t *testing.T, answerAck bool) {
 	cfg.Lost = func(error, time.Duration) { lost.Add(1) }
 	var shown []client.Pushing
 	cfg.Leave = func(p client.Pushing) bool {
-		if p == (client.Pushing{}) {
+		if p.Seq == 0 {
 			return false // nothing being pushed
 		}
 		shown = append(shown, p)
@@ -490,7 +490,12 @@ func TestFollowLooksWhileComing(t *testing.T) {
 		t.Fatalf("Leave asked %d times in a second once nothing came", m-n)
 	}
 	writes <- frame(5)
-	waitLook("a look after a small envelope came whole", n, func(client.Pushing) bool { return true })
+	// It shows nothing being pushed, what was handed over last, and how
+	// long since the session read.
+	i = waitLook("a look after a small envelope came whole", n, func(client.Pushing) bool { return true })
+	if p := look(i); p.Seq != 0 || p.Last != 5 || p.Idle < 0 || p.Idle > time.Minute {
+		t.Fatalf("the look after envelope 5 came whole: %+v, want nothing in part, envelope 5 handed over last", p)
+	}
 	for ctx.Err() == nil && taken.Load() < 3 {
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -500,5 +505,10 @@ func TestFollowLooksWhileComing(t *testing.T) {
 	time.Sleep(time.Second) // the look after it done
 	n = count()
 	ask <- struct{}{}
-	waitLook("a look asked for (Look)", n, func(client.Pushing) bool { return true })
+	// A second or so since the session read anything (a ping's answer
+	// would be sooner, but not none).
+	i = waitLook("a look asked for (Look)", n, func(client.Pushing) bool { return true })
+	if p := look(i); p.Seq != 0 || p.Idle <= 0 {
+		t.Fatalf("the look asked for: %+v, want nothing in part and the time since the last read", p)
+	}
 }
