@@ -659,9 +659,9 @@ func (w *drainWorld) sealedFragments(t *testing.T, size, bucket int) [][]byte {
 // dials: a dial also follows a first connection that ended under the
 // lanes (its stall window is 2 s), which ci127 saw once under load.
 type followCount struct {
-	lost, leaves atomic.Int64
-	done         chan error
-	f            *partsFollow
+	lost, leaves, handled atomic.Int64 // handled: deliveries
+	done                  chan error
+	f                     *partsFollow
 }
 
 // followCounting starts f's Follow, counting.
@@ -671,6 +671,12 @@ func followCounting(ctx context.Context, f *partsFollow) *followCount {
 	cfg.Lost = func(error, time.Duration) { fc.lost.Add(1) }
 	left := cfg.Left
 	cfg.Left = func(pl *client.PageLeft) { fc.leaves.Add(1); left(pl) }
+	handle := cfg.Handle
+	cfg.Handle = func(d client.Delivery) ([]client.Ref, error) {
+		refs, err := handle(d)
+		fc.handled.Add(1)
+		return refs, err
+	}
 	go func() { fc.done <- client.Follow(ctx, cfg) }()
 	return fc
 }

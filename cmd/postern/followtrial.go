@@ -42,7 +42,7 @@ type followTrial struct {
 }
 
 // fragRun is what slowFragments times: the fragments of message id over
-// session c, from the look at that first saw it awaited, when c had read
+// session c, from the look that first saw it awaited (at), when c had read
 // base bytes.
 type fragRun struct {
 	c    *client.Client
@@ -121,7 +121,8 @@ func (f *partsFollow) trialWorth() bool {
 // for messages in smaller envelopes; the look begins past the last
 // envelope handed over, Pushing.Last), a second
 // connection looks at what waits from it on and, if that comes to three
-// times what came of it (it included; two records at least) or more,
+// times what came of it (it included; two records at least: what a run
+// of fragments asks for) or more,
 // times a full part of what waits past it (startTrial); the
 // verdict is read on the look after the trial ends, which it asks for
 // (client.FollowConfig.Look). A part that comes at trialShare or more of
@@ -145,10 +146,10 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		alone, slow := throttledPage(client.PageProgress{Bytes: p.Bytes, Since: p.Since, Idle: p.Idle}, f.cur.DialTime())
-		page := client.PageProgress{Read: p.Got, After: p.Seq - 1}
+		fragments := false
 		if !slow {
 			alone, slow = f.slowFragments(p)
-			page = client.PageProgress{Read: p.Got, After: p.Last}
+			fragments = true
 		}
 		if !slow { // first: the rest read the network's facts
 			return false
@@ -161,7 +162,7 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 			return false
 		}
 		ctx, stop := context.WithCancel(f.ctx)
-		tr := startTrial(ctx, f.t, f.cur, alone, page)
+		tr := startTrial(ctx, f.t, f.cur, alone, trialPage(p, fragments))
 		f.ft.run, f.ft.stop, f.ft.alone = tr, stop, alone
 		go func() { // the look that reads the verdict, whatever comes
 			<-tr.done
@@ -198,7 +199,7 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 // of it handed over, more to come: client.Inbox.Awaited) comes over the
 // subscription slowly, and at what rate: what the session read from the
 // look that first saw it awaited on, judged as throttledPage judges a
-// push. A push is timed envelope by envelope, and over TLS one shows up
+// push, while bytes keep coming (judge). A push is timed envelope by envelope, and over TLS one shows up
 // in part only if it is of the largest bucket: until 2026-12-07 a
 // message sealed in 16 KiB envelopes (by a sender on a network known
 // throttled) never began a trial, and came over one connection however
@@ -208,23 +209,54 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 // on the relay, and the next one waits (followTrial.wait).
 func (f *partsFollow) slowFragments(p client.Pushing) (float64, bool) {
 	id, awaited := f.in.Awaited()
-	return f.ft.frags.judge(f.cur, id, awaited, f.cur.Received(), f.cur.DialTime(), p.Idle, time.Now())
+	alone, slow, more := f.ft.frags.judge(f.cur, id, awaited, f.cur.Received(), f.cur.DialTime(), p, time.Now())
+	if more {
+		select { // the next look, a quarter second on (FollowConfig.Look)
+		case f.look <- struct{}{}:
+		default:
+		}
+	}
+	return alone, slow
 }
 
 // judge is slowFragments on session c, which read received bytes in
-// all (its dial took dial, its last read idle ago), at now, with message
-// id awaited (awaited bytes still to come): a run begins at the first
-// look at it, and is judged from then on.
-func (r *fragRun) judge(c *client.Client, id [envelope.IDSize]byte, awaited int, received int64, dial, idle time.Duration, now time.Time) (float64, bool) {
-	if awaited < 3*pageRecords {
+// all (its dial took dial), at look p, at now, with message id awaited
+// (awaited bytes still to come): a run begins at the first look at it,
+// and is judged from then on, as long as bytes keep coming (p.Below,
+// beneath the session too: a throttled flow's TLS record comes a packet
+// at a time) within fragIdle of each look. more says a look is to come
+// soon, to see that: only while a run goes on, so an idle follower does
+// not wake. Until a reviewer's find, a pause in the middle of a message
+// (a sender cut, then sending the rest at once) was judged with the
+// rest: 3.3 KB/s, and a fast network was taken for one throttling each
+// flow.
+func (r *fragRun) judge(c *client.Client, id [envelope.IDSize]byte, awaited int, received int64, dial time.Duration, p client.Pushing, now time.Time) (alone float64, slow, more bool) {
+	if awaited < 3*pageRecords || p.Below >= fragIdle {
 		*r = fragRun{}
-		return 0, false
+		return 0, false, false
 	}
 	if r.c != c || r.id != id {
 		*r = fragRun{c: c, id: id, at: now, base: received}
-		return 0, false
+		return 0, false, true
 	}
-	return throttledPage(client.PageProgress{Bytes: int(received - r.base), Since: now.Sub(r.at), Idle: idle}, dial)
+	alone, slow = throttledPage(client.PageProgress{Bytes: int(received - r.base), Since: now.Sub(r.at), Idle: p.Idle}, dial)
+	return alone, slow, true
+}
+
+// fragIdle is how long no byte may come, beneath the session too, for a
+// run of fragments to go on (judge): a second, a packet at 12 kbit/s.
+const fragIdle = time.Second
+
+// trialPage is what a trial beside a push found slow (p) is told of the
+// page it looks past: the envelope being pushed, or, for a message's
+// fragments found slow (fragments), what waits past the last envelope
+// handed over (Pushing.Last: a fragment held, not acked, is still on the
+// relay and would count in the backlog).
+func trialPage(p client.Pushing, fragments bool) client.PageProgress {
+	if fragments {
+		return client.PageProgress{Read: p.Got, After: p.Last}
+	}
+	return client.PageProgress{Read: p.Got, After: p.Seq - 1}
 }
 
 // verdict takes in what trial tr found (done), and says whether it found

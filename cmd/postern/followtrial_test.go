@@ -9,6 +9,7 @@ import (
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/transport/censortest"
 )
 
 // trialFollow is a follower of w's mailbox on a network ("cafe", with
@@ -320,42 +321,124 @@ func withEnv(getenv func(string) string, k, v string) func(string) string {
 // first look that saw it awaited: not at that look, nor with less than
 // three times two records still to come, nor when another message is
 // awaited or another session carries it (each begins a run again), nor
-// fast, nor idle, nor within twice the dial.
+// fast, nor idle, nor within twice the dial; and a run ends where no
+// byte came for fragIdle, beneath the session too (a reviewer's find: a
+// pause in the middle of a message, then the rest at once, read 3.3 KB/s
+// and made a fast network throttled). A look is asked for while a run
+// goes on, not after it ended.
 func TestFragRunJudge(t *testing.T) {
 	c1, c2 := &client.Client{}, &client.Client{}
 	msg, other := [envelope.IDSize]byte{1}, [envelope.IDSize]byte{2}
 	t0 := time.Now()
 	const big = 150 << 10
 	type look struct {
-		c        *client.Client
-		id       [envelope.IDSize]byte
-		awaited  int
-		received int64
-		dial     time.Duration
-		idle     time.Duration
-		after    time.Duration
-		slow     bool
+		c          *client.Client
+		id         [envelope.IDSize]byte
+		awaited    int
+		received   int64
+		dial       time.Duration
+		idle       time.Duration // Pushing.Idle
+		below      time.Duration // Pushing.Below
+		after      time.Duration
+		slow, more bool
 	}
+	start := look{c1, msg, big, 100_000, 0, 0, 0, 0, false, true}
+	at := func(received int64, after time.Duration) look {
+		return look{c1, msg, big, received, 0, 0, 0, after, false, true}
+	}
+	with := func(l look, change func(*look)) look { change(&l); return l }
+	slow := with(at(120_000, 2500*time.Millisecond), func(l *look) { l.slow = true })
 	for _, tc := range []struct {
 		name  string
 		looks []look
 	}{
-		{"slow", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, true}}},
-		{"fast", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 60_000, 0, 0, 2500 * time.Millisecond, false}}},
-		{"too little to come", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, 3*pageRecords - 1, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
-		{"too little to come, then enough", []look{{c1, msg, 3*pageRecords - 1, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
-		{"another message", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, other, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
-		{"another session", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c2, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, false}}},
-		{"idle", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 0, freshRead, 2500 * time.Millisecond, false}}},
-		{"within twice the dial", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 20_000, 1500 * time.Millisecond, 0, 2500 * time.Millisecond, false}}},
-		{"a run over three looks", []look{{c1, msg, big, 100_000, 0, 0, 0, false}, {c1, msg, big, 100_000 + 10_000, 0, 0, time.Second, false}, {c1, msg, big, 100_000 + 20_000, 0, 0, 2500 * time.Millisecond, true}}},
+		{"slow", []look{start, slow}},
+		{"fast", []look{start, at(160_000, 2500*time.Millisecond)}},
+		{"just enough to come", []look{with(start, func(l *look) { l.awaited = 3 * pageRecords }), with(slow, func(l *look) { l.awaited = 3 * pageRecords })}},
+		{"too little to come", []look{start, with(slow, func(l *look) { l.awaited, l.slow, l.more = 3*pageRecords-1, false, false })}},
+		{"too little to come, then enough", []look{with(start, func(l *look) { l.awaited, l.more = 3*pageRecords-1, false }), with(slow, func(l *look) { l.slow = false })}},
+		{"another message", []look{start, with(slow, func(l *look) { l.id, l.slow = other, false })}},
+		{"another session", []look{start, with(slow, func(l *look) { l.c, l.slow = c2, false })}},
+		{"read a while ago", []look{start, with(slow, func(l *look) { l.idle, l.below, l.slow = freshRead, 10*time.Millisecond, false })}},
+		{"within twice the dial", []look{start, with(slow, func(l *look) { l.dial, l.slow = 1500*time.Millisecond, false })}},
+		{"a run over three looks", []look{start, at(110_000, time.Second), slow}},
+		{"nothing came for fragIdle", []look{start, with(at(100_000, 1100*time.Millisecond), func(l *look) { l.idle, l.below, l.more = 1100*time.Millisecond, fragIdle, false }), with(slow, func(l *look) { l.slow = false })}},
+		{"bytes beneath kept coming", []look{start, with(at(100_000, 1100*time.Millisecond), func(l *look) { l.idle, l.below = 1100*time.Millisecond, fragIdle-time.Millisecond }), slow}},
+		{"a pause, then the rest at once", []look{start, with(at(100_000, 1250*time.Millisecond), func(l *look) { l.idle, l.below, l.more = 1250*time.Millisecond, 1250*time.Millisecond, false }),
+			at(116_000, 10*time.Second), at(116_000+64<<10, 10*time.Second+100*time.Millisecond), at(116_000+600<<10, 13*time.Second)}},
 	} {
 		var r fragRun
 		for i, l := range tc.looks {
-			_, slow := r.judge(l.c, l.id, l.awaited, l.received, l.dial, l.idle, t0.Add(l.after))
-			if slow != l.slow {
-				t.Errorf("%s, look %d: slow %v, want %v", tc.name, i, slow, l.slow)
+			_, slow, more := r.judge(l.c, l.id, l.awaited, l.received, l.dial, client.Pushing{Idle: l.idle, Below: l.below}, t0.Add(l.after))
+			if slow != l.slow || more != l.more {
+				t.Errorf("%s, look %d: slow %v, more %v; want %v, %v", tc.name, i, slow, more, l.slow, l.more)
 			}
 		}
+	}
+}
+
+// TestTrialPage: a trial beside a push found slow looks past the
+// envelope being pushed; beside a message's fragments found slow, past
+// the last envelope handed over (a reviewer's find: a mutant that looked
+// from the mailbox's start passed every other test).
+func TestTrialPage(t *testing.T) {
+	p := client.Pushing{Seq: 9, Got: 5000, Last: 7}
+	if got := trialPage(p, false); got.After != 8 || got.Read != 5000 {
+		t.Errorf("a push: %+v", got)
+	}
+	if got := trialPage(p, true); got.After != 7 || got.Read != 5000 {
+		t.Errorf("fragments: %+v", got)
+	}
+}
+
+// TestFollowFragmentsPause: the first 16 KiB fragment of a 250 KB
+// message comes, then the flow stalls for 5 s (a handover, say) while
+// the rest waits on the relay, then goes on at 64 KiB/s (four times
+// throttleFloor; its bucket, full after the stall, brings 64 KiB at
+// once: 13 KB/s over the stall): no trial takes the network for one
+// that throttles each flow, and the follower does not leave. Until a reviewer's find a run
+// of fragments was judged from the first fragment's look, the stall
+// counted (3.3 KB/s after a pause of 10 s), and a trial's part came
+// faster than that.
+func TestFollowFragmentsPause(t *testing.T) {
+	w := newDrainWorld(t)
+	var out bytes.Buffer
+	f := w.trialFollow(t, "cafe", &out)
+	taken := make(chan struct{}, 1)
+	in, err := client.NewInbox(client.InboxConfig{Identity: w.box.Ident, Take: func(client.Message) error { taken <- struct{}{}; return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.in = in
+	flow := censortest.ThrottleDown(64 << 10)
+	w.mb.SetRule(flow)
+	ctx := f.ctx // Follow's dials set f.ctx
+	fc := followCounting(ctx, f)
+	frags := w.sealedFragments(t, 250<<10, envelope.Bucket16K)
+	if _, err := w.owner.Send(ctx, frags[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	for fc.handled.Load() == 0 {
+		if ctx.Err() != nil { // the deadlock guard
+			t.Fatal("the first fragment never came")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.mb.SetRule(censortest.Stall)
+	for _, env := range frags[1:] {
+		if _, err := w.owner.Send(ctx, env, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Second) // the stall
+	w.mb.SetRule(flow)
+	select {
+	case <-taken:
+	case <-ctx.Done(): // the deadlock guard
+		t.Fatal("the message never came")
+	}
+	fc.stop(t, 0, "a message with a stall")
+	if strings.Contains(out.String(), "throttles each flow") || f.t.facts.get().Throttled {
+		t.Fatalf("a stall taken for a throttle: facts %+v\n%s", f.t.facts.get(), out.String())
 	}
 }

@@ -216,12 +216,19 @@ type Pushing struct {
 	// over TLS the first record of a push may have waited whole in a
 	// buffer); Idle how long since the session last read anything. As
 	// a PageProgress's, the count grows a record at a time. Idle is set
-	// on a zero Pushing too (nothing in part).
+	// with nothing in part too.
 	Bytes       int
 	Since, Idle time.Duration
-	// Last is the last envelope the subscription handed over, or the
-	// one it began after (0: the mailbox's start), whatever is being
-	// pushed: a caller that looks at what waits begins past it.
+	// Below is how long since bytes last came to the session, beneath
+	// it too (a TLS record begun: transport.Arrivals), as the stall
+	// watcher counts them: a flow throttled inside a record shows here,
+	// not in Idle. Set with nothing in part too.
+	Below time.Duration
+	// Last is the last envelope the subscription handed over or paged
+	// past, or the one it began after (0: the mailbox's start), whatever
+	// is being pushed: what waits past it on the relay has not been
+	// handed over (some of it may have come, whole, and wait in the
+	// session's queue).
 	Last uint64
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/relay"
+	"github.com/postern/postern/transport"
 )
 
 // errStop marks Handle's error: Follow returns it instead of reconnecting.
@@ -89,9 +90,10 @@ type FollowConfig struct {
 	// once after each batch of deliveries, and when Look asks (else never
 	// while nothing comes), and shown the envelope the subscription is
 	// pushing, timed, if some of it came and some is still to come (else a
-	// Pushing with only Idle and Last: over TLS, what comes of a frame
-	// grows a record, up to 16 KiB, at a time, so a 16 KiB envelope shows
-	// up, if at all, almost whole). When it returns true, Follow leaves the session: it closes
+	// Pushing with only Idle, Below and Last: over TLS, what comes of a
+	// frame grows a record, up to 16 KiB, at a time, so a 16 KiB envelope
+	// shows up, if at all, almost whole). When it returns true, Follow
+	// leaves the session: it closes
 	// it, tells Left what came, and dials again at once (no backoff, no
 	// Lost), so that Dial can take what waits another way (over lanes, on
 	// a network that throttles each flow: Inbox.DrainLanes with what came
@@ -585,11 +587,17 @@ func (w *pushWatch) ask(ctx context.Context, cfg *FollowConfig, last uint64) (ui
 // being pushed disarms w (Leave is asked on it still, with Idle).
 func (w *pushWatch) look(p Pushing, ok bool) Pushing {
 	now := time.Now()
+	p.Idle = now.Sub(time.Unix(0, w.c.lastRead.Load()))
+	p.Below = p.Idle
+	if a, has := w.c.conn.(transport.Arrivals); has {
+		if below, _ := a.Arrivals(); now.Sub(below) < p.Below {
+			p.Below = now.Sub(below)
+		}
+	}
 	if !ok {
 		w.seq = 0
 		w.t.Stop()
 		w.armed = false
-		p.Idle = now.Sub(time.Unix(0, w.c.lastRead.Load()))
 		return p
 	}
 	got := w.c.Received()
@@ -597,6 +605,5 @@ func (w *pushWatch) look(p Pushing, ok bool) Pushing {
 		w.seq, w.first, w.base = p.Seq, now, got
 	}
 	p.Bytes, p.Since = int(got-w.base), now.Sub(w.first)
-	p.Idle = now.Sub(time.Unix(0, w.c.lastRead.Load()))
 	return p
 }

@@ -55,6 +55,9 @@ type Middlebox struct {
 	conns  map[net.Conn]struct{} // both sides of every open connection
 	closed bool
 	done   chan struct{} // closed at cleanup: wakes throttled pumps
+	// changed is closed when a rule is set (and made again): it wakes
+	// the pumps Stall holds (under mu).
+	changed chan struct{}
 	// hostBuckets are ThrottleHost's buckets, one per direction, shared
 	// by every connection; made at the first byte a ThrottleHost rule
 	// meters (under mu).
@@ -117,6 +120,30 @@ func (m *Middlebox) SetRule(r Rule) {
 		r = Pass
 	}
 	m.rule.Store(&r)
+	m.mu.Lock()
+	if m.changed != nil {
+		close(m.changed)
+	}
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// waitRule waits until the rule is no longer *rp, and reports whether
+// it changed (false: the middlebox closed first).
+func (m *Middlebox) waitRule(rp *Rule) bool {
+	for {
+		m.mu.Lock()
+		changed := m.changed
+		m.mu.Unlock()
+		if m.rule.Load() != rp {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-m.done:
+			return false
+		}
+	}
 }
 
 func (m *Middlebox) current() Rule { return *m.rule.Load() }
@@ -348,6 +375,14 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 	for {
 		rp := m.rule.Load()
 		r := *rp
+		if _, stalled := r.(stallRule); stalled {
+			if !m.waitRule(rp) {
+				src.Close()
+				dst.Close()
+				return
+			}
+			continue
+		}
 		allow := min(int64(len(pending)), r.budget(dir, sent, fl.sent[1-dir].Load()))
 		if fl.isMuted(dir) {
 			allow = 0

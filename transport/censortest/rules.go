@@ -85,6 +85,10 @@ func (blackholeRule) onConnect() action                    { return actHold }
 func (blackholeRule) budget(Direction, int64, int64) int64 { return 0 }
 func (blackholeRule) onDatagram(*datagram) action          { return actHold }
 
+type stallRule struct{ passRule }
+
+func (stallRule) onDatagram(*datagram) action { return actHold }
+
 type resetRule struct{ passRule }
 
 func (resetRule) onConnect() action { return actReset }
@@ -101,6 +105,14 @@ var (
 	// GFW's null routing of an address found by active probing. On UDP it
 	// drops every datagram.
 	Blackhole Rule = blackholeRule{}
+
+	// Stall holds every byte of every TCP connection, both ways, until
+	// another rule is set, and then lets them go on under it, none lost:
+	// a path that stops carrying for a while (a handover, a link down
+	// and up) and keeps its connections. A pump stalled does not read
+	// on, so the sender's buffers fill as they would. On UDP it drops
+	// every datagram, as such a path loses them.
+	Stall Rule = stallRule{}
 
 	// ResetOnConnect closes every new connection with an RST at once, like
 	// the RST injection the GFW and Iran's filter use on blocked IP:ports.
