@@ -205,8 +205,9 @@ func (f *partsFollow) trialLeave(p client.Pushing) bool {
 // throttled) never began a trial, and came over one connection however
 // large. Only while three times two records or more are still to come
 // (a trial asks for that much backlog, pageRecords). A sender slower
-// than the line looks the same: the trial then finds too little waiting
-// on the relay, and the next one waits (followTrial.wait).
+// than the line, its gaps under fragIdle, looks the same: the trial then
+// finds too little waiting on the relay, and the next one waits
+// (followTrial.wait).
 func (f *partsFollow) slowFragments(p client.Pushing) (float64, bool) {
 	id, awaited := f.in.Awaited()
 	alone, slow, more := f.ft.frags.judge(f.cur, id, awaited, f.cur.Received(), f.cur.DialTime(), p, time.Now())
@@ -244,7 +245,11 @@ func (r *fragRun) judge(c *client.Client, id [envelope.IDSize]byte, awaited int,
 }
 
 // fragIdle is how long no byte may come, beneath the session too, for a
-// run of fragments to go on (judge): a second, a packet at 12 kbit/s.
+// run of fragments to go on (judge): a second, a packet at 12 kbit/s. A
+// slower throttle, or one whose drops cost retransmission timeouts of a
+// second or more, ends every run: its fragments start no trial (a
+// reviewer's point; counting at most fragIdle of each gap would judge
+// it, and was not tried).
 const fragIdle = time.Second
 
 // trialPage is what a trial beside a push found slow (p) is told of the

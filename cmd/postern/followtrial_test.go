@@ -395,8 +395,10 @@ func TestTrialPage(t *testing.T) {
 // message comes, then the flow stalls for 5 s (a handover, say) while
 // the rest waits on the relay, then goes on at 64 KiB/s (four times
 // throttleFloor; its bucket, full after the stall, brings 64 KiB at
-// once: 13 KB/s over the stall): no trial takes the network for one
-// that throttles each flow, and the follower does not leave. Until a reviewer's find a run
+// once: 13 KB/s over the stall, which must be over 4 s for 64 KiB over
+// it to read under throttleFloor, as the first version read it): no
+// trial takes the network for one that throttles each flow, and the
+// follower does not leave. Until a reviewer's find a run
 // of fragments was judged from the first fragment's look, the stall
 // counted (3.3 KB/s after a pause of 10 s), and a trial's part came
 // faster than that.

@@ -375,7 +375,7 @@ func (m *Middlebox) pump(dst, src net.Conn, dir Direction, pending []byte, fl *t
 	for {
 		rp := m.rule.Load()
 		r := *rp
-		if _, stalled := r.(stallRule); stalled {
+		if r.stalls() {
 			if !m.waitRule(rp) {
 				src.Close()
 				dst.Close()

@@ -638,21 +638,29 @@ func TestSetRuleShapesRunning(t *testing.T) {
 	}
 }
 
-// TestStallHolds: under Stall a connection carries nothing, and once
-// another rule is set every byte held comes.
+// TestStallHolds: under Stall (alone, or among others with All) a
+// connection carries nothing, and once another rule is set every byte
+// held comes, as sent.
 func TestStallHolds(t *testing.T) {
-	const n = 256 << 10
-	m := NewMiddlebox(t, pushServer(n)(t))
-	m.SetRule(Stall)
-	conn := dial(t, m)
-	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if k, _ := io.ReadFull(conn, make([]byte, n)); k != 0 {
-		t.Fatalf("%d bytes came through a stall", k)
-	}
-	m.SetRule(Pass)
-	conn.SetReadDeadline(time.Now().Add(patience)) // a deadlock guard
-	got := make([]byte, n)
-	if k, err := io.ReadFull(conn, got); k != n || !bytes.Equal(got, pushPattern(n)) {
-		t.Fatalf("after the stall: %d bytes of %d (%v), or not as sent", k, n, err)
+	for _, c := range []struct {
+		name string
+		rule Rule
+	}{{"Stall", Stall}, {"All(Pass, Stall)", All(Pass, Stall)}} {
+		t.Run(c.name, func(t *testing.T) {
+			const n = 256 << 10
+			m := NewMiddlebox(t, pushServer(n)(t))
+			m.SetRule(c.rule)
+			conn := dial(t, m)
+			conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if k, _ := io.ReadFull(conn, make([]byte, n)); k != 0 {
+				t.Fatalf("%d bytes came through a stall", k)
+			}
+			m.SetRule(Pass)
+			conn.SetReadDeadline(time.Now().Add(patience)) // a deadlock guard
+			got := make([]byte, n)
+			if k, err := io.ReadFull(conn, got); k != n || !bytes.Equal(got, pushPattern(n)) {
+				t.Fatalf("after the stall: %d bytes of %d (%v), or not as sent", k, n, err)
+			}
+		})
 	}
 }

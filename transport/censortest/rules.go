@@ -63,6 +63,9 @@ type Rule interface {
 	// onDatagram decides on one UDP datagram: actForward, actHold (drop
 	// it) or actBlockFlow.
 	onDatagram(d *datagram) action
+	// stalls says whether TCP connections carry nothing until another
+	// rule is set (Stall).
+	stalls() bool
 }
 
 // passRule lets everything through; the other rules embed it.
@@ -78,6 +81,7 @@ func (passRule) hostRate(Direction) int64             { return 0 }
 func (passRule) delay() time.Duration                 { return 0 }
 func (passRule) inspectsQUIC() bool                   { return false }
 func (passRule) onDatagram(*datagram) action          { return actForward }
+func (passRule) stalls() bool                         { return false }
 
 type blackholeRule struct{ passRule }
 
@@ -88,6 +92,7 @@ func (blackholeRule) onDatagram(*datagram) action          { return actHold }
 type stallRule struct{ passRule }
 
 func (stallRule) onDatagram(*datagram) action { return actHold }
+func (stallRule) stalls() bool                { return true }
 
 type resetRule struct{ passRule }
 
@@ -106,12 +111,16 @@ var (
 	// drops every datagram.
 	Blackhole Rule = blackholeRule{}
 
-	// Stall holds every byte of every TCP connection, both ways, until
+	// Stall holds the bytes of every TCP connection, both ways, until
 	// another rule is set, and then lets them go on under it, none lost:
 	// a path that stops carrying for a while (a handover, a link down
 	// and up) and keeps its connections. A pump stalled does not read
-	// on, so the sender's buffers fill as they would. On UDP it drops
-	// every datagram, as such a path loses them.
+	// on, so the sender's buffers fill as they would. What was already
+	// on its way out when it was set still goes (a piece a throttle was
+	// sleeping on, chunks in a Latency's line), and a connection's end,
+	// read as it was set, is passed on. With [All], any rule that
+	// stalls stalls the lot. On UDP it drops every datagram, as such a
+	// path loses them.
 	Stall Rule = stallRule{}
 
 	// ResetOnConnect closes every new connection with an RST at once, like
@@ -450,6 +459,15 @@ func (a allRules) lowest(of func(Rule) int64) int64 {
 		}
 	}
 	return lowest
+}
+
+func (a allRules) stalls() bool {
+	for _, r := range a {
+		if r.stalls() {
+			return true
+		}
+	}
+	return false
 }
 
 func (a allRules) inspectsQUIC() bool {
