@@ -425,8 +425,8 @@ func lineVerdict(f netFacts, st client.LanesStats) (together float64, judged, li
 // one by one, and what each carried on average, in bytes a second: two
 // sessions at once or more, each carrying fastFlow a second or more and
 // fastFlowBytes or more on average. A throttle of each flow at r, under
-// throttleFloor, whose bucket holds a second's worth (censortest.Throttle
-// as TSPU's), lets a flow carry r(1+t) in t seconds at most: with
+// throttleFloor, whose bucket holds a second's worth (censortest.Throttle's;
+// a real one's may hold more), lets a flow carry r(1+t) in t seconds at most: with
 // 3*throttleFloor carried, t is 2 s or more, and the rate 1.5r at most,
 // under 24 KiB/s. The first session's parts in flight as the second
 // joined, 32 KiB at most (two requests of relay.MaxPart), count in Bytes
