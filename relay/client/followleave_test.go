@@ -512,3 +512,72 @@ func TestFollowLooksWhileComing(t *testing.T) {
 		t.Fatalf("the look asked for: %+v, want nothing in part and the time since the last read", p)
 	}
 }
+
+// arrivingConn is a session's conn whose bytes beneath it last came at
+// arrived (Unix nanoseconds; 0: long ago), as a TLS record begun
+// reports them (transport.Arrivals).
+type arrivingConn struct {
+	transport.Conn
+	arrived *atomic.Int64
+}
+
+func (c arrivingConn) Arrivals() (time.Time, bool) { return time.Unix(0, c.arrived.Load()), false }
+
+// TestPushingBelow: a look shows how long since bytes last came to the
+// session, beneath it too (Pushing.Below): under Idle while they come
+// beneath (a record begun, not yet whole), and Idle where none came
+// since the last read.
+func TestPushingBelow(t *testing.T) {
+	id, _, envs := sealed(t, 100)
+	_, key, _ := ed25519.GenerateKey(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a deadlock guard
+	defer cancel()
+	var arrived atomic.Int64
+	serve := func(sc transport.Conn, typ relay.FrameType, p []byte, req uint32) bool {
+		if typ == relay.FrameSubscribe {
+			sc.Write(relay.AppendFrame(nil, relay.Result{Req: req}))
+			sc.Write(relay.AppendFrame(nil, relay.Deliver{Req: req, Mailbox: [32]byte{1}, Ref: [relay.RefSize]byte{1}, Seq: 1, Envelope: envs[0]}))
+		}
+		return true
+	}
+	in, err := client.NewInbox(client.InboxConfig{Identity: id, Take: func(client.Message) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := in.FollowConfig(func(ctx context.Context) (*client.Client, error) {
+		cc, sc := relaytest.Pipe(t)
+		t.Cleanup(func() { sc.Close() })
+		go serveFrames(sc, func(typ relay.FrameType, p []byte, req uint32) bool { return serve(sc, typ, p, req) })
+		return client.New(ctx, arrivingConn{cc, &arrived}, client.WithRelayKey(key.Public().(ed25519.PublicKey)))
+	}, key, [32]byte{1})
+	ask := make(chan struct{}, 1)
+	cfg.Look = ask
+	looks := make(chan client.Pushing, 16)
+	cfg.Leave = func(p client.Pushing) bool { looks <- p; return false }
+	go client.Follow(ctx, cfg)
+	next := func(what string) client.Pushing {
+		t.Helper()
+		select {
+		case p := <-looks:
+			return p
+		case <-ctx.Done():
+			t.Fatalf("%s: no look", what)
+			return client.Pushing{}
+		}
+	}
+	next("the look after the delivery")
+	time.Sleep(300 * time.Millisecond) // the session reads nothing meanwhile
+	for len(looks) > 0 {
+		<-looks // any other look before
+	}
+	arrived.Store(time.Now().UnixNano())
+	ask <- struct{}{}
+	if p := next("a look with bytes come beneath"); p.Idle < 300*time.Millisecond || p.Below >= p.Idle {
+		t.Fatalf("bytes came beneath just now: %+v, want Below under Idle", p)
+	}
+	arrived.Store(0)
+	ask <- struct{}{}
+	if p := next("a look with none come beneath"); p.Below != p.Idle {
+		t.Fatalf("nothing came beneath since the last read: %+v, want Below as Idle", p)
+	}
+}
