@@ -60,7 +60,7 @@ func (f *partsFollow) facts() netFacts {
 		return nf
 	}
 	if f.ft.found > 0 {
-		nf.Throttled, nf.Rate = true, f.ft.found
+		nf.throttledBy(false, f.ft.found)
 	}
 	nf.LineThrottled, nf.LineDay = f.ft.lineDay != 0, f.ft.lineDay
 	return nf
@@ -303,7 +303,7 @@ func (f *partsFollow) verdict(tr *pageTrial, live bool) bool {
 	}
 	fmt.Fprintf(f.e.stderr, "the subscription carried %.1f KB/s, and a second connection beside it %.1f KB/s: this network throttles each flow%s\n",
 		f.ft.alone/1000, tr.rate/1000, later)
-	f.t.facts.update(f.e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, rate })
+	f.t.facts.update(f.e, func(nf *netFacts) { nf.throttledBy(false, rate) })
 	return true
 }
 

@@ -131,7 +131,7 @@ func TestFollowTrialLeave(t *testing.T) {
 	lane := f.conn(t)
 	part := client.Begun{Seq: 2, Total: 64 << 10, Data: []byte("timed")}
 	f.ft.run, f.ft.stop = doneTrial(pageTrial{judged: true, perFlow: true, rate: 12000, lane: lane, parts: []client.Begun{part}}), func() {}
-	if !f.leave(next) || f.t.facts.get() != (netFacts{Throttled: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
+	if !f.leave(next) || f.t.facts.get() != (netFacts{Throttled: true, Down: true, Rate: 10000, Day: today()}) || !f.lanesDue() || f.trialDue() {
 		t.Fatalf("each flow throttled: no leave, or facts %+v, lanes due %v", f.t.facts.get(), f.lanesDue())
 	}
 	came := client.Begun{Seq: 1, Total: 64 << 10, Data: []byte("came")}

@@ -21,9 +21,14 @@ import (
 //	           it (the smallest seen); later connections are cycled before
 //	           half of it and messages use the smallest envelope bucket
 //	throttled  the flow's throughput fell under throttleFloor: 16 KiB
-//	           envelopes, and a stall window long enough for one at that rate;
-//	           forgotten when a recv's lanes carry three times throttleFloor
-//	           a connection (flowsFast)
+//	           envelopes, and a stall window long enough for one at that rate
+//	throttled_up, throttled_down
+//	           who found it: a send, from its acks (what goes up), and a recv
+//	           or a follower, from what it read (what comes down); neither
+//	           (facts from before 2026-12-07) counts as down. Each side forgets
+//	           only what it found: recv's lanes when they carry three times
+//	           throttleFloor a connection (flowsFast), a send when its
+//	           connection does (upFast); throttled goes with the last of them
 //	throttled_rate
 //	           that throughput, in bytes a second (recv's lanes judge by it
 //	           whether the line is throttled as a whole)
@@ -76,6 +81,9 @@ const throttleFloor = 16 << 10 // bytes per second
 type netFacts struct {
 	Budget    int  `json:"budget,omitempty"`
 	Throttled bool `json:"throttled,omitempty"`
+	// Up and Down: see throttled_up above.
+	Up   bool `json:"throttled_up,omitempty"`
+	Down bool `json:"throttled_down,omitempty"`
 	// Rate: see throttled_rate above.
 	Rate int `json:"throttled_rate,omitempty"`
 	// LineThrottled and LineDay: see line_throttled above.
@@ -167,3 +175,38 @@ func (s *factsStore) update(e *env, change func(*netFacts)) {
 }
 
 func today() int64 { return time.Now().Unix() / 86400 }
+
+// throttledBy marks the network throttled at rate, found by a send (up:
+// what goes up) or by a recv or a follower (what comes down).
+func (f *netFacts) throttledBy(up bool, rate int) {
+	f.Throttled, f.Rate = true, rate
+	if up {
+		f.Up = true
+	} else {
+		f.Down = true
+	}
+}
+
+// sides says who found the network throttled: a send (up), a recv or a
+// follower (down). Facts from before throttled_up and throttled_down
+// (throttled alone) count as down: until 2026-12-07 only recv forgot.
+func (f netFacts) sides() (up, down bool) {
+	return f.Throttled && f.Up, f.Throttled && (f.Down || !f.Up)
+}
+
+// forgetThrottle forgets what one side found (up: a send's; else a recv's
+// or a follower's); the network stays throttled while the other side's
+// find stands. It reports whether the network is no longer throttled.
+func (f *netFacts) forgetThrottle(up bool) bool {
+	u, d := f.sides()
+	if up {
+		u = false
+	} else {
+		d = false
+	}
+	f.Up, f.Down = u, d
+	if !u && !d {
+		f.Throttled, f.Rate = false, 0
+	}
+	return !f.Throttled
+}

@@ -98,7 +98,7 @@ func TestRecvLanes(t *testing.T) {
 	stderr, took, peak := w.recvLanes(t, flow, nil, randomMsg(60<<10), randomMsg(60<<10), randomMsg(60<<10))
 	stderrs.WriteString(stderr)
 	t.Logf("recv 1: %d connection(s) at once, %v, %.1f KB kept: %s", peak, took, keptKB(stderr), verdictLine(stderr))
-	if f := w.facts(t); !f.Throttled || f.Rate <= 0 || f.Rate >= throttleFloor || peak < 2 || !strings.Contains(stderr, "this network throttles each flow; receiving over up to") {
+	if f := w.facts(t); !f.Throttled || !f.Down || f.Up || f.Rate <= 0 || f.Rate >= throttleFloor || peak < 2 || !strings.Contains(stderr, "this network throttles each flow; receiving over up to") {
 		t.Fatalf("recv 1: %d connections at once, facts %+v:\n%s", peak, f, stderr)
 	}
 	// Its lanes are judged by the rate the page came at, and do not ask
@@ -257,6 +257,9 @@ func TestRecvSmallBacklogStays(t *testing.T) {
 			t.Logf("recv: %d connection(s) at once, %v", peak, took)
 			if strings.Contains(stderr, "receiving over up to") || strings.Contains(stderr, "beside it") || !strings.Contains(stderr, "this network throttles it") {
 				t.Fatalf("a small backlog left for lanes, or the network not found throttled:\n%s", stderr)
+			}
+			if f := w.facts(t); !f.Throttled || !f.Down || f.Up { // a recv's find
+				t.Fatalf("facts %+v", f)
 			}
 		})
 	}

@@ -346,14 +346,14 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 	switch {
 	case !tr.judged:
 	case tr.perFlow:
-		f.Throttled, f.Rate = true, int(alone)
+		f.throttledBy(false, int(alone))
 		later := "" // nothing is remembered without --network
 		if t.facts != nil {
 			later = fmt.Sprintf("; later receives here use up to %d connections at once", laneLimit(e, *f))
 		}
 		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow%s\n",
 			alone/1000, tr.rate/1000, later)
-		t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
+		t.facts.update(e, func(nf *netFacts) { nf.throttledBy(false, int(alone)) })
 	case err == nil:
 		fmt.Fprintf(e.stderr, "the connection carried %.1f KB/s, and a second one beside it %.1f KB/s: this network seems to throttle the whole line; stayed on one connection\n",
 			alone/1000, tr.rate/1000)
@@ -375,7 +375,7 @@ func (tr *pageTrial) ended(e *env, t recvTarget, f *netFacts, alone float64, err
 func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *client.Client, f *netFacts, alone float64, trial *pageTrial, left error) error {
 	c.Close()
 	defer trial.lane.Close()
-	f.Throttled, f.Rate = true, int(alone)
+	f.throttledBy(false, int(alone))
 	have := trial.parts
 	pl, _ := errors.AsType[*client.PageLeft](left)
 	if pl != nil {
@@ -383,7 +383,7 @@ func switchToLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, 
 	}
 	fmt.Fprintf(e.stderr, "the connection carries %.1f KB/s, and a second one beside it %.1f KB/s: this network throttles each flow; receiving over up to %d connections at once, %.1f KB of it here already\n",
 		alone/1000, trial.rate/1000, laneLimit(e, *f), float64(came(have))/1000)
-	t.facts.update(e, func(nf *netFacts) { nf.Throttled, nf.Rate = true, int(alone) })
+	t.facts.update(e, func(nf *netFacts) { nf.throttledBy(false, int(alone)) })
 	if pl != nil && len(pl.Unacked) > 0 {
 		// If this fails too, they come again and are acked as replays.
 		trial.lane.Ack(ctx, t.m.owner(), t.m.id(), pl.Unacked...)

@@ -121,7 +121,8 @@ func TestTrialEnded(t *testing.T) {
 		if fs == nil {
 			kept = f // nothing kept: the facts of this recv only
 		}
-		if f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) {
+		if f.Throttled != tc.perFlow || kept.Throttled != tc.perFlow || tc.perFlow && (f.Rate != 8000 || kept.Rate != 8000) ||
+			f.Down != tc.perFlow || kept.Down != tc.perFlow || f.Up || kept.Up { // a recv's find
 			t.Errorf("%s: facts %+v, kept %+v", tc.name, f, kept)
 		}
 		// A line said stops trials there that day (trial_line_day),

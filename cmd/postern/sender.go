@@ -454,8 +454,18 @@ func (s *sender) viaHome() string {
 // at least throttleWindow moved less than throttleFloor per second (the
 // first connection, of a round that lanes joined), and lengthens the
 // stall window so one envelope fits in it at that rate.
+//
+// A connection that carried enough fast (upFast) forgets instead what a
+// send found (netFacts.Up): a stall taken for a throttle, or a throttle
+// lifted. What a recv or a follower found of what comes down is kept.
+// Until 2026-12-07 sends forgot nothing, and only lanes of a recv with
+// 96 KiB or more waiting could.
 func (s *sender) noteThroughput(st *connStats) {
 	s.judgeLanes(st)
+	if rate, fast := upFast(st); fast {
+		s.forgetUp(rate)
+		return
+	}
 	d := st.last.Sub(st.start)
 	if d < throttleWindow || st.total == 0 {
 		return
@@ -482,8 +492,47 @@ func (s *sender) noteThroughput(st *connStats) {
 	if !s.known.Throttled {
 		fmt.Fprintf(s.e.stderr, "the flow is throttled (%.1f KB/s); using a longer stall window\n", rate/1000)
 	}
-	s.known.Throttled, s.known.Rate = true, int(rate)
-	s.facts.update(s.e, func(f *netFacts) { f.Throttled, f.Rate = true, int(rate) })
+	s.known.throttledBy(true, int(rate))
+	s.facts.update(s.e, func(f *netFacts) { f.throttledBy(true, int(rate)) })
+}
+
+// upFast says whether the connection of a round that carried st showed
+// what goes up not throttled each flow, and what it carried a second
+// past its first ack: fastFlowBytes or more acked after that ack, at
+// fastFlow a second or more. A throttle under throttleFloor cannot carry
+// so much so fast (see flowsFast; here what the first ack's envelope
+// carried is left out, not a session's parts in flight), unless the
+// relay held the first ack back a second or more after its envelope came
+// and then answered the rest as they came. One connection only: lanes
+// open only beside one found slow.
+func upFast(st *connStats) (float64, bool) {
+	d := st.last.Sub(st.first.at)
+	past := st.total - st.first.bytes
+	if st.lanes != 1 || st.first.at.IsZero() || d <= 0 || past < fastFlowBytes {
+		return 0, false
+	}
+	rate := float64(past) / d.Seconds()
+	return rate, rate >= fastFlow
+}
+
+// forgetUp forgets what a send found of what goes up on a network known
+// throttled, after a connection carried rate bytes a second (upFast).
+func (s *sender) forgetUp(rate float64) {
+	up, down := s.known.sides()
+	if !up {
+		return
+	}
+	said := fmt.Sprintf("the connection carried %.1f KB/s: what goes up is not throttled (a stall was taken for a throttle, or it was lifted)", rate/1000)
+	switch {
+	case s.facts == nil: // nothing is remembered without --network
+	case down:
+		said += "; forgotten for what goes up (a recv found what comes down throttled: kept)"
+	default:
+		said += "; forgotten"
+	}
+	fmt.Fprintln(s.e.stderr, said)
+	s.known.forgetThrottle(true)
+	s.facts.update(s.e, func(f *netFacts) { f.forgetThrottle(true) })
 }
 
 // budgetGone forgets the budget being checked again once a connection
