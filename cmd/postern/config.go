@@ -126,6 +126,11 @@ type relayConfig struct {
 	// all of one such relay's links and its clients' tunnels as one
 	// address, and should raise it.
 	MaxTunnelsPerSource int `json:"max_tunnels_per_source"`
+	// MailboxOpsPerSource is how many mailboxes one client address (or
+	// IPv6 /64) may create, rotate or delete a day, refilled evenly.
+	// Default 0: 256 (server.DefaultMailboxOps). Clients behind one
+	// carrier NAT share it.
+	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -313,7 +318,7 @@ func (c *relayConfig) validateQuotas() error {
 		name string
 		v    int64
 	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
-		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}} {
+		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}, {"mailbox_ops_per_source", int64(c.MailboxOpsPerSource)}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}

@@ -183,7 +183,8 @@ func (r *relayRun) openStore(context.Context) error {
 	r.log.Info("scheduler", "gomaxprocs", applyProcs(cfg.Store != "memory", r.e.getenv))
 	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
-		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true})
+		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true,
+		MailboxOps: r.cfg.MailboxOpsPerSource})
 	return err
 }
 

@@ -24,6 +24,9 @@ func (ss *session) create(p []byte) error {
 	if !relay.Verify(m.Owner[:], ss.bind, m, m.Sig) {
 		return relay.ErrUnauthorized
 	}
+	if !ss.srv.ops.take(ss.source()) {
+		return relay.ErrBusy
+	}
 	return ss.srv.cfg.Store.CreateMailbox(ss.ctx, m.Mailbox, ed25519.PublicKey(m.Owner[:]), m.CapVerifier)
 }
 
@@ -259,6 +262,9 @@ func (ss *session) rotate(p []byte) (int, error) {
 	if !relay.Verify(m.NewOwner[:], ss.bind, m, m.NewSig) {
 		return 0, relay.ErrUnauthorized
 	}
+	if !ss.srv.ops.take(ss.source()) {
+		return 0, relay.ErrBusy
+	}
 	n, err := ss.srv.cfg.Store.RotateMailbox(ss.ctx, m.Old, m.New, ed25519.PublicKey(m.NewOwner[:]), m.CapVerifier)
 	if err == nil {
 		// Only a rotation that happened ends the old id's subscription.
@@ -274,6 +280,9 @@ func (ss *session) delete(p []byte) error {
 	}
 	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
 		return err
+	}
+	if !ss.srv.ops.take(ss.source()) {
+		return relay.ErrBusy
 	}
 	ss.unsubscribe(m.Mailbox)
 	return ss.srv.cfg.Store.DeleteMailbox(ss.ctx, m.Mailbox)

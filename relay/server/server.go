@@ -141,6 +141,12 @@ type Config struct {
 	// relay was writing to it. Under pressure (more than three quarters of
 	// MaxDeliveryBytes held) a write gets a tenth of it. Default 30 s.
 	WriteTimeout time.Duration
+	// MailboxOps is how many mailboxes one source may create, rotate or
+	// delete a day, refilled evenly (see DefaultMailboxOps, the default);
+	// negative means no limit.
+	MailboxOps int
+	// Now is the clock of MailboxOps (tests). Default time.Now.
+	Now func() time.Time
 }
 
 // Server serves the session protocol on transport listeners.
@@ -156,6 +162,7 @@ type Server struct {
 	tunnelTLS  *tls.Config   // home side of tunnels; nil unless AcceptTunnels
 	pub        ed25519.PublicKey
 	sourceKey  []byte // keys the source hashes Forwarder.Forward is given
+	ops        *opLimiter
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -184,6 +191,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxSubscriptions <= 0 {
 		cfg.MaxSubscriptions = 16
 	}
+	if cfg.MailboxOps == 0 {
+		cfg.MailboxOps = DefaultMailboxOps
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 8192
 	}
@@ -210,6 +223,7 @@ func New(cfg Config) (*Server, error) {
 	sourceKey := make([]byte, 32)
 	rand.Read(sourceKey)
 	return &Server{cfg: cfg, pub: cfg.RelayKey.Public().(ed25519.PublicKey), tunnelTLS: tcfg, sourceKey: sourceKey, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
+		ops:     newOpLimiter(cfg.MailboxOps, mailboxOpsPeriod, cfg.Now),
 		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
 		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
 		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil

@@ -87,7 +87,7 @@ func (m *Memory) CreateMailbox(ctx context.Context, id [IDSize]byte, owner ed255
 	if _, gone := m.retired[hid]; m.boxes[hid] != nil || gone {
 		return ErrMailboxExists
 	}
-	if err := m.opts.MailboxQuota(len(m.boxes)); err != nil {
+	if err := m.opts.MailboxQuota(len(m.boxes) + len(m.retired)); err != nil {
 		return err
 	}
 	m.boxes[hid] = newMemBox(owner, sendCap)
@@ -154,6 +154,13 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 	if _, gone := m.retired[newH]; m.boxes[newH] != nil || gone {
 		m.mu.Unlock()
 		return 0, ErrMailboxExists
+	}
+	if _, retire := m.opts.RetiredUntil(m.opts.Now()); retire {
+		// The old id stays retired beside the new mailbox.
+		if err := m.opts.MailboxQuota(len(m.boxes) + len(m.retired)); err != nil {
+			m.mu.Unlock()
+			return 0, err
+		}
 	}
 	nb := newMemBox(owner, sendCap)
 	for _, e := range old.items {

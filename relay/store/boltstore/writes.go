@@ -25,7 +25,7 @@ func (s *Store) CreateMailbox(ctx context.Context, id [store.IDSize]byte, owner 
 		if w.taken(hid) {
 			return store.ErrMailboxExists
 		}
-		if err := s.opts.MailboxQuota(int(s.mailboxes.Load() + w.dMailboxes)); err != nil {
+		if err := s.opts.MailboxQuota(w.held()); err != nil {
 			return err
 		}
 		w.createMailbox(hid, owner, sendCap)
@@ -39,6 +39,12 @@ func (w *writer) createMailbox(hid [32]byte, owner, sendCap []byte) {
 	w.buf = appendMailbox(w.buf, hid, owner, first, sendCap)
 	w.ix.setMailbox(hid, owner, sendCap, first, at, uint32(w.at().off-at.off))
 	w.dMailboxes++
+}
+
+// held is how many mailbox ids the store holds: its mailboxes and the
+// ids retired, which MaxMailboxes bounds together (store.Options).
+func (w *writer) held() int {
+	return int(w.s.mailboxes.Load()+w.dMailboxes) + len(w.ix.retired)
 }
 
 // taken reports whether mailbox hid exists or is retired.
@@ -86,6 +92,12 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		}
 		if w.taken(newH) {
 			return store.ErrMailboxExists
+		}
+		if _, retire := s.opts.RetiredUntil(s.opts.Now()); retire {
+			// The old id stays retired beside the new mailbox.
+			if err := s.opts.MailboxQuota(w.held()); err != nil {
+				return err
+			}
 		}
 		envs, err := w.openAll(oldID, old)
 		if err != nil {

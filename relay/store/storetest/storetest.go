@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"SeqsOfAMailboxMadeAgain", testSeqsMadeAgain},
 		{"RetiredIDs", testRetiredIDs},
 		{"QuotaMailboxes", testQuotaMailboxes},
+		{"QuotaRetiredIDs", testQuotaRetired},
 		{"Duplicate", testDuplicate},
 		{"InvalidEnvelope", testInvalidEnvelope},
 		{"QuotaMailboxCount", testQuotaCount},
@@ -980,6 +981,46 @@ func testRetiredIDs(t *testing.T, f Factory) {
 		t.Fatalf("after retirement: %v", err)
 	}
 	wantStats(t, s, 2, 0, 0)
+}
+
+// testQuotaRetired: retired ids count against MaxMailboxes beside the
+// mailboxes: a Create, or a Rotate that would retire one more, beyond it
+// fails with ErrStoreFull and changes nothing; a Delete (one mailbox
+// for one retired id) still works, and the ids freed by a Sweep make
+// room again.
+func testQuotaRetired(t *testing.T, f Factory) {
+	now := time.Unix(1_700_000_000, 0)
+	opts := store.Options{MaxMailboxes: 3, Now: func() time.Time { return now }, Retire: 30 * 24 * time.Hour}
+	s := open(t, f, opts)
+	ctx := context.Background()
+	mustCreate(t, s, ID(1), 1)
+	if _, err := s.RotateMailbox(ctx, ID(1), ID(2), Owner(2), nil); err != nil {
+		t.Fatal(err) // one mailbox, one retired
+	}
+	mustCreate(t, s, ID(3), 3) // two and one: full
+	if err := s.CreateMailbox(ctx, ID(4), Owner(4), nil); !errors.Is(err, store.ErrStoreFull) {
+		t.Fatalf("a mailbox beyond two and a retired id: %v", err)
+	}
+	if _, err := s.RotateMailbox(ctx, ID(3), ID(4), Owner(4), nil); !errors.Is(err, store.ErrStoreFull) {
+		t.Fatalf("a rotation that would retire a second id beyond the cap: %v", err)
+	}
+	if _, err := s.Fetch(ctx, ID(3), 10); err != nil {
+		t.Fatalf("the mailbox a refused rotation left: %v", err)
+	}
+	if _, err := s.Fetch(ctx, ID(4), 10); !errors.Is(err, store.ErrNoMailbox) {
+		t.Fatalf("a refused rotation made its new mailbox: %v", err)
+	}
+	if err := s.DeleteMailbox(ctx, ID(3)); err != nil {
+		t.Fatalf("a delete at the cap: %v", err)
+	}
+	if err := s.CreateMailbox(ctx, ID(5), Owner(5), nil); !errors.Is(err, store.ErrStoreFull) {
+		t.Fatalf("a mailbox beside one and two retired ids: %v", err)
+	}
+	if _, err := s.Sweep(ctx, now.Add(31*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, ID(5), 5)
+	mustCreate(t, s, ID(6), 6)
 }
 
 func testQuotaMailboxes(t *testing.T, f Factory) {

@@ -1,0 +1,71 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+)
+
+// TestMailboxOpsPerSource: a source that has spent its mailbox
+// operations (Config.MailboxOps) is told "busy" for a create, a rotate
+// and a delete, and nothing changes; another source, and a session of
+// the first for anything else, go on.
+func TestMailboxOpsPerSource(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{MailboxOps: 2})
+	addr := r.ServeTCP(t, "test")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	from := func(ip string) *client.Client {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Skipf("no %s here: %v", ip, err)
+		}
+		c, err := client.New(ctx, conn.(*net.TCPConn), client.WithRelayKey(r.Server.PublicKey()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, a2, b := from("127.0.0.2"), from("127.0.0.2"), from("127.0.0.3")
+	key := func() ed25519.PrivateKey { _, k, _ := ed25519.GenerateKey(nil); return k }
+	id := func() (v [32]byte) { rand.Read(v[:]); return v }
+	owner, first := key(), id()
+	if err := a.CreateMailbox(ctx, owner, first, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.CreateMailbox(ctx, key(), id(), nil); err != nil {
+		t.Fatalf("the second operation, on another session of the source: %v", err)
+	}
+	third, newOwner := id(), key()
+	for name, op := range map[string]func() error{
+		"create": func() error { return a.CreateMailbox(ctx, key(), third, nil) },
+		"rotate": func() error { _, err := a2.Rotate(ctx, owner, first, newOwner, third, nil); return err },
+		"delete": func() error { return a.Delete(ctx, owner, first) },
+	} {
+		if err := op(); !errors.Is(err, relay.ErrBusy) {
+			t.Errorf("%s beyond the allowance: %v, want busy", name, err)
+		}
+	}
+	if got := r.Store.Stats().Mailboxes; got != 2 {
+		t.Fatalf("%d mailboxes after refused operations, want 2", got)
+	}
+	if err := a.Ping(ctx); err != nil {
+		t.Fatalf("the spent source's session: %v", err)
+	}
+	if _, err := b.Rotate(ctx, owner, first, newOwner, third, nil); err != nil {
+		t.Fatalf("another source's rotation: %v", err)
+	}
+}
