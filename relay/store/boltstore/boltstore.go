@@ -35,6 +35,10 @@ type Store struct {
 	check [32]byte
 	notes store.Notifier
 
+	// rotating holds the one rotation the committer may have in hand
+	// (see RotateMailbox).
+	rotating chan struct{}
+
 	mu      sync.RWMutex // guards ix; the committer writes, readers read
 	ix      *index
 	durable atomic.Uint64 // the last batch that is on disk
@@ -56,7 +60,8 @@ type Store struct {
 	held      []byte
 	heldOps   int // the Acks whose records held holds
 	heldSince time.Time
-	syncFail  error // tests: fail every sync with this error
+	syncFail  error  // tests: fail every sync with this error
+	applying  func() // tests: called by the committer before it applies a batch
 
 	// Owned by the committer, for lingering (commit.go): the writes of
 	// the last batch that wrote a frame and when it was durable, and the
@@ -147,7 +152,7 @@ func open(dir string, opts store.Options) (*Store, error) {
 		return nil, fmt.Errorf("store: %s: %w", keyName, err)
 	}
 	s := &Store{opts: opts, keys: k, dir: logDir, check: k.Check(),
-		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{})}
+		ops: make(chan *op), quit: make(chan struct{}), stopped: make(chan struct{}), rotating: make(chan struct{}, 1)}
 	if !exists {
 		if err := createLog(logDir, s.check); err != nil {
 			return nil, err

@@ -82,24 +82,40 @@ func (s *Store) doLazy(ctx context.Context, apply func(w *writer) error) error {
 }
 
 func (s *Store) submit(ctx context.Context, o *op) error {
-	if err := ctx.Err(); err != nil {
+	return s.submitThen(ctx, o, nil)
+}
+
+// submitThen is submit that calls release, if set, once the committer is
+// done with o: before it returns, or, if ctx ends while the committer
+// has o, when the committer reports it.
+func (s *Store) submitThen(ctx context.Context, o *op, release func()) error {
+	now := func(err error) error {
+		if release != nil {
+			release()
+		}
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return now(err)
+	}
 	if s.closed.Load() {
-		return store.ErrClosed
+		return now(store.ErrClosed)
 	}
 	o.done = make(chan error, 1)
 	select {
 	case s.ops <- o:
 	case <-s.quit:
-		return store.ErrClosed
+		return now(store.ErrClosed)
 	case <-ctx.Done():
-		return ctx.Err()
+		return now(ctx.Err())
 	}
 	select {
 	case err := <-o.done:
-		return err
+		return now(err)
 	case <-ctx.Done():
+		if release != nil {
+			go func() { <-o.done; release() }()
+		}
 		return ctx.Err()
 	}
 }
@@ -248,6 +264,9 @@ func (s *Store) commit(batch []*op) error {
 	}
 	w, err := s.begin(lazy)
 	if err == nil {
+		if s.applying != nil {
+			s.applying()
+		}
 		s.mu.Lock()
 		for i, o := range batch {
 			results[i] = o.apply(w)
