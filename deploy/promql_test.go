@@ -36,6 +36,7 @@ var (
 		"postern_store_commit_duration_seconds":       true,
 		"postern_store_commit_writes":                 true,
 		"postern_store_syncs_total":                   false,
+		"postern_mailbox_ops_refused_total":           false,
 	}
 	probeMetrics = map[string]bool{
 		"postern_probe_success":          false,

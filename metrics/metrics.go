@@ -27,6 +27,8 @@
 //	postern_envelopes_rejected_total{reason}              counter; reason: malformed, bad_envelope,
 //	                                                      no_mailbox, mailbox_full, relay_full, capability, internal
 //	postern_send_duration_seconds                         histogram, Send read to envelope durable
+//	postern_mailbox_ops_refused_total                     counter; creates, rotations, deletes refused at
+//	                                                      the per-source allowance (mailbox_ops_per_source)
 //	postern_store_mailboxes, _envelopes, _bytes           gauges read from the store at scrape time
 //	postern_store_quota_bytes                             gauge, configured maximum store bytes
 //	postern_store_disk_full                               gauge, 1 while writes fail for lack of disk space
@@ -152,6 +154,7 @@ type Relay struct {
 	outbox         atomic.Pointer[func() (items int, bytes int64)]
 	commitDuration prometheus.Histogram
 	commitWrites   prometheus.Histogram
+	opsRefused     prometheus.Counter
 
 	stats atomic.Pointer[func() StoreStats]
 }
@@ -217,10 +220,14 @@ func NewRelay(version string) *Relay {
 			Help:    "Writes per durable store transaction (group commit batch size).",
 			Buckets: batchBuckets,
 		}),
+		opsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "postern_mailbox_ops_refused_total",
+			Help: "Mailbox creates, rotations and deletes refused as busy: the client's address had spent its allowance of the day (mailbox_ops_per_source).",
+		}),
 	}
 	r.newNetworkMetrics()
 	r.reg.MustRegister(r.handshakes, r.sessions, r.sessionsActive, r.accepted, r.delivered, r.expired,
-		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.forwards, r.linksUp, r.commitDuration, r.commitWrites, storeCollector{r})
+		r.rejected, r.sendDuration, r.quota, r.descExpiry, r.forwards, r.linksUp, r.commitDuration, r.commitWrites, r.opsRefused, storeCollector{r})
 	// Every known label combination exists from the start, at zero, so that
 	// rate() and alerts see a series before the first event.
 	for _, t := range Transports {
@@ -272,6 +279,10 @@ func (r *Relay) Envelope(event, reason string) {
 		r.rejected.WithLabelValues(clamp(reason, Reasons)).Inc()
 	}
 }
+
+// MailboxOpRefused counts a mailbox operation refused at the per-source
+// allowance (server.MailboxOpsObserver).
+func (r *Relay) MailboxOpRefused() { r.opsRefused.Inc() }
 
 // SendDuration observes the time an accepted Send took (relay.Observer).
 func (r *Relay) SendDuration(d time.Duration) { r.sendDuration.Observe(d.Seconds()) }

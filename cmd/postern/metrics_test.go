@@ -350,6 +350,7 @@ func TestMetricsCountWorkload(t *testing.T) {
 		`postern_handshakes_total{result="replay",transport="https"}`:      0,
 		`postern_handshakes_total{result="replay",transport="h3"}`:         0,
 		`postern_store_mailboxes`:                                          2,
+		`postern_mailbox_ops_refused_total`:                                0,
 		`postern_store_envelopes`:                                          float64(accepted - delivered),
 	}
 	got, body := waitMetrics(t, maddr, want)

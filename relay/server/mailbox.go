@@ -24,7 +24,7 @@ func (ss *session) create(p []byte) error {
 	if !relay.Verify(m.Owner[:], ss.bind, m, m.Sig) {
 		return relay.ErrUnauthorized
 	}
-	if !ss.srv.ops.take(ss.source()) {
+	if !ss.opAllowed() {
 		return relay.ErrBusy
 	}
 	return ss.srv.cfg.Store.CreateMailbox(ss.ctx, m.Mailbox, ed25519.PublicKey(m.Owner[:]), m.CapVerifier)
@@ -262,7 +262,7 @@ func (ss *session) rotate(p []byte) (int, error) {
 	if !relay.Verify(m.NewOwner[:], ss.bind, m, m.NewSig) {
 		return 0, relay.ErrUnauthorized
 	}
-	if !ss.srv.ops.take(ss.source()) {
+	if !ss.opAllowed() {
 		return 0, relay.ErrBusy
 	}
 	n, err := ss.srv.cfg.Store.RotateMailbox(ss.ctx, m.Old, m.New, ed25519.PublicKey(m.NewOwner[:]), m.CapVerifier)
@@ -281,9 +281,22 @@ func (ss *session) delete(p []byte) error {
 	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
 		return err
 	}
-	if !ss.srv.ops.take(ss.source()) {
+	if !ss.opAllowed() {
 		return relay.ErrBusy
 	}
 	ss.unsubscribe(m.Mailbox)
 	return ss.srv.cfg.Store.DeleteMailbox(ss.ctx, m.Mailbox)
+}
+
+// opAllowed spends one of the session's source's mailbox operations
+// (Config.MailboxOps), reporting false, and counting the refusal, if it
+// has none left.
+func (ss *session) opAllowed() bool {
+	if ss.srv.ops.take(ss.source()) {
+		return true
+	}
+	if o, ok := ss.srv.obs.(MailboxOpsObserver); ok {
+		o.MailboxOpRefused()
+	}
+	return false
 }

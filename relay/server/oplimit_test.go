@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,10 +19,12 @@ import (
 
 // TestMailboxOpsPerSource: a source that has spent its mailbox
 // operations (Config.MailboxOps) is told "busy" for a create, a rotate
-// and a delete, and nothing changes; another source, and a session of
-// the first for anything else, go on.
+// and a delete, each counted (server.MailboxOpsObserver), and nothing
+// changes; another source, and a session of the first for anything
+// else, go on.
 func TestMailboxOpsPerSource(t *testing.T) {
-	r := relaytest.New(t, store.Options{}, server.Config{MailboxOps: 2})
+	obs := &opsObserver{}
+	r := relaytest.New(t, store.Options{}, server.Config{MailboxOps: 2, Observer: obs})
 	addr := r.ServeTCP(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -59,6 +62,9 @@ func TestMailboxOpsPerSource(t *testing.T) {
 			t.Errorf("%s beyond the allowance: %v, want busy", name, err)
 		}
 	}
+	if n := obs.refused.Load(); n != 3 {
+		t.Errorf("%d refusals observed, want 3", n)
+	}
 	if got := r.Store.Stats().Mailboxes; got != 2 {
 		t.Fatalf("%d mailboxes after refused operations, want 2", got)
 	}
@@ -69,3 +75,14 @@ func TestMailboxOpsPerSource(t *testing.T) {
 		t.Fatalf("another source's rotation: %v", err)
 	}
 }
+
+// opsObserver counts mailbox operations refused.
+type opsObserver struct {
+	refused atomic.Int64
+}
+
+func (*opsObserver) SessionOpened(string)       {}
+func (*opsObserver) SessionClosed(string)       {}
+func (*opsObserver) Envelope(string, string)    {}
+func (*opsObserver) SendDuration(time.Duration) {}
+func (o *opsObserver) MailboxOpRefused()        { o.refused.Add(1) }

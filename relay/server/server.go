@@ -44,6 +44,13 @@ type Observer interface {
 	SendDuration(d time.Duration)
 }
 
+// MailboxOpsObserver is an Observer that is also told of each mailbox
+// create, rotate or delete refused at the per-source allowance
+// (Config.MailboxOps).
+type MailboxOpsObserver interface {
+	MailboxOpRefused()
+}
+
 type nopObserver struct{}
 
 func (nopObserver) SessionOpened(string)       {}
