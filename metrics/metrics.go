@@ -27,7 +27,7 @@
 //	postern_envelopes_rejected_total{reason}              counter; reason: malformed, bad_envelope,
 //	                                                      no_mailbox, mailbox_full, relay_full, capability, internal
 //	postern_send_duration_seconds                         histogram, Send read to envelope durable
-//	postern_mailbox_ops_refused_total                     counter; creates, rotations, deletes refused at
+//	postern_mailbox_ops_refused_total                     counter; creates and rotations refused at
 //	                                                      the per-source allowance (mailbox_ops_per_source)
 //	postern_store_mailboxes, _envelopes, _bytes           gauges read from the store at scrape time
 //	postern_store_quota_bytes                             gauge, configured maximum store bytes
@@ -222,7 +222,7 @@ func NewRelay(version string) *Relay {
 		}),
 		opsRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "postern_mailbox_ops_refused_total",
-			Help: "Mailbox creates, rotations and deletes refused as busy: the client's address had spent its allowance of the day (mailbox_ops_per_source).",
+			Help: "Mailbox creates and rotations refused as busy: the client's address had spent its allowance of the day (mailbox_ops_per_source).",
 		}),
 	}
 	r.newNetworkMetrics()

@@ -127,9 +127,9 @@ type relayConfig struct {
 	// address, and should raise it.
 	MaxTunnelsPerSource int `json:"max_tunnels_per_source"`
 	// MailboxOpsPerSource is how many mailboxes one client address (or
-	// IPv6 /64) may create, rotate or delete a day, refilled evenly.
-	// Default 0: 256 (server.DefaultMailboxOps). Clients behind one
-	// carrier NAT share it.
+	// IPv6 /64) may create or rotate a day, refilled evenly. Default 0:
+	// 256 (server.DefaultMailboxOps). Clients behind one carrier NAT
+	// share it, and so do those an entry relay tunnels here.
 	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).

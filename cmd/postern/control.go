@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 )
 
@@ -201,6 +202,16 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 		moved += n
 		return err
 	})
+	for i, err := range errs {
+		if errors.Is(err, relay.ErrBusy) {
+			// Busy passes: it is no reason to leave the relay out of the
+			// new card (a reviewer's find: "retry later" said, the relay
+			// dropped for good). m.Next keeps the new keys; rotating
+			// again finishes with them.
+			return fmt.Errorf("relay %d of %d: %w%s; run `postern mailbox rotate` again then to finish the rotation (its new keys are kept in %s; until then the relays that moved the mailbox hold it under them)",
+				i+1, len(errs), err, busyHint(err), mailboxPath(ms.idPath))
+		}
+	}
 	var confirmed []int // the indexes of the relays that moved it
 	for i, err := range errs {
 		if err == nil {

@@ -106,7 +106,7 @@ func createMailbox(ctx context.Context, e *env, a mailboxArgs, relayArgs []strin
 	})
 	for i, err := range errs {
 		if err != nil {
-			return fmt.Errorf("relay %d of %d: %w; %s", i+1, len(lines), err, undoCreate(ctx, e, m, errs))
+			return fmt.Errorf("relay %d of %d: %w%s; %s", i+1, len(lines), err, busyHint(err), undoCreate(ctx, e, m, errs))
 		}
 	}
 	err = ms.update(id, func(disk *mailboxes) error {
@@ -138,6 +138,15 @@ func freeName(ms *mailboxes) string {
 			return defaultName(i)
 		}
 	}
+}
+
+// busyHint says why a relay answered a mailbox create or rotation busy:
+// it limits how many one address makes a day (relay/server, oplimit.go).
+func busyHint(err error) string {
+	if !errors.Is(err, relay.ErrBusy) {
+		return ""
+	}
+	return " (it limits how many mailboxes one address creates or rotates a day: try again in a few minutes, or from another network)"
 }
 
 // undoCreate deletes the mailbox from the relays that made it, after

@@ -25,10 +25,10 @@ import (
 //	throttled_up, throttled_down
 //	           who found it: a send, from its acks (what goes up), and a recv
 //	           or a follower, from what it read (what comes down); neither
-//	           (facts from before 2026-12-07) counts as down. Each side forgets
-//	           only what it found: recv's lanes when they carry three times
-//	           throttleFloor a connection (flowsFast), a send when its
-//	           connection does (upFast); throttled goes with the last of them
+//	           (facts from before 2026-12-07) counts as down. recv's lanes that
+//	           carry three times throttleFloor a connection (flowsFast) forget
+//	           both; a send whose connection does (upFast) forgets only a
+//	           send's find: throttled goes with the last of them
 //	throttled_rate
 //	           that throughput, in bytes a second (recv's lanes judge by it
 //	           whether the line is throttled as a whole)

@@ -370,9 +370,13 @@ func drainLanes(ctx context.Context, e *env, t recvTarget, in *client.Inbox, c *
 // judged it.
 //
 // Lanes that each carried fastFlow a second or more (flowsFast) show the
-// flows not throttled: the network's throttle, as a recv or a follower
-// found it, is forgotten (a stall taken for one, or a throttle lifted);
-// as a send found it, of what goes up, it is kept (upFast forgets it).
+// flows not throttled: the network's throttle, however it was found, is
+// forgotten (a stall taken for one, or a throttle lifted). What a send
+// found of what goes up goes too, though these lanes see only what comes
+// down: kept, a false find of a send's stayed for good where sends were
+// short (a reviewer's find; upFast needs 48 KiB past a first ack), and
+// a true one is found again by the next send of 32 KiB or more that
+// runs two seconds. A send forgets only what a send found (upFast).
 // Until 2026-12-07 nothing forgot it while the network was used: a first
 // connection that stalled two seconds after a TLS record (a handover)
 // marked a fast network throttled, and its sends went in 16 KiB
@@ -382,8 +386,13 @@ func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
 		return
 	}
 	if each, fast := flowsFast(st); fast && f.Throttled {
-		fmt.Fprintf(e.stderr, "received over %d connections at once, %.1f KB/s each: %s\n", st.Sessions, each/1000, downForgotten(t, f))
-		t.facts.update(e, func(f *netFacts) { f.forgetThrottle(false) })
+		later := "" // nothing is remembered without --network
+		if t.facts != nil {
+			later = "; forgotten"
+		}
+		fmt.Fprintf(e.stderr, "received over %d connections at once, %.1f KB/s each: this network does not throttle each flow (a stall was taken for a throttle, or it was lifted)%s\n",
+			st.Sessions, each/1000, later)
+		t.facts.update(e, func(f *netFacts) { f.forgetThrottle(true); f.forgetThrottle(false) })
 		return
 	}
 	together, judged, line := lineVerdict(f, st)
@@ -402,23 +411,6 @@ func judgeRecvLanes(e *env, t recvTarget, f netFacts, st client.LanesStats) {
 	if f.LineThrottled {
 		t.facts.update(e, func(f *netFacts) { f.LineThrottled, f.LineDay = false, 0 })
 	}
-}
-
-// downForgotten says what lanes found fast forget of a network known
-// throttled (f): what a recv or a follower found; not what a send found
-// of what goes up (netFacts.sides), which only a send forgets.
-func downForgotten(t recvTarget, f netFacts) string {
-	if up, down := f.sides(); up && !down {
-		return "what comes down is not throttled each flow; a send found what goes up throttled: kept"
-	}
-	said := "this network does not throttle each flow (a stall was taken for a throttle, or it was lifted)"
-	switch up, _ := f.sides(); {
-	case t.facts == nil: // nothing is remembered without --network
-		return said
-	case up:
-		return said + "; forgotten for what comes down (a send found what goes up throttled: kept)"
-	}
-	return said + "; forgotten"
 }
 
 // lineVerdict is judgeRecvLanes' verdict on lanes that carried st on a

@@ -451,15 +451,18 @@ func (s *sender) viaHome() string {
 }
 
 // noteThroughput marks the network throttled when a connection that ran
-// at least throttleWindow moved less than throttleFloor per second (the
-// first connection, of a round that lanes joined), and lengthens the
-// stall window so one envelope fits in it at that rate.
+// at least throttleWindow and carried minThrottledBytes or more moved
+// less than throttleFloor per second (the first connection, of a round
+// that lanes joined), and lengthens the stall window so one envelope
+// fits in it at that rate. Until 2026-12-07 any bytes did: a message of
+// one 4 KiB envelope acked 2.1 s after the dial (a handover, a slow
+// fsync) marked the network for a week (a reviewer's find).
 //
 // A connection that carried enough fast (upFast) forgets instead what a
 // send found (netFacts.Up): a stall taken for a throttle, or a throttle
 // lifted. What a recv or a follower found of what comes down is kept.
 // Until 2026-12-07 sends forgot nothing, and only lanes of a recv with
-// 96 KiB or more waiting could.
+// 96 KiB or more waiting could (they still forget both sides).
 func (s *sender) noteThroughput(st *connStats) {
 	s.judgeLanes(st)
 	if rate, fast := upFast(st); fast {
@@ -467,7 +470,7 @@ func (s *sender) noteThroughput(st *connStats) {
 		return
 	}
 	d := st.last.Sub(st.start)
-	if d < throttleWindow || st.total == 0 {
+	if d < throttleWindow || st.total < minThrottledBytes {
 		return
 	}
 	rate := float64(st.total) / d.Seconds()
@@ -495,6 +498,11 @@ func (s *sender) noteThroughput(st *connStats) {
 	s.known.throttledBy(true, int(rate))
 	s.facts.update(s.e, func(f *netFacts) { f.throttledBy(true, int(rate)) })
 }
+
+// minThrottledBytes is the least a send's connection must carry to mark
+// the network throttled (as recv's pages, noteRecvRate): less, a stall
+// of a second or two is most of its time.
+const minThrottledBytes = 2 * throttleFloor
 
 // upFast says whether the connection of a round that carried st showed
 // what goes up not throttled each flow, and what it carried a second

@@ -281,9 +281,6 @@ func (ss *session) delete(p []byte) error {
 	if err := ss.owned(m.Mailbox, m, m.Sig); err != nil {
 		return err
 	}
-	if !ss.opAllowed() {
-		return relay.ErrBusy
-	}
 	ss.unsubscribe(m.Mailbox)
 	return ss.srv.cfg.Store.DeleteMailbox(ss.ctx, m.Mailbox)
 }

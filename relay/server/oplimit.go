@@ -11,10 +11,12 @@ import (
 // retired ids included). Without a per-source bound one client could
 // take that cap, or retire ids as fast as the store commits (an audit
 // measured 20,000 rotations in 3.9 s from one client, each leaving 147
-// bytes of heap and 124 of log for 90 days). So each source may create,
-// rotate or delete DefaultMailboxOps mailboxes a day, refilled evenly
-// over the day, all at once if it has them; beyond that the relay
-// answers relay.ErrBusy ("relay busy; retry later").
+// bytes of heap and 124 of log for 90 days). So each source may create
+// or rotate DefaultMailboxOps mailboxes a day, refilled evenly over the
+// day, all at once if it has them; beyond that the relay answers
+// relay.ErrBusy ("relay busy; retry later"). A delete is not counted: it
+// turns a mailbox into a retired id, and the count stays (a reviewer's
+// point: a client at its allowance could not clean up).
 //
 // A source is what the session's transport counts the client as: its
 // IPv4 address or IPv6 /64 (transport.SourceHash). The sessions an entry
@@ -26,11 +28,14 @@ const (
 	DefaultMailboxOps = 256
 	mailboxOpsPeriod  = 24 * time.Hour
 	// maxOpSources bounds the sources the limiter keeps an account of.
-	// An account whose allowance has grown back whole says nothing and
-	// is dropped; when maxOpSources have spent some, a new source is
-	// refused until one has grown back (a client with that many
-	// addresses can spend the relay's allowance, as it could its
-	// sessions).
+	// With that many, a new source's account takes the place of those
+	// grown back whole (they say nothing), or else of the one with the
+	// most left: a client with more addresses than that, spending an
+	// operation on each as fast as they grow back, keeps a newcomer out
+	// of nothing (a reviewer's find: refused, a /48 of IPv6 locked every
+	// new address out at 194 operations a second), and the source put
+	// out gets its whole allowance back early, at most what it had
+	// spent, which was the least of anyone's.
 	maxOpSources = 1 << 16
 )
 
@@ -40,9 +45,8 @@ type opLimiter struct {
 	every time.Duration // the time one operation takes to grow back
 	now   func() time.Time
 
-	mu     sync.Mutex
-	left   map[[16]byte]opAccount
-	pruned time.Time // when prune last ran
+	mu   sync.Mutex
+	left map[[16]byte]opAccount
 }
 
 // opAccount is what a source had left, at.
@@ -69,12 +73,12 @@ func (l *opLimiter) take(src [16]byte) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	a, ok := l.left[src]
-	switch {
-	case ok:
+	if ok {
 		a.left = l.grown(a, now)
-	case len(l.left) >= maxOpSources && !l.prune(now):
-		return false
-	default:
+	} else {
+		if len(l.left) >= maxOpSources {
+			l.makeRoom(now)
+		}
 		a.left = float64(l.per)
 	}
 	if a.left < 1 {
@@ -89,19 +93,20 @@ func (l *opLimiter) grown(a opAccount, now time.Time) float64 {
 	return min(float64(l.per), a.left+float64(now.Sub(a.at))/float64(l.every))
 }
 
-// prune drops the accounts that have grown back whole and reports
-// whether that made room; at most once in the time one operation takes
-// to grow back (a scan of every account, which sources that are new
-// each time could otherwise ask for on every request).
-func (l *opLimiter) prune(now time.Time) bool {
-	if now.Sub(l.pruned) < l.every {
-		return false
-	}
-	l.pruned = now
+// makeRoom drops the accounts that have grown back whole, or if none
+// has, the one with the most left.
+func (l *opLimiter) makeRoom(now time.Time) {
+	var most [16]byte
+	mostLeft := -1.0
 	for src, a := range l.left {
-		if l.grown(a, now) >= float64(l.per) {
+		switch g := l.grown(a, now); {
+		case g >= float64(l.per):
 			delete(l.left, src)
+		case g > mostLeft:
+			most, mostLeft = src, g
 		}
 	}
-	return len(l.left) < maxOpSources
+	if len(l.left) >= maxOpSources {
+		delete(l.left, most)
+	}
 }

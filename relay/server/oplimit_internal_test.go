@@ -51,38 +51,49 @@ func TestOpLimiter(t *testing.T) {
 }
 
 // TestOpLimiterBounded: the limiter keeps at most maxOpSources accounts;
-// a new source is refused while all of them have spent some, and taken
-// once one has grown back whole, which is then dropped; the accounts are
-// looked through at most once in the time an operation takes to grow
-// back.
+// a new source takes the place of those grown back whole, or else of
+// the one with the most left, and is never refused for want of room (a
+// reviewer's find: refused, 65,536 addresses spending an operation each
+// as they grew back kept every newcomer out).
 func TestOpLimiterBounded(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	l := newOpLimiter(2, 2*time.Hour, func() time.Time { return now })
+	l := newOpLimiter(4, 4*time.Hour, func() time.Time { return now })
+	src := func(i int) [16]byte { return [16]byte{byte(i), byte(i >> 8), 0xff} }
 	for i := range maxOpSources {
-		if !l.take([16]byte{byte(i), byte(i >> 8), 0xff}) {
+		if !l.take(src(i)) || i > 0 && (!l.take(src(i)) || !l.take(src(i))) {
 			t.Fatalf("source %d refused", i)
 		}
 	}
-	fresh := [16]byte{1, 2, 3}
-	now = now.Add(30 * time.Minute)
-	if l.take(fresh) {
-		t.Fatal("a new source taken beyond maxOpSources accounts")
+	// Source 0 has spent one, every other source three: 0 has the most left.
+	for n := range 3 {
+		fresh := [16]byte{1, 2, 3, byte(n)}
+		if !l.take(fresh) {
+			t.Fatalf("newcomer %d refused beside %d accounts", n, maxOpSources)
+		}
+		if len(l.left) != maxOpSources {
+			t.Fatalf("%d accounts, want %d", len(l.left), maxOpSources)
+		}
 	}
-	if len(l.left) != maxOpSources {
-		t.Fatalf("%d accounts, want %d", len(l.left), maxOpSources)
+	if _, kept := l.left[src(0)]; kept {
+		t.Fatal("the account with the most left was not the one put out")
 	}
-	// The others have grown back whole, but the last look for them was
-	// half an hour ago: not again before an hour (an operation's time).
-	now = now.Add(30 * time.Minute)
-	if l.take(fresh) {
-		t.Fatal("the accounts looked through again before an operation grew back")
+	// Each newcomer, having spent one, then had the most left: put out
+	// by the next; the busy ones all stay.
+	if _, kept := l.left[[16]byte{1, 2, 3, 2}]; !kept {
+		t.Fatal("the last newcomer's account was put out")
 	}
-	now = now.Add(30 * time.Minute)
-	if !l.take(fresh) {
-		t.Fatal("a new source refused once the others grew back")
+	for i := 1; i < maxOpSources; i++ {
+		if a, kept := l.left[src(i)]; !kept || a.left != 1 {
+			t.Fatalf("busy source %d: kept %v, %v left", i, kept, a.left)
+		}
+	}
+	// Three hours on, every account has grown back whole: they all go.
+	now = now.Add(3 * time.Hour)
+	if !l.take([16]byte{9}) {
+		t.Fatal("a source refused")
 	}
 	if len(l.left) != 1 {
-		t.Fatalf("%d accounts after the others grew back, want 1", len(l.left))
+		t.Fatalf("%d accounts after all grew back whole, want 1", len(l.left))
 	}
 }
 

@@ -45,7 +45,7 @@ type Observer interface {
 }
 
 // MailboxOpsObserver is an Observer that is also told of each mailbox
-// create, rotate or delete refused at the per-source allowance
+// create or rotate refused at the per-source allowance
 // (Config.MailboxOps).
 type MailboxOpsObserver interface {
 	MailboxOpRefused()
@@ -148,8 +148,8 @@ type Config struct {
 	// relay was writing to it. Under pressure (more than three quarters of
 	// MaxDeliveryBytes held) a write gets a tenth of it. Default 30 s.
 	WriteTimeout time.Duration
-	// MailboxOps is how many mailboxes one source may create, rotate or
-	// delete a day, refilled evenly (see DefaultMailboxOps, the default);
+	// MailboxOps is how many mailboxes one source may create or rotate
+	// a day, refilled evenly (see DefaultMailboxOps, the default);
 	// negative means no limit.
 	MailboxOps int
 	// Now is the clock of MailboxOps (tests). Default time.Now.
