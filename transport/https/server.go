@@ -54,6 +54,20 @@ const (
 	DefaultMaxSessions = httpsession.DefaultMaxSessions
 )
 
+// coverTimeout bounds the reading of a request that is not a session (the
+// cover, a refusal) and the writing of its response, from when the
+// handler gets it until the response is sent. Without it net/http waits
+// with no deadline for a body the client never sends (it reads what is
+// left of a body under 256 KiB before it answers) and for HTTP/2
+// flow-control credit the client never gives; a stream waiting for
+// either is open, so its connection never counts idle and the idle
+// timeout never closes it. nginx ends such a request after
+// client_body_timeout or send_timeout (60 s without progress); a cover
+// site's requests and responses are small, so a whole-request bound this
+// long cuts no real visitor. h3 bounds its cover's responses with the
+// same (coverSendTimeout).
+const coverTimeout = 5 * time.Minute
+
 // Transport is the https transport. The zero value uses the defaults above
 // and is ready to use.
 type Transport struct {
@@ -84,6 +98,8 @@ type Transport struct {
 	// frontWait, set only by tests, is the front's wait for a client's
 	// first flight (see h2FirstFlightWait).
 	frontWait time.Duration
+	// coverWait, set only by tests, replaces coverTimeout.
+	coverWait time.Duration
 	// frontClock, set only by tests, is the engine's clock instead of
 	// time.Now (the receive windows' growth reads it). A pointer keeps
 	// Transport comparable.
@@ -119,10 +135,13 @@ func orDefault[T time.Duration | int](v, d T) T {
 
 // NewHTTPServer returns the http.Server settings every https listener uses,
 // serving h. It exists so that tests and tools can build a plain HTTPS
-// server configured exactly like a relay listener.
+// server configured exactly like a relay listener. The reading of every
+// request and the writing of its response are bounded (coverTimeout); a
+// handler that serves longer, as a session does, lifts the bound with
+// http.ResponseController.
 func (t *Transport) NewHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           bounded(h, orDefault(t.coverWait, coverTimeout)),
 		ReadHeaderTimeout: t.readHeaderTimeout(),
 		IdleTimeout:       orDefault(t.IdleTimeout, DefaultIdleTimeout),
 		MaxHeaderBytes:    orDefault(t.MaxHeaderBytes, DefaultMaxHeaderBytes),
@@ -130,6 +149,24 @@ func (t *Transport) NewHTTPServer(h http.Handler) *http.Server {
 		// Every TCP connection counts its sessions (HTTP/2 multiplexes).
 		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return httpsession.WithConn(ctx) },
 	}
+}
+
+// bounded serves h with the reading of each request and the writing of
+// its response bounded by d from when the handler gets it, over HTTP/1.1
+// (the connection's deadlines, which net/http resets for the next
+// request) and HTTP/2 (the stream's). The read deadline also bounds what
+// net/http reads of an unread body before it answers; when that read
+// fails at the bound, so does the writing of the answer, and the
+// connection closes without one, as with a Go server whose ReadTimeout
+// and WriteTimeout are equal.
+func bounded(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		end := time.Now().Add(d)
+		rc.SetReadDeadline(end)
+		rc.SetWriteDeadline(end)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // listener is a transport.Listener over an http.Server whose handler is
@@ -244,6 +281,10 @@ func (l *listener) Close() error {
 func (l *listener) session(w http.ResponseWriter, r *http.Request, release func()) {
 	defer release()
 	rc := http.NewResponseController(w)
+	// A session lives long: the bound on the request (bounded) is for
+	// the cover's.
+	rc.SetReadDeadline(time.Time{})
+	rc.SetWriteDeadline(time.Time{})
 	rc.EnableFullDuplex() // HTTP/1.1; HTTP/2 is always full duplex
 	httpsession.WriteAccepted(w)
 	if err := rc.Flush(); err != nil {
