@@ -173,10 +173,11 @@ type ListenConfig struct {
 	// relays behind a CDN). Replay protection still applies.
 	AllowUnbound bool
 	// Observe, if set, is called once per session attempt with the outcome,
-	// and by h3 once per connection refused (OutcomeConnLimited and
-	// OutcomeConnBusy, per Initial packet) or closed to make room. It must
-	// be cheap and must not block. It never receives anything that
-	// identifies a client.
+	// by h3 once per connection refused (OutcomeConnLimited and
+	// OutcomeConnBusy, per Initial packet) or closed to make room, and by
+	// https once per TCP connection reset at its source's cap
+	// (OutcomeConnLimited). It must be cheap and must not block. It never
+	// receives anything that identifies a client.
 	Observe func(Outcome)
 	// Now overrides the clock (tests).
 	Now func() time.Time
@@ -215,7 +216,9 @@ const (
 	OutcomeLimited    Outcome = "limited"     // valid session refused: its source or connection at its cap, or above its fair share (served the cover site)
 	// OutcomeConnLimited is a QUIC connection refused because its source
 	// holds its cap of connections, or its fair share of the listener's
-	// (counted per Initial packet refused).
+	// (counted per Initial packet refused), or a TCP connection of the
+	// https listener reset because its source holds its cap of
+	// connections.
 	OutcomeConnLimited Outcome = "conn_limited"
 	// OutcomeConnBusy is a QUIC connection refused because the listener
 	// holds its cap of connections and none may be taken to make room, or

@@ -100,9 +100,11 @@
 // # Limits
 //
 // Read-header and idle timeouts, a header size cap, a cap on concurrent TLS
-// handshakes and caps on concurrent sessions (per listener, and through
-// transport/httpsession per source and per TCP connection) protect the
-// listener; see [Transport]. The server's error log is discarded: it would
+// handshakes, a cap on the TCP connections of one source (twice its
+// session cap; none behind a CDN; a connection over it is reset at the
+// accept, whatever it would have sent: conns.go) and caps on concurrent
+// sessions (per listener, and through transport/httpsession per source
+// and per TCP connection) protect the listener; see [Transport]. The server's error log is discarded: it would
 // print client addresses.
 //
 // The timeouts are chosen to hold a silent client no longer than a common

@@ -83,6 +83,13 @@ type Transport struct {
 	// MaxSessions caps concurrent sessions; a valid session request beyond
 	// it is served the cover site. Zero means DefaultMaxSessions.
 	MaxSessions int
+	// MaxConnsPerSource caps the TCP connections one source holds on
+	// the listener, from the accept to the close; a connection beyond it
+	// is reset at once (see connCap). Zero means twice the per-source
+	// session cap (ListenConfig.MaxSessionsPerSource, or its default),
+	// and no cap with ListenConfig.AllowUnbound (behind a CDN every
+	// source is one of the CDN's addresses); negative means no cap.
+	MaxConnsPerSource int
 	// Borrow, when set, makes the listener a borrowed-site front
 	// (transport/borrow): a connection whose ClientHello carries a valid
 	// tag under the ListenConfig's Key reaches this listener's TLS and
@@ -176,6 +183,7 @@ type listener struct {
 	ln        net.Listener
 	gate      *httpsession.Gate
 	front     *h2Front // nil with Transport.stockH2
+	conns     *connCap // nil: no cap on connections per source
 	closeOnce sync.Once
 	closeErr  error
 	serveDone chan struct{}
@@ -228,9 +236,13 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		l.front.key = gate.SourceKey() // so that a session's Source is the gate's
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
+	if n := t.connsPerSource(cfg); n > 0 {
+		l.conns = newConnCap(gate.SourceKey(), n, cfg.Observe)
+	}
+	counting := &countingListener{Listener: raw, sem: handshakes, conns: l.conns, wrap: t.wrap}
 	go func() {
 		defer close(l.serveDone)
-		gate.ServeEnded(l.srv.ServeTLS(&countingListener{Listener: raw, sem: handshakes, wrap: t.wrap}, "", ""))
+		gate.ServeEnded(l.srv.ServeTLS(counting, "", ""))
 	}()
 	return l, nil
 }
@@ -485,34 +497,53 @@ func (c *serverConn) SetWriteDeadline(time.Time) error { return errNoDeadline }
 var errNoDeadline = fmt.Errorf("https session: %w", transport.ErrDeadlineUnsupported)
 
 // countingListener hands out countedConns so that TLS handshakes can be
-// counted against the handshake semaphore.
+// counted against the handshake semaphore, and connections against their
+// source's cap: one over it is reset here and never reaches the server.
 type countingListener struct {
 	net.Listener
-	sem  chan struct{}
-	wrap *connWrap // nil outside tests
+	sem   chan struct{}
+	conns *connCap  // nil: no cap per source
+	wrap  *connWrap // nil outside tests
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		cc := &countedConn{sem: l.sem}
+		if l.conns != nil {
+			src, ok := l.conns.take(c.RemoteAddr())
+			if !ok {
+				resetConn(c)
+				continue
+			}
+			cc.conns, cc.src = l.conns, src
+			cc.counted.Store(true)
+		}
+		if l.wrap != nil {
+			c = l.wrap.wrap(c)
+		}
+		cc.Conn = c
+		return cc, nil
 	}
-	if l.wrap != nil {
-		c = l.wrap.wrap(c)
-	}
-	return &countedConn{Conn: c, sem: l.sem}, nil
 }
 
 // countedConn holds a handshake slot from the moment its ClientHello has
 // been read until the server writes its handshake flight (by then the
 // key exchange and the signature, the expensive part, are done) or the
-// connection is closed.
+// connection is closed, and counts among its source's connections (see
+// connCap) until it is closed.
 type countedConn struct {
 	net.Conn
-	sem  chan struct{}
-	held atomic.Bool
-	k    writeCork   // the session engine's write coalescing (cork.go)
-	rr   recordReads // reads that end where a TLS record ends (tlsreads.go)
+	sem     chan struct{}
+	held    atomic.Bool
+	conns   *connCap    // the account of its source's connections, or nil
+	src     [16]byte    // its source there
+	counted atomic.Bool // conns counts it: given back once, at the close
+	k       writeCork   // the session engine's write coalescing (cork.go)
+	rr      recordReads // reads that end where a TLS record ends (tlsreads.go)
 }
 
 var errBusy = errors.New("too many concurrent TLS handshakes")
@@ -572,7 +603,11 @@ func (c *countedConn) uncork() error { return c.k.uncork(c.Conn) }
 func (c *countedConn) Close() error {
 	c.release()
 	c.k.release(c.Conn)
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	if c.counted.CompareAndSwap(true, false) {
+		c.conns.release(c.src)
+	}
+	return err
 }
 
 // CloseWrite keeps half-close working through the wrapper.

@@ -1,0 +1,122 @@
+package https
+
+import (
+	"net"
+	"sync"
+
+	"github.com/postern/postern/transport"
+	"github.com/postern/postern/transport/httpsession"
+)
+
+// connCap keeps the account of the TCP connections each source holds on
+// a listener, from the accept to the close, and caps them
+// (Transport.MaxConnsPerSource).
+//
+// A connection costs the relay without a session: net/http's goroutines
+// and buffers, crypto/tls's, and a descriptor. The cap on handshakes in
+// flight counts only connections still in their handshake, so one source
+// could hold connections up to the process's limit on descriptors
+// (65,536 under the systemd unit), each idle or stalled one until its
+// timeout and then again at once.
+//
+// A source is what the session limits count a client as: its IPv4
+// address or IPv6 /64, as a prefix of transport.SourceHash under the
+// gate's key (httpsession.Gate.SourceKey), kept in memory only while it
+// holds connections. The cap is twice the per-source session cap by
+// default, as h3's on QUIC connections: a source at its session cap
+// still gets the cover site's answer to a further session request, on a
+// connection of its own.
+//
+// A connection over the cap is reset (RST) as soon as it is accepted,
+// before anything is read from it, as the borrowed-site front
+// (transport/borrow) resets a source over its cap, and as a busy nginx
+// out of worker connections closes what it accepts (the kernel resets
+// such a connection once its ClientHello has come). What a client sees
+// then depends only on how many connections its source holds, never on
+// what it sends: neither its ClientHello nor its request, path or token
+// is read. The refusal is counted as OutcomeConnLimited. A stock server
+// would accept the connection.
+//
+// Behind a CDN (ListenConfig.AllowUnbound) the sources are the CDN's
+// addresses, each carrying the connections of many clients, so there is
+// no cap there unless the transport sets one.
+type connCap struct {
+	key     [32]byte
+	max     int
+	observe func(transport.Outcome) // nil: none
+
+	mu       sync.Mutex
+	total    int              // connections counted
+	bySource map[[16]byte]int // sources holding at least one connection
+}
+
+// connsPerSource is the listener's cap on the connections of one source
+// for cfg; 0 means none.
+func (t *Transport) connsPerSource(cfg transport.ListenConfig) int {
+	switch {
+	case t.MaxConnsPerSource != 0:
+		return max(t.MaxConnsPerSource, 0)
+	case cfg.AllowUnbound:
+		return 0
+	}
+	return 2 * orDefault(cfg.MaxSessionsPerSource, httpsession.DefaultMaxSessionsPerSource)
+}
+
+func newConnCap(key [32]byte, max int, observe func(transport.Outcome)) *connCap {
+	return &connCap{key: key, max: max, observe: observe, bySource: make(map[[16]byte]int)}
+}
+
+func (cc *connCap) source(addr net.Addr) [16]byte {
+	h := transport.SourceHash(cc.key[:], addr.String())
+	return [16]byte(h[:16])
+}
+
+// take counts a new connection from addr and returns its source, or
+// reports its refusal and returns false at its source's cap.
+func (cc *connCap) take(addr net.Addr) ([16]byte, bool) {
+	src := cc.source(addr)
+	cc.mu.Lock()
+	n := cc.bySource[src]
+	if n < cc.max {
+		cc.bySource[src] = n + 1
+		cc.total++
+	}
+	cc.mu.Unlock()
+	if n >= cc.max {
+		if cc.observe != nil {
+			cc.observe(transport.OutcomeConnLimited)
+		}
+		return src, false
+	}
+	return src, true
+}
+
+// release gives back a connection that take counted for src.
+func (cc *connCap) release(src [16]byte) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.total--
+	if n := cc.bySource[src] - 1; n > 0 {
+		cc.bySource[src] = n
+	} else {
+		delete(cc.bySource, src)
+	}
+}
+
+// held returns how many connections addr's source holds, and how many
+// are counted in all.
+func (cc *connCap) held(addr net.Addr) (source, total int) {
+	src := cc.source(addr)
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.bySource[src], cc.total
+}
+
+// resetConn closes c with a reset (RST), not a FIN, when it is a TCP
+// connection.
+func resetConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
