@@ -34,8 +34,15 @@ import (
 // such a connection once its ClientHello has come). What a client sees
 // then depends only on how many connections its source holds, never on
 // what it sends: neither its ClientHello nor its request, path or token
-// is read. The refusal is counted as OutcomeConnLimited. A stock server
-// would accept the connection.
+// is read. (Behind the borrowed-site front, Transport.Borrow, only a
+// tagged client reaches the listener, on a connection whose ClientHello
+// the front has read: one over the cap there is closed, with a FIN.)
+// The refusal is counted as OutcomeConnLimited. A stock server would
+// accept the connection: a prober that opens more than the cap from one
+// address tells a relay from a stock Go server by it (a reviewer's
+// point), as it can over h3 (transport/h3/conns.go). A cap for the
+// listener with fair shares, closing only under pressure, as h3 also
+// keeps, would show less; not built.
 //
 // Behind a CDN (ListenConfig.AllowUnbound) the sources are the CDN's
 // addresses, each carrying the connections of many clients, so there is
