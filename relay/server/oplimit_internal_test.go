@@ -57,6 +57,8 @@ func TestOpLimiter(t *testing.T) {
 // put out the account with the most left: three sources took 604
 // operations of an allowance of 12); accounts grown back whole are
 // dropped, at most once in the time an operation takes to grow back.
+// (A source that spent from the shared account and then finds room gets
+// an account of its own, whole: at most one allowance more, once.)
 func TestOpLimiterBounded(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	l := newOpLimiter(4, 4*time.Hour, func() time.Time { return now })

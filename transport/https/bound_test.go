@@ -172,7 +172,9 @@ func http1Session(t *testing.T, r *relay) io.ReadWriter {
 func TestNoLateResets(t *testing.T) {
 	for _, cdn := range []bool{false, true} {
 		t.Run(map[bool]string{false: "front", true: "cdn"}[cdn], func(t *testing.T) {
-			tr := &Transport{coverWait: 500 * time.Millisecond, IdleTimeout: 5 * time.Second}
+			// 1 s: each hundred streams take about 20 ms here, and a
+			// stream still coming when its bound passes is reset too.
+			tr := &Transport{coverWait: time.Second, IdleTimeout: 5 * time.Second}
 			r := startRelay(t, tr, func(c *transport.ListenConfig) { c.AllowUnbound = cdn })
 			c := tlsDial(t, r.ep.Addr, "h2")
 			defer c.Close()
@@ -222,7 +224,7 @@ func TestNoLateResets(t *testing.T) {
 				}
 			}
 			t.Logf("%d GETs answered in %v", n, time.Since(start))
-			c.SetReadDeadline(time.Now().Add(2 * time.Second)) // past the bound, within the idle timeout
+			c.SetReadDeadline(time.Now().Add(2500 * time.Millisecond)) // past the bound, within the idle timeout
 			for {
 				f, err := fr.ReadFrame()
 				if err != nil {

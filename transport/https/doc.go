@@ -120,8 +120,8 @@
 //     IdleTimeout (60 s; before this limit it was 90 s, which let HTTP/2
 //     slowloris connections sit for 91 s);
 //   - a request that is not a session (the cover, a refusal) must be read,
-//     and its response written, within 5 minutes of reaching the handler,
-//     over HTTP/1.1 and HTTP/2 alike (coverTimeout): a body that stops
+//     and its response written, within 5 minutes of its beginning, over
+//     HTTP/1.1 and HTTP/2 alike (coverTimeout): a body that stops
 //     coming, which net/http waits for before it answers, or a response
 //     the client gives no flow-control credit for kept its connection
 //     out of the idle timeout for good. A session lifts the bound.

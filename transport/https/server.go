@@ -55,8 +55,11 @@ const (
 )
 
 // coverTimeout bounds the reading of a request that is not a session (the
-// cover, a refusal) and the writing of its response, from when the
-// handler gets it until the response is sent. Without it net/http waits
+// cover, a refusal) and the writing of its response: over HTTP/1.1 from
+// when its reading begins (the read) and from when its headers have come
+// (the write), over HTTP/2 from when its HEADERS are taken (net/http's
+// ReadTimeout and WriteTimeout; they also bound the TLS handshake, as
+// the smallest of them and ReadHeaderTimeout). Without it net/http waits
 // with no deadline for a body the client never sends (it reads what is
 // left of a body under 256 KiB before it answers) and for HTTP/2
 // flow-control credit the client never gives; a stream waiting for
