@@ -131,20 +131,20 @@ func TestThrottleSides(t *testing.T) {
 	if up, down := f.sides(); !up || !down || f.Rate != 7000 {
 		t.Fatalf("a send's and a recv's: %+v, sides %v %v", f, up, down)
 	}
-	if f.forgetThrottle(false) || !f.Throttled || f.Rate != 7000 || !f.Up || f.Down {
+	if f.forgetThrottle(false); !f.Throttled || f.Rate != 7000 || !f.Up || f.Down {
 		t.Fatalf("a recv forgot its find beside a send's: %+v", f)
 	}
-	if !f.forgetThrottle(true) || f.Throttled || f.Rate != 0 || f.Up || f.Down {
+	if f.forgetThrottle(true); f.Throttled || f.Rate != 0 || f.Up || f.Down {
 		t.Fatalf("then a send forgot its own: %+v", f)
 	}
 	old := netFacts{Throttled: true, Rate: 8000}
 	if up, down := old.sides(); up || !down {
 		t.Fatalf("facts from before count as up %v, down %v; want a recv's", up, down)
 	}
-	if old.forgetThrottle(true) || !old.Throttled || old.Rate != 8000 {
+	if old.forgetThrottle(true); !old.Throttled || old.Rate != 8000 {
 		t.Fatalf("a send forgot facts from before: %+v", old)
 	}
-	if !old.forgetThrottle(false) || old.Throttled {
+	if old.forgetThrottle(false); old.Throttled {
 		t.Fatalf("a recv kept facts from before: %+v", old)
 	}
 	if up, down := (netFacts{Up: true, Down: true}).sides(); up || down {

@@ -196,8 +196,8 @@ func (f netFacts) sides() (up, down bool) {
 
 // forgetThrottle forgets what one side found (up: a send's; else a recv's
 // or a follower's); the network stays throttled while the other side's
-// find stands. It reports whether the network is no longer throttled.
-func (f *netFacts) forgetThrottle(up bool) bool {
+// find stands.
+func (f *netFacts) forgetThrottle(up bool) {
 	u, d := f.sides()
 	if up {
 		u = false
@@ -208,5 +208,4 @@ func (f *netFacts) forgetThrottle(up bool) bool {
 	if !u && !d {
 		f.Throttled, f.Rate = false, 0
 	}
-	return !f.Throttled
 }

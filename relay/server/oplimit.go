@@ -84,20 +84,20 @@ func (l *opLimiter) take(src [16]byte) bool {
 	a, ok := l.left[src]
 	switch {
 	case ok:
-		a.left = l.grown(a, now)
 	case len(l.left) < maxOpSources || l.prune(now):
-		a.left = float64(l.per)
+		a = opAccount{left: float64(l.per)}
 	default:
 		return l.spend(&l.overflow, now)
 	}
-	if a.left < 1 {
+	if !l.spend(&a, now) {
 		return false
 	}
-	l.left[src] = opAccount{a.left - 1, now}
+	l.left[src] = a
 	return true
 }
 
-// spend spends one operation of account a at now, if it has one.
+// spend spends one operation of account a at now, if it has one (an
+// account never spent from, at zero, has what it was given).
 func (l *opLimiter) spend(a *opAccount, now time.Time) bool {
 	left := l.grown(*a, now)
 	if left < 1 {

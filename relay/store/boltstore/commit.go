@@ -264,21 +264,7 @@ func (s *Store) commit(batch []*op) error {
 	}
 	w, err := s.begin(lazy)
 	if err == nil {
-		if s.applying != nil {
-			s.applying()
-		}
-		s.mu.Lock()
-		for i, o := range batch {
-			results[i] = o.apply(w)
-		}
-		s.mu.Unlock()
-		if lazy && len(s.held)+len(w.buf)-frameHeader > maxHeld {
-			lazy = false // written now, the held acks first
-			w.buf = slices.Concat(w.buf[:frameHeader], s.held, w.buf[frameHeader:])
-		}
-		if !lazy {
-			err = s.flush(w)
-		}
+		lazy, err = s.applyBatch(w, batch, results, lazy)
 	}
 	if err != nil {
 		err = s.failed(w, err)
@@ -337,6 +323,28 @@ func (s *Store) commit(batch []*op) error {
 		o.done <- results[i]
 	}
 	return nil
+}
+
+// applyBatch runs batch's ops on w, under s.mu, into results, and writes
+// and syncs w unless it is held (lazy: Acks alone, and the held ones
+// with it under maxHeld); it reports whether it was held.
+func (s *Store) applyBatch(w *writer, batch []*op, results []error, lazy bool) (bool, error) {
+	if s.applying != nil {
+		s.applying()
+	}
+	s.mu.Lock()
+	for i, o := range batch {
+		results[i] = o.apply(w)
+	}
+	s.mu.Unlock()
+	if lazy && len(s.held)+len(w.buf)-frameHeader > maxHeld {
+		lazy = false // written now, the held acks first
+		w.buf = slices.Concat(w.buf[:frameHeader], s.held, w.buf[frameHeader:])
+	}
+	if lazy {
+		return true, nil
+	}
+	return false, s.flush(w)
 }
 
 // maxHeld bounds the ack records held in memory: a batch of acks that
