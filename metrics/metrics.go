@@ -25,7 +25,8 @@
 //	postern_envelopes_delivered_total                     counter (acked by the recipient)
 //	postern_envelopes_expired_total                       counter (deleted by the TTL sweep)
 //	postern_envelopes_rejected_total{reason}              counter; reason: malformed, bad_envelope,
-//	                                                      no_mailbox, mailbox_full, relay_full, capability, internal
+//	                                                      no_mailbox, mailbox_full, relay_full, source_limit
+//	                                                      (send_bytes_per_source), capability, internal
 //	postern_send_duration_seconds                         histogram, Send read to envelope durable
 //	postern_mailbox_ops_refused_total                     counter; creates and rotations refused at
 //	                                                      the per-source allowance (mailbox_ops_per_source)
@@ -83,7 +84,7 @@ var (
 	// Results are the handshake outcomes (transport.Outcome values).
 	Results = []string{"ok", "auth_failed", "replay", "cover", "busy", "limited", "conn_limited", "conn_busy"}
 	// Reasons are the reasons an envelope is rejected.
-	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "capability", "internal"}
+	Reasons = []string{"malformed", "bad_envelope", "no_mailbox", "mailbox_full", "relay_full", "source_limit", "capability", "internal"}
 	// Classes are the failure classes: every transport.Class name (a test
 	// keeps the two in step).
 	Classes = []string{"timeout", "refused", "reset", "tls", "auth", "protocol", "canceled", "invalid", "stalled",

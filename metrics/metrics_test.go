@@ -105,6 +105,7 @@ postern_envelopes_rejected_total{reason="malformed"} 0
 postern_envelopes_rejected_total{reason="no_mailbox"} 0
 postern_envelopes_rejected_total{reason="other"} 1
 postern_envelopes_rejected_total{reason="relay_full"} 0
+postern_envelopes_rejected_total{reason="source_limit"} 0
 # HELP postern_store_mailboxes Mailboxes in the store.
 # TYPE postern_store_mailboxes gauge
 postern_store_mailboxes 3

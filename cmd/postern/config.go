@@ -131,6 +131,13 @@ type relayConfig struct {
 	// 256 (server.DefaultMailboxOps). Clients behind one carrier NAT
 	// share it, and so do those an entry relay tunnels here.
 	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
+	// SendBytesPerSource is how many envelope bytes one client address
+	// (or IPv6 /64) may send a day, refilled evenly; beyond it a send is
+	// refused as busy, but only while the store holds half of
+	// max_store_bytes or more. Default 0: an eighth of max_store_bytes.
+	// At least 65536 (the largest envelope) when set. An entry relay's
+	// forwards count as that relay's.
+	SendBytesPerSource int64 `json:"send_bytes_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
 	DescriptorValidity string `json:"descriptor_validity"`
@@ -318,10 +325,14 @@ func (c *relayConfig) validateQuotas() error {
 		name string
 		v    int64
 	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
-		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}, {"mailbox_ops_per_source", int64(c.MailboxOpsPerSource)}} {
+		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}, {"mailbox_ops_per_source", int64(c.MailboxOpsPerSource)},
+		{"send_bytes_per_source", c.SendBytesPerSource}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
 		}
+	}
+	if c.SendBytesPerSource > 0 && c.SendBytesPerSource < store.MaxEnvelopeSize {
+		return fmt.Errorf("field \"send_bytes_per_source\": %d bytes is less than one envelope may be (%d)", c.SendBytesPerSource, store.MaxEnvelopeSize)
 	}
 	if c.MemoryLimit > 0 && c.MemoryLimit < minMemoryLimit {
 		return fmt.Errorf("field \"memory_limit\": %d bytes is below 64 MiB, too little for a relay (it is in bytes: 2 GiB is 2147483648)", c.MemoryLimit)

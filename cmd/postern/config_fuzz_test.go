@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/relay/store"
 )
 
 // FuzzRelayConfig writes arbitrary bytes as a relay config file and loads
@@ -24,6 +26,7 @@ func FuzzRelayConfig(f *testing.F) {
 	f.Add([]byte(`{"public_https": "relay.example:443", "https_cdn": true, "sni": "cdn.example"}`))
 	f.Add([]byte(`{"tls_cert": "c.pem", "tls_key": "k.pem", "cover_dir": "/srv/www"}`))
 	f.Add([]byte(`{"max_mailbox_envelopes": 1, "max_mailboxes": 2, "max_mailbox_bytes": 3, "max_store_bytes": -4}`))
+	f.Add([]byte(`{"send_bytes_per_source": 65535}`))
 	f.Add([]byte("{\n\"store\": \"bolt\",\n}"))
 	f.Add([]byte(`{"ttl": 7}`))
 	f.Add([]byte(`{} {}`))
@@ -58,6 +61,9 @@ func FuzzRelayConfig(f *testing.F) {
 		}
 		if cfg.MaxMailboxEnvelopes < 0 || cfg.MaxMailboxes < 0 || cfg.MaxMailboxBytes < 0 || cfg.MaxStoreBytes < 0 {
 			t.Fatalf("accepted a negative quota: %+v", cfg)
+		}
+		if cfg.SendBytesPerSource < 0 || (cfg.SendBytesPerSource > 0 && cfg.SendBytesPerSource < store.MaxEnvelopeSize) {
+			t.Fatalf("accepted send_bytes_per_source %d", cfg.SendBytesPerSource)
 		}
 		out, err := json.Marshal(cfg)
 		if err != nil {

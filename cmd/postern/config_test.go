@@ -36,6 +36,8 @@ func TestRelayConfigErrors(t *testing.T) {
 		{"bad link_bind", `{"link_bind": "eth0"}`, []string{`"link_bind"`, "IP address"}},
 		{"two covers", `{"cover_dir": "/srv", "cover_proxy": "http://127.0.0.1:1"}`, []string{`"cover_dir"`, `"cover_proxy"`}},
 		{"negative quota", `{"max_store_bytes": -1}`, []string{`"max_store_bytes"`, "-1"}},
+		{"send allowance below an envelope", `{"send_bytes_per_source": 1000}`, []string{`"send_bytes_per_source"`, "1000", "65536"}},
+		{"negative send allowance", `{"send_bytes_per_source": -1}`, []string{`"send_bytes_per_source"`, "-1"}},
 		{"memory limit in MiB", `{"memory_limit": 2048}`, []string{`"memory_limit"`, "64 MiB", "in bytes"}},
 		{"bad log level", `{"log_level": "loud"}`, []string{`"log_level"`, `"loud"`}},
 		{"trailing data", `{} {}`, []string{"trailing"}},

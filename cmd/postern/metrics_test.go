@@ -335,6 +335,7 @@ func TestMetricsCountWorkload(t *testing.T) {
 		`postern_envelopes_rejected_total{reason="malformed"}`:             0,
 		`postern_envelopes_rejected_total{reason="mailbox_full"}`:          0,
 		`postern_envelopes_rejected_total{reason="relay_full"}`:            0,
+		`postern_envelopes_rejected_total{reason="source_limit"}`:          0,
 		`postern_envelopes_rejected_total{reason="internal"}`:              0,
 		`postern_send_duration_seconds_count`:                              float64(accepted),
 		`postern_sessions_total{transport="https"}`:                        float64(sessions["https"]),

@@ -184,7 +184,7 @@ func (r *relayRun) openStore(context.Context) error {
 	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
 		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true,
-		MailboxOps: r.cfg.MailboxOpsPerSource})
+		MailboxOps: r.cfg.MailboxOpsPerSource, StoreBytes: storeQuota(r.cfg.MaxStoreBytes), SendBytes: r.cfg.SendBytesPerSource})
 	return err
 }
 

@@ -110,6 +110,10 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 			return store.Ref{}, relay.ErrCapability
 		}
 	}
+	if !ss.sendAllowed(len(m.Envelope)) {
+		obs.Envelope("rejected", "source_limit")
+		return store.Ref{}, relay.ErrBusy
+	}
 	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
 	if err != nil {
 		obs.Envelope("rejected", reasonOf(err))

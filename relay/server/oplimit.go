@@ -45,11 +45,13 @@ const (
 	maxOpSources = 1 << 16
 )
 
-// opLimiter is the per-source allowance of mailbox operations.
+// opLimiter is a per-source allowance: of mailbox operations (one unit
+// each), or of envelope bytes (sendLimiter).
 type opLimiter struct {
-	per   int           // operations a period; 0: no limit
-	every time.Duration // the time one operation takes to grow back
-	now   func() time.Time
+	per    float64       // units a period; 0: no limit
+	every  float64       // nanoseconds one unit takes to grow back
+	prunes time.Duration // at most one scan of the accounts in this time
+	now    func() time.Time
 
 	mu       sync.Mutex
 	left     map[[16]byte]opAccount
@@ -69,12 +71,24 @@ func newOpLimiter(per int, period time.Duration, now func() time.Time) *opLimite
 	if per <= 0 {
 		return &opLimiter{}
 	}
-	return &opLimiter{per: per, every: period / time.Duration(per), now: now, left: map[[16]byte]opAccount{},
-		overflow: opAccount{left: float64(per)}}
+	return newLimiter(float64(per), period, period/time.Duration(per), now)
+}
+
+// newLimiter allows per units a period a source, scanning its accounts at
+// most once per prunes.
+func newLimiter(per float64, period, prunes time.Duration, now func() time.Time) *opLimiter {
+	return &opLimiter{per: per, every: float64(period) / per, prunes: prunes, now: now,
+		left: map[[16]byte]opAccount{}, overflow: opAccount{left: per}}
 }
 
 // take spends one of src's operations, reporting false if it has none.
-func (l *opLimiter) take(src [16]byte) bool {
+func (l *opLimiter) take(src [16]byte) bool { return l.takeN(src, 1, true) }
+
+// takeN spends n units of src's, reporting false if it has fewer and
+// refuse is set; without refuse it spends what src has, down to none, and
+// reports true: a source's spending then still counts against it the
+// next time refusals count.
+func (l *opLimiter) takeN(src [16]byte, n float64, refuse bool) bool {
 	if l.per == 0 {
 		return true
 	}
@@ -85,25 +99,25 @@ func (l *opLimiter) take(src [16]byte) bool {
 	switch {
 	case ok:
 	case len(l.left) < maxOpSources || l.prune(now):
-		a = opAccount{left: float64(l.per)}
+		a = opAccount{left: l.per}
 	default:
-		return l.spend(&l.overflow, now)
+		return l.spend(&l.overflow, n, refuse, now)
 	}
-	if !l.spend(&a, now) {
+	if !l.spend(&a, n, refuse, now) {
 		return false
 	}
 	l.left[src] = a
 	return true
 }
 
-// spend spends one operation of account a at now, if it has one (an
-// account never spent from, at zero, has what it was given).
-func (l *opLimiter) spend(a *opAccount, now time.Time) bool {
+// spend spends n units of account a at now, if it has them or refuse is
+// not set (an account never spent from, at zero, has what it was given).
+func (l *opLimiter) spend(a *opAccount, n float64, refuse bool, now time.Time) bool {
 	left := l.grown(*a, now)
-	if left < 1 {
+	if left < n && refuse {
 		return false
 	}
-	*a = opAccount{left - 1, now}
+	*a = opAccount{max(0, left-n), now}
 	return true
 }
 
@@ -112,19 +126,18 @@ func (l *opLimiter) grown(a opAccount, now time.Time) float64 {
 	if a.at.IsZero() {
 		return a.left
 	}
-	return min(float64(l.per), a.left+float64(now.Sub(a.at))/float64(l.every))
+	return min(l.per, a.left+float64(now.Sub(a.at))/l.every)
 }
 
-// prune drops the accounts that have grown back whole, at most once in
-// the time an operation takes to grow back, and reports whether that
-// made room.
+// prune drops the accounts that have grown back whole, at most once per
+// l.prunes, and reports whether that made room.
 func (l *opLimiter) prune(now time.Time) bool {
-	if now.Sub(l.pruned) < l.every {
+	if now.Sub(l.pruned) < l.prunes {
 		return false
 	}
 	l.pruned = now
 	for src, a := range l.left {
-		if l.grown(a, now) >= float64(l.per) {
+		if l.grown(a, now) >= l.per {
 			delete(l.left, src)
 		}
 	}

@@ -115,3 +115,31 @@ func TestMailboxOpsDefault(t *testing.T) {
 		t.Fatalf("operation %d taken", DefaultMailboxOps+1)
 	}
 }
+
+// TestSendLimiterDefault: the send allowance is an eighth of the store's
+// quota by default, never less than the largest envelope, and none
+// without a quota or when negative.
+func TestSendLimiterDefault(t *testing.T) {
+	st := store.NewMemory(store.Options{})
+	defer st.Close()
+	for _, tc := range []struct {
+		store, send int64
+		want        float64
+	}{
+		{0, 0, 0},
+		{0, 1 << 20, 0},
+		{1 << 30, 0, 128 << 20},
+		{256 << 10, 0, store.MaxEnvelopeSize},
+		{1 << 30, 1000, store.MaxEnvelopeSize},
+		{1 << 30, 5 << 20, 5 << 20},
+		{1 << 30, -1, 0},
+	} {
+		s, err := New(Config{Store: st, StoreBytes: tc.store, SendBytes: tc.send})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.sends.per != tc.want {
+			t.Errorf("store quota %d, send_bytes %d: allowance %v, want %v", tc.store, tc.send, s.sends.per, tc.want)
+		}
+	}
+}

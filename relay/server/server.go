@@ -37,7 +37,8 @@ type Observer interface {
 	SessionClosed(transportName string)
 	// Envelope reports an envelope event: "accepted", "delivered" (acked by
 	// its recipient) or "rejected" (with a reason: malformed, bad_envelope,
-	// no_mailbox, mailbox_full, relay_full, capability, internal).
+	// no_mailbox, mailbox_full, relay_full, source_limit, capability,
+	// internal).
 	Envelope(event, reason string)
 	// SendDuration reports how long an accepted Send took from the relay
 	// reading it to the envelope being durable.
@@ -152,7 +153,18 @@ type Config struct {
 	// a day, refilled evenly (see DefaultMailboxOps, the default);
 	// negative means no limit.
 	MailboxOps int
-	// Now is the clock of MailboxOps (tests). Default time.Now.
+	// StoreBytes is the store's byte quota in effect
+	// (store.Options.MaxStoreBytes): with it the server knows when the
+	// store holds half of it or more, and SendBytes applies. 0 or less:
+	// never.
+	StoreBytes int64
+	// SendBytes is how many envelope bytes one source may send a day,
+	// refilled evenly; a Send beyond it is refused as busy only while the
+	// store holds half of StoreBytes or more (see sendlimit.go). Default
+	// (0) StoreBytes/8; at least the largest envelope; negative: no limit.
+	SendBytes int64
+	// Now is the clock of MailboxOps and SendBytes (tests). Default
+	// time.Now.
 	Now func() time.Time
 }
 
@@ -170,6 +182,7 @@ type Server struct {
 	pub        ed25519.PublicKey
 	sourceKey  []byte // keys the source hashes Forwarder.Forward is given
 	ops        *opLimiter
+	sends      *opLimiter // envelope bytes per source (Config.SendBytes)
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -229,8 +242,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	sourceKey := make([]byte, 32)
 	rand.Read(sourceKey)
+	sends := newSendLimiter(&cfg)
 	return &Server{cfg: cfg, pub: cfg.RelayKey.Public().(ed25519.PublicKey), tunnelTLS: tcfg, sourceKey: sourceKey, log: cfg.Logger, obs: cfg.Observer, sessions: make(map[*session]struct{}),
-		ops:     newOpLimiter(cfg.MailboxOps, mailboxOpsPeriod, cfg.Now),
+		ops: newOpLimiter(cfg.MailboxOps, mailboxOpsPeriod, cfg.Now), sends: sends,
 		sendSem: make(chan struct{}, cfg.MaxSendsInFlight), readSem: make(chan struct{}, cfg.MaxReads),
 		deliverSem: make(chan struct{}, cfg.MaxDeliveryBytes/cfg.BatchBytes),
 		batchItems: max(1, cfg.BatchBytes/maxEnvelope)}, nil

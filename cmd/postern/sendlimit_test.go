@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestSendBytesBusy: a relay whose store is half full refuses a send from
+// an address past its send_bytes_per_source (here three times the
+// default, an eighth of max_store_bytes) as busy (the sender is told, the
+// refusal counted for "source_limit"), and takes it again once the store
+// is below half: here, when the recipient has received. Neither the
+// relay's log (debug) nor what the sender was told names the client's
+// address or the mailbox.
+func TestSendBytesBusy(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "relay.json")
+	if err := os.WriteFile(cfg, []byte(`{"max_store_bytes": 262144, "send_bytes_per_source": 196608}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--config", cfg, "--h3", "off")
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home, "POSTERN_BIND=127.0.0.2"}
+	bob, alice := filepath.Join(home, "bob.id"), filepath.Join(home, "alice.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
+	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	runOK(t, bin, envv, nil, "contact", "add", "--id", alice, "bob", card)
+	mb, err := loadMailbox(bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	big := bytes.Repeat([]byte("b"), 100_000) // two 64 KiB envelopes: half the store
+	runOK(t, bin, envv, big, "send", "--id", alice, "--to", "bob")
+	maddr := metricsAddr(t, rp)
+	if m, _ := scrape(t, maddr); m["postern_store_bytes"] != 131072 {
+		t.Fatalf("the store holds %v bytes, want 131072", m["postern_store_bytes"])
+	}
+	runOK(t, bin, envv, []byte("small"), "send", "--id", alice, "--to", "bob") // 4 KiB of the 64 KiB left
+	_, stderr, code := runWith(t, bin, envv, big, "send", "--id", alice, "--to", "bob")
+	if code == 0 || !strings.Contains(stderr, "relay busy; retry later (it limits how much one address sends a day while its storage is half full") {
+		t.Fatalf("a send past the allowance with the store half full: exit %d:\n%s", code, stderr)
+	}
+	if m, _ := scrape(t, maddr); m[`postern_envelopes_rejected_total{reason="source_limit"}`] < 1 || m["postern_store_bytes"] != 131072+4096 {
+		t.Fatalf("after the refusal: source_limit %v, store bytes %v", m[`postern_envelopes_rejected_total{reason="source_limit"}`], m["postern_store_bytes"])
+	}
+	if got := runOK(t, bin, envv, nil, "recv", "--id", bob); !bytes.Contains(got, big) {
+		t.Fatalf("recv printed %d bytes, want the first message", len(got))
+	}
+	runOK(t, bin, envv, []byte("one more"), "send", "--id", alice, "--to", "bob")
+	if got := runOK(t, bin, envv, nil, "recv", "--id", bob); !bytes.Contains(got, []byte("one more")) {
+		t.Fatalf("recv printed %q", got)
+	}
+	if code := rp.stop(); code != 0 {
+		t.Fatalf("relay exit %d", code)
+	}
+	needles := []needle{addrNeedle("client address", "127.0.0.2"), bytesNeedle("mailbox id", mb.ID)}
+	leaks := append(findLeaks("relay log", []byte(rp.logs()), needles), findLeaks("the refused sender's stderr", []byte(stderr), needles)...)
+	if len(leaks) > 0 || !strings.Contains(rp.logs(), "session ended") {
+		t.Fatalf("leaks %v, or debug logging was off:\n%s", leaks, rp.logs())
+	}
+}
