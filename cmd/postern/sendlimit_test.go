@@ -9,8 +9,8 @@ import (
 )
 
 // TestSendBytesBusy: a relay whose store is half full refuses a send from
-// an address past its send_bytes_per_source (here three times the
-// default, an eighth of max_store_bytes) as busy (the sender is told, the
+// an address past its send_bytes_per_source (set here: the default for
+// this store would be the least, 65536) as busy (the sender is told, the
 // refusal counted for "source_limit"), and takes it again once the store
 // is below half: here, when the recipient has received. Neither the
 // relay's log (debug) nor what the sender was told names the client's
@@ -63,5 +63,24 @@ func TestSendBytesBusy(t *testing.T) {
 	leaks := append(findLeaks("relay log", []byte(rp.logs()), needles), findLeaks("the refused sender's stderr", []byte(stderr), needles)...)
 	if len(leaks) > 0 || !strings.Contains(rp.logs(), "session ended") {
 		t.Fatalf("leaks %v, or debug logging was off:\n%s", leaks, rp.logs())
+	}
+}
+
+// TestSendBytesDefaultFromTTL: a relay's default allowance follows its
+// store's quota and TTL (a quarter of the quota over the TTL and a day),
+// as its start-up log says.
+func TestSendBytesDefaultFromTTL(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "relay.json")
+	if err := os.WriteFile(cfg, []byte(`{"ttl": "24h", "max_store_bytes": 1073741824}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--config", cfg, "--h3", "off")
+	if code := rp.stop(); code != 0 {
+		t.Fatalf("relay exit %d", code)
+	}
+	if want := `msg="send allowance" bytes_per_source_a_day=134217728 from_store_bytes=536870912`; !strings.Contains(rp.logs(), want) {
+		t.Fatalf("the log does not say %s:\n%s", want, rp.logs())
 	}
 }

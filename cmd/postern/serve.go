@@ -184,8 +184,12 @@ func (r *relayRun) openStore(context.Context) error {
 	r.srv, err = server.New(server.Config{Store: r.st, MaxSessions: r.sessions, Logger: r.log, Observer: r.met, Descriptor: r.currentDescriptor,
 		Layers: layerOpener{opener}, Forwarder: r.forwarder,
 		Tunneler: r.newTunneler(), RelayKey: ed25519.NewKeyFromSeed(r.secrets.SigningKey), AcceptTunnels: true,
-		MailboxOps: r.cfg.MailboxOpsPerSource, StoreBytes: storeQuota(r.cfg.MaxStoreBytes), SendBytes: r.cfg.SendBytesPerSource})
-	return err
+		MailboxOps: r.cfg.MailboxOpsPerSource, StoreBytes: storeQuota(r.cfg.MaxStoreBytes), StoreTTL: r.cfg.ttl, SendBytes: r.cfg.SendBytesPerSource})
+	if err != nil {
+		return err
+	}
+	r.log.Info("send allowance", "bytes_per_source_a_day", r.srv.SendBytes(), "from_store_bytes", storeQuota(r.cfg.MaxStoreBytes)/2)
+	return nil
 }
 
 // listen opens each configured transport listener.

@@ -59,7 +59,7 @@ func (p *pump) loop(ctx context.Context) bool {
 		if err != nil {
 			wait := p.f.backoff(p.dest, true)
 			if errors.Is(err, errDeferred) {
-				p.f.cfg.Log.Info("forwards refused for now by a home relay (a full mailbox, a copy being stored); retrying")
+				p.f.cfg.Log.Info("forwards refused for now by a home relay (a full mailbox, a copy being stored, or its limit on what this relay sends while its storage is half full); retrying")
 			} else {
 				p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "reason", failure(err))
 			}
@@ -153,7 +153,7 @@ func (p *pump) drain(ctx context.Context) error {
 	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow)}
 	var after uint64
 	began := time.Now()
-	for d.firstErr == nil {
+	for d.firstErr == nil && !d.busy {
 		if time.Since(began) >= turnSlice && p.f.othersWait() {
 			if err := d.finish(ctx); err != nil {
 				return err
@@ -186,16 +186,24 @@ type drainer struct {
 	running   int
 	delivered []uint64 // done, not yet deleted from the queue
 	firstErr  error
-	waiting   int // refused for now by their mailboxes (full), left queued
+	waiting   int  // refused for now (full mailboxes, busy), left queued
+	busy      bool // the home relay answered busy: start no more
 }
 
 // errDeferred is a drain's result when it delivered all it could but the
-// home relay refused some layers for now: their mailboxes full, or a copy
-// of the layer being stored (a client that forwarded it twice). Those
-// stay queued, for a later try. It is one item's refusal, not the link's,
-// so it neither stops the drain nor closes the session: a full mailbox at
-// the head of the queue would otherwise hold every other forward to that
-// home relay back until the recipient made room.
+// home relay refused some layers for now: their mailboxes full, or the
+// relay busy (a copy of the layer being stored, from a client that
+// forwarded it twice; or this relay past its allowance of envelope bytes
+// while the home relay's store is half full, relay/server's
+// sendlimit.go). Those stay queued, for a later try. A full mailbox is
+// one item's refusal, not the link's, so it neither stops the drain nor
+// closes the session: a full mailbox at the head of the queue would
+// otherwise hold every other forward to that home relay back until the
+// recipient made room. Busy stops the drain (what is in flight is
+// collected, nothing more is started): the allowance is the link's, and
+// going on sent the whole queue again at every try, each layer opened by
+// the home relay to be refused (a reviewer's find); a copy being stored
+// is rare and soon over.
 var errDeferred = errors.New("some forwards were refused for now by the home relay")
 
 // errTurnOver ends a drain that has had its turn while another
@@ -226,10 +234,10 @@ func (d *drainer) start(ctx context.Context, items []Item) error {
 				return err
 			}
 		}
-		for len(d.sem) == cap(d.sem) && d.firstErr == nil {
+		for len(d.sem) == cap(d.sem) && d.firstErr == nil && !d.busy {
 			d.collect(ctx, true)
 		}
-		if d.firstErr != nil {
+		if d.firstErr != nil || d.busy {
 			return nil
 		}
 		d.sem <- struct{}{}
@@ -264,8 +272,11 @@ func (d *drainer) collect(ctx context.Context, wait bool) {
 		switch {
 		case o.err == nil:
 			d.delivered = append(d.delivered, o.seq)
-		case errors.As(o.err, &re) && (re.Code == relay.CodeMailboxFull || re.Code == relay.CodeBusy):
+		case errors.As(o.err, &re) && re.Code == relay.CodeMailboxFull:
 			d.waiting++
+		case errors.As(o.err, &re) && re.Code == relay.CodeBusy:
+			d.waiting++
+			d.busy = true
 		case d.firstErr == nil:
 			d.firstErr = o.err
 		}

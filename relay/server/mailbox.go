@@ -110,12 +110,14 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 			return store.Ref{}, relay.ErrCapability
 		}
 	}
-	if !ss.sendAllowed(len(m.Envelope)) {
+	spent, ok := ss.takeSend(len(m.Envelope))
+	if !ok {
 		obs.Envelope("rejected", "source_limit")
 		return store.Ref{}, relay.ErrBusy
 	}
 	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
 	if err != nil {
+		ss.giveSend(spent)
 		obs.Envelope("rejected", reasonOf(err))
 		return store.Ref{}, err
 	}

@@ -29,7 +29,8 @@ const (
 	mailboxOpsPeriod  = 24 * time.Hour
 	// maxOpSources bounds the sources the limiter keeps an account of.
 	// Accounts grown back whole say nothing and are dropped, in a scan of
-	// them all at most once in the time an operation takes to grow back.
+	// them all at most once in the time an operation takes to grow back
+	// (for envelope bytes, sendlimit.go: every 5.6 minutes).
 	// While maxOpSources have spent some, a new source spends from one
 	// account that all such sources share, itself allowed per a period.
 	// Refused instead (the first version), 65,536 addresses of one IPv6
@@ -82,15 +83,18 @@ func newLimiter(per float64, period, prunes time.Duration, now func() time.Time)
 }
 
 // take spends one of src's operations, reporting false if it has none.
-func (l *opLimiter) take(src [16]byte) bool { return l.takeN(src, 1, true) }
+func (l *opLimiter) take(src [16]byte) bool {
+	_, ok := l.takeN(src, 1, true)
+	return ok
+}
 
 // takeN spends n units of src's, reporting false if it has fewer and
 // refuse is set; without refuse it spends what src has, down to none, and
 // reports true: a source's spending then still counts against it the
-// next time refusals count.
-func (l *opLimiter) takeN(src [16]byte, n float64, refuse bool) bool {
+// next time refusals count. It returns what it spent, for giveBack.
+func (l *opLimiter) takeN(src [16]byte, n float64, refuse bool) (float64, bool) {
 	if l.per == 0 {
-		return true
+		return 0, true
 	}
 	now := l.now()
 	l.mu.Lock()
@@ -103,22 +107,41 @@ func (l *opLimiter) takeN(src [16]byte, n float64, refuse bool) bool {
 	default:
 		return l.spend(&l.overflow, n, refuse, now)
 	}
-	if !l.spend(&a, n, refuse, now) {
-		return false
+	spent, ok := l.spend(&a, n, refuse, now)
+	if ok {
+		l.left[src] = a
 	}
-	l.left[src] = a
-	return true
+	return spent, ok
+}
+
+// giveBack returns n units that takeN spent of src's (what it returned),
+// to its account or, with none, to the shared one; never past per.
+func (l *opLimiter) giveBack(src [16]byte, n float64) {
+	if l.per == 0 || n <= 0 {
+		return
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a, ok := l.left[src]
+	if !ok {
+		l.overflow = opAccount{min(l.per, l.grown(l.overflow, now)+n), now}
+		return
+	}
+	l.left[src] = opAccount{min(l.per, l.grown(a, now)+n), now}
 }
 
 // spend spends n units of account a at now, if it has them or refuse is
-// not set (an account never spent from, at zero, has what it was given).
-func (l *opLimiter) spend(a *opAccount, n float64, refuse bool, now time.Time) bool {
+// not set (then what it has, down to none), and returns what it spent
+// (an account never spent from, at zero, has what it was given).
+func (l *opLimiter) spend(a *opAccount, n float64, refuse bool, now time.Time) (float64, bool) {
 	left := l.grown(*a, now)
 	if left < n && refuse {
-		return false
+		return 0, false
 	}
-	*a = opAccount{max(0, left-n), now}
-	return true
+	spent := min(left, n)
+	*a = opAccount{left - spent, now}
+	return spent, true
 }
 
 // grown is what account a has left at now.

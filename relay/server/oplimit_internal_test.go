@@ -116,9 +116,10 @@ func TestMailboxOpsDefault(t *testing.T) {
 	}
 }
 
-// TestSendLimiterDefault: the send allowance is an eighth of the store's
-// quota by default, never less than the largest envelope, and none
-// without a quota or when negative.
+// TestSendLimiterDefault: the send allowance is a quarter of the store's
+// quota over an envelope's life (its TTL and a day) by default, never
+// less than the largest envelope, and none without a quota or when
+// negative.
 func TestSendLimiterDefault(t *testing.T) {
 	st := store.NewMemory(store.Options{})
 	defer st.Close()
@@ -128,7 +129,7 @@ func TestSendLimiterDefault(t *testing.T) {
 	}{
 		{0, 0, 0},
 		{0, 1 << 20, 0},
-		{1 << 30, 0, 128 << 20},
+		{1 << 30, 0, 32 << 20}, // 7 days' TTL: a quarter of the store over 8 days
 		{256 << 10, 0, store.MaxEnvelopeSize},
 		{1 << 30, 1000, store.MaxEnvelopeSize},
 		{1 << 30, 5 << 20, 5 << 20},
@@ -141,5 +142,53 @@ func TestSendLimiterDefault(t *testing.T) {
 		if s.sends.per != tc.want {
 			t.Errorf("store quota %d, send_bytes %d: allowance %v, want %v", tc.store, tc.send, s.sends.per, tc.want)
 		}
+	}
+	// A day's TTL: a quarter of the store over two days.
+	s, err := New(Config{Store: st, StoreBytes: 1 << 30, StoreTTL: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.sends.per != 128<<20 {
+		t.Errorf("a day's TTL: allowance %v, want %v", s.sends.per, 128<<20)
+	}
+}
+
+// TestGiveBack: what takeN spent goes back whole, never past the
+// allowance; spent without refusal, what a source had (not what it
+// asked) goes back; a source with no account gets none from it.
+func TestGiveBack(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	l := newLimiter(100, 100*time.Hour, time.Hour, func() time.Time { return now })
+	a, b, c := [16]byte{1}, [16]byte{2}, [16]byte{3}
+	whole := func(src [16]byte) bool { // exactly the allowance left
+		if _, ok := l.takeN(src, 100, true); !ok {
+			return false
+		}
+		_, ok := l.takeN(src, 1, true)
+		return !ok
+	}
+	if spent, ok := l.takeN(a, 30, true); !ok || spent != 30 {
+		t.Fatalf("took %v, %v", spent, ok)
+	}
+	l.giveBack(a, 30)
+	if !whole(a) {
+		t.Fatal("30 given back: not the whole allowance")
+	}
+	l.giveBack(a, 100)
+	l.giveBack(a, 50)
+	if !whole(a) {
+		t.Fatal("given back past the allowance")
+	}
+	if spent, ok := l.takeN(b, 150, false); !ok || spent != 100 {
+		t.Fatalf("unrefused, took %v (%v), want the 100 it had", spent, ok)
+	}
+	l.giveBack(b, 100)
+	if !whole(b) {
+		t.Fatal("what it had given back: not whole")
+	}
+	n := len(l.left)
+	l.giveBack(c, 10)
+	if len(l.left) != n || l.overflow.left > l.per {
+		t.Fatalf("a source with no account: %d accounts (was %d), shared account %v", len(l.left), n, l.overflow.left)
 	}
 }

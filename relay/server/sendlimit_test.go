@@ -34,21 +34,7 @@ func TestSendBytesPerSource(t *testing.T) {
 	addr := r.ServeTCP(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	from := func(ip string) *client.Client {
-		t.Helper()
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			t.Skipf("no %s here: %v", ip, err)
-		}
-		c, err := client.New(ctx, conn.(*net.TCPConn), client.WithRelayKey(r.Server.PublicKey()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	a, b := from("127.0.0.2"), from("127.0.0.3")
+	a, b := dialFrom(ctx, t, r, addr, "127.0.0.2"), dialFrom(ctx, t, r, addr, "127.0.0.3")
 	mb := relaytest.NewMailbox(t, a, nil)
 	env := mb.Seal(t, "x")
 	if len(env) != 4096 {
@@ -104,4 +90,93 @@ func (o *sendsObserver) Envelope(result, reason string) {
 	if result == "rejected" && reason == "source_limit" {
 		o.limited.Add(1)
 	}
+}
+
+// TestSendBytesRefusedFree: an envelope the store refuses (here: its
+// mailbox full) costs its source nothing: with the store half full, a
+// source that sends twenty to a full mailbox is told "mailbox full" each
+// time, never busy, and still has its allowance for a mailbox with room
+// (a reviewer's find: the charge stayed, and an entry relay retrying a
+// layer for a full mailbox spent its whole allowance on it).
+func TestSendBytesRefusedFree(t *testing.T) {
+	r := relaytest.New(t, store.Options{MaxStoreBytes: -1, MaxMailboxEnvelopes: 2},
+		server.Config{SendBytes: 64 << 10, StoreBytes: 8 * 4096})
+	c := r.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full, other, room := relaytest.NewMailbox(t, c, nil), relaytest.NewMailbox(t, c, nil), relaytest.NewMailbox(t, c, nil)
+	for _, m := range []*relaytest.Mailbox{full, full, other, other} { // half the store, 16 KiB of 64 spent
+		if _, err := c.Send(ctx, m.Seal(t, "x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		if _, err := c.Send(ctx, full.Seal(t, "x"), nil); !errors.Is(err, relay.ErrMailboxFull) {
+			t.Fatalf("send %d to a full mailbox: %v, want mailbox full", i+1, err)
+		}
+	}
+	for i := range 2 {
+		if _, err := c.Send(ctx, room.Seal(t, "x"), nil); err != nil {
+			t.Fatalf("send %d to a mailbox with room: %v", i+1, err)
+		}
+	}
+}
+
+// TestSendBytesOneSourceLeavesAQuarter: one source sending all it may
+// every day, for an envelope's whole life (the default TTL, 7 days, and
+// a day), holds at most three quarters of the store with the default
+// allowance, and another source's send is taken (a reviewer's find: with
+// the first default, an eighth of the store a day, one source filled it
+// in four days).
+func TestSendBytesOneSourceLeavesAQuarter(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	const quota = 8 << 20 // a default allowance of 256 KiB a day: 64 envelopes
+	r := relaytest.New(t, store.Options{MaxStoreBytes: quota, MaxMailboxBytes: -1, MaxMailboxEnvelopes: -1},
+		server.Config{Now: clock, StoreBytes: quota})
+	addr := r.ServeTCP(t, "test")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := dialFrom(ctx, t, r, addr, "127.0.0.2")
+	mb := relaytest.NewMailbox(t, c, nil)
+	for range 8 {
+		for i := 0; ; i++ {
+			if i > quota/4096 {
+				t.Fatal("no refusal in a day's sends")
+			}
+			if _, err := c.Send(ctx, mb.Seal(t, "x"), nil); err != nil {
+				if !errors.Is(err, relay.ErrBusy) {
+					t.Fatalf("send: %v, want busy", err)
+				}
+				break
+			}
+		}
+		mu.Lock()
+		now = now.Add(24 * time.Hour)
+		mu.Unlock()
+	}
+	if held := r.Store.Stats().Bytes; held > quota*3/4 {
+		t.Fatalf("one source holds %d bytes of %d after 8 days", held, quota)
+	}
+	other := dialFrom(ctx, t, r, addr, "127.0.0.3")
+	if _, err := other.Send(ctx, relaytest.NewMailbox(t, other, nil).Seal(t, "y"), nil); err != nil {
+		t.Fatalf("another source's send: %v", err)
+	}
+}
+
+// dialFrom opens a session to r's TCP listener at addr from ip.
+func dialFrom(ctx context.Context, t *testing.T, r *relaytest.Relay, addr, ip string) *client.Client {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		t.Skipf("no %s here: %v", ip, err)
+	}
+	c, err := client.New(ctx, conn.(*net.TCPConn), client.WithRelayKey(r.Server.PublicKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

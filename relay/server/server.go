@@ -158,10 +158,16 @@ type Config struct {
 	// store holds half of it or more, and SendBytes applies. 0 or less:
 	// never.
 	StoreBytes int64
+	// StoreTTL is how long the store keeps an envelope
+	// (store.Options.TTL), for SendBytes' default. Default
+	// store.DefaultTTL.
+	StoreTTL time.Duration
 	// SendBytes is how many envelope bytes one source may send a day,
 	// refilled evenly; a Send beyond it is refused as busy only while the
 	// store holds half of StoreBytes or more (see sendlimit.go). Default
-	// (0) StoreBytes/8; at least the largest envelope; negative: no limit.
+	// (0) a quarter of StoreBytes over an envelope's life (StoreTTL and a
+	// day): 32 MiB for 1 GiB and 7 days. At least the largest envelope;
+	// negative: no limit.
 	SendBytes int64
 	// Now is the clock of MailboxOps and SendBytes (tests). Default
 	// time.Now.
@@ -253,6 +259,10 @@ func New(cfg Config) (*Server, error) {
 // PublicKey is the relay key's public half, which owner signatures on
 // this server's sessions are bound to.
 func (s *Server) PublicKey() ed25519.PublicKey { return s.pub }
+
+// SendBytes is the allowance of envelope bytes a source a day in effect
+// (Config.SendBytes), 0 if none.
+func (s *Server) SendBytes() int64 { return int64(s.sends.per) }
 
 // Serve accepts sessions from ln until ctx ends or ln fails, serving each in
 // its own goroutine. It returns nil when ctx ends. Sessions still open are

@@ -1,0 +1,121 @@
+package link_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/forward"
+	"github.com/postern/postern/relay/link"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+	"github.com/postern/postern/transport/descriptor"
+)
+
+// TestBusyStopsDrain: a home relay that answers busy (here: its store
+// half full and the entry relay past its allowance of envelope bytes)
+// stops the drain: what is in flight is collected, nothing more is sent
+// until the destination's rest is over, and every layer stays queued.
+// Before, the drain went on through the whole queue at every try, each
+// layer opened by the home relay only to be refused (a reviewer's find):
+// here 300 openings where 16 layers could be stored.
+func TestBusyStopsDrain(t *testing.T) {
+	const queued, allowed = 300, 16 // 16 envelopes of 4 KiB: the 64 KiB allowance
+	clock := func() time.Time { return time.Unix(1_700_000_000, 0) }
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	id, _ := envelope.NewIdentity()
+	o, err := forward.NewOpener(id, pub, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	homeDesc, _ := descriptor.Parse(line, time.Now())
+	var opens atomic.Int64
+	home := relaytest.NewWithStore(t, store.NewMemory(store.Options{MaxStoreBytes: -1}),
+		server.Config{Layers: countingOpener{opener{o}, &opens}, RelayKey: priv, Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	owner := home.Connect(t)
+	others, mb := relaytest.NewMailbox(t, owner, nil), relaytest.NewMailbox(t, owner, nil)
+	for home.Store.Stats().Bytes < 32*4096 { // half the store, from others
+		if _, err := home.Store.Put(ctx, others.ID, others.Seal(t, "o")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs syncBuffer
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
+			return linkTo(ctx, t, home)
+		},
+		Log: slog.New(slog.NewTextHandler(&logs, nil)), MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	sender := entry.Connect(t)
+	for range queued { // queued before the forwarder runs: one drain finds them all
+		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, line, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runForwarder(ctx, t, fw)
+	waitFor(ctx, t, "the drain to end refused for now", func() bool { return strings.Contains(logs.String(), "refused for now") })
+	box, err := home.Store.Mailbox(ctx, mb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if box.Pending != allowed || q.len() != queued-allowed {
+		t.Fatalf("%d stored, %d left queued; want %d and %d", box.Pending, q.len(), allowed, queued-allowed)
+	}
+	// At most the drain's window can be in flight when the first busy
+	// comes back.
+	if n := opens.Load(); n > allowed+128 {
+		t.Fatalf("the home relay opened %d layers in one drain, %d of them refused busy", n, n-allowed)
+	}
+}
+
+// countingOpener counts the layers a home relay opens.
+type countingOpener struct {
+	o opener
+	n *atomic.Int64
+}
+
+func (c countingOpener) Open(l []byte) ([]byte, []byte, func(bool), error) {
+	c.n.Add(1)
+	return c.o.Open(l)
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
