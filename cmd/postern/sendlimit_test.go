@@ -67,20 +67,20 @@ func TestSendBytesBusy(t *testing.T) {
 }
 
 // TestSendBytesDefaultFromTTL: a relay's default allowance follows its
-// store's quota and TTL (a quarter of the quota over the TTL and a day),
-// as its start-up log says.
+// store's quota and TTL (a quarter of the quota over the TTL and a day:
+// for 1 GiB and 3 days, 64 MiB), as its start-up log says.
 func TestSendBytesDefaultFromTTL(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "relay.json")
-	if err := os.WriteFile(cfg, []byte(`{"ttl": "24h", "max_store_bytes": 1073741824}`), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(`{"ttl": "72h", "max_store_bytes": 1073741824}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--config", cfg, "--h3", "off")
 	if code := rp.stop(); code != 0 {
 		t.Fatalf("relay exit %d", code)
 	}
-	if want := `msg="send allowance" bytes_per_source_a_day=134217728 from_store_bytes=536870912`; !strings.Contains(rp.logs(), want) {
+	if want := `msg="send allowance" bytes_per_source_a_day=67108864 from_store_bytes=536870912`; !strings.Contains(rp.logs(), want) {
 		t.Fatalf("the log does not say %s:\n%s", want, rp.logs())
 	}
 }

@@ -119,3 +119,73 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestDuplicateLayerKeepsDrain: a layer queued twice (a client that
+// forwarded it twice) does not stop the drain: the home relay's opener
+// waits for the copy being stored (forward.Opener.SetInFlightWait, as
+// `relay serve` sets it) and answers replay, so every layer is delivered
+// and none waits a rest. Answered busy, the copy stopped the drain, and
+// the layers behind it waited a whole rest (a reviewer's find: 174 of
+// 301).
+func TestDuplicateLayerKeepsDrain(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	id, _ := envelope.NewIdentity()
+	o, err := forward.NewOpener(id, pub, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.SetInFlightWait(time.Minute)
+	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
+		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
+		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
+	line, err := d.Sign(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	homeDesc, _ := descriptor.Parse(line, time.Now())
+	// A store whose commits take a while, as a group commit's do, so the
+	// two copies meet in flight.
+	st := slowPuts{store.NewMemory(store.Options{})}
+	home := relaytest.NewWithStore(t, st, server.Config{Layers: opener{o}, RelayKey: priv})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mb := relaytest.NewMailbox(t, home.Connect(t), nil)
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
+			return linkTo(ctx, t, home)
+		},
+		MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	sender := entry.Connect(t)
+	seal := func() []byte {
+		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return layer
+	}
+	twice := seal()
+	layers := [][]byte{twice, twice}
+	for range 150 {
+		layers = append(layers, seal())
+	}
+	for _, l := range layers {
+		if err := sender.Forward(ctx, line, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runForwarder(ctx, t, fw)
+	waitFor(ctx, t, "every layer delivered", func() bool { return q.len() == 0 })
+	if box, err := home.Store.Mailbox(ctx, mb.ID); err != nil || box.Pending != 151 {
+		t.Fatalf("%d stored (%v), want 151", box.Pending, err)
+	}
+}
+
+// slowPuts is a store whose Puts take 20 ms.
+type slowPuts struct{ store.Store }
+
+func (s slowPuts) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	time.Sleep(20 * time.Millisecond)
+	return s.Store.Put(ctx, id, env)
+}

@@ -202,8 +202,11 @@ type drainer struct {
 // recipient made room. Busy stops the drain (what is in flight is
 // collected, nothing more is started): the allowance is the link's, and
 // going on sent the whole queue again at every try, each layer opened by
-// the home relay to be refused (a reviewer's find); a copy being stored
-// is rare and soon over.
+// the home relay to be refused (a reviewer's find). A home relay no
+// longer answers busy for a copy being stored: it waits for the copy and
+// answers replay (forward.Opener.SetInFlightWait), else a client that
+// forwarded a layer twice would stop this drain at will (the next
+// reviewer's find); an older one may, and costs this drain a rest.
 var errDeferred = errors.New("some forwards were refused for now by the home relay")
 
 // errTurnOver ends a drain that has had its turn while another

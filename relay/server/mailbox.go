@@ -117,7 +117,9 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 	}
 	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
 	if err != nil {
-		ss.giveSend(spent)
+		if refused(err) {
+			ss.giveSend(spent)
+		}
 		obs.Envelope("rejected", reasonOf(err))
 		return store.Ref{}, err
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"time"
 
 	"github.com/postern/postern/relay/store"
@@ -81,10 +82,25 @@ func (ss *session) takeSend(n int) (float64, bool) {
 }
 
 // giveSend returns to the session's source what takeSend spent on an
-// envelope the store refused (a full mailbox, say): only what is stored
-// counts (a reviewer's find: an entry relay retrying a layer for a full
-// mailbox spent its whole allowance on it, and the layers behind it were
-// refused as busy).
+// envelope the store refused (refused: a full mailbox, say): only what is
+// stored counts (a reviewer's find: an entry relay retrying a layer for a
+// full mailbox spent its whole allowance on it, and the layers behind it
+// were refused as busy).
 func (ss *session) giveSend(spent float64) {
 	ss.srv.sends.giveBack(ss.source(), spent)
+}
+
+// refused reports whether a Put's error says the store did not take the
+// envelope. Any other error may come after the envelope was stored (a
+// session that ended while its Put waited for the commit: the store
+// commits it anyway), and giving the bytes back then let a source that
+// hung up after each Send store without limit (a reviewer's find: 48 of
+// 48 stored where 16 were allowed).
+func refused(err error) bool {
+	for _, e := range []error{store.ErrNoMailbox, store.ErrMailboxFull, store.ErrStoreFull, store.ErrInvalid} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -180,3 +180,46 @@ func dialFrom(ctx context.Context, t *testing.T, r *relaytest.Relay, addr, ip st
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// TestSendBytesNoRefundMaybeStored: a Put that fails in a way that may
+// come after the envelope was stored (the session ended while it waited
+// for the commit, which goes on) gives nothing back: else a source that
+// hangs up after each Send stores without limit (a reviewer's find: 48
+// of 48 stored where 16 were allowed).
+func TestSendBytesNoRefundMaybeStored(t *testing.T) {
+	st := maybeStored{store.NewMemory(store.Options{MaxStoreBytes: -1})}
+	r := relaytest.NewWithStore(t, st, server.Config{SendBytes: 64 << 10, StoreBytes: 64 * 4096})
+	c := r.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mb := relaytest.NewMailbox(t, c, nil)
+	for r.Store.Stats().Bytes < 32*4096 { // half the store, from others
+		if _, err := st.Store.Put(ctx, mb.ID, mb.Seal(t, "o")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 48 {
+		_, err := c.Send(ctx, mb.Seal(t, "x"), nil)
+		if errors.Is(err, relay.ErrBusy) {
+			if i != 16 {
+				t.Fatalf("busy at send %d, want at 17 (16 envelopes of 4 KiB allowed)", i+1)
+			}
+			return
+		}
+		if err == nil {
+			t.Fatal("the wrapped Put succeeded")
+		}
+	}
+	t.Fatalf("48 sends that were stored, none refused; the store holds %d bytes", r.Store.Stats().Bytes)
+}
+
+// maybeStored is a store whose Put stores the envelope and then fails as
+// a Put whose caller gave up while the commit went on.
+type maybeStored struct{ store.Store }
+
+func (m maybeStored) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	if _, err := m.Store.Put(ctx, id, env); err != nil {
+		return store.Ref{}, err
+	}
+	return store.Ref{}, context.Canceled
+}
