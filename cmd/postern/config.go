@@ -133,7 +133,7 @@ type relayConfig struct {
 	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
 	// SendBytesPerSource is how many envelope bytes one client address
 	// (or IPv6 /64) may send a day, refilled evenly; beyond it a send is
-	// refused as busy, but only while the store holds half of
+	// refused as "relay storage full", but only while the store holds half of
 	// max_store_bytes or more. Default 0: a quarter of max_store_bytes
 	// over an envelope's life (ttl and a day): 32 MiB for 1 GiB and 7
 	// days. At least 65536 (the largest envelope) when set. An entry

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
@@ -16,12 +15,6 @@ import (
 	"github.com/postern/postern/transport"
 	"github.com/postern/postern/transport/descriptor"
 )
-
-// inFlightWait is how long a layer whose copy is being stored waits for
-// it (forward.Opener.SetInFlightWait) before it is answered busy: a
-// commit takes milliseconds; a rotation holding the store's committer
-// can take seconds.
-const inFlightWait = 30 * time.Second
 
 // layerOpener is the home side of two-hop sends: it opens layers sealed to
 // this relay for the session server.

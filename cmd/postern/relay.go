@@ -181,7 +181,7 @@ var configDocs = []struct{ field, doc string }{
 	{"link_bind", "local IP that links and tunnels to other relays are dialed from"},
 	{"max_tunnels_per_source", "tunnels one client address may hold through this relay (0: 16 of 256); raise it on an upstream of relays inside a censored network"},
 	{"mailbox_ops_per_source", "mailboxes one client address may create or rotate a day (0: 256); beyond it the relay answers busy. Raise it on a relay that entry relays tunnel to"},
-	{"send_bytes_per_source", "envelope bytes one client address may send a day (0: a quarter of max_store_bytes over ttl and a day, 32 MiB by default; at least 65536), enforced only while the store is half full or more; beyond it the relay answers busy. Entry relays' forwards and tunnels count as theirs: raise it on a relay that entry relays reach"},
+	{"send_bytes_per_source", "envelope bytes one client address may send a day (0: a quarter of max_store_bytes over ttl and a day, 32 MiB by default; at least 65536), enforced only while the store is half full or more; beyond it the relay answers \"relay storage full\". Entry relays' forwards and tunnels count as theirs: raise it on a relay that entry relays reach"},
 	{"link_private_peers", "let links and tunnels that clients ask for reach loopback, private and link-local addresses (default: only when this relay's own addresses are such)"},
 	{"descriptor_validity", "how long a descriptor is valid; it is re-signed at half of it (at least 1h)"},
 	{"log_level", "debug, info, warn or error; no level ever logs a client address or mailbox id"},

@@ -205,8 +205,8 @@ func sendError(ctx context.Context, timeout time.Duration, s *sender, err error)
 	case errors.Is(err, relay.ErrNoMailbox):
 		return errors.New("the recipient's relay has no such mailbox: they moved it (rotated) or deleted it. `postern recv` applies a new card they sent you; otherwise ask them for their current card")
 	}
-	if errors.Is(err, relay.ErrBusy) { // relay/server, sendlimit.go
-		err = fmt.Errorf("%w (it limits how much one address sends a day while its storage is half full or more: try again later, or from another network)", err)
+	if errors.Is(err, relay.ErrRelayFull) { // relay/server, sendlimit.go
+		err = fmt.Errorf("%w (a relay half full or more also limits how much one address sends a day: try again later, or from another network)", err)
 	}
 	again := "send the message again"
 	if s.recorded {

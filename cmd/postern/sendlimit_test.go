@@ -8,14 +8,14 @@ import (
 	"testing"
 )
 
-// TestSendBytesBusy: a relay whose store is half full refuses a send from
-// an address past its send_bytes_per_source (set here: the default for
-// this store would be the least, 65536) as busy (the sender is told, the
-// refusal counted for "source_limit"), and takes it again once the store
-// is below half: here, when the recipient has received. Neither the
-// relay's log (debug) nor what the sender was told names the client's
-// address or the mailbox.
-func TestSendBytesBusy(t *testing.T) {
+// TestSendBytesRefused: a relay whose store is half full refuses a send
+// from an address past its send_bytes_per_source (set here: the default
+// for this store would be the least, 65536) as "relay storage full" (the
+// sender is told, the refusal counted for "source_limit"), and takes it
+// again once the store is below half: here, when the recipient has
+// received. Neither the relay's log (debug) nor what the sender was told
+// names the client's address or the mailbox.
+func TestSendBytesRefused(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "relay.json")
@@ -43,7 +43,7 @@ func TestSendBytesBusy(t *testing.T) {
 	}
 	runOK(t, bin, envv, []byte("small"), "send", "--id", alice, "--to", "bob") // 4 KiB of the 64 KiB left
 	_, stderr, code := runWith(t, bin, envv, big, "send", "--id", alice, "--to", "bob")
-	if code == 0 || !strings.Contains(stderr, "relay busy; retry later (it limits how much one address sends a day while its storage is half full") {
+	if code == 0 || !strings.Contains(stderr, "relay storage full: retry later or use another relay (a relay half full or more also limits how much one address sends a day") {
 		t.Fatalf("a send past the allowance with the store half full: exit %d:\n%s", code, stderr)
 	}
 	if m, _ := scrape(t, maddr); m[`postern_envelopes_rejected_total{reason="source_limit"}`] < 1 || m["postern_store_bytes"] != 131072+4096 {

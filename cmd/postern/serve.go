@@ -171,7 +171,6 @@ func (r *relayRun) openStore(context.Context) error {
 	if err != nil {
 		return err
 	}
-	opener.SetInFlightWait(inFlightWait)
 	r.forwarder = r.newForwarder()
 	limit := memoryLimit(cfg.MemoryLimit)
 	soft := applyMemoryLimit(cmp.Or(limit, hostMemory()), r.e.getenv)

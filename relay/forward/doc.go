@@ -75,10 +75,7 @@
 // ErrReplay as delivered, so a layer remembered when it opened, whose
 // store then failed (a full mailbox, a write error, the link lost), was
 // dropped by the retry that would have stored it. A copy that comes while
-// the first is being stored waits for it, up to Opener.SetInFlightWait,
-// and is then ErrReplay (stored) or opened (refused); past the wait, or
-// with none set, it is ErrInFlight, for the entry relay to retry. The
-// cache is in memory and bounded:
+// the first is being stored is ErrInFlight, for the entry relay to retry. The cache is in memory and bounded:
 // after a restart, or once a layer has been evicted, a replayed layer opens
 // again, and it is the store's exact-duplicate dedupe of envelopes that keeps
 // it from being stored twice. Rotating the epoch makes all older layers

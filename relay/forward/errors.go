@@ -18,9 +18,8 @@ var (
 	ErrWrongEpoch = errors.New("forward: layer sealed for another epoch")
 	// ErrReplay: this layer's envelope was stored before; drop it.
 	ErrReplay = errors.New("forward: replayed layer")
-	// ErrInFlight: a copy of this layer is being stored meanwhile, and
-	// was still after Opener.SetInFlightWait; send it again later (the
-	// store may yet fail or refuse it).
+	// ErrInFlight: a copy of this layer is being stored meanwhile; send
+	// it again later (the store may yet fail or refuse it).
 	ErrInFlight = errors.New("forward: layer being stored")
 	// ErrDecrypt: the layer names this relay and epoch but does not open:
 	// it was modified, or sealed to a different envelope key.

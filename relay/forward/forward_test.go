@@ -12,8 +12,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/synctest"
-	"time"
 
 	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/transport/descriptor"
@@ -490,67 +488,4 @@ func TestErrorsHideMailbox(t *testing.T) {
 			}
 		}
 	}
-}
-
-// TestInFlightWait: with SetInFlightWait, a copy of a layer being stored
-// waits for the first: it is ErrReplay once the first is stored, opens
-// once the first is refused, and is ErrInFlight only when the wait runs
-// out first (fake time, testing/synctest).
-func TestInFlightWait(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		r := newRelay(t, envelope.SuiteX25519, nil)
-		o := r.opener(t, 1, 0)
-		o.SetInFlightWait(time.Minute)
-		copyOf := func(layer []byte) chan error {
-			res := make(chan error, 1)
-			go func() {
-				_, _, done, err := o.Open(layer)
-				if err == nil {
-					done(true)
-				}
-				res <- err
-			}()
-			synctest.Wait()
-			select {
-			case err := <-res:
-				t.Fatalf("the copy was answered while the first was in flight: %v", err)
-			default:
-			}
-			return res
-		}
-		stored := mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))
-		_, _, done, err := o.Open(stored)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res := copyOf(stored)
-		done(true)
-		if err := <-res; !errors.Is(err, ErrReplay) {
-			t.Fatalf("a copy of a layer stored meanwhile: %v, want ErrReplay", err)
-		}
-		refused := mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))
-		_, _, done, err = o.Open(refused)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res = copyOf(refused)
-		done(false)
-		if err := <-res; err != nil {
-			t.Fatalf("a copy of a layer refused meanwhile: %v, want it opened", err)
-		}
-		if _, _, _, err := o.Open(refused); !errors.Is(err, ErrReplay) {
-			t.Fatalf("after the copy was stored: %v", err)
-		}
-		slow := mustSeal(t, r, 1, nil, newEnvelope(t, envelope.Bucket4K))
-		_, _, done, err = o.Open(slow)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res = copyOf(slow)
-		time.Sleep(time.Minute)
-		if err := <-res; !errors.Is(err, ErrInFlight) {
-			t.Fatalf("a copy that waited out the wait: %v, want ErrInFlight", err)
-		}
-		done(false)
-	})
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/postern/postern/envelope"
 )
@@ -30,8 +29,7 @@ type Opener struct {
 	// stored or refused.
 	mu       sync.Mutex
 	replay   *envelope.ReplayCache
-	inflight map[[envelope.IDSize]byte]chan struct{} // closed by done
-	wait     time.Duration                           // SetInFlightWait
+	inflight map[[envelope.IDSize]byte]struct{}
 }
 
 // NewOpener returns an Opener for the relay with Ed25519 key relayKey whose
@@ -54,20 +52,9 @@ func NewOpener(id *envelope.Identity, relayKey ed25519.PublicKey, epoch uint32, 
 		relay:    RelayHash(key),
 		epoch:    epoch,
 		replay:   envelope.NewReplayCache(replayCap),
-		inflight: map[[envelope.IDSize]byte]chan struct{}{},
+		inflight: map[[envelope.IDSize]byte]struct{}{},
 	}, nil
 }
-
-// SetInFlightWait makes Open wait up to d for a copy of the layer being
-// stored meanwhile to be stored or refused, and then answer as if it came
-// after it (ErrReplay, or opened again), instead of ErrInFlight at once;
-// ErrInFlight only if d passes first. A relay answers ErrInFlight busy,
-// and an entry relay told busy stops its drain and rests (its allowance
-// of envelope bytes spent, relay/server's sendlimit.go): a client that
-// sent a layer twice, through one entry relay or two, would otherwise
-// hold the forwards of everyone behind it back at will (a reviewer's
-// find: 174 of 301 layers waited a rest). Set it before the first Open.
-func (o *Opener) SetInFlightWait(d time.Duration) { o.wait = d }
 
 // Open opens a layer and returns the send capability (possibly empty),
 // the envelope inside, and done, which the caller must call once with
@@ -104,15 +91,20 @@ func (o *Opener) Open(layer []byte) (sendCap, env []byte, done func(stored bool)
 	}
 	sum := sha256.Sum256(h.sealed[:encSize(h.suite)])
 	k := [envelope.IDSize]byte(sum[:envelope.IDSize])
-	if err := o.claim(k); err != nil {
-		return nil, nil, nil, err
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.replay.Contains(k) {
+		return nil, nil, nil, fmt.Errorf("%w: this layer was stored before; drop it", ErrReplay)
 	}
+	if _, ok := o.inflight[k]; ok {
+		return nil, nil, nil, fmt.Errorf("%w: this layer is being stored; try again later", ErrInFlight)
+	}
+	o.inflight[k] = struct{}{}
 	var once sync.Once
 	done = func(stored bool) {
 		once.Do(func() {
 			o.mu.Lock()
 			defer o.mu.Unlock()
-			close(o.inflight[k])
 			delete(o.inflight, k)
 			if stored {
 				o.replay.Check(k)
@@ -120,38 +112,4 @@ func (o *Opener) Open(layer []byte) (sendCap, env []byte, done func(stored bool)
 		})
 	}
 	return sendCap, env, done, nil
-}
-
-// claim marks layer k in flight, unless it was stored before (ErrReplay)
-// or a copy is in flight and stays so longer than o.wait (ErrInFlight).
-func (o *Opener) claim(k [envelope.IDSize]byte) error {
-	var timeout <-chan time.Time
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for {
-		if o.replay.Contains(k) {
-			return fmt.Errorf("%w: this layer was stored before; drop it", ErrReplay)
-		}
-		ch, ok := o.inflight[k]
-		if !ok {
-			o.inflight[k] = make(chan struct{})
-			return nil
-		}
-		if o.wait <= 0 {
-			return fmt.Errorf("%w: this layer is being stored; try again later", ErrInFlight)
-		}
-		if timeout == nil {
-			t := time.NewTimer(o.wait)
-			defer t.Stop()
-			timeout = t.C
-		}
-		o.mu.Unlock()
-		select {
-		case <-ch:
-			o.mu.Lock()
-		case <-timeout:
-			o.mu.Lock()
-			return fmt.Errorf("%w: this layer is being stored; try again later", ErrInFlight)
-		}
-	}
 }

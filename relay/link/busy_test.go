@@ -21,14 +21,15 @@ import (
 	"github.com/postern/postern/transport/descriptor"
 )
 
-// TestBusyStopsDrain: a home relay that answers busy (here: its store
-// half full and the entry relay past its allowance of envelope bytes)
-// stops the drain: what is in flight is collected, nothing more is sent
-// until the destination's rest is over, and every layer stays queued.
+// TestSourceLimitStopsDrain: a home relay that answers relay full (here:
+// its store half full and the entry relay past its allowance of envelope
+// bytes) stops the drain: what is in flight is collected, nothing more is
+// sent until the destination's rest is over, and every layer stays
+// queued.
 // Before, the drain went on through the whole queue at every try, each
 // layer opened by the home relay only to be refused (a reviewer's find):
 // here 300 openings where 16 layers could be stored.
-func TestBusyStopsDrain(t *testing.T) {
+func TestSourceLimitStopsDrain(t *testing.T) {
 	const queued, allowed = 300, 16 // 16 envelopes of 4 KiB: the 64 KiB allowance
 	clock := func() time.Time { return time.Unix(1_700_000_000, 0) }
 	pub, priv, _ := ed25519.GenerateKey(nil)
@@ -87,7 +88,7 @@ func TestBusyStopsDrain(t *testing.T) {
 	// At most the drain's window can be in flight when the first busy
 	// comes back.
 	if n := opens.Load(); n > allowed+128 {
-		t.Fatalf("the home relay opened %d layers in one drain, %d of them refused busy", n, n-allowed)
+		t.Fatalf("the home relay opened %d layers in one drain, %d of them refused", n, n-allowed)
 	}
 }
 
@@ -121,32 +122,15 @@ func (s *syncBuffer) String() string {
 }
 
 // TestDuplicateLayerKeepsDrain: a layer queued twice (a client that
-// forwarded it twice) does not stop the drain: the home relay's opener
-// waits for the copy being stored (forward.Opener.SetInFlightWait, as
-// `relay serve` sets it) and answers replay, so every layer is delivered
-// and none waits a rest. Answered busy, the copy stopped the drain, and
-// the layers behind it waited a whole rest (a reviewer's find: 174 of
-// 301).
+// forwarded it twice) does not stop the drain: its copy, answered busy
+// while the first is being stored, waits queued, and every other layer
+// is delivered in the same drain. A client could otherwise hold
+// everyone's forwards to a home relay back at will (a reviewer's find,
+// when busy stopped the drain: 174 of 301 layers waited a rest).
 func TestDuplicateLayerKeepsDrain(t *testing.T) {
-	pub, priv, _ := ed25519.GenerateKey(nil)
-	id, _ := envelope.NewIdentity()
-	o, err := forward.NewOpener(id, pub, 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.SetInFlightWait(time.Minute)
-	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
-		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
-		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	homeDesc, _ := descriptor.Parse(line, time.Now())
 	// A store whose commits take a while, as a group commit's do, so the
 	// two copies meet in flight.
-	st := slowPuts{store.NewMemory(store.Options{})}
-	home := relaytest.NewWithStore(t, st, server.Config{Layers: opener{o}, RelayKey: priv})
+	home, homeDesc, line := homeRelayOn(t, slowPuts{store.NewMemory(store.Options{})})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	mb := relaytest.NewMailbox(t, home.Connect(t), nil)
@@ -176,9 +160,12 @@ func TestDuplicateLayerKeepsDrain(t *testing.T) {
 		}
 	}
 	runForwarder(ctx, t, fw)
-	waitFor(ctx, t, "every layer delivered", func() bool { return q.len() == 0 })
-	if box, err := home.Store.Mailbox(ctx, mb.ID); err != nil || box.Pending != 151 {
-		t.Fatalf("%d stored (%v), want 151", box.Pending, err)
+	waitFor(ctx, t, "every layer stored", func() bool {
+		box, err := home.Store.Mailbox(ctx, mb.ID)
+		return err == nil && box.Pending == 151
+	})
+	if n := q.len(); n > 1 {
+		t.Fatalf("%d layers left queued, want at most the copy", n)
 	}
 }
 

@@ -59,7 +59,7 @@ func (p *pump) loop(ctx context.Context) bool {
 		if err != nil {
 			wait := p.f.backoff(p.dest, true)
 			if errors.Is(err, errDeferred) {
-				p.f.cfg.Log.Info("forwards refused for now by a home relay (a full mailbox, a copy being stored, or its limit on what this relay sends while its storage is half full); retrying")
+				p.f.cfg.Log.Info("forwards refused for now by a home relay (a full mailbox, a copy being stored, or its storage full: for everyone, or for this relay, which has sent its share while the home relay's storage is half full); retrying")
 			} else {
 				p.f.cfg.Log.Warn("forwarding to a home relay failed; retrying", "reason", failure(err))
 			}
@@ -153,7 +153,7 @@ func (p *pump) drain(ctx context.Context) error {
 	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow)}
 	var after uint64
 	began := time.Now()
-	for d.firstErr == nil && !d.busy {
+	for d.firstErr == nil && !d.full {
 		if time.Since(began) >= turnSlice && p.f.othersWait() {
 			if err := d.finish(ctx); err != nil {
 				return err
@@ -186,27 +186,25 @@ type drainer struct {
 	running   int
 	delivered []uint64 // done, not yet deleted from the queue
 	firstErr  error
-	waiting   int  // refused for now (full mailboxes, busy), left queued
-	busy      bool // the home relay answered busy: start no more
+	waiting   int  // refused for now (full mailboxes, busy, relay full), left queued
+	full      bool // the home relay answered relay full: start no more
 }
 
 // errDeferred is a drain's result when it delivered all it could but the
-// home relay refused some layers for now: their mailboxes full, or the
-// relay busy (a copy of the layer being stored, from a client that
-// forwarded it twice; or this relay past its allowance of envelope bytes
-// while the home relay's store is half full, relay/server's
-// sendlimit.go). Those stay queued, for a later try. A full mailbox is
-// one item's refusal, not the link's, so it neither stops the drain nor
-// closes the session: a full mailbox at the head of the queue would
-// otherwise hold every other forward to that home relay back until the
-// recipient made room. Busy stops the drain (what is in flight is
-// collected, nothing more is started): the allowance is the link's, and
-// going on sent the whole queue again at every try, each layer opened by
-// the home relay to be refused (a reviewer's find). A home relay no
-// longer answers busy for a copy being stored: it waits for the copy and
-// answers replay (forward.Opener.SetInFlightWait), else a client that
-// forwarded a layer twice would stop this drain at will (the next
-// reviewer's find); an older one may, and costs this drain a rest.
+// home relay refused some layers for now: their mailboxes full, a copy of
+// the layer being stored (busy: a client that forwarded it twice), or
+// the relay's storage full (for everyone, or for this relay: its
+// allowance of envelope bytes spent while the home relay's store is half
+// full, relay/server's sendlimit.go). Those stay queued, for a later
+// try. A full mailbox or a copy being stored is one item's refusal, not
+// the link's, so it neither stops the drain nor closes the session: a
+// full mailbox at the head of the queue would otherwise hold every other
+// forward to that home relay back until the recipient made room, and a
+// client that forwarded a layer twice would stop the drain at will.
+// Relay full stops the drain (what is in flight is collected, nothing
+// more is started) but keeps the session: going on sent the whole queue
+// again at every try, each layer opened by the home relay to be refused
+// (a reviewer's find).
 var errDeferred = errors.New("some forwards were refused for now by the home relay")
 
 // errTurnOver ends a drain that has had its turn while another
@@ -237,10 +235,10 @@ func (d *drainer) start(ctx context.Context, items []Item) error {
 				return err
 			}
 		}
-		for len(d.sem) == cap(d.sem) && d.firstErr == nil && !d.busy {
+		for len(d.sem) == cap(d.sem) && d.firstErr == nil && !d.full {
 			d.collect(ctx, true)
 		}
-		if d.firstErr != nil || d.busy {
+		if d.firstErr != nil || d.full {
 			return nil
 		}
 		d.sem <- struct{}{}
@@ -275,11 +273,11 @@ func (d *drainer) collect(ctx context.Context, wait bool) {
 		switch {
 		case o.err == nil:
 			d.delivered = append(d.delivered, o.seq)
-		case errors.As(o.err, &re) && re.Code == relay.CodeMailboxFull:
+		case errors.As(o.err, &re) && (re.Code == relay.CodeMailboxFull || re.Code == relay.CodeBusy):
 			d.waiting++
-		case errors.As(o.err, &re) && re.Code == relay.CodeBusy:
+		case errors.As(o.err, &re) && re.Code == relay.CodeRelayFull:
 			d.waiting++
-			d.busy = true
+			d.full = true
 		case d.firstErr == nil:
 			d.firstErr = o.err
 		}

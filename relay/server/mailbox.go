@@ -113,7 +113,7 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 	spent, ok := ss.takeSend(len(m.Envelope))
 	if !ok {
 		obs.Envelope("rejected", "source_limit")
-		return store.Ref{}, relay.ErrBusy
+		return store.Ref{}, relay.ErrRelayFull
 	}
 	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
 	if err != nil {

@@ -14,8 +14,17 @@ import (
 // full" until the envelopes expired. So each source may send
 // Config.SendBytes a day, refilled evenly. A source's sends always count
 // (down to nothing left, not below), but the relay refuses one beyond the
-// allowance (relay.ErrBusy, counted as rejected for "source_limit") only
-// while the store holds half its quota or more. Below that nothing is
+// allowance only while the store holds half its quota or more. The
+// refusal is "relay storage full" (relay.ErrRelayFull, counted as
+// rejected for "source_limit"): for this source, for now, it is. It was
+// "busy" at first, but busy also answers a copy of a forward layer being
+// stored, which a client causes at will by forwarding a layer twice, so
+// an entry relay could not stop its drain on busy without letting any
+// client hold everyone's forwards back (a reviewer's find), and a home
+// relay that made the copy wait instead held the relay-wide send slots
+// for as long (the next reviewer's). Every version of the code already
+// treats relay full as "this relay, later": a sender tries another relay,
+// an entry relay keeps the layer and rests. Below that nothing is
 // refused, so that a network behind one address (a carrier's NAT) or an
 // entry relay forwarding for many clients is not held to one client's
 // share while there is room for all; once the store is half full the
@@ -35,8 +44,8 @@ import (
 //
 // Only the count is kept, in memory, by the keyed hash of the source
 // (IPv4 address or IPv6 /64): never which envelope or mailbox a source
-// sent to. Clients refused as busy try another of the card's relays or an
-// entry relay, which queues and retries. The sessions an entry relay
+// sent to. Clients refused try another of the card's relays or an entry
+// relay, which queues and retries. The sessions an entry relay
 // tunnels here, and the layers it forwards, count as that relay's, as do
 // a relay's links through an upstream: a home relay that many entry
 // relays reach should raise the allowance (send_bytes_per_source).
@@ -85,22 +94,27 @@ func (ss *session) takeSend(n int) (float64, bool) {
 // envelope the store refused (refused: a full mailbox, say): only what is
 // stored counts (a reviewer's find: an entry relay retrying a layer for a
 // full mailbox spent its whole allowance on it, and the layers behind it
-// were refused as busy).
+// were refused).
 func (ss *session) giveSend(spent float64) {
 	ss.srv.sends.giveBack(ss.source(), spent)
 }
 
 // refused reports whether a Put's error says the store did not take the
-// envelope. Any other error may come after the envelope was stored (a
-// session that ended while its Put waited for the commit: the store
-// commits it anyway), and giving the bytes back then let a source that
-// hung up after each Send store without limit (a reviewer's find: 48 of
-// 48 stored where 16 were allowed).
+// envelope: no such or full mailbox, the store full (its quota, or the
+// disk, whose failed write is undone), an invalid envelope. Any other
+// error may come after the envelope was stored (a session that ended
+// while its Put waited for the commit: the store commits it anyway), and
+// giving the bytes back then let a source that hung up after each Send
+// store without limit (a reviewer's find: 48 of 48 stored where 16 were
+// allowed).
 func refused(err error) bool {
-	for _, e := range []error{store.ErrNoMailbox, store.ErrMailboxFull, store.ErrStoreFull, store.ErrInvalid} {
-		if errors.Is(err, e) {
-			return true
-		}
+	var e *store.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	switch e.Code {
+	case store.CodeNoMailbox, store.CodeMailboxFull, store.CodeStoreFull, store.CodeInvalid:
+		return true
 	}
 	return false
 }

@@ -18,7 +18,8 @@ import (
 
 // TestSendBytesPerSource: below half of the store's quota nothing is
 // refused, however much one source sends; from half on, a source past
-// its allowance of envelope bytes (Config.SendBytes) is told "busy", each
+// its allowance of envelope bytes (Config.SendBytes) is told "relay
+// storage full", each
 // counted as rejected for "source_limit", while another source sends its
 // own allowance; what a source sent while nothing was refused counts
 // against it (down to none, not below), and the allowance grows back
@@ -41,13 +42,14 @@ func TestSendBytesPerSource(t *testing.T) {
 		t.Fatalf("the smallest envelope is %d bytes; the test counts in 4096", len(env))
 	}
 	// sends sends up to n envelopes from c, each a new one, and returns
-	// how many were taken before the first refusal, which must be busy.
+	// how many were taken before the first refusal, which must be relay
+	// full.
 	sends := func(c *client.Client, n int) int {
 		t.Helper()
 		for i := range n {
 			if _, err := c.Send(ctx, mb.Seal(t, "x"), nil); err != nil {
-				if !errors.Is(err, relay.ErrBusy) {
-					t.Fatalf("send %d: %v, want busy", i+1, err)
+				if !errors.Is(err, relay.ErrRelayFull) {
+					t.Fatalf("send %d: %v, want relay full", i+1, err)
 				}
 				return i
 			}
@@ -95,7 +97,7 @@ func (o *sendsObserver) Envelope(result, reason string) {
 // TestSendBytesRefusedFree: an envelope the store refuses (here: its
 // mailbox full) costs its source nothing: with the store half full, a
 // source that sends twenty to a full mailbox is told "mailbox full" each
-// time, never busy, and still has its allowance for a mailbox with room
+// time, never relay full, and still has its allowance for a mailbox with room
 // (a reviewer's find: the charge stayed, and an entry relay retrying a
 // layer for a full mailbox spent its whole allowance on it).
 func TestSendBytesRefusedFree(t *testing.T) {
@@ -146,8 +148,8 @@ func TestSendBytesOneSourceLeavesAQuarter(t *testing.T) {
 				t.Fatal("no refusal in a day's sends")
 			}
 			if _, err := c.Send(ctx, mb.Seal(t, "x"), nil); err != nil {
-				if !errors.Is(err, relay.ErrBusy) {
-					t.Fatalf("send: %v, want busy", err)
+				if !errors.Is(err, relay.ErrRelayFull) {
+					t.Fatalf("send: %v, want relay full", err)
 				}
 				break
 			}
@@ -181,45 +183,59 @@ func dialFrom(ctx context.Context, t *testing.T, r *relaytest.Relay, addr, ip st
 	return c
 }
 
-// TestSendBytesNoRefundMaybeStored: a Put that fails in a way that may
-// come after the envelope was stored (the session ended while it waited
-// for the commit, which goes on) gives nothing back: else a source that
-// hangs up after each Send stores without limit (a reviewer's find: 48
-// of 48 stored where 16 were allowed).
-func TestSendBytesNoRefundMaybeStored(t *testing.T) {
-	st := maybeStored{store.NewMemory(store.Options{MaxStoreBytes: -1})}
-	r := relaytest.NewWithStore(t, st, server.Config{SendBytes: 64 << 10, StoreBytes: 64 * 4096})
-	c := r.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	mb := relaytest.NewMailbox(t, c, nil)
-	for r.Store.Stats().Bytes < 32*4096 { // half the store, from others
-		if _, err := st.Store.Put(ctx, mb.ID, mb.Seal(t, "o")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range 48 {
-		_, err := c.Send(ctx, mb.Seal(t, "x"), nil)
-		if errors.Is(err, relay.ErrBusy) {
-			if i != 16 {
-				t.Fatalf("busy at send %d, want at 17 (16 envelopes of 4 KiB allowed)", i+1)
+// TestSendBytesRefundByError: what a source spent on an envelope comes
+// back when the store refused it (its disk full: the failed write is
+// undone), and not when the Put failed in a way that may come after the
+// envelope was stored (the session ended while it waited for the commit,
+// which goes on; the store closing): else a source that hangs up after
+// each Send stores without limit (a reviewer's find: 48 of 48 stored
+// where 16 were allowed).
+func TestSendBytesRefundByError(t *testing.T) {
+	for _, tc := range []struct {
+		err     error
+		stored  bool
+		limited int64 // sends of 48 refused at the allowance (16 envelopes)
+	}{
+		{context.Canceled, true, 32},
+		{store.ErrClosed, true, 32},
+		{store.ErrDiskFull, false, 0},
+	} {
+		obs := &sendsObserver{}
+		st := failingPuts{store.NewMemory(store.Options{MaxStoreBytes: -1}), tc.err, tc.stored}
+		r := relaytest.NewWithStore(t, st, server.Config{Observer: obs, SendBytes: 64 << 10, StoreBytes: 64 * 4096})
+		c := r.Connect(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		mb := relaytest.NewMailbox(t, c, nil)
+		for r.Store.Stats().Bytes < 32*4096 { // half the store, from others
+			if _, err := st.Store.Put(ctx, mb.ID, mb.Seal(t, "o")); err != nil {
+				t.Fatal(err)
 			}
-			return
 		}
-		if err == nil {
-			t.Fatal("the wrapped Put succeeded")
+		for range 48 {
+			if _, err := c.Send(ctx, mb.Seal(t, "x"), nil); err == nil {
+				t.Fatal("the failing Put succeeded")
+			}
+		}
+		if n := obs.limited.Load(); n != tc.limited {
+			t.Errorf("Puts failing with %v (stored %v): %d of 48 sends refused at the allowance, want %d", tc.err, tc.stored, n, tc.limited)
 		}
 	}
-	t.Fatalf("48 sends that were stored, none refused; the store holds %d bytes", r.Store.Stats().Bytes)
 }
 
-// maybeStored is a store whose Put stores the envelope and then fails as
-// a Put whose caller gave up while the commit went on.
-type maybeStored struct{ store.Store }
+// failingPuts is a store whose Put fails with err, having stored the
+// envelope or not.
+type failingPuts struct {
+	store.Store
+	err    error
+	stores bool
+}
 
-func (m maybeStored) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
-	if _, err := m.Store.Put(ctx, id, env); err != nil {
-		return store.Ref{}, err
+func (f failingPuts) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	if f.stores {
+		if _, err := f.Store.Put(ctx, id, env); err != nil {
+			return store.Ref{}, err
+		}
 	}
-	return store.Ref{}, context.Canceled
+	return store.Ref{}, f.err
 }

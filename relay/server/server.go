@@ -163,7 +163,7 @@ type Config struct {
 	// store.DefaultTTL.
 	StoreTTL time.Duration
 	// SendBytes is how many envelope bytes one source may send a day,
-	// refilled evenly; a Send beyond it is refused as busy only while the
+	// refilled evenly; a Send beyond it is refused (relay full) only while the
 	// store holds half of StoreBytes or more (see sendlimit.go). Default
 	// (0) a quarter of StoreBytes over an envelope's life (StoreTTL and a
 	// day): 32 MiB for 1 GiB and 7 days. At least the largest envelope;
