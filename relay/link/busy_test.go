@@ -1,9 +1,7 @@
 package link_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/ed25519"
 	"log/slog"
 	"strings"
 	"sync"
@@ -11,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/envelope"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/relay/link"
@@ -37,23 +34,10 @@ func TestSourceLimitStopsDrain(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	pub, priv, _ := ed25519.GenerateKey(nil)
-	id, _ := envelope.NewIdentity()
-	o, err := forward.NewOpener(id, pub, 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &descriptor.Descriptor{EnvelopeSuite: uint8(envelope.SuiteXWing), EnvelopeKey: id.Public().XWing,
-		Endpoints: []descriptor.Endpoint{{Transport: "https", Addr: "127.0.0.1:1", Path: "/p", Key: make([]byte, 32)}},
-		Issued:    time.Now().Add(-time.Minute), Expires: time.Now().Add(time.Hour)}
-	line, err := d.Sign(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	homeDesc, _ := descriptor.Parse(line, time.Now())
 	var opens, dials atomic.Int64
-	home := relaytest.NewWithStore(t, store.NewMemory(store.Options{MaxStoreBytes: -1}),
-		server.Config{Layers: countingOpener{opener{o}, &opens}, RelayKey: priv, Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096})
+	home, homeDesc, line := homeRelayWith(t, store.NewMemory(store.Options{MaxStoreBytes: -1}),
+		server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096},
+		func(l server.LayerOpener) server.LayerOpener { return countingOpener{l, &opens} })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	owner := home.Connect(t)
@@ -63,7 +47,7 @@ func TestSourceLimitStopsDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var logs syncBuffer
+	var logs lockedBuf
 	q := &memQueue{}
 	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
 		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
@@ -113,31 +97,13 @@ func TestSourceLimitStopsDrain(t *testing.T) {
 
 // countingOpener counts the layers a home relay opens.
 type countingOpener struct {
-	o opener
+	o server.LayerOpener
 	n *atomic.Int64
 }
 
 func (c countingOpener) Open(l []byte) ([]byte, []byte, func(bool), error) {
 	c.n.Add(1)
 	return c.o.Open(l)
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestDuplicateLayerKeepsDrain: a layer queued twice (a client that
@@ -149,7 +115,7 @@ func (s *syncBuffer) String() string {
 func TestDuplicateLayerKeepsDrain(t *testing.T) {
 	// A store whose commits take a while, as a group commit's do, so the
 	// two copies meet in flight.
-	home, homeDesc, line := homeRelayOn(t, slowPuts{store.NewMemory(store.Options{})})
+	home, homeDesc, line := homeRelayOn(t, slowStore{store.NewMemory(store.Options{})})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	mb := relaytest.NewMailbox(t, home.Connect(t), nil)
@@ -186,12 +152,4 @@ func TestDuplicateLayerKeepsDrain(t *testing.T) {
 	if n := q.len(); n > 1 {
 		t.Fatalf("%d layers left queued, want at most the copy", n)
 	}
-}
-
-// slowPuts is a store whose Puts take 20 ms.
-type slowPuts struct{ store.Store }
-
-func (s slowPuts) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
-	time.Sleep(20 * time.Millisecond)
-	return s.Store.Put(ctx, id, env)
 }

@@ -112,6 +112,12 @@ func homeRelayB(t testing.TB) (*relaytest.Relay, *descriptor.Descriptor, string)
 
 // homeRelayOn is homeRelay with the store st.
 func homeRelayOn(t testing.TB, st store.Store) (*relaytest.Relay, *descriptor.Descriptor, string) {
+	return homeRelayWith(t, st, server.Config{}, nil)
+}
+
+// homeRelayWith is homeRelayOn with cfg for the rest of the server's
+// config, and its layer opener wrapped by wrap if not nil.
+func homeRelayWith(t testing.TB, st store.Store, cfg server.Config, wrap func(server.LayerOpener) server.LayerOpener) (*relaytest.Relay, *descriptor.Descriptor, string) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	id, _ := envelope.NewIdentity()
 	o, err := forward.NewOpener(id, pub, 1, 0)
@@ -126,7 +132,11 @@ func homeRelayOn(t testing.TB, st store.Store) (*relaytest.Relay, *descriptor.De
 		t.Fatal(err)
 	}
 	d, _ = descriptor.Parse(line, time.Now())
-	return relaytest.NewWithStore(t, st, server.Config{Layers: opener{o}, RelayKey: priv}), d, line
+	cfg.Layers, cfg.RelayKey = opener{o}, priv
+	if wrap != nil {
+		cfg.Layers = wrap(cfg.Layers)
+	}
+	return relaytest.NewWithStore(t, st, cfg), d, line
 }
 
 // linkTo opens a relay link to home as an entry relay does: a session

@@ -5,13 +5,11 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/relay"
-	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/relay/server"
 	"github.com/postern/postern/relay/store"
@@ -28,21 +26,7 @@ func TestMailboxOpsPerSource(t *testing.T) {
 	addr := r.ServeTCP(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	from := func(ip string) *client.Client {
-		t.Helper()
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			t.Skipf("no %s here: %v", ip, err)
-		}
-		c, err := client.New(ctx, conn.(*net.TCPConn), client.WithRelayKey(r.Server.PublicKey()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	a, a2, b := from("127.0.0.2"), from("127.0.0.2"), from("127.0.0.3")
+	a, a2, b := dialFrom(ctx, t, r, addr, "127.0.0.2"), dialFrom(ctx, t, r, addr, "127.0.0.2"), dialFrom(ctx, t, r, addr, "127.0.0.3")
 	key := func() ed25519.PrivateKey { _, k, _ := ed25519.GenerateKey(nil); return k }
 	id := func() (v [32]byte) { rand.Read(v[:]); return v }
 	owner, first := key(), id()
