@@ -133,11 +133,11 @@ type relayConfig struct {
 	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
 	// SendBytesPerSource is how many envelope bytes one client address
 	// (or IPv6 /64) may send a day, refilled evenly; beyond it a send is
-	// refused as "relay storage full", but only while the store holds half of
-	// max_store_bytes or more. Default 0: a quarter of max_store_bytes
-	// over an envelope's life (ttl and a day): 32 MiB for 1 GiB and 7
-	// days. At least 65536 (the largest envelope) when set. An entry
-	// relay's forwards and tunnels count as that relay's.
+	// refused as "relay storage full", but only while the store holds
+	// half of max_store_bytes or more. Default 0: a quarter of
+	// max_store_bytes over an envelope's life (ttl and a day): 32 MiB for
+	// 1 GiB and 7 days. At least 65536 (the largest envelope) when set.
+	// An entry relay's forwards and tunnels count as that relay's.
 	SendBytesPerSource int64 `json:"send_bytes_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).

@@ -47,7 +47,7 @@ const (
 )
 
 // opLimiter is a per-source allowance: of mailbox operations (one unit
-// each), or of envelope bytes (sendLimiter).
+// each), or of envelope bytes (newSendLimiter).
 type opLimiter struct {
 	per    float64       // units a period; 0: no limit
 	every  float64       // nanoseconds one unit takes to grow back

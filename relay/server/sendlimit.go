@@ -14,8 +14,15 @@ import (
 // full" until the envelopes expired. So each source may send
 // Config.SendBytes a day, refilled evenly. A source's sends always count
 // (down to nothing left, not below), but the relay refuses one beyond the
-// allowance only while the store holds half its quota or more. The
-// refusal is "relay storage full" (relay.ErrRelayFull, counted as
+// allowance only while the store holds half its quota or more. Below
+// that nothing is refused, so that a network behind one address (a
+// carrier's NAT) or an entry relay forwarding for many clients is not
+// held to one client's share while there is room for all; once the store
+// is half full the sources that sent the most lately are the ones
+// refused. An envelope the store then refuses (a full mailbox) costs
+// nothing.
+//
+// The refusal is "relay storage full" (relay.ErrRelayFull, counted as
 // rejected for "source_limit"): for this source, for now, it is. It was
 // "busy" at first, but busy also answers a copy of a forward layer being
 // stored, which a client causes at will by forwarding a layer twice, so
@@ -24,12 +31,7 @@ import (
 // relay that made the copy wait instead held the relay-wide send slots
 // for as long (the next reviewer's). Every version of the code already
 // treats relay full as "this relay, later": a sender tries another relay,
-// an entry relay keeps the layer and rests. Below that nothing is
-// refused, so that a network behind one address (a carrier's NAT) or an
-// entry relay forwarding for many clients is not held to one client's
-// share while there is room for all; once the store is half full the
-// sources that sent the most lately are the ones refused. An envelope the
-// store then refuses (a full mailbox) costs nothing.
+// an entry relay keeps the layer and rests.
 //
 // What one source can hold is then at most the half it fills while
 // nothing is refused (and tops up whenever expiries take the store below
