@@ -21,7 +21,7 @@ import (
 // another source, and a session of the first for anything else (a
 // delete included), go on.
 func TestMailboxOpsPerSource(t *testing.T) {
-	obs := &opsObserver{}
+	obs := &limitsObserver{}
 	r := relaytest.New(t, store.Options{}, server.Config{MailboxOps: 2, Observer: obs})
 	addr := r.ServeTCP(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -63,13 +63,18 @@ func TestMailboxOpsPerSource(t *testing.T) {
 	}
 }
 
-// opsObserver counts mailbox operations refused.
-type opsObserver struct {
-	refused atomic.Int64
+// limitsObserver counts what the per-source limits refused: mailbox
+// operations, and envelopes (rejected for "source_limit").
+type limitsObserver struct {
+	refused, limited atomic.Int64
 }
 
-func (*opsObserver) SessionOpened(string)       {}
-func (*opsObserver) SessionClosed(string)       {}
-func (*opsObserver) Envelope(string, string)    {}
-func (*opsObserver) SendDuration(time.Duration) {}
-func (o *opsObserver) MailboxOpRefused()        { o.refused.Add(1) }
+func (*limitsObserver) SessionOpened(string)       {}
+func (*limitsObserver) SessionClosed(string)       {}
+func (*limitsObserver) SendDuration(time.Duration) {}
+func (o *limitsObserver) MailboxOpRefused()        { o.refused.Add(1) }
+func (o *limitsObserver) Envelope(result, reason string) {
+	if result == "rejected" && reason == "source_limit" {
+		o.limited.Add(1)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,9 +18,8 @@ import (
 // TestSendBytesPerSource: below half of the store's quota nothing is
 // refused, however much one source sends; from half on, a source past
 // its allowance of envelope bytes (Config.SendBytes) is told "relay
-// storage full", each
-// counted as rejected for "source_limit", while another source sends its
-// own allowance; what a source sent while nothing was refused counts
+// storage full", each counted as rejected for "source_limit", while
+// another source sends its own allowance; what a source sent while nothing was refused counts
 // against it (down to none, not below), and the allowance grows back
 // evenly over the day.
 func TestSendBytesPerSource(t *testing.T) {
@@ -29,7 +27,7 @@ func TestSendBytesPerSource(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	const per = 64 << 10 // the least allowance: one envelope of the largest bucket
-	obs := &sendsObserver{}
+	obs := &limitsObserver{}
 	r := relaytest.New(t, store.Options{MaxStoreBytes: -1},
 		server.Config{Observer: obs, Now: clock, SendBytes: per, StoreBytes: 64 * 4096})
 	addr := r.ServeTCP(t, "test")
@@ -77,20 +75,6 @@ func TestSendBytesPerSource(t *testing.T) {
 	}
 	if st := r.Store.Stats(); st.Envelopes != 32+per/4096+per/4096/4 {
 		t.Fatalf("%d envelopes stored, want %d", st.Envelopes, 32+per/4096+per/4096/4)
-	}
-}
-
-// sendsObserver counts envelopes rejected for the source's allowance.
-type sendsObserver struct {
-	limited atomic.Int64
-}
-
-func (*sendsObserver) SessionOpened(string)       {}
-func (*sendsObserver) SessionClosed(string)       {}
-func (*sendsObserver) SendDuration(time.Duration) {}
-func (o *sendsObserver) Envelope(result, reason string) {
-	if result == "rejected" && reason == "source_limit" {
-		o.limited.Add(1)
 	}
 }
 
@@ -200,7 +184,7 @@ func TestSendBytesRefundByError(t *testing.T) {
 		{store.ErrClosed, true, 32},
 		{store.ErrDiskFull, false, 0},
 	} {
-		obs := &sendsObserver{}
+		obs := &limitsObserver{}
 		st := failingPuts{store.NewMemory(store.Options{MaxStoreBytes: -1}), tc.err, tc.stored}
 		r := relaytest.NewWithStore(t, st, server.Config{Observer: obs, SendBytes: 64 << 10, StoreBytes: 64 * 4096})
 		c := r.Connect(t)
