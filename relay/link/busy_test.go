@@ -153,3 +153,75 @@ func TestDuplicateLayerKeepsDrain(t *testing.T) {
 		return err == nil && box.Pending == 151 && q.len() <= 1
 	})
 }
+
+// TestRelayFullWindowGrowsBack: after a drain stopped on relay full, the
+// next starts with one delivery in flight (TestSourceLimitStopsDrain);
+// once the home relay takes layers again, the window doubles at each
+// delivery, back to pumpWindow, so a relay that recovered is not fed one
+// layer a round trip for the rest of the queue.
+func TestRelayFullWindowGrowsBack(t *testing.T) {
+	const queued = 200
+	st := &inflightStore{Memory: store.NewMemory(store.Options{MaxStoreBytes: -1})}
+	home, homeDesc, line := homeRelayWith(t, st, server.Config{SendBytes: 64 << 10, StoreBytes: 1024 * 4096}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	owner := home.Connect(t)
+	others, mb := relaytest.NewMailbox(t, owner, nil), relaytest.NewMailbox(t, owner, nil)
+	for st.Stats().Bytes < 512*4096 { // half the store, from others
+		if _, err := st.Memory.Put(ctx, others.ID, others.Seal(t, "o")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs lockedBuf
+	q := &memQueue{}
+	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
+			return linkTo(ctx, t, home)
+		},
+		Log: slog.New(slog.NewTextHandler(&logs, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond})
+	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
+	sender := entry.Connect(t)
+	for range queued {
+		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, line, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runForwarder(ctx, t, fw)
+	waitFor(ctx, t, "two tries refused", func() bool {
+		return strings.Count(logs.String(), "storage is full for this relay's forwards") >= 2
+	})
+	// The store falls below half: nothing is refused any more.
+	if err := st.DeleteMailbox(ctx, others.ID); err != nil {
+		t.Fatal(err)
+	}
+	st.resetMax()
+	waitFor(ctx, t, "every layer stored", func() bool {
+		box, err := st.Mailbox(ctx, mb.ID)
+		return err == nil && box.Pending == queued
+	})
+	if m := st.max.Load(); m < 2 {
+		t.Fatalf("at most %d Put in flight after the home relay recovered: the window did not grow back", m)
+	}
+}
+
+// inflightStore is a slow memory store that counts the most Puts in
+// flight at once.
+type inflightStore struct {
+	*store.Memory
+	now, max atomic.Int64
+}
+
+func (s *inflightStore) Put(ctx context.Context, id [32]byte, env []byte) (store.Ref, error) {
+	n := s.now.Add(1)
+	defer s.now.Add(-1)
+	for m := s.max.Load(); n > m && !s.max.CompareAndSwap(m, n); m = s.max.Load() {
+	}
+	time.Sleep(5 * time.Millisecond)
+	return s.Memory.Put(ctx, id, env)
+}
+
+func (s *inflightStore) resetMax() { s.max.Store(s.now.Load()) }
