@@ -129,7 +129,8 @@ type relayConfig struct {
 	// MailboxOpsPerSource is how many mailboxes one client address (or
 	// IPv6 /64) may create or rotate a day, refilled evenly. Default 0:
 	// 256 (server.DefaultMailboxOps). Clients behind one carrier NAT
-	// share it, and so do those an entry relay tunnels here.
+	// share it, and so do those an entry relay tunnels here. -1: no
+	// limit.
 	MailboxOpsPerSource int `json:"mailbox_ops_per_source"`
 	// SendBytesPerSource is how many envelope bytes one client address
 	// (or IPv6 /64) may send a day, refilled evenly; beyond it a send is
@@ -137,7 +138,8 @@ type relayConfig struct {
 	// half of max_store_bytes or more. Default 0: a quarter of
 	// max_store_bytes over an envelope's life (ttl and a day): 32 MiB for
 	// 1 GiB and 7 days. At least 65536 (the largest envelope) when set.
-	// An entry relay's forwards and tunnels count as that relay's.
+	// An entry relay's forwards and tunnels count as that relay's. -1: no
+	// limit.
 	SendBytesPerSource int64 `json:"send_bytes_per_source"`
 	// DescriptorValidity is how long a descriptor written at start-up is
 	// valid. Default "720h" (30 days).
@@ -320,16 +322,26 @@ func (c *relayConfig) validate() error {
 }
 
 // validateQuotas checks the caps and sizes: none negative (0 is the
-// default), memory_limit not below minMemoryLimit.
+// default) but -1 for no per-source allowance, memory_limit not below
+// minMemoryLimit.
 func (c *relayConfig) validateQuotas() error {
 	for _, q := range []struct {
 		name string
 		v    int64
 	}{{"max_mailbox_envelopes", int64(c.MaxMailboxEnvelopes)}, {"max_mailboxes", int64(c.MaxMailboxes)}, {"max_mailbox_bytes", c.MaxMailboxBytes}, {"max_store_bytes", c.MaxStoreBytes}, {"max_outbox_bytes", c.MaxOutboxBytes}, {"memory_limit", c.MemoryLimit}, {"max_sessions", int64(c.MaxSessions)},
-		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}, {"mailbox_ops_per_source", int64(c.MailboxOpsPerSource)},
-		{"send_bytes_per_source", c.SendBytesPerSource}} {
+		{"max_tunnels_per_source", int64(c.MaxTunnelsPerSource)}} {
 		if q.v < 0 {
 			return fmt.Errorf("field %q: %d is negative", q.name, q.v)
+		}
+	}
+	// The per-source allowances take -1 for none (an operator's own relay
+	// behind entry relays it runs).
+	for _, q := range []struct {
+		name string
+		v    int64
+	}{{"mailbox_ops_per_source", int64(c.MailboxOpsPerSource)}, {"send_bytes_per_source", c.SendBytesPerSource}} {
+		if q.v < -1 {
+			return fmt.Errorf("field %q: %d is negative (0 is the default, -1 no limit)", q.name, q.v)
 		}
 	}
 	if c.SendBytesPerSource > 0 && c.SendBytesPerSource < store.MaxEnvelopeSize {

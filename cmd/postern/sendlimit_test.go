@@ -84,3 +84,38 @@ func TestSendBytesDefaultFromTTL(t *testing.T) {
 		t.Fatalf("the log does not say %s:\n%s", want, rp.logs())
 	}
 }
+
+// TestSendBytesOff: send_bytes_per_source -1 turns the allowance off (a
+// relay reached only through its operator's own entry relays): with the
+// store half full, a send that the least allowance (64 KiB a day, this
+// store's default) would refuse is taken, and the start-up log says there
+// is no limit. mailbox_ops_per_source -1 is a valid config too.
+func TestSendBytesOff(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "relay.json")
+	if err := os.WriteFile(cfg, []byte(`{"max_store_bytes": 524288, "send_bytes_per_source": -1, "mailbox_ops_per_source": -1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--config", cfg, "--h3", "off")
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home}
+	bob, alice := filepath.Join(home, "bob.id"), filepath.Join(home, "alice.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
+	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	runOK(t, bin, envv, nil, "contact", "add", "--id", alice, "bob", card)
+	big := bytes.Repeat([]byte("b"), 100_000) // two 64 KiB envelopes
+	for range 3 {                             // the third with the store half full
+		runOK(t, bin, envv, big, "send", "--id", alice, "--to", "bob")
+	}
+	if m, _ := scrape(t, metricsAddr(t, rp)); m["postern_store_bytes"] != 3*131072 {
+		t.Fatalf("the store holds %v bytes, want %d", m["postern_store_bytes"], 3*131072)
+	}
+	if code := rp.stop(); code != 0 {
+		t.Fatalf("relay exit %d", code)
+	}
+	if want := `msg="send allowance" bytes_per_source_a_day="no limit"`; !strings.Contains(rp.logs(), want) {
+		t.Fatalf("the log does not say %s:\n%s", want, rp.logs())
+	}
+}

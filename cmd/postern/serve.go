@@ -188,7 +188,11 @@ func (r *relayRun) openStore(context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.log.Info("send allowance", "bytes_per_source_a_day", r.srv.SendBytes(), "from_store_bytes", storeQuota(r.cfg.MaxStoreBytes)/2)
+	if n := r.srv.SendBytes(); n > 0 {
+		r.log.Info("send allowance", "bytes_per_source_a_day", n, "from_store_bytes", storeQuota(r.cfg.MaxStoreBytes)/2)
+	} else {
+		r.log.Info("send allowance", "bytes_per_source_a_day", "no limit")
+	}
 	return nil
 }
 
