@@ -209,3 +209,28 @@ func TestElsewhere(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepTogetherSaysWhy: when the rest of a message goes to another
+// relay of the card, the user is told why the first was left: it
+// refused the rest for now, or it is out of reach. Until 2026-12-07 a
+// refusal (say, relay storage full mid-message) was called out of reach
+// (a reviewer's find). Either way the whole message is sent again.
+func TestKeepTogetherSaysWhy(t *testing.T) {
+	for _, tc := range []struct {
+		refused bool
+		want    string
+	}{
+		{true, "the relay that has 2 of 4 envelopes refused the rest for now; sending the whole message to another relay of the card"},
+		{false, "the relay that has 2 of 4 envelopes is out of reach; sending the whole message to another relay of the card"},
+	} {
+		var stderr bytes.Buffer
+		s := &sender{e: &env{stderr: &stderr}, envs: make([][]byte, 4), acked: []bool{true, true, false, false}, holder: "A"}
+		if tc.refused {
+			s.refused = map[string]bool{"A": true}
+		}
+		s.keepTogether("B")
+		if !strings.Contains(stderr.String(), tc.want) || s.ackedCount() != 0 || s.holder != "" {
+			t.Fatalf("refused %v: told %q, %d acked left, holder %q", tc.refused, stderr.String(), s.ackedCount(), s.holder)
+		}
+	}
+}

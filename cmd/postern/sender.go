@@ -572,17 +572,22 @@ func (s *sender) targetOf(c *client.Client, via bool) string {
 
 // keepTogether makes sure every envelope of the message ends up on one
 // relay: when this connection reaches another relay than the one that
-// holds the envelopes acked so far (it was out of reach), the whole
-// message goes to this one. The envelopes are independent and the
-// recipient drops a message it has seen, so the copy on the first relay
-// does no harm.
+// holds the envelopes acked so far (it was out of reach, or refused the
+// rest for now), the whole message goes to this one. The envelopes are
+// independent and the recipient drops a message it has seen, so the copy
+// on the first relay does no harm. (A card of one relay keeps the
+// message there: the rest goes through an entry relay, viaHome.)
 func (s *sender) keepTogether(target string) {
 	if s.holder == "" || target == s.holder {
 		return
 	}
 	if done := s.ackedCount(); done > 0 && done < len(s.envs) {
-		fmt.Fprintf(s.e.stderr, "the relay that has %d of %d envelopes is out of reach; sending the whole message to another relay of the card\n",
-			done, len(s.envs))
+		why := "is out of reach"
+		if s.refused[s.holder] { // until 2026-12-07 called out of reach too
+			why = "refused the rest for now"
+		}
+		fmt.Fprintf(s.e.stderr, "the relay that has %d of %d envelopes %s; sending the whole message to another relay of the card\n",
+			done, len(s.envs), why)
 	}
 	s.acked = make([]bool, len(s.envs))
 	s.holder = ""
