@@ -120,9 +120,13 @@ func (cc *connCap) held(addr net.Addr) (source, total int) {
 }
 
 // resetConn closes c with a reset (RST), not a FIN, when it is a TCP
-// connection.
+// connection, or the listener's account of one (countedConn).
 func resetConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	inner := c
+	if cc, ok := c.(*countedConn); ok {
+		inner = cc.Conn
+	}
+	if tc, ok := inner.(*net.TCPConn); ok {
 		tc.SetLinger(0)
 	}
 	c.Close()

@@ -349,26 +349,45 @@ func (h handoff) UnencryptedNetConn() net.Conn { return h.inner }
 // the frames the front already sent are dropped, once each. They are its
 // first frames, but not always in the front's order: the stock server
 // moves a SETTINGS ACK ahead of frames it queued earlier.
+//
+// It also counts the connection's open streams against its source's cap
+// (streams; coverstreams.go).
 type replayConn struct {
 	*tls.Conn
-	replay  []byte   // read side only
-	swallow [][]byte // write side only: frames still to drop
-	partial []byte   // write side only: a frame not yet whole
+	replay  []byte       // read side only
+	swallow [][]byte     // write side only: frames still to drop
+	partial []byte       // write side only: a frame not yet whole
+	streams *connStreams // nil: not counted
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {
+	var n int
+	var err error
 	if len(c.replay) > 0 {
-		n := copy(p, c.replay)
+		n = copy(p, c.replay)
 		c.replay = c.replay[n:]
 		if len(c.replay) == 0 {
 			c.replay = nil // the first flight's buffer goes
 		}
-		return n, nil
+	} else {
+		n, err = c.Conn.Read(p)
 	}
-	return c.Conn.Read(p)
+	if c.streams == nil {
+		return n, err
+	}
+	if !c.streams.read(p[:n]) {
+		return 0, errCoverStreams
+	}
+	if err != nil { // the stock server is done with the connection
+		c.streams.end()
+	}
+	return n, err
 }
 
 func (c *replayConn) Write(p []byte) (int, error) {
+	if c.streams != nil {
+		c.streams.wrote(p)
+	}
 	if len(c.swallow) == 0 && len(c.partial) == 0 {
 		return c.Conn.Write(p)
 	}
@@ -438,6 +457,9 @@ type h2Front struct {
 	key [32]byte
 	// now replaces time.Now in clock (tests).
 	now func() time.Time
+	// streams caps the streams a source holds open on the stock server
+	// (coverstreams.go); nil: no cap.
+	streams *coverStreams
 }
 
 // engineEpoch is what the engine's clock counts from.
@@ -656,6 +678,7 @@ func (f *h2Front) handOver(hs *http.Server, h http.Handler, ff *firstFlight) {
 	tc := ff.tc.(*tls.Conn)
 	tc.SetReadDeadline(time.Time{})
 	rc := &replayConn{Conn: tc, replay: ff.buf, swallow: ff.wrote}
+	rc.streams = f.countStreams(tc)
 	f.stock.serve(hs, tls.Client(handoff{Conn: tc, inner: rc}, nil), h)
 }
 

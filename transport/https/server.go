@@ -110,6 +110,9 @@ type Transport struct {
 	frontWait time.Duration
 	// coverWait, set only by tests, replaces coverTimeout.
 	coverWait time.Duration
+	// coverPerSource, set only by tests, replaces the constant of that
+	// name (coverstreams.go); negative: no cap.
+	coverPerSource int
 	// frontClock, set only by tests, is the engine's clock instead of
 	// time.Now (the receive windows' growth reads it). A pointer keeps
 	// Transport comparable.
@@ -228,6 +231,9 @@ func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (tra
 		}
 		l.front.windows.reset(engineWindowBudget)
 		l.front.key = gate.SourceKey() // so that a session's Source is the gate's
+		if t.coverPerSource >= 0 {
+			l.front.streams = newCoverStreams(orDefault(t.coverPerSource, coverPerSource), cfg.Observe)
+		}
 		l.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){"h2": l.front.serveTLS}
 	}
 	if n := t.connsPerSource(cfg); n > 0 {
