@@ -79,6 +79,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"strings"
 	"time"
 )
 
@@ -194,9 +195,11 @@ func Dir(dir string) (http.Handler, error) {
 // Proxy returns a cover site that forwards every request to upstream, an
 // absolute http or https URL such as "https://www.example.org". The request
 // path and query are appended to upstream's path; the Host header becomes
-// upstream's host. The client's address is not forwarded (no
-// X-Forwarded-For, Forwarded or X-Real-IP), and proxy errors are answered
-// with 502 Bad Gateway without being logged.
+// upstream's host. Of the request's headers only those a browser sends
+// reach upstream (see [forwardable]), so the client's address does not: not
+// as X-Forwarded-For, Forwarded or X-Real-IP, nor as any header a CDN in
+// front of the relay adds. Proxy errors are answered with 502 Bad Gateway
+// without being logged.
 func Proxy(upstream string) (http.Handler, error) {
 	u, err := url.Parse(upstream)
 	if err != nil {
@@ -214,11 +217,59 @@ func Proxy(upstream string) (http.Handler, error) {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
-			// Rewrite already removed X-Forwarded-* from the inbound
-			// request; drop the other headers that carry client addresses.
-			pr.Out.Header.Del("Forwarded")
-			pr.Out.Header.Del("X-Real-Ip")
+			for name := range pr.Out.Header {
+				if !forwardable(name) {
+					delete(pr.Out.Header, name)
+				}
+			}
 		},
 		ErrorLog: log.New(io.Discard, "", 0),
 	}, nil
+}
+
+// browserHeaders are the request headers, in canonical form, that browsers
+// send of their own or for a page's scripts (RFC 9110, 9111, 9218, Fetch,
+// CORS, Client Hints, Server-Sent Events, Service Workers, and
+// X-Requested-With of XMLHttpRequest libraries), and Te, Connection and
+// Upgrade, which ReverseProxy has already rebuilt from the client's
+// (Te: trailers, Connection: Upgrade for a WebSocket) by the time Rewrite
+// runs. Names starting with "Sec-" are allowed too (see forwardable).
+var browserHeaders = func() map[string]bool {
+	m := make(map[string]bool)
+	for _, name := range []string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language",
+		"Access-Control-Request-Headers", "Access-Control-Request-Method",
+		"Access-Control-Request-Private-Network",
+		"Authorization", "Cache-Control", "Pragma", "Cookie",
+		"Content-Type", "Content-Encoding", "Content-Language",
+		"Device-Memory", "Downlink", "Dpr", "Ect", "Rtt", "Save-Data", "Viewport-Width", "Width",
+		"Dnt", "If-Match", "If-Modified-Since", "If-None-Match", "If-Range", "If-Unmodified-Since", "Range",
+		"Last-Event-Id", "Origin", "Referer", "Priority", "Purpose",
+		"Service-Worker", "Service-Worker-Navigation-Preload",
+		"Upgrade-Insecure-Requests", "User-Agent", "X-Requested-With",
+		"Te", "Connection", "Upgrade",
+	} {
+		m[name] = true
+	}
+	return m
+}()
+
+// forwardable reports whether Proxy passes the request header name (as
+// net/http canonicalised it) on to the origin.
+//
+// This is an allowlist, not a list of headers to remove: whatever stands in
+// front of the relay (a CDN with https_cdn, a load balancer) adds headers
+// of its own choosing, and many carry the client's address
+// (CF-Connecting-IP, True-Client-IP, Fastly-Client-IP,
+// CloudFront-Viewer-Address, X-Azure-ClientIP, X-Client-IP, Client-IP,
+// X-Cluster-Client-IP, Via ...) or metadata of the CDN (CDN-Loop, CF-Ray,
+// X-Amz-Cf-Id). A denylist misses the next such name; an allowlist can
+// only miss a header a browser sends, which at worst makes the origin
+// answer as it answers a browser that does not send it. Sec-* headers are
+// all allowed: a page's scripts may not set them (Fetch's forbidden
+// header names), so they come from the browser, and they are how new
+// browser features arrive (Sec-Fetch-*, Sec-CH-*, Sec-WebSocket-*,
+// Sec-GPC, Sec-Purpose).
+func forwardable(name string) bool {
+	return browserHeaders[name] || strings.HasPrefix(name, "Sec-")
 }

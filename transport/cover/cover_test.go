@@ -210,10 +210,12 @@ func TestProxy(t *testing.T) {
 	}
 	req := httptest.NewRequest("GET", "http://relay.example/page?x=1", nil)
 	req.RemoteAddr = "198.51.100.7:4242"
-	req.Header.Set("X-Forwarded-For", "203.0.113.9")
-	req.Header.Set("Forwarded", "for=203.0.113.9")
-	req.Header.Set("X-Real-IP", "203.0.113.9")
-	req.Header.Set("User-Agent", "probe/1")
+	for _, k := range cdnHeaders {
+		req.Header.Set(k, "203.0.113.9")
+	}
+	for k, v := range browserRequest {
+		req.Header.Set(k, v)
+	}
 	resp := serve(h, req)
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusTeapot || string(body) != "from upstream" || resp.Header.Get("X-Upstream") != "yes" {
@@ -226,7 +228,7 @@ func TestProxy(t *testing.T) {
 	if s.path != "/base/page" || s.query != "x=1" {
 		t.Errorf("upstream saw %s?%s, want /base/page?x=1", s.path, s.query)
 	}
-	for _, k := range []string{"X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+	for _, k := range append(cdnHeaders, "X-Forwarded-Host", "X-Forwarded-Proto") {
 		if v := s.hdr.Get(k); v != "" {
 			t.Errorf("upstream saw %s: %q", k, v)
 		}
@@ -238,8 +240,69 @@ func TestProxy(t *testing.T) {
 			}
 		}
 	}
-	if s.hdr.Get("User-Agent") != "probe/1" {
-		t.Errorf("User-Agent not forwarded: %q", s.hdr.Get("User-Agent"))
+	for k, v := range browserRequest {
+		if got := s.hdr.Get(k); got != v {
+			t.Errorf("upstream saw %s: %q, want the browser's %q", k, got, v)
+		}
+	}
+	for k := range s.hdr {
+		if _, ok := browserRequest[k]; !ok {
+			t.Errorf("upstream saw %s, which the browser did not send", k)
+		}
+	}
+}
+
+// cdnHeaders are headers that proxies and CDNs in front of a relay add,
+// with the client's address or CDN metadata: none may reach the origin.
+var cdnHeaders = []string{
+	"X-Forwarded-For", "Forwarded", "X-Real-IP", "Via",
+	"CF-Connecting-IP", "CF-Connecting-IPv6", "True-Client-IP", "Fastly-Client-IP",
+	"X-Client-IP", "X-Cluster-Client-IP", "Client-IP", "X-Original-Forwarded-For",
+	"CloudFront-Viewer-Address", "X-Azure-ClientIP", "X-Azure-SocketIP", "Akamai-Origin-Hop",
+	"CDN-Loop", "CF-Ray", "CF-Visitor", "CF-IPCountry", "X-Amz-Cf-Id", "Fastly-FF", "X-Cloud-Trace-Context",
+	"Early-Data", "cf_connecting_ip",
+}
+
+// browserRequest is what a browser sends with a navigation, a fetch or a
+// conditional or range request: all of it must reach the origin.
+var browserRequest = map[string]string{
+	"Accept":                    "text/html,application/xhtml+xml,*/*;q=0.8",
+	"Accept-Encoding":           "gzip, deflate, br, zstd",
+	"Accept-Language":           "en-US,en;q=0.9",
+	"User-Agent":                "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0.0.0",
+	"Cookie":                    "session=abc; theme=dark",
+	"If-None-Match":             `"abc"`,
+	"If-Modified-Since":         "Mon, 11 Mar 2024 09:42:17 GMT",
+	"Range":                     "bytes=0-99",
+	"Cache-Control":             "max-age=0",
+	"Pragma":                    "no-cache",
+	"Content-Type":              "text/plain",
+	"Sec-Ch-Ua":                 `"Chromium";v="156"`,
+	"Sec-Ch-Ua-Mobile":          "?0",
+	"Sec-Ch-Ua-Platform":        `"Linux"`,
+	"Sec-Fetch-Site":            "same-origin",
+	"Sec-Fetch-Mode":            "navigate",
+	"Sec-Fetch-User":            "?1",
+	"Sec-Fetch-Dest":            "document",
+	"Upgrade-Insecure-Requests": "1",
+	"Dnt":                       "1",
+	"Priority":                  "u=0, i",
+	"Origin":                    "https://relay.example",
+	"Referer":                   "https://relay.example/",
+	"Authorization":             "Basic dTpw",
+	"X-Requested-With":          "XMLHttpRequest",
+}
+
+// Every name in the allowlist is in canonical form, or net/http's
+// canonical header keys would never match it.
+func TestBrowserHeadersCanonical(t *testing.T) {
+	for name := range browserHeaders {
+		if c := http.CanonicalHeaderKey(name); c != name {
+			t.Errorf("allowlist has %q, net/http calls it %q", name, c)
+		}
+	}
+	if !forwardable("Sec-Fetch-Storage-Access") || forwardable("Cf-Connecting-Ip") || forwardable("sec-fetch-site") {
+		t.Error("forwardable: Sec- prefix or allowlist wrong")
 	}
 }
 
