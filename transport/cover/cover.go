@@ -4,7 +4,9 @@
 //
 // A cover site is an ordinary [http.Handler]. The listener hands it the
 // request untouched, so what a prober sees is exactly what this handler
-// writes. Four kinds exist:
+// writes; only a request on the relay's secret path reaches it for a decoy
+// path, without the session token and body (see transport/httpsession).
+// Four kinds exist:
 //
 //   - [Generate]: a small website of the relay's own, made from a secret
 //     seed. The default for a relay without cover_dir or cover_proxy.

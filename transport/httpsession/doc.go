@@ -55,6 +55,13 @@
 //
 // The cover site gets the request untouched, body unread, so everything but
 // a valid session is answered exactly as the cover site alone answers it.
+// The one exception is a request on the secret path itself (a refused
+// session, or anything else sent there): the cover site, which may be
+// cover_proxy's origin over cleartext http://, gets a copy for a decoy path
+// of the same length and alphabet, without the token cookie, without the
+// body and the headers that describe it (see Gate.coverRequest for why).
+// Only someone who already knows the secret path can ask for it, and
+// only from an origin that echoes the request path can that one tell.
 //
 // A transport that runs sessions on an HTTP engine of its own
 // (transport/https) asks [Gate.Admit] first, which decides the same way but

@@ -33,6 +33,7 @@ type Start func(w http.ResponseWriter, r *http.Request, release func())
 type Gate struct {
 	name     string
 	path     string
+	decoy    string // the path the cover site is handed in place of path
 	verifier *token.Verifier
 	cover    http.Handler
 	altSvc   string // Alt-Svc of cover responses, "" for none
@@ -69,7 +70,7 @@ func NewGate(name string, cfg transport.ListenConfig, maxSessions int, binding f
 		maxSessions = DefaultMaxSessions
 	}
 	g := &Gate{
-		name: name, path: cfg.Path, verifier: verifier, cover: cfg.Cover, altSvc: cfg.AltSvc, observe: cfg.Observe,
+		name: name, path: cfg.Path, decoy: decoyPath(cfg.Key, cfg.Path), verifier: verifier, cover: cfg.Cover, altSvc: cfg.AltSvc, observe: cfg.Observe,
 		binding: binding, start: start, limits: newLimiter(maxSessions, cfg),
 		accept: make(chan transport.Conn), closed: make(chan struct{}), ended: make(chan struct{}),
 	}
@@ -230,17 +231,22 @@ func (g *Gate) check(r *http.Request) transport.Outcome {
 	return g.verifier.Verify(ck.Value, g.binding(r))
 }
 
-// refuse serves the cover site, untouched, and reports why.
+// refuse serves the cover site (see ServeCover) and reports why.
 func (g *Gate) refuse(w http.ResponseWriter, r *http.Request, outcome transport.Outcome) {
 	g.observe(outcome)
 	g.ServeCover(w, r)
 }
 
 // ServeCover answers r with the cover site (with ListenConfig.AltSvc), for
-// a Start that cannot make a session after all.
+// a Start that cannot make a session after all. A request on the secret
+// path reaches the cover site as [Gate.coverRequest] makes it; any other
+// request reaches it untouched.
 func (g *Gate) ServeCover(w http.ResponseWriter, r *http.Request) {
 	if g.altSvc != "" {
 		w.Header().Set("Alt-Svc", g.altSvc)
+	}
+	if r.URL.Path == g.path {
+		r = g.coverRequest(r)
 	}
 	g.cover.ServeHTTP(w, r)
 }

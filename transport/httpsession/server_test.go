@@ -53,9 +53,17 @@ func (pipeConn) CloseWrite() error { return nil }
 
 func newTestGate(t *testing.T, maxSessions int) (*Gate, *sessionStart, *transporttest.Outcomes) {
 	t.Helper()
+	return newGateWith(t, maxSessions, func(*transport.ListenConfig) {})
+}
+
+// newGateWith is newTestGate with the listener's configuration edited.
+func newGateWith(t *testing.T, maxSessions int, edit func(*transport.ListenConfig)) (*Gate, *sessionStart, *transporttest.Outcomes) {
+	t.Helper()
 	obs := &transporttest.Outcomes{}
 	s := &sessionStart{releases: make(chan func(), 16)}
-	g, err := NewGate(testName, testListenConfig(obs), maxSessions, func(*http.Request) []byte { return testBinding }, s.start)
+	cfg := testListenConfig(obs)
+	edit(&cfg)
+	g, err := NewGate(testName, cfg, maxSessions, func(*http.Request) []byte { return testBinding }, s.start)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +136,11 @@ func TestGateDecides(t *testing.T) {
 				}
 				return
 			}
-			if w.Code != http.StatusTeapot || w.Body.String() != "cover "+c.method+" "+c.path {
+			want := c.path
+			if c.path == testPath {
+				want = g.decoy // the cover site never sees the secret path
+			}
+			if w.Code != http.StatusTeapot || w.Body.String() != "cover "+c.method+" "+want {
 				t.Errorf("answer %d %q, want the cover site's", w.Code, w.Body)
 			}
 		})
