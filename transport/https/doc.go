@@ -14,7 +14,9 @@
 // session path with a valid token becomes a relay session (the server
 // answers 200 at once, and the request body and the response body form a
 // full-duplex stream); everything else is handed untouched to the cover
-// site, so the answer is byte for byte what the cover site gives anybody.
+// site, so the answer is byte for byte what the cover site gives anybody
+// (but a request on the secret path itself, which reaches it for a decoy
+// path, without the token cookie and body: httpsession.Gate.ServeCover).
 // HTTP/1.1 sessions exist for relays behind a CDN, which also need unbound
 // tokens (ListenConfig.AllowUnbound).
 //
