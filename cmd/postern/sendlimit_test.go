@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -117,5 +118,34 @@ func TestSendBytesOff(t *testing.T) {
 	}
 	if want := `msg="send allowance" bytes_per_source_a_day="no limit"`; !strings.Contains(rp.logs(), want) {
 		t.Fatalf("the log does not say %s:\n%s", want, rp.logs())
+	}
+}
+
+// TestQUICGoLogSilenced: with QUIC_GO_LOG_LEVEL set, quic-go writes its
+// debug log (client addresses among it) through the standard logger; a
+// relay's stderr still has only its own slog lines, and no client
+// address, after a send over h3. Until 2026-12-07 quic-go's lines went
+// to the relay's stderr (an audit's find).
+func TestQUICGoLogSilenced(t *testing.T) {
+	t.Setenv("QUIC_GO_LOG_LEVEL", "debug")
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", "off")
+	home := filepath.Join(dir, "home")
+	envv := []string{"POSTERN_HOME=" + home, "POSTERN_BIND=127.0.0.2"}
+	bob := filepath.Join(home, "bob.id")
+	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
+	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
+	runOK(t, bin, envv, []byte("over h3"), "send", "--anonymous", "--to", card)
+	if code := rp.stop(); code != 0 {
+		t.Fatalf("relay exit %d", code)
+	}
+	logs := rp.logs()
+	// The standard logger's lines begin with its date, 2026/12/07 18:30:00.
+	if m := regexp.MustCompile(`(?m)^\d{4}/\d\d/\d\d \d\d:`).FindString(logs); m != "" {
+		t.Fatalf("the standard logger's lines on the relay's stderr:\n%s", logs)
+	}
+	if leaks := findLeaks("relay log", []byte(logs), []needle{addrNeedle("client address", "127.0.0.2")}); len(leaks) > 0 || !strings.Contains(logs, "session ended") {
+		t.Fatalf("leaks %v, or debug logging was off:\n%s", leaks, logs)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -66,6 +68,13 @@ type boundListener struct {
 
 // serveRelay runs a relay until ctx ends or a listener fails.
 func serveRelay(ctx context.Context, cfg relayConfig, e *env) error {
+	// quic-go logs through the standard logger, at the level its
+	// QUIC_GO_LOG_LEVEL sets when the process starts, and its messages
+	// name client addresses ("Dropping packet from %s"); Postern logs with
+	// slog alone (log_level), so the standard logger writes nowhere. Until
+	// 2026-12-07 an operator who set the variable had them on stderr (an
+	// audit's find).
+	log.SetOutput(io.Discard)
 	// Cancelled on return too, so a failing listener stops everything else.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
