@@ -318,7 +318,7 @@ func coverHandler(cfg relayConfig, s *relaySecrets) (http.Handler, error) {
 	case cfg.CoverDir != "":
 		return cover.Dir(cfg.CoverDir)
 	case cfg.CoverProxy != "":
-		return cover.Proxy(cfg.CoverProxy)
+		return cover.Proxy(cfg.CoverProxy, cfg.HTTPSCDN)
 	}
 	seed, err := hkdf.Key(sha256.New, s.SigningKey, nil, "postern cover site v1", 32)
 	if err != nil {

@@ -197,12 +197,16 @@ func Dir(dir string) (http.Handler, error) {
 // Proxy returns a cover site that forwards every request to upstream, an
 // absolute http or https URL such as "https://www.example.org". The request
 // path and query are appended to upstream's path; the Host header becomes
-// upstream's host. Of the request's headers only those a browser sends
-// reach upstream (see [forwardable]), so the client's address does not: not
-// as X-Forwarded-For, Forwarded or X-Real-IP, nor as any header a CDN in
-// front of the relay adds. Proxy errors are answered with 502 Bad Gateway
-// without being logged.
-func Proxy(upstream string) (http.Handler, error) {
+// upstream's host. The client's address is not forwarded: no
+// X-Forwarded-For, Forwarded or X-Real-IP. Behind a CDN (behindCDN: the
+// relay's https_cdn), which adds the client's address in headers of its
+// own choosing, only the headers a browser sends reach upstream (see
+// [forwardable]); directly, every other header the client sent does (a
+// page's scripts send their own: X-CSRF-Token, HX-Request, traceparent,
+// which an allowlist drops, breaking such a site for its visitors, a
+// reviewer found), and no one but the client can have added any. Proxy
+// errors are answered with 502 Bad Gateway without being logged.
+func Proxy(upstream string, behindCDN bool) (http.Handler, error) {
 	u, err := url.Parse(upstream)
 	if err != nil {
 		return nil, fmt.Errorf("cover proxy upstream %q: %w", upstream, err)
@@ -219,6 +223,12 @@ func Proxy(upstream string) (http.Handler, error) {
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(u)
+			// ReverseProxy removed Forwarded and X-Forwarded-* before
+			// Rewrite.
+			pr.Out.Header.Del("X-Real-Ip")
+			if !behindCDN {
+				return
+			}
 			for name := range pr.Out.Header {
 				if !forwardable(name) {
 					delete(pr.Out.Header, name)

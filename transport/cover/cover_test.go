@@ -120,7 +120,7 @@ func TestNoLogging(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	upURL := up.URL
 	up.Close() // the proxy's upstream is now down: it answers 502
-	p, err := Proxy(upURL)
+	p, err := Proxy(upURL, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +184,17 @@ func TestDir(t *testing.T) {
 }
 
 func TestProxy(t *testing.T) {
+	for _, behindCDN := range []bool{true, false} {
+		t.Run(map[bool]string{true: "cdn", false: "direct"}[behindCDN], func(t *testing.T) { testProxy(t, behindCDN) })
+	}
+}
+
+// testProxy: the origin sees the path under its base, its own Host, every
+// header a browser sends, and never the client's address. Behind a CDN no
+// other header reaches it (cdnHeaders carry the client's address there);
+// directly, the others the client sent do (a page's scripts' own), but for
+// X-Forwarded-*, Forwarded and X-Real-IP.
+func testProxy(t *testing.T, behindCDN bool) {
 	type seen struct {
 		host, path, query string
 		hdr               http.Header
@@ -204,7 +215,7 @@ func TestProxy(t *testing.T) {
 	up.Start()
 	defer up.Close()
 
-	h, err := Proxy(up.URL + "/base")
+	h, err := Proxy(up.URL+"/base", behindCDN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +225,9 @@ func TestProxy(t *testing.T) {
 		req.Header.Set(k, "203.0.113.9")
 	}
 	for k, v := range browserRequest {
+		req.Header.Set(k, v)
+	}
+	for k, v := range scriptHeaders {
 		req.Header.Set(k, v)
 	}
 	resp := serve(h, req)
@@ -228,14 +242,14 @@ func TestProxy(t *testing.T) {
 	if s.path != "/base/page" || s.query != "x=1" {
 		t.Errorf("upstream saw %s?%s, want /base/page?x=1", s.path, s.query)
 	}
-	for _, k := range append(cdnHeaders, "X-Forwarded-Host", "X-Forwarded-Proto") {
+	for _, k := range []string{"X-Forwarded-For", "Forwarded", "X-Real-Ip", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		if v := s.hdr.Get(k); v != "" {
 			t.Errorf("upstream saw %s: %q", k, v)
 		}
 	}
 	for k, vv := range s.hdr {
 		for _, v := range vv {
-			if strings.Contains(v, "198.51.100.7") || strings.Contains(v, "203.0.113.9") {
+			if strings.Contains(v, "198.51.100.7") || (behindCDN && strings.Contains(v, "203.0.113.9")) {
 				t.Errorf("client address leaked upstream in %s: %q", k, v)
 			}
 		}
@@ -245,11 +259,30 @@ func TestProxy(t *testing.T) {
 			t.Errorf("upstream saw %s: %q, want the browser's %q", k, got, v)
 		}
 	}
+	for k, v := range scriptHeaders {
+		if got := s.hdr.Get(k); behindCDN && got != "" {
+			t.Errorf("behind a CDN upstream saw %s", k)
+		} else if !behindCDN && got != v {
+			t.Errorf("upstream saw %s: %q, want the page's %q", k, got, v)
+		}
+	}
+	if !behindCDN {
+		return
+	}
 	for k := range s.hdr {
 		if _, ok := browserRequest[k]; !ok {
 			t.Errorf("upstream saw %s, which the browser did not send", k)
 		}
 	}
+}
+
+// scriptHeaders are headers a page's own scripts send, which a site may
+// need (a CSRF token): they reach the origin but behind a CDN.
+var scriptHeaders = map[string]string{
+	"X-Csrf-Token": "t0k3n",
+	"X-Xsrf-Token": "t0k3n",
+	"Hx-Request":   "true",
+	"Traceparent":  "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 }
 
 // cdnHeaders are headers that proxies and CDNs in front of a relay add,
@@ -313,7 +346,7 @@ func TestProxyUpstreamDown(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	h, err := Proxy("http://" + addr)
+	h, err := Proxy("http://"+addr, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +358,7 @@ func TestProxyUpstreamDown(t *testing.T) {
 func TestProxyBadURL(t *testing.T) {
 	for _, u := range []string{"", "example.org", "ftp://example.org", "http://", "https://u:p@example.org", "http://example.org/?q=1", "http://[::1"} {
 		t.Run(u, func(t *testing.T) {
-			if _, err := Proxy(u); err == nil {
+			if _, err := Proxy(u, false); err == nil {
 				t.Errorf("Proxy(%q) succeeded", u)
 			}
 		})

@@ -190,6 +190,47 @@ func TestCoverStreamsPerSource(t *testing.T) {
 	}
 }
 
+// TestCoverStreamsEndWithConnection: a connection the stock server ends
+// for a frame error (it sends GOAWAY and closes without reading again)
+// gives its streams back. Before, they stayed counted for good: a few
+// such connections from an address, and its next HEADERS reset the
+// connection (a reviewer's find).
+func TestCoverStreamsEndWithConnection(t *testing.T) {
+	const max = 8
+	r := startRelay(t, &Transport{coverPerSource: max}, nil)
+	front := r.ln.(*listener).front
+	h := transport.SourceHash(front.key[:], "127.0.0.1:1")
+	src := [16]byte(h[:16])
+	for _, bad := range []func(*http2.Framer){
+		func(fr *http2.Framer) { fr.WriteRawFrame(http2.FramePing, 0, 0, make([]byte, 7)) }, // FRAME_SIZE_ERROR
+		func(fr *http2.Framer) { // COMPRESSION_ERROR: an HPACK index past the table
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 99, BlockFragment: []byte{0xff, 0x7f}, EndHeaders: true, EndStream: true})
+		},
+	} {
+		for range 3 { // each would leave 6 of the 8 counted
+			a := newStallingClient(t, r.ep.Addr, "127.0.0.1")
+			a.get(6)
+			if err := a.answers(6); err != nil {
+				t.Fatal(err)
+			}
+			bad(a.fr)
+			a.c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a hang guard
+			for {
+				if _, err := a.fr.ReadFrame(); err != nil {
+					break // the GOAWAY, then the close
+				}
+			}
+			deadline := time.Now().Add(30 * time.Second) // a hang guard
+			for n, _ := front.streams.held(src); n != 0; n, _ = front.streams.held(src) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the connection ended with %d streams still counted", n)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+}
+
 // TestFrameScan: frame headers are found in pieces of any size.
 func TestFrameScan(t *testing.T) {
 	var wire bytes.Buffer

@@ -680,6 +680,15 @@ func (f *h2Front) handOver(hs *http.Server, h http.Handler, ff *firstFlight) {
 	rc := &replayConn{Conn: tc, replay: ff.buf, swallow: ff.wrote}
 	rc.streams = f.countStreams(tc)
 	f.stock.serve(hs, tls.Client(handoff{Conn: tc, inner: rc}, nil), h)
+	// serve returns when the connection is done. Its streams are given
+	// back here too: after a frame error that ends the connection (a
+	// PING of 7 bytes, bad HPACK) the stock server sends GOAWAY and
+	// closes it without reading again, so no Read sees the end (a
+	// reviewer's find: an address that sent such frames kept its streams
+	// counted for good, and was reset at its next HEADERS).
+	if rc.streams != nil {
+		rc.streams.end()
+	}
 }
 
 // h2Request is the first request of a connection, as the front decoded it.

@@ -59,7 +59,7 @@ func sessionRequest(method, target, tok string) *http.Request {
 // the origin as sent.
 func TestRefusedSessionHidesSecrets(t *testing.T) {
 	origin, seen := recordingOrigin(t)
-	proxy, err := cover.Proxy(origin.URL)
+	proxy, err := cover.Proxy(origin.URL, false)
 	if err != nil {
 		t.Fatal(err)
 	}
