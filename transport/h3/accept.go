@@ -102,7 +102,8 @@ func (l *listener) serve(ln *quic.EarlyListener) error {
 
 // serveConn serves one QUIC connection until it closes, as
 // http3.Server's handleConn does, apart from how request streams reach
-// http3 (serveStream). It closes the connection (H3_NO_ERROR, as
+// http3 (serveStream) and the streams it refuses on a connection that
+// carries a session (streams.go). It closes the connection (H3_NO_ERROR, as
 // http3.Server.Close does) when the listener closes.
 func (l *listener) serveConn(qc *quic.Conn) {
 	hc, err := l.srv.NewRawServerConn(qc) // calls ConnContext; sends SETTINGS
@@ -110,6 +111,9 @@ func (l *listener) serveConn(qc *quic.Conn) {
 		return // as http3: the control stream could not be opened
 	}
 	src := l.conns.sourceOf(qc)
+	cs := newConnStreams()
+	l.streams.Store(qc, cs)
+	defer l.streams.Delete(qc)
 	var streams sync.WaitGroup
 	defer streams.Wait()
 	streams.Go(func() {
@@ -118,7 +122,9 @@ func (l *listener) serveConn(qc *quic.Conn) {
 			if err != nil {
 				return
 			}
-			go serveUni(hc, qc, str)
+			if cs.admitUni(str) { // else refused (streams.go): no goroutine for it
+				go serveUni(hc, qc, str, cs)
+			}
 		}
 	})
 	for {
@@ -129,24 +135,42 @@ func (l *listener) serveConn(qc *quic.Conn) {
 			}
 			return
 		}
-		streams.Go(func() { l.serveStream(hc, qc, str, src) })
+		if cs.admitRequest(str) { // else refused (streams.go): no goroutine for it
+			streams.Go(func() { l.serveStream(hc, qc, str, src, cs) })
+		}
 	}
 }
 
 // serveStream hands a request stream to http3, or refuses it when its
 // headers are large and do not fit in the budget (see above).
-func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic.Stream, src [16]byte) {
+func (l *listener) serveStream(hc *http3.RawServerConn, qc *quic.Conn, str *quic.Stream, src [16]byte, cs *connStreams) {
+	defer cs.settled(str.StreamID()) // if it never reached the handler
 	if n := headersPending(str); n > 0 {
 		key := heldKey{qc, str.StreamID()}
 		if !l.headers.take(key, src, n) {
-			str.ReleaseStreamCredit()
-			str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
-			str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+			refuseRequest(str)
 			return
 		}
 		defer l.headers.release(key)
 	}
 	hc.HandleRequestStream(str)
+}
+
+// refuseRequest refuses a request stream unprocessed (H3_REQUEST_REJECTED
+// both ways: a client may retry it), as http3 refuses the requests that
+// come during a graceful shutdown.
+func refuseRequest(str *quic.Stream) {
+	str.ReleaseStreamCredit()
+	str.CancelRead(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+	str.CancelWrite(quic.StreamErrorCode(http3.ErrCodeRequestRejected))
+}
+
+// refuseUni refuses a unidirectional stream unread: STOP_SENDING with
+// H3_STREAM_CREATION_ERROR, as http3 refuses a stream of a type it does
+// not know (RFC 9114, section 6.2).
+func refuseUni(str *quic.ReceiveStream) {
+	str.ReleaseStreamCredit()
+	str.CancelRead(quic.StreamErrorCode(http3.ErrCodeStreamCreationError))
 }
 
 // QPACK streams. http3 takes a client's QPACK encoder and decoder
@@ -177,9 +201,10 @@ const (
 
 // serveUni hands a unidirectional stream to http3, and then drains it if
 // it is a QPACK stream (see above).
-func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream) {
+func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream, cs *connStreams) {
 	var p peeker
 	typ, _, ok := p.varint(str, 0)
+	cs.settled(str.StreamID())
 	hc.HandleUnidirectionalStream(str)
 	if !ok || (typ != qpackEncoderStream && typ != qpackDecoderStream) {
 		return

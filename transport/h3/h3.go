@@ -97,9 +97,13 @@
 // The client opens one QUIC connection per session, from a UDP socket of its
 // own, and closes both with the session. While the handshake runs, the socket
 // reports ICMP errors (Linux), so a closed port fails the dial as refused at
-// once, as a TCP reset does for https. The listener accepts several sessions
-// per QUIC connection, bounded by the stream limit and by the session layer's
-// per-connection, per-source and listener caps (transport/httpsession).
+// once, as a TCP reset does for https. A QUIC connection carries one
+// session: from its 200 on, the listener refuses every other request
+// stream on that connection, a second session's included, and every
+// unidirectional stream past the control and QPACK streams (streams.go);
+// only requests that reached the handler before it may be sessions too,
+// within the session layer's per-connection, per-source and listener caps
+// (transport/httpsession).
 package h3
 
 import (
@@ -203,6 +207,11 @@ type Transport struct {
 	// takes the connection, as before 2026-12-05: benchmarks measure what
 	// holding it to the handshake's end saves.
 	slotAtTake bool
+	// openSessionConns serves every stream of a connection that carries
+	// a session, as before 2026-12-07 (streams.go): benchmarks measure
+	// what refusing them saves, and the shared probe table sends a
+	// replayed token on the connection of the session it opened.
+	openSessionConns bool
 	// pressure, set only by tests, replaces the memory pressure check and
 	// its timings (pressure.go). A pointer keeps Transport comparable.
 	pressure *pressureHook

@@ -112,7 +112,13 @@ func TestProbeTable(t *testing.T) {
 		{"default cover", nil, cover.Default()},
 	} {
 		t.Run(cv.name, func(t *testing.T) {
-			r := startRelay(t, nil, func(cfg *transport.ListenConfig) { cfg.Cover = cv.relay })
+			// The replay probe sends its replay on the connection of the
+			// session it opened, where the relay now refuses every other
+			// stream (streams.go, TestSessionConnStreamsRefused): the
+			// table runs with those served, as before. Every other probe
+			// is on a connection without a session, which that leaves
+			// as it is.
+			r := startRelay(t, &Transport{openSessionConns: true}, func(cfg *transport.ListenConfig) { cfg.Cover = cv.relay })
 			serveEcho(t, r.ln)
 			transporttest.RunProbes(t, transporttest.Probes{
 				Relay: r.ep.Addr, Reference: startStock(t, cv.stock), Dial: newProber,

@@ -55,7 +55,9 @@ type listener struct {
 	windows *windowBudget
 	conns   *connLimiter
 	headers *headerBudget
+	streams sync.Map      // *quic.Conn → *connStreams, while serveConn serves it
 	hs      *handshakes   // nil without the flood defence
+	open    bool          // Transport.openSessionConns
 	early   atomic.Int64  // connections the HTTP/3 server took (tests)
 	served  chan struct{} // closed when serve returned
 	ctx     context.Context
@@ -68,7 +70,7 @@ type listener struct {
 // Listen starts an HTTP/3 server on cfg.Addr (UDP) that serves the cover site
 // and yields authenticated sessions. ctx only bounds the setup.
 func (t *Transport) Listen(ctx context.Context, cfg transport.ListenConfig) (transport.Listener, error) {
-	l := &listener{served: make(chan struct{}), headers: newHeaderBudget(orDefault(t.HeaderBudget, DefaultHeaderBudget))}
+	l := &listener{served: make(chan struct{}), headers: newHeaderBudget(orDefault(t.HeaderBudget, DefaultHeaderBudget)), open: t.openSessionConns}
 	l.ctx, l.stop = context.WithCancel(context.Background())
 	gate, err := httpsession.NewGate(Name, cfg, t.MaxSessions, binding, l.session)
 	if err != nil {
@@ -211,6 +213,7 @@ var coverSendTimeout = 5 * time.Minute // a var for tests
 // the writing of its response bounded (coverSendTimeout; a session, which
 // takes the stream over, lifts the bound).
 func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	l.reached(r) // its stream waits no more (streams.go)
 	if e, ok := r.Context().Value(connEntryKey{}).(*connEntry); ok {
 		l.conns.begin(e)
 		defer l.conns.end(e)
@@ -244,6 +247,9 @@ func (l *listener) session(w http.ResponseWriter, r *http.Request, release func(
 		return
 	}
 	str.QUICStream().SetWriteDeadline(time.Time{}) // serveHTTP's bound is for the cover's responses
+	if cs := l.streamsOf(r); cs != nil && !l.open {
+		cs.carry(str.StreamID()) // no other stream from now on (streams.go)
+	}
 	// http3 keeps the request as long as the stream (the stream's trailer
 	// parser holds it), so what it points to would live as long as the
 	// session: 2.5 KB of parsed headers alone. Nothing reads it once the
