@@ -44,7 +44,9 @@
 //
 // Every request that is not a valid session — wrong method or path, missing,
 // malformed, expired, unbound (unless allowed) or replayed token — reaches the
-// cover handler untouched (body unread), on the same http3.Server, with the
+// cover handler untouched (body unread; one on the secret path itself for a
+// decoy path, without the token cookie and body: httpsession.Gate.ServeCover),
+// on the same http3.Server, with the
 // same QUIC and TLS settings a stock quic-go HTTP/3 server uses. Datagrams
 // that are not QUIC are handled by quic-go exactly as by any quic-go server
 // (dropped, or answered with version negotiation).
