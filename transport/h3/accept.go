@@ -202,9 +202,14 @@ const (
 // serveUni hands a unidirectional stream to http3, and then drains it if
 // it is a QPACK stream (see above).
 func serveUni(hc *http3.RawServerConn, qc *quic.Conn, str *quic.ReceiveStream, cs *connStreams) {
+	// Past the first three, a stream waits (and is refused when its
+	// connection comes to carry a session) until it ends, not only until
+	// its type comes: a control and two QPACK streams opened after three
+	// that never send their type otherwise kept six goroutines for the
+	// session's life (a reviewer's find).
+	defer cs.settled(str.StreamID())
 	var p peeker
 	typ, _, ok := p.varint(str, 0)
-	cs.settled(str.StreamID())
 	hc.HandleUnidirectionalStream(str)
 	if !ok || (typ != qpackEncoderStream && typ != qpackDecoderStream) {
 		return

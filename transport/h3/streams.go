@@ -41,8 +41,9 @@ import (
 // type it does not know). It refuses the same way the streams opened
 // before that are still waiting: request streams that have not reached
 // the handler (a request there, the session's own above all, is left to
-// finish), and unidirectional ones past the first three whose type has
-// not come. This holds for the connection's life, after its session
+// finish), and unidirectional ones past the first three (whatever their
+// type: a client that opened its control stream there loses the
+// connection, which Postern's client never does). This holds for the connection's life, after its session
 // ended too. After: 8 goroutines and 0.17 MiB per such connection, the
 // rest being quic-go's stream tables, grown by the streams. A client
 // sees it only on the connection of a session it opened: a second
@@ -54,8 +55,8 @@ type connStreams struct {
 	session bool // the connection has carried a session
 	// waiting holds, with its refusal, each stream not settled yet: a
 	// request stream until it reaches the handler (or ends), a
-	// unidirectional one past the first three until its type comes. Nil
-	// once the connection carries a session.
+	// unidirectional one past the first three until it ends. Nil once
+	// the connection carries a session.
 	waiting map[quic.StreamID]func()
 }
 

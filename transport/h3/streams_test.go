@@ -276,3 +276,38 @@ func TestStreamsSettleWithoutSession(t *testing.T) {
 		return len(cs.waiting) == 0
 	})
 }
+
+// TestUniStreamsPastFirstThreeRefused: of a session's connection's
+// unidirectional streams, only the first three are served for the
+// session's life, even when the client opened its two QPACK streams after
+// three that never send their type: before, streams past the first three
+// were taken off the waiting ones as their types came, and the QPACK
+// streams' drains stayed beside the three (a reviewer's find: six
+// goroutines with a control stream among them; a client that opens its
+// control stream there loses the connection now, which Postern's client,
+// with one unidirectional stream, never does).
+func TestUniStreamsPastFirstThreeRefused(t *testing.T) {
+	r := startRelay(t, nil, nil)
+	serveEcho(t, r.ln)
+	qc, err := quicFrom(t, net.IPv4(127, 0, 0, 1), r.ln.Addr().String(), &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Half a type each, then the QPACK encoder and decoder streams.
+	for _, b := range [][]byte{{0x40}, {0x40}, {0x40}, {0x02}, {0x03}} {
+		s, err := qc.OpenUniStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "five unidirectional streams served", func() bool { return servingStreams() >= 5 })
+	session := sessionOn(t, r.ep, qc)
+	transporttest.EchoRoundTrip(t, session, []byte("hi"))
+	waitFor(t, "the two past the first three refused", func() bool { return servingStreams() <= firstUni })
+	if qc.Context().Err() != nil {
+		t.Fatalf("the session's connection closed: %v", context.Cause(qc.Context()))
+	}
+}
