@@ -132,8 +132,22 @@ func allocOwner(stk []uintptr) string {
 // sessions and returns the function that ends it, and the heap and stack
 // bytes per session the child measured on its side.
 func startIdleClients(b *testing.B, ep transport.Endpoint) (func(), []float64) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleClients$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envIdleAddr+"="+ep.Addr, envIdlePin+"="+hex.EncodeToString(ep.CertSHA256), envIdleN+"="+strconv.Itoa(idleN))
+	var heap, stack float64
+	stop := startChild(b, "TestIdleClients", []string{envIdleAddr + "=" + ep.Addr, envIdlePin + "=" + hex.EncodeToString(ep.CertSHA256), envIdleN + "=" + strconv.Itoa(idleN)},
+		func(line string) error {
+			_, err := fmt.Sscanf(line, "ready %g %g\n", &heap, &stack)
+			return err
+		})
+	return stop, []float64{heap, stack}
+}
+
+// startChild runs this test binary's test as a child process with env
+// added, waits for its first line on stdout and hands it to ready, and
+// returns the function that closes its stdin and waits for its end. A
+// child that fails before it, or a line ready rejects, fails b.
+func startChild(b *testing.B, test string, env []string, ready func(line string) error) func() {
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -147,21 +161,19 @@ func startIdleClients(b *testing.B, ep transport.Endpoint) (func(), []float64) {
 		b.Fatal(err)
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
-	var heap, stack float64
 	if err == nil {
-		_, err = fmt.Sscanf(line, "ready %g %g\n", &heap, &stack)
+		err = ready(line)
 	}
 	if err != nil {
 		rest, _ := io.ReadAll(stdout)
-		line += string(rest)
 		cmd.Process.Kill()
 		cmd.Wait()
-		b.Fatalf("idle clients: %q, %v", line, err)
+		b.Fatalf("%s: %q, %v", test, line+string(rest), err)
 	}
 	return func() {
 		stdin.Close()
 		cmd.Wait()
-	}, []float64{heap, stack}
+	}
 }
 
 // TestIdleClients is the child process of BenchmarkIdleRelaySession: it

@@ -1,14 +1,12 @@
 package h3
 
 import (
-	"bufio"
 	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -71,33 +69,14 @@ func BenchmarkSessionStreamStuffing(b *testing.B) {
 // sessions have sent their streams, and returns the function that ends
 // it and how many of the streams the relay had refused.
 func startStuffingClients(b *testing.B, ep transport.Endpoint, n, streams int) (func(), int) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestStuffingClients$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envStuffAddr+"="+ep.Addr, envStuffPin+"="+hex.EncodeToString(ep.CertSHA256), envStuffN+"="+strconv.Itoa(n),
-		envStuffStreams+"="+strconv.Itoa(streams))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
 	var refused int
-	if err == nil {
-		_, err = fmt.Sscanf(line, "ready %d\n", &refused)
-	}
-	if err != nil {
-		rest, _ := io.ReadAll(stdout)
-		cmd.Process.Kill()
-		cmd.Wait()
-		b.Fatalf("stuffing clients: %q, %v", line+string(rest), err)
-	}
-	return func() { stdin.Close(); cmd.Wait() }, refused
+	stop := startChild(b, "TestStuffingClients", []string{envStuffAddr + "=" + ep.Addr, envStuffPin + "=" + hex.EncodeToString(ep.CertSHA256),
+		envStuffN + "=" + strconv.Itoa(n), envStuffStreams + "=" + strconv.Itoa(streams)},
+		func(line string) error {
+			_, err := fmt.Sscanf(line, "ready %d\n", &refused)
+			return err
+		})
+	return stop, refused
 }
 
 // TestStuffingClients is the child process of
