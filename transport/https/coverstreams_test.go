@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -302,4 +303,50 @@ func BenchmarkStalledCoverStreams(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzFrameScan: the frame headers found in a byte stream are the same
+// however it is cut into pieces, and they are where http2's own Framer
+// finds them (as far as it reads frames of a valid size).
+func FuzzFrameScan(f *testing.F) {
+	var wire bytes.Buffer
+	fr := http2.NewFramer(&wire, nil)
+	fr.WriteData(3, false, make([]byte, 1000))
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
+	fr.WriteRSTStream(7, http2.ErrCodeCancel)
+	f.Add(wire.Bytes(), uint8(1))
+	f.Add(wire.Bytes(), uint8(7))
+	f.Add([]byte{0, 0, 1, 0, 1, 0, 0, 0, 1, 'x'}, uint8(3))
+	f.Fuzz(func(t *testing.T, b []byte, step uint8) {
+		scan := func(b []byte, step int) []string {
+			var s frameScan
+			var got []string
+			for len(b) > 0 {
+				k := min(step, len(b))
+				s.feed(b[:k], func(typ, flags byte, id uint32) bool {
+					got = append(got, fmt.Sprintf("%d:%d:%d", typ, flags, id))
+					return true
+				})
+				b = b[k:]
+			}
+			return got
+		}
+		whole := scan(b, len(b)+1)
+		if cut := scan(b, int(step)%16+1); strings.Join(cut, " ") != strings.Join(whole, " ") {
+			t.Fatalf("in pieces %v, whole %v", cut, whole)
+		}
+		var framed []string
+		rd := http2.NewFramer(nil, bytes.NewReader(b))
+		rd.SetMaxReadFrameSize(1<<24 - 1)
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				break
+			}
+			framed = append(framed, fmt.Sprintf("%d:%d:%d", f.Header().Type, f.Header().Flags, f.Header().StreamID))
+		}
+		if len(framed) > len(whole) || strings.Join(whole[:len(framed)], " ") != strings.Join(framed, " ") {
+			t.Fatalf("scan %v, Framer %v", whole, framed)
+		}
+	})
 }

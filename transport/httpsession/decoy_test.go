@@ -183,3 +183,36 @@ func TestCoverRequest(t *testing.T) {
 		t.Errorf("coverRequest changed the request it was given: %q %v", r.URL.Path, r.Header)
 	}
 }
+
+// FuzzRemoveCookie: whatever Cookie fields a client sends, after
+// removeCookie net/http finds no cookie named token.Cookie in them, and
+// every other cookie it found before it still finds, in order.
+func FuzzRemoveCookie(f *testing.F) {
+	f.Add("a=1; sid=tok; b=2", " sid=x")
+	f.Add("sid=1;sid=2", "")
+	f.Add("sids=1; xsid=2", "a=b;;c")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		h := http.Header{}
+		for _, v := range []string{a, b} {
+			if v != "" {
+				h.Add("Cookie", v)
+			}
+		}
+		before := (&http.Request{Header: h.Clone()}).Cookies()
+		removeCookie(h, token.Cookie)
+		after := (&http.Request{Header: h}).Cookies()
+		var want []string
+		for _, c := range before {
+			if c.Name != token.Cookie {
+				want = append(want, c.Name+"="+c.Value)
+			}
+		}
+		var got []string
+		for _, c := range after {
+			got = append(got, c.Name+"="+c.Value)
+		}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Fatalf("fields %q %q: cookies %q after, want %q", a, b, got, want)
+		}
+	})
+}
