@@ -99,16 +99,10 @@ func TestSendBytesOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--config", cfg, "--h3", "off")
-	home := filepath.Join(dir, "home")
-	envv := []string{"POSTERN_HOME=" + home}
-	bob, alice := filepath.Join(home, "bob.id"), filepath.Join(home, "alice.id")
-	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
-	runOK(t, bin, envv, nil, "id", "new", "--out", alice)
-	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
-	runOK(t, bin, envv, nil, "contact", "add", "--id", alice, "bob", card)
+	envv, _, card, _ := newOwner(t, bin, dir, rp)
 	big := bytes.Repeat([]byte("b"), 100_000) // two 64 KiB envelopes
 	for range 3 {                             // the third with the store half full
-		runOK(t, bin, envv, big, "send", "--id", alice, "--to", "bob")
+		runOK(t, bin, envv, big, "send", "--anonymous", "--to", card)
 	}
 	if m, _ := scrape(t, metricsAddr(t, rp)); m["postern_store_bytes"] != 3*131072 {
 		t.Fatalf("the store holds %v bytes, want %d", m["postern_store_bytes"], 3*131072)
@@ -131,12 +125,8 @@ func TestQUICGoLogSilenced(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
 	rp := startRelay(t, bin, filepath.Join(dir, "relay"), "--https", "off")
-	home := filepath.Join(dir, "home")
-	envv := []string{"POSTERN_HOME=" + home, "POSTERN_BIND=127.0.0.2"}
-	bob := filepath.Join(home, "bob.id")
-	runOK(t, bin, envv, nil, "id", "new", "--out", bob)
-	card := strings.TrimSpace(string(runOK(t, bin, envv, nil, "mailbox", "create", "--id", bob, "--relay", filepath.Join(rp.dir, "descriptor"))))
-	runOK(t, bin, envv, []byte("over h3"), "send", "--anonymous", "--to", card)
+	envv, _, card, _ := newOwner(t, bin, dir, rp)
+	runOK(t, bin, append(envv, "POSTERN_BIND=127.0.0.2"), []byte("over h3"), "send", "--anonymous", "--to", card)
 	if code := rp.stop(); code != 0 {
 		t.Fatalf("relay exit %d", code)
 	}

@@ -35,38 +35,12 @@ func TestSourceLimitStopsDrain(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	var opens, dials atomic.Int64
-	home, homeDesc, line := homeRelayWith(t, store.NewMemory(store.Options{MaxStoreBytes: -1}),
-		server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096},
-		func(l server.LayerOpener) server.LayerOpener { return countingOpener{l, &opens} })
+	st := store.NewMemory(store.Options{MaxStoreBytes: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	owner := home.Connect(t)
-	others, mb := relaytest.NewMailbox(t, owner, nil), relaytest.NewMailbox(t, owner, nil)
-	for home.Store.Stats().Bytes < 32*4096 { // half the store, from others
-		if _, err := home.Store.Put(ctx, others.ID, others.Seal(t, "o")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var logs lockedBuf
-	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
-		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
-			dials.Add(1)
-			return linkTo(ctx, t, home)
-		},
-		Log: slog.New(slog.NewTextHandler(&logs, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	sender := entry.Connect(t)
-	for range queued { // queued before the forwarder runs: one drain finds them all
-		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, line, layer); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tries := func() int { return strings.Count(logs.String(), "storage is full for this relay's forwards") }
+	r := newHalfFullHome(ctx, t, st, st, server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096},
+		func(l server.LayerOpener) server.LayerOpener { return countingOpener{l, &opens} }, &dials, queued)
+	home, mb, q, fw, tries := r.home, r.mb, r.q, r.fw, r.tries
 	stored := func() int {
 		box, err := home.Store.Mailbox(ctx, mb.ID)
 		if err != nil {
@@ -93,6 +67,60 @@ func TestSourceLimitStopsDrain(t *testing.T) {
 	now = now.Add(6 * time.Hour) // a quarter of the allowance grows back: 4 envelopes
 	mu.Unlock()
 	waitFor(ctx, t, "the next four stored", func() bool { return stored() == allowed+4 })
+}
+
+// halfFullHome is a home relay whose store holds half its quota in
+// another mailbox, so that it answers relay full once the entry relay's
+// allowance of envelope bytes is spent, and an entry relay's forwarder
+// with layers for mb on it queued, not yet run.
+type halfFullHome struct {
+	home       *relaytest.Relay
+	others, mb *relaytest.Mailbox
+	q          *memQueue
+	fw         *link.Forwarder
+	logs       *lockedBuf
+}
+
+// newHalfFullHome starts a home relay on st with cfg (its opener wrapped by
+// wrap if not nil), fills half of cfg.StoreBytes through fill (st, or what
+// it wraps), and queues n layers at an entry relay whose forwarder dials
+// the home relay (counted in dials if not nil), with rests of 20–40 ms.
+func newHalfFullHome(ctx context.Context, t *testing.T, st, fill store.Store, cfg server.Config,
+	wrap func(server.LayerOpener) server.LayerOpener, dials *atomic.Int64, n int) *halfFullHome {
+	t.Helper()
+	home, homeDesc, line := homeRelayWith(t, st, cfg, wrap)
+	owner := home.Connect(t)
+	r := &halfFullHome{home: home, others: relaytest.NewMailbox(t, owner, nil), mb: relaytest.NewMailbox(t, owner, nil),
+		q: &memQueue{}, logs: &lockedBuf{}}
+	for st.Stats().Bytes < cfg.StoreBytes/2 {
+		if _, err := fill.Put(ctx, r.others.ID, r.others.Seal(t, "o")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.fw = link.NewForwarder(link.ForwarderConfig{Queue: r.q, Dest: forward.Dest,
+		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
+			if dials != nil {
+				dials.Add(1)
+			}
+			return linkTo(ctx, t, home)
+		},
+		Log: slog.New(slog.NewTextHandler(r.logs, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond})
+	sender := relaytest.New(t, store.Options{}, server.Config{Forwarder: r.fw}).Connect(t)
+	for range n { // queued before the forwarder runs: one drain finds them all
+		layer, err := forward.Seal(homeDesc, 1, nil, r.mb.Seal(t, "x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sender.Forward(ctx, line, layer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+// tries counts the drains the home relay stopped with relay full.
+func (r *halfFullHome) tries() int {
+	return strings.Count(r.logs.String(), "storage is full for this relay's forwards")
 }
 
 // countingOpener counts the layers a home relay opens.
@@ -162,45 +190,18 @@ func TestDuplicateLayerKeepsDrain(t *testing.T) {
 func TestRelayFullWindowGrowsBack(t *testing.T) {
 	const queued = 200
 	st := &inflightStore{Memory: store.NewMemory(store.Options{MaxStoreBytes: -1})}
-	home, homeDesc, line := homeRelayWith(t, st, server.Config{SendBytes: 64 << 10, StoreBytes: 1024 * 4096}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	owner := home.Connect(t)
-	others, mb := relaytest.NewMailbox(t, owner, nil), relaytest.NewMailbox(t, owner, nil)
-	for st.Stats().Bytes < 512*4096 { // half the store, from others
-		if _, err := st.Memory.Put(ctx, others.ID, others.Seal(t, "o")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var logs lockedBuf
-	q := &memQueue{}
-	fw := link.NewForwarder(link.ForwarderConfig{Queue: q, Dest: forward.Dest,
-		Dial: func(ctx context.Context, _ *descriptor.Descriptor) (*client.Client, error) {
-			return linkTo(ctx, t, home)
-		},
-		Log: slog.New(slog.NewTextHandler(&logs, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond})
-	entry := relaytest.New(t, store.Options{}, server.Config{Forwarder: fw})
-	sender := entry.Connect(t)
-	for range queued {
-		layer, err := forward.Seal(homeDesc, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := sender.Forward(ctx, line, layer); err != nil {
-			t.Fatal(err)
-		}
-	}
-	runForwarder(ctx, t, fw)
-	waitFor(ctx, t, "two tries refused", func() bool {
-		return strings.Count(logs.String(), "storage is full for this relay's forwards") >= 2
-	})
+	r := newHalfFullHome(ctx, t, st, st.Memory, server.Config{SendBytes: 64 << 10, StoreBytes: 1024 * 4096}, nil, nil, queued)
+	runForwarder(ctx, t, r.fw)
+	waitFor(ctx, t, "two tries refused", func() bool { return r.tries() >= 2 })
 	// The store falls below half: nothing is refused any more.
-	if err := st.DeleteMailbox(ctx, others.ID); err != nil {
+	if err := st.DeleteMailbox(ctx, r.others.ID); err != nil {
 		t.Fatal(err)
 	}
 	st.resetMax()
 	waitFor(ctx, t, "every layer stored", func() bool {
-		box, err := st.Mailbox(ctx, mb.ID)
+		box, err := st.Mailbox(ctx, r.mb.ID)
 		return err == nil && box.Pending == queued
 	})
 	if m := st.max.Load(); m < 2 {
