@@ -98,14 +98,14 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 		obs.Envelope("rejected", "bad_envelope")
 		return store.Ref{}, relay.ErrBadEnvelope
 	}
-	mb, err := ss.srv.cfg.Store.Mailbox(ss.ctx, id)
+	to, verifier, err := ss.destination(id)
 	if err != nil {
 		obs.Envelope("rejected", reasonOf(err))
 		return store.Ref{}, err
 	}
-	if len(mb.SendCap) > 0 {
+	if len(verifier) > 0 {
 		sum := sha256.Sum256(m.Cap)
-		if len(m.Cap) == 0 || subtle.ConstantTimeCompare(sum[:], mb.SendCap) != 1 {
+		if len(m.Cap) == 0 || subtle.ConstantTimeCompare(sum[:], verifier) != 1 {
 			obs.Envelope("rejected", "capability")
 			return store.Ref{}, relay.ErrCapability
 		}
@@ -115,7 +115,13 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 		obs.Envelope("rejected", "source_limit")
 		return store.Ref{}, relay.ErrRelayFull
 	}
-	ref, err := ss.srv.cfg.Store.Put(ss.ctx, id, m.Envelope)
+	ref, err := ss.srv.cfg.Store.Put(ss.ctx, to, m.Envelope)
+	if errors.Is(err, store.ErrNoMailbox) && to != id {
+		// Rotated again (or deleted) since destination looked.
+		if to, _, err = ss.destination(id); err == nil {
+			ref, err = ss.srv.cfg.Store.Put(ss.ctx, to, m.Envelope)
+		}
+	}
 	if err != nil {
 		if refused(err) {
 			ss.giveSend(spent)
@@ -126,6 +132,45 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 	obs.Envelope("accepted", "")
 	obs.SendDuration(time.Since(start))
 	return ref, nil
+}
+
+// maxForwardHops bounds how many rotations destination follows from the
+// id an envelope names: each is an owner's rotation within the store's
+// TTL, which mailbox_ops_per_source limits.
+const maxForwardHops = 8
+
+// destination returns the mailbox an envelope naming id goes to, and the
+// send capability verifier it must satisfy: id's own, or, for an id
+// rotated away within the store's TTL (store.Store.RotateMailbox), the
+// mailbox it went to, through at most maxForwardHops rotations, and the
+// verifier id had when it was rotated away (the capability the sender was
+// given with id; a later rotation's is the owner's affair). An envelope an
+// entry relay queued for the mailbox before its owner rotated it, or one
+// from a contact who has not had the new card yet, so still arrives.
+func (ss *session) destination(id [store.IDSize]byte) (to [store.IDSize]byte, verifier []byte, err error) {
+	st := ss.srv.cfg.Store
+	mb, err := st.Mailbox(ss.ctx, id)
+	if !errors.Is(err, store.ErrNoMailbox) {
+		return id, mb.SendCap, err
+	}
+	to = id
+	for hop := range maxForwardHops {
+		next, c, ferr := st.Forwarded(ss.ctx, to)
+		if ferr != nil {
+			if errors.Is(ferr, store.ErrNoMailbox) {
+				return id, nil, err
+			}
+			return id, nil, ferr
+		}
+		if hop == 0 {
+			verifier = c
+		}
+		to = next
+		if _, err = st.Mailbox(ss.ctx, to); !errors.Is(err, store.ErrNoMailbox) {
+			return to, verifier, err
+		}
+	}
+	return id, nil, err
 }
 
 // reasonOf maps an error to a fixed metric reason.

@@ -32,6 +32,8 @@ const (
 	sealAAD      = "postern/store/v1 envelope"
 	labelOutbox  = "postern/store/v1 outbox-seal"
 	outboxAAD    = "postern/store/v1 outbox"
+	labelForward = "postern/store/v1 forward-seal"
+	forwardAAD   = "postern/store/v1 forward"
 )
 
 // Keys are the secrets derived from one store key, for Store
@@ -49,6 +51,7 @@ type Keys struct {
 	refKey     [32]byte // HMAC key for envelope refs
 	sealKey    [32]byte // HMAC key deriving per-mailbox envelope keys
 	outboxKey  [32]byte // HMAC key deriving per-destination outbox keys
+	forwardKey [32]byte // HMAC key deriving a rotated-away id's forward key
 	check      [32]byte // kept beside the data to detect a wrong key
 	frameKey   [32]byte // HMAC key for the log store's frame checksum seeds
 	ok         bool
@@ -101,6 +104,7 @@ func NewKeys(storeKey []byte) (*Keys, error) {
 	k.refKey = mac(storeKey, []byte(labelRef))
 	k.sealKey = mac(storeKey, []byte(labelSeal))
 	k.outboxKey = mac(storeKey, []byte(labelOutbox))
+	k.forwardKey = mac(storeKey, []byte(labelForward))
 	k.check = mac(storeKey, []byte(labelCheck))
 	k.frameKey = mac(storeKey, []byte(labelFrame))
 	k.mailboxMAC.key, k.refMAC.key = k.mailboxKey, k.refKey
@@ -279,3 +283,34 @@ var errCorruptOutbox = errors.New("store: data file corrupt: a forward outbox it
 func outboxAD(dest [32]byte) []byte {
 	return append([]byte(outboxAAD), dest[:]...)
 }
+
+// SealForward encrypts where mailbox oldID went when it was rotated away:
+// the new id and the send capability verifier oldID had (empty if none).
+// AES-256-GCM under a key derived from the store key and oldID itself
+// (not its hash), with its own label, a random nonce and the label as
+// associated data: the store key and the data together cannot open it,
+// so a seized store does not link the two mailboxes by it; only a Send
+// naming oldID can. The result is SealOverhead+IDSize+len(sendCap) bytes.
+func (k *Keys) SealForward(oldID, newID [IDSize]byte, sendCap []byte) []byte {
+	k.must()
+	plain := append(newID[:len(newID):len(newID)], sendCap...)
+	return newAEAD(mac(k.forwardKey[:], oldID[:])).Seal(nil, nil, plain, []byte(forwardAAD))
+}
+
+// OpenForward decrypts what SealForward returned for the same oldID. It
+// fails, with an error that names no id, if anything differs or sealed
+// was altered.
+func (k *Keys) OpenForward(oldID [IDSize]byte, sealed []byte) (newID [IDSize]byte, sendCap []byte, err error) {
+	k.must()
+	plain, err := newAEAD(mac(k.forwardKey[:], oldID[:])).Open(nil, nil, sealed, []byte(forwardAAD))
+	if err != nil || len(plain) < IDSize {
+		return newID, nil, errCorruptForward
+	}
+	copy(newID[:], plain)
+	if len(plain) > IDSize {
+		sendCap = plain[IDSize:]
+	}
+	return newID, sendCap, nil
+}
+
+var errCorruptForward = errors.New("store: data file corrupt: a rotated mailbox's forward failed authentication; restore from backup")

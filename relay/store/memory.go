@@ -20,9 +20,12 @@ type Memory struct {
 	boxes  map[[32]byte]*memBox // by mailbox id hash
 	// retired: hashes of deleted or rotated-away ids -> day they are free
 	retired map[[32]byte]uint32
-	envs    int
-	bytes   int64
-	outbox  memOutbox
+	// forwards: hashes of rotated-away ids -> where they went (see
+	// Store.RotateMailbox), sealed as a durable store keeps them
+	forwards map[[32]byte]memForward
+	envs     int
+	bytes    int64
+	outbox   memOutbox
 }
 
 type memBox struct {
@@ -32,6 +35,11 @@ type memBox struct {
 	bytes   int64
 	items   []*memEnv // ascending seq
 	refs    map[Ref]*memEnv
+}
+
+type memForward struct {
+	until  uint32 // Unix day it ends
+	sealed []byte // Keys.SealForward
 }
 
 type memEnv struct {
@@ -59,7 +67,8 @@ func NewMemory(opts Options) *Memory {
 		// A wrong-sized key is a programming error in the caller.
 		panic("store.NewMemory: " + err.Error())
 	}
-	return &Memory{opts: opts, keys: k, boxes: make(map[[32]byte]*memBox), retired: make(map[[32]byte]uint32)}
+	return &Memory{opts: opts, keys: k, boxes: make(map[[32]byte]*memBox), retired: make(map[[32]byte]uint32),
+		forwards: make(map[[32]byte]memForward)}
 }
 
 // lock takes the lock and checks ctx and closed; on error the lock is not held.
@@ -172,6 +181,9 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 	}
 	delete(m.boxes, oldH)
 	m.retire(oldH)
+	if until, ok := m.opts.ForwardUntil(m.opts.Now()); ok {
+		m.forwards[oldH] = memForward{until, m.keys.SealForward(oldID, newID, old.sendCap)}
+	}
 	m.boxes[newH] = nb
 	moved := len(nb.items)
 	m.mu.Unlock()
@@ -326,7 +338,25 @@ func (m *Memory) Sweep(ctx context.Context, now time.Time) (int, error) {
 			delete(m.retired, h)
 		}
 	}
+	for h, f := range m.forwards {
+		if f.until <= d {
+			delete(m.forwards, h)
+		}
+	}
 	return n, nil
+}
+
+func (m *Memory) Forwarded(ctx context.Context, id [IDSize]byte) ([IDSize]byte, []byte, error) {
+	hid := m.keys.MailboxHash(id)
+	if err := m.lock(ctx); err != nil {
+		return [IDSize]byte{}, nil, err
+	}
+	f, ok := m.forwards[hid]
+	m.mu.Unlock()
+	if !ok || f.until <= Today(m.opts.Now()) {
+		return [IDSize]byte{}, nil, ErrNoMailbox
+	}
+	return m.keys.OpenForward(id, f.sealed)
 }
 
 // retire marks hid unusable until the retirement day; m.mu is held.

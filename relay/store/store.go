@@ -176,7 +176,22 @@ type Store interface {
 	// (keeping their order, refs and expiry days) and deletes oldID. It
 	// returns the number of envelopes moved. It fails with ErrNoMailbox if
 	// oldID does not exist and ErrMailboxExists if newID does.
+	//
+	// While oldID is retired (see Options.Retire), and for no longer than
+	// Options.TTL after the rotation (day-coarse, like an envelope's
+	// expiry), Forwarded(oldID) answers newID and the send capability
+	// verifier oldID had: an envelope sent to oldID in that time, such as
+	// one an entry relay queued before the rotation, still reaches the
+	// mailbox (relay/server follows it).
 	RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) (moved int, err error)
+
+	// Forwarded returns the id mailbox id was rotated to and the send
+	// capability verifier id had then (empty if none), while that
+	// forward lasts (see RotateMailbox). It fails with ErrNoMailbox for
+	// an id that is a mailbox, was never one, was deleted, or whose
+	// forward has ended. The new id may itself have been rotated or
+	// deleted since.
+	Forwarded(ctx context.Context, id [IDSize]byte) (newID [IDSize]byte, sendCap []byte, err error)
 
 	// Put stores env in mailbox id and returns its Ref once it is durable.
 	// An exact duplicate of an envelope still pending in the mailbox is
@@ -223,7 +238,8 @@ type Store interface {
 
 	// Sweep deletes every envelope whose expiry day has begun at now, and
 	// returns how many it deleted. It also frees retired mailbox ids whose
-	// retirement has ended.
+	// retirement has ended, and ends the forwards (see RotateMailbox)
+	// whose day has begun.
 	Sweep(ctx context.Context, now time.Time) (expired int, err error)
 
 	// Stats returns store-wide totals.
@@ -440,6 +456,18 @@ func (o Options) RetiredUntil(now time.Time) (day uint32, ok bool) {
 		return 0, false
 	}
 	return ExpiryDay(now, o.Retire), true
+}
+
+// ForwardUntil is the Unix day on which the forward of a mailbox id
+// rotated away at now ends (see Store.RotateMailbox and Today): TTL after
+// now, and no later than the id's retirement. ok is false if ids are not
+// retired (Retire < 0): an id free at once cannot point anywhere.
+func (o Options) ForwardUntil(now time.Time) (day uint32, ok bool) {
+	retired, ok := o.RetiredUntil(now)
+	if !ok {
+		return 0, false
+	}
+	return min(ExpiryDay(now, o.TTL), retired), true
 }
 
 // MailboxQuota reports whether one more mailbox fits in a store holding

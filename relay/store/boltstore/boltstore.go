@@ -458,6 +458,23 @@ func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailb
 	return mb, err
 }
 
+func (s *Store) Forwarded(ctx context.Context, id [store.IDSize]byte) ([store.IDSize]byte, []byte, error) {
+	hid := s.keys.MailboxHash(id)
+	var sealed []byte
+	err := s.read(ctx, func(ix *index) error {
+		f, ok := ix.forwards[hid]
+		if !ok || f.until <= store.Today(s.opts.Now()) {
+			return store.ErrNoMailbox
+		}
+		sealed = f.sealed // never changed in place: a new forward is a new slice
+		return nil
+	})
+	if err != nil {
+		return [store.IDSize]byte{}, nil, err
+	}
+	return s.keys.OpenForward(id, sealed)
+}
+
 func (s *Store) Holds(ctx context.Context, id [store.IDSize]byte, refs []store.Ref) ([]bool, error) {
 	hid := s.keys.MailboxHash(id)
 	held := make([]bool, len(refs))

@@ -176,7 +176,7 @@ func (s *Store) carryLive(num uint64, path string) error {
 	var buf []byte
 	_, _, _, err = scanSegment(f, fi.Size(), false, s.keys, &buf, func(r record, off int64, raw []byte) error {
 		switch r.typ {
-		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox:
+		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox, recForward:
 			at := loc{num, off}
 			s.mu.RLock()
 			live := s.ix.points(r, at)
@@ -239,7 +239,7 @@ func (ix *index) points(r record, at loc) bool {
 	case recMailbox:
 		b := ix.mailbox(r.key)
 		return b != nil && b.at == at
-	case recDelete, recRetired:
+	case recDelete, recRetired, recForward:
 		rt, ok := ix.retired[r.key]
 		return ok && rt.at == at
 	case recOutbox:
@@ -273,9 +273,13 @@ func (w *writer) carry(c carried) {
 				ix.live(at, size)
 			}
 		})
-	case recDelete, recRetired:
+	case recDelete, recRetired, recForward:
 		r := ix.retired[key]
-		w.buf = appendRetired(w.buf, key, r.day)
+		if f, ok := ix.forwards[key]; ok {
+			w.buf = appendForward(w.buf, key, r.day, f.until, f.sealed)
+		} else {
+			w.buf = appendRetired(w.buf, key, r.day) // a forward that ended stays behind
+		}
 		size := uint32(w.at().off - at.off)
 		w.relocs = append(w.relocs, func() {
 			if r, ok := ix.retired[key]; ok && r.at == c.at {

@@ -128,6 +128,14 @@ type retirement struct {
 	size uint32
 }
 
+// forward is where a rotated-away id went (store.Store.RotateMailbox),
+// until its day: the sealed bytes of its record, which only the old id
+// opens.
+type forward struct {
+	until  uint32
+	sealed []byte
+}
+
 // outItem is one outbox item.
 type outItem struct {
 	seq   uint64
@@ -158,15 +166,18 @@ type segment struct {
 type index struct {
 	boxes   map[[32]byte]*mailbox
 	retired map[[32]byte]retirement
-	out     map[[32]byte][]outItem
-	outNext uint64
-	segs    map[uint64]*segment
-	order   []uint64 // segment numbers, oldest first; the last is written to
+	// forwards of retired ids (a subset of retired's keys) that have not
+	// ended
+	forwards map[[32]byte]forward
+	out      map[[32]byte][]outItem
+	outNext  uint64
+	segs     map[uint64]*segment
+	order    []uint64 // segment numbers, oldest first; the last is written to
 }
 
 func newIndex() *index {
 	return &index{boxes: map[[32]byte]*mailbox{}, retired: map[[32]byte]retirement{},
-		out: map[[32]byte][]outItem{}, outNext: 1, segs: map[uint64]*segment{}}
+		forwards: map[[32]byte]forward{}, out: map[[32]byte][]outItem{}, outNext: 1, segs: map[uint64]*segment{}}
 }
 
 func (ix *index) live(at loc, size uint32) {
@@ -274,6 +285,19 @@ func (ix *index) retire(hid [32]byte, r retirement) {
 	ix.live(r.at, r.size)
 }
 
+// endForwards ends the forwards whose day is at most last and returns
+// how many.
+func (ix *index) endForwards(last uint32) int {
+	n := 0
+	for hid, f := range ix.forwards {
+		if f.until <= last {
+			delete(ix.forwards, hid)
+			n++
+		}
+	}
+	return n
+}
+
 // freeRetired frees the retired ids whose day is at most last and
 // returns how many.
 func (ix *index) freeRetired(last uint32) int {
@@ -282,6 +306,7 @@ func (ix *index) freeRetired(last uint32) int {
 		if r.day <= last {
 			ix.dead(r.at, r.size)
 			delete(ix.retired, hid)
+			delete(ix.forwards, hid)
 			n++
 		}
 	}
@@ -380,8 +405,13 @@ func (ix *index) apply(r record, at loc) {
 	case recSweep:
 		ix.sweep(r.day)
 		ix.freeRetired(r.day)
+		ix.endForwards(r.day)
 	case recRetired:
 		ix.retire(r.key, retirement{r.day, at, size})
+		delete(ix.forwards, r.key)
+	case recForward:
+		ix.retire(r.key, retirement{r.day, at, size})
+		ix.forwards[r.key] = forward{r.until, slices.Clone(r.sealed)}
 	case recOutbox:
 		ix.addOut(r.key, outItem{seq: r.seq, day: r.day, size: size, at: at})
 	case recDone:

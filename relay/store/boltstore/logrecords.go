@@ -26,6 +26,7 @@ const (
 	envelopeBody = 32 + 8 + 4 + store.RefSize
 	outboxBody   = 32 + 8 + 4
 	mailboxBody  = 32 + ed25519.PublicKeySize + 8 + 2
+	forwardBody  = 32 + 4 + 4
 )
 
 // Record types.
@@ -40,13 +41,15 @@ const (
 	recDone     byte = 8  // 32B dest, 8B seq per item
 	recExpire   byte = 9  // 4B day: outbox items up to it end
 	recClose    byte = 10 // empty: the store was closed cleanly here
+	recForward  byte = 11 // 32B hash, 4B day it becomes free, 4B day its forward ends, sealed forward
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // fixedBody is the least body length of each record type (0: no such type).
 var fixedBody = [...]int{recMailbox: mailboxBody, recDelete: 37, recEnvelope: envelopeBody, recAck: 32,
-	recSweep: 4, recRetired: 36, recOutbox: outboxBody, recDone: 32, recExpire: 4, recClose: 0}
+	recSweep: 4, recRetired: 36, recOutbox: outboxBody, recDone: 32, recExpire: 4, recClose: 0,
+	recForward: forwardBody}
 
 // record is one parsed log record. Which fields are set depends on typ.
 type record struct {
@@ -58,6 +61,7 @@ type record struct {
 	seq     uint64   // envelope or item seq; next seq of a mailbox
 	seqs    []uint64 // ack, done
 	day     uint32
+	until   uint32 // day a forward ends
 	retired bool
 	ref     store.Ref
 	sealed  []byte // aliases the frame
@@ -125,6 +129,13 @@ func (r *record) parseBody(p []byte) error {
 	case recRetired:
 		r.day = binary.BigEndian.Uint32(p[32:])
 		return exact(p, 36, true)
+	case recForward:
+		r.day, r.until = binary.BigEndian.Uint32(p[32:]), binary.BigEndian.Uint32(p[36:])
+		r.sealed, r.sealOff = p[forwardBody:], recHeader+forwardBody
+		if len(r.sealed) < store.SealOverhead+store.IDSize {
+			return errLogRecord
+		}
+		return sealedSize(len(r.sealed), store.IDSize+store.MaxSendCapSize)
 	}
 	return nil
 }
@@ -227,6 +238,13 @@ func appendDay(b []byte, typ byte, day uint32) []byte {
 
 func appendRetired(b []byte, hid [32]byte, day uint32) []byte {
 	return appendRecord(b, recRetired, hid[:], binary.BigEndian.AppendUint32(nil, day))
+}
+
+// appendForward appends the retirement of a rotated-away id with where
+// it went: sealed is Keys.SealForward's, readable only with the old id.
+func appendForward(b []byte, hid [32]byte, day, until uint32, sealed []byte) []byte {
+	days := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, day), until)
+	return appendRecord(b, recForward, hid[:], days, sealed)
 }
 
 // segHead is a segment file's header.

@@ -78,6 +78,23 @@ func (w *writer) deleteMailbox(hid [32]byte) {
 	w.dBytes -= bytes
 }
 
+// forward retires hid, a mailbox id just deleted by a rotation, anew
+// with where it went (sealed), so that Forwarded finds it until the
+// forward's day (store.Options.ForwardUntil).
+func (w *writer) forward(hid [32]byte, sealed func() []byte) {
+	now := w.s.opts.Now()
+	day, _ := w.s.opts.RetiredUntil(now)
+	until, ok := w.s.opts.ForwardUntil(now)
+	if !ok {
+		return
+	}
+	f := forward{until, sealed()}
+	at := w.at()
+	w.buf = appendForward(w.buf, hid, day, until, f.sealed)
+	w.ix.retire(hid, retirement{day, at, uint32(w.at().off - at.off)})
+	w.ix.forwards[hid] = f
+}
+
 // RotateMailbox moves mailbox oldID's envelopes to newID in one batch:
 // each is decrypted and sealed anew under the new id, so until the batch
 // is durable it takes about 2.7 times the mailbox's bytes of memory.
@@ -116,7 +133,9 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		if err != nil {
 			return err
 		}
+		oldCap := old.sendCap
 		w.deleteMailbox(oldH)
+		w.forward(oldH, func() []byte { return s.keys.SealForward(oldID, newID, oldCap) })
 		w.createMailbox(newH, owner, sendCap)
 		c := s.keys.Envelopes(newID)
 		for i, e := range old.envs {
@@ -263,7 +282,7 @@ func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
 	expired := 0
 	err := s.do(ctx, func(w *writer) error {
 		n, bytes := w.ix.sweep(last)
-		freed := w.ix.freeRetired(last)
+		freed := w.ix.freeRetired(last) + w.ix.endForwards(last)
 		expired = n
 		w.dEnvelopes -= int64(n)
 		w.dBytes -= bytes
