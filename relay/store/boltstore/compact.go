@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/postern/postern/relay/store"
 )
 
 // Compaction (see the package comment). The oldest segment is compacted
@@ -275,7 +277,7 @@ func (w *writer) carry(c carried) {
 		})
 	case recDelete, recRetired, recForward:
 		r := ix.retired[key]
-		if f, ok := ix.forwards[key]; ok {
+		if f, ok := ix.forwards[key]; ok && f.until > store.Today(w.s.opts.Now()) {
 			w.buf = appendForward(w.buf, key, r.day, f.until, f.sealed)
 		} else {
 			w.buf = appendRetired(w.buf, key, r.day) // a forward that ended stays behind

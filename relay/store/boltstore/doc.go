@@ -164,6 +164,21 @@
 // The log directory holds at most one spare, of up to a segment's size
 // (64 MiB), which the store's byte totals do not count.
 //
+// # Forwards
+//
+// A rotation's batch retires the old id with a forward record (type 11):
+// the old id's hash, its retirement day, the day its forward ends
+// (store.Options.ForwardUntil: the TTL) and the new id with the old
+// capability verifier, sealed under a key derived from the store key and
+// the old id itself (store.Keys.SealForward), so that the store key and
+// the data together do not link the two mailboxes; a Send naming the old
+// id opens it. The index keeps the sealed bytes of the forwards that have
+// not ended (about 120 bytes each, for the TTL); a Sweep on or after the
+// day ends them in the log, and compaction carries an ended one as a
+// plain retirement (type 6), dropping the sealed bytes. A log with a
+// forward record cannot be opened by a release before 2026-12-07 (it
+// refuses the unknown record type as damage).
+//
 // # The index in memory
 //
 // A pending envelope costs a 64-byte entry (seq, ref, expiry day, record

@@ -103,6 +103,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add(appendRetired(nil, hid, 6))
 	f.Add(appendOutbox(nil, hid, 1, 2, make([]byte, 30)))
 	f.Add(appendRecord(nil, recClose))
+	f.Add(appendForward(nil, hid, 8, 3, make([]byte, store.SealOverhead+store.IDSize+32)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for p := b; len(p) > 0; {
 			r, rest, err := parseRecord(p)
@@ -111,6 +112,9 @@ func FuzzRecords(f *testing.F) {
 			}
 			if r.size != len(p)-len(rest) || r.size < recHeader {
 				t.Fatalf("record size %d, consumed %d", r.size, len(p)-len(rest))
+			}
+			if r.typ == recForward && !bytes.Equal(appendForward(nil, r.key, r.day, r.until, r.sealed), p[:r.size]) {
+				t.Fatal("a forward record re-encodes to other bytes")
 			}
 			p = rest
 		}

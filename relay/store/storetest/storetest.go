@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"FetchAfter", testFetchAfter},
 		{"SeqsOfAMailboxMadeAgain", testSeqsMadeAgain},
 		{"RetiredIDs", testRetiredIDs},
+		{"Forwards", testForwards},
 		{"QuotaMailboxes", testQuotaMailboxes},
 		{"QuotaRetiredIDs", testQuotaRetired},
 		{"Duplicate", testDuplicate},

@@ -1,0 +1,96 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+)
+
+// rotateTo rotates mailbox (id, owner) to a new id, owner and capability
+// verifier, and returns the new id and owner.
+func rotateTo(t *testing.T, c *client.Client, owner ed25519.PrivateKey, id [32]byte, capv []byte) ([32]byte, ed25519.PrivateKey) {
+	t.Helper()
+	_, newOwner, _ := ed25519.GenerateKey(nil)
+	var newID [32]byte
+	rand.Read(newID[:])
+	if _, err := c.Rotate(context.Background(), owner, id, newOwner, newID, capv); err != nil {
+		t.Fatal(err)
+	}
+	return newID, newOwner
+}
+
+// TestSendFollowsRotation: an envelope naming a mailbox id rotated away
+// within the store's TTL is stored in the mailbox it went to (through
+// a second rotation too) and pushed to its subscriber, if it carries the
+// capability the old id had; the new capability, or none, is refused.
+// A deleted end, or a forward past its day, answers "no such mailbox".
+func TestSendFollowsRotation(t *testing.T) {
+	var now atomic.Int64
+	t0 := time.Now()
+	now.Store(t0.UnixNano())
+	r := relaytest.New(t, store.Options{Now: func() time.Time { return time.Unix(0, now.Load()) }}, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	oldCap, newCap := []byte("old-cap"), []byte("new-cap")
+	oldV, newV := sha256.Sum256(oldCap), sha256.Sum256(newCap)
+	mb := relaytest.NewMailbox(t, c, oldV[:])
+	b, bOwner := rotateTo(t, c, mb.Owner, mb.ID, newV[:])
+	if err := c.Subscribe(ctx, bOwner, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, wrong := range [][]byte{newCap, nil} {
+		if _, err := c.Send(ctx, mb.Seal(t, "wrong cap"), wrong); !errors.Is(err, relay.ErrCapability) {
+			t.Fatalf("a send to the old id with capability %q: %v, want ErrCapability", wrong, err)
+		}
+	}
+	if _, err := c.Send(ctx, mb.Seal(t, "late"), oldCap); err != nil {
+		t.Fatalf("a send to the old id with its capability: %v", err)
+	}
+	select {
+	case d := <-c.Deliveries():
+		if o, err := envelope.Open(mb.Ident, d.Envelope); err != nil || string(o.Payload) != "late" || d.Mailbox != b {
+			t.Fatalf("pushed %q to the new mailbox: %v, %v", o.Payload, d.Mailbox == b, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the late envelope was not pushed to the new mailbox's subscriber")
+	}
+
+	cc, ccOwner := rotateTo(t, c, bOwner, b, nil)
+	if _, err := c.Send(ctx, mb.Seal(t, "two hops"), oldCap); err != nil {
+		t.Fatalf("a send to the old id after a second rotation: %v", err)
+	}
+	ds, err := c.Fetch(ctx, ccOwner, cc, 0)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("the mailbox after two rotations holds %d envelopes, %v; want 2", len(ds), err)
+	}
+	for i, want := range []string{"late", "two hops"} {
+		if o, err := envelope.Open(mb.Ident, ds[i].Envelope); err != nil || string(o.Payload) != want {
+			t.Fatalf("envelope %d = %q, %v; want %q", i, o.Payload, err, want)
+		}
+	}
+
+	// Past the store's TTL the forward has ended.
+	now.Store(t0.Add(store.DefaultTTL + 24*time.Hour).UnixNano())
+	if _, err := c.Send(ctx, mb.Seal(t, "too late"), oldCap); !errors.Is(err, relay.ErrNoMailbox) {
+		t.Fatalf("a send to the old id past the TTL: %v, want ErrNoMailbox", err)
+	}
+	now.Store(t0.UnixNano())
+	if err := c.Delete(ctx, ccOwner, cc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, mb.Seal(t, "deleted"), oldCap); !errors.Is(err, relay.ErrNoMailbox) {
+		t.Fatalf("a send to the old id after the mailbox was deleted: %v, want ErrNoMailbox", err)
+	}
+}
