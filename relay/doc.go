@@ -114,6 +114,11 @@
 // A Send carries the recipient's send capability when the mailbox has one:
 // the mailbox stores SHA-256(cap) as its verifier and the relay compares.
 // The relay reads only the envelope's outer header (envelope.PeekMailbox).
+// A Send (or a forward's layer) naming a mailbox id rotated away within
+// the relay's TTL is stored in the mailbox it went to (through at most 8
+// rotations) if it carries the capability the old id had; a Deliver then
+// names the new mailbox, and the envelope inside still names the old id
+// (store.Store.Forwarded).
 //
 // Errors are a Code and a short message for humans; unknown frame types and
 // malformed frames are answered with a Result (CodeBadFrame, CodeUnknownFrame)
