@@ -3,6 +3,7 @@ package store
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -32,6 +34,7 @@ const (
 	sealAAD      = "postern/store/v1 envelope"
 	labelOutbox  = "postern/store/v1 outbox-seal"
 	outboxAAD    = "postern/store/v1 outbox"
+	mailboxAAD   = "postern/store/v1 mailbox-keys"
 	labelForward = "postern/store/v1 forward-seal"
 	forwardAAD   = "postern/store/v1 forward"
 )
@@ -314,3 +317,32 @@ func (k *Keys) OpenForward(oldID [IDSize]byte, sealed []byte) (newID [IDSize]byt
 }
 
 var errCorruptForward = errors.New("store: data file corrupt: a rotated mailbox's forward failed authentication; restore from backup")
+
+// SealMailbox encrypts what a store keeps of mailbox id beside its hash:
+// its owner key and send capability verifier (empty if none). Under the
+// mailbox's envelope key (derived from the store key and the id itself),
+// with a random nonce and its own associated data: the data and the store
+// key together do not show the owner key, which is the same on every relay
+// of a card, so two seized stores are not linked by it. The result is
+// SealOverhead+len(owner)+len(sendCap) bytes.
+func (k *Keys) SealMailbox(id [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) []byte {
+	plain := append(slices.Clip(owner), sendCap...)
+	return k.aead(id).Seal(nil, nil, plain, []byte(mailboxAAD))
+}
+
+// OpenMailbox decrypts what SealMailbox returned for the same id. It
+// fails, with an error that names no id, if anything differs or sealed
+// was altered.
+func (k *Keys) OpenMailbox(id [IDSize]byte, sealed []byte) (owner ed25519.PublicKey, sendCap []byte, err error) {
+	plain, err := k.aead(id).Open(nil, nil, sealed, []byte(mailboxAAD))
+	if err != nil || len(plain) < ed25519.PublicKeySize {
+		return nil, nil, errCorruptMailbox
+	}
+	owner = ed25519.PublicKey(plain[:ed25519.PublicKeySize:ed25519.PublicKeySize])
+	if len(plain) > ed25519.PublicKeySize {
+		sendCap = plain[ed25519.PublicKeySize:]
+	}
+	return owner, sendCap, nil
+}
+
+var errCorruptMailbox = errors.New("store: data file corrupt: a mailbox's keys failed authentication; restore from backup or delete the mailbox")

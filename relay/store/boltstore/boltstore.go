@@ -447,15 +447,23 @@ func (s *Store) damaged(l loc, err error) error {
 func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailbox, error) {
 	hid := s.keys.MailboxHash(id)
 	var mb store.Mailbox
+	var keys []byte
 	err := s.read(ctx, func(ix *index) error {
 		b := ix.mailbox(hid)
 		if b == nil {
 			return store.ErrNoMailbox
 		}
 		mb = store.Mailbox{Owner: slices.Clone(b.owner), SendCap: slices.Clone(b.sendCap), Pending: len(b.envs), PendingBytes: b.bytes, NextSeq: b.nextSeq}
+		keys = b.keys // never changed in place: a new record is a new slice
 		return nil
 	})
-	return mb, err
+	if err != nil || keys == nil {
+		return mb, err
+	}
+	if mb.Owner, mb.SendCap, err = s.keys.OpenMailbox(id, keys); err != nil {
+		return store.Mailbox{}, err
+	}
+	return mb, nil
 }
 
 func (s *Store) Forwarded(ctx context.Context, id [store.IDSize]byte) ([store.IDSize]byte, []byte, error) {

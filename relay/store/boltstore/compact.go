@@ -178,7 +178,7 @@ func (s *Store) carryLive(num uint64, path string) error {
 	var buf []byte
 	_, _, _, err = scanSegment(f, fi.Size(), false, s.keys, &buf, func(r record, off int64, raw []byte) error {
 		switch r.typ {
-		case recMailbox, recDelete, recEnvelope, recRetired, recOutbox, recForward:
+		case recMailbox, recBox, recDelete, recEnvelope, recRetired, recOutbox, recForward:
 			at := loc{num, off}
 			s.mu.RLock()
 			live := s.ix.points(r, at)
@@ -238,7 +238,7 @@ func (ix *index) points(r record, at loc) bool {
 	case recEnvelope:
 		b := ix.boxes[r.key]
 		return b != nil && hasEnvelope(b, r.seq, at)
-	case recMailbox:
+	case recMailbox, recBox:
 		b := ix.mailbox(r.key)
 		return b != nil && b.at == at
 	case recDelete, recRetired, recForward:
@@ -264,9 +264,13 @@ func (w *writer) carry(c carried) {
 	case recEnvelope:
 		w.buf = append(w.buf, c.raw...)
 		w.relocs = append(w.relocs, func() { relocateEnvelope(ix, key, c.r.seq, c.at, at) })
-	case recMailbox:
+	case recMailbox, recBox:
 		b := ix.mailbox(key)
-		w.buf = appendMailbox(w.buf, key, b.owner, b.nextSeq, b.sendCap)
+		if b.keys != nil {
+			w.buf = appendBox(w.buf, key, b.nextSeq, b.keys)
+		} else {
+			w.buf = appendMailbox(w.buf, key, b.owner, b.nextSeq, b.sendCap) // no id here to seal them
+		}
 		size := uint32(w.at().off - at.off)
 		w.relocs = append(w.relocs, func() {
 			if b := ix.mailbox(key); b != nil && b.at == c.at {

@@ -164,6 +164,21 @@
 // The log directory holds at most one spare, of up to a segment's size
 // (64 MiB), which the store's byte totals do not count.
 //
+// # Mailbox keys
+//
+// Since 2026-12-07 a mailbox record (type 12) keeps the mailbox's owner
+// key and send capability verifier sealed under the mailbox's envelope
+// key (store.Keys.SealMailbox: derived from the store key and the id
+// itself), as the index does; Mailbox opens them with the id a request
+// names. Before, the record held both in the clear: the owner key is the
+// same on every relay of a card, so two seized stores were linked by it,
+// and a client could plant bytes of its choosing in the log (see
+// Recycled segments). Such a record (an older release's, or one migrated
+// from bbolt) is still read, and the mailbox's next Put writes it anew
+// sealed; compaction, which has no id, carries it as it is. The old
+// bytes stay in a segment until its compaction, and in the spare until
+// the log writes over them (TestOwnerKeysSealed).
+//
 // # Forwards
 //
 // A rotation's batch retires the old id with a forward record (type 11):

@@ -46,7 +46,12 @@ func (e *entry) sealed() (loc, int) {
 // mailbox whose record has not been seen yet (its record was carried past
 // its envelopes by compaction) exists only as a placeholder.
 type mailbox struct {
-	exists  bool
+	exists bool
+	// keys is the owner key and send capability verifier sealed
+	// (store.Keys.SealMailbox), as the log holds them; nil for a mailbox
+	// whose record has them in the clear (written before 2026-12-07, or
+	// migrated), which owner and sendCap then hold.
+	keys    []byte
 	owner   ed25519.PublicKey
 	sendCap []byte
 	nextSeq uint64
@@ -212,13 +217,14 @@ func (ix *index) mailbox(hid [32]byte) *mailbox {
 }
 
 // setMailbox applies a mailbox record at at: it creates mailbox hid or
-// updates its owner, send capability and next seq.
-func (ix *index) setMailbox(hid [32]byte, owner, sendCap []byte, nextSeq uint64, at loc, size uint32) {
+// updates its owner, send capability and next seq, sealed (keys) or, for
+// an older record, in the clear.
+func (ix *index) setMailbox(hid [32]byte, keys, owner, sendCap []byte, nextSeq uint64, at loc, size uint32) {
 	b := ix.box(hid)
 	if b.exists {
 		ix.dead(b.at, b.size)
 	}
-	b.exists, b.owner, b.sendCap = true, slices.Clone(owner), slices.Clone(sendCap)
+	b.exists, b.keys, b.owner, b.sendCap = true, slices.Clone(keys), slices.Clone(owner), slices.Clone(sendCap)
 	b.nextSeq = max(b.nextSeq, nextSeq)
 	b.at, b.size = at, size
 	ix.live(at, size)
@@ -388,7 +394,9 @@ func (ix *index) apply(r record, at loc) {
 	size := uint32(r.size)
 	switch r.typ {
 	case recMailbox:
-		ix.setMailbox(r.key, r.owner, r.sendCap, r.seq, at, size)
+		ix.setMailbox(r.key, nil, r.owner, r.sendCap, r.seq, at, size)
+	case recBox:
+		ix.setMailbox(r.key, r.sealed, nil, nil, r.seq, at, size)
 	case recDelete:
 		ix.dropMailbox(r.key)
 		if r.retired {

@@ -104,6 +104,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add(appendOutbox(nil, hid, 1, 2, make([]byte, 30)))
 	f.Add(appendRecord(nil, recClose))
 	f.Add(appendForward(nil, hid, 8, 3, make([]byte, store.SealOverhead+store.IDSize+32)))
+	f.Add(appendBox(nil, hid, 9, make([]byte, store.SealOverhead+32+32)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for p := b; len(p) > 0; {
 			r, rest, err := parseRecord(p)
@@ -115,6 +116,9 @@ func FuzzRecords(f *testing.F) {
 			}
 			if r.typ == recForward && !bytes.Equal(appendForward(nil, r.key, r.day, r.until, r.sealed), p[:r.size]) {
 				t.Fatal("a forward record re-encodes to other bytes")
+			}
+			if r.typ == recBox && !bytes.Equal(appendBox(nil, r.key, r.seq, r.sealed), p[:r.size]) {
+				t.Fatal("a mailbox record re-encodes to other bytes")
 			}
 			p = rest
 		}

@@ -27,6 +27,7 @@ const (
 	outboxBody   = 32 + 8 + 4
 	mailboxBody  = 32 + ed25519.PublicKeySize + 8 + 2
 	forwardBody  = 32 + 4 + 4
+	boxBody      = 32 + 8
 )
 
 // Record types.
@@ -42,6 +43,7 @@ const (
 	recExpire   byte = 9  // 4B day: outbox items up to it end
 	recClose    byte = 10 // empty: the store was closed cleanly here
 	recForward  byte = 11 // 32B hash, 4B day it becomes free, 4B day its forward ends, sealed forward
+	recBox      byte = 12 // 32B hash, 8B next seq, sealed owner key and send capability verifier
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -49,7 +51,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // fixedBody is the least body length of each record type (0: no such type).
 var fixedBody = [...]int{recMailbox: mailboxBody, recDelete: 37, recEnvelope: envelopeBody, recAck: 32,
 	recSweep: 4, recRetired: 36, recOutbox: outboxBody, recDone: 32, recExpire: 4, recClose: 0,
-	recForward: forwardBody}
+	recForward: forwardBody, recBox: boxBody}
 
 // record is one parsed log record. Which fields are set depends on typ.
 type record struct {
@@ -129,6 +131,13 @@ func (r *record) parseBody(p []byte) error {
 	case recRetired:
 		r.day = binary.BigEndian.Uint32(p[32:])
 		return exact(p, 36, true)
+	case recBox:
+		r.seq = binary.BigEndian.Uint64(p[32:])
+		r.sealed, r.sealOff = p[boxBody:], recHeader+boxBody
+		if len(r.sealed) < store.SealOverhead+ed25519.PublicKeySize {
+			return errLogRecord
+		}
+		return sealedSize(len(r.sealed), ed25519.PublicKeySize+store.MaxSendCapSize)
 	case recForward:
 		r.day, r.until = binary.BigEndian.Uint32(p[32:]), binary.BigEndian.Uint32(p[36:])
 		r.sealed, r.sealOff = p[forwardBody:], recHeader+forwardBody
@@ -188,6 +197,14 @@ func appendMailbox(b []byte, hid [32]byte, owner ed25519.PublicKey, nextSeq uint
 	fixed := binary.BigEndian.AppendUint64(append(hid[:], owner...), nextSeq)
 	fixed = binary.BigEndian.AppendUint16(fixed, uint16(len(sendCap)))
 	return appendRecord(b, recMailbox, fixed, sendCap)
+}
+
+// appendBox appends a mailbox record whose owner key and send capability
+// verifier are sealed (store.Keys.SealMailbox): what the store writes
+// since 2026-12-07. Records of type recMailbox, with both in the clear,
+// are still read; a Put to such a mailbox writes it anew this way.
+func appendBox(b []byte, hid [32]byte, nextSeq uint64, sealed []byte) []byte {
+	return appendRecord(b, recBox, hid[:], binary.BigEndian.AppendUint64(nil, nextSeq), sealed)
 }
 
 func appendDelete(b []byte, hid [32]byte, retired bool, day uint32) []byte {

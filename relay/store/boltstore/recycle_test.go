@@ -295,7 +295,9 @@ func toFirstLayout(t *testing.T, path string) {
 }
 
 // TestPlantedFrameNeverReplays: a client chooses bytes the log keeps in
-// the clear (here a mailbox's capability verifier), and plants in them
+// the clear (here a mailbox's capability verifier, which a record of a
+// release before 2026-12-07, or one migrated from bbolt, keeps so; new
+// records seal it), and plants in them
 // frames of a sweep of every day, checksummed with the seeds anyone could
 // guess (none, and the CRC32C of the segment number). The file is
 // recycled as segment 3 and a put is sized so that the close record ends
@@ -320,7 +322,7 @@ func TestPlantedFrameNeverReplays(t *testing.T) {
 	sweep := appendDay(nil, recSweep, 0xFFFFFFFF)
 	guess := crc32.Checksum(binary.BigEndian.AppendUint64(nil, 3), castagnoli)
 	plant := append(frame(0, sweep), frame(guess, sweep)...)
-	must(t, s.CreateMailbox(ctx, attacker, storetest.Owner(2), plant))
+	createLegacy(t, s, attacker, storetest.Owner(2), plant)
 	active := func() segment {
 		s.mu.RLock()
 		defer s.mu.RUnlock()

@@ -20,7 +20,7 @@ func (s *Store) CreateMailbox(ctx context.Context, id [store.IDSize]byte, owner 
 		return err
 	}
 	hid := s.keys.MailboxHash(id)
-	owner, sendCap = slices.Clone(owner), slices.Clone(sendCap)
+	keys := s.keys.SealMailbox(id, owner, sendCap)
 	return s.do(ctx, func(w *writer) error {
 		if w.taken(hid) {
 			return store.ErrMailboxExists
@@ -28,17 +28,37 @@ func (s *Store) CreateMailbox(ctx context.Context, id [store.IDSize]byte, owner 
 		if err := s.opts.MailboxQuota(w.held()); err != nil {
 			return err
 		}
-		w.createMailbox(hid, owner, sendCap)
+		w.createMailbox(hid, keys)
 		return nil
 	})
 }
 
-func (w *writer) createMailbox(hid [32]byte, owner, sendCap []byte) {
+// createMailbox creates mailbox hid with its owner key and send capability
+// verifier sealed (store.Keys.SealMailbox).
+func (w *writer) createMailbox(hid [32]byte, keys []byte) {
 	at := w.at()
 	first := store.FirstSeq()
-	w.buf = appendMailbox(w.buf, hid, owner, first, sendCap)
-	w.ix.setMailbox(hid, owner, sendCap, first, at, uint32(w.at().off-at.off))
+	w.buf = appendBox(w.buf, hid, first, keys)
+	w.ix.setMailbox(hid, keys, nil, nil, first, at, uint32(w.at().off-at.off))
 	w.dMailboxes++
+}
+
+// sealKeys writes mailbox b (hash hid, id id), whose record has its owner
+// key and send capability verifier in the clear, anew with them sealed.
+func (w *writer) sealKeys(id [store.IDSize]byte, hid [32]byte, b *mailbox) {
+	keys := w.s.keys.SealMailbox(id, b.owner, b.sendCap)
+	at := w.at()
+	w.buf = appendBox(w.buf, hid, b.nextSeq, keys)
+	w.ix.setMailbox(hid, keys, nil, nil, b.nextSeq, at, uint32(w.at().off-at.off))
+}
+
+// ownerKeys returns the owner key and send capability verifier of
+// mailbox b, whose id is id.
+func (b *mailbox) ownerKeys(k *store.Keys, id [store.IDSize]byte) (ed25519.PublicKey, []byte, error) {
+	if b.keys == nil {
+		return slices.Clone(b.owner), slices.Clone(b.sendCap), nil
+	}
+	return k.OpenMailbox(id, b.keys)
 }
 
 // held is how many mailbox ids the store holds: its mailboxes and the
@@ -108,7 +128,7 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		return 0, err
 	}
 	oldH, newH := s.keys.MailboxHash(oldID), s.keys.MailboxHash(newID)
-	owner, sendCap = slices.Clone(owner), slices.Clone(sendCap)
+	keys := s.keys.SealMailbox(newID, owner, sendCap)
 	moved := 0
 	select {
 	case s.rotating <- struct{}{}:
@@ -133,10 +153,13 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		if err != nil {
 			return err
 		}
-		oldCap := old.sendCap
+		_, oldCap, err := old.ownerKeys(s.keys, oldID)
+		if err != nil {
+			return err
+		}
 		w.deleteMailbox(oldH)
 		w.forward(oldH, func() []byte { return s.keys.SealForward(oldID, newID, oldCap) })
-		w.createMailbox(newH, owner, sendCap)
+		w.createMailbox(newH, keys)
 		c := s.keys.Envelopes(newID)
 		for i, e := range old.envs {
 			sealed := c.Seal(e.ref, envs[i])
@@ -208,6 +231,10 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 		}
 		if _, dup := b.refs.seq(b, ref); dup {
 			return nil // duplicate: stored once
+		}
+		if b.keys == nil {
+			w.sealKeys(id, hid, b)
+			b = w.ix.mailbox(hid)
 		}
 		if err := s.opts.EnvelopeQuota(len(b.envs), b.bytes, s.bytes.Load()+w.dBytes, n); err != nil {
 			return err
