@@ -157,7 +157,10 @@ func mailboxRotateCmd() command {
 		summary: "Move a mailbox to a fresh id and owner key on every relay that holds it, with the\n" +
 			"envelopes waiting there, and tell every contact the new card in a message their\n" +
 			"postern applies on recv. Prints the new card. Rotating bounds what one mailbox id\n" +
-			"links together.\n\nexample:\n  postern mailbox rotate --id demo/bob.id > bob.card",
+			"links together. For the relay's ttl (a week by default) a relay still stores what\n" +
+			"is sent to the old id with the old card's capability in the new mailbox (a\n" +
+			"message queued at another relay, a contact without the update yet); to cut off a\n" +
+			"leaked card at once, delete the mailbox and create a new one.\n\nexample:\n  postern mailbox rotate --id demo/bob.id > bob.card",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			a := mailboxFlags(fs, "which mailbox (`name`; needed when there are several)")
 			return func(ctx context.Context, args []string) error {

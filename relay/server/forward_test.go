@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,5 +93,47 @@ func TestSendFollowsRotation(t *testing.T) {
 	}
 	if _, err := c.Send(ctx, mb.Seal(t, "deleted"), oldCap); !errors.Is(err, relay.ErrNoMailbox) {
 		t.Fatalf("a send to the old id after the mailbox was deleted: %v, want ErrNoMailbox", err)
+	}
+}
+
+// rotateOnPut is a memory store on which, once, the owner's rotation
+// lands between the relay's look at the mailbox and its Put, as a Rotate
+// on another session may.
+type rotateOnPut struct {
+	*store.Memory
+	once   sync.Once
+	rotate func()
+}
+
+func (s *rotateOnPut) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	s.once.Do(s.rotate)
+	return s.Memory.Put(ctx, id, env)
+}
+
+// TestSendDuringRotation: a Send whose mailbox is rotated between the
+// relay's look and its Put is stored in the new mailbox; before, the Put's
+// "no such mailbox" went to the sender (and an entry relay dropped its
+// forward for good).
+func TestSendDuringRotation(t *testing.T) {
+	st := &rotateOnPut{Memory: store.NewMemory(store.Options{})}
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	v := sha256.Sum256([]byte("old-cap"))
+	mb := relaytest.NewMailbox(t, c, v[:])
+	_, newOwner, _ := ed25519.GenerateKey(nil)
+	var newID [32]byte
+	rand.Read(newID[:])
+	st.rotate = func() {
+		if _, err := st.Memory.RotateMailbox(ctx, mb.ID, newID, newOwner.Public().(ed25519.PublicKey), nil); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := c.Send(ctx, mb.Seal(t, "under a rotation"), []byte("old-cap")); err != nil {
+		t.Fatalf("a Send under a rotation: %v", err)
+	}
+	ds, err := c.Fetch(ctx, newOwner, newID, 0)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("the new mailbox holds %d, %v; want the envelope", len(ds), err)
 	}
 }

@@ -103,25 +103,16 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 		obs.Envelope("rejected", reasonOf(err))
 		return store.Ref{}, err
 	}
-	if len(verifier) > 0 {
-		sum := sha256.Sum256(m.Cap)
-		if len(m.Cap) == 0 || subtle.ConstantTimeCompare(sum[:], verifier) != 1 {
-			obs.Envelope("rejected", "capability")
-			return store.Ref{}, relay.ErrCapability
-		}
+	if !capable(m.Cap, verifier) {
+		obs.Envelope("rejected", "capability")
+		return store.Ref{}, relay.ErrCapability
 	}
 	spent, ok := ss.takeSend(len(m.Envelope))
 	if !ok {
 		obs.Envelope("rejected", "source_limit")
 		return store.Ref{}, relay.ErrRelayFull
 	}
-	ref, err := ss.srv.cfg.Store.Put(ss.ctx, to, m.Envelope)
-	if errors.Is(err, store.ErrNoMailbox) && to != id {
-		// Rotated again (or deleted) since destination looked.
-		if to, _, err = ss.destination(id); err == nil {
-			ref, err = ss.srv.cfg.Store.Put(ss.ctx, to, m.Envelope)
-		}
-	}
+	ref, err := ss.putFollowing(id, to, m.Cap, m.Envelope)
 	if err != nil {
 		if refused(err) {
 			ss.giveSend(spent)
@@ -132,6 +123,39 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 	obs.Envelope("accepted", "")
 	obs.SendDuration(time.Since(start))
 	return ref, nil
+}
+
+// capable reports whether send capability sendCap satisfies verifier
+// (SHA-256 of the capability; empty: none needed).
+func capable(sendCap, verifier []byte) bool {
+	if len(verifier) == 0 {
+		return true
+	}
+	sum := sha256.Sum256(sendCap)
+	return len(sendCap) > 0 && subtle.ConstantTimeCompare(sum[:], verifier) == 1
+}
+
+// putFollowing stores env, which names mailbox id, in mailbox to (destination's
+// answer for id). A rotation of the mailbox between destination's look and
+// the Put (the owner's Rotate on another session) makes the Put answer "no
+// such mailbox": putFollowing then looks again and, where the id now forwards
+// elsewhere, stores it there, so a forward an entry relay hands over
+// during its recipient's rotation is not refused for good.
+func (ss *session) putFollowing(id, to [store.IDSize]byte, sendCap, env []byte) (store.Ref, error) {
+	for try := 0; ; try++ {
+		ref, err := ss.srv.cfg.Store.Put(ss.ctx, to, env)
+		if !errors.Is(err, store.ErrNoMailbox) || try == maxForwardHops {
+			return ref, err
+		}
+		next, verifier, derr := ss.destination(id)
+		if derr != nil || next == to {
+			return ref, err
+		}
+		if !capable(sendCap, verifier) {
+			return store.Ref{}, relay.ErrCapability
+		}
+		to = next
+	}
 }
 
 // maxForwardHops bounds how many rotations destination follows from the
@@ -178,6 +202,8 @@ func reasonOf(err error) string {
 	switch codeOf(err) {
 	case relay.CodeNoMailbox:
 		return "no_mailbox"
+	case relay.CodeCapability:
+		return "capability"
 	case relay.CodeMailboxFull:
 		return "mailbox_full"
 	case relay.CodeRelayFull:
