@@ -162,6 +162,12 @@ func (p *pump) drain(ctx context.Context) error {
 		d.limit = 1
 	}
 	defer func() { p.full = d.full }()
+	if p.full {
+		if err := d.startFair(ctx); err != nil {
+			d.finish(ctx)
+			return err
+		}
+	}
 	var after uint64
 	began := time.Now()
 	for d.firstErr == nil && !d.full {
@@ -186,6 +192,32 @@ func (p *pump) drain(ctx context.Context) error {
 		}
 	}
 	return d.finish(ctx)
+}
+
+// startFair starts, after a drain that the home relay stopped with relay
+// full, the items it may take in the order that shares them out among
+// sources (sourceShares.fairOrder), and waits for them: the drain then
+// goes on through the queue in order, if the home relay takes more.
+func (d *drainer) startFair(ctx context.Context) error {
+	for _, seq := range d.p.f.shares.fairOrder(d.p.dest, pumpWindow) {
+		if d.firstErr != nil || d.full {
+			break
+		}
+		items, err := d.p.f.cfg.Queue.Pending(ctx, d.p.dest, seq-1, 1)
+		if err != nil {
+			return err
+		}
+		if len(items) == 0 || items[0].Seq != seq {
+			continue // delivered or expired meanwhile
+		}
+		if err := d.start(ctx, items); err != nil {
+			return err
+		}
+	}
+	for d.running > 0 {
+		d.collect(ctx, true)
+	}
+	return nil
 }
 
 // drainer is one drain's deliveries in flight.

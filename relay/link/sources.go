@@ -1,7 +1,9 @@
 package link
 
 import (
+	"cmp"
 	"container/list"
+	"slices"
 	"sync"
 	"time"
 )
@@ -148,4 +150,40 @@ func (s *sourceShares) sources() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.bytes)
+}
+
+// fairOrder returns the seqs of up to max items queued for dest in this
+// run, in turns: each source's oldest item, then each one's next, and so
+// on; within a turn, the sources with the fewest bytes queued first. A
+// pump whose home relay takes only a few layers a try (its allowance for
+// this relay spent) hands them over in this order, so that a few sources
+// that queued much cannot hold everyone else's forwards behind theirs.
+// Items queued before a restart count for no one and are not listed.
+func (s *sourceShares) fairOrder(dest [32]byte, max int) []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type turn struct {
+		rank  int   // the item's place among its source's
+		bytes int64 // its source's bytes queued
+		seq   uint64
+	}
+	ranks := map[[16]byte]int{}
+	var turns []turn
+	for e := s.order.Front(); e != nil; e = e.Next() { // oldest first: seqs ascend per source
+		it := e.Value.(*shareItem)
+		if it.key.dest != dest {
+			continue
+		}
+		r := ranks[it.src]
+		ranks[it.src] = r + 1
+		turns = append(turns, turn{r, s.bytes[it.src], it.key.seq})
+	}
+	slices.SortFunc(turns, func(a, b turn) int {
+		return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.bytes, b.bytes), cmp.Compare(a.seq, b.seq))
+	})
+	seqs := make([]uint64, 0, min(max, len(turns)))
+	for _, t := range turns[:min(max, len(turns))] {
+		seqs = append(seqs, t.seq)
+	}
+	return seqs
 }

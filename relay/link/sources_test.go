@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +96,37 @@ func TestFailureNames(t *testing.T) {
 		if got := failure(err); !strings.Contains(got, want) || strings.Contains(got, "10.0.0.1") {
 			t.Errorf("failure(%v) = %q, want %q", err, got, want)
 		}
+	}
+}
+
+// TestFairOrder: items for one destination come in turns, each source's
+// oldest first, the source with the fewest bytes queued first within a
+// turn; other destinations' items and items done are not listed.
+func TestFairOrder(t *testing.T) {
+	s := newSourceShares(0, time.Hour)
+	now := time.Now()
+	dest, other := [32]byte{1}, [32]byte{2}
+	heavy, light, mid := [16]byte{1}, [16]byte{2}, [16]byte{3}
+	add := func(src [16]byte, n int64, d [32]byte, seq uint64) {
+		if !s.reserve(src, n, now) {
+			t.Fatal("reserve refused with no limit")
+		}
+		s.queued(src, n, itemKey{d, seq}, now)
+	}
+	for seq := uint64(1); seq <= 4; seq++ {
+		add(heavy, 1000, dest, seq)
+	}
+	add(mid, 600, dest, 5)
+	add(mid, 600, dest, 6)
+	add(light, 100, other, 7)
+	add(light, 100, dest, 8)
+	s.done(dest, []uint64{2})
+	got := s.fairOrder(dest, 10)
+	want := []uint64{8, 5, 1, 6, 3, 4}
+	if !slices.Equal(got, want) {
+		t.Fatalf("fairOrder = %v, want %v", got, want)
+	}
+	if got := s.fairOrder(dest, 2); !slices.Equal(got, want[:2]) {
+		t.Fatalf("fairOrder with max 2 = %v, want %v", got, want[:2])
 	}
 }
