@@ -1,0 +1,151 @@
+package server_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/relay"
+	"github.com/postern/postern/relay/client"
+	"github.com/postern/postern/relay/relaytest"
+	"github.com/postern/postern/relay/server"
+	"github.com/postern/postern/relay/store"
+)
+
+// TestReviewFollowTakesLateEnvelope (review check, passes): an Inbox
+// following the new mailbox takes and acks an envelope that names the
+// old id (sent after the rotation with the old capability), though the
+// Deliver names the new mailbox: no client check of the envelope's
+// mailbox against the one followed drops it or loops on it.
+func TestReviewFollowTakesLateEnvelope(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	c := r.Connect(t)
+	oldCap := []byte("old-cap")
+	v := sha256.Sum256(oldCap)
+	mb := relaytest.NewMailbox(t, c, v[:])
+	nv := sha256.Sum256([]byte("new-cap"))
+	b, bOwner := rotateTo(t, c, mb.Owner, mb.ID, nv[:])
+
+	var mu sync.Mutex
+	var got []string
+	in, err := client.NewInbox(client.InboxConfig{Identity: mb.Ident, Take: func(m client.Message) error {
+		mu.Lock()
+		got = append(got, string(m.Payload))
+		mu.Unlock()
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- in.Follow(fctx, func(context.Context) (*client.Client, error) { return r.Connect(t), nil }, bOwner, b, nil)
+	}()
+	if _, err := c.Send(ctx, mb.Seal(t, "late"), oldCap); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		st, err := r.Store.Mailbox(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 && st.Pending == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("taken %d, pending %d: the late envelope was not taken and acked", n, st.Pending)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	<-done
+	if got[0] != "late" {
+		t.Fatalf("took %q", got[0])
+	}
+}
+
+// TestReviewNineRotations (review: fails): an owner may rotate a mailbox
+// nine times within the TTL (mailbox_ops_per_source allows 256 a day);
+// a forward an entry relay acked before the first is then answered "no
+// such mailbox" (maxForwardHops is 8), which relay/link takes as final:
+// the envelope, acked to its sender, is dropped. The README documents
+// "up to 8 rotations"; nothing stops a ninth or tells the owner.
+func TestReviewNineRotations(t *testing.T) {
+	r := relaytest.New(t, store.Options{}, server.Config{})
+	c := r.Connect(t)
+	oldCap := []byte("old-cap")
+	v := sha256.Sum256(oldCap)
+	mb := relaytest.NewMailbox(t, c, v[:])
+	id, owner := mb.ID, mb.Owner
+	for range 9 {
+		id, owner = rotateTo(t, c, owner, id, v[:])
+	}
+	if _, err := c.Send(context.Background(), mb.Seal(t, "queued before the first rotation"), oldCap); err != nil {
+		t.Fatalf("a send to the id of nine rotations ago, within the TTL, with its capability: %v", err)
+	}
+}
+
+// forwardFails is a memory store on which the owner's rotation lands
+// between the relay's look and its Put (as in TestSendDuringRotation),
+// and the look that follows it fails for a reason of the store's own (a
+// forward record that fails authentication, the store closing, the
+// session's context ending), not "no such mailbox".
+type forwardFails struct {
+	*store.Memory
+	once    sync.Once
+	rotate  func()
+	rotated atomic.Bool
+}
+
+var errStoreTrouble = errors.New("store trouble")
+
+func (s *forwardFails) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
+	s.once.Do(func() { s.rotate(); s.rotated.Store(true) })
+	return s.Memory.Put(ctx, id, env)
+}
+
+func (s *forwardFails) Forwarded(ctx context.Context, id [store.IDSize]byte) ([store.IDSize]byte, []byte, error) {
+	if s.rotated.Load() {
+		return [store.IDSize]byte{}, nil, errStoreTrouble
+	}
+	return s.Memory.Forwarded(ctx, id)
+}
+
+// TestReviewPutFollowingKeepsStoreError (review: fails): when the look
+// again after a Put's "no such mailbox" fails for another reason,
+// putFollowing answers the Put's "no such mailbox" (mailbox.go, `if derr
+// != nil || next == to { return ref, err }`), which an entry relay takes
+// as final and drops the forward it acked; destination itself answers
+// the store's error (internal: retried) in the same case.
+func TestReviewPutFollowingKeepsStoreError(t *testing.T) {
+	st := &forwardFails{Memory: store.NewMemory(store.Options{})}
+	r := relaytest.NewWithStore(t, st, server.Config{})
+	ctx := context.Background()
+	c := r.Connect(t)
+	v := sha256.Sum256([]byte("old-cap"))
+	mb := relaytest.NewMailbox(t, c, v[:])
+	_, newOwner, _ := ed25519.GenerateKey(nil)
+	var newID [32]byte
+	rand.Read(newID[:])
+	st.rotate = func() {
+		if _, err := st.Memory.RotateMailbox(ctx, mb.ID, newID, newOwner.Public().(ed25519.PublicKey), nil); err != nil {
+			t.Error(err)
+		}
+	}
+	_, err := c.Send(ctx, mb.Seal(t, "under a rotation"), []byte("old-cap"))
+	if errors.Is(err, relay.ErrNoMailbox) {
+		t.Fatalf("a Send under a rotation whose forward the store could not read: %v; want a retryable (internal) error, not a final no such mailbox", err)
+	}
+}
