@@ -160,7 +160,8 @@ func mailboxRotateCmd() command {
 			"links together. For the relay's ttl (a week by default) a relay still stores what\n" +
 			"is sent to the old id with the old card's capability in the new mailbox (a\n" +
 			"message queued at another relay, a contact without the update yet); to cut off a\n" +
-			"leaked card at once, delete the mailbox and create a new one.\n\nexample:\n  postern mailbox rotate --id demo/bob.id > bob.card",
+			"leaked card at once, delete the mailbox and create a new one. A mailbox rotated\n" +
+			"8 times within that week is rotated again only once the first of them is a week old.\n\nexample:\n  postern mailbox rotate --id demo/bob.id > bob.card",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			a := mailboxFlags(fs, "which mailbox (`name`; needed when there are several)")
 			return func(ctx context.Context, args []string) error {
@@ -212,7 +213,7 @@ func rotateMailbox(ctx context.Context, e *env, a mailboxArgs) error {
 			// dropped for good). m.Next keeps the new keys; rotating
 			// again finishes with them.
 			return fmt.Errorf("relay %d of %d: %w%s; run `postern mailbox rotate` again then to finish the rotation (its new keys are kept in %s; until then the relays that moved the mailbox hold it under them)",
-				i+1, len(errs), err, busyHint(err), mailboxPath(ms.idPath))
+				i+1, len(errs), err, rotateBusyHint(err), mailboxPath(ms.idPath))
 		}
 	}
 	var confirmed []int // the indexes of the relays that moved it

@@ -149,6 +149,16 @@ func busyHint(err error) string {
 	return " (it limits how many mailboxes one address creates or rotates a day: try again in a few minutes, or from another network)"
 }
 
+// rotateBusyHint is busyHint for a rotation, which a relay also answers
+// busy when the mailbox's last rotations, 8 within the relay's ttl, all
+// still forward to it (relay/store, MaxForwardChain).
+func rotateBusyHint(err error) string {
+	if !errors.Is(err, relay.ErrBusy) {
+		return ""
+	}
+	return " (it limits how many mailboxes one address creates or rotates a day, and how often one mailbox is rotated: 8 times within its ttl, a week by default; try again in a few minutes, or from another network, or once a week has passed since the rotations)"
+}
+
 // undoCreate deletes the mailbox from the relays that made it, after
 // another refused it or the file could not be written, so a half-made
 // mailbox is not left behind. It returns what became of it, for the

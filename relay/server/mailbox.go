@@ -148,6 +148,9 @@ func (ss *session) putFollowing(id, to [store.IDSize]byte, sendCap, env []byte) 
 			return ref, err
 		}
 		next, verifier, derr := ss.destination(id)
+		if derr != nil && !errors.Is(derr, store.ErrNoMailbox) {
+			return store.Ref{}, derr // a store failure: retry, not "no such mailbox"
+		}
 		if derr != nil || next == to {
 			return ref, err
 		}
@@ -159,9 +162,10 @@ func (ss *session) putFollowing(id, to [store.IDSize]byte, sendCap, env []byte) 
 }
 
 // maxForwardHops bounds how many rotations destination follows from the
-// id an envelope names: each is an owner's rotation within the store's
-// TTL, which mailbox_ops_per_source limits.
-const maxForwardHops = 8
+// id an envelope names: the store refuses a rotation that would make a
+// longer chain of forwards (store.ErrRotatedOften), so every id rotated
+// away within the TTL is followed to its mailbox, at a bounded cost.
+const maxForwardHops = store.MaxForwardChain
 
 // destination returns the mailbox an envelope naming id goes to, and the
 // send capability verifier it must satisfy: id's own, or, for an id

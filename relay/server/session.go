@@ -259,6 +259,8 @@ func codeOf(err error) relay.Code {
 			return relay.CodeRelayFull
 		case store.CodeInvalid:
 			return relay.CodeBadFrame
+		case store.CodeRotatedOften:
+			return relay.CodeBusy
 		}
 	}
 	return relay.CodeInternal

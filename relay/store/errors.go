@@ -12,6 +12,7 @@ const (
 	CodeStoreFull
 	CodeInvalid
 	CodeClosed
+	CodeRotatedOften
 )
 
 // Error is a store error with a code and a message fit to show a user. It
@@ -44,6 +45,10 @@ var (
 		"relay disk full: retry later or use another relay"}
 	ErrInvalid = &Error{CodeInvalid,
 		"invalid request: owner key must be 32 bytes, send capability at most 1024 bytes, envelope 1 to 65536 bytes"}
+	// ErrRotatedOften refuses a rotation of a mailbox that
+	// MaxForwardChain rotations within the TTL still forward into.
+	ErrRotatedOften = &Error{CodeRotatedOften,
+		"mailbox rotated too often: the last rotations still forward to it; rotate again once the oldest of them has ended (within the relay's ttl)"}
 	ErrClosed = &Error{CodeClosed,
 		"store closed: the relay is shutting down; retry later"}
 )

@@ -318,31 +318,54 @@ func (k *Keys) OpenForward(oldID [IDSize]byte, sealed []byte) (newID [IDSize]byt
 
 var errCorruptForward = errors.New("store: data file corrupt: a rotated mailbox's forward failed authentication; restore from backup")
 
+// MailboxKeys is what a store keeps of a mailbox beside its hash and
+// envelopes, sealed at rest (Keys.SealMailbox).
+type MailboxKeys struct {
+	Owner   ed25519.PublicKey // verifies fetch, ack, rotate and delete
+	SendCap []byte            // send capability verifier; empty if none
+	// Chain holds the days on which the forwards into this mailbox end
+	// (Store.RotateMailbox): one for each rotation that led here and
+	// forwards still, oldest first. Options.NextChain bounds it.
+	Chain []uint32
+}
+
 // SealMailbox encrypts what a store keeps of mailbox id beside its hash:
-// its owner key and send capability verifier (empty if none). Under the
+// its owner key, send capability verifier and forward chain. Under the
 // mailbox's envelope key (derived from the store key and the id itself),
 // with a random nonce and its own associated data: the data and the store
 // key together do not show the owner key, which is the same on every relay
-// of a card, so two seized stores are not linked by it. The result is
-// SealOverhead+len(owner)+len(sendCap) bytes.
-func (k *Keys) SealMailbox(id [IDSize]byte, owner ed25519.PublicKey, sendCap []byte) []byte {
-	plain := append(slices.Clip(owner), sendCap...)
+// of a card, so two seized stores are not linked by it, nor that the
+// mailbox was rotated into.
+func (k *Keys) SealMailbox(id [IDSize]byte, m MailboxKeys) []byte {
+	plain := append(slices.Clip(m.Owner), byte(len(m.Chain)))
+	for _, d := range m.Chain {
+		plain = binary.BigEndian.AppendUint32(plain, d)
+	}
+	plain = append(plain, m.SendCap...)
 	return k.aead(id).Seal(nil, nil, plain, []byte(mailboxAAD))
 }
 
 // OpenMailbox decrypts what SealMailbox returned for the same id. It
 // fails, with an error that names no id, if anything differs or sealed
 // was altered.
-func (k *Keys) OpenMailbox(id [IDSize]byte, sealed []byte) (owner ed25519.PublicKey, sendCap []byte, err error) {
+func (k *Keys) OpenMailbox(id [IDSize]byte, sealed []byte) (MailboxKeys, error) {
 	plain, err := k.aead(id).Open(nil, nil, sealed, []byte(mailboxAAD))
-	if err != nil || len(plain) < ed25519.PublicKeySize {
-		return nil, nil, errCorruptMailbox
+	if err != nil || len(plain) < ed25519.PublicKeySize+1 {
+		return MailboxKeys{}, errCorruptMailbox
 	}
-	owner = ed25519.PublicKey(plain[:ed25519.PublicKeySize:ed25519.PublicKeySize])
-	if len(plain) > ed25519.PublicKeySize {
-		sendCap = plain[ed25519.PublicKeySize:]
+	m := MailboxKeys{Owner: ed25519.PublicKey(plain[:ed25519.PublicKeySize:ed25519.PublicKeySize])}
+	n := int(plain[ed25519.PublicKeySize])
+	rest := plain[ed25519.PublicKeySize+1:]
+	if len(rest) < 4*n {
+		return MailboxKeys{}, errCorruptMailbox
 	}
-	return owner, sendCap, nil
+	for i := range n {
+		m.Chain = append(m.Chain, binary.BigEndian.Uint32(rest[4*i:]))
+	}
+	if rest = rest[4*n:]; len(rest) > 0 {
+		m.SendCap = rest
+	}
+	return m, nil
 }
 
 var errCorruptMailbox = errors.New("store: data file corrupt: a mailbox's keys failed authentication; restore from backup or delete the mailbox")

@@ -31,6 +31,7 @@ type Memory struct {
 type memBox struct {
 	owner   ed25519.PublicKey
 	sendCap []byte
+	chain   []uint32 // MailboxKeys.Chain
 	nextSeq uint64
 	bytes   int64
 	items   []*memEnv // ascending seq
@@ -171,7 +172,13 @@ func (m *Memory) RotateMailbox(ctx context.Context, oldID, newID [IDSize]byte, o
 			return 0, err
 		}
 	}
+	chain, err := m.opts.NextChain(old.chain, m.opts.Now())
+	if err != nil {
+		m.mu.Unlock()
+		return 0, err
+	}
 	nb := newMemBox(owner, sendCap)
+	nb.chain = chain
 	for _, e := range old.items {
 		e.seq = nb.nextSeq
 		nb.nextSeq++

@@ -470,6 +470,36 @@ func (o Options) ForwardUntil(now time.Time) (day uint32, ok bool) {
 	return min(ExpiryDay(now, o.TTL), retired), true
 }
 
+// MaxForwardChain is how many rotations of one mailbox may still forward
+// into it (Store.RotateMailbox): one more within the TTL fails with
+// ErrRotatedOften, so that an envelope naming an id rotated away within
+// the TTL always reaches the mailbox, and a relay follows at most this
+// many forwards for it.
+const MaxForwardChain = 8
+
+// NextChain returns the forward chain (MailboxKeys.Chain) of the mailbox
+// that mailbox chain is rotated into at now: the forwards still going,
+// and the new one's end (ForwardUntil). It fails with ErrRotatedOften if
+// MaxForwardChain of them still go. Without forwards (Retire < 0) the
+// chain is empty.
+func (o Options) NextChain(chain []uint32, now time.Time) ([]uint32, error) {
+	until, ok := o.ForwardUntil(now)
+	if !ok {
+		return nil, nil
+	}
+	today := Today(now)
+	var next []uint32
+	for _, d := range chain {
+		if d > today {
+			next = append(next, d)
+		}
+	}
+	if len(next) >= MaxForwardChain {
+		return nil, ErrRotatedOften
+	}
+	return append(next, until), nil
+}
+
 // MailboxQuota reports whether one more mailbox fits in a store holding
 // count mailboxes: it returns nil or ErrStoreFull.
 func (o Options) MailboxQuota(count int) error {

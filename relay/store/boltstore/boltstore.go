@@ -460,9 +460,11 @@ func (s *Store) Mailbox(ctx context.Context, id [store.IDSize]byte) (store.Mailb
 	if err != nil || keys == nil {
 		return mb, err
 	}
-	if mb.Owner, mb.SendCap, err = s.keys.OpenMailbox(id, keys); err != nil {
+	k, err := s.keys.OpenMailbox(id, keys)
+	if err != nil {
 		return store.Mailbox{}, err
 	}
+	mb.Owner, mb.SendCap = k.Owner, k.SendCap
 	return mb, nil
 }
 

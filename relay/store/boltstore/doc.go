@@ -167,7 +167,8 @@
 // # Mailbox keys
 //
 // Since 2026-12-07 a mailbox record (type 12) keeps the mailbox's owner
-// key and send capability verifier sealed under the mailbox's envelope
+// key, send capability verifier and forward chain (the days on which the
+// forwards into it end, store.MailboxKeys) sealed under the mailbox's envelope
 // key (store.Keys.SealMailbox: derived from the store key and the id
 // itself), as the index does; Mailbox opens them with the id a request
 // names. Before, the record held both in the clear: the owner key is the
@@ -188,7 +189,7 @@
 // the old id itself (store.Keys.SealForward), so that the store key and
 // the data together do not link the two mailboxes; a Send naming the old
 // id opens it. The index keeps the sealed bytes of the forwards that have
-// not ended (about 120 bytes each, for the TTL); a Sweep on or after the
+// not ended (150-200 bytes each, for the TTL); a Sweep on or after the
 // day ends them in the log, and compaction carries an ended one as a
 // plain retirement (type 6), dropping the sealed bytes. A log with a
 // forward record cannot be opened by a release before 2026-12-07 (it

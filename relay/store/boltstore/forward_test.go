@@ -149,3 +149,29 @@ func TestForwardEndedBySweep(t *testing.T) {
 	defer s.Close()
 	wantForwardTo(t, s, "swept, reopened, clock set back", false)
 }
+
+// A mailbox's forward chain is kept, sealed, across a restart: after
+// MaxForwardChain rotations and a reopen, one more is still refused.
+func TestForwardChainAfterReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	opts := crashOpts
+	opts.Now = func() time.Time { return now }
+	s, err := Open(dir, opts)
+	must(t, err)
+	must(t, s.CreateMailbox(ctx, storetest.ID(0), storetest.Owner(0), nil))
+	for i := range store.MaxForwardChain {
+		_, err := s.RotateMailbox(ctx, storetest.ID(i), storetest.ID(i+1), storetest.Owner(i+1), nil)
+		must(t, err)
+	}
+	must(t, s.Close())
+	s, err = Open(dir, opts)
+	must(t, err)
+	defer s.Close()
+	n := store.MaxForwardChain
+	_, err = s.RotateMailbox(ctx, storetest.ID(n), storetest.ID(n+1), storetest.Owner(n+1), nil)
+	if !errors.Is(err, store.ErrRotatedOften) {
+		t.Fatalf("one rotation past the chain, reopened: %v", err)
+	}
+}

@@ -20,7 +20,7 @@ func (s *Store) CreateMailbox(ctx context.Context, id [store.IDSize]byte, owner 
 		return err
 	}
 	hid := s.keys.MailboxHash(id)
-	keys := s.keys.SealMailbox(id, owner, sendCap)
+	keys := s.keys.SealMailbox(id, store.MailboxKeys{Owner: owner, SendCap: sendCap})
 	return s.do(ctx, func(w *writer) error {
 		if w.taken(hid) {
 			return store.ErrMailboxExists
@@ -46,17 +46,17 @@ func (w *writer) createMailbox(hid [32]byte, keys []byte) {
 // sealKeys writes mailbox b (hash hid, id id), whose record has its owner
 // key and send capability verifier in the clear, anew with them sealed.
 func (w *writer) sealKeys(id [store.IDSize]byte, hid [32]byte, b *mailbox) {
-	keys := w.s.keys.SealMailbox(id, b.owner, b.sendCap)
+	keys := w.s.keys.SealMailbox(id, store.MailboxKeys{Owner: b.owner, SendCap: b.sendCap})
 	at := w.at()
 	w.buf = appendBox(w.buf, hid, b.nextSeq, keys)
 	w.ix.setMailbox(hid, keys, nil, nil, b.nextSeq, at, uint32(w.at().off-at.off))
 }
 
-// ownerKeys returns the owner key and send capability verifier of
-// mailbox b, whose id is id.
-func (b *mailbox) ownerKeys(k *store.Keys, id [store.IDSize]byte) (ed25519.PublicKey, []byte, error) {
+// ownerKeys returns the owner key, send capability verifier and forward
+// chain of mailbox b, whose id is id.
+func (b *mailbox) ownerKeys(k *store.Keys, id [store.IDSize]byte) (store.MailboxKeys, error) {
 	if b.keys == nil {
-		return slices.Clone(b.owner), slices.Clone(b.sendCap), nil
+		return store.MailboxKeys{Owner: slices.Clone(b.owner), SendCap: slices.Clone(b.sendCap)}, nil
 	}
 	return k.OpenMailbox(id, b.keys)
 }
@@ -128,7 +128,7 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		return 0, err
 	}
 	oldH, newH := s.keys.MailboxHash(oldID), s.keys.MailboxHash(newID)
-	keys := s.keys.SealMailbox(newID, owner, sendCap)
+	owner, sendCap = slices.Clone(owner), slices.Clone(sendCap)
 	moved := 0
 	select {
 	case s.rotating <- struct{}{}:
@@ -149,14 +149,20 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 				return err
 			}
 		}
+		oldKeys, err := old.ownerKeys(s.keys, oldID)
+		if err != nil {
+			return err
+		}
+		chain, err := s.opts.NextChain(oldKeys.Chain, s.opts.Now())
+		if err != nil {
+			return err
+		}
 		envs, err := w.openAll(oldID, old)
 		if err != nil {
 			return err
 		}
-		_, oldCap, err := old.ownerKeys(s.keys, oldID)
-		if err != nil {
-			return err
-		}
+		oldCap := oldKeys.SendCap
+		keys := s.keys.SealMailbox(newID, store.MailboxKeys{Owner: owner, SendCap: sendCap, Chain: chain})
 		w.deleteMailbox(oldH)
 		w.forward(oldH, func() []byte { return s.keys.SealForward(oldID, newID, oldCap) })
 		w.createMailbox(newH, keys)

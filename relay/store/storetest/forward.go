@@ -94,3 +94,61 @@ func testForwards(t *testing.T, f Factory) {
 	}
 	wantForward(t, free, "not retired", a, nil, "")
 }
+
+// testForwardChain: a mailbox that MaxForwardChain rotations within the
+// TTL still forward into is not rotated again (ErrRotatedOften, nothing
+// changed), and every id of the chain reaches it; as the oldest forwards
+// end, rotations are allowed again, one for each that ended.
+func testForwardChain(t *testing.T, f Factory) {
+	ctx := context.Background()
+	var c clock
+	t0 := time.Date(2026, 12, 7, 15, 30, 0, 0, time.UTC)
+	c.set(t0)
+	ttl := 3 * 24 * time.Hour
+	s := open(t, f, store.Options{Now: c.now, TTL: ttl, Retire: 30 * 24 * time.Hour})
+	const n = store.MaxForwardChain
+	ids := make([][store.IDSize]byte, 0, 2*n)
+	for i := range 2 * n {
+		ids = append(ids, ID(100+i))
+	}
+	rotate := func(i int) error {
+		_, err := s.RotateMailbox(ctx, ids[i], ids[i+1], Owner(i+1), nil)
+		return err
+	}
+	mustCreate(t, s, ids[0], 0)
+	for i := range n {
+		if i == n/2 {
+			c.set(t0.Add(24 * time.Hour)) // the second half a day later
+		}
+		if err := rotate(i); err != nil {
+			t.Fatalf("rotation %d: %v", i+1, err)
+		}
+	}
+	to := ids[0]
+	for hop := range n {
+		next, _, err := s.Forwarded(ctx, to)
+		if err != nil || next != ids[hop+1] {
+			t.Fatalf("hop %d of the chain: to the next id %v, %v", hop+1, next == ids[hop+1], err)
+		}
+		to = next
+	}
+	err := rotate(n)
+	wantErr(t, "one rotation past the chain", err, store.ErrRotatedOften)
+	noIDs(t, err, ids[n], ids[n+1])
+	if mb, err := s.Mailbox(ctx, ids[n]); err != nil || !mb.Owner.Equal(Owner(n)) {
+		t.Fatalf("the mailbox after a refused rotation: %v", err)
+	}
+	wantForward(t, s, "the id a refused rotation named", ids[n+1], nil, "")
+
+	// The first half's forwards end: that many rotations again, no more.
+	c.set(nextDay(t0.Add(ttl)))
+	for i := n; i < n+n/2; i++ {
+		if err := rotate(i); err != nil {
+			t.Fatalf("rotation %d after the oldest forwards ended: %v", i+1, err)
+		}
+	}
+	wantErr(t, "one more", rotate(n+n/2), store.ErrRotatedOften)
+	if err := s.CreateMailbox(ctx, ids[n+n/2+1], Owner(9), nil); err != nil {
+		t.Fatalf("the id a refused rotation named was taken: %v", err)
+	}
+}

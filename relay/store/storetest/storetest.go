@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"SeqsOfAMailboxMadeAgain", testSeqsMadeAgain},
 		{"RetiredIDs", testRetiredIDs},
 		{"Forwards", testForwards},
+		{"ForwardChain", testForwardChain},
 		{"QuotaMailboxes", testQuotaMailboxes},
 		{"QuotaRetiredIDs", testQuotaRetired},
 		{"Duplicate", testDuplicate},

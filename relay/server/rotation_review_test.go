@@ -18,12 +18,12 @@ import (
 	"github.com/postern/postern/relay/store"
 )
 
-// TestReviewFollowTakesLateEnvelope (review check, passes): an Inbox
+// TestFollowTakesLateEnvelope (a reviewer's check): an Inbox
 // following the new mailbox takes and acks an envelope that names the
 // old id (sent after the rotation with the old capability), though the
 // Deliver names the new mailbox: no client check of the envelope's
 // mailbox against the one followed drops it or loops on it.
-func TestReviewFollowTakesLateEnvelope(t *testing.T) {
+func TestFollowTakesLateEnvelope(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
 	c := r.Connect(t)
 	oldCap := []byte("old-cap")
@@ -76,24 +76,36 @@ func TestReviewFollowTakesLateEnvelope(t *testing.T) {
 	}
 }
 
-// TestReviewNineRotations (review: fails): an owner may rotate a mailbox
-// nine times within the TTL (mailbox_ops_per_source allows 256 a day);
-// a forward an entry relay acked before the first is then answered "no
-// such mailbox" (maxForwardHops is 8), which relay/link takes as final:
-// the envelope, acked to its sender, is dropped. The README documents
-// "up to 8 rotations"; nothing stops a ninth or tells the owner.
-func TestReviewNineRotations(t *testing.T) {
+// TestRotationChainBounded: an owner may rotate a mailbox
+// store.MaxForwardChain times within the TTL, and an envelope naming the
+// first id with its capability (a forward an entry relay acked before the
+// first rotation) still reaches the mailbox; one more rotation is answered
+// busy and changes nothing. A reviewer found a ninth rotation allowed and
+// such a forward then answered "no such mailbox", which an entry relay
+// takes as final: the envelope, acked to its sender, was dropped.
+func TestRotationChainBounded(t *testing.T) {
 	r := relaytest.New(t, store.Options{}, server.Config{})
+	ctx := context.Background()
 	c := r.Connect(t)
 	oldCap := []byte("old-cap")
 	v := sha256.Sum256(oldCap)
 	mb := relaytest.NewMailbox(t, c, v[:])
 	id, owner := mb.ID, mb.Owner
-	for range 9 {
+	for range store.MaxForwardChain {
 		id, owner = rotateTo(t, c, owner, id, v[:])
 	}
-	if _, err := c.Send(context.Background(), mb.Seal(t, "queued before the first rotation"), oldCap); err != nil {
-		t.Fatalf("a send to the id of nine rotations ago, within the TTL, with its capability: %v", err)
+	if _, err := c.Send(ctx, mb.Seal(t, "queued before the first rotation"), oldCap); err != nil {
+		t.Fatalf("a send to the id of %d rotations ago, within the TTL, with its capability: %v", store.MaxForwardChain, err)
+	}
+	_, next, _ := ed25519.GenerateKey(nil)
+	var nextID [32]byte
+	rand.Read(nextID[:])
+	if _, err := c.Rotate(ctx, owner, id, next, nextID, nil); !errors.Is(err, relay.ErrBusy) {
+		t.Fatalf("one rotation more: %v, want busy", err)
+	}
+	ds, err := c.Fetch(ctx, owner, id, 0)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("the mailbox after a refused rotation holds %d, %v; want the envelope", len(ds), err)
 	}
 }
 
@@ -123,13 +135,12 @@ func (s *forwardFails) Forwarded(ctx context.Context, id [store.IDSize]byte) ([s
 	return s.Memory.Forwarded(ctx, id)
 }
 
-// TestReviewPutFollowingKeepsStoreError (review: fails): when the look
-// again after a Put's "no such mailbox" fails for another reason,
-// putFollowing answers the Put's "no such mailbox" (mailbox.go, `if derr
-// != nil || next == to { return ref, err }`), which an entry relay takes
-// as final and drops the forward it acked; destination itself answers
-// the store's error (internal: retried) in the same case.
-func TestReviewPutFollowingKeepsStoreError(t *testing.T) {
+// TestPutFollowingKeepsStoreError: when the look again after a Put's "no
+// such mailbox" fails for another reason, the relay answers that error
+// (internal: retried), as destination does. A reviewer found it answered
+// the Put's "no such mailbox", which an entry relay takes as final,
+// dropping the forward it acked.
+func TestPutFollowingKeepsStoreError(t *testing.T) {
 	st := &forwardFails{Memory: store.NewMemory(store.Options{})}
 	r := relaytest.NewWithStore(t, st, server.Config{})
 	ctx := context.Background()
