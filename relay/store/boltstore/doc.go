@@ -186,12 +186,18 @@
 // the old id's hash, its retirement day, the day its forward ends
 // (store.Options.ForwardUntil: the TTL) and the new id with the old
 // capability verifier, sealed under a key derived from the store key and
-// the old id itself (store.Keys.SealForward), so that the store key and
-// the data together do not link the two mailboxes; a Send naming the old
-// id opens it. The index keeps the sealed bytes of the forwards that have
-// not ended (150-200 bytes each, for the TTL); a Sweep on or after the
-// day ends them in the log, and compaction carries an ended one as a
-// plain retirement (type 6), dropping the sealed bytes. A log with a
+// the old id itself (store.Keys.SealForward): the store key and the data
+// together do not open it; a Send naming the old id does. It adds no link
+// beyond the rotation's own batch, which puts the old id's hash beside the
+// new mailbox's record (and moves the envelopes with their refs), as it
+// always did, until compaction parts them. The index keeps the sealed
+// bytes of the forwards that have not ended (150-200 bytes each, for the
+// TTL); a Sweep on or after the day ends them in the log, and compaction
+// carries an ended one as a plain retirement (type 6), without the sealed
+// bytes. Those stay in the forward's segment until its compaction (a log
+// of one segment is never compacted) and in the spare until the log writes
+// over them: someone with the data, store.key and the old id could then
+// still read where it went. A log with a
 // forward record cannot be opened by a release before 2026-12-07 (it
 // refuses the unknown record type as damage).
 //

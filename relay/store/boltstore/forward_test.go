@@ -83,9 +83,9 @@ func TestForwardCarried(t *testing.T) {
 }
 
 // A forward whose day has begun is not carried by compaction: the id is
-// carried as retired alone, and no store key and data, nor the old id,
-// can find the new id any more (here: the clock set back, reopened, finds
-// no forward).
+// carried as retired alone, and the store no longer finds the forward
+// (here: the clock set back, reopened). Its old bytes stay in the spare
+// until the log writes over them (see the package comment, Forwards).
 func TestForwardEndedNotCarried(t *testing.T) {
 	var clock atomic.Int64
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)

@@ -238,12 +238,11 @@ func (s *Store) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (sto
 		if _, dup := b.refs.seq(b, ref); dup {
 			return nil // duplicate: stored once
 		}
-		if b.keys == nil {
-			w.sealKeys(id, hid, b)
-			b = w.ix.mailbox(hid)
-		}
 		if err := s.opts.EnvelopeQuota(len(b.envs), b.bytes, s.bytes.Load()+w.dBytes, n); err != nil {
 			return err
+		}
+		if b.keys == nil {
+			w.sealKeys(id, hid, b)
 		}
 		w.addEnvelope(hid, b, b.nextSeq, rec)
 		return nil

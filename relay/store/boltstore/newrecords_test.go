@@ -67,11 +67,11 @@ func checkLive(t *testing.T, s *Store, when string) {
 	}
 }
 
-// TestReviewLiveAccounting: rotations (delete + forward in one batch),
+// TestLiveAccountingNewRecords: rotations (delete + forward in one batch),
 // legacy mailboxes sealed by a Put, compaction (whole and cut short),
 // a reopen, a failed write's restore and a sweep that ends forwards all
 // keep every segment's live bytes equal to what the index points at.
-func TestReviewLiveAccounting(t *testing.T) {
+func TestLiveAccountingNewRecords(t *testing.T) {
 	ctx := context.Background()
 	old := segmentBytes
 	t.Cleanup(func() { segmentBytes = old })
@@ -159,11 +159,11 @@ func TestReviewLiveAccounting(t *testing.T) {
 	}
 }
 
-// TestReviewFailedRotationRestored: a rotation, and a Put that seals a
+// TestFailedRotationRestored: a rotation, and a Put that seals a
 // legacy mailbox's keys, whose write fails leave the index as the log says
 // after the restore: no forward, the old mailbox back with its keys, the
 // legacy record still the clear one (and live accounting right).
-func TestReviewFailedRotationRestored(t *testing.T) {
+func TestFailedRotationRestored(t *testing.T) {
 	ctx := context.Background()
 	opts := crashOpts
 	opts.TTL, opts.Retire = 3*24*time.Hour, 30*24*time.Hour
@@ -206,10 +206,10 @@ func TestReviewFailedRotationRestored(t *testing.T) {
 	}
 }
 
-// TestReviewForwardAfterLaterFrames: a forward and a sealed mailbox
+// TestForwardAfterLaterFrames: a forward and a sealed mailbox
 // record replayed from a frame that later, larger frames follow still
 // open (replay must not keep slices of its frame buffer).
-func TestReviewForwardAfterLaterFrames(t *testing.T) {
+func TestForwardAfterLaterFrames(t *testing.T) {
 	ctx := context.Background()
 	opts := crashOpts
 	opts.TTL, opts.Retire = 3*24*time.Hour, 30*24*time.Hour
@@ -237,10 +237,10 @@ func TestReviewForwardAfterLaterFrames(t *testing.T) {
 	}
 }
 
-// TestReviewForwardStress: rotations, legacy seals, Forwarded and Mailbox
+// TestForwardStress: rotations, legacy seals, Forwarded and Mailbox
 // readers, Sweeps and compaction at once (run with -race); then a reopen
 // reads the same forwards.
-func TestReviewForwardStress(t *testing.T) {
+func TestForwardStress(t *testing.T) {
 	ctx := context.Background()
 	old := segmentBytes
 	t.Cleanup(func() { segmentBytes = old })
@@ -255,7 +255,7 @@ func TestReviewForwardStress(t *testing.T) {
 	s, err := Open(dir, opts)
 	must(t, err)
 	const chains = 4
-	const hops = 12
+	const hops = store.MaxForwardChain
 	id := func(c, h int) [store.IDSize]byte { return storetest.ID(1000 + c*100 + h) }
 	for c := range chains {
 		if c%2 == 0 {
@@ -376,11 +376,11 @@ func TestReviewForwardStress(t *testing.T) {
 	check("reopened")
 }
 
-// TestReviewCutShortCompactionNewRecords: a compaction cut short after
+// TestCutShortCompactionNewRecords: a compaction cut short after
 // its copies (segment 1 kept) of a live forward, a sealed mailbox record
 // and a legacy one, the legacy one sealed by a Put after its copy: the
 // replay merges the duplicates (forward, keys, live bytes).
-func TestReviewCutShortCompactionNewRecords(t *testing.T) {
+func TestCutShortCompactionNewRecords(t *testing.T) {
 	ctx := context.Background()
 	old := segmentBytes
 	t.Cleanup(func() { segmentBytes = old })
