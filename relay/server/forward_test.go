@@ -98,24 +98,35 @@ func TestSendFollowsRotation(t *testing.T) {
 
 // rotateOnPut is a memory store on which, once, the owner's rotation
 // lands between the relay's look at the mailbox and its Put, as a Rotate
-// on another session may.
+// on another session may. With failForward, the look that follows it
+// fails for a reason of the store's own (a forward record that fails
+// authentication, the store closing), not "no such mailbox".
 type rotateOnPut struct {
 	*store.Memory
-	once   sync.Once
-	rotate func()
+	once        sync.Once
+	rotate      func()
+	rotated     atomic.Bool
+	failForward bool
 }
 
+var errStoreTrouble = errors.New("store trouble")
+
 func (s *rotateOnPut) Put(ctx context.Context, id [store.IDSize]byte, env []byte) (store.Ref, error) {
-	s.once.Do(s.rotate)
+	s.once.Do(func() { s.rotate(); s.rotated.Store(true) })
 	return s.Memory.Put(ctx, id, env)
 }
 
-// TestSendDuringRotation: a Send whose mailbox is rotated between the
-// relay's look and its Put is stored in the new mailbox; before, the Put's
-// "no such mailbox" went to the sender (and an entry relay dropped its
-// forward for good).
-func TestSendDuringRotation(t *testing.T) {
-	st := &rotateOnPut{Memory: store.NewMemory(store.Options{})}
+func (s *rotateOnPut) Forwarded(ctx context.Context, id [store.IDSize]byte) ([store.IDSize]byte, []byte, error) {
+	if s.failForward && s.rotated.Load() {
+		return [store.IDSize]byte{}, nil, errStoreTrouble
+	}
+	return s.Memory.Forwarded(ctx, id)
+}
+
+// sendUnderRotation sends to a mailbox with a capability on a relay over
+// st, whose first Put the mailbox's rotation to newID lands under, and
+// returns the client, the new mailbox and the Send's error.
+func sendUnderRotation(t *testing.T, st *rotateOnPut) (*client.Client, ed25519.PrivateKey, [32]byte, error) {
 	r := relaytest.NewWithStore(t, st, server.Config{})
 	ctx := context.Background()
 	c := r.Connect(t)
@@ -129,11 +140,33 @@ func TestSendDuringRotation(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if _, err := c.Send(ctx, mb.Seal(t, "under a rotation"), []byte("old-cap")); err != nil {
+	_, err := c.Send(ctx, mb.Seal(t, "under a rotation"), []byte("old-cap"))
+	return c, newOwner, newID, err
+}
+
+// TestSendDuringRotation: a Send whose mailbox is rotated between the
+// relay's look and its Put is stored in the new mailbox; before, the Put's
+// "no such mailbox" went to the sender (and an entry relay dropped its
+// forward for good).
+func TestSendDuringRotation(t *testing.T) {
+	c, newOwner, newID, err := sendUnderRotation(t, &rotateOnPut{Memory: store.NewMemory(store.Options{})})
+	if err != nil {
 		t.Fatalf("a Send under a rotation: %v", err)
 	}
-	ds, err := c.Fetch(ctx, newOwner, newID, 0)
+	ds, err := c.Fetch(context.Background(), newOwner, newID, 0)
 	if err != nil || len(ds) != 1 {
 		t.Fatalf("the new mailbox holds %d, %v; want the envelope", len(ds), err)
+	}
+}
+
+// TestPutFollowingKeepsStoreError: when the look again after a Put's "no
+// such mailbox" fails for another reason, the relay answers that error
+// (internal: retried), as destination does. A reviewer found it answered
+// the Put's "no such mailbox", which an entry relay takes as final,
+// dropping the forward it acked.
+func TestPutFollowingKeepsStoreError(t *testing.T) {
+	_, _, _, err := sendUnderRotation(t, &rotateOnPut{Memory: store.NewMemory(store.Options{}), failForward: true})
+	if !errors.Is(err, relay.ErrInternal) {
+		t.Fatalf("a Send under a rotation whose forward the store could not read: %v; want internal (retried), not a final no such mailbox", err)
 	}
 }

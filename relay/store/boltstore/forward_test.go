@@ -11,12 +11,10 @@ import (
 	"github.com/postern/postern/relay/store/storetest"
 )
 
-// forwardSetup opens a store with 16 KiB segments that compacts only when
-// the test says, on a clock the test sets, rotates mailbox A (capability
-// verifier "cap-a") to B, and fills segments after it with 1 KiB
-// envelopes to another mailbox, so that the forward's record lies in the
-// first segment, which no longer takes writes.
-func forwardSetup(t *testing.T, dir string, clock *atomic.Int64) (*Store, store.Options) {
+// clockedStore opens a store in dir with 16 KiB segments (until the test
+// ends), a TTL of 3 days and retirements of 30, on clock (Unix seconds),
+// with opts changed by tune if not nil.
+func clockedStore(t *testing.T, dir string, clock *atomic.Int64, tune func(*store.Options)) (*Store, store.Options) {
 	t.Helper()
 	old := segmentBytes
 	t.Cleanup(func() { segmentBytes = old })
@@ -24,13 +22,27 @@ func forwardSetup(t *testing.T, dir string, clock *atomic.Int64) (*Store, store.
 	opts := crashOpts
 	opts.Now = func() time.Time { return time.Unix(clock.Load(), 0) }
 	opts.TTL, opts.Retire = 3*24*time.Hour, 30*24*time.Hour
+	if tune != nil {
+		tune(&opts)
+	}
 	s, err := Open(dir, opts)
 	must(t, err)
+	return s, opts
+}
+
+// forwardSetup opens a clockedStore that compacts only when the test
+// says, rotates mailbox A (capability verifier "cap-a") to B, and fills
+// segments after it with 1 KiB envelopes to another mailbox, so that the
+// forward's record lies in the first segment, which no longer takes
+// writes.
+func forwardSetup(t *testing.T, dir string, clock *atomic.Int64) (*Store, store.Options) {
+	t.Helper()
+	s, opts := clockedStore(t, dir, clock, nil)
 	s.compacting.Store(true) // the test compacts
 	ctx := context.Background()
 	a, b, other := storetest.ID(1), storetest.ID(2), storetest.ID(3)
 	must(t, s.CreateMailbox(ctx, a, storetest.Owner(1), []byte("cap-a")))
-	_, err = s.RotateMailbox(ctx, a, b, storetest.Owner(2), nil)
+	_, err := s.RotateMailbox(ctx, a, b, storetest.Owner(2), nil)
 	must(t, err)
 	must(t, s.CreateMailbox(ctx, other, storetest.Owner(3), nil))
 	for i := 0; len(s.segs()) < 3; i++ {
@@ -82,72 +94,57 @@ func TestForwardCarried(t *testing.T) {
 	}
 }
 
-// A forward whose day has begun is not carried by compaction: the id is
-// carried as retired alone, and the store no longer finds the forward
-// (here: the clock set back, reopened). Its old bytes stay in the spare
-// until the log writes over them (see the package comment, Forwards).
-func TestForwardEndedNotCarried(t *testing.T) {
-	var clock atomic.Int64
-	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	clock.Store(t0.Unix())
-	dir := t.TempDir()
-	s, opts := forwardSetup(t, dir, &clock)
-	clock.Store(t0.Add(4 * 24 * time.Hour).Unix())
-	wantForwardTo(t, s, "ended", false)
-	first := s.segs()[0]
-	must(t, s.compact(first.num, first.path))
-	must(t, s.Close())
-	clock.Store(t0.Unix())
-	s, err := Open(dir, opts)
-	must(t, err)
-	defer s.Close()
-	wantForwardTo(t, s, "ended, compacted, clock set back", false)
-	err = s.CreateMailbox(context.Background(), storetest.ID(1), storetest.Owner(9), nil)
-	if !errors.Is(err, store.ErrMailboxExists) {
-		t.Fatalf("the id is no longer retired after its forward ended: %v", err)
+// TestForwardEnded: a forward whose day has begun stays ended across a
+// restart with the clock set back, whichever record ended it:
+//   - compacted: compaction carries the id as retired alone (it stays
+//     retired); the forward's old bytes stay in the spare until the log
+//     writes over them (see the package comment, Forwards);
+//   - carried, not dropped: a compaction cut short between its copy and
+//     the segment's removal leaves the forward record and the retirement
+//     it was carried as, and replayed in order the retirement ends it;
+//   - swept: a Sweep on or after its day ends it in the log.
+func TestForwardEnded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, s *Store, now time.Time, first *segment)
+	}{
+		{"compacted", func(t *testing.T, s *Store, _ time.Time, first *segment) {
+			must(t, s.compact(first.num, first.path))
+		}},
+		{"carried, not dropped", func(t *testing.T, s *Store, _ time.Time, first *segment) {
+			must(t, s.carryLive(first.num, first.path))
+		}},
+		{"swept", func(t *testing.T, s *Store, now time.Time, _ *segment) {
+			_, err := s.Sweep(context.Background(), now)
+			must(t, err)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var clock atomic.Int64
+			t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+			clock.Store(t0.Unix())
+			dir := t.TempDir()
+			s, opts := forwardSetup(t, dir, &clock)
+			later := t0.Add(4 * 24 * time.Hour)
+			clock.Store(later.Unix())
+			wantForwardTo(t, s, "ended", false)
+			first := s.segs()[0]
+			tc.end(t, s, later, first)
+			must(t, s.Close())
+			clock.Store(t0.Unix())
+			s, err := Open(dir, opts)
+			must(t, err)
+			defer s.Close()
+			if kept := s.segs()[0].num == first.num; kept != (tc.name != "compacted") {
+				t.Fatalf("the forward's segment kept: %v", kept)
+			}
+			wantForwardTo(t, s, "ended, reopened with the clock set back", false)
+			err = s.CreateMailbox(context.Background(), storetest.ID(1), storetest.Owner(9), nil)
+			if !errors.Is(err, store.ErrMailboxExists) {
+				t.Fatalf("the id is no longer retired after its forward ended: %v", err)
+			}
+		})
 	}
-}
-
-// A compaction cut short between its copy and the segment's removal
-// leaves both the forward record and the retirement it was carried as:
-// replayed in order, the retirement ends the forward.
-func TestForwardEndedCarriedNotDropped(t *testing.T) {
-	var clock atomic.Int64
-	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	clock.Store(t0.Unix())
-	dir := t.TempDir()
-	s, opts := forwardSetup(t, dir, &clock)
-	clock.Store(t0.Add(4 * 24 * time.Hour).Unix())
-	first := s.segs()[0]
-	must(t, s.carryLive(first.num, first.path))
-	must(t, s.Close())
-	clock.Store(t0.Unix())
-	s, err := Open(dir, opts)
-	must(t, err)
-	defer s.Close()
-	if segs := s.segs(); segs[0].num != first.num {
-		t.Fatal("the compacted segment is gone: the test needs it kept")
-	}
-	wantForwardTo(t, s, "ended, carried, not dropped, clock set back", false)
-}
-
-// A Sweep on or after a forward's day ends it in the log too: replayed
-// with the clock set back, the forward stays ended.
-func TestForwardEndedBySweep(t *testing.T) {
-	var clock atomic.Int64
-	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
-	clock.Store(t0.Unix())
-	dir := t.TempDir()
-	s, opts := forwardSetup(t, dir, &clock)
-	clock.Store(t0.Add(4 * 24 * time.Hour).Unix())
-	_, err := s.Sweep(context.Background(), time.Unix(clock.Load(), 0))
-	must(t, err)
-	must(t, s.Close())
-	clock.Store(t0.Unix())
-	s, err = Open(dir, opts)
-	must(t, err)
-	defer s.Close()
-	wantForwardTo(t, s, "swept, reopened, clock set back", false)
 }
 
 // A mailbox's forward chain is kept, sealed, across a restart: after

@@ -73,20 +73,13 @@ func checkLive(t *testing.T, s *Store, when string) {
 // keep every segment's live bytes equal to what the index points at.
 func TestLiveAccountingNewRecords(t *testing.T) {
 	ctx := context.Background()
-	old := segmentBytes
-	t.Cleanup(func() { segmentBytes = old })
-	segmentBytes = 16 << 10
 	var clock atomic.Int64
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	clock.Store(t0.Unix())
-	opts := crashOpts
-	opts.Now = func() time.Time { return time.Unix(clock.Load(), 0) }
-	opts.TTL, opts.Retire = 3*24*time.Hour, 30*24*time.Hour
-	opts.AckSync = -1
 	dir := t.TempDir()
-	s, err := Open(dir, opts)
-	must(t, err)
+	s, opts := clockedStore(t, dir, &clock, func(o *store.Options) { o.AckSync = -1 })
 	s.compacting.Store(true)
+	var err error
 	a, b, c, l, l2, other := storetest.ID(1), storetest.ID(2), storetest.ID(3), storetest.ID(4), storetest.ID(5), storetest.ID(6)
 	must(t, s.CreateMailbox(ctx, a, storetest.Owner(1), []byte("cap-a")))
 	createLegacy(t, s, l, storetest.Owner(4), []byte("cap-l"))
@@ -242,18 +235,12 @@ func TestForwardAfterLaterFrames(t *testing.T) {
 // reads the same forwards.
 func TestForwardStress(t *testing.T) {
 	ctx := context.Background()
-	old := segmentBytes
-	t.Cleanup(func() { segmentBytes = old })
-	segmentBytes = 16 << 10
 	var clock atomic.Int64
 	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	clock.Store(t0.Unix())
-	opts := crashOpts
-	opts.Now = func() time.Time { return time.Unix(clock.Load(), 0) }
-	opts.TTL, opts.Retire = 3*24*time.Hour, 30*24*time.Hour
 	dir := t.TempDir()
-	s, err := Open(dir, opts)
-	must(t, err)
+	s, opts := clockedStore(t, dir, &clock, nil)
+	var err error
 	const chains = 4
 	const hops = store.MaxForwardChain
 	id := func(c, h int) [store.IDSize]byte { return storetest.ID(1000 + c*100 + h) }
