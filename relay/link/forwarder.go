@@ -90,8 +90,12 @@ type Forwarder struct {
 	waiting  map[[32]byte]bool          // the destinations in turns
 	resting  map[[32]byte]*rest         // destinations between a failure and their retry
 	backoffs map[[32]byte]time.Duration // the next retry delay of a destination that failed
-	reached  map[[32]byte]struct{}      // destinations a link came up to since Run (at most maxReached)
-	wg       sync.WaitGroup
+	// full: destinations whose last drain stopped on the home relay's
+	// storage full, whichever pump ran it (pump.drain); kept as backoffs
+	// are, until a drain ends without it
+	full    map[[32]byte]bool
+	reached map[[32]byte]struct{} // destinations a link came up to since Run (at most maxReached)
+	wg      sync.WaitGroup
 
 	shares *sourceShares
 }
@@ -125,6 +129,7 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	}
 	return &Forwarder{cfg: cfg, pumps: map[[32]byte]*pump{}, waiting: map[[32]byte]bool{},
 		resting: map[[32]byte]*rest{}, backoffs: map[[32]byte]time.Duration{}, reached: map[[32]byte]struct{}{},
+		full:   map[[32]byte]bool{},
 		shares: newSourceShares(cfg.SourceBytes, cfg.ItemTTL+24*time.Hour)}
 }
 
@@ -371,6 +376,29 @@ func (f *Forwarder) backoff(dest [32]byte, failed bool) time.Duration {
 	}
 	f.backoffs[dest] = min(2*b, most)
 	return b/2 + rand.N(b/2+1)
+}
+
+// wasFull reports whether dest's last drain stopped on relay full: the
+// next starts with one layer in flight, in the fair order (drainer).
+// Kept here, not in the pump: a pump that gives its turn up, or whose
+// session fails, is replaced by one that must know (a reviewer's find:
+// the new pump went back to the queue's order and a window of 128).
+func (f *Forwarder) wasFull(dest [32]byte) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.full[dest]
+}
+
+// setFull records how dest's last drain that the home relay answered
+// ended: stopped on relay full, or not.
+func (f *Forwarder) setFull(dest [32]byte, full bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if full {
+		f.full[dest] = true
+	} else {
+		delete(f.full, dest)
+	}
 }
 
 // unreachedBackoff is how many times MaxBackoff a destination that no

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -32,9 +33,6 @@ type pump struct {
 	link    *Link
 	stop    context.CancelFunc
 	done    chan struct{} // closed when the link's Run returned
-	// full is set when the last drain stopped on the home relay's
-	// storage full: the next starts with one layer in flight (drainer.limit).
-	full bool
 }
 
 func (p *pump) run(ctx context.Context) {
@@ -158,11 +156,16 @@ type outcome struct {
 // the queue's head, and anything delivered twice is answered CodeReplay.
 func (p *pump) drain(ctx context.Context) error {
 	d := &drainer{p: p, sem: make(chan struct{}, pumpWindow), out: make(chan outcome, pumpWindow), limit: pumpWindow}
-	if p.full {
+	wasFull := p.f.wasFull(p.dest)
+	if wasFull {
 		d.limit = 1
 	}
-	defer func() { p.full = d.full }()
-	if p.full {
+	defer func() {
+		if d.full || d.firstErr == nil { // the home relay answered
+			p.f.setFull(p.dest, d.full)
+		}
+	}()
+	if wasFull {
 		if err := d.startFair(ctx); err != nil {
 			d.finish(ctx)
 			return err
@@ -196,10 +199,23 @@ func (p *pump) drain(ctx context.Context) error {
 
 // startFair starts, after a drain that the home relay stopped with relay
 // full, the items it may take in the order that shares them out among
-// sources (sourceShares.fairOrder), and waits for them: the drain then
-// goes on through the queue in order, if the home relay takes more.
+// sources: first those queued before this run (they count for no source;
+// oldest first, as they went before), then the ones counted, by
+// sourceShares.fairOrder. It waits for them: the drain then goes on
+// through the queue in order, if the home relay takes more.
 func (d *drainer) startFair(ctx context.Context) error {
-	for _, seq := range d.p.f.shares.fairOrder(d.p.dest, pumpWindow) {
+	seqs, before := d.p.f.shares.fairOrder(d.p.dest, pumpWindow)
+	if before > 1 {
+		old, err := d.p.f.cfg.Queue.Pending(ctx, d.p.dest, 0, pumpWindow)
+		if err != nil {
+			return err
+		}
+		old = slices.DeleteFunc(old, func(it Item) bool { return it.Seq >= before })
+		if err := d.start(ctx, old); err != nil {
+			return err
+		}
+	}
+	for _, seq := range seqs {
 		if d.firstErr != nil || d.full {
 			break
 		}

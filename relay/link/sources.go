@@ -34,6 +34,9 @@ type sourceShares struct {
 	inflight int
 	early    map[itemKey]bool
 	firstSeq uint64 // the first seq this run queued (0: none yet); older items count for no one
+	// fair: per destination, the start tags that order its items for a
+	// home relay that takes only a few a try (fairOrder)
+	fair map[[32]byte]*fairDest
 }
 
 type itemKey struct {
@@ -46,11 +49,12 @@ type shareItem struct {
 	src   [16]byte
 	n     int64
 	until time.Time
+	start uint64 // its start tag (fairDest)
 }
 
 func newSourceShares(max int64, ttl time.Duration) *sourceShares {
 	return &sourceShares{max: max, ttl: ttl, bytes: map[[16]byte]int64{},
-		items: map[itemKey]*list.Element{}, order: list.New()}
+		items: map[itemKey]*list.Element{}, order: list.New(), fair: map[[32]byte]*fairDest{}}
 }
 
 // reserve counts n more bytes for src, or reports false if that would
@@ -93,7 +97,9 @@ func (s *sourceShares) queued(src [16]byte, n int64, key itemKey, now time.Time)
 	if old := s.items[key]; old != nil { // cannot happen: seqs are not reused
 		s.drop(old)
 	}
-	s.items[key] = s.order.PushBack(&shareItem{key: key, src: src, n: n, until: now.Add(s.ttl)})
+	it := &shareItem{key: key, src: src, n: n, until: now.Add(s.ttl)}
+	it.start = s.fairFor(key.dest).tag(src, n)
+	s.items[key] = s.order.PushBack(it)
 }
 
 // settled counts a reservation out; with none left, no item done early
@@ -112,6 +118,9 @@ func (s *sourceShares) done(dest [32]byte, seqs []uint64) {
 		k := itemKey{dest, seq}
 		switch e := s.items[k]; {
 		case e != nil:
+			if f := s.fair[dest]; f != nil { // delivered: the order moves on
+				f.vtime = max(f.vtime, e.Value.(*shareItem).start)
+			}
 			s.drop(e)
 		case s.inflight > 0 && (s.firstSeq == 0 || seq >= s.firstSeq): // perhaps queued in a moment
 			if s.early == nil {
@@ -135,6 +144,9 @@ func (s *sourceShares) drop(e *list.Element) {
 	it := s.order.Remove(e).(*shareItem)
 	delete(s.items, it.key)
 	s.sub(it.src, it.n)
+	if f := s.fair[it.key.dest]; f != nil && f.gone(it.src) {
+		delete(s.fair, it.key.dest)
+	}
 }
 
 // sub takes n bytes off src's count, forgetting src at zero; s.mu is
@@ -152,38 +164,86 @@ func (s *sourceShares) sources() int {
 	return len(s.bytes)
 }
 
-// fairOrder returns the seqs of up to max items queued for dest in this
-// run, in turns: each source's oldest item, then each one's next, and so
-// on; within a turn, the sources with the fewest bytes queued first. A
-// pump whose home relay takes only a few layers a try (its allowance for
-// this relay spent) hands them over in this order, so that a few sources
-// that queued much cannot hold everyone else's forwards behind theirs.
-// Items queued before a restart count for no one and are not listed.
-func (s *sourceShares) fairOrder(dest [32]byte, max int) []uint64 {
+// fairDest orders the items counted for one destination by start-time
+// fair queueing: an item's start tag is the later of the destination's
+// virtual time (the start tag of the last item delivered) and the finish
+// tag of its source's item before it (start + bytes). Taken by start tag,
+// the sources' items interleave by bytes, and an item waits only behind
+// those with a smaller tag, a set that items queued after it cannot join
+// for ever (a reviewer's find: ordering by the bytes a source had queued
+// let addresses with one small forward each pass an older one at every
+// try).
+type fairDest struct {
+	vtime  uint64
+	items  int
+	finish map[[16]byte]uint64 // a source's last finish tag
+	count  map[[16]byte]int    // its items counted
+}
+
+// fairFor returns dest's fairDest, made if none; s.mu is held.
+func (s *sourceShares) fairFor(dest [32]byte) *fairDest {
+	f := s.fair[dest]
+	if f == nil {
+		f = &fairDest{finish: map[[16]byte]uint64{}, count: map[[16]byte]int{}}
+		s.fair[dest] = f
+	}
+	return f
+}
+
+// tag counts an item of n bytes from src and returns its start tag.
+func (f *fairDest) tag(src [16]byte, n int64) uint64 {
+	start := max(f.vtime, f.finish[src])
+	f.finish[src] = start + uint64(n)
+	f.count[src]++
+	f.items++
+	return start
+}
+
+// gone counts an item of src out and reports whether the destination has
+// none left (its state can go). A source with none left keeps its finish
+// tag while it is ahead of the virtual time: a source that queues again
+// at once does not start over at the virtual time, ahead of those it was
+// behind.
+func (f *fairDest) gone(src [16]byte) bool {
+	f.items--
+	if f.count[src]--; f.count[src] <= 0 {
+		delete(f.count, src)
+		if f.finish[src] <= f.vtime {
+			delete(f.finish, src)
+		}
+	}
+	return f.items <= 0
+}
+
+// fairOrder returns the seqs of up to max items counted for dest, by start
+// tag (ties: oldest first), and whether items queued before this run (seq
+// below the first seq counted; they count for no one) may wait in the
+// queue: those go first, oldest first, as they did before. It also drops
+// the finish tags of sources with no items that the virtual time has
+// passed.
+func (s *sourceShares) fairOrder(dest [32]byte, max int) (seqs []uint64, before uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	type turn struct {
-		rank  int   // the item's place among its source's
-		bytes int64 // its source's bytes queued
-		seq   uint64
+	f := s.fair[dest]
+	if f == nil {
+		return nil, s.firstSeq
 	}
-	ranks := map[[16]byte]int{}
-	var turns []turn
-	for e := s.order.Front(); e != nil; e = e.Next() { // oldest first: seqs ascend per source
-		it := e.Value.(*shareItem)
-		if it.key.dest != dest {
-			continue
+	for src, fin := range f.finish {
+		if f.count[src] == 0 && fin <= f.vtime {
+			delete(f.finish, src)
 		}
-		r := ranks[it.src]
-		ranks[it.src] = r + 1
-		turns = append(turns, turn{r, s.bytes[it.src], it.key.seq})
 	}
-	slices.SortFunc(turns, func(a, b turn) int {
-		return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.bytes, b.bytes), cmp.Compare(a.seq, b.seq))
-	})
-	seqs := make([]uint64, 0, min(max, len(turns)))
-	for _, t := range turns[:min(max, len(turns))] {
+	type tagged struct{ start, seq uint64 }
+	all := make([]tagged, 0, f.items)
+	for e := s.order.Front(); e != nil; e = e.Next() {
+		if it := e.Value.(*shareItem); it.key.dest == dest {
+			all = append(all, tagged{it.start, it.key.seq})
+		}
+	}
+	slices.SortFunc(all, func(a, b tagged) int { return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.seq, b.seq)) })
+	seqs = make([]uint64, 0, min(max, len(all)))
+	for _, t := range all[:min(max, len(all))] {
 		seqs = append(seqs, t.seq)
 	}
-	return seqs
+	return seqs, s.firstSeq
 }

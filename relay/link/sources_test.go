@@ -99,14 +99,16 @@ func TestFailureNames(t *testing.T) {
 	}
 }
 
-// TestFairOrder: items for one destination come in turns, each source's
-// oldest first, the source with the fewest bytes queued first within a
-// turn; other destinations' items and items done are not listed.
+// TestFairOrder: items for one destination come by start tag: each
+// source's first at the virtual time, each next one after its source's
+// bytes before it, ties oldest first; a delivery moves the virtual time to
+// its start tag, where a new source then starts; other destinations'
+// items and items done are not listed.
 func TestFairOrder(t *testing.T) {
 	s := newSourceShares(0, time.Hour)
 	now := time.Now()
 	dest, other := [32]byte{1}, [32]byte{2}
-	heavy, light, mid := [16]byte{1}, [16]byte{2}, [16]byte{3}
+	heavy, light, mid, late := [16]byte{1}, [16]byte{2}, [16]byte{3}, [16]byte{4}
 	add := func(src [16]byte, n int64, d [32]byte, seq uint64) {
 		if !s.reserve(src, n, now) {
 			t.Fatal("reserve refused with no limit")
@@ -114,19 +116,20 @@ func TestFairOrder(t *testing.T) {
 		s.queued(src, n, itemKey{d, seq}, now)
 	}
 	for seq := uint64(1); seq <= 4; seq++ {
-		add(heavy, 1000, dest, seq)
+		add(heavy, 1000, dest, seq) // starts 0, 1000, 2000, 3000
 	}
-	add(mid, 600, dest, 5)
-	add(mid, 600, dest, 6)
+	add(mid, 600, dest, 5) // 0
+	add(mid, 600, dest, 6) // 600
 	add(light, 100, other, 7)
-	add(light, 100, dest, 8)
-	s.done(dest, []uint64{2})
-	got := s.fairOrder(dest, 10)
-	want := []uint64{8, 5, 1, 6, 3, 4}
-	if !slices.Equal(got, want) {
-		t.Fatalf("fairOrder = %v, want %v", got, want)
+	add(light, 100, dest, 8)  // 0
+	s.done(dest, []uint64{2}) // delivered: the virtual time is 1000
+	add(late, 100, dest, 9)   // starts at 1000
+	want := []uint64{1, 5, 8, 6, 9, 3, 4}
+	got, before := s.fairOrder(dest, 10)
+	if !slices.Equal(got, want) || before != 1 {
+		t.Fatalf("fairOrder = %v, first seq %d; want %v, 1", got, before, want)
 	}
-	if got := s.fairOrder(dest, 2); !slices.Equal(got, want[:2]) {
+	if got, _ := s.fairOrder(dest, 2); !slices.Equal(got, want[:2]) {
 		t.Fatalf("fairOrder with max 2 = %v, want %v", got, want[:2])
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"fmt"
 	"os"
 	"testing"
 
@@ -15,7 +16,7 @@ import (
 // createLegacy creates mailbox id as a release before 2026-12-07 (or a
 // migration from bbolt) did: a mailbox record with the owner key and the
 // send capability verifier in the clear.
-func createLegacy(t *testing.T, s *Store, id [store.IDSize]byte, owner ed25519.PublicKey, sendCap []byte) {
+func createLegacy(t testing.TB, s *Store, id [store.IDSize]byte, owner ed25519.PublicKey, sendCap []byte) {
 	t.Helper()
 	hid := s.keys.MailboxHash(id)
 	must(t, s.do(context.Background(), func(w *writer) error {
@@ -107,5 +108,43 @@ func TestOwnerKeysSealed(t *testing.T) {
 	log = logBytes(t, s)
 	if bytes.Contains(log, storetest.Owner(3)) || bytes.Contains(log, capv[:]) {
 		t.Fatal("the log holds the legacy mailbox's keys in the clear after a Put and a compaction")
+	}
+}
+
+// BenchmarkMailboxLookup: Store.Mailbox, which every Send and owner
+// request calls, on a mailbox whose keys are sealed (opened with the id
+// at each call) beside one whose older record has them in the clear, in
+// the same run; "mailboxes" of each, looked up in turn, so that the
+// cipher cache (128 slots) is hit or missed as a busy relay's would be.
+func BenchmarkMailboxLookup(b *testing.B) {
+	for _, mailboxes := range []int{1, 4096} {
+		for _, sealed := range []bool{false, true} {
+			name := map[bool]string{false: "clear", true: "sealed"}[sealed]
+			b.Run(fmt.Sprintf("%s/mailboxes=%d", name, mailboxes), func(b *testing.B) {
+				s, err := Open(b.TempDir(), crashOpts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				ids := make([][store.IDSize]byte, mailboxes)
+				for i := range ids {
+					ids[i] = storetest.ID(i)
+					if sealed {
+						err = s.CreateMailbox(context.Background(), ids[i], storetest.Owner(i), []byte("verifier"))
+					} else {
+						createLegacy(b, s, ids[i], storetest.Owner(i), []byte("verifier"))
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportAllocs()
+				for i := 0; b.Loop(); i++ {
+					if _, err := s.Mailbox(context.Background(), ids[i%mailboxes]); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
