@@ -248,6 +248,7 @@ func TestFairDrainUnderAllowance(t *testing.T) {
 	defer cancel()
 	r := newHalfFullHome(ctx, t, st, st, server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096}, nil, nil, 0)
 	light := relaytest.NewMailbox(t, r.home.Connect(t), nil)
+	link.SeparateFlows(r.fw, [16]byte{1}, [16]byte{2})
 	queue := func(src byte, mb *relaytest.Mailbox) {
 		layer, err := forward.Seal(r.desc, 1, nil, mb.Seal(t, "x"))
 		if err != nil {

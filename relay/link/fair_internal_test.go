@@ -34,6 +34,7 @@ func TestFairOrderNewcomersWait(t *testing.T) {
 				return seq
 			}
 			user := [16]byte{0xff}
+			s.separate(user, [16]byte{0}, [16]byte{1}, [16]byte{2}, [16]byte{3})
 			var mine []uint64
 			for _, n := range c.sizes {
 				mine = append(mine, add(user, n))

@@ -123,6 +123,7 @@ func TestFairKeptWithPumpReplaced(t *testing.T) {
 		},
 		Log: slog.New(slog.NewTextHandler(logs, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond})
 	tries := func() int { return strings.Count(logs.String(), "storage is full for this relay's forwards") }
+	link.SeparateFlows(fw, [16]byte{1}, [16]byte{2}, [16]byte{3})
 	for range heavy {
 		if err := fw.Forward(ctx, [16]byte{1}, fairPayload(t, r, r.mb)); err != nil {
 			t.Fatal(err)

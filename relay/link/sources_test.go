@@ -109,6 +109,7 @@ func TestFairOrder(t *testing.T) {
 	now := time.Now()
 	dest, other := [32]byte{1}, [32]byte{2}
 	heavy, light, mid, late := [16]byte{1}, [16]byte{2}, [16]byte{3}, [16]byte{4}
+	s.separate(heavy, light, mid, late)
 	add := func(src [16]byte, n int64, d [32]byte, seq uint64) {
 		if !s.reserve(src, n, now) {
 			t.Fatal("reserve refused with no limit")
