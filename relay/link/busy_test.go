@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/client"
 	"github.com/postern/postern/relay/forward"
 	"github.com/postern/postern/relay/link"
@@ -229,56 +228,3 @@ func (s *inflightStore) Put(ctx context.Context, id [32]byte, env []byte) (store
 }
 
 func (s *inflightStore) resetMax() { s.max.Store(s.now.Load()) }
-
-// TestFairDrainUnderAllowance: while a home relay refuses an entry
-// relay's forwards for its allowance, what it takes again goes to the
-// sources in turn, those with the fewest bytes queued first, not to the
-// oldest items: 300 layers one source queued first do not hold back
-// another source's one. Before, the drain took the queue in order, so a
-// few sources that filled an entry relay's outbox for a home relay held
-// everyone else's forwards behind theirs at the allowance's pace (32 MiB
-// a day at the default), past their week.
-func TestFairDrainUnderAllowance(t *testing.T) {
-	const heavy, allowed = 300, 16 // 16 envelopes of 4 KiB: the 64 KiB allowance
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st := store.NewMemory(store.Options{MaxStoreBytes: -1})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	r := newHalfFullHome(ctx, t, st, st, server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096}, nil, nil, 0)
-	light := relaytest.NewMailbox(t, r.home.Connect(t), nil)
-	link.SeparateFlows(r.fw, [16]byte{1}, [16]byte{2})
-	queue := func(src byte, mb *relaytest.Mailbox) {
-		layer, err := forward.Seal(r.desc, 1, nil, mb.Seal(t, "x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.fw.Forward(ctx, [16]byte{src}, relay.ForwardPayload{Descriptor: r.line, Layer: layer}.Append(nil)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for range heavy {
-		queue(1, r.mb)
-	}
-	queue(2, light)
-	pending := func(mb *relaytest.Mailbox) int {
-		box, err := r.home.Store.Mailbox(ctx, mb.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return box.Pending
-	}
-	runForwarder(ctx, t, r.fw)
-	waitFor(ctx, t, "three tries refused", func() bool { return r.tries() >= 3 })
-	if h, l := pending(r.mb), pending(light); h != allowed || l != 0 {
-		t.Fatalf("first drain: %d of the heavy source's stored and %d of the light one's; want %d and 0", h, l, allowed)
-	}
-	mu.Lock()
-	now = now.Add(6 * time.Hour) // a quarter of the allowance grows back: 4 envelopes
-	mu.Unlock()
-	waitFor(ctx, t, "four more stored", func() bool { return pending(r.mb)+pending(light) == allowed+4 })
-	if l := pending(light); l != 1 {
-		t.Fatalf("the light source's forward is still queued behind the heavy one's (%d stored of it)", l)
-	}
-}

@@ -40,6 +40,62 @@ func fairPending(ctx context.Context, t *testing.T, r *halfFullHome, mb *relayte
 	return box.Pending
 }
 
+// fairClock is a home relay's clock that a test moves on.
+type fairClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fairClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *fairClock) add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+// allowanceHome is a halfFullHome on a memory store whose allowance for
+// the entry relay is 64 KiB a day (16 envelopes of 4 KiB) on clock, with
+// nothing queued yet.
+func allowanceHome(ctx context.Context, t *testing.T, clock *fairClock) *halfFullHome {
+	t.Helper()
+	clock.now = time.Unix(1_700_000_000, 0)
+	st := store.NewMemory(store.Options{MaxStoreBytes: -1})
+	return newHalfFullHome(ctx, t, st, st, server.Config{Now: clock.Now, SendBytes: 64 << 10, StoreBytes: 64 * 4096}, nil, nil, 0)
+}
+
+// TestFairDrainUnderAllowance: while a home relay refuses an entry
+// relay's forwards for its allowance, what it takes again is shared out
+// among the sources (fair queueing by bytes), not given to the oldest
+// items: 300 layers one source queued first do not hold back another
+// source's one. Before, the drain took the queue in order, so a few
+// sources that filled an entry relay's outbox for a home relay held
+// everyone else's forwards behind theirs at the allowance's pace (32 MiB
+// a day at the default), past their week.
+func TestFairDrainUnderAllowance(t *testing.T) {
+	const heavy, allowed = 300, 16
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var clock fairClock
+	r := allowanceHome(ctx, t, &clock)
+	light := relaytest.NewMailbox(t, r.home.Connect(t), nil)
+	link.SeparateFlows(r.fw, [16]byte{1}, [16]byte{2})
+	for range heavy {
+		if err := r.fw.Forward(ctx, [16]byte{1}, fairPayload(t, r, r.mb)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.fw.Forward(ctx, [16]byte{2}, fairPayload(t, r, light)); err != nil {
+		t.Fatal(err)
+	}
+	runForwarder(ctx, t, r.fw)
+	waitFor(ctx, t, "three tries refused", func() bool { return r.tries() >= 3 })
+	if h, l := fairPending(ctx, t, r, r.mb), fairPending(ctx, t, r, light); h != allowed || l != 0 {
+		t.Fatalf("first drain: %d of the heavy source's stored and %d of the light one's; want %d and 0", h, l, allowed)
+	}
+	clock.add(6 * time.Hour) // a quarter of the allowance grows back: 4 envelopes
+	waitFor(ctx, t, "four more stored", func() bool { return fairPending(ctx, t, r, r.mb)+fairPending(ctx, t, r, light) == allowed+4 })
+	if l := fairPending(ctx, t, r, light); l != 1 {
+		t.Fatalf("the light source's forward is still queued behind the heavy one's (%d stored of it)", l)
+	}
+}
+
 // TestFairPreRestartFirst: forwards acked and queued before the entry
 // relay restarted count for no source; after a refusal for the
 // allowance they go first, oldest first, as they did before the fair
@@ -48,13 +104,10 @@ func fairPending(ctx context.Context, t *testing.T, r *halfFullHome, mb *relayte
 // forward behind all of its own at the allowance's pace (past its week).
 func TestFairPreRestartFirst(t *testing.T) {
 	const before, heavy, allowed = 130, 300, 16 // before: more than the window of 128
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st := store.NewMemory(store.Options{MaxStoreBytes: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r := newHalfFullHome(ctx, t, st, st, server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096}, nil, nil, 0)
+	var clock fairClock
+	r := allowanceHome(ctx, t, &clock)
 	old := relaytest.NewMailbox(t, r.home.Connect(t), nil)
 	dest := forward.RelayHash(r.desc.RelayKey)
 	for range before { // acked by the previous run of the entry relay
@@ -72,9 +125,7 @@ func TestFairPreRestartFirst(t *testing.T) {
 	if o, h := fairPending(ctx, t, r, old), fairPending(ctx, t, r, r.mb); o != allowed || h != 0 {
 		t.Fatalf("first drain (queue order): %d pre-restart and %d heavy stored; want %d and 0", o, h, allowed)
 	}
-	mu.Lock()
-	now = now.Add(6 * time.Hour) // four envelopes' allowance grows back
-	mu.Unlock()
+	clock.add(6 * time.Hour) // four envelopes' allowance grows back
 	waitFor(ctx, t, "four more stored", func() bool {
 		return fairPending(ctx, t, r, old)+fairPending(ctx, t, r, r.mb) == allowed+4
 	})
@@ -93,13 +144,10 @@ func TestFairPreRestartFirst(t *testing.T) {
 // behind the 300 again: the state lived in the pump.
 func TestFairKeptWithPumpReplaced(t *testing.T) {
 	const heavy, allowed = 300, 16
-	var mu sync.Mutex
-	now := time.Unix(1_700_000_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st := store.NewMemory(store.Options{MaxStoreBytes: -1})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	r := newHalfFullHome(ctx, t, st, st, server.Config{Now: clock, SendBytes: 64 << 10, StoreBytes: 64 * 4096}, nil, nil, 0)
+	var clock fairClock
+	r := allowanceHome(ctx, t, &clock)
 	light := relaytest.NewMailbox(t, r.home.Connect(t), nil)
 	// Another destination, never reachable.
 	other, otherDesc, otherLine := homeRelayWith(t, store.NewMemory(store.Options{}), server.Config{}, nil)
@@ -115,9 +163,7 @@ func TestFairKeptWithPumpReplaced(t *testing.T) {
 			}
 			dials.Add(1)
 			if grow.Swap(false) {
-				mu.Lock()
-				now = now.Add(6 * time.Hour) // four envelopes' allowance
-				mu.Unlock()
+				clock.add(6 * time.Hour) // four envelopes' allowance
 			}
 			return linkTo(ctx, t, r.home)
 		},

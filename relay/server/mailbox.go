@@ -112,7 +112,7 @@ func (ss *session) accept(start time.Time, sendCap, env []byte) (store.Ref, erro
 		obs.Envelope("rejected", "source_limit")
 		return store.Ref{}, relay.ErrRelayFull
 	}
-	ref, err := ss.putFollowing(id, to, m.Cap, m.Envelope)
+	ref, err := ss.putFollowing(id, to, m.Envelope)
 	if err != nil {
 		if refused(err) {
 			ss.giveSend(spent)
@@ -140,22 +140,21 @@ func capable(sendCap, verifier []byte) bool {
 // the Put (the owner's Rotate on another session) makes the Put answer "no
 // such mailbox": putFollowing then looks again and, where the id now forwards
 // elsewhere, stores it there, so a forward an entry relay hands over
-// during its recipient's rotation is not refused for good.
-func (ss *session) putFollowing(id, to [store.IDSize]byte, sendCap, env []byte) (store.Ref, error) {
+// during its recipient's rotation is not refused for good. The capability
+// checked stays right: a forward keeps the verifier its id had when it was
+// rotated away, the one checked if the first look found the mailbox.
+func (ss *session) putFollowing(id, to [store.IDSize]byte, env []byte) (store.Ref, error) {
 	for try := 0; ; try++ {
 		ref, err := ss.srv.cfg.Store.Put(ss.ctx, to, env)
 		if !errors.Is(err, store.ErrNoMailbox) || try == maxForwardHops {
 			return ref, err
 		}
-		next, verifier, derr := ss.destination(id)
+		next, _, derr := ss.destination(id)
 		if derr != nil && !errors.Is(derr, store.ErrNoMailbox) {
 			return store.Ref{}, derr // a store failure: retry, not "no such mailbox"
 		}
 		if derr != nil || next == to {
 			return ref, err
-		}
-		if !capable(sendCap, verifier) {
-			return store.Ref{}, relay.ErrCapability
 		}
 		to = next
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/postern/postern/relay"
 	"github.com/postern/postern/relay/store"
 )
 
@@ -111,9 +110,6 @@ func (ss *session) giveSend(spent float64) {
 // store without limit (a reviewer's find: 48 of 48 stored where 16 were
 // allowed).
 func refused(err error) bool {
-	if errors.Is(err, relay.ErrCapability) { // putFollowing's look again: nothing stored
-		return true
-	}
 	var e *store.Error
 	if !errors.As(err, &e) {
 		return false

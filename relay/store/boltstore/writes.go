@@ -101,14 +101,14 @@ func (w *writer) deleteMailbox(hid [32]byte) {
 // forward retires hid, a mailbox id just deleted by a rotation, anew
 // with where it went (sealed), so that Forwarded finds it until the
 // forward's day (store.Options.ForwardUntil).
-func (w *writer) forward(hid [32]byte, sealed func() []byte) {
+func (w *writer) forward(hid [32]byte, sealed []byte) {
 	now := w.s.opts.Now()
 	day, _ := w.s.opts.RetiredUntil(now)
 	until, ok := w.s.opts.ForwardUntil(now)
 	if !ok {
 		return
 	}
-	f := forward{until, sealed()}
+	f := forward{until, sealed}
 	at := w.at()
 	w.buf = appendForward(w.buf, hid, day, until, f.sealed)
 	w.ix.retire(hid, retirement{day, at, uint32(w.at().off - at.off)})
@@ -161,10 +161,9 @@ func (s *Store) RotateMailbox(ctx context.Context, oldID, newID [store.IDSize]by
 		if err != nil {
 			return err
 		}
-		oldCap := oldKeys.SendCap
 		keys := s.keys.SealMailbox(newID, store.MailboxKeys{Owner: owner, SendCap: sendCap, Chain: chain})
 		w.deleteMailbox(oldH)
-		w.forward(oldH, func() []byte { return s.keys.SealForward(oldID, newID, oldCap) })
+		w.forward(oldH, s.keys.SealForward(oldID, newID, oldKeys.SendCap))
 		w.createMailbox(newH, keys)
 		c := s.keys.Envelopes(newID)
 		for i, e := range old.envs {
