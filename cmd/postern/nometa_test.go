@@ -6,9 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/base32"
-	"encoding/base64"
-	"encoding/hex"
 	"io"
 	"io/fs"
 	"net"
@@ -20,84 +17,18 @@ import (
 	"time"
 
 	"github.com/postern/postern/envelope"
+	"github.com/postern/postern/relay/relaytest"
 	"github.com/postern/postern/transport/descriptor"
 )
 
-// needle is a secret the relay must never reveal, with its text forms.
-type needle struct {
-	what  string
-	forms [][]byte
-}
+// The leak scanner is relaytest's, shared with the relay packages' tests.
+type needle = relaytest.Needle
 
-func addrNeedle(what, ip string) needle {
-	return needle{what: what, forms: [][]byte{[]byte(ip)}}
-}
-
-// bytesNeedle covers raw bytes and their common encodings, and also each
-// 16-byte half so a truncated or split form is caught.
-func bytesNeedle(what string, b []byte) needle {
-	n := needle{what: what}
-	parts := [][]byte{b}
-	if len(b) >= 32 {
-		parts = append(parts, b[:16], b[len(b)-16:])
-	}
-	for _, p := range parts {
-		for _, f := range []string{
-			string(p), hex.EncodeToString(p), strings.ToUpper(hex.EncodeToString(p)),
-			base64.StdEncoding.EncodeToString(p), base64.RawStdEncoding.EncodeToString(p),
-			base64.URLEncoding.EncodeToString(p), base64.RawURLEncoding.EncodeToString(p),
-			base32.StdEncoding.EncodeToString(p), strings.ToLower(base32.StdEncoding.EncodeToString(p)),
-			base32.HexEncoding.EncodeToString(p),
-		} {
-			// Encodings of the same bytes at another alignment differ, so
-			// compare on a prefix long enough to be unambiguous.
-			if len(f) > 20 {
-				f = f[:len(f)*3/4]
-			}
-			n.forms = append(n.forms, []byte(f))
-		}
-	}
-	return n
-}
-
-// findLeaks returns a description of each needle found in hay.
-func findLeaks(where string, hay []byte, needles []needle) []string {
-	var out []string
-	for _, n := range needles {
-		for _, f := range n.forms {
-			if len(f) > 0 && bytes.Contains(hay, f) {
-				out = append(out, where+" contains "+n.what)
-				break
-			}
-		}
-	}
-	return out
-}
-
-// TestLeakScannerFindsLeaks proves the scanner is sensitive: a log line
-// that carries any identifier, in any of the encodings, is reported. If the
-// relay gained such a log line, TestNoMetadata would fail the same way.
-func TestLeakScannerFindsLeaks(t *testing.T) {
-	id := make([]byte, 32)
-	rand.Read(id)
-	needles := []needle{bytesNeedle("mailbox id", id), addrNeedle("client address", "127.0.0.2")}
-	for _, line := range []string{
-		"level=DEBUG msg=send mailbox=" + hex.EncodeToString(id),
-		"level=DEBUG msg=send mailbox=" + base64.StdEncoding.EncodeToString(id),
-		"level=DEBUG msg=send mailbox=" + base64.RawURLEncoding.EncodeToString(id),
-		"level=DEBUG msg=send mailbox=" + base32.StdEncoding.EncodeToString(id),
-		"level=DEBUG msg=send mailbox=" + hex.EncodeToString(id[:16]),
-		"level=DEBUG msg=session remote=127.0.0.2:40312",
-		string(id),
-	} {
-		if len(findLeaks("log", []byte(line), needles)) == 0 {
-			t.Errorf("scanner missed a leak in %q", line)
-		}
-	}
-	if l := findLeaks("log", []byte("level=INFO msg=\"relay started\" transports=https,h3"), needles); len(l) != 0 {
-		t.Errorf("false positive: %v", l)
-	}
-}
+var (
+	addrNeedle  = relaytest.AddrNeedle
+	bytesNeedle = relaytest.BytesNeedle
+	findLeaks   = relaytest.FindLeaks
+)
 
 // TestNoMetadata runs a real relay process with debug logging, drives a
 // workload from clients on 127.0.0.2 and 127.0.0.3 over both transports,

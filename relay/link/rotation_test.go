@@ -6,8 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base32"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -323,48 +321,6 @@ func TestForwardAcrossRotation(t *testing.T) {
 	}
 }
 
-// needle is something no log line or error text may carry, in its text
-// forms.
-type needle struct {
-	what  string
-	forms []string
-}
-
-// idNeedle is b raw, in hex (both cases), base64 (the four kinds) and
-// base32 (both cases, and base32hex), and so each 16-byte half; a form
-// longer than 20 characters is cut to three quarters, so that one of the
-// same bytes at another alignment, or truncated, is caught too.
-func idNeedle(what string, b []byte) needle {
-	n := needle{what: what}
-	for _, p := range [][]byte{b, b[:16], b[16:]} {
-		for _, f := range []string{string(p), hex.EncodeToString(p), strings.ToUpper(hex.EncodeToString(p)),
-			base64.StdEncoding.EncodeToString(p), base64.RawStdEncoding.EncodeToString(p),
-			base64.URLEncoding.EncodeToString(p), base64.RawURLEncoding.EncodeToString(p),
-			base32.StdEncoding.EncodeToString(p), strings.ToLower(base32.StdEncoding.EncodeToString(p)),
-			base32.HexEncoding.EncodeToString(p)} {
-			if len(f) > 20 {
-				f = f[:len(f)*3/4]
-			}
-			n.forms = append(n.forms, f)
-		}
-	}
-	return n
-}
-
-// leaks names each needle found in hay.
-func leaks(hay string, needles []needle) []string {
-	var out []string
-	for _, n := range needles {
-		for _, f := range n.forms {
-			if strings.Contains(hay, f) {
-				out = append(out, n.what)
-				break
-			}
-		}
-	}
-	return out
-}
-
 // probe sends the home relay an envelope naming the rotated-away id
 // with a wrong capability and with none, directly as a contact who has
 // not had the new card would, and fetches the old id as its old owner,
@@ -425,14 +381,15 @@ func TestForwardAcrossRotationNoMetadata(t *testing.T) {
 			r.check(c, run)
 			errTexts := r.probe(run)
 			r.endSessions()
-			needles := []needle{idNeedle("the old mailbox id", run.ids[0][:]), idNeedle("the new mailbox id", run.ids[1][:])}
+			needles := []relaytest.Needle{relaytest.BytesNeedle("the old mailbox id", run.ids[0][:]),
+				relaytest.BytesNeedle("the new mailbox id", run.ids[1][:])}
 			r.mu.Lock()
 			addrs := append([]string(nil), r.addrs...)
 			r.mu.Unlock()
 			for _, a := range append(addrs, r.homeAddr, r.entryAddr) {
-				needles = append(needles, needle{"the address " + a, []string{a}})
+				needles = append(needles, relaytest.AddrNeedle("the address "+a, a))
 			}
-			if l := leaks("mailbox="+hex.EncodeToString(run.ids[0][:])+" peer="+addrs[0], needles); len(l) != 2 {
+			if l := relaytest.FindLeaks("a planted line", []byte("mailbox="+hex.EncodeToString(run.ids[0][:])+" peer="+addrs[0]), needles); len(l) != 2 {
 				t.Fatalf("the scanner found %v in a line with the old id and an address", l)
 			}
 			if !strings.Contains(r.entryLogs.String(), "failed") || strings.Count(r.homeLogs.String(), "session ended") < 3 {
@@ -441,8 +398,8 @@ func TestForwardAcrossRotationNoMetadata(t *testing.T) {
 			for where, hay := range map[string]string{"the home relay's log": r.homeLogs.String(),
 				"the entry relay's log": r.entryLogs.String(), "the home relay's answers on the link": r.linkRx.String(),
 				"the errors returned to clients": errTexts} {
-				if l := leaks(hay, needles); len(l) != 0 {
-					t.Errorf("%s names %s: %q", where, strings.Join(l, ", "), hay)
+				if l := relaytest.FindLeaks(where, []byte(hay), needles); len(l) != 0 {
+					t.Errorf("%s: %q", strings.Join(l, ", "), hay)
 				}
 			}
 		})
